@@ -1,0 +1,1 @@
+"""tegrid backend: chain client, market, oracle, IoT, API and the command line."""

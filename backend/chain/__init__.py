@@ -1,0 +1,1 @@
+"""Chain client: compiler, contract bindings, transactions. Knows no market rules."""

@@ -1,0 +1,114 @@
+"""``tegrid doctor``: is this machine ready to run tegrid? Each check says what is missing and how to fix it."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from urllib.parse import urlparse
+
+from rich.console import Console
+from rich.table import Table
+
+from backend.chain import compiler
+from backend.paths import NODE_BIN
+from backend.settings import Settings
+
+PACKAGES = ("eth-brownie", "web3", "py-solc-x", "pandapower", "numpy", "fastapi", "coincurve", "paho-mqtt")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+    essential: bool = True
+
+
+def _tcp_reachable(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _tool_version(exe: str, *args: str) -> str | None:
+    path = shutil.which(exe, path=f"{NODE_BIN}:{shutil.os.environ.get('PATH', '')}")  # type: ignore[attr-defined]
+    if not path:
+        return None
+    try:
+        out = subprocess.run([path, *args], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks: list[Check] = []
+    py = platform.python_version()
+    checks.append(Check("python", py.startswith("3.11"), py, "install Python 3.11 (pyenv install 3.11)"))
+    for name in PACKAGES:
+        try:
+            checks.append(Check(name, True, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            checks.append(Check(name, False, "not installed", "run `make setup`"))
+    info = compiler.compiler_info()
+    if info is None:
+        checks.append(
+            Check("solc", False, f"{compiler.pinned_version()} not installed", "run `make setup`")
+        )
+    else:
+        reported = compiler.executable_version(info.path)
+        checks.append(
+            Check(
+                "solc",
+                reported == info.version,
+                f"{reported or 'does not run'} ({info.kind}, {info.path})",
+                "run `make setup` (needs node and `npm ci`)",
+            )
+        )
+    anvil = _tool_version("anvil", "--version")
+    checks.append(Check("anvil", anvil is not None, anvil or "not found", "run `npm ci` (@foundry-rs/anvil)"))
+    rpc = urlparse(settings.rpc_url)
+    rpc_ok = _tcp_reachable(rpc.hostname or "127.0.0.1", rpc.port or 8545)
+    checks.append(
+        Check(
+            "chain",
+            rpc_ok,
+            f"{settings.rpc_url} {'reachable' if rpc_ok else 'not reachable'}",
+            "start one with `tegrid chain start` (or set TEGRID_RPC_URL)",
+            essential=False,
+        )
+    )
+    broker = urlparse(settings.broker_url)
+    broker_ok = _tcp_reachable(broker.hostname or "127.0.0.1", broker.port or 1883)
+    checks.append(
+        Check(
+            "mqtt broker",
+            broker_ok,
+            f"{settings.broker_url} {'reachable' if broker_ok else 'not reachable'}",
+            "apt-get install mosquitto && mosquitto -d (or set TEGRID_BROKER_URL); "
+            "the demo falls back to an in-process transport",
+            essential=False,
+        )
+    )
+    return checks
+
+
+def report(checks: list[Check], console: Console) -> bool:
+    table = Table(title="tegrid doctor")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("detail")
+    table.add_column("hint")
+    for c in checks:
+        status = "[green]ok[/]" if c.ok else ("[red]missing[/]" if c.essential else "[yellow]absent[/]")
+        table.add_row(c.name, status, c.detail, "" if c.ok else c.hint)
+    console.print(table)
+    return all(c.ok for c in checks if c.essential)

@@ -1,0 +1,51 @@
+"""Entry point of the ``tegrid`` command line."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from backend.cli import doctor as doctor_mod
+from backend.errors import TegridError
+from backend.settings import Settings
+
+app = typer.Typer(
+    name="tegrid",
+    help="Peer-to-peer energy trading on a distribution grid: chain, market, meters, Neural Grid.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one readable line on stderr and exit with ``code``."""
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def doctor() -> None:
+    """Report versions, the compiler, Anvil and whether chain and broker are reachable."""
+    try:
+        settings = Settings.from_env()
+    except TegridError as exc:
+        fail(str(exc))
+    ok = doctor_mod.report(doctor_mod.run_checks(settings), console)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _register_subcommands() -> None:
+    """Sub-apps live beside this file, one per concern."""
+    from backend.cli import bench, chain, grid
+
+    app.add_typer(grid.app, name="grid")
+    app.add_typer(chain.app, name="chain")
+    app.add_typer(bench.app, name="bench")
+
+
+_register_subcommands()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,81 @@
+"""One settings object, read from ``TEGRID_*`` environment variables, with defaults that run on a laptop."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from backend.errors import ConfigError
+from backend.paths import REPO_ROOT
+
+# Anvil's default dev accounts (mnemonic "test test ... junk"): public test keys, never for real money.
+ANVIL_KEYS: tuple[str, ...] = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+    "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
+    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
+    "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
+    "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
+)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TEGRID_{name}", default)
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"TEGRID_{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a tegrid process is configured with. Build with :meth:`from_env`."""
+
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int = 31337
+    # Role keys: hex private key, or a path to an eth-account keystore file (password in *_PASSWORD).
+    admin_key: str = ANVIL_KEYS[0]
+    market_operator_key: str = ANVIL_KEYS[0]
+    validator_key: str = ANVIL_KEYS[0]
+    grid_operator_key: str = ANVIL_KEYS[0]
+    oracle_key: str = ANVIL_KEYS[0]
+    keystore_password: str = ""
+    database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'tegrid.db'}"
+    oracle_database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'oracle.db'}"
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    network: str = "cigre_lv"
+    interval_seconds: int = 900
+    deployment_file: Path = field(default=REPO_ROOT / ".tegrid" / "deployment.json")
+    chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read ``TEGRID_<FIELD>`` for every field; unset ones keep their defaults."""
+        base = cls()
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            key = f.name.upper()
+            current = getattr(base, f.name)
+            if isinstance(current, bool):
+                values[f.name] = _env(key, "1" if current else "0") not in ("0", "false", "")
+            elif isinstance(current, int):
+                values[f.name] = _int_env(key, current)
+            elif isinstance(current, Path):
+                values[f.name] = Path(_env(key, str(current)))
+            else:
+                values[f.name] = _env(key, str(current))
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.interval_seconds <= 0:
+            raise ConfigError("TEGRID_INTERVAL_SECONDS must be positive")
+        return settings
