@@ -1,0 +1,98 @@
+# tegrid: two commands do everything on a fresh machine.
+#   make demo   - set up, then run the main job (a community day through every real component)
+#   make test   - set up, then run the whole test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+NODE_BIN := $(abspath node_modules/.bin)
+export PATH := $(BIN):$(NODE_BIN):$(PATH)
+export SOLCX_BINARY_PATH ?= $(abspath .solcx)
+PYTEST := $(BIN)/pytest
+# Python suites run without brownie's pytest plugin (it would launch a chain for every run);
+# the contract suite runs through `brownie test`, which enables it.
+PYTEST_PLAIN := $(PYTEST) -p no:pytest-brownie
+
+STAMP_PY := $(VENV)/.installed
+STAMP_NPM := node_modules/.installed
+STAMP_SOL := build/.compiled
+CONTRACT_SOURCES := $(shell find contracts -name '*.sol' 2>/dev/null)
+
+.PHONY: help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean \
+	bench bench-grid bench-chain bench-api bench-oracle bench-e2e
+
+help:
+	@echo "make setup | test | demo | lint | test-ganache | test-stateful-long | bench-<grid|chain|api|oracle|e2e> | lock | clean"
+
+prereqs:
+	@command -v $(PYTHON) >/dev/null || { echo "missing: $(PYTHON) - install Python 3.11 (e.g. pyenv install 3.11, or apt-get install python3.11 python3.11-venv)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { echo "missing: Python 3.11 - $(PYTHON) is $$($(PYTHON) --version); set PYTHON=/path/to/python3.11"; exit 1; }
+	@command -v node >/dev/null || { echo "missing: node - install Node.js 20 (apt-get install nodejs, or nodesource)"; exit 1; }
+	@command -v npm >/dev/null || { echo "missing: npm - install npm (apt-get install npm)"; exit 1; }
+
+$(STAMP_PY): pyproject.toml constraints.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip -c constraints.txt 2>/dev/null || true
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+$(STAMP_NPM): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Link the npm tools into the venv so an activated venv (and brownie) finds anvil, cast, ganache.
+$(VENV)/bin/anvil: $(STAMP_PY) $(STAMP_NPM)
+	@for tool in anvil cast ganache ganache-cli; do ln -sf ../../node_modules/.bin/$$tool $(VENV)/bin/$$tool; done
+
+$(STAMP_SOL): $(STAMP_PY) $(STAMP_NPM) $(CONTRACT_SOURCES) brownie-config.yaml
+	$(BIN)/python -m backend.chain.compiler
+	$(BIN)/brownie compile
+	@mkdir -p build && touch $@
+
+setup: prereqs $(STAMP_PY) $(STAMP_NPM) $(VENV)/bin/anvil $(STAMP_SOL)
+	@$(BIN)/python -m backend.chain.compiler >/dev/null
+
+test: setup test-contracts test-python
+
+test-contracts: setup
+	$(BIN)/brownie test tests/contracts
+
+test-python: setup
+	$(PYTEST_PLAIN) tests --ignore=tests/contracts
+
+test-ganache: setup
+	$(BIN)/brownie test tests/contracts --network ganache-cli
+
+test-stateful-long: setup
+	TEGRID_LONG_STATEFUL=1 $(BIN)/brownie test tests/contracts -k stateful
+
+demo: setup
+	$(BIN)/tegrid demo
+
+lint: setup
+	$(BIN)/ruff check backend grid scripts tests
+	$(BIN)/mypy
+
+bench: bench-grid bench-chain
+
+bench-grid: setup
+	$(BIN)/tegrid bench grid --json
+bench-chain: setup
+	$(BIN)/tegrid bench chain --json
+bench-api: setup
+	$(BIN)/tegrid bench api --json
+bench-oracle: setup
+	$(BIN)/tegrid bench oracle --json
+bench-e2e: setup
+	$(BIN)/tegrid bench e2e --json
+
+# Re-resolve the Python lock (constraints.txt) from pyproject.toml.
+lock: prereqs
+	rm -rf /tmp/tegrid-lock && $(PYTHON) -m venv /tmp/tegrid-lock
+	/tmp/tegrid-lock/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	/tmp/tegrid-lock/bin/pip freeze --exclude-editable > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) node_modules build .solcx .env .tegrid
