@@ -1,0 +1,265 @@
+"""``ChainClient``: a web3 HTTP connection with local key signing, nonce management, receipts
+with retries, and custom-error reverts decoded into readable ``Name(args)`` messages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import function_abi_to_4byte_selector, to_bytes
+from web3 import Web3
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractLogicError, TimeExhausted
+from web3.types import TxParams, TxReceipt
+
+from backend.chain.contracts import Artifact, error_abis
+from backend.chain.errors import (
+    ChainUnavailableError,
+    LedgerError,
+    TransactionRevertedError,
+    TransactionTimeoutError,
+)
+from backend.settings import Settings
+
+_BUILTIN_ERRORS: list[dict[str, Any]] = [
+    {"type": "error", "name": "Error", "inputs": [{"name": "message", "type": "string"}]},
+    {"type": "error", "name": "Panic", "inputs": [{"name": "code", "type": "uint256"}]},
+]
+
+
+class ErrorDecoder:
+    """Maps 4-byte selectors of custom errors to their names and argument types."""
+
+    def __init__(self, abis: Sequence[dict[str, Any]]) -> None:
+        self._by_selector: dict[bytes, dict[str, Any]] = {}
+        for item in [*_BUILTIN_ERRORS, *abis]:
+            selector = function_abi_to_4byte_selector(item)  # type: ignore[arg-type]
+            self._by_selector[bytes(selector)] = item
+
+    def decode(self, data: bytes) -> tuple[str, tuple[Any, ...]] | None:
+        """(name, args) of revert data, or None when the selector is unknown."""
+        if len(data) < 4:
+            return None
+        item = self._by_selector.get(bytes(data[:4]))
+        if item is None:
+            return None
+        types = [
+            i["type"] if i["type"] != "tuple" else _tuple_type(i) for i in item.get("inputs", [])
+        ]
+        try:
+            args = tuple(abi_decode(types, bytes(data[4:])))
+        except Exception:
+            return None
+        return str(item["name"]), args
+
+    def describe(self, data: bytes) -> str:
+        """Readable ``Name(arg, ...)`` of revert data (hex when unknown)."""
+        decoded = self.decode(data)
+        if decoded is None:
+            return f"revert 0x{bytes(data).hex()}" if data else "revert (no data)"
+        name, args = decoded
+        return f"{name}({', '.join(_fmt(a) for a in args)})"
+
+
+def _tuple_type(item: dict[str, Any]) -> str:
+    return "(" + ",".join(c["type"] for c in item["components"]) + ")"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)
+
+
+def revert_data(exc: BaseException) -> bytes:
+    """Raw revert data from a web3 ContractLogicError (Anvil: hex string; Ganache: dict)."""
+    data: Any = getattr(exc, "data", None)
+    if isinstance(data, dict):
+        data = (
+            data.get("data")
+            or data.get("result")
+            or next(
+                (v.get("return") for v in data.values() if isinstance(v, dict) and "return" in v),
+                None,
+            )
+        )
+    if isinstance(data, str) and data.startswith("0x"):
+        try:
+            return to_bytes(hexstr=data)
+        except ValueError:
+            return b""
+    return b""
+
+
+class ChainClient:
+    """One signing account on one JSON-RPC endpoint."""
+
+    def __init__(
+        self,
+        rpc_url: str,
+        private_key: str,
+        *,
+        receipt_timeout_s: float = 120.0,
+        retries: int = 3,
+        request_timeout_s: float = 60.0,
+    ) -> None:
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout_s}))
+        self.account: LocalAccount = Account.from_key(private_key)
+        self.receipt_timeout_s = receipt_timeout_s
+        self.retries = retries
+        self.decoder = ErrorDecoder(error_abis())
+        self._lock = threading.Lock()
+        self._nonce: int | None = None
+        self._chain_id: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, private_key: str | None = None) -> ChainClient:
+        return cls(settings.rpc_url, private_key or settings.admin_key)
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            try:
+                self._chain_id = int(self.w3.eth.chain_id)
+            except Exception as exc:
+                raise ChainUnavailableError(f"cannot reach the chain: {exc}") from exc
+        return self._chain_id
+
+    def is_connected(self) -> bool:
+        try:
+            return bool(self.w3.is_connected())
+        except Exception:
+            return False
+
+    # -------------------------------------------------------------- nonces
+
+    def _take_nonce(self) -> int:
+        with self._lock:
+            if self._nonce is None:
+                self._nonce = int(
+                    self.w3.eth.get_transaction_count(self.account.address, "pending")
+                )
+            nonce = self._nonce
+            self._nonce += 1
+            return nonce
+
+    def reset_nonce(self) -> None:
+        """Forget the local nonce; the next transaction asks the node again."""
+        with self._lock:
+            self._nonce = None
+
+    # -------------------------------------------------------------- calls and transactions
+
+    def call(self, fn: ContractFunction) -> Any:
+        """eth_call a contract function; custom-error reverts raise TransactionRevertedError."""
+        try:
+            return fn.call({"from": self.account.address})
+        except ContractLogicError as exc:
+            raise self._reverted(exc) from None
+
+    def transact(self, fn: ContractFunction, gas: int | None = None) -> TxReceipt:
+        """Send a contract function call and wait for its receipt."""
+        return self.send_tx(fn.build_transaction(self._base_tx(gas, fn)))
+
+    def deploy(
+        self, artifact: Artifact, *args: Any, gas: int | None = None
+    ) -> tuple[str, TxReceipt]:
+        """Deploy ``artifact`` with constructor ``args``; returns (address, receipt)."""
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        ctor = factory.constructor(*args)
+        tx = ctor.build_transaction(self._base_tx(gas, ctor))
+        receipt = self.send_tx(tx)
+        address = receipt["contractAddress"]
+        if address is None:
+            raise LedgerError(f"deployment of {artifact.name} returned no address")
+        return str(address), receipt
+
+    def _base_tx(self, gas: int | None, fn: Any) -> TxParams:
+        tx: TxParams = {
+            "from": self.account.address,
+            "chainId": self.chain_id,
+            "gasPrice": self.w3.eth.gas_price,
+        }
+        if gas is None:
+            try:
+                estimate = fn.estimate_gas({"from": self.account.address})
+            except ContractLogicError as exc:
+                raise self._reverted(exc) from None
+            gas = min(int(estimate * 1.2) + 10_000, self._block_gas_limit())
+        tx["gas"] = gas
+        return tx
+
+    def _block_gas_limit(self) -> int:
+        return int(self.w3.eth.get_block("latest")["gasLimit"])
+
+    def send_tx(self, tx: TxParams) -> TxReceipt:
+        """Sign ``tx`` locally (nonce filled in), send it, await the receipt; retry transients."""
+        last_exc: Exception | None = None
+        for attempt in range(self.retries + 1):
+            tx = dict(tx)  # type: ignore[assignment]
+            tx["nonce"] = self._take_nonce()  # type: ignore[typeddict-item]
+            signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
+            try:
+                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            except ContractLogicError as exc:
+                self.reset_nonce()
+                raise self._reverted(exc) from None
+            except (ConnectionError, OSError) as exc:
+                self.reset_nonce()
+                last_exc = exc
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            except (
+                ValueError
+            ) as exc:  # node refused: nonce too low / already known, resync and retry
+                self.reset_nonce()
+                last_exc = exc
+                if "nonce" in str(exc).lower() or "known" in str(exc).lower():
+                    continue
+                raise LedgerError(f"transaction refused: {exc}") from exc
+            try:
+                receipt = self.w3.eth.wait_for_transaction_receipt(
+                    tx_hash, timeout=self.receipt_timeout_s, poll_latency=0.05
+                )
+            except TimeExhausted as exc:
+                raise TransactionTimeoutError(
+                    f"transaction {tx_hash.hex()} not mined in time"
+                ) from exc
+            if receipt["status"] != 1:
+                raise self._failed(tx, receipt)
+            return receipt
+        raise ChainUnavailableError(
+            f"transaction not sent after {self.retries + 1} attempts: {last_exc}"
+        )
+
+    def _failed(self, tx: TxParams, receipt: TxReceipt) -> TransactionRevertedError:
+        """Replay a mined-but-reverted transaction as a call to recover its revert reason."""
+        call: TxParams = {
+            k: v for k, v in tx.items() if k in ("from", "to", "data", "value", "gas")
+        }  # type: ignore[assignment]
+        try:
+            self.w3.eth.call(call, receipt["blockNumber"] - 1)
+        except ContractLogicError as exc:
+            return self._reverted(exc)
+        except Exception:
+            pass
+        return TransactionRevertedError(f"transaction {receipt['transactionHash'].hex()} reverted")
+
+    def _reverted(self, exc: ContractLogicError) -> TransactionRevertedError:
+        data = revert_data(exc)
+        decoded = self.decoder.decode(data)
+        if decoded is None:
+            return TransactionRevertedError(str(exc.message or exc))
+        name, args = decoded
+        return TransactionRevertedError(
+            self.decoder.describe(data), error_name=name, error_args=args
+        )

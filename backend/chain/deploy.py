@@ -1,0 +1,112 @@
+"""The one deployment implementation: web3, any RPC URL, brownie's compiled artifacts.
+
+``scripts/deploy.py`` (brownie) and ``tegrid chain deploy`` both call :func:`deploy_all`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_account import Account
+
+from backend.chain.client import ChainClient
+from backend.chain.contracts import Deployment, contract_at, load_artifact, save_deployment
+from backend.settings import Settings
+
+DEFAULT_SETTLEMENT_DELAY_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class RoleHolders:
+    """Addresses that receive the registry roles (the deployer keeps DEFAULT_ADMIN_ROLE)."""
+
+    grid_operator: str
+    validator: str
+    oracle: str
+    market_operator: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RoleHolders:
+        def addr(key: str) -> str:
+            return str(Account.from_key(key).address)
+
+        return cls(
+            grid_operator=addr(settings.grid_operator_key),
+            validator=addr(settings.validator_key),
+            oracle=addr(settings.oracle_key),
+            market_operator=addr(settings.market_operator_key),
+        )
+
+
+def deploy_all(
+    client: ChainClient,
+    roles: RoleHolders,
+    *,
+    interval_seconds: int = 900,
+    settlement_delay_seconds: int = DEFAULT_SETTLEMENT_DELAY_SECONDS,
+    token_address: str | None = None,
+    deployment_file: Path | None = None,
+) -> Deployment:
+    """Deploy token (unless ``token_address``), registry, readings and market; grant the roles.
+
+    The client's account becomes the registry admin and the token minter. When ``deployment_file``
+    is given the result is written there.
+    """
+    contracts: dict[str, str] = {}
+    if token_address is None:
+        token_address, _ = client.deploy(load_artifact("EnergyToken"), client.address)
+    contracts["EnergyToken"] = token_address
+    registry_address, _ = client.deploy(load_artifact("ParticipantRegistry"), client.address)
+    contracts["ParticipantRegistry"] = registry_address
+    readings_address, _ = client.deploy(
+        load_artifact("MeterReadings"), registry_address, interval_seconds
+    )
+    contracts["MeterReadings"] = readings_address
+    market_address, receipt = client.deploy(
+        load_artifact("EnergyMarket"),
+        token_address,
+        registry_address,
+        readings_address,
+        settlement_delay_seconds,
+    )
+    contracts["EnergyMarket"] = market_address
+
+    registry = contract_at(client.w3, "ParticipantRegistry", registry_address)
+    grants = [
+        (registry.functions.GRID_OPERATOR_ROLE().call(), roles.grid_operator),
+        (registry.functions.VALIDATOR_ROLE().call(), roles.validator),
+        (registry.functions.ORACLE_ROLE().call(), roles.oracle),
+        (registry.functions.MARKET_OPERATOR_ROLE().call(), roles.market_operator),
+    ]
+    last_block = int(receipt["blockNumber"])
+    for role, holder in grants:
+        r = client.transact(registry.functions.grantRole(role, holder))
+        last_block = int(r["blockNumber"])
+    deployment = Deployment(
+        chain_id=client.chain_id,
+        contracts=contracts,
+        interval_seconds=interval_seconds,
+        settlement_delay_seconds=settlement_delay_seconds,
+        block=last_block,
+    )
+    if deployment_file is not None:
+        save_deployment(deployment, deployment_file)
+    return deployment
+
+
+def deploy_from_settings(
+    settings: Settings,
+    *,
+    settlement_delay_seconds: int = DEFAULT_SETTLEMENT_DELAY_SECONDS,
+    write: bool = True,
+) -> Deployment:
+    """Deploy with the settings' admin and role keys to ``settings.rpc_url``; write the file."""
+    client = ChainClient.from_settings(settings)
+    return deploy_all(
+        client,
+        RoleHolders.from_settings(settings),
+        interval_seconds=settings.interval_seconds,
+        settlement_delay_seconds=settlement_delay_seconds,
+        deployment_file=settings.deployment_file if write else None,
+    )

@@ -1,0 +1,36 @@
+"""Errors of the chain layer: root :class:`LedgerError`; subclasses also inherit the builtin."""
+
+from __future__ import annotations
+
+from backend.errors import TegridError
+
+
+class LedgerError(TegridError):
+    """Root of every error the chain client raises on purpose."""
+
+
+class ChainUnavailableError(LedgerError, ConnectionError):
+    """The JSON-RPC endpoint cannot be reached."""
+
+
+class DeploymentNotFoundError(LedgerError, FileNotFoundError):
+    """No deployment file, or it names another chain / lacks a contract."""
+
+
+class ArtifactNotFoundError(LedgerError, FileNotFoundError):
+    """A compiled artifact (build/contracts/<Name>.json) is missing: run `brownie compile`."""
+
+
+class TransactionRevertedError(LedgerError, RuntimeError):
+    """A transaction or call reverted; ``error_name``/``error_args`` hold the custom error."""
+
+    def __init__(
+        self, message: str, error_name: str | None = None, error_args: tuple[object, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.error_name = error_name
+        self.error_args = error_args
+
+
+class TransactionTimeoutError(LedgerError, TimeoutError):
+    """A transaction was not mined in time."""

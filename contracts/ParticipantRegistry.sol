@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
+
+/// @title ParticipantRegistry
+/// @notice Roles and prosumer connections of tegrid. See {IParticipantRegistry}.
+contract ParticipantRegistry is AccessControl, IParticipantRegistry {
+    /// @inheritdoc IParticipantRegistry
+    bytes32 public constant GRID_OPERATOR_ROLE = keccak256("GRID_OPERATOR_ROLE");
+    /// @inheritdoc IParticipantRegistry
+    bytes32 public constant VALIDATOR_ROLE = keccak256("VALIDATOR_ROLE");
+    /// @inheritdoc IParticipantRegistry
+    bytes32 public constant ORACLE_ROLE = keccak256("ORACLE_ROLE");
+    /// @inheritdoc IParticipantRegistry
+    bytes32 public constant MARKET_OPERATOR_ROLE = keccak256("MARKET_OPERATOR_ROLE");
+
+    // Two slots per participant: slot 0 (meter, index, busId, active) is what trades read; slot 1 the limits.
+    mapping(address wallet => Participant) private _participants;
+    // One slot per meter (wallet, index, active) so a reading costs one registry SLOAD.
+    mapping(address meter => MeterRecord) private _meters;
+    uint32 private _count;
+
+    /// @param admin Receives DEFAULT_ADMIN_ROLE (grants the other roles).
+    constructor(address admin) {
+        if (admin == address(0)) revert RegistryZeroAddress();
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function connect(address wallet, address meter, uint32 busId, uint32 maxExportW, uint32 maxImportW)
+        external
+        onlyRole(GRID_OPERATOR_ROLE)
+        returns (uint32 index)
+    {
+        if (wallet == address(0) || meter == address(0)) revert RegistryZeroAddress();
+        if (_participants[wallet].index != 0) revert RegistryAlreadyConnected(wallet);
+        if (_meters[meter].wallet != address(0)) revert RegistryMeterInUse(meter);
+        index = ++_count;
+        _participants[wallet] = Participant(meter, index, busId, true, maxExportW, maxImportW);
+        _meters[meter] = MeterRecord(wallet, index, true);
+        emit ParticipantConnected(wallet, meter, index, busId, maxExportW, maxImportW);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function rotateMeter(address wallet, address newMeter) external onlyRole(GRID_OPERATOR_ROLE) {
+        if (newMeter == address(0)) revert RegistryZeroAddress();
+        Participant storage p = _participants[wallet];
+        if (p.index == 0) revert RegistryUnknownParticipant(wallet);
+        if (_meters[newMeter].wallet != address(0)) revert RegistryMeterInUse(newMeter);
+        address oldMeter = p.meter;
+        delete _meters[oldMeter];
+        p.meter = newMeter;
+        _meters[newMeter] = MeterRecord(wallet, p.index, p.active);
+        emit MeterRotated(wallet, oldMeter, newMeter);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function deactivate(address wallet) external onlyRole(GRID_OPERATOR_ROLE) {
+        Participant storage p = _participants[wallet];
+        if (p.index == 0) revert RegistryUnknownParticipant(wallet);
+        if (!p.active) revert RegistryParticipantInactive(wallet);
+        p.active = false;
+        _meters[p.meter].active = false;
+        emit ParticipantDeactivated(wallet);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function reactivate(address wallet) external onlyRole(GRID_OPERATOR_ROLE) {
+        Participant storage p = _participants[wallet];
+        if (p.index == 0) revert RegistryUnknownParticipant(wallet);
+        if (p.active) revert RegistryParticipantActive(wallet);
+        p.active = true;
+        _meters[p.meter].active = true;
+        emit ParticipantReactivated(wallet);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function participantOf(address wallet) external view returns (Participant memory) {
+        return _participants[wallet];
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function walletOfMeter(address meter) external view returns (address) {
+        return _meters[meter].wallet;
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function meterRecordOf(address meter) external view returns (MeterRecord memory) {
+        return _meters[meter];
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function isActive(address wallet) external view returns (bool) {
+        return _participants[wallet].active;
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function stateOf(address wallet) external view returns (bool active, uint32 index) {
+        Participant storage p = _participants[wallet];
+        return (p.active, p.index);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function participantCount() external view returns (uint32) {
+        return _count;
+    }
+}
