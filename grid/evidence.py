@@ -1,0 +1,58 @@
+"""Evidence hash: sha256 over canonical inputs and the rounded AC result, so anyone can recompute it.
+
+Canonical JSON (sorted keys, no spaces) of::
+
+    {"schema": "tegrid-grid-evidence-v1", "network": <fingerprint>, "base_state": {...},
+     "limits": {...}, "trades": [[id, seller_bus, buyer_bus, p_kw], ...],
+     "verdicts": [[id, approved, reason_code, element, value, limit], ...],
+     "ac_result": {"vm_pu": [...], "loading_percent": [...]}}
+
+Verdict values and voltages are rounded to 5 decimals, loadings to 3 (well above solver noise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from grid.verdicts import Limits, Trade, Verdict
+
+SCHEMA = "tegrid-grid-evidence-v1"
+
+
+def _r(value: float | None, digits: int) -> float | None:
+    if value is None:
+        return None
+    rounded = round(float(value), digits)
+    return 0.0 if rounded == 0 else rounded
+
+
+def hash_array(values: np.ndarray, digits: int = 9) -> str:
+    """sha256 of rounded values (for the base-state injections)."""
+    blob = json.dumps([_r(float(v), digits) for v in values], separators=(",", ":"))
+    return "0x" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def evidence_hash(*, network: str, base_state: dict[str, object], limits: Limits,
+                  trades: Sequence[Trade], verdicts: Sequence[Verdict], vm_pu: np.ndarray,
+                  loading_percent: np.ndarray) -> str:
+    document = {
+        "schema": SCHEMA,
+        "network": network,
+        "base_state": base_state,
+        "limits": limits.to_dict(),
+        "trades": [[t.id, int(t.seller_bus), int(t.buyer_bus), repr(float(t.p_kw))] for t in trades],
+        "verdicts": [
+            [v.id, v.approved, int(v.reason), v.element, _r(v.value, 5), _r(v.limit, 5)]
+            for v in verdicts
+        ],
+        "ac_result": {
+            "vm_pu": [_r(float(x), 5) for x in vm_pu],
+            "loading_percent": [_r(float(x), 3) for x in loading_percent],
+        },
+    }
+    blob = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "0x" + hashlib.sha256(blob.encode()).hexdigest()

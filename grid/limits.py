@@ -1,0 +1,107 @@
+"""The "do no harm" rule over measured quantities: effective limits from the base state, first violation.
+
+A quantity is within its limit, or - where the base state already breaks that limit - no worse than in the
+base state (within ``Limits.tolerance``). When several limits break at once the verdict names, in this
+order, a transformer overload, a line overload, an over-voltage, an under-voltage (thermal limits first:
+they damage equipment), and within one kind the element that exceeds its limit most (lowest index on ties).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from grid.verdicts import Limits, Reason
+
+# Acceptance margins of the validators (not of the final check): an approved set sits at least this far
+# inside every limit, so a power flow solved to a different tolerance elsewhere never finds it outside.
+ACCEPT_MARGIN_PU = 1e-7
+ACCEPT_MARGIN_PERCENT = 1e-5
+
+
+@dataclass(frozen=True)
+class Violation:
+    reason: Reason
+    element: str
+    value: float | None
+    limit: float | None
+
+
+NOT_CONVERGED = Violation(Reason.NOT_CONVERGED, "", None, None)
+
+
+@dataclass(frozen=True)
+class Monitored:
+    """What is watched, in pandapower indices: buses, then branch rows (lines first, then trafos)."""
+
+    buses: np.ndarray
+    lines: np.ndarray
+    trafos: np.ndarray
+
+    @property
+    def n_branches(self) -> int:
+        return len(self.lines) + len(self.trafos)
+
+
+class LimitSet:
+    """Effective per-element limits (the base-state-aware rule) and the check against them."""
+
+    def __init__(self, limits: Limits, monitored: Monitored, base_vm_pu: np.ndarray,
+                 base_loading_percent: np.ndarray) -> None:
+        self.limits = limits
+        self.monitored = monitored
+        tol_pu, tol_pct = limits.tolerance, limits.tolerance * 100.0
+        n_lines = len(monitored.lines)
+        lmax = np.concatenate([
+            np.full(n_lines, limits.max_line_loading_percent),
+            np.full(len(monitored.trafos), limits.max_trafo_loading_percent),
+        ])
+        low = base_vm_pu < limits.vm_min_pu
+        high = base_vm_pu > limits.vm_max_pu
+        over = base_loading_percent > lmax
+        self.vmin_report = np.where(low, base_vm_pu, limits.vm_min_pu)
+        self.vmax_report = np.where(high, base_vm_pu, limits.vm_max_pu)
+        self.lmax_report = np.where(over, base_loading_percent, lmax)
+        self.vmin = np.where(low, base_vm_pu - tol_pu, limits.vm_min_pu)
+        self.vmax = np.where(high, base_vm_pu + tol_pu, limits.vm_max_pu)
+        self.lmax = np.where(over, base_loading_percent + tol_pct, lmax)
+        self.n_lines = n_lines
+
+    def check(self, vm_pu: np.ndarray, loading_percent: np.ndarray,
+              strict: bool = True) -> Violation | None:
+        """First violation by the order in the module doc, or None. ``strict`` adds the accept margins."""
+        if not (np.all(np.isfinite(vm_pu)) and np.all(np.isfinite(loading_percent))):
+            return NOT_CONVERGED
+        eps_pu = ACCEPT_MARGIN_PU if strict else 0.0
+        eps_pct = ACCEPT_MARGIN_PERCENT if strict else 0.0
+        mon = self.monitored
+        n = self.n_lines
+        excess = loading_percent - self.lmax
+        for reason, lo, hi, names in (
+            (Reason.TRAFO_OVERLOAD, n, len(excess), mon.trafos),
+            (Reason.LINE_OVERLOAD, 0, n, mon.lines),
+        ):
+            if hi > lo:
+                i = int(np.argmax(excess[lo:hi]))
+                if excess[lo + i] > -eps_pct:
+                    kind = "trafo" if reason is Reason.TRAFO_OVERLOAD else "line"
+                    return Violation(reason, f"{kind} {int(names[i])}",
+                                     float(loading_percent[lo + i]), float(self.lmax_report[lo + i]))
+        high = vm_pu - self.vmax
+        i = int(np.argmax(high))
+        if high[i] > -eps_pu:
+            return Violation(Reason.VOLTAGE_HIGH, f"bus {int(mon.buses[i])}", float(vm_pu[i]),
+                             float(self.vmax_report[i]))
+        low = self.vmin - vm_pu
+        i = int(np.argmax(low))
+        if low[i] > -eps_pu:
+            return Violation(Reason.VOLTAGE_LOW, f"bus {int(mon.buses[i])}", float(vm_pu[i]),
+                             float(self.vmin_report[i]))
+        return None
+
+    def margins(self, vm_pu: np.ndarray, loading_percent: np.ndarray) -> tuple[float, float]:
+        """Smallest distance to a limit: (voltage in pu, loading in percent points)."""
+        mv = float(min(np.min(vm_pu - self.vmin), np.min(self.vmax - vm_pu)))
+        ml = float(np.min(self.lmax - loading_percent)) if len(loading_percent) else np.inf
+        return mv, ml

@@ -1,0 +1,574 @@
+"""The Neural Grid validator: interval base states, trade verdicts under "do no harm", hosting capacity.
+
+How ``validate`` stays both fast and AC-exact:
+
+1. Screen: each trade's effect is predicted with sensitivities taken at the current AC operating point
+   (voltage magnitudes and complex branch currents per injected kW, from the power-flow Jacobian) on top
+   of the trades already tentatively accepted in the current batch.
+2. A trade the screen puts clearly inside every limit (outside a margin band that grows with the size of
+   the predicted change) joins the batch. Every ``batch_size`` trades, and before any AC decision, the
+   batch is confirmed with one AC power flow. If AC finds what the screen missed, the batch is re-decided
+   trade by trade with AC, so the lowest-priority offending trades are vetoed.
+3. A trade the screen puts near or past a limit gets the AC answer directly (veto reasons and values are
+   always AC figures). The linearization is refreshed when the operating point has drifted.
+
+The approved set therefore always passes a full AC power flow; verdicts equal those of a validator that
+runs a full power flow per trade, except where the linear screen errs by more than its band.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandapower as pp
+from scipy import sparse
+
+from grid.acmodel import ACModel, Linearization, Measures
+from grid.errors import BaseStateError, TradeInputError
+from grid.evidence import evidence_hash, hash_array
+from grid.limits import NOT_CONVERGED, LimitSet, Violation
+from grid.networks import bus_geodata, load_network, network_fingerprint, quiet
+from grid.profiles import (
+    DEFAULT_INTERVAL_SECONDS,
+    add_pv_where_missing,
+    apply_interval,
+    hour_of_day,
+    nominal_values,
+)
+from grid.verdicts import Limits, Reason, Trade, Verdict
+
+BATCH_SIZE = 32
+BAND_PU = 2e-4
+BAND_PERCENT = 0.2
+BAND_RELATIVE = 0.15
+RELINEARIZE_PU = 0.004
+RELINEARIZE_PERCENT = 4.0
+HOSTING_RESOLUTION_KW = 0.01
+HOSTING_MAX_KW = 1e6
+_BASE_CACHE = 32
+
+
+@dataclass(frozen=True)
+class BaseStateSummary:
+    """The base state of one interval (or the network's own values when ``interval`` is None)."""
+
+    network: str
+    interval: int | None
+    interval_seconds: int
+    hour_of_day: float | None
+    converged: bool
+    buses: int
+    vm_min_pu: float | None
+    vm_min_bus: int | None
+    vm_max_pu: float | None
+    vm_max_bus: int | None
+    losses_kw: float | None
+    max_line_loading_percent: float | None
+    max_trafo_loading_percent: float | None
+    load_kw: float
+    pv_kw: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ValidationStats:
+    """How the answer was reached (for benchmarks and curiosity, not part of the evidence)."""
+
+    trades: int = 0
+    screened_in: int = 0
+    ac_solves: int = 0
+    batch_fallbacks: int = 0
+    linearizations: int = 0
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Verdicts in input order, the evidence hash and the AC state of base + approved trades."""
+
+    network: str
+    fingerprint: str
+    interval: int | None
+    verdicts: list[Verdict]
+    evidence_hash: str
+    converged: bool
+    vm_min_pu: float | None
+    vm_max_pu: float | None
+    max_line_loading_percent: float | None
+    max_trafo_loading_percent: float | None
+    stats: ValidationStats = field(default_factory=ValidationStats)
+
+    @property
+    def approved_ids(self) -> list[str]:
+        return [v.id for v in self.verdicts if v.approved]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "network": self.network,
+            "fingerprint": self.fingerprint,
+            "interval": self.interval,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "approved": sum(v.approved for v in self.verdicts),
+            "vetoed": sum(not v.approved for v in self.verdicts),
+            "vm_min_pu": self.vm_min_pu,
+            "vm_max_pu": self.vm_max_pu,
+            "max_line_loading_percent": self.max_line_loading_percent,
+            "max_trafo_loading_percent": self.max_trafo_loading_percent,
+            "evidence_hash": self.evidence_hash,
+        }
+
+
+@dataclass(frozen=True)
+class HostingLimit:
+    """Largest power in one direction and the constraint that binds just beyond it.
+
+    ``reason`` is None when no limit bound up to the search ceiling (``HOSTING_MAX_KW``)."""
+
+    p_kw: float
+    reason: Reason | None
+    element: str
+    value: float | None
+    limit: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "p_kw": self.p_kw,
+            "binding": None if self.reason is None else self.reason.name,
+            "element": self.element,
+            "value": None if self.value is None else round(self.value, 6),
+            "limit": None if self.limit is None else round(self.limit, 6),
+        }
+
+
+@dataclass(frozen=True)
+class HostingCapacity:
+    """Plug-and-play capacity at a bus: export (injection) and import (withdrawal), AC-bisected."""
+
+    network: str
+    bus: int
+    interval: int | None
+    max_export: HostingLimit
+    max_import: HostingLimit
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "network": self.network,
+            "bus": self.bus,
+            "interval": self.interval,
+            "export_kw": self.max_export.p_kw,
+            "export": self.max_export.to_dict(),
+            "import_kw": self.max_import.p_kw,
+            "import": self.max_import.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class GridStatus:
+    """AC state for a dashboard: per-element values in pandapower index order."""
+
+    network: str
+    interval: int | None
+    converged: bool
+    buses: list[int]
+    vm_pu: list[float]
+    lines: list[int]
+    line_loading_percent: list[float]
+    trafos: list[int]
+    trafo_loading_percent: list[float]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class _Base:
+    """Internals of one interval's base state."""
+
+    summary: BaseStateSummary
+    model: ACModel | None
+    measures: Measures | None
+    limitset: LimitSet | None
+    doc: dict[str, object]
+
+
+class GridValidator:
+    """Validates trade sets on one network. Cheap to query repeatedly: base states are cached."""
+
+    def __init__(self, network: str | pp.pandapowerNet = "cigre_lv", limits: Limits | None = None,
+                 add_pv: bool = True, batch_size: int = BATCH_SIZE) -> None:
+        if isinstance(network, pp.pandapowerNet):
+            net = copy.deepcopy(network)
+            self.network_name = str(net.name) if getattr(net, "name", "") else "custom"
+        else:
+            net = load_network(network)
+            self.network_name = str(network)
+        self.fingerprint = network_fingerprint(net)
+        self.limits = limits if limits is not None else Limits()
+        self.batch_size = max(1, int(batch_size))
+        for column in ("const_z_percent", "const_i_percent"):
+            if column in net.load.columns:
+                net.load[column] = 0.0  # trades and states use constant-power loads
+        if add_pv:
+            add_pv_where_missing(net)
+        self.net = net
+        self._nominal = nominal_values(net)
+        self._bases: dict[tuple[int | None, int], _Base] = {}
+
+    # ----------------------------------------------------------------- network facts
+    def buses(self) -> list[int]:
+        return [int(b) for b in self.net.bus.index[self.net.bus.in_service]]
+
+    def load_buses(self) -> list[int]:
+        """Buses carrying in-service loads (where participants sit)."""
+        loads = self.net.load[self.net.load.in_service]
+        return sorted({int(b) for b in loads["bus"]})
+
+    def bus_geodata(self) -> dict[int, tuple[float, float]]:
+        return bus_geodata(self.net)
+
+    # ----------------------------------------------------------------- base state
+    def base_state(self, interval: int | None = None,
+                   interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> BaseStateSummary:
+        return self._base(interval, interval_seconds).summary
+
+    def base_net(self, interval: int | None = None,
+                 interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> pp.pandapowerNet:
+        """A solved copy of the network in the interval's base state (for independent checks)."""
+        net = copy.deepcopy(self.net)
+        apply_interval(net, self._nominal, interval, interval_seconds)
+        with quiet():
+            pp.runpp(net)
+        return net
+
+    def limit_set(self, interval: int | None = None,
+                  interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> LimitSet:
+        base = self._base(interval, interval_seconds)
+        if base.limitset is None:
+            raise BaseStateError(f"the base state of interval {interval} does not converge")
+        return base.limitset
+
+    def _base(self, interval: int | None, interval_seconds: int) -> _Base:
+        if interval is not None:
+            interval = int(interval)
+        key = (interval, int(interval_seconds))
+        hit = self._bases.get(key)
+        if hit is not None:
+            return hit
+        net = copy.deepcopy(self.net)
+        apply_interval(net, self._nominal, interval, interval_seconds)
+        hour = None if interval is None else hour_of_day(interval, interval_seconds)
+        load_kw = float(net.load.p_mw[net.load.in_service].sum() * 1000)
+        pv_kw = float(net.sgen.p_mw[net.sgen.in_service].sum() * 1000) if len(net.sgen) else 0.0
+        doc: dict[str, object] = {"interval": interval, "interval_seconds": int(interval_seconds)}
+        try:
+            with quiet():
+                pp.runpp(net)
+        except Exception:
+            summary = BaseStateSummary(self.network_name, interval, int(interval_seconds), hour, False,
+                                       len(self.buses()), None, None, None, None, None, None, None,
+                                       load_kw, pv_kw)
+            base = _Base(summary, None, None, None, doc)
+        else:
+            model = ACModel(net)
+            measures = model.measure(model.V0)
+            mon = model.monitored
+            limitset = LimitSet(self.limits, mon, measures.vm_pu, measures.loading_percent)
+            n_lines = len(mon.lines)
+            vm = measures.vm_pu
+            losses_kw = float(net.res_line.pl_mw.sum() * 1000) if len(net.line) else 0.0
+            if len(net.trafo):
+                losses_kw += float(net.res_trafo.pl_mw.sum() * 1000)
+            summary = BaseStateSummary(
+                network=self.network_name, interval=interval, interval_seconds=int(interval_seconds),
+                hour_of_day=hour, converged=True, buses=len(mon.buses),
+                vm_min_pu=float(vm.min()), vm_min_bus=int(mon.buses[int(np.argmin(vm))]),
+                vm_max_pu=float(vm.max()), vm_max_bus=int(mon.buses[int(np.argmax(vm))]),
+                losses_kw=losses_kw,
+                max_line_loading_percent=_max(measures.loading_percent[:n_lines]),
+                max_trafo_loading_percent=_max(measures.loading_percent[n_lines:]),
+                load_kw=load_kw, pv_kw=pv_kw,
+            )
+            S = model.Sbus0
+            doc["injections"] = hash_array(np.r_[S.real, S.imag])
+            base = _Base(summary, model, measures, limitset, doc)
+        if len(self._bases) >= _BASE_CACHE:
+            self._bases.pop(next(iter(self._bases)))
+        self._bases[key] = base
+        return base
+
+    # ----------------------------------------------------------------- validation
+    def validate(self, trades: Sequence[Trade], interval: int | None = None,
+                 interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> ValidationResult:
+        """Verdicts for ``trades`` in priority order (first = highest) under the "do no harm" rule."""
+        base = self._base(interval, interval_seconds)
+        trades = list(trades)
+        verdicts: list[Verdict | None] = [None] * len(trades)
+        seen: set[str] = set()
+        valid: list[tuple[int, Trade]] = []
+        known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
+        for pos, trade in enumerate(trades):
+            bad = _input_verdict(trade, known, seen)
+            if bad is not None:
+                verdicts[pos] = bad
+            else:
+                valid.append((pos, trade))
+        if base.model is None or base.measures is None or base.limitset is None:
+            for pos, trade in valid:
+                verdicts[pos] = Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
+            final: list[Verdict] = [v for v in verdicts if v is not None]
+            digest = evidence_hash(network=self.fingerprint, base_state=base.doc, limits=self.limits,
+                                   trades=trades, verdicts=final, vm_pu=np.zeros(0),
+                                   loading_percent=np.zeros(0))
+            return ValidationResult(self.network_name, self.fingerprint, interval, final, digest,
+                                    False, None, None, None, None)
+        session = _Session(base.model, base.measures, base.limitset, self.batch_size)
+        with np.errstate(all="ignore"):
+            for pos, trade in valid:
+                session.offer(pos, trade)
+            session.flush()
+        for pos, verdict in session.verdicts.items():
+            verdicts[pos] = verdict
+        final = [v for v in verdicts if v is not None]
+        state = session.measures
+        n_lines = len(base.model.monitored.lines)
+        digest = evidence_hash(network=self.fingerprint, base_state=base.doc, limits=self.limits,
+                               trades=trades, verdicts=final, vm_pu=state.vm_pu,
+                               loading_percent=state.loading_percent)
+        return ValidationResult(
+            network=self.network_name, fingerprint=self.fingerprint, interval=interval,
+            verdicts=final, evidence_hash=digest, converged=True,
+            vm_min_pu=float(state.vm_pu.min()), vm_max_pu=float(state.vm_pu.max()),
+            max_line_loading_percent=_max(state.loading_percent[:n_lines]),
+            max_trafo_loading_percent=_max(state.loading_percent[n_lines:]),
+            stats=session.stats(len(trades)),
+        )
+
+    # ----------------------------------------------------------------- hosting capacity
+    def hosting_capacity(self, bus: int, interval: int | None = None,
+                         interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> HostingCapacity:
+        """Largest export and import at ``bus`` on top of the base state before a limit binds.
+
+        Doubling from 1 kW, then bisection with AC to ``HOSTING_RESOLUTION_KW``; the binding
+        constraint is the violation just beyond the reported power."""
+        base = self._base(interval, interval_seconds)
+        model = base.model
+        if model is None or base.limitset is None:
+            raise BaseStateError(f"the base state of interval {interval} does not converge")
+        if int(bus) not in model.ppci_of_bus:
+            raise TradeInputError(f"bus {bus} is not an energized bus of {self.network_name}")
+        export = _hosting(model, base.limitset, int(bus), +1.0)
+        import_ = _hosting(model, base.limitset, int(bus), -1.0)
+        return HostingCapacity(self.network_name, int(bus), interval, export, import_)
+
+    # ----------------------------------------------------------------- dashboard
+    def grid_status(self, trades: Sequence[Trade] = (), interval: int | None = None,
+                    interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> GridStatus:
+        """AC state of the base state plus ``trades`` (normally the approved ones), all applied."""
+        base = self._base(interval, interval_seconds)
+        model = base.model
+        if model is None:
+            return GridStatus(self.network_name, interval, False, self.buses(), [], [], [], [], [])
+        mon = model.monitored
+        delta: dict[int, float] = {}
+        for trade in trades:
+            for bus, sign in ((trade.seller_bus, 1.0), (trade.buyer_bus, -1.0)):
+                if bus not in model.ppci_of_bus:
+                    raise TradeInputError(f"trade {trade.id!r}: bus {bus} is not in the network")
+                delta[bus] = delta.get(bus, 0.0) + sign * float(trade.p_kw)
+        with np.errstate(all="ignore"):
+            V = model.solve(model.Sbus0 + model.injection(delta), model.V0)
+        if V is None:
+            return GridStatus(self.network_name, interval, False, mon.buses.tolist(), [], [], [], [], [])
+        me = model.measure(V)
+        n = len(mon.lines)
+        return GridStatus(
+            self.network_name, interval, True, mon.buses.tolist(),
+            [round(float(x), 6) for x in me.vm_pu], mon.lines.tolist(),
+            [round(float(x), 4) for x in me.loading_percent[:n]], mon.trafos.tolist(),
+            [round(float(x), 4) for x in me.loading_percent[n:]],
+        )
+
+
+def _max(values: np.ndarray) -> float | None:
+    return float(values.max()) if len(values) else None
+
+
+def _input_verdict(trade: Trade, known: object, seen: set[str]) -> Verdict | None:
+    """INVALID_TRADE / UNKNOWN_BUS for trades that need no power flow to refuse."""
+    tid = str(trade.id)
+    if tid in seen:
+        return Verdict(tid, False, Reason.INVALID_TRADE, "id", source="input")
+    seen.add(tid)
+    p = trade.p_kw
+    if isinstance(p, bool) or not isinstance(p, int | float) or not np.isfinite(p) or p <= 0:
+        return Verdict(tid, False, Reason.INVALID_TRADE, "p_kw", source="input")
+    for bus in (trade.seller_bus, trade.buyer_bus):
+        if isinstance(bus, bool) or not isinstance(bus, int | np.integer):
+            return Verdict(tid, False, Reason.INVALID_TRADE, "bus", source="input")
+    for bus in (trade.seller_bus, trade.buyer_bus):
+        if int(bus) not in known:  # type: ignore[operator]
+            return Verdict(tid, False, Reason.UNKNOWN_BUS, f"bus {int(bus)}", source="input")
+    if int(trade.seller_bus) == int(trade.buyer_bus):
+        return Verdict(tid, False, Reason.INVALID_TRADE, "seller_bus == buyer_bus", source="input")
+    return None
+
+
+def _veto(trade: Trade, violation: Violation) -> Verdict:
+    return Verdict(trade.id, False, violation.reason, violation.element, violation.value,
+                   violation.limit)
+
+
+class _Session:
+    """One ``validate`` run: the accepted AC state, the current linearization and the open batch."""
+
+    def __init__(self, model: ACModel, measures: Measures, limitset: LimitSet, batch_size: int) -> None:
+        self.model = model
+        self.limitset = limitset
+        self.batch_size = batch_size
+        self.S = model.Sbus0.copy()
+        self.measures = measures
+        self.verdicts: dict[int, Verdict] = {}
+        self.ac_solves = 0
+        self.fallbacks = 0
+        self.linearizations = 0
+        self.screened_in = 0
+        self._relinearize()
+        self._clear_batch()
+
+    def stats(self, n_trades: int) -> ValidationStats:
+        return ValidationStats(n_trades, self.screened_in, self.ac_solves, self.fallbacks,
+                               self.linearizations)
+
+    def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
+        self.lin = Linearization(self.model, self.measures.V, jacobian)
+        self.lin_vm = self.measures.vm_pu
+        self.lin_loading = self.measures.loading_percent
+        self.linearizations += 1
+
+    def _clear_batch(self) -> None:
+        me = self.measures
+        self.batch: list[tuple[int, Trade]] = []
+        self.b_dS = np.zeros_like(self.S)
+        self.b_dvm = np.zeros_like(me.vm_pu)
+        self.b_dif = np.zeros_like(me.i_from)
+        self.b_dit = np.zeros_like(me.i_to)
+
+    def _delta_S(self, trade: Trade) -> np.ndarray:
+        model = self.model
+        dS = np.zeros_like(self.S)
+        p_pu = float(trade.p_kw) / 1000.0 / model.base_mva
+        dS[model.ppci_of_bus[int(trade.seller_bus)]] += p_pu
+        dS[model.ppci_of_bus[int(trade.buyer_bus)]] -= p_pu
+        return dS
+
+    def offer(self, pos: int, trade: Trade) -> None:
+        """Screen one trade; join the batch when clearly feasible, else decide it with AC."""
+        me, model = self.measures, self.model
+        cs = self.lin.column(int(trade.seller_bus))
+        cb = self.lin.column(int(trade.buyer_bus))
+        p = float(trade.p_kw)
+        dvm = self.b_dvm + p * (cs.dvm - cb.dvm)
+        dif = self.b_dif + p * (cs.di_from - cb.di_from)
+        dit = self.b_dit + p * (cs.di_to - cb.di_to)
+        vm = me.vm_pu + dvm
+        loading = np.maximum(np.abs(me.i_from + dif) * model.c_from,
+                             np.abs(me.i_to + dit) * model.c_to)
+        band_pu = BAND_PU + BAND_RELATIVE * float(np.max(np.abs(dvm)))
+        band_pct = BAND_PERCENT
+        if len(loading):
+            band_pct += BAND_RELATIVE * float(np.max(np.abs(loading - me.loading_percent)))
+        margin_pu, margin_pct = self.limitset.margins(vm, loading)
+        if margin_pu > band_pu and margin_pct > band_pct:
+            self.screened_in += 1
+            self.batch.append((pos, trade))
+            self.b_dS += self._delta_S(trade)
+            self.b_dvm, self.b_dif, self.b_dit = dvm, dif, dit
+            if len(self.batch) >= self.batch_size:
+                self.flush()
+            return
+        self.flush()
+        self._decide(pos, trade)
+
+    def _solve(self, S: np.ndarray) -> tuple[Measures | None, Violation | None]:
+        self.ac_solves += 1
+        V = self.model.solve(S, self.measures.V)
+        if V is None:
+            return None, NOT_CONVERGED
+        me = self.model.measure(V)
+        return me, self.limitset.check(me.vm_pu, me.loading_percent)
+
+    def _commit(self, S: np.ndarray, me: Measures) -> None:
+        self.S = S
+        self.measures = me
+        drift_pu = float(np.max(np.abs(me.vm_pu - self.lin_vm)))
+        drift_pct = float(np.max(np.abs(me.loading_percent - self.lin_loading), initial=0.0))
+        if drift_pu > RELINEARIZE_PU or drift_pct > RELINEARIZE_PERCENT:
+            self._relinearize(self.model.last_jacobian())
+
+    def _decide(self, pos: int, trade: Trade) -> None:
+        S = self.S + self._delta_S(trade)
+        me, violation = self._solve(S)
+        if violation is not None or me is None:
+            self.verdicts[pos] = _veto(trade, violation or NOT_CONVERGED)
+            return
+        self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
+        self._commit(S, me)
+
+    def flush(self) -> None:
+        """Confirm the open batch with one AC power flow; re-decide it trade by trade if that fails."""
+        if not self.batch:
+            return
+        batch = self.batch
+        S = self.S + self.b_dS
+        me, violation = self._solve(S)
+        if me is not None and violation is None:
+            for pos, trade in batch:
+                self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
+            self._commit(S, me)
+            self._clear_batch()
+            return
+        self.fallbacks += 1
+        self._clear_batch()
+        for pos, trade in batch:
+            self._decide(pos, trade)
+        self._clear_batch()
+
+
+def _hosting(model: ACModel, limitset: LimitSet, bus: int, sign: float) -> HostingLimit:
+    V_ok = model.V0
+    index = model.ppci_of_bus[bus]
+
+    def probe(p_kw: float) -> tuple[Violation | None, np.ndarray | None]:
+        S = model.Sbus0.copy()
+        S[index] += sign * p_kw / 1000.0 / model.base_mva
+        with np.errstate(all="ignore"):
+            V = model.solve(S, V_ok)
+        if V is None:
+            return NOT_CONVERGED, None
+        me = model.measure(V)
+        return limitset.check(me.vm_pu, me.loading_percent), V
+
+    lo, hi = 0.0, 1.0
+    bound: Violation | None = None
+    while hi <= HOSTING_MAX_KW:
+        bound, V = probe(hi)
+        if bound is not None:
+            break
+        lo, V_ok = hi, V if V is not None else V_ok
+        hi *= 2.0
+    if bound is None:
+        return HostingLimit(round(lo, 2), None, "", None, None)
+    while hi - lo > HOSTING_RESOLUTION_KW:
+        mid = 0.5 * (lo + hi)
+        violation, V = probe(mid)
+        if violation is None:
+            lo = mid
+            V_ok = V if V is not None else V_ok
+        else:
+            hi, bound = mid, violation
+    return HostingLimit(float(np.floor(lo * 100) / 100), bound.reason, bound.element, bound.value,
+                        bound.limit)
