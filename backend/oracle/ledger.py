@@ -1,0 +1,82 @@
+"""What the oracle needs from the chain, as a small interface; the web3 implementation is in
+:mod:`backend.oracle.web3_ledger`. Keeping the daemon behind this seam lets its logic be tested
+without a chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from backend.iot.signing import Reading, ReadingDomain
+from backend.oracle import OracleError
+
+# ReadingRejected reason codes of MeterReadings (IMeterReadings.sol) -> our labels.
+REJECT_REASONS = {
+    1: "bad_signature",
+    2: "unregistered",
+    3: "inactive",
+    4: "conflicting",
+    5: "value_too_large",
+}
+MAX_READING_WH = 2**31 - 1  # MeterReadings packs four readings per slot
+
+
+class BatchRefused(OracleError):
+    """The whole batch would revert (``reason`` is the decoded custom error, e.g.
+    MeterReadingsIntervalNotEnded).
+    """
+
+    def __init__(self, reason: str, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class MeterState:
+    registered: bool
+    active: bool
+
+
+@dataclass
+class BatchReceipt:
+    tx_hash: str
+    status: int
+    block_number: int
+    gas_used: int
+    accepted: set[str] = field(default_factory=set)  # meters with ReadingSubmitted
+    rejected: dict[str, str] = field(default_factory=dict)  # meter -> reason label
+
+
+class Ledger(Protocol):
+    """Methods raise :class:`backend.oracle.ChainUnavailable` when the node does not answer."""
+
+    def domain(self) -> ReadingDomain: ...
+
+    def interval_seconds(self) -> int: ...
+
+    def chain_time(self) -> int:
+        """Timestamp the next block will have at least (what ``block.timestamp`` will compare
+        against).
+        """
+        ...
+
+    def meter_state(self, meter: str) -> MeterState: ...
+
+    def prepare_batch(
+        self, interval_id: int, items: Sequence[tuple[Reading, bytes]]
+    ) -> tuple[str, bytes]:
+        """Sign the transaction; returns (tx hash, raw tx). BatchRefused if it would revert."""
+        ...
+
+    def send_raw(self, raw_tx: bytes) -> None: ...
+
+    def receipt(self, tx_hash: str, timeout_s: float) -> BatchReceipt | None:
+        """The parsed receipt, or None when the transaction is unknown to the node."""
+        ...
+
+    def reading_of(self, meter: str, interval_id: int) -> tuple[int, int, bool]: ...
+
+    def reset_nonce(self) -> None: ...

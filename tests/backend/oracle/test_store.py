@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.iot.signing import Reading
+from backend.oracle.store import INFLIGHT, PENDING, SUBMITTED, Incoming, OracleStore, Rejection
+
+METER_A = "0x" + "0A" * 20
+METER_B = "0x" + "0B" * 20
+
+
+def _store(tmp_path: Path) -> OracleStore:
+    return OracleStore(f"sqlite:///{tmp_path / 'q.db'}")
+
+
+def _inc(meter: str, interval_id: int, imp: int = 1, exp: int = 0) -> Incoming:
+    return Incoming(Reading(meter, interval_id, imp, exp), b"\x01" * 65)
+
+
+def test_ingest_dedupes_replays_and_conflicts(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    res = store.ingest(
+        [_inc(METER_A, 1), _inc(METER_B, 1), _inc(METER_A, 1)], [Rejection("malformed", "x")]
+    )
+    assert res.queued == 2
+    assert [r.reason for r in res.rejections] == ["malformed", "replayed"]
+    res = store.ingest([_inc(METER_A, 1, imp=2), _inc(METER_B, 1)])
+    assert res.queued == 0 and [r.reason for r in res.rejections] == ["conflicting", "replayed"]
+    st = store.status()
+    assert st.pending == 2 and st.rejected_by_reason == {
+        "malformed": 1,
+        "replayed": 2,
+        "conflicting": 1,
+    }
+
+
+def test_batch_lifecycle_and_status(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.ingest([_inc(METER_A, 1), _inc(METER_B, 1), _inc(METER_A, 2)])
+    assert store.pending_intervals() == [1, 2]
+    assert store.pending_intervals(ended_before_interval=2) == [1]
+    batch_id, items = store.claim_batch(1, 10)
+    assert len(items) == 2 and store.status().inflight == 2
+    store.set_batch_tx(batch_id, "0x" + "ff" * 32)
+    assert store.inflight_batches()[0][1] == "0x" + "ff" * 32
+    store.finish_batch(batch_id, 42, 90000, rejected={items[1].id: "inactive"})
+    st = store.status()
+    assert (st.pending, st.inflight, st.submitted, st.last_block, st.batches) == (1, 0, 1, 42, 1)
+    assert st.rejected_by_reason == {"inactive": 1}
+    batch2, _items2 = store.claim_batch(2, 10)
+    store.requeue_batch(batch2)
+    assert [r.status for r in store.rows()] == [SUBMITTED, "rejected", PENDING]
+    assert INFLIGHT not in {r.status for r in store.rows()}
+
+
+def test_store_survives_reopen(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.ingest([_inc(METER_A, 1)])
+    store.claim_batch(1, 10)
+    store.close()
+    again = _store(tmp_path)
+    assert again.status().inflight == 1
+    assert again.status().as_dict()["queue_depth"] == 1
