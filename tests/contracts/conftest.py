@@ -1,0 +1,185 @@
+"""Module-scoped deployments of the ledger contracts, snapshot/revert per test, and helpers that build
+signed orders, trades, attestations and readings through backend.chain (the backend's own builders)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import brownie
+import pytest
+from brownie.exceptions import decode_typed_error
+from eth_abi import encode
+from eth_account import Account
+from eth_utils import keccak
+
+from backend.chain import batches, eip712
+from backend.chain.batches import CandidateTrade
+from backend.settings import ANVIL_KEYS
+
+INTERVAL_S = 900
+DELAY_S = 3600
+PRICE = 123_457  # token base units (6 decimals) per kWh
+DEPOSIT = 10**12
+EVIDENCE = keccak(b"grid evidence")
+FAR = 2**40  # an expiry far in the future
+
+
+def err(name: str, *args: Any) -> str:
+    """brownie's revert_msg for custom error ``name(args)``: selector and arguments encoded exactly."""
+    abi = ERRORS[name]
+    types = [i["type"] for i in abi["inputs"]]
+    selector = keccak(text=f"{name}({','.join(types)})")[:4]
+    return decode_typed_error("0x" + (selector + encode(types, list(args))).hex())
+
+
+ERRORS: dict[str, dict[str, Any]] = {}
+
+
+def meter_key(i: int) -> str:
+    return "0x" + keccak(text=f"tegrid meter {i}").hex()
+
+
+class Ledger:
+    """The deployed contracts and the accounts playing each role."""
+
+    def __init__(self, a: Any, token: Any, registry: Any, readings: Any, market: Any) -> None:
+        self.a = a
+        self.token, self.registry, self.readings, self.market = token, registry, readings, market
+        self.admin, self.dso, self.validator, self.oracle, self.operator = a[0], a[1], a[2], a[3], a[4]
+        self.validator_key = ANVIL_KEYS[2]
+        self.trader_keys = {a[i].address: ANVIL_KEYS[i] for i in range(5, 10)}
+        self.meters: dict[str, str] = {}  # wallet -> meter key
+        self.chain_id = brownie.chain.id
+        self.index: dict[str, int] = {}
+        self.records: dict[int, list[list[tuple[Any, ...]]]] = {}
+
+    # ----------------------------------------------------------------- participants
+    def connect(self, wallet: Any, i: int) -> None:
+        key = meter_key(i)
+        self.meters[wallet.address] = key
+        self.registry.connect(wallet, Account.from_key(key).address, 10 + i, 5000, 7000, {"from": self.dso})
+        self.index[wallet.address] = self.registry.stateOf(wallet)[1]
+
+    def meter_of(self, wallet: Any) -> str:
+        return str(Account.from_key(self.meters[wallet.address]).address)
+
+    # ----------------------------------------------------------------- time
+    def now(self) -> int:
+        return int(brownie.chain.time())
+
+    def current_interval(self) -> int:
+        return self.now() // INTERVAL_S
+
+    def end_interval(self, interval: int, extra: int = 0) -> None:
+        """Move chain time past the end of ``interval`` (+ ``extra`` seconds)."""
+        target = (interval + 1) * INTERVAL_S + extra
+        if self.now() < target:
+            brownie.chain.sleep(target - self.now() + 1)
+            brownie.chain.mine()
+
+    # ----------------------------------------------------------------- orders and trades
+    def order(self, trader: Any, side: int, interval: int, energy: int, price: int, nonce: int,
+              expiry: int = FAR, counterparty: str | None = None) -> dict[str, Any]:  # fmt: skip
+        return {"trader": trader.address, "side": side, "intervalId": interval, "energyWh": energy,
+                "pricePerKWh": price, "nonce": nonce, "expiry": expiry,
+                "counterparty": counterparty}  # fmt: skip
+
+    def sign(self, order: dict[str, Any], key: str | None = None, chain_id: int | None = None,
+             market: str | None = None) -> tuple[bytes, bytes]:  # fmt: skip
+        return batches.sign_order(
+            key or self.trader_keys[order["trader"]], chain_id or self.chain_id,
+            market or self.market.address, order,
+        )  # fmt: skip
+
+    def trade(self, sell: dict[str, Any], buy: dict[str, Any], energy: int, price: int = PRICE,
+              verdict: int = 0) -> CandidateTrade:  # fmt: skip
+        return CandidateTrade(sell, buy, self.sign(sell), self.sign(buy), energy, price, verdict)
+
+    def tid(self, t: CandidateTrade) -> bytes:
+        return t.trade_id(self.chain_id, self.market.address)
+
+    def sort(self, trades: list[CandidateTrade]) -> list[CandidateTrade]:
+        return batches.sort_by_trade_id(trades, self.chain_id, self.market.address)
+
+    def attest(self, interval: int, trades: list[CandidateTrade], key: str | None = None) -> bytes:
+        return batches.attest(key or self.validator_key, self.chain_id, self.market.address,
+                              interval, trades, EVIDENCE)  # fmt: skip
+
+    def record(self, interval: int, trades: list[CandidateTrade], *, sort: bool = True,
+               key: str | None = None, sender: Any = None) -> Any:  # fmt: skip
+        trades = self.sort(trades) if sort else trades
+        sig = self.attest(interval, trades, key)
+        tx = self.market.recordTrades(interval, [t.abi() for t in trades], EVIDENCE, sig,
+                                      {"from": sender or self.operator})  # fmt: skip
+        recs = [self.rec(t) for t in trades if t.verdict == 0]
+        self.records.setdefault(interval, []).append(recs)
+        return tx
+
+    def rec(self, t: CandidateTrade) -> tuple[Any, ...]:
+        return t.record(self.chain_id, self.market.address, self.index[t.sell["trader"]],
+                        self.index[t.buy["trader"]])  # fmt: skip
+
+    # ----------------------------------------------------------------- readings and settlement
+    def reading(self, wallet: Any, interval: int, imp: int, exp: int, key: str | None = None,
+                chain_id: int | None = None, contract: str | None = None) -> tuple[Any, ...]:  # fmt: skip
+        return batches.signed_reading(
+            key or self.meters[wallet.address], chain_id or self.chain_id,
+            contract or self.readings.address, self.meter_of(wallet), interval, imp, exp,
+        )  # fmt: skip
+
+    def submit(self, interval: int, readings: list[tuple[Any, ...]]) -> Any:
+        return self.readings.submitReadings(interval, readings, {"from": self.oracle})
+
+    def settle_args(self, interval: int) -> tuple[list[Any], list[str]]:
+        bs = self.records.get(interval, [])
+        return bs, batches.settle_parties([r for b in bs for r in b])
+
+    def settle(self, interval: int, sender: Any = None) -> Any:
+        bs, parties = self.settle_args(interval)
+        return self.market.settle(interval, bs, parties, {"from": sender or self.a[0]})
+
+    def balance(self, wallet: Any) -> tuple[int, int]:
+        return tuple(self.market.balanceOf(wallet))  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def ledger(accounts: Any, EnergyToken: Any, ParticipantRegistry: Any, MeterReadings: Any,
+           EnergyMarket: Any) -> Ledger:  # fmt: skip
+    admin = accounts[0]
+    token = EnergyToken.deploy(admin, {"from": admin})
+    registry = ParticipantRegistry.deploy(admin, {"from": admin})
+    readings = MeterReadings.deploy(registry, INTERVAL_S, {"from": admin})
+    market = EnergyMarket.deploy(token, registry, readings, DELAY_S, {"from": admin})
+    for c in (registry, readings, market, token):
+        for item in c.abi:
+            if item["type"] == "error":
+                ERRORS[item["name"]] = item
+    registry.grantRole(registry.GRID_OPERATOR_ROLE(), accounts[1], {"from": admin})
+    registry.grantRole(registry.VALIDATOR_ROLE(), accounts[2], {"from": admin})
+    registry.grantRole(registry.ORACLE_ROLE(), accounts[3], {"from": admin})
+    registry.grantRole(registry.MARKET_OPERATOR_ROLE(), accounts[4], {"from": admin})
+    led = Ledger(accounts, token, registry, readings, market)
+    for i in range(5, 9):  # accounts[9] stays unregistered
+        led.connect(accounts[i], i)
+        token.mint(accounts[i], DEPOSIT, {"from": admin})
+        token.approve(market, 2**256 - 1, {"from": accounts[i]})
+        market.deposit(DEPOSIT // 2, {"from": accounts[i]})
+    token.mint(accounts[9], DEPOSIT, {"from": admin})
+    token.approve(market, 2**256 - 1, {"from": accounts[9]})
+    return led
+
+
+@pytest.fixture(autouse=True)
+def isolation(fn_isolation: Any) -> None:
+    pass
+
+
+@pytest.fixture
+def parts(ledger: Ledger) -> SimpleNamespace:
+    """The four registered traders S1, S2 (sellers) and B1, B2 (buyers), and the outsider X."""
+    a = ledger.a
+    return SimpleNamespace(S1=a[5], S2=a[6], B1=a[7], B2=a[8], X=a[9])
+
+
+__all__ = ["DELAY_S", "DEPOSIT", "EVIDENCE", "FAR", "INTERVAL_S", "PRICE", "Ledger", "eip712", "err"]
