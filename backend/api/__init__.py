@@ -1,0 +1,1 @@
+"""The HTTP API of the market (FastAPI). Build it with :func:`backend.api.app.create_app`."""

@@ -1,0 +1,162 @@
+"""The FastAPI app factory. ``create_app(market)`` serves a ready market (tests, in-process use);
+``create_app(settings=...)`` builds one from the settings at startup (store, chain, grid)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend.api.deps import ApiOptions
+from backend.api.routes import events, grid, health, intervals, orders, participants, trades
+from backend.errors import TegridError
+from backend.market.errors import MarketError
+from backend.market.events import EventBus
+from backend.market.service import Market
+from backend.settings import Settings
+
+log = logging.getLogger("tegrid.api")
+
+
+def _problem(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def _error_status(exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, MarketError):
+        return exc.status, exc.code
+    try:
+        from grid.errors import GridError
+
+        if isinstance(exc, GridError):
+            return 422, "GRID_" + type(exc).__name__.removesuffix("Error").upper()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from backend.chain.errors import LedgerError
+
+        if isinstance(exc, LedgerError):
+            return 503, "LEDGER_ERROR"
+    except ImportError:  # pragma: no cover
+        pass
+    return 400, type(exc).__name__.removesuffix("Error").upper() or "BAD_REQUEST"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Package root errors -> 4xx (503 for an unreachable chain/store) with {detail: {code,
+    message}}."""
+
+    @app.exception_handler(TegridError)
+    async def tegrid_error(_request: Request, exc: TegridError) -> JSONResponse:
+        status, code = _error_status(exc)
+        return _problem(status, code, str(exc))
+
+    try:
+        from grid.errors import GridError
+
+        @app.exception_handler(GridError)
+        async def grid_error(_request: Request, exc: GridError) -> JSONResponse:
+            status, code = _error_status(exc)
+            return _problem(status, code, str(exc))
+    except ImportError:  # pragma: no cover
+        pass
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(first["loc"][1:] if len(first["loc"]) > 1 else first["loc"])
+        return _problem(422, "INVALID_REQUEST", f"{where}: {first['msg']}", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return _problem(exc.status_code, code, str(exc.detail))
+
+
+async def _scheduler(app: FastAPI, tick_seconds: float) -> None:
+    """Closes intervals at gate closure, retries unfinished batches, follows settlements."""
+    while True:
+        await asyncio.sleep(tick_seconds)
+        market: Market | None = getattr(app.state, "market", None)
+        if market is None:
+            continue
+        try:
+            await asyncio.to_thread(market.tick)
+        except Exception as exc:  # keep the loop alive; the next tick retries
+            log.warning("scheduler tick failed: %s", exc)
+
+
+def create_app(
+    market: Market | None = None,
+    *,
+    settings: Settings | None = None,
+    dev: bool = False,
+    scheduler: bool = True,
+    tick_seconds: float = 2.0,
+    recover: bool = True,
+    market_factory: Callable[[Settings, EventBus], Market] | None = None,
+    background: list[Callable[[Market], Any]] | None = None,
+) -> FastAPI:
+    """Build the API. Without ``market`` one is built at startup from ``settings`` (or the
+    environment) with ``market_factory`` (default ``backend.market.factory.build_market``).
+    ``background`` callables are started with the market (each gets it; e.g. the settlement
+    keeper)."""
+    events_bus = market.events if market is not None else EventBus()
+    options = ApiOptions(dev=dev, broker_url=(settings or Settings()).broker_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.market is None:
+            cfg = settings or Settings.from_env()
+            factory = market_factory
+            if factory is None:
+                from backend.market.factory import build_market
+
+                factory = build_market
+            app.state.market = await asyncio.to_thread(factory, cfg, events_bus)
+        m: Market = app.state.market
+        if recover:
+            done = await asyncio.to_thread(m.recover)
+            if done:
+                log.info("recovered batches of intervals %s", done)
+        tasks = []
+        if scheduler:
+            tasks.append(asyncio.create_task(_scheduler(app, tick_seconds)))
+        stoppers = [fn(m) for fn in (background or [])]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            for stop in stoppers:
+                if callable(stop):
+                    with contextlib.suppress(Exception):
+                        stop()
+
+    app = FastAPI(
+        title="tegrid market API",
+        version="1",
+        description=(
+            "Wallet-signed (EIP-712) energy orders, network-aware double auction at gate closure, "
+            'grid-validated batches recorded on chain. Errors: {"detail": {"code", "message"}}.'
+        ),
+        lifespan=lifespan,
+    )
+    app.state.market = market
+    app.state.events = events_bus
+    app.state.options = options
+    install_error_handlers(app)
+    for module in (health, orders, intervals, trades, participants, grid, events):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,41 @@
+"""Typed dependencies: routes ask for ``MarketDep`` etc.; tests swap them via
+``app.dependency_overrides``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from backend.market.errors import LedgerUnavailable
+from backend.market.events import EventBus
+from backend.market.service import Market
+
+
+@dataclass
+class ApiOptions:
+    dev: bool = False
+    broker_url: str = "mqtt://127.0.0.1:1883"
+
+
+def get_market(request: Request) -> Market:
+    market: Market | None = getattr(request.app.state, "market", None)
+    if market is None:
+        raise LedgerUnavailable("the market is not ready yet (chain or deployment missing)")
+    return market
+
+
+def get_events(request: Request) -> EventBus:
+    bus: EventBus = request.app.state.events
+    return bus
+
+
+def get_options(request: Request) -> ApiOptions:
+    opts: ApiOptions = request.app.state.options
+    return opts
+
+
+MarketDep = Annotated[Market, Depends(get_market)]
+EventsDep = Annotated[EventBus, Depends(get_events)]
+OptionsDep = Annotated[ApiOptions, Depends(get_options)]

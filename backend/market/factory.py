@@ -1,0 +1,65 @@
+"""Build a market from the settings: store (Settings.database_url), chain ledger (deployment file,
+market-operator and grid-operator keys), Neural Grid (Settings.network), validator key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.market.events import EventBus
+from backend.market.service import Market, MarketConfig
+from backend.settings import Settings
+
+
+def load_key(value: str, password: str = "") -> str:
+    """A hex private key, or the path of an eth-account keystore file (decrypted with
+    ``password``)."""
+    from backend.errors import ConfigError
+
+    if value.startswith("0x") and len(value) == 66:
+        return value
+    path = Path(value)
+    if path.is_file():
+        import json
+
+        from eth_account import Account
+
+        try:
+            return "0x" + bytes(Account.decrypt(json.loads(path.read_text()), password)).hex()
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot decrypt keystore {path}: {exc}") from None
+    if len(value) == 64:
+        return "0x" + value
+    raise ConfigError("a key must be 0x + 64 hex digits or the path of a keystore file")
+
+
+def build_market(
+    settings: Settings,
+    events: EventBus | None = None,
+    *,
+    with_grid: bool = True,
+    config: MarketConfig | None = None,
+) -> Market:
+    from backend.chain.client import ChainClient
+    from backend.chain.contracts import load_deployment
+    from backend.market.chain_ledger import ChainLedger
+    from backend.market.store import Store
+
+    deployment = load_deployment(settings.deployment_file)
+    pw = settings.keystore_password
+    operator = ChainClient(settings.rpc_url, load_key(settings.market_operator_key, pw))
+    grid_operator = ChainClient(settings.rpc_url, load_key(settings.grid_operator_key, pw))
+    ledger = ChainLedger(deployment, operator, grid_operator)
+    grid = None
+    if with_grid:
+        from backend.market.grid_port import GridPortAdapter
+
+        grid = GridPortAdapter(settings.network, deployment.interval_seconds)
+    cfg = config or MarketConfig(interval_seconds=deployment.interval_seconds)
+    return Market(
+        Store(settings.database_url),
+        ledger,
+        grid,
+        load_key(settings.validator_key, pw),
+        cfg,
+        events,
+    )

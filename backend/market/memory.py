@@ -1,0 +1,129 @@
+"""An in-memory ledger with the contract's rules that matter to the market (participants, balances,
+cancelled nonces, ascending trade ids, escrow locks). For unit tests and chain-less experiments
+only."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from backend.market.errors import LedgerUnavailable
+from backend.market.ports import ChainTrade, Participant, Receipt
+
+
+class MemoryLedger:
+    def __init__(
+        self,
+        chain_id: int = 31337,
+        market_address: str = "0x" + "11" * 20,
+        registry_address: str = "0x" + "22" * 20,
+        start_time: int | None = None,
+    ) -> None:
+        self.chain_id = chain_id
+        self.market_address = to_checksum_address(market_address)
+        self.registry_address = to_checksum_address(registry_address)
+        self.clock_offset = 0 if start_time is None else start_time - int(time.time())
+        self.participants: dict[str, Participant] = {}
+        self.available: dict[str, int] = {}
+        self.locked: dict[str, int] = {}
+        self.cancelled: set[tuple[str, int]] = set()
+        self.last_trade_id: dict[int, str] = {}
+        self.batches: list[tuple[int, list[ChainTrade]]] = []
+        self.settled: dict[int, dict[str, tuple[int, int, str | None]]] = {}
+        self.fail_sends = 0  # fail the next N record_trades calls (tests)
+        self._tx = itertools.count(1)
+        self.calls: list[str] = []
+
+    def now(self) -> int:
+        return int(time.time()) + self.clock_offset
+
+    def advance(self, seconds: int) -> None:
+        self.clock_offset += seconds
+
+    def add_participant(
+        self,
+        wallet: str,
+        bus_id: int,
+        max_export_w: int = 10_000,
+        max_import_w: int = 10_000,
+        deposit: int = 0,
+        active: bool = True,
+    ) -> None:
+        wallet = to_checksum_address(wallet)
+        self.participants[wallet] = Participant(
+            wallet,
+            "0x" + "00" * 19 + "01",
+            bus_id,
+            max_export_w,
+            max_import_w,
+            active,
+            len(self.participants) + 1,
+        )
+        self.available[wallet] = self.available.get(wallet, 0) + deposit
+
+    def participant(self, wallet: str) -> Participant | None:
+        return self.participants.get(wallet)
+
+    def available_balance(self, wallet: str) -> int:
+        return self.available.get(wallet, 0)
+
+    def nonce_cancelled(self, trader: str, nonce: int) -> bool:
+        return (trader, nonce) in self.cancelled
+
+    def batch_recorded(self, interval_id: int, last_trade_id: str) -> bool:
+        return int(self.last_trade_id.get(interval_id, "0x0"), 16) >= int(last_trade_id, 16)
+
+    def record_trades(
+        self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
+    ) -> str:
+        self.calls.append("record_trades")
+        if self.fail_sends:
+            self.fail_sends -= 1
+            raise LedgerUnavailable("simulated send failure")
+        last = int(self.last_trade_id.get(interval_id, "0x0"), 16)
+        for t in trades:
+            if int(t.trade_id, 16) <= last:
+                raise LedgerUnavailable(f"MarketTradeOutOfOrder({t.trade_id})")
+            last = int(t.trade_id, 16)
+        for t in trades:
+            if t.verdict == 0:
+                cost = -(-t.energy_wh * t.price_per_kwh // 1000)
+                buyer = t.buy["trader"]
+                if self.available.get(buyer, 0) < cost:
+                    raise LedgerUnavailable(f"MarketInsufficientBalance({buyer})")
+                self.available[buyer] -= cost
+                self.locked[buyer] = self.locked.get(buyer, 0) + cost
+        self.last_trade_id[interval_id] = trades[-1].trade_id
+        self.batches.append((interval_id, list(trades)))
+        return "0x" + f"{next(self._tx):064x}"
+
+    def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt:
+        return Receipt(tx_hash, int(tx_hash, 16), True)
+
+    def interval_settlement(
+        self, interval_id: int
+    ) -> dict[str, tuple[int, int, str | None]] | None:
+        return self.settled.get(interval_id)
+
+    def connect(
+        self, wallet: str, meter: str, bus_id: int, max_export_w: int, max_import_w: int
+    ) -> str:
+        self.participants[wallet] = Participant(
+            wallet, meter, bus_id, max_export_w, max_import_w, True, len(self.participants) + 1
+        )
+        return "0x" + f"{next(self._tx):064x}"
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "reachable": True,
+            "chain_id": self.chain_id,
+            "latest_block": len(self.batches),
+            "contracts": {
+                "EnergyMarket": self.market_address,
+                "ParticipantRegistry": self.registry_address,
+            },
+        }

@@ -1,0 +1,147 @@
+"""Storage models of the order book (SQLAlchemy 2, declarative). Separate from the API schemas.
+
+Integers that may exceed a signed 64-bit column (``pricePerKWh`` is uint128, nonces and expiries are
+uint64) are stored as decimal strings; ``energy_wh`` and ``interval_id`` are bounded by validation.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class OrderStatus:
+    OPEN = "open"  # in the book, waiting for gate closure
+    MATCHED = "matched"  # part of a cleared batch not yet on chain
+    FILLED = "filled"  # fully traded, recorded on chain
+    PARTIAL = "partial"  # partly traded, recorded on chain; the rest lapsed
+    UNFILLED = "unfilled"  # interval cleared without trading this order
+    CANCELLED = "cancelled"
+    ALL = ("open", "matched", "filled", "partial", "unfilled", "cancelled")
+    LIVE = ("open", "matched")  # still reserve connection capacity and deposit
+
+
+class IntervalStatus:
+    OPEN = "open"
+    CLOSED = "closed"  # gate closed, no more orders; clearing pending
+    CLEARED = "cleared"  # trades computed and persisted with their batch
+    RECORDED = "recorded"  # batch on chain
+    SETTLED = "settled"
+    ALL = ("open", "closed", "cleared", "recorded", "settled")
+
+
+class BatchState:
+    PENDING = "pending"  # persisted, not sent yet
+    SENT = "sent"  # transaction sent, receipt not seen
+    RECORDED = "recorded"
+    EMPTY = "empty"  # nothing to record
+
+
+class OrderRow(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("trader", "nonce", name="uq_orders_trader_nonce"),
+        Index("ix_orders_interval_status", "interval_id", "status"),
+        Index("ix_orders_trader_status", "trader", "status"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hash: Mapped[str] = mapped_column(String(66), unique=True, nullable=False)
+    trader: Mapped[str] = mapped_column(String(42), nullable=False)
+    side: Mapped[int] = mapped_column(Integer, nullable=False)
+    interval_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    energy_wh: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    price_per_kwh: Mapped[str] = mapped_column(String(40), nullable=False)
+    nonce: Mapped[str] = mapped_column(String(21), nullable=False)
+    expiry: Mapped[str] = mapped_column(String(21), nullable=False)
+    counterparty: Mapped[str] = mapped_column(String(42), nullable=False)
+    signature: Mapped[str] = mapped_column(String(132), nullable=False)
+    status: Mapped[str] = mapped_column(String(12), nullable=False)
+    filled_wh: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    reserved: Mapped[str] = mapped_column(
+        String(50), nullable=False
+    )  # worst-case cost of a buy order
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class IntervalRow(Base):
+    __tablename__ = "intervals"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(10), nullable=False)
+    closed_at: Mapped[float | None] = mapped_column(Float)
+    clearing_price: Mapped[str | None] = mapped_column(String(40))
+    offered_wh: Mapped[int] = mapped_column(BigInteger, default=0)
+    bid_wh: Mapped[int] = mapped_column(BigInteger, default=0)
+    traded_wh: Mapped[int] = mapped_column(BigInteger, default=0)
+    vetoed_wh: Mapped[int] = mapped_column(BigInteger, default=0)
+    approved_count: Mapped[int] = mapped_column(Integer, default=0)
+    vetoed_count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class BatchRow(Base):
+    """A batch is persisted (with its trades) before it is sent, so a restart never records it
+    twice."""
+
+    __tablename__ = "batches"
+
+    interval_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("intervals.id"), primary_key=True, autoincrement=False
+    )
+    state: Mapped[str] = mapped_column(String(10), nullable=False)
+    evidence_hash: Mapped[str] = mapped_column(String(66), nullable=False)
+    attestation_signature: Mapped[str] = mapped_column(String(132), nullable=False)
+    trade_ids: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list, batch order
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class TradeRow(Base):
+    __tablename__ = "trades"
+    __table_args__ = (Index("ix_trades_interval", "interval_id", "position"),)
+
+    id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    interval_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(10), nullable=False)  # bilateral | auction
+    sell_hash: Mapped[str] = mapped_column(String(66), nullable=False)
+    buy_hash: Mapped[str] = mapped_column(String(66), nullable=False)
+    seller: Mapped[str] = mapped_column(String(42), nullable=False)
+    buyer: Mapped[str] = mapped_column(String(42), nullable=False)
+    seller_bus: Mapped[int] = mapped_column(Integer, nullable=False)
+    buyer_bus: Mapped[int] = mapped_column(Integer, nullable=False)
+    energy_wh: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    price_per_kwh: Mapped[str] = mapped_column(String(40), nullable=False)
+    verdict: Mapped[int] = mapped_column(Integer, nullable=False)
+    reason: Mapped[str] = mapped_column(String(24), nullable=False)
+    element: Mapped[str] = mapped_column(String(40), nullable=False, default="")
+    status: Mapped[str] = mapped_column(String(10), nullable=False)  # pending|recorded|settled
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    delivered_wh: Mapped[int | None] = mapped_column(BigInteger)
+    paid: Mapped[str | None] = mapped_column(String(50))
+    settle_tx_hash: Mapped[str | None] = mapped_column(String(66))
+
+
+class ConnectionRow(Base):
+    """A plug-and-play connection request and what became of it."""
+
+    __tablename__ = "connections"
+
+    wallet: Mapped[str] = mapped_column(String(42), primary_key=True)
+    meter: Mapped[str] = mapped_column(String(42), nullable=False)
+    bus_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_export_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    max_import_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    status: Mapped[str] = mapped_column(String(10), nullable=False)  # registered | refused
+    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    hosting_capacity_w: Mapped[int | None] = mapped_column(BigInteger)
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)

@@ -1,0 +1,102 @@
+"""What the market needs from the chain and from the grid, as protocols (adapters live beside them:
+``backend.market.chain_ledger`` over web3 and the deployed contracts, ``backend.market.grid_port``
+over ``grid.GridValidator``; tests use in-memory fakes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from backend.market.auction import Candidate, Decision
+
+
+@dataclass(frozen=True)
+class Participant:
+    wallet: str
+    meter: str
+    bus_id: int
+    max_export_w: int
+    max_import_w: int
+    active: bool
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class ChainTrade:
+    """One trade of a batch as ``EnergyMarket.recordTrades`` takes it (orders with their
+    signatures)."""
+
+    trade_id: str
+    sell: dict[str, Any]  # the signed Order message (ints and addresses)
+    sell_signature: str
+    buy: dict[str, Any]
+    buy_signature: str
+    energy_wh: int
+    price_per_kwh: int
+    verdict: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    tx_hash: str
+    block_number: int
+    ok: bool
+
+
+class Ledger(Protocol):
+    """The chain as the market sees it."""
+
+    chain_id: int
+    market_address: str
+    registry_address: str
+
+    def now(self) -> int:
+        """The chain's clock (unix seconds), estimated without a round trip when possible."""
+        ...
+
+    def participant(self, wallet: str) -> Participant | None: ...
+
+    def available_balance(self, wallet: str) -> int: ...
+
+    def nonce_cancelled(self, trader: str, nonce: int) -> bool: ...
+
+    def batch_recorded(self, interval_id: int, last_trade_id: str) -> bool:
+        """Whether the interval already has a batch ending with ``last_trade_id`` on chain."""
+        ...
+
+    def record_trades(
+        self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
+    ) -> str:
+        """Send ``recordTrades``; returns the transaction hash (not waiting for the receipt)."""
+        ...
+
+    def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt: ...
+
+    def interval_settlement(
+        self, interval_id: int
+    ) -> dict[str, tuple[int, int, str | None]] | None:
+        """None until settled; then trade id -> (delivered Wh, paid, settle tx hash)."""
+        ...
+
+    def connect(
+        self, wallet: str, meter: str, bus_id: int, max_export_w: int, max_import_w: int
+    ) -> str:
+        """Register a participant with the grid operator key; returns the transaction hash."""
+        ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class GridPort(Protocol):
+    """The Neural Grid as the market sees it."""
+
+    def validate(
+        self, interval_id: int, batch: Sequence[Candidate]
+    ) -> tuple[list[Decision], str]: ...
+
+    def hosting_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int: ...
+
+    def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]: ...
+
+    def load_buses(self) -> list[int]: ...

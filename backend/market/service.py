@@ -1,0 +1,754 @@
+"""The market: accepts wallet-signed orders, clears intervals at gate closure, records the validated
+batch on chain and follows it to settlement. The API and the CLI use this class; it knows no HTTP.
+
+Accept path (kept lean, it runs thousands of times per second): schema -> EIP-712 digest and
+signature
+(coincurve) -> clock, interval and gate -> participant (cached view of the registry) -> connection
+limit
+(energy of the trader's live orders on that side of the interval plus this one, against max W x
+interval
+hours) -> deposit for buys (on-chain available balance, cached for ``balance_ttl_s``, minus the
+worst-case
+cost ``ceil(energyWh x price / 1000)`` of the trader's live buy orders) -> one insert.
+
+Crash safety: an order is accepted once its row is committed. Closing an interval is a committed
+state;
+the clearing (trades, the batch and its attestation) is one transaction committed *before* the batch
+is
+sent; on restart an unfinished batch is first looked up on chain (``intervalOf``), and only sent
+when
+it is not there. A failed send leaves the batch pending for the next attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_hash.auto import keccak
+from eth_utils import to_checksum_address
+
+from backend.market import typed
+from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
+from backend.market.errors import (
+    BadSignature,
+    Conflict,
+    InsufficientDeposit,
+    IntervalClosed,
+    InvalidOrder,
+    MarketError,
+    NotFound,
+    OrderExpired,
+    OverConnectionLimit,
+    TraderInactive,
+    UnknownTrader,
+    WrongDomain,
+)
+from backend.market.events import EventBus
+from backend.market.models import (
+    BatchState,
+    IntervalRow,
+    IntervalStatus,
+    OrderRow,
+    OrderStatus,
+    TradeRow,
+)
+from backend.market.ports import ChainTrade, GridPort, Ledger, Participant
+from backend.market.store import Store, trade_ids_json
+
+log = logging.getLogger("tegrid.market")
+
+MAX_INT63 = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    interval_seconds: int = 900
+    gate_lead_seconds: int = 60  # gate closes this long before the interval starts
+    max_intervals_ahead: int = 96 * 7
+    participant_ttl_s: float = 5.0
+    balance_ttl_s: float = 2.0
+    expiry_margin_s: int = 30  # orders expiring this close to recording are left out of a batch
+
+
+def escrow_of(energy_wh: int, price_per_kwh: int) -> int:
+    """``ceil(energyWh x pricePerKWh / 1000)``, as the contract locks it."""
+    return -(-energy_wh * price_per_kwh // 1000)
+
+
+def trade_id_of(sell_hash: str, buy_hash: str) -> str:
+    """``keccak256(abi.encode(sellOrderHash, buyOrderHash))``."""
+    return "0x" + keccak(bytes.fromhex(sell_hash[2:]) + bytes.fromhex(buy_hash[2:])).hex()
+
+
+_ATTESTATION_TYPEHASH = keccak(
+    b"GridAttestation(uint64 intervalId,bytes32[] tradeIds,uint8[] verdicts,bytes32 evidenceHash)"
+)
+
+
+def attestation_digest(
+    domain: typed.Domain,
+    interval_id: int,
+    trade_ids: Sequence[str],
+    verdicts: Sequence[int],
+    evidence_hash: str,
+) -> bytes:
+    """EIP-712 digest of ``GridAttestation`` (standard array encoding), as ``attestationDigest`` on
+    chain."""
+    ids = keccak(b"".join(bytes.fromhex(t[2:]) for t in trade_ids))
+    codes = keccak(b"".join(int(v).to_bytes(32, "big") for v in verdicts))
+    struct = keccak(
+        _ATTESTATION_TYPEHASH
+        + interval_id.to_bytes(32, "big")
+        + ids
+        + codes
+        + bytes.fromhex(evidence_hash[2:])
+    )
+    return keccak(b"\x19\x01" + domain.separator + struct)
+
+
+class _TTLCache:
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._data: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        hit = self._data.get(key)
+        if hit is None or time.monotonic() - hit[0] > self.ttl_s:
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: str, value: Any) -> None:
+        self._data[key] = (time.monotonic(), value)
+
+    def drop(self, key: str) -> None:
+        self._data.pop(key, None)
+
+
+def order_message(row: OrderRow) -> dict[str, Any]:
+    return {
+        "trader": row.trader,
+        "side": row.side,
+        "intervalId": row.interval_id,
+        "energyWh": row.energy_wh,
+        "pricePerKWh": int(row.price_per_kwh),
+        "nonce": int(row.nonce),
+        "expiry": int(row.expiry),
+        "counterparty": row.counterparty,
+    }
+
+
+class Market:
+    """Order book, clearing and recording. Thread-safe: the accept path and clearing share one
+    lock."""
+
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        grid: GridPort | None,
+        validator_key: str,
+        config: MarketConfig | None = None,
+        events: EventBus | None = None,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.grid = grid
+        self.config = config or MarketConfig()
+        self.events = events or EventBus()
+        self._validator_key = validator_key
+        self.domain = typed.market_domain(ledger.chain_id, ledger.market_address)
+        self.registry_domain = typed.registry_domain(ledger.chain_id, ledger.registry_address)
+        self._domain_dict = self.domain.as_dict()
+        self._lock = threading.RLock()
+        self._clearing_lock = threading.Lock()
+        self._participants = _TTLCache(self.config.participant_ttl_s)
+        self._balances = _TTLCache(self.config.balance_ttl_s)
+        self._closed: set[int] = set()
+        self._side_wh: dict[tuple[str, int, int], int] = defaultdict(int)
+        self._reserved: dict[str, int] = defaultdict(int)
+        self.reload()
+
+    # ----------------------------------------------------------------- state
+    def reload(self) -> None:
+        """Rebuild the in-memory reservations and closed intervals from the store."""
+        with self._lock:
+            self._closed = self.store.closed_interval_ids()
+            self._side_wh = defaultdict(int)
+            self._reserved = defaultdict(int)
+            for o in self.store.live_orders():
+                self._side_wh[(o.trader, o.interval_id, o.side)] += o.energy_wh
+                if o.side == typed.BUY:
+                    self._reserved[o.trader] += int(o.reserved)
+
+    def interval_of(self, unix_s: int) -> int:
+        return unix_s // self.config.interval_seconds
+
+    def gate_closure(self, interval_id: int) -> int:
+        return interval_id * self.config.interval_seconds - self.config.gate_lead_seconds
+
+    def current_interval(self) -> int:
+        return self.interval_of(self.ledger.now())
+
+    def participant(self, wallet: str, fresh: bool = False) -> Participant | None:
+        value: Any
+        hit, value = (False, None) if fresh else self._participants.get(wallet)
+        if not hit:
+            value = self.ledger.participant(wallet)
+            self._participants.put(wallet, value)
+        return value
+
+    def available_balance(self, wallet: str, fresh: bool = False) -> int:
+        value: Any
+        hit, value = (False, None) if fresh else self._balances.get(wallet)
+        if not hit:
+            value = self.ledger.available_balance(wallet)
+            self._balances.put(wallet, value)
+        return int(value)
+
+    def reserved(self, wallet: str) -> int:
+        return self._reserved.get(wallet, 0)
+
+    # ---------------------------------------------------------------- orders
+    def template(self, primary_type: str = "Order") -> dict[str, Any]:
+        if primary_type == "ConnectionRequest":
+            return self.registry_domain.template(primary_type)
+        return self.domain.template(primary_type)
+
+    def _check_domain(self, domain: dict[str, Any] | None) -> None:
+        if domain is None:
+            return
+        ours = self._domain_dict
+        try:
+            same = (
+                domain.get("name") == ours["name"]
+                and str(domain.get("version")) == ours["version"]
+                and int(domain.get("chainId", -1)) == ours["chainId"]
+                and str(domain.get("verifyingContract", "")).lower()
+                == ours["verifyingContract"].lower()
+            )
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise WrongDomain(
+                f"the order is signed for another domain; sign for {ours['name']!r} "
+                f"v{ours['version']} "
+                f"on chain {ours['chainId']} at {ours['verifyingContract']} (GET /orders/eip712)"
+            )
+
+    def submit_order(
+        self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
+    ) -> OrderRow:
+        """Verify and accept one signed order; raises an ``OrderRejected`` subclass saying why
+        not."""
+        self._check_domain(domain)
+        msg = dict(message)
+        for key in ("trader", "counterparty"):
+            typed.address_bytes(msg.get(key), key)
+            msg[key] = to_checksum_address(msg[key])
+        digest = self.domain.digest("Order", msg)
+        order_hash = "0x" + digest.hex()
+        trader: str = msg["trader"]
+        signer = typed.recover(digest, signature)
+        if signer != trader:
+            raise BadSignature(
+                f"signature recovers to {signer}, not the trader {trader} "
+                "(tampered message, another chain id or another contract)"
+            )
+        side, interval_id, energy_wh = msg["side"], msg["intervalId"], msg["energyWh"]
+        price, nonce, expiry = msg["pricePerKWh"], msg["nonce"], msg["expiry"]
+        if side not in (typed.SELL, typed.BUY):
+            raise InvalidOrder("side must be 0 (sell) or 1 (buy)")
+        if energy_wh <= 0 or energy_wh > MAX_INT63:
+            raise InvalidOrder("energyWh must be positive")
+        if msg["counterparty"] == trader:
+            raise InvalidOrder("an order cannot name its own trader as counterparty")
+        now = self.ledger.now()
+        if expiry <= now:
+            raise OrderExpired(f"the order expired at {expiry}; the chain time is {now}")
+        current = self.interval_of(now)
+        gate = self.gate_closure(interval_id)
+        if interval_id > current + self.config.max_intervals_ahead:
+            raise InvalidOrder(
+                f"interval {interval_id} is more than {self.config.max_intervals_ahead} "
+                "intervals ahead "
+                f"(current interval {current})"
+            )
+        if expiry <= gate:
+            raise OrderExpired(
+                f"the order expires at {expiry}, before its interval's gate closure at {gate}"
+            )
+        participant = self.participant(trader)
+        if participant is None:
+            raise UnknownTrader(f"{trader} is not a registered participant (POST /participants)")
+        if not participant.active:
+            raise TraderInactive(f"participant {trader} is inactive")
+        limit_w = participant.max_export_w if side == typed.SELL else participant.max_import_w
+        limit_wh = limit_w * self.config.interval_seconds // 3600
+        reserve = escrow_of(energy_wh, price) if side == typed.BUY else 0
+        with self._lock:
+            if interval_id in self._closed or now >= gate:
+                raise IntervalClosed(
+                    f"interval {interval_id} is closed for orders "
+                    f"(gate closure at {gate}, now {now})"
+                )
+            book_key = (trader, interval_id, side)
+            booked = self._side_wh.get(book_key, 0)
+            if booked + energy_wh > limit_wh:
+                kind = "export" if side == typed.SELL else "import"
+                raise OverConnectionLimit(
+                    f"{energy_wh} Wh plus {booked} Wh already offered exceeds the {kind} limit of "
+                    f"{limit_w} W x {self.config.interval_seconds} s = {limit_wh} Wh"
+                )
+            if reserve:
+                available = self.available_balance(trader)
+                held = self._reserved.get(trader, 0)
+                if held + reserve > available:
+                    raise InsufficientDeposit(
+                        f"buying needs {reserve} (worst case) on top of {held} held by open "
+                        "buy orders, "
+                        f"but the available deposit is {available}; deposit more into EnergyMarket"
+                    )
+            row = {
+                "hash": order_hash,
+                "trader": trader,
+                "side": side,
+                "interval_id": interval_id,
+                "energy_wh": energy_wh,
+                "price_per_kwh": str(price),
+                "nonce": str(nonce),
+                "expiry": str(expiry),
+                "counterparty": msg["counterparty"],
+                "signature": signature if signature.startswith("0x") else "0x" + signature,
+                "status": OrderStatus.OPEN,
+                "filled_wh": 0,
+                "reserved": str(reserve),
+                "created_at": time.time(),
+            }
+            seq = self.store.insert_order(row)
+            self._side_wh[book_key] = booked + energy_wh
+            if reserve:
+                self._reserved[trader] = self._reserved.get(trader, 0) + reserve
+        self.events.publish(
+            "order",
+            {
+                "hash": order_hash,
+                "trader": trader,
+                "side": side,
+                "intervalId": interval_id,
+                "energyWh": energy_wh,
+                "pricePerKWh": str(price),
+                "status": OrderStatus.OPEN,
+            },
+        )
+        out = OrderRow(seq=seq, **row)
+        return out
+
+    def get_order(self, order_hash: str) -> OrderRow:
+        row = self.store.get_order(order_hash.lower())
+        if row is None:
+            raise NotFound(f"no order {order_hash}")
+        return row
+
+    def cancel_order(self, order_hash: str, signature: str) -> OrderRow:
+        """Cancel an open order with the trader's signature over ``Cancel(trader, orderHash)``."""
+        row = self.get_order(order_hash)
+        digest = self.domain.digest("Cancel", {"trader": row.trader, "orderHash": row.hash})
+        signer = typed.recover(digest, signature)
+        if signer != row.trader:
+            raise BadSignature(
+                f"the cancellation is signed by {signer}, not the trader {row.trader}"
+            )
+        with self._lock:
+            if not self.store.cancel_order(row.hash):
+                raise Conflict(
+                    f"order {row.hash} is {self.get_order(row.hash).status}, not open",
+                    code="NOT_CANCELLABLE",
+                )
+            key = (row.trader, row.interval_id, row.side)
+            self._side_wh[key] = max(0, self._side_wh.get(key, 0) - row.energy_wh)
+            if row.side == typed.BUY:
+                self._reserved[row.trader] = max(
+                    0, self._reserved.get(row.trader, 0) - int(row.reserved)
+                )
+        row.status = OrderStatus.CANCELLED
+        self.events.publish("cancel", {"hash": row.hash, "trader": row.trader})
+        return row
+
+    # -------------------------------------------------------------- clearing
+    def close_interval(self, interval_id: int, force: bool = False) -> IntervalRow:
+        """Close the gate, clear, and record the batch. ``force`` closes before gate closure
+        (dev)."""
+        if not force and self.ledger.now() < self.gate_closure(interval_id):
+            raise Conflict(
+                f"interval {interval_id} reaches gate closure at {self.gate_closure(interval_id)}",
+                code="GATE_NOT_REACHED",
+            )
+        with self._clearing_lock:
+            with self._lock:
+                closed_now = self.store.close_interval(interval_id)
+                self._closed.add(interval_id)
+            row = self.store.get_interval(interval_id)
+            assert row is not None
+            if not closed_now and row.status != IntervalStatus.CLOSED:
+                if row.status == IntervalStatus.CLEARED:
+                    self.record_batch(interval_id)
+                    return self.interval(interval_id)
+                raise Conflict(
+                    f"interval {interval_id} is already {row.status}", code="INTERVAL_NOT_OPEN"
+                )
+            self.events.publish(
+                "interval", {"intervalId": interval_id, "status": IntervalStatus.CLOSED}
+            )
+            self._clear(interval_id)
+            self.record_batch(interval_id)
+            return self.interval(interval_id)
+
+    def _eligible(
+        self, interval_id: int, rows: list[OrderRow]
+    ) -> list[tuple[OrderRow, Participant]]:
+        """Orders that can still go on chain: trader active, not expiring, nonce not cancelled, and
+        buyer
+        deposits that cover their worst case (later buy orders are dropped first)."""
+        deadline = self.ledger.now() + self.config.expiry_margin_s
+        out: list[tuple[OrderRow, Participant]] = []
+        spend: dict[str, int] = defaultdict(int)
+        for o in rows:
+            p = self.participant(o.trader, fresh=True)
+            if p is None or not p.active or int(o.expiry) <= deadline:
+                continue
+            if self.ledger.nonce_cancelled(o.trader, int(o.nonce)):
+                continue
+            if o.side == typed.BUY:
+                cost = int(o.reserved)
+                if spend[o.trader] + cost > self.available_balance(o.trader, fresh=True):
+                    continue
+                spend[o.trader] += cost
+            out.append((o, p))
+        return out
+
+    def _validate(self, interval_id: int) -> Any:
+        grid = self.grid
+        if grid is None:
+            return None
+
+        def run(batch: Sequence[Candidate]) -> tuple[list[Decision], str]:
+            return grid.validate(interval_id, batch)
+
+        return run
+
+    def _clear(self, interval_id: int) -> Clearing:
+        rows = self.store.open_orders(interval_id)
+        eligible = self._eligible(interval_id, rows)
+        book = [
+            BookOrder(
+                o.hash,
+                o.trader,
+                o.side,
+                o.energy_wh,
+                int(o.price_per_kwh),
+                o.counterparty,
+                o.seq,
+                p.bus_id,
+            )
+            for o, p in eligible
+        ]
+        result = clear(book, self._validate(interval_id))
+        # The contract wants each interval's trades in ascending tradeId order.
+        decided = sorted(
+            ((trade_id_of(c.sell.hash, c.buy.hash), c, d) for c, d in result.trades),
+            key=lambda t: t[0],
+        )
+        trades = [
+            {
+                "id": tid,
+                "interval_id": interval_id,
+                "position": pos,
+                "kind": c.kind,
+                "sell_hash": c.sell.hash,
+                "buy_hash": c.buy.hash,
+                "seller": c.sell.trader,
+                "buyer": c.buy.trader,
+                "seller_bus": c.sell.bus,
+                "buyer_bus": c.buy.bus,
+                "energy_wh": c.energy_wh,
+                "price_per_kwh": str(c.price_per_kwh),
+                "verdict": d.reason_code,
+                "reason": d.reason,
+                "element": d.element[:40],
+                "status": "pending",
+            }
+            for pos, (tid, c, d) in enumerate(decided)
+        ]
+        batch = None
+        if trades:
+            ids = [tid for tid, _c, _d in decided]
+            verdicts = [d.reason_code for _t, _c, d in decided]
+            digest = attestation_digest(
+                self.domain, interval_id, ids, verdicts, result.evidence_hash
+            )
+            batch = {
+                "state": BatchState.PENDING,
+                "evidence_hash": result.evidence_hash,
+                "attestation_signature": typed.sign_digest(digest, self._validator_key),
+                "trade_ids": trade_ids_json(ids),
+            }
+        stats = {
+            "clearing_price": None if result.clearing_price is None else str(result.clearing_price),
+            "offered_wh": result.offered_wh,
+            "bid_wh": result.bid_wh,
+            "traded_wh": result.traded_wh,
+            "vetoed_wh": result.vetoed_wh,
+            "approved_count": len(result.approved),
+            "vetoed_count": len(result.trades) - len(result.approved),
+        }
+        self.store.save_clearing(interval_id, trades, batch, result.fills(), stats)
+        self.reload()
+        self.events.publish("clearing", {"intervalId": interval_id, **stats})
+        for t in trades:
+            self.events.publish(
+                "verdict",
+                {
+                    "tradeId": t["id"],
+                    "intervalId": interval_id,
+                    "verdict": t["verdict"],
+                    "reason": t["reason"],
+                    "energyWh": t["energy_wh"],
+                    "pricePerKWh": t["price_per_kwh"],
+                    "seller": t["seller"],
+                    "buyer": t["buyer"],
+                },
+            )
+        return result
+
+    def record_batch(self, interval_id: int) -> bool:
+        """Make sure the interval's batch is on chain exactly once; True when it is recorded."""
+        batch = self.store.get_batch(interval_id)
+        if batch is None or batch.state in (BatchState.RECORDED, BatchState.EMPTY):
+            return batch is not None
+        import json
+
+        ids: list[str] = json.loads(batch.trade_ids)
+        if self.ledger.batch_recorded(interval_id, ids[-1]):
+            self._recorded(interval_id, batch.tx_hash, None)
+            return True
+        trade_rows = {t.id: t for t in self.store.trades(interval_id)}
+        orders: dict[str, OrderRow] = {}
+        for t in trade_rows.values():
+            for h in (t.sell_hash, t.buy_hash):
+                if h not in orders:
+                    orders[h] = self.get_order(h)
+        chain_trades = [
+            ChainTrade(
+                trade_id=tid,
+                sell=order_message(orders[trade_rows[tid].sell_hash]),
+                sell_signature=orders[trade_rows[tid].sell_hash].signature,
+                buy=order_message(orders[trade_rows[tid].buy_hash]),
+                buy_signature=orders[trade_rows[tid].buy_hash].signature,
+                energy_wh=trade_rows[tid].energy_wh,
+                price_per_kwh=int(trade_rows[tid].price_per_kwh),
+                verdict=trade_rows[tid].verdict,
+            )
+            for tid in ids
+        ]
+        try:
+            tx_hash = self.ledger.record_trades(
+                interval_id, chain_trades, batch.evidence_hash, batch.attestation_signature
+            )
+            self.store.mark_batch_sent(interval_id, tx_hash)
+            receipt = self.ledger.wait(tx_hash)
+        except MarketError as exc:
+            self.store.mark_batch_error(interval_id, str(exc))
+            if self.ledger.batch_recorded(interval_id, ids[-1]):
+                self._recorded(interval_id, None, None)
+                return True
+            raise
+        if not receipt.ok:
+            self.store.mark_batch_error(interval_id, f"transaction {tx_hash} reverted")
+            if self.ledger.batch_recorded(interval_id, ids[-1]):
+                self._recorded(interval_id, None, None)
+                return True
+            return False
+        self._recorded(interval_id, tx_hash, receipt.block_number)
+        return True
+
+    def _recorded(self, interval_id: int, tx_hash: str | None, block: int | None) -> None:
+        self.store.mark_batch_recorded(interval_id, tx_hash, block)
+        self.reload()
+        for t in self.store.trades(interval_id):
+            self._balances.drop(t.buyer)
+        self.events.publish(
+            "recorded", {"intervalId": interval_id, "txHash": tx_hash, "block": block}
+        )
+
+    def recover(self) -> list[int]:
+        """After a restart: clear intervals closed but not cleared, and finish unsent batches."""
+        done: list[int] = []
+        for row in self.store.intervals_in((IntervalStatus.CLOSED,)):
+            with self._clearing_lock:
+                self._clear(row.id)
+        for b in self.store.unfinished_batches():
+            with self._clearing_lock:
+                try:
+                    if self.record_batch(b.interval_id):
+                        done.append(b.interval_id)
+                except MarketError as exc:
+                    log.warning("batch of interval %s not recorded yet: %s", b.interval_id, exc)
+        return done
+
+    def due_intervals(self) -> list[int]:
+        """Intervals with open orders whose gate has closed (for the scheduler)."""
+        now = self.ledger.now()
+        ids = {o.interval_id for o in self.store.live_orders() if o.status == OrderStatus.OPEN}
+        return sorted(i for i in ids if now >= self.gate_closure(i) and i not in self._closed)
+
+    def follow_settlements(self) -> list[int]:
+        """Mark recorded intervals settled once the keeper has settled them on chain."""
+        settled: list[int] = []
+        for row in self.store.intervals_in((IntervalStatus.RECORDED,)):
+            info = self.ledger.interval_settlement(row.id)
+            if info is None:
+                continue
+            self.store.mark_trades_settled(row.id, info)
+            settled.append(row.id)
+            self.events.publish("settlement", {"intervalId": row.id, "trades": len(info)})
+        return settled
+
+    def tick(self) -> None:
+        """One scheduler step: close due intervals, retry batches, follow settlements."""
+        for interval_id in self.due_intervals():
+            with contextlib.suppress(Conflict):
+                self.close_interval(interval_id)
+        for b in self.store.unfinished_batches():
+            with self._clearing_lock:
+                self.record_batch(b.interval_id)
+        self.follow_settlements()
+
+    # ----------------------------------------------------------------- views
+    def interval(self, interval_id: int) -> IntervalRow:
+        row = self.store.get_interval(interval_id)
+        if row is None:
+            now = self.ledger.now()
+            status = (
+                IntervalStatus.OPEN
+                if now < self.gate_closure(interval_id)
+                else IntervalStatus.CLOSED
+            )
+            return IntervalRow(
+                id=interval_id,
+                status=status,
+                closed_at=None,
+                clearing_price=None,
+                offered_wh=0,
+                bid_wh=0,
+                traded_wh=0,
+                vetoed_wh=0,
+                approved_count=0,
+                vetoed_count=0,
+                updated_at=time.time(),
+            )
+        return row
+
+    def trades(self, interval_id: int | None = None) -> list[TradeRow]:
+        return self.store.trades(interval_id)
+
+    def approved_candidates(self, interval_id: int) -> list[Candidate]:
+        out = []
+        for t in self.store.trades(interval_id):
+            if t.verdict != 0:
+                continue
+            s = BookOrder(
+                t.sell_hash,
+                t.seller,
+                typed.SELL,
+                t.energy_wh,
+                0,
+                typed.ZERO_ADDRESS,
+                0,
+                t.seller_bus,
+            )
+            b = BookOrder(
+                t.buy_hash, t.buyer, typed.BUY, t.energy_wh, 0, typed.ZERO_ADDRESS, 0, t.buyer_bus
+            )
+            out.append(Candidate(s, b, t.energy_wh, int(t.price_per_kwh), t.kind))
+        return out
+
+    # ---------------------------------------------------------- participants
+    def request_connection(self, message: dict[str, Any], signature: str) -> Any:
+        """A plug-and-play connection request signed by the wallet: hosting capacity at the bus is
+        checked by the Neural Grid, then the grid operator key registers it on chain."""
+        from backend.market.errors import ConnectionRefused
+
+        msg = dict(message)
+        for key in ("wallet", "meter"):
+            typed.address_bytes(msg.get(key), key)
+            msg[key] = to_checksum_address(msg[key])
+        digest = self.registry_domain.digest("ConnectionRequest", msg)
+        signer = typed.recover(digest, signature)
+        wallet = msg["wallet"]
+        if signer != wallet:
+            raise BadSignature(f"the request is signed by {signer}, not the wallet {wallet}")
+        now = self.ledger.now()
+        if msg["expiry"] <= now:
+            raise OrderExpired(f"the request expired at {msg['expiry']}; the chain time is {now}")
+        if msg["meter"] == typed.ZERO_ADDRESS or msg["meter"] == wallet:
+            raise InvalidOrder("the meter key must be its own non-zero address")
+        existing = self.participant(wallet, fresh=True)
+        if existing is not None:
+            raise Conflict(
+                f"{wallet} is already connected at bus {existing.bus_id}", code="ALREADY_CONNECTED"
+            )
+        bus_id, export_w, import_w = msg["busId"], msg["maxExportW"], msg["maxImportW"]
+        if export_w >= 1 << 32 or import_w >= 1 << 32:
+            raise InvalidOrder("connection limits must fit in 32 bits (W)")
+        capacity: int | None = None
+        refusal = ""
+        code = "CONNECTION_REFUSED"
+        if self.grid is not None:
+            if bus_id not in self.grid.load_buses():
+                refusal, code = f"bus {bus_id} is not a connectable bus of the grid", "UNKNOWN_BUS"
+            else:
+                capacity = self.grid.hosting_capacity_w(bus_id)
+                if export_w > capacity:
+                    refusal = (
+                        f"the hosting capacity at bus {bus_id} is {capacity} W, "
+                        f"less than the requested export of {export_w} W"
+                    )
+                    code = "HOSTING_CAPACITY"
+        values = {
+            "wallet": wallet,
+            "meter": msg["meter"],
+            "bus_id": bus_id,
+            "max_export_w": export_w,
+            "max_import_w": import_w,
+            "hosting_capacity_w": capacity,
+        }
+        if refusal:
+            self.store.save_connection(
+                {**values, "status": "refused", "reason": refusal, "tx_hash": None}
+            )
+            self.events.publish(
+                "participant", {"wallet": wallet, "status": "refused", "reason": refusal}
+            )
+            raise ConnectionRefused(refusal, code=code)
+        tx_hash = self.ledger.connect(wallet, msg["meter"], bus_id, export_w, import_w)
+        receipt = self.ledger.wait(tx_hash)
+        if not receipt.ok:
+            raise Conflict(
+                f"the registry refused the connection (transaction {tx_hash} reverted)",
+                code="REGISTRY_REFUSED",
+            )
+        self._participants.drop(wallet)
+        self.store.save_connection(
+            {**values, "status": "registered", "reason": "", "tx_hash": tx_hash}
+        )
+        self.events.publish(
+            "participant", {"wallet": wallet, "status": "registered", "busId": bus_id}
+        )
+        return self.store.get_connection(wallet)

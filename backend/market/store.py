@@ -1,0 +1,357 @@
+"""The order book store: SQLAlchemy over a SQLite file (default) or PostgreSQL (same URL scheme).
+
+Every state change the market makes is one transaction here, so a crash leaves either the old or the
+new
+state. SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed order survives a process
+crash
+(``kill -9``); only an OS crash or power loss could drop the last commits (use PostgreSQL for that).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.market.errors import MarketError, NonceUsed
+from backend.market.models import (
+    Base,
+    BatchRow,
+    BatchState,
+    ConnectionRow,
+    IntervalRow,
+    IntervalStatus,
+    OrderRow,
+    OrderStatus,
+    TradeRow,
+)
+
+
+class StoreError(MarketError, RuntimeError):
+    code = "STORE_ERROR"
+    status = 503
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; creates the folder of a SQLite file and turns on WAL mode."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+class Store:
+    """All reads and writes of the order book, intervals, trades, batches and connection
+    requests."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = make_engine(url)
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the order store at {_safe_url(url)}: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._orders = OrderRow.__table__  # Core insert: the accept path
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except SQLAlchemyError:
+            return False
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    def drop_all(self) -> None:
+        """Tests only: remove every table."""
+        Base.metadata.drop_all(self.engine)
+        Base.metadata.create_all(self.engine)
+
+    # ---------------------------------------------------------------- orders
+    def insert_order(self, row: dict[str, Any]) -> int:
+        """Insert one accepted order; ``NonceUsed`` when the trader's nonce (or the order)
+        exists."""
+        try:
+            with self.engine.begin() as conn:
+                res = conn.execute(insert(OrderRow), row)
+                pk = res.inserted_primary_key
+                return int(pk[0]) if pk else 0
+        except IntegrityError:
+            raise NonceUsed(
+                f"nonce {row['nonce']} of {row['trader']} is already used by an accepted order"
+            ) from None
+
+    def get_order(self, order_hash: str) -> OrderRow | None:
+        with self.session() as s:
+            return s.scalars(select(OrderRow).where(OrderRow.hash == order_hash)).first()
+
+    def list_orders(
+        self,
+        trader: str | None = None,
+        interval_id: int | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[OrderRow]:
+        q = select(OrderRow)
+        if trader is not None:
+            q = q.where(OrderRow.trader == trader)
+        if interval_id is not None:
+            q = q.where(OrderRow.interval_id == interval_id)
+        if status is not None:
+            q = q.where(OrderRow.status == status)
+        q = q.order_by(OrderRow.seq).limit(limit).offset(offset)
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    def live_orders(self) -> list[OrderRow]:
+        """Orders that still reserve capacity or deposit (open, or matched but not on chain yet)."""
+        with self.session() as s:
+            return list(s.scalars(select(OrderRow).where(OrderRow.status.in_(OrderStatus.LIVE))))
+
+    def open_orders(self, interval_id: int) -> list[OrderRow]:
+        with self.session() as s:
+            q = (
+                select(OrderRow)
+                .where(OrderRow.interval_id == interval_id, OrderRow.status == OrderStatus.OPEN)
+                .order_by(OrderRow.seq)
+            )
+            return list(s.scalars(q))
+
+    def cancel_order(self, order_hash: str) -> bool:
+        """Open -> cancelled; False when the order was no longer open."""
+        with self.session() as s:
+            res = s.execute(
+                update(OrderRow)
+                .where(OrderRow.hash == order_hash, OrderRow.status == OrderStatus.OPEN)
+                .values(status=OrderStatus.CANCELLED)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def nonce_taken(self, trader: str, nonce: int) -> bool:
+        with self.session() as s:
+            q = (
+                select(func.count())
+                .select_from(OrderRow)
+                .where(OrderRow.trader == trader, OrderRow.nonce == str(nonce))
+            )
+            return bool(s.scalar(q))
+
+    # ------------------------------------------------------------- intervals
+    def get_interval(self, interval_id: int) -> IntervalRow | None:
+        with self.session() as s:
+            return s.get(IntervalRow, interval_id)
+
+    def intervals_in(self, statuses: Sequence[str]) -> list[IntervalRow]:
+        with self.session() as s:
+            q = select(IntervalRow).where(IntervalRow.status.in_(statuses)).order_by(IntervalRow.id)
+            return list(s.scalars(q))
+
+    def closed_interval_ids(self) -> set[int]:
+        with self.session() as s:
+            q = select(IntervalRow.id).where(IntervalRow.status != IntervalStatus.OPEN)
+            return set(s.scalars(q))
+
+    def close_interval(self, interval_id: int) -> bool:
+        """Mark the gate closed (creating the row if needed); False when it was already past
+        open."""
+        now = time.time()
+        with self.session() as s:
+            row = s.get(IntervalRow, interval_id, with_for_update=True)
+            if row is None:
+                s.add(
+                    IntervalRow(
+                        id=interval_id, status=IntervalStatus.CLOSED, closed_at=now, updated_at=now
+                    )
+                )
+                return True
+            if row.status != IntervalStatus.OPEN:
+                return False
+            row.status = IntervalStatus.CLOSED
+            row.closed_at = now
+            row.updated_at = now
+            return True
+
+    def set_interval_status(self, interval_id: int, status: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(IntervalRow)
+                .where(IntervalRow.id == interval_id)
+                .values(status=status, updated_at=time.time())
+            )
+
+    # ------------------------------------------------------ clearing/batches
+    def save_clearing(
+        self,
+        interval_id: int,
+        trades: Sequence[dict[str, Any]],
+        batch: dict[str, Any] | None,
+        fills: dict[str, int],
+        stats: dict[str, Any],
+    ) -> None:
+        """One transaction: trades, the batch to send (before sending it), order fills and the
+        interval
+        outcome. Orders with a fill become ``matched``; the other open orders become
+        ``unfilled``."""
+        now = time.time()
+        with self.session() as s:
+            row = s.get(IntervalRow, interval_id, with_for_update=True)
+            if row is None or row.status != IntervalStatus.CLOSED:
+                raise StoreError(f"interval {interval_id} is not closed, cannot save its clearing")
+            for t in trades:
+                s.add(TradeRow(**t))
+            for order_hash, filled in fills.items():
+                s.execute(
+                    update(OrderRow)
+                    .where(OrderRow.hash == order_hash)
+                    .values(filled_wh=filled, status=OrderStatus.MATCHED)
+                )
+            s.execute(
+                update(OrderRow)
+                .where(OrderRow.interval_id == interval_id, OrderRow.status == OrderStatus.OPEN)
+                .values(status=OrderStatus.UNFILLED)
+            )
+            if batch is not None:
+                s.add(BatchRow(interval_id=interval_id, updated_at=now, **batch))
+            for key, value in stats.items():
+                setattr(row, key, value)
+            row.status = IntervalStatus.CLEARED if batch is not None else IntervalStatus.RECORDED
+            row.updated_at = now
+
+    def get_batch(self, interval_id: int) -> BatchRow | None:
+        with self.session() as s:
+            return s.get(BatchRow, interval_id)
+
+    def unfinished_batches(self) -> list[BatchRow]:
+        with self.session() as s:
+            q = select(BatchRow).where(BatchRow.state.in_((BatchState.PENDING, BatchState.SENT)))
+            return list(s.scalars(q.order_by(BatchRow.interval_id)))
+
+    def mark_batch_sent(self, interval_id: int, tx_hash: str) -> None:
+        with self.session() as s:
+            b = s.get(BatchRow, interval_id)
+            if b is not None:
+                b.state = BatchState.SENT
+                b.tx_hash = tx_hash
+                b.attempts += 1
+                b.updated_at = time.time()
+
+    def mark_batch_error(self, interval_id: int, error: str) -> None:
+        with self.session() as s:
+            b = s.get(BatchRow, interval_id)
+            if b is not None:
+                b.last_error = error[:2000]
+                b.updated_at = time.time()
+
+    def mark_batch_recorded(
+        self, interval_id: int, tx_hash: str | None, block_number: int | None
+    ) -> None:
+        """The batch is on chain: trades recorded, matched orders filled/partial, interval
+        recorded."""
+        now = time.time()
+        with self.session() as s:
+            b = s.get(BatchRow, interval_id, with_for_update=True)
+            if b is None:
+                return
+            b.state = BatchState.RECORDED
+            b.tx_hash = tx_hash or b.tx_hash
+            b.block_number = block_number
+            b.updated_at = now
+            s.execute(
+                update(TradeRow)
+                .where(TradeRow.interval_id == interval_id, TradeRow.status == "pending")
+                .values(status="recorded", tx_hash=b.tx_hash)
+            )
+            for o in s.scalars(
+                select(OrderRow).where(
+                    OrderRow.interval_id == interval_id, OrderRow.status == OrderStatus.MATCHED
+                )
+            ):
+                o.status = OrderStatus.FILLED if o.filled_wh >= o.energy_wh else OrderStatus.PARTIAL
+            s.execute(
+                update(IntervalRow)
+                .where(IntervalRow.id == interval_id, IntervalRow.status == IntervalStatus.CLEARED)
+                .values(status=IntervalStatus.RECORDED, updated_at=now)
+            )
+
+    def trades(self, interval_id: int | None = None, limit: int = 1000) -> list[TradeRow]:
+        q = select(TradeRow)
+        if interval_id is not None:
+            q = q.where(TradeRow.interval_id == interval_id)
+        q = q.order_by(TradeRow.interval_id, TradeRow.position).limit(limit)
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    def mark_trades_settled(
+        self, interval_id: int, settlements: dict[str, tuple[int, int, str | None]]
+    ) -> None:
+        """Record per-trade settlement (delivered Wh, paid, tx) and mark the interval settled."""
+        now = time.time()
+        with self.session() as s:
+            for trade_id, (delivered, paid, tx) in settlements.items():
+                s.execute(
+                    update(TradeRow)
+                    .where(TradeRow.id == trade_id)
+                    .values(
+                        status="settled", delivered_wh=delivered, paid=str(paid), settle_tx_hash=tx
+                    )
+                )
+            s.execute(
+                update(IntervalRow)
+                .where(IntervalRow.id == interval_id)
+                .values(status=IntervalStatus.SETTLED, updated_at=now)
+            )
+
+    # ------------------------------------------------------------ connections
+    def save_connection(self, values: dict[str, Any]) -> None:
+        with self.session() as s:
+            row = s.get(ConnectionRow, values["wallet"])
+            values = {**values, "updated_at": time.time()}
+            if row is None:
+                s.add(ConnectionRow(**values))
+            else:
+                for k, v in values.items():
+                    setattr(row, k, v)
+
+    def get_connection(self, wallet: str) -> ConnectionRow | None:
+        with self.session() as s:
+            return s.get(ConnectionRow, wallet)
+
+
+def trade_ids_json(ids: Iterable[str]) -> str:
+    return json.dumps(list(ids))
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

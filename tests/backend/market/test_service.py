@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+
+from backend.market.errors import (
+    BadSignature,
+    InsufficientDeposit,
+    IntervalClosed,
+    NonceUsed,
+    OrderExpired,
+    OverConnectionLimit,
+    UnknownTrader,
+    WrongDomain,
+)
+from backend.market.memory import MemoryLedger
+from backend.market.models import IntervalStatus, OrderStatus
+from backend.market.service import Market, MarketConfig
+from backend.market.store import Store
+from backend.settings import ANVIL_KEYS
+from tests.backend.market.conftest import VALIDATOR_KEY, Signer
+
+K = ANVIL_KEYS
+
+
+def test_submit_order_accepts_and_persists(market: Market, signer: Signer) -> None:
+    o = signer.order(K[1], 0, 1000, 100)
+    row = market.submit_order(o["message"], o["signature"])
+    assert row.status == OrderStatus.OPEN
+    assert market.get_order(row.hash).trader == Account.from_key(K[1]).address
+    assert row.hash == "0x" + market.domain.digest("Order", o["message"]).hex()
+
+
+def test_submit_order_refusals(market: Market, signer: Signer, ledger: MemoryLedger) -> None:
+    o = signer.order(K[1], 0, 1000, 100)
+    tampered = {**o["message"], "energyWh": 999}
+    with pytest.raises(BadSignature):
+        market.submit_order(tampered, o["signature"])
+    with pytest.raises(WrongDomain):
+        market.submit_order(o["message"], o["signature"], {**market.template()["domain"], "chainId": 1})
+    market.submit_order(o["message"], o["signature"])
+    with pytest.raises(NonceUsed):
+        market.submit_order(o["message"], o["signature"])
+    expired = signer.order(K[1], 0, 1000, 100, expiry=ledger.now() - 1)
+    with pytest.raises(OrderExpired):
+        market.submit_order(expired["message"], expired["signature"])
+    stranger = signer.order(K[8], 0, 1000, 100)
+    with pytest.raises(UnknownTrader):
+        market.submit_order(stranger["message"], stranger["signature"])
+    past = signer.order(K[1], 0, 1000, 100, interval=market.current_interval())
+    with pytest.raises(IntervalClosed):
+        market.submit_order(past["message"], past["signature"])
+    # 20 kW x 0.25 h = 5000 Wh export limit; 1000 already offered
+    big = signer.order(K[1], 0, 4001, 100)
+    with pytest.raises(OverConnectionLimit):
+        market.submit_order(big["message"], big["signature"])
+    ledger.available[Account.from_key(K[2]).address] = 1000
+    buy = signer.order(K[2], 1, 1000, 1000)  # costs exactly 1000
+    market.submit_order(buy["message"], buy["signature"])
+    more = signer.order(K[2], 1, 1, 1)
+    with pytest.raises(InsufficientDeposit):
+        market.submit_order(more["message"], more["signature"])
+
+
+def test_close_interval_records_batch_once_and_survives_restart(
+    market: Market, signer: Signer, ledger: MemoryLedger, store_url: str
+) -> None:
+    interval = market.current_interval() + 2
+    for key, side, wh, price in [(K[1], 0, 1000, 50), (K[2], 0, 1000, 70), (K[3], 1, 1500, 90),
+                                 (K[4], 1, 500, 60)]:
+        o = signer.order(key, side, wh, price, interval=interval)
+        market.submit_order(o["message"], o["signature"])
+    ledger.fail_sends = 1
+    with pytest.raises(Exception, match="simulated"):
+        market.close_interval(interval, force=True)
+    assert market.interval(interval).status == IntervalStatus.CLEARED
+    # "restart": a new market over the same store finishes the batch, exactly once
+    again = Market(Store(store_url), ledger, None, VALIDATOR_KEY, MarketConfig())
+    assert again.recover() == [interval]
+    assert again.recover() == []
+    assert ledger.calls == ["record_trades", "record_trades"] and len(ledger.batches) == 1
+    row = again.interval(interval)
+    assert row.status == IntervalStatus.RECORDED
+    # merit order: 50->90 1000, 70->90 500, 70->60 no. marginal 70/90 -> 80
+    assert row.clearing_price == "80" and row.traded_wh == 1500 and row.approved_count == 2
+    ids = [t.trade_id for t in ledger.batches[0][1]]
+    assert ids == sorted(ids, key=lambda t: int(t, 16))
+    statuses = sorted(o.status for o in again.store.list_orders(interval_id=interval))
+    assert statuses == ["filled", "filled", "partial", "unfilled"]
