@@ -24,6 +24,12 @@ from backend.iot.signing import Reading, ReadingDomain, address_of, sign_reading
 from backend.iot.transport import Transport
 
 DEV_METER_SEED = "tegrid dev meter"
+DEV_WALLET_SEED = "tegrid dev wallet"
+
+
+def dev_wallet_key(index: int) -> str:
+    """Deterministic private key of the wallet that owns development meter ``index`` (test keys)."""
+    return "0x" + keccak(text=f"{DEV_WALLET_SEED} {index}").hex()
 
 
 def dev_meter_key(index: int) -> str:
@@ -42,6 +48,7 @@ class MeterSpec:
     load_peak_kw: float = 4.0
     pv_peak_kw: float = 0.0
     commercial: bool = False
+    wallet: str = ""  # the participant (trading wallet) that owns the meter, when known
     address: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -65,15 +72,15 @@ def dev_meters(count: int, buses: list[int | str] | None = None) -> list[MeterSp
             bus_list[i % len(bus_list)],
             load_peak_kw=3.0 + (i % 5),
             pv_peak_kw=6.0 + (i % 3) * 2.0 if i % 2 == 0 else 0.0,
+            wallet=address_of(dev_wallet_key(i)),
         )
         for i in range(count)
     ]
 
 
 def load_meter_file(path: Path) -> list[MeterSpec]:
-    """Read meters from JSON: ``[{"key": "0x..", "bus": 3, "load_peak_kw": 4, "pv_peak_kw": 6},
-    ...]``.
-    """
+    """Read meters from JSON: a list of ``{"key": "0x..", "bus": 3}`` with optional
+    ``load_peak_kw``, ``pv_peak_kw``, ``commercial`` and ``wallet`` (the owner's address)."""
     try:
         raw = json.loads(path.read_text())
     except OSError as exc:
@@ -94,6 +101,7 @@ def load_meter_file(path: Path) -> list[MeterSpec]:
                     float(item.get("load_peak_kw", 4.0)),
                     float(item.get("pv_peak_kw", 0.0)),
                     bool(item.get("commercial", False)),
+                    str(item.get("wallet", "")),
                 )
             )
         except (TypeError, ValueError) as exc:

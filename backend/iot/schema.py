@@ -24,7 +24,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from backend.iot import MessageError
-from backend.iot.signing import Reading
+from backend.iot.signing import Reading, checksum
 
 SCHEMA_VERSION = 1
 TOPIC_PREFIX = "tegrid/meters"
@@ -118,7 +118,7 @@ def _address_field(body: dict[str, Any], name: str) -> str:
         raise MessageError(
             "schema", f"{name} must be a 0x-prefixed 20-byte hex address, got {value!r}"
         )
-    return to_checksum_address(value)
+    return checksum(value)
 
 
 def _sent_at(body: dict[str, Any]) -> float | None:
@@ -135,7 +135,7 @@ def topic_address(topic: str) -> str:
     parts = topic.split("/")
     if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_PREFIX or not _ADDRESS.match(parts[2]):
         raise MessageError("topic", f"unexpected topic {topic!r}")
-    return to_checksum_address(parts[2])
+    return checksum(parts[2])
 
 
 def parse_reading(payload: bytes, topic: str | None = None) -> SignedReading:

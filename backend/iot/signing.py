@@ -11,6 +11,7 @@ encoder. The unit tests pin this against eth-account's ``encode_typed_data``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from eth_keys import KeyAPI
@@ -31,6 +32,12 @@ UINT64_MAX = 2**64 - 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 _keys = KeyAPI(backend=CoinCurveECCBackend())
+
+
+@lru_cache(maxsize=100_000)
+def checksum(address: str) -> str:
+    """EIP-55 form of an address; cached because a fleet of meters repeats the same few thousand."""
+    return str(to_checksum_address(address))
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,7 @@ def recover_signer(domain_separator: bytes, reading: Reading, signature: bytes) 
         public_key = _keys.ecdsa_recover(digest(domain_separator, reading), sig)
     except (BadSignature, ValidationError, ValueError) as exc:
         raise MessageError("bad_signature", str(exc)) from None
-    return public_key.to_checksum_address()
+    return checksum("0x" + public_key.to_canonical_address().hex())
 
 
 def address_of(private_key: bytes | str) -> str:

@@ -94,6 +94,7 @@ class OracleDaemon:
             None  # (chain timestamp, monotonic when fetched)
         )
         self._needs_reconcile = True
+        self._suspect_intervals: set[int] = set()
         self._backoff_s = 0.0
         self._domain_separator = b""
         self._interval_seconds = 0
@@ -266,6 +267,8 @@ class OracleDaemon:
             except ChainUnavailable as exc:
                 self._needs_reconcile = True
                 self._backoff(f"chain unavailable: {exc}")
+            except BatchRefused as exc:
+                self._backoff(f"MeterReadings refuses the batch: {exc.reason}")
             except Exception:  # never die: log, back off, reconcile, go on
                 log.exception("submit loop error")
                 self._needs_reconcile = True
@@ -288,13 +291,20 @@ class OracleDaemon:
                 batch_id, items = self.store.claim_batch(interval_id, self.config.batch_size)
                 if not items:
                     break
-                submitted += self._submit_batch(batch_id, interval_id, items)
+                done = self._submit_batch(batch_id, interval_id, items)
+                if done is None:
+                    break  # not accepted yet: try this interval again on a later round
+                submitted += done
         return submitted
 
-    def _submit_batch(self, batch_id: int, interval_id: int, items: list[QueuedReading]) -> int:
+    def _submit_batch(
+        self, batch_id: int, interval_id: int, items: list[QueuedReading]
+    ) -> int | None:
         try:
             tx_hash, raw = self.ledger.prepare_batch(
-                interval_id, [(q.reading, q.signature) for q in items]
+                interval_id,
+                [(q.reading, q.signature) for q in items],
+                check=interval_id in self._suspect_intervals,
             )
         except BatchRefused as exc:
             self.store.requeue_batch(batch_id)
@@ -304,7 +314,7 @@ class OracleDaemon:
                     interval_id,
                     exc.reason,
                 )
-                return 0
+                return None
             raise
         except ChainUnavailable:
             self.store.requeue_batch(batch_id)  # nothing was sent
@@ -331,7 +341,12 @@ class OracleDaemon:
             log.error("batch %d reverted in tx %s; requeued", batch_id, receipt.tx_hash)
             self.ledger.reset_nonce()
             self.store.requeue_batch(batch_id)
-            return 0
+            if items:
+                # the next attempt for this interval is simulated first (decoded reason, exact gas)
+                self._suspect_intervals.add(items[0].reading.interval_id)
+            raise ChainUnavailable(f"batch {batch_id} reverted")
+        if items:
+            self._suspect_intervals.discard(items[0].reading.interval_id)
         rejected = {
             q.id: receipt.rejected[q.reading.meter]
             for q in items

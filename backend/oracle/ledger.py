@@ -66,7 +66,7 @@ class Ledger(Protocol):
     def meter_state(self, meter: str) -> MeterState: ...
 
     def prepare_batch(
-        self, interval_id: int, items: Sequence[tuple[Reading, bytes]]
+        self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
     ) -> tuple[str, bytes]:
         """Sign the transaction; returns (tx hash, raw tx). BatchRefused if it would revert."""
         ...

@@ -46,7 +46,7 @@ class FakeLedger:
         return MeterState(meter in self.meters, self.meters.get(meter, False))
 
     def prepare_batch(
-        self, interval_id: int, items: Sequence[tuple[Reading, bytes]]
+        self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
     ) -> tuple[str, bytes]:
         self._check()
         if self.now < (interval_id + 1) * self.interval:
