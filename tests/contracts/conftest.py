@@ -1,5 +1,5 @@
-"""Module-scoped deployments of the ledger contracts, snapshot/revert per test, and helpers that build
-signed orders, trades, attestations and readings through backend.chain (the backend's own builders)."""
+"""Module-scoped deployments of the ledger contracts, snapshot/revert per test, and helpers that
+build signed orders, trades, attestations and readings through backend.chain (the backend's own)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ FAR = 2**40  # an expiry far in the future
 
 
 def err(name: str, *args: Any) -> str:
-    """brownie's revert_msg for custom error ``name(args)``: selector and arguments encoded exactly."""
+    """brownie's revert_msg for custom error ``name(args)``: selector and arguments, exactly."""
     abi = ERRORS[name]
     types = [i["type"] for i in abi["inputs"]]
     selector = keccak(text=f"{name}({','.join(types)})")[:4]
@@ -40,13 +40,41 @@ def meter_key(i: int) -> str:
     return "0x" + keccak(text=f"tegrid meter {i}").hex()
 
 
+def norm(value: Any) -> Any:
+    """brownie event/return values as plain Python: bytes32 -> bytes, Wei -> int, address -> str."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str):
+        if value.startswith("0x") and len(value) == 66:
+            return bytes.fromhex(value[2:])
+        return str(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, list | tuple):
+        return [norm(v) for v in value]
+    return value
+
+
+def ev(tx: Any, name: str, i: int = 0) -> list[Any]:
+    """Values of the i-th event ``name`` of a transaction, normalised with :func:`norm`."""
+    return [norm(v) for v in tx.events[name][i].values()]
+
+
 class Ledger:
     """The deployed contracts and the accounts playing each role."""
 
     def __init__(self, a: Any, token: Any, registry: Any, readings: Any, market: Any) -> None:
         self.a = a
         self.token, self.registry, self.readings, self.market = token, registry, readings, market
-        self.admin, self.dso, self.validator, self.oracle, self.operator = a[0], a[1], a[2], a[3], a[4]
+        self.admin, self.dso, self.validator, self.oracle, self.operator = (
+            a[0],
+            a[1],
+            a[2],
+            a[3],
+            a[4],
+        )
         self.validator_key = ANVIL_KEYS[2]
         self.trader_keys = {a[i].address: ANVIL_KEYS[i] for i in range(5, 10)}
         self.meters: dict[str, str] = {}  # wallet -> meter key
@@ -58,7 +86,9 @@ class Ledger:
     def connect(self, wallet: Any, i: int) -> None:
         key = meter_key(i)
         self.meters[wallet.address] = key
-        self.registry.connect(wallet, Account.from_key(key).address, 10 + i, 5000, 7000, {"from": self.dso})
+        self.registry.connect(
+            wallet, Account.from_key(key).address, 10 + i, 5000, 7000, {"from": self.dso}
+        )
         self.index[wallet.address] = self.registry.stateOf(wallet)[1]
 
     def meter_of(self, wallet: Any) -> str:
@@ -66,7 +96,7 @@ class Ledger:
 
     # ----------------------------------------------------------------- time
     def now(self) -> int:
-        return int(brownie.chain.time())
+        return int(brownie.web3.eth.get_block("latest")["timestamp"])
 
     def current_interval(self) -> int:
         return self.now() // INTERVAL_S
@@ -74,26 +104,56 @@ class Ledger:
     def end_interval(self, interval: int, extra: int = 0) -> None:
         """Move chain time past the end of ``interval`` (+ ``extra`` seconds)."""
         target = (interval + 1) * INTERVAL_S + extra
-        if self.now() < target:
-            brownie.chain.sleep(target - self.now() + 1)
-            brownie.chain.mine()
+        while self.now() < target:
+            rpc = brownie.web3.provider.make_request
+            rpc("evm_increaseTime", [target - self.now() + 1])  # type: ignore[arg-type]
+            rpc("evm_mine", [])  # type: ignore[arg-type]
 
     # ----------------------------------------------------------------- orders and trades
-    def order(self, trader: Any, side: int, interval: int, energy: int, price: int, nonce: int,
-              expiry: int = FAR, counterparty: str | None = None) -> dict[str, Any]:  # fmt: skip
-        return {"trader": trader.address, "side": side, "intervalId": interval, "energyWh": energy,
-                "pricePerKWh": price, "nonce": nonce, "expiry": expiry,
-                "counterparty": counterparty}  # fmt: skip
+    def order(
+        self,
+        trader: Any,
+        side: int,
+        interval: int,
+        energy: int,
+        price: int,
+        nonce: int,
+        expiry: int = FAR,
+        counterparty: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "trader": trader.address,
+            "side": side,
+            "intervalId": interval,
+            "energyWh": energy,
+            "pricePerKWh": price,
+            "nonce": nonce,
+            "expiry": expiry,
+            "counterparty": counterparty,
+        }
 
-    def sign(self, order: dict[str, Any], key: str | None = None, chain_id: int | None = None,
-             market: str | None = None) -> tuple[bytes, bytes]:  # fmt: skip
+    def sign(
+        self,
+        order: dict[str, Any],
+        key: str | None = None,
+        chain_id: int | None = None,
+        market: str | None = None,
+    ) -> tuple[bytes, bytes]:
         return batches.sign_order(
-            key or self.trader_keys[order["trader"]], chain_id or self.chain_id,
-            market or self.market.address, order,
-        )  # fmt: skip
+            key or self.trader_keys[order["trader"]],
+            chain_id or self.chain_id,
+            market or self.market.address,
+            order,
+        )
 
-    def trade(self, sell: dict[str, Any], buy: dict[str, Any], energy: int, price: int = PRICE,
-              verdict: int = 0) -> CandidateTrade:  # fmt: skip
+    def trade(
+        self,
+        sell: dict[str, Any],
+        buy: dict[str, Any],
+        energy: int,
+        price: int = PRICE,
+        verdict: int = 0,
+    ) -> CandidateTrade:
         return CandidateTrade(sell, buy, self.sign(sell), self.sign(buy), energy, price, verdict)
 
     def tid(self, t: CandidateTrade) -> bytes:
@@ -103,30 +163,61 @@ class Ledger:
         return batches.sort_by_trade_id(trades, self.chain_id, self.market.address)
 
     def attest(self, interval: int, trades: list[CandidateTrade], key: str | None = None) -> bytes:
-        return batches.attest(key or self.validator_key, self.chain_id, self.market.address,
-                              interval, trades, EVIDENCE)  # fmt: skip
+        return batches.attest(
+            key or self.validator_key,
+            self.chain_id,
+            self.market.address,
+            interval,
+            trades,
+            EVIDENCE,
+        )
 
-    def record(self, interval: int, trades: list[CandidateTrade], *, sort: bool = True,
-               key: str | None = None, sender: Any = None) -> Any:  # fmt: skip
+    def record(
+        self,
+        interval: int,
+        trades: list[CandidateTrade],
+        *,
+        sort: bool = True,
+        key: str | None = None,
+        sender: Any = None,
+    ) -> Any:
         trades = self.sort(trades) if sort else trades
         sig = self.attest(interval, trades, key)
-        tx = self.market.recordTrades(interval, [t.abi() for t in trades], EVIDENCE, sig,
-                                      {"from": sender or self.operator})  # fmt: skip
+        tx = self.market.recordTrades(
+            interval, [t.abi() for t in trades], EVIDENCE, sig, {"from": sender or self.operator}
+        )
         recs = [self.rec(t) for t in trades if t.verdict == 0]
         self.records.setdefault(interval, []).append(recs)
         return tx
 
     def rec(self, t: CandidateTrade) -> tuple[Any, ...]:
-        return t.record(self.chain_id, self.market.address, self.index[t.sell["trader"]],
-                        self.index[t.buy["trader"]])  # fmt: skip
+        return t.record(
+            self.chain_id,
+            self.market.address,
+            self.index[t.sell["trader"]],
+            self.index[t.buy["trader"]],
+        )
 
     # ----------------------------------------------------------------- readings and settlement
-    def reading(self, wallet: Any, interval: int, imp: int, exp: int, key: str | None = None,
-                chain_id: int | None = None, contract: str | None = None) -> tuple[Any, ...]:  # fmt: skip
+    def reading(
+        self,
+        wallet: Any,
+        interval: int,
+        imp: int,
+        exp: int,
+        key: str | None = None,
+        chain_id: int | None = None,
+        contract: str | None = None,
+    ) -> tuple[Any, ...]:
         return batches.signed_reading(
-            key or self.meters[wallet.address], chain_id or self.chain_id,
-            contract or self.readings.address, self.meter_of(wallet), interval, imp, exp,
-        )  # fmt: skip
+            key or self.meters[wallet.address],
+            chain_id or self.chain_id,
+            contract or self.readings.address,
+            self.meter_of(wallet),
+            interval,
+            imp,
+            exp,
+        )
 
     def submit(self, interval: int, readings: list[tuple[Any, ...]]) -> Any:
         return self.readings.submitReadings(interval, readings, {"from": self.oracle})
@@ -144,8 +235,9 @@ class Ledger:
 
 
 @pytest.fixture(scope="module")
-def ledger(accounts: Any, EnergyToken: Any, ParticipantRegistry: Any, MeterReadings: Any,
-           EnergyMarket: Any) -> Ledger:  # fmt: skip
+def ledger(
+    accounts: Any, EnergyToken: Any, ParticipantRegistry: Any, MeterReadings: Any, EnergyMarket: Any
+) -> Ledger:
     admin = accounts[0]
     token = EnergyToken.deploy(admin, {"from": admin})
     registry = ParticipantRegistry.deploy(admin, {"from": admin})
@@ -177,9 +269,22 @@ def isolation(fn_isolation: Any) -> None:
 
 @pytest.fixture
 def parts(ledger: Ledger) -> SimpleNamespace:
+    ledger.records = {}  # the chain was reverted: forget the batches of earlier tests
     """The four registered traders S1, S2 (sellers) and B1, B2 (buyers), and the outsider X."""
     a = ledger.a
     return SimpleNamespace(S1=a[5], S2=a[6], B1=a[7], B2=a[8], X=a[9])
 
 
-__all__ = ["DELAY_S", "DEPOSIT", "EVIDENCE", "FAR", "INTERVAL_S", "PRICE", "Ledger", "eip712", "err"]
+__all__ = [
+    "DELAY_S",
+    "DEPOSIT",
+    "EVIDENCE",
+    "FAR",
+    "INTERVAL_S",
+    "PRICE",
+    "Ledger",
+    "eip712",
+    "err",
+    "ev",
+    "norm",
+]

@@ -1,0 +1,433 @@
+"""EnergyMarket: balances, cancellation, recording (signatures, attestation, escrow), settlement."""
+
+from typing import Any
+
+import brownie
+import pytest
+from conftest import DEPOSIT, EVIDENCE, INTERVAL_S, PRICE, Ledger, err, ev, norm
+from eth_abi import encode
+from eth_account import Account
+from eth_utils import keccak
+
+from backend.chain import eip712
+from backend.chain.batches import CandidateTrade
+
+SELL, BUY = 0, 1
+RECORD_TYPE = "(bytes32,address,address,uint32,uint32,uint64,uint128)[]"
+
+
+@pytest.fixture
+def iv(ledger: Ledger) -> int:
+    """A delivery interval in the future (orders for it can still be recorded)."""
+    return ledger.current_interval() + 1
+
+
+def _pair(
+    ledger: Ledger,
+    seller: Any,
+    buyer: Any,
+    iv: int,
+    energy: int = 1000,
+    *,
+    s_nonce: int = 1,
+    b_nonce: int = 1,
+    price: int = PRICE,
+    verdict: int = 0,
+    s_energy: int | None = None,
+    b_energy: int | None = None,
+) -> CandidateTrade:
+    sell = ledger.order(seller, SELL, iv, s_energy or energy, 100_000, s_nonce)
+    buy = ledger.order(buyer, BUY, iv, b_energy or energy, 200_000, b_nonce)
+    return ledger.trade(sell, buy, energy, price, verdict)
+
+
+# ---------------------------------------------------------------------------- balances
+
+
+def test_deposit_and_withdraw(ledger: Ledger, parts: Any) -> None:
+    tx = ledger.market.deposit(1_000, {"from": parts.X})
+    assert ev(tx, "Deposited") == [parts.X.address, 1_000]
+    assert ledger.balance(parts.X) == (1_000, 0)
+    tx = ledger.market.withdraw(400, {"from": parts.X})
+    assert ev(tx, "Withdrawn") == [parts.X.address, 400]
+    assert ledger.balance(parts.X) == (600, 0)
+    assert ledger.token.balanceOf(parts.X) == DEPOSIT - 600
+
+
+def test_deposit_and_withdraw_errors(ledger: Ledger, parts: Any) -> None:
+    with brownie.reverts(err("MarketZeroAmount")):
+        ledger.market.deposit(0, {"from": parts.X})
+    with brownie.reverts(err("MarketAmountTooLarge", 2**128)):
+        ledger.market.deposit(2**128, {"from": parts.X})
+    with brownie.reverts(err("MarketZeroAmount")):
+        ledger.market.withdraw(0, {"from": parts.X})
+    with brownie.reverts(err("MarketInsufficientBalance", parts.S1.address, DEPOSIT // 2, DEPOSIT)):
+        ledger.market.withdraw(DEPOSIT, {"from": parts.S1})
+
+
+def test_cancel_nonce(ledger: Ledger, parts: Any, iv: int) -> None:
+    tx = ledger.market.cancelNonce(7, {"from": parts.S1})
+    assert ev(tx, "NonceCancelled") == [parts.S1.address, 7]
+    assert tuple(ledger.market.filledOf(parts.S1, 7)) == (0, True)
+    assert tuple(ledger.market.filledOf(parts.S1, 6)) == (0, False)
+    with brownie.reverts(err("MarketNonceAlreadyCancelled", parts.S1.address, 7)):
+        ledger.market.cancelNonce(7, {"from": parts.S1})
+    with brownie.reverts(err("MarketOrderCancelled", parts.S1.address, 7)):
+        ledger.record(iv, [_pair(ledger, parts.S1, parts.B1, iv, s_nonce=7)])
+
+
+# ---------------------------------------------------------------------------- recording
+
+
+def test_record_trade_locks_escrow(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    tx = ledger.record(iv, [t])
+    tid = ledger.tid(t)
+    assert ev(tx, "TradeRecorded") == [tid, parts.S1.address, parts.B1.address, 1000, PRICE]
+    rec = ledger.rec(t)
+    commitment = keccak(encode([RECORD_TYPE], [[rec]]))
+    assert ev(tx, "BatchRecorded") == [iv, 0, commitment, 1, EVIDENCE]
+    assert norm(tx.return_value) == commitment
+    assert norm(ledger.market.commitmentOf(iv, 0)) == commitment
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 123_457, 123_457)
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2, 0)
+    assert tuple(ledger.market.filledOf(parts.S1, 1)) == (1000, False)
+    assert tuple(ledger.market.filledOf(parts.B1, 1)) == (1000, False)
+    assert norm(ledger.market.intervalOf(iv)) == [tid, 1, 1, False]
+
+
+def test_hash_views_match_python_builders(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    cid, mkt = ledger.chain_id, ledger.market.address
+    sell_t, buy_t = eip712.order_tuple(t.sell), eip712.order_tuple(t.buy)
+    assert norm(ledger.market.orderHash(sell_t)) == eip712.order_hash(cid, mkt, t.sell)
+    assert norm(ledger.market.tradeIdOf(sell_t, buy_t)) == ledger.tid(t)
+    ids, verdicts = [ledger.tid(t)], [0]
+    assert norm(
+        ledger.market.attestationDigest(iv, ids, verdicts, EVIDENCE)
+    ) == eip712.attestation_hash(cid, mkt, iv, ids, verdicts, EVIDENCE)
+    digest = eip712.reading_hash(cid, ledger.readings.address, parts.S1.address, iv, 1, 2)
+    assert norm(ledger.readings.readingDigest(parts.S1, iv, 1, 2)) == digest
+    assert ledger.market.escrowOf(1, 1) == 1  # rounded up
+    assert ledger.market.escrowOf(1000, PRICE) == 123_457
+    assert ledger.market.settlementDeadline(iv) == (iv + 1) * INTERVAL_S + 3600
+
+
+def test_vetoed_trade_locks_and_consumes_nothing(ledger: Ledger, parts: Any, iv: int) -> None:
+    vetoed = _pair(ledger, parts.S1, parts.B1, iv, verdict=3)
+    approved = _pair(ledger, parts.S2, parts.B2, iv)
+    tx = ledger.record(iv, [vetoed, approved])
+    assert ev(tx, "TradeVetoed") == [ledger.tid(vetoed), 3]
+    assert len(tx.events["TradeRecorded"]) == 1
+    assert ev(tx, "TradeRecorded")[0] == ledger.tid(approved)
+    assert tx.events["BatchRecorded"]["approvedCount"] == 1
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2, 0)
+    assert tuple(ledger.market.filledOf(parts.S1, 1)) == (0, False)
+    assert tuple(ledger.market.filledOf(parts.B1, 1)) == (0, False)
+
+
+def test_record_same_trade_twice_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv, 400, s_energy=1000, b_energy=1000)
+    ledger.record(iv, [t])
+    tid = ledger.tid(t)
+    with brownie.reverts(err("MarketTradeOutOfOrder", tid, tid)):
+        ledger.record(iv, [t])
+    # a vetoed trade cannot come back approved in a later batch either
+    vetoed = _pair(ledger, parts.S2, parts.B2, iv + 1, verdict=1)
+    ledger.record(iv + 1, [vetoed])
+    vid = ledger.tid(vetoed)
+    vetoed.verdict = 0
+    with brownie.reverts(err("MarketTradeOutOfOrder", vid, vid)):
+        ledger.record(iv + 1, [vetoed])
+
+
+def test_record_unsorted_batch_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+    a, b = ledger.sort(
+        [_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)]
+    )
+    with brownie.reverts(err("MarketTradeOutOfOrder", ledger.tid(a), ledger.tid(b))):
+        ledger.record(iv, [b, a], sort=False)
+
+
+def test_record_batch_errors(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    with brownie.reverts(err("MarketNotOperator", parts.S1.address)):
+        ledger.record(iv, [t], sender=parts.S1)
+    sig = ledger.attest(iv, [])
+    with brownie.reverts(err("MarketEmptyBatch")):
+        ledger.market.recordTrades(iv, [], EVIDENCE, sig, {"from": ledger.operator})
+
+
+def test_attestation_by_non_validator_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    with brownie.reverts(err("MarketInvalidValidatorSignature", parts.S2.address)):
+        ledger.record(iv, [t], key=ledger.trader_keys[parts.S2.address])
+
+
+def test_attestation_tampered_verdict_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv, verdict=2)
+    sig = ledger.attest(iv, [t])  # the validator vetoed it ...
+    t.verdict = 0  # ... and the operator flips the verdict
+    digest = eip712.attestation_hash(
+        ledger.chain_id, ledger.market.address, iv, [ledger.tid(t)], [0], EVIDENCE
+    )
+    recovered = Account._recover_hash(digest, signature=sig)
+    with brownie.reverts(err("MarketInvalidValidatorSignature", recovered)):
+        ledger.market.recordTrades(iv, [t.abi()], EVIDENCE, sig, {"from": ledger.operator})
+    bad_evidence = keccak(b"other")
+    digest = eip712.attestation_hash(
+        ledger.chain_id, ledger.market.address, iv, [ledger.tid(t)], [2], bad_evidence
+    )
+    t.verdict = 2
+    recovered = Account._recover_hash(digest, signature=sig)
+    with brownie.reverts(err("MarketInvalidValidatorSignature", recovered)):
+        ledger.market.recordTrades(iv, [t.abi()], bad_evidence, sig, {"from": ledger.operator})
+
+
+def test_order_field_errors(ledger: Ledger, parts: Any, iv: int) -> None:
+    S1, B1 = parts.S1, parts.B1
+
+    def check(
+        sell: dict[str, Any],
+        buy: dict[str, Any],
+        expected: str,
+        energy: int = 500,
+        price: int = PRICE,
+    ) -> None:
+        t = ledger.trade(sell, buy, energy, price)
+        with brownie.reverts(expected):
+            ledger.record(iv, [t])
+
+    ok_sell = ledger.order(S1, SELL, iv, 1000, 100_000, 1)
+    ok_buy = ledger.order(B1, BUY, iv, 1000, 200_000, 1)
+    tid = lambda s, b: ledger.tid(ledger.trade(s, b, 1))  # noqa: E731
+    wrong = dict(ok_sell, side=BUY)
+    check(wrong, ok_buy, err("MarketOrderWrongSide", tid(wrong, ok_buy), SELL))
+    wrong = dict(ok_buy, side=SELL)
+    check(ok_sell, wrong, err("MarketOrderWrongSide", tid(ok_sell, wrong), BUY))
+    wrong = dict(ok_sell, intervalId=iv + 1)
+    check(wrong, ok_buy, err("MarketOrderIntervalMismatch", tid(wrong, ok_buy), iv + 1))
+    expired = dict(ok_buy, expiry=ledger.now() - 1)
+    check(ok_sell, expired, err("MarketOrderExpired", B1.address, 1, ledger.now() - 1))
+    self_buy = ledger.order(S1, BUY, iv, 1000, 200_000, 2)
+    check(ok_sell, self_buy, err("MarketSelfTrade", tid(ok_sell, self_buy)))
+    named = dict(ok_sell, counterparty=parts.B2.address)
+    check(named, ok_buy, err("MarketCounterpartyMismatch", S1.address, 1, parts.B2.address))
+    check(ok_sell, ok_buy, err("MarketPriceOutOfRange", tid(ok_sell, ok_buy), 99_999), price=99_999)
+    check(
+        ok_sell, ok_buy, err("MarketPriceOutOfRange", tid(ok_sell, ok_buy), 200_001), price=200_001
+    )
+    check(ok_sell, ok_buy, err("MarketZeroTradeAmount", tid(ok_sell, ok_buy)), energy=0)
+    check(ok_sell, ok_buy, err("MarketOrderOverfilled", S1.address, 1, 1000), energy=1001)
+    outsider = ledger.order(parts.X, BUY, iv, 1000, 200_000, 1)
+    check(ok_sell, outsider, err("MarketParticipantInactive", parts.X.address))
+
+
+def test_counterparty_named_both_ways_records(ledger: Ledger, parts: Any, iv: int) -> None:
+    sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1, counterparty=parts.B1.address)
+    buy = ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1, counterparty=parts.S1.address)
+    tx = ledger.record(iv, [ledger.trade(sell, buy, 1000)])
+    assert "TradeRecorded" in tx.events
+
+
+def test_order_signature_errors(ledger: Ledger, parts: Any, iv: int) -> None:
+    sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
+    buy = ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1)
+    good = ledger.sign(sell)
+    variants = {
+        "wrong key": ledger.sign(sell, key=ledger.trader_keys[parts.B1.address]),
+        "other chain": ledger.sign(sell, chain_id=ledger.chain_id + 1),
+        "other contract": ledger.sign(sell, market=ledger.readings.address),
+    }
+    for sig in variants.values():
+        t = CandidateTrade(sell, buy, sig, ledger.sign(buy), 500, PRICE)
+        with brownie.reverts(err("MarketInvalidOrderSignature", parts.S1.address, 1)):
+            ledger.record(iv, [t])
+    tampered = dict(sell, energyWh=2000)  # signed for 1000 Wh, presented as 2000 Wh
+    t = CandidateTrade(tampered, buy, good, ledger.sign(buy), 500, PRICE)
+    with brownie.reverts(err("MarketInvalidOrderSignature", parts.S1.address, 1)):
+        ledger.record(iv, [t])
+
+
+def test_deactivated_trader_cannot_trade(ledger: Ledger, parts: Any, iv: int) -> None:
+    ledger.registry.deactivate(parts.B1, {"from": ledger.dso})
+    with brownie.reverts(err("MarketParticipantInactive", parts.B1.address)):
+        ledger.record(iv, [_pair(ledger, parts.S1, parts.B1, iv)])
+
+
+def test_insufficient_balance_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+    ledger.market.withdraw(DEPOSIT // 2 - 100_000, {"from": parts.B1})
+    with brownie.reverts(err("MarketInsufficientBalance", parts.B1.address, 100_000, 123_457)):
+        ledger.record(iv, [_pair(ledger, parts.S1, parts.B1, iv)])
+
+
+def test_partial_fills_across_batches(ledger: Ledger, parts: Any, iv: int) -> None:
+    sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
+    t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 600, 200_000, 1), 600)
+    t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 600, 200_000, 1), 600)
+    first, second = ledger.sort([t1, t2])
+    ledger.record(iv, [first])
+    assert tuple(ledger.market.filledOf(parts.S1, 1)) == (600, False)
+    with brownie.reverts(err("MarketOrderOverfilled", parts.S1.address, 1, 400)):
+        ledger.record(iv, [second])
+    second.energy_wh = 400
+    ledger.record(iv, [second])
+    assert tuple(ledger.market.filledOf(parts.S1, 1)) == (1000, False)
+    assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, False]
+
+
+# ---------------------------------------------------------------------------- settlement
+
+
+def _read(ledger: Ledger, iv: int, values: dict[Any, tuple[int, int]]) -> None:
+    ledger.end_interval(iv)
+    ledger.submit(iv, [ledger.reading(w, iv, imp, exp) for w, (imp, exp) in values.items()])
+
+
+def _settled(tx: Any) -> dict[bytes, tuple[int, int, int]]:
+    evs = tx.events["TradeSettled"]
+    return {
+        norm(e["tradeId"]): (int(e["deliveredWh"]), int(e["paid"]), int(e["refunded"])) for e in evs
+    }
+
+
+def _conserved(ledger: Ledger, parts: Any) -> None:
+    wallets = [parts.S1, parts.S2, parts.B1, parts.B2, parts.X]
+    internal = sum(sum(ledger.balance(w)) for w in wallets)
+    assert internal == ledger.token.balanceOf(ledger.market)
+
+
+def test_settle_full_delivery(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    ledger.record(iv, [t])
+    _read(ledger, iv, {parts.S1: (0, 1000), parts.B1: (1000, 0)})
+    tx = ledger.settle(iv)  # before the deadline: every reading is in
+    assert _settled(tx) == {ledger.tid(t): (1000, 123_457, 0)}
+    assert ev(tx, "IntervalSettled") == [iv, 1]
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 123_457, 0)
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 123_457, 0)
+    assert ledger.market.intervalOf(iv)[3] is True
+    _conserved(ledger, parts)
+
+
+def test_settle_pro_rata_min_of_two(ledger: Ledger, parts: Any, iv: int) -> None:
+    # S1 sells 1000 Wh to B1 and 500 Wh to B2 (E = 1500) but exports 900: r_S1 = 0.6.
+    # B1 imports 1000 of 1000 (r = 1); B2 imports 200 of 500 (r = 0.4).
+    sell = ledger.order(parts.S1, SELL, iv, 1500, 100_000, 1)
+    t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000)
+    t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 500, 200_000, 1), 500)
+    ledger.record(iv, [t1, t2])
+    _read(ledger, iv, {parts.S1: (0, 900), parts.B1: (1000, 0), parts.B2: (200, 0)})
+    tx = ledger.settle(iv)
+    # t1: 1000 x min(0.6, 1) = 600 Wh; paid floor(600 x 123457 / 1000) = 74074; escrow 123457.
+    # t2: 500 x min(0.6, 0.4) = 200 Wh; paid floor(200 x 123457 / 1000) = 24691;
+    #     escrow ceil(61728.5) = 61729.
+    assert _settled(tx) == {
+        ledger.tid(t1): (600, 74_074, 49_383),
+        ledger.tid(t2): (200, 24_691, 37_038),
+    }
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 74_074 + 24_691, 0)
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 74_074, 0)
+    assert ledger.balance(parts.B2) == (DEPOSIT // 2 - 24_691, 0)
+    _conserved(ledger, parts)
+
+
+def test_settle_rounds_delivery_down(ledger: Ledger, parts: Any, iv: int) -> None:
+    # S2 sells 1000 to B1 and 500 to B2, exports 1000: r = 2/3 -> 666 and 333 Wh (floors).
+    sell = ledger.order(parts.S2, SELL, iv, 1500, 100_000, 1)
+    t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000, 150_001)
+    t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 500, 200_000, 1), 500, 150_001)
+    ledger.record(iv, [t1, t2])
+    _read(ledger, iv, {parts.S2: (0, 1000), parts.B1: (5000, 0), parts.B2: (500, 0)})
+    tx = ledger.settle(iv)
+    # paid floor(666 x 150001 / 1000) = 99900; escrow ceil(1000 x 150001 / 1000) = 150001
+    # paid floor(333 x 150001 / 1000) = 49950; escrow ceil(500 x 150001 / 1000) = 75001
+    assert _settled(tx) == {
+        ledger.tid(t1): (666, 99_900, 50_101),
+        ledger.tid(t2): (333, 49_950, 25_051),
+    }
+    _conserved(ledger, parts)
+
+
+def test_settle_missing_reading_waits_for_deadline(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    ledger.record(iv, [t])
+    _read(ledger, iv, {parts.B1: (1000, 0)})
+    deadline = (iv + 1) * INTERVAL_S + 3600
+    with brownie.reverts(err("MarketSettlementNotReady", iv, deadline)):
+        ledger.settle(iv)
+    ledger.end_interval(iv, 3600)
+    tx = ledger.settle(iv)
+    assert _settled(tx) == {ledger.tid(t): (0, 0, 123_457)}
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2, 0)
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2, 0)
+    _conserved(ledger, parts)
+
+
+def test_vetoed_trade_never_settles(ledger: Ledger, parts: Any, iv: int) -> None:
+    vetoed = _pair(ledger, parts.S1, parts.B1, iv, verdict=4)
+    approved = _pair(ledger, parts.S2, parts.B2, iv)
+    ledger.record(iv, [vetoed, approved])
+    _read(
+        ledger,
+        iv,
+        {parts.S1: (0, 1000), parts.B1: (1000, 0), parts.S2: (0, 1000), parts.B2: (1000, 0)},
+    )
+    tx = ledger.settle(iv)
+    assert _settled(tx) == {ledger.tid(approved): (1000, 123_457, 0)}
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2, 0)
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2, 0)
+    # the vetoed pair cannot be smuggled into settlement either
+    with brownie.reverts(err("MarketIntervalSettled", iv)):
+        ledger.settle(iv)
+
+
+def test_settle_twice_and_record_after_settle_revert(ledger: Ledger, parts: Any, iv: int) -> None:
+    ledger.record(iv, [_pair(ledger, parts.S1, parts.B1, iv, s_nonce=1)])
+    _read(ledger, iv, {parts.S1: (0, 1000), parts.B1: (1000, 0)})
+    ledger.settle(iv)
+    with brownie.reverts(err("MarketIntervalSettled", iv)):
+        ledger.settle(iv)
+    with brownie.reverts(err("MarketIntervalSettled", iv)):
+        ledger.record(iv, [_pair(ledger, parts.S2, parts.B2, iv, s_nonce=9)])
+
+
+def test_settle_multi_batch(ledger: Ledger, parts: Any, iv: int) -> None:
+    trades = ledger.sort(
+        [
+            _pair(ledger, parts.S1, parts.B1, iv, 300, s_nonce=1, b_nonce=1),
+            _pair(ledger, parts.S2, parts.B2, iv, 300, s_nonce=1, b_nonce=1),
+            _pair(ledger, parts.S1, parts.B2, iv, 300, s_nonce=2, b_nonce=2),
+        ]
+    )
+    ledger.record(iv, trades[:1], sort=False)
+    ledger.record(iv, trades[1:], sort=False)
+    _read(
+        ledger, iv, {parts.S1: (0, 600), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)}
+    )
+    tx = ledger.settle(iv)
+    assert sorted(_settled(tx).values()) == [(300, 37_037, 1)] * 3
+    _conserved(ledger, parts)
+
+
+def test_settle_input_errors(ledger: Ledger, parts: Any, iv: int) -> None:
+    with brownie.reverts(err("MarketIntervalNotRecorded", iv)):
+        ledger.market.settle(iv, [], [], {"from": parts.X})
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    ledger.record(iv, [t])
+    ledger.end_interval(iv, 3600)
+    batches_, parties = ledger.settle_args(iv)
+    with brownie.reverts(err("MarketBatchCountMismatch", iv, 1, 0)):
+        ledger.market.settle(iv, [], parties, {"from": parts.X})
+    forged = [list(batches_[0][0])]
+    forged[0][5] = 999  # claims less energy than recorded
+    with brownie.reverts(err("MarketBatchCommitmentMismatch", iv, 0)):
+        ledger.market.settle(iv, [[tuple(forged[0])]], parties, {"from": parts.X})
+    with brownie.reverts(err("MarketPartiesNotSorted", 1)):
+        ledger.market.settle(iv, batches_, parties[::-1], {"from": parts.X})
+    with brownie.reverts(err("MarketPartyMissing", parties[1])):
+        ledger.market.settle(iv, batches_, parties[:1], {"from": parts.X})
+    extra = sorted([*parties, parts.X.address], key=lambda a: int(a, 16))
+    with brownie.reverts(err("MarketPartyUnused", parts.X.address)):
+        ledger.market.settle(iv, batches_, extra, {"from": parts.X})
+    ledger.market.settle(iv, batches_, parties, {"from": parts.X})
