@@ -15,12 +15,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PLOTS = (
     ("prices_volumes.png", "Clearing price and traded volume per interval"),
     ("verdicts.png", "Approved and vetoed trades by reason"),
-    ("grid_limits.png", "Grid state per interval against the limits, with and without the vetoed trades"),
+    (
+        "grid_limits.png",
+        "Grid state per interval against the limits, with and without the vetoed trades",
+    ),
     ("participants.png", "Contracted vs delivered energy and payments per participant"),
     ("gas.png", "Gas per interval"),
 )
@@ -36,7 +39,9 @@ def _plot_prices(intervals: list[dict[str, Any]], path: Path) -> None:
     ax1.bar(x, [i["traded_wh"] / 1000 for i in intervals], color="#9ecae1", label="traded (kWh)")
     ax1.set_ylabel("approved volume (kWh)")
     ax2 = ax1.twinx()
-    prices = [i["clearing_price"] if i["clearing_price"] is not None else float("nan") for i in intervals]
+    prices = [
+        i["clearing_price"] if i["clearing_price"] is not None else float("nan") for i in intervals
+    ]
     ax2.plot(list(x), prices, "o-", color="#d94801", label="clearing price")
     ax2.set_ylabel("clearing price (token units / kWh)")
     ax1.set_xticks(list(x), _labels(intervals), rotation=45, ha="right", fontsize=7)
@@ -55,7 +60,9 @@ def _plot_verdicts(intervals: list[dict[str, Any]], path: Path) -> None:
     palette = ["#cb181d", "#fd8d3c", "#6a51a3", "#2171b5", "#737373", "#e7298a", "#8c6d31"]
     for k, reason in enumerate(reasons):
         heights = [float(i["vetoes_by_reason"].get(reason, 0)) for i in intervals]
-        ax.bar(x, heights, bottom=bottom, color=palette[k % len(palette)], label=f"vetoed: {reason}")
+        ax.bar(
+            x, heights, bottom=bottom, color=palette[k % len(palette)], label=f"vetoed: {reason}"
+        )
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     ax.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("trades")
@@ -73,18 +80,46 @@ def _plot_grid(intervals: list[dict[str, Any]], limits: dict[str, float], path: 
     def series(key: str, state: str) -> list[float]:
         return [float(i[state][key]) for i in intervals]
 
-    ax_v.plot(x, series("vm_min_pu", "grid_approved"), "-", color="#2171b5", label="min V, approved set")
-    ax_v.plot(x, series("vm_max_pu", "grid_approved"), "-", color="#cb181d", label="max V, approved set")
+    ax_v.plot(
+        x, series("vm_min_pu", "grid_approved"), "-", color="#2171b5", label="min V, approved set"
+    )
+    ax_v.plot(
+        x, series("vm_max_pu", "grid_approved"), "-", color="#cb181d", label="max V, approved set"
+    )
     ax_v.plot(x, series("vm_min_pu", "grid_all"), ":", color="#2171b5", label="min V, incl. vetoed")
     ax_v.plot(x, series("vm_max_pu", "grid_all"), ":", color="#cb181d", label="max V, incl. vetoed")
     ax_v.axhline(limits["vm_min_pu"], color="k", lw=0.8, ls="--")
     ax_v.axhline(limits["vm_max_pu"], color="k", lw=0.8, ls="--")
     ax_v.set_ylabel("voltage (pu)")
     ax_v.legend(fontsize=7, ncol=2)
-    ax_l.plot(x, series("max_line_loading_percent", "grid_approved"), "-", color="#238b45", label="max line, approved")
-    ax_l.plot(x, series("max_trafo_loading_percent", "grid_approved"), "-", color="#6a51a3", label="max trafo, approved")
-    ax_l.plot(x, series("max_line_loading_percent", "grid_all"), ":", color="#238b45", label="max line, incl. vetoed")
-    ax_l.plot(x, series("max_trafo_loading_percent", "grid_all"), ":", color="#6a51a3", label="max trafo, incl. vetoed")
+    ax_l.plot(
+        x,
+        series("max_line_loading_percent", "grid_approved"),
+        "-",
+        color="#238b45",
+        label="max line, approved",
+    )
+    ax_l.plot(
+        x,
+        series("max_trafo_loading_percent", "grid_approved"),
+        "-",
+        color="#6a51a3",
+        label="max trafo, approved",
+    )
+    ax_l.plot(
+        x,
+        series("max_line_loading_percent", "grid_all"),
+        ":",
+        color="#238b45",
+        label="max line, incl. vetoed",
+    )
+    ax_l.plot(
+        x,
+        series("max_trafo_loading_percent", "grid_all"),
+        ":",
+        color="#6a51a3",
+        label="max trafo, incl. vetoed",
+    )
     ax_l.axhline(limits["max_loading_percent"], color="k", lw=0.8, ls="--")
     ax_l.set_ylabel("loading (%)")
     ax_l.legend(fontsize=7, ncol=2)
@@ -99,12 +134,30 @@ def _plot_participants(participants: list[dict[str, Any]], path: Path) -> None:
     fig, (ax_e, ax_p) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     x = list(range(len(participants)))
     w = 0.4
-    ax_e.bar([i - w / 2 for i in x], [p["contracted_wh"] / 1000 for p in participants], w, label="contracted")
-    ax_e.bar([i + w / 2 for i in x], [p["delivered_wh"] / 1000 for p in participants], w, label="delivered")
+    ax_e.bar(
+        [i - w / 2 for i in x],
+        [p["contracted_wh"] / 1000 for p in participants],
+        w,
+        label="contracted",
+    )
+    ax_e.bar(
+        [i + w / 2 for i in x],
+        [p["delivered_wh"] / 1000 for p in participants],
+        w,
+        label="delivered",
+    )
     ax_e.set_ylabel("energy traded (kWh)")
     ax_e.legend(fontsize=8)
-    ax_p.bar([i - w / 2 for i in x], [p["received"] for p in participants], w, color="#41ab5d", label="received")
-    ax_p.bar([i + w / 2 for i in x], [-p["paid"] for p in participants], w, color="#cb181d", label="paid")
+    ax_p.bar(
+        [i - w / 2 for i in x],
+        [p["received"] for p in participants],
+        w,
+        color="#41ab5d",
+        label="received",
+    )
+    ax_p.bar(
+        [i + w / 2 for i in x], [-p["paid"] for p in participants], w, color="#cb181d", label="paid"
+    )
     ax_p.set_ylabel("tokens (base units)")
     ax_p.legend(fontsize=8)
     ax_p.set_xticks(x, [p["name"] for p in participants], rotation=60, ha="right", fontsize=7)
@@ -118,7 +171,12 @@ def _plot_gas(intervals: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.5))
     x = list(range(len(intervals)))
     ax.bar(x, [i["gas"]["record"] for i in intervals], label="recordTrades")
-    ax.bar(x, [i["gas"]["readings"] for i in intervals], bottom=[i["gas"]["record"] for i in intervals], label="submitReadings")
+    ax.bar(
+        x,
+        [i["gas"]["readings"] for i in intervals],
+        bottom=[i["gas"]["record"] for i in intervals],
+        label="submitReadings",
+    )
     ax.bar(
         x,
         [i["gas"]["settle"] for i in intervals],
@@ -135,7 +193,7 @@ def _plot_gas(intervals: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(summary: dict[str, Any], folder: Path) -> list[Path]:
-    """Write ``summary.json``, the PNG plots and ``report.html`` into ``folder``; return the files."""
+    """Write ``summary.json``, the PNG plots and ``report.html`` into ``folder``; return them."""
     folder.mkdir(parents=True, exist_ok=True)
     intervals = summary["intervals"]
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -150,11 +208,13 @@ def write_report(summary: dict[str, Any], folder: Path) -> list[Path]:
 
 def _html(summary: dict[str, Any]) -> str:
     checks = "".join(
-        f"<tr><td>{html.escape(name)}</td><td class={'ok' if ok else 'bad'}>{'pass' if ok else 'FAIL'}</td></tr>"
+        f"<tr><td>{html.escape(name)}</td>"
+        f"<td class={'ok' if ok else 'bad'}>{'pass' if ok else 'FAIL'}</td></tr>"
         for name, ok in summary["checks"].items()
     )
     totals = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary["totals"].items()
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in summary["totals"].items()
     )
     vetoes = "".join(
         f"<tr><td>{html.escape(v['label'])}</td><td>{html.escape(v['trade'])}</td><td>{html.escape(v['reason'])}</td>"
@@ -162,14 +222,16 @@ def _html(summary: dict[str, Any]) -> str:
         for v in summary.get("vetoes", [])[:50]
     )
     figures = "".join(
-        f"<figure><img src='{name}' alt='{html.escape(title)}'><figcaption>{html.escape(title)}</figcaption></figure>"
+        f"<figure><img src='{name}' alt='{html.escape(title)}'>"
+        f"<figcaption>{html.escape(title)}</figcaption></figure>"
         for name, title in PLOTS
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tegrid demo report</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 .ok {{ color: #1a7f37; font-weight: bold; }} .bad {{ color: #cf222e; font-weight: bold; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; }}
 </style></head><body>
