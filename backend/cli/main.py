@@ -38,8 +38,9 @@ def doctor() -> None:
 
 def _register_subcommands() -> None:
     """Sub-apps live beside this file, one per concern."""
-    from backend.cli import bench, chain, grid
+    from backend.cli import bench, chain, grid, serve
 
+    app.command(name="serve")(serve.serve)
     app.add_typer(grid.app, name="grid")
     app.add_typer(chain.app, name="chain")
     app.add_typer(bench.app, name="bench")

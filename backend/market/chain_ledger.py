@@ -153,12 +153,23 @@ class ChainLedger:
         fn = self.market.functions.recordTrades(
             interval_id, rows, bytes.fromhex(evidence_hash[2:]), bytes.fromhex(signature[2:])
         )
-        receipt = self._rpc("recordTrades", lambda: self.operator.transact(fn))
+        receipt = self._rpc("recordTrades", lambda: self._transact(self.operator, fn))
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         self._receipts[tx_hash] = Receipt(
             tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1
         )
         return tx_hash
+
+    @staticmethod
+    def _transact(client: ChainClient, fn: Any) -> Any:
+        """``client.transact``, retried once after a nonce clash (another sender with the key)."""
+        try:
+            return client.transact(fn)
+        except Exception as exc:
+            if "nonce" not in str(exc).lower():
+                raise
+            client.reset_nonce()
+            return client.transact(fn)
 
     def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt:
         hit = self._receipts.pop(tx_hash, None)
@@ -180,7 +191,9 @@ class ChainLedger:
             max_export_w,
             max_import_w,
         )
-        receipt = self._rpc("connecting a participant", lambda: self.grid_operator.transact(fn))
+        receipt = self._rpc(
+            "connecting a participant", lambda: self._transact(self.grid_operator, fn)
+        )
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         self._receipts[tx_hash] = Receipt(
             tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1

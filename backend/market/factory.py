@@ -46,8 +46,13 @@ def build_market(
 
     deployment = load_deployment(settings.deployment_file)
     pw = settings.keystore_password
-    operator = ChainClient(settings.rpc_url, load_key(settings.market_operator_key, pw))
-    grid_operator = ChainClient(settings.rpc_url, load_key(settings.grid_operator_key, pw))
+    operator_key = load_key(settings.market_operator_key, pw)
+    grid_key = load_key(settings.grid_operator_key, pw)
+    operator = ChainClient(settings.rpc_url, operator_key)
+    # one client per key: each keeps its own nonce
+    grid_operator = (
+        operator if grid_key == operator_key else ChainClient(settings.rpc_url, grid_key)
+    )
     ledger = ChainLedger(deployment, operator, grid_operator)
     grid = None
     if with_grid:

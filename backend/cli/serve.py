@@ -1,0 +1,97 @@
+"""``tegrid serve``: the market API (uvicorn, one worker), the interval scheduler and, once it
+exists, the settlement keeper. ``--dev`` first starts or reuses a local Anvil, deploys if needed and
+registers the ten Anvil accounts as funded participants; then ``POST /intervals/{id}/close`` clears
+at once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import typer
+
+from backend.errors import TegridError
+from backend.settings import Settings
+
+
+def _keeper_hook(settings: Settings) -> list[Any]:
+    """Start the settlement keeper from backend/keeper when that package provides one."""
+    try:
+        from backend import keeper as keeper_pkg
+    except ImportError:
+        return []
+    start = getattr(keeper_pkg, "start_keeper", None)
+    if start is None:
+        return []
+
+    def run(_market: Any) -> Any:
+        return start(settings)
+
+    return [run]
+
+
+def serve(
+    dev: bool = typer.Option(
+        False, "--dev", help="local Anvil, deploy, funded participants, instant interval closing"
+    ),
+    host: str = typer.Option(None, help="bind address (default Settings.api_host)"),
+    port: int = typer.Option(None, help="port (default Settings.api_port)"),
+    gate_lead: int = typer.Option(60, help="gate closure, seconds before the interval starts"),
+    scheduler: bool = typer.Option(True, help="close intervals at gate closure automatically"),
+    tick: float = typer.Option(2.0, help="scheduler period in seconds"),
+    keeper: bool = typer.Option(True, help="run the settlement keeper (backend/keeper)"),
+    participants: int = typer.Option(10, help="--dev: how many Anvil accounts to register"),
+) -> None:
+    """Serve the market API (OpenAPI at /docs)."""
+    import uvicorn
+
+    from backend.api.app import create_app
+    from backend.cli.main import console, fail
+    from backend.market.events import EventBus
+    from backend.market.factory import build_market
+    from backend.market.service import MarketConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stack = None
+    try:
+        settings = Settings.from_env()
+        if dev:
+            from backend.market.devstack import start_dev_stack
+
+            stack = start_dev_stack(settings, participants=participants)
+            console.print(f"dev chain {settings.rpc_url}: contracts {stack.deployment.contracts}")
+        events = EventBus()
+
+        def factory(cfg: Settings, bus: EventBus) -> Any:
+            from backend.chain.contracts import load_deployment
+
+            dep = load_deployment(cfg.deployment_file)
+            return build_market(
+                cfg,
+                bus,
+                config=MarketConfig(
+                    interval_seconds=dep.interval_seconds, gate_lead_seconds=gate_lead
+                ),
+            )
+
+        app = create_app(
+            settings=settings,
+            dev=dev,
+            scheduler=scheduler,
+            tick_seconds=tick,
+            market_factory=factory,
+            background=_keeper_hook(settings) if keeper else None,
+        )
+        del events
+        uvicorn.run(
+            app,
+            host=host or settings.api_host,
+            port=port or settings.api_port,
+            log_level="info",
+            access_log=False,
+        )
+    except TegridError as exc:
+        fail(str(exc))
+    finally:
+        if stack is not None:
+            stack.stop()
