@@ -116,6 +116,7 @@ class OracleDaemon:
         if self.transport is not None:
             self.transport.subscribe(READINGS_WILDCARD, self._inbox.put, qos=1)
             self.transport.subscribe(ANNOUNCE_WILDCARD, self._inbox.put, qos=1)
+        self.store.set_meta("started_at", repr(time.time()))
         log.info("oracle started (interval %d s)", self._interval_seconds)
 
     def stop(self, timeout_s: float = 10.0) -> None:

@@ -85,7 +85,8 @@ class Web3Ledger:
         return ReadingDomain(self.deployment.chain_id, self.readings_address)
 
     def interval_seconds(self) -> int:
-        return int(self._rpc(lambda: self.readings.functions.intervalSeconds().call()))
+        """From the deployment record, so the daemon can start while the chain is down."""
+        return int(self.deployment.interval_seconds)
 
     def chain_time(self) -> int:
         block = self._rpc(lambda: self.w3.eth.get_block("pending"))

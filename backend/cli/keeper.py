@@ -1,0 +1,72 @@
+"""``tegrid keeper``: settle intervals as soon as their readings are in, or at the deadline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.console import Console
+
+from backend.errors import TegridError
+from backend.settings import Settings
+
+app = typer.Typer(help="Settlement keeper.", invoke_without_command=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def run(
+    once: bool = typer.Option(
+        False, "--once", help="One round (scan + settle what is due), then exit."
+    ),
+    poll_seconds: float = typer.Option(1.0, min=0.05, max=3600, help="Seconds between rounds."),
+    from_block: int = typer.Option(
+        None, min=0, help="Scan events from this block (default: deployment block)."
+    ),
+    rpc_url: str = typer.Option(None, help="JSON-RPC endpoint (TEGRID_RPC_URL)."),
+    deployment: Path = typer.Option(None, help="Deployment file (TEGRID_DEPLOYMENT_FILE)."),
+    json_out: bool = typer.Option(
+        False, "--json", help="With --once: print settled intervals as JSON."
+    ),
+) -> None:
+    """Find intervals with recorded trades (market events) and call EnergyMarket.settle when due."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from backend.chain.client import ChainClient
+    from backend.chain.contracts import load_deployment
+    from backend.cli.oracle import resolve_key
+    from backend.keeper import SettlementKeeper
+
+    try:
+        settings = Settings.from_env()
+        dep = load_deployment(deployment or settings.deployment_file)
+        key = resolve_key(settings.admin_key, settings.keystore_password)
+        client = ChainClient(rpc_url or settings.rpc_url, key)
+        keeper = SettlementKeeper(client, dep, from_block=from_block, poll_s=poll_seconds)
+        if once:
+            settled = keeper.run_once()
+            if json_out:
+                typer.echo(json.dumps({"settled": settled}))
+            else:
+                typer.echo(f"settled intervals: {settled or 'none'}")
+            return
+    except (TegridError, ValueError, KeyError, OSError) as exc:
+        _fail(
+            str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__,
+            code=1 if not isinstance(exc, ValueError) else 2,
+        )
+        return
+
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        keeper.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    keeper.run()

@@ -1,0 +1,151 @@
+"""``tegrid oracle``: run the oracle daemon; ``tegrid oracle status``: what its queue holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from backend.errors import TegridError
+from backend.settings import Settings
+
+app = typer.Typer(
+    help="Oracle daemon: relays device-signed meter readings from MQTT to MeterReadings.",
+    invoke_without_command=True,
+)
+console = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except TegridError as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def resolve_key(key: str, password: str) -> str:
+    """A hex private key as is, or the key inside an eth-account keystore file."""
+    candidate = Path(key)
+    if key.startswith("0x") and len(key) == 66:
+        return key
+    if candidate.is_file():
+        from eth_account import Account
+
+        try:
+            return "0x" + bytes(Account.decrypt(candidate.read_text(), password)).hex()
+        except (ValueError, OSError) as exc:
+            raise TegridError(f"cannot open keystore {candidate}: {exc}") from None
+    raise TegridError("key must be a 0x-prefixed 32-byte hex key or a keystore file path")
+
+
+@app.callback()
+def run(
+    ctx: typer.Context,
+    rpc_url: str = typer.Option(None, help="JSON-RPC endpoint (default TEGRID_RPC_URL)."),
+    broker_url: str = typer.Option(None, help="MQTT broker, mqtt://host:port (TEGRID_BROKER_URL)."),
+    database_url: str = typer.Option(None, help="Queue database (TEGRID_ORACLE_DATABASE_URL)."),
+    deployment: Path = typer.Option(None, help="Deployment file (TEGRID_DEPLOYMENT_FILE)."),
+    batch_size: int = typer.Option(400, min=1, max=1000, help="Readings per transaction."),
+    client_id: str = typer.Option("tegrid-oracle", help="MQTT client id (persistent session)."),
+    log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    """Run the daemon (until SIGINT/SIGTERM). Subcommand ``status`` reads its queue instead."""
+    if ctx.invoked_subcommand is not None:
+        return
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        _fail(f"unknown log level {log_level!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = _settings()
+    from backend.chain.contracts import load_deployment
+    from backend.iot.transport import MqttTransport
+    from backend.oracle.daemon import OracleConfig, OracleDaemon
+    from backend.oracle.store import OracleStore
+    from backend.oracle.web3_ledger import Web3Ledger
+
+    try:
+        dep = load_deployment(deployment or settings.deployment_file)
+        key = resolve_key(settings.oracle_key, settings.keystore_password)
+        ledger = Web3Ledger(rpc_url or settings.rpc_url, key, dep)
+        store = OracleStore(database_url or settings.oracle_database_url)
+        transport = MqttTransport(
+            broker_url or settings.broker_url, client_id, clean_session=False, manual_ack=True
+        )
+        daemon = OracleDaemon(store, ledger, transport, OracleConfig(batch_size=batch_size))
+        transport.connect()
+    except (TegridError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+        return
+
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        daemon.stop(timeout_s=0.1)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    console.print(
+        f"oracle: broker {transport.url}, chain {ledger.w3.provider}, queue {store.url}",
+        highlight=False,
+    )
+    try:
+        daemon.run()
+    finally:
+        transport.close()
+        store.close()
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@app.command()
+def status(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    database_url: str = typer.Option(None, help="Queue database (TEGRID_ORACLE_DATABASE_URL)."),
+) -> None:
+    """Queue depth, submitted, rejected by reason, last block."""
+    from backend.oracle.store import OracleStore
+
+    url = database_url or _settings().oracle_database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        _fail(f"no oracle queue at {url}: has `tegrid oracle` run here?", code=1)
+    try:
+        store = OracleStore(url, create=False)
+        st = store.status()
+    except TegridError as exc:
+        _fail(str(exc), code=1)
+        return
+    except Exception as exc:  # not an oracle database, unreadable file
+        _fail(f"cannot read the oracle queue at {url}: {exc.__class__.__name__}", code=1)
+        return
+    data = st.as_dict()
+    data["database_url"] = url
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title="oracle queue", show_header=False)
+    table.add_row(
+        "queue depth", f"{st.queue_depth} ({st.pending} pending, {st.inflight} in flight)"
+    )
+    table.add_row("submitted", str(st.submitted))
+    table.add_row("batches", str(st.batches))
+    rejected = ", ".join(f"{k}: {v}" for k, v in sorted(st.rejected_by_reason.items())) or "none"
+    table.add_row("rejected", f"{sum(st.rejected_by_reason.values())} ({rejected})")
+    table.add_row("last block", str(st.last_block) if st.last_block is not None else "-")
+    table.add_row("last submission", _when(st.last_submit_at))
+    table.add_row("intervals waiting", ", ".join(map(str, st.intervals_pending[:20])) or "-")
+    console.print(table)

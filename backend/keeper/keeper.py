@@ -1,0 +1,221 @@
+"""The settlement keeper.
+
+It rebuilds every interval's committed batches from the market's own events: a ``recordTrades``
+transaction emits ``TradeRecorded`` for each approved trade, in batch order, then ``BatchRecorded``
+(interval, batch index, commitment). Participant indices come from the registry (fixed for life).
+Each rebuilt batch is checked against its on-chain commitment before it is used. An interval is
+settled (``EnergyMarket.settle``) once all its traders' readings are present in ``MeterReadings`` or
+the chain time has reached ``settlementDeadline``; ``IntervalSettled`` events and ``intervalOf``
+keep it from being settled twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_utils import keccak, to_checksum_address
+
+from backend.chain.batches import settle_parties
+from backend.chain.client import ChainClient
+from backend.chain.contracts import Deployment, contract_at
+from backend.chain.errors import LedgerError
+from backend.errors import TegridError
+
+log = logging.getLogger("tegrid.keeper")
+
+TRADE_RECORD_TYPE = "(bytes32,address,address,uint32,uint32,uint64,uint128)"
+TRADE_RECORDED = keccak(text="TradeRecorded(bytes32,address,address,uint64,uint128)")
+BATCH_RECORDED = keccak(text="BatchRecorded(uint64,uint32,bytes32,uint32,bytes32)")
+INTERVAL_SETTLED = keccak(text="IntervalSettled(uint64,uint32)")
+LOG_CHUNK_BLOCKS = 5_000
+
+
+class KeeperError(TegridError, RuntimeError):
+    """The keeper could not rebuild or settle an interval."""
+
+
+@dataclass
+class IntervalBook:
+    """What the keeper knows of one interval's recorded batches."""
+
+    interval_id: int
+    batches: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)  # index -> TradeRecords
+    commitments: dict[int, bytes] = field(default_factory=dict)
+    settled: bool = False
+
+    def ordered_batches(self) -> list[list[tuple[Any, ...]]]:
+        return [self.batches[i] for i in sorted(self.batches)]
+
+    def records(self) -> list[tuple[Any, ...]]:
+        return [r for batch in self.ordered_batches() for r in batch]
+
+
+def commitment_of(records: list[tuple[Any, ...]]) -> bytes:
+    """``keccak256(abi.encode(TradeRecord[]))`` as the market computes it."""
+    return keccak(abi_encode([f"{TRADE_RECORD_TYPE}[]"], [records]))
+
+
+class SettlementKeeper:
+    """Scan market events, settle what is due: ``run_once`` is one round, ``run`` loops."""
+
+    def __init__(
+        self,
+        client: ChainClient,
+        deployment: Deployment,
+        from_block: int | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.w3 = client.w3
+        self.deployment = deployment
+        self.market = contract_at(self.w3, "EnergyMarket", deployment.address("EnergyMarket"))
+        self.readings = contract_at(self.w3, "MeterReadings", deployment.address("MeterReadings"))
+        self.registry = contract_at(
+            self.w3, "ParticipantRegistry", deployment.address("ParticipantRegistry")
+        )
+        self.poll_s = poll_s
+        self.books: dict[int, IntervalBook] = {}
+        self._next_block = deployment.block if from_block is None else from_block
+        self._indices: dict[str, int] = {}
+        self._stop = threading.Event()
+        self.settled: list[int] = []
+
+    # events
+
+    def scan(self) -> None:
+        """Read market events from where the last scan stopped up to the latest block."""
+        latest = int(self.w3.eth.block_number)
+        while self._next_block <= latest:
+            to_block = min(latest, self._next_block + LOG_CHUNK_BLOCKS - 1)
+            logs = self.w3.eth.get_logs(
+                {
+                    "address": self.market.address,
+                    "fromBlock": self._next_block,
+                    "toBlock": to_block,
+                    "topics": [[TRADE_RECORDED, BATCH_RECORDED, INTERVAL_SETTLED]],  # type: ignore[list-item]
+                }
+            )
+            self._apply_logs(sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])))
+            self._next_block = to_block + 1
+
+    def _apply_logs(self, logs: list[Any]) -> None:
+        pending: dict[bytes, list[tuple[Any, ...]]] = {}  # tx hash -> TradeRecords not yet batched
+        for entry in logs:
+            topic0 = bytes(entry["topics"][0])
+            tx = bytes(entry["transactionHash"])
+            if topic0 == TRADE_RECORDED:
+                trade_id = bytes(entry["topics"][1])
+                seller, buyer, energy_wh, price = abi_decode(
+                    ["address", "address", "uint64", "uint128"], bytes(entry["data"])
+                )
+                seller, buyer = to_checksum_address(seller), to_checksum_address(buyer)
+                pending.setdefault(tx, []).append(
+                    (
+                        trade_id,
+                        seller,
+                        buyer,
+                        self._index(seller),
+                        self._index(buyer),
+                        energy_wh,
+                        price,
+                    )
+                )
+            elif topic0 == BATCH_RECORDED:
+                interval_id = int.from_bytes(bytes(entry["topics"][1]), "big")
+                batch_index, commitment, approved, _evidence = abi_decode(
+                    ["uint32", "bytes32", "uint32", "bytes32"], bytes(entry["data"])
+                )
+                records = pending.pop(tx, [])
+                if len(records) != approved or commitment_of(records) != bytes(commitment):
+                    raise KeeperError(
+                        f"interval {interval_id} batch {batch_index}: rebuilt trades do not match "
+                        "the on-chain commitment"
+                    )
+                book = self.books.setdefault(interval_id, IntervalBook(interval_id))
+                book.batches[int(batch_index)] = records
+                book.commitments[int(batch_index)] = bytes(commitment)
+            elif topic0 == INTERVAL_SETTLED:
+                interval_id = int.from_bytes(bytes(entry["topics"][1]), "big")
+                self.books.setdefault(interval_id, IntervalBook(interval_id)).settled = True
+
+    def _index(self, wallet: str) -> int:
+        if wallet not in self._indices:
+            _active, index = self.registry.functions.stateOf(wallet).call()
+            self._indices[wallet] = int(index)
+        return self._indices[wallet]
+
+    # settlement
+
+    def readiness(self, book: IntervalBook) -> tuple[bool, str]:
+        """(due, why): all readings in, or the deadline reached."""
+        records = book.records()
+        if not records:
+            return False, "no approved trades"
+        parties = settle_parties(records)
+        indices = [self._index(p) for p in parties]
+        _imp, _exp, present = self.readings.functions.readingsOf(book.interval_id, indices).call()
+        if all(present):
+            return True, "all readings in"
+        deadline = int(self.market.functions.settlementDeadline(book.interval_id).call())
+        now = int(self.w3.eth.get_block("pending")["timestamp"])
+        if now >= deadline:
+            return True, f"deadline passed ({sum(present)}/{len(present)} readings)"
+        return False, f"waiting for {len(present) - sum(present)} readings until {deadline}"
+
+    def settle(self, book: IntervalBook) -> Any:
+        """Send ``settle`` for one interval; returns the receipt."""
+        batches = book.ordered_batches()
+        parties = settle_parties(book.records())
+        receipt = self.client.transact(
+            self.market.functions.settle(book.interval_id, batches, parties)
+        )
+        book.settled = True
+        self.settled.append(book.interval_id)
+        log.info(
+            "settled interval %d (%d trades, %d gas)",
+            book.interval_id,
+            len(book.records()),
+            receipt["gasUsed"],
+        )
+        return receipt
+
+    def run_once(self) -> list[int]:
+        """Scan, then settle every due interval; returns the intervals settled in this round."""
+        self.scan()
+        done = []
+        for interval_id in sorted(self.books):
+            book = self.books[interval_id]
+            if book.settled or not book.batches:
+                continue
+            if self.market.functions.intervalOf(interval_id).call()[3]:
+                book.settled = True
+                continue
+            due, why = self.readiness(book)
+            if not due:
+                continue
+            try:
+                self.settle(book)
+            except LedgerError as exc:
+                log.warning("settling interval %d failed: %s", interval_id, exc)
+                continue
+            log.info("interval %d settled: %s", interval_id, why)
+            done.append(interval_id)
+        return done
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except (LedgerError, KeeperError, ConnectionError, OSError) as exc:
+                log.warning("keeper round failed: %s", exc)
+            except Exception:
+                log.exception("keeper round failed")
+            self._stop.wait(self.poll_s)
+
+    def stop(self) -> None:
+        self._stop.set()
