@@ -1,4 +1,4 @@
-"""Fixtures of the market suite: a store on SQLite (always) and PostgreSQL (TEGRID_TEST_DATABASE_URL)."""
+"""Market suite fixtures: a store on SQLite, and on PostgreSQL with TEGRID_TEST_DATABASE_URL."""
 
 from __future__ import annotations
 
@@ -43,8 +43,13 @@ def store(store_url: str) -> Iterator[Store]:
 def ledger() -> MemoryLedger:
     led = MemoryLedger()
     for i, key in enumerate(ANVIL_KEYS[:6]):
-        led.add_participant(Account.from_key(key).address, bus_id=10 + i, max_export_w=20_000,
-                            max_import_w=20_000, deposit=10**12)
+        led.add_participant(
+            Account.from_key(key).address,
+            bus_id=10 + i,
+            max_export_w=20_000,
+            max_import_w=20_000,
+            deposit=10**12,
+        )
     return led
 
 
@@ -60,15 +65,26 @@ class Signer:
         self.market = market
         self.nonce = 0
 
-    def order(self, key: str, side: int, energy_wh: int, price: int, interval: int | None = None,
-              counterparty: str = "0x" + "00" * 20, expiry: int | None = None,
-              nonce: int | None = None) -> dict[str, Any]:
+    def order(
+        self,
+        key: str,
+        side: int,
+        energy_wh: int,
+        price: int,
+        interval: int | None = None,
+        counterparty: str = "0x" + "00" * 20,
+        expiry: int | None = None,
+        nonce: int | None = None,
+    ) -> dict[str, Any]:
         if interval is None:
             interval = self.market.current_interval() + 2
         self.nonce += 1
         msg = {
-            "trader": Account.from_key(key).address, "side": side, "intervalId": interval,
-            "energyWh": energy_wh, "pricePerKWh": price,
+            "trader": Account.from_key(key).address,
+            "side": side,
+            "intervalId": interval,
+            "energyWh": energy_wh,
+            "pricePerKWh": price,
             "nonce": self.nonce if nonce is None else nonce,
             "expiry": expiry if expiry is not None else interval * 900 + 3600,
             "counterparty": counterparty,

@@ -37,7 +37,9 @@ def test_submit_order_refusals(market: Market, signer: Signer, ledger: MemoryLed
     with pytest.raises(BadSignature):
         market.submit_order(tampered, o["signature"])
     with pytest.raises(WrongDomain):
-        market.submit_order(o["message"], o["signature"], {**market.template()["domain"], "chainId": 1})
+        market.submit_order(
+            o["message"], o["signature"], {**market.template()["domain"], "chainId": 1}
+        )
     market.submit_order(o["message"], o["signature"])
     with pytest.raises(NonceUsed):
         market.submit_order(o["message"], o["signature"])
@@ -66,8 +68,12 @@ def test_close_interval_records_batch_once_and_survives_restart(
     market: Market, signer: Signer, ledger: MemoryLedger, store_url: str
 ) -> None:
     interval = market.current_interval() + 2
-    for key, side, wh, price in [(K[1], 0, 1000, 50), (K[2], 0, 1000, 70), (K[3], 1, 1500, 90),
-                                 (K[4], 1, 500, 60)]:
+    for key, side, wh, price in [
+        (K[1], 0, 1000, 50),
+        (K[2], 0, 1000, 70),
+        (K[3], 1, 1500, 90),
+        (K[4], 1, 500, 60),
+    ]:
         o = signer.order(key, side, wh, price, interval=interval)
         market.submit_order(o["message"], o["signature"])
     ledger.fail_sends = 1
