@@ -1,0 +1,239 @@
+"""Stateful property test of the ledger: a Python model mirrors every balance exactly.
+
+Invariants at every step: deposits = internal balances (available + escrow) + withdrawals = the market's
+token balance; no trade settles twice; no reading is counted twice. A short run is part of the suite;
+``TEGRID_LONG_STATEFUL=1`` runs >= 10,000 steps (``make test-stateful-long``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import brownie
+import pytest
+from conftest import DEPOSIT, Ledger, norm
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+LONG = os.environ.get("TEGRID_LONG_STATEFUL") == "1"
+SELL, BUY = 0, 1
+
+
+def model_settle(
+    trades: list[tuple[bytes, str, str, int, int]], readings: dict[str, tuple[int, int]]
+) -> dict[bytes, tuple[int, int, int]]:
+    """The min-of-two pro-rata rule, independently in Python: tradeId -> (delivered, paid, refunded)."""
+    sold: dict[str, int] = {}
+    bought: dict[str, int] = {}
+    for _, s, b, q, _ in trades:
+        sold[s] = sold.get(s, 0) + q
+        bought[b] = bought.get(b, 0) + q
+    out = {}
+    for tid, s, b, q, price in trades:
+        exp_s = readings.get(s, (0, 0))[1]
+        imp_b = readings.get(b, (0, 0))[0]
+        num, den = (1, 1) if exp_s >= sold[s] else (exp_s, sold[s])
+        if imp_b < bought[b] and imp_b * den < num * bought[b]:
+            num, den = imp_b, bought[b]
+        delivered = q * num // den
+        escrow = -(-q * price // 1000)
+        paid = delivered * price // 1000
+        out[tid] = (delivered, paid, escrow - paid)
+    return out
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    ledger: Ledger
+    wallets: list[Any]
+    stats: dict[str, int] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        brownie.chain.revert()
+        led = self.ledger
+        led.records = {}
+        self.avail = {w.address: led.balance(w)[0] for w in self.wallets}
+        self.locked = {w.address: 0 for w in self.wallets}
+        self.deposited = sum(self.avail.values())
+        self.withdrawn = 0
+        self.nonce = 1000
+        self.iv = led.current_interval() + 1
+        self.last_id = -1  # highest trade id recorded for iv (the market wants them ascending)
+        self.open: list[tuple[bytes, str, str, int, int]] = []  # approved, unsettled trades of iv
+        self.settled: set[bytes] = set()
+        self.counted: set[tuple[str, int]] = set()
+
+    # ------------------------------------------------------------------ rules
+    @rule(who=st.integers(0, 3), amount=st.integers(1, 10**9))
+    def deposit(self, who: int, amount: int) -> None:
+        w = self.wallets[who]
+        self.ledger.market.deposit(amount, {"from": w})
+        self.avail[w.address] += amount
+        self.deposited += amount
+
+    @rule(who=st.integers(0, 3), amount=st.integers(1, 2 * 10**11))
+    def withdraw(self, who: int, amount: int) -> None:
+        w = self.wallets[who]
+        if amount > self.avail[w.address]:
+            with brownie.reverts():
+                self.ledger.market.withdraw(amount, {"from": w})
+            return
+        self.ledger.market.withdraw(amount, {"from": w})
+        self.avail[w.address] -= amount
+        self.withdrawn += amount
+
+    @rule(
+        pairs=st.lists(
+            st.tuples(
+                st.integers(0, 3),
+                st.integers(0, 3),
+                st.integers(1, 5000),
+                st.integers(0, 400_000),
+                st.sampled_from([0, 0, 0, 3]),
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    def record(self, pairs: list[tuple[int, int, int, int, int]]) -> None:
+        led = self.ledger
+        trades = []
+        for s, b, q, price, verdict in pairs:
+            if s == b:
+                b = (b + 1) % 4
+            seller, buyer = self.wallets[s], self.wallets[b]
+            self.nonce += 1
+            sell = led.order(seller, SELL, self.iv, q, 0, self.nonce)
+            buy = led.order(buyer, BUY, self.iv, q, 400_000, self.nonce)
+            trades.append(led.trade(sell, buy, q, price, verdict))
+        trades = led.sort(trades)
+        need: dict[str, int] = {}
+        for t in trades:
+            if t.verdict == 0:
+                buyer = t.buy["trader"]
+                need[buyer] = need.get(buyer, 0) + -(-t.energy_wh * t.price_per_kwh // 1000)
+        first = int.from_bytes(led.tid(trades[0]), "big")
+        if first <= self.last_id or any(need[b] > self.avail[b] for b in need):
+            with brownie.reverts():
+                led.record(self.iv, trades)
+            return
+        tx = led.record(self.iv, trades)
+        self.last_id = int.from_bytes(led.tid(trades[-1]), "big")
+        recorded = (
+            {norm(e["tradeId"]) for e in tx.events["TradeRecorded"]}
+            if "TradeRecorded" in tx.events
+            else set()
+        )
+        for t in trades:
+            if t.verdict != 0:
+                assert led.tid(t) not in recorded
+                continue
+            b = t.buy["trader"]
+            escrow = -(-t.energy_wh * t.price_per_kwh // 1000)
+            self.avail[b] -= escrow
+            self.locked[b] += escrow
+            self.open.append((led.tid(t), t.sell["trader"], b, t.energy_wh, t.price_per_kwh))
+            self.stats["recorded"] = self.stats.get("recorded", 0) + 1
+
+    @rule(
+        reports=st.lists(
+            st.tuples(st.integers(0, 3), st.integers(0, 6000), st.integers(0, 6000)), max_size=4
+        ),
+        late=st.booleans(),
+        twice=st.booleans(),
+    )
+    def close_interval(self, reports: list[tuple[int, int, int]], late: bool, twice: bool) -> None:
+        led = self.ledger
+        iv = self.iv
+        led.end_interval(iv, 3600 if late else 0)
+        values: dict[str, tuple[int, int]] = {}
+        batch = []
+        for who, imp, exp in reports:
+            w = self.wallets[who]
+            if w.address in values:
+                continue
+            values[w.address] = (imp, exp)
+            batch.append(led.reading(w, iv, imp, exp))
+        if batch:
+            tx = led.submit(iv, batch)
+            for e in tx.events["ReadingSubmitted"] if "ReadingSubmitted" in tx.events else []:
+                key = (str(e["meter"]), iv)
+                assert key not in self.counted, "reading counted twice"
+                self.counted.add(key)
+            if twice:
+                again = led.submit(iv, batch)
+                assert again.return_value == 0 and "ReadingSubmitted" not in again.events
+        if not led.records.get(iv):
+            self.iv = led.current_interval() + 1
+            self.last_id = -1
+            return
+        parties = {t[1] for t in self.open} | {t[2] for t in self.open}
+        complete = all(p in values for p in parties)
+        if not complete and not late:
+            with brownie.reverts():
+                led.settle(iv)
+            return
+        tx = led.settle(iv)
+        expected = model_settle(self.open, values)
+        got = {}
+        for e in tx.events["TradeSettled"] if "TradeSettled" in tx.events else []:
+            tid = norm(e["tradeId"])
+            assert tid not in self.settled and tid not in got, "trade settled twice"
+            got[tid] = (int(e["deliveredWh"]), int(e["paid"]), int(e["refunded"]))
+        assert got == expected
+        for tid, s, b, _q, _price in self.open:
+            _, paid, refunded = expected[tid]
+            self.avail[s] += paid
+            self.avail[b] += refunded
+            self.locked[b] -= paid + refunded
+            self.settled.add(tid)
+        self.stats["settled"] = self.stats.get("settled", 0) + len(self.open)
+        self.open = []
+        self.iv = led.current_interval() + 1
+        self.last_id = -1
+
+    # ------------------------------------------------------------------ invariants
+    @invariant()
+    def balances_match_model(self) -> None:
+        for w in self.wallets:
+            assert self.ledger.balance(w) == (self.avail[w.address], self.locked[w.address])
+
+    @invariant()
+    def tokens_conserved(self) -> None:
+        self.stats["steps"] = self.stats.get("steps", 0) + 1
+        internal = sum(self.avail.values()) + sum(self.locked.values())
+        assert self.deposited == internal + self.withdrawn
+        assert self.ledger.token.balanceOf(self.ledger.market) == internal
+
+
+def _run(ledger: Ledger, parts: Any, examples: int, steps: int) -> None:
+    brownie.chain.snapshot()
+    LedgerMachine.ledger = ledger
+    LedgerMachine.wallets = [parts.S1, parts.S2, parts.B1, parts.B2]
+    run_state_machine_as_test(
+        LedgerMachine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        ),
+    )
+
+
+def test_stateful_ledger_short(ledger: Ledger, parts: Any) -> None:
+    LedgerMachine.stats = {}
+    _run(ledger, parts, examples=12, steps=40)
+    print("stateful stats", LedgerMachine.stats)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LONG, reason="set TEGRID_LONG_STATEFUL=1 for the >= 10,000-step run")
+def test_stateful_ledger_long(ledger: Ledger, parts: Any) -> None:
+    LedgerMachine.stats = {}
+    while LedgerMachine.stats.get("steps", 0) < 10_000:
+        _run(ledger, parts, examples=100, steps=100)
+    print("stateful stats", LedgerMachine.stats)
