@@ -89,8 +89,11 @@ class Web3Ledger:
         return int(self.deployment.interval_seconds)
 
     def chain_time(self) -> int:
-        block = self._rpc(lambda: self.w3.eth.get_block("pending"))
-        return int(block["timestamp"])
+        """max(latest, pending) block timestamp: Anvil reloaded from a state file reports a pending
+        timestamp from the wall clock, behind a chain that was moved forward in time."""
+        pending = self._rpc(lambda: self.w3.eth.get_block("pending"))
+        latest = self._rpc(lambda: self.w3.eth.get_block("latest"))
+        return max(int(pending["timestamp"]), int(latest["timestamp"]))
 
     def meter_state(self, meter: str) -> MeterState:
         wallet, _index, active = self._rpc(
