@@ -11,3 +11,20 @@ app = typer.Typer(help="Benchmarks: each prints JSON with our figure and a basel
 
 def _emit(result: dict[str, object]) -> None:
     typer.echo(json.dumps(result, indent=2, sort_keys=False))
+
+
+@app.command("api")
+def api(
+    json_out: bool = typer.Option(False, "--json", help="print JSON only"),
+    orders: int = typer.Option(6000, help="orders in the timed run"),
+    concurrency: int = typer.Option(32, help="client connections"),
+) -> None:
+    """Signed orders accepted per second through HTTP (one uvicorn worker), p50/p99 latency;
+    baselines: one request at a time, and eth-account's generic EIP-712 recovery per order."""
+    from backend.api.loadtest import run
+
+    result = run(orders=orders, concurrency=concurrency)
+    if not json_out:
+        typer.echo(f"{result['orders_per_s']} orders/s (p50 {result['p50_ms']} ms, "
+                   f"p99 {result['p99_ms']} ms)")
+    _emit(result)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
 
 from backend.market import typed
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
@@ -61,6 +60,7 @@ from backend.market.models import (
 )
 from backend.market.ports import ChainTrade, GridPort, Ledger, Participant
 from backend.market.store import Store, trade_ids_json
+from backend.market.typed import checksum as to_checksum_address
 
 log = logging.getLogger("tegrid.market")
 

@@ -10,13 +10,14 @@ crash
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,9 +72,15 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the order store at {_safe_url(url)}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._orders = OrderRow.__table__  # Core insert: the accept path
+        # The accept path keeps one connection and one compiled insert (no pool checkout per order).
+        self._insert_stmt = insert(OrderRow)
+        self._insert_conn: Connection | None = None
+        self._insert_lock = threading.Lock()
 
     def close(self) -> None:
+        if self._insert_conn is not None:
+            self._insert_conn.close()
+            self._insert_conn = None
         self.engine.dispose()
 
     def ping(self) -> bool:
@@ -98,15 +105,25 @@ class Store:
     def insert_order(self, row: dict[str, Any]) -> int:
         """Insert one accepted order; ``NonceUsed`` when the trader's nonce (or the order)
         exists."""
-        try:
-            with self.engine.begin() as conn:
-                res = conn.execute(insert(OrderRow), row)
+        with self._insert_lock:
+            conn = self._insert_conn
+            if conn is None or conn.closed:
+                conn = self._insert_conn = self.engine.connect()
+            try:
+                res = conn.execute(self._insert_stmt, row)
+                conn.commit()
                 pk = res.inserted_primary_key
                 return int(pk[0]) if pk else 0
-        except IntegrityError:
-            raise NonceUsed(
-                f"nonce {row['nonce']} of {row['trader']} is already used by an accepted order"
-            ) from None
+            except IntegrityError:
+                conn.rollback()
+            except SQLAlchemyError:
+                conn.rollback()
+                conn.close()
+                self._insert_conn = None
+                raise
+        raise NonceUsed(
+            f"nonce {row['nonce']} of {row['trader']} is already used by an accepted order"
+        )
 
     def get_order(self, order_hash: str) -> OrderRow | None:
         with self.session() as s:

@@ -16,11 +16,12 @@ check the digests against eth-account's generic ``encode_typed_data``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from coincurve import PublicKey
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
+from eth_utils import to_checksum_address as _to_checksum_address
 
 from backend.market.errors import BadSignature, InvalidOrder
 
@@ -70,6 +71,14 @@ STRUCTS: dict[str, list[dict[str, str]]] = {
     "Cancel": CANCEL_FIELDS,
     "ConnectionRequest": CONNECTION_FIELDS,
 }
+
+@lru_cache(maxsize=65536)
+def checksum(address: str) -> str:
+    """EIP-55 form of an address, cached (the accept path sees the same traders again and again)."""
+    return str(_to_checksum_address(address))
+
+
+to_checksum_address = checksum
 
 _UINT_BITS = {"uint8": 8, "uint32": 32, "uint64": 64, "uint128": 128, "uint256": 256}
 
