@@ -19,6 +19,7 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
+from web3.exceptions import Web3RPCError
 
 from backend.chain.batches import settle_parties
 from backend.chain.client import ChainClient
@@ -171,9 +172,15 @@ class SettlementKeeper:
         """Send ``settle`` for one interval; returns the receipt."""
         batches = book.ordered_batches()
         parties = settle_parties(book.records())
-        receipt = self.client.transact(
-            self.market.functions.settle(book.interval_id, batches, parties)
-        )
+        fn = self.market.functions.settle(book.interval_id, batches, parties)
+        try:
+            receipt = self.client.transact(fn)
+        except Web3RPCError as exc:
+            # Another process sends from the same key (dev defaults share account 0): resync, retry.
+            if "nonce" not in str(exc).lower():
+                raise
+            self.client.reset_nonce()
+            receipt = self.client.transact(fn)
         book.settled = True
         self.settled.append(book.interval_id)
         log.info(
@@ -200,7 +207,7 @@ class SettlementKeeper:
                 continue
             try:
                 self.settle(book)
-            except LedgerError as exc:
+            except (LedgerError, Web3RPCError) as exc:
                 log.warning("settling interval %d failed: %s", interval_id, exc)
                 continue
             log.info("interval %d settled: %s", interval_id, why)
@@ -211,7 +218,7 @@ class SettlementKeeper:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except (LedgerError, KeeperError, ConnectionError, OSError) as exc:
+            except (LedgerError, KeeperError, Web3RPCError, ConnectionError, OSError) as exc:
                 log.warning("keeper round failed: %s", exc)
             except Exception:
                 log.exception("keeper round failed")

@@ -15,7 +15,12 @@ from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound
+from web3.exceptions import (
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3RPCError,
+)
 
 from backend.chain.client import ErrorDecoder, revert_data
 from backend.chain.contracts import Deployment, contract_at, error_abis
@@ -165,10 +170,11 @@ class Web3Ledger:
             self._rpc(lambda: self.w3.eth.send_raw_transaction(raw_tx))
         except ChainUnavailable:
             raise
-        except ValueError as exc:  # nonce too low / already known: let reconcile decide
+        except (ValueError, Web3RPCError) as exc:  # nonce too low / already known
             self.reset_nonce()
             if "known" in str(exc).lower():
                 return
+            # ambiguous for the daemon: it reconciles (receipt, readingOf) before resending
             raise ChainUnavailable(f"node refused the transaction: {exc}") from None
 
     def receipt(self, tx_hash: str, timeout_s: float) -> BatchReceipt | None:
