@@ -15,17 +15,26 @@ from backend.settings import Settings
 
 
 def _keeper_hook(settings: Settings) -> list[Any]:
-    """Start the settlement keeper from backend/keeper when that package provides one."""
-    try:
-        from backend import keeper as keeper_pkg
-    except ImportError:
-        return []
-    start = getattr(keeper_pkg, "start_keeper", None)
-    if start is None:
-        return []
+    """Run the settlement keeper (backend/keeper) in a thread beside the API. It shares the market
+    operator's chain client when the keys are the same, so their nonces never clash."""
 
-    def run(_market: Any) -> Any:
-        return start(settings)
+    def run(market: Any) -> Any:
+        import threading
+
+        from backend.chain.client import ChainClient
+        from backend.keeper import SettlementKeeper
+        from backend.market.factory import load_key
+
+        ledger = market.ledger
+        key = load_key(settings.admin_key, settings.keystore_password)
+        operator = getattr(ledger, "operator", None)
+        if operator is not None and operator.account.key.hex().removeprefix("0x") == key[2:]:
+            client = operator
+        else:
+            client = ChainClient(settings.rpc_url, key)
+        keeper = SettlementKeeper(client, ledger.deployment)
+        threading.Thread(target=keeper.run, name="tegrid-keeper", daemon=True).start()
+        return keeper.stop
 
     return [run]
 
