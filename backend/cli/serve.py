@@ -69,8 +69,6 @@ def serve(
 
             stack = start_dev_stack(settings, participants=participants)
             console.print(f"dev chain {settings.rpc_url}: contracts {stack.deployment.contracts}")
-        events = EventBus()
-
         def factory(cfg: Settings, bus: EventBus) -> Any:
             from backend.chain.contracts import load_deployment
 
@@ -83,15 +81,20 @@ def serve(
                 ),
             )
 
+        background = _keeper_hook(settings) if keeper else []
+        if stack is not None:
+            # Stop the Anvil we started in the app's shutdown: uvicorn re-raises SIGTERM after its
+            # graceful exit, so the ``finally`` below only covers failures before serving.
+            dev_stack = stack
+            background.append(lambda _market: dev_stack.stop)
         app = create_app(
             settings=settings,
             dev=dev,
             scheduler=scheduler,
             tick_seconds=tick,
             market_factory=factory,
-            background=_keeper_hook(settings) if keeper else None,
+            background=background,
         )
-        del events
         uvicorn.run(
             app,
             host=host or settings.api_host,

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from eth_typing import HexStr
-from web3.logs import DISCARD
 from eth_utils import to_checksum_address
+from web3.logs import DISCARD
 
 from backend.chain.client import ChainClient
 from backend.chain.contracts import Deployment, contract_at
@@ -216,7 +216,8 @@ class ChainLedger:
             for log in logs:
                 receipt = self.w3.eth.get_transaction_receipt(log["transactionHash"])
                 tx = "0x" + bytes(log["transactionHash"]).hex()
-                for ev in self.market.events.TradeSettled().process_receipt(receipt, errors=DISCARD):
+                events = self.market.events.TradeSettled().process_receipt(receipt, errors=DISCARD)
+                for ev in events:
                     a = ev["args"]
                     out["0x" + bytes(a["tradeId"]).hex()] = (
                         int(a["deliveredWh"]),
