@@ -28,3 +28,23 @@ def api(
         typer.echo(f"{result['orders_per_s']} orders/s (p50 {result['p50_ms']} ms, "
                    f"p99 {result['p99_ms']} ms)")
     _emit(result)
+
+
+@app.command()
+def oracle(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON (the only output format)."),
+    readings: int = typer.Option(4000, min=1, max=200_000, help="Readings relayed in batches."),
+    meters: int = typer.Option(500, min=1, max=20_000, help="Registered meters signing them."),
+    single_readings: int = typer.Option(300, min=1, max=20_000, help="Readings sent one per tx."),
+    batch_size: int = typer.Option(400, min=1, max=1000, help="Readings per submitReadings."),
+) -> None:
+    """Oracle relay: readings/s (publish -> receipt) and gas/reading, batched vs one tx each."""
+    from backend.errors import TegridError
+    from backend.oracle.bench import run_oracle_bench
+
+    try:
+        result = run_oracle_bench(readings, meters, single_readings, batch_size)
+    except TegridError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _emit(result)

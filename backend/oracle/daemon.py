@@ -27,6 +27,7 @@ from backend.iot.schema import (
     READINGS_WILDCARD,
     parse_announcement,
     parse_reading,
+    topic_address,
 )
 from backend.iot.signing import recover_signer
 from backend.iot.transport import Message, Transport
@@ -44,7 +45,7 @@ class OracleConfig:
     batch_size: int = (
         400  # readings per submitReadings transaction (~45k gas each: stays far below 30M)
     )
-    ingest_chunk: int = 2000  # messages committed (and then acked) per SQLite transaction
+    ingest_chunk: int = 500  # messages committed (and then acked) per SQLite transaction
     idle_sleep_s: float = 0.02
     receipt_timeout_s: float = 60.0
     backoff_initial_s: float = 0.5
@@ -160,6 +161,7 @@ class OracleDaemon:
     def _ingest(self, messages: list[Message]) -> None:
         items: list[Incoming] = []
         rejections: list[Rejection] = []
+        self._prefetch_meters(messages)
         for msg in messages:
             if msg.topic.endswith("/announce"):
                 self._announce(msg, rejections)
@@ -239,6 +241,31 @@ class OracleDaemon:
             if cached is None:
                 return needed
             return cached[0] + int(time.monotonic() - cached[1])
+
+    def _prefetch_meters(self, messages: list[Message]) -> None:
+        """Look up every meter of a chunk missing from the cache in one round trip."""
+        now = time.monotonic()
+        unknown: set[str] = set()
+        for msg in messages:
+            if msg.topic.endswith("/readings"):
+                try:
+                    meter = topic_address(msg.topic)
+                except MessageError:
+                    continue
+                hit = self._registry.get(meter)
+                if hit is None or hit[1] <= now:
+                    unknown.add(meter)
+        if not unknown:
+            return
+        try:
+            states = self.ledger.meter_states(sorted(unknown))
+        except ChainUnavailable:
+            return
+        for meter, state in states.items():
+            ttl = (
+                self.config.registry_ttl_s if state.active else self.config.registry_negative_ttl_s
+            )
+            self._registry[meter] = (state, now + ttl)
 
     def _meter_state(self, meter: str) -> MeterState | None:
         hit = self._registry.get(meter)

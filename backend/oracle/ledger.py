@@ -65,6 +65,10 @@ class Ledger(Protocol):
 
     def meter_state(self, meter: str) -> MeterState: ...
 
+    def meter_states(self, meters: Sequence[str]) -> dict[str, MeterState]:
+        """Many at once (one round trip); meters missing from the answer are unknown."""
+        ...
+
     def prepare_batch(
         self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
     ) -> tuple[str, bytes]:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
     tuple_,
     update,
@@ -245,18 +246,19 @@ class OracleStore:
                     continue
                 existing[key] = values
                 new_rows.append(
-                    ReadingRow(
-                        meter=r.meter,
-                        interval_id=r.interval_id,
-                        import_wh=r.import_wh,
-                        export_wh=r.export_wh,
-                        signature=item.signature,
-                        status=PENDING,
-                        received_at=now,
-                        sent_at=item.sent_at,
-                    )
+                    {
+                        "meter": r.meter,
+                        "interval_id": r.interval_id,
+                        "import_wh": r.import_wh,
+                        "export_wh": r.export_wh,
+                        "signature": item.signature,
+                        "status": PENDING,
+                        "received_at": now,
+                        "sent_at": item.sent_at,
+                    }
                 )
-            session.add_all(new_rows)
+            if new_rows:  # Core executemany: ~10x faster than ORM objects for thousands of rows
+                session.execute(insert(ReadingRow), new_rows)
             session.add_all(
                 RejectionRow(
                     reason=rej.reason,
@@ -291,8 +293,15 @@ class OracleStore:
         id.
         """
         with self._session.begin() as session:
-            rows = session.scalars(
-                select(ReadingRow)
+            rows = session.execute(
+                select(
+                    ReadingRow.id,
+                    ReadingRow.meter,
+                    ReadingRow.import_wh,
+                    ReadingRow.export_wh,
+                    ReadingRow.signature,
+                    ReadingRow.sent_at,
+                )
                 .where(ReadingRow.status == PENDING, ReadingRow.interval_id == interval_id)
                 .order_by(ReadingRow.id)
                 .limit(limit)
@@ -304,11 +313,20 @@ class OracleStore:
             )
             session.add(batch)
             session.flush()
-            for row in rows:
-                row.status = INFLIGHT
-                row.batch_id = batch.id
+            ids = [r.id for r in rows]
+            session.execute(
+                update(ReadingRow)
+                .where(ReadingRow.id.in_(ids))
+                .values(status=INFLIGHT, batch_id=batch.id)
+            )
             return batch.id, [
-                QueuedReading(r.id, r.reading(), r.signature, r.sent_at) for r in rows
+                QueuedReading(
+                    r.id,
+                    Reading(r.meter, interval_id, r.import_wh, r.export_wh),
+                    r.signature,
+                    r.sent_at,
+                )
+                for r in rows
             ]
 
     def set_batch_tx(self, batch_id: int, tx_hash: str) -> None:
@@ -336,25 +354,33 @@ class OracleStore:
             batch.status = SUBMITTED
             batch.block_number = block_number
             batch.gas_used = gas_used
-            rows = session.scalars(select(ReadingRow).where(ReadingRow.batch_id == batch_id)).all()
-            for row in rows:
-                if row.status != INFLIGHT:
-                    continue
-                if row.id in requeue_ids:
-                    row.status, row.batch_id = PENDING, None
-                elif row.id in rejected:
-                    row.status, row.reason = REJECTED, rejected[row.id]
-                    session.add(
-                        RejectionRow(
-                            reason=rejected[row.id],
-                            detail="refused by MeterReadings",
-                            meter=row.meter,
-                            interval_id=row.interval_id,
-                            at=now,
-                        )
+            special = set(rejected) | requeue_ids
+            if special:
+                rows = session.scalars(
+                    select(ReadingRow).where(
+                        ReadingRow.id.in_(special), ReadingRow.status == INFLIGHT
                     )
-                else:
-                    row.status, row.submitted_at, row.block_number = SUBMITTED, now, block_number
+                ).all()
+                for row in rows:
+                    if row.id in requeue_ids:
+                        row.status, row.batch_id = PENDING, None
+                    else:
+                        row.status, row.reason = REJECTED, rejected[row.id]
+                        session.add(
+                            RejectionRow(
+                                reason=rejected[row.id],
+                                detail="refused by MeterReadings",
+                                meter=row.meter,
+                                interval_id=row.interval_id,
+                                at=now,
+                            )
+                        )
+                session.flush()
+            session.execute(
+                update(ReadingRow)
+                .where(ReadingRow.batch_id == batch_id, ReadingRow.status == INFLIGHT)
+                .values(status=SUBMITTED, submitted_at=now, block_number=block_number)
+            )
             if block_number is not None:
                 self._set_meta(session, "last_block", str(block_number))
             self._set_meta(session, "last_submit_at", repr(now))

@@ -34,6 +34,7 @@ T = TypeVar("T")
 SUBMIT_SELECTOR = function_signature_to_4byte_selector(
     "submitReadings(uint64,(address,uint64,uint64,bytes32,bytes32)[])"
 )
+METER_RECORD_SELECTOR = "0x" + function_signature_to_4byte_selector("meterRecordOf(address)").hex()
 READING_SUBMITTED_TOPIC = keccak(text="ReadingSubmitted(address,uint64,uint64,uint64)")
 READING_REJECTED_TOPIC = keccak(text="ReadingRejected(address,uint64,uint8)")
 # Errors that mean "not yet", not "never": the batch is requeued and retried later.
@@ -99,6 +100,33 @@ class Web3Ledger:
         pending = self._rpc(lambda: self.w3.eth.get_block("pending"))
         latest = self._rpc(lambda: self.w3.eth.get_block("latest"))
         return max(int(pending["timestamp"]), int(latest["timestamp"]))
+
+    def meter_states(self, meters: Sequence[str]) -> dict[str, MeterState]:
+        """Registry records of many meters in one JSON-RPC batch of raw ``eth_call``s (web3's
+        contract-call machinery costs ~2.5 ms per call; this is ~0.05 ms)."""
+        registry = self.registry.address
+        requests_ = [
+            (
+                "eth_call",
+                [
+                    {"to": registry, "data": METER_RECORD_SELECTOR + m[2:].lower().rjust(64, "0")},
+                    "latest",
+                ],
+            )
+            for m in meters
+        ]
+        responses = self._rpc(lambda: self.w3.provider.make_batch_request(requests_))  # type: ignore[attr-defined]
+        if not isinstance(responses, list):
+            raise ChainUnavailable(f"batch eth_call failed: {responses}")
+        out: dict[str, MeterState] = {}
+        for meter, response in zip(meters, responses, strict=True):
+            result = response.get("result") if isinstance(response, dict) else None
+            if not isinstance(result, str) or len(result) < 2 + 64 * 3:
+                continue  # unknown: the contract checks it again on submission
+            wallet = int(result[2:66], 16)
+            active = int(result[130:194], 16) != 0
+            out[meter] = MeterState(wallet != 0, wallet != 0 and active)
+        return out
 
     def meter_state(self, meter: str) -> MeterState:
         wallet, _index, active = self._rpc(

@@ -1,6 +1,8 @@
-"""Settlement after full, partial and missing delivery, through the real pieces: trades recorded with
-signed orders and a validator attestation, readings relayed by the oracle over Mosquitto, intervals
-settled by the keeper; balances compared with hand-computed integers (min-of-two, pro rata)."""
+"""Settlement after full, partial and missing delivery, through the real pieces: trades recorded
+with signed orders and a validator attestation, readings relayed by the oracle over Mosquitto,
+intervals settled by the keeper; balances compared with hand-computed integers (min-of-two, pro
+rata).
+"""
 
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def _escrow(q: int, price: int) -> int:
 def _expected(
     trades: list[tuple[int, int, int]], readings: dict[int, tuple[int, int]]
 ) -> dict[int, int]:
-    """Net change of each party's available balance: sellers +paid, buyers -paid (escrow - refund)."""
+    """Net change of available balances: sellers +paid, buyers -paid (escrow - refund)."""
     sold: dict[int, int] = {}
     bought: dict[int, int] = {}
     for s, b, q in trades:
@@ -192,7 +194,7 @@ def test_keeper_settles_full_partial_and_missing_delivery_to_the_base_unit(
         available, locked = market.functions.balanceOf(w).call()
         assert locked == 0
         assert available - balances_before[i] == total_change[i] + (
-            sum(_escrow(q, PRICE) for _s, b, q in sum(plan.values(), []) if b == i)
+            sum(_escrow(q, PRICE) for trades in plan.values() for _s, b, q in trades if b == i)
         )
     # hand-computed integers for the record: full 1000 Wh -> 123457; partial S1 600 Wh (r_s 0.6 <
     # r_b 0.8), S2 400 Wh, S3 100 of 333 Wh (buyer B2 imported 100 of 333); missing: nothing paid.

@@ -45,6 +45,9 @@ class FakeLedger:
         self._check()
         return MeterState(meter in self.meters, self.meters.get(meter, False))
 
+    def meter_states(self, meters: Sequence[str]) -> dict[str, MeterState]:
+        return {m: self.meter_state(m) for m in meters}
+
     def prepare_batch(
         self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
     ) -> tuple[str, bytes]:
