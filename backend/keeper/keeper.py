@@ -57,7 +57,13 @@ class IntervalBook:
 
 
 def commitment_of(records: list[tuple[Any, ...]]) -> bytes:
-    """``keccak256(abi.encode(TradeRecord[]))`` as the market computes it."""
+    """The batch commitment as the market computes it: keccak256 of the concatenated 7-word
+    ABI encodings of the approved TradeRecords."""
+    return keccak(b"".join(abi_encode([TRADE_RECORD_TYPE], [r]) for r in records))
+
+
+def legacy_commitment_of(records: list[tuple[Any, ...]]) -> bytes:
+    """``keccak256(abi.encode(TradeRecord[]))``: the first market version's commitment."""
     return keccak(abi_encode([f"{TRADE_RECORD_TYPE}[]"], [records]))
 
 
@@ -132,7 +138,11 @@ class SettlementKeeper:
                     ["uint32", "bytes32", "uint32", "bytes32"], bytes(entry["data"])
                 )
                 records = pending.pop(tx, [])
-                if len(records) != approved or commitment_of(records) != bytes(commitment):
+                matches = bytes(commitment) in (
+                    commitment_of(records),
+                    legacy_commitment_of(records),
+                )
+                if len(records) != approved or not matches:
                     raise KeeperError(
                         f"interval {interval_id} batch {batch_index}: rebuilt trades do not match "
                         "the on-chain commitment"
@@ -172,7 +182,7 @@ class SettlementKeeper:
         """Send ``settle`` for one interval; returns the receipt."""
         batches = book.ordered_batches()
         parties = settle_parties(book.records())
-        fn = self.market.functions.settle(book.interval_id, batches, parties)
+        fn = self.market.functions.settle(book.interval_id, *self._settle_args(batches, parties))
         try:
             receipt = self.client.transact(fn)
         except Web3RPCError as exc:
@@ -190,6 +200,18 @@ class SettlementKeeper:
             receipt["gasUsed"],
         )
         return receipt
+
+    def _settle_args(
+        self, batches: list[list[tuple[Any, ...]]], parties: list[str]
+    ) -> tuple[Any, ...]:
+        """``settle`` arguments after the interval id, for either market ABI: (batches, parties)
+        or (batches, parties, positions); positions index each record's seller and buyer."""
+        abi: dict[str, Any] = next(dict(i) for i in self.market.abi if i.get("name") == "settle")
+        if len(abi.get("inputs", [])) == 3:
+            return batches, parties
+        where = {p: i for i, p in enumerate(parties)}
+        positions = [where[str(x)] for batch in batches for r in batch for x in (r[1], r[2])]
+        return batches, parties, positions
 
     def run_once(self) -> list[int]:
         """Scan, then settle every due interval; returns the intervals settled in this round."""
