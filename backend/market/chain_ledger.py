@@ -138,27 +138,54 @@ class ChainLedger:
         return batches > 0 and int(last, 16) >= int(last_trade_id, 16)
 
     # ----------------------------------------------------------- transactions
+    def _indexed_orders(self) -> bool:
+        """Whether ``recordTrades`` takes a deduplicated order list plus trades by index (the newer
+        ABI) rather than trades carrying both signed orders."""
+        abi: list[dict[str, Any]] = list(self.market.abi)  # type: ignore[arg-type]
+        for item in abi:
+            if item.get("type") == "function" and item.get("name") == "recordTrades":
+                return len(item.get("inputs", [])) == 5
+        return False
+
+    def _record_call(
+        self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
+    ) -> Any:
+        evidence, sig = bytes.fromhex(evidence_hash[2:]), bytes.fromhex(signature[2:])
+        if not self._indexed_orders():
+            rows = [
+                (_signed(t.sell, t.sell_signature), _signed(t.buy, t.buy_signature), t.energy_wh,
+                 t.price_per_kwh, t.verdict)
+                for t in trades
+            ]  # fmt: skip
+            return self.market.functions.recordTrades(interval_id, rows, evidence, sig)
+        orders: list[tuple[Any, ...]] = []
+        index: dict[tuple[str, int], int] = {}
+
+        def slot(m: dict[str, Any], signature_hex: str) -> int:
+            key = (str(m["trader"]).lower(), int(m["nonce"]))
+            if key not in index:
+                index[key] = len(orders)
+                orders.append(_signed(m, signature_hex))
+            return index[key]
+
+        rows2 = [
+            (slot(t.sell, t.sell_signature), slot(t.buy, t.buy_signature), t.energy_wh,
+             t.price_per_kwh, t.verdict)
+            for t in trades
+        ]  # fmt: skip
+        return self.market.functions.recordTrades(interval_id, orders, rows2, evidence, sig)
+
     def record_trades(
         self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
     ) -> str:
-        rows = [
-            (
-                _signed(t.sell, t.sell_signature),
-                _signed(t.buy, t.buy_signature),
-                t.energy_wh,
-                t.price_per_kwh,
-                t.verdict,
-            )
-            for t in trades
-        ]
-        fn = self.market.functions.recordTrades(
-            interval_id, rows, bytes.fromhex(evidence_hash[2:]), bytes.fromhex(signature[2:])
-        )
-        receipt = self._rpc("recordTrades", lambda: self._transact(self.operator, fn))
+        def send() -> Any:
+            fn = self._record_call(interval_id, trades, evidence_hash, signature)
+            return self._transact(self.operator, fn)
+
+        receipt = self._rpc("recordTrades", send)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
-        self._receipts[tx_hash] = Receipt(
-            tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1
-        )
+        ok = receipt["status"] == 1
+        self._receipts[tx_hash] = Receipt(tx_hash, int(receipt["blockNumber"]), ok)
         return tx_hash
 
     @staticmethod
