@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api.deps import ApiOptions
 from backend.api.routes import events, grid, health, intervals, orders, participants, trades
+from backend.api.routes.dashboard import router as dashboard_router
 from backend.errors import TegridError
 from backend.market.errors import MarketError
 from backend.market.events import EventBus
@@ -159,4 +160,5 @@ def create_app(
     install_error_handlers(app)
     for module in (health, orders, intervals, trades, participants, grid, events):
         app.include_router(module.router)
+    app.include_router(dashboard_router)
     return app

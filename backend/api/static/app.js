@@ -1,0 +1,444 @@
+// The dashboard: one selected interval, refreshed from the API whenever the event stream says so.
+import { api, h, kwh, tokens, shortAddr, clock, timeOf, pu, pct } from "./util.js";
+import { GridMap } from "./gridmap.js";
+import { drawBook } from "./book.js";
+import { provider, connect, signAndSubmit } from "./wallet.js";
+
+const EVENT_KINDS = ["order", "cancel", "clearing", "verdict", "recorded", "reading", "settlement", "participant", "interval"];
+const $ = (sel) => document.querySelector(sel);
+
+const state = {
+  health: null,
+  interval: null, // selected interval id
+  follow: true,
+  intervalRow: null,
+  trades: [],
+  orders: [],
+  participants: new Map(), // wallet -> GET /participants answer
+  wallet: null,
+  intervalSeconds: 900,
+};
+
+// ------------------------------------------------------------------ tooltip
+const tooltip = $("#tooltip");
+function tip(html, ev) {
+  if (!html) {
+    tooltip.hidden = true;
+    return;
+  }
+  tooltip.innerHTML = html;
+  tooltip.hidden = false;
+  const x = Math.min(ev.clientX + 14, window.innerWidth - tooltip.offsetWidth - 8);
+  const y = Math.min(ev.clientY + 14, window.innerHeight - tooltip.offsetHeight - 8);
+  tooltip.style.left = `${x}px`;
+  tooltip.style.top = `${y}px`;
+}
+
+const map = new GridMap($("#grid-map"), tip);
+
+// ------------------------------------------------------------------ errors shown, never thrown
+function report(where, err) {
+  const msg = err && err.code ? `${err.code}: ${err.message}` : String(err && err.message ? err.message : err);
+  logLine("error", `${where}: ${msg}`);
+}
+
+// ------------------------------------------------------------------ refresh pieces
+async function loadHealth() {
+  try {
+    state.health = await api("/health");
+    const c = state.health.chain || {};
+    state.intervalSeconds = state.health.market.intervalSeconds || 900;
+    $("#chain").textContent = `chain ${c.chain_id} · block ${c.latest_block}` + (state.health.market.dev ? " · dev" : "");
+    $("#chain").dataset.ok = String(state.health.ok);
+  } catch (err) {
+    $("#chain").textContent = "chain unreachable";
+    $("#chain").dataset.ok = "false";
+    report("health", err);
+  }
+}
+
+async function loadTopology() {
+  try {
+    const topo = await api("/grid/topology");
+    map.setTopology(topo);
+    $("#net-name").textContent = `${topo.network} · ${topo.buses.length} buses · ${topo.lines.length} lines · ${topo.trafos.length} trafos`;
+  } catch (err) {
+    report("topology", err);
+  }
+}
+
+async function loadGridStatus() {
+  const iv = state.interval;
+  try {
+    const st = await api(`/grid/status?interval=${iv}`);
+    if (iv !== state.interval) return;
+    map.setStatus(st);
+    const vm = st.vm_pu || [];
+    const loads = [...(st.line_loading_percent || []), ...(st.trafo_loading_percent || [])];
+    $("#grid-summary").textContent = st.converged
+      ? `· V ${pu(Math.min(...vm))} … ${pu(Math.max(...vm))} · max loading ${pct(Math.max(...loads))} · ${st.approvedTrades} approved trade(s) applied`
+      : "· power flow did not converge";
+  } catch (err) {
+    report("grid status", err);
+  }
+}
+
+async function loadInterval() {
+  const iv = state.interval;
+  try {
+    const [row, trades, orders] = await Promise.all([
+      api(`/intervals/${iv}`),
+      api(`/trades?interval=${iv}`),
+      api(`/orders?interval=${iv}&limit=1000`),
+    ]);
+    if (iv !== state.interval) return;
+    state.intervalRow = row;
+    state.trades = trades;
+    state.orders = orders;
+    renderInterval();
+    await loadParticipants([...trades.flatMap((t) => [t.seller, t.buyer]), ...orders.map((o) => o.trader)]);
+    renderSettlement();
+  } catch (err) {
+    report("interval", err);
+  }
+}
+
+async function loadParticipants(wallets, refresh = false) {
+  const todo = [...new Set(wallets)].filter((w) => w && (refresh || !state.participants.has(w)));
+  if (state.wallet && !state.participants.has(state.wallet)) todo.push(state.wallet);
+  await Promise.all(todo.map(async (w) => {
+    try {
+      state.participants.set(w, await api(`/participants/${w}`));
+    } catch (err) {
+      report(`participant ${shortAddr(w)}`, err);
+    }
+  }));
+  map.setParticipants(state.participants);
+}
+
+async function loadReadings() {
+  const iv = state.interval;
+  try {
+    const rows = await api(`/dashboard/readings?interval=${iv}`);
+    if (iv !== state.interval) return;
+    renderReadings(rows);
+  } catch (err) {
+    report("readings", err);
+  }
+}
+
+// ------------------------------------------------------------------ rendering
+function renderIntervalLabel() {
+  const iv = state.interval;
+  const row = state.intervalRow;
+  const starts = iv * state.intervalSeconds;
+  $("#iv-label").innerHTML = "";
+  $("#iv-label").append(
+    h("b", {}, `interval ${iv}`), " ",
+    h("span", { class: "muted" }, clock(starts)), " ",
+    h("span", { class: `status ${row ? row.status : ""}`, id: "iv-status" }, row ? row.status : "…"),
+  );
+  const form = $("#order-form");
+  if (!form.intervalId.value || form.dataset.auto === "1") {
+    form.intervalId.value = row && row.status === "open" ? iv : nextOpenInterval();
+    form.dataset.auto = "1";
+  }
+}
+
+function nextOpenInterval() {
+  const cur = state.health && state.health.market.currentInterval;
+  if (cur === null || cur === undefined) return state.interval;
+  const gateLead = state.health.market.gateLeadSeconds || 0;
+  const now = Date.now() / 1000;
+  return (cur + 1) * state.intervalSeconds - gateLead > now ? cur + 1 : cur + 2;
+}
+
+function renderInterval() {
+  renderIntervalLabel();
+  const row = state.intervalRow;
+  const info = drawBook($("#book"), state.orders, row, state.trades);
+  $("#book-meta").textContent = `· ${info.supply} sell, ${info.demand} buy` + (info.bilateral ? `, ${info.bilateral} bilateral` : "");
+  const stats = $("#interval-stats");
+  stats.replaceChildren();
+  const items = [
+    ["status", row.status],
+    ["clearing price", row.clearingPrice === null ? "—" : `${tokens(row.clearingPrice, 6)} token/kWh`],
+    ["offered", `${kwh(row.offeredWh)} kWh`],
+    ["bid", `${kwh(row.bidWh)} kWh`],
+    ["traded", `${kwh(row.tradedWh)} kWh (${row.approvedCount})`],
+    ["vetoed", `${kwh(row.vetoedWh)} kWh (${row.vetoedCount})`],
+    ["gate closes", timeOf(row.gateClosureAt)],
+  ];
+  if (row.batch && row.batch.txHash) items.push(["batch tx", shortAddr(row.batch.txHash)]);
+  for (const [k, v] of items) stats.append(h("dt", {}, k), h("dd", {}, v));
+  renderTrades();
+  map.setTrades(state.trades);
+}
+
+function renderTrades() {
+  const body = $("#trades-table tbody");
+  body.replaceChildren();
+  const trades = state.trades;
+  $("#trades-meta").textContent = trades.length
+    ? `· ${trades.filter((t) => t.approved).length} approved, ${trades.filter((t) => !t.approved).length} vetoed`
+    : "";
+  if (!trades.length) {
+    body.append(h("tr", { class: "empty" }, h("td", { colspan: 6 }, "no trades for this interval (yet)")));
+    return;
+  }
+  for (const t of trades) {
+    const verdict = t.approved
+      ? h("span", { class: "verdict approved" }, "approved")
+      : h("span", { class: "verdict vetoed", title: `the trade would have broken ${t.element}` },
+        `vetoed: ${t.reason}`, t.element ? h("span", { class: "element" }, ` at ${t.element}`) : null);
+    const settled = t.deliveredWh !== null ? ` · delivered ${kwh(t.deliveredWh)} kWh, paid ${tokens(t.paid)}` : "";
+    body.append(h("tr", { class: t.approved ? "approved" : "vetoed", dataset: { trade: t.id } },
+      h("td", { class: "mono" }, `${shortAddr(t.seller)} → ${shortAddr(t.buyer)}`),
+      h("td", {}, `${t.sellerBus} → ${t.buyerBus}`),
+      h("td", { class: "num" }, kwh(t.energyWh)),
+      h("td", { class: "num" }, tokens(t.pricePerKWh, 6)),
+      h("td", {}, verdict),
+      h("td", {}, `${t.kind} · ${t.status}${settled}`),
+    ));
+  }
+}
+
+function renderSettlement() {
+  const rows = new Map();
+  const get = (w) => {
+    if (!rows.has(w)) rows.set(w, { sold: 0, soldDel: 0, bought: 0, boughtDel: 0, net: 0n, settled: false });
+    return rows.get(w);
+  };
+  for (const t of state.trades) {
+    if (!t.approved) continue;
+    const s = get(t.seller);
+    const b = get(t.buyer);
+    s.sold += t.energyWh;
+    b.bought += t.energyWh;
+    if (t.deliveredWh !== null) {
+      s.soldDel += t.deliveredWh;
+      b.boughtDel += t.deliveredWh;
+      const paid = BigInt(t.paid || "0");
+      s.net += paid;
+      b.net -= paid;
+      s.settled = b.settled = true;
+    }
+  }
+  const body = $("#settlement-table tbody");
+  body.replaceChildren();
+  if (!rows.size) {
+    body.append(h("tr", { class: "empty" }, h("td", { colspan: 6 }, "no approved trades to settle")));
+    return;
+  }
+  for (const [w, r] of rows) {
+    const p = state.participants.get(w);
+    const net = r.settled ? (r.net >= 0n ? "+" : "−") + tokens((r.net < 0n ? -r.net : r.net).toString()) : "pending";
+    body.append(h("tr", { class: w === state.wallet ? "me" : "" },
+      h("td", { class: "mono" }, shortAddr(w)),
+      h("td", {}, p && p.busId !== null ? p.busId : "—"),
+      h("td", { class: "num" }, r.sold ? `${kwh(r.sold)} / ${r.settled ? kwh(r.soldDel) : "…"}` : "—"),
+      h("td", { class: "num" }, r.bought ? `${kwh(r.bought)} / ${r.settled ? kwh(r.boughtDel) : "…"}` : "—"),
+      h("td", { class: "num" }, net),
+      h("td", { class: "num" }, p && p.availableBalance !== null ? tokens(p.availableBalance, 2) : "—"),
+    ));
+  }
+}
+
+function renderReadings(rows) {
+  const ul = $("#readings");
+  ul.replaceChildren();
+  $("#readings-meta").textContent = `· ${rows.length} on chain for interval ${state.interval}`;
+  if (!rows.length) {
+    ul.append(h("li", { class: "empty" }, "no meter readings on chain for this interval yet"));
+    return;
+  }
+  for (const r of rows) {
+    ul.append(h("li", {},
+      h("span", { class: "mono" }, shortAddr(r.wallet || r.meter)),
+      ` import ${kwh(r.importWh)} kWh · export ${kwh(r.exportWh)} kWh `,
+      h("span", { class: "muted" }, `block ${r.block}`)));
+  }
+}
+
+function logLine(kind, text) {
+  const ol = $("#event-log");
+  const li = h("li", { class: `ev ${kind}` }, h("span", { class: "when" }, timeOf(Date.now() / 1000)), h("span", { class: "kind" }, kind), text);
+  ol.prepend(li);
+  while (ol.children.length > 60) ol.lastChild.remove();
+}
+
+function describe(kind, d) {
+  switch (kind) {
+    case "order": return `${shortAddr(d.trader)} ${d.side === 0 ? "sells" : "buys"} ${kwh(d.energyWh)} kWh @ ${tokens(d.pricePerKWh, 6)} for ${d.intervalId}`;
+    case "clearing": return `interval ${d.intervalId} cleared: ${kwh(d.traded_wh)} kWh traded, ${kwh(d.vetoed_wh)} kWh vetoed`;
+    case "verdict": return `${shortAddr(d.seller)} → ${shortAddr(d.buyer)} ${kwh(d.energyWh)} kWh: ${d.reason}`;
+    case "recorded": return `interval ${d.intervalId} batch recorded` + (d.block ? ` in block ${d.block}` : "");
+    case "settlement": return `interval ${d.intervalId} settled (${d.trades} trades)`;
+    case "reading": return `meter ${shortAddr(d.meter)} interval ${d.intervalId}`;
+    case "interval": return `interval ${d.intervalId} ${d.status}`;
+    default: return JSON.stringify(d).slice(0, 120);
+  }
+}
+
+// ------------------------------------------------------------------ selection and live updates
+let pending = new Set();
+let timer = null;
+function schedule(...what) {
+  for (const w of what) pending.add(w);
+  if (timer) return;
+  timer = setTimeout(async () => {
+    const todo = pending;
+    pending = new Set();
+    timer = null;
+    const jobs = [];
+    if (todo.has("interval")) jobs.push(loadInterval());
+    if (todo.has("grid")) jobs.push(loadGridStatus());
+    if (todo.has("readings")) jobs.push(loadReadings());
+    if (todo.has("health")) jobs.push(loadHealth());
+    if (todo.has("balances")) jobs.push(loadParticipants([...state.participants.keys()], true).then(renderSettlement));
+    await Promise.all(jobs);
+  }, 120);
+}
+
+function select(iv, { user = false } = {}) {
+  if (user) {
+    state.follow = false;
+    $("#follow").checked = false;
+  }
+  if (iv === state.interval) return;
+  state.interval = iv;
+  history.replaceState(null, "", `#interval=${iv}`);
+  renderIntervalLabel();
+  schedule("interval", "grid", "readings");
+}
+
+function onEvent(kind, data) {
+  logLine(kind, describe(kind, data));
+  const iv = data.intervalId;
+  if (state.follow && iv !== undefined && iv !== state.interval) select(iv);
+  if (iv !== undefined && iv !== state.interval) return;
+  if (kind === "order" || kind === "cancel" || kind === "interval") schedule("interval");
+  if (kind === "clearing" || kind === "verdict" || kind === "recorded") schedule("interval", "grid", "health");
+  if (kind === "settlement") schedule("interval", "readings", "balances");
+  if (kind === "reading") schedule("readings");
+  if (kind === "participant") schedule("balances");
+}
+
+function openStream() {
+  const es = new EventSource("/events");
+  const chip = $("#stream");
+  es.onopen = () => {
+    chip.dataset.state = "open";
+    chip.textContent = "events: live";
+  };
+  es.onerror = () => {
+    chip.dataset.state = "retrying";
+    chip.textContent = "events: reconnecting…";
+  };
+  for (const kind of EVENT_KINDS) {
+    es.addEventListener(kind, (ev) => {
+      try {
+        onEvent(kind, JSON.parse(ev.data));
+      } catch (err) {
+        report(`event ${kind}`, err);
+      }
+    });
+  }
+  return es;
+}
+
+async function initialInterval() {
+  const m = /interval=(\d+)/.exec(location.hash);
+  if (m) {
+    state.follow = false;
+    $("#follow").checked = false;
+    return Number(m[1]);
+  }
+  try {
+    const trades = await api("/trades");
+    if (trades.length) return Math.max(...trades.map((t) => t.intervalId));
+  } catch (err) {
+    report("trades", err);
+  }
+  return nextOpenInterval();
+}
+
+// ------------------------------------------------------------------ wallet
+function setupWallet() {
+  const btn = $("#wallet-connect");
+  const status = $("#wallet-status");
+  const form = $("#order-form");
+  const result = $("#order-result");
+  if (!provider()) {
+    btn.disabled = true;
+    btn.title = "no EIP-1193 wallet (window.ethereum) found";
+    status.textContent = "No EIP-1193 wallet found in this browser (window.ethereum).";
+  }
+  btn.addEventListener("click", async () => {
+    try {
+      const { account, chainId } = await connect();
+      state.wallet = account;
+      btn.textContent = shortAddr(account);
+      btn.classList.add("connected");
+      $("#order-submit").disabled = false;
+      await loadParticipants([account], true);
+      const p = state.participants.get(account);
+      const expected = state.health && state.health.chain.chain_id;
+      status.replaceChildren(
+        h("span", { class: "mono", id: "wallet-account" }, account),
+        p && p.registered
+          ? ` · bus ${p.busId} · available ${tokens(p.availableBalance, 2)} token`
+          : " · not a registered participant (orders will be refused)",
+        chainId && expected && chainId !== expected ? h("span", { class: "warn" }, ` · wallet on chain ${chainId}, market on ${expected}`) : null,
+      );
+    } catch (err) {
+      status.textContent = `wallet: ${err.message || err}`;
+    }
+  });
+  form.intervalId.addEventListener("input", () => (form.dataset.auto = "0"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!state.wallet) return;
+    const iv = Number(form.intervalId.value);
+    const values = {
+      side: form.side.value,
+      energyKwh: form.energyKwh.value,
+      priceToken: form.priceToken.value,
+      intervalId: iv,
+      counterparty: form.counterparty.value.trim(),
+      expiry: (iv + 1) * state.intervalSeconds + 86400,
+    };
+    result.className = "pending";
+    result.textContent = "waiting for the wallet's signature…";
+    const answer = await signAndSubmit(state.wallet, values);
+    if (answer.ok) {
+      result.className = "accepted";
+      result.replaceChildren(h("b", {}, `accepted (${answer.order.status})`), " ", h("span", { class: "mono", id: "order-hash" }, answer.order.hash));
+    } else {
+      result.className = "refused";
+      result.replaceChildren(h("b", { id: "refusal-code" }, answer.code), `: ${answer.message}`);
+    }
+  });
+}
+
+// ------------------------------------------------------------------ start
+async function main() {
+  $("#follow").addEventListener("change", (ev) => {
+    state.follow = ev.target.checked;
+  });
+  $("#iv-prev").addEventListener("click", () => select(state.interval - 1, { user: true }));
+  $("#iv-next").addEventListener("click", () => select(state.interval + 1, { user: true }));
+  setupWallet();
+  await loadHealth();
+  await loadTopology();
+  state.interval = await initialInterval();
+  renderIntervalLabel();
+  await Promise.all([loadInterval(), loadGridStatus(), loadReadings()]);
+  openStream();
+  document.body.dataset.ready = "1";
+  setInterval(() => {
+    if (!document.hidden) schedule("health", "readings");
+  }, 10000);
+}
+
+main().catch((err) => report("start", err));

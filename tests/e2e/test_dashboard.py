@@ -1,0 +1,299 @@
+"""The live dashboard in a real browser (Debian's Chromium, headless, driven by Playwright) against a
+real ``tegrid serve --dev`` process: its own Anvil, contracts, funded dev participants, the Neural
+Grid on the default network."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+
+from backend.paths import REPO_ROOT
+from backend.settings import ANVIL_KEYS
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = os.environ.get("TEGRID_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run",
+]
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+ZERO = "0x" + "00" * 20
+NETWORK = "cigre_lv"
+TIMEOUT_MS = 30_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``tegrid serve --dev`` on free ports, every state file in a temporary folder."""
+    tmp: Path = tmp_path_factory.mktemp("dashboard-e2e")
+    api_port, rpc_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TEGRID_RPC_URL": f"http://127.0.0.1:{rpc_port}",
+        "TEGRID_DATABASE_URL": f"sqlite:///{tmp / 'tegrid.db'}",
+        "TEGRID_ORACLE_DATABASE_URL": f"sqlite:///{tmp / 'oracle.db'}",
+        "TEGRID_DEPLOYMENT_FILE": str(tmp / "deployment.json"),
+        "TEGRID_CHAIN_STATE_FILE": str(tmp / "anvil-state.json"),
+        "TEGRID_BROKER_URL": f"mqtt://127.0.0.1:{free_port()}",
+        "TEGRID_NETWORK": NETWORK,
+        "TEGRID_API_PORT": str(api_port),
+    }
+    log = (tmp / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli.main", "serve", "--dev", "--port", str(api_port)],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{api_port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tegrid serve exited: {(tmp / 'serve.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=2).json().get("ok"):
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no healthy API: {(tmp / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # our own session: serve and its Anvil
+                proc.wait(10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Page:
+    """A fresh browser page that records console errors and uncaught exceptions."""
+
+    def __init__(self, browser: Any) -> None:
+        self.context = browser.new_context(viewport={"width": 1500, "height": 1250})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def open(self, url: str) -> Any:
+        self.page.goto(url + "/")
+        self.page.wait_for_selector("body[data-ready='1']")
+        return self.page
+
+
+@pytest.fixture
+def tab(browser: Any) -> Iterator[Page]:
+    p = Page(browser)
+    try:
+        yield p
+    finally:
+        p.context.close()
+
+
+NONCE = iter(range(int(time.time() * 1000), 2**62))
+
+
+def signed_order(url: str, key: str, side: int, energy_wh: int, price: int, interval: int,
+                 counterparty: str = ZERO) -> dict[str, Any]:
+    template = httpx.get(url + "/orders/eip712").json()
+    message = {
+        "trader": Account.from_key(key).address, "side": side, "intervalId": interval,
+        "energyWh": energy_wh, "pricePerKWh": price, "nonce": next(NONCE),
+        "expiry": interval * 900 + 86_400, "counterparty": counterparty,
+    }
+    sig = Account.sign_typed_data(key, full_message={**template, "message": message}).signature
+    return {"message": message, "signature": "0x" + sig.hex().removeprefix("0x")}
+
+
+def open_interval(url: str, ahead: int) -> int:
+    """An interval whose gate is still open (``ahead`` >= 2 intervals after the current one)."""
+    return int(httpx.get(url + "/intervals/current").json()["id"]) + ahead
+
+
+def test_dashboard_loads_with_one_node_per_bus(server: str, tab: Page) -> None:
+    from grid.networks import load_network
+
+    page = tab.open(server)
+    n_buses = len(load_network(NETWORK).bus)
+    topology = httpx.get(server + "/grid/topology").json()
+    assert len(topology["buses"]) == n_buses
+    assert page.locator("#grid-map circle.bus").count() == n_buses
+    assert page.locator("#grid-map line.line").count() == len(topology["lines"])
+    assert page.locator("#grid-map g.trafo").count() == len(topology["trafos"])
+    # buses are coloured from the interval's power flow, and hovering shows the numbers
+    page.wait_for_function(
+        "document.querySelector('#grid-map circle.bus[data-bus=\"5\"]').style.fill !== ''"
+    )
+    page.hover("#grid-map circle.bus[data-bus='5']")
+    tip = page.locator("#tooltip")
+    assert "bus 5" in tip.inner_text() and " pu" in tip.inner_text()
+    slanted = page.evaluate(
+        "[...document.querySelectorAll('#grid-map line.line')].find("
+        "l => { const b = l.getBoundingClientRect(); return b.width > 3 && b.height > 3; })"
+        ".dataset.line"
+    )
+    page.hover(f"#grid-map line.line[data-line='{slanted}']")
+    assert "loading" in tip.inner_text() and "%" in tip.inner_text()
+    assert page.locator("#stream").get_attribute("data-state") == "open"
+    assert tab.errors == []
+
+
+def test_dashboard_shows_cleared_trades_and_veto_without_reload(server: str, tab: Page) -> None:
+    page = tab.open(server)
+    page.evaluate("window.__sameDocument = 42")
+    iv = open_interval(server, 2)
+    k = ANVIL_KEYS
+    addr = [Account.from_key(key).address for key in k]
+    orders = [
+        # a big bilateral transfer from the first load bus to the far end of another feeder:
+        # the Neural Grid vetoes it (CIGRE LV: the receiving end's voltage sags below 0.90 pu)
+        signed_order(server, k[0], 0, 40_000, 100_000, iv, counterparty=addr[9]),
+        signed_order(server, k[9], 1, 40_000, 100_000, iv, counterparty=addr[0]),
+        # two small auction trades between neighbours that pass
+        signed_order(server, k[1], 0, 5_000, 90_000, iv),
+        signed_order(server, k[2], 1, 5_000, 120_000, iv),
+        signed_order(server, k[3], 0, 3_000, 95_000, iv),
+        signed_order(server, k[4], 1, 2_000, 110_000, iv),
+    ]
+    for o in orders:
+        r = httpx.post(server + "/orders", json=o)
+        assert r.status_code == 201, r.text
+    # the page follows the event stream to the interval and draws its book
+    page.wait_for_function(f"document.querySelector('#iv-label').textContent.includes('{iv}')")
+    page.wait_for_function("document.querySelectorAll('#book path.curve').length === 2")
+
+    r = httpx.post(f"{server}/intervals/{iv}/close", timeout=120)
+    assert r.status_code == 200, r.text
+    trades = httpx.get(f"{server}/trades?interval={iv}").json()
+    vetoed = [t for t in trades if not t["approved"]]
+    approved = [t for t in trades if t["approved"]]
+    assert len(vetoed) == 1 and vetoed[0]["energyWh"] == 40_000, trades
+    assert len(approved) == 2, trades
+    veto = vetoed[0]
+    assert veto["reason"] and veto["element"], veto
+
+    rows = page.locator("#trades-table tbody tr[data-trade]")
+    rows.nth(len(trades) - 1).wait_for()
+    assert rows.count() == len(trades)
+    veto_row = page.locator(f"#trades-table tr[data-trade='{veto['id']}']")
+    text = veto_row.inner_text()
+    assert veto_row.get_attribute("class") == "vetoed"
+    assert f"vetoed: {veto['reason']}" in text and veto["element"] in text
+    for t in approved:
+        row = page.locator(f"#trades-table tr[data-trade='{t['id']}']")
+        assert "approved" in row.inner_text()
+    # the map marks the element that would have broken, and draws each trade
+    page.locator(f"#grid-map .veto-ring[data-element='{veto['element']}']").wait_for()
+    assert page.locator("#grid-map path.trade.vetoed").count() == 1
+    assert page.locator("#grid-map path.trade.approved").count() == 2
+    page.wait_for_function(
+        "document.querySelector('#interval-stats').textContent.includes('vetoed')"
+        " && !document.querySelector('#book .clearing.indicative')"
+    )
+    page.locator("#settlement-table tbody tr:not(.empty)").nth(3).wait_for()
+    assert page.evaluate("window.__sameDocument") == 42  # updated live, not reloaded
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    bus = veto["element"].split()[-1] if veto["element"].startswith("bus ") else "0"
+    page.hover(f"#grid-map circle.bus[data-bus='{bus}']")
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert tab.errors == []
+
+
+def _install_wallet(tab: Page, key: str) -> str:
+    """An EIP-1193 provider whose eth_signTypedData_v4 is answered by eth-account in Python."""
+    account = Account.from_key(key)
+    signed: list[dict[str, Any]] = []
+
+    def sign(address: str, typed_json: str) -> str:
+        assert address.lower() == account.address.lower()
+        typed = json.loads(typed_json)
+        signed.append(typed)
+        sig = account.sign_typed_data(full_message=typed).signature
+        return "0x" + sig.hex().removeprefix("0x")
+
+    tab.page.expose_function("tegridTestSign", sign)
+    tab.page.add_init_script(
+        """
+        window.ethereum = {
+          async request({ method, params }) {
+            if (method === "eth_requestAccounts" || method === "eth_accounts") return [ADDRESS];
+            if (method === "eth_chainId") return "0x7a69";
+            if (method === "eth_signTypedData_v4") return await window.tegridTestSign(params[0], params[1]);
+            throw Object.assign(new Error("unsupported method " + method), { code: 4200 });
+          },
+        };
+        """.replace("ADDRESS", json.dumps(account.address))
+    )
+    return str(account.address)
+
+
+def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
+    address = _install_wallet(tab, ANVIL_KEYS[5])
+    page = tab.open(server)
+    page.click("#wallet-connect")
+    page.wait_for_function(
+        f"document.querySelector('#wallet-account')?.textContent === '{address}'"
+    )
+    assert "bus" in page.locator("#wallet-status").inner_text()
+    iv = open_interval(server, 3)
+    page.select_option("#order-form select[name='side']", "buy")
+    page.fill("#order-form input[name='energyKwh']", "1.5")
+    page.fill("#order-form input[name='priceToken']", "0.12")
+    page.fill("#order-form input[name='intervalId']", str(iv))
+    page.click("#order-submit")
+    page.locator("#order-result.accepted").wait_for()
+    order_hash = page.locator("#order-hash").inner_text()
+
+    listed = httpx.get(f"{server}/orders", params={"trader": address, "interval": iv}).json()
+    mine = [o for o in listed if o["hash"] == order_hash]
+    assert len(mine) == 1, listed
+    assert (mine[0]["side"], mine[0]["energyWh"], mine[0]["pricePerKWh"]) == (1, 1500, "120000")
+
+    assert tab.errors == []
+    # a refusal is shown with the API's code and message: 60 kWh in 15 min is over 200 kW
+    page.fill("#order-form input[name='energyKwh']", "60")
+    page.click("#order-submit")
+    page.locator("#order-result.refused").wait_for()
+    assert page.locator("#refusal-code").inner_text() == "OVER_CONNECTION_LIMIT"
+    assert "exceeds the import limit" in page.locator("#order-result").inner_text()
+    # the browser logs the refused request itself; the page adds nothing else
+    assert [e for e in tab.errors if "status of 422" not in e] == []
