@@ -54,7 +54,9 @@ def test_compile_standard_imports_openzeppelin() -> None:
 def test_compile_standard_large_output_is_complete() -> None:
     raw = subprocess.run(
         [str(compiler.ensure_compiler().path), "--standard-json"],
-        input=json.dumps(_input(_large_contract(300), ["abi", "evm.bytecode", "evm.deployedBytecode"])),
+        input=json.dumps(
+            _input(_large_contract(300), ["abi", "evm.bytecode", "evm.deployedBytecode"])
+        ),
         capture_output=True,
         text=True,
         check=True,

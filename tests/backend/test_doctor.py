@@ -27,7 +27,9 @@ def test_doctor_missing_compiler_is_named(tmp_path: Path) -> None:
     env = dict(os.environ, COLUMNS="200", SOLCX_BINARY_PATH=str(tmp_path / "empty"))
     result = _doctor(env)
     assert result.returncode == 1
-    line = next(line for line in result.stdout.splitlines() if "solc" in line and "py-solc-x" not in line)
+    line = next(
+        line for line in result.stdout.splitlines() if "solc" in line and "py-solc-x" not in line
+    )
     assert "missing" in line
     assert "0.8.28 not installed" in line
     assert "make setup" in line
