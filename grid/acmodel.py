@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - KLU is part of the lightsim2grid wheel
     from lightsim2grid.algorithm import NRSing_SparseLU as _Solver
 
 MAX_ITERATIONS = 20
-TOLERANCE_PU = 1e-10
+TOLERANCE_PU = 1e-9
 
 
 @dataclass
@@ -175,6 +175,7 @@ class Column:
     """Sensitivities to +1 kW injected at one bus (absorbed by the slack)."""
 
     dvm: np.ndarray
+    dV: np.ndarray
     di_from: np.ndarray
     di_to: np.ndarray
 
@@ -197,7 +198,8 @@ class Linearization:
         self._row_of_ppci[pvpq] = np.arange(len(pvpq))
         self._vm = np.abs(V)
         self._cache: dict[int, Column] = {}
-        self._zero = Column(np.zeros(len(model.mon_bus_ppci)), np.zeros(model.Yf.shape[0], complex),
+        self._zero = Column(np.zeros(len(model.mon_bus_ppci)), np.zeros(model.n_ppci, complex),
+                            np.zeros(model.Yf.shape[0], complex),
                             np.zeros(model.Yt.shape[0], complex))
 
     def column(self, bus: int) -> Column:
@@ -218,6 +220,6 @@ class Linearization:
             dva[self._pvpq] = x[: self._n_pvpq]
             dvm[model.pq] = x[self._n_pvpq:]
             dV = self.V * (dvm / self._vm + 1j * dva)
-            col = Column(dvm[model.mon_bus_ppci], model.Yf @ dV, model.Yt @ dV)
+            col = Column(dvm[model.mon_bus_ppci], dV, model.Yf @ dV, model.Yt @ dV)
         self._cache[bus] = col
         return col

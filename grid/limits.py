@@ -19,6 +19,11 @@ from grid.verdicts import Limits, Reason
 ACCEPT_MARGIN_PU = 1e-7
 ACCEPT_MARGIN_PERCENT = 1e-5
 
+# Margin band of the linear screen: a floor plus a share of each element's predicted change.
+BAND_PU = 2e-5
+BAND_PERCENT = 0.01
+BAND_RELATIVE = 0.2
+
 
 @dataclass(frozen=True)
 class Violation:
@@ -99,6 +104,40 @@ class LimitSet:
             return Violation(Reason.VOLTAGE_LOW, f"bus {int(mon.buses[i])}", float(vm_pu[i]),
                              float(self.vmin_report[i]))
         return None
+
+    def screen(self, vm_pu: np.ndarray, moved_v: np.ndarray, loading_percent: np.ndarray,
+               moved_l: np.ndarray) -> Violation | bool:
+        """Judge predicted values with per-element margin bands.
+
+        Returns True when every element is inside its limit by more than its band (clearly feasible),
+        a ``Violation`` when the first kind (in the order of ``check``) with an element near its limit
+        has one element clearly past it and clearly the worst of that kind (clearly vetoed, same verdict
+        as ``check`` would give), and False when the prediction is too close to call (AC decides).
+        Bands are a floor plus ``BAND_RELATIVE`` of each element's predicted move."""
+        band_v = BAND_PU + BAND_RELATIVE * moved_v
+        band_l = BAND_PERCENT + BAND_RELATIVE * moved_l
+        mon = self.monitored
+        n = self.n_lines
+        over = loading_percent - self.lmax
+        kinds = (
+            (Reason.TRAFO_OVERLOAD, over[n:], band_l[n:], loading_percent[n:], self.lmax_report[n:],
+             "trafo", mon.trafos),
+            (Reason.LINE_OVERLOAD, over[:n], band_l[:n], loading_percent[:n], self.lmax_report[:n],
+             "line", mon.lines),
+            (Reason.VOLTAGE_HIGH, vm_pu - self.vmax, band_v, vm_pu, self.vmax_report, "bus", mon.buses),
+            (Reason.VOLTAGE_LOW, self.vmin - vm_pu, band_v, vm_pu, self.vmin_report, "bus", mon.buses),
+        )
+        for reason, excess, band, value, report, kind, names in kinds:
+            if len(excess) == 0 or not np.any(excess > -band):
+                continue
+            i = int(np.argmax(excess))
+            if excess[i] <= band[i]:
+                return False
+            rivals = excess > excess[i] - band[i] - band
+            if np.count_nonzero(rivals) > 1:
+                return False
+            return Violation(reason, f"{kind} {int(names[i])}", float(value[i]), float(report[i]))
+        return True
 
     def margins(self, vm_pu: np.ndarray, loading_percent: np.ndarray) -> tuple[float, float]:
         """Smallest distance to a limit: (voltage in pu, loading in percent points)."""

@@ -41,11 +41,7 @@ from grid.profiles import (
 from grid.verdicts import Limits, Reason, Trade, Verdict
 
 BATCH_SIZE = 32
-BAND_PU = 2e-4
-BAND_PERCENT = 0.2
-BAND_RELATIVE = 0.15
-RELINEARIZE_PU = 0.004
-RELINEARIZE_PERCENT = 4.0
+RELINEARIZE_PU = 0.03
 HOSTING_RESOLUTION_KW = 0.01
 HOSTING_MAX_KW = 1e6
 _BASE_CACHE = 32
@@ -81,6 +77,7 @@ class ValidationStats:
 
     trades: int = 0
     screened_in: int = 0
+    screened_out: int = 0
     ac_solves: int = 0
     batch_fallbacks: int = 0
     linearizations: int = 0
@@ -417,9 +414,9 @@ def _input_verdict(trade: Trade, known: object, seen: set[str]) -> Verdict | Non
     return None
 
 
-def _veto(trade: Trade, violation: Violation) -> Verdict:
+def _veto(trade: Trade, violation: Violation, source: str = "ac") -> Verdict:
     return Verdict(trade.id, False, violation.reason, violation.element, violation.value,
-                   violation.limit)
+                   violation.limit, source)
 
 
 class _Session:
@@ -436,17 +433,16 @@ class _Session:
         self.fallbacks = 0
         self.linearizations = 0
         self.screened_in = 0
+        self.screened_out = 0
         self._relinearize()
         self._clear_batch()
 
     def stats(self, n_trades: int) -> ValidationStats:
-        return ValidationStats(n_trades, self.screened_in, self.ac_solves, self.fallbacks,
-                               self.linearizations)
+        return ValidationStats(n_trades, self.screened_in, self.screened_out, self.ac_solves,
+                               self.fallbacks, self.linearizations)
 
     def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
         self.lin = Linearization(self.model, self.measures.V, jacobian)
-        self.lin_vm = self.measures.vm_pu
-        self.lin_loading = self.measures.loading_percent
         self.linearizations += 1
 
     def _clear_batch(self) -> None:
@@ -456,6 +452,10 @@ class _Session:
         self.b_dvm = np.zeros_like(me.vm_pu)
         self.b_dif = np.zeros_like(me.i_from)
         self.b_dit = np.zeros_like(me.i_to)
+        self.b_dV = np.zeros_like(me.V)
+        self.b_movedv = np.zeros_like(me.vm_pu)
+        self.b_movedl = np.zeros_like(me.loading_percent)
+        self.b_loading = me.loading_percent
 
     def _delta_S(self, trade: Trade) -> np.ndarray:
         model = self.model
@@ -472,30 +472,41 @@ class _Session:
         cb = self.lin.column(int(trade.buyer_bus))
         p = float(trade.p_kw)
         dvm = self.b_dvm + p * (cs.dvm - cb.dvm)
+        dV = self.b_dV + p * (cs.dV - cb.dV)
         dif = self.b_dif + p * (cs.di_from - cb.di_from)
         dit = self.b_dit + p * (cs.di_to - cb.di_to)
         vm = me.vm_pu + dvm
         loading = np.maximum(np.abs(me.i_from + dif) * model.c_from,
                              np.abs(me.i_to + dit) * model.c_to)
-        band_pu = BAND_PU + BAND_RELATIVE * float(np.max(np.abs(dvm)))
-        band_pct = BAND_PERCENT
-        if len(loading):
-            band_pct += BAND_RELATIVE * float(np.max(np.abs(loading - me.loading_percent)))
-        margin_pu, margin_pct = self.limitset.margins(vm, loading)
-        if margin_pu > band_pu and margin_pct > band_pct:
+        # Second-order errors (losses) add up over a batch: bands grow with the sum of the moves.
+        moved_v = self.b_movedv + np.abs(dvm - self.b_dvm)
+        moved_l = self.b_movedl + np.abs(loading - self.b_loading)
+        judged = self.limitset.screen(vm, moved_v, loading, moved_l)
+        if isinstance(judged, Violation):
+            self.screened_out += 1
+            self.verdicts[pos] = _veto(trade, judged, "screen")
+            return
+        if judged:
             self.screened_in += 1
             self.batch.append((pos, trade))
             self.b_dS += self._delta_S(trade)
-            self.b_dvm, self.b_dif, self.b_dit = dvm, dif, dit
+            self.b_dvm, self.b_dif, self.b_dit, self.b_dV = dvm, dif, dit, dV
+            self.b_movedv, self.b_movedl, self.b_loading = moved_v, moved_l, loading
             if len(self.batch) >= self.batch_size:
                 self.flush()
             return
-        self.flush()
-        self._decide(pos, trade)
+        if self.batch:
+            self.flush()
+            self._decide(pos, trade)
+        else:
+            self._decide(pos, trade, me.V + dV)
 
-    def _solve(self, S: np.ndarray) -> tuple[Measures | None, Violation | None]:
+    def _solve(self, S: np.ndarray, V_start: np.ndarray | None = None
+               ) -> tuple[Measures | None, Violation | None]:
         self.ac_solves += 1
-        V = self.model.solve(S, self.measures.V)
+        V = self.model.solve(S, self.measures.V if V_start is None else V_start)
+        if V is None and V_start is not None:
+            V = self.model.solve(S, self.measures.V)
         if V is None:
             return None, NOT_CONVERGED
         me = self.model.measure(V)
@@ -504,14 +515,12 @@ class _Session:
     def _commit(self, S: np.ndarray, me: Measures) -> None:
         self.S = S
         self.measures = me
-        drift_pu = float(np.max(np.abs(me.vm_pu - self.lin_vm)))
-        drift_pct = float(np.max(np.abs(me.loading_percent - self.lin_loading), initial=0.0))
-        if drift_pu > RELINEARIZE_PU or drift_pct > RELINEARIZE_PERCENT:
+        if float(np.max(np.abs(me.V - self.lin.V))) > RELINEARIZE_PU:
             self._relinearize(self.model.last_jacobian())
 
-    def _decide(self, pos: int, trade: Trade) -> None:
+    def _decide(self, pos: int, trade: Trade, V_start: np.ndarray | None = None) -> None:
         S = self.S + self._delta_S(trade)
-        me, violation = self._solve(S)
+        me, violation = self._solve(S, V_start)
         if violation is not None or me is None:
             self.verdicts[pos] = _veto(trade, violation or NOT_CONVERGED)
             return
@@ -524,7 +533,7 @@ class _Session:
             return
         batch = self.batch
         S = self.S + self.b_dS
-        me, violation = self._solve(S)
+        me, violation = self._solve(S, self.measures.V + self.b_dV)
         if me is not None and violation is None:
             for pos, trade in batch:
                 self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
