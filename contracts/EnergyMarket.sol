@@ -29,6 +29,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     uint8 internal constant BUY = 1;
     uint256 internal constant LANE_MASK = type(uint64).max;
     uint256 internal constant CANCELLED = type(uint64).max;
+    uint256 internal constant RECORD_SIZE = 224; // one ABI-encoded TradeRecord: 7 words
 
     IERC20 public immutable token;
     IParticipantRegistry public immutable registry;
@@ -61,11 +62,18 @@ contract EnergyMarket is EIP712, IEnergyMarket {
 
     /// @dev Hashes of a batch computed before the attestation check.
     struct BatchHashes {
+        bytes32[] orderHashes;
         bytes32[] ids;
         uint8[] verdicts;
-        bytes32[] sellDigests;
-        bytes32[] buyDigests;
         uint256 approved;
+    }
+
+    /// @dev Per-order state while a batch is recorded.
+    struct Fills {
+        bool[] used;
+        uint64[] remaining;
+        uint64[] delta;
+        uint32[] index;
     }
 
     /// @param token_ Any ERC-20 used for payment.
@@ -120,6 +128,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @inheritdoc IEnergyMarket
     function recordTrades(
         uint64 intervalId,
+        SignedOrder[] calldata orders,
         Trade[] calldata trades,
         bytes32 evidenceHash,
         bytes calldata validatorSignature
@@ -130,9 +139,9 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         IntervalState storage st = _intervals[intervalId];
         if (st.settled) revert MarketIntervalSettled(intervalId);
 
-        BatchHashes memory h = _hashBatch(trades, st.lastTradeId);
+        BatchHashes memory h = _hashBatch(orders, trades, st.lastTradeId);
         _checkAttestation(intervalId, h.ids, h.verdicts, evidenceHash, validatorSignature);
-        commitment = _recordApproved(intervalId, trades, h);
+        commitment = _recordApproved(intervalId, orders, trades, h);
         uint32 batchIndex = st.batchCount;
         _commitments[intervalId][batchIndex] = commitment;
         st.lastTradeId = h.ids[n - 1];
@@ -141,40 +150,31 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         emit BatchRecorded(intervalId, batchIndex, commitment, uint32(h.approved), evidenceHash);
     }
 
-    /// @dev Order digests and trade ids of a batch; checks that the ids ascend past `last`.
-    function _hashBatch(Trade[] calldata trades, bytes32 last) private view returns (BatchHashes memory h) {
+    /// @dev Order digests, trade ids and verdicts of a batch; checks that the ids ascend past `last`.
+    function _hashBatch(SignedOrder[] calldata orders, Trade[] calldata trades, bytes32 last)
+        private
+        view
+        returns (BatchHashes memory h)
+    {
         uint256 n = trades.length;
+        uint256 m = orders.length;
+        h.orderHashes = new bytes32[](m);
+        for (uint256 o = 0; o < m; ++o) {
+            h.orderHashes[o] = _orderDigest(orders[o].order);
+        }
         h.ids = new bytes32[](n);
         h.verdicts = new uint8[](n);
-        h.sellDigests = new bytes32[](n);
-        h.buyDigests = new bytes32[](n);
         for (uint256 i = 0; i < n; ++i) {
-            bytes32 sd = _orderDigest(trades[i].sell.order);
-            bytes32 bd = _orderDigest(trades[i].buy.order);
-            bytes32 id = keccak256(abi.encode(sd, bd));
+            Trade calldata t = trades[i];
+            if (t.sellOrder >= m) revert MarketOrderIndexOutOfRange(t.sellOrder);
+            if (t.buyOrder >= m) revert MarketOrderIndexOutOfRange(t.buyOrder);
+            bytes32 id = keccak256(abi.encode(h.orderHashes[t.sellOrder], h.orderHashes[t.buyOrder]));
             if (id <= last) revert MarketTradeOutOfOrder(id, last);
             last = id;
-            (h.ids[i], h.sellDigests[i], h.buyDigests[i]) = (id, sd, bd);
-            h.verdicts[i] = trades[i].verdict;
-            if (h.verdicts[i] == 0) ++h.approved;
+            h.ids[i] = id;
+            h.verdicts[i] = t.verdict;
+            if (t.verdict == 0) ++h.approved;
         }
-    }
-
-    /// @dev Vetoes are only announced; approved trades are checked, filled, escrowed and committed.
-    function _recordApproved(uint64 intervalId, Trade[] calldata trades, BatchHashes memory h)
-        private
-        returns (bytes32)
-    {
-        TradeRecord[] memory records = new TradeRecord[](h.approved);
-        uint256 k;
-        for (uint256 i = 0; i < trades.length; ++i) {
-            if (h.verdicts[i] != 0) {
-                emit TradeVetoed(h.ids[i], h.verdicts[i]);
-                continue;
-            }
-            records[k++] = _recordOne(intervalId, trades[i], h.ids[i], h.sellDigests[i], h.buyDigests[i]);
-        }
-        return keccak256(abi.encode(records));
     }
 
     function _checkAttestation(
@@ -192,128 +192,231 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
     }
 
-    function _recordOne(uint64 intervalId, Trade calldata t, bytes32 id, bytes32 sellDigest, bytes32 buyDigest)
-        private
-        returns (TradeRecord memory rec)
-    {
-        Order calldata s = t.sell.order;
-        Order calldata b = t.buy.order;
+    /// @dev Vetoes are only announced; approved trades are checked, filled, escrowed and committed.
+    /// Each order is verified (signature, expiry, interval, active trader, cancellation) on first use and
+    /// its fill lane written once at the end, however many trades it is in.
+    function _recordApproved(
+        uint64 intervalId,
+        SignedOrder[] calldata orders,
+        Trade[] calldata trades,
+        BatchHashes memory h
+    ) private returns (bytes32 commitment) {
+        Fills memory f;
+        f.used = new bool[](orders.length);
+        f.remaining = new uint64[](orders.length);
+        f.delta = new uint64[](orders.length);
+        f.index = new uint32[](orders.length);
+        bytes memory buf = new bytes(h.approved * RECORD_SIZE);
+        uint256 k;
+        for (uint256 i = 0; i < trades.length; ++i) {
+            if (h.verdicts[i] != 0) {
+                emit TradeVetoed(h.ids[i], h.verdicts[i]);
+                continue;
+            }
+            _recordOne(intervalId, orders, trades[i], h, i, f);
+            _writeRecord(buf, k++, h.ids[i], orders, trades[i], f);
+        }
+        for (uint256 o = 0; o < orders.length; ++o) {
+            if (f.used[o]) _commitFill(orders[o].order, f.delta[o]);
+        }
+        commitment = keccak256(buf);
+    }
+
+    function _recordOne(
+        uint64 intervalId,
+        SignedOrder[] calldata orders,
+        Trade calldata t,
+        BatchHashes memory h,
+        uint256 i,
+        Fills memory f
+    ) private {
+        bytes32 id = h.ids[i];
+        Order calldata s = orders[t.sellOrder].order;
+        Order calldata b = orders[t.buyOrder].order;
         if (s.side != SELL) revert MarketOrderWrongSide(id, SELL);
         if (b.side != BUY) revert MarketOrderWrongSide(id, BUY);
-        if (s.intervalId != intervalId) revert MarketOrderIntervalMismatch(id, s.intervalId);
-        if (b.intervalId != intervalId) revert MarketOrderIntervalMismatch(id, b.intervalId);
         if (s.trader == b.trader) revert MarketSelfTrade(id);
         if (t.energyWh == 0) revert MarketZeroTradeAmount(id);
         if (t.pricePerKWh < s.pricePerKWh || t.pricePerKWh > b.pricePerKWh) {
             revert MarketPriceOutOfRange(id, t.pricePerKWh);
         }
-        _checkOrder(s, b.trader, t.sell.r, t.sell.vs, sellDigest);
-        _checkOrder(b, s.trader, t.buy.r, t.buy.vs, buyDigest);
-        rec.sellerIndex = _activeIndex(s.trader);
-        rec.buyerIndex = _activeIndex(b.trader);
-        _fill(s, t.energyWh);
-        _fill(b, t.energyWh);
+        if (s.counterparty != address(0) && s.counterparty != b.trader) {
+            revert MarketCounterpartyMismatch(s.trader, s.nonce, s.counterparty);
+        }
+        if (b.counterparty != address(0) && b.counterparty != s.trader) {
+            revert MarketCounterpartyMismatch(b.trader, b.nonce, b.counterparty);
+        }
+        if (!f.used[t.sellOrder]) _useOrder(intervalId, orders[t.sellOrder], h.orderHashes[t.sellOrder], id, t.sellOrder, f);
+        if (!f.used[t.buyOrder]) _useOrder(intervalId, orders[t.buyOrder], h.orderHashes[t.buyOrder], id, t.buyOrder, f);
+        _take(s, t.sellOrder, t.energyWh, f);
+        _take(b, t.buyOrder, t.energyWh, f);
         uint256 escrow = _escrow(t.energyWh, t.pricePerKWh);
-        Account storage acc = _accounts[b.trader];
+        Account memory acc = _accounts[b.trader];
         if (acc.available < escrow) revert MarketInsufficientBalance(b.trader, acc.available, escrow);
-        acc.available -= uint128(escrow);
-        acc.locked += uint128(escrow);
-        rec.tradeId = id;
-        rec.seller = s.trader;
-        rec.buyer = b.trader;
-        rec.energyWh = t.energyWh;
-        rec.pricePerKWh = t.pricePerKWh;
+        _accounts[b.trader] = Account(acc.available - uint128(escrow), acc.locked + uint128(escrow));
         emit TradeRecorded(id, s.trader, b.trader, t.energyWh, t.pricePerKWh);
     }
 
-    function _checkOrder(Order calldata o, address other, bytes32 r, bytes32 vs, bytes32 digest) private view {
-        if (block.timestamp > o.expiry) revert MarketOrderExpired(o.trader, o.nonce, o.expiry);
-        if (o.counterparty != address(0) && o.counterparty != other) {
-            revert MarketCounterpartyMismatch(o.trader, o.nonce, o.counterparty);
+    /// @dev First use of an order in a batch: interval, expiry, signature, active trader, fill state.
+    function _useOrder(
+        uint64 intervalId,
+        SignedOrder calldata so,
+        bytes32 digest,
+        bytes32 tradeId,
+        uint256 o,
+        Fills memory f
+    ) private view {
+        Order calldata order = so.order;
+        if (order.intervalId != intervalId) revert MarketOrderIntervalMismatch(tradeId, order.intervalId);
+        if (block.timestamp > order.expiry) revert MarketOrderExpired(order.trader, order.nonce, order.expiry);
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, so.r, so.vs);
+        if (err != ECDSA.RecoverError.NoError || signer != order.trader) {
+            revert MarketInvalidOrderSignature(order.trader, order.nonce);
         }
-        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, r, vs);
-        if (err != ECDSA.RecoverError.NoError || signer != o.trader) {
-            revert MarketInvalidOrderSignature(o.trader, o.nonce);
-        }
+        (bool active, uint32 index) = registry.stateOf(order.trader);
+        if (!active) revert MarketParticipantInactive(order.trader);
+        uint256 filled = (_fills[order.trader][order.nonce >> 2] >> ((uint256(order.nonce) & 3) * 64)) & LANE_MASK;
+        if (filled == CANCELLED) revert MarketOrderCancelled(order.trader, order.nonce);
+        f.remaining[o] = filled >= order.energyWh ? 0 : uint64(order.energyWh - filled);
+        f.index[o] = index;
+        f.used[o] = true;
     }
 
-    function _activeIndex(address trader) private view returns (uint32) {
-        (bool active, uint32 index) = registry.stateOf(trader);
-        if (!active) revert MarketParticipantInactive(trader);
-        return index;
+    function _take(Order calldata order, uint256 o, uint64 energyWh, Fills memory f) private pure {
+        uint64 remaining = f.remaining[o];
+        if (energyWh > remaining) revert MarketOrderOverfilled(order.trader, order.nonce, remaining);
+        f.remaining[o] = remaining - energyWh;
+        f.delta[o] += energyWh;
     }
 
-    function _fill(Order calldata o, uint64 energyWh) private {
-        (uint256 word, uint256 shift) = (o.nonce >> 2, (uint256(o.nonce) & 3) * 64);
-        uint256 lanes = _fills[o.trader][word];
+    /// @dev Adds a batch's fills to the (trader, nonce) lane; re-checks against the lane as stored, which
+    /// also catches two orders of one batch sharing a nonce.
+    function _commitFill(Order calldata order, uint64 delta) private {
+        (uint256 word, uint256 shift) = (order.nonce >> 2, (uint256(order.nonce) & 3) * 64);
+        uint256 lanes = _fills[order.trader][word];
         uint256 filled = (lanes >> shift) & LANE_MASK;
-        if (filled == CANCELLED) revert MarketOrderCancelled(o.trader, o.nonce);
-        uint256 remaining = filled >= o.energyWh ? 0 : o.energyWh - filled;
-        if (energyWh > remaining) revert MarketOrderOverfilled(o.trader, o.nonce, uint64(remaining));
-        _fills[o.trader][word] = lanes + (uint256(energyWh) << shift);
+        if (filled + delta > order.energyWh) {
+            revert MarketOrderOverfilled(order.trader, order.nonce, filled >= order.energyWh ? 0 : uint64(order.energyWh - filled));
+        }
+        _fills[order.trader][word] = lanes + (uint256(delta) << shift);
+    }
+
+    /// @dev Appends the 7-word ABI encoding of the trade's TradeRecord to the commitment buffer.
+    function _writeRecord(
+        bytes memory buf,
+        uint256 k,
+        bytes32 id,
+        SignedOrder[] calldata orders,
+        Trade calldata t,
+        Fills memory f
+    ) private pure {
+        address seller = orders[t.sellOrder].order.trader;
+        address buyer = orders[t.buyOrder].order.trader;
+        uint256 si = f.index[t.sellOrder];
+        uint256 bi = f.index[t.buyOrder];
+        uint256 energyWh = t.energyWh;
+        uint256 price = t.pricePerKWh;
+        assembly ("memory-safe") {
+            let ptr := add(add(buf, 32), mul(k, 224))
+            mstore(ptr, id)
+            mstore(add(ptr, 32), seller)
+            mstore(add(ptr, 64), buyer)
+            mstore(add(ptr, 96), si)
+            mstore(add(ptr, 128), bi)
+            mstore(add(ptr, 160), energyWh)
+            mstore(add(ptr, 192), price)
+        }
     }
 
     // ------------------------------------------------------------------ settlement
 
     /// @inheritdoc IEnergyMarket
-    function settle(uint64 intervalId, TradeRecord[][] calldata batches, address[] calldata parties) external {
+    function settle(
+        uint64 intervalId,
+        TradeRecord[][] calldata batches,
+        address[] calldata parties,
+        uint32[] calldata positions
+    ) external {
         IntervalState storage st = _intervals[intervalId];
         if (st.settled) revert MarketIntervalSettled(intervalId);
         uint256 nb = st.batchCount;
         if (nb == 0) revert MarketIntervalNotRecorded(intervalId);
         if (batches.length != nb) revert MarketBatchCountMismatch(intervalId, nb, batches.length);
         for (uint256 b = 0; b < nb; ++b) {
-            if (keccak256(abi.encode(batches[b])) != _commitments[intervalId][b]) {
+            if (_hashRecords(batches[b]) != _commitments[intervalId][b]) {
                 revert MarketBatchCommitmentMismatch(intervalId, b);
             }
+        }
+        if (positions.length != 2 * uint256(st.approvedCount)) {
+            revert MarketPositionsMismatch(2 * uint256(st.approvedCount), positions.length);
         }
         for (uint256 p = 1; p < parties.length; ++p) {
             if (parties[p] <= parties[p - 1]) revert MarketPartiesNotSorted(p);
         }
         st.settled = true;
 
-        Party[] memory ps = _aggregate(batches, parties);
+        Party[] memory ps = _aggregate(batches, parties, positions);
         _loadReadings(intervalId, ps);
-        uint32 count;
+        uint256 j;
         for (uint256 b = 0; b < nb; ++b) {
             TradeRecord[] calldata batch = batches[b];
             for (uint256 i = 0; i < batch.length; ++i) {
-                _settleOne(batch[i], ps, parties);
-                ++count;
+                _settleOne(batch[i], ps[positions[j]], ps[positions[j + 1]]);
+                j += 2;
             }
         }
         for (uint256 p = 0; p < ps.length; ++p) {
             Party memory party = ps[p];
             Account storage acc = _accounts[party.wallet];
-            acc.locked -= uint128(party.unlock);
-            acc.available += uint128(party.credit);
+            (uint128 available, uint128 locked) = (acc.available, acc.locked);
+            (acc.available, acc.locked) = (available + uint128(party.credit), locked - uint128(party.unlock));
         }
-        emit IntervalSettled(intervalId, count);
+        emit IntervalSettled(intervalId, uint32(j / 2));
     }
 
-    function _aggregate(TradeRecord[][] calldata batches, address[] calldata parties)
+    /// @dev keccak256 of a committed batch straight from calldata (the records are static 7-word structs).
+    function _hashRecords(TradeRecord[] calldata batch) private pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            let len := mul(batch.length, 224)
+            let ptr := mload(0x40)
+            calldatacopy(ptr, batch.offset, len)
+            h := keccak256(ptr, len)
+        }
+    }
+
+    function _aggregate(TradeRecord[][] calldata batches, address[] calldata parties, uint32[] calldata positions)
         private
         pure
         returns (Party[] memory ps)
     {
         ps = new Party[](parties.length);
+        uint256 j;
         for (uint256 b = 0; b < batches.length; ++b) {
             TradeRecord[] calldata batch = batches[b];
             for (uint256 i = 0; i < batch.length; ++i) {
                 TradeRecord calldata t = batch[i];
-                Party memory seller = ps[_find(parties, t.seller)];
-                seller.wallet = t.seller;
+                Party memory seller = _party(ps, parties, positions[j], t.seller);
                 seller.index = t.sellerIndex;
                 seller.soldWh += t.energyWh;
-                Party memory buyer = ps[_find(parties, t.buyer)];
-                buyer.wallet = t.buyer;
+                Party memory buyer = _party(ps, parties, positions[j + 1], t.buyer);
                 buyer.index = t.buyerIndex;
                 buyer.boughtWh += t.energyWh;
+                j += 2;
             }
         }
         for (uint256 p = 0; p < ps.length; ++p) {
             if (ps[p].wallet == address(0)) revert MarketPartyUnused(parties[p]);
         }
+    }
+
+    function _party(Party[] memory ps, address[] calldata parties, uint256 pos, address wallet)
+        private
+        pure
+        returns (Party memory party)
+    {
+        if (pos >= parties.length || parties[pos] != wallet) revert MarketPartyMissing(wallet);
+        party = ps[pos];
+        party.wallet = wallet;
     }
 
     function _loadReadings(uint64 intervalId, Party[] memory ps) private view {
@@ -333,37 +436,22 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         if (!complete && block.timestamp < deadline) revert MarketSettlementNotReady(intervalId, deadline);
     }
 
-    function _settleOne(TradeRecord calldata t, Party[] memory ps, address[] calldata parties) private {
-        Party memory seller = ps[_find(parties, t.seller)];
-        Party memory buyer = ps[_find(parties, t.buyer)];
+    function _settleOne(TradeRecord calldata t, Party memory seller, Party memory buyer) private {
         // r = min(1, metered / contracted) for each side, as a fraction; take the smaller one.
         (uint256 num, uint256 den) = (1, 1);
         if (seller.exportWh < seller.soldWh) (num, den) = (seller.exportWh, seller.soldWh);
         if (buyer.importWh < buyer.boughtWh && buyer.importWh * den < num * buyer.boughtWh) {
             (num, den) = (buyer.importWh, buyer.boughtWh);
         }
-        uint256 delivered = (uint256(t.energyWh) * num) / den;
-        uint256 escrow = _escrow(t.energyWh, t.pricePerKWh);
-        uint256 paid = (delivered * t.pricePerKWh) / 1000;
-        uint256 refunded = escrow - paid;
+        uint256 energyWh = t.energyWh;
+        uint256 price = t.pricePerKWh;
+        uint256 delivered = (energyWh * num) / den;
+        uint256 escrow = (energyWh * price + 999) / 1000;
+        uint256 paid = (delivered * price) / 1000;
         seller.credit += paid;
-        buyer.credit += refunded;
+        buyer.credit += escrow - paid;
         buyer.unlock += escrow;
-        emit TradeSettled(t.tradeId, uint64(delivered), paid, refunded);
-    }
-
-    /// @dev Position of `wallet` in the strictly ascending `parties` (binary search).
-    function _find(address[] calldata parties, address wallet) private pure returns (uint256) {
-        uint256 lo = 0;
-        uint256 hi = parties.length;
-        while (lo < hi) {
-            uint256 mid = (lo + hi) >> 1;
-            address at = parties[mid];
-            if (at == wallet) return mid;
-            if (at < wallet) lo = mid + 1;
-            else hi = mid;
-        }
-        revert MarketPartyMissing(wallet);
+        emit TradeSettled(t.tradeId, uint64(delivered), paid, escrow - paid);
     }
 
     // ------------------------------------------------------------------ views and hashing

@@ -14,6 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
+
 from backend.chain import eip712
 
 
@@ -28,25 +31,19 @@ class CandidateTrade:
     energy_wh: int
     price_per_kwh: int
     verdict: int = 0
-    _id: bytes | None = field(default=None, repr=False)
+    _hashes: tuple[bytes, bytes] | None = field(default=None, repr=False)
 
-    def trade_id(self, chain_id: int, market: str) -> bytes:
-        if self._id is None:
-            self._id = eip712.trade_id(
+    def order_hashes(self, chain_id: int, market: str) -> tuple[bytes, bytes]:
+        """(sellOrderHash, buyOrderHash), computed once (the orders must not change afterwards)."""
+        if self._hashes is None:
+            self._hashes = (
                 eip712.order_hash(chain_id, market, self.sell),
                 eip712.order_hash(chain_id, market, self.buy),
             )
-        return self._id
+        return self._hashes
 
-    def abi(self) -> tuple[Any, ...]:
-        """The ``Trade`` struct tuple of ``recordTrades``."""
-        return (
-            (eip712.order_tuple(self.sell), self.sell_sig[0], self.sell_sig[1]),
-            (eip712.order_tuple(self.buy), self.buy_sig[0], self.buy_sig[1]),
-            self.energy_wh,
-            self.price_per_kwh,
-            self.verdict,
-        )
+    def trade_id(self, chain_id: int, market: str) -> bytes:
+        return eip712.trade_id(*self.order_hashes(chain_id, market))
 
     def record(
         self, chain_id: int, market: str, seller_index: int, buyer_index: int
@@ -61,6 +58,46 @@ class CandidateTrade:
             self.energy_wh,
             self.price_per_kwh,
         )
+
+
+def record_args(
+    trades: Sequence[CandidateTrade], chain_id: int, market: str
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """``(orders, trades)`` arguments of ``recordTrades``: every distinct signed order once, and the
+    trades as (sellOrder, buyOrder, energyWh, pricePerKWh, verdict) with indices into ``orders``."""
+    orders: list[tuple[Any, ...]] = []
+    position: dict[tuple[bytes, bytes, bytes], int] = {}
+    rows: list[tuple[Any, ...]] = []
+    for t in trades:
+        idx = []
+        hashes = t.order_hashes(chain_id, market)
+        for order, sig, h in ((t.sell, t.sell_sig, hashes[0]), (t.buy, t.buy_sig, hashes[1])):
+            key = (h, sig[0], sig[1])
+            if key not in position:
+                position[key] = len(orders)
+                orders.append((eip712.order_tuple(order), sig[0], sig[1]))
+            idx.append(position[key])
+        rows.append((idx[0], idx[1], t.energy_wh, t.price_per_kwh, t.verdict))
+    return orders, rows
+
+
+RECORD_ABI_TYPE = "(bytes32,address,address,uint32,uint32,uint64,uint128)"
+
+
+def commitment(records: Sequence[tuple[Any, ...]]) -> bytes:
+    """A batch commitment: keccak256 of the approved TradeRecords, each ABI-encoded (7 words)."""
+    return keccak(b"".join(abi_encode([RECORD_ABI_TYPE], [r]) for r in records))
+
+
+def settle_args(record_batches: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[list[str], list[int]]:
+    """``(parties, positions)`` arguments of ``settle`` for the interval's committed batches."""
+    parties = settle_parties([r for b in record_batches for r in b])
+    where = {a: i for i, a in enumerate(parties)}
+    positions: list[int] = []
+    for batch in record_batches:
+        for r in batch:
+            positions += [where[str(r[1])], where[str(r[2])]]
+    return parties, positions
 
 
 def sign_order(

@@ -48,3 +48,23 @@ def oracle(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     _emit(result)
+
+
+@app.command("chain")
+def chain_bench(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON only."),
+    batch: int = typer.Option(100, min=2, max=1000, help="Trades per recordTrades/settle batch."),
+    intervals: int = typer.Option(5, min=2, max=50, help="Intervals run (the first is warm-up)."),
+    naive_trades: int = typer.Option(10, min=1, max=200, help="Trades recorded+settled one per tx."),
+) -> None:
+    """Ledger gas: per trade (record + settle) and per reading in batches on a fresh Anvil;
+    baseline: one trade recorded and settled per transaction on the same contracts."""
+    from backend.chain.bench import run as run_chain_bench
+
+    result = run_chain_bench(batch=batch, intervals=intervals, naive_trades=naive_trades)
+    if not json_out:
+        typer.echo(
+            f"{result['gas_per_trade']} gas/trade in batches of {batch} "
+            f"(naive {result['naive_gas_per_trade']}), {result['gas_per_reading']} gas/reading"
+        )
+    _emit(result)

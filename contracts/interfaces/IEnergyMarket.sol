@@ -19,7 +19,8 @@ pragma solidity 0.8.28;
 /// - Within an interval, trades (approved and vetoed) must be recorded in strictly ascending tradeId order,
 ///   across all batches: this makes recording a trade twice impossible without a storage slot per trade.
 /// - Escrow of a trade = ceil(energyWh * pricePerKWh / 1000) (rounded up so the seller can always be paid).
-/// - Each recorded batch stores one commitment, keccak256(abi.encode(TradeRecord[] approvedTrades));
+/// - Each recorded batch stores one commitment: keccak256 over the approved TradeRecords of the batch,
+///   each ABI-encoded as 7 words, concatenated (= the calldata of the TradeRecord[] elements);
 ///   `settle` takes the interval's batches again as calldata and checks them against the commitments.
 /// - Settlement (min of two, pro rata): E_s = sum of the seller's approved sales in the interval, X_s its
 ///   metered export, r_s = min(1, X_s / E_s); buyers likewise with purchases and metered import. A trade of q Wh
@@ -45,10 +46,12 @@ interface IEnergyMarket {
         bytes32 vs;
     }
 
-    /// @notice A candidate trade of a batch with the validator's verdict for it.
+    /// @notice A candidate trade of a batch: indices of its sell and buy order in the batch's order list
+    /// (an order matched with several counterparties is sent and verified once), amount, price and the
+    /// validator's verdict.
     struct Trade {
-        SignedOrder sell;
-        SignedOrder buy;
+        uint32 sellOrder;
+        uint32 buyOrder;
         uint64 energyWh;
         uint128 pricePerKWh;
         uint8 verdict;
@@ -105,6 +108,8 @@ interface IEnergyMarket {
     error MarketBatchCommitmentMismatch(uint64 intervalId, uint256 batchIndex);
     error MarketPartiesNotSorted(uint256 position);
     error MarketPartyMissing(address wallet);
+    error MarketOrderIndexOutOfRange(uint256 index);
+    error MarketPositionsMismatch(uint256 expected, uint256 given);
     error MarketPartyUnused(address wallet);
     error MarketSettlementNotReady(uint64 intervalId, uint256 deadline);
 
@@ -146,12 +151,14 @@ interface IEnergyMarket {
 
     /// @notice Record a validator-attested batch of trades for one interval (MARKET_OPERATOR_ROLE).
     /// @param intervalId The interval every trade is for.
+    /// @param orders The signed orders the trades refer to (each verified once per batch).
     /// @param trades The trades, ascending by tradeId, each with the validator's verdict.
     /// @param evidenceHash The validator's grid evidence hash.
     /// @param validatorSignature 65-byte signature of the GridAttestation by a VALIDATOR_ROLE key.
-    /// @return commitment The batch commitment keccak256(abi.encode(TradeRecord[] approved)).
+    /// @return commitment The batch commitment (keccak256 of the concatenated 7-word TradeRecords).
     function recordTrades(
         uint64 intervalId,
+        SignedOrder[] calldata orders,
         Trade[] calldata trades,
         bytes32 evidenceHash,
         bytes calldata validatorSignature
@@ -162,7 +169,14 @@ interface IEnergyMarket {
     /// @param intervalId The interval.
     /// @param batches The approved TradeRecords of each batch, exactly as committed.
     /// @param parties Every seller and buyer of the interval, strictly ascending by address.
-    function settle(uint64 intervalId, TradeRecord[][] calldata batches, address[] calldata parties) external;
+    /// @param positions For the j-th trade (all batches in order): positions[2j] = its seller's and
+    /// positions[2j+1] = its buyer's position in `parties` (checked, so a hint and not a trust).
+    function settle(
+        uint64 intervalId,
+        TradeRecord[][] calldata batches,
+        address[] calldata parties,
+        uint32[] calldata positions
+    ) external;
 
     /// @notice Internal balance of an account.
     function balanceOf(address account) external view returns (uint128 available, uint128 locked);

@@ -183,12 +183,17 @@ class Ledger:
     ) -> Any:
         trades = self.sort(trades) if sort else trades
         sig = self.attest(interval, trades, key)
+        orders, rows = self.args(trades)
         tx = self.market.recordTrades(
-            interval, [t.abi() for t in trades], EVIDENCE, sig, {"from": sender or self.operator}
+            interval, orders, rows, EVIDENCE, sig, {"from": sender or self.operator}
         )
         recs = [self.rec(t) for t in trades if t.verdict == 0]
         self.records.setdefault(interval, []).append(recs)
         return tx
+
+    def args(self, trades: list[CandidateTrade]) -> tuple[list[Any], list[Any]]:
+        """(orders, trades) arguments of recordTrades."""
+        return batches.record_args(trades, self.chain_id, self.market.address)
 
     def rec(self, t: CandidateTrade) -> tuple[Any, ...]:
         return t.record(
@@ -222,13 +227,14 @@ class Ledger:
     def submit(self, interval: int, readings: list[tuple[Any, ...]]) -> Any:
         return self.readings.submitReadings(interval, readings, {"from": self.oracle})
 
-    def settle_args(self, interval: int) -> tuple[list[Any], list[str]]:
+    def settle_args(self, interval: int) -> tuple[list[Any], list[str], list[int]]:
         bs = self.records.get(interval, [])
-        return bs, batches.settle_parties([r for b in bs for r in b])
+        parties, positions = batches.settle_args(bs)
+        return bs, parties, positions
 
     def settle(self, interval: int, sender: Any = None) -> Any:
-        bs, parties = self.settle_args(interval)
-        return self.market.settle(interval, bs, parties, {"from": sender or self.a[0]})
+        bs, parties, positions = self.settle_args(interval)
+        return self.market.settle(interval, bs, parties, positions, {"from": sender or self.a[0]})
 
     def balance(self, wallet: Any) -> tuple[int, int]:
         return tuple(self.market.balanceOf(wallet))  # type: ignore[return-value]

@@ -5,15 +5,13 @@ from typing import Any
 import brownie
 import pytest
 from conftest import DEPOSIT, EVIDENCE, INTERVAL_S, PRICE, Ledger, err, ev, norm
-from eth_abi import encode
 from eth_account import Account
 from eth_utils import keccak
 
-from backend.chain import eip712
+from backend.chain import batches, eip712
 from backend.chain.batches import CandidateTrade
 
 SELL, BUY = 0, 1
-RECORD_TYPE = "(bytes32,address,address,uint32,uint32,uint64,uint128)[]"
 
 
 @pytest.fixture
@@ -85,7 +83,7 @@ def test_record_trade_locks_escrow(ledger: Ledger, parts: Any, iv: int) -> None:
     tid = ledger.tid(t)
     assert ev(tx, "TradeRecorded") == [tid, parts.S1.address, parts.B1.address, 1000, PRICE]
     rec = ledger.rec(t)
-    commitment = keccak(encode([RECORD_TYPE], [[rec]]))
+    commitment = batches.commitment([rec])
     assert ev(tx, "BatchRecorded") == [iv, 0, commitment, 1, EVIDENCE]
     assert norm(tx.return_value) == commitment
     assert norm(ledger.market.commitmentOf(iv, 0)) == commitment
@@ -155,7 +153,11 @@ def test_record_batch_errors(ledger: Ledger, parts: Any, iv: int) -> None:
         ledger.record(iv, [t], sender=parts.S1)
     sig = ledger.attest(iv, [])
     with brownie.reverts(err("MarketEmptyBatch")):
-        ledger.market.recordTrades(iv, [], EVIDENCE, sig, {"from": ledger.operator})
+        ledger.market.recordTrades(iv, [], [], EVIDENCE, sig, {"from": ledger.operator})
+    orders, rows = ledger.args([t])
+    bad = [(rows[0][0], 2, *rows[0][2:])]
+    with brownie.reverts(err("MarketOrderIndexOutOfRange", 2)):
+        ledger.market.recordTrades(iv, orders, bad, EVIDENCE, sig, {"from": ledger.operator})
 
 
 def test_attestation_by_non_validator_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -173,7 +175,7 @@ def test_attestation_tampered_verdict_reverts(ledger: Ledger, parts: Any, iv: in
     )
     recovered = Account._recover_hash(digest, signature=sig)
     with brownie.reverts(err("MarketInvalidValidatorSignature", recovered)):
-        ledger.market.recordTrades(iv, [t.abi()], EVIDENCE, sig, {"from": ledger.operator})
+        ledger.market.recordTrades(iv, *ledger.args([t]), EVIDENCE, sig, {"from": ledger.operator})
     bad_evidence = keccak(b"other")
     digest = eip712.attestation_hash(
         ledger.chain_id, ledger.market.address, iv, [ledger.tid(t)], [2], bad_evidence
@@ -181,7 +183,9 @@ def test_attestation_tampered_verdict_reverts(ledger: Ledger, parts: Any, iv: in
     t.verdict = 2
     recovered = Account._recover_hash(digest, signature=sig)
     with brownie.reverts(err("MarketInvalidValidatorSignature", recovered)):
-        ledger.market.recordTrades(iv, [t.abi()], bad_evidence, sig, {"from": ledger.operator})
+        ledger.market.recordTrades(
+            iv, *ledger.args([t]), bad_evidence, sig, {"from": ledger.operator}
+        )
 
 
 def test_order_field_errors(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -412,22 +416,51 @@ def test_settle_multi_batch(ledger: Ledger, parts: Any, iv: int) -> None:
 
 def test_settle_input_errors(ledger: Ledger, parts: Any, iv: int) -> None:
     with brownie.reverts(err("MarketIntervalNotRecorded", iv)):
-        ledger.market.settle(iv, [], [], {"from": parts.X})
+        ledger.market.settle(iv, [], [], [], {"from": parts.X})
     t = _pair(ledger, parts.S1, parts.B1, iv)
     ledger.record(iv, [t])
     ledger.end_interval(iv, 3600)
-    batches_, parties = ledger.settle_args(iv)
+    batches_, parties, positions = ledger.settle_args(iv)
     with brownie.reverts(err("MarketBatchCountMismatch", iv, 1, 0)):
-        ledger.market.settle(iv, [], parties, {"from": parts.X})
-    forged = [list(batches_[0][0])]
-    forged[0][5] = 999  # claims less energy than recorded
+        ledger.market.settle(iv, [], parties, positions, {"from": parts.X})
+    forged = list(batches_[0][0])
+    forged[5] = 999  # claims less energy than recorded
     with brownie.reverts(err("MarketBatchCommitmentMismatch", iv, 0)):
-        ledger.market.settle(iv, [[tuple(forged[0])]], parties, {"from": parts.X})
+        ledger.market.settle(iv, [[tuple(forged)]], parties, positions, {"from": parts.X})
+    with brownie.reverts(err("MarketPositionsMismatch", 2, 1)):
+        ledger.market.settle(iv, batches_, parties, positions[:1], {"from": parts.X})
     with brownie.reverts(err("MarketPartiesNotSorted", 1)):
-        ledger.market.settle(iv, batches_, parties[::-1], {"from": parts.X})
+        ledger.market.settle(iv, batches_, parties[::-1], positions, {"from": parts.X})
     with brownie.reverts(err("MarketPartyMissing", parties[1])):
-        ledger.market.settle(iv, batches_, parties[:1], {"from": parts.X})
+        ledger.market.settle(iv, batches_, parties[:1], positions, {"from": parts.X})
+    with brownie.reverts(err("MarketPartyMissing", parts.S1.address)):
+        ledger.market.settle(iv, batches_, parties, positions[::-1], {"from": parts.X})
     extra = sorted([*parties, parts.X.address], key=lambda a: int(a, 16))
+    moved = [extra.index(parties[p]) for p in positions]
     with brownie.reverts(err("MarketPartyUnused", parts.X.address)):
-        ledger.market.settle(iv, batches_, extra, {"from": parts.X})
-    ledger.market.settle(iv, batches_, parties, {"from": parts.X})
+        ledger.market.settle(iv, batches_, extra, moved, {"from": parts.X})
+    ledger.market.settle(iv, batches_, parties, positions, {"from": parts.X})
+
+
+def test_order_in_two_trades_of_one_batch(ledger: Ledger, parts: Any, iv: int) -> None:
+    sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
+    t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 600, 200_000, 1), 600)
+    t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 600, 200_000, 1), 600)
+    orders, _ = ledger.args([t1, t2])
+    assert len(orders) == 3  # the shared sell order is sent (and verified) once
+    with brownie.reverts(err("MarketOrderOverfilled", parts.S1.address, 1, 400)):
+        ledger.record(iv, [t1, t2])
+    t2.energy_wh = 400
+    tx = ledger.record(iv, [t1, t2])
+    assert len(tx.events["TradeRecorded"]) == 2
+    assert tuple(ledger.market.filledOf(parts.S1, 1)) == (1000, False)
+
+
+def test_two_orders_sharing_a_nonce_share_the_fill(ledger: Ledger, parts: Any, iv: int) -> None:
+    a = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 5)
+    b = ledger.order(parts.S1, SELL, iv, 1000, 90_000, 5)  # same nonce, other price
+    t1 = ledger.trade(a, ledger.order(parts.B1, BUY, iv, 700, 200_000, 1), 700)
+    t2 = ledger.trade(b, ledger.order(parts.B2, BUY, iv, 700, 200_000, 1), 700)
+    first, second = ledger.sort([t1, t2])
+    with brownie.reverts(err("MarketOrderOverfilled", parts.S1.address, 5, 300)):
+        ledger.record(iv, [first, second])

@@ -1,18 +1,18 @@
 """Stateful property test of the ledger: a Python model mirrors every balance exactly.
 
-Invariants at every step: deposits = internal balances (available + escrow) + withdrawals = the market's
-token balance; no trade settles twice; no reading is counted twice. A short run is part of the suite;
-``TEGRID_LONG_STATEFUL=1`` runs >= 10,000 steps (``make test-stateful-long``).
+Invariants at every step: deposits = internal balances (available + escrow) + withdrawals = the
+market's token balance; no trade settles twice; no reading is counted twice. A short run is part of
+the suite; ``TEGRID_LONG_STATEFUL=1`` runs >= 10,000 steps.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import brownie
 import pytest
-from conftest import DEPOSIT, Ledger, norm
+from conftest import Ledger, norm
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -24,7 +24,7 @@ SELL, BUY = 0, 1
 def model_settle(
     trades: list[tuple[bytes, str, str, int, int]], readings: dict[str, tuple[int, int]]
 ) -> dict[bytes, tuple[int, int, int]]:
-    """The min-of-two pro-rata rule, independently in Python: tradeId -> (delivered, paid, refunded)."""
+    """The min-of-two pro-rata rule in Python: tradeId -> (delivered, paid, refunded)."""
     sold: dict[str, int] = {}
     bought: dict[str, int] = {}
     for _, s, b, q, _ in trades:
@@ -47,7 +47,7 @@ def model_settle(
 class LedgerMachine(RuleBasedStateMachine):
     ledger: Ledger
     wallets: list[Any]
-    stats: dict[str, int] = {}
+    stats: ClassVar[dict[str, int]] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,7 +158,7 @@ class LedgerMachine(RuleBasedStateMachine):
             batch.append(led.reading(w, iv, imp, exp))
         if batch:
             tx = led.submit(iv, batch)
-            for e in tx.events["ReadingSubmitted"] if "ReadingSubmitted" in tx.events else []:
+            for e in tx.events.get("ReadingSubmitted", []):
                 key = (str(e["meter"]), iv)
                 assert key not in self.counted, "reading counted twice"
                 self.counted.add(key)
@@ -178,7 +178,7 @@ class LedgerMachine(RuleBasedStateMachine):
         tx = led.settle(iv)
         expected = model_settle(self.open, values)
         got = {}
-        for e in tx.events["TradeSettled"] if "TradeSettled" in tx.events else []:
+        for e in tx.events.get("TradeSettled", []):
             tid = norm(e["tradeId"])
             assert tid not in self.settled and tid not in got, "trade settled twice"
             got[tid] = (int(e["deliveredWh"]), int(e["paid"]), int(e["refunded"]))
