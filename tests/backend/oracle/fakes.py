@@ -19,6 +19,7 @@ class FakeLedger:
         self.meters: dict[str, bool] = {}  # meter -> active
         self.stored: dict[tuple[str, int], tuple[int, int]] = {}
         self.accept_events: list[tuple[str, int]] = []
+        self.sent: list[tuple[str, int]] = []  # every reading that reached the node, per send
         self.mempool: dict[str, tuple[int, list[tuple[Reading, bytes]]]] = {}
         self.receipts: dict[str, BatchReceipt] = {}
         self.down = False
@@ -62,6 +63,7 @@ class FakeLedger:
         self._check()
         tx = raw_tx.decode()
         interval_id, items = self.mempool.pop(tx)
+        self.sent.extend((r.meter, interval_id) for r, _sig in items)
         if self.drop_next_send:
             self.drop_next_send = False
             return

@@ -152,12 +152,14 @@ def test_ambiguous_send_is_reconciled_not_resent(tmp_path: Path, ledger: FakeLed
     ledger.crash_after_send = True  # mined, but the oracle only sees an error
     daemon.start()
     sim.publish_interval(95)
-    assert _wait(lambda: store.status().inflight == 5)
+    assert _wait(lambda: ledger.down and store.status().inflight >= 1)
+    assert _wait(lambda: store.status().queue_depth == 5)
     ledger.down = False
     assert _wait(lambda: store.status().submitted == 5)
     daemon.stop()
+    assert sorted(ledger.accept_events) == sorted(set(ledger.accept_events))
     assert len(ledger.accept_events) == 5
-    assert store.status().batches == 1
+    assert sorted(ledger.sent) == sorted(set(ledger.sent))  # the mined batch was never resent
 
 
 def test_restart_reconciles_inflight_rows_against_chain(tmp_path: Path, ledger: FakeLedger) -> None:
