@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.console import Console
 
 app = typer.Typer(help="Benchmarks: each prints JSON with our figure and a baseline measured in the same run.", no_args_is_help=True)
 
@@ -67,4 +68,20 @@ def chain_bench(
             f"{result['gas_per_trade']} gas/trade in batches of {batch} "
             f"(naive {result['naive_gas_per_trade']}), {result['gas_per_reading']} gas/reading"
         )
+    _emit(result)
+
+
+@app.command("grid")
+def grid_bench(
+    trades: int = typer.Option(2000, "--trades", min=10, help="random trades per network"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON only (progress goes to stderr)"),
+) -> None:
+    """Neural Grid validator against a full pandapower runpp per trade, on three networks."""
+    from rich.progress import Progress
+
+    from grid.bench import CASES, run_benchmark
+
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("naive runpp per trade", total=trades * len(CASES))
+        result = run_benchmark(CASES, trades, on_trade=lambda: progress.advance(task))
     _emit(result)
