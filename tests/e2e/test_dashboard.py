@@ -1,6 +1,8 @@
-"""The live dashboard in a real browser (Debian's Chromium, headless, driven by Playwright) against a
-real ``tegrid serve --dev`` process: its own Anvil, contracts, funded dev participants, the Neural
-Grid on the default network."""
+"""The live dashboard in a real browser (Debian's Chromium, headless, driven by Playwright) against
+a real ``tegrid serve --dev`` process: its own Anvil, contracts, funded dev participants, the
+Neural Grid on the default network, the settlement keeper.
+
+The tests share one server and run in file order: the last one moves chain time forward."""
 
 from __future__ import annotations
 
@@ -33,12 +35,16 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 ZERO = "0x" + "00" * 20
 NETWORK = "cigre_lv"
 TIMEOUT_MS = 30_000
+ORACLE_KEY = ANVIL_KEYS[8]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+SERVER_FILES: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +62,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "TEGRID_BROKER_URL": f"mqtt://127.0.0.1:{free_port()}",
         "TEGRID_NETWORK": NETWORK,
         "TEGRID_API_PORT": str(api_port),
+        # readings are relayed with a key of their own, so the test never races the server's
+        # operator nonce (account 8 places no orders here)
+        "TEGRID_ORACLE_KEY": ORACLE_KEY,
     }
     log = (tmp / "serve.log").open("wb")
     proc = subprocess.Popen(
@@ -67,7 +76,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"tegrid serve exited: {(tmp / 'serve.log').read_text()[-2000:]}")
+                log_text = (tmp / "serve.log").read_text()[-2000:]
+                raise RuntimeError(f"tegrid serve exited: {log_text}")
             try:
                 if httpx.get(url + "/health", timeout=2).json().get("ok"):
                     break
@@ -76,6 +86,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no healthy API: {(tmp / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.5)
+        SERVER_FILES["deployment"] = tmp / "deployment.json"
+        SERVER_FILES["rpc"] = env["TEGRID_RPC_URL"]
         yield url
     finally:
         if proc.poll() is None:
@@ -232,8 +244,8 @@ def test_dashboard_shows_cleared_trades_and_veto_without_reload(server: str, tab
     assert page.evaluate("window.__sameDocument") == 42  # updated live, not reloaded
 
     ARTIFACTS.mkdir(exist_ok=True)
-    bus = veto["element"].split()[-1] if veto["element"].startswith("bus ") else "0"
-    page.hover(f"#grid-map circle.bus[data-bus='{bus}']")
+    page.hover(f"#grid-map circle.bus[data-bus='{veto['buyerBus']}']")
+    assert f"bus {veto['buyerBus']}" in page.locator("#tooltip").inner_text()
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert tab.errors == []
 
@@ -257,7 +269,9 @@ def _install_wallet(tab: Page, key: str) -> str:
           async request({ method, params }) {
             if (method === "eth_requestAccounts" || method === "eth_accounts") return [ADDRESS];
             if (method === "eth_chainId") return "0x7a69";
-            if (method === "eth_signTypedData_v4") return await window.tegridTestSign(params[0], params[1]);
+            if (method === "eth_signTypedData_v4") {
+              return await window.tegridTestSign(params[0], params[1]);
+            }
             throw Object.assign(new Error("unsupported method " + method), { code: 4200 });
           },
         };
@@ -297,3 +311,57 @@ def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
     assert "exceeds the import limit" in page.locator("#order-result").inner_text()
     # the browser logs the refused request itself; the page adds nothing else
     assert [e for e in tab.errors if "status of 422" not in e] == []
+
+
+def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:
+    """Runs last: moves chain time past its interval so meters can report and the keeper settle."""
+    from backend.chain.contracts import load_deployment
+    from backend.iot.signing import Reading, sign_reading
+    from backend.market.devstack import dev_meter_key
+    from backend.oracle.devchain import end_interval
+    from backend.oracle.web3_ledger import Web3Ledger
+
+    page = tab.open(server)
+    page.evaluate("window.__sameDocument = 7")
+    iv = open_interval(server, 4)
+    seller, buyer = 6, 7
+    for o in (signed_order(server, ANVIL_KEYS[seller], 0, 4_000, 100_000, iv),
+              signed_order(server, ANVIL_KEYS[buyer], 1, 4_000, 100_000, iv)):
+        assert httpx.post(server + "/orders", json=o).status_code == 201
+    r = httpx.post(f"{server}/intervals/{iv}/close", timeout=120)
+    assert r.status_code == 200 and r.json()["approvedCount"] == 1, r.text
+    page.locator("#trades-table tr.approved").wait_for()
+    assert page.locator("#readings li.empty").count() == 1
+
+    deployment = load_deployment(SERVER_FILES["deployment"])
+    ledger = Web3Ledger(SERVER_FILES["rpc"], ORACLE_KEY, deployment)
+    end_interval(ledger.w3, iv, 900)
+    separator = ledger.domain().separator()
+    items = []
+    for index, import_wh, export_wh in ((seller, 0, 4_000), (buyer, 3_000, 0)):
+        wallet = Account.from_key(ANVIL_KEYS[index]).address
+        meter = httpx.get(f"{server}/participants/{wallet}").json()["meter"]
+        reading = Reading(meter, iv, import_wh, export_wh)
+        items.append((reading, sign_reading(dev_meter_key(index), separator, reading)))
+    tx_hash, raw = ledger.prepare_batch(iv, items)
+    ledger.send_raw(raw)
+    receipt = ledger.receipt(tx_hash, 30)
+    assert receipt is not None and receipt.status == 1
+
+    # the keeper settles once both readings are in; the page hears it on the event stream
+    page.locator("#readings li:not(.empty)").nth(1).wait_for(timeout=60_000)
+    readings_text = page.locator("#readings").inner_text()
+    assert "export 4 kWh" in readings_text and "import 3 kWh" in readings_text
+    # min-of-two: the buyer took 3 of 4 kWh, so 3 kWh at 0.1 token/kWh are paid
+    rows = page.locator("#settlement-table tbody tr")
+    page.wait_for_function(
+        "document.querySelector('#settlement-table').textContent.includes('+0.3')", timeout=60_000
+    )
+    texts = [rows.nth(i).inner_text() for i in range(rows.count())]
+    assert any("4 / 3" in t and "+0.3" in t for t in texts), texts
+    assert any("4 / 3" in t and "\N{MINUS SIGN}0.3" in t for t in texts), texts
+    trades = httpx.get(f"{server}/trades?interval={iv}").json()
+    assert [(t["deliveredWh"], t["paid"]) for t in trades] == [(3_000, "300000")]
+    assert page.evaluate("window.__sameDocument") == 7
+    page.screenshot(path=str(ARTIFACTS / "dashboard-settled.png"), full_page=True)
+    assert tab.errors == []

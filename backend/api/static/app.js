@@ -16,6 +16,7 @@ const state = {
   orders: [],
   participants: new Map(), // wallet -> GET /participants answer
   wallet: null,
+  openInterval: null,
   intervalSeconds: 900,
 };
 
@@ -146,18 +147,31 @@ function renderIntervalLabel() {
 }
 
 function nextOpenInterval() {
-  const cur = state.health && state.health.market.currentInterval;
-  if (cur === null || cur === undefined) return state.interval;
-  const gateLead = state.health.market.gateLeadSeconds || 0;
-  const now = Date.now() / 1000;
-  return (cur + 1) * state.intervalSeconds - gateLead > now ? cur + 1 : cur + 2;
+  return state.openInterval ?? state.interval;
+}
+
+/** The first interval whose gate is still open, by the market's (chain) clock. */
+async function loadOpenInterval() {
+  try {
+    const cur = await api("/intervals/current");
+    const next = await api(`/intervals/${cur.id + 1}`);
+    state.openInterval = next.status === "open" ? cur.id + 1 : cur.id + 2;
+    const form = $("#order-form");
+    if (form.dataset.auto !== "0" && state.intervalRow?.status !== "open") form.intervalId.value = state.openInterval;
+  } catch (err) {
+    report("current interval", err);
+  }
 }
 
 function renderInterval() {
   renderIntervalLabel();
   const row = state.intervalRow;
   const info = drawBook($("#book"), state.orders, row, state.trades);
-  $("#book-meta").textContent = `· ${info.supply} sell, ${info.demand} buy` + (info.bilateral ? `, ${info.bilateral} bilateral` : "");
+  $("#book-meta").replaceChildren(
+    h("span", { class: "swatch supply" }), `supply: ${info.supply} sell `,
+    h("span", { class: "swatch demand" }), `demand: ${info.demand} buy`,
+    info.bilateral ? ` · ${info.bilateral} bilateral (outside the curves)` : "",
+  );
   const stats = $("#interval-stats");
   stats.replaceChildren();
   const items = [
@@ -183,7 +197,7 @@ function renderTrades() {
     ? `· ${trades.filter((t) => t.approved).length} approved, ${trades.filter((t) => !t.approved).length} vetoed`
     : "";
   if (!trades.length) {
-    body.append(h("tr", { class: "empty" }, h("td", { colspan: 6 }, "no trades for this interval (yet)")));
+    body.append(h("tr", { class: "empty" }, h("td", { colspan: 5 }, "no trades for this interval (yet)")));
     return;
   }
   for (const t of trades) {
@@ -193,12 +207,11 @@ function renderTrades() {
         `vetoed: ${t.reason}`, t.element ? h("span", { class: "element" }, ` at ${t.element}`) : null);
     const settled = t.deliveredWh !== null ? ` · delivered ${kwh(t.deliveredWh)} kWh, paid ${tokens(t.paid)}` : "";
     body.append(h("tr", { class: t.approved ? "approved" : "vetoed", dataset: { trade: t.id } },
-      h("td", { class: "mono" }, `${shortAddr(t.seller)} → ${shortAddr(t.buyer)}`),
+      h("td", { class: "mono parties" }, shortAddr(t.seller), " →", h("br"), shortAddr(t.buyer)),
       h("td", {}, `${t.sellerBus} → ${t.buyerBus}`),
       h("td", { class: "num" }, kwh(t.energyWh)),
       h("td", { class: "num" }, tokens(t.pricePerKWh, 6)),
-      h("td", {}, verdict),
-      h("td", {}, `${t.kind} · ${t.status}${settled}`),
+      h("td", {}, verdict, h("div", { class: "sub" }, `${t.kind} · ${t.status}${settled}`)),
     ));
   }
 }
@@ -262,7 +275,7 @@ function renderReadings(rows) {
 
 function logLine(kind, text) {
   const ol = $("#event-log");
-  const li = h("li", { class: `ev ${kind}` }, h("span", { class: "when" }, timeOf(Date.now() / 1000)), h("span", { class: "kind" }, kind), text);
+  const li = h("li", { class: `ev ev-${kind}` }, h("span", { class: "when" }, timeOf(Date.now() / 1000)), h("span", { class: "kind" }, kind), text);
   ol.prepend(li);
   while (ol.children.length > 60) ol.lastChild.remove();
 }
@@ -294,7 +307,7 @@ function schedule(...what) {
     if (todo.has("interval")) jobs.push(loadInterval());
     if (todo.has("grid")) jobs.push(loadGridStatus());
     if (todo.has("readings")) jobs.push(loadReadings());
-    if (todo.has("health")) jobs.push(loadHealth());
+    if (todo.has("health")) jobs.push(loadHealth(), loadOpenInterval());
     if (todo.has("balances")) jobs.push(loadParticipants([...state.participants.keys()], true).then(renderSettlement));
     await Promise.all(jobs);
   }, 120);
@@ -312,10 +325,17 @@ function select(iv, { user = false } = {}) {
   schedule("interval", "grid", "readings");
 }
 
+/** Follow mode jumps to where something happens, not to gates closing on empty books. */
+function worthFollowing(kind, data) {
+  if (kind === "interval" || kind === "cancel" || kind === "participant") return false;
+  if (kind === "clearing") return (data.approved_count || 0) + (data.vetoed_count || 0) > 0;
+  return true;
+}
+
 function onEvent(kind, data) {
   logLine(kind, describe(kind, data));
   const iv = data.intervalId;
-  if (state.follow && iv !== undefined && iv !== state.interval) select(iv);
+  if (state.follow && iv !== undefined && iv !== state.interval && worthFollowing(kind, data)) select(iv);
   if (iv !== undefined && iv !== state.interval) return;
   if (kind === "order" || kind === "cancel" || kind === "interval") schedule("interval");
   if (kind === "clearing" || kind === "verdict" || kind === "recorded") schedule("interval", "grid", "health");
@@ -429,7 +449,7 @@ async function main() {
   $("#iv-prev").addEventListener("click", () => select(state.interval - 1, { user: true }));
   $("#iv-next").addEventListener("click", () => select(state.interval + 1, { user: true }));
   setupWallet();
-  await loadHealth();
+  await Promise.all([loadHealth(), loadOpenInterval()]);
   await loadTopology();
   state.interval = await initialInterval();
   renderIntervalLabel();

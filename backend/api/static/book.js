@@ -92,10 +92,6 @@ export function drawBook(root, orders, interval, trades) {
     g.append(svg("text", { x: x(point.q) + (right ? -10 : 10), y: y(point.price) - 10, "text-anchor": right ? "end" : "start" }, label));
     root.append(g);
   }
-  const legend = svg("g", { class: "book-legend", transform: `translate(${W - M.r - 150},${M.t + 4})` });
-  legend.append(svg("rect", { x: 0, y: 0, width: 12, height: 3, class: "swatch supply" }), svg("text", { x: 18, y: 5 }, `supply (${supply.length} sell)`));
-  legend.append(svg("rect", { x: 0, y: 14, width: 12, height: 3, class: "swatch demand" }), svg("text", { x: 18, y: 19 }, `demand (${demand.length} buy)`));
-  root.append(legend);
   if (!live.length) {
     root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no auction orders for this interval yet"));
   }

@@ -4,6 +4,7 @@ import { svg, voltageColor, loadingColor, pu, pct, kwh, shortAddr } from "./util
 const W = 900;
 const H = 620;
 const PAD = 36;
+const MAX_STRETCH = 2.2;
 
 export class GridMap {
   /** @param {SVGSVGElement} root @param {(html: string|null, ev?: MouseEvent) => void} tip */
@@ -29,13 +30,16 @@ export class GridMap {
     const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
     const sx = (W - 2 * PAD) / Math.max(x1 - x0, 1e-9);
     const sy = (H - 2 * PAD) / Math.max(y1 - y0, 1e-9);
+    // Schematic drawing: the axes may stretch by up to MAX_STRETCH to use the panel's width.
     const s = Math.min(sx, sy);
-    const ox = PAD + (W - 2 * PAD - s * (x1 - x0)) / 2;
-    const oy = PAD + (H - 2 * PAD - s * (y1 - y0)) / 2;
+    const kx = Math.min(sx, s * MAX_STRETCH);
+    const ky = Math.min(sy, s * MAX_STRETCH);
+    const ox = PAD + (W - 2 * PAD - kx * (x1 - x0)) / 2;
+    const oy = PAD + (H - 2 * PAD - ky * (y1 - y0)) / 2;
     const seen = new Map();
     for (const b of buses) {
-      let px = ox + (b.x - x0) * s;
-      let py = oy + (b.y - y0) * s;
+      let px = ox + (b.x - x0) * kx;
+      let py = oy + (b.y - y0) * ky;
       // Buses sharing a point (busbar and its feeder start) are spread so each stays visible.
       const key = `${Math.round(px)},${Math.round(py)}`;
       const n = seen.get(key) || 0;
