@@ -160,6 +160,22 @@ def open_interval(url: str, ahead: int) -> int:
     return int(httpx.get(url + "/intervals/current").json()["id"]) + ahead
 
 
+def test_topology_without_geodata_gets_a_radial_layout() -> None:
+    """Kerber Dorfnetz carries no coordinates: a tree from the slack bus, one point per bus."""
+    from backend.api.routes.dashboard import topology_of
+    from grid.networks import load_network
+
+    net = load_network("kerber_dorfnetz")
+    topo = topology_of(net, "kerber_dorfnetz")
+    assert topo["layout"] == "radial"
+    assert len(topo["buses"]) == len(net.bus)
+    points = {(b["x"], b["y"]) for b in topo["buses"]}
+    assert len(points) == len(net.bus)
+    slack = next(b for b in topo["buses"] if b["slack"])
+    assert slack["y"] == 0.0 and min(b["y"] for b in topo["buses"]) == 0.0
+    assert len(topo["lines"]) == len(net.line) and len(topo["trafos"]) == len(net.trafo)
+
+
 def test_dashboard_loads_with_one_node_per_bus(server: str, tab: Page) -> None:
     from grid.networks import load_network
 
@@ -250,10 +266,9 @@ def test_dashboard_shows_cleared_trades_and_veto_without_reload(server: str, tab
     assert tab.errors == []
 
 
-def _install_wallet(tab: Page, key: str) -> str:
+def _install_wallet(tab: Page, key: str, signed: list[dict[str, Any]]) -> str:
     """An EIP-1193 provider whose eth_signTypedData_v4 is answered by eth-account in Python."""
     account = Account.from_key(key)
-    signed: list[dict[str, Any]] = []
 
     def sign(address: str, typed_json: str) -> str:
         assert address.lower() == account.address.lower()
@@ -281,7 +296,8 @@ def _install_wallet(tab: Page, key: str) -> str:
 
 
 def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
-    address = _install_wallet(tab, ANVIL_KEYS[5])
+    signed: list[dict[str, Any]] = []
+    address = _install_wallet(tab, ANVIL_KEYS[5], signed)
     page = tab.open(server)
     page.click("#wallet-connect")
     page.wait_for_function(
@@ -301,6 +317,11 @@ def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
     mine = [o for o in listed if o["hash"] == order_hash]
     assert len(mine) == 1, listed
     assert (mine[0]["side"], mine[0]["energyWh"], mine[0]["pricePerKWh"]) == (1, 1500, "120000")
+    # the wallet was asked to sign exactly the API's template, with our order as the message
+    template = httpx.get(server + "/orders/eip712").json()
+    assert len(signed) == 1
+    assert {k: signed[0][k] for k in template} == template
+    assert signed[0]["message"]["trader"] == address
 
     assert tab.errors == []
     # a refusal is shown with the API's code and message: 60 kWh in 15 min is over 200 kW

@@ -415,6 +415,20 @@ function setupWallet() {
       status.textContent = `wallet: ${err.message || err}`;
     }
   });
+  const eth = provider();
+  if (eth && typeof eth.on === "function") {
+    eth.on("accountsChanged", (accounts) => {
+      if (!state.wallet) return;
+      if (accounts && accounts.length) btn.click();
+      else {
+        state.wallet = null;
+        btn.textContent = "Connect wallet";
+        btn.classList.remove("connected");
+        $("#order-submit").disabled = true;
+        status.textContent = "Wallet disconnected.";
+      }
+    });
+  }
   form.intervalId.addEventListener("input", () => (form.dataset.auto = "0"));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
