@@ -23,6 +23,7 @@ ACCEPT_MARGIN_PERCENT = 1e-5
 BAND_PU = 2e-5
 BAND_PERCENT = 0.01
 BAND_RELATIVE = 0.2
+SCREEN_MAX_MOVE_PU = 0.08
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class LimitSet:
         has one element clearly past it and clearly the worst of that kind (clearly vetoed, same verdict
         as ``check`` would give), and False when the prediction is too close to call (AC decides).
         Bands are a floor plus ``BAND_RELATIVE`` of each element's predicted move."""
+        if len(moved_v) and float(np.max(moved_v)) > SCREEN_MAX_MOVE_PU:
+            return False  # far outside the linear range: AC decides (it may not even converge)
         band_v = BAND_PU + BAND_RELATIVE * moved_v
         band_l = BAND_PERCENT + BAND_RELATIVE * moved_l
         mon = self.monitored

@@ -1,0 +1,126 @@
+"""The ``tegrid grid`` commands: JSON output, verify, and bad input (exit code 2, one line on stderr)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from backend.cli.grid import app
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _trades(tmp_path: Path, content: object) -> str:
+    path = tmp_path / "trades.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def test_check_case33bw_json() -> None:
+    code, out, _ = _run("check", "--network", "case33bw", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert (data["network"], data["buses"], data["vm_min_bus"]) == ("case33bw", 33, 17)
+    assert round(data["vm_min_pu"], 4) == 0.9131
+    assert round(data["losses_kw"], 1) == 202.7
+
+
+def test_validate_json_and_verify_roundtrip(tmp_path: Path) -> None:
+    trades = _trades(tmp_path, [
+        {"id": "a", "seller_bus": 22, "buyer_bus": 2, "p_kw": 100.0},
+        {"id": "b", "seller_bus": 24, "buyer_bus": 35, "p_kw": 2},
+        {"id": "c", "seller_bus": 24, "buyer_bus": 9999, "p_kw": 1.5},
+    ])
+    code, out, _ = _run("validate", "--network", "cigre_lv", "--trades", trades, "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert [(v["id"], v["approved"], v["reason"], v["element"]) for v in data["verdicts"]] == [
+        ("a", False, "TRAFO_OVERLOAD", "trafo 0"), ("b", True, "APPROVED", ""),
+        ("c", False, "UNKNOWN_BUS", "bus 9999")]
+    claimed = tmp_path / "claimed.json"
+    claimed.write_text(out)
+    code, out, _ = _run("verify", "--trades", trades, "--verdicts", str(claimed), "--json")
+    assert (code, json.loads(out)["match"]) == (0, True)
+    data["verdicts"][1]["approved"] = False
+    data["verdicts"][1]["reason"] = "VOLTAGE_LOW"
+    claimed.write_text(json.dumps(data))
+    code, out, _ = _run("verify", "--trades", trades, "--verdicts", str(claimed), "--json")
+    assert (code, json.loads(out)["match"]) == (1, False)
+    code, _, _ = _run("verify", "--trades", trades, "--evidence", "0x" + "00" * 32)
+    assert code == 1
+
+
+def test_hosting_capacity_json() -> None:
+    code, out, _ = _run("hosting-capacity", "--network", "case33bw", "--bus", "17", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert (data["export_kw"], data["export"]["binding"]) == (3051.8, "VOLTAGE_HIGH")
+    assert (data["import_kw"], data["import"]["binding"]) == (160.7, "VOLTAGE_LOW")
+
+
+BAD_TRADES = [
+    ("not json", "[{"),
+    ("not a list", {"id": "a"}),
+    ("negative", [{"id": "a", "seller_bus": 1, "buyer_bus": 2, "p_kw": -5}]),
+    ("text power", [{"id": "a", "seller_bus": 1, "buyer_bus": 2, "p_kw": "five"}]),
+    ("missing", [{"id": "a", "seller_bus": 1, "p_kw": 5}]),
+    ("float bus", [{"id": "a", "seller_bus": 1.5, "buyer_bus": 2, "p_kw": 5}]),
+]
+
+
+@pytest.mark.parametrize("command", ["validate", "verify"])
+@pytest.mark.parametrize(("label", "content"), BAD_TRADES, ids=[b[0] for b in BAD_TRADES])
+def test_trades_commands_bad_file_exit_2_one_line(tmp_path: Path, command: str, label: str,
+                                                  content: object) -> None:
+    extra = ["--evidence", "0x00"] if command == "verify" else []
+    code, out, err = _run(command, "--trades", _trades(tmp_path, content), *extra)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("error: trades file")
+
+
+def test_validate_missing_file_exit_2(tmp_path: Path) -> None:
+    code, _, err = _run("validate", "--trades", str(tmp_path / "nope.json"))
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: cannot read trades file '{tmp_path / 'nope.json'}': "
+                                        "FileNotFoundError"]
+
+
+@pytest.mark.parametrize("command", [
+    ["check"], ["hosting-capacity", "--bus", "1"], ["validate", "--trades", "TRADES"],
+    ["verify", "--trades", "TRADES", "--evidence", "0x00"],
+])
+def test_commands_unknown_network_exit_2(tmp_path: Path, command: list[str]) -> None:
+    trades = _trades(tmp_path, [])
+    args = [trades if a == "TRADES" else a for a in command]
+    code, out, err = _run(*args, "--network", "atlantis")
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("error: unknown network 'atlantis'; accepted:")
+
+
+def test_hosting_capacity_unknown_bus_exit_2() -> None:
+    code, _, err = _run("hosting-capacity", "--network", "case33bw", "--bus", "500")
+    assert code == 2
+    assert err.strip() == "error: bus 500 is not an energized bus of case33bw"
+
+
+def test_validate_bad_limits_exit_2(tmp_path: Path) -> None:
+    code, _, err = _run("validate", "--trades", _trades(tmp_path, []), "--vm-min", "1.2")
+    assert code == 2
+    assert err.strip() == "error: bad limits: need 0 < vm_min_pu < vm_max_pu, got 1.2, 1.1"
+
+
+def test_verify_without_claim_exit_2(tmp_path: Path) -> None:
+    code, _, err = _run("verify", "--trades", _trades(tmp_path, []))
+    assert code == 2
+    assert err.strip() == "error: give --evidence 0x... and/or --verdicts FILE"
