@@ -14,28 +14,36 @@ Public API::
         .base_state(interval: int | None = None, interval_seconds: int = 900) -> BaseStateSummary
         .validate(trades: Sequence[Trade], interval=None, interval_seconds=900) -> ValidationResult
         .hosting_capacity(bus: int, interval=None, interval_seconds=900) -> HostingCapacity
-        .grid_status(trades: Sequence[Trade] = (), interval=None, interval_seconds=900) -> GridStatus
+        .grid_status(trades: Sequence[Trade] = (), interval=None, interval_seconds=900) ->
+        GridStatus
         .load_buses() -> list[int]          buses carrying loads (where participants sit)
         .buses() -> list[int]
         .bus_geodata() -> dict[int, tuple[float, float]]
         .fingerprint: str                   sha256 of the canonical element tables
 
     Trade(id: str, seller_bus: int, buyer_bus: int, p_kw: float)
-        the seller bus injects +p_kw extra, the buyer bus withdraws +p_kw extra (unity power factor).
+        the seller bus injects +p_kw extra, the buyer bus withdraws +p_kw extra (unity power
+        factor).
     Limits(vm_min_pu=0.90, vm_max_pu=1.10, max_line_loading_percent=100.0,
            max_trafo_loading_percent=100.0, tolerance=1e-6)
-    Verdict(id, approved, reason: Reason, element: str, value: float | None, limit: float | None, source)
+    Verdict(id, approved, reason: Reason, element: str, value: float | None, limit: float | None,
+    source)
     Reason(IntEnum): APPROVED=0, VOLTAGE_HIGH=1, VOLTAGE_LOW=2, LINE_OVERLOAD=3, TRAFO_OVERLOAD=4,
                      NOT_CONVERGED=5, UNKNOWN_BUS=6, INVALID_TRADE=7   (stable: written on chain)
     parse_trades(data) / load_trades(path) -> list[Trade]   (TradeInputError on malformed input)
     interval_of(unix_time, interval_seconds=900) -> int     floor(unix_time / interval_seconds)
 
-Rule ("do no harm"): trades are taken in priority order; one is approved only if the base state plus every
+Rule ("do no harm"): trades are taken in priority order; one is approved only if the base state
+plus every
 approved trade so far and this one converges under an AC power flow with every bus voltage, line and
-transformer loading inside its limit - or, where the base state is already outside, no worse than base.
-The approved set always passes a full AC power flow. ``ValidationResult.evidence_hash`` (sha256, 0x-hex)
-covers the network fingerprint, base state, limits, trades, verdicts and the rounded AC result; recompute
-it with ``tegrid grid verify``. Interval base states come from the daily shapes in ``grid.profiles``.
+transformer loading inside its limit - or, where the base state is already outside, no worse than
+base.
+The approved set always passes a full AC power flow. ``ValidationResult.evidence_hash`` (sha256,
+0x-hex)
+covers the network fingerprint, base state, limits, trades, verdicts and the rounded AC result;
+recompute
+it with ``tegrid grid verify``. Interval base states come from the daily shapes in
+``grid.profiles``.
 """
 
 from grid.errors import (

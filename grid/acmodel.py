@@ -1,9 +1,12 @@
 """Fast AC re-solves and linear sensitivities on pandapower's own internal model (net._ppc).
 
 After a pandapower ``runpp`` of the base state, ``ACModel`` keeps pandapower's internal admittance
-matrices, injections and voltages and re-solves Newton-Raphson with lightsim2grid's KLU solver from a warm
-start (tens of microseconds instead of a ~15 ms ``runpp``). Branch loadings use pandapower's own formulas
-(lines: current over ``max_i_ka * df * parallel``; transformers: ``trafo_loading="current"``), so the
+matrices, injections and voltages and re-solves Newton-Raphson with lightsim2grid's KLU solver from
+a warm
+start (tens of microseconds instead of a ~15 ms ``runpp``). Branch loadings use pandapower's own
+formulas
+(lines: current over ``max_i_ka * df * parallel``; transformers: ``trafo_loading="current"``), so
+the
 numbers are pandapower's. ``Linearization`` gives, per injection bus, voltage-magnitude and complex
 branch-current sensitivities from the power-flow Jacobian at an operating point.
 """
@@ -124,8 +127,17 @@ class ACModel:
     def solve(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
         """Newton-Raphson from ``V_start``; None when it does not converge."""
         try:
-            self._solver.solve(self.Ybus, V_start, Sbus, self.ref, self.slack_weights, self.pv,
-                               self.pq, MAX_ITERATIONS, TOLERANCE_PU)
+            self._solver.solve(
+                self.Ybus,
+                V_start,
+                Sbus,
+                self.ref,
+                self.slack_weights,
+                self.pv,
+                self.pq,
+                MAX_ITERATIONS,
+                TOLERANCE_PU,
+            )
         except RuntimeError:
             return None
         if not self._solver.converged():
@@ -136,7 +148,8 @@ class ACModel:
         return np.asarray(V)
 
     def last_jacobian(self) -> sparse.csc_matrix | None:
-        """The solver's Jacobian from its last Newton step (close to the solution of the last solve)."""
+        """The solver's Jacobian from its last Newton step (close to the solution of the last
+        solve)."""
         try:
             return sparse.csc_matrix(self._solver.get_J())
         except (RuntimeError, ValueError):
@@ -157,7 +170,8 @@ class ACModel:
 
 
 def jacobian_at(model: ACModel, V: np.ndarray) -> sparse.csc_matrix:
-    """The Newton-Raphson Jacobian [[dP/dVa, dP/dVm], [dQ/dVa, dQ/dVm]] over (pv+pq, pq) at ``V``."""
+    """The Newton-Raphson Jacobian [[dP/dVa, dP/dVm], [dQ/dVa, dQ/dVm]] over (pv+pq, pq) at
+    ``V``."""
     pvpq = np.r_[model.pv, model.pq]
     pq = model.pq
     dS_dVm, dS_dVa = dSbus_dV(model.Ybus, V)
@@ -183,8 +197,11 @@ class Column:
 class Linearization:
     """Jacobian-based sensitivities at an operating point ``V``, computed per bus on demand."""
 
-    def __init__(self, model: ACModel, V: np.ndarray, jacobian: sparse.csc_matrix | None = None) -> None:
-        """``jacobian`` may be the solver's own (at the last Newton step), else it is built at ``V``."""
+    def __init__(
+        self, model: ACModel, V: np.ndarray, jacobian: sparse.csc_matrix | None = None
+    ) -> None:
+        """``jacobian`` may be the solver's own (at the last Newton step), else it is built at
+        ``V``."""
         self.model = model
         self.V = V
         pvpq = np.r_[model.pv, model.pq]
@@ -198,9 +215,12 @@ class Linearization:
         self._row_of_ppci[pvpq] = np.arange(len(pvpq))
         self._vm = np.abs(V)
         self._cache: dict[int, Column] = {}
-        self._zero = Column(np.zeros(len(model.mon_bus_ppci)), np.zeros(model.n_ppci, complex),
-                            np.zeros(model.Yf.shape[0], complex),
-                            np.zeros(model.Yt.shape[0], complex))
+        self._zero = Column(
+            np.zeros(len(model.mon_bus_ppci)),
+            np.zeros(model.n_ppci, complex),
+            np.zeros(model.Yf.shape[0], complex),
+            np.zeros(model.Yt.shape[0], complex),
+        )
 
     def column(self, bus: int) -> Column:
         """Sensitivities of injecting +1 kW at pandapower ``bus``."""
@@ -218,7 +238,7 @@ class Linearization:
             dva = np.zeros(model.n_ppci)
             dvm = np.zeros(model.n_ppci)
             dva[self._pvpq] = x[: self._n_pvpq]
-            dvm[model.pq] = x[self._n_pvpq:]
+            dvm[model.pq] = x[self._n_pvpq :]
             dV = self.V * (dvm / self._vm + 1j * dva)
             col = Column(dvm[model.mon_bus_ppci], dV, model.Yf @ dV, model.Yt @ dV)
         self._cache[bus] = col

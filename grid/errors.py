@@ -1,4 +1,5 @@
-"""Exceptions of the grid package: one root, subclasses that also inherit the builtin they replace."""
+"""Exceptions of the grid package: one root, subclasses that also inherit the builtin they
+replace."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ class GridError(Exception):
 
 
 class UnknownNetworkError(GridError, ValueError):
-    """A network name is neither a known name, a SimBench code nor a readable pandapower JSON file."""
+    """A network name is neither a known name, a SimBench code nor a readable pandapower JSON
+    file."""
 
 
 class NetworkFileError(GridError, ValueError):

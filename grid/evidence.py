@@ -1,4 +1,5 @@
-"""Evidence hash: sha256 over canonical inputs and the rounded AC result, so anyone can recompute it.
+"""Evidence hash: sha256 over canonical inputs and the rounded AC result, so anyone can recompute
+it.
 
 Canonical JSON (sorted keys, no spaces) of::
 
@@ -36,15 +37,24 @@ def hash_array(values: np.ndarray, digits: int = 9) -> str:
     return "0x" + hashlib.sha256(blob.encode()).hexdigest()
 
 
-def evidence_hash(*, network: str, base_state: dict[str, object], limits: Limits,
-                  trades: Sequence[Trade], verdicts: Sequence[Verdict], vm_pu: np.ndarray,
-                  loading_percent: np.ndarray) -> str:
+def evidence_hash(
+    *,
+    network: str,
+    base_state: dict[str, object],
+    limits: Limits,
+    trades: Sequence[Trade],
+    verdicts: Sequence[Verdict],
+    vm_pu: np.ndarray,
+    loading_percent: np.ndarray,
+) -> str:
     document = {
         "schema": SCHEMA,
         "network": network,
         "base_state": base_state,
         "limits": limits.to_dict(),
-        "trades": [[t.id, int(t.seller_bus), int(t.buyer_bus), repr(float(t.p_kw))] for t in trades],
+        "trades": [
+            [t.id, int(t.seller_bus), int(t.buyer_bus), repr(float(t.p_kw))] for t in trades
+        ],
         "verdicts": [
             [v.id, v.approved, int(v.reason), v.element, _r(v.value, 5), _r(v.limit, 5)]
             for v in verdicts

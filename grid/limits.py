@@ -1,9 +1,14 @@
-"""The "do no harm" rule over measured quantities: effective limits from the base state, first violation.
+"""The "do no harm" rule over measured quantities: effective limits from the base state, first
+violation.
 
-A quantity is within its limit, or - where the base state already breaks that limit - no worse than in the
-base state (within ``Limits.tolerance``). When several limits break at once the verdict names, in this
-order, a transformer overload, a line overload, an over-voltage, an under-voltage (thermal limits first:
-they damage equipment), and within one kind the element that exceeds its limit most (lowest index on ties).
+A quantity is within its limit, or - where the base state already breaks that limit - no worse than
+in the
+base state (within ``Limits.tolerance``). When several limits break at once the verdict names, in
+this
+order, a transformer overload, a line overload, an over-voltage, an under-voltage (thermal limits
+first:
+they damage equipment), and within one kind the element that exceeds its limit most (lowest index
+on ties).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import numpy as np
 
 from grid.verdicts import Limits, Reason
 
-# Acceptance margins of the validators (not of the final check): an approved set sits at least this far
-# inside every limit, so a power flow solved to a different tolerance elsewhere never finds it outside.
+# Acceptance margins of the validators (not of the final check): an approved set sits at least this
+# far
+# inside every limit, so a power flow solved to a different tolerance elsewhere never finds it
+# outside.
 ACCEPT_MARGIN_PU = 1e-7
 ACCEPT_MARGIN_PERCENT = 1e-5
 
@@ -39,7 +46,8 @@ NOT_CONVERGED = Violation(Reason.NOT_CONVERGED, "", None, None)
 
 @dataclass(frozen=True)
 class Monitored:
-    """What is watched, in pandapower indices: buses, then branch rows (lines first, then trafos)."""
+    """What is watched, in pandapower indices: buses, then branch rows (lines first, then
+    trafos)."""
 
     buses: np.ndarray
     lines: np.ndarray
@@ -53,16 +61,23 @@ class Monitored:
 class LimitSet:
     """Effective per-element limits (the base-state-aware rule) and the check against them."""
 
-    def __init__(self, limits: Limits, monitored: Monitored, base_vm_pu: np.ndarray,
-                 base_loading_percent: np.ndarray) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        monitored: Monitored,
+        base_vm_pu: np.ndarray,
+        base_loading_percent: np.ndarray,
+    ) -> None:
         self.limits = limits
         self.monitored = monitored
         tol_pu, tol_pct = limits.tolerance, limits.tolerance * 100.0
         n_lines = len(monitored.lines)
-        lmax = np.concatenate([
-            np.full(n_lines, limits.max_line_loading_percent),
-            np.full(len(monitored.trafos), limits.max_trafo_loading_percent),
-        ])
+        lmax = np.concatenate(
+            [
+                np.full(n_lines, limits.max_line_loading_percent),
+                np.full(len(monitored.trafos), limits.max_trafo_loading_percent),
+            ]
+        )
         low = base_vm_pu < limits.vm_min_pu
         high = base_vm_pu > limits.vm_max_pu
         over = base_loading_percent > lmax
@@ -74,9 +89,11 @@ class LimitSet:
         self.lmax = np.where(over, base_loading_percent + tol_pct, lmax)
         self.n_lines = n_lines
 
-    def check(self, vm_pu: np.ndarray, loading_percent: np.ndarray,
-              strict: bool = True) -> Violation | None:
-        """First violation by the order in the module doc, or None. ``strict`` adds the accept margins."""
+    def check(
+        self, vm_pu: np.ndarray, loading_percent: np.ndarray, strict: bool = True
+    ) -> Violation | None:
+        """First violation by the order in the module doc, or None. ``strict`` adds the accept
+        margins."""
         if not (np.all(np.isfinite(vm_pu)) and np.all(np.isfinite(loading_percent))):
             return NOT_CONVERGED
         eps_pu = ACCEPT_MARGIN_PU if strict else 0.0
@@ -92,27 +109,47 @@ class LimitSet:
                 i = int(np.argmax(excess[lo:hi]))
                 if excess[lo + i] > -eps_pct:
                     kind = "trafo" if reason is Reason.TRAFO_OVERLOAD else "line"
-                    return Violation(reason, f"{kind} {int(names[i])}",
-                                     float(loading_percent[lo + i]), float(self.lmax_report[lo + i]))
+                    return Violation(
+                        reason,
+                        f"{kind} {int(names[i])}",
+                        float(loading_percent[lo + i]),
+                        float(self.lmax_report[lo + i]),
+                    )
         high = vm_pu - self.vmax
         i = int(np.argmax(high))
         if high[i] > -eps_pu:
-            return Violation(Reason.VOLTAGE_HIGH, f"bus {int(mon.buses[i])}", float(vm_pu[i]),
-                             float(self.vmax_report[i]))
+            return Violation(
+                Reason.VOLTAGE_HIGH,
+                f"bus {int(mon.buses[i])}",
+                float(vm_pu[i]),
+                float(self.vmax_report[i]),
+            )
         low = self.vmin - vm_pu
         i = int(np.argmax(low))
         if low[i] > -eps_pu:
-            return Violation(Reason.VOLTAGE_LOW, f"bus {int(mon.buses[i])}", float(vm_pu[i]),
-                             float(self.vmin_report[i]))
+            return Violation(
+                Reason.VOLTAGE_LOW,
+                f"bus {int(mon.buses[i])}",
+                float(vm_pu[i]),
+                float(self.vmin_report[i]),
+            )
         return None
 
-    def screen(self, vm_pu: np.ndarray, moved_v: np.ndarray, loading_percent: np.ndarray,
-               moved_l: np.ndarray) -> Violation | bool:
+    def screen(
+        self,
+        vm_pu: np.ndarray,
+        moved_v: np.ndarray,
+        loading_percent: np.ndarray,
+        moved_l: np.ndarray,
+    ) -> Violation | bool:
         """Judge predicted values with per-element margin bands.
 
-        Returns True when every element is inside its limit by more than its band (clearly feasible),
-        a ``Violation`` when the first kind (in the order of ``check``) with an element near its limit
-        has one element clearly past it and clearly the worst of that kind (clearly vetoed, same verdict
+        Returns True when every element is inside its limit by more than its band (clearly
+        feasible),
+        a ``Violation`` when the first kind (in the order of ``check``) with an element near its
+        limit
+        has one element clearly past it and clearly the worst of that kind (clearly vetoed, same
+        verdict
         as ``check`` would give), and False when the prediction is too close to call (AC decides).
         Bands are a floor plus ``BAND_RELATIVE`` of each element's predicted move."""
         if len(moved_v) and float(np.max(moved_v)) > SCREEN_MAX_MOVE_PU:
@@ -123,12 +160,42 @@ class LimitSet:
         n = self.n_lines
         over = loading_percent - self.lmax
         kinds = (
-            (Reason.TRAFO_OVERLOAD, over[n:], band_l[n:], loading_percent[n:], self.lmax_report[n:],
-             "trafo", mon.trafos),
-            (Reason.LINE_OVERLOAD, over[:n], band_l[:n], loading_percent[:n], self.lmax_report[:n],
-             "line", mon.lines),
-            (Reason.VOLTAGE_HIGH, vm_pu - self.vmax, band_v, vm_pu, self.vmax_report, "bus", mon.buses),
-            (Reason.VOLTAGE_LOW, self.vmin - vm_pu, band_v, vm_pu, self.vmin_report, "bus", mon.buses),
+            (
+                Reason.TRAFO_OVERLOAD,
+                over[n:],
+                band_l[n:],
+                loading_percent[n:],
+                self.lmax_report[n:],
+                "trafo",
+                mon.trafos,
+            ),
+            (
+                Reason.LINE_OVERLOAD,
+                over[:n],
+                band_l[:n],
+                loading_percent[:n],
+                self.lmax_report[:n],
+                "line",
+                mon.lines,
+            ),
+            (
+                Reason.VOLTAGE_HIGH,
+                vm_pu - self.vmax,
+                band_v,
+                vm_pu,
+                self.vmax_report,
+                "bus",
+                mon.buses,
+            ),
+            (
+                Reason.VOLTAGE_LOW,
+                self.vmin - vm_pu,
+                band_v,
+                vm_pu,
+                self.vmin_report,
+                "bus",
+                mon.buses,
+            ),
         )
         for reason, excess, band, value, report, kind, names in kinds:
             if len(excess) == 0 or not np.any(excess > -band):

@@ -1,4 +1,5 @@
-"""The baseline: a full pandapower ``runpp`` per trade on the accumulated set, same rule, same limits.
+"""The baseline: a full pandapower ``runpp`` per trade on the accumulated set, same rule, same
+limits.
 
 Used by the benchmark (speed and verdict agreement) and by tests as an independent AC check of an
 approved set (``pandapower_check``).
@@ -27,7 +28,9 @@ class PandapowerChecker:
         self.limitset = limitset
         self.sgen_of_bus: dict[int, int] = {}
         for bus in limitset.monitored.buses:
-            self.sgen_of_bus[int(bus)] = int(pp.create_sgen(self.net, int(bus), p_mw=0.0, name=TRADE_SGEN))
+            self.sgen_of_bus[int(bus)] = int(
+                pp.create_sgen(self.net, int(bus), p_mw=0.0, name=TRADE_SGEN)
+            )
 
     def check(self, injection_kw: dict[int, float], strict: bool = True) -> Violation | None:
         """Run ``runpp`` with these net injections (kW by bus, + injects) and apply the rule."""
@@ -52,8 +55,9 @@ class PandapowerChecker:
         return self.limitset.check(vm, loading, strict=strict)
 
 
-def naive_validate(checker: PandapowerChecker, trades: Sequence[Trade],
-                   on_trade: Callable[[], None] | None = None) -> list[Verdict]:
+def naive_validate(
+    checker: PandapowerChecker, trades: Sequence[Trade], on_trade: Callable[[], None] | None = None
+) -> list[Verdict]:
     """Decide trades one by one, each with a full ``runpp`` of base + approved + this trade.
 
     Expects trades that already passed input checks (known buses, positive power)."""
@@ -68,8 +72,16 @@ def naive_validate(checker: PandapowerChecker, trades: Sequence[Trade],
             accepted = trial
             verdicts.append(Verdict(trade.id, True, Reason.APPROVED))
         else:
-            verdicts.append(Verdict(trade.id, False, violation.reason, violation.element,
-                                    violation.value, violation.limit))
+            verdicts.append(
+                Verdict(
+                    trade.id,
+                    False,
+                    violation.reason,
+                    violation.element,
+                    violation.value,
+                    violation.limit,
+                )
+            )
         if on_trade is not None:
             on_trade()
     return verdicts

@@ -1,4 +1,5 @@
-"""Networks by name, SimBench code or pandapower JSON path, and a fingerprint of their element tables."""
+"""Networks by name, SimBench code or pandapower JSON path, and a fingerprint of their element
+tables."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def quiet() -> Iterator[None]:
 def load_network(name_or_path: str) -> pp.pandapowerNet:
     """Return a fresh pandapower network for a known name, a SimBench code or a JSON file path.
 
-    Raises ``UnknownNetworkError`` (a ``ValueError``) listing what is accepted, or ``NetworkFileError``
+    Raises ``UnknownNetworkError`` (a ``ValueError``) listing what is accepted, or
+    ``NetworkFileError``
     for a file that exists but is not a pandapower network.
     """
     name = str(name_or_path).strip()
@@ -93,13 +95,27 @@ def _load_json(path: Path) -> pp.pandapowerNet:
             f"cannot read {str(path)!r} as a pandapower network ({type(exc).__name__}); {ACCEPTED}"
         ) from exc
     if not isinstance(net, pp.pandapowerNet) or len(net.bus) == 0 or len(net.ext_grid) == 0:
-        raise NetworkFileError(f"{str(path)!r} holds no pandapower network with buses and an ext_grid")
+        raise NetworkFileError(
+            f"{str(path)!r} holds no pandapower network with buses and an ext_grid"
+        )
     return net
 
 
 FINGERPRINT_TABLES = (
-    "bus", "line", "trafo", "trafo3w", "switch", "ext_grid", "gen", "sgen", "load",
-    "shunt", "impedance", "ward", "xward", "storage",
+    "bus",
+    "line",
+    "trafo",
+    "trafo3w",
+    "switch",
+    "ext_grid",
+    "gen",
+    "sgen",
+    "load",
+    "shunt",
+    "impedance",
+    "ward",
+    "xward",
+    "storage",
 )
 
 
@@ -115,14 +131,16 @@ def _canonical_value(value: object) -> object:
 
 
 def network_tables(net: pp.pandapowerNet) -> dict[str, object]:
-    """Canonical, JSON-ready element tables: numeric and boolean columns, rows by index, sorted columns."""
+    """Canonical, JSON-ready element tables: numeric and boolean columns, rows by index, sorted
+    columns."""
     tables: dict[str, object] = {}
     for table in FINGERPRINT_TABLES:
         if table not in net or len(net[table]) == 0:
             continue
         frame = net[table].sort_index()
         columns = sorted(
-            str(c) for c in frame.columns
+            str(c)
+            for c in frame.columns
             if frame[c].dtype.kind in "biuf" and not str(c).startswith("geo")
         )
         rows = [
@@ -140,7 +158,8 @@ def network_fingerprint(net: pp.pandapowerNet) -> str:
 
 
 def bus_geodata(net: pp.pandapowerNet) -> dict[int, tuple[float, float]]:
-    """Bus coordinates ``{bus: (x, y)}`` for drawing, from the ``geo`` column or legacy ``bus_geodata``."""
+    """Bus coordinates ``{bus: (x, y)}`` for drawing, from the ``geo`` column or legacy
+    ``bus_geodata``."""
     coords: dict[int, tuple[float, float]] = {}
     if "geo" in net.bus.columns:
         for idx, geo in net.bus["geo"].items():

@@ -2,16 +2,23 @@
 
 Time of day comes from the interval index alone (UTC): ``t = interval * interval_seconds``,
 ``hour = (t mod 86400) / 3600``, taken at the start of the interval. Shapes are per-unit of the
-element's own value in the network (its nominal ``p_mw``/``q_mvar``) and linear between the hourly points.
+element's own value in the network (its nominal ``p_mw``/``q_mvar``) and linear between the hourly
+points.
 
-- household load: night trough 0.27, morning bump 0.70 at 07:00, midday 0.50, evening peak 1.00 at 19:00;
-- commercial load (cigre ``Load C*``/``Load I*``, SimBench profiles ``G*``): flat 0.90 from 08:00 to 18:00,
+- household load: night trough 0.27, morning bump 0.70 at 07:00, midday 0.50, evening peak 1.00 at
+19:00;
+- commercial load (cigre ``Load C*``/``Load I*``, SimBench profiles ``G*``): flat 0.90 from 08:00
+to 18:00,
   0.35 otherwise;
-- PV (every sgen): ``sin(pi (h - 6) / 14) ** 1.5`` between 06:00 and 20:00, zero at night, peak 1.0 at 13:00.
+- PV (every sgen): ``sin(pi (h - 6) / 14) ** 1.5`` between 06:00 and 20:00, zero at night, peak 1.0
+at 13:00.
 
-Networks without any sgen (cigre_lv, case33bw, the Kerber grids) get one PV sgen per load bus whose peak is
-``PV_PEAK_RATIO`` times that bus's nominal load: at midday PV exceeds the household load several times, so a
-weak feeder exports and trades that add export there are vetoed. With no interval the network's own values
+Networks without any sgen (cigre_lv, case33bw, the Kerber grids) get one PV sgen per load bus whose
+peak is
+``PV_PEAK_RATIO`` times that bus's nominal load: at midday PV exceeds the household load several
+times, so a
+weak feeder exports and trades that add export there are vetoed. With no interval the network's own
+values
 are used unchanged (the added PV then injects nothing).
 """
 
@@ -28,8 +35,30 @@ PV_PEAK_RATIO = 1.5
 ADDED_PV_NAME = "tegrid PV"
 
 HOUSEHOLD_SHAPE: tuple[float, ...] = (
-    0.35, 0.30, 0.28, 0.27, 0.28, 0.35, 0.55, 0.70, 0.65, 0.55, 0.50, 0.50,
-    0.55, 0.50, 0.45, 0.45, 0.55, 0.75, 0.95, 1.00, 0.90, 0.75, 0.55, 0.42,
+    0.35,
+    0.30,
+    0.28,
+    0.27,
+    0.28,
+    0.35,
+    0.55,
+    0.70,
+    0.65,
+    0.55,
+    0.50,
+    0.50,
+    0.55,
+    0.50,
+    0.45,
+    0.45,
+    0.55,
+    0.75,
+    0.95,
+    1.00,
+    0.90,
+    0.75,
+    0.55,
+    0.42,
 )
 COMMERCIAL_SHAPE: tuple[float, ...] = tuple(0.90 if 8 <= h < 18 else 0.35 for h in range(24))
 
@@ -49,7 +78,7 @@ def interval_of(unix_time: float, interval_seconds: int = DEFAULT_INTERVAL_SECON
 
 
 def _hourly(shape: tuple[float, ...], hour: float) -> float:
-    low = int(math.floor(hour)) % 24
+    low = math.floor(hour) % 24
     frac = hour - math.floor(hour)
     return shape[low] * (1.0 - frac) + shape[(low + 1) % 24] * frac
 
@@ -69,25 +98,39 @@ def pv(hour: float) -> float:
 
 
 def is_commercial(name: object, profile: object) -> bool:
-    """cigre names ``Load C*``/``Load I*`` and SimBench profiles ``G*`` follow the commercial shape."""
+    """cigre names ``Load C*``/``Load I*`` and SimBench profiles ``G*`` follow the commercial
+    shape."""
     if isinstance(profile, str) and profile.upper().startswith("G"):
         return True
     return isinstance(name, str) and bool(_COMMERCIAL_NAME.match(name))
 
 
 def add_pv_where_missing(net: pp.pandapowerNet, ratio: float = PV_PEAK_RATIO) -> None:
-    """Give a network without sgens one PV sgen per load bus (peak = ``ratio`` x nominal load, p=0 now)."""
+    """Give a network without sgens one PV sgen per load bus (peak = ``ratio`` x nominal load, p=0
+    now)."""
     if len(net.sgen) > 0 or len(net.load) == 0:
         return
     per_bus = net.load[net.load.in_service].groupby("bus")["p_mw"].sum()
     for bus, p_mw in per_bus.items():
-        pp.create_sgen(net, int(bus), p_mw=0.0, q_mvar=0.0, name=ADDED_PV_NAME,
-                       sn_mva=float(p_mw) * ratio, type="PV")
+        pp.create_sgen(
+            net,
+            int(bus),
+            p_mw=0.0,
+            q_mvar=0.0,
+            name=ADDED_PV_NAME,
+            sn_mva=float(p_mw) * ratio,
+            type="PV",
+        )
 
 
-def apply_interval(net: pp.pandapowerNet, nominal: dict[str, np.ndarray], interval: int | None,
-                   interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> None:
-    """Set loads and sgens of ``net`` for ``interval`` from their ``nominal`` values (see module doc)."""
+def apply_interval(
+    net: pp.pandapowerNet,
+    nominal: dict[str, np.ndarray],
+    interval: int | None,
+    interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+) -> None:
+    """Set loads and sgens of ``net`` for ``interval`` from their ``nominal`` values (see module
+    doc)."""
     load_p, load_q, sgen_p = nominal["load_p_mw"], nominal["load_q_mvar"], nominal["sgen_p_mw"]
     if interval is None:
         net.load["p_mw"] = load_p
@@ -96,17 +139,21 @@ def apply_interval(net: pp.pandapowerNet, nominal: dict[str, np.ndarray], interv
         return
     hour = hour_of_day(interval, interval_seconds)
     profiles = net.load["profile"] if "profile" in net.load.columns else [None] * len(net.load)
-    factors = np.array([
-        commercial(hour) if is_commercial(name, profile) else household(hour)
-        for name, profile in zip(net.load["name"], profiles, strict=True)
-    ], dtype=float)
+    factors = np.array(
+        [
+            commercial(hour) if is_commercial(name, profile) else household(hour)
+            for name, profile in zip(net.load["name"], profiles, strict=True)
+        ],
+        dtype=float,
+    )
     net.load["p_mw"] = load_p * factors
     net.load["q_mvar"] = load_q * factors
     net.sgen["p_mw"] = nominal["sgen_peak_mw"] * pv(hour)
 
 
 def nominal_values(net: pp.pandapowerNet) -> dict[str, np.ndarray]:
-    """Remember the network's own load/sgen values (and the PV peaks) before any interval is applied."""
+    """Remember the network's own load/sgen values (and the PV peaks) before any interval is
+    applied."""
     sgen_p = net.sgen["p_mw"].to_numpy(dtype=float).copy()
     added = (net.sgen["name"] == ADDED_PV_NAME).to_numpy() if len(net.sgen) else np.zeros(0, bool)
     peak = sgen_p.copy()

@@ -1,4 +1,5 @@
-"""Reading trade lists: JSON ``[{"id": str, "seller_bus": int, "buyer_bus": int, "p_kw": float}, ...]``."""
+"""Reading trade lists: JSON ``[{"id": str, "seller_bus": int, "buyer_bus": int, "p_kw": float},
+...]``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ FIELDS = ("id", "seller_bus", "buyer_bus", "p_kw")
 def parse_trades(data: object) -> list[Trade]:
     """Check the shape and types of a decoded trade list; one clear ``TradeInputError`` otherwise.
 
-    A zero power or equal buses are left to the validator (verdict ``INVALID_TRADE``) and unknown buses
+    A zero power or equal buses are left to the validator (verdict ``INVALID_TRADE``) and unknown
+    buses
     too (``UNKNOWN_BUS``); a negative, non-numeric or non-finite power is malformed input."""
     if not isinstance(data, list):
         raise TradeInputError("expected a JSON list of trades")
@@ -51,7 +53,9 @@ def load_trades(path: str | Path) -> list[Trade]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise TradeInputError(f"cannot read trades file {str(path)!r}: {exc.__class__.__name__}") from exc
+        raise TradeInputError(
+            f"cannot read trades file {str(path)!r}: {exc.__class__.__name__}"
+        ) from exc
     try:
         data = json.loads(text)
     except ValueError as exc:

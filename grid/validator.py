@@ -1,18 +1,26 @@
-"""The Neural Grid validator: interval base states, trade verdicts under "do no harm", hosting capacity.
+"""The Neural Grid validator: interval base states, trade verdicts under "do no harm", hosting
+capacity.
 
 How ``validate`` stays both fast and AC-exact:
 
-1. Screen: each trade's effect is predicted with sensitivities taken at the current AC operating point
-   (voltage magnitudes and complex branch currents per injected kW, from the power-flow Jacobian) on top
+1. Screen: each trade's effect is predicted with sensitivities taken at the current AC operating
+point
+   (voltage magnitudes and complex branch currents per injected kW, from the power-flow Jacobian)
+   on top
    of the trades already tentatively accepted in the current batch.
-2. A trade the screen puts clearly inside every limit (outside a margin band that grows with the size of
-   the predicted change) joins the batch. Every ``batch_size`` trades, and before any AC decision, the
-   batch is confirmed with one AC power flow. If AC finds what the screen missed, the batch is re-decided
+2. A trade the screen puts clearly inside every limit (outside a margin band that grows with the
+size of
+   the predicted change) joins the batch. Every ``batch_size`` trades, and before any AC decision,
+   the
+   batch is confirmed with one AC power flow. If AC finds what the screen missed, the batch is
+   re-decided
    trade by trade with AC, so the lowest-priority offending trades are vetoed.
-3. A trade the screen puts near or past a limit gets the AC answer directly (veto reasons and values are
+3. A trade the screen puts near or past a limit gets the AC answer directly (veto reasons and
+values are
    always AC figures). The linearization is refreshed when the operating point has drifted.
 
-The approved set therefore always passes a full AC power flow; verdicts equal those of a validator that
+The approved set therefore always passes a full AC power flow; verdicts equal those of a validator
+that
 runs a full power flow per trade, except where the linear screen errs by more than its band.
 """
 
@@ -195,8 +203,13 @@ class _Base:
 class GridValidator:
     """Validates trade sets on one network. Cheap to query repeatedly: base states are cached."""
 
-    def __init__(self, network: str | pp.pandapowerNet = "cigre_lv", limits: Limits | None = None,
-                 add_pv: bool = True, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        network: str | pp.pandapowerNet = "cigre_lv",
+        limits: Limits | None = None,
+        add_pv: bool = True,
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
         if isinstance(network, pp.pandapowerNet):
             net = copy.deepcopy(network)
             self.network_name = str(net.name) if getattr(net, "name", "") else "custom"
@@ -228,12 +241,14 @@ class GridValidator:
         return bus_geodata(self.net)
 
     # ----------------------------------------------------------------- base state
-    def base_state(self, interval: int | None = None,
-                   interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> BaseStateSummary:
+    def base_state(
+        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+    ) -> BaseStateSummary:
         return self._base(interval, interval_seconds).summary
 
-    def base_net(self, interval: int | None = None,
-                 interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> pp.pandapowerNet:
+    def base_net(
+        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+    ) -> pp.pandapowerNet:
         """A solved copy of the network in the interval's base state (for independent checks)."""
         net = copy.deepcopy(self.net)
         apply_interval(net, self._nominal, interval, interval_seconds)
@@ -241,8 +256,9 @@ class GridValidator:
             pp.runpp(net)
         return net
 
-    def limit_set(self, interval: int | None = None,
-                  interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> LimitSet:
+    def limit_set(
+        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+    ) -> LimitSet:
         base = self._base(interval, interval_seconds)
         if base.limitset is None:
             raise BaseStateError(f"the base state of interval {interval} does not converge")
@@ -265,9 +281,23 @@ class GridValidator:
             with quiet():
                 pp.runpp(net)
         except Exception:
-            summary = BaseStateSummary(self.network_name, interval, int(interval_seconds), hour, False,
-                                       len(self.buses()), None, None, None, None, None, None, None,
-                                       load_kw, pv_kw)
+            summary = BaseStateSummary(
+                self.network_name,
+                interval,
+                int(interval_seconds),
+                hour,
+                False,
+                len(self.buses()),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                load_kw,
+                pv_kw,
+            )
             base = _Base(summary, None, None, None, doc)
         else:
             model = ACModel(net)
@@ -280,14 +310,21 @@ class GridValidator:
             if len(net.trafo):
                 losses_kw += float(net.res_trafo.pl_mw.sum() * 1000)
             summary = BaseStateSummary(
-                network=self.network_name, interval=interval, interval_seconds=int(interval_seconds),
-                hour_of_day=hour, converged=True, buses=len(mon.buses),
-                vm_min_pu=float(vm.min()), vm_min_bus=int(mon.buses[int(np.argmin(vm))]),
-                vm_max_pu=float(vm.max()), vm_max_bus=int(mon.buses[int(np.argmax(vm))]),
+                network=self.network_name,
+                interval=interval,
+                interval_seconds=int(interval_seconds),
+                hour_of_day=hour,
+                converged=True,
+                buses=len(mon.buses),
+                vm_min_pu=float(vm.min()),
+                vm_min_bus=int(mon.buses[int(np.argmin(vm))]),
+                vm_max_pu=float(vm.max()),
+                vm_max_bus=int(mon.buses[int(np.argmax(vm))]),
                 losses_kw=losses_kw,
                 max_line_loading_percent=_max(measures.loading_percent[:n_lines]),
                 max_trafo_loading_percent=_max(measures.loading_percent[n_lines:]),
-                load_kw=load_kw, pv_kw=pv_kw,
+                load_kw=load_kw,
+                pv_kw=pv_kw,
             )
             S = model.Sbus0
             doc["injections"] = hash_array(np.r_[S.real, S.imag])
@@ -298,9 +335,14 @@ class GridValidator:
         return base
 
     # ----------------------------------------------------------------- validation
-    def validate(self, trades: Sequence[Trade], interval: int | None = None,
-                 interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> ValidationResult:
-        """Verdicts for ``trades`` in priority order (first = highest) under the "do no harm" rule."""
+    def validate(
+        self,
+        trades: Sequence[Trade],
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+    ) -> ValidationResult:
+        """Verdicts for ``trades`` in priority order (first = highest) under the "do no harm"
+        rule."""
         base = self._base(interval, interval_seconds)
         trades = list(trades)
         verdicts: list[Verdict | None] = [None] * len(trades)
@@ -317,11 +359,27 @@ class GridValidator:
             for pos, trade in valid:
                 verdicts[pos] = Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
             final: list[Verdict] = [v for v in verdicts if v is not None]
-            digest = evidence_hash(network=self.fingerprint, base_state=base.doc, limits=self.limits,
-                                   trades=trades, verdicts=final, vm_pu=np.zeros(0),
-                                   loading_percent=np.zeros(0))
-            return ValidationResult(self.network_name, self.fingerprint, interval, final, digest,
-                                    False, None, None, None, None)
+            digest = evidence_hash(
+                network=self.fingerprint,
+                base_state=base.doc,
+                limits=self.limits,
+                trades=trades,
+                verdicts=final,
+                vm_pu=np.zeros(0),
+                loading_percent=np.zeros(0),
+            )
+            return ValidationResult(
+                self.network_name,
+                self.fingerprint,
+                interval,
+                final,
+                digest,
+                False,
+                None,
+                None,
+                None,
+                None,
+            )
         session = _Session(base.model, base.measures, base.limitset, self.batch_size)
         with np.errstate(all="ignore"):
             for pos, trade in valid:
@@ -332,21 +390,36 @@ class GridValidator:
         final = [v for v in verdicts if v is not None]
         state = session.measures
         n_lines = len(base.model.monitored.lines)
-        digest = evidence_hash(network=self.fingerprint, base_state=base.doc, limits=self.limits,
-                               trades=trades, verdicts=final, vm_pu=state.vm_pu,
-                               loading_percent=state.loading_percent)
+        digest = evidence_hash(
+            network=self.fingerprint,
+            base_state=base.doc,
+            limits=self.limits,
+            trades=trades,
+            verdicts=final,
+            vm_pu=state.vm_pu,
+            loading_percent=state.loading_percent,
+        )
         return ValidationResult(
-            network=self.network_name, fingerprint=self.fingerprint, interval=interval,
-            verdicts=final, evidence_hash=digest, converged=True,
-            vm_min_pu=float(state.vm_pu.min()), vm_max_pu=float(state.vm_pu.max()),
+            network=self.network_name,
+            fingerprint=self.fingerprint,
+            interval=interval,
+            verdicts=final,
+            evidence_hash=digest,
+            converged=True,
+            vm_min_pu=float(state.vm_pu.min()),
+            vm_max_pu=float(state.vm_pu.max()),
             max_line_loading_percent=_max(state.loading_percent[:n_lines]),
             max_trafo_loading_percent=_max(state.loading_percent[n_lines:]),
             stats=session.stats(len(trades)),
         )
 
     # ----------------------------------------------------------------- hosting capacity
-    def hosting_capacity(self, bus: int, interval: int | None = None,
-                         interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> HostingCapacity:
+    def hosting_capacity(
+        self,
+        bus: int,
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+    ) -> HostingCapacity:
         """Largest export and import at ``bus`` on top of the base state before a limit binds.
 
         Doubling from 1 kW, then bisection with AC to ``HOSTING_RESOLUTION_KW``; the binding
@@ -362,8 +435,12 @@ class GridValidator:
         return HostingCapacity(self.network_name, int(bus), interval, export, import_)
 
     # ----------------------------------------------------------------- dashboard
-    def grid_status(self, trades: Sequence[Trade] = (), interval: int | None = None,
-                    interval_seconds: int = DEFAULT_INTERVAL_SECONDS) -> GridStatus:
+    def grid_status(
+        self,
+        trades: Sequence[Trade] = (),
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+    ) -> GridStatus:
         """AC state of the base state plus ``trades`` (normally the approved ones), all applied."""
         base = self._base(interval, interval_seconds)
         model = base.model
@@ -379,13 +456,20 @@ class GridValidator:
         with np.errstate(all="ignore"):
             V = model.solve(model.Sbus0 + model.injection(delta), model.V0)
         if V is None:
-            return GridStatus(self.network_name, interval, False, mon.buses.tolist(), [], [], [], [], [])
+            return GridStatus(
+                self.network_name, interval, False, mon.buses.tolist(), [], [], [], [], []
+            )
         me = model.measure(V)
         n = len(mon.lines)
         return GridStatus(
-            self.network_name, interval, True, mon.buses.tolist(),
-            [round(float(x), 6) for x in me.vm_pu], mon.lines.tolist(),
-            [round(float(x), 4) for x in me.loading_percent[:n]], mon.trafos.tolist(),
+            self.network_name,
+            interval,
+            True,
+            mon.buses.tolist(),
+            [round(float(x), 6) for x in me.vm_pu],
+            mon.lines.tolist(),
+            [round(float(x), 4) for x in me.loading_percent[:n]],
+            mon.trafos.tolist(),
             [round(float(x), 4) for x in me.loading_percent[n:]],
         )
 
@@ -415,14 +499,23 @@ def _input_verdict(trade: Trade, known: object, seen: set[str]) -> Verdict | Non
 
 
 def _veto(trade: Trade, violation: Violation, source: str = "ac") -> Verdict:
-    return Verdict(trade.id, False, violation.reason, violation.element, violation.value,
-                   violation.limit, source)
+    return Verdict(
+        trade.id,
+        False,
+        violation.reason,
+        violation.element,
+        violation.value,
+        violation.limit,
+        source,
+    )
 
 
 class _Session:
     """One ``validate`` run: the accepted AC state, the current linearization and the open batch."""
 
-    def __init__(self, model: ACModel, measures: Measures, limitset: LimitSet, batch_size: int) -> None:
+    def __init__(
+        self, model: ACModel, measures: Measures, limitset: LimitSet, batch_size: int
+    ) -> None:
         self.model = model
         self.limitset = limitset
         self.batch_size = batch_size
@@ -438,8 +531,14 @@ class _Session:
         self._clear_batch()
 
     def stats(self, n_trades: int) -> ValidationStats:
-        return ValidationStats(n_trades, self.screened_in, self.screened_out, self.ac_solves,
-                               self.fallbacks, self.linearizations)
+        return ValidationStats(
+            n_trades,
+            self.screened_in,
+            self.screened_out,
+            self.ac_solves,
+            self.fallbacks,
+            self.linearizations,
+        )
 
     def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
         self.lin = Linearization(self.model, self.measures.V, jacobian)
@@ -476,8 +575,9 @@ class _Session:
         dif = self.b_dif + p * (cs.di_from - cb.di_from)
         dit = self.b_dit + p * (cs.di_to - cb.di_to)
         vm = me.vm_pu + dvm
-        loading = np.maximum(np.abs(me.i_from + dif) * model.c_from,
-                             np.abs(me.i_to + dit) * model.c_to)
+        loading = np.maximum(
+            np.abs(me.i_from + dif) * model.c_from, np.abs(me.i_to + dit) * model.c_to
+        )
         # Second-order errors (losses) add up over a batch: bands grow with the sum of the moves.
         moved_v = self.b_movedv + np.abs(dvm - self.b_dvm)
         moved_l = self.b_movedl + np.abs(loading - self.b_loading)
@@ -501,8 +601,9 @@ class _Session:
         else:
             self._decide(pos, trade, me.V + dV)
 
-    def _solve(self, S: np.ndarray, V_start: np.ndarray | None = None
-               ) -> tuple[Measures | None, Violation | None]:
+    def _solve(
+        self, S: np.ndarray, V_start: np.ndarray | None = None
+    ) -> tuple[Measures | None, Violation | None]:
         self.ac_solves += 1
         V = self.model.solve(S, self.measures.V if V_start is None else V_start)
         if V is None and V_start is not None:
@@ -528,7 +629,8 @@ class _Session:
         self._commit(S, me)
 
     def flush(self) -> None:
-        """Confirm the open batch with one AC power flow; re-decide it trade by trade if that fails."""
+        """Confirm the open batch with one AC power flow; re-decide it trade by trade if that
+        fails."""
         if not self.batch:
             return
         batch = self.batch
@@ -579,5 +681,6 @@ def _hosting(model: ACModel, limitset: LimitSet, bus: int, sign: float) -> Hosti
             V_ok = V if V is not None else V_ok
         else:
             hi, bound = mid, violation
-    return HostingLimit(float(np.floor(lo * 100) / 100), bound.reason, bound.element, bound.value,
-                        bound.limit)
+    return HostingLimit(
+        float(np.floor(lo * 100) / 100), bound.reason, bound.element, bound.value, bound.limit
+    )

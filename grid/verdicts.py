@@ -1,6 +1,7 @@
 """Trades, limits and verdicts: the value types the validator takes and returns.
 
-``Reason`` codes are stable small integers: the market backend writes them on chain, so never renumber.
+``Reason`` codes are stable small integers: the market backend writes them on chain, so never
+renumber.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class Reason(IntEnum):
 
 @dataclass(frozen=True)
 class Trade:
-    """``p_kw`` moves from ``seller_bus`` (injects ``+p_kw`` extra) to ``buyer_bus`` (withdraws ``+p_kw`` extra).
+    """``p_kw`` moves from ``seller_bus`` (injects ``+p_kw`` extra) to ``buyer_bus`` (withdraws
+    ``+p_kw`` extra).
 
     Buses are pandapower bus indices. Trades are at unity power factor (no reactive power moves).
     """
@@ -38,7 +40,8 @@ class Trade:
 
 @dataclass(frozen=True)
 class Limits:
-    """Operating limits. Where the base state is already outside a limit, "no worse than base" applies
+    """Operating limits. Where the base state is already outside a limit, "no worse than base"
+    applies
     (within ``tolerance``)."""
 
     vm_min_pu: float = 0.90
@@ -48,12 +51,19 @@ class Limits:
     tolerance: float = 1e-6
 
     def __post_init__(self) -> None:
-        values = (self.vm_min_pu, self.vm_max_pu, self.max_line_loading_percent,
-                  self.max_trafo_loading_percent, self.tolerance)
+        values = (
+            self.vm_min_pu,
+            self.vm_max_pu,
+            self.max_line_loading_percent,
+            self.max_trafo_loading_percent,
+            self.tolerance,
+        )
         if not all(math.isfinite(v) for v in values):
             raise ValueError("limits must be finite numbers")
         if not 0 < self.vm_min_pu < self.vm_max_pu:
-            raise ValueError(f"need 0 < vm_min_pu < vm_max_pu, got {self.vm_min_pu}, {self.vm_max_pu}")
+            raise ValueError(
+                f"need 0 < vm_min_pu < vm_max_pu, got {self.vm_min_pu}, {self.vm_max_pu}"
+            )
         if self.max_line_loading_percent <= 0 or self.max_trafo_loading_percent <= 0:
             raise ValueError("loading limits must be positive")
         if self.tolerance < 0:
@@ -65,10 +75,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The answer for one trade. ``element`` ("bus 17", "line 3", "trafo 0"), ``value`` (pu or %) and
+    """The answer for one trade. ``element`` ("bus 17", "line 3", "trafo 0"), ``value`` (pu or %)
+    and
     ``limit`` name the binding constraint of a veto; they are empty/None when approved.
 
-    ``source`` says who decided: ``"ac"`` (an AC power flow) or ``"input"`` (the trade itself is bad)."""
+    ``source`` says who decided: ``"ac"`` (an AC power flow) or ``"input"`` (the trade itself is
+    bad)."""
 
     id: str
     approved: bool

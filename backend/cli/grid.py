@@ -1,6 +1,8 @@
-"""``tegrid grid ...``: Neural Grid commands - base-state check, trade validation, hosting capacity, verify.
+"""``tegrid grid ...``: Neural Grid commands - base-state check, trade validation, hosting
+capacity, verify.
 
-Bad input (unknown network, unreadable or malformed trades file, bad limits) prints one line on stderr
+Bad input (unknown network, unreadable or malformed trades file, bad limits) prints one line on
+stderr
 and exits with code 2. With ``--json`` stdout carries only JSON.
 """
 
@@ -14,26 +16,44 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-# Submodule imports: the editable install in .venv still lists ``grid`` as a namespace package, so the
+# Submodule imports: the editable install in .venv still lists ``grid`` as a namespace package, so
+# the
 # ``tegrid`` script would not run grid/__init__.py.
 from grid.errors import GridError
 from grid.tradeio import load_trades
 from grid.validator import GridValidator
 from grid.verdicts import Limits, Trade
 
-app = typer.Typer(help="Neural Grid: power flow checks, trade validation, hosting capacity.", no_args_is_help=True)
+app = typer.Typer(
+    help="Neural Grid: power flow checks, trade validation, hosting capacity.", no_args_is_help=True
+)
 
-NetworkOpt = Annotated[str, typer.Option("--network", "-n", help="cigre_lv, case33bw, kerber_dorfnetz, "
-                                         "kerber_vorstadt, a SimBench code or a pandapower JSON path")]
-IntervalOpt = Annotated[int | None, typer.Option("--interval", help="interval index "
-                                                 "(floor(unix_time / interval_seconds)); none = "
-                                                 "the network's own values")]
+NetworkOpt = Annotated[
+    str,
+    typer.Option(
+        "--network",
+        "-n",
+        help="cigre_lv, case33bw, kerber_dorfnetz, "
+        "kerber_vorstadt, a SimBench code or a pandapower JSON path",
+    ),
+]
+IntervalOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--interval",
+        help="interval index "
+        "(floor(unix_time / interval_seconds)); none = "
+        "the network's own values",
+    ),
+]
 SecondsOpt = Annotated[int, typer.Option("--interval-seconds", min=1, help="interval length")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON only")]
 VmMinOpt = Annotated[float, typer.Option("--vm-min", help="lower voltage limit, pu")]
 VmMaxOpt = Annotated[float, typer.Option("--vm-max", help="upper voltage limit, pu")]
 LineOpt = Annotated[float, typer.Option("--max-line-loading", help="line loading limit, %")]
-TrafoOpt = Annotated[float, typer.Option("--max-trafo-loading", help="transformer loading limit, %")]
+TrafoOpt = Annotated[
+    float, typer.Option("--max-trafo-loading", help="transformer loading limit, %")
+]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -41,8 +61,13 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _validator(network: str, vm_min: float = 0.90, vm_max: float = 1.10, line: float = 100.0,
-               trafo: float = 100.0) -> GridValidator:
+def _validator(
+    network: str,
+    vm_min: float = 0.90,
+    vm_max: float = 1.10,
+    line: float = 100.0,
+    trafo: float = 100.0,
+) -> GridValidator:
     try:
         limits = Limits(vm_min, vm_max, line, trafo)
     except ValueError as exc:
@@ -58,8 +83,12 @@ def _echo_json(payload: object) -> None:
 
 
 @app.command()
-def check(network: NetworkOpt = "cigre_lv", interval: IntervalOpt = None, interval_seconds: SecondsOpt = 900,
-          as_json: JsonOpt = False) -> None:
+def check(
+    network: NetworkOpt = "cigre_lv",
+    interval: IntervalOpt = None,
+    interval_seconds: SecondsOpt = 900,
+    as_json: JsonOpt = False,
+) -> None:
     """Base-state power flow: voltage extremes, losses, maximum loadings."""
     validator = _validator(network)
     summary = validator.base_state(interval, interval_seconds).to_dict()
@@ -75,11 +104,17 @@ def check(network: NetworkOpt = "cigre_lv", interval: IntervalOpt = None, interv
 
 
 @app.command()
-def validate(trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON list of trades")],
-             network: NetworkOpt = "cigre_lv", interval: IntervalOpt = None,
-             interval_seconds: SecondsOpt = 900, vm_min: VmMinOpt = 0.90, vm_max: VmMaxOpt = 1.10,
-             max_line_loading: LineOpt = 100.0, max_trafo_loading: TrafoOpt = 100.0,
-             as_json: JsonOpt = False) -> None:
+def validate(
+    trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON list of trades")],
+    network: NetworkOpt = "cigre_lv",
+    interval: IntervalOpt = None,
+    interval_seconds: SecondsOpt = 900,
+    vm_min: VmMinOpt = 0.90,
+    vm_max: VmMaxOpt = 1.10,
+    max_line_loading: LineOpt = 100.0,
+    max_trafo_loading: TrafoOpt = 100.0,
+    as_json: JsonOpt = False,
+) -> None:
     """Verdicts for a trade list in priority order, with the evidence hash."""
     trade_list = _load(trades)
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
@@ -93,19 +128,29 @@ def validate(trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON l
         table.add_column(column)
     for verdict in result.verdicts:
         row = verdict.to_dict()
-        table.add_row(*(str(row[c]) if row[c] is not None else "" for c in
-                        ("id", "approved", "reason", "element", "value", "limit")))
+        table.add_row(
+            *(
+                str(row[c]) if row[c] is not None else ""
+                for c in ("id", "approved", "reason", "element", "value", "limit")
+            )
+        )
     console = Console()
     console.print(table)
     console.print(f"evidence {result.evidence_hash}", highlight=False)
 
 
 @app.command("hosting-capacity")
-def hosting_capacity(bus: Annotated[int, typer.Option("--bus", "-b", help="pandapower bus index")],
-                     network: NetworkOpt = "cigre_lv", interval: IntervalOpt = None,
-                     interval_seconds: SecondsOpt = 900, vm_min: VmMinOpt = 0.90,
-                     vm_max: VmMaxOpt = 1.10, max_line_loading: LineOpt = 100.0,
-                     max_trafo_loading: TrafoOpt = 100.0, as_json: JsonOpt = False) -> None:
+def hosting_capacity(
+    bus: Annotated[int, typer.Option("--bus", "-b", help="pandapower bus index")],
+    network: NetworkOpt = "cigre_lv",
+    interval: IntervalOpt = None,
+    interval_seconds: SecondsOpt = 900,
+    vm_min: VmMinOpt = 0.90,
+    vm_max: VmMaxOpt = 1.10,
+    max_line_loading: LineOpt = 100.0,
+    max_trafo_loading: TrafoOpt = 100.0,
+    as_json: JsonOpt = False,
+) -> None:
     """Largest export and import at a bus before a limit binds, with the binding constraint."""
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
     try:
@@ -121,20 +166,37 @@ def hosting_capacity(bus: Annotated[int, typer.Option("--bus", "-b", help="panda
         table.add_column(column)
     for direction, limit in (("export", capacity.max_export), ("import", capacity.max_import)):
         row = limit.to_dict()
-        table.add_row(direction, *(str(row[c]) if row[c] is not None else "" for c in
-                                   ("p_kw", "binding", "element", "value", "limit")))
+        table.add_row(
+            direction,
+            *(
+                str(row[c]) if row[c] is not None else ""
+                for c in ("p_kw", "binding", "element", "value", "limit")
+            ),
+        )
     Console().print(table)
 
 
 @app.command()
-def verify(trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON list of trades")],
-           network: NetworkOpt = "cigre_lv", interval: IntervalOpt = None,
-           interval_seconds: SecondsOpt = 900, vm_min: VmMinOpt = 0.90, vm_max: VmMaxOpt = 1.10,
-           max_line_loading: LineOpt = 100.0, max_trafo_loading: TrafoOpt = 100.0,
-           evidence: Annotated[str | None, typer.Option("--evidence", help="claimed 0x evidence hash")] = None,
-           claimed: Annotated[Path | None, typer.Option("--verdicts", help="claimed result: the JSON "
-                                                        "printed by `tegrid grid validate --json`")] = None,
-           as_json: JsonOpt = False) -> None:
+def verify(
+    trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON list of trades")],
+    network: NetworkOpt = "cigre_lv",
+    interval: IntervalOpt = None,
+    interval_seconds: SecondsOpt = 900,
+    vm_min: VmMinOpt = 0.90,
+    vm_max: VmMaxOpt = 1.10,
+    max_line_loading: LineOpt = 100.0,
+    max_trafo_loading: TrafoOpt = 100.0,
+    evidence: Annotated[
+        str | None, typer.Option("--evidence", help="claimed 0x evidence hash")
+    ] = None,
+    claimed: Annotated[
+        Path | None,
+        typer.Option(
+            "--verdicts", help="claimed result: the JSON printed by `tegrid grid validate --json`"
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Recompute verdicts and evidence from the same inputs; exit 0 on match, 1 on mismatch."""
     if evidence is None and claimed is None:
         _fail("give --evidence 0x... and/or --verdicts FILE")
@@ -145,7 +207,10 @@ def verify(trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON lis
         except (OSError, ValueError) as exc:
             _fail(f"cannot read claimed verdicts {str(claimed)!r}: {exc.__class__.__name__}")
         if not isinstance(document, dict) or not isinstance(document.get("verdicts"), list):
-            _fail(f"claimed verdicts {str(claimed)!r}: expected the JSON of `tegrid grid validate --json`")
+            _fail(
+                f"claimed verdicts {str(claimed)!r}: "
+                "expected the JSON of `tegrid grid validate --json`"
+            )
         claimed_verdicts = document["verdicts"]
         if evidence is None and isinstance(document.get("evidence_hash"), str):
             evidence = document["evidence_hash"]
@@ -167,8 +232,12 @@ def verify(trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON lis
             if mine != other:
                 problems.append(f"verdict {mine[0]!r}: claimed {other}, recomputed {mine[1:]}")
     match = not problems
-    payload = {"match": match, "evidence_hash": result.evidence_hash, "claimed_evidence_hash": evidence,
-               "mismatches": problems}
+    payload = {
+        "match": match,
+        "evidence_hash": result.evidence_hash,
+        "claimed_evidence_hash": evidence,
+        "mismatches": problems,
+    }
     if as_json:
         _echo_json(payload)
     else:

@@ -1,4 +1,5 @@
-"""The ``tegrid grid`` commands: JSON output, verify, and bad input (exit code 2, one line on stderr)."""
+"""The ``tegrid grid`` commands: JSON output, verify, and bad input (exit code 2, one line on
+stderr)."""
 
 from __future__ import annotations
 
@@ -34,17 +35,22 @@ def test_check_case33bw_json() -> None:
 
 
 def test_validate_json_and_verify_roundtrip(tmp_path: Path) -> None:
-    trades = _trades(tmp_path, [
-        {"id": "a", "seller_bus": 22, "buyer_bus": 2, "p_kw": 100.0},
-        {"id": "b", "seller_bus": 24, "buyer_bus": 35, "p_kw": 2},
-        {"id": "c", "seller_bus": 24, "buyer_bus": 9999, "p_kw": 1.5},
-    ])
+    trades = _trades(
+        tmp_path,
+        [
+            {"id": "a", "seller_bus": 22, "buyer_bus": 2, "p_kw": 100.0},
+            {"id": "b", "seller_bus": 24, "buyer_bus": 35, "p_kw": 2},
+            {"id": "c", "seller_bus": 24, "buyer_bus": 9999, "p_kw": 1.5},
+        ],
+    )
     code, out, _ = _run("validate", "--network", "cigre_lv", "--trades", trades, "--json")
     data = json.loads(out)
     assert code == 0
     assert [(v["id"], v["approved"], v["reason"], v["element"]) for v in data["verdicts"]] == [
-        ("a", False, "TRAFO_OVERLOAD", "trafo 0"), ("b", True, "APPROVED", ""),
-        ("c", False, "UNKNOWN_BUS", "bus 9999")]
+        ("a", False, "TRAFO_OVERLOAD", "trafo 0"),
+        ("b", True, "APPROVED", ""),
+        ("c", False, "UNKNOWN_BUS", "bus 9999"),
+    ]
     claimed = tmp_path / "claimed.json"
     claimed.write_text(out)
     code, out, _ = _run("verify", "--trades", trades, "--verdicts", str(claimed), "--json")
@@ -78,8 +84,9 @@ BAD_TRADES = [
 
 @pytest.mark.parametrize("command", ["validate", "verify"])
 @pytest.mark.parametrize(("label", "content"), BAD_TRADES, ids=[b[0] for b in BAD_TRADES])
-def test_trades_commands_bad_file_exit_2_one_line(tmp_path: Path, command: str, label: str,
-                                                  content: object) -> None:
+def test_trades_commands_bad_file_exit_2_one_line(
+    tmp_path: Path, command: str, label: str, content: object
+) -> None:
     extra = ["--evidence", "0x00"] if command == "verify" else []
     code, out, err = _run(command, "--trades", _trades(tmp_path, content), *extra)
     assert code == 2
@@ -91,14 +98,20 @@ def test_trades_commands_bad_file_exit_2_one_line(tmp_path: Path, command: str, 
 def test_validate_missing_file_exit_2(tmp_path: Path) -> None:
     code, _, err = _run("validate", "--trades", str(tmp_path / "nope.json"))
     assert code == 2
-    assert err.strip().splitlines() == [f"error: cannot read trades file '{tmp_path / 'nope.json'}': "
-                                        "FileNotFoundError"]
+    assert err.strip().splitlines() == [
+        f"error: cannot read trades file '{tmp_path / 'nope.json'}': FileNotFoundError"
+    ]
 
 
-@pytest.mark.parametrize("command", [
-    ["check"], ["hosting-capacity", "--bus", "1"], ["validate", "--trades", "TRADES"],
-    ["verify", "--trades", "TRADES", "--evidence", "0x00"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["check"],
+        ["hosting-capacity", "--bus", "1"],
+        ["validate", "--trades", "TRADES"],
+        ["verify", "--trades", "TRADES", "--evidence", "0x00"],
+    ],
+)
 def test_commands_unknown_network_exit_2(tmp_path: Path, command: list[str]) -> None:
     trades = _trades(tmp_path, [])
     args = [trades if a == "TRADES" else a for a in command]

@@ -24,8 +24,14 @@ from grid.profiles import hour_of_day
 
 def test_reason_codes_are_stable() -> None:
     assert [(r.name, int(r)) for r in Reason] == [
-        ("APPROVED", 0), ("VOLTAGE_HIGH", 1), ("VOLTAGE_LOW", 2), ("LINE_OVERLOAD", 3),
-        ("TRAFO_OVERLOAD", 4), ("NOT_CONVERGED", 5), ("UNKNOWN_BUS", 6), ("INVALID_TRADE", 7),
+        ("APPROVED", 0),
+        ("VOLTAGE_HIGH", 1),
+        ("VOLTAGE_LOW", 2),
+        ("LINE_OVERLOAD", 3),
+        ("TRAFO_OVERLOAD", 4),
+        ("NOT_CONVERGED", 5),
+        ("UNKNOWN_BUS", 6),
+        ("INVALID_TRADE", 7),
     ]
 
 
@@ -71,7 +77,9 @@ def test_validate_cigre_large_transfer_vetoed_by_trafo(cigre: GridValidator) -> 
 def test_validate_case33bw_lift_approved_below_limit(case33_strict: GridValidator) -> None:
     assert case33_strict.base_state().vm_min_pu < 0.95  # type: ignore[operator]
     result = case33_strict.validate([Trade("lift", 17, 1, 200.0)])
-    assert [(v.id, v.approved, v.reason) for v in result.verdicts] == [("lift", True, Reason.APPROVED)]
+    assert [(v.id, v.approved, v.reason) for v in result.verdicts] == [
+        ("lift", True, Reason.APPROVED)
+    ]
 
 
 def test_validate_case33bw_worsening_far_end_vetoed(case33_strict: GridValidator) -> None:
@@ -85,7 +93,11 @@ def test_validate_case33bw_worsening_far_end_vetoed(case33_strict: GridValidator
 def test_validate_voltage_past_limit_vetoed_with_bus_and_value(case33: GridValidator) -> None:
     result = case33.validate([Trade("deep", 1, 17, 400.0)])
     (verdict,) = result.verdicts
-    assert (verdict.approved, verdict.reason, verdict.element) == (False, Reason.VOLTAGE_LOW, "bus 17")
+    assert (verdict.approved, verdict.reason, verdict.element) == (
+        False,
+        Reason.VOLTAGE_LOW,
+        "bus 17",
+    )
     assert round(verdict.value or 0, 4) == 0.8798
     assert verdict.limit == 0.9
 
@@ -117,12 +129,16 @@ def test_validate_priority_order_later_trade_vetoed(cigre: GridValidator) -> Non
     trades = [Trade("first", 22, 2, 50.0), Trade("second", 22, 2, 50.0)]
     verdicts = cigre.validate(trades).verdicts
     assert [(v.approved, v.reason) for v in verdicts] == [
-        (True, Reason.APPROVED), (False, Reason.TRAFO_OVERLOAD)]
+        (True, Reason.APPROVED),
+        (False, Reason.TRAFO_OVERLOAD),
+    ]
 
 
 def test_validate_approved_set_passes_pandapower(cigre: GridValidator) -> None:
-    trades = [Trade(f"t{i}", b, s, 30.0) for i, (s, b) in enumerate(
-        [(2, 16), (22, 24), (35, 2), (16, 43), (40, 12), (24, 18)] * 3)]
+    trades = [
+        Trade(f"t{i}", b, s, 30.0)
+        for i, (s, b) in enumerate([(2, 16), (22, 24), (35, 2), (16, 43), (40, 12), (24, 18)] * 3)
+    ]
     result = cigre.validate(trades)
     approved = [t for t, v in zip(trades, result.verdicts, strict=True) if v.approved]
     checker = PandapowerChecker(cigre.base_net(), cigre.limit_set())
