@@ -303,7 +303,8 @@ def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
     page.wait_for_function(
         f"document.querySelector('#wallet-account')?.textContent === '{address}'"
     )
-    assert "bus" in page.locator("#wallet-status").inner_text()
+    status = page.locator("#wallet-status").inner_text()
+    assert "bus" in status and "available" in status and "null" not in status
     iv = open_interval(server, 3)
     page.select_option("#order-form select[name='side']", "buy")
     page.fill("#order-form input[name='energyKwh']", "1.5")
@@ -330,6 +331,8 @@ def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
     page.locator("#order-result.refused").wait_for()
     assert page.locator("#refusal-code").inner_text() == "OVER_CONNECTION_LIMIT"
     assert "exceeds the import limit" in page.locator("#order-result").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".wallet-card").screenshot(path=str(ARTIFACTS / "dashboard-wallet.png"))
     # the browser logs the refused request itself; the page adds nothing else
     assert [e for e in tab.errors if "status of 422" not in e] == []
 

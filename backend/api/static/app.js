@@ -404,13 +404,17 @@ function setupWallet() {
       await loadParticipants([account], true);
       const p = state.participants.get(account);
       const expected = state.health && state.health.chain.chain_id;
-      status.replaceChildren(
+      const parts = [
         h("span", { class: "mono", id: "wallet-account" }, account),
         p && p.registered
-          ? ` · bus ${p.busId} · available ${tokens(p.availableBalance, 2)} token`
+          ? ` · bus ${p.busId} · available ${tokens(p.availableBalance, 2)} token` +
+            (p.reservedByOrders && p.reservedByOrders !== "0" ? ` (${tokens(p.reservedByOrders, 2)} reserved by open buys)` : "")
           : " · not a registered participant (orders will be refused)",
-        chainId && expected && chainId !== expected ? h("span", { class: "warn" }, ` · wallet on chain ${chainId}, market on ${expected}`) : null,
-      );
+      ];
+      if (chainId && expected && chainId !== expected) {
+        parts.push(h("span", { class: "warn" }, ` · wallet on chain ${chainId}, market on ${expected}`));
+      }
+      status.replaceChildren(...parts);
     } catch (err) {
       status.textContent = `wallet: ${err.message || err}`;
     }
