@@ -2,14 +2,11 @@
 
 After a pandapower ``runpp`` of the base state, ``ACModel`` keeps pandapower's internal admittance
 matrices, injections and voltages and re-solves Newton-Raphson with lightsim2grid's KLU solver from
-a warm
-start (tens of microseconds instead of a ~15 ms ``runpp``). Branch loadings use pandapower's own
-formulas
-(lines: current over ``max_i_ka * df * parallel``; transformers: ``trafo_loading="current"``), so
-the
-numbers are pandapower's. ``Linearization`` gives, per injection bus, voltage-magnitude and complex
-branch-current sensitivities from the power-flow Jacobian at an operating point.
-"""
+a warm start (tens of microseconds instead of a ~15 ms ``runpp``). Branch loadings use pandapower's
+own formulas (lines: current over ``max_i_ka * df * parallel``; transformers:
+``trafo_loading="current"``), so the numbers are pandapower's. ``Linearization`` gives, per
+injection bus, voltage-magnitude and complex branch-current sensitivities from the power-flow
+Jacobian at an operating point."""
 
 from __future__ import annotations
 

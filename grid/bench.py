@@ -1,13 +1,10 @@
 """Benchmark: our validator against the naive one (a full pandapower ``runpp`` per trade), same run.
 
 Per network: 2,000 random trades between load buses (fixed seed), sized so that a good share is
-vetoed.
-Figures: microseconds per trade for both, speedup, false accepts (approved by ours but rejected by
-a final
-independent pandapower ``runpp`` of base + approved set under the plain rule), verdict agreement
-(share of
-verdicts with the same approval, reason and element as the naive validator's) and the counts.
-"""
+vetoed. Figures: microseconds per trade for both, speedup, false accepts (approved by ours but
+rejected by a final independent pandapower ``runpp`` of base + approved set under the plain rule),
+verdict agreement (share of verdicts with the same approval, reason and element as the naive
+validator's) and the counts."""
 
 from __future__ import annotations
 

@@ -2,14 +2,10 @@
 violation.
 
 A quantity is within its limit, or - where the base state already breaks that limit - no worse than
-in the
-base state (within ``Limits.tolerance``). When several limits break at once the verdict names, in
-this
-order, a transformer overload, a line overload, an over-voltage, an under-voltage (thermal limits
-first:
-they damage equipment), and within one kind the element that exceeds its limit most (lowest index
-on ties).
-"""
+in the base state (within ``Limits.tolerance``). When several limits break at once the verdict
+names, in this order, a transformer overload, a line overload, an over-voltage, an under-voltage
+(thermal limits first: they damage equipment), and within one kind the element that exceeds its
+limit most (lowest index on ties)."""
 
 from __future__ import annotations
 

@@ -1,26 +1,20 @@
 """Interval base states: documented daily shapes applied to a network's loads and sgens.
 
-Time of day comes from the interval index alone (UTC): ``t = interval * interval_seconds``,
-``hour = (t mod 86400) / 3600``, taken at the start of the interval. Shapes are per-unit of the
-element's own value in the network (its nominal ``p_mw``/``q_mvar``) and linear between the hourly
-points.
+Time of day comes from the interval index alone (UTC): ``t = interval * interval_seconds``, ``hour =
+(t mod 86400) / 3600``, taken at the start of the interval. Shapes are per-unit of the element's own
+value in the network (its nominal ``p_mw``/``q_mvar``) and linear between the hourly points.
 
 - household load: night trough 0.27, morning bump 0.70 at 07:00, midday 0.50, evening peak 1.00 at
-19:00;
-- commercial load (cigre ``Load C*``/``Load I*``, SimBench profiles ``G*``): flat 0.90 from 08:00
-to 18:00,
-  0.35 otherwise;
+  19:00;
+- commercial load (cigre ``Load C*``/``Load I*``, SimBench profiles ``G*``): flat 0.90 from 08:00 to
+  18:00, 0.35 otherwise;
 - PV (every sgen): ``sin(pi (h - 6) / 14) ** 1.5`` between 06:00 and 20:00, zero at night, peak 1.0
-at 13:00.
+  at 13:00.
 
 Networks without any sgen (cigre_lv, case33bw, the Kerber grids) get one PV sgen per load bus whose
-peak is
-``PV_PEAK_RATIO`` times that bus's nominal load: at midday PV exceeds the household load several
-times, so a
-weak feeder exports and trades that add export there are vetoed. With no interval the network's own
-values
-are used unchanged (the added PV then injects nothing).
-"""
+peak is ``PV_PEAK_RATIO`` times that bus's nominal load: at midday PV exceeds the household load
+several times, so a weak feeder exports and trades that add export there are vetoed. With no
+interval the network's own values are used unchanged (the added PV then injects nothing)."""
 
 from __future__ import annotations
 

@@ -4,25 +4,19 @@ capacity.
 How ``validate`` stays both fast and AC-exact:
 
 1. Screen: each trade's effect is predicted with sensitivities taken at the current AC operating
-point
-   (voltage magnitudes and complex branch currents per injected kW, from the power-flow Jacobian)
-   on top
-   of the trades already tentatively accepted in the current batch.
+   point (voltage magnitudes and complex branch currents per injected kW, from the power-flow
+   Jacobian) on top of the trades already tentatively accepted in the current batch.
 2. A trade the screen puts clearly inside every limit (outside a margin band that grows with the
-size of
-   the predicted change) joins the batch. Every ``batch_size`` trades, and before any AC decision,
-   the
-   batch is confirmed with one AC power flow. If AC finds what the screen missed, the batch is
-   re-decided
-   trade by trade with AC, so the lowest-priority offending trades are vetoed.
-3. A trade the screen puts near or past a limit gets the AC answer directly (veto reasons and
-values are
-   always AC figures). The linearization is refreshed when the operating point has drifted.
+   size of the predicted change) joins the batch. Every ``batch_size`` trades, and before any AC
+   decision, the batch is confirmed with one AC power flow. If AC finds what the screen missed, the
+   batch is re-decided trade by trade with AC, so the lowest-priority offending trades are vetoed.
+3. A trade the screen puts near a limit gets the AC answer directly. A trade it puts clearly past a
+   limit (by more than the band, with one clearly worst element, within the linear range) is vetoed
+   by the screen: its value is then the linear estimate (``Verdict.source == "screen"``). The
+   linearization is refreshed when the operating point has drifted.
 
 The approved set therefore always passes a full AC power flow; verdicts equal those of a validator
-that
-runs a full power flow per trade, except where the linear screen errs by more than its band.
-"""
+that runs a full power flow per trade, except where the linear screen errs by more than its band."""
 
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ class Verdict:
     and
     ``limit`` name the binding constraint of a veto; they are empty/None when approved.
 
-    ``source`` says who decided: ``"ac"`` (an AC power flow) or ``"input"`` (the trade itself is
+    ``source`` says who decided: ``"ac"`` (an AC power flow), ``"screen"`` (a clear veto
+    by the linear screen; ``value`` is then its estimate) or ``"input"`` (the trade itself is
     bad)."""
 
     id: str
