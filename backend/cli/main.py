@@ -39,11 +39,13 @@ def doctor() -> None:
 def _register_subcommands() -> None:
     """Sub-apps live beside this file, one per concern."""
     from backend.cli import bench, chain, grid, serve
+    from backend.cli import demo as demo_cli
     from backend.cli import keeper as keeper_cli
     from backend.cli import meters as meters_cli
     from backend.cli import oracle as oracle_cli
 
     app.command(name="serve")(serve.serve)
+    app.command(name="demo")(demo_cli.demo)
     app.add_typer(grid.app, name="grid")
     app.add_typer(chain.app, name="chain")
     app.add_typer(bench.app, name="bench")

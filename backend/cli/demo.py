@@ -1,0 +1,42 @@
+"""``tegrid demo``: a community day through every real component, with a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from backend.errors import TegridError
+
+
+def demo(
+    network: str = typer.Option(
+        "cigre_lv", help="grid: a named network, SimBench code or JSON file"
+    ),
+    prosumers: int = typer.Option(16, min=2, max=500, help="members of the community"),
+    hours: float = typer.Option(4.0, min=0.25, max=24.0, help="length of the simulated day"),
+    interval_minutes: int = typer.Option(15, min=1, max=60, help="delivery interval length"),
+    seed: int = typer.Option(7, help="random seed (community, orders, deviations)"),
+    start_hour: float = typer.Option(
+        10.0, min=0.0, max=23.75, help="first interval, hour of day (UTC)"
+    ),
+    broker: str = typer.Option("auto", help="auto | mosquitto | inprocess"),
+    reports: Path = typer.Option(Path("reports"), help="folder for reports/<timestamp>/"),
+) -> None:
+    """Bring up chain, API, broker, oracle, meters and keeper; trade, validate, meter and settle a
+    day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, summary.json)."""
+    from backend.demo.run import Demo, DemoConfig, print_summary
+
+    console = Console()
+    config = DemoConfig(
+        network=network, prosumers=prosumers, hours=hours, interval_minutes=interval_minutes,
+        seed=seed, start_hour=start_hour, broker=broker, reports_dir=reports.resolve(),
+    )  # fmt: skip
+    try:
+        summary, folder = Demo(config, console).run()
+    except TegridError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    print_summary(summary, folder, console)
+    raise typer.Exit(0 if all(summary["checks"].values()) else 1)

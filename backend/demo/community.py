@@ -1,0 +1,139 @@
+"""The demo's energy community: households with PV, households without, a few with batteries.
+
+Every member has its own wallet key and meter key (derived from the seed, so a run is repeatable),
+sits on a load bus of the network, and decides each interval what to offer or bid from the same
+daily shapes the Neural Grid uses (``grid.profiles``): a PV household sells its forecast surplus, a
+household without PV buys its forecast demand, a battery household sells at the evening peak and
+buys at midday. Prices are limit prices in token base units per kWh (the token has 6 decimals).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from eth_account import Account
+from eth_utils import keccak
+
+PV = "pv"
+CONSUMER = "consumer"
+BATTERY = "battery"
+KINDS = (PV, CONSUMER, BATTERY)
+TOKEN_UNIT = 10**6  # EnergyToken has 6 decimals
+
+
+@dataclass(frozen=True)
+class Member:
+    """One prosumer: wallet, meter, bus and the size of its load, PV and battery."""
+
+    name: str
+    kind: str
+    wallet_key: str
+    meter_key: str
+    bus: int
+    load_peak_kw: float
+    pv_peak_kw: float
+    battery_kw: float
+    ev_kw: float = 0.0  # EV / heat-pump charging power on top of the household load
+
+    @property
+    def wallet(self) -> str:
+        return str(Account.from_key(self.wallet_key).address)
+
+    @property
+    def meter(self) -> str:
+        return str(Account.from_key(self.meter_key).address)
+
+    @property
+    def max_export_w(self) -> int:
+        return int(1000 * max(self.pv_peak_kw, self.battery_kw, 1.0) * 1.2)
+
+    @property
+    def max_import_w(self) -> int:
+        return int(1000 * (self.load_peak_kw + self.ev_kw + self.battery_kw) * 1.2)
+
+
+def _key(seed: int, label: str) -> str:
+    return "0x" + keccak(text=f"tegrid demo {seed} {label}").hex()
+
+
+def build_community(buses: list[int], prosumers: int, seed: int) -> list[Member]:
+    """``prosumers`` members on the load buses ``buses``, weakest first (the buses where the least
+    export can be hosted, e.g. the far end of a long residential feeder).
+
+    Half PV households, 35 % without PV (but with EV or heat-pump charging) and 15 % with a
+    battery. PV households take the weak end of the list and the others the strong end, so a sunny
+    midday pushes the weak feeder against its limits, as the demo is meant to show; with more
+    members than buses, buses are shared.
+    """
+    if prosumers < 2:
+        raise ValueError("the demo needs at least 2 prosumers")
+    if not buses:
+        raise ValueError("the network has no load buses to connect prosumers to")
+    rng = random.Random(seed)
+    n_pv = max(1, round(0.5 * prosumers))
+    n_battery = round(0.15 * prosumers)
+    kinds = [PV] * n_pv + [BATTERY] * n_battery + [CONSUMER] * (prosumers - n_pv - n_battery)
+    rng.shuffle(kinds)
+    weak, strong = 0, 0
+    members = []
+    for i, kind in enumerate(kinds):
+        if kind == PV:
+            bus = buses[weak % len(buses)]
+            weak += 1
+        else:
+            bus = buses[-1 - strong % len(buses)]
+            strong += 1
+        members.append(
+            Member(
+                name=f"{kind}-{i:02d}",
+                kind=kind,
+                wallet_key=_key(seed, f"wallet {i}"),
+                meter_key=_key(seed, f"meter {i}"),
+                bus=int(bus),
+                load_peak_kw=round(rng.uniform(3.0, 8.0), 1),
+                pv_peak_kw=round(rng.uniform(40.0, 80.0), 1) if kind == PV else 0.0,
+                battery_kw=round(rng.uniform(15.0, 30.0), 1) if kind == BATTERY else 0.0,
+                ev_kw=rng.choice((22.0, 44.0, 88.0)) if kind == CONSUMER else 0.0,
+            )
+        )
+    return members
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a member wants to trade in one interval."""
+
+    side: int  # 0 sell, 1 buy
+    energy_wh: int
+    price_per_kwh: int
+
+
+def intent_for(
+    member: Member, hour: float, interval_hours: float, rng: random.Random
+) -> Intent | None:
+    """The order ``member`` places for an interval starting at ``hour`` (None: sits it out)."""
+    from grid import profiles
+
+    load_kwh = member.load_peak_kw * profiles.household(hour) * interval_hours
+    pv_kwh = member.pv_peak_kw * profiles.pv(hour) * interval_hours
+    if member.kind == PV:
+        surplus_wh = int(1000 * (pv_kwh - load_kwh) * rng.uniform(0.6, 1.0))
+        if surplus_wh < 100:
+            return None
+        return Intent(0, surplus_wh, int(TOKEN_UNIT * rng.uniform(0.06, 0.14)))
+    if member.kind == BATTERY:
+        battery_kwh = member.battery_kw * interval_hours
+        if 10.0 <= hour < 15.0:  # charge from the midday PV surplus
+            return Intent(
+                1, int(1000 * battery_kwh * rng.uniform(0.5, 0.9)), int(TOKEN_UNIT * 0.16)
+            )
+        if hour >= 17.0 or hour < 8.0:  # sell into the evening peak
+            return Intent(
+                0, int(1000 * battery_kwh * rng.uniform(0.5, 0.9)), int(TOKEN_UNIT * 0.18)
+            )
+        return None
+    demand_wh = int(1000 * (load_kwh + member.ev_kw * interval_hours * rng.uniform(0.6, 1.0)))
+    if demand_wh < 100:
+        return None
+    return Intent(1, demand_wh, int(TOKEN_UNIT * rng.uniform(0.10, 0.30)))

@@ -1,0 +1,710 @@
+"""``tegrid demo``: a community day through every real component, then a report.
+
+The embedded stack is brought up here: Anvil (its own port, state in the run folder), the contracts,
+the market API (uvicorn in a thread), the MQTT broker (Mosquitto when installed, else the in-process
+transport, said so), the oracle daemon, the meter simulator and the settlement keeper. Members
+connect through the plug-and-play path (signed ``ConnectionRequest`` over HTTP, hosting capacity
+checked by the Neural Grid), post signed orders over HTTP as real clients would, and the chain
+clock is moved forward interval by interval (``evm_setNextBlockTimestamp``) instead of waiting.
+
+Interval pipeline (what a real day looks like, compressed): while interval ``t-1`` runs, orders for
+``t`` are posted and its gate is closed (clear, validate, record); when ``t-1`` ends its meters
+publish, the oracle relays the readings and the keeper settles it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_account import Account
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backend.demo.community import TOKEN_UNIT, build_community, intent_for
+from backend.errors import TegridError
+from backend.paths import REPO_ROOT
+from backend.settings import ANVIL_KEYS, Settings
+
+# Distinct keys per role, so no two processes share a transaction nonce.
+ROLE_KEYS = {
+    "admin": ANVIL_KEYS[0],
+    "market_operator": ANVIL_KEYS[1],
+    "validator": ANVIL_KEYS[2],
+    "grid_operator": ANVIL_KEYS[3],
+    "oracle": ANVIL_KEYS[4],
+    "keeper": ANVIL_KEYS[5],
+}
+DEPOSIT = 2_000 * TOKEN_UNIT
+SETTLEMENT_DELAY_S = 1800
+
+
+class DemoError(TegridError, RuntimeError):
+    """The demo could not complete a step (says which)."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    network: str = "cigre_lv"
+    prosumers: int = 16
+    hours: float = 4.0
+    interval_minutes: int = 15
+    seed: int = 7
+    start_hour: float = 10.0
+    under_delivery_share: float = 0.2  # share of sellers whose meters show 30-70 % of the sale
+    missing_share: float = 0.05  # share of readings never sent (count as zero at the deadline)
+    reports_dir: Path = REPO_ROOT / "reports"
+    broker: str = "auto"  # auto | mosquitto | inprocess
+
+    def validate(self) -> None:
+        if self.prosumers < 2 or self.prosumers > 500:
+            raise DemoError("--prosumers must be between 2 and 500")
+        if not 0 < self.hours <= 24:
+            raise DemoError("--hours must be in (0, 24]")
+        if self.interval_minutes < 1 or 1440 % self.interval_minutes:
+            raise DemoError("--interval-minutes must divide a day (1, 5, 15, 30, 60 ...)")
+        if self.broker not in ("auto", "mosquitto", "inprocess"):
+            raise DemoError("--broker must be auto, mosquitto or inprocess")
+
+    @property
+    def interval_seconds(self) -> int:
+        return self.interval_minutes * 60
+
+    @property
+    def intervals(self) -> int:
+        return max(1, round(self.hours * 60 / self.interval_minutes))
+
+
+class _Stack:
+    """Everything the demo started, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self._stops: list[Any] = []
+
+    def push(self, stop: Any) -> None:
+        self._stops.append(stop)
+
+    def close(self) -> None:
+        while self._stops:
+            stop = self._stops.pop()
+            with contextlib.suppress(Exception):
+                stop()
+
+
+def _sign(domain: Any, primary: str, message: dict[str, Any], key: str) -> str:
+    from backend.market import typed
+
+    return str(typed.sign_digest(domain.digest(primary, message), key))
+
+
+def _check(response: httpx.Response, what: str) -> dict[str, Any]:
+    if response.status_code >= 400:
+        raise DemoError(f"{what}: HTTP {response.status_code} {response.text[:300]}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+class Demo:
+    """One demo run; :meth:`run` returns the summary and the report folder."""
+
+    def __init__(self, config: DemoConfig, console: Console) -> None:
+        config.validate()
+        self.cfg = config
+        self.console = console
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        self.report_dir = config.reports_dir / stamp
+        self.work = REPO_ROOT / ".tegrid" / f"demo-{stamp}"
+        self.stack = _Stack()
+        self.rng = random.Random(config.seed)
+        self.records: list[dict[str, Any]] = []
+        self.vetoes: list[dict[str, Any]] = []
+        self.positions: dict[tuple[str, int], int] = {}
+        self.overrides: dict[tuple[str, int], tuple[int, int]] = {}
+        self.published: set[tuple[str, int]] = set()
+        self.transport_note = ""
+
+    # ------------------------------------------------------------------ set-up
+    def _start_chain(self) -> None:
+        from web3 import Web3
+
+        from backend.oracle.devchain import AnvilProcess
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        anvil = AnvilProcess(state_file=self.work / "anvil-state.json").start()
+        self.stack.push(anvil.stop)
+        self.w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
+        self.settings = dataclasses.replace(
+            Settings.from_env(),
+            rpc_url=anvil.url,
+            chain_id=int(self.w3.eth.chain_id),
+            admin_key=ROLE_KEYS["admin"],
+            market_operator_key=ROLE_KEYS["market_operator"],
+            validator_key=ROLE_KEYS["validator"],
+            grid_operator_key=ROLE_KEYS["grid_operator"],
+            oracle_key=ROLE_KEYS["oracle"],
+            database_url=f"sqlite:///{self.work / 'market.db'}",
+            oracle_database_url=f"sqlite:///{self.work / 'oracle.db'}",
+            network=self.cfg.network,
+            interval_seconds=self.cfg.interval_seconds,
+            deployment_file=self.work / "deployment.json",
+            chain_state_file=self.work / "anvil-state.json",
+        )
+
+    def _deploy(self) -> None:
+        from backend.chain.deploy import deploy_from_settings
+
+        self.deployment = deploy_from_settings(
+            self.settings, settlement_delay_seconds=SETTLEMENT_DELAY_S
+        )
+
+    def _start_market(self) -> None:
+        from backend.api.app import create_app
+        from backend.api.server import start_in_thread
+        from backend.market.factory import build_market
+        from backend.market.service import MarketConfig
+
+        self.market = build_market(
+            self.settings,
+            config=MarketConfig(interval_seconds=self.cfg.interval_seconds, gate_lead_seconds=60),
+        )
+        app = create_app(self.market, dev=True, scheduler=False)
+        self.server = start_in_thread(app)
+        self.stack.push(self.server.stop)
+        self.http = httpx.Client(base_url=self.server.url, timeout=120)
+        self.stack.push(self.http.close)
+        template = _check(self.http.get("/orders/eip712"), "GET /orders/eip712")
+        self.console.print(
+            f"API at {self.server.url} (EIP-712 domain {template['domain']['name']!r}, "
+            f"chain {template['domain']['chainId']})"
+        )
+
+    def _start_iot(self) -> None:
+        from backend.iot.broker import MosquittoBroker, find_mosquitto
+        from backend.iot.transport import InProcessBroker, InProcessTransport, MqttTransport
+        from backend.oracle.daemon import OracleDaemon
+        from backend.oracle.store import OracleStore
+        from backend.oracle.web3_ledger import Web3Ledger
+
+        use_mqtt = self.cfg.broker == "mosquitto" or (
+            self.cfg.broker == "auto" and find_mosquitto() is not None
+        )
+        oracle_transport: Any
+        if use_mqtt:
+            if find_mosquitto() is None:
+                raise DemoError(
+                    "--broker mosquitto: mosquitto is not installed (apt-get install mosquitto)"
+                )
+            broker = MosquittoBroker().start()
+            self.stack.push(broker.stop)
+            self.transport_note = f"MQTT via Mosquitto at {broker.url}"
+            oracle_transport = MqttTransport(
+                broker.url, client_id="tegrid-demo-oracle", clean_session=False
+            )
+            self.meter_transport: Any = MqttTransport(broker.url, client_id="tegrid-demo-meters")
+        else:
+            shared = InProcessBroker()
+            self.transport_note = (
+                "in-process transport (no MQTT broker found: apt-get install mosquitto)"
+            )
+            oracle_transport = InProcessTransport(shared, client_id="tegrid-demo-oracle")
+            self.meter_transport = InProcessTransport(shared, client_id="tegrid-demo-meters")
+        self.console.print(f"meter transport: {self.transport_note}")
+        oracle_transport.connect()
+        self.meter_transport.connect()
+        self.stack.push(oracle_transport.close)
+        self.stack.push(self.meter_transport.close)
+        self.oracle = OracleDaemon(
+            OracleStore(self.settings.oracle_database_url),
+            Web3Ledger(self.settings.rpc_url, self.settings.oracle_key, self.deployment),
+            oracle_transport,
+        )
+        self.oracle.start()
+        self.stack.push(self.oracle.stop)
+
+    def _start_keeper(self) -> None:
+        from backend.chain.client import ChainClient
+        from backend.keeper.keeper import SettlementKeeper
+
+        self.keeper = SettlementKeeper(
+            ChainClient(self.settings.rpc_url, ROLE_KEYS["keeper"]), self.deployment, poll_s=0.2
+        )
+
+    # ------------------------------------------------------------------ chain helpers
+    def _contract(self, name: str) -> Any:
+        from backend.chain.contracts import contract_at
+
+        return contract_at(self.w3, name, self.deployment.address(name))
+
+    def _set_time(self, timestamp: int) -> None:
+        from backend.oracle.devchain import chain_now, set_time
+
+        if chain_now(self.w3) < timestamp:
+            set_time(self.w3, timestamp)
+        self.market.ledger.invalidate_clock()  # type: ignore[attr-defined]
+
+    def _transact(self, key: str, fn: Any) -> Any:
+        from backend.chain.client import ChainClient
+
+        client = ChainClient(self.settings.rpc_url, key)
+        return client.transact(fn)
+
+    # ------------------------------------------------------------------ community
+    def _connect_members(self) -> None:
+
+        grid = self.market.grid
+        if grid is None:
+            raise DemoError("the market runs without a Neural Grid")
+        midday = (86400 * 1000 + 13 * 3600) // self.cfg.interval_seconds
+        weak_first = sorted(
+            self.grid_validator.load_buses(),
+            key=lambda b: (
+                self.grid_validator.hosting_capacity(
+                    b, interval=midday, interval_seconds=self.cfg.interval_seconds
+                ).max_export.p_kw
+            ),
+        )
+        self.members = build_community(weak_first, self.cfg.prosumers, self.cfg.seed)
+        reg_domain = self.market.registry_domain
+        token = self._contract("EnergyToken")
+        market = self._contract("EnergyMarket")
+        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        refused = 0
+        for i, m in enumerate(self.members):
+            self.w3.provider.make_request("anvil_setBalance", [m.wallet, hex(10**20)])  # type: ignore[arg-type]
+            export_w = m.max_export_w
+            for attempt in range(2):
+                msg = {
+                    "wallet": m.wallet, "meter": m.meter, "busId": m.bus,
+                    "maxExportW": export_w, "maxImportW": m.max_import_w,
+                    "nonce": i * 10 + attempt, "expiry": now + 3600,
+                }  # fmt: skip
+                sig = _sign(reg_domain, "ConnectionRequest", msg, m.wallet_key)
+                r = self.http.post("/participants", json={"message": msg, "signature": sig})
+                if r.status_code < 400:
+                    break
+                detail = r.json().get("detail", {})
+                if attempt == 0 and detail.get("code") == "HOSTING_CAPACITY":
+                    refused += 1
+                    capacity_w = grid.hosting_capacity_w(m.bus)
+                    export_w = max(1000, int(capacity_w * 0.9))
+                    self.members[i] = dataclasses.replace(
+                        m, pv_peak_kw=min(m.pv_peak_kw, export_w / 1200)
+                    )
+                    m = self.members[i]
+                    continue
+                raise DemoError(f"connecting {m.name}: HTTP {r.status_code} {r.text[:200]}")
+            self._transact(ROLE_KEYS["admin"], token.functions.mint(m.wallet, DEPOSIT))
+            self._transact(m.wallet_key, token.functions.approve(market.address, DEPOSIT))
+            self._transact(m.wallet_key, market.functions.deposit(DEPOSIT))
+            self.market.available_balance(m.wallet, fresh=True)  # refresh the accept-path cache
+        self.console.print(
+            f"{len(self.members)} prosumers connected through the plug-and-play path "
+            f"({refused} first requests refused for hosting capacity and resized)"
+        )
+        self.by_wallet = {m.wallet: m for m in self.members}
+        self.by_meter = {m.meter: m for m in self.members}
+
+    # ------------------------------------------------------------------ one interval
+    def _post_orders(self, interval_id: int) -> int:
+        from backend.market import typed
+
+        hour = (interval_id * self.cfg.interval_seconds % 86400) / 3600
+        hours = self.cfg.interval_seconds / 3600
+        domain = self.market.domain
+        expiry = (interval_id + 4) * self.cfg.interval_seconds
+        posted = 0
+        for m in self.members:
+            intent = intent_for(m, hour, hours, self.rng)
+            if intent is None:
+                continue
+            limit_wh = int((m.max_export_w if intent.side == 0 else m.max_import_w) * hours)
+            msg = {
+                "trader": m.wallet, "side": intent.side, "intervalId": interval_id,
+                "energyWh": min(intent.energy_wh, limit_wh), "pricePerKWh": intent.price_per_kwh,
+                "nonce": interval_id * 4 + intent.side, "expiry": expiry,
+                "counterparty": typed.ZERO_ADDRESS,
+            }  # fmt: skip
+            body = {"message": msg, "signature": _sign(domain, "Order", msg, m.wallet_key)}
+            _check(self.http.post("/orders", json=body), f"order of {m.name}")
+            posted += 1
+        return posted
+
+    def _clear(self, interval_id: int) -> dict[str, Any]:
+        interval = _check(
+            self.http.post(f"/intervals/{interval_id}/close"), f"closing interval {interval_id}"
+        )
+        trades = _check(self.http.get("/trades", params={"interval": interval_id}), "GET /trades")
+        items: list[dict[str, Any]] = (
+            trades if isinstance(trades, list) else trades.get("trades", [])
+        )
+        return {"interval": interval, "trades": items}
+
+    def _plan_delivery(self, interval_id: int, trades: list[dict[str, Any]]) -> None:
+        """Traded positions for the meters; some sellers under-deliver."""
+        for t in trades:
+            if not t["approved"]:
+                continue
+            seller, buyer = self.by_wallet[t["seller"]], self.by_wallet[t["buyer"]]
+            self.positions[(seller.meter, interval_id)] = self.positions.get(
+                (seller.meter, interval_id), 0
+            ) + int(t["energyWh"])
+            self.positions[(buyer.meter, interval_id)] = self.positions.get(
+                (buyer.meter, interval_id), 0
+            ) - int(t["energyWh"])
+        for m in self.members:
+            key = (m.meter, interval_id)
+            sold_wh = self.positions.get(key, 0)
+            if sold_wh > 0 and self.rng.random() < self.cfg.under_delivery_share:
+                # a cloud: the meter exports only part of what was sold (partial delivery)
+                self.overrides[key] = (0, int(sold_wh * self.rng.uniform(0.3, 0.7)))
+
+    def _publish_readings(self, interval_id: int) -> int:
+        from backend.iot.meters import MeterSimulator, MeterSpec
+        from backend.iot.signing import ReadingDomain
+
+        specs = [
+            MeterSpec(m.meter_key, m.bus, m.load_peak_kw, m.pv_peak_kw, False, m.wallet)
+            for m in self.members
+            if self.rng.random() >= self.cfg.missing_share
+        ]
+        sim = MeterSimulator(
+            specs,
+            ReadingDomain(self.settings.chain_id, self.deployment.address("MeterReadings")),
+            self.meter_transport,
+            self.cfg.interval_seconds,
+            positions=self.positions,
+            overrides=self.overrides,
+        )
+        stats = sim.publish_interval(interval_id)
+        self.meter_transport.flush()
+        for spec in specs:
+            self.published.add((spec.address, interval_id))
+        return stats.published
+
+    def _wait_readings(self, interval_id: int, timeout_s: float = 120.0) -> None:
+        readings = self._contract("MeterReadings")
+        want = [meter for meter, i in self.published if i == interval_id]
+        deadline = time.monotonic() + timeout_s
+        while want:
+            want = [
+                meter for meter in want
+                if not readings.functions.readingOf(meter, interval_id).call()[2]
+            ]  # fmt: skip
+            if not want:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"interval {interval_id}: {len(want)} readings not on chain after "
+                    f"{timeout_s:.0f} s (oracle status: {self.oracle.counters})"
+                )
+            time.sleep(0.1)
+
+    def _settle_due(self) -> list[int]:
+        settled: list[int] = []
+        for _ in range(3):
+            settled += list(self.keeper.run_once())
+        return settled
+
+    # ------------------------------------------------------------------ grid evidence
+    def _grid_states(self, interval_id: int, trades: list[dict[str, Any]]) -> dict[str, Any]:
+        from grid.verdicts import Trade
+
+        hours = self.cfg.interval_seconds / 3600
+        validator = self.grid_validator
+
+        def state(selected: list[dict[str, Any]]) -> dict[str, float]:
+            st = validator.grid_status(
+                [
+                    Trade(t["id"], t["sellerBus"], t["buyerBus"], t["energyWh"] / hours / 1000)
+                    for t in selected
+                ],
+                interval=interval_id,
+                interval_seconds=self.cfg.interval_seconds,
+            )
+            return {
+                "converged": bool(st.converged),
+                "vm_min_pu": min(st.vm_pu) if st.vm_pu else float("nan"),
+                "vm_max_pu": max(st.vm_pu) if st.vm_pu else float("nan"),
+                "max_line_loading_percent": max(st.line_loading_percent, default=0.0),
+                "max_trafo_loading_percent": max(st.trafo_loading_percent, default=0.0),
+            }
+
+        base = validator.base_state(interval_id, self.cfg.interval_seconds)
+        return {
+            "grid_base": state([]),
+            "grid_approved": state([t for t in trades if t["approved"]]),
+            "grid_all": state(trades),
+            "base_summary": base.to_dict(),
+        }
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> tuple[dict[str, Any], Path]:
+        from grid.validator import GridValidator
+
+        cfg = self.cfg
+        started = time.perf_counter()
+        try:
+            self.console.print(
+                f"[bold]tegrid demo[/]: {cfg.prosumers} prosumers on {cfg.network}, "
+                f"{cfg.intervals} intervals of {cfg.interval_minutes} min from "
+                f"{cfg.start_hour:04.1f} h, seed {cfg.seed}"
+            )
+            self._start_chain()
+            self._deploy()
+            self._start_market()
+            self.grid_validator = GridValidator(cfg.network)
+            self._start_iot()
+            self._start_keeper()
+            self._connect_members()
+            s = cfg.interval_seconds
+            now = int(self.w3.eth.get_block("latest")["timestamp"])
+            day = (now // 86400 + 1) * 86400
+            first = (day + int(cfg.start_hour * 3600)) // s
+            last = first + cfg.intervals - 1
+            self._set_time((first - 1) * s + 1)
+            self.gas_record: dict[int, int] = {}
+            with Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+            ) as progress:
+                task = progress.add_task("intervals", total=cfg.intervals + 1)
+                for t in range(first, last + 2):
+                    label = datetime.fromtimestamp(t * s, UTC).strftime("%H:%M")
+                    if t <= last:
+                        progress.update(task, description=f"interval {label}: orders")
+                        posted = self._post_orders(t)
+                        progress.update(task, description=f"interval {label}: clearing")
+                        cleared = self._clear(t)
+                        self._plan_delivery(t, cleared["trades"])
+                        self.records.append({"t": t, "label": label, "posted": posted, **cleared})
+                    self._set_time(t * s + 1)  # interval t-1 has ended
+                    if t - 1 >= first:
+                        progress.update(task, description=f"interval {label}: meters")
+                        self._publish_readings(t - 1)
+                        self._wait_readings(t - 1)
+                        self._settle_due()
+                    progress.advance(task)
+                # readings that never came count as zero once the settlement deadline passes
+                self._set_time((last + 1) * s + SETTLEMENT_DELAY_S + 2)
+                self._settle_due()
+            summary = self._summarize(first, last, time.perf_counter() - started)
+        finally:
+            self.stack.close()
+        from backend.demo.report import write_report
+
+        write_report(summary, self.report_dir)
+        return summary, self.report_dir
+
+    # ------------------------------------------------------------------ results
+    def _events(self, contract: Any, name: str) -> list[Any]:
+        event = getattr(contract.events, name)
+        return list(event.get_logs(from_block=self.deployment.block))
+
+    def _summarize(self, first: int, last: int, wall_s: float) -> dict[str, Any]:
+        market = self._contract("EnergyMarket")
+        readings = self._contract("MeterReadings")
+        token = self._contract("EnergyToken")
+        settled_events = self._events(market, "TradeSettled")
+        settled_count = Counter(e["args"]["tradeId"].hex() for e in settled_events)
+        settled_by_id = {e["args"]["tradeId"].hex(): e for e in settled_events}
+        reading_events = self._events(readings, "ReadingSubmitted")
+        reading_count = Counter(
+            (e["args"]["meter"], int(e["args"]["intervalId"])) for e in reading_events
+        )
+        settle_gas: Counter[int] = Counter()
+        for e in self._events(market, "IntervalSettled"):
+            receipt = self.w3.eth.get_transaction_receipt(e["transactionHash"])
+            settle_gas[int(e["args"]["intervalId"])] += int(receipt["gasUsed"])
+        reading_gas: Counter[int] = Counter()
+        seen_tx: set[bytes] = set()
+        for e in reading_events:
+            if e["transactionHash"] in seen_tx:
+                continue
+            seen_tx.add(e["transactionHash"])
+            receipt = self.w3.eth.get_transaction_receipt(e["transactionHash"])
+            reading_gas[int(e["args"]["intervalId"])] += int(receipt["gasUsed"])
+
+        limits = self.grid_validator.limits
+        intervals: list[dict[str, Any]] = []
+        approved_ids: list[str] = []
+        vetoed_ids: list[str] = []
+        limit_ok = True
+        for rec in self.records:
+            t, trades, iv = rec["t"], rec["trades"], rec["interval"]
+            grid_states = self._grid_states(t, trades)
+            record_gas = 0
+            batch = iv.get("batch") or {}
+            if batch.get("txHash"):
+                record_gas = int(self.w3.eth.get_transaction_receipt(batch["txHash"])["gasUsed"])
+            reasons = Counter(tr["reason"] for tr in trades if not tr["approved"])
+            for tr in trades:
+                (approved_ids if tr["approved"] else vetoed_ids).append(tr["id"][2:].lower())
+                if not tr["approved"]:
+                    self.vetoes.append(
+                        {
+                            "label": rec["label"], "trade": tr["id"][:10], "reason": tr["reason"],
+                            "element": tr["element"], "value": "", "limit": "",
+                        }
+                    )  # fmt: skip
+            ok = _within(grid_states["grid_approved"], grid_states["grid_base"], limits)
+            limit_ok &= ok
+            price = iv.get("clearingPrice")
+            intervals.append(
+                {
+                    "interval": t,
+                    "label": rec["label"],
+                    "orders": rec["posted"],
+                    "clearing_price": int(price) / TOKEN_UNIT if price is not None else None,
+                    "traded_wh": int(iv["tradedWh"]),
+                    "vetoed_wh": int(iv["vetoedWh"]),
+                    "approved": int(iv["approvedCount"]),
+                    "vetoed": int(iv["vetoedCount"]),
+                    "vetoes_by_reason": dict(reasons),
+                    "grid_base": grid_states["grid_base"],
+                    "grid_approved": grid_states["grid_approved"],
+                    "grid_all": grid_states["grid_all"],
+                    "approved_state_within_limits": ok,
+                    "gas": {
+                        "record": record_gas,
+                        "readings": int(reading_gas.get(t, 0)),
+                        "settle": int(settle_gas.get(t, 0)),
+                    },
+                }
+            )
+
+        participants: list[dict[str, Any]] = []
+        total_internal = 0
+        for m in self.members:
+            available, locked = market.functions.balanceOf(m.wallet).call()
+            total_internal += int(available) + int(locked)
+            participants.append(
+                {
+                    "name": m.name, "kind": m.kind, "wallet": m.wallet, "bus": m.bus,
+                    "contracted_wh": 0, "delivered_wh": 0, "paid": 0, "received": 0,
+                    "available": int(available), "locked": int(locked),
+                }
+            )  # fmt: skip
+        by_wallet = {p["wallet"]: p for p in participants}
+        for rec in self.records:
+            for tr in rec["trades"]:
+                if not tr["approved"]:
+                    continue
+                ev = settled_by_id.get(tr["id"][2:].lower())
+                delivered = int(ev["args"]["deliveredWh"]) if ev else 0
+                paid = int(ev["args"]["paid"]) if ev else 0
+                for who, sign in ((tr["seller"], 1), (tr["buyer"], -1)):
+                    p = by_wallet[who]
+                    p["contracted_wh"] += int(tr["energyWh"])
+                    p["delivered_wh"] += delivered
+                    if sign > 0:
+                        p["received"] += paid
+                    else:
+                        p["paid"] += paid
+        deposited = DEPOSIT * len(self.members)
+        market_tokens = int(token.functions.balanceOf(market.address).call())
+        checks = {
+            "tokens conserved (market token balance = deposits = internal balances)": (
+                market_tokens == deposited == total_internal
+            ),
+            "every approved trade settled exactly once": all(
+                settled_count.get(i, 0) == 1 for i in approved_ids
+            )
+            and len(settled_count) == len(approved_ids),
+            "no vetoed trade settled": not any(settled_count.get(i, 0) for i in vetoed_ids),
+            "every published reading on chain exactly once": all(
+                reading_count.get(k, 0) == 1 for k in self.published
+            )
+            and sum(reading_count.values()) == len(self.published),
+            "no approved interval state violates a grid limit": limit_ok,
+            "no escrow left locked": all(p["locked"] == 0 for p in participants),
+        }
+        totals = {
+            "intervals": len(intervals),
+            "orders posted": sum(i["orders"] for i in intervals),
+            "trades approved": len(approved_ids),
+            "trades vetoed": len(vetoed_ids),
+            "energy traded (kWh)": round(sum(i["traded_wh"] for i in intervals) / 1000, 3),
+            "energy delivered (kWh)": round(sum(p["delivered_wh"] for p in participants) / 2000, 3),
+            "tokens paid to sellers": sum(p["received"] for p in participants) / TOKEN_UNIT,
+            "readings on chain": sum(reading_count.values()),
+            "gas total": sum(sum(i["gas"].values()) for i in intervals),
+            "wall time (s)": round(wall_s, 1),
+        }
+        return {
+            "network": self.cfg.network,
+            "prosumers": self.cfg.prosumers,
+            "interval_minutes": self.cfg.interval_minutes,
+            "seed": self.cfg.seed,
+            "transport": self.transport_note,
+            "chain": {"rpc_url": self.settings.rpc_url, "contracts": self.deployment.contracts},
+            "limits": {
+                "vm_min_pu": float(limits.vm_min_pu),
+                "vm_max_pu": float(limits.vm_max_pu),
+                "max_loading_percent": float(limits.max_line_loading_percent),
+                "max_trafo_loading_percent": float(limits.max_trafo_loading_percent),
+            },
+            "intervals": intervals,
+            "participants": participants,
+            "vetoes": self.vetoes,
+            "checks": checks,
+            "totals": totals,
+        }
+
+
+def _within(approved: dict[str, Any], base: dict[str, Any], limits: Any) -> bool:
+    """The approved state respects every limit, or is no worse than the base state where the base
+    state is already outside it (the validator's "do no harm" rule)."""
+    tol = 1e-6
+    if not approved["converged"]:
+        return False
+    checks = (
+        (approved["vm_min_pu"] >= min(limits.vm_min_pu, base["vm_min_pu"]) - tol),
+        (approved["vm_max_pu"] <= max(limits.vm_max_pu, base["vm_max_pu"]) + tol),
+        approved["max_line_loading_percent"]
+        <= max(limits.max_line_loading_percent, base["max_line_loading_percent"]) + tol,
+        approved["max_trafo_loading_percent"]
+        <= max(limits.max_trafo_loading_percent, base["max_trafo_loading_percent"]) + tol,
+    )
+    return all(checks)
+
+
+def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -> None:
+    table = Table(title="tegrid demo: per interval")
+    for col in ("time", "orders", "price", "kWh", "ok", "veto", "reasons", "min V", "load%"):
+        table.add_column(col, justify="right")
+    for i in summary["intervals"]:
+        ga = i["grid_approved"]
+        price = "-" if i["clearing_price"] is None else f"{i['clearing_price']:.4f}"
+        table.add_row(
+            i["label"], str(i["orders"]), price, f"{i['traded_wh'] / 1000:.1f}",
+            str(i["approved"]), str(i["vetoed"]),
+            ", ".join(f"{k} {v}" for k, v in i["vetoes_by_reason"].items()) or "-",
+            f"{ga['vm_min_pu']:.3f}",
+            f"{max(ga['max_line_loading_percent'], ga['max_trafo_loading_percent']):.1f}",
+        )  # fmt: skip
+    console.print(table)
+    totals = Table(title="totals")
+    totals.add_column("figure")
+    totals.add_column("value", justify="right")
+    for k, v in summary["totals"].items():
+        totals.add_row(k, str(v))
+    console.print(totals)
+    for name, ok in summary["checks"].items():
+        console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'}  {name}")
+    console.print(f"report: {report_dir / 'report.html'}")
+
+
+def account_of(key: str) -> str:
+    return str(Account.from_key(key).address)
