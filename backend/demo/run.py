@@ -19,6 +19,8 @@ import dataclasses
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,6 +133,16 @@ class Demo:
         self.overrides: dict[tuple[str, int], tuple[int, int]] = {}
         self.published: set[tuple[str, int]] = set()
         self.transport_note = ""
+        self.stage_s: dict[str, float] = {}
+        self.pipeline_s = 0.0
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_s[name] = self.stage_s.get(name, 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------ set-up
     def _start_chain(self) -> None:
@@ -321,7 +333,7 @@ class Demo:
         hours = self.cfg.interval_seconds / 3600
         domain = self.market.domain
         expiry = (interval_id + 4) * self.cfg.interval_seconds
-        posted = 0
+        bodies = []
         for m in self.members:
             intent = intent_for(m, hour, hours, self.rng)
             if intent is None:
@@ -334,9 +346,15 @@ class Demo:
                 "counterparty": typed.ZERO_ADDRESS,
             }  # fmt: skip
             body = {"message": msg, "signature": _sign(domain, "Order", msg, m.wallet_key)}
-            _check(self.http.post("/orders", json=body), f"order of {m.name}")
-            posted += 1
-        return posted
+            bodies.append((m.name, body))
+
+        def post(item: tuple[str, dict[str, Any]]) -> None:
+            _check(self.http.post("/orders", json=item[1]), f"order of {item[0]}")
+
+        # members are independent clients: they post at the same time
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(post, bodies))
+        return len(bodies)
 
     def _clear(self, interval_id: int) -> dict[str, Any]:
         interval = _check(
@@ -480,25 +498,33 @@ class Demo:
                 console=self.console,
             ) as progress:
                 task = progress.add_task("intervals", total=cfg.intervals + 1)
+                pipeline_started = time.perf_counter()
                 for t in range(first, last + 2):
                     label = datetime.fromtimestamp(t * s, UTC).strftime("%H:%M")
                     if t <= last:
                         progress.update(task, description=f"interval {label}: orders")
-                        posted = self._post_orders(t)
+                        with self._stage("orders over HTTP (sign + POST /orders)"):
+                            posted = self._post_orders(t)
                         progress.update(task, description=f"interval {label}: clearing")
-                        cleared = self._clear(t)
+                        with self._stage("clearing + Neural Grid + recordTrades"):
+                            cleared = self._clear(t)
                         self._plan_delivery(t, cleared["trades"])
                         self.records.append({"t": t, "label": label, "posted": posted, **cleared})
                     self._set_time(t * s + 1)  # interval t-1 has ended
                     if t - 1 >= first:
                         progress.update(task, description=f"interval {label}: meters")
-                        self._publish_readings(t - 1)
-                        self._wait_readings(t - 1)
-                        self._settle_due()
+                        with self._stage("meters publish (sign + MQTT)"):
+                            self._publish_readings(t - 1)
+                        with self._stage("oracle relays readings (broker -> receipt)"):
+                            self._wait_readings(t - 1)
+                        with self._stage("keeper settles"):
+                            self._settle_due()
                     progress.advance(task)
                 # readings that never came count as zero once the settlement deadline passes
                 self._set_time((last + 1) * s + SETTLEMENT_DELAY_S + 2)
-                self._settle_due()
+                with self._stage("keeper settles"):
+                    self._settle_due()
+                self.pipeline_s = time.perf_counter() - pipeline_started
             summary = self._summarize(first, last, time.perf_counter() - started)
         finally:
             self.stack.close()
@@ -641,6 +667,10 @@ class Demo:
             "readings on chain": sum(reading_count.values()),
             "gas total": sum(sum(i["gas"].values()) for i in intervals),
             "wall time (s)": round(wall_s, 1),
+            "pipeline time (s)": round(self.pipeline_s, 2),
+            "trades settled per second (pipeline)": round(len(approved_ids) / self.pipeline_s, 1)
+            if self.pipeline_s
+            else 0.0,
         }
         return {
             "network": self.cfg.network,
@@ -660,6 +690,9 @@ class Demo:
             "vetoes": self.vetoes,
             "checks": checks,
             "totals": totals,
+            "profile_s": {
+                k: round(v, 3) for k, v in sorted(self.stage_s.items(), key=lambda kv: -kv[1])
+            },
         }
 
 
