@@ -1,4 +1,4 @@
-"""``tegrid bench ...``: benchmarks that print measured figures (JSON) beside a baseline from the same run."""
+"""``tegrid bench ...``: benchmarks printing measured figures (JSON) beside a same-run baseline."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Benchmarks: each prints JSON with our figure and a baseline measured in the same run.", no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks: each prints JSON with our figure and a baseline measured in the same run.",
+    no_args_is_help=True,
+)
 
 
 def _emit(result: dict[str, object]) -> None:
@@ -26,8 +29,10 @@ def api(
 
     result = run(orders=orders, concurrency=concurrency)
     if not json_out:
-        typer.echo(f"{result['orders_per_s']} orders/s (p50 {result['p50_ms']} ms, "
-                   f"p99 {result['p99_ms']} ms)")
+        typer.echo(
+            f"{result['orders_per_s']} orders/s (p50 {result['p50_ms']} ms, "
+            f"p99 {result['p99_ms']} ms)"
+        )
     _emit(result)
 
 
@@ -56,7 +61,9 @@ def chain_bench(
     json_out: bool = typer.Option(False, "--json", help="Print JSON only."),
     batch: int = typer.Option(100, min=2, max=1000, help="Trades per recordTrades/settle batch."),
     intervals: int = typer.Option(5, min=2, max=50, help="Intervals run (the first is warm-up)."),
-    naive_trades: int = typer.Option(10, min=1, max=200, help="Trades recorded+settled one per tx."),
+    naive_trades: int = typer.Option(
+        10, min=1, max=200, help="Trades recorded+settled one per tx."
+    ),
 ) -> None:
     """Ledger gas: per trade (record + settle) and per reading in batches on a fresh Anvil;
     baseline: one trade recorded and settled per transaction on the same contracts."""
@@ -85,3 +92,29 @@ def grid_bench(
         task = progress.add_task("naive runpp per trade", total=trades * len(CASES))
         result = run_benchmark(CASES, trades, on_trade=lambda: progress.advance(task))
     _emit(result)
+
+
+@app.command("e2e")
+def e2e(
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    network: str = typer.Option("kerber_vorstadt", help="Grid of the community."),
+    prosumers: int = typer.Option(150, min=2, max=500, help="Members of the community."),
+    intervals: int = typer.Option(96, min=2, max=960, help="15-minute intervals (96 = a day)."),
+    naive_trades: int = typer.Option(
+        150, min=1, max=5000, help="Trades run through the naive pipeline."
+    ),
+) -> None:
+    """The whole pipeline (HTTP orders, clearing, Neural Grid, recording, readings, settlement)
+    against the naive one (one runpp and one transaction per trade), in one run."""
+    from backend.demo.bench import run_e2e
+    from backend.errors import TegridError
+
+    try:
+        result = run_e2e(network, prosumers, intervals, naive_trades)
+    except TegridError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if json_out:
+        _emit(result)
+    else:
+        Console().print(result)

@@ -47,6 +47,10 @@ ROLE_KEYS = {
     "keeper": ANVIL_KEYS[5],
 }
 DEPOSIT = 2_000 * TOKEN_UNIT
+TRADE_FIELDS = (
+    "id", "intervalId", "seller", "buyer", "sellerBus", "buyerBus", "energyWh", "pricePerKWh",
+    "approved", "reason", "element",
+)  # fmt: skip
 SETTLEMENT_DELAY_S = 1800
 
 
@@ -688,6 +692,9 @@ class Demo:
             "intervals": intervals,
             "participants": participants,
             "vetoes": self.vetoes,
+            "trades": [
+                {k: tr[k] for k in TRADE_FIELDS} for rec in self.records for tr in rec["trades"]
+            ],
             "checks": checks,
             "totals": totals,
             "profile_s": {
