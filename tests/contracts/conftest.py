@@ -240,6 +240,12 @@ class Ledger:
         return tuple(self.market.balanceOf(wallet))  # type: ignore[return-value]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gas_price() -> None:
+    """Ganache 7 (London fee rules) never mines brownie's default gasPrice-0 transactions."""
+    brownie.network.gas_price("auto")
+
+
 @pytest.fixture(scope="module")
 def ledger(
     accounts: Any, EnergyToken: Any, ParticipantRegistry: Any, MeterReadings: Any, EnergyMarket: Any

@@ -44,6 +44,11 @@ def model_settle(
     return out
 
 
+def _events(tx: Any, name: str) -> Any:
+    """brownie's EventDict has no ``get``."""
+    return tx.events[name] if name in tx.events else []  # noqa: SIM401
+
+
 class LedgerMachine(RuleBasedStateMachine):
     ledger: Ledger
     wallets: list[Any]
@@ -158,7 +163,7 @@ class LedgerMachine(RuleBasedStateMachine):
             batch.append(led.reading(w, iv, imp, exp))
         if batch:
             tx = led.submit(iv, batch)
-            for e in tx.events.get("ReadingSubmitted", []):
+            for e in _events(tx, "ReadingSubmitted"):
                 key = (str(e["meter"]), iv)
                 assert key not in self.counted, "reading counted twice"
                 self.counted.add(key)
@@ -178,7 +183,7 @@ class LedgerMachine(RuleBasedStateMachine):
         tx = led.settle(iv)
         expected = model_settle(self.open, values)
         got = {}
-        for e in tx.events.get("TradeSettled", []):
+        for e in _events(tx, "TradeSettled"):
             tid = norm(e["tradeId"])
             assert tid not in self.settled and tid not in got, "trade settled twice"
             got[tid] = (int(e["deliveredWh"]), int(e["paid"]), int(e["refunded"]))
