@@ -38,6 +38,8 @@ plus every
 approved trade so far and this one converges under an AC power flow with every bus voltage, line and
 transformer loading inside its limit - or, where the base state is already outside, no worse than
 base.
+A trade between two participants on the same bus moves no power through the network: it is
+approved without a power flow (``Verdict.source == "input"``) and changes nothing.
 The approved set always passes a full AC power flow. ``ValidationResult.evidence_hash`` (sha256,
 0x-hex)
 covers the network fingerprint, base state, limits, trades, verdicts and the rounded AC result;

@@ -219,6 +219,22 @@ class Linearization:
             np.zeros(model.Yt.shape[0], complex),
         )
 
+    def refine(self, Sbus: np.ndarray, V: np.ndarray) -> np.ndarray:
+        """One chord Newton step from ``V`` towards the AC solution for ``Sbus``, with this
+        linearization's factored Jacobian.
+
+        From a linear prediction the step removes the second-order (loss, voltage-dependence)
+        error: what is left is the step times the chord contraction (small while the Jacobian
+        is close to the one at the solution)."""
+        model = self.model
+        mismatch = V * np.conj(model.Ybus @ V) - Sbus
+        dx = self._lu.solve(np.r_[mismatch[self._pvpq].real, mismatch[model.pq].imag])
+        va = np.angle(V)
+        vm = np.abs(V)
+        va[self._pvpq] -= dx[: self._n_pvpq]
+        vm[model.pq] -= dx[self._n_pvpq :]
+        return np.asarray(vm * np.exp(1j * va))
+
     def column(self, bus: int) -> Column:
         """Sensitivities of injecting +1 kW at pandapower ``bus``."""
         hit = self._cache.get(bus)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import random
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -50,6 +51,24 @@ def quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
+NAMED_SEED = 0
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Python's global ``random`` seeded for the duration, then restored.
+
+    pandapower's Kerber "Vorstadtnetz" builders pick each branch-out cable type with
+    ``random.random()``: unseeded, every process would build a different network (other ratings,
+    another fingerprint, other verdicts)."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def load_network(name_or_path: str) -> pp.pandapowerNet:
     """Return a fresh pandapower network for a known name, a SimBench code or a JSON file path.
 
@@ -59,7 +78,7 @@ def load_network(name_or_path: str) -> pp.pandapowerNet:
     """
     name = str(name_or_path).strip()
     if name in _NAMED:
-        with quiet():
+        with quiet(), _seeded(NAMED_SEED):
             return _NAMED[name]()
     if _SIMBENCH_CODE.match(name):
         return _load_simbench(name)

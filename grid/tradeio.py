@@ -16,9 +16,9 @@ FIELDS = ("id", "seller_bus", "buyer_bus", "p_kw")
 def parse_trades(data: object) -> list[Trade]:
     """Check the shape and types of a decoded trade list; one clear ``TradeInputError`` otherwise.
 
-    A zero power or equal buses are left to the validator (verdict ``INVALID_TRADE``) and unknown
-    buses
-    too (``UNKNOWN_BUS``); a negative, non-numeric or non-finite power is malformed input."""
+    A zero power is left to the validator (verdict ``INVALID_TRADE``), unknown buses too
+    (``UNKNOWN_BUS``), and equal seller and buyer buses are a valid trade (approved without a
+    power flow); a negative, non-numeric or non-finite power is malformed input."""
     if not isinstance(data, list):
         raise TradeInputError("expected a JSON list of trades")
     trades: list[Trade] = []

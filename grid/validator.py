@@ -15,6 +15,10 @@ How ``validate`` stays both fast and AC-exact:
    by the screen: its value is then the linear estimate (``Verdict.source == "screen"``). The
    linearization is refreshed when the operating point has drifted.
 
+A trade whose seller and buyer sit on the same bus changes no bus injection: it is approved without
+a power flow (``source == "input"``) and leaves the state unchanged - unless the base state itself
+does not converge, when every trade gets NOT_CONVERGED (the rule needs a converged flow).
+
 The approved set therefore always passes a full AC power flow; verdicts equal those of a validator
 that runs a full power flow per trade, except where the linear screen errs by more than its band."""
 
@@ -31,7 +35,17 @@ from scipy import sparse
 from grid.acmodel import ACModel, Linearization, Measures
 from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash, hash_array
-from grid.limits import NOT_CONVERGED, LimitSet, Violation
+from grid.limits import (
+    BAND_PERCENT,
+    BAND_PU,
+    BAND_RELATIVE,
+    GLOBAL_RELATIVE,
+    NOT_CONVERGED,
+    REFINE_BAND,
+    SCREEN_MAX_MOVE_PU,
+    LimitSet,
+    Violation,
+)
 from grid.networks import bus_geodata, load_network, network_fingerprint, quiet
 from grid.profiles import (
     DEFAULT_INTERVAL_SECONDS,
@@ -343,10 +357,14 @@ class GridValidator:
         seen: set[str] = set()
         valid: list[tuple[int, Trade]] = []
         known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
+        converged = base.model is not None
         for pos, trade in enumerate(trades):
             bad = _input_verdict(trade, known, seen)
             if bad is not None:
                 verdicts[pos] = bad
+            elif _same_bus(trade) and converged:
+                # Neighbours behind one bus: no power flow needed, the state stays as it is.
+                verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED, source="input")
             else:
                 valid.append((pos, trade))
         if base.model is None or base.measures is None or base.limitset is None:
@@ -473,7 +491,9 @@ def _max(values: np.ndarray) -> float | None:
 
 
 def _input_verdict(trade: Trade, known: object, seen: set[str]) -> Verdict | None:
-    """INVALID_TRADE / UNKNOWN_BUS for trades that need no power flow to refuse."""
+    """INVALID_TRADE / UNKNOWN_BUS for trades that need no power flow to refuse.
+
+    A trade whose seller and buyer sit on the same bus is valid (see ``_same_bus``)."""
     tid = str(trade.id)
     if tid in seen:
         return Verdict(tid, False, Reason.INVALID_TRADE, "id", source="input")
@@ -487,9 +507,13 @@ def _input_verdict(trade: Trade, known: object, seen: set[str]) -> Verdict | Non
     for bus in (trade.seller_bus, trade.buyer_bus):
         if int(bus) not in known:  # type: ignore[operator]
             return Verdict(tid, False, Reason.UNKNOWN_BUS, f"bus {int(bus)}", source="input")
-    if int(trade.seller_bus) == int(trade.buyer_bus):
-        return Verdict(tid, False, Reason.INVALID_TRADE, "seller_bus == buyer_bus", source="input")
     return None
+
+
+def _same_bus(trade: Trade) -> bool:
+    """Seller and buyer behind one connection point: the trade changes no bus injection, so it
+    moves no power through the network and cannot change any voltage or loading."""
+    return int(trade.seller_bus) == int(trade.buyer_bus)
 
 
 def _veto(trade: Trade, violation: Violation, source: str = "ac") -> Verdict:
@@ -521,6 +545,8 @@ class _Session:
         self.linearizations = 0
         self.screened_in = 0
         self.screened_out = 0
+        self.refines = 0
+        self.c_branch = np.maximum(model.c_from, model.c_to)  # percent of rating per pu current
         self._relinearize()
         self._clear_batch()
 
@@ -573,8 +599,21 @@ class _Session:
             np.abs(me.i_from + dif) * model.c_from, np.abs(me.i_to + dit) * model.c_to
         )
         # Second-order errors (losses) add up over a batch: bands grow with the sum of the moves.
-        moved_v = self.b_movedv + np.abs(dvm - self.b_dvm)
-        moved_l = self.b_movedl + np.abs(loading - self.b_loading)
+        # A branch's move is that of its complex current (in percent of its rating), not of its
+        # loading: a current change across the phasor barely moves |I| to first order, yet its
+        # linearization error does.
+        # Losses and voltage changes also shift flows of branches the trade does not cross (a
+        # transfer inside one feeder changes the transformer's loading by the change of its
+        # losses): every element's band also grows with the largest move anywhere.
+        # The largest move is taken in current (pu), then scaled to each branch's own rating.
+        own_v = np.abs(dvm - self.b_dvm)
+        di_from = np.abs(dif - self.b_dif)
+        di_to = np.abs(dit - self.b_dit)
+        own_l = np.maximum(di_from * model.c_from, di_to * model.c_to)
+        di_max = max(float(np.max(di_from, initial=0.0)), float(np.max(di_to, initial=0.0)))
+        spread = GLOBAL_RELATIVE / BAND_RELATIVE
+        moved_v = self.b_movedv + own_v + spread * float(np.max(own_v, initial=0.0))
+        moved_l = self.b_movedl + own_l + spread * di_max * self.c_branch
         judged = self.limitset.screen(vm, moved_v, loading, moved_l)
         if isinstance(judged, Violation):
             self.screened_out += 1
@@ -589,11 +628,59 @@ class _Session:
             if len(self.batch) >= self.batch_size:
                 self.flush()
             return
+        if float(np.max(moved_v, initial=0.0)) <= SCREEN_MAX_MOVE_PU:
+            refined = self._refine(pos, trade, me.V + dV)
+            if refined is None:
+                return
+            V_start: np.ndarray | None = refined
+        else:
+            V_start = me.V + dV
         if self.batch:
             self.flush()
             self._decide(pos, trade)
         else:
-            self._decide(pos, trade, me.V + dV)
+            self._decide(pos, trade, V_start)
+
+    def _refine(self, pos: int, trade: Trade, V1: np.ndarray) -> np.ndarray | None:
+        """Second look at a trade the linear screen could not call: one chord Newton step from
+        the linear prediction (batch + trade) removes its second-order error, and the band
+        shrinks to a share of that step (``REFINE_BAND``). Returns None when decided here (joined
+        the batch or vetoed), else the refined voltages as an AC starting point."""
+        me, model = self.measures, self.model
+        S = self.S + self.b_dS + self._delta_S(trade)
+        V2 = self.lin.refine(S, V1)
+        if not np.all(np.isfinite(V2)):
+            return V1
+        self.refines += 1
+        m1 = model.measure(V1)
+        m2 = model.measure(V2)
+        step_v = np.full_like(m2.vm_pu, float(np.max(np.abs(m2.vm_pu - m1.vm_pu), initial=0.0)))
+        step_i = max(
+            float(np.max(np.abs(m2.i_from - m1.i_from), initial=0.0)),
+            float(np.max(np.abs(m2.i_to - m1.i_to), initial=0.0)),
+        )
+        step_l = step_i * self.c_branch
+        judged = self.limitset.screen(m2.vm_pu, step_v, m2.loading_percent, step_l, REFINE_BAND)
+        if isinstance(judged, Violation):
+            self.screened_out += 1
+            self.verdicts[pos] = _veto(trade, judged, "screen")
+            return None
+        if not judged:
+            return V2
+        self.screened_in += 1
+        self.batch.append((pos, trade))
+        self.b_dS = S - self.S
+        self.b_dV = V2 - me.V
+        self.b_dvm = m2.vm_pu - me.vm_pu
+        self.b_dif = m2.i_from - me.i_from
+        self.b_dit = m2.i_to - me.i_to
+        # The refined batch state is uncertain by its band; later linear screens add their moves.
+        self.b_movedv = step_v * (REFINE_BAND / BAND_RELATIVE)
+        self.b_movedl = step_l * (REFINE_BAND / BAND_RELATIVE)
+        self.b_loading = m2.loading_percent
+        if len(self.batch) >= self.batch_size:
+            self.flush()
+        return None
 
     def _solve(
         self, S: np.ndarray, V_start: np.ndarray | None = None
@@ -622,6 +709,18 @@ class _Session:
         self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
         self._commit(S, me)
 
+    def _as_predicted(self, me: Measures) -> bool:
+        """Whether the AC state of the batch lies within the bands the screen assumed around its
+        prediction. Passing the AC check proves the batch's final set feasible, not each prefix:
+        when the screen erred by more than it assumed, a trade inside the batch may have been
+        infeasible when taken (and relieved by a later one), so the batch is re-decided."""
+        err_v = np.abs(me.vm_pu - (self.measures.vm_pu + self.b_dvm))
+        err_l = np.abs(me.loading_percent - self.b_loading)
+        return bool(
+            np.all(err_v <= BAND_PU + BAND_RELATIVE * self.b_movedv)
+            and np.all(err_l <= BAND_PERCENT + BAND_RELATIVE * self.b_movedl)
+        )
+
     def flush(self) -> None:
         """Confirm the open batch with one AC power flow; re-decide it trade by trade if that
         fails."""
@@ -630,7 +729,7 @@ class _Session:
         batch = self.batch
         S = self.S + self.b_dS
         me, violation = self._solve(S, self.measures.V + self.b_dV)
-        if me is not None and violation is None:
+        if me is not None and violation is None and self._as_predicted(me):
             for pos, trade in batch:
                 self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
             self._commit(S, me)

@@ -80,8 +80,8 @@ class Verdict:
     ``limit`` name the binding constraint of a veto; they are empty/None when approved.
 
     ``source`` says who decided: ``"ac"`` (an AC power flow), ``"screen"`` (a clear veto
-    by the linear screen; ``value`` is then its estimate) or ``"input"`` (the trade itself is
-    bad)."""
+    by the screen; ``value`` is then its estimate) or ``"input"`` (the trade alone decides: it is
+    bad, or seller and buyer share a bus, which is approved without a power flow)."""
 
     id: str
     approved: bool

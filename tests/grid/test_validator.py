@@ -86,7 +86,8 @@ def test_validate_case33bw_worsening_far_end_vetoed(case33_strict: GridValidator
     result = case33_strict.validate([Trade("sink", 1, 17, 300.0)])
     (verdict,) = result.verdicts
     assert (verdict.reason, verdict.element) == (Reason.VOLTAGE_LOW, "bus 17")
-    assert round(verdict.value or 0, 4) == 0.8884
+    # A clear veto may come from the screen, whose value is an estimate (AC: 0.8884).
+    assert verdict.value == pytest.approx(0.8884, abs=2e-4)
     assert round(verdict.limit or 0, 4) == 0.9131  # do no harm: the base value is the limit
 
 
@@ -98,7 +99,7 @@ def test_validate_voltage_past_limit_vetoed_with_bus_and_value(case33: GridValid
         Reason.VOLTAGE_LOW,
         "bus 17",
     )
-    assert round(verdict.value or 0, 4) == 0.8798
+    assert verdict.value == pytest.approx(0.8798, abs=2e-4)  # screen estimate (AC: 0.8798)
     assert verdict.limit == 0.9
 
 
@@ -115,9 +116,34 @@ def test_validate_input_problems_get_verdicts(cigre: GridValidator) -> None:
         ("ok", Reason.APPROVED, ""),
         ("ghost", Reason.UNKNOWN_BUS, "bus 999"),
         ("zero", Reason.INVALID_TRADE, "p_kw"),
-        ("self", Reason.INVALID_TRADE, "seller_bus == buyer_bus"),
+        ("self", Reason.APPROVED, ""),
         ("ok", Reason.INVALID_TRADE, "id"),
     ]
+
+
+def test_validate_same_bus_trade_approved_without_changing_state(cigre: GridValidator) -> None:
+    # Neighbours behind one connection point: no bus injection changes, no power flow is needed.
+    alone = cigre.validate([Trade("ok", 24, 35, 20.0)])
+    both = cigre.validate(
+        [Trade("ok", 24, 35, 20.0), Trade("neighbours", 24, 24, 500.0), Trade("big", 22, 22, 1e7)]
+    )
+    assert [(v.id, v.approved, v.reason, v.source) for v in both.verdicts[1:]] == [
+        ("neighbours", True, Reason.APPROVED, "input"),
+        ("big", True, Reason.APPROVED, "input"),
+    ]
+    assert (both.vm_min_pu, both.vm_max_pu) == (alone.vm_min_pu, alone.vm_max_pu)
+    assert both.max_line_loading_percent == alone.max_line_loading_percent
+    assert both.max_trafo_loading_percent == alone.max_trafo_loading_percent
+    only = cigre.validate([Trade("neighbours", 24, 24, 500.0)])
+    assert only.stats.ac_solves == 0
+    assert only.vm_min_pu == cigre.base_state().vm_min_pu
+
+
+def test_kerber_vorstadt_is_the_same_network_every_time() -> None:
+    # pandapower picks its branch-out cables at random; load_network seeds that choice.
+    first = load_network("kerber_vorstadt")
+    second = load_network("kerber_vorstadt")
+    assert network_fingerprint(first) == network_fingerprint(second)
 
 
 def test_validate_huge_trade_not_converged(cigre: GridValidator) -> None:
