@@ -19,19 +19,20 @@ class ApiOptions:
     broker_url: str = "mqtt://127.0.0.1:1883"
 
 
-def get_market(request: Request) -> Market:
+# Coroutines, so FastAPI resolves them on the event loop instead of a worker-thread round trip.
+async def get_market(request: Request) -> Market:
     market: Market | None = getattr(request.app.state, "market", None)
     if market is None:
         raise LedgerUnavailable("the market is not ready yet (chain or deployment missing)")
     return market
 
 
-def get_events(request: Request) -> EventBus:
+async def get_events(request: Request) -> EventBus:
     bus: EventBus = request.app.state.events
     return bus
 
 
-def get_options(request: Request) -> ApiOptions:
+async def get_options(request: Request) -> ApiOptions:
     opts: ApiOptions = request.app.state.options
     return opts
 

@@ -130,6 +130,16 @@ def _verify_costs(domain: typed.Domain, n: int = 300) -> dict[str, float]:
     return {"eth_account_generic_us": round(naive, 1), "hand_hashing_coincurve_us": round(fast, 1)}
 
 
+def uvicorn_stack() -> str:
+    """The HTTP parser and event loop uvicorn's ``auto`` settings pick in this environment (the
+    server runs in this interpreter): httptools/uvloop when installed, else h11/asyncio."""
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{http}, {loop}"
+
+
 def run(orders: int = 6000, concurrency: int = 32, baseline_orders: int = 600) -> dict[str, Any]:
     from backend.api.server import free_port
     from backend.market.devstack import start_dev_stack
@@ -193,7 +203,8 @@ def run(orders: int = 6000, concurrency: int = 32, baseline_orders: int = 600) -
     accepted = statuses.get(201, 0)
     return {
         "benchmark": "api_orders",
-        "server": "tegrid serve, one uvicorn worker (h11), SQLite WAL store, Anvil chain",
+        "server": f"tegrid serve, one uvicorn worker ({uvicorn_stack()}), SQLite WAL store, "
+        "Anvil chain",
         "orders": orders,
         "concurrency": concurrency,
         "accepted": accepted,

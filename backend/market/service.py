@@ -10,6 +10,13 @@ interval
 hours) -> deposit for buys (on-chain available balance, cached for ``balance_ttl_s``, minus the
 worst-case
 cost ``ceil(energyWh x price / 1000)`` of the trader's live buy orders) -> one insert.
+Limits and deposits are checked against in-memory totals (rebuilt from the store by ``reload``),
+the nonce by the store's unique key. ``submit_order_async`` (the API) runs the same checks but
+joins a group commit: the orders admitted in one turn of the event loop are inserted in one
+transaction, and each is answered only after that commit. While an admitted order waits for its
+commit it already counts against its trader's limit and deposit; a refusal that such an order could
+have caused waits for its outcome and is decided again, and closing an interval waits for the
+interval's orders in flight, so the answers are the ones the one-insert-per-order path would give.
 
 Crash safety: an order is accepted once its row is committed. Closing an interval is a committed
 state;
@@ -22,6 +29,7 @@ it is not there. A failed send leaves the batch pending for the next attempt.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -42,6 +50,7 @@ from backend.market.errors import (
     IntervalClosed,
     InvalidOrder,
     MarketError,
+    NonceUsed,
     NotFound,
     OrderExpired,
     OverConnectionLimit,
@@ -144,6 +153,88 @@ def order_message(row: OrderRow) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Checked:
+    """An order that passed the lock-free checks: the row to store and what ``_admit`` needs."""
+
+    row: dict[str, Any]
+    book_key: tuple[str, int, int]  # (trader, interval, side)
+    reserve: int
+    limit_w: int
+    now: int
+    gate: int
+
+
+class _GroupCommit:
+    """Group commit on one asyncio loop: the orders admitted during one turn of the loop go into
+    the store in one transaction (``call_soon`` runs the flush after the requests that are
+    already runnable), and each caller is answered only once that transaction is committed."""
+
+    def __init__(self, market: Market, loop: asyncio.AbstractEventLoop) -> None:
+        self.market = market
+        self.loop = loop
+        self._thread = threading.get_ident()
+        self._batch: list[tuple[_Checked, asyncio.Future[None]]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scheduled = False
+        self.batches = 0
+        self.rows = 0
+
+    def on_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    def commit(self, order: _Checked) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._batch.append((order, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+        return fut
+
+    def drained(self) -> asyncio.Future[None]:
+        """Resolved once the orders waiting now have their outcome."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        if self._batch:
+            self._waiters.append(fut)
+        else:
+            fut.set_result(None)
+        return fut
+
+    def flush(self) -> None:
+        self._scheduled = False
+        batch, self._batch = self._batch, []
+        waiters, self._waiters = self._waiters, []
+        if not batch:
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+            return
+        m = self.market
+        results: list[Exception | None]
+        with m._lock:
+            try:
+                results = list(m.store.insert_orders([o.row for o, _f in batch]))
+            except Exception as exc:  # the store is unusable: every order of the batch fails
+                results = [exc] * len(batch)
+            for (order, _f), res in zip(batch, results, strict=True):
+                if res is not None:
+                    m._release(order)
+                m._forget(order)
+            m._inflight_cond.notify_all()
+        self.batches += 1
+        self.rows += len(batch)
+        for (_o, fut), res in zip(batch, results, strict=True):
+            if fut.done():  # the caller went away; the outcome stands
+                continue
+            if res is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(res)
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+
 class Market:
     """Order book, clearing and recording. Thread-safe: the accept path and clearing share one
     lock."""
@@ -173,6 +264,13 @@ class Market:
         self._closed: set[int] = set()
         self._side_wh: dict[tuple[str, int, int], int] = defaultdict(int)
         self._reserved: dict[str, int] = defaultdict(int)
+        # Orders admitted by submit_order_async and waiting for the group commit: counted in
+        # _side_wh/_reserved already, not in the store yet.
+        self._inflight: dict[str, _Checked] = {}
+        self._inflight_nonces: set[tuple[str, str]] = set()
+        self._inflight_cond = threading.Condition(self._lock)
+        self._committer: _GroupCommit | None = None
+        self._fetches: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self.reload()
 
     # ----------------------------------------------------------------- state
@@ -186,6 +284,8 @@ class Market:
                 self._side_wh[(o.trader, o.interval_id, o.side)] += o.energy_wh
                 if o.side == typed.BUY:
                     self._reserved[o.trader] += int(o.reserved)
+            for pending in self._inflight.values():
+                self._count(pending, +1)
 
     def interval_of(self, unix_s: int) -> int:
         return unix_s // self.config.interval_seconds
@@ -246,7 +346,79 @@ class Market:
         self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
     ) -> OrderRow:
         """Verify and accept one signed order; raises an ``OrderRejected`` subclass saying why
-        not."""
+        not. The row is committed (its own transaction) before this returns."""
+        order = self._verify_order(message, signature, domain)
+        with self._lock:
+            self._admit(order)
+            try:
+                seq = self.store.insert_order(order.row)
+            except BaseException:
+                self._release(order)
+                raise
+        self._announce(order.row)
+        return OrderRow(seq=seq, **order.row)
+
+    async def submit_order_async(
+        self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """``submit_order`` for an asyncio caller (the API): the same checks and refusals, but the
+        insert joins the group commit (one transaction for the orders accepted in the same
+        event-loop turn). Returns the stored values (``OrderRow`` fields but ``seq``) only once
+        the transaction holding the row is committed."""
+        await self._warm_caches(message)
+        order = self._verify_order(message, signature, domain)
+        committer = self._group_commit()
+        for attempt in range(8):
+            try:
+                with self._lock:
+                    self._admit(order)
+                    self._hold(order)
+                break
+            except (OverConnectionLimit, InsufficientDeposit, NonceUsed):
+                # Only orders still waiting for their commit can make this a premature refusal
+                # (one of them may yet fail, e.g. on a used nonce): wait for them, then decide.
+                if attempt == 7 or not self._pending_of(order.row["trader"]):
+                    raise
+                await committer.drained()
+        await committer.commit(order)
+        self._announce(order.row)
+        return order.row
+
+    async def _warm_caches(self, message: dict[str, Any]) -> None:
+        """Fill the registry and balance caches for the message's trader in a worker thread when
+        they are stale, so their RPC does not stall the event loop (and every other request on
+        it). Best effort: errors are left for the checks themselves to raise in their order."""
+        raw = message.get("trader") if isinstance(message, dict) else None
+        if not isinstance(raw, str) or len(raw) != 42:
+            return
+        try:
+            trader = to_checksum_address(raw)
+        except Exception:  # an invalid address is refused by the checks
+            return
+        if not self._participants.get(trader)[0]:
+            await self._fetch(("participant", trader), self.participant, trader)
+        if message.get("side") == typed.BUY and not self._balances.get(trader)[0]:
+            await self._fetch(("balance", trader), self.available_balance, trader)
+
+    def _fetched(self, key: tuple[str, str], task: asyncio.Future[Any]) -> None:
+        self._fetches.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here; the checks raise it again in their order
+
+    async def _fetch(self, key: tuple[str, str], fn: Any, trader: str) -> None:
+        """One worker-thread call per key at a time; concurrent requests wait for the same one."""
+        task = self._fetches.get(key)
+        if task is None:
+            task = asyncio.ensure_future(asyncio.to_thread(fn, trader, True))
+            self._fetches[key] = task
+            task.add_done_callback(lambda t: self._fetched(key, t))
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
+
+    def _verify_order(
+        self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None
+    ) -> _Checked:
+        """Every check that needs no lock: domain, fields, signature, clock, registry."""
         self._check_domain(domain)
         msg = dict(message)
         for key in ("trader", "counterparty"):
@@ -290,65 +462,115 @@ class Market:
         if not participant.active:
             raise TraderInactive(f"participant {trader} is inactive")
         limit_w = participant.max_export_w if side == typed.SELL else participant.max_import_w
-        limit_wh = limit_w * self.config.interval_seconds // 3600
         reserve = escrow_of(energy_wh, price) if side == typed.BUY else 0
+        row = {
+            "hash": order_hash,
+            "trader": trader,
+            "side": side,
+            "interval_id": interval_id,
+            "energy_wh": energy_wh,
+            "price_per_kwh": str(price),
+            "nonce": str(nonce),
+            "expiry": str(expiry),
+            "counterparty": msg["counterparty"],
+            "signature": signature if signature.startswith("0x") else "0x" + signature,
+            "status": OrderStatus.OPEN,
+            "filled_wh": 0,
+            "reserved": str(reserve),
+            "created_at": time.time(),
+        }
+        return _Checked(row, (trader, interval_id, side), reserve, limit_w, now, gate)
+
+    def _admit(self, order: _Checked) -> None:
+        """Under ``self._lock``: gate, in-flight nonce, connection limit and deposit; on success
+        the order's energy and worst-case cost are counted (``_release`` undoes it)."""
+        row = order.row
+        trader, interval_id, side = order.book_key
+        energy_wh, gate, now = row["energy_wh"], order.gate, order.now
+        if interval_id in self._closed or now >= gate:
+            raise IntervalClosed(
+                f"interval {interval_id} is closed for orders (gate closure at {gate}, now {now})"
+            )
+        if row["hash"] in self._inflight or (trader, row["nonce"]) in self._inflight_nonces:
+            raise NonceUsed(
+                f"nonce {row['nonce']} of {trader} is already used by an accepted order"
+            )
+        limit_w = order.limit_w
+        limit_wh = limit_w * self.config.interval_seconds // 3600
+        booked = self._side_wh.get(order.book_key, 0)
+        if booked + energy_wh > limit_wh:
+            kind = "export" if side == typed.SELL else "import"
+            raise OverConnectionLimit(
+                f"{energy_wh} Wh plus {booked} Wh already offered exceeds the {kind} limit of "
+                f"{limit_w} W x {self.config.interval_seconds} s = {limit_wh} Wh"
+            )
+        reserve = order.reserve
+        if reserve:
+            available = self.available_balance(trader)
+            held = self._reserved.get(trader, 0)
+            if held + reserve > available:
+                raise InsufficientDeposit(
+                    f"buying needs {reserve} (worst case) on top of {held} held by open "
+                    "buy orders, "
+                    f"but the available deposit is {available}; deposit more into EnergyMarket"
+                )
+        self._count(order, +1)
+
+    def _count(self, order: _Checked, sign: int) -> None:
+        key = order.book_key
+        self._side_wh[key] = max(0, self._side_wh.get(key, 0) + sign * order.row["energy_wh"])
+        if order.reserve:
+            trader = key[0]
+            self._reserved[trader] = max(0, self._reserved.get(trader, 0) + sign * order.reserve)
+
+    def _release(self, order: _Checked) -> None:
+        """Under ``self._lock``: undo ``_admit`` for an order whose insert failed."""
+        self._count(order, -1)
+
+    def _hold(self, order: _Checked) -> None:
+        self._inflight[order.row["hash"]] = order
+        self._inflight_nonces.add((order.book_key[0], order.row["nonce"]))
+
+    def _forget(self, order: _Checked) -> None:
+        self._inflight.pop(order.row["hash"], None)
+        self._inflight_nonces.discard((order.book_key[0], order.row["nonce"]))
+
+    def _pending_of(self, trader: str) -> bool:
         with self._lock:
-            if interval_id in self._closed or now >= gate:
-                raise IntervalClosed(
-                    f"interval {interval_id} is closed for orders "
-                    f"(gate closure at {gate}, now {now})"
-                )
-            book_key = (trader, interval_id, side)
-            booked = self._side_wh.get(book_key, 0)
-            if booked + energy_wh > limit_wh:
-                kind = "export" if side == typed.SELL else "import"
-                raise OverConnectionLimit(
-                    f"{energy_wh} Wh plus {booked} Wh already offered exceeds the {kind} limit of "
-                    f"{limit_w} W x {self.config.interval_seconds} s = {limit_wh} Wh"
-                )
-            if reserve:
-                available = self.available_balance(trader)
-                held = self._reserved.get(trader, 0)
-                if held + reserve > available:
-                    raise InsufficientDeposit(
-                        f"buying needs {reserve} (worst case) on top of {held} held by open "
-                        "buy orders, "
-                        f"but the available deposit is {available}; deposit more into EnergyMarket"
-                    )
-            row = {
-                "hash": order_hash,
-                "trader": trader,
-                "side": side,
-                "interval_id": interval_id,
-                "energy_wh": energy_wh,
-                "price_per_kwh": str(price),
-                "nonce": str(nonce),
-                "expiry": str(expiry),
-                "counterparty": msg["counterparty"],
-                "signature": signature if signature.startswith("0x") else "0x" + signature,
-                "status": OrderStatus.OPEN,
-                "filled_wh": 0,
-                "reserved": str(reserve),
-                "created_at": time.time(),
-            }
-            seq = self.store.insert_order(row)
-            self._side_wh[book_key] = booked + energy_wh
-            if reserve:
-                self._reserved[trader] = self._reserved.get(trader, 0) + reserve
+            return any(k[0] == trader for k in self._inflight_nonces)
+
+    def _drain_inflight(self, interval_id: int) -> None:
+        """Under ``self._lock``: wait until no order of ``interval_id`` is waiting for its commit
+        (it was admitted before the gate closed, so it belongs in the clearing)."""
+        while any(o.book_key[1] == interval_id for o in self._inflight.values()):
+            gc = self._committer
+            if gc is not None and gc.on_loop_thread():
+                gc.flush()
+            else:
+                self._inflight_cond.wait(timeout=1.0)
+
+    def _group_commit(self) -> _GroupCommit:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        gc = self._committer
+        if gc is None or gc.loop is not loop:
+            gc = self._committer = _GroupCommit(self, loop)
+        return gc
+
+    def _announce(self, row: dict[str, Any]) -> None:
         self.events.publish(
             "order",
             {
-                "hash": order_hash,
-                "trader": trader,
-                "side": side,
-                "intervalId": interval_id,
-                "energyWh": energy_wh,
-                "pricePerKWh": str(price),
+                "hash": row["hash"],
+                "trader": row["trader"],
+                "side": row["side"],
+                "intervalId": row["interval_id"],
+                "energyWh": row["energy_wh"],
+                "pricePerKWh": row["price_per_kwh"],
                 "status": OrderStatus.OPEN,
             },
         )
-        out = OrderRow(seq=seq, **row)
-        return out
 
     def get_order(self, order_hash: str) -> OrderRow:
         row = self.store.get_order(order_hash.lower())
@@ -392,7 +614,15 @@ class Market:
             )
         with self._clearing_lock:
             with self._lock:
-                closed_now = self.store.close_interval(interval_id)
+                was_closed = interval_id in self._closed
+                self._closed.add(interval_id)  # refuse new orders from here on
+                try:
+                    self._drain_inflight(interval_id)
+                    closed_now = self.store.close_interval(interval_id)
+                except BaseException:
+                    if not was_closed:
+                        self._closed.discard(interval_id)
+                    raise
                 self._closed.add(interval_id)
             row = self.store.get_interval(interval_id)
             assert row is not None

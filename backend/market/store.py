@@ -125,6 +125,37 @@ class Store:
             f"nonce {row['nonce']} of {row['trader']} is already used by an accepted order"
         )
 
+    def insert_orders(self, rows: Sequence[dict[str, Any]]) -> list[Exception | None]:
+        """Insert accepted orders in one transaction (group commit); per row ``None`` when it is
+        committed, else the error that refused it (``NonceUsed``). A batch with a refused row is
+        retried row by row (each its own transaction), so one bad nonce costs the others
+        nothing."""
+        if not rows:
+            return []
+        with self._insert_lock:
+            conn = self._insert_conn
+            if conn is None or conn.closed:
+                conn = self._insert_conn = self.engine.connect()
+            try:
+                conn.execute(self._insert_stmt, list(rows))
+                conn.commit()
+                return [None] * len(rows)
+            except IntegrityError:
+                conn.rollback()
+            except SQLAlchemyError:
+                conn.rollback()
+                conn.close()
+                self._insert_conn = None
+                raise
+        out: list[Exception | None] = []
+        for row in rows:
+            try:
+                self.insert_order(row)
+                out.append(None)
+            except (NonceUsed, SQLAlchemyError) as exc:
+                out.append(exc)
+        return out
+
     def get_order(self, order_hash: str) -> OrderRow | None:
         with self.session() as s:
             return s.scalars(select(OrderRow).where(OrderRow.hash == order_hash)).first()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from backend.api.convert import order_out
 from backend.api.deps import MarketDep
@@ -34,17 +37,117 @@ def typed_data_template(
     return market.template(primary_type)
 
 
-@router.post("", status_code=201, response_model=OrderOut, responses=ERRORS)
-async def submit_order(body: OrderIn, market: MarketDep) -> OrderOut:
-    """Accept a signed order (EIP-712 ``Order``); refusals carry a code (BAD_SIGNATURE,
-    WRONG_DOMAIN, UNKNOWN_TRADER, TRADER_INACTIVE, ORDER_EXPIRED, INTERVAL_CLOSED, NONCE_USED,
-    OVER_CONNECTION_LIMIT, INSUFFICIENT_DEPOSIT, INVALID_ORDER)."""
-    row = market.submit_order(
+def openapi_schemas() -> dict[str, Any]:
+    """``OrderIn`` and the models it uses, as OpenAPI components exactly as FastAPI writes them for
+    a body parameter (POST /orders reads its body by hand, so FastAPI does not see the model)."""
+    from fastapi import FastAPI
+
+    probe = FastAPI()
+
+    @probe.post("/")
+    def _probe(body: OrderIn) -> None:  # pragma: no cover - never called
+        return None
+
+    schemas: dict[str, Any] = probe.openapi()["components"]["schemas"]
+    return {k: v for k, v in schemas.items() if k not in ("HTTPValidationError", "ValidationError")}
+
+
+_ORDER_IN = TypeAdapter(OrderIn)
+_ORDER_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OrderIn"}}},
+}
+
+
+def _json_content_type(value: str | None) -> bool:
+    if not value:
+        return False
+    main = value.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (
+        main.startswith("application/") and main.endswith("+json")
+    )
+
+
+async def _order_in(request: Request) -> OrderIn:
+    """The body as FastAPI would read an ``OrderIn`` parameter: JSON only for a JSON content
+    type, the same ``RequestValidationError`` (locations under ``body``) otherwise."""
+    raw = await request.body()
+    body: Any
+    if not raw:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    if _json_content_type(request.headers.get("content-type")):
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "json_invalid",
+                        "loc": ("body", e.pos),
+                        "msg": "JSON decode error",
+                        "input": {},
+                        "ctx": {"error": e.msg},
+                    }
+                ],
+                body=e.doc,
+            ) from e
+        except UnicodeDecodeError as e:
+            raise RequestValidationError(
+                [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
+                  "input": {}, "ctx": {"error": str(e)}}],
+            ) from e  # fmt: skip
+    else:
+        body = raw
+    try:
+        return _ORDER_IN.validate_python(body, from_attributes=True)  # as FastAPI validates
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors, body=body) from None
+
+
+def _created(row: dict[str, Any]) -> Response:
+    """201 with the ``OrderOut`` of a freshly accepted order (same fields and order)."""
+    out = {
+        "hash": row["hash"],
+        "status": row["status"],
+        "trader": row["trader"],
+        "side": row["side"],
+        "intervalId": row["interval_id"],
+        "energyWh": row["energy_wh"],
+        "pricePerKWh": row["price_per_kwh"],
+        "nonce": row["nonce"],
+        "expiry": row["expiry"],
+        "counterparty": row["counterparty"],
+        "filledWh": row["filled_wh"] or 0,
+        "createdAt": row["created_at"],
+    }
+    return Response(
+        json.dumps(out, separators=(",", ":")), status_code=201, media_type="application/json"
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=OrderOut,
+    responses=ERRORS,
+    openapi_extra={"requestBody": _ORDER_BODY},
+)
+async def submit_order(request: Request, market: MarketDep) -> Response:
+    """Accept a signed order (EIP-712 ``Order``, body ``OrderIn``); refusals carry a code
+    (BAD_SIGNATURE, WRONG_DOMAIN, UNKNOWN_TRADER, TRADER_INACTIVE, ORDER_EXPIRED,
+    INTERVAL_CLOSED, NONCE_USED, OVER_CONNECTION_LIMIT, INSUFFICIENT_DEPOSIT, INVALID_ORDER).
+    201 only once the order is committed to the store (group commit with the orders accepted
+    at the same time)."""
+    body = await _order_in(request)
+    row = await market.submit_order_async(
         body.message.model_dump(),
         body.signature,
         None if body.domain is None else body.domain.model_dump(),
     )
-    return order_out(row)
+    return _created(row)
 
 
 @router.get("", response_model=list[OrderOut])
