@@ -464,3 +464,28 @@ def test_two_orders_sharing_a_nonce_share_the_fill(ledger: Ledger, parts: Any, i
     first, second = ledger.sort([t1, t2])
     with brownie.reverts(err("MarketOrderOverfilled", parts.S1.address, 5, 300)):
         ledger.record(iv, [first, second])
+
+
+
+def test_filled_order_replayed_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+    sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
+    first = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000)
+    ledger.record(iv, [first])
+    # the filled order again, against another buyer (a buy nonce that sorts after the first trade)
+    nonce = 1
+    while True:
+        again = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 1000, 200_000, nonce), 1000)
+        if ledger.tid(again) > ledger.tid(first):
+            break
+        nonce += 1
+    with brownie.reverts(err("MarketOrderOverfilled", parts.S1.address, 1, 0)):
+        ledger.record(iv, [again])
+
+
+def test_signature_does_not_cover_other_nonce(ledger: Ledger, parts: Any, iv: int) -> None:
+    sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
+    buy = ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1)
+    renonced = dict(sell, nonce=2)  # presented with nonce 2, signed with nonce 1
+    t = CandidateTrade(renonced, buy, ledger.sign(sell), ledger.sign(buy), 1000, PRICE)
+    with brownie.reverts(err("MarketInvalidOrderSignature", parts.S1.address, 2)):
+        ledger.record(iv, [t])

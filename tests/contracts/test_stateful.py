@@ -65,6 +65,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.withdrawn = 0
         self.nonce = 1000
         self.iv = led.current_interval() + 1
+        self.values: dict[str, tuple[int, int]] = {}  # readings of iv on chain
         self.last_id = -1  # highest trade id recorded for iv (the market wants them ascending)
         self.open: list[tuple[bytes, str, str, int, int]] = []  # approved, unsettled trades of iv
         self.settled: set[bytes] = set()
@@ -153,16 +154,20 @@ class LedgerMachine(RuleBasedStateMachine):
         led = self.ledger
         iv = self.iv
         led.end_interval(iv, 3600 if late else 0)
-        values: dict[str, tuple[int, int]] = {}
+        values = self.values  # readings already on chain for iv stay; the first one counts
         batch = []
+        fresh = 0
         for who, imp, exp in reports:
             w = self.wallets[who]
-            if w.address in values:
+            if any(r[0] == led.meter_of(w) for r in batch):
                 continue
-            values[w.address] = (imp, exp)
             batch.append(led.reading(w, iv, imp, exp))
+            if w.address not in values:
+                values[w.address] = (imp, exp)
+                fresh += 1
         if batch:
             tx = led.submit(iv, batch)
+            assert tx.return_value == fresh
             for e in _events(tx, "ReadingSubmitted"):
                 key = (str(e["meter"]), iv)
                 assert key not in self.counted, "reading counted twice"
@@ -171,8 +176,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 again = led.submit(iv, batch)
                 assert again.return_value == 0 and "ReadingSubmitted" not in again.events
         if not led.records.get(iv):
-            self.iv = led.current_interval() + 1
-            self.last_id = -1
+            self._next_interval()
             return
         parties = {t[1] for t in self.open} | {t[2] for t in self.open}
         complete = all(p in values for p in parties)
@@ -196,8 +200,12 @@ class LedgerMachine(RuleBasedStateMachine):
             self.settled.add(tid)
         self.stats["settled"] = self.stats.get("settled", 0) + len(self.open)
         self.open = []
-        self.iv = led.current_interval() + 1
+        self._next_interval()
+
+    def _next_interval(self) -> None:
+        self.iv = self.ledger.current_interval() + 1
         self.last_id = -1
+        self.values = {}
 
     # ------------------------------------------------------------------ invariants
     @invariant()
