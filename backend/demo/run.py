@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -253,6 +254,14 @@ class Demo:
         self.keeper = SettlementKeeper(
             ChainClient(self.settings.rpc_url, ROLE_KEYS["keeper"]), self.deployment, poll_s=0.2
         )
+        thread = threading.Thread(target=self.keeper.run, name="keeper", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            self.keeper.stop()
+            thread.join(timeout=10)
+
+        self.stack.push(stop)
 
     # ------------------------------------------------------------------ chain helpers
     def _contract(self, name: str) -> Any:
@@ -430,11 +439,25 @@ class Demo:
                 )
             time.sleep(0.1)
 
-    def _settle_due(self) -> list[int]:
-        settled: list[int] = []
-        for _ in range(3):
-            settled += list(self.keeper.run_once())
-        return settled
+    def _wait_settled(self, first: int, last: int, missing_deadline: bool) -> None:
+        """Wait until the keeper (its own thread) has settled every interval with approved trades
+        whose readings are complete (``missing_deadline``: every such interval)."""
+        market = self._contract("EnergyMarket")
+        traded = [r["t"] for r in self.records if any(tr["approved"] for tr in r["trades"])]
+        complete = {
+            t for t in traded
+            if all(m.meter in {meter for meter, i in self.published if i == t}
+                   for m in self.members)
+        }  # fmt: skip
+        want = [t for t in traded if missing_deadline or t in complete]
+        deadline = time.monotonic() + 180
+        while want:
+            want = [t for t in want if not market.functions.intervalOf(t).call()[3]]
+            if not want:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"intervals {want[:5]} not settled after 180 s")
+            time.sleep(0.1)
 
     # ------------------------------------------------------------------ grid evidence
     def _grid_states(self, interval_id: int, trades: list[dict[str, Any]]) -> dict[str, Any]:
@@ -503,31 +526,39 @@ class Demo:
             ) as progress:
                 task = progress.add_task("intervals", total=cfg.intervals + 1)
                 pipeline_started = time.perf_counter()
-                for t in range(first, last + 2):
-                    label = datetime.fromtimestamp(t * s, UTC).strftime("%H:%M")
-                    if t <= last:
+                # at chain time just inside interval c: publish c-1's readings, trade c+1
+                # while they are relayed, then make sure they are on chain before moving on
+                for c in range(first - 1, last + 1):
+                    label = datetime.fromtimestamp((c + 1) * s, UTC).strftime("%H:%M")
+                    if c - 1 >= first:
+                        with self._stage("meters publish (sign + MQTT)"):
+                            self._publish_readings(c - 1)
+                    if c + 1 <= last:
                         progress.update(task, description=f"interval {label}: orders")
                         with self._stage("orders over HTTP (sign + POST /orders)"):
-                            posted = self._post_orders(t)
+                            posted = self._post_orders(c + 1)
                         progress.update(task, description=f"interval {label}: clearing")
                         with self._stage("clearing + Neural Grid + recordTrades"):
-                            cleared = self._clear(t)
-                        self._plan_delivery(t, cleared["trades"])
-                        self.records.append({"t": t, "label": label, "posted": posted, **cleared})
-                    self._set_time(t * s + 1)  # interval t-1 has ended
-                    if t - 1 >= first:
-                        progress.update(task, description=f"interval {label}: meters")
-                        with self._stage("meters publish (sign + MQTT)"):
-                            self._publish_readings(t - 1)
+                            cleared = self._clear(c + 1)
+                        self._plan_delivery(c + 1, cleared["trades"])
+                        self.records.append(
+                            {"t": c + 1, "label": label, "posted": posted, **cleared}
+                        )
+                    if c - 1 >= first:
                         with self._stage("oracle relays readings (broker -> receipt)"):
-                            self._wait_readings(t - 1)
-                        with self._stage("keeper settles"):
-                            self._settle_due()
+                            self._wait_readings(c - 1)
+                    self._set_time((c + 1) * s + 1)  # interval c has ended
                     progress.advance(task)
+                with self._stage("meters publish (sign + MQTT)"):
+                    self._publish_readings(last)
+                with self._stage("oracle relays readings (broker -> receipt)"):
+                    self._wait_readings(last)
+                with self._stage("keeper settles (waiting for the last intervals)"):
+                    self._wait_settled(first, last, missing_deadline=False)
                 # readings that never came count as zero once the settlement deadline passes
                 self._set_time((last + 1) * s + SETTLEMENT_DELAY_S + 2)
-                with self._stage("keeper settles"):
-                    self._settle_due()
+                with self._stage("keeper settles (waiting for the last intervals)"):
+                    self._wait_settled(first, last, missing_deadline=True)
                 self.pipeline_s = time.perf_counter() - pipeline_started
             summary = self._summarize(first, last, time.perf_counter() - started)
         finally:
