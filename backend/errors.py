@@ -1,4 +1,4 @@
-"""Root exceptions of the backend packages; the API and CLI alone turn them into user-facing errors."""
+"""Root exceptions of the backend; only the API and CLI turn them into user-facing errors."""
 
 from __future__ import annotations
 

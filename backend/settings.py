@@ -1,4 +1,4 @@
-"""One settings object, read from ``TEGRID_*`` environment variables, with defaults that run on a laptop."""
+"""One settings object, read from ``TEGRID_*`` environment variables; defaults run on a laptop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from backend.errors import ConfigError
 from backend.paths import REPO_ROOT
 
-# Anvil's default dev accounts (mnemonic "test test ... junk"): public test keys, never for real money.
+# Anvil's default dev accounts (mnemonic "test test ... junk"): public test keys, no real money.
 ANVIL_KEYS: tuple[str, ...] = (
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
@@ -42,7 +42,7 @@ class Settings:
 
     rpc_url: str = "http://127.0.0.1:8545"
     chain_id: int = 31337
-    # Role keys: hex private key, or a path to an eth-account keystore file (password in *_PASSWORD).
+    # Role keys: hex private key, or path to an eth-account keystore (TEGRID_KEYSTORE_PASSWORD).
     admin_key: str = ANVIL_KEYS[0]
     market_operator_key: str = ANVIL_KEYS[0]
     validator_key: str = ANVIL_KEYS[0]

@@ -4,7 +4,8 @@ py-solc-x (and brownie through it) treats any executable named ``solc-v<version>
 ``SOLCX_BINARY_PATH`` as an installed compiler and only ever runs ``--version`` and
 ``--standard-json``. When no native solc of the pinned version exists, :func:`ensure_compiler`
 puts a launcher there for ``solcjs_shim.js`` (solcjs, the official compiler built to WebAssembly,
-from npm). A native compiler already in that folder, or on PATH with the right version, is used as is.
+from npm). A native compiler already in that folder, or on PATH with the right version, is used
+as is.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _launcher_text() -> str:
 
 
 def ensure_compiler(version: str | None = None) -> CompilerInfo:
-    """Make the pinned compiler available to py-solc-x; idempotent and quick when nothing changed."""
+    """Make the pinned compiler available to py-solc-x; idempotent, quick when nothing changed."""
     version = version or pinned_version()
     folder = solcx_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def ensure_compiler(version: str | None = None) -> CompilerInfo:
 
 
 def _write_dotenv(folder: Path) -> None:
-    """brownie loads .env (brownie-config.yaml `dotenv`), so `brownie compile` finds the folder too."""
+    """brownie loads .env (brownie-config.yaml `dotenv`): `brownie compile` finds the folder too."""
     line = f"SOLCX_BINARY_PATH={folder}\n"
     if not DOTENV_PATH.exists() or DOTENV_PATH.read_text() != line:
         DOTENV_PATH.write_text(line)
@@ -127,7 +128,9 @@ def compiler_info() -> CompilerInfo | None:
     return CompilerInfo(version, target, "solcjs" if _is_shim(target) else "native")
 
 
-def compile_standard(input_json: dict[str, Any], allow_paths: list[str] | None = None) -> dict[str, Any]:
+def compile_standard(
+    input_json: dict[str, Any], allow_paths: list[str] | None = None
+) -> dict[str, Any]:
     """Compile standard JSON with the pinned compiler through py-solc-x.
 
     Compiler errors (severity ``error``) raise :class:`CompileError` with solc's formatted message.
@@ -156,7 +159,9 @@ def _solc_error_text(exc: Exception) -> str:
     except (json.JSONDecodeError, AttributeError):
         return str(getattr(exc, "message", exc))
     formatted = [
-        e.get("formattedMessage") or e.get("message", "") for e in errors if e.get("severity") == "error"
+        e.get("formattedMessage") or e.get("message", "")
+        for e in errors
+        if e.get("severity") == "error"
     ]
     return "\n".join(formatted) or str(getattr(exc, "message", exc))
 

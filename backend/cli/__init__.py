@@ -1,1 +1,1 @@
-"""The ``tegrid`` command line: the one place that wires grid, chain, market, oracle and API together."""
+"""The ``tegrid`` command line: the one place that wires grid, chain, market, oracle and API."""

@@ -1,4 +1,4 @@
-"""``tegrid doctor``: is this machine ready to run tegrid? Each check says what is missing and how to fix it."""
+"""``tegrid doctor``: is this machine ready for tegrid? Each check names what is missing."""
 
 from __future__ import annotations
 
@@ -17,7 +17,16 @@ from backend.chain import compiler
 from backend.paths import NODE_BIN
 from backend.settings import Settings
 
-PACKAGES = ("eth-brownie", "web3", "py-solc-x", "pandapower", "numpy", "fastapi", "coincurve", "paho-mqtt")
+PACKAGES = (
+    "eth-brownie",
+    "web3",
+    "py-solc-x",
+    "pandapower",
+    "numpy",
+    "fastapi",
+    "coincurve",
+    "paho-mqtt",
+)
 
 
 @dataclass
@@ -52,7 +61,9 @@ def _tool_version(exe: str, *args: str) -> str | None:
 def run_checks(settings: Settings) -> list[Check]:
     checks: list[Check] = []
     py = platform.python_version()
-    checks.append(Check("python", py.startswith("3.11"), py, "install Python 3.11 (pyenv install 3.11)"))
+    checks.append(
+        Check("python", py.startswith("3.11"), py, "install Python 3.11 (pyenv install 3.11)")
+    )
     for name in PACKAGES:
         try:
             checks.append(Check(name, True, metadata.version(name)))
@@ -74,7 +85,9 @@ def run_checks(settings: Settings) -> list[Check]:
             )
         )
     anvil = _tool_version("anvil", "--version")
-    checks.append(Check("anvil", anvil is not None, anvil or "not found", "run `npm ci` (@foundry-rs/anvil)"))
+    checks.append(
+        Check("anvil", anvil is not None, anvil or "not found", "run `npm ci` (@foundry-rs/anvil)")
+    )
     rpc = urlparse(settings.rpc_url)
     rpc_ok = _tcp_reachable(rpc.hostname or "127.0.0.1", rpc.port or 8545)
     checks.append(
@@ -108,7 +121,9 @@ def report(checks: list[Check], console: Console) -> bool:
     table.add_column("detail")
     table.add_column("hint")
     for c in checks:
-        status = "[green]ok[/]" if c.ok else ("[red]missing[/]" if c.essential else "[yellow]absent[/]")
+        status = (
+            "[green]ok[/]" if c.ok else ("[red]missing[/]" if c.essential else "[yellow]absent[/]")
+        )
         table.add_row(c.name, status, c.detail, "" if c.ok else c.hint)
     console.print(table)
     return all(c.ok for c in checks if c.essential)

@@ -1,4 +1,4 @@
-"""The compiler adapter: pinned version, standard JSON through py-solc-x, readable compiler errors."""
+"""The compiler adapter: pinned version, standard JSON through py-solc-x, readable errors."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _large_contract(functions: int) -> str:
         f"{{ return a * {i + 1} + b / {i + 2}; }}"
         for i in range(functions)
     )
-    return f"// SPDX-License-Identifier: MIT\npragma solidity {compiler.pinned_version()};\ncontract Big {{\n{body}\n}}\n"
+    head = f"// SPDX-License-Identifier: MIT\npragma solidity {compiler.pinned_version()};\n"
+    return f"{head}contract Big {{\n{body}\n}}\n"
 
 
 def test_ensure_compiler_reports_pinned_version() -> None:
@@ -68,7 +69,10 @@ def test_compile_standard_large_output_is_complete() -> None:
 
 
 def test_compile_standard_syntax_error_is_compiler_message() -> None:
-    source = "// SPDX-License-Identifier: MIT\npragma solidity 0.8.28;\ncontract Broken { uint256 x = ; }\n"
+    source = (
+        "// SPDX-License-Identifier: MIT\npragma solidity 0.8.28;\n"
+        "contract Broken { uint256 x = ; }\n"
+    )
     with pytest.raises(CompileError) as excinfo:
         compiler.compile_standard(_input(source))
     message = str(excinfo.value)
