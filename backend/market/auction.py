@@ -10,12 +10,26 @@
    rounded down to a token base unit. Every auction trade pays that uniform price (it lies inside
    every traded pair's limits).
 3. **Network-aware.** Candidate trades go to the grid validator in merit order (bilateral first,
-   then the auction in matching order). At the first veto the pair is blocked, the candidates
-   after it are dropped, and the remaining volume (the vetoed seller's and buyer's included) is
-   paired again in merit order after the trades already decided, until a round has no veto or no
-   pair can be formed. A pair that only became possible after a veto may lie outside the uniform
-   price; it pays the clearing price clipped into its own [ask, bid]. A veto is for the whole pair
-   (no partial volume).
+   then the auction in matching order), in rounds. A round sends the batch decided so far plus the
+   fresh candidates in one call. Every vetoed fresh pair is blocked (a veto is for the whole pair,
+   no partial volume), the batch is kept up to and including the round's *last* veto, the approved
+   candidates after it are dropped, and the remaining volume (the vetoed sellers' and buyers'
+   included) is paired again in merit order after the trades already decided, until a round has no
+   veto or no pair can be formed. A pair that only became possible after a veto may lie outside the
+   uniform price; it pays the clearing price clipped into its own [ask, bid]. A pair already in the
+   batch is never paired again (its trade id is taken).
+
+   The validator is prefix-deterministic (a trade is approved iff the base state plus the approved
+   trades before it stay feasible), so appending candidates never changes the verdicts of the ones
+   before them: every verdict kept from a round is the one the final validation gives, and the
+   clearing takes a handful of validator calls instead of one per veto. With at most one veto per
+   round the outcome is exactly the one of re-pairing after every single veto. With several vetoes
+   in a round it can differ: the approved candidates *between* two vetoes of a round keep their
+   volume, so the volume those vetoes free is offered to the pairs after them in merit order
+   instead of displacing them (per-veto re-pairing would have paired it first, possibly with a
+   buyer or seller those candidates used up). Should the validator ever answer differently for an
+   unchanged prefix, the batch is cut after the first changed verdict and paired again from there,
+   so no order is ever filled beyond its volume.
 
 The batch order (bilateral, then the auction rounds) is the priority order the validator saw, so
 one validation of the whole final batch gives exactly the verdicts and the evidence hash that go
@@ -184,6 +198,35 @@ def uniform_price(orders: Sequence[BookOrder]) -> int | None:
     return (s.price_per_kwh + b.price_per_kwh) // 2
 
 
+def _pair_key(c: Candidate) -> tuple[str, str]:
+    return (c.sell.hash, c.buy.hash)
+
+
+def _fresh_candidates(
+    sells: list[BookOrder],
+    buys: list[BookOrder],
+    price: int | None,
+    decided: Sequence[Candidate],
+    verdicts: Sequence[Decision],
+    blocked: set[tuple[str, str]],
+) -> list[Candidate]:
+    """Merit-order pairs of the volume the decided batch leaves (approved trades use volume,
+    vetoed ones do not), never repeating a blocked pair or a pair already in the batch."""
+    left = {o.hash: o.energy_wh for o in sells}
+    left.update((o.hash, o.energy_wh) for o in buys)
+    for c, d in zip(decided, verdicts, strict=True):
+        if d.approved:
+            left[c.sell.hash] -= c.energy_wh
+            left[c.buy.hash] -= c.energy_wh
+    taken = blocked | {_pair_key(c) for c in decided}
+    fresh = _bilateral_pairs(sells, buys, left, taken)
+    for s, b, q in _auction_pairs(sells, buys, left, taken):
+        p = price if price is not None else (s.price_per_kwh + b.price_per_kwh) // 2
+        p = min(max(p, s.price_per_kwh), b.price_per_kwh)
+        fresh.append(Candidate(s, b, q, p, "auction"))
+    return fresh
+
+
 def clear(orders: Sequence[BookOrder], validate: Validate | None = None) -> Clearing:
     """Clear one interval's orders; ``validate`` None approves everything (no grid)."""
     sells = [o for o in orders if o.side == SELL and o.energy_wh > 0]
@@ -195,42 +238,69 @@ def clear(orders: Sequence[BookOrder], validate: Validate | None = None) -> Clea
         bid_wh=sum(o.energy_wh for o in buys),
     )
     blocked: set[tuple[str, str]] = set()
+    # The decided part of the batch and the verdicts it was paired on.
     batch: list[Candidate] = []
-    decisions: list[Decision] = []
+    verdicts: list[Decision] = []
     evidence = result.evidence_hash
-    validated: list[Candidate] = []
-    for _round in range(MAX_ROUNDS):
-        # Remaining volume = order volume minus what the batch so far has approved.
-        left = {o.hash: o.energy_wh for o in sells + buys}
-        for c, d in zip(batch, decisions, strict=True):
-            if d.approved:
-                left[c.sell.hash] -= c.energy_wh
-                left[c.buy.hash] -= c.energy_wh
-        fresh = _bilateral_pairs(sells, buys, left, blocked)
-        for s, b, q in _auction_pairs(sells, buys, left, blocked):
-            p = price if price is not None else (s.price_per_kwh + b.price_per_kwh) // 2
-            p = min(max(p, s.price_per_kwh), b.price_per_kwh)
-            fresh.append(Candidate(s, b, q, p, "auction"))
-        if not fresh:
+    # The last list the validator saw, with its answer (the final check of a batch that a round
+    # already sent whole needs no second call).
+    seen: tuple[list[Candidate], list[Decision], str] | None = None
+
+    def check(trades: list[Candidate]) -> tuple[list[Decision], str]:
+        nonlocal seen
+        assert validate is not None
+        if seen is not None and seen[0] == trades:
+            return seen[1], seen[2]
+        got, digest = validate(trades)
+        if len(got) != len(trades):
+            raise ValueError("the validator returned a different number of verdicts than trades")
+        seen = (trades, got, digest)
+        return got, digest
+
+    rounds = 0
+    while True:
+        fresh: list[Candidate] = []
+        if rounds < MAX_ROUNDS:  # past the cap, only the decided batch is validated as it stands
+            fresh = _fresh_candidates(sells, buys, price, batch, verdicts, blocked)
+        rounds += 1
+        candidates = batch + fresh
+        if not candidates:
+            break
+        if validate is None:
+            batch, verdicts = candidates, [Decision(0)] * len(candidates)
             break
         start = len(batch)
-        batch.extend(fresh)
-        if validate is None:
-            decisions = [Decision(0)] * len(batch)
-            break
-        decisions, evidence = validate(batch)
-        validated = list(batch)
-        if len(decisions) != len(batch):
-            raise ValueError("the validator returned a different number of verdicts than trades")
-        veto = next((i for i in range(start, len(batch)) if not decisions[i].approved), None)
-        if veto is None:
-            break
-        # Pairs after the first veto assumed its volume was taken: drop them and pair again.
-        blocked.add((batch[veto].sell.hash, batch[veto].buy.hash))
-        del batch[veto + 1 :]
-        del decisions[veto + 1 :]
-    if validate is not None and batch and validated != batch:
-        decisions, evidence = validate(batch)
-    result.trades = list(zip(batch, decisions, strict=True))
+        if fresh:
+            # A vetoed trade leaves the state as it was, so the fresh candidates get the same
+            # verdicts behind the approved trades alone: the vetoed ones are not sent again.
+            probe = [i for i in range(start) if verdicts[i].approved]
+            probe += range(start, len(candidates))
+        else:
+            probe = list(range(len(candidates)))  # the final check: the whole batch, once
+        got, digest = check([candidates[i] for i in probe])
+        decisions = verdicts + [Decision(0)] * len(fresh)
+        for i, d in zip(probe, got, strict=True):
+            decisions[i] = d
+        changed = next(
+            (i for i in range(start) if decisions[i].approved != verdicts[i].approved), None
+        )
+        if changed is not None:
+            # Not the verdict of the same prefix before: the pairs after it assumed the old one.
+            # Keep the batch up to that trade (its volume was paired on what precedes it) and
+            # pair again from there.
+            batch, verdicts = candidates[: changed + 1], decisions[: changed + 1]
+            continue
+        vetoes = [i for i in range(start, len(candidates)) if not decisions[i].approved]
+        if not vetoes:
+            batch, verdicts = candidates, decisions
+            if len(probe) == len(candidates):  # the validator saw exactly this batch
+                evidence = digest
+                break
+            continue  # nothing is left to pair: the next turn checks the whole batch
+        blocked.update(_pair_key(candidates[i]) for i in vetoes)
+        # Approved pairs after the round's last veto assumed its volume was taken: drop them
+        # and pair again (the vetoed volume goes to the next feasible pairs).
+        batch, verdicts = candidates[: vetoes[-1] + 1], decisions[: vetoes[-1] + 1]
+    result.trades = list(zip(batch, verdicts, strict=True))
     result.evidence_hash = evidence
     return result

@@ -12,7 +12,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from backend.market.errors import LedgerUnavailable
-from backend.market.ports import ChainTrade, Participant, Receipt
+from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
 
 
 class MemoryLedger:
@@ -73,6 +73,18 @@ class MemoryLedger:
 
     def nonce_cancelled(self, trader: str, nonce: int) -> bool:
         return (trader, nonce) in self.cancelled
+
+    def clearing_reads(
+        self,
+        wallets: Sequence[str],
+        nonces: Sequence[tuple[str, int]],
+        balance_wallets: Sequence[str],
+    ) -> ClearingReads:
+        return ClearingReads(
+            {w: self.participant(w) for w in wallets},
+            frozenset(k for k in nonces if self.nonce_cancelled(*k)),
+            {w: self.available_balance(w) for w in balance_wallets},
+        )
 
     def batch_recorded(self, interval_id: int, last_trade_id: str) -> bool:
         return int(self.last_trade_id.get(interval_id, "0x0"), 16) >= int(last_trade_id, 16)

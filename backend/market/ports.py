@@ -38,6 +38,17 @@ class ChainTrade:
 
 
 @dataclass(frozen=True)
+class ClearingReads:
+    """What ``_eligible`` needs from the chain for one clearing, read in one go: participants by
+    wallet (None when not registered), the cancelled (trader, nonce) pairs among those asked, and
+    available deposits by wallet."""
+
+    participants: dict[str, Participant | None]
+    cancelled: frozenset[tuple[str, int]]
+    balances: dict[str, int]
+
+
+@dataclass(frozen=True)
 class Receipt:
     tx_hash: str
     block_number: int
@@ -60,6 +71,16 @@ class Ledger(Protocol):
     def available_balance(self, wallet: str) -> int: ...
 
     def nonce_cancelled(self, trader: str, nonce: int) -> bool: ...
+
+    def clearing_reads(
+        self,
+        wallets: Sequence[str],
+        nonces: Sequence[tuple[str, int]],
+        balance_wallets: Sequence[str],
+    ) -> ClearingReads:
+        """``participant``, ``nonce_cancelled`` and ``available_balance`` for many keys at once
+        (one JSON-RPC batch on a chain instead of a round trip each)."""
+        ...
 
     def batch_recorded(self, interval_id: int, last_trade_id: str) -> bool:
         """Whether the interval already has a batch ending with ``last_trade_id`` on chain."""

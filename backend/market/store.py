@@ -160,6 +160,18 @@ class Store:
         with self.session() as s:
             return s.scalars(select(OrderRow).where(OrderRow.hash == order_hash)).first()
 
+    def get_orders(self, hashes: Sequence[str]) -> dict[str, OrderRow]:
+        """The orders with these hashes, by hash (one query per 500 hashes)."""
+        wanted = list(dict.fromkeys(hashes))
+        out: dict[str, OrderRow] = {}
+        with self.session() as s:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                out.update(
+                    (o.hash, o) for o in s.scalars(select(OrderRow).where(OrderRow.hash.in_(chunk)))
+                )
+        return out
+
     def list_orders(
         self,
         trader: str | None = None,

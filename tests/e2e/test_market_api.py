@@ -260,3 +260,23 @@ def test_cancel_participants_grid_status_and_events(stack: dict[str, Any]) -> No
             if {"order", "cancel", "participant"} <= set(kinds):
                 break
     assert {"order", "cancel", "participant"} <= set(kinds)
+
+
+def test_clearing_reads_batch_equals_single_calls(stack: dict[str, Any]) -> None:
+    """The clearing's JSON-RPC batch (participants, nonces, deposits) reads what one call per key
+    reads, a nonce cancelled on chain included."""
+    from backend.chain.client import ChainClient
+
+    market = stack["market"]
+    ledger = market.ledger
+    trader = ChainClient(stack["settings"].rpc_url, K[6])
+    nonce = next(NONCES) + 10_000
+    trader.transact(ledger.market.functions.cancelNonce(nonce))
+    wallets = [Account.from_key(k).address for k in K[1:8]] + [Account.create().address]
+    nonces = [(w, nonce) for w in wallets] + [(wallets[0], 1)]
+    reads = ledger.clearing_reads(wallets, nonces, wallets[:4])
+    assert reads.participants == {w: ledger.participant(w) for w in wallets}
+    assert reads.participants[wallets[-1]] is None and reads.participants[wallets[0]] is not None
+    assert reads.cancelled == frozenset(k for k in nonces if ledger.nonce_cancelled(*k))
+    assert (Account.from_key(K[6]).address, nonce) in reads.cancelled
+    assert reads.balances == {w: ledger.available_balance(w) for w in wallets[:4]}
