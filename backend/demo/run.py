@@ -422,14 +422,17 @@ class Demo:
         return stats.published
 
     def _wait_readings(self, interval_id: int, timeout_s: float = 120.0) -> None:
+        """Wait until every reading published for ``interval_id`` is on chain (its
+        ``ReadingSubmitted`` logs, one ``eth_getLogs`` per poll)."""
         readings = self._contract("MeterReadings")
-        want = [meter for meter, i in self.published if i == interval_id]
+        want = {meter for meter, i in self.published if i == interval_id}
+        event = readings.events.ReadingSubmitted
         deadline = time.monotonic() + timeout_s
         while want:
-            want = [
-                meter for meter in want
-                if not readings.functions.readingOf(meter, interval_id).call()[2]
-            ]  # fmt: skip
+            logs = event.get_logs(
+                from_block=self.deployment.block, argument_filters={"intervalId": interval_id}
+            )
+            want -= {e["args"]["meter"] for e in logs}
             if not want:
                 return
             if time.monotonic() > deadline:
@@ -437,7 +440,7 @@ class Demo:
                     f"interval {interval_id}: {len(want)} readings not on chain after "
                     f"{timeout_s:.0f} s (oracle status: {self.oracle.counters})"
                 )
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def _wait_settled(self, first: int, last: int, missing_deadline: bool) -> None:
         """Wait until the keeper (its own thread) has settled every interval with approved trades
