@@ -60,8 +60,8 @@ class LedgerMachine(RuleBasedStateMachine):
         led = self.ledger
         led.records = {}
         self.avail = {w.address: led.balance(w)[0] for w in self.wallets}
-        self.locked = {w.address: 0 for w in self.wallets}
-        self.deposited = sum(self.avail.values())
+        self.locked = {w.address: led.balance(w)[1] for w in self.wallets}
+        self.deposited = sum(self.avail.values()) + sum(self.locked.values())
         self.withdrawn = 0
         self.nonce = 1000
         self.iv = led.current_interval() + 1
@@ -222,7 +222,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 def _run(ledger: Ledger, parts: Any, examples: int, steps: int) -> None:
-    brownie.chain.snapshot()
+    """Every machine starts from the snapshot the calling test took once (brownie.chain.revert)."""
     LedgerMachine.ledger = ledger
     LedgerMachine.wallets = [parts.S1, parts.S2, parts.B1, parts.B2]
     run_state_machine_as_test(
@@ -239,6 +239,7 @@ def _run(ledger: Ledger, parts: Any, examples: int, steps: int) -> None:
 
 def test_stateful_ledger_short(ledger: Ledger, parts: Any) -> None:
     LedgerMachine.stats = {}
+    brownie.chain.snapshot()
     _run(ledger, parts, examples=12, steps=40)
     print("stateful stats", LedgerMachine.stats)
 
@@ -247,6 +248,7 @@ def test_stateful_ledger_short(ledger: Ledger, parts: Any) -> None:
 @pytest.mark.skipif(not LONG, reason="set TEGRID_LONG_STATEFUL=1 for the >= 10,000-step run")
 def test_stateful_ledger_long(ledger: Ledger, parts: Any) -> None:
     LedgerMachine.stats = {}
+    brownie.chain.snapshot()
     while LedgerMachine.stats.get("steps", 0) < 10_000:
         _run(ledger, parts, examples=100, steps=100)
     print("stateful stats", LedgerMachine.stats)
