@@ -20,7 +20,8 @@ STAMP_NPM := node_modules/.installed
 STAMP_SOL := build/.compiled
 CONTRACT_SOURCES := $(shell find contracts -name '*.sol' 2>/dev/null)
 
-.PHONY: help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean \
+
+.PHONY: brownie-network help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean \
 	bench bench-grid bench-chain bench-api bench-oracle bench-e2e
 
 help:
@@ -51,13 +52,22 @@ $(STAMP_SOL): $(STAMP_PY) $(STAMP_NPM) $(CONTRACT_SOURCES) brownie-config.yaml
 	$(BIN)/brownie compile
 	@mkdir -p build && touch $@
 
-setup: prereqs $(STAMP_PY) $(STAMP_NPM) $(VENV)/bin/anvil $(STAMP_SOL)
+# The contract suite runs on a brownie network of its own (Anvil on port 8599, shanghai, 30M gas), so
+# it never attaches to a chain someone left on 8545 (brownie's `development`).
+BROWNIE_NETWORK := tegrid-anvil
+BROWNIE_NETWORK_SETTINGS := cmd=anvil host=http://127.0.0.1 port=8599 accounts=10 evm_version=shanghai gas_limit=30000000 base_fee=0
+
+brownie-network: $(STAMP_PY)
+	@$(BIN)/brownie networks list 2>/dev/null | grep -q '$(BROWNIE_NETWORK)' || \
+		$(BIN)/brownie networks add Development $(BROWNIE_NETWORK) $(BROWNIE_NETWORK_SETTINGS) >/dev/null
+
+setup: prereqs $(STAMP_PY) $(STAMP_NPM) $(VENV)/bin/anvil $(STAMP_SOL) brownie-network
 	@$(BIN)/python -m backend.chain.compiler >/dev/null
 
 test: setup test-contracts test-python
 
 test-contracts: setup
-	$(BIN)/brownie test tests/contracts
+	$(BIN)/brownie test tests/contracts --network $(BROWNIE_NETWORK)
 
 test-python: setup
 	$(PYTEST_PLAIN) tests --ignore=tests/contracts
@@ -66,7 +76,7 @@ test-ganache: setup
 	$(BIN)/brownie test tests/contracts --network ganache-cli
 
 test-stateful-long: setup
-	TEGRID_LONG_STATEFUL=1 $(BIN)/brownie test tests/contracts -k stateful
+	TEGRID_LONG_STATEFUL=1 $(BIN)/brownie test tests/contracts -k stateful --network $(BROWNIE_NETWORK)
 
 demo: setup
 	$(BIN)/tegrid demo
