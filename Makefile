@@ -43,9 +43,12 @@ $(STAMP_NPM): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# Link the npm tools into the venv so an activated venv (and brownie) finds anvil, cast, ganache.
+# Link the npm tools into the venv so an activated venv (and brownie) finds anvil, cast, ganache, and
+# let `source .venv/bin/activate` export the compiler folder for `brownie compile/console/test`.
 $(VENV)/bin/anvil: $(STAMP_PY) $(STAMP_NPM)
 	@for tool in anvil cast ganache ganache-cli; do ln -sf ../../node_modules/.bin/$$tool $(VENV)/bin/$$tool; done
+	@grep -q SOLCX_BINARY_PATH $(VENV)/bin/activate || \
+		echo 'export SOLCX_BINARY_PATH="$(abspath .solcx)"' >> $(VENV)/bin/activate
 
 $(STAMP_SOL): $(STAMP_PY) $(STAMP_NPM) $(CONTRACT_SOURCES) brownie-config.yaml
 	$(BIN)/python -m backend.chain.compiler
