@@ -14,8 +14,8 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import function_abi_to_4byte_selector, to_bytes
 from web3 import Web3
 from web3.contract.contract import ContractFunction
-from web3.exceptions import ContractLogicError, TimeExhausted
-from web3.types import TxParams, TxReceipt
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+from web3.types import RPCEndpoint, TxParams, TxReceipt
 
 from backend.chain.contracts import Artifact, error_abis
 from backend.chain.errors import (
@@ -30,6 +30,15 @@ _BUILTIN_ERRORS: list[dict[str, Any]] = [
     {"type": "error", "name": "Error", "inputs": [{"name": "message", "type": "string"}]},
     {"type": "error", "name": "Panic", "inputs": [{"name": "code", "type": "uint256"}]},
 ]
+
+
+def cache_chain_id(w3: Any) -> None:
+    """Let the provider cache ``eth_chainId`` (and nothing else): web3's validation middleware
+    asks for the chain id before every ``eth_call``, ``eth_estimateGas`` and transaction, a round
+    trip each; the chain id of an endpoint does not change."""
+    provider = w3.provider
+    provider.cacheable_requests = {RPCEndpoint("eth_chainId")}
+    provider.cache_allowed_requests = True
 
 
 class ErrorDecoder:
@@ -109,6 +118,7 @@ class ChainClient:
         request_timeout_s: float = 60.0,
     ) -> None:
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout_s}))
+        cache_chain_id(self.w3)
         self.account: LocalAccount = Account.from_key(private_key)
         self.receipt_timeout_s = receipt_timeout_s
         self.retries = retries
@@ -218,9 +228,7 @@ class ChainClient:
                 last_exc = exc
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            except (
-                ValueError
-            ) as exc:  # node refused: nonce too low / already known, resync and retry
+            except (ValueError, Web3RPCError) as exc:  # node refused: nonce too low / known
                 self.reset_nonce()
                 last_exc = exc
                 if "nonce" in str(exc).lower() or "known" in str(exc).lower():

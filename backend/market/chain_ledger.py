@@ -26,7 +26,7 @@ from eth_utils.abi import (
 from web3.logs import DISCARD
 from web3.types import RPCEndpoint
 
-from backend.chain.client import ChainClient
+from backend.chain.client import ChainClient, cache_chain_id
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import LedgerError
@@ -49,15 +49,6 @@ def _order_tuple(m: dict[str, Any]) -> tuple[Any, ...]:
 
 # JSON-RPC batch size for clearing reads (nodes cap batches: Geth at 1000 requests by default).
 READ_BATCH = 250
-
-
-def cache_chain_id(w3: Any) -> None:
-    """Let the provider cache ``eth_chainId`` (and nothing else): web3's validation middleware
-    asks for the chain id before every ``eth_call``, ``eth_estimateGas`` and transaction, a round
-    trip each; the chain id of an endpoint does not change."""
-    provider = w3.provider
-    provider.cacheable_requests = {RPCEndpoint("eth_chainId")}
-    provider.cache_allowed_requests = True
 
 
 def _participant(wallet: str, raw: Sequence[Any]) -> Participant | None:
