@@ -69,8 +69,14 @@ setup: prereqs $(STAMP_PY) $(STAMP_NPM) $(VENV)/bin/anvil $(STAMP_SOL) brownie-n
 
 test: setup test-contracts test-python
 
+# Each run registers a network on a free port of its own, so two runs on one machine never share a chain.
+BROWNIE_RUN_NETWORK = port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	net=tegrid-anvil-$$port; \
+	$(BIN)/brownie networks add Development $$net $(subst port=8599,port=$$port,$(BROWNIE_NETWORK_SETTINGS)) >/dev/null || exit 1; \
+	trap '$(BIN)/brownie networks delete '$$net' >/dev/null 2>&1' EXIT
+
 test-contracts: setup
-	$(BIN)/brownie test tests/contracts --network $(BROWNIE_NETWORK)
+	@$(BROWNIE_RUN_NETWORK); $(BIN)/brownie test tests/contracts --network $$net
 
 test-python: setup
 	$(PYTEST_PLAIN) tests --ignore=tests/contracts
@@ -79,7 +85,7 @@ test-ganache: setup
 	$(BIN)/brownie test tests/contracts --network ganache-cli
 
 test-stateful-long: setup
-	TEGRID_LONG_STATEFUL=1 $(BIN)/brownie test tests/contracts -k stateful --network $(BROWNIE_NETWORK)
+	@$(BROWNIE_RUN_NETWORK); TEGRID_LONG_STATEFUL=1 $(BIN)/brownie test tests/contracts -k stateful --network $$net
 
 demo: setup
 	$(BIN)/tegrid demo
