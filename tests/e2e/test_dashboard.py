@@ -354,7 +354,9 @@ def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:
         assert httpx.post(server + "/orders", json=o).status_code == 201
     r = httpx.post(f"{server}/intervals/{iv}/close", timeout=120)
     assert r.status_code == 200 and r.json()["approvedCount"] == 1, r.text
-    page.locator("#trades-table tr.approved").wait_for()
+    (trade,) = httpx.get(f"{server}/trades?interval={iv}").json()
+    # the page follows the live interval: this interval's approved row appears without reload
+    page.locator(f'#trades-table tr.approved[data-trade="{trade["id"]}"]').wait_for()
     assert page.locator("#readings li.empty").count() == 1
 
     deployment = load_deployment(SERVER_FILES["deployment"])
