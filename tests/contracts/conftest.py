@@ -3,6 +3,8 @@ build signed orders, trades, attestations and readings through backend.chain (th
 
 from __future__ import annotations
 
+import os
+import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -238,6 +240,38 @@ class Ledger:
 
     def balance(self, wallet: Any) -> tuple[int, int]:
         return tuple(self.market.balanceOf(wallet))  # type: ignore[return-value]
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pytest_configure(config: Any) -> None:
+    """The suite needs a chain of its own. brownie attaches to whatever listens on a development
+    network's port, so two runs of ``--network tegrid-anvil`` would share one Anvil and revert each
+    other's snapshots (transactions "dropped", balances jumping back under the stateful model). When
+    the port is taken, launch our Anvil on a free port instead (brownie connects only after
+    collection). ``TEGRID_ATTACH_CHAIN=1`` keeps brownie's attach behaviour."""
+    from brownie._config import CONFIG
+
+    if os.environ.get("TEGRID_ATTACH_CHAIN") == "1":
+        return
+    try:
+        name = (config.getoption("--network") or [None])[0]
+    except ValueError:  # plain pytest, no brownie plugin
+        return
+    net = CONFIG.networks.get(name or CONFIG.settings["networks"]["default"])
+    if not net or "cmd" not in net or "127.0.0.1" not in net.get("host", ""):
+        return
+    settings = net.setdefault("cmd_settings", {})
+    port = settings.get("port")
+    if port and _port_taken(int(port)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free = s.getsockname()[1]
+        print(f"\nport {port} is another run's chain; launching ours on {free}")
+        settings["port"] = free
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import brownie
 import pytest
-from conftest import Ledger, norm
+from conftest import DEPOSIT, Ledger, norm
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -44,6 +44,27 @@ def model_settle(
     return out
 
 
+def _head() -> tuple[int, bytes]:
+    block = brownie.web3.eth.get_block("latest")
+    return int(block["number"]), bytes(block["hash"])
+
+
+def assert_chain_is_ours(head: tuple[int, bytes]) -> None:
+    """The block the model last saw must still be on the chain. Another client on the same Anvil
+    (a second ``brownie test --network tegrid-anvil`` attaches to a running one) reverts its own
+    snapshots under us: our mined transactions vanish (brownie: "Tx dropped") and balances jump
+    back, which would otherwise surface as a model mismatch (one trade's escrow locked again)."""
+    number, block_hash = head
+    try:
+        block = brownie.web3.eth.get_block(number)
+    except Exception:  # BlockNotFound: the chain was cut below our head
+        block = None
+    assert block is not None and bytes(block["hash"]) == block_hash, (
+        f"block {number} the model saw is gone: another client reverted this chain "
+        "(run the contract suite on a chain of its own)"
+    )
+
+
 def _events(tx: Any, name: str) -> Any:
     """brownie's EventDict has no ``get``."""
     return tx.events[name] if name in tx.events else []  # noqa: SIM401
@@ -70,6 +91,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open: list[tuple[bytes, str, str, int, int]] = []  # approved, unsettled trades of iv
         self.settled: set[bytes] = set()
         self.counted: set[tuple[str, int]] = set()
+        self.head = _head()
 
     # ------------------------------------------------------------------ rules
     @rule(who=st.integers(0, 3), amount=st.integers(1, 10**9))
@@ -210,6 +232,8 @@ class LedgerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ invariants
     @invariant()
     def balances_match_model(self) -> None:
+        assert_chain_is_ours(self.head)
+        self.head = _head()
         for w in self.wallets:
             assert self.ledger.balance(w) == (self.avail[w.address], self.locked[w.address])
 
@@ -252,3 +276,39 @@ def test_stateful_ledger_long(ledger: Ledger, parts: Any) -> None:
     while LedgerMachine.stats.get("steps", 0) < 10_000:
         _run(ledger, parts, examples=100, steps=100)
     print("stateful stats", LedgerMachine.stats)
+
+
+def test_foreign_revert_replay(ledger: Ledger, parts: Any) -> None:
+    """The long run's failure, replayed by hand: a second client on the same Anvil reverts its own
+    snapshot after our settlement. The contracts are right at every step (hand-computed balances);
+    the revert brings one trade's escrow back (1000 Wh at 121,719 per kWh: ceil(121,719,000 / 1000)
+    = 121,719 locked for B1 again) while the model has released it: the long run's mismatch.
+    The machine now names the cause instead of reporting a balance mismatch."""
+    LedgerMachine.ledger = ledger
+    LedgerMachine.wallets = [parts.S1, parts.S2, parts.B1, parts.B2]
+    LedgerMachine.stats = {}
+    brownie.chain.snapshot()
+    m = LedgerMachine()
+    half = DEPOSIT // 2
+    s1, b1 = parts.S1, parts.B1
+    assert ledger.balance(b1) == (half, 0)
+
+    m.record(pairs=[(0, 2, 1000, 121_719, 0)])  # S1 sells 1000 Wh to B1 at 121,719 per kWh
+    m.balances_match_model()
+    assert ledger.balance(b1) == (half - 121_719, 121_719)
+
+    rpc = brownie.web3.provider.make_request
+    foreign = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]  # the other run's
+
+    # S1 exported 1000 Wh, B1 imported 1000 Wh: full delivery, the seller gets all of the escrow.
+    m.close_interval(reports=[(0, 0, 1000), (2, 1000, 0)], late=False, twice=False)
+    m.balances_match_model()
+    assert ledger.balance(s1) == (half + 121_719, 0)
+    assert ledger.balance(b1) == (half - 121_719, 0)
+    assert m.locked[b1.address] == 0
+
+    assert rpc("evm_revert", [foreign])["result"]  # type: ignore[arg-type]  # our settle is gone
+    chain_locked = ledger.balance(b1)[1]
+    assert chain_locked - m.locked[b1.address] == 121_719
+    with pytest.raises(AssertionError, match="another client reverted this chain"):
+        m.balances_match_model()
