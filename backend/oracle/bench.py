@@ -51,16 +51,21 @@ def _phase(
 ) -> dict[str, float]:
     db_url = f"sqlite:///{work / f'oracle-{batch_size}.db'}"
     store = OracleStore(db_url)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli.main", "oracle", "--batch-size", str(batch_size),
-         "--client-id", f"bench-{batch_size}", "--database-url", db_url, "--log-level", "WARNING"],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    log_path = work / f"oracle-{batch_size}.log"  # a file: an undrained pipe would block the daemon
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli.main", "oracle", "--batch-size", str(batch_size),
+             "--client-id", f"bench-{batch_size}", "--database-url", db_url,
+             "--log-level", "WARNING"],
+            env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while store.meta("started_at") is None:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise OracleError(f"oracle did not start: {proc.communicate()[1].decode()[-500:]}")
+                proc.kill()
+                proc.wait()
+                raise OracleError(f"oracle did not start: {log_path.read_text()[-500:]}")
             time.sleep(0.05)
         time.sleep(0.3)
         pub = MqttTransport(broker_url)

@@ -45,13 +45,18 @@ N_METERS = 20
 TEGRID = [sys.executable, "-m", "backend.cli.main"]
 
 
-def wait_for(pred: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
+def wait_for(
+    pred: Callable[[], bool],
+    timeout_s: float = 60.0,
+    what: str = "condition",
+    state: Callable[[], str] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pred():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"; now {state()}" if state else ""))
 
 
 @dataclass
@@ -82,15 +87,19 @@ class Env:
     def start_oracle(self, batch_size: int = 400) -> subprocess.Popen[bytes]:
         store = self.store()
         before = store.meta("started_at")
-        proc = subprocess.Popen(
-            [*TEGRID, "oracle", "--client-id", self.client_id, "--batch-size", str(batch_size)],
-            env=self.env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        # the log goes to a file: an undrained stderr pipe blocks the daemon once 64 KiB are written
+        log_path = Path(self.deployment_file).with_name(f"oracle-{time.monotonic_ns()}.log")
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [*TEGRID, "oracle", "--client-id", self.client_id, "--batch-size", str(batch_size)],
+                env=self.env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
+            )  # fmt: skip
         try:
             wait_for(lambda: store.meta("started_at") not in (None, before), 60, "oracle start")
         except AssertionError:
             proc.kill()
-            raise AssertionError(proc.communicate()[1].decode()[-2000:]) from None
+            proc.wait()
+            raise AssertionError(log_path.read_text()[-2000:]) from None
         time.sleep(0.3)  # subscription on the wire
         return proc
 
@@ -215,7 +224,12 @@ def test_oracle_kill9_mid_batch_then_restart_exactly_once(env: Env, oracle_procs
     killed_at = store.status()
     assert killed_at.submitted < 80
     oracle_procs.append(env.start_oracle(batch_size=3))
-    wait_for(lambda: store.status().submitted == 80, 90, "all submitted after restart")
+    wait_for(
+        lambda: store.status().submitted == 80,
+        90,
+        f"all submitted after restart (killed at {killed_at.as_dict()})",
+        lambda: str(store.status().as_dict()),
+    )
     _assert_exactly_once(env, expected)
     assert store.status().queue_depth == 0
 
