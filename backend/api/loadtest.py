@@ -141,8 +141,8 @@ def uvicorn_stack() -> str:
 
 
 def run(orders: int = 6000, concurrency: int = 32, baseline_orders: int = 600) -> dict[str, Any]:
-    from backend.api.server import free_port
     from backend.market.devstack import start_dev_stack
+    from backend.net import free_port
     from backend.oracle.devchain import AnvilProcess
     from backend.paths import REPO_ROOT
 

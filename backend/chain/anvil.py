@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from web3 import Web3
 
 from backend.chain.errors import ChainUnavailableError
 from backend.errors import ToolchainError
+from backend.net import free_port
 from backend.paths import NODE_BIN
 
 HARDFORK = "shanghai"  # Ganache 7 stops at Shanghai; the same bytecode runs on both chains
@@ -30,12 +30,6 @@ def anvil_binary() -> Path:
     if not path.exists():
         raise ToolchainError(f"{path} not found: run `npm ci` (package @foundry-rs/anvil)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def is_up(rpc_url: str, timeout_s: float = 1.0) -> bool:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import platform
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
-from urllib.parse import urlparse
 
 from rich.console import Console
 from rich.table import Table
 
 from backend.chain import compiler
+from backend.net import url_reachable
 from backend.paths import NODE_BIN
 from backend.settings import Settings
 
@@ -36,14 +35,6 @@ class Check:
     detail: str
     hint: str = ""
     essential: bool = True
-
-
-def _tcp_reachable(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def _tool_version(exe: str, *args: str) -> str | None:
@@ -88,8 +79,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(
         Check("anvil", anvil is not None, anvil or "not found", "run `npm ci` (@foundry-rs/anvil)")
     )
-    rpc = urlparse(settings.rpc_url)
-    rpc_ok = _tcp_reachable(rpc.hostname or "127.0.0.1", rpc.port or 8545)
+    rpc_ok = url_reachable(settings.rpc_url, 8545, timeout_s=1.0)
     checks.append(
         Check(
             "chain",
@@ -99,8 +89,7 @@ def run_checks(settings: Settings) -> list[Check]:
             essential=False,
         )
     )
-    broker = urlparse(settings.broker_url)
-    broker_ok = _tcp_reachable(broker.hostname or "127.0.0.1", broker.port or 1883)
+    broker_ok = url_reachable(settings.broker_url, 1883, timeout_s=1.0)
     checks.append(
         Check(
             "mqtt broker",

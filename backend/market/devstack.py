@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
+from backend.net import url_reachable
 from backend.settings import ANVIL_KEYS, Settings
 
 log = logging.getLogger("tegrid.devstack")
@@ -52,20 +53,9 @@ class DevStack:
             self.anvil = None
 
 
-def _port_open(url: str) -> bool:
-    import socket
-
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 8545), 0.5):
-            return True
-    except OSError:
-        return False
-
-
 def ensure_chain(settings: Settings) -> Any | None:
     """Reuse the chain at ``rpc_url`` or start Anvil there; returns the process we started."""
-    if _port_open(settings.rpc_url):
+    if url_reachable(settings.rpc_url, 8545):
         return None
     from backend.oracle.devchain import AnvilProcess
 

@@ -19,7 +19,7 @@ from eth_account import Account
 from web3 import Web3
 
 from backend.errors import ToolchainError
-from backend.iot.broker import free_port, port_open
+from backend.net import free_port, port_open
 from backend.paths import NODE_BIN
 
 

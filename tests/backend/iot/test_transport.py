@@ -6,7 +6,7 @@ import time
 import pytest
 
 from backend.iot import TransportError
-from backend.iot.broker import MosquittoBroker, find_mosquitto, free_port
+from backend.iot.broker import MosquittoBroker, find_mosquitto
 from backend.iot.transport import (
     InProcessBroker,
     InProcessTransport,
@@ -14,6 +14,7 @@ from backend.iot.transport import (
     MqttTransport,
     open_transport,
 )
+from backend.net import free_port
 
 needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 
