@@ -19,11 +19,11 @@ from eth_keys.backends import CoinCurveECCBackend
 from eth_keys.exceptions import BadSignature, ValidationError
 from eth_utils import keccak, to_canonical_address, to_checksum_address
 
+from backend.chain.eip712 import DOMAIN_VERSION, READING_TYPE_STRING, READINGS_DOMAIN_NAME
 from backend.iot import MessageError
 
-DOMAIN_NAME = "tegrid MeterReadings"
-DOMAIN_VERSION = "1"
-READING_TYPE = "Reading(address meter,uint64 intervalId,uint64 importWh,uint64 exportWh)"
+DOMAIN_NAME = READINGS_DOMAIN_NAME
+READING_TYPE = READING_TYPE_STRING
 READING_TYPEHASH = keccak(text=READING_TYPE)
 DOMAIN_TYPEHASH = keccak(
     text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"

@@ -23,11 +23,10 @@ from coincurve import PublicKey
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address as _to_checksum_address
 
+from backend.chain.eip712 import DOMAIN_TYPE, DOMAIN_VERSION, MARKET_DOMAIN_NAME, ORDER_TYPE
 from backend.market.errors import BadSignature, InvalidOrder
 
-MARKET_DOMAIN_NAME = "tegrid EnergyMarket"
 REGISTRY_DOMAIN_NAME = "tegrid ParticipantRegistry"
-DOMAIN_VERSION = "1"
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 SELL = 0
@@ -36,23 +35,9 @@ BUY = 1
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HALF_N = _SECP256K1_N // 2
 
-EIP712_DOMAIN_FIELDS = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
-
-ORDER_FIELDS: list[dict[str, str]] = [
-    {"name": "trader", "type": "address"},
-    {"name": "side", "type": "uint8"},
-    {"name": "intervalId", "type": "uint64"},
-    {"name": "energyWh", "type": "uint64"},
-    {"name": "pricePerKWh", "type": "uint128"},
-    {"name": "nonce", "type": "uint64"},
-    {"name": "expiry", "type": "uint64"},
-    {"name": "counterparty", "type": "address"},
-]
+# The domain and Order structs are the contract's, defined once in backend.chain.eip712.
+EIP712_DOMAIN_FIELDS = DOMAIN_TYPE
+ORDER_FIELDS: list[dict[str, str]] = ORDER_TYPE
 CANCEL_FIELDS: list[dict[str, str]] = [
     {"name": "trader", "type": "address"},
     {"name": "orderHash", "type": "bytes32"},
@@ -71,6 +56,7 @@ STRUCTS: dict[str, list[dict[str, str]]] = {
     "Cancel": CANCEL_FIELDS,
     "ConnectionRequest": CONNECTION_FIELDS,
 }
+
 
 @lru_cache(maxsize=65536)
 def checksum(address: str) -> str:
