@@ -1,7 +1,7 @@
 """Development-chain helpers used by the benchmark, the e2e tests and the demo: an Anvil process of
 our own, chain time travel, fast (pipelined) participant registration.
 
-backend/chain has no Anvil launcher yet; this one is small and local to the oracle's needs.
+The launching itself is ``backend.chain.anvil.start_anvil``; this adds restart on the same port.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -18,66 +17,54 @@ from typing import Any
 from eth_account import Account
 from web3 import Web3
 
+from backend.chain.anvil import AnvilProcess as ChainAnvil
+from backend.chain.anvil import start_anvil
 from backend.errors import ToolchainError
-from backend.net import free_port, port_open
-from backend.paths import NODE_BIN
+from backend.net import free_port
 
 
 class AnvilProcess:
-    """``anvil --hardfork shanghai`` on a free port; ``state_file`` keeps state across restarts."""
+    """A restartable Anvil on one port (``backend.chain.anvil.start_anvil`` does the launching);
+    ``state_file`` keeps the chain across a stop and a start, as the outage tests need."""
 
     def __init__(
         self,
         port: int | None = None,
         state_file: Path | None = None,
         state_interval_s: int = 1,
-        gas_limit: int = 30_000_000,
     ) -> None:
-        exe = NODE_BIN / "anvil"
-        if not exe.exists():
-            raise ToolchainError(f"{exe} not found: run `npm ci`")
-        self.exe = exe
         self.port = port or free_port()
         self.state_file = state_file
         self.state_interval_s = state_interval_s
-        self.gas_limit = gas_limit
-        self.process: subprocess.Popen[bytes] | None = None
+        self._handle: ChainAnvil | None = None
         fd, log_name = tempfile.mkstemp(prefix="tegrid-anvil-", suffix=".log")
-        self._log = os.fdopen(fd, "wb")
+        os.close(fd)
         self._log_path = Path(log_name)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._handle.process if self._handle is not None else None
+
     def start(self, timeout_s: float = 20.0) -> AnvilProcess:
-        cmd = [
-            str(self.exe), "--port", str(self.port), "--hardfork", "shanghai",
-            "--gas-limit", str(self.gas_limit), "--base-fee", "0", "--silent",
-        ]  # fmt: skip
-        if self.state_file is not None:
-            cmd += ["--state", str(self.state_file), "--state-interval", str(self.state_interval_s)]
-        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ToolchainError(f"anvil exited: {self._log_path.read_text()[-500:]}")
-            if port_open("127.0.0.1", self.port):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise ToolchainError(f"anvil did not open port {self.port}")
+        self._handle = start_anvil(
+            self.port,
+            state_file=self.state_file,
+            state_interval_s=self.state_interval_s,
+            timeout_s=timeout_s,
+            log_file=self._log_path,
+            extra_args=("--base-fee", "0", "--silent"),
+        )
+        return self
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): anvil dumps its state file on the way out."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        if self._handle is not None:
+            self._handle.stop()
+        self._handle = None
 
     def __enter__(self) -> AnvilProcess:
         return self.start()
@@ -86,7 +73,6 @@ class AnvilProcess:
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
         self.stop()
-        self._log.close()
         self._log_path.unlink(missing_ok=True)
 
 
