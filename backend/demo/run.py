@@ -139,6 +139,7 @@ class Demo:
         self.published: set[tuple[str, int]] = set()
         self.transport_note = ""
         self.stage_s: dict[str, float] = {}
+        self._clients: dict[str, Any] = {}
         self.pipeline_s = 0.0
 
     @contextlib.contextmanager
@@ -277,10 +278,12 @@ class Demo:
         self.market.ledger.invalidate_clock()  # type: ignore[attr-defined]
 
     def _transact(self, key: str, fn: Any) -> Any:
+        """Send ``fn`` from ``key`` through one client per key (it keeps the key's nonce)."""
         from backend.chain.client import ChainClient
 
-        client = ChainClient(self.settings.rpc_url, key)
-        return client.transact(fn)
+        if key not in self._clients:
+            self._clients[key] = ChainClient(self.settings.rpc_url, key)
+        return self._clients[key].transact(fn)
 
     # ------------------------------------------------------------------ community
     def _connect_members(self) -> None:
