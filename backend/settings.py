@@ -79,3 +79,14 @@ class Settings:
         if settings.interval_seconds <= 0:
             raise ConfigError("TEGRID_INTERVAL_SECONDS must be positive")
         return settings
+
+    def to_env(self) -> dict[str, str]:
+        """The ``TEGRID_*`` variables that make :meth:`from_env` in another process give these
+        settings (how the demo hands its stack to the services it starts as processes)."""
+        return {
+            f"TEGRID_{f.name.upper()}": (
+                ("1" if value else "0") if isinstance(value, bool) else str(value)
+            )
+            for f in fields(self)
+            for value in (getattr(self, f.name),)
+        }

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -140,6 +139,7 @@ class Demo:
         self.transport_note = ""
         self.stage_s: dict[str, float] = {}
         self._clients: dict[str, Any] = {}
+        self.services: dict[str, Any] = {}
         self.pipeline_s = 0.0
 
     @contextlib.contextmanager
@@ -206,16 +206,14 @@ class Demo:
         )
 
     def _start_iot(self) -> None:
+        """The broker, then the oracle: its own process (``tegrid oracle``) over Mosquitto, or a
+        thread beside the in-process transport when there is no broker to share."""
         from backend.iot.broker import MosquittoBroker, find_mosquitto
         from backend.iot.transport import InProcessBroker, InProcessTransport, MqttTransport
-        from backend.oracle.daemon import OracleDaemon
-        from backend.oracle.store import OracleStore
-        from backend.oracle.web3_ledger import Web3Ledger
 
         use_mqtt = self.cfg.broker == "mosquitto" or (
             self.cfg.broker == "auto" and find_mosquitto() is not None
         )
-        oracle_transport: Any
         if use_mqtt:
             if find_mosquitto() is None:
                 raise DemoError(
@@ -224,45 +222,70 @@ class Demo:
             broker = MosquittoBroker().start()
             self.stack.push(broker.stop)
             self.transport_note = f"MQTT via Mosquitto at {broker.url}"
-            oracle_transport = MqttTransport(
-                broker.url, client_id="tegrid-demo-oracle", clean_session=False
-            )
+            self.settings = dataclasses.replace(self.settings, broker_url=broker.url)
             self.meter_transport: Any = MqttTransport(broker.url, client_id="tegrid-demo-meters")
+            self._start_service(
+                "oracle",
+                ["oracle", "--client-id", "tegrid-demo-oracle", "--log-level", "WARNING"],
+                self.settings,
+            )
         else:
             shared = InProcessBroker()
             self.transport_note = (
                 "in-process transport (no MQTT broker found: apt-get install mosquitto)"
             )
-            oracle_transport = InProcessTransport(shared, client_id="tegrid-demo-oracle")
+            self._start_oracle_thread(InProcessTransport(shared, client_id="tegrid-demo-oracle"))
             self.meter_transport = InProcessTransport(shared, client_id="tegrid-demo-meters")
         self.console.print(f"meter transport: {self.transport_note}")
-        oracle_transport.connect()
         self.meter_transport.connect()
-        self.stack.push(oracle_transport.close)
         self.stack.push(self.meter_transport.close)
-        self.oracle = OracleDaemon(
+
+    def _start_oracle_thread(self, transport: Any) -> None:
+        from backend.oracle.daemon import OracleDaemon
+        from backend.oracle.store import OracleStore
+        from backend.oracle.web3_ledger import Web3Ledger
+
+        transport.connect()
+        self.stack.push(transport.close)
+        oracle = OracleDaemon(
             OracleStore(self.settings.oracle_database_url),
             Web3Ledger(self.settings.rpc_url, self.settings.oracle_key, self.deployment),
-            oracle_transport,
+            transport,
         )
-        self.oracle.start()
-        self.stack.push(self.oracle.stop)
+        oracle.start()
+        self.stack.push(oracle.stop)
+
+    def _start_service(self, name: str, args: list[str], settings: Settings) -> None:
+        from backend.demo.services import ServiceProcess
+
+        service = ServiceProcess(name, args, settings, self.work).start()
+        self.stack.push(service.stop)
+        self.services[name] = service
+
+    def _oracle_ready(self) -> None:
+        """The oracle process has subscribed (its queue records ``started_at`` right after)."""
+        service = self.services.get("oracle")
+        if service is None:
+            return
+        from backend.oracle.store import OracleStore
+
+        def ready() -> bool:
+            store = OracleStore(self.settings.oracle_database_url, create=False)
+            try:
+                return store.meta("started_at") is not None
+            finally:
+                store.close()
+
+        service.wait_until(ready)
+        time.sleep(0.2)  # the SUBSCRIBE went out just before; let the broker take it
 
     def _start_keeper(self) -> None:
-        from backend.chain.client import ChainClient
-        from backend.keeper.keeper import SettlementKeeper
-
-        self.keeper = SettlementKeeper(
-            ChainClient(self.settings.rpc_url, ROLE_KEYS["keeper"]), self.deployment, poll_s=0.2
+        """``tegrid keeper`` in its own process, sending from the keeper's key."""
+        self._start_service(
+            "keeper",
+            ["keeper", "--poll-seconds", "0.2"],
+            dataclasses.replace(self.settings, admin_key=ROLE_KEYS["keeper"]),
         )
-        thread = threading.Thread(target=self.keeper.run, name="keeper", daemon=True)
-        thread.start()
-
-        def stop() -> None:
-            self.keeper.stop()
-            thread.join(timeout=10)
-
-        self.stack.push(stop)
 
     # ------------------------------------------------------------------ chain helpers
     def _contract(self, name: str) -> Any:
@@ -382,6 +405,14 @@ class Demo:
         )
         return {"interval": interval, "trades": items}
 
+    def _timed_clear(self, interval_id: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            return self._clear(interval_id)
+        finally:
+            key = "clearing + Neural Grid + recordTrades (server, overlaps the orders)"
+            self.stage_s[key] = self.stage_s.get(key, 0.0) + time.perf_counter() - t0
+
     def _plan_delivery(self, interval_id: int, trades: list[dict[str, Any]]) -> None:
         """Traded positions for the meters; some sellers under-deliver."""
         for t in trades:
@@ -441,9 +472,13 @@ class Demo:
             if time.monotonic() > deadline:
                 raise DemoError(
                     f"interval {interval_id}: {len(want)} readings not on chain after "
-                    f"{timeout_s:.0f} s (oracle status: {self.oracle.counters})"
+                    f"{timeout_s:.0f} s (oracle log: {self._service_log('oracle')})"
                 )
             time.sleep(0.05)
+
+    def _service_log(self, name: str) -> str:
+        service = self.services.get(name)
+        return service.log_tail(300) if service is not None else "in-process"
 
     def _wait_settled(self, first: int, last: int, missing_deadline: bool) -> None:
         """Wait until the keeper (its own thread) has settled every interval with approved trades
@@ -462,7 +497,10 @@ class Demo:
             if not want:
                 return
             if time.monotonic() > deadline:
-                raise DemoError(f"intervals {want[:5]} not settled after 180 s")
+                raise DemoError(
+                    f"intervals {want[:5]} not settled after 180 s "
+                    f"(keeper log: {self._service_log('keeper')})"
+                )
             time.sleep(0.1)
 
     # ------------------------------------------------------------------ grid evidence
@@ -511,11 +549,13 @@ class Demo:
             )
             self._start_chain()
             self._deploy()
-            self._start_market()
-            self.grid_validator = GridValidator(cfg.network)
+            # the service processes start first: their imports overlap the market's set-up
             self._start_iot()
             self._start_keeper()
+            self._start_market()
+            self.grid_validator = GridValidator(cfg.network)
             self._connect_members()
+            self._oracle_ready()
             s = cfg.interval_seconds
             now = int(self.w3.eth.get_block("latest")["timestamp"])
             day = (now // 86400 + 1) * 86400
@@ -532,29 +572,35 @@ class Demo:
             ) as progress:
                 task = progress.add_task("intervals", total=cfg.intervals + 1)
                 pipeline_started = time.perf_counter()
-                # at chain time just inside interval c: publish c-1's readings, trade c+1
-                # while they are relayed, then make sure they are on chain before moving on
-                for c in range(first - 1, last + 1):
-                    label = datetime.fromtimestamp((c + 1) * s, UTC).strftime("%H:%M")
-                    if c - 1 >= first:
-                        with self._stage("meters publish (sign + MQTT)"):
-                            self._publish_readings(c - 1)
-                    if c + 1 <= last:
-                        progress.update(task, description=f"interval {label}: orders")
-                        with self._stage("orders over HTTP (sign + POST /orders)"):
-                            posted = self._post_orders(c + 1)
-                        progress.update(task, description=f"interval {label}: clearing")
-                        with self._stage("clearing + Neural Grid + recordTrades"):
-                            cleared = self._clear(c + 1)
-                        self._plan_delivery(c + 1, cleared["trades"])
-                        self.records.append(
-                            {"t": c + 1, "label": label, "posted": posted, **cleared}
-                        )
-                    if c - 1 >= first:
-                        with self._stage("oracle relays readings (broker -> receipt)"):
-                            self._wait_readings(c - 1)
-                    self._set_time((c + 1) * s + 1)  # interval c has ended
-                    progress.advance(task)
+                posted: dict[int, int] = {}
+                with self._stage("orders over HTTP (sign + POST /orders)"):
+                    posted[first] = self._post_orders(first)
+                # At chain time just inside interval c: publish c-1's readings; the server clears
+                # c+1 (Neural Grid, recordTrades) while the members already post their orders for
+                # c+2 and the oracle relays c-1; the keeper (its own process) settles what is in.
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="closer") as closer:
+                    for c in range(first - 1, last + 1):
+                        label = datetime.fromtimestamp((c + 1) * s, UTC).strftime("%H:%M")
+                        if c - 1 >= first:
+                            with self._stage("meters publish (sign + MQTT)"):
+                                self._publish_readings(c - 1)
+                        if c + 1 <= last:
+                            progress.update(task, description=f"interval {label}: clearing")
+                            clearing = closer.submit(self._timed_clear, c + 1)
+                            if c + 2 <= last:
+                                with self._stage("orders over HTTP (sign + POST /orders)"):
+                                    posted[c + 2] = self._post_orders(c + 2)
+                            with self._stage("waiting for the clearing (after the orders)"):
+                                cleared = clearing.result()
+                            self._plan_delivery(c + 1, cleared["trades"])
+                            self.records.append(
+                                {"t": c + 1, "label": label, "posted": posted[c + 1], **cleared}
+                            )
+                        if c - 1 >= first:
+                            with self._stage("oracle relays readings (broker -> receipt)"):
+                                self._wait_readings(c - 1)
+                        self._set_time((c + 1) * s + 1)  # interval c has ended
+                        progress.advance(task)
                 with self._stage("meters publish (sign + MQTT)"):
                     self._publish_readings(last)
                 with self._stage("oracle relays readings (broker -> receipt)"):
