@@ -101,7 +101,10 @@ def e2e(
     prosumers: int = typer.Option(150, min=2, max=500, help="Members of the community."),
     intervals: int = typer.Option(96, min=2, max=960, help="15-minute intervals (96 = a day)."),
     naive_trades: int = typer.Option(
-        150, min=1, max=5000, help="Trades run through the naive pipeline."
+        300, min=1, max=5000, help="Trades timed through the naive pipeline."
+    ),
+    naive_warmup: int = typer.Option(
+        20, min=0, max=1000, help="Naive trades run before the timing starts."
     ),
 ) -> None:
     """The whole pipeline (HTTP orders, clearing, Neural Grid, recording, readings, settlement)
@@ -110,7 +113,7 @@ def e2e(
     from backend.errors import TegridError
 
     try:
-        result = run_e2e(network, prosumers, intervals, naive_trades)
+        result = run_e2e(network, prosumers, intervals, naive_trades, naive_warmup)
     except TegridError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None

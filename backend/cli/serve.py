@@ -50,6 +50,11 @@ def serve(
     tick: float = typer.Option(2.0, help="scheduler period in seconds"),
     keeper: bool = typer.Option(True, help="run the settlement keeper (backend/keeper)"),
     participants: int = typer.Option(10, help="--dev: how many Anvil accounts to register"),
+    dev_stack: bool = typer.Option(
+        True,
+        help="--dev: start/reuse Anvil, deploy and register accounts; --no-dev-stack keeps only "
+        "the dev API (instant interval closing) on the chain and deployment the settings name",
+    ),
 ) -> None:
     """Serve the market API (OpenAPI at /docs)."""
     import uvicorn
@@ -64,7 +69,7 @@ def serve(
     stack = None
     try:
         settings = Settings.from_env()
-        if dev:
+        if dev and dev_stack:
             from backend.market.devstack import start_dev_stack
 
             stack = start_dev_stack(settings, participants=participants)
@@ -85,8 +90,8 @@ def serve(
         if stack is not None:
             # Stop the Anvil we started in the app's shutdown: uvicorn re-raises SIGTERM after its
             # graceful exit, so the ``finally`` below only covers failures before serving.
-            dev_stack = stack
-            background.append(lambda _market: dev_stack.stop)
+            started = stack
+            background.append(lambda _market: started.stop)
         app = create_app(
             settings=settings,
             dev=dev,

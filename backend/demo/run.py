@@ -112,6 +112,16 @@ def _sign(domain: Any, primary: str, message: dict[str, Any], key: str) -> str:
     return str(typed.sign_digest(domain.digest(primary, message), key))
 
 
+def _domain_args(domain: dict[str, Any]) -> dict[str, Any]:
+    """``typed.Domain`` arguments from the domain of a ``GET .../eip712`` template."""
+    return {
+        "name": domain["name"],
+        "version": domain["version"],
+        "chain_id": int(domain["chainId"]),
+        "verifying_contract": domain["verifyingContract"],
+    }
+
+
 def _check(response: httpx.Response, what: str) -> dict[str, Any]:
     if response.status_code >= 400:
         raise DemoError(f"{what}: HTTP {response.status_code} {response.text[:300]}")
@@ -185,23 +195,33 @@ class Demo:
         )
 
     def _start_market(self) -> None:
-        from backend.api.app import create_app
-        from backend.api.server import start_in_thread
-        from backend.market.factory import build_market
-        from backend.market.service import MarketConfig
+        """``tegrid serve --dev --no-dev-stack`` in its own process (the dev API closes an interval
+        on request; no scheduler, no keeper: the keeper is a process of its own)."""
+        from backend.net import free_port
 
-        self.market = build_market(
+        port = free_port()
+        self._start_service(
+            "api",
+            ["serve", "--dev", "--no-dev-stack", "--no-scheduler", "--no-keeper",
+             "--port", str(port), "--gate-lead", "60"],
             self.settings,
-            config=MarketConfig(interval_seconds=self.cfg.interval_seconds, gate_lead_seconds=60),
-        )
-        app = create_app(self.market, dev=True, scheduler=False)
-        self.server = start_in_thread(app)
-        self.stack.push(self.server.stop)
-        self.http = httpx.Client(base_url=self.server.url, timeout=120)
+        )  # fmt: skip
+        self.api_url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.api_url, timeout=120)
         self.stack.push(self.http.close)
+
+    def _api_ready(self) -> None:
+        from backend.market import typed
+
+        self.services["api"].wait_until(
+            lambda: self.http.get("/health").status_code == 200, timeout_s=180
+        )
         template = _check(self.http.get("/orders/eip712"), "GET /orders/eip712")
+        registry = _check(self.http.get("/participants/eip712"), "GET /participants/eip712")
+        self.domain = typed.Domain(**_domain_args(template["domain"]))
+        self.registry_domain = typed.Domain(**_domain_args(registry["domain"]))
         self.console.print(
-            f"API at {self.server.url} (EIP-712 domain {template['domain']['name']!r}, "
+            f"API at {self.api_url} (EIP-712 domain {template['domain']['name']!r}, "
             f"chain {template['domain']['chainId']})"
         )
 
@@ -298,7 +318,6 @@ class Demo:
 
         if chain_now(self.w3) < timestamp:
             set_time(self.w3, timestamp)
-        self.market.ledger.invalidate_clock()  # type: ignore[attr-defined]
 
     def _transact(self, key: str, fn: Any) -> Any:
         """Send ``fn`` from ``key`` through one client per key (it keeps the key's nonce)."""
@@ -311,9 +330,6 @@ class Demo:
     # ------------------------------------------------------------------ community
     def _connect_members(self) -> None:
 
-        grid = self.market.grid
-        if grid is None:
-            raise DemoError("the market runs without a Neural Grid")
         midday = (86400 * 1000 + 13 * 3600) // self.cfg.interval_seconds
         weak_first = sorted(
             self.grid_validator.load_buses(),
@@ -324,13 +340,20 @@ class Demo:
             ),
         )
         self.members = build_community(weak_first, self.cfg.prosumers, self.cfg.seed)
-        reg_domain = self.market.registry_domain
         token = self._contract("EnergyToken")
         market = self._contract("EnergyMarket")
         now = int(self.w3.eth.get_block("latest")["timestamp"])
+        # Deposits first (the market takes them from anybody), so the API's first read of a
+        # member's balance, when it connects, already sees the deposit.
+        for m in self.members:
+            self.w3.provider.make_request("anvil_setBalance", [m.wallet, hex(10**20)])  # type: ignore[arg-type]
+            self._transact(ROLE_KEYS["admin"], token.functions.mint(m.wallet, DEPOSIT))
+            self._transact(m.wallet_key, token.functions.approve(market.address, DEPOSIT))
+            self._transact(m.wallet_key, market.functions.deposit(DEPOSIT))
+        self._api_ready()
+        reg_domain = self.registry_domain
         refused = 0
         for i, m in enumerate(self.members):
-            self.w3.provider.make_request("anvil_setBalance", [m.wallet, hex(10**20)])  # type: ignore[arg-type]
             export_w = m.max_export_w
             for attempt in range(2):
                 msg = {
@@ -345,7 +368,12 @@ class Demo:
                 detail = r.json().get("detail", {})
                 if attempt == 0 and detail.get("code") == "HOSTING_CAPACITY":
                     refused += 1
-                    capacity_w = grid.hosting_capacity_w(m.bus)
+                    capacity_w = int(
+                        self.grid_validator.hosting_capacity(
+                            m.bus, interval=None, interval_seconds=self.cfg.interval_seconds
+                        ).max_export.p_kw
+                        * 1000
+                    )
                     export_w = max(1000, int(capacity_w * 0.9))
                     self.members[i] = dataclasses.replace(
                         m, pv_peak_kw=min(m.pv_peak_kw, export_w / 1200)
@@ -353,10 +381,6 @@ class Demo:
                     m = self.members[i]
                     continue
                 raise DemoError(f"connecting {m.name}: HTTP {r.status_code} {r.text[:200]}")
-            self._transact(ROLE_KEYS["admin"], token.functions.mint(m.wallet, DEPOSIT))
-            self._transact(m.wallet_key, token.functions.approve(market.address, DEPOSIT))
-            self._transact(m.wallet_key, market.functions.deposit(DEPOSIT))
-            self.market.available_balance(m.wallet, fresh=True)  # refresh the accept-path cache
         self.console.print(
             f"{len(self.members)} prosumers connected through the plug-and-play path "
             f"({refused} first requests refused for hosting capacity and resized)"
@@ -370,7 +394,7 @@ class Demo:
 
         hour = (interval_id * self.cfg.interval_seconds % 86400) / 3600
         hours = self.cfg.interval_seconds / 3600
-        domain = self.market.domain
+        domain = self.domain
         expiry = (interval_id + 4) * self.cfg.interval_seconds
         bodies = []
         for m in self.members:
@@ -475,6 +499,21 @@ class Demo:
                     f"{timeout_s:.0f} s (oracle log: {self._service_log('oracle')})"
                 )
             time.sleep(0.05)
+
+    def _layout(self) -> dict[str, str]:
+        """Which operating-system process ran what."""
+        layout = {
+            "driver": "tegrid demo: members' order clients (8 keep-alive HTTP connections), "
+            "the meter fleet (signing + MQTT publish), the chain clock, the checks",
+            "chain": "anvil",
+        }
+        for name, service in self.services.items():
+            layout[name] = "python -m backend.cli.main " + " ".join(service.args)
+        if "oracle" in self.services:
+            layout["broker"] = "mosquitto"
+        else:
+            layout["oracle"] = "a thread of the driver (in-process transport, no MQTT broker)"
+        return layout
 
     def _service_log(self, name: str) -> str:
         service = self.services.get(name)
@@ -780,6 +819,7 @@ class Demo:
             ],
             "checks": checks,
             "totals": totals,
+            "processes": self._layout(),
             "profile_s": {
                 k: round(v, 3) for k, v in sorted(self.stage_s.items(), key=lambda kv: -kv[1])
             },

@@ -3,9 +3,10 @@
 Domain: name "tegrid MeterReadings", version "1", chainId, verifyingContract. Struct:
 ``Reading(address meter,uint64 intervalId,uint64 importWh,uint64 exportWh)``.
 
-Hashing is done by hand here (the struct has four static fields), and signatures go through eth-keys
-on its coincurve backend: ~0.1 ms per check instead of several ms through eth-account's generic
-encoder. The unit tests pin this against eth-account's ``encode_typed_data``.
+Hashing is done by hand here (the struct has four static fields) over the domain separator computed
+once; signing is the market's ``typed.sign_digest`` (coincurve, 0.07 ms) and checks go through
+eth-keys on its coincurve backend (~0.1 ms instead of several ms through eth-account's generic
+encoder). The unit tests pin this against eth-account's ``encode_typed_data``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from eth_utils import keccak, to_canonical_address, to_checksum_address
 
 from backend.chain.eip712 import DOMAIN_VERSION, READING_TYPE_STRING, READINGS_DOMAIN_NAME
 from backend.iot import MessageError
+from backend.market.typed import sign_digest
 
 DOMAIN_NAME = READINGS_DOMAIN_NAME
 READING_TYPE = READING_TYPE_STRING
@@ -135,13 +137,7 @@ def sign_reading(private_key: bytes | str, domain_separator: bytes, reading: Rea
     """65-byte signature r || s || v (v = 27/28, low s), as OpenZeppelin's ``ECDSA.recover``
     expects.
     """
-    key_bytes = (
-        bytes.fromhex(private_key.removeprefix("0x"))
-        if isinstance(private_key, str)
-        else private_key
-    )
-    sig = _keys.ecdsa_sign(digest(domain_separator, reading), _keys.PrivateKey(key_bytes))
-    return sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([sig.v + 27])
+    return bytes.fromhex(sign_digest(digest(domain_separator, reading), private_key)[2:])
 
 
 def recover_signer(domain_separator: bytes, reading: Reading, signature: bytes) -> str:
