@@ -140,7 +140,6 @@ class Demo:
         self.report_dir = config.reports_dir / stamp
         self.work = REPO_ROOT / ".tegrid" / f"demo-{stamp}"
         self.stack = _Stack()
-        self.rng = random.Random(config.seed)
         self.records: list[dict[str, Any]] = []
         self.vetoes: list[dict[str, Any]] = []
         self.positions: dict[tuple[str, int], int] = {}
@@ -397,8 +396,9 @@ class Demo:
         domain = self.domain
         expiry = (interval_id + 4) * self.cfg.interval_seconds
         bodies = []
+        rng = self._rng("orders", interval_id)
         for m in self.members:
-            intent = intent_for(m, hour, hours, self.rng)
+            intent = intent_for(m, hour, hours, rng)
             if intent is None:
                 continue
             limit_wh = int((m.max_export_w if intent.side == 0 else m.max_import_w) * hours)
@@ -429,6 +429,12 @@ class Demo:
         )
         return {"interval": interval, "trades": items}
 
+    def _rng(self, purpose: str, interval_id: int) -> random.Random:
+        """One random stream per (seed, purpose, interval of the day): a run's draws depend
+        neither on the order in which the pipeline reaches the intervals nor on the date."""
+        slot = interval_id * self.cfg.interval_seconds % 86400 // self.cfg.interval_seconds
+        return random.Random(f"{self.cfg.seed}/{purpose}/{slot}")
+
     def _timed_clear(self, interval_id: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
@@ -439,6 +445,7 @@ class Demo:
 
     def _plan_delivery(self, interval_id: int, trades: list[dict[str, Any]]) -> None:
         """Traded positions for the meters; some sellers under-deliver."""
+        rng = self._rng("delivery", interval_id)
         for t in trades:
             if not t["approved"]:
                 continue
@@ -452,18 +459,19 @@ class Demo:
         for m in self.members:
             key = (m.meter, interval_id)
             sold_wh = self.positions.get(key, 0)
-            if sold_wh > 0 and self.rng.random() < self.cfg.under_delivery_share:
+            if sold_wh > 0 and rng.random() < self.cfg.under_delivery_share:
                 # a cloud: the meter exports only part of what was sold (partial delivery)
-                self.overrides[key] = (0, int(sold_wh * self.rng.uniform(0.3, 0.7)))
+                self.overrides[key] = (0, int(sold_wh * rng.uniform(0.3, 0.7)))
 
     def _publish_readings(self, interval_id: int) -> int:
         from backend.iot.meters import MeterSimulator, MeterSpec
         from backend.iot.signing import ReadingDomain
 
+        rng = self._rng("missing", interval_id)
         specs = [
             MeterSpec(m.meter_key, m.bus, m.load_peak_kw, m.pv_peak_kw, False, m.wallet)
             for m in self.members
-            if self.rng.random() >= self.cfg.missing_share
+            if rng.random() >= self.cfg.missing_share
         ]
         sim = MeterSimulator(
             specs,
