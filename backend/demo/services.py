@@ -32,7 +32,10 @@ class ServiceProcess:
     def __init__(self, name: str, args: list[str], settings: Settings, log_dir: Path) -> None:
         self.name = name
         self.args = args
-        self.env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        # unbuffered and wide: the log file is read back whole lines at a time
+        self.env = {
+            **os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"
+        }  # fmt: skip
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 

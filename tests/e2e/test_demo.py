@@ -50,6 +50,12 @@ def test_demo_short_congested_day_summary(tmp_path: Path) -> None:
         assert interval["approved_state_within_limits"]
         assert interval["gas"]["record"] > 0 and interval["gas"]["settle"] > 0
 
+    # the API and the keeper (and the oracle, over Mosquitto) ran as processes of their own
+    layout = summary["processes"]
+    assert "backend.cli.main serve --dev --no-dev-stack --no-scheduler" in layout["api"]
+    assert "backend.cli.main keeper" in layout["keeper"]
+    if layout.get("broker") == "mosquitto":
+        assert "backend.cli.main oracle" in layout["oracle"]
     assert (folder / "report.html").read_text().count("<img") == 5
     for png in ("prices_volumes", "verdicts", "grid_limits", "participants", "gas"):
         data = (folder / f"{png}.png").read_bytes()
