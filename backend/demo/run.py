@@ -429,6 +429,9 @@ class Demo:
         )
         return {"interval": interval, "trades": items}
 
+    def _deadline(self, interval_id: int) -> int:
+        return (interval_id + 1) * self.cfg.interval_seconds + SETTLEMENT_DELAY_S
+
     def _rng(self, purpose: str, interval_id: int) -> random.Random:
         """One random stream per (seed, purpose, interval of the day): a run's draws depend
         neither on the order in which the pipeline reaches the intervals nor on the date."""
@@ -620,11 +623,15 @@ class Demo:
                 task = progress.add_task("intervals", total=cfg.intervals + 1)
                 pipeline_started = time.perf_counter()
                 posted: dict[int, int] = {}
+                relaying: list[int] = []  # intervals published, not yet seen on chain
                 with self._stage("orders over HTTP (sign + POST /orders)"):
                     posted[first] = self._post_orders(first)
                 # At chain time just inside interval c: publish c-1's readings; the server clears
                 # c+1 (Neural Grid, recordTrades) while the members already post their orders for
                 # c+2 and the oracle relays c-1; the keeper (its own process) settles what is in.
+                # The driver waits for an interval's readings only before the clock would come
+                # within half an interval of its settlement deadline (SETTLEMENT_DELAY_S after its
+                # end: with 15 min intervals, c-2's before the clock leaves c).
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="closer") as closer:
                     for c in range(first - 1, last + 1):
                         label = datetime.fromtimestamp((c + 1) * s, UTC).strftime("%H:%M")
@@ -644,14 +651,21 @@ class Demo:
                                 {"t": c + 1, "label": label, "posted": posted[c + 1], **cleared}
                             )
                         if c - 1 >= first:
-                            with self._stage("oracle relays readings (broker -> receipt)"):
-                                self._wait_readings(c - 1)
-                        self._set_time((c + 1) * s + 1)  # interval c has ended
+                            relaying.append(c - 1)
+                        # interval c ends; first make sure the clock does not come near the
+                        # settlement deadline of an interval whose readings are still relayed
+                        # (the meters published them in time; the oracle must land them)
+                        clock = (c + 1) * s + 1
+                        with self._stage("oracle relays readings (broker -> receipt)"):
+                            while relaying and self._deadline(relaying[0]) <= clock + s // 2:
+                                self._wait_readings(relaying.pop(0))
+                        self._set_time(clock)
                         progress.advance(task)
                 with self._stage("meters publish (sign + MQTT)"):
                     self._publish_readings(last)
                 with self._stage("oracle relays readings (broker -> receipt)"):
-                    self._wait_readings(last)
+                    for t in [*relaying, last]:
+                        self._wait_readings(t)
                 with self._stage("keeper settles (waiting for the last intervals)"):
                     self._wait_settled(first, last, missing_deadline=False)
                 # readings that never came count as zero once the settlement deadline passes
