@@ -216,6 +216,12 @@ def run_e2e(
         if naive["trades_settled_per_s"]
         else None,
         "processes": summary["processes"],
+        "pipeline_cpu_s": summary["pipeline_cpu_s"],
+        "cpu_ms_per_trade": {
+            k: round(v * 1000 / settled, 2) for k, v in summary["pipeline_cpu_s"].items()
+        }
+        if settled
+        else {},
         "profile_s": profile,
         "profile_note": "seconds of wall per stage; stages of different intervals overlap (the "
         "server clears t+1 while the members post orders for t+2, the oracle and keeper are "

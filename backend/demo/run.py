@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 import time
 from collections import Counter
@@ -149,6 +150,8 @@ class Demo:
         self.stage_s: dict[str, float] = {}
         self._clients: dict[str, Any] = {}
         self.services: dict[str, Any] = {}
+        self._pids: dict[str, int | None] = {"driver": os.getpid()}
+        self.cpu_s: dict[str, float] = {}
         self.pipeline_s = 0.0
 
     @contextlib.contextmanager
@@ -167,6 +170,7 @@ class Demo:
 
         self.work.mkdir(parents=True, exist_ok=True)
         anvil = AnvilProcess(state_file=self.work / "anvil-state.json").start()
+        self._pids["anvil"] = anvil.process.pid if anvil.process is not None else None
         self.stack.push(anvil.stop)
         self.w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
         self.settings = dataclasses.replace(
@@ -239,6 +243,7 @@ class Demo:
                     "--broker mosquitto: mosquitto is not installed (apt-get install mosquitto)"
                 )
             broker = MosquittoBroker().start()
+            self._pids["mosquitto"] = broker.process.pid if broker.process is not None else None
             self.stack.push(broker.stop)
             self.transport_note = f"MQTT via Mosquitto at {broker.url}"
             self.settings = dataclasses.replace(self.settings, broker_url=broker.url)
@@ -278,6 +283,7 @@ class Demo:
         from backend.demo.services import ServiceProcess
 
         service = ServiceProcess(name, args, settings, self.work).start()
+        self._pids[name] = service.process.pid if service.process is not None else None
         self.stack.push(service.stop)
         self.services[name] = service
 
@@ -511,6 +517,21 @@ class Demo:
                 )
             time.sleep(0.05)
 
+    def _cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds each process of the stack has used so far."""
+        import psutil
+
+        out: dict[str, float] = {}
+        for name, pid in self._pids.items():
+            if pid is None:
+                continue
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            out[name] = times.user + times.system
+        return out
+
     def _layout(self) -> dict[str, str]:
         """Which operating-system process ran what."""
         layout = {
@@ -621,6 +642,7 @@ class Demo:
                 console=self.console,
             ) as progress:
                 task = progress.add_task("intervals", total=cfg.intervals + 1)
+                cpu_started = self._cpu_seconds()
                 pipeline_started = time.perf_counter()
                 posted: dict[int, int] = {}
                 relaying: list[int] = []  # intervals published, not yet seen on chain
@@ -673,6 +695,10 @@ class Demo:
                 with self._stage("keeper settles (waiting for the last intervals)"):
                     self._wait_settled(first, last, missing_deadline=True)
                 self.pipeline_s = time.perf_counter() - pipeline_started
+                self.cpu_s = {
+                    k: round(v - cpu_started.get(k, 0.0), 2)
+                    for k, v in self._cpu_seconds().items()
+                }
             summary = self._summarize(first, last, time.perf_counter() - started)
         finally:
             self.stack.close()
@@ -842,6 +868,7 @@ class Demo:
             "checks": checks,
             "totals": totals,
             "processes": self._layout(),
+            "pipeline_cpu_s": self.cpu_s,
             "profile_s": {
                 k: round(v, 3) for k, v in sorted(self.stage_s.items(), key=lambda kv: -kv[1])
             },
