@@ -61,6 +61,9 @@ def run(
     batch_size: int = typer.Option(400, min=1, max=1000, help="Readings per transaction."),
     client_id: str = typer.Option("tegrid-oracle", help="MQTT client id (persistent session)."),
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+    idle_sleep: float = typer.Option(
+        0.02, min=0.001, max=60, help="Seconds between chain polls while nothing is due."
+    ),
 ) -> None:
     """Run the daemon (until SIGINT/SIGTERM). Subcommand ``status`` reads its queue instead."""
     if ctx.invoked_subcommand is not None:
@@ -84,7 +87,8 @@ def run(
         transport = MqttTransport(
             broker_url or settings.broker_url, client_id, clean_session=False, manual_ack=True
         )
-        daemon = OracleDaemon(store, ledger, transport, OracleConfig(batch_size=batch_size))
+        config = OracleConfig(batch_size=batch_size, idle_sleep_s=idle_sleep)
+        daemon = OracleDaemon(store, ledger, transport, config)
         transport.connect()
     except (TegridError, ValueError, KeyError) as exc:
         _fail(str(exc))
