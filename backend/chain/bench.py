@@ -138,9 +138,9 @@ class _Bench:
             )
         return batches.sort_by_trade_id(trades, self.cid, self.market.address)
 
-    def record(self, iv: int, trades: list[CandidateTrade]) -> tuple[int, list[tuple[Any, ...]]]:
+    def record(self, iv: int, trades: list[CandidateTrade]) -> tuple[int, list[bytes]]:
         sig = batches.attest(ANVIL_KEYS[0], self.cid, self.market.address, iv, trades, EVIDENCE)
-        orders, rows = batches.record_args(trades, self.cid, self.market.address)
+        orders, rows = batches.record_args(trades)
         fn = self.market.functions.recordTrades(iv, orders, rows, EVIDENCE, sig)
         receipt = self.c.transact(fn)
         index = {p.address: p.index for p in self.parties}
@@ -161,12 +161,12 @@ class _Bench:
                     p.meter_key, self.cid, self.readings.address, p.meter, iv, imp, exp
                 )
             )
-        receipt = self.c.transact(self.readings.functions.submitReadings(iv, readings))
+        fn = self.readings.functions.submitReadings(iv, batches.readings_arg(readings))
+        receipt = self.c.transact(fn)
         return int(receipt["gasUsed"])
 
-    def settle(self, iv: int, batches_: list[list[tuple[Any, ...]]]) -> int:
-        parties, positions = batches.settle_args(batches_)
-        receipt = self.c.transact(self.market.functions.settle(iv, batches_, parties, positions))
+    def settle(self, iv: int, batches_: list[list[bytes]]) -> int:
+        receipt = self.c.transact(self.market.functions.settle(iv, *batches.settle_args(batches_)))
         return int(receipt["gasUsed"])
 
     def interval(self, n_trades: int) -> dict[str, int]:
