@@ -41,6 +41,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     uint256 internal constant USED = 1 << 255;
     uint256 internal constant U32 = type(uint32).max;
     uint256 internal constant U64 = type(uint64).max;
+    uint256 internal constant U96 = type(uint96).max;
     uint256 internal constant U128 = type(uint128).max;
 
     IERC20 public immutable token;
@@ -64,21 +65,21 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// one word per order: remaining Wh (bits 0..63) | filled by this batch (64..127) | registry index
     /// (128..159) | verified (bit 255); states: the registry's word per trader. Words instead of structs keep memory small.
     struct Batch {
-        bytes32 domain;
+        uint256 obase; // calldata position of the packed orders
         bytes32[] digests;
         bytes32[] ids;
         uint256[] verdicts;
         uint256[] work;
         uint256[] states;
-        uint256 approved;
     }
 
     /// @dev An interval while it is settled: per party its totals (see `_aggregate`), readings, and what its
     /// balance gains (credit) and releases from escrow (unlock).
     struct Settlement {
+        uint256 pbase; // calldata position of the packed parties
+        uint256 np; // number of parties
         uint256[] totals;
-        uint64[] importWh;
-        uint64[] exportWh;
+        uint256[] metered;
         uint256[] credit;
         uint256[] unlock;
     }
@@ -137,9 +138,9 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     // ------------------------------------------------------------------ recording
 
     /// @inheritdoc IEnergyMarket
-    /// @dev Packed calldata instead of ABI struct arrays: no decoder loops, no per-order memory structs;
-    /// signatures through the ecrecover precompile (EIP-2098, low s); the batch's traders read from the
-    /// registry in one call.
+    /// @dev Packed calldata instead of ABI struct arrays: no decoder loops, no per-order memory structs
+    /// (one word per order); signatures through the ecrecover precompile (EIP-2098, low s); the batch's
+    /// traders read from the registry in one call.
     function recordTrades(
         uint64 intervalId,
         bytes calldata orders,
@@ -156,48 +157,84 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         IntervalState storage st = _intervals[intervalId];
         if (st.settled) revert MarketIntervalSettled(intervalId);
 
-        Batch memory bt = _hashBatch(orders, trades, st.lastTradeId);
+        Batch memory bt;
+        (bt.obase, bt.digests) = _orderDigests(orders);
+        uint256 approved = _tradeIds(trades, bt, st.lastTradeId);
         _checkAttestation(intervalId, bt.ids, bt.verdicts, evidenceHash, validatorSignature);
-        commitment = _recordApproved(intervalId, orders, trades, bt);
+        bt.states = _traderStates(bt.obase, bt.digests.length);
+        bt.work = new uint256[](bt.digests.length);
+        commitment = _recordApproved(intervalId, _cdPtr(trades), bt, approved);
         uint32 batchIndex = st.batchCount;
         _commitments[intervalId][batchIndex] = commitment;
         st.lastTradeId = bt.ids[bt.ids.length - 1];
         st.batchCount = batchIndex + 1;
-        st.approvedCount += uint32(bt.approved);
-        emit BatchRecorded(intervalId, batchIndex, commitment, uint32(bt.approved), evidenceHash);
+        st.approvedCount += uint32(approved);
+        emit BatchRecorded(intervalId, batchIndex, commitment, uint32(approved), evidenceHash);
     }
 
-    /// @dev Order digests, trade ids and verdicts of a batch; checks that the ids ascend past `last`.
-    function _hashBatch(bytes calldata orders, bytes calldata trades, bytes32 last)
-        private
-        view
-        returns (Batch memory bt)
-    {
+    /// @dev EIP-712 digest of every packed order.
+    function _orderDigests(bytes calldata orders) private view returns (uint256 obase, bytes32[] memory digests) {
+        obase = _cdPtr(orders);
         uint256 m = orders.length / ORDER_SIZE;
-        uint256 n = trades.length / TRADE_SIZE;
-        bt.domain = _domainSeparatorV4();
-        bt.digests = new bytes32[](m);
-        bt.work = new uint256[](m);
-        for (uint256 o = 0; o < m; ++o) {
-            bt.digests[o] = _orderDigestAt(_orderPtr(orders, o), bt.domain);
+        bytes32 domain = _domainSeparatorV4();
+        bytes32 typeHash = ORDER_TYPEHASH;
+        digests = new bytes32[](m);
+        assembly ("memory-safe") {
+            let buf := mload(0x40)
+            mstore(buf, typeHash)
+            for { let o := 0 } lt(o, m) { o := add(o, 1) } {
+                let op := add(obase, mul(o, 153))
+                let w0 := calldataload(op)
+                let w1 := calldataload(add(op, 29))
+                let w2 := calldataload(add(op, 61))
+                mstore(add(buf, 0x20), shr(96, w0)) // trader
+                mstore(add(buf, 0x40), and(shr(88, w0), 0xff)) // side
+                mstore(add(buf, 0x60), and(shr(24, w0), 0xffffffffffffffff)) // intervalId
+                mstore(add(buf, 0x80), shr(192, w1)) // energyWh
+                mstore(add(buf, 0xa0), and(shr(64, w1), 0xffffffffffffffffffffffffffffffff)) // pricePerKWh
+                mstore(add(buf, 0xc0), and(w1, 0xffffffffffffffff)) // nonce
+                mstore(add(buf, 0xe0), shr(192, w2)) // expiry
+                mstore(add(buf, 0x100), and(shr(32, w2), 0xffffffffffffffffffffffffffffffffffffffff)) // counterparty
+                let structHash := keccak256(buf, 0x120)
+                mstore(add(buf, 0x120), hex"1901")
+                mstore(add(buf, 0x122), domain)
+                mstore(add(buf, 0x142), structHash)
+                mstore(add(digests, shl(5, add(o, 1))), keccak256(add(buf, 0x120), 0x42))
+            }
         }
-        bt.ids = new bytes32[](n);
-        bt.verdicts = new uint256[](n);
-        uint256 approved;
-        for (uint256 i = 0; i < n; ++i) {
-            uint256 tp = _tradePtr(trades, i);
-            (uint256 so, uint256 bo) = (_load(tp, 0, 16), _load(tp, 2, 16));
-            if (so >= m) revert MarketOrderIndexOutOfRange(so);
-            if (bo >= m) revert MarketOrderIndexOutOfRange(bo);
-            bytes32 id = _pairId(bt.digests[so], bt.digests[bo]);
-            if (id <= last) revert MarketTradeOutOfOrder(id, last);
-            last = id;
-            bt.ids[i] = id;
-            uint256 verdict = _load(tp, 28, 8);
-            bt.verdicts[i] = verdict;
-            if (verdict == 0) ++approved;
+    }
+
+    /// @dev Trade ids and verdicts of a batch; checks order indices and that the ids ascend past `last`.
+    function _tradeIds(bytes calldata trades, Batch memory bt, bytes32 last) private pure returns (uint256 approved) {
+        unchecked {
+            uint256 n = trades.length / TRADE_SIZE;
+            uint256 m = bt.digests.length;
+            uint256 tbase = _cdPtr(trades);
+            bytes32[] memory digests = bt.digests;
+            bytes32[] memory ids = new bytes32[](n);
+            uint256[] memory verdicts = new uint256[](n);
+            for (uint256 i = 0; i < n; ++i) {
+                uint256 w;
+                assembly ("memory-safe") {
+                    w := calldataload(add(tbase, mul(i, 29)))
+                }
+                (uint256 so, uint256 bo) = (w >> 240, (w >> 224) & 0xffff);
+                if (so >= m) revert MarketOrderIndexOutOfRange(so);
+                if (bo >= m) revert MarketOrderIndexOutOfRange(bo);
+                bytes32 id;
+                assembly ("memory-safe") {
+                    mstore(0x00, mload(add(digests, shl(5, add(so, 1)))))
+                    mstore(0x20, mload(add(digests, shl(5, add(bo, 1)))))
+                    id := keccak256(0x00, 0x40)
+                    mstore(add(ids, shl(5, add(i, 1))), id)
+                    mstore(add(verdicts, shl(5, add(i, 1))), and(shr(24, w), 0xff))
+                }
+                if (id <= last) revert MarketTradeOutOfOrder(id, last);
+                last = id;
+                if ((w >> 24) & 0xff == 0) ++approved;
+            }
+            (bt.ids, bt.verdicts) = (ids, verdicts);
         }
-        bt.approved = approved;
     }
 
     function _checkAttestation(
@@ -207,16 +244,15 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         bytes32 evidenceHash,
         bytes calldata signature
     ) private view {
+        // EIP-712 arrays: keccak256 of the 32-byte elements, hashed where they lie in memory
+        bytes32 idsHash;
+        bytes32 verdictsHash;
+        assembly ("memory-safe") {
+            idsHash := keccak256(add(ids, 32), shl(5, mload(ids)))
+            verdictsHash := keccak256(add(verdicts, 32), shl(5, mload(verdicts)))
+        }
         bytes32 digest = _hashTypedDataV4(
-            keccak256(
-                abi.encode(
-                    ATTESTATION_TYPEHASH,
-                    intervalId,
-                    keccak256(abi.encodePacked(ids)),
-                    keccak256(abi.encodePacked(verdicts)),
-                    evidenceHash
-                )
-            )
+            keccak256(abi.encode(ATTESTATION_TYPEHASH, intervalId, idsHash, verdictsHash, evidenceHash))
         );
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, signature);
         if (err != ECDSA.RecoverError.NoError) signer = address(0);
@@ -225,63 +261,78 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
     }
 
+    /// @dev One registry call for every trader of the batch.
+    function _traderStates(uint256 obase, uint256 m) private view returns (uint256[] memory) {
+        unchecked {
+            address[] memory traders = new address[](m);
+            assembly ("memory-safe") {
+                for { let o := 0 } lt(o, m) { o := add(o, 1) } {
+                    mstore(add(traders, shl(5, add(o, 1))), shr(96, calldataload(add(obase, mul(o, 153)))))
+                }
+            }
+            return registry.statesOf(traders);
+        }
+    }
+
     /// @dev Vetoes are only announced; approved trades are checked, filled, escrowed and committed.
     /// Each order is verified (signature, expiry, interval, active trader, cancellation) on first use and
     /// its fill lane written once at the end, however many trades it is in.
-    function _recordApproved(uint64 intervalId, bytes calldata orders, bytes calldata trades, Batch memory bt)
+    function _recordApproved(uint64 intervalId, uint256 tbase, Batch memory bt, uint256 approved)
         private
         returns (bytes32 commitment)
     {
-        bt.states = _traderStates(orders);
-        bytes memory buf = new bytes(bt.approved * RECORD_SIZE);
-        uint256 out;
-        assembly ("memory-safe") {
-            out := add(buf, 32)
-        }
-        for (uint256 i = 0; i < bt.ids.length; ++i) {
-            if (bt.verdicts[i] != 0) {
-                emit TradeVetoed(bt.ids[i], uint8(bt.verdicts[i]));
-                continue;
+        unchecked {
+            bytes memory buf = new bytes(approved * RECORD_SIZE);
+            uint256 out;
+            assembly ("memory-safe") {
+                out := add(buf, 32)
             }
-            _recordOne(intervalId, orders, _tradePtr(trades, i), bt, i, out);
-            out += RECORD_SIZE;
+            uint256 n = bt.ids.length;
+            for (uint256 i = 0; i < n; ++i) {
+                uint256 verdict = bt.verdicts[i];
+                if (verdict != 0) {
+                    emit TradeVetoed(bt.ids[i], uint8(verdict));
+                    continue;
+                }
+                _recordOne(intervalId, tbase + i * TRADE_SIZE, bt, bt.ids[i], out);
+                out += RECORD_SIZE;
+            }
+            uint256 m = bt.work.length;
+            uint256[] memory work = bt.work;
+            for (uint256 o = 0; o < m; ++o) {
+                uint256 w;
+                assembly ("memory-safe") {
+                    w := mload(add(work, shl(5, add(o, 1))))
+                }
+                if (w & USED != 0) _commitFill(bt.obase + o * ORDER_SIZE, (w >> 64) & U64);
+            }
+            commitment = keccak256(buf);
         }
-        uint256 m = bt.work.length;
-        for (uint256 o = 0; o < m; ++o) {
-            uint256 w = bt.work[o];
-            if (w & USED != 0) _commitFill(_orderPtr(orders, o), (w >> 64) & U64);
-        }
-        commitment = keccak256(buf);
     }
 
-    /// @dev One registry call for every trader of the batch.
-    function _traderStates(bytes calldata orders) private view returns (uint256[] memory) {
-        uint256 m = orders.length / ORDER_SIZE;
-        address[] memory traders = new address[](m);
-        for (uint256 o = 0; o < m; ++o) {
-            traders[o] = address(uint160(_load(_orderPtr(orders, o), 0, 160)));
-        }
-        return registry.statesOf(traders);
-    }
-
-    function _recordOne(uint64 intervalId, bytes calldata orders, uint256 tp, Batch memory bt, uint256 i, uint256 out)
-        private
-    {
-        (uint256 so, uint256 bo) = (_load(tp, 0, 16), _load(tp, 2, 16));
-        (address seller, address buyer) = _checkPair(bt.ids[i], _orderPtr(orders, so), _orderPtr(orders, bo), tp);
-        _fill(intervalId, _orderPtr(orders, so), bt, so, bt.ids[i], _load(tp, 4, 64));
-        _fill(intervalId, _orderPtr(orders, bo), bt, bo, bt.ids[i], _load(tp, 4, 64));
-        _lockEscrow(buyer, _load(tp, 4, 64), _load(tp, 12, 128));
-        emit TradeRecorded(bt.ids[i], seller, buyer, uint64(_load(tp, 4, 64)), uint128(_load(tp, 12, 128)));
-        // the 104-byte trade record: id | seller | buyer | sellerIndex | buyerIndex | energyWh | price
-        uint256 tail = (((bt.work[so] >> 128) & U32) << 224) | (((bt.work[bo] >> 128) & U32) << 192)
-            | (_load(tp, 4, 192) & (U64 << 128 | U128));
-        bytes32 id = bt.ids[i];
-        assembly ("memory-safe") {
-            mstore(out, id)
-            mstore(add(out, 32), shl(96, seller))
-            mstore(add(out, 52), shl(96, buyer))
-            mstore(add(out, 72), tail)
+    function _recordOne(uint64 intervalId, uint256 tp, Batch memory bt, bytes32 id, uint256 out) private {
+        unchecked {
+            uint256 w;
+            assembly ("memory-safe") {
+                w := calldataload(tp)
+            }
+            // trade word: sellOrder (bits 240..255) | buyOrder (224..239) | energyWh (160..223) |
+            // pricePerKWh (32..159) | verdict (24..31)
+            (address seller, address buyer) = _checkPair(id, bt.obase, w);
+            _fill(intervalId, bt, w >> 240, id, (w >> 160) & U64);
+            _fill(intervalId, bt, (w >> 224) & 0xffff, id, (w >> 160) & U64);
+            _lockEscrow(buyer, (w >> 160) & U64, (w >> 32) & U128);
+            emit TradeRecorded(id, seller, buyer, uint64(w >> 160), uint128(w >> 32));
+            // the 104-byte trade record: id | seller | buyer | sellerIndex | buyerIndex | energyWh | price
+            uint256[] memory work = bt.work;
+            assembly ("memory-safe") {
+                let si := and(shr(128, mload(add(work, shl(5, add(shr(240, w), 1))))), 0xffffffff)
+                let bi := and(shr(128, mload(add(work, shl(5, add(and(shr(224, w), 0xffff), 1))))), 0xffffffff)
+                mstore(out, id)
+                mstore(add(out, 32), shl(96, seller))
+                mstore(add(out, 52), shl(96, buyer))
+                mstore(add(out, 72), or(or(shl(224, si), shl(192, bi)), shr(64, shl(32, w))))
+            }
         }
     }
 
@@ -293,83 +344,90 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     }
 
     /// @dev The checks of a trade that need no state: sides, self-trade, amount, price, counterparties.
-    function _checkPair(bytes32 id, uint256 sp, uint256 bp, uint256 tp)
-        private
-        pure
-        returns (address seller, address buyer)
-    {
-        (uint256 energyWh, uint256 price) = (_load(tp, 4, 64), _load(tp, 12, 128));
-        seller = address(uint160(_load(sp, 0, 160)));
-        buyer = address(uint160(_load(bp, 0, 160)));
-        if (_load(sp, 20, 8) != SELL) revert MarketOrderWrongSide(id, SELL);
-        if (_load(bp, 20, 8) != BUY) revert MarketOrderWrongSide(id, BUY);
-        if (seller == buyer) revert MarketSelfTrade(id);
-        if (energyWh == 0) revert MarketZeroTradeAmount(id);
-        if (price < _load(sp, 37, 128) || price > _load(bp, 37, 128)) {
-            revert MarketPriceOutOfRange(id, uint128(price));
+    function _checkPair(bytes32 id, uint256 obase, uint256 w) private pure returns (address seller, address buyer) {
+        unchecked {
+            uint256 sp = obase + (w >> 240) * ORDER_SIZE;
+            uint256 bp = obase + ((w >> 224) & 0xffff) * ORDER_SIZE;
+            uint256 price = (w >> 32) & U128;
+            (uint256 s0, uint256 b0) = (_word(sp), _word(bp));
+            (seller, buyer) = (address(uint160(s0 >> 96)), address(uint160(b0 >> 96)));
+            if ((s0 >> 88) & 0xff != SELL) revert MarketOrderWrongSide(id, SELL);
+            if ((b0 >> 88) & 0xff != BUY) revert MarketOrderWrongSide(id, BUY);
+            if (seller == buyer) revert MarketSelfTrade(id);
+            if ((w >> 160) & U64 == 0) revert MarketZeroTradeAmount(id);
+            if (price < (_word(sp + 29) >> 64) & U128 || price > (_word(bp + 29) >> 64) & U128) {
+                revert MarketPriceOutOfRange(id, uint128(price));
+            }
+            _checkCounterparty(sp, buyer);
+            _checkCounterparty(bp, seller);
         }
-        _checkCounterparty(sp, buyer);
-        _checkCounterparty(bp, seller);
-    }
-
-    /// @dev Verifies the order on its first use in the batch, then takes `energyWh` of what is left of it.
-    function _fill(uint64 intervalId, uint256 op, Batch memory bt, uint256 o, bytes32 id, uint256 energyWh)
-        private
-        view
-    {
-        if (bt.work[o] & USED == 0) _useOrder(intervalId, op, bt, o, id);
-        uint256 w = bt.work[o];
-        uint256 remaining = w & U64;
-        if (energyWh > remaining) {
-            revert MarketOrderOverfilled(
-                address(uint160(_load(op, 0, 160))), uint64(_load(op, 53, 64)), uint64(remaining)
-            );
-        }
-        // remaining -= energyWh; filled-by-this-batch += energyWh (cannot carry: both stay below 2^64)
-        bt.work[o] = w - energyWh + (energyWh << 64);
     }
 
     function _checkCounterparty(uint256 op, address other) private pure {
-        address counterparty = address(uint160(_load(op, 69, 160)));
+        address counterparty = address(uint160(_word(op + 61) >> 32));
         if (counterparty != address(0) && counterparty != other) {
-            revert MarketCounterpartyMismatch(
-                address(uint160(_load(op, 0, 160))), uint64(_load(op, 53, 64)), counterparty
-            );
+            revert MarketCounterpartyMismatch(address(uint160(_word(op) >> 96)), uint64(_word(op + 29)), counterparty);
+        }
+    }
+
+    /// @dev Verifies order `o` on its first use in the batch, then takes `energyWh` of what is left of it.
+    function _fill(uint64 intervalId, Batch memory bt, uint256 o, bytes32 id, uint256 energyWh) private view {
+        unchecked {
+            uint256[] memory work = bt.work;
+            uint256 w;
+            assembly ("memory-safe") {
+                w := mload(add(work, shl(5, add(o, 1))))
+            }
+            if (w & USED == 0) w = _useOrder(intervalId, bt, o, id);
+            uint256 remaining = w & U64;
+            if (energyWh > remaining) {
+                uint256 op = bt.obase + o * ORDER_SIZE;
+                revert MarketOrderOverfilled(address(uint160(_word(op) >> 96)), uint64(_word(op + 29)), uint64(remaining));
+            }
+            // remaining -= energyWh; filled-by-this-batch += energyWh (cannot carry: both stay below 2^64)
+            assembly ("memory-safe") {
+                mstore(add(work, shl(5, add(o, 1))), add(sub(w, energyWh), shl(64, energyWh)))
+            }
         }
     }
 
     /// @dev First use of an order in a batch: interval, expiry, signature, active trader, fill state.
-    function _useOrder(uint64 intervalId, uint256 op, Batch memory bt, uint256 o, bytes32 tradeId) private view {
-        uint256 state = bt.states[o];
-        address trader = address(uint160(_load(op, 0, 160)));
-        uint64 nonce = uint64(_load(op, 53, 64));
-        uint64 orderInterval = uint64(_load(op, 21, 64));
-        if (orderInterval != intervalId) revert MarketOrderIntervalMismatch(tradeId, orderInterval);
-        uint64 expiry = uint64(_load(op, 61, 64));
-        if (block.timestamp > expiry) revert MarketOrderExpired(trader, nonce, expiry);
-        address signer = CompactSignature.recover(bt.digests[o], bytes32(_load(op, 89, 256)), bytes32(_load(op, 121, 256)));
-        if (signer == address(0) || signer != trader) revert MarketInvalidOrderSignature(trader, nonce);
-        if (state & (1 << 32) == 0) revert MarketParticipantInactive(trader);
-        uint256 filled = (_fills[trader][nonce >> 2] >> ((uint256(nonce) & 3) * 64)) & LANE_MASK;
-        if (filled == CANCELLED) revert MarketOrderCancelled(trader, nonce);
-        uint256 energyWh = _load(op, 29, 64);
-        uint256 remaining = filled >= energyWh ? 0 : energyWh - filled;
-        bt.work[o] = USED | ((state & U32) << 128) | remaining;
+    function _useOrder(uint64 intervalId, Batch memory bt, uint256 o, bytes32 tradeId) private view returns (uint256) {
+        unchecked {
+            uint256 op = bt.obase + o * ORDER_SIZE;
+            (uint256 w0, uint256 w1) = (_word(op), _word(op + 29));
+            address trader = address(uint160(w0 >> 96));
+            uint64 nonce = uint64(w1);
+            if (uint64(w0 >> 24) != intervalId) revert MarketOrderIntervalMismatch(tradeId, uint64(w0 >> 24));
+            uint64 expiry = uint64(_word(op + 61) >> 192);
+            if (block.timestamp > expiry) revert MarketOrderExpired(trader, nonce, expiry);
+            address signer = CompactSignature.recover(bt.digests[o], bytes32(_word(op + 89)), bytes32(_word(op + 121)));
+            if (signer == address(0) || signer != trader) revert MarketInvalidOrderSignature(trader, nonce);
+            uint256 state = bt.states[o];
+            if (state & (1 << 32) == 0) revert MarketParticipantInactive(trader);
+            uint256 filled = (_fills[trader][nonce >> 2] >> ((uint256(nonce) & 3) * 64)) & LANE_MASK;
+            if (filled == CANCELLED) revert MarketOrderCancelled(trader, nonce);
+            uint256 energyWh = w1 >> 192;
+            return USED | ((state & U32) << 128) | (filled >= energyWh ? 0 : energyWh - filled);
+        }
     }
 
     /// @dev Adds a batch's fills to the (trader, nonce) lane; re-checks against the lane as stored, which
     /// also catches two orders of one batch sharing a nonce.
     function _commitFill(uint256 op, uint256 delta) private {
-        address trader = address(uint160(_load(op, 0, 160)));
-        uint64 nonce = uint64(_load(op, 53, 64));
-        uint256 energyWh = _load(op, 29, 64);
-        (uint256 word, uint256 shift) = (nonce >> 2, (uint256(nonce) & 3) * 64);
-        uint256 lanes = _fills[trader][word];
-        uint256 filled = (lanes >> shift) & LANE_MASK;
-        if (filled + delta > energyWh) {
-            revert MarketOrderOverfilled(trader, nonce, filled >= energyWh ? 0 : uint64(energyWh - filled));
+        unchecked {
+            (uint256 w0, uint256 w1) = (_word(op), _word(op + 29));
+            address trader = address(uint160(w0 >> 96));
+            uint64 nonce = uint64(w1);
+            uint256 energyWh = w1 >> 192;
+            (uint256 slot, uint256 shift) = (nonce >> 2, (uint256(nonce) & 3) * 64);
+            uint256 lanes = _fills[trader][slot];
+            uint256 filled = (lanes >> shift) & LANE_MASK;
+            if (filled + delta > energyWh) {
+                revert MarketOrderOverfilled(trader, nonce, filled >= energyWh ? 0 : uint64(energyWh - filled));
+            }
+            _fills[trader][slot] = lanes + (delta << shift);
         }
-        _fills[trader][word] = lanes + (delta << shift);
     }
 
     // ------------------------------------------------------------------ settlement
@@ -397,17 +455,16 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             revert MarketPositionsMismatch(2 * uint256(st.approvedCount), positions.length / 2);
         }
         if (parties.length % 20 != 0) revert MarketMalformedCalldata(FIELD_PARTIES, parties.length);
-        uint256 np = parties.length / 20;
-        for (uint256 p = 1; p < np; ++p) {
-            if (_party(parties, p) <= _party(parties, p - 1)) revert MarketPartiesNotSorted(p);
-        }
+        _checkSorted(parties);
         st.settled = true;
 
         Settlement memory z;
-        z.totals = _aggregate(batches, parties, positions);
-        (z.importWh, z.exportWh) = _loadReadings(intervalId, z.totals);
-        z.credit = new uint256[](np);
-        z.unlock = new uint256[](np);
+        z.pbase = _cdPtr(parties);
+        z.np = parties.length / 20;
+        _aggregate(z, batches, _cdPtr(positions));
+        _loadReadings(intervalId, z);
+        z.credit = new uint256[](z.np);
+        z.unlock = new uint256[](z.np);
         uint256 pos = _cdPtr(positions);
         for (uint256 b = 0; b < nb; ++b) {
             bytes calldata batch = batches[b];
@@ -417,120 +474,160 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 pos += 4;
             }
         }
-        for (uint256 p = 0; p < np; ++p) {
-            Account storage acc = _accounts[_party(parties, p)];
-            (uint128 available, uint128 locked) = (acc.available, acc.locked);
-            (acc.available, acc.locked) = (available + uint128(z.credit[p]), locked - uint128(z.unlock[p]));
-        }
+        _pay(z);
         emit IntervalSettled(intervalId, st.approvedCount);
     }
 
-    /// @dev The record at calldata position rp, its parties at positions pos and pos + 2.
+    function _checkSorted(bytes calldata parties) private pure {
+        unchecked {
+            uint256 np = parties.length / 20;
+            uint256 pbase = _cdPtr(parties);
+            uint256 prev;
+            for (uint256 p = 0; p < np; ++p) {
+                uint256 a;
+                assembly ("memory-safe") {
+                    a := shr(96, calldataload(add(pbase, mul(p, 20))))
+                }
+                if (p > 0 && a <= prev) revert MarketPartiesNotSorted(p);
+                prev = a;
+            }
+        }
+    }
+
+    /// @dev The record at calldata position rp, its parties' positions at calldata position pos.
     function _settleOne(Settlement memory z, uint256 rp, uint256 pos) private {
-        (uint256 s, uint256 y) = (_load(pos, 0, 16), _load(pos, 2, 16));
-        (uint256 num, uint256 den) = _ratio(z, s, y);
-        uint256 tail = _load(rp, 72, 256);
-        (uint256 energyWh, uint256 price) = ((tail >> 128) & U64, tail & U128);
-        uint256 delivered = (energyWh * num) / den;
-        uint256 escrow = (energyWh * price + 999) / 1000;
-        uint256 paid = (delivered * price) / 1000;
-        z.credit[s] += paid;
-        z.credit[y] += escrow - paid;
-        z.unlock[y] += escrow;
-        emit TradeSettled(bytes32(_load(rp, 0, 256)), uint64(delivered), paid, escrow - paid);
+        unchecked {
+            uint256 tail = _word(rp + 72); // sellerIndex | buyerIndex | energyWh | pricePerKWh
+            uint256 s = _word(pos) >> 240;
+            uint256 y = (_word(pos) >> 224) & 0xffff;
+            (uint256 num, uint256 den) = _ratio(z, s, y);
+            (uint256 energyWh, uint256 price) = ((tail >> 128) & U64, tail & U128);
+            uint256 delivered = (energyWh * num) / den;
+            uint256 escrow = (energyWh * price + 999) / 1000;
+            uint256 paid = (delivered * price) / 1000;
+            (uint256[] memory credit, uint256[] memory unlock) = (z.credit, z.unlock);
+            assembly ("memory-safe") {
+                let cs := add(credit, shl(5, add(s, 1)))
+                mstore(cs, add(mload(cs), paid))
+                let cy := add(credit, shl(5, add(y, 1)))
+                mstore(cy, add(mload(cy), sub(escrow, paid)))
+                let uy := add(unlock, shl(5, add(y, 1)))
+                mstore(uy, add(mload(uy), escrow))
+            }
+            emit TradeSettled(bytes32(_word(rp)), uint64(delivered), paid, escrow - paid);
+        }
     }
 
     /// @dev min(r_seller, r_buyer) as a fraction, r = min(1, metered / contracted) for each side.
     function _ratio(Settlement memory z, uint256 s, uint256 y) private pure returns (uint256 num, uint256 den) {
-        (num, den) = (1, 1);
-        (uint256 sold, uint256 bought) = (z.totals[s] & U64, (z.totals[y] >> 64) & U64);
-        (uint256 exported, uint256 imported) = (z.exportWh[s], z.importWh[y]);
-        if (exported < sold) (num, den) = (exported, sold);
-        if (imported < bought && imported * den < num * bought) (num, den) = (imported, bought);
+        unchecked {
+            (uint256[] memory totals, uint256[] memory metered) = (z.totals, z.metered);
+            uint256 sold;
+            uint256 bought;
+            uint256 exported;
+            uint256 imported;
+            assembly ("memory-safe") {
+                sold := and(mload(add(totals, shl(5, add(s, 1)))), 0xffffffffffffffffffffffff)
+                bought := and(shr(96, mload(add(totals, shl(5, add(y, 1))))), 0xffffffffffffffffffffffff)
+                exported := and(shr(64, mload(add(metered, shl(5, add(s, 1))))), 0xffffffffffffffff)
+                imported := and(mload(add(metered, shl(5, add(y, 1)))), 0xffffffffffffffff)
+            }
+            (num, den) = (1, 1);
+            if (exported < sold) (num, den) = (exported, sold);
+            if (imported < bought && imported * den < num * bought) (num, den) = (imported, bought);
+        }
     }
 
-    /// @dev Per party: sold Wh (bits 0..63) | bought Wh (64..127) | registry index (128..159) | seen (255).
-    /// Checks every position hint against the record's address and that every listed party trades.
-    function _aggregate(bytes[] calldata batches, bytes calldata parties, bytes calldata positions)
-        private
-        pure
-        returns (uint256[] memory totals)
-    {
-        uint256 np = parties.length / 20;
-        totals = new uint256[](np);
-        uint256 pos = _cdPtr(positions);
-        for (uint256 b = 0; b < batches.length; ++b) {
-            bytes calldata batch = batches[b];
-            uint256 rp = _cdPtr(batch);
-            uint256 end = rp + batch.length;
-            for (; rp < end; rp += RECORD_SIZE) {
-                _addRecord(totals, parties, rp, pos);
-                pos += 4;
+    /// @dev One balance write per party: credit to available, unlock from locked.
+    function _pay(Settlement memory z) private {
+        (uint256[] memory credit, uint256[] memory unlock) = (z.credit, z.unlock);
+        for (uint256 p = 0; p < z.np; ++p) {
+            address wallet;
+            uint256 c;
+            uint256 u;
+            uint256 pbase = z.pbase;
+            assembly ("memory-safe") {
+                wallet := shr(96, calldataload(add(pbase, mul(p, 20))))
+                c := mload(add(credit, shl(5, add(p, 1))))
+                u := mload(add(unlock, shl(5, add(p, 1))))
+            }
+            Account memory acc = _accounts[wallet];
+            _accounts[wallet] = Account(acc.available + uint128(c), acc.locked - uint128(u));
+        }
+    }
+
+    /// @dev totals per party: sold Wh (bits 0..95) | bought Wh (96..191) | registry index (192..223) |
+    /// seen (255). Checks every position hint against the record's address and that every party trades.
+    function _aggregate(Settlement memory z, bytes[] calldata batches, uint256 pos) private pure {
+        unchecked {
+            z.totals = new uint256[](z.np);
+            for (uint256 b = 0; b < batches.length; ++b) {
+                bytes calldata batch = batches[b];
+                uint256 rp = _cdPtr(batch);
+                for (uint256 end = rp + batch.length; rp < end; rp += RECORD_SIZE) {
+                    _addRecord(z, rp, pos);
+                    pos += 4;
+                }
+            }
+            uint256[] memory totals = z.totals;
+            for (uint256 p = 0; p < z.np; ++p) {
+                if (totals[p] & USED == 0) revert MarketPartyUnused(_party(z.pbase, p));
             }
         }
-        for (uint256 p = 0; p < np; ++p) {
-            if (totals[p] & USED == 0) revert MarketPartyUnused(_party(parties, p));
-        }
     }
 
-    function _addRecord(uint256[] memory totals, bytes calldata parties, uint256 rp, uint256 pos) private pure {
-        uint256 tail = _load(rp, 72, 256);
+    function _addRecord(Settlement memory z, uint256 rp, uint256 pos) private pure {
+        uint256 tail = _word(rp + 72);
         uint256 energyWh = (tail >> 128) & U64;
-        uint256 np = totals.length;
-        uint256 s = _position(parties, np, _load(pos, 0, 16), _load(rp, 32, 160));
-        uint256 y = _position(parties, np, _load(pos, 2, 16), _load(rp, 52, 160));
-        totals[s] = (totals[s] + energyWh) | USED | ((tail >> 224) << 128);
-        totals[y] = (totals[y] + (energyWh << 64)) | USED | (((tail >> 192) & U32) << 128);
-    }
-
-    function _position(bytes calldata parties, uint256 np, uint256 pos, uint256 wallet)
-        private
-        pure
-        returns (uint256)
-    {
-        if (pos >= np || uint160(_party(parties, pos)) != wallet) revert MarketPartyMissing(address(uint160(wallet)));
-        return pos;
-    }
-
-    function _loadReadings(uint64 intervalId, uint256[] memory totals)
-        private
-        view
-        returns (uint64[] memory importWh, uint64[] memory exportWh)
-    {
-        uint256 np = totals.length;
-        uint32[] memory indices = new uint32[](np);
-        for (uint256 p = 0; p < np; ++p) {
-            indices[p] = uint32(totals[p] >> 128);
+        uint256 s = _position(z, _word(pos) >> 240, _word(rp + 32) >> 96);
+        uint256 y = _position(z, (_word(pos) >> 224) & 0xffff, _word(rp + 52) >> 96);
+        uint256[] memory totals = z.totals;
+        // sums of at most 2^32 amounts below 2^64 stay below 2^96: the lanes never carry
+        assembly ("memory-safe") {
+            let ts := add(totals, shl(5, add(s, 1)))
+            mstore(ts, or(or(add(mload(ts), energyWh), USED), shl(192, shr(224, tail))))
+            let ty := add(totals, shl(5, add(y, 1)))
+            mstore(ty, or(or(add(mload(ty), shl(96, energyWh)), USED), shl(192, and(shr(192, tail), 0xffffffff))))
         }
-        bool[] memory present;
-        (importWh, exportWh, present) = readings.readingsOf(intervalId, indices);
-        for (uint256 p = 0; p < np; ++p) {
-            if (!present[p]) {
+    }
+
+    function _position(Settlement memory z, uint256 pos, uint256 wallet) private pure returns (uint256) {
+        unchecked {
+            if (pos >= z.np || uint160(_party(z.pbase, pos)) != wallet) revert MarketPartyMissing(address(uint160(wallet)));
+            return pos;
+        }
+    }
+
+    /// @dev Readings of every party: metered = exportWh (bits 64..127) | importWh (0..63).
+    function _loadReadings(uint64 intervalId, Settlement memory z) private view {
+        unchecked {
+            uint256 np = z.np;
+            uint32[] memory indices = new uint32[](np);
+            uint256[] memory totals = z.totals;
+            for (uint256 p = 0; p < np; ++p) {
+                indices[p] = uint32(totals[p] >> 192);
+            }
+            (uint64[] memory importWh, uint64[] memory exportWh, bool[] memory present) =
+                readings.readingsOf(intervalId, indices);
+            z.metered = new uint256[](np);
+            bool complete = true;
+            for (uint256 p = 0; p < np; ++p) {
+                z.metered[p] = (uint256(exportWh[p]) << 64) | importWh[p];
+                if (!present[p]) complete = false;
+            }
+            if (!complete) {
                 uint256 deadline = _deadline(intervalId);
                 if (block.timestamp < deadline) revert MarketSettlementNotReady(intervalId, deadline);
-                break;
             }
         }
     }
 
     // ------------------------------------------------------------------ packed calldata access
 
-    /// @dev `bits` bits (a multiple of 8, at most 256) big-endian at calldata position ptr + off.
-    function _load(uint256 ptr, uint256 off, uint256 bits) private pure returns (uint256 v) {
+    /// @dev The 32 bytes at calldata position ptr.
+    function _word(uint256 ptr) private pure returns (uint256 w) {
         assembly ("memory-safe") {
-            v := shr(sub(256, bits), calldataload(add(ptr, off)))
-        }
-    }
-
-    function _orderPtr(bytes calldata orders, uint256 o) private pure returns (uint256 p) {
-        assembly ("memory-safe") {
-            p := add(orders.offset, mul(o, 153))
-        }
-    }
-
-    function _tradePtr(bytes calldata trades, uint256 i) private pure returns (uint256 p) {
-        assembly ("memory-safe") {
-            p := add(trades.offset, mul(i, 29))
+            w := calldataload(ptr)
         }
     }
 
@@ -540,9 +637,9 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
     }
 
-    function _party(bytes calldata parties, uint256 p) private pure returns (address a) {
+    function _party(uint256 pbase, uint256 p) private pure returns (address a) {
         assembly ("memory-safe") {
-            a := shr(96, calldataload(add(parties.offset, mul(p, 20))))
+            a := shr(96, calldataload(add(pbase, mul(p, 20))))
         }
     }
 
@@ -551,37 +648,6 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             let ptr := mload(0x40)
             calldatacopy(ptr, data.offset, data.length)
             h := keccak256(ptr, data.length)
-        }
-    }
-
-    /// @dev EIP-712 digest of the packed order at calldata position op (the Order struct hash, then
-    /// "\x19\x01" || domain || structHash), as `orderHash` computes it from the struct.
-    function _orderDigestAt(uint256 op, bytes32 domain) private pure returns (bytes32 digest) {
-        bytes32 typeHash = ORDER_TYPEHASH;
-        assembly ("memory-safe") {
-            let m := mload(0x40)
-            mstore(m, typeHash)
-            mstore(add(m, 0x20), shr(96, calldataload(op))) // trader
-            mstore(add(m, 0x40), shr(248, calldataload(add(op, 20)))) // side
-            mstore(add(m, 0x60), shr(192, calldataload(add(op, 21)))) // intervalId
-            mstore(add(m, 0x80), shr(192, calldataload(add(op, 29)))) // energyWh
-            mstore(add(m, 0xa0), shr(128, calldataload(add(op, 37)))) // pricePerKWh
-            mstore(add(m, 0xc0), shr(192, calldataload(add(op, 53)))) // nonce
-            mstore(add(m, 0xe0), shr(192, calldataload(add(op, 61)))) // expiry
-            mstore(add(m, 0x100), shr(96, calldataload(add(op, 69)))) // counterparty
-            let structHash := keccak256(m, 0x120)
-            mstore(m, hex"1901")
-            mstore(add(m, 0x02), domain)
-            mstore(add(m, 0x22), structHash)
-            digest := keccak256(m, 0x42)
-        }
-    }
-
-    function _pairId(bytes32 a, bytes32 b) private pure returns (bytes32 id) {
-        assembly ("memory-safe") {
-            mstore(0x00, a)
-            mstore(0x20, b)
-            id := keccak256(0x00, 0x40)
         }
     }
 

@@ -70,8 +70,14 @@ contract MeterReadings is EIP712, IMeterReadings {
         uint256[] memory records = _meterRecords(base, n);
         bytes32 domain = _domainSeparatorV4();
         uint256 ring = (uint256(intervalId) % readingWindowIntervals) << 32;
-        for (uint256 i = 0; i < n; ++i) {
-            if (_submitOne(ring, intervalId, base + i * READING_SIZE, records[i], domain)) ++accepted;
+        unchecked {
+            for (uint256 i = 0; i < n; ++i) {
+                uint256 record;
+                assembly ("memory-safe") {
+                    record := mload(add(records, shl(5, add(i, 1))))
+                }
+                if (_submitOne(ring, intervalId, base + i * READING_SIZE, record, domain)) ++accepted;
+            }
         }
     }
 
@@ -80,23 +86,27 @@ contract MeterReadings is EIP712, IMeterReadings {
         private
         returns (bool)
     {
-        uint8 reason = _store(ring, intervalId, rp, record, _digest(domain, intervalId, rp));
-        (address meter, uint256 importWh, uint256 exportWh) = _fields(rp);
-        if (reason == 0) {
-            emit ReadingSubmitted(meter, intervalId, uint64(importWh), uint64(exportWh));
-            return true;
+        unchecked {
+            uint8 reason = _store(ring, intervalId, rp, record, _digest(domain, intervalId, rp));
+            (address meter, uint256 importWh, uint256 exportWh) = _fields(rp);
+            if (reason == 0) {
+                emit ReadingSubmitted(meter, intervalId, uint64(importWh), uint64(exportWh));
+                return true;
+            }
+            if (reason != IDENTICAL) emit ReadingRejected(meter, intervalId, reason);
+            return false;
         }
-        if (reason != IDENTICAL) emit ReadingRejected(meter, intervalId, reason);
-        return false;
     }
 
     /// @dev One registry call for every meter of the batch.
     function _meterRecords(uint256 base, uint256 n) private view returns (uint256[] memory) {
-        address[] memory meters = new address[](n);
-        for (uint256 i = 0; i < n; ++i) {
-            (meters[i],,) = _fields(base + i * READING_SIZE);
+        unchecked {
+            address[] memory meters = new address[](n);
+            for (uint256 i = 0; i < n; ++i) {
+                (meters[i],,) = _fields(base + i * READING_SIZE);
+            }
+            return registry.meterStatesOf(meters);
         }
-        return registry.meterStatesOf(meters);
     }
 
     /// @dev Returns 0 when stored, a reason code when rejected, IDENTICAL for an identical resubmission.
@@ -104,28 +114,30 @@ contract MeterReadings is EIP712, IMeterReadings {
         private
         returns (uint8)
     {
-        (address meter, uint256 importWh, uint256 exportWh) = _fields(rp);
-        bytes32 r;
-        bytes32 vs;
-        assembly ("memory-safe") {
-            r := calldataload(add(rp, 36))
-            vs := calldataload(add(rp, 68))
+        unchecked {
+            (address meter, uint256 importWh, uint256 exportWh) = _fields(rp);
+            bytes32 r;
+            bytes32 vs;
+            assembly ("memory-safe") {
+                r := calldataload(add(rp, 36))
+                vs := calldataload(add(rp, 68))
+            }
+            address signer = CompactSignature.recover(digest, r, vs);
+            if (signer == address(0) || signer != meter) return BAD_SIGNATURE;
+            if (record & (1 << 33) == 0) return UNKNOWN_METER;
+            if (record & (1 << 32) == 0) return INACTIVE;
+            if (importWh > MAX_WH || exportWh > MAX_WH) return VALUE_TOO_LARGE;
+            uint256 index = record & type(uint32).max;
+            uint256 key = ring | (index / LANES);
+            uint256 shift = (index % LANES) * 64;
+            uint256 word = _ring[key];
+            if (word >> 192 != intervalId) word = uint256(intervalId) << 192; // an older interval's slot
+            uint256 lane = (word >> shift) & LANE_MASK;
+            uint256 newLane = PRESENT | (importWh << 32) | exportWh;
+            if (lane != 0) return lane == newLane ? IDENTICAL : CONFLICTING;
+            _ring[key] = word | (newLane << shift);
+            return 0;
         }
-        address signer = CompactSignature.recover(digest, r, vs);
-        if (signer == address(0) || signer != meter) return BAD_SIGNATURE;
-        if (record & (1 << 33) == 0) return UNKNOWN_METER;
-        if (record & (1 << 32) == 0) return INACTIVE;
-        if (importWh > MAX_WH || exportWh > MAX_WH) return VALUE_TOO_LARGE;
-        uint256 index = record & type(uint32).max;
-        uint256 key = ring | (index / LANES);
-        uint256 shift = (index % LANES) * 64;
-        uint256 word = _ring[key];
-        if (word >> 192 != intervalId) word = uint256(intervalId) << 192; // an older interval's slot
-        uint256 lane = (word >> shift) & LANE_MASK;
-        uint256 newLane = PRESENT | (importWh << 32) | exportWh;
-        if (lane != 0) return lane == newLane ? IDENTICAL : CONFLICTING;
-        _ring[key] = word | (newLane << shift);
-        return 0;
     }
 
     /// @dev meter (20) | importWh (8) | exportWh (8) of the packed reading at calldata position rp.
