@@ -349,13 +349,22 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             uint256 sp = obase + (w >> 240) * ORDER_SIZE;
             uint256 bp = obase + ((w >> 224) & 0xffff) * ORDER_SIZE;
             uint256 price = (w >> 32) & U128;
-            (uint256 s0, uint256 b0) = (_word(sp), _word(bp));
+            uint256 s0;
+            uint256 b0;
+            uint256 sellLimit;
+            uint256 buyLimit;
+            assembly ("memory-safe") {
+                s0 := calldataload(sp)
+                b0 := calldataload(bp)
+                sellLimit := and(shr(64, calldataload(add(sp, 29))), 0xffffffffffffffffffffffffffffffff)
+                buyLimit := and(shr(64, calldataload(add(bp, 29))), 0xffffffffffffffffffffffffffffffff)
+            }
             (seller, buyer) = (address(uint160(s0 >> 96)), address(uint160(b0 >> 96)));
             if ((s0 >> 88) & 0xff != SELL) revert MarketOrderWrongSide(id, SELL);
             if ((b0 >> 88) & 0xff != BUY) revert MarketOrderWrongSide(id, BUY);
             if (seller == buyer) revert MarketSelfTrade(id);
             if ((w >> 160) & U64 == 0) revert MarketZeroTradeAmount(id);
-            if (price < (_word(sp + 29) >> 64) & U128 || price > (_word(bp + 29) >> 64) & U128) {
+            if (price < sellLimit || price > buyLimit) {
                 revert MarketPriceOutOfRange(id, uint128(price));
             }
             _checkCounterparty(sp, buyer);
@@ -364,9 +373,14 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     }
 
     function _checkCounterparty(uint256 op, address other) private pure {
-        address counterparty = address(uint160(_word(op + 61) >> 32));
-        if (counterparty != address(0) && counterparty != other) {
-            revert MarketCounterpartyMismatch(address(uint160(_word(op) >> 96)), uint64(_word(op + 29)), counterparty);
+        unchecked {
+            address counterparty;
+            assembly ("memory-safe") {
+                counterparty := and(shr(32, calldataload(add(op, 61))), 0xffffffffffffffffffffffffffffffffffffffff)
+            }
+            if (counterparty != address(0) && counterparty != other) {
+                revert MarketCounterpartyMismatch(address(uint160(_word(op) >> 96)), uint64(_word(op + 29)), counterparty);
+            }
         }
     }
 
@@ -395,13 +409,28 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     function _useOrder(uint64 intervalId, Batch memory bt, uint256 o, bytes32 tradeId) private view returns (uint256) {
         unchecked {
             uint256 op = bt.obase + o * ORDER_SIZE;
-            (uint256 w0, uint256 w1) = (_word(op), _word(op + 29));
+            uint256 w0;
+            uint256 w1;
+            uint256 expiry;
+            bytes32 r;
+            bytes32 vs;
+            assembly ("memory-safe") {
+                w0 := calldataload(op)
+                w1 := calldataload(add(op, 29))
+                expiry := shr(192, calldataload(add(op, 61)))
+                r := calldataload(add(op, 89))
+                vs := calldataload(add(op, 121))
+            }
             address trader = address(uint160(w0 >> 96));
             uint64 nonce = uint64(w1);
             if (uint64(w0 >> 24) != intervalId) revert MarketOrderIntervalMismatch(tradeId, uint64(w0 >> 24));
-            uint64 expiry = uint64(_word(op + 61) >> 192);
-            if (block.timestamp > expiry) revert MarketOrderExpired(trader, nonce, expiry);
-            address signer = CompactSignature.recover(bt.digests[o], bytes32(_word(op + 89)), bytes32(_word(op + 121)));
+            if (block.timestamp > expiry) revert MarketOrderExpired(trader, nonce, uint64(expiry));
+            bytes32 digest;
+            bytes32[] memory digests = bt.digests;
+            assembly ("memory-safe") {
+                digest := mload(add(digests, shl(5, add(o, 1))))
+            }
+            address signer = CompactSignature.recover(digest, r, vs);
             if (signer == address(0) || signer != trader) revert MarketInvalidOrderSignature(trader, nonce);
             uint256 state = bt.states[o];
             if (state & (1 << 32) == 0) revert MarketParticipantInactive(trader);
@@ -497,16 +526,26 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @dev The record at calldata position rp, its parties' positions at calldata position pos.
     function _settleOne(Settlement memory z, uint256 rp, uint256 pos) private {
         unchecked {
-            uint256 tail = _word(rp + 72); // sellerIndex | buyerIndex | energyWh | pricePerKWh
-            uint256 s = _word(pos) >> 240;
-            uint256 y = (_word(pos) >> 224) & 0xffff;
+            uint256 tail; // sellerIndex | buyerIndex | energyWh | pricePerKWh
+            uint256 s;
+            uint256 y;
+            bytes32 id;
+            assembly ("memory-safe") {
+                tail := calldataload(add(rp, 72))
+                let p := calldataload(pos)
+                s := shr(240, p)
+                y := and(shr(224, p), 0xffff)
+                id := calldataload(rp)
+            }
             (uint256 num, uint256 den) = _ratio(z, s, y);
             (uint256 energyWh, uint256 price) = ((tail >> 128) & U64, tail & U128);
             uint256 delivered = (energyWh * num) / den;
             uint256 escrow = (energyWh * price + 999) / 1000;
             uint256 paid = (delivered * price) / 1000;
-            (uint256[] memory credit, uint256[] memory unlock) = (z.credit, z.unlock);
             assembly ("memory-safe") {
+                // z: pbase, np, totals, metered, credit (at 0x80), unlock (at 0xa0)
+                let credit := mload(add(z, 0x80))
+                let unlock := mload(add(z, 0xa0))
                 let cs := add(credit, shl(5, add(s, 1)))
                 mstore(cs, add(mload(cs), paid))
                 let cy := add(credit, shl(5, add(y, 1)))
@@ -514,7 +553,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 let uy := add(unlock, shl(5, add(y, 1)))
                 mstore(uy, add(mload(uy), escrow))
             }
-            emit TradeSettled(bytes32(_word(rp)), uint64(delivered), paid, escrow - paid);
+            emit TradeSettled(id, uint64(delivered), paid, escrow - paid);
         }
     }
 
@@ -577,17 +616,28 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     }
 
     function _addRecord(Settlement memory z, uint256 rp, uint256 pos) private pure {
-        uint256 tail = _word(rp + 72);
-        uint256 energyWh = (tail >> 128) & U64;
-        uint256 s = _position(z, _word(pos) >> 240, _word(rp + 32) >> 96);
-        uint256 y = _position(z, (_word(pos) >> 224) & 0xffff, _word(rp + 52) >> 96);
-        uint256[] memory totals = z.totals;
-        // sums of at most 2^32 amounts below 2^64 stay below 2^96: the lanes never carry
-        assembly ("memory-safe") {
-            let ts := add(totals, shl(5, add(s, 1)))
-            mstore(ts, or(or(add(mload(ts), energyWh), USED), shl(192, shr(224, tail))))
-            let ty := add(totals, shl(5, add(y, 1)))
-            mstore(ty, or(or(add(mload(ty), shl(96, energyWh)), USED), shl(192, and(shr(192, tail), 0xffffffff))))
+        unchecked {
+            uint256 tail;
+            uint256 p;
+            uint256 seller;
+            uint256 buyer;
+            assembly ("memory-safe") {
+                tail := calldataload(add(rp, 72))
+                p := calldataload(pos)
+                seller := shr(96, calldataload(add(rp, 32)))
+                buyer := shr(96, calldataload(add(rp, 52)))
+            }
+            uint256 energyWh = (tail >> 128) & U64;
+            uint256 s = _position(z, p >> 240, seller);
+            uint256 y = _position(z, (p >> 224) & 0xffff, buyer);
+            uint256[] memory totals = z.totals;
+            // sums of at most 2^32 amounts below 2^64 stay below 2^96: the lanes never carry
+            assembly ("memory-safe") {
+                let ts := add(totals, shl(5, add(s, 1)))
+                mstore(ts, or(or(add(mload(ts), energyWh), USED), shl(192, shr(224, tail))))
+                let ty := add(totals, shl(5, add(y, 1)))
+                mstore(ty, or(or(add(mload(ty), shl(96, energyWh)), USED), shl(192, and(shr(192, tail), 0xffffffff))))
+            }
         }
     }
 
