@@ -23,8 +23,8 @@ pragma solidity 0.8.28;
 ///   metered export, r_s = min(1, X_s / E_s); buyers likewise with purchases and metered import. A trade of q Wh
 ///   delivers floor(q * min(r_s, r_b)) Wh, the seller is paid floor(delivered * price / 1000), the buyer gets
 ///   escrow - paid back. Readings missing at the deadline count as zero.
-/// - An interval settles in one `settle` call over all its batches (about 10k gas per trade, so some
-///   2,500 trades per interval fit a 30M-gas block); chunked settlement is not implemented. Settle within
+/// - An interval settles in one `settle` call over all its batches (about 15k gas per trade, so some
+///   1,900 trades per interval fit a 30M-gas block); chunked settlement is not implemented. Settle within
 ///   the readings window of {IMeterReadings} (`readingWindowIntervals`): readings overwritten by a later
 ///   interval count as missing. The constructor requires settlementDelay <= window / 2.
 /// - Internal balances assume a plain ERC-20: tokens that take a fee on transfer are not supported.

@@ -19,6 +19,10 @@ pragma solidity 0.8.28;
 /// reverts with `MeterReadingsIntervalTooOld`, and an interval's readings are overwritten once a later
 /// interval reuses its ring position, so `readingOf`/`readingsOf` only answer within the window. The market
 /// requires its settlement delay to be at most half the window, and the keeper settles at the deadline.
+/// Trade-off: a reused slot costs 5,000 gas per three readings instead of 22,100 for a fresh slot, at the
+/// price of history: readings older than the window are only in the `ReadingSubmitted` events (and the
+/// transactions' calldata), and an interval settled later than the window counts overwritten readings as
+/// missing.
 interface IMeterReadings {
     /// @notice Reason codes of `ReadingRejected`.
     /// 1 BAD_SIGNATURE: the signature does not recover to `meter`.
