@@ -648,7 +648,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
     }
 
-    /// @dev Readings of every party: metered = exportWh (bits 64..127) | importWh (0..63).
+    /// @dev Readings of every party: metered = present (bit 128) | exportWh (bits 64..127) | importWh (0..63).
     function _loadReadings(uint64 intervalId, Settlement memory z) private view {
         unchecked {
             uint256 np = z.np;
@@ -657,17 +657,14 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             for (uint256 p = 0; p < np; ++p) {
                 indices[p] = uint32(totals[p] >> 192);
             }
-            (uint64[] memory importWh, uint64[] memory exportWh, bool[] memory present) =
-                readings.readingsOf(intervalId, indices);
-            z.metered = new uint256[](np);
-            bool complete = true;
+            uint256[] memory metered = readings.meteredOf(intervalId, indices);
+            z.metered = metered;
             for (uint256 p = 0; p < np; ++p) {
-                z.metered[p] = (uint256(exportWh[p]) << 64) | importWh[p];
-                if (!present[p]) complete = false;
-            }
-            if (!complete) {
-                uint256 deadline = _deadline(intervalId);
-                if (block.timestamp < deadline) revert MarketSettlementNotReady(intervalId, deadline);
+                if (metered[p] >> 128 == 0) {
+                    uint256 deadline = _deadline(intervalId);
+                    if (block.timestamp < deadline) revert MarketSettlementNotReady(intervalId, deadline);
+                    break;
+                }
             }
         }
     }

@@ -42,6 +42,18 @@ contract MeterReadings is EIP712, IMeterReadings {
     // overwritten by newer ones and are no longer readable; submissions for them are rejected.
     mapping(uint256 ringKey => uint256 slot) private _ring;
 
+    /// @dev A batch while it is submitted: calldata position, the registry's word per meter, the EIP-712
+    /// domain, the interval's ring position, and the ring slot being filled (key, value as stored, value).
+    struct Cursor {
+        uint256 base;
+        uint256[] records;
+        bytes32 domain;
+        uint256 ring;
+        uint256 key;
+        uint256 stored;
+        uint256 word;
+    }
+
     /// @param registry_ The participant registry (roles, meters).
     /// @param intervalSeconds_ Interval length in seconds.
     constructor(IParticipantRegistry registry_, uint64 intervalSeconds_) EIP712("tegrid MeterReadings", "1") {
@@ -53,6 +65,9 @@ contract MeterReadings is EIP712, IMeterReadings {
     }
 
     /// @inheritdoc IMeterReadings
+    /// @dev Packed calldata, one registry call for the batch's meters, the ecrecover precompile, and each
+    /// ring slot read and written once per run of readings that share it (oracle batches come sorted by
+    /// participant, so three consecutive readings usually do).
     function submitReadings(uint64 intervalId, bytes calldata readings) external returns (uint256 accepted) {
         if (!registry.hasRole(ORACLE_ROLE, msg.sender)) revert MeterReadingsNotOracle(msg.sender);
         if (readings.length % READING_SIZE != 0) revert MeterReadingsMalformedCalldata(readings.length);
@@ -63,32 +78,36 @@ contract MeterReadings is EIP712, IMeterReadings {
             revert MeterReadingsIntervalTooOld(intervalId, uint64(current - readingWindowIntervals + 1));
         }
         uint256 n = readings.length / READING_SIZE;
-        uint256 base;
+        Cursor memory c;
         assembly ("memory-safe") {
-            base := readings.offset
+            mstore(c, readings.offset)
         }
-        uint256[] memory records = _meterRecords(base, n);
-        bytes32 domain = _domainSeparatorV4();
-        uint256 ring = (uint256(intervalId) % readingWindowIntervals) << 32;
+        c.records = _meterRecords(c.base, n);
+        c.domain = _domainSeparatorV4();
+        c.ring = (uint256(intervalId) % readingWindowIntervals) << 32;
+        c.key = type(uint256).max;
         unchecked {
             for (uint256 i = 0; i < n; ++i) {
-                uint256 record;
-                assembly ("memory-safe") {
-                    record := mload(add(records, shl(5, add(i, 1))))
-                }
-                if (_submitOne(ring, intervalId, base + i * READING_SIZE, record, domain)) ++accepted;
+                if (_submitOne(c, intervalId, i)) ++accepted;
             }
         }
+        _flush(c);
     }
 
     /// @dev One reading: stored and announced, rejected with its reason, or ignored when identical.
-    function _submitOne(uint256 ring, uint64 intervalId, uint256 rp, uint256 record, bytes32 domain)
-        private
-        returns (bool)
-    {
+    function _submitOne(Cursor memory c, uint64 intervalId, uint256 i) private returns (bool) {
         unchecked {
-            uint8 reason = _store(ring, intervalId, rp, record, _digest(domain, intervalId, rp));
-            (address meter, uint256 importWh, uint256 exportWh) = _fields(rp);
+            uint256 rp = c.base + i * READING_SIZE;
+            address meter;
+            uint256 importWh;
+            uint256 exportWh;
+            assembly ("memory-safe") {
+                meter := shr(96, calldataload(rp))
+                importWh := shr(192, calldataload(add(rp, 20)))
+                exportWh := shr(192, calldataload(add(rp, 28)))
+            }
+            uint8 reason = _check(c, intervalId, rp, i);
+            if (reason == 0) reason = _store(c, intervalId, c.records[i] & type(uint32).max, importWh, exportWh);
             if (reason == 0) {
                 emit ReadingSubmitted(meter, intervalId, uint64(importWh), uint64(exportWh));
                 return true;
@@ -98,76 +117,79 @@ contract MeterReadings is EIP712, IMeterReadings {
         }
     }
 
-    /// @dev One registry call for every meter of the batch.
-    function _meterRecords(uint256 base, uint256 n) private view returns (uint256[] memory) {
-        unchecked {
-            address[] memory meters = new address[](n);
-            for (uint256 i = 0; i < n; ++i) {
-                (meters[i],,) = _fields(base + i * READING_SIZE);
-            }
-            return registry.meterStatesOf(meters);
-        }
-    }
-
-    /// @dev Returns 0 when stored, a reason code when rejected, IDENTICAL for an identical resubmission.
-    function _store(uint256 ring, uint64 intervalId, uint256 rp, uint256 record, bytes32 digest)
-        private
-        returns (uint8)
-    {
-        unchecked {
-            (address meter, uint256 importWh, uint256 exportWh) = _fields(rp);
-            bytes32 r;
-            bytes32 vs;
-            assembly ("memory-safe") {
-                r := calldataload(add(rp, 36))
-                vs := calldataload(add(rp, 68))
-            }
-            address signer = CompactSignature.recover(digest, r, vs);
-            if (signer == address(0) || signer != meter) return BAD_SIGNATURE;
-            if (record & (1 << 33) == 0) return UNKNOWN_METER;
-            if (record & (1 << 32) == 0) return INACTIVE;
-            if (importWh > MAX_WH || exportWh > MAX_WH) return VALUE_TOO_LARGE;
-            uint256 index = record & type(uint32).max;
-            uint256 key = ring | (index / LANES);
-            uint256 shift = (index % LANES) * 64;
-            uint256 word = _ring[key];
-            if (word >> 192 != intervalId) word = uint256(intervalId) << 192; // an older interval's slot
-            uint256 lane = (word >> shift) & LANE_MASK;
-            uint256 newLane = PRESENT | (importWh << 32) | exportWh;
-            if (lane != 0) return lane == newLane ? IDENTICAL : CONFLICTING;
-            _ring[key] = word | (newLane << shift);
-            return 0;
-        }
-    }
-
-    /// @dev meter (20) | importWh (8) | exportWh (8) of the packed reading at calldata position rp.
-    function _fields(uint256 rp) private pure returns (address meter, uint256 importWh, uint256 exportWh) {
-        assembly ("memory-safe") {
-            meter := shr(96, calldataload(rp))
-            importWh := shr(192, calldataload(add(rp, 20)))
-            exportWh := shr(192, calldataload(add(rp, 28)))
-        }
-    }
-
-    function _digest(bytes32 domain, uint64 intervalId, uint256 rp)
-        private
-        pure
-        returns (bytes32 digest)
-    {
+    /// @dev Signature, registration, active flag and value range of the reading at calldata position rp.
+    function _check(Cursor memory c, uint64 intervalId, uint256 rp, uint256 i) private view returns (uint8) {
+        bytes32 digest;
+        bytes32 r;
+        bytes32 vs;
+        address meter;
+        uint256 values;
         bytes32 typeHash = READING_TYPEHASH;
+        bytes32 domain = c.domain;
         assembly ("memory-safe") {
             let m := mload(0x40)
+            meter := shr(96, calldataload(rp))
             mstore(m, typeHash)
-            mstore(add(m, 0x20), shr(96, calldataload(rp)))
+            mstore(add(m, 0x20), meter)
             mstore(add(m, 0x40), intervalId)
             mstore(add(m, 0x60), shr(192, calldataload(add(rp, 20))))
             mstore(add(m, 0x80), shr(192, calldataload(add(rp, 28))))
+            values := or(mload(add(m, 0x60)), mload(add(m, 0x80)))
             let structHash := keccak256(m, 0xa0)
             mstore(m, hex"1901")
             mstore(add(m, 0x02), domain)
             mstore(add(m, 0x22), structHash)
             digest := keccak256(m, 0x42)
+            r := calldataload(add(rp, 36))
+            vs := calldataload(add(rp, 68))
         }
+        address signer = CompactSignature.recover(digest, r, vs);
+        if (signer == address(0) || signer != meter) return BAD_SIGNATURE;
+        uint256 record = c.records[i];
+        if (record & (1 << 33) == 0) return UNKNOWN_METER;
+        if (record & (1 << 32) == 0) return INACTIVE;
+        if (values > MAX_WH) return VALUE_TOO_LARGE; // the larger of the two has the highest bit
+        return 0;
+    }
+
+    /// @dev Puts the reading into its ring lane; 0 when stored, CONFLICTING or IDENTICAL otherwise.
+    function _store(Cursor memory c, uint64 intervalId, uint256 index, uint256 importWh, uint256 exportWh)
+        private
+        returns (uint8)
+    {
+        unchecked {
+            uint256 key = c.ring | (index / LANES);
+            if (key != c.key) {
+                _flush(c);
+                uint256 stored = _ring[key];
+                c.key = key;
+                c.stored = stored;
+                // a slot still holding an older interval (window intervals back) starts empty
+                c.word = stored >> 192 == intervalId ? stored : uint256(intervalId) << 192;
+            }
+            uint256 shift = (index % LANES) * 64;
+            uint256 lane = (c.word >> shift) & LANE_MASK;
+            uint256 newLane = PRESENT | (importWh << 32) | exportWh;
+            if (lane != 0) return lane == newLane ? IDENTICAL : CONFLICTING;
+            c.word |= newLane << shift;
+            return 0;
+        }
+    }
+
+    /// @dev Writes the cursor's slot back if a reading went into it.
+    function _flush(Cursor memory c) private {
+        if (c.key != type(uint256).max && c.word != c.stored) _ring[c.key] = c.word;
+    }
+
+    /// @dev One registry call for every meter of the batch.
+    function _meterRecords(uint256 base, uint256 n) private view returns (uint256[] memory) {
+        address[] memory meters = new address[](n);
+        assembly ("memory-safe") {
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                mstore(add(meters, shl(5, add(i, 1))), shr(96, calldataload(add(base, mul(i, 100)))))
+            }
+        }
+        return registry.meterStatesOf(meters);
     }
 
     /// @inheritdoc IMeterReadings
@@ -193,6 +215,23 @@ contract MeterReadings is EIP712, IMeterReadings {
         present = new bool[](n);
         for (uint256 i = 0; i < n; ++i) {
             (importWh[i], exportWh[i], present[i]) = _lane(intervalId, indices[i]);
+        }
+    }
+
+    /// @inheritdoc IMeterReadings
+    function meteredOf(uint64 intervalId, uint32[] calldata indices) external view returns (uint256[] memory metered) {
+        uint256 n = indices.length;
+        metered = new uint256[](n);
+        uint256 ring = (uint256(intervalId) % readingWindowIntervals) << 32;
+        unchecked {
+            for (uint256 i = 0; i < n; ++i) {
+                uint256 index = indices[i];
+                uint256 word = _ring[ring | (index / LANES)];
+                if (word >> 192 != intervalId) continue; // never written, or reused by a later interval
+                uint256 lane = (word >> ((index % LANES) * 64)) & LANE_MASK;
+                if (lane & PRESENT == 0) continue;
+                metered[i] = (1 << 128) | ((lane & type(uint32).max) << 64) | ((lane >> 32) & MAX_WH);
+            }
         }
     }
 

@@ -86,6 +86,12 @@ interface IMeterReadings {
         pure
         returns (bytes memory);
 
+    /// @notice Readings of several participants for one interval in one word each, as settlement reads
+    /// them: present (bit 128) | exportWh (bits 64..127) | importWh (bits 0..63); zero when absent.
+    /// @param intervalId The interval.
+    /// @param indices Participant indices.
+    function meteredOf(uint64 intervalId, uint32[] calldata indices) external view returns (uint256[] memory metered);
+
     /// @notice EIP-712 digest a meter signs for a reading.
     function readingDigest(address meter, uint64 intervalId, uint64 importWh, uint64 exportWh)
         external

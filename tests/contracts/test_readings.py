@@ -44,6 +44,12 @@ def test_submit_readings_stores_values(ledger: Any, parts: Any) -> None:
         [1500, 0, 0],
         [True, False, True],
     )
+    # the one-word form settlement reads: present (bit 128) | exportWh << 64 | importWh
+    assert list(ledger.readings.meteredOf(i, idx)) == [
+        (1 << 128) | (1500 << 64) | 10,
+        0,
+        (1 << 128) | 900,
+    ]
 
 
 def test_submit_identical_reading_counts_once(ledger: Any, parts: Any) -> None:
