@@ -2,7 +2,6 @@
 pragma solidity 0.8.28;
 
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {CompactSignature} from "./libraries/CompactSignature.sol";
 import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
 import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
 
@@ -16,12 +15,6 @@ contract MeterReadings is EIP712, IMeterReadings {
     uint256 public constant RETENTION_SECONDS = 6 hours;
 
     bytes32 internal constant ORACLE_ROLE = keccak256("ORACLE_ROLE");
-    uint8 internal constant BAD_SIGNATURE = 1;
-    uint8 internal constant UNKNOWN_METER = 2;
-    uint8 internal constant INACTIVE = 3;
-    uint8 internal constant CONFLICTING = 4;
-    uint8 internal constant VALUE_TOO_LARGE = 5;
-    uint8 internal constant IDENTICAL = type(uint8).max;
     uint256 internal constant READING_SIZE = 100;
     uint256 internal constant LANES = 3;
     uint64 internal constant MAX_WH = (1 << 31) - 1;
@@ -42,18 +35,6 @@ contract MeterReadings is EIP712, IMeterReadings {
     // overwritten by newer ones and are no longer readable; submissions for them are rejected.
     mapping(uint256 ringKey => uint256 slot) private _ring;
 
-    /// @dev A batch while it is submitted: calldata position, the registry's word per meter, the EIP-712
-    /// domain, the interval's ring position, and the ring slot being filled (key, value as stored, value).
-    struct Cursor {
-        uint256 base;
-        uint256[] records;
-        bytes32 domain;
-        uint256 ring;
-        uint256 key;
-        uint256 stored;
-        uint256 word;
-    }
-
     /// @param registry_ The participant registry (roles, meters).
     /// @param intervalSeconds_ Interval length in seconds.
     constructor(IParticipantRegistry registry_, uint64 intervalSeconds_) EIP712("tegrid MeterReadings", "1") {
@@ -65,9 +46,9 @@ contract MeterReadings is EIP712, IMeterReadings {
     }
 
     /// @inheritdoc IMeterReadings
-    /// @dev Packed calldata, one registry call for the batch's meters, the ecrecover precompile, and each
-    /// ring slot read and written once per run of readings that share it (oracle batches come sorted by
-    /// participant, so three consecutive readings usually do).
+    /// @dev Packed calldata, one registry call for the batch's meters, then one assembly loop: digest,
+    /// ecrecover precompile (EIP-2098, low s), the checks, the ring lane, the event. A ring slot is read
+    /// and written once per run of readings sharing it (oracle batches come sorted by participant).
     function submitReadings(uint64 intervalId, bytes calldata readings) external returns (uint256 accepted) {
         if (!registry.hasRole(ORACLE_ROLE, msg.sender)) revert MeterReadingsNotOracle(msg.sender);
         if (readings.length % READING_SIZE != 0) revert MeterReadingsMalformedCalldata(readings.length);
@@ -77,108 +58,122 @@ contract MeterReadings is EIP712, IMeterReadings {
         if (uint256(intervalId) + readingWindowIntervals <= current) {
             revert MeterReadingsIntervalTooOld(intervalId, uint64(current - readingWindowIntervals + 1));
         }
+        uint256 base;
+        assembly ("memory-safe") {
+            base := readings.offset
+        }
         uint256 n = readings.length / READING_SIZE;
-        Cursor memory c;
-        assembly ("memory-safe") {
-            mstore(c, readings.offset)
-        }
-        c.records = _meterRecords(c.base, n);
-        c.domain = _domainSeparatorV4();
-        c.ring = (uint256(intervalId) % readingWindowIntervals) << 32;
-        c.key = type(uint256).max;
-        unchecked {
-            for (uint256 i = 0; i < n; ++i) {
-                if (_submitOne(c, intervalId, i)) ++accepted;
-            }
-        }
-        _flush(c);
+        uint256[] memory records = _meterRecords(base, n);
+        uint256[] memory ctx = new uint256[](10);
+        (ctx[0], ctx[1], ctx[2]) = (uint256(READING_TYPEHASH), uint256(_domainSeparatorV4()), intervalId);
+        ctx[3] = (uint256(intervalId) % readingWindowIntervals) << 32;
+        (ctx[4], ctx[5]) = (uint256(ReadingSubmitted.selector), uint256(ReadingRejected.selector));
+        ctx[6] = type(uint256).max; // no ring slot loaded yet
+        accepted = _submitAll(base, n, records, ctx);
     }
 
-    /// @dev One reading: stored and announced, rejected with its reason, or ignored when identical.
-    function _submitOne(Cursor memory c, uint64 intervalId, uint256 i) private returns (bool) {
-        unchecked {
-            uint256 rp = c.base + i * READING_SIZE;
-            address meter;
-            uint256 importWh;
-            uint256 exportWh;
-            assembly ("memory-safe") {
-                meter := shr(96, calldataload(rp))
-                importWh := shr(192, calldataload(add(rp, 20)))
-                exportWh := shr(192, calldataload(add(rp, 28)))
-            }
-            uint8 reason = _check(c, intervalId, rp, i);
-            if (reason == 0) reason = _store(c, intervalId, c.records[i] & type(uint32).max, importWh, exportWh);
-            if (reason == 0) {
-                emit ReadingSubmitted(meter, intervalId, uint64(importWh), uint64(exportWh));
-                return true;
-            }
-            if (reason != IDENTICAL) emit ReadingRejected(meter, intervalId, reason);
-            return false;
-        }
-    }
-
-    /// @dev Signature, registration, active flag and value range of the reading at calldata position rp.
-    function _check(Cursor memory c, uint64 intervalId, uint256 rp, uint256 i) private view returns (uint8) {
-        bytes32 digest;
-        bytes32 r;
-        bytes32 vs;
-        address meter;
-        uint256 values;
-        bytes32 typeHash = READING_TYPEHASH;
-        bytes32 domain = c.domain;
-        assembly ("memory-safe") {
-            let m := mload(0x40)
-            meter := shr(96, calldataload(rp))
-            mstore(m, typeHash)
-            mstore(add(m, 0x20), meter)
-            mstore(add(m, 0x40), intervalId)
-            mstore(add(m, 0x60), shr(192, calldataload(add(rp, 20))))
-            mstore(add(m, 0x80), shr(192, calldataload(add(rp, 28))))
-            values := or(mload(add(m, 0x60)), mload(add(m, 0x80)))
-            let structHash := keccak256(m, 0xa0)
-            mstore(m, hex"1901")
-            mstore(add(m, 0x02), domain)
-            mstore(add(m, 0x22), structHash)
-            digest := keccak256(m, 0x42)
-            r := calldataload(add(rp, 36))
-            vs := calldataload(add(rp, 68))
-        }
-        address signer = CompactSignature.recover(digest, r, vs);
-        if (signer == address(0) || signer != meter) return BAD_SIGNATURE;
-        uint256 record = c.records[i];
-        if (record & (1 << 33) == 0) return UNKNOWN_METER;
-        if (record & (1 << 32) == 0) return INACTIVE;
-        if (values > MAX_WH) return VALUE_TOO_LARGE; // the larger of the two has the highest bit
-        return 0;
-    }
-
-    /// @dev Puts the reading into its ring lane; 0 when stored, CONFLICTING or IDENTICAL otherwise.
-    function _store(Cursor memory c, uint64 intervalId, uint256 index, uint256 importWh, uint256 exportWh)
+    /// @dev The per-reading loop. Reasons as in {IMeterReadings}; 255 = identical resubmission (silent).
+    /// ctx words: typeHash, domain, intervalId, ring position << 32, the two event topics, then the ring
+    /// slot being filled: key, storage slot, value as stored, value.
+    function _submitAll(uint256 base, uint256 n, uint256[] memory records, uint256[] memory ctx)
         private
-        returns (uint8)
+        returns (uint256 accepted)
     {
-        unchecked {
-            uint256 key = c.ring | (index / LANES);
-            if (key != c.key) {
-                _flush(c);
-                uint256 stored = _ring[key];
-                c.key = key;
-                c.stored = stored;
-                // a slot still holding an older interval (window intervals back) starts empty
-                c.word = stored >> 192 == intervalId ? stored : uint256(intervalId) << 192;
+        assembly ("memory-safe") {
+            let m := mload(0x40) // scratch, never allocated
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                let rp := add(base, mul(i, 100))
+                let meter := shr(96, calldataload(rp))
+                let reason := 1 // BAD_SIGNATURE unless the signature recovers to meter
+                {
+                    let digest
+                    {
+                        mstore(m, mload(add(ctx, 0x20)))
+                        mstore(add(m, 0x20), meter)
+                        mstore(add(m, 0x40), mload(add(ctx, 0x60)))
+                        mstore(add(m, 0x60), shr(192, calldataload(add(rp, 20))))
+                        mstore(add(m, 0x80), shr(192, calldataload(add(rp, 28))))
+                        let structHash := keccak256(m, 0xa0)
+                        mstore(m, hex"1901")
+                        mstore(add(m, 0x02), mload(add(ctx, 0x40)))
+                        mstore(add(m, 0x22), structHash)
+                        digest := keccak256(m, 0x42)
+                    }
+                    let vs := calldataload(add(rp, 68))
+                    let s := and(vs, 0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff)
+                    if iszero(gt(s, 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0)) {
+                        mstore(m, digest)
+                        mstore(add(m, 0x20), add(shr(255, vs), 27))
+                        mstore(add(m, 0x40), calldataload(add(rp, 36)))
+                        mstore(add(m, 0x60), s)
+                        if staticcall(gas(), 1, m, 0x80, m, 0x20) {
+                            if returndatasize() {
+                                if and(eq(mload(m), meter), iszero(iszero(meter))) { reason := 0 }
+                            }
+                        }
+                    }
+                }
+                let record := mload(add(records, shl(5, add(i, 1))))
+                let importWh := shr(192, calldataload(add(rp, 20)))
+                let exportWh := shr(192, calldataload(add(rp, 28)))
+                if iszero(reason) {
+                    reason := 2 // UNKNOWN_METER
+                    if and(record, shl(33, 1)) {
+                        reason := 3 // INACTIVE
+                        if and(record, shl(32, 1)) {
+                            reason := 5 // VALUE_TOO_LARGE: one of the two above 2^31 - 1
+                            if iszero(gt(or(importWh, exportWh), 0x7fffffff)) { reason := 0 }
+                        }
+                    }
+                }
+                if iszero(reason) {
+                    let index := and(record, 0xffffffff)
+                    let key := or(mload(add(ctx, 0x80)), div(index, 3))
+                    if iszero(eq(key, mload(add(ctx, 0xe0)))) {
+                        if iszero(eq(mload(add(ctx, 0x140)), mload(add(ctx, 0x120)))) {
+                            sstore(mload(add(ctx, 0x100)), mload(add(ctx, 0x140)))
+                        }
+                        mstore(0x00, key)
+                        mstore(0x20, _ring.slot)
+                        let slot := keccak256(0x00, 0x40)
+                        mstore(add(ctx, 0xe0), key)
+                        mstore(add(ctx, 0x100), slot)
+                        let stored := sload(slot)
+                        mstore(add(ctx, 0x120), stored)
+                        // a slot still holding an older interval (window intervals back) starts empty
+                        let iv := mload(add(ctx, 0x60))
+                        switch eq(shr(192, stored), iv)
+                        case 1 { mstore(add(ctx, 0x140), stored) }
+                        default { mstore(add(ctx, 0x140), shl(192, iv)) }
+                    }
+                    let word := mload(add(ctx, 0x140))
+                    let shift := mul(mod(index, 3), 64)
+                    let lane := and(shr(shift, word), 0xffffffffffffffff)
+                    let newLane := or(or(shl(63, 1), shl(32, importWh)), exportWh)
+                    switch lane
+                    case 0 { mstore(add(ctx, 0x140), or(word, shl(shift, newLane))) }
+                    default {
+                        reason := 4 // CONFLICTING
+                        if eq(lane, newLane) { reason := 255 }
+                    }
+                }
+                switch reason
+                case 0 {
+                    accepted := add(accepted, 1)
+                    mstore(m, importWh)
+                    mstore(add(m, 0x20), exportWh)
+                    log3(m, 0x40, mload(add(ctx, 0xa0)), meter, mload(add(ctx, 0x60)))
+                }
+                case 255 {}
+                default {
+                    mstore(m, reason)
+                    log3(m, 0x20, mload(add(ctx, 0xc0)), meter, mload(add(ctx, 0x60)))
+                }
             }
-            uint256 shift = (index % LANES) * 64;
-            uint256 lane = (c.word >> shift) & LANE_MASK;
-            uint256 newLane = PRESENT | (importWh << 32) | exportWh;
-            if (lane != 0) return lane == newLane ? IDENTICAL : CONFLICTING;
-            c.word |= newLane << shift;
-            return 0;
+            if iszero(eq(mload(add(ctx, 0x140)), mload(add(ctx, 0x120)))) {
+                sstore(mload(add(ctx, 0x100)), mload(add(ctx, 0x140)))
+            }
         }
-    }
-
-    /// @dev Writes the cursor's slot back if a reading went into it.
-    function _flush(Cursor memory c) private {
-        if (c.key != type(uint256).max && c.word != c.stored) _ring[c.key] = c.word;
     }
 
     /// @dev One registry call for every meter of the batch.
