@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {CompactSignature} from "./libraries/CompactSignature.sol";
 import {IEnergyMarket} from "./interfaces/IEnergyMarket.sol";
 import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
 import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
@@ -29,7 +30,19 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     uint8 internal constant BUY = 1;
     uint256 internal constant LANE_MASK = type(uint64).max;
     uint256 internal constant CANCELLED = type(uint64).max;
-    uint256 internal constant RECORD_SIZE = 224; // one ABI-encoded TradeRecord: 7 words
+    uint256 internal constant ORDER_SIZE = 153; // packed signed order, see IEnergyMarket
+    uint256 internal constant TRADE_SIZE = 29; // packed trade
+    uint256 internal constant RECORD_SIZE = 104; // packed trade record (what settle needs)
+    uint8 internal constant FIELD_ORDERS = 0;
+    uint8 internal constant FIELD_TRADES = 1;
+    uint8 internal constant FIELD_RECORDS = 2;
+    uint8 internal constant FIELD_PARTIES = 3;
+    uint8 internal constant FIELD_POSITIONS = 4;
+    uint256 internal constant USED = 1 << 255;
+    uint256 internal constant U32 = type(uint32).max;
+    uint256 internal constant U64 = type(uint64).max;
+    uint256 internal constant U96 = type(uint96).max;
+    uint256 internal constant U128 = type(uint128).max;
 
     IERC20 public immutable token;
     IParticipantRegistry public immutable registry;
@@ -48,32 +61,27 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     // One commitment per recorded batch instead of storage per trade; settle re-supplies the trades.
     mapping(uint64 intervalId => mapping(uint256 batchIndex => bytes32)) private _commitments;
 
-    /// @dev Per-trader totals of an interval during settlement.
-    struct Party {
-        address wallet;
-        uint32 index;
-        uint256 soldWh;
-        uint256 boughtWh;
-        uint256 exportWh;
-        uint256 importWh;
-        uint256 credit;
-        uint256 unlock;
-    }
-
-    /// @dev Hashes of a batch computed before the attestation check.
-    struct BatchHashes {
-        bytes32[] orderHashes;
+    /// @dev A batch while it is recorded: hashes first (the attestation covers ids and verdicts), then
+    /// one word per order: remaining Wh (bits 0..63) | filled by this batch (64..127) | registry index
+    /// (128..159) | verified (bit 255); states: the registry's word per trader. Words instead of structs keep memory small.
+    struct Batch {
+        uint256 obase; // calldata position of the packed orders
+        bytes32[] digests;
         bytes32[] ids;
-        uint8[] verdicts;
-        uint256 approved;
+        uint256[] verdicts;
+        uint256[] work;
+        uint256[] states;
     }
 
-    /// @dev Per-order state while a batch is recorded.
-    struct Fills {
-        bool[] used;
-        uint64[] remaining;
-        uint64[] delta;
-        uint32[] index;
+    /// @dev An interval while it is settled: per party its totals (see `_aggregate`), readings, and what its
+    /// balance gains (credit) and releases from escrow (unlock).
+    struct Settlement {
+        uint256 pbase; // calldata position of the packed parties
+        uint256 np; // number of parties
+        uint256[] totals;
+        uint256[] metered;
+        uint256[] credit;
+        uint256[] unlock;
     }
 
     /// @param token_ Any ERC-20 used for payment.
@@ -90,6 +98,10 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         registry = registry_;
         readings = readings_;
         intervalSeconds = readings_.intervalSeconds();
+        // settlement must fall well inside the readings window (older readings get overwritten)
+        if (2 * uint256(settlementDelaySeconds_) > uint256(readings_.readingWindowIntervals()) * intervalSeconds) {
+            revert MarketInvalidConfig();
+        }
         settlementDelaySeconds = settlementDelaySeconds_;
     }
 
@@ -126,65 +138,122 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     // ------------------------------------------------------------------ recording
 
     /// @inheritdoc IEnergyMarket
+    /// @dev Packed calldata instead of ABI struct arrays: no decoder loops, no per-order memory structs
+    /// (one word per order); signatures through the ecrecover precompile (EIP-2098, low s); the batch's
+    /// traders read from the registry in one call.
     function recordTrades(
         uint64 intervalId,
-        SignedOrder[] calldata orders,
-        Trade[] calldata trades,
+        bytes calldata orders,
+        bytes calldata trades,
         bytes32 evidenceHash,
         bytes calldata validatorSignature
     ) external returns (bytes32 commitment) {
         if (!registry.hasRole(MARKET_OPERATOR_ROLE, msg.sender)) revert MarketNotOperator(msg.sender);
-        uint256 n = trades.length;
-        if (n == 0) revert MarketEmptyBatch();
+        if (trades.length == 0) revert MarketEmptyBatch();
+        if (trades.length % TRADE_SIZE != 0) revert MarketMalformedCalldata(FIELD_TRADES, trades.length);
+        if (orders.length == 0 || orders.length % ORDER_SIZE != 0) {
+            revert MarketMalformedCalldata(FIELD_ORDERS, orders.length);
+        }
         IntervalState storage st = _intervals[intervalId];
         if (st.settled) revert MarketIntervalSettled(intervalId);
 
-        BatchHashes memory h = _hashBatch(orders, trades, st.lastTradeId);
-        _checkAttestation(intervalId, h.ids, h.verdicts, evidenceHash, validatorSignature);
-        commitment = _recordApproved(intervalId, orders, trades, h);
+        Batch memory bt;
+        (bt.obase, bt.digests) = _orderDigests(orders);
+        uint256 approved = _tradeIds(trades, bt, st.lastTradeId);
+        _checkAttestation(intervalId, bt.ids, bt.verdicts, evidenceHash, validatorSignature);
+        bt.states = _traderStates(bt.obase, bt.digests.length);
+        bt.work = new uint256[](bt.digests.length);
+        commitment = _recordApproved(intervalId, _cdPtr(trades), bt, approved);
         uint32 batchIndex = st.batchCount;
         _commitments[intervalId][batchIndex] = commitment;
-        st.lastTradeId = h.ids[n - 1];
+        st.lastTradeId = bt.ids[bt.ids.length - 1];
         st.batchCount = batchIndex + 1;
-        st.approvedCount += uint32(h.approved);
-        emit BatchRecorded(intervalId, batchIndex, commitment, uint32(h.approved), evidenceHash);
+        st.approvedCount += uint32(approved);
+        emit BatchRecorded(intervalId, batchIndex, commitment, uint32(approved), evidenceHash);
     }
 
-    /// @dev Order digests, trade ids and verdicts of a batch; checks that the ids ascend past `last`.
-    function _hashBatch(SignedOrder[] calldata orders, Trade[] calldata trades, bytes32 last)
-        private
-        view
-        returns (BatchHashes memory h)
-    {
-        uint256 n = trades.length;
-        uint256 m = orders.length;
-        h.orderHashes = new bytes32[](m);
-        for (uint256 o = 0; o < m; ++o) {
-            h.orderHashes[o] = _orderDigest(orders[o].order);
+    /// @dev EIP-712 digest of every packed order.
+    function _orderDigests(bytes calldata orders) private view returns (uint256 obase, bytes32[] memory digests) {
+        obase = _cdPtr(orders);
+        uint256 m = orders.length / ORDER_SIZE;
+        bytes32 domain = _domainSeparatorV4();
+        bytes32 typeHash = ORDER_TYPEHASH;
+        digests = new bytes32[](m);
+        assembly ("memory-safe") {
+            let buf := mload(0x40)
+            mstore(buf, typeHash)
+            for { let o := 0 } lt(o, m) { o := add(o, 1) } {
+                let op := add(obase, mul(o, 153))
+                let w0 := calldataload(op)
+                let w1 := calldataload(add(op, 29))
+                let w2 := calldataload(add(op, 61))
+                mstore(add(buf, 0x20), shr(96, w0)) // trader
+                mstore(add(buf, 0x40), and(shr(88, w0), 0xff)) // side
+                mstore(add(buf, 0x60), and(shr(24, w0), 0xffffffffffffffff)) // intervalId
+                mstore(add(buf, 0x80), shr(192, w1)) // energyWh
+                mstore(add(buf, 0xa0), and(shr(64, w1), 0xffffffffffffffffffffffffffffffff)) // pricePerKWh
+                mstore(add(buf, 0xc0), and(w1, 0xffffffffffffffff)) // nonce
+                mstore(add(buf, 0xe0), shr(192, w2)) // expiry
+                mstore(add(buf, 0x100), and(shr(32, w2), 0xffffffffffffffffffffffffffffffffffffffff)) // counterparty
+                let structHash := keccak256(buf, 0x120)
+                mstore(add(buf, 0x120), hex"1901")
+                mstore(add(buf, 0x122), domain)
+                mstore(add(buf, 0x142), structHash)
+                mstore(add(digests, shl(5, add(o, 1))), keccak256(add(buf, 0x120), 0x42))
+            }
         }
-        h.ids = new bytes32[](n);
-        h.verdicts = new uint8[](n);
-        for (uint256 i = 0; i < n; ++i) {
-            Trade calldata t = trades[i];
-            if (t.sellOrder >= m) revert MarketOrderIndexOutOfRange(t.sellOrder);
-            if (t.buyOrder >= m) revert MarketOrderIndexOutOfRange(t.buyOrder);
-            bytes32 id = keccak256(abi.encode(h.orderHashes[t.sellOrder], h.orderHashes[t.buyOrder]));
-            if (id <= last) revert MarketTradeOutOfOrder(id, last);
-            last = id;
-            h.ids[i] = id;
-            h.verdicts[i] = t.verdict;
-            if (t.verdict == 0) ++h.approved;
+    }
+
+    /// @dev Trade ids and verdicts of a batch; checks order indices and that the ids ascend past `last`.
+    function _tradeIds(bytes calldata trades, Batch memory bt, bytes32 last) private pure returns (uint256 approved) {
+        unchecked {
+            uint256 n = trades.length / TRADE_SIZE;
+            uint256 m = bt.digests.length;
+            uint256 tbase = _cdPtr(trades);
+            bytes32[] memory digests = bt.digests;
+            bytes32[] memory ids = new bytes32[](n);
+            uint256[] memory verdicts = new uint256[](n);
+            for (uint256 i = 0; i < n; ++i) {
+                uint256 w;
+                assembly ("memory-safe") {
+                    w := calldataload(add(tbase, mul(i, 29)))
+                }
+                (uint256 so, uint256 bo) = (w >> 240, (w >> 224) & 0xffff);
+                if (so >= m) revert MarketOrderIndexOutOfRange(so);
+                if (bo >= m) revert MarketOrderIndexOutOfRange(bo);
+                bytes32 id;
+                assembly ("memory-safe") {
+                    mstore(0x00, mload(add(digests, shl(5, add(so, 1)))))
+                    mstore(0x20, mload(add(digests, shl(5, add(bo, 1)))))
+                    id := keccak256(0x00, 0x40)
+                    mstore(add(ids, shl(5, add(i, 1))), id)
+                    mstore(add(verdicts, shl(5, add(i, 1))), and(shr(24, w), 0xff))
+                }
+                if (id <= last) revert MarketTradeOutOfOrder(id, last);
+                last = id;
+                if ((w >> 24) & 0xff == 0) ++approved;
+            }
+            (bt.ids, bt.verdicts) = (ids, verdicts);
         }
     }
 
     function _checkAttestation(
         uint64 intervalId,
         bytes32[] memory ids,
-        uint8[] memory verdicts,
+        uint256[] memory verdicts,
         bytes32 evidenceHash,
         bytes calldata signature
     ) private view {
-        bytes32 digest = _attestationDigest(intervalId, ids, verdicts, evidenceHash);
+        // EIP-712 arrays: keccak256 of the 32-byte elements, hashed where they lie in memory
+        bytes32 idsHash;
+        bytes32 verdictsHash;
+        assembly ("memory-safe") {
+            idsHash := keccak256(add(ids, 32), shl(5, mload(ids)))
+            verdictsHash := keccak256(add(verdicts, 32), shl(5, mload(verdicts)))
+        }
+        bytes32 digest = _hashTypedDataV4(
+            keccak256(abi.encode(ATTESTATION_TYPEHASH, intervalId, idsHash, verdictsHash, evidenceHash))
+        );
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, signature);
         if (err != ECDSA.RecoverError.NoError) signer = address(0);
         if (signer == address(0) || !registry.hasRole(VALIDATOR_ROLE, signer)) {
@@ -192,266 +261,441 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
     }
 
+    /// @dev One registry call for every trader of the batch.
+    function _traderStates(uint256 obase, uint256 m) private view returns (uint256[] memory) {
+        unchecked {
+            address[] memory traders = new address[](m);
+            assembly ("memory-safe") {
+                for { let o := 0 } lt(o, m) { o := add(o, 1) } {
+                    mstore(add(traders, shl(5, add(o, 1))), shr(96, calldataload(add(obase, mul(o, 153)))))
+                }
+            }
+            return registry.statesOf(traders);
+        }
+    }
+
     /// @dev Vetoes are only announced; approved trades are checked, filled, escrowed and committed.
     /// Each order is verified (signature, expiry, interval, active trader, cancellation) on first use and
     /// its fill lane written once at the end, however many trades it is in.
-    function _recordApproved(
-        uint64 intervalId,
-        SignedOrder[] calldata orders,
-        Trade[] calldata trades,
-        BatchHashes memory h
-    ) private returns (bytes32 commitment) {
-        Fills memory f;
-        f.used = new bool[](orders.length);
-        f.remaining = new uint64[](orders.length);
-        f.delta = new uint64[](orders.length);
-        f.index = new uint32[](orders.length);
-        bytes memory buf = new bytes(h.approved * RECORD_SIZE);
-        uint256 k;
-        for (uint256 i = 0; i < trades.length; ++i) {
-            if (h.verdicts[i] != 0) {
-                emit TradeVetoed(h.ids[i], h.verdicts[i]);
-                continue;
+    function _recordApproved(uint64 intervalId, uint256 tbase, Batch memory bt, uint256 approved)
+        private
+        returns (bytes32 commitment)
+    {
+        unchecked {
+            bytes memory buf = new bytes(approved * RECORD_SIZE);
+            uint256 out;
+            assembly ("memory-safe") {
+                out := add(buf, 32)
             }
-            _recordOne(intervalId, orders, trades[i], h, i, f);
-            _writeRecord(buf, k++, h.ids[i], orders, trades[i], f);
+            uint256 n = bt.ids.length;
+            for (uint256 i = 0; i < n; ++i) {
+                uint256 verdict = bt.verdicts[i];
+                if (verdict != 0) {
+                    emit TradeVetoed(bt.ids[i], uint8(verdict));
+                    continue;
+                }
+                _recordOne(intervalId, tbase + i * TRADE_SIZE, bt, bt.ids[i], out);
+                out += RECORD_SIZE;
+            }
+            uint256 m = bt.work.length;
+            uint256[] memory work = bt.work;
+            for (uint256 o = 0; o < m; ++o) {
+                uint256 w;
+                assembly ("memory-safe") {
+                    w := mload(add(work, shl(5, add(o, 1))))
+                }
+                if (w & USED != 0) _commitFill(bt.obase + o * ORDER_SIZE, (w >> 64) & U64);
+            }
+            commitment = keccak256(buf);
         }
-        for (uint256 o = 0; o < orders.length; ++o) {
-            if (f.used[o]) _commitFill(orders[o].order, f.delta[o]);
-        }
-        commitment = keccak256(buf);
     }
 
-    function _recordOne(
-        uint64 intervalId,
-        SignedOrder[] calldata orders,
-        Trade calldata t,
-        BatchHashes memory h,
-        uint256 i,
-        Fills memory f
-    ) private {
-        bytes32 id = h.ids[i];
-        Order calldata s = orders[t.sellOrder].order;
-        Order calldata b = orders[t.buyOrder].order;
-        if (s.side != SELL) revert MarketOrderWrongSide(id, SELL);
-        if (b.side != BUY) revert MarketOrderWrongSide(id, BUY);
-        if (s.trader == b.trader) revert MarketSelfTrade(id);
-        if (t.energyWh == 0) revert MarketZeroTradeAmount(id);
-        if (t.pricePerKWh < s.pricePerKWh || t.pricePerKWh > b.pricePerKWh) {
-            revert MarketPriceOutOfRange(id, t.pricePerKWh);
+    function _recordOne(uint64 intervalId, uint256 tp, Batch memory bt, bytes32 id, uint256 out) private {
+        unchecked {
+            uint256 w;
+            assembly ("memory-safe") {
+                w := calldataload(tp)
+            }
+            // trade word: sellOrder (bits 240..255) | buyOrder (224..239) | energyWh (160..223) |
+            // pricePerKWh (32..159) | verdict (24..31)
+            (address seller, address buyer) = _checkPair(id, bt.obase, w);
+            _fill(intervalId, bt, w >> 240, id, (w >> 160) & U64);
+            _fill(intervalId, bt, (w >> 224) & 0xffff, id, (w >> 160) & U64);
+            _lockEscrow(buyer, (w >> 160) & U64, (w >> 32) & U128);
+            emit TradeRecorded(id, seller, buyer, uint64(w >> 160), uint128(w >> 32));
+            // the 104-byte trade record: id | seller | buyer | sellerIndex | buyerIndex | energyWh | price
+            uint256[] memory work = bt.work;
+            assembly ("memory-safe") {
+                let si := and(shr(128, mload(add(work, shl(5, add(shr(240, w), 1))))), 0xffffffff)
+                let bi := and(shr(128, mload(add(work, shl(5, add(and(shr(224, w), 0xffff), 1))))), 0xffffffff)
+                mstore(out, id)
+                mstore(add(out, 32), shl(96, seller))
+                mstore(add(out, 52), shl(96, buyer))
+                mstore(add(out, 72), or(or(shl(224, si), shl(192, bi)), shr(64, shl(32, w))))
+            }
         }
-        if (s.counterparty != address(0) && s.counterparty != b.trader) {
-            revert MarketCounterpartyMismatch(s.trader, s.nonce, s.counterparty);
+    }
+
+    function _lockEscrow(address buyer, uint256 energyWh, uint256 price) private {
+        uint256 escrow = (energyWh * price + 999) / 1000;
+        Account memory acc = _accounts[buyer];
+        if (acc.available < escrow) revert MarketInsufficientBalance(buyer, acc.available, escrow);
+        _accounts[buyer] = Account(acc.available - uint128(escrow), acc.locked + uint128(escrow));
+    }
+
+    /// @dev The checks of a trade that need no state: sides, self-trade, amount, price, counterparties.
+    function _checkPair(bytes32 id, uint256 obase, uint256 w) private pure returns (address seller, address buyer) {
+        unchecked {
+            uint256 sp = obase + (w >> 240) * ORDER_SIZE;
+            uint256 bp = obase + ((w >> 224) & 0xffff) * ORDER_SIZE;
+            uint256 price = (w >> 32) & U128;
+            uint256 s0;
+            uint256 b0;
+            uint256 sellLimit;
+            uint256 buyLimit;
+            assembly ("memory-safe") {
+                s0 := calldataload(sp)
+                b0 := calldataload(bp)
+                sellLimit := and(shr(64, calldataload(add(sp, 29))), 0xffffffffffffffffffffffffffffffff)
+                buyLimit := and(shr(64, calldataload(add(bp, 29))), 0xffffffffffffffffffffffffffffffff)
+            }
+            (seller, buyer) = (address(uint160(s0 >> 96)), address(uint160(b0 >> 96)));
+            if ((s0 >> 88) & 0xff != SELL) revert MarketOrderWrongSide(id, SELL);
+            if ((b0 >> 88) & 0xff != BUY) revert MarketOrderWrongSide(id, BUY);
+            if (seller == buyer) revert MarketSelfTrade(id);
+            if ((w >> 160) & U64 == 0) revert MarketZeroTradeAmount(id);
+            if (price < sellLimit || price > buyLimit) {
+                revert MarketPriceOutOfRange(id, uint128(price));
+            }
+            _checkCounterparty(sp, buyer);
+            _checkCounterparty(bp, seller);
         }
-        if (b.counterparty != address(0) && b.counterparty != s.trader) {
-            revert MarketCounterpartyMismatch(b.trader, b.nonce, b.counterparty);
+    }
+
+    function _checkCounterparty(uint256 op, address other) private pure {
+        unchecked {
+            address counterparty;
+            assembly ("memory-safe") {
+                counterparty := and(shr(32, calldataload(add(op, 61))), 0xffffffffffffffffffffffffffffffffffffffff)
+            }
+            if (counterparty != address(0) && counterparty != other) {
+                revert MarketCounterpartyMismatch(address(uint160(_word(op) >> 96)), uint64(_word(op + 29)), counterparty);
+            }
         }
-        if (!f.used[t.sellOrder]) _useOrder(intervalId, orders[t.sellOrder], h.orderHashes[t.sellOrder], id, t.sellOrder, f);
-        if (!f.used[t.buyOrder]) _useOrder(intervalId, orders[t.buyOrder], h.orderHashes[t.buyOrder], id, t.buyOrder, f);
-        _take(s, t.sellOrder, t.energyWh, f);
-        _take(b, t.buyOrder, t.energyWh, f);
-        uint256 escrow = _escrow(t.energyWh, t.pricePerKWh);
-        Account memory acc = _accounts[b.trader];
-        if (acc.available < escrow) revert MarketInsufficientBalance(b.trader, acc.available, escrow);
-        _accounts[b.trader] = Account(acc.available - uint128(escrow), acc.locked + uint128(escrow));
-        emit TradeRecorded(id, s.trader, b.trader, t.energyWh, t.pricePerKWh);
+    }
+
+    /// @dev Verifies order `o` on its first use in the batch, then takes `energyWh` of what is left of it.
+    function _fill(uint64 intervalId, Batch memory bt, uint256 o, bytes32 id, uint256 energyWh) private view {
+        unchecked {
+            uint256[] memory work = bt.work;
+            uint256 w;
+            assembly ("memory-safe") {
+                w := mload(add(work, shl(5, add(o, 1))))
+            }
+            if (w & USED == 0) w = _useOrder(intervalId, bt, o, id);
+            uint256 remaining = w & U64;
+            if (energyWh > remaining) {
+                uint256 op = bt.obase + o * ORDER_SIZE;
+                revert MarketOrderOverfilled(address(uint160(_word(op) >> 96)), uint64(_word(op + 29)), uint64(remaining));
+            }
+            // remaining -= energyWh; filled-by-this-batch += energyWh (cannot carry: both stay below 2^64)
+            assembly ("memory-safe") {
+                mstore(add(work, shl(5, add(o, 1))), add(sub(w, energyWh), shl(64, energyWh)))
+            }
+        }
     }
 
     /// @dev First use of an order in a batch: interval, expiry, signature, active trader, fill state.
-    function _useOrder(
-        uint64 intervalId,
-        SignedOrder calldata so,
-        bytes32 digest,
-        bytes32 tradeId,
-        uint256 o,
-        Fills memory f
-    ) private view {
-        Order calldata order = so.order;
-        if (order.intervalId != intervalId) revert MarketOrderIntervalMismatch(tradeId, order.intervalId);
-        if (block.timestamp > order.expiry) revert MarketOrderExpired(order.trader, order.nonce, order.expiry);
-        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, so.r, so.vs);
-        if (err != ECDSA.RecoverError.NoError || signer != order.trader) {
-            revert MarketInvalidOrderSignature(order.trader, order.nonce);
+    function _useOrder(uint64 intervalId, Batch memory bt, uint256 o, bytes32 tradeId) private view returns (uint256) {
+        unchecked {
+            uint256 op = bt.obase + o * ORDER_SIZE;
+            uint256 w0;
+            uint256 w1;
+            uint256 expiry;
+            bytes32 r;
+            bytes32 vs;
+            assembly ("memory-safe") {
+                w0 := calldataload(op)
+                w1 := calldataload(add(op, 29))
+                expiry := shr(192, calldataload(add(op, 61)))
+                r := calldataload(add(op, 89))
+                vs := calldataload(add(op, 121))
+            }
+            address trader = address(uint160(w0 >> 96));
+            uint64 nonce = uint64(w1);
+            if (uint64(w0 >> 24) != intervalId) revert MarketOrderIntervalMismatch(tradeId, uint64(w0 >> 24));
+            if (block.timestamp > expiry) revert MarketOrderExpired(trader, nonce, uint64(expiry));
+            bytes32 digest;
+            bytes32[] memory digests = bt.digests;
+            assembly ("memory-safe") {
+                digest := mload(add(digests, shl(5, add(o, 1))))
+            }
+            address signer = CompactSignature.recover(digest, r, vs);
+            if (signer == address(0) || signer != trader) revert MarketInvalidOrderSignature(trader, nonce);
+            uint256 state = bt.states[o];
+            if (state & (1 << 32) == 0) revert MarketParticipantInactive(trader);
+            uint256 filled = (_fills[trader][nonce >> 2] >> ((uint256(nonce) & 3) * 64)) & LANE_MASK;
+            if (filled == CANCELLED) revert MarketOrderCancelled(trader, nonce);
+            uint256 energyWh = w1 >> 192;
+            return USED | ((state & U32) << 128) | (filled >= energyWh ? 0 : energyWh - filled);
         }
-        (bool active, uint32 index) = registry.stateOf(order.trader);
-        if (!active) revert MarketParticipantInactive(order.trader);
-        uint256 filled = (_fills[order.trader][order.nonce >> 2] >> ((uint256(order.nonce) & 3) * 64)) & LANE_MASK;
-        if (filled == CANCELLED) revert MarketOrderCancelled(order.trader, order.nonce);
-        f.remaining[o] = filled >= order.energyWh ? 0 : uint64(order.energyWh - filled);
-        f.index[o] = index;
-        f.used[o] = true;
-    }
-
-    function _take(Order calldata order, uint256 o, uint64 energyWh, Fills memory f) private pure {
-        uint64 remaining = f.remaining[o];
-        if (energyWh > remaining) revert MarketOrderOverfilled(order.trader, order.nonce, remaining);
-        f.remaining[o] = remaining - energyWh;
-        f.delta[o] += energyWh;
     }
 
     /// @dev Adds a batch's fills to the (trader, nonce) lane; re-checks against the lane as stored, which
     /// also catches two orders of one batch sharing a nonce.
-    function _commitFill(Order calldata order, uint64 delta) private {
-        (uint256 word, uint256 shift) = (order.nonce >> 2, (uint256(order.nonce) & 3) * 64);
-        uint256 lanes = _fills[order.trader][word];
-        uint256 filled = (lanes >> shift) & LANE_MASK;
-        if (filled + delta > order.energyWh) {
-            revert MarketOrderOverfilled(order.trader, order.nonce, filled >= order.energyWh ? 0 : uint64(order.energyWh - filled));
-        }
-        _fills[order.trader][word] = lanes + (uint256(delta) << shift);
-    }
-
-    /// @dev Appends the 7-word ABI encoding of the trade's TradeRecord to the commitment buffer.
-    function _writeRecord(
-        bytes memory buf,
-        uint256 k,
-        bytes32 id,
-        SignedOrder[] calldata orders,
-        Trade calldata t,
-        Fills memory f
-    ) private pure {
-        address seller = orders[t.sellOrder].order.trader;
-        address buyer = orders[t.buyOrder].order.trader;
-        uint256 si = f.index[t.sellOrder];
-        uint256 bi = f.index[t.buyOrder];
-        uint256 energyWh = t.energyWh;
-        uint256 price = t.pricePerKWh;
-        assembly ("memory-safe") {
-            let ptr := add(add(buf, 32), mul(k, 224))
-            mstore(ptr, id)
-            mstore(add(ptr, 32), seller)
-            mstore(add(ptr, 64), buyer)
-            mstore(add(ptr, 96), si)
-            mstore(add(ptr, 128), bi)
-            mstore(add(ptr, 160), energyWh)
-            mstore(add(ptr, 192), price)
+    function _commitFill(uint256 op, uint256 delta) private {
+        unchecked {
+            (uint256 w0, uint256 w1) = (_word(op), _word(op + 29));
+            address trader = address(uint160(w0 >> 96));
+            uint64 nonce = uint64(w1);
+            uint256 energyWh = w1 >> 192;
+            (uint256 slot, uint256 shift) = (nonce >> 2, (uint256(nonce) & 3) * 64);
+            uint256 lanes = _fills[trader][slot];
+            uint256 filled = (lanes >> shift) & LANE_MASK;
+            if (filled + delta > energyWh) {
+                revert MarketOrderOverfilled(trader, nonce, filled >= energyWh ? 0 : uint64(energyWh - filled));
+            }
+            _fills[trader][slot] = lanes + (delta << shift);
         }
     }
 
     // ------------------------------------------------------------------ settlement
 
     /// @inheritdoc IEnergyMarket
-    function settle(
-        uint64 intervalId,
-        TradeRecord[][] calldata batches,
-        address[] calldata parties,
-        uint32[] calldata positions
-    ) external {
+    /// @dev Per party three memory words (totals, credit, unlock) instead of an 8-word struct; one balance
+    /// write per party.
+    function settle(uint64 intervalId, bytes[] calldata batches, bytes calldata parties, bytes calldata positions)
+        external
+    {
         IntervalState storage st = _intervals[intervalId];
         if (st.settled) revert MarketIntervalSettled(intervalId);
         uint256 nb = st.batchCount;
         if (nb == 0) revert MarketIntervalNotRecorded(intervalId);
         if (batches.length != nb) revert MarketBatchCountMismatch(intervalId, nb, batches.length);
         for (uint256 b = 0; b < nb; ++b) {
-            if (_hashRecords(batches[b]) != _commitments[intervalId][b]) {
+            bytes calldata batch = batches[b];
+            if (batch.length % RECORD_SIZE != 0) revert MarketMalformedCalldata(FIELD_RECORDS, batch.length);
+            if (_hashCalldata(batch) != _commitments[intervalId][b]) {
                 revert MarketBatchCommitmentMismatch(intervalId, b);
             }
         }
-        if (positions.length != 2 * uint256(st.approvedCount)) {
-            revert MarketPositionsMismatch(2 * uint256(st.approvedCount), positions.length);
+        if (positions.length % 2 != 0) revert MarketMalformedCalldata(FIELD_POSITIONS, positions.length);
+        if (positions.length / 2 != 2 * uint256(st.approvedCount)) {
+            revert MarketPositionsMismatch(2 * uint256(st.approvedCount), positions.length / 2);
         }
-        for (uint256 p = 1; p < parties.length; ++p) {
-            if (parties[p] <= parties[p - 1]) revert MarketPartiesNotSorted(p);
-        }
+        if (parties.length % 20 != 0) revert MarketMalformedCalldata(FIELD_PARTIES, parties.length);
+        _checkSorted(parties);
         st.settled = true;
 
-        Party[] memory ps = _aggregate(batches, parties, positions);
-        _loadReadings(intervalId, ps);
-        uint256 j;
+        Settlement memory z;
+        z.pbase = _cdPtr(parties);
+        z.np = parties.length / 20;
+        _aggregate(z, batches, _cdPtr(positions));
+        _loadReadings(intervalId, z);
+        z.credit = new uint256[](z.np);
+        z.unlock = new uint256[](z.np);
+        uint256 pos = _cdPtr(positions);
         for (uint256 b = 0; b < nb; ++b) {
-            TradeRecord[] calldata batch = batches[b];
-            for (uint256 i = 0; i < batch.length; ++i) {
-                _settleOne(batch[i], ps[positions[j]], ps[positions[j + 1]]);
-                j += 2;
+            bytes calldata batch = batches[b];
+            uint256 rp = _cdPtr(batch);
+            for (uint256 end = rp + batch.length; rp < end; rp += RECORD_SIZE) {
+                _settleOne(z, rp, pos);
+                pos += 4;
             }
         }
-        for (uint256 p = 0; p < ps.length; ++p) {
-            Party memory party = ps[p];
-            Account storage acc = _accounts[party.wallet];
-            (uint128 available, uint128 locked) = (acc.available, acc.locked);
-            (acc.available, acc.locked) = (available + uint128(party.credit), locked - uint128(party.unlock));
-        }
-        emit IntervalSettled(intervalId, uint32(j / 2));
+        _pay(z);
+        emit IntervalSettled(intervalId, st.approvedCount);
     }
 
-    /// @dev keccak256 of a committed batch straight from calldata (the records are static 7-word structs).
-    function _hashRecords(TradeRecord[] calldata batch) private pure returns (bytes32 h) {
+    function _checkSorted(bytes calldata parties) private pure {
+        unchecked {
+            uint256 np = parties.length / 20;
+            uint256 pbase = _cdPtr(parties);
+            uint256 prev;
+            for (uint256 p = 0; p < np; ++p) {
+                uint256 a;
+                assembly ("memory-safe") {
+                    a := shr(96, calldataload(add(pbase, mul(p, 20))))
+                }
+                if (p > 0 && a <= prev) revert MarketPartiesNotSorted(p);
+                prev = a;
+            }
+        }
+    }
+
+    /// @dev The record at calldata position rp, its parties' positions at calldata position pos.
+    function _settleOne(Settlement memory z, uint256 rp, uint256 pos) private {
+        unchecked {
+            uint256 tail; // sellerIndex | buyerIndex | energyWh | pricePerKWh
+            uint256 s;
+            uint256 y;
+            bytes32 id;
+            assembly ("memory-safe") {
+                tail := calldataload(add(rp, 72))
+                let p := calldataload(pos)
+                s := shr(240, p)
+                y := and(shr(224, p), 0xffff)
+                id := calldataload(rp)
+            }
+            (uint256 num, uint256 den) = _ratio(z, s, y);
+            (uint256 energyWh, uint256 price) = ((tail >> 128) & U64, tail & U128);
+            uint256 delivered = (energyWh * num) / den;
+            uint256 escrow = (energyWh * price + 999) / 1000;
+            uint256 paid = (delivered * price) / 1000;
+            assembly ("memory-safe") {
+                // z: pbase, np, totals, metered, credit (at 0x80), unlock (at 0xa0)
+                let credit := mload(add(z, 0x80))
+                let unlock := mload(add(z, 0xa0))
+                let cs := add(credit, shl(5, add(s, 1)))
+                mstore(cs, add(mload(cs), paid))
+                let cy := add(credit, shl(5, add(y, 1)))
+                mstore(cy, add(mload(cy), sub(escrow, paid)))
+                let uy := add(unlock, shl(5, add(y, 1)))
+                mstore(uy, add(mload(uy), escrow))
+            }
+            emit TradeSettled(id, uint64(delivered), paid, escrow - paid);
+        }
+    }
+
+    /// @dev min(r_seller, r_buyer) as a fraction, r = min(1, metered / contracted) for each side.
+    function _ratio(Settlement memory z, uint256 s, uint256 y) private pure returns (uint256 num, uint256 den) {
+        unchecked {
+            (uint256[] memory totals, uint256[] memory metered) = (z.totals, z.metered);
+            uint256 sold;
+            uint256 bought;
+            uint256 exported;
+            uint256 imported;
+            assembly ("memory-safe") {
+                sold := and(mload(add(totals, shl(5, add(s, 1)))), 0xffffffffffffffffffffffff)
+                bought := and(shr(96, mload(add(totals, shl(5, add(y, 1))))), 0xffffffffffffffffffffffff)
+                exported := and(shr(64, mload(add(metered, shl(5, add(s, 1))))), 0xffffffffffffffff)
+                imported := and(mload(add(metered, shl(5, add(y, 1)))), 0xffffffffffffffff)
+            }
+            (num, den) = (1, 1);
+            if (exported < sold) (num, den) = (exported, sold);
+            if (imported < bought && imported * den < num * bought) (num, den) = (imported, bought);
+        }
+    }
+
+    /// @dev One balance write per party: credit to available, unlock from locked.
+    function _pay(Settlement memory z) private {
+        (uint256[] memory credit, uint256[] memory unlock) = (z.credit, z.unlock);
+        for (uint256 p = 0; p < z.np; ++p) {
+            address wallet;
+            uint256 c;
+            uint256 u;
+            uint256 pbase = z.pbase;
+            assembly ("memory-safe") {
+                wallet := shr(96, calldataload(add(pbase, mul(p, 20))))
+                c := mload(add(credit, shl(5, add(p, 1))))
+                u := mload(add(unlock, shl(5, add(p, 1))))
+            }
+            Account memory acc = _accounts[wallet];
+            _accounts[wallet] = Account(acc.available + uint128(c), acc.locked - uint128(u));
+        }
+    }
+
+    /// @dev totals per party: sold Wh (bits 0..95) | bought Wh (96..191) | registry index (192..223) |
+    /// seen (255). Checks every position hint against the record's address and that every party trades.
+    function _aggregate(Settlement memory z, bytes[] calldata batches, uint256 pos) private pure {
+        unchecked {
+            z.totals = new uint256[](z.np);
+            for (uint256 b = 0; b < batches.length; ++b) {
+                bytes calldata batch = batches[b];
+                uint256 rp = _cdPtr(batch);
+                for (uint256 end = rp + batch.length; rp < end; rp += RECORD_SIZE) {
+                    _addRecord(z, rp, pos);
+                    pos += 4;
+                }
+            }
+            uint256[] memory totals = z.totals;
+            for (uint256 p = 0; p < z.np; ++p) {
+                if (totals[p] & USED == 0) revert MarketPartyUnused(_party(z.pbase, p));
+            }
+        }
+    }
+
+    function _addRecord(Settlement memory z, uint256 rp, uint256 pos) private pure {
+        unchecked {
+            uint256 tail;
+            uint256 p;
+            uint256 seller;
+            uint256 buyer;
+            assembly ("memory-safe") {
+                tail := calldataload(add(rp, 72))
+                p := calldataload(pos)
+                seller := shr(96, calldataload(add(rp, 32)))
+                buyer := shr(96, calldataload(add(rp, 52)))
+            }
+            uint256 energyWh = (tail >> 128) & U64;
+            uint256 s = _position(z, p >> 240, seller);
+            uint256 y = _position(z, (p >> 224) & 0xffff, buyer);
+            uint256[] memory totals = z.totals;
+            // sums of at most 2^32 amounts below 2^64 stay below 2^96: the lanes never carry
+            assembly ("memory-safe") {
+                let ts := add(totals, shl(5, add(s, 1)))
+                mstore(ts, or(or(add(mload(ts), energyWh), USED), shl(192, shr(224, tail))))
+                let ty := add(totals, shl(5, add(y, 1)))
+                mstore(ty, or(or(add(mload(ty), shl(96, energyWh)), USED), shl(192, and(shr(192, tail), 0xffffffff))))
+            }
+        }
+    }
+
+    function _position(Settlement memory z, uint256 pos, uint256 wallet) private pure returns (uint256) {
+        unchecked {
+            if (pos >= z.np || uint160(_party(z.pbase, pos)) != wallet) revert MarketPartyMissing(address(uint160(wallet)));
+            return pos;
+        }
+    }
+
+    /// @dev Readings of every party: metered = present (bit 128) | exportWh (bits 64..127) | importWh (0..63).
+    function _loadReadings(uint64 intervalId, Settlement memory z) private view {
+        unchecked {
+            uint256 np = z.np;
+            uint32[] memory indices = new uint32[](np);
+            uint256[] memory totals = z.totals;
+            for (uint256 p = 0; p < np; ++p) {
+                indices[p] = uint32(totals[p] >> 192);
+            }
+            uint256[] memory metered = readings.meteredOf(intervalId, indices);
+            z.metered = metered;
+            for (uint256 p = 0; p < np; ++p) {
+                if (metered[p] >> 128 == 0) {
+                    uint256 deadline = _deadline(intervalId);
+                    if (block.timestamp < deadline) revert MarketSettlementNotReady(intervalId, deadline);
+                    break;
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ packed calldata access
+
+    /// @dev The 32 bytes at calldata position ptr.
+    function _word(uint256 ptr) private pure returns (uint256 w) {
         assembly ("memory-safe") {
-            let len := mul(batch.length, 224)
+            w := calldataload(ptr)
+        }
+    }
+
+    function _cdPtr(bytes calldata data) private pure returns (uint256 p) {
+        assembly ("memory-safe") {
+            p := data.offset
+        }
+    }
+
+    function _party(uint256 pbase, uint256 p) private pure returns (address a) {
+        assembly ("memory-safe") {
+            a := shr(96, calldataload(add(pbase, mul(p, 20))))
+        }
+    }
+
+    function _hashCalldata(bytes calldata data) private pure returns (bytes32 h) {
+        assembly ("memory-safe") {
             let ptr := mload(0x40)
-            calldatacopy(ptr, batch.offset, len)
-            h := keccak256(ptr, len)
+            calldatacopy(ptr, data.offset, data.length)
+            h := keccak256(ptr, data.length)
         }
-    }
-
-    function _aggregate(TradeRecord[][] calldata batches, address[] calldata parties, uint32[] calldata positions)
-        private
-        pure
-        returns (Party[] memory ps)
-    {
-        ps = new Party[](parties.length);
-        uint256 j;
-        for (uint256 b = 0; b < batches.length; ++b) {
-            TradeRecord[] calldata batch = batches[b];
-            for (uint256 i = 0; i < batch.length; ++i) {
-                TradeRecord calldata t = batch[i];
-                Party memory seller = _party(ps, parties, positions[j], t.seller);
-                seller.index = t.sellerIndex;
-                seller.soldWh += t.energyWh;
-                Party memory buyer = _party(ps, parties, positions[j + 1], t.buyer);
-                buyer.index = t.buyerIndex;
-                buyer.boughtWh += t.energyWh;
-                j += 2;
-            }
-        }
-        for (uint256 p = 0; p < ps.length; ++p) {
-            if (ps[p].wallet == address(0)) revert MarketPartyUnused(parties[p]);
-        }
-    }
-
-    function _party(Party[] memory ps, address[] calldata parties, uint256 pos, address wallet)
-        private
-        pure
-        returns (Party memory party)
-    {
-        if (pos >= parties.length || parties[pos] != wallet) revert MarketPartyMissing(wallet);
-        party = ps[pos];
-        party.wallet = wallet;
-    }
-
-    function _loadReadings(uint64 intervalId, Party[] memory ps) private view {
-        uint32[] memory indices = new uint32[](ps.length);
-        for (uint256 p = 0; p < ps.length; ++p) {
-            indices[p] = ps[p].index;
-        }
-        (uint64[] memory importWh, uint64[] memory exportWh, bool[] memory present) =
-            readings.readingsOf(intervalId, indices);
-        bool complete = true;
-        for (uint256 p = 0; p < ps.length; ++p) {
-            ps[p].importWh = importWh[p];
-            ps[p].exportWh = exportWh[p];
-            if (!present[p]) complete = false;
-        }
-        uint256 deadline = _deadline(intervalId);
-        if (!complete && block.timestamp < deadline) revert MarketSettlementNotReady(intervalId, deadline);
-    }
-
-    function _settleOne(TradeRecord calldata t, Party memory seller, Party memory buyer) private {
-        // r = min(1, metered / contracted) for each side, as a fraction; take the smaller one.
-        (uint256 num, uint256 den) = (1, 1);
-        if (seller.exportWh < seller.soldWh) (num, den) = (seller.exportWh, seller.soldWh);
-        if (buyer.importWh < buyer.boughtWh && buyer.importWh * den < num * buyer.boughtWh) {
-            (num, den) = (buyer.importWh, buyer.boughtWh);
-        }
-        uint256 energyWh = t.energyWh;
-        uint256 price = t.pricePerKWh;
-        uint256 delivered = (energyWh * num) / den;
-        uint256 escrow = (energyWh * price + 999) / 1000;
-        uint256 paid = (delivered * price) / 1000;
-        seller.credit += paid;
-        buyer.credit += escrow - paid;
-        buyer.unlock += escrow;
-        emit TradeSettled(t.tradeId, uint64(delivered), paid, escrow - paid);
     }
 
     // ------------------------------------------------------------------ views and hashing
@@ -497,6 +741,22 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         bytes32 evidenceHash
     ) external view returns (bytes32) {
         return _attestationDigest(intervalId, tradeIds, verdicts, evidenceHash);
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function packOrder(Order calldata o, bytes32 r, bytes32 vs) external pure returns (bytes memory) {
+        return abi.encodePacked(
+            o.trader, o.side, o.intervalId, o.energyWh, o.pricePerKWh, o.nonce, o.expiry, o.counterparty, r, vs
+        );
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function packTrade(uint16 sellOrder, uint16 buyOrder, uint64 energyWh, uint128 pricePerKWh, uint8 verdict)
+        external
+        pure
+        returns (bytes memory)
+    {
+        return abi.encodePacked(sellOrder, buyOrder, energyWh, pricePerKWh, verdict);
     }
 
     /// @inheritdoc IEnergyMarket

@@ -103,6 +103,24 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     }
 
     /// @inheritdoc IParticipantRegistry
+    function statesOf(address[] calldata wallets) external view returns (uint256[] memory states) {
+        states = new uint256[](wallets.length);
+        for (uint256 i = 0; i < wallets.length; ++i) {
+            Participant storage p = _participants[wallets[i]];
+            states[i] = uint256(p.index) | (p.active ? 1 << 32 : 0);
+        }
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function meterStatesOf(address[] calldata meters) external view returns (uint256[] memory records) {
+        records = new uint256[](meters.length);
+        for (uint256 i = 0; i < meters.length; ++i) {
+            MeterRecord storage m = _meters[meters[i]];
+            if (m.wallet != address(0)) records[i] = uint256(m.index) | (m.active ? 1 << 32 : 0) | (1 << 33);
+        }
+    }
+
+    /// @inheritdoc IParticipantRegistry
     function participantCount() external view returns (uint32) {
         return _count;
     }

@@ -1,28 +1,129 @@
-"""Builders for the calldata of EnergyMarket and MeterReadings batches (no chain access).
+"""The one encoder of EnergyMarket and MeterReadings batch calldata (no chain access).
 
-Used by the market operator, the oracle, the keeper, the benchmark and the contract tests, so every
-caller builds the exact tuples the contracts expect:
+The contracts take packed calldata (big-endian fixed-width fields, no ABI padding; the byte layouts
+are documented in ``contracts/interfaces/IEnergyMarket.sol`` and ``IMeterReadings.sol``). Every
+caller - market operator, oracle, keeper, demo, benchmarks, contract tests - builds them here:
 
-- :class:`CandidateTrade` -> ``Trade`` tuple (``recordTrades``), ``TradeRecord`` tuple (``settle``);
-- :func:`sort_by_trade_id` (the market requires ascending trade ids within an interval);
-- :func:`attest` (validator signature over a batch), :func:`settle_parties`, :func:`signed_reading`.
+- :func:`record_args` -> ``recordTrades(intervalId, orders, trades, evidenceHash, signature)``:
+  every distinct signed order once (153 bytes each), the trades by order index (29 bytes each);
+- :meth:`CandidateTrade.record` / :func:`pack_record` -> the 104-byte trade record a batch commits
+  to (:func:`commitment`) and ``settle`` takes again; :func:`settle_args` -> its other arguments;
+- :func:`signed_reading` -> one 100-byte reading of ``submitReadings(intervalId, readings)``;
+- :func:`record_trades_calldata`, :func:`settle_calldata`, :func:`submit_readings_calldata`: the
+  whole transaction data, for callers that send raw calldata;
+- :func:`sort_by_trade_id` (ascending trade ids within an interval) and :func:`attest` (the
+  validator's signature over a batch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
 
 from backend.chain import eip712
+
+# Byte sizes of the packed records (field widths in IEnergyMarket.sol / IMeterReadings.sol):
+# order: trader 20 | side 1 | intervalId 8 | energyWh 8 | pricePerKWh 16 | nonce 8 | expiry 8 |
+#        counterparty 20 | r 32 | vs 32
+# trade: sellOrder 2 | buyOrder 2 | energyWh 8 | pricePerKWh 16 | verdict 1
+# record: tradeId 32 | seller 20 | buyer 20 | sellerIndex 4 | buyerIndex 4 | energyWh 8 |
+#         pricePerKWh 16
+# reading: meter 20 | importWh 8 | exportWh 8 | r 32 | vs 32
+ORDER_SIZE = 153
+TRADE_SIZE = 29
+RECORD_SIZE = 104
+READING_SIZE = 100
+
+RECORD_TRADES_SIGNATURE = "recordTrades(uint64,bytes,bytes,bytes32,bytes)"
+SETTLE_SIGNATURE = "settle(uint64,bytes[],bytes,bytes)"
+SUBMIT_READINGS_SIGNATURE = "submitReadings(uint64,bytes)"
+
+
+def _selector(signature: str) -> bytes:
+    return bytes(function_signature_to_4byte_selector(signature))
+
+
+def _address(value: Any) -> bytes:
+    text = str(value) if value else "0x" + "00" * 20
+    return bytes.fromhex(text[2:] if text.startswith("0x") else text).rjust(20, b"\x00")
+
+
+def _int(value: int, size: int) -> bytes:
+    return int(value).to_bytes(size, "big")
+
+
+def pack_order(order: dict[str, Any], signature: tuple[bytes, bytes]) -> bytes:
+    """153-byte packed signed order (the EIP-712 Order fields, then r and vs)."""
+    trader, side, interval, energy, price, nonce, expiry, counterparty = eip712.order_tuple(order)
+    r, vs = signature
+    return b"".join(
+        (
+            _address(trader), _int(side, 1), _int(interval, 8), _int(energy, 8),
+            _int(price, 16), _int(nonce, 8), _int(expiry, 8), _address(counterparty),
+            bytes(r).rjust(32, b"\x00"), bytes(vs).rjust(32, b"\x00"),
+        )
+    )  # fmt: skip
+
+
+def pack_trade(
+    sell_order: int, buy_order: int, energy_wh: int, price_per_kwh: int, verdict: int
+) -> bytes:
+    """29-byte packed trade: indices into the batch's orders, amount, price, verdict."""
+    return (
+        _int(sell_order, 2) + _int(buy_order, 2) + _int(energy_wh, 8)
+        + _int(price_per_kwh, 16) + _int(verdict, 1)
+    )  # fmt: skip
+
+
+def pack_record(
+    trade_id: bytes,
+    seller: str,
+    buyer: str,
+    seller_index: int,
+    buyer_index: int,
+    energy_wh: int,
+    price_per_kwh: int,
+) -> bytes:
+    """104-byte trade record of an approved trade, as the batch commitment covers it."""
+    return (
+        bytes(trade_id) + _address(seller) + _address(buyer) + _int(seller_index, 4)
+        + _int(buyer_index, 4) + _int(energy_wh, 8) + _int(price_per_kwh, 16)
+    )  # fmt: skip
+
+
+class TradeRecord(NamedTuple):
+    """A decoded 104-byte trade record."""
+
+    trade_id: bytes
+    seller: str
+    buyer: str
+    seller_index: int
+    buyer_index: int
+    energy_wh: int
+    price_per_kwh: int
+
+
+def unpack_record(record: bytes) -> TradeRecord:
+    if len(record) != RECORD_SIZE:
+        raise ValueError(f"a trade record is {RECORD_SIZE} bytes, not {len(record)}")
+    return TradeRecord(
+        record[:32],
+        to_checksum_address(record[32:52]),
+        to_checksum_address(record[52:72]),
+        int.from_bytes(record[72:76], "big"),
+        int.from_bytes(record[76:80], "big"),
+        int.from_bytes(record[80:88], "big"),
+        int.from_bytes(record[88:104], "big"),
+    )
 
 
 @dataclass
 class CandidateTrade:
-    """Sell and buy order (dicts, Solidity field names), their signatures, amount and price."""
+    """Sell and buy order (dicts, Solidity field names), compact signatures, amount and price."""
 
     sell: dict[str, Any]
     buy: dict[str, Any]
@@ -45,11 +146,9 @@ class CandidateTrade:
     def trade_id(self, chain_id: int, market: str) -> bytes:
         return eip712.trade_id(*self.order_hashes(chain_id, market))
 
-    def record(
-        self, chain_id: int, market: str, seller_index: int, buyer_index: int
-    ) -> tuple[Any, ...]:
-        """The ``TradeRecord`` tuple the batch commitment covers (approved trades only)."""
-        return (
+    def record(self, chain_id: int, market: str, seller_index: int, buyer_index: int) -> bytes:
+        """The 104-byte trade record the batch commitment covers (approved trades only)."""
+        return pack_record(
             self.trade_id(chain_id, market),
             eip712.order_message(self.sell)["trader"],
             eip712.order_message(self.buy)["trader"],
@@ -60,44 +159,72 @@ class CandidateTrade:
         )
 
 
-def record_args(
-    trades: Sequence[CandidateTrade], chain_id: int, market: str
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """``(orders, trades)`` arguments of ``recordTrades``: every distinct signed order once, and the
-    trades as (sellOrder, buyOrder, energyWh, pricePerKWh, verdict) with indices into ``orders``."""
-    orders: list[tuple[Any, ...]] = []
-    position: dict[tuple[bytes, bytes, bytes], int] = {}
-    rows: list[tuple[Any, ...]] = []
+def record_args(trades: Sequence[CandidateTrade]) -> tuple[bytes, bytes]:
+    """``(orders, trades)`` arguments of ``recordTrades``: every distinct signed order once (153
+    bytes each, in order of first use) and the trades (29 bytes each) indexing into ``orders``."""
+    position: dict[bytes, int] = {}
+    orders: list[bytes] = []
+    rows: list[bytes] = []
     for t in trades:
         idx = []
-        hashes = t.order_hashes(chain_id, market)
-        for order, sig, h in ((t.sell, t.sell_sig, hashes[0]), (t.buy, t.buy_sig, hashes[1])):
-            key = (h, sig[0], sig[1])
-            if key not in position:
-                position[key] = len(orders)
-                orders.append((eip712.order_tuple(order), sig[0], sig[1]))
-            idx.append(position[key])
-        rows.append((idx[0], idx[1], t.energy_wh, t.price_per_kwh, t.verdict))
-    return orders, rows
+        for order, sig in ((t.sell, t.sell_sig), (t.buy, t.buy_sig)):
+            packed = pack_order(order, sig)
+            if packed not in position:
+                position[packed] = len(orders)
+                orders.append(packed)
+            idx.append(position[packed])
+        rows.append(pack_trade(idx[0], idx[1], t.energy_wh, t.price_per_kwh, t.verdict))
+    if len(orders) > 0xFFFF:
+        raise ValueError("a batch holds at most 65,535 distinct orders")
+    return b"".join(orders), b"".join(rows)
 
 
-RECORD_ABI_TYPE = "(bytes32,address,address,uint32,uint32,uint64,uint128)"
+def record_trades_calldata(
+    interval_id: int, orders: bytes, trades: bytes, evidence_hash: bytes, signature: bytes
+) -> bytes:
+    """Transaction data of ``recordTrades``."""
+    return _selector(RECORD_TRADES_SIGNATURE) + abi_encode(
+        ["uint64", "bytes", "bytes", "bytes32", "bytes"],
+        [interval_id, orders, trades, evidence_hash, signature],
+    )
 
 
-def commitment(records: Sequence[tuple[Any, ...]]) -> bytes:
-    """A batch commitment: keccak256 of the approved TradeRecords, each ABI-encoded (7 words)."""
-    return keccak(b"".join(abi_encode([RECORD_ABI_TYPE], [r]) for r in records))
+def commitment(records: Sequence[bytes]) -> bytes:
+    """A batch commitment: keccak256 of its approved trades' 104-byte records, concatenated."""
+    return keccak(b"".join(records))
 
 
-def settle_args(record_batches: Sequence[Sequence[tuple[Any, ...]]]) -> tuple[list[str], list[int]]:
-    """``(parties, positions)`` arguments of ``settle`` for the interval's committed batches."""
-    parties = settle_parties([r for b in record_batches for r in b])
+def settle_parties(records: Iterable[bytes]) -> list[str]:
+    """Every seller and buyer of the records, strictly ascending by address (for ``settle``)."""
+    wallets: set[str] = set()
+    for r in records:
+        rec = unpack_record(r)
+        wallets |= {rec.seller, rec.buyer}
+    return sorted(wallets, key=lambda a: int(a, 16))
+
+
+def settle_args(record_batches: Sequence[Sequence[bytes]]) -> tuple[list[bytes], bytes, bytes]:
+    """``(batches, parties, positions)`` arguments of ``settle`` for an interval's committed batches
+    (each batch: its approved trades' records in batch order)."""
+    parties = settle_parties(r for b in record_batches for r in b)
+    if len(parties) > 0xFFFF:
+        raise ValueError("an interval settles at most 65,535 parties")
     where = {a: i for i, a in enumerate(parties)}
-    positions: list[int] = []
+    positions = bytearray()
     for batch in record_batches:
         for r in batch:
-            positions += [where[str(r[1])], where[str(r[2])]]
-    return parties, positions
+            rec = unpack_record(r)
+            positions += _int(where[rec.seller], 2) + _int(where[rec.buyer], 2)
+    packed_parties = b"".join(_address(a) for a in parties)
+    return [b"".join(b) for b in record_batches], packed_parties, bytes(positions)
+
+
+def settle_calldata(interval_id: int, record_batches: Sequence[Sequence[bytes]]) -> bytes:
+    """Transaction data of ``settle``."""
+    batches, parties, positions = settle_args(record_batches)
+    return _selector(SETTLE_SIGNATURE) + abi_encode(
+        ["uint64", "bytes[]", "bytes", "bytes"], [interval_id, batches, parties, positions]
+    )
 
 
 def sign_order(
@@ -134,11 +261,12 @@ def attest(
     return eip712.sign_typed_data(validator_key, doc)
 
 
-def settle_parties(records: Iterable[tuple[Any, ...]]) -> list[str]:
-    """Every seller and buyer of the records, strictly ascending by address (for ``settle``)."""
-    rows = list(records)
-    wallets = {str(r[1]) for r in rows} | {str(r[2]) for r in rows}
-    return sorted(wallets, key=lambda a: int(a, 16))
+def pack_reading(meter: str, import_wh: int, export_wh: int, r: bytes, vs: bytes) -> bytes:
+    """100-byte packed signed reading."""
+    return (
+        _address(meter) + _int(import_wh, 8) + _int(export_wh, 8)
+        + bytes(r).rjust(32, b"\x00") + bytes(vs).rjust(32, b"\x00")
+    )  # fmt: skip
 
 
 def signed_reading(
@@ -149,10 +277,22 @@ def signed_reading(
     interval_id: int,
     import_wh: int,
     export_wh: int,
-) -> tuple[Any, ...]:
-    """The ``SignedReading`` tuple of ``submitReadings``, signed by the meter key."""
+) -> bytes:
+    """One packed reading of ``submitReadings``, signed by the meter key."""
     doc = eip712.reading_typed_data(
         chain_id, readings_address, meter, interval_id, import_wh, export_wh
     )
     r, vs = eip712.sign_compact(meter_key, doc)
-    return (doc["message"]["meter"], import_wh, export_wh, r, vs)
+    return pack_reading(doc["message"]["meter"], import_wh, export_wh, r, vs)
+
+
+def readings_arg(readings: Iterable[bytes]) -> bytes:
+    """The ``readings`` argument of ``submitReadings``: packed readings concatenated."""
+    return b"".join(readings)
+
+
+def submit_readings_calldata(interval_id: int, readings: Iterable[bytes]) -> bytes:
+    """Transaction data of ``submitReadings``."""
+    return _selector(SUBMIT_READINGS_SIGNATURE) + abi_encode(
+        ["uint64", "bytes"], [interval_id, readings_arg(readings)]
+    )

@@ -131,7 +131,7 @@ def naive_pipeline(
                 int(t["pricePerKWh"]),
             )
             sig = batches.attest(ANVIL_KEYS[0], cid, market.address, iv, [trade], EVIDENCE)
-            order_args, rows = batches.record_args([trade], cid, market.address)
+            order_args, rows = batches.record_args([trade])
             client.transact(market.functions.recordTrades(iv, order_args, rows, EVIDENCE, sig))
             end = (iv + 1) * interval_seconds
             w3.provider.make_request("evm_setNextBlockTimestamp", [end])  # type: ignore[arg-type]
@@ -140,10 +140,9 @@ def naive_pipeline(
                 reading = batches.signed_reading(
                     who["meter_key"], cid, readings.address, who["meter"], iv, imp, exp
                 )
-                client.transact(readings.functions.submitReadings(iv, [reading]))
+                client.transact(readings.functions.submitReadings(iv, reading))
             record = trade.record(cid, market.address, seller["index"], buyer["index"])
-            settle_parties, positions = batches.settle_args([[record]])
-            client.transact(market.functions.settle(iv, [[record]], settle_parties, positions))
+            client.transact(market.functions.settle(iv, *batches.settle_args([[record]])))
             settled += 1
         wall_s = time.perf_counter() - t0
     finally:

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 from web3.exceptions import Web3RPCError
 
-from backend.chain.batches import settle_parties
+from backend.chain import batches as encoder
 from backend.chain.client import ChainClient
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.errors import LedgerError
@@ -29,7 +28,6 @@ from backend.errors import TegridError
 
 log = logging.getLogger("tegrid.keeper")
 
-TRADE_RECORD_TYPE = "(bytes32,address,address,uint32,uint32,uint64,uint128)"
 TRADE_RECORDED = keccak(text="TradeRecorded(bytes32,address,address,uint64,uint128)")
 BATCH_RECORDED = keccak(text="BatchRecorded(uint64,uint32,bytes32,uint32,bytes32)")
 INTERVAL_SETTLED = keccak(text="IntervalSettled(uint64,uint32)")
@@ -45,26 +43,15 @@ class IntervalBook:
     """What the keeper knows of one interval's recorded batches."""
 
     interval_id: int
-    batches: dict[int, list[tuple[Any, ...]]] = field(default_factory=dict)  # index -> TradeRecords
+    batches: dict[int, list[bytes]] = field(default_factory=dict)  # index -> packed trade records
     commitments: dict[int, bytes] = field(default_factory=dict)
     settled: bool = False
 
-    def ordered_batches(self) -> list[list[tuple[Any, ...]]]:
+    def ordered_batches(self) -> list[list[bytes]]:
         return [self.batches[i] for i in sorted(self.batches)]
 
-    def records(self) -> list[tuple[Any, ...]]:
+    def records(self) -> list[bytes]:
         return [r for batch in self.ordered_batches() for r in batch]
-
-
-def commitment_of(records: list[tuple[Any, ...]]) -> bytes:
-    """The batch commitment as the market computes it: keccak256 of the concatenated 7-word
-    ABI encodings of the approved TradeRecords."""
-    return keccak(b"".join(abi_encode([TRADE_RECORD_TYPE], [r]) for r in records))
-
-
-def legacy_commitment_of(records: list[tuple[Any, ...]]) -> bytes:
-    """``keccak256(abi.encode(TradeRecord[]))``: the first market version's commitment."""
-    return keccak(abi_encode([f"{TRADE_RECORD_TYPE}[]"], [records]))
 
 
 class SettlementKeeper:
@@ -111,7 +98,7 @@ class SettlementKeeper:
             self._next_block = to_block + 1
 
     def _apply_logs(self, logs: list[Any]) -> None:
-        pending: dict[bytes, list[tuple[Any, ...]]] = {}  # tx hash -> TradeRecords not yet batched
+        pending: dict[bytes, list[bytes]] = {}  # tx hash -> trade records not yet batched
         for entry in logs:
             topic0 = bytes(entry["topics"][0])
             tx = bytes(entry["transactionHash"])
@@ -122,7 +109,7 @@ class SettlementKeeper:
                 )
                 seller, buyer = to_checksum_address(seller), to_checksum_address(buyer)
                 pending.setdefault(tx, []).append(
-                    (
+                    encoder.pack_record(
                         trade_id,
                         seller,
                         buyer,
@@ -138,11 +125,7 @@ class SettlementKeeper:
                     ["uint32", "bytes32", "uint32", "bytes32"], bytes(entry["data"])
                 )
                 records = pending.pop(tx, [])
-                matches = bytes(commitment) in (
-                    commitment_of(records),
-                    legacy_commitment_of(records),
-                )
-                if len(records) != approved or not matches:
+                if len(records) != approved or encoder.commitment(records) != bytes(commitment):
                     raise KeeperError(
                         f"interval {interval_id} batch {batch_index}: rebuilt trades do not match "
                         "the on-chain commitment"
@@ -167,7 +150,7 @@ class SettlementKeeper:
         records = book.records()
         if not records:
             return False, "no approved trades"
-        parties = settle_parties(records)
+        parties = encoder.settle_parties(records)
         indices = [self._index(p) for p in parties]
         _imp, _exp, present = self.readings.functions.readingsOf(book.interval_id, indices).call()
         if all(present):
@@ -180,9 +163,8 @@ class SettlementKeeper:
 
     def settle(self, book: IntervalBook) -> Any:
         """Send ``settle`` for one interval; returns the receipt."""
-        batches = book.ordered_batches()
-        parties = settle_parties(book.records())
-        fn = self.market.functions.settle(book.interval_id, *self._settle_args(batches, parties))
+        args = encoder.settle_args(book.ordered_batches())
+        fn = self.market.functions.settle(book.interval_id, *args)
         try:
             receipt = self.client.transact(fn)
         except Web3RPCError as exc:
@@ -200,18 +182,6 @@ class SettlementKeeper:
             receipt["gasUsed"],
         )
         return receipt
-
-    def _settle_args(
-        self, batches: list[list[tuple[Any, ...]]], parties: list[str]
-    ) -> tuple[Any, ...]:
-        """``settle`` arguments after the interval id, for either market ABI: (batches, parties)
-        or (batches, parties, positions); positions index each record's seller and buyer."""
-        abi: dict[str, Any] = next(dict(i) for i in self.market.abi if i.get("name") == "settle")
-        if len(abi.get("inputs", [])) == 3:
-            return batches, parties
-        where = {p: i for i, p in enumerate(parties)}
-        positions = [where[str(x)] for batch in batches for r in batch for x in (r[1], r[2])]
-        return batches, parties, positions
 
     def run_once(self) -> list[int]:
         """Scan, then settle every due interval; returns the intervals settled in this round."""

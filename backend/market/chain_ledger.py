@@ -26,26 +26,14 @@ from eth_utils.abi import (
 from web3.logs import DISCARD
 from web3.types import RPCEndpoint
 
+from backend.chain import batches
+from backend.chain.batches import CandidateTrade
 from backend.chain.client import ChainClient, cache_chain_id
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import LedgerError
 from backend.market.errors import LedgerUnavailable
 from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
-
-
-def _order_tuple(m: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        to_checksum_address(m["trader"]),
-        int(m["side"]),
-        int(m["intervalId"]),
-        int(m["energyWh"]),
-        int(m["pricePerKWh"]),
-        int(m["nonce"]),
-        int(m["expiry"]),
-        to_checksum_address(m["counterparty"]),
-    )
-
 
 # JSON-RPC batch size for clearing reads (nodes cap batches: Geth at 1000 requests by default).
 READ_BATCH = 250
@@ -71,13 +59,9 @@ class _Fn:
     runs every argument through its ABI normalizers (~3 ms per small call; ~0.6 s for the calldata
     of a 150-trade ``recordTrades``, done twice: estimate and send); the bytes are the same."""
 
-    def __init__(self, contract: Any, name: str, n_inputs: int | None = None) -> None:
+    def __init__(self, contract: Any, name: str) -> None:
         item = next(
-            i
-            for i in contract.abi
-            if i.get("type") == "function"
-            and i.get("name") == name
-            and (n_inputs is None or len(i.get("inputs", [])) == n_inputs)
+            i for i in contract.abi if i.get("type") == "function" and i.get("name") == name
         )
         self.address = str(contract.address)
         self.inputs = get_abi_input_types(item)
@@ -108,9 +92,8 @@ class _Encoded:
         return {"value": 0, **tx, "to": self.to, "data": self.data}
 
 
-def _signed(m: dict[str, Any], signature: str) -> tuple[Any, ...]:
-    r, vs = to_compact(bytes.fromhex(signature[2:]))
-    return (_order_tuple(m), r, vs)
+def _compact(signature: str) -> tuple[bytes, bytes]:
+    return to_compact(bytes.fromhex(signature[2:]))
 
 
 class ChainLedger:
@@ -136,7 +119,6 @@ class ChainLedger:
         self._participant_of = _Fn(self.registry, "participantOf")
         self._filled_of = _Fn(self.market, "filledOf")
         self._balance_of = _Fn(self.market, "balanceOf")
-        self._record: _Fn | None = None
         self._clock_ttl_s = clock_ttl_s
         self._clock_lock = threading.Lock()
         self._block_ts = 0
@@ -252,46 +234,21 @@ class ChainLedger:
         return batches > 0 and int(last, 16) >= int(last_trade_id, 16)
 
     # ----------------------------------------------------------- transactions
-    def _indexed_orders(self) -> bool:
-        """Whether ``recordTrades`` takes a deduplicated order list plus trades by index (the newer
-        ABI) rather than trades carrying both signed orders."""
-        abi: list[dict[str, Any]] = list(self.market.abi)  # type: ignore[arg-type]
-        for item in abi:
-            if item.get("type") == "function" and item.get("name") == "recordTrades":
-                return len(item.get("inputs", [])) == 5
-        return False
-
     def _record_call(
         self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
     ) -> _Encoded:
-        evidence, sig = bytes.fromhex(evidence_hash[2:]), bytes.fromhex(signature[2:])
-        indexed = self._indexed_orders()
-        if self._record is None:
-            self._record = _Fn(self.market, "recordTrades", 5 if indexed else 4)
-        fn = self._record
-        if not indexed:
-            rows = [
-                (_signed(t.sell, t.sell_signature), _signed(t.buy, t.buy_signature), t.energy_wh,
-                 t.price_per_kwh, t.verdict)
-                for t in trades
-            ]  # fmt: skip
-            return _Encoded(self.w3, fn.address, fn.data(interval_id, rows, evidence, sig))
-        orders: list[tuple[Any, ...]] = []
-        index: dict[tuple[str, int], int] = {}
-
-        def slot(m: dict[str, Any], signature_hex: str) -> int:
-            key = (str(m["trader"]).lower(), int(m["nonce"]))
-            if key not in index:
-                index[key] = len(orders)
-                orders.append(_signed(m, signature_hex))
-            return index[key]
-
-        rows2 = [
-            (slot(t.sell, t.sell_signature), slot(t.buy, t.buy_signature), t.energy_wh,
-             t.price_per_kwh, t.verdict)
+        """``recordTrades`` calldata from the one encoder (``backend.chain.batches``)."""
+        candidates = [
+            CandidateTrade(
+                t.sell, t.buy, _compact(t.sell_signature), _compact(t.buy_signature),
+                t.energy_wh, t.price_per_kwh, t.verdict,
+            )
             for t in trades
         ]  # fmt: skip
-        return _Encoded(self.w3, fn.address, fn.data(interval_id, orders, rows2, evidence, sig))
+        orders, rows = batches.record_args(candidates)
+        evidence, sig = bytes.fromhex(evidence_hash[2:]), bytes.fromhex(signature[2:])
+        data = batches.record_trades_calldata(interval_id, orders, rows, evidence, sig)
+        return _Encoded(self.w3, self.market_address, "0x" + data.hex())
 
     def record_trades(
         self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str

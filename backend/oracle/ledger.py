@@ -20,7 +20,7 @@ REJECT_REASONS = {
     4: "conflicting",
     5: "value_too_large",
 }
-MAX_READING_WH = 2**31 - 1  # MeterReadings packs four readings per slot
+MAX_READING_WH = 2**31 - 1  # MeterReadings packs three readings (31-bit values) per slot
 
 
 class BatchRefused(OracleError):

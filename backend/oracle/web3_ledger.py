@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import requests
-from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
 from web3 import Web3
@@ -22,6 +21,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from backend.chain import batches
 from backend.chain.client import ErrorDecoder, revert_data
 from backend.chain.contracts import Deployment, contract_at, error_abis
 from backend.chain.eip712 import to_compact
@@ -31,9 +31,6 @@ from backend.oracle.ledger import REJECT_REASONS, BatchReceipt, BatchRefused, Me
 
 T = TypeVar("T")
 
-SUBMIT_SELECTOR = function_signature_to_4byte_selector(
-    "submitReadings(uint64,(address,uint64,uint64,bytes32,bytes32)[])"
-)
 METER_RECORD_SELECTOR = "0x" + function_signature_to_4byte_selector("meterRecordOf(address)").hex()
 READING_SUBMITTED_TOPIC = keccak(text="ReadingSubmitted(address,uint64,uint64,uint64)")
 READING_REJECTED_TOPIC = keccak(text="ReadingRejected(address,uint64,uint8)")
@@ -42,14 +39,12 @@ RETRYABLE_ERRORS = {"MeterReadingsIntervalNotEnded"}
 
 
 def encode_submit(interval_id: int, items: Sequence[tuple[Reading, bytes]]) -> bytes:
-    """Calldata of ``submitReadings(intervalId, SignedReading[])`` (compact EIP-2098 signatures)."""
-    tuples = []
-    for reading, signature in items:
-        r, vs = to_compact(signature)
-        tuples.append((reading.meter, reading.import_wh, reading.export_wh, r, vs))
-    return SUBMIT_SELECTOR + abi_encode(
-        ["uint64", "(address,uint64,uint64,bytes32,bytes32)[]"], [interval_id, tuples]
+    """Calldata of ``submitReadings`` (packed readings, compact EIP-2098 signatures)."""
+    packed = (
+        batches.pack_reading(reading.meter, reading.import_wh, reading.export_wh, *to_compact(sig))
+        for reading, sig in items
     )
+    return batches.submit_readings_calldata(interval_id, packed)
 
 
 class Web3Ledger:

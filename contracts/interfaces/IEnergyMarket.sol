@@ -19,16 +19,32 @@ pragma solidity 0.8.28;
 /// - Within an interval, trades (approved and vetoed) must be recorded in strictly ascending tradeId order,
 ///   across all batches: this makes recording a trade twice impossible without a storage slot per trade.
 /// - Escrow of a trade = ceil(energyWh * pricePerKWh / 1000) (rounded up so the seller can always be paid).
-/// - Each recorded batch stores one commitment: keccak256 over the approved TradeRecords of the batch,
-///   each ABI-encoded as 7 words, concatenated (= the calldata of the TradeRecord[] elements);
-///   `settle` takes the interval's batches again as calldata and checks them against the commitments.
 /// - Settlement (min of two, pro rata): E_s = sum of the seller's approved sales in the interval, X_s its
 ///   metered export, r_s = min(1, X_s / E_s); buyers likewise with purchases and metered import. A trade of q Wh
 ///   delivers floor(q * min(r_s, r_b)) Wh, the seller is paid floor(delivered * price / 1000), the buyer gets
 ///   escrow - paid back. Readings missing at the deadline count as zero.
-/// - An interval settles in one `settle` call over all its batches (about 20k gas per trade, so some
-///   1,400 trades per interval fit a 30M-gas block); chunked settlement is not implemented.
+/// - An interval settles in one `settle` call over all its batches (about 15k gas per trade, so some
+///   1,900 trades per interval fit a 30M-gas block); chunked settlement is not implemented. Settle within
+///   the readings window of {IMeterReadings} (`readingWindowIntervals`): readings overwritten by a later
+///   interval count as missing. The constructor requires settlementDelay <= window / 2.
 /// - Internal balances assume a plain ERC-20: tokens that take a fee on transfer are not supported.
+///
+/// Packed calldata (big-endian, no padding; `packOrder`/`packTrade` build the first two, and
+/// backend/chain/batches.py is the Python encoder). A length that is not a whole number of records
+/// reverts with `MarketMalformedCalldata(field, length)`: field 0 orders, 1 trades, 2 a settle batch,
+/// 3 parties, 4 positions.
+/// - orders: 153 bytes per signed order, each sent once per batch however many trades it is in:
+///   trader (20) | side (1) | intervalId (8) | energyWh (8) | pricePerKWh (16) | nonce (8) | expiry (8) |
+///   counterparty (20) | r (32) | vs (32) - the signature in EIP-2098 compact form (vs = yParity << 255 | s,
+///   s in the lower half of the curve order).
+/// - trades: 29 bytes per trade: sellOrder (2, index into orders) | buyOrder (2) | energyWh (8) |
+///   pricePerKWh (16) | verdict (1).
+/// - trade record (what settlement needs of an approved trade), 104 bytes: tradeId (32) | seller (20) |
+///   buyer (20) | sellerIndex (4) | buyerIndex (4) | energyWh (8) | pricePerKWh (16) (indices: registry
+///   participant indices). A batch's commitment = keccak256 of its approved trades' records concatenated in
+///   batch order; `settle` takes each batch's record bytes again and checks them against the commitments.
+/// - parties: 20 bytes per address, strictly ascending; positions: 2 bytes per entry, for the j-th record
+///   (all batches in order) the seller's then the buyer's position in parties.
 interface IEnergyMarket {
     /// @notice An order as signed by its trader (see the type string above).
     struct Order {
@@ -40,35 +56,6 @@ interface IEnergyMarket {
         uint64 nonce;
         uint64 expiry;
         address counterparty;
-    }
-
-    /// @notice An order with its signature in EIP-2098 compact form (r, vs = yParity << 255 | s).
-    struct SignedOrder {
-        Order order;
-        bytes32 r;
-        bytes32 vs;
-    }
-
-    /// @notice A candidate trade of a batch: indices of its sell and buy order in the batch's order list
-    /// (an order matched with several counterparties is sent and verified once), amount, price and the
-    /// validator's verdict.
-    struct Trade {
-        uint32 sellOrder;
-        uint32 buyOrder;
-        uint64 energyWh;
-        uint128 pricePerKWh;
-        uint8 verdict;
-    }
-
-    /// @notice What settlement needs of an approved trade; a batch commits to the array of these.
-    struct TradeRecord {
-        bytes32 tradeId;
-        address seller;
-        address buyer;
-        uint32 sellerIndex;
-        uint32 buyerIndex;
-        uint64 energyWh;
-        uint128 pricePerKWh;
     }
 
     /// @notice Internal balance of an account in token base units.
@@ -115,6 +102,8 @@ interface IEnergyMarket {
     error MarketPositionsMismatch(uint256 expected, uint256 given);
     error MarketPartyUnused(address wallet);
     error MarketSettlementNotReady(uint64 intervalId, uint256 deadline);
+    /// @notice Packed calldata whose length is not a whole number of records (field: see the layouts).
+    error MarketMalformedCalldata(uint8 field, uint256 length);
 
     /// @notice Tokens were deposited into `account`'s internal balance.
     event Deposited(address indexed account, uint256 amount);
@@ -154,15 +143,16 @@ interface IEnergyMarket {
 
     /// @notice Record a validator-attested batch of trades for one interval (MARKET_OPERATOR_ROLE).
     /// @param intervalId The interval every trade is for.
-    /// @param orders The signed orders the trades refer to (each verified once per batch).
-    /// @param trades The trades, ascending by tradeId, each with the validator's verdict.
+    /// @param orders The signed orders the trades refer to, packed (153 bytes each, see above); each is
+    /// verified once per batch.
+    /// @param trades The trades, packed (29 bytes each), ascending by tradeId, with the validator's verdicts.
     /// @param evidenceHash The validator's grid evidence hash.
     /// @param validatorSignature 65-byte signature of the GridAttestation by a VALIDATOR_ROLE key.
-    /// @return commitment The batch commitment (keccak256 of the concatenated 7-word TradeRecords).
+    /// @return commitment The batch commitment (keccak256 of the concatenated 104-byte trade records).
     function recordTrades(
         uint64 intervalId,
-        SignedOrder[] calldata orders,
-        Trade[] calldata trades,
+        bytes calldata orders,
+        bytes calldata trades,
         bytes32 evidenceHash,
         bytes calldata validatorSignature
     ) external returns (bytes32 commitment);
@@ -170,15 +160,15 @@ interface IEnergyMarket {
     /// @notice Settle an interval (anyone): every recorded batch again, in recording order, and the sorted list
     /// of every trader of the interval. Allowed once all traders' readings are in or the deadline has passed.
     /// @param intervalId The interval.
-    /// @param batches The approved TradeRecords of each batch, exactly as committed.
-    /// @param parties Every seller and buyer of the interval, strictly ascending by address.
-    /// @param positions For the j-th trade (all batches in order): positions[2j] = its seller's and
-    /// positions[2j+1] = its buyer's position in `parties` (checked, so a hint and not a trust).
+    /// @param batches Each batch's approved trade records (104 bytes each), exactly as committed.
+    /// @param parties Every seller and buyer of the interval, 20 bytes each, strictly ascending.
+    /// @param positions 2 bytes each: for the j-th record (all batches in order) the seller's then the
+    /// buyer's position in `parties` (checked, so a hint and not a trust).
     function settle(
         uint64 intervalId,
-        TradeRecord[][] calldata batches,
-        address[] calldata parties,
-        uint32[] calldata positions
+        bytes[] calldata batches,
+        bytes calldata parties,
+        bytes calldata positions
     ) external;
 
     /// @notice Internal balance of an account.
@@ -200,6 +190,13 @@ interface IEnergyMarket {
         uint8[] calldata verdicts,
         bytes32 evidenceHash
     ) external view returns (bytes32);
+    /// @notice The 153-byte packed form of a signed order (for console users; the backend packs off-chain).
+    function packOrder(Order calldata order, bytes32 r, bytes32 vs) external pure returns (bytes memory);
+    /// @notice The 29-byte packed form of a trade.
+    function packTrade(uint16 sellOrder, uint16 buyOrder, uint64 energyWh, uint128 pricePerKWh, uint8 verdict)
+        external
+        pure
+        returns (bytes memory);
     /// @notice Escrow locked for a trade: ceil(energyWh * pricePerKWh / 1000).
     function escrowOf(uint64 energyWh, uint128 pricePerKWh) external pure returns (uint256);
     /// @notice Time after which an interval can be settled with missing readings counted as zero.

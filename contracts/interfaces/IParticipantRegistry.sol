@@ -102,6 +102,16 @@ interface IParticipantRegistry is IAccessControl {
     /// @param wallet The participant.
     function stateOf(address wallet) external view returns (bool active, uint32 index);
 
+    /// @notice `stateOf` of several wallets in one call, as the market reads a batch's traders.
+    /// @param wallets The wallets.
+    /// @return states One word per wallet: index (bits 0..31) | active (bit 32).
+    function statesOf(address[] calldata wallets) external view returns (uint256[] memory states);
+
+    /// @notice `meterRecordOf` of several meter keys in one call, as MeterReadings reads a batch.
+    /// @param meters The meter keys.
+    /// @return records One word per meter: index (bits 0..31) | active (bit 32) | registered (bit 33).
+    function meterStatesOf(address[] calldata meters) external view returns (uint256[] memory records);
+
     /// @notice Number of participants ever connected (the highest index).
     function participantCount() external view returns (uint32);
 }

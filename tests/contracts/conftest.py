@@ -82,7 +82,7 @@ class Ledger:
         self.meters: dict[str, str] = {}  # wallet -> meter key
         self.chain_id = brownie.chain.id
         self.index: dict[str, int] = {}
-        self.records: dict[int, list[list[tuple[Any, ...]]]] = {}
+        self.records: dict[int, list[list[bytes]]] = {}
 
     # ----------------------------------------------------------------- participants
     def connect(self, wallet: Any, i: int) -> None:
@@ -193,11 +193,11 @@ class Ledger:
         self.records.setdefault(interval, []).append(recs)
         return tx
 
-    def args(self, trades: list[CandidateTrade]) -> tuple[list[Any], list[Any]]:
-        """(orders, trades) arguments of recordTrades."""
-        return batches.record_args(trades, self.chain_id, self.market.address)
+    def args(self, trades: list[CandidateTrade]) -> tuple[bytes, bytes]:
+        """(orders, trades) arguments of recordTrades (packed)."""
+        return batches.record_args(trades)
 
-    def rec(self, t: CandidateTrade) -> tuple[Any, ...]:
+    def rec(self, t: CandidateTrade) -> bytes:
         return t.record(
             self.chain_id,
             self.market.address,
@@ -215,7 +215,7 @@ class Ledger:
         key: str | None = None,
         chain_id: int | None = None,
         contract: str | None = None,
-    ) -> tuple[Any, ...]:
+    ) -> bytes:
         return batches.signed_reading(
             key or self.meters[wallet.address],
             chain_id or self.chain_id,
@@ -226,13 +226,14 @@ class Ledger:
             exp,
         )
 
-    def submit(self, interval: int, readings: list[tuple[Any, ...]]) -> Any:
-        return self.readings.submitReadings(interval, readings, {"from": self.oracle})
+    def submit(self, interval: int, readings: list[bytes]) -> Any:
+        return self.readings.submitReadings(
+            interval, batches.readings_arg(readings), {"from": self.oracle}
+        )
 
-    def settle_args(self, interval: int) -> tuple[list[Any], list[str], list[int]]:
-        bs = self.records.get(interval, [])
-        parties, positions = batches.settle_args(bs)
-        return bs, parties, positions
+    def settle_args(self, interval: int) -> tuple[list[bytes], bytes, bytes]:
+        """(batches, parties, positions) arguments of settle (packed)."""
+        return batches.settle_args(self.records.get(interval, []))
 
     def settle(self, interval: int, sender: Any = None) -> Any:
         bs, parties, positions = self.settle_args(interval)

@@ -6,7 +6,7 @@ import brownie
 import pytest
 from conftest import DEPOSIT, EVIDENCE, INTERVAL_S, PRICE, Ledger, err, ev, norm
 from eth_account import Account
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 from backend.chain import batches, eip712
 from backend.chain.batches import CandidateTrade
@@ -153,11 +153,40 @@ def test_record_batch_errors(ledger: Ledger, parts: Any, iv: int) -> None:
         ledger.record(iv, [t], sender=parts.S1)
     sig = ledger.attest(iv, [])
     with brownie.reverts(err("MarketEmptyBatch")):
-        ledger.market.recordTrades(iv, [], [], EVIDENCE, sig, {"from": ledger.operator})
-    orders, rows = ledger.args([t])
-    bad = [(rows[0][0], 2, *rows[0][2:])]
+        ledger.market.recordTrades(iv, b"", b"", EVIDENCE, sig, {"from": ledger.operator})
+    orders, _rows = ledger.args([t])
+    bad = batches.pack_trade(0, 2, 1000, PRICE, 0)
     with brownie.reverts(err("MarketOrderIndexOutOfRange", 2)):
         ledger.market.recordTrades(iv, orders, bad, EVIDENCE, sig, {"from": ledger.operator})
+
+
+def test_record_malformed_calldata_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+    """Packed calldata that is not a whole number of records is refused by name, never misread."""
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    sig = ledger.attest(iv, [t])
+    orders, rows = ledger.args([t])
+    assert (len(orders), len(rows)) == (2 * 153, 29)
+    op = ledger.operator
+    with brownie.reverts(err("MarketMalformedCalldata", 1, 28)):
+        ledger.market.recordTrades(iv, orders, rows[:-1], EVIDENCE, sig, {"from": op})
+    with brownie.reverts(err("MarketMalformedCalldata", 1, 30)):
+        ledger.market.recordTrades(iv, orders, rows + b"\x00", EVIDENCE, sig, {"from": op})
+    with brownie.reverts(err("MarketMalformedCalldata", 0, 305)):
+        ledger.market.recordTrades(iv, orders[:-1], rows, EVIDENCE, sig, {"from": op})
+    with brownie.reverts(err("MarketMalformedCalldata", 0, 0)):
+        ledger.market.recordTrades(iv, b"", rows, EVIDENCE, sig, {"from": op})
+    ledger.market.recordTrades(iv, orders, rows, EVIDENCE, sig, {"from": op})
+
+
+def test_pack_views_match_python_encoder(ledger: Ledger, parts: Any, iv: int) -> None:
+    t = _pair(ledger, parts.S1, parts.B1, iv)
+    packed = ledger.market.packOrder(eip712.order_tuple(t.sell), *t.sell_sig)
+    assert norm(packed) == batches.pack_order(t.sell, t.sell_sig)
+    packed = ledger.market.packTrade(3, 4, 1000, PRICE, 2)
+    assert norm(packed) == batches.pack_trade(3, 4, 1000, PRICE, 2)
+    r = ledger.reading(parts.S1, iv, 5, 6)
+    packed = ledger.readings.packReading(r[:20], 5, 6, r[36:68], r[68:100])
+    assert norm(packed) == r
 
 
 def test_attestation_by_non_validator_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -416,30 +445,43 @@ def test_settle_multi_batch(ledger: Ledger, parts: Any, iv: int) -> None:
 
 def test_settle_input_errors(ledger: Ledger, parts: Any, iv: int) -> None:
     with brownie.reverts(err("MarketIntervalNotRecorded", iv)):
-        ledger.market.settle(iv, [], [], [], {"from": parts.X})
+        ledger.market.settle(iv, [], b"", b"", {"from": parts.X})
     t = _pair(ledger, parts.S1, parts.B1, iv)
     ledger.record(iv, [t])
     ledger.end_interval(iv, 3600)
     batches_, parties, positions = ledger.settle_args(iv)
+    settle = ledger.market.settle
     with brownie.reverts(err("MarketBatchCountMismatch", iv, 1, 0)):
-        ledger.market.settle(iv, [], parties, positions, {"from": parts.X})
-    forged = list(batches_[0][0])
-    forged[5] = 999  # claims less energy than recorded
+        settle(iv, [], parties, positions, {"from": parts.X})
+    rec = batches.unpack_record(batches_[0])
+    forged = batches.pack_record(*rec[:5], 999, rec.price_per_kwh)  # claims less energy
     with brownie.reverts(err("MarketBatchCommitmentMismatch", iv, 0)):
-        ledger.market.settle(iv, [[tuple(forged)]], parties, positions, {"from": parts.X})
+        settle(iv, [forged], parties, positions, {"from": parts.X})
+    with brownie.reverts(err("MarketMalformedCalldata", 2, 103)):
+        settle(iv, [batches_[0][:-1]], parties, positions, {"from": parts.X})
+    with brownie.reverts(err("MarketMalformedCalldata", 4, 3)):
+        settle(iv, batches_, parties, positions[:3], {"from": parts.X})
     with brownie.reverts(err("MarketPositionsMismatch", 2, 1)):
-        ledger.market.settle(iv, batches_, parties, positions[:1], {"from": parts.X})
+        settle(iv, batches_, parties, positions[:2], {"from": parts.X})
+    with brownie.reverts(err("MarketMalformedCalldata", 3, 39)):
+        settle(iv, batches_, parties[:-1], positions, {"from": parts.X})
+    swapped = parties[20:] + parties[:20]
     with brownie.reverts(err("MarketPartiesNotSorted", 1)):
-        ledger.market.settle(iv, batches_, parties[::-1], positions, {"from": parts.X})
-    with brownie.reverts(err("MarketPartyMissing", parties[1])):
-        ledger.market.settle(iv, batches_, parties[:1], positions, {"from": parts.X})
+        settle(iv, batches_, swapped, positions, {"from": parts.X})
+    listed = [to_checksum_address(parties[i : i + 20]) for i in range(0, len(parties), 20)]
+    with brownie.reverts(err("MarketPartyMissing", listed[1])):
+        settle(iv, batches_, parties[:20], positions, {"from": parts.X})
     with brownie.reverts(err("MarketPartyMissing", parts.S1.address)):
-        ledger.market.settle(iv, batches_, parties, positions[::-1], {"from": parts.X})
-    extra = sorted([*parties, parts.X.address], key=lambda a: int(a, 16))
-    moved = [extra.index(parties[p]) for p in positions]
+        settle(iv, batches_, parties, positions[2:] + positions[:2], {"from": parts.X})
+    extra = sorted([*listed, parts.X.address], key=lambda a: int(a, 16))
+    packed_extra = b"".join(bytes.fromhex(a[2:]) for a in extra)
+    moved = b"".join(
+        extra.index(listed[int.from_bytes(positions[i : i + 2], "big")]).to_bytes(2, "big")
+        for i in range(0, len(positions), 2)
+    )
     with brownie.reverts(err("MarketPartyUnused", parts.X.address)):
-        ledger.market.settle(iv, batches_, extra, moved, {"from": parts.X})
-    ledger.market.settle(iv, batches_, parties, positions, {"from": parts.X})
+        settle(iv, batches_, packed_extra, moved, {"from": parts.X})
+    settle(iv, batches_, parties, positions, {"from": parts.X})
 
 
 def test_order_in_two_trades_of_one_batch(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -447,7 +489,7 @@ def test_order_in_two_trades_of_one_batch(ledger: Ledger, parts: Any, iv: int) -
     t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 600, 200_000, 1), 600)
     t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 600, 200_000, 1), 600)
     orders, _ = ledger.args([t1, t2])
-    assert len(orders) == 3  # the shared sell order is sent (and verified) once
+    assert len(orders) == 3 * 153  # the shared sell order is sent (and verified) once
     with brownie.reverts(err("MarketOrderOverfilled", parts.S1.address, 1, 400)):
         ledger.record(iv, [t1, t2])
     t2.energy_wh = 400

@@ -44,6 +44,12 @@ def test_submit_readings_stores_values(ledger: Any, parts: Any) -> None:
         [1500, 0, 0],
         [True, False, True],
     )
+    # the one-word form settlement reads: present (bit 128) | exportWh << 64 | importWh
+    assert list(ledger.readings.meteredOf(i, idx)) == [
+        (1 << 128) | (1500 << 64) | 10,
+        0,
+        (1 << 128) | 900,
+    ]
 
 
 def test_submit_identical_reading_counts_once(ledger: Any, parts: Any) -> None:
@@ -84,7 +90,7 @@ def test_reading_signed_by_unregistered_key_rejected(ledger: Any, parts: Any) ->
 def test_reading_tampered_and_replayed_rejected(ledger: Any, parts: Any) -> None:
     i = _ended(ledger)
     good = ledger.reading(parts.S1, i, 5, 6)
-    tampered = (good[0], good[1], good[2] + 1, good[3], good[4])
+    tampered = good[:28] + (6 + 1).to_bytes(8, "big") + good[36:]  # exportWh 6 -> 7
     other_chain = ledger.reading(parts.S1, i, 5, 6, chain_id=ledger.chain_id + 1)
     other_contract = ledger.reading(parts.S1, i, 5, 6, contract=ledger.market.address)
     tx = ledger.submit(i, [tampered, other_chain, other_contract])
@@ -122,7 +128,7 @@ def test_submit_interval_not_ended_reverts(ledger: Any, parts: Any) -> None:
 def test_submit_not_oracle_reverts(ledger: Any, parts: Any) -> None:
     i = _ended(ledger)
     with brownie.reverts(err("MeterReadingsNotOracle", parts.S1.address)):
-        ledger.readings.submitReadings(i, [ledger.reading(parts.S1, i, 1, 1)], {"from": parts.S1})
+        ledger.readings.submitReadings(i, ledger.reading(parts.S1, i, 1, 1), {"from": parts.S1})
 
 
 def test_rotated_meter_reports_for_same_participant(ledger: Any, parts: Any) -> None:
@@ -139,3 +145,53 @@ def test_rotated_meter_reports_for_same_participant(ledger: Any, parts: Any) -> 
     tx = ledger.submit(i, [stale, ledger.reading(parts.S1, i, 3, 4)])
     assert _rejections(tx) == [(old_meter, i, UNKNOWN_METER), (new.address, i, CONFLICTING)]
     assert tuple(ledger.readings.readingOf(new.address, i)) == (1, 2, True)
+
+
+def test_submit_malformed_readings_reverts(ledger: Any, parts: Any) -> None:
+    i = _ended(ledger)
+    r = ledger.reading(parts.S1, i, 1, 1)
+    assert len(r) == 100
+    with brownie.reverts(err("MeterReadingsMalformedCalldata", 99)):
+        ledger.submit(i, [r[:-1]])
+    with brownie.reverts(err("MeterReadingsMalformedCalldata", 101)):
+        ledger.submit(i, [r, b"\x00"])
+    assert ledger.submit(i, []).return_value == 0
+
+
+def test_readings_window(ledger: Any, parts: Any) -> None:
+    """Readings live in a ring of `readingWindowIntervals` intervals (at least 6 h): older intervals
+    are refused, and a reused ring position drops the older interval's readings."""
+    window = ledger.readings.readingWindowIntervals()
+    assert window == 6 * 3600 // INTERVAL_S == 24
+    # settlement (deadline = end + 1 h) falls well inside the window
+    assert 2 * ledger.market.settlementDelaySeconds() <= window * INTERVAL_S
+    # (B1/B2: the rotation test above leaves S1 with a key the reverted chain does not know)
+    i = _ended(ledger)
+    ledger.submit(i, [ledger.reading(parts.B1, i, 1, 2)])
+    later = i + window
+    ledger.end_interval(later)
+    current = ledger.current_interval()
+    oldest = current - window + 1
+    assert oldest > i
+    with brownie.reverts(err("MeterReadingsIntervalTooOld", i, oldest)):
+        ledger.submit(i, [ledger.reading(parts.B1, i, 1, 2)])
+    # the oldest interval still in the window is accepted
+    assert ledger.submit(oldest, [ledger.reading(parts.B2, oldest, 3, 4)]).return_value == 1
+    # the interval one window later reuses i's ring slot: i's reading is gone, the new one is in
+    meter = ledger.meter_of(parts.B1)
+    assert tuple(ledger.readings.readingOf(meter, i)) == (1, 2, True)
+    tx = ledger.submit(later, [ledger.reading(parts.B1, later, 7, 8)])
+    assert tx.return_value == 1
+    assert tuple(ledger.readings.readingOf(meter, later)) == (7, 8, True)
+    assert tuple(ledger.readings.readingOf(meter, i)) == (0, 0, False)
+    idx = [ledger.index[w.address] for w in (parts.B1, parts.B2)]
+    imp, exp, present = ledger.readings.readingsOf(later, idx)
+    assert (list(imp), list(exp), list(present)) == ([7, 0], [8, 0], [True, False])
+
+
+def test_market_refuses_delay_beyond_half_window(ledger: Any, EnergyMarket: Any) -> None:
+    half = ledger.readings.readingWindowIntervals() * INTERVAL_S // 2
+    args = (ledger.token, ledger.registry, ledger.readings)
+    with brownie.reverts(err("MarketInvalidConfig")):
+        EnergyMarket.deploy(*args, half + 1, {"from": ledger.admin})
+    EnergyMarket.deploy(*args, half, {"from": ledger.admin})

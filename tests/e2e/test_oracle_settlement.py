@@ -147,11 +147,8 @@ def test_keeper_settles_full_partial_and_missing_delivery_to_the_base_unit(
         cands = batches.sort_by_trade_id(cands, chain_id, market_addr)
         evidence = keccak(b"evidence")
         att = batches.attest(ANVIL_KEYS[0], chain_id, market_addr, interval_id, cands, evidence)
-        if hasattr(batches, "record_args"):  # market ABI with de-duplicated signed orders
-            orders, rows = batches.record_args(cands, chain_id, market_addr)
-            fn = market.functions.recordTrades(interval_id, orders, rows, evidence, att)
-        else:
-            fn = market.functions.recordTrades(interval_id, [t.abi() for t in cands], evidence, att)  # type: ignore[attr-defined]
+        orders, rows = batches.record_args(cands)
+        fn = market.functions.recordTrades(interval_id, orders, rows, evidence, att)
         admin.transact(fn)
     balances_before = [market.functions.balanceOf(w).call()[0] for w in wallets]
 

@@ -1,12 +1,14 @@
-"""The market ledger encodes calls with eth_abi directly; the bytes must be web3's."""
+"""The market ledger and backend.chain.batches encode calls directly; the bytes must be web3's."""
 
 from __future__ import annotations
 
 from eth_utils import to_checksum_address
 from web3 import Web3
 
+from backend.chain import batches
+from backend.chain.batches import CandidateTrade
 from backend.chain.contracts import contract_at
-from backend.market.chain_ledger import _Fn, _signed
+from backend.market.chain_ledger import _compact, _Fn
 
 A = to_checksum_address("0x" + "ab" * 20)
 
@@ -32,16 +34,23 @@ def test_reads_and_record_trades_encode_like_web3() -> None:
         "expiry": 10**9,
         "counterparty": "0x" + "00" * 20,
     }
-    order = _signed(msg, "0x" + "11" * 32 + "22" * 32 + "1b")
-    fn = _Fn(market, "recordTrades")
-    if len(fn.inputs) == 5:
-        args2: tuple[object, ...] = (
-            5, [order, order], [(0, 1, 1000, 123, 0), (1, 0, 5, 6, 3)], b"\x01" * 32, b"\x02" * 65
-        )  # fmt: skip
-    else:
-        args2 = (5, [(order, order, 1000, 123, 0)], b"\x01" * 32, b"\x02" * 65)
-    web3_data = market.functions.recordTrades(*args2)._encode_transaction_data()
-    assert fn.data(*args2) == web3_data
+    sig = _compact("0x" + "11" * 32 + "22" * 32 + "1b")
+    buy = dict(msg, side=1, nonce=10)
+    t = CandidateTrade(msg, buy, sig, sig, 1000, 123, 3)
+    orders, rows = batches.record_args([t, t])
+    assert (len(orders), len(rows)) == (2 * 153, 2 * 29)  # each order once, each trade 29 bytes
+    args = (5, orders, rows, b"\x01" * 32, b"\x02" * 65)
+    web3_data = market.functions.recordTrades(*args)._encode_transaction_data()
+    assert "0x" + batches.record_trades_calldata(*args).hex() == web3_data
+    readings = contract_at(w3, "MeterReadings", "0x" + "33" * 20)
+    packed = [batches.pack_reading(A, 1, 2, b"\x03" * 32, b"\x04" * 32)] * 2
+    web3_data = readings.functions.submitReadings(7, b"".join(packed))._encode_transaction_data()
+    assert "0x" + batches.submit_readings_calldata(7, packed).hex() == web3_data
+    rec = t.record(31337, "0x" + "11" * 20, 1, 2)
+    assert batches.unpack_record(rec)[1:] == (A, A, 1, 2, 1000, 123)
+    settle_args = batches.settle_args([[rec]])
+    web3_data = market.functions.settle(9, *settle_args)._encode_transaction_data()
+    assert "0x" + batches.settle_calldata(9, [[rec]]).hex() == web3_data
 
 
 def test_decode_unwraps_a_single_output_like_web3() -> None:
