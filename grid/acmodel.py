@@ -10,6 +10,7 @@ Jacobian at an operating point."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,7 @@ class Measures:
     i_from: np.ndarray
     i_to: np.ndarray
     loading_percent: np.ndarray
+    i: np.ndarray  # [i_from | i_to] (the two above are views into it)
 
 
 class ACModel:
@@ -119,6 +121,10 @@ class ACModel:
         self.Yt = sparse.csr_matrix(internal["Yt"])[row_idx]
         self.c_from = np.array(c_from, dtype=float)
         self.c_to = np.array(c_to, dtype=float)
+        self.c_i = np.r_[self.c_from, self.c_to]
+        self.Yi = sparse.vstack([self.Yf, self.Yt]).tocsr()
+        self.n_branch = len(rows)
+        self.layout = Layout(len(self.mon_bus_ppci), n_ppci, self.n_branch)
         self._solver = _Solver()
 
     def solve(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
@@ -153,10 +159,16 @@ class ACModel:
             return None
 
     def measure(self, V: np.ndarray) -> Measures:
-        i_from = self.Yf @ V
-        i_to = self.Yt @ V
-        loading = np.maximum(np.abs(i_from) * self.c_from, np.abs(i_to) * self.c_to)
-        return Measures(V, np.abs(V[self.mon_bus_ppci]), i_from, i_to, loading)
+        i = self.Yi @ V
+        return self.measures_of(V, np.abs(V[self.mon_bus_ppci]), i)
+
+    def loading(self, i: np.ndarray) -> np.ndarray:
+        """Loading (percent) of every branch from packed currents ``[i_from | i_to]``."""
+        return np.asarray((np.abs(i) * self.c_i).reshape(2, self.n_branch).max(axis=0))
+
+    def measures_of(self, V: np.ndarray, vm_pu: np.ndarray, i: np.ndarray) -> Measures:
+        n = self.n_branch
+        return Measures(V, vm_pu, i[:n], i[n:], self.loading(i), i)
 
     def injection(self, bus_p_kw: dict[int, float]) -> np.ndarray:
         """Extra bus injections (pandapower bus -> kW, + injects) as a ppci Sbus vector in pu."""
@@ -183,12 +195,34 @@ def jacobian_at(model: ACModel, V: np.ndarray) -> sparse.csc_matrix:
 
 @dataclass
 class Column:
-    """Sensitivities to +1 kW injected at one bus (absorbed by the slack)."""
+    """Sensitivities to +1 kW injected at one bus (absorbed by the slack).
+
+    ``packed`` holds them all in one complex vector ``[dvm | dV | di_from | di_to]`` (the other
+    fields are views into it), so a screen combines two columns in one vector operation."""
 
     dvm: np.ndarray
     dV: np.ndarray
     di_from: np.ndarray
     di_to: np.ndarray
+    packed: np.ndarray
+
+
+class Layout:
+    """Slices of the packed vector (see ``Column``) for one model."""
+
+    def __init__(self, n_mon: int, n_ppci: int, n_branch: int) -> None:
+        self.vm = slice(0, n_mon)
+        self.V = slice(n_mon, n_mon + n_ppci)
+        self.i_from = slice(n_mon + n_ppci, n_mon + n_ppci + n_branch)
+        self.i_to = slice(n_mon + n_ppci + n_branch, n_mon + n_ppci + 2 * n_branch)
+        self.i = slice(n_mon + n_ppci, n_mon + n_ppci + 2 * n_branch)
+        self.size = n_mon + n_ppci + 2 * n_branch
+        self.n_branch = n_branch
+
+    def column(self, packed: np.ndarray) -> Column:
+        return Column(
+            packed[self.vm].real, packed[self.V], packed[self.i_from], packed[self.i_to], packed
+        )
 
 
 class Linearization:
@@ -212,12 +246,8 @@ class Linearization:
         self._row_of_ppci[pvpq] = np.arange(len(pvpq))
         self._vm = np.abs(V)
         self._cache: dict[int, Column] = {}
-        self._zero = Column(
-            np.zeros(len(model.mon_bus_ppci)),
-            np.zeros(model.n_ppci, complex),
-            np.zeros(model.Yf.shape[0], complex),
-            np.zeros(model.Yt.shape[0], complex),
-        )
+        self.layout = model.layout
+        self._zero = self.layout.column(np.zeros(self.layout.size, complex))
 
     def refine(self, Sbus: np.ndarray, V: np.ndarray) -> np.ndarray:
         """One chord Newton step from ``V`` towards the AC solution for ``Sbus``, with this
@@ -235,6 +265,40 @@ class Linearization:
         vm[model.pq] -= dx[self._n_pvpq :]
         return np.asarray(vm * np.exp(1j * va))
 
+    def prepare(self, buses: Sequence[int]) -> None:
+        """Sensitivity columns of all ``buses`` at once (one multi-right-hand-side solve: several
+        times cheaper per bus than one solve each)."""
+        model = self.model
+        todo = sorted({int(b) for b in buses if int(b) not in self._cache})
+        rows = [int(self._row_of_ppci[model.ppci_of_bus[b]]) for b in todo]
+        for bus, row in zip(todo, rows, strict=True):
+            if row < 0:
+                self._cache[bus] = self._zero
+        live = [(b, r) for b, r in zip(todo, rows, strict=True) if r >= 0]
+        if not live:
+            return
+        rhs = np.zeros((self._lu.shape[0], len(live)), order="F")
+        rhs[[r for _, r in live], np.arange(len(live))] = 1.0 / 1000.0 / model.base_mva
+        packed = self._columns(self._lu.solve(rhs))
+        for k, (bus, _) in enumerate(live):
+            self._cache[bus] = self.layout.column(packed[:, k])
+
+    def _columns(self, x: np.ndarray) -> np.ndarray:
+        """Packed columns (Fortran order) from solutions ``x`` of the Jacobian system."""
+        model, lay = self.model, self.layout
+        k = x.shape[1]
+        dva = np.zeros((model.n_ppci, k))
+        dvm = np.zeros((model.n_ppci, k))
+        dva[self._pvpq] = x[: self._n_pvpq]
+        dvm[model.pq] = x[self._n_pvpq :]
+        dV = self.V[:, None] * (dvm / self._vm[:, None] + 1j * dva)
+        packed = np.empty((lay.size, k), dtype=complex, order="F")
+        packed[lay.vm] = dvm[model.mon_bus_ppci]
+        packed[lay.V] = dV
+        packed[lay.i_from] = model.Yf @ dV
+        packed[lay.i_to] = model.Yt @ dV
+        return packed
+
     def column(self, bus: int) -> Column:
         """Sensitivities of injecting +1 kW at pandapower ``bus``."""
         hit = self._cache.get(bus)
@@ -245,14 +309,8 @@ class Linearization:
         if row < 0:
             col = self._zero
         else:
-            rhs = np.zeros(self._lu.shape[0])
-            rhs[row] = 1.0 / 1000.0 / model.base_mva
-            x = self._lu.solve(rhs)
-            dva = np.zeros(model.n_ppci)
-            dvm = np.zeros(model.n_ppci)
-            dva[self._pvpq] = x[: self._n_pvpq]
-            dvm[model.pq] = x[self._n_pvpq :]
-            dV = self.V * (dvm / self._vm + 1j * dva)
-            col = Column(dvm[model.mon_bus_ppci], dV, model.Yf @ dV, model.Yt @ dV)
+            rhs = np.zeros((self._lu.shape[0], 1))
+            rhs[row, 0] = 1.0 / 1000.0 / model.base_mva
+            col = self.layout.column(self._columns(self._lu.solve(rhs))[:, 0])
         self._cache[bus] = col
         return col

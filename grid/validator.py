@@ -25,7 +25,7 @@ that runs a full power flow per trade, except where the linear screen errs by mo
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -393,6 +393,7 @@ class GridValidator:
                 None,
             )
         session = _Session(base.model, base.measures, base.limitset, self.batch_size)
+        session.want_buses(b for _, t in valid for b in (int(t.seller_bus), int(t.buyer_bus)))
         with np.errstate(all="ignore"):
             for pos, trade in valid:
                 session.offer(pos, trade)
@@ -547,6 +548,7 @@ class _Session:
         self.screened_out = 0
         self.refines = 0
         self.c_branch = np.maximum(model.c_from, model.c_to)  # percent of rating per pu current
+        self.buses: set[int] = set()  # buses whose sensitivities each linearization computes
         self._relinearize()
         self._clear_batch()
 
@@ -560,18 +562,26 @@ class _Session:
             self.linearizations,
         )
 
+    def want_buses(self, buses: Iterable[int]) -> None:
+        """Buses trades will name: their sensitivities are computed together per
+        linearization."""
+        fresh = set(buses) - self.buses
+        if fresh:
+            self.buses |= fresh
+            self.lin.prepare(sorted(fresh))
+
     def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
         self.lin = Linearization(self.model, self.measures.V, jacobian)
+        self.lin.prepare(self.buses)
         self.linearizations += 1
 
     def _clear_batch(self) -> None:
         me = self.measures
         self.batch: list[tuple[int, Trade]] = []
         self.b_dS = np.zeros_like(self.S)
-        self.b_dvm = np.zeros_like(me.vm_pu)
-        self.b_dif = np.zeros_like(me.i_from)
-        self.b_dit = np.zeros_like(me.i_to)
-        self.b_dV = np.zeros_like(me.V)
+        # The batch's predicted change, packed like the sensitivity columns:
+        # [dvm | dV | di_from | di_to] (see ``acmodel.Layout``).
+        self.b_pack = np.zeros(self.model.layout.size, dtype=complex)
         self.b_movedv = np.zeros_like(me.vm_pu)
         self.b_movedl = np.zeros_like(me.loading_percent)
         self.b_loading = me.loading_percent
@@ -587,17 +597,13 @@ class _Session:
     def offer(self, pos: int, trade: Trade) -> None:
         """Screen one trade; join the batch when clearly feasible, else decide it with AC."""
         me, model = self.measures, self.model
+        lay = model.layout
         cs = self.lin.column(int(trade.seller_bus))
         cb = self.lin.column(int(trade.buyer_bus))
-        p = float(trade.p_kw)
-        dvm = self.b_dvm + p * (cs.dvm - cb.dvm)
-        dV = self.b_dV + p * (cs.dV - cb.dV)
-        dif = self.b_dif + p * (cs.di_from - cb.di_from)
-        dit = self.b_dit + p * (cs.di_to - cb.di_to)
-        vm = me.vm_pu + dvm
-        loading = np.maximum(
-            np.abs(me.i_from + dif) * model.c_from, np.abs(me.i_to + dit) * model.c_to
-        )
+        own = float(trade.p_kw) * (cs.packed - cb.packed)  # this trade's predicted change
+        pack = self.b_pack + own  # batch + trade
+        vm = me.vm_pu + pack[lay.vm].real
+        loading = model.loading(me.i + pack[lay.i])
         # Second-order errors (losses) add up over a batch: bands grow with the sum of the moves.
         # A branch's move is that of its complex current (in percent of its rating), not of its
         # loading: a current change across the phasor barely moves |I| to first order, yet its
@@ -606,13 +612,13 @@ class _Session:
         # transfer inside one feeder changes the transformer's loading by the change of its
         # losses): every element's band also grows with the largest move anywhere.
         # The largest move is taken in current (pu), then scaled to each branch's own rating.
-        own_v = np.abs(dvm - self.b_dvm)
-        di_from = np.abs(dif - self.b_dif)
-        di_to = np.abs(dit - self.b_dit)
-        own_l = np.maximum(di_from * model.c_from, di_to * model.c_to)
-        di_max = max(float(np.max(di_from, initial=0.0)), float(np.max(di_to, initial=0.0)))
+        moves = np.abs(own)
+        own_v = moves[lay.vm]
+        di = moves[lay.i]
+        own_l = model.loading(di)
+        di_max = float(di.max(initial=0.0))
         spread = GLOBAL_RELATIVE / BAND_RELATIVE
-        moved_v = self.b_movedv + own_v + spread * float(np.max(own_v, initial=0.0))
+        moved_v = self.b_movedv + own_v + spread * float(own_v.max(initial=0.0))
         moved_l = self.b_movedl + own_l + spread * di_max * self.c_branch
         judged = self.limitset.screen(vm, moved_v, loading, moved_l)
         if isinstance(judged, Violation):
@@ -623,42 +629,42 @@ class _Session:
             self.screened_in += 1
             self.batch.append((pos, trade))
             self.b_dS += self._delta_S(trade)
-            self.b_dvm, self.b_dif, self.b_dit, self.b_dV = dvm, dif, dit, dV
+            self.b_pack = pack
             self.b_movedv, self.b_movedl, self.b_loading = moved_v, moved_l, loading
             if len(self.batch) >= self.batch_size:
                 self.flush()
             return
-        if float(np.max(moved_v, initial=0.0)) <= SCREEN_MAX_MOVE_PU:
-            refined = self._refine(pos, trade, me.V + dV)
+        V1 = me.V + pack[lay.V]
+        if float(moved_v.max(initial=0.0)) <= SCREEN_MAX_MOVE_PU:
+            refined = self._refine(pos, trade, V1, me.i + pack[lay.i])
             if refined is None:
                 return
             V_start: np.ndarray | None = refined
         else:
-            V_start = me.V + dV
+            V_start = V1
         if self.batch:
             self.flush()
             self._decide(pos, trade)
         else:
             self._decide(pos, trade, V_start)
 
-    def _refine(self, pos: int, trade: Trade, V1: np.ndarray) -> np.ndarray | None:
+    def _refine(self, pos: int, trade: Trade, V1: np.ndarray, i1: np.ndarray) -> np.ndarray | None:
         """Second look at a trade the linear screen could not call: one chord Newton step from
-        the linear prediction (batch + trade) removes its second-order error, and the band
-        shrinks to a share of that step (``REFINE_BAND``). Returns None when decided here (joined
-        the batch or vetoed), else the refined voltages as an AC starting point."""
+        the linear prediction (batch + trade; voltages ``V1``, branch currents ``i1``) removes
+        its second-order error, and the band shrinks to a share of that step (``REFINE_BAND``).
+        Returns None when decided here (joined the batch or vetoed), else the refined voltages
+        as an AC starting point."""
         me, model = self.measures, self.model
+        lay = model.layout
         S = self.S + self.b_dS + self._delta_S(trade)
         V2 = self.lin.refine(S, V1)
         if not np.all(np.isfinite(V2)):
             return V1
         self.refines += 1
-        m1 = model.measure(V1)
         m2 = model.measure(V2)
-        step_v = np.full_like(m2.vm_pu, float(np.max(np.abs(m2.vm_pu - m1.vm_pu), initial=0.0)))
-        step_i = max(
-            float(np.max(np.abs(m2.i_from - m1.i_from), initial=0.0)),
-            float(np.max(np.abs(m2.i_to - m1.i_to), initial=0.0)),
-        )
+        vm1 = np.abs(V1[model.mon_bus_ppci])
+        step_v = np.full_like(m2.vm_pu, float(np.abs(m2.vm_pu - vm1).max(initial=0.0)))
+        step_i = float(np.abs(m2.i - i1).max(initial=0.0))
         step_l = step_i * self.c_branch
         judged = self.limitset.screen(m2.vm_pu, step_v, m2.loading_percent, step_l, REFINE_BAND)
         if isinstance(judged, Violation):
@@ -670,10 +676,11 @@ class _Session:
         self.screened_in += 1
         self.batch.append((pos, trade))
         self.b_dS = S - self.S
-        self.b_dV = V2 - me.V
-        self.b_dvm = m2.vm_pu - me.vm_pu
-        self.b_dif = m2.i_from - me.i_from
-        self.b_dit = m2.i_to - me.i_to
+        pack = np.empty(lay.size, dtype=complex)
+        pack[lay.V] = V2 - me.V
+        pack[lay.vm] = m2.vm_pu - me.vm_pu
+        pack[lay.i] = m2.i - me.i
+        self.b_pack = pack
         # The refined batch state is uncertain by its band; later linear screens add their moves.
         self.b_movedv = step_v * (REFINE_BAND / BAND_RELATIVE)
         self.b_movedl = step_l * (REFINE_BAND / BAND_RELATIVE)
@@ -714,7 +721,7 @@ class _Session:
         prediction. Passing the AC check proves the batch's final set feasible, not each prefix:
         when the screen erred by more than it assumed, a trade inside the batch may have been
         infeasible when taken (and relieved by a later one), so the batch is re-decided."""
-        err_v = np.abs(me.vm_pu - (self.measures.vm_pu + self.b_dvm))
+        err_v = np.abs(me.vm_pu - (self.measures.vm_pu + self.b_pack[self.model.layout.vm].real))
         err_l = np.abs(me.loading_percent - self.b_loading)
         return bool(
             np.all(err_v <= BAND_PU + BAND_RELATIVE * self.b_movedv)
@@ -728,7 +735,7 @@ class _Session:
             return
         batch = self.batch
         S = self.S + self.b_dS
-        me, violation = self._solve(S, self.measures.V + self.b_dV)
+        me, violation = self._solve(S, self.measures.V + self.b_pack[self.model.layout.V])
         if me is not None and violation is None and self._as_predicted(me):
             for pos, trade in batch:
                 self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
