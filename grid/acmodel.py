@@ -10,7 +10,7 @@ Jacobian at an operating point."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -265,7 +265,7 @@ class Linearization:
         vm[model.pq] -= dx[self._n_pvpq :]
         return np.asarray(vm * np.exp(1j * va))
 
-    def prepare(self, buses: Sequence[int]) -> None:
+    def prepare(self, buses: Iterable[int]) -> None:
         """Sensitivity columns of all ``buses`` at once (one multi-right-hand-side solve: several
         times cheaper per bus than one solve each)."""
         model = self.model

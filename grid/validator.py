@@ -25,6 +25,7 @@ that runs a full power flow per trade, except where the linear screen errs by mo
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -61,6 +62,10 @@ RELINEARIZE_PU = 0.03
 HOSTING_RESOLUTION_KW = 0.01
 HOSTING_MAX_KW = 1e6
 _BASE_CACHE = 32
+# Session snapshots kept for prefix reuse (see ``GridValidator.validate``).
+PREFIX_CACHE = 64
+SNAPSHOT_EVERY_TRADE_MAX = 512  # longer lists are snapshotted every SNAPSHOT_STRIDE trades
+SNAPSHOT_STRIDE = 64
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class ValidationStats:
     ac_solves: int = 0
     batch_fallbacks: int = 0
     linearizations: int = 0
+    reused_trades: int = 0  # leading trades whose work was reused from an earlier validate
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,7 @@ class GridValidator:
         limits: Limits | None = None,
         add_pv: bool = True,
         batch_size: int = BATCH_SIZE,
+        reuse: bool = True,
     ) -> None:
         if isinstance(network, pp.pandapowerNet):
             net = copy.deepcopy(network)
@@ -235,6 +242,9 @@ class GridValidator:
         self.net = net
         self._nominal = nominal_values(net)
         self._bases: dict[tuple[int | None, int], _Base] = {}
+        self.reuse = bool(reuse)
+        self._prefixes: OrderedDict[int, tuple[_Base, tuple[Trade, ...], _Session]] = OrderedDict()
+        self._prefix_seq = 0
 
     # ----------------------------------------------------------------- network facts
     def buses(self) -> list[int]:
@@ -392,11 +402,25 @@ class GridValidator:
                 None,
                 None,
             )
-        session = _Session(base.model, base.measures, base.limitset, self.batch_size)
+        start, resumed = self._resume(base, trades)
+        if resumed is None:
+            session = _Session(base.model, base.measures, base.limitset, self.batch_size)
+        else:
+            session = resumed.resume()
         session.want_buses(b for _, t in valid for b in (int(t.seller_bus), int(t.buyer_bus)))
+        todo = [(pos, trade) for pos, trade in valid if pos >= start]
+        every = 1 if len(todo) <= SNAPSHOT_EVERY_TRADE_MAX else SNAPSHOT_STRIDE
+        points: list[tuple[int, _Session]] = []
         with np.errstate(all="ignore"):
-            for pos, trade in valid:
+            for k, (pos, trade) in enumerate(todo):
+                snap = session.snapshot() if self.reuse and k % every == 0 else None
+                before = len(session.log)
                 session.offer(pos, trade)
+                if snap is not None and any(not v.approved for _, v in session.log[before:]):
+                    points.append((pos, snap))  # the next round may drop this vetoed trade
+            if self.reuse:
+                points.append((len(trades), session.snapshot()))
+                self._remember(base, trades, points)
             session.flush()
         for pos, verdict in session.verdicts.items():
             verdicts[pos] = verdict
@@ -423,8 +447,38 @@ class GridValidator:
             vm_max_pu=float(state.vm_pu.max()),
             max_line_loading_percent=_max(state.loading_percent[:n_lines]),
             max_trafo_loading_percent=_max(state.loading_percent[n_lines:]),
-            stats=session.stats(len(trades)),
+            stats=session.stats(len(trades), start),
         )
+
+    def _resume(self, base: _Base, trades: list[Trade]) -> tuple[int, _Session | None]:
+        """The longest prefix of ``trades`` an earlier ``validate`` on this base state left a
+        session snapshot after: (its length, the snapshot), or (0, None)."""
+        if not self.reuse:
+            return 0, None
+        best: tuple[int, _Session | None] = (0, None)
+        best_key = None
+        for key, (owner, prefix, snap) in self._prefixes.items():
+            n = len(prefix)
+            if owner is base and best[0] < n <= len(trades) and _same_trades(trades, prefix):
+                best, best_key = (n, snap), key
+        if best_key is not None:
+            self._prefixes.move_to_end(best_key)
+        return best
+
+    def _remember(
+        self, base: _Base, trades: list[Trade], points: list[tuple[int, _Session]]
+    ) -> None:
+        for n, snap in points:
+            if n == 0:
+                continue
+            self._prefix_seq += 1
+            self._prefixes[self._prefix_seq] = (base, tuple(trades[:n]), snap)
+        while len(self._prefixes) > PREFIX_CACHE:
+            self._prefixes.popitem(last=False)
+
+    def clear_reuse_cache(self) -> None:
+        """Forget the session snapshots ``validate`` keeps for prefixes it has seen."""
+        self._prefixes.clear()
 
     # ----------------------------------------------------------------- hosting capacity
     def hosting_capacity(
@@ -487,6 +541,22 @@ class GridValidator:
         )
 
 
+def _same_trades(trades: list[Trade], prefix: tuple[Trade, ...]) -> bool:
+    """Whether ``trades`` starts with ``prefix`` (same ids, buses and powers, same types)."""
+    for a, b in zip(trades, prefix, strict=False):
+        if a is b:
+            continue
+        if type(a) is not type(b) or a != b:
+            return False
+        if any(type(x) is not type(y) for x, y in zip(_fields(a), _fields(b), strict=True)):
+            return False
+    return True
+
+
+def _fields(trade: Trade) -> tuple[object, ...]:
+    return (trade.id, trade.seller_bus, trade.buyer_bus, trade.p_kw)
+
+
 def _max(values: np.ndarray) -> float | None:
     return float(values.max()) if len(values) else None
 
@@ -532,6 +602,8 @@ def _veto(trade: Trade, violation: Violation, source: str = "ac") -> Verdict:
 class _Session:
     """One ``validate`` run: the accepted AC state, the current linearization and the open batch."""
 
+    log_len = 0
+
     def __init__(
         self, model: ACModel, measures: Measures, limitset: LimitSet, batch_size: int
     ) -> None:
@@ -540,7 +612,8 @@ class _Session:
         self.batch_size = batch_size
         self.S = model.Sbus0.copy()
         self.measures = measures
-        self.verdicts: dict[int, Verdict] = {}
+        # Verdicts as an append-only log of (position, verdict): a snapshot is a length into it.
+        self.log: list[tuple[int, Verdict]] = []
         self.ac_solves = 0
         self.fallbacks = 0
         self.linearizations = 0
@@ -552,7 +625,7 @@ class _Session:
         self._relinearize()
         self._clear_batch()
 
-    def stats(self, n_trades: int) -> ValidationStats:
+    def stats(self, n_trades: int, reused: int = 0) -> ValidationStats:
         return ValidationStats(
             n_trades,
             self.screened_in,
@@ -560,14 +633,34 @@ class _Session:
             self.ac_solves,
             self.fallbacks,
             self.linearizations,
+            reused,
         )
+
+    def snapshot(self) -> _Session:
+        """A frozen copy of this session's state (cheap: arrays are replaced, never changed in
+        place, and the verdict log is shared up to its current length)."""
+        snap = copy.copy(self)
+        snap.batch = list(self.batch)
+        snap.log_len = len(self.log)
+        return snap
+
+    def resume(self) -> _Session:
+        """A live session continuing from this snapshot."""
+        live = copy.copy(self)
+        live.batch = list(self.batch)
+        live.log = self.log[: self.log_len]
+        return live
+
+    @property
+    def verdicts(self) -> dict[int, Verdict]:
+        return dict(self.log)
 
     def want_buses(self, buses: Iterable[int]) -> None:
         """Buses trades will name: their sensitivities are computed together per
         linearization."""
         fresh = set(buses) - self.buses
         if fresh:
-            self.buses |= fresh
+            self.buses = self.buses | fresh
             self.lin.prepare(sorted(fresh))
 
     def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
@@ -623,12 +716,12 @@ class _Session:
         judged = self.limitset.screen(vm, moved_v, loading, moved_l)
         if isinstance(judged, Violation):
             self.screened_out += 1
-            self.verdicts[pos] = _veto(trade, judged, "screen")
+            self.log.append((pos, _veto(trade, judged, "screen")))
             return
         if judged:
             self.screened_in += 1
             self.batch.append((pos, trade))
-            self.b_dS += self._delta_S(trade)
+            self.b_dS = self.b_dS + self._delta_S(trade)
             self.b_pack = pack
             self.b_movedv, self.b_movedl, self.b_loading = moved_v, moved_l, loading
             if len(self.batch) >= self.batch_size:
@@ -669,7 +762,7 @@ class _Session:
         judged = self.limitset.screen(m2.vm_pu, step_v, m2.loading_percent, step_l, REFINE_BAND)
         if isinstance(judged, Violation):
             self.screened_out += 1
-            self.verdicts[pos] = _veto(trade, judged, "screen")
+            self.log.append((pos, _veto(trade, judged, "screen")))
             return None
         if not judged:
             return V2
@@ -711,9 +804,9 @@ class _Session:
         S = self.S + self._delta_S(trade)
         me, violation = self._solve(S, V_start)
         if violation is not None or me is None:
-            self.verdicts[pos] = _veto(trade, violation or NOT_CONVERGED)
+            self.log.append((pos, _veto(trade, violation or NOT_CONVERGED)))
             return
-        self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
+        self.log.append((pos, Verdict(trade.id, True, Reason.APPROVED)))
         self._commit(S, me)
 
     def _as_predicted(self, me: Measures) -> bool:
@@ -738,7 +831,7 @@ class _Session:
         me, violation = self._solve(S, self.measures.V + self.b_pack[self.model.layout.V])
         if me is not None and violation is None and self._as_predicted(me):
             for pos, trade in batch:
-                self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
+                self.log.append((pos, Verdict(trade.id, True, Reason.APPROVED)))
             self._commit(S, me)
             self._clear_batch()
             return
