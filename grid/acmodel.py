@@ -29,6 +29,10 @@ except ImportError:  # pragma: no cover - KLU is part of the lightsim2grid wheel
     from lightsim2grid.algorithm import NRSing_SparseLU as _Solver
 
 MAX_ITERATIONS = 20
+# Right-hand sides per multi-column solve. OpenBLAS runs a level-3 call on its thread pool once
+# m*n*k passes ~2.6e5; with more columns per solve SuperLU's supernode updates cross that, and the
+# pool's spinning threads then slowed every later solve several-fold on a busy 2-core machine.
+RHS_CHUNK = 8
 TOLERANCE_PU = 1e-9
 
 
@@ -277,11 +281,14 @@ class Linearization:
         live = [(b, r) for b, r in zip(todo, rows, strict=True) if r >= 0]
         if not live:
             return
-        rhs = np.zeros((self._lu.shape[0], len(live)), order="F")
-        rhs[[r for _, r in live], np.arange(len(live))] = 1.0 / 1000.0 / model.base_mva
-        packed = self._columns(self._lu.solve(rhs))
-        for k, (bus, _) in enumerate(live):
-            self._cache[bus] = self.layout.column(packed[:, k])
+        # A few right-hand sides per solve (see RHS_CHUNK).
+        for first in range(0, len(live), RHS_CHUNK):
+            part = live[first : first + RHS_CHUNK]
+            rhs = np.zeros((self._lu.shape[0], len(part)), order="F")
+            rhs[[r for _, r in part], np.arange(len(part))] = 1.0 / 1000.0 / model.base_mva
+            packed = self._columns(self._lu.solve(rhs))
+            for k, (bus, _) in enumerate(part):
+                self._cache[bus] = self.layout.column(packed[:, k])
 
     def _columns(self, x: np.ndarray) -> np.ndarray:
         """Packed columns (Fortran order) from solutions ``x`` of the Jacobian system."""
