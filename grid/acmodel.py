@@ -182,6 +182,13 @@ class ACModel:
         return delta
 
 
+def _as_slice(index: np.ndarray) -> np.ndarray | slice:
+    """``index`` as a slice when it is a contiguous ascending range (same elements, cheaper)."""
+    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        return slice(int(index[0]), int(index[0]) + len(index))
+    return index
+
+
 def jacobian_at(model: ACModel, V: np.ndarray) -> sparse.csc_matrix:
     """The Newton-Raphson Jacobian [[dP/dVa, dP/dVm], [dQ/dVa, dQ/dVm]] over (pv+pq, pq) at
     ``V``."""
@@ -246,6 +253,9 @@ class Linearization:
         self._lu = splu(sparse.csc_matrix(jacobian))
         self._n_pvpq = len(pvpq)
         self._pvpq = pvpq
+        # Plain slices where the index sets are ranges (radial feeders: one slack at bus 0).
+        self._pvpq_index = _as_slice(pvpq)
+        self._pq_index = _as_slice(model.pq)
         self._row_of_ppci = np.full(model.n_ppci, -1, dtype=np.int64)
         self._row_of_ppci[pvpq] = np.arange(len(pvpq))
         self._vm = np.abs(V)
@@ -262,11 +272,12 @@ class Linearization:
         is close to the one at the solution)."""
         model = self.model
         mismatch = V * np.conj(model.Ybus @ V) - Sbus
-        dx = self._lu.solve(np.r_[mismatch[self._pvpq].real, mismatch[model.pq].imag])
-        va = np.angle(V)
+        pvpq, pq = self._pvpq_index, self._pq_index
+        dx = self._lu.solve(np.concatenate((mismatch[pvpq].real, mismatch[pq].imag)))
+        va = np.arctan2(V.imag, V.real)
         vm = np.abs(V)
-        va[self._pvpq] -= dx[: self._n_pvpq]
-        vm[model.pq] -= dx[self._n_pvpq :]
+        va[pvpq] -= dx[: self._n_pvpq]
+        vm[pq] -= dx[self._n_pvpq :]
         return np.asarray(vm * np.exp(1j * va))
 
     def prepare(self, buses: Iterable[int]) -> None:
