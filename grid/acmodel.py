@@ -29,10 +29,11 @@ except ImportError:  # pragma: no cover - KLU is part of the lightsim2grid wheel
     from lightsim2grid.algorithm import NRSing_SparseLU as _Solver
 
 MAX_ITERATIONS = 20
-# Right-hand sides per multi-column solve. OpenBLAS runs a level-3 call on its thread pool once
-# m*n*k passes ~2.6e5; with more columns per solve SuperLU's supernode updates cross that, and the
-# pool's spinning threads then slowed every later solve several-fold on a busy 2-core machine.
-RHS_CHUNK = 8
+# Size of one multi-column solve (rows x right-hand sides). OpenBLAS runs a level-3 call on its
+# thread pool once m*n*k passes ~2.6e5; with more columns per solve SuperLU's supernode updates
+# on kerber_vorstadt crossed that, and the pool's spinning threads then slowed every later solve
+# several-fold on a busy 2-core machine.
+RHS_BUDGET = 8192
 TOLERANCE_PU = 1e-9
 
 
@@ -292,9 +293,10 @@ class Linearization:
         live = [(b, r) for b, r in zip(todo, rows, strict=True) if r >= 0]
         if not live:
             return
-        # A few right-hand sides per solve (see RHS_CHUNK).
-        for first in range(0, len(live), RHS_CHUNK):
-            part = live[first : first + RHS_CHUNK]
+        # A few right-hand sides per solve (see RHS_BUDGET).
+        chunk = max(4, RHS_BUDGET // self._lu.shape[0])
+        for first in range(0, len(live), chunk):
+            part = live[first : first + chunk]
             rhs = np.zeros((self._lu.shape[0], len(part)), order="F")
             rhs[[r for _, r in part], np.arange(len(part))] = 1.0 / 1000.0 / model.base_mva
             packed = self._columns(self._lu.solve(rhs))

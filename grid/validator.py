@@ -622,6 +622,8 @@ class _Session:
         self.refines = 0
         self.c_branch = np.maximum(model.c_from, model.c_to)  # percent of rating per pu current
         self.buses: set[int] = set()  # buses whose sensitivities each linearization computes
+        self.offered = 0
+        self.prepared = True
         self._relinearize()
         self._clear_batch()
 
@@ -661,12 +663,20 @@ class _Session:
         fresh = set(buses) - self.buses
         if fresh:
             self.buses = self.buses | fresh
-            self.lin.prepare(sorted(fresh))
+            if self.prepared:
+                self.lin.prepare(sorted(fresh))
 
     def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
         self.lin = Linearization(self.model, self.measures.V, jacobian)
-        self.lin.prepare(self.buses)
         self.linearizations += 1
+        # All wanted columns at once (cheaper per column) when a linearization is expected to
+        # serve many trades; else each on first use (big moves relinearize every few trades).
+        per_lin = self.offered / self.linearizations
+        if self.linearizations == 1 or 2.0 * per_lin >= 0.5 * len(self.buses):
+            self.lin.prepare(self.buses)
+            self.prepared = True
+        else:
+            self.prepared = False
 
     def _clear_batch(self) -> None:
         me = self.measures
@@ -691,6 +701,7 @@ class _Session:
         """Screen one trade; join the batch when clearly feasible, else decide it with AC."""
         me, model = self.measures, self.model
         lay = model.layout
+        self.offered += 1
         cs = self.lin.column(int(trade.seller_bus))
         cb = self.lin.column(int(trade.buyer_bus))
         own = float(trade.p_kw) * (cs.packed - cb.packed)  # this trade's predicted change
