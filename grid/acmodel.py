@@ -10,6 +10,7 @@ Jacobian at an operating point."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ except ImportError:  # pragma: no cover - KLU is part of the lightsim2grid wheel
     from lightsim2grid.algorithm import NRSing_SparseLU as _Solver
 
 MAX_ITERATIONS = 20
+# From this many buses on, solves go through a kept lightsim2grid grid model (see _KeptGrid):
+# on small grids the plain solver's per-call reset costs less than the model's bookkeeping.
+KEPT_GRID_MIN_BUSES = 150
 # Size of one multi-column solve (rows x right-hand sides). OpenBLAS runs a level-3 call on its
 # thread pool once m*n*k passes ~2.6e5; with more columns per solve SuperLU's supernode updates
 # on kerber_vorstadt crossed that, and the pool's spinning threads then slowed every later solve
@@ -131,9 +135,22 @@ class ACModel:
         self.n_branch = len(rows)
         self.layout = Layout(len(self.mon_bus_ppci), n_ppci, self.n_branch)
         self._solver = _Solver()
+        self._kept: _KeptGrid | None = None
+        self._last_kept = False
+        if n_ppci >= KEPT_GRID_MIN_BUSES:
+            self._kept = _KeptGrid.build(net, self)
 
     def solve(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
         """Newton-Raphson from ``V_start``; None when it does not converge."""
+        if self._kept is not None:
+            V = self._kept.solve(Sbus, V_start)
+            if V is not None or self._kept.answered:
+                self._last_kept = True
+                return V
+        self._last_kept = False
+        return self._solve_plain(Sbus, V_start)
+
+    def _solve_plain(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
         try:
             self._solver.solve(
                 self.Ybus,
@@ -155,9 +172,17 @@ class ACModel:
             return None
         return np.asarray(V)
 
+    def _plain_jacobian(self) -> sparse.csc_matrix | None:
+        try:
+            return sparse.csc_matrix(self._solver.get_J())
+        except (RuntimeError, ValueError):
+            return None
+
     def last_jacobian(self) -> sparse.csc_matrix | None:
         """The solver's Jacobian from its last Newton step (close to the solution of the last
         solve)."""
+        if self._last_kept:
+            return self._kept.jacobian() if self._kept is not None else None
         try:
             return sparse.csc_matrix(self._solver.get_J())
         except (RuntimeError, ValueError):
@@ -181,6 +206,109 @@ class ACModel:
         for bus, p_kw in bus_p_kw.items():
             delta[self.ppci_of_bus[bus]] += p_kw / 1000.0 / self.base_mva
         return delta
+
+
+class _KeptGrid:
+    """lightsim2grid's own grid model of the base state, kept between solves.
+
+    The plain solver object is reset (KLU analysed again) on every call, which is most of its
+    cost on a few hundred buses; the grid model keeps its solver and only refactorizes. Trades
+    change bus injections through one zero static generator per bus. Used only where it
+    reproduces pandapower's model: same buses one to one, the base state's voltages and a test
+    solve equal to the plain solver's (checked when built), real-power-only changes."""
+
+    def __init__(
+        self, grid: object, model: ACModel, ls_of_ppci: np.ndarray, sgens: np.ndarray, n_ls: int
+    ) -> None:
+        self.grid = grid
+        self.model = model
+        self.ls_of_ppci = ls_of_ppci
+        self.sgens = sgens
+        self.n_ls = n_ls
+        self.p_mw = np.zeros(model.n_ppci)
+        self.answered = False
+        self.jacobian_ok = False
+
+    @classmethod
+    def build(cls, net: pp.pandapowerNet, model: ACModel) -> _KeptGrid | None:
+        try:
+            from lightsim2grid.network import init_from_pandapower
+
+            from grid.networks import quiet
+
+            ppci = np.array(list(model.ppci_of_bus.values()), dtype=np.int64)
+            if len(set(ppci.tolist())) != model.n_ppci or len(ppci) != model.n_ppci:
+                return None  # buses fused or dropped by pandapower: no one-to-one map
+            work = copy.deepcopy(net)
+            position = {int(b): i for i, b in enumerate(work.bus.index)}
+            ls_of_ppci = np.empty(model.n_ppci, dtype=np.int64)
+            sgens = np.empty(model.n_ppci, dtype=np.int64)
+            first = len(work.sgen)
+            with quiet():
+                for k, (bus, row) in enumerate(model.ppci_of_bus.items()):
+                    pp.create_sgen(work, bus, p_mw=0.0, name="tegrid kept-grid injection")
+                    ls_of_ppci[row] = position[bus]
+                    sgens[row] = first + k
+                grid = init_from_pandapower(work)
+            kept = cls(grid, model, ls_of_ppci, sgens, len(work.bus))
+            base = kept.solve(model.Sbus0, model.V0)
+            if base is None or float(np.max(np.abs(base - model.V0))) > 1e-8:
+                return None
+            test = model.Sbus0.copy()
+            pq = model.pq[len(model.pq) // 2] if len(model.pq) else 0
+            test[pq] -= 0.01 / model.base_mva  # 10 kW more load mid-feeder
+            got, want = kept.solve(test, model.V0), model._solve_plain(test, model.V0)
+            if got is None or want is None or float(np.max(np.abs(got - want))) > 1e-8:
+                return None
+            J = kept.jacobian()
+            J_ref = model._plain_jacobian()
+            kept.jacobian_ok = (
+                J is not None
+                and J_ref is not None
+                and J.shape == J_ref.shape
+                and float(abs(J - J_ref).max()) <= 1e-6 * max(1.0, float(abs(J_ref).max()))
+            )
+            return kept
+        except Exception:  # any trouble converting: the plain solver does the work
+            return None
+
+    def solve(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
+        """Converged voltages, or None; ``answered`` says whether this model gave the answer
+        (False: the plain solver must)."""
+        model = self.model
+        self.answered = False
+        delta = Sbus - model.Sbus0
+        if np.any(delta.imag != 0):
+            return None  # reactive changes: not what the injections carry
+        p_mw = delta.real * model.base_mva
+        for row in np.flatnonzero(p_mw != self.p_mw):
+            self.grid.change_p_sgen(int(self.sgens[row]), float(p_mw[row]))  # type: ignore[attr-defined]
+        self.p_mw = p_mw
+        V_init = np.ones(self.n_ls, dtype=complex)
+        V_init[self.ls_of_ppci] = V_start
+        self.answered = True
+        try:
+            V = self.grid.ac_pf(V_init, MAX_ITERATIONS, TOLERANCE_PU)  # type: ignore[attr-defined]
+        except RuntimeError:
+            return None
+        if len(V) == 0:
+            return None
+        out = np.asarray(V)[self.ls_of_ppci]
+        return out if bool(np.all(np.isfinite(out))) else None
+
+    def jacobian(self) -> sparse.csc_matrix | None:
+        if not self.jacobian_ok and self.model._kept is self:
+            return None
+        try:
+            J = sparse.csc_matrix(self.grid.get_J_solver())  # type: ignore[attr-defined]
+        except (RuntimeError, ValueError):
+            return None
+        size = len(self.model.pv) + 2 * len(self.model.pq)
+        if J.shape == (size + 1, size + 1):
+            # The grid model solves for the slack's share too: one more row and column, the
+            # column zero but in that row, so the leading block is the classic Jacobian.
+            J = J[:size, :size].tocsc()
+        return J
 
 
 def _as_slice(index: np.ndarray) -> np.ndarray | slice:
