@@ -19,6 +19,19 @@ A trade whose seller and buyer sit on the same bus changes no bus injection: it 
 a power flow (``source == "input"``) and leaves the state unchanged - unless the base state itself
 does not converge, when every trade gets NOT_CONVERGED (the rule needs a converged flow).
 
+Prefix reuse: the market validates the same interval again and again, each round the approved
+trades so far plus fresh candidates. ``validate`` keeps (LRU, ``PREFIX_CACHE``) a snapshot of its
+session state - before the final batch confirmation - at the end of every list and before every
+trade it vetoed (the next round drops that one), keyed by the trades themselves (ids, buses,
+powers and their types) and the base state. A list that starts with such a prefix resumes from the
+longest one. The session is deterministic and a snapshot is exactly the state a from-scratch run
+has at that point, so verdicts, evidence hash and AC figures are identical to a from-scratch run
+(``reuse=False`` turns it off; ``ValidationStats.reused_trades`` says how many trades were
+skipped).
+
+AC solves on grids from ``acmodel.KEPT_GRID_MIN_BUSES`` buses go through a kept lightsim2grid grid
+model (see ``acmodel._KeptGrid``), cheaper per solve than the plain solver object.
+
 The approved set therefore always passes a full AC power flow; verdicts equal those of a validator
 that runs a full power flow per trade, except where the linear screen errs by more than its band."""
 
