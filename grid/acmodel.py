@@ -409,6 +409,14 @@ class Linearization:
         vm[pq] -= dx[self._n_pvpq :]
         return np.asarray(vm * np.exp(1j * va))
 
+    @property
+    def _chunk(self) -> int:
+        return max(4, RHS_BUDGET // self._lu.shape[0])
+
+    def solves_for(self, n_columns: int) -> int:
+        """Multi-column solves ``prepare`` needs for ``n_columns`` columns."""
+        return -(-n_columns // self._chunk)
+
     def prepare(self, buses: Iterable[int]) -> None:
         """Sensitivity columns of all ``buses`` at once (one multi-right-hand-side solve: several
         times cheaper per bus than one solve each)."""
@@ -422,7 +430,7 @@ class Linearization:
         if not live:
             return
         # A few right-hand sides per solve (see RHS_BUDGET).
-        chunk = max(4, RHS_BUDGET // self._lu.shape[0])
+        chunk = self._chunk
         for first in range(0, len(live), chunk):
             part = live[first : first + chunk]
             rhs = np.zeros((self._lu.shape[0], len(part)), order="F")

@@ -682,10 +682,11 @@ class _Session:
     def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
         self.lin = Linearization(self.model, self.measures.V, jacobian)
         self.linearizations += 1
-        # All wanted columns at once (cheaper per column) when a linearization is expected to
-        # serve many trades; else each on first use (big moves relinearize every few trades).
+        # All wanted columns at once (a multi-column solve costs about what one column alone
+        # does) unless that takes more solves than the columns this linearization is expected to
+        # need (two per trade it serves); then each column on first use.
         per_lin = self.offered / self.linearizations
-        if self.linearizations == 1 or 2.0 * per_lin >= 0.5 * len(self.buses):
+        if self.linearizations == 1 or self.lin.solves_for(len(self.buses)) <= 2.0 * per_lin:
             self.lin.prepare(self.buses)
             self.prepared = True
         else:
