@@ -30,9 +30,12 @@ except ImportError:  # pragma: no cover - KLU is part of the lightsim2grid wheel
     from lightsim2grid.algorithm import NRSing_SparseLU as _Solver
 
 MAX_ITERATIONS = 20
-# From this many buses on, solves go through a kept lightsim2grid grid model (see _KeptGrid):
-# on small grids the plain solver's per-call reset costs less than the model's bookkeeping.
-KEPT_GRID_MIN_BUSES = 150
+# From this many buses on, solves would go through a kept lightsim2grid grid model (see
+# _KeptGrid; on small grids the plain solver's per-call reset costs less than its bookkeeping).
+# Off (None): on kerber_vorstadt it halved the cost per solve, but its answers depend on the
+# solves before them in the last digits (1e-13), and prefix reuse promises answers identical to
+# a from-scratch run bit for bit.
+KEPT_GRID_MIN_BUSES: int | None = None
 # Size of one multi-column solve (rows x right-hand sides). OpenBLAS runs a level-3 call on its
 # thread pool once m*n*k passes ~2.6e5; with more columns per solve SuperLU's supernode updates
 # on kerber_vorstadt crossed that, and the pool's spinning threads then slowed every later solve
@@ -137,7 +140,7 @@ class ACModel:
         self._solver = _Solver()
         self._kept: _KeptGrid | None = None
         self._last_kept = False
-        if n_ppci >= KEPT_GRID_MIN_BUSES:
+        if KEPT_GRID_MIN_BUSES is not None and n_ppci >= KEPT_GRID_MIN_BUSES:
             self._kept = _KeptGrid.build(net, self)
 
     def solve(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
@@ -228,6 +231,7 @@ class _KeptGrid:
         self.p_mw = np.zeros(model.n_ppci)
         self.answered = False
         self.jacobian_ok = False
+        self.iterations = 0
 
     @classmethod
     def build(cls, net: pp.pandapowerNet, model: ACModel) -> _KeptGrid | None:
@@ -291,13 +295,16 @@ class _KeptGrid:
             V = self.grid.ac_pf(V_init, MAX_ITERATIONS, TOLERANCE_PU)  # type: ignore[attr-defined]
         except RuntimeError:
             return None
+        self.iterations = int(self.grid.get_solver().get_nb_iter())  # type: ignore[attr-defined]
         if len(V) == 0:
             return None
         out = np.asarray(V)[self.ls_of_ppci]
         return out if bool(np.all(np.isfinite(out))) else None
 
     def jacobian(self) -> sparse.csc_matrix | None:
-        if not self.jacobian_ok and self.model._kept is self:
+        """The Jacobian of the last solve's last Newton step; None when it took no step (the
+        model would still hold the one of an earlier solve: answers would depend on history)."""
+        if self.iterations == 0 or (not self.jacobian_ok and self.model._kept is self):
             return None
         try:
             J = sparse.csc_matrix(self.grid.get_J_solver())  # type: ignore[attr-defined]

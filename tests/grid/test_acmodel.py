@@ -4,14 +4,17 @@ sensitivity columns computed together, and the chunked multi-column solves."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from grid import GridValidator, Trade
+from grid import GridValidator, Trade, acmodel
 from grid.acmodel import Linearization
 from grid.naive import PandapowerChecker, injections_of
 
 
-def test_kerber_kept_grid_solves_like_the_plain_solver() -> None:
-    validator = GridValidator("kerber_vorstadt")
+def test_kerber_kept_grid_solves_like_the_plain_solver(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Off by default (its last digits depend on history, see KEPT_GRID_MIN_BUSES); still exact.
+    monkeypatch.setattr(acmodel, "KEPT_GRID_MIN_BUSES", 150)
+    validator = GridValidator("kerber_vorstadt", reuse=False)
     model = validator._base(None, 900).model
     assert model is not None and model._kept is not None and model._kept.jacobian_ok
     rng = np.random.default_rng(5)

@@ -93,3 +93,23 @@ def test_reuse_off_is_from_scratch(scratch: GridValidator) -> None:
     trades = [Trade(f"s{i}", 24, 35, 2.0) for i in range(3)]
     scratch.validate(trades)
     assert scratch.validate(trades).stats.reused_trades == 0
+
+
+def test_kerber_clearing_rounds_equal_from_scratch() -> None:
+    # The grid of the market benchmark, where AC-decided vetoes carry AC values: bit for bit.
+    from grid.bench import random_trades
+
+    reusing, scratch = (
+        GridValidator("kerber_vorstadt"),
+        GridValidator("kerber_vorstadt", reuse=False),
+    )
+    pool = random_trades(reusing.load_buses(), 180, 40.0, seed=11)
+    batch: list[Trade] = []
+    reused = 0
+    for first in range(0, len(pool), 20):
+        trades = batch + pool[first : first + 20]
+        got = reusing.validate(trades)
+        assert _answer(got) == _answer(scratch.validate(trades))
+        reused += got.stats.reused_trades
+        batch = [t for t, v in zip(trades, got.verdicts, strict=True) if v.approved]
+    assert reused > 0
