@@ -139,6 +139,7 @@ class ACModel:
         self.layout = Layout(len(self.mon_bus_ppci), n_ppci, self.n_branch)
         self._solver = _Solver()
         self._kept: _KeptGrid | None = None
+        self._lin_constants: _LinConstants | None = None
         self._last_kept = False
         if KEPT_GRID_MIN_BUSES is not None and n_ppci >= KEPT_GRID_MIN_BUSES:
             self._kept = _KeptGrid.build(net, self)
@@ -174,6 +175,22 @@ class ACModel:
         if not np.all(np.isfinite(V)):
             return None
         return np.asarray(V)
+
+    def linearization_constants(self) -> _LinConstants:
+        """Index sets every ``Linearization`` of this model uses (built once)."""
+        if self._lin_constants is None:
+            pvpq = np.r_[self.pv, self.pq]
+            row_of_ppci = np.full(self.n_ppci, -1, dtype=np.int64)
+            row_of_ppci[pvpq] = np.arange(len(pvpq))
+            self._lin_constants = _LinConstants(
+                pvpq,
+                # Plain slices where the index sets are ranges (radial feeders: slack at bus 0).
+                _as_slice(pvpq),
+                _as_slice(self.pq),
+                row_of_ppci,
+                self.layout.column(np.zeros(self.layout.size, complex)),
+            )
+        return self._lin_constants
 
     def _plain_jacobian(self) -> sparse.csc_matrix | None:
         try:
@@ -340,6 +357,15 @@ def jacobian_at(model: ACModel, V: np.ndarray) -> sparse.csc_matrix:
     return sparse.vstack([sparse.hstack([j11, j12]), sparse.hstack([j21, j22])]).tocsc()
 
 
+@dataclass(frozen=True)
+class _LinConstants:
+    pvpq: np.ndarray
+    pvpq_index: np.ndarray | slice
+    pq_index: np.ndarray | slice
+    row_of_ppci: np.ndarray
+    zero: Column
+
+
 @dataclass
 class Column:
     """Sensitivities to +1 kW injected at one bus (absorbed by the slack).
@@ -382,22 +408,21 @@ class Linearization:
         ``V``."""
         self.model = model
         self.V = V
-        pvpq = np.r_[model.pv, model.pq]
+        shared = model.linearization_constants()
+        pvpq = shared.pvpq
         size = len(pvpq) + len(model.pq)
         if jacobian is None or jacobian.shape != (size, size) or jacobian.nnz == 0:
             jacobian = jacobian_at(model, V)
-        self._lu = splu(sparse.csc_matrix(jacobian))
+        self._lu = splu(jacobian if isinstance(jacobian, sparse.csc_matrix) else jacobian.tocsc())
         self._n_pvpq = len(pvpq)
         self._pvpq = pvpq
-        # Plain slices where the index sets are ranges (radial feeders: one slack at bus 0).
-        self._pvpq_index = _as_slice(pvpq)
-        self._pq_index = _as_slice(model.pq)
-        self._row_of_ppci = np.full(model.n_ppci, -1, dtype=np.int64)
-        self._row_of_ppci[pvpq] = np.arange(len(pvpq))
+        self._pvpq_index = shared.pvpq_index
+        self._pq_index = shared.pq_index
+        self._row_of_ppci = shared.row_of_ppci
         self._vm = np.abs(V)
         self._cache: dict[int, Column] = {}
         self.layout = model.layout
-        self._zero = self.layout.column(np.zeros(self.layout.size, complex))
+        self._zero = shared.zero
 
     def refine(self, Sbus: np.ndarray, V: np.ndarray) -> np.ndarray:
         """One chord Newton step from ``V`` towards the AC solution for ``Sbus``, with this
