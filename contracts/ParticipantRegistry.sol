@@ -112,11 +112,26 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     }
 
     /// @inheritdoc IParticipantRegistry
-    function meterStatesOf(address[] calldata meters) external view returns (uint256[] memory records) {
-        records = new uint256[](meters.length);
-        for (uint256 i = 0; i < meters.length; ++i) {
-            MeterRecord storage m = _meters[meters[i]];
-            if (m.wallet != address(0)) records[i] = uint256(m.index) | (m.active ? 1 << 32 : 0) | (1 << 33);
+    /// @dev One keccak and one SLOAD per meter in an assembly loop (MeterRecord: wallet bits 0..159,
+    /// index 160..191, active 192..199); the result array is ABI-encoded by the compiler.
+    function meterStatesOf(bytes calldata meters) external view returns (uint256[] memory records) {
+        if (meters.length % 20 != 0) revert RegistryMalformedMeters(meters.length);
+        uint256 n = meters.length / 20;
+        records = new uint256[](n);
+        assembly ("memory-safe") {
+            mstore(0x20, _meters.slot)
+            let p := meters.offset
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                mstore(0x00, shr(96, calldataload(add(p, mul(i, 20)))))
+                let word := sload(keccak256(0x00, 0x40))
+                if and(word, 0xffffffffffffffffffffffffffffffffffffffff) {
+                    // index | active << 32 | registered << 33
+                    mstore(
+                        add(records, shl(5, add(i, 1))),
+                        or(or(and(shr(160, word), 0xffffffff), shl(32, and(shr(192, word), 0xff))), shl(33, 1))
+                    )
+                }
+            }
         }
     }
 
