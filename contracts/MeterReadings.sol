@@ -51,12 +51,12 @@ contract MeterReadings is EIP712, IMeterReadings {
 
     /// @inheritdoc IMeterReadings
     /// @dev Packed calldata, one registry call for the batch's meters (packed 20-byte keys in, one word
-    /// each out), then one assembly loop: digest, ecrecover precompile (EIP-2098, low s), the checks, the
-    /// ring lane. A ring slot is read and written once per run of readings sharing it (oracle batches come
-    /// sorted by participant). One `ReadingsSubmitted` event describes the batch's accepted readings
-    /// (28 bytes each) instead of an event per reading: a LOG costs 375 per topic plus 8 per data byte, so a
-    /// per-reading LOG3 with two words of data was 2,012 gas and an accepted entry now costs 224; consumers
-    /// decode it with backend/chain/batches.py (`unpack_accepted`).
+    /// each out, both without ABI copies), then one assembly loop: digest, ecrecover precompile (EIP-2098,
+    /// low s), the checks, the ring lane. A ring slot is read and written once per run of readings sharing
+    /// it (oracle batches come sorted by participant). One `ReadingsSubmitted` event describes the batch's
+    /// accepted readings (28 bytes each) instead of an event per reading: a LOG costs 375 per topic plus 8
+    /// per data byte, so a per-reading LOG3 with two words of data was 2,012 gas and an accepted entry now
+    /// costs 224; consumers decode it with backend/chain/batches.py (`unpack_accepted`).
     function submitReadings(uint64 intervalId, bytes calldata readings) external returns (uint256 accepted) {
         if (!registry.hasRole(ORACLE_ROLE, msg.sender)) revert MeterReadingsNotOracle(msg.sender);
         if (readings.length % READING_SIZE != 0) revert MeterReadingsMalformedCalldata(readings.length);
@@ -71,141 +71,161 @@ contract MeterReadings is EIP712, IMeterReadings {
             base := readings.offset
         }
         uint256 n = readings.length / READING_SIZE;
-        uint256[] memory records = _meterRecords(base, n);
-        uint256[] memory ctx = new uint256[](10);
-        (ctx[0], ctx[1], ctx[2]) = (uint256(READING_TYPEHASH), uint256(_domainSeparatorV4()), intervalId);
-        ctx[3] = (uint256(intervalId) % readingWindowIntervals) << 32;
-        ctx[4] = uint256(ReadingRejected.selector);
-        ctx[5] = type(uint256).max; // no ring slot loaded yet
-        bytes memory log = new bytes(n * ACCEPTED_SIZE + 32);
+        // Memory, from the free pointer h (all of it allocated below):
+        // h+0x000 struct hash input: typeHash, meter, intervalId, importWh, exportWh
+        // h+0x0c0 digest input: 0x1901, domain separator, struct hash (0x42 bytes)
+        // h+0x120 ecrecover input: digest, v, r, s
+        // h+0x1a0 ring slot being filled: storage slot, value as stored; h+0x1e0 ring position << 32;
+        // h+0x200 ReadingRejected topic; h+0x220 ring key of the slot being filled; h+0x240 the registry
+        // records (n words); then the event data.
+        uint256 h;
         assembly ("memory-safe") {
-            mstore(add(ctx, 0x140), add(log, 0x20)) // ctx[9]: where the next accepted entry goes
+            h := mload(0x40)
         }
-        accepted = _submitAll(base, n, records, ctx);
+        _fetchRecords(h + 0x240, base, n);
+        uint256 evt = h + 0x240 + n * 32;
         assembly ("memory-safe") {
-            mstore(log, mul(accepted, ACCEPTED_SIZE))
-            mstore(add(add(log, 0x20), mul(accepted, ACCEPTED_SIZE)), 0) // zero padding
+            mstore(0x40, add(evt, add(0x60, mul(n, ACCEPTED_SIZE))))
         }
-        if (accepted != 0) emit ReadingsSubmitted(intervalId, log);
+        _initScratch(h, intervalId);
+        accepted = _submitAll(h, base, base + n * READING_SIZE, evt + 0x40);
+        bytes32 topic = ReadingsSubmitted.selector;
+        assembly ("memory-safe") {
+            if accepted {
+                let len := mul(accepted, ACCEPTED_SIZE)
+                mstore(evt, 0x20)
+                mstore(add(evt, 0x20), len)
+                mstore(add(add(evt, 0x40), len), 0) // zero padding
+                log2(evt, add(0x40, and(add(len, 31), not(31))), topic, intervalId)
+            }
+        }
     }
 
-    /// @dev The per-reading loop. Reasons as in {IMeterReadings}; 255 = identical resubmission (silent).
-    /// ctx words: typeHash, domain, intervalId, ring position << 32, the rejection topic, then the ring
-    /// slot being filled: key, storage slot, value as stored, value; then the accepted-entry pointer.
-    function _submitAll(uint256 base, uint256 n, uint256[] memory records, uint256[] memory ctx)
-        private
-        returns (uint256 accepted)
-    {
+    /// @dev Fixed words of the loop's scratch memory at `h` (layout in `submitReadings`).
+    function _initScratch(uint256 h, uint64 intervalId) private view {
+        bytes32 typeHash = READING_TYPEHASH;
+        bytes32 domain = _domainSeparatorV4();
+        bytes32 rejected = ReadingRejected.selector;
+        uint256 ringPosition = (uint256(intervalId) % readingWindowIntervals) << 32;
         assembly ("memory-safe") {
-            let m := mload(0x40) // scratch, never allocated
-            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                let rp := add(base, mul(i, 100))
+            mstore(h, typeHash)
+            mstore(add(h, 0x40), intervalId)
+            mstore(add(h, 0xc0), hex"1901")
+            mstore(add(h, 0xc2), domain)
+            mstore(add(h, 0x1a0), 0)
+            mstore(add(h, 0x1c0), 0)
+            mstore(add(h, 0x1e0), ringPosition)
+            mstore(add(h, 0x200), rejected)
+            mstore(add(h, 0x220), not(0)) // no ring slot loaded yet
+        }
+    }
+
+    /// @dev The per-reading loop over the readings from `rp` to `last`, accepted entries written from
+    /// `out`. Reasons as in {IMeterReadings}; 255 = identical resubmission (silent).
+    function _submitAll(uint256 h, uint256 rp, uint256 last, uint256 out) private returns (uint256 accepted) {
+        assembly ("memory-safe") {
+            let recp := add(h, 0x240)
+            let value := 0
+            for {} lt(rp, last) {
+                rp := add(rp, 100)
+                recp := add(recp, 0x20)
+            } {
                 let meter := shr(96, calldataload(rp))
-                let importWh := shr(192, calldataload(add(rp, 20)))
-                let exportWh := shr(192, calldataload(add(rp, 28)))
+                let wh := shr(128, calldataload(add(rp, 20))) // importWh << 64 | exportWh
+                mstore(add(h, 0x20), meter)
+                mstore(add(h, 0x60), shr(64, wh))
+                mstore(add(h, 0x80), and(wh, 0xffffffffffffffff))
+                mstore(add(h, 0xe2), keccak256(h, 0xa0))
+                mstore(add(h, 0x120), keccak256(add(h, 0xc0), 0x42))
                 let reason := 1 // BAD_SIGNATURE unless the signature recovers to meter
                 {
-                    let digest
-                    {
-                        mstore(m, mload(add(ctx, 0x20)))
-                        mstore(add(m, 0x20), meter)
-                        mstore(add(m, 0x40), mload(add(ctx, 0x60)))
-                        mstore(add(m, 0x60), importWh)
-                        mstore(add(m, 0x80), exportWh)
-                        let structHash := keccak256(m, 0xa0)
-                        mstore(m, hex"1901")
-                        mstore(add(m, 0x02), mload(add(ctx, 0x40)))
-                        mstore(add(m, 0x22), structHash)
-                        digest := keccak256(m, 0x42)
-                    }
                     let vs := calldataload(add(rp, 68))
                     let s := and(vs, 0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff)
+                    mstore(0x00, not(0)) // never a recovered address (the precompile writes nothing on failure)
                     if iszero(gt(s, 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0)) {
-                        mstore(m, digest)
-                        mstore(add(m, 0x20), add(shr(255, vs), 27))
-                        mstore(add(m, 0x40), calldataload(add(rp, 36)))
-                        mstore(add(m, 0x60), s)
-                        if staticcall(gas(), 1, m, 0x80, m, 0x20) {
-                            if returndatasize() {
-                                if and(eq(mload(m), meter), iszero(iszero(meter))) { reason := 0 }
-                            }
-                        }
+                        mstore(add(h, 0x140), add(shr(255, vs), 27))
+                        mstore(add(h, 0x160), calldataload(add(rp, 36)))
+                        mstore(add(h, 0x180), s)
+                        pop(staticcall(gas(), 1, add(h, 0x120), 0x80, 0x00, 0x20))
                     }
                 }
-                let record := mload(add(records, shl(5, add(i, 1))))
-                if iszero(reason) {
+                let record := mload(recp)
+                if eq(mload(0x00), meter) {
                     reason := 2 // UNKNOWN_METER
                     if and(record, shl(33, 1)) {
                         reason := 3 // INACTIVE
                         if and(record, shl(32, 1)) {
-                            reason := 5 // VALUE_TOO_LARGE: one of the two above 2^23 - 1
-                            if iszero(gt(or(importWh, exportWh), 0x7fffff)) { reason := 0 }
+                            reason := 5 // VALUE_TOO_LARGE: importWh or exportWh above 2^23 - 1
+                            if iszero(and(wh, 0xffffffffff800000ffffffffff800000)) { reason := 0 }
                         }
                     }
                 }
                 if iszero(reason) {
                     let index := and(record, 0xffffffff)
-                    let key := or(mload(add(ctx, 0x80)), shr(2, index))
-                    if iszero(eq(key, mload(add(ctx, 0xc0)))) {
-                        if iszero(eq(mload(add(ctx, 0x120)), mload(add(ctx, 0x100)))) {
-                            sstore(mload(add(ctx, 0xe0)), mload(add(ctx, 0x120)))
+                    {
+                        let k := or(mload(add(h, 0x1e0)), shr(2, index))
+                        if iszero(eq(k, mload(add(h, 0x220)))) {
+                            if iszero(eq(value, mload(add(h, 0x1c0)))) { sstore(mload(add(h, 0x1a0)), value) }
+                            mstore(add(h, 0x220), k)
+                            mstore(0x00, k)
+                            mstore(0x20, _ring.slot)
+                            let slot := keccak256(0x00, 0x40)
+                            mstore(add(h, 0x1a0), slot)
+                            value := sload(slot)
+                            mstore(add(h, 0x1c0), value)
+                            // a slot still holding an older interval (window intervals back) starts empty
+                            let iv := mload(add(h, 0x40))
+                            if iszero(eq(shr(192, value), iv)) { value := shl(192, iv) }
                         }
-                        mstore(0x00, key)
-                        mstore(0x20, _ring.slot)
-                        let slot := keccak256(0x00, 0x40)
-                        mstore(add(ctx, 0xc0), key)
-                        mstore(add(ctx, 0xe0), slot)
-                        let stored := sload(slot)
-                        mstore(add(ctx, 0x100), stored)
-                        // a slot still holding an older interval (window intervals back) starts empty
-                        let iv := mload(add(ctx, 0x60))
-                        switch eq(shr(192, stored), iv)
-                        case 1 { mstore(add(ctx, 0x120), stored) }
-                        default { mstore(add(ctx, 0x120), shl(192, iv)) }
                     }
-                    let word := mload(add(ctx, 0x120))
                     let shift := mul(and(index, 3), 48)
-                    let lane := and(shr(shift, word), 0xffffffffffff)
-                    let newLane := or(or(shl(47, 1), shl(23, importWh)), exportWh)
+                    let lane := and(shr(shift, value), 0xffffffffffff)
+                    // present (bit 47) | importWh (23..45) | exportWh (0..22)
+                    let newLane := or(or(shl(47, 1), shl(23, shr(64, wh))), and(wh, 0x7fffff))
                     switch lane
-                    case 0 { mstore(add(ctx, 0x120), or(word, shl(shift, newLane))) }
+                    case 0 {
+                        value := or(value, shl(shift, newLane))
+                        accepted := add(accepted, 1)
+                        // entry: meter (20) | importWh (4) | exportWh (4); the next one overwrites the tail
+                        mstore(out, or(shl(96, meter), shl(32, or(shl(32, shr(64, wh)), and(wh, 0xffffffff)))))
+                        out := add(out, 28)
+                    }
                     default {
                         reason := 4 // CONFLICTING
                         if eq(lane, newLane) { reason := 255 }
                     }
                 }
-                switch reason
-                case 0 {
-                    accepted := add(accepted, 1)
-                    // accepted entry: meter (20) | importWh (4) | exportWh (4); the next one overwrites the tail
-                    let out := mload(add(ctx, 0x140))
-                    mstore(out, or(shl(96, meter), or(shl(64, importWh), shl(32, exportWh))))
-                    mstore(add(ctx, 0x140), add(out, 28))
-                }
-                case 255 {}
-                default {
-                    mstore(m, reason)
-                    log3(m, 0x20, mload(add(ctx, 0xa0)), meter, mload(add(ctx, 0x60)))
+                if lt(sub(reason, 1), 254) {
+                    mstore(0x00, reason)
+                    log3(0x00, 0x20, mload(add(h, 0x200)), meter, mload(add(h, 0x40)))
                 }
             }
-            if iszero(eq(mload(add(ctx, 0x120)), mload(add(ctx, 0x100)))) {
-                sstore(mload(add(ctx, 0xe0)), mload(add(ctx, 0x120)))
-            }
+            if iszero(eq(value, mload(add(h, 0x1c0)))) { sstore(mload(add(h, 0x1a0)), value) }
         }
     }
 
-    /// @dev One registry call for every meter of the batch (the keys packed, 20 bytes each).
-    function _meterRecords(uint256 base, uint256 n) private view returns (uint256[] memory) {
-        bytes memory meters = new bytes(n * 20 + 12);
+    /// @dev One registry call for every meter of the batch (the keys packed, 20 bytes each); the answer's
+    /// words are copied to `records` straight from the return data (a short answer makes RETURNDATACOPY
+    /// revert; the registry is the deployment's own, immutable).
+    function _fetchRecords(uint256 records, uint256 base, uint256 n) private view {
+        address reg = address(registry);
+        bytes4 selector = IParticipantRegistry.meterStatesOf.selector;
         assembly ("memory-safe") {
-            let q := add(meters, 0x20)
+            // call data from `records`: selector | 0x20 | length | keys (each 32-byte write is overwritten
+            // by the next key but its first 20 bytes; the unpadded tail is never read)
+            mstore(records, selector)
+            mstore(add(records, 0x04), 0x20)
+            mstore(add(records, 0x24), mul(n, 20))
+            let q := add(records, 0x44)
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                // 32 bytes from the reading's start: the meter, then bytes the next key overwrites
                 mstore(add(q, mul(i, 20)), calldataload(add(base, mul(i, 100))))
             }
-            mstore(meters, mul(n, 20))
+            if iszero(staticcall(gas(), reg, records, add(0x44, mul(n, 20)), 0x00, 0x00)) {
+                returndatacopy(0x00, 0x00, returndatasize())
+                revert(0x00, returndatasize())
+            }
+            returndatacopy(records, 0x40, shl(5, n))
         }
-        return registry.meterStatesOf(meters);
     }
 
     /// @inheritdoc IMeterReadings

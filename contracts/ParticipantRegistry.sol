@@ -113,25 +113,29 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
 
     /// @inheritdoc IParticipantRegistry
     /// @dev One keccak and one SLOAD per meter in an assembly loop (MeterRecord: wallet bits 0..159,
-    /// index 160..191, active 192..199); the result array is ABI-encoded by the compiler.
-    function meterStatesOf(bytes calldata meters) external view returns (uint256[] memory records) {
+    /// index 160..191, active 192..199), the answer returned from where it was built (no ABI copy).
+    function meterStatesOf(bytes calldata meters) external view returns (uint256[] memory) {
         if (meters.length % 20 != 0) revert RegistryMalformedMeters(meters.length);
-        uint256 n = meters.length / 20;
-        records = new uint256[](n);
         assembly ("memory-safe") {
+            let n := div(meters.length, 20)
+            let out := mload(0x40)
+            mstore(out, 0x20)
+            mstore(add(out, 0x20), n)
             mstore(0x20, _meters.slot)
             let p := meters.offset
-            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                mstore(0x00, shr(96, calldataload(add(p, mul(i, 20)))))
+            let w := add(out, 0x40)
+            for { let end := add(p, mul(n, 20)) } lt(p, end) { p := add(p, 20) } {
+                mstore(0x00, shr(96, calldataload(p)))
                 let word := sload(keccak256(0x00, 0x40))
+                // index | active << 32 | registered << 33; zero for an unknown key
+                let state := 0
                 if and(word, 0xffffffffffffffffffffffffffffffffffffffff) {
-                    // index | active << 32 | registered << 33
-                    mstore(
-                        add(records, shl(5, add(i, 1))),
-                        or(or(and(shr(160, word), 0xffffffff), shl(32, and(shr(192, word), 0xff))), shl(33, 1))
-                    )
+                    state := or(or(and(shr(160, word), 0xffffffff), shl(32, and(shr(192, word), 0xff))), shl(33, 1))
                 }
+                mstore(w, state)
+                w := add(w, 0x20)
             }
+            return(out, sub(w, out))
         }
     }
 
