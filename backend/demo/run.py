@@ -701,7 +701,8 @@ class Demo:
                     self._wait_settled(first, last, missing_deadline=True)
                 self.pipeline_s = time.perf_counter() - pipeline_started
                 self.cpu_s = {
-                    k: round(v - cpu_started.get(k, 0.0), 2) for k, v in self._cpu_seconds().items()
+                    k: round(v - cpu_started.get(k, 0.0), 2)
+                    for k, v in self._cpu_seconds().items()
                 }
             summary = self._summarize(first, last, time.perf_counter() - started)
         finally:
