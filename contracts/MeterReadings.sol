@@ -16,10 +16,12 @@ contract MeterReadings is EIP712, IMeterReadings {
 
     bytes32 internal constant ORACLE_ROLE = keccak256("ORACLE_ROLE");
     uint256 internal constant READING_SIZE = 100;
-    uint256 internal constant LANES = 3;
-    uint64 internal constant MAX_WH = (1 << 31) - 1;
-    uint256 internal constant LANE_MASK = type(uint64).max;
-    uint256 internal constant PRESENT = 1 << 63;
+    uint256 internal constant ACCEPTED_SIZE = 28;
+    uint256 internal constant LANES = 4;
+    uint256 internal constant LANE_BITS = 48;
+    uint64 internal constant MAX_WH = (1 << 23) - 1;
+    uint256 internal constant LANE_MASK = (1 << 48) - 1;
+    uint256 internal constant PRESENT = 1 << 47;
 
     IParticipantRegistry public immutable registry;
     /// @inheritdoc IMeterReadings
@@ -27,12 +29,14 @@ contract MeterReadings is EIP712, IMeterReadings {
     /// @inheritdoc IMeterReadings
     uint64 public immutable readingWindowIntervals;
 
-    // A ring of `readingWindowIntervals` intervals: slot (intervalId % window, index / 3) holds the interval
-    // it belongs to (bits 192..255) and three readings, lane index % 3 at bits 64 * lane: present (bit 63) |
-    // importWh (32..62) | exportWh (0..31). A slot is reused window intervals later (lanes of the older
-    // interval dropped), so in steady state a batch writes a non-zero slot (5,000 gas) per three readings
-    // instead of a fresh one (22,100 gas per four). Trade-off: readings older than the window are
-    // overwritten by newer ones and are no longer readable; submissions for them are rejected.
+    // A ring of `readingWindowIntervals` intervals: slot (intervalId % window, index / 4) holds the interval
+    // it belongs to (bits 192..255) and four readings, lane index % 4 at bits 48 * lane: present (bit 47) |
+    // importWh (23..45) | exportWh (0..22). A slot is reused window intervals later (lanes of the older
+    // interval dropped), so in steady state a batch writes a non-zero slot (2,100 + 2,900 gas) per four
+    // readings instead of a fresh one (22,100). Trade-offs: readings older than the window are overwritten
+    // by newer ones and are no longer readable (submissions for them are rejected), and a reading's values
+    // are limited to MAX_WH = 2^23 - 1 = 8,388,607 Wh per interval (33.5 MW average over 15 minutes, far
+    // above an LV/MV prosumer connection; larger values are rejected with VALUE_TOO_LARGE).
     mapping(uint256 ringKey => uint256 slot) private _ring;
 
     /// @param registry_ The participant registry (roles, meters).
@@ -46,9 +50,13 @@ contract MeterReadings is EIP712, IMeterReadings {
     }
 
     /// @inheritdoc IMeterReadings
-    /// @dev Packed calldata, one registry call for the batch's meters, then one assembly loop: digest,
-    /// ecrecover precompile (EIP-2098, low s), the checks, the ring lane, the event. A ring slot is read
-    /// and written once per run of readings sharing it (oracle batches come sorted by participant).
+    /// @dev Packed calldata, one registry call for the batch's meters (packed 20-byte keys in, one word
+    /// each out, both without ABI copies), then one assembly loop: digest, ecrecover precompile (EIP-2098,
+    /// low s), the checks, the ring lane. A ring slot is read and written once per run of readings sharing
+    /// it (oracle batches come sorted by participant). One `ReadingsSubmitted` event describes the batch's
+    /// accepted readings (28 bytes each) instead of an event per reading: a LOG costs 375 per topic plus 8
+    /// per data byte, so a per-reading LOG3 with two words of data was 2,012 gas and an accepted entry now
+    /// costs 224; consumers decode it with backend/chain/batches.py (`unpack_accepted`).
     function submitReadings(uint64 intervalId, bytes calldata readings) external returns (uint256 accepted) {
         if (!registry.hasRole(ORACLE_ROLE, msg.sender)) revert MeterReadingsNotOracle(msg.sender);
         if (readings.length % READING_SIZE != 0) revert MeterReadingsMalformedCalldata(readings.length);
@@ -63,128 +71,161 @@ contract MeterReadings is EIP712, IMeterReadings {
             base := readings.offset
         }
         uint256 n = readings.length / READING_SIZE;
-        uint256[] memory records = _meterRecords(base, n);
-        uint256[] memory ctx = new uint256[](10);
-        (ctx[0], ctx[1], ctx[2]) = (uint256(READING_TYPEHASH), uint256(_domainSeparatorV4()), intervalId);
-        ctx[3] = (uint256(intervalId) % readingWindowIntervals) << 32;
-        (ctx[4], ctx[5]) = (uint256(ReadingSubmitted.selector), uint256(ReadingRejected.selector));
-        ctx[6] = type(uint256).max; // no ring slot loaded yet
-        accepted = _submitAll(base, n, records, ctx);
+        // Memory, from the free pointer h (all of it allocated below):
+        // h+0x000 struct hash input: typeHash, meter, intervalId, importWh, exportWh
+        // h+0x0c0 digest input: 0x1901, domain separator, struct hash (0x42 bytes)
+        // h+0x120 ecrecover input: digest, v, r, s
+        // h+0x1a0 ring slot being filled: storage slot, value as stored; h+0x1e0 ring position << 32;
+        // h+0x200 ReadingRejected topic; h+0x220 ring key of the slot being filled; h+0x240 the registry
+        // records (n words); then the event data.
+        uint256 h;
+        assembly ("memory-safe") {
+            h := mload(0x40)
+        }
+        _fetchRecords(h + 0x240, base, n);
+        uint256 evt = h + 0x240 + n * 32;
+        assembly ("memory-safe") {
+            mstore(0x40, add(evt, add(0x60, mul(n, ACCEPTED_SIZE))))
+        }
+        _initScratch(h, intervalId);
+        accepted = _submitAll(h, base, base + n * READING_SIZE, evt + 0x40);
+        bytes32 topic = ReadingsSubmitted.selector;
+        assembly ("memory-safe") {
+            if accepted {
+                let len := mul(accepted, ACCEPTED_SIZE)
+                mstore(evt, 0x20)
+                mstore(add(evt, 0x20), len)
+                mstore(add(add(evt, 0x40), len), 0) // zero padding
+                log2(evt, add(0x40, and(add(len, 31), not(31))), topic, intervalId)
+            }
+        }
     }
 
-    /// @dev The per-reading loop. Reasons as in {IMeterReadings}; 255 = identical resubmission (silent).
-    /// ctx words: typeHash, domain, intervalId, ring position << 32, the two event topics, then the ring
-    /// slot being filled: key, storage slot, value as stored, value.
-    function _submitAll(uint256 base, uint256 n, uint256[] memory records, uint256[] memory ctx)
-        private
-        returns (uint256 accepted)
-    {
+    /// @dev Fixed words of the loop's scratch memory at `h` (layout in `submitReadings`).
+    function _initScratch(uint256 h, uint64 intervalId) private view {
+        bytes32 typeHash = READING_TYPEHASH;
+        bytes32 domain = _domainSeparatorV4();
+        bytes32 rejected = ReadingRejected.selector;
+        uint256 ringPosition = (uint256(intervalId) % readingWindowIntervals) << 32;
         assembly ("memory-safe") {
-            let m := mload(0x40) // scratch, never allocated
-            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                let rp := add(base, mul(i, 100))
+            mstore(h, typeHash)
+            mstore(add(h, 0x40), intervalId)
+            mstore(add(h, 0xc0), hex"1901")
+            mstore(add(h, 0xc2), domain)
+            mstore(add(h, 0x1a0), 0)
+            mstore(add(h, 0x1c0), 0)
+            mstore(add(h, 0x1e0), ringPosition)
+            mstore(add(h, 0x200), rejected)
+            mstore(add(h, 0x220), not(0)) // no ring slot loaded yet
+        }
+    }
+
+    /// @dev The per-reading loop over the readings from `rp` to `last`, accepted entries written from
+    /// `out`. Reasons as in {IMeterReadings}; 255 = identical resubmission (silent).
+    function _submitAll(uint256 h, uint256 rp, uint256 last, uint256 out) private returns (uint256 accepted) {
+        assembly ("memory-safe") {
+            let recp := add(h, 0x240)
+            let value := 0
+            for {} lt(rp, last) {
+                rp := add(rp, 100)
+                recp := add(recp, 0x20)
+            } {
                 let meter := shr(96, calldataload(rp))
+                let wh := shr(128, calldataload(add(rp, 20))) // importWh << 64 | exportWh
+                mstore(add(h, 0x20), meter)
+                mstore(add(h, 0x60), shr(64, wh))
+                mstore(add(h, 0x80), and(wh, 0xffffffffffffffff))
+                mstore(add(h, 0xe2), keccak256(h, 0xa0))
+                mstore(add(h, 0x120), keccak256(add(h, 0xc0), 0x42))
                 let reason := 1 // BAD_SIGNATURE unless the signature recovers to meter
                 {
-                    let digest
-                    {
-                        mstore(m, mload(add(ctx, 0x20)))
-                        mstore(add(m, 0x20), meter)
-                        mstore(add(m, 0x40), mload(add(ctx, 0x60)))
-                        mstore(add(m, 0x60), shr(192, calldataload(add(rp, 20))))
-                        mstore(add(m, 0x80), shr(192, calldataload(add(rp, 28))))
-                        let structHash := keccak256(m, 0xa0)
-                        mstore(m, hex"1901")
-                        mstore(add(m, 0x02), mload(add(ctx, 0x40)))
-                        mstore(add(m, 0x22), structHash)
-                        digest := keccak256(m, 0x42)
-                    }
                     let vs := calldataload(add(rp, 68))
                     let s := and(vs, 0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff)
+                    mstore(0x00, not(0)) // never a recovered address (the precompile writes nothing on failure)
                     if iszero(gt(s, 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0)) {
-                        mstore(m, digest)
-                        mstore(add(m, 0x20), add(shr(255, vs), 27))
-                        mstore(add(m, 0x40), calldataload(add(rp, 36)))
-                        mstore(add(m, 0x60), s)
-                        if staticcall(gas(), 1, m, 0x80, m, 0x20) {
-                            if returndatasize() {
-                                if and(eq(mload(m), meter), iszero(iszero(meter))) { reason := 0 }
-                            }
-                        }
+                        mstore(add(h, 0x140), add(shr(255, vs), 27))
+                        mstore(add(h, 0x160), calldataload(add(rp, 36)))
+                        mstore(add(h, 0x180), s)
+                        pop(staticcall(gas(), 1, add(h, 0x120), 0x80, 0x00, 0x20))
                     }
                 }
-                let record := mload(add(records, shl(5, add(i, 1))))
-                let importWh := shr(192, calldataload(add(rp, 20)))
-                let exportWh := shr(192, calldataload(add(rp, 28)))
-                if iszero(reason) {
+                let record := mload(recp)
+                if eq(mload(0x00), meter) {
                     reason := 2 // UNKNOWN_METER
                     if and(record, shl(33, 1)) {
                         reason := 3 // INACTIVE
                         if and(record, shl(32, 1)) {
-                            reason := 5 // VALUE_TOO_LARGE: one of the two above 2^31 - 1
-                            if iszero(gt(or(importWh, exportWh), 0x7fffffff)) { reason := 0 }
+                            reason := 5 // VALUE_TOO_LARGE: importWh or exportWh above 2^23 - 1
+                            if iszero(and(wh, 0xffffffffff800000ffffffffff800000)) { reason := 0 }
                         }
                     }
                 }
                 if iszero(reason) {
                     let index := and(record, 0xffffffff)
-                    let key := or(mload(add(ctx, 0x80)), div(index, 3))
-                    if iszero(eq(key, mload(add(ctx, 0xe0)))) {
-                        if iszero(eq(mload(add(ctx, 0x140)), mload(add(ctx, 0x120)))) {
-                            sstore(mload(add(ctx, 0x100)), mload(add(ctx, 0x140)))
+                    {
+                        let k := or(mload(add(h, 0x1e0)), shr(2, index))
+                        if iszero(eq(k, mload(add(h, 0x220)))) {
+                            if iszero(eq(value, mload(add(h, 0x1c0)))) { sstore(mload(add(h, 0x1a0)), value) }
+                            mstore(add(h, 0x220), k)
+                            mstore(0x00, k)
+                            mstore(0x20, _ring.slot)
+                            let slot := keccak256(0x00, 0x40)
+                            mstore(add(h, 0x1a0), slot)
+                            value := sload(slot)
+                            mstore(add(h, 0x1c0), value)
+                            // a slot still holding an older interval (window intervals back) starts empty
+                            let iv := mload(add(h, 0x40))
+                            if iszero(eq(shr(192, value), iv)) { value := shl(192, iv) }
                         }
-                        mstore(0x00, key)
-                        mstore(0x20, _ring.slot)
-                        let slot := keccak256(0x00, 0x40)
-                        mstore(add(ctx, 0xe0), key)
-                        mstore(add(ctx, 0x100), slot)
-                        let stored := sload(slot)
-                        mstore(add(ctx, 0x120), stored)
-                        // a slot still holding an older interval (window intervals back) starts empty
-                        let iv := mload(add(ctx, 0x60))
-                        switch eq(shr(192, stored), iv)
-                        case 1 { mstore(add(ctx, 0x140), stored) }
-                        default { mstore(add(ctx, 0x140), shl(192, iv)) }
                     }
-                    let word := mload(add(ctx, 0x140))
-                    let shift := mul(mod(index, 3), 64)
-                    let lane := and(shr(shift, word), 0xffffffffffffffff)
-                    let newLane := or(or(shl(63, 1), shl(32, importWh)), exportWh)
+                    let shift := mul(and(index, 3), 48)
+                    let lane := and(shr(shift, value), 0xffffffffffff)
+                    // present (bit 47) | importWh (23..45) | exportWh (0..22)
+                    let newLane := or(or(shl(47, 1), shl(23, shr(64, wh))), and(wh, 0x7fffff))
                     switch lane
-                    case 0 { mstore(add(ctx, 0x140), or(word, shl(shift, newLane))) }
+                    case 0 {
+                        value := or(value, shl(shift, newLane))
+                        accepted := add(accepted, 1)
+                        // entry: meter (20) | importWh (4) | exportWh (4); the next one overwrites the tail
+                        mstore(out, or(shl(96, meter), shl(32, or(shl(32, shr(64, wh)), and(wh, 0xffffffff)))))
+                        out := add(out, 28)
+                    }
                     default {
                         reason := 4 // CONFLICTING
                         if eq(lane, newLane) { reason := 255 }
                     }
                 }
-                switch reason
-                case 0 {
-                    accepted := add(accepted, 1)
-                    mstore(m, importWh)
-                    mstore(add(m, 0x20), exportWh)
-                    log3(m, 0x40, mload(add(ctx, 0xa0)), meter, mload(add(ctx, 0x60)))
-                }
-                case 255 {}
-                default {
-                    mstore(m, reason)
-                    log3(m, 0x20, mload(add(ctx, 0xc0)), meter, mload(add(ctx, 0x60)))
+                if lt(sub(reason, 1), 254) {
+                    mstore(0x00, reason)
+                    log3(0x00, 0x20, mload(add(h, 0x200)), meter, mload(add(h, 0x40)))
                 }
             }
-            if iszero(eq(mload(add(ctx, 0x140)), mload(add(ctx, 0x120)))) {
-                sstore(mload(add(ctx, 0x100)), mload(add(ctx, 0x140)))
-            }
+            if iszero(eq(value, mload(add(h, 0x1c0)))) { sstore(mload(add(h, 0x1a0)), value) }
         }
     }
 
-    /// @dev One registry call for every meter of the batch.
-    function _meterRecords(uint256 base, uint256 n) private view returns (uint256[] memory) {
-        address[] memory meters = new address[](n);
+    /// @dev One registry call for every meter of the batch (the keys packed, 20 bytes each); the answer's
+    /// words are copied to `records` straight from the return data (a short answer makes RETURNDATACOPY
+    /// revert; the registry is the deployment's own, immutable).
+    function _fetchRecords(uint256 records, uint256 base, uint256 n) private view {
+        address reg = address(registry);
+        bytes4 selector = IParticipantRegistry.meterStatesOf.selector;
         assembly ("memory-safe") {
+            // call data from `records`: selector | 0x20 | length | keys (each 32-byte write is overwritten
+            // by the next key but its first 20 bytes; the unpadded tail is never read)
+            mstore(records, selector)
+            mstore(add(records, 0x04), 0x20)
+            mstore(add(records, 0x24), mul(n, 20))
+            let q := add(records, 0x44)
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                mstore(add(meters, shl(5, add(i, 1))), shr(96, calldataload(add(base, mul(i, 100)))))
+                mstore(add(q, mul(i, 20)), calldataload(add(base, mul(i, 100))))
             }
+            if iszero(staticcall(gas(), reg, records, add(0x44, mul(n, 20)), 0x00, 0x00)) {
+                returndatacopy(0x00, 0x00, returndatasize())
+                revert(0x00, returndatasize())
+            }
+            returndatacopy(records, 0x40, shl(5, n))
         }
-        return registry.meterStatesOf(meters);
     }
 
     /// @inheritdoc IMeterReadings
@@ -223,9 +264,9 @@ contract MeterReadings is EIP712, IMeterReadings {
                 uint256 index = indices[i];
                 uint256 word = _ring[ring | (index / LANES)];
                 if (word >> 192 != intervalId) continue; // never written, or reused by a later interval
-                uint256 lane = (word >> ((index % LANES) * 64)) & LANE_MASK;
+                uint256 lane = (word >> ((index % LANES) * LANE_BITS)) & LANE_MASK;
                 if (lane & PRESENT == 0) continue;
-                metered[i] = (1 << 128) | ((lane & type(uint32).max) << 64) | ((lane >> 32) & MAX_WH);
+                metered[i] = (1 << 128) | ((lane & MAX_WH) << 64) | ((lane >> 23) & MAX_WH);
             }
         }
     }
@@ -251,7 +292,7 @@ contract MeterReadings is EIP712, IMeterReadings {
     function _lane(uint64 intervalId, uint32 index) private view returns (uint64, uint64, bool) {
         uint256 word = _ring[((uint256(intervalId) % readingWindowIntervals) << 32) | (index / LANES)];
         if (word >> 192 != intervalId) return (0, 0, false); // never written, or reused by a later interval
-        uint256 lane = (word >> ((index % LANES) * 64)) & LANE_MASK;
-        return (uint64((lane >> 32) & MAX_WH), uint64(lane & type(uint32).max), lane & PRESENT != 0);
+        uint256 lane = (word >> ((index % LANES) * LANE_BITS)) & LANE_MASK;
+        return (uint64((lane >> 23) & MAX_WH), uint64(lane & MAX_WH), lane & PRESENT != 0);
     }
 }

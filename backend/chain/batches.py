@@ -9,6 +9,8 @@ caller - market operator, oracle, keeper, demo, benchmarks, contract tests - bui
 - :meth:`CandidateTrade.record` / :func:`pack_record` -> the 104-byte trade record a batch commits
   to (:func:`commitment`) and ``settle`` takes again; :func:`settle_args` -> its other arguments;
 - :func:`signed_reading` -> one 100-byte reading of ``submitReadings(intervalId, readings)``;
+  :func:`unpack_accepted` decodes the ``accepted`` bytes of ``ReadingsSubmitted`` (28 bytes per
+  accepted reading), :func:`accepted_from_logs` the readings of a list of those logs;
 - :func:`record_trades_calldata`, :func:`settle_calldata`, :func:`submit_readings_calldata`: the
   whole transaction data, for callers that send raw calldata;
 - :func:`sort_by_trade_id` (ascending trade ids within an interval) and :func:`attest` (the
@@ -37,6 +39,10 @@ ORDER_SIZE = 153
 TRADE_SIZE = 29
 RECORD_SIZE = 104
 READING_SIZE = 100
+# accepted reading in ReadingsSubmitted(uint64 indexed intervalId, bytes accepted): meter 20 |
+# importWh 4 | exportWh 4
+ACCEPTED_SIZE = 28
+READINGS_SUBMITTED_SIGNATURE = "ReadingsSubmitted(uint64,bytes)"
 
 RECORD_TRADES_SIGNATURE = "recordTrades(uint64,bytes,bytes,bytes32,bytes)"
 SETTLE_SIGNATURE = "settle(uint64,bytes[],bytes,bytes)"
@@ -284,6 +290,39 @@ def signed_reading(
     )
     r, vs = eip712.sign_compact(meter_key, doc)
     return pack_reading(doc["message"]["meter"], import_wh, export_wh, r, vs)
+
+
+class AcceptedReading(NamedTuple):
+    """One reading of a ``ReadingsSubmitted`` event."""
+
+    meter: str  # checksummed
+    import_wh: int
+    export_wh: int
+
+
+def unpack_accepted(data: bytes) -> list[AcceptedReading]:
+    """The readings packed in a ``ReadingsSubmitted`` event's ``accepted`` bytes."""
+    data = bytes(data)
+    if len(data) % ACCEPTED_SIZE:
+        raise ValueError(f"accepted readings of {len(data)} bytes, not a multiple of 28")
+    return [
+        AcceptedReading(
+            to_checksum_address(data[o : o + 20]),
+            int.from_bytes(data[o + 20 : o + 24], "big"),
+            int.from_bytes(data[o + 24 : o + 28], "big"),
+        )
+        for o in range(0, len(data), ACCEPTED_SIZE)
+    ]
+
+
+def accepted_from_logs(logs: Iterable[Any]) -> list[tuple[int, AcceptedReading, Any]]:
+    """(intervalId, reading, log) of every reading in decoded ``ReadingsSubmitted`` logs
+    (web3 ``get_logs`` / receipt events, ``args`` with ``intervalId`` and ``accepted``)."""
+    return [
+        (int(log["args"]["intervalId"]), reading, log)
+        for log in logs
+        for reading in unpack_accepted(log["args"]["accepted"])
+    ]
 
 
 def readings_arg(readings: Iterable[bytes]) -> bytes:

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from backend.chain import batches
 from backend.demo.community import TOKEN_UNIT, build_community, intent_for
 from backend.errors import TegridError
 from backend.paths import REPO_ROOT
@@ -502,16 +503,16 @@ class Demo:
 
     def _wait_readings(self, interval_id: int, timeout_s: float = 120.0) -> None:
         """Wait until every reading published for ``interval_id`` is on chain (its
-        ``ReadingSubmitted`` logs, one ``eth_getLogs`` per poll)."""
+        ``ReadingsSubmitted`` logs, one ``eth_getLogs`` per poll)."""
         readings = self._contract("MeterReadings")
         want = {meter for meter, i in self.published if i == interval_id}
-        event = readings.events.ReadingSubmitted
+        event = readings.events.ReadingsSubmitted
         deadline = time.monotonic() + timeout_s
         while want:
             logs = event.get_logs(
                 from_block=self.deployment.block, argument_filters={"intervalId": interval_id}
             )
-            want -= {e["args"]["meter"] for e in logs}
+            want -= {reading.meter for _, reading, _ in batches.accepted_from_logs(logs)}
             if not want:
                 return
             if time.monotonic() > deadline:
@@ -723,9 +724,9 @@ class Demo:
         settled_events = self._events(market, "TradeSettled")
         settled_count = Counter(e["args"]["tradeId"].hex() for e in settled_events)
         settled_by_id = {e["args"]["tradeId"].hex(): e for e in settled_events}
-        reading_events = self._events(readings, "ReadingSubmitted")
+        reading_events = self._events(readings, "ReadingsSubmitted")
         reading_count = Counter(
-            (e["args"]["meter"], int(e["args"]["intervalId"])) for e in reading_events
+            (reading.meter, iv) for iv, reading, _ in batches.accepted_from_logs(reading_events)
         )
         settle_gas: Counter[int] = Counter()
         for e in self._events(market, "IntervalSettled"):

@@ -20,7 +20,7 @@ REJECT_REASONS = {
     4: "conflicting",
     5: "value_too_large",
 }
-MAX_READING_WH = 2**31 - 1  # MeterReadings packs three readings (31-bit values) per slot
+MAX_READING_WH = 2**23 - 1  # MeterReadings packs four readings (23-bit values) per slot
 
 
 class BatchRefused(OracleError):
@@ -46,7 +46,7 @@ class BatchReceipt:
     status: int
     block_number: int
     gas_used: int
-    accepted: set[str] = field(default_factory=set)  # meters with ReadingSubmitted
+    accepted: set[str] = field(default_factory=set)  # meters in the ReadingsSubmitted event
     rejected: dict[str, str] = field(default_factory=dict)  # meter -> reason label
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import requests
+from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
 from web3 import Web3
@@ -32,7 +33,7 @@ from backend.oracle.ledger import REJECT_REASONS, BatchReceipt, BatchRefused, Me
 T = TypeVar("T")
 
 METER_RECORD_SELECTOR = "0x" + function_signature_to_4byte_selector("meterRecordOf(address)").hex()
-READING_SUBMITTED_TOPIC = keccak(text="ReadingSubmitted(address,uint64,uint64,uint64)")
+READINGS_SUBMITTED_TOPIC = keccak(text=batches.READINGS_SUBMITTED_SIGNATURE)
 READING_REJECTED_TOPIC = keccak(text="ReadingRejected(address,uint64,uint8)")
 # Errors that mean "not yet", not "never": the batch is requeued and retried later.
 RETRYABLE_ERRORS = {"MeterReadingsIntervalNotEnded"}
@@ -236,10 +237,11 @@ class Web3Ledger:
             ):
                 continue
             topic0 = bytes(entry["topics"][0])
-            meter = to_checksum_address(bytes(entry["topics"][1])[-20:])
-            if topic0 == READING_SUBMITTED_TOPIC:
-                receipt.accepted.add(meter)
+            if topic0 == READINGS_SUBMITTED_TOPIC:
+                (accepted,) = abi_decode(["bytes"], bytes(entry["data"]))
+                receipt.accepted.update(r.meter for r in batches.unpack_accepted(accepted))
             elif topic0 == READING_REJECTED_TOPIC:
+                meter = to_checksum_address(bytes(entry["topics"][1])[-20:])
                 code = int.from_bytes(bytes(entry["data"])[-32:], "big")
                 receipt.rejected[meter] = REJECT_REASONS.get(code, f"rejected_{code}")
         return receipt

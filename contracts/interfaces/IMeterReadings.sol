@@ -19,17 +19,23 @@ pragma solidity 0.8.28;
 /// reverts with `MeterReadingsIntervalTooOld`, and an interval's readings are overwritten once a later
 /// interval reuses its ring position, so `readingOf`/`readingsOf` only answer within the window. The market
 /// requires its settlement delay to be at most half the window, and the keeper settles at the deadline.
-/// Trade-off: a reused slot costs 5,000 gas per three readings instead of 22,100 for a fresh slot, at the
-/// price of history: readings older than the window are only in the `ReadingSubmitted` events (and the
+/// Trade-off: a reused slot costs 5,000 gas per four readings instead of 22,100 for a fresh slot, at the
+/// price of history: readings older than the window are only in the `ReadingsSubmitted` events (and the
 /// transactions' calldata), and an interval settled later than the window counts overwritten readings as
-/// missing.
+/// missing. Four readings per slot limit importWh and exportWh to 2^23 - 1 = 8,388,607 Wh per interval
+/// (33.5 MW average over a 15-minute interval, far above any LV/MV prosumer connection).
+///
+/// Events: one `ReadingsSubmitted(intervalId, accepted)` per batch with at least one accepted reading
+/// (the batch's state change; a per-reading event cost 2,012 gas, more than a sixth of a reading), each
+/// entry 28 bytes: meter (20) | importWh (4) | exportWh (4), big-endian, in calldata order;
+/// backend/chain/batches.py `unpack_accepted` decodes it. Rejections stay one `ReadingRejected` each.
 interface IMeterReadings {
     /// @notice Reason codes of `ReadingRejected`.
     /// 1 BAD_SIGNATURE: the signature does not recover to `meter`.
     /// 2 UNKNOWN_METER: the meter is not registered.
     /// 3 INACTIVE: the meter's participant is deactivated.
     /// 4 CONFLICTING: a different reading for this participant and interval is already in.
-    /// 5 VALUE_TOO_LARGE: importWh or exportWh above 2^31 - 1 (storage packs 3 readings per slot).
+    /// 5 VALUE_TOO_LARGE: importWh or exportWh above 2^23 - 1 (storage packs 4 readings per slot).
 
     /// @notice The caller lacks ORACLE_ROLE (in the registry).
     error MeterReadingsNotOracle(address caller);
@@ -43,8 +49,9 @@ interface IMeterReadings {
     /// @notice Interval length of zero at deployment.
     error MeterReadingsInvalidInterval();
 
-    /// @notice A reading was accepted.
-    event ReadingSubmitted(address indexed meter, uint64 indexed intervalId, uint64 importWh, uint64 exportWh);
+    /// @notice Readings of a batch were accepted (stored); `accepted` packs them, 28 bytes each:
+    /// meter (20) | importWh (4) | exportWh (4). Identical resubmissions are not in it.
+    event ReadingsSubmitted(uint64 indexed intervalId, bytes accepted);
     /// @notice A reading of a batch was skipped; `reason` is one of the codes above.
     event ReadingRejected(address indexed meter, uint64 indexed intervalId, uint8 reason);
 

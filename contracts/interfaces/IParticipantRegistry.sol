@@ -37,6 +37,8 @@ interface IParticipantRegistry is IAccessControl {
     error RegistryParticipantInactive(address wallet);
     /// @notice The participant is already active.
     error RegistryParticipantActive(address wallet);
+    /// @notice Packed meter keys (`meterStatesOf`) whose length is not a multiple of 20 bytes.
+    error RegistryMalformedMeters(uint256 length);
 
     /// @notice The grid operator connected a participant.
     event ParticipantConnected(
@@ -108,9 +110,10 @@ interface IParticipantRegistry is IAccessControl {
     function statesOf(address[] calldata wallets) external view returns (uint256[] memory states);
 
     /// @notice `meterRecordOf` of several meter keys in one call, as MeterReadings reads a batch.
-    /// @param meters The meter keys.
+    /// @param meters The meter keys packed, 20 bytes each (no ABI padding; cheaper to build and decode than
+    /// an address[]). A length that is not a multiple of 20 reverts with `RegistryMalformedMeters(length)`.
     /// @return records One word per meter: index (bits 0..31) | active (bit 32) | registered (bit 33).
-    function meterStatesOf(address[] calldata meters) external view returns (uint256[] memory records);
+    function meterStatesOf(bytes calldata meters) external view returns (uint256[] memory records);
 
     /// @notice Number of participants ever connected (the highest index).
     function participantCount() external view returns (uint32);

@@ -29,10 +29,19 @@ def test_submit_readings_stores_values(ledger: Any, parts: Any) -> None:
         i, [ledger.reading(parts.S1, i, 10, 1500), ledger.reading(parts.B1, i, 900, 0)]
     )
     assert tx.return_value == 2
-    evs = tx.events["ReadingSubmitted"]
-    assert [(e["meter"], e["intervalId"], e["importWh"], e["exportWh"]) for e in evs] == [
-        (ledger.meter_of(parts.S1), i, 10, 1500),
-        (ledger.meter_of(parts.B1), i, 900, 0),
+    # one event per batch; accepted readings packed 28 bytes each (meter | importWh | exportWh)
+    (ev,) = tx.events["ReadingsSubmitted"]
+    assert ev["intervalId"] == i
+    assert bytes(ev["accepted"]) == b"".join(
+        bytes.fromhex(meter[2:]) + imp.to_bytes(4, "big") + exp.to_bytes(4, "big")
+        for meter, imp, exp in [
+            (ledger.meter_of(parts.S1), 10, 1500),
+            (ledger.meter_of(parts.B1), 900, 0),
+        ]
+    )
+    assert batches.unpack_accepted(ev["accepted"]) == [
+        (ledger.meter_of(parts.S1), 10, 1500),
+        (ledger.meter_of(parts.B1), 900, 0),
     ]
     assert tuple(ledger.readings.readingOf(ledger.meter_of(parts.S1), i)) == (10, 1500, True)
     assert tuple(ledger.readings.readingOf(ledger.meter_of(parts.B1), i)) == (900, 0, True)
@@ -58,7 +67,7 @@ def test_submit_identical_reading_counts_once(ledger: Any, parts: Any) -> None:
     ledger.submit(i, [r])
     tx = ledger.submit(i, [r, r])
     assert tx.return_value == 0
-    assert "ReadingSubmitted" not in tx.events and "ReadingRejected" not in tx.events
+    assert "ReadingsSubmitted" not in tx.events and "ReadingRejected" not in tx.events
     assert tuple(ledger.readings.readingOf(ledger.meter_of(parts.S1), i)) == (10, 20, True)
 
 
@@ -113,10 +122,24 @@ def test_reading_of_inactive_participant_rejected(ledger: Any, parts: Any) -> No
 def test_reading_value_too_large_rejected(ledger: Any, parts: Any) -> None:
     i = _ended(ledger)
     tx = ledger.submit(
-        i, [ledger.reading(parts.S1, i, 2**31, 0), ledger.reading(parts.S2, i, 0, 2**31 - 1)]
+        i,
+        [
+            ledger.reading(parts.S1, i, 2**23, 0),
+            ledger.reading(parts.S2, i, 0, 2**23 - 1),
+            ledger.reading(parts.B1, i, 2**23 - 1, 2**64 - 1),
+            ledger.reading(parts.B2, i, 2**23 - 1, 2**23 - 1),
+        ],
     )
-    assert _rejections(tx) == [(ledger.meter_of(parts.S1), i, VALUE_TOO_LARGE)]
-    assert tuple(ledger.readings.readingOf(ledger.meter_of(parts.S2), i)) == (0, 2**31 - 1, True)
+    assert _rejections(tx) == [
+        (ledger.meter_of(parts.S1), i, VALUE_TOO_LARGE),
+        (ledger.meter_of(parts.B1), i, VALUE_TOO_LARGE),
+    ]
+    assert tuple(ledger.readings.readingOf(ledger.meter_of(parts.S2), i)) == (0, 2**23 - 1, True)
+    assert tuple(ledger.readings.readingOf(ledger.meter_of(parts.B2), i)) == (
+        2**23 - 1,
+        2**23 - 1,
+        True,
+    )
 
 
 def test_submit_interval_not_ended_reverts(ledger: Any, parts: Any) -> None:

@@ -104,3 +104,18 @@ def test_rotated_meter_keeps_active_flag(ledger: Any, parts: Any) -> None:
     new = Account.create().address
     ledger.registry.rotateMeter(parts.S1, new, {"from": ledger.dso})
     assert ledger.registry.meterRecordOf(new)[2] is False
+
+
+def test_meter_states_of_packed_keys(ledger: Any, parts: Any) -> None:
+    s1, b1 = ledger.meter_of(parts.S1), ledger.meter_of(parts.B1)
+    ledger.registry.deactivate(parts.B1, {"from": ledger.dso})
+    packed = b"".join(bytes.fromhex(m[2:]) for m in (s1, b1, Account.create().address))
+    # index | active << 32 | registered << 33; zero for an unknown key
+    assert list(ledger.registry.meterStatesOf(packed)) == [
+        ledger.index[parts.S1.address] | (1 << 32) | (1 << 33),
+        ledger.index[parts.B1.address] | (1 << 33),
+        0,
+    ]
+    assert list(ledger.registry.meterStatesOf(b"")) == []
+    with brownie.reverts(err("RegistryMalformedMeters", 41)):
+        ledger.registry.meterStatesOf(packed[:41])

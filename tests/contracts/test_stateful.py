@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from backend.chain import batches
+
 LONG = os.environ.get("TEGRID_LONG_STATEFUL") == "1"
 SELL, BUY = 0, 1
 
@@ -189,14 +191,19 @@ class LedgerMachine(RuleBasedStateMachine):
                 fresh += 1
         if batch:
             tx = led.submit(iv, batch)
-            assert len(_events(tx, "ReadingSubmitted")) == fresh
-            for e in _events(tx, "ReadingSubmitted"):
-                key = (str(e["meter"]), iv)
+            accepted = [
+                r
+                for e in _events(tx, "ReadingsSubmitted")
+                for r in batches.unpack_accepted(e["accepted"])
+            ]
+            assert len(accepted) == fresh
+            for r in accepted:
+                key = (str(r.meter), iv)
                 assert key not in self.counted, "reading counted twice"
                 self.counted.add(key)
             if twice:
                 again = led.submit(iv, batch)
-                assert "ReadingSubmitted" not in again.events
+                assert "ReadingsSubmitted" not in again.events
         if not led.records.get(iv):
             self._next_interval()
             return

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from eth_abi import decode as abi_decode
 from web3 import Web3
 
+from backend.chain import batches
 from backend.chain.client import ChainClient
 from backend.chain.contracts import Deployment, save_deployment
 from backend.chain.deploy import RoleHolders, deploy_all
@@ -31,7 +33,7 @@ from backend.oracle.devchain import (
     set_time,
 )
 from backend.oracle.store import OracleStore
-from backend.oracle.web3_ledger import READING_SUBMITTED_TOPIC, Web3Ledger
+from backend.oracle.web3_ledger import READINGS_SUBMITTED_TOPIC, Web3Ledger
 from backend.paths import REPO_ROOT
 from backend.settings import ANVIL_KEYS
 
@@ -116,15 +118,14 @@ class Env:
                 "address": self.ledger.readings_address,
                 "fromBlock": 0,
                 "toBlock": "latest",
-                "topics": [READING_SUBMITTED_TOPIC],  # type: ignore[list-item]
+                "topics": [READINGS_SUBMITTED_TOPIC],  # type: ignore[list-item]
             }
         )
+        # ReadingsSubmitted(uint64 indexed intervalId, bytes accepted): one per batch
         return [
-            (
-                Web3.to_checksum_address(bytes(e["topics"][1])[-20:]),
-                int.from_bytes(bytes(e["topics"][2]), "big"),
-            )
+            (reading.meter, int.from_bytes(bytes(e["topics"][1]), "big"))
             for e in logs
+            for reading in batches.unpack_accepted(abi_decode(["bytes"], bytes(e["data"]))[0])
         ]
 
 

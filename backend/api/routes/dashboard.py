@@ -14,6 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from backend.api.deps import MarketDep
+from backend.chain import batches
 from backend.market.errors import Conflict, NotFound
 
 router = APIRouter(tags=["dashboard"])
@@ -196,15 +197,15 @@ def _readings(ledger: Any, interval_id: int) -> list[dict[str, Any]]:
     if contract is None or w3 is None:
         return []
     latest = int(w3.eth.block_number)
-    logs = contract.events.ReadingSubmitted.get_logs(
+    logs = contract.events.ReadingsSubmitted.get_logs(
         from_block=max(0, latest - READINGS_LOOKBACK_BLOCKS), to_block=latest,
         argument_filters={"intervalId": interval_id},
     )
     registry = getattr(ledger, "registry", None)
     wallets: dict[str, str | None] = {}
     out = []
-    for log in logs:
-        meter = str(log["args"]["meter"])
+    for iv, reading, log in batches.accepted_from_logs(logs):
+        meter = reading.meter
         if meter not in wallets:
             wallet = None
             if registry is not None:
@@ -214,9 +215,9 @@ def _readings(ledger: Any, interval_id: int) -> list[dict[str, Any]]:
         out.append({
             "meter": meter,
             "wallet": wallets[meter],
-            "intervalId": int(log["args"]["intervalId"]),
-            "importWh": int(log["args"]["importWh"]),
-            "exportWh": int(log["args"]["exportWh"]),
+            "intervalId": iv,
+            "importWh": reading.import_wh,
+            "exportWh": reading.export_wh,
             "block": int(log["blockNumber"]),
             "txHash": "0x" + bytes(log["transactionHash"]).hex().removeprefix("0x"),
         })
@@ -227,7 +228,7 @@ def _readings(ledger: Any, interval_id: int) -> list[dict[str, Any]]:
 async def readings(
     market: MarketDep, interval: Annotated[int, Query(ge=0, lt=2**63)]
 ) -> list[dict[str, Any]]:
-    """Meter readings accepted on chain (``MeterReadings.ReadingSubmitted``) for one interval,
+    """Meter readings accepted on chain (``MeterReadings.ReadingsSubmitted``) for one interval,
     with the wallet each meter belongs to (searches the last 50,000 blocks)."""
     from backend.market.errors import LedgerUnavailable
 

@@ -60,3 +60,28 @@ def test_decode_unwraps_a_single_output_like_web3() -> None:
 
     raw = eth_abi.encode(fn.outputs, [(A, 3, 17, True, 5000, 6000)])
     assert fn.decode("0x" + raw.hex()) == (A.lower(), 3, 17, True, 5000, 6000)
+
+
+def test_readings_submitted_event_decodes() -> None:
+    """The batch event's ABI and its packed ``accepted`` bytes (meter | importWh | exportWh)."""
+    import pytest
+    from eth_abi import decode, encode
+    from eth_utils import keccak
+
+    from backend.oracle.web3_ledger import READINGS_SUBMITTED_TOPIC
+
+    readings = contract_at(Web3(), "MeterReadings", "0x" + "33" * 20)
+    (abi,) = [e for e in readings.abi if e.get("name") == "ReadingsSubmitted"]
+    signature = "ReadingsSubmitted(" + ",".join(i["type"] for i in abi["inputs"]) + ")"
+    assert signature == batches.READINGS_SUBMITTED_SIGNATURE
+    assert keccak(text=signature) == READINGS_SUBMITTED_TOPIC
+    B = to_checksum_address("0x" + "cd" * 20)
+    accepted = a_bytes = bytes.fromhex(A[2:]) + (2**23 - 1).to_bytes(4, "big") + bytes(4)
+    accepted += bytes.fromhex(B[2:]) + (0).to_bytes(4, "big") + (1500).to_bytes(4, "big")
+    data = encode(["bytes"], [accepted])
+    assert batches.unpack_accepted(decode(["bytes"], data)[0]) == [(A, 2**23 - 1, 0), (B, 0, 1500)]
+    logs = [{"args": {"intervalId": 7, "accepted": a_bytes}}]
+    assert batches.accepted_from_logs(logs) == [(7, (A, 2**23 - 1, 0), logs[0])]
+    assert batches.unpack_accepted(b"") == []
+    with pytest.raises(ValueError):
+        batches.unpack_accepted(accepted[:-1])
