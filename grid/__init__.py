@@ -10,9 +10,12 @@ Public API::
         (both GridError and ValueError) list what is accepted.
 
     GridValidator(network: str | pandapowerNet = "cigre_lv", limits: Limits | None = None,
-                  add_pv: bool = True, batch_size: int = 32)
+                  add_pv: bool = True, batch_size: int = 32, reuse: bool = True)
         .base_state(interval: int | None = None, interval_seconds: int = 900) -> BaseStateSummary
         .validate(trades: Sequence[Trade], interval=None, interval_seconds=900) -> ValidationResult
+            resumes from the longest prefix of ``trades`` it has seen (reuse=True): the answer is
+            identical to a from-scratch run; ``result.stats.reused_trades`` counts the skipped
+        .clear_reuse_cache()
         .hosting_capacity(bus: int, interval=None, interval_seconds=900) -> HostingCapacity
         .grid_status(trades: Sequence[Trade] = (), interval=None, interval_seconds=900) ->
         GridStatus

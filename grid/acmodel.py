@@ -10,6 +10,8 @@ Jacobian at an operating point."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,17 @@ except ImportError:  # pragma: no cover - KLU is part of the lightsim2grid wheel
     from lightsim2grid.algorithm import NRSing_SparseLU as _Solver
 
 MAX_ITERATIONS = 20
+# From this many buses on, solves would go through a kept lightsim2grid grid model (see
+# _KeptGrid; on small grids the plain solver's per-call reset costs less than its bookkeeping).
+# Off (None): on kerber_vorstadt it halved the cost per solve, but its answers depend on the
+# solves before them in the last digits (1e-13), and prefix reuse promises answers identical to
+# a from-scratch run bit for bit.
+KEPT_GRID_MIN_BUSES: int | None = None
+# Size of one multi-column solve (rows x right-hand sides). OpenBLAS runs a level-3 call on its
+# thread pool once m*n*k passes ~2.6e5; with more columns per solve SuperLU's supernode updates
+# on kerber_vorstadt crossed that, and the pool's spinning threads then slowed every later solve
+# several-fold on a busy 2-core machine.
+RHS_BUDGET = 8192
 TOLERANCE_PU = 1e-9
 
 
@@ -40,6 +53,7 @@ class Measures:
     i_from: np.ndarray
     i_to: np.ndarray
     loading_percent: np.ndarray
+    i: np.ndarray  # [i_from | i_to] (the two above are views into it)
 
 
 class ACModel:
@@ -119,10 +133,28 @@ class ACModel:
         self.Yt = sparse.csr_matrix(internal["Yt"])[row_idx]
         self.c_from = np.array(c_from, dtype=float)
         self.c_to = np.array(c_to, dtype=float)
+        self.c_i = np.r_[self.c_from, self.c_to]
+        self.Yi = sparse.vstack([self.Yf, self.Yt]).tocsr()
+        self.n_branch = len(rows)
+        self.layout = Layout(len(self.mon_bus_ppci), n_ppci, self.n_branch)
         self._solver = _Solver()
+        self._kept: _KeptGrid | None = None
+        self._lin_constants: _LinConstants | None = None
+        self._last_kept = False
+        if KEPT_GRID_MIN_BUSES is not None and n_ppci >= KEPT_GRID_MIN_BUSES:
+            self._kept = _KeptGrid.build(net, self)
 
     def solve(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
         """Newton-Raphson from ``V_start``; None when it does not converge."""
+        if self._kept is not None:
+            V = self._kept.solve(Sbus, V_start)
+            if V is not None or self._kept.answered:
+                self._last_kept = True
+                return V
+        self._last_kept = False
+        return self._solve_plain(Sbus, V_start)
+
+    def _solve_plain(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
         try:
             self._solver.solve(
                 self.Ybus,
@@ -144,19 +176,49 @@ class ACModel:
             return None
         return np.asarray(V)
 
+    def linearization_constants(self) -> _LinConstants:
+        """Index sets every ``Linearization`` of this model uses (built once)."""
+        if self._lin_constants is None:
+            pvpq = np.r_[self.pv, self.pq]
+            row_of_ppci = np.full(self.n_ppci, -1, dtype=np.int64)
+            row_of_ppci[pvpq] = np.arange(len(pvpq))
+            self._lin_constants = _LinConstants(
+                pvpq,
+                # Plain slices where the index sets are ranges (radial feeders: slack at bus 0).
+                _as_slice(pvpq),
+                _as_slice(self.pq),
+                row_of_ppci,
+                self.layout.column(np.zeros(self.layout.size, complex)),
+            )
+        return self._lin_constants
+
+    def _plain_jacobian(self) -> sparse.csc_matrix | None:
+        try:
+            return sparse.csc_matrix(self._solver.get_J())
+        except (RuntimeError, ValueError):
+            return None
+
     def last_jacobian(self) -> sparse.csc_matrix | None:
         """The solver's Jacobian from its last Newton step (close to the solution of the last
         solve)."""
+        if self._last_kept:
+            return self._kept.jacobian() if self._kept is not None else None
         try:
             return sparse.csc_matrix(self._solver.get_J())
         except (RuntimeError, ValueError):
             return None
 
     def measure(self, V: np.ndarray) -> Measures:
-        i_from = self.Yf @ V
-        i_to = self.Yt @ V
-        loading = np.maximum(np.abs(i_from) * self.c_from, np.abs(i_to) * self.c_to)
-        return Measures(V, np.abs(V[self.mon_bus_ppci]), i_from, i_to, loading)
+        i = self.Yi @ V
+        return self.measures_of(V, np.abs(V[self.mon_bus_ppci]), i)
+
+    def loading(self, i: np.ndarray) -> np.ndarray:
+        """Loading (percent) of every branch from packed currents ``[i_from | i_to]``."""
+        return np.asarray((np.abs(i) * self.c_i).reshape(2, self.n_branch).max(axis=0))
+
+    def measures_of(self, V: np.ndarray, vm_pu: np.ndarray, i: np.ndarray) -> Measures:
+        n = self.n_branch
+        return Measures(V, vm_pu, i[:n], i[n:], self.loading(i), i)
 
     def injection(self, bus_p_kw: dict[int, float]) -> np.ndarray:
         """Extra bus injections (pandapower bus -> kW, + injects) as a ppci Sbus vector in pu."""
@@ -164,6 +226,120 @@ class ACModel:
         for bus, p_kw in bus_p_kw.items():
             delta[self.ppci_of_bus[bus]] += p_kw / 1000.0 / self.base_mva
         return delta
+
+
+class _KeptGrid:
+    """lightsim2grid's own grid model of the base state, kept between solves.
+
+    The plain solver object is reset (KLU analysed again) on every call, which is most of its
+    cost on a few hundred buses; the grid model keeps its solver and only refactorizes. Trades
+    change bus injections through one zero static generator per bus. Used only where it
+    reproduces pandapower's model: same buses one to one, the base state's voltages and a test
+    solve equal to the plain solver's (checked when built), real-power-only changes."""
+
+    def __init__(
+        self, grid: object, model: ACModel, ls_of_ppci: np.ndarray, sgens: np.ndarray, n_ls: int
+    ) -> None:
+        self.grid = grid
+        self.model = model
+        self.ls_of_ppci = ls_of_ppci
+        self.sgens = sgens
+        self.n_ls = n_ls
+        self.p_mw = np.zeros(model.n_ppci)
+        self.answered = False
+        self.jacobian_ok = False
+        self.iterations = 0
+
+    @classmethod
+    def build(cls, net: pp.pandapowerNet, model: ACModel) -> _KeptGrid | None:
+        try:
+            from lightsim2grid.network import init_from_pandapower
+
+            from grid.networks import quiet
+
+            ppci = np.array(list(model.ppci_of_bus.values()), dtype=np.int64)
+            if len(set(ppci.tolist())) != model.n_ppci or len(ppci) != model.n_ppci:
+                return None  # buses fused or dropped by pandapower: no one-to-one map
+            work = copy.deepcopy(net)
+            position = {int(b): i for i, b in enumerate(work.bus.index)}
+            ls_of_ppci = np.empty(model.n_ppci, dtype=np.int64)
+            sgens = np.empty(model.n_ppci, dtype=np.int64)
+            first = len(work.sgen)
+            with quiet():
+                for k, (bus, row) in enumerate(model.ppci_of_bus.items()):
+                    pp.create_sgen(work, bus, p_mw=0.0, name="tegrid kept-grid injection")
+                    ls_of_ppci[row] = position[bus]
+                    sgens[row] = first + k
+                grid = init_from_pandapower(work)
+            kept = cls(grid, model, ls_of_ppci, sgens, len(work.bus))
+            base = kept.solve(model.Sbus0, model.V0)
+            if base is None or float(np.max(np.abs(base - model.V0))) > 1e-8:
+                return None
+            test = model.Sbus0.copy()
+            pq = model.pq[len(model.pq) // 2] if len(model.pq) else 0
+            test[pq] -= 0.01 / model.base_mva  # 10 kW more load mid-feeder
+            got, want = kept.solve(test, model.V0), model._solve_plain(test, model.V0)
+            if got is None or want is None or float(np.max(np.abs(got - want))) > 1e-8:
+                return None
+            J = kept.jacobian()
+            J_ref = model._plain_jacobian()
+            kept.jacobian_ok = (
+                J is not None
+                and J_ref is not None
+                and J.shape == J_ref.shape
+                and float(abs(J - J_ref).max()) <= 1e-6 * max(1.0, float(abs(J_ref).max()))
+            )
+            return kept
+        except Exception:  # any trouble converting: the plain solver does the work
+            return None
+
+    def solve(self, Sbus: np.ndarray, V_start: np.ndarray) -> np.ndarray | None:
+        """Converged voltages, or None; ``answered`` says whether this model gave the answer
+        (False: the plain solver must)."""
+        model = self.model
+        self.answered = False
+        delta = Sbus - model.Sbus0
+        if np.any(delta.imag != 0):
+            return None  # reactive changes: not what the injections carry
+        p_mw = delta.real * model.base_mva
+        for row in np.flatnonzero(p_mw != self.p_mw):
+            self.grid.change_p_sgen(int(self.sgens[row]), float(p_mw[row]))  # type: ignore[attr-defined]
+        self.p_mw = p_mw
+        V_init = np.ones(self.n_ls, dtype=complex)
+        V_init[self.ls_of_ppci] = V_start
+        self.answered = True
+        try:
+            V = self.grid.ac_pf(V_init, MAX_ITERATIONS, TOLERANCE_PU)  # type: ignore[attr-defined]
+        except RuntimeError:
+            return None
+        self.iterations = int(self.grid.get_solver().get_nb_iter())  # type: ignore[attr-defined]
+        if len(V) == 0:
+            return None
+        out = np.asarray(V)[self.ls_of_ppci]
+        return out if bool(np.all(np.isfinite(out))) else None
+
+    def jacobian(self) -> sparse.csc_matrix | None:
+        """The Jacobian of the last solve's last Newton step; None when it took no step (the
+        model would still hold the one of an earlier solve: answers would depend on history)."""
+        if self.iterations == 0 or (not self.jacobian_ok and self.model._kept is self):
+            return None
+        try:
+            J = sparse.csc_matrix(self.grid.get_J_solver())  # type: ignore[attr-defined]
+        except (RuntimeError, ValueError):
+            return None
+        size = len(self.model.pv) + 2 * len(self.model.pq)
+        if J.shape == (size + 1, size + 1):
+            # The grid model solves for the slack's share too: one more row and column, the
+            # column zero but in that row, so the leading block is the classic Jacobian.
+            J = J[:size, :size].tocsc()
+        return J
+
+
+def _as_slice(index: np.ndarray) -> np.ndarray | slice:
+    """``index`` as a slice when it is a contiguous ascending range (same elements, cheaper)."""
+    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        return slice(int(index[0]), int(index[0]) + len(index))
+    return index
 
 
 def jacobian_at(model: ACModel, V: np.ndarray) -> sparse.csc_matrix:
@@ -181,14 +357,45 @@ def jacobian_at(model: ACModel, V: np.ndarray) -> sparse.csc_matrix:
     return sparse.vstack([sparse.hstack([j11, j12]), sparse.hstack([j21, j22])]).tocsc()
 
 
+@dataclass(frozen=True)
+class _LinConstants:
+    pvpq: np.ndarray
+    pvpq_index: np.ndarray | slice
+    pq_index: np.ndarray | slice
+    row_of_ppci: np.ndarray
+    zero: Column
+
+
 @dataclass
 class Column:
-    """Sensitivities to +1 kW injected at one bus (absorbed by the slack)."""
+    """Sensitivities to +1 kW injected at one bus (absorbed by the slack).
+
+    ``packed`` holds them all in one complex vector ``[dvm | dV | di_from | di_to]`` (the other
+    fields are views into it), so a screen combines two columns in one vector operation."""
 
     dvm: np.ndarray
     dV: np.ndarray
     di_from: np.ndarray
     di_to: np.ndarray
+    packed: np.ndarray
+
+
+class Layout:
+    """Slices of the packed vector (see ``Column``) for one model."""
+
+    def __init__(self, n_mon: int, n_ppci: int, n_branch: int) -> None:
+        self.vm = slice(0, n_mon)
+        self.V = slice(n_mon, n_mon + n_ppci)
+        self.i_from = slice(n_mon + n_ppci, n_mon + n_ppci + n_branch)
+        self.i_to = slice(n_mon + n_ppci + n_branch, n_mon + n_ppci + 2 * n_branch)
+        self.i = slice(n_mon + n_ppci, n_mon + n_ppci + 2 * n_branch)
+        self.size = n_mon + n_ppci + 2 * n_branch
+        self.n_branch = n_branch
+
+    def column(self, packed: np.ndarray) -> Column:
+        return Column(
+            packed[self.vm].real, packed[self.V], packed[self.i_from], packed[self.i_to], packed
+        )
 
 
 class Linearization:
@@ -201,23 +408,21 @@ class Linearization:
         ``V``."""
         self.model = model
         self.V = V
-        pvpq = np.r_[model.pv, model.pq]
+        shared = model.linearization_constants()
+        pvpq = shared.pvpq
         size = len(pvpq) + len(model.pq)
         if jacobian is None or jacobian.shape != (size, size) or jacobian.nnz == 0:
             jacobian = jacobian_at(model, V)
-        self._lu = splu(sparse.csc_matrix(jacobian))
+        self._lu = splu(jacobian if isinstance(jacobian, sparse.csc_matrix) else jacobian.tocsc())
         self._n_pvpq = len(pvpq)
         self._pvpq = pvpq
-        self._row_of_ppci = np.full(model.n_ppci, -1, dtype=np.int64)
-        self._row_of_ppci[pvpq] = np.arange(len(pvpq))
+        self._pvpq_index = shared.pvpq_index
+        self._pq_index = shared.pq_index
+        self._row_of_ppci = shared.row_of_ppci
         self._vm = np.abs(V)
         self._cache: dict[int, Column] = {}
-        self._zero = Column(
-            np.zeros(len(model.mon_bus_ppci)),
-            np.zeros(model.n_ppci, complex),
-            np.zeros(model.Yf.shape[0], complex),
-            np.zeros(model.Yt.shape[0], complex),
-        )
+        self.layout = model.layout
+        self._zero = shared.zero
 
     def refine(self, Sbus: np.ndarray, V: np.ndarray) -> np.ndarray:
         """One chord Newton step from ``V`` towards the AC solution for ``Sbus``, with this
@@ -228,12 +433,59 @@ class Linearization:
         is close to the one at the solution)."""
         model = self.model
         mismatch = V * np.conj(model.Ybus @ V) - Sbus
-        dx = self._lu.solve(np.r_[mismatch[self._pvpq].real, mismatch[model.pq].imag])
-        va = np.angle(V)
+        pvpq, pq = self._pvpq_index, self._pq_index
+        dx = self._lu.solve(np.concatenate((mismatch[pvpq].real, mismatch[pq].imag)))
+        va = np.arctan2(V.imag, V.real)
         vm = np.abs(V)
-        va[self._pvpq] -= dx[: self._n_pvpq]
-        vm[model.pq] -= dx[self._n_pvpq :]
+        va[pvpq] -= dx[: self._n_pvpq]
+        vm[pq] -= dx[self._n_pvpq :]
         return np.asarray(vm * np.exp(1j * va))
+
+    @property
+    def _chunk(self) -> int:
+        return max(4, RHS_BUDGET // self._lu.shape[0])
+
+    def solves_for(self, n_columns: int) -> int:
+        """Multi-column solves ``prepare`` needs for ``n_columns`` columns."""
+        return -(-n_columns // self._chunk)
+
+    def prepare(self, buses: Iterable[int]) -> None:
+        """Sensitivity columns of all ``buses`` at once (one multi-right-hand-side solve: several
+        times cheaper per bus than one solve each)."""
+        model = self.model
+        todo = sorted({int(b) for b in buses if int(b) not in self._cache})
+        rows = [int(self._row_of_ppci[model.ppci_of_bus[b]]) for b in todo]
+        for bus, row in zip(todo, rows, strict=True):
+            if row < 0:
+                self._cache[bus] = self._zero
+        live = [(b, r) for b, r in zip(todo, rows, strict=True) if r >= 0]
+        if not live:
+            return
+        # A few right-hand sides per solve (see RHS_BUDGET).
+        chunk = self._chunk
+        for first in range(0, len(live), chunk):
+            part = live[first : first + chunk]
+            rhs = np.zeros((self._lu.shape[0], len(part)), order="F")
+            rhs[[r for _, r in part], np.arange(len(part))] = 1.0 / 1000.0 / model.base_mva
+            packed = self._columns(self._lu.solve(rhs))
+            for k, (bus, _) in enumerate(part):
+                self._cache[bus] = self.layout.column(packed[:, k])
+
+    def _columns(self, x: np.ndarray) -> np.ndarray:
+        """Packed columns (Fortran order) from solutions ``x`` of the Jacobian system."""
+        model, lay = self.model, self.layout
+        k = x.shape[1]
+        dva = np.zeros((model.n_ppci, k))
+        dvm = np.zeros((model.n_ppci, k))
+        dva[self._pvpq] = x[: self._n_pvpq]
+        dvm[model.pq] = x[self._n_pvpq :]
+        dV = self.V[:, None] * (dvm / self._vm[:, None] + 1j * dva)
+        packed = np.empty((lay.size, k), dtype=complex, order="F")
+        packed[lay.vm] = dvm[model.mon_bus_ppci]
+        packed[lay.V] = dV
+        packed[lay.i_from] = model.Yf @ dV
+        packed[lay.i_to] = model.Yt @ dV
+        return packed
 
     def column(self, bus: int) -> Column:
         """Sensitivities of injecting +1 kW at pandapower ``bus``."""
@@ -245,14 +497,8 @@ class Linearization:
         if row < 0:
             col = self._zero
         else:
-            rhs = np.zeros(self._lu.shape[0])
-            rhs[row] = 1.0 / 1000.0 / model.base_mva
-            x = self._lu.solve(rhs)
-            dva = np.zeros(model.n_ppci)
-            dvm = np.zeros(model.n_ppci)
-            dva[self._pvpq] = x[: self._n_pvpq]
-            dvm[model.pq] = x[self._n_pvpq :]
-            dV = self.V * (dvm / self._vm + 1j * dva)
-            col = Column(dvm[model.mon_bus_ppci], dV, model.Yf @ dV, model.Yt @ dV)
+            rhs = np.zeros((self._lu.shape[0], 1))
+            rhs[row, 0] = 1.0 / 1000.0 / model.base_mva
+            col = self.layout.column(self._columns(self._lu.solve(rhs))[:, 0])
         self._cache[bus] = col
         return col

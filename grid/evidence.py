@@ -31,6 +31,11 @@ def _r(value: float | None, digits: int) -> float | None:
     return 0.0 if rounded == 0 else rounded
 
 
+def _rounded(values: np.ndarray, digits: int) -> list[float]:
+    """``[_r(x, digits) for x in values]``, faster (``or 0.0`` turns -0.0 into 0.0 as ``_r``)."""
+    return [round(x, digits) or 0.0 for x in np.asarray(values, dtype=float).tolist()]
+
+
 def hash_array(values: np.ndarray, digits: int = 9) -> str:
     """sha256 of rounded values (for the base-state injections)."""
     blob = json.dumps([_r(float(v), digits) for v in values], separators=(",", ":"))
@@ -60,8 +65,8 @@ def evidence_hash(
             for v in verdicts
         ],
         "ac_result": {
-            "vm_pu": [_r(float(x), 5) for x in vm_pu],
-            "loading_percent": [_r(float(x), 3) for x in loading_percent],
+            "vm_pu": _rounded(vm_pu, 5),
+            "loading_percent": _rounded(loading_percent, 3),
         },
     }
     blob = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -161,13 +161,21 @@ class LimitSet:
             return False  # far outside the linear range: AC decides (it may not even converge)
         band_v = BAND_PU + relative * moved_v
         band_l = BAND_PERCENT + relative * moved_l
+        over = loading_percent - self.lmax
+        high = vm_pu - self.vmax
+        low = self.vmin - vm_pu
+        near_l = over > -band_l
+        near_high = high > -band_v
+        near_low = low > -band_v
+        if not (near_l.any() or near_high.any() or near_low.any()):
+            return True  # the common case: nothing near a limit
         mon = self.monitored
         n = self.n_lines
-        over = loading_percent - self.lmax
         kinds = (
             (
                 Reason.TRAFO_OVERLOAD,
                 over[n:],
+                near_l[n:],
                 band_l[n:],
                 loading_percent[n:],
                 self.lmax_report[n:],
@@ -177,6 +185,7 @@ class LimitSet:
             (
                 Reason.LINE_OVERLOAD,
                 over[:n],
+                near_l[:n],
                 band_l[:n],
                 loading_percent[:n],
                 self.lmax_report[:n],
@@ -185,7 +194,8 @@ class LimitSet:
             ),
             (
                 Reason.VOLTAGE_HIGH,
-                vm_pu - self.vmax,
+                high,
+                near_high,
                 band_v,
                 vm_pu,
                 self.vmax_report,
@@ -194,7 +204,8 @@ class LimitSet:
             ),
             (
                 Reason.VOLTAGE_LOW,
-                self.vmin - vm_pu,
+                low,
+                near_low,
                 band_v,
                 vm_pu,
                 self.vmin_report,
@@ -202,8 +213,8 @@ class LimitSet:
                 mon.buses,
             ),
         )
-        for reason, excess, band, value, report, kind, names in kinds:
-            if len(excess) == 0 or not np.any(excess > -band):
+        for reason, excess, near, band, value, report, kind, names in kinds:
+            if len(excess) == 0 or not near.any():
                 continue
             i = int(np.argmax(excess))
             if excess[i] <= band[i]:

@@ -19,13 +19,27 @@ A trade whose seller and buyer sit on the same bus changes no bus injection: it 
 a power flow (``source == "input"``) and leaves the state unchanged - unless the base state itself
 does not converge, when every trade gets NOT_CONVERGED (the rule needs a converged flow).
 
+Prefix reuse: the market validates the same interval again and again, each round the approved
+trades so far plus fresh candidates. ``validate`` keeps (LRU, ``PREFIX_CACHE``) a snapshot of its
+session state - before the final batch confirmation - at the end of every list and before every
+trade it vetoed (the next round drops that one), keyed by the trades themselves (ids, buses,
+powers and their types) and the base state. A list that starts with such a prefix resumes from the
+longest one. The session is deterministic and a snapshot is exactly the state a from-scratch run
+has at that point, so verdicts, evidence hash and AC figures are identical to a from-scratch run
+(``reuse=False`` turns it off; ``ValidationStats.reused_trades`` says how many trades were
+skipped).
+
+(``acmodel._KeptGrid``, a kept lightsim2grid grid model that halves the cost of an AC solve on
+kerber_vorstadt, is off for this reason: its last digits depend on the solves before.)
+
 The approved set therefore always passes a full AC power flow; verdicts equal those of a validator
 that runs a full power flow per trade, except where the linear screen errs by more than its band."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -61,6 +75,10 @@ RELINEARIZE_PU = 0.03
 HOSTING_RESOLUTION_KW = 0.01
 HOSTING_MAX_KW = 1e6
 _BASE_CACHE = 32
+# Session snapshots kept for prefix reuse (see ``GridValidator.validate``).
+PREFIX_CACHE = 64
+SNAPSHOT_EVERY_TRADE_MAX = 512  # longer lists are snapshotted every SNAPSHOT_STRIDE trades
+SNAPSHOT_STRIDE = 64
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,7 @@ class ValidationStats:
     ac_solves: int = 0
     batch_fallbacks: int = 0
     linearizations: int = 0
+    reused_trades: int = 0  # leading trades whose work was reused from an earlier validate
 
 
 @dataclass(frozen=True)
@@ -217,6 +236,7 @@ class GridValidator:
         limits: Limits | None = None,
         add_pv: bool = True,
         batch_size: int = BATCH_SIZE,
+        reuse: bool = True,
     ) -> None:
         if isinstance(network, pp.pandapowerNet):
             net = copy.deepcopy(network)
@@ -235,6 +255,9 @@ class GridValidator:
         self.net = net
         self._nominal = nominal_values(net)
         self._bases: dict[tuple[int | None, int], _Base] = {}
+        self.reuse = bool(reuse)
+        self._prefixes: OrderedDict[int, tuple[_Base, tuple[Trade, ...], _Session]] = OrderedDict()
+        self._prefix_seq = 0
 
     # ----------------------------------------------------------------- network facts
     def buses(self) -> list[int]:
@@ -392,10 +415,25 @@ class GridValidator:
                 None,
                 None,
             )
-        session = _Session(base.model, base.measures, base.limitset, self.batch_size)
+        start, resumed = self._resume(base, trades)
+        if resumed is None:
+            session = _Session(base.model, base.measures, base.limitset, self.batch_size)
+        else:
+            session = resumed.resume()
+        session.want_buses(b for _, t in valid for b in (int(t.seller_bus), int(t.buyer_bus)))
+        todo = [(pos, trade) for pos, trade in valid if pos >= start]
+        every = 1 if len(todo) <= SNAPSHOT_EVERY_TRADE_MAX else SNAPSHOT_STRIDE
+        points: list[tuple[int, _Session]] = []
         with np.errstate(all="ignore"):
-            for pos, trade in valid:
+            for k, (pos, trade) in enumerate(todo):
+                snap = session.snapshot() if self.reuse and k % every == 0 else None
+                before = len(session.log)
                 session.offer(pos, trade)
+                if snap is not None and any(not v.approved for _, v in session.log[before:]):
+                    points.append((pos, snap))  # the next round may drop this vetoed trade
+            if self.reuse:
+                points.append((len(trades), session.snapshot()))
+                self._remember(base, trades, points)
             session.flush()
         for pos, verdict in session.verdicts.items():
             verdicts[pos] = verdict
@@ -422,8 +460,38 @@ class GridValidator:
             vm_max_pu=float(state.vm_pu.max()),
             max_line_loading_percent=_max(state.loading_percent[:n_lines]),
             max_trafo_loading_percent=_max(state.loading_percent[n_lines:]),
-            stats=session.stats(len(trades)),
+            stats=session.stats(len(trades), start),
         )
+
+    def _resume(self, base: _Base, trades: list[Trade]) -> tuple[int, _Session | None]:
+        """The longest prefix of ``trades`` an earlier ``validate`` on this base state left a
+        session snapshot after: (its length, the snapshot), or (0, None)."""
+        if not self.reuse:
+            return 0, None
+        best: tuple[int, _Session | None] = (0, None)
+        best_key = None
+        for key, (owner, prefix, snap) in self._prefixes.items():
+            n = len(prefix)
+            if owner is base and best[0] < n <= len(trades) and _same_trades(trades, prefix):
+                best, best_key = (n, snap), key
+        if best_key is not None:
+            self._prefixes.move_to_end(best_key)
+        return best
+
+    def _remember(
+        self, base: _Base, trades: list[Trade], points: list[tuple[int, _Session]]
+    ) -> None:
+        for n, snap in points:
+            if n == 0:
+                continue
+            self._prefix_seq += 1
+            self._prefixes[self._prefix_seq] = (base, tuple(trades[:n]), snap)
+        while len(self._prefixes) > PREFIX_CACHE:
+            self._prefixes.popitem(last=False)
+
+    def clear_reuse_cache(self) -> None:
+        """Forget the session snapshots ``validate`` keeps for prefixes it has seen."""
+        self._prefixes.clear()
 
     # ----------------------------------------------------------------- hosting capacity
     def hosting_capacity(
@@ -486,6 +554,22 @@ class GridValidator:
         )
 
 
+def _same_trades(trades: list[Trade], prefix: tuple[Trade, ...]) -> bool:
+    """Whether ``trades`` starts with ``prefix`` (same ids, buses and powers, same types)."""
+    for a, b in zip(trades, prefix, strict=False):
+        if a is b:
+            continue
+        if type(a) is not type(b) or a != b:
+            return False
+        if any(type(x) is not type(y) for x, y in zip(_fields(a), _fields(b), strict=True)):
+            return False
+    return True
+
+
+def _fields(trade: Trade) -> tuple[object, ...]:
+    return (trade.id, trade.seller_bus, trade.buyer_bus, trade.p_kw)
+
+
 def _max(values: np.ndarray) -> float | None:
     return float(values.max()) if len(values) else None
 
@@ -531,6 +615,8 @@ def _veto(trade: Trade, violation: Violation, source: str = "ac") -> Verdict:
 class _Session:
     """One ``validate`` run: the accepted AC state, the current linearization and the open batch."""
 
+    log_len = 0
+
     def __init__(
         self, model: ACModel, measures: Measures, limitset: LimitSet, batch_size: int
     ) -> None:
@@ -539,7 +625,8 @@ class _Session:
         self.batch_size = batch_size
         self.S = model.Sbus0.copy()
         self.measures = measures
-        self.verdicts: dict[int, Verdict] = {}
+        # Verdicts as an append-only log of (position, verdict): a snapshot is a length into it.
+        self.log: list[tuple[int, Verdict]] = []
         self.ac_solves = 0
         self.fallbacks = 0
         self.linearizations = 0
@@ -547,10 +634,13 @@ class _Session:
         self.screened_out = 0
         self.refines = 0
         self.c_branch = np.maximum(model.c_from, model.c_to)  # percent of rating per pu current
+        self.buses: set[int] = set()  # buses whose sensitivities each linearization computes
+        self.offered = 0
+        self.prepared = True
         self._relinearize()
         self._clear_batch()
 
-    def stats(self, n_trades: int) -> ValidationStats:
+    def stats(self, n_trades: int, reused: int = 0) -> ValidationStats:
         return ValidationStats(
             n_trades,
             self.screened_in,
@@ -558,20 +648,57 @@ class _Session:
             self.ac_solves,
             self.fallbacks,
             self.linearizations,
+            reused,
         )
+
+    def snapshot(self) -> _Session:
+        """A frozen copy of this session's state (cheap: arrays are replaced, never changed in
+        place, and the verdict log is shared up to its current length)."""
+        snap = copy.copy(self)
+        snap.batch = list(self.batch)
+        snap.log_len = len(self.log)
+        return snap
+
+    def resume(self) -> _Session:
+        """A live session continuing from this snapshot."""
+        live = copy.copy(self)
+        live.batch = list(self.batch)
+        live.log = self.log[: self.log_len]
+        return live
+
+    @property
+    def verdicts(self) -> dict[int, Verdict]:
+        return dict(self.log)
+
+    def want_buses(self, buses: Iterable[int]) -> None:
+        """Buses trades will name: their sensitivities are computed together per
+        linearization."""
+        fresh = set(buses) - self.buses
+        if fresh:
+            self.buses = self.buses | fresh
+            if self.prepared:
+                self.lin.prepare(sorted(fresh))
 
     def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
         self.lin = Linearization(self.model, self.measures.V, jacobian)
         self.linearizations += 1
+        # All wanted columns at once (a multi-column solve costs about what one column alone
+        # does) unless that takes more solves than the columns this linearization is expected to
+        # need (two per trade it serves); then each column on first use.
+        per_lin = self.offered / self.linearizations
+        if self.linearizations == 1 or self.lin.solves_for(len(self.buses)) <= 2.0 * per_lin:
+            self.lin.prepare(self.buses)
+            self.prepared = True
+        else:
+            self.prepared = False
 
     def _clear_batch(self) -> None:
         me = self.measures
         self.batch: list[tuple[int, Trade]] = []
         self.b_dS = np.zeros_like(self.S)
-        self.b_dvm = np.zeros_like(me.vm_pu)
-        self.b_dif = np.zeros_like(me.i_from)
-        self.b_dit = np.zeros_like(me.i_to)
-        self.b_dV = np.zeros_like(me.V)
+        # The batch's predicted change, packed like the sensitivity columns:
+        # [dvm | dV | di_from | di_to] (see ``acmodel.Layout``).
+        self.b_pack = np.zeros(self.model.layout.size, dtype=complex)
         self.b_movedv = np.zeros_like(me.vm_pu)
         self.b_movedl = np.zeros_like(me.loading_percent)
         self.b_loading = me.loading_percent
@@ -587,17 +714,14 @@ class _Session:
     def offer(self, pos: int, trade: Trade) -> None:
         """Screen one trade; join the batch when clearly feasible, else decide it with AC."""
         me, model = self.measures, self.model
+        lay = model.layout
+        self.offered += 1
         cs = self.lin.column(int(trade.seller_bus))
         cb = self.lin.column(int(trade.buyer_bus))
-        p = float(trade.p_kw)
-        dvm = self.b_dvm + p * (cs.dvm - cb.dvm)
-        dV = self.b_dV + p * (cs.dV - cb.dV)
-        dif = self.b_dif + p * (cs.di_from - cb.di_from)
-        dit = self.b_dit + p * (cs.di_to - cb.di_to)
-        vm = me.vm_pu + dvm
-        loading = np.maximum(
-            np.abs(me.i_from + dif) * model.c_from, np.abs(me.i_to + dit) * model.c_to
-        )
+        own = float(trade.p_kw) * (cs.packed - cb.packed)  # this trade's predicted change
+        pack = self.b_pack + own  # batch + trade
+        vm = me.vm_pu + pack[lay.vm].real
+        loading = model.loading(me.i + pack[lay.i])
         # Second-order errors (losses) add up over a batch: bands grow with the sum of the moves.
         # A branch's move is that of its complex current (in percent of its rating), not of its
         # loading: a current change across the phasor barely moves |I| to first order, yet its
@@ -606,74 +730,75 @@ class _Session:
         # transfer inside one feeder changes the transformer's loading by the change of its
         # losses): every element's band also grows with the largest move anywhere.
         # The largest move is taken in current (pu), then scaled to each branch's own rating.
-        own_v = np.abs(dvm - self.b_dvm)
-        di_from = np.abs(dif - self.b_dif)
-        di_to = np.abs(dit - self.b_dit)
-        own_l = np.maximum(di_from * model.c_from, di_to * model.c_to)
-        di_max = max(float(np.max(di_from, initial=0.0)), float(np.max(di_to, initial=0.0)))
+        moves = np.abs(own)
+        own_v = moves[lay.vm]
+        di = moves[lay.i]
+        own_l = model.loading(di)
+        di_max = float(di.max(initial=0.0))
         spread = GLOBAL_RELATIVE / BAND_RELATIVE
-        moved_v = self.b_movedv + own_v + spread * float(np.max(own_v, initial=0.0))
+        moved_v = self.b_movedv + own_v + spread * float(own_v.max(initial=0.0))
         moved_l = self.b_movedl + own_l + spread * di_max * self.c_branch
         judged = self.limitset.screen(vm, moved_v, loading, moved_l)
         if isinstance(judged, Violation):
             self.screened_out += 1
-            self.verdicts[pos] = _veto(trade, judged, "screen")
+            self.log.append((pos, _veto(trade, judged, "screen")))
             return
         if judged:
             self.screened_in += 1
             self.batch.append((pos, trade))
-            self.b_dS += self._delta_S(trade)
-            self.b_dvm, self.b_dif, self.b_dit, self.b_dV = dvm, dif, dit, dV
+            self.b_dS = self.b_dS + self._delta_S(trade)
+            self.b_pack = pack
             self.b_movedv, self.b_movedl, self.b_loading = moved_v, moved_l, loading
             if len(self.batch) >= self.batch_size:
                 self.flush()
             return
-        if float(np.max(moved_v, initial=0.0)) <= SCREEN_MAX_MOVE_PU:
-            refined = self._refine(pos, trade, me.V + dV)
+        V1 = me.V + pack[lay.V]
+        if float(moved_v.max(initial=0.0)) <= SCREEN_MAX_MOVE_PU:
+            refined = self._refine(pos, trade, V1, me.i + pack[lay.i])
             if refined is None:
                 return
             V_start: np.ndarray | None = refined
         else:
-            V_start = me.V + dV
+            V_start = V1
         if self.batch:
             self.flush()
             self._decide(pos, trade)
         else:
             self._decide(pos, trade, V_start)
 
-    def _refine(self, pos: int, trade: Trade, V1: np.ndarray) -> np.ndarray | None:
+    def _refine(self, pos: int, trade: Trade, V1: np.ndarray, i1: np.ndarray) -> np.ndarray | None:
         """Second look at a trade the linear screen could not call: one chord Newton step from
-        the linear prediction (batch + trade) removes its second-order error, and the band
-        shrinks to a share of that step (``REFINE_BAND``). Returns None when decided here (joined
-        the batch or vetoed), else the refined voltages as an AC starting point."""
+        the linear prediction (batch + trade; voltages ``V1``, branch currents ``i1``) removes
+        its second-order error, and the band shrinks to a share of that step (``REFINE_BAND``).
+        Returns None when decided here (joined the batch or vetoed), else the refined voltages
+        as an AC starting point."""
         me, model = self.measures, self.model
+        lay = model.layout
         S = self.S + self.b_dS + self._delta_S(trade)
         V2 = self.lin.refine(S, V1)
         if not np.all(np.isfinite(V2)):
             return V1
         self.refines += 1
-        m1 = model.measure(V1)
         m2 = model.measure(V2)
-        step_v = np.full_like(m2.vm_pu, float(np.max(np.abs(m2.vm_pu - m1.vm_pu), initial=0.0)))
-        step_i = max(
-            float(np.max(np.abs(m2.i_from - m1.i_from), initial=0.0)),
-            float(np.max(np.abs(m2.i_to - m1.i_to), initial=0.0)),
-        )
+        vm1 = np.abs(V1[model.mon_bus_ppci])
+        step_v = np.full_like(m2.vm_pu, float(np.abs(m2.vm_pu - vm1).max(initial=0.0)))
+        step_i = float(np.abs(m2.i - i1).max(initial=0.0))
         step_l = step_i * self.c_branch
         judged = self.limitset.screen(m2.vm_pu, step_v, m2.loading_percent, step_l, REFINE_BAND)
         if isinstance(judged, Violation):
             self.screened_out += 1
-            self.verdicts[pos] = _veto(trade, judged, "screen")
+            self.log.append((pos, _veto(trade, judged, "screen")))
             return None
         if not judged:
             return V2
         self.screened_in += 1
         self.batch.append((pos, trade))
         self.b_dS = S - self.S
-        self.b_dV = V2 - me.V
-        self.b_dvm = m2.vm_pu - me.vm_pu
-        self.b_dif = m2.i_from - me.i_from
-        self.b_dit = m2.i_to - me.i_to
+        pack = np.empty(lay.size, dtype=complex)
+        pack[lay.V] = V2 - me.V
+        pack[lay.vm] = m2.vm_pu - me.vm_pu
+        pack[lay.i] = m2.i - me.i
+        self.b_pack = pack
         # The refined batch state is uncertain by its band; later linear screens add their moves.
         self.b_movedv = step_v * (REFINE_BAND / BAND_RELATIVE)
         self.b_movedl = step_l * (REFINE_BAND / BAND_RELATIVE)
@@ -704,9 +829,9 @@ class _Session:
         S = self.S + self._delta_S(trade)
         me, violation = self._solve(S, V_start)
         if violation is not None or me is None:
-            self.verdicts[pos] = _veto(trade, violation or NOT_CONVERGED)
+            self.log.append((pos, _veto(trade, violation or NOT_CONVERGED)))
             return
-        self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
+        self.log.append((pos, Verdict(trade.id, True, Reason.APPROVED)))
         self._commit(S, me)
 
     def _as_predicted(self, me: Measures) -> bool:
@@ -714,7 +839,7 @@ class _Session:
         prediction. Passing the AC check proves the batch's final set feasible, not each prefix:
         when the screen erred by more than it assumed, a trade inside the batch may have been
         infeasible when taken (and relieved by a later one), so the batch is re-decided."""
-        err_v = np.abs(me.vm_pu - (self.measures.vm_pu + self.b_dvm))
+        err_v = np.abs(me.vm_pu - (self.measures.vm_pu + self.b_pack[self.model.layout.vm].real))
         err_l = np.abs(me.loading_percent - self.b_loading)
         return bool(
             np.all(err_v <= BAND_PU + BAND_RELATIVE * self.b_movedv)
@@ -728,10 +853,10 @@ class _Session:
             return
         batch = self.batch
         S = self.S + self.b_dS
-        me, violation = self._solve(S, self.measures.V + self.b_dV)
+        me, violation = self._solve(S, self.measures.V + self.b_pack[self.model.layout.V])
         if me is not None and violation is None and self._as_predicted(me):
             for pos, trade in batch:
-                self.verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED)
+                self.log.append((pos, Verdict(trade.id, True, Reason.APPROVED)))
             self._commit(S, me)
             self._clear_batch()
             return
