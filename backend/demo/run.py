@@ -231,7 +231,9 @@ class Demo:
         from backend.oracle.devchain import AnvilProcess
 
         self.work.mkdir(parents=True, exist_ok=True)
-        anvil = AnvilProcess(state_file=self.work / "anvil-state.json").start()
+        # No --state file: the demo never restarts its chain, and Anvil would serialize the whole
+        # state to JSON every second (16 MB after 12 intervals of 150 members, growing).
+        anvil = AnvilProcess().start()
         self._pids["anvil"] = anvil.process.pid if anvil.process is not None else None
         self.stack.push(anvil.stop)
         self.w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
