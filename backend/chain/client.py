@@ -181,7 +181,8 @@ class GasBounds:
         rate = self._rate.get(key)
         if rate is None:
             return None
-        return int(rate * size * self.headroom) + self.slack
+        # never below the intrinsic gas (21,000 + at most 16 per calldata byte): a node refuses that
+        return max(int(rate * size * self.headroom) + self.slack, 21_000 + 16 * size)
 
 
 class ChainClient:
@@ -279,6 +280,10 @@ class ChainClient:
                 if not exc.gas_exhausted:
                     raise
                 log.info("bounded gas %d ran out; estimating", bound)
+            except LedgerError as exc:  # refused before mining (e.g. "intrinsic gas too low")
+                if "gas" not in str(exc).lower():
+                    raise
+                log.info("bounded gas %d refused (%s); estimating", bound, exc)
             else:
                 self.gas_bounds.learn(key, size, int(receipt["gasUsed"]))
                 return receipt
