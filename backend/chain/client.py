@@ -123,19 +123,77 @@ class AbiFunction:
         self.inputs = get_abi_input_types(item)
         self.outputs = get_abi_output_types(item)
         self.selector = bytes(function_abi_to_4byte_selector(item))
+        # One 32-byte word per argument and per output (addresses, uintN, bool, bytes32): the
+        # clearing's hundreds of reads are encoded and decoded by hand, without eth_abi's codecs.
+        self._static_in = all(_word_type(t) for t in self.inputs)
+        # a single struct of such fields (e.g. ``participantOf``) is laid out the same, inline
+        self._struct_out: list[str] | None = None
+        if len(self.outputs) == 1 and self.outputs[0][:1] == "(" and self.outputs[0][-1:] == ")":
+            fields = self.outputs[0][1:-1].split(",")
+            if all(_word_type(t) for t in fields):
+                self._struct_out = fields
+        self._static_out = all(_word_type(t) for t in self.outputs)
 
     def data(self, *args: Any) -> str:
+        if self._static_in and len(args) == len(self.inputs):
+            words = [_encode_word(t, a) for t, a in zip(self.inputs, args, strict=True)]
+            if all(w is not None for w in words):
+                return "0x" + self.selector.hex() + "".join(words)  # type: ignore[arg-type]
         return "0x" + (self.selector + eth_abi.encode(self.inputs, args)).hex()
 
     def decode(self, result: str | bytes) -> Any:
         """The return value as web3 gives it: the value itself for one output, else a tuple."""
         raw = bytes.fromhex(result[2:]) if isinstance(result, str) else bytes(result)
-        out = tuple(eth_abi.decode(self.outputs, raw))
+        if self._static_out and len(raw) == 32 * len(self.outputs):
+            out = _decode_words(self.outputs, raw)
+        elif self._struct_out is not None and len(raw) == 32 * len(self._struct_out):
+            out = (_decode_words(self._struct_out, raw),)
+        else:
+            out = tuple(eth_abi.decode(self.outputs, raw))
         return out[0] if len(out) == 1 else out
 
     def call(self, w3: Any, *args: Any) -> Any:
         """``eth_call`` at the latest block, decoded."""
         return self.decode(w3.eth.call({"to": self.address, "data": self.data(*args)}))
+
+
+def _word_type(abi_type: str) -> bool:
+    return abi_type in ("address", "bool", "bytes32") or (
+        abi_type.startswith("uint") and abi_type[4:].isdigit()
+    )
+
+
+def _encode_word(abi_type: str, value: Any) -> str | None:
+    """The hex of one static argument's word; None where eth_abi should decide (and complain)."""
+    if abi_type == "address":
+        if not (isinstance(value, str) and len(value) == 42 and value[:2] in ("0x", "0X")):
+            return None
+        try:
+            int(value[2:], 16)
+        except ValueError:
+            return None
+        return "0" * 24 + value[2:].lower()
+    if abi_type == "bytes32":
+        return bytes(value).hex() if isinstance(value, bytes) and len(value) == 32 else None
+    if abi_type == "bool":
+        return format(int(value), "064x") if isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return format(value, "064x") if 0 <= value < 1 << int(abi_type[4:]) else None
+
+
+def _decode_words(types: Sequence[str], raw: bytes) -> tuple[Any, ...]:
+    return tuple(_decode_word(t, raw[32 * i : 32 * i + 32]) for i, t in enumerate(types))
+
+
+def _decode_word(abi_type: str, word: bytes) -> Any:
+    if abi_type == "address":
+        return "0x" + word[12:].hex()  # as eth_abi decodes it (lower case)
+    if abi_type == "bool":
+        return word != bytes(32)
+    if abi_type == "bytes32":
+        return word
+    return int.from_bytes(word, "big")
 
 
 class EncodedCall:
