@@ -715,26 +715,30 @@ class Demo:
                 relaying: list[int] = []  # intervals published, not yet seen on chain
                 with self._stage("orders over HTTP (sign + POST /orders)"):
                     posted[first] = self._post_orders(first)
-                # At chain time just inside interval c: the server clears c+1 (Neural Grid,
-                # recordTrades) while the meters publish c-1's readings, the members post their
-                # orders for c+2 and the oracle relays; the keeper (its own process) settles what
-                # is in. The driver waits for an interval's readings only before the clock would
-                # come within half an interval of its settlement deadline (SETTLEMENT_DELAY_S after
-                # its end: with 15 min intervals, c-2's before the clock leaves c), and moves the
-                # clock only once c+1 is cleared.
+                # At chain time just inside interval c: publish c-1's readings; the server clears
+                # c+1 (Neural Grid, recordTrades) while the members already post their orders for
+                # c+2 and the oracle relays c-1; the keeper (its own process) settles what is in.
+                # The driver waits for an interval's readings only before the clock would come
+                # within half an interval of its settlement deadline (SETTLEMENT_DELAY_S after its
+                # end: with 15 min intervals, c-2's before the clock leaves c).
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="closer") as closer:
                     for c in range(first - 1, last + 1):
                         label = datetime.fromtimestamp((c + 1) * s, UTC).strftime("%H:%M")
-                        clearing = None
-                        if c + 1 <= last:
-                            progress.update(task, description=f"interval {label}: clearing")
-                            clearing = closer.submit(self._timed_clear, c + 1)
                         if c - 1 >= first:
                             with self._stage("meters publish (sign + MQTT)"):
                                 self._publish_readings(c - 1)
-                        if c + 2 <= last:
-                            with self._stage("orders over HTTP (sign + POST /orders)"):
-                                posted[c + 2] = self._post_orders(c + 2)
+                        if c + 1 <= last:
+                            progress.update(task, description=f"interval {label}: clearing")
+                            clearing = closer.submit(self._timed_clear, c + 1)
+                            if c + 2 <= last:
+                                with self._stage("orders over HTTP (sign + POST /orders)"):
+                                    posted[c + 2] = self._post_orders(c + 2)
+                            with self._stage("waiting for the clearing (after the orders)"):
+                                cleared = clearing.result()
+                            self._plan_delivery(c + 1, cleared["trades"])
+                            self.records.append(
+                                {"t": c + 1, "label": label, "posted": posted[c + 1], **cleared}
+                            )
                         if c - 1 >= first:
                             relaying.append(c - 1)
                         # interval c ends; first make sure the clock does not come near the
@@ -744,13 +748,6 @@ class Demo:
                         with self._stage("oracle relays readings (broker -> receipt)"):
                             while relaying and self._deadline(relaying[0]) <= clock + s // 2:
                                 self._wait_readings(relaying.pop(0))
-                        if clearing is not None:
-                            with self._stage("waiting for the clearing (after the orders)"):
-                                cleared = clearing.result()
-                            self._plan_delivery(c + 1, cleared["trades"])
-                            self.records.append(
-                                {"t": c + 1, "label": label, "posted": posted[c + 1], **cleared}
-                            )
                         self._set_time(clock)
                         progress.advance(task)
                 with self._stage("meters publish (sign + MQTT)"):
