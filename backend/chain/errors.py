@@ -30,6 +30,7 @@ class TransactionRevertedError(LedgerError, RuntimeError):
         super().__init__(message)
         self.error_name = error_name
         self.error_args = error_args
+        self.gas_exhausted = False  # mined and reverted having used all its gas (out of gas)
 
 
 class TransactionTimeoutError(LedgerError, TimeoutError):

@@ -9,6 +9,7 @@ buys at midday. Prices are limit prices in token base units per kWh (the token h
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -38,11 +39,11 @@ class Member:
 
     @property
     def wallet(self) -> str:
-        return str(Account.from_key(self.wallet_key).address)
+        return _address_of(self.wallet_key)
 
     @property
     def meter(self) -> str:
-        return str(Account.from_key(self.meter_key).address)
+        return _address_of(self.meter_key)
 
     @property
     def max_export_w(self) -> int:
@@ -51,6 +52,13 @@ class Member:
     @property
     def max_import_w(self) -> int:
         return int(1000 * (self.load_peak_kw + self.ev_kw + self.battery_kw) * 1.2)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_of(private_key: str) -> str:
+    """The account address of a key (a secp256k1 multiplication and a keccak: memoized, the
+    pipeline asks for members' addresses every interval)."""
+    return str(Account.from_key(private_key).address)
 
 
 def _key(seed: int, label: str) -> str:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
+import json
 import os
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from eth_account import Account
@@ -135,6 +139,60 @@ def _check(response: httpx.Response, what: str) -> dict[str, Any]:
     return body
 
 
+class OrderClients:
+    """The members' order posts over plain keep-alive HTTP/1.1: one ``http.client`` connection
+    per worker thread (httpx costs several times the CPU of the request itself), ``workers``
+    threads kept for the whole run. Each member still signs its own order; the connection only
+    carries it."""
+
+    IDLE_S = 2.0  # a connection idle longer is opened anew before a post
+
+    def __init__(self, api_url: str, workers: int = 8, timeout_s: float = 120.0) -> None:
+        parts = urlsplit(api_url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        self._conns: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="order-client")
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        now = time.monotonic()
+        if conn is not None and now - getattr(self._local, "used", now) > self.IDLE_S:
+            conn.close()  # the server may drop it any moment (uvicorn keeps idle ones 5 s)
+            conn = None
+        self._local.used = now
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, str]:
+        """POST JSON; one reconnect when the kept connection was closed by the server."""
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        for attempt in range(2):
+            conn = self._conn()
+            try:
+                conn.request("POST", path, payload, headers)
+                response = conn.getresponse()
+                return response.status, response.read().decode()
+            except (http.client.HTTPException, ConnectionError):
+                conn.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+
+
 class Demo:
     """One demo run; :meth:`run` returns the summary and the report folder."""
 
@@ -174,7 +232,9 @@ class Demo:
         from backend.oracle.devchain import AnvilProcess
 
         self.work.mkdir(parents=True, exist_ok=True)
-        anvil = AnvilProcess(state_file=self.work / "anvil-state.json").start()
+        # No --state file: the demo never restarts its chain, and Anvil would serialize the whole
+        # state to JSON every second (16 MB after 12 intervals of 150 members, growing).
+        anvil = AnvilProcess().start()
         self._pids["anvil"] = anvil.process.pid if anvil.process is not None else None
         self.stack.push(anvil.stop)
         self.w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
@@ -217,6 +277,8 @@ class Demo:
         self.api_url = f"http://127.0.0.1:{port}"
         self.http = httpx.Client(base_url=self.api_url, timeout=120)
         self.stack.push(self.http.close)
+        self.orders = OrderClients(self.api_url)
+        self.stack.push(self.orders.close)
 
     def _api_ready(self) -> None:
         from backend.market import typed
@@ -423,11 +485,12 @@ class Demo:
             bodies.append((m.name, body))
 
         def post(item: tuple[str, dict[str, Any]]) -> None:
-            _check(self.http.post("/orders", json=item[1]), f"order of {item[0]}")
+            status, text = self.orders.post("/orders", item[1])
+            if status >= 400:
+                raise DemoError(f"order of {item[0]}: HTTP {status} {text[:300]}")
 
         # members are independent clients: they post at the same time
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(post, bodies))
+        list(self.orders.pool.map(post, bodies))
         return len(bodies)
 
     def _clear(self, interval_id: int) -> dict[str, Any]:
@@ -701,8 +764,7 @@ class Demo:
                     self._wait_settled(first, last, missing_deadline=True)
                 self.pipeline_s = time.perf_counter() - pipeline_started
                 self.cpu_s = {
-                    k: round(v - cpu_started.get(k, 0.0), 2)
-                    for k, v in self._cpu_seconds().items()
+                    k: round(v - cpu_started.get(k, 0.0), 2) for k, v in self._cpu_seconds().items()
                 }
             summary = self._summarize(first, last, time.perf_counter() - started)
         finally:

@@ -21,7 +21,7 @@ from eth_utils import keccak, to_checksum_address
 from web3.exceptions import Web3RPCError
 
 from backend.chain import batches as encoder
-from backend.chain.client import ChainClient
+from backend.chain.client import AbiFunction, ChainClient, EncodedCall
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.errors import LedgerError
 from backend.errors import TegridError
@@ -72,6 +72,14 @@ class SettlementKeeper:
         self.registry = contract_at(
             self.w3, "ParticipantRegistry", deployment.address("ParticipantRegistry")
         )
+        self._state_of = AbiFunction(self.registry, "stateOf")
+        self._readings_of = AbiFunction(self.readings, "readingsOf")
+        self._deadline_of = AbiFunction(self.market, "settlementDeadline")
+        self._interval_of = AbiFunction(self.market, "intervalOf")
+        self._deadlines: dict[int, int] = {}
+        self._addresses: dict[str, str] = {}
+        self._parties: dict[int, tuple[int, list[int]]] = {}  # interval -> (records, indices)
+        self._now: int | None = None  # chain time of this round (pending block), read once
         self.poll_s = poll_s
         self.books: dict[int, IntervalBook] = {}
         self._next_block = deployment.block if from_block is None else from_block
@@ -107,7 +115,7 @@ class SettlementKeeper:
                 seller, buyer, energy_wh, price = abi_decode(
                     ["address", "address", "uint64", "uint128"], bytes(entry["data"])
                 )
-                seller, buyer = to_checksum_address(seller), to_checksum_address(buyer)
+                seller, buyer = self._checksum(seller), self._checksum(buyer)
                 pending.setdefault(tx, []).append(
                     encoder.pack_record(
                         trade_id,
@@ -137,9 +145,15 @@ class SettlementKeeper:
                 interval_id = int.from_bytes(bytes(entry["topics"][1]), "big")
                 self.books.setdefault(interval_id, IntervalBook(interval_id)).settled = True
 
+    def _checksum(self, address: str) -> str:
+        hit = self._addresses.get(address)
+        if hit is None:
+            hit = self._addresses[address] = to_checksum_address(address)
+        return hit
+
     def _index(self, wallet: str) -> int:
         if wallet not in self._indices:
-            _active, index = self.registry.functions.stateOf(wallet).call()
+            _active, index = self._state_of.call(self.w3, wallet)
             self._indices[wallet] = int(index)
         return self._indices[wallet]
 
@@ -150,29 +164,40 @@ class SettlementKeeper:
         records = book.records()
         if not records:
             return False, "no approved trades"
-        parties = encoder.settle_parties(records)
-        indices = [self._index(p) for p in parties]
-        _imp, _exp, present = self.readings.functions.readingsOf(book.interval_id, indices).call()
+        cached = self._parties.get(book.interval_id)
+        if cached is None or cached[0] != len(records):
+            parties = encoder.settle_parties(records)
+            cached = self._parties[book.interval_id] = (
+                len(records),
+                [self._index(p) for p in parties],
+            )
+        indices = cached[1]
+        _imp, _exp, present = self._readings_of.call(self.w3, book.interval_id, indices)
         if all(present):
             return True, "all readings in"
-        deadline = int(self.market.functions.settlementDeadline(book.interval_id).call())
-        now = int(self.w3.eth.get_block("pending")["timestamp"])
-        if now >= deadline:
+        if book.interval_id not in self._deadlines:  # fixed per interval
+            self._deadlines[book.interval_id] = int(
+                self._deadline_of.call(self.w3, book.interval_id)
+            )
+        deadline = self._deadlines[book.interval_id]
+        if self._now is None:
+            self._now = int(self.w3.eth.get_block("pending")["timestamp"])
+        if self._now >= deadline:
             return True, f"deadline passed ({sum(present)}/{len(present)} readings)"
         return False, f"waiting for {len(present) - sum(present)} readings until {deadline}"
 
     def settle(self, book: IntervalBook) -> Any:
         """Send ``settle`` for one interval; returns the receipt."""
-        args = encoder.settle_args(book.ordered_batches())
-        fn = self.market.functions.settle(book.interval_id, *args)
+        data = encoder.settle_calldata(book.interval_id, book.ordered_batches())
+        fn = EncodedCall(self.w3, str(self.market.address), "0x" + data.hex())
         try:
-            receipt = self.client.transact(fn)
-        except Web3RPCError as exc:
+            receipt = self.client.transact(fn, bounded=True)
+        except (Web3RPCError, LedgerError) as exc:
             # Another process sends from the same key (dev defaults share account 0): resync, retry.
             if "nonce" not in str(exc).lower():
                 raise
             self.client.reset_nonce()
-            receipt = self.client.transact(fn)
+            receipt = self.client.transact(fn, bounded=True)
         book.settled = True
         self.settled.append(book.interval_id)
         log.info(
@@ -186,16 +211,19 @@ class SettlementKeeper:
     def run_once(self) -> list[int]:
         """Scan, then settle every due interval; returns the intervals settled in this round."""
         self.scan()
+        self._now = None
         done = []
         for interval_id in sorted(self.books):
             book = self.books[interval_id]
             if book.settled or not book.batches:
                 continue
-            if self.market.functions.intervalOf(interval_id).call()[3]:
-                book.settled = True
-                continue
             due, why = self.readiness(book)
             if not due:
+                continue
+            # IntervalSettled events mark settled intervals; ask the contract once more right
+            # before sending (a settlement by another keeper not scanned yet).
+            if self._interval_of.call(self.w3, interval_id)[3]:
+                book.settled = True
                 continue
             try:
                 self.settle(book)

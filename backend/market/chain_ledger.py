@@ -15,20 +15,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import eth_abi
 from eth_typing import HexStr
 from eth_utils import to_checksum_address
-from eth_utils.abi import (
-    function_abi_to_4byte_selector,
-    get_abi_input_types,
-    get_abi_output_types,
-)
 from web3.logs import DISCARD
 from web3.types import RPCEndpoint
 
 from backend.chain import batches
 from backend.chain.batches import CandidateTrade
-from backend.chain.client import ChainClient, cache_chain_id
+from backend.chain.client import AbiFunction as _Fn
+from backend.chain.client import ChainClient, EncodedCall, cache_chain_id
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import LedgerError
@@ -52,44 +47,6 @@ def _participant(wallet: str, raw: Sequence[Any]) -> Participant | None:
         bool(active),
         int(index),
     )
-
-
-class _Fn:
-    """One contract function encoded and decoded with eth_abi directly. web3's ``ContractFunction``
-    runs every argument through its ABI normalizers (~3 ms per small call; ~0.6 s for the calldata
-    of a 150-trade ``recordTrades``, done twice: estimate and send); the bytes are the same."""
-
-    def __init__(self, contract: Any, name: str) -> None:
-        item = next(
-            i for i in contract.abi if i.get("type") == "function" and i.get("name") == name
-        )
-        self.address = str(contract.address)
-        self.inputs = get_abi_input_types(item)
-        self.outputs = get_abi_output_types(item)
-        self.selector = bytes(function_abi_to_4byte_selector(item))
-
-    def data(self, *args: Any) -> str:
-        return "0x" + (self.selector + eth_abi.encode(self.inputs, args)).hex()
-
-    def decode(self, result: str | bytes) -> Any:
-        """The return value as web3 gives it: the value itself for one output, else a tuple."""
-        raw = bytes.fromhex(result[2:]) if isinstance(result, str) else bytes(result)
-        out = tuple(eth_abi.decode(self.outputs, raw))
-        return out[0] if len(out) == 1 else out
-
-
-class _Encoded:
-    """Already-encoded calldata in the shape ``ChainClient.transact`` takes (``estimate_gas`` and
-    ``build_transaction``), so the client's gas, nonce, retry and revert decoding all apply."""
-
-    def __init__(self, w3: Any, to: str, data: str) -> None:
-        self.w3, self.to, self.data = w3, to, data
-
-    def estimate_gas(self, tx: dict[str, Any]) -> int:
-        return int(self.w3.eth.estimate_gas({**tx, "to": self.to, "data": self.data}))
-
-    def build_transaction(self, tx: dict[str, Any]) -> dict[str, Any]:
-        return {"value": 0, **tx, "to": self.to, "data": self.data}
 
 
 def _compact(signature: str) -> tuple[bytes, bytes]:
@@ -236,7 +193,7 @@ class ChainLedger:
     # ----------------------------------------------------------- transactions
     def _record_call(
         self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
-    ) -> _Encoded:
+    ) -> EncodedCall:
         """``recordTrades`` calldata from the one encoder (``backend.chain.batches``)."""
         candidates = [
             CandidateTrade(
@@ -248,14 +205,14 @@ class ChainLedger:
         orders, rows = batches.record_args(candidates)
         evidence, sig = bytes.fromhex(evidence_hash[2:]), bytes.fromhex(signature[2:])
         data = batches.record_trades_calldata(interval_id, orders, rows, evidence, sig)
-        return _Encoded(self.w3, self.market_address, "0x" + data.hex())
+        return EncodedCall(self.w3, self.market_address, "0x" + data.hex())
 
     def record_trades(
         self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
     ) -> str:
         def send() -> Any:
             fn = self._record_call(interval_id, trades, evidence_hash, signature)
-            return self._transact(self.operator, fn)
+            return self._transact(self.operator, fn, bounded=True)
 
         receipt = self._rpc("recordTrades", send)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
@@ -264,15 +221,16 @@ class ChainLedger:
         return tx_hash
 
     @staticmethod
-    def _transact(client: ChainClient, fn: Any) -> Any:
-        """``client.transact``, retried once after a nonce clash (another sender with the key)."""
+    def _transact(client: ChainClient, fn: Any, bounded: bool = False) -> Any:
+        """``client.transact``, retried once after a nonce clash (another sender with the key);
+        ``bounded``: a learned gas limit instead of an estimate (``ChainClient.transact``)."""
         try:
-            return client.transact(fn)
+            return client.transact(fn, bounded=bounded)
         except Exception as exc:
             if "nonce" not in str(exc).lower():
                 raise
             client.reset_nonce()
-            return client.transact(fn)
+            return client.transact(fn, bounded=bounded)
 
     def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt:
         hit = self._receipts.pop(tx_hash, None)

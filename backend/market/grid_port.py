@@ -10,11 +10,22 @@ from typing import Any
 
 from backend.market.auction import Candidate, Decision
 
+_TRADE_IDS: dict[tuple[str, str], str] = {}
+_TRADE_IDS_MAX = 200_000
+
 
 def _trade_id(c: Candidate) -> str:
-    from backend.market.service import trade_id_of
+    """The trade id (a keccak) of a candidate, memoized: a clearing sends the same pairs to the
+    validator round after round."""
+    key = (c.sell.hash, c.buy.hash)
+    hit = _TRADE_IDS.get(key)
+    if hit is None:
+        from backend.market.service import trade_id_of
 
-    return trade_id_of(c.sell.hash, c.buy.hash)
+        if len(_TRADE_IDS) >= _TRADE_IDS_MAX:
+            _TRADE_IDS.clear()
+        hit = _TRADE_IDS[key] = trade_id_of(*key)
+    return hit
 
 
 class GridPortAdapter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from eth_utils import to_checksum_address
 from web3 import Web3
 
@@ -85,3 +86,28 @@ def test_readings_submitted_event_decodes() -> None:
     assert batches.unpack_accepted(b"") == []
     with pytest.raises(ValueError):
         batches.unpack_accepted(accepted[:-1])
+
+
+def test_hand_coded_words_match_eth_abi() -> None:
+    """Static reads are encoded and decoded without eth_abi's codecs: same bytes, same values."""
+    import eth_abi
+
+    w3 = Web3()
+    market = contract_at(w3, "EnergyMarket", "0x" + "11" * 20)
+    registry = contract_at(w3, "ParticipantRegistry", "0x" + "22" * 20)
+    for contract, name, values in (
+        (registry, "participantOf", [(A, 3, 17, True, 5000, 6000)]),
+        (registry, "stateOf", [False, 2**32 - 1]),
+        (market, "filledOf", [2**64 - 1, True]),
+        (market, "balanceOf", [0, 12345]),
+        (market, "settlementDeadline", [2**63]),
+    ):
+        fn = _Fn(contract, name)
+        raw = eth_abi.encode(fn.outputs, values)
+        expected = tuple(eth_abi.decode(fn.outputs, raw))
+        assert fn.decode(raw) == (expected[0] if len(expected) == 1 else expected)
+    fn = _Fn(market, "filledOf")
+    top = 2**64 - 1
+    assert fn.data(A, top) == market.functions.filledOf(A, top)._encode_transaction_data()
+    with pytest.raises(eth_abi.exceptions.EncodingError):  # out of range: eth_abi refuses
+        fn.data(A, 2**64)
