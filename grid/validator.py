@@ -469,15 +469,19 @@ class GridValidator:
         session snapshot after: (its length, the snapshot), or (0, None)."""
         if not self.reuse:
             return 0, None
-        best: tuple[int, _Session | None] = (0, None)
-        best_key = None
-        for key, (owner, prefix, snap) in self._prefixes.items():
-            n = len(prefix)
-            if owner is base and best[0] < n <= len(trades) and _same_trades(trades, prefix):
-                best, best_key = (n, snap), key
-        if best_key is not None:
-            self._prefixes.move_to_end(best_key)
-        return best
+        n_trades = len(trades)
+        candidates = [
+            (len(prefix), key, prefix, snap)
+            for key, (owner, prefix, snap) in self._prefixes.items()
+            if owner is base and len(prefix) <= n_trades
+        ]
+        # Longest first (the oldest of equal length first, as stored): the first match wins.
+        candidates.sort(key=lambda c: -c[0])
+        for n, key, prefix, snap in candidates:
+            if _same_trades(trades, prefix):
+                self._prefixes.move_to_end(key)
+                return n, snap
+        return 0, None
 
     def _remember(
         self, base: _Base, trades: list[Trade], points: list[tuple[int, _Session]]
