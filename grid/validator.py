@@ -13,7 +13,9 @@ How ``validate`` stays both fast and AC-exact:
 3. A trade the screen puts near a limit gets the AC answer directly. A trade it puts clearly past a
    limit (by more than the band, with one clearly worst element, within the linear range) is vetoed
    by the screen: its value is then the linear estimate (``Verdict.source == "screen"``). The
-   linearization is refreshed when the operating point has drifted.
+   linearization is refreshed when the operating point has drifted - lazily, when the next trade
+   needs it (none is built after a list's last AC confirmation, and one overtaken by a further
+   drift before any trade used it is never built).
 
 A trade whose seller and buyer sit on the same bus changes no bus injection: it is approved without
 a power flow (``source == "input"``) and leaves the state unchanged - unless the base state itself
