@@ -366,18 +366,34 @@ class _LinConstants:
     zero: Column
 
 
-@dataclass
 class Column:
     """Sensitivities to +1 kW injected at one bus (absorbed by the slack).
 
     ``packed`` holds them all in one complex vector ``[dvm | dV | di_from | di_to]`` (the other
-    fields are views into it), so a screen combines two columns in one vector operation."""
+    attributes are views into it, made on access: the screen only reads ``packed``), so a screen
+    combines two columns in one vector operation."""
 
-    dvm: np.ndarray
-    dV: np.ndarray
-    di_from: np.ndarray
-    di_to: np.ndarray
-    packed: np.ndarray
+    __slots__ = ("_layout", "packed")
+
+    def __init__(self, packed: np.ndarray, layout: Layout) -> None:
+        self.packed = packed
+        self._layout = layout
+
+    @property
+    def dvm(self) -> np.ndarray:
+        return np.asarray(self.packed[self._layout.vm].real)
+
+    @property
+    def dV(self) -> np.ndarray:
+        return self.packed[self._layout.V]
+
+    @property
+    def di_from(self) -> np.ndarray:
+        return self.packed[self._layout.i_from]
+
+    @property
+    def di_to(self) -> np.ndarray:
+        return self.packed[self._layout.i_to]
 
 
 class Layout:
@@ -393,9 +409,7 @@ class Layout:
         self.n_branch = n_branch
 
     def column(self, packed: np.ndarray) -> Column:
-        return Column(
-            packed[self.vm].real, packed[self.V], packed[self.i_from], packed[self.i_to], packed
-        )
+        return Column(packed, self)
 
 
 class Linearization:

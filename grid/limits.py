@@ -32,7 +32,11 @@ SCREEN_MAX_MOVE_PU = 0.08
 # Band after one chord Newton step (``Linearization.refine``): a share of the largest correction
 # that step made. Measured on cigre_lv, case33bw and kerber_vorstadt (2,000 random trades, the
 # relinearization rule of the validator): the remaining error was at most 0.22 of the largest
-# correction of its kind; 0.5 leaves more than a factor two.
+# correction of its kind; 0.5 leaves more than a factor two. Re-measured per element against the
+# AC solution of every refined trade (seeds 20240611, 7 and 11; 7,834 refines): relative to the
+# largest correction the error reached 0.64 on case33bw's lines and 0.52 on its voltages, yet the
+# band with its floor was exceeded once (case33bw, seed 7) and no refined decision differed from
+# AC's - this is the thinnest margin of the screen.
 REFINE_BAND = 0.5
 
 

@@ -13,7 +13,9 @@ How ``validate`` stays both fast and AC-exact:
 3. A trade the screen puts near a limit gets the AC answer directly. A trade it puts clearly past a
    limit (by more than the band, with one clearly worst element, within the linear range) is vetoed
    by the screen: its value is then the linear estimate (``Verdict.source == "screen"``). The
-   linearization is refreshed when the operating point has drifted.
+   linearization is refreshed when the operating point has drifted - lazily, when the next trade
+   needs it (none is built after a list's last AC confirmation, and one overtaken by a further
+   drift before any trade used it is never built).
 
 A trade whose seller and buyer sit on the same bus changes no bus injection: it is approved without
 a power flow (``source == "input"``) and leaves the state unchanged - unless the base state itself
@@ -38,6 +40,7 @@ that runs a full power flow per trade, except where the linear screen errs by mo
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -434,7 +437,7 @@ class GridValidator:
             if self.reuse:
                 points.append((len(trades), session.snapshot()))
                 self._remember(base, trades, points)
-            session.flush()
+            session.flush(final=True)
         for pos, verdict in session.verdicts.items():
             verdicts[pos] = verdict
         final = [v for v in verdicts if v is not None]
@@ -468,15 +471,19 @@ class GridValidator:
         session snapshot after: (its length, the snapshot), or (0, None)."""
         if not self.reuse:
             return 0, None
-        best: tuple[int, _Session | None] = (0, None)
-        best_key = None
-        for key, (owner, prefix, snap) in self._prefixes.items():
-            n = len(prefix)
-            if owner is base and best[0] < n <= len(trades) and _same_trades(trades, prefix):
-                best, best_key = (n, snap), key
-        if best_key is not None:
-            self._prefixes.move_to_end(best_key)
-        return best
+        n_trades = len(trades)
+        candidates = [
+            (len(prefix), key, prefix, snap)
+            for key, (owner, prefix, snap) in self._prefixes.items()
+            if owner is base and len(prefix) <= n_trades
+        ]
+        # Longest first (the oldest of equal length first, as stored): the first match wins.
+        candidates.sort(key=lambda c: -c[0])
+        for n, key, prefix, snap in candidates:
+            if _same_trades(trades, prefix):
+                self._prefixes.move_to_end(key)
+                return n, snap
+        return 0, None
 
     def _remember(
         self, base: _Base, trades: list[Trade], points: list[tuple[int, _Session]]
@@ -583,12 +590,17 @@ def _input_verdict(trade: Trade, known: object, seen: set[str]) -> Verdict | Non
         return Verdict(tid, False, Reason.INVALID_TRADE, "id", source="input")
     seen.add(tid)
     p = trade.p_kw
-    if isinstance(p, bool) or not isinstance(p, int | float) or not np.isfinite(p) or p <= 0:
-        return Verdict(tid, False, Reason.INVALID_TRADE, "p_kw", source="input")
-    for bus in (trade.seller_bus, trade.buyer_bus):
-        if isinstance(bus, bool) or not isinstance(bus, int | np.integer):
-            return Verdict(tid, False, Reason.INVALID_TRADE, "bus", source="input")
-    for bus in (trade.seller_bus, trade.buyer_bus):
+    seller, buyer = trade.seller_bus, trade.buyer_bus
+    if type(p) is float and type(seller) is int and type(buyer) is int:  # the common case
+        if not (0.0 < p < math.inf):
+            return Verdict(tid, False, Reason.INVALID_TRADE, "p_kw", source="input")
+    else:
+        if isinstance(p, bool) or not isinstance(p, int | float) or not np.isfinite(p) or p <= 0:
+            return Verdict(tid, False, Reason.INVALID_TRADE, "p_kw", source="input")
+        for bus in (seller, buyer):
+            if isinstance(bus, bool) or not isinstance(bus, int | np.integer):
+                return Verdict(tid, False, Reason.INVALID_TRADE, "bus", source="input")
+    for bus in (seller, buyer):
         if int(bus) not in known:  # type: ignore[operator]
             return Verdict(tid, False, Reason.UNKNOWN_BUS, f"bus {int(bus)}", source="input")
     return None
@@ -610,6 +622,14 @@ def _veto(trade: Trade, violation: Violation, source: str = "ac") -> Verdict:
         violation.limit,
         source,
     )
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A relinearization not made yet: the solver's Jacobian and the operating point."""
+
+    jacobian: sparse.csc_matrix | None
+    V: np.ndarray
 
 
 class _Session:
@@ -637,6 +657,10 @@ class _Session:
         self.buses: set[int] = set()  # buses whose sensitivities each linearization computes
         self.offered = 0
         self.prepared = True
+        # A relinearization is made when the next trade needs it (``_linearization``): the one
+        # after a list's last commit would never be used. ``lin_V`` is the operating point of
+        # the current or pending linearization; ``pending`` the Jacobian for the pending one.
+        self.pending: _Pending | None = None
         self._relinearize()
         self._clear_batch()
 
@@ -676,11 +700,21 @@ class _Session:
         fresh = set(buses) - self.buses
         if fresh:
             self.buses = self.buses | fresh
-            if self.prepared:
+            if self.prepared and self.pending is None:
                 self.lin.prepare(sorted(fresh))
 
-    def _relinearize(self, jacobian: sparse.csc_matrix | None = None) -> None:
-        self.lin = Linearization(self.model, self.measures.V, jacobian)
+    def _linearization(self) -> Linearization:
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            self._relinearize(pending.jacobian, pending.V)
+        return self.lin
+
+    def _relinearize(
+        self, jacobian: sparse.csc_matrix | None = None, V: np.ndarray | None = None
+    ) -> None:
+        self.lin = Linearization(self.model, self.measures.V if V is None else V, jacobian)
+        self.lin_V = self.lin.V
         self.linearizations += 1
         # All wanted columns at once (a multi-column solve costs about what one column alone
         # does) unless that takes more solves than the columns this linearization is expected to
@@ -716,8 +750,9 @@ class _Session:
         me, model = self.measures, self.model
         lay = model.layout
         self.offered += 1
-        cs = self.lin.column(int(trade.seller_bus))
-        cb = self.lin.column(int(trade.buyer_bus))
+        lin = self._linearization()
+        cs = lin.column(int(trade.seller_bus))
+        cb = lin.column(int(trade.buyer_bus))
         own = float(trade.p_kw) * (cs.packed - cb.packed)  # this trade's predicted change
         pack = self.b_pack + own  # batch + trade
         vm = me.vm_pu + pack[lay.vm].real
@@ -819,20 +854,24 @@ class _Session:
         me = self.model.measure(V)
         return me, self.limitset.check(me.vm_pu, me.loading_percent)
 
-    def _commit(self, S: np.ndarray, me: Measures) -> None:
+    def _commit(self, S: np.ndarray, me: Measures, final: bool = False) -> None:
+        """Accept an AC state; ``final``: the list's last one (no linearization needed)."""
         self.S = S
         self.measures = me
-        if float(np.max(np.abs(me.V - self.lin.V))) > RELINEARIZE_PU:
-            self._relinearize(self.model.last_jacobian())
+        if not final and float(np.max(np.abs(me.V - self.lin_V))) > RELINEARIZE_PU:
+            self.pending = _Pending(self.model.last_jacobian(), me.V)
+            self.lin_V = me.V
 
-    def _decide(self, pos: int, trade: Trade, V_start: np.ndarray | None = None) -> None:
+    def _decide(
+        self, pos: int, trade: Trade, V_start: np.ndarray | None = None, final: bool = False
+    ) -> None:
         S = self.S + self._delta_S(trade)
         me, violation = self._solve(S, V_start)
         if violation is not None or me is None:
             self.log.append((pos, _veto(trade, violation or NOT_CONVERGED)))
             return
         self.log.append((pos, Verdict(trade.id, True, Reason.APPROVED)))
-        self._commit(S, me)
+        self._commit(S, me, final)
 
     def _as_predicted(self, me: Measures) -> bool:
         """Whether the AC state of the batch lies within the bands the screen assumed around its
@@ -846,7 +885,7 @@ class _Session:
             and np.all(err_l <= BAND_PERCENT + BAND_RELATIVE * self.b_movedl)
         )
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         """Confirm the open batch with one AC power flow; re-decide it trade by trade if that
         fails."""
         if not self.batch:
@@ -857,13 +896,13 @@ class _Session:
         if me is not None and violation is None and self._as_predicted(me):
             for pos, trade in batch:
                 self.log.append((pos, Verdict(trade.id, True, Reason.APPROVED)))
-            self._commit(S, me)
+            self._commit(S, me, final)
             self._clear_batch()
             return
         self.fallbacks += 1
         self._clear_batch()
         for pos, trade in batch:
-            self._decide(pos, trade)
+            self._decide(pos, trade, final=final)
         self._clear_batch()
 
 
