@@ -27,6 +27,19 @@ BAND_PU = 2e-5
 BAND_PERCENT = 0.01
 BAND_RELATIVE = 0.2
 # ... plus this share of the largest move of any element (losses shift flows everywhere).
+# Tried and rejected: a per-trade share on radial networks by the tree (the full share only for
+# branches between the slack and the trade's seller or buyer, a small one for the rest). The
+# error of a single trade's linear prediction (at the validator's own, possibly stale,
+# linearization) on the branches it does not touch still needed, per unit of the largest current
+# move and in units of this share's spread (0.5 = GLOBAL_RELATIVE / BAND_RELATIVE), up to 0.20 on
+# cigre_lv, 0.17 on kerber_vorstadt and 0.88 on case33bw (seeds 20240611, 7, 11): with a safety
+# factor of 3 no smaller share is justified. Most of it is the linearization's age: taken afresh
+# at each trade's operating point it was 0.002 on kerber_vorstadt and 0.017 on cigre_lv, but
+# still 0.80 on case33bw (MW-sized trades move voltages by up to 0.1 pu), and a bound by voltage
+# move and age (|I| * dV * (dV + age)) did not fit (observed over bound 60 to 36,000). Splitting
+# at the trade's path (seller -> buyer) instead is worse: the losses a trade adds flow in from
+# the slack over branches off its path (error up to 0.10 of the largest current move on
+# kerber_vorstadt, 0.16 on cigre_lv, 0.31 on case33bw).
 GLOBAL_RELATIVE = 0.1
 SCREEN_MAX_MOVE_PU = 0.08
 # Band after one chord Newton step (``Linearization.refine``): a share of the largest correction
