@@ -24,6 +24,7 @@ from typing import Any
 
 from eth_account import Account
 
+from backend.chain import eip712
 from backend.market import typed
 from backend.settings import ANVIL_KEYS, Settings
 
@@ -44,7 +45,7 @@ def sign_orders(domain: typed.Domain, first_interval: int, count: int) -> list[b
             "energyWh": 1, "pricePerKWh": 1000 + i % 97, "nonce": 10_000_000 + i,
             "expiry": interval * 900 + 86_400, "counterparty": typed.ZERO_ADDRESS,
         }  # fmt: skip
-        sig = typed.sign_digest(domain.digest("Order", msg), key)
+        sig = eip712.sign_digest(domain.digest("Order", msg), key)
         bodies.append(json.dumps({"message": msg, "signature": sig}).encode())
     return bodies
 
@@ -117,7 +118,7 @@ def _verify_costs(domain: typed.Domain, n: int = 300) -> dict[str, float]:
         "expiry": 2,
         "counterparty": typed.ZERO_ADDRESS,
     }
-    sig = typed.sign_digest(domain.digest("Order", msg), key)
+    sig = eip712.sign_digest(domain.digest("Order", msg), key)
     doc = {**domain.template("Order"), "message": msg}
     t0 = time.perf_counter()
     for _ in range(n):

@@ -268,3 +268,17 @@ def order_tuple(order: Mapping[str, Any]) -> tuple[Any, ...]:
         m["trader"], m["side"], m["intervalId"], m["energyWh"], m["pricePerKWh"],
         m["nonce"], m["expiry"], m["counterparty"],
     )  # fmt: skip
+
+
+def sign_digest(digest: bytes, private_key: str | bytes) -> str:
+    """Sign a 32-byte digest with coincurve (~0.07 ms; eth-account's generic path takes ~10x as
+    long): ``0x`` + r||s||v, v 27/28. The fast path of order clients, meters and the validator."""
+    from coincurve import PrivateKey
+
+    key = (
+        bytes.fromhex(private_key[2:] if private_key.startswith("0x") else private_key)
+        if isinstance(private_key, str)
+        else private_key
+    )
+    sig = PrivateKey(key).sign_recoverable(digest, hasher=None)
+    return "0x" + sig[:64].hex() + f"{sig[64] + 27:02x}"

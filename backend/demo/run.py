@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backend.chain import batches
+from backend.chain import batches, eip712
 from backend.demo.community import TOKEN_UNIT, build_community, intent_for
 from backend.errors import TegridError
 from backend.paths import REPO_ROOT
@@ -117,9 +117,7 @@ class _Stack:
 
 
 def _sign(domain: Any, primary: str, message: dict[str, Any], key: str) -> str:
-    from backend.market import typed
-
-    return str(typed.sign_digest(domain.digest(primary, message), key))
+    return str(eip712.sign_digest(domain.digest(primary, message), key))
 
 
 def _domain_args(domain: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Domain: name "tegrid MeterReadings", version "1", chainId, verifyingContract. St
 ``Reading(address meter,uint64 intervalId,uint64 importWh,uint64 exportWh)``.
 
 Hashing is done by hand here (the struct has four static fields) over the domain separator computed
-once; signing is the market's ``typed.sign_digest`` (coincurve, 0.07 ms) and checks go through
+once; signing is ``backend.chain.eip712.sign_digest`` (coincurve, 0.07 ms) and checks go through
 eth-keys on its coincurve backend (~0.1 ms instead of several ms through eth-account's generic
 encoder). The unit tests pin this against eth-account's ``encode_typed_data``.
 """
@@ -20,9 +20,13 @@ from eth_keys.backends import CoinCurveECCBackend
 from eth_keys.exceptions import BadSignature, ValidationError
 from eth_utils import keccak, to_canonical_address, to_checksum_address
 
-from backend.chain.eip712 import DOMAIN_VERSION, READING_TYPE_STRING, READINGS_DOMAIN_NAME
+from backend.chain.eip712 import (
+    DOMAIN_VERSION,
+    READING_TYPE_STRING,
+    READINGS_DOMAIN_NAME,
+    sign_digest,
+)
 from backend.iot import MessageError
-from backend.market.typed import sign_digest
 
 DOMAIN_NAME = READINGS_DOMAIN_NAME
 READING_TYPE = READING_TYPE_STRING

@@ -41,6 +41,7 @@ from typing import Any
 
 from eth_hash.auto import keccak
 
+from backend.chain import eip712
 from backend.market import typed
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.errors import (
@@ -737,7 +738,7 @@ class Market:
             batch = {
                 "state": BatchState.PENDING,
                 "evidence_hash": result.evidence_hash,
-                "attestation_signature": typed.sign_digest(digest, self._validator_key),
+                "attestation_signature": eip712.sign_digest(digest, self._validator_key),
                 "trade_ids": trade_ids_json(ids),
             }
         stats = {

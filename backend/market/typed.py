@@ -23,7 +23,12 @@ from coincurve import PublicKey
 from eth_hash.auto import keccak
 from eth_utils import to_checksum_address as _to_checksum_address
 
-from backend.chain.eip712 import DOMAIN_TYPE, DOMAIN_VERSION, MARKET_DOMAIN_NAME, ORDER_TYPE
+from backend.chain.eip712 import (
+    DOMAIN_TYPE,
+    DOMAIN_VERSION,
+    MARKET_DOMAIN_NAME,
+    ORDER_TYPE,
+)
 from backend.market.errors import BadSignature, InvalidOrder
 
 REGISTRY_DOMAIN_NAME = "tegrid ParticipantRegistry"
@@ -206,17 +211,3 @@ def recover(digest: bytes, signature: str) -> str:
     except Exception:  # coincurve raises plain Exception/ValueError for unrecoverable signatures
         raise BadSignature("signature does not recover to any key") from None
     return to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:])
-
-
-def sign_digest(digest: bytes, private_key: str | bytes) -> str:
-    """Sign a 32-byte digest (used for the validator's attestation and in tests); ``0x`` +
-    r||s||v."""
-    from coincurve import PrivateKey
-
-    key = (
-        bytes.fromhex(private_key[2:] if private_key.startswith("0x") else private_key)
-        if isinstance(private_key, str)
-        else private_key
-    )
-    sig = PrivateKey(key).sign_recoverable(digest, hasher=None)
-    return "0x" + sig[:64].hex() + f"{sig[64] + 27:02x}"

@@ -4,6 +4,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from backend.chain import eip712
 from backend.market import typed
 from backend.market.errors import BadSignature
 from backend.settings import ANVIL_KEYS
@@ -38,7 +39,7 @@ def test_recover_roundtrip_and_refusals() -> None:
     digest = DOMAIN.digest("Order", MSG)
     assert typed.recover(digest, sig) == MSG["trader"]
     assert typed.recover(digest, sig) == typed.recover(
-        digest, typed.sign_digest(digest, ANVIL_KEYS[1])
+        digest, eip712.sign_digest(digest, ANVIL_KEYS[1])
     )
     with pytest.raises(BadSignature):
         typed.recover(digest, "0x1234")
