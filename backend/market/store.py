@@ -102,25 +102,34 @@ class Store:
         Base.metadata.create_all(self.engine)
 
     # ---------------------------------------------------------------- orders
-    def insert_order(self, row: dict[str, Any]) -> int:
-        """Insert one accepted order; ``NonceUsed`` when the trader's nonce (or the order)
-        exists."""
+    def _insert(self, params: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        """Run the order insert on the kept connection and commit; ``None`` when a unique
+        constraint refused it (rolled back). Any other database error drops the connection (the
+        next insert opens a fresh one) and propagates."""
         with self._insert_lock:
             conn = self._insert_conn
             if conn is None or conn.closed:
                 conn = self._insert_conn = self.engine.connect()
             try:
-                res = conn.execute(self._insert_stmt, row)
+                res = conn.execute(self._insert_stmt, params)
                 conn.commit()
-                pk = res.inserted_primary_key
-                return int(pk[0]) if pk else 0
+                return res
             except IntegrityError:
                 conn.rollback()
+                return None
             except SQLAlchemyError:
                 conn.rollback()
                 conn.close()
                 self._insert_conn = None
                 raise
+
+    def insert_order(self, row: dict[str, Any]) -> int:
+        """Insert one accepted order; ``NonceUsed`` when the trader's nonce (or the order)
+        exists."""
+        res = self._insert(row)
+        if res is not None:
+            pk = res.inserted_primary_key
+            return int(pk[0]) if pk else 0
         raise NonceUsed(
             f"nonce {row['nonce']} of {row['trader']} is already used by an accepted order"
         )
@@ -132,21 +141,8 @@ class Store:
         nothing."""
         if not rows:
             return []
-        with self._insert_lock:
-            conn = self._insert_conn
-            if conn is None or conn.closed:
-                conn = self._insert_conn = self.engine.connect()
-            try:
-                conn.execute(self._insert_stmt, list(rows))
-                conn.commit()
-                return [None] * len(rows)
-            except IntegrityError:
-                conn.rollback()
-            except SQLAlchemyError:
-                conn.rollback()
-                conn.close()
-                self._insert_conn = None
-                raise
+        if self._insert(list(rows)) is not None:
+            return [None] * len(rows)
         out: list[Exception | None] = []
         for row in rows:
             try:
