@@ -41,7 +41,6 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     uint256 internal constant USED = 1 << 255;
     uint256 internal constant U32 = type(uint32).max;
     uint256 internal constant U64 = type(uint64).max;
-    uint256 internal constant U96 = type(uint96).max;
     uint256 internal constant U128 = type(uint128).max;
 
     IERC20 public immutable token;
@@ -251,9 +250,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             idsHash := keccak256(add(ids, 32), shl(5, mload(ids)))
             verdictsHash := keccak256(add(verdicts, 32), shl(5, mload(verdicts)))
         }
-        bytes32 digest = _hashTypedDataV4(
-            keccak256(abi.encode(ATTESTATION_TYPEHASH, intervalId, idsHash, verdictsHash, evidenceHash))
-        );
+        bytes32 digest = _attestationDigest(intervalId, idsHash, verdictsHash, evidenceHash);
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, signature);
         if (err != ECDSA.RecoverError.NoError) signer = address(0);
         if (signer == address(0) || !registry.hasRole(VALIDATOR_ROLE, signer)) {
@@ -337,7 +334,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     }
 
     function _lockEscrow(address buyer, uint256 energyWh, uint256 price) private {
-        uint256 escrow = (energyWh * price + 999) / 1000;
+        uint256 escrow = _escrow(energyWh, price);
         Account memory acc = _accounts[buyer];
         if (acc.available < escrow) revert MarketInsufficientBalance(buyer, acc.available, escrow);
         _accounts[buyer] = Account(acc.available - uint128(escrow), acc.locked + uint128(escrow));
@@ -540,7 +537,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             (uint256 num, uint256 den) = _ratio(z, s, y);
             (uint256 energyWh, uint256 price) = ((tail >> 128) & U64, tail & U128);
             uint256 delivered = (energyWh * num) / den;
-            uint256 escrow = (energyWh * price + 999) / 1000;
+            uint256 escrow = _escrow(energyWh, price);
             uint256 paid = (delivered * price) / 1000;
             assembly ("memory-safe") {
                 // z: pbase, np, totals, metered, credit (at 0x80), unlock (at 0xa0)
@@ -740,7 +737,9 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         uint8[] calldata verdicts,
         bytes32 evidenceHash
     ) external view returns (bytes32) {
-        return _attestationDigest(intervalId, tradeIds, verdicts, evidenceHash);
+        return _attestationDigest(
+            intervalId, keccak256(abi.encodePacked(tradeIds)), keccak256(abi.encodePacked(verdicts)), evidenceHash
+        );
     }
 
     /// @inheritdoc IEnergyMarket
@@ -773,8 +772,12 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         return (uint256(intervalId) + 1) * intervalSeconds + settlementDelaySeconds;
     }
 
-    function _escrow(uint64 energyWh, uint128 pricePerKWh) private pure returns (uint256) {
-        return (uint256(energyWh) * pricePerKWh + 999) / 1000;
+    /// @dev Escrow of a trade: its value rounded up to whole token base units. Callers pass a 64-bit
+    /// amount and a 128-bit price, so the product cannot overflow.
+    function _escrow(uint256 energyWh, uint256 pricePerKWh) private pure returns (uint256) {
+        unchecked {
+            return (energyWh * pricePerKWh + 999) / 1000;
+        }
     }
 
     function _orderDigest(Order calldata o) private view returns (bytes32) {
@@ -795,22 +798,15 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         );
     }
 
-    function _attestationDigest(
-        uint64 intervalId,
-        bytes32[] memory tradeIds,
-        uint8[] memory verdicts,
-        bytes32 evidenceHash
-    ) private view returns (bytes32) {
+    /// @dev The GridAttestation digest from the EIP-712 hashes of its two arrays (keccak256 of the
+    /// 32-byte elements), so the recording path can hash its arrays where they lie in memory.
+    function _attestationDigest(uint64 intervalId, bytes32 idsHash, bytes32 verdictsHash, bytes32 evidenceHash)
+        private
+        view
+        returns (bytes32)
+    {
         return _hashTypedDataV4(
-            keccak256(
-                abi.encode(
-                    ATTESTATION_TYPEHASH,
-                    intervalId,
-                    keccak256(abi.encodePacked(tradeIds)),
-                    keccak256(abi.encodePacked(verdicts)),
-                    evidenceHash
-                )
-            )
+            keccak256(abi.encode(ATTESTATION_TYPEHASH, intervalId, idsHash, verdictsHash, evidenceHash))
         );
     }
 }
