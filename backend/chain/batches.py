@@ -202,9 +202,12 @@ def commitment(records: Sequence[bytes]) -> bytes:
 
 def settle_parties(records: Iterable[bytes]) -> list[str]:
     """Every seller and buyer of the records, strictly ascending by address (for ``settle``)."""
+    return _sorted_parties([unpack_record(r) for r in records])
+
+
+def _sorted_parties(records: Iterable[TradeRecord]) -> list[str]:
     wallets: set[str] = set()
-    for r in records:
-        rec = unpack_record(r)
+    for rec in records:
         wallets |= {rec.seller, rec.buyer}
     return sorted(wallets, key=lambda a: int(a, 16))
 
@@ -212,15 +215,14 @@ def settle_parties(records: Iterable[bytes]) -> list[str]:
 def settle_args(record_batches: Sequence[Sequence[bytes]]) -> tuple[list[bytes], bytes, bytes]:
     """``(batches, parties, positions)`` arguments of ``settle`` for an interval's committed batches
     (each batch: its approved trades' records in batch order)."""
-    parties = settle_parties(r for b in record_batches for r in b)
+    recs = [unpack_record(r) for b in record_batches for r in b]  # each record decoded once
+    parties = _sorted_parties(recs)
     if len(parties) > 0xFFFF:
         raise ValueError("an interval settles at most 65,535 parties")
     where = {a: i for i, a in enumerate(parties)}
     positions = bytearray()
-    for batch in record_batches:
-        for r in batch:
-            rec = unpack_record(r)
-            positions += _int(where[rec.seller], 2) + _int(where[rec.buyer], 2)
+    for rec in recs:
+        positions += _int(where[rec.seller], 2) + _int(where[rec.buyer], 2)
     packed_parties = b"".join(_address(a) for a in parties)
     return [b"".join(b) for b in record_batches], packed_parties, bytes(positions)
 

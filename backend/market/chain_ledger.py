@@ -23,7 +23,7 @@ from web3.types import RPCEndpoint
 from backend.chain import batches
 from backend.chain.batches import CandidateTrade
 from backend.chain.client import AbiFunction as _Fn
-from backend.chain.client import ChainClient, EncodedCall, cache_chain_id
+from backend.chain.client import ChainClient, EncodedCall
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import LedgerError
@@ -65,8 +65,6 @@ class ChainLedger:
         self.operator = operator
         self.grid_operator = grid_operator or operator
         self.w3 = operator.w3
-        for client in {id(c): c for c in (operator, self.grid_operator)}.values():
-            cache_chain_id(client.w3)
         self.chain_id = deployment.chain_id
         self.market_address = deployment.address("EnergyMarket")
         self.registry_address = deployment.address("ParticipantRegistry")

@@ -551,8 +551,6 @@ class Market:
                 self._inflight_cond.wait(timeout=1.0)
 
     def _group_commit(self) -> _GroupCommit:
-        import asyncio
-
         loop = asyncio.get_running_loop()
         gc = self._committer
         if gc is None or gc.loop is not loop:
