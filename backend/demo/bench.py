@@ -49,6 +49,7 @@ def naive_pipeline(
     from backend.chain.client import ChainClient
     from backend.chain.contracts import contract_at
     from backend.chain.deploy import RoleHolders, deploy_all
+    from backend.oracle.devchain import chain_now, set_time
     from grid.naive import PandapowerChecker
     from grid.validator import GridValidator
 
@@ -111,7 +112,7 @@ def naive_pipeline(
             injection = trial
             approved += 1
             seller, buyer = parties[("seller", t["sellerBus"])], parties[("buyer", t["buyerBus"])]
-            iv = int(w3.eth.get_block("latest")["timestamp"]) // interval_seconds + 1
+            iv = chain_now(w3) // interval_seconds + 1
             nonce += 1
             orders = []
             for who, side, price in ((seller, 0, 0), (buyer, 1, 2 * int(t["pricePerKWh"]))):
@@ -134,8 +135,7 @@ def naive_pipeline(
             order_args, rows = batches.record_args([trade])
             client.transact(market.functions.recordTrades(iv, order_args, rows, EVIDENCE, sig))
             end = (iv + 1) * interval_seconds
-            w3.provider.make_request("evm_setNextBlockTimestamp", [end])  # type: ignore[arg-type]
-            w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+            set_time(w3, end)
             for who, imp, exp in ((seller, 0, t["energyWh"]), (buyer, t["energyWh"], 0)):
                 reading = batches.signed_reading(
                     who["meter_key"], cid, readings.address, who["meter"], iv, imp, exp

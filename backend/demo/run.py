@@ -32,7 +32,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from eth_account import Account
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -40,6 +39,7 @@ from rich.table import Table
 from backend.chain import batches, eip712
 from backend.demo.community import TOKEN_UNIT, build_community, intent_for
 from backend.errors import TegridError
+from backend.oracle.devchain import chain_now, set_time
 from backend.paths import REPO_ROOT
 from backend.settings import ANVIL_KEYS, Settings
 
@@ -384,8 +384,6 @@ class Demo:
         return contract_at(self.w3, name, self.deployment.address(name))
 
     def _set_time(self, timestamp: int) -> None:
-        from backend.oracle.devchain import chain_now, set_time
-
         if chain_now(self.w3) < timestamp:
             set_time(self.w3, timestamp)
 
@@ -412,7 +410,7 @@ class Demo:
         self.members = build_community(weak_first, self.cfg.prosumers, self.cfg.seed)
         token = self._contract("EnergyToken")
         market = self._contract("EnergyMarket")
-        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        now = chain_now(self.w3)
         # Deposits first (the market takes them from anybody), so the API's first read of a
         # member's balance, when it connects, already sees the deposit.
         for m in self.members:
@@ -511,12 +509,8 @@ class Demo:
         return random.Random(f"{self.cfg.seed}/{purpose}/{slot}")
 
     def _timed_clear(self, interval_id: int) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        try:
+        with self._stage("clearing + Neural Grid + recordTrades (server, overlaps the orders)"):
             return self._clear(interval_id)
-        finally:
-            key = "clearing + Neural Grid + recordTrades (server, overlaps the orders)"
-            self.stage_s[key] = self.stage_s.get(key, 0.0) + time.perf_counter() - t0
 
     def _plan_delivery(self, interval_id: int, trades: list[dict[str, Any]]) -> None:
         """Traded positions for the meters; some sellers under-deliver."""
@@ -617,17 +611,18 @@ class Demo:
         service = self.services.get(name)
         return service.log_tail(300) if service is not None else "in-process"
 
-    def _wait_settled(self, first: int, last: int, missing_deadline: bool) -> None:
+    def _wait_settled(self, missing_deadline: bool) -> None:
         """Wait until the keeper (its own thread) has settled every interval with approved trades
         whose readings are complete (``missing_deadline``: every such interval)."""
         market = self._contract("EnergyMarket")
         traded = [r["t"] for r in self.records if any(tr["approved"] for tr in r["trades"])]
-        complete = {
+        published: dict[int, set[str]] = {}
+        for meter, i in self.published:
+            published.setdefault(i, set()).add(meter)
+        want = [
             t for t in traded
-            if all(m.meter in {meter for meter, i in self.published if i == t}
-                   for m in self.members)
-        }  # fmt: skip
-        want = [t for t in traded if missing_deadline or t in complete]
+            if missing_deadline or all(m.meter in published.get(t, ()) for m in self.members)
+        ]  # fmt: skip
         deadline = time.monotonic() + 180
         while want:
             want = [t for t in want if not market.functions.intervalOf(t).call()[3]]
@@ -694,12 +689,11 @@ class Demo:
             self._connect_members()
             self._oracle_ready()
             s = cfg.interval_seconds
-            now = int(self.w3.eth.get_block("latest")["timestamp"])
+            now = chain_now(self.w3)
             day = (now // 86400 + 1) * 86400
             first = (day + int(cfg.start_hour * 3600)) // s
             last = first + cfg.intervals - 1
             self._set_time((first - 1) * s + 1)
-            self.gas_record: dict[int, int] = {}
             with Progress(
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
@@ -755,11 +749,11 @@ class Demo:
                     for t in [*relaying, last]:
                         self._wait_readings(t)
                 with self._stage("keeper settles (waiting for the last intervals)"):
-                    self._wait_settled(first, last, missing_deadline=False)
+                    self._wait_settled(missing_deadline=False)
                 # readings that never came count as zero once the settlement deadline passes
                 self._set_time((last + 1) * s + SETTLEMENT_DELAY_S + 2)
                 with self._stage("keeper settles (waiting for the last intervals)"):
-                    self._wait_settled(first, last, missing_deadline=True)
+                    self._wait_settled(missing_deadline=True)
                 self.pipeline_s = time.perf_counter() - pipeline_started
                 self.cpu_s = {
                     k: round(v - cpu_started.get(k, 0.0), 2) for k, v in self._cpu_seconds().items()
@@ -982,6 +976,3 @@ def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -
         console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'}  {name}")
     console.print(f"report: {report_dir / 'report.html'}")
 
-
-def account_of(key: str) -> str:
-    return str(Account.from_key(key).address)
