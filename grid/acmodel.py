@@ -50,10 +50,8 @@ class Measures:
 
     V: np.ndarray
     vm_pu: np.ndarray
-    i_from: np.ndarray
-    i_to: np.ndarray
     loading_percent: np.ndarray
-    i: np.ndarray  # [i_from | i_to] (the two above are views into it)
+    i: np.ndarray  # branch currents [from ends | to ends]
 
 
 class ACModel:
@@ -203,10 +201,7 @@ class ACModel:
         solve)."""
         if self._last_kept:
             return self._kept.jacobian() if self._kept is not None else None
-        try:
-            return sparse.csc_matrix(self._solver.get_J())
-        except (RuntimeError, ValueError):
-            return None
+        return self._plain_jacobian()
 
     def measure(self, V: np.ndarray) -> Measures:
         i = self.Yi @ V
@@ -217,8 +212,7 @@ class ACModel:
         return np.asarray((np.abs(i) * self.c_i).reshape(2, self.n_branch).max(axis=0))
 
     def measures_of(self, V: np.ndarray, vm_pu: np.ndarray, i: np.ndarray) -> Measures:
-        n = self.n_branch
-        return Measures(V, vm_pu, i[:n], i[n:], self.loading(i), i)
+        return Measures(V, vm_pu, self.loading(i), i)
 
     def injection(self, bus_p_kw: dict[int, float]) -> np.ndarray:
         """Extra bus injections (pandapower bus -> kW, + injects) as a ppci Sbus vector in pu."""
@@ -369,31 +363,13 @@ class _LinConstants:
 class Column:
     """Sensitivities to +1 kW injected at one bus (absorbed by the slack).
 
-    ``packed`` holds them all in one complex vector ``[dvm | dV | di_from | di_to]`` (the other
-    attributes are views into it, made on access: the screen only reads ``packed``), so a screen
-    combines two columns in one vector operation."""
+    ``packed`` holds them all in one complex vector ``[dvm | dV | di_from | di_to]`` (the parts
+    are the slices of ``Layout``), so a screen combines two columns in one vector operation."""
 
-    __slots__ = ("_layout", "packed")
+    __slots__ = ("packed",)
 
-    def __init__(self, packed: np.ndarray, layout: Layout) -> None:
+    def __init__(self, packed: np.ndarray) -> None:
         self.packed = packed
-        self._layout = layout
-
-    @property
-    def dvm(self) -> np.ndarray:
-        return np.asarray(self.packed[self._layout.vm].real)
-
-    @property
-    def dV(self) -> np.ndarray:
-        return self.packed[self._layout.V]
-
-    @property
-    def di_from(self) -> np.ndarray:
-        return self.packed[self._layout.i_from]
-
-    @property
-    def di_to(self) -> np.ndarray:
-        return self.packed[self._layout.i_to]
 
 
 class Layout:
@@ -406,10 +382,9 @@ class Layout:
         self.i_to = slice(n_mon + n_ppci + n_branch, n_mon + n_ppci + 2 * n_branch)
         self.i = slice(n_mon + n_ppci, n_mon + n_ppci + 2 * n_branch)
         self.size = n_mon + n_ppci + 2 * n_branch
-        self.n_branch = n_branch
 
     def column(self, packed: np.ndarray) -> Column:
-        return Column(packed, self)
+        return Column(packed)
 
 
 class Linearization:
