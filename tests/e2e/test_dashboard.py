@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 import pytest
 from eth_account import Account
 
+from backend.net import free_port
 from backend.paths import REPO_ROOT
 from backend.settings import ANVIL_KEYS
 
@@ -36,12 +36,6 @@ ZERO = "0x" + "00" * 20
 NETWORK = "cigre_lv"
 TIMEOUT_MS = 30_000
 ORACLE_KEY = ANVIL_KEYS[8]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 SERVER_FILES: dict[str, Any] = {}
