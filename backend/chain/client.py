@@ -157,6 +157,38 @@ class AbiFunction:
         return self.decode(w3.eth.call({"to": self.address, "data": self.data(*args)}))
 
 
+def batch_eth_call(w3: Any, calls: Sequence[tuple[str, str]]) -> list[str | None]:
+    """Results (hex) of raw ``eth_call``s ``(to, data)`` at the latest block, sent as one
+    JSON-RPC batch (one HTTP round trip instead of one per call; web3's contract-call machinery
+    costs ~2.5 ms per call, a batched raw call ~0.05 ms). None where the node answered that call
+    with an error (e.g. a revert). A provider or node that takes no batches gets one call each.
+    Connection errors propagate (the caller knows what it was reading)."""
+    requests_ = [
+        (RPCEndpoint("eth_call"), [{"to": to, "data": data}, "latest"]) for to, data in calls
+    ]
+    responses: Any = None
+    make_batch = getattr(w3.provider, "make_batch_request", None)
+    if make_batch is not None:
+        try:
+            responses = make_batch(requests_)
+        except OSError:  # requests' connection errors and timeouts are OSErrors too
+            raise
+        except Exception:  # a node that refuses batches
+            responses = None
+    if isinstance(responses, list) and len(responses) == len(requests_):
+        return [
+            str(r["result"]) if isinstance(r, dict) and isinstance(r.get("result"), str) else None
+            for r in responses
+        ]
+    out: list[str | None] = []
+    for to, data in calls:
+        try:
+            out.append("0x" + bytes(w3.eth.call({"to": to, "data": data})).hex())
+        except (ContractLogicError, Web3RPCError, ValueError):
+            out.append(None)
+    return out
+
+
 def _word_type(abi_type: str) -> bool:
     return abi_type in ("address", "bool", "bytes32") or (
         abi_type.startswith("uint") and abi_type[4:].isdigit()
@@ -385,7 +417,11 @@ class ChainClient:
         return self._gas_limit
 
     def send_tx(self, tx: TxParams) -> TxReceipt:
-        """Sign ``tx`` locally (nonce filled in), send it, await the receipt; retry transients."""
+        """Sign ``tx`` locally (nonce filled in), send it, await the receipt; retry transients.
+
+        A nonce the node refuses (another process sends from the same key, as the dev defaults'
+        account 0 does) resyncs the local nonce from the node and sends again, up to ``retries``
+        times."""
         last_exc: Exception | None = None
         for attempt in range(self.retries + 1):
             tx = dict(tx)  # type: ignore[assignment]

@@ -23,8 +23,9 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
+from backend.chain.address import checksum
 from backend.iot import MessageError
-from backend.iot.signing import Reading, checksum
+from backend.iot.signing import Reading
 
 SCHEMA_VERSION = 1
 TOPIC_PREFIX = "tegrid/meters"

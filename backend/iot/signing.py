@@ -12,7 +12,6 @@ encoder). The unit tests pin this against eth-account's ``encode_typed_data``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from eth_keys import KeyAPI
@@ -20,6 +19,7 @@ from eth_keys.backends import CoinCurveECCBackend
 from eth_keys.exceptions import BadSignature, ValidationError
 from eth_utils import keccak, to_canonical_address, to_checksum_address
 
+from backend.chain.address import checksum
 from backend.chain.eip712 import (
     DOMAIN_VERSION,
     READING_TYPE_STRING,
@@ -38,12 +38,6 @@ UINT64_MAX = 2**64 - 1
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 _keys = KeyAPI(backend=CoinCurveECCBackend())
-
-
-@lru_cache(maxsize=100_000)
-def checksum(address: str) -> str:
-    """EIP-55 form of an address; cached because a fleet of meters repeats the same few thousand."""
-    return str(to_checksum_address(address))
 
 
 @dataclass(frozen=True)

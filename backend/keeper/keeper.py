@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 from web3.exceptions import Web3RPCError
 
 from backend.chain import batches as encoder
+from backend.chain.address import checksum
 from backend.chain.client import AbiFunction, ChainClient, EncodedCall
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.errors import LedgerError
@@ -77,7 +78,6 @@ class SettlementKeeper:
         self._deadline_of = AbiFunction(self.market, "settlementDeadline")
         self._interval_of = AbiFunction(self.market, "intervalOf")
         self._deadlines: dict[int, int] = {}
-        self._addresses: dict[str, str] = {}
         self._parties: dict[int, tuple[int, list[int]]] = {}  # interval -> (records, indices)
         self._now: int | None = None  # chain time of this round (pending block), read once
         self.poll_s = poll_s
@@ -115,7 +115,7 @@ class SettlementKeeper:
                 seller, buyer, energy_wh, price = abi_decode(
                     ["address", "address", "uint64", "uint128"], bytes(entry["data"])
                 )
-                seller, buyer = self._checksum(seller), self._checksum(buyer)
+                seller, buyer = checksum(seller), checksum(buyer)
                 pending.setdefault(tx, []).append(
                     encoder.pack_record(
                         trade_id,
@@ -144,12 +144,6 @@ class SettlementKeeper:
             elif topic0 == INTERVAL_SETTLED:
                 interval_id = int.from_bytes(bytes(entry["topics"][1]), "big")
                 self.books.setdefault(interval_id, IntervalBook(interval_id)).settled = True
-
-    def _checksum(self, address: str) -> str:
-        hit = self._addresses.get(address)
-        if hit is None:
-            hit = self._addresses[address] = to_checksum_address(address)
-        return hit
 
     def _index(self, wallet: str) -> int:
         if wallet not in self._indices:
@@ -190,14 +184,9 @@ class SettlementKeeper:
         """Send ``settle`` for one interval; returns the receipt."""
         data = encoder.settle_calldata(book.interval_id, book.ordered_batches())
         fn = EncodedCall(self.w3, str(self.market.address), "0x" + data.hex())
-        try:
-            receipt = self.client.transact(fn, bounded=True)
-        except (Web3RPCError, LedgerError) as exc:
-            # Another process sends from the same key (dev defaults share account 0): resync, retry.
-            if "nonce" not in str(exc).lower():
-                raise
-            self.client.reset_nonce()
-            receipt = self.client.transact(fn, bounded=True)
+        # Another process may send from the same key (dev defaults share account 0): the client
+        # resyncs its nonce and resends when the node refuses one.
+        receipt = self.client.transact(fn, bounded=True)
         book.settled = True
         self.settled.append(book.interval_id)
         log.info(

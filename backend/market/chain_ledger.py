@@ -18,12 +18,11 @@ from typing import Any
 from eth_typing import HexStr
 from eth_utils import to_checksum_address
 from web3.logs import DISCARD
-from web3.types import RPCEndpoint
 
 from backend.chain import batches
 from backend.chain.batches import CandidateTrade
 from backend.chain.client import AbiFunction as _Fn
-from backend.chain.client import ChainClient, EncodedCall
+from backend.chain.client import ChainClient, EncodedCall, batch_eth_call
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import LedgerError
@@ -155,28 +154,12 @@ class ChainLedger:
         return ClearingReads(participants, cancelled, balances)
 
     def _calls(self, calls: Sequence[tuple[_Fn, str]]) -> list[str]:
-        """``eth_call`` results (hex) of ``calls`` at the latest block, as one JSON-RPC batch; one
-        call each when the node or provider does not take batches."""
-        requests = [
-            (RPCEndpoint("eth_call"), [{"to": fn.address, "data": data}, "latest"])
-            for fn, data in calls
-        ]
-        try:
-            provider: Any = self.w3.provider
-            responses = provider.make_batch_request(requests)
-            if not isinstance(responses, list) or len(responses) != len(requests):
-                raise LedgerError(f"no batch answer: {responses!r:.200}")
-            out = []
-            for r in responses:
-                if "error" in r or "result" not in r:
-                    raise LedgerError(f"batched eth_call failed: {r.get('error')!r:.200}")
-                out.append(str(r["result"]))
-            return out
-        except Exception:
-            return [
-                "0x" + bytes(self.w3.eth.call({"to": fn.address, "data": data})).hex()  # type: ignore[typeddict-item]
-                for fn, data in calls
-            ]
+        """``eth_call`` results (hex) of ``calls`` at the latest block, as one JSON-RPC batch."""
+        raw = batch_eth_call(self.w3, [(fn.address, data) for fn, data in calls])
+        for (fn, _data), result in zip(calls, raw, strict=True):
+            if result is None:
+                raise LedgerError(f"eth_call to {fn.address} failed during the clearing reads")
+        return raw  # type: ignore[return-value]
 
     def interval_state(self, interval_id: int) -> tuple[str, int, int, bool]:
         last, batches, approved, settled = self._rpc(
@@ -210,25 +193,13 @@ class ChainLedger:
     ) -> str:
         def send() -> Any:
             fn = self._record_call(interval_id, trades, evidence_hash, signature)
-            return self._transact(self.operator, fn, bounded=True)
+            return self.operator.transact(fn, bounded=True)
 
         receipt = self._rpc("recordTrades", send)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         ok = receipt["status"] == 1
         self._receipts[tx_hash] = Receipt(tx_hash, int(receipt["blockNumber"]), ok)
         return tx_hash
-
-    @staticmethod
-    def _transact(client: ChainClient, fn: Any, bounded: bool = False) -> Any:
-        """``client.transact``, retried once after a nonce clash (another sender with the key);
-        ``bounded``: a learned gas limit instead of an estimate (``ChainClient.transact``)."""
-        try:
-            return client.transact(fn, bounded=bounded)
-        except Exception as exc:
-            if "nonce" not in str(exc).lower():
-                raise
-            client.reset_nonce()
-            return client.transact(fn, bounded=bounded)
 
     def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt:
         hit = self._receipts.pop(tx_hash, None)
@@ -250,9 +221,7 @@ class ChainLedger:
             max_export_w,
             max_import_w,
         )
-        receipt = self._rpc(
-            "connecting a participant", lambda: self._transact(self.grid_operator, fn)
-        )
+        receipt = self._rpc("connecting a participant", lambda: self.grid_operator.transact(fn))
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         self._receipts[tx_hash] = Receipt(
             tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1

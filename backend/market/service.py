@@ -42,6 +42,7 @@ from typing import Any
 from eth_hash.auto import keccak
 
 from backend.chain import eip712
+from backend.chain.address import checksum as to_checksum_address
 from backend.market import typed
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.errors import (
@@ -70,7 +71,6 @@ from backend.market.models import (
 )
 from backend.market.ports import ChainTrade, GridPort, Ledger, Participant
 from backend.market.store import Store, trade_ids_json
-from backend.market.typed import checksum as to_checksum_address
 
 log = logging.getLogger("tegrid.market")
 

@@ -16,13 +16,12 @@ check the digests against eth-account's generic ``encode_typed_data``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from coincurve import PublicKey
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address as _to_checksum_address
 
+from backend.chain.address import checksum
 from backend.chain.eip712 import (
     DOMAIN_TYPE,
     DOMAIN_VERSION,
@@ -62,14 +61,6 @@ STRUCTS: dict[str, list[dict[str, str]]] = {
     "ConnectionRequest": CONNECTION_FIELDS,
 }
 
-
-@lru_cache(maxsize=65536)
-def checksum(address: str) -> str:
-    """EIP-55 form of an address, cached (the accept path sees the same traders again and again)."""
-    return str(_to_checksum_address(address))
-
-
-to_checksum_address = checksum
 
 _UINT_BITS = {"uint8": 8, "uint32": 32, "uint64": 64, "uint128": 128, "uint256": 256}
 
@@ -112,7 +103,7 @@ class Domain:
             "name": self.name,
             "version": self.version,
             "chainId": self.chain_id,
-            "verifyingContract": to_checksum_address(self.verifying_contract),
+            "verifyingContract": checksum(self.verifying_contract),
         }
 
     def template(self, primary_type: str) -> dict[str, Any]:
@@ -210,4 +201,4 @@ def recover(digest: bytes, signature: str) -> str:
         )
     except Exception:  # coincurve raises plain Exception/ValueError for unrecoverable signatures
         raise BadSignature("signature does not recover to any key") from None
-    return to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:])
+    return checksum(keccak(pub.format(compressed=False)[1:])[-20:])

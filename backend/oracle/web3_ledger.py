@@ -23,7 +23,7 @@ from web3.exceptions import (
 )
 
 from backend.chain import batches
-from backend.chain.client import ErrorDecoder, revert_data
+from backend.chain.client import ErrorDecoder, batch_eth_call, revert_data
 from backend.chain.contracts import Deployment, contract_at, error_abis
 from backend.chain.eip712 import to_compact
 from backend.iot.signing import Reading, ReadingDomain
@@ -101,23 +101,15 @@ class Web3Ledger:
         """Registry records of many meters in one JSON-RPC batch of raw ``eth_call``s (web3's
         contract-call machinery costs ~2.5 ms per call; this is ~0.05 ms)."""
         registry = self.registry.address
-        requests_ = [
-            (
-                "eth_call",
-                [
-                    {"to": registry, "data": METER_RECORD_SELECTOR + m[2:].lower().rjust(64, "0")},
-                    "latest",
-                ],
+        results = self._rpc(
+            lambda: batch_eth_call(
+                self.w3,
+                [(registry, METER_RECORD_SELECTOR + m[2:].lower().rjust(64, "0")) for m in meters],
             )
-            for m in meters
-        ]
-        responses = self._rpc(lambda: self.w3.provider.make_batch_request(requests_))  # type: ignore[attr-defined]
-        if not isinstance(responses, list):
-            raise ChainUnavailable(f"batch eth_call failed: {responses}")
+        )
         out: dict[str, MeterState] = {}
-        for meter, response in zip(meters, responses, strict=True):
-            result = response.get("result") if isinstance(response, dict) else None
-            if not isinstance(result, str) or len(result) < 2 + 64 * 3:
+        for meter, result in zip(meters, results, strict=True):
+            if result is None or len(result) < 2 + 64 * 3:
                 continue  # unknown: the contract checks it again on submission
             wallet = int(result[2:66], 16)
             active = int(result[130:194], 16) != 0
