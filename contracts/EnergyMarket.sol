@@ -510,10 +510,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             uint256 pbase = _cdPtr(parties);
             uint256 prev;
             for (uint256 p = 0; p < np; ++p) {
-                uint256 a;
-                assembly ("memory-safe") {
-                    a := shr(96, calldataload(add(pbase, mul(p, 20))))
-                }
+                uint256 a = uint160(_party(pbase, p));
                 if (p > 0 && a <= prev) revert MarketPartiesNotSorted(p);
                 prev = a;
             }
@@ -577,13 +574,12 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @dev One balance write per party: credit to available, unlock from locked.
     function _pay(Settlement memory z) private {
         (uint256[] memory credit, uint256[] memory unlock) = (z.credit, z.unlock);
+        uint256 pbase = z.pbase;
         for (uint256 p = 0; p < z.np; ++p) {
-            address wallet;
+            address wallet = _party(pbase, p);
             uint256 c;
             uint256 u;
-            uint256 pbase = z.pbase;
             assembly ("memory-safe") {
-                wallet := shr(96, calldataload(add(pbase, mul(p, 20))))
                 c := mload(add(credit, shl(5, add(p, 1))))
                 u := mload(add(unlock, shl(5, add(p, 1))))
             }
@@ -681,6 +677,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
     }
 
+    /// @dev Party p of the packed 20-byte addresses at calldata position pbase.
     function _party(uint256 pbase, uint256 p) private pure returns (address a) {
         assembly ("memory-safe") {
             a := shr(96, calldataload(add(pbase, mul(p, 20))))

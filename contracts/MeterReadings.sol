@@ -4,6 +4,7 @@ pragma solidity 0.8.28;
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
 import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
+import {HALF_N, S_MASK} from "./libraries/CompactSignature.sol";
 
 /// @title MeterReadings
 /// @notice Device-signed interval readings. See {IMeterReadings}.
@@ -140,9 +141,9 @@ contract MeterReadings is EIP712, IMeterReadings {
                 let reason := 1 // BAD_SIGNATURE unless the signature recovers to meter
                 {
                     let vs := calldataload(add(rp, 68))
-                    let s := and(vs, 0x7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff)
+                    let s := and(vs, S_MASK)
                     mstore(0x00, not(0)) // never a recovered address (the precompile writes nothing on failure)
-                    if iszero(gt(s, 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0)) {
+                    if iszero(gt(s, HALF_N)) {
                         mstore(add(h, 0x140), add(shr(255, vs), 27))
                         mstore(add(h, 0x160), calldataload(add(rp, 36)))
                         mstore(add(h, 0x180), s)
@@ -261,10 +262,7 @@ contract MeterReadings is EIP712, IMeterReadings {
         uint256 ring = (uint256(intervalId) % readingWindowIntervals) << 32;
         unchecked {
             for (uint256 i = 0; i < n; ++i) {
-                uint256 index = indices[i];
-                uint256 word = _ring[ring | (index / LANES)];
-                if (word >> 192 != intervalId) continue; // never written, or reused by a later interval
-                uint256 lane = (word >> ((index % LANES) * LANE_BITS)) & LANE_MASK;
+                uint256 lane = _laneAt(intervalId, ring, indices[i]);
                 if (lane & PRESENT == 0) continue;
                 metered[i] = (1 << 128) | ((lane & MAX_WH) << 64) | ((lane >> 23) & MAX_WH);
             }
@@ -290,9 +288,17 @@ contract MeterReadings is EIP712, IMeterReadings {
     }
 
     function _lane(uint64 intervalId, uint32 index) private view returns (uint64, uint64, bool) {
-        uint256 word = _ring[((uint256(intervalId) % readingWindowIntervals) << 32) | (index / LANES)];
-        if (word >> 192 != intervalId) return (0, 0, false); // never written, or reused by a later interval
-        uint256 lane = (word >> ((index % LANES) * LANE_BITS)) & LANE_MASK;
+        uint256 lane = _laneAt(intervalId, (uint256(intervalId) % readingWindowIntervals) << 32, index);
         return (uint64((lane >> 23) & MAX_WH), uint64(lane & MAX_WH), lane & PRESENT != 0);
+    }
+
+    /// @dev The lane of participant `index` in interval `intervalId` (`ring`: the interval's ring row
+    /// shifted into place); zero when the slot was never written or a later interval reused it.
+    function _laneAt(uint64 intervalId, uint256 ring, uint256 index) private view returns (uint256) {
+        unchecked {
+            uint256 word = _ring[ring | (index / LANES)];
+            if (word >> 192 != intervalId) return 0;
+            return (word >> ((index % LANES) * LANE_BITS)) & LANE_MASK;
+        }
     }
 }
