@@ -9,22 +9,32 @@ from backend.api.schemas import IntervalOut, OrderOut, TradeOut
 from backend.market.models import IntervalRow, OrderRow, TradeRow
 from backend.market.service import Market
 
+# OrderOut field <- order row column (rows as OrderRow objects or the accept path's dicts)
+ORDER_OUT_FIELDS = (
+    ("hash", "hash"),
+    ("status", "status"),
+    ("trader", "trader"),
+    ("side", "side"),
+    ("intervalId", "interval_id"),
+    ("energyWh", "energy_wh"),
+    ("pricePerKWh", "price_per_kwh"),
+    ("nonce", "nonce"),
+    ("expiry", "expiry"),
+    ("counterparty", "counterparty"),
+    ("filledWh", "filled_wh"),
+    ("createdAt", "created_at"),
+)
+
+
+def order_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``OrderOut`` fields (same names and order) of an order row given as a dict."""
+    out = {name: row[column] for name, column in ORDER_OUT_FIELDS}
+    out["filledWh"] = out["filledWh"] or 0
+    return out
+
 
 def order_out(o: OrderRow) -> OrderOut:
-    return OrderOut(
-        hash=o.hash,
-        status=o.status,
-        trader=o.trader,
-        side=o.side,
-        intervalId=o.interval_id,
-        energyWh=o.energy_wh,
-        pricePerKWh=o.price_per_kwh,
-        nonce=o.nonce,
-        expiry=o.expiry,
-        counterparty=o.counterparty,
-        filledWh=o.filled_wh or 0,
-        createdAt=o.created_at,
-    )
+    return OrderOut(**order_fields({column: getattr(o, column) for _, column in ORDER_OUT_FIELDS}))
 
 
 def interval_out(market: Market, row: IntervalRow) -> IntervalOut:

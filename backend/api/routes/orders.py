@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from backend.api.convert import order_out
+from backend.api.convert import order_fields, order_out
 from backend.api.deps import MarketDep
 from backend.api.schemas import (
     Address,
@@ -19,6 +19,7 @@ from backend.api.schemas import (
     OrderOut,
     TypedDataTemplate,
 )
+from backend.chain.address import checksum
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -109,20 +110,7 @@ async def _order_in(request: Request) -> OrderIn:
 
 def _created(row: dict[str, Any]) -> Response:
     """201 with the ``OrderOut`` of a freshly accepted order (same fields and order)."""
-    out = {
-        "hash": row["hash"],
-        "status": row["status"],
-        "trader": row["trader"],
-        "side": row["side"],
-        "intervalId": row["interval_id"],
-        "energyWh": row["energy_wh"],
-        "pricePerKWh": row["price_per_kwh"],
-        "nonce": row["nonce"],
-        "expiry": row["expiry"],
-        "counterparty": row["counterparty"],
-        "filledWh": row["filled_wh"] or 0,
-        "createdAt": row["created_at"],
-    }
+    out = order_fields(row)
     return Response(
         json.dumps(out, separators=(",", ":")), status_code=201, media_type="application/json"
     )
@@ -159,10 +147,8 @@ def list_orders(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, lt=2**31)] = 0,
 ) -> list[OrderOut]:
-    from eth_utils import to_checksum_address
-
     rows = market.store.list_orders(
-        to_checksum_address(trader) if trader else None, interval, status, limit, offset
+        checksum(trader) if trader else None, interval, status, limit, offset
     )
     return [order_out(o) for o in rows]
 
