@@ -15,6 +15,7 @@ from eth_account import Account
 from web3 import Web3
 
 from backend.api.app import create_app
+from backend.api.schemas import OrderOut
 from backend.api.server import ServerHandle, start_in_thread
 from backend.chain.contracts import contract_at
 from backend.market.devstack import start_dev_stack
@@ -114,6 +115,9 @@ def test_post_order_signed_from_template_is_recorded_on_chain(stack: dict[str, A
         r = c.post("/orders", json=o)
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "open"
+        # the accept path's hand-built 201 body equals the OrderOut a later GET gives
+        assert r.json() == c.get(f"/orders/{r.json()['hash']}").json()
+        assert list(r.json()) == list(OrderOut.model_fields)
     r = c.post(f"/intervals/{iv}/close")
     assert r.status_code == 200 and r.json()["status"] == "recorded", r.text
     assert r.json()["clearingPrice"] == "250000"
