@@ -7,6 +7,8 @@ import json
 import typer
 from rich.console import Console
 
+from backend.cli.output import fail
+
 app = typer.Typer(
     help="Benchmarks: each prints JSON with our figure and a baseline measured in the same run.",
     no_args_is_help=True,
@@ -51,8 +53,7 @@ def oracle(
     try:
         result = run_oracle_bench(readings, meters, single_readings, batch_size)
     except TegridError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(exc), 1)
     _emit(result)
 
 
@@ -111,12 +112,12 @@ def e2e(
     against the naive one (one runpp and one transaction per trade), in one run."""
     from backend.demo.bench import run_e2e
     from backend.errors import TegridError
+    from grid.errors import GridError
 
     try:
         result = run_e2e(network, prosumers, intervals, naive_trades, naive_warmup)
-    except TegridError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    except (TegridError, GridError) as exc:  # e.g. an unknown network name
+        fail(str(exc))
     if json_out:
         _emit(result)
     else:

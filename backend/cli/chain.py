@@ -6,12 +6,9 @@ from urllib.parse import urlparse
 
 import typer
 
+from backend.cli.output import fail as _fail
+
 app = typer.Typer(help="Local chain and contract deployment.", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -72,4 +69,3 @@ def deploy(
         return
     typer.echo(deployment.to_json())
     typer.echo(f"written to {settings.deployment_file}", err=True)
-

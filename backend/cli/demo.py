@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from backend.cli.output import fail
 from backend.errors import TegridError
 
 
@@ -27,6 +28,7 @@ def demo(
     """Bring up chain, API, broker, oracle, meters and keeper; trade, validate, meter and settle a
     day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, summary.json)."""
     from backend.demo.run import Demo, DemoConfig, print_summary
+    from grid.errors import GridError
 
     console = Console()
     config = DemoConfig(
@@ -35,8 +37,7 @@ def demo(
     )  # fmt: skip
     try:
         summary, folder = Demo(config, console).run()
-    except TegridError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    except (TegridError, GridError) as exc:  # e.g. an unknown network name
+        fail(str(exc))
     print_summary(summary, folder, console)
     raise typer.Exit(0 if all(summary["checks"].values()) else 1)

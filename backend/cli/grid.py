@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from backend.cli.output import fail as _fail
 
 # Submodule imports: the editable install in .venv still lists ``grid`` as a namespace package, so
 # the
@@ -54,11 +56,6 @@ LineOpt = Annotated[float, typer.Option("--max-line-loading", help="line loading
 TrafoOpt = Annotated[
     float, typer.Option("--max-trafo-loading", help="transformer loading limit, %")
 ]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _validator(

@@ -9,17 +9,12 @@ from pathlib import Path
 from types import FrameType
 
 import typer
-from rich.console import Console
 
+from backend.cli.output import fail as _fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
 app = typer.Typer(help="Settlement keeper.", invoke_without_command=True)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 @app.callback()
@@ -41,6 +36,7 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from backend.chain.client import ChainClient
     from backend.chain.contracts import load_deployment
+    from backend.chain.errors import DeploymentNotFoundError
     from backend.cli.oracle import resolve_key
     from backend.keeper import SettlementKeeper
 
@@ -60,7 +56,7 @@ def run(
     except (TegridError, ValueError, KeyError, OSError) as exc:
         _fail(
             str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__,
-            code=1 if not isinstance(exc, ValueError) else 2,
+            code=2 if isinstance(exc, ValueError | DeploymentNotFoundError) else 1,
         )
         return
 

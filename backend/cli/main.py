@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 
 from backend.cli import doctor as doctor_mod
+from backend.cli.output import fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -17,12 +18,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print one readable line on stderr and exit with ``code``."""
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 @app.command()

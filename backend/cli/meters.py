@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from backend.cli.output import fail as _fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -17,11 +18,6 @@ app = typer.Typer(
     help="Smart meters: simulate a fleet that signs and publishes readings.", no_args_is_help=True
 )
 console = Console()
-
-
-def _fail(message: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _fraction(name: str, value: float) -> float:

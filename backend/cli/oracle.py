@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from backend.cli.output import fail as _fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -21,11 +22,6 @@ app = typer.Typer(
     invoke_without_command=True,
 )
 console = Console()
-
-
-def _fail(message: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _settings() -> Settings:

@@ -44,7 +44,7 @@ def serve(
         False, "--dev", help="local Anvil, deploy, funded participants, instant interval closing"
     ),
     host: str = typer.Option(None, help="bind address (default Settings.api_host)"),
-    port: int = typer.Option(None, help="port (default Settings.api_port)"),
+    port: int = typer.Option(None, min=1, max=65535, help="port (default Settings.api_port)"),
     gate_lead: int = typer.Option(60, help="gate closure, seconds before the interval starts"),
     scheduler: bool = typer.Option(True, help="close intervals at gate closure automatically"),
     tick: float = typer.Option(2.0, help="scheduler period in seconds"),
@@ -74,9 +74,12 @@ def serve(
 
             stack = start_dev_stack(settings, participants=participants)
             console.print(f"dev chain {settings.rpc_url}: contracts {stack.deployment.contracts}")
-        def factory(cfg: Settings, bus: EventBus) -> Any:
-            from backend.chain.contracts import load_deployment
+        from backend.chain.contracts import load_deployment
 
+        # Fail here with one line, not inside uvicorn's startup with a traceback.
+        load_deployment(settings.deployment_file)
+
+        def factory(cfg: Settings, bus: EventBus) -> Any:
             dep = load_deployment(cfg.deployment_file)
             return build_market(
                 cfg,
