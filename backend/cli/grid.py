@@ -43,7 +43,9 @@ IntervalOpt = Annotated[
     int | None,
     typer.Option(
         "--interval",
-        help="interval index "
+        min=0,
+        max=2**64 - 1,
+        help="interval index (as on chain: uint64) "
         "(floor(unix_time / interval_seconds)); none = "
         "the network's own values",
     ),
