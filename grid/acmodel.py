@@ -30,18 +30,20 @@ except ImportError:  # pragma: no cover - KLU is part of the lightsim2grid wheel
     from lightsim2grid.algorithm import NRSing_SparseLU as _Solver
 
 MAX_ITERATIONS = 20
-# From this many buses on, solves would go through a kept lightsim2grid grid model (see
-# _KeptGrid; on small grids the plain solver's per-call reset costs less than its bookkeeping).
-# Off (None): on kerber_vorstadt it halved the cost per solve, but its answers depend on the
-# solves before them in the last digits (1e-13), and prefix reuse promises answers identical to
-# a from-scratch run bit for bit.
-KEPT_GRID_MIN_BUSES: int | None = None
+# From this many buses on, solves go through a kept lightsim2grid grid model (see _KeptGrid;
+# ~half the cost per solve on kerber_vorstadt's 294 buses; on cigre_lv and case33bw the plain
+# solver's per-call reset costs less than the model's bookkeeping). None: never.
+KEPT_GRID_MIN_BUSES: int | None = 150
 # Size of one multi-column solve (rows x right-hand sides). OpenBLAS runs a level-3 call on its
 # thread pool once m*n*k passes ~2.6e5; with more columns per solve SuperLU's supernode updates
 # on kerber_vorstadt crossed that, and the pool's spinning threads then slowed every later solve
 # several-fold on a busy 2-core machine.
 RHS_BUDGET = 8192
 TOLERANCE_PU = 1e-9
+# lightsim2grid keeps an injection's old setpoint when the new one differs by no more than its
+# _tol_equal_float (1e-7 MW here; rounding noise of ``Sbus - Sbus0`` is ~1e-18): such a change is
+# written through a distant value, else the kept model's answer would depend on earlier solves.
+_IGNORED_CHANGE_MW = 1e-6
 
 
 @dataclass
@@ -229,7 +231,11 @@ class _KeptGrid:
     cost on a few hundred buses; the grid model keeps its solver and only refactorizes. Trades
     change bus injections through one zero static generator per bus. Used only where it
     reproduces pandapower's model: same buses one to one, the base state's voltages and a test
-    solve equal to the plain solver's (checked when built), real-power-only changes."""
+    solve equal to the plain solver's (checked when built), real-power-only changes.
+
+    Its answers are a function of (Sbus, V_start) alone, bit for bit, as prefix reuse needs:
+    every injection is set exactly (``_inject``), and KLU's pivot order is always the one of
+    ``prime`` (refactorizations keep it; a failed solve would have the next one choose anew)."""
 
     def __init__(
         self, grid: object, model: ACModel, ls_of_ppci: np.ndarray, sgens: np.ndarray, n_ls: int
@@ -243,6 +249,7 @@ class _KeptGrid:
         self.answered = False
         self.jacobian_ok = False
         self.iterations = 0
+        self.failed = False
 
     @classmethod
     def build(cls, net: pp.pandapowerNet, model: ACModel) -> _KeptGrid | None:
@@ -283,7 +290,7 @@ class _KeptGrid:
                 and J.shape == J_ref.shape
                 and float(abs(J - J_ref).max()) <= 1e-6 * max(1.0, float(abs(J_ref).max()))
             )
-            return kept
+            return kept if kept.prime() else None
         except Exception:  # any trouble converting: the plain solver does the work
             return None
 
@@ -295,13 +302,27 @@ class _KeptGrid:
         delta = Sbus - model.Sbus0
         if np.any(delta.imag != 0):
             return None  # reactive changes: not what the injections carry
-        p_mw = delta.real * model.base_mva
-        for row in np.flatnonzero(p_mw != self.p_mw):
-            self.grid.change_p_sgen(int(self.sgens[row]), float(p_mw[row]))  # type: ignore[attr-defined]
-        self.p_mw = p_mw
+        self.answered = True
+        if self.failed:
+            self.prime()
+        self._inject(delta.real * model.base_mva)
         V_init = np.ones(self.n_ls, dtype=complex)
         V_init[self.ls_of_ppci] = V_start
-        self.answered = True
+        out = self._ac_pf(V_init)
+        self.failed = out is None
+        return out
+
+    def _inject(self, p_mw: np.ndarray) -> None:
+        """Set the extra injection of every bus (MW) to exactly ``p_mw``."""
+        grid = self.grid
+        for row in np.flatnonzero(p_mw != self.p_mw):
+            sgen, p = int(self.sgens[row]), float(p_mw[row])
+            if abs(p - self.p_mw[row]) <= _IGNORED_CHANGE_MW:
+                grid.change_p_sgen(sgen, p + 1.0)  # type: ignore[attr-defined]
+            grid.change_p_sgen(sgen, p)  # type: ignore[attr-defined]
+        self.p_mw = p_mw
+
+    def _ac_pf(self, V_init: np.ndarray) -> np.ndarray | None:
         try:
             V = self.grid.ac_pf(V_init, MAX_ITERATIONS, TOLERANCE_PU)  # type: ignore[attr-defined]
         except RuntimeError:
@@ -311,6 +332,22 @@ class _KeptGrid:
             return None
         out = np.asarray(V)[self.ls_of_ppci]
         return out if bool(np.all(np.isfinite(out))) else None
+
+    def prime(self) -> bool:
+        """Put the solver in its canonical state: KLU analysed afresh, its pivot order taken
+        from the first Jacobian of the base state solved from flat magnitudes. Later solves only
+        refactorize with that order, so each answer depends on its own injections and start
+        alone. Done when built and after every failed solve (lightsim2grid then analyses again
+        at the next solve, which would take the order from that solve's Jacobian). True when
+        the base state converged."""
+        self.grid.tell_solver_need_reset()  # type: ignore[attr-defined]
+        self._inject(np.zeros(self.model.n_ppci))
+        V_init = np.ones(self.n_ls, dtype=complex)
+        V0 = self.model.V0
+        V_init[self.ls_of_ppci] = V0 / np.abs(V0)  # flat magnitudes, the transformers' shifts
+        V = self._ac_pf(V_init)
+        self.failed = False
+        return V is not None and self.iterations > 0
 
     def jacobian(self) -> sparse.csc_matrix | None:
         """The Jacobian of the last solve's last Newton step; None when it took no step (the

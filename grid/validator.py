@@ -31,8 +31,8 @@ has at that point, so verdicts, evidence hash and AC figures are identical to a 
 (``reuse=False`` turns it off; ``ValidationStats.reused_trades`` says how many trades were
 skipped).
 
-(``acmodel._KeptGrid``, a kept lightsim2grid grid model that halves the cost of an AC solve on
-kerber_vorstadt, is off for this reason: its last digits depend on the solves before.)
+AC solves on grids from ``acmodel.KEPT_GRID_MIN_BUSES`` buses go through a kept lightsim2grid grid
+model (``acmodel._KeptGrid``), whose answers depend on their inputs alone, as this needs.
 
 The approved set therefore always passes a full AC power flow; verdicts equal those of a validator
 that runs a full power flow per trade, except where the linear screen errs by more than its band."""
