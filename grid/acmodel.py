@@ -471,9 +471,9 @@ class Linearization:
     def _chunk(self) -> int:
         return max(4, RHS_BUDGET // self._lu.shape[0])
 
-    def solves_for(self, n_columns: int) -> int:
-        """Multi-column solves ``prepare`` needs for ``n_columns`` columns."""
-        return -(-n_columns // self._chunk)
+    def has(self, bus: int) -> bool:
+        """Whether the sensitivities of ``bus`` are computed already."""
+        return bus in self._cache
 
     def prepare(self, buses: Iterable[int]) -> None:
         """Sensitivity columns of all ``buses`` at once (one multi-right-hand-side solve: several

@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -423,8 +423,8 @@ class GridValidator:
             session = _Session(base.model, base.measures, base.limitset, self.batch_size)
         else:
             session = resumed.resume()
-        session.want_buses(b for _, t in valid for b in (int(t.seller_bus), int(t.buyer_bus)))
         todo = [(pos, trade) for pos, trade in valid if pos >= start]
+        session.plan([b for _, t in todo for b in (int(t.seller_bus), int(t.buyer_bus))])
         every = 1 if len(todo) <= SNAPSHOT_EVERY_TRADE_MAX else SNAPSHOT_STRIDE
         points: list[tuple[int, _Session]] = []
         with np.errstate(all="ignore"):
@@ -654,9 +654,10 @@ class _Session:
         self.screened_out = 0
         self.refines = 0
         self.c_branch = np.maximum(model.c_from, model.c_to)  # percent of rating per pu current
-        self.buses: set[int] = set()  # buses whose sensitivities each linearization computes
+        # Buses of the trades still to offer (seller, buyer, ...) and the current trade's place.
+        self.ahead: list[int] = []
+        self.cursor = 0
         self.offered = 0
-        self.prepared = True
         # A relinearization is made when the next trade needs it (``_linearization``): the one
         # after a list's last commit would never be used. ``lin_V`` is the operating point of
         # the current or pending linearization; ``pending`` the Jacobian for the pending one.
@@ -694,14 +695,19 @@ class _Session:
     def verdicts(self) -> dict[int, Verdict]:
         return dict(self.log)
 
-    def want_buses(self, buses: Iterable[int]) -> None:
-        """Buses trades will name: their sensitivities are computed together per
-        linearization."""
-        fresh = set(buses) - self.buses
-        if fresh:
-            self.buses = self.buses | fresh
-            if self.prepared and self.pending is None:
-                self.lin.prepare(sorted(fresh))
+    def plan(self, buses: list[int]) -> None:
+        """Buses of the trades to offer next, in order (seller, buyer per trade)."""
+        self.ahead = buses
+        self.cursor = 0
+
+    def _columns_ahead(self, lin: Linearization, seller: int, buyer: int) -> None:
+        """Sensitivities of this trade's buses together with those of the trades expected to
+        follow before the next relinearization (as many as the linearizations so far served on
+        average): one multi-column solve costs a fraction of one per bus, and a column no trade
+        uses is not computed. Which columns go together does not change their values."""
+        per_lin = -(-self.offered // self.linearizations)
+        first = self.cursor + 2
+        lin.prepare([seller, buyer, *self.ahead[first : first + 2 * (per_lin - 1)]])
 
     def _linearization(self) -> Linearization:
         pending = self.pending
@@ -716,15 +722,6 @@ class _Session:
         self.lin = Linearization(self.model, self.measures.V if V is None else V, jacobian)
         self.lin_V = self.lin.V
         self.linearizations += 1
-        # All wanted columns at once (a multi-column solve costs about what one column alone
-        # does) unless that takes more solves than the columns this linearization is expected to
-        # need (two per trade it serves); then each column on first use.
-        per_lin = self.offered / self.linearizations
-        if self.linearizations == 1 or self.lin.solves_for(len(self.buses)) <= 2.0 * per_lin:
-            self.lin.prepare(self.buses)
-            self.prepared = True
-        else:
-            self.prepared = False
 
     def _clear_batch(self) -> None:
         me = self.measures
@@ -751,8 +748,12 @@ class _Session:
         lay = model.layout
         self.offered += 1
         lin = self._linearization()
-        cs = lin.column(int(trade.seller_bus))
-        cb = lin.column(int(trade.buyer_bus))
+        seller, buyer = int(trade.seller_bus), int(trade.buyer_bus)
+        if not (lin.has(seller) and lin.has(buyer)):
+            self._columns_ahead(lin, seller, buyer)
+        self.cursor += 2
+        cs = lin.column(seller)
+        cb = lin.column(buyer)
         own = float(trade.p_kw) * (cs.packed - cb.packed)  # this trade's predicted change
         pack = self.b_pack + own  # batch + trade
         vm = me.vm_pu + pack[lay.vm].real
