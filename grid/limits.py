@@ -174,7 +174,7 @@ class LimitSet:
         as ``check`` would give), and False when the prediction is too close to call (AC decides).
         Bands are a floor plus ``relative`` (default ``BAND_RELATIVE``) of each element's predicted
         move."""
-        if len(moved_v) and float(np.max(moved_v)) > SCREEN_MAX_MOVE_PU:
+        if len(moved_v) and float(moved_v.max()) > SCREEN_MAX_MOVE_PU:
             return False  # far outside the linear range: AC decides (it may not even converge)
         band_v = BAND_PU + relative * moved_v
         band_l = BAND_PERCENT + relative * moved_l
@@ -182,8 +182,9 @@ class LimitSet:
         high = vm_pu - self.vmax
         low = self.vmin - vm_pu
         near_l = over > -band_l
-        near_high = high > -band_v
-        near_low = low > -band_v
+        floor_v = -band_v
+        near_high = high > floor_v
+        near_low = low > floor_v
         if not (near_l.any() or near_high.any() or near_low.any()):
             return True  # the common case: nothing near a limit
         mon = self.monitored

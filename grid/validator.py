@@ -734,13 +734,14 @@ class _Session:
         self.b_movedl = np.zeros_like(me.loading_percent)
         self.b_loading = me.loading_percent
 
-    def _delta_S(self, trade: Trade) -> np.ndarray:
+    def _with_trade(self, S: np.ndarray, trade: Trade) -> np.ndarray:
+        """A copy of injections ``S`` with ``trade`` added."""
         model = self.model
-        dS = np.zeros_like(self.S)
+        out = S.copy()
         p_pu = float(trade.p_kw) / 1000.0 / model.base_mva
-        dS[model.ppci_of_bus[int(trade.seller_bus)]] += p_pu
-        dS[model.ppci_of_bus[int(trade.buyer_bus)]] -= p_pu
-        return dS
+        out[model.ppci_of_bus[int(trade.seller_bus)]] += p_pu
+        out[model.ppci_of_bus[int(trade.buyer_bus)]] -= p_pu
+        return out
 
     def offer(self, pos: int, trade: Trade) -> None:
         """Screen one trade; join the batch when clearly feasible, else decide it with AC."""
@@ -782,7 +783,7 @@ class _Session:
         if judged:
             self.screened_in += 1
             self.batch.append((pos, trade))
-            self.b_dS = self.b_dS + self._delta_S(trade)
+            self.b_dS = self._with_trade(self.b_dS, trade)
             self.b_pack = pack
             self.b_movedv, self.b_movedl, self.b_loading = moved_v, moved_l, loading
             if len(self.batch) >= self.batch_size:
@@ -810,9 +811,9 @@ class _Session:
         as an AC starting point."""
         me, model = self.measures, self.model
         lay = model.layout
-        S = self.S + self.b_dS + self._delta_S(trade)
+        S = self._with_trade(self.S + self.b_dS, trade)
         V2 = self.lin.refine(S, V1)
-        if not np.all(np.isfinite(V2)):
+        if not np.isfinite(V2).all():
             return V1
         self.refines += 1
         m2 = model.measure(V2)
@@ -866,7 +867,7 @@ class _Session:
     def _decide(
         self, pos: int, trade: Trade, V_start: np.ndarray | None = None, final: bool = False
     ) -> None:
-        S = self.S + self._delta_S(trade)
+        S = self._with_trade(self.S, trade)
         me, violation = self._solve(S, V_start)
         if violation is not None or me is None:
             self.log.append((pos, _veto(trade, violation or NOT_CONVERGED)))
