@@ -85,6 +85,7 @@ class ACModel:
                 self.ppci_of_bus[int(bus)] = pos
         mon_buses = np.array(sorted(self.ppci_of_bus), dtype=np.int64)
         self.mon_bus_ppci = np.array([self.ppci_of_bus[int(b)] for b in mon_buses], dtype=np.int64)
+        self.mon_index = _as_slice(self.mon_bus_ppci)  # a plain slice where buses are not fused
 
         branch_is = np.asarray(internal["branch_is"], dtype=bool)
         ppci_row = np.cumsum(branch_is) - 1
@@ -207,11 +208,12 @@ class ACModel:
 
     def measure(self, V: np.ndarray) -> Measures:
         i = self.Yi @ V
-        return self.measures_of(V, np.abs(V[self.mon_bus_ppci]), i)
+        return self.measures_of(V, np.abs(V[self.mon_index]), i)
 
     def loading(self, i: np.ndarray) -> np.ndarray:
         """Loading (percent) of every branch from packed currents ``[i_from | i_to]``."""
-        return np.asarray((np.abs(i) * self.c_i).reshape(2, self.n_branch).max(axis=0))
+        scaled = np.abs(i) * self.c_i
+        return np.maximum(scaled[: self.n_branch], scaled[self.n_branch :])
 
     def measures_of(self, V: np.ndarray, vm_pu: np.ndarray, i: np.ndarray) -> Measures:
         return Measures(V, vm_pu, self.loading(i), i)
@@ -242,7 +244,7 @@ class _KeptGrid:
     ) -> None:
         self.grid = grid
         self.model = model
-        self.ls_of_ppci = ls_of_ppci
+        self.ls_of_ppci = _as_slice(ls_of_ppci)  # a plain slice where the bus orders agree
         self.sgens = sgens
         self.n_ls = n_ls
         self.p_mw = np.zeros(model.n_ppci)
@@ -503,11 +505,11 @@ class Linearization:
         k = x.shape[1]
         dva = np.zeros((model.n_ppci, k))
         dvm = np.zeros((model.n_ppci, k))
-        dva[self._pvpq] = x[: self._n_pvpq]
-        dvm[model.pq] = x[self._n_pvpq :]
+        dva[self._pvpq_index] = x[: self._n_pvpq]
+        dvm[self._pq_index] = x[self._n_pvpq :]
         dV = self.V[:, None] * (dvm / self._vm[:, None] + 1j * dva)
         packed = np.empty((lay.size, k), dtype=complex, order="F")
-        packed[lay.vm] = dvm[model.mon_bus_ppci]
+        packed[lay.vm] = dvm[model.mon_index]
         packed[lay.V] = dV
         packed[lay.i_from] = model.Yf @ dV
         packed[lay.i_to] = model.Yt @ dV

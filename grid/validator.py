@@ -817,7 +817,7 @@ class _Session:
             return V1
         self.refines += 1
         m2 = model.measure(V2)
-        vm1 = np.abs(V1[model.mon_bus_ppci])
+        vm1 = np.abs(V1[model.mon_index])
         step_v = np.full_like(m2.vm_pu, float(np.abs(m2.vm_pu - vm1).max(initial=0.0)))
         step_i = float(np.abs(m2.i - i1).max(initial=0.0))
         step_l = step_i * self.c_branch
