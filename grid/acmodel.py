@@ -511,8 +511,7 @@ class Linearization:
         packed = np.empty((lay.size, k), dtype=complex, order="F")
         packed[lay.vm] = dvm[model.mon_index]
         packed[lay.V] = dV
-        packed[lay.i_from] = model.Yf @ dV
-        packed[lay.i_to] = model.Yt @ dV
+        packed[lay.i] = model.Yi @ dV
         return packed
 
     def column(self, bus: int) -> Column:
