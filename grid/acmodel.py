@@ -302,7 +302,7 @@ class _KeptGrid:
         model = self.model
         self.answered = False
         delta = Sbus - model.Sbus0
-        if np.any(delta.imag != 0):
+        if delta.imag.any():
             return None  # reactive changes: not what the injections carry
         self.answered = True
         if self.failed:

@@ -423,7 +423,7 @@ class GridValidator:
             session = _Session(base.model, base.measures, base.limitset, self.batch_size)
         else:
             session = resumed.resume()
-        todo = [(pos, trade) for pos, trade in valid if pos >= start]
+        todo = valid if start == 0 else [(pos, trade) for pos, trade in valid if pos >= start]
         session.plan([b for _, t in todo for b in (int(t.seller_bus), int(t.buyer_bus))])
         every = 1 if len(todo) <= SNAPSHOT_EVERY_TRADE_MAX else SNAPSHOT_STRIDE
         points: list[tuple[int, _Session]] = []
