@@ -1,13 +1,15 @@
-"""The AC engine under the validator: the kept lightsim2grid grid model on larger grids, the
+"""The AC engine under the validator: the kept lightsim2grid grid model on larger grids, KLU, the
 sensitivity columns computed together, and the chunked multi-column solves."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import sparse
+from scipy.sparse.linalg import splu
 
 from grid import GridValidator, Trade
-from grid.acmodel import ACModel, Linearization
+from grid.acmodel import ACModel, KLUFactor, Linearization, factorize, jacobian_at
 from grid.naive import PandapowerChecker, injections_of
 
 
@@ -105,3 +107,29 @@ def test_kept_grid_answer_independent_of_earlier_solves() -> None:
             assert J_got is not None and J_want is not None
             assert (J_got != J_want).nnz == 0
     assert failed > 0 and used._last_kept
+
+
+@pytest.mark.parametrize("network", ["cigre_lv", "case33bw", "kerber_vorstadt"])
+def test_factorize_klu_solves_like_superlu(network: str) -> None:
+    model = GridValidator(network, reuse=False)._base(None, 900).model
+    assert model is not None
+    J = jacobian_at(model, model.V0)
+    factor = factorize(J)
+    assert isinstance(factor, KLUFactor) and factor.shape == J.shape
+    reference = splu(J.tocsc())
+    rng = np.random.default_rng(1)
+    b = rng.standard_normal(J.shape[0])
+    block = np.asfortranarray(rng.standard_normal((J.shape[0], 5)))
+    b_copy, block_copy = b.copy(), block.copy()
+    x, X = factor.solve(b), factor.solve(block)
+    assert np.allclose(x, reference.solve(b), rtol=1e-9, atol=1e-12)
+    assert np.allclose(X, reference.solve(block), rtol=1e-9, atol=1e-12)
+    for k in range(5):  # each column of a block exactly as alone
+        assert np.array_equal(X[:, k], factor.solve(block[:, k]))
+    assert np.array_equal(b, b_copy) and np.array_equal(block, block_copy)  # inputs untouched
+
+
+def test_factorize_singular_matrix_raises() -> None:
+    singular = sparse.csc_matrix(np.array([[1.0, 2.0], [2.0, 4.0]]))
+    with pytest.raises(RuntimeError):
+        factorize(singular)
