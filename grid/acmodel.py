@@ -201,9 +201,10 @@ class ACModel:
 
     def _plain_jacobian(self) -> sparse.csc_matrix | None:
         try:
-            return sparse.csc_matrix(self._solver.get_J())
+            J = self._solver.get_J()
         except (RuntimeError, ValueError):
             return None
+        return J if isinstance(J, sparse.csc_matrix) else sparse.csc_matrix(J)
 
     def last_jacobian(self) -> sparse.csc_matrix | None:
         """The solver's Jacobian from its last Newton step (close to the solution of the last
@@ -453,8 +454,13 @@ class KLUFactor:
 def factorize(A: sparse.spmatrix) -> KLUFactor | SuperLU:
     """LU factorization of a square sparse matrix: KLU where lightsim2grid brings it, else
     SciPy's SuperLU (also when KLU finds the matrix singular: SuperLU then says why)."""
-    csc = sparse.csc_matrix(A, dtype=np.float64)
-    csc.sum_duplicates()
+    if isinstance(A, sparse.csc_matrix) and A.dtype == np.float64:
+        csc = A  # as the solvers give it: no copy (building a SciPy matrix costs ~25 us)
+    else:
+        csc = sparse.csc_matrix(A, dtype=np.float64)
+    if not csc.has_canonical_format:
+        csc = csc.copy()
+        csc.sum_duplicates()
     klu = _KLULibrary.get() if USE_KLU else None
     if klu is not None and csc.shape[0] > 0:
         try:
