@@ -6,7 +6,8 @@ a warm start (tens of microseconds instead of a ~15 ms ``runpp``). Branch loadin
 own formulas (lines: current over ``max_i_ka * df * parallel``; transformers:
 ``trafo_loading="current"``), so the numbers are pandapower's. ``Linearization`` gives, per
 injection bus, voltage-magnitude and complex branch-current sensitivities from the power-flow
-Jacobian at an operating point."""
+Jacobian at an operating point; its LU factorization is KLU's where lightsim2grid's library
+exports it (``KLUFactor``), SciPy's SuperLU otherwise."""
 
 from __future__ import annotations
 
@@ -400,10 +401,17 @@ class _KLULibrary:
                 import lightsim2grid
 
                 path = Path(lightsim2grid.__file__).parent / "liblightsim2grid_core.so"
-                cls.instance = cls(ctypes.CDLL(str(path)))
-            except (OSError, AttributeError):
+                klu = cls(ctypes.CDLL(str(path)))
+                cls.instance = klu if klu._solves_a_known_system() else None
+            except (OSError, AttributeError, RuntimeError):
                 cls.instance = None
         return cls.instance
+
+    def _solves_a_known_system(self) -> bool:
+        """A 3 x 3 system with a known answer (guards against an incompatible library)."""
+        A = sparse.csc_matrix(np.array([[4.0, 1.0, 0.0], [2.0, 3.0, 1.0], [0.0, 1.0, 5.0]]))
+        x = KLUFactor(self, A).solve(np.array([5.0, 6.0, 6.0]))
+        return bool(np.allclose(x, [1.0, 1.0, 1.0], rtol=0.0, atol=1e-12))
 
 
 def _klu_free(lib: ctypes.CDLL, symbolic: int, numeric: int, common: ctypes.Array) -> None:
@@ -426,15 +434,13 @@ class KLUFactor:
         self._n = n = int(A.shape[0])
         self._common = common = ctypes.create_string_buffer(4096)  # klu_common, with room
         lib.klu_defaults(common)
-        self._Ap = np.ascontiguousarray(A.indptr, dtype=np.int32)
-        self._Ai = np.ascontiguousarray(A.indices, dtype=np.int32)
-        self._Ax = np.ascontiguousarray(A.data, dtype=np.float64)
-        symbolic = lib.klu_analyze(n, self._Ap.ctypes.data, self._Ai.ctypes.data, common)
+        Ap = np.ascontiguousarray(A.indptr, dtype=np.int32)
+        Ai = np.ascontiguousarray(A.indices, dtype=np.int32)
+        Ax = np.ascontiguousarray(A.data, dtype=np.float64)
+        symbolic = lib.klu_analyze(n, Ap.ctypes.data, Ai.ctypes.data, common)
         if not symbolic:
             raise RuntimeError("KLU could not analyse the matrix")
-        numeric = lib.klu_factor(
-            self._Ap.ctypes.data, self._Ai.ctypes.data, self._Ax.ctypes.data, symbolic, common
-        )
+        numeric = lib.klu_factor(Ap.ctypes.data, Ai.ctypes.data, Ax.ctypes.data, symbolic, common)
         if not numeric:
             lib.klu_free_symbolic(ctypes.byref(ctypes.c_void_p(symbolic)), common)
             raise RuntimeError("KLU: the matrix is singular")
