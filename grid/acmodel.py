@@ -6,13 +6,17 @@ a warm start (tens of microseconds instead of a ~15 ms ``runpp``). Branch loadin
 own formulas (lines: current over ``max_i_ka * df * parallel``; transformers:
 ``trafo_loading="current"``), so the numbers are pandapower's. ``Linearization`` gives, per
 injection bus, voltage-magnitude and complex branch-current sensitivities from the power-flow
-Jacobian at an operating point."""
+Jacobian at an operating point; its LU factorization is KLU's where lightsim2grid's library
+exports it (``KLUFactor``), SciPy's SuperLU otherwise."""
 
 from __future__ import annotations
 
 import copy
+import ctypes
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandapower as pp
@@ -20,7 +24,7 @@ from pandapower.pypower.dSbus_dV import dSbus_dV
 from pandapower.pypower.idx_brch import F_BUS, T_BUS
 from pandapower.pypower.idx_bus import BASE_KV, SL_FAC
 from scipy import sparse
-from scipy.sparse.linalg import splu
+from scipy.sparse.linalg import SuperLU, splu
 
 from grid.limits import Monitored
 
@@ -30,18 +34,23 @@ except ImportError:  # pragma: no cover - KLU is part of the lightsim2grid wheel
     from lightsim2grid.algorithm import NRSing_SparseLU as _Solver
 
 MAX_ITERATIONS = 20
-# From this many buses on, solves would go through a kept lightsim2grid grid model (see
-# _KeptGrid; on small grids the plain solver's per-call reset costs less than its bookkeeping).
-# Off (None): on kerber_vorstadt it halved the cost per solve, but its answers depend on the
-# solves before them in the last digits (1e-13), and prefix reuse promises answers identical to
-# a from-scratch run bit for bit.
-KEPT_GRID_MIN_BUSES: int | None = None
+# From this many buses on, solves go through a kept lightsim2grid grid model (see _KeptGrid;
+# ~half the cost per solve on kerber_vorstadt's 294 buses; on cigre_lv and case33bw the plain
+# solver's per-call reset costs less than the model's bookkeeping). None: never.
+KEPT_GRID_MIN_BUSES: int | None = 150
 # Size of one multi-column solve (rows x right-hand sides). OpenBLAS runs a level-3 call on its
 # thread pool once m*n*k passes ~2.6e5; with more columns per solve SuperLU's supernode updates
 # on kerber_vorstadt crossed that, and the pool's spinning threads then slowed every later solve
 # several-fold on a busy 2-core machine.
 RHS_BUDGET = 8192
 TOLERANCE_PU = 1e-9
+# Linear solves of the screen (sensitivities, chord steps) through KLU (see ``KLUFactor``);
+# False: SciPy's SuperLU.
+USE_KLU = True
+# lightsim2grid keeps an injection's old setpoint when the new one differs by no more than its
+# _tol_equal_float (1e-7 MW here; rounding noise of ``Sbus - Sbus0`` is ~1e-18): such a change is
+# written through a distant value, else the kept model's answer would depend on earlier solves.
+_IGNORED_CHANGE_MW = 1e-6
 
 
 @dataclass
@@ -83,6 +92,7 @@ class ACModel:
                 self.ppci_of_bus[int(bus)] = pos
         mon_buses = np.array(sorted(self.ppci_of_bus), dtype=np.int64)
         self.mon_bus_ppci = np.array([self.ppci_of_bus[int(b)] for b in mon_buses], dtype=np.int64)
+        self.mon_index = _as_slice(self.mon_bus_ppci)  # a plain slice where buses are not fused
 
         branch_is = np.asarray(internal["branch_is"], dtype=bool)
         ppci_row = np.cumsum(branch_is) - 1
@@ -192,9 +202,10 @@ class ACModel:
 
     def _plain_jacobian(self) -> sparse.csc_matrix | None:
         try:
-            return sparse.csc_matrix(self._solver.get_J())
+            J = self._solver.get_J()
         except (RuntimeError, ValueError):
             return None
+        return J if isinstance(J, sparse.csc_matrix) else sparse.csc_matrix(J)
 
     def last_jacobian(self) -> sparse.csc_matrix | None:
         """The solver's Jacobian from its last Newton step (close to the solution of the last
@@ -205,11 +216,12 @@ class ACModel:
 
     def measure(self, V: np.ndarray) -> Measures:
         i = self.Yi @ V
-        return self.measures_of(V, np.abs(V[self.mon_bus_ppci]), i)
+        return self.measures_of(V, np.abs(V[self.mon_index]), i)
 
     def loading(self, i: np.ndarray) -> np.ndarray:
         """Loading (percent) of every branch from packed currents ``[i_from | i_to]``."""
-        return np.asarray((np.abs(i) * self.c_i).reshape(2, self.n_branch).max(axis=0))
+        scaled = np.abs(i) * self.c_i
+        return np.maximum(scaled[: self.n_branch], scaled[self.n_branch :])
 
     def measures_of(self, V: np.ndarray, vm_pu: np.ndarray, i: np.ndarray) -> Measures:
         return Measures(V, vm_pu, self.loading(i), i)
@@ -229,20 +241,25 @@ class _KeptGrid:
     cost on a few hundred buses; the grid model keeps its solver and only refactorizes. Trades
     change bus injections through one zero static generator per bus. Used only where it
     reproduces pandapower's model: same buses one to one, the base state's voltages and a test
-    solve equal to the plain solver's (checked when built), real-power-only changes."""
+    solve equal to the plain solver's (checked when built), real-power-only changes.
+
+    Its answers are a function of (Sbus, V_start) alone, bit for bit, as prefix reuse needs:
+    every injection is set exactly (``_inject``), and KLU's pivot order is always the one of
+    ``prime`` (refactorizations keep it; a failed solve would have the next one choose anew)."""
 
     def __init__(
         self, grid: object, model: ACModel, ls_of_ppci: np.ndarray, sgens: np.ndarray, n_ls: int
     ) -> None:
         self.grid = grid
         self.model = model
-        self.ls_of_ppci = ls_of_ppci
+        self.ls_of_ppci = _as_slice(ls_of_ppci)  # a plain slice where the bus orders agree
         self.sgens = sgens
         self.n_ls = n_ls
         self.p_mw = np.zeros(model.n_ppci)
         self.answered = False
         self.jacobian_ok = False
         self.iterations = 0
+        self.failed = False
 
     @classmethod
     def build(cls, net: pp.pandapowerNet, model: ACModel) -> _KeptGrid | None:
@@ -283,7 +300,7 @@ class _KeptGrid:
                 and J.shape == J_ref.shape
                 and float(abs(J - J_ref).max()) <= 1e-6 * max(1.0, float(abs(J_ref).max()))
             )
-            return kept
+            return kept if kept.prime() else None
         except Exception:  # any trouble converting: the plain solver does the work
             return None
 
@@ -293,15 +310,29 @@ class _KeptGrid:
         model = self.model
         self.answered = False
         delta = Sbus - model.Sbus0
-        if np.any(delta.imag != 0):
+        if delta.imag.any():
             return None  # reactive changes: not what the injections carry
-        p_mw = delta.real * model.base_mva
-        for row in np.flatnonzero(p_mw != self.p_mw):
-            self.grid.change_p_sgen(int(self.sgens[row]), float(p_mw[row]))  # type: ignore[attr-defined]
-        self.p_mw = p_mw
+        self.answered = True
+        if self.failed:
+            self.prime()
+        self._inject(delta.real * model.base_mva)
         V_init = np.ones(self.n_ls, dtype=complex)
         V_init[self.ls_of_ppci] = V_start
-        self.answered = True
+        out = self._ac_pf(V_init)
+        self.failed = out is None
+        return out
+
+    def _inject(self, p_mw: np.ndarray) -> None:
+        """Set the extra injection of every bus (MW) to exactly ``p_mw``."""
+        grid = self.grid
+        for row in np.flatnonzero(p_mw != self.p_mw):
+            sgen, p = int(self.sgens[row]), float(p_mw[row])
+            if abs(p - self.p_mw[row]) <= _IGNORED_CHANGE_MW:
+                grid.change_p_sgen(sgen, p + 1.0)  # type: ignore[attr-defined]
+            grid.change_p_sgen(sgen, p)  # type: ignore[attr-defined]
+        self.p_mw = p_mw
+
+    def _ac_pf(self, V_init: np.ndarray) -> np.ndarray | None:
         try:
             V = self.grid.ac_pf(V_init, MAX_ITERATIONS, TOLERANCE_PU)  # type: ignore[attr-defined]
         except RuntimeError:
@@ -311,6 +342,22 @@ class _KeptGrid:
             return None
         out = np.asarray(V)[self.ls_of_ppci]
         return out if bool(np.all(np.isfinite(out))) else None
+
+    def prime(self) -> bool:
+        """Put the solver in its canonical state: KLU analysed afresh, its pivot order taken
+        from the first Jacobian of the base state solved from flat magnitudes. Later solves only
+        refactorize with that order, so each answer depends on its own injections and start
+        alone. Done when built and after every failed solve (lightsim2grid then analyses again
+        at the next solve, which would take the order from that solve's Jacobian). True when
+        the base state converged."""
+        self.grid.tell_solver_need_reset()  # type: ignore[attr-defined]
+        self._inject(np.zeros(self.model.n_ppci))
+        V_init = np.ones(self.n_ls, dtype=complex)
+        V0 = self.model.V0
+        V_init[self.ls_of_ppci] = V0 / np.abs(V0)  # flat magnitudes, the transformers' shifts
+        V = self._ac_pf(V_init)
+        self.failed = False
+        return V is not None and self.iterations > 0
 
     def jacobian(self) -> sparse.csc_matrix | None:
         """The Jacobian of the last solve's last Newton step; None when it took no step (the
@@ -327,6 +374,106 @@ class _KeptGrid:
             # column zero but in that row, so the leading block is the classic Jacobian.
             J = J[:size, :size].tocsc()
         return J
+
+
+class _KLULibrary:
+    """SuiteSparse's KLU as lightsim2grid's core library exports it (it solves with KLU itself),
+    called through ctypes; None where that library or its symbols are missing."""
+
+    instance: _KLULibrary | None = None
+    loaded = False
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        vp, i = ctypes.c_void_p, ctypes.c_int
+        lib.klu_defaults.argtypes, lib.klu_defaults.restype = [vp], i
+        lib.klu_analyze.argtypes, lib.klu_analyze.restype = [i, vp, vp, vp], vp
+        lib.klu_factor.argtypes, lib.klu_factor.restype = [vp, vp, vp, vp, vp], vp
+        lib.klu_solve.argtypes, lib.klu_solve.restype = [vp, vp, i, i, vp, vp], i
+        lib.klu_free_symbolic.argtypes, lib.klu_free_symbolic.restype = [vp, vp], i
+        lib.klu_free_numeric.argtypes, lib.klu_free_numeric.restype = [vp, vp], i
+        self.lib = lib
+
+    @classmethod
+    def get(cls) -> _KLULibrary | None:
+        if not cls.loaded:
+            cls.loaded = True
+            try:
+                import lightsim2grid
+
+                path = Path(lightsim2grid.__file__).parent / "liblightsim2grid_core.so"
+                klu = cls(ctypes.CDLL(str(path)))
+                cls.instance = klu if klu._solves_a_known_system() else None
+            except (OSError, AttributeError, RuntimeError):
+                cls.instance = None
+        return cls.instance
+
+    def _solves_a_known_system(self) -> bool:
+        """A 3 x 3 system with a known answer (guards against an incompatible library)."""
+        A = sparse.csc_matrix(np.array([[4.0, 1.0, 0.0], [2.0, 3.0, 1.0], [0.0, 1.0, 5.0]]))
+        x = KLUFactor(self, A).solve(np.array([5.0, 6.0, 6.0]))
+        return bool(np.allclose(x, [1.0, 1.0, 1.0], rtol=0.0, atol=1e-12))
+
+
+def _klu_free(lib: ctypes.CDLL, symbolic: int, numeric: int, common: ctypes.Array) -> None:
+    lib.klu_free_numeric(ctypes.byref(ctypes.c_void_p(numeric)), common)
+    lib.klu_free_symbolic(ctypes.byref(ctypes.c_void_p(symbolic)), common)
+
+
+class KLUFactor:
+    """A sparse LU factorization by KLU, solving like SciPy's ``SuperLU`` (``shape``,
+    ``solve`` of a vector or of a Fortran-ordered block of right-hand sides).
+
+    Several times faster than SuperLU per solve on these Jacobians (kerber_vorstadt's 586 rows:
+    ~6 instead of ~35 us), whose supernodes are too small for SuperLU's dense kernels. Each
+    column of a block is solved with the same operations as alone (KLU solves columns
+    independently)."""
+
+    def __init__(self, klu: _KLULibrary, A: sparse.csc_matrix) -> None:
+        self.shape = A.shape
+        self._lib = lib = klu.lib
+        self._n = n = int(A.shape[0])
+        self._common = common = ctypes.create_string_buffer(4096)  # klu_common, with room
+        lib.klu_defaults(common)
+        Ap = np.ascontiguousarray(A.indptr, dtype=np.int32)
+        Ai = np.ascontiguousarray(A.indices, dtype=np.int32)
+        Ax = np.ascontiguousarray(A.data, dtype=np.float64)
+        symbolic = lib.klu_analyze(n, Ap.ctypes.data, Ai.ctypes.data, common)
+        if not symbolic:
+            raise RuntimeError("KLU could not analyse the matrix")
+        numeric = lib.klu_factor(Ap.ctypes.data, Ai.ctypes.data, Ax.ctypes.data, symbolic, common)
+        if not numeric:
+            lib.klu_free_symbolic(ctypes.byref(ctypes.c_void_p(symbolic)), common)
+            raise RuntimeError("KLU: the matrix is singular")
+        self._symbolic, self._numeric = symbolic, numeric
+        weakref.finalize(self, _klu_free, lib, symbolic, numeric, common)
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        x = np.array(b, dtype=np.float64, order="F", copy=True)
+        nrhs = 1 if x.ndim == 1 else int(x.shape[1])
+        if not self._lib.klu_solve(
+            self._symbolic, self._numeric, self._n, nrhs, x.ctypes.data, self._common
+        ):
+            raise RuntimeError("KLU solve failed")
+        return x
+
+
+def factorize(A: sparse.spmatrix) -> KLUFactor | SuperLU:
+    """LU factorization of a square sparse matrix: KLU where lightsim2grid brings it, else
+    SciPy's SuperLU (also when KLU finds the matrix singular: SuperLU then says why)."""
+    if isinstance(A, sparse.csc_matrix) and A.dtype == np.float64:
+        csc = A  # as the solvers give it: no copy (building a SciPy matrix costs ~25 us)
+    else:
+        csc = sparse.csc_matrix(A, dtype=np.float64)
+    if not csc.has_canonical_format:
+        csc = csc.copy()
+        csc.sum_duplicates()
+    klu = _KLULibrary.get() if USE_KLU else None
+    if klu is not None and csc.shape[0] > 0:
+        try:
+            return KLUFactor(klu, csc)
+        except RuntimeError:
+            pass
+    return splu(csc)
 
 
 def _as_slice(index: np.ndarray) -> np.ndarray | slice:
@@ -402,7 +549,7 @@ class Linearization:
         size = len(pvpq) + len(model.pq)
         if jacobian is None or jacobian.shape != (size, size) or jacobian.nnz == 0:
             jacobian = jacobian_at(model, V)
-        self._lu = splu(jacobian if isinstance(jacobian, sparse.csc_matrix) else jacobian.tocsc())
+        self._lu = factorize(jacobian)
         self._n_pvpq = len(pvpq)
         self._pvpq = pvpq
         self._pvpq_index = shared.pvpq_index
@@ -434,9 +581,9 @@ class Linearization:
     def _chunk(self) -> int:
         return max(4, RHS_BUDGET // self._lu.shape[0])
 
-    def solves_for(self, n_columns: int) -> int:
-        """Multi-column solves ``prepare`` needs for ``n_columns`` columns."""
-        return -(-n_columns // self._chunk)
+    def has(self, bus: int) -> bool:
+        """Whether the sensitivities of ``bus`` are computed already."""
+        return bus in self._cache
 
     def prepare(self, buses: Iterable[int]) -> None:
         """Sensitivity columns of all ``buses`` at once (one multi-right-hand-side solve: several
@@ -466,14 +613,13 @@ class Linearization:
         k = x.shape[1]
         dva = np.zeros((model.n_ppci, k))
         dvm = np.zeros((model.n_ppci, k))
-        dva[self._pvpq] = x[: self._n_pvpq]
-        dvm[model.pq] = x[self._n_pvpq :]
+        dva[self._pvpq_index] = x[: self._n_pvpq]
+        dvm[self._pq_index] = x[self._n_pvpq :]
         dV = self.V[:, None] * (dvm / self._vm[:, None] + 1j * dva)
         packed = np.empty((lay.size, k), dtype=complex, order="F")
-        packed[lay.vm] = dvm[model.mon_bus_ppci]
+        packed[lay.vm] = dvm[model.mon_index]
         packed[lay.V] = dV
-        packed[lay.i_from] = model.Yf @ dV
-        packed[lay.i_to] = model.Yt @ dV
+        packed[lay.i] = model.Yi @ dV
         return packed
 
     def column(self, bus: int) -> Column:

@@ -31,8 +31,8 @@ has at that point, so verdicts, evidence hash and AC figures are identical to a 
 (``reuse=False`` turns it off; ``ValidationStats.reused_trades`` says how many trades were
 skipped).
 
-(``acmodel._KeptGrid``, a kept lightsim2grid grid model that halves the cost of an AC solve on
-kerber_vorstadt, is off for this reason: its last digits depend on the solves before.)
+AC solves on grids from ``acmodel.KEPT_GRID_MIN_BUSES`` buses go through a kept lightsim2grid grid
+model (``acmodel._KeptGrid``), whose answers depend on their inputs alone, as this needs.
 
 The approved set therefore always passes a full AC power flow; verdicts equal those of a validator
 that runs a full power flow per trade, except where the linear screen errs by more than its band."""
@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -74,6 +74,9 @@ from grid.profiles import (
 from grid.verdicts import Limits, Reason, Trade, Verdict
 
 BATCH_SIZE = 32
+# Tried: 0.05 (kerber_vorstadt 164 instead of 177 us of CPU per trade, case33bw 115 instead of 127,
+# same verdicts on the bench seed) - rejected: the screen's error grows with the linearization's
+# age (see limits.GLOBAL_RELATIVE) and its bands and REFINE_BAND were measured at 0.03.
 RELINEARIZE_PU = 0.03
 HOSTING_RESOLUTION_KW = 0.01
 HOSTING_MAX_KW = 1e6
@@ -423,8 +426,8 @@ class GridValidator:
             session = _Session(base.model, base.measures, base.limitset, self.batch_size)
         else:
             session = resumed.resume()
-        session.want_buses(b for _, t in valid for b in (int(t.seller_bus), int(t.buyer_bus)))
-        todo = [(pos, trade) for pos, trade in valid if pos >= start]
+        todo = valid if start == 0 else [(pos, trade) for pos, trade in valid if pos >= start]
+        session.plan([b for _, t in todo for b in (int(t.seller_bus), int(t.buyer_bus))])
         every = 1 if len(todo) <= SNAPSHOT_EVERY_TRADE_MAX else SNAPSHOT_STRIDE
         points: list[tuple[int, _Session]] = []
         with np.errstate(all="ignore"):
@@ -654,9 +657,10 @@ class _Session:
         self.screened_out = 0
         self.refines = 0
         self.c_branch = np.maximum(model.c_from, model.c_to)  # percent of rating per pu current
-        self.buses: set[int] = set()  # buses whose sensitivities each linearization computes
+        # Buses of the trades still to offer (seller, buyer, ...) and the current trade's place.
+        self.ahead: list[int] = []
+        self.cursor = 0
         self.offered = 0
-        self.prepared = True
         # A relinearization is made when the next trade needs it (``_linearization``): the one
         # after a list's last commit would never be used. ``lin_V`` is the operating point of
         # the current or pending linearization; ``pending`` the Jacobian for the pending one.
@@ -694,14 +698,19 @@ class _Session:
     def verdicts(self) -> dict[int, Verdict]:
         return dict(self.log)
 
-    def want_buses(self, buses: Iterable[int]) -> None:
-        """Buses trades will name: their sensitivities are computed together per
-        linearization."""
-        fresh = set(buses) - self.buses
-        if fresh:
-            self.buses = self.buses | fresh
-            if self.prepared and self.pending is None:
-                self.lin.prepare(sorted(fresh))
+    def plan(self, buses: list[int]) -> None:
+        """Buses of the trades to offer next, in order (seller, buyer per trade)."""
+        self.ahead = buses
+        self.cursor = 0
+
+    def _columns_ahead(self, lin: Linearization, seller: int, buyer: int) -> None:
+        """Sensitivities of this trade's buses together with those of the trades expected to
+        follow before the next relinearization (as many as the linearizations so far served on
+        average): one multi-column solve costs a fraction of one per bus, and a column no trade
+        uses is not computed. Which columns go together does not change their values."""
+        per_lin = -(-self.offered // self.linearizations)
+        first = self.cursor + 2
+        lin.prepare([seller, buyer, *self.ahead[first : first + 2 * (per_lin - 1)]])
 
     def _linearization(self) -> Linearization:
         pending = self.pending
@@ -716,15 +725,6 @@ class _Session:
         self.lin = Linearization(self.model, self.measures.V if V is None else V, jacobian)
         self.lin_V = self.lin.V
         self.linearizations += 1
-        # All wanted columns at once (a multi-column solve costs about what one column alone
-        # does) unless that takes more solves than the columns this linearization is expected to
-        # need (two per trade it serves); then each column on first use.
-        per_lin = self.offered / self.linearizations
-        if self.linearizations == 1 or self.lin.solves_for(len(self.buses)) <= 2.0 * per_lin:
-            self.lin.prepare(self.buses)
-            self.prepared = True
-        else:
-            self.prepared = False
 
     def _clear_batch(self) -> None:
         me = self.measures
@@ -737,13 +737,14 @@ class _Session:
         self.b_movedl = np.zeros_like(me.loading_percent)
         self.b_loading = me.loading_percent
 
-    def _delta_S(self, trade: Trade) -> np.ndarray:
+    def _with_trade(self, S: np.ndarray, trade: Trade) -> np.ndarray:
+        """A copy of injections ``S`` with ``trade`` added."""
         model = self.model
-        dS = np.zeros_like(self.S)
+        out = S.copy()
         p_pu = float(trade.p_kw) / 1000.0 / model.base_mva
-        dS[model.ppci_of_bus[int(trade.seller_bus)]] += p_pu
-        dS[model.ppci_of_bus[int(trade.buyer_bus)]] -= p_pu
-        return dS
+        out[model.ppci_of_bus[int(trade.seller_bus)]] += p_pu
+        out[model.ppci_of_bus[int(trade.buyer_bus)]] -= p_pu
+        return out
 
     def offer(self, pos: int, trade: Trade) -> None:
         """Screen one trade; join the batch when clearly feasible, else decide it with AC."""
@@ -751,8 +752,12 @@ class _Session:
         lay = model.layout
         self.offered += 1
         lin = self._linearization()
-        cs = lin.column(int(trade.seller_bus))
-        cb = lin.column(int(trade.buyer_bus))
+        seller, buyer = int(trade.seller_bus), int(trade.buyer_bus)
+        if not (lin.has(seller) and lin.has(buyer)):
+            self._columns_ahead(lin, seller, buyer)
+        self.cursor += 2
+        cs = lin.column(seller)
+        cb = lin.column(buyer)
         own = float(trade.p_kw) * (cs.packed - cb.packed)  # this trade's predicted change
         pack = self.b_pack + own  # batch + trade
         vm = me.vm_pu + pack[lay.vm].real
@@ -781,7 +786,7 @@ class _Session:
         if judged:
             self.screened_in += 1
             self.batch.append((pos, trade))
-            self.b_dS = self.b_dS + self._delta_S(trade)
+            self.b_dS = self._with_trade(self.b_dS, trade)
             self.b_pack = pack
             self.b_movedv, self.b_movedl, self.b_loading = moved_v, moved_l, loading
             if len(self.batch) >= self.batch_size:
@@ -809,13 +814,13 @@ class _Session:
         as an AC starting point."""
         me, model = self.measures, self.model
         lay = model.layout
-        S = self.S + self.b_dS + self._delta_S(trade)
+        S = self._with_trade(self.S + self.b_dS, trade)
         V2 = self.lin.refine(S, V1)
-        if not np.all(np.isfinite(V2)):
+        if not np.isfinite(V2).all():
             return V1
         self.refines += 1
         m2 = model.measure(V2)
-        vm1 = np.abs(V1[model.mon_bus_ppci])
+        vm1 = np.abs(V1[model.mon_index])
         step_v = np.full_like(m2.vm_pu, float(np.abs(m2.vm_pu - vm1).max(initial=0.0)))
         step_i = float(np.abs(m2.i - i1).max(initial=0.0))
         step_l = step_i * self.c_branch
@@ -865,7 +870,7 @@ class _Session:
     def _decide(
         self, pos: int, trade: Trade, V_start: np.ndarray | None = None, final: bool = False
     ) -> None:
-        S = self.S + self._delta_S(trade)
+        S = self._with_trade(self.S, trade)
         me, violation = self._solve(S, V_start)
         if violation is not None or me is None:
             self.log.append((pos, _veto(trade, violation or NOT_CONVERGED)))

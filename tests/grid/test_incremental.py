@@ -113,3 +113,16 @@ def test_kerber_clearing_rounds_equal_from_scratch() -> None:
         reused += got.stats.reused_trades
         batch = [t for t, v in zip(trades, got.verdicts, strict=True) if v.approved]
     assert reused > 0
+
+
+@pytest.mark.parametrize(
+    ("network", "max_p_kw"), [("cigre_lv", 40.0), ("case33bw", 2000.0), ("kerber_vorstadt", 40.0)]
+)
+def test_bench_clearing_rounds_identical(network: str, max_p_kw: float) -> None:
+    # The bench's clearing pattern (its seeds) on each bench network: every round's verdicts and
+    # evidence hash with reuse equal to a from-scratch validator's (on kerber_vorstadt through
+    # the kept lightsim2grid model).
+    from grid.bench import run_clearing
+
+    result = run_clearing(network, pool_size=200, max_p_kw=max_p_kw)
+    assert result["identical"] is True
