@@ -36,6 +36,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,12 @@ def attestation_digest(
         + bytes.fromhex(evidence_hash[2:])
     )
     return keccak(b"\x19\x01" + domain.separator + struct)
+
+
+def _log_failure(future: Future[None]) -> None:
+    exc = future.exception()
+    if exc is not None:  # the validation computes it again and says why
+        log.warning("preparing the next interval's grid state failed: %s", exc)
 
 
 class _TTLCache:
@@ -272,6 +279,7 @@ class Market:
         self._inflight_cond = threading.Condition(self._lock)
         self._committer: _GroupCommit | None = None
         self._fetches: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._preparer: ThreadPoolExecutor | None = None
         self.reload()
 
     # ----------------------------------------------------------------- state
@@ -636,8 +644,20 @@ class Market:
                 "interval", {"intervalId": interval_id, "status": IntervalStatus.CLOSED}
             )
             self._clear(interval_id)
+            self._prepare(interval_id + 1)
             self.record_batch(interval_id)
             return self.interval(interval_id)
+
+    def _prepare(self, interval_id: int) -> None:
+        """Let the grid compute the next interval's base state in a worker thread while this
+        clearing waits for its receipt, instead of in the next clearing."""
+        prepare = getattr(self.grid, "prepare", None)
+        if prepare is None:
+            return
+        if self._preparer is None:
+            self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-prepare")
+        future = self._preparer.submit(prepare, interval_id)
+        future.add_done_callback(_log_failure)
 
     def _eligible(
         self, interval_id: int, rows: list[OrderRow]
