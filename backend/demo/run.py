@@ -708,21 +708,24 @@ class Demo:
                 relaying: list[int] = []  # intervals published, not yet seen on chain
                 with self._stage("orders over HTTP (sign + POST /orders)"):
                     posted[first] = self._post_orders(first)
-                # At chain time just inside interval c: publish c-1's readings; the server clears
-                # c+1 (Neural Grid, recordTrades) while the members already post their orders for
-                # c+2 and the oracle relays c-1; the keeper (its own process) settles what is in.
+                # At chain time just inside interval c: the server clears c+1 (Neural Grid,
+                # recordTrades) while the meters publish c-1's readings and the members post their
+                # orders for c+2, and the oracle relays c-1; the keeper (its own process) settles
+                # what is in.
                 # The driver waits for an interval's readings only before the clock would come
                 # within half an interval of its settlement deadline (SETTLEMENT_DELAY_S after its
                 # end: with 15 min intervals, c-2's before the clock leaves c).
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="closer") as closer:
                     for c in range(first - 1, last + 1):
                         label = datetime.fromtimestamp((c + 1) * s, UTC).strftime("%H:%M")
-                        if c - 1 >= first:
-                            with self._stage("meters publish (sign + MQTT)"):
-                                self._publish_readings(c - 1)
+                        clearing = None
                         if c + 1 <= last:
                             progress.update(task, description=f"interval {label}: clearing")
                             clearing = closer.submit(self._timed_clear, c + 1)
+                        if c - 1 >= first:
+                            with self._stage("meters publish (sign + MQTT)"):
+                                self._publish_readings(c - 1)
+                        if clearing is not None:
                             if c + 2 <= last:
                                 with self._stage("orders over HTTP (sign + POST /orders)"):
                                     posted[c + 2] = self._post_orders(c + 2)
