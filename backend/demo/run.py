@@ -248,6 +248,7 @@ class Demo:
             database_url=f"sqlite:///{self.work / 'market.db'}",
             oracle_database_url=f"sqlite:///{self.work / 'oracle.db'}",
             network=self.cfg.network,
+            grid_process=True,
             interval_seconds=self.cfg.interval_seconds,
             deployment_file=self.work / "deployment.json",
             chain_state_file=self.work / "anvil-state.json",
@@ -578,7 +579,9 @@ class Demo:
             time.sleep(0.05)
 
     def _cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU seconds each process of the stack has used so far."""
+        """User + system CPU seconds each process of the stack has used so far; a service's live
+        child processes count as its own (the API's Neural Grid worker), the driver's do not (they
+        are the services)."""
         import psutil
 
         out: dict[str, float] = {}
@@ -586,10 +589,18 @@ class Demo:
             if pid is None:
                 continue
             try:
-                times = psutil.Process(pid).cpu_times()
+                process = psutil.Process(pid)
+                family = [process]
+                if name != "driver":
+                    family += process.children(recursive=True)
             except psutil.Error:
                 continue
-            out[name] = times.user + times.system
+            total = 0.0
+            for p in family:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            out[name] = total
         return out
 
     def _layout(self) -> dict[str, str]:
