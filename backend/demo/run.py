@@ -491,8 +491,11 @@ class Demo:
         return len(bodies)
 
     def _clear(self, interval_id: int) -> dict[str, Any]:
+        # The answer comes once the clearing is stored; the server records the batch in the
+        # background (in interval order) while the next interval is cleared.
         interval = _check(
-            self.http.post(f"/intervals/{interval_id}/close"), f"closing interval {interval_id}"
+            self.http.post(f"/intervals/{interval_id}/close", params={"wait": "false"}),
+            f"closing interval {interval_id}",
         )
         trades = _check(self.http.get("/trades", params={"interval": interval_id}), "GET /trades")
         items: list[dict[str, Any]] = (
@@ -815,7 +818,9 @@ class Demo:
         vetoed_ids: list[str] = []
         limit_ok = True
         for rec in self.records:
-            t, trades, iv = rec["t"], rec["trades"], rec["interval"]
+            t, trades = rec["t"], rec["trades"]
+            # as recorded (the close answered before the batch was on chain)
+            iv = _check(self.http.get(f"/intervals/{t}"), f"GET /intervals/{t}")
             grid_states = self._grid_states(t, trades)
             record_gas = 0
             batch = iv.get("batch") or {}
