@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -18,13 +21,23 @@ from typing import Any
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 
 _WORKER: Any = None  # the worker process's GridPortAdapter
+PARENT_POLL_S = 0.5
 
 
-def _start(network: str, interval_seconds: int) -> None:
+def _start(network: str, interval_seconds: int, parent_pid: int) -> None:
     global _WORKER
     from backend.market.grid_port import GridPortAdapter
 
+    threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
     _WORKER = GridPortAdapter(network, interval_seconds)
+
+
+def _exit_with(parent_pid: int) -> None:
+    """End the worker once the API process is gone: a server stopped by a signal (uvicorn
+    re-raises SIGTERM after its graceful exit) runs no exit handlers that would stop it."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(0)
 
 
 def _clear(interval_id: int, book: list[BookOrder]) -> Clearing:
@@ -46,7 +59,7 @@ class GridProcess:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(network, interval_seconds),
+            initargs=(network, interval_seconds, os.getpid()),
         )
         self._load_buses: list[int] | None = None
         self._local: Any = None

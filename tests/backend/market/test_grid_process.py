@@ -51,3 +51,42 @@ def test_hosting_capacity_in_worker(worker: GridProcess) -> None:
     local = GridPortAdapter("cigre_lv", 900)
     bus = local.load_buses()[-1]
     assert worker.hosting_capacity_w(bus) == local.hosting_capacity_w(bus)
+
+
+def test_worker_ends_when_the_api_process_is_killed() -> None:
+    """A killed API process runs no exit handlers: its grid worker must still go away."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    code = (
+        "import os, sys, time\n"
+        "from backend.market.grid_process import GridProcess\n"
+        "g = GridProcess('cigre_lv', 900)\n"
+        "g.load_buses()\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        workers = [
+            c
+            for c in psutil.Process(pid).children(recursive=True)
+            if "spawn_main" in " ".join(c.cmdline())
+        ]
+        assert len(workers) == 1
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while workers[0].is_running() and workers[0].status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the grid worker outlived the killed API process"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
