@@ -53,6 +53,8 @@ class Settings:
     oracle_database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'oracle.db'}"
     broker_url: str = "mqtt://127.0.0.1:1883"
     network: str = "cigre_lv"
+    # The Neural Grid (clearing rounds and validation) in a worker process of the API's own.
+    grid_process: bool = False
     interval_seconds: int = 900
     deployment_file: Path = field(default=REPO_ROOT / ".tegrid" / "deployment.json")
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")

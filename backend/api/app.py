@@ -150,6 +150,10 @@ def create_app(
                 if callable(stop):
                     with contextlib.suppress(Exception):
                         stop()
+            close_grid = getattr(m.grid, "close", None)  # a grid worker process
+            if callable(close_grid):
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(close_grid)
 
     app = FastAPI(
         title="tegrid market API",

@@ -6,12 +6,15 @@ at once."""
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import typer
 
 from backend.errors import TegridError
 from backend.settings import Settings
+
+SWITCH_INTERVAL_S = 0.0005
 
 
 def _keeper_hook(settings: Settings) -> list[Any]:
@@ -103,6 +106,10 @@ def serve(
             market_factory=factory,
             background=background,
         )
+        # The clearing and the recorder are threads of this process: with Python's default
+        # 5 ms switch interval, every I/O wait of the order intake's event loop costs it up to
+        # 5 ms to get the interpreter lock back from them (the convoy effect).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         uvicorn.run(
             app,
             host=host or settings.api_host,

@@ -19,17 +19,23 @@
    uniform price; it pays the clearing price clipped into its own [ask, bid]. A pair already in the
    batch is never paired again (its trade id is taken).
 
-   The validator is prefix-deterministic (a trade is approved iff the base state plus the approved
-   trades before it stay feasible), so appending candidates never changes the verdicts of the ones
-   before them: every verdict kept from a round is the one the final validation gives, and the
-   clearing takes a handful of validator calls instead of one per veto. With at most one veto per
-   round the outcome is exactly the one of re-pairing after every single veto. With several vetoes
-   in a round it can differ: the approved candidates *between* two vetoes of a round keep their
-   volume, so the volume those vetoes free is offered to the pairs after them in merit order
-   instead of displacing them (per-veto re-pairing would have paired it first, possibly with a
-   buyer or seller those candidates used up). Should the validator ever answer differently for an
-   unchanged prefix, the batch is cut after the first changed verdict and paired again from there,
-   so no order is ever filled beyond its volume.
+   Each round sends the whole batch, vetoed candidates included, so a round's list is the previous
+   round's list up to its last veto plus the fresh candidates: the validator resumes from the
+   prefix it has already decided (its work grows with the fresh candidates, not with the batch),
+   and the last round's list is the final batch itself, so its answer is the attestation (no
+   separate final call). The validator is prefix-deterministic (a trade is approved iff the base
+   state plus the approved trades before it stay feasible), so appending candidates never changes
+   the verdicts of the ones before them: every verdict kept from a round is the one the final
+   validation gives, and the clearing takes a handful of validator calls instead of one per
+   veto. With at most one veto per round the outcome is exactly the one of re-pairing after every
+   single veto. With several vetoes in a round it can differ: the approved candidates *between*
+   two vetoes of a round keep their volume, so the volume those vetoes free is offered to the
+   pairs after them in merit order instead of displacing them (per-veto re-pairing would have
+   paired it first, possibly with a buyer or seller those candidates used up). Should the
+   validator ever answer differently for an unchanged prefix, the batch is cut after the first
+   changed verdict and paired again from there, so no order is ever filled beyond its volume
+   (past the round cap the batch is cut before the changed verdict instead, so it shrinks until
+   the validator repeats itself).
 
 The batch order (bilateral, then the auction rounds) is the priority order the validator saw, so
 one validation of the whole final batch gives exactly the verdicts and the evidence hash that go
@@ -242,19 +248,12 @@ def clear(orders: Sequence[BookOrder], validate: Validate | None = None) -> Clea
     batch: list[Candidate] = []
     verdicts: list[Decision] = []
     evidence = result.evidence_hash
-    # The last list the validator saw, with its answer (the final check of a batch that a round
-    # already sent whole needs no second call).
-    seen: tuple[list[Candidate], list[Decision], str] | None = None
 
     def check(trades: list[Candidate]) -> tuple[list[Decision], str]:
-        nonlocal seen
         assert validate is not None
-        if seen is not None and seen[0] == trades:
-            return seen[1], seen[2]
         got, digest = validate(trades)
         if len(got) != len(trades):
             raise ValueError("the validator returned a different number of verdicts than trades")
-        seen = (trades, got, digest)
         return got, digest
 
     rounds = 0
@@ -270,33 +269,26 @@ def clear(orders: Sequence[BookOrder], validate: Validate | None = None) -> Clea
             batch, verdicts = candidates, [Decision(0)] * len(candidates)
             break
         start = len(batch)
-        if fresh:
-            # A vetoed trade leaves the state as it was, so the fresh candidates get the same
-            # verdicts behind the approved trades alone: the vetoed ones are not sent again.
-            probe = [i for i in range(start) if verdicts[i].approved]
-            probe += range(start, len(candidates))
-        else:
-            probe = list(range(len(candidates)))  # the final check: the whole batch, once
-        got, digest = check([candidates[i] for i in probe])
-        decisions = verdicts + [Decision(0)] * len(fresh)
-        for i, d in zip(probe, got, strict=True):
-            decisions[i] = d
+        # The whole list, vetoed trades included: each round's list extends the previous one's
+        # prefix up to its last veto, so the validator resumes there (a prefix it has seen) and
+        # the last round's list is the final batch itself (no separate final check).
+        got, digest = check(candidates)
+        decisions = list(got)
         changed = next(
             (i for i in range(start) if decisions[i].approved != verdicts[i].approved), None
         )
         if changed is not None:
             # Not the verdict of the same prefix before: the pairs after it assumed the old one.
             # Keep the batch up to that trade (its volume was paired on what precedes it) and
-            # pair again from there.
-            batch, verdicts = candidates[: changed + 1], decisions[: changed + 1]
+            # pair again from there; past the round cap without it, so the batch shrinks until
+            # the validator repeats itself.
+            keep = changed + 1 if rounds < MAX_ROUNDS else changed
+            batch, verdicts = candidates[:keep], decisions[:keep]
             continue
         vetoes = [i for i in range(start, len(candidates)) if not decisions[i].approved]
         if not vetoes:
-            batch, verdicts = candidates, decisions
-            if len(probe) == len(candidates):  # the validator saw exactly this batch
-                evidence = digest
-                break
-            continue  # nothing is left to pair: the next turn checks the whole batch
+            batch, verdicts, evidence = candidates, decisions, digest
+            break
         blocked.update(_pair_key(candidates[i]) for i in vetoes)
         # Approved pairs after the round's last veto assumed its volume was taken: drop them
         # and pair again (the vetoed volume goes to the next feasible pairs).

@@ -109,14 +109,14 @@ class ChainLedger:
     def participant(self, wallet: str) -> Participant | None:
         p = self._rpc(
             "reading the registry",
-            lambda: self.registry.functions.participantOf(to_checksum_address(wallet)).call(),
+            lambda: self._participant_of.call(self.w3, to_checksum_address(wallet)),
         )
         return _participant(to_checksum_address(wallet), p)
 
     def available_balance(self, wallet: str) -> int:
         available, _locked = self._rpc(
             "reading a balance",
-            lambda: self.market.functions.balanceOf(to_checksum_address(wallet)).call(),
+            lambda: self._balance_of.call(self.w3, to_checksum_address(wallet)),
         )
         return int(available)
 

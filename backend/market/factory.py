@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backend.market.events import EventBus
+from backend.market.ports import GridPort
 from backend.market.service import Market, MarketConfig
 from backend.settings import Settings
 
@@ -54,8 +55,12 @@ def build_market(
         operator if grid_key == operator_key else ChainClient(settings.rpc_url, grid_key)
     )
     ledger = ChainLedger(deployment, operator, grid_operator)
-    grid = None
-    if with_grid:
+    grid: GridPort | None = None
+    if with_grid and settings.grid_process:
+        from backend.market.grid_process import GridProcess
+
+        grid = GridProcess(settings.network, deployment.interval_seconds)
+    elif with_grid:
         from backend.market.grid_port import GridPortAdapter
 
         grid = GridPortAdapter(settings.network, deployment.interval_seconds)

@@ -10,21 +10,26 @@ from typing import Any
 
 from backend.market.auction import Candidate, Decision
 
-_TRADE_IDS: dict[tuple[str, str], str] = {}
-_TRADE_IDS_MAX = 200_000
+_TRADES: dict[tuple[str, str, int, int, int, int], Any] = {}
+_TRADES_MAX = 200_000
 
 
-def _trade_id(c: Candidate) -> str:
-    """The trade id (a keccak) of a candidate, memoized: a clearing sends the same pairs to the
-    validator round after round."""
-    key = (c.sell.hash, c.buy.hash)
-    hit = _TRADE_IDS.get(key)
+def _trade(c: Candidate, interval_seconds: int) -> Any:
+    """The validator's ``Trade`` for a candidate, memoized: a clearing sends the same pairs round
+    after round, and the same objects let the validator match a prefix it has seen by identity
+    (and the trade id, a keccak, is computed once)."""
+    key = (c.sell.hash, c.buy.hash, c.energy_wh, c.sell.bus, c.buy.bus, interval_seconds)
+    hit = _TRADES.get(key)
     if hit is None:
         from backend.market.service import trade_id_of
+        from grid.verdicts import Trade
 
-        if len(_TRADE_IDS) >= _TRADE_IDS_MAX:
-            _TRADE_IDS.clear()
-        hit = _TRADE_IDS[key] = trade_id_of(*key)
+        if len(_TRADES) >= _TRADES_MAX:
+            _TRADES.clear()
+        p_kw = c.energy_wh / (interval_seconds / 3600) / 1000
+        hit = _TRADES[key] = Trade(
+            trade_id_of(c.sell.hash, c.buy.hash), int(c.sell.bus), int(c.buy.bus), p_kw
+        )
     return hit
 
 
@@ -38,13 +43,7 @@ class GridPortAdapter:
         self._lock = threading.Lock()
 
     def _trades(self, batch: Sequence[Candidate]) -> list[Any]:
-        from grid.verdicts import Trade
-
-        hours = self.interval_seconds / 3600
-        return [
-            Trade(_trade_id(c), int(c.sell.bus), int(c.buy.bus), c.energy_wh / hours / 1000)
-            for c in batch
-        ]
+        return [_trade(c, self.interval_seconds) for c in batch]
 
     def validate(self, interval_id: int, batch: Sequence[Candidate]) -> tuple[list[Decision], str]:
         with self._lock:
@@ -53,6 +52,12 @@ class GridPortAdapter:
             )
         decisions = [Decision(int(v.reason), v.reason.name, v.element) for v in result.verdicts]
         return decisions, str(result.evidence_hash)
+
+    def prepare(self, interval_id: int) -> None:
+        """The interval's base state (a power flow and its model, ~30 ms on kerber_vorstadt),
+        cached by the validator for the interval's validations."""
+        with self._lock:
+            self.validator.base_state(interval_id, self.interval_seconds)
 
     def hosting_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int:
         with self._lock:

@@ -121,3 +121,6 @@ class GridPort(Protocol):
     def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]: ...
 
     def load_buses(self) -> list[int]: ...
+
+    def prepare(self, interval_id: int) -> None:
+        """Compute what validating ``interval_id`` needs (its base state) ahead of time."""

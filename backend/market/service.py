@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +123,12 @@ def attestation_digest(
         + bytes.fromhex(evidence_hash[2:])
     )
     return keccak(b"\x19\x01" + domain.separator + struct)
+
+
+def _log_failure(future: Future[None]) -> None:
+    exc = future.exception()
+    if exc is not None:  # the validation computes it again and says why
+        log.warning("preparing the next interval's grid state failed: %s", exc)
 
 
 class _TTLCache:
@@ -260,6 +268,9 @@ class Market:
         self._domain_dict = self.domain.as_dict()
         self._lock = threading.RLock()
         self._clearing_lock = threading.Lock()
+        # One batch on its way to the chain at a time (a clearing may run beside it).
+        self._record_lock = threading.RLock()
+        self._recorder: ThreadPoolExecutor | None = None
         self._participants = _TTLCache(self.config.participant_ttl_s)
         self._balances = _TTLCache(self.config.balance_ttl_s)
         self._closed: set[int] = set()
@@ -272,6 +283,7 @@ class Market:
         self._inflight_cond = threading.Condition(self._lock)
         self._committer: _GroupCommit | None = None
         self._fetches: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._preparer: ThreadPoolExecutor | None = None
         self.reload()
 
     # ----------------------------------------------------------------- state
@@ -603,9 +615,12 @@ class Market:
         return row
 
     # -------------------------------------------------------------- clearing
-    def close_interval(self, interval_id: int, force: bool = False) -> IntervalRow:
+    def close_interval(
+        self, interval_id: int, force: bool = False, wait: bool = True
+    ) -> IntervalRow:
         """Close the gate, clear, and record the batch. ``force`` closes before gate closure
-        (dev)."""
+        (dev). ``wait`` False returns once the clearing is stored (status ``cleared``) and sends
+        the batch from the recorder thread, so the next interval can be cleared meanwhile."""
         if not force and self.ledger.now() < self.gate_closure(interval_id):
             raise Conflict(
                 f"interval {interval_id} reaches gate closure at {self.gate_closure(interval_id)}",
@@ -636,8 +651,23 @@ class Market:
                 "interval", {"intervalId": interval_id, "status": IntervalStatus.CLOSED}
             )
             self._clear(interval_id)
-            self.record_batch(interval_id)
-            return self.interval(interval_id)
+            self._prepare(interval_id + 1)
+            if wait:
+                self.record_batch(interval_id)
+        if not wait:
+            self._record_later(interval_id)
+        return self.interval(interval_id)
+
+    def _prepare(self, interval_id: int) -> None:
+        """Let the grid compute the next interval's base state in a worker thread while this
+        clearing waits for its receipt, instead of in the next clearing."""
+        prepare = getattr(self.grid, "prepare", None)
+        if prepare is None:
+            return
+        if self._preparer is None:
+            self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-prepare")
+        future = self._preparer.submit(prepare, interval_id)
+        future.add_done_callback(_log_failure)
 
     def _eligible(
         self, interval_id: int, rows: list[OrderRow]
@@ -648,6 +678,7 @@ class Market:
         deadline = self.ledger.now() + self.config.expiry_margin_s
         wallets = list(dict.fromkeys(o.trader for o in rows))
         buyers = list(dict.fromkeys(o.trader for o in rows if o.side == typed.BUY))
+        pending = self._unrecorded_escrow(interval_id)
         # One fresh read of each trader, nonce and buyer deposit, batched (a clearing of 150
         # orders was ~300 sequential round trips).
         reads = self.ledger.clearing_reads(
@@ -657,6 +688,10 @@ class Market:
             self._participants.put(w, value)
         for w, bal in reads.balances.items():
             self._balances.put(w, bal)
+        balances = dict(reads.balances)
+        for w, escrow in pending.items():
+            if w in balances:
+                balances[w] = max(0, balances[w] - escrow)
         out: list[tuple[OrderRow, Participant]] = []
         spend: dict[str, int] = defaultdict(int)
         for o in rows:
@@ -667,10 +702,30 @@ class Market:
                 continue
             if o.side == typed.BUY:
                 cost = int(o.reserved)
-                if spend[o.trader] + cost > reads.balances.get(o.trader, 0):
+                if spend[o.trader] + cost > balances.get(o.trader, 0):
                     continue
                 spend[o.trader] += cost
             out.append((o, p))
+        return out
+
+    def _unrecorded_escrow(self, interval_id: int) -> dict[str, int]:
+        """Escrow per buyer that other intervals' batches, cleared but not on chain when this
+        is called, will lock when they are recorded (the recorder thread may be sending one):
+        the deposits read after this must not be counted for this interval's orders too. A
+        batch that lands between this look and the deposit reads is subtracted twice, which
+        only errs on the safe side."""
+        out: dict[str, int] = defaultdict(int)
+        for b in self.store.unfinished_batches():
+            if b.interval_id == interval_id:
+                continue
+            approved = [
+                t for t in self.store.trades(b.interval_id, limit=1 << 30) if t.verdict == 0
+            ]
+            last_id = json.loads(b.trade_ids)[-1]
+            if not approved or self.ledger.batch_recorded(b.interval_id, last_id):
+                continue
+            for t in approved:
+                out[t.buyer] += escrow_of(t.energy_wh, int(t.price_per_kwh))
         return out
 
     def _validate(self, interval_id: int) -> Any:
@@ -699,7 +754,12 @@ class Market:
             )
             for o, p in eligible
         ]
-        result = clear(book, self._validate(interval_id))
+        # A grid that clears where it validates (a worker process) gets the whole book at once.
+        clear_at_grid = getattr(self.grid, "clear", None)
+        if clear_at_grid is not None:
+            result = clear_at_grid(interval_id, book)
+        else:
+            result = clear(book, self._validate(interval_id))
         # The contract wants each interval's trades in ascending tradeId order.
         decided = sorted(
             ((trade_id_of(c.sell.hash, c.buy.hash), c, d) for c, d in result.trades),
@@ -769,11 +829,27 @@ class Market:
 
     def record_batch(self, interval_id: int) -> bool:
         """Make sure the interval's batch is on chain exactly once; True when it is recorded."""
+        with self._record_lock:
+            return self._record_batch(interval_id)
+
+    def _record_later(self, interval_id: int) -> None:
+        """Record the batch in the recorder thread (batches go out in the order they are handed
+        over); a failure leaves it pending for ``tick`` or ``recover``, as a failed send does."""
+        if self._recorder is None:
+            self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+
+        def run() -> None:
+            try:
+                self.record_batch(interval_id)
+            except MarketError as exc:
+                log.warning("batch of interval %s not recorded yet: %s", interval_id, exc)
+
+        self._recorder.submit(run)
+
+    def _record_batch(self, interval_id: int) -> bool:
         batch = self.store.get_batch(interval_id)
         if batch is None or batch.state in (BatchState.RECORDED, BatchState.EMPTY):
             return batch is not None
-        import json
-
         ids: list[str] = json.loads(batch.trade_ids)
         if self.ledger.batch_recorded(interval_id, ids[-1]):
             self._recorded(interval_id, batch.tx_hash, None)

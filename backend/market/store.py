@@ -17,7 +17,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -281,13 +292,17 @@ class Store:
             row = s.get(IntervalRow, interval_id, with_for_update=True)
             if row is None or row.status != IntervalStatus.CLOSED:
                 raise StoreError(f"interval {interval_id} is not closed, cannot save its clearing")
-            for t in trades:
-                s.add(TradeRow(**t))
-            for order_hash, filled in fills.items():
+            # Two statements with many parameter sets (executemany) instead of an ORM object per
+            # trade and an UPDATE per filled order.
+            if trades:
+                s.execute(insert(_table(TradeRow)), [dict(t) for t in trades])
+            if fills:
+                orders = _table(OrderRow)
                 s.execute(
-                    update(OrderRow)
-                    .where(OrderRow.hash == order_hash)
-                    .values(filled_wh=filled, status=OrderStatus.MATCHED)
+                    update(orders)
+                    .where(orders.c.hash == bindparam("order_hash"))
+                    .values(filled_wh=bindparam("filled"), status=OrderStatus.MATCHED),
+                    [{"order_hash": h, "filled": f} for h, f in fills.items()],
                 )
             s.execute(
                 update(OrderRow)
@@ -399,6 +414,11 @@ class Store:
     def get_connection(self, wallet: str) -> ConnectionRow | None:
         with self.session() as s:
             return s.get(ConnectionRow, wallet)
+
+
+def _table(model: type[Base]) -> Table:
+    table: Table = model.__table__  # type: ignore[assignment]
+    return table
 
 
 def trade_ids_json(ids: Iterable[str]) -> str:

@@ -138,6 +138,29 @@ def test_post_order_signed_from_template_is_recorded_on_chain(stack: dict[str, A
     assert trades[0]["status"] == "recorded" and trades[0]["txHash"]
 
 
+def test_close_without_wait_answers_cleared_and_records_in_the_background(
+    stack: dict[str, Any],
+) -> None:
+    c, market = stack["client"], stack["market"]
+    first, second = _interval(stack), _interval(stack)
+    for iv in (first, second):
+        for o in (_order(stack, K[1], 0, 1000, 100, iv), _order(stack, K[2], 1, 1000, 300, iv)):
+            assert c.post("/orders", json=o).status_code == 201
+    for iv in (first, second):  # the second clears while the first batch may still be sent
+        r = c.post(f"/intervals/{iv}/close", params={"wait": "false"})
+        assert r.status_code == 200 and r.json()["status"] in ("cleared", "recorded"), r.text
+        assert r.json()["approvedCount"] == 1
+    w3 = market.ledger.w3  # type: ignore[attr-defined]
+    contract = contract_at(w3, "EnergyMarket", market.ledger.market_address)
+    deadline = time.monotonic() + 30
+    for iv in (first, second):
+        while c.get(f"/intervals/{iv}").json()["status"] != "recorded":
+            assert time.monotonic() < deadline, f"interval {iv} not recorded"
+            time.sleep(0.05)
+        _last, batches, approved, _settled = contract.functions.intervalOf(iv).call()
+        assert (batches, approved) == (1, 1)
+
+
 def test_post_order_refusals_are_exact(stack: dict[str, Any]) -> None:
     c = stack["client"]
     iv = _interval(stack)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from backend.api.convert import interval_out
 from backend.api.deps import MarketDep, OptionsDep
@@ -31,15 +31,24 @@ def get_interval(interval_id: IntervalPath, market: MarketDep) -> IntervalOut:
 
 @router.post("/{interval_id}/close", response_model=IntervalOut, responses=ERRORS)
 async def close_interval(
-    interval_id: IntervalPath, market: MarketDep, options: OptionsDep
+    interval_id: IntervalPath,
+    market: MarketDep,
+    options: OptionsDep,
+    wait: Annotated[
+        bool,
+        Query(
+            description="wait for the batch's recordTrades receipt (status recorded); false "
+            "answers once the clearing is stored (status cleared) and records the batch in "
+            "the background, in interval order"
+        ),
+    ] = True,
 ) -> IntervalOut:
     """Dev mode: close the gate now, clear, validate and record the batch. Otherwise only once the
-    gate
-    closure time has passed (the scheduler does it anyway)."""
+    gate closure time has passed (the scheduler does it anyway)."""
     if not options.dev and market.ledger.now() < market.gate_closure(interval_id):
         raise Conflict(
             "closing an interval before its gate closure is only allowed in dev mode",
             code="DEV_ONLY",
         )
-    row = await asyncio.to_thread(market.close_interval, interval_id, True)
+    row = await asyncio.to_thread(market.close_interval, interval_id, True, wait)
     return interval_out(market, row)

@@ -165,7 +165,7 @@ def test_two_vetoes_in_a_round_keep_the_approved_pair_between_them() -> None:
     # round 2: a -> e is taken by b; a -> f and c -> d cross the line (vetoed); round 3: a -> g
     # is on this side of it (c -> g would be too, but g is full)
     assert got[3:] == [("a", "f", False), ("c", "d", False), ("a", "g", True)]
-    assert result.traded_wh == 2000 and len(calls) == 4
+    assert result.traded_wh == 2000 and len(calls) == 3
 
 
 @settings(max_examples=200, deadline=None)

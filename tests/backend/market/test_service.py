@@ -93,3 +93,41 @@ def test_close_interval_records_batch_once_and_survives_restart(
     assert ids == sorted(ids, key=lambda t: int(t, 16))
     statuses = sorted(o.status for o in again.store.list_orders(interval_id=interval))
     assert statuses == ["filled", "filled", "partial", "unfilled"]
+
+
+def test_close_interval_without_wait_counts_escrow_of_batches_still_in_flight(
+    market: Market, signer: Signer, ledger: MemoryLedger
+) -> None:
+    """``wait=False`` answers once the clearing is stored and records from the recorder thread;
+    the next clearing must not count a deposit that a batch still on its way will lock."""
+    import threading
+    import time
+
+    buyer = K[6]
+    ledger.add_participant(Account.from_key(buyer).address, bus_id=20, deposit=2000)
+    first = market.current_interval() + 2
+    for interval, seller in ((first, K[1]), (first + 1, K[2])):
+        for key, side in ((seller, 0), (buyer, 1)):
+            o = signer.order(key, side, 1000, 1000, interval=interval)
+            market.submit_order(o["message"], o["signature"])  # 1000 + 1000 fit the 2000
+    release = threading.Event()
+    record = ledger.record_trades
+
+    def held(*args: object, **kwargs: object) -> str:
+        assert release.wait(10)
+        return record(*args, **kwargs)  # type: ignore[arg-type]
+
+    ledger.record_trades = held  # type: ignore[method-assign]
+    row = market.close_interval(first, force=True, wait=False)
+    assert row.status == IntervalStatus.CLEARED and row.approved_count == 1
+    # the buyer withdraws 500 while the first batch (escrow 1000) is still on its way
+    ledger.available[Account.from_key(buyer).address] = 1500
+    second = market.close_interval(first + 1, force=True, wait=False)
+    assert second.approved_count == 0  # 1500 - 1000 in flight leaves 500 < 1000
+    release.set()
+    deadline = time.monotonic() + 10
+    while market.interval(first).status != IntervalStatus.RECORDED:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert [i for i, _trades in ledger.batches] == [first]
+    assert ledger.available[Account.from_key(buyer).address] == 500

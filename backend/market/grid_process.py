@@ -1,0 +1,107 @@
+"""The Neural Grid in a worker process of its own (``Settings.grid_process``).
+
+A clearing's rounds (pair, validate, block the vetoed pairs, pair again) run where the validator
+lives: ``clear`` sends the interval's book to the worker once and gets the finished ``Clearing``
+back, so the API process's interpreter lock stays with the order intake while the power flows
+run on another core. ``prepare`` queues the next interval's base state behind the clearing in the
+worker. The answers are those of ``GridPortAdapter`` in-process: the worker runs one.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
+
+_WORKER: Any = None  # the worker process's GridPortAdapter
+PARENT_POLL_S = 0.5
+
+
+def _start(network: str, interval_seconds: int, parent_pid: int) -> None:
+    global _WORKER
+    from backend.market.grid_port import GridPortAdapter
+
+    threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
+    _WORKER = GridPortAdapter(network, interval_seconds)
+
+
+def _exit_with(parent_pid: int) -> None:
+    """End the worker once the API process is gone: a server stopped by a signal (uvicorn
+    re-raises SIGTERM after its graceful exit) runs no exit handlers that would stop it."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(0)
+
+
+def _clear(interval_id: int, book: list[BookOrder]) -> Clearing:
+    return clear(book, functools.partial(_WORKER.validate, interval_id))
+
+
+def _call(name: str, *args: Any) -> Any:
+    return getattr(_WORKER, name)(*args)
+
+
+class GridProcess:
+    """``GridPort`` over a ``GridPortAdapter`` in one worker process (spawned, so it shares no
+    threads or locks with the API process); calls are served in the order they are made."""
+
+    def __init__(self, network: str, interval_seconds: int) -> None:
+        self.network = network
+        self.interval_seconds = interval_seconds
+        self._pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start,
+            initargs=(network, interval_seconds, os.getpid()),
+        )
+        self._load_buses: list[int] | None = None
+        self._local: Any = None
+
+    def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
+        """The whole clearing of ``book`` (``auction.clear``) with the worker's validator."""
+        result: Clearing = self._pool.submit(_clear, interval_id, list(book)).result()
+        return result
+
+    def validate(self, interval_id: int, batch: Sequence[Candidate]) -> tuple[list[Decision], str]:
+        out: tuple[list[Decision], str] = self._pool.submit(
+            _call, "validate", interval_id, list(batch)
+        ).result()
+        return out
+
+    def prepare(self, interval_id: int) -> None:
+        """Queued behind whatever the worker is doing; returns at once."""
+        self._pool.submit(_call, "prepare", interval_id)
+
+    def hosting_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int:
+        return int(self._pool.submit(_call, "hosting_capacity_w", bus_id, interval_id).result())
+
+    def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]:
+        out: dict[str, Any] = self._pool.submit(
+            _call, "status", interval_id, list(approved)
+        ).result()
+        return out
+
+    def load_buses(self) -> list[int]:
+        if self._load_buses is None:
+            self._load_buses = list(self._pool.submit(_call, "load_buses").result())
+        return list(self._load_buses)
+
+    @property
+    def validator(self) -> Any:
+        """A validator in this process, built on first use, for what needs the network itself
+        (the dashboard draws its topology)."""
+        if self._local is None:
+            from grid.validator import GridValidator
+
+            self._local = GridValidator(self.network)
+        return self._local
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
