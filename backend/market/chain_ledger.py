@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from eth_typing import HexStr
-from eth_utils import to_checksum_address
 from web3.logs import DISCARD
 
 from backend.chain import batches
+from backend.chain.address import checksum
 from backend.chain.batches import CandidateTrade
 from backend.chain.client import AbiFunction as _Fn
 from backend.chain.client import ChainClient, EncodedCall, batch_eth_call
@@ -39,7 +39,7 @@ def _participant(wallet: str, raw: Sequence[Any]) -> Participant | None:
         return None
     return Participant(
         wallet,
-        to_checksum_address(meter),
+        checksum(meter),
         int(bus_id),
         int(max_export_w),
         int(max_import_w),
@@ -109,14 +109,14 @@ class ChainLedger:
     def participant(self, wallet: str) -> Participant | None:
         p = self._rpc(
             "reading the registry",
-            lambda: self._participant_of.call(self.w3, to_checksum_address(wallet)),
+            lambda: self._participant_of.call(self.w3, checksum(wallet)),
         )
-        return _participant(to_checksum_address(wallet), p)
+        return _participant(checksum(wallet), p)
 
     def available_balance(self, wallet: str) -> int:
         available, _locked = self._rpc(
             "reading a balance",
-            lambda: self._balance_of.call(self.w3, to_checksum_address(wallet)),
+            lambda: self._balance_of.call(self.w3, checksum(wallet)),
         )
         return int(available)
 
@@ -134,9 +134,9 @@ class ChainLedger:
     ) -> ClearingReads:
         """The registry entries, nonce states and deposits one clearing needs, as JSON-RPC batches
         of ``eth_call`` (one HTTP round trip per ``READ_BATCH`` calls instead of one per read)."""
-        wallets = [to_checksum_address(w) for w in wallets]
-        nonces = [(to_checksum_address(t), int(n)) for t, n in nonces]
-        balance_wallets = [to_checksum_address(w) for w in balance_wallets]
+        wallets = [checksum(w) for w in wallets]
+        nonces = [(checksum(t), int(n)) for t, n in nonces]
+        balance_wallets = [checksum(w) for w in balance_wallets]
         calls: list[tuple[_Fn, str]] = [
             (self._participant_of, self._participant_of.data(w)) for w in wallets
         ]
@@ -215,8 +215,8 @@ class ChainLedger:
         self, wallet: str, meter: str, bus_id: int, max_export_w: int, max_import_w: int
     ) -> str:
         fn = self.registry.functions.connect(
-            to_checksum_address(wallet),
-            to_checksum_address(meter),
+            checksum(wallet),
+            checksum(meter),
             bus_id,
             max_export_w,
             max_import_w,
