@@ -102,3 +102,11 @@ class LedgerUnavailable(MarketError, ConnectionError):
 
     code = "LEDGER_UNAVAILABLE"
     status = 503
+
+
+class GridUnavailable(MarketError):
+    """The Neural Grid's worker process died and could not be started again: the interval stays
+    closed and uncleared (closing it again retries the clearing)."""
+
+    code = "GRID_UNAVAILABLE"
+    status = 503

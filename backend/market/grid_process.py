@@ -9,6 +9,7 @@ worker. The answers are those of ``GridPortAdapter`` in-process: the worker runs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -16,9 +17,11 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
+from backend.market.errors import GridUnavailable
 
 _WORKER: Any = None  # the worker process's GridPortAdapter
 PARENT_POLL_S = 0.5
@@ -55,42 +58,61 @@ class GridProcess:
     def __init__(self, network: str, interval_seconds: int) -> None:
         self.network = network
         self.interval_seconds = interval_seconds
-        self._pool = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start,
-            initargs=(network, interval_seconds, os.getpid()),
-        )
+        self._pool_lock = threading.Lock()
+        self._pool = self._start_pool()
         self._load_buses: list[int] | None = None
         self._local: Any = None
 
+    def _start_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start,
+            initargs=(self.network, self.interval_seconds, os.getpid()),
+        )
+
+    def _run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in the worker. A worker that died (killed, out of memory) is started
+        again once and the call repeated - the validator is deterministic, so the answer is the
+        same; a second death is ``GridUnavailable`` (503)."""
+        for attempt in (1, 2):
+            pool = self._pool
+            try:
+                return pool.submit(fn, *args).result()
+            except BrokenProcessPool as exc:
+                with self._pool_lock:
+                    if self._pool is pool:  # not restarted by another caller meanwhile
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        self._pool = self._start_pool()
+                if attempt == 2:
+                    raise GridUnavailable(f"the Neural Grid worker process died: {exc}") from None
+        raise AssertionError("unreachable")
+
     def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
         """The whole clearing of ``book`` (``auction.clear``) with the worker's validator."""
-        result: Clearing = self._pool.submit(_clear, interval_id, list(book)).result()
+        result: Clearing = self._run(_clear, interval_id, list(book))
         return result
 
     def validate(self, interval_id: int, batch: Sequence[Candidate]) -> tuple[list[Decision], str]:
-        out: tuple[list[Decision], str] = self._pool.submit(
-            _call, "validate", interval_id, list(batch)
-        ).result()
+        out: tuple[list[Decision], str] = self._run(_call, "validate", interval_id, list(batch))
         return out
 
     def prepare(self, interval_id: int) -> None:
         """Queued behind whatever the worker is doing; returns at once."""
-        self._pool.submit(_call, "prepare", interval_id)
+        # A dead worker: the next call that needs an answer starts it again.
+        with contextlib.suppress(BrokenProcessPool):
+            self._pool.submit(_call, "prepare", interval_id)
 
     def hosting_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int:
-        return int(self._pool.submit(_call, "hosting_capacity_w", bus_id, interval_id).result())
+        return int(self._run(_call, "hosting_capacity_w", bus_id, interval_id))
 
     def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]:
-        out: dict[str, Any] = self._pool.submit(
-            _call, "status", interval_id, list(approved)
-        ).result()
+        out: dict[str, Any] = self._run(_call, "status", interval_id, list(approved))
         return out
 
     def load_buses(self) -> list[int]:
         if self._load_buses is None:
-            self._load_buses = list(self._pool.submit(_call, "load_buses").result())
+            self._load_buses = list(self._run(_call, "load_buses"))
         return list(self._load_buses)
 
     @property

@@ -90,3 +90,26 @@ def test_worker_ends_when_the_api_process_is_killed() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_killed_worker_is_started_again() -> None:
+    """A worker that dies (OOM killer, a crash) costs one restart, not the clearing: the call is
+    repeated in a fresh worker with the same answer."""
+    import os
+    import signal
+
+    grid = GridProcess("cigre_lv", 900)
+    try:
+        local = GridPortAdapter("cigre_lv", 900)
+        bus = local.load_buses()[-1]
+        first = grid.hosting_capacity_w(bus)
+        (pid,) = list(grid._pool._processes)  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+        book = _book(local.load_buses())
+        there = grid.clear(INTERVAL, book)
+        here = clear(book, lambda batch: local.validate(INTERVAL, batch))
+        assert there.trades == here.trades and there.evidence_hash == here.evidence_hash
+        assert list(grid._pool._processes) != [pid]  # type: ignore[attr-defined]
+        assert grid.hosting_capacity_w(bus) == first
+    finally:
+        grid.close()
