@@ -843,6 +843,8 @@ class Market:
                 self.record_batch(interval_id)
             except MarketError as exc:
                 log.warning("batch of interval %s not recorded yet: %s", interval_id, exc)
+            except Exception:  # nobody reads this thread's future: say it here, keep it pending
+                log.exception("recording the batch of interval %s failed", interval_id)
 
         self._recorder.submit(run)
 
