@@ -137,12 +137,12 @@ class ACModel:
                 c_to.append(scale * vn_lv / kv_t)
         self.monitored = Monitored(mon_buses, np.array(lines, np.int64), np.array(trafos, np.int64))
         row_idx = np.array(rows, dtype=np.int64)
-        self.Yf = sparse.csr_matrix(internal["Yf"])[row_idx]
-        self.Yt = sparse.csr_matrix(internal["Yt"])[row_idx]
+        Yf = sparse.csr_matrix(internal["Yf"])[row_idx]
+        Yt = sparse.csr_matrix(internal["Yt"])[row_idx]
         self.c_from = np.array(c_from, dtype=float)
         self.c_to = np.array(c_to, dtype=float)
         self.c_i = np.r_[self.c_from, self.c_to]
-        self.Yi = sparse.vstack([self.Yf, self.Yt]).tocsr()
+        self.Yi = sparse.vstack([Yf, Yt]).tocsr()
         self.n_branch = len(rows)
         self.layout = Layout(len(self.mon_bus_ppci), n_ppci, self.n_branch)
         self._solver = _Solver()
@@ -196,7 +196,7 @@ class ACModel:
                 _as_slice(pvpq),
                 _as_slice(self.pq),
                 row_of_ppci,
-                self.layout.column(np.zeros(self.layout.size, complex)),
+                Column(np.zeros(self.layout.size, complex)),
             )
         return self._lin_constants
 
@@ -216,15 +216,12 @@ class ACModel:
 
     def measure(self, V: np.ndarray) -> Measures:
         i = self.Yi @ V
-        return self.measures_of(V, np.abs(V[self.mon_index]), i)
+        return Measures(V, np.abs(V[self.mon_index]), self.loading(i), i)
 
     def loading(self, i: np.ndarray) -> np.ndarray:
         """Loading (percent) of every branch from packed currents ``[i_from | i_to]``."""
         scaled = np.abs(i) * self.c_i
         return np.maximum(scaled[: self.n_branch], scaled[self.n_branch :])
-
-    def measures_of(self, V: np.ndarray, vm_pu: np.ndarray, i: np.ndarray) -> Measures:
-        return Measures(V, vm_pu, self.loading(i), i)
 
     def injection(self, bus_p_kw: dict[int, float]) -> np.ndarray:
         """Extra bus injections (pandapower bus -> kW, + injects) as a ppci Sbus vector in pu."""
@@ -530,13 +527,8 @@ class Layout:
     def __init__(self, n_mon: int, n_ppci: int, n_branch: int) -> None:
         self.vm = slice(0, n_mon)
         self.V = slice(n_mon, n_mon + n_ppci)
-        self.i_from = slice(n_mon + n_ppci, n_mon + n_ppci + n_branch)
-        self.i_to = slice(n_mon + n_ppci + n_branch, n_mon + n_ppci + 2 * n_branch)
         self.i = slice(n_mon + n_ppci, n_mon + n_ppci + 2 * n_branch)
         self.size = n_mon + n_ppci + 2 * n_branch
-
-    def column(self, packed: np.ndarray) -> Column:
-        return Column(packed)
 
 
 class Linearization:
@@ -556,13 +548,11 @@ class Linearization:
             jacobian = jacobian_at(model, V)
         self._lu = factorize(jacobian)
         self._n_pvpq = len(pvpq)
-        self._pvpq = pvpq
         self._pvpq_index = shared.pvpq_index
         self._pq_index = shared.pq_index
         self._row_of_ppci = shared.row_of_ppci
         self._vm = np.abs(V)
         self._cache: dict[int, Column] = {}
-        self.layout = model.layout
         self._zero = shared.zero
 
     def refine(self, Sbus: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -610,11 +600,12 @@ class Linearization:
             rhs[[r for _, r in part], np.arange(len(part))] = 1.0 / 1000.0 / model.base_mva
             packed = self._columns(self._lu.solve(rhs))
             for k, (bus, _) in enumerate(part):
-                self._cache[bus] = self.layout.column(packed[:, k])
+                self._cache[bus] = Column(packed[:, k])
 
     def _columns(self, x: np.ndarray) -> np.ndarray:
         """Packed columns (Fortran order) from solutions ``x`` of the Jacobian system."""
-        model, lay = self.model, self.layout
+        model = self.model
+        lay = model.layout
         k = x.shape[1]
         dva = np.zeros((model.n_ppci, k))
         dvm = np.zeros((model.n_ppci, k))
@@ -630,15 +621,7 @@ class Linearization:
     def column(self, bus: int) -> Column:
         """Sensitivities of injecting +1 kW at pandapower ``bus``."""
         hit = self._cache.get(bus)
-        if hit is not None:
-            return hit
-        model = self.model
-        row = self._row_of_ppci[model.ppci_of_bus[bus]]
-        if row < 0:
-            col = self._zero
-        else:
-            rhs = np.zeros((self._lu.shape[0], 1))
-            rhs[row, 0] = 1.0 / 1000.0 / model.base_mva
-            col = self.layout.column(self._columns(self._lu.solve(rhs))[:, 0])
-        self._cache[bus] = col
-        return col
+        if hit is None:
+            self.prepare((bus,))  # a bus not prepared ahead: a one-column solve
+            hit = self._cache[bus]
+        return hit

@@ -38,7 +38,7 @@ def _rounded(values: np.ndarray, digits: int) -> list[float]:
 
 def hash_array(values: np.ndarray, digits: int = 9) -> str:
     """sha256 of rounded values (for the base-state injections)."""
-    blob = json.dumps([_r(float(v), digits) for v in values], separators=(",", ":"))
+    blob = json.dumps(_rounded(values, digits), separators=(",", ":"))
     return "0x" + hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -441,7 +441,7 @@ class GridValidator:
                 points.append((len(trades), session.snapshot()))
                 self._remember(base, trades, points)
             session.flush(final=True)
-        for pos, verdict in session.verdicts.items():
+        for pos, verdict in session.log:  # each position is logged once
             verdicts[pos] = verdict
         final = [v for v in verdicts if v is not None]
         state = session.measures
@@ -694,10 +694,6 @@ class _Session:
         live.log = self.log[: self.log_len]
         return live
 
-    @property
-    def verdicts(self) -> dict[int, Verdict]:
-        return dict(self.log)
-
     def plan(self, buses: list[int]) -> None:
         """Buses of the trades to offer next, in order (seller, buyer per trade)."""
         self.ahead = buses
@@ -712,6 +708,11 @@ class _Session:
         first = self.cursor + 2
         lin.prepare([seller, buyer, *self.ahead[first : first + 2 * (per_lin - 1)]])
 
+    @property
+    def lin_V(self) -> np.ndarray:
+        """The operating point of the pending linearization, else of the current one."""
+        return self.pending.V if self.pending is not None else self.lin.V
+
     def _linearization(self) -> Linearization:
         pending = self.pending
         if pending is not None:
@@ -723,7 +724,6 @@ class _Session:
         self, jacobian: sparse.csc_matrix | None = None, V: np.ndarray | None = None
     ) -> None:
         self.lin = Linearization(self.model, self.measures.V if V is None else V, jacobian)
-        self.lin_V = self.lin.V
         self.linearizations += 1
 
     def _clear_batch(self) -> None:
@@ -865,7 +865,6 @@ class _Session:
         self.measures = me
         if not final and float(np.max(np.abs(me.V - self.lin_V))) > RELINEARIZE_PU:
             self.pending = _Pending(self.model.last_jacobian(), me.V)
-            self.lin_V = me.V
 
     def _decide(
         self, pos: int, trade: Trade, V_start: np.ndarray | None = None, final: bool = False
