@@ -12,6 +12,7 @@ from eth_utils import to_checksum_address
 
 
 @lru_cache(maxsize=100_000)
-def checksum(address: str) -> str:
-    """EIP-55 form of ``address`` (any case, with 0x); raises ValueError when it is no address."""
+def checksum(address: str | bytes) -> str:
+    """EIP-55 form of ``address`` (hex in any case with 0x, or its 20 bytes); raises ValueError
+    when it is no address."""
     return str(to_checksum_address(address))

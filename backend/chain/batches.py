@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, NamedTuple
 
 from eth_abi import encode as abi_encode
-from eth_utils import function_signature_to_4byte_selector, keccak, to_checksum_address
+from eth_utils import function_signature_to_4byte_selector, keccak
 
 from backend.chain import eip712
+from backend.chain.address import checksum
 
 # Byte sizes of the packed records (field widths in IEnergyMarket.sol / IMeterReadings.sol):
 # order: trader 20 | side 1 | intervalId 8 | energyWh 8 | pricePerKWh 16 | nonce 8 | expiry 8 |
@@ -49,6 +51,7 @@ SETTLE_SIGNATURE = "settle(uint64,bytes[],bytes,bytes)"
 SUBMIT_READINGS_SIGNATURE = "submitReadings(uint64,bytes)"
 
 
+@cache
 def _selector(signature: str) -> bytes:
     return bytes(function_signature_to_4byte_selector(signature))
 
@@ -118,8 +121,8 @@ def unpack_record(record: bytes) -> TradeRecord:
         raise ValueError(f"a trade record is {RECORD_SIZE} bytes, not {len(record)}")
     return TradeRecord(
         record[:32],
-        to_checksum_address(record[32:52]),
-        to_checksum_address(record[52:72]),
+        checksum(record[32:52]),
+        checksum(record[52:72]),
         int.from_bytes(record[72:76], "big"),
         int.from_bytes(record[76:80], "big"),
         int.from_bytes(record[80:88], "big"),
@@ -200,30 +203,21 @@ def commitment(records: Sequence[bytes]) -> bytes:
     return keccak(b"".join(records))
 
 
-def settle_parties(records: Iterable[bytes]) -> list[str]:
-    """Every seller and buyer of the records, strictly ascending by address (for ``settle``)."""
-    return _sorted_parties([unpack_record(r) for r in records])
-
-
-def _sorted_parties(records: Iterable[TradeRecord]) -> list[str]:
-    wallets: set[str] = set()
-    for rec in records:
-        wallets |= {rec.seller, rec.buyer}
-    return sorted(wallets, key=lambda a: int(a, 16))
-
-
 def settle_args(record_batches: Sequence[Sequence[bytes]]) -> tuple[list[bytes], bytes, bytes]:
     """``(batches, parties, positions)`` arguments of ``settle`` for an interval's committed batches
     (each batch: its approved trades' records in batch order)."""
-    recs = [unpack_record(r) for b in record_batches for r in b]  # each record decoded once
-    parties = _sorted_parties(recs)
+    records = [bytes(r) for b in record_batches for r in b]
+    for r in records:
+        if len(r) != RECORD_SIZE:
+            raise ValueError(f"a trade record is {RECORD_SIZE} bytes, not {len(r)}")
+    # Parties as the records hold them (20 bytes): byte order of equal-width big-endian
+    # addresses is their numeric order, the one the contract checks.
+    parties = sorted({r[o : o + 20] for r in records for o in (32, 52)})
     if len(parties) > 0xFFFF:
         raise ValueError("an interval settles at most 65,535 parties")
     where = {a: i for i, a in enumerate(parties)}
-    positions = bytearray()
-    for rec in recs:
-        positions += _int(where[rec.seller], 2) + _int(where[rec.buyer], 2)
-    packed_parties = b"".join(_address(a) for a in parties)
+    positions = b"".join(_int(where[r[32:52]], 2) + _int(where[r[52:72]], 2) for r in records)
+    packed_parties = b"".join(parties)
     return [b"".join(b) for b in record_batches], packed_parties, bytes(positions)
 
 
@@ -306,10 +300,12 @@ def unpack_accepted(data: bytes) -> list[AcceptedReading]:
     """The readings packed in a ``ReadingsSubmitted`` event's ``accepted`` bytes."""
     data = bytes(data)
     if len(data) % ACCEPTED_SIZE:
-        raise ValueError(f"accepted readings of {len(data)} bytes, not a multiple of 28")
+        raise ValueError(
+            f"accepted readings of {len(data)} bytes, not a multiple of {ACCEPTED_SIZE}"
+        )
     return [
         AcceptedReading(
-            to_checksum_address(data[o : o + 20]),
+            checksum(data[o : o + 20]),
             int.from_bytes(data[o + 20 : o + 24], "big"),
             int.from_bytes(data[o + 24 : o + 28], "big"),
         )

@@ -78,7 +78,6 @@ class SettlementKeeper:
         self._deadline_of = AbiFunction(self.market, "settlementDeadline")
         self._interval_of = AbiFunction(self.market, "intervalOf")
         self._deadlines: dict[int, int] = {}
-        self._parties: dict[int, tuple[int, list[int]]] = {}  # interval -> (records, indices)
         self._now: int | None = None  # chain time of this round (pending block), read once
         self.poll_s = poll_s
         self.books: dict[int, IntervalBook] = {}
@@ -158,14 +157,8 @@ class SettlementKeeper:
         records = book.records()
         if not records:
             return False, "no approved trades"
-        cached = self._parties.get(book.interval_id)
-        if cached is None or cached[0] != len(records):
-            parties = encoder.settle_parties(records)
-            cached = self._parties[book.interval_id] = (
-                len(records),
-                [self._index(p) for p in parties],
-            )
-        indices = cached[1]
+        # Registry indices of every seller and buyer, as the records carry them (bytes 72..80).
+        indices = sorted({int.from_bytes(r[o : o + 4], "big") for r in records for o in (72, 76)})
         _imp, _exp, present = self._readings_of.call(self.w3, book.interval_id, indices)
         if all(present):
             return True, "all readings in"
