@@ -21,8 +21,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import to_checksum_address
-
 from backend.chain.address import checksum
 from backend.iot import MessageError
 from backend.iot.signing import Reading
@@ -57,7 +55,7 @@ class SignedReading:
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
             "v": SCHEMA_VERSION,
-            "meter": to_checksum_address(self.reading.meter),
+            "meter": checksum(self.reading.meter),
             "intervalId": self.reading.interval_id,
             "importWh": self.reading.import_wh,
             "exportWh": self.reading.export_wh,
@@ -79,7 +77,7 @@ class Announcement:
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
             "v": SCHEMA_VERSION,
-            "address": to_checksum_address(self.address),
+            "address": checksum(self.address),
             "bus": self.bus,
         }
         if self.sent_at is not None:

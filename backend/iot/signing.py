@@ -17,7 +17,7 @@ from typing import Any
 from eth_keys import KeyAPI
 from eth_keys.backends import CoinCurveECCBackend
 from eth_keys.exceptions import BadSignature, ValidationError
-from eth_utils import keccak, to_canonical_address, to_checksum_address
+from eth_utils import keccak, to_canonical_address
 
 from backend.chain.address import checksum
 from backend.chain.eip712 import (
@@ -61,7 +61,7 @@ class ReadingDomain:
             "name": DOMAIN_NAME,
             "version": DOMAIN_VERSION,
             "chainId": self.chain_id,
-            "verifyingContract": to_checksum_address(self.verifying_contract),
+            "verifyingContract": checksum(self.verifying_contract),
         }
 
 
@@ -96,7 +96,7 @@ class Reading:
         )
 
     def as_tuple(self) -> tuple[str, int, int, int]:
-        return (to_checksum_address(self.meter), self.interval_id, self.import_wh, self.export_wh)
+        return (checksum(self.meter), self.interval_id, self.import_wh, self.export_wh)
 
 
 def typed_data(domain: ReadingDomain, reading: Reading) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def typed_data(domain: ReadingDomain, reading: Reading) -> dict[str, Any]:
         "primaryType": "Reading",
         "domain": domain.as_dict(),
         "message": {
-            "meter": to_checksum_address(reading.meter),
+            "meter": checksum(reading.meter),
             "intervalId": reading.interval_id,
             "importWh": reading.import_wh,
             "exportWh": reading.export_wh,

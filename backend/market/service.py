@@ -44,7 +44,7 @@ from typing import Any
 from eth_hash.auto import keccak
 
 from backend.chain import eip712
-from backend.chain.address import checksum as to_checksum_address
+from backend.chain.address import checksum
 from backend.market import typed
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.errors import (
@@ -405,7 +405,7 @@ class Market:
         if not isinstance(raw, str) or len(raw) != 42:
             return
         try:
-            trader = to_checksum_address(raw)
+            trader = checksum(raw)
         except Exception:  # an invalid address is refused by the checks
             return
         if not self._participants.get(trader)[0]:
@@ -436,7 +436,7 @@ class Market:
         msg = dict(message)
         for key in ("trader", "counterparty"):
             typed.address_bytes(msg.get(key), key)
-            msg[key] = to_checksum_address(msg[key])
+            msg[key] = checksum(msg[key])
         digest = self.domain.digest("Order", msg)
         order_hash = "0x" + digest.hex()
         trader: str = msg["trader"]
@@ -1006,7 +1006,7 @@ class Market:
         msg = dict(message)
         for key in ("wallet", "meter"):
             typed.address_bytes(msg.get(key), key)
-            msg[key] = to_checksum_address(msg[key])
+            msg[key] = checksum(msg[key])
         digest = self.registry_domain.digest("ConnectionRequest", msg)
         signer = typed.recover(digest, signature)
         wallet = msg["wallet"]
