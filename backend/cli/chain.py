@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 import typer
 
-from backend.cli.output import fail as _fail
+from backend.cli.output import fail
 
 app = typer.Typer(help="Local chain and contract deployment.", no_args_is_help=True)
 
@@ -32,8 +32,7 @@ def start(
         log.parent.mkdir(parents=True, exist_ok=True)
         anvil = start_anvil(port, state_file=settings.chain_state_file, log_file=log)
     except TegridError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     typer.echo(anvil.url)
     if anvil.process is None:
         return
@@ -65,7 +64,6 @@ def deploy(
         settings = Settings.from_env()
         deployment = deploy_from_settings(settings, settlement_delay_seconds=settlement_delay)
     except TegridError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     typer.echo(deployment.to_json())
     typer.echo(f"written to {settings.deployment_file}", err=True)

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from backend.cli.output import fail as _fail
+from backend.cli.output import fail
 
 # Submodule imports: the editable install in .venv still lists ``grid`` as a namespace package, so
 # the
@@ -70,11 +70,11 @@ def _validator(
     try:
         limits = Limits(vm_min, vm_max, line, trafo)
     except ValueError as exc:
-        _fail(f"bad limits: {exc}")
+        fail(f"bad limits: {exc}")
     try:
         return GridValidator(network, limits=limits)
     except GridError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _echo_json(payload: object) -> None:
@@ -155,7 +155,7 @@ def hosting_capacity(
     try:
         capacity = validator.hosting_capacity(bus, interval, interval_seconds)
     except GridError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     payload = capacity.to_dict()
     if as_json:
         _echo_json(payload)
@@ -198,15 +198,15 @@ def verify(
 ) -> None:
     """Recompute verdicts and evidence from the same inputs; exit 0 on match, 1 on mismatch."""
     if evidence is None and claimed is None:
-        _fail("give --evidence 0x... and/or --verdicts FILE")
+        fail("give --evidence 0x... and/or --verdicts FILE")
     claimed_verdicts: list[object] | None = None
     if claimed is not None:
         try:
             document = json.loads(claimed.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            _fail(f"cannot read claimed verdicts {str(claimed)!r}: {exc.__class__.__name__}")
+            fail(f"cannot read claimed verdicts {str(claimed)!r}: {exc.__class__.__name__}")
         if not isinstance(document, dict) or not isinstance(document.get("verdicts"), list):
-            _fail(
+            fail(
                 f"claimed verdicts {str(claimed)!r}: "
                 "expected the JSON of `tegrid grid validate --json`"
             )
@@ -251,4 +251,4 @@ def _load(path: Path) -> list[Trade]:
     try:
         return load_trades(path)
     except GridError as exc:
-        _fail(str(exc))
+        fail(str(exc))

@@ -10,7 +10,7 @@ from types import FrameType
 
 import typer
 
-from backend.cli.output import fail as _fail
+from backend.cli.output import fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -54,11 +54,10 @@ def run(
                 typer.echo(f"settled intervals: {settled or 'none'}")
             return
     except (TegridError, ValueError, KeyError, OSError) as exc:
-        _fail(
+        fail(
             str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__,
             code=2 if isinstance(exc, ValueError | DeploymentNotFoundError) else 1,
         )
-        return
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
         keeper.stop()

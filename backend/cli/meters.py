@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from backend.cli.output import fail as _fail
+from backend.cli.output import fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -53,12 +53,11 @@ def simulate(
         ("--late", late),
     ):
         if not 0.0 <= value <= 1.0:
-            _fail(f"{name} must be between 0 and 1, got {value}")
+            fail(f"{name} must be between 0 and 1, got {value}")
     try:
         settings = Settings.from_env()
     except TegridError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     from backend.chain.contracts import load_deployment
     from backend.iot.meters import Deviations, MeterSimulator, dev_meters, load_meter_file
     from backend.iot.signing import ReadingDomain
@@ -81,8 +80,7 @@ def simulate(
         transport = MqttTransport(broker_url or settings.broker_url)
         transport.connect()
     except (TegridError, ValueError, KeyError, OSError) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
-        return
+        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
     sim = MeterSimulator(
         specs, domain, transport, interval_s,
         Deviations(under_delivery=under_delivery, missing=missing, late=late, seed=seed),

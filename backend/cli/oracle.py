@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from backend.cli.output import fail as _fail
+from backend.cli.output import fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -28,7 +28,7 @@ def _settings() -> Settings:
     try:
         return Settings.from_env()
     except TegridError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         raise  # unreachable
 
 
@@ -66,7 +66,7 @@ def run(
         return
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
-        _fail(f"unknown log level {log_level!r}")
+        fail(f"unknown log level {log_level!r}")
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings()
     from backend.chain.contracts import load_deployment
@@ -87,8 +87,7 @@ def run(
         daemon = OracleDaemon(store, ledger, transport, config)
         transport.connect()
     except (TegridError, ValueError, KeyError) as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
         daemon.stop(timeout_s=0.1)
@@ -122,16 +121,14 @@ def status(
 
     url = database_url or _settings().oracle_database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        _fail(f"no oracle queue at {url}: has `tegrid oracle` run here?", code=1)
+        fail(f"no oracle queue at {url}: has `tegrid oracle` run here?", code=1)
     try:
         store = OracleStore(url, create=False)
         st = store.status()
     except TegridError as exc:
-        _fail(str(exc), code=1)
-        return
+        fail(str(exc), code=1)
     except Exception as exc:  # not an oracle database, unreadable file
-        _fail(f"cannot read the oracle queue at {url}: {exc.__class__.__name__}", code=1)
-        return
+        fail(f"cannot read the oracle queue at {url}: {exc.__class__.__name__}", code=1)
     data = st.as_dict()
     data["database_url"] = url
     if json_out:

@@ -63,7 +63,8 @@ def serve(
     import uvicorn
 
     from backend.api.app import create_app
-    from backend.cli.main import console, fail
+    from backend.cli.main import console
+    from backend.cli.output import fail
     from backend.market.events import EventBus
     from backend.market.factory import build_market
     from backend.market.service import MarketConfig
@@ -80,15 +81,14 @@ def serve(
         from backend.chain.contracts import load_deployment
 
         # Fail here with one line, not inside uvicorn's startup with a traceback.
-        load_deployment(settings.deployment_file)
+        deployment = load_deployment(settings.deployment_file)
 
         def factory(cfg: Settings, bus: EventBus) -> Any:
-            dep = load_deployment(cfg.deployment_file)
             return build_market(
                 cfg,
                 bus,
                 config=MarketConfig(
-                    interval_seconds=dep.interval_seconds, gate_lead_seconds=gate_lead
+                    interval_seconds=deployment.interval_seconds, gate_lead_seconds=gate_lead
                 ),
             )
 

@@ -21,8 +21,7 @@ from web3.logs import DISCARD
 from backend.chain import batches
 from backend.chain.address import checksum
 from backend.chain.batches import CandidateTrade
-from backend.chain.client import AbiFunction as _Fn
-from backend.chain.client import ChainClient, EncodedCall, batch_eth_call
+from backend.chain.client import AbiFunction, ChainClient, EncodedCall, batch_eth_call
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import LedgerError
@@ -70,9 +69,9 @@ class ChainLedger:
         self.market = contract_at(self.w3, "EnergyMarket", self.market_address)
         self.registry = contract_at(self.w3, "ParticipantRegistry", self.registry_address)
         self.readings = contract_at(self.w3, "MeterReadings", deployment.address("MeterReadings"))
-        self._participant_of = _Fn(self.registry, "participantOf")
-        self._filled_of = _Fn(self.market, "filledOf")
-        self._balance_of = _Fn(self.market, "balanceOf")
+        self._participant_of = AbiFunction(self.registry, "participantOf")
+        self._filled_of = AbiFunction(self.market, "filledOf")
+        self._balance_of = AbiFunction(self.market, "balanceOf")
         self._clock_ttl_s = clock_ttl_s
         self._clock_lock = threading.Lock()
         self._block_ts = 0
@@ -137,7 +136,7 @@ class ChainLedger:
         wallets = [checksum(w) for w in wallets]
         nonces = [(checksum(t), int(n)) for t, n in nonces]
         balance_wallets = [checksum(w) for w in balance_wallets]
-        calls: list[tuple[_Fn, str]] = [
+        calls: list[tuple[AbiFunction, str]] = [
             (self._participant_of, self._participant_of.data(w)) for w in wallets
         ]
         calls += [(self._filled_of, self._filled_of.data(t, n)) for t, n in nonces]
@@ -153,7 +152,7 @@ class ChainLedger:
         balances = {w: int(next(it)[0]) for w in balance_wallets}
         return ClearingReads(participants, cancelled, balances)
 
-    def _calls(self, calls: Sequence[tuple[_Fn, str]]) -> list[str]:
+    def _calls(self, calls: Sequence[tuple[AbiFunction, str]]) -> list[str]:
         """``eth_call`` results (hex) of ``calls`` at the latest block, as one JSON-RPC batch."""
         raw = batch_eth_call(self.w3, [(fn.address, data) for fn, data in calls])
         for (fn, _data), result in zip(calls, raw, strict=True):

@@ -8,8 +8,9 @@ from web3 import Web3
 
 from backend.chain import batches
 from backend.chain.batches import CandidateTrade
+from backend.chain.client import AbiFunction
 from backend.chain.contracts import contract_at
-from backend.market.chain_ledger import _compact, _Fn
+from backend.market.chain_ledger import _compact
 
 A = to_checksum_address("0x" + "ab" * 20)
 
@@ -24,7 +25,7 @@ def test_reads_and_record_trades_encode_like_web3() -> None:
         (market, "balanceOf", (A,)),
     ):
         web3_data = getattr(contract.functions, name)(*args)._encode_transaction_data()
-        assert _Fn(contract, name).data(*args) == web3_data
+        assert AbiFunction(contract, name).data(*args) == web3_data
     msg = {
         "trader": A,
         "side": 0,
@@ -56,7 +57,7 @@ def test_reads_and_record_trades_encode_like_web3() -> None:
 
 def test_decode_unwraps_a_single_output_like_web3() -> None:
     registry = contract_at(Web3(), "ParticipantRegistry", "0x" + "22" * 20)
-    fn = _Fn(registry, "participantOf")
+    fn = AbiFunction(registry, "participantOf")
     import eth_abi
 
     raw = eth_abi.encode(fn.outputs, [(A, 3, 17, True, 5000, 6000)])
@@ -65,7 +66,6 @@ def test_decode_unwraps_a_single_output_like_web3() -> None:
 
 def test_readings_submitted_event_decodes() -> None:
     """The batch event's ABI and its packed ``accepted`` bytes (meter | importWh | exportWh)."""
-    import pytest
     from eth_abi import decode, encode
     from eth_utils import keccak
 
@@ -102,11 +102,11 @@ def test_hand_coded_words_match_eth_abi() -> None:
         (market, "balanceOf", [0, 12345]),
         (market, "settlementDeadline", [2**63]),
     ):
-        fn = _Fn(contract, name)
+        fn = AbiFunction(contract, name)
         raw = eth_abi.encode(fn.outputs, values)
         expected = tuple(eth_abi.decode(fn.outputs, raw))
         assert fn.decode(raw) == (expected[0] if len(expected) == 1 else expected)
-    fn = _Fn(market, "filledOf")
+    fn = AbiFunction(market, "filledOf")
     top = 2**64 - 1
     assert fn.data(A, top) == market.functions.filledOf(A, top)._encode_transaction_data()
     with pytest.raises(eth_abi.exceptions.EncodingError):  # out of range: eth_abi refuses
