@@ -4,11 +4,12 @@ state."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from backend.market.auction import Candidate, Decision
+from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 
 _TRADES: dict[tuple[str, str, int, int, int, int], Any] = {}
 _TRADES_MAX = 200_000
@@ -52,6 +53,9 @@ class GridPortAdapter:
             )
         decisions = [Decision(int(v.reason), v.reason.name, v.element) for v in result.verdicts]
         return decisions, str(result.evidence_hash)
+
+    def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
+        return clear(book, functools.partial(self.validate, interval_id))
 
     def prepare(self, interval_id: int) -> None:
         """The interval's base state (a power flow and its model, ~30 ms on kerber_vorstadt),

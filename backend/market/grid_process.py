@@ -10,7 +10,6 @@ worker. The answers are those of ``GridPortAdapter`` in-process: the worker runs
 from __future__ import annotations
 
 import contextlib
-import functools
 import multiprocessing
 import os
 import threading
@@ -20,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
+from backend.market.auction import BookOrder, Candidate, Clearing, Decision
 from backend.market.errors import GridUnavailable
 
 _WORKER: Any = None  # the worker process's GridPortAdapter
@@ -41,10 +40,6 @@ def _exit_with(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(PARENT_POLL_S)
     os._exit(0)
-
-
-def _clear(interval_id: int, book: list[BookOrder]) -> Clearing:
-    return clear(book, functools.partial(_WORKER.validate, interval_id))
 
 
 def _call(name: str, *args: Any) -> Any:
@@ -90,7 +85,7 @@ class GridProcess:
 
     def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
         """The whole clearing of ``book`` (``auction.clear``) with the worker's validator."""
-        result: Clearing = self._run(_clear, interval_id, list(book))
+        result: Clearing = self._run(_call, "clear", interval_id, list(book))
         return result
 
     def validate(self, interval_id: int, batch: Sequence[Candidate]) -> tuple[list[Decision], str]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from backend.market.auction import Candidate, Decision
+from backend.market.auction import BookOrder, Candidate, Clearing, Decision
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,10 @@ class GridPort(Protocol):
     def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]: ...
 
     def load_buses(self) -> list[int]: ...
+
+    def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
+        """The whole clearing of ``book`` (``auction.clear``) against this grid's validator."""
+        ...
 
     def prepare(self, interval_id: int) -> None:
         """Compute what validating ``interval_id`` needs (its base state) ahead of time."""

@@ -46,7 +46,7 @@ from eth_hash.auto import keccak
 from backend.chain import eip712
 from backend.chain.address import checksum
 from backend.market import typed
-from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
+from backend.market.auction import BookOrder, Candidate, Clearing, clear
 from backend.market.errors import (
     BadSignature,
     Conflict,
@@ -661,12 +661,11 @@ class Market:
     def _prepare(self, interval_id: int) -> None:
         """Let the grid compute the next interval's base state in a worker thread while this
         clearing waits for its receipt, instead of in the next clearing."""
-        prepare = getattr(self.grid, "prepare", None)
-        if prepare is None:
+        if self.grid is None:
             return
         if self._preparer is None:
             self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-prepare")
-        future = self._preparer.submit(prepare, interval_id)
+        future = self._preparer.submit(self.grid.prepare, interval_id)
         future.add_done_callback(_log_failure)
 
     def _eligible(
@@ -728,16 +727,6 @@ class Market:
                 out[t.buyer] += escrow_of(t.energy_wh, int(t.price_per_kwh))
         return out
 
-    def _validate(self, interval_id: int) -> Any:
-        grid = self.grid
-        if grid is None:
-            return None
-
-        def run(batch: Sequence[Candidate]) -> tuple[list[Decision], str]:
-            return grid.validate(interval_id, batch)
-
-        return run
-
     def _clear(self, interval_id: int) -> Clearing:
         rows = self.store.open_orders(interval_id)
         eligible = self._eligible(interval_id, rows)
@@ -754,12 +743,9 @@ class Market:
             )
             for o, p in eligible
         ]
-        # A grid that clears where it validates (a worker process) gets the whole book at once.
-        clear_at_grid = getattr(self.grid, "clear", None)
-        if clear_at_grid is not None:
-            result = clear_at_grid(interval_id, book)
-        else:
-            result = clear(book, self._validate(interval_id))
+        # The grid runs the clearing's rounds where it validates (a worker process: the whole
+        # book goes over once); no grid approves everything.
+        result = clear(book) if self.grid is None else self.grid.clear(interval_id, book)
         # The contract wants each interval's trades in ascending tradeId order.
         decided = sorted(
             ((trade_id_of(c.sell.hash, c.buy.hash), c, d) for c, d in result.trades),
