@@ -13,8 +13,9 @@ import functools
 import random
 from dataclasses import dataclass
 
-from eth_account import Account
 from eth_utils import keccak
+
+from backend.iot.signing import address_of
 
 PV = "pv"
 CONSUMER = "consumer"
@@ -54,11 +55,9 @@ class Member:
         return int(1000 * (self.load_peak_kw + self.ev_kw + self.battery_kw) * 1.2)
 
 
-@functools.lru_cache(maxsize=4096)
-def _address_of(private_key: str) -> str:
-    """The account address of a key (a secp256k1 multiplication and a keccak: memoized, the
-    pipeline asks for members' addresses every interval)."""
-    return str(Account.from_key(private_key).address)
+# The account address of a key (a secp256k1 multiplication and a keccak): memoized, the pipeline
+# asks for members' addresses every interval.
+_address_of = functools.lru_cache(maxsize=4096)(address_of)
 
 
 def _key(seed: int, label: str) -> str:
