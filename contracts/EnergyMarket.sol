@@ -182,7 +182,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             let buf := mload(0x40)
             mstore(buf, typeHash)
             for { let o := 0 } lt(o, m) { o := add(o, 1) } {
-                let op := add(obase, mul(o, 153))
+                let op := add(obase, mul(o, ORDER_SIZE))
                 let w0 := calldataload(op)
                 let w1 := calldataload(add(op, 29))
                 let w2 := calldataload(add(op, 61))
@@ -215,7 +215,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             for (uint256 i = 0; i < n; ++i) {
                 uint256 w;
                 assembly ("memory-safe") {
-                    w := calldataload(add(tbase, mul(i, 29)))
+                    w := calldataload(add(tbase, mul(i, TRADE_SIZE)))
                 }
                 (uint256 so, uint256 bo) = (w >> 240, (w >> 224) & 0xffff);
                 if (so >= m) revert MarketOrderIndexOutOfRange(so);
@@ -264,7 +264,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             address[] memory traders = new address[](m);
             assembly ("memory-safe") {
                 for { let o := 0 } lt(o, m) { o := add(o, 1) } {
-                    mstore(add(traders, shl(5, add(o, 1))), shr(96, calldataload(add(obase, mul(o, 153)))))
+                    mstore(add(traders, shl(5, add(o, 1))), shr(96, calldataload(add(obase, mul(o, ORDER_SIZE)))))
                 }
             }
             return registry.statesOf(traders);
@@ -537,7 +537,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             uint256 escrow = _escrow(energyWh, price);
             uint256 paid = (delivered * price) / 1000;
             assembly ("memory-safe") {
-                // z: pbase, np, totals, metered, credit (at 0x80), unlock (at 0xa0)
+                // z: pbase, np, totals, metered, credit (at 0x80), unlock (at 0xa0) - read by
+                // offset: two more Solidity locals here are a stack-too-deep error (legacy codegen)
                 let credit := mload(add(z, 0x80))
                 let unlock := mload(add(z, 0xa0))
                 let cs := add(credit, shl(5, add(s, 1)))

@@ -128,7 +128,7 @@ contract MeterReadings is EIP712, IMeterReadings {
             let recp := add(h, 0x240)
             let value := 0
             for {} lt(rp, last) {
-                rp := add(rp, 100)
+                rp := add(rp, READING_SIZE)
                 recp := add(recp, 0x20)
             } {
                 let meter := shr(96, calldataload(rp))
@@ -219,7 +219,7 @@ contract MeterReadings is EIP712, IMeterReadings {
             mstore(add(records, 0x24), mul(n, 20))
             let q := add(records, 0x44)
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                mstore(add(q, mul(i, 20)), calldataload(add(base, mul(i, 100))))
+                mstore(add(q, mul(i, 20)), calldataload(add(base, mul(i, READING_SIZE))))
             }
             if iszero(staticcall(gas(), reg, records, add(0x44, mul(n, 20)), 0x00, 0x00)) {
                 returndatacopy(0x00, 0x00, returndatasize())
