@@ -179,17 +179,17 @@ contract MeterReadings is EIP712, IMeterReadings {
                             if iszero(eq(shr(192, value), iv)) { value := shl(192, iv) }
                         }
                     }
-                    let shift := mul(and(index, 3), 48)
-                    let lane := and(shr(shift, value), 0xffffffffffff)
+                    let shift := mul(and(index, 3), LANE_BITS) // index % LANES
+                    let lane := and(shr(shift, value), LANE_MASK)
                     // present (bit 47) | importWh (23..45) | exportWh (0..22)
-                    let newLane := or(or(shl(47, 1), shl(23, shr(64, wh))), and(wh, 0x7fffff))
+                    let newLane := or(or(PRESENT, shl(23, shr(64, wh))), and(wh, MAX_WH))
                     switch lane
                     case 0 {
                         value := or(value, shl(shift, newLane))
                         accepted := add(accepted, 1)
                         // entry: meter (20) | importWh (4) | exportWh (4); the next one overwrites the tail
                         mstore(out, or(shl(96, meter), shl(32, or(shl(32, shr(64, wh)), and(wh, 0xffffffff)))))
-                        out := add(out, 28)
+                        out := add(out, ACCEPTED_SIZE)
                     }
                     default {
                         reason := 4 // CONFLICTING
