@@ -21,8 +21,9 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         "Order(address trader,uint8 side,uint64 intervalId,uint64 energyWh,uint128 pricePerKWh,uint64 nonce,uint64 expiry,address counterparty)"
     );
     /// @inheritdoc IEnergyMarket
-    bytes32 public constant ATTESTATION_TYPEHASH =
-        keccak256("GridAttestation(uint64 intervalId,bytes32[] tradeIds,uint8[] verdicts,bytes32 evidenceHash)");
+    bytes32 public constant ATTESTATION_TYPEHASH = keccak256(
+        "GridAttestation(uint64 intervalId,uint32 batchIndex,uint32 batchCount,bytes32[] tradeIds,uint64[] energyWh,uint128[] pricePerKWh,uint8[] verdicts,bytes32 evidenceHash)"
+    );
 
     bytes32 internal constant MARKET_OPERATOR_ROLE = keccak256("MARKET_OPERATOR_ROLE");
     bytes32 internal constant VALIDATOR_ROLE = keccak256("VALIDATOR_ROLE");
@@ -50,6 +51,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     uint64 public immutable intervalSeconds;
     /// @inheritdoc IEnergyMarket
     uint64 public immutable settlementDelaySeconds;
+    /// @inheritdoc IEnergyMarket
+    uint64 public immutable gateLeadSeconds;
 
     // available and locked escrow share one slot: recording a trade touches the buyer once.
     mapping(address account => Account) private _accounts;
@@ -60,13 +63,16 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     // One commitment per recorded batch instead of storage per trade; settle re-supplies the trades.
     mapping(uint64 intervalId => mapping(uint256 batchIndex => bytes32)) private _commitments;
 
-    /// @dev A batch while it is recorded: hashes first (the attestation covers ids and verdicts), then
+    /// @dev A batch while it is recorded: hashes first (the attestation covers ids, amounts, prices and
+    /// verdicts, one word each per trade as EIP-712 hashes arrays), then
     /// one word per order: remaining Wh (bits 0..63) | filled by this batch (64..127) | registry index
     /// (128..159) | verified (bit 255); states: the registry's word per trader. Words instead of structs keep memory small.
     struct Batch {
         uint256 obase; // calldata position of the packed orders
         bytes32[] digests;
         bytes32[] ids;
+        uint256[] energies;
+        uint256[] prices;
         uint256[] verdicts;
         uint256[] work;
         uint256[] states;
@@ -87,9 +93,14 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @param registry_ Roles and participants.
     /// @param readings_ Meter readings; its interval length is the market's.
     /// @param settlementDelaySeconds_ Time after an interval's end until missing readings count as zero.
-    constructor(IERC20 token_, IParticipantRegistry registry_, IMeterReadings readings_, uint64 settlementDelaySeconds_)
-        EIP712("tegrid EnergyMarket", "1")
-    {
+    /// @param gateLeadSeconds_ How long before an interval starts its gate closes (no batch after it).
+    constructor(
+        IERC20 token_,
+        IParticipantRegistry registry_,
+        IMeterReadings readings_,
+        uint64 settlementDelaySeconds_,
+        uint64 gateLeadSeconds_
+    ) EIP712("tegrid EnergyMarket", "1") {
         if (address(token_) == address(0) || address(registry_) == address(0) || address(readings_) == address(0)) {
             revert MarketInvalidConfig();
         }
@@ -102,6 +113,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             revert MarketInvalidConfig();
         }
         settlementDelaySeconds = settlementDelaySeconds_;
+        gateLeadSeconds = gateLeadSeconds_;
     }
 
     // ------------------------------------------------------------------ balances
@@ -142,6 +154,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// traders read from the registry in one call.
     function recordTrades(
         uint64 intervalId,
+        uint32 batchIndex,
+        uint32 batchCount,
         bytes calldata orders,
         bytes calldata trades,
         bytes32 evidenceHash,
@@ -154,21 +168,50 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             revert MarketMalformedCalldata(FIELD_ORDERS, orders.length);
         }
         IntervalState storage st = _intervals[intervalId];
-        if (st.settled) revert MarketIntervalSettled(intervalId);
+        _checkSequence(intervalId, st, batchIndex, batchCount);
 
         Batch memory bt;
         (bt.obase, bt.digests) = _orderDigests(orders);
         uint256 approved = _tradeIds(trades, bt, st.lastTradeId);
-        _checkAttestation(intervalId, bt.ids, bt.verdicts, evidenceHash, validatorSignature);
+        _checkAttestation(intervalId, batchIndex, batchCount, bt, evidenceHash, validatorSignature);
         bt.states = _traderStates(bt.obase, bt.digests.length);
         bt.work = new uint256[](bt.digests.length);
         commitment = _recordApproved(intervalId, _cdPtr(trades), bt, approved);
+        _commitBatch(intervalId, st, batchCount, bt.ids[bt.ids.length - 1], commitment, approved, evidenceHash);
+    }
+
+    /// @dev The batch's commitment and the interval's bookkeeping (a function of its own: stack depth).
+    function _commitBatch(
+        uint64 intervalId,
+        IntervalState storage st,
+        uint32 batchCount,
+        bytes32 lastTradeId,
+        bytes32 commitment,
+        uint256 approved,
+        bytes32 evidenceHash
+    ) private {
         uint32 batchIndex = st.batchCount;
         _commitments[intervalId][batchIndex] = commitment;
-        st.lastTradeId = bt.ids[bt.ids.length - 1];
+        st.lastTradeId = lastTradeId;
         st.batchCount = batchIndex + 1;
+        st.expectedBatches = batchCount;
         st.approvedCount += uint32(approved);
         emit BatchRecorded(intervalId, batchIndex, commitment, uint32(approved), evidenceHash);
+    }
+
+    /// @dev Gate closure, then the batch's place: the next index, the count of the interval's first batch.
+    function _checkSequence(uint64 intervalId, IntervalState storage st, uint256 batchIndex, uint256 batchCount)
+        private
+        view
+    {
+        uint256 closure = _gateClosure(intervalId);
+        if (block.timestamp > closure) revert MarketGateClosed(intervalId, closure);
+        if (st.settled) revert MarketIntervalSettled(intervalId);
+        if (batchIndex != st.batchCount) revert MarketBatchOutOfSequence(intervalId, st.batchCount, batchIndex);
+        uint256 expected = st.expectedBatches;
+        if (batchCount <= batchIndex || (expected != 0 && batchCount != expected)) {
+            revert MarketBatchCountInvalid(intervalId, expected, batchCount);
+        }
     }
 
     /// @dev EIP-712 digest of every packed order.
@@ -211,6 +254,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             uint256 tbase = _cdPtr(trades);
             bytes32[] memory digests = bt.digests;
             bytes32[] memory ids = new bytes32[](n);
+            uint256[] memory energies = new uint256[](n);
+            uint256[] memory prices = new uint256[](n);
             uint256[] memory verdicts = new uint256[](n);
             for (uint256 i = 0; i < n; ++i) {
                 uint256 w;
@@ -226,35 +271,54 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                     mstore(0x20, mload(add(digests, shl(5, add(bo, 1)))))
                     id := keccak256(0x00, 0x40)
                     mstore(add(ids, shl(5, add(i, 1))), id)
+                    // trade word: energyWh (bits 160..223) | pricePerKWh (32..159) | verdict (24..31)
+                    mstore(add(energies, shl(5, add(i, 1))), and(shr(160, w), 0xffffffffffffffff))
+                    mstore(add(prices, shl(5, add(i, 1))), and(shr(32, w), 0xffffffffffffffffffffffffffffffff))
                     mstore(add(verdicts, shl(5, add(i, 1))), and(shr(24, w), 0xff))
                 }
                 if (id <= last) revert MarketTradeOutOfOrder(id, last);
                 last = id;
                 if ((w >> 24) & 0xff == 0) ++approved;
             }
-            (bt.ids, bt.verdicts) = (ids, verdicts);
+            bt.ids = ids;
+            bt.energies = energies;
+            bt.prices = prices;
+            bt.verdicts = verdicts;
         }
     }
 
     function _checkAttestation(
         uint64 intervalId,
-        bytes32[] memory ids,
-        uint256[] memory verdicts,
+        uint256 batchIndex,
+        uint256 batchCount,
+        Batch memory bt,
         bytes32 evidenceHash,
         bytes calldata signature
     ) private view {
-        // EIP-712 arrays: keccak256 of the 32-byte elements, hashed where they lie in memory
-        bytes32 idsHash;
-        bytes32 verdictsHash;
-        assembly ("memory-safe") {
-            idsHash := keccak256(add(ids, 32), shl(5, mload(ids)))
-            verdictsHash := keccak256(add(verdicts, 32), shl(5, mload(verdicts)))
-        }
-        bytes32 digest = _attestationDigest(intervalId, idsHash, verdictsHash, evidenceHash);
+        bytes32 digest = _attestationDigest(
+            intervalId,
+            batchIndex,
+            batchCount,
+            [_hashWords(bt.ids), _hashWords(bt.energies), _hashWords(bt.prices), _hashWords(bt.verdicts)],
+            evidenceHash
+        );
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, signature);
         if (err != ECDSA.RecoverError.NoError) signer = address(0);
         if (signer == address(0) || !registry.hasRole(VALIDATOR_ROLE, signer)) {
             revert MarketInvalidValidatorSignature(signer);
+        }
+    }
+
+    /// @dev EIP-712 hash of an array of one-word elements: keccak256 of the words where they lie in memory.
+    function _hashWords(bytes32[] memory words) private pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            h := keccak256(add(words, 32), shl(5, mload(words)))
+        }
+    }
+
+    function _hashWords(uint256[] memory words) private pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            h := keccak256(add(words, 32), shl(5, mload(words)))
         }
     }
 
@@ -460,29 +524,26 @@ contract EnergyMarket is EIP712, IEnergyMarket {
 
     /// @inheritdoc IEnergyMarket
     /// @dev Per party three memory words (totals, credit, unlock) instead of an 8-word struct; one balance
-    /// write per party.
-    function settle(uint64 intervalId, bytes[] calldata batches, bytes calldata parties, bytes calldata positions)
-        external
-    {
+    /// write per party the page pays or refunds.
+    function settle(
+        uint64 intervalId,
+        bytes[] calldata batches,
+        bytes calldata parties,
+        bytes calldata positions,
+        uint32 pageEnd
+    ) external {
         IntervalState storage st = _intervals[intervalId];
-        if (st.settled) revert MarketIntervalSettled(intervalId);
-        uint256 nb = st.batchCount;
-        if (nb == 0) revert MarketIntervalNotRecorded(intervalId);
-        if (batches.length != nb) revert MarketBatchCountMismatch(intervalId, nb, batches.length);
-        for (uint256 b = 0; b < nb; ++b) {
-            bytes calldata batch = batches[b];
-            if (batch.length % RECORD_SIZE != 0) revert MarketMalformedCalldata(FIELD_RECORDS, batch.length);
-            if (_hashCalldata(batch) != _commitments[intervalId][b]) {
-                revert MarketBatchCommitmentMismatch(intervalId, b);
-            }
-        }
+        uint256 from = _checkSettleable(intervalId, st, pageEnd);
+        _checkBatches(intervalId, batches, 0, st.batchCount);
         if (positions.length % 2 != 0) revert MarketMalformedCalldata(FIELD_POSITIONS, positions.length);
         if (positions.length / 2 != 2 * uint256(st.approvedCount)) {
             revert MarketPositionsMismatch(2 * uint256(st.approvedCount), positions.length / 2);
         }
         if (parties.length % 20 != 0) revert MarketMalformedCalldata(FIELD_PARTIES, parties.length);
         _checkSorted(parties);
-        st.settled = true;
+        bool last = pageEnd == st.batchCount;
+        st.settledBatches = pageEnd;
+        if (last) st.settled = true;
 
         Settlement memory z;
         z.pbase = _cdPtr(parties);
@@ -491,17 +552,104 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         _loadReadings(intervalId, z);
         z.credit = new uint256[](z.np);
         z.unlock = new uint256[](z.np);
-        uint256 pos = _cdPtr(positions);
-        for (uint256 b = 0; b < nb; ++b) {
+        uint256 count = _settlePage(z, batches, from, pageEnd, _cdPtr(positions));
+        _pay(z);
+        emit BatchesSettled(intervalId, uint32(from), pageEnd, uint32(count));
+        if (last) emit IntervalSettled(intervalId, st.approvedCount);
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function reclaim(uint64 intervalId, bytes[] calldata batches) external {
+        IntervalState storage st = _intervals[intervalId];
+        if (st.settled) revert MarketIntervalSettled(intervalId);
+        uint256 nb = st.batchCount;
+        if (nb == 0) revert MarketIntervalNotRecorded(intervalId);
+        uint256 start = _reclaimAfter(intervalId);
+        if (block.timestamp < start) revert MarketReclaimNotReady(intervalId, start);
+        uint256 from = st.settledBatches;
+        _checkBatches(intervalId, batches, from, nb - from);
+        st.settledBatches = uint32(nb);
+        st.settled = true;
+        st.reclaimed = true;
+        uint256 count;
+        for (uint256 b = 0; b < batches.length; ++b) {
             bytes calldata batch = batches[b];
             uint256 rp = _cdPtr(batch);
             for (uint256 end = rp + batch.length; rp < end; rp += RECORD_SIZE) {
-                _settleOne(z, rp, pos);
-                pos += 4;
+                _reclaimOne(rp);
+                ++count;
             }
         }
-        _pay(z);
-        emit IntervalSettled(intervalId, st.approvedCount);
+        emit IntervalReclaimed(intervalId, uint32(from), uint32(count));
+    }
+
+    /// @dev The escrow of the record at calldata position rp back to its buyer.
+    function _reclaimOne(uint256 rp) private {
+        unchecked {
+            bytes32 id;
+            address buyer;
+            uint256 tail; // sellerIndex | buyerIndex | energyWh | pricePerKWh
+            assembly ("memory-safe") {
+                id := calldataload(rp)
+                buyer := shr(96, calldataload(add(rp, 52)))
+                tail := calldataload(add(rp, 72))
+            }
+            uint256 escrow = _escrow((tail >> 128) & U64, tail & U128);
+            Account memory acc = _accounts[buyer];
+            _accounts[buyer] = Account(acc.available + uint128(escrow), acc.locked - uint128(escrow));
+            emit EscrowReclaimed(id, buyer, escrow);
+        }
+    }
+
+    /// @dev The timeline and page checks of `settle`; returns the first batch of the page.
+    function _checkSettleable(uint64 intervalId, IntervalState storage st, uint256 pageEnd)
+        private
+        view
+        returns (uint256 from)
+    {
+        if (st.settled) revert MarketIntervalSettled(intervalId);
+        uint256 nb = st.batchCount;
+        if (nb == 0) revert MarketIntervalNotRecorded(intervalId);
+        uint256 closure = _gateClosure(intervalId);
+        if (block.timestamp <= closure) revert MarketRecordingOpen(intervalId, closure);
+        if (nb != st.expectedBatches) revert MarketBatchesMissing(intervalId, st.expectedBatches, nb);
+        uint256 expiry = _reclaimAfter(intervalId);
+        if (block.timestamp >= expiry) revert MarketSettlementExpired(intervalId, expiry);
+        from = st.settledBatches;
+        if (pageEnd <= from || pageEnd > nb) revert MarketPageInvalid(intervalId, from, pageEnd);
+    }
+
+    /// @dev `batches` are batches [first, first + count) of the interval, each exactly as committed.
+    function _checkBatches(uint64 intervalId, bytes[] calldata batches, uint256 first, uint256 count) private view {
+        if (batches.length != count) revert MarketBatchCountMismatch(intervalId, count, batches.length);
+        for (uint256 b = 0; b < count; ++b) {
+            bytes calldata batch = batches[b];
+            if (batch.length % RECORD_SIZE != 0) revert MarketMalformedCalldata(FIELD_RECORDS, batch.length);
+            if (_hashCalldata(batch) != _commitments[intervalId][first + b]) {
+                revert MarketBatchCommitmentMismatch(intervalId, first + b);
+            }
+        }
+    }
+
+    /// @dev Settles the records of batches [from, to); `pos` points at the positions of the first record.
+    function _settlePage(Settlement memory z, bytes[] calldata batches, uint256 from, uint256 to, uint256 pos)
+        private
+        returns (uint256 count)
+    {
+        unchecked {
+            for (uint256 b = 0; b < to; ++b) {
+                bytes calldata batch = batches[b];
+                uint256 n = batch.length / RECORD_SIZE;
+                if (b >= from) {
+                    uint256 rp = _cdPtr(batch);
+                    for (uint256 i = 0; i < n; ++i) {
+                        _settleOne(z, rp + i * RECORD_SIZE, pos + 4 * i);
+                    }
+                    count += n;
+                }
+                pos += 4 * n;
+            }
+        }
     }
 
     function _checkSorted(bytes calldata parties) private pure {
@@ -584,6 +732,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 c := mload(add(credit, shl(5, add(p, 1))))
                 u := mload(add(unlock, shl(5, add(p, 1))))
             }
+            if (c == 0 && u == 0) continue; // not in this page
             Account memory acc = _accounts[wallet];
             _accounts[wallet] = Account(acc.available + uint128(c), acc.locked - uint128(u));
         }
@@ -729,14 +878,18 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     }
 
     /// @inheritdoc IEnergyMarket
-    function attestationDigest(
-        uint64 intervalId,
-        bytes32[] calldata tradeIds,
-        uint8[] calldata verdicts,
-        bytes32 evidenceHash
-    ) external view returns (bytes32) {
+    function attestationDigest(GridAttestation calldata a) external view returns (bytes32) {
         return _attestationDigest(
-            intervalId, keccak256(abi.encodePacked(tradeIds)), keccak256(abi.encodePacked(verdicts)), evidenceHash
+            a.intervalId,
+            a.batchIndex,
+            a.batchCount,
+            [
+                keccak256(abi.encodePacked(a.tradeIds)),
+                keccak256(abi.encodePacked(a.energyWh)),
+                keccak256(abi.encodePacked(a.pricePerKWh)),
+                keccak256(abi.encodePacked(a.verdicts))
+            ],
+            a.evidenceHash
         );
     }
 
@@ -766,8 +919,27 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         return _deadline(intervalId);
     }
 
+    /// @inheritdoc IEnergyMarket
+    function gateClosure(uint64 intervalId) external view returns (uint256) {
+        return _gateClosure(intervalId);
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function reclaimAfter(uint64 intervalId) external view returns (uint256) {
+        return _reclaimAfter(intervalId);
+    }
+
     function _deadline(uint64 intervalId) private view returns (uint256) {
         return (uint256(intervalId) + 1) * intervalSeconds + settlementDelaySeconds;
+    }
+
+    function _gateClosure(uint64 intervalId) private view returns (uint256) {
+        uint256 start = uint256(intervalId) * intervalSeconds;
+        return start > gateLeadSeconds ? start - gateLeadSeconds : 0;
+    }
+
+    function _reclaimAfter(uint64 intervalId) private view returns (uint256) {
+        return _deadline(intervalId) + settlementDelaySeconds;
     }
 
     /// @dev Escrow of a trade: its value rounded up to whole token base units. Callers pass a 64-bit
@@ -796,15 +968,30 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         );
     }
 
-    /// @dev The GridAttestation digest from the EIP-712 hashes of its two arrays (keccak256 of the
-    /// 32-byte elements), so the recording path can hash its arrays where they lie in memory.
-    function _attestationDigest(uint64 intervalId, bytes32 idsHash, bytes32 verdictsHash, bytes32 evidenceHash)
-        private
-        view
-        returns (bytes32)
-    {
+    /// @dev The GridAttestation digest from the EIP-712 hashes of its four arrays (tradeIds, energyWh,
+    /// pricePerKWh, verdicts: keccak256 of the 32-byte elements), so the recording path can hash its arrays
+    /// where they lie in memory.
+    function _attestationDigest(
+        uint64 intervalId,
+        uint256 batchIndex,
+        uint256 batchCount,
+        bytes32[4] memory arrayHashes,
+        bytes32 evidenceHash
+    ) private view returns (bytes32) {
         return _hashTypedDataV4(
-            keccak256(abi.encode(ATTESTATION_TYPEHASH, intervalId, idsHash, verdictsHash, evidenceHash))
+            keccak256(
+                abi.encode(
+                    ATTESTATION_TYPEHASH,
+                    intervalId,
+                    batchIndex,
+                    batchCount,
+                    arrayHashes[0],
+                    arrayHashes[1],
+                    arrayHashes[2],
+                    arrayHashes[3],
+                    evidenceHash
+                )
+            )
         );
     }
 }

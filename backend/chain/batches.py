@@ -4,14 +4,17 @@ The contracts take packed calldata (big-endian fixed-width fields, no ABI paddin
 are documented in ``contracts/interfaces/IEnergyMarket.sol`` and ``IMeterReadings.sol``). Every
 caller - market operator, oracle, keeper, demo, benchmarks, contract tests - builds them here:
 
-- :func:`record_args` -> ``recordTrades(intervalId, orders, trades, evidenceHash, signature)``:
+- :func:`record_args` -> ``recordTrades(intervalId, batchIndex, batchCount, orders, trades,
+  evidenceHash, signature)``:
   every distinct signed order once (153 bytes each), the trades by order index (29 bytes each);
 - :meth:`CandidateTrade.record` / :func:`pack_record` -> the 104-byte trade record a batch commits
-  to (:func:`commitment`) and ``settle`` takes again; :func:`settle_args` -> its other arguments;
+  to (:func:`commitment`) and ``settle`` / ``reclaim`` take again; :func:`settle_args` -> the other
+  arguments of ``settle``;
 - :func:`signed_reading` -> one 100-byte reading of ``submitReadings(intervalId, readings)``;
   :func:`unpack_accepted` decodes the ``accepted`` bytes of ``ReadingsSubmitted`` (28 bytes per
   accepted reading), :func:`accepted_from_logs` the readings of a list of those logs;
-- :func:`record_trades_calldata`, :func:`settle_calldata`, :func:`submit_readings_calldata`: the
+- :func:`record_trades_calldata`, :func:`settle_calldata`, :func:`reclaim_calldata`,
+  :func:`submit_readings_calldata`: the
   whole transaction data, for callers that send raw calldata;
 - :func:`sort_by_trade_id` (ascending trade ids within an interval) and :func:`attest` (the
   validator's signature over a batch).
@@ -46,8 +49,9 @@ READING_SIZE = 100
 ACCEPTED_SIZE = 28
 READINGS_SUBMITTED_SIGNATURE = "ReadingsSubmitted(uint64,bytes)"
 
-RECORD_TRADES_SIGNATURE = "recordTrades(uint64,bytes,bytes,bytes32,bytes)"
-SETTLE_SIGNATURE = "settle(uint64,bytes[],bytes,bytes)"
+RECORD_TRADES_SIGNATURE = "recordTrades(uint64,uint32,uint32,bytes,bytes,bytes32,bytes)"
+SETTLE_SIGNATURE = "settle(uint64,bytes[],bytes,bytes,uint32)"
+RECLAIM_SIGNATURE = "reclaim(uint64,bytes[])"
 SUBMIT_READINGS_SIGNATURE = "submitReadings(uint64,bytes)"
 
 
@@ -155,6 +159,12 @@ class CandidateTrade:
     def trade_id(self, chain_id: int, market: str) -> bytes:
         return eip712.trade_id(*self.order_hashes(chain_id, market))
 
+    def attested(self, chain_id: int, market: str) -> eip712.AttestedTrade:
+        """What the validator's attestation binds of this trade."""
+        return eip712.AttestedTrade(
+            self.trade_id(chain_id, market), self.energy_wh, self.price_per_kwh, self.verdict
+        )
+
     def record(self, chain_id: int, market: str, seller_index: int, buyer_index: int) -> bytes:
         """The 104-byte trade record the batch commitment covers (approved trades only)."""
         return pack_record(
@@ -189,12 +199,18 @@ def record_args(trades: Sequence[CandidateTrade]) -> tuple[bytes, bytes]:
 
 
 def record_trades_calldata(
-    interval_id: int, orders: bytes, trades: bytes, evidence_hash: bytes, signature: bytes
+    interval_id: int,
+    batch_index: int,
+    batch_count: int,
+    orders: bytes,
+    trades: bytes,
+    evidence_hash: bytes,
+    signature: bytes,
 ) -> bytes:
     """Transaction data of ``recordTrades``."""
     return _selector(RECORD_TRADES_SIGNATURE) + abi_encode(
-        ["uint64", "bytes", "bytes", "bytes32", "bytes"],
-        [interval_id, orders, trades, evidence_hash, signature],
+        ["uint64", "uint32", "uint32", "bytes", "bytes", "bytes32", "bytes"],
+        [interval_id, batch_index, batch_count, orders, trades, evidence_hash, signature],
     )
 
 
@@ -221,11 +237,23 @@ def settle_args(record_batches: Sequence[Sequence[bytes]]) -> tuple[list[bytes],
     return [b"".join(b) for b in record_batches], packed_parties, bytes(positions)
 
 
-def settle_calldata(interval_id: int, record_batches: Sequence[Sequence[bytes]]) -> bytes:
-    """Transaction data of ``settle``."""
+def settle_calldata(
+    interval_id: int, record_batches: Sequence[Sequence[bytes]], page_end: int | None = None
+) -> bytes:
+    """Transaction data of ``settle``: every batch of the interval, paying batches up to
+    ``page_end`` (exclusive; default: all of them)."""
     batches, parties, positions = settle_args(record_batches)
+    end = len(record_batches) if page_end is None else page_end
     return _selector(SETTLE_SIGNATURE) + abi_encode(
-        ["uint64", "bytes[]", "bytes", "bytes"], [interval_id, batches, parties, positions]
+        ["uint64", "bytes[]", "bytes", "bytes", "uint32"],
+        [interval_id, batches, parties, positions, end],
+    )
+
+
+def reclaim_calldata(interval_id: int, record_batches: Sequence[Sequence[bytes]]) -> bytes:
+    """Transaction data of ``reclaim``: the records of the batches not yet settled."""
+    return _selector(RECLAIM_SIGNATURE) + abi_encode(
+        ["uint64", "bytes[]"], [interval_id, [b"".join(b) for b in record_batches]]
     )
 
 
@@ -250,17 +278,21 @@ def attest(
     interval_id: int,
     trades: Sequence[CandidateTrade],
     evidence_hash: bytes,
+    batch_index: int = 0,
+    batch_count: int = 1,
 ) -> bytes:
-    """65-byte validator signature of the GridAttestation over ``trades`` (in batch order)."""
-    doc = eip712.attestation_typed_data(
+    """65-byte validator signature of the GridAttestation over ``trades`` (in batch order), batch
+    ``batch_index`` of the interval's ``batch_count``."""
+    digest = eip712.attestation_hash(
         chain_id,
         market,
         interval_id,
-        [t.trade_id(chain_id, market) for t in trades],
-        [t.verdict for t in trades],
+        batch_index,
+        batch_count,
+        [t.attested(chain_id, market) for t in trades],
         evidence_hash,
     )
-    return eip712.sign_typed_data(validator_key, doc)
+    return bytes.fromhex(eip712.sign_digest(digest, validator_key)[2:])
 
 
 def pack_reading(meter: str, import_wh: int, export_wh: int, r: bytes, vs: bytes) -> bytes:

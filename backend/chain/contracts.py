@@ -48,6 +48,7 @@ class Deployment:
     contracts: dict[str, str] = field(default_factory=dict)
     interval_seconds: int = 900
     settlement_delay_seconds: int = 3600
+    gate_lead_seconds: int = 0
     block: int = 0
 
     def address(self, name: str) -> str:
@@ -111,6 +112,7 @@ def load_deployment(path: Path) -> Deployment:
         contracts={k: to_checksum_address(v) for k, v in data["contracts"].items()},
         interval_seconds=int(data.get("interval_seconds", 900)),
         settlement_delay_seconds=int(data.get("settlement_delay_seconds", 3600)),
+        gate_lead_seconds=int(data.get("gate_lead_seconds", 0)),
         block=int(data.get("block", 0)),
     )
 

@@ -15,6 +15,10 @@ from backend.chain.contracts import Deployment, contract_at, load_artifact, save
 from backend.settings import Settings
 
 DEFAULT_SETTLEMENT_DELAY_SECONDS = 3600
+# The chain's gate closure: no batch of an interval is recorded after its start minus this lead. The
+# market closes its order book earlier (``MarketConfig.gate_lead_seconds``) so that clearing and
+# recording fit before it.
+DEFAULT_GATE_LEAD_SECONDS = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ def deploy_all(
     *,
     interval_seconds: int = 900,
     settlement_delay_seconds: int = DEFAULT_SETTLEMENT_DELAY_SECONDS,
+    gate_lead_seconds: int = DEFAULT_GATE_LEAD_SECONDS,
     token_address: str | None = None,
     deployment_file: Path | None = None,
 ) -> Deployment:
@@ -69,6 +74,7 @@ def deploy_all(
         registry_address,
         readings_address,
         settlement_delay_seconds,
+        gate_lead_seconds,
     )
     contracts["EnergyMarket"] = market_address
 
@@ -88,6 +94,7 @@ def deploy_all(
         contracts=contracts,
         interval_seconds=interval_seconds,
         settlement_delay_seconds=settlement_delay_seconds,
+        gate_lead_seconds=gate_lead_seconds,
         block=last_block,
     )
     if deployment_file is not None:

@@ -8,14 +8,15 @@ Field names are the Solidity names (camelCase); bytes32 values are ``0x`` hex st
 Identifiers:
 - order hash = EIP-712 digest of the Order (domain "tegrid EnergyMarket", "1", chain id, market);
 - trade id = keccak256(abi.encode(sellOrderHash, buyOrderHash));
-- attestation = GridAttestation(intervalId, tradeIds[], verdicts[], evidenceHash), batch order.
+- attestation = GridAttestation(intervalId, batchIndex, batchCount, tradeIds[], energyWh[],
+  pricePerKWh[], verdicts[], evidenceHash): every value the contract records of each trade, batch order.
 Order and reading signatures go on chain in EIP-2098 compact form (r, vs): :func:`to_compact`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
@@ -72,7 +73,11 @@ READING_TYPE = [
 ]
 ATTESTATION_TYPE = [
     {"name": "intervalId", "type": "uint64"},
+    {"name": "batchIndex", "type": "uint32"},
+    {"name": "batchCount", "type": "uint32"},
     {"name": "tradeIds", "type": "bytes32[]"},
+    {"name": "energyWh", "type": "uint64[]"},
+    {"name": "pricePerKWh", "type": "uint128[]"},
     {"name": "verdicts", "type": "uint8[]"},
     {"name": "evidenceHash", "type": "bytes32"},
 ]
@@ -82,7 +87,12 @@ ORDER_TYPE_STRING = (
 )
 READING_TYPE_STRING = "Reading(address meter,uint64 intervalId,uint64 importWh,uint64 exportWh)"
 ATTESTATION_TYPE_STRING = (
-    "GridAttestation(uint64 intervalId,bytes32[] tradeIds,uint8[] verdicts,bytes32 evidenceHash)"
+    "GridAttestation(uint64 intervalId,uint32 batchIndex,uint32 batchCount,bytes32[] tradeIds,"
+    "uint64[] energyWh,uint128[] pricePerKWh,uint8[] verdicts,bytes32 evidenceHash)"
+)
+_ATTESTATION_TYPEHASH = keccak(text=ATTESTATION_TYPE_STRING)
+_DOMAIN_TYPEHASH = keccak(
+    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
@@ -102,6 +112,17 @@ def domain(name: str, chain_id: int, verifying_contract: str) -> dict[str, Any]:
         "chainId": int(chain_id),
         "verifyingContract": to_checksum_address(verifying_contract),
     }
+
+
+def domain_separator(name: str, chain_id: int, verifying_contract: str) -> bytes:
+    """The EIP-712 domain separator (``hashStruct(EIP712Domain)``) of :func:`domain`."""
+    return keccak(
+        _DOMAIN_TYPEHASH
+        + keccak(text=name)
+        + keccak(text=DOMAIN_VERSION)
+        + int(chain_id).to_bytes(32, "big")
+        + bytes.fromhex(to_checksum_address(verifying_contract)[2:]).rjust(32, b"\x00")
+    )
 
 
 def _document(
@@ -161,21 +182,34 @@ def reading_typed_data(
     )
 
 
+class AttestedTrade(NamedTuple):
+    """What the validator's attestation binds of one trade: the contract records exactly these."""
+
+    trade_id: bytes | str
+    energy_wh: int
+    price_per_kwh: int
+    verdict: int
+
+
 def attestation_typed_data(
     chain_id: int,
     market_address: str,
     interval_id: int,
-    trade_ids: Sequence[bytes | str],
-    verdicts: Sequence[int],
+    batch_index: int,
+    batch_count: int,
+    trades: Sequence[AttestedTrade],
     evidence_hash: bytes | str,
 ) -> dict[str, Any]:
-    """Full typed-data document of a GridAttestation over a batch (ids, verdicts in batch order)."""
-    if len(trade_ids) != len(verdicts):
-        raise ValueError("trade_ids and verdicts differ in length")
+    """Full typed-data document of a GridAttestation over batch ``batch_index`` of ``batch_count``
+    (the trades in batch order)."""
     message = {
         "intervalId": int(interval_id),
-        "tradeIds": [_hex32(t) for t in trade_ids],
-        "verdicts": [int(v) for v in verdicts],
+        "batchIndex": int(batch_index),
+        "batchCount": int(batch_count),
+        "tradeIds": [_hex32(t.trade_id) for t in trades],
+        "energyWh": [int(t.energy_wh) for t in trades],
+        "pricePerKWh": [int(t.price_per_kwh) for t in trades],
+        "verdicts": [int(t.verdict) for t in trades],
         "evidenceHash": _hex32(evidence_hash),
     }
     return _document(
@@ -183,6 +217,33 @@ def attestation_typed_data(
         ATTESTATION_TYPE,
         domain(MARKET_DOMAIN_NAME, chain_id, market_address),
         message,
+    )
+
+
+def attestation_struct_hash(
+    interval_id: int,
+    batch_index: int,
+    batch_count: int,
+    trades: Sequence[AttestedTrade],
+    evidence_hash: bytes | str,
+) -> bytes:
+    """``hashStruct`` of a GridAttestation, encoded directly (a batch of thousands of trades would
+    take eth-account's generic encoder long): each array hashes its 32-byte words."""
+
+    def words(values: Sequence[int]) -> bytes:
+        return keccak(b"".join(int(v).to_bytes(32, "big") for v in values))
+
+    ids = keccak(b"".join(bytes.fromhex(_hex32(t.trade_id)[2:]) for t in trades))
+    return keccak(
+        _ATTESTATION_TYPEHASH
+        + int(interval_id).to_bytes(32, "big")
+        + int(batch_index).to_bytes(32, "big")
+        + int(batch_count).to_bytes(32, "big")
+        + ids
+        + words([t.energy_wh for t in trades])
+        + words([t.price_per_kwh for t in trades])
+        + words([t.verdict for t in trades])
+        + bytes.fromhex(_hex32(evidence_hash)[2:])
     )
 
 
@@ -215,16 +276,15 @@ def attestation_hash(
     chain_id: int,
     market_address: str,
     interval_id: int,
-    trade_ids: Sequence[bytes | str],
-    verdicts: Sequence[int],
+    batch_index: int,
+    batch_count: int,
+    trades: Sequence[AttestedTrade],
     evidence_hash: bytes | str,
 ) -> bytes:
-    """EIP-712 digest of a GridAttestation."""
-    return typed_data_hash(
-        attestation_typed_data(
-            chain_id, market_address, interval_id, trade_ids, verdicts, evidence_hash
-        )
-    )
+    """EIP-712 digest of a GridAttestation (what the validator signs and the contract recovers)."""
+    separator = domain_separator(MARKET_DOMAIN_NAME, chain_id, market_address)
+    struct = attestation_struct_hash(interval_id, batch_index, batch_count, trades, evidence_hash)
+    return keccak(b"\x19\x01" + separator + struct)
 
 
 def trade_id(sell_order_hash: bytes, buy_order_hash: bytes) -> bytes:

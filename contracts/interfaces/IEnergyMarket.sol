@@ -7,10 +7,13 @@ pragma solidity 0.8.28;
 /// Signed types:
 /// - `Order(address trader,uint8 side,uint64 intervalId,uint64 energyWh,uint128 pricePerKWh,uint64 nonce,uint64 expiry,address counterparty)`
 ///   side 0 = SELL, 1 = BUY; price in token base units per kWh; counterparty zero = anyone; expiry a unix time.
-/// - `GridAttestation(uint64 intervalId,bytes32[] tradeIds,uint8[] verdicts,bytes32 evidenceHash)`
-///   signed by a VALIDATOR_ROLE key; the arrays list every trade of the batch in batch order with its verdict
-///   (0 approved; 1 VOLTAGE_HIGH, 2 VOLTAGE_LOW, 3 LINE_OVERLOAD, 4 TRAFO_OVERLOAD, 5 NOT_CONVERGED,
-///   6 UNKNOWN_BUS, 7 INVALID_TRADE, other non-zero codes are vetoes too). Standard EIP-712 array encoding.
+/// - `GridAttestation(uint64 intervalId,uint32 batchIndex,uint32 batchCount,bytes32[] tradeIds,uint64[] energyWh,uint128[] pricePerKWh,uint8[] verdicts,bytes32 evidenceHash)`
+///   signed by a VALIDATOR_ROLE key: batch `batchIndex` of the `batchCount` batches the validator cleared
+///   for the interval; the arrays list every trade of the batch in batch order with the energy and price
+///   the contract records and its verdict (0 approved; 1 VOLTAGE_HIGH, 2 VOLTAGE_LOW, 3 LINE_OVERLOAD,
+///   4 TRAFO_OVERLOAD, 5 NOT_CONVERGED, 6 UNKNOWN_BUS, 7 INVALID_TRADE, other non-zero codes are vetoes
+///   too). The parties are bound through the trade ids (each covers both signed orders, traders included),
+///   the chain and contract through the domain. Standard EIP-712 array encoding.
 ///
 /// Identifiers and rules:
 /// - orderHash = the order's EIP-712 digest; tradeId = keccak256(abi.encode(sellOrderHash, buyOrderHash)).
@@ -18,15 +21,24 @@ pragma solidity 0.8.28;
 ///   makes every order with it unrecordable.
 /// - Within an interval, trades (approved and vetoed) must be recorded in strictly ascending tradeId order,
 ///   across all batches: this makes recording a trade twice impossible without a storage slot per trade.
+///   Batches are recorded in their attested order (batchIndex 0, 1, ...) and all carry the same batchCount.
+/// - Timeline of an interval (chain time): batches are recorded up to its gate closure
+///   (`gateClosure` = interval start - `gateLeadSeconds`, set at deployment); settlement starts after
+///   the gate closure once every attested batch is recorded, and needs every party's reading or the
+///   settlement deadline (interval end + `settlementDelaySeconds`); it may run in pages of whole batches
+///   until `reclaimAfter` (the deadline + `settlementDelaySeconds`). From then on anyone may `reclaim`:
+///   the escrow of every trade not yet settled goes back to its buyer (also for an interval whose batches
+///   never all arrived).
 /// - Escrow of a trade = ceil(energyWh * pricePerKWh / 1000) (rounded up so the seller can always be paid).
 /// - Settlement (min of two, pro rata): E_s = sum of the seller's approved sales in the interval, X_s its
 ///   metered export, r_s = min(1, X_s / E_s); buyers likewise with purchases and metered import. A trade of q Wh
 ///   delivers floor(q * min(r_s, r_b)) Wh, the seller is paid floor(delivered * price / 1000), the buyer gets
 ///   escrow - paid back. Readings missing at the deadline count as zero.
-/// - An interval settles in one `settle` call over all its batches (about 15k gas per trade, so some
-///   1,900 trades per interval fit a 30M-gas block); chunked settlement is not implemented. Settle within
-///   the readings window of {IMeterReadings} (`readingWindowIntervals`): readings overwritten by a later
-///   interval count as missing. The constructor requires settlementDelay <= window / 2.
+/// - `settle` takes every batch of the interval (the totals of each party span all batches) and pays the
+///   trades of batches [settled so far, pageEnd): a page costs about 2k gas per trade of the interval
+///   (calldata, commitment and totals) plus about 13k per trade paid. The constructor requires
+///   2 x settlementDelay <= the readings window of {IMeterReadings}, so settlement always reads
+///   readings that a later interval has not overwritten.
 /// - Internal balances assume a plain ERC-20: tokens that take a fee on transfer are not supported.
 ///
 /// Packed calldata (big-endian, no padding; `packOrder`/`packTrade` build the first two, and
@@ -65,11 +77,30 @@ interface IEnergyMarket {
     }
 
     /// @notice Per-interval bookkeeping.
+    /// lastTradeId: highest trade id recorded; batchCount: batches recorded; approvedCount: approved trades
+    /// recorded; expectedBatches: the batchCount the validator attested (0 before the first batch);
+    /// settledBatches: batches settled (or reclaimed) so far; settled: every batch is settled or reclaimed;
+    /// reclaimed: the escrow of the unsettled batches went back to the buyers.
     struct IntervalState {
         bytes32 lastTradeId;
         uint32 batchCount;
         uint32 approvedCount;
+        uint32 expectedBatches;
+        uint32 settledBatches;
         bool settled;
+        bool reclaimed;
+    }
+
+    /// @notice A validator attestation of one batch, as signed (see the type string above).
+    struct GridAttestation {
+        uint64 intervalId;
+        uint32 batchIndex;
+        uint32 batchCount;
+        bytes32[] tradeIds;
+        uint64[] energyWh;
+        uint128[] pricePerKWh;
+        uint8[] verdicts;
+        bytes32 evidenceHash;
     }
 
     error MarketInvalidConfig();
@@ -104,6 +135,43 @@ interface IEnergyMarket {
     error MarketSettlementNotReady(uint64 intervalId, uint256 deadline);
     /// @notice Packed calldata whose length is not a whole number of records (field: see the layouts).
     error MarketMalformedCalldata(uint8 field, uint256 length);
+    /// @notice recordTrades after the interval's gate closure (`gateClosure`, chain time).
+    /// @param intervalId The interval.
+    /// @param gateClosure The last timestamp at which its batches could be recorded.
+    error MarketGateClosed(uint64 intervalId, uint256 gateClosure);
+    /// @notice A batch recorded out of its attested order.
+    /// @param intervalId The interval.
+    /// @param expectedIndex The index the next batch must carry (batches recorded so far).
+    /// @param batchIndex The index given.
+    error MarketBatchOutOfSequence(uint64 intervalId, uint256 expectedIndex, uint256 batchIndex);
+    /// @notice A batch count of zero, not above the batch index, or unlike the count of the interval's
+    /// first batch.
+    /// @param intervalId The interval.
+    /// @param expectedCount The count of the first batch (0 when this is the first).
+    /// @param batchCount The count given.
+    error MarketBatchCountInvalid(uint64 intervalId, uint256 expectedCount, uint256 batchCount);
+    /// @notice settle before the interval's gate closure has passed (more batches may still come).
+    /// @param intervalId The interval.
+    /// @param gateClosure Its gate closure.
+    error MarketRecordingOpen(uint64 intervalId, uint256 gateClosure);
+    /// @notice settle of an interval whose attested batches did not all arrive (only `reclaim` is left).
+    /// @param intervalId The interval.
+    /// @param expected Batches attested.
+    /// @param recorded Batches recorded.
+    error MarketBatchesMissing(uint64 intervalId, uint256 expected, uint256 recorded);
+    /// @notice settle at or after `reclaimAfter`: the unsettled escrow can only be reclaimed.
+    /// @param intervalId The interval.
+    /// @param reclaimAfter When reclaiming started.
+    error MarketSettlementExpired(uint64 intervalId, uint256 reclaimAfter);
+    /// @notice reclaim before `reclaimAfter`.
+    /// @param intervalId The interval.
+    /// @param reclaimAfter When reclaiming starts.
+    error MarketReclaimNotReady(uint64 intervalId, uint256 reclaimAfter);
+    /// @notice A settlement page that does not start after the batches already settled or ends past the last.
+    /// @param intervalId The interval.
+    /// @param settledBatches Batches already settled.
+    /// @param pageEnd The page end given.
+    error MarketPageInvalid(uint64 intervalId, uint256 settledBatches, uint256 pageEnd);
 
     /// @notice Tokens were deposited into `account`'s internal balance.
     event Deposited(address indexed account, uint256 amount);
@@ -121,8 +189,14 @@ interface IEnergyMarket {
     );
     /// @notice A trade was settled: the seller got `paid`, the buyer `refunded` of the escrow.
     event TradeSettled(bytes32 indexed tradeId, uint64 deliveredWh, uint256 paid, uint256 refunded);
-    /// @notice An interval was settled.
+    /// @notice Batches [fromBatch, toBatch) of an interval were settled (`tradeCount` approved trades).
+    event BatchesSettled(uint64 indexed intervalId, uint32 fromBatch, uint32 toBatch, uint32 tradeCount);
+    /// @notice Every batch of an interval is settled.
     event IntervalSettled(uint64 indexed intervalId, uint32 tradeCount);
+    /// @notice The escrow of an unsettled trade went back to its buyer after `reclaimAfter`.
+    event EscrowReclaimed(bytes32 indexed tradeId, address indexed buyer, uint256 refunded);
+    /// @notice Batches from `fromBatch` on of an interval were reclaimed (`tradeCount` trades).
+    event IntervalReclaimed(uint64 indexed intervalId, uint32 fromBatch, uint32 tradeCount);
 
     /// @notice EIP-712 type hash of Order.
     function ORDER_TYPEHASH() external view returns (bytes32);
@@ -141,8 +215,11 @@ interface IEnergyMarket {
     /// @param nonce The order nonce.
     function cancelNonce(uint64 nonce) external;
 
-    /// @notice Record a validator-attested batch of trades for one interval (MARKET_OPERATOR_ROLE).
+    /// @notice Record a validator-attested batch of trades for one interval (MARKET_OPERATOR_ROLE), up to
+    /// the interval's gate closure.
     /// @param intervalId The interval every trade is for.
+    /// @param batchIndex The batch's position among the interval's batches (batches recorded so far).
+    /// @param batchCount How many batches the validator cleared for the interval (the same in each).
     /// @param orders The signed orders the trades refer to, packed (153 bytes each, see above); each is
     /// verified once per batch.
     /// @param trades The trades, packed (29 bytes each), ascending by tradeId, with the validator's verdicts.
@@ -151,25 +228,37 @@ interface IEnergyMarket {
     /// @return commitment The batch commitment (keccak256 of the concatenated 104-byte trade records).
     function recordTrades(
         uint64 intervalId,
+        uint32 batchIndex,
+        uint32 batchCount,
         bytes calldata orders,
         bytes calldata trades,
         bytes32 evidenceHash,
         bytes calldata validatorSignature
     ) external returns (bytes32 commitment);
 
-    /// @notice Settle an interval (anyone): every recorded batch again, in recording order, and the sorted list
-    /// of every trader of the interval. Allowed once all traders' readings are in or the deadline has passed.
+    /// @notice Settle a page of an interval (anyone): every recorded batch again, in recording order, and the
+    /// sorted list of every trader of the interval; pays the trades of batches [settled so far, pageEnd).
+    /// Allowed after the gate closure with every attested batch recorded, once all traders' readings are in
+    /// or the settlement deadline has passed, and before `reclaimAfter`.
     /// @param intervalId The interval.
     /// @param batches Each batch's approved trade records (104 bytes each), exactly as committed.
     /// @param parties Every seller and buyer of the interval, 20 bytes each, strictly ascending.
     /// @param positions 2 bytes each: for the j-th record (all batches in order) the seller's then the
     /// buyer's position in `parties` (checked, so a hint and not a trust).
+    /// @param pageEnd One past the last batch this call settles (the batch count settles the rest).
     function settle(
         uint64 intervalId,
         bytes[] calldata batches,
         bytes calldata parties,
-        bytes calldata positions
+        bytes calldata positions,
+        uint32 pageEnd
     ) external;
+
+    /// @notice From `reclaimAfter` on (anyone): the escrow of every trade in the batches not yet settled goes
+    /// back to its buyer, and the interval is closed.
+    /// @param intervalId The interval.
+    /// @param batches The approved trade records of batches [settled so far, recorded), exactly as committed.
+    function reclaim(uint64 intervalId, bytes[] calldata batches) external;
 
     /// @notice Internal balance of an account.
     function balanceOf(address account) external view returns (uint128 available, uint128 locked);
@@ -184,12 +273,7 @@ interface IEnergyMarket {
     /// @notice tradeId of a pair of orders.
     function tradeIdOf(Order calldata sell, Order calldata buy) external view returns (bytes32);
     /// @notice EIP-712 digest of a GridAttestation.
-    function attestationDigest(
-        uint64 intervalId,
-        bytes32[] calldata tradeIds,
-        uint8[] calldata verdicts,
-        bytes32 evidenceHash
-    ) external view returns (bytes32);
+    function attestationDigest(GridAttestation calldata attestation) external view returns (bytes32);
     /// @notice The 153-byte packed form of a signed order (for console users; the backend packs off-chain).
     function packOrder(Order calldata order, bytes32 r, bytes32 vs) external pure returns (bytes memory);
     /// @notice The 29-byte packed form of a trade.
@@ -205,4 +289,10 @@ interface IEnergyMarket {
     function intervalSeconds() external view returns (uint64);
     /// @notice Delay after an interval's end before missing readings count as zero.
     function settlementDelaySeconds() external view returns (uint64);
+    /// @notice How long before an interval's start its gate closes (no batch is recorded after it).
+    function gateLeadSeconds() external view returns (uint64);
+    /// @notice The last timestamp at which a batch of `intervalId` can be recorded.
+    function gateClosure(uint64 intervalId) external view returns (uint256);
+    /// @notice From this timestamp on the interval can no longer be settled, only reclaimed.
+    function reclaimAfter(uint64 intervalId) external view returns (uint256);
 }

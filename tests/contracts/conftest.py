@@ -21,6 +21,7 @@ from backend.settings import ANVIL_KEYS
 
 INTERVAL_S = 900
 DELAY_S = 3600
+GATE_LEAD_S = 60  # the chain's gate closure: an interval's batches up to its start minus this
 PRICE = 123_457  # token base units (6 decimals) per kWh
 DEPOSIT = 10**12
 EVIDENCE = keccak(b"grid evidence")
@@ -83,6 +84,7 @@ class Ledger:
         self.chain_id = brownie.chain.id
         self.index: dict[str, int] = {}
         self.records: dict[int, list[list[bytes]]] = {}
+        self.counts: dict[int, int] = {}  # interval -> attested batch count
 
     # ----------------------------------------------------------------- participants
     def connect(self, wallet: Any, i: int) -> None:
@@ -164,7 +166,14 @@ class Ledger:
     def sort(self, trades: list[CandidateTrade]) -> list[CandidateTrade]:
         return batches.sort_by_trade_id(trades, self.chain_id, self.market.address)
 
-    def attest(self, interval: int, trades: list[CandidateTrade], key: str | None = None) -> bytes:
+    def attest(
+        self,
+        interval: int,
+        trades: list[CandidateTrade],
+        key: str | None = None,
+        index: int = 0,
+        count: int = 1,
+    ) -> bytes:
         return batches.attest(
             key or self.validator_key,
             self.chain_id,
@@ -172,6 +181,8 @@ class Ledger:
             interval,
             trades,
             EVIDENCE,
+            index,
+            count,
         )
 
     def record(
@@ -182,15 +193,22 @@ class Ledger:
         sort: bool = True,
         key: str | None = None,
         sender: Any = None,
+        index: int | None = None,
+        count: int | None = None,
     ) -> Any:
+        """Record ``trades`` as the interval's next batch (``index``: batches recorded so far) of
+        ``count`` (default: the count of the interval's first batch, else 1)."""
         trades = self.sort(trades) if sort else trades
-        sig = self.attest(interval, trades, key)
+        index = len(self.records.get(interval, [])) if index is None else index
+        count = self.counts.get(interval, 1) if count is None else count
+        sig = self.attest(interval, trades, key, index, count)
         orders, rows = self.args(trades)
         tx = self.market.recordTrades(
-            interval, orders, rows, EVIDENCE, sig, {"from": sender or self.operator}
+            interval, index, count, orders, rows, EVIDENCE, sig, {"from": sender or self.operator}
         )
         recs = [self.rec(t) for t in trades if t.verdict == 0]
         self.records.setdefault(interval, []).append(recs)
+        self.counts.setdefault(interval, count)
         return tx
 
     def args(self, trades: list[CandidateTrade]) -> tuple[bytes, bytes]:
@@ -235,9 +253,12 @@ class Ledger:
         """(batches, parties, positions) arguments of settle (packed)."""
         return batches.settle_args(self.records.get(interval, []))
 
-    def settle(self, interval: int, sender: Any = None) -> Any:
+    def settle(self, interval: int, sender: Any = None, page_end: int | None = None) -> Any:
         bs, parties, positions = self.settle_args(interval)
-        return self.market.settle(interval, bs, parties, positions, {"from": sender or self.a[0]})
+        end = len(bs) if page_end is None else page_end
+        return self.market.settle(
+            interval, bs, parties, positions, end, {"from": sender or self.a[0]}
+        )
 
     def balance(self, wallet: Any) -> tuple[int, int]:
         return tuple(self.market.balanceOf(wallet))  # type: ignore[return-value]
@@ -289,7 +310,7 @@ def ledger(
     token = EnergyToken.deploy(admin, {"from": admin})
     registry = ParticipantRegistry.deploy(admin, {"from": admin})
     readings = MeterReadings.deploy(registry, INTERVAL_S, {"from": admin})
-    market = EnergyMarket.deploy(token, registry, readings, DELAY_S, {"from": admin})
+    market = EnergyMarket.deploy(token, registry, readings, DELAY_S, GATE_LEAD_S, {"from": admin})
     for c in (registry, readings, market, token):
         for item in c.abi:
             if item["type"] == "error":
@@ -316,7 +337,7 @@ def isolation(fn_isolation: Any) -> None:
 
 @pytest.fixture
 def parts(ledger: Ledger) -> SimpleNamespace:
-    ledger.records = {}  # the chain was reverted: forget the batches of earlier tests
+    ledger.records, ledger.counts = {}, {}  # the chain was reverted: forget earlier batches
     """The four registered traders S1, S2 (sellers) and B1, B2 (buyers), and the outsider X."""
     a = ledger.a
     return SimpleNamespace(S1=a[5], S2=a[6], B1=a[7], B2=a[8], X=a[9])
@@ -324,6 +345,7 @@ def parts(ledger: Ledger) -> SimpleNamespace:
 
 __all__ = [
     "DELAY_S",
+    "GATE_LEAD_S",
     "DEPOSIT",
     "EVIDENCE",
     "FAR",

@@ -4,7 +4,7 @@ from typing import Any
 
 import brownie
 import pytest
-from conftest import DEPOSIT, EVIDENCE, INTERVAL_S, PRICE, Ledger, err, ev, norm
+from conftest import DELAY_S, DEPOSIT, EVIDENCE, GATE_LEAD_S, INTERVAL_S, PRICE, Ledger, err, ev, norm
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
@@ -16,8 +16,9 @@ SELL, BUY = 0, 1
 
 @pytest.fixture
 def iv(ledger: Ledger) -> int:
-    """A delivery interval in the future (orders for it can still be recorded)."""
-    return ledger.current_interval() + 1
+    """A delivery interval whose gate closure is at least 14 minutes away (batches for it and for
+    the interval after it can still be recorded)."""
+    return ledger.current_interval() + 2
 
 
 def _pair(
@@ -91,7 +92,8 @@ def test_record_trade_locks_escrow(ledger: Ledger, parts: Any, iv: int) -> None:
     assert ledger.balance(parts.S1) == (DEPOSIT // 2, 0)
     assert tuple(ledger.market.filledOf(parts.S1, 1)) == (1000, False)
     assert tuple(ledger.market.filledOf(parts.B1, 1)) == (1000, False)
-    assert norm(ledger.market.intervalOf(iv)) == [tid, 1, 1, False]
+    # lastTradeId, batchCount, approvedCount, expectedBatches, settledBatches, settled, reclaimed
+    assert norm(ledger.market.intervalOf(iv)) == [tid, 1, 1, 1, 0, False, False]
 
 
 def test_hash_views_match_python_builders(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -100,15 +102,20 @@ def test_hash_views_match_python_builders(ledger: Ledger, parts: Any, iv: int) -
     sell_t, buy_t = eip712.order_tuple(t.sell), eip712.order_tuple(t.buy)
     assert norm(ledger.market.orderHash(sell_t)) == eip712.order_hash(cid, mkt, t.sell)
     assert norm(ledger.market.tradeIdOf(sell_t, buy_t)) == ledger.tid(t)
-    ids, verdicts = [ledger.tid(t)], [0]
-    assert norm(
-        ledger.market.attestationDigest(iv, ids, verdicts, EVIDENCE)
-    ) == eip712.attestation_hash(cid, mkt, iv, ids, verdicts, EVIDENCE)
+    rows = [eip712.AttestedTrade(ledger.tid(t), 1000, PRICE, 3), eip712.AttestedTrade(b"\x07" * 32, 5, 9, 0)]
+    view = (iv, 1, 3, [r.trade_id for r in rows], [1000, 5], [PRICE, 9], [3, 0], EVIDENCE)
+    digest = eip712.attestation_hash(cid, mkt, iv, 1, 3, rows, EVIDENCE)
+    assert norm(ledger.market.attestationDigest(view)) == digest
+    # the fast encoder and eth-account's generic typed-data encoder agree
+    doc = eip712.attestation_typed_data(cid, mkt, iv, 1, 3, rows, EVIDENCE)
+    assert eip712.typed_data_hash(doc) == digest
     digest = eip712.reading_hash(cid, ledger.readings.address, parts.S1.address, iv, 1, 2)
     assert norm(ledger.readings.readingDigest(parts.S1, iv, 1, 2)) == digest
     assert ledger.market.escrowOf(1, 1) == 1  # rounded up
     assert ledger.market.escrowOf(1000, PRICE) == 123_457
     assert ledger.market.settlementDeadline(iv) == (iv + 1) * INTERVAL_S + 3600
+    assert ledger.market.gateClosure(iv) == iv * INTERVAL_S - GATE_LEAD_S
+    assert ledger.market.reclaimAfter(iv) == (iv + 1) * INTERVAL_S + 2 * DELAY_S
 
 
 def test_vetoed_trade_locks_and_consumes_nothing(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -126,13 +133,13 @@ def test_vetoed_trade_locks_and_consumes_nothing(ledger: Ledger, parts: Any, iv:
 
 def test_record_same_trade_twice_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv, 400, s_energy=1000, b_energy=1000)
-    ledger.record(iv, [t])
+    ledger.record(iv, [t], count=2)
     tid = ledger.tid(t)
     with brownie.reverts(err("MarketTradeOutOfOrder", tid, tid)):
         ledger.record(iv, [t])
     # a vetoed trade cannot come back approved in a later batch either
     vetoed = _pair(ledger, parts.S2, parts.B2, iv + 1, verdict=1)
-    ledger.record(iv + 1, [vetoed])
+    ledger.record(iv + 1, [vetoed], count=2)
     vid = ledger.tid(vetoed)
     vetoed.verdict = 0
     with brownie.reverts(err("MarketTradeOutOfOrder", vid, vid)):
@@ -153,11 +160,11 @@ def test_record_batch_errors(ledger: Ledger, parts: Any, iv: int) -> None:
         ledger.record(iv, [t], sender=parts.S1)
     sig = ledger.attest(iv, [])
     with brownie.reverts(err("MarketEmptyBatch")):
-        ledger.market.recordTrades(iv, b"", b"", EVIDENCE, sig, {"from": ledger.operator})
+        ledger.market.recordTrades(iv, 0, 1, b"", b"", EVIDENCE, sig, {"from": ledger.operator})
     orders, _rows = ledger.args([t])
     bad = batches.pack_trade(0, 2, 1000, PRICE, 0)
     with brownie.reverts(err("MarketOrderIndexOutOfRange", 2)):
-        ledger.market.recordTrades(iv, orders, bad, EVIDENCE, sig, {"from": ledger.operator})
+        ledger.market.recordTrades(iv, 0, 1, orders, bad, EVIDENCE, sig, {"from": ledger.operator})
 
 
 def test_record_malformed_calldata_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -168,14 +175,14 @@ def test_record_malformed_calldata_reverts(ledger: Ledger, parts: Any, iv: int) 
     assert (len(orders), len(rows)) == (2 * 153, 29)
     op = ledger.operator
     with brownie.reverts(err("MarketMalformedCalldata", 1, 28)):
-        ledger.market.recordTrades(iv, orders, rows[:-1], EVIDENCE, sig, {"from": op})
+        ledger.market.recordTrades(iv, 0, 1, orders, rows[:-1], EVIDENCE, sig, {"from": op})
     with brownie.reverts(err("MarketMalformedCalldata", 1, 30)):
-        ledger.market.recordTrades(iv, orders, rows + b"\x00", EVIDENCE, sig, {"from": op})
+        ledger.market.recordTrades(iv, 0, 1, orders, rows + b"\x00", EVIDENCE, sig, {"from": op})
     with brownie.reverts(err("MarketMalformedCalldata", 0, 305)):
-        ledger.market.recordTrades(iv, orders[:-1], rows, EVIDENCE, sig, {"from": op})
+        ledger.market.recordTrades(iv, 0, 1, orders[:-1], rows, EVIDENCE, sig, {"from": op})
     with brownie.reverts(err("MarketMalformedCalldata", 0, 0)):
-        ledger.market.recordTrades(iv, b"", rows, EVIDENCE, sig, {"from": op})
-    ledger.market.recordTrades(iv, orders, rows, EVIDENCE, sig, {"from": op})
+        ledger.market.recordTrades(iv, 0, 1, b"", rows, EVIDENCE, sig, {"from": op})
+    ledger.market.recordTrades(iv, 0, 1, orders, rows, EVIDENCE, sig, {"from": op})
 
 
 def test_pack_views_match_python_encoder(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -199,22 +206,66 @@ def test_attestation_tampered_verdict_reverts(ledger: Ledger, parts: Any, iv: in
     t = _pair(ledger, parts.S1, parts.B1, iv, verdict=2)
     sig = ledger.attest(iv, [t])  # the validator vetoed it ...
     t.verdict = 0  # ... and the operator flips the verdict
-    digest = eip712.attestation_hash(
-        ledger.chain_id, ledger.market.address, iv, [ledger.tid(t)], [0], EVIDENCE
-    )
-    recovered = Account._recover_hash(digest, signature=sig)
-    with brownie.reverts(err("MarketInvalidValidatorSignature", recovered)):
-        ledger.market.recordTrades(iv, *ledger.args([t]), EVIDENCE, sig, {"from": ledger.operator})
-    bad_evidence = keccak(b"other")
-    digest = eip712.attestation_hash(
-        ledger.chain_id, ledger.market.address, iv, [ledger.tid(t)], [2], bad_evidence
-    )
+    _refused(ledger, iv, [t], sig)
     t.verdict = 2
+    _refused(ledger, iv, [t], sig, evidence=keccak(b"other"))
+
+
+def _refused(
+    ledger: Ledger,
+    iv: int,
+    trades: list[CandidateTrade],
+    sig: bytes,
+    evidence: bytes = EVIDENCE,
+    index: int = 0,
+    count: int = 1,
+) -> None:
+    """recordTrades of ``trades`` under ``sig`` reverts naming the key that signed what was sent."""
+    cid, mkt = ledger.chain_id, ledger.market.address
+    rows = [t.attested(cid, mkt) for t in trades]
+    digest = eip712.attestation_hash(cid, mkt, iv, index, count, rows, evidence)
     recovered = Account._recover_hash(digest, signature=sig)
+    assert recovered != ledger.validator.address
     with brownie.reverts(err("MarketInvalidValidatorSignature", recovered)):
         ledger.market.recordTrades(
-            iv, *ledger.args([t]), bad_evidence, sig, {"from": ledger.operator}
+            iv, index, count, *ledger.args(trades), evidence, sig, {"from": ledger.operator}
         )
+
+
+def test_attestation_binds_energy_and_price(ledger: Ledger, parts: Any, iv: int) -> None:
+    """The reported attack: orders of 5,000 Wh, the validator attests the trade at 1,000 Wh; the
+    operator may not record it at 5,000 Wh (escrow 5x, paid for energy the grid never checked), at
+    less, or at another price within both limits."""
+    t = _pair(ledger, parts.S1, parts.B1, iv, 1000, s_energy=5000, b_energy=5000)
+    sig = ledger.attest(iv, [t])
+    for energy, price in ((5000, PRICE), (500, PRICE), (1000, 150_000), (1000, 100_000)):
+        forged = CandidateTrade(t.sell, t.buy, t.sell_sig, t.buy_sig, energy, price)
+        _refused(ledger, iv, [forged], sig)
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2, 0)
+    assert tuple(ledger.market.filledOf(parts.S1, 1)) == (0, False)
+    tx = ledger.market.recordTrades(
+        iv, 0, 1, *ledger.args([t]), EVIDENCE, sig, {"from": ledger.operator}
+    )
+    assert ev(tx, "TradeRecorded") == [ledger.tid(t), parts.S1.address, parts.B1.address, 1000, PRICE]
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 123_457, 123_457)
+
+
+def test_attestation_binds_batch_position(ledger: Ledger, parts: Any, iv: int) -> None:
+    """A batch signed as 1 of 2 is refused as 0 of 2 or 1 of 1, and the count is fixed by the first."""
+    a, b = ledger.sort([_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)])
+    sig_a = ledger.attest(iv, [a], index=0, count=2)
+    sig_b = ledger.attest(iv, [b], index=1, count=2)
+    _refused(ledger, iv, [a], sig_a, count=1)
+    with brownie.reverts(err("MarketBatchOutOfSequence", iv, 0, 1)):
+        ledger.market.recordTrades(iv, 1, 2, *ledger.args([b]), EVIDENCE, sig_b, {"from": ledger.operator})
+    with brownie.reverts(err("MarketBatchCountInvalid", iv, 0, 0)):
+        ledger.market.recordTrades(iv, 0, 0, *ledger.args([a]), EVIDENCE, sig_a, {"from": ledger.operator})
+    ledger.record(iv, [a], count=2)
+    with brownie.reverts(err("MarketBatchCountInvalid", iv, 2, 3)):
+        ledger.market.recordTrades(iv, 1, 3, *ledger.args([b]), EVIDENCE, sig_b, {"from": ledger.operator})
+    _refused(ledger, iv, [b], sig_a, index=1, count=2)  # a's signature does not cover b
+    ledger.record(iv, [b])
+    assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, 2, 0, False, False]
 
 
 def test_order_field_errors(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -299,14 +350,14 @@ def test_partial_fills_across_batches(ledger: Ledger, parts: Any, iv: int) -> No
     t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 600, 200_000, 1), 600)
     t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 600, 200_000, 1), 600)
     first, second = ledger.sort([t1, t2])
-    ledger.record(iv, [first])
+    ledger.record(iv, [first], count=2)
     assert tuple(ledger.market.filledOf(parts.S1, 1)) == (600, False)
     with brownie.reverts(err("MarketOrderOverfilled", parts.S1.address, 1, 400)):
         ledger.record(iv, [second])
     second.energy_wh = 400
     ledger.record(iv, [second])
     assert tuple(ledger.market.filledOf(parts.S1, 1)) == (1000, False)
-    assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, False]
+    assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, 2, 0, False, False]
 
 
 # ---------------------------------------------------------------------------- settlement
@@ -339,7 +390,7 @@ def test_settle_full_delivery(ledger: Ledger, parts: Any, iv: int) -> None:
     assert ev(tx, "IntervalSettled") == [iv, 1]
     assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 123_457, 0)
     assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 123_457, 0)
-    assert ledger.market.intervalOf(iv)[3] is True
+    assert ledger.market.intervalOf(iv)[5] is True
     _conserved(ledger, parts)
 
 
@@ -421,7 +472,7 @@ def test_settle_twice_and_record_after_settle_revert(ledger: Ledger, parts: Any,
     ledger.settle(iv)
     with brownie.reverts(err("MarketIntervalSettled", iv)):
         ledger.settle(iv)
-    with brownie.reverts(err("MarketIntervalSettled", iv)):
+    with brownie.reverts(err("MarketGateClosed", iv, iv * INTERVAL_S - GATE_LEAD_S)):
         ledger.record(iv, [_pair(ledger, parts.S2, parts.B2, iv, s_nonce=9)])
 
 
@@ -433,7 +484,7 @@ def test_settle_multi_batch(ledger: Ledger, parts: Any, iv: int) -> None:
             _pair(ledger, parts.S1, parts.B2, iv, 300, s_nonce=2, b_nonce=2),
         ]
     )
-    ledger.record(iv, trades[:1], sort=False)
+    ledger.record(iv, trades[:1], sort=False, count=2)
     ledger.record(iv, trades[1:], sort=False)
     _read(
         ledger, iv, {parts.S1: (0, 600), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)}
@@ -445,34 +496,34 @@ def test_settle_multi_batch(ledger: Ledger, parts: Any, iv: int) -> None:
 
 def test_settle_input_errors(ledger: Ledger, parts: Any, iv: int) -> None:
     with brownie.reverts(err("MarketIntervalNotRecorded", iv)):
-        ledger.market.settle(iv, [], b"", b"", {"from": parts.X})
+        ledger.market.settle(iv, [], b"", b"", 1, {"from": parts.X})
     t = _pair(ledger, parts.S1, parts.B1, iv)
     ledger.record(iv, [t])
     ledger.end_interval(iv, 3600)
     batches_, parties, positions = ledger.settle_args(iv)
     settle = ledger.market.settle
     with brownie.reverts(err("MarketBatchCountMismatch", iv, 1, 0)):
-        settle(iv, [], parties, positions, {"from": parts.X})
+        settle(iv, [], parties, positions, 1, {"from": parts.X})
     rec = batches.unpack_record(batches_[0])
     forged = batches.pack_record(*rec[:5], 999, rec.price_per_kwh)  # claims less energy
     with brownie.reverts(err("MarketBatchCommitmentMismatch", iv, 0)):
-        settle(iv, [forged], parties, positions, {"from": parts.X})
+        settle(iv, [forged], parties, positions, 1, {"from": parts.X})
     with brownie.reverts(err("MarketMalformedCalldata", 2, 103)):
-        settle(iv, [batches_[0][:-1]], parties, positions, {"from": parts.X})
+        settle(iv, [batches_[0][:-1]], parties, positions, 1, {"from": parts.X})
     with brownie.reverts(err("MarketMalformedCalldata", 4, 3)):
-        settle(iv, batches_, parties, positions[:3], {"from": parts.X})
+        settle(iv, batches_, parties, positions[:3], 1, {"from": parts.X})
     with brownie.reverts(err("MarketPositionsMismatch", 2, 1)):
-        settle(iv, batches_, parties, positions[:2], {"from": parts.X})
+        settle(iv, batches_, parties, positions[:2], 1, {"from": parts.X})
     with brownie.reverts(err("MarketMalformedCalldata", 3, 39)):
-        settle(iv, batches_, parties[:-1], positions, {"from": parts.X})
+        settle(iv, batches_, parties[:-1], positions, 1, {"from": parts.X})
     swapped = parties[20:] + parties[:20]
     with brownie.reverts(err("MarketPartiesNotSorted", 1)):
-        settle(iv, batches_, swapped, positions, {"from": parts.X})
+        settle(iv, batches_, swapped, positions, 1, {"from": parts.X})
     listed = [to_checksum_address(parties[i : i + 20]) for i in range(0, len(parties), 20)]
     with brownie.reverts(err("MarketPartyMissing", listed[1])):
-        settle(iv, batches_, parties[:20], positions, {"from": parts.X})
+        settle(iv, batches_, parties[:20], positions, 1, {"from": parts.X})
     with brownie.reverts(err("MarketPartyMissing", parts.S1.address)):
-        settle(iv, batches_, parties, positions[2:] + positions[:2], {"from": parts.X})
+        settle(iv, batches_, parties, positions[2:] + positions[:2], 1, {"from": parts.X})
     extra = sorted([*listed, parts.X.address], key=lambda a: int(a, 16))
     packed_extra = b"".join(bytes.fromhex(a[2:]) for a in extra)
     moved = b"".join(
@@ -480,8 +531,8 @@ def test_settle_input_errors(ledger: Ledger, parts: Any, iv: int) -> None:
         for i in range(0, len(positions), 2)
     )
     with brownie.reverts(err("MarketPartyUnused", parts.X.address)):
-        settle(iv, batches_, packed_extra, moved, {"from": parts.X})
-    settle(iv, batches_, parties, positions, {"from": parts.X})
+        settle(iv, batches_, packed_extra, moved, 1, {"from": parts.X})
+    settle(iv, batches_, parties, positions, 1, {"from": parts.X})
 
 
 def test_order_in_two_trades_of_one_batch(ledger: Ledger, parts: Any, iv: int) -> None:
@@ -512,7 +563,7 @@ def test_two_orders_sharing_a_nonce_share_the_fill(ledger: Ledger, parts: Any, i
 def test_filled_order_replayed_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
     sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
     first = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000)
-    ledger.record(iv, [first])
+    ledger.record(iv, [first], count=2)
     # the filled order again, against another buyer (a buy nonce that sorts after the first trade)
     nonce = 1
     while True:
@@ -531,3 +582,125 @@ def test_signature_does_not_cover_other_nonce(ledger: Ledger, parts: Any, iv: in
     t = CandidateTrade(renonced, buy, ledger.sign(sell), ledger.sign(buy), 1000, PRICE)
     with brownie.reverts(err("MarketInvalidOrderSignature", parts.S1.address, 2)):
         ledger.record(iv, [t])
+
+
+# ---------------------------------------------------------------------------- timeline and pages
+
+
+def _next_block_at(timestamp: int) -> None:
+    brownie.web3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])  # type: ignore[arg-type]
+
+
+def test_gate_closure_boundary(ledger: Ledger, parts: Any, iv: int) -> None:
+    """A batch lands at the gate closure itself, not one second later."""
+    closure = iv * INTERVAL_S - GATE_LEAD_S
+    _next_block_at(closure)
+    tx = ledger.record(iv, [_pair(ledger, parts.S1, parts.B1, iv)], count=2)
+    assert tx.timestamp == closure
+    _next_block_at(closure + 1)
+    late = _pair(ledger, parts.S2, parts.B2, iv)
+    with brownie.reverts(err("MarketGateClosed", iv, closure)):
+        ledger.record(iv, [late])
+    assert norm(ledger.market.intervalOf(iv))[1:5] == [1, 1, 2, 0]
+    assert ledger.balance(parts.B2) == (DEPOSIT // 2, 0)
+
+
+def test_settle_waits_for_gate_closure_and_every_batch(ledger: Ledger, parts: Any, iv: int) -> None:
+    a, b = ledger.sort([_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)])
+    ledger.record(iv, [a], count=2)
+    closure = iv * INTERVAL_S - GATE_LEAD_S
+    with brownie.reverts(err("MarketRecordingOpen", iv, closure)):
+        ledger.settle(iv)
+    _read(ledger, iv, {parts.S1: (0, 1000), parts.B1: (1000, 0)})
+    with brownie.reverts(err("MarketBatchesMissing", iv, 2, 1)):
+        ledger.settle(iv)
+
+
+def _three_batches(ledger: Ledger, parts: Any, iv: int) -> list[CandidateTrade]:
+    trades = ledger.sort(
+        [
+            _pair(ledger, parts.S1, parts.B1, iv, 300, s_nonce=1, b_nonce=1),
+            _pair(ledger, parts.S2, parts.B2, iv, 300, s_nonce=1, b_nonce=1),
+            _pair(ledger, parts.S1, parts.B2, iv, 300, s_nonce=2, b_nonce=2),
+        ]
+    )
+    for t in trades:
+        ledger.record(iv, [t], sort=False, count=3)
+    return trades
+
+
+def test_settle_in_pages(ledger: Ledger, parts: Any, iv: int) -> None:
+    """Pages of whole batches pay exactly what one settle would: the totals span every batch."""
+    trades = _three_batches(ledger, parts, iv)
+    # S1 sold 600 and exported 300 (r = 0.5); the others delivered in full
+    _read(ledger, iv, {parts.S1: (0, 300), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)})
+    with brownie.reverts(err("MarketPageInvalid", iv, 0, 0)):
+        ledger.settle(iv, page_end=0)
+    with brownie.reverts(err("MarketPageInvalid", iv, 0, 4)):
+        ledger.settle(iv, page_end=4)
+    first = ledger.settle(iv, page_end=2)
+    assert ev(first, "BatchesSettled") == [iv, 0, 2, 2]
+    assert "IntervalSettled" not in first.events
+    assert norm(ledger.market.intervalOf(iv))[4:] == [2, False, False]
+    with brownie.reverts(err("MarketPageInvalid", iv, 2, 2)):
+        ledger.settle(iv, page_end=2)
+    second = ledger.settle(iv)
+    assert ev(second, "BatchesSettled") == [iv, 2, 3, 1]
+    assert ev(second, "IntervalSettled") == [iv, 3]
+    paid = {**_settled(first), **_settled(second)}
+    expected = {}
+    for t in trades:
+        half = t.sell["trader"] == parts.S1.address
+        expected[ledger.tid(t)] = (150, 18_518, 18_520) if half else (300, 37_037, 1)
+    assert paid == expected
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 2 * 18_518, 0)
+    assert ledger.balance(parts.S2) == (DEPOSIT // 2 + 37_037, 0)
+    _conserved(ledger, parts)
+    with brownie.reverts(err("MarketIntervalSettled", iv)):
+        ledger.settle(iv)
+
+
+def test_reclaim_after_deadline(ledger: Ledger, parts: Any, iv: int) -> None:
+    """An interval whose batches did not all arrive cannot settle; from reclaimAfter on, anyone
+    returns every buyer's escrow, once."""
+    a, b = ledger.sort([_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)])
+    ledger.record(iv, [a], count=2)
+    start = (iv + 1) * INTERVAL_S + 2 * DELAY_S
+    recs = ledger.records[iv]
+    with brownie.reverts(err("MarketReclaimNotReady", iv, start)):
+        ledger.market.reclaim(iv, [b"".join(r) for r in recs], {"from": parts.X})
+    ledger.end_interval(iv, 2 * DELAY_S)
+    with brownie.reverts(err("MarketBatchesMissing", iv, 2, 1)):
+        ledger.settle(iv)
+    with brownie.reverts(err("MarketBatchCountMismatch", iv, 1, 0)):
+        ledger.market.reclaim(iv, [], {"from": parts.X})
+    tx = ledger.market.reclaim(iv, [b"".join(r) for r in recs], {"from": parts.X})
+    buyer = a.buy["trader"]
+    assert ev(tx, "EscrowReclaimed") == [ledger.tid(a), buyer, 123_457]
+    assert ev(tx, "IntervalReclaimed") == [iv, 0, 1]
+    for w in (parts.B1, parts.B2, parts.S1, parts.S2):
+        assert ledger.balance(w) == (DEPOSIT // 2, 0)
+    assert norm(ledger.market.intervalOf(iv))[4:] == [1, True, True]
+    with brownie.reverts(err("MarketIntervalSettled", iv)):
+        ledger.market.reclaim(iv, [b"".join(r) for r in recs], {"from": parts.X})
+    _conserved(ledger, parts)
+
+
+def test_reclaim_rest_after_partial_settlement(ledger: Ledger, parts: Any, iv: int) -> None:
+    """Pages settled before reclaimAfter stay paid; the rest goes back to the buyers; a settle
+    after reclaimAfter is refused."""
+    trades = _three_batches(ledger, parts, iv)
+    _read(ledger, iv, {parts.S1: (0, 600), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)})
+    ledger.settle(iv, page_end=1)
+    start = (iv + 1) * INTERVAL_S + 2 * DELAY_S
+    ledger.end_interval(iv, 2 * DELAY_S)
+    with brownie.reverts(err("MarketSettlementExpired", iv, start)):
+        ledger.settle(iv)
+    rest = [b"".join(r) for r in ledger.records[iv][1:]]
+    with brownie.reverts(err("MarketBatchCommitmentMismatch", iv, 1)):
+        ledger.market.reclaim(iv, [b"".join(r) for r in ledger.records[iv][:2]], {"from": parts.X})
+    tx = ledger.market.reclaim(iv, rest, {"from": parts.X})
+    assert ev(tx, "IntervalReclaimed") == [iv, 1, 2]
+    assert {norm(e["tradeId"]) for e in tx.events["EscrowReclaimed"]} == {ledger.tid(t) for t in trades[1:]}
+    assert sum(sum(ledger.balance(w)[1:]) for w in (parts.B1, parts.B2)) == 0  # nothing stays locked
+    _conserved(ledger, parts)

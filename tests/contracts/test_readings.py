@@ -216,5 +216,5 @@ def test_market_refuses_delay_beyond_half_window(ledger: Any, EnergyMarket: Any)
     half = ledger.readings.readingWindowIntervals() * INTERVAL_S // 2
     args = (ledger.token, ledger.registry, ledger.readings)
     with brownie.reverts(err("MarketInvalidConfig")):
-        EnergyMarket.deploy(*args, half + 1, {"from": ledger.admin})
-    EnergyMarket.deploy(*args, half, {"from": ledger.admin})
+        EnergyMarket.deploy(*args, half + 1, 0, {"from": ledger.admin})
+    EnergyMarket.deploy(*args, half, 0, {"from": ledger.admin})

@@ -1,8 +1,9 @@
 """Stateful property test of the ledger: a Python model mirrors every balance exactly.
 
 Invariants at every step: deposits = internal balances (available + escrow) + withdrawals = the
-market's token balance; no trade settles twice; no reading is counted twice. A short run is part of
-the suite; ``TEGRID_LONG_STATEFUL=1`` runs >= 10,000 steps.
+market's token balance; no trade settles twice; no reading is counted twice. Intervals are recorded
+in 1-3 attested batches, settled in pages, or - when a batch never came - reclaimed after the
+deadline. A short run is part of the suite; ``TEGRID_LONG_STATEFUL=1`` runs >= 100,000 steps.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, ClassVar
 
 import brownie
 import pytest
-from conftest import DEPOSIT, Ledger, norm
+from conftest import DELAY_S, DEPOSIT, Ledger, norm
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -87,7 +88,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.deposited = sum(self.avail.values()) + sum(self.locked.values())
         self.withdrawn = 0
         self.nonce = 1000
-        self.iv = led.current_interval() + 1
+        self.iv = led.current_interval() + 2
+        self.count = 0  # batches attested for iv (0: none recorded yet)
+        self.gate_passed = False  # chain time went past iv's gate closure
         self.values: dict[str, tuple[int, int]] = {}  # readings of iv on chain
         self.last_id = -1  # highest trade id recorded for iv (the market wants them ascending)
         self.open: list[tuple[bytes, str, str, int, int]] = []  # approved, unsettled trades of iv
@@ -125,10 +128,13 @@ class LedgerMachine(RuleBasedStateMachine):
             ),
             min_size=1,
             max_size=3,
-        )
+        ),
+        count=st.integers(1, 3),
     )
-    def record(self, pairs: list[tuple[int, int, int, int, int]]) -> None:
+    def record(self, pairs: list[tuple[int, int, int, int, int]], count: int) -> None:
         led = self.ledger
+        index = len(led.records.get(self.iv, []))
+        count = self.count or count
         trades = []
         for s, b, q, price, verdict in pairs:
             if s == b:
@@ -145,11 +151,17 @@ class LedgerMachine(RuleBasedStateMachine):
                 buyer = t.buy["trader"]
                 need[buyer] = need.get(buyer, 0) + -(-t.energy_wh * t.price_per_kwh // 1000)
         first = int.from_bytes(led.tid(trades[0]), "big")
-        if first <= self.last_id or any(need[b] > self.avail[b] for b in need):
+        if (
+            self.gate_passed
+            or index >= count
+            or first <= self.last_id
+            or any(need[b] > self.avail[b] for b in need)
+        ):
             with brownie.reverts():
-                led.record(self.iv, trades)
+                led.record(self.iv, trades, index=index, count=count)
             return
-        tx = led.record(self.iv, trades)
+        tx = led.record(self.iv, trades, index=index, count=count)
+        self.count = count
         self.last_id = int.from_bytes(led.tid(trades[-1]), "big")
         recorded = (
             {norm(e["tradeId"]) for e in tx.events["TradeRecorded"]}
@@ -173,11 +185,15 @@ class LedgerMachine(RuleBasedStateMachine):
         ),
         late=st.booleans(),
         twice=st.booleans(),
+        page=st.integers(1, 3),
     )
-    def close_interval(self, reports: list[tuple[int, int, int]], late: bool, twice: bool) -> None:
+    def close_interval(
+        self, reports: list[tuple[int, int, int]], late: bool, twice: bool, page: int
+    ) -> None:
         led = self.ledger
         iv = self.iv
         led.end_interval(iv, 3600 if late else 0)
+        self.gate_passed = True
         values = self.values  # readings already on chain for iv stay; the first one counts
         batch = []
         fresh = 0
@@ -207,19 +223,28 @@ class LedgerMachine(RuleBasedStateMachine):
         if not led.records.get(iv):
             self._next_interval()
             return
+        recorded = len(led.records[iv])
+        if recorded < self.count:  # a batch never came: no settlement, escrow back after deadline
+            with brownie.reverts():
+                led.settle(iv)
+            self._reclaim(iv)
+            return
         parties = {t[1] for t in self.open} | {t[2] for t in self.open}
         complete = all(p in values for p in parties)
         if not complete and not late:
             with brownie.reverts():
                 led.settle(iv)
             return
-        tx = led.settle(iv)
         expected = model_settle(self.open, values)
         got = {}
-        for e in _events(tx, "TradeSettled"):
-            tid = norm(e["tradeId"])
-            assert tid not in self.settled and tid not in got, "trade settled twice"
-            got[tid] = (int(e["deliveredWh"]), int(e["paid"]), int(e["refunded"]))
+        ends = sorted({min(page, recorded), recorded})  # one page or two
+        for end in ends:
+            tx = led.settle(iv, page_end=end)
+            for e in _events(tx, "TradeSettled"):
+                tid = norm(e["tradeId"])
+                assert tid not in self.settled and tid not in got, "trade settled twice"
+                got[tid] = (int(e["deliveredWh"]), int(e["paid"]), int(e["refunded"]))
+            self.stats["pages"] = self.stats.get("pages", 0) + 1
         assert got == expected
         for tid, s, b, _q, _price in self.open:
             _, paid, refunded = expected[tid]
@@ -231,8 +256,25 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open = []
         self._next_interval()
 
+    def _reclaim(self, iv: int) -> None:
+        """From reclaimAfter on: every open trade's escrow back to its buyer, nobody paid."""
+        led = self.ledger
+        led.end_interval(iv, 2 * DELAY_S)
+        tx = led.market.reclaim(iv, [b"".join(r) for r in led.records[iv]], {"from": led.a[0]})
+        got = {norm(e["tradeId"]): int(e["refunded"]) for e in _events(tx, "EscrowReclaimed")}
+        assert got == {t[0]: -(-t[3] * t[4] // 1000) for t in self.open}
+        for tid, _s, b, _q, _price in self.open:
+            self.avail[b] += got[tid]
+            self.locked[b] -= got[tid]
+            self.settled.add(tid)
+        self.stats["reclaimed"] = self.stats.get("reclaimed", 0) + len(self.open)
+        self.open = []
+        self._next_interval()
+
     def _next_interval(self) -> None:
-        self.iv = self.ledger.current_interval() + 1
+        self.iv = self.ledger.current_interval() + 2
+        self.count = 0
+        self.gate_passed = False
         self.last_id = -1
         self.values = {}
 
@@ -276,11 +318,11 @@ def test_stateful_ledger_short(ledger: Ledger, parts: Any) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LONG, reason="set TEGRID_LONG_STATEFUL=1 for the >= 10,000-step run")
+@pytest.mark.skipif(not LONG, reason="set TEGRID_LONG_STATEFUL=1 for the >= 100,000-step run")
 def test_stateful_ledger_long(ledger: Ledger, parts: Any) -> None:
     LedgerMachine.stats = {}
     brownie.chain.snapshot()
-    while LedgerMachine.stats.get("steps", 0) < 10_000:
+    while LedgerMachine.stats.get("steps", 0) < 100_000:
         _run(ledger, parts, examples=100, steps=100)
     print("stateful stats", LedgerMachine.stats)
 
@@ -300,7 +342,7 @@ def test_foreign_revert_replay(ledger: Ledger, parts: Any) -> None:
     s1, b1 = parts.S1, parts.B1
     assert ledger.balance(b1) == (half, 0)
 
-    m.record(pairs=[(0, 2, 1000, 121_719, 0)])  # S1 sells 1000 Wh to B1 at 121,719 per kWh
+    m.record(pairs=[(0, 2, 1000, 121_719, 0)], count=1)  # S1 sells 1000 Wh to B1 at 121,719 per kWh
     m.balances_match_model()
     assert ledger.balance(b1) == (half - 121_719, 121_719)
 
@@ -308,7 +350,7 @@ def test_foreign_revert_replay(ledger: Ledger, parts: Any) -> None:
     foreign = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]  # the other run's
 
     # S1 exported 1000 Wh, B1 imported 1000 Wh: full delivery, the seller gets all of the escrow.
-    m.close_interval(reports=[(0, 0, 1000), (2, 1000, 0)], late=False, twice=False)
+    m.close_interval(reports=[(0, 0, 1000), (2, 1000, 0)], late=False, twice=False, page=1)
     m.balances_match_model()
     assert ledger.balance(s1) == (half + 121_719, 0)
     assert ledger.balance(b1) == (half - 121_719, 0)
