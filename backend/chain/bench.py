@@ -144,7 +144,7 @@ class _Bench:
     def record(self, iv: int, trades: list[CandidateTrade]) -> tuple[int, list[bytes]]:
         sig = batches.attest(ANVIL_KEYS[0], self.cid, self.market.address, iv, trades, EVIDENCE)
         orders, rows = batches.record_args(trades)
-        fn = self.market.functions.recordTrades(iv, orders, rows, EVIDENCE, sig)
+        fn = self.market.functions.recordTrades(iv, 0, 1, orders, rows, EVIDENCE, sig)
         receipt = self.c.transact(fn)
         index = {p.address: p.index for p in self.parties}
         recs = [
@@ -169,11 +169,12 @@ class _Bench:
         return int(receipt["gasUsed"])
 
     def settle(self, iv: int, batches_: list[list[bytes]]) -> int:
-        receipt = self.c.transact(self.market.functions.settle(iv, *batches.settle_args(batches_)))
+        args = batches.settle_args(batches_)
+        receipt = self.c.transact(self.market.functions.settle(iv, *args, len(batches_)))
         return int(receipt["gasUsed"])
 
     def interval(self, n_trades: int) -> dict[str, int]:
-        iv = self.now() // INTERVAL_S + 1
+        iv = self.now() // INTERVAL_S + 2  # gate closure (its start) well ahead
         trades = self.candidate_trades(iv, n_trades)
         record_gas, recs = self.record(iv, trades)
         contracted: dict[str, int] = {}

@@ -9,7 +9,8 @@ Identifiers:
 - order hash = EIP-712 digest of the Order (domain "tegrid EnergyMarket", "1", chain id, market);
 - trade id = keccak256(abi.encode(sellOrderHash, buyOrderHash));
 - attestation = GridAttestation(intervalId, batchIndex, batchCount, tradeIds[], energyWh[],
-  pricePerKWh[], verdicts[], evidenceHash): every value the contract records of each trade, batch order.
+  pricePerKWh[], verdicts[], evidenceHash): every value the contract records of each trade, in
+  batch order.
 Order and reading signatures go on chain in EIP-2098 compact form (r, vs): :func:`to_compact`.
 """
 

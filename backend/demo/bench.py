@@ -133,7 +133,9 @@ def naive_pipeline(
             )
             sig = batches.attest(ANVIL_KEYS[0], cid, market.address, iv, [trade], EVIDENCE)
             order_args, rows = batches.record_args([trade])
-            client.transact(market.functions.recordTrades(iv, order_args, rows, EVIDENCE, sig))
+            client.transact(
+                market.functions.recordTrades(iv, 0, 1, order_args, rows, EVIDENCE, sig)
+            )
             end = (iv + 1) * interval_seconds
             set_time(w3, end)
             for who, imp, exp in ((seller, 0, t["energyWh"]), (buyer, t["energyWh"], 0)):
@@ -142,7 +144,7 @@ def naive_pipeline(
                 )
                 client.transact(readings.functions.submitReadings(iv, reading))
             record = trade.record(cid, market.address, seller["index"], buyer["index"])
-            client.transact(market.functions.settle(iv, *batches.settle_args([[record]])))
+            client.transact(market.functions.settle(iv, *batches.settle_args([[record]]), 1))
             settled += 1
         wall_s = time.perf_counter() - t0
     finally:

@@ -645,7 +645,8 @@ class Demo:
         ]  # fmt: skip
         deadline = time.monotonic() + 180
         while want:
-            want = [t for t in want if not market.functions.intervalOf(t).call()[3]]
+            # intervalOf(t)[5]: settled (every batch settled or reclaimed)
+            want = [t for t in want if not market.functions.intervalOf(t).call()[5]]
             if not want:
                 return
             if time.monotonic() > deadline:

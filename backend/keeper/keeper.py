@@ -4,9 +4,12 @@ It rebuilds every interval's committed batches from the market's own events: a `
 transaction emits ``TradeRecorded`` for each approved trade, in batch order, then ``BatchRecorded``
 (interval, batch index, commitment). Participant indices come from the registry (fixed for life).
 Each rebuilt batch is checked against its on-chain commitment before it is used. An interval is
-settled (``EnergyMarket.settle``) once all its traders' readings are present in ``MeterReadings`` or
-the chain time has reached ``settlementDeadline``; ``IntervalSettled`` events and ``intervalOf``
-keep it from being settled twice.
+settled (``EnergyMarket.settle``) after its gate closure, once every attested batch is on chain and
+all its traders' readings are present in ``MeterReadings`` or the chain time has reached
+``settlementDeadline``; in pages of whole batches when the whole interval would not fit the gas
+budget (``eth_estimateGas`` against the block gas limit). From ``reclaimAfter`` on, what is still
+unsettled is reclaimed (escrow back to the buyers). ``IntervalSettled`` / ``IntervalReclaimed``
+events and ``intervalOf`` keep it from being settled twice.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ log = logging.getLogger("tegrid.keeper")
 TRADE_RECORDED = keccak(text="TradeRecorded(bytes32,address,address,uint64,uint128)")
 BATCH_RECORDED = keccak(text="BatchRecorded(uint64,uint32,bytes32,uint32,bytes32)")
 INTERVAL_SETTLED = keccak(text="IntervalSettled(uint64,uint32)")
+INTERVAL_RECLAIMED = keccak(text="IntervalReclaimed(uint64,uint32,uint32)")
+TOPICS = [TRADE_RECORDED, BATCH_RECORDED, INTERVAL_SETTLED, INTERVAL_RECLAIMED]
+# Share of the block gas limit one settlement page may take (estimates vary with state).
+PAGE_GAS_SHARE = 0.8
 LOG_CHUNK_BLOCKS = 5_000
 
 
@@ -77,6 +84,8 @@ class SettlementKeeper:
         self._readings_of = AbiFunction(self.readings, "readingsOf")
         self._deadline_of = AbiFunction(self.market, "settlementDeadline")
         self._interval_of = AbiFunction(self.market, "intervalOf")
+        self._gate_of = AbiFunction(self.market, "gateClosure")
+        self._reclaim_of = AbiFunction(self.market, "reclaimAfter")
         self._deadlines: dict[int, int] = {}
         self._now: int | None = None  # chain time of this round (pending block), read once
         self.poll_s = poll_s
@@ -98,7 +107,7 @@ class SettlementKeeper:
                     "address": self.market.address,
                     "fromBlock": self._next_block,
                     "toBlock": to_block,
-                    "topics": [[TRADE_RECORDED, BATCH_RECORDED, INTERVAL_SETTLED]],  # type: ignore[list-item]
+                    "topics": [TOPICS],  # type: ignore[list-item]
                 }
             )
             self._apply_logs(sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])))
@@ -140,7 +149,7 @@ class SettlementKeeper:
                 book = self.books.setdefault(interval_id, IntervalBook(interval_id))
                 book.batches[int(batch_index)] = records
                 book.commitments[int(batch_index)] = bytes(commitment)
-            elif topic0 == INTERVAL_SETTLED:
+            elif topic0 in (INTERVAL_SETTLED, INTERVAL_RECLAIMED):
                 interval_id = int.from_bytes(bytes(entry["topics"][1]), "big")
                 self.books.setdefault(interval_id, IntervalBook(interval_id)).settled = True
 
@@ -173,21 +182,57 @@ class SettlementKeeper:
             return True, f"deadline passed ({sum(present)}/{len(present)} readings)"
         return False, f"waiting for {len(present) - sum(present)} readings until {deadline}"
 
-    def settle(self, book: IntervalBook) -> Any:
-        """Send ``settle`` for one interval; returns the receipt."""
-        data = encoder.settle_calldata(book.interval_id, book.ordered_batches())
-        fn = EncodedCall(self.w3, str(self.market.address), "0x" + data.hex())
-        # Another process may send from the same key (dev defaults share account 0): the client
-        # resyncs its nonce and resends when the node refuses one.
-        receipt = self.client.transact(fn, bounded=True)
+    def _page_end(self, book: IntervalBook, start: int) -> tuple[int, bytes]:
+        """The largest page from batch ``start`` whose ``settle`` the node estimates within
+        ``PAGE_GAS_SHARE`` of the block gas limit (halving the batches of the page until it does;
+        a single batch is always tried)."""
+        ordered = book.ordered_batches()
+        budget = int(self.w3.eth.get_block("latest")["gasLimit"] * PAGE_GAS_SHARE)
+        end = len(ordered)
+        while True:
+            data = encoder.settle_calldata(book.interval_id, ordered, end)
+            if end - start <= 1:
+                return end, data
+            try:
+                gas = self.w3.eth.estimate_gas(
+                    {"from": self.client.address, "to": self.market.address, "data": data}
+                )
+            except (Web3RPCError, ValueError):  # out of gas at the node's cap: too large
+                gas = budget + 1
+            if gas <= budget:
+                return end, data
+            end = start + max(1, (end - start) // 2)
+
+    def settle(self, book: IntervalBook, start: int = 0) -> Any:
+        """Send ``settle`` for one interval, page by page from batch ``start``; returns the last
+        receipt."""
+        receipt: Any = None
+        while start < len(book.batches):
+            end, data = self._page_end(book, start)
+            fn = EncodedCall(self.w3, str(self.market.address), "0x" + data.hex())
+            # Another process may send from the same key (dev defaults share account 0): the
+            # client resyncs its nonce and resends when the node refuses one.
+            receipt = self.client.transact(fn, bounded=True)
+            log.info(
+                "settled interval %d batches %d..%d of %d (%d gas)",
+                book.interval_id, start, end - 1, len(book.batches), receipt["gasUsed"],
+            )  # fmt: skip
+            start = end
         book.settled = True
         self.settled.append(book.interval_id)
-        log.info(
-            "settled interval %d (%d trades, %d gas)",
-            book.interval_id,
-            len(book.records()),
-            receipt["gasUsed"],
-        )
+        log.info("settled interval %d (%d trades)", book.interval_id, len(book.records()))
+        return receipt
+
+    def reclaim(self, book: IntervalBook, start: int) -> Any:
+        """Send ``reclaim`` for what is unsettled of an interval past ``reclaimAfter``."""
+        data = encoder.reclaim_calldata(book.interval_id, book.ordered_batches()[start:])
+        fn = EncodedCall(self.w3, str(self.market.address), "0x" + data.hex())
+        receipt = self.client.transact(fn, bounded=True)
+        book.settled = True
+        log.warning(
+            "interval %d not settled by reclaimAfter: escrow of batches %d.. returned to the "
+            "buyers (%d gas)", book.interval_id, start, receipt["gasUsed"],
+        )  # fmt: skip
         return receipt
 
     def run_once(self) -> list[int]:
@@ -199,16 +244,30 @@ class SettlementKeeper:
             book = self.books[interval_id]
             if book.settled or not book.batches:
                 continue
-            due, why = self.readiness(book)
-            if not due:
-                continue
             # IntervalSettled events mark settled intervals; ask the contract once more right
             # before sending (a settlement by another keeper not scanned yet).
-            if self._interval_of.call(self.w3, interval_id)[3]:
+            _last, recorded, _n, expected, settled_batches, settled, _rc = self._interval_of.call(
+                self.w3, interval_id
+            )
+            if settled:
                 book.settled = True
                 continue
+            if len(book.batches) < recorded:  # the scan has not seen every batch yet
+                continue
+            if self._now is None:
+                self._now = int(self.w3.eth.get_block("pending")["timestamp"])
             try:
-                self.settle(book)
+                if self._now >= int(self._reclaim_of.call(self.w3, interval_id)):
+                    self.reclaim(book, int(settled_batches))
+                    continue
+                if recorded < expected or self._now <= int(
+                    self._gate_of.call(self.w3, interval_id)
+                ):
+                    continue  # batches may still come (or never: then reclaimed later)
+                due, why = self.readiness(book)
+                if not due:
+                    continue
+                self.settle(book, int(settled_batches))
             except (LedgerError, Web3RPCError) as exc:
                 log.warning("settling interval %d failed: %s", interval_id, exc)
                 continue

@@ -161,9 +161,12 @@ class ChainLedger:
         return raw  # type: ignore[return-value]
 
     def interval_state(self, interval_id: int) -> tuple[str, int, int, bool]:
-        last, batches, approved, settled = self._rpc(
+        state = self._rpc(
             "reading an interval", lambda: self.market.functions.intervalOf(interval_id).call()
         )
+        # lastTradeId, batchCount, approvedCount, expectedBatches, settledBatches, settled,
+        # reclaimed
+        last, batches, approved, settled = state[0], state[1], state[2], state[5]
         return "0x" + bytes(last).hex(), int(batches), int(approved), bool(settled)
 
     def batch_recorded(self, interval_id: int, last_trade_id: str) -> bool:
@@ -184,7 +187,7 @@ class ChainLedger:
         ]  # fmt: skip
         orders, rows = batches.record_args(candidates)
         evidence, sig = bytes.fromhex(evidence_hash[2:]), bytes.fromhex(signature[2:])
-        data = batches.record_trades_calldata(interval_id, orders, rows, evidence, sig)
+        data = batches.record_trades_calldata(interval_id, 0, 1, orders, rows, evidence, sig)
         return EncodedCall(self.w3, self.market_address, "0x" + data.hex())
 
     def record_trades(
@@ -235,21 +238,31 @@ class ChainLedger:
             return None
 
         def fetch() -> dict[str, tuple[int, int, str | None]]:
+            # every settlement page (BatchesSettled), and a reclaim of what was left (nothing
+            # delivered, nothing paid: the escrow went back to the buyer)
             out: dict[str, tuple[int, int, str | None]] = {}
-            logs = self.market.events.IntervalSettled.get_logs(
-                argument_filters={"intervalId": interval_id}, from_block=self.deployment.block
-            )
-            for log in logs:
+            where = {
+                "argument_filters": {"intervalId": interval_id},
+                "from_block": self.deployment.block,
+            }
+            pages = self.market.events.BatchesSettled.get_logs(**where)
+            reclaims = self.market.events.IntervalReclaimed.get_logs(**where)
+            for log in [*pages, *reclaims]:
                 receipt = self.w3.eth.get_transaction_receipt(log["transactionHash"])
                 tx = "0x" + bytes(log["transactionHash"]).hex()
-                events = self.market.events.TradeSettled().process_receipt(receipt, errors=DISCARD)
-                for ev in events:
+                for ev in self.market.events.TradeSettled().process_receipt(
+                    receipt, errors=DISCARD
+                ):
                     a = ev["args"]
                     out["0x" + bytes(a["tradeId"]).hex()] = (
                         int(a["deliveredWh"]),
                         int(a["paid"]),
                         tx,
                     )
+                for ev in self.market.events.EscrowReclaimed().process_receipt(
+                    receipt, errors=DISCARD
+                ):
+                    out["0x" + bytes(ev["args"]["tradeId"]).hex()] = (0, 0, tx)
             return out
 
         return self._rpc("reading settlements", fetch)

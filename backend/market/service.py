@@ -99,28 +99,19 @@ def trade_id_of(sell_hash: str, buy_hash: str) -> str:
     return "0x" + keccak(bytes.fromhex(sell_hash[2:]) + bytes.fromhex(buy_hash[2:])).hex()
 
 
-_ATTESTATION_TYPEHASH = keccak(
-    b"GridAttestation(uint64 intervalId,bytes32[] tradeIds,uint8[] verdicts,bytes32 evidenceHash)"
-)
-
-
 def attestation_digest(
     domain: typed.Domain,
     interval_id: int,
-    trade_ids: Sequence[str],
-    verdicts: Sequence[int],
+    batch_index: int,
+    batch_count: int,
+    trades: Sequence[eip712.AttestedTrade],
     evidence_hash: str,
 ) -> bytes:
-    """EIP-712 digest of ``GridAttestation`` (standard array encoding), as ``attestationDigest`` on
-    chain."""
-    ids = keccak(b"".join(bytes.fromhex(t[2:]) for t in trade_ids))
-    codes = keccak(b"".join(int(v).to_bytes(32, "big") for v in verdicts))
-    struct = keccak(
-        _ATTESTATION_TYPEHASH
-        + interval_id.to_bytes(32, "big")
-        + ids
-        + codes
-        + bytes.fromhex(evidence_hash[2:])
+    """EIP-712 digest of the validator's ``GridAttestation`` of batch ``batch_index`` of
+    ``batch_count``: every trade's id, energy, price and verdict in batch order, as
+    ``attestationDigest`` on chain."""
+    struct = eip712.attestation_struct_hash(
+        interval_id, batch_index, batch_count, trades, evidence_hash
     )
     return keccak(b"\x19\x01" + domain.separator + struct)
 
@@ -775,9 +766,12 @@ class Market:
         batch = None
         if trades:
             ids = [tid for tid, _c, _d in decided]
-            verdicts = [d.reason_code for _t, _c, d in decided]
+            attested = [
+                eip712.AttestedTrade(tid, c.energy_wh, c.price_per_kwh, d.reason_code)
+                for tid, c, d in decided
+            ]
             digest = attestation_digest(
-                self.domain, interval_id, ids, verdicts, result.evidence_hash
+                self.domain, interval_id, 0, 1, attested, result.evidence_hash
             )
             batch = {
                 "state": BatchState.PENDING,

@@ -345,10 +345,10 @@ def parts(ledger: Ledger) -> SimpleNamespace:
 
 __all__ = [
     "DELAY_S",
-    "GATE_LEAD_S",
     "DEPOSIT",
     "EVIDENCE",
     "FAR",
+    "GATE_LEAD_S",
     "INTERVAL_S",
     "PRICE",
     "Ledger",

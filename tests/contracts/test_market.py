@@ -4,7 +4,18 @@ from typing import Any
 
 import brownie
 import pytest
-from conftest import DELAY_S, DEPOSIT, EVIDENCE, GATE_LEAD_S, INTERVAL_S, PRICE, Ledger, err, ev, norm
+from conftest import (
+    DELAY_S,
+    DEPOSIT,
+    EVIDENCE,
+    GATE_LEAD_S,
+    INTERVAL_S,
+    PRICE,
+    Ledger,
+    err,
+    ev,
+    norm,
+)
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
@@ -102,7 +113,10 @@ def test_hash_views_match_python_builders(ledger: Ledger, parts: Any, iv: int) -
     sell_t, buy_t = eip712.order_tuple(t.sell), eip712.order_tuple(t.buy)
     assert norm(ledger.market.orderHash(sell_t)) == eip712.order_hash(cid, mkt, t.sell)
     assert norm(ledger.market.tradeIdOf(sell_t, buy_t)) == ledger.tid(t)
-    rows = [eip712.AttestedTrade(ledger.tid(t), 1000, PRICE, 3), eip712.AttestedTrade(b"\x07" * 32, 5, 9, 0)]
+    rows = [
+        eip712.AttestedTrade(ledger.tid(t), 1000, PRICE, 3),
+        eip712.AttestedTrade(b"\x07" * 32, 5, 9, 0),
+    ]
     view = (iv, 1, 3, [r.trade_id for r in rows], [1000, 5], [PRICE, 9], [3, 0], EVIDENCE)
     digest = eip712.attestation_hash(cid, mkt, iv, 1, 3, rows, EVIDENCE)
     assert norm(ledger.market.attestationDigest(view)) == digest
@@ -246,23 +260,37 @@ def test_attestation_binds_energy_and_price(ledger: Ledger, parts: Any, iv: int)
     tx = ledger.market.recordTrades(
         iv, 0, 1, *ledger.args([t]), EVIDENCE, sig, {"from": ledger.operator}
     )
-    assert ev(tx, "TradeRecorded") == [ledger.tid(t), parts.S1.address, parts.B1.address, 1000, PRICE]
+    assert ev(tx, "TradeRecorded") == [
+        ledger.tid(t),
+        parts.S1.address,
+        parts.B1.address,
+        1000,
+        PRICE,
+    ]
     assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 123_457, 123_457)
 
 
 def test_attestation_binds_batch_position(ledger: Ledger, parts: Any, iv: int) -> None:
-    """A batch signed as 1 of 2 is refused as 0 of 2 or 1 of 1, and the count is fixed by the first."""
-    a, b = ledger.sort([_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)])
+    """A batch signed as 1 of 2 is refused as 0 of 2 or 1 of 1; the first batch fixes the count."""
+    a, b = ledger.sort(
+        [_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)]
+    )
     sig_a = ledger.attest(iv, [a], index=0, count=2)
     sig_b = ledger.attest(iv, [b], index=1, count=2)
     _refused(ledger, iv, [a], sig_a, count=1)
     with brownie.reverts(err("MarketBatchOutOfSequence", iv, 0, 1)):
-        ledger.market.recordTrades(iv, 1, 2, *ledger.args([b]), EVIDENCE, sig_b, {"from": ledger.operator})
+        ledger.market.recordTrades(
+            iv, 1, 2, *ledger.args([b]), EVIDENCE, sig_b, {"from": ledger.operator}
+        )
     with brownie.reverts(err("MarketBatchCountInvalid", iv, 0, 0)):
-        ledger.market.recordTrades(iv, 0, 0, *ledger.args([a]), EVIDENCE, sig_a, {"from": ledger.operator})
+        ledger.market.recordTrades(
+            iv, 0, 0, *ledger.args([a]), EVIDENCE, sig_a, {"from": ledger.operator}
+        )
     ledger.record(iv, [a], count=2)
     with brownie.reverts(err("MarketBatchCountInvalid", iv, 2, 3)):
-        ledger.market.recordTrades(iv, 1, 3, *ledger.args([b]), EVIDENCE, sig_b, {"from": ledger.operator})
+        ledger.market.recordTrades(
+            iv, 1, 3, *ledger.args([b]), EVIDENCE, sig_b, {"from": ledger.operator}
+        )
     _refused(ledger, iv, [b], sig_a, index=1, count=2)  # a's signature does not cover b
     ledger.record(iv, [b])
     assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, 2, 0, False, False]
@@ -559,7 +587,6 @@ def test_two_orders_sharing_a_nonce_share_the_fill(ledger: Ledger, parts: Any, i
         ledger.record(iv, [first, second])
 
 
-
 def test_filled_order_replayed_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
     sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
     first = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000)
@@ -606,7 +633,9 @@ def test_gate_closure_boundary(ledger: Ledger, parts: Any, iv: int) -> None:
 
 
 def test_settle_waits_for_gate_closure_and_every_batch(ledger: Ledger, parts: Any, iv: int) -> None:
-    a, b = ledger.sort([_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)])
+    a, _b = ledger.sort(
+        [_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)]
+    )
     ledger.record(iv, [a], count=2)
     closure = iv * INTERVAL_S - GATE_LEAD_S
     with brownie.reverts(err("MarketRecordingOpen", iv, closure)):
@@ -633,7 +662,9 @@ def test_settle_in_pages(ledger: Ledger, parts: Any, iv: int) -> None:
     """Pages of whole batches pay exactly what one settle would: the totals span every batch."""
     trades = _three_batches(ledger, parts, iv)
     # S1 sold 600 and exported 300 (r = 0.5); the others delivered in full
-    _read(ledger, iv, {parts.S1: (0, 300), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)})
+    _read(
+        ledger, iv, {parts.S1: (0, 300), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)}
+    )
     with brownie.reverts(err("MarketPageInvalid", iv, 0, 0)):
         ledger.settle(iv, page_end=0)
     with brownie.reverts(err("MarketPageInvalid", iv, 0, 4)):
@@ -663,7 +694,9 @@ def test_settle_in_pages(ledger: Ledger, parts: Any, iv: int) -> None:
 def test_reclaim_after_deadline(ledger: Ledger, parts: Any, iv: int) -> None:
     """An interval whose batches did not all arrive cannot settle; from reclaimAfter on, anyone
     returns every buyer's escrow, once."""
-    a, b = ledger.sort([_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)])
+    a, _b = ledger.sort(
+        [_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)]
+    )
     ledger.record(iv, [a], count=2)
     start = (iv + 1) * INTERVAL_S + 2 * DELAY_S
     recs = ledger.records[iv]
@@ -690,7 +723,9 @@ def test_reclaim_rest_after_partial_settlement(ledger: Ledger, parts: Any, iv: i
     """Pages settled before reclaimAfter stay paid; the rest goes back to the buyers; a settle
     after reclaimAfter is refused."""
     trades = _three_batches(ledger, parts, iv)
-    _read(ledger, iv, {parts.S1: (0, 600), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)})
+    _read(
+        ledger, iv, {parts.S1: (0, 600), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)}
+    )
     ledger.settle(iv, page_end=1)
     start = (iv + 1) * INTERVAL_S + 2 * DELAY_S
     ledger.end_interval(iv, 2 * DELAY_S)
@@ -701,6 +736,10 @@ def test_reclaim_rest_after_partial_settlement(ledger: Ledger, parts: Any, iv: i
         ledger.market.reclaim(iv, [b"".join(r) for r in ledger.records[iv][:2]], {"from": parts.X})
     tx = ledger.market.reclaim(iv, rest, {"from": parts.X})
     assert ev(tx, "IntervalReclaimed") == [iv, 1, 2]
-    assert {norm(e["tradeId"]) for e in tx.events["EscrowReclaimed"]} == {ledger.tid(t) for t in trades[1:]}
-    assert sum(sum(ledger.balance(w)[1:]) for w in (parts.B1, parts.B2)) == 0  # nothing stays locked
+    assert {norm(e["tradeId"]) for e in tx.events["EscrowReclaimed"]} == {
+        ledger.tid(t) for t in trades[1:]
+    }
+    assert (
+        sum(sum(ledger.balance(w)[1:]) for w in (parts.B1, parts.B2)) == 0
+    )  # nothing stays locked
     _conserved(ledger, parts)

@@ -148,7 +148,7 @@ def test_keeper_settles_full_partial_and_missing_delivery_to_the_base_unit(
         evidence = keccak(b"evidence")
         att = batches.attest(ANVIL_KEYS[0], chain_id, market_addr, interval_id, cands, evidence)
         orders, rows = batches.record_args(cands)
-        fn = market.functions.recordTrades(interval_id, orders, rows, evidence, att)
+        fn = market.functions.recordTrades(interval_id, 0, 1, orders, rows, evidence, att)
         admin.transact(fn)
     balances_before = [market.functions.balanceOf(w).call()[0] for w in wallets]
 

@@ -41,7 +41,7 @@ def test_reads_and_record_trades_encode_like_web3() -> None:
     t = CandidateTrade(msg, buy, sig, sig, 1000, 123, 3)
     orders, rows = batches.record_args([t, t])
     assert (len(orders), len(rows)) == (2 * 153, 2 * 29)  # each order once, each trade 29 bytes
-    args = (5, orders, rows, b"\x01" * 32, b"\x02" * 65)
+    args = (5, 1, 3, orders, rows, b"\x01" * 32, b"\x02" * 65)
     web3_data = market.functions.recordTrades(*args)._encode_transaction_data()
     assert "0x" + batches.record_trades_calldata(*args).hex() == web3_data
     readings = contract_at(w3, "MeterReadings", "0x" + "33" * 20)
@@ -51,8 +51,10 @@ def test_reads_and_record_trades_encode_like_web3() -> None:
     rec = t.record(31337, "0x" + "11" * 20, 1, 2)
     assert batches.unpack_record(rec)[1:] == (A, A, 1, 2, 1000, 123)
     settle_args = batches.settle_args([[rec]])
-    web3_data = market.functions.settle(9, *settle_args)._encode_transaction_data()
+    web3_data = market.functions.settle(9, *settle_args, 1)._encode_transaction_data()
     assert "0x" + batches.settle_calldata(9, [[rec]]).hex() == web3_data
+    web3_data = market.functions.reclaim(9, [rec])._encode_transaction_data()
+    assert "0x" + batches.reclaim_calldata(9, [[rec]]).hex() == web3_data
 
 
 def test_decode_unwraps_a_single_output_like_web3() -> None:
