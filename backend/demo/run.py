@@ -507,6 +507,22 @@ class Demo:
         )
         return {"interval": interval, "trades": items}
 
+    def _wait_recorded(self, interval_id: int, timeout_s: float = 120.0) -> None:
+        """Wait until the server has the interval's batch on chain (status recorded)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            row = _check(
+                self.http.get(f"/intervals/{interval_id}"), f"GET /intervals/{interval_id}"
+            )
+            if row.get("status") in ("recorded", "settled"):
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"interval {interval_id}'s batch not recorded after {timeout_s:.0f} s "
+                    f"(status {row.get('status')})"
+                )
+            time.sleep(0.05)
+
     def _deadline(self, interval_id: int) -> int:
         return (interval_id + 1) * self.cfg.interval_seconds + SETTLEMENT_DELAY_S
 
@@ -762,6 +778,10 @@ class Demo:
                         # settlement deadline of an interval whose readings are still relayed
                         # (the meters published them in time; the oracle must land them)
                         clock = (c + 1) * s + 1
+                        if clearing is not None and cleared["trades"]:
+                            # the chain refuses c+1's batch after its gate closure (its start)
+                            with self._stage("recorder lands the batch before the gate"):
+                                self._wait_recorded(c + 1)
                         with self._stage("oracle relays readings (broker -> receipt)"):
                             while relaying and self._deadline(relaying[0]) <= clock + s // 2:
                                 self._wait_readings(relaying.pop(0))

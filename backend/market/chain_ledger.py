@@ -78,6 +78,7 @@ class ChainLedger:
         self._skew = 0.0
         self._fetched = 0.0
         self._receipts: dict[str, Receipt] = {}
+        self._gate_lead: int | None = None
 
     def _rpc(self, what: str, fn: Any) -> Any:
         try:
@@ -168,6 +169,16 @@ class ChainLedger:
         # reclaimed
         last, batches, approved, settled = state[0], state[1], state[2], state[5]
         return "0x" + bytes(last).hex(), int(batches), int(approved), bool(settled)
+
+    def gate_closure(self, interval_id: int) -> int:
+        """The chain's gate closure of an interval: ``recordTrades`` is refused after it."""
+        if self._gate_lead is None:
+            self._gate_lead = int(
+                self._rpc(
+                    "reading the gate lead", lambda: self.market.functions.gateLeadSeconds().call()
+                )
+            )
+        return max(0, interval_id * self.deployment.interval_seconds - self._gate_lead)
 
     def batch_recorded(self, interval_id: int, last_trade_id: str) -> bool:
         last, batches, _approved, _settled = self.interval_state(interval_id)

@@ -22,8 +22,12 @@ class MemoryLedger:
         market_address: str = "0x" + "11" * 20,
         registry_address: str = "0x" + "22" * 20,
         start_time: int | None = None,
+        interval_seconds: int = 900,
+        gate_lead_seconds: int = 0,
     ) -> None:
         self.chain_id = chain_id
+        self.interval_seconds = interval_seconds
+        self.gate_lead_seconds = gate_lead_seconds
         self.market_address = to_checksum_address(market_address)
         self.registry_address = to_checksum_address(registry_address)
         self.clock_offset = 0 if start_time is None else start_time - int(time.time())
@@ -40,6 +44,9 @@ class MemoryLedger:
 
     def now(self) -> int:
         return int(time.time()) + self.clock_offset
+
+    def gate_closure(self, interval_id: int) -> int:
+        return max(0, interval_id * self.interval_seconds - self.gate_lead_seconds)
 
     def advance(self, seconds: int) -> None:
         self.clock_offset += seconds
