@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.api.deps import ApiOptions
+from backend.api.limits import BodyLimits, Limits
 from backend.api.routes import events, grid, health, intervals, orders, participants, trades
 from backend.api.routes.dashboard import router as dashboard_router
 from backend.errors import TegridError
@@ -115,7 +116,8 @@ def create_app(
     ``background`` callables are started with the market (each gets it; e.g. the settlement
     keeper)."""
     events_bus = market.events if market is not None else EventBus()
-    options = ApiOptions(dev=dev, broker_url=(settings or Settings()).broker_url)
+    configured = settings or Settings()
+    options = ApiOptions(dev=dev, broker_url=configured.broker_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -168,6 +170,14 @@ def create_app(
     app.state.events = events_bus
     app.state.options = options
     install_error_handlers(app)
+    app.add_middleware(
+        BodyLimits,
+        limits=Limits(
+            max_body_bytes=configured.api_max_body_bytes,
+            max_json_depth=configured.api_max_json_depth,
+            max_int_digits=configured.api_max_int_digits,
+        ),
+    )
     for module in (health, orders, intervals, trades, participants, grid, events):
         app.include_router(module.router)
     app.include_router(dashboard_router)

@@ -1,0 +1,184 @@
+"""Bad inputs against the real app over a memory ledger: oversized, deeply nested, huge-integer and
+non-finite bodies are refused before parsing with a JSON problem (never a 5xx)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account import Account
+from fastapi.testclient import TestClient
+
+from backend.api.app import create_app
+from backend.api.limits import Limits, nesting_depth_exceeds
+from backend.api.server import start_in_thread
+from backend.market.memory import MemoryLedger
+from backend.market.service import Market
+from backend.market.store import Store
+from backend.settings import ANVIL_KEYS, Settings
+
+JSON = {"content-type": "application/json"}
+MiB = 1 << 20
+
+
+def _market(tmp: Path) -> Market:
+    ledger = MemoryLedger()
+    for i, key in enumerate(ANVIL_KEYS[:4]):
+        ledger.add_participant(Account.from_key(key).address, 10 + i, deposit=10**9)
+    return Market(Store(f"sqlite:///{tmp / 'book.db'}"), ledger, None, ANVIL_KEYS[9])
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    market = _market(tmp_path_factory.mktemp("inputs"))
+    with TestClient(create_app(market, scheduler=False)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """An app whose body limit is 100 bytes."""
+    settings = dataclasses.replace(Settings(), api_max_body_bytes=100)
+    market = _market(tmp_path_factory.mktemp("small"))
+    with TestClient(create_app(market, settings=settings, scheduler=False)) as c:
+        yield c
+
+
+def _problem(r: httpx.Response) -> tuple[int, str, str]:
+    detail = r.json()["detail"]
+    return r.status_code, detail["code"], detail["message"]
+
+
+# ---------------------------------------------------------------------------------- body size
+def test_post_body_over_declared_limit_gives_413(client: TestClient) -> None:
+    r = client.post("/orders", content=b" " * (MiB + 1), headers=JSON)
+    assert _problem(r) == (413, "BODY_TOO_LARGE", "the request body is larger than 1048576 bytes")
+    assert r.headers["content-type"] == "application/json"
+
+
+def test_post_body_at_limit_reaches_the_route(small: TestClient) -> None:
+    body = b'{"signature": "0x"}'.ljust(100)
+    r = small.post("/orders/0x" + "00" * 32 + "/cancel", content=body, headers=JSON)
+    status, code, _ = _problem(r)
+    assert (status, code) == (422, "INVALID_REQUEST")
+
+
+def test_post_chunked_body_over_limit_gives_413(small: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"signature": "'
+        for _ in range(10):
+            yield b"0" * 10
+        yield b'"}'
+
+    r = small.post("/orders", content=chunks(), headers=JSON)
+    assert "content-length" not in r.request.headers
+    assert _problem(r) == (413, "BODY_TOO_LARGE", "the request body is larger than 100 bytes")
+
+
+def test_chunked_body_over_limit_over_a_real_socket_gives_413(tmp_path: Path) -> None:
+    """Through uvicorn, with ``Transfer-Encoding: chunked`` and no content-length; then NaN,
+    which the report saw drop the connection."""
+    settings = dataclasses.replace(Settings(), api_max_body_bytes=1000)
+    server = start_in_thread(create_app(_market(tmp_path), settings=settings, scheduler=False))
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            r = http.post("/participants", content=iter([b"[" * 600, b"]" * 600]), headers=JSON)
+            assert r.request.headers["transfer-encoding"] == "chunked"
+            assert _problem(r) == (
+                413,
+                "BODY_TOO_LARGE",
+                "the request body is larger than 1000 bytes",
+            )
+            r = http.post("/orders", content=b'{"message": {"energyWh": NaN}}', headers=JSON)
+            assert _problem(r)[:2] == (422, "NON_FINITE_NUMBER")
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------ nesting depth
+@pytest.mark.parametrize("path", ["/orders", "/participants"])
+@pytest.mark.parametrize("opener,closer", [("[", "]"), ('{"a":', "}")])
+def test_post_deeply_nested_body_gives_422(
+    client: TestClient, path: str, opener: str, closer: str
+) -> None:
+    body = opener * 50_000 + "1" + closer * 50_000
+    r = client.post(path, content=body, headers=JSON)
+    assert _problem(r) == (
+        422,
+        "BODY_TOO_DEEP",
+        "the JSON body nests arrays/objects deeper than 32 levels",
+    )
+
+
+def test_post_body_nested_to_the_limit_reaches_validation(client: TestClient) -> None:
+    r = client.post("/participants", content="[" * 32 + "]" * 32, headers=JSON)
+    assert _problem(r)[:2] == (422, "INVALID_REQUEST")
+
+
+def test_nesting_depth_ignores_brackets_inside_strings() -> None:
+    inside = json.dumps({"note": "[" * 100 + "{" * 100}).encode()
+    assert not nesting_depth_exceeds(inside, 32)
+    escaped = json.dumps({"note": '\\"' + "[" * 100}).encode()
+    assert not nesting_depth_exceeds(escaped, 32)
+    assert nesting_depth_exceeds(b"[" * 33 + b"]" * 33, 32)
+    assert not nesting_depth_exceeds(b"[" * 32 + b"]" * 32, 32)
+    assert not nesting_depth_exceeds(b"[[]]" * 100, 2)  # wide, not deep
+
+
+# ----------------------------------------------------------------------------------- integers
+@pytest.mark.parametrize("path", ["/orders", "/participants", "/orders/0x" + "00" * 32 + "/cancel"])
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_post_5000_digit_integer_gives_422(client: TestClient, path: str, sign: str) -> None:
+    body = '{"message": {"energyWh": ' + sign + "9" * 5000 + "}}"
+    r = client.post(path, content=body, headers=JSON)
+    assert _problem(r) == (
+        422,
+        "INTEGER_TOO_LONG",
+        "an integer in the JSON body has 5000 digits; at most 78 are accepted",
+    )
+
+
+def test_post_78_digit_integer_reaches_validation(client: TestClient) -> None:
+    body = {"message": {"busId": int("9" * 78)}, "signature": "0x"}
+    r = client.post("/participants", content=json.dumps(body), headers=JSON)
+    status, code, _ = _problem(r)
+    assert (status, code) == (422, "INVALID_REQUEST")
+    errors = r.json()["detail"]["errors"]
+    assert {"loc": ["body", "message", "busId"], "msg": "Input should be less than 4294967296"} in (
+        errors
+    )
+
+
+# ------------------------------------------------------------------------- NaN and Infinity
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("path", ["/orders", "/participants"])
+def test_post_non_finite_number_gives_422(client: TestClient, constant: str, path: str) -> None:
+    r = client.post(path, content='{"message": {"energyWh": ' + constant + "}}", headers=JSON)
+    assert _problem(r) == (
+        422,
+        "NON_FINITE_NUMBER",
+        f"{constant} is not a JSON number (NaN and Infinity are refused)",
+    )
+
+
+def test_post_overflowing_float_gives_422(client: TestClient) -> None:
+    r = client.post("/orders", content='{"message": {"energyWh": 1e400}}', headers=JSON)
+    assert _problem(r) == (422, "NON_FINITE_NUMBER", "the number 1e400 is out of range")
+
+
+def test_non_json_body_is_left_to_the_route(client: TestClient) -> None:
+    """A body that is not JSON (or not declared JSON) is the route's to refuse, as before."""
+    r = client.post("/orders", content=b"NaN", headers={"content-type": "text/plain"})
+    assert _problem(r)[:2] == (422, "INVALID_REQUEST")
+    r = client.post("/orders", content=b'{"message": ', headers=JSON)
+    assert _problem(r) == (422, "INVALID_REQUEST", "12: JSON decode error")
+
+
+def test_limits_default_to_the_settings() -> None:
+    s = Settings()
+    assert Limits() == Limits(s.api_max_body_bytes, s.api_max_json_depth, s.api_max_int_digits)
+    assert (s.api_max_body_bytes, s.api_max_json_depth, s.api_max_int_digits) == (MiB, 32, 78)
