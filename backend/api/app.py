@@ -59,7 +59,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TegridError)
     async def tegrid_error(_request: Request, exc: TegridError) -> JSONResponse:
         status, code = _error_status(exc)
-        return _problem(status, code, str(exc))
+        field = getattr(exc, "field", None)
+        return _problem(status, code, str(exc), **({"field": field} if field else {}))
 
     try:
         from grid.errors import GridError

@@ -25,6 +25,9 @@ ZERO = "0x0000000000000000000000000000000000000000"
 class Problem(BaseModel):
     code: str = Field(description="stable machine-readable reason, e.g. BAD_SIGNATURE")
     message: str = Field(description="one sentence for a human")
+    field: str | None = Field(
+        None, description="the request field a conflict is about (e.g. meter, wallet)"
+    )
 
 
 class ErrorResponse(BaseModel):

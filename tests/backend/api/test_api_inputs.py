@@ -1,5 +1,6 @@
 """Bad inputs against the real app over a memory ledger: oversized, deeply nested, huge-integer and
-non-finite bodies are refused before parsing with a JSON problem (never a 5xx)."""
+non-finite bodies are refused before parsing with a JSON problem (never a 5xx); registry conflicts
+are 409s naming the field."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -182,3 +184,43 @@ def test_limits_default_to_the_settings() -> None:
     s = Settings()
     assert Limits() == Limits(s.api_max_body_bytes, s.api_max_json_depth, s.api_max_int_digits)
     assert (s.api_max_body_bytes, s.api_max_json_depth, s.api_max_int_digits) == (MiB, 32, 78)
+
+
+# ------------------------------------------------------------------------- registry conflicts
+def _connection(client: TestClient, wallet_key: str, meter: str, bus_id: int = 5) -> dict[str, Any]:
+    template = client.get("/participants/eip712").json()
+    message = {
+        "wallet": Account.from_key(wallet_key).address,
+        "meter": meter,
+        "busId": bus_id,
+        "maxExportW": 5000,
+        "maxImportW": 5000,
+        "nonce": 1,
+        "expiry": 2**40,
+    }
+    signed = Account.sign_typed_data(wallet_key, full_message={**template, "message": message})
+    return {"message": message, "signature": "0x" + signed.signature.hex().removeprefix("0x")}
+
+
+def test_register_meter_of_another_participant_gives_409_naming_meter(
+    client: TestClient,
+) -> None:
+    meter = Account.create().address
+    first = client.post("/participants", json=_connection(client, Account.create().key, meter))
+    assert first.status_code == 201, first.text
+    r = client.post("/participants", json=_connection(client, Account.create().key, meter))
+    assert r.status_code == 409
+    assert r.json()["detail"] == {
+        "code": "METER_IN_USE",
+        "message": f"the meter {meter} is already registered to another participant",
+        "field": "meter",
+    }
+
+
+def test_register_connected_wallet_gives_409_naming_wallet(client: TestClient) -> None:
+    key = ANVIL_KEYS[1]
+    r = client.post("/participants", json=_connection(client, key, Account.create().address))
+    assert r.status_code == 409
+    detail = r.json()["detail"]
+    assert (detail["code"], detail["field"]) == ("ALREADY_CONNECTED", "wallet")
+    assert detail["message"] == f"{Account.from_key(key).address} is already connected at bus 11"
