@@ -1,6 +1,6 @@
 """Bad inputs against the real app over a memory ledger: oversized, deeply nested, huge-integer and
-non-finite bodies are refused before parsing with a JSON problem (never a 5xx); registry conflicts
-are 409s naming the field."""
+non-finite bodies are refused before parsing with a JSON problem (never a 5xx), registry conflicts
+are 409s naming the field, 405s carry ``Allow`` and every 422 matches the documented schema."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from eth_account import Account
 from fastapi.testclient import TestClient
@@ -224,3 +225,78 @@ def test_register_connected_wallet_gives_409_naming_wallet(client: TestClient) -
     detail = r.json()["detail"]
     assert (detail["code"], detail["field"]) == ("ALREADY_CONNECTED", "wallet")
     assert detail["message"] == f"{Account.from_key(key).address} is already connected at bus 11"
+
+
+# --------------------------------------------------------------------------------- 405 and 422
+@pytest.mark.parametrize(
+    "method,path,allow",
+    [
+        ("DELETE", "/orders", "GET, POST"),
+        ("PUT", "/participants", "POST"),
+        ("POST", "/participants/eip712", "GET"),
+        ("PATCH", "/intervals/5/close", "POST"),
+    ],
+)
+def test_method_not_allowed_carries_allow(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    r = client.request(method, path)
+    assert r.headers["allow"] == allow
+    assert _problem(r) == (
+        405,
+        "METHOD_NOT_ALLOWED",
+        f"{method} is not allowed on {path}; allowed: {allow}",
+    )
+
+
+def _validator(client: TestClient, method: str, path: str, status: str) -> jsonschema.Validator:
+    doc = client.get("/openapi.json").json()
+    schema = doc["paths"][path][method]["responses"][status]["content"]["application/json"]
+    root = {**schema["schema"], "components": doc["components"]}
+    return jsonschema.Draft202012Validator(root)
+
+
+def test_every_operation_documents_422_as_the_problem_it_answers(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            schema = op["responses"]["422"]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path)
+            if "requestBody" in op:
+                assert "413" in op["responses"], (method, path)
+
+
+@pytest.mark.parametrize(
+    "method,path,kwargs",
+    [
+        ("get", "/orders", {"params": {"limit": 0}}),
+        ("get", "/trades", {"params": {"interval": "x"}}),
+        ("get", "/intervals/{interval_id}", {"url": "/intervals/-1"}),
+        ("post", "/participants", {"json": {"message": {}}}),
+        ("post", "/orders", {"json": {"message": {"side": 3}}}),
+        ("post", "/orders", {"content": '{"energyWh": NaN}', "headers": JSON}),
+        ("post", "/participants", {"content": "[" * 40 + "]" * 40, "headers": JSON}),
+    ],
+)
+def test_422_body_matches_the_documented_schema(
+    client: TestClient, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    url = kwargs.pop("url", path)
+    r = client.request(method.upper(), url, **kwargs)
+    assert r.status_code == 422, r.text
+    _validator(client, method, path, "422").validate(r.json())
+
+
+def test_413_body_matches_the_documented_schema(small: TestClient) -> None:
+    r = small.post("/participants", content=b"{}".ljust(101), headers=JSON)
+    assert r.status_code == 413
+    _validator(small, "post", "/participants", "413").validate(r.json())
+
+
+def test_409_conflict_body_matches_the_documented_schema(client: TestClient) -> None:
+    r = client.post(
+        "/participants", json=_connection(client, ANVIL_KEYS[2], Account.create().address)
+    )
+    assert r.status_code == 409
+    _validator(client, "post", "/participants", "409").validate(r.json())
