@@ -60,6 +60,11 @@ class Settings:
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Request bodies, checked before any parsing: size (413), JSON nesting depth and integer
+    # literal length (422; a uint256 has 78 digits).
+    api_max_body_bytes: int = 1 << 20
+    api_max_json_depth: int = 32
+    api_max_int_digits: int = 78
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -78,8 +83,10 @@ class Settings:
             else:
                 values[f.name] = _env(key, str(current))
         settings = cls(**values)  # type: ignore[arg-type]
-        if settings.interval_seconds <= 0:
-            raise ConfigError("TEGRID_INTERVAL_SECONDS must be positive")
+        for name in ("interval_seconds", "api_max_body_bytes", "api_max_json_depth",
+                     "api_max_int_digits"):  # fmt: skip
+            if getattr(settings, name) <= 0:
+                raise ConfigError(f"TEGRID_{name.upper()} must be positive")
         return settings
 
     def to_env(self) -> dict[str, str]:

@@ -14,10 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from backend.api.deps import ApiOptions
+from backend.api.limits import BodyLimits, Limits
 from backend.api.routes import events, grid, health, intervals, orders, participants, trades
 from backend.api.routes.dashboard import router as dashboard_router
+from backend.api.schemas import ErrorResponse
 from backend.errors import TegridError
 from backend.market.errors import MarketError
 from backend.market.events import EventBus
@@ -58,7 +61,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TegridError)
     async def tegrid_error(_request: Request, exc: TegridError) -> JSONResponse:
         status, code = _error_status(exc)
-        return _problem(status, code, str(exc))
+        field = getattr(exc, "field", None)
+        return _problem(status, code, str(exc), **({"field": field} if field else {}))
 
     try:
         from grid.errors import GridError
@@ -81,9 +85,45 @@ def install_error_handlers(app: FastAPI) -> None:
         return _problem(422, "INVALID_REQUEST", f"{where}: {first['msg']}", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-        return _problem(exc.status_code, code, str(exc.detail))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            allowed = ", ".join(_allowed_methods(app, request)) or headers.get("Allow", "")
+            headers["Allow"] = allowed
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        response = _problem(exc.status_code, code, message)
+        response.headers.update(headers)
+        return response
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at the request's path (Starlette's own 405 names only
+    the first route that matched the path, e.g. POST but not GET for /orders)."""
+    base = {
+        "type": "http",
+        "path": request.scope["path"],
+        "root_path": request.scope.get("root_path", ""),
+        "headers": [],
+    }
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**base, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "BODY_TOO_LARGE",
+}
 
 
 async def _scheduler(app: FastAPI, tick_seconds: float) -> None:
@@ -115,7 +155,8 @@ def create_app(
     ``background`` callables are started with the market (each gets it; e.g. the settlement
     keeper)."""
     events_bus = market.events if market is not None else EventBus()
-    options = ApiOptions(dev=dev, broker_url=(settings or Settings()).broker_url)
+    configured = settings or Settings()
+    options = ApiOptions(dev=dev, broker_url=configured.broker_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -168,6 +209,14 @@ def create_app(
     app.state.events = events_bus
     app.state.options = options
     install_error_handlers(app)
+    app.add_middleware(
+        BodyLimits,
+        limits=Limits(
+            max_body_bytes=configured.api_max_body_bytes,
+            max_json_depth=configured.api_max_json_depth,
+            max_int_digits=configured.api_max_int_digits,
+        ),
+    )
     for module in (health, orders, intervals, trades, participants, grid, events):
         app.include_router(module.router)
     app.include_router(dashboard_router)
@@ -176,7 +225,10 @@ def create_app(
 
 
 def _document_components(app: FastAPI, schemas: Callable[[], dict[str, Any]]) -> None:
-    """Add ``schemas()`` to the OpenAPI components (bodies that routes read by hand)."""
+    """Add ``schemas()`` to the OpenAPI components (bodies that routes read by hand), and
+    document the errors every operation may answer as they are answered: a 422 is the JSON
+    problem of :func:`install_error_handlers` (not FastAPI's default ``HTTPValidationError``),
+    and an operation with a body may answer 413 (:class:`BodyLimits`)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -186,6 +238,42 @@ def _document_components(app: FastAPI, schemas: Callable[[], dict[str, Any]]) ->
             known = doc.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in schemas().items():
                 known.setdefault(name, schema)
+            known.update(_problem_schemas())
+            for item in doc.get("paths", {}).values():
+                for op in item.values():
+                    responses = op.setdefault("responses", {})
+                    responses["422"] = _PROBLEM_RESPONSES["422"]
+                    if "requestBody" in op:
+                        responses.setdefault("413", _PROBLEM_RESPONSES["413"])
+            for unused in ("HTTPValidationError", "ValidationError"):
+                known.pop(unused, None)
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _problem_schemas() -> dict[str, Any]:
+    """``ErrorResponse`` and the models it uses, as FastAPI writes them."""
+    probe = FastAPI()
+
+    @probe.get("/", responses={400: {"model": ErrorResponse}})
+    def _probe() -> None:  # pragma: no cover - never called
+        return None
+
+    found: dict[str, Any] = probe.openapi()["components"]["schemas"]
+    return found
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/ErrorResponse"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_PROBLEM_RESPONSES = {
+    "413": _problem_response("Request body too large (BODY_TOO_LARGE)"),
+    "422": _problem_response(
+        "Invalid request: INVALID_REQUEST with the failing fields in ``errors``, or a body "
+        "refused before parsing (BODY_TOO_DEEP, INTEGER_TOO_LONG, NON_FINITE_NUMBER), or a "
+        "refusal of the market"
+    ),
+}

@@ -22,9 +22,20 @@ Uint128 = Annotated[int, Field(ge=0, lt=2**128)]
 ZERO = "0x0000000000000000000000000000000000000000"
 
 
+class FieldError(BaseModel):
+    loc: list[str] = Field(description='where, e.g. ["body", "message", "energyWh"]')
+    msg: str
+
+
 class Problem(BaseModel):
     code: str = Field(description="stable machine-readable reason, e.g. BAD_SIGNATURE")
     message: str = Field(description="one sentence for a human")
+    field: str | None = Field(
+        None, description="the request field a conflict is about (e.g. meter, wallet)"
+    )
+    errors: list[FieldError] | None = Field(
+        None, description="every failing field of an INVALID_REQUEST (422)"
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -24,8 +24,14 @@ from backend.chain.batches import CandidateTrade
 from backend.chain.client import AbiFunction, ChainClient, EncodedCall, batch_eth_call
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
-from backend.chain.errors import LedgerError
-from backend.market.errors import LedgerUnavailable
+from backend.chain.errors import LedgerError, TransactionRevertedError
+from backend.market.errors import (
+    AlreadyConnected,
+    InvalidOrder,
+    LedgerUnavailable,
+    MarketError,
+    MeterInUse,
+)
 from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
 
 # JSON-RPC batch size for clearing reads (nodes cap batches: Geth at 1000 requests by default).
@@ -45,6 +51,18 @@ def _participant(wallet: str, raw: Sequence[Any]) -> Participant | None:
         bool(active),
         int(index),
     )
+
+
+def _registry_refusal(error_name: str | None, wallet: str, meter: str) -> MarketError | None:
+    """The market error for a custom error ``ParticipantRegistry.connect`` reverted with (the
+    request's fault, not the chain's), or None."""
+    if error_name == "RegistryMeterInUse":
+        return MeterInUse(f"the meter {meter} is already registered to another participant")
+    if error_name == "RegistryAlreadyConnected":
+        return AlreadyConnected(f"{wallet} is already connected")
+    if error_name == "RegistryZeroAddress":
+        return InvalidOrder("the wallet and the meter must be non-zero addresses")
+    return None
 
 
 def _compact(signature: str) -> tuple[bytes, bytes]:
@@ -83,6 +101,8 @@ class ChainLedger:
     def _rpc(self, what: str, fn: Any) -> Any:
         try:
             return fn()
+        except MarketError:
+            raise
         except LedgerError as exc:
             raise LedgerUnavailable(f"{what}: {exc}") from exc
         except Exception as exc:  # web3 raises a zoo of transport/value errors
@@ -234,7 +254,17 @@ class ChainLedger:
             max_export_w,
             max_import_w,
         )
-        receipt = self._rpc("connecting a participant", lambda: self.grid_operator.transact(fn))
+
+        def send() -> Any:
+            try:
+                return self.grid_operator.transact(fn)
+            except TransactionRevertedError as exc:
+                refusal = _registry_refusal(exc.error_name, checksum(wallet), checksum(meter))
+                if refusal is None:
+                    raise
+                raise refusal from exc
+
+        receipt = self._rpc("connecting a participant", send)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         self._receipts[tx_hash] = Receipt(
             tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1

@@ -11,11 +11,14 @@ class MarketError(TegridError):
 
     code = "MARKET_ERROR"
     status = 400
+    field: str | None = None  # the request field the error is about, when it is one
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        if field is not None:
+            self.field = field
 
     @property
     def message(self) -> str:
@@ -88,6 +91,22 @@ class Conflict(MarketError):
 
     code = "CONFLICT"
     status = 409
+
+
+class AlreadyConnected(Conflict):
+    """The wallet of a connection request is already a participant (registry:
+    ``RegistryAlreadyConnected``)."""
+
+    code = "ALREADY_CONNECTED"
+    field = "wallet"
+
+
+class MeterInUse(Conflict):
+    """The meter key of a connection request is registered to another participant (registry:
+    ``RegistryMeterInUse``)."""
+
+    code = "METER_IN_USE"
+    field = "meter"
 
 
 class ConnectionRefused(OrderRejected):

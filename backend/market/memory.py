@@ -11,7 +11,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from backend.market.errors import LedgerUnavailable
+from backend.market.errors import AlreadyConnected, LedgerUnavailable, MeterInUse
 from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
 
 
@@ -131,6 +131,11 @@ class MemoryLedger:
     def connect(
         self, wallet: str, meter: str, bus_id: int, max_export_w: int, max_import_w: int
     ) -> str:
+        """Refuses as the registry contract does: a connected wallet, a meter in use."""
+        if wallet in self.participants:
+            raise AlreadyConnected(f"{wallet} is already connected")
+        if any(p.meter == meter for p in self.participants.values()):
+            raise MeterInUse(f"the meter {meter} is already registered to another participant")
         self.participants[wallet] = Participant(
             wallet, meter, bus_id, max_export_w, max_import_w, True, len(self.participants) + 1
         )

@@ -48,6 +48,7 @@ from backend.chain.address import checksum
 from backend.market import typed
 from backend.market.auction import BookOrder, Candidate, Clearing, clear
 from backend.market.errors import (
+    AlreadyConnected,
     BadSignature,
     Conflict,
     InsufficientDeposit,
@@ -999,9 +1000,7 @@ class Market:
             raise InvalidOrder("the meter key must be its own non-zero address")
         existing = self.participant(wallet, fresh=True)
         if existing is not None:
-            raise Conflict(
-                f"{wallet} is already connected at bus {existing.bus_id}", code="ALREADY_CONNECTED"
-            )
+            raise AlreadyConnected(f"{wallet} is already connected at bus {existing.bus_id}")
         bus_id, export_w, import_w = msg["busId"], msg["maxExportW"], msg["maxImportW"]
         if export_w >= 1 << 32 or import_w >= 1 << 32:
             raise InvalidOrder("connection limits must fit in 32 bits (W)")

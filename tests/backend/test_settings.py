@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.errors import ConfigError
 from backend.settings import ANVIL_KEYS, Settings
 
 
@@ -27,3 +28,22 @@ def test_to_env_round_trips_through_from_env(monkeypatch: pytest.MonkeyPatch) ->
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert Settings.from_env() == settings
+
+
+def test_from_env_reads_the_api_body_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEGRID_API_MAX_BODY_BYTES", "4096")
+    monkeypatch.setenv("TEGRID_API_MAX_JSON_DEPTH", "8")
+    monkeypatch.setenv("TEGRID_API_MAX_INT_DIGITS", "40")
+    s = Settings.from_env()
+    assert (s.api_max_body_bytes, s.api_max_json_depth, s.api_max_int_digits) == (4096, 8, 40)
+
+
+@pytest.mark.parametrize(
+    "name", ["API_MAX_BODY_BYTES", "API_MAX_JSON_DEPTH", "API_MAX_INT_DIGITS", "INTERVAL_SECONDS"]
+)
+def test_from_env_refuses_a_limit_that_is_not_positive(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(f"TEGRID_{name}", "0")
+    with pytest.raises(ConfigError, match=f"^TEGRID_{name} must be positive$"):
+        Settings.from_env()

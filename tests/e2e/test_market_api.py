@@ -296,6 +296,37 @@ def test_cancel_participants_grid_status_and_events(stack: dict[str, Any]) -> No
     assert {"order", "cancel", "participant"} <= set(kinds)
 
 
+def test_register_meter_of_another_participant_gives_409_naming_meter(
+    stack: dict[str, Any],
+) -> None:
+    """The registry reverts ``RegistryMeterInUse(meter)``: a 409 naming the meter, not a 503,
+    and nothing registered."""
+    c, market = stack["client"], stack["market"]
+    taken = stack["dev"].participants[0]["meter"]
+    wallet = Account.create()
+    ctpl = c.get("/participants/eip712").json()
+    cmsg = {
+        "wallet": wallet.address,
+        "meter": taken,
+        "busId": market.grid.load_buses()[2],  # type: ignore[union-attr]
+        "maxExportW": 1000,
+        "maxImportW": 1000,
+        "nonce": 1,
+        "expiry": market.ledger.now() + 3600,
+    }
+    sig = Account.sign_typed_data(wallet.key, full_message={**ctpl, "message": cmsg}).signature
+    r = c.post(
+        "/participants", json={"message": cmsg, "signature": "0x" + sig.hex().removeprefix("0x")}
+    )
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"] == {
+        "code": "METER_IN_USE",
+        "message": f"the meter {taken} is already registered to another participant",
+        "field": "meter",
+    }
+    assert c.get(f"/participants/{wallet.address}").json()["registered"] is False
+
+
 def test_clearing_reads_batch_equals_single_calls(stack: dict[str, Any]) -> None:
     """The clearing's JSON-RPC batch (participants, nonces, deposits) reads what one call per key
     reads, a nonce cancelled on chain included."""

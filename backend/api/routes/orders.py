@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from backend.api.convert import order_fields, order_out
 from backend.api.deps import MarketDep
+from backend.api.limits import is_json_content_type
 from backend.api.schemas import (
     Address,
     CancelIn,
@@ -60,15 +61,6 @@ _ORDER_BODY = {
 }
 
 
-def _json_content_type(value: str | None) -> bool:
-    if not value:
-        return False
-    main = value.split(";", 1)[0].strip().lower()
-    return main == "application/json" or (
-        main.startswith("application/") and main.endswith("+json")
-    )
-
-
 async def _order_in(request: Request) -> OrderIn:
     """The body as FastAPI would read an ``OrderIn`` parameter: JSON only for a JSON content
     type, the same ``RequestValidationError`` (locations under ``body``) otherwise."""
@@ -78,7 +70,7 @@ async def _order_in(request: Request) -> OrderIn:
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
-    if _json_content_type(request.headers.get("content-type")):
+    if is_json_content_type(request.headers.get("content-type")):
         try:
             body = json.loads(raw)
         except json.JSONDecodeError as e:
