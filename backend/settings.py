@@ -58,6 +58,8 @@ class Settings:
     interval_seconds: int = 900
     deployment_file: Path = field(default=REPO_ROOT / ".tegrid" / "deployment.json")
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
+    # Bounded work per interval: live orders one trader may have for one interval.
+    max_orders_per_trader_interval: int = 64
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Request bodies, checked before any parsing: size (413), JSON nesting depth and integer

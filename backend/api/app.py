@@ -170,7 +170,11 @@ def create_app(
             app.state.market = await asyncio.to_thread(factory, cfg, events_bus)
         m: Market = app.state.market
         if recover:
-            done = await asyncio.to_thread(m.recover)
+            try:  # recover never raises; this keeps the server starting if that ever breaks
+                done = await asyncio.to_thread(m.recover)
+            except Exception:
+                log.exception("recovery failed; the scheduler retries the unfinished work")
+                done = []
             if done:
                 log.info("recovered batches of intervals %s", done)
         # Everything loaded so far (web3, SQLAlchemy, the grid model, ...) lives as long as the

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backend.api.schemas import IntervalOut, OrderOut, TradeOut
-from backend.market.models import IntervalRow, OrderRow, TradeRow
+from backend.api.schemas import BatchOut, IntervalOut, OrderOut, TradeOut
+from backend.market.models import BatchRow, BatchState, IntervalRow, OrderRow, TradeRow
 from backend.market.service import Market
 
 # OrderOut field <- order row column (rows as OrderRow objects or the accept path's dicts)
@@ -37,19 +37,47 @@ def order_out(o: OrderRow) -> OrderOut:
     return OrderOut(**order_fields({column: getattr(o, column) for _, column in ORDER_OUT_FIELDS}))
 
 
+def batch_out(b: BatchRow) -> BatchOut:
+    return BatchOut(
+        index=b.batch_index,
+        count=b.batch_count,
+        state=b.state,  # type: ignore[arg-type]
+        trades=len(json.loads(b.trade_ids)),
+        orders=b.order_count,
+        reason=b.last_error,
+        txHash=b.tx_hash,
+        blockNumber=b.block_number,
+        gasUsed=b.gas_used,
+        attempts=b.attempts or 0,
+        nextAttemptAt=b.next_attempt_at,
+    )
+
+
+def _batch_summary(batches: list[BatchRow]) -> dict[str, Any] | None:
+    """The interval's batches as one (``batch``, from when there was one per interval): the
+    least advanced state, the last transaction, every trade id in recording order."""
+    if not batches:
+        return None
+    states = {b.state for b in batches}
+    state = next(
+        (s for s in (BatchState.FAILED, BatchState.PENDING, BatchState.SENT) if s in states),
+        BatchState.RECORDED,
+    )
+    last = next((b for b in reversed(batches) if b.tx_hash), None)
+    return {
+        "state": state,
+        "count": len(batches),
+        "txHash": last.tx_hash if last else None,
+        "blockNumber": last.block_number if last else None,
+        "evidenceHash": batches[0].evidence_hash,
+        "tradeIds": [t for b in batches for t in json.loads(b.trade_ids)],
+        "attempts": sum(b.attempts or 0 for b in batches),
+        "lastError": next((b.last_error for b in batches if b.last_error), None),
+    }
+
+
 def interval_out(market: Market, row: IntervalRow) -> IntervalOut:
-    batch = market.store.get_batch(row.id)
-    batch_info: dict[str, Any] | None = None
-    if batch is not None:
-        batch_info = {
-            "state": batch.state,
-            "txHash": batch.tx_hash,
-            "blockNumber": batch.block_number,
-            "evidenceHash": batch.evidence_hash,
-            "tradeIds": json.loads(batch.trade_ids),
-            "attempts": batch.attempts,
-            "lastError": batch.last_error,
-        }
+    batches = market.batches(row.id)
     seconds = market.config.interval_seconds
     return IntervalOut(
         id=row.id,
@@ -63,7 +91,9 @@ def interval_out(market: Market, row: IntervalRow) -> IntervalOut:
         vetoedWh=row.vetoed_wh or 0,
         approvedCount=row.approved_count or 0,
         vetoedCount=row.vetoed_count or 0,
-        batch=batch_info,
+        batch=_batch_summary(batches),
+        batches=[batch_out(b) for b in batches],
+        error=market.interval_error(row.id),
     )
 
 

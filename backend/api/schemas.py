@@ -95,6 +95,22 @@ class TypedDataTemplate(BaseModel):
     primaryType: str
 
 
+class BatchOut(BaseModel):
+    """One ``recordTrades`` batch of an interval and how its recording goes."""
+
+    index: int
+    count: int
+    state: Literal["pending", "sent", "recorded", "failed", "empty"]
+    trades: int
+    orders: int
+    reason: str | None = Field(description="why the last attempt failed (decoded revert, ...)")
+    txHash: str | None
+    blockNumber: int | None
+    gasUsed: int | None
+    attempts: int
+    nextAttemptAt: float | None = Field(description="unix seconds of the next retry")
+
+
 class IntervalOut(BaseModel):
     id: int
     status: Literal["open", "closed", "cleared", "recorded", "settled"]
@@ -107,7 +123,9 @@ class IntervalOut(BaseModel):
     vetoedWh: int
     approvedCount: int
     vetoedCount: int
-    batch: dict[str, Any] | None
+    batch: dict[str, Any] | None = Field(description="summary of the batches (all trade ids)")
+    batches: list[BatchOut] = Field(default_factory=list)
+    error: str | None = Field(None, description="why the interval could not be cleared yet")
 
 
 class TradeOut(BaseModel):

@@ -16,17 +16,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from eth_typing import HexStr
+from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from backend.chain import batches
 from backend.chain.address import checksum
 from backend.chain.batches import CandidateTrade
-from backend.chain.client import AbiFunction, ChainClient, EncodedCall, batch_eth_call
+from backend.chain.client import (
+    AbiFunction,
+    ChainClient,
+    EncodedCall,
+    batch_eth_call,
+    revert_data,
+)
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import LedgerError, TransactionRevertedError
 from backend.market.errors import (
     AlreadyConnected,
+    BatchReverted,
+    BatchTooLarge,
     InvalidOrder,
     LedgerUnavailable,
     MarketError,
@@ -206,7 +215,13 @@ class ChainLedger:
 
     # ----------------------------------------------------------- transactions
     def _record_call(
-        self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
+        self,
+        interval_id: int,
+        batch_index: int,
+        batch_count: int,
+        trades: Sequence[ChainTrade],
+        evidence_hash: str,
+        signature: str,
     ) -> EncodedCall:
         """``recordTrades`` calldata from the one encoder (``backend.chain.batches``)."""
         candidates = [
@@ -218,21 +233,86 @@ class ChainLedger:
         ]  # fmt: skip
         orders, rows = batches.record_args(candidates)
         evidence, sig = bytes.fromhex(evidence_hash[2:]), bytes.fromhex(signature[2:])
-        data = batches.record_trades_calldata(interval_id, 0, 1, orders, rows, evidence, sig)
+        data = batches.record_trades_calldata(
+            interval_id, batch_index, batch_count, orders, rows, evidence, sig
+        )
         return EncodedCall(self.w3, self.market_address, "0x" + data.hex())
 
     def record_trades(
-        self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
+        self,
+        interval_id: int,
+        batch_index: int,
+        batch_count: int,
+        trades: Sequence[ChainTrade],
+        evidence_hash: str,
+        signature: str,
+        gas: int | None = None,
     ) -> str:
         def send() -> Any:
-            fn = self._record_call(interval_id, trades, evidence_hash, signature)
+            fn = self._record_call(
+                interval_id, batch_index, batch_count, trades, evidence_hash, signature
+            )
+            if gas is not None:
+                return self.operator.transact(fn, gas)
             return self.operator.transact(fn, bounded=True)
 
-        receipt = self._rpc("recordTrades", send)
+        try:
+            receipt = self._rpc("recordTrades", send)
+        except LedgerUnavailable as exc:
+            if isinstance(exc.__cause__, TransactionRevertedError):
+                raise BatchReverted(f"recordTrades reverted: {exc.__cause__}") from exc.__cause__
+            raise
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         ok = receipt["status"] == 1
-        self._receipts[tx_hash] = Receipt(tx_hash, int(receipt["blockNumber"]), ok)
+        self._receipts[tx_hash] = Receipt(
+            tx_hash, int(receipt["blockNumber"]), ok, int(receipt["gasUsed"])
+        )
         return tx_hash
+
+    def estimate_record_gas(
+        self,
+        interval_id: int,
+        batch_index: int,
+        batch_count: int,
+        trades: Sequence[ChainTrade],
+        evidence_hash: str,
+        signature: str,
+    ) -> int:
+        fn = self._record_call(
+            interval_id, batch_index, batch_count, trades, evidence_hash, signature
+        )
+        try:
+            return fn.estimate_gas({"from": self.operator.address})
+        except ContractLogicError as exc:
+            data = revert_data(exc)
+            why = self.operator.decoder.describe(data) if data else str(exc.message or exc)
+            raise BatchReverted(f"recordTrades would revert: {why}") from None
+        except Exception as exc:
+            text = str(exc).lower()
+            if "gas" in text and any(w in text for w in ("exceed", "out of gas", "allowance")):
+                raise BatchTooLarge(
+                    f"recordTrades of {len(trades)} trades does not fit in a block "
+                    f"({self.block_gas_limit()} gas): {exc}"
+                ) from None
+            raise LedgerUnavailable(f"estimating recordTrades failed: {exc}") from exc
+
+    def block_gas_limit(self) -> int:
+        block = self._rpc("reading the latest block", lambda: self.w3.eth.get_block("latest"))
+        return int(block["gasLimit"])
+
+    def batch_transaction(self, interval_id: int, batch_index: int) -> Receipt | None:
+        def fetch() -> Receipt | None:
+            logs = self.market.events.BatchRecorded.get_logs(
+                argument_filters={"intervalId": interval_id}, from_block=self.deployment.block
+            )
+            for log in logs:
+                if int(log["args"]["batchIndex"]) == batch_index:
+                    tx = "0x" + bytes(log["transactionHash"]).hex()
+                    receipt = self.w3.eth.get_transaction_receipt(log["transactionHash"])
+                    return Receipt(tx, int(log["blockNumber"]), True, int(receipt["gasUsed"]))
+            return None
+
+        return self._rpc("reading BatchRecorded logs", fetch)
 
     def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt:
         hit = self._receipts.pop(tx_hash, None)
@@ -242,7 +322,7 @@ class ChainLedger:
             "waiting for a receipt",
             lambda: self.w3.eth.wait_for_transaction_receipt(HexStr(tx_hash), timeout=timeout_s),
         )
-        return Receipt(tx_hash, int(r["blockNumber"]), r["status"] == 1)
+        return Receipt(tx_hash, int(r["blockNumber"]), r["status"] == 1, int(r["gasUsed"]))
 
     def connect(
         self, wallet: str, meter: str, bus_id: int, max_export_w: int, max_import_w: int

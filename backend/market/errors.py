@@ -76,6 +76,14 @@ class InsufficientDeposit(OrderRejected):
     status = 402
 
 
+class TooManyOrders(OrderRejected):
+    """The trader already has as many live orders for the interval as one trader may (bounded
+    work per interval: no participant can make an interval unrecordable)."""
+
+    code = "TOO_MANY_ORDERS"
+    status = 422
+
+
 class InvalidOrder(OrderRejected):
     code = "INVALID_ORDER"
     status = 422
@@ -129,3 +137,17 @@ class GridUnavailable(MarketError):
 
     code = "GRID_UNAVAILABLE"
     status = 503
+
+
+class BatchReverted(MarketError):
+    """The chain refuses a batch (``recordTrades`` reverts, found by an estimate or mined); the
+    message holds the decoded custom error."""
+
+    code = "BATCH_REVERTED"
+    status = 409
+
+
+class BatchTooLarge(BatchReverted):
+    """A batch needs more gas than a block holds."""
+
+    code = "BATCH_TOO_LARGE"

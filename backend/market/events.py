@@ -23,6 +23,7 @@ EVENT_KINDS = (
     "clearing",
     "verdict",
     "recorded",
+    "batch",
     "reading",
     "settlement",
     "participant",

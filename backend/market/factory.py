@@ -64,7 +64,10 @@ def build_market(
         from backend.market.grid_port import GridPortAdapter
 
         grid = GridPortAdapter(settings.network, deployment.interval_seconds)
-    cfg = config or MarketConfig(interval_seconds=deployment.interval_seconds)
+    cfg = config or MarketConfig(
+        interval_seconds=deployment.interval_seconds,
+        max_orders_per_trader_interval=settings.max_orders_per_trader_interval,
+    )
     return Market(
         Store(settings.database_url),
         ledger,

@@ -11,7 +11,13 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from backend.market.errors import AlreadyConnected, LedgerUnavailable, MeterInUse
+from backend.market.errors import (
+    AlreadyConnected,
+    BatchReverted,
+    BatchTooLarge,
+    LedgerUnavailable,
+    MeterInUse,
+)
 from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
 
 
@@ -39,6 +45,11 @@ class MemoryLedger:
         self.batches: list[tuple[int, list[ChainTrade]]] = []
         self.settled: dict[int, dict[str, tuple[int, int, str | None]]] = {}
         self.fail_sends = 0  # fail the next N record_trades calls (tests)
+        self.batch_counts: dict[int, int] = {}  # interval -> attested batch count
+        self.gas_limit = 30_000_000
+        # a rough recordTrades cost, so batches split as on a chain
+        self.gas_per_trade, self.gas_per_order, self.gas_base = 30_000, 25_000, 60_000
+        self.batch_txs: dict[tuple[int, int], Receipt] = {}
         self._tx = itertools.count(1)
         self.calls: list[str] = []
 
@@ -96,31 +107,97 @@ class MemoryLedger:
     def batch_recorded(self, interval_id: int, last_trade_id: str) -> bool:
         return int(self.last_trade_id.get(interval_id, "0x0"), 16) >= int(last_trade_id, 16)
 
+    def _gas(self, trades: Sequence[ChainTrade]) -> int:
+        orders = {repr(sorted(o.items())) for t in trades for o in (t.sell, t.buy)}
+        return self.gas_base + self.gas_per_trade * len(trades) + self.gas_per_order * len(orders)
+
+    def _check(
+        self, interval_id: int, batch_index: int, batch_count: int, trades: Sequence[ChainTrade]
+    ) -> None:
+        """The contract's refusals that the market can meet: gate closure, batch sequence, trade
+        order, deposits."""
+        closure = self.gate_closure(interval_id)
+        if self.now() > closure:
+            raise BatchReverted(f"MarketGateClosed({interval_id}, {closure})")
+        recorded = sum(1 for iv, _t in self.batches if iv == interval_id)
+        if batch_index != recorded:
+            raise BatchReverted(
+                f"MarketBatchOutOfSequence({interval_id}, {recorded}, {batch_index})"
+            )
+        expected = self.batch_counts.get(interval_id, 0)
+        if batch_count <= batch_index or (expected and batch_count != expected):
+            raise BatchReverted(
+                f"MarketBatchCountInvalid({interval_id}, {expected}, {batch_count})"
+            )
+        last = int(self.last_trade_id.get(interval_id, "0x0"), 16)
+        for t in trades:
+            if int(t.trade_id, 16) <= last:
+                raise BatchReverted(f"MarketTradeOutOfOrder({t.trade_id})")
+            last = int(t.trade_id, 16)
+        need: dict[str, int] = {}
+        for t in trades:
+            if t.verdict == 0:
+                buyer = t.buy["trader"]
+                need[buyer] = need.get(buyer, 0) - (-t.energy_wh * t.price_per_kwh // 1000)
+        for buyer, cost in need.items():
+            if self.available.get(buyer, 0) < cost:
+                raise BatchReverted(f"MarketInsufficientBalance({buyer})")
+
+    def estimate_record_gas(
+        self,
+        interval_id: int,
+        batch_index: int,
+        batch_count: int,
+        trades: Sequence[ChainTrade],
+        evidence_hash: str,
+        signature: str,
+    ) -> int:
+        self.calls.append("estimate_record_gas")
+        self._check(interval_id, batch_index, batch_count, trades)
+        gas = self._gas(trades)
+        if gas > self.gas_limit:
+            raise BatchTooLarge(f"{gas} gas does not fit in a block of {self.gas_limit}")
+        return gas
+
+    def block_gas_limit(self) -> int:
+        return self.gas_limit
+
     def record_trades(
-        self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
+        self,
+        interval_id: int,
+        batch_index: int,
+        batch_count: int,
+        trades: Sequence[ChainTrade],
+        evidence_hash: str,
+        signature: str,
+        gas: int | None = None,
     ) -> str:
         self.calls.append("record_trades")
         if self.fail_sends:
             self.fail_sends -= 1
             raise LedgerUnavailable("simulated send failure")
-        last = int(self.last_trade_id.get(interval_id, "0x0"), 16)
-        for t in trades:
-            if int(t.trade_id, 16) <= last:
-                raise LedgerUnavailable(f"MarketTradeOutOfOrder({t.trade_id})")
-            last = int(t.trade_id, 16)
+        self._check(interval_id, batch_index, batch_count, trades)
+        self.batch_counts[interval_id] = batch_count
         for t in trades:
             if t.verdict == 0:
                 cost = -(-t.energy_wh * t.price_per_kwh // 1000)
                 buyer = t.buy["trader"]
-                if self.available.get(buyer, 0) < cost:
-                    raise LedgerUnavailable(f"MarketInsufficientBalance({buyer})")
                 self.available[buyer] -= cost
                 self.locked[buyer] = self.locked.get(buyer, 0) + cost
         self.last_trade_id[interval_id] = trades[-1].trade_id
+        index = sum(1 for iv, _t in self.batches if iv == interval_id)
         self.batches.append((interval_id, list(trades)))
-        return "0x" + f"{next(self._tx):064x}"
+        tx = "0x" + f"{next(self._tx):064x}"
+        self.batch_txs[(interval_id, index)] = Receipt(tx, int(tx, 16), True, self._gas(trades))
+        return tx
+
+    def batch_transaction(self, interval_id: int, batch_index: int) -> Receipt | None:
+        return self.batch_txs.get((interval_id, batch_index))
 
     def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt:
+        for r in self.batch_txs.values():
+            if r.tx_hash == tx_hash:
+                return r
         return Receipt(tx_hash, int(tx_hash, 16), True)
 
     def interval_settlement(

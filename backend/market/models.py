@@ -35,10 +35,15 @@ class IntervalStatus:
 
 
 class BatchState:
-    PENDING = "pending"  # persisted, not sent yet
-    SENT = "sent"  # transaction sent, receipt not seen
+    PENDING = "pending"  # signed and persisted, not sent yet
+    SENT = "sent"  # transaction being sent, receipt not seen
     RECORDED = "recorded"
+    FAILED = "failed"  # the last attempt failed (``last_error``); retried at ``next_attempt_at``
     EMPTY = "empty"  # nothing to record
+    # the chain's gate closure passed before it landed: it can never be recorded (final; nothing
+    # of it was locked on chain)
+    EXPIRED = "expired"
+    UNFINISHED = ("pending", "sent", "failed")
 
 
 class OrderRow(Base):
@@ -85,22 +90,30 @@ class IntervalRow(Base):
 
 
 class BatchRow(Base):
-    """A batch is persisted (with its trades) before it is sent, so a restart never records it
-    twice."""
+    """One ``recordTrades`` batch of an interval: a slice of the interval's trades (ascending trade
+    ids, so batch ``i`` holds smaller ids than batch ``i + 1``) with its own validator attestation.
+    Every batch of an interval is signed and persisted with the clearing, before any is sent, so a
+    restart never records a trade twice nor splits the interval differently."""
 
-    __tablename__ = "batches"
+    __tablename__ = "trade_batches"
 
     interval_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("intervals.id"), primary_key=True, autoincrement=False
     )
+    batch_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    batch_count: Mapped[int] = mapped_column(Integer, nullable=False)
     state: Mapped[str] = mapped_column(String(10), nullable=False)
     evidence_hash: Mapped[str] = mapped_column(String(66), nullable=False)
     attestation_signature: Mapped[str] = mapped_column(String(132), nullable=False)
     trade_ids: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list, batch order
+    order_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    gas_planned: Mapped[int | None] = mapped_column(BigInteger)  # the model's figure at planning
     tx_hash: Mapped[str | None] = mapped_column(String(66))
     block_number: Mapped[int | None] = mapped_column(BigInteger)
+    gas_used: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float)  # unix s; None: at once
     updated_at: Mapped[float] = mapped_column(Float, nullable=False)
 
 

@@ -53,6 +53,7 @@ class Receipt:
     tx_hash: str
     block_number: int
     ok: bool
+    gas_used: int = 0
 
 
 class Ledger(Protocol):
@@ -91,9 +92,40 @@ class Ledger(Protocol):
         ...
 
     def record_trades(
-        self, interval_id: int, trades: Sequence[ChainTrade], evidence_hash: str, signature: str
+        self,
+        interval_id: int,
+        batch_index: int,
+        batch_count: int,
+        trades: Sequence[ChainTrade],
+        evidence_hash: str,
+        signature: str,
+        gas: int | None = None,
     ) -> str:
-        """Send ``recordTrades``; returns the transaction hash (not waiting for the receipt)."""
+        """Send ``recordTrades`` with ``gas`` (from :meth:`estimate_record_gas`); returns the
+        transaction hash (``wait`` gives its receipt). A mined revert raises ``BatchReverted``."""
+        ...
+
+    def estimate_record_gas(
+        self,
+        interval_id: int,
+        batch_index: int,
+        batch_count: int,
+        trades: Sequence[ChainTrade],
+        evidence_hash: str,
+        signature: str,
+    ) -> int:
+        """Gas ``recordTrades`` of this batch needs now (``eth_estimateGas``); raises
+        ``BatchReverted`` with the decoded reason when it would revert (nothing is mined), and
+        ``BatchTooLarge`` when it does not fit in a block."""
+        ...
+
+    def block_gas_limit(self) -> int:
+        """The gas limit of the latest block."""
+        ...
+
+    def batch_transaction(self, interval_id: int, batch_index: int) -> Receipt | None:
+        """The transaction that recorded batch ``batch_index`` of the interval (from its
+        ``BatchRecorded`` log), None when there is none."""
         ...
 
     def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt: ...

@@ -47,9 +47,11 @@ from backend.chain import eip712
 from backend.chain.address import checksum
 from backend.market import typed
 from backend.market.auction import BookOrder, Candidate, Clearing, clear
+from backend.market.batching import GasModel, TradeSpec, backoff_s, order_count, split
 from backend.market.errors import (
     AlreadyConnected,
     BadSignature,
+    BatchTooLarge,
     Conflict,
     InsufficientDeposit,
     IntervalClosed,
@@ -59,12 +61,14 @@ from backend.market.errors import (
     NotFound,
     OrderExpired,
     OverConnectionLimit,
+    TooManyOrders,
     TraderInactive,
     UnknownTrader,
     WrongDomain,
 )
 from backend.market.events import EventBus
 from backend.market.models import (
+    BatchRow,
     BatchState,
     IntervalRow,
     IntervalStatus,
@@ -78,16 +82,31 @@ from backend.market.store import Store, trade_ids_json
 log = logging.getLogger("tegrid.market")
 
 MAX_INT63 = (1 << 63) - 1
+# The market's chain clock is an estimate (carried forward between block reads): a batch is given
+# up as expired only this long after the chain's gate closure; the chain itself is the judge.
+GATE_MARGIN_S = 5
 
 
 @dataclass(frozen=True)
 class MarketConfig:
     interval_seconds: int = 900
     gate_lead_seconds: int = 60  # gate closes this long before the interval starts
+    # ... and at least this long before the chain's gate closure (``gateLeadSeconds`` of the
+    # contract), so that clearing and recording fit before the chain refuses the batches
+    clearing_window_s: int = 30
     max_intervals_ahead: int = 96 * 7
     participant_ttl_s: float = 5.0
     balance_ttl_s: float = 2.0
     expiry_margin_s: int = 30  # orders expiring this close to recording are left out of a batch
+    # Bounded work per interval: live orders one trader may have for one interval.
+    max_orders_per_trader_interval: int = 64
+    # A batch is planned to use at most this share of the block gas limit (by the measured model).
+    batch_gas_share: float = 0.5
+    # Trades in the batch that measures the gas rate when nothing has been measured yet.
+    probe_trades: int = 32
+    # A failed batch is retried after retry_base_s, doubling per failure up to retry_max_s.
+    retry_base_s: float = 2.0
+    retry_max_s: float = 300.0
 
 
 def escrow_of(energy_wh: int, price_per_kwh: int) -> int:
@@ -268,6 +287,13 @@ class Market:
         self._closed: set[int] = set()
         self._side_wh: dict[tuple[str, int, int], int] = defaultdict(int)
         self._reserved: dict[str, int] = defaultdict(int)
+        self._order_count: dict[tuple[str, int], int] = defaultdict(int)  # (trader, interval)
+        # Why an interval could not be cleared (shown with the interval until it is).
+        self._interval_errors: dict[int, str] = {}
+        self._gas = GasModel()
+        with contextlib.suppress(Exception):  # a store that cannot say just starts unmeasured
+            for trades, orders, gas in reversed(store.recorded_batch_gas()):
+                self._gas.learn(trades, orders, gas)
         # Orders admitted by submit_order_async and waiting for the group commit: counted in
         # _side_wh/_reserved already, not in the store yet.
         self._inflight: dict[str, _Checked] = {}
@@ -285,8 +311,10 @@ class Market:
             self._closed = self.store.closed_interval_ids()
             self._side_wh = defaultdict(int)
             self._reserved = defaultdict(int)
+            self._order_count = defaultdict(int)
             for o in self.store.live_orders():
                 self._side_wh[(o.trader, o.interval_id, o.side)] += o.energy_wh
+                self._order_count[(o.trader, o.interval_id)] += 1
                 if o.side == typed.BUY:
                     self._reserved[o.trader] += int(o.reserved)
             for pending in self._inflight.values():
@@ -296,7 +324,11 @@ class Market:
         return unix_s // self.config.interval_seconds
 
     def gate_closure(self, interval_id: int) -> int:
-        return interval_id * self.config.interval_seconds - self.config.gate_lead_seconds
+        """When the order book of an interval closes: ``gate_lead_seconds`` before its start, and
+        never later than ``clearing_window_s`` before the chain's gate closure (the two agree by
+        construction: no order is taken that could not be recorded in time)."""
+        own = interval_id * self.config.interval_seconds - self.config.gate_lead_seconds
+        return min(own, self.ledger.gate_closure(interval_id) - self.config.clearing_window_s)
 
     def current_interval(self) -> int:
         return self.interval_of(self.ledger.now())
@@ -500,6 +532,13 @@ class Market:
             raise NonceUsed(
                 f"nonce {row['nonce']} of {trader} is already used by an accepted order"
             )
+        cap = self.config.max_orders_per_trader_interval
+        if self._order_count.get((trader, interval_id), 0) >= cap:
+            raise TooManyOrders(
+                f"{trader} already has {cap} live orders for interval {interval_id}, the limit "
+                "per trader and interval (TEGRID_MAX_ORDERS_PER_TRADER_INTERVAL); cancel one or "
+                "trade in another interval"
+            )
         limit_w = order.limit_w
         limit_wh = limit_w * self.config.interval_seconds // 3600
         booked = self._side_wh.get(order.book_key, 0)
@@ -524,6 +563,8 @@ class Market:
     def _count(self, order: _Checked, sign: int) -> None:
         key = order.book_key
         self._side_wh[key] = max(0, self._side_wh.get(key, 0) + sign * order.row["energy_wh"])
+        per = (key[0], key[1])
+        self._order_count[per] = max(0, self._order_count.get(per, 0) + sign)
         if order.reserve:
             trader = key[0]
             self._reserved[trader] = max(0, self._reserved.get(trader, 0) + sign * order.reserve)
@@ -598,6 +639,8 @@ class Market:
                 )
             key = (row.trader, row.interval_id, row.side)
             self._side_wh[key] = max(0, self._side_wh.get(key, 0) - row.energy_wh)
+            per = (row.trader, row.interval_id)
+            self._order_count[per] = max(0, self._order_count.get(per, 0) - 1)
             if row.side == typed.BUY:
                 self._reserved[row.trader] = max(
                     0, self._reserved.get(row.trader, 0) - int(row.reserved)
@@ -709,14 +752,12 @@ class Market:
         for b in self.store.unfinished_batches():
             if b.interval_id == interval_id:
                 continue
-            approved = [
-                t for t in self.store.trades(b.interval_id, limit=1 << 30) if t.verdict == 0
-            ]
-            last_id = json.loads(b.trade_ids)[-1]
-            if not approved or self.ledger.batch_recorded(b.interval_id, last_id):
+            ids: list[str] = json.loads(b.trade_ids)
+            if self.ledger.batch_recorded(b.interval_id, ids[-1]):
                 continue
-            for t in approved:
-                out[t.buyer] += escrow_of(t.energy_wh, int(t.price_per_kwh))
+            for t in self.store.trades_by_id(ids).values():
+                if t.verdict == 0:
+                    out[t.buyer] += escrow_of(t.energy_wh, int(t.price_per_kwh))
         return out
 
     def _clear(self, interval_id: int) -> Clearing:
@@ -741,7 +782,7 @@ class Market:
         # The contract wants each interval's trades in ascending tradeId order.
         decided = sorted(
             ((trade_id_of(c.sell.hash, c.buy.hash), c, d) for c, d in result.trades),
-            key=lambda t: t[0],
+            key=lambda t: int(t[0], 16),
         )
         trades = [
             {
@@ -764,22 +805,12 @@ class Market:
             }
             for pos, (tid, c, d) in enumerate(decided)
         ]
-        batch = None
-        if trades:
-            ids = [tid for tid, _c, _d in decided]
-            attested = [
-                eip712.AttestedTrade(tid, c.energy_wh, c.price_per_kwh, d.reason_code)
-                for tid, c, d in decided
-            ]
-            digest = attestation_digest(
-                self.domain, interval_id, 0, 1, attested, result.evidence_hash
-            )
-            batch = {
-                "state": BatchState.PENDING,
-                "evidence_hash": result.evidence_hash,
-                "attestation_signature": eip712.sign_digest(digest, self._validator_key),
-                "trade_ids": trade_ids_json(ids),
-            }
+        specs = [
+            TradeSpec(tid, c.sell.hash, c.buy.hash, c.energy_wh, c.price_per_kwh, d.reason_code)
+            for tid, c, d in decided
+        ]
+        orders = {o.hash: o for o in rows}
+        batches = self._plan(interval_id, specs, result.evidence_hash, orders) if specs else []
         stats = {
             "clearing_price": None if result.clearing_price is None else str(result.clearing_price),
             "offered_wh": result.offered_wh,
@@ -789,9 +820,12 @@ class Market:
             "approved_count": len(result.approved),
             "vetoed_count": len(result.trades) - len(result.approved),
         }
-        self.store.save_clearing(interval_id, trades, batch, result.fills(), stats)
+        self.store.save_clearing(interval_id, trades, batches, result.fills(), stats)
+        self._interval_errors.pop(interval_id, None)
         self.reload()
-        self.events.publish("clearing", {"intervalId": interval_id, **stats})
+        self.events.publish(
+            "clearing", {"intervalId": interval_id, "batches": len(batches), **stats}
+        )
         for t in trades:
             self.events.publish(
                 "verdict",
@@ -808,77 +842,344 @@ class Market:
             )
         return result
 
-    def record_batch(self, interval_id: int) -> bool:
-        """Make sure the interval's batch is on chain exactly once; True when it is recorded."""
+    # ------------------------------------------------------------- batches
+    def _attest(
+        self,
+        interval_id: int,
+        batch_index: int,
+        batch_count: int,
+        trades: Sequence[TradeSpec],
+        evidence_hash: str,
+    ) -> str:
+        """The validator's signature over one batch: the one place ``attestation_digest`` is
+        called (every field it may bind - index, count, each trade's amounts - is at hand)."""
+        attested = [
+            eip712.AttestedTrade(t.trade_id, t.energy_wh, t.price_per_kwh, t.verdict)
+            for t in trades
+        ]
+        digest = attestation_digest(
+            self.domain, interval_id, batch_index, batch_count, attested, evidence_hash
+        )
+        return eip712.sign_digest(digest, self._validator_key)
+
+    def _signed_batches(
+        self,
+        interval_id: int,
+        specs: Sequence[TradeSpec],
+        sizes: Sequence[int],
+        evidence_hash: str,
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        start = 0
+        for index, size in enumerate(sizes):
+            part = specs[start : start + size]
+            start += size
+            orders = order_count(part)
+            out.append(
+                {
+                    "batch_index": index,
+                    "batch_count": len(sizes),
+                    "state": BatchState.PENDING,
+                    "evidence_hash": evidence_hash,
+                    "attestation_signature": self._attest(
+                        interval_id, index, len(sizes), part, evidence_hash
+                    ),
+                    "trade_ids": trade_ids_json(t.trade_id for t in part),
+                    "order_count": orders,
+                    "gas_planned": self._gas.predict(size, orders),
+                    "attempts": 0,
+                }
+            )
+        return out
+
+    def _plan(
+        self,
+        interval_id: int,
+        specs: Sequence[TradeSpec],
+        evidence_hash: str,
+        orders: dict[str, OrderRow],
+    ) -> list[dict[str, Any]]:
+        """The interval's trades as signed batches, each within ``batch_gas_share`` of the block
+        gas limit by the measured gas model. The first batch of a plan is estimated on the chain
+        (its signature never leaves this process unless the plan is kept): with no measurement
+        yet it is a probe of ``probe_trades`` trades whose figure sizes the rest; a plan whose
+        first batch turns out over budget is made again with that figure. When the chain cannot
+        be asked, the plan stands as it is (the send estimates each batch again)."""
+        try:
+            limit = self.ledger.block_gas_limit()
+        except MarketError as exc:
+            log.warning("block gas limit unknown (%s): probe-sized batches", exc)
+            sizes = split(specs, lambda t, _o: t <= self.config.probe_trades)
+            return self._signed_batches(interval_id, specs, sizes, evidence_hash)
+        budget = int(limit * self.config.batch_gas_share)
+        batches: list[dict[str, Any]] = []
+        probe = self.config.probe_trades
+
+        def fits(t: int, o: int) -> bool:
+            need = self._gas.predict(t, o)
+            return t <= probe if need is None else need <= budget
+
+        for _round in range(4):
+            measured = self._gas.known
+            sizes = split(specs, fits)
+            batches = self._signed_batches(interval_id, specs, sizes, evidence_hash)
+            first = specs[: sizes[0]]
+            try:
+                gas = self.ledger.estimate_record_gas(
+                    interval_id,
+                    0,
+                    len(sizes),
+                    self._chain_trades(first, orders),
+                    evidence_hash,
+                    batches[0]["attestation_signature"],
+                )
+            except BatchTooLarge:
+                self._gas.learn(len(first), order_count(first), limit)
+                continue
+            except MarketError as exc:  # a revert or the chain away: the send will say why
+                log.warning("interval %s: first batch not measured: %s", interval_id, exc)
+                return batches
+            self._gas.learn(len(first), order_count(first), gas)
+            if (measured or len(sizes) == 1) and gas <= budget:
+                return batches
+        return batches
+
+    def _chain_trades(
+        self, specs: Sequence[TradeSpec], orders: dict[str, OrderRow]
+    ) -> list[ChainTrade]:
+        missing = [h for t in specs for h in (t.sell_hash, t.buy_hash) if h not in orders]
+        if missing:
+            raise NotFound(f"no order {missing[0]}")
+        return [
+            ChainTrade(
+                trade_id=t.trade_id,
+                sell=order_message(orders[t.sell_hash]),
+                sell_signature=orders[t.sell_hash].signature,
+                buy=order_message(orders[t.buy_hash]),
+                buy_signature=orders[t.buy_hash].signature,
+                energy_wh=t.energy_wh,
+                price_per_kwh=t.price_per_kwh,
+                verdict=t.verdict,
+            )
+            for t in specs
+        ]
+
+    def _specs(self, ids: Sequence[str]) -> list[TradeSpec]:
+        rows = self.store.trades_by_id(ids)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise NotFound(f"no trade {missing[0]}")
+        return [
+            TradeSpec(t.id, t.sell_hash, t.buy_hash, t.energy_wh, int(t.price_per_kwh), t.verdict)
+            for t in (rows[i] for i in ids)
+        ]
+
+    def _batch_input(self, b: BatchRow) -> list[ChainTrade]:
+        specs = self._specs(json.loads(b.trade_ids))
+        orders = self.store.get_orders([h for t in specs for h in (t.sell_hash, t.buy_hash)])
+        return self._chain_trades(specs, orders)
+
+    def record_batch(self, interval_id: int, due_only: bool = False) -> bool:
+        """Make sure every batch of the interval is on chain exactly once, in order; True when
+        they all are. A batch that fails is marked ``failed`` with the reason and a time for the
+        next attempt (``due_only``: not before it) and the later batches wait for it."""
         with self._record_lock:
-            return self._record_batch(interval_id)
+            for _replan in range(3):
+                batches = self.store.batches(interval_id)
+                if not batches:
+                    return False
+                outcome = "recorded"
+                for b in batches:
+                    if b.state == BatchState.RECORDED:
+                        continue
+                    if due_only and b.next_attempt_at and time.time() < b.next_attempt_at:
+                        return False
+                    outcome = self._record_one(interval_id, b)
+                    if outcome != "recorded":
+                        break
+                if outcome == "recorded":
+                    return True
+                if outcome != "replanned":
+                    return False
+            return False
 
     def _record_later(self, interval_id: int) -> None:
-        """Record the batch in the recorder thread (batches go out in the order they are handed
-        over); a failure leaves it pending for ``tick`` or ``recover``, as a failed send does."""
+        """Record the batches in the recorder thread (intervals go out in the order they are
+        handed over); a failure leaves them for ``tick`` or ``recover``."""
         if self._recorder is None:
             self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
 
         def run() -> None:
             try:
                 self.record_batch(interval_id)
-            except MarketError as exc:
-                log.warning("batch of interval %s not recorded yet: %s", interval_id, exc)
-            except Exception:  # nobody reads this thread's future: say it here, keep it pending
-                log.exception("recording the batch of interval %s failed", interval_id)
+            except Exception:  # nobody reads this thread's future: say it here
+                log.exception("recording the batches of interval %s failed", interval_id)
 
         self._recorder.submit(run)
 
-    def _record_batch(self, interval_id: int) -> bool:
-        batch = self.store.get_batch(interval_id)
-        if batch is None or batch.state in (BatchState.RECORDED, BatchState.EMPTY):
-            return batch is not None
-        ids: list[str] = json.loads(batch.trade_ids)
-        if self.ledger.batch_recorded(interval_id, ids[-1]):
-            self._recorded(interval_id, batch.tx_hash, None)
-            return True
-        trade_rows = {t.id: t for t in self.store.trades(interval_id)}
-        hashes = [h for t in trade_rows.values() for h in (t.sell_hash, t.buy_hash)]
-        orders = self.store.get_orders(hashes)
-        for h in hashes:
-            if h not in orders:
-                raise NotFound(f"no order {h}")
-        chain_trades = [
-            ChainTrade(
-                trade_id=tid,
-                sell=order_message(orders[trade_rows[tid].sell_hash]),
-                sell_signature=orders[trade_rows[tid].sell_hash].signature,
-                buy=order_message(orders[trade_rows[tid].buy_hash]),
-                buy_signature=orders[trade_rows[tid].buy_hash].signature,
-                energy_wh=trade_rows[tid].energy_wh,
-                price_per_kwh=int(trade_rows[tid].price_per_kwh),
-                verdict=trade_rows[tid].verdict,
-            )
-            for tid in ids
-        ]
+    def _record_one(self, interval_id: int, b: BatchRow) -> str:
+        """One batch: on chain already (a crash after sending) -> recorded with the transaction
+        found in the logs; else estimate (a revert is reported, not mined) and send. Returns
+        ``recorded``, ``failed`` or ``replanned`` (the interval's split was made again)."""
+        ids: list[str] = json.loads(b.trade_ids)
+        sent = False
         try:
+            if self.ledger.batch_recorded(interval_id, ids[-1]):
+                self._found_on_chain(interval_id, b)
+                return "recorded"
+            closure = self.ledger.gate_closure(interval_id)
+            if self.ledger.now() > closure + GATE_MARGIN_S:
+                self._expired(interval_id, closure)
+                return "failed"
+            trades = self._batch_input(b)
+            try:
+                gas = self.ledger.estimate_record_gas(
+                    interval_id,
+                    b.batch_index,
+                    b.batch_count,
+                    trades,
+                    b.evidence_hash,
+                    b.attestation_signature,
+                )
+            except BatchTooLarge as exc:
+                self._gas.learn(len(ids), b.order_count, self.ledger.block_gas_limit())
+                if self._replan(interval_id):
+                    return "replanned"
+                self._batch_failed(interval_id, b, str(exc), counted=False)
+                return "failed"
+            gas_limit = min(int(gas * 1.2) + 10_000, self.ledger.block_gas_limit())
+            self.store.mark_batch_sending(interval_id, b.batch_index)
+            sent = True
+            self.events.publish("batch", self._batch_event(interval_id, b, BatchState.SENT))
             tx_hash = self.ledger.record_trades(
-                interval_id, chain_trades, batch.evidence_hash, batch.attestation_signature
+                interval_id,
+                b.batch_index,
+                b.batch_count,
+                trades,
+                b.evidence_hash,
+                b.attestation_signature,
+                gas_limit,
             )
-            self.store.mark_batch_sent(interval_id, tx_hash)
             receipt = self.ledger.wait(tx_hash)
-        except MarketError as exc:
-            self.store.mark_batch_error(interval_id, str(exc))
-            if self.ledger.batch_recorded(interval_id, ids[-1]):
-                self._recorded(interval_id, None, None)
-                return True
-            raise
-        if not receipt.ok:
-            self.store.mark_batch_error(interval_id, f"transaction {tx_hash} reverted")
-            if self.ledger.batch_recorded(interval_id, ids[-1]):
-                self._recorded(interval_id, None, None)
-                return True
+            if not receipt.ok:
+                self._batch_failed(
+                    interval_id, b, f"transaction {tx_hash} reverted", counted=sent, tx=tx_hash
+                )
+                return "failed"
+        except Exception as exc:  # a revert, the chain away, or anything else: report, retry
+            why = str(exc) if isinstance(exc, MarketError) else f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                if self.ledger.batch_recorded(interval_id, ids[-1]):
+                    self._found_on_chain(interval_id, b)
+                    return "recorded"
+            with contextlib.suppress(Exception):
+                self._batch_failed(interval_id, b, why, counted=sent)
+            return "failed"
+        self._gas.learn(len(ids), b.order_count, receipt.gas_used)
+        self._batch_recorded(
+            interval_id, b, receipt.tx_hash, receipt.block_number, receipt.gas_used
+        )
+        return "recorded"
+
+    def _replan(self, interval_id: int) -> bool:
+        """Split a interval again when its first batch needs more gas than a block has; only
+        while nothing of it is on chain or in flight."""
+        batches = self.store.batches(interval_id)
+        if not batches or any(b.state in (BatchState.SENT, BatchState.RECORDED) for b in batches):
             return False
-        self._recorded(interval_id, tx_hash, receipt.block_number)
+        first_id = json.loads(batches[0].trade_ids)[0]
+        if self.ledger.batch_recorded(interval_id, first_id):
+            return False
+        specs = self._specs([t.id for t in self.store.trades(interval_id)])
+        orders = self.store.get_orders([h for t in specs for h in (t.sell_hash, t.buy_hash)])
+        plan = self._plan(interval_id, specs, batches[0].evidence_hash, orders)
+        if len(plan) <= len(batches) and max(len(json.loads(p["trade_ids"])) for p in plan) >= max(
+            len(json.loads(b.trade_ids)) for b in batches
+        ):
+            return False  # the measurement did not make the batches any smaller
+        if not self.store.replace_batches(interval_id, plan):
+            return False
+        log.info("interval %s split again into %d batches", interval_id, len(plan))
         return True
 
+    def _batch_event(
+        self, interval_id: int, b: BatchRow, state: str, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "intervalId": interval_id,
+            "index": b.batch_index,
+            "count": b.batch_count,
+            "state": state,
+            "trades": len(json.loads(b.trade_ids)),
+            **extra,
+        }
+
+    def _batch_failed(
+        self, interval_id: int, b: BatchRow, reason: str, counted: bool, tx: str | None = None
+    ) -> None:
+        attempts = b.attempts + 1
+        delay = backoff_s(attempts, self.config.retry_base_s, self.config.retry_max_s)
+        next_at = time.time() + delay
+        self.store.mark_batch_failed(
+            interval_id, b.batch_index, reason, next_at, count_attempt=not counted, tx_hash=tx
+        )
+        log.warning(
+            "interval %s batch %d/%d not recorded (attempt %d, next in %.0f s): %s",
+            interval_id, b.batch_index + 1, b.batch_count, attempts, delay, reason,
+        )  # fmt: skip
+        self.events.publish(
+            "batch",
+            self._batch_event(
+                interval_id, b, BatchState.FAILED, reason=reason, attempts=attempts,
+                nextAttemptAt=next_at, txHash=tx,
+            ),
+        )  # fmt: skip
+
+    def _expired(self, interval_id: int, closure: int) -> None:
+        """The chain refuses the interval's batches from its gate closure on: the ones not on
+        chain are final (``expired``), not retried into the same revert."""
+        reason = (
+            f"the chain's gate closure of interval {interval_id} ({closure}) passed before this "
+            "batch landed: it can no longer be recorded (nothing of it was locked on chain)"
+        )
+        for index in self.store.mark_batches_expired(interval_id, reason):
+            log.warning("interval %s batch %d: %s", interval_id, index, reason)
+            self.events.publish(
+                "batch",
+                {"intervalId": interval_id, "index": index, "state": BatchState.EXPIRED,
+                 "reason": reason},
+            )  # fmt: skip
+
+    def _found_on_chain(self, interval_id: int, b: BatchRow) -> None:
+        """The batch is on chain though the store did not see its receipt (a crash, a lost
+        answer): its transaction comes from the ``BatchRecorded`` log."""
+        found = self.ledger.batch_transaction(interval_id, b.batch_index)
+        if found is None:
+            self._batch_recorded(interval_id, b, b.tx_hash, b.block_number, None)
+        else:
+            self._batch_recorded(
+                interval_id, b, found.tx_hash, found.block_number, found.gas_used or None
+            )
+
+    def _batch_recorded(
+        self,
+        interval_id: int,
+        b: BatchRow,
+        tx_hash: str | None,
+        block: int | None,
+        gas_used: int | None,
+    ) -> None:
+        done = self.store.mark_batch_recorded(interval_id, b.batch_index, tx_hash, block, gas_used)
+        self.events.publish(
+            "batch",
+            self._batch_event(
+                interval_id, b, BatchState.RECORDED, txHash=tx_hash, block=block, gasUsed=gas_used
+            ),
+        )
+        if done:
+            self._recorded(interval_id, tx_hash, block)
+
     def _recorded(self, interval_id: int, tx_hash: str | None, block: int | None) -> None:
-        self.store.mark_batch_recorded(interval_id, tx_hash, block)
         self.reload()
         for t in self.store.trades(interval_id):
             self._balances.drop(t.buyer)
@@ -887,18 +1188,34 @@ class Market:
         )
 
     def recover(self) -> list[int]:
-        """After a restart: clear intervals closed but not cleared, and finish unsent batches."""
+        """After a restart: clear intervals closed but not cleared, and finish unsent batches.
+        Never raises: what fails is logged and shown with its interval (batch state and reason,
+        or the interval's error), and the scheduler tries again."""
         done: list[int] = []
-        for row in self.store.intervals_in((IntervalStatus.CLOSED,)):
-            with self._clearing_lock:
-                self._clear(row.id)
-        for b in self.store.unfinished_batches():
-            with self._clearing_lock:
-                try:
-                    if self.record_batch(b.interval_id):
-                        done.append(b.interval_id)
-                except MarketError as exc:
-                    log.warning("batch of interval %s not recorded yet: %s", b.interval_id, exc)
+        try:
+            closed = self.store.intervals_in((IntervalStatus.CLOSED,))
+        except Exception:
+            log.exception("recovery: the store cannot list closed intervals")
+            closed = []
+        for row in closed:
+            try:
+                with self._clearing_lock:
+                    self._clear(row.id)
+            except Exception as exc:
+                self._interval_errors[row.id] = f"clearing failed: {exc}"
+                log.exception("recovery: clearing interval %s failed", row.id)
+        try:
+            unfinished = self.store.unfinished_intervals()
+        except Exception:
+            log.exception("recovery: the store cannot list unfinished batches")
+            unfinished = []
+        for interval_id in unfinished:
+            try:
+                with self._clearing_lock:
+                    if self.record_batch(interval_id):
+                        done.append(interval_id)
+            except Exception:
+                log.exception("recovery: recording interval %s failed", interval_id)
         return done
 
     def due_intervals(self) -> list[int]:
@@ -911,23 +1228,48 @@ class Market:
         """Mark recorded intervals settled once the keeper has settled them on chain."""
         settled: list[int] = []
         for row in self.store.intervals_in((IntervalStatus.RECORDED,)):
-            info = self.ledger.interval_settlement(row.id)
-            if info is None:
+            try:
+                info = self.ledger.interval_settlement(row.id)
+                if info is None:
+                    continue
+                self.store.mark_trades_settled(row.id, info)
+            except Exception:
+                log.exception("following the settlement of interval %s failed", row.id)
                 continue
-            self.store.mark_trades_settled(row.id, info)
             settled.append(row.id)
             self.events.publish("settlement", {"intervalId": row.id, "trades": len(info)})
         return settled
 
-    def tick(self) -> None:
-        """One scheduler step: close due intervals, retry batches, follow settlements."""
+    def _close_due(self) -> None:
         for interval_id in self.due_intervals():
-            with contextlib.suppress(Conflict):
+            try:
                 self.close_interval(interval_id)
-        for b in self.store.unfinished_batches():
-            with self._clearing_lock:
-                self.record_batch(b.interval_id)
-        self.follow_settlements()
+            except Conflict:
+                pass
+            except Exception as exc:  # the next intervals are still closed
+                self._interval_errors[interval_id] = f"clearing failed: {exc}"
+                log.exception("closing interval %s failed", interval_id)
+
+    def _retry_batches(self) -> None:
+        for interval_id in self.store.unfinished_intervals():
+            try:
+                with self._clearing_lock:
+                    self.record_batch(interval_id, due_only=True)
+            except Exception:
+                log.exception("recording the batches of interval %s failed", interval_id)
+
+    def tick(self) -> None:
+        """One scheduler step: close due intervals, retry batches that are due, follow
+        settlements. A failure in one step (or one interval) is logged and skips nothing else."""
+        for what, step in (
+            ("closing due intervals", self._close_due),
+            ("recording batches", self._retry_batches),
+            ("following settlements", self.follow_settlements),
+        ):
+            try:
+                step()
+            except Exception:
+                log.exception("scheduler: %s failed", what)
 
     # ----------------------------------------------------------------- views
     def interval(self, interval_id: int) -> IntervalRow:
@@ -954,8 +1296,17 @@ class Market:
             )
         return row
 
-    def trades(self, interval_id: int | None = None) -> list[TradeRow]:
-        return self.store.trades(interval_id)
+    def trades(
+        self, interval_id: int | None = None, limit: int | None = None, offset: int = 0
+    ) -> list[TradeRow]:
+        return self.store.trades(interval_id, limit, offset)
+
+    def batches(self, interval_id: int) -> list[BatchRow]:
+        return self.store.batches(interval_id)
+
+    def interval_error(self, interval_id: int) -> str | None:
+        """Why the interval could not be cleared, while it is not."""
+        return self._interval_errors.get(interval_id)
 
     def approved_candidates(self, interval_id: int) -> list[Candidate]:
         out = []

@@ -23,10 +23,13 @@ from sqlalchemy import (
     Table,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -80,6 +83,7 @@ class Store:
         try:
             self.engine = make_engine(url)
             Base.metadata.create_all(self.engine)
+            _migrate(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the order store at {_safe_url(url)}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -279,14 +283,13 @@ class Store:
         self,
         interval_id: int,
         trades: Sequence[dict[str, Any]],
-        batch: dict[str, Any] | None,
+        batches: Sequence[dict[str, Any]],
         fills: dict[str, int],
         stats: dict[str, Any],
     ) -> None:
-        """One transaction: trades, the batch to send (before sending it), order fills and the
-        interval
-        outcome. Orders with a fill become ``matched``; the other open orders become
-        ``unfilled``."""
+        """One transaction: trades, the batches to send (every one signed, before any is sent),
+        order fills and the interval outcome. Orders with a fill become ``matched``; the other
+        open orders become ``unfilled``."""
         now = time.time()
         with self.session() as s:
             row = s.get(IntervalRow, interval_id, with_for_update=True)
@@ -309,74 +312,197 @@ class Store:
                 .where(OrderRow.interval_id == interval_id, OrderRow.status == OrderStatus.OPEN)
                 .values(status=OrderStatus.UNFILLED)
             )
-            if batch is not None:
-                s.add(BatchRow(interval_id=interval_id, updated_at=now, **batch))
+            for b in batches:
+                s.add(BatchRow(interval_id=interval_id, updated_at=now, **b))
             for key, value in stats.items():
                 setattr(row, key, value)
-            row.status = IntervalStatus.CLEARED if batch is not None else IntervalStatus.RECORDED
+            row.status = IntervalStatus.CLEARED if batches else IntervalStatus.RECORDED
             row.updated_at = now
 
-    def get_batch(self, interval_id: int) -> BatchRow | None:
+    def batches(self, interval_id: int) -> list[BatchRow]:
+        """The interval's batches in recording order."""
         with self.session() as s:
-            return s.get(BatchRow, interval_id)
+            q = select(BatchRow).where(BatchRow.interval_id == interval_id)
+            return list(s.scalars(q.order_by(BatchRow.batch_index)))
 
     def unfinished_batches(self) -> list[BatchRow]:
+        """Batches not on chain yet, by interval and index."""
         with self.session() as s:
-            q = select(BatchRow).where(BatchRow.state.in_((BatchState.PENDING, BatchState.SENT)))
-            return list(s.scalars(q.order_by(BatchRow.interval_id)))
+            q = select(BatchRow).where(BatchRow.state.in_(BatchState.UNFINISHED))
+            return list(s.scalars(q.order_by(BatchRow.interval_id, BatchRow.batch_index)))
 
-    def mark_batch_sent(self, interval_id: int, tx_hash: str) -> None:
+    def unfinished_intervals(self) -> list[int]:
         with self.session() as s:
-            b = s.get(BatchRow, interval_id)
-            if b is not None:
-                b.state = BatchState.SENT
-                b.tx_hash = tx_hash
-                b.attempts += 1
-                b.updated_at = time.time()
+            q = select(BatchRow.interval_id).where(BatchRow.state.in_(BatchState.UNFINISHED))
+            return sorted(set(s.scalars(q)))
 
-    def mark_batch_error(self, interval_id: int, error: str) -> None:
-        with self.session() as s:
-            b = s.get(BatchRow, interval_id)
-            if b is not None:
-                b.last_error = error[:2000]
-                b.updated_at = time.time()
-
-    def mark_batch_recorded(
-        self, interval_id: int, tx_hash: str | None, block_number: int | None
-    ) -> None:
-        """The batch is on chain: trades recorded, matched orders filled/partial, interval
-        recorded."""
+    def replace_batches(self, interval_id: int, batches: Sequence[dict[str, Any]]) -> bool:
+        """Split the interval's trades anew (a measured gas figure showed the plan does not fit);
+        only while none of its batches was sent. False when one was (the plan stands)."""
         now = time.time()
         with self.session() as s:
-            b = s.get(BatchRow, interval_id, with_for_update=True)
-            if b is None:
-                return
+            row = s.get(IntervalRow, interval_id, with_for_update=True)
+            if row is None:
+                return False
+            q = select(func.count()).where(
+                BatchRow.interval_id == interval_id, BatchRow.state != BatchState.PENDING
+            )
+            if s.scalar(q.select_from(BatchRow)):
+                return False
+            s.execute(delete(BatchRow).where(BatchRow.interval_id == interval_id))
+            s.flush()
+            for b in batches:
+                s.add(BatchRow(interval_id=interval_id, updated_at=now, **b))
+            return True
+
+    def _batch_update(self, interval_id: int, batch_index: int, **values: Any) -> None:
+        with self.session() as s:
+            s.execute(
+                update(BatchRow)
+                .where(BatchRow.interval_id == interval_id, BatchRow.batch_index == batch_index)
+                .values(updated_at=time.time(), **values)
+            )
+
+    def mark_batch_sending(self, interval_id: int, batch_index: int) -> None:
+        """About to send: a crash from here on leaves it ``sent``, and a restart looks for it on
+        chain before anything else."""
+        with self.session() as s:
+            s.execute(
+                update(BatchRow)
+                .where(BatchRow.interval_id == interval_id, BatchRow.batch_index == batch_index)
+                .values(
+                    state=BatchState.SENT,
+                    attempts=BatchRow.attempts + 1,
+                    next_attempt_at=None,
+                    updated_at=time.time(),
+                )
+            )
+
+    def mark_batches_expired(self, interval_id: int, reason: str) -> list[int]:
+        """Every unfinished batch of the interval can no longer be recorded (the chain's gate
+        closure passed): state ``expired`` with ``reason``, no further attempt. Returns their
+        indices."""
+        with self.session() as s:
+            q = select(BatchRow).where(
+                BatchRow.interval_id == interval_id, BatchRow.state.in_(BatchState.UNFINISHED)
+            )
+            rows = list(s.scalars(q.with_for_update()))
+            for row in rows:
+                row.state = BatchState.EXPIRED
+                row.last_error = reason[:2000]
+                row.next_attempt_at = None
+                row.updated_at = time.time()
+            return [r.batch_index for r in rows]
+
+    def mark_batch_failed(
+        self,
+        interval_id: int,
+        batch_index: int,
+        error: str,
+        next_attempt_at: float,
+        count_attempt: bool,
+        tx_hash: str | None = None,
+    ) -> None:
+        """The attempt failed (``count_attempt``: an attempt that was not counted when it began,
+        e.g. an estimate that found a revert before anything was sent)."""
+        values: dict[str, Any] = {
+            "state": BatchState.FAILED,
+            "last_error": error[:2000],
+            "next_attempt_at": next_attempt_at,
+        }
+        if count_attempt:
+            values["attempts"] = BatchRow.attempts + 1
+        if tx_hash is not None:
+            values["tx_hash"] = tx_hash
+        self._batch_update(interval_id, batch_index, **values)
+
+    def mark_batch_recorded(
+        self,
+        interval_id: int,
+        batch_index: int,
+        tx_hash: str | None,
+        block_number: int | None,
+        gas_used: int | None = None,
+    ) -> bool:
+        """The batch is on chain: its trades are recorded (with its transaction). Once every batch
+        of the interval is, the matched orders become filled/partial and the interval recorded;
+        True then."""
+        now = time.time()
+        with self.session() as s:
+            iv = s.get(IntervalRow, interval_id, with_for_update=True)
+            b = s.get(BatchRow, (interval_id, batch_index), with_for_update=True)
+            if iv is None or b is None:
+                return False
             b.state = BatchState.RECORDED
             b.tx_hash = tx_hash or b.tx_hash
-            b.block_number = block_number
+            b.block_number = block_number if block_number is not None else b.block_number
+            b.gas_used = gas_used if gas_used is not None else b.gas_used
+            b.last_error = None
+            b.next_attempt_at = None
             b.updated_at = now
-            s.execute(
-                update(TradeRow)
-                .where(TradeRow.interval_id == interval_id, TradeRow.status == "pending")
-                .values(status="recorded", tx_hash=b.tx_hash)
+            ids = json.loads(b.trade_ids)
+            for i in range(0, len(ids), 500):
+                s.execute(
+                    update(TradeRow)
+                    .where(TradeRow.id.in_(ids[i : i + 500]), TradeRow.status == "pending")
+                    .values(status="recorded", tx_hash=b.tx_hash)
+                )
+            s.flush()
+            rest = s.scalar(
+                select(func.count())
+                .select_from(BatchRow)
+                .where(BatchRow.interval_id == interval_id, BatchRow.state != BatchState.RECORDED)
             )
+            if rest:
+                return False
             for o in s.scalars(
                 select(OrderRow).where(
                     OrderRow.interval_id == interval_id, OrderRow.status == OrderStatus.MATCHED
                 )
             ):
                 o.status = OrderStatus.FILLED if o.filled_wh >= o.energy_wh else OrderStatus.PARTIAL
-            s.execute(
-                update(IntervalRow)
-                .where(IntervalRow.id == interval_id, IntervalRow.status == IntervalStatus.CLEARED)
-                .values(status=IntervalStatus.RECORDED, updated_at=now)
-            )
+            if iv.status == IntervalStatus.CLEARED:
+                iv.status = IntervalStatus.RECORDED
+                iv.updated_at = now
+            return True
 
-    def trades(self, interval_id: int | None = None, limit: int = 1000) -> list[TradeRow]:
+    def recorded_batch_gas(self, limit: int = 16) -> list[tuple[int, int, int]]:
+        """(trades, distinct orders, gas used) of the latest recorded batches whose receipt was
+        seen, newest first: what the gas model of the next split learns from after a restart."""
+        with self.session() as s:
+            q = (
+                select(BatchRow.trade_ids, BatchRow.order_count, BatchRow.gas_used)
+                .where(BatchRow.state == BatchState.RECORDED, BatchRow.gas_used.is_not(None))
+                .order_by(BatchRow.updated_at.desc())
+                .limit(limit)
+            )
+            return [
+                (len(json.loads(ids)), int(orders), int(gas))
+                for ids, orders, gas in s.execute(q)
+                if orders and gas
+            ]
+
+    def trades_by_id(self, ids: Sequence[str]) -> dict[str, TradeRow]:
+        """The trades with these ids, by id (one query per 500 ids)."""
+        out: dict[str, TradeRow] = {}
+        with self.session() as s:
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i : i + 500])
+                q = select(TradeRow).where(TradeRow.id.in_(chunk))
+                out.update((t.id, t) for t in s.scalars(q))
+        return out
+
+    def trades(
+        self, interval_id: int | None = None, limit: int | None = None, offset: int = 0
+    ) -> list[TradeRow]:
+        """Trades by interval and position; every one unless ``limit`` says otherwise (an interval
+        holds as many as its bounded book can make)."""
         q = select(TradeRow)
         if interval_id is not None:
             q = q.where(TradeRow.interval_id == interval_id)
-        q = q.order_by(TradeRow.interval_id, TradeRow.position).limit(limit)
+        q = q.order_by(TradeRow.interval_id, TradeRow.position).offset(offset)
+        if limit is not None:
+            q = q.limit(limit)
         with self.session() as s:
             return list(s.scalars(q))
 
@@ -414,6 +540,29 @@ class Store:
     def get_connection(self, wallet: str) -> ConnectionRow | None:
         with self.session() as s:
             return s.get(ConnectionRow, wallet)
+
+
+def _migrate(engine: Engine) -> None:
+    """Bring a store written by an older version up to date. The one-batch-per-interval table
+    ``batches`` (primary key ``interval_id``) became ``trade_batches`` (``interval_id``,
+    ``batch_index``): its rows move over as batch 0 of 1, in one transaction. Two processes opening
+    the same old store race harmlessly: the loser finds the table gone."""
+    if "batches" not in inspect(engine).get_table_names():
+        return
+    copy = text(
+        "INSERT INTO trade_batches (interval_id, batch_index, batch_count, state, evidence_hash,"
+        " attestation_signature, trade_ids, order_count, tx_hash, block_number, attempts,"
+        " last_error, updated_at)"
+        " SELECT interval_id, 0, 1, state, evidence_hash, attestation_signature, trade_ids, 0,"
+        " tx_hash, block_number, COALESCE(attempts, 0), last_error, updated_at FROM batches"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(copy)
+            conn.execute(text("DROP TABLE batches"))
+    except SQLAlchemyError:
+        if "batches" in inspect(engine).get_table_names():
+            raise
 
 
 def _table(model: type[Base]) -> Table:

@@ -171,3 +171,90 @@ def test_kill9_before_clearing_then_restart_records_once(
         )
     finally:
         server.stop()
+
+
+def test_kill9_during_multi_batch_recording_then_restart_records_the_rest_once(
+    chain_and_env: tuple[AnvilProcess, dict[str, str]], tmp_path: Path
+) -> None:
+    from eth_utils import keccak
+
+    from backend.chain import eip712
+    from backend.chain.client import ChainClient
+    from backend.market import typed
+
+    anvil, env = chain_and_env
+    server = Server(env, _free_port(), tmp_path / "serve.log")
+    server.start()
+    try:
+        dep = load_deployment(Path(env["TEGRID_DEPLOYMENT_FILE"]))
+        admin = ChainClient(anvil.url, ANVIL_KEYS[0])
+        w3 = admin.w3
+        registry = contract_at(w3, "ParticipantRegistry", dep.address("ParticipantRegistry"))
+        market = contract_at(w3, "EnergyMarket", dep.address("EnergyMarket"))
+        token = contract_at(w3, "EnergyToken", dep.address("EnergyToken"))
+        keys = ["0x" + keccak(text=f"crash trader {i}").hex() for i in range(40)]
+        for i, key in enumerate(keys):
+            wallet = Account.from_key(key).address
+            meter = Account.from_key("0x" + keccak(text=f"crash meter {i}").hex()).address
+            w3.provider.make_request("anvil_setBalance", [wallet, hex(10**21)])  # type: ignore[arg-type]
+            admin.transact(registry.functions.connect(wallet, meter, 1 + i, 400_000, 400_000))
+            admin.transact(token.functions.mint(wallet, 10**12))
+            trader = ChainClient(anvil.url, key)
+            trader.transact(token.functions.approve(market.address, 10**12))
+            trader.transact(market.functions.deposit(10**12))
+        domain = typed.market_domain(dep.chain_id, dep.address("EnergyMarket"))
+        c = httpx.Client(base_url=server.url, timeout=120)
+        iv = c.get("/intervals/current").json()["id"] + 3
+        pairs = 800  # 20 per trader and side: under the default cap of 64 orders
+        for i in range(pairs):
+            s_key, b_key = keys[i % 40], keys[(i + 1 + (i // 40) % 39) % 40]
+            s_addr, b_addr = Account.from_key(s_key).address, Account.from_key(b_key).address
+            for key, side, me, other in ((s_key, 0, s_addr, b_addr), (b_key, 1, b_addr, s_addr)):
+                msg = {
+                    "trader": me, "side": side, "intervalId": iv, "energyWh": 10,
+                    "pricePerKWh": 100_000, "nonce": 1 + i, "expiry": iv * 900 + 86_400,
+                    "counterparty": other,
+                }  # fmt: skip
+                sig = eip712.sign_digest(domain.digest("Order", msg), key)
+                r = c.post("/orders", json={"message": msg, "signature": sig})
+                assert r.status_code == 201, r.text
+        r = c.post(f"/intervals/{iv}/close", params={"wait": "false"})
+        assert r.status_code == 200 and r.json()["status"] == "cleared", r.text
+        count = len(r.json()["batches"])
+        assert count >= 3
+        deadline = time.monotonic() + 120
+        while True:  # kill once some but not all batches are on chain
+            _last, on_chain, _approved, _settled = market.functions.intervalOf(iv).call()
+            if 0 < on_chain < count:
+                break
+            assert on_chain == 0 and time.monotonic() < deadline
+            time.sleep(0.02)
+        server.kill9()
+        _last, at_kill, _approved, _settled = market.functions.intervalOf(iv).call()
+        assert 0 < at_kill < count
+
+        server.start()  # recovery records the rest
+        c = httpx.Client(base_url=server.url, timeout=120)
+        body = c.get(f"/intervals/{iv}").json()
+        assert body["status"] == "recorded", body["batches"]
+        _last, batches, approved, _settled = market.functions.intervalOf(iv).call()
+        assert (batches, approved) == (count, pairs)
+        logs = market.events.BatchRecorded.get_logs(
+            from_block=0, argument_filters={"intervalId": iv}
+        )
+        assert [int(lg["args"]["batchIndex"]) for lg in logs] == list(range(count))
+        assert [b["txHash"] for b in body["batches"]] == [
+            "0x" + bytes(lg["transactionHash"]).hex() for lg in logs
+        ]
+        trades = c.get("/trades", params={"interval": iv}).json()
+        ids = {t["id"] for t in trades}
+        recorded = [
+            "0x" + bytes(lg["args"]["tradeId"]).hex()
+            for lg in market.events.TradeRecorded.get_logs(from_block=0)
+        ]
+        assert len(trades) == pairs and len(recorded) == pairs and set(recorded) == ids
+        assert {t["status"] for t in trades} == {"recorded"}
+        assert {t["txHash"] for t in trades} == {b["txHash"] for b in body["batches"]}
+        print(f"\nkilled with {at_kill}/{count} batches on chain; {pairs} trades recorded once")
+    finally:
+        server.stop()

@@ -15,6 +15,19 @@ router = APIRouter(prefix="/trades", tags=["trades"])
 
 @router.get("", response_model=list[TradeOut])
 def list_trades(
-    market: MarketDep, interval: Annotated[int | None, Query(ge=0, lt=2**63)] = None
+    market: MarketDep,
+    interval: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=100_000,
+            description="at most this many (by interval and position); default: every trade "
+            "of the interval, or 1,000 without one",
+        ),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, lt=2**63)] = 0,
 ) -> list[TradeOut]:
-    return [trade_out(t) for t in market.trades(interval)]
+    if limit is None and interval is None:
+        limit = 1000
+    return [trade_out(t) for t in market.trades(interval, limit, offset)]

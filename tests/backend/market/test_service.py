@@ -77,14 +77,17 @@ def test_close_interval_records_batch_once_and_survives_restart(
         o = signer.order(key, side, wh, price, interval=interval)
         market.submit_order(o["message"], o["signature"])
     ledger.fail_sends = 1
-    with pytest.raises(Exception, match="simulated"):
-        market.close_interval(interval, force=True)
-    assert market.interval(interval).status == IntervalStatus.CLEARED
+    assert market.close_interval(interval, force=True).status == IntervalStatus.CLEARED
+    [batch] = market.batches(interval)
+    assert batch.state == "failed" and batch.attempts == 1
+    assert batch.last_error == "simulated send failure"
     # "restart": a new market over the same store finishes the batch, exactly once
     again = Market(Store(store_url), ledger, None, VALIDATOR_KEY, MarketConfig())
     assert again.recover() == [interval]
     assert again.recover() == []
-    assert ledger.calls == ["record_trades", "record_trades"] and len(ledger.batches) == 1
+    # each send estimated first (the clearing measured the batch once)
+    assert ledger.calls == ["estimate_record_gas"] + ["estimate_record_gas", "record_trades"] * 2
+    assert len(ledger.batches) == 1
     row = again.interval(interval)
     assert row.status == IntervalStatus.RECORDED
     # merit order: 50->90 1000, 70->90 500, 70->60 no. marginal 70/90 -> 80

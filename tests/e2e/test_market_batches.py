@@ -1,0 +1,335 @@
+"""Intervals larger than one block: the market splits an interval's trades into batches by the gas
+it measures on the chain, records every approved trade exactly once, reports a batch that cannot
+be recorded (reason, attempts, back-off) without blocking anything else, and recovers after a
+crash with every batch's transaction. Real Anvil, real contracts, real SQLite store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+from eth_utils import keccak
+from web3 import Web3
+
+from backend.api.app import create_app
+from backend.api.server import start_in_thread
+from backend.chain import eip712
+from backend.chain.client import ChainClient
+from backend.chain.contracts import contract_at
+from backend.market import typed
+from backend.market.devstack import start_dev_stack
+from backend.market.errors import TooManyOrders
+from backend.market.factory import build_market
+from backend.market.service import Market, MarketConfig
+from backend.oracle.devchain import AnvilProcess
+from backend.settings import Settings
+
+pytestmark = pytest.mark.e2e
+TRADERS = 100
+
+
+def trader_keys(count: int, seed: str = "tegrid batch trader") -> list[str]:
+    return ["0x" + keccak(text=f"{seed} {i}").hex() for i in range(count)]
+
+
+def provision_many(settings: Settings, deployment: Any, keys: list[str]) -> None:
+    """Register ``keys`` as participants (meters of their own) with funded deposits."""
+    admin = ChainClient(settings.rpc_url, settings.admin_key)
+    w3 = admin.w3
+    registry = contract_at(w3, "ParticipantRegistry", deployment.address("ParticipantRegistry"))
+    market = contract_at(w3, "EnergyMarket", deployment.address("EnergyMarket"))
+    token = contract_at(w3, "EnergyToken", deployment.address("EnergyToken"))
+    deposit = 10**12
+    for i, key in enumerate(keys):
+        wallet = Account.from_key(key).address
+        meter = Account.from_key("0x" + keccak(text=f"batch meter {i}").hex()).address
+        w3.provider.make_request("anvil_setBalance", [wallet, hex(10**21)])  # type: ignore[arg-type]
+        admin.transact(registry.functions.connect(wallet, meter, 1 + i % 40, 400_000, 400_000))
+        admin.transact(token.functions.mint(wallet, deposit))
+        trader = ChainClient(settings.rpc_url, key)
+        trader.transact(token.functions.approve(market.address, deposit))
+        trader.transact(market.functions.deposit(deposit))
+
+
+def bilateral_pairs(
+    domain: typed.Domain,
+    keys: list[str],
+    interval_id: int,
+    pairs: int,
+    first_nonce: int = 1,
+    energy_wh: int = 10,
+    price_per_kwh: int = 100_000,
+) -> list[dict[str, Any]]:
+    """``2 x pairs`` signed orders: pair ``i`` is a sell by one trader and a buy by the next, each
+    naming the other, so each pair clears into exactly one trade."""
+    bodies: list[dict[str, Any]] = []
+    n = len(keys)
+    for i in range(pairs):
+        seller, buyer = keys[i % n], keys[(i + 1 + (i // n) % (n - 1)) % n]
+        if seller == buyer:
+            buyer = keys[(i + 1) % n]
+        s_addr, b_addr = Account.from_key(seller).address, Account.from_key(buyer).address
+        nonce = first_nonce + i
+        for key, side, me, other in ((seller, 0, s_addr, b_addr), (buyer, 1, b_addr, s_addr)):
+            msg = {
+                "trader": me, "side": side, "intervalId": interval_id, "energyWh": energy_wh,
+                "pricePerKWh": price_per_kwh, "nonce": nonce, "expiry": interval_id * 900 + 86_400,
+                "counterparty": other,
+            }  # fmt: skip
+            sig = eip712.sign_digest(domain.digest("Order", msg), key)
+            bodies.append({"message": msg, "signature": sig})
+    return bodies
+
+
+def chain_trades(w3: Any, market_address: str, from_block: int, ids: set[str]) -> list[str]:
+    """Trade ids of every TradeRecorded log of the market among ``ids`` (with repeats)."""
+    market = contract_at(w3, "EnergyMarket", market_address)
+    logs = market.events.TradeRecorded.get_logs(from_block=from_block)
+    found = ["0x" + bytes(lg["args"]["tradeId"]).hex() for lg in logs]
+    return [t for t in found if t in ids]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp: Path = tmp_path_factory.mktemp("batches")
+    with AnvilProcess() as anvil:
+        settings = dataclasses.replace(
+            Settings(),
+            rpc_url=anvil.url,
+            deployment_file=tmp / "deployment.json",
+            chain_state_file=tmp / "anvil-state.json",
+            database_url=f"sqlite:///{tmp / 'book.db'}",
+        )
+        dev = start_dev_stack(settings, participants=2)
+        keys = trader_keys(TRADERS)
+        provision_many(settings, dev.deployment, keys)
+        w3 = Web3(Web3.HTTPProvider(anvil.url))
+        yield {"settings": settings, "deployment": dev.deployment, "keys": keys, "w3": w3}
+
+
+def new_market(settings: Settings, **config: Any) -> Market:
+    cfg = MarketConfig(interval_seconds=900, **config)
+    return build_market(settings, with_grid=False, config=cfg)
+
+
+def submit(market: Market, bodies: list[dict[str, Any]]) -> None:
+    for b in bodies:
+        market.submit_order(b["message"], b["signature"])
+
+
+def interval_state(chain: dict[str, Any], interval_id: int) -> tuple[int, int]:
+    market = contract_at(chain["w3"], "EnergyMarket", chain["deployment"].address("EnergyMarket"))
+    _last, batches, approved, _settled = market.functions.intervalOf(interval_id).call()
+    return int(batches), int(approved)
+
+
+def batch_logs(chain: dict[str, Any], interval_id: int) -> list[Any]:
+    market = contract_at(chain["w3"], "EnergyMarket", chain["deployment"].address("EnergyMarket"))
+    return list(
+        market.events.BatchRecorded.get_logs(
+            from_block=0, argument_filters={"intervalId": interval_id}
+        )
+    )
+
+
+def test_interval_of_3000_trades_records_every_trade_once_in_measured_batches(
+    chain: dict[str, Any],
+) -> None:
+    market = new_market(chain["settings"])
+    iv = market.current_interval() + 3
+    bodies = bilateral_pairs(market.domain, chain["keys"], iv, 3000)
+    t0 = time.monotonic()
+    submit(market, bodies)
+    t_orders = time.monotonic() - t0
+    row = market.close_interval(iv, force=True)
+    t_close = time.monotonic() - t0 - t_orders
+    assert (row.status, row.approved_count, row.vetoed_count) == ("recorded", 3000, 0)
+    batches = market.batches(iv)
+    limit = chain["w3"].eth.get_block("latest")["gasLimit"]
+    sizes = [len(json.loads(b.trade_ids)) for b in batches]
+    print(
+        f"\n3000 trades: orders {t_orders:.1f} s, close+record {t_close:.1f} s, "
+        f"{len(batches)} batches {sizes}, gas {[b.gas_used for b in batches]}, limit {limit}"
+    )
+    assert len(batches) >= 2 and sum(sizes) == 3000
+    assert {b.state for b in batches} == {"recorded"}
+    assert all(b.gas_used is not None and b.gas_used <= limit // 2 for b in batches)
+    assert [b.batch_count for b in batches] == [len(batches)] * len(batches)
+    # on chain: the batches in order, every approved trade exactly once
+    assert interval_state(chain, iv) == (len(batches), 3000)
+    logs = batch_logs(chain, iv)
+    assert [int(lg["args"]["batchIndex"]) for lg in logs] == list(range(len(batches)))
+    assert ["0x" + bytes(lg["transactionHash"]).hex() for lg in logs] == [
+        b.tx_hash for b in batches
+    ]
+    trades = market.trades(iv)
+    assert len(trades) == 3000 and {t.status for t in trades} == {"recorded"}
+    ids = {t.id for t in trades}
+    on_chain = chain_trades(chain["w3"], market.ledger.market_address, 0, ids)  # type: ignore[attr-defined]
+    assert len(on_chain) == 3000 and set(on_chain) == ids
+    by_tx = Counter(t.tx_hash for t in trades)
+    assert by_tx == {b.tx_hash: n for b, n in zip(batches, sizes, strict=True)}
+    statuses = Counter(o.status for o in market.store.list_orders(interval_id=iv, limit=10_000))
+    assert statuses == {"filled": 6000}
+
+
+def operator_nonce(chain: dict[str, Any]) -> int:
+    address = Account.from_key(chain["settings"].market_operator_key).address
+    return int(chain["w3"].eth.get_transaction_count(address))
+
+
+def test_reverting_batch_is_reported_backed_off_and_blocks_nothing(chain: dict[str, Any]) -> None:
+    market = new_market(chain["settings"], retry_base_s=1.0)
+    keys = chain["keys"]
+    iv = market.current_interval() + 5
+    bodies = bilateral_pairs(market.domain, keys, iv, 10, first_nonce=900_001)
+    submit(market, bodies)
+    # the seller of the first pair cancels its nonce on chain between the clearing and the send
+    with market._record_lock:
+        row = market.close_interval(iv, force=True, wait=False)
+        assert (row.status, row.approved_count) == ("cleared", 10)
+        seller = ChainClient(chain["settings"].rpc_url, keys[0])
+        escrow = contract_at(seller.w3, "EnergyMarket", market.ledger.market_address)
+        seller.transact(escrow.functions.cancelNonce(900_001))
+        sent_before = operator_nonce(chain)
+    deadline = time.monotonic() + 30
+    while market.batches(iv)[0].state != "failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [batch] = market.batches(iv)
+    wallet = Account.from_key(keys[0]).address
+    assert batch.attempts == 1 and batch.tx_hash is None
+    assert batch.last_error == (
+        f"recordTrades would revert: MarketOrderCancelled({wallet.lower()}, 900001)"
+    )
+    assert batch.next_attempt_at == pytest.approx(batch.updated_at + 1.0, abs=0.2)
+    assert operator_nonce(chain) == sent_before  # found by the estimate: nothing mined
+    failed = [e.data for e in market.events.recent() if e.kind == "batch"]
+    assert failed[-1]["state"] == "failed" and failed[-1]["intervalId"] == iv
+    assert failed[-1]["reason"] == batch.last_error and failed[-1]["attempts"] == 1
+    # the API shows it
+    server = start_in_thread(create_app(market, dev=True, scheduler=False, recover=False))
+    try:
+        body = httpx.get(f"{server.url}/intervals/{iv}", timeout=30).json()
+    finally:
+        server.stop()
+    assert body["status"] == "cleared" and body["batch"]["state"] == "failed"
+    assert body["batches"] == [
+        {
+            "index": 0, "count": 1, "state": "failed", "trades": 10, "orders": 20,
+            "reason": batch.last_error, "txHash": None, "blockNumber": None, "gasUsed": None,
+            "attempts": 1, "nextAttemptAt": batch.next_attempt_at,
+        }
+    ]  # fmt: skip
+    # the next interval is cleared and recorded meanwhile
+    nxt = iv + 1
+    submit(market, bilateral_pairs(market.domain, keys, nxt, 5, first_nonce=910_001))
+    assert market.close_interval(nxt, force=True).status == "recorded"
+    assert interval_state(chain, nxt) == (1, 5)
+    # the scheduler retries only when due, estimating first: back-off 1 s, then 2 s
+    market.tick()
+    assert market.batches(iv)[0].attempts == 1
+    due = market.batches(iv)[0].next_attempt_at
+    assert due is not None
+    time.sleep(max(0.0, due - time.time()) + 0.05)
+    market.tick()
+    again = market.batches(iv)[0]
+    assert (again.state, again.attempts) == ("failed", 2)
+    assert again.next_attempt_at == pytest.approx(again.updated_at + 2.0, abs=0.2)
+    assert operator_nonce(chain) == sent_before + 1  # the next interval's batch only
+    assert interval_state(chain, iv) == (0, 0)
+    # a restart recovers without raising, also with the chain away
+    assert new_market(chain["settings"]).recover() == []
+    assert market.batches(iv)[0].attempts == 3
+    away = dataclasses.replace(chain["settings"], rpc_url="http://127.0.0.1:9")
+    assert new_market(away).recover() == []
+    down = market.batches(iv)[0]
+    assert down.state == "failed" and down.attempts == 4
+    assert down.last_error is not None
+    assert down.last_error.startswith("reading an interval failed: ")
+
+
+def test_orders_per_trader_and_interval_are_capped(chain: dict[str, Any]) -> None:
+    market = new_market(chain["settings"], max_orders_per_trader_interval=4)
+    iv = market.current_interval() + 7
+    key = chain["keys"][3]
+    trader = Account.from_key(key).address
+    domain = market.domain
+
+    def order(nonce: int) -> dict[str, Any]:
+        nonce = nonce if nonce > 100 else 920_000 + nonce
+        msg = {
+            "trader": trader, "side": 0, "intervalId": iv, "energyWh": 5,
+            "pricePerKWh": 1000, "nonce": nonce, "expiry": iv * 900 + 86_400,
+            "counterparty": typed.ZERO_ADDRESS,
+        }  # fmt: skip
+        return {"message": msg, "signature": eip712.sign_digest(domain.digest("Order", msg), key)}
+
+    rows = [market.submit_order(**order(920_000 + n)) for n in range(4)]
+    with pytest.raises(TooManyOrders) as refused:
+        market.submit_order(**order(920_004))
+    assert str(refused.value) == (
+        f"{trader} already has 4 live orders for interval {iv}, the limit per trader and "
+        "interval (TEGRID_MAX_ORDERS_PER_TRADER_INTERVAL); cancel one or trade in another interval"
+    )
+    # another interval is not affected; through the API the refusal is a 422 naming the limit
+    other = dict(order(920_005))
+    other["message"] = {**other["message"], "intervalId": iv + 1}
+    msg = other["message"]
+    other["signature"] = eip712.sign_digest(domain.digest("Order", msg), key)
+    market.submit_order(**other)
+    server = start_in_thread(create_app(market, dev=True, scheduler=False, recover=False))
+    try:
+        r = httpx.post(f"{server.url}/orders", json=order(920_006), timeout=30)
+        assert r.status_code == 422
+        assert r.json()["detail"]["code"] == "TOO_MANY_ORDERS"
+        assert "4 live orders" in r.json()["detail"]["message"]
+        # a cancelled order frees its place
+        cancel = {"trader": trader, "orderHash": rows[0].hash}
+        sig = eip712.sign_digest(domain.digest("Cancel", cancel), key)
+        r = httpx.post(
+            f"{server.url}/orders/{rows[0].hash}/cancel", json={"signature": sig}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        post = [httpx.post(f"{server.url}/orders", json=order(n), timeout=30) for n in (7, 8)]
+        assert [r.status_code for r in post] == [201, 422]
+    finally:
+        server.stop()
+    # the cap holds after a restart (counted from the store)
+    with pytest.raises(TooManyOrders):
+        new_market(chain["settings"], max_orders_per_trader_interval=4).submit_order(
+            **order(920_009)
+        )
+
+
+def test_batch_found_on_chain_by_recover_carries_its_transaction(chain: dict[str, Any]) -> None:
+    market = new_market(chain["settings"])
+    iv = market.current_interval() + 9
+    submit(market, bilateral_pairs(market.domain, chain["keys"], iv, 8, first_nonce=930_001))
+    with market._record_lock:  # the recorder thread waits: the batch is sent from outside
+        assert market.close_interval(iv, force=True, wait=False).status == "cleared"
+        [b] = market.batches(iv)
+        tx = market.ledger.record_trades(
+            iv, b.batch_index, b.batch_count, market._batch_input(b), b.evidence_hash,
+            b.attestation_signature,
+        )
+        # a process that sent it and crashed before storing the receipt; the next one recovers
+        restarted = new_market(chain["settings"])
+        assert restarted.recover() == [iv]
+    [found] = restarted.batches(iv)
+    receipt = chain["w3"].eth.get_transaction_receipt(tx)
+    assert (found.state, found.tx_hash, found.block_number) == (
+        "recorded", tx, receipt["blockNumber"]
+    )
+    assert found.gas_used == receipt["gasUsed"]
+    assert {t.tx_hash for t in restarted.trades(iv)} == {tx}
+    assert restarted.interval(iv).status == "recorded"
+    assert interval_state(chain, iv) == (1, 8)
