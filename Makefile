@@ -21,11 +21,11 @@ STAMP_SOL := build/.compiled
 CONTRACT_SOURCES := $(shell find contracts -name '*.sol' 2>/dev/null)
 
 
-.PHONY: brownie-network help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean \
+.PHONY: brownie-network help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean fuzz-api \
 	bench bench-grid bench-chain bench-api bench-oracle bench-e2e
 
 help:
-	@echo "make setup | test | demo | lint | test-ganache | test-stateful-long | bench-<grid|chain|api|oracle|e2e> | lock | clean"
+	@echo "make setup | test | demo | lint | test-ganache | test-stateful-long | fuzz-api | bench-<grid|chain|api|oracle|e2e> | lock | clean"
 
 prereqs:
 	@command -v $(PYTHON) >/dev/null || { echo "missing: $(PYTHON) - install Python 3.11 (e.g. pyenv install 3.11, or apt-get install python3.11 python3.11-venv)"; exit 1; }
@@ -87,6 +87,17 @@ test-ganache: setup
 test-stateful-long: setup
 	@$(BROWNIE_RUN_NETWORK); TEGRID_LONG_STATEFUL=1 $(BIN)/brownie test tests/contracts -k stateful --network $$net
 
+# API fuzz: schemathesis in a venv of its own (it does not co-install with brownie) against a real
+# `tegrid serve --dev`; fails on any 5xx. FUZZ_EXAMPLES: generated requests per operation at most.
+SCHEMATHESIS := $(abspath .schemathesis)/bin/schemathesis
+FUZZ_EXAMPLES ?= 100
+$(SCHEMATHESIS):
+	$(PYTHON) -m venv .schemathesis
+	.schemathesis/bin/pip install --quiet schemathesis==4.32.5
+
+fuzz-api: setup $(SCHEMATHESIS)
+	bash tests/fuzz/run_api_fuzz.sh $(SCHEMATHESIS) $(FUZZ_EXAMPLES)
+
 demo: setup
 	$(BIN)/tegrid demo
 
@@ -114,4 +125,4 @@ lock: prereqs
 	/tmp/tegrid-lock/bin/pip freeze --exclude-editable > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) node_modules build .solcx .env .tegrid
+	rm -rf $(VENV) node_modules build .solcx .env .tegrid .schemathesis

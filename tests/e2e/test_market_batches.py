@@ -127,7 +127,7 @@ def submit(market: Market, bodies: list[dict[str, Any]]) -> None:
 
 def interval_state(chain: dict[str, Any], interval_id: int) -> tuple[int, int]:
     market = contract_at(chain["w3"], "EnergyMarket", chain["deployment"].address("EnergyMarket"))
-    _last, batches, approved, _settled = market.functions.intervalOf(interval_id).call()
+    _last, batches, approved, *_rest = market.functions.intervalOf(interval_id).call()
     return int(batches), int(approved)
 
 

@@ -43,7 +43,7 @@ pytestmark = [
 ]
 
 INTERVAL_S = 900
-DELAY_S = 600
+DELAY_S = 1800  # reclaimAfter (end + 2 x delay) of the first interval stays ahead of the clock
 PRICE = 123_457  # token base units per kWh
 DEPOSIT = 10**9
 S1, S2, S3, B1, B2 = range(5)
