@@ -58,6 +58,12 @@ class Settings:
     interval_seconds: int = 900
     deployment_file: Path = field(default=REPO_ROOT / ".tegrid" / "deployment.json")
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
+    # Finality: blocks on top of a receipt's block before it counts as final (0: mined is final,
+    # fine on Anvil); receipts not seen within receipt_timeout_seconds resync the sender's nonce.
+    confirmations: int = 0
+    receipt_timeout_seconds: int = 120
+    # Last chain head seen (and rollbacks noticed) by the CLI processes, for `tegrid doctor`.
+    chain_head_file: Path = field(default=REPO_ROOT / ".tegrid" / "chain-head.json")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
@@ -80,6 +86,10 @@ class Settings:
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.interval_seconds <= 0:
             raise ConfigError("TEGRID_INTERVAL_SECONDS must be positive")
+        if settings.confirmations < 0:
+            raise ConfigError("TEGRID_CONFIRMATIONS must be >= 0")
+        if settings.receipt_timeout_seconds <= 0:
+            raise ConfigError("TEGRID_RECEIPT_TIMEOUT_SECONDS must be positive")
         return settings
 
     def to_env(self) -> dict[str, str]:
