@@ -113,6 +113,13 @@ class HeadWatcher:
                     log.exception("rollback listener failed")
         return rollback
 
+    def observe(self, number: int, block_hash: bytes) -> None:
+        """Remember a block one's own work is in (a receipt's ``blockNumber``/``blockHash``), so a
+        rollback below it is noticed even if no check ever saw it as the head."""
+        with self._lock:
+            if self._seen.get(number) != bytes(block_hash):
+                self._seen[number] = bytes(block_hash)
+
     def report(self) -> dict[str, Any]:
         """What ``/health`` and ``tegrid doctor`` show."""
         last = self.rollbacks[-1] if self.rollbacks else None

@@ -274,6 +274,7 @@ class Web3Ledger:
             block_number=int(raw["blockNumber"]),
             gas_used=int(raw["gasUsed"]),
         )
+        self.heads.observe(receipt.block_number, bytes(raw["blockHash"]))
         for entry in raw["logs"]:
             if (
                 checksum(entry["address"]) != self.readings_address
