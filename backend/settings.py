@@ -60,6 +60,12 @@ class Settings:
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
     # Bounded work per interval: live orders one trader may have for one interval.
     max_orders_per_trader_interval: int = 64
+    # Finality: blocks on top of a receipt's block before it counts as final (0: mined is final,
+    # fine on Anvil); receipts not seen within receipt_timeout_seconds resync the sender's nonce.
+    confirmations: int = 0
+    receipt_timeout_seconds: int = 120
+    # Last chain head seen (and rollbacks noticed) by the CLI processes, for `tegrid doctor`.
+    chain_head_file: Path = field(default=REPO_ROOT / ".tegrid" / "chain-head.json")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Request bodies, checked before any parsing: size (413), JSON nesting depth and integer
@@ -89,6 +95,10 @@ class Settings:
                      "api_max_int_digits"):  # fmt: skip
             if getattr(settings, name) <= 0:
                 raise ConfigError(f"TEGRID_{name.upper()} must be positive")
+        if settings.confirmations < 0:
+            raise ConfigError("TEGRID_CONFIRMATIONS must be >= 0")
+        if settings.receipt_timeout_seconds <= 0:
+            raise ConfigError("TEGRID_RECEIPT_TIMEOUT_SECONDS must be positive")
         return settings
 
     def to_env(self) -> dict[str, str]:

@@ -17,13 +17,16 @@ from eth_utils import function_abi_to_4byte_selector, to_bytes
 from eth_utils.abi import get_abi_input_types, get_abi_output_types
 from web3 import Web3
 from web3.contract.contract import ContractFunction
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
+from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import RPCEndpoint, TxParams, TxReceipt
 
+from backend.chain import finality
 from backend.chain.contracts import Artifact, error_abis
 from backend.chain.errors import (
     ChainUnavailableError,
     LedgerError,
+    NonceGapError,
+    TransactionDroppedError,
     TransactionRevertedError,
     TransactionTimeoutError,
 )
@@ -276,21 +279,34 @@ class GasBounds:
 
 
 class ChainClient:
-    """One signing account on one JSON-RPC endpoint."""
+    """One signing account on one JSON-RPC endpoint.
+
+    ``confirmations`` and ``receipt_timeout_s`` default to ``TEGRID_CONFIRMATIONS`` and
+    ``TEGRID_RECEIPT_TIMEOUT_SECONDS`` (:mod:`backend.chain.finality`): a receipt is returned once
+    final, and a transaction that cannot or did not get mined resyncs the cached nonce."""
 
     def __init__(
         self,
         rpc_url: str,
         private_key: str,
         *,
-        receipt_timeout_s: float = 120.0,
+        receipt_timeout_s: float | None = None,
         retries: int = 3,
         request_timeout_s: float = 60.0,
+        confirmations: int | None = None,
     ) -> None:
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout_s}))
         cache_chain_id(self.w3)
         self.account: LocalAccount = Account.from_key(private_key)
-        self.receipt_timeout_s = receipt_timeout_s
+        self.receipt_timeout_s = (
+            finality.configured_receipt_timeout_s()
+            if receipt_timeout_s is None
+            else receipt_timeout_s
+        )
+        self.confirmations = (
+            finality.configured_confirmations() if confirmations is None else confirmations
+        )
+        self.nonce_resyncs = 0  # times the cached nonce was found wrong and read from the chain
         self.retries = retries
         self.decoder = ErrorDecoder(error_abis())
         self._lock = threading.Lock()
@@ -301,7 +317,12 @@ class ChainClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, private_key: str | None = None) -> ChainClient:
-        return cls(settings.rpc_url, private_key or settings.admin_key)
+        return cls(
+            settings.rpc_url,
+            private_key or settings.admin_key,
+            receipt_timeout_s=settings.receipt_timeout_seconds,
+            confirmations=settings.confirmations,
+        )
 
     @property
     def address(self) -> str:
@@ -338,6 +359,11 @@ class ChainClient:
         """Forget the local nonce; the next transaction asks the node again."""
         with self._lock:
             self._nonce = None
+
+    def _resync_nonce(self, why: str) -> None:
+        self.nonce_resyncs += 1
+        log.warning("resyncing the nonce of %s from the chain: %s", self.address, why)
+        self.reset_nonce()
 
     # -------------------------------------------------------------- calls and transactions
 
@@ -420,7 +446,10 @@ class ChainClient:
 
         A nonce the node refuses (another process sends from the same key, as the dev defaults'
         account 0 does) resyncs the local nonce from the node and sends again, up to ``retries``
-        times."""
+        times. So does a transaction that can never be mined after the chain rolled back (its
+        nonce beyond the chain's count - it is removed from a development node's pool first, so
+        it cannot run later as well - or unknown to the node). A transaction not mined within
+        ``receipt_timeout_s`` resyncs the nonce and raises TransactionTimeoutError."""
         last_exc: Exception | None = None
         for attempt in range(self.retries + 1):
             tx = dict(tx)  # type: ignore[assignment]
@@ -437,19 +466,35 @@ class ChainClient:
                 time.sleep(0.2 * (attempt + 1))
                 continue
             except (ValueError, Web3RPCError) as exc:  # node refused: nonce too low / known
-                self.reset_nonce()
                 last_exc = exc
                 if "nonce" in str(exc).lower() or "known" in str(exc).lower():
+                    self._resync_nonce(f"node refused nonce {tx['nonce']}: {exc}")
                     continue
+                self.reset_nonce()
                 raise LedgerError(f"transaction refused: {exc}") from exc
             try:
-                receipt = self.w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=self.receipt_timeout_s, poll_latency=0.05
+                receipt = finality.wait_for_receipt(
+                    self.w3,
+                    tx_hash,
+                    timeout_s=self.receipt_timeout_s,
+                    confirmations=self.confirmations,
+                    sender=self.address,
+                    nonce=int(tx["nonce"]),
                 )
-            except TimeExhausted as exc:
-                raise TransactionTimeoutError(
-                    f"transaction {tx_hash.hex()} not mined in time"
-                ) from exc
+            except NonceGapError as exc:
+                last_exc = exc
+                dropped = finality.drop_pooled(self.w3, tx_hash, self.address)
+                self._resync_nonce(str(exc))
+                if dropped:
+                    continue
+                raise
+            except TransactionDroppedError as exc:
+                last_exc = exc
+                self._resync_nonce(str(exc))
+                continue
+            except TransactionTimeoutError as exc:
+                self._resync_nonce(str(exc))
+                raise
             if receipt["status"] != 1:
                 failed = self._failed(tx, receipt)
                 failed.gas_exhausted = int(receipt["gasUsed"]) >= int(tx.get("gas", 0) or 0)

@@ -35,3 +35,18 @@ class TransactionRevertedError(LedgerError, RuntimeError):
 
 class TransactionTimeoutError(LedgerError, TimeoutError):
     """A transaction was not mined in time."""
+
+
+class NonceGapError(TransactionTimeoutError):
+    """A sent transaction waits behind a nonce the chain has not reached (the chain rolled back
+    below the sender's cached nonce): it can never be mined as things stand."""
+
+    def __init__(self, message: str, tx_nonce: int, chain_nonce: int) -> None:
+        super().__init__(message)
+        self.tx_nonce = tx_nonce
+        self.chain_nonce = chain_nonce
+
+
+class TransactionDroppedError(TransactionTimeoutError):
+    """A sent transaction is neither mined nor known to the node any more (lost in a restart or
+    rollback of the chain): sending it again cannot execute it twice."""

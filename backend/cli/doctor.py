@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -35,6 +36,7 @@ class Check:
     detail: str
     hint: str = ""
     essential: bool = True
+    warning: bool = False  # not ok, but nothing is missing: show "warn", not "absent"
 
 
 def _tool_version(exe: str, *args: str) -> str | None:
@@ -89,6 +91,8 @@ def run_checks(settings: Settings) -> list[Check]:
             essential=False,
         )
     )
+    if rpc_ok:
+        checks.append(chain_head_check(settings))
     broker_ok = url_reachable(settings.broker_url, 1883, timeout_s=1.0)
     checks.append(
         Check(
@@ -103,6 +107,38 @@ def run_checks(settings: Settings) -> list[Check]:
     return checks
 
 
+ROLLBACK_RECENT_S = 3600.0  # a rollback noticed within this long is reported
+
+
+def chain_head_check(settings: Settings) -> Check:
+    """Has the chain head gone backwards? Compares the chain with the head the tegrid processes
+    (oracle, keeper, earlier doctor runs) last saw (``TEGRID_CHAIN_HEAD_FILE``) and lists the
+    rollbacks they noticed in the last hour."""
+    from web3 import Web3
+
+    from backend.chain.heads import HeadWatcher
+
+    hint = (
+        "the chain lost blocks (Anvil restarted from an older --state file, or a reorg): the "
+        "oracle and the keeper re-check their work; check recorded batches"
+    )
+    watcher = HeadWatcher(
+        Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 3})),
+        state_file=settings.chain_head_file,
+    )
+    try:
+        watcher.check(force=True)
+    except Exception as exc:
+        return Check("chain head", False, f"cannot read the head: {exc}", essential=False)
+    recent = [r for r in watcher.rollbacks if time.time() - r.detected_at < ROLLBACK_RECENT_S]
+    if recent:
+        detail = recent[-1].describe()
+        if len(recent) > 1:
+            detail += f" ({len(recent)} rollbacks in the last hour)"
+        return Check("chain head", False, detail, hint, essential=False, warning=True)
+    return Check("chain head", True, f"block {watcher.head}, no rollback seen")
+
+
 def report(checks: list[Check], console: Console) -> bool:
     table = Table(title="tegrid doctor")
     table.add_column("check")
@@ -111,7 +147,13 @@ def report(checks: list[Check], console: Console) -> bool:
     table.add_column("hint")
     for c in checks:
         status = (
-            "[green]ok[/]" if c.ok else ("[red]missing[/]" if c.essential else "[yellow]absent[/]")
+            "[green]ok[/]"
+            if c.ok
+            else "[red]missing[/]"
+            if c.essential
+            else "[yellow]warn[/]"
+            if c.warning
+            else "[yellow]absent[/]"
         )
         table.add_row(c.name, status, c.detail, "" if c.ok else c.hint)
     console.print(table)

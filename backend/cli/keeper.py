@@ -44,8 +44,19 @@ def run(
         settings = Settings.from_env()
         dep = load_deployment(deployment or settings.deployment_file)
         key = resolve_key(settings.admin_key, settings.keystore_password)
-        client = ChainClient(rpc_url or settings.rpc_url, key)
-        keeper = SettlementKeeper(client, dep, from_block=from_block, poll_s=poll_seconds)
+        client = ChainClient(
+            rpc_url or settings.rpc_url,
+            key,
+            receipt_timeout_s=settings.receipt_timeout_seconds,
+            confirmations=settings.confirmations,
+        )
+        keeper = SettlementKeeper(
+            client,
+            dep,
+            from_block=from_block,
+            poll_s=poll_seconds,
+            head_file=settings.chain_head_file,
+        )
         if once:
             settled = keeper.run_once()
             if json_out:

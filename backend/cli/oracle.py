@@ -78,12 +78,22 @@ def run(
     try:
         dep = load_deployment(deployment or settings.deployment_file)
         key = resolve_key(settings.oracle_key, settings.keystore_password)
-        ledger = Web3Ledger(rpc_url or settings.rpc_url, key, dep)
+        ledger = Web3Ledger(
+            rpc_url or settings.rpc_url,
+            key,
+            dep,
+            confirmations=settings.confirmations,
+            head_file=settings.chain_head_file,
+        )
         store = OracleStore(database_url or settings.oracle_database_url)
         transport = MqttTransport(
             broker_url or settings.broker_url, client_id, clean_session=False, manual_ack=True
         )
-        config = OracleConfig(batch_size=batch_size, idle_sleep_s=idle_sleep)
+        config = OracleConfig(
+            batch_size=batch_size,
+            idle_sleep_s=idle_sleep,
+            receipt_timeout_s=float(settings.receipt_timeout_seconds),
+        )
         daemon = OracleDaemon(store, ledger, transport, config)
         transport.connect()
     except (TegridError, ValueError, KeyError) as exc:

@@ -10,6 +10,11 @@ all its traders' readings are present in ``MeterReadings`` or the chain time has
 budget (``eth_estimateGas`` against the block gas limit). From ``reclaimAfter`` on, what is still
 unsettled is reclaimed (escrow back to the buyers). ``IntervalSettled`` / ``IntervalReclaimed``
 events and ``intervalOf`` keep it from being settled twice.
+
+It reads events only up to the last final block (``TEGRID_CONFIRMATIONS``, see
+:mod:`backend.chain.finality`), and when the chain head goes back (:mod:`backend.chain.heads`) it
+forgets what it learnt from the blocks the rollback changed and scans again from there, so a batch
+recorded again after the rollback - possibly below the keeper's old height - is found and settled.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -24,10 +30,12 @@ from eth_utils import keccak
 from web3.exceptions import Web3RPCError
 
 from backend.chain import batches as encoder
+from backend.chain import finality
 from backend.chain.address import checksum
 from backend.chain.client import AbiFunction, ChainClient, EncodedCall
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.errors import LedgerError
+from backend.chain.heads import HeadWatcher, Rollback
 from backend.errors import TegridError
 
 log = logging.getLogger("tegrid.keeper")
@@ -53,7 +61,16 @@ class IntervalBook:
     interval_id: int
     batches: dict[int, list[bytes]] = field(default_factory=dict)  # index -> packed trade records
     commitments: dict[int, bytes] = field(default_factory=dict)
+    batch_blocks: dict[int, int] = field(default_factory=dict)  # index -> block it was recorded in
     settled: bool = False
+    settled_block: int | None = None  # block of the IntervalSettled event / settle receipt
+
+    def forget_from(self, block: int) -> None:
+        """Drop what was learnt from blocks at or above ``block`` (a rollback changed them)."""
+        for index in [i for i, b in self.batch_blocks.items() if b >= block]:
+            del self.batches[index], self.commitments[index], self.batch_blocks[index]
+        if self.settled and (self.settled_block is None or self.settled_block >= block):
+            self.settled, self.settled_block = False, None
 
     def ordered_batches(self) -> list[list[bytes]]:
         return [self.batches[i] for i in sorted(self.batches)]
@@ -71,6 +88,7 @@ class SettlementKeeper:
         deployment: Deployment,
         from_block: int | None = None,
         poll_s: float = 1.0,
+        head_file: Path | None = None,
     ) -> None:
         self.client = client
         self.w3 = client.w3
@@ -90,16 +108,23 @@ class SettlementKeeper:
         self._now: int | None = None  # chain time of this round (pending block), read once
         self.poll_s = poll_s
         self.books: dict[int, IntervalBook] = {}
-        self._next_block = deployment.block if from_block is None else from_block
+        self._first_block = deployment.block if from_block is None else from_block
+        self._next_block = self._first_block
         self._indices: dict[str, int] = {}
         self._stop = threading.Event()
         self.settled: list[int] = []
+        self.heads = HeadWatcher(self.w3, state_file=head_file)
+        self.rescans: list[int] = []  # block each rescan after a rollback started from
 
     # events
 
     def scan(self) -> None:
-        """Read market events from where the last scan stopped up to the latest block."""
-        latest = int(self.w3.eth.block_number)
+        """Read market events from where the last scan stopped up to the last final block; after
+        a rollback, from the first block it changed."""
+        rollback = self.heads.check(force=True)
+        if rollback is not None:
+            self.rewind(rollback)
+        latest = finality.final_block(int(self.w3.eth.block_number), self.client.confirmations)
         while self._next_block <= latest:
             to_block = min(latest, self._next_block + LOG_CHUNK_BLOCKS - 1)
             logs = self.w3.eth.get_logs(
@@ -112,6 +137,22 @@ class SettlementKeeper:
             )
             self._apply_logs(sorted(logs, key=lambda e: (e["blockNumber"], e["logIndex"])))
             self._next_block = to_block + 1
+
+    def rewind(self, rollback: Rollback) -> None:
+        """Forget what the blocks from the rollback's fork on said, and scan them again."""
+        start = max(self._first_block, rollback.fork_block)
+        for book in self.books.values():
+            book.forget_from(start)
+        self.books = {i: b for i, b in self.books.items() if b.batches or b.settled}
+        self._indices.clear()  # a registration may have been rolled back too
+        self._next_block = min(self._next_block, start)
+        self.rescans.append(start)
+        log.warning(
+            "chain rolled back (head %d -> %d): rescanning market events from block %d",
+            rollback.old_head,
+            rollback.new_head,
+            start,
+        )
 
     def _apply_logs(self, logs: list[Any]) -> None:
         pending: dict[bytes, list[bytes]] = {}  # tx hash -> trade records not yet batched
@@ -149,9 +190,11 @@ class SettlementKeeper:
                 book = self.books.setdefault(interval_id, IntervalBook(interval_id))
                 book.batches[int(batch_index)] = records
                 book.commitments[int(batch_index)] = bytes(commitment)
+                book.batch_blocks[int(batch_index)] = int(entry["blockNumber"])
             elif topic0 in (INTERVAL_SETTLED, INTERVAL_RECLAIMED):
                 interval_id = int.from_bytes(bytes(entry["topics"][1]), "big")
-                self.books.setdefault(interval_id, IntervalBook(interval_id)).settled = True
+                book = self.books.setdefault(interval_id, IntervalBook(interval_id))
+                book.settled, book.settled_block = True, int(entry["blockNumber"])
 
     def _index(self, wallet: str) -> int:
         if wallet not in self._indices:
@@ -219,6 +262,8 @@ class SettlementKeeper:
             )  # fmt: skip
             start = end
         book.settled = True
+        if receipt is not None:
+            book.settled_block = int(receipt["blockNumber"])
         self.settled.append(book.interval_id)
         log.info("settled interval %d (%d trades)", book.interval_id, len(book.records()))
         return receipt
@@ -228,7 +273,7 @@ class SettlementKeeper:
         data = encoder.reclaim_calldata(book.interval_id, book.ordered_batches()[start:])
         fn = EncodedCall(self.w3, str(self.market.address), "0x" + data.hex())
         receipt = self.client.transact(fn, bounded=True)
-        book.settled = True
+        book.settled, book.settled_block = True, int(receipt["blockNumber"])
         log.warning(
             "interval %d not settled by reclaimAfter: escrow of batches %d.. returned to the "
             "buyers (%d gas)", book.interval_id, start, receipt["gasUsed"],

@@ -9,7 +9,12 @@ Guarantees (ARCHITECTURE.md, "what must never happen"):
   batches are reconciled by receipt or ``readingOf`` before anything is resent, so no reading is
   submitted twice or dropped;
 - bad messages (malformed, forged, unregistered, future, replayed, conflicting) are logged and
-  counted and never stop the daemon.
+  counted and never stop the daemon;
+- a receipt is not the end: when the chain head goes back (:mod:`backend.chain.heads`), and on
+  start and after chain errors for the last ``recheck_blocks`` blocks of its own work, every
+  ``submitted`` batch is checked against the chain (its transaction, else ``readingOf`` reading by
+  reading) and the readings the chain lost are submitted again. The contract ignores an identical
+  resubmission, so a reading that is on chain after all counts as done, never twice.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class OracleConfig:
     clock_skew_s: int = (
         5  # tolerance for a reading that arrives just before the chain sees its interval end
     )
+    # on start and after chain errors, submitted batches this many blocks below the newest one
+    # are checked against the chain (a rollback while the oracle was not looking)
+    recheck_blocks: int = 64
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.ingest_chunk < 1:
@@ -69,6 +77,9 @@ class OracleCounters:
     batches: int = 0
     gas_used: int = 0
     announcements: int = 0
+    rollbacks: int = 0  # chain rollbacks noticed
+    rechecked_batches: int = 0  # submitted batches checked against the chain again
+    resubmitted: int = 0  # submitted readings the chain had lost, queued again
     rejected: Counter[str] = field(default_factory=Counter)
 
 
@@ -288,6 +299,8 @@ class OracleDaemon:
                 if self._needs_reconcile:
                     self.reconcile()
                     self._needs_reconcile = False
+                else:
+                    self.watch_head()
                 done = self.submit_once()
                 self._backoff_s = 0.0
                 if done == 0:
@@ -396,8 +409,61 @@ class OracleDaemon:
         )
         return ok
 
+    def watch_head(self, force: bool = False) -> None:
+        """Re-check the work a chain rollback may have undone (at most once per head poll)."""
+        rollback = self.ledger.check_head(force=force)
+        if rollback is None:
+            return
+        self.counters.rollbacks += 1
+        self.ledger.reset_nonce()
+        self.recheck(rollback.fork_block)
+
+    def recheck(self, since_block: int) -> int:
+        """Check every submitted batch mined at or above ``since_block`` against the chain; the
+        readings of a batch whose transaction is gone and that are not on chain either go back to
+        the queue. Returns how many."""
+        requeued = 0
+        for batch_id, tx_hash, block in self.store.submitted_batches(since_block):
+            self.counters.rechecked_batches += 1
+            mined = self.ledger.mined_block(tx_hash) if tx_hash else None
+            if mined is not None:
+                if mined != block:
+                    self.store.move_batch(batch_id, mined)
+                continue
+            items = self.store.batch_readings(batch_id)
+            states = self.ledger.readings_of(
+                [(q.reading.meter, q.reading.interval_id) for q in items]
+            )
+            missing: list[int] = []
+            conflicting: dict[int, str] = {}
+            for q, (import_wh, export_wh, present) in zip(items, states, strict=True):
+                if not present:
+                    missing.append(q.id)
+                elif (import_wh, export_wh) != (q.reading.import_wh, q.reading.export_wh):
+                    conflicting[q.id] = "conflicting"
+            self.store.reopen_batch(batch_id, missing, conflicting)
+            requeued += len(missing)
+            log.warning(
+                "batch %d (tx %s, block %s) is no longer on chain: %d readings queued again, "
+                "%d still on chain, %d conflicting",
+                batch_id,
+                tx_hash,
+                block,
+                len(missing),
+                len(items) - len(missing) - len(conflicting),
+                len(conflicting),
+            )
+        self.counters.resubmitted += requeued
+        return requeued
+
     def reconcile(self) -> None:
-        """Settle the fate of every in-flight batch from the chain before anything is resent."""
+        """Settle the fate of every in-flight batch from the chain before anything is resent, and
+        re-check recent submitted batches (a rollback while the oracle was away or the chain
+        down)."""
+        self.watch_head(force=True)
+        last_block = self.store.status().last_block
+        if last_block is not None:
+            self.recheck(max(0, last_block - self.config.recheck_blocks))
         for batch_id, tx_hash, items in self.store.inflight_batches():
             receipt = (
                 self.ledger.receipt(tx_hash, self.config.receipt_timeout_s) if tx_hash else None

@@ -66,6 +66,15 @@ class AnvilProcess:
             self._handle.stop()
         self._handle = None
 
+    def kill(self) -> None:
+        """SIGKILL: no state dump on the way out, the state file keeps its last periodic dump (a
+        restart comes back behind, as after a crash)."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        self._handle = None
+
     def __enter__(self) -> AnvilProcess:
         return self.start()
 

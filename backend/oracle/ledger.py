@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from backend.chain.heads import Rollback
 from backend.iot.signing import Reading, ReadingDomain
 from backend.oracle import OracleError
 
@@ -82,5 +83,17 @@ class Ledger(Protocol):
         ...
 
     def reading_of(self, meter: str, interval_id: int) -> tuple[int, int, bool]: ...
+
+    def readings_of(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, int, bool]]:
+        """``reading_of`` of many (meter, interval) pairs (one round trip)."""
+        ...
+
+    def check_head(self, force: bool = False) -> Rollback | None:
+        """A rollback of the chain noticed since the last look (:mod:`backend.chain.heads`)."""
+        ...
+
+    def mined_block(self, tx_hash: str) -> int | None:
+        """Block of ``tx_hash`` on the chain as it is now; None when not (or no longer) mined."""
+        ...
 
     def reset_nonce(self) -> None: ...

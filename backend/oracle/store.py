@@ -4,7 +4,8 @@ Lifecycle of a reading: ``pending`` (persisted, then acked to the broker) -> ``i
 transaction that was or may have been sent; ``batch_id`` and ``tx_hash`` say which) -> ``submitted``
 (receipt seen, the chain accepted it or already held the identical reading) or ``rejected`` (the
 chain refused it; reason kept). After a crash, ``inflight`` rows are reconciled against the chain
-(``readingOf``) before anything is resent.
+(``readingOf``) before anything is resent. After a chain rollback, ``submitted`` rows whose
+transaction the chain lost go back to ``pending`` (:meth:`OracleStore.reopen_batch`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from backend.iot.signing import Reading
 from backend.oracle import OracleError
 
 PENDING, INFLIGHT, SUBMITTED, REJECTED = "pending", "inflight", "submitted", "rejected"
+ROLLED_BACK = "rolled_back"  # a batch whose transaction a chain rollback removed
 DETAIL_MAX = 300
 
 
@@ -394,6 +396,77 @@ class OracleStore:
                 .values(status=PENDING, batch_id=None)
             )
             session.execute(update(BatchRow).where(BatchRow.id == batch_id).values(status="failed"))
+
+    def submitted_batches(self, since_block: int) -> list[tuple[int, str | None, int | None]]:
+        """(batch id, tx hash, block) of submitted batches mined at or above ``since_block`` (or
+        without a block: reconciled from ``readingOf``), oldest first: the work a rollback from
+        that block may have undone."""
+        with self._session() as session:
+            rows = session.execute(
+                select(BatchRow.id, BatchRow.tx_hash, BatchRow.block_number)
+                .where(
+                    BatchRow.status == SUBMITTED,
+                    (BatchRow.block_number >= since_block) | BatchRow.block_number.is_(None),
+                )
+                .order_by(BatchRow.id)
+            ).all()
+            return [(int(i), h, None if b is None else int(b)) for i, h, b in rows]
+
+    def batch_readings(self, batch_id: int) -> list[QueuedReading]:
+        """The ``submitted`` readings of a batch."""
+        with self._session() as session:
+            rows = session.scalars(
+                select(ReadingRow)
+                .where(ReadingRow.batch_id == batch_id, ReadingRow.status == SUBMITTED)
+                .order_by(ReadingRow.id)
+            ).all()
+            return [QueuedReading(r.id, r.reading(), r.signature, r.sent_at) for r in rows]
+
+    def move_batch(self, batch_id: int, block_number: int) -> None:
+        """The batch's transaction is on chain, in another block than recorded (re-mined)."""
+        with self._session.begin() as session:
+            session.execute(
+                update(BatchRow).where(BatchRow.id == batch_id).values(block_number=block_number)
+            )
+            session.execute(
+                update(ReadingRow)
+                .where(ReadingRow.batch_id == batch_id, ReadingRow.status == SUBMITTED)
+                .values(block_number=block_number)
+            )
+
+    def reopen_batch(
+        self, batch_id: int, missing: Iterable[int], conflicting: dict[int, str] | None = None
+    ) -> None:
+        """The batch's transaction is no longer on chain: ``missing`` rows (not on chain either)
+        go back to ``pending`` to be submitted again, ``conflicting`` ones become ``rejected``;
+        rows the chain holds (identical) stay ``submitted``."""
+        conflicting = conflicting or {}
+        missing_ids = list(missing)
+        now = time.time()
+        with self._session.begin() as session:
+            session.execute(
+                update(BatchRow).where(BatchRow.id == batch_id).values(status=ROLLED_BACK)
+            )
+            if missing_ids:
+                session.execute(
+                    update(ReadingRow)
+                    .where(ReadingRow.id.in_(missing_ids), ReadingRow.status == SUBMITTED)
+                    .values(status=PENDING, batch_id=None, submitted_at=None, block_number=None)
+                )
+            for row_id, reason in conflicting.items():
+                row = session.get(ReadingRow, row_id)
+                if row is None or row.status != SUBMITTED:
+                    continue
+                row.status, row.reason = REJECTED, reason
+                session.add(
+                    RejectionRow(
+                        reason=reason,
+                        detail="another reading is on chain after a rollback",
+                        meter=row.meter,
+                        interval_id=row.interval_id,
+                        at=now,
+                    )
+                )
 
     def inflight_batches(self) -> list[tuple[int, str | None, list[QueuedReading]]]:
         with self._session() as session:

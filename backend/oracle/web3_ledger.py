@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -17,16 +18,17 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.exceptions import (
     ContractLogicError,
-    TimeExhausted,
     TransactionNotFound,
     Web3RPCError,
 )
 
-from backend.chain import batches
+from backend.chain import batches, finality
 from backend.chain.address import checksum
 from backend.chain.client import AbiFunction, ErrorDecoder, batch_eth_call, revert_data
 from backend.chain.contracts import Deployment, contract_at, error_abis
 from backend.chain.eip712 import to_compact
+from backend.chain.errors import NonceGapError, TransactionDroppedError, TransactionTimeoutError
+from backend.chain.heads import HeadWatcher, Rollback
 from backend.iot.signing import Reading, ReadingDomain
 from backend.oracle import ChainUnavailable
 from backend.oracle.ledger import REJECT_REASONS, BatchReceipt, BatchRefused, MeterState
@@ -59,6 +61,9 @@ class Web3Ledger:
         request_timeout_s: float = 10.0,
         gas_per_reading: int = 60_000,
         gas_base: int = 100_000,
+        confirmations: int | None = None,
+        head_file: Path | None = None,
+        head_poll_s: float = 1.0,
     ) -> None:
         self.gas_per_reading = gas_per_reading  # measured ~20,600 average, ~45,000 worst case
         self.gas_base = gas_base
@@ -72,6 +77,11 @@ class Web3Ledger:
         )
         self.decoder = ErrorDecoder(error_abis())
         self._meter_record = AbiFunction(self.registry, "meterRecordOf")
+        self._reading_of = AbiFunction(self.readings, "readingOf")
+        self.confirmations = (
+            finality.configured_confirmations() if confirmations is None else confirmations
+        )
+        self.heads = HeadWatcher(self.w3, state_file=head_file, min_interval_s=head_poll_s)
         self._nonce: int | None = None
         self._gas_price: int | None = None
         self._block_gas_limit: int | None = None
@@ -124,6 +134,39 @@ class Web3Ledger:
             lambda: self.readings.functions.readingOf(meter, interval_id).call()
         )
         return int(import_wh), int(export_wh), bool(present)
+
+    def readings_of(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, int, bool]]:
+        """``readingOf`` of many (meter, interval) pairs in one JSON-RPC batch."""
+        fn = self._reading_of
+        results = self._rpc(
+            lambda: batch_eth_call(self.w3, [(fn.address, fn.data(m, i)) for m, i in keys])
+        )
+        out = []
+        for (meter, interval_id), result in zip(keys, results, strict=True):
+            if result is None:  # the node answered this call with an error: ask alone
+                out.append(self.reading_of(meter, interval_id))
+                continue
+            import_wh, export_wh, present = fn.decode(result)
+            out.append((int(import_wh), int(export_wh), bool(present)))
+        return out
+
+    def check_head(self, force: bool = False) -> Rollback | None:
+        """A rollback of the chain since the last look (at most one look per ``head_poll_s``
+        unless ``force``)."""
+        return self._rpc(lambda: self.heads.check(force=force))
+
+    def mined_block(self, tx_hash: str) -> int | None:
+        """The block holding ``tx_hash`` on the chain as it is now (None: not mined, or lost in a
+        rollback); a receipt in a block the chain replaced does not count."""
+        try:
+            raw = self._rpc(lambda: self.w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return None
+        if raw is None or raw.get("blockNumber") is None or int(raw["status"]) != 1:
+            return None
+        number = int(raw["blockNumber"])
+        block = self._rpc(lambda: self.w3.eth.get_block(number))
+        return number if bytes(block["hash"]) == bytes(raw["blockHash"]) else None
 
     # transactions
 
@@ -190,25 +233,38 @@ class Web3Ledger:
             raise ChainUnavailable(f"node refused the transaction: {exc}") from None
 
     def receipt(self, tx_hash: str, timeout_s: float) -> BatchReceipt | None:
+        """The final receipt (``confirmations``, :mod:`backend.chain.finality`); None when the
+        transaction is unknown to the node or can never be mined (stuck behind a nonce gap after
+        a rollback: it is removed from the pool first, so it cannot run later)."""
         try:
-            raw = self._rpc(lambda: self.w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
+            self._rpc(lambda: self.w3.eth.get_transaction_receipt(tx_hash))  # type: ignore[arg-type]
         except TransactionNotFound:
             try:
                 self._rpc(lambda: self.w3.eth.get_transaction(tx_hash))  # type: ignore[arg-type]
             except TransactionNotFound:
                 return None
-            try:
-                raw = self._rpc(
-                    lambda: self.w3.eth.wait_for_transaction_receipt(
-                        tx_hash,  # type: ignore[arg-type]
-                        timeout=timeout_s,
-                        poll_latency=0.01,
-                    )
+        try:
+            raw = self._rpc(
+                lambda: finality.wait_for_receipt(
+                    self.w3,
+                    tx_hash,
+                    timeout_s=timeout_s,
+                    confirmations=self.confirmations,
+                    poll_s=0.01,
                 )
-            except TimeExhausted:
-                raise ChainUnavailable(
-                    f"transaction {tx_hash} not mined in {timeout_s} s"
-                ) from None
+            )
+        except NonceGapError as exc:
+            dropped = finality.drop_pooled(self.w3, tx_hash, self.account.address)
+            self.reset_nonce()
+            if dropped:
+                return None
+            raise ChainUnavailable(str(exc)) from None
+        except TransactionDroppedError:
+            self.reset_nonce()
+            return None
+        except TransactionTimeoutError as exc:
+            self.reset_nonce()
+            raise ChainUnavailable(str(exc)) from None
         return self._parse(tx_hash, raw)
 
     def _parse(self, tx_hash: str, raw: Any) -> BatchReceipt:
@@ -218,6 +274,7 @@ class Web3Ledger:
             block_number=int(raw["blockNumber"]),
             gas_used=int(raw["gasUsed"]),
         )
+        self.heads.observe(receipt.block_number, bytes(raw["blockHash"]))
         for entry in raw["logs"]:
             if (
                 checksum(entry["address"]) != self.readings_address

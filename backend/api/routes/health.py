@@ -1,4 +1,5 @@
-"""Health: chain id, latest block, contract addresses, broker and database reachability."""
+"""Health: chain id, latest block, contract addresses, broker and database reachability, and
+whether the chain head went backwards (``chain.head``: the rollbacks noticed since start)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import socket
 from typing import Any
 from urllib.parse import urlparse
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from backend.api.deps import MarketDep, OptionsDep
 from backend.api.schemas import HealthOut
+from backend.chain.heads import HeadWatcher
+from backend.market.service import Market
 
 router = APIRouter(tags=["health"])
 
@@ -25,13 +28,37 @@ def broker_reachable(url: str, timeout_s: float = 0.3) -> dict[str, Any]:
         return {"url": url, "reachable": False, "error": str(exc)}
 
 
+def head_watcher(request: Request, market: Market) -> HeadWatcher | None:
+    """The API's chain-head watcher (one per app, on ``app.state.head_watcher``; the market
+    recorder can ``subscribe`` to it). None on a ledger without a chain (the in-memory one)."""
+    watcher: HeadWatcher | None = getattr(request.app.state, "head_watcher", None)
+    w3 = getattr(market.ledger, "w3", None)
+    if watcher is None and w3 is not None:
+        watcher = request.app.state.head_watcher = HeadWatcher(w3)
+    return watcher
+
+
+def chain_head(watcher: HeadWatcher | None) -> dict[str, Any] | None:
+    if watcher is None:
+        return None
+    try:
+        watcher.check(force=True)
+    except Exception as exc:
+        return {**watcher.report(), "error": str(exc)}
+    return watcher.report()
+
+
 @router.get("/health", response_model=HealthOut)
-async def health(market: MarketDep, options: OptionsDep) -> HealthOut:
-    chain, db_ok, broker = await asyncio.gather(
+async def health(request: Request, market: MarketDep, options: OptionsDep) -> HealthOut:
+    chain, db_ok, broker, head = await asyncio.gather(
         asyncio.to_thread(market.ledger.health),
         asyncio.to_thread(market.store.ping),
         asyncio.to_thread(broker_reachable, options.broker_url),
+        asyncio.to_thread(chain_head, head_watcher(request, market)),
     )
+    if head is not None:
+        chain["head"] = head
+        chain["rolled_back"] = bool(head["rollbacks"])
     contracts = {str(k): str(v) for k, v in chain.pop("contracts", {}).items()}
     url = market.store.url
     return HealthOut(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from backend.chain.heads import Rollback
 from backend.iot.signing import Reading, ReadingDomain, recover_signer
 from backend.oracle import ChainUnavailable
 from backend.oracle.ledger import MAX_READING_WH, BatchReceipt, BatchRefused, MeterState
@@ -101,6 +102,18 @@ class FakeLedger:
         if (meter, interval_id) in self.stored:
             return (*self.stored[(meter, interval_id)], True)
         return 0, 0, False
+
+    def readings_of(self, keys: Sequence[tuple[str, int]]) -> list[tuple[int, int, bool]]:
+        return [self.reading_of(meter, interval_id) for meter, interval_id in keys]
+
+    def check_head(self, force: bool = False) -> Rollback | None:
+        self._check()
+        return None
+
+    def mined_block(self, tx_hash: str) -> int | None:
+        self._check()
+        receipt = self.receipts.get(tx_hash)
+        return receipt.block_number if receipt is not None else None
 
     def reset_nonce(self) -> None:
         return None
