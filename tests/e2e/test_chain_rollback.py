@@ -129,9 +129,10 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
         trader.transact(token.functions.approve(market_address, DEPOSIT))
         trader.transact(market.functions.deposit(DEPOSIT))
 
-    # The trade's interval T and the interval before it have ended (chain time), readings are due.
-    t = current_interval(w3, INTERVAL_S) + 1
-    end_interval(w3, t, INTERVAL_S)
+    # Chain time inside interval T-1: T-2 has ended (its readings are due) and T's batch can still
+    # be recorded (the chain's gate closure of T is its start).
+    t = current_interval(w3, INTERVAL_S) + 2
+    end_interval(w3, t - 2, INTERVAL_S)
     orders = [
         {"trader": who, "side": side, "intervalId": t, "energyWh": 1000, "pricePerKWh": PRICE,
          "nonce": 1, "expiry": 2**40, "counterparty": None}
@@ -142,7 +143,7 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
     ]
     cands = [CandidateTrade(orders[0], orders[1], sigs[0], sigs[1], 1000, PRICE)]
     att = batches.attest(ANVIL_KEYS[0], dep.chain_id, market_address, t, cands, keccak(b"ev"))
-    record = market.functions.recordTrades(t, *batches.record_args(cands), keccak(b"ev"), att)
+    record = market.functions.recordTrades(t, 0, 1, *batches.record_args(cands), keccak(b"ev"), att)
 
     # The oracle daemon, in process, on its own key; readings reach it through an in-process bus.
     ledger = Web3Ledger(anvil.url, ANVIL_KEYS[1], dep)
@@ -170,9 +171,9 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
     watcher = HeadWatcher(w3, state_file=tmp_path / "chain-head.json")
     health_watcher = HeadWatcher(w3)
     try:
-        # Kept work: readings of interval T-1 (20, one batch).
-        deliver(t - 1)
-        _wait(lambda: store.status().submitted == N_METERS, what="readings of T-1")
+        # Kept work: readings of interval T-2 (20, one batch).
+        deliver(t - 2)
+        _wait(lambda: store.status().submitted == N_METERS, what="readings of T-2")
         assert keeper.run_once() == []
         kept_head = int(w3.eth.block_number)
         _wait(lambda: _dumped_block(anvil.state_file) == kept_head, 10, "state dump")
@@ -182,11 +183,13 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
         assert health_watcher.check() is None
 
         # Work the chain will lose: the batch of T recorded, three more admin transactions (its
-        # cached nonce runs ahead), the readings of T (20, one batch), T settled by the keeper.
+        # cached nonce runs ahead), T ends, the readings of T (20, one batch), T settled by the
+        # keeper.
         admin_count = int(w3.eth.get_transaction_count(a))
         admin.transact(record)
         for _ in range(3):
             admin.transact(token.functions.mint(a, 1))
+        end_interval(w3, t, INTERVAL_S)
         deliver(t)
         _wait(lambda: store.status().submitted == 2 * N_METERS, what="readings of T")
         assert keeper.run_once() == [t]
@@ -212,12 +215,13 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
         rollback = watcher.check()
         assert rollback is not None
         assert (rollback.old_head, rollback.fork_block) == (old_head, kept_head + 1)
-        assert rollback.blocks_lost == old_head - kept_head == 6
+        # lost: the record, 3 mints, T's end, its readings, its settlement
+        assert rollback.blocks_lost == old_head - kept_head == 7
         assert watcher.rollbacks == [rollback]
         health = chain_head(health_watcher)
         assert health is not None and health["rollbacks"] == 1
         assert health["last_rollback"]["old_head"] == old_head
-        assert health["last_rollback"]["blocks_lost"] == 6
+        assert health["last_rollback"]["blocks_lost"] == 7
 
         # The market recorder records the lost batch again (here by hand): the admin's cached
         # nonce is 4 ahead of the chain; the client notices the gap, resyncs and the tx is mined.
@@ -227,6 +231,8 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
         assert receipt["status"] == 1
         assert admin.nonce_resyncs == 1
         assert receipt["blockNumber"] < scanned_to  # below where the keeper had scanned to
+        # the restored chain time is inside T-1 again: T ends once more, its readings are due
+        end_interval(w3, t, INTERVAL_S)
 
         # The oracle noticed the rollback and submitted the 20 lost readings again, once.
         _wait(
@@ -239,7 +245,7 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
         assert daemon.counters.rollbacks == 1
         accepted = _accepted(w3, ledger.readings_address)
         assert len(accepted) == len(set(accepted)) == 2 * N_METERS
-        assert {i for _m, i in accepted} == {t - 1, t}
+        assert {i for _m, i in accepted} == {t - 2, t}
         for spec in meters:
             r = sim.reading_for(spec, t)
             assert ledger.reading_of(spec.address, t) == (r.import_wh, r.export_wh, True)
@@ -269,7 +275,7 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
     line = next(x for x in out.splitlines() if "chain head" in x)
     assert "warn" in line
     assert f"went back from block {old_head} to" in line
-    assert f"blocks from {kept_head + 1} on changed, 6 lost" in line
+    assert f"blocks from {kept_head + 1} on changed, 7 lost" in line
     print(
         f"\nrollback: head {old_head} -> {rollback.new_head}, {rollback.blocks_lost} blocks lost; "
         f"nonce resync + re-record {resync_s:.2f} s; oracle re-submitted "
