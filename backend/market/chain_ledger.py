@@ -32,6 +32,7 @@ from backend.chain.client import (
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import LedgerError, TransactionRevertedError
+from backend.chain.heads import HeadWatcher
 from backend.market.errors import (
     AlreadyConnected,
     BatchReverted,
@@ -106,6 +107,7 @@ class ChainLedger:
         self._fetched = 0.0
         self._receipts: dict[str, Receipt] = {}
         self._gate_lead: int | None = None
+        self._heads = HeadWatcher(self.w3)
 
     def _rpc(self, what: str, fn: Any) -> Any:
         try:
@@ -198,6 +200,13 @@ class ChainLedger:
         # reclaimed
         last, batches, approved, settled = state[0], state[1], state[2], state[5]
         return "0x" + bytes(last).hex(), int(batches), int(approved), bool(settled)
+
+    def head(self) -> int:
+        return int(self._rpc("reading the head", lambda: self.w3.eth.block_number))
+
+    def rollback(self) -> int | None:
+        rollback = self._rpc("checking the head", self._heads.check)
+        return None if rollback is None else int(rollback.fork_block)
 
     def gate_closure(self, interval_id: int) -> int:
         """The chain's gate closure of an interval: ``recordTrades`` is refused after it."""

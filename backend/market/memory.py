@@ -46,6 +46,7 @@ class MemoryLedger:
         self.settled: dict[int, dict[str, tuple[int, int, str | None]]] = {}
         self.fail_sends = 0  # fail the next N record_trades calls (tests)
         self.batch_counts: dict[int, int] = {}  # interval -> attested batch count
+        self.fork_block: int | None = None  # a rollback for the next ``rollback`` call (tests)
         self.gas_limit = 30_000_000
         # a rough recordTrades cost, so batches split as on a chain
         self.gas_per_trade, self.gas_per_order, self.gas_base = 30_000, 25_000, 60_000
@@ -55,6 +56,13 @@ class MemoryLedger:
 
     def now(self) -> int:
         return int(time.time()) + self.clock_offset
+
+    def head(self) -> int:
+        return len(self.batches)
+
+    def rollback(self) -> int | None:
+        fork, self.fork_block = self.fork_block, None
+        return fork
 
     def gate_closure(self, interval_id: int) -> int:
         return max(0, interval_id * self.interval_seconds - self.gate_lead_seconds)

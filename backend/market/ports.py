@@ -67,6 +67,15 @@ class Ledger(Protocol):
         """The chain's clock (unix seconds), estimated without a round trip when possible."""
         ...
 
+    def head(self) -> int:
+        """The chain's latest block number."""
+        ...
+
+    def rollback(self) -> int | None:
+        """The first block that may have changed when the chain went back since the last call
+        (a rollback or reorg), else None."""
+        ...
+
     def gate_closure(self, interval_id: int) -> int:
         """The chain's gate closure of an interval (unix seconds): no batch lands after it."""
         ...

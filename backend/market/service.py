@@ -1187,11 +1187,46 @@ class Market:
             "recorded", {"intervalId": interval_id, "txHash": tx_hash, "block": block}
         )
 
+    def reconcile(self, since_block: int | None = None) -> list[tuple[int, int]]:
+        """A receipt is not final: batches recorded in blocks the chain no longer has (the head
+        went back below them, or a rollback the ledger noticed forked at or below them) and not
+        on chain any more are made pending again and recorded again, with the same signature, by
+        the recorder. ``since_block``: check every batch recorded from that block on. Returns the
+        (interval, batch) pairs found lost."""
+        fork = self.ledger.rollback() if since_block is None else since_block
+        head = self.ledger.head()
+        candidates = self.store.recorded_batches_from(fork if fork is not None else head + 1)
+        lost: list[tuple[int, int]] = []
+        for b in candidates:
+            last_id = json.loads(b.trade_ids)[-1]
+            if self.ledger.batch_recorded(b.interval_id, last_id):
+                continue
+            reason = (
+                f"recorded in block {b.block_number} (tx {b.tx_hash}), no longer on chain "
+                f"(head {head}): recorded again"
+            )
+            self.store.mark_batch_lost(b.interval_id, b.batch_index, reason)
+            log.warning("interval %s batch %d: %s", b.interval_id, b.batch_index, reason)
+            self.events.publish(
+                "batch",
+                {"intervalId": b.interval_id, "index": b.batch_index,
+                 "state": BatchState.PENDING, "reason": reason},
+            )  # fmt: skip
+            lost.append((b.interval_id, b.batch_index))
+        if lost:
+            self.reload()
+        return lost
+
     def recover(self) -> list[int]:
-        """After a restart: clear intervals closed but not cleared, and finish unsent batches.
-        Never raises: what fails is logged and shown with its interval (batch state and reason,
-        or the interval's error), and the scheduler tries again."""
+        """After a restart: batches the chain lost meanwhile back to pending, clear intervals
+        closed but not cleared, and finish unsent batches. Never raises: what fails is logged
+        and shown with its interval (batch state and reason, or the interval's error), and the
+        scheduler tries again."""
         done: list[int] = []
+        try:
+            self.reconcile()
+        except Exception:
+            log.exception("recovery: checking recorded batches against the chain failed")
         try:
             closed = self.store.intervals_in((IntervalStatus.CLOSED,))
         except Exception:
@@ -1262,6 +1297,7 @@ class Market:
         """One scheduler step: close due intervals, retry batches that are due, follow
         settlements. A failure in one step (or one interval) is logged and skips nothing else."""
         for what, step in (
+            ("checking the chain for rollbacks", self.reconcile),
             ("closing due intervals", self._close_due),
             ("recording batches", self._retry_batches),
             ("following settlements", self.follow_settlements),

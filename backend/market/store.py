@@ -416,6 +416,53 @@ class Store:
             values["tx_hash"] = tx_hash
         self._batch_update(interval_id, batch_index, **values)
 
+    def recorded_batches_from(self, block_number: int) -> list[BatchRow]:
+        """Batches marked recorded in block ``block_number`` or later (or in no known block)."""
+        with self.session() as s:
+            q = select(BatchRow).where(
+                BatchRow.state == BatchState.RECORDED,
+                (BatchRow.block_number >= block_number) | BatchRow.block_number.is_(None),
+            )
+            return list(s.scalars(q.order_by(BatchRow.interval_id, BatchRow.batch_index)))
+
+    def mark_batch_lost(self, interval_id: int, batch_index: int, reason: str) -> None:
+        """The chain no longer has the batch (a rollback or reorg): it is pending again (same
+        signature, sent again as it was), its trades pending, the interval cleared and its matched
+        orders matched until every batch is back on chain."""
+        now = time.time()
+        with self.session() as s:
+            iv = s.get(IntervalRow, interval_id, with_for_update=True)
+            b = s.get(BatchRow, (interval_id, batch_index), with_for_update=True)
+            if iv is None or b is None or b.state != BatchState.RECORDED:
+                return
+            b.state = BatchState.PENDING
+            b.tx_hash = b.block_number = b.gas_used = None
+            b.attempts = 0
+            b.last_error = reason[:2000]
+            b.next_attempt_at = None
+            b.updated_at = now
+            ids = json.loads(b.trade_ids)
+            for i in range(0, len(ids), 500):
+                s.execute(
+                    update(TradeRow)
+                    .where(
+                        TradeRow.id.in_(ids[i : i + 500]),
+                        TradeRow.status.in_(("recorded", "settled")),
+                    )
+                    .values(status="pending", tx_hash=None)
+                )
+            s.execute(
+                update(OrderRow)
+                .where(
+                    OrderRow.interval_id == interval_id,
+                    OrderRow.status.in_((OrderStatus.FILLED, OrderStatus.PARTIAL)),
+                )
+                .values(status=OrderStatus.MATCHED)
+            )
+            if iv.status in (IntervalStatus.RECORDED, IntervalStatus.SETTLED):
+                iv.status = IntervalStatus.CLEARED
+                iv.updated_at = now
+
     def mark_batch_recorded(
         self,
         interval_id: int,

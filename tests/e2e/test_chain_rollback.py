@@ -287,3 +287,66 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
 def test_rollback_dataclass_counts_blocks_lost() -> None:
     assert Rollback(old_head=40, new_head=30, fork_block=31, detected_at=0.0).blocks_lost == 10
     assert Rollback(old_head=40, new_head=45, fork_block=38, detected_at=0.0).blocks_lost == 3
+
+
+def test_market_records_again_a_batch_the_rollback_lost(
+    anvil: AnvilProcess, tmp_path: Path
+) -> None:
+    """The market's receipt was not final: after Anvil comes back from an older state, the next
+    scheduler step finds the recorded batch gone, makes it pending and records it again (same
+    signature; the operator's nonce resyncs), exactly once."""
+    import dataclasses
+
+    from backend.market.devstack import start_dev_stack
+    from backend.settings import Settings
+    from tests.e2e.test_market_batches import bilateral_pairs, new_market, provision_many, submit
+    from tests.e2e.test_market_batches import trader_keys as keys_for
+
+    assert anvil.state_file is not None
+    settings = dataclasses.replace(
+        Settings(),
+        rpc_url=anvil.url,
+        deployment_file=tmp_path / "deployment.json",
+        chain_state_file=anvil.state_file,
+        database_url=f"sqlite:///{tmp_path / 'book.db'}",
+    )
+    dev = start_dev_stack(settings, participants=2)
+    keys = keys_for(4, seed="rollback trader")
+    provision_many(settings, dev.deployment, keys)
+    market = new_market(settings)
+    w3 = market.ledger.w3  # type: ignore[attr-defined]
+    iv = market.current_interval() + 9
+    submit(market, bilateral_pairs(market.domain, keys, iv, 8, first_nonce=940_001))
+    assert market.reconcile() == []  # the head watcher starts from here
+    kept_head = int(w3.eth.block_number)
+    _wait(lambda: _dumped_block(anvil.state_file) == kept_head, 10, "state dump")
+    old_state = tmp_path / "anvil-state-old.json"
+    shutil.copy(anvil.state_file, old_state)
+
+    assert market.close_interval(iv, force=True).status == "recorded"
+    [first] = market.batches(iv)
+    assert first.block_number is not None and first.block_number > kept_head
+
+    anvil.kill()
+    shutil.copy(old_state, anvil.state_file)
+    anvil.start()
+    rpc(w3, "evm_setNextBlockTimestamp", [chain_now(w3) + 1])
+    contract = contract_at(w3, "EnergyMarket", dev.deployment.address("EnergyMarket"))
+    assert contract.functions.intervalOf(iv).call()[1] == 0  # the batch is gone
+
+    assert market.reconcile() == [(iv, 0)]  # the rollback is noticed, the batch lost
+    [lost] = market.batches(iv)
+    assert (lost.state, lost.tx_hash) == ("pending", None)
+    assert market.interval(iv).status == "cleared"
+    market.tick()  # records it again
+    [again] = market.batches(iv)
+    assert again.state == "recorded"
+    # the same signed transaction again (same nonce, data and fees): the same hash, mined anew
+    assert w3.eth.get_transaction_receipt(again.tx_hash)["status"] == 1
+    assert market.interval(iv).status == "recorded"
+    _last, batches_, approved, *_rest = contract.functions.intervalOf(iv).call()
+    assert (batches_, approved) == (1, 8)
+    logs = contract.events.TradeRecorded.get_logs(from_block=0)
+    ids = ["0x" + bytes(lg["args"]["tradeId"]).hex() for lg in logs]
+    assert sorted(ids) == sorted(json.loads(again.trade_ids))  # each trade once
+    assert {t.status for t in market.trades(iv)} == {"recorded"}
