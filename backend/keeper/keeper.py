@@ -102,6 +102,7 @@ class SettlementKeeper:
         self._readings_of = AbiFunction(self.readings, "readingsOf")
         self._deadline_of = AbiFunction(self.market, "settlementDeadline")
         self._interval_of = AbiFunction(self.market, "intervalOf")
+        self.page_gas_share = PAGE_GAS_SHARE
         self._gate_of = AbiFunction(self.market, "gateClosure")
         self._reclaim_of = AbiFunction(self.market, "reclaimAfter")
         self._deadlines: dict[int, int] = {}
@@ -230,7 +231,7 @@ class SettlementKeeper:
         ``PAGE_GAS_SHARE`` of the block gas limit (halving the batches of the page until it does;
         a single batch is always tried)."""
         ordered = book.ordered_batches()
-        budget = int(self.w3.eth.get_block("latest")["gasLimit"] * PAGE_GAS_SHARE)
+        budget = int(self.w3.eth.get_block("latest")["gasLimit"] * self.page_gas_share)
         end = len(ordered)
         while True:
             data = encoder.settle_calldata(book.interval_id, ordered, end)

@@ -333,3 +333,71 @@ def test_batch_found_on_chain_by_recover_carries_its_transaction(chain: dict[str
     assert {t.tx_hash for t in restarted.trades(iv)} == {tx}
     assert restarted.interval(iv).status == "recorded"
     assert interval_state(chain, iv) == (1, 8)
+
+
+def test_interval_of_3000_trades_settles_in_pages_exactly_once(chain: dict[str, Any]) -> None:
+    """The last test of the module (it moves the chain's clock): 3,000 trades recorded in measured
+    batches, every meter's reading on chain, the keeper settles in pages sized by the gas it
+    estimates; every trade is paid exactly once, in full (delivery = contract)."""
+    from backend.chain import batches as encoder
+    from backend.keeper import SettlementKeeper
+    from backend.oracle.devchain import rpc
+
+    settings, w3 = chain["settings"], chain["w3"]
+    market = new_market(settings)
+    iv = market.current_interval() + 2
+    submit(market, bilateral_pairs(market.domain, chain["keys"], iv, 3000, first_nonce=500_001))
+    assert market.close_interval(iv, force=True).status == "recorded"
+    recorded = market.batches(iv)
+    trades = market.trades(iv)
+    sold: Counter[str] = Counter()
+    bought: Counter[str] = Counter()
+    for t in trades:
+        sold[t.seller] += t.energy_wh
+        bought[t.buyer] += t.energy_wh
+    # the interval ends; every trader's meter reports exactly its contracted energy
+    rpc(w3, "evm_setNextBlockTimestamp", [(iv + 1) * 900 + 1])
+    rpc(w3, "evm_mine", [])
+    dep = chain["deployment"]
+    readings = contract_at(w3, "MeterReadings", dep.address("MeterReadings"))
+    signed = []
+    for i, key in enumerate(chain["keys"]):
+        wallet = Account.from_key(key).address
+        meter_key = "0x" + keccak(text=f"batch meter {i}").hex()
+        meter = Account.from_key(meter_key).address
+        signed.append(
+            encoder.signed_reading(
+                meter_key, dep.chain_id, readings.address, meter, iv, bought[wallet], sold[wallet]
+            )
+        )
+    admin = ChainClient(settings.rpc_url, settings.admin_key)
+    admin.transact(readings.functions.submitReadings(iv, encoder.readings_arg(signed)))
+
+    keeper = SettlementKeeper(admin, dep)
+    # the whole interval fits one 30M block (100 parties' balances, 3,000 events); 40 % of the
+    # block per page makes the keeper split it by its estimates (each page also re-reads all
+    # 3,000 records for the parties' totals: ~5.6M gas)
+    keeper.page_gas_share = 0.4
+    assert keeper.run_once() == [iv]
+    market_contract = contract_at(w3, "EnergyMarket", dep.address("EnergyMarket"))
+    pages = market_contract.events.BatchesSettled.get_logs(
+        argument_filters={"intervalId": iv}, from_block=0
+    )
+    spans = [(int(p["args"]["fromBatch"]), int(p["args"]["toBatch"])) for p in pages]
+    gas = [w3.eth.get_transaction_receipt(p["transactionHash"])["gasUsed"] for p in pages]
+    print(f"\n3000 trades in {len(recorded)} batches settled in pages {spans}, gas {gas}")
+    assert all(g <= 30_000_000 * 0.4 for g in gas)
+    assert len(spans) >= 2  # more than one block's worth of settlement
+    assert spans[0][0] == 0 and spans[-1][1] == len(recorded)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    settled = []
+    for p in pages:
+        receipt = w3.eth.get_transaction_receipt(p["transactionHash"])
+        for ev in market_contract.events.TradeSettled().process_receipt(receipt):
+            settled.append(("0x" + bytes(ev["args"]["tradeId"]).hex(), ev["args"]))
+    assert len(settled) == 3000 and {tid for tid, _a in settled} == {t.id for t in trades}
+    # 10 Wh at 100,000 per kWh: escrow 1,000, delivered in full, paid 1,000, nothing back
+    assert {(a["deliveredWh"], a["paid"], a["refunded"]) for _t, a in settled} == {(10, 1000, 0)}
+    assert tuple(market_contract.functions.intervalOf(iv).call()[4:]) == (len(recorded), True, False)
+    market.follow_settlements()
+    assert market.interval(iv).status == "settled"
