@@ -6,6 +6,7 @@ crash with every batch's transaction. Real Anvil, real contracts, real SQLite st
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from collections import Counter
@@ -389,7 +390,7 @@ def test_interval_of_3000_trades_settles_in_pages_exactly_once(chain: dict[str, 
     assert all(g <= 30_000_000 * 0.4 for g in gas)
     assert len(spans) >= 2  # more than one block's worth of settlement
     assert spans[0][0] == 0 and spans[-1][1] == len(recorded)
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     settled = []
     for p in pages:
         receipt = w3.eth.get_transaction_receipt(p["transactionHash"])
