@@ -399,6 +399,7 @@ def test_interval_of_3000_trades_settles_in_pages_exactly_once(chain: dict[str, 
     assert len(settled) == 3000 and {tid for tid, _a in settled} == {t.id for t in trades}
     # 10 Wh at 100,000 per kWh: escrow 1,000, delivered in full, paid 1,000, nothing back
     assert {(a["deliveredWh"], a["paid"], a["refunded"]) for _t, a in settled} == {(10, 1000, 0)}
-    assert tuple(market_contract.functions.intervalOf(iv).call()[4:]) == (len(recorded), True, False)
+    state = market_contract.functions.intervalOf(iv).call()
+    assert tuple(state[4:]) == (len(recorded), True, False)  # all batches settled, not reclaimed
     market.follow_settlements()
     assert market.interval(iv).status == "settled"
