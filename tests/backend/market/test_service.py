@@ -134,3 +134,38 @@ def test_close_interval_without_wait_counts_escrow_of_batches_still_in_flight(
         time.sleep(0.01)
     assert [i for i, _trades in ledger.batches] == [first]
     assert ledger.available[Account.from_key(buyer).address] == 500
+
+
+def test_gate_closure_agrees_with_the_chain(market: Market, ledger: MemoryLedger) -> None:
+    """The order book closes at the market's lead before the start, but never later than the
+    chain's gate closure minus the clearing window; a batch the chain's gate overtook is final."""
+    iv = market.current_interval() + 5
+    start = iv * 900
+    assert (market.config.gate_lead_seconds, market.config.clearing_window_s) == (60, 30)
+    assert ledger.gate_closure(iv) == start  # chain lead 0
+    assert market.gate_closure(iv) == start - 60
+    ledger.gate_lead_seconds = 600  # a chain whose gate closes 10 min before the start
+    assert ledger.gate_closure(iv) == start - 600
+    assert market.gate_closure(iv) == start - 630
+
+
+def test_batch_overtaken_by_the_chains_gate_is_expired_not_retried(
+    market: Market, signer: Signer, ledger: MemoryLedger
+) -> None:
+    interval = market.current_interval() + 2
+    for key, side in ((K[1], 0), (K[3], 1)):
+        o = signer.order(key, side, 1000, 90, interval=interval)
+        market.submit_order(o["message"], o["signature"])
+    ledger.fail_sends = 1
+    assert market.close_interval(interval, force=True).status == IntervalStatus.CLEARED
+    [failed] = market.batches(interval)
+    assert failed.state == "failed"
+    ledger.advance(interval * 900 + 6 - ledger.now())  # past the chain's gate closure (+5 s)
+    calls = len(ledger.calls)
+    market.record_batch(interval)
+    [expired] = market.batches(interval)
+    assert expired.state == "expired" and expired.next_attempt_at is None
+    assert expired.last_error is not None and "gate closure" in expired.last_error
+    assert len(ledger.calls) == calls  # nothing estimated, nothing sent
+    market.tick()
+    assert len(ledger.calls) == calls and ledger.batches == []
