@@ -523,6 +523,21 @@ class Demo:
                 )
             time.sleep(0.05)
 
+    def _reclaim_after(self, interval_id: int) -> int:
+        return self._deadline(interval_id) + SETTLEMENT_DELAY_S
+
+    def _wait_interval_settled(self, interval_id: int, timeout_s: float = 180.0) -> None:
+        market = self._contract("EnergyMarket")
+        deadline = time.monotonic() + timeout_s
+        # intervalOf(t)[5]: settled (every batch settled or reclaimed)
+        while not market.functions.intervalOf(interval_id).call()[5]:
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"interval {interval_id} not settled after {timeout_s:.0f} s "
+                    f"(keeper log: {self._service_log('keeper')})"
+                )
+            time.sleep(0.05)
+
     def _deadline(self, interval_id: int) -> int:
         return (interval_id + 1) * self.cfg.interval_seconds + SETTLEMENT_DELAY_S
 
@@ -743,6 +758,7 @@ class Demo:
                 pipeline_started = time.perf_counter()
                 posted: dict[int, int] = {}
                 relaying: list[int] = []  # intervals published, not yet seen on chain
+                settling: list[int] = []  # intervals with trades, not yet seen settled
                 with self._stage("orders over HTTP (sign + POST /orders)"):
                     posted[first] = self._post_orders(first)
                 # At chain time just inside interval c: the server clears c+1 (Neural Grid,
@@ -774,6 +790,8 @@ class Demo:
                             )
                         if c - 1 >= first:
                             relaying.append(c - 1)
+                        if clearing is not None and cleared["trades"]:
+                            settling.append(c + 1)
                         # interval c ends; first make sure the clock does not come near the
                         # settlement deadline of an interval whose readings are still relayed
                         # (the meters published them in time; the oracle must land them)
@@ -785,6 +803,11 @@ class Demo:
                         with self._stage("oracle relays readings (broker -> receipt)"):
                             while relaying and self._deadline(relaying[0]) <= clock + s // 2:
                                 self._wait_readings(relaying.pop(0))
+                        # ... nor past an interval's reclaimAfter (deadline + delay) before the
+                        # keeper settled it: the chain would only let its escrow be reclaimed
+                        with self._stage("keeper settles before reclaimAfter"):
+                            while settling and self._reclaim_after(settling[0]) <= clock + s // 2:
+                                self._wait_interval_settled(settling.pop(0))
                         self._set_time(clock)
                         progress.advance(task)
                 with self._stage("meters publish (sign + MQTT)"):
