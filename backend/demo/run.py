@@ -851,7 +851,7 @@ class Demo:
             (reading.meter, iv) for iv, reading, _ in batches.accepted_from_logs(reading_events)
         )
         settle_gas: Counter[int] = Counter()
-        for e in self._events(market, "IntervalSettled"):
+        for e in self._events(market, "BatchesSettled"):  # every settlement page
             receipt = self.w3.eth.get_transaction_receipt(e["transactionHash"])
             settle_gas[int(e["args"]["intervalId"])] += int(receipt["gasUsed"])
         reading_gas: Counter[int] = Counter()
