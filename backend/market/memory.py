@@ -137,6 +137,11 @@ class MemoryLedger:
             raise BatchReverted(
                 f"MarketBatchCountInvalid({interval_id}, {expected}, {batch_count})"
             )
+        for t in trades:
+            for order in (t.sell, t.buy):
+                if (order["trader"], int(order["nonce"])) in self.cancelled:
+                    who, nonce = order["trader"], order["nonce"]
+                    raise BatchReverted(f"MarketOrderCancelled({who}, {nonce})")
         last = int(self.last_trade_id.get(interval_id, "0x0"), 16)
         for t in trades:
             if int(t.trade_id, 16) <= last:

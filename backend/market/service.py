@@ -51,6 +51,7 @@ from backend.market.batching import GasModel, TradeSpec, backoff_s, order_count,
 from backend.market.errors import (
     AlreadyConnected,
     BadSignature,
+    BatchReverted,
     BatchTooLarge,
     Conflict,
     InsufficientDeposit,
@@ -107,6 +108,9 @@ class MarketConfig:
     # A failed batch is retried after retry_base_s, doubling per failure up to retry_max_s.
     retry_base_s: float = 2.0
     retry_max_s: float = 300.0
+    # An interval whose batch would revert (a participant acted after the clearing) is cleared
+    # again at most this often while nothing of it is on chain.
+    max_reclears: int = 2
 
 
 def escrow_of(energy_wh: int, price_per_kwh: int) -> int:
@@ -290,6 +294,8 @@ class Market:
         self._order_count: dict[tuple[str, int], int] = defaultdict(int)  # (trader, interval)
         # Why an interval could not be cleared (shown with the interval until it is).
         self._interval_errors: dict[int, str] = {}
+        self._reclear_wanted: set[int] = set()  # intervals whose batch would revert
+        self._reclears: dict[int, int] = {}  # interval -> times cleared again
         self._gas = GasModel()
         with contextlib.suppress(Exception):  # a store that cannot say just starts unmeasured
             for trades, orders, gas in reversed(store.recorded_batch_gas()):
@@ -1041,6 +1047,12 @@ class Market:
                     b.evidence_hash,
                     b.attestation_signature,
                 )
+            except BatchReverted:
+                # what a participant did after the clearing (a nonce cancelled, the deposit
+                # withdrawn, the trader deactivated): the scheduler clears the interval again
+                # while nothing of it is on chain (``_reclear_due``)
+                self._reclear_wanted.add(interval_id)
+                raise
             except BatchTooLarge as exc:
                 self._gas.learn(len(ids), b.order_count, self.ledger.block_gas_limit())
                 if self._replan(interval_id):
@@ -1285,6 +1297,38 @@ class Market:
                 self._interval_errors[interval_id] = f"clearing failed: {exc}"
                 log.exception("closing interval %s failed", interval_id)
 
+    def _reclear_due(self) -> None:
+        """One participant must not make an interval unrecordable: when a batch would revert
+        (its order's nonce cancelled after the clearing, its deposit withdrawn, its trader
+        deactivated) and nothing of the interval is on chain or in flight, the clearing is taken
+        back and done again - its eligibility reads of the chain leave that order out, the Neural
+        Grid validates the new set and signs new batches. At most ``max_reclears`` times per
+        interval; then the batch stays failed (reported, backed off) until the chain's gate
+        closure expires it."""
+        for interval_id in sorted(self._reclear_wanted):
+            self._reclear_wanted.discard(interval_id)
+            done = self._reclears.get(interval_id, 0)
+            if done >= self.config.max_reclears:
+                continue
+            # clearing lock before record lock, as close_interval takes them: the recorder
+            # thread is not sending a batch of the interval while it is taken back
+            with self._clearing_lock, self._record_lock:
+                if not self.store.undo_clearing(interval_id):
+                    continue
+                self._reclears[interval_id] = done + 1
+                log.warning(
+                    "interval %s: a batch would revert and nothing of it is on chain: "
+                    "cleared again (%d of at most %d)",
+                    interval_id, done + 1, self.config.max_reclears,
+                )  # fmt: skip
+                self.reload()
+                self.events.publish(
+                    "interval",
+                    {"intervalId": interval_id, "status": IntervalStatus.CLOSED,
+                     "reason": "a batch would revert: cleared again"},
+                )  # fmt: skip
+                self._clear(interval_id)
+
     def _retry_batches(self) -> None:
         for interval_id in self.store.unfinished_intervals():
             try:
@@ -1298,6 +1342,7 @@ class Market:
         settlements. A failure in one step (or one interval) is logged and skips nothing else."""
         for what, step in (
             ("checking the chain for rollbacks", self.reconcile),
+            ("clearing again intervals whose batches would revert", self._reclear_due),
             ("closing due intervals", self._close_due),
             ("recording batches", self._retry_batches),
             ("following settlements", self.follow_settlements),

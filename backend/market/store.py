@@ -336,6 +336,37 @@ class Store:
             q = select(BatchRow.interval_id).where(BatchRow.state.in_(BatchState.UNFINISHED))
             return sorted(set(s.scalars(q)))
 
+    def undo_clearing(self, interval_id: int) -> bool:
+        """Take back an interval's clearing while nothing of it is on chain or in flight (every
+        batch pending or failed without a mined transaction): its trades and batches go, its
+        orders are open again and the interval closed, to be cleared anew. False when a batch
+        was sent or recorded (the clearing stands)."""
+        now = time.time()
+        with self.session() as s:
+            row = s.get(IntervalRow, interval_id, with_for_update=True)
+            if row is None or row.status != IntervalStatus.CLEARED:
+                return False
+            q = select(func.count()).where(
+                BatchRow.interval_id == interval_id,
+                BatchRow.state.not_in((BatchState.PENDING, BatchState.FAILED))
+                | BatchRow.tx_hash.is_not(None),
+            )
+            if s.scalar(q.select_from(BatchRow)):
+                return False
+            s.execute(delete(BatchRow).where(BatchRow.interval_id == interval_id))
+            s.execute(delete(TradeRow).where(TradeRow.interval_id == interval_id))
+            s.execute(
+                update(OrderRow)
+                .where(
+                    OrderRow.interval_id == interval_id,
+                    OrderRow.status.in_((OrderStatus.MATCHED, OrderStatus.UNFILLED)),
+                )
+                .values(status=OrderStatus.OPEN, filled_wh=0)
+            )
+            row.status = IntervalStatus.CLOSED
+            row.updated_at = now
+            return True
+
     def replace_batches(self, interval_id: int, batches: Sequence[dict[str, Any]]) -> bool:
         """Split the interval's trades anew (a measured gas figure showed the plan does not fit);
         only while none of its batches was sent. False when one was (the plan stands)."""

@@ -188,7 +188,9 @@ def operator_nonce(chain: dict[str, Any]) -> int:
 
 
 def test_reverting_batch_is_reported_backed_off_and_blocks_nothing(chain: dict[str, Any]) -> None:
-    market = new_market(chain["settings"], retry_base_s=1.0)
+    # max_reclears=0: the batch is only reported and retried (the clearing again without the
+    # cancelled order is the next test)
+    market = new_market(chain["settings"], retry_base_s=1.0, max_reclears=0)
     keys = chain["keys"]
     iv = market.current_interval() + 5
     bodies = bilateral_pairs(market.domain, keys, iv, 10, first_nonce=900_001)
@@ -256,6 +258,34 @@ def test_reverting_batch_is_reported_backed_off_and_blocks_nothing(chain: dict[s
     assert down.state == "failed" and down.attempts == 4
     assert down.last_error is not None
     assert down.last_error.startswith("reading an interval failed: ")
+
+
+def test_nonce_cancelled_after_clearing_is_cleared_again_without_it(
+    chain: dict[str, Any],
+) -> None:
+    """One participant cannot sink an interval: its nonce cancelled on chain between the clearing
+    and the send, the batch would revert, so the scheduler clears the interval again (the chain's
+    eligibility reads leave that order out; new signed batch) and the other nine trades land."""
+    market = new_market(chain["settings"])
+    keys = chain["keys"]
+    iv = market.current_interval() + 11
+    submit(market, bilateral_pairs(market.domain, keys, iv, 10, first_nonce=950_001))
+    with market._record_lock:
+        assert market.close_interval(iv, force=True, wait=False).approved_count == 10
+        seller = ChainClient(chain["settings"].rpc_url, keys[0])
+        escrow = contract_at(seller.w3, "EnergyMarket", market.ledger.market_address)
+        seller.transact(escrow.functions.cancelNonce(950_001))
+        sent_before = operator_nonce(chain)
+    market.record_batch(iv)
+    [failed] = market.batches(iv)
+    assert failed.state == "failed" and "MarketOrderCancelled" in str(failed.last_error)
+    market.tick()
+    assert market.interval(iv).status == "recorded"
+    assert interval_state(chain, iv) == (1, 9)
+    assert operator_nonce(chain) == sent_before + 1  # only the new batch was mined
+    trades = market.trades(iv)
+    wallet = Account.from_key(keys[0]).address
+    assert len(trades) == 9 and wallet not in {t.seller for t in trades}
 
 
 def test_orders_per_trader_and_interval_are_capped(chain: dict[str, Any]) -> None:

@@ -169,3 +169,35 @@ def test_batch_overtaken_by_the_chains_gate_is_expired_not_retried(
     assert len(ledger.calls) == calls  # nothing estimated, nothing sent
     market.tick()
     assert len(ledger.calls) == calls and ledger.batches == []
+
+
+def test_nonce_cancelled_after_clearing_does_not_sink_the_interval(
+    market: Market, signer: Signer, ledger: MemoryLedger
+) -> None:
+    """A seller cancels its nonce on chain between the clearing and the recording: the batch would
+    revert, so the interval is cleared again without that order (the chain's eligibility reads
+    leave it out) and the other trades are recorded."""
+    interval = market.current_interval() + 2
+    orders = {}
+    for key, side, price in ((K[1], 0, 50), (K[2], 0, 60), (K[3], 1, 90), (K[4], 1, 90)):
+        o = signer.order(key, side, 1000, price, interval=interval)
+        orders[key] = o["message"]
+        market.submit_order(o["message"], o["signature"])
+    with market._record_lock:  # the recorder waits until the seller has cancelled
+        row = market.close_interval(interval, force=True, wait=False)
+        assert (row.status, row.approved_count) == (IntervalStatus.CLEARED, 2)
+        first = {t.seller for t in market.trades(interval)}
+        assert first == {Account.from_key(K[1]).address, Account.from_key(K[2]).address}
+        ledger.cancelled.add((orders[K[1]]["trader"], int(orders[K[1]]["nonce"])))
+    market.record_batch(interval)
+    [failed] = market.batches(interval)
+    assert failed.state == "failed" and "MarketOrderCancelled" in str(failed.last_error)
+    market.tick()  # cleared again without K1's order, recorded
+    assert market.interval(interval).status == IntervalStatus.RECORDED
+    [(_iv, recorded)] = ledger.batches
+    assert [(t.sell["trader"], t.energy_wh) for t in recorded] == [
+        (Account.from_key(K[2]).address, 1000)
+    ]
+    assert {t.seller for t in market.trades(interval)} == {Account.from_key(K[2]).address}
+    statuses = {o.trader: o.status for o in market.store.list_orders(interval_id=interval)}
+    assert statuses[Account.from_key(K[1]).address] == "unfilled"
