@@ -8,6 +8,8 @@ uint256 constant REGISTRY_INDEX_MASK = 0xffffffff;
 uint256 constant REGISTRY_ACTIVE_SHIFT = 32;
 uint256 constant REGISTRY_ACTIVE = 1 << 32;
 uint256 constant REGISTRY_REGISTERED = 1 << 33;
+// `meterStatesOf` takes the meter keys packed, 20 bytes (an address) each.
+uint256 constant METER_KEY_SIZE = 20;
 
 /// @title The registry's state word, shared by ParticipantRegistry (writer) and its readers
 library RegistryState {
