@@ -6,6 +6,21 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {CompactSignature} from "./libraries/CompactSignature.sol";
+import {Metered} from "./libraries/Metered.sol";
+import {ORDER_SIZE, PackedOrder, PackedOrderLibrary} from "./libraries/PackedOrder.sol";
+import {TRADE_SIZE, PackedTrade, PackedTradeLibrary} from "./libraries/PackedTrade.sol";
+import {RegistryState} from "./libraries/RegistryState.sol";
+import {
+    PARTY_SIZE,
+    POSITION_SIZE,
+    POSITIONS_PER_RECORD,
+    RECORD_POSITIONS_SIZE,
+    RECORD_SIZE,
+    TradeRecord,
+    TradeRecordLibrary,
+    partyAt,
+    positionAt
+} from "./libraries/TradeRecord.sol";
 import {IEnergyMarket} from "./interfaces/IEnergyMarket.sol";
 import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
 import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
@@ -29,20 +44,31 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     bytes32 internal constant VALIDATOR_ROLE = keccak256("VALIDATOR_ROLE");
     uint8 internal constant SELL = 0;
     uint8 internal constant BUY = 1;
-    uint256 internal constant LANE_MASK = type(uint64).max;
-    uint256 internal constant CANCELLED = type(uint64).max;
-    uint256 internal constant ORDER_SIZE = 153; // packed signed order, see IEnergyMarket
-    uint256 internal constant TRADE_SIZE = 29; // packed trade
-    uint256 internal constant RECORD_SIZE = 104; // packed trade record (what settle needs)
+    // `field` of MarketMalformedCalldata
     uint8 internal constant FIELD_ORDERS = 0;
     uint8 internal constant FIELD_TRADES = 1;
     uint8 internal constant FIELD_RECORDS = 2;
     uint8 internal constant FIELD_PARTIES = 3;
     uint8 internal constant FIELD_POSITIONS = 4;
+    // Fill lanes (see _fills): FILL_LANES lanes of FILL_LANE_BITS bits per slot, nonce n in lane n % FILL_LANES
+    // of slot n / FILL_LANES; a lane holds the filled Wh or CANCELLED.
+    uint256 internal constant FILL_LANES = 4;
+    uint256 internal constant FILL_LANE_BITS = 64;
+    uint256 internal constant FILL_LANE_MASK = type(uint64).max;
+    uint256 internal constant CANCELLED = type(uint64).max;
+    // Work word of an order while a batch is recorded (see Batch): remaining Wh (bits 0..63) | filled by
+    // this batch (64..127) | registry index (128..159) | verified (bit 255).
+    uint256 internal constant WORK_WH_MASK = type(uint64).max;
+    uint256 internal constant WORK_FILLED_SHIFT = 64;
+    uint256 internal constant WORK_INDEX_SHIFT = 128;
+    uint256 internal constant WORK_INDEX_MASK = type(uint32).max;
+    // Totals word of a party while an interval is settled (see _aggregate): sold Wh (bits 0..95) | bought
+    // Wh (96..191) | registry index (192..223) | seen (bit 255).
+    uint256 internal constant TOTALS_WH_MASK = type(uint96).max;
+    uint256 internal constant TOTALS_BOUGHT_SHIFT = 96;
+    uint256 internal constant TOTALS_INDEX_SHIFT = 192;
+    // The flag bit of both words (verified order / party seen).
     uint256 internal constant USED = 1 << 255;
-    uint256 internal constant U32 = type(uint32).max;
-    uint256 internal constant U64 = type(uint64).max;
-    uint256 internal constant U128 = type(uint128).max;
 
     IERC20 public immutable token;
     IParticipantRegistry public immutable registry;
@@ -139,9 +165,9 @@ contract EnergyMarket is EIP712, IEnergyMarket {
 
     /// @inheritdoc IEnergyMarket
     function cancelNonce(uint64 nonce) external {
-        (uint256 word, uint256 shift) = (nonce >> 2, (uint256(nonce) & 3) * 64);
+        (uint256 word, uint256 shift) = _fillLane(nonce);
         uint256 lanes = _fills[msg.sender][word];
-        if ((lanes >> shift) & LANE_MASK == CANCELLED) revert MarketNonceAlreadyCancelled(msg.sender, nonce);
+        if ((lanes >> shift) & FILL_LANE_MASK == CANCELLED) revert MarketNonceAlreadyCancelled(msg.sender, nonce);
         _fills[msg.sender][word] = lanes | (CANCELLED << shift);
         emit NonceCancelled(msg.sender, nonce);
     }
@@ -221,27 +247,20 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         bytes32 domain = _domainSeparatorV4();
         bytes32 typeHash = ORDER_TYPEHASH;
         digests = new bytes32[](m);
+        // scratch memory past the free pointer: the struct hash input (0x120 bytes), then the digest's (0x42)
+        uint256 buf;
         assembly ("memory-safe") {
-            let buf := mload(0x40)
-            mstore(buf, typeHash)
-            for { let o := 0 } lt(o, m) { o := add(o, 1) } {
-                let op := add(obase, mul(o, ORDER_SIZE))
-                let w0 := calldataload(op)
-                let w1 := calldataload(add(op, 29))
-                let w2 := calldataload(add(op, 61))
-                mstore(add(buf, 0x20), shr(96, w0)) // trader
-                mstore(add(buf, 0x40), and(shr(88, w0), 0xff)) // side
-                mstore(add(buf, 0x60), and(shr(24, w0), 0xffffffffffffffff)) // intervalId
-                mstore(add(buf, 0x80), shr(192, w1)) // energyWh
-                mstore(add(buf, 0xa0), and(shr(64, w1), 0xffffffffffffffffffffffffffffffff)) // pricePerKWh
-                mstore(add(buf, 0xc0), and(w1, 0xffffffffffffffff)) // nonce
-                mstore(add(buf, 0xe0), shr(192, w2)) // expiry
-                mstore(add(buf, 0x100), and(shr(32, w2), 0xffffffffffffffffffffffffffffffffffffffff)) // counterparty
-                let structHash := keccak256(buf, 0x120)
-                mstore(add(buf, 0x120), hex"1901")
-                mstore(add(buf, 0x122), domain)
-                mstore(add(buf, 0x142), structHash)
-                mstore(add(digests, shl(5, add(o, 1))), keccak256(add(buf, 0x120), 0x42))
+            buf := mload(0x40)
+        }
+        unchecked {
+            for (uint256 o = 0; o < m; ++o) {
+                bytes32 structHash = PackedOrderLibrary.at(obase, o).structHash(typeHash, buf);
+                assembly ("memory-safe") {
+                    mstore(add(buf, 0x120), hex"1901")
+                    mstore(add(buf, 0x122), domain)
+                    mstore(add(buf, 0x142), structHash)
+                    mstore(add(digests, shl(5, add(o, 1))), keccak256(add(buf, 0x120), 0x42))
+                }
             }
         }
     }
@@ -258,27 +277,28 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             uint256[] memory prices = new uint256[](n);
             uint256[] memory verdicts = new uint256[](n);
             for (uint256 i = 0; i < n; ++i) {
-                uint256 w;
-                assembly ("memory-safe") {
-                    w := calldataload(add(tbase, mul(i, TRADE_SIZE)))
-                }
-                (uint256 so, uint256 bo) = (w >> 240, (w >> 224) & 0xffff);
-                if (so >= m) revert MarketOrderIndexOutOfRange(so);
-                if (bo >= m) revert MarketOrderIndexOutOfRange(bo);
+                PackedTrade t = PackedTradeLibrary.at(tbase, i);
                 bytes32 id;
-                assembly ("memory-safe") {
-                    mstore(0x00, mload(add(digests, shl(5, add(so, 1)))))
-                    mstore(0x20, mload(add(digests, shl(5, add(bo, 1)))))
-                    id := keccak256(0x00, 0x40)
-                    mstore(add(ids, shl(5, add(i, 1))), id)
-                    // trade word: energyWh (bits 160..223) | pricePerKWh (32..159) | verdict (24..31)
-                    mstore(add(energies, shl(5, add(i, 1))), and(shr(160, w), 0xffffffffffffffff))
-                    mstore(add(prices, shl(5, add(i, 1))), and(shr(32, w), 0xffffffffffffffffffffffffffffffff))
-                    mstore(add(verdicts, shl(5, add(i, 1))), and(shr(24, w), 0xff))
+                {
+                    (uint256 so, uint256 bo) = (t.sellOrder(), t.buyOrder());
+                    if (so >= m) revert MarketOrderIndexOutOfRange(so);
+                    if (bo >= m) revert MarketOrderIndexOutOfRange(bo);
+                    assembly ("memory-safe") {
+                        mstore(0x00, mload(add(digests, shl(5, add(so, 1)))))
+                        mstore(0x20, mload(add(digests, shl(5, add(bo, 1)))))
+                        id := keccak256(0x00, 0x40)
+                        mstore(add(ids, shl(5, add(i, 1))), id)
+                    }
                 }
                 if (id <= last) revert MarketTradeOutOfOrder(id, last);
                 last = id;
-                if ((w >> 24) & 0xff == 0) ++approved;
+                (uint256 energyWh, uint256 price, uint256 verdict) = (t.energyWh(), t.pricePerKWh(), t.verdict());
+                assembly ("memory-safe") {
+                    mstore(add(energies, shl(5, add(i, 1))), energyWh)
+                    mstore(add(prices, shl(5, add(i, 1))), price)
+                    mstore(add(verdicts, shl(5, add(i, 1))), verdict)
+                }
+                if (verdict == 0) ++approved;
             }
             bt.ids = ids;
             bt.energies = energies;
@@ -326,9 +346,10 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     function _traderStates(uint256 obase, uint256 m) private view returns (uint256[] memory) {
         unchecked {
             address[] memory traders = new address[](m);
-            assembly ("memory-safe") {
-                for { let o := 0 } lt(o, m) { o := add(o, 1) } {
-                    mstore(add(traders, shl(5, add(o, 1))), shr(96, calldataload(add(obase, mul(o, ORDER_SIZE)))))
+            for (uint256 o = 0; o < m; ++o) {
+                address trader = PackedOrderLibrary.at(obase, o).trader();
+                assembly ("memory-safe") {
+                    mstore(add(traders, shl(5, add(o, 1))), trader)
                 }
             }
             return registry.statesOf(traders);
@@ -355,7 +376,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                     emit TradeVetoed(bt.ids[i], uint8(verdict));
                     continue;
                 }
-                _recordOne(intervalId, tbase + i * TRADE_SIZE, bt, bt.ids[i], out);
+                _recordOne(intervalId, PackedTradeLibrary.at(tbase, i), bt, bt.ids[i], out);
                 out += RECORD_SIZE;
             }
             uint256 m = bt.work.length;
@@ -365,35 +386,38 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 assembly ("memory-safe") {
                     w := mload(add(work, shl(5, add(o, 1))))
                 }
-                if (w & USED != 0) _commitFill(bt.obase + o * ORDER_SIZE, (w >> 64) & U64);
+                if (w & USED != 0) _commitFill(PackedOrderLibrary.at(bt.obase, o), (w >> WORK_FILLED_SHIFT) & WORK_WH_MASK);
             }
             commitment = keccak256(buf);
         }
     }
 
-    function _recordOne(uint64 intervalId, uint256 tp, Batch memory bt, bytes32 id, uint256 out) private {
+    function _recordOne(uint64 intervalId, PackedTrade t, Batch memory bt, bytes32 id, uint256 out) private {
         unchecked {
-            uint256 w;
-            assembly ("memory-safe") {
-                w := calldataload(tp)
-            }
-            // trade word: sellOrder (bits 240..255) | buyOrder (224..239) | energyWh (160..223) |
-            // pricePerKWh (32..159) | verdict (24..31)
-            (address seller, address buyer) = _checkPair(id, bt.obase, w);
-            _fill(intervalId, bt, w >> 240, id, (w >> 160) & U64);
-            _fill(intervalId, bt, (w >> 224) & 0xffff, id, (w >> 160) & U64);
-            _lockEscrow(buyer, (w >> 160) & U64, (w >> 32) & U128);
-            emit TradeRecorded(id, seller, buyer, uint64(w >> 160), uint128(w >> 32));
-            // the 104-byte trade record: id | seller | buyer | sellerIndex | buyerIndex | energyWh | price
+            (address seller, address buyer) = _checkPair(id, bt.obase, t);
+            (uint256 so, uint256 bo, uint256 energyWh) = (t.sellOrder(), t.buyOrder(), t.energyWh());
+            _fill(intervalId, bt, so, id, energyWh);
+            _fill(intervalId, bt, bo, id, energyWh);
+            uint256 price = t.pricePerKWh();
+            _lockEscrow(buyer, energyWh, price);
+            emit TradeRecorded(id, seller, buyer, uint64(energyWh), uint128(price));
             uint256[] memory work = bt.work;
+            uint256 sw;
+            uint256 bw;
             assembly ("memory-safe") {
-                let si := and(shr(128, mload(add(work, shl(5, add(shr(240, w), 1))))), 0xffffffff)
-                let bi := and(shr(128, mload(add(work, shl(5, add(and(shr(224, w), 0xffff), 1))))), 0xffffffff)
-                mstore(out, id)
-                mstore(add(out, 32), shl(96, seller))
-                mstore(add(out, 52), shl(96, buyer))
-                mstore(add(out, 72), or(or(shl(224, si), shl(192, bi)), shr(64, shl(32, w))))
+                sw := mload(add(work, shl(5, add(so, 1))))
+                bw := mload(add(work, shl(5, add(bo, 1))))
             }
+            TradeRecordLibrary.store(
+                out,
+                id,
+                seller,
+                buyer,
+                (sw >> WORK_INDEX_SHIFT) & WORK_INDEX_MASK,
+                (bw >> WORK_INDEX_SHIFT) & WORK_INDEX_MASK,
+                energyWh,
+                price
+            );
         }
     }
 
@@ -405,43 +429,28 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     }
 
     /// @dev The checks of a trade that need no state: sides, self-trade, amount, price, counterparties.
-    function _checkPair(bytes32 id, uint256 obase, uint256 w) private pure returns (address seller, address buyer) {
-        unchecked {
-            uint256 sp = obase + (w >> 240) * ORDER_SIZE;
-            uint256 bp = obase + ((w >> 224) & 0xffff) * ORDER_SIZE;
-            uint256 price = (w >> 32) & U128;
-            uint256 s0;
-            uint256 b0;
-            uint256 sellLimit;
-            uint256 buyLimit;
-            assembly ("memory-safe") {
-                s0 := calldataload(sp)
-                b0 := calldataload(bp)
-                sellLimit := and(shr(64, calldataload(add(sp, 29))), 0xffffffffffffffffffffffffffffffff)
-                buyLimit := and(shr(64, calldataload(add(bp, 29))), 0xffffffffffffffffffffffffffffffff)
-            }
-            (seller, buyer) = (address(uint160(s0 >> 96)), address(uint160(b0 >> 96)));
-            if ((s0 >> 88) & 0xff != SELL) revert MarketOrderWrongSide(id, SELL);
-            if ((b0 >> 88) & 0xff != BUY) revert MarketOrderWrongSide(id, BUY);
-            if (seller == buyer) revert MarketSelfTrade(id);
-            if ((w >> 160) & U64 == 0) revert MarketZeroTradeAmount(id);
-            if (price < sellLimit || price > buyLimit) {
-                revert MarketPriceOutOfRange(id, uint128(price));
-            }
-            _checkCounterparty(sp, buyer);
-            _checkCounterparty(bp, seller);
-        }
+    function _checkPair(bytes32 id, uint256 obase, PackedTrade t)
+        private
+        pure
+        returns (address seller, address buyer)
+    {
+        PackedOrder sell = PackedOrderLibrary.at(obase, t.sellOrder());
+        PackedOrder buy = PackedOrderLibrary.at(obase, t.buyOrder());
+        uint128 price = t.pricePerKWh();
+        (seller, buyer) = (sell.trader(), buy.trader());
+        if (sell.side() != SELL) revert MarketOrderWrongSide(id, SELL);
+        if (buy.side() != BUY) revert MarketOrderWrongSide(id, BUY);
+        if (seller == buyer) revert MarketSelfTrade(id);
+        if (t.energyWh() == 0) revert MarketZeroTradeAmount(id);
+        if (price < sell.pricePerKWh() || price > buy.pricePerKWh()) revert MarketPriceOutOfRange(id, price);
+        _checkCounterparty(sell, buyer);
+        _checkCounterparty(buy, seller);
     }
 
-    function _checkCounterparty(uint256 op, address other) private pure {
-        unchecked {
-            address counterparty;
-            assembly ("memory-safe") {
-                counterparty := and(shr(32, calldataload(add(op, 61))), 0xffffffffffffffffffffffffffffffffffffffff)
-            }
-            if (counterparty != address(0) && counterparty != other) {
-                revert MarketCounterpartyMismatch(address(uint160(_word(op) >> 96)), uint64(_word(op + 29)), counterparty);
-            }
+    function _checkCounterparty(PackedOrder order, address other) private pure {
+        address counterparty = order.counterparty();
+        if (counterparty != address(0) && counterparty != other) {
+            revert MarketCounterpartyMismatch(order.trader(), order.nonce(), counterparty);
         }
     }
 
@@ -454,14 +463,14 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 w := mload(add(work, shl(5, add(o, 1))))
             }
             if (w & USED == 0) w = _useOrder(intervalId, bt, o, id);
-            uint256 remaining = w & U64;
+            uint256 remaining = w & WORK_WH_MASK;
             if (energyWh > remaining) {
-                uint256 op = bt.obase + o * ORDER_SIZE;
-                revert MarketOrderOverfilled(address(uint160(_word(op) >> 96)), uint64(_word(op + 29)), uint64(remaining));
+                PackedOrder order = PackedOrderLibrary.at(bt.obase, o);
+                revert MarketOrderOverfilled(order.trader(), order.nonce(), uint64(remaining));
             }
             // remaining -= energyWh; filled-by-this-batch += energyWh (cannot carry: both stay below 2^64)
             assembly ("memory-safe") {
-                mstore(add(work, shl(5, add(o, 1))), add(sub(w, energyWh), shl(64, energyWh)))
+                mstore(add(work, shl(5, add(o, 1))), add(sub(w, energyWh), shl(WORK_FILLED_SHIFT, energyWh)))
             }
         }
     }
@@ -469,50 +478,46 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @dev First use of an order in a batch: interval, expiry, signature, active trader, fill state.
     function _useOrder(uint64 intervalId, Batch memory bt, uint256 o, bytes32 tradeId) private view returns (uint256) {
         unchecked {
-            uint256 op = bt.obase + o * ORDER_SIZE;
-            uint256 w0;
-            uint256 w1;
-            uint256 expiry;
-            bytes32 r;
-            bytes32 vs;
-            assembly ("memory-safe") {
-                w0 := calldataload(op)
-                w1 := calldataload(add(op, 29))
-                expiry := shr(192, calldataload(add(op, 61)))
-                r := calldataload(add(op, 89))
-                vs := calldataload(add(op, 121))
+            PackedOrder order = PackedOrderLibrary.at(bt.obase, o);
+            address trader = order.trader();
+            uint64 nonce = order.nonce();
+            {
+                uint64 orderIntervalId = order.intervalId();
+                if (orderIntervalId != intervalId) revert MarketOrderIntervalMismatch(tradeId, orderIntervalId);
+                uint64 expiry = order.expiry();
+                if (block.timestamp > expiry) revert MarketOrderExpired(trader, nonce, expiry);
             }
-            address trader = address(uint160(w0 >> 96));
-            uint64 nonce = uint64(w1);
-            if (uint64(w0 >> 24) != intervalId) revert MarketOrderIntervalMismatch(tradeId, uint64(w0 >> 24));
-            if (block.timestamp > expiry) revert MarketOrderExpired(trader, nonce, uint64(expiry));
-            bytes32 digest;
-            bytes32[] memory digests = bt.digests;
-            assembly ("memory-safe") {
-                digest := mload(add(digests, shl(5, add(o, 1))))
+            {
+                bytes32 digest;
+                bytes32[] memory digests = bt.digests;
+                assembly ("memory-safe") {
+                    digest := mload(add(digests, shl(5, add(o, 1))))
+                }
+                (bytes32 r, bytes32 vs) = order.signature();
+                address signer = CompactSignature.recover(digest, r, vs);
+                if (signer == address(0) || signer != trader) revert MarketInvalidOrderSignature(trader, nonce);
             }
-            address signer = CompactSignature.recover(digest, r, vs);
-            if (signer == address(0) || signer != trader) revert MarketInvalidOrderSignature(trader, nonce);
             uint256 state = bt.states[o];
-            if (state & (1 << 32) == 0) revert MarketParticipantInactive(trader);
-            uint256 filled = (_fills[trader][nonce >> 2] >> ((uint256(nonce) & 3) * 64)) & LANE_MASK;
+            if (!RegistryState.isActive(state)) revert MarketParticipantInactive(trader);
+            (uint256 slot, uint256 shift) = _fillLane(nonce);
+            uint256 filled = (_fills[trader][slot] >> shift) & FILL_LANE_MASK;
             if (filled == CANCELLED) revert MarketOrderCancelled(trader, nonce);
-            uint256 energyWh = w1 >> 192;
-            return USED | ((state & U32) << 128) | (filled >= energyWh ? 0 : energyWh - filled);
+            uint256 energyWh = order.energyWh();
+            return USED | (uint256(RegistryState.index(state)) << WORK_INDEX_SHIFT)
+                | (filled >= energyWh ? 0 : energyWh - filled);
         }
     }
 
     /// @dev Adds a batch's fills to the (trader, nonce) lane; re-checks against the lane as stored, which
     /// also catches two orders of one batch sharing a nonce.
-    function _commitFill(uint256 op, uint256 delta) private {
+    function _commitFill(PackedOrder order, uint256 delta) private {
         unchecked {
-            (uint256 w0, uint256 w1) = (_word(op), _word(op + 29));
-            address trader = address(uint160(w0 >> 96));
-            uint64 nonce = uint64(w1);
-            uint256 energyWh = w1 >> 192;
-            (uint256 slot, uint256 shift) = (nonce >> 2, (uint256(nonce) & 3) * 64);
+            address trader = order.trader();
+            uint64 nonce = order.nonce();
+            uint256 energyWh = order.energyWh();
+            (uint256 slot, uint256 shift) = _fillLane(nonce);
             uint256 lanes = _fills[trader][slot];
-            uint256 filled = (lanes >> shift) & LANE_MASK;
+            uint256 filled = (lanes >> shift) & FILL_LANE_MASK;
             if (filled + delta > energyWh) {
                 revert MarketOrderOverfilled(trader, nonce, filled >= energyWh ? 0 : uint64(energyWh - filled));
             }
@@ -535,11 +540,11 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         IntervalState storage st = _intervals[intervalId];
         uint256 from = _checkSettleable(intervalId, st, pageEnd);
         _checkBatches(intervalId, batches, 0, st.batchCount);
-        if (positions.length % 2 != 0) revert MarketMalformedCalldata(FIELD_POSITIONS, positions.length);
-        if (positions.length / 2 != 2 * uint256(st.approvedCount)) {
-            revert MarketPositionsMismatch(2 * uint256(st.approvedCount), positions.length / 2);
+        if (positions.length % POSITION_SIZE != 0) revert MarketMalformedCalldata(FIELD_POSITIONS, positions.length);
+        if (positions.length / POSITION_SIZE != POSITIONS_PER_RECORD * uint256(st.approvedCount)) {
+            revert MarketPositionsMismatch(POSITIONS_PER_RECORD * uint256(st.approvedCount), positions.length / POSITION_SIZE);
         }
-        if (parties.length % 20 != 0) revert MarketMalformedCalldata(FIELD_PARTIES, parties.length);
+        if (parties.length % PARTY_SIZE != 0) revert MarketMalformedCalldata(FIELD_PARTIES, parties.length);
         _checkSorted(parties);
         bool last = pageEnd == st.batchCount;
         st.settledBatches = pageEnd;
@@ -547,7 +552,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
 
         Settlement memory z;
         z.pbase = _cdPtr(parties);
-        z.np = parties.length / 20;
+        z.np = parties.length / PARTY_SIZE;
         _aggregate(z, batches, _cdPtr(positions));
         _loadReadings(intervalId, z);
         z.credit = new uint256[](z.np);
@@ -576,28 +581,21 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             bytes calldata batch = batches[b];
             uint256 rp = _cdPtr(batch);
             for (uint256 end = rp + batch.length; rp < end; rp += RECORD_SIZE) {
-                _reclaimOne(rp);
+                _reclaimOne(TradeRecord.wrap(rp));
                 ++count;
             }
         }
         emit IntervalReclaimed(intervalId, uint32(from), uint32(count));
     }
 
-    /// @dev The escrow of the record at calldata position rp back to its buyer.
-    function _reclaimOne(uint256 rp) private {
+    /// @dev The escrow of record `r` back to its buyer.
+    function _reclaimOne(TradeRecord r) private {
         unchecked {
-            bytes32 id;
-            address buyer;
-            uint256 tail; // sellerIndex | buyerIndex | energyWh | pricePerKWh
-            assembly ("memory-safe") {
-                id := calldataload(rp)
-                buyer := shr(96, calldataload(add(rp, 52)))
-                tail := calldataload(add(rp, 72))
-            }
-            uint256 escrow = _escrow((tail >> 128) & U64, tail & U128);
+            address buyer = r.buyer();
+            uint256 escrow = _escrow(r.energyWh(), r.pricePerKWh());
             Account memory acc = _accounts[buyer];
             _accounts[buyer] = Account(acc.available + uint128(escrow), acc.locked - uint128(escrow));
-            emit EscrowReclaimed(id, buyer, escrow);
+            emit EscrowReclaimed(r.tradeId(), buyer, escrow);
         }
     }
 
@@ -643,52 +641,45 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 if (b >= from) {
                     uint256 rp = _cdPtr(batch);
                     for (uint256 i = 0; i < n; ++i) {
-                        _settleOne(z, rp + i * RECORD_SIZE, pos + 4 * i);
+                        _settleOne(z, TradeRecord.wrap(rp + i * RECORD_SIZE), pos + RECORD_POSITIONS_SIZE * i);
                     }
                     count += n;
                 }
-                pos += 4 * n;
+                pos += RECORD_POSITIONS_SIZE * n;
             }
         }
     }
 
     function _checkSorted(bytes calldata parties) private pure {
         unchecked {
-            uint256 np = parties.length / 20;
+            uint256 np = parties.length / PARTY_SIZE;
             uint256 pbase = _cdPtr(parties);
             uint256 prev;
             for (uint256 p = 0; p < np; ++p) {
-                uint256 a = uint160(_party(pbase, p));
+                uint256 a = uint160(partyAt(pbase, p));
                 if (p > 0 && a <= prev) revert MarketPartiesNotSorted(p);
                 prev = a;
             }
         }
     }
 
-    /// @dev The record at calldata position rp, its parties' positions at calldata position pos.
-    function _settleOne(Settlement memory z, uint256 rp, uint256 pos) private {
+    /// @dev Record `r`, its parties' positions at calldata position `pos`: the delivered energy, the
+    /// seller's payment and the buyer's refund, booked in z.credit and z.unlock.
+    function _settleOne(Settlement memory z, TradeRecord r, uint256 pos) private {
         unchecked {
-            uint256 tail; // sellerIndex | buyerIndex | energyWh | pricePerKWh
-            uint256 s;
-            uint256 y;
-            bytes32 id;
-            assembly ("memory-safe") {
-                tail := calldataload(add(rp, 72))
-                let p := calldataload(pos)
-                s := shr(240, p)
-                y := and(shr(224, p), 0xffff)
-                id := calldataload(rp)
+            (uint256 s, uint256 y) = (positionAt(pos, 0), positionAt(pos, 1));
+            uint256 delivered;
+            uint256 escrow;
+            uint256 paid;
+            {
+                (uint256 num, uint256 den) = _ratio(z, s, y);
+                (uint256 energyWh, uint256 price) = (r.energyWh(), r.pricePerKWh());
+                delivered = (energyWh * num) / den;
+                escrow = _escrow(energyWh, price);
+                paid = (delivered * price) / 1000;
             }
-            (uint256 num, uint256 den) = _ratio(z, s, y);
-            (uint256 energyWh, uint256 price) = ((tail >> 128) & U64, tail & U128);
-            uint256 delivered = (energyWh * num) / den;
-            uint256 escrow = _escrow(energyWh, price);
-            uint256 paid = (delivered * price) / 1000;
+            (uint256[] memory credit, uint256[] memory unlock) = (z.credit, z.unlock);
             assembly ("memory-safe") {
-                // z: pbase, np, totals, metered, credit (at 0x80), unlock (at 0xa0) - read by
-                // offset: two more Solidity locals here are a stack-too-deep error (legacy codegen)
-                let credit := mload(add(z, 0x80))
-                let unlock := mload(add(z, 0xa0))
                 let cs := add(credit, shl(5, add(s, 1)))
                 mstore(cs, add(mload(cs), paid))
                 let cy := add(credit, shl(5, add(y, 1)))
@@ -696,7 +687,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 let uy := add(unlock, shl(5, add(y, 1)))
                 mstore(uy, add(mload(uy), escrow))
             }
-            emit TradeSettled(id, uint64(delivered), paid, escrow - paid);
+            emit TradeSettled(r.tradeId(), uint64(delivered), paid, escrow - paid);
         }
     }
 
@@ -704,16 +695,20 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     function _ratio(Settlement memory z, uint256 s, uint256 y) private pure returns (uint256 num, uint256 den) {
         unchecked {
             (uint256[] memory totals, uint256[] memory metered) = (z.totals, z.metered);
-            uint256 sold;
-            uint256 bought;
-            uint256 exported;
-            uint256 imported;
+            uint256 sellerTotals;
+            uint256 buyerTotals;
+            uint256 sellerMetered;
+            uint256 buyerMetered;
             assembly ("memory-safe") {
-                sold := and(mload(add(totals, shl(5, add(s, 1)))), 0xffffffffffffffffffffffff)
-                bought := and(shr(96, mload(add(totals, shl(5, add(y, 1))))), 0xffffffffffffffffffffffff)
-                exported := and(shr(64, mload(add(metered, shl(5, add(s, 1))))), 0xffffffffffffffff)
-                imported := and(mload(add(metered, shl(5, add(y, 1)))), 0xffffffffffffffff)
+                sellerTotals := mload(add(totals, shl(5, add(s, 1))))
+                buyerTotals := mload(add(totals, shl(5, add(y, 1))))
+                sellerMetered := mload(add(metered, shl(5, add(s, 1))))
+                buyerMetered := mload(add(metered, shl(5, add(y, 1))))
             }
+            uint256 sold = sellerTotals & TOTALS_WH_MASK;
+            uint256 bought = (buyerTotals >> TOTALS_BOUGHT_SHIFT) & TOTALS_WH_MASK;
+            uint256 exported = Metered.exportWh(sellerMetered);
+            uint256 imported = Metered.importWh(buyerMetered);
             (num, den) = (1, 1);
             if (exported < sold) (num, den) = (exported, sold);
             if (imported < bought && imported * den < num * bought) (num, den) = (imported, bought);
@@ -725,7 +720,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         (uint256[] memory credit, uint256[] memory unlock) = (z.credit, z.unlock);
         uint256 pbase = z.pbase;
         for (uint256 p = 0; p < z.np; ++p) {
-            address wallet = _party(pbase, p);
+            address wallet = partyAt(pbase, p);
             uint256 c;
             uint256 u;
             assembly ("memory-safe") {
@@ -747,48 +742,39 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 bytes calldata batch = batches[b];
                 uint256 rp = _cdPtr(batch);
                 for (uint256 end = rp + batch.length; rp < end; rp += RECORD_SIZE) {
-                    _addRecord(z, rp, pos);
-                    pos += 4;
+                    _addRecord(z, TradeRecord.wrap(rp), pos);
+                    pos += RECORD_POSITIONS_SIZE;
                 }
             }
             uint256[] memory totals = z.totals;
             for (uint256 p = 0; p < z.np; ++p) {
-                if (totals[p] & USED == 0) revert MarketPartyUnused(_party(z.pbase, p));
+                if (totals[p] & USED == 0) revert MarketPartyUnused(partyAt(z.pbase, p));
             }
         }
     }
 
-    function _addRecord(Settlement memory z, uint256 rp, uint256 pos) private pure {
+    /// @dev Adds record `r` to its seller's and buyer's totals (positions at calldata position `pos`).
+    function _addRecord(Settlement memory z, TradeRecord r, uint256 pos) private pure {
         unchecked {
-            uint256 tail;
-            uint256 p;
-            uint256 seller;
-            uint256 buyer;
-            assembly ("memory-safe") {
-                tail := calldataload(add(rp, 72))
-                p := calldataload(pos)
-                seller := shr(96, calldataload(add(rp, 32)))
-                buyer := shr(96, calldataload(add(rp, 52)))
-            }
-            uint256 energyWh = (tail >> 128) & U64;
-            uint256 s = _position(z, p >> 240, seller);
-            uint256 y = _position(z, (p >> 224) & 0xffff, buyer);
+            uint256 energyWh = r.energyWh();
+            uint256 s = _position(z, positionAt(pos, 0), r.seller());
+            uint256 y = _position(z, positionAt(pos, 1), r.buyer());
+            uint256 sellerFlags = USED | (uint256(r.sellerIndex()) << TOTALS_INDEX_SHIFT);
+            uint256 buyerFlags = USED | (uint256(r.buyerIndex()) << TOTALS_INDEX_SHIFT);
             uint256[] memory totals = z.totals;
             // sums of at most 2^32 amounts below 2^64 stay below 2^96: the lanes never carry
             assembly ("memory-safe") {
                 let ts := add(totals, shl(5, add(s, 1)))
-                mstore(ts, or(or(add(mload(ts), energyWh), USED), shl(192, shr(224, tail))))
+                mstore(ts, or(add(mload(ts), energyWh), sellerFlags))
                 let ty := add(totals, shl(5, add(y, 1)))
-                mstore(ty, or(or(add(mload(ty), shl(96, energyWh)), USED), shl(192, and(shr(192, tail), 0xffffffff))))
+                mstore(ty, or(add(mload(ty), shl(TOTALS_BOUGHT_SHIFT, energyWh)), buyerFlags))
             }
         }
     }
 
-    function _position(Settlement memory z, uint256 pos, uint256 wallet) private pure returns (uint256) {
-        unchecked {
-            if (pos >= z.np || uint160(_party(z.pbase, pos)) != wallet) revert MarketPartyMissing(address(uint160(wallet)));
-            return pos;
-        }
+    function _position(Settlement memory z, uint256 pos, address wallet) private pure returns (uint256) {
+        if (pos >= z.np || partyAt(z.pbase, pos) != wallet) revert MarketPartyMissing(wallet);
+        return pos;
     }
 
     /// @dev Readings of every party: metered = present (bit 128) | exportWh (bits 64..127) | importWh (0..63).
@@ -798,12 +784,12 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             uint32[] memory indices = new uint32[](np);
             uint256[] memory totals = z.totals;
             for (uint256 p = 0; p < np; ++p) {
-                indices[p] = uint32(totals[p] >> 192);
+                indices[p] = uint32(totals[p] >> TOTALS_INDEX_SHIFT);
             }
             uint256[] memory metered = readings.meteredOf(intervalId, indices);
             z.metered = metered;
             for (uint256 p = 0; p < np; ++p) {
-                if (metered[p] >> 128 == 0) {
+                if (!Metered.isPresent(metered[p])) {
                     uint256 deadline = _deadline(intervalId);
                     if (block.timestamp < deadline) revert MarketSettlementNotReady(intervalId, deadline);
                     break;
@@ -814,23 +800,9 @@ contract EnergyMarket is EIP712, IEnergyMarket {
 
     // ------------------------------------------------------------------ packed calldata access
 
-    /// @dev The 32 bytes at calldata position ptr.
-    function _word(uint256 ptr) private pure returns (uint256 w) {
-        assembly ("memory-safe") {
-            w := calldataload(ptr)
-        }
-    }
-
     function _cdPtr(bytes calldata data) private pure returns (uint256 p) {
         assembly ("memory-safe") {
             p := data.offset
-        }
-    }
-
-    /// @dev Party p of the packed 20-byte addresses at calldata position pbase.
-    function _party(uint256 pbase, uint256 p) private pure returns (address a) {
-        assembly ("memory-safe") {
-            a := shr(96, calldataload(add(pbase, mul(p, 20))))
         }
     }
 
@@ -852,7 +824,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
 
     /// @inheritdoc IEnergyMarket
     function filledOf(address trader, uint64 nonce) external view returns (uint64 filledWh, bool cancelled) {
-        uint256 lane = (_fills[trader][nonce >> 2] >> ((uint256(nonce) & 3) * 64)) & LANE_MASK;
+        (uint256 slot, uint256 shift) = _fillLane(nonce);
+        uint256 lane = (_fills[trader][slot] >> shift) & FILL_LANE_MASK;
         if (lane == CANCELLED) return (0, true);
         return (uint64(lane), false);
     }
@@ -927,6 +900,13 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @inheritdoc IEnergyMarket
     function reclaimAfter(uint64 intervalId) external view returns (uint256) {
         return _reclaimAfter(intervalId);
+    }
+
+    /// @dev The `_fills` slot of a nonce and the shift of its lane in it.
+    function _fillLane(uint64 nonce) private pure returns (uint256 slot, uint256 shift) {
+        unchecked {
+            return (nonce / FILL_LANES, (nonce % FILL_LANES) * FILL_LANE_BITS);
+        }
     }
 
     function _deadline(uint64 intervalId) private view returns (uint256) {

@@ -5,6 +5,24 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
 import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
 import {HALF_N, S_MASK} from "./libraries/CompactSignature.sol";
+import {Metered} from "./libraries/Metered.sol";
+import {ADDRESS_SHIFT, UINT128_SHIFT} from "./libraries/PackedField.sol";
+import {
+    ACCEPTED_EXPORT_WH_SHIFT,
+    ACCEPTED_IMPORT_WH_SHIFT,
+    ACCEPTED_SIZE,
+    ACCEPTED_WH_MASK,
+    READING_IMPORT_WH_OFFSET,
+    READING_METER_OFFSET,
+    READING_PAIR_IMPORT_WH_SHIFT,
+    READING_PAIR_WH_MASK,
+    READING_R_OFFSET,
+    READING_SIZE,
+    READING_VS_OFFSET
+} from "./libraries/PackedReading.sol";
+import {
+    METER_KEY_SIZE, REGISTRY_ACTIVE, REGISTRY_INDEX_MASK, REGISTRY_REGISTERED
+} from "./libraries/RegistryState.sol";
 
 /// @title MeterReadings
 /// @notice Device-signed interval readings. See {IMeterReadings}.
@@ -16,13 +34,27 @@ contract MeterReadings is EIP712, IMeterReadings {
     uint256 public constant RETENTION_SECONDS = 6 hours;
 
     bytes32 internal constant ORACLE_ROLE = keccak256("ORACLE_ROLE");
-    uint256 internal constant READING_SIZE = 100;
-    uint256 internal constant ACCEPTED_SIZE = 28;
+    // Reason codes of ReadingRejected (see IMeterReadings); 0 accepted, RESUBMITTED an identical
+    // resubmission (skipped without an event): codes 1..LAST_REJECTION are announced.
+    uint256 internal constant BAD_SIGNATURE = 1;
+    uint256 internal constant UNKNOWN_METER = 2;
+    uint256 internal constant INACTIVE = 3;
+    uint256 internal constant CONFLICTING = 4;
+    uint256 internal constant VALUE_TOO_LARGE = 5;
+    uint256 internal constant LAST_REJECTION = 254;
+    uint256 internal constant RESUBMITTED = 255;
+    // Ring lanes (see _ring): LANES per slot, LANE_BITS each: present (bit 47) | importWh (bits 23..45) |
+    // exportWh (bits 0..22).
     uint256 internal constant LANES = 4;
     uint256 internal constant LANE_BITS = 48;
     uint64 internal constant MAX_WH = (1 << 23) - 1;
     uint256 internal constant LANE_MASK = (1 << 48) - 1;
     uint256 internal constant PRESENT = 1 << 47;
+    uint256 internal constant LANE_IMPORT_WH_SHIFT = 23;
+    // The ring slot's interval (bits 192..255)
+    uint256 internal constant SLOT_INTERVAL_SHIFT = 192;
+    // A (importWh, exportWh) pair (see PackedReading) with either value above MAX_WH: bits 23..63 of each half
+    uint256 internal constant PAIR_OVER_MAX_WH = 0xffffffffff800000ffffffffff800000;
 
     IParticipantRegistry public immutable registry;
     /// @inheritdoc IMeterReadings
@@ -131,38 +163,38 @@ contract MeterReadings is EIP712, IMeterReadings {
                 rp := add(rp, READING_SIZE)
                 recp := add(recp, 0x20)
             } {
-                let meter := shr(96, calldataload(rp))
-                let wh := shr(128, calldataload(add(rp, 20))) // importWh << 64 | exportWh
+                let meter := shr(ADDRESS_SHIFT, calldataload(add(rp, READING_METER_OFFSET)))
+                let wh := shr(UINT128_SHIFT, calldataload(add(rp, READING_IMPORT_WH_OFFSET))) // importWh | exportWh
                 mstore(add(h, 0x20), meter)
-                mstore(add(h, 0x60), shr(64, wh))
-                mstore(add(h, 0x80), and(wh, 0xffffffffffffffff))
+                mstore(add(h, 0x60), shr(READING_PAIR_IMPORT_WH_SHIFT, wh))
+                mstore(add(h, 0x80), and(wh, READING_PAIR_WH_MASK))
                 mstore(add(h, 0xe2), keccak256(h, 0xa0))
                 mstore(add(h, 0x120), keccak256(add(h, 0xc0), 0x42))
-                let reason := 1 // BAD_SIGNATURE unless the signature recovers to meter
+                let reason := BAD_SIGNATURE // unless the signature recovers to meter
                 {
-                    let vs := calldataload(add(rp, 68))
+                    let vs := calldataload(add(rp, READING_VS_OFFSET))
                     let s := and(vs, S_MASK)
                     mstore(0x00, not(0)) // never a recovered address (the precompile writes nothing on failure)
                     if iszero(gt(s, HALF_N)) {
                         mstore(add(h, 0x140), add(shr(255, vs), 27))
-                        mstore(add(h, 0x160), calldataload(add(rp, 36)))
+                        mstore(add(h, 0x160), calldataload(add(rp, READING_R_OFFSET)))
                         mstore(add(h, 0x180), s)
                         pop(staticcall(gas(), 1, add(h, 0x120), 0x80, 0x00, 0x20))
                     }
                 }
                 let record := mload(recp)
                 if eq(mload(0x00), meter) {
-                    reason := 2 // UNKNOWN_METER
-                    if and(record, shl(33, 1)) {
-                        reason := 3 // INACTIVE
-                        if and(record, shl(32, 1)) {
-                            reason := 5 // VALUE_TOO_LARGE: importWh or exportWh above 2^23 - 1
-                            if iszero(and(wh, 0xffffffffff800000ffffffffff800000)) { reason := 0 }
+                    reason := UNKNOWN_METER
+                    if and(record, REGISTRY_REGISTERED) {
+                        reason := INACTIVE
+                        if and(record, REGISTRY_ACTIVE) {
+                            reason := VALUE_TOO_LARGE
+                            if iszero(and(wh, PAIR_OVER_MAX_WH)) { reason := 0 }
                         }
                     }
                 }
                 if iszero(reason) {
-                    let index := and(record, 0xffffffff)
+                    let index := and(record, REGISTRY_INDEX_MASK)
                     {
                         let k := or(mload(add(h, 0x1e0)), shr(2, index))
                         if iszero(eq(k, mload(add(h, 0x220)))) {
@@ -176,27 +208,36 @@ contract MeterReadings is EIP712, IMeterReadings {
                             mstore(add(h, 0x1c0), value)
                             // a slot still holding an older interval (window intervals back) starts empty
                             let iv := mload(add(h, 0x40))
-                            if iszero(eq(shr(192, value), iv)) { value := shl(192, iv) }
+                            if iszero(eq(shr(SLOT_INTERVAL_SHIFT, value), iv)) { value := shl(SLOT_INTERVAL_SHIFT, iv) }
                         }
                     }
                     let shift := mul(and(index, 3), LANE_BITS) // index % LANES
                     let lane := and(shr(shift, value), LANE_MASK)
                     // present (bit 47) | importWh (23..45) | exportWh (0..22)
-                    let newLane := or(or(PRESENT, shl(23, shr(64, wh))), and(wh, MAX_WH))
+                    let newLane := or(or(PRESENT, shl(LANE_IMPORT_WH_SHIFT, shr(READING_PAIR_IMPORT_WH_SHIFT, wh))), and(wh, MAX_WH))
                     switch lane
                     case 0 {
                         value := or(value, shl(shift, newLane))
                         accepted := add(accepted, 1)
                         // entry: meter (20) | importWh (4) | exportWh (4); the next one overwrites the tail
-                        mstore(out, or(shl(96, meter), shl(32, or(shl(32, shr(64, wh)), and(wh, 0xffffffff)))))
+                        mstore(
+                            out,
+                            or(
+                                shl(ADDRESS_SHIFT, meter),
+                                or(
+                                    shl(ACCEPTED_IMPORT_WH_SHIFT, shr(READING_PAIR_IMPORT_WH_SHIFT, wh)),
+                                    shl(ACCEPTED_EXPORT_WH_SHIFT, and(wh, ACCEPTED_WH_MASK))
+                                )
+                            )
+                        )
                         out := add(out, ACCEPTED_SIZE)
                     }
                     default {
-                        reason := 4 // CONFLICTING
-                        if eq(lane, newLane) { reason := 255 }
+                        reason := CONFLICTING
+                        if eq(lane, newLane) { reason := RESUBMITTED }
                     }
                 }
-                if lt(sub(reason, 1), 254) {
+                if lt(sub(reason, 1), LAST_REJECTION) {
                     mstore(0x00, reason)
                     log3(0x00, 0x20, mload(add(h, 0x200)), meter, mload(add(h, 0x40)))
                 }
@@ -216,12 +257,12 @@ contract MeterReadings is EIP712, IMeterReadings {
             // by the next key but its first 20 bytes; the unpadded tail is never read)
             mstore(records, selector)
             mstore(add(records, 0x04), 0x20)
-            mstore(add(records, 0x24), mul(n, 20))
+            mstore(add(records, 0x24), mul(n, METER_KEY_SIZE))
             let q := add(records, 0x44)
             for { let i := 0 } lt(i, n) { i := add(i, 1) } {
-                mstore(add(q, mul(i, 20)), calldataload(add(base, mul(i, READING_SIZE))))
+                mstore(add(q, mul(i, METER_KEY_SIZE)), calldataload(add(add(base, mul(i, READING_SIZE)), READING_METER_OFFSET)))
             }
-            if iszero(staticcall(gas(), reg, records, add(0x44, mul(n, 20)), 0x00, 0x00)) {
+            if iszero(staticcall(gas(), reg, records, add(0x44, mul(n, METER_KEY_SIZE)), 0x00, 0x00)) {
                 returndatacopy(0x00, 0x00, returndatasize())
                 revert(0x00, returndatasize())
             }
@@ -264,7 +305,7 @@ contract MeterReadings is EIP712, IMeterReadings {
             for (uint256 i = 0; i < n; ++i) {
                 uint256 lane = _laneAt(intervalId, ring, indices[i]);
                 if (lane & PRESENT == 0) continue;
-                metered[i] = (1 << 128) | ((lane & MAX_WH) << 64) | ((lane >> 23) & MAX_WH);
+                metered[i] = Metered.pack((lane >> LANE_IMPORT_WH_SHIFT) & MAX_WH, lane & MAX_WH);
             }
         }
     }
@@ -289,7 +330,7 @@ contract MeterReadings is EIP712, IMeterReadings {
 
     function _lane(uint64 intervalId, uint32 index) private view returns (uint64, uint64, bool) {
         uint256 lane = _laneAt(intervalId, (uint256(intervalId) % readingWindowIntervals) << 32, index);
-        return (uint64((lane >> 23) & MAX_WH), uint64(lane & MAX_WH), lane & PRESENT != 0);
+        return (uint64((lane >> LANE_IMPORT_WH_SHIFT) & MAX_WH), uint64(lane & MAX_WH), lane & PRESENT != 0);
     }
 
     /// @dev The lane of participant `index` in interval `intervalId` (`ring`: the interval's ring row
@@ -297,7 +338,7 @@ contract MeterReadings is EIP712, IMeterReadings {
     function _laneAt(uint64 intervalId, uint256 ring, uint256 index) private view returns (uint256) {
         unchecked {
             uint256 word = _ring[ring | (index / LANES)];
-            if (word >> 192 != intervalId) return 0;
+            if (word >> SLOT_INTERVAL_SHIFT != intervalId) return 0;
             return (word >> ((index % LANES) * LANE_BITS)) & LANE_MASK;
         }
     }

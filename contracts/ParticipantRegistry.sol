@@ -3,6 +3,14 @@ pragma solidity 0.8.28;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
+import {ADDRESS_SHIFT} from "./libraries/PackedField.sol";
+import {
+    METER_KEY_SIZE,
+    REGISTRY_ACTIVE_SHIFT,
+    REGISTRY_INDEX_MASK,
+    REGISTRY_REGISTERED,
+    RegistryState
+} from "./libraries/RegistryState.sol";
 
 /// @title ParticipantRegistry
 /// @notice Roles and prosumer connections of tegrid. See {IParticipantRegistry}.
@@ -21,6 +29,13 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     // One slot per meter (wallet, index, active) so a reading costs one registry SLOAD.
     mapping(address meter => MeterRecord) private _meters;
     uint32 private _count;
+
+    // MeterRecord as stored (one slot, Solidity's packing in declaration order): wallet (bits 0..159) |
+    // index (160..191) | active (192..199). meterStatesOf reads the slot whole; test_meter_states_of_packed_keys pins it.
+    uint256 private constant METER_RECORD_WALLET_MASK = (1 << 160) - 1;
+    uint256 private constant METER_RECORD_INDEX_SHIFT = 160;
+    uint256 private constant METER_RECORD_ACTIVE_SHIFT = 192;
+    uint256 private constant METER_RECORD_ACTIVE_MASK = 0xff;
 
     /// @param admin Receives DEFAULT_ADMIN_ROLE (grants the other roles).
     constructor(address admin) {
@@ -107,7 +122,7 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
         states = new uint256[](wallets.length);
         for (uint256 i = 0; i < wallets.length; ++i) {
             Participant storage p = _participants[wallets[i]];
-            states[i] = uint256(p.index) | (p.active ? 1 << 32 : 0);
+            states[i] = RegistryState.pack(p.index, p.active);
         }
     }
 
@@ -115,22 +130,28 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     /// @dev One keccak and one SLOAD per meter in an assembly loop (MeterRecord: wallet bits 0..159,
     /// index 160..191, active 192..199), the answer returned from where it was built (no ABI copy).
     function meterStatesOf(bytes calldata meters) external view returns (uint256[] memory) {
-        if (meters.length % 20 != 0) revert RegistryMalformedMeters(meters.length);
+        if (meters.length % METER_KEY_SIZE != 0) revert RegistryMalformedMeters(meters.length);
         assembly ("memory-safe") {
-            let n := div(meters.length, 20)
+            let n := div(meters.length, METER_KEY_SIZE)
             let out := mload(0x40)
             mstore(out, 0x20)
             mstore(add(out, 0x20), n)
             mstore(0x20, _meters.slot)
             let p := meters.offset
             let w := add(out, 0x40)
-            for { let end := add(p, mul(n, 20)) } lt(p, end) { p := add(p, 20) } {
-                mstore(0x00, shr(96, calldataload(p)))
+            for { let end := add(p, mul(n, METER_KEY_SIZE)) } lt(p, end) { p := add(p, METER_KEY_SIZE) } {
+                mstore(0x00, shr(ADDRESS_SHIFT, calldataload(p)))
                 let word := sload(keccak256(0x00, 0x40))
-                // index | active << 32 | registered << 33; zero for an unknown key
+                // index | active | registered (see RegistryState); zero for an unknown key
                 let state := 0
-                if and(word, 0xffffffffffffffffffffffffffffffffffffffff) {
-                    state := or(or(and(shr(160, word), 0xffffffff), shl(32, and(shr(192, word), 0xff))), shl(33, 1))
+                if and(word, METER_RECORD_WALLET_MASK) {
+                    state := or(
+                        or(
+                            and(shr(METER_RECORD_INDEX_SHIFT, word), REGISTRY_INDEX_MASK),
+                            shl(REGISTRY_ACTIVE_SHIFT, and(shr(METER_RECORD_ACTIVE_SHIFT, word), METER_RECORD_ACTIVE_MASK))
+                        ),
+                        REGISTRY_REGISTERED
+                    )
                 }
                 mstore(w, state)
                 w := add(w, 0x20)

@@ -57,6 +57,9 @@ pragma solidity 0.8.28;
 ///   batch order; `settle` takes each batch's record bytes again and checks them against the commitments.
 /// - parties: 20 bytes per address, strictly ascending; positions: 2 bytes per entry, for the j-th record
 ///   (all batches in order) the seller's then the buyer's position in parties.
+/// The offsets and sizes are named in contracts/libraries (PackedOrder, PackedTrade, TradeRecord), whose
+/// typed getters are the contract's only reads of these records; docs/packed-calldata.md lists every
+/// field byte by byte.
 interface IEnergyMarket {
     /// @notice An order as signed by its trader (see the type string above).
     struct Order {
@@ -103,37 +106,120 @@ interface IEnergyMarket {
         bytes32 evidenceHash;
     }
 
+    /// @notice Deployment with a zero token, registry or readings address, or a settlement delay longer
+    /// than half the readings window of {IMeterReadings}.
     error MarketInvalidConfig();
+    /// @notice deposit or withdraw of zero tokens.
     error MarketZeroAmount();
+    /// @notice deposit of more than 2^128 - 1 base units (balances are uint128).
+    /// @param amount The amount given.
     error MarketAmountTooLarge(uint256 amount);
+    /// @notice A withdrawal or a trade's escrow exceeds the account's available balance.
+    /// @param account The account (the caller of withdraw, or the buyer of the trade).
+    /// @param available Its available balance in token base units.
+    /// @param required The amount needed in token base units.
     error MarketInsufficientBalance(address account, uint256 available, uint256 required);
+    /// @notice recordTrades by an account without MARKET_OPERATOR_ROLE (in the registry).
+    /// @param caller The caller.
     error MarketNotOperator(address caller);
+    /// @notice recordTrades with no trades.
     error MarketEmptyBatch();
+    /// @notice The batch's GridAttestation signature does not recover to a VALIDATOR_ROLE key.
+    /// @param signer The recovered address (zero when the signature is invalid).
     error MarketInvalidValidatorSignature(address signer);
+    /// @notice A trade id not above the interval's last recorded one (trades go in strictly ascending
+    /// tradeId order across the interval's batches).
+    /// @param tradeId The trade.
+    /// @param lastTradeId The highest trade id recorded before it.
     error MarketTradeOutOfOrder(bytes32 tradeId, bytes32 lastTradeId);
+    /// @notice recordTrades, settle or reclaim of an interval already settled or reclaimed.
+    /// @param intervalId The interval.
     error MarketIntervalSettled(uint64 intervalId);
+    /// @notice A trade whose sell order is not a SELL order, or whose buy order is not a BUY order.
+    /// @param tradeId The trade.
+    /// @param expectedSide The side the order should have (0 SELL, 1 BUY).
     error MarketOrderWrongSide(bytes32 tradeId, uint8 expectedSide);
+    /// @notice An order of a trade signed for another interval than the batch's.
+    /// @param tradeId The trade.
+    /// @param orderIntervalId The interval in the order.
     error MarketOrderIntervalMismatch(bytes32 tradeId, uint64 orderIntervalId);
+    /// @notice An order recorded after its expiry (chain time).
+    /// @param trader The order's trader.
+    /// @param nonce The order's nonce.
+    /// @param expiry The order's expiry (unix time).
     error MarketOrderExpired(address trader, uint64 nonce, uint64 expiry);
+    /// @notice An order whose signature does not recover to its trader (or has a high s).
+    /// @param trader The order's trader.
+    /// @param nonce The order's nonce.
     error MarketInvalidOrderSignature(address trader, uint64 nonce);
+    /// @notice A trade whose seller and buyer are the same trader.
+    /// @param tradeId The trade.
     error MarketSelfTrade(bytes32 tradeId);
+    /// @notice An order restricted to a counterparty is matched with another trader.
+    /// @param trader The order's trader.
+    /// @param nonce The order's nonce.
+    /// @param counterparty The only trader the order may match.
     error MarketCounterpartyMismatch(address trader, uint64 nonce, address counterparty);
+    /// @notice A trade price below the sell order's limit or above the buy order's.
+    /// @param tradeId The trade.
+    /// @param pricePerKWh The trade's price in token base units per kWh.
     error MarketPriceOutOfRange(bytes32 tradeId, uint128 pricePerKWh);
+    /// @notice A trade of zero Wh.
+    /// @param tradeId The trade.
     error MarketZeroTradeAmount(bytes32 tradeId);
+    /// @notice An order whose (trader, nonce) was cancelled.
+    /// @param trader The order's trader.
+    /// @param nonce The cancelled nonce.
     error MarketOrderCancelled(address trader, uint64 nonce);
+    /// @notice Trades take more energy from an order than is left of it (its energyWh minus what is filled
+    /// under its nonce).
+    /// @param trader The order's trader.
+    /// @param nonce The order's nonce.
+    /// @param remainingWh What was left of the order when the trade was applied, in Wh.
     error MarketOrderOverfilled(address trader, uint64 nonce, uint64 remainingWh);
+    /// @notice An order of a trader that is not an active registered participant.
+    /// @param trader The trader.
     error MarketParticipantInactive(address trader);
+    /// @notice cancelNonce of a nonce the caller already cancelled.
+    /// @param trader The caller.
+    /// @param nonce The nonce.
     error MarketNonceAlreadyCancelled(address trader, uint64 nonce);
+    /// @notice settle or reclaim of an interval with no recorded batch.
+    /// @param intervalId The interval.
     error MarketIntervalNotRecorded(uint64 intervalId);
+    /// @notice settle or reclaim given another number of batches than it needs (settle: every recorded
+    /// batch; reclaim: the batches not yet settled).
+    /// @param intervalId The interval.
+    /// @param expected The number of batches needed.
+    /// @param given The number of batches given.
     error MarketBatchCountMismatch(uint64 intervalId, uint256 expected, uint256 given);
+    /// @notice A batch's trade records differ from what was committed when it was recorded.
+    /// @param intervalId The interval.
+    /// @param batchIndex The batch.
     error MarketBatchCommitmentMismatch(uint64 intervalId, uint256 batchIndex);
+    /// @notice settle's parties are not strictly ascending.
+    /// @param position The position of the first party not above the one before it.
     error MarketPartiesNotSorted(uint256 position);
+    /// @notice A record's seller or buyer is not at the position its hint gives in parties.
+    /// @param wallet The seller or buyer.
     error MarketPartyMissing(address wallet);
+    /// @notice A trade refers to an order index past the batch's packed orders.
+    /// @param index The order index given.
     error MarketOrderIndexOutOfRange(uint256 index);
+    /// @notice settle's positions are not two per approved trade of the interval.
+    /// @param expected The number of positions needed (2 x the interval's approved trades).
+    /// @param given The number of positions given.
     error MarketPositionsMismatch(uint256 expected, uint256 given);
+    /// @notice A party of settle that is in no trade of the interval.
+    /// @param wallet The party.
     error MarketPartyUnused(address wallet);
+    /// @notice settle before every party's reading is in and before the settlement deadline.
+    /// @param intervalId The interval.
+    /// @param deadline The settlement deadline (missing readings count as zero from then on).
     error MarketSettlementNotReady(uint64 intervalId, uint256 deadline);
-    /// @notice Packed calldata whose length is not a whole number of records (field: see the layouts).
+    /// @notice Packed calldata whose length is not a whole number of records.
+    /// @param field Which argument: 0 orders, 1 trades, 2 a settle or reclaim batch, 3 parties, 4 positions.
+    /// @param length Its length in bytes.
     error MarketMalformedCalldata(uint8 field, uint256 length);
     /// @notice recordTrades after the interval's gate closure (`gateClosure`, chain time).
     /// @param intervalId The interval.

@@ -13,6 +13,7 @@ pragma solidity 0.8.28;
 /// meter (20) | importWh (8) | exportWh (8) | r (32) | vs (32) - the meter's signature in EIP-2098 compact form
 /// (vs = yParity << 255 | s, s in the lower half of the curve order). The interval is the batch's.
 /// A length that is not a multiple of 100 reverts with `MeterReadingsMalformedCalldata(length)`.
+/// Offsets and sizes are named in contracts/libraries/PackedReading.sol (docs/packed-calldata.md).
 ///
 /// Readings window: readings are kept in a ring of `readingWindowIntervals` intervals (at least
 /// RETENTION_SECONDS = 6 hours, at least 4 intervals); a batch for an interval older than the window
@@ -36,15 +37,22 @@ interface IMeterReadings {
     /// 3 INACTIVE: the meter's participant is deactivated.
     /// 4 CONFLICTING: a different reading for this participant and interval is already in.
     /// 5 VALUE_TOO_LARGE: importWh or exportWh above 2^23 - 1 (storage packs 4 readings per slot).
+    /// (MeterReadings names them: BAD_SIGNATURE .. VALUE_TOO_LARGE; an identical resubmission is skipped
+    /// without an event.)
 
     /// @notice The caller lacks ORACLE_ROLE (in the registry).
+    /// @param caller The caller.
     error MeterReadingsNotOracle(address caller);
     /// @notice Readings for an interval that has not ended yet.
+    /// @param intervalId The batch's interval.
+    /// @param endsAt When it ends (unix time).
     error MeterReadingsIntervalNotEnded(uint64 intervalId, uint256 endsAt);
-    /// @notice Readings for an interval older than the readings window (`oldestIntervalId` is the oldest
-    /// interval still accepted).
+    /// @notice Readings for an interval older than the readings window.
+    /// @param intervalId The batch's interval.
+    /// @param oldestIntervalId The oldest interval still accepted.
     error MeterReadingsIntervalTooOld(uint64 intervalId, uint64 oldestIntervalId);
     /// @notice Packed readings whose length is not a multiple of 100 bytes.
+    /// @param length The length of `readings` in bytes.
     error MeterReadingsMalformedCalldata(uint256 length);
     /// @notice Interval length of zero at deployment.
     error MeterReadingsInvalidInterval();

@@ -28,16 +28,22 @@ interface IParticipantRegistry is IAccessControl {
     /// @notice A zero address was given for a wallet or a meter.
     error RegistryZeroAddress();
     /// @notice The wallet is already connected.
+    /// @param wallet The wallet.
     error RegistryAlreadyConnected(address wallet);
     /// @notice The meter key is already registered to a participant.
+    /// @param meter The meter key.
     error RegistryMeterInUse(address meter);
     /// @notice The wallet is not a registered participant.
+    /// @param wallet The wallet.
     error RegistryUnknownParticipant(address wallet);
     /// @notice The participant is already inactive.
+    /// @param wallet The participant.
     error RegistryParticipantInactive(address wallet);
     /// @notice The participant is already active.
+    /// @param wallet The participant.
     error RegistryParticipantActive(address wallet);
     /// @notice Packed meter keys (`meterStatesOf`) whose length is not a multiple of 20 bytes.
+    /// @param length The length of `meters` in bytes.
     error RegistryMalformedMeters(uint256 length);
 
     /// @notice The grid operator connected a participant.
