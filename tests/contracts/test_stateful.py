@@ -9,6 +9,7 @@ deadline. A short run is part of the suite; ``TEGRID_LONG_STATEFUL=1`` runs >= 1
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, ClassVar
 
 import brownie
@@ -322,8 +323,10 @@ def test_stateful_ledger_short(ledger: Ledger, parts: Any) -> None:
 def test_stateful_ledger_long(ledger: Ledger, parts: Any) -> None:
     LedgerMachine.stats = {}
     brownie.chain.snapshot()
+    started = time.monotonic()
     while LedgerMachine.stats.get("steps", 0) < 100_000:
         _run(ledger, parts, examples=100, steps=100)
+        print(f"\nstateful progress {time.monotonic() - started:.0f} s", LedgerMachine.stats)
     print("stateful stats", LedgerMachine.stats)
 
 
