@@ -1,6 +1,6 @@
 """Clearing an interval whose order book is closed: the eligible orders go through the auction's
-rounds at the Neural Grid (``GridPort.clear``), the decided trades are stored in ascending
-trade-id order, and the trades are planned into batches within a share of the block gas
+rounds at the Neural Grid (``GridPort.clear``), the decided trades become ``ClearedTrade`` rows in
+ascending trade-id order, and the trades are planned into batches within a share of the block gas
 limit (by the measured gas model), each signed by the validator (``GridAttestation`` over its
 index, count and every trade's amounts and verdict).
 
@@ -18,13 +18,14 @@ import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from eth_hash.auto import keccak
 
 from backend.chain import eip712
 from backend.market import typed
-from backend.market.auction import BookOrder, Candidate, Clearing, clear
+from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.batching import GasModel, TradeSpec, order_count, split
 from backend.market.config import MarketConfig
 from backend.market.errors import BatchTooLarge, MarketError, NotFound
@@ -70,6 +71,89 @@ def order_message(row: OrderRow) -> dict[str, Any]:
         "expiry": int(row.expiry),
         "counterparty": row.counterparty,
     }
+
+
+@dataclass(frozen=True)
+class ClearedTrade:
+    """One trade of a clearing: the matched pair, its amounts and the grid's verdict, at its
+    ``position`` in the interval (ascending ``trade_id``, as the contract wants them)."""
+
+    trade_id: str
+    interval_id: int
+    position: int
+    kind: str  # "bilateral" | "auction"
+    sell_hash: str
+    buy_hash: str
+    seller: str
+    buyer: str
+    seller_bus: int
+    buyer_bus: int
+    energy_wh: int
+    price_per_kwh: int
+    verdict: int  # 0 approved, else the grid's reason code
+    reason: str
+    element: str
+
+    @classmethod
+    def decided(
+        cls, interval_id: int, position: int, trade_id: str, c: Candidate, d: Decision
+    ) -> ClearedTrade:
+        return cls(
+            trade_id=trade_id,
+            interval_id=interval_id,
+            position=position,
+            kind=c.kind,
+            sell_hash=c.sell.hash,
+            buy_hash=c.buy.hash,
+            seller=c.sell.trader,
+            buyer=c.buy.trader,
+            seller_bus=c.sell.bus,
+            buyer_bus=c.buy.bus,
+            energy_wh=c.energy_wh,
+            price_per_kwh=c.price_per_kwh,
+            verdict=d.reason_code,
+            reason=d.reason,
+            element=d.element[:40],
+        )
+
+    def spec(self) -> TradeSpec:
+        return TradeSpec(
+            self.trade_id, self.sell_hash, self.buy_hash, self.energy_wh, self.price_per_kwh,
+            self.verdict,
+        )  # fmt: skip
+
+    def row(self) -> dict[str, Any]:
+        """The store's columns of a new trade (``pending`` until its batch is on chain)."""
+        return {
+            "id": self.trade_id,
+            "interval_id": self.interval_id,
+            "position": self.position,
+            "kind": self.kind,
+            "sell_hash": self.sell_hash,
+            "buy_hash": self.buy_hash,
+            "seller": self.seller,
+            "buyer": self.buyer,
+            "seller_bus": self.seller_bus,
+            "buyer_bus": self.buyer_bus,
+            "energy_wh": self.energy_wh,
+            "price_per_kwh": str(self.price_per_kwh),
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "element": self.element,
+            "status": "pending",
+        }
+
+    def verdict_event(self) -> dict[str, Any]:
+        return {
+            "tradeId": self.trade_id,
+            "intervalId": self.interval_id,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "energyWh": self.energy_wh,
+            "pricePerKWh": str(self.price_per_kwh),
+            "seller": self.seller,
+            "buyer": self.buyer,
+        }
 
 
 def _log_failure(future: Future[None]) -> None:
@@ -207,30 +291,10 @@ class Clearer:
             key=lambda t: int(t[0], 16),
         )
         trades = [
-            {
-                "id": tid,
-                "interval_id": interval_id,
-                "position": pos,
-                "kind": c.kind,
-                "sell_hash": c.sell.hash,
-                "buy_hash": c.buy.hash,
-                "seller": c.sell.trader,
-                "buyer": c.buy.trader,
-                "seller_bus": c.sell.bus,
-                "buyer_bus": c.buy.bus,
-                "energy_wh": c.energy_wh,
-                "price_per_kwh": str(c.price_per_kwh),
-                "verdict": d.reason_code,
-                "reason": d.reason,
-                "element": d.element[:40],
-                "status": "pending",
-            }
+            ClearedTrade.decided(interval_id, pos, tid, c, d)
             for pos, (tid, c, d) in enumerate(decided)
         ]
-        specs = [
-            TradeSpec(tid, c.sell.hash, c.buy.hash, c.energy_wh, c.price_per_kwh, d.reason_code)
-            for tid, c, d in decided
-        ]
+        specs = [t.spec() for t in trades]
         orders = {o.hash: o for o in rows}
         batches = self.plan(interval_id, specs, result.evidence_hash, orders) if specs else []
         stats = {
@@ -242,26 +306,16 @@ class Clearer:
             "approved_count": len(result.approved),
             "vetoed_count": len(result.trades) - len(result.approved),
         }
-        self.store.save_clearing(interval_id, trades, batches, result.fills(), stats)
+        self.store.save_clearing(
+            interval_id, [t.row() for t in trades], batches, result.fills(), stats
+        )
         self._errors.pop(interval_id, None)
         self.intake.reload()
         self.events.publish(
             "clearing", {"intervalId": interval_id, "batches": len(batches), **stats}
         )
         for t in trades:
-            self.events.publish(
-                "verdict",
-                {
-                    "tradeId": t["id"],
-                    "intervalId": interval_id,
-                    "verdict": t["verdict"],
-                    "reason": t["reason"],
-                    "energyWh": t["energy_wh"],
-                    "pricePerKWh": t["price_per_kwh"],
-                    "seller": t["seller"],
-                    "buyer": t["buyer"],
-                },
-            )
+            self.events.publish("verdict", t.verdict_event())
         return result
 
     def approved_candidates(self, interval_id: int) -> list[Candidate]:

@@ -6,7 +6,7 @@ HTTP.
 
 - ``intake.Intake``: verification, the registry and deposit caches, per-trader limits and the
   group commit (the accept path is described there);
-- ``clearing.Clearer``: eligibility, the auction rounds at the Neural Grid, the trade rows,
+- ``clearing.Clearer``: eligibility, the auction rounds at the Neural Grid, ``ClearedTrade`` rows,
   the batch plan by measured gas and the validator's attestation of each batch;
 - ``recorder.Recorder``: the recorder thread, retries with back-off, expiry at the chain's gate
   closure, crash recovery and reconciliation after rollbacks (crash safety is described there);
