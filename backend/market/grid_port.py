@@ -22,7 +22,7 @@ def _trade(c: Candidate, interval_seconds: int) -> Any:
     key = (c.sell.hash, c.buy.hash, c.energy_wh, c.sell.bus, c.buy.bus, interval_seconds)
     hit = _TRADES.get(key)
     if hit is None:
-        from backend.market.service import trade_id_of
+        from backend.market.clearing import trade_id_of
         from grid.verdicts import Trade
 
         if len(_TRADES) >= _TRADES_MAX:

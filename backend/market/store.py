@@ -5,6 +5,8 @@ new
 state. SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed order survives a process
 crash
 (``kill -9``); only an OS crash or power loss could drop the last commits (use PostgreSQL for that).
+One module (over 500 lines) on purpose: it is the market's one persistence boundary, each method
+one transaction over the same tables, so a reader sees every state change in one place.
 """
 
 from __future__ import annotations
