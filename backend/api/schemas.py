@@ -13,7 +13,11 @@ Address = Annotated[
 ]
 Hash32 = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")]
 Signature = Annotated[
-    str, Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$", description="65-byte r||s||v hex")
+    str,
+    Field(
+        pattern=r"^(0x)?([0-9a-fA-F]{128}|[0-9a-fA-F]{130})$",
+        description="65-byte r||s||v hex, or the 64-byte EIP-2098 compact form r||vs",
+    ),
 ]
 Uint8 = Annotated[int, Field(ge=0, lt=2**8)]
 Uint32 = Annotated[int, Field(ge=0, lt=2**32)]

@@ -381,7 +381,7 @@ class Intake:
             "nonce": str(nonce),
             "expiry": str(expiry),
             "counterparty": msg["counterparty"],
-            "signature": signature if signature.startswith("0x") else "0x" + signature,
+            "signature": typed.canonical_signature(signature),
             "status": OrderStatus.OPEN,
             "filled_wh": 0,
             "reserved": str(reserve),

@@ -173,23 +173,38 @@ def bytes32(value: Any, name: str = "value") -> bytes:
 
 
 def split_signature(signature: str) -> tuple[int, int, int]:
-    """Parse a 65-byte ``r || s || v`` hex signature (v 27/28 or 0/1); refuse malleable high-s
-    forms, as OpenZeppelin's ECDSA does on chain."""
+    """Parse a 65-byte ``r || s || v`` hex signature (v 27/28 or 0/1) or a 64-byte EIP-2098
+    compact one (``r || yParity << 255 | s``, what ethers' ``Signature.compactSerialized`` and
+    viem's ``serializeCompactSignature`` give); refuse malleable high-s forms, as OpenZeppelin's
+    ECDSA does on chain."""
     raw = signature[2:] if signature.startswith(("0x", "0X")) else signature
-    if len(raw) != 130:
-        raise BadSignature("signature must be 65 bytes (r, s, v) in hex")
+    if len(raw) not in (128, 130):
+        raise BadSignature(
+            "signature must be 65 bytes (r, s, v) or 64 bytes (EIP-2098 r, vs) in hex"
+        )
     try:
         sig = bytes.fromhex(raw)
     except ValueError:
         raise BadSignature("signature is not valid hex") from None
     r = int.from_bytes(sig[:32], "big")
-    s = int.from_bytes(sig[32:64], "big")
-    v = sig[64]
+    if len(sig) == 64:
+        vs = int.from_bytes(sig[32:64], "big")
+        s, v = vs & ((1 << 255) - 1), vs >> 255
+    else:
+        s = int.from_bytes(sig[32:64], "big")
+        v = sig[64]
     if v >= 27:
         v -= 27
     if v not in (0, 1) or not 0 < r < _SECP256K1_N or not 0 < s <= _HALF_N:
         raise BadSignature("signature has an invalid r, s or v (high-s signatures are refused)")
     return r, s, v
+
+
+def canonical_signature(signature: str) -> str:
+    """The 65-byte ``0x`` r || s || v (v 27/28) form of a valid signature, compact or not: the
+    one form the store keeps and the chain encoder reads."""
+    r, s, v = split_signature(signature)
+    return "0x" + (r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([27 + v])).hex()
 
 
 def recover(digest: bytes, signature: str) -> str:

@@ -201,3 +201,21 @@ def test_nonce_cancelled_after_clearing_does_not_sink_the_interval(
     assert {t.seller for t in market.trades(interval)} == {Account.from_key(K[2]).address}
     statuses = {o.trader: o.status for o in market.store.list_orders(interval_id=interval)}
     assert statuses[Account.from_key(K[1]).address] == "unfilled"
+
+
+def test_compact_eip2098_signature_is_accepted_and_stored_canonical(
+    market: Market, signer: Signer
+) -> None:
+    """ethers' compactSerialized / viem's serializeCompactSignature: r || (yParity << 255 | s)."""
+    o = signer.order(K[1], 0, 1000, 100)
+    full = bytes.fromhex(o["signature"][2:])
+    r, s, v = full[:32], int.from_bytes(full[32:64], "big"), full[64]
+    compact = "0x" + (r + (((v - 27) << 255) | s).to_bytes(32, "big")).hex()
+    row = market.submit_order(o["message"], compact)
+    assert market.get_order(row.hash).signature == o["signature"]
+    other = signer.order(K[1], 0, 1000, 100)
+    full = bytes.fromhex(other["signature"][2:])
+    r, s, v = full[:32], int.from_bytes(full[32:64], "big"), full[64]
+    flipped = "0x" + (r + ((((v - 27) ^ 1) << 255) | s).to_bytes(32, "big")).hex()
+    with pytest.raises(BadSignature, match="recovers to"):  # the other parity: another key
+        market.submit_order(other["message"], flipped)
