@@ -60,7 +60,11 @@ def _batch_summary(batches: list[BatchRow]) -> dict[str, Any] | None:
         return None
     states = {b.state for b in batches}
     state = next(
-        (s for s in (BatchState.FAILED, BatchState.PENDING, BatchState.SENT) if s in states),
+        (
+            s
+            for s in (BatchState.EXPIRED, BatchState.FAILED, BatchState.PENDING, BatchState.SENT)
+            if s in states
+        ),
         BatchState.RECORDED,
     )
     last = next((b for b in reversed(batches) if b.tx_hash), None)

@@ -104,7 +104,7 @@ class BatchOut(BaseModel):
 
     index: int
     count: int
-    state: Literal["pending", "sent", "recorded", "failed", "empty"]
+    state: Literal["pending", "sent", "recorded", "failed", "empty", "expired"]
     trades: int
     orders: int
     reason: str | None = Field(description="why the last attempt failed (decoded revert, ...)")

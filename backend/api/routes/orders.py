@@ -33,10 +33,24 @@ HashPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{64}$")]
 def typed_data_template(
     market: MarketDep,
     primary_type: Annotated[Literal["Order", "Cancel"], Query(alias="primaryType")] = "Order",
+    wallet: Annotated[
+        Literal["eth_signTypedData_v4", "ethers", "viem"],
+        Query(
+            alias="for",
+            description="eth_signTypedData_v4 (MetaMask, eth-sig-util, eth-account): types with "
+            "EIP712Domain; ethers (signer.signTypedData(domain, types, message)) and viem: "
+            "types without it (ethers refuses it as an unused type)",
+        ),
+    ] = "eth_signTypedData_v4",
 ) -> dict[str, Any]:
-    """The typed-data template {domain, types (with EIP712Domain), primaryType}: add ``message`` and
-    sign it with any EIP-712 wallet. ``primaryType=Cancel`` gives the cancellation template."""
-    return market.template(primary_type)
+    """The typed-data template {domain, types, primaryType}: add ``message`` and sign it with any
+    EIP-712 wallet as it is (``for`` names the library's shape). ``primaryType=Cancel`` gives the
+    cancellation template."""
+    template = market.template(primary_type)
+    if wallet != "eth_signTypedData_v4":
+        types = {k: v for k, v in template["types"].items() if k != "EIP712Domain"}
+        template = {**template, "types": types}
+    return template
 
 
 def openapi_schemas() -> dict[str, Any]:

@@ -219,3 +219,42 @@ def test_compact_eip2098_signature_is_accepted_and_stored_canonical(
     flipped = "0x" + (r + ((((v - 27) ^ 1) << 255) | s).to_bytes(32, "big")).hex()
     with pytest.raises(BadSignature, match="recovers to"):  # the other parity: another key
         market.submit_order(other["message"], flipped)
+
+
+def test_expired_batch_shows_in_the_api(
+    market: Market, signer: Signer, ledger: MemoryLedger
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+
+    interval = market.current_interval() + 2
+    for key, side in ((K[1], 0), (K[3], 1)):
+        o = signer.order(key, side, 1000, 90, interval=interval)
+        market.submit_order(o["message"], o["signature"])
+    ledger.fail_sends = 1
+    market.close_interval(interval, force=True)
+    ledger.advance(interval * 900 + 6 - ledger.now())
+    market.record_batch(interval)
+    with TestClient(create_app(market, scheduler=False, recover=False)) as client:
+        body = client.get(f"/intervals/{interval}").json()
+    assert body["batch"]["state"] == "expired"
+    assert [b["state"] for b in body["batches"]] == ["expired"]
+    assert "gate closure" in body["batches"][0]["reason"]
+
+
+def test_template_for_ethers_and_viem_has_no_domain_type(market: Market) -> None:
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+
+    with TestClient(create_app(market, scheduler=False, recover=False)) as client:
+        v4 = client.get("/orders/eip712").json()
+        ethers = client.get("/orders/eip712", params={"for": "ethers"}).json()
+        viem = client.get("/orders/eip712", params={"for": "viem", "primaryType": "Cancel"}).json()
+        bad = client.get("/orders/eip712", params={"for": "web3js"})
+    assert set(v4["types"]) == {"EIP712Domain", "Order"}
+    assert set(ethers["types"]) == {"Order"} and ethers["types"]["Order"] == v4["types"]["Order"]
+    assert ethers["domain"] == v4["domain"] and ethers["primaryType"] == "Order"
+    assert set(viem["types"]) == {"Cancel"}
+    assert bad.status_code == 422
