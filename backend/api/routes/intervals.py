@@ -19,7 +19,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in 
 
 @router.get("/current", response_model=IntervalOut)
 def current_interval(market: MarketDep) -> IntervalOut:
+    """The interval being delivered now (chain time); its orders closed before it started. To
+    place an order, use ``/intervals/next-open``."""
     return interval_out(market, market.interval(market.current_interval()))
+
+
+@router.get("/next-open", response_model=IntervalOut)
+def next_open_interval(market: MarketDep) -> IntervalOut:
+    """The first interval that still takes orders (its gate closure is ahead, chain time)."""
+    now = market.ledger.now()
+    interval_id = market.current_interval()
+    while market.gate_closure(interval_id) <= now:
+        interval_id += 1
+    return interval_out(market, market.interval(interval_id))
 
 
 @router.get("/{interval_id}", response_model=IntervalOut)

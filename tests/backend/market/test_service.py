@@ -258,3 +258,21 @@ def test_template_for_ethers_and_viem_has_no_domain_type(market: Market) -> None
     assert ethers["domain"] == v4["domain"] and ethers["primaryType"] == "Order"
     assert set(viem["types"]) == {"Cancel"}
     assert bad.status_code == 422
+
+
+def test_next_open_interval_still_takes_orders(
+    market: Market, signer: Signer, ledger: MemoryLedger
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+
+    now = ledger.now()
+    current = now // 900
+    with TestClient(create_app(market, scheduler=False, recover=False)) as client:
+        body = client.get("/intervals/next-open").json()
+        assert client.get("/intervals/current").json()["id"] == current
+    expected = current + 1 if now < (current + 1) * 900 - 60 else current + 2
+    assert (body["id"], body["status"]) == (expected, "open")
+    o = signer.order(K[1], 0, 1000, 100, interval=body["id"])
+    assert market.submit_order(o["message"], o["signature"]).status == "open"
