@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -200,7 +201,9 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(close_grid)
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI / ReDoc from the API's own static files
+    # (their default pages fetch them from a CDN and are blank without internet)
+    app = FastAPIOffline(
         title="tegrid market API",
         version="1",
         description=(

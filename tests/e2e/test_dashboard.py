@@ -385,3 +385,25 @@ def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:
     assert page.evaluate("window.__sameDocument") == 7
     page.screenshot(path=str(ARTIFACTS / "dashboard-settled.png"), full_page=True)
     assert tab.errors == []
+
+
+def test_api_docs_render_without_internet(server: str, tab: Page) -> None:
+    """/docs loads Swagger UI from the API itself: every request the page makes stays on the
+    server's origin (anything else is refused here, as on a machine without internet) and the
+    operations are drawn."""
+    foreign: list[str] = []
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(server):
+            r.continue_()
+        else:
+            foreign.append(r.request.url)
+            r.abort()
+
+    page = tab.page
+    page.route("**/*", route)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=TIMEOUT_MS)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert "/orders" in paths and "/intervals/next-open" in paths
+    assert foreign == []
