@@ -21,7 +21,7 @@ STAMP_SOL := build/.compiled
 CONTRACT_SOURCES := $(shell find contracts -name '*.sol' 2>/dev/null)
 
 
-.PHONY: brownie-network help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean fuzz-api \
+.PHONY: brownie-network console-network help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean fuzz-api console \
 	bench bench-grid bench-chain bench-api bench-oracle bench-e2e
 
 help:
@@ -68,6 +68,19 @@ setup: prereqs $(STAMP_PY) $(STAMP_NPM) $(VENV)/bin/anvil $(STAMP_SOL) brownie-n
 	@$(BIN)/python -m backend.chain.compiler >/dev/null
 
 test: setup test-contracts test-python
+
+# `brownie console` on the running chain (TEGRID_RPC_URL, default port 8545): the network
+# `tegrid-local` is (re)registered for that host and port - brownie attaches to a chain answering
+# there instead of launching one - then `from scripts.console import *` gives the deployed contracts.
+TEGRID_RPC_URL ?= http://127.0.0.1:8545
+console-network: $(STAMP_PY)
+	@$(BIN)/brownie networks delete tegrid-local >/dev/null 2>&1 || true
+	@hostport=$$(echo '$(TEGRID_RPC_URL)' | sed -E 's#^(https?://[^:/]+):([0-9]+).*#\1 \2#'); \
+		$(BIN)/brownie networks add Development tegrid-local cmd=anvil host=$${hostport% *} \
+		port=$${hostport#* } >/dev/null
+
+console: setup console-network
+	$(BIN)/brownie console --network tegrid-local
 
 # Each run registers a network on a free port of its own, so two runs on one machine never share a chain.
 BROWNIE_RUN_NETWORK = port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
