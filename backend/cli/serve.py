@@ -74,7 +74,7 @@ def serve(
     try:
         settings = Settings.from_env()
         if dev and dev_stack:
-            from backend.market.devstack import start_dev_stack
+            from backend.devtools.devstack import start_dev_stack
 
             stack = start_dev_stack(settings, participants=participants)
             console.print(f"dev chain {settings.rpc_url}: contracts {stack.deployment.contracts}")
