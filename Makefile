@@ -102,7 +102,7 @@ demo: setup
 	$(BIN)/tegrid demo
 
 lint: setup
-	$(BIN)/ruff check backend grid scripts tests
+	$(BIN)/ruff check backend grid bench scripts tests
 	$(BIN)/mypy
 
 bench: bench-grid bench-chain

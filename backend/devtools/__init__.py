@@ -9,6 +9,6 @@
 - ``services``: tegrid's services as operating-system processes (the demo's process layout).
 
 The product packages (``backend.market``, ``oracle``, ``iot``, ``api``, ``chain``, ``keeper`` and
-``grid``) never import this package; ``backend.cli``, ``backend.demo``, ``benchmarks`` and the tests
-do (checked by ``lint-imports``).
+``grid``) never import this package; ``backend.cli``, ``backend.demo``, ``bench`` (the benchmarks)
+and the tests do (checked by ``lint-imports``).
 """

@@ -50,7 +50,7 @@ def naive_pipeline(
     from backend.chain.deploy import RoleHolders, deploy_all
     from backend.devtools.anvil import start_anvil
     from backend.devtools.clock import chain_now, set_time
-    from grid.naive import PandapowerChecker
+    from bench.naive import PandapowerChecker
     from grid.validator import GridValidator
 
     anvil = start_anvil()
