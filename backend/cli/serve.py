@@ -63,8 +63,7 @@ def serve(
     import uvicorn
 
     from backend.api.app import create_app
-    from backend.cli.main import console
-    from backend.cli.output import fail
+    from backend.cli.output import console, fail
     from backend.market.events import EventBus
     from backend.market.factory import build_market
     from backend.market.service import MarketConfig
