@@ -104,6 +104,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check backend grid bench scripts tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: bench-grid bench-chain
 
