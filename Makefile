@@ -115,8 +115,9 @@ demo: setup
 	$(BIN)/tegrid demo
 
 lint: setup
-	$(BIN)/ruff check backend grid scripts tests
+	$(BIN)/ruff check backend grid bench scripts tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: bench-grid bench-chain
 

@@ -27,7 +27,7 @@ def api(
 ) -> None:
     """Signed orders accepted per second through HTTP (one uvicorn worker), p50/p99 latency;
     baselines: one request at a time, and eth-account's generic EIP-712 recovery per order."""
-    from backend.api.loadtest import run
+    from bench.api import run
 
     result = run(orders=orders, concurrency=concurrency)
     if not json_out:
@@ -48,7 +48,7 @@ def oracle(
 ) -> None:
     """Oracle relay: readings/s (publish -> receipt) and gas/reading, batched vs one tx each."""
     from backend.errors import TegridError
-    from backend.oracle.bench import run_oracle_bench
+    from bench.oracle import run_oracle_bench
 
     try:
         result = run_oracle_bench(readings, meters, single_readings, batch_size)
@@ -68,7 +68,7 @@ def chain_bench(
 ) -> None:
     """Ledger gas: per trade (record + settle) and per reading in batches on a fresh Anvil;
     baseline: one trade recorded and settled per transaction on the same contracts."""
-    from backend.chain.bench import run as run_chain_bench
+    from bench.chain import run as run_chain_bench
 
     result = run_chain_bench(batch=batch, intervals=intervals, naive_trades=naive_trades)
     if not json_out:
@@ -87,7 +87,7 @@ def grid_bench(
     """Neural Grid validator against a full pandapower runpp per trade, on three networks."""
     from rich.progress import Progress
 
-    from grid.bench import CASES, run_benchmark
+    from bench.grid import CASES, run_benchmark
 
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("naive runpp per trade", total=trades * len(CASES))
@@ -110,8 +110,8 @@ def e2e(
 ) -> None:
     """The whole pipeline (HTTP orders, clearing, Neural Grid, recording, readings, settlement)
     against the naive one (one runpp and one transaction per trade), in one run."""
-    from backend.demo.bench import run_e2e
     from backend.errors import TegridError
+    from bench.e2e import run_e2e
     from grid.errors import GridError
 
     try:

@@ -17,7 +17,7 @@ def start(
 ) -> None:
     """Start Anvil (node_modules) on TEGRID_RPC_URL's port, state kept in TEGRID_CHAIN_STATE_FILE
     (--state, dumped every second), or reuse a chain already answering there."""
-    from backend.chain.anvil import is_up, start_anvil
+    from backend.devtools.anvil import is_up, start_anvil
     from backend.errors import TegridError
     from backend.settings import Settings
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
+from backend.cli import bench, chain, grid, serve
+from backend.cli import demo as demo_cli
 from backend.cli import doctor as doctor_mod
-from backend.cli.output import fail
+from backend.cli import keeper as keeper_cli
+from backend.cli import meters as meters_cli
+from backend.cli import oracle as oracle_cli
+from backend.cli.output import console, fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -17,7 +21,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
 
 
 @app.command()
@@ -31,25 +34,15 @@ def doctor() -> None:
     raise typer.Exit(0 if ok else 1)
 
 
-def _register_subcommands() -> None:
-    """Sub-apps live beside this file, one per concern."""
-    from backend.cli import bench, chain, grid, serve
-    from backend.cli import demo as demo_cli
-    from backend.cli import keeper as keeper_cli
-    from backend.cli import meters as meters_cli
-    from backend.cli import oracle as oracle_cli
-
-    app.command(name="serve")(serve.serve)
-    app.command(name="demo")(demo_cli.demo)
-    app.add_typer(grid.app, name="grid")
-    app.add_typer(chain.app, name="chain")
-    app.add_typer(bench.app, name="bench")
-    app.add_typer(meters_cli.app, name="meters")
-    app.add_typer(oracle_cli.app, name="oracle")
-    app.add_typer(keeper_cli.app, name="keeper")
-
-
-_register_subcommands()
+# Sub-apps live beside this file, one per concern; they never import this module.
+app.command(name="serve")(serve.serve)
+app.command(name="demo")(demo_cli.demo)
+app.add_typer(grid.app, name="grid")
+app.add_typer(chain.app, name="chain")
+app.add_typer(bench.app, name="bench")
+app.add_typer(meters_cli.app, name="meters")
+app.add_typer(oracle_cli.app, name="oracle")
+app.add_typer(keeper_cli.app, name="keeper")
 
 if __name__ == "__main__":
     app()

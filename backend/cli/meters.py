@@ -118,7 +118,7 @@ def _register_missing(w3: object, settings: Settings, registry: str, specs: list
     from web3 import Web3
 
     from backend.chain.contracts import contract_at
-    from backend.oracle.devchain import register_participants
+    from backend.devtools.participants import register_participants
 
     assert isinstance(w3, Web3)
     reg = contract_at(w3, "ParticipantRegistry", registry)

@@ -1,4 +1,6 @@
-"""What every ``tegrid`` command prints on failure: one readable line on stderr, an exit code."""
+"""What ``tegrid`` commands print: the shared console, and on failure one readable line on stderr
+with an exit code. Sub-commands import from here, never from ``backend.cli.main`` (which imports
+them)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+
+console = Console()
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

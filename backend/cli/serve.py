@@ -63,8 +63,7 @@ def serve(
     import uvicorn
 
     from backend.api.app import create_app
-    from backend.cli.main import console
-    from backend.cli.output import fail
+    from backend.cli.output import console, fail
     from backend.market.events import EventBus
     from backend.market.factory import build_market
     from backend.market.service import MarketConfig
@@ -74,7 +73,7 @@ def serve(
     try:
         settings = Settings.from_env()
         if dev and dev_stack:
-            from backend.market.devstack import start_dev_stack
+            from backend.devtools.devstack import start_dev_stack
 
             stack = start_dev_stack(settings, participants=participants)
             console.print(f"dev chain {settings.rpc_url}: contracts {stack.deployment.contracts}")

@@ -38,8 +38,8 @@ from rich.table import Table
 
 from backend.chain import batches, eip712
 from backend.demo.community import TOKEN_UNIT, build_community, intent_for
+from backend.devtools.clock import chain_now, set_time
 from backend.errors import TegridError
-from backend.oracle.devchain import chain_now, set_time
 from backend.paths import REPO_ROOT
 from backend.settings import ANVIL_KEYS, Settings
 
@@ -231,7 +231,7 @@ class Demo:
     def _start_chain(self) -> None:
         from web3 import Web3
 
-        from backend.oracle.devchain import AnvilProcess
+        from backend.devtools.anvil import AnvilProcess
 
         self.work.mkdir(parents=True, exist_ok=True)
         # No --state file: the demo never restarts its chain, and Anvil would serialize the whole
@@ -301,7 +301,7 @@ class Demo:
     def _start_iot(self) -> None:
         """The broker, then the oracle: its own process (``tegrid oracle``) over Mosquitto, or a
         thread beside the in-process transport when there is no broker to share."""
-        from backend.iot.broker import MosquittoBroker, find_mosquitto
+        from backend.devtools.broker import MosquittoBroker, find_mosquitto
         from backend.iot.transport import InProcessBroker, InProcessTransport, MqttTransport
 
         use_mqtt = self.cfg.broker == "mosquitto" or (
@@ -350,7 +350,7 @@ class Demo:
         self.stack.push(oracle.stop)
 
     def _start_service(self, name: str, args: list[str], settings: Settings) -> None:
-        from backend.demo.services import ServiceProcess
+        from backend.devtools.services import ServiceProcess
 
         service = ServiceProcess(name, args, settings, self.work).start()
         self._pids[name] = service.process.pid if service.process is not None else None

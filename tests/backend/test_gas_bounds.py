@@ -25,7 +25,7 @@ def test_bound_scales_with_calldata_and_keeps_the_highest_rate() -> None:
 
 @pytest.mark.skipif(shutil.which("anvil") is None, reason="needs anvil")
 def test_bounded_transact_estimates_first_and_recovers_from_out_of_gas() -> None:
-    from backend.oracle.devchain import AnvilProcess
+    from backend.devtools.anvil import AnvilProcess
 
     with AnvilProcess() as anvil:
         client = ChainClient(anvil.url, ANVIL_KEYS[0])

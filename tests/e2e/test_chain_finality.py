@@ -16,18 +16,13 @@ from backend.chain.client import ChainClient
 from backend.chain.contracts import contract_at
 from backend.chain.deploy import RoleHolders, deploy_all
 from backend.chain.finality import final_block, is_final
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.clock import chain_now, current_interval, end_interval, rpc
+from backend.devtools.participants import register_participants
 from backend.iot.meters import MeterSimulator, dev_meters
 from backend.iot.schema import readings_topic
 from backend.iot.transport import InProcessBroker, InProcessTransport, Message
 from backend.oracle.daemon import OracleConfig, OracleDaemon
-from backend.oracle.devchain import (
-    AnvilProcess,
-    chain_now,
-    current_interval,
-    end_interval,
-    register_participants,
-    rpc,
-)
 from backend.oracle.store import OracleStore
 from backend.oracle.web3_ledger import Web3Ledger
 from backend.settings import ANVIL_KEYS

@@ -27,19 +27,14 @@ from backend.chain.client import ChainClient
 from backend.chain.contracts import contract_at
 from backend.chain.deploy import RoleHolders, deploy_all
 from backend.chain.heads import HeadWatcher, Rollback
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.clock import chain_now, current_interval, end_interval, rpc
+from backend.devtools.participants import register_participants
 from backend.iot.meters import MeterSimulator, MeterSpec, dev_meter_key, dev_wallet_key
 from backend.iot.schema import readings_topic
 from backend.iot.transport import InProcessBroker, InProcessTransport, Message
 from backend.keeper import SettlementKeeper
 from backend.oracle.daemon import OracleConfig, OracleDaemon
-from backend.oracle.devchain import (
-    AnvilProcess,
-    chain_now,
-    current_interval,
-    end_interval,
-    register_participants,
-    rpc,
-)
 from backend.oracle.store import OracleStore
 from backend.oracle.web3_ledger import READINGS_SUBMITTED_TOPIC, Web3Ledger
 from backend.settings import ANVIL_KEYS
@@ -297,7 +292,7 @@ def test_market_records_again_a_batch_the_rollback_lost(
     signature; the operator's nonce resyncs), exactly once."""
     import dataclasses
 
-    from backend.market.devstack import start_dev_stack
+    from backend.devtools.devstack import start_dev_stack
     from backend.settings import Settings
     from tests.e2e.test_market_batches import bilateral_pairs, new_market, provision_many, submit
     from tests.e2e.test_market_batches import trader_keys as keys_for

@@ -334,9 +334,9 @@ def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
 def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:
     """Runs last: moves chain time past its interval so meters can report and the keeper settle."""
     from backend.chain.contracts import load_deployment
+    from backend.devtools.clock import end_interval
+    from backend.iot.meters import dev_meter_key
     from backend.iot.signing import Reading, sign_reading
-    from backend.market.devstack import dev_meter_key
-    from backend.oracle.devchain import end_interval
     from backend.oracle.web3_ledger import Web3Ledger
 
     page = tab.open(server)

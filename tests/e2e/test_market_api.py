@@ -16,11 +16,12 @@ from web3 import Web3
 
 from backend.api.app import create_app
 from backend.api.schemas import OrderOut
-from backend.api.server import ServerHandle, start_in_thread
 from backend.chain.contracts import contract_at
-from backend.market.devstack import start_dev_stack
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.clock import chain_now, set_time
+from backend.devtools.devstack import start_dev_stack
+from backend.devtools.server import ServerHandle, start_in_thread
 from backend.market.factory import build_market
-from backend.oracle.devchain import AnvilProcess, chain_now, set_time
 from backend.settings import ANVIL_KEYS, Settings
 
 ZERO = "0x" + "00" * 20

@@ -21,16 +21,16 @@ from eth_utils import keccak
 from web3 import Web3
 
 from backend.api.app import create_app
-from backend.api.server import start_in_thread
 from backend.chain import eip712
 from backend.chain.client import ChainClient
 from backend.chain.contracts import contract_at
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.devstack import start_dev_stack
+from backend.devtools.server import start_in_thread
 from backend.market import typed
-from backend.market.devstack import start_dev_stack
 from backend.market.errors import TooManyOrders
 from backend.market.factory import build_market
 from backend.market.service import Market, MarketConfig
-from backend.oracle.devchain import AnvilProcess
 from backend.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -372,7 +372,7 @@ def test_interval_of_3000_trades_settles_in_pages_exactly_once(chain: dict[str, 
     estimates; every trade is paid exactly once, in full (delivery = contract)."""
     from backend.chain import batches as encoder
     from backend.keeper import SettlementKeeper
-    from backend.oracle.devchain import rpc
+    from backend.devtools.clock import rpc
 
     settings, w3 = chain["settings"], chain["w3"]
     market = new_market(settings)

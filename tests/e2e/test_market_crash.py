@@ -18,7 +18,7 @@ from eth_account import Account
 from web3 import Web3
 
 from backend.chain.contracts import contract_at, load_deployment
-from backend.oracle.devchain import AnvilProcess
+from backend.devtools.anvil import AnvilProcess
 from backend.paths import REPO_ROOT
 from backend.settings import ANVIL_KEYS
 

@@ -20,18 +20,14 @@ from backend.chain import batches
 from backend.chain.client import ChainClient
 from backend.chain.contracts import Deployment, save_deployment
 from backend.chain.deploy import RoleHolders, deploy_all
-from backend.iot.broker import MosquittoBroker, find_mosquitto
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.broker import MosquittoBroker, find_mosquitto
+from backend.devtools.clock import current_interval, end_interval, set_time
+from backend.devtools.participants import register_participants
 from backend.iot.meters import MeterSimulator, MeterSpec, dev_meters
 from backend.iot.schema import SignedReading, readings_topic
 from backend.iot.signing import Reading, address_of, sign_reading
 from backend.iot.transport import MqttTransport
-from backend.oracle.devchain import (
-    AnvilProcess,
-    current_interval,
-    end_interval,
-    register_participants,
-    set_time,
-)
 from backend.oracle.store import OracleStore
 from backend.oracle.web3_ledger import READINGS_SUBMITTED_TOPIC, Web3Ledger
 from backend.paths import REPO_ROOT

@@ -21,18 +21,14 @@ from backend.chain.batches import CandidateTrade
 from backend.chain.client import ChainClient
 from backend.chain.contracts import contract_at
 from backend.chain.deploy import RoleHolders, deploy_all
-from backend.iot.broker import MosquittoBroker, find_mosquitto
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.broker import MosquittoBroker, find_mosquitto
+from backend.devtools.clock import current_interval, end_interval, set_time
+from backend.devtools.participants import register_participants
 from backend.iot.meters import MeterSimulator, MeterSpec, dev_meter_key, dev_wallet_key
 from backend.iot.transport import MqttTransport
 from backend.keeper import SettlementKeeper
 from backend.oracle.daemon import OracleConfig, OracleDaemon
-from backend.oracle.devchain import (
-    AnvilProcess,
-    current_interval,
-    end_interval,
-    register_participants,
-    set_time,
-)
 from backend.oracle.store import OracleStore
 from backend.oracle.web3_ledger import Web3Ledger
 from backend.settings import ANVIL_KEYS

@@ -8,9 +8,9 @@ import pytest
 from scipy import sparse
 from scipy.sparse.linalg import splu
 
+from bench.naive import PandapowerChecker, injections_of
 from grid import GridValidator, Trade
 from grid.acmodel import ACModel, KLUFactor, Linearization, factorize, jacobian_at
-from grid.naive import PandapowerChecker, injections_of
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def test_reuse_off_is_from_scratch(scratch: GridValidator) -> None:
 
 def test_kerber_clearing_rounds_equal_from_scratch() -> None:
     # The grid of the market benchmark, where AC-decided vetoes carry AC values: bit for bit.
-    from grid.bench import random_trades
+    from bench.grid import random_trades
 
     reusing, scratch = (
         GridValidator("kerber_vorstadt"),
@@ -122,7 +122,7 @@ def test_bench_clearing_rounds_identical(network: str, max_p_kw: float) -> None:
     # The bench's clearing pattern (its seeds) on each bench network: every round's verdicts and
     # evidence hash with reuse equal to a from-scratch validator's (on kerber_vorstadt through
     # the kept lightsim2grid model).
-    from grid.bench import run_clearing
+    from bench.grid import run_clearing
 
     result = run_clearing(network, pool_size=200, max_p_kw=max_p_kw)
     assert result["identical"] is True

@@ -8,8 +8,8 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.naive import PandapowerChecker, injections_of
 from grid import GridValidator, Limits, Trade
-from grid.naive import PandapowerChecker, injections_of
 
 CIGRE_LOAD_BUSES = [2, 12, 16, 17, 18, 19, 22, 24, 35, 36, 37, 40, 41, 42, 43]
 

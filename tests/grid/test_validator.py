@@ -8,6 +8,7 @@ from pathlib import Path
 import pandapower.networks as pn
 import pytest
 
+from bench.naive import PandapowerChecker, injections_of
 from grid import (
     GridValidator,
     NetworkFileError,
@@ -18,7 +19,6 @@ from grid import (
     load_network,
     network_fingerprint,
 )
-from grid.naive import PandapowerChecker, injections_of
 from grid.profiles import hour_of_day
 
 

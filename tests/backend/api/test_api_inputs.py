@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
 from backend.api.limits import Limits, nesting_depth_exceeds
-from backend.api.server import start_in_thread
+from backend.devtools.server import start_in_thread
 from backend.market.memory import MemoryLedger
 from backend.market.service import Market
 from backend.market.store import Store

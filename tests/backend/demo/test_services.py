@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.demo.services import ServiceError, ServiceProcess
+from backend.devtools.services import ServiceError, ServiceProcess
 from backend.net import free_port
 from backend.settings import Settings
 

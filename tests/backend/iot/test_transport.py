@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from backend.devtools.broker import MosquittoBroker, find_mosquitto
 from backend.iot import TransportError
-from backend.iot.broker import MosquittoBroker, find_mosquitto
 from backend.iot.transport import (
     InProcessBroker,
     InProcessTransport,

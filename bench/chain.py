@@ -23,11 +23,11 @@ from eth_utils import keccak
 from web3 import Web3
 
 from backend.chain import batches
-from backend.chain.anvil import start_anvil
 from backend.chain.batches import CandidateTrade
 from backend.chain.client import ChainClient
 from backend.chain.contracts import contract_at
 from backend.chain.deploy import RoleHolders, deploy_all
+from backend.devtools.anvil import start_anvil
 from backend.settings import ANVIL_KEYS
 
 INTERVAL_S = 900

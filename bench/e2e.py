@@ -45,12 +45,12 @@ def naive_pipeline(
     The first ``warmup`` trades go through the same steps untimed (pandapower's first power flows,
     web3's first calls of each function and the node's caches are slower than the rest)."""
     from backend.chain import batches
-    from backend.chain.anvil import start_anvil
     from backend.chain.client import ChainClient
     from backend.chain.contracts import contract_at
     from backend.chain.deploy import RoleHolders, deploy_all
-    from backend.oracle.devchain import chain_now, set_time
-    from grid.naive import PandapowerChecker
+    from backend.devtools.anvil import start_anvil
+    from backend.devtools.clock import chain_now, set_time
+    from bench.naive import PandapowerChecker
     from grid.validator import GridValidator
 
     anvil = start_anvil()

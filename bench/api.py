@@ -142,9 +142,9 @@ def uvicorn_stack() -> str:
 
 
 def run(orders: int = 6000, concurrency: int = 32, baseline_orders: int = 600) -> dict[str, Any]:
-    from backend.market.devstack import start_dev_stack
+    from backend.devtools.anvil import AnvilProcess
+    from backend.devtools.devstack import start_dev_stack
     from backend.net import free_port
-    from backend.oracle.devchain import AnvilProcess
     from backend.paths import REPO_ROOT
 
     tmp = Path(tempfile.mkdtemp(prefix="tegrid-bench-api-"))

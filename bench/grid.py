@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from grid.naive import PandapowerChecker, injections_of, naive_validate
+from bench.naive import PandapowerChecker, injections_of, naive_validate
 from grid.validator import GridValidator, ValidationResult
 from grid.verdicts import Trade
 

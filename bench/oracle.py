@@ -22,18 +22,15 @@ from sqlalchemy import func, select
 from backend.chain.client import ChainClient
 from backend.chain.contracts import save_deployment
 from backend.chain.deploy import RoleHolders, deploy_all
-from backend.iot.broker import MosquittoBroker
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.broker import MosquittoBroker
+from backend.devtools.clock import current_interval, end_interval
+from backend.devtools.participants import register_participants
 from backend.iot.meters import dev_meters
 from backend.iot.schema import SignedReading, readings_topic
 from backend.iot.signing import Reading, sign_reading
 from backend.iot.transport import MqttTransport
 from backend.oracle import OracleError
-from backend.oracle.devchain import (
-    AnvilProcess,
-    current_interval,
-    end_interval,
-    register_participants,
-)
 from backend.oracle.store import SUBMITTED, BatchRow, OracleStore, ReadingRow
 from backend.paths import REPO_ROOT
 from backend.settings import ANVIL_KEYS
