@@ -371,8 +371,8 @@ def test_interval_of_3000_trades_settles_in_pages_exactly_once(chain: dict[str, 
     batches, every meter's reading on chain, the keeper settles in pages sized by the gas it
     estimates; every trade is paid exactly once, in full (delivery = contract)."""
     from backend.chain import batches as encoder
-    from backend.keeper import SettlementKeeper
     from backend.devtools.clock import rpc
+    from backend.keeper import SettlementKeeper
 
     settings, w3 = chain["settings"], chain["w3"]
     market = new_market(settings)
