@@ -24,7 +24,7 @@ from typing import Any
 
 from eth_account import Account
 
-from backend.chain import eip712
+from backend.chain import eip712, protocol
 from backend.market import typed
 from backend.settings import ANVIL_KEYS, Settings
 
@@ -43,7 +43,7 @@ def sign_orders(domain: typed.Domain, first_interval: int, count: int) -> list[b
         msg = {
             "trader": Account.from_key(key).address, "side": i % 2, "intervalId": interval,
             "energyWh": 1, "pricePerKWh": 1000 + i % 97, "nonce": 10_000_000 + i,
-            "expiry": interval * 900 + 86_400, "counterparty": typed.ZERO_ADDRESS,
+            "expiry": interval * 900 + 86_400, "counterparty": protocol.ZERO_ADDRESS,
         }  # fmt: skip
         sig = eip712.sign_digest(domain.digest("Order", msg), key)
         bodies.append(json.dumps({"message": msg, "signature": sig}).encode())
@@ -116,7 +116,7 @@ def _verify_costs(domain: typed.Domain, n: int = 300) -> dict[str, float]:
         "pricePerKWh": 1,
         "nonce": 1,
         "expiry": 2,
-        "counterparty": typed.ZERO_ADDRESS,
+        "counterparty": protocol.ZERO_ADDRESS,
     }
     sig = eip712.sign_digest(domain.digest("Order", msg), key)
     doc = {**domain.template("Order"), "message": msg}

@@ -30,7 +30,7 @@ from backend.iot.meters import dev_meters
 from backend.iot.schema import SignedReading, readings_topic
 from backend.iot.signing import Reading, sign_reading
 from backend.iot.transport import MqttTransport
-from backend.oracle import OracleError
+from backend.oracle.errors import OracleError
 from backend.oracle.store import SUBMITTED, BatchRow, OracleStore, ReadingRow
 from backend.paths import REPO_ROOT
 from backend.settings import ANVIL_KEYS

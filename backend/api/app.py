@@ -18,15 +18,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from backend.api.deps import ApiOptions
+from backend.api.errors import status_and_code
 from backend.api.limits import BodyLimits, Limits
 from backend.api.routes import events, grid, health, intervals, orders, participants, trades
 from backend.api.routes.dashboard import router as dashboard_router
 from backend.api.schemas import ErrorResponse
 from backend.errors import TegridError
-from backend.market.errors import MarketError
 from backend.market.events import EventBus
 from backend.market.service import Market
 from backend.settings import Settings
+from grid.errors import GridError
 
 log = logging.getLogger("tegrid.api")
 
@@ -35,45 +36,20 @@ def _problem(status: int, code: str, message: str, **extra: Any) -> JSONResponse
     return JSONResponse({"detail": {"code": code, "message": message, **extra}}, status_code=status)
 
 
-def _error_status(exc: Exception) -> tuple[int, str]:
-    if isinstance(exc, MarketError):
-        return exc.status, exc.code
-    try:
-        from grid.errors import GridError
-
-        if isinstance(exc, GridError):
-            return 422, "GRID_" + type(exc).__name__.removesuffix("Error").upper()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from backend.chain.errors import LedgerError
-
-        if isinstance(exc, LedgerError):
-            return 503, "LEDGER_ERROR"
-    except ImportError:  # pragma: no cover
-        pass
-    return 400, type(exc).__name__.removesuffix("Error").upper() or "BAD_REQUEST"
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Package root errors -> 4xx (503 for an unreachable chain/store) with {detail: {code,
     message}}."""
 
     @app.exception_handler(TegridError)
     async def tegrid_error(_request: Request, exc: TegridError) -> JSONResponse:
-        status, code = _error_status(exc)
+        status, code = status_and_code(exc)
         field = getattr(exc, "field", None)
         return _problem(status, code, str(exc), **({"field": field} if field else {}))
 
-    try:
-        from grid.errors import GridError
-
-        @app.exception_handler(GridError)
-        async def grid_error(_request: Request, exc: GridError) -> JSONResponse:
-            status, code = _error_status(exc)
-            return _problem(status, code, str(exc))
-    except ImportError:  # pragma: no cover
-        pass
+    @app.exception_handler(GridError)
+    async def grid_error(_request: Request, exc: GridError) -> JSONResponse:
+        status, code = status_and_code(exc)
+        return _problem(status, code, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

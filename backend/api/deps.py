@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from backend.market.errors import LedgerUnavailable
+from backend.chain.errors import ChainUnavailableError
 from backend.market.events import EventBus
 from backend.market.service import Market
 
@@ -23,7 +23,7 @@ class ApiOptions:
 async def get_market(request: Request) -> Market:
     market: Market | None = getattr(request.app.state, "market", None)
     if market is None:
-        raise LedgerUnavailable("the market is not ready yet (chain or deployment missing)")
+        raise ChainUnavailableError("the market is not ready yet (chain or deployment missing)")
     return market
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.api.errors import BodyRefusedError
+
 _OPENERS = frozenset(b"[{")
 # A JSON string literal: brackets inside one do not nest anything.
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -30,15 +32,6 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_json_depth: int = 32
     max_int_digits: int = 78  # a uint256 has 78 decimal digits
-
-
-class BodyRefused(ValueError):
-    """A body broke one of the :class:`Limits`; ``status`` and ``code`` go into the problem."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def is_json_content_type(value: str | None) -> bool:
@@ -69,7 +62,7 @@ def nesting_depth_exceeds(raw: bytes, max_depth: int) -> bool:
 
 
 def _non_finite(name: str) -> Any:
-    raise BodyRefused(
+    raise BodyRefusedError(
         422, "NON_FINITE_NUMBER", f"{name} is not a JSON number (NaN and Infinity are refused)"
     )
 
@@ -77,7 +70,7 @@ def _non_finite(name: str) -> Any:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise BodyRefused(422, "NON_FINITE_NUMBER", f"the number {text[:40]} is out of range")
+        raise BodyRefusedError(422, "NON_FINITE_NUMBER", f"the number {text[:40]} is out of range")
     return value
 
 
@@ -86,7 +79,7 @@ def check_json(raw: bytes, limits: Limits) -> None:
     ``max_int_digits`` digits (checked before conversion) or with NaN / Infinity. A body that is
     not JSON at all passes: the route's own parser reports it as it always has."""
     if nesting_depth_exceeds(raw, limits.max_json_depth):
-        raise BodyRefused(
+        raise BodyRefusedError(
             422,
             "BODY_TOO_DEEP",
             f"the JSON body nests arrays/objects deeper than {limits.max_json_depth} levels",
@@ -94,7 +87,7 @@ def check_json(raw: bytes, limits: Limits) -> None:
 
     def bounded_int(digits: str) -> int:
         if len(digits.lstrip("-")) > limits.max_int_digits:
-            raise BodyRefused(
+            raise BodyRefusedError(
                 422,
                 "INTEGER_TOO_LONG",
                 f"an integer in the JSON body has {len(digits.lstrip('-'))} digits; "
@@ -106,7 +99,7 @@ def check_json(raw: bytes, limits: Limits) -> None:
         json.loads(
             raw, parse_int=bounded_int, parse_float=_finite_float, parse_constant=_non_finite
         )
-    except BodyRefused:
+    except BodyRefusedError:
         raise
     except (ValueError, RecursionError):  # not JSON (JSONDecodeError, UnicodeDecodeError)
         return
@@ -134,7 +127,7 @@ class BodyLimits:
                 return  # the client left before sending its whole body: nobody to answer
             if body and is_json_content_type(headers.get(b"content-type", b"").decode("latin-1")):
                 check_json(body, self.limits)
-        except BodyRefused as exc:
+        except BodyRefusedError as exc:
             await _send_problem(send, exc)
             return
         replayed = False
@@ -175,11 +168,13 @@ def _too_large(declared: bytes, max_bytes: int) -> bool:
     return text.isdigit() and (len(text) > 18 or int(text) > max_bytes)
 
 
-def _too_large_error(max_bytes: int) -> BodyRefused:
-    return BodyRefused(413, "BODY_TOO_LARGE", f"the request body is larger than {max_bytes} bytes")
+def _too_large_error(max_bytes: int) -> BodyRefusedError:
+    return BodyRefusedError(
+        413, "BODY_TOO_LARGE", f"the request body is larger than {max_bytes} bytes"
+    )
 
 
-async def _send_problem(send: Send, exc: BodyRefused) -> None:
+async def _send_problem(send: Send, exc: BodyRefusedError) -> None:
     body = json.dumps(
         {"detail": {"code": exc.code, "message": str(exc)}}, separators=(",", ":")
     ).encode()

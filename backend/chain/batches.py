@@ -30,23 +30,10 @@ from typing import Any, NamedTuple
 from eth_abi import encode as abi_encode
 from eth_utils import function_signature_to_4byte_selector, keccak
 
-from backend.chain import eip712
+from backend.chain import eip712, protocol
 from backend.chain.address import checksum
+from backend.chain.protocol import ACCEPTED_SIZE, RECORD_SIZE
 
-# Byte sizes of the packed records (field widths in IEnergyMarket.sol / IMeterReadings.sol):
-# order: trader 20 | side 1 | intervalId 8 | energyWh 8 | pricePerKWh 16 | nonce 8 | expiry 8 |
-#        counterparty 20 | r 32 | vs 32
-# trade: sellOrder 2 | buyOrder 2 | energyWh 8 | pricePerKWh 16 | verdict 1
-# record: tradeId 32 | seller 20 | buyer 20 | sellerIndex 4 | buyerIndex 4 | energyWh 8 |
-#         pricePerKWh 16
-# reading: meter 20 | importWh 8 | exportWh 8 | r 32 | vs 32
-ORDER_SIZE = 153
-TRADE_SIZE = 29
-RECORD_SIZE = 104
-READING_SIZE = 100
-# accepted reading in ReadingsSubmitted(uint64 indexed intervalId, bytes accepted): meter 20 |
-# importWh 4 | exportWh 4
-ACCEPTED_SIZE = 28
 READINGS_SUBMITTED_SIGNATURE = "ReadingsSubmitted(uint64,bytes)"
 
 RECORD_TRADES_SIGNATURE = "recordTrades(uint64,uint32,uint32,bytes,bytes,bytes32,bytes)"
@@ -157,7 +144,7 @@ class CandidateTrade:
         return self._hashes
 
     def trade_id(self, chain_id: int, market: str) -> bytes:
-        return eip712.trade_id(*self.order_hashes(chain_id, market))
+        return protocol.trade_id(*self.order_hashes(chain_id, market))
 
     def attested(self, chain_id: int, market: str) -> eip712.AttestedTrade:
         """What the validator's attestation binds of this trade."""

@@ -13,6 +13,15 @@ class ChainUnavailableError(LedgerError, ConnectionError):
     """The JSON-RPC endpoint cannot be reached."""
 
 
+class TypedDataError(LedgerError, ValueError):
+    """A typed-data message does not fit its EIP-712 struct (missing field, value out of range,
+    malformed address or bytes32)."""
+
+
+class SignatureError(TypedDataError):
+    """A signature is malformed, malleable (high s) or recovers to no key."""
+
+
 class DeploymentNotFoundError(LedgerError, FileNotFoundError):
     """No deployment file, or it names another chain / lacks a contract."""
 

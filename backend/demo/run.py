@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backend.chain import batches, eip712
+from backend.chain import batches, eip712, protocol
 from backend.demo.community import TOKEN_UNIT, build_community, intent_for
 from backend.devtools.clock import chain_now, set_time
 from backend.errors import TegridError
@@ -463,7 +463,6 @@ class Demo:
 
     # ------------------------------------------------------------------ one interval
     def _post_orders(self, interval_id: int) -> int:
-        from backend.market import typed
 
         hour = (interval_id * self.cfg.interval_seconds % 86400) / 3600
         hours = self.cfg.interval_seconds / 3600
@@ -480,7 +479,7 @@ class Demo:
                 "trader": m.wallet, "side": intent.side, "intervalId": interval_id,
                 "energyWh": min(intent.energy_wh, limit_wh), "pricePerKWh": intent.price_per_kwh,
                 "nonce": interval_id * 4 + intent.side, "expiry": expiry,
-                "counterparty": typed.ZERO_ADDRESS,
+                "counterparty": protocol.ZERO_ADDRESS,
             }  # fmt: skip
             body = {"message": msg, "signature": _sign(domain, "Order", msg, m.wallet_key)}
             bodies.append((m.name, body))
@@ -1045,4 +1044,3 @@ def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -
     for name, ok in summary["checks"].items():
         console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'}  {name}")
     console.print(f"report: {report_dir / 'report.html'}")
-

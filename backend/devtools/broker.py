@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from backend.iot import TransportError
+from backend.iot.errors import TransportError
 from backend.net import free_port, port_open
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")

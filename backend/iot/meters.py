@@ -18,7 +18,7 @@ from eth_keys.exceptions import ValidationError as KeyValidationError
 from eth_utils import keccak
 from eth_utils.exceptions import ValidationError
 
-from backend.iot import IotError
+from backend.iot.errors import IotError
 from backend.iot.schema import Announcement, SignedReading, announce_topic, readings_topic
 from backend.iot.signing import Reading, ReadingDomain, address_of, sign_reading
 from backend.iot.transport import Transport

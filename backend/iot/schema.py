@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.chain.address import checksum
-from backend.iot import MessageError
+from backend.iot.errors import MessageError
 from backend.iot.signing import Reading
 
 SCHEMA_VERSION = 1

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from backend.iot import TransportError
+from backend.iot.errors import TransportError
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ is in, or at the settlement deadline (missing readings then count as zero). See
 
 from __future__ import annotations
 
-from backend.keeper.keeper import IntervalBook, KeeperError, SettlementKeeper
+from backend.keeper.errors import KeeperError
+from backend.keeper.keeper import IntervalBook, SettlementKeeper
 
 __all__ = ["IntervalBook", "KeeperError", "SettlementKeeper"]

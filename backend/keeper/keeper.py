@@ -36,7 +36,7 @@ from backend.chain.client import AbiFunction, ChainClient, EncodedCall
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.errors import LedgerError
 from backend.chain.heads import HeadWatcher, Rollback
-from backend.errors import TegridError
+from backend.keeper.errors import KeeperError
 
 log = logging.getLogger("tegrid.keeper")
 
@@ -48,10 +48,6 @@ TOPICS = [TRADE_RECORDED, BATCH_RECORDED, INTERVAL_SETTLED, INTERVAL_RECLAIMED]
 # Share of the block gas limit one settlement page may take (estimates vary with state).
 PAGE_GAS_SHARE = 0.8
 LOG_CHUNK_BLOCKS = 5_000
-
-
-class KeeperError(TegridError, RuntimeError):
-    """The keeper could not rebuild or settle an interval."""
 
 
 @dataclass

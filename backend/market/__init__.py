@@ -1,7 +1,7 @@
 """Order book, clearing and batch recording of the tegrid market (see ``service.Market``)."""
 
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
-from backend.market.errors import MarketError, OrderRejected
+from backend.market.errors import MarketError, OrderRejectedError
 from backend.market.events import EventBus
 from backend.market.service import Market, MarketConfig
 from backend.market.store import Store
@@ -15,7 +15,7 @@ __all__ = [
     "Market",
     "MarketConfig",
     "MarketError",
-    "OrderRejected",
+    "OrderRejectedError",
     "Store",
     "clear",
 ]

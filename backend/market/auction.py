@@ -47,9 +47,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-SELL = 0
-BUY = 1
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+from backend.chain.protocol import BUY, SELL, ZERO_ADDRESS
+
 MAX_ROUNDS = 64
 
 

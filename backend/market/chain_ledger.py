@@ -31,16 +31,15 @@ from backend.chain.client import (
 )
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
-from backend.chain.errors import LedgerError, TransactionRevertedError
+from backend.chain.errors import ChainUnavailableError, LedgerError, TransactionRevertedError
 from backend.chain.heads import HeadWatcher
 from backend.market.errors import (
-    AlreadyConnected,
-    BatchReverted,
-    BatchTooLarge,
-    InvalidOrder,
-    LedgerUnavailable,
+    AlreadyConnectedError,
+    BatchRevertedError,
+    BatchTooLargeError,
+    InvalidOrderError,
     MarketError,
-    MeterInUse,
+    MeterInUseError,
 )
 from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
 
@@ -67,11 +66,11 @@ def _registry_refusal(error_name: str | None, wallet: str, meter: str) -> Market
     """The market error for a custom error ``ParticipantRegistry.connect`` reverted with (the
     request's fault, not the chain's), or None."""
     if error_name == "RegistryMeterInUse":
-        return MeterInUse(f"the meter {meter} is already registered to another participant")
+        return MeterInUseError(f"the meter {meter} is already registered to another participant")
     if error_name == "RegistryAlreadyConnected":
-        return AlreadyConnected(f"{wallet} is already connected")
+        return AlreadyConnectedError(f"{wallet} is already connected")
     if error_name == "RegistryZeroAddress":
-        return InvalidOrder("the wallet and the meter must be non-zero addresses")
+        return InvalidOrderError("the wallet and the meter must be non-zero addresses")
     return None
 
 
@@ -115,9 +114,9 @@ class ChainLedger:
         except MarketError:
             raise
         except LedgerError as exc:
-            raise LedgerUnavailable(f"{what}: {exc}") from exc
+            raise ChainUnavailableError(f"{what}: {exc}") from exc
         except Exception as exc:  # web3 raises a zoo of transport/value errors
-            raise LedgerUnavailable(f"{what} failed: {exc}") from exc
+            raise ChainUnavailableError(f"{what} failed: {exc}") from exc
 
     # ------------------------------------------------------------------ clock
     def now(self) -> int:
@@ -267,9 +266,11 @@ class ChainLedger:
 
         try:
             receipt = self._rpc("recordTrades", send)
-        except LedgerUnavailable as exc:
+        except ChainUnavailableError as exc:
             if isinstance(exc.__cause__, TransactionRevertedError):
-                raise BatchReverted(f"recordTrades reverted: {exc.__cause__}") from exc.__cause__
+                raise BatchRevertedError(
+                    f"recordTrades reverted: {exc.__cause__}"
+                ) from exc.__cause__
             raise
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         ok = receipt["status"] == 1
@@ -295,15 +296,15 @@ class ChainLedger:
         except ContractLogicError as exc:
             data = revert_data(exc)
             why = self.operator.decoder.describe(data) if data else str(exc.message or exc)
-            raise BatchReverted(f"recordTrades would revert: {why}") from None
+            raise BatchRevertedError(f"recordTrades would revert: {why}") from None
         except Exception as exc:
             text = str(exc).lower()
             if "gas" in text and any(w in text for w in ("exceed", "out of gas", "allowance")):
-                raise BatchTooLarge(
+                raise BatchTooLargeError(
                     f"recordTrades of {len(trades)} trades does not fit in a block "
                     f"({self.block_gas_limit()} gas): {exc}"
                 ) from None
-            raise LedgerUnavailable(f"estimating recordTrades failed: {exc}") from exc
+            raise ChainUnavailableError(f"estimating recordTrades failed: {exc}") from exc
 
     def block_gas_limit(self) -> int:
         block = self._rpc("reading the latest block", lambda: self.w3.eth.get_block("latest"))

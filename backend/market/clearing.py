@@ -23,24 +23,20 @@ from typing import Any
 
 from eth_hash.auto import keccak
 
-from backend.chain import eip712
+from backend.chain import eip712, protocol
+from backend.chain.errors import ChainUnavailableError
 from backend.market import typed
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.batching import GasModel, TradeSpec, order_count, split
 from backend.market.config import MarketConfig
-from backend.market.errors import BatchTooLarge, MarketError, NotFound
+from backend.market.errors import BatchTooLargeError, MarketError, NotFoundError
 from backend.market.events import EventBus
-from backend.market.intake import Intake, escrow_of
+from backend.market.intake import Intake
 from backend.market.models import BatchRow, BatchState, OrderRow
-from backend.market.ports import ChainTrade, GridPort, Ledger, Participant
+from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant
 from backend.market.store import Store, trade_ids_json
 
 log = logging.getLogger("tegrid.market")
-
-
-def trade_id_of(sell_hash: str, buy_hash: str) -> str:
-    """``keccak256(abi.encode(sellOrderHash, buyOrderHash))``."""
-    return "0x" + keccak(bytes.fromhex(sell_hash[2:]) + bytes.fromhex(buy_hash[2:])).hex()
 
 
 def attestation_digest(
@@ -169,7 +165,7 @@ class Clearer:
     def __init__(
         self,
         store: Store,
-        ledger: Ledger,
+        ledger: MarketLedger,
         grid: GridPort | None,
         config: MarketConfig,
         events: EventBus,
@@ -218,7 +214,7 @@ class Clearer:
         and buyer deposits that cover their worst case (later buy orders are dropped first)."""
         deadline = self.ledger.now() + self.config.expiry_margin_s
         wallets = list(dict.fromkeys(o.trader for o in rows))
-        buyers = list(dict.fromkeys(o.trader for o in rows if o.side == typed.BUY))
+        buyers = list(dict.fromkeys(o.trader for o in rows if o.side == protocol.BUY))
         pending = self._unrecorded_escrow(interval_id)
         # One fresh read of each trader, nonce and buyer deposit, batched (a clearing of 150
         # orders was ~300 sequential round trips).
@@ -238,7 +234,7 @@ class Clearer:
                 continue
             if (o.trader, int(o.nonce)) in reads.cancelled:
                 continue
-            if o.side == typed.BUY:
+            if o.side == protocol.BUY:
                 cost = int(o.reserved)
                 if spend[o.trader] + cost > balances.get(o.trader, 0):
                     continue
@@ -261,7 +257,7 @@ class Clearer:
                 continue
             for t in self.store.trades_by_id(ids).values():
                 if t.verdict == 0:
-                    out[t.buyer] += escrow_of(t.energy_wh, int(t.price_per_kwh))
+                    out[t.buyer] += protocol.escrow_of(t.energy_wh, int(t.price_per_kwh))
         return out
 
     def clear(self, interval_id: int) -> Clearing:
@@ -287,7 +283,7 @@ class Clearer:
         result = clear(book) if self.grid is None else self.grid.clear(interval_id, book)
         # The contract wants each interval's trades in ascending tradeId order.
         decided = sorted(
-            ((trade_id_of(c.sell.hash, c.buy.hash), c, d) for c, d in result.trades),
+            ((protocol.trade_id_hex(c.sell.hash, c.buy.hash), c, d) for c, d in result.trades),
             key=lambda t: int(t[0], 16),
         )
         trades = [
@@ -327,15 +323,22 @@ class Clearer:
             s = BookOrder(
                 t.sell_hash,
                 t.seller,
-                typed.SELL,
+                protocol.SELL,
                 t.energy_wh,
                 0,
-                typed.ZERO_ADDRESS,
+                protocol.ZERO_ADDRESS,
                 0,
                 t.seller_bus,
             )
             b = BookOrder(
-                t.buy_hash, t.buyer, typed.BUY, t.energy_wh, 0, typed.ZERO_ADDRESS, 0, t.buyer_bus
+                t.buy_hash,
+                t.buyer,
+                protocol.BUY,
+                t.energy_wh,
+                0,
+                protocol.ZERO_ADDRESS,
+                0,
+                t.buyer_bus,
             )
             out.append(Candidate(s, b, t.energy_wh, int(t.price_per_kwh), t.kind))
         return out
@@ -405,7 +408,7 @@ class Clearer:
         be asked, the plan stands as it is (the send estimates each batch again)."""
         try:
             limit = self.ledger.block_gas_limit()
-        except MarketError as exc:
+        except (MarketError, ChainUnavailableError) as exc:
             log.warning("block gas limit unknown (%s): probe-sized batches", exc)
             sizes = split(specs, lambda t, _o: t <= self.config.probe_trades)
             return self._signed_batches(interval_id, specs, sizes, evidence_hash)
@@ -431,10 +434,10 @@ class Clearer:
                     evidence_hash,
                     batches[0]["attestation_signature"],
                 )
-            except BatchTooLarge:
+            except BatchTooLargeError:
                 self.gas.learn(len(first), order_count(first), limit)
                 continue
-            except MarketError as exc:  # a revert or the chain away: the send will say why
+            except (MarketError, ChainUnavailableError) as exc:  # a revert or the chain away
                 log.warning("interval %s: first batch not measured: %s", interval_id, exc)
                 return batches
             self.gas.learn(len(first), order_count(first), gas)
@@ -448,7 +451,7 @@ class Clearer:
         """The trades as ``recordTrades`` takes them, with both signed orders."""
         missing = [h for t in specs for h in (t.sell_hash, t.buy_hash) if h not in orders]
         if missing:
-            raise NotFound(f"no order {missing[0]}")
+            raise NotFoundError(f"no order {missing[0]}")
         return [
             ChainTrade(
                 trade_id=t.trade_id,
@@ -468,7 +471,7 @@ class Clearer:
         rows = self.store.trades_by_id(ids)
         missing = [i for i in ids if i not in rows]
         if missing:
-            raise NotFound(f"no trade {missing[0]}")
+            raise NotFoundError(f"no trade {missing[0]}")
         return [
             TradeSpec(t.id, t.sell_hash, t.buy_hash, t.energy_wh, int(t.price_per_kwh), t.verdict)
             for t in (rows[i] for i in ids)

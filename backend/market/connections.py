@@ -6,19 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.chain import protocol
 from backend.chain.address import checksum
 from backend.market import typed
 from backend.market.errors import (
-    AlreadyConnected,
-    BadSignature,
-    Conflict,
-    ConnectionRefused,
-    InvalidOrder,
-    OrderExpired,
+    AlreadyConnectedError,
+    BadSignatureError,
+    ConflictError,
+    ConnectionRequestRefusedError,
+    InvalidOrderError,
+    OrderExpiredError,
 )
 from backend.market.events import EventBus
 from backend.market.intake import Intake
-from backend.market.ports import GridPort, Ledger
+from backend.market.ports import GridPort, MarketLedger
 from backend.market.store import Store
 
 
@@ -26,7 +27,7 @@ class Connections:
     def __init__(
         self,
         store: Store,
-        ledger: Ledger,
+        ledger: MarketLedger,
         grid: GridPort | None,
         events: EventBus,
         registry_domain: typed.Domain,
@@ -50,18 +51,20 @@ class Connections:
         signer = typed.recover(digest, signature)
         wallet = msg["wallet"]
         if signer != wallet:
-            raise BadSignature(f"the request is signed by {signer}, not the wallet {wallet}")
+            raise BadSignatureError(f"the request is signed by {signer}, not the wallet {wallet}")
         now = self.ledger.now()
         if msg["expiry"] <= now:
-            raise OrderExpired(f"the request expired at {msg['expiry']}; the chain time is {now}")
-        if msg["meter"] == typed.ZERO_ADDRESS or msg["meter"] == wallet:
-            raise InvalidOrder("the meter key must be its own non-zero address")
+            raise OrderExpiredError(
+                f"the request expired at {msg['expiry']}; the chain time is {now}"
+            )
+        if msg["meter"] == protocol.ZERO_ADDRESS or msg["meter"] == wallet:
+            raise InvalidOrderError("the meter key must be its own non-zero address")
         existing = self.intake.participant(wallet, fresh=True)
         if existing is not None:
-            raise AlreadyConnected(f"{wallet} is already connected at bus {existing.bus_id}")
+            raise AlreadyConnectedError(f"{wallet} is already connected at bus {existing.bus_id}")
         bus_id, export_w, import_w = msg["busId"], msg["maxExportW"], msg["maxImportW"]
         if export_w >= 1 << 32 or import_w >= 1 << 32:
-            raise InvalidOrder("connection limits must fit in 32 bits (W)")
+            raise InvalidOrderError("connection limits must fit in 32 bits (W)")
         capacity: int | None = None
         refusal = ""
         code = "CONNECTION_REFUSED"
@@ -91,13 +94,13 @@ class Connections:
             self.events.publish(
                 "participant", {"wallet": wallet, "status": "refused", "reason": refusal}
             )
-            raise ConnectionRefused(refusal, code=code)
+            raise ConnectionRequestRefusedError(refusal, reason=code)
         tx_hash = self.ledger.connect(wallet, msg["meter"], bus_id, export_w, import_w)
         receipt = self.ledger.wait(tx_hash)
         if not receipt.ok:
-            raise Conflict(
+            raise ConflictError(
                 f"the registry refused the connection (transaction {tx_hash} reverted)",
-                code="REGISTRY_REFUSED",
+                reason="REGISTRY_REFUSED",
             )
         self.intake.forget_participant(wallet)
         self.store.save_connection(

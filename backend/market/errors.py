@@ -1,5 +1,8 @@
-"""Errors of the market package. Each carries a stable machine ``code`` and an HTTP-ish ``status``;
-the API layer alone turns them into responses (``{"detail": {"code": ..., "message": ...}}``)."""
+"""Errors of the market package: root :class:`MarketError`; subclasses also inherit the builtin
+they replace. They say what went wrong, not how to answer it: the API's table
+(``backend/api/errors.py``) gives each its HTTP status and code. ``reason`` names a specific refusal
+(e.g. ``GATE_NOT_REACHED``) where one class covers several; ``field`` the request field at fault.
+An unreachable chain is :class:`backend.chain.errors.ChainUnavailableError`, as everywhere."""
 
 from __future__ import annotations
 
@@ -9,14 +12,15 @@ from backend.errors import TegridError
 class MarketError(TegridError):
     """Root of every error the market raises on purpose."""
 
-    code = "MARKET_ERROR"
-    status = 400
+    reason: str | None = None  # a specific refusal's stable name, when the class covers several
     field: str | None = None  # the request field the error is about, when it is one
 
-    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
-        if code is not None:
-            self.code = code
+        if reason is not None:
+            self.reason = reason
         if field is not None:
             self.field = field
 
@@ -25,129 +29,94 @@ class MarketError(TegridError):
         return str(self)
 
 
-class OrderRejected(MarketError, ValueError):
-    """An order (or cancellation, or connection request) is refused; ``code`` says why."""
-
-    status = 422
+class OrderRejectedError(MarketError, ValueError):
+    """An order (or cancellation, or connection request) is refused; the subclass says why."""
 
 
-class BadSignature(OrderRejected):
-    code = "BAD_SIGNATURE"
-    status = 401
+class BadSignatureError(OrderRejectedError):
+    """The signature is malformed or recovers to another address."""
 
 
-class WrongDomain(OrderRejected):
-    code = "WRONG_DOMAIN"
-    status = 400
+class WrongDomainError(OrderRejectedError):
+    """The typed data names another chain, contract or version."""
 
 
-class UnknownTrader(OrderRejected):
-    code = "UNKNOWN_TRADER"
-    status = 403
+class UnknownTraderError(OrderRejectedError):
+    """The signer is no registered participant."""
 
 
-class TraderInactive(OrderRejected):
-    code = "TRADER_INACTIVE"
-    status = 403
+class TraderInactiveError(OrderRejectedError):
+    """The signer is registered but deactivated."""
 
 
-class OrderExpired(OrderRejected):
-    code = "ORDER_EXPIRED"
-    status = 422
+class OrderExpiredError(OrderRejectedError):
+    """The order's expiry has passed."""
 
 
-class IntervalClosed(OrderRejected):
-    code = "INTERVAL_CLOSED"
-    status = 409
+class IntervalClosedError(OrderRejectedError):
+    """The interval no longer takes orders."""
 
 
-class NonceUsed(OrderRejected):
-    code = "NONCE_USED"
-    status = 409
+class NonceUsedError(OrderRejectedError):
+    """The trader used this nonce before."""
 
 
-class OverConnectionLimit(OrderRejected):
-    code = "OVER_CONNECTION_LIMIT"
-    status = 422
+class OverConnectionLimitError(OrderRejectedError):
+    """The order's power exceeds the participant's connection limit."""
 
 
-class InsufficientDeposit(OrderRejected):
-    code = "INSUFFICIENT_DEPOSIT"
-    status = 402
+class InsufficientDepositError(OrderRejectedError):
+    """The buyer's free deposit does not cover the order's escrow."""
 
 
-class TooManyOrders(OrderRejected):
+class TooManyOrdersError(OrderRejectedError):
     """The trader already has as many live orders for the interval as one trader may (bounded
     work per interval: no participant can make an interval unrecordable)."""
 
-    code = "TOO_MANY_ORDERS"
-    status = 422
+
+class InvalidOrderError(OrderRejectedError):
+    """The message is malformed (missing field, value out of range)."""
 
 
-class InvalidOrder(OrderRejected):
-    code = "INVALID_ORDER"
-    status = 422
+class NotFoundError(MarketError, LookupError):
+    """No such order, trade, interval or participant."""
 
 
-class NotFound(MarketError, LookupError):
-    code = "NOT_FOUND"
-    status = 404
-
-
-class Conflict(MarketError):
+class ConflictError(MarketError):
     """The request is well formed but the state forbids it (e.g. closing an interval twice)."""
 
-    code = "CONFLICT"
-    status = 409
 
-
-class AlreadyConnected(Conflict):
+class AlreadyConnectedError(ConflictError):
     """The wallet of a connection request is already a participant (registry:
     ``RegistryAlreadyConnected``)."""
 
-    code = "ALREADY_CONNECTED"
     field = "wallet"
 
 
-class MeterInUse(Conflict):
+class MeterInUseError(ConflictError):
     """The meter key of a connection request is registered to another participant (registry:
     ``RegistryMeterInUse``)."""
 
-    code = "METER_IN_USE"
     field = "meter"
 
 
-class ConnectionRefused(OrderRejected):
+class ConnectionRequestRefusedError(OrderRejectedError):
     """A plug-and-play connection request is refused (hosting capacity, bus, limits)."""
 
-    code = "CONNECTION_REFUSED"
-    status = 422
 
-
-class LedgerUnavailable(MarketError, ConnectionError):
-    """The chain could not be reached or refused a transaction in a way the caller cannot fix."""
-
-    code = "LEDGER_UNAVAILABLE"
-    status = 503
-
-
-class GridUnavailable(MarketError):
+class GridUnavailableError(MarketError):
     """The Neural Grid's worker process died and could not be started again: the interval stays
     closed and uncleared (closing it again retries the clearing)."""
 
-    code = "GRID_UNAVAILABLE"
-    status = 503
 
-
-class BatchReverted(MarketError):
+class BatchRevertedError(MarketError):
     """The chain refuses a batch (``recordTrades`` reverts, found by an estimate or mined); the
     message holds the decoded custom error."""
 
-    code = "BATCH_REVERTED"
-    status = 409
 
-
-class BatchTooLarge(BatchReverted):
+class BatchTooLargeError(BatchRevertedError):
     """A batch needs more gas than a block holds."""
 
-    code = "BATCH_TOO_LARGE"
+
+class StoreError(MarketError, RuntimeError):
+    """The order book's database cannot be used (unreachable, locked, or at an unknown schema)."""

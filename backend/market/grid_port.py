@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from backend.chain import protocol
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 
 _TRADES: dict[tuple[str, str, int, int, int, int], Any] = {}
@@ -22,14 +23,13 @@ def _trade(c: Candidate, interval_seconds: int) -> Any:
     key = (c.sell.hash, c.buy.hash, c.energy_wh, c.sell.bus, c.buy.bus, interval_seconds)
     hit = _TRADES.get(key)
     if hit is None:
-        from backend.market.clearing import trade_id_of
         from grid.verdicts import Trade
 
         if len(_TRADES) >= _TRADES_MAX:
             _TRADES.clear()
         p_kw = c.energy_wh / (interval_seconds / 3600) / 1000
         hit = _TRADES[key] = Trade(
-            trade_id_of(c.sell.hash, c.buy.hash), int(c.sell.bus), int(c.buy.bus), p_kw
+            protocol.trade_id_hex(c.sell.hash, c.buy.hash), int(c.sell.bus), int(c.buy.bus), p_kw
         )
     return hit
 

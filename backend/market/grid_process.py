@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision
-from backend.market.errors import GridUnavailable
+from backend.market.errors import GridUnavailableError
 
 _WORKER: Any = None  # the worker process's GridPortAdapter
 PARENT_POLL_S = 0.5
@@ -69,7 +69,7 @@ class GridProcess:
     def _run(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` in the worker. A worker that died (killed, out of memory) is started
         again once and the call repeated - the validator is deterministic, so the answer is the
-        same; a second death is ``GridUnavailable`` (503)."""
+        same; a second death is ``GridUnavailableError`` (503)."""
         for attempt in (1, 2):
             pool = self._pool
             try:
@@ -80,7 +80,9 @@ class GridProcess:
                         pool.shutdown(wait=False, cancel_futures=True)
                         self._pool = self._start_pool()
                 if attempt == 2:
-                    raise GridUnavailable(f"the Neural Grid worker process died: {exc}") from None
+                    raise GridUnavailableError(
+                        f"the Neural Grid worker process died: {exc}"
+                    ) from None
         raise AssertionError("unreachable")
 
     def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:

@@ -31,36 +31,32 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backend.chain import protocol
 from backend.chain.address import checksum
 from backend.market import typed
 from backend.market.config import MarketConfig
 from backend.market.errors import (
-    BadSignature,
-    Conflict,
-    InsufficientDeposit,
-    IntervalClosed,
-    InvalidOrder,
-    NonceUsed,
-    NotFound,
-    OrderExpired,
-    OverConnectionLimit,
-    TooManyOrders,
-    TraderInactive,
-    UnknownTrader,
-    WrongDomain,
+    BadSignatureError,
+    ConflictError,
+    InsufficientDepositError,
+    IntervalClosedError,
+    InvalidOrderError,
+    NonceUsedError,
+    NotFoundError,
+    OrderExpiredError,
+    OverConnectionLimitError,
+    TooManyOrdersError,
+    TraderInactiveError,
+    UnknownTraderError,
+    WrongDomainError,
 )
 from backend.market.events import EventBus
 from backend.market.group_commit import GroupCommit
 from backend.market.models import OrderRow, OrderStatus
-from backend.market.ports import Ledger, Participant
+from backend.market.ports import MarketLedger, Participant
 from backend.market.store import Store
 
 MAX_INT63 = (1 << 63) - 1
-
-
-def escrow_of(energy_wh: int, price_per_kwh: int) -> int:
-    """``ceil(energyWh x pricePerKWh / 1000)``, as the contract locks it."""
-    return -(-energy_wh * price_per_kwh // 1000)
 
 
 class TTLCache:
@@ -110,7 +106,7 @@ class Intake:
     def __init__(
         self,
         store: Store,
-        ledger: Ledger,
+        ledger: MarketLedger,
         config: MarketConfig,
         events: EventBus,
         domain: typed.Domain,
@@ -148,7 +144,7 @@ class Intake:
             for o in self.store.live_orders():
                 self.side_wh[(o.trader, o.interval_id, o.side)] += o.energy_wh
                 self._order_count[(o.trader, o.interval_id)] += 1
-                if o.side == typed.BUY:
+                if o.side == protocol.BUY:
                     self._reserved[o.trader] += int(o.reserved)
             for pending in self.inflight.values():
                 self._count(pending, +1)
@@ -219,7 +215,7 @@ class Intake:
         except (TypeError, ValueError):
             same = False
         if not same:
-            raise WrongDomain(
+            raise WrongDomainError(
                 f"the order is signed for another domain; sign for {ours['name']!r} "
                 f"v{ours['version']} "
                 f"on chain {ours['chainId']} at {ours['verifyingContract']} (GET /orders/eip712)"
@@ -228,7 +224,7 @@ class Intake:
     def submit_order(
         self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
     ) -> OrderRow:
-        """Verify and accept one signed order; raises an ``OrderRejected`` subclass saying why
+        """Verify and accept one signed order; raises an ``OrderRejectedError`` subclass saying why
         not. The row is committed (its own transaction) before this returns."""
         order = self._verify_order(message, signature, domain)
         with self.lock:
@@ -257,7 +253,7 @@ class Intake:
                     self._admit(order)
                     self._hold(order)
                 break
-            except (OverConnectionLimit, InsufficientDeposit, NonceUsed):
+            except (OverConnectionLimitError, InsufficientDepositError, NonceUsedError):
                 # Only orders still waiting for their commit can make this a premature refusal
                 # (one of them may yet fail, e.g. on a used nonce): wait for them, then decide.
                 if attempt == 7 or not self._pending_of(order.trader):
@@ -305,7 +301,7 @@ class Intake:
             return
         if not self._participants.get(trader)[0]:
             await self._fetch(("participant", trader), self.participant, trader)
-        if message.get("side") == typed.BUY and not self._balances.get(trader)[0]:
+        if message.get("side") == protocol.BUY and not self._balances.get(trader)[0]:
             await self._fetch(("balance", trader), self.available_balance, trader)
 
     def _fetched(self, key: tuple[str, str], task: asyncio.Future[Any]) -> None:
@@ -337,40 +333,42 @@ class Intake:
         trader: str = msg["trader"]
         signer = typed.recover(digest, signature)
         if signer != trader:
-            raise BadSignature(
+            raise BadSignatureError(
                 f"signature recovers to {signer}, not the trader {trader} "
                 "(tampered message, another chain id or another contract)"
             )
         side, interval_id, energy_wh = msg["side"], msg["intervalId"], msg["energyWh"]
         price, nonce, expiry = msg["pricePerKWh"], msg["nonce"], msg["expiry"]
-        if side not in (typed.SELL, typed.BUY):
-            raise InvalidOrder("side must be 0 (sell) or 1 (buy)")
+        if side not in (protocol.SELL, protocol.BUY):
+            raise InvalidOrderError("side must be 0 (sell) or 1 (buy)")
         if energy_wh <= 0 or energy_wh > MAX_INT63:
-            raise InvalidOrder("energyWh must be positive")
+            raise InvalidOrderError("energyWh must be positive")
         if msg["counterparty"] == trader:
-            raise InvalidOrder("an order cannot name its own trader as counterparty")
+            raise InvalidOrderError("an order cannot name its own trader as counterparty")
         now = self.ledger.now()
         if expiry <= now:
-            raise OrderExpired(f"the order expired at {expiry}; the chain time is {now}")
+            raise OrderExpiredError(f"the order expired at {expiry}; the chain time is {now}")
         current = self.interval_of(now)
         gate = self.gate_closure(interval_id)
         if interval_id > current + self.config.max_intervals_ahead:
-            raise InvalidOrder(
+            raise InvalidOrderError(
                 f"interval {interval_id} is more than {self.config.max_intervals_ahead} "
                 "intervals ahead "
                 f"(current interval {current})"
             )
         if expiry <= gate:
-            raise OrderExpired(
+            raise OrderExpiredError(
                 f"the order expires at {expiry}, before its interval's gate closure at {gate}"
             )
         participant = self.participant(trader)
         if participant is None:
-            raise UnknownTrader(f"{trader} is not a registered participant (POST /participants)")
+            raise UnknownTraderError(
+                f"{trader} is not a registered participant (POST /participants)"
+            )
         if not participant.active:
-            raise TraderInactive(f"participant {trader} is inactive")
-        limit_w = participant.max_export_w if side == typed.SELL else participant.max_import_w
-        reserve = escrow_of(energy_wh, price) if side == typed.BUY else 0
+            raise TraderInactiveError(f"participant {trader} is inactive")
+        limit_w = participant.max_export_w if side == protocol.SELL else participant.max_import_w
+        reserve = protocol.escrow_of(energy_wh, price) if side == protocol.BUY else 0
         row = {
             "hash": order_hash,
             "trader": trader,
@@ -396,16 +394,16 @@ class Intake:
         trader, interval_id, side = order.book_key
         energy_wh, gate, now = row["energy_wh"], order.gate, order.now
         if interval_id in self._closed or now >= gate:
-            raise IntervalClosed(
+            raise IntervalClosedError(
                 f"interval {interval_id} is closed for orders (gate closure at {gate}, now {now})"
             )
         if row["hash"] in self.inflight or order.nonce_key in self.inflight_nonces:
-            raise NonceUsed(
+            raise NonceUsedError(
                 f"nonce {row['nonce']} of {trader} is already used by an accepted order"
             )
         cap = self.config.max_orders_per_trader_interval
         if self._order_count.get((trader, interval_id), 0) >= cap:
-            raise TooManyOrders(
+            raise TooManyOrdersError(
                 f"{trader} already has {cap} live orders for interval {interval_id}, the limit "
                 "per trader and interval (TEGRID_MAX_ORDERS_PER_TRADER_INTERVAL); cancel one or "
                 "trade in another interval"
@@ -414,8 +412,8 @@ class Intake:
         limit_wh = limit_w * self.config.interval_seconds // 3600
         booked = self.side_wh.get(order.book_key, 0)
         if booked + energy_wh > limit_wh:
-            kind = "export" if side == typed.SELL else "import"
-            raise OverConnectionLimit(
+            kind = "export" if side == protocol.SELL else "import"
+            raise OverConnectionLimitError(
                 f"{energy_wh} Wh plus {booked} Wh already offered exceeds the {kind} limit of "
                 f"{limit_w} W x {self.config.interval_seconds} s = {limit_wh} Wh"
             )
@@ -424,7 +422,7 @@ class Intake:
             available = self.available_balance(trader)
             held = self._reserved.get(trader, 0)
             if held + reserve > available:
-                raise InsufficientDeposit(
+                raise InsufficientDepositError(
                     f"buying needs {reserve} (worst case) on top of {held} held by open "
                     "buy orders, "
                     f"but the available deposit is {available}; deposit more into EnergyMarket"
@@ -498,7 +496,7 @@ class Intake:
     def get_order(self, order_hash: str) -> OrderRow:
         row = self.store.get_order(order_hash.lower())
         if row is None:
-            raise NotFound(f"no order {order_hash}")
+            raise NotFoundError(f"no order {order_hash}")
         return row
 
     def cancel_order(self, order_hash: str, signature: str) -> OrderRow:
@@ -507,16 +505,16 @@ class Intake:
         digest = self.domain.digest("Cancel", {"trader": row.trader, "orderHash": row.hash})
         signer = typed.recover(digest, signature)
         if signer != row.trader:
-            raise BadSignature(
+            raise BadSignatureError(
                 f"the cancellation is signed by {signer}, not the trader {row.trader}"
             )
         with self.lock:
             if not self.store.cancel_order(row.hash):
-                raise Conflict(
+                raise ConflictError(
                     f"order {row.hash} is {self.get_order(row.hash).status}, not open",
-                    code="NOT_CANCELLABLE",
+                    reason="NOT_CANCELLABLE",
                 )
-            reserve = int(row.reserved) if row.side == typed.BUY else 0
+            reserve = int(row.reserved) if row.side == protocol.BUY else 0
             self._book((row.trader, row.interval_id, row.side), row.energy_wh, reserve, -1)
         row.status = OrderStatus.CANCELLED
         self.events.publish("cancel", {"hash": row.hash, "trader": row.trader})

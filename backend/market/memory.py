@@ -11,12 +11,12 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
+from backend.chain.errors import ChainUnavailableError
 from backend.market.errors import (
-    AlreadyConnected,
-    BatchReverted,
-    BatchTooLarge,
-    LedgerUnavailable,
-    MeterInUse,
+    AlreadyConnectedError,
+    BatchRevertedError,
+    BatchTooLargeError,
+    MeterInUseError,
 )
 from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
 
@@ -126,26 +126,26 @@ class MemoryLedger:
         order, deposits."""
         closure = self.gate_closure(interval_id)
         if self.now() > closure:
-            raise BatchReverted(f"MarketGateClosed({interval_id}, {closure})")
+            raise BatchRevertedError(f"MarketGateClosed({interval_id}, {closure})")
         recorded = sum(1 for iv, _t in self.batches if iv == interval_id)
         if batch_index != recorded:
-            raise BatchReverted(
+            raise BatchRevertedError(
                 f"MarketBatchOutOfSequence({interval_id}, {recorded}, {batch_index})"
             )
         expected = self.batch_counts.get(interval_id, 0)
         if batch_count <= batch_index or (expected and batch_count != expected):
-            raise BatchReverted(
+            raise BatchRevertedError(
                 f"MarketBatchCountInvalid({interval_id}, {expected}, {batch_count})"
             )
         for t in trades:
             for order in (t.sell, t.buy):
                 if (order["trader"], int(order["nonce"])) in self.cancelled:
                     who, nonce = order["trader"], order["nonce"]
-                    raise BatchReverted(f"MarketOrderCancelled({who}, {nonce})")
+                    raise BatchRevertedError(f"MarketOrderCancelled({who}, {nonce})")
         last = int(self.last_trade_id.get(interval_id, "0x0"), 16)
         for t in trades:
             if int(t.trade_id, 16) <= last:
-                raise BatchReverted(f"MarketTradeOutOfOrder({t.trade_id})")
+                raise BatchRevertedError(f"MarketTradeOutOfOrder({t.trade_id})")
             last = int(t.trade_id, 16)
         need: dict[str, int] = {}
         for t in trades:
@@ -154,7 +154,7 @@ class MemoryLedger:
                 need[buyer] = need.get(buyer, 0) - (-t.energy_wh * t.price_per_kwh // 1000)
         for buyer, cost in need.items():
             if self.available.get(buyer, 0) < cost:
-                raise BatchReverted(f"MarketInsufficientBalance({buyer})")
+                raise BatchRevertedError(f"MarketInsufficientBalance({buyer})")
 
     def estimate_record_gas(
         self,
@@ -169,7 +169,7 @@ class MemoryLedger:
         self._check(interval_id, batch_index, batch_count, trades)
         gas = self._gas(trades)
         if gas > self.gas_limit:
-            raise BatchTooLarge(f"{gas} gas does not fit in a block of {self.gas_limit}")
+            raise BatchTooLargeError(f"{gas} gas does not fit in a block of {self.gas_limit}")
         return gas
 
     def block_gas_limit(self) -> int:
@@ -188,7 +188,7 @@ class MemoryLedger:
         self.calls.append("record_trades")
         if self.fail_sends:
             self.fail_sends -= 1
-            raise LedgerUnavailable("simulated send failure")
+            raise ChainUnavailableError("simulated send failure")
         self._check(interval_id, batch_index, batch_count, trades)
         self.batch_counts[interval_id] = batch_count
         for t in trades:
@@ -223,9 +223,9 @@ class MemoryLedger:
     ) -> str:
         """Refuses as the registry contract does: a connected wallet, a meter in use."""
         if wallet in self.participants:
-            raise AlreadyConnected(f"{wallet} is already connected")
+            raise AlreadyConnectedError(f"{wallet} is already connected")
         if any(p.meter == meter for p in self.participants.values()):
-            raise MeterInUse(f"the meter {meter} is already registered to another participant")
+            raise MeterInUseError(f"the meter {meter} is already registered to another participant")
         self.participants[wallet] = Participant(
             wallet, meter, bus_id, max_export_w, max_import_w, True, len(self.participants) + 1
         )

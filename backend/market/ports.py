@@ -56,7 +56,7 @@ class Receipt:
     gas_used: int = 0
 
 
-class Ledger(Protocol):
+class MarketLedger(Protocol):
     """The chain as the market sees it."""
 
     chain_id: int
@@ -111,7 +111,8 @@ class Ledger(Protocol):
         gas: int | None = None,
     ) -> str:
         """Send ``recordTrades`` with ``gas`` (from :meth:`estimate_record_gas`); returns the
-        transaction hash (``wait`` gives its receipt). A mined revert raises ``BatchReverted``."""
+        transaction hash (``wait`` gives its receipt). A mined revert raises
+        ``BatchRevertedError``."""
         ...
 
     def estimate_record_gas(
@@ -124,8 +125,8 @@ class Ledger(Protocol):
         signature: str,
     ) -> int:
         """Gas ``recordTrades`` of this batch needs now (``eth_estimateGas``); raises
-        ``BatchReverted`` with the decoded reason when it would revert (nothing is mined), and
-        ``BatchTooLarge`` when it does not fit in a block."""
+        ``BatchRevertedError`` with the decoded reason when it would revert (nothing is mined), and
+        ``BatchTooLargeError`` when it does not fit in a block."""
         ...
 
     def block_gas_limit(self) -> int:

@@ -18,14 +18,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from backend.chain.errors import ChainUnavailableError
 from backend.market.batching import backoff_s
 from backend.market.clearing import Clearer
 from backend.market.config import MarketConfig
-from backend.market.errors import BatchReverted, BatchTooLarge, MarketError
+from backend.market.errors import BatchRevertedError, BatchTooLargeError, MarketError
 from backend.market.events import EventBus
 from backend.market.intake import Intake
 from backend.market.models import BatchRow, BatchState, IntervalStatus
-from backend.market.ports import Ledger
+from backend.market.ports import MarketLedger
 from backend.market.store import Store
 
 log = logging.getLogger("tegrid.market")
@@ -42,7 +43,7 @@ class Recorder:
     def __init__(
         self,
         store: Store,
-        ledger: Ledger,
+        ledger: MarketLedger,
         config: MarketConfig,
         events: EventBus,
         intake: Intake,
@@ -131,10 +132,10 @@ class Recorder:
                     b.evidence_hash,
                     b.attestation_signature,
                 )
-            except BatchReverted:
+            except BatchRevertedError:
                 self.reclear_wanted.add(interval_id)
                 raise
-            except BatchTooLarge as exc:
+            except BatchTooLargeError as exc:
                 self.clearing.gas.learn(len(ids), b.order_count, self.ledger.block_gas_limit())
                 if self._replan(interval_id):
                     return "replanned"
@@ -160,7 +161,8 @@ class Recorder:
                 )
                 return "failed"
         except Exception as exc:  # a revert, the chain away, or anything else: report, retry
-            why = str(exc) if isinstance(exc, MarketError) else f"{type(exc).__name__}: {exc}"
+            known = isinstance(exc, MarketError | ChainUnavailableError)
+            why = str(exc) if known else f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):
                 if self.ledger.batch_recorded(interval_id, ids[-1]):
                     self._found_on_chain(interval_id, b)

@@ -28,12 +28,12 @@ from backend.market.auction import Candidate
 from backend.market.clearing import Clearer
 from backend.market.config import MarketConfig
 from backend.market.connections import Connections
-from backend.market.errors import Conflict
+from backend.market.errors import ConflictError
 from backend.market.events import EventBus
 from backend.market.group_commit import GroupCommit
 from backend.market.intake import CheckedOrder, Intake
 from backend.market.models import BatchRow, IntervalRow, IntervalStatus, OrderRow, TradeRow
-from backend.market.ports import ChainTrade, GridPort, Ledger, Participant
+from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant
 from backend.market.recorder import Recorder
 from backend.market.store import Store
 
@@ -49,7 +49,7 @@ class Market:
     def __init__(
         self,
         store: Store,
-        ledger: Ledger,
+        ledger: MarketLedger,
         grid: GridPort | None,
         validator_key: str,
         config: MarketConfig | None = None,
@@ -127,9 +127,9 @@ class Market:
         (dev). ``wait`` False returns once the clearing is stored (status ``cleared``) and sends
         the batches from the recorder thread, so the next interval can be cleared meanwhile."""
         if not force and self.ledger.now() < self.gate_closure(interval_id):
-            raise Conflict(
+            raise ConflictError(
                 f"interval {interval_id} reaches gate closure at {self.gate_closure(interval_id)}",
-                code="GATE_NOT_REACHED",
+                reason="GATE_NOT_REACHED",
             )
         with self.clearing.lock:
             closed_now = self.intake.close_for_orders(interval_id)
@@ -139,8 +139,8 @@ class Market:
                 if row.status == IntervalStatus.CLEARED:
                     self.recorder.record_batch(interval_id)
                     return self.interval(interval_id)
-                raise Conflict(
-                    f"interval {interval_id} is already {row.status}", code="INTERVAL_NOT_OPEN"
+                raise ConflictError(
+                    f"interval {interval_id} is already {row.status}", reason="INTERVAL_NOT_OPEN"
                 )
             self.events.publish(
                 "interval", {"intervalId": interval_id, "status": IntervalStatus.CLOSED}
@@ -172,7 +172,7 @@ class Market:
         for interval_id in self.due_intervals():
             try:
                 self.close_interval(interval_id)
-            except Conflict:
+            except ConflictError:
                 pass
             except Exception as exc:  # the next intervals are still closed
                 self.clearing.failed(interval_id, f"clearing failed: {exc}")

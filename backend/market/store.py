@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -24,9 +23,7 @@ from sqlalchemy import (
     Engine,
     Table,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     inspect,
@@ -37,7 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.market.errors import MarketError, NonceUsed
+from backend.db import make_engine
+from backend.market.errors import NonceUsedError, StoreError
 from backend.market.models import (
     Base,
     BatchRow,
@@ -49,31 +47,6 @@ from backend.market.models import (
     OrderStatus,
     TradeRow,
 )
-
-
-class StoreError(MarketError, RuntimeError):
-    code = "STORE_ERROR"
-    status = 503
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; creates the folder of a SQLite file and turns on WAL mode."""
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
 class Store:
@@ -141,20 +114,20 @@ class Store:
                 raise
 
     def insert_order(self, row: dict[str, Any]) -> int:
-        """Insert one accepted order; ``NonceUsed`` when the trader's nonce (or the order)
+        """Insert one accepted order; ``NonceUsedError`` when the trader's nonce (or the order)
         exists."""
         res = self._insert(row)
         if res is not None:
             pk = res.inserted_primary_key
             return int(pk[0]) if pk else 0
-        raise NonceUsed(
+        raise NonceUsedError(
             f"nonce {row['nonce']} of {row['trader']} is already used by an accepted order"
         )
 
     def insert_orders(self, rows: Sequence[dict[str, Any]]) -> list[Exception | None]:
         """Insert accepted orders in one transaction (group commit); per row ``None`` when it is
-        committed, else the error that refused it (``NonceUsed``). A batch with a refused row is
-        retried row by row (each its own transaction), so one bad nonce costs the others
+        committed, else the error that refused it (``NonceUsedError``). A batch with a refused row
+        is retried row by row (each its own transaction), so one bad nonce costs the others
         nothing."""
         if not rows:
             return []
@@ -165,7 +138,7 @@ class Store:
             try:
                 self.insert_order(row)
                 out.append(None)
-            except (NonceUsed, SQLAlchemyError) as exc:
+            except (NonceUsedError, SQLAlchemyError) as exc:
                 out.append(exc)
         return out
 

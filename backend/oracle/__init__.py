@@ -5,15 +5,3 @@ Pieces: :mod:`backend.oracle.store` (durable SQLite queue), :mod:`backend.oracle
 daemon needs from the chain, and its web3 implementation), :mod:`backend.oracle.daemon` (ingest +
 submit loops).
 """
-
-from __future__ import annotations
-
-from backend.errors import TegridError
-
-
-class OracleError(TegridError):
-    """Root of the errors raised by ``backend.oracle``."""
-
-
-class ChainUnavailable(OracleError, ConnectionError):
-    """The chain did not answer; the daemon keeps its queue and retries."""

@@ -26,7 +26,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from backend.iot import MessageError
+from backend.chain.errors import ChainUnavailableError
+from backend.chain.protocol import MAX_READING_WH
+from backend.iot.errors import MessageError
 from backend.iot.schema import (
     ANNOUNCE_WILDCARD,
     READINGS_WILDCARD,
@@ -36,8 +38,8 @@ from backend.iot.schema import (
 )
 from backend.iot.signing import recover_signer
 from backend.iot.transport import Message, Transport
-from backend.oracle import ChainUnavailable
-from backend.oracle.ledger import MAX_READING_WH, BatchReceipt, BatchRefused, Ledger, MeterState
+from backend.oracle.errors import BatchRefusedError
+from backend.oracle.ledger import BatchReceipt, MeterState, ReadingsLedger
 from backend.oracle.store import Incoming, OracleStore, QueuedReading, Rejection
 
 log = logging.getLogger("tegrid.oracle")
@@ -89,7 +91,7 @@ class OracleDaemon:
     def __init__(
         self,
         store: OracleStore,
-        ledger: Ledger,
+        ledger: ReadingsLedger,
         transport: Transport | None,
         config: OracleConfig | None = None,
     ) -> None:
@@ -248,7 +250,7 @@ class OracleDaemon:
             now = self.ledger.chain_time()
             self._chain_time = (now, time.monotonic())
             return now
-        except ChainUnavailable:
+        except ChainUnavailableError:
             if cached is None:
                 return needed
             return cached[0] + int(time.monotonic() - cached[1])
@@ -270,7 +272,7 @@ class OracleDaemon:
             return
         try:
             states = self.ledger.meter_states(sorted(unknown))
-        except ChainUnavailable:
+        except ChainUnavailableError:
             return
         for meter, state in states.items():
             ttl = (
@@ -285,7 +287,7 @@ class OracleDaemon:
             return hit[0]
         try:
             state = self.ledger.meter_state(meter)
-        except ChainUnavailable:
+        except ChainUnavailableError:
             return hit[0] if hit is not None else None  # unknown now: the contract checks it again
         ttl = self.config.registry_ttl_s if state.active else self.config.registry_negative_ttl_s
         self._registry[meter] = (state, now + ttl)
@@ -305,10 +307,10 @@ class OracleDaemon:
                 self._backoff_s = 0.0
                 if done == 0:
                     self._stop.wait(self.config.idle_sleep_s)
-            except ChainUnavailable as exc:
+            except ChainUnavailableError as exc:
                 self._needs_reconcile = True
                 self._backoff(f"chain unavailable: {exc}")
-            except BatchRefused as exc:
+            except BatchRefusedError as exc:
                 self._backoff(f"MeterReadings refuses the batch: {exc.reason}")
             except Exception:  # never die: log, back off, reconcile, go on
                 log.exception("submit loop error")
@@ -347,7 +349,7 @@ class OracleDaemon:
                 [(q.reading, q.signature) for q in items],
                 check=interval_id in self._suspect_intervals,
             )
-        except BatchRefused as exc:
+        except BatchRefusedError as exc:
             self.store.requeue_batch(batch_id)
             if exc.retryable:
                 log.info(
@@ -357,7 +359,7 @@ class OracleDaemon:
                 )
                 return None
             raise
-        except ChainUnavailable:
+        except ChainUnavailableError:
             self.store.requeue_batch(batch_id)  # nothing was sent
             raise
         self.store.set_batch_tx(
@@ -365,14 +367,14 @@ class OracleDaemon:
         )  # before sending: a crash now is reconciled by this hash
         try:
             self.ledger.send_raw(raw)
-        except ChainUnavailable:
+        except ChainUnavailableError:
             raise  # ambiguous: the node may have it; reconcile decides
         except Exception:
             self.ledger.reset_nonce()
             raise
         receipt = self.ledger.receipt(tx_hash, self.config.receipt_timeout_s)
         if receipt is None:
-            raise ChainUnavailable(f"transaction {tx_hash} vanished")
+            raise ChainUnavailableError(f"transaction {tx_hash} vanished")
         return self._apply_receipt(batch_id, items, receipt)
 
     def _apply_receipt(
@@ -385,7 +387,7 @@ class OracleDaemon:
             if items:
                 # the next attempt for this interval is simulated first (decoded reason, exact gas)
                 self._suspect_intervals.add(items[0].reading.interval_id)
-            raise ChainUnavailable(f"batch {batch_id} reverted")
+            raise ChainUnavailableError(f"batch {batch_id} reverted")
         if items:
             self._suspect_intervals.discard(items[0].reading.interval_id)
         rejected = {

@@ -11,28 +11,6 @@ from typing import Protocol
 
 from backend.chain.heads import Rollback
 from backend.iot.signing import Reading, ReadingDomain
-from backend.oracle import OracleError
-
-# ReadingRejected reason codes of MeterReadings (IMeterReadings.sol) -> our labels.
-REJECT_REASONS = {
-    1: "bad_signature",
-    2: "unregistered",
-    3: "inactive",
-    4: "conflicting",
-    5: "value_too_large",
-}
-MAX_READING_WH = 2**23 - 1  # MeterReadings packs four readings (23-bit values) per slot
-
-
-class BatchRefused(OracleError):
-    """The whole batch would revert (``reason`` is the decoded custom error, e.g.
-    MeterReadingsIntervalNotEnded).
-    """
-
-    def __init__(self, reason: str, retryable: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -51,8 +29,9 @@ class BatchReceipt:
     rejected: dict[str, str] = field(default_factory=dict)  # meter -> reason label
 
 
-class Ledger(Protocol):
-    """Methods raise :class:`backend.oracle.ChainUnavailable` when the node does not answer."""
+class ReadingsLedger(Protocol):
+    """Methods raise :class:`backend.chain.errors.ChainUnavailableError` when the node does not
+    answer."""
 
     def domain(self) -> ReadingDomain: ...
 
@@ -73,7 +52,7 @@ class Ledger(Protocol):
     def prepare_batch(
         self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
     ) -> tuple[str, bytes]:
-        """Sign the transaction; returns (tx hash, raw tx). BatchRefused if it would revert."""
+        """Sign the transaction; returns (tx hash, raw tx). BatchRefusedError if it would revert."""
         ...
 
     def send_raw(self, raw_tx: bytes) -> None: ...

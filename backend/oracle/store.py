@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -25,8 +24,6 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
-    create_engine,
-    event,
     func,
     insert,
     select,
@@ -37,8 +34,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from backend import db
 from backend.iot.signing import Reading
-from backend.oracle import OracleError
+from backend.oracle.errors import OracleError
 
 PENDING, INFLIGHT, SUBMITTED, REJECTED = "pending", "inflight", "submitted", "rejected"
 ROLLED_BACK = "rolled_back"  # a batch whose transaction a chain rollback removed
@@ -168,27 +166,12 @@ class Status:
         }
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    # WAL + synchronous=NORMAL: a committed row survives a process crash (kill -9); only an OS crash
-    # could lose the last transactions. busy_timeout lets `tegrid oracle status` read while we
-    # write.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
-
-
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    """:func:`backend.db.make_engine`, a malformed URL as an :class:`OracleError`."""
     try:
-        engine = create_engine(url, future=True)
+        return db.make_engine(url)
     except (SQLAlchemyError, ValueError) as exc:
         raise OracleError(f"bad oracle database URL {url!r}: {exc}") from None
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
 
 
 class OracleStore:

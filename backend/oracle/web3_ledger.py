@@ -1,4 +1,4 @@
-"""The oracle's :class:`~backend.oracle.ledger.Ledger` on a real chain: web3 over JSON-RPC.
+"""The oracle's :class:`~backend.oracle.ledger.ReadingsLedger` on a real chain: web3 over JSON-RPC.
 
 Transactions are encoded with eth-abi directly and signed locally (no web3 middleware on the hot
 path), so a 400-reading batch costs one estimate, one send and one receipt poll.
@@ -27,11 +27,17 @@ from backend.chain.address import checksum
 from backend.chain.client import AbiFunction, ErrorDecoder, batch_eth_call, revert_data
 from backend.chain.contracts import Deployment, contract_at, error_abis
 from backend.chain.eip712 import to_compact
-from backend.chain.errors import NonceGapError, TransactionDroppedError, TransactionTimeoutError
+from backend.chain.errors import (
+    ChainUnavailableError,
+    NonceGapError,
+    TransactionDroppedError,
+    TransactionTimeoutError,
+)
 from backend.chain.heads import HeadWatcher, Rollback
+from backend.chain.protocol import rejection_label
 from backend.iot.signing import Reading, ReadingDomain
-from backend.oracle import ChainUnavailable
-from backend.oracle.ledger import REJECT_REASONS, BatchReceipt, BatchRefused, MeterState
+from backend.oracle.errors import BatchRefusedError
+from backend.oracle.ledger import BatchReceipt, MeterState
 
 T = TypeVar("T")
 
@@ -90,7 +96,7 @@ class Web3Ledger:
         try:
             return fn()
         except (requests.ConnectionError, requests.Timeout, ConnectionError, OSError) as exc:
-            raise ChainUnavailable(f"chain at {self.w3.provider} unreachable: {exc}") from None
+            raise ChainUnavailableError(f"chain at {self.w3.provider} unreachable: {exc}") from None
 
     # reads
 
@@ -199,7 +205,7 @@ class Web3Ledger:
                 raw = revert_data(exc)
                 decoded = self.decoder.decode(raw)
                 name = decoded[0] if decoded else str(exc)
-                raise BatchRefused(
+                raise BatchRefusedError(
                     self.decoder.describe(raw), retryable=name in RETRYABLE_ERRORS
                 ) from None
         if self._nonce is None:
@@ -223,14 +229,14 @@ class Web3Ledger:
     def send_raw(self, raw_tx: bytes) -> None:
         try:
             self._rpc(lambda: self.w3.eth.send_raw_transaction(raw_tx))
-        except ChainUnavailable:
+        except ChainUnavailableError:
             raise
         except (ValueError, Web3RPCError) as exc:  # nonce too low / already known
             self.reset_nonce()
             if "known" in str(exc).lower():
                 return
             # ambiguous for the daemon: it reconciles (receipt, readingOf) before resending
-            raise ChainUnavailable(f"node refused the transaction: {exc}") from None
+            raise ChainUnavailableError(f"node refused the transaction: {exc}") from None
 
     def receipt(self, tx_hash: str, timeout_s: float) -> BatchReceipt | None:
         """The final receipt (``confirmations``, :mod:`backend.chain.finality`); None when the
@@ -258,13 +264,13 @@ class Web3Ledger:
             self.reset_nonce()
             if dropped:
                 return None
-            raise ChainUnavailable(str(exc)) from None
+            raise ChainUnavailableError(str(exc)) from None
         except TransactionDroppedError:
             self.reset_nonce()
             return None
         except TransactionTimeoutError as exc:
             self.reset_nonce()
-            raise ChainUnavailable(str(exc)) from None
+            raise ChainUnavailableError(str(exc)) from None
         return self._parse(tx_hash, raw)
 
     def _parse(self, tx_hash: str, raw: Any) -> BatchReceipt:
@@ -276,10 +282,7 @@ class Web3Ledger:
         )
         self.heads.observe(receipt.block_number, bytes(raw["blockHash"]))
         for entry in raw["logs"]:
-            if (
-                checksum(entry["address"]) != self.readings_address
-                or not entry["topics"]
-            ):
+            if checksum(entry["address"]) != self.readings_address or not entry["topics"]:
                 continue
             topic0 = bytes(entry["topics"][0])
             if topic0 == READINGS_SUBMITTED_TOPIC:
@@ -288,7 +291,7 @@ class Web3Ledger:
             elif topic0 == READING_REJECTED_TOPIC:
                 meter = checksum(bytes(entry["topics"][1])[-20:])
                 code = int.from_bytes(bytes(entry["data"])[-32:], "big")
-                receipt.rejected[meter] = REJECT_REASONS.get(code, f"rejected_{code}")
+                receipt.rejected[meter] = rejection_label(code)
         return receipt
 
 
@@ -298,7 +301,7 @@ def wait_for_chain(ledger: Web3Ledger, timeout_s: float = 30.0) -> None:
         try:
             ledger.chain_time()
             return
-        except ChainUnavailable:
+        except ChainUnavailableError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)

@@ -65,7 +65,7 @@ def ev(tx: Any, name: str, i: int = 0) -> list[Any]:
     return [norm(v) for v in tx.events[name][i].values()]
 
 
-class Ledger:
+class DeployedLedger:
     """The deployed contracts and the accounts playing each role."""
 
     def __init__(self, a: Any, token: Any, registry: Any, readings: Any, market: Any) -> None:
@@ -305,7 +305,7 @@ def gas_price() -> None:
 @pytest.fixture(scope="module")
 def ledger(
     accounts: Any, EnergyToken: Any, ParticipantRegistry: Any, MeterReadings: Any, EnergyMarket: Any
-) -> Ledger:
+) -> DeployedLedger:
     admin = accounts[0]
     token = EnergyToken.deploy(admin, {"from": admin})
     registry = ParticipantRegistry.deploy(admin, {"from": admin})
@@ -319,7 +319,7 @@ def ledger(
     registry.grantRole(registry.VALIDATOR_ROLE(), accounts[2], {"from": admin})
     registry.grantRole(registry.ORACLE_ROLE(), accounts[3], {"from": admin})
     registry.grantRole(registry.MARKET_OPERATOR_ROLE(), accounts[4], {"from": admin})
-    led = Ledger(accounts, token, registry, readings, market)
+    led = DeployedLedger(accounts, token, registry, readings, market)
     for i in range(5, 9):  # accounts[9] stays unregistered
         led.connect(accounts[i], i)
         token.mint(accounts[i], DEPOSIT, {"from": admin})
@@ -336,7 +336,7 @@ def isolation(fn_isolation: Any) -> None:
 
 
 @pytest.fixture
-def parts(ledger: Ledger) -> SimpleNamespace:
+def parts(ledger: DeployedLedger) -> SimpleNamespace:
     ledger.records, ledger.counts = {}, {}  # the chain was reverted: forget earlier batches
     """The four registered traders S1, S2 (sellers) and B1, B2 (buyers), and the outsider X."""
     a = ledger.a
@@ -351,7 +351,7 @@ __all__ = [
     "GATE_LEAD_S",
     "INTERVAL_S",
     "PRICE",
-    "Ledger",
+    "DeployedLedger",
     "eip712",
     "err",
     "ev",

@@ -11,7 +11,7 @@ from conftest import (
     GATE_LEAD_S,
     INTERVAL_S,
     PRICE,
-    Ledger,
+    DeployedLedger,
     err,
     ev,
     norm,
@@ -21,19 +21,18 @@ from eth_utils import keccak, to_checksum_address
 
 from backend.chain import batches, eip712
 from backend.chain.batches import CandidateTrade
-
-SELL, BUY = 0, 1
+from backend.chain.protocol import BUY, SELL
 
 
 @pytest.fixture
-def iv(ledger: Ledger) -> int:
+def iv(ledger: DeployedLedger) -> int:
     """A delivery interval whose gate closure is at least 14 minutes away (batches for it and for
     the interval after it can still be recorded)."""
     return ledger.current_interval() + 2
 
 
 def _pair(
-    ledger: Ledger,
+    ledger: DeployedLedger,
     seller: Any,
     buyer: Any,
     iv: int,
@@ -54,7 +53,7 @@ def _pair(
 # ---------------------------------------------------------------------------- balances
 
 
-def test_deposit_and_withdraw(ledger: Ledger, parts: Any) -> None:
+def test_deposit_and_withdraw(ledger: DeployedLedger, parts: Any) -> None:
     tx = ledger.market.deposit(1_000, {"from": parts.X})
     assert ev(tx, "Deposited") == [parts.X.address, 1_000]
     assert ledger.balance(parts.X) == (1_000, 0)
@@ -64,7 +63,7 @@ def test_deposit_and_withdraw(ledger: Ledger, parts: Any) -> None:
     assert ledger.token.balanceOf(parts.X) == DEPOSIT - 600
 
 
-def test_deposit_and_withdraw_errors(ledger: Ledger, parts: Any) -> None:
+def test_deposit_and_withdraw_errors(ledger: DeployedLedger, parts: Any) -> None:
     with brownie.reverts(err("MarketZeroAmount")):
         ledger.market.deposit(0, {"from": parts.X})
     with brownie.reverts(err("MarketAmountTooLarge", 2**128)):
@@ -75,7 +74,7 @@ def test_deposit_and_withdraw_errors(ledger: Ledger, parts: Any) -> None:
         ledger.market.withdraw(DEPOSIT, {"from": parts.S1})
 
 
-def test_cancel_nonce(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_cancel_nonce(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     tx = ledger.market.cancelNonce(7, {"from": parts.S1})
     assert ev(tx, "NonceCancelled") == [parts.S1.address, 7]
     assert tuple(ledger.market.filledOf(parts.S1, 7)) == (0, True)
@@ -89,7 +88,7 @@ def test_cancel_nonce(ledger: Ledger, parts: Any, iv: int) -> None:
 # ---------------------------------------------------------------------------- recording
 
 
-def test_record_trade_locks_escrow(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_record_trade_locks_escrow(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv)
     tx = ledger.record(iv, [t])
     tid = ledger.tid(t)
@@ -107,7 +106,7 @@ def test_record_trade_locks_escrow(ledger: Ledger, parts: Any, iv: int) -> None:
     assert norm(ledger.market.intervalOf(iv)) == [tid, 1, 1, 1, 0, False, False]
 
 
-def test_hash_views_match_python_builders(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_hash_views_match_python_builders(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv)
     cid, mkt = ledger.chain_id, ledger.market.address
     sell_t, buy_t = eip712.order_tuple(t.sell), eip712.order_tuple(t.buy)
@@ -132,7 +131,9 @@ def test_hash_views_match_python_builders(ledger: Ledger, parts: Any, iv: int) -
     assert ledger.market.reclaimAfter(iv) == (iv + 1) * INTERVAL_S + 2 * DELAY_S
 
 
-def test_vetoed_trade_locks_and_consumes_nothing(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_vetoed_trade_locks_and_consumes_nothing(
+    ledger: DeployedLedger, parts: Any, iv: int
+) -> None:
     vetoed = _pair(ledger, parts.S1, parts.B1, iv, verdict=3)
     approved = _pair(ledger, parts.S2, parts.B2, iv)
     tx = ledger.record(iv, [vetoed, approved])
@@ -145,7 +146,7 @@ def test_vetoed_trade_locks_and_consumes_nothing(ledger: Ledger, parts: Any, iv:
     assert tuple(ledger.market.filledOf(parts.B1, 1)) == (0, False)
 
 
-def test_record_same_trade_twice_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_record_same_trade_twice_reverts(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv, 400, s_energy=1000, b_energy=1000)
     ledger.record(iv, [t], count=2)
     tid = ledger.tid(t)
@@ -160,7 +161,7 @@ def test_record_same_trade_twice_reverts(ledger: Ledger, parts: Any, iv: int) ->
         ledger.record(iv + 1, [vetoed])
 
 
-def test_record_unsorted_batch_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_record_unsorted_batch_reverts(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     a, b = ledger.sort(
         [_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)]
     )
@@ -168,7 +169,7 @@ def test_record_unsorted_batch_reverts(ledger: Ledger, parts: Any, iv: int) -> N
         ledger.record(iv, [b, a], sort=False)
 
 
-def test_record_batch_errors(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_record_batch_errors(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv)
     with brownie.reverts(err("MarketNotOperator", parts.S1.address)):
         ledger.record(iv, [t], sender=parts.S1)
@@ -181,7 +182,7 @@ def test_record_batch_errors(ledger: Ledger, parts: Any, iv: int) -> None:
         ledger.market.recordTrades(iv, 0, 1, orders, bad, EVIDENCE, sig, {"from": ledger.operator})
 
 
-def test_record_malformed_calldata_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_record_malformed_calldata_reverts(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     """Packed calldata that is not a whole number of records is refused by name, never misread."""
     t = _pair(ledger, parts.S1, parts.B1, iv)
     sig = ledger.attest(iv, [t])
@@ -199,7 +200,7 @@ def test_record_malformed_calldata_reverts(ledger: Ledger, parts: Any, iv: int) 
     ledger.market.recordTrades(iv, 0, 1, orders, rows, EVIDENCE, sig, {"from": op})
 
 
-def test_pack_views_match_python_encoder(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_pack_views_match_python_encoder(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv)
     packed = ledger.market.packOrder(eip712.order_tuple(t.sell), *t.sell_sig)
     assert norm(packed) == batches.pack_order(t.sell, t.sell_sig)
@@ -210,13 +211,13 @@ def test_pack_views_match_python_encoder(ledger: Ledger, parts: Any, iv: int) ->
     assert norm(packed) == r
 
 
-def test_attestation_by_non_validator_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_attestation_by_non_validator_reverts(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv)
     with brownie.reverts(err("MarketInvalidValidatorSignature", parts.S2.address)):
         ledger.record(iv, [t], key=ledger.trader_keys[parts.S2.address])
 
 
-def test_attestation_tampered_verdict_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_attestation_tampered_verdict_reverts(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv, verdict=2)
     sig = ledger.attest(iv, [t])  # the validator vetoed it ...
     t.verdict = 0  # ... and the operator flips the verdict
@@ -226,7 +227,7 @@ def test_attestation_tampered_verdict_reverts(ledger: Ledger, parts: Any, iv: in
 
 
 def _refused(
-    ledger: Ledger,
+    ledger: DeployedLedger,
     iv: int,
     trades: list[CandidateTrade],
     sig: bytes,
@@ -246,7 +247,7 @@ def _refused(
         )
 
 
-def test_attestation_binds_energy_and_price(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_attestation_binds_energy_and_price(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     """The reported attack: orders of 5,000 Wh, the validator attests the trade at 1,000 Wh; the
     operator may not record it at 5,000 Wh (escrow 5x, paid for energy the grid never checked), at
     less, or at another price within both limits."""
@@ -270,7 +271,7 @@ def test_attestation_binds_energy_and_price(ledger: Ledger, parts: Any, iv: int)
     assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 123_457, 123_457)
 
 
-def test_attestation_binds_batch_position(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_attestation_binds_batch_position(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     """A batch signed as 1 of 2 is refused as 0 of 2 or 1 of 1; the first batch fixes the count."""
     a, b = ledger.sort(
         [_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)]
@@ -296,7 +297,7 @@ def test_attestation_binds_batch_position(ledger: Ledger, parts: Any, iv: int) -
     assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, 2, 0, False, False]
 
 
-def test_order_field_errors(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_order_field_errors(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     S1, B1 = parts.S1, parts.B1
 
     def check(
@@ -335,14 +336,14 @@ def test_order_field_errors(ledger: Ledger, parts: Any, iv: int) -> None:
     check(ok_sell, outsider, err("MarketParticipantInactive", parts.X.address))
 
 
-def test_counterparty_named_both_ways_records(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_counterparty_named_both_ways_records(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1, counterparty=parts.B1.address)
     buy = ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1, counterparty=parts.S1.address)
     tx = ledger.record(iv, [ledger.trade(sell, buy, 1000)])
     assert "TradeRecorded" in tx.events
 
 
-def test_order_signature_errors(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_order_signature_errors(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
     buy = ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1)
     good = ledger.sign(sell)
@@ -361,19 +362,19 @@ def test_order_signature_errors(ledger: Ledger, parts: Any, iv: int) -> None:
         ledger.record(iv, [t])
 
 
-def test_deactivated_trader_cannot_trade(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_deactivated_trader_cannot_trade(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     ledger.registry.deactivate(parts.B1, {"from": ledger.dso})
     with brownie.reverts(err("MarketParticipantInactive", parts.B1.address)):
         ledger.record(iv, [_pair(ledger, parts.S1, parts.B1, iv)])
 
 
-def test_insufficient_balance_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_insufficient_balance_reverts(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     ledger.market.withdraw(DEPOSIT // 2 - 100_000, {"from": parts.B1})
     with brownie.reverts(err("MarketInsufficientBalance", parts.B1.address, 100_000, 123_457)):
         ledger.record(iv, [_pair(ledger, parts.S1, parts.B1, iv)])
 
 
-def test_partial_fills_across_batches(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_partial_fills_across_batches(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
     t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 600, 200_000, 1), 600)
     t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 600, 200_000, 1), 600)
@@ -391,7 +392,7 @@ def test_partial_fills_across_batches(ledger: Ledger, parts: Any, iv: int) -> No
 # ---------------------------------------------------------------------------- settlement
 
 
-def _read(ledger: Ledger, iv: int, values: dict[Any, tuple[int, int]]) -> None:
+def _read(ledger: DeployedLedger, iv: int, values: dict[Any, tuple[int, int]]) -> None:
     ledger.end_interval(iv)
     ledger.submit(iv, [ledger.reading(w, iv, imp, exp) for w, (imp, exp) in values.items()])
 
@@ -403,13 +404,13 @@ def _settled(tx: Any) -> dict[bytes, tuple[int, int, int]]:
     }
 
 
-def _conserved(ledger: Ledger, parts: Any) -> None:
+def _conserved(ledger: DeployedLedger, parts: Any) -> None:
     wallets = [parts.S1, parts.S2, parts.B1, parts.B2, parts.X]
     internal = sum(sum(ledger.balance(w)) for w in wallets)
     assert internal == ledger.token.balanceOf(ledger.market)
 
 
-def test_settle_full_delivery(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_full_delivery(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv)
     ledger.record(iv, [t])
     _read(ledger, iv, {parts.S1: (0, 1000), parts.B1: (1000, 0)})
@@ -422,7 +423,7 @@ def test_settle_full_delivery(ledger: Ledger, parts: Any, iv: int) -> None:
     _conserved(ledger, parts)
 
 
-def test_settle_pro_rata_min_of_two(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_pro_rata_min_of_two(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     # S1 sells 1000 Wh to B1 and 500 Wh to B2 (E = 1500) but exports 900: r_S1 = 0.6.
     # B1 imports 1000 of 1000 (r = 1); B2 imports 200 of 500 (r = 0.4).
     sell = ledger.order(parts.S1, SELL, iv, 1500, 100_000, 1)
@@ -444,7 +445,7 @@ def test_settle_pro_rata_min_of_two(ledger: Ledger, parts: Any, iv: int) -> None
     _conserved(ledger, parts)
 
 
-def test_settle_rounds_delivery_down(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_rounds_delivery_down(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     # S2 sells 1000 to B1 and 500 to B2, exports 1000: r = 2/3 -> 666 and 333 Wh (floors).
     sell = ledger.order(parts.S2, SELL, iv, 1500, 100_000, 1)
     t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000, 150_001)
@@ -461,7 +462,9 @@ def test_settle_rounds_delivery_down(ledger: Ledger, parts: Any, iv: int) -> Non
     _conserved(ledger, parts)
 
 
-def test_settle_missing_reading_waits_for_deadline(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_missing_reading_waits_for_deadline(
+    ledger: DeployedLedger, parts: Any, iv: int
+) -> None:
     t = _pair(ledger, parts.S1, parts.B1, iv)
     ledger.record(iv, [t])
     _read(ledger, iv, {parts.B1: (1000, 0)})
@@ -476,7 +479,7 @@ def test_settle_missing_reading_waits_for_deadline(ledger: Ledger, parts: Any, i
     _conserved(ledger, parts)
 
 
-def test_vetoed_trade_never_settles(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_vetoed_trade_never_settles(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     vetoed = _pair(ledger, parts.S1, parts.B1, iv, verdict=4)
     approved = _pair(ledger, parts.S2, parts.B2, iv)
     ledger.record(iv, [vetoed, approved])
@@ -494,7 +497,9 @@ def test_vetoed_trade_never_settles(ledger: Ledger, parts: Any, iv: int) -> None
         ledger.settle(iv)
 
 
-def test_settle_twice_and_record_after_settle_revert(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_twice_and_record_after_settle_revert(
+    ledger: DeployedLedger, parts: Any, iv: int
+) -> None:
     ledger.record(iv, [_pair(ledger, parts.S1, parts.B1, iv, s_nonce=1)])
     _read(ledger, iv, {parts.S1: (0, 1000), parts.B1: (1000, 0)})
     ledger.settle(iv)
@@ -504,7 +509,7 @@ def test_settle_twice_and_record_after_settle_revert(ledger: Ledger, parts: Any,
         ledger.record(iv, [_pair(ledger, parts.S2, parts.B2, iv, s_nonce=9)])
 
 
-def test_settle_multi_batch(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_multi_batch(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     trades = ledger.sort(
         [
             _pair(ledger, parts.S1, parts.B1, iv, 300, s_nonce=1, b_nonce=1),
@@ -522,7 +527,7 @@ def test_settle_multi_batch(ledger: Ledger, parts: Any, iv: int) -> None:
     _conserved(ledger, parts)
 
 
-def test_settle_input_errors(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_input_errors(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     with brownie.reverts(err("MarketIntervalNotRecorded", iv)):
         ledger.market.settle(iv, [], b"", b"", 1, {"from": parts.X})
     t = _pair(ledger, parts.S1, parts.B1, iv)
@@ -563,7 +568,7 @@ def test_settle_input_errors(ledger: Ledger, parts: Any, iv: int) -> None:
     settle(iv, batches_, parties, positions, 1, {"from": parts.X})
 
 
-def test_order_in_two_trades_of_one_batch(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_order_in_two_trades_of_one_batch(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
     t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 600, 200_000, 1), 600)
     t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 600, 200_000, 1), 600)
@@ -577,7 +582,9 @@ def test_order_in_two_trades_of_one_batch(ledger: Ledger, parts: Any, iv: int) -
     assert tuple(ledger.market.filledOf(parts.S1, 1)) == (1000, False)
 
 
-def test_two_orders_sharing_a_nonce_share_the_fill(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_two_orders_sharing_a_nonce_share_the_fill(
+    ledger: DeployedLedger, parts: Any, iv: int
+) -> None:
     a = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 5)
     b = ledger.order(parts.S1, SELL, iv, 1000, 90_000, 5)  # same nonce, other price
     t1 = ledger.trade(a, ledger.order(parts.B1, BUY, iv, 700, 200_000, 1), 700)
@@ -587,7 +594,7 @@ def test_two_orders_sharing_a_nonce_share_the_fill(ledger: Ledger, parts: Any, i
         ledger.record(iv, [first, second])
 
 
-def test_filled_order_replayed_reverts(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_filled_order_replayed_reverts(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
     first = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000)
     ledger.record(iv, [first], count=2)
@@ -602,7 +609,7 @@ def test_filled_order_replayed_reverts(ledger: Ledger, parts: Any, iv: int) -> N
         ledger.record(iv, [again])
 
 
-def test_signature_does_not_cover_other_nonce(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_signature_does_not_cover_other_nonce(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     sell = ledger.order(parts.S1, SELL, iv, 1000, 100_000, 1)
     buy = ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1)
     renonced = dict(sell, nonce=2)  # presented with nonce 2, signed with nonce 1
@@ -618,7 +625,7 @@ def _on_anvil() -> bool:
     return "anvil" in str(brownie.web3.client_version).lower()
 
 
-def test_gate_closure_boundary(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_gate_closure_boundary(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     """A batch lands at the gate closure itself, not one second later. Anvil sets the next
     block's timestamp exactly; Ganache's clock runs on from a mined block, so there the batch
     lands within seconds before the closure and the late one a second after it."""
@@ -641,7 +648,9 @@ def test_gate_closure_boundary(ledger: Ledger, parts: Any, iv: int) -> None:
     assert ledger.balance(parts.B2) == (DEPOSIT // 2, 0)
 
 
-def test_settle_waits_for_gate_closure_and_every_batch(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_waits_for_gate_closure_and_every_batch(
+    ledger: DeployedLedger, parts: Any, iv: int
+) -> None:
     a, _b = ledger.sort(
         [_pair(ledger, parts.S1, parts.B1, iv), _pair(ledger, parts.S2, parts.B2, iv)]
     )
@@ -654,7 +663,7 @@ def test_settle_waits_for_gate_closure_and_every_batch(ledger: Ledger, parts: An
         ledger.settle(iv)
 
 
-def _three_batches(ledger: Ledger, parts: Any, iv: int) -> list[CandidateTrade]:
+def _three_batches(ledger: DeployedLedger, parts: Any, iv: int) -> list[CandidateTrade]:
     trades = ledger.sort(
         [
             _pair(ledger, parts.S1, parts.B1, iv, 300, s_nonce=1, b_nonce=1),
@@ -667,7 +676,7 @@ def _three_batches(ledger: Ledger, parts: Any, iv: int) -> list[CandidateTrade]:
     return trades
 
 
-def test_settle_in_pages(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_settle_in_pages(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     """Pages of whole batches pay exactly what one settle would: the totals span every batch."""
     trades = _three_batches(ledger, parts, iv)
     # S1 sold 600 and exported 300 (r = 0.5); the others delivered in full
@@ -700,7 +709,7 @@ def test_settle_in_pages(ledger: Ledger, parts: Any, iv: int) -> None:
         ledger.settle(iv)
 
 
-def test_reclaim_after_deadline(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_reclaim_after_deadline(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     """An interval whose batches did not all arrive cannot settle; from reclaimAfter on, anyone
     returns every buyer's escrow, once."""
     a, _b = ledger.sort(
@@ -728,7 +737,7 @@ def test_reclaim_after_deadline(ledger: Ledger, parts: Any, iv: int) -> None:
     _conserved(ledger, parts)
 
 
-def test_reclaim_rest_after_partial_settlement(ledger: Ledger, parts: Any, iv: int) -> None:
+def test_reclaim_rest_after_partial_settlement(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     """Pages settled before reclaimAfter stay paid; the rest goes back to the buyers; a settle
     after reclaimAfter is refused."""
     trades = _three_batches(ledger, parts, iv)

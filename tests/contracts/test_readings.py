@@ -7,8 +7,15 @@ from conftest import INTERVAL_S, err, meter_key
 from eth_account import Account
 
 from backend.chain import batches
+from backend.chain.protocol import ReadingRejection
 
-BAD_SIGNATURE, UNKNOWN_METER, INACTIVE, CONFLICTING, VALUE_TOO_LARGE = 1, 2, 3, 4, 5
+BAD_SIGNATURE, UNKNOWN_METER, INACTIVE, CONFLICTING, VALUE_TOO_LARGE = (
+    ReadingRejection.BAD_SIGNATURE,
+    ReadingRejection.UNREGISTERED,
+    ReadingRejection.INACTIVE,
+    ReadingRejection.CONFLICTING,
+    ReadingRejection.VALUE_TOO_LARGE,
+)
 
 
 def _ended(ledger: Any) -> int:

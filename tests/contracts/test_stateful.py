@@ -14,15 +14,15 @@ from typing import Any, ClassVar
 
 import brownie
 import pytest
-from conftest import DELAY_S, DEPOSIT, Ledger, norm
+from conftest import DELAY_S, DEPOSIT, DeployedLedger, norm
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from backend.chain import batches
+from backend.chain.protocol import BUY, SELL
 
 LONG = os.environ.get("TEGRID_LONG_STATEFUL") == "1"
-SELL, BUY = 0, 1
 
 
 def model_settle(
@@ -75,7 +75,7 @@ def _events(tx: Any, name: str) -> Any:
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    ledger: Ledger
+    ledger: DeployedLedger
     wallets: list[Any]
     stats: ClassVar[dict[str, int]] = {}
 
@@ -295,7 +295,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.ledger.token.balanceOf(self.ledger.market) == internal
 
 
-def _run(ledger: Ledger, parts: Any, examples: int, steps: int) -> None:
+def _run(ledger: DeployedLedger, parts: Any, examples: int, steps: int) -> None:
     """Every machine starts from the snapshot the calling test took once (brownie.chain.revert)."""
     LedgerMachine.ledger = ledger
     LedgerMachine.wallets = [parts.S1, parts.S2, parts.B1, parts.B2]
@@ -311,7 +311,7 @@ def _run(ledger: Ledger, parts: Any, examples: int, steps: int) -> None:
     )
 
 
-def test_stateful_ledger_short(ledger: Ledger, parts: Any) -> None:
+def test_stateful_ledger_short(ledger: DeployedLedger, parts: Any) -> None:
     LedgerMachine.stats = {}
     brownie.chain.snapshot()
     _run(ledger, parts, examples=12, steps=40)
@@ -320,7 +320,7 @@ def test_stateful_ledger_short(ledger: Ledger, parts: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not LONG, reason="set TEGRID_LONG_STATEFUL=1 for the >= 100,000-step run")
-def test_stateful_ledger_long(ledger: Ledger, parts: Any) -> None:
+def test_stateful_ledger_long(ledger: DeployedLedger, parts: Any) -> None:
     LedgerMachine.stats = {}
     brownie.chain.snapshot()
     started = time.monotonic()
@@ -330,7 +330,7 @@ def test_stateful_ledger_long(ledger: Ledger, parts: Any) -> None:
     print("stateful stats", LedgerMachine.stats)
 
 
-def test_foreign_revert_replay(ledger: Ledger, parts: Any) -> None:
+def test_foreign_revert_replay(ledger: DeployedLedger, parts: Any) -> None:
     """The long run's failure, replayed by hand: a second client on the same Anvil reverts its own
     snapshot after our settlement. The contracts are right at every step (hand-computed balances);
     the revert brings one trade's escrow back (1000 Wh at 121,719 per kWh: ceil(121,719,000 / 1000)

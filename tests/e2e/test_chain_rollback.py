@@ -231,9 +231,11 @@ def test_rollback_is_noticed_and_every_component_recovers_exactly_once(
 
         # The oracle noticed the rollback and submitted the 20 lost readings again, once.
         _wait(
-            lambda: daemon.counters.resubmitted == N_METERS
-            and store.status().queue_depth == 0
-            and store.status().submitted == 2 * N_METERS,
+            lambda: (
+                daemon.counters.resubmitted == N_METERS
+                and store.status().queue_depth == 0
+                and store.status().submitted == 2 * N_METERS
+            ),
             what="readings submitted again",
         )
         oracle_s = time.monotonic() - restarted_at

@@ -28,8 +28,12 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = os.environ.get("TEGRID_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
 ]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 ZERO = "0x" + "00" * 20
@@ -63,7 +67,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (tmp / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "backend.cli.main", "serve", "--dev", "--port", str(api_port)],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{api_port}"
     try:
@@ -137,13 +145,25 @@ def tab(browser: Any) -> Iterator[Page]:
 NONCE = iter(range(int(time.time() * 1000), 2**62))
 
 
-def signed_order(url: str, key: str, side: int, energy_wh: int, price: int, interval: int,
-                 counterparty: str = ZERO) -> dict[str, Any]:
+def signed_order(
+    url: str,
+    key: str,
+    side: int,
+    energy_wh: int,
+    price: int,
+    interval: int,
+    counterparty: str = ZERO,
+) -> dict[str, Any]:
     template = httpx.get(url + "/orders/eip712").json()
     message = {
-        "trader": Account.from_key(key).address, "side": side, "intervalId": interval,
-        "energyWh": energy_wh, "pricePerKWh": price, "nonce": next(NONCE),
-        "expiry": interval * 900 + 86_400, "counterparty": counterparty,
+        "trader": Account.from_key(key).address,
+        "side": side,
+        "intervalId": interval,
+        "energyWh": energy_wh,
+        "pricePerKWh": price,
+        "nonce": next(NONCE),
+        "expiry": interval * 900 + 86_400,
+        "counterparty": counterparty,
     }
     sig = Account.sign_typed_data(key, full_message={**template, "message": message}).signature
     return {"message": message, "signature": "0x" + sig.hex().removeprefix("0x")}
@@ -343,8 +363,10 @@ def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:
     page.evaluate("window.__sameDocument = 7")
     iv = open_interval(server, 4)
     seller, buyer = 6, 7
-    for o in (signed_order(server, ANVIL_KEYS[seller], 0, 4_000, 100_000, iv),
-              signed_order(server, ANVIL_KEYS[buyer], 1, 4_000, 100_000, iv)):
+    for o in (
+        signed_order(server, ANVIL_KEYS[seller], 0, 4_000, 100_000, iv),
+        signed_order(server, ANVIL_KEYS[buyer], 1, 4_000, 100_000, iv),
+    ):
         assert httpx.post(server + "/orders", json=o).status_code == 201
     r = httpx.post(f"{server}/intervals/{iv}/close", timeout=120)
     assert r.status_code == 200 and r.json()["approvedCount"] == 1, r.text

@@ -21,14 +21,14 @@ from eth_utils import keccak
 from web3 import Web3
 
 from backend.api.app import create_app
-from backend.chain import eip712
+from backend.chain import eip712, protocol
 from backend.chain.client import ChainClient
 from backend.chain.contracts import contract_at
 from backend.devtools.anvil import AnvilProcess
 from backend.devtools.devstack import start_dev_stack
 from backend.devtools.server import start_in_thread
 from backend.market import typed
-from backend.market.errors import TooManyOrders
+from backend.market.errors import TooManyOrdersError
 from backend.market.factory import build_market
 from backend.market.service import Market, MarketConfig
 from backend.settings import Settings
@@ -300,12 +300,12 @@ def test_orders_per_trader_and_interval_are_capped(chain: dict[str, Any]) -> Non
         msg = {
             "trader": trader, "side": 0, "intervalId": iv, "energyWh": 5,
             "pricePerKWh": 1000, "nonce": nonce, "expiry": iv * 900 + 86_400,
-            "counterparty": typed.ZERO_ADDRESS,
+            "counterparty": protocol.ZERO_ADDRESS,
         }  # fmt: skip
         return {"message": msg, "signature": eip712.sign_digest(domain.digest("Order", msg), key)}
 
     rows = [market.submit_order(**order(920_000 + n)) for n in range(4)]
-    with pytest.raises(TooManyOrders) as refused:
+    with pytest.raises(TooManyOrdersError) as refused:
         market.submit_order(**order(920_004))
     assert str(refused.value) == (
         f"{trader} already has 4 live orders for interval {iv}, the limit per trader and "
@@ -335,7 +335,7 @@ def test_orders_per_trader_and_interval_are_capped(chain: dict[str, Any]) -> Non
     finally:
         server.stop()
     # the cap holds after a restart (counted from the store)
-    with pytest.raises(TooManyOrders):
+    with pytest.raises(TooManyOrdersError):
         new_market(chain["settings"], max_orders_per_trader_interval=4).submit_order(
             **order(920_009)
         )
@@ -349,7 +349,11 @@ def test_batch_found_on_chain_by_recover_carries_its_transaction(chain: dict[str
         assert market.close_interval(iv, force=True, wait=False).status == "cleared"
         [b] = market.batches(iv)
         tx = market.ledger.record_trades(
-            iv, b.batch_index, b.batch_count, market._batch_input(b), b.evidence_hash,
+            iv,
+            b.batch_index,
+            b.batch_count,
+            market._batch_input(b),
+            b.evidence_hash,
             b.attestation_signature,
         )
         # a process that sent it and crashed before storing the receipt; the next one recovers
@@ -358,7 +362,9 @@ def test_batch_found_on_chain_by_recover_carries_its_transaction(chain: dict[str
     [found] = restarted.batches(iv)
     receipt = chain["w3"].eth.get_transaction_receipt(tx)
     assert (found.state, found.tx_hash, found.block_number) == (
-        "recorded", tx, receipt["blockNumber"]
+        "recorded",
+        tx,
+        receipt["blockNumber"],
     )
     assert found.gas_used == receipt["gasUsed"]
     assert {t.tx_hash for t in restarted.trades(iv)} == {tx}

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 
 from backend.api.deps import MarketDep
 from backend.chain import batches
-from backend.market.errors import Conflict, NotFound
+from backend.market.errors import ConflictError, NotFoundError
 
 router = APIRouter(tags=["dashboard"])
 
@@ -32,17 +32,19 @@ READINGS_LOOKBACK_BLOCKS = 50_000
 
 @router.get("/", include_in_schema=False)
 def index() -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", media_type=MEDIA_TYPES[".html"],
-                        headers=NO_CACHE)
+    return FileResponse(
+        STATIC_DIR / "index.html", media_type=MEDIA_TYPES[".html"], headers=NO_CACHE
+    )
 
 
 @router.get("/static/{name}", include_in_schema=False)
-def static_file(name: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]+\.(js|css|svg)$")]
-                ) -> FileResponse:
+def static_file(
+    name: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]+\.(js|css|svg)$")],
+) -> FileResponse:
     """Flat folder, names checked by pattern, so no path can leave ``STATIC_DIR``."""
     path = STATIC_DIR / name
     if not path.is_file():
-        raise NotFound(f"no static file {name!r}")
+        raise NotFoundError(f"no static file {name!r}")
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=NO_CACHE)
 
 
@@ -69,8 +71,9 @@ def _edges(net: Any) -> list[tuple[int, int]]:
     return edges
 
 
-def radial_layout(buses: list[int], edges: list[tuple[int, int]], roots: list[int]
-                  ) -> dict[int, tuple[float, float]]:
+def radial_layout(
+    buses: list[int], edges: list[tuple[int, int]], roots: list[int]
+) -> dict[int, tuple[float, float]]:
     """A tidy tree drawing from the slack bus (breadth-first spanning tree): depth down the page,
     leaves side by side, each parent centred over its children. Meshed links are drawn but do not
     shape the tree; islands are laid out after the main tree."""
@@ -133,17 +136,19 @@ def topology_of(net: Any, network_name: str) -> dict[str, Any]:
     out_buses = []
     for b in buses:
         row = net.bus.loc[b]
-        out_buses.append({
-            "id": b,
-            "name": str(row["name"]) if row["name"] is not None else f"bus {b}",
-            "vnKv": float(row["vn_kv"]),
-            "x": round(float(coords[b][0]), 6),
-            "y": round(float(coords[b][1]), 6),
-            "inService": bool(row["in_service"]),
-            "slack": b in roots,
-            "load": b in load_buses,
-            "pv": b in sgen_buses,
-        })
+        out_buses.append(
+            {
+                "id": b,
+                "name": str(row["name"]) if row["name"] is not None else f"bus {b}",
+                "vnKv": float(row["vn_kv"]),
+                "x": round(float(coords[b][0]), 6),
+                "y": round(float(coords[b][1]), 6),
+                "inService": bool(row["in_service"]),
+                "slack": b in roots,
+                "load": b in load_buses,
+                "pv": b in sgen_buses,
+            }
+        )
     lines = [
         {
             "id": int(idx),
@@ -167,8 +172,13 @@ def topology_of(net: Any, network_name: str) -> dict[str, Any]:
         }
         for idx, r in net.trafo.iterrows()
     ]
-    return {"network": network_name, "layout": layout, "buses": out_buses, "lines": lines,
-            "trafos": trafos}
+    return {
+        "network": network_name,
+        "layout": layout,
+        "buses": out_buses,
+        "lines": lines,
+        "trafos": trafos,
+    }
 
 
 _topology_cache: dict[int, dict[str, Any]] = {}
@@ -182,7 +192,7 @@ async def grid_topology(market: MarketDep) -> dict[str, Any]:
     validator = getattr(grid, "validator", None)
     net = getattr(validator, "net", None)
     if grid is None or net is None:
-        raise Conflict("no grid validator is configured", code="NO_GRID")
+        raise ConflictError("no grid validator is configured", reason="NO_GRID")
     key = id(net)
     if key not in _topology_cache:
         name = str(getattr(validator, "network_name", getattr(grid, "network", "")))
@@ -198,7 +208,8 @@ def _readings(ledger: Any, interval_id: int) -> list[dict[str, Any]]:
         return []
     latest = int(w3.eth.block_number)
     logs = contract.events.ReadingsSubmitted.get_logs(
-        from_block=max(0, latest - READINGS_LOOKBACK_BLOCKS), to_block=latest,
+        from_block=max(0, latest - READINGS_LOOKBACK_BLOCKS),
+        to_block=latest,
         argument_filters={"intervalId": interval_id},
     )
     registry = getattr(ledger, "registry", None)
@@ -212,15 +223,17 @@ def _readings(ledger: Any, interval_id: int) -> list[dict[str, Any]]:
                 found = str(registry.functions.walletOfMeter(meter).call())
                 wallet = None if int(found, 16) == 0 else found
             wallets[meter] = wallet
-        out.append({
-            "meter": meter,
-            "wallet": wallets[meter],
-            "intervalId": iv,
-            "importWh": reading.import_wh,
-            "exportWh": reading.export_wh,
-            "block": int(log["blockNumber"]),
-            "txHash": "0x" + bytes(log["transactionHash"]).hex().removeprefix("0x"),
-        })
+        out.append(
+            {
+                "meter": meter,
+                "wallet": wallets[meter],
+                "intervalId": iv,
+                "importWh": reading.import_wh,
+                "exportWh": reading.export_wh,
+                "block": int(log["blockNumber"]),
+                "txHash": "0x" + bytes(log["transactionHash"]).hex().removeprefix("0x"),
+            }
+        )
     return out
 
 
@@ -230,9 +243,9 @@ async def readings(
 ) -> list[dict[str, Any]]:
     """Meter readings accepted on chain (``MeterReadings.ReadingsSubmitted``) for one interval,
     with the wallet each meter belongs to (searches the last 50,000 blocks)."""
-    from backend.market.errors import LedgerUnavailable
+    from backend.chain.errors import ChainUnavailableError
 
     try:
         return await asyncio.to_thread(_readings, market.ledger, interval)
     except Exception as exc:  # web3 raises transport errors of many kinds
-        raise LedgerUnavailable(f"reading the meter readings failed: {exc}") from exc
+        raise ChainUnavailableError(f"reading the meter readings failed: {exc}") from exc

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from backend.api.deps import MarketDep
-from backend.market.errors import Conflict
+from backend.market.errors import ConflictError
 
 router = APIRouter(prefix="/grid", tags=["grid"])
 
@@ -18,7 +18,7 @@ async def grid_status(
     market: MarketDep, interval: Annotated[int | None, Query(ge=0, lt=2**63)] = None
 ) -> dict[str, Any]:
     if market.grid is None:
-        raise Conflict("no grid validator is configured", code="NO_GRID")
+        raise ConflictError("no grid validator is configured", reason="NO_GRID")
     interval_id = market.current_interval() if interval is None else interval
     approved = market.approved_candidates(interval_id)
     grid = market.grid

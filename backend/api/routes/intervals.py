@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query
 from backend.api.convert import interval_out
 from backend.api.deps import MarketDep, OptionsDep
 from backend.api.schemas import ErrorResponse, IntervalOut
-from backend.market.errors import Conflict
+from backend.market.errors import ConflictError
 
 router = APIRouter(prefix="/intervals", tags=["intervals"])
 IntervalPath = Annotated[int, Path(ge=0, lt=2**63)]
@@ -58,9 +58,9 @@ async def close_interval(
     """Dev mode: close the gate now, clear, validate and record the batch. Otherwise only once the
     gate closure time has passed (the scheduler does it anyway)."""
     if not options.dev and market.ledger.now() < market.gate_closure(interval_id):
-        raise Conflict(
+        raise ConflictError(
             "closing an interval before its gate closure is only allowed in dev mode",
-            code="DEV_ONLY",
+            reason="DEV_ONLY",
         )
     row = await asyncio.to_thread(market.close_interval, interval_id, True, wait)
     return interval_out(market, row)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.iot import IotError
+from backend.iot.errors import IotError
 from backend.iot.meters import (
     Deviations,
     MeterSimulator,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.iot import MessageError
+from backend.iot.errors import MessageError
 from backend.iot.schema import (
     Announcement,
     SignedReading,

@@ -6,7 +6,7 @@ from eth_account.messages import encode_typed_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.iot import MessageError
+from backend.iot.errors import MessageError
 from backend.iot.signing import (
     SECP256K1_N,
     Reading,

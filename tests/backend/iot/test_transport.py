@@ -6,7 +6,7 @@ import time
 import pytest
 
 from backend.devtools.broker import MosquittoBroker, find_mosquitto
-from backend.iot import TransportError
+from backend.iot.errors import TransportError
 from backend.iot.transport import (
     InProcessBroker,
     InProcessTransport,

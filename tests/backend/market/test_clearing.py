@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+from backend.chain import protocol
 from backend.market.auction import BookOrder, Candidate, Decision
 from backend.market.batching import TradeSpec
-from backend.market.clearing import ClearedTrade, trade_id_of
-from backend.market.errors import NonceUsed
+from backend.market.clearing import ClearedTrade
+from backend.market.errors import NonceUsedError
 from backend.market.service import Market
 from backend.settings import ANVIL_KEYS
 from tests.backend.market.conftest import Signer
@@ -27,7 +28,7 @@ def _candidate() -> Candidate:
 
 
 def test_cleared_trade_decided_row_spec_and_event() -> None:
-    tid = trade_id_of(SELL_HASH, BUY_HASH)
+    tid = protocol.trade_id_hex(SELL_HASH, BUY_HASH)
     t = ClearedTrade.decided(7, 3, tid, _candidate(), Decision(2, "LINE_OVERLOAD", "line" * 20))
     assert t.element == ("line" * 20)[:40]
     assert t.row() == {
@@ -78,7 +79,7 @@ def test_clear_stores_trades_in_trade_id_order_with_positions(
     assert len(rows) == 3
     assert [t.position for t in rows] == list(range(len(rows)))
     assert [t.id for t in rows] == sorted((t.id for t in rows), key=lambda i: int(i, 16))
-    assert all(t.id == trade_id_of(t.sell_hash, t.buy_hash) for t in rows)
+    assert all(t.id == protocol.trade_id_hex(t.sell_hash, t.buy_hash) for t in rows)
     verdicts = [e.data for e in market.events.recent() if e.kind == "verdict"]
     assert [v["tradeId"] for v in verdicts] == [t.id for t in rows]
 
@@ -94,7 +95,7 @@ def test_insert_held_undoes_the_counts_of_a_refused_order(market: Market, signer
         return await asyncio.gather(submit, return_exceptions=True)
 
     results = asyncio.run(run())
-    assert isinstance(results[0], NonceUsed)
+    assert isinstance(results[0], NonceUsedError)
     interval = first["message"]["intervalId"]
     assert intake.side_wh[(first["message"]["trader"], interval, 0)] == 1000
     assert intake.reserved(first["message"]["trader"]) == 0

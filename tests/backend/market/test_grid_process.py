@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from backend.market.auction import BUY, SELL, BookOrder, clear
+from backend.chain.protocol import BUY, SELL
+from backend.market.auction import BookOrder, clear
 from backend.market.grid_port import GridPortAdapter
 from backend.market.grid_process import GridProcess
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from backend.market.errors import IntervalClosed, NonceUsed, OverConnectionLimit
+from backend.market.errors import IntervalClosedError, NonceUsedError, OverConnectionLimitError
 from backend.market.models import OrderStatus
 from backend.market.service import Market
 from backend.settings import ANVIL_KEYS
@@ -48,7 +48,7 @@ def test_same_order_twice_in_one_batch_is_refused_once(market: Market, signer: S
     o = signer.order(K[1], 0, 1000, 100)
     results = _gather(market, [o, o])
     assert sum(isinstance(r, dict) for r in results) == 1
-    assert sum(isinstance(r, NonceUsed) for r in results) == 1
+    assert sum(isinstance(r, NonceUsedError) for r in results) == 1
     interval = o["message"]["intervalId"]
     assert market._side_wh[(o["message"]["trader"], interval, 0)] == 1000
     assert len(market.store.list_orders(limit=10)) == 1
@@ -60,7 +60,7 @@ def test_used_nonce_in_a_batch_costs_the_others_nothing(market: Market, signer: 
     replay = signer.order(K[1], 0, 2000, 100, nonce=1007)  # another order on a used nonce
     others = [signer.order(K[2], 0, 10, 100) for _ in range(5)]
     results = _gather(market, [replay, *others])
-    assert isinstance(results[0], NonceUsed)
+    assert isinstance(results[0], NonceUsedError)
     assert all(isinstance(r, dict) for r in results[1:])
     interval = first["message"]["intervalId"]
     # the refused order's reservation is undone
@@ -76,10 +76,10 @@ def test_limit_is_exact_while_an_order_waits_for_its_commit(market: Market, sign
     replay = signer.order(K[1], 0, 3000, 100, nonce=1003)
     fits = signer.order(K[1], 0, 2000, 100)
     results = _gather(market, [replay, fits])
-    assert isinstance(results[0], NonceUsed)
+    assert isinstance(results[0], NonceUsedError)
     assert isinstance(results[1], dict)
     too_much = signer.order(K[1], 0, 2001, 100)
-    with pytest.raises(OverConnectionLimit):
+    with pytest.raises(OverConnectionLimitError):
         market.submit_order(too_much["message"], too_much["signature"])
 
 
@@ -107,7 +107,7 @@ def test_gate_closure_waits_for_orders_in_flight(market: Market, signer: Signer)
 
     results, closed, refused = asyncio.run(run())
     assert all(isinstance(r, dict) for r in results), results
-    assert isinstance(refused, IntervalClosed)
+    assert isinstance(refused, IntervalClosedError)
     assert closed.traded_wh > 0
     # every order answered 201 was in the store before the clearing read the book
     rows = market.store.list_orders(interval_id=interval, limit=100)

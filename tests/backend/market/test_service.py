@@ -4,14 +4,14 @@ import pytest
 from eth_account import Account
 
 from backend.market.errors import (
-    BadSignature,
-    InsufficientDeposit,
-    IntervalClosed,
-    NonceUsed,
-    OrderExpired,
-    OverConnectionLimit,
-    UnknownTrader,
-    WrongDomain,
+    BadSignatureError,
+    InsufficientDepositError,
+    IntervalClosedError,
+    NonceUsedError,
+    OrderExpiredError,
+    OverConnectionLimitError,
+    UnknownTraderError,
+    WrongDomainError,
 )
 from backend.market.memory import MemoryLedger
 from backend.market.models import IntervalStatus, OrderStatus
@@ -34,33 +34,33 @@ def test_submit_order_accepts_and_persists(market: Market, signer: Signer) -> No
 def test_submit_order_refusals(market: Market, signer: Signer, ledger: MemoryLedger) -> None:
     o = signer.order(K[1], 0, 1000, 100)
     tampered = {**o["message"], "energyWh": 999}
-    with pytest.raises(BadSignature):
+    with pytest.raises(BadSignatureError):
         market.submit_order(tampered, o["signature"])
-    with pytest.raises(WrongDomain):
+    with pytest.raises(WrongDomainError):
         market.submit_order(
             o["message"], o["signature"], {**market.template()["domain"], "chainId": 1}
         )
     market.submit_order(o["message"], o["signature"])
-    with pytest.raises(NonceUsed):
+    with pytest.raises(NonceUsedError):
         market.submit_order(o["message"], o["signature"])
     expired = signer.order(K[1], 0, 1000, 100, expiry=ledger.now() - 1)
-    with pytest.raises(OrderExpired):
+    with pytest.raises(OrderExpiredError):
         market.submit_order(expired["message"], expired["signature"])
     stranger = signer.order(K[8], 0, 1000, 100)
-    with pytest.raises(UnknownTrader):
+    with pytest.raises(UnknownTraderError):
         market.submit_order(stranger["message"], stranger["signature"])
     past = signer.order(K[1], 0, 1000, 100, interval=market.current_interval())
-    with pytest.raises(IntervalClosed):
+    with pytest.raises(IntervalClosedError):
         market.submit_order(past["message"], past["signature"])
     # 20 kW x 0.25 h = 5000 Wh export limit; 1000 already offered
     big = signer.order(K[1], 0, 4001, 100)
-    with pytest.raises(OverConnectionLimit):
+    with pytest.raises(OverConnectionLimitError):
         market.submit_order(big["message"], big["signature"])
     ledger.available[Account.from_key(K[2]).address] = 1000
     buy = signer.order(K[2], 1, 1000, 1000)  # costs exactly 1000
     market.submit_order(buy["message"], buy["signature"])
     more = signer.order(K[2], 1, 1, 1)
-    with pytest.raises(InsufficientDeposit):
+    with pytest.raises(InsufficientDepositError):
         market.submit_order(more["message"], more["signature"])
 
 
@@ -217,7 +217,7 @@ def test_compact_eip2098_signature_is_accepted_and_stored_canonical(
     full = bytes.fromhex(other["signature"][2:])
     r, s, v = full[:32], int.from_bytes(full[32:64], "big"), full[64]
     flipped = "0x" + (r + ((((v - 27) ^ 1) << 255) | s).to_bytes(32, "big")).hex()
-    with pytest.raises(BadSignature, match="recovers to"):  # the other parity: another key
+    with pytest.raises(BadSignatureError, match="recovers to"):  # the other parity: another key
         market.submit_order(other["message"], flipped)
 
 

@@ -6,7 +6,7 @@ from eth_account.messages import encode_typed_data
 
 from backend.chain import eip712
 from backend.market import typed
-from backend.market.errors import BadSignature
+from backend.market.errors import BadSignatureError
 from backend.settings import ANVIL_KEYS
 
 DOMAIN = typed.market_domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
@@ -41,14 +41,14 @@ def test_recover_roundtrip_and_refusals() -> None:
     assert typed.recover(digest, sig) == typed.recover(
         digest, eip712.sign_digest(digest, ANVIL_KEYS[1])
     )
-    with pytest.raises(BadSignature):
+    with pytest.raises(BadSignatureError):
         typed.recover(digest, "0x1234")
     r, s, _v = typed.split_signature(sig)
     high_s = (
         "0x"
         + r.to_bytes(32, "big").hex()
-        + (typed._SECP256K1_N - s).to_bytes(32, "big").hex()
+        + (eip712.SECP256K1_N - s).to_bytes(32, "big").hex()
         + "1b"
     )
-    with pytest.raises(BadSignature):
+    with pytest.raises(BadSignatureError):
         typed.recover(digest, high_s)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from backend.chain.errors import ChainUnavailableError
 from backend.chain.heads import Rollback
+from backend.chain.protocol import MAX_READING_WH
 from backend.iot.signing import Reading, ReadingDomain, recover_signer
-from backend.oracle import ChainUnavailable
-from backend.oracle.ledger import MAX_READING_WH, BatchReceipt, BatchRefused, MeterState
+from backend.oracle.errors import BatchRefusedError
+from backend.oracle.ledger import BatchReceipt, MeterState
 
 
 class FakeLedger:
@@ -25,13 +27,13 @@ class FakeLedger:
         self.receipts: dict[str, BatchReceipt] = {}
         self.down = False
         self.drop_next_send = False  # the node "loses" the next raw tx
-        self.crash_after_send = False  # raise ChainUnavailable after the tx was mined
+        self.crash_after_send = False  # raise ChainUnavailableError after the tx was mined
         self._n = itertools.count(1)
         self.block = 0
 
     def _check(self) -> None:
         if self.down:
-            raise ChainUnavailable("fake chain down")
+            raise ChainUnavailableError("fake chain down")
 
     def domain(self) -> ReadingDomain:
         return self._domain
@@ -55,7 +57,7 @@ class FakeLedger:
     ) -> tuple[str, bytes]:
         self._check()
         if self.now < (interval_id + 1) * self.interval:
-            raise BatchRefused("MeterReadingsIntervalNotEnded", retryable=True)
+            raise BatchRefusedError("MeterReadingsIntervalNotEnded", retryable=True)
         tx = f"0x{next(self._n):064x}"
         self.mempool[tx] = (interval_id, list(items))
         return tx, tx.encode()
@@ -91,7 +93,7 @@ class FakeLedger:
         if self.crash_after_send:
             self.crash_after_send = False
             self.down = True
-            raise ChainUnavailable("connection reset after send")
+            raise ChainUnavailableError("connection reset after send")
 
     def receipt(self, tx_hash: str, timeout_s: float) -> BatchReceipt | None:
         self._check()

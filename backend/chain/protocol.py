@@ -1,0 +1,91 @@
+"""The values the contracts and the Python side share, defined once: every user imports them from
+here. ``tests/contracts/test_protocol.py`` pins each against the compiled contracts (views, events,
+ABI), so a change on either side fails a test instead of a transaction.
+
+- order sides (``IEnergyMarket.Side``), grid verdict codes (``grid.verdicts.Reason``: 0 approved,
+  anything else a veto with that reason; the grid package owns the enum, the chain only stores it);
+- reading-rejection codes of ``MeterReadings.ReadingRejected`` and the oracle's label of each;
+- the largest energy a reading may carry (``MeterReadings`` packs 23-bit values);
+- byte sizes of the packed records (layouts in ``backend/chain/batches.py``);
+- the EIP-712 domain names; escrow and trade-id arithmetic.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from eth_hash.auto import keccak
+
+MARKET_DOMAIN_NAME = "tegrid EnergyMarket"
+READINGS_DOMAIN_NAME = "tegrid MeterReadings"
+REGISTRY_DOMAIN_NAME = "tegrid ParticipantRegistry"
+DOMAIN_VERSION = "1"
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+
+# IEnergyMarket.Side (the Order's uint8 side).
+SELL = 0
+BUY = 1
+
+# Verdict of a trade in the attestation: grid.verdicts.Reason (APPROVED = 0, vetoes 1..7).
+APPROVED = 0
+
+
+class ReadingRejection(IntEnum):
+    """Reason codes of ``MeterReadings.ReadingRejected``; ``label`` is what the oracle stores."""
+
+    BAD_SIGNATURE = 1
+    UNREGISTERED = 2  # MeterReadings.UNKNOWN_METER: the signing key is no registered meter
+    INACTIVE = 3
+    CONFLICTING = 4
+    VALUE_TOO_LARGE = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+def rejection_label(code: int) -> str:
+    """The oracle's label of a ``ReadingRejected`` code (``rejected_<code>`` for an unknown one)."""
+    try:
+        return ReadingRejection(code).label
+    except ValueError:
+        return f"rejected_{code}"
+
+
+# MeterReadings packs four readings per slot, 23 bits for each of importWh and exportWh.
+MAX_READING_WH = 2**23 - 1
+
+# Byte sizes of the packed records (field widths in IEnergyMarket.sol / IMeterReadings.sol):
+# order: trader 20 | side 1 | intervalId 8 | energyWh 8 | pricePerKWh 16 | nonce 8 | expiry 8 |
+#        counterparty 20 | r 32 | vs 32
+# trade: sellOrder 2 | buyOrder 2 | energyWh 8 | pricePerKWh 16 | verdict 1
+# record: tradeId 32 | seller 20 | buyer 20 | sellerIndex 4 | buyerIndex 4 | energyWh 8 |
+#         pricePerKWh 16
+# reading: meter 20 | importWh 8 | exportWh 8 | r 32 | vs 32
+# accepted reading in ReadingsSubmitted(uint64 indexed intervalId, bytes accepted): meter 20 |
+# importWh 4 | exportWh 4
+ORDER_SIZE = 153
+TRADE_SIZE = 29
+RECORD_SIZE = 104
+READING_SIZE = 100
+ACCEPTED_SIZE = 28
+
+
+def escrow_of(energy_wh: int, price_per_kwh: int) -> int:
+    """Escrow the market locks for a trade: ``ceil(energyWh x pricePerKWh / 1000)``
+    (``EnergyMarket.escrowOf``)."""
+    return -(-(energy_wh * price_per_kwh) // 1000)
+
+
+def trade_id(sell_order_hash: bytes, buy_order_hash: bytes) -> bytes:
+    """tradeId = keccak256(abi.encode(sellOrderHash, buyOrderHash)) (``EnergyMarket.tradeIdOf``)."""
+    if len(sell_order_hash) != 32 or len(buy_order_hash) != 32:
+        raise ValueError("order hashes must be 32 bytes")
+    return keccak(bytes(sell_order_hash) + bytes(buy_order_hash))
+
+
+def trade_id_hex(sell_order_hash: str, buy_order_hash: str) -> str:
+    """:func:`trade_id` of two ``0x`` hex order hashes, as ``0x`` hex."""
+    return (
+        "0x" + trade_id(bytes.fromhex(sell_order_hash[2:]), bytes.fromhex(buy_order_hash[2:])).hex()
+    )
