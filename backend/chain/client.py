@@ -1,26 +1,24 @@
 """``ChainClient``: a web3 HTTP connection with local key signing, nonce management, receipts
-with retries, and custom-error reverts decoded into readable ``Name(args)`` messages."""
+with retries, and custom-error reverts decoded into readable ``Name(args)`` messages
+(``backend.chain.revert``); calldata from ``backend.chain.abi``, learnt gas limits from
+``backend.chain.gas``."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
-import eth_abi
-from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import function_abi_to_4byte_selector, to_bytes
-from eth_utils.abi import get_abi_input_types, get_abi_output_types
 from web3 import Web3
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import RPCEndpoint, TxParams, TxReceipt
 
 from backend.chain import finality
+from backend.chain.abi import AbiFunction, EncodedCall, batch_eth_call
 from backend.chain.contracts import Artifact, error_abis
 from backend.chain.errors import (
     ChainUnavailableError,
@@ -30,14 +28,24 @@ from backend.chain.errors import (
     TransactionRevertedError,
     TransactionTimeoutError,
 )
+from backend.chain.gas import GasBounds
+from backend.chain.revert import ErrorDecoder, revert_data
 from backend.settings import Settings
 
-log = logging.getLogger("tegrid.chain")
-
-_BUILTIN_ERRORS: list[dict[str, Any]] = [
-    {"type": "error", "name": "Error", "inputs": [{"name": "message", "type": "string"}]},
-    {"type": "error", "name": "Panic", "inputs": [{"name": "code", "type": "uint256"}]},
+# The codec, the gas bounds and the revert decoding live in their own modules; other packages
+# import them from here too.
+__all__ = [
+    "AbiFunction",
+    "ChainClient",
+    "EncodedCall",
+    "ErrorDecoder",
+    "GasBounds",
+    "batch_eth_call",
+    "cache_chain_id",
+    "revert_data",
 ]
+
+log = logging.getLogger("tegrid.chain")
 
 
 def cache_chain_id(w3: Any) -> None:
@@ -47,235 +55,6 @@ def cache_chain_id(w3: Any) -> None:
     provider = w3.provider
     provider.cacheable_requests = {RPCEndpoint("eth_chainId")}
     provider.cache_allowed_requests = True
-
-
-class ErrorDecoder:
-    """Maps 4-byte selectors of custom errors to their names and argument types."""
-
-    def __init__(self, abis: Sequence[dict[str, Any]]) -> None:
-        self._by_selector: dict[bytes, dict[str, Any]] = {}
-        for item in [*_BUILTIN_ERRORS, *abis]:
-            selector = function_abi_to_4byte_selector(item)  # type: ignore[arg-type]
-            self._by_selector[bytes(selector)] = item
-
-    def decode(self, data: bytes) -> tuple[str, tuple[Any, ...]] | None:
-        """(name, args) of revert data, or None when the selector is unknown."""
-        if len(data) < 4:
-            return None
-        item = self._by_selector.get(bytes(data[:4]))
-        if item is None:
-            return None
-        types = [
-            i["type"] if i["type"] != "tuple" else _tuple_type(i) for i in item.get("inputs", [])
-        ]
-        try:
-            args = tuple(abi_decode(types, bytes(data[4:])))
-        except Exception:
-            return None
-        return str(item["name"]), args
-
-    def describe(self, data: bytes) -> str:
-        """Readable ``Name(arg, ...)`` of revert data (hex when unknown)."""
-        decoded = self.decode(data)
-        if decoded is None:
-            return f"revert 0x{bytes(data).hex()}" if data else "revert (no data)"
-        name, args = decoded
-        return f"{name}({', '.join(_fmt(a) for a in args)})"
-
-
-def _tuple_type(item: dict[str, Any]) -> str:
-    return "(" + ",".join(c["type"] for c in item["components"]) + ")"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    return str(value)
-
-
-def revert_data(exc: BaseException) -> bytes:
-    """Raw revert data from a web3 ContractLogicError (Anvil: hex string; Ganache: dict)."""
-    data: Any = getattr(exc, "data", None)
-    if isinstance(data, dict):
-        data = (
-            data.get("data")
-            or data.get("result")
-            or next(
-                (v.get("return") for v in data.values() if isinstance(v, dict) and "return" in v),
-                None,
-            )
-        )
-    if isinstance(data, str) and data.startswith("0x"):
-        try:
-            return to_bytes(hexstr=data)
-        except ValueError:
-            return b""
-    return b""
-
-
-class AbiFunction:
-    """One contract function encoded and decoded with eth_abi directly. web3's ``ContractFunction``
-    runs every argument through its ABI normalizers (~3 ms per small call; ~0.6 s for the calldata
-    of a 150-trade ``recordTrades``, done twice: estimate and send); the bytes are the same."""
-
-    def __init__(self, contract: Any, name: str) -> None:
-        item = next(
-            i for i in contract.abi if i.get("type") == "function" and i.get("name") == name
-        )
-        self.address = str(contract.address)
-        self.inputs = get_abi_input_types(item)
-        self.outputs = get_abi_output_types(item)
-        self.selector = bytes(function_abi_to_4byte_selector(item))
-        # One 32-byte word per argument and per output (addresses, uintN, bool, bytes32): the
-        # clearing's hundreds of reads are encoded and decoded by hand, without eth_abi's codecs.
-        self._static_in = all(_word_type(t) for t in self.inputs)
-        # a single struct of such fields (e.g. ``participantOf``) is laid out the same, inline
-        self._struct_out: list[str] | None = None
-        if len(self.outputs) == 1 and self.outputs[0][:1] == "(" and self.outputs[0][-1:] == ")":
-            fields = self.outputs[0][1:-1].split(",")
-            if all(_word_type(t) for t in fields):
-                self._struct_out = fields
-        self._static_out = all(_word_type(t) for t in self.outputs)
-
-    def data(self, *args: Any) -> str:
-        if self._static_in and len(args) == len(self.inputs):
-            words = [_encode_word(t, a) for t, a in zip(self.inputs, args, strict=True)]
-            if all(w is not None for w in words):
-                return "0x" + self.selector.hex() + "".join(words)  # type: ignore[arg-type]
-        return "0x" + (self.selector + eth_abi.encode(self.inputs, args)).hex()
-
-    def decode(self, result: str | bytes) -> Any:
-        """The return value as web3 gives it: the value itself for one output, else a tuple."""
-        raw = bytes.fromhex(result[2:]) if isinstance(result, str) else bytes(result)
-        if self._static_out and len(raw) == 32 * len(self.outputs):
-            out = _decode_words(self.outputs, raw)
-        elif self._struct_out is not None and len(raw) == 32 * len(self._struct_out):
-            out = (_decode_words(self._struct_out, raw),)
-        else:
-            out = tuple(eth_abi.decode(self.outputs, raw))
-        return out[0] if len(out) == 1 else out
-
-    def call(self, w3: Any, *args: Any) -> Any:
-        """``eth_call`` at the latest block, decoded."""
-        return self.decode(w3.eth.call({"to": self.address, "data": self.data(*args)}))
-
-
-def batch_eth_call(w3: Any, calls: Sequence[tuple[str, str]]) -> list[str | None]:
-    """Results (hex) of raw ``eth_call``s ``(to, data)`` at the latest block, sent as one
-    JSON-RPC batch (one HTTP round trip instead of one per call; web3's contract-call machinery
-    costs ~2.5 ms per call, a batched raw call ~0.05 ms). None where the node answered that call
-    with an error (e.g. a revert). A provider or node that takes no batches gets one call each.
-    Connection errors propagate (the caller knows what it was reading)."""
-    requests_ = [
-        (RPCEndpoint("eth_call"), [{"to": to, "data": data}, "latest"]) for to, data in calls
-    ]
-    responses: Any = None
-    make_batch = getattr(w3.provider, "make_batch_request", None)
-    if make_batch is not None:
-        try:
-            responses = make_batch(requests_)
-        except OSError:  # requests' connection errors and timeouts are OSErrors too
-            raise
-        except Exception:  # a node that refuses batches
-            responses = None
-    if isinstance(responses, list) and len(responses) == len(requests_):
-        return [
-            str(r["result"]) if isinstance(r, dict) and isinstance(r.get("result"), str) else None
-            for r in responses
-        ]
-    out: list[str | None] = []
-    for to, data in calls:
-        try:
-            out.append("0x" + bytes(w3.eth.call({"to": to, "data": data})).hex())
-        except (ContractLogicError, Web3RPCError, ValueError):
-            out.append(None)
-    return out
-
-
-def _word_type(abi_type: str) -> bool:
-    return abi_type in ("address", "bool", "bytes32") or (
-        abi_type.startswith("uint") and abi_type[4:].isdigit()
-    )
-
-
-def _encode_word(abi_type: str, value: Any) -> str | None:
-    """The hex of one static argument's word; None where eth_abi should decide (and complain)."""
-    if abi_type == "address":
-        if not (isinstance(value, str) and len(value) == 42 and value[:2] in ("0x", "0X")):
-            return None
-        try:
-            int(value[2:], 16)
-        except ValueError:
-            return None
-        return "0" * 24 + value[2:].lower()
-    if abi_type == "bytes32":
-        return bytes(value).hex() if isinstance(value, bytes) and len(value) == 32 else None
-    if abi_type == "bool":
-        return format(int(value), "064x") if isinstance(value, bool) else None
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return format(value, "064x") if 0 <= value < 1 << int(abi_type[4:]) else None
-
-
-def _decode_words(types: Sequence[str], raw: bytes) -> tuple[Any, ...]:
-    return tuple(_decode_word(t, raw[32 * i : 32 * i + 32]) for i, t in enumerate(types))
-
-
-def _decode_word(abi_type: str, word: bytes) -> Any:
-    if abi_type == "address":
-        return "0x" + word[12:].hex()  # as eth_abi decodes it (lower case)
-    if abi_type == "bool":
-        return word != bytes(32)
-    if abi_type == "bytes32":
-        return word
-    return int.from_bytes(word, "big")
-
-
-class EncodedCall:
-    """Already-encoded calldata in the shape ``ChainClient.transact`` takes (``estimate_gas`` and
-    ``build_transaction``), so the client's gas, nonce, retry and revert decoding all apply."""
-
-    def __init__(self, w3: Any, to: str, data: str) -> None:
-        self.w3, self.to, self.data = w3, to, data
-
-    def estimate_gas(self, tx: dict[str, Any]) -> int:
-        return int(self.w3.eth.estimate_gas({**tx, "to": self.to, "data": self.data}))
-
-    def build_transaction(self, tx: dict[str, Any]) -> dict[str, Any]:
-        return {"value": 0, **tx, "to": self.to, "data": self.data}
-
-
-class GasBounds:
-    """Learned gas limits for batch calls, so a batch is sent without ``eth_estimateGas`` (which
-    Anvil answers by executing the call about ten times in a binary search).
-
-    Per (contract, selector) it keeps the highest gas per calldata byte seen in an estimate or a
-    receipt; the bound of a new call is that rate times its calldata length, with ``headroom`` and
-    ``slack`` on top. Small batches have the higher rate (fixed costs), so the maximum errs high.
-    The first call of a shape is estimated; a bounded call that runs out of gas is estimated and
-    sent again (``ChainClient.transact``)."""
-
-    def __init__(self, headroom: float = 1.5, slack: int = 60_000) -> None:
-        self.headroom = headroom
-        self.slack = slack
-        self._rate: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(to: str, data: str) -> tuple[tuple[str, str], int]:
-        """((contract, selector), calldata bytes) of hex calldata."""
-        return (to.lower(), data[:10]), max(1, (len(data) - 2) // 2)
-
-    def learn(self, key: tuple[str, str], size: int, gas: int) -> None:
-        with self._lock:
-            self._rate[key] = max(self._rate.get(key, 0.0), gas / size)
-
-    def bound(self, key: tuple[str, str], size: int) -> int | None:
-        rate = self._rate.get(key)
-        if rate is None:
-            return None
-        # never below the intrinsic gas (21,000 + at most 16 per calldata byte): a node refuses that
-        return max(int(rate * size * self.headroom) + self.slack, 21_000 + 16 * size)
 
 
 class ChainClient:

@@ -10,7 +10,8 @@ from scipy.sparse.linalg import splu
 
 from bench.naive import PandapowerChecker, injections_of
 from grid import GridValidator, Trade
-from grid.acmodel import ACModel, KLUFactor, Linearization, factorize, jacobian_at
+from grid.acmodel import ACModel, Linearization, jacobian_at
+from grid.klu import KLUFactor, factorize
 
 
 @pytest.fixture(scope="module")

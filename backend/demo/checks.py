@@ -1,0 +1,265 @@
+"""The demo's results: the summary (per interval, per participant, totals, the process layout and
+the profile) and the six checks it must pass - tokens conserved, every approved trade settled
+exactly once, no vetoed trade settled, every published reading on chain exactly once, no approved
+interval state outside a grid limit, no escrow left locked; ``print_summary`` shows them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from backend.chain import batches
+from backend.demo.clients import check_response
+from backend.demo.community import TOKEN_UNIT
+from backend.demo.config import DEPOSIT, TRADE_FIELDS
+from backend.demo.day import DemoDay
+from grid.verdicts import Trade
+
+
+def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, Any]:
+    """summary.json: per interval, per participant, the checks, the totals and the profile."""
+    market = day._contract("EnergyMarket")
+    readings = day._contract("MeterReadings")
+    token = day._contract("EnergyToken")
+    settled_events = _events(day, market, "TradeSettled")
+    settled_count = Counter(e["args"]["tradeId"].hex() for e in settled_events)
+    settled_by_id = {e["args"]["tradeId"].hex(): e for e in settled_events}
+    reading_events = _events(day, readings, "ReadingsSubmitted")
+    reading_count = Counter(
+        (reading.meter, iv) for iv, reading, _ in batches.accepted_from_logs(reading_events)
+    )
+    settle_gas: Counter[int] = Counter()
+    for e in _events(day, market, "BatchesSettled"):  # every settlement page
+        receipt = day.w3.eth.get_transaction_receipt(e["transactionHash"])
+        settle_gas[int(e["args"]["intervalId"])] += int(receipt["gasUsed"])
+    reading_gas: Counter[int] = Counter()
+    seen_tx: set[bytes] = set()
+    for e in reading_events:
+        if e["transactionHash"] in seen_tx:
+            continue
+        seen_tx.add(e["transactionHash"])
+        receipt = day.w3.eth.get_transaction_receipt(e["transactionHash"])
+        reading_gas[int(e["args"]["intervalId"])] += int(receipt["gasUsed"])
+
+    limits = day.grid_validator.limits
+    intervals: list[dict[str, Any]] = []
+    approved_ids: list[str] = []
+    vetoed_ids: list[str] = []
+    limit_ok = True
+    for rec in day.records:
+        t, trades = rec["t"], rec["trades"]
+        # as recorded (the close answered before the batch was on chain)
+        iv = check_response(day.http.get(f"/intervals/{t}"), f"GET /intervals/{t}")
+        grid_states = interval_grid_states(day, t, trades)
+        record_gas = 0
+        batch = iv.get("batch") or {}
+        if batch.get("txHash"):
+            record_gas = int(day.w3.eth.get_transaction_receipt(batch["txHash"])["gasUsed"])
+        reasons = Counter(tr["reason"] for tr in trades if not tr["approved"])
+        for tr in trades:
+            (approved_ids if tr["approved"] else vetoed_ids).append(tr["id"][2:].lower())
+            if not tr["approved"]:
+                day.vetoes.append(
+                    {
+                        "label": rec["label"], "trade": tr["id"][:10], "reason": tr["reason"],
+                        "element": tr["element"], "value": "", "limit": "",
+                    }
+                )  # fmt: skip
+        ok = within(grid_states["grid_approved"], grid_states["grid_base"], limits)
+        limit_ok &= ok
+        price = iv.get("clearingPrice")
+        intervals.append(
+            {
+                "interval": t,
+                "label": rec["label"],
+                "orders": rec["posted"],
+                "clearing_price": int(price) / TOKEN_UNIT if price is not None else None,
+                "traded_wh": int(iv["tradedWh"]),
+                "vetoed_wh": int(iv["vetoedWh"]),
+                "approved": int(iv["approvedCount"]),
+                "vetoed": int(iv["vetoedCount"]),
+                "vetoes_by_reason": dict(reasons),
+                "grid_base": grid_states["grid_base"],
+                "grid_approved": grid_states["grid_approved"],
+                "grid_all": grid_states["grid_all"],
+                "approved_state_within_limits": ok,
+                "gas": {
+                    "record": record_gas,
+                    "readings": int(reading_gas.get(t, 0)),
+                    "settle": int(settle_gas.get(t, 0)),
+                },
+            }
+        )
+
+    participants: list[dict[str, Any]] = []
+    total_internal = 0
+    for m in day.members:
+        available, locked = market.functions.balanceOf(m.wallet).call()
+        total_internal += int(available) + int(locked)
+        participants.append(
+            {
+                "name": m.name, "kind": m.kind, "wallet": m.wallet, "bus": m.bus,
+                "contracted_wh": 0, "delivered_wh": 0, "paid": 0, "received": 0,
+                "available": int(available), "locked": int(locked),
+            }
+        )  # fmt: skip
+    by_wallet = {p["wallet"]: p for p in participants}
+    for rec in day.records:
+        for tr in rec["trades"]:
+            if not tr["approved"]:
+                continue
+            ev = settled_by_id.get(tr["id"][2:].lower())
+            delivered = int(ev["args"]["deliveredWh"]) if ev else 0
+            paid = int(ev["args"]["paid"]) if ev else 0
+            for who, sign in ((tr["seller"], 1), (tr["buyer"], -1)):
+                p = by_wallet[who]
+                p["contracted_wh"] += int(tr["energyWh"])
+                p["delivered_wh"] += delivered
+                if sign > 0:
+                    p["received"] += paid
+                else:
+                    p["paid"] += paid
+    deposited = DEPOSIT * len(day.members)
+    market_tokens = int(token.functions.balanceOf(market.address).call())
+    checks = {
+        "tokens conserved (market token balance = deposits = internal balances)": (
+            market_tokens == deposited == total_internal
+        ),
+        "every approved trade settled exactly once": all(
+            settled_count.get(i, 0) == 1 for i in approved_ids
+        )
+        and len(settled_count) == len(approved_ids),
+        "no vetoed trade settled": not any(settled_count.get(i, 0) for i in vetoed_ids),
+        "every published reading on chain exactly once": all(
+            reading_count.get(k, 0) == 1 for k in day.published
+        )
+        and sum(reading_count.values()) == len(day.published),
+        "no approved interval state violates a grid limit": limit_ok,
+        "no escrow left locked": all(p["locked"] == 0 for p in participants),
+    }
+    totals = {
+        "intervals": len(intervals),
+        "orders posted": sum(i["orders"] for i in intervals),
+        "trades approved": len(approved_ids),
+        "trades vetoed": len(vetoed_ids),
+        "energy traded (kWh)": round(sum(i["traded_wh"] for i in intervals) / 1000, 3),
+        "energy delivered (kWh)": round(sum(p["delivered_wh"] for p in participants) / 2000, 3),
+        "tokens paid to sellers": sum(p["received"] for p in participants) / TOKEN_UNIT,
+        "readings on chain": sum(reading_count.values()),
+        "gas total": sum(sum(i["gas"].values()) for i in intervals),
+        "wall time (s)": round(wall_s, 1),
+        "pipeline time (s)": round(day.pipeline_s, 2),
+        "trades settled per second (pipeline)": round(len(approved_ids) / day.pipeline_s, 1)
+        if day.pipeline_s
+        else 0.0,
+    }
+    return {
+        "network": day.cfg.network,
+        "prosumers": day.cfg.prosumers,
+        "interval_minutes": day.cfg.interval_minutes,
+        "seed": day.cfg.seed,
+        "transport": day.transport_note,
+        "chain": {"rpc_url": day.settings.rpc_url, "contracts": day.deployment.contracts},
+        "limits": {
+            "vm_min_pu": float(limits.vm_min_pu),
+            "vm_max_pu": float(limits.vm_max_pu),
+            "max_loading_percent": float(limits.max_line_loading_percent),
+            "max_trafo_loading_percent": float(limits.max_trafo_loading_percent),
+        },
+        "intervals": intervals,
+        "participants": participants,
+        "vetoes": day.vetoes,
+        "trades": [{k: tr[k] for k in TRADE_FIELDS} for rec in day.records for tr in rec["trades"]],
+        "checks": checks,
+        "totals": totals,
+        "processes": day._layout(),
+        "pipeline_cpu_s": day.cpu_s,
+        "profile_s": {
+            k: round(v, 3) for k, v in sorted(day.stage.seconds.items(), key=lambda kv: -kv[1])
+        },
+    }
+
+
+def _events(day: DemoDay, contract: Any, name: str) -> list[Any]:
+    event = getattr(contract.events, name)
+    return list(event.get_logs(from_block=day.deployment.block))
+
+
+def interval_grid_states(
+    day: DemoDay, interval_id: int, trades: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The AC state of an interval: base, base + approved trades, base + every trade."""
+    hours = day.cfg.interval_seconds / 3600
+    validator = day.grid_validator
+
+    def state(selected: list[dict[str, Any]]) -> dict[str, float]:
+        st = validator.grid_status(
+            [
+                Trade(t["id"], t["sellerBus"], t["buyerBus"], t["energyWh"] / hours / 1000)
+                for t in selected
+            ],
+            interval=interval_id,
+            interval_seconds=day.cfg.interval_seconds,
+        )
+        return {
+            "converged": bool(st.converged),
+            "vm_min_pu": min(st.vm_pu) if st.vm_pu else float("nan"),
+            "vm_max_pu": max(st.vm_pu) if st.vm_pu else float("nan"),
+            "max_line_loading_percent": max(st.line_loading_percent, default=0.0),
+            "max_trafo_loading_percent": max(st.trafo_loading_percent, default=0.0),
+        }
+
+    base = validator.base_state(interval_id, day.cfg.interval_seconds)
+    return {
+        "grid_base": state([]),
+        "grid_approved": state([t for t in trades if t["approved"]]),
+        "grid_all": state(trades),
+        "base_summary": base.to_dict(),
+    }
+
+
+def within(approved: dict[str, Any], base: dict[str, Any], limits: Any) -> bool:
+    """The approved state respects every limit, or is no worse than the base state where the base
+    state is already outside it (the validator's "do no harm" rule)."""
+    tol = 1e-6
+    if not approved["converged"]:
+        return False
+    checks = (
+        (approved["vm_min_pu"] >= min(limits.vm_min_pu, base["vm_min_pu"]) - tol),
+        (approved["vm_max_pu"] <= max(limits.vm_max_pu, base["vm_max_pu"]) + tol),
+        approved["max_line_loading_percent"]
+        <= max(limits.max_line_loading_percent, base["max_line_loading_percent"]) + tol,
+        approved["max_trafo_loading_percent"]
+        <= max(limits.max_trafo_loading_percent, base["max_trafo_loading_percent"]) + tol,
+    )
+    return all(checks)
+
+
+def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -> None:
+    table = Table(title="tegrid demo: per interval")
+    for col in ("time", "orders", "price", "kWh", "ok", "veto", "reasons", "min V", "load%"):
+        table.add_column(col, justify="right")
+    for i in summary["intervals"]:
+        ga = i["grid_approved"]
+        price = "-" if i["clearing_price"] is None else f"{i['clearing_price']:.4f}"
+        table.add_row(
+            i["label"], str(i["orders"]), price, f"{i['traded_wh'] / 1000:.1f}",
+            str(i["approved"]), str(i["vetoed"]),
+            ", ".join(f"{k} {v}" for k, v in i["vetoes_by_reason"].items()) or "-",
+            f"{ga['vm_min_pu']:.3f}",
+            f"{max(ga['max_line_loading_percent'], ga['max_trafo_loading_percent']):.1f}",
+        )  # fmt: skip
+    console.print(table)
+    totals = Table(title="totals")
+    totals.add_column("figure")
+    totals.add_column("value", justify="right")
+    for k, v in summary["totals"].items():
+        totals.add_row(k, str(v))
+    console.print(totals)
+    for name, ok in summary["checks"].items():
+        console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'}  {name}")
+    console.print(f"report: {report_dir / 'report.html'}")

@@ -1,0 +1,72 @@
+"""The demo's settings (``DemoConfig``), its error and the constants of the run: role keys, the
+members' deposit, the settlement delay and the services' poll intervals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.demo.community import TOKEN_UNIT
+from backend.errors import TegridError
+from backend.paths import REPO_ROOT
+from backend.settings import ANVIL_KEYS
+
+# Distinct keys per role, so no two processes share a transaction nonce.
+ROLE_KEYS = {
+    "admin": ANVIL_KEYS[0],
+    "market_operator": ANVIL_KEYS[1],
+    "validator": ANVIL_KEYS[2],
+    "grid_operator": ANVIL_KEYS[3],
+    "oracle": ANVIL_KEYS[4],
+    "keeper": ANVIL_KEYS[5],
+}
+DEPOSIT = 2_000 * TOKEN_UNIT
+TRADE_FIELDS = (
+    "id", "intervalId", "seller", "buyer", "sellerBus", "buyerBus", "energyWh", "pricePerKWh",
+    "approved", "reason", "element",
+)  # fmt: skip
+SETTLEMENT_DELAY_S = 1800
+# How often the keeper polls the chain when nothing is due: it is not on the critical path, and
+# every poll costs it and Anvil CPU the clearing needs (at 0.02 / 0.2 s the oracle and the keeper
+# used a third of a core between them).
+SERVICE_POLL_S = 0.5
+# The oracle's sleep when its queue is empty: the driver waits for each interval's readings one
+# step after publishing them (before the clock passes their settlement deadline), and at 0.5 s
+# that wait was ~5.6 s of a 34 s run; at 0.15 s it is ~1.2 s, for ~25 % more (smaller) batches.
+ORACLE_IDLE_S = 0.15
+
+
+class DemoError(TegridError, RuntimeError):
+    """The demo could not complete a step (says which)."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    network: str = "cigre_lv"
+    prosumers: int = 16
+    hours: float = 4.0
+    interval_minutes: int = 15
+    seed: int = 7
+    start_hour: float = 10.0
+    under_delivery_share: float = 0.2  # share of sellers whose meters show 30-70 % of the sale
+    missing_share: float = 0.05  # share of readings never sent (count as zero at the deadline)
+    reports_dir: Path = REPO_ROOT / "reports"
+    broker: str = "auto"  # auto | mosquitto | inprocess
+
+    def validate(self) -> None:
+        if self.prosumers < 2 or self.prosumers > 500:
+            raise DemoError("--prosumers must be between 2 and 500")
+        if not 0 < self.hours <= 24:
+            raise DemoError("--hours must be in (0, 24]")
+        if self.interval_minutes < 1 or 1440 % self.interval_minutes:
+            raise DemoError("--interval-minutes must divide a day (1, 5, 15, 30, 60 ...)")
+        if self.broker not in ("auto", "mosquitto", "inprocess"):
+            raise DemoError("--broker must be auto, mosquitto or inprocess")
+
+    @property
+    def interval_seconds(self) -> int:
+        return self.interval_minutes * 60
+
+    @property
+    def intervals(self) -> int:
+        return max(1, round(self.hours * 60 / self.interval_minutes))

@@ -1,0 +1,281 @@
+"""One community day on a running ``DemoStack``: the members connect through the plug-and-play
+path, post signed orders, the server clears each interval, the meters publish (some sellers
+under-deliver, some readings never come), and the driver waits for recording, readings and
+settlement where the chain clock would otherwise overtake them."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from typing import Any
+
+from rich.console import Console
+
+from backend.chain import batches, protocol
+from backend.demo.clients import check_response, sign_typed
+from backend.demo.community import build_community, intent_for
+from backend.demo.config import DEPOSIT, ROLE_KEYS, SETTLEMENT_DELAY_S, DemoConfig, DemoError
+from backend.demo.profile import Stages
+from backend.demo.stack import DemoStack
+from backend.devtools.clock import chain_now
+from grid.validator import GridValidator
+
+
+class DemoDay(DemoStack):
+    """The stack plus the day's state: members, cleared intervals, meter positions, readings."""
+
+    def __init__(self, config: DemoConfig, console: Console) -> None:
+        super().__init__(config, console)
+        self.grid_validator: GridValidator  # made by ``Demo.run`` once the services start
+        self.records: list[dict[str, Any]] = []
+        self.vetoes: list[dict[str, Any]] = []
+        self.positions: dict[tuple[str, int], int] = {}
+        self.overrides: dict[tuple[str, int], tuple[int, int]] = {}
+        self.published: set[tuple[str, int]] = set()
+        self.stage = Stages()
+        self.cpu_s: dict[str, float] = {}
+        self.pipeline_s = 0.0
+
+    # ------------------------------------------------------------------ community
+    def _connect_members(self) -> None:
+
+        midday = (86400 * 1000 + 13 * 3600) // self.cfg.interval_seconds
+        weak_first = sorted(
+            self.grid_validator.load_buses(),
+            key=lambda b: (
+                self.grid_validator.hosting_capacity(
+                    b, interval=midday, interval_seconds=self.cfg.interval_seconds
+                ).max_export.p_kw
+            ),
+        )
+        self.members = build_community(weak_first, self.cfg.prosumers, self.cfg.seed)
+        token = self._contract("EnergyToken")
+        market = self._contract("EnergyMarket")
+        now = chain_now(self.w3)
+        # Deposits first (the market takes them from anybody), so the API's first read of a
+        # member's balance, when it connects, already sees the deposit.
+        for m in self.members:
+            self.w3.provider.make_request("anvil_setBalance", [m.wallet, hex(10**20)])  # type: ignore[arg-type]
+            self._transact(ROLE_KEYS["admin"], token.functions.mint(m.wallet, DEPOSIT))
+            self._transact(m.wallet_key, token.functions.approve(market.address, DEPOSIT))
+            self._transact(m.wallet_key, market.functions.deposit(DEPOSIT))
+        self._api_ready()
+        reg_domain = self.registry_domain
+        refused = 0
+        for i, m in enumerate(self.members):
+            export_w = m.max_export_w
+            for attempt in range(2):
+                msg = {
+                    "wallet": m.wallet, "meter": m.meter, "busId": m.bus,
+                    "maxExportW": export_w, "maxImportW": m.max_import_w,
+                    "nonce": i * 10 + attempt, "expiry": now + 3600,
+                }  # fmt: skip
+                sig = sign_typed(reg_domain, "ConnectionRequest", msg, m.wallet_key)
+                r = self.http.post("/participants", json={"message": msg, "signature": sig})
+                if r.status_code < 400:
+                    break
+                detail = r.json().get("detail", {})
+                if attempt == 0 and detail.get("code") == "HOSTING_CAPACITY":
+                    refused += 1
+                    capacity_w = int(
+                        self.grid_validator.hosting_capacity(
+                            m.bus, interval=None, interval_seconds=self.cfg.interval_seconds
+                        ).max_export.p_kw
+                        * 1000
+                    )
+                    export_w = max(1000, int(capacity_w * 0.9))
+                    self.members[i] = dataclasses.replace(
+                        m, pv_peak_kw=min(m.pv_peak_kw, export_w / 1200)
+                    )
+                    m = self.members[i]
+                    continue
+                raise DemoError(f"connecting {m.name}: HTTP {r.status_code} {r.text[:200]}")
+        self.console.print(
+            f"{len(self.members)} prosumers connected through the plug-and-play path "
+            f"({refused} first requests refused for hosting capacity and resized)"
+        )
+        self.by_wallet = {m.wallet: m for m in self.members}
+        self.by_meter = {m.meter: m for m in self.members}
+
+    # ------------------------------------------------------------------ one interval
+    def _post_orders(self, interval_id: int) -> int:
+        hour = (interval_id * self.cfg.interval_seconds % 86400) / 3600
+        hours = self.cfg.interval_seconds / 3600
+        domain = self.domain
+        expiry = (interval_id + 4) * self.cfg.interval_seconds
+        bodies = []
+        rng = self._rng("orders", interval_id)
+        for m in self.members:
+            intent = intent_for(m, hour, hours, rng)
+            if intent is None:
+                continue
+            limit_wh = int((m.max_export_w if intent.side == 0 else m.max_import_w) * hours)
+            msg = {
+                "trader": m.wallet, "side": intent.side, "intervalId": interval_id,
+                "energyWh": min(intent.energy_wh, limit_wh), "pricePerKWh": intent.price_per_kwh,
+                "nonce": interval_id * 4 + intent.side, "expiry": expiry,
+                "counterparty": protocol.ZERO_ADDRESS,
+            }  # fmt: skip
+            body = {"message": msg, "signature": sign_typed(domain, "Order", msg, m.wallet_key)}
+            bodies.append((m.name, body))
+
+        def post(item: tuple[str, dict[str, Any]]) -> None:
+            status, text = self.orders.post("/orders", item[1])
+            if status >= 400:
+                raise DemoError(f"order of {item[0]}: HTTP {status} {text[:300]}")
+
+        # members are independent clients: they post at the same time
+        list(self.orders.pool.map(post, bodies))
+        return len(bodies)
+
+    def _clear(self, interval_id: int) -> dict[str, Any]:
+        # The answer comes once the clearing is stored; the server records the batch in the
+        # background (in interval order) while the next interval is cleared.
+        interval = check_response(
+            self.http.post(f"/intervals/{interval_id}/close", params={"wait": "false"}),
+            f"closing interval {interval_id}",
+        )
+        trades = check_response(
+            self.http.get("/trades", params={"interval": interval_id}), "GET /trades"
+        )
+        items: list[dict[str, Any]] = (
+            trades if isinstance(trades, list) else trades.get("trades", [])
+        )
+        return {"interval": interval, "trades": items}
+
+    def _wait_recorded(self, interval_id: int, timeout_s: float = 120.0) -> None:
+        """Wait until the server has the interval's batch on chain (status recorded)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            row = check_response(
+                self.http.get(f"/intervals/{interval_id}"), f"GET /intervals/{interval_id}"
+            )
+            if row.get("status") in ("recorded", "settled"):
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"interval {interval_id}'s batch not recorded after {timeout_s:.0f} s "
+                    f"(status {row.get('status')})"
+                )
+            time.sleep(0.05)
+
+    def _reclaim_after(self, interval_id: int) -> int:
+        return self._deadline(interval_id) + SETTLEMENT_DELAY_S
+
+    def _wait_interval_settled(self, interval_id: int, timeout_s: float = 180.0) -> None:
+        market = self._contract("EnergyMarket")
+        deadline = time.monotonic() + timeout_s
+        # intervalOf(t)[5]: settled (every batch settled or reclaimed)
+        while not market.functions.intervalOf(interval_id).call()[5]:
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"interval {interval_id} not settled after {timeout_s:.0f} s "
+                    f"(keeper log: {self._service_log('keeper')})"
+                )
+            time.sleep(0.05)
+
+    def _deadline(self, interval_id: int) -> int:
+        return (interval_id + 1) * self.cfg.interval_seconds + SETTLEMENT_DELAY_S
+
+    def _rng(self, purpose: str, interval_id: int) -> random.Random:
+        """One random stream per (seed, purpose, interval of the day): a run's draws depend
+        neither on the order in which the pipeline reaches the intervals nor on the date."""
+        slot = interval_id * self.cfg.interval_seconds % 86400 // self.cfg.interval_seconds
+        return random.Random(f"{self.cfg.seed}/{purpose}/{slot}")
+
+    def _timed_clear(self, interval_id: int) -> dict[str, Any]:
+        with self.stage("clearing + Neural Grid + recordTrades (server, overlaps the orders)"):
+            return self._clear(interval_id)
+
+    def _plan_delivery(self, interval_id: int, trades: list[dict[str, Any]]) -> None:
+        """Traded positions for the meters; some sellers under-deliver."""
+        rng = self._rng("delivery", interval_id)
+        for t in trades:
+            if not t["approved"]:
+                continue
+            seller, buyer = self.by_wallet[t["seller"]], self.by_wallet[t["buyer"]]
+            self.positions[(seller.meter, interval_id)] = self.positions.get(
+                (seller.meter, interval_id), 0
+            ) + int(t["energyWh"])
+            self.positions[(buyer.meter, interval_id)] = self.positions.get(
+                (buyer.meter, interval_id), 0
+            ) - int(t["energyWh"])
+        for m in self.members:
+            key = (m.meter, interval_id)
+            sold_wh = self.positions.get(key, 0)
+            if sold_wh > 0 and rng.random() < self.cfg.under_delivery_share:
+                # a cloud: the meter exports only part of what was sold (partial delivery)
+                self.overrides[key] = (0, int(sold_wh * rng.uniform(0.3, 0.7)))
+
+    def _publish_readings(self, interval_id: int) -> int:
+        from backend.iot.meters import MeterSimulator, MeterSpec
+        from backend.iot.signing import ReadingDomain
+
+        rng = self._rng("missing", interval_id)
+        specs = [
+            MeterSpec(m.meter_key, m.bus, m.load_peak_kw, m.pv_peak_kw, False, m.wallet)
+            for m in self.members
+            if rng.random() >= self.cfg.missing_share
+        ]
+        sim = MeterSimulator(
+            specs,
+            ReadingDomain(self.settings.chain_id, self.deployment.address("MeterReadings")),
+            self.meter_transport,
+            self.cfg.interval_seconds,
+            positions=self.positions,
+            overrides=self.overrides,
+        )
+        # No wait for the broker's acknowledgements here (~35 ms of every interval on the
+        # critical path): QoS 1 delivers them meanwhile, and the driver waits for the readings
+        # on chain anyway before their deadline.
+        stats = sim.publish_interval(interval_id)
+        for spec in specs:
+            self.published.add((spec.address, interval_id))
+        return stats.published
+
+    def _wait_readings(self, interval_id: int, timeout_s: float = 120.0) -> None:
+        """Wait until every reading published for ``interval_id`` is on chain (its
+        ``ReadingsSubmitted`` logs, one ``eth_getLogs`` per poll)."""
+        readings = self._contract("MeterReadings")
+        want = {meter for meter, i in self.published if i == interval_id}
+        event = readings.events.ReadingsSubmitted
+        deadline = time.monotonic() + timeout_s
+        while want:
+            logs = event.get_logs(
+                from_block=self.deployment.block, argument_filters={"intervalId": interval_id}
+            )
+            want -= {reading.meter for _, reading, _ in batches.accepted_from_logs(logs)}
+            if not want:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"interval {interval_id}: {len(want)} readings not on chain after "
+                    f"{timeout_s:.0f} s (oracle log: {self._service_log('oracle')})"
+                )
+            time.sleep(0.05)
+
+    def _wait_settled(self, missing_deadline: bool) -> None:
+        """Wait until the keeper (its own thread) has settled every interval with approved trades
+        whose readings are complete (``missing_deadline``: every such interval)."""
+        market = self._contract("EnergyMarket")
+        traded = [r["t"] for r in self.records if any(tr["approved"] for tr in r["trades"])]
+        published: dict[int, set[str]] = {}
+        for meter, i in self.published:
+            published.setdefault(i, set()).add(meter)
+        want = [
+            t for t in traded
+            if missing_deadline or all(m.meter in published.get(t, ()) for m in self.members)
+        ]  # fmt: skip
+        deadline = time.monotonic() + 180
+        while want:
+            # intervalOf(t)[5]: settled (every batch settled or reclaimed)
+            want = [t for t in want if not market.functions.intervalOf(t).call()[5]]
+            if not want:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"intervals {want[:5]} not settled after 180 s "
+                    f"(keeper log: {self._service_log('keeper')})"
+                )
+            time.sleep(0.1)
