@@ -6,9 +6,10 @@ from urllib.parse import urlparse
 
 import typer
 
+from backend.cli.base import App
 from backend.cli.output import fail
 
-app = typer.Typer(help="Local chain and contract deployment.", no_args_is_help=True)
+app = App(help="Local chain and contract deployment.", no_args_is_help=True)
 
 
 @app.command()
@@ -51,7 +52,10 @@ def start(
 @app.command()
 def deploy(
     settlement_delay: int = typer.Option(
-        3600, min=0, help="Seconds after an interval's end until missing readings count as zero."
+        3600,
+        min=0,
+        metavar="SECONDS",
+        help="Time after an interval's end until missing readings count as zero.",
     ),
 ) -> None:
     """Deploy token, registry, readings and market to TEGRID_RPC_URL, grant the roles to the

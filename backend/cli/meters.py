@@ -10,14 +10,22 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from backend.cli.base import App
 from backend.cli.output import fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
-app = typer.Typer(
+app = App(
     help="Smart meters: simulate a fleet that signs and publishes readings.", no_args_is_help=True
 )
 console = Console()
+
+# The --meters-file format, as backend.iot.meters.load_meter_file reads it.
+METERS_FORMAT = (
+    'a JSON list of {"key": "0x<32-byte device key>", "bus": 3}, optionally with '
+    '"load_peak_kw" (default 4.0), "pv_peak_kw" (0.0), "commercial" (false) and '
+    '"wallet" (the owner\'s 0x address, needed by --register).'
+)
 
 
 def _fraction(name: str, value: float) -> float:
@@ -28,22 +36,41 @@ def _fraction(name: str, value: float) -> float:
 
 @app.command()
 def simulate(
-    count: int = typer.Option(20, min=1, max=100_000, help="Number of dev-community meters."),
-    meters_file: Path = typer.Option(None, help="JSON list of {key, bus, ...} instead of --count."),
-    intervals: int = typer.Option(1, min=1, max=10_000, help="How many intervals to report."),
-    start_interval: int = typer.Option(
-        None, min=0, help="First interval (default: the last --intervals ended ones, chain time)."
+    count: int = typer.Option(
+        20, min=1, max=100_000, metavar="N", help="Number of dev-community meters."
     ),
-    under_delivery: float = typer.Option(0.0, help="Share of sold export not delivered (0-1)."),
-    missing: float = typer.Option(0.0, help="Probability a reading is never sent (0-1)."),
-    late: float = typer.Option(0.0, help="Probability a reading is sent one interval late (0-1)."),
-    seed: int = typer.Option(0, help="Random seed for the deviations."),
+    meters_file: Path = typer.Option(
+        None, metavar="FILE", help=f"Meters instead of --count: {METERS_FORMAT}"
+    ),
+    intervals: int = typer.Option(
+        1, min=1, max=10_000, metavar="N", help="How many intervals to report."
+    ),
+    start_interval: int = typer.Option(
+        None,
+        min=0,
+        metavar="INTERVAL",
+        help="First interval (default: the last --intervals ended ones, chain time).",
+    ),
+    under_delivery: float = typer.Option(
+        0.0, metavar="SHARE", help="Share of sold export not delivered (0-1)."
+    ),
+    missing: float = typer.Option(
+        0.0, metavar="P", help="Probability a reading is never sent (0-1)."
+    ),
+    late: float = typer.Option(
+        0.0, metavar="P", help="Probability a reading is sent one interval late (0-1)."
+    ),
+    seed: int = typer.Option(0, metavar="N", help="Random seed for the deviations."),
     announce: bool = typer.Option(True, help="Announce each meter (address, bus) first."),
     register: bool = typer.Option(
         False, help="Connect unknown meters in the registry (dev chains)."
     ),
-    broker_url: str = typer.Option(None, help="MQTT broker (TEGRID_BROKER_URL)."),
-    deployment: Path = typer.Option(None, help="Deployment file (TEGRID_DEPLOYMENT_FILE)."),
+    broker_url: str = typer.Option(
+        None, metavar="URL", help="MQTT broker, mqtt://host:port (default TEGRID_BROKER_URL)."
+    ),
+    deployment: Path = typer.Option(
+        None, metavar="FILE", help="Deployment file (default TEGRID_DEPLOYMENT_FILE)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Publish signed readings of N meters for ended intervals (tegrid/meters/<addr>/readings)."""

@@ -46,13 +46,25 @@ def serve(
     dev: bool = typer.Option(
         False, "--dev", help="local Anvil, deploy, funded participants, instant interval closing"
     ),
-    host: str = typer.Option(None, help="bind address (default Settings.api_host)"),
-    port: int = typer.Option(None, min=1, max=65535, help="port (default Settings.api_port)"),
-    gate_lead: int = typer.Option(60, help="gate closure, seconds before the interval starts"),
+    host: str = typer.Option(
+        None, metavar="HOST", show_default=False, help="bind address (default TEGRID_API_HOST)"
+    ),
+    port: int = typer.Option(
+        None, min=1, max=65535, metavar="PORT", help="port (default TEGRID_API_PORT)"
+    ),
+    gate_lead: int = typer.Option(
+        60, metavar="SECONDS", help="gate closure, seconds before the interval starts"
+    ),
     scheduler: bool = typer.Option(True, help="close intervals at gate closure automatically"),
-    tick: float = typer.Option(2.0, help="scheduler period in seconds"),
-    keeper: bool = typer.Option(True, help="run the settlement keeper (backend/keeper)"),
-    participants: int = typer.Option(10, help="--dev: how many Anvil accounts to register"),
+    tick: float = typer.Option(2.0, metavar="SECONDS", help="scheduler period"),
+    keeper: bool = typer.Option(
+        True,
+        help="run the settlement keeper (backend/keeper) in this process; --no-keeper where a "
+        "separate `tegrid keeper` runs",
+    ),
+    participants: int = typer.Option(
+        10, metavar="N", help="--dev: how many Anvil accounts to register"
+    ),
     dev_stack: bool = typer.Option(
         True,
         help="--dev: start/reuse Anvil, deploy and register accounts; --no-dev-stack keeps only "
