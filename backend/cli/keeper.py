@@ -11,7 +11,7 @@ from types import FrameType
 import typer
 
 from backend.cli.base import App
-from backend.cli.output import fail
+from backend.cli.output import deployment_line, fail, startup
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -66,6 +66,15 @@ def run(
             from_block=from_block,
             poll_s=poll_seconds,
             head_file=settings.chain_head_file,
+        )
+        first_block = dep.block if from_block is None else from_block
+        startup(
+            "keeper",
+            [
+                ("chain", f"{rpc_url or settings.rpc_url}, settling as {client.address}"),
+                ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
+                ("events", f"from block {first_block}, a round every {poll_seconds:g} s"),
+            ],
         )
         if once:
             settled = keeper.run_once()

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from backend.cli.base import App
-from backend.cli.output import fail
+from backend.cli.output import deployment_line, fail, redact, startup
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -91,6 +91,7 @@ def simulate(
     from backend.iot.transport import MqttTransport
 
     try:
+        uses_chain = start_interval is None or register
         dep = load_deployment(deployment or settings.deployment_file)
         specs = load_meter_file(meters_file) if meters_file is not None else dev_meters(count)
         domain = ReadingDomain(dep.chain_id, dep.address("MeterReadings"))
@@ -105,6 +106,14 @@ def simulate(
             if register:
                 _register_missing(w3, settings, dep.address("ParticipantRegistry"), specs)
         transport = MqttTransport(broker_url or settings.broker_url)
+        startup(
+            "meters",
+            [
+                ("chain", settings.rpc_url if uses_chain else "not used (--start-interval given)"),
+                ("broker", redact(transport.url)),
+                ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
+            ],
+        )
         transport.connect()
     except (TegridError, ValueError, KeyError, OSError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)

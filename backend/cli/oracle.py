@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.cli.base import App
-from backend.cli.output import fail
+from backend.cli.output import deployment_line, fail, redact, startup
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -114,6 +114,15 @@ def run(
             receipt_timeout_s=float(settings.receipt_timeout_seconds),
         )
         daemon = OracleDaemon(store, ledger, transport, config)
+        startup(
+            "oracle",
+            [
+                ("chain", f"{rpc_url or settings.rpc_url}, submitting as {ledger.account.address}"),
+                ("broker", f"{redact(transport.url)} as client {client_id!r}"),
+                ("database", redact(store.url)),
+                ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
+            ],
+        )
         transport.connect()
     except (TegridError, ValueError, KeyError) as exc:
         fail(str(exc))
@@ -123,10 +132,6 @@ def run(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    console.print(
-        f"oracle: broker {transport.url}, chain {ledger.w3.provider}, queue {store.url}",
-        highlight=False,
-    )
     try:
         daemon.run()
     finally:

@@ -75,7 +75,7 @@ def serve(
     import uvicorn
 
     from backend.api.app import create_app
-    from backend.cli.output import console, fail
+    from backend.cli.output import console, deployment_line, fail, redact, startup
     from backend.market.events import EventBus
     from backend.market.factory import build_market
     from backend.market.service import MarketConfig
@@ -103,6 +103,21 @@ def serve(
                 ),
             )
 
+        bind_host, bind_port = host or settings.api_host, port or settings.api_port
+        startup(
+            "serve",
+            [
+                ("chain", settings.rpc_url),
+                ("deployment", deployment_line(settings.deployment_file, deployment)),
+                ("database", redact(settings.database_url)),
+                ("broker", f"{redact(settings.broker_url)} (reported by /health)"),
+                ("api", f"http://{bind_host}:{bind_port} (OpenAPI at /docs)"),
+                (
+                    "keeper",
+                    "in this process" if keeper else "off (--no-keeper): run `tegrid keeper`",
+                ),
+            ],
+        )
         background = _keeper_hook(settings) if keeper else []
         if stack is not None:
             # Stop the Anvil we started in the app's shutdown: uvicorn re-raises SIGTERM after its
@@ -123,8 +138,8 @@ def serve(
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         uvicorn.run(
             app,
-            host=host or settings.api_host,
-            port=port or settings.api_port,
+            host=bind_host,
+            port=bind_port,
             log_level="info",
             access_log=False,
         )

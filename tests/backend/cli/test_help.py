@@ -92,3 +92,17 @@ def test_startup_imports_neither_pandapower_nor_web3() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "HEAVY []" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://tegrid:s3cret@db:5432/tegrid", "postgresql://tegrid:***@db:5432/tegrid"),
+        ("sqlite:////tmp/oracle.db", "sqlite:////tmp/oracle.db"),
+        ("mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:1883"),
+    ],
+)
+def test_redact_hides_only_the_password(url: str, shown: str) -> None:
+    from backend.cli.output import redact
+
+    assert redact(url) == shown
