@@ -7,9 +7,10 @@ import json
 import typer
 from rich.console import Console
 
+from backend.cli.base import App
 from backend.cli.output import fail
 
-app = typer.Typer(
+app = App(
     help="Benchmarks: each prints JSON with our figure and a baseline measured in the same run.",
     no_args_is_help=True,
 )
@@ -98,7 +99,9 @@ def grid_bench(
 @app.command("e2e")
 def e2e(
     json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
-    network: str = typer.Option("kerber_vorstadt", help="Grid of the community."),
+    network: str = typer.Option(
+        "kerber_vorstadt", metavar="NETWORK", help="Grid of the community."
+    ),
     prosumers: int = typer.Option(150, min=2, max=500, help="Members of the community."),
     intervals: int = typer.Option(96, min=2, max=960, help="15-minute intervals (96 = a day)."),
     naive_trades: int = typer.Option(

@@ -1,4 +1,4 @@
-"""``tegrid chain ...``: start a local chain, deploy the contracts."""
+"""``tegrid chain ...``: start a local chain, deploy the contracts, move a dev chain's clock."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from urllib.parse import urlparse
 
 import typer
 
+from backend.cli.base import App
 from backend.cli.output import fail
 
-app = typer.Typer(help="Local chain and contract deployment.", no_args_is_help=True)
+app = App(help="Local chain and contract deployment.", no_args_is_help=True)
 
 
 @app.command()
@@ -51,7 +52,10 @@ def start(
 @app.command()
 def deploy(
     settlement_delay: int = typer.Option(
-        3600, min=0, help="Seconds after an interval's end until missing readings count as zero."
+        3600,
+        min=0,
+        metavar="SECONDS",
+        help="Time after an interval's end until missing readings count as zero.",
     ),
 ) -> None:
     """Deploy token, registry, readings and market to TEGRID_RPC_URL, grant the roles to the
@@ -67,3 +71,68 @@ def deploy(
         fail(str(exc))
     typer.echo(deployment.to_json())
     typer.echo(f"written to {settings.deployment_file}", err=True)
+
+
+@app.command()
+def advance(
+    to_interval: int = typer.Option(
+        None,
+        "--to-interval",
+        min=0,
+        metavar="INTERVAL",
+        help="Move chain time to the start of this interval (every interval before it has ended).",
+    ),
+    seconds: int = typer.Option(
+        None, "--seconds", min=1, metavar="SECONDS", help="Move chain time forward by this much."
+    ),
+    interval_seconds: int = typer.Option(
+        None,
+        min=1,
+        metavar="SECONDS",
+        help="Interval length for --to-interval (default: the deployment's, else "
+        "TEGRID_INTERVAL_SECONDS).",
+    ),
+) -> None:
+    """Dev chains only (Anvil, Ganache): mine one block later in time at TEGRID_RPC_URL, so that
+    intervals end and can settle without waiting in real time. Interval N starts at
+    N * interval_seconds (unix time); the chain's clock only moves forward."""
+    if (to_interval is None) == (seconds is None):
+        fail("give exactly one of --to-interval N or --seconds S")
+    from web3 import Web3
+
+    from backend.chain.contracts import load_deployment
+    from backend.chain.errors import DeploymentNotFoundError
+    from backend.devtools.anvil import is_up
+    from backend.devtools.clock import advance_to, chain_now
+    from backend.errors import TegridError
+    from backend.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+        if interval_seconds is None:
+            try:
+                interval_seconds = load_deployment(settings.deployment_file).interval_seconds
+            except DeploymentNotFoundError:
+                interval_seconds = settings.interval_seconds
+        if not is_up(settings.rpc_url, timeout_s=5.0):
+            fail(
+                f"no chain answering at {settings.rpc_url}: start one with `tegrid chain start`", 1
+            )
+        w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 30}))
+        now = chain_now(w3)
+        if to_interval is not None:
+            target = to_interval * interval_seconds
+            if target < now:
+                fail(
+                    f"interval {to_interval} started at {target}, before the chain's time {now} "
+                    f"(interval {now // interval_seconds}): the clock only moves forward"
+                )
+        else:
+            target = now + seconds
+        reached = advance_to(w3, target)
+    except TegridError as exc:
+        fail(str(exc), 1)
+    typer.echo(
+        f"chain time {reached} (interval {reached // interval_seconds} of {interval_seconds} s), "
+        f"moved {reached - now} s at {settings.rpc_url}"
+    )

@@ -13,17 +13,25 @@ from backend.errors import TegridError
 
 def demo(
     network: str = typer.Option(
-        "cigre_lv", help="grid: a named network, SimBench code or JSON file"
+        "cigre_lv", metavar="NETWORK", help="grid: a named network, SimBench code or JSON file"
     ),
     prosumers: int = typer.Option(16, min=2, max=500, help="members of the community"),
-    hours: float = typer.Option(4.0, min=0.25, max=24.0, help="length of the simulated day"),
-    interval_minutes: int = typer.Option(15, min=1, max=60, help="delivery interval length"),
+    hours: float = typer.Option(
+        4.0, min=0.25, max=24.0, metavar="HOURS", help="length of the simulated day"
+    ),
+    interval_minutes: int = typer.Option(
+        15, min=1, max=60, metavar="MINUTES", help="delivery interval length"
+    ),
     seed: int = typer.Option(7, help="random seed (community, orders, deviations)"),
     start_hour: float = typer.Option(
-        10.0, min=0.0, max=23.75, help="first interval, hour of day (UTC)"
+        10.0, min=0.0, max=23.75, metavar="HOUR", help="first interval, hour of day (UTC)"
     ),
-    broker: str = typer.Option("auto", help="auto | mosquitto | inprocess"),
-    reports: Path = typer.Option(Path("reports"), help="folder for reports/<timestamp>/"),
+    broker: str = typer.Option(
+        "auto", metavar="KIND", help="auto (mosquitto if installed) | mosquitto | inprocess"
+    ),
+    reports: Path = typer.Option(
+        Path("reports"), metavar="DIR", help="folder for reports/<timestamp>/"
+    ),
 ) -> None:
     """Bring up chain, API, broker, oracle, meters and keeper; trade, validate, meter and settle a
     day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, summary.json)."""

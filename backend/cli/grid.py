@@ -2,32 +2,39 @@
 capacity, verify.
 
 Bad input (unknown network, unreadable or malformed trades file, bad limits) prints one line on
-stderr
-and exits with code 2. With ``--json`` stdout carries only JSON.
+stderr and exits with code 2. With ``--json`` stdout carries only JSON.
+
+The ``grid`` package (pandapower, about 2.5 s of CPU to import) is imported inside the commands,
+never at module level, so that ``tegrid --help`` and every other command start quickly.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from backend.cli.base import App
 from backend.cli.output import fail
 
-# Submodule imports: the editable install in .venv still lists ``grid`` as a namespace package, so
-# the
-# ``tegrid`` script would not run grid/__init__.py.
-from grid.errors import GridError
-from grid.tradeio import load_trades
-from grid.validator import GridValidator
-from grid.verdicts import Limits, Trade
+if TYPE_CHECKING:
+    from grid.validator import GridValidator
+    from grid.verdicts import Trade
 
-app = typer.Typer(
+app = App(
     help="Neural Grid: power flow checks, trade validation, hosting capacity.", no_args_is_help=True
+)
+
+# The trades file, as `grid.tradeio.load_trades` reads it; shown in --help of validate and verify.
+TRADES_FORMAT = (
+    "JSON list of trades in priority order, each "
+    '{"id": "t1", "seller_bus": 24, "buyer_bus": 35, "p_kw": 2.5}: '
+    "id a non-empty string, buses pandapower bus indices, p_kw >= 0 "
+    "(the seller bus injects p_kw extra, the buyer bus withdraws it)"
 )
 
 NetworkOpt = Annotated[
@@ -35,6 +42,7 @@ NetworkOpt = Annotated[
     typer.Option(
         "--network",
         "-n",
+        metavar="NETWORK",
         help="cigre_lv, case33bw, kerber_dorfnetz, "
         "kerber_vorstadt, a SimBench code or a pandapower JSON path",
     ),
@@ -45,18 +53,27 @@ IntervalOpt = Annotated[
         "--interval",
         min=0,
         max=2**64 - 1,
-        help="interval index (as on chain: uint64) "
-        "(floor(unix_time / interval_seconds)); none = "
-        "the network's own values",
+        metavar="INTERVAL",
+        show_default=False,
+        help="interval index as on chain, floor(unix_time / interval_seconds); "
+        "default: the network's own loads and generation",
     ),
 ]
-SecondsOpt = Annotated[int, typer.Option("--interval-seconds", min=1, help="interval length")]
+SecondsOpt = Annotated[
+    int, typer.Option("--interval-seconds", min=1, metavar="SECONDS", help="interval length")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON only")]
-VmMinOpt = Annotated[float, typer.Option("--vm-min", help="lower voltage limit, pu")]
-VmMaxOpt = Annotated[float, typer.Option("--vm-max", help="upper voltage limit, pu")]
-LineOpt = Annotated[float, typer.Option("--max-line-loading", help="line loading limit, %")]
+VmMinOpt = Annotated[float, typer.Option("--vm-min", metavar="PU", help="lower voltage limit")]
+VmMaxOpt = Annotated[float, typer.Option("--vm-max", metavar="PU", help="upper voltage limit")]
+LineOpt = Annotated[
+    float, typer.Option("--max-line-loading", metavar="PERCENT", help="line loading limit")
+]
 TrafoOpt = Annotated[
-    float, typer.Option("--max-trafo-loading", help="transformer loading limit, %")
+    float,
+    typer.Option("--max-trafo-loading", metavar="PERCENT", help="transformer loading limit"),
+]
+TradesOpt = Annotated[
+    Path, typer.Option("--trades", "-t", metavar="FILE", help=TRADES_FORMAT, show_default=False)
 ]
 
 
@@ -67,6 +84,10 @@ def _validator(
     line: float = 100.0,
     trafo: float = 100.0,
 ) -> GridValidator:
+    from grid.errors import GridError
+    from grid.validator import GridValidator
+    from grid.verdicts import Limits
+
     try:
         limits = Limits(vm_min, vm_max, line, trafo)
     except ValueError as exc:
@@ -104,7 +125,7 @@ def check(
 
 @app.command()
 def validate(
-    trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON list of trades")],
+    trades: TradesOpt,
     network: NetworkOpt = "cigre_lv",
     interval: IntervalOpt = None,
     interval_seconds: SecondsOpt = 900,
@@ -140,7 +161,7 @@ def validate(
 
 @app.command("hosting-capacity")
 def hosting_capacity(
-    bus: Annotated[int, typer.Option("--bus", "-b", help="pandapower bus index")],
+    bus: Annotated[int, typer.Option("--bus", "-b", metavar="BUS", help="pandapower bus index")],
     network: NetworkOpt = "cigre_lv",
     interval: IntervalOpt = None,
     interval_seconds: SecondsOpt = 900,
@@ -150,7 +171,13 @@ def hosting_capacity(
     max_trafo_loading: TrafoOpt = 100.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Largest export and import at a bus before a limit binds, with the binding constraint."""
+    """Largest export and import at a bus before a limit binds, with the binding constraint.
+
+    For each direction: the largest extra power (kW) the bus can inject or withdraw with every
+    limit held, and the limit that binds just beyond it - the element, the value it reaches there
+    (voltage in pu, loading in %) and that limit."""
+    from grid.errors import GridError
+
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
     try:
         capacity = validator.hosting_capacity(bus, interval, interval_seconds)
@@ -160,24 +187,50 @@ def hosting_capacity(
     if as_json:
         _echo_json(payload)
         return
-    table = Table(title=f"hosting capacity at bus {bus} of {network}")
-    for column in ("direction", "p_kw", "binding", "element", "value", "limit"):
-        table.add_column(column)
+    table = Table(
+        title=f"hosting capacity at bus {bus} of {network}",
+        caption="max power: the most the bus can export or import with every limit held; "
+        "just beyond it the binding limit is crossed at the element shown",
+    )
+    for column in ("direction", "max power", "binding limit", "at", "value just beyond", "limit"):
+        table.add_column(column, justify="right" if column in _NUMERIC_COLUMNS else "left")
     for direction, limit in (("export", capacity.max_export), ("import", capacity.max_import)):
-        row = limit.to_dict()
+        if limit.reason is None:
+            table.add_row(direction, f"{limit.p_kw:.2f} kW", "none up to the search ceiling")
+            continue
+        unit = _UNITS.get(limit.reason.name, "")
         table.add_row(
             direction,
-            *(
-                str(row[c]) if row[c] is not None else ""
-                for c in ("p_kw", "binding", "element", "value", "limit")
-            ),
+            f"{limit.p_kw:.2f} kW",
+            limit.reason.name,
+            limit.element,
+            _quantity(limit.value, unit),
+            _quantity(limit.limit, unit),
         )
     Console().print(table)
 
 
+_NUMERIC_COLUMNS = ("max power", "value just beyond", "limit")
+# What the value and limit of a binding constraint measure, by reason.
+_UNITS = {
+    "VOLTAGE_HIGH": "pu",
+    "VOLTAGE_LOW": "pu",
+    "LINE_OVERLOAD": "%",
+    "TRAFO_OVERLOAD": "%",
+}
+
+
+def _quantity(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "pu":
+        return f"{value:.6f} pu"
+    return f"{value:.2f} {unit}".rstrip()
+
+
 @app.command()
 def verify(
-    trades: Annotated[Path, typer.Option("--trades", "-t", help="JSON list of trades")],
+    trades: TradesOpt,
     network: NetworkOpt = "cigre_lv",
     interval: IntervalOpt = None,
     interval_seconds: SecondsOpt = 900,
@@ -186,12 +239,15 @@ def verify(
     max_line_loading: LineOpt = 100.0,
     max_trafo_loading: TrafoOpt = 100.0,
     evidence: Annotated[
-        str | None, typer.Option("--evidence", help="claimed 0x evidence hash")
+        str | None,
+        typer.Option("--evidence", metavar="0xHASH", help="claimed evidence hash (0x hex)"),
     ] = None,
     claimed: Annotated[
         Path | None,
         typer.Option(
-            "--verdicts", help="claimed result: the JSON printed by `tegrid grid validate --json`"
+            "--verdicts",
+            metavar="FILE",
+            help="claimed result: the JSON printed by `tegrid grid validate --json`",
         ),
     ] = None,
     as_json: JsonOpt = False,
@@ -248,6 +304,9 @@ def verify(
 
 
 def _load(path: Path) -> list[Trade]:
+    from grid.errors import GridError
+    from grid.tradeio import load_trades
+
     try:
         return load_trades(path)
     except GridError as exc:

@@ -10,11 +10,12 @@ from types import FrameType
 
 import typer
 
-from backend.cli.output import fail
+from backend.cli.base import App
+from backend.cli.output import deployment_line, fail, startup
 from backend.errors import TegridError
 from backend.settings import Settings
 
-app = typer.Typer(help="Settlement keeper.", invoke_without_command=True)
+app = App(help="Settlement keeper.", invoke_without_command=True)
 
 
 @app.callback()
@@ -22,12 +23,21 @@ def run(
     once: bool = typer.Option(
         False, "--once", help="One round (scan + settle what is due), then exit."
     ),
-    poll_seconds: float = typer.Option(1.0, min=0.05, max=3600, help="Seconds between rounds."),
-    from_block: int = typer.Option(
-        None, min=0, help="Scan events from this block (default: deployment block)."
+    poll_seconds: float = typer.Option(
+        1.0, min=0.05, max=3600, metavar="SECONDS", help="Time between rounds."
     ),
-    rpc_url: str = typer.Option(None, help="JSON-RPC endpoint (TEGRID_RPC_URL)."),
-    deployment: Path = typer.Option(None, help="Deployment file (TEGRID_DEPLOYMENT_FILE)."),
+    from_block: int = typer.Option(
+        None,
+        min=0,
+        metavar="BLOCK",
+        help="Scan events from this block (default: deployment block).",
+    ),
+    rpc_url: str = typer.Option(
+        None, metavar="URL", help="JSON-RPC endpoint (default TEGRID_RPC_URL)."
+    ),
+    deployment: Path = typer.Option(
+        None, metavar="FILE", help="Deployment file (default TEGRID_DEPLOYMENT_FILE)."
+    ),
     json_out: bool = typer.Option(
         False, "--json", help="With --once: print settled intervals as JSON."
     ),
@@ -56,6 +66,15 @@ def run(
             from_block=from_block,
             poll_s=poll_seconds,
             head_file=settings.chain_head_file,
+        )
+        first_block = dep.block if from_block is None else from_block
+        startup(
+            "keeper",
+            [
+                ("chain", f"{rpc_url or settings.rpc_url}, settling as {client.address}"),
+                ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
+                ("events", f"from block {first_block}, a round every {poll_seconds:g} s"),
+            ],
         )
         if once:
             settled = keeper.run_once()

@@ -10,11 +10,12 @@ from backend.cli import doctor as doctor_mod
 from backend.cli import keeper as keeper_cli
 from backend.cli import meters as meters_cli
 from backend.cli import oracle as oracle_cli
+from backend.cli.base import App
 from backend.cli.output import console, fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
-app = typer.Typer(
+app = App(
     name="tegrid",
     help="Peer-to-peer energy trading on a distribution grid: chain, market, meters, Neural Grid.",
     no_args_is_help=True,

@@ -10,14 +10,22 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from backend.cli.output import fail
+from backend.cli.base import App
+from backend.cli.output import deployment_line, fail, redact, startup
 from backend.errors import TegridError
 from backend.settings import Settings
 
-app = typer.Typer(
+app = App(
     help="Smart meters: simulate a fleet that signs and publishes readings.", no_args_is_help=True
 )
 console = Console()
+
+# The --meters-file format, as backend.iot.meters.load_meter_file reads it.
+METERS_FORMAT = (
+    'a JSON list of {"key": "0x<32-byte device key>", "bus": 3}, optionally with '
+    '"load_peak_kw" (default 4.0), "pv_peak_kw" (0.0), "commercial" (false) and '
+    '"wallet" (the owner\'s 0x address, needed by --register).'
+)
 
 
 def _fraction(name: str, value: float) -> float:
@@ -28,22 +36,41 @@ def _fraction(name: str, value: float) -> float:
 
 @app.command()
 def simulate(
-    count: int = typer.Option(20, min=1, max=100_000, help="Number of dev-community meters."),
-    meters_file: Path = typer.Option(None, help="JSON list of {key, bus, ...} instead of --count."),
-    intervals: int = typer.Option(1, min=1, max=10_000, help="How many intervals to report."),
-    start_interval: int = typer.Option(
-        None, min=0, help="First interval (default: the last --intervals ended ones, chain time)."
+    count: int = typer.Option(
+        20, min=1, max=100_000, metavar="N", help="Number of dev-community meters."
     ),
-    under_delivery: float = typer.Option(0.0, help="Share of sold export not delivered (0-1)."),
-    missing: float = typer.Option(0.0, help="Probability a reading is never sent (0-1)."),
-    late: float = typer.Option(0.0, help="Probability a reading is sent one interval late (0-1)."),
-    seed: int = typer.Option(0, help="Random seed for the deviations."),
+    meters_file: Path = typer.Option(
+        None, metavar="FILE", help=f"Meters instead of --count: {METERS_FORMAT}"
+    ),
+    intervals: int = typer.Option(
+        1, min=1, max=10_000, metavar="N", help="How many intervals to report."
+    ),
+    start_interval: int = typer.Option(
+        None,
+        min=0,
+        metavar="INTERVAL",
+        help="First interval (default: the last --intervals ended ones, chain time).",
+    ),
+    under_delivery: float = typer.Option(
+        0.0, metavar="SHARE", help="Share of sold export not delivered (0-1)."
+    ),
+    missing: float = typer.Option(
+        0.0, metavar="P", help="Probability a reading is never sent (0-1)."
+    ),
+    late: float = typer.Option(
+        0.0, metavar="P", help="Probability a reading is sent one interval late (0-1)."
+    ),
+    seed: int = typer.Option(0, metavar="N", help="Random seed for the deviations."),
     announce: bool = typer.Option(True, help="Announce each meter (address, bus) first."),
     register: bool = typer.Option(
         False, help="Connect unknown meters in the registry (dev chains)."
     ),
-    broker_url: str = typer.Option(None, help="MQTT broker (TEGRID_BROKER_URL)."),
-    deployment: Path = typer.Option(None, help="Deployment file (TEGRID_DEPLOYMENT_FILE)."),
+    broker_url: str = typer.Option(
+        None, metavar="URL", help="MQTT broker, mqtt://host:port (default TEGRID_BROKER_URL)."
+    ),
+    deployment: Path = typer.Option(
+        None, metavar="FILE", help="Deployment file (default TEGRID_DEPLOYMENT_FILE)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Publish signed readings of N meters for ended intervals (tegrid/meters/<addr>/readings)."""
@@ -64,6 +91,7 @@ def simulate(
     from backend.iot.transport import MqttTransport
 
     try:
+        uses_chain = start_interval is None or register
         dep = load_deployment(deployment or settings.deployment_file)
         specs = load_meter_file(meters_file) if meters_file is not None else dev_meters(count)
         domain = ReadingDomain(dep.chain_id, dep.address("MeterReadings"))
@@ -78,6 +106,14 @@ def simulate(
             if register:
                 _register_missing(w3, settings, dep.address("ParticipantRegistry"), specs)
         transport = MqttTransport(broker_url or settings.broker_url)
+        startup(
+            "meters",
+            [
+                ("chain", settings.rpc_url if uses_chain else "not used (--start-interval given)"),
+                ("broker", redact(transport.url)),
+                ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
+            ],
+        )
         transport.connect()
     except (TegridError, ValueError, KeyError, OSError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)

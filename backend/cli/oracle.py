@@ -13,11 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from backend.cli.output import fail
+from backend.cli.base import App
+from backend.cli.output import deployment_line, fail, redact, startup
 from backend.errors import TegridError
 from backend.settings import Settings
 
-app = typer.Typer(
+app = App(
     help="Oracle daemon: relays device-signed meter readings from MQTT to MeterReadings.",
     invoke_without_command=True,
 )
@@ -50,15 +51,33 @@ def resolve_key(key: str, password: str) -> str:
 @app.callback()
 def run(
     ctx: typer.Context,
-    rpc_url: str = typer.Option(None, help="JSON-RPC endpoint (default TEGRID_RPC_URL)."),
-    broker_url: str = typer.Option(None, help="MQTT broker, mqtt://host:port (TEGRID_BROKER_URL)."),
-    database_url: str = typer.Option(None, help="Queue database (TEGRID_ORACLE_DATABASE_URL)."),
-    deployment: Path = typer.Option(None, help="Deployment file (TEGRID_DEPLOYMENT_FILE)."),
-    batch_size: int = typer.Option(400, min=1, max=1000, help="Readings per transaction."),
-    client_id: str = typer.Option("tegrid-oracle", help="MQTT client id (persistent session)."),
-    log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+    rpc_url: str = typer.Option(
+        None, metavar="URL", help="JSON-RPC endpoint (default TEGRID_RPC_URL)."
+    ),
+    broker_url: str = typer.Option(
+        None, metavar="URL", help="MQTT broker, mqtt://host:port (default TEGRID_BROKER_URL)."
+    ),
+    database_url: str = typer.Option(
+        None,
+        metavar="URL",
+        help="Queue database, sqlite:///path (default TEGRID_ORACLE_DATABASE_URL).",
+    ),
+    deployment: Path = typer.Option(
+        None, metavar="FILE", help="Deployment file (default TEGRID_DEPLOYMENT_FILE)."
+    ),
+    batch_size: int = typer.Option(
+        400, min=1, max=1000, metavar="N", help="Readings per transaction."
+    ),
+    client_id: str = typer.Option(
+        "tegrid-oracle", metavar="ID", help="MQTT client id (persistent session)."
+    ),
+    log_level: str = typer.Option("INFO", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR."),
     idle_sleep: float = typer.Option(
-        0.02, min=0.001, max=60, help="Seconds between chain polls while nothing is due."
+        0.02,
+        min=0.001,
+        max=60,
+        metavar="SECONDS",
+        help="Time between chain polls while nothing is due.",
     ),
 ) -> None:
     """Run the daemon (until SIGINT/SIGTERM). Subcommand ``status`` reads its queue instead."""
@@ -95,6 +114,15 @@ def run(
             receipt_timeout_s=float(settings.receipt_timeout_seconds),
         )
         daemon = OracleDaemon(store, ledger, transport, config)
+        startup(
+            "oracle",
+            [
+                ("chain", f"{rpc_url or settings.rpc_url}, submitting as {ledger.account.address}"),
+                ("broker", f"{redact(transport.url)} as client {client_id!r}"),
+                ("database", redact(store.url)),
+                ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
+            ],
+        )
         transport.connect()
     except (TegridError, ValueError, KeyError) as exc:
         fail(str(exc))
@@ -104,10 +132,6 @@ def run(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    console.print(
-        f"oracle: broker {transport.url}, chain {ledger.w3.provider}, queue {store.url}",
-        highlight=False,
-    )
     try:
         daemon.run()
     finally:
@@ -124,7 +148,11 @@ def _when(ts: float | None) -> str:
 @app.command()
 def status(
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-    database_url: str = typer.Option(None, help="Queue database (TEGRID_ORACLE_DATABASE_URL)."),
+    database_url: str = typer.Option(
+        None,
+        metavar="URL",
+        help="Queue database, sqlite:///path (default TEGRID_ORACLE_DATABASE_URL).",
+    ),
 ) -> None:
     """Queue depth, submitted, rejected by reason, last block."""
     from backend.oracle.store import OracleStore

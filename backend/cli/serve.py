@@ -46,13 +46,25 @@ def serve(
     dev: bool = typer.Option(
         False, "--dev", help="local Anvil, deploy, funded participants, instant interval closing"
     ),
-    host: str = typer.Option(None, help="bind address (default Settings.api_host)"),
-    port: int = typer.Option(None, min=1, max=65535, help="port (default Settings.api_port)"),
-    gate_lead: int = typer.Option(60, help="gate closure, seconds before the interval starts"),
+    host: str = typer.Option(
+        None, metavar="HOST", show_default=False, help="bind address (default TEGRID_API_HOST)"
+    ),
+    port: int = typer.Option(
+        None, min=1, max=65535, metavar="PORT", help="port (default TEGRID_API_PORT)"
+    ),
+    gate_lead: int = typer.Option(
+        60, metavar="SECONDS", help="gate closure, seconds before the interval starts"
+    ),
     scheduler: bool = typer.Option(True, help="close intervals at gate closure automatically"),
-    tick: float = typer.Option(2.0, help="scheduler period in seconds"),
-    keeper: bool = typer.Option(True, help="run the settlement keeper (backend/keeper)"),
-    participants: int = typer.Option(10, help="--dev: how many Anvil accounts to register"),
+    tick: float = typer.Option(2.0, metavar="SECONDS", help="scheduler period"),
+    keeper: bool = typer.Option(
+        True,
+        help="run the settlement keeper (backend/keeper) in this process; --no-keeper where a "
+        "separate `tegrid keeper` runs",
+    ),
+    participants: int = typer.Option(
+        10, metavar="N", help="--dev: how many Anvil accounts to register"
+    ),
     dev_stack: bool = typer.Option(
         True,
         help="--dev: start/reuse Anvil, deploy and register accounts; --no-dev-stack keeps only "
@@ -63,7 +75,7 @@ def serve(
     import uvicorn
 
     from backend.api.app import create_app
-    from backend.cli.output import console, fail
+    from backend.cli.output import console, deployment_line, fail, redact, startup
     from backend.market.events import EventBus
     from backend.market.factory import build_market
     from backend.market.service import MarketConfig
@@ -91,6 +103,21 @@ def serve(
                 ),
             )
 
+        bind_host, bind_port = host or settings.api_host, port or settings.api_port
+        startup(
+            "serve",
+            [
+                ("chain", settings.rpc_url),
+                ("deployment", deployment_line(settings.deployment_file, deployment)),
+                ("database", redact(settings.database_url)),
+                ("broker", f"{redact(settings.broker_url)} (reported by /health)"),
+                ("api", f"http://{bind_host}:{bind_port} (OpenAPI at /docs)"),
+                (
+                    "keeper",
+                    "in this process" if keeper else "off (--no-keeper): run `tegrid keeper`",
+                ),
+            ],
+        )
         background = _keeper_hook(settings) if keeper else []
         if stack is not None:
             # Stop the Anvil we started in the app's shutdown: uvicorn re-raises SIGTERM after its
@@ -111,8 +138,8 @@ def serve(
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         uvicorn.run(
             app,
-            host=host or settings.api_host,
-            port=port or settings.api_port,
+            host=bind_host,
+            port=bind_port,
             log_level="info",
             access_log=False,
         )

@@ -137,3 +137,21 @@ def test_verify_without_claim_exit_2(tmp_path: Path) -> None:
     code, _, err = _run("verify", "--trades", _trades(tmp_path, []))
     assert code == 2
     assert err.strip() == "error: give --evidence 0x... and/or --verdicts FILE"
+
+
+def test_hosting_capacity_table_names_units() -> None:
+    result = runner.invoke(app, ["hosting-capacity", "--bus", "40"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = {
+        cells[0]: cells
+        for line in result.stdout.splitlines()
+        if "kW" in line
+        for cells in ([c.strip() for c in line.strip("│ ").split("│")],)
+    }
+    assert rows["export"] == [
+        "export", "190.41 kW", "VOLTAGE_HIGH", "bus 40", "1.100000 pu", "1.100000 pu"
+    ]  # fmt: skip
+    assert rows["import"] == [
+        "import", "13.87 kW", "VOLTAGE_LOW", "bus 40", "0.899994 pu", "0.900000 pu"
+    ]  # fmt: skip
+    assert "value just beyond" in result.stdout

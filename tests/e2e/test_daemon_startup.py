@@ -1,0 +1,137 @@
+"""Every daemon says what it connects to - chain, broker, database, deployment - one line each on
+stderr, before it starts working: the processes run as the README starts them, on a real Anvil
+with the contracts deployed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.chain.contracts import Deployment
+from backend.chain.deploy import deploy_from_settings
+from backend.devtools.anvil import AnvilProcess
+from backend.net import free_port
+from backend.settings import ANVIL_KEYS, Settings
+
+pytestmark = pytest.mark.e2e
+TEGRID = Path(sys.executable).with_name("tegrid")
+ADMIN = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"  # address of ANVIL_KEYS[0]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Deployment]]:
+    folder = tmp_path_factory.mktemp("startup")
+    with AnvilProcess() as anvil:
+        settings = dataclasses.replace(
+            Settings(), rpc_url=anvil.url, deployment_file=folder / "deployment.json"
+        )
+        deployment = deploy_from_settings(settings)
+        env = dict(
+            os.environ,
+            COLUMNS="60",  # the lines must not wrap on a narrow terminal
+            TEGRID_RPC_URL=anvil.url,
+            TEGRID_DEPLOYMENT_FILE=str(settings.deployment_file),
+            TEGRID_BROKER_URL=f"mqtt://127.0.0.1:{free_port()}",  # nothing listens there
+            TEGRID_DATABASE_URL=f"sqlite:///{folder / 'tegrid.db'}",
+            TEGRID_ORACLE_DATABASE_URL=f"sqlite:///{folder / 'oracle.db'}",
+            TEGRID_CHAIN_HEAD_FILE=str(folder / "chain-head.json"),
+            TEGRID_ADMIN_KEY=ANVIL_KEYS[0],
+        )
+        yield env, deployment
+
+
+def _lines_until(args: list[str], env: dict[str, str], want: int, tmp: Path) -> list[str]:
+    """Start ``tegrid <args>``, return its first ``want`` start-up lines, then stop it."""
+    log = tmp / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [str(TEGRID), *args], env=env, stdout=subprocess.DEVNULL, stderr=err,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            prefix = f"{args[0]}: "
+            lines = [ln for ln in log.read_text().splitlines() if ln.startswith(prefix)]
+            if len(lines) >= want or proc.poll() is not None:
+                return lines
+            time.sleep(0.1)
+        raise AssertionError(f"no start-up lines from tegrid {args[0]}: {log.read_text()}")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _market(env: dict[str, str], deployment: Deployment) -> str:
+    return (
+        f"{env['TEGRID_DEPLOYMENT_FILE']} (EnergyMarket {deployment.contracts['EnergyMarket']}, "
+        f"chain id {deployment.chain_id})"
+    )
+
+
+def test_keeper_says_where_before_its_first_round(
+    stack: tuple[dict[str, str], Deployment], tmp_path: Path
+) -> None:
+    env, deployment = stack
+    lines = _lines_until(["keeper", "--poll-seconds", "5"], env, 3, tmp_path)
+    assert lines == [
+        f"keeper: chain {env['TEGRID_RPC_URL']}, settling as {ADMIN}",
+        f"keeper: deployment {_market(env, deployment)}",
+        f"keeper: events from block {deployment.block}, a round every 5 s",
+    ]
+
+
+def test_oracle_says_where_before_connecting(
+    stack: tuple[dict[str, str], Deployment], tmp_path: Path
+) -> None:
+    env, deployment = stack
+    lines = _lines_until(["oracle"], env, 4, tmp_path)
+    assert lines == [
+        f"oracle: chain {env['TEGRID_RPC_URL']}, submitting as {ADMIN}",
+        f"oracle: broker {env['TEGRID_BROKER_URL']} as client 'tegrid-oracle'",
+        f"oracle: database {env['TEGRID_ORACLE_DATABASE_URL']}",
+        f"oracle: deployment {_market(env, deployment)}",
+    ]
+    # the broker does not answer: the oracle then fails in one line of its own
+    assert "unreachable" in (tmp_path / "stderr.log").read_text()
+
+
+def test_meters_say_where_before_publishing(
+    stack: tuple[dict[str, str], Deployment], tmp_path: Path
+) -> None:
+    env, deployment = stack
+    lines = _lines_until(["meters", "simulate", "--count", "2"], env, 3, tmp_path)
+    assert lines == [
+        f"meters: chain {env['TEGRID_RPC_URL']}",
+        f"meters: broker {env['TEGRID_BROKER_URL']}",
+        f"meters: deployment {_market(env, deployment)}",
+    ]
+
+
+def test_serve_says_where_before_serving(
+    stack: tuple[dict[str, str], Deployment], tmp_path: Path
+) -> None:
+    env, deployment = stack
+    port = free_port()
+    lines = _lines_until(["serve", "--port", str(port), "--no-keeper"], env, 6, tmp_path)
+    assert lines == [
+        f"serve: chain {env['TEGRID_RPC_URL']}",
+        f"serve: deployment {_market(env, deployment)}",
+        f"serve: database {env['TEGRID_DATABASE_URL']}",
+        f"serve: broker {env['TEGRID_BROKER_URL']} (reported by /health)",
+        f"serve: api http://127.0.0.1:{port} (OpenAPI at /docs)",
+        "serve: keeper off (--no-keeper): run `tegrid keeper`",
+    ]
