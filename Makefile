@@ -98,7 +98,7 @@ test-ganache: setup
 	$(BIN)/brownie test tests/contracts --network ganache-cli
 
 test-stateful-long: setup
-	@$(BROWNIE_RUN_NETWORK); TEGRID_LONG_STATEFUL=1 $(BIN)/brownie test tests/contracts -k stateful --network $$net
+	@$(BROWNIE_RUN_NETWORK); TEGRID_LONG_STATEFUL=1 $(BIN)/brownie test tests/contracts -k stateful_ledger_long --network $$net
 
 # API fuzz: schemathesis in a venv of its own (it does not co-install with brownie) against a real
 # `tegrid serve --dev`; fails on any 5xx. FUZZ_EXAMPLES: generated requests per operation at most.

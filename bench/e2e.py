@@ -162,6 +162,30 @@ def naive_pipeline(
     }
 
 
+# The processes a deployment runs (the API with its Neural Grid worker, the oracle, the keeper)
+# versus what stands in for the outside world here (the members' wallets and meters in the driver,
+# the chain, the broker), which in a real deployment run on other machines.
+TEGRID_SERVICES = ("api", "oracle", "keeper")
+TEGRID_CPU_TARGET_MS = 2.0
+
+
+def tegrid_cpu(cpu_s: dict[str, float], settled: int) -> dict[str, Any]:
+    """``tegrid_cpu_ms_per_trade``: CPU milliseconds of tegrid's own services per settled trade
+    (the e2e target since issue #14), beside the outside world's, each split per process."""
+    if not settled:
+        return {"tegrid_cpu_ms_per_trade": None, "outside_cpu_ms_per_trade": None}
+    per_trade = {k: v * 1000 / settled for k, v in cpu_s.items()}
+    ours = {k: round(v, 2) for k, v in per_trade.items() if k in TEGRID_SERVICES}
+    outside = {k: round(v, 2) for k, v in per_trade.items() if k not in TEGRID_SERVICES}
+    return {
+        "tegrid_cpu_ms_per_trade": round(sum(ours.values()), 2),
+        "tegrid_cpu_ms_per_trade_by_service": ours,
+        "outside_cpu_ms_per_trade": round(sum(outside.values()), 2),
+        "outside_cpu_ms_per_trade_by_process": outside,
+        "tegrid_cpu_target_ms": TEGRID_CPU_TARGET_MS,
+    }
+
+
 def run_e2e(
     network: str = "kerber_vorstadt",
     prosumers: int = 150,
@@ -223,6 +247,7 @@ def run_e2e(
         }
         if settled
         else {},
+        **tegrid_cpu(summary["pipeline_cpu_s"], settled),
         "profile_s": profile,
         "profile_note": "seconds of wall per stage; stages of different intervals overlap (the "
         "server clears t+1 while the members post orders for t+2, the oracle and keeper are "
@@ -230,5 +255,9 @@ def run_e2e(
         "bottleneck": next(iter(profile), None),
         "checks_passed": all(summary["checks"].values()),
         "report": str(folder / "report.html"),
-        "targets": {"trades_settled_per_s": 500, "speedup": 10},
+        "targets": {
+            "tegrid_cpu_ms_per_trade": TEGRID_CPU_TARGET_MS,
+            "trades_settled_per_s": 500,
+            "speedup": 10,
+        },
     }

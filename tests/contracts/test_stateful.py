@@ -9,6 +9,7 @@ deadline. A short run is part of the suite; ``TEGRID_LONG_STATEFUL=1`` runs >= 1
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, ClassVar
 
@@ -326,8 +327,14 @@ def test_stateful_ledger_long(ledger: DeployedLedger, parts: Any) -> None:
     started = time.monotonic()
     while LedgerMachine.stats.get("steps", 0) < 100_000:
         _run(ledger, parts, examples=100, steps=100)
-        print(f"\nstateful progress {time.monotonic() - started:.0f} s", LedgerMachine.stats)
-    print("stateful stats", LedgerMachine.stats)
+        # to the terminal past pytest's capture: brownie prints every transaction under -s
+        print(
+            f"stateful progress {time.monotonic() - started:.0f} s",
+            LedgerMachine.stats,
+            file=sys.__stderr__,
+            flush=True,
+        )
+    print("stateful stats", LedgerMachine.stats, file=sys.__stderr__, flush=True)
 
 
 def test_foreign_revert_replay(ledger: DeployedLedger, parts: Any) -> None:
