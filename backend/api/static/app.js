@@ -166,25 +166,27 @@ async function loadOpenInterval() {
 function renderInterval() {
   renderIntervalLabel();
   const row = state.intervalRow;
-  const info = drawBook($("#book"), state.orders, row, state.trades);
+  const book = drawBook($("#book"), state.orders, row, state.trades);
   $("#book-meta").replaceChildren(
-    h("span", { class: "swatch supply" }), `supply: ${info.supply} sell `,
-    h("span", { class: "swatch demand" }), `demand: ${info.demand} buy`,
-    info.bilateral ? ` · ${info.bilateral} bilateral (outside the curves)` : "",
+    h("span", { class: "swatch supply" }), `supply: ${book.supply.length} sell `,
+    h("span", { class: "swatch demand" }), `demand: ${book.demand.length} buy`,
+    book.bilateral ? ` · ${book.bilateral} bilateral (outside the curves)` : "",
   );
   const stats = $("#interval-stats");
   stats.replaceChildren();
+  // offered and bid are the ends of the curves drawn above (one computation: bookOf)
+  const bilateral = (wh) => (wh ? ` + ${kwh(wh)} kWh bilateral` : "");
   const items = [
     ["status", row.status],
     ["clearing price", row.clearingPrice === null ? "—" : `${tokens(row.clearingPrice, 6)} token/kWh`],
-    ["offered", `${kwh(row.offeredWh)} kWh`],
-    ["bid", `${kwh(row.bidWh)} kWh`],
+    ["offered", `${kwh(book.offeredWh)} kWh${bilateral(book.bilateralSellWh)}`],
+    ["bid", `${kwh(book.bidWh)} kWh${bilateral(book.bilateralBuyWh)}`],
     ["traded", `${kwh(row.tradedWh)} kWh (${row.approvedCount})`],
     ["vetoed", `${kwh(row.vetoedWh)} kWh (${row.vetoedCount})`],
     ["gate closes", timeOf(row.gateClosureAt)],
   ];
   if (row.batch && row.batch.txHash) items.push(["batch tx", shortAddr(row.batch.txHash)]);
-  for (const [k, v] of items) stats.append(h("dt", {}, k), h("dd", {}, v));
+  for (const [k, v] of items) stats.append(h("dt", {}, k), h("dd", { dataset: { stat: k } }, v));
   renderTrades();
   map.setTrades(state.trades);
 }
