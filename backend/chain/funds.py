@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, Rounded
 from typing import Any
 
 from web3 import Web3
@@ -26,6 +26,9 @@ from backend.chain.errors import (
 
 UINT128_MAX = 2**128 - 1
 _DECIMAL = re.compile(r"\d{1,40}(\.\d{1,40})?")
+# Room for every digit the pattern lets through plus the token's decimals, and a trap should any
+# step still round: the default context keeps 28 digits and would round a large amount silently.
+_EXACT = Context(prec=160, traps=[Inexact, Rounded])
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,8 @@ def token_units(text: str, decimals: int) -> int:
             f"amount {text!r} is not a decimal number of tokens (digits, optionally '.' and "
             "more digits)"
         )
-    units = Decimal(text).scaleb(decimals)
-    if units != units.to_integral_value():
+    units = Decimal(text).scaleb(decimals, context=_EXACT)
+    if units != units.to_integral_value(context=_EXACT):
         raise AmountError(f"amount {text} has more than the token's {decimals} decimals")
     if units == 0:
         raise AmountError("amount must be more than zero")
