@@ -200,6 +200,16 @@ def test_topology_without_geodata_gets_a_radial_layout() -> None:
 def test_dashboard_loads_with_one_node_per_bus(server: str, tab: Page) -> None:
     from grid.networks import load_network
 
+    foreign: list[str] = []  # the page works offline: nothing but the API's own origin
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(server):
+            r.continue_()
+        else:
+            foreign.append(r.request.url)
+            r.abort()
+
+    tab.page.route("**/*", route)
     page = tab.open(server)
     n_buses = len(load_network(NETWORK).bus)
     topology = httpx.get(server + "/grid/topology").json()
@@ -222,6 +232,7 @@ def test_dashboard_loads_with_one_node_per_bus(server: str, tab: Page) -> None:
     page.hover(f"#grid-map line.line[data-line='{slanted}']")
     assert "loading" in tip.inner_text() and "%" in tip.inner_text()
     assert page.locator("#stream").get_attribute("data-state") == "open"
+    assert foreign == []
     assert tab.errors == []
 
 
@@ -526,6 +537,8 @@ def test_unregistered_wallet_asks_for_a_grid_connection(server: str, tab: Page) 
     page.fill(f"{form} input[name='maxExportKw']", "3.5")
     page.click("#connect-submit")
     page.locator("#connect-result.accepted").wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".wallet-card").screenshot(path=str(ARTIFACTS / "dashboard-connection.png"))
     p = httpx.get(f"{server}/participants/{wallet.address}").json()
     assert {
         k: p[k] for k in ("registered", "active", "meter", "busId", "maxExportW", "maxImportW")
@@ -679,6 +692,8 @@ def test_registered_wallet_deposits_exact_amount_and_can_then_buy(server: str, t
     )
     assert page.locator(funds.format("walletBalance")).inner_text() == "37.654322 TEGT"
     assert page.locator(funds.format("locked")).inner_text() == "0 TEGT"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".wallet-card").screenshot(path=str(ARTIFACTS / "dashboard-deposit.png"))
 
     # the same buy is accepted now (2 kWh at 0.5 token/kWh escrows 1 token)
     page.click("#order-submit")

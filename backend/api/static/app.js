@@ -1,5 +1,5 @@
 // The dashboard: one selected interval, refreshed from the API whenever the event stream says so.
-import { api, h, kwh, tokens, formatUnits, shortAddr, clock, timeOf, pu, pct } from "./util.js";
+import { api, h, kwh, tokens, formatUnits, shortAddr, clock, timeOf, pu, pct, TOKEN_DECIMALS } from "./util.js";
 import { GridMap } from "./gridmap.js";
 import { drawBook } from "./book.js";
 import { provider, connect, ensureChain, deposit, requestConnection, signAndSubmit } from "./wallet.js";
@@ -415,7 +415,7 @@ function renderWallet() {
     $("#wallet-status").replaceChildren(
       h("span", { class: "mono", id: "wallet-account" }, account),
       registered
-        ? ` · bus ${p.busId} · available ${tokens(p.availableBalance, 2)} token` +
+        ? ` · bus ${p.busId} · available ${formatUnits(p.availableBalance, TOKEN_DECIMALS)} token` +
           (p.reservedByOrders && String(p.reservedByOrders) !== "0" ? ` (${tokens(p.reservedByOrders, 2)} reserved by open buys)` : "")
         : " · not a registered participant: ask for a grid connection below",
     );
