@@ -25,7 +25,7 @@ from backend.chain.errors import (
 )
 
 UINT128_MAX = 2**128 - 1
-_DECIMAL = re.compile(r"\d{1,40}(\.\d{1,40})?")
+_DECIMAL = re.compile(r"[0-9]{1,40}(\.[0-9]{1,40})?")  # ASCII digits only (\d takes any script's)
 # Room for every digit the pattern lets through plus the token's decimals, and a trap should any
 # step still round: the default context keeps 28 digits and would round a large amount silently.
 _EXACT = Context(prec=160, traps=[Inexact, Rounded])

@@ -46,7 +46,22 @@ def test_token_units_refuses_amounts_the_token_cannot_hold(text: str, message: s
 
 @pytest.mark.parametrize(
     "text",
-    ["", " 1", "1 ", "-1", "+1", "1e3", "1.", ".5", "1,5", "NaN", "Infinity", "0x10", "1" * 41],
+    [
+        "",
+        " 1",
+        "1 ",
+        "-1",
+        "+1",
+        "1e3",
+        "1.",
+        ".5",
+        "1,5",
+        "NaN",
+        "Infinity",
+        "0x10",
+        "\u0663",
+        "1" * 41,
+    ],
 )
 def test_token_units_refuses_what_is_not_a_plain_decimal(text: str) -> None:
     with pytest.raises(AmountError) as err:

@@ -40,6 +40,8 @@ SHIM = """
       return answer.result;
     },
     on(event, fn) { (listeners[event] ||= []).push(fn); },
+    // for the test: what the wallet tells the page when the user acts in the wallet itself
+    _emit(event, value) { for (const fn of listeners[event] || []) fn(value); },
     removeListener(event, fn) {
       listeners[event] = (listeners[event] || []).filter((f) => f !== fn);
     },
@@ -85,6 +87,12 @@ class TestWallet:
     @property
     def address(self) -> str:
         return str(self.account.address)
+
+    def user_switches_to(self, page: Any, chain_id: int) -> None:
+        """The user moves the wallet to another chain in the wallet itself (``chainChanged``)."""
+        self.known_chains.add(chain_id)
+        self.chain_id = chain_id
+        page.evaluate("(id) => window.ethereum._emit('chainChanged', id)", hex(chain_id))
 
     def install(self, page: Any) -> None:
         """Put the wallet into ``page`` (before it loads)."""

@@ -490,6 +490,15 @@ def test_wallet_declining_the_switch_keeps_signing_off(server: str, tab: Page) -
     page.locator("#wallet-chain[data-ok='true']").wait_for()
     assert wallet.calls == [_switch(), _switch()]
     assert page.locator("#order-submit").is_enabled()
+
+    # the user moves the wallet back to mainnet in the wallet: the page notices and signs nothing
+    wallet.user_switches_to(page, MAINNET)
+    page.locator("#chain-message").wait_for()
+    assert page.locator("#chain-message").inner_text() == (
+        "the wallet moved to chain 1; the market is on 31337: signing is off"
+    )
+    assert page.locator("#order-submit").is_disabled()
+    assert wallet.calls == [_switch(), _switch()]
     assert tab.errors == []
 
 
