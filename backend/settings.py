@@ -42,6 +42,10 @@ class Settings:
 
     rpc_url: str = "http://127.0.0.1:8545"
     chain_id: int = 31337
+    # What the dashboard asks a wallet to add (wallet_addEthereumChain) when it does not know the
+    # chain: the JSON-RPC URL browsers can reach (empty: rpc_url) and a name to show for it.
+    public_rpc_url: str = ""
+    chain_name: str = "tegrid"
     # Role keys: hex private key, or path to an eth-account keystore (TEGRID_KEYSTORE_PASSWORD).
     admin_key: str = ANVIL_KEYS[0]
     market_operator_key: str = ANVIL_KEYS[0]

@@ -133,7 +133,12 @@ def create_app(
     keeper)."""
     events_bus = market.events if market is not None else EventBus()
     configured = settings or Settings()
-    options = ApiOptions(dev=dev, broker_url=configured.broker_url)
+    options = ApiOptions(
+        dev=dev,
+        broker_url=configured.broker_url,
+        public_rpc_url=configured.public_rpc_url or configured.rpc_url,
+        chain_name=configured.chain_name,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

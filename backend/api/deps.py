@@ -17,6 +17,9 @@ from backend.market.service import Market
 class ApiOptions:
     dev: bool = False
     broker_url: str = "mqtt://127.0.0.1:1883"
+    # The chain as wallets are told to add it (GET /contracts): its public JSON-RPC URL and name.
+    public_rpc_url: str = "http://127.0.0.1:8545"
+    chain_name: str = "tegrid"
 
 
 # Coroutines, so FastAPI resolves them on the event loop instead of a worker-thread round trip.

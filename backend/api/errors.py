@@ -8,7 +8,12 @@ of its nearest listed class (``type(exc).__mro__``). A market error naming a spe
 
 from __future__ import annotations
 
-from backend.chain.errors import ChainUnavailableError, LedgerError
+from backend.chain.errors import (
+    AmountError,
+    ChainUnavailableError,
+    InsufficientTokensError,
+    LedgerError,
+)
 from backend.errors import CompileError, ConfigError, TegridError, ToolchainError
 from backend.iot.errors import IotError, MessageError, TransportError
 from backend.keeper.errors import KeeperError
@@ -87,6 +92,8 @@ HTTP_ERRORS: dict[type[BaseException], tuple[int, str]] = {
     # chain
     ChainUnavailableError: (503, "LEDGER_UNAVAILABLE"),
     LedgerError: (503, "LEDGER_ERROR"),
+    AmountError: (422, "INVALID_AMOUNT"),
+    InsufficientTokensError: (409, "INSUFFICIENT_TOKENS"),
     # grid
     GridError: (422, "GRID_GRID"),
     UnknownNetworkError: (422, "GRID_UNKNOWNNETWORK"),

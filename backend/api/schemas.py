@@ -194,3 +194,44 @@ class HealthOut(BaseModel):
     database: dict[str, Any]
     broker: dict[str, Any]
     market: dict[str, Any]
+
+
+class TokenOut(BaseModel):
+    address: Address
+    symbol: str
+    decimals: int
+
+
+class FundsOut(BaseModel):
+    """A wallet's money, in token base units (decimal strings): its own tokens, the allowance it
+    gave the market, and its escrow in the market (available, locked by recorded trades)."""
+
+    wallet: Address
+    token: TokenOut
+    walletBalance: str
+    allowance: str
+    available: str
+    locked: str
+
+
+class WalletTransaction(BaseModel):
+    """An unsigned transaction for the wallet's ``eth_sendTransaction``."""
+
+    action: Literal["approve", "deposit"]
+    from_: Address = Field(alias="from")
+    to: Address
+    data: str = Field(pattern=r"^0x([0-9a-fA-F]{2})*$")
+    value: str
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class DepositOut(BaseModel):
+    """What a deposit of ``amount`` tokens takes: send ``transactions`` in order, each after the
+    previous one is mined."""
+
+    wallet: Address
+    token: TokenOut
+    amount: str = Field(description="the amount in tokens, as given")
+    amountUnits: str = Field(description="the same amount in token base units")
+    transactions: list[WalletTransaction]

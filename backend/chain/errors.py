@@ -59,3 +59,12 @@ class NonceGapError(TransactionTimeoutError):
 class TransactionDroppedError(TransactionTimeoutError):
     """A sent transaction is neither mined nor known to the node any more (lost in a restart or
     rollback of the chain): sending it again cannot execute it twice."""
+
+
+class AmountError(LedgerError, ValueError):
+    """A token amount typed by a person is not a positive decimal with at most the token's
+    decimals (or is more than a market balance can hold)."""
+
+
+class InsufficientTokensError(LedgerError, ValueError):
+    """The wallet holds fewer tokens than it asks to deposit."""

@@ -6,7 +6,6 @@ The tests share one server and run in file order: the last one moves chain time 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,9 +14,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import pytest
+from eip1193 import TestWallet  # tests/e2e is on sys.path (a folder without __init__)
 from eth_account import Account
 
 from backend.net import free_port
@@ -40,6 +41,9 @@ ZERO = "0x" + "00" * 20
 NETWORK = "cigre_lv"
 TIMEOUT_MS = 30_000
 ORACLE_KEY = ANVIL_KEYS[8]
+CHAIN_NAME = "tegrid e2e"
+ANVIL_CHAIN_ID = 31337
+MAINNET = 1
 
 
 SERVER_FILES: dict[str, Any] = {}
@@ -63,6 +67,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # readings are relayed with a key of their own, so the test never races the server's
         # operator nonce (account 8 places no orders here)
         "TEGRID_ORACLE_KEY": ORACLE_KEY,
+        # what the dashboard asks a wallet to add: another spelling of the same endpoint
+        "TEGRID_PUBLIC_RPC_URL": f"http://localhost:{rpc_port}",
+        "TEGRID_CHAIN_NAME": CHAIN_NAME,
     }
     log = (tmp / "serve.log").open("wb")
     proc = subprocess.Popen(
@@ -193,6 +200,16 @@ def test_topology_without_geodata_gets_a_radial_layout() -> None:
 def test_dashboard_loads_with_one_node_per_bus(server: str, tab: Page) -> None:
     from grid.networks import load_network
 
+    foreign: list[str] = []  # the page works offline: nothing but the API's own origin
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(server):
+            r.continue_()
+        else:
+            foreign.append(r.request.url)
+            r.abort()
+
+    tab.page.route("**/*", route)
     page = tab.open(server)
     n_buses = len(load_network(NETWORK).bus)
     topology = httpx.get(server + "/grid/topology").json()
@@ -215,6 +232,7 @@ def test_dashboard_loads_with_one_node_per_bus(server: str, tab: Page) -> None:
     page.hover(f"#grid-map line.line[data-line='{slanted}']")
     assert "loading" in tip.inner_text() and "%" in tip.inner_text()
     assert page.locator("#stream").get_attribute("data-state") == "open"
+    assert foreign == []
     assert tab.errors == []
 
 
@@ -280,38 +298,14 @@ def test_dashboard_shows_cleared_trades_and_veto_without_reload(server: str, tab
     assert tab.errors == []
 
 
-def _install_wallet(tab: Page, key: str, signed: list[dict[str, Any]]) -> str:
-    """An EIP-1193 provider whose eth_signTypedData_v4 is answered by eth-account in Python."""
-    account = Account.from_key(key)
-
-    def sign(address: str, typed_json: str) -> str:
-        assert address.lower() == account.address.lower()
-        typed = json.loads(typed_json)
-        signed.append(typed)
-        sig = account.sign_typed_data(full_message=typed).signature
-        return "0x" + sig.hex().removeprefix("0x")
-
-    tab.page.expose_function("tegridTestSign", sign)
-    tab.page.add_init_script(
-        """
-        window.ethereum = {
-          async request({ method, params }) {
-            if (method === "eth_requestAccounts" || method === "eth_accounts") return [ADDRESS];
-            if (method === "eth_chainId") return "0x7a69";
-            if (method === "eth_signTypedData_v4") {
-              return await window.tegridTestSign(params[0], params[1]);
-            }
-            throw Object.assign(new Error("unsupported method " + method), { code: 4200 });
-          },
-        };
-        """.replace("ADDRESS", json.dumps(account.address))
-    )
-    return str(account.address)
+def _wallet(key: str, chain_id: int = ANVIL_CHAIN_ID, **kw: Any) -> TestWallet:
+    return TestWallet(key, SERVER_FILES["rpc"], chain_id, **kw)
 
 
 def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
-    signed: list[dict[str, Any]] = []
-    address = _install_wallet(tab, ANVIL_KEYS[5], signed)
+    wallet = _wallet(ANVIL_KEYS[5])
+    wallet.install(tab.page)
+    signed, address = wallet.signed, wallet.address
     page = tab.open(server)
     page.click("#wallet-connect")
     page.wait_for_function(
@@ -337,6 +331,7 @@ def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
     assert len(signed) == 1
     assert {k: signed[0][k] for k in template} == template
     assert signed[0]["message"]["trader"] == address
+    assert wallet.calls == []  # already on the market's chain: no switch asked
 
     assert tab.errors == []
     # a refusal is shown with the API's code and message: 60 kWh in 15 min is over 200 kW
@@ -349,6 +344,382 @@ def test_wallet_signs_order_through_page(server: str, tab: Page) -> None:
     page.locator(".wallet-card").screenshot(path=str(ARTIFACTS / "dashboard-wallet.png"))
     # the browser logs the refused request itself; the page adds nothing else
     assert [e for e in tab.errors if "status of 422" not in e] == []
+
+
+# ----------------------------------------------------------------------------- book figures
+def _cancel(url: str, key: str, order_hash: str) -> None:
+    template = httpx.get(url + "/orders/eip712", params={"primaryType": "Cancel"}).json()
+    message = {"trader": Account.from_key(key).address, "orderHash": order_hash}
+    sig = Account.sign_typed_data(key, full_message={**template, "message": message}).signature
+    r = httpx.post(
+        f"{url}/orders/{order_hash}/cancel", json={"signature": "0x" + sig.hex().removeprefix("0x")}
+    )
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+
+
+BOOK_FIGURES = """() => {
+  const ends = (cls) => {
+    const path = document.querySelector(`#book path.curve.${cls}`);
+    const xs = path.getAttribute("d").match(/[ML]([\\d.]+),/g).map((m) => Number(m.slice(1, -1)));
+    return { wh: path.dataset.totalWh, start: xs[0], end: Math.max(...xs) };
+  };
+  const stat = (k) => document.querySelector(`#interval-stats dd[data-stat='${k}']`).textContent;
+  return {
+    offered: stat("offered"), bid: stat("bid"), supply: ends("supply"), demand: ends("demand"),
+  };
+}"""
+
+
+def test_book_figures_are_the_ends_of_the_curves_drawn(server: str, tab: Page) -> None:
+    """The open interval's text used the clearing's volumes (0 until the gate closes) beside
+    curves drawn from the orders: both now come from the orders as the chart draws them."""
+    iv = open_interval(server, 6)
+    k = ANVIL_KEYS
+    addr = [Account.from_key(key).address for key in k]
+    orders = [
+        signed_order(server, k[1], 0, 3_000, 90_000, iv),
+        signed_order(server, k[3], 0, 2_500, 95_000, iv),
+        signed_order(server, k[2], 1, 4_000, 120_000, iv),
+        signed_order(server, k[4], 0, 1_000, 100_000, iv, counterparty=addr[5]),
+        signed_order(server, k[5], 1, 1_000, 100_000, iv, counterparty=addr[4]),
+        signed_order(server, k[6], 0, 7_000, 80_000, iv),  # cancelled below
+    ]
+    hashes = []
+    for o in orders:
+        r = httpx.post(server + "/orders", json=o)
+        assert r.status_code == 201, r.text
+        hashes.append(r.json()["hash"])
+    _cancel(server, k[6], hashes[-1])
+    assert httpx.get(f"{server}/intervals/{iv}").json()["offeredWh"] == 0  # what the text said
+
+    page = tab.page
+    page.goto(f"{server}/#interval={iv}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_function("document.querySelectorAll('#book path.curve').length === 2")
+    expected_text = {"offered": "5.5 kWh + 1 kWh bilateral", "bid": "4 kWh + 1 kWh bilateral"}
+
+    def check() -> None:
+        got = page.evaluate(BOOK_FIGURES)
+        assert {k: got[k] for k in ("offered", "bid")} == expected_text
+        assert (got["supply"]["wh"], got["demand"]["wh"]) == ("5500", "4000")
+        # the curves end where the text says: their drawn lengths stand as 5.5 to 4 kWh
+        supply_len = got["supply"]["end"] - got["supply"]["start"]
+        demand_len = got["demand"]["end"] - got["demand"]["start"]
+        assert supply_len / demand_len == pytest.approx(5_500 / 4_000, rel=1e-9)
+
+    check()
+    # cleared, the API's offeredWh counts the bilateral sell; the page tells the book it draws
+    r = httpx.post(f"{server}/intervals/{iv}/close", timeout=120)
+    assert r.status_code == 200 and r.json()["offeredWh"] == 6_500, r.text
+    page.wait_for_function(
+        "!['open', '…'].includes(document.querySelector('#iv-status').textContent)"
+    )
+    check()
+    assert tab.errors == []
+
+
+# ----------------------------------------------------------------------------- wallet: chain
+def _switch() -> dict[str, Any]:
+    return {"method": "wallet_switchEthereumChain", "params": [{"chainId": hex(ANVIL_CHAIN_ID)}]}
+
+
+def test_wallet_on_another_chain_is_switched_after_adding_it(server: str, tab: Page) -> None:
+    """A wallet on mainnet that does not know the dev chain: switch (4902), add, switch."""
+    wallet = _wallet(ANVIL_KEYS[3], chain_id=MAINNET)
+    wallet.install(tab.page)
+    page = tab.open(server)
+    page.click("#wallet-connect")
+    page.locator("#wallet-chain[data-ok='true']").wait_for()
+
+    add_chain = {
+        "chainId": "0x7a69",
+        "chainName": CHAIN_NAME,
+        "rpcUrls": [f"http://localhost:{urlparse(SERVER_FILES['rpc']).port}"],
+        "nativeCurrency": {"name": "Ether", "symbol": "ETH", "decimals": 18},
+    }
+    assert wallet.calls == [
+        _switch(),
+        {"method": "wallet_addEthereumChain", "params": [add_chain]},
+        _switch(),
+    ]
+    assert httpx.get(server + "/contracts").json()["addChain"] == add_chain
+    assert wallet.chain_id == ANVIL_CHAIN_ID
+    assert page.locator("#wallet-chain").inner_text() == f"wallet on chain 31337 ({CHAIN_NAME})"
+
+    # on the market's chain, an order is signed and accepted
+    iv = open_interval(server, 5)
+    page.select_option("#order-form select[name='side']", "sell")
+    page.fill("#order-form input[name='energyKwh']", "2")
+    page.fill("#order-form input[name='priceToken']", "0.09")
+    page.fill("#order-form input[name='intervalId']", str(iv))
+    page.click("#order-submit")
+    page.locator("#order-result.accepted").wait_for()
+    order = httpx.get(f"{server}/orders/{page.locator('#order-hash').inner_text()}").json()
+    assert (order["trader"], order["side"], order["energyWh"], order["pricePerKWh"]) == (
+        wallet.address,
+        0,
+        2_000,
+        "90000",
+    )
+    assert [t["domain"]["chainId"] for t in wallet.signed] == [ANVIL_CHAIN_ID]
+    assert tab.errors == []
+
+
+def test_wallet_declining_the_switch_keeps_signing_off(server: str, tab: Page) -> None:
+    wallet = _wallet(
+        ANVIL_KEYS[3], chain_id=MAINNET, known_chains={ANVIL_CHAIN_ID}, refuse_switch=True
+    )
+    wallet.install(tab.page)
+    page = tab.open(server)
+    page.click("#wallet-connect")
+    page.locator("#chain-message").wait_for()
+    assert page.locator("#chain-message").inner_text() == (
+        f"you declined to switch the wallet to chain 31337 ({CHAIN_NAME}); signing stays off "
+        "until the wallet is on it"
+    )
+    assert wallet.calls == [_switch()]
+    assert page.locator("#order-submit").is_disabled()
+    # a submit that gets through anyway (Enter in a field) asks the wallet for nothing
+    page.evaluate("document.querySelector('#order-form').requestSubmit()")
+    page.wait_for_timeout(300)
+    assert wallet.signed == [] and page.locator("#order-result").inner_text() == ""
+
+    # asked again, the user agrees; the wallet knows the chain, so nothing is added
+    wallet.refuse_switch = False
+    page.click("#chain-switch")
+    page.locator("#wallet-chain[data-ok='true']").wait_for()
+    assert wallet.calls == [_switch(), _switch()]
+    assert page.locator("#order-submit").is_enabled()
+
+    # the user moves the wallet back to mainnet in the wallet: the page notices and signs nothing
+    wallet.user_switches_to(page, MAINNET)
+    page.locator("#chain-message").wait_for()
+    assert page.locator("#chain-message").inner_text() == (
+        "the wallet moved to chain 1; the market is on 31337: signing is off"
+    )
+    assert page.locator("#order-submit").is_disabled()
+    assert wallet.calls == [_switch(), _switch()]
+    assert tab.errors == []
+
+
+# ----------------------------------------------------------------------------- wallet: connection
+CONNECT_BUS = 41  # a CIGRE LV load bus no dev participant sits on; hosting capacity ~150 kW
+
+
+def test_unregistered_wallet_asks_for_a_grid_connection(server: str, tab: Page) -> None:
+    wallet = _wallet("0x" + Account.create().key.hex().removeprefix("0x"))
+    meter = Account.create().address
+    wallet.install(tab.page)
+    page = tab.open(server)
+    page.click("#wallet-connect")
+    page.locator("#connect-section").wait_for()
+    assert "not a registered participant" in page.locator("#wallet-status").inner_text()
+    assert page.locator("#deposit-section").is_hidden()
+
+    form = "#connect-form"
+    page.select_option(f"{form} select[name='busId']", str(CONNECT_BUS))
+    page.fill(f"{form} input[name='meter']", "0x1234")
+    page.fill(f"{form} input[name='maxExportKw']", "3.5")
+    page.fill(f"{form} input[name='maxImportKw']", "7.25")
+    page.click("#connect-submit")
+    page.locator("#connect-result.refused").wait_for()
+    assert page.locator("#connect-result").inner_text() == (
+        'INVALID_INPUT: meter "0x1234" is not an address (0x and 40 hex digits)'
+    )
+    assert wallet.signed == []  # refused before the wallet was asked
+
+    # more export than the grid can host there: the Neural Grid refuses, nothing is registered
+    page.fill(f"{form} input[name='meter']", meter)
+    page.fill(f"{form} input[name='maxExportKw']", "500")
+    page.click("#connect-submit")
+    page.wait_for_function(
+        "document.querySelector('#connect-result .code')?.textContent === 'HOSTING_CAPACITY'"
+    )
+    assert (
+        page.locator("#connect-result")
+        .inner_text()
+        .startswith(f"HOSTING_CAPACITY: the hosting capacity at bus {CONNECT_BUS} is ")
+    )
+    p = httpx.get(f"{server}/participants/{wallet.address}").json()
+    assert (p["registered"], p["request"]["status"]) == (False, "refused")
+
+    page.fill(f"{form} input[name='maxExportKw']", "3.5")
+    page.click("#connect-submit")
+    page.locator("#connect-result.accepted").wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".wallet-card").screenshot(path=str(ARTIFACTS / "dashboard-connection.png"))
+    p = httpx.get(f"{server}/participants/{wallet.address}").json()
+    assert {
+        k: p[k] for k in ("registered", "active", "meter", "busId", "maxExportW", "maxImportW")
+    } == {
+        "registered": True,
+        "active": True,
+        "meter": meter,
+        "busId": CONNECT_BUS,
+        "maxExportW": 3_500,
+        "maxImportW": 7_250,
+    }
+    assert p["request"]["status"] == "registered"
+    assert p["request"]["txHash"] == page.locator("#connect-tx").inner_text()
+    registry = _contract("ParticipantRegistry")
+    got_meter, index, bus, active, export_w, import_w = registry.functions.participantOf(
+        wallet.address
+    ).call()
+    assert (got_meter, bus, active, export_w, import_w) == (meter, CONNECT_BUS, True, 3_500, 7_250)
+    assert index > 0
+    # the wallet signed the API's ConnectionRequest template with exactly these values
+    template = httpx.get(server + "/participants/eip712").json()
+    request = wallet.signed[-1]
+    assert len(wallet.signed) == 2 and {k: request[k] for k in template} == template
+    assert {k: v for k, v in request["message"].items() if k not in ("nonce", "expiry")} == {
+        "wallet": wallet.address,
+        "meter": meter,
+        "busId": CONNECT_BUS,
+        "maxExportW": 3_500,
+        "maxImportW": 7_250,
+    }
+    # a registered wallet is offered the deposit instead
+    page.locator("#deposit-section").wait_for()
+    assert page.locator("#connect-section").is_hidden()
+    assert page.locator("#funds dd[data-fund='available']").inner_text() == "0 TEGT"
+    assert wallet.calls == []
+    # the browser logs the two refused requests (422) itself; the page adds nothing else
+    assert [e for e in tab.errors if "status of 422" not in e] == []
+
+
+# ----------------------------------------------------------------------------- wallet: deposit
+def _contract(name: str) -> Any:
+    from web3 import Web3
+
+    from backend.chain.contracts import contract_at, load_deployment
+
+    deployment = load_deployment(SERVER_FILES["deployment"])
+    w3 = Web3(Web3.HTTPProvider(SERVER_FILES["rpc"]))
+    return contract_at(w3, name, deployment.address(name))
+
+
+def _new_participant(url: str, bus: int) -> str:
+    """A fresh wallet registered through the API's signed connection request, with 1 ETH for gas
+    and 50 tokens of its own (withdrawn from account 8's dev deposit and sent over)."""
+    from backend.chain.client import ChainClient
+
+    key = "0x" + Account.create().key.hex().removeprefix("0x")
+    wallet = Account.from_key(key).address
+    template = httpx.get(url + "/participants/eip712").json()
+    message = {
+        "wallet": wallet,
+        "meter": Account.create().address,
+        "busId": bus,
+        "maxExportW": 50_000,
+        "maxImportW": 50_000,
+        "nonce": 1,
+        "expiry": 2**40,
+    }
+    sig = Account.sign_typed_data(key, full_message={**template, "message": message}).signature
+    r = httpx.post(
+        url + "/participants",
+        json={"message": message, "signature": "0x" + sig.hex().removeprefix("0x")},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    funder = ChainClient(SERVER_FILES["rpc"], ORACLE_KEY)
+    market, token = _contract("EnergyMarket"), _contract("EnergyToken")
+    funder.transact(market.functions.withdraw(50_000_000))
+    funder.transact(token.functions.transfer(wallet, 50_000_000))
+    httpx.post(
+        SERVER_FILES["rpc"],
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "anvil_setBalance",
+            "params": [wallet, hex(10**18)],
+        },
+    ).raise_for_status()
+    return key
+
+
+def test_registered_wallet_deposits_exact_amount_and_can_then_buy(server: str, tab: Page) -> None:
+    key = _new_participant(server, CONNECT_BUS + 1)
+    wallet = _wallet(key)
+    market, token = _contract("EnergyMarket"), _contract("EnergyToken")
+    wallet.install(tab.page)
+    page = tab.open(server)
+    page.click("#wallet-connect")
+    funds = "#funds dd[data-fund='{}']"
+    page.locator(funds.format("walletBalance")).wait_for()
+    assert page.locator(funds.format("walletBalance")).inner_text() == "50 TEGT"
+    assert page.locator(funds.format("available")).inner_text() == "0 TEGT"
+
+    # a buy needs escrow: refused before the deposit
+    iv = open_interval(server, 7)
+    page.select_option("#order-form select[name='side']", "buy")
+    page.fill("#order-form input[name='energyKwh']", "2")
+    page.fill("#order-form input[name='priceToken']", "0.5")
+    page.fill("#order-form input[name='intervalId']", str(iv))
+    page.click("#order-submit")
+    page.locator("#order-result.refused").wait_for()
+    assert page.locator("#refusal-code").inner_text() == "INSUFFICIENT_DEPOSIT"
+
+    # amounts are checked (exactly, as decimals) before the wallet is asked for anything
+    for amount, refusal in (
+        ("1.0000001", "INVALID_AMOUNT: amount 1.0000001 has more than the token's 6 decimals"),
+        (
+            "1e3",
+            "INVALID_AMOUNT: amount '1e3' is not a decimal number of tokens (digits, "
+            "optionally '.' and more digits)",
+        ),
+        (
+            "50.000001",
+            "INSUFFICIENT_TOKENS: the wallet holds 50 TEGT, less than the 50.000001 "
+            "TEGT to deposit",
+        ),
+    ):
+        page.fill("#deposit-form input[name='amount']", amount)
+        page.click("#deposit-submit")
+        page.wait_for_function(
+            "(t) => document.querySelector('#deposit-result.refused')?.textContent === t",
+            arg=refusal,
+        )
+    assert wallet.sent == []
+
+    page.fill("#deposit-form input[name='amount']", "12.345678")
+    page.click("#deposit-submit")
+    page.locator("#deposit-done").wait_for()
+    assert page.locator("#deposit-done").inner_text() == "deposited 12.345678 TEGT"
+    units = 12_345_678
+    assert market.functions.balanceOf(wallet.address).call() == [units, 0]
+    assert token.functions.balanceOf(wallet.address).call() == 50_000_000 - units
+    assert token.functions.allowance(wallet.address, market.address).call() == 0
+    # approve of exactly the amount, then deposit: the two calls the wallet signed and sent
+    assert [(t["to"], t["data"]) for t in wallet.sent] == [
+        (token.address, token.encode_abi("approve", args=[market.address, units])),
+        (market.address, market.encode_abi("deposit", args=[units])),
+    ]
+    page.wait_for_function(
+        "(sel) => document.querySelector(sel).textContent === '12.345678 TEGT'",
+        arg=funds.format("available"),
+    )
+    assert page.locator(funds.format("walletBalance")).inner_text() == "37.654322 TEGT"
+    assert page.locator(funds.format("locked")).inner_text() == "0 TEGT"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".wallet-card").screenshot(path=str(ARTIFACTS / "dashboard-deposit.png"))
+
+    # the same buy is accepted now (2 kWh at 0.5 token/kWh escrows 1 token)
+    page.click("#order-submit")
+    page.locator("#order-result.accepted").wait_for()
+    order = httpx.get(f"{server}/orders/{page.locator('#order-hash').inner_text()}").json()
+    assert (order["trader"], order["side"], order["energyWh"], order["status"]) == (
+        wallet.address,
+        1,
+        2_000,
+        "open",
+    )
+    assert wallet.calls == []
+    assert [
+        e
+        for e in tab.errors
+        if "status of 402" not in e and "status of 422" not in e and "status of 409" not in e
+    ] == []
 
 
 def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from fastapi import APIRouter, Request
 
-from backend.api.deps import MarketDep, OptionsDep
+from backend.api.deps import ApiOptions, MarketDep, OptionsDep
 from backend.api.schemas import HealthOut
 from backend.chain.heads import HeadWatcher
 from backend.market.service import Market
@@ -77,8 +77,25 @@ async def health(request: Request, market: MarketDep, options: OptionsDep) -> He
     )
 
 
+# EIP-3085 wants 18 decimals for the native currency; every EVM development chain pays gas in ether.
+NATIVE_CURRENCY = {"name": "Ether", "symbol": "ETH", "decimals": 18}
+
+
+def add_chain_parameters(chain_id: int, options: ApiOptions) -> dict[str, Any]:
+    """The chain as ``wallet_addEthereumChain`` (EIP-3085) takes it, from the API's settings
+    (``TEGRID_PUBLIC_RPC_URL``, ``TEGRID_CHAIN_NAME``)."""
+    return {
+        "chainId": hex(chain_id),
+        "chainName": options.chain_name,
+        "rpcUrls": [options.public_rpc_url],
+        "nativeCurrency": NATIVE_CURRENCY,
+    }
+
+
 @router.get("/contracts")
-def contracts(market: MarketDep) -> dict[str, Any]:
+def contracts(market: MarketDep, options: OptionsDep) -> dict[str, Any]:
+    """Chain id, contract addresses, the market's EIP-712 domain, and ``addChain``: what a wallet
+    that does not know the chain is asked to add (``wallet_addEthereumChain`` parameters)."""
     led: Any = market.ledger
     dep = getattr(led, "deployment", None)
     addresses = (
@@ -93,4 +110,5 @@ def contracts(market: MarketDep) -> dict[str, Any]:
         "chainId": market.ledger.chain_id,
         "contracts": addresses,
         "eip712Domain": market.domain.as_dict(),
+        "addChain": add_chain_parameters(market.ledger.chain_id, options),
     }

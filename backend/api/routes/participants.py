@@ -1,21 +1,28 @@
-"""Participants: plug-and-play connection requests signed by the wallet, and the registry view."""
+"""Participants: plug-and-play connection requests signed by the wallet, the registry view, and a
+wallet's money (its tokens, escrow, and the transactions a deposit takes, for it to send)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 from eth_utils import to_checksum_address
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from backend.api.deps import MarketDep
 from backend.api.schemas import (
     Address,
     ConnectionIn,
+    DepositOut,
     ErrorResponse,
+    FundsOut,
     ParticipantOut,
+    TokenOut,
     TypedDataTemplate,
+    WalletTransaction,
 )
+from backend.chain.funds import Funds, Token, token_units
+from backend.market.errors import ConflictError
 
 router = APIRouter(prefix="/participants", tags=["participants"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -69,3 +76,74 @@ def _participant(market: Any, address: str) -> ParticipantOut:
         availableBalance=str(market.available_balance(wallet, fresh=True)) if p else None,
         reservedByOrders=str(market.reserved(wallet)) if p else None,
     )
+
+
+_funds: dict[tuple[int, str], Funds] = {}
+
+
+def _funds_of(market: Any) -> Funds:
+    """The market's ``Funds`` (token looked up once per deployment); 409 NO_CHAIN without one."""
+    ledger = market.ledger
+    w3 = getattr(ledger, "w3", None)
+    if w3 is None:
+        raise ConflictError("this market keeps no balances on a chain", reason="NO_CHAIN")
+    key = (id(w3), str(ledger.market_address))
+    if key not in _funds:
+        _funds[key] = Funds(w3, ledger.market_address)
+    return _funds[key]
+
+
+def _token_out(token: Token) -> TokenOut:
+    return TokenOut(address=token.address, symbol=token.symbol, decimals=token.decimals)
+
+
+def _funds_out(funds: Funds, wallet: str) -> FundsOut:
+    held = funds.of(wallet)
+    return FundsOut(
+        wallet=to_checksum_address(wallet),
+        token=_token_out(funds.token()),
+        **{k: str(v) for k, v in held.items()},
+    )
+
+
+@router.get("/{address}/funds", response_model=FundsOut, responses=ERRORS)
+async def get_funds(address: Address, market: MarketDep) -> FundsOut:
+    """The wallet's tokens, its allowance to the market, and its escrow (available, locked), in
+    token base units, read from the chain."""
+    return await asyncio.to_thread(_funds_out, _funds_of(market), address)
+
+
+@router.get("/{address}/deposit-transactions", response_model=DepositOut, responses=ERRORS)
+async def deposit_transactions(
+    address: Address,
+    market: MarketDep,
+    amount: Annotated[
+        str,
+        Query(
+            max_length=82,
+            description='tokens as a decimal string ("12.5"), at most the token\'s decimals',
+            examples=["12.5"],
+        ),
+    ],
+) -> DepositOut:
+    """The transactions that deposit ``amount`` tokens into the wallet's available balance:
+    ERC-20 ``approve`` of exactly that amount (unless the allowance already covers it), then
+    ``EnergyMarket.deposit``. The wallet signs and sends them; nothing changes until it does.
+    422 INVALID_AMOUNT for an amount that is not a positive decimal within the token's decimals,
+    409 INSUFFICIENT_TOKENS when the wallet holds less."""
+    funds = _funds_of(market)
+
+    def plan() -> DepositOut:
+        token = funds.token()
+        units = token_units(amount, token.decimals)
+        return DepositOut(
+            wallet=to_checksum_address(address),
+            token=_token_out(token),
+            amount=amount,
+            amountUnits=str(units),
+            transactions=[
+                WalletTransaction.model_validate(t) for t in funds.deposit_calls(address, units)
+            ],
+        )
+
+    return await asyncio.to_thread(plan)

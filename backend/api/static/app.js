@@ -1,8 +1,8 @@
 // The dashboard: one selected interval, refreshed from the API whenever the event stream says so.
-import { api, h, kwh, tokens, shortAddr, clock, timeOf, pu, pct } from "./util.js";
+import { api, h, kwh, tokens, formatUnits, shortAddr, clock, timeOf, pu, pct, TOKEN_DECIMALS } from "./util.js";
 import { GridMap } from "./gridmap.js";
 import { drawBook } from "./book.js";
-import { provider, connect, signAndSubmit } from "./wallet.js";
+import { provider, connect, ensureChain, deposit, requestConnection, signAndSubmit } from "./wallet.js";
 
 const EVENT_KINDS = ["order", "cancel", "clearing", "verdict", "recorded", "reading", "settlement", "participant", "interval"];
 const $ = (sel) => document.querySelector(sel);
@@ -16,6 +16,9 @@ const state = {
   orders: [],
   participants: new Map(), // wallet -> GET /participants answer
   wallet: null,
+  walletChainOk: false, // the wallet is on the market's chain (GET /contracts' addChain)
+  contracts: null, // GET /contracts
+  funds: null, // GET /participants/{wallet}/funds
   openInterval: null,
   intervalSeconds: 900,
 };
@@ -62,6 +65,7 @@ async function loadTopology() {
   try {
     const topo = await api("/grid/topology");
     map.setTopology(topo);
+    fillBusChoice(topo);
     $("#net-name").textContent = `${topo.network} · ${topo.buses.length} buses · ${topo.lines.length} lines · ${topo.trafos.length} trafos`;
   } catch (err) {
     report("topology", err);
@@ -106,7 +110,7 @@ async function loadInterval() {
 
 async function loadParticipants(wallets, refresh = false) {
   const todo = [...new Set(wallets)].filter((w) => w && (refresh || !state.participants.has(w)));
-  if (state.wallet && !state.participants.has(state.wallet)) todo.push(state.wallet);
+  if (state.wallet && !state.participants.has(state.wallet) && !todo.includes(state.wallet)) todo.push(state.wallet);
   await Promise.all(todo.map(async (w) => {
     try {
       state.participants.set(w, await api(`/participants/${w}`));
@@ -166,25 +170,27 @@ async function loadOpenInterval() {
 function renderInterval() {
   renderIntervalLabel();
   const row = state.intervalRow;
-  const info = drawBook($("#book"), state.orders, row, state.trades);
+  const book = drawBook($("#book"), state.orders, row, state.trades);
   $("#book-meta").replaceChildren(
-    h("span", { class: "swatch supply" }), `supply: ${info.supply} sell `,
-    h("span", { class: "swatch demand" }), `demand: ${info.demand} buy`,
-    info.bilateral ? ` · ${info.bilateral} bilateral (outside the curves)` : "",
+    h("span", { class: "swatch supply" }), `supply: ${book.supply.length} sell `,
+    h("span", { class: "swatch demand" }), `demand: ${book.demand.length} buy`,
+    book.bilateral ? ` · ${book.bilateral} bilateral (outside the curves)` : "",
   );
   const stats = $("#interval-stats");
   stats.replaceChildren();
+  // offered and bid are the ends of the curves drawn above (one computation: bookOf)
+  const bilateral = (wh) => (wh ? ` + ${kwh(wh)} kWh bilateral` : "");
   const items = [
     ["status", row.status],
     ["clearing price", row.clearingPrice === null ? "—" : `${tokens(row.clearingPrice, 6)} token/kWh`],
-    ["offered", `${kwh(row.offeredWh)} kWh`],
-    ["bid", `${kwh(row.bidWh)} kWh`],
+    ["offered", `${kwh(book.offeredWh)} kWh${bilateral(book.bilateralSellWh)}`],
+    ["bid", `${kwh(book.bidWh)} kWh${bilateral(book.bilateralBuyWh)}`],
     ["traded", `${kwh(row.tradedWh)} kWh (${row.approvedCount})`],
     ["vetoed", `${kwh(row.vetoedWh)} kWh (${row.vetoedCount})`],
     ["gate closes", timeOf(row.gateClosureAt)],
   ];
   if (row.batch && row.batch.txHash) items.push(["batch tx", shortAddr(row.batch.txHash)]);
-  for (const [k, v] of items) stats.append(h("dt", {}, k), h("dd", {}, v));
+  for (const [k, v] of items) stats.append(h("dt", {}, k), h("dd", { dataset: { stat: k } }, v));
   renderTrades();
   map.setTrades(state.trades);
 }
@@ -308,8 +314,11 @@ function schedule(...what) {
     if (todo.has("grid")) jobs.push(loadGridStatus());
     if (todo.has("readings")) jobs.push(loadReadings());
     if (todo.has("health")) jobs.push(loadHealth(), loadOpenInterval());
-    if (todo.has("balances")) jobs.push(loadParticipants([...state.participants.keys()], true).then(renderSettlement));
+    if (todo.has("balances")) {
+      jobs.push(loadParticipants([...state.participants.keys()], true).then(renderSettlement), loadFunds());
+    }
     await Promise.all(jobs);
+    if (state.wallet) renderWallet();
   }, 120);
 }
 
@@ -338,7 +347,8 @@ function onEvent(kind, data) {
   if (state.follow && iv !== undefined && iv !== state.interval && worthFollowing(kind, data)) select(iv);
   if (iv !== undefined && iv !== state.interval) return;
   if (kind === "order" || kind === "cancel" || kind === "interval") schedule("interval");
-  if (kind === "clearing" || kind === "verdict" || kind === "recorded") schedule("interval", "grid", "health");
+  if (kind === "clearing" || kind === "verdict") schedule("interval", "grid", "health");
+  if (kind === "recorded") schedule("interval", "grid", "health", "balances"); // escrow locked
   if (kind === "settlement") schedule("interval", "readings", "balances");
   if (kind === "reading") schedule("readings");
   if (kind === "participant") schedule("balances");
@@ -384,6 +394,109 @@ async function initialInterval() {
 }
 
 // ------------------------------------------------------------------ wallet
+async function loadContracts() {
+  try {
+    state.contracts = await api("/contracts");
+  } catch (err) {
+    report("contracts", err);
+  }
+}
+
+/** Signing (orders, connection requests) and deposits only with a wallet on the market's chain. */
+const canSign = () => Boolean(state.wallet && state.walletChainOk);
+
+function renderWallet() {
+  const account = state.wallet;
+  const p = account ? state.participants.get(account) : null;
+  const registered = Boolean(p && p.registered);
+  if (account && !p) {
+    $("#wallet-status").textContent = `${account}: reading the registry…`;
+  } else if (account) {
+    $("#wallet-status").replaceChildren(
+      h("span", { class: "mono", id: "wallet-account" }, account),
+      registered
+        ? ` · bus ${p.busId} · available ${formatUnits(p.availableBalance, TOKEN_DECIMALS)} token` +
+          (p.reservedByOrders && String(p.reservedByOrders) !== "0" ? ` (${tokens(p.reservedByOrders, 2)} reserved by open buys)` : "")
+        : " · not a registered participant: ask for a grid connection below",
+    );
+  }
+  $("#connect-section").hidden = !p || registered;
+  $("#deposit-section").hidden = !p || !registered;
+  for (const id of ["#order-submit", "#connect-submit", "#deposit-submit"]) $(id).disabled = !canSign();
+  renderFunds();
+}
+
+/** The wallet's chain: fine, or why signing is off, with a button to ask the wallet again. */
+function renderChain(message) {
+  const line = $("#wallet-chain");
+  const add = state.contracts && state.contracts.addChain;
+  line.hidden = !state.wallet;
+  line.dataset.ok = String(state.walletChainOk);
+  if (state.walletChainOk) {
+    line.replaceChildren(`wallet on chain ${parseInt(add.chainId, 16)} (${add.chainName})`);
+    return;
+  }
+  const retry = h("button", { type: "button", id: "chain-switch" }, add ? `Switch to ${add.chainName}` : "Retry");
+  retry.addEventListener("click", () => bringOntoChain());
+  line.replaceChildren(h("span", { class: "warn", id: "chain-message" }, message), " ", retry);
+}
+
+/** Ask the wallet onto the market's chain (switch; add when unknown), then show the outcome. */
+async function bringOntoChain() {
+  if (!state.contracts) await loadContracts();
+  const add = state.contracts && state.contracts.addChain;
+  if (!add) {
+    state.walletChainOk = false;
+    renderChain("the market's chain is unknown (GET /contracts failed): signing stays off");
+  } else {
+    const got = await ensureChain(add);
+    state.walletChainOk = got.ok;
+    renderChain(got.ok ? null : got.message);
+  }
+  renderWallet();
+  return state.walletChainOk;
+}
+
+async function loadFunds() {
+  if (!state.wallet) return;
+  try {
+    state.funds = await api(`/participants/${state.wallet}/funds`);
+  } catch (err) {
+    state.funds = null;
+    report("funds", err);
+  }
+  renderFunds();
+}
+
+function renderFunds() {
+  const f = state.funds;
+  const dl = $("#funds");
+  if (!f || !state.wallet || f.wallet.toLowerCase() !== state.wallet.toLowerCase()) {
+    dl.replaceChildren();
+    return;
+  }
+  const { decimals, symbol } = f.token;
+  dl.replaceChildren();
+  for (const [key, label] of [["walletBalance", "in the wallet"], ["available", "available"], ["locked", "locked in trades"]]) {
+    dl.append(h("dt", {}, label), h("dd", { dataset: { fund: key } }, `${formatUnits(f[key], decimals)} ${symbol}`));
+  }
+}
+
+function fillBusChoice(topo) {
+  const select = $("#connect-form").busId;
+  select.replaceChildren(...topo.buses.filter((b) => b.load).map((b) => h("option", { value: b.id }, `bus ${b.id} · ${b.name}`)));
+}
+
+function showResult(el, answer, done) {
+  if (answer.ok) {
+    el.className = "accepted";
+    el.replaceChildren(...done);
+  } else {
+    el.className = "refused";
+    el.replaceChildren(h("b", { class: "code" }, answer.code), `: ${answer.message}`);
+  }
+}
+
 function setupWallet() {
   const btn = $("#wallet-connect");
   const status = $("#wallet-status");
@@ -396,25 +509,13 @@ function setupWallet() {
   }
   btn.addEventListener("click", async () => {
     try {
-      const { account, chainId } = await connect();
+      const { account } = await connect();
       state.wallet = account;
+      state.funds = null;
       btn.textContent = shortAddr(account);
       btn.classList.add("connected");
-      $("#order-submit").disabled = false;
-      await loadParticipants([account], true);
-      const p = state.participants.get(account);
-      const expected = state.health && state.health.chain.chain_id;
-      const parts = [
-        h("span", { class: "mono", id: "wallet-account" }, account),
-        p && p.registered
-          ? ` · bus ${p.busId} · available ${tokens(p.availableBalance, 2)} token` +
-            (p.reservedByOrders && p.reservedByOrders !== "0" ? ` (${tokens(p.reservedByOrders, 2)} reserved by open buys)` : "")
-          : " · not a registered participant (orders will be refused)",
-      ];
-      if (chainId && expected && chainId !== expected) {
-        parts.push(h("span", { class: "warn" }, ` · wallet on chain ${chainId}, market on ${expected}`));
-      }
-      status.replaceChildren(...parts);
+      await Promise.all([bringOntoChain(), loadParticipants([account], true), loadFunds()]);
+      renderWallet();
     } catch (err) {
       status.textContent = `wallet: ${err.message || err}`;
     }
@@ -426,17 +527,72 @@ function setupWallet() {
       if (accounts && accounts.length) btn.click();
       else {
         state.wallet = null;
+        state.funds = null;
         btn.textContent = "Connect wallet";
         btn.classList.remove("connected");
-        $("#order-submit").disabled = true;
         status.textContent = "Wallet disconnected.";
+        renderChain(null);
+        renderWallet();
       }
     });
+    eth.on("chainChanged", (chainId) => {
+      const add = state.contracts && state.contracts.addChain;
+      if (!state.wallet || !add) return;
+      state.walletChainOk = parseInt(chainId, 16) === parseInt(add.chainId, 16);
+      renderChain(`the wallet moved to chain ${parseInt(chainId, 16)}; the market is on ${parseInt(add.chainId, 16)}: signing is off`);
+      renderWallet();
+    });
   }
+
+  const connectForm = $("#connect-form");
+  connectForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = $("#connect-result");
+    if (!canSign() || !(await bringOntoChain())) return;
+    out.className = "pending";
+    out.textContent = "waiting for the wallet's signature…";
+    const answer = await requestConnection(state.wallet, {
+      busId: connectForm.busId.value,
+      meter: connectForm.meter.value,
+      maxExportKw: connectForm.maxExportKw.value,
+      maxImportKw: connectForm.maxImportKw.value,
+      expiry: (nextOpenInterval() + 1) * state.intervalSeconds + 3600,
+    });
+    const p = answer.participant;
+    showResult(out, answer, answer.ok && [
+      h("b", {}, `connected at bus ${p.busId}`), " · registry transaction ",
+      h("span", { class: "mono", id: "connect-tx" }, p.request ? p.request.txHash : "—"),
+    ]);
+    if (answer.ok) {
+      state.participants.set(state.wallet, p);
+      map.setParticipants(state.participants);
+      await loadFunds();
+      renderWallet();
+    }
+  });
+
+  const depositForm = $("#deposit-form");
+  depositForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = $("#deposit-result");
+    if (!canSign() || !(await bringOntoChain())) return;
+    out.className = "pending";
+    out.textContent = "checking the amount…";
+    const answer = await deposit(state.wallet, depositForm.amount.value, (action, hash) => {
+      out.textContent = hash ? `${action}: waiting for ${shortAddr(hash)} to be mined…` : `${action}: confirm in the wallet…`;
+    });
+    showResult(out, answer, answer.ok && [
+      h("b", { id: "deposit-done" }, `deposited ${formatUnits(answer.plan.amountUnits, answer.plan.token.decimals)} ${answer.plan.token.symbol}`),
+      ` in ${answer.hashes.length} transaction(s)`,
+    ]);
+    await Promise.all([loadFunds(), loadParticipants([state.wallet], true)]);
+    renderWallet();
+  });
+
   form.intervalId.addEventListener("input", () => (form.dataset.auto = "0"));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    if (!state.wallet) return;
+    if (!canSign() || !(await bringOntoChain())) return;
     const iv = Number(form.intervalId.value);
     const values = {
       side: form.side.value,
@@ -467,7 +623,7 @@ async function main() {
   $("#iv-prev").addEventListener("click", () => select(state.interval - 1, { user: true }));
   $("#iv-next").addEventListener("click", () => select(state.interval + 1, { user: true }));
   setupWallet();
-  await Promise.all([loadHealth(), loadOpenInterval()]);
+  await Promise.all([loadHealth(), loadOpenInterval(), loadContracts()]);
   await loadTopology();
   state.interval = await initialInterval();
   renderIntervalLabel();

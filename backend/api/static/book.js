@@ -5,16 +5,46 @@ const W = 520;
 const H = 300;
 const M = { l: 56, r: 14, t: 14, b: 38 };
 
-/** Cumulative steps: [{from, to, price}] in kWh and token/kWh. */
+/**
+ * Cumulative steps: [{from, to, toWh, price}] in kWh (toWh: the exact running total in Wh) and
+ * token/kWh. API numbers may come as JSON numbers or decimal strings.
+ */
 export function steps(orders, ascending) {
   const sorted = [...orders].sort((a, b) =>
     ascending ? Number(a.pricePerKWh) - Number(b.pricePerKWh) : Number(b.pricePerKWh) - Number(a.pricePerKWh));
-  let at = 0;
+  let atWh = 0;
   return sorted.map((o) => {
-    const from = at;
-    at += o.energyWh / 1000;
-    return { from, to: at, price: Number(o.pricePerKWh) / 10 ** TOKEN_DECIMALS };
+    const from = atWh / 1000;
+    atWh += Number(o.energyWh);
+    return { from, to: atWh / 1000, toWh: atWh, price: Number(o.pricePerKWh) / 10 ** TOKEN_DECIMALS };
   });
+}
+
+const totalWh = (st) => (st.length ? st[st.length - 1].toWh : 0);
+const sumWh = (orders) => orders.reduce((s, o) => s + Number(o.energyWh), 0);
+
+/**
+ * The book of one interval as the chart draws it, and the figures told beside it, from one
+ * computation: orders not cancelled; those open to anyone form the supply (sells, cheapest
+ * first) and demand (buys, dearest first) curves, whose ends are `offeredWh` and `bidWh`;
+ * bilateral orders (naming a counterparty) stay outside the curves and are counted apart.
+ */
+export function bookOf(orders) {
+  const live = orders.filter((o) => o.status !== "cancelled");
+  const auction = live.filter((o) => o.counterparty === ZERO_ADDRESS);
+  const bilateral = live.filter((o) => o.counterparty !== ZERO_ADDRESS);
+  const supply = steps(auction.filter((o) => Number(o.side) === 0), true);
+  const demand = steps(auction.filter((o) => Number(o.side) === 1), false);
+  return {
+    live: auction,
+    supply,
+    demand,
+    offeredWh: totalWh(supply),
+    bidWh: totalWh(demand),
+    bilateral: bilateral.length,
+    bilateralSellWh: sumWh(bilateral.filter((o) => Number(o.side) === 0)),
+    bilateralBuyWh: sumWh(bilateral.filter((o) => Number(o.side) === 1)),
+  };
 }
 
 /** Where the curves cross (indicative, before the gate closes): volume and mid price. */
@@ -34,20 +64,20 @@ export function crossing(supply, demand) {
 }
 
 /**
- * Draw the book into `root`. `interval` is a GET /intervals answer; `trades` its trades (the
- * auction volume is the energy of its auction-kind trades, approved or not).
+ * Draw the book into `root` and return it (`bookOf`). `interval` is a GET /intervals answer;
+ * `trades` its trades (the auction volume is the energy of its auction-kind trades, approved or
+ * not).
  */
 export function drawBook(root, orders, interval, trades) {
   root.setAttribute("viewBox", `0 0 ${W} ${H}`);
   root.replaceChildren();
-  const live = orders.filter((o) => o.status !== "cancelled" && o.counterparty === ZERO_ADDRESS);
-  const supply = steps(live.filter((o) => o.side === 0), true);
-  const demand = steps(live.filter((o) => o.side === 1), false);
+  const book = bookOf(orders);
+  const { live, supply, demand } = book;
   const all = [...supply, ...demand];
   const maxQ = Math.max(1, ...all.map((s) => s.to)) * 1.08;
   const prices = all.map((s) => s.price);
   let clearPrice = interval && interval.clearingPrice !== null ? Number(interval.clearingPrice) / 10 ** TOKEN_DECIMALS : null;
-  const auctionWh = trades.filter((t) => t.kind === "auction").reduce((s, t) => s + t.energyWh, 0);
+  const auctionWh = trades.filter((t) => t.kind === "auction").reduce((s, t) => s + Number(t.energyWh), 0);
   if (clearPrice !== null) prices.push(clearPrice);
   const maxP = Math.max(0.01, ...prices) * 1.15;
   const x = (q) => M.l + (q / maxQ) * (W - M.l - M.r);
@@ -73,8 +103,8 @@ export function drawBook(root, orders, interval, trades) {
     for (const s of st) d += ` L${x(s.from)},${y(s.price)} L${x(s.to)},${y(s.price)}`;
     return d;
   };
-  if (supply.length) root.append(svg("path", { d: path(supply), class: "curve supply" }));
-  if (demand.length) root.append(svg("path", { d: path(demand), class: "curve demand" }));
+  if (supply.length) root.append(svg("path", { d: path(supply), class: "curve supply", "data-total-wh": book.offeredWh }));
+  if (demand.length) root.append(svg("path", { d: path(demand), class: "curve demand", "data-total-wh": book.bidWh }));
 
   let point = null;
   if (clearPrice !== null && auctionWh > 0) point = { q: auctionWh / 1000, price: clearPrice, final: true };
@@ -95,5 +125,5 @@ export function drawBook(root, orders, interval, trades) {
   if (!live.length) {
     root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no auction orders for this interval yet"));
   }
-  return { supply: supply.length, demand: demand.length, bilateral: orders.filter((o) => o.counterparty !== ZERO_ADDRESS).length };
+  return book;
 }

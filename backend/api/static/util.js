@@ -140,3 +140,26 @@ export function clock(unixS) {
 export function timeOf(unixS) {
   return new Date(unixS * 1000).toISOString().slice(11, 19);
 }
+
+/**
+ * A decimal string typed by a person -> integer units with `decimals` places, exactly (BigInt, no
+ * binary floating point): parseUnits("1.5", 3) === 1500n. Throws an Error saying what is wrong.
+ */
+export function parseUnits(text, decimals, what = "amount") {
+  const s = String(text).trim();
+  const m = /^(\d+)(?:\.(\d*))?$/.exec(s);
+  if (!m) throw new Error(`${what} "${s}" is not a decimal number`);
+  const frac = (m[2] || "").replace(/0+$/, "");
+  if (frac.length > decimals) throw new Error(`${what} ${s} has more than ${decimals} decimal places`);
+  return BigInt(m[1]) * 10n ** BigInt(decimals) + BigInt(frac.padEnd(decimals, "0") || "0");
+}
+
+/** Integer units (BigInt, number or decimal string) -> exact decimal string: formatUnits(1500n, 3) === "1.5". */
+export function formatUnits(units, decimals) {
+  const v = BigInt(units);
+  const sign = v < 0n ? "-" : "";
+  const abs = v < 0n ? -v : v;
+  const base = 10n ** BigInt(decimals);
+  const frac = (abs % base).toString().padStart(decimals, "0").replace(/0+$/, "");
+  return `${sign}${abs / base}${frac ? "." + frac : ""}`;
+}

@@ -300,3 +300,48 @@ def test_409_conflict_body_matches_the_documented_schema(client: TestClient) -> 
     )
     assert r.status_code == 409
     _validator(client, "post", "/participants", "409").validate(r.json())
+
+
+# ------------------------------------------------------------------------- wallets
+def test_contracts_give_the_chain_as_wallets_add_it(tmp_path: Path) -> None:
+    settings = dataclasses.replace(
+        Settings(), public_rpc_url="https://rpc.example.org/tegrid", chain_name="tegrid pilot"
+    )
+    with TestClient(create_app(_market(tmp_path), settings=settings, scheduler=False)) as c:
+        add_chain = c.get("/contracts").json()["addChain"]
+    assert add_chain == {
+        "chainId": "0x7a69",
+        "chainName": "tegrid pilot",
+        "rpcUrls": ["https://rpc.example.org/tegrid"],
+        "nativeCurrency": {"name": "Ether", "symbol": "ETH", "decimals": 18},
+    }
+
+
+def test_contracts_offer_the_rpc_url_when_no_public_one_is_set(tmp_path: Path) -> None:
+    settings = dataclasses.replace(Settings(), rpc_url="http://10.0.0.5:8545")
+    with TestClient(create_app(_market(tmp_path), settings=settings, scheduler=False)) as c:
+        add_chain = c.get("/contracts").json()["addChain"]
+    assert (add_chain["chainName"], add_chain["rpcUrls"]) == ("tegrid", ["http://10.0.0.5:8545"])
+
+
+@pytest.mark.parametrize("path", ["funds", "deposit-transactions?amount=1"])
+def test_funds_without_a_chain_give_409_no_chain(client: TestClient, path: str) -> None:
+    wallet = Account.from_key(ANVIL_KEYS[1]).address
+    r = client.get(f"/participants/{wallet}/{path}")
+    assert _problem(r) == (409, "NO_CHAIN", "this market keeps no balances on a chain")
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/participants/0x1234/funds", "address"),
+        (f"/participants/{'0x' + '11' * 20}/deposit-transactions", "amount"),
+        (f"/participants/{'0x' + '11' * 20}/deposit-transactions?amount={'1' * 83}", "amount"),
+    ],
+)
+def test_funds_with_bad_input_give_422_naming_the_field(
+    client: TestClient, path: str, field: str
+) -> None:
+    r = client.get(path)
+    assert r.status_code == 422, r.text
+    assert [e["loc"][-1] for e in r.json()["detail"]["errors"]] == [field]
