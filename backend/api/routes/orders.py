@@ -13,6 +13,7 @@ from backend.api.convert import order_fields, order_out
 from backend.api.deps import MarketDep
 from backend.api.limits import is_json_content_type
 from backend.api.schemas import (
+    MAX_SAFE_INTEGER,
     Address,
     CancelIn,
     ErrorResponse,
@@ -148,7 +149,7 @@ async def submit_order(request: Request, market: MarketDep) -> Response:
 def list_orders(
     market: MarketDep,
     trader: Address | None = None,
-    interval: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
+    interval: Annotated[int | None, Query(ge=0, le=MAX_SAFE_INTEGER)] = None,
     status: Literal["open", "matched", "filled", "partial", "unfilled", "cancelled"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, lt=2**31)] = 0,
