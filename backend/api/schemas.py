@@ -73,16 +73,16 @@ class JsonInt:
     def __get_pydantic_json_schema__(
         self, _schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> dict[str, Any]:
+        # A bound past 2^53 is left to the description (OpenAPI tools hold bounds as floats,
+        # which would round it).
+        integer: dict[str, Any] = {"type": "integer", "minimum": self.low}
+        if self.high <= MAX_SAFE_INTEGER:
+            integer["maximum"] = self.high
         if handler.mode == "validation":
-            return {
-                "anyOf": [
-                    {"type": "integer", "minimum": self.low, "maximum": self.high},
-                    {"type": "string", "pattern": DECIMAL_PATTERN},
-                ]
-            }
+            return {"anyOf": [integer, {"type": "string", "pattern": DECIMAL_PATTERN}]}
         if self.string:
             return {"type": "string", "pattern": DECIMAL_PATTERN}
-        return {"type": "integer", "minimum": self.low, "maximum": self.high}
+        return integer
 
 
 Number = Annotated[int, JsonInt(0, MAX_SAFE_INTEGER)]
