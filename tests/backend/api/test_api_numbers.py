@@ -107,6 +107,7 @@ def test_order_is_accepted_in_every_spelling_and_answered_in_the_rules_types(
         ("energyWh", "1e3", SPELLING),
         ("energyWh", "1000.0", SPELLING),
         ("pricePerKWh", " 100", SPELLING),
+        ("pricePerKWh", "1_000", SPELLING),
         ("pricePerKWh", "0x64", SPELLING),
         ("pricePerKWh", "-1", SPELLING),
         ("nonce", -1, "must be at least 0"),
