@@ -46,7 +46,9 @@ def typed_data_template(
 ) -> dict[str, Any]:
     """The typed-data template {domain, types, primaryType}: add ``message`` and sign it with any
     EIP-712 wallet as it is (``for`` names the library's shape). ``primaryType=Cancel`` gives the
-    cancellation template."""
+    cancellation template. Post the message in the API's JSON types (``pricePerKWh`` and
+    ``nonce`` as decimal strings, the other integers as numbers; either spelling is accepted, the
+    signature binds the values)."""
     template = market.template(primary_type)
     if wallet != "eth_signTypedData_v4":
         types = {k: v for k, v in template["types"].items() if k != "EIP712Domain"}
