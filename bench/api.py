@@ -25,6 +25,7 @@ from typing import Any
 from eth_account import Account
 
 from backend.chain import eip712, protocol
+from backend.demo.clients import signed_body
 from backend.market import typed
 from backend.settings import ANVIL_KEYS, Settings
 
@@ -45,8 +46,7 @@ def sign_orders(domain: typed.Domain, first_interval: int, count: int) -> list[b
             "energyWh": 1, "pricePerKWh": 1000 + i % 97, "nonce": 10_000_000 + i,
             "expiry": interval * 900 + 86_400, "counterparty": protocol.ZERO_ADDRESS,
         }  # fmt: skip
-        sig = eip712.sign_digest(domain.digest("Order", msg), key)
-        bodies.append(json.dumps({"message": msg, "signature": sig}).encode())
+        bodies.append(json.dumps(signed_body(domain, "Order", msg, key)).encode())
     return bodies
 
 

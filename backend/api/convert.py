@@ -27,8 +27,11 @@ ORDER_OUT_FIELDS = (
 
 
 def order_fields(row: dict[str, Any]) -> dict[str, Any]:
-    """The ``OrderOut`` fields (same names and order) of an order row given as a dict."""
+    """The ``OrderOut`` fields (same names, order and JSON types) of an order row given as a
+    dict: the store keeps price, nonce and expiry as decimal strings; the expiry, a unix time,
+    is answered as a number (the rule in :mod:`backend.api.schemas`)."""
     out = {name: row[column] for name, column in ORDER_OUT_FIELDS}
+    out["expiry"] = int(out["expiry"])
     out["filledWh"] = out["filledWh"] or 0
     return out
 
@@ -88,7 +91,7 @@ def interval_out(market: Market, row: IntervalRow) -> IntervalOut:
         status=row.status,  # type: ignore[arg-type]
         startsAt=row.id * seconds,
         gateClosureAt=market.gate_closure(row.id),
-        clearingPrice=row.clearing_price,
+        clearingPrice=None if row.clearing_price is None else int(row.clearing_price),
         offeredWh=row.offered_wh or 0,
         bidWh=row.bid_wh or 0,
         tradedWh=row.traded_wh or 0,
@@ -114,7 +117,7 @@ def trade_out(t: TradeRow) -> TradeOut:
         sellerBus=t.seller_bus,
         buyerBus=t.buyer_bus,
         energyWh=t.energy_wh,
-        pricePerKWh=t.price_per_kwh,
+        pricePerKWh=int(t.price_per_kwh),
         verdict=t.verdict,
         reason=t.reason,
         element=t.element,
@@ -122,6 +125,6 @@ def trade_out(t: TradeRow) -> TradeOut:
         status=t.status,
         txHash=t.tx_hash,
         deliveredWh=t.delivered_wh,
-        paid=t.paid,
+        paid=None if t.paid is None else int(t.paid),
         settleTxHash=t.settle_tx_hash,
     )

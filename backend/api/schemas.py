@@ -1,11 +1,101 @@
 """Request and response schemas of the HTTP API (separate from the storage models in
-backend.market)."""
+backend.market).
+
+**Numbers in JSON (one rule for every schema).** Token amounts in base units (prices per kWh,
+balances, reservations, payments) and nonces are *decimal strings*: they are ``uint128`` /
+``uint64`` on chain and may pass 2^53, beyond which a JavaScript number (and many JSON parsers)
+silently rounds. Everything else that is an integer - energy in Wh, power in W, interval, bus and
+chain ids, counts, positions, verdicts, block numbers, unix times - is a *JSON number*, and the API
+refuses any such value above 2^53 - 1 (``Number.MAX_SAFE_INTEGER``), so every client holds it
+exactly. Requests take either spelling for any integer field, a JSON integer or a string of
+decimal digits (viem's bigints travel as strings, eth-account and MetaMask take numbers; the
+signature binds the value, not its spelling); answers always use the rule's type. Fractions,
+exponents, signs, spaces, hex and booleans are refused (422 ``INVALID_REQUEST``).
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic_core import PydanticCustomError, core_schema
+
+MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER
+DECIMAL_PATTERN = r"^[0-9]{1,78}$"  # a uint256 has at most 78 decimal digits
+_DIGITS = re.compile(DECIMAL_PATTERN)
+
+
+@dataclass(frozen=True)
+class JsonInt:
+    """An integer field of the API: validated from a JSON integer or a decimal string within
+    ``low..high``, answered as a decimal string when ``string`` else as a JSON number; its
+    OpenAPI schema says both (request: either spelling, answer: the one type)."""
+
+    low: int
+    high: int
+    string: bool = False
+
+    def __post_init__(self) -> None:
+        assert self.string or self.high <= MAX_SAFE_INTEGER, "numbers stay exact in JavaScript"
+
+    def validate(self, value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and _DIGITS.fullmatch(value):
+            number = int(value)
+        else:
+            raise PydanticCustomError(
+                "integer_spelling",
+                "must be an integer: a JSON integer or a string of decimal digits",
+            )
+        if number < self.low:
+            raise PydanticCustomError("integer_range", "must be at least {low}", {"low": self.low})
+        if number > self.high:
+            raise PydanticCustomError(
+                "integer_range", "must be at most {high}", {"high": self.high}
+            )
+        return number
+
+    def __get_pydantic_core_schema__(
+        self, _source: Any, _handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        serialization = (
+            core_schema.plain_serializer_function_ser_schema(str, when_used="json")
+            if self.string
+            else None
+        )
+        return core_schema.no_info_plain_validator_function(
+            self.validate, serialization=serialization
+        )
+
+    def __get_pydantic_json_schema__(
+        self, _schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        # A bound past 2^53 is left to the description (OpenAPI tools hold bounds as floats,
+        # which would round it).
+        integer: dict[str, Any] = {"type": "integer", "minimum": self.low}
+        if self.high <= MAX_SAFE_INTEGER:
+            integer["maximum"] = self.high
+        if handler.mode == "validation":
+            return {"anyOf": [integer, {"type": "string", "pattern": DECIMAL_PATTERN}]}
+        if self.string:
+            return {"type": "string", "pattern": DECIMAL_PATTERN}
+        return integer
+
+
+Number = Annotated[int, JsonInt(0, MAX_SAFE_INTEGER)]
+Seconds = Annotated[int, JsonInt(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)]  # may precede 1970
+Uint8 = Annotated[int, JsonInt(0, 2**8 - 1)]
+Uint32 = Annotated[int, JsonInt(0, 2**32 - 1)]
+Price = Annotated[int, JsonInt(0, 2**128 - 1, string=True)]  # uint128 on chain
+Nonce = Annotated[int, JsonInt(0, 2**64 - 1, string=True)]  # uint64 on chain
+Amount = Annotated[int, JsonInt(0, 2**256 - 1, string=True)]  # token base units
+NUM = "JSON number; a decimal string is accepted in requests"
+STR = "decimal string; a JSON integer is accepted in requests"
+OUT_NUM = "JSON number"
+OUT_STR = "decimal string"
 
 Address = Annotated[
     str,
@@ -19,10 +109,6 @@ Signature = Annotated[
         description="65-byte r||s||v hex, or the 64-byte EIP-2098 compact form r||vs",
     ),
 ]
-Uint8 = Annotated[int, Field(ge=0, lt=2**8)]
-Uint32 = Annotated[int, Field(ge=0, lt=2**32)]
-Uint64 = Annotated[int, Field(ge=0, lt=2**64)]
-Uint128 = Annotated[int, Field(ge=0, lt=2**128)]
 ZERO = "0x0000000000000000000000000000000000000000"
 
 
@@ -47,46 +133,73 @@ class ErrorResponse(BaseModel):
 
 
 class Domain(BaseModel):
+    """The EIP-712 domain of a typed-data template."""
+
     name: str
     version: str
-    chainId: int
+    chainId: Number = Field(description=f"EIP-155 chain id; {OUT_NUM}")
+    verifyingContract: Address
+
+
+class DomainIn(BaseModel):
+    """The EIP-712 domain a client signed in (optional in ``OrderIn``; checked against ours)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: str
+    chainId: Number = Field(description=f"EIP-155 chain id; {NUM}")
     verifyingContract: Address
 
 
 class OrderMessage(BaseModel):
-    """The EIP-712 ``Order`` message, as signed (numbers may also be given as decimal strings)."""
+    """The EIP-712 ``Order`` message, as signed. Integers: prices and nonces are decimal strings,
+    the others JSON numbers; either spelling is accepted for any of them."""
 
     model_config = ConfigDict(extra="forbid")
 
     trader: Address
-    side: Annotated[int, Field(ge=0, le=1, description="0 sell, 1 buy")]
-    intervalId: Annotated[int, Field(ge=0, lt=2**63)]
-    energyWh: Annotated[int, Field(ge=1, lt=2**63)]
-    pricePerKWh: Uint128
-    nonce: Uint64
-    expiry: Uint64
-    counterparty: Address = ZERO
+    side: Annotated[int, JsonInt(0, 1)] = Field(description=f"0 sell, 1 buy; {NUM}")
+    intervalId: Number = Field(
+        description=f"delivery interval, floor(start unix seconds / interval seconds); {NUM}"
+    )
+    energyWh: Annotated[int, JsonInt(1, MAX_SAFE_INTEGER)] = Field(
+        description=f"energy in Wh (uint64 on chain, at most 2^53 - 1 here); {NUM}"
+    )
+    pricePerKWh: Price = Field(
+        description=f"limit price in token base units per kWh (uint128); {STR}",
+        examples=["100000"],
+    )
+    nonce: Nonce = Field(
+        description=f"the trader's order nonce (uint64), used once; {STR}", examples=["1"]
+    )
+    expiry: Number = Field(
+        description=f"unix seconds after which the order is void (uint64 on chain); {NUM}"
+    )
+    counterparty: Address = Field(
+        ZERO, description="the only counterparty (bilateral order), or the zero address"
+    )
 
 
 class OrderIn(BaseModel):
     message: OrderMessage
     signature: Signature
-    domain: Domain | None = Field(None, description="optional; checked against ours when given")
+    domain: DomainIn | None = Field(None, description="optional; checked against ours when given")
 
 
 class OrderOut(BaseModel):
-    hash: Hash32
+    hash: Hash32 = Field(description="orderHash: the EIP-712 digest of the order")
     status: str
     trader: Address
-    side: int
-    intervalId: int
-    energyWh: int
-    pricePerKWh: str
-    nonce: str
-    expiry: str
+    side: Uint8 = Field(description=f"0 sell, 1 buy; {OUT_NUM}")
+    intervalId: Number = Field(description=f"delivery interval; {OUT_NUM}")
+    energyWh: Number = Field(description=f"energy in Wh; {OUT_NUM}")
+    pricePerKWh: Price = Field(description=f"limit price in token base units per kWh; {OUT_STR}")
+    nonce: Nonce = Field(description=f"the trader's order nonce; {OUT_STR}")
+    expiry: Number = Field(description=f"unix seconds; {OUT_NUM}")
     counterparty: Address
-    filledWh: int
-    createdAt: float
+    filledWh: Number = Field(description=f"energy in Wh traded so far; {OUT_NUM}")
+    createdAt: float = Field(description="unix seconds (with fraction) the API accepted it")
 
 
 class CancelIn(BaseModel):
@@ -102,31 +215,35 @@ class TypedDataTemplate(BaseModel):
 class BatchOut(BaseModel):
     """One ``recordTrades`` batch of an interval and how its recording goes."""
 
-    index: int
-    count: int
+    index: Number = Field(description=f"position of the batch in the interval; {OUT_NUM}")
+    count: Number = Field(description=f"batches of the interval; {OUT_NUM}")
     state: Literal["pending", "sent", "recorded", "failed", "empty", "expired"]
-    trades: int
-    orders: int
+    trades: Number = Field(description=f"trades in the batch; {OUT_NUM}")
+    orders: Number = Field(description=f"orders in the batch; {OUT_NUM}")
     reason: str | None = Field(description="why the last attempt failed (decoded revert, ...)")
     txHash: str | None
-    blockNumber: int | None
-    gasUsed: int | None
-    attempts: int
+    blockNumber: Number | None = Field(description=OUT_NUM)
+    gasUsed: Number | None = Field(description=OUT_NUM)
+    attempts: Number = Field(description=OUT_NUM)
     nextAttemptAt: float | None = Field(description="unix seconds of the next retry")
 
 
 class IntervalOut(BaseModel):
-    id: int
+    id: Number = Field(description=f"interval id; {OUT_NUM}")
     status: Literal["open", "closed", "cleared", "recorded", "settled"]
-    startsAt: int
-    gateClosureAt: int
-    clearingPrice: str | None
-    offeredWh: int
-    bidWh: int
-    tradedWh: int
-    vetoedWh: int
-    approvedCount: int
-    vetoedCount: int
+    startsAt: Number = Field(description=f"unix seconds; {OUT_NUM}")
+    gateClosureAt: Seconds = Field(
+        description=f"unix seconds the order book closes (interval 0: negative); {OUT_NUM}"
+    )
+    clearingPrice: Price | None = Field(
+        description=f"uniform auction price in token base units per kWh; {OUT_STR}"
+    )
+    offeredWh: Number = Field(description=f"energy offered by sell orders, Wh; {OUT_NUM}")
+    bidWh: Number = Field(description=f"energy bid by buy orders, Wh; {OUT_NUM}")
+    tradedWh: Number = Field(description=f"energy in approved trades, Wh; {OUT_NUM}")
+    vetoedWh: Number = Field(description=f"energy in vetoed trades, Wh; {OUT_NUM}")
+    approvedCount: Number = Field(description=OUT_NUM)
+    vetoedCount: Number = Field(description=OUT_NUM)
     batch: dict[str, Any] | None = Field(description="summary of the batches (all trade ids)")
     batches: list[BatchOut] = Field(default_factory=list)
     error: str | None = Field(None, description="why the interval could not be cleared yet")
@@ -134,38 +251,41 @@ class IntervalOut(BaseModel):
 
 class TradeOut(BaseModel):
     id: Hash32
-    intervalId: int
-    position: int
+    intervalId: Number = Field(description=OUT_NUM)
+    position: Number = Field(description=f"place in the interval's batches; {OUT_NUM}")
     kind: str
     sellOrder: Hash32
     buyOrder: Hash32
     seller: Address
     buyer: Address
-    sellerBus: int
-    buyerBus: int
-    energyWh: int
-    pricePerKWh: str
-    verdict: int
+    sellerBus: Number = Field(description=OUT_NUM)
+    buyerBus: Number = Field(description=OUT_NUM)
+    energyWh: Number = Field(description=f"energy in Wh; {OUT_NUM}")
+    pricePerKWh: Price = Field(description=f"token base units per kWh; {OUT_STR}")
+    verdict: Uint8 = Field(description=f"0 approved, else the veto reason code; {OUT_NUM}")
     reason: str
     element: str
     approved: bool
     status: str
     txHash: str | None
-    deliveredWh: int | None
-    paid: str | None
+    deliveredWh: Number | None = Field(description=f"settled delivery, Wh; {OUT_NUM}")
+    paid: Amount | None = Field(description=f"token base units paid to the seller; {OUT_STR}")
     settleTxHash: str | None
 
 
 class ConnectionMessage(BaseModel):
+    """The EIP-712 ``ConnectionRequest`` message: the nonce is a decimal string, the others
+    JSON numbers; either spelling is accepted."""
+
     model_config = ConfigDict(extra="forbid")
 
     wallet: Address
     meter: Address
-    busId: Uint32
-    maxExportW: Uint32
-    maxImportW: Uint32
-    nonce: Uint64
-    expiry: Uint64
+    busId: Uint32 = Field(description=f"network bus to connect at; {NUM}")
+    maxExportW: Uint32 = Field(description=f"export limit in W; {NUM}")
+    maxImportW: Uint32 = Field(description=f"import limit in W; {NUM}")
+    nonce: Nonce = Field(description=f"request nonce (uint64); {STR}")
+    expiry: Number = Field(description=f"unix seconds; {NUM}")
 
 
 class ConnectionIn(BaseModel):
@@ -178,13 +298,17 @@ class ParticipantOut(BaseModel):
     registered: bool
     active: bool
     meter: Address | None
-    busId: int | None
-    maxExportW: int | None
-    maxImportW: int | None
-    index: int | None
+    busId: Number | None = Field(description=OUT_NUM)
+    maxExportW: Number | None = Field(description=f"W; {OUT_NUM}")
+    maxImportW: Number | None = Field(description=f"W; {OUT_NUM}")
+    index: Number | None = Field(description=OUT_NUM)
     request: dict[str, Any] | None
-    availableBalance: str | None
-    reservedByOrders: str | None
+    availableBalance: Amount | None = Field(
+        description=f"deposit in EnergyMarket not locked in escrow, token base units; {OUT_STR}"
+    )
+    reservedByOrders: Amount | None = Field(
+        description=f"worst-case cost of the open buy orders, token base units; {OUT_STR}"
+    )
 
 
 class HealthOut(BaseModel):

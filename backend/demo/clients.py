@@ -13,13 +13,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import BaseModel
 
+from backend.api.schemas import ConnectionMessage, OrderMessage
 from backend.chain import eip712
 from backend.demo.config import DemoError
 
 
 def sign_typed(domain: Any, primary: str, message: dict[str, Any], key: str) -> str:
     return str(eip712.sign_digest(domain.digest(primary, message), key))
+
+
+MESSAGES: dict[str, type[BaseModel]] = {
+    "Order": OrderMessage,
+    "ConnectionRequest": ConnectionMessage,
+}
+
+
+def signed_body(domain: Any, primary: str, message: dict[str, Any], key: str) -> dict[str, Any]:
+    """The POST body of a signed message: the signature over ``message`` (Python ints) and the
+    message in the API's JSON types (nonces and prices as decimal strings)."""
+    wire = MESSAGES[primary].model_validate(message).model_dump(mode="json")
+    return {"message": wire, "signature": sign_typed(domain, primary, message, key)}
 
 
 def domain_args(domain: dict[str, Any]) -> dict[str, Any]:

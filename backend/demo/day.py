@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from backend.chain import batches, protocol
-from backend.demo.clients import check_response, sign_typed
+from backend.demo.clients import check_response, signed_body
 from backend.demo.community import build_community, intent_for
 from backend.demo.config import DEPOSIT, ROLE_KEYS, SETTLEMENT_DELAY_S, DemoConfig, DemoError
 from backend.demo.profile import Stages
@@ -71,8 +71,8 @@ class DemoDay(DemoStack):
                     "maxExportW": export_w, "maxImportW": m.max_import_w,
                     "nonce": i * 10 + attempt, "expiry": now + 3600,
                 }  # fmt: skip
-                sig = sign_typed(reg_domain, "ConnectionRequest", msg, m.wallet_key)
-                r = self.http.post("/participants", json={"message": msg, "signature": sig})
+                body = signed_body(reg_domain, "ConnectionRequest", msg, m.wallet_key)
+                r = self.http.post("/participants", json=body)
                 if r.status_code < 400:
                     break
                 detail = r.json().get("detail", {})
@@ -117,8 +117,7 @@ class DemoDay(DemoStack):
                 "nonce": interval_id * 4 + intent.side, "expiry": expiry,
                 "counterparty": protocol.ZERO_ADDRESS,
             }  # fmt: skip
-            body = {"message": msg, "signature": sign_typed(domain, "Order", msg, m.wallet_key)}
-            bodies.append((m.name, body))
+            bodies.append((m.name, signed_body(domain, "Order", msg, m.wallet_key)))
 
         def post(item: tuple[str, dict[str, Any]]) -> None:
             status, text = self.orders.post("/orders", item[1])

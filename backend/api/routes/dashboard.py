@@ -14,6 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from backend.api.deps import MarketDep
+from backend.api.schemas import MAX_SAFE_INTEGER
 from backend.chain import batches
 from backend.market.errors import ConflictError, NotFoundError
 
@@ -239,7 +240,7 @@ def _readings(ledger: Any, interval_id: int) -> list[dict[str, Any]]:
 
 @router.get("/dashboard/readings")
 async def readings(
-    market: MarketDep, interval: Annotated[int, Query(ge=0, lt=2**63)]
+    market: MarketDep, interval: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER)]
 ) -> list[dict[str, Any]]:
     """Meter readings accepted on chain (``MeterReadings.ReadingsSubmitted``) for one interval,
     with the wallet each meter belongs to (searches the last 50,000 blocks)."""

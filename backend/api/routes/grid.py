@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from backend.api.deps import MarketDep
+from backend.api.schemas import MAX_SAFE_INTEGER
 from backend.market.errors import ConflictError
 
 router = APIRouter(prefix="/grid", tags=["grid"])
@@ -15,7 +16,7 @@ router = APIRouter(prefix="/grid", tags=["grid"])
 
 @router.get("/status")
 async def grid_status(
-    market: MarketDep, interval: Annotated[int | None, Query(ge=0, lt=2**63)] = None
+    market: MarketDep, interval: Annotated[int | None, Query(ge=0, le=MAX_SAFE_INTEGER)] = None
 ) -> dict[str, Any]:
     if market.grid is None:
         raise ConflictError("no grid validator is configured", reason="NO_GRID")

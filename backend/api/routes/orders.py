@@ -13,6 +13,7 @@ from backend.api.convert import order_fields, order_out
 from backend.api.deps import MarketDep
 from backend.api.limits import is_json_content_type
 from backend.api.schemas import (
+    MAX_SAFE_INTEGER,
     Address,
     CancelIn,
     ErrorResponse,
@@ -45,7 +46,9 @@ def typed_data_template(
 ) -> dict[str, Any]:
     """The typed-data template {domain, types, primaryType}: add ``message`` and sign it with any
     EIP-712 wallet as it is (``for`` names the library's shape). ``primaryType=Cancel`` gives the
-    cancellation template."""
+    cancellation template. Post the message in the API's JSON types (``pricePerKWh`` and
+    ``nonce`` as decimal strings, the other integers as numbers; either spelling is accepted, the
+    signature binds the values)."""
     template = market.template(primary_type)
     if wallet != "eth_signTypedData_v4":
         types = {k: v for k, v in template["types"].items() if k != "EIP712Domain"}
@@ -148,7 +151,7 @@ async def submit_order(request: Request, market: MarketDep) -> Response:
 def list_orders(
     market: MarketDep,
     trader: Address | None = None,
-    interval: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
+    interval: Annotated[int | None, Query(ge=0, le=MAX_SAFE_INTEGER)] = None,
     status: Literal["open", "matched", "filled", "partial", "unfilled", "cancelled"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, lt=2**31)] = 0,

@@ -73,8 +73,8 @@ def _participant(market: Any, address: str) -> ParticipantOut:
         maxImportW=p.max_import_w if p else None,
         index=p.index if p else None,
         request=request,
-        availableBalance=str(market.available_balance(wallet, fresh=True)) if p else None,
-        reservedByOrders=str(market.reserved(wallet)) if p else None,
+        availableBalance=market.available_balance(wallet, fresh=True) if p else None,
+        reservedByOrders=market.reserved(wallet) if p else None,
     )
 
 

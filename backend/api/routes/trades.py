@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from backend.api.convert import trade_out
 from backend.api.deps import MarketDep
-from backend.api.schemas import TradeOut
+from backend.api.schemas import MAX_SAFE_INTEGER, TradeOut
 
 router = APIRouter(prefix="/trades", tags=["trades"])
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/trades", tags=["trades"])
 @router.get("", response_model=list[TradeOut])
 def list_trades(
     market: MarketDep,
-    interval: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
+    interval: Annotated[int | None, Query(ge=0, le=MAX_SAFE_INTEGER)] = None,
     limit: Annotated[
         int | None,
         Query(
@@ -26,7 +26,7 @@ def list_trades(
             "of the interval, or 1,000 without one",
         ),
     ] = None,
-    offset: Annotated[int, Query(ge=0, lt=2**63)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER)] = 0,
 ) -> list[TradeOut]:
     if limit is None and interval is None:
         limit = 1000

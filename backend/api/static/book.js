@@ -1,5 +1,5 @@
 // The order book of one interval as supply and demand step curves, with the clearing point.
-import { svg, TOKEN_DECIMALS, ZERO_ADDRESS } from "./util.js";
+import { compareUnits, svg, TOKEN_DECIMALS, ZERO_ADDRESS } from "./util.js";
 
 const W = 520;
 const H = 300;
@@ -11,7 +11,7 @@ const M = { l: 56, r: 14, t: 14, b: 38 };
  */
 export function steps(orders, ascending) {
   const sorted = [...orders].sort((a, b) =>
-    ascending ? Number(a.pricePerKWh) - Number(b.pricePerKWh) : Number(b.pricePerKWh) - Number(a.pricePerKWh));
+    ascending ? compareUnits(a.pricePerKWh, b.pricePerKWh) : compareUnits(b.pricePerKWh, a.pricePerKWh));
   let atWh = 0;
   return sorted.map((o) => {
     const from = atWh / 1000;

@@ -117,11 +117,36 @@ export function kwh(wh) {
   return (Number(wh) / 1000).toLocaleString("en-US", { maximumFractionDigits: 3 });
 }
 
-/** Token base units (string or number) -> human amount with the token's decimals. */
+// The API's integers: token amounts (prices, balances, payments) and nonces are decimal strings
+// (they may pass 2^53, where a Number rounds), every other integer a JSON number. Amounts are
+// therefore handled as BigInt here and only turned into a Number to draw them.
+
+/** Compare two base-unit amounts (decimal strings) exactly: for Array.prototype.sort. */
+export function compareUnits(a, b) {
+  const x = BigInt(a);
+  const y = BigInt(b);
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/** Token base units (decimal string) -> human amount with the token's decimals, exact, with at
+ * most `digits` fraction digits (cut, not rounded) and thousands separators. */
 export function tokens(units, digits = 4) {
   if (units === null || units === undefined) return "—";
-  const n = Number(units) / 10 ** TOKEN_DECIMALS;
-  return n.toLocaleString("en-US", { maximumFractionDigits: digits });
+  const value = BigInt(units);
+  const scale = 10n ** BigInt(TOKEN_DECIMALS);
+  const whole = (value / scale).toLocaleString("en-US");
+  const fraction = (value % scale).toString().padStart(TOKEN_DECIMALS, "0").slice(0, digits).replace(/0+$/, "");
+  return fraction ? `${whole}.${fraction}` : whole;
+}
+
+/** A token amount typed by a person ("0.12") -> base units as a decimal string ("120000"), exact;
+ * null when it is not a plain decimal with at most the token's decimals (see parseUnits). */
+export function baseUnits(text) {
+  try {
+    return parseUnits(text, TOKEN_DECIMALS).toString();
+  } catch {
+    return null;
+  }
 }
 
 export function pct(v) {
@@ -147,11 +172,11 @@ export function timeOf(unixS) {
  */
 export function parseUnits(text, decimals, what = "amount") {
   const s = String(text).trim();
-  const m = /^(\d+)(?:\.(\d*))?$/.exec(s);
-  if (!m) throw new Error(`${what} "${s}" is not a decimal number`);
+  const m = /^(\d*)(?:\.(\d*))?$/.exec(s);
+  if (!m || (!m[1] && !m[2])) throw new Error(`${what} "${s}" is not a decimal number`);
   const frac = (m[2] || "").replace(/0+$/, "");
   if (frac.length > decimals) throw new Error(`${what} ${s} has more than ${decimals} decimal places`);
-  return BigInt(m[1]) * 10n ** BigInt(decimals) + BigInt(frac.padEnd(decimals, "0") || "0");
+  return BigInt(m[1] || "0") * 10n ** BigInt(decimals) + BigInt(frac.padEnd(decimals, "0") || "0");
 }
 
 /** Integer units (BigInt, number or decimal string) -> exact decimal string: formatUnits(1500n, 3) === "1.5". */

@@ -1,6 +1,6 @@
 // "Connect wallet" through EIP-1193 (window.ethereum): bring the wallet onto the market's chain,
 // ask for a grid connection, deposit tokens, sign an EIP-712 order and post it.
-import { api, ApiError, parseUnits, TOKEN_DECIMALS, ZERO_ADDRESS } from "./util.js";
+import { api, ApiError, baseUnits, parseUnits, TOKEN_DECIMALS, ZERO_ADDRESS } from "./util.js";
 
 const RECEIPT_POLL_MS = 500;
 const RECEIPT_TIMEOUT_MS = 120_000;
@@ -160,9 +160,10 @@ export async function requestConnection(account, form) {
   }
 }
 
-/** A fresh uint64 nonce that stays a safe JS integer (microseconds-ish + randomness). */
+/** A fresh uint64 nonce as the API spells nonces: a decimal string (63 random bits). */
 export function freshNonce() {
-  return Date.now() * 1000 + Math.floor(Math.random() * 1000);
+  const words = crypto.getRandomValues(new Uint32Array(2));
+  return ((BigInt(words[0] & 0x7fffffff) << 32n) | BigInt(words[1])).toString();
 }
 
 /**
@@ -173,7 +174,10 @@ export async function signAndSubmit(account, form) {
   const eth = provider();
   const template = await api("/orders/eip712");
   const energyWh = Math.round(Number(form.energyKwh) * 1000);
-  const price = Math.round(Number(form.priceToken) * 10 ** TOKEN_DECIMALS);
+  const price = baseUnits(form.priceToken); // exact, as a decimal string
+  if (price === null) {
+    return { ok: false, code: "INVALID_PRICE", message: `the price must be a number of tokens with at most ${TOKEN_DECIMALS} decimals` };
+  }
   const message = {
     trader: account,
     side: form.side === "buy" ? 1 : 0,
