@@ -9,7 +9,6 @@ deadline. A short run is part of the suite; ``TEGRID_LONG_STATEFUL=1`` runs >= 1
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any, ClassVar
 
@@ -321,20 +320,19 @@ def test_stateful_ledger_short(ledger: DeployedLedger, parts: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not LONG, reason="set TEGRID_LONG_STATEFUL=1 for the >= 100,000-step run")
-def test_stateful_ledger_long(ledger: DeployedLedger, parts: Any) -> None:
+def test_stateful_ledger_long(
+    ledger: DeployedLedger, parts: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     LedgerMachine.stats = {}
     brownie.chain.snapshot()
     started = time.monotonic()
     while LedgerMachine.stats.get("steps", 0) < 100_000:
         _run(ledger, parts, examples=100, steps=100)
-        # to the terminal past pytest's capture: brownie prints every transaction under -s
-        print(
-            f"stateful progress {time.monotonic() - started:.0f} s",
-            LedgerMachine.stats,
-            file=sys.__stderr__,
-            flush=True,
-        )
-    print("stateful stats", LedgerMachine.stats, file=sys.__stderr__, flush=True)
+        # to the terminal past pytest's capture (under -s brownie would print every transaction)
+        with capsys.disabled():
+            print(f"stateful progress {time.monotonic() - started:.0f} s", LedgerMachine.stats)
+    with capsys.disabled():
+        print("stateful stats", LedgerMachine.stats)
 
 
 def test_foreign_revert_replay(ledger: DeployedLedger, parts: Any) -> None:
