@@ -323,7 +323,7 @@ class HealthOut(BaseModel):
 class TokenOut(BaseModel):
     address: Address
     symbol: str
-    decimals: int
+    decimals: Uint8 = Field(description=f"the token's decimals (6 for tegrid's); {OUT_NUM}")
 
 
 class FundsOut(BaseModel):
@@ -332,10 +332,10 @@ class FundsOut(BaseModel):
 
     wallet: Address
     token: TokenOut
-    walletBalance: str
-    allowance: str
-    available: str
-    locked: str
+    walletBalance: Amount = Field(description=f"tokens in the wallet, base units; {OUT_STR}")
+    allowance: Amount = Field(description=f"approved to the market, base units; {OUT_STR}")
+    available: Amount = Field(description=f"escrow free to back orders, base units; {OUT_STR}")
+    locked: Amount = Field(description=f"escrow locked by recorded trades, base units; {OUT_STR}")
 
 
 class WalletTransaction(BaseModel):
@@ -357,5 +357,5 @@ class DepositOut(BaseModel):
     wallet: Address
     token: TokenOut
     amount: str = Field(description="the amount in tokens, as given")
-    amountUnits: str = Field(description="the same amount in token base units")
+    amountUnits: Amount = Field(description=f"the same amount in token base units; {OUT_STR}")
     transactions: list[WalletTransaction]

@@ -102,7 +102,7 @@ def _funds_out(funds: Funds, wallet: str) -> FundsOut:
     return FundsOut(
         wallet=to_checksum_address(wallet),
         token=_token_out(funds.token()),
-        **{k: str(v) for k, v in held.items()},
+        **held,
     )
 
 
@@ -140,7 +140,7 @@ async def deposit_transactions(
             wallet=to_checksum_address(address),
             token=_token_out(token),
             amount=amount,
-            amountUnits=str(units),
+            amountUnits=units,
             transactions=[
                 WalletTransaction.model_validate(t) for t in funds.deposit_calls(address, units)
             ],
