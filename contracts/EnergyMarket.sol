@@ -400,7 +400,7 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             _fill(intervalId, bt, bo, id, energyWh);
             uint256 price = t.pricePerKWh();
             _lockEscrow(buyer, energyWh, price);
-            emit TradeRecorded(id, seller, buyer, uint64(energyWh), uint128(price));
+            emit TradeRecorded(id, seller, buyer, intervalId, uint64(energyWh), uint128(price));
             uint256[] memory work = bt.work;
             uint256 sw;
             uint256 bw;
@@ -573,7 +573,6 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         if (block.timestamp < start) revert MarketReclaimNotReady(intervalId, start);
         uint256 from = st.settledBatches;
         _checkBatches(intervalId, batches, from, nb - from);
-        st.settledBatches = uint32(nb);
         st.settled = true;
         st.reclaimed = true;
         uint256 count;
@@ -838,6 +837,38 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @inheritdoc IEnergyMarket
     function commitmentOf(uint64 intervalId, uint256 batchIndex) external view returns (bytes32) {
         return _commitments[intervalId][batchIndex];
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function tradeOf(bytes32 tradeId, uint64 intervalId, uint32 batchIndex, bytes calldata records)
+        external
+        view
+        returns (TradeInfo memory trade)
+    {
+        if (records.length % RECORD_SIZE != 0) revert MarketMalformedCalldata(FIELD_RECORDS, records.length);
+        if (_hashCalldata(records) != _commitments[intervalId][batchIndex]) {
+            revert MarketBatchCommitmentMismatch(intervalId, batchIndex);
+        }
+        uint256 rp = _cdPtr(records);
+        uint256 end = rp + records.length;
+        while (rp < end && TradeRecord.wrap(rp).tradeId() != tradeId) {
+            rp += RECORD_SIZE;
+        }
+        if (rp == end) revert MarketTradeNotInBatch(tradeId, intervalId, batchIndex);
+        TradeRecord r = TradeRecord.wrap(rp);
+        IntervalState storage st = _intervals[intervalId];
+        trade = TradeInfo({
+            intervalId: intervalId,
+            batchIndex: batchIndex,
+            seller: r.seller(),
+            buyer: r.buyer(),
+            energyWh: r.energyWh(),
+            pricePerKWh: r.pricePerKWh(),
+            escrow: _escrow(r.energyWh(), r.pricePerKWh()),
+            state: batchIndex < st.settledBatches
+                ? TradeState.Settled
+                : (st.reclaimed ? TradeState.Reclaimed : TradeState.Unsettled)
+        });
     }
 
     /// @inheritdoc IEnergyMarket

@@ -5,7 +5,9 @@
     >>> market.balanceOf(accounts[1])
     >>> register(accounts[1], meter="0x...", bus=12, max_export_w=5000, max_import_w=7000)
     >>> deposit(accounts[1], 10**9)
-    >>> trade("0x<tradeId>")           # its recording, settlement or reclaim, from the events
+    >>> trade("0x<tradeId>")           # recorded (tradeOf: state on chain) or vetoed; settlement
+    >>> decode_trade_id("0x<tradeId>") # the two signed orders the id hashes, from recordTrades
+    >>> trades_of(accounts[5])         # the wallet's sales and purchases (indexed seller / buyer)
     >>> interval(1996100)              # intervalOf with its field names and the timeline
 
 `brownie run scripts/console.py` prints where the contracts are. The addresses come from
@@ -26,6 +28,7 @@ from brownie import (  # type: ignore[attr-defined]
     web3,
 )
 
+from backend.chain import eip712, trades
 from backend.chain.contracts import load_deployment
 from backend.settings import Settings
 
@@ -73,42 +76,62 @@ def deposit(account: Any, amount: int, mint: bool = True) -> tuple[int, int]:
     return tuple(market.balanceOf(account))  # type: ignore[return-value]
 
 
-def _events(name: str, **topics: Any) -> list[Any]:
-    event = getattr(web3.eth.contract(address=market.address, abi=market.abi).events, name)
-    return list(
-        event.get_logs(argument_filters=topics or None, from_block=deployment.block)
-    )
+# snake_case fields of backend.chain's answers as the contracts name them
+_NAMES = {"price_per_kwh": "pricePerKWh", "recorded_tx": "recordedIn", "settled_tx": "settledIn"}
+
+
+def _solidity_names(fields: dict[str, Any]) -> dict[str, Any]:
+    def name(key: str) -> str:
+        head, *rest = key.split("_")
+        return _NAMES.get(key, head + "".join(w.title() for w in rest))
+
+    return {name(k): v for k, v in fields.items() if v is not None}
+
+
+def _index_of(wallet: str) -> int:
+    return int(registry.stateOf(wallet)[1])
 
 
 def trade(trade_id: str) -> dict[str, Any]:
-    """What the chain says of one trade: recorded (seller, buyer, energy, price, interval, tx) or
-    vetoed (reason), and settled (delivered, paid, refunded) or reclaimed."""
-    tid = bytes.fromhex(trade_id[2:] if trade_id.startswith("0x") else trade_id)
-    out: dict[str, Any] = {"tradeId": "0x" + tid.hex()}
-    for e in _events("TradeRecorded", tradeId=tid):
-        receipt = web3.eth.get_transaction_receipt(e["transactionHash"])
-        for log in receipt["logs"]:  # the batch event of the same transaction names the interval
-            if log["address"] == market.address and log["topics"][0] == web3.keccak(
-                text="BatchRecorded(uint64,uint32,bytes32,uint32,bytes32)"
-            ):
-                out["intervalId"] = int.from_bytes(bytes(log["topics"][1]), "big")
-        out.update(
-            status="recorded", seller=e["args"]["seller"], buyer=e["args"]["buyer"],
-            energyWh=e["args"]["energyWh"], pricePerKWh=e["args"]["pricePerKWh"],
-            escrow=market.escrowOf(e["args"]["energyWh"], e["args"]["pricePerKWh"]),
-            recordedIn="0x" + bytes(e["transactionHash"]).hex(),
-        )  # fmt: skip
-    for e in _events("TradeVetoed", tradeId=tid):
-        out.update(status="vetoed", reason=e["args"]["reason"])
-    for e in _events("TradeSettled", tradeId=tid):
-        out.update(
-            status="settled", deliveredWh=e["args"]["deliveredWh"], paid=e["args"]["paid"],
-            refunded=e["args"]["refunded"], settledIn="0x" + bytes(e["transactionHash"]).hex(),
-        )  # fmt: skip
-    for e in _events("EscrowReclaimed", tradeId=tid):
-        out.update(status="reclaimed", refunded=e["args"]["refunded"])
-    if len(out) == 1:
-        out["status"] = "unknown to this market"
+    """What the chain says of one trade: recorded (interval, batch, seller, buyer, energy, price,
+    escrow and its state from the ``tradeOf`` view: unsettled, settled or reclaimed) with what
+    settlement delivered and paid, or vetoed (the validator's reason)."""
+    tid = eip712.bytes32(trade_id, "trade id")
+    found = trades.find_trade(web3, web3.eth.contract(address=market.address, abi=market.abi),
+                              _index_of, tid, deployment.block)  # fmt: skip
+    if found is None:
+        return {"tradeId": "0x" + tid.hex(), "status": "unknown to this market"}
+    return _solidity_names(vars(found))
+
+
+def decode_trade_id(trade_id: str) -> dict[str, Any]:
+    """The two signed orders a trade id hashes (tradeId = keccak256(sellOrderHash, buyOrderHash)
+    cannot be inverted): found in the calldata of the recordTrades transaction that recorded or
+    vetoed the trade, each with its EIP-712 hash (``market.orderHash``)."""
+    tid = eip712.bytes32(trade_id, "trade id")
+    found = trades.find_orders(web3, market.address, web3.eth.chain_id, tid, deployment.block)
+    if found is None:
+        return {"tradeId": "0x" + tid.hex(), "status": "unknown to this market"}
+    orders, tx = found
+    return {
+        "tradeId": "0x" + tid.hex(),
+        "sellOrder": {"hash": "0x" + orders.sell_hash.hex(), **orders.sell},
+        "buyOrder": {"hash": "0x" + orders.buy_hash.hex(), **orders.buy},
+        "energyWh": orders.energy_wh,
+        "pricePerKWh": orders.price_per_kwh,
+        "verdict": orders.verdict,
+        "recordedIn": tx,
+    }
+
+
+def trades_of(wallet: Any) -> dict[str, list[str]]:
+    """The trade ids a wallet sold and bought: ``TradeRecorded`` logs filtered by the indexed
+    seller (topic 2) and buyer (topic 3)."""
+    event = web3.eth.contract(address=market.address, abi=market.abi).events.TradeRecorded
+    out: dict[str, list[str]] = {}
+    for role, key in (("seller", "sold"), ("buyer", "bought")):
+        logs = event.get_logs(argument_filters={role: str(wallet)}, from_block=deployment.block)
+        out[key] = ["0x" + bytes(e["args"]["tradeId"]).hex() for e in logs]
     return out
 
 

@@ -17,7 +17,10 @@ caller - market operator, oracle, keeper, demo, benchmarks, contract tests - bui
   :func:`submit_readings_calldata`: the
   whole transaction data, for callers that send raw calldata;
 - :func:`sort_by_trade_id` (ascending trade ids within an interval) and :func:`attest` (the
-  validator's signature over a batch).
+  validator's signature over a batch);
+- the decoders back: :func:`unpack_order`, :func:`unpack_trade`, :func:`unpack_record`,
+  :func:`decode_record_trades_calldata` and :func:`orders_of_trade` (the two signed orders a trade
+  id hashes, found in a batch's packed orders).
 """
 
 from __future__ import annotations
@@ -27,16 +30,18 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, NamedTuple
 
+from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import function_signature_to_4byte_selector, keccak
 
 from backend.chain import eip712, protocol
 from backend.chain.address import checksum
-from backend.chain.protocol import ACCEPTED_SIZE, RECORD_SIZE
+from backend.chain.protocol import ACCEPTED_SIZE, ORDER_SIZE, RECORD_SIZE, TRADE_SIZE
 
 READINGS_SUBMITTED_SIGNATURE = "ReadingsSubmitted(uint64,bytes)"
 
 RECORD_TRADES_SIGNATURE = "recordTrades(uint64,uint32,uint32,bytes,bytes,bytes32,bytes)"
+RECORD_TRADES_ARGS = ["uint64", "uint32", "uint32", "bytes", "bytes", "bytes32", "bytes"]
 SETTLE_SIGNATURE = "settle(uint64,bytes[],bytes,bytes,uint32)"
 RECLAIM_SIGNATURE = "reclaim(uint64,bytes[])"
 SUBMIT_READINGS_SIGNATURE = "submitReadings(uint64,bytes)"
@@ -77,6 +82,48 @@ def pack_trade(
         _int(sell_order, 2) + _int(buy_order, 2) + _int(energy_wh, 8)
         + _int(price_per_kwh, 16) + _int(verdict, 1)
     )  # fmt: skip
+
+
+def unpack_order(packed: bytes) -> tuple[dict[str, Any], tuple[bytes, bytes]]:
+    """The order (dict, Solidity field names) and compact signature (r, vs) of a 153-byte packed
+    order; :func:`pack_order` backwards."""
+    if len(packed) != ORDER_SIZE:
+        raise ValueError(f"a packed order is {ORDER_SIZE} bytes, not {len(packed)}")
+    num = lambda a, b: int.from_bytes(packed[a:b], "big")  # noqa: E731
+    order = {
+        "trader": checksum(packed[0:20]),
+        "side": packed[20],
+        "intervalId": num(21, 29),
+        "energyWh": num(29, 37),
+        "pricePerKWh": num(37, 53),
+        "nonce": num(53, 61),
+        "expiry": num(61, 69),
+        "counterparty": checksum(packed[69:89]),
+    }
+    return order, (bytes(packed[89:121]), bytes(packed[121:153]))
+
+
+class PackedTradeRow(NamedTuple):
+    """A decoded 29-byte trade of ``recordTrades``."""
+
+    sell_order: int
+    buy_order: int
+    energy_wh: int
+    price_per_kwh: int
+    verdict: int
+
+
+def unpack_trade(packed: bytes) -> PackedTradeRow:
+    """:func:`pack_trade` backwards."""
+    if len(packed) != TRADE_SIZE:
+        raise ValueError(f"a packed trade is {TRADE_SIZE} bytes, not {len(packed)}")
+    return PackedTradeRow(
+        int.from_bytes(packed[0:2], "big"),
+        int.from_bytes(packed[2:4], "big"),
+        int.from_bytes(packed[4:12], "big"),
+        int.from_bytes(packed[12:28], "big"),
+        packed[28],
+    )
 
 
 def pack_record(
@@ -196,9 +243,67 @@ def record_trades_calldata(
 ) -> bytes:
     """Transaction data of ``recordTrades``."""
     return _selector(RECORD_TRADES_SIGNATURE) + abi_encode(
-        ["uint64", "uint32", "uint32", "bytes", "bytes", "bytes32", "bytes"],
+        RECORD_TRADES_ARGS,
         [interval_id, batch_index, batch_count, orders, trades, evidence_hash, signature],
     )
+
+
+class RecordTradesCall(NamedTuple):
+    """The arguments of a ``recordTrades`` transaction."""
+
+    interval_id: int
+    batch_index: int
+    batch_count: int
+    orders: bytes
+    trades: bytes
+    evidence_hash: bytes
+    signature: bytes
+
+
+def decode_record_trades_calldata(data: bytes) -> RecordTradesCall:
+    """:func:`record_trades_calldata` backwards; ValueError for data of another function."""
+    data = bytes(data)
+    if data[:4] != _selector(RECORD_TRADES_SIGNATURE):
+        raise ValueError("not the calldata of recordTrades (another function or contract)")
+    return RecordTradesCall(*abi_decode(RECORD_TRADES_ARGS, data[4:]))
+
+
+class TradeOrders(NamedTuple):
+    """The two signed orders a trade id hashes: tradeId = keccak256(sellOrderHash, buyOrderHash)."""
+
+    trade_id: bytes
+    sell_hash: bytes
+    sell: dict[str, Any]
+    buy_hash: bytes
+    buy: dict[str, Any]
+    energy_wh: int
+    price_per_kwh: int
+    verdict: int
+
+
+def orders_of_trade(
+    call: RecordTradesCall, chain_id: int, market: str, trade_id: bytes
+) -> TradeOrders | None:
+    """The orders of trade ``trade_id`` in a ``recordTrades`` call: each packed order's EIP-712
+    hash, then the trade whose (sell, buy) hashes hash to the id; None when the batch has no such
+    trade. A trade id cannot be inverted; its orders are found where they were sent."""
+    orders = [
+        unpack_order(call.orders[o : o + ORDER_SIZE])[0]
+        for o in range(0, len(call.orders), ORDER_SIZE)
+    ]
+    domain = eip712.Domain(protocol.MARKET_DOMAIN_NAME, protocol.DOMAIN_VERSION, chain_id, market)
+    hashes = [domain.digest("Order", order) for order in orders]
+    for t in range(0, len(call.trades), TRADE_SIZE):
+        row = unpack_trade(call.trades[t : t + TRADE_SIZE])
+        if max(row.sell_order, row.buy_order) >= len(orders):
+            continue
+        sell_hash, buy_hash = hashes[row.sell_order], hashes[row.buy_order]
+        if protocol.trade_id(sell_hash, buy_hash) == bytes(trade_id):
+            return TradeOrders(
+                bytes(trade_id), sell_hash, orders[row.sell_order], buy_hash,
+                orders[row.buy_order], row.energy_wh, row.price_per_kwh, row.verdict,
+            )  # fmt: skip
+    return None
 
 
 def commitment(records: Sequence[bytes]) -> bytes:

@@ -7,7 +7,8 @@ ABI), so a change on either side fails a test instead of a transaction.
 - reading-rejection codes of ``MeterReadings.ReadingRejected`` and the oracle's label of each;
 - the largest energy a reading may carry (``MeterReadings`` packs 23-bit values);
 - byte sizes of the packed records (layouts in ``backend/chain/batches.py``);
-- the EIP-712 domain names; escrow and trade-id arithmetic.
+- the EIP-712 domain names; escrow and trade-id arithmetic;
+- the signatures (topic 0) of the market events read from logs, and ``TradeState`` of ``tradeOf``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,45 @@ TRADE_SIZE = 29
 RECORD_SIZE = 104
 READING_SIZE = 100
 ACCEPTED_SIZE = 28
+
+
+# EnergyMarket events read from logs (topic 0 = keccak256 of the signature). TradeRecorded's topics
+# are tradeId, seller, buyer (intervalId, energyWh, pricePerKWh are data); tradeId is topic 1 of
+# every per-trade event, so the filter [None, tradeId] gives a trade's whole life.
+TRADE_RECORDED_EVENT = "TradeRecorded(bytes32,address,address,uint64,uint64,uint128)"
+TRADE_VETOED_EVENT = "TradeVetoed(bytes32,uint8)"
+TRADE_SETTLED_EVENT = "TradeSettled(bytes32,uint64,uint256,uint256)"
+ESCROW_RECLAIMED_EVENT = "EscrowReclaimed(bytes32,address,uint256)"
+BATCH_RECORDED_EVENT = "BatchRecorded(uint64,uint32,bytes32,uint32,bytes32)"
+INTERVAL_SETTLED_EVENT = "IntervalSettled(uint64,uint32)"
+INTERVAL_RECLAIMED_EVENT = "IntervalReclaimed(uint64,uint32,uint32)"
+
+
+def event_topic(signature: str) -> bytes:
+    """Topic 0 of an event: keccak256 of its signature."""
+    return keccak(signature.encode())
+
+
+TRADE_RECORDED = event_topic(TRADE_RECORDED_EVENT)
+TRADE_VETOED = event_topic(TRADE_VETOED_EVENT)
+TRADE_SETTLED = event_topic(TRADE_SETTLED_EVENT)
+ESCROW_RECLAIMED = event_topic(ESCROW_RECLAIMED_EVENT)
+BATCH_RECORDED = event_topic(BATCH_RECORDED_EVENT)
+INTERVAL_SETTLED = event_topic(INTERVAL_SETTLED_EVENT)
+INTERVAL_RECLAIMED = event_topic(INTERVAL_RECLAIMED_EVENT)
+
+
+class TradeState(IntEnum):
+    """``IEnergyMarket.TradeState`` of ``tradeOf``: an approved trade's escrow locked and not yet
+    settled, paid out by ``settle``, or returned to the buyer by ``reclaim``."""
+
+    UNSETTLED = 0
+    SETTLED = 1
+    RECLAIMED = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 def escrow_of(energy_wh: int, price_per_kwh: int) -> int:

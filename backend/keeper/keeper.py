@@ -25,25 +25,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_utils import keccak
 from web3.exceptions import Web3RPCError
 
 from backend.chain import batches as encoder
 from backend.chain import finality
-from backend.chain.address import checksum
 from backend.chain.client import AbiFunction, ChainClient, EncodedCall
 from backend.chain.contracts import Deployment, contract_at
 from backend.chain.errors import LedgerError
 from backend.chain.heads import HeadWatcher, Rollback
+from backend.chain.protocol import (
+    BATCH_RECORDED,
+    INTERVAL_RECLAIMED,
+    INTERVAL_SETTLED,
+    TRADE_RECORDED,
+)
+from backend.chain.trades import BatchAssembler
 from backend.keeper.errors import KeeperError
 
 log = logging.getLogger("tegrid.keeper")
 
-TRADE_RECORDED = keccak(text="TradeRecorded(bytes32,address,address,uint64,uint128)")
-BATCH_RECORDED = keccak(text="BatchRecorded(uint64,uint32,bytes32,uint32,bytes32)")
-INTERVAL_SETTLED = keccak(text="IntervalSettled(uint64,uint32)")
-INTERVAL_RECLAIMED = keccak(text="IntervalReclaimed(uint64,uint32,uint32)")
 TOPICS = [TRADE_RECORDED, BATCH_RECORDED, INTERVAL_SETTLED, INTERVAL_RECLAIMED]
 # Share of the block gas limit one settlement page may take (estimates vary with state).
 PAGE_GAS_SHARE = 0.8
@@ -152,42 +152,24 @@ class SettlementKeeper:
         )
 
     def _apply_logs(self, logs: list[Any]) -> None:
-        pending: dict[bytes, list[bytes]] = {}  # tx hash -> trade records not yet batched
+        assembler = BatchAssembler()
         for entry in logs:
             topic0 = bytes(entry["topics"][0])
-            tx = bytes(entry["transactionHash"])
-            if topic0 == TRADE_RECORDED:
-                trade_id = bytes(entry["topics"][1])
-                seller, buyer, energy_wh, price = abi_decode(
-                    ["address", "address", "uint64", "uint128"], bytes(entry["data"])
-                )
-                seller, buyer = checksum(seller), checksum(buyer)
-                pending.setdefault(tx, []).append(
-                    encoder.pack_record(
-                        trade_id,
-                        seller,
-                        buyer,
-                        self._index(seller),
-                        self._index(buyer),
-                        energy_wh,
-                        price,
-                    )
-                )
-            elif topic0 == BATCH_RECORDED:
-                interval_id = int.from_bytes(bytes(entry["topics"][1]), "big")
-                batch_index, commitment, approved, _evidence = abi_decode(
-                    ["uint32", "bytes32", "uint32", "bytes32"], bytes(entry["data"])
-                )
-                records = pending.pop(tx, [])
-                if len(records) != approved or encoder.commitment(records) != bytes(commitment):
+            if topic0 in (TRADE_RECORDED, BATCH_RECORDED):
+                batch = assembler.feed(entry)
+                if batch is None:
+                    continue
+                records = batch.records(self._index)
+                rebuilt = encoder.commitment(records)
+                if len(records) != batch.approved or rebuilt != batch.commitment:
                     raise KeeperError(
-                        f"interval {interval_id} batch {batch_index}: rebuilt trades do not match "
-                        "the on-chain commitment"
+                        f"interval {batch.interval_id} batch {batch.batch_index}: rebuilt trades "
+                        "do not match the on-chain commitment"
                     )
-                book = self.books.setdefault(interval_id, IntervalBook(interval_id))
-                book.batches[int(batch_index)] = records
-                book.commitments[int(batch_index)] = bytes(commitment)
-                book.batch_blocks[int(batch_index)] = int(entry["blockNumber"])
+                book = self.books.setdefault(batch.interval_id, IntervalBook(batch.interval_id))
+                book.batches[batch.batch_index] = records
+                book.commitments[batch.batch_index] = batch.commitment
+                book.batch_blocks[batch.batch_index] = batch.block
             elif topic0 in (INTERVAL_SETTLED, INTERVAL_RECLAIMED):
                 interval_id = int.from_bytes(bytes(entry["topics"][1]), "big")
                 book = self.books.setdefault(interval_id, IntervalBook(interval_id))

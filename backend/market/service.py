@@ -28,7 +28,7 @@ from backend.market.auction import Candidate
 from backend.market.clearing import Clearer
 from backend.market.config import MarketConfig
 from backend.market.connections import Connections
-from backend.market.errors import ConflictError
+from backend.market.errors import ConflictError, NotFoundError
 from backend.market.events import EventBus
 from backend.market.group_commit import GroupCommit
 from backend.market.intake import CheckedOrder, Intake
@@ -254,6 +254,13 @@ class Market:
         self, interval_id: int | None = None, limit: int | None = None, offset: int = 0
     ) -> list[TradeRow]:
         return self.store.trades(interval_id, limit, offset)
+
+    def get_trade(self, trade_id: str) -> TradeRow:
+        """One trade by its id (``0x`` + 64 hex digits, any case)."""
+        row = self.store.trades_by_id([trade_id.lower()]).get(trade_id.lower())
+        if row is None:
+            raise NotFoundError(f"no trade {trade_id}")
+        return row
 
     def batches(self, interval_id: int) -> list[BatchRow]:
         return self.store.batches(interval_id)

@@ -82,8 +82,9 @@ interface IEnergyMarket {
     /// @notice Per-interval bookkeeping.
     /// lastTradeId: highest trade id recorded; batchCount: batches recorded; approvedCount: approved trades
     /// recorded; expectedBatches: the batchCount the validator attested (0 before the first batch);
-    /// settledBatches: batches settled (or reclaimed) so far; settled: every batch is settled or reclaimed;
-    /// reclaimed: the escrow of the unsettled batches went back to the buyers.
+    /// settledBatches: batches settled so far (batches [0, settledBatches) paid by `settle`; a reclaim
+    /// leaves it as it was); settled: every batch is settled or reclaimed; reclaimed: the escrow of
+    /// batches [settledBatches, batchCount) went back to the buyers.
     struct IntervalState {
         bytes32 lastTradeId;
         uint32 batchCount;
@@ -92,6 +93,28 @@ interface IEnergyMarket {
         uint32 settledBatches;
         bool settled;
         bool reclaimed;
+    }
+
+    /// @notice Where an approved trade stands: its escrow locked and not yet settled (Unsettled), paid
+    /// out by `settle` (Settled), or returned to the buyer by `reclaim` (Reclaimed).
+    enum TradeState {
+        Unsettled,
+        Settled,
+        Reclaimed
+    }
+
+    /// @notice An approved trade as `tradeOf` reads it: the batch it was recorded in, its parties,
+    /// amount, price, the escrow locked for it (token base units) and its state. What settlement
+    /// delivered and paid is in the trade's `TradeSettled` event.
+    struct TradeInfo {
+        uint64 intervalId;
+        uint32 batchIndex;
+        address seller;
+        address buyer;
+        uint64 energyWh;
+        uint128 pricePerKWh;
+        uint256 escrow;
+        TradeState state;
     }
 
     /// @notice A validator attestation of one batch, as signed (see the type string above).
@@ -258,6 +281,13 @@ interface IEnergyMarket {
     /// @param settledBatches Batches already settled.
     /// @param pageEnd The page end given.
     error MarketPageInvalid(uint64 intervalId, uint256 settledBatches, uint256 pageEnd);
+    /// @notice tradeOf with a batch's records (matching its commitment) that hold no trade `tradeId`.
+    /// @dev Also the answer for a vetoed trade (vetoes are only announced, never committed) and for an
+    /// id this market never recorded.
+    /// @param tradeId The trade asked for.
+    /// @param intervalId The interval given.
+    /// @param batchIndex The batch given.
+    error MarketTradeNotInBatch(bytes32 tradeId, uint64 intervalId, uint256 batchIndex);
 
     /// @notice Tokens were deposited into `account`'s internal balance.
     event Deposited(address indexed account, uint256 amount);
@@ -266,7 +296,26 @@ interface IEnergyMarket {
     /// @notice A trader cancelled a nonce.
     event NonceCancelled(address indexed trader, uint64 nonce);
     /// @notice An approved trade was recorded and the buyer's escrow locked.
-    event TradeRecorded(bytes32 indexed tradeId, address seller, address buyer, uint64 energyWh, uint128 pricePerKWh);
+    /// @dev Indexed (three topics at most): tradeId, seller, buyer. tradeId stays topic 1, as in
+    /// TradeVetoed, TradeSettled and EscrowReclaimed, so one `eth_getLogs` filter `[null, tradeId]`
+    /// returns a trade's whole life; a wallet filters its sales by topic 2 (`[TradeRecorded, null,
+    /// wallet]`) and its purchases by topic 3 (`[TradeRecorded, null, null, wallet]`). intervalId is
+    /// data: an interval's trades are those of the transactions of its `BatchRecorded` (intervalId
+    /// indexed), and a wallet's own trades are few enough to sort by interval as they come.
+    /// @param tradeId keccak256(abi.encode(sellOrderHash, buyOrderHash)).
+    /// @param seller The sell order's trader.
+    /// @param buyer The buy order's trader (whose escrow is locked).
+    /// @param intervalId The delivery interval.
+    /// @param energyWh Energy traded in Wh.
+    /// @param pricePerKWh Price in token base units per kWh.
+    event TradeRecorded(
+        bytes32 indexed tradeId,
+        address indexed seller,
+        address indexed buyer,
+        uint64 intervalId,
+        uint64 energyWh,
+        uint128 pricePerKWh
+    );
     /// @notice A vetoed trade was recorded with the validator's reason; nothing is locked or consumed.
     event TradeVetoed(bytes32 indexed tradeId, uint8 reason);
     /// @notice A batch was recorded for an interval.
@@ -354,6 +403,23 @@ interface IEnergyMarket {
     function intervalOf(uint64 intervalId) external view returns (IntervalState memory);
     /// @notice Commitment of a recorded batch.
     function commitmentOf(uint64 intervalId, uint256 batchIndex) external view returns (bytes32);
+    /// @notice An approved trade read from the chain: the caller gives the records of the batch it was
+    /// recorded in (rebuilt from the transaction's `TradeRecorded` events and the registry indices, as
+    /// `settle` takes them), checked against the batch's commitment; the state comes from the
+    /// interval's bookkeeping. The contract keeps no storage per trade (a slot per trade would cost
+    /// about 27k gas per trade recorded and settled; see docs/packed-calldata.md).
+    /// @dev Reverts MarketMalformedCalldata(2, length) for records that are not whole 104-byte records,
+    /// MarketBatchCommitmentMismatch when they are not the batch's (also for a batch never recorded),
+    /// MarketTradeNotInBatch when the batch holds no approved trade `tradeId`.
+    /// @param tradeId The trade.
+    /// @param intervalId Its interval (`TradeRecorded.intervalId`).
+    /// @param batchIndex Its batch (`BatchRecorded.batchIndex` of the same transaction).
+    /// @param records Every trade record of that batch (104 bytes each), exactly as committed.
+    /// @return trade The trade, its escrow and state.
+    function tradeOf(bytes32 tradeId, uint64 intervalId, uint32 batchIndex, bytes calldata records)
+        external
+        view
+        returns (TradeInfo memory trade);
     /// @notice EIP-712 digest of an order (its orderHash).
     function orderHash(Order calldata order) external view returns (bytes32);
     /// @notice tradeId of a pair of orders.

@@ -92,7 +92,7 @@ def test_record_trade_locks_escrow(ledger: DeployedLedger, parts: Any, iv: int) 
     t = _pair(ledger, parts.S1, parts.B1, iv)
     tx = ledger.record(iv, [t])
     tid = ledger.tid(t)
-    assert ev(tx, "TradeRecorded") == [tid, parts.S1.address, parts.B1.address, 1000, PRICE]
+    assert ev(tx, "TradeRecorded") == [tid, parts.S1.address, parts.B1.address, iv, 1000, PRICE]
     rec = ledger.rec(t)
     commitment = batches.commitment([rec])
     assert ev(tx, "BatchRecorded") == [iv, 0, commitment, 1, EVIDENCE]
@@ -265,6 +265,7 @@ def test_attestation_binds_energy_and_price(ledger: DeployedLedger, parts: Any, 
         ledger.tid(t),
         parts.S1.address,
         parts.B1.address,
+        iv,
         1000,
         PRICE,
     ]
@@ -731,7 +732,7 @@ def test_reclaim_after_deadline(ledger: DeployedLedger, parts: Any, iv: int) -> 
     assert ev(tx, "IntervalReclaimed") == [iv, 0, 1]
     for w in (parts.B1, parts.B2, parts.S1, parts.S2):
         assert ledger.balance(w) == (DEPOSIT // 2, 0)
-    assert norm(ledger.market.intervalOf(iv))[4:] == [1, True, True]
+    assert norm(ledger.market.intervalOf(iv))[4:] == [0, True, True]  # no batch was paid
     with brownie.reverts(err("MarketIntervalSettled", iv)):
         ledger.market.reclaim(iv, [b"".join(r) for r in recs], {"from": parts.X})
     _conserved(ledger, parts)

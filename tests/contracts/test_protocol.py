@@ -91,3 +91,34 @@ def test_approved_verdict_is_grid_reason_approved() -> None:
 
     assert protocol.APPROVED == Reason.APPROVED == 0
     assert all(0 <= r < 256 for r in Reason)  # uint8 verdicts in the attestation
+
+
+def test_market_event_signatures_and_indexed_fields_match_the_abi(ledger: Any) -> None:
+    events = {
+        f"{e['name']}({','.join(i['type'] for i in e['inputs'])})": [
+            i["name"] for i in e["inputs"] if i["indexed"]
+        ]
+        for e in ledger.market.abi
+        if e["type"] == "event"
+    }
+    indexed = {
+        protocol.TRADE_RECORDED_EVENT: ["tradeId", "seller", "buyer"],
+        protocol.TRADE_VETOED_EVENT: ["tradeId"],
+        protocol.TRADE_SETTLED_EVENT: ["tradeId"],
+        protocol.ESCROW_RECLAIMED_EVENT: ["tradeId", "buyer"],
+        protocol.BATCH_RECORDED_EVENT: ["intervalId"],
+        protocol.INTERVAL_SETTLED_EVENT: ["intervalId"],
+        protocol.INTERVAL_RECLAIMED_EVENT: ["intervalId"],
+    }
+    assert {sig: events.get(sig) for sig in indexed} == indexed
+
+
+def test_trade_state_is_the_enum_of_trade_of(ledger: Any) -> None:
+    (item,) = [i for i in ledger.market.abi if i.get("name") == "tradeOf"]
+    (state,) = [c for c in item["outputs"][0]["components"] if c["name"] == "state"]
+    assert (state["type"], state["internalType"]) == ("uint8", "enum IEnergyMarket.TradeState")
+    assert [(s.name, s.value, s.label) for s in protocol.TradeState] == [
+        ("UNSETTLED", 0, "unsettled"),
+        ("SETTLED", 1, "settled"),
+        ("RECLAIMED", 2, "reclaimed"),
+    ]

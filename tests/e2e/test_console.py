@@ -6,25 +6,72 @@ helpers act on the real chain."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account import Account
+from eth_utils import keccak
 from web3 import Web3
 
+from backend.chain import batches
+from backend.chain.client import ChainClient, EncodedCall
 from backend.chain.contracts import contract_at
 from backend.chain.deploy import deploy_from_settings
 from backend.devtools.anvil import AnvilProcess
+from backend.devtools.clock import chain_now
+from backend.devtools.participants import provision
 from backend.paths import REPO_ROOT
-from backend.settings import Settings
+from backend.settings import ANVIL_KEYS, Settings
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+
+
+def _record_a_trade(settings: Settings, deployment: Any) -> tuple[str, dict[str, Any], Any]:
+    """Accounts 4 (seller) and 5 (buyer) registered and funded, one trade of theirs recorded for
+    an interval ahead; returns its id and what ``trade`` and ``decode_trade_id`` must say."""
+    seller_key, buyer_key = ANVIL_KEYS[4], ANVIL_KEYS[5]
+    provision(settings, deployment, keys=(seller_key, buyer_key), buses=[5, 6])
+    client = ChainClient(settings.rpc_url, settings.market_operator_key)
+    market = deployment.address("EnergyMarket")
+    cid = client.chain_id
+    iv = chain_now(client.w3) // settings.interval_seconds + 2
+    seller, buyer = Account.from_key(seller_key).address, Account.from_key(buyer_key).address
+    sell = {"trader": seller, "side": 0, "intervalId": iv, "energyWh": 2000,
+            "pricePerKWh": 100_000, "nonce": 7, "expiry": 2**40, "counterparty": None}  # fmt: skip
+    buy = dict(sell, trader=buyer, side=1, pricePerKWh=200_000, nonce=9)
+    t = batches.CandidateTrade(
+        sell, buy, batches.sign_order(seller_key, cid, market, sell),
+        batches.sign_order(buyer_key, cid, market, buy), 2000, 150_000,
+    )  # fmt: skip
+    evidence = keccak(b"console evidence")
+    sig = batches.attest(settings.validator_key, cid, market, iv, [t], evidence)
+    data = batches.record_trades_calldata(iv, 0, 1, *batches.record_args([t]), evidence, sig)
+    receipt = client.transact(EncodedCall(client.w3, market, "0x" + data.hex()), bounded=True)
+    tx = "0x" + bytes(receipt["transactionHash"]).hex()
+    tid = "0x" + t.trade_id(cid, market).hex()
+    recorded = {"tradeId": tid, "status": "unsettled", "intervalId": iv, "batchIndex": 0,
+                "recordedIn": tx, "seller": seller, "buyer": buyer, "energyWh": 2000,
+                "pricePerKWh": 150_000, "escrow": 300_000}  # fmt: skip
+    sell_hash, buy_hash = t.order_hashes(cid, market)
+    zero = "0x" + "00" * 20
+    orders = {
+        "tradeId": tid,
+        "sellOrder": {"hash": "0x" + sell_hash.hex(), **sell, "counterparty": zero},
+        "buyOrder": {"hash": "0x" + buy_hash.hex(), **buy, "counterparty": zero},
+        "energyWh": 2000,
+        "pricePerKWh": 150_000,
+        "verdict": 0,
+        "recordedIn": tx,
+    }
+    return tid, recorded, orders
 
 
 def test_brownie_console_attaches_and_the_helpers_act_on_the_chain(tmp_path: Path) -> None:
@@ -33,6 +80,7 @@ def test_brownie_console_attaches_and_the_helpers_act_on_the_chain(tmp_path: Pat
             Settings(), rpc_url=anvil.url, deployment_file=tmp_path / "deployment.json"
         )
         deployment = deploy_from_settings(settings)
+        tid, trade_fields, orders = _record_a_trade(settings, deployment)
         env = dict(
             os.environ,
             TEGRID_RPC_URL=anvil.url,
@@ -54,6 +102,11 @@ def test_brownie_console_attaches_and_the_helpers_act_on_the_chain(tmp_path: Pat
                 'print("STATE", tuple(registry.stateOf(accounts[3])))',
                 'print("GATE", interval(2000000)["gateClosure"])',
                 'print("TRADE", trade("0x" + "11" * 32)["status"])',
+                "import json",
+                f'print("RECORDED", json.dumps(trade("{tid}")))',
+                f'print("ORDERS", json.dumps(decode_trade_id("{tid}")))',
+                'print("MINE", json.dumps(trades_of(accounts[4])))',
+                'print("THEIRS", json.dumps(trades_of(accounts[5])))',
             ]
         )
         out = subprocess.run(
@@ -68,9 +121,13 @@ def test_brownie_console_attaches_and_the_helpers_act_on_the_chain(tmp_path: Pat
         assert lines.get("ATTACHED") == f"True {deployment.address('EnergyMarket')}", text[-2000:]
         assert lines["DEPOSIT"] == "(5000, 0)"
         assert lines["REGISTER"] == "1"
-        assert lines["STATE"] == "(True, 1)"
+        assert lines["STATE"] == "(True, 3)"  # after the two participants of the trade
         assert lines["GATE"] == str(2000000 * 900)
         assert lines["TRADE"] == "unknown to this market"
+        assert json.loads(lines["RECORDED"]) == trade_fields
+        assert json.loads(lines["ORDERS"]) == orders
+        assert json.loads(lines["MINE"]) == {"sold": [tid], "bought": []}
+        assert json.loads(lines["THEIRS"]) == {"sold": [], "bought": [tid]}
         # the console's transactions are on the chain the services use
         w3 = Web3(Web3.HTTPProvider(anvil.url))
         market = contract_at(w3, "EnergyMarket", deployment.address("EnergyMarket"))

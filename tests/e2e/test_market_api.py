@@ -16,6 +16,7 @@ from web3 import Web3
 
 from backend.api.app import create_app
 from backend.api.schemas import OrderOut
+from backend.chain import protocol
 from backend.chain.contracts import contract_at
 from backend.devtools.anvil import AnvilProcess
 from backend.devtools.clock import chain_now, set_time
@@ -139,6 +140,51 @@ def test_post_order_signed_from_template_is_recorded_on_chain(stack: dict[str, A
     trades = c.get("/trades", params={"interval": iv}).json()
     assert len(trades) == 1 and trades[0]["id"] == "0x" + bytes(last).hex()
     assert trades[0]["status"] == "recorded" and trades[0]["txHash"]
+
+
+def test_get_trade_by_id_names_its_orders_and_matches_the_chain(stack: dict[str, Any]) -> None:
+    c, market = stack["client"], stack["market"]
+    iv = _interval(stack)
+    sell = _order(stack, K[3], 0, 1500, 200_000, iv)
+    buy = _order(stack, K[4], 1, 1500, 300_000, iv)
+    for o in (sell, buy):
+        assert c.post("/orders", json=o).status_code == 201
+    assert c.post(f"/intervals/{iv}/close").json()["status"] == "recorded"
+    (listed,) = c.get("/trades", params={"interval": iv}).json()
+    r = c.get(f"/trades/{listed['id']}")
+    assert (r.status_code, r.json()) == (200, listed)
+    assert c.get("/trades/0x" + listed["id"][2:].upper()).json() == listed
+    # the id hashes the two signed orders, which the API names
+    assert protocol.trade_id_hex(listed["sellOrder"], listed["buyOrder"]) == listed["id"]
+    for side, order in (("sellOrder", sell), ("buyOrder", buy)):
+        got = c.get(f"/orders/{listed[side]}").json()
+        assert (got["trader"], got["nonce"]) == (
+            order["message"]["trader"],
+            str(order["message"]["nonce"]),
+        )
+    # the chain's TradeRecorded, found by its indexed seller, says the same
+    contract = contract_at(market.ledger.w3, "EnergyMarket", market.ledger.market_address)  # type: ignore[attr-defined]
+    logs = contract.events.TradeRecorded.get_logs(
+        argument_filters={"seller": sell["message"]["trader"]}, from_block=0
+    )
+    (ours,) = [
+        lg["args"] for lg in logs if "0x" + bytes(lg["args"]["tradeId"]).hex() == listed["id"]
+    ]
+    assert (ours["buyer"], ours["intervalId"], ours["energyWh"], ours["pricePerKWh"]) == (
+        buy["message"]["trader"],
+        iv,
+        1500,
+        int(listed["pricePerKWh"]),
+    )
+    unknown = "0x" + "11" * 32
+    r = c.get(f"/trades/{unknown}")
+    assert (r.status_code, r.json()) == (
+        404,
+        {"detail": {"code": "NOT_FOUND", "message": f"no trade {unknown}"}},
+    )
+    for bad in ("0x1234", "0x" + "g" * 64, "11" * 33, "0x" + "11" * 33):
+        r = c.get(f"/trades/{bad}")
+        assert (r.status_code, r.json()["detail"]["code"]) == (422, "INVALID_REQUEST"), bad
 
 
 def test_close_without_wait_answers_cleared_and_records_in_the_background(

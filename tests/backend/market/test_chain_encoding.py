@@ -113,3 +113,101 @@ def test_hand_coded_words_match_eth_abi() -> None:
     assert fn.data(A, top) == market.functions.filledOf(A, top)._encode_transaction_data()
     with pytest.raises(eth_abi.exceptions.EncodingError):  # out of range: eth_abi refuses
         fn.data(A, 2**64)
+
+
+def test_record_trades_calldata_decodes_back_to_orders_and_trade_ids() -> None:
+    """The decoders invert the encoders, and a trade id leads back to its two signed orders."""
+    from backend.chain import eip712, protocol
+    from backend.settings import ANVIL_KEYS
+
+    cid, market = 31337, to_checksum_address("0x" + "11" * 20)
+    keys = ANVIL_KEYS[1:4]
+    traders = [eip712.address_of(k) for k in keys]
+    sell = {"trader": traders[0], "side": 0, "intervalId": 5, "energyWh": 3000,
+            "pricePerKWh": 100, "nonce": 1, "expiry": 10**9, "counterparty": None}  # fmt: skip
+    buys = [dict(sell, trader=traders[i], side=1, pricePerKWh=300, nonce=i) for i in (1, 2)]
+
+    def signed(order: dict[str, object], key: str) -> tuple[bytes, bytes]:
+        return batches.sign_order(key, cid, market, order)
+
+    trades = batches.sort_by_trade_id(
+        [
+            CandidateTrade(
+                sell, buys[0], signed(sell, keys[0]), signed(buys[0], keys[1]), 1000, 200
+            ),
+            CandidateTrade(
+                sell, buys[1], signed(sell, keys[0]), signed(buys[1], keys[2]), 500, 250, 4
+            ),
+        ],
+        cid,
+        market,
+    )
+    orders, rows = batches.record_args(trades)
+    data = batches.record_trades_calldata(5, 1, 2, orders, rows, b"\x01" * 32, b"\x02" * 65)
+    call = batches.decode_record_trades_calldata(data)
+    assert call == (5, 1, 2, orders, rows, b"\x01" * 32, b"\x02" * 65)
+    assert batches.unpack_order(orders[:153]) == (eip712.order_message(sell), trades[0].sell_sig)
+    for i, t in enumerate(trades):  # the shared sell order is order 0, each buy order follows
+        row = (0, i + 1, t.energy_wh, t.price_per_kwh, t.verdict)
+        assert batches.unpack_trade(rows[29 * i : 29 * (i + 1)]) == row
+    for t in trades:
+        found = batches.orders_of_trade(call, cid, market, t.trade_id(cid, market))
+        assert found is not None
+        sell_hash, buy_hash = t.order_hashes(cid, market)  # eth-account's typed-data hashing
+        assert (found.sell_hash, found.buy_hash) == (sell_hash, buy_hash)
+        assert (found.sell, found.buy) == (
+            eip712.order_message(t.sell),
+            eip712.order_message(t.buy),
+        )
+        assert (found.energy_wh, found.price_per_kwh, found.verdict) == (
+            t.energy_wh,
+            t.price_per_kwh,
+            t.verdict,
+        )
+        assert protocol.trade_id(found.sell_hash, found.buy_hash) == found.trade_id
+    assert batches.orders_of_trade(call, cid, market, b"\x11" * 32) is None
+    with pytest.raises(ValueError, match="not the calldata of recordTrades"):
+        batches.decode_record_trades_calldata(batches.reclaim_calldata(5, []))
+    with pytest.raises(ValueError, match="a packed order is 153 bytes, not 152"):
+        batches.unpack_order(orders[:152])
+    with pytest.raises(ValueError, match="a packed trade is 29 bytes, not 30"):
+        batches.unpack_trade(rows[:30])
+
+
+def test_trade_recorded_log_decodes_like_web3() -> None:
+    """backend.chain.trades reads a raw TradeRecorded log as web3 does from the compiled ABI."""
+    from eth_abi import encode
+
+    from backend.chain import protocol, trades
+
+    market = contract_at(Web3(), "EnergyMarket", "0x" + "11" * 20)
+    seller, buyer = A, to_checksum_address("0x" + "cd" * 20)
+    log = {
+        "address": market.address,
+        "topics": [
+            protocol.TRADE_RECORDED,
+            b"\x07" * 32,
+            bytes(12) + bytes.fromhex(seller[2:]),
+            bytes(12) + bytes.fromhex(buyer[2:]),
+        ],
+        "data": encode(["uint64", "uint64", "uint128"], [1996200, 2500, 2**100 + 1]),
+        "blockNumber": 12,
+        "logIndex": 3,
+        "transactionHash": b"\x09" * 32,
+        "transactionIndex": 0,
+        "blockHash": b"\x0a" * 32,
+        "removed": False,
+    }
+    args = market.events.TradeRecorded().process_log(log)["args"]
+    decoded = trades.decode_trade_recorded(log)
+    assert decoded == (
+        bytes(args["tradeId"]),
+        args["seller"],
+        args["buyer"],
+        args["intervalId"],
+        args["energyWh"],
+        args["pricePerKWh"],
+    )
+    assert decoded == (b"\x07" * 32, seller, buyer, 1996200, 2500, 2**100 + 1)
+    with pytest.raises(ValueError, match="not a TradeRecorded log"):
+        trades.decode_trade_recorded(dict(log, topics=log["topics"][:3]))
