@@ -190,7 +190,9 @@ def operator_nonce(chain: dict[str, Any]) -> int:
 def test_reverting_batch_is_reported_backed_off_and_blocks_nothing(chain: dict[str, Any]) -> None:
     # max_reclears=0: the batch is only reported and retried (the clearing again without the
     # cancelled order is the next test)
-    market = new_market(chain["settings"], retry_base_s=1.0, max_reclears=0)
+    # back-off 5 s: longer than clearing and recording the next interval below takes on a loaded
+    # machine (with 1 s the first retry was already due at the first tick)
+    market = new_market(chain["settings"], retry_base_s=5.0, max_reclears=0)
     keys = chain["keys"]
     iv = market.current_interval() + 5
     bodies = bilateral_pairs(market.domain, keys, iv, 10, first_nonce=900_001)
@@ -213,7 +215,7 @@ def test_reverting_batch_is_reported_backed_off_and_blocks_nothing(chain: dict[s
     assert batch.last_error == (
         f"recordTrades would revert: MarketOrderCancelled({wallet.lower()}, 900001)"
     )
-    assert batch.next_attempt_at == pytest.approx(batch.updated_at + 1.0, abs=0.2)
+    assert batch.next_attempt_at == pytest.approx(batch.updated_at + 5.0, abs=0.2)
     assert operator_nonce(chain) == sent_before  # found by the estimate: nothing mined
     failed = [e.data for e in market.events.recent() if e.kind == "batch"]
     assert failed[-1]["state"] == "failed" and failed[-1]["intervalId"] == iv
@@ -237,7 +239,7 @@ def test_reverting_batch_is_reported_backed_off_and_blocks_nothing(chain: dict[s
     submit(market, bilateral_pairs(market.domain, keys, nxt, 5, first_nonce=910_001))
     assert market.close_interval(nxt, force=True).status == "recorded"
     assert interval_state(chain, nxt) == (1, 5)
-    # the scheduler retries only when due, estimating first: back-off 1 s, then 2 s
+    # the scheduler retries only when due, estimating first: back-off 5 s, then 10 s
     market.tick()
     assert market.batches(iv)[0].attempts == 1
     due = market.batches(iv)[0].next_attempt_at
@@ -246,7 +248,7 @@ def test_reverting_batch_is_reported_backed_off_and_blocks_nothing(chain: dict[s
     market.tick()
     again = market.batches(iv)[0]
     assert (again.state, again.attempts) == ("failed", 2)
-    assert again.next_attempt_at == pytest.approx(again.updated_at + 2.0, abs=0.2)
+    assert again.next_attempt_at == pytest.approx(again.updated_at + 10.0, abs=0.2)
     assert operator_nonce(chain) == sent_before + 1  # the next interval's batch only
     assert interval_state(chain, iv) == (0, 0)
     # a restart recovers without raising, also with the chain away
