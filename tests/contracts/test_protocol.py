@@ -91,3 +91,8 @@ def test_approved_verdict_is_grid_reason_approved() -> None:
 
     assert protocol.APPROVED == Reason.APPROVED == 0
     assert all(0 <= r < 256 for r in Reason)  # uint8 verdicts in the attestation
+
+
+def test_token_decimals_match_the_token(ledger: Any) -> None:
+    assert ledger.token.decimals() == protocol.TOKEN_DECIMALS == 6
+    assert 10 ** ledger.token.decimals() == protocol.TOKEN_UNIT
