@@ -1,19 +1,22 @@
 """``tegrid demo``: a community day through every real component, with a report.
 
 Ports and voltage limits are read as text and checked here, so that a bad value - from the
-command line or from its environment variable - ends in one line naming where it came from."""
+command line or from its environment variable - ends in one line naming where it came from,
+before anything starts. The demo itself (web3, pandapower) is imported inside the command:
+``tegrid --help`` must start without them."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
+from typing import Any
 
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 
 from backend.cli.output import fail
+from backend.demo.config import DemoError, check_port
 from backend.errors import TegridError
+from backend.settings import check_voltage_band
 
 PORT_ENV = {
     "api_port": "TEGRID_DEMO_API_PORT",
@@ -26,26 +29,40 @@ PU_ENV = {"vm_min": "TEGRID_VM_MIN_PU", "vm_max": "TEGRID_VM_MAX_PU"}
 def _source(ctx: typer.Context, param: str, env: str) -> str:
     """How the user gave ``param``: its option, or the environment variable."""
     option = "--" + param.replace("_", "-")
-    if ctx.get_parameter_source(param) is ParameterSource.ENVIRONMENT:
+    # by name: typer brings its own copy of click, whose ParameterSource is another class
+    source = ctx.get_parameter_source(param)
+    if getattr(source, "name", None) == "ENVIRONMENT":
         return f"{env} (for {option})"
     return option
 
 
 def _port(ctx: typer.Context, param: str, text: str) -> int:
+    name = _source(ctx, param, PORT_ENV[param])
     try:
-        return int(text.strip())
+        port = int(text.strip())
     except ValueError:
-        fail(f"{_source(ctx, param, PORT_ENV[param])} must be a port number, got {text!r}")
+        fail(f"{name} must be a port number, got {text!r}")
+    try:
+        check_port(port, name)
+    except DemoError as exc:
+        fail(str(exc))
+    return port
 
 
-def _pu(ctx: typer.Context, param: str, text: str) -> float:
+def _band(ctx: typer.Context, vm_min: str, vm_max: str) -> tuple[float, float]:
+    """The voltage band (pu), checked by the rule ``tegrid serve`` applies to its settings."""
+    names = (_source(ctx, "vm_min", PU_ENV["vm_min"]), _source(ctx, "vm_max", PU_ENV["vm_max"]))
+    values = []
+    for name, text in zip(names, (vm_min, vm_max), strict=True):
+        try:
+            values.append(float(text.strip()))
+        except ValueError:
+            fail(f"{name} must be a voltage in pu, got {text!r}")
     try:
-        value = float(text.strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        fail(f"{_source(ctx, param, PU_ENV[param])} must be a voltage in pu, got {text!r}")
-    return value
+        check_voltage_band(values[0], values[1], names)
+    except TegridError as exc:
+        fail(str(exc))
+    return values[0], values[1]
 
 
 PORT_HELP = {
@@ -55,7 +72,7 @@ PORT_HELP = {
 }
 
 
-def _port_option(what: str) -> str:
+def _port_option(what: str) -> Any:
     return typer.Option(
         "0",
         metavar="PORT",
@@ -107,10 +124,11 @@ def demo(
     console = Console()
     given = {"api_port": api_port, "chain_port": chain_port, "broker_port": broker_port}
     ports = {name: _port(ctx, name, text) for name, text in given.items()}
+    vm_min_pu, vm_max_pu = _band(ctx, vm_min, vm_max)
     config = DemoConfig(
         network=network, prosumers=prosumers, hours=hours, interval_minutes=interval_minutes,
         seed=seed, start_hour=start_hour, broker=broker, reports_dir=reports.resolve(),
-        vm_min_pu=_pu(ctx, "vm_min", vm_min), vm_max_pu=_pu(ctx, "vm_max", vm_max), **ports,
+        vm_min_pu=vm_min_pu, vm_max_pu=vm_max_pu, **ports,
     )  # fmt: skip
     try:
         summary, folder = Demo(config, console).run()

@@ -173,6 +173,15 @@ def energy_totals(per_interval: list[dict[str, float | None]]) -> dict[str, floa
     return totals
 
 
+LOADINGS = ("max_line_loading_percent", "max_trafo_loading_percent")
+
+
+def shown(summary: dict[str, Any], state: dict[str, Any], key: str) -> str:
+    """A loading for a table: N/A where the network has no such element, or only placeholder
+    ratings (a loading that can never bind; summary.json keeps the computed number)."""
+    return fmt(state[key], 1) if key in summary["can_bind"] else NOT_AVAILABLE
+
+
 def fmt(value: float | None, digits: int = 3, unit: str = "") -> str:
     """A number for a table (``N/A`` for None or NaN), with its unit when given."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -16,7 +16,7 @@ from rich.table import Table
 from backend.chain import batches
 from backend.chain.protocol import TOKEN_DECIMALS, TOKEN_UNIT
 from backend.demo import analysis
-from backend.demo.analysis import fmt
+from backend.demo.analysis import LOADINGS, shown
 from backend.demo.clients import check_response
 from backend.demo.config import DEPOSIT, TRADE_FIELDS
 from backend.demo.day import DemoDay
@@ -242,6 +242,8 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         "chain": {"rpc_url": day.settings.rpc_url, "contracts": day.deployment.contracts},
         "limits": limits_doc,
         "network_facts": facts.to_dict(),
+        # the state keys whose limit can bind here (the tables show N/A for the others)
+        "can_bind": sorted(usable),
         "warnings": list(facts.warnings),
         "units": {
             "energy": "kWh (fields ending in _wh: Wh)",
@@ -350,7 +352,7 @@ def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -
             str(i["approved"]), str(i["vetoed"]),
             ", ".join(f"{k} {v}" for k, v in i["vetoes_by_reason"].items()) or "-",
             binding_text(i["binding"]),
-            fmt(ga["max_line_loading_percent"], 1), fmt(ga["max_trafo_loading_percent"], 1),
+            *(shown(summary, ga, key) for key in LOADINGS),
         )  # fmt: skip
     console.print(table)
     totals = Table(title="totals")

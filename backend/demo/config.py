@@ -42,6 +42,13 @@ class DemoError(TegridError, RuntimeError):
     """The demo could not complete a step (says which)."""
 
 
+def check_port(port: int, name: str) -> None:
+    """``DemoError`` naming the option (``name``, as the user gave it) unless ``port`` is 0 (a
+    free port) or an unprivileged port number."""
+    if port != 0 and not MIN_PORT <= port <= 65535:
+        raise DemoError(f"{name} must be 0 (a free port) or {MIN_PORT}-65535, got {port}")
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     network: str = "cigre_lv"
@@ -78,8 +85,7 @@ class DemoConfig:
         ports = {"--api-port": self.api_port, "--chain-port": self.chain_port,
                  "--broker-port": self.broker_port}  # fmt: skip
         for name, port in ports.items():
-            if port != 0 and not MIN_PORT <= port <= 65535:
-                raise DemoError(f"{name} must be 0 (a free port) or {MIN_PORT}-65535, got {port}")
+            check_port(port, name)
         chosen = [(name, port) for name, port in ports.items() if port]
         for i, (name, port) in enumerate(chosen):
             for other, same in chosen[i + 1 :]:

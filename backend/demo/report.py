@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from backend.chain.protocol import TOKEN_DECIMALS
-from backend.demo.analysis import ENERGY_KEYS, NOT_AVAILABLE, fmt
+from backend.demo.analysis import ENERGY_KEYS, LOADINGS, NOT_AVAILABLE, fmt, shown
 
 PLOTS = (
     ("prices_volumes.png", "Clearing price (tokens/kWh) and traded volume (kWh) per interval"),
@@ -252,9 +252,9 @@ def _interval_rows(intervals: list[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
-def _binding_rows(intervals: list[dict[str, Any]]) -> list[list[str]]:
+def _binding_rows(summary: dict[str, Any]) -> list[list[str]]:
     rows = []
-    for i in intervals:
+    for i in summary["intervals"]:
         b, ga = i["binding"], i["grid_approved"]
         digits = 4 if b["unit"] == "pu" else 1
         rows.append(
@@ -266,8 +266,7 @@ def _binding_rows(intervals: list[dict[str, Any]]) -> list[list[str]]:
                 fmt(b["limit"], digits, b["unit"]),
                 fmt(ga["vm_min_pu"], 4),
                 fmt(ga["vm_max_pu"], 4),
-                fmt(ga["max_line_loading_percent"], 1),
-                fmt(ga["max_trafo_loading_percent"], 1),
+                *(shown(summary, ga, key) for key in LOADINGS),
             ]
         )
     return rows
@@ -353,7 +352,7 @@ def _html(summary: dict[str, Any]) -> str:
     binding = _table(
         ["time (UTC)", "binding metric", "veto reason", "value", "limit", "min V (pu)",
          "max V (pu)", "max line loading (%)", "max trafo loading (%)"],
-        _binding_rows(intervals),
+        _binding_rows(summary),
     )  # fmt: skip
     energy_per_interval = _table(
         ["time (UTC)", *(ENERGY_LABELS[k] for k in ENERGY_KEYS)], _energy_interval_rows(intervals)
@@ -371,8 +370,9 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #5
 <h1>tegrid community day</h1>
 <p>Simulated day <b>{esc(day["span"])}</b> (chain time; intervals {day["first_interval"]} to
 {day["last_interval"]}, {summary["interval_minutes"]} min each).
-Network <b>{esc(str(summary["network"]))}</b> ({facts["lines"]} lines, {facts["trafos"]}
-transformers), {summary["prosumers"]} prosumers, seed {summary["seed"]}.
+Network <b>{esc(str(summary["network"]))}</b>
+({facts["lines"]} lines, {facts["trafos"]} transformers),
+{summary["prosumers"]} prosumers, seed {summary["seed"]}.
 Voltage limits {summary["limits"]["vm_min_pu"]:g}-{summary["limits"]["vm_max_pu"]:g} pu, loading
 limits {summary["limits"]["max_loading_percent"]:g} % (lines) and
 {summary["limits"]["max_trafo_loading_percent"]:g} % (transformers).
@@ -393,7 +393,8 @@ Money is in tokens ({TOKEN_DECIMALS} decimals), prices in tokens per kWh.</p>
 <h2>Binding grid limit per interval</h2>
 <p>With vetoes: the quantity of the most frequent veto reason in the approved state (max V for
 VOLTAGE_HIGH, min V for VOLTAGE_LOW, the largest line or transformer loading for an overload);
-without: the quantity closest to its limit. {NOT_AVAILABLE}: the network has no such element.</p>
+without: the quantity closest to its limit. {NOT_AVAILABLE}: the network has no such element, or
+only placeholder ratings for it (see the warning above).</p>
 {binding}
 <h2>Energy balance</h2>
 {_table(["quantity", "value"], _energy_rows(summary["energy_balance"]))}

@@ -65,7 +65,9 @@ class Demo(DemoDay):
                 cfg.network, limits=Limits(vm_min_pu=cfg.vm_min_pu, vm_max_pu=cfg.vm_max_pu)
             )
             for warning in self.grid_validator.facts.warnings:
-                self.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+                self.console.print(
+                    f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True
+                )
             self._connect_members()
             self._oracle_ready()
             s = cfg.interval_seconds
