@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -338,22 +339,40 @@ def within(approved: dict[str, Any], base: dict[str, Any], limits: Any) -> bool:
     return all(checks)
 
 
+# Short names of the veto reasons for the console table (the report spells them out).
+SHORT_REASONS = {
+    "VOLTAGE_HIGH": "V-high", "VOLTAGE_LOW": "V-low", "LINE_OVERLOAD": "line",
+    "TRAFO_OVERLOAD": "trafo", "NOT_CONVERGED": "no-flow",
+}  # fmt: skip
+WIDE_CONSOLE = 100  # from this width the table also shows the line and transformer loadings
+
+
 def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -> None:
-    table = Table(title=f"tegrid demo: per interval, {summary['day']['span']}")
-    columns = ("time", "orders", "price tok/kWh", "kWh", "ok", "veto", "reasons", "binding",
-               "line %", "trafo %")  # fmt: skip
+    """The per-interval table (fits 80 columns; wider consoles also get the loadings), the
+    totals and the checks."""
+    table = Table(
+        title=f"tegrid demo: per interval, {summary['day']['span']}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
+    columns = ["time", "orders", "tok/kWh", "kWh", "ok", "vetoes", "binding (value/limit)"]
+    wide = console.width >= WIDE_CONSOLE
+    if wide:
+        columns += ["line %", "trafo %"]
     for col in columns:
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=col != "vetoes")
     for i in summary["intervals"]:
-        ga = i["grid_approved"]
         price = "-" if i["clearing_price"] is None else f"{i['clearing_price']:.4f}"
-        table.add_row(
+        vetoes = ", ".join(
+            f"{n} {SHORT_REASONS.get(r, r)}" for r, n in i["vetoes_by_reason"].items()
+        )
+        row = [
             i["label"], str(i["orders"]), price, f"{i['traded_wh'] / 1000:.1f}",
-            str(i["approved"]), str(i["vetoed"]),
-            ", ".join(f"{k} {v}" for k, v in i["vetoes_by_reason"].items()) or "-",
-            binding_text(i["binding"]),
-            *(shown(summary, ga, key) for key in LOADINGS),
-        )  # fmt: skip
+            str(i["approved"]), vetoes or "-", binding_text(i["binding"]),
+        ]  # fmt: skip
+        if wide:
+            row += [shown(summary, i["grid_approved"], key) for key in LOADINGS]
+        table.add_row(*row)
     console.print(table)
     totals = Table(title="totals")
     totals.add_column("figure")
@@ -371,4 +390,5 @@ def binding_text(b: dict[str, Any]) -> str:
     if b["value"] is None:
         return analysis.NOT_AVAILABLE
     digits = 4 if b["unit"] == "pu" else 1
-    return f"{b['metric']} {b['value']:.{digits}f} / {b['limit']:g} {b['unit']}"
+    metric = b["metric"].removesuffix(" loading")  # "trafo 84.8/100 %"
+    return f"{metric} {b['value']:.{digits}f}/{b['limit']:g} {b['unit']}"

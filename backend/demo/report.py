@@ -362,7 +362,8 @@ def _html(summary: dict[str, Any]) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 8px; }} td {{ text-align: right; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+td {{ text-align: right; white-space: nowrap; }} td:first-child {{ text-align: left; }}
 .ok {{ color: #1a7f37; font-weight: bold; }} .bad {{ color: #cf222e; font-weight: bold; }}
 .warn {{ color: #9a6700; font-weight: bold; }} dt {{ font-weight: bold; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; }}

@@ -13,7 +13,8 @@ publish, the oracle relays the readings and the keeper settles it.
 
 The parts: ``config`` (settings, constants), ``stack`` (start-up), ``clients`` (signing, HTTP),
 ``day`` (the members and one interval's steps), ``profile`` (stage times, CPU), ``checks`` (the
-summary and its six checks). This module runs the day's pipeline.
+summary and its six checks), ``analysis`` (binding limits, energy balance, delivery, with their
+definitions), ``report`` (the files). This module runs the day's pipeline.
 """
 
 from __future__ import annotations
