@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,6 +37,30 @@ def _int_env(name: str, default: int) -> int:
         raise ConfigError(f"TEGRID_{name} must be an integer, got {raw!r}") from None
 
 
+def _float_env(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"TEGRID_{name} must be a number, got {raw!r}") from None
+
+
+# The validator's voltage band (pu of each bus's nominal voltage) must hold the nominal voltage
+# and stay within what a distribution grid's power flow means: vm_min in [0.5, 1.0), vm_max in
+# (1.0, 1.5].
+VM_PU_BOUNDS = (0.5, 1.5)
+
+
+def check_voltage_band(vm_min_pu: float, vm_max_pu: float, names: tuple[str, str]) -> None:
+    """``ConfigError`` naming the setting as the user wrote it (``names``) unless
+    ``0.5 <= vm_min_pu < 1.0 < vm_max_pu <= 1.5``."""
+    low, high = VM_PU_BOUNDS
+    if not (math.isfinite(vm_min_pu) and low <= vm_min_pu < 1.0):
+        raise ConfigError(f"{names[0]} must be in [{low}, 1.0) pu, got {vm_min_pu}")
+    if not (math.isfinite(vm_max_pu) and 1.0 < vm_max_pu <= high):
+        raise ConfigError(f"{names[1]} must be in (1.0, {high}] pu, got {vm_max_pu}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a tegrid process is configured with. Build with :meth:`from_env`."""
@@ -57,6 +82,9 @@ class Settings:
     oracle_database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'oracle.db'}"
     broker_url: str = "mqtt://127.0.0.1:1883"
     network: str = "cigre_lv"
+    # The Neural Grid's voltage band (pu); loadings keep the validator's 100 % limits.
+    vm_min_pu: float = 0.90
+    vm_max_pu: float = 1.10
     # The Neural Grid (clearing rounds and validation) in a worker process of the API's own.
     grid_process: bool = False
     interval_seconds: int = 900
@@ -88,6 +116,8 @@ class Settings:
             current = getattr(base, f.name)
             if isinstance(current, bool):
                 values[f.name] = _env(key, "1" if current else "0") not in ("0", "false", "")
+            elif isinstance(current, float):
+                values[f.name] = _float_env(key, current)
             elif isinstance(current, int):
                 values[f.name] = _int_env(key, current)
             elif isinstance(current, Path):
@@ -103,7 +133,15 @@ class Settings:
             raise ConfigError("TEGRID_CONFIRMATIONS must be >= 0")
         if settings.receipt_timeout_seconds <= 0:
             raise ConfigError("TEGRID_RECEIPT_TIMEOUT_SECONDS must be positive")
+        check_voltage_band(
+            settings.vm_min_pu, settings.vm_max_pu, ("TEGRID_VM_MIN_PU", "TEGRID_VM_MAX_PU")
+        )
         return settings
+
+    @property
+    def grid_limits(self) -> dict[str, float]:
+        """The ``grid.verdicts.Limits`` fields these settings set (the voltage band)."""
+        return {"vm_min_pu": self.vm_min_pu, "vm_max_pu": self.vm_max_pu}
 
     def to_env(self) -> dict[str, str]:
         """The ``TEGRID_*`` variables that make :meth:`from_env` in another process give these

@@ -19,6 +19,9 @@ Public API::
         .hosting_capacity(bus: int, interval=None, interval_seconds=900) -> HostingCapacity
         .grid_status(trades: Sequence[Trade] = (), interval=None, interval_seconds=900) ->
         GridStatus
+        .energy_balance(trades=(), interval=None, interval_seconds=900) -> EnergyBalance
+            external grid, local generation and consumption, losses of base + trades (kW)
+        .facts: NetworkFacts                lines, transformers, placeholder line ratings, warnings
         .load_buses() -> list[int]          buses carrying loads (where participants sit)
         .buses() -> list[int]
         .bus_geodata() -> dict[int, tuple[float, float]]
@@ -63,10 +66,12 @@ from grid.profiles import DEFAULT_INTERVAL_SECONDS, interval_of
 from grid.tradeio import load_trades, parse_trades
 from grid.validator import (
     BaseStateSummary,
+    EnergyBalance,
     GridStatus,
     GridValidator,
     HostingCapacity,
     HostingLimit,
+    NetworkFacts,
     ValidationResult,
     ValidationStats,
 )
@@ -78,12 +83,14 @@ __all__ = [
     "NETWORK_NAMES",
     "BaseStateError",
     "BaseStateSummary",
+    "EnergyBalance",
     "GridError",
     "GridStatus",
     "GridValidator",
     "HostingCapacity",
     "HostingLimit",
     "Limits",
+    "NetworkFacts",
     "NetworkFileError",
     "Reason",
     "Trade",

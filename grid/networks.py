@@ -176,6 +176,38 @@ def network_fingerprint(net: pp.pandapowerNet) -> str:
     return "0x" + hashlib.sha256(blob.encode()).hexdigest()
 
 
+# A line rating at or above this is no rating but a placeholder ("unlimited"): the thickest
+# distribution cables and overhead lines carry about 1-2 kA (pandapower's standard types end at
+# 1.2 kA); case33bw, from a load-flow case without ratings, carries 99999 kA on every line.
+PLACEHOLDER_MAX_I_KA = 10.0
+# ... on a distribution network: every bus at or below this voltage (IEC medium voltage ends at
+# 36 kV). Transmission lines are not judged by this rule.
+DISTRIBUTION_MAX_KV = 36.0
+
+
+def placeholder_line_ratings(net: pp.pandapowerNet) -> list[int]:
+    """In-service lines of a distribution network whose ``max_i_ka`` is a placeholder
+    (``>= PLACEHOLDER_MAX_I_KA``): their loading stays near 0 % and can never bind."""
+    if len(net.line) == 0 or float(net.bus.vn_kv.max()) > DISTRIBUTION_MAX_KV:
+        return []
+    lines = net.line[net.line.in_service]
+    return sorted(int(i) for i in lines.index[lines.max_i_ka >= PLACEHOLDER_MAX_I_KA])
+
+
+def placeholder_warning(name: str, net: pp.pandapowerNet, lines: list[int]) -> str | None:
+    """One sentence for the placeholder ratings of ``lines`` (None when there are none)."""
+    if not lines:
+        return None
+    in_service = int(net.line.in_service.sum())
+    ratings = sorted({float(net.line.at[i, "max_i_ka"]) for i in lines})
+    shown = ", ".join(f"{r:g}" for r in ratings[:3]) + (", ..." if len(ratings) > 3 else "")
+    return (
+        f"{name}: {len(lines)} of {in_service} lines have placeholder thermal ratings "
+        f"(max_i_ka {shown} kA, at or above {PLACEHOLDER_MAX_I_KA:g} kA on a distribution "
+        "network): their loading can never bind, so no line overload can be found there"
+    )
+
+
 def bus_geodata(net: pp.pandapowerNet) -> dict[int, tuple[float, float]]:
     """Bus coordinates ``{bus: (x, y)}`` for drawing, from the ``geo`` column or legacy
     ``bus_geodata``."""

@@ -142,3 +142,43 @@ class GridStatus:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class EnergyBalance:
+    """Where the power of one AC state comes from and goes (kW, positive numbers).
+
+    ``grid_kw`` is what the external grid (the slack) delivers into the network, negative when
+    the network feeds back; ``generation_kw`` every local injection (PV sgens, the sellers' side
+    of the trades), ``consumption_kw`` every local withdrawal (loads, the buyers' side),
+    ``losses_kw`` the lines' and transformers' losses of the power flow. Power balance:
+    ``grid_kw + generation_kw = consumption_kw + losses_kw`` (up to the solver's tolerance)."""
+
+    network: str
+    interval: int | None
+    converged: bool
+    grid_kw: float
+    generation_kw: float
+    consumption_kw: float
+    losses_kw: float
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    """What a network has to watch, and what in its data looks wrong.
+
+    ``placeholder_lines``: in-service lines whose thermal rating is a placeholder (see
+    ``grid.networks.placeholder_line_ratings``): their loading can never bind. ``warnings``: one
+    readable sentence per such finding."""
+
+    network: str
+    lines: int
+    trafos: int
+    placeholder_lines: list[int]
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)

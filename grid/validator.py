@@ -52,12 +52,20 @@ from collections.abc import Sequence
 import numpy as np
 import pandapower as pp
 
+from grid.acmodel import ACModel
 from grid.basestate import BaseState, BaseStates, max_or_none
 from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
 from grid.hosting import HOSTING_MAX_KW, HOSTING_RESOLUTION_KW, hosting_limit
 from grid.limits import LimitSet
-from grid.networks import bus_geodata, load_network, network_fingerprint, quiet
+from grid.networks import (
+    bus_geodata,
+    load_network,
+    network_fingerprint,
+    placeholder_line_ratings,
+    placeholder_warning,
+    quiet,
+)
 from grid.profiles import (
     DEFAULT_INTERVAL_SECONDS,
     add_pv_where_missing,
@@ -66,9 +74,11 @@ from grid.profiles import (
 )
 from grid.results import (
     BaseStateSummary,
+    EnergyBalance,
     GridStatus,
     HostingCapacity,
     HostingLimit,
+    NetworkFacts,
     ValidationResult,
     ValidationStats,
 )
@@ -82,10 +92,12 @@ __all__ = [
     "PREFIX_CACHE",
     "RELINEARIZE_PU",
     "BaseStateSummary",
+    "EnergyBalance",
     "GridStatus",
     "GridValidator",
     "HostingCapacity",
     "HostingLimit",
+    "NetworkFacts",
     "ValidationResult",
     "ValidationStats",
 ]
@@ -115,6 +127,15 @@ class GridValidator:
             net = load_network(network)
             self.network_name = str(network)
         self.fingerprint = network_fingerprint(net)
+        placeholders = placeholder_line_ratings(net)
+        warning = placeholder_warning(self.network_name, net, placeholders)
+        self.facts = NetworkFacts(
+            network=self.network_name,
+            lines=int(net.line.in_service.sum()),
+            trafos=int(net.trafo.in_service.sum()),
+            placeholder_lines=placeholders,
+            warnings=[warning] if warning else [],
+        )
         self.limits = limits if limits is not None else Limits()
         self.batch_size = max(1, int(batch_size))
         for column in ("const_z_percent", "const_i_percent"):
@@ -336,19 +357,12 @@ class GridValidator:
         if model is None:
             return GridStatus(self.network_name, interval, False, self.buses(), [], [], [], [], [])
         mon = model.monitored
-        delta: dict[int, float] = {}
-        for trade in trades:
-            for bus, sign in ((trade.seller_bus, 1.0), (trade.buyer_bus, -1.0)):
-                if bus not in model.ppci_of_bus:
-                    raise TradeInputError(f"trade {trade.id!r}: bus {bus} is not in the network")
-                delta[bus] = delta.get(bus, 0.0) + sign * float(trade.p_kw)
-        with np.errstate(all="ignore"):
-            V = model.solve(model.Sbus0 + model.injection(delta), model.V0)
-        if V is None:
+        solved = self._solve_trades(model, trades)
+        if solved is None:
             return GridStatus(
                 self.network_name, interval, False, mon.buses.tolist(), [], [], [], [], []
             )
-        me = model.measure(V)
+        me = model.measure(solved[1])
         n = len(mon.lines)
         return GridStatus(
             self.network_name,
@@ -361,6 +375,64 @@ class GridValidator:
             mon.trafos.tolist(),
             [round(float(x), 4) for x in me.loading_percent[n:]],
         )
+
+    # ----------------------------------------------------------------- energy balance
+    def energy_balance(
+        self,
+        trades: Sequence[Trade] = (),
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+    ) -> EnergyBalance:
+        """Power balance of the base state plus ``trades``, all applied, from the same AC power
+        flow as ``grid_status``: the external grid's share (the slack buses' injection beyond
+        what is connected there), local generation (PV, the sellers' side of the trades) and
+        consumption (loads, the buyers' side), and the losses, the active power the network
+        itself takes (``sum Re(V conj(Ybus V))`` over every bus: lines and transformers)."""
+        base = self._base(interval, interval_seconds)
+        trades = list(trades)
+        traded_kw = sum(float(t.p_kw) for t in trades)
+        generation_kw = base.summary.pv_kw + traded_kw
+        consumption_kw = base.summary.load_kw + traded_kw
+        model = base.model
+        solved = None if model is None else self._solve_trades(model, trades)
+        if model is None or solved is None:
+            nan = float("nan")
+            return EnergyBalance(
+                self.network_name, interval, False, nan, generation_kw, consumption_kw, nan
+            )
+        S, V = solved
+        computed = V * np.conj(model.Ybus @ V)
+        kw = model.base_mva * 1000.0
+        # What is connected at the slack buses themselves: every local injection minus the
+        # others' (``S`` holds the solved slack output there, not its loads and generators).
+        others = np.ones(len(S), dtype=bool)
+        others[model.ref] = False
+        at_slack_kw = generation_kw - consumption_kw - float(S[others].real.sum() * kw)
+        return EnergyBalance(
+            network=self.network_name,
+            interval=interval,
+            converged=True,
+            grid_kw=float(computed[model.ref].real.sum() * kw) - at_slack_kw,
+            generation_kw=generation_kw,
+            consumption_kw=consumption_kw,
+            losses_kw=float(computed.real.sum() * kw),
+        )
+
+    def _solve_trades(
+        self, model: ACModel, trades: Sequence[Trade]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The base state's injections plus ``trades`` (all applied) and the AC voltages there,
+        or None when the flow does not converge."""
+        delta: dict[int, float] = {}
+        for trade in trades:
+            for bus, sign in ((trade.seller_bus, 1.0), (trade.buyer_bus, -1.0)):
+                if bus not in model.ppci_of_bus:
+                    raise TradeInputError(f"trade {trade.id!r}: bus {bus} is not in the network")
+                delta[bus] = delta.get(bus, 0.0) + sign * float(trade.p_kw)
+        S = model.Sbus0 + model.injection(delta)
+        with np.errstate(all="ignore"):
+            V = model.solve(S, model.V0)
+        return None if V is None else (S, V)
 
 
 def _same_trades(trades: list[Trade], prefix: tuple[Trade, ...]) -> bool:

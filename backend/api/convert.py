@@ -121,6 +121,8 @@ def trade_out(t: TradeRow) -> TradeOut:
         verdict=t.verdict,
         reason=t.reason,
         element=t.element,
+        vetoValue=t.veto_value,
+        vetoLimit=t.veto_limit,
         approved=t.verdict == 0,
         status=t.status,
         txHash=t.tx_hash,

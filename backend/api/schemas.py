@@ -265,6 +265,11 @@ class TradeOut(BaseModel):
     verdict: Uint8 = Field(description=f"0 approved, else the veto reason code; {OUT_NUM}")
     reason: str
     element: str
+    vetoValue: float | None = Field(
+        description="a veto's binding element: the value it would reach (pu for voltages, "
+        "percent for loadings); null when approved or without a number"
+    )
+    vetoLimit: float | None = Field(description="... and the limit it would break (same unit)")
     approved: bool
     status: str
     txHash: str | None

@@ -2,6 +2,7 @@
 here. ``tests/contracts/test_protocol.py`` pins each against the compiled contracts (views, events,
 ABI), so a change on either side fails a test instead of a transaction.
 
+- the settlement token's decimals (``EnergyToken.decimals``);
 - order sides (``IEnergyMarket.Side``), grid verdict codes (``grid.verdicts.Reason``: 0 approved,
   anything else a veto with that reason; the grid package owns the enum, the chain only stores it);
 - reading-rejection codes of ``MeterReadings.ReadingRejected`` and the oracle's label of each;
@@ -22,6 +23,11 @@ READINGS_DOMAIN_NAME = "tegrid MeterReadings"
 REGISTRY_DOMAIN_NAME = "tegrid ParticipantRegistry"
 DOMAIN_VERSION = "1"
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+
+# EnergyToken.decimals(): amounts on chain (deposits, escrow, payments, pricePerKWh) are in base
+# units, TOKEN_UNIT of them to the token.
+TOKEN_DECIMALS = 6
+TOKEN_UNIT = 10**TOKEN_DECIMALS
 
 # IEnergyMarket.Side (the Order's uint8 side).
 SELL = 0

@@ -1,17 +1,88 @@
-"""``tegrid demo``: a community day through every real component, with a report."""
+"""``tegrid demo``: a community day through every real component, with a report.
+
+Ports and voltage limits are read as text and checked here, so that a bad value - from the
+command line or from its environment variable - ends in one line naming where it came from,
+before anything starts. The demo itself (web3, pandapower) is imported inside the command:
+``tegrid --help`` must start without them."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from backend.cli.output import fail
+from backend.demo.config import DemoError, check_port
 from backend.errors import TegridError
+from backend.settings import check_voltage_band
+
+PORT_ENV = {
+    "api_port": "TEGRID_DEMO_API_PORT",
+    "chain_port": "TEGRID_DEMO_CHAIN_PORT",
+    "broker_port": "TEGRID_DEMO_BROKER_PORT",
+}
+PU_ENV = {"vm_min": "TEGRID_VM_MIN_PU", "vm_max": "TEGRID_VM_MAX_PU"}
+
+
+def _source(ctx: typer.Context, param: str, env: str) -> str:
+    """How the user gave ``param``: its option, or the environment variable."""
+    option = "--" + param.replace("_", "-")
+    # by name: typer brings its own copy of click, whose ParameterSource is another class
+    source = ctx.get_parameter_source(param)
+    if getattr(source, "name", None) == "ENVIRONMENT":
+        return f"{env} (for {option})"
+    return option
+
+
+def _port(ctx: typer.Context, param: str, text: str) -> int:
+    name = _source(ctx, param, PORT_ENV[param])
+    try:
+        port = int(text.strip())
+    except ValueError:
+        fail(f"{name} must be a port number, got {text!r}")
+    try:
+        check_port(port, name)
+    except DemoError as exc:
+        fail(str(exc))
+    return port
+
+
+def _band(ctx: typer.Context, vm_min: str, vm_max: str) -> tuple[float, float]:
+    """The voltage band (pu), checked by the rule ``tegrid serve`` applies to its settings."""
+    names = (_source(ctx, "vm_min", PU_ENV["vm_min"]), _source(ctx, "vm_max", PU_ENV["vm_max"]))
+    values = []
+    for name, text in zip(names, (vm_min, vm_max), strict=True):
+        try:
+            values.append(float(text.strip()))
+        except ValueError:
+            fail(f"{name} must be a voltage in pu, got {text!r}")
+    try:
+        check_voltage_band(values[0], values[1], names)
+    except TegridError as exc:
+        fail(str(exc))
+    return values[0], values[1]
+
+
+PORT_HELP = {
+    "api_port": "the market API's port",
+    "chain_port": "Anvil's port",
+    "broker_port": "Mosquitto's port",
+}
+
+
+def _port_option(what: str) -> Any:
+    return typer.Option(
+        "0",
+        metavar="PORT",
+        envvar=PORT_ENV[what],
+        help=f"{PORT_HELP[what]} on 127.0.0.1 (0: a free one)",
+    )
 
 
 def demo(
+    ctx: typer.Context,
     network: str = typer.Option(
         "cigre_lv", metavar="NETWORK", help="grid: a named network, SimBench code or JSON file"
     ),
@@ -32,16 +103,32 @@ def demo(
     reports: Path = typer.Option(
         Path("reports"), metavar="DIR", help="folder for reports/<timestamp>/"
     ),
-) -> None:
+    api_port: str = _port_option("api_port"),
+    chain_port: str = _port_option("chain_port"),
+    broker_port: str = _port_option("broker_port"),
+    vm_min: str = typer.Option(
+        "0.90", metavar="PU", envvar=PU_ENV["vm_min"],
+        help="the Neural Grid's lower voltage limit, in [0.5, 1.0)",
+    ),
+    vm_max: str = typer.Option(
+        "1.10", metavar="PU", envvar=PU_ENV["vm_max"],
+        help="the Neural Grid's upper voltage limit, in (1.0, 1.5]",
+    ),
+) -> None:  # fmt: skip
     """Bring up chain, API, broker, oracle, meters and keeper; trade, validate, meter and settle a
-    day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, summary.json)."""
+    day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, figures.json,
+    summary.json)."""
     from backend.demo.run import Demo, DemoConfig, print_summary
     from grid.errors import GridError
 
     console = Console()
+    given = {"api_port": api_port, "chain_port": chain_port, "broker_port": broker_port}
+    ports = {name: _port(ctx, name, text) for name, text in given.items()}
+    vm_min_pu, vm_max_pu = _band(ctx, vm_min, vm_max)
     config = DemoConfig(
         network=network, prosumers=prosumers, hours=hours, interval_minutes=interval_minutes,
         seed=seed, start_hour=start_hour, broker=broker, reports_dir=reports.resolve(),
+        vm_min_pu=vm_min_pu, vm_max_pu=vm_max_pu, **ports,
     )  # fmt: skip
     try:
         summary, folder = Demo(config, console).run()

@@ -6,15 +6,19 @@ interval state outside a grid limit, no escrow left locked; ``print_summary`` sh
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from backend.chain import batches
+from backend.chain.protocol import TOKEN_DECIMALS, TOKEN_UNIT
+from backend.demo import analysis
+from backend.demo.analysis import LOADINGS, shown
 from backend.demo.clients import check_response
-from backend.demo.community import TOKEN_UNIT
 from backend.demo.config import DEPOSIT, TRADE_FIELDS
 from backend.demo.day import DemoDay
 from grid.verdicts import Trade
@@ -29,9 +33,12 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
     settled_count = Counter(e["args"]["tradeId"].hex() for e in settled_events)
     settled_by_id = {e["args"]["tradeId"].hex(): e for e in settled_events}
     reading_events = _events(day, readings, "ReadingsSubmitted")
-    reading_count = Counter(
-        (reading.meter, iv) for iv, reading, _ in batches.accepted_from_logs(reading_events)
-    )
+    accepted = list(batches.accepted_from_logs(reading_events))
+    reading_count = Counter((reading.meter, iv) for iv, reading, _ in accepted)
+    metered_wh = {"import": 0, "export": 0}
+    for _, reading, _ in accepted:
+        metered_wh["import"] += int(reading.import_wh)
+        metered_wh["export"] += int(reading.export_wh)
     settle_gas: Counter[int] = Counter()
     for e in _events(day, market, "BatchesSettled"):  # every settlement page
         receipt = day.w3.eth.get_transaction_receipt(e["transactionHash"])
@@ -46,6 +53,24 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         reading_gas[int(e["args"]["intervalId"])] += int(receipt["gasUsed"])
 
     limits = day.grid_validator.limits
+    limits_doc = {
+        "vm_min_pu": float(limits.vm_min_pu),
+        "vm_max_pu": float(limits.vm_max_pu),
+        "max_loading_percent": float(limits.max_line_loading_percent),
+        "max_trafo_loading_percent": float(limits.max_trafo_loading_percent),
+    }
+    facts = day.grid_validator.facts
+    # The state keys the network can bind on: no transformer, no transformer loading; lines with
+    # placeholder ratings only, no line loading.
+    usable = {"vm_max_pu", "vm_min_pu"}
+    if facts.lines > len(facts.placeholder_lines):
+        usable.add("max_line_loading_percent")
+    if facts.trafos:
+        usable.add("max_trafo_loading_percent")
+    s = day.cfg.interval_seconds
+    hours = s / 3600
+    members = len(day.members)
+    published_per_interval = Counter(i for _, i in day.published)
     intervals: list[dict[str, Any]] = []
     approved_ids: list[str] = []
     vetoed_ids: list[str] = []
@@ -60,24 +85,51 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         if batch.get("txHash"):
             record_gas = int(day.w3.eth.get_transaction_receipt(batch["txHash"])["gasUsed"])
         reasons = Counter(tr["reason"] for tr in trades if not tr["approved"])
+        delivered_wh = paid = 0
         for tr in trades:
             (approved_ids if tr["approved"] else vetoed_ids).append(tr["id"][2:].lower())
-            if not tr["approved"]:
-                day.vetoes.append(
-                    {
-                        "label": rec["label"], "trade": tr["id"][:10], "reason": tr["reason"],
-                        "element": tr["element"], "value": "", "limit": "",
-                    }
-                )  # fmt: skip
+            if tr["approved"]:
+                ev = settled_by_id.get(tr["id"][2:].lower())
+                if ev is not None:
+                    delivered_wh += int(ev["args"]["deliveredWh"])
+                    paid += int(ev["args"]["paid"])
+                continue
+            metric = analysis.METRICS.get(tr["reason"])
+            day.vetoes.append(
+                {
+                    "interval": t, "label": rec["label"], "trade": tr["id"][:10],
+                    "reason": tr["reason"], "element": tr["element"],
+                    "value": tr["vetoValue"], "limit": tr["vetoLimit"],
+                    "unit": metric[2] if metric else "",
+                }
+            )  # fmt: skip
         ok = within(grid_states["grid_approved"], grid_states["grid_base"], limits)
         limit_ok &= ok
         price = iv.get("clearingPrice")
+        start = datetime.fromtimestamp(t * s, UTC)
+        end = datetime.fromtimestamp((t + 1) * s, UTC)
+        energy = analysis.energy_kwh(grid_states["energy"], hours)
         intervals.append(
             {
                 "interval": t,
                 "label": rec["label"],
+                "start": start.isoformat().replace("+00:00", "Z"),
+                "end": end.isoformat().replace("+00:00", "Z"),
+                "span": f"{start:%H:%M}-{end:%H:%M}",
                 "orders": rec["posted"],
                 "clearing_price": int(price) / TOKEN_UNIT if price is not None else None,
+                "delivered_wh": delivered_wh,
+                "paid_tokens": paid / TOKEN_UNIT,
+                # what settlement paid per delivered kWh (the delivery-weighted trade price)
+                "average_price": (
+                    paid / TOKEN_UNIT / (delivered_wh / 1000) if delivered_wh else None
+                ),
+                "under_delivering_sellers": sum(1 for _, i in day.overrides if i == t),
+                "missing_readings": members - published_per_interval.get(t, 0),
+                "binding": analysis.binding(
+                    grid_states["grid_approved"], dict(reasons), limits_doc, usable
+                ),
+                "energy": energy,
                 "traded_wh": int(iv["tradedWh"]),
                 "vetoed_wh": int(iv["vetoedWh"]),
                 "approved": int(iv["approvedCount"]),
@@ -123,6 +175,9 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
                     p["received"] += paid
                 else:
                     p["paid"] += paid
+    for p in participants:
+        p["received_tokens"] = p["received"] / TOKEN_UNIT
+        p["paid_tokens"] = p["paid"] / TOKEN_UNIT
     deposited = DEPOSIT * len(day.members)
     market_tokens = int(token.functions.balanceOf(market.address).call())
     checks = {
@@ -149,6 +204,8 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         "energy traded (kWh)": round(sum(i["traded_wh"] for i in intervals) / 1000, 3),
         "energy delivered (kWh)": round(sum(p["delivered_wh"] for p in participants) / 2000, 3),
         "tokens paid to sellers": sum(p["received"] for p in participants) / TOKEN_UNIT,
+        "sellers' deliveries under-metered": len(day.overrides),
+        "readings missing": members * len(intervals) - len(day.published),
         "readings on chain": sum(reading_count.values()),
         "gas total": sum(sum(i["gas"].values()) for i in intervals),
         "wall time (s)": round(wall_s, 1),
@@ -157,18 +214,54 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         if day.pipeline_s
         else 0.0,
     }
+    contracted_kwh = sum(i["traded_wh"] for i in intervals) / 1000
+    delivered_kwh = sum(i["delivered_wh"] for i in intervals) / 1000
+    energy = analysis.energy_totals([i["energy"] for i in intervals])
+    energy.update(
+        p2p_contracted_kwh=contracted_kwh,
+        p2p_delivered_kwh=delivered_kwh,
+        metered_export_kwh=metered_wh["export"] / 1000,
+        metered_import_kwh=metered_wh["import"] / 1000,
+    )
+    start = datetime.fromtimestamp(first * s, UTC)
+    end = datetime.fromtimestamp((last + 1) * s, UTC)
     return {
         "network": day.cfg.network,
         "prosumers": day.cfg.prosumers,
         "interval_minutes": day.cfg.interval_minutes,
         "seed": day.cfg.seed,
+        "day": {
+            "date": f"{start:%Y-%m-%d}",
+            "start": start.isoformat().replace("+00:00", "Z"),
+            "end": end.isoformat().replace("+00:00", "Z"),
+            "span": f"{start:%Y-%m-%d %H:%M}-{end:%H:%M} UTC",
+            "first_interval": first,
+            "last_interval": last,
+            "interval_seconds": s,
+        },
         "transport": day.transport_note,
         "chain": {"rpc_url": day.settings.rpc_url, "contracts": day.deployment.contracts},
-        "limits": {
-            "vm_min_pu": float(limits.vm_min_pu),
-            "vm_max_pu": float(limits.vm_max_pu),
-            "max_loading_percent": float(limits.max_line_loading_percent),
-            "max_trafo_loading_percent": float(limits.max_trafo_loading_percent),
+        "limits": limits_doc,
+        "network_facts": facts.to_dict(),
+        # the state keys whose limit can bind here (the tables show N/A for the others)
+        "can_bind": sorted(usable),
+        "warnings": list(facts.warnings),
+        "units": {
+            "energy": "kWh (fields ending in _wh: Wh)",
+            "clearing_price, average_price": "tokens per kWh",
+            "paid_tokens, received_tokens": "tokens",
+            "paid, received, available, locked": f"token base units (10^-{TOKEN_DECIMALS} token)",
+            "voltages": "pu",
+            "loadings": "percent of the rating",
+        },
+        "energy_balance": energy,
+        "energy_definitions": dict(analysis.ENERGY_DEFINITIONS),
+        "delivery": {
+            "contracted_kwh": contracted_kwh,
+            "delivered_kwh": delivered_kwh,
+            "under_delivering_sellers": len(day.overrides),
+            "missing_readings": members * len(intervals) - len(day.published),
+            "explanation": analysis.DELIVERY_EXPLANATION,
         },
         "intervals": intervals,
         "participants": participants,
@@ -192,33 +285,38 @@ def _events(day: DemoDay, contract: Any, name: str) -> list[Any]:
 def interval_grid_states(
     day: DemoDay, interval_id: int, trades: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The AC state of an interval: base, base + approved trades, base + every trade."""
+    """The AC state of an interval: base, base + approved trades, base + every trade (a loading
+    is None where the network has no such element or the flow did not converge), and the power
+    balance of base + approved trades."""
     hours = day.cfg.interval_seconds / 3600
     validator = day.grid_validator
 
-    def state(selected: list[dict[str, Any]]) -> dict[str, float]:
+    def as_trades(selected: list[dict[str, Any]]) -> list[Trade]:
+        return [
+            Trade(t["id"], t["sellerBus"], t["buyerBus"], t["energyWh"] / hours / 1000)
+            for t in selected
+        ]
+
+    def state(selected: list[dict[str, Any]]) -> dict[str, Any]:
         st = validator.grid_status(
-            [
-                Trade(t["id"], t["sellerBus"], t["buyerBus"], t["energyWh"] / hours / 1000)
-                for t in selected
-            ],
-            interval=interval_id,
-            interval_seconds=day.cfg.interval_seconds,
+            as_trades(selected), interval=interval_id, interval_seconds=day.cfg.interval_seconds
         )
         return {
             "converged": bool(st.converged),
             "vm_min_pu": min(st.vm_pu) if st.vm_pu else float("nan"),
             "vm_max_pu": max(st.vm_pu) if st.vm_pu else float("nan"),
-            "max_line_loading_percent": max(st.line_loading_percent, default=0.0),
-            "max_trafo_loading_percent": max(st.trafo_loading_percent, default=0.0),
+            "max_line_loading_percent": max(st.line_loading_percent, default=None),
+            "max_trafo_loading_percent": max(st.trafo_loading_percent, default=None),
         }
 
-    base = validator.base_state(interval_id, day.cfg.interval_seconds)
+    approved = [t for t in trades if t["approved"]]
     return {
         "grid_base": state([]),
-        "grid_approved": state([t for t in trades if t["approved"]]),
+        "grid_approved": state(approved),
         "grid_all": state(trades),
-        "base_summary": base.to_dict(),
+        "energy": validator.energy_balance(
+            as_trades(approved), interval=interval_id, interval_seconds=day.cfg.interval_seconds
+        ).to_dict(),
     }
 
 
@@ -228,31 +326,53 @@ def within(approved: dict[str, Any], base: dict[str, Any], limits: Any) -> bool:
     tol = 1e-6
     if not approved["converged"]:
         return False
-    checks = (
+    checks = [
         (approved["vm_min_pu"] >= min(limits.vm_min_pu, base["vm_min_pu"]) - tol),
         (approved["vm_max_pu"] <= max(limits.vm_max_pu, base["vm_max_pu"]) + tol),
-        approved["max_line_loading_percent"]
-        <= max(limits.max_line_loading_percent, base["max_line_loading_percent"]) + tol,
-        approved["max_trafo_loading_percent"]
-        <= max(limits.max_trafo_loading_percent, base["max_trafo_loading_percent"]) + tol,
-    )
+    ]
+    for key, limit in (
+        ("max_line_loading_percent", limits.max_line_loading_percent),
+        ("max_trafo_loading_percent", limits.max_trafo_loading_percent),
+    ):
+        if approved[key] is not None:  # None: the network has no such element
+            checks.append(approved[key] <= max(limit, base[key]) + tol)
     return all(checks)
 
 
+# Short names of the veto reasons for the console table (the report spells them out).
+SHORT_REASONS = {
+    "VOLTAGE_HIGH": "V-high", "VOLTAGE_LOW": "V-low", "LINE_OVERLOAD": "line",
+    "TRAFO_OVERLOAD": "trafo", "NOT_CONVERGED": "no-flow",
+}  # fmt: skip
+WIDE_CONSOLE = 100  # from this width the table also shows the line and transformer loadings
+
+
 def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -> None:
-    table = Table(title="tegrid demo: per interval")
-    for col in ("time", "orders", "price", "kWh", "ok", "veto", "reasons", "min V", "load%"):
-        table.add_column(col, justify="right")
+    """The per-interval table (fits 80 columns; wider consoles also get the loadings), the
+    totals and the checks."""
+    table = Table(
+        title=f"tegrid demo: per interval, {summary['day']['span']}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
+    columns = ["time", "orders", "tok/kWh", "kWh", "ok", "vetoes", "binding (value/limit)"]
+    wide = console.width >= WIDE_CONSOLE
+    if wide:
+        columns += ["line %", "trafo %"]
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=col != "vetoes")
     for i in summary["intervals"]:
-        ga = i["grid_approved"]
         price = "-" if i["clearing_price"] is None else f"{i['clearing_price']:.4f}"
-        table.add_row(
+        vetoes = ", ".join(
+            f"{n} {SHORT_REASONS.get(r, r)}" for r, n in i["vetoes_by_reason"].items()
+        )
+        row = [
             i["label"], str(i["orders"]), price, f"{i['traded_wh'] / 1000:.1f}",
-            str(i["approved"]), str(i["vetoed"]),
-            ", ".join(f"{k} {v}" for k, v in i["vetoes_by_reason"].items()) or "-",
-            f"{ga['vm_min_pu']:.3f}",
-            f"{max(ga['max_line_loading_percent'], ga['max_trafo_loading_percent']):.1f}",
-        )  # fmt: skip
+            str(i["approved"]), vetoes or "-", binding_text(i["binding"]),
+        ]  # fmt: skip
+        if wide:
+            row += [shown(summary, i["grid_approved"], key) for key in LOADINGS]
+        table.add_row(*row)
     console.print(table)
     totals = Table(title="totals")
     totals.add_column("figure")
@@ -263,3 +383,12 @@ def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -
     for name, ok in summary["checks"].items():
         console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'}  {name}")
     console.print(f"report: {report_dir / 'report.html'}")
+
+
+def binding_text(b: dict[str, Any]) -> str:
+    """``max V 1.0991 / 1.1 pu``: the binding metric, its value and its limit."""
+    if b["value"] is None:
+        return analysis.NOT_AVAILABLE
+    digits = 4 if b["unit"] == "pu" else 1
+    metric = b["metric"].removesuffix(" loading")  # "trafo 84.8/100 %"
+    return f"{metric} {b['value']:.{digits}f}/{b['limit']:g} {b['unit']}"

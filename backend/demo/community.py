@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 from eth_utils import keccak
 
+from backend.chain.protocol import TOKEN_UNIT
 from backend.iot.signing import address_of
 
 PV = "pv"
 CONSUMER = "consumer"
 BATTERY = "battery"
 KINDS = (PV, CONSUMER, BATTERY)
-TOKEN_UNIT = 10**6  # EnergyToken has 6 decimals
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.demo.community import TOKEN_UNIT
-from backend.errors import TegridError
+from backend.chain.protocol import TOKEN_UNIT
+from backend.errors import ConfigError, TegridError
+from backend.net import port_open
 from backend.paths import REPO_ROOT
-from backend.settings import ANVIL_KEYS
+from backend.settings import ANVIL_KEYS, check_voltage_band
 
 # Distinct keys per role, so no two processes share a transaction nonce.
 ROLE_KEYS = {
@@ -23,9 +24,10 @@ ROLE_KEYS = {
 DEPOSIT = 2_000 * TOKEN_UNIT
 TRADE_FIELDS = (
     "id", "intervalId", "seller", "buyer", "sellerBus", "buyerBus", "energyWh", "pricePerKWh",
-    "approved", "reason", "element",
+    "approved", "reason", "element", "vetoValue", "vetoLimit",
 )  # fmt: skip
 SETTLEMENT_DELAY_S = 1800
+MIN_PORT = 1024  # below: privileged ports, which Anvil, Mosquitto and uvicorn cannot bind as users
 # How often the keeper polls the chain when nothing is due: it is not on the critical path, and
 # every poll costs it and Anvil CPU the clearing needs (at 0.02 / 0.2 s the oracle and the keeper
 # used a third of a core between them).
@@ -40,6 +42,13 @@ class DemoError(TegridError, RuntimeError):
     """The demo could not complete a step (says which)."""
 
 
+def check_port(port: int, name: str) -> None:
+    """``DemoError`` naming the option (``name``, as the user gave it) unless ``port`` is 0 (a
+    free port) or an unprivileged port number."""
+    if port != 0 and not MIN_PORT <= port <= 65535:
+        raise DemoError(f"{name} must be 0 (a free port) or {MIN_PORT}-65535, got {port}")
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     network: str = "cigre_lv"
@@ -52,6 +61,13 @@ class DemoConfig:
     missing_share: float = 0.05  # share of readings never sent (count as zero at the deadline)
     reports_dir: Path = REPO_ROOT / "reports"
     broker: str = "auto"  # auto | mosquitto | inprocess
+    # Where the stack listens on 127.0.0.1 (0: a free port the system picks).
+    api_port: int = 0
+    chain_port: int = 0
+    broker_port: int = 0
+    # The Neural Grid's voltage band (pu), for the API's validator and the report's checks.
+    vm_min_pu: float = 0.90
+    vm_max_pu: float = 1.10
 
     def validate(self) -> None:
         if self.prosumers < 2 or self.prosumers > 500:
@@ -62,6 +78,24 @@ class DemoConfig:
             raise DemoError("--interval-minutes must divide a day (1, 5, 15, 30, 60 ...)")
         if self.broker not in ("auto", "mosquitto", "inprocess"):
             raise DemoError("--broker must be auto, mosquitto or inprocess")
+        try:
+            check_voltage_band(self.vm_min_pu, self.vm_max_pu, ("--vm-min", "--vm-max"))
+        except ConfigError as exc:
+            raise DemoError(str(exc)) from None
+        ports = {"--api-port": self.api_port, "--chain-port": self.chain_port,
+                 "--broker-port": self.broker_port}  # fmt: skip
+        for name, port in ports.items():
+            check_port(port, name)
+        chosen = [(name, port) for name, port in ports.items() if port]
+        for i, (name, port) in enumerate(chosen):
+            for other, same in chosen[i + 1 :]:
+                if port == same:
+                    raise DemoError(f"{name} and {other} are both {port}: give each its own port")
+        if self.broker_port and self.broker == "inprocess":
+            raise DemoError("--broker-port needs Mosquitto: --broker inprocess listens on no port")
+        for name, port in chosen:
+            if port_open("127.0.0.1", port, timeout_s=0.2):
+                raise DemoError(f"{name} {port}: something already listens on 127.0.0.1:{port}")
 
     @property
     def interval_seconds(self) -> int:

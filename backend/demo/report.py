@@ -1,8 +1,12 @@
-"""Demo report: ``summary.json``, PNG plots and ``report.html`` in one folder.
+"""Demo report: ``summary.json``, PNG plots, ``figures.json`` and ``report.html`` in one folder.
 
-The input is the summary dict the demo builds (see :func:`write_report` for the keys it reads); the
-plots are what an operator would rather look at than read: prices and volumes, verdicts by reason,
-grid limits with and without the vetoed trades, delivery and payments per participant, gas.
+The input is the summary dict the demo builds (``backend.demo.checks.summarize``); the plots are
+what an operator would rather look at than read: prices and volumes, verdicts by reason, grid
+limits with and without the vetoed trades, contracted vs delivered energy per interval, delivery
+and payments per participant, gas. Amounts of money are in tokens (the token has
+``protocol.TOKEN_DECIMALS`` decimals), prices in tokens per kWh; energy and money axes start at 0.
+``figures.json`` records, for every plot, each axis' label and limits as drawn, so what a figure
+shows can be checked without reading pixels.
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from backend.chain.protocol import TOKEN_DECIMALS
+from backend.demo.analysis import ENERGY_KEYS, LOADINGS, NOT_AVAILABLE, fmt, shown
 
 PLOTS = (
-    ("prices_volumes.png", "Clearing price and traded volume per interval"),
+    ("prices_volumes.png", "Clearing price (tokens/kWh) and traded volume (kWh) per interval"),
     ("verdicts.png", "Approved and vetoed trades by reason"),
     (
         "grid_limits.png",
         "Grid state per interval against the limits, with and without the vetoed trades",
     ),
-    ("participants.png", "Contracted vs delivered energy and payments per participant"),
+    ("delivery.png", "Contracted vs delivered energy per interval"),
+    ("participants.png", "Contracted vs delivered energy and payments (tokens) per participant"),
     ("gas.png", "Gas per interval"),
 )
 
@@ -33,25 +42,46 @@ def _labels(intervals: list[dict[str, Any]]) -> list[str]:
     return [str(i["label"]) for i in intervals]
 
 
-def _plot_prices(intervals: list[dict[str, Any]], path: Path) -> None:
+def _axes_doc(fig: Figure) -> list[dict[str, Any]]:
+    """Every axis of ``fig`` as drawn: title, labels and limits (``figures.json``)."""
+    return [
+        {
+            "title": ax.get_title(),
+            "xlabel": ax.get_xlabel(),
+            "ylabel": ax.get_ylabel(),
+            "ylim": [float(v) for v in ax.get_ylim()],
+        }
+        for ax in fig.get_axes()
+    ]
+
+
+def _save(fig: Figure, path: Path) -> list[dict[str, Any]]:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    doc = _axes_doc(fig)
+    plt.close(fig)
+    return doc
+
+
+def _plot_prices(intervals: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
     fig, ax1 = plt.subplots(figsize=(9, 4))
     x = range(len(intervals))
     ax1.bar(x, [i["traded_wh"] / 1000 for i in intervals], color="#9ecae1", label="traded (kWh)")
     ax1.set_ylabel("approved volume (kWh)")
+    ax1.set_ylim(bottom=0)
     ax2 = ax1.twinx()
     prices = [
         i["clearing_price"] if i["clearing_price"] is not None else float("nan") for i in intervals
     ]
     ax2.plot(list(x), prices, "o-", color="#d94801", label="clearing price")
-    ax2.set_ylabel("clearing price (token units / kWh)")
+    ax2.set_ylabel("clearing price (tokens / kWh)")
+    ax2.set_ylim(bottom=0)
     ax1.set_xticks(list(x), _labels(intervals), rotation=45, ha="right", fontsize=7)
     ax1.set_title("Clearing price and traded volume")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
 
-def _plot_verdicts(intervals: list[dict[str, Any]], path: Path) -> None:
+def _plot_verdicts(intervals: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
     reasons = sorted({r for i in intervals for r in i["vetoes_by_reason"]})
     fig, ax = plt.subplots(figsize=(9, 4))
     x = list(range(len(intervals)))
@@ -66,183 +96,316 @@ def _plot_verdicts(intervals: list[dict[str, Any]], path: Path) -> None:
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     ax.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("trades")
+    ax.set_ylim(bottom=0)
     ax.set_title("Verdicts of the Neural Grid")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
 
-def _plot_grid(intervals: list[dict[str, Any]], limits: dict[str, float], path: Path) -> None:
+def _plot_grid(
+    intervals: list[dict[str, Any]], limits: dict[str, float], facts: dict[str, Any], path: Path
+) -> list[dict[str, Any]]:
     fig, (ax_v, ax_l) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     x = list(range(len(intervals)))
 
     def series(key: str, state: str) -> list[float]:
-        return [float(i[state][key]) for i in intervals]
+        values = [i[state][key] for i in intervals]
+        return [float("nan") if v is None else float(v) for v in values]
 
-    ax_v.plot(
-        x, series("vm_min_pu", "grid_approved"), "-", color="#2171b5", label="min V, approved set"
-    )
-    ax_v.plot(
-        x, series("vm_max_pu", "grid_approved"), "-", color="#cb181d", label="max V, approved set"
-    )
-    ax_v.plot(x, series("vm_min_pu", "grid_all"), ":", color="#2171b5", label="min V, incl. vetoed")
-    ax_v.plot(x, series("vm_max_pu", "grid_all"), ":", color="#cb181d", label="max V, incl. vetoed")
+    for key, color, label in (("vm_min_pu", "#2171b5", "min V"), ("vm_max_pu", "#cb181d", "max V")):
+        ax_v.plot(x, series(key, "grid_approved"), "-", color=color, label=f"{label}, approved set")
+        ax_v.plot(x, series(key, "grid_all"), ":", color=color, label=f"{label}, incl. vetoed")
     ax_v.axhline(limits["vm_min_pu"], color="k", lw=0.8, ls="--")
     ax_v.axhline(limits["vm_max_pu"], color="k", lw=0.8, ls="--")
     ax_v.set_ylabel("voltage (pu)")
     ax_v.legend(fontsize=7, ncol=2)
-    ax_l.plot(
-        x,
-        series("max_line_loading_percent", "grid_approved"),
-        "-",
-        color="#238b45",
-        label="max line, approved",
-    )
-    ax_l.plot(
-        x,
-        series("max_trafo_loading_percent", "grid_approved"),
-        "-",
-        color="#6a51a3",
-        label="max trafo, approved",
-    )
-    ax_l.plot(
-        x,
-        series("max_line_loading_percent", "grid_all"),
-        ":",
-        color="#238b45",
-        label="max line, incl. vetoed",
-    )
-    ax_l.plot(
-        x,
-        series("max_trafo_loading_percent", "grid_all"),
-        ":",
-        color="#6a51a3",
-        label="max trafo, incl. vetoed",
-    )
+    kinds = []
+    if facts["lines"]:
+        placeholder = " (placeholder ratings)" if facts["placeholder_lines"] else ""
+        kinds.append(("max_line_loading_percent", "#238b45", f"max line{placeholder}"))
+    if facts["trafos"]:
+        kinds.append(("max_trafo_loading_percent", "#6a51a3", "max trafo"))
+    for key, color, label in kinds:
+        ax_l.plot(x, series(key, "grid_approved"), "-", color=color, label=f"{label}, approved")
+        ax_l.plot(x, series(key, "grid_all"), ":", color=color, label=f"{label}, incl. vetoed")
     ax_l.axhline(limits["max_loading_percent"], color="k", lw=0.8, ls="--")
+    if not facts["trafos"]:
+        ax_l.set_title("no transformer in this network", fontsize=8)
     ax_l.set_ylabel("loading (%)")
+    ax_l.set_ylim(bottom=0)
     ax_l.legend(fontsize=7, ncol=2)
     ax_l.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
     fig.suptitle("Grid limits per interval (dashed: limits)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
 
-def _plot_participants(participants: list[dict[str, Any]], path: Path) -> None:
+def _plot_delivery(intervals: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    x = list(range(len(intervals)))
+    w = 0.4
+    ax.bar([i - w / 2 for i in x], [i["traded_wh"] / 1000 for i in intervals], w,
+           color="#9ecae1", label="contracted")  # fmt: skip
+    ax.bar([i + w / 2 for i in x], [i["delivered_wh"] / 1000 for i in intervals], w,
+           color="#08519c", label="delivered (settled)")  # fmt: skip
+    ax.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("energy (kWh)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title("Contracted vs delivered energy")
+    return _save(fig, path)
+
+
+def _plot_participants(participants: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
     fig, (ax_e, ax_p) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     x = list(range(len(participants)))
     w = 0.4
-    ax_e.bar(
-        [i - w / 2 for i in x],
-        [p["contracted_wh"] / 1000 for p in participants],
-        w,
-        label="contracted",
-    )
-    ax_e.bar(
-        [i + w / 2 for i in x],
-        [p["delivered_wh"] / 1000 for p in participants],
-        w,
-        label="delivered",
-    )
+    left, right = [i - w / 2 for i in x], [i + w / 2 for i in x]
+    ax_e.bar(left, [p["contracted_wh"] / 1000 for p in participants], w, label="contracted")
+    ax_e.bar(right, [p["delivered_wh"] / 1000 for p in participants], w, label="delivered")
     ax_e.set_ylabel("energy traded (kWh)")
+    ax_e.set_ylim(bottom=0)
     ax_e.legend(fontsize=8)
-    ax_p.bar(
-        [i - w / 2 for i in x],
-        [p["received"] for p in participants],
-        w,
-        color="#41ab5d",
-        label="received",
-    )
-    ax_p.bar(
-        [i + w / 2 for i in x], [-p["paid"] for p in participants], w, color="#cb181d", label="paid"
-    )
-    ax_p.set_ylabel("tokens (base units)")
+    ax_p.bar(left, [p["received_tokens"] for p in participants], w, color="#41ab5d",
+             label="received (seller)")  # fmt: skip
+    ax_p.bar(right, [p["paid_tokens"] for p in participants], w, color="#cb181d",
+             label="paid (buyer)")  # fmt: skip
+    ax_p.set_ylabel("payments (tokens)")
+    ax_p.set_ylim(bottom=0)
     ax_p.legend(fontsize=8)
     ax_p.set_xticks(x, [p["name"] for p in participants], rotation=60, ha="right", fontsize=7)
     fig.suptitle("Per participant")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
 
-def _plot_gas(intervals: list[dict[str, Any]], path: Path) -> None:
+def _plot_gas(intervals: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
     fig, ax = plt.subplots(figsize=(9, 3.5))
     x = list(range(len(intervals)))
-    ax.bar(x, [i["gas"]["record"] for i in intervals], label="recordTrades")
-    ax.bar(
-        x,
-        [i["gas"]["readings"] for i in intervals],
-        bottom=[i["gas"]["record"] for i in intervals],
-        label="submitReadings",
-    )
+    record = [i["gas"]["record"] for i in intervals]
+    readings = [i["gas"]["readings"] for i in intervals]
+    ax.bar(x, record, label="recordTrades")
+    ax.bar(x, readings, bottom=record, label="submitReadings")
     ax.bar(
         x,
         [i["gas"]["settle"] for i in intervals],
-        bottom=[i["gas"]["record"] + i["gas"]["readings"] for i in intervals],
+        bottom=[a + b for a, b in zip(record, readings, strict=True)],
         label="settle",
     )
     ax.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("gas")
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     ax.set_title("Gas per interval")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _save(fig, path)
 
 
 def write_report(summary: dict[str, Any], folder: Path) -> list[Path]:
-    """Write ``summary.json``, the PNG plots and ``report.html`` into ``folder``; return them."""
+    """Write ``summary.json``, the PNG plots, ``figures.json`` and ``report.html`` into
+    ``folder``; return them."""
     folder.mkdir(parents=True, exist_ok=True)
     intervals = summary["intervals"]
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    _plot_prices(intervals, folder / PLOTS[0][0])
-    _plot_verdicts(intervals, folder / PLOTS[1][0])
-    _plot_grid(intervals, summary["limits"], folder / PLOTS[2][0])
-    _plot_participants(summary["participants"], folder / PLOTS[3][0])
-    _plot_gas(intervals, folder / PLOTS[4][0])
+    drawn = (
+        _plot_prices(intervals, folder / PLOTS[0][0]),
+        _plot_verdicts(intervals, folder / PLOTS[1][0]),
+        _plot_grid(intervals, summary["limits"], summary["network_facts"], folder / PLOTS[2][0]),
+        _plot_delivery(intervals, folder / PLOTS[3][0]),
+        _plot_participants(summary["participants"], folder / PLOTS[4][0]),
+        _plot_gas(intervals, folder / PLOTS[5][0]),
+    )
+    figures = {name: axes for (name, _title), axes in zip(PLOTS, drawn, strict=True)}
+    (folder / "figures.json").write_text(json.dumps(figures, indent=2))
     (folder / "report.html").write_text(_html(summary))
-    return [folder / "summary.json", folder / "report.html", *(folder / name for name, _ in PLOTS)]
+    return [
+        folder / "summary.json",
+        folder / "figures.json",
+        folder / "report.html",
+        *(folder / name for name, _ in PLOTS),
+    ]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; cells are escaped here."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _interval_rows(intervals: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            str(i["interval"]),
+            i["span"],
+            str(i["orders"]),
+            str(i["approved"]),
+            str(i["vetoed"]),
+            fmt(i["traded_wh"] / 1000),
+            fmt(i["delivered_wh"] / 1000),
+            fmt(i["paid_tokens"], 6),
+            fmt(i["average_price"], 4),
+            fmt(i["clearing_price"], 4),
+            str(i["under_delivering_sellers"]),
+            str(i["missing_readings"]),
+        ]
+        for i in intervals
+    ]
+
+
+def _binding_rows(summary: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for i in summary["intervals"]:
+        b, ga = i["binding"], i["grid_approved"]
+        digits = 4 if b["unit"] == "pu" else 1
+        rows.append(
+            [
+                i["span"],
+                b["metric"],
+                b["reason"] or "(closest to its limit)",
+                fmt(b["value"], digits, b["unit"]),
+                fmt(b["limit"], digits, b["unit"]),
+                fmt(ga["vm_min_pu"], 4),
+                fmt(ga["vm_max_pu"], 4),
+                *(shown(summary, ga, key) for key in LOADINGS),
+            ]
+        )
+    return rows
+
+
+ENERGY_LABELS = {
+    "grid_import_kwh": "grid import (kWh)",
+    "grid_export_kwh": "grid export (kWh)",
+    "generation_kwh": "local generation (kWh)",
+    "consumption_kwh": "consumption (kWh)",
+    "losses_kwh": "losses (kWh)",
+    "self_consumption_kwh": "self-consumption (kWh)",
+}
+
+
+def _energy_rows(energy: dict[str, Any]) -> list[list[str]]:
+    rows = [[ENERGY_LABELS[k], fmt(energy[k])] for k in ENERGY_KEYS]
+    rate, sufficiency = energy["self_consumption_rate"], energy["self_sufficiency"]
+    rows += [
+        ["self-consumption rate", NOT_AVAILABLE if rate is None else f"{100 * rate:.1f} %"],
+        [
+            "self-sufficiency",
+            NOT_AVAILABLE if sufficiency is None else f"{100 * sufficiency:.1f} %",
+        ],
+        ["balance residual (kWh)", f"{energy['balance_residual_kwh']:.2e}"],
+        ["peer to peer: contracted (kWh)", fmt(energy["p2p_contracted_kwh"])],
+        ["peer to peer: delivered (kWh)", fmt(energy["p2p_delivered_kwh"])],
+        ["members' metered export (kWh)", fmt(energy["metered_export_kwh"])],
+        ["members' metered import (kWh)", fmt(energy["metered_import_kwh"])],
+    ]
+    if energy["intervals_not_converged"]:
+        rows.append(["intervals without a converged flow", str(energy["intervals_not_converged"])])
+    return rows
+
+
+def _energy_interval_rows(intervals: list[dict[str, Any]]) -> list[list[str]]:
+    return [[i["span"], *(fmt(i["energy"][k]) for k in ENERGY_KEYS)] for i in intervals]
+
+
+def _veto_rows(vetoes: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for v in vetoes:
+        digits = 6 if v["unit"] == "pu" else 3
+        rows.append(
+            [
+                v["label"],
+                v["trade"],
+                v["reason"],
+                str(v["element"]),
+                fmt(v["value"], digits, v["unit"]),
+                fmt(v["limit"], digits, v["unit"]),
+            ]
+        )
+    return rows
 
 
 def _html(summary: dict[str, Any]) -> str:
+    esc = html.escape
+    day, intervals, delivery = summary["day"], summary["intervals"], summary["delivery"]
     checks = "".join(
-        f"<tr><td>{html.escape(name)}</td>"
+        f"<tr><td>{esc(name)}</td>"
         f"<td class={'ok' if ok else 'bad'}>{'pass' if ok else 'FAIL'}</td></tr>"
         for name, ok in summary["checks"].items()
     )
-    totals = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-        for k, v in summary["totals"].items()
-    )
-    vetoes = "".join(
-        f"<tr><td>{html.escape(v['label'])}</td><td>{html.escape(v['trade'])}</td><td>{html.escape(v['reason'])}</td>"
-        f"<td>{html.escape(str(v['element']))}</td><td>{v['value']}</td><td>{v['limit']}</td></tr>"
-        for v in summary.get("vetoes", [])[:50]
-    )
+    totals = _table(["figure", "value"], [[str(k), str(v)] for k, v in summary["totals"].items()])
+    warnings = "".join(f"<p class=warn>warning: {esc(w)}</p>" for w in summary["warnings"])
+    facts = summary["network_facts"]
     figures = "".join(
-        f"<figure><img src='{name}' alt='{html.escape(title)}'>"
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        f"<figure><img src='{name}' alt='{esc(title)}'>"
+        f"<figcaption>{esc(title)}</figcaption></figure>"
         for name, title in PLOTS
+    )
+    definitions = "".join(
+        f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary["energy_definitions"].items()
+    )
+    vetoes = summary["vetoes"]
+    per_interval = _table(
+        ["interval", "time (UTC)", "orders", "trades", "vetoes", "traded kWh", "delivered kWh",
+         "paid tokens", "avg price tokens/kWh", "clearing price tokens/kWh",
+         "sellers under-metered", "readings missing"],
+        _interval_rows(intervals),
+    )  # fmt: skip
+    binding = _table(
+        ["time (UTC)", "binding metric", "veto reason", "value", "limit", "min V (pu)",
+         "max V (pu)", "max line loading (%)", "max trafo loading (%)"],
+        _binding_rows(summary),
+    )  # fmt: skip
+    energy_per_interval = _table(
+        ["time (UTC)", *(ENERGY_LABELS[k] for k in ENERGY_KEYS)], _energy_interval_rows(intervals)
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tegrid demo report</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
+td {{ text-align: right; white-space: nowrap; }} td:first-child {{ text-align: left; }}
 .ok {{ color: #1a7f37; font-weight: bold; }} .bad {{ color: #cf222e; font-weight: bold; }}
+.warn {{ color: #9a6700; font-weight: bold; }} dt {{ font-weight: bold; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; }}
 </style></head><body>
 <h1>tegrid community day</h1>
-<p>Network <b>{html.escape(str(summary["network"]))}</b>, {summary["prosumers"]} prosumers,
-{len(summary["intervals"])} intervals of {summary["interval_minutes"]} min, seed {summary["seed"]}.
-Meter transport: {html.escape(str(summary.get("transport", "")))}.</p>
+<p>Simulated day <b>{esc(day["span"])}</b> (chain time; intervals {day["first_interval"]} to
+{day["last_interval"]}, {summary["interval_minutes"]} min each).
+Network <b>{esc(str(summary["network"]))}</b>
+({facts["lines"]} lines, {facts["trafos"]} transformers),
+{summary["prosumers"]} prosumers, seed {summary["seed"]}.
+Voltage limits {summary["limits"]["vm_min_pu"]:g}-{summary["limits"]["vm_max_pu"]:g} pu, loading
+limits {summary["limits"]["max_loading_percent"]:g} % (lines) and
+{summary["limits"]["max_trafo_loading_percent"]:g} % (transformers).
+Meter transport: {esc(str(summary.get("transport", "")))}.
+Money is in tokens ({TOKEN_DECIMALS} decimals), prices in tokens per kWh.</p>
+{warnings}
 <h2>Checks</h2><table>{checks}</table>
-<h2>Totals</h2><table>{totals}</table>
+<h2>Totals</h2>{totals}
+<h2>Per interval</h2>
+<p>Average price: tokens paid per kWh delivered. Sellers under-metered: sellers whose meter showed
+30-70 % of their sale; readings missing: members whose reading never came.</p>
+{per_interval}
+<h2>Delivered vs contracted</h2>
+<p>Contracted {delivery["contracted_kwh"]:.3f} kWh, delivered {delivery["delivered_kwh"]:.3f} kWh
+({delivery["under_delivering_sellers"]} seller position(s) under-metered,
+{delivery["missing_readings"]} readings missing).</p>
+<p>{esc(delivery["explanation"])}</p>
+<h2>Binding grid limit per interval</h2>
+<p>With vetoes: the quantity of the most frequent veto reason in the approved state (max V for
+VOLTAGE_HIGH, min V for VOLTAGE_LOW, the largest line or transformer loading for an overload);
+without: the quantity closest to its limit. {NOT_AVAILABLE}: the network has no such element, or
+only placeholder ratings for it (see the warning above).</p>
+{binding}
+<h2>Energy balance</h2>
+{_table(["quantity", "value"], _energy_rows(summary["energy_balance"]))}
+<dl>{definitions}</dl>
+<h3>Per interval</h3>
+{energy_per_interval}
 {figures}
-<h2>Vetoed trades (first 50)</h2>
-<table><tr><th>interval</th><th>trade</th><th>reason</th><th>element</th><th>value</th><th>limit</th></tr>{vetoes}</table>
+<h2>Vetoed trades ({len(vetoes)})</h2>
+<p>The binding constraint of each veto as the Neural Grid computed it: what the element would
+reach with the trade, and its limit.</p>
+{_table(["interval", "trade", "reason", "element", "value", "limit"], _veto_rows(vetoes))}
 </body></html>
 """

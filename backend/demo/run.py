@@ -13,7 +13,8 @@ publish, the oracle relays the readings and the keeper settles it.
 
 The parts: ``config`` (settings, constants), ``stack`` (start-up), ``clients`` (signing, HTTP),
 ``day`` (the members and one interval's steps), ``profile`` (stage times, CPU), ``checks`` (the
-summary and its six checks). This module runs the day's pipeline.
+summary and its six checks), ``analysis`` (binding limits, energy balance, delivery, with their
+definitions), ``report`` (the files). This module runs the day's pipeline.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from backend.demo.day import DemoDay
 from backend.demo.report import write_report
 from backend.devtools.clock import chain_now
 from grid.validator import GridValidator
+from grid.verdicts import Limits
 
 __all__ = ["Demo", "DemoConfig", "DemoError", "print_summary"]
 
@@ -51,7 +53,8 @@ class Demo(DemoDay):
             self.console.print(
                 f"[bold]tegrid demo[/]: {cfg.prosumers} prosumers on {cfg.network}, "
                 f"{cfg.intervals} intervals of {cfg.interval_minutes} min from "
-                f"{cfg.start_hour:04.1f} h, seed {cfg.seed}"
+                f"{cfg.start_hour:04.1f} h, seed {cfg.seed}, voltage limits "
+                f"{cfg.vm_min_pu:g}-{cfg.vm_max_pu:g} pu"
             )
             self._start_chain()
             self._deploy()
@@ -59,7 +62,13 @@ class Demo(DemoDay):
             self._start_iot()
             self._start_keeper()
             self._start_market()
-            self.grid_validator = GridValidator(cfg.network)
+            self.grid_validator = GridValidator(
+                cfg.network, limits=Limits(vm_min_pu=cfg.vm_min_pu, vm_max_pu=cfg.vm_max_pu)
+            )
+            for warning in self.grid_validator.facts.warnings:
+                self.console.print(
+                    f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True
+                )
             self._connect_members()
             self._oracle_ready()
             s = cfg.interval_seconds
@@ -68,6 +77,11 @@ class Demo(DemoDay):
             first = (day + int(cfg.start_hour * 3600)) // s
             last = first + cfg.intervals - 1
             self._set_time((first - 1) * s + 1)
+            day_start = datetime.fromtimestamp(first * s, UTC)
+            day_end = datetime.fromtimestamp((last + 1) * s, UTC)
+            self.console.print(
+                f"simulated day {day_start:%Y-%m-%d %H:%M}-{day_end:%H:%M} UTC (chain time)"
+            )
             with Progress(
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),

@@ -70,7 +70,7 @@ class DemoStack:
         self.work.mkdir(parents=True, exist_ok=True)
         # No --state file: the demo never restarts its chain, and Anvil would serialize the whole
         # state to JSON every second (16 MB after 12 intervals of 150 members, growing).
-        anvil = AnvilProcess().start()
+        anvil = AnvilProcess(port=self.cfg.chain_port or None).start()
         self._pids["anvil"] = anvil.process.pid if anvil.process is not None else None
         self.stack.push(anvil.stop)
         self.w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
@@ -86,6 +86,8 @@ class DemoStack:
             database_url=f"sqlite:///{self.work / 'market.db'}",
             oracle_database_url=f"sqlite:///{self.work / 'oracle.db'}",
             network=self.cfg.network,
+            vm_min_pu=self.cfg.vm_min_pu,
+            vm_max_pu=self.cfg.vm_max_pu,
             grid_process=True,
             interval_seconds=self.cfg.interval_seconds,
             deployment_file=self.work / "deployment.json",
@@ -104,7 +106,7 @@ class DemoStack:
         on request; no scheduler, no keeper: the keeper is a process of its own)."""
         from backend.net import free_port
 
-        port = free_port()
+        port = self.cfg.api_port or free_port()
         self._start_service(
             "api",
             ["serve", "--dev", "--no-dev-stack", "--no-scheduler", "--no-keeper",
@@ -141,12 +143,11 @@ class DemoStack:
         use_mqtt = self.cfg.broker == "mosquitto" or (
             self.cfg.broker == "auto" and find_mosquitto() is not None
         )
-        if use_mqtt:
+        if use_mqtt or self.cfg.broker_port:
             if find_mosquitto() is None:
-                raise DemoError(
-                    "--broker mosquitto: mosquitto is not installed (apt-get install mosquitto)"
-                )
-            broker = MosquittoBroker().start()
+                option = "--broker mosquitto" if use_mqtt else "--broker-port"
+                raise DemoError(f"{option}: mosquitto is not installed (apt-get install mosquitto)")
+            broker = MosquittoBroker(port=self.cfg.broker_port or None).start()
             self._pids["mosquitto"] = broker.process.pid if broker.process is not None else None
             self.stack.push(broker.stop)
             self.transport_note = f"MQTT via Mosquitto at {broker.url}"

@@ -81,11 +81,16 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Decision:
-    """The validator's answer for one candidate: ``reason_code`` 0 means approved."""
+    """The validator's answer for one candidate: ``reason_code`` 0 means approved. A veto names
+    its binding constraint: the ``element``, the ``value`` it would reach (pu for voltages,
+    percent for loadings) and its ``limit`` (None where there is no number, e.g. a flow that
+    does not converge)."""
 
     reason_code: int
     reason: str = "APPROVED"
     element: str = ""
+    value: float | None = None
+    limit: float | None = None
 
     @property
     def approved(self) -> bool:

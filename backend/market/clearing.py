@@ -89,6 +89,8 @@ class ClearedTrade:
     verdict: int  # 0 approved, else the grid's reason code
     reason: str
     element: str
+    veto_value: float | None = None  # a veto's binding element: its value (pu or %) ...
+    veto_limit: float | None = None  # ... and the limit it would break
 
     @classmethod
     def decided(
@@ -110,6 +112,8 @@ class ClearedTrade:
             verdict=d.reason_code,
             reason=d.reason,
             element=d.element[:40],
+            veto_value=d.value,
+            veto_limit=d.limit,
         )
 
     def spec(self) -> TradeSpec:
@@ -136,6 +140,8 @@ class ClearedTrade:
             "verdict": self.verdict,
             "reason": self.reason,
             "element": self.element,
+            "veto_value": self.veto_value,
+            "veto_limit": self.veto_limit,
             "status": "pending",
         }
 

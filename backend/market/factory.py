@@ -1,5 +1,6 @@
 """Build a market from the settings: store (Settings.database_url), chain ledger (deployment file,
-market-operator and grid-operator keys), Neural Grid (Settings.network), validator key."""
+market-operator and grid-operator keys), Neural Grid (Settings.network, its voltage band
+Settings.vm_min_pu / vm_max_pu), validator key."""
 
 from __future__ import annotations
 
@@ -59,11 +60,13 @@ def build_market(
     if with_grid and settings.grid_process:
         from backend.market.grid_process import GridProcess
 
-        grid = GridProcess(settings.network, deployment.interval_seconds)
+        grid = GridProcess(settings.network, deployment.interval_seconds, settings.grid_limits)
     elif with_grid:
         from backend.market.grid_port import GridPortAdapter
 
-        grid = GridPortAdapter(settings.network, deployment.interval_seconds)
+        grid = GridPortAdapter(
+            settings.network, deployment.interval_seconds, limits=settings.grid_limits
+        )
     cfg = config or MarketConfig(
         interval_seconds=deployment.interval_seconds,
         max_orders_per_trader_interval=settings.max_orders_per_trader_interval,

@@ -35,12 +35,25 @@ def _trade(c: Candidate, interval_seconds: int) -> Any:
 
 
 class GridPortAdapter:
-    def __init__(self, network: str, interval_seconds: int, validator: Any | None = None) -> None:
+    def __init__(
+        self,
+        network: str,
+        interval_seconds: int,
+        validator: Any | None = None,
+        limits: dict[str, float] | None = None,
+    ) -> None:
+        """``limits``: ``grid.verdicts.Limits`` fields for a validator built here (default
+        limits otherwise)."""
         from grid.validator import GridValidator
+        from grid.verdicts import Limits
 
         self.network = network
         self.interval_seconds = interval_seconds
-        self.validator = validator if validator is not None else GridValidator(network)
+        self.validator = (
+            validator
+            if validator is not None
+            else GridValidator(network, limits=Limits(**(limits or {})))
+        )
         self._lock = threading.Lock()
 
     def _trades(self, batch: Sequence[Candidate]) -> list[Any]:
@@ -51,7 +64,10 @@ class GridPortAdapter:
             result = self.validator.validate(
                 self._trades(batch), interval=interval_id, interval_seconds=self.interval_seconds
             )
-        decisions = [Decision(int(v.reason), v.reason.name, v.element) for v in result.verdicts]
+        decisions = [
+            Decision(int(v.reason), v.reason.name, v.element, v.value, v.limit)
+            for v in result.verdicts
+        ]
         return decisions, str(result.evidence_hash)
 
     def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:

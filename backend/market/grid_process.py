@@ -26,12 +26,14 @@ _WORKER: Any = None  # the worker process's GridPortAdapter
 PARENT_POLL_S = 0.5
 
 
-def _start(network: str, interval_seconds: int, parent_pid: int) -> None:
+def _start(
+    network: str, interval_seconds: int, limits: dict[str, float] | None, parent_pid: int
+) -> None:
     global _WORKER
     from backend.market.grid_port import GridPortAdapter
 
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
-    _WORKER = GridPortAdapter(network, interval_seconds)
+    _WORKER = GridPortAdapter(network, interval_seconds, limits=limits)
 
 
 def _exit_with(parent_pid: int) -> None:
@@ -50,9 +52,12 @@ class GridProcess:
     """``GridPort`` over a ``GridPortAdapter`` in one worker process (spawned, so it shares no
     threads or locks with the API process); calls are served in the order they are made."""
 
-    def __init__(self, network: str, interval_seconds: int) -> None:
+    def __init__(
+        self, network: str, interval_seconds: int, limits: dict[str, float] | None = None
+    ) -> None:
         self.network = network
         self.interval_seconds = interval_seconds
+        self.limits = limits
         self._pool_lock = threading.Lock()
         self._pool = self._start_pool()
         self._load_buses: list[int] | None = None
@@ -63,7 +68,7 @@ class GridProcess:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(self.network, self.interval_seconds, os.getpid()),
+            initargs=(self.network, self.interval_seconds, self.limits, os.getpid()),
         )
 
     def _run(self, fn: Any, *args: Any) -> Any:
@@ -118,8 +123,9 @@ class GridProcess:
         (the dashboard draws its topology)."""
         if self._local is None:
             from grid.validator import GridValidator
+            from grid.verdicts import Limits
 
-            self._local = GridValidator(self.network)
+            self._local = GridValidator(self.network, limits=Limits(**(self.limits or {})))
         return self._local
 
     def close(self) -> None:

@@ -136,6 +136,10 @@ class TradeRow(Base):
     verdict: Mapped[int] = mapped_column(Integer, nullable=False)
     reason: Mapped[str] = mapped_column(String(24), nullable=False)
     element: Mapped[str] = mapped_column(String(40), nullable=False, default="")
+    # A veto's binding constraint in numbers (pu for voltages, percent for loadings): what the
+    # element would reach and its limit; None when approved or when there is no number.
+    veto_value: Mapped[float | None] = mapped_column(Float)
+    veto_limit: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(10), nullable=False)  # pending|recorded|settled
     tx_hash: Mapped[str | None] = mapped_column(String(66))
     delivered_wh: Mapped[int | None] = mapped_column(BigInteger)

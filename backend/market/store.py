@@ -595,11 +595,17 @@ class Store:
             return s.get(ConnectionRow, wallet)
 
 
+# Columns added to a table after its first release: (table, column, SQL type), nullable.
+ADDED_COLUMNS = (("trades", "veto_value", "FLOAT"), ("trades", "veto_limit", "FLOAT"))
+
+
 def _migrate(engine: Engine) -> None:
     """Bring a store written by an older version up to date. The one-batch-per-interval table
     ``batches`` (primary key ``interval_id``) became ``trade_batches`` (``interval_id``,
     ``batch_index``): its rows move over as batch 0 of 1, in one transaction. Two processes opening
-    the same old store race harmlessly: the loser finds the table gone."""
+    the same old store race harmlessly: the loser finds the table gone. Columns added later
+    (``ADDED_COLUMNS``) are added empty (older trades keep no numbers)."""
+    _add_columns(engine)
     if "batches" not in inspect(engine).get_table_names():
         return
     copy = text(
@@ -616,6 +622,20 @@ def _migrate(engine: Engine) -> None:
     except SQLAlchemyError:
         if "batches" in inspect(engine).get_table_names():
             raise
+
+
+def _add_columns(engine: Engine) -> None:
+    inspector = inspect(engine)
+    for table, column, sql_type in ADDED_COLUMNS:
+        if column in {c["name"] for c in inspector.get_columns(table)}:
+            continue
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+        except SQLAlchemyError:
+            # another process added it meanwhile
+            if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise
 
 
 def _table(model: type[Base]) -> Table:

@@ -122,3 +122,8 @@ def test_trade_state_is_the_enum_of_trade_of(ledger: Any) -> None:
         ("SETTLED", 1, "settled"),
         ("RECLAIMED", 2, "reclaimed"),
     ]
+
+
+def test_token_decimals_match_the_token(ledger: Any) -> None:
+    assert ledger.token.decimals() == protocol.TOKEN_DECIMALS == 6
+    assert 10 ** ledger.token.decimals() == protocol.TOKEN_UNIT

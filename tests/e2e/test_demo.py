@@ -1,34 +1,52 @@
-"""A short `tegrid demo` (2 intervals, congested midday) through every real component."""
+"""Short `tegrid demo` runs through every real component, and the report built from them: the
+congested midday on cigre_lv (vetoes with their numbers, a tightened voltage band, figures from 0,
+tokens), and case33bw (no transformer, placeholder line ratings) on ports of our choosing."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from backend.chain.protocol import TOKEN_UNIT
+from backend.devtools.broker import find_mosquitto
+from backend.net import free_port
 
 TEGRID = Path(sys.executable).with_name("tegrid")
 PHYSICAL = {"VOLTAGE_HIGH", "VOLTAGE_LOW", "LINE_OVERLOAD", "TRAFO_OVERLOAD"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("prices_volumes", "verdicts", "grid_limits", "delivery", "participants", "gas")
+VM_MAX_PU = 1.08
 
 
-@pytest.mark.e2e
-def test_demo_short_congested_day_summary(tmp_path: Path) -> None:
+def _run_demo(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
     result = subprocess.run(
-        [
-            str(TEGRID), "demo", "--hours", "0.5", "--prosumers", "16", "--start-hour", "13",
-            "--seed", "7", "--reports", str(tmp_path),
-        ],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "160"},
+        [str(TEGRID), "demo", *args, "--prosumers", "16", "--seed", "7",
+         "--reports", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"},
         check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     folders = list(tmp_path.iterdir())
     assert len(folders) == 1
-    folder = folders[0]
+    return result, folders[0]
+
+
+@pytest.mark.e2e
+def test_demo_short_congested_day_summary(tmp_path: Path) -> None:
+    api_port, chain_port = free_port(), free_port()
+    result, folder = _run_demo(
+        ["--hours", "0.5", "--start-hour", "13", "--vm-max", str(VM_MAX_PU),
+         "--api-port", str(api_port), "--chain-port", str(chain_port)],
+        tmp_path,
+    )  # fmt: skip
     summary = json.loads((folder / "summary.json").read_text())
 
     assert all(summary["checks"].values()), summary["checks"]
@@ -50,14 +68,185 @@ def test_demo_short_congested_day_summary(tmp_path: Path) -> None:
         assert interval["approved_state_within_limits"]
         assert interval["gas"]["record"] > 0 and interval["gas"]["settle"] > 0
 
-    # the API and the keeper (and the oracle, over Mosquitto) ran as processes of their own
+    # the API and the keeper (and the oracle, over Mosquitto) ran as processes of their own, the
+    # API and the chain on the ports asked for
     layout = summary["processes"]
     assert "backend.cli.main serve --dev --no-dev-stack --no-scheduler" in layout["api"]
+    assert f"--port {api_port}" in layout["api"]
+    assert summary["chain"]["rpc_url"] == f"http://127.0.0.1:{chain_port}"
     assert "backend.cli.main keeper" in layout["keeper"]
     if layout.get("broker") == "mosquitto":
         assert "backend.cli.main oracle" in layout["oracle"]
-    assert (folder / "report.html").read_text().count("<img") == 5
-    for png in ("prices_volumes", "verdicts", "grid_limits", "participants", "gas"):
+
+    _check_vetoes(summary)
+    _check_intervals(summary)
+    _check_energy_balance(summary)
+    _check_figures(folder, summary)
+    _check_html(folder, summary)
+    assert "PASS" in result.stdout and "FAIL" not in result.stdout
+    assert "warning:" not in result.stdout  # cigre_lv's ratings are real
+    assert f"voltage limits 0.9-{VM_MAX_PU} pu" in result.stdout
+    for i in summary["intervals"]:  # the console's binding column, e.g. "max V 1.0795/1.08 pu"
+        b = i["binding"]
+        if b["metric"] == "max V":
+            assert f"max V {b['value']:.4f}/{VM_MAX_PU} pu" in result.stdout
+    assert "simulated day " + summary["day"]["span"] + " (chain time)" in result.stdout
+
+
+def _check_vetoes(summary: dict[str, Any]) -> None:
+    """Every veto carries the binding value and limit the Neural Grid computed (as stored with the
+    trade and served by the API), in the band the demo was given."""
+    assert summary["limits"]["vm_max_pu"] == VM_MAX_PU
+    trades = {t["id"][:10]: t for t in summary["trades"] if not t["approved"]}
+    assert len(summary["vetoes"]) == len(trades) == summary["totals"]["trades vetoed"]
+    for veto in summary["vetoes"]:
+        trade = trades[veto["trade"]]
+        assert isinstance(veto["value"], float) and isinstance(veto["limit"], float), veto
+        assert (veto["value"], veto["limit"]) == (trade["vetoValue"], trade["vetoLimit"])
+        assert (veto["reason"], veto["element"]) == (trade["reason"], trade["element"])
+        if veto["reason"] == "VOLTAGE_HIGH":
+            assert veto["limit"] == VM_MAX_PU and veto["value"] > VM_MAX_PU
+            assert veto["unit"] == "pu" and veto["element"].startswith("bus ")
+        elif veto["reason"] == "TRAFO_OVERLOAD":
+            assert veto["limit"] >= 100.0 and veto["value"] > veto["limit"]
+            assert veto["unit"] == "%" and veto["element"].startswith("trafo ")
+
+
+def _check_intervals(summary: dict[str, Any]) -> None:
+    day, intervals = summary["day"], summary["intervals"]
+    start = datetime.fromtimestamp(day["first_interval"] * 900, UTC)
+    assert (day["start"], day["interval_seconds"]) == (start.strftime("%Y-%m-%dT13:00:00Z"), 900)
+    assert day["span"] == f"{start:%Y-%m-%d} 13:00-13:30 UTC"
+    assert [i["span"] for i in intervals] == ["13:00-13:15", "13:15-13:30"]
+    assert [i["interval"] for i in intervals] == [day["first_interval"], day["last_interval"]]
+    for i in intervals:
+        assert 0 < i["delivered_wh"] <= i["traded_wh"]
+        assert i["average_price"] == pytest.approx(i["paid_tokens"] / (i["delivered_wh"] / 1000))
+        # the binding metric of a voltage-vetoed interval: the approved state's highest voltage
+        if max(i["vetoes_by_reason"], key=i["vetoes_by_reason"].get) == "VOLTAGE_HIGH":
+            assert i["binding"] == {
+                "metric": "max V", "reason": "VOLTAGE_HIGH", "unit": "pu",
+                "value": i["grid_approved"]["vm_max_pu"], "limit": VM_MAX_PU,
+            }  # fmt: skip
+        assert i["grid_approved"]["max_trafo_loading_percent"] > 0  # cigre_lv has transformers
+    paid_tokens = sum(i["paid_tokens"] for i in intervals)
+    assert paid_tokens == pytest.approx(summary["totals"]["tokens paid to sellers"], abs=1e-9)
+    assert paid_tokens * TOKEN_UNIT == pytest.approx(
+        sum(p["received"] for p in summary["participants"]), abs=1e-3
+    )
+    for p in summary["participants"]:
+        assert (p["received_tokens"], p["paid_tokens"]) == (
+            p["received"] / TOKEN_UNIT, p["paid"] / TOKEN_UNIT
+        )  # fmt: skip
+    delivery = summary["delivery"]
+    assert delivery["delivered_kwh"] == sum(i["delivered_wh"] for i in intervals) / 1000
+    assert delivery["contracted_kwh"] == sum(i["traded_wh"] for i in intervals) / 1000
+    assert "min(r_s, r_b)" in delivery["explanation"]
+    assert delivery["under_delivering_sellers"] == sum(
+        i["under_delivering_sellers"] for i in intervals
+    )
+
+
+def _check_energy_balance(summary: dict[str, Any]) -> None:
+    e = summary["energy_balance"]
+    for i in summary["intervals"]:
+        ei = i["energy"]
+        assert ei["grid_import_kwh"] * ei["grid_export_kwh"] == 0  # one direction per interval
+        assert ei["self_consumption_kwh"] == pytest.approx(
+            ei["generation_kwh"] - ei["grid_export_kwh"]
+        )
+        assert ei["losses_kwh"] > 0
+    assert abs(e["balance_residual_kwh"]) < 1e-3
+    assert e["grid_export_kwh"] > 0  # a sunny 13:00: the feeder exports
+    assert e["self_consumption_rate"] == pytest.approx(
+        e["self_consumption_kwh"] / e["generation_kwh"]
+    )
+    assert e["p2p_delivered_kwh"] == summary["delivery"]["delivered_kwh"]
+    assert set(summary["energy_definitions"]) >= {
+        "grid import", "grid export", "losses", "self-consumption", "balance residual",
+    }  # fmt: skip
+
+
+def _check_figures(folder: Path, summary: dict[str, Any]) -> None:
+    """Energy and money axes start at 0 (as drawn, from figures.json); prices in tokens/kWh and
+    payments in tokens."""
+    figures = json.loads((folder / "figures.json").read_text())
+    assert set(figures) == {f"{p}.png" for p in PLOTS}
+    axes = {(name, ax["ylabel"]): ax["ylim"] for name, doc in figures.items() for ax in doc}
+    for key in [
+        ("prices_volumes.png", "approved volume (kWh)"),
+        ("prices_volumes.png", "clearing price (tokens / kWh)"),
+        ("delivery.png", "energy (kWh)"),
+        ("participants.png", "energy traded (kWh)"),
+        ("participants.png", "payments (tokens)"),
+        ("grid_limits.png", "loading (%)"),
+        ("verdicts.png", "trades"),
+        ("gas.png", "gas"),
+    ]:
+        assert axes[key][0] == 0.0, key
+    # the axes reach the largest value drawn: prices and payments in tokens, not base units
+    top_price = max(i["clearing_price"] for i in summary["intervals"])
+    assert top_price < axes[("prices_volumes.png", "clearing price (tokens / kWh)")][1] < 1.0
+    top_paid = max(max(p["paid_tokens"], p["received_tokens"]) for p in summary["participants"])
+    assert top_paid < axes[("participants.png", "payments (tokens)")][1] < 2 * top_paid
+    for png in PLOTS:
         data = (folder / f"{png}.png").read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000, png
-    assert "PASS" in result.stdout and "FAIL" not in result.stdout
+
+
+def _check_html(folder: Path, summary: dict[str, Any]) -> None:
+    page = (folder / "report.html").read_text()
+    assert page.count("<img") == len(PLOTS)
+    assert summary["day"]["span"] in page
+    for heading in ("Per interval", "Delivered vs contracted", "Binding grid limit per interval",
+                    "Energy balance", "Vetoed trades"):  # fmt: skip
+        assert f">{heading}" in page, heading
+    first = summary["intervals"][0]
+    assert f"<td>{first['interval']}</td><td>{first['span']}</td>" in page
+    veto = summary["vetoes"][0]
+    digits = 6 if veto["unit"] == "pu" else 3
+    assert (
+        f"<td>{veto['element']}</td><td>{veto['value']:.{digits}f} {veto['unit']}</td>"
+        f"<td>{veto['limit']:.{digits}f} {veto['unit']}</td>"
+    ) in page
+
+
+@pytest.mark.e2e
+def test_demo_case33bw_has_no_transformer_and_warns_of_placeholder_ratings(
+    tmp_path: Path,
+) -> None:
+    ports = ["--api-port", str(free_port())]
+    if find_mosquitto() is not None:
+        broker_port = free_port()
+        ports += ["--broker-port", str(broker_port)]
+    result, folder = _run_demo(
+        ["--network", "case33bw", "--hours", "0.25", "--start-hour", "13", *ports], tmp_path
+    )
+    summary = json.loads((folder / "summary.json").read_text())
+    assert all(summary["checks"].values()), summary["checks"]
+    warning = (
+        "case33bw: 32 of 32 lines have placeholder thermal ratings (max_i_ka 99999 kA, at or "
+        "above 10 kA on a distribution network): their loading can never bind, so no line "
+        "overload can be found there"
+    )
+    assert summary["warnings"] == [warning]
+    assert result.stdout.count("warning: " + warning) == 1  # once on the console
+    assert "warning: " + warning in (folder / "report.html").read_text()
+    assert summary["network_facts"]["trafos"] == 0
+    if find_mosquitto() is not None:
+        assert f"mqtt://127.0.0.1:{broker_port}" in summary["transport"]
+
+    # no transformer: N/A, not 0.0, in the summary, the console and the report; placeholder line
+    # ratings: the computed loading stays in summary.json, the tables show N/A
+    [interval] = summary["intervals"]
+    for state in ("grid_base", "grid_approved", "grid_all"):
+        assert interval[state]["max_trafo_loading_percent"] is None
+        assert 0 <= interval[state]["max_line_loading_percent"] < 0.01  # of 99999 kA
+    assert summary["can_bind"] == ["vm_max_pu", "vm_min_pu"]
+    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("13:00"))
+    assert row.split()[-2:] == ["N/A", "N/A"], row  # line %, trafo %
+    figures = json.loads((folder / "figures.json").read_text())
+    assert figures["grid_limits.png"][1]["title"] == "no transformer in this network"
+    page = (folder / "report.html").read_text()
+    assert re.search(r"<td>13:00-13:15</td>(<td>[^<]*</td>){6}<td>N/A</td><td>N/A</td></tr>", page)
+    assert "(32 lines, 0 transformers)" in page

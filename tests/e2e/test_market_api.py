@@ -24,6 +24,7 @@ from backend.devtools.devstack import start_dev_stack
 from backend.devtools.server import ServerHandle, start_in_thread
 from backend.market.factory import build_market
 from backend.settings import ANVIL_KEYS, Settings
+from grid import GridValidator, Trade
 
 ZERO = "0x" + "00" * 20
 
@@ -262,6 +263,18 @@ def test_vetoed_trade_is_recorded_with_reason_and_volume_moves_on(stack: dict[st
     )
     moved = trades[Account.from_key(K[5]).address]
     assert moved["approved"] is True and moved["energyWh"] == 25_000
+    # the veto's binding constraint, as a validator of our own computes it for the final list
+    # (merit order: the far offer first, vetoed, then the near one)
+    fresh = GridValidator("cigre_lv").validate(
+        [Trade(t["id"], t["sellerBus"], t["buyerBus"], t["energyWh"] / 0.25 / 1000)
+         for t in (vetoed, moved)],
+        interval=iv,
+    ).verdicts  # fmt: skip
+    assert (vetoed["element"], vetoed["vetoValue"], vetoed["vetoLimit"]) == (
+        fresh[0].element, fresh[0].value, fresh[0].limit
+    )  # fmt: skip
+    assert fresh[0].limit == 1.10 and vetoed["vetoValue"] > 1.10
+    assert (moved["vetoValue"], moved["vetoLimit"]) == (None, None)
     assert moved["sellerBus"] == buses[Account.from_key(K[5]).address]
     w3 = market.ledger.w3  # type: ignore[attr-defined]
     contract = contract_at(w3, "EnergyMarket", market.ledger.market_address)

@@ -29,7 +29,9 @@ def _candidate() -> Candidate:
 
 def test_cleared_trade_decided_row_spec_and_event() -> None:
     tid = protocol.trade_id_hex(SELL_HASH, BUY_HASH)
-    t = ClearedTrade.decided(7, 3, tid, _candidate(), Decision(2, "LINE_OVERLOAD", "line" * 20))
+    t = ClearedTrade.decided(
+        7, 3, tid, _candidate(), Decision(2, "LINE_OVERLOAD", "line" * 20, 104.25, 100.0)
+    )
     assert t.element == ("line" * 20)[:40]
     assert t.row() == {
         "id": tid,
@@ -47,6 +49,8 @@ def test_cleared_trade_decided_row_spec_and_event() -> None:
         "verdict": 2,
         "reason": "LINE_OVERLOAD",
         "element": ("line" * 20)[:40],
+        "veto_value": 104.25,
+        "veto_limit": 100.0,
         "status": "pending",
     }
     assert t.spec() == TradeSpec(tid, SELL_HASH, BUY_HASH, 1200, 75, 2)
