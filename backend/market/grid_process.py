@@ -21,6 +21,8 @@ from typing import Any
 
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision
 from backend.market.errors import GridUnavailableError
+from backend.market.grid_port import GridPortAdapter
+from grid.validator import GridValidator
 
 _WORKER: Any = None  # the worker process's GridPortAdapter
 PARENT_POLL_S = 0.5
@@ -28,8 +30,6 @@ PARENT_POLL_S = 0.5
 
 def _start(network: str, interval_seconds: int, parent_pid: int) -> None:
     global _WORKER
-    from backend.market.grid_port import GridPortAdapter
-
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
     _WORKER = GridPortAdapter(network, interval_seconds)
 
@@ -117,8 +117,6 @@ class GridProcess:
         """A validator in this process, built on first use, for what needs the network itself
         (the dashboard draws its topology)."""
         if self._local is None:
-            from grid.validator import GridValidator
-
             self._local = GridValidator(self.network)
         return self._local
 
