@@ -35,8 +35,9 @@ def demo(
 ) -> None:
     """Bring up chain, API, broker, oracle, meters and keeper; trade, validate, meter and settle a
     day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, summary.json)."""
-    from backend.demo.run import Demo, DemoConfig, print_summary
-    from grid.errors import GridError
+    # lazy: the demo and the grid package load pandapower (~3 s), not for `tegrid --help`
+    from backend.demo.run import Demo, DemoConfig, print_summary  # noqa: PLC0415
+    from grid.errors import GridError  # noqa: PLC0415
 
     console = Console()
     config = DemoConfig(
