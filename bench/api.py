@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import statistics
@@ -22,11 +23,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from eth_account import Account
+from eth_account.messages import encode_typed_data
 
 from backend.chain import eip712, protocol
 from backend.demo.clients import signed_body
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.devstack import start_dev_stack
 from backend.market import typed
+from backend.net import free_port
+from backend.paths import REPO_ROOT
 from backend.settings import ANVIL_KEYS, Settings
 
 
@@ -89,8 +96,6 @@ async def _drive(
 
 
 def _sequential(url: str, bodies: list[bytes]) -> tuple[float, list[float], dict[int, int]]:
-    import httpx
-
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     with httpx.Client(base_url=url) as c:
@@ -105,8 +110,6 @@ def _sequential(url: str, bodies: list[bytes]) -> tuple[float, list[float], dict
 
 def _verify_costs(domain: typed.Domain, n: int = 300) -> dict[str, float]:
     """Microseconds per order check: eth-account generic EIP-712 vs hand hashing + coincurve."""
-    from eth_account.messages import encode_typed_data
-
     key = ANVIL_KEYS[1]
     msg = {
         "trader": Account.from_key(key).address,
@@ -134,19 +137,12 @@ def _verify_costs(domain: typed.Domain, n: int = 300) -> dict[str, float]:
 def uvicorn_stack() -> str:
     """The HTTP parser and event loop uvicorn's ``auto`` settings pick in this environment (the
     server runs in this interpreter): httptools/uvloop when installed, else h11/asyncio."""
-    import importlib.util
-
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     return f"{http}, {loop}"
 
 
 def run(orders: int = 6000, concurrency: int = 32, baseline_orders: int = 600) -> dict[str, Any]:
-    from backend.devtools.anvil import AnvilProcess
-    from backend.devtools.devstack import start_dev_stack
-    from backend.net import free_port
-    from backend.paths import REPO_ROOT
-
     tmp = Path(tempfile.mkdtemp(prefix="tegrid-bench-api-"))
     with AnvilProcess() as anvil:
         settings = dataclasses.replace(
@@ -178,8 +174,6 @@ def run(orders: int = 6000, concurrency: int = 32, baseline_orders: int = 600) -
             cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
-            import httpx
-
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
             while True:

@@ -23,8 +23,16 @@ from eth_utils import keccak
 from rich.console import Console
 from rich.progress import Progress
 
+from backend.chain import batches
+from backend.chain.client import ChainClient
+from backend.chain.contracts import contract_at
+from backend.chain.deploy import RoleHolders, deploy_all
 from backend.demo.run import Demo, DemoConfig
+from backend.devtools.anvil import start_anvil
+from backend.devtools.clock import chain_now, set_time
 from backend.settings import ANVIL_KEYS
+from bench.naive import PandapowerChecker
+from grid.validator import GridValidator
 
 EVIDENCE = b"\x00" * 31 + b"\x01"
 
@@ -44,15 +52,6 @@ def naive_pipeline(
     sellerBus, buyerBus, energyWh, pricePerKWh); returns counts and wall time of the timed part.
     The first ``warmup`` trades go through the same steps untimed (pandapower's first power flows,
     web3's first calls of each function and the node's caches are slower than the rest)."""
-    from backend.chain import batches
-    from backend.chain.client import ChainClient
-    from backend.chain.contracts import contract_at
-    from backend.chain.deploy import RoleHolders, deploy_all
-    from backend.devtools.anvil import start_anvil
-    from backend.devtools.clock import chain_now, set_time
-    from bench.naive import PandapowerChecker
-    from grid.validator import GridValidator
-
     anvil = start_anvil()
     try:
         client = ChainClient(anvil.url, ANVIL_KEYS[0])

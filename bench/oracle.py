@@ -28,7 +28,7 @@ from backend.devtools.clock import current_interval, end_interval
 from backend.devtools.participants import register_participants
 from backend.iot.meters import dev_meters
 from backend.iot.schema import SignedReading, readings_topic
-from backend.iot.signing import Reading, sign_reading
+from backend.iot.signing import Reading, ReadingDomain, sign_reading
 from backend.iot.transport import MqttTransport
 from backend.oracle.errors import OracleError
 from backend.oracle.store import SUBMITTED, BatchRow, OracleStore, ReadingRow
@@ -142,8 +142,6 @@ def run_oracle_bench(
         single_intervals = -(-single_readings // meters)
         first = current_interval(admin.w3, INTERVAL_S)
         end_interval(admin.w3, first + batch_intervals + single_intervals, INTERVAL_S)
-        from backend.iot.signing import ReadingDomain
-
         sep = ReadingDomain(dep.chain_id, dep.address("MeterReadings")).separator()
 
         def sign_all(start: int, count: int) -> list[SignedReading]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandapower as pp
+from lightsim2grid.network import init_from_pandapower
 from pandapower.pypower.dSbus_dV import dSbus_dV
 from pandapower.pypower.idx_brch import F_BUS, T_BUS
 from pandapower.pypower.idx_bus import BASE_KV, SL_FAC
@@ -27,6 +28,7 @@ from scipy import sparse
 
 from grid.klu import factorize
 from grid.limits import Monitored
+from grid.networks import quiet
 
 try:
     from lightsim2grid.algorithm import NRSing_KLU as _Solver
@@ -258,10 +260,6 @@ class _KeptGrid:
     @classmethod
     def build(cls, net: pp.pandapowerNet, model: ACModel) -> _KeptGrid | None:
         try:
-            from lightsim2grid.network import init_from_pandapower
-
-            from grid.networks import quiet
-
             ppci = np.array(list(model.ppci_of_bus.values()), dtype=np.int64)
             if len(set(ppci.tolist())) != model.n_ppci or len(ppci) != model.n_ppci:
                 return None  # buses fused or dropped by pandapower: no one-to-one map

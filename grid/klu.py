@@ -8,6 +8,7 @@ import ctypes
 import weakref
 from pathlib import Path
 
+import lightsim2grid
 import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import SuperLU, splu
@@ -39,8 +40,6 @@ class _KLULibrary:
         if not cls.loaded:
             cls.loaded = True
             try:
-                import lightsim2grid
-
                 path = Path(lightsim2grid.__file__).parent / "liblightsim2grid_core.so"
                 klu = cls(ctypes.CDLL(str(path)))
                 cls.instance = klu if klu._solves_a_known_system() else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandapower as pp
 import pandapower.networks as pn
+import simbench
 
 from grid.errors import NetworkFileError, UnknownNetworkError
 
@@ -89,10 +90,6 @@ def load_network(name_or_path: str) -> pp.pandapowerNet:
 
 
 def _load_simbench(code: str) -> pp.pandapowerNet:
-    try:
-        import simbench
-    except ImportError as exc:  # pragma: no cover - simbench is a declared dependency
-        raise UnknownNetworkError(f"SimBench code {code!r} needs the simbench package") from exc
     try:
         with quiet():
             net = simbench.get_simbench_net(code)

@@ -25,6 +25,7 @@ from backend.api.routes.dashboard import router as dashboard_router
 from backend.api.schemas import ErrorResponse
 from backend.errors import TegridError
 from backend.market.events import EventBus
+from backend.market.factory import build_market
 from backend.market.service import Market
 from backend.settings import Settings
 from grid.errors import GridError
@@ -146,8 +147,6 @@ def create_app(
             cfg = settings or Settings.from_env()
             factory = market_factory
             if factory is None:
-                from backend.market.factory import build_market
-
                 factory = build_market
             app.state.market = await asyncio.to_thread(factory, cfg, events_bus)
         m: Market = app.state.market

@@ -135,8 +135,10 @@ def compile_standard(
 
     Compiler errors (severity ``error``) raise :class:`CompileError` with solc's formatted message.
     """
-    import solcx
-    from solcx.exceptions import SolcError
+    # lazy: py-solc-x imports requests (~0.1-0.3 s); `tegrid --help` and `tegrid doctor` load
+    # this module for ensure_compiler/compiler_info only
+    import solcx  # noqa: PLC0415
+    from solcx.exceptions import SolcError  # noqa: PLC0415
 
     info = ensure_compiler()
     os.environ["SOLCX_BINARY_PATH"] = str(info.path.parent)

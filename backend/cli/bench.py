@@ -6,9 +6,11 @@ import json
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 
 from backend.cli.base import App
 from backend.cli.output import fail
+from backend.errors import TegridError
 
 app = App(
     help="Benchmarks: each prints JSON with our figure and a baseline measured in the same run.",
@@ -28,7 +30,8 @@ def api(
 ) -> None:
     """Signed orders accepted per second through HTTP (one uvicorn worker), p50/p99 latency;
     baselines: one request at a time, and eth-account's generic EIP-712 recovery per order."""
-    from bench.api import run
+    # lazy: bench.api loads the dev stack (web3, pandapower: seconds), not for `tegrid --help`
+    from bench.api import run  # noqa: PLC0415
 
     result = run(orders=orders, concurrency=concurrency)
     if not json_out:
@@ -48,8 +51,8 @@ def oracle(
     batch_size: int = typer.Option(400, min=1, max=1000, help="Readings per submitReadings."),
 ) -> None:
     """Oracle relay: readings/s (publish -> receipt) and gas/reading, batched vs one tx each."""
-    from backend.errors import TegridError
-    from bench.oracle import run_oracle_bench
+    # lazy: bench.oracle loads web3, sqlalchemy and pandapower (seconds), not for `tegrid --help`
+    from bench.oracle import run_oracle_bench  # noqa: PLC0415
 
     try:
         result = run_oracle_bench(readings, meters, single_readings, batch_size)
@@ -69,7 +72,8 @@ def chain_bench(
 ) -> None:
     """Ledger gas: per trade (record + settle) and per reading in batches on a fresh Anvil;
     baseline: one trade recorded and settled per transaction on the same contracts."""
-    from bench.chain import run as run_chain_bench
+    # lazy: bench.chain loads web3 (~1 s), not for `tegrid --help`
+    from bench.chain import run as run_chain_bench  # noqa: PLC0415
 
     result = run_chain_bench(batch=batch, intervals=intervals, naive_trades=naive_trades)
     if not json_out:
@@ -86,9 +90,8 @@ def grid_bench(
     as_json: bool = typer.Option(False, "--json", help="print JSON only (progress goes to stderr)"),
 ) -> None:
     """Neural Grid validator against a full pandapower runpp per trade, on three networks."""
-    from rich.progress import Progress
-
-    from bench.grid import CASES, run_benchmark
+    # lazy: bench.grid loads pandapower (~3 s), not for `tegrid --help`
+    from bench.grid import CASES, run_benchmark  # noqa: PLC0415
 
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("naive runpp per trade", total=trades * len(CASES))
@@ -113,9 +116,9 @@ def e2e(
 ) -> None:
     """The whole pipeline (HTTP orders, clearing, Neural Grid, recording, readings, settlement)
     against the naive one (one runpp and one transaction per trade), in one run."""
-    from backend.errors import TegridError
-    from bench.e2e import run_e2e
-    from grid.errors import GridError
+    # lazy: bench.e2e and the grid package load pandapower (~3 s), not for `tegrid --help`
+    from bench.e2e import run_e2e  # noqa: PLC0415
+    from grid.errors import GridError  # noqa: PLC0415
 
     try:
         result = run_e2e(network, prosumers, intervals, naive_trades, naive_warmup)

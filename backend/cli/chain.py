@@ -6,8 +6,11 @@ from urllib.parse import urlparse
 
 import typer
 
+from backend.chain.errors import DeploymentNotFoundError
 from backend.cli.base import App
 from backend.cli.output import fail
+from backend.errors import TegridError
+from backend.settings import Settings
 
 app = App(help="Local chain and contract deployment.", no_args_is_help=True)
 
@@ -18,9 +21,8 @@ def start(
 ) -> None:
     """Start Anvil (node_modules) on TEGRID_RPC_URL's port, state kept in TEGRID_CHAIN_STATE_FILE
     (--state, dumped every second), or reuse a chain already answering there."""
-    from backend.devtools.anvil import is_up, start_anvil
-    from backend.errors import TegridError
-    from backend.settings import Settings
+    # lazy: backend.devtools.anvil loads web3 (~0.5 s), not for `tegrid --help`
+    from backend.devtools.anvil import is_up, start_anvil  # noqa: PLC0415
 
     try:
         settings = Settings.from_env()
@@ -60,9 +62,8 @@ def deploy(
 ) -> None:
     """Deploy token, registry, readings and market to TEGRID_RPC_URL, grant the roles to the
     TEGRID_*_KEY addresses and write TEGRID_DEPLOYMENT_FILE."""
-    from backend.chain.deploy import deploy_from_settings
-    from backend.errors import TegridError
-    from backend.settings import Settings
+    # lazy: backend.chain.deploy loads web3 (~0.5 s), not for `tegrid --help`
+    from backend.chain.deploy import deploy_from_settings  # noqa: PLC0415
 
     try:
         settings = Settings.from_env()
@@ -98,14 +99,12 @@ def advance(
     N * interval_seconds (unix time); the chain's clock only moves forward."""
     if (to_interval is None) == (seconds is None):
         fail("give exactly one of --to-interval N or --seconds S")
-    from web3 import Web3
+    # lazy: web3 (~0.5 s), not for `tegrid --help`
+    from web3 import Web3  # noqa: PLC0415
 
-    from backend.chain.contracts import load_deployment
-    from backend.chain.errors import DeploymentNotFoundError
-    from backend.devtools.anvil import is_up
-    from backend.devtools.clock import advance_to, chain_now
-    from backend.errors import TegridError
-    from backend.settings import Settings
+    from backend.chain.contracts import load_deployment  # noqa: PLC0415
+    from backend.devtools.anvil import is_up  # noqa: PLC0415
+    from backend.devtools.clock import advance_to, chain_now  # noqa: PLC0415
 
     try:
         settings = Settings.from_env()

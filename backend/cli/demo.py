@@ -118,8 +118,9 @@ def demo(
     """Bring up chain, API, broker, oracle, meters and keeper; trade, validate, meter and settle a
     day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, figures.json,
     summary.json)."""
-    from backend.demo.run import Demo, DemoConfig, print_summary
-    from grid.errors import GridError
+    # lazy: the demo and the grid package load pandapower (~3 s), not for `tegrid --help`
+    from backend.demo.run import Demo, DemoConfig, print_summary  # noqa: PLC0415
+    from grid.errors import GridError  # noqa: PLC0415
 
     console = Console()
     given = {"api_port": api_port, "chain_port": chain_port, "broker_port": broker_port}

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.chain import compiler
+from backend.chain.heads import HeadWatcher
 from backend.net import url_reachable
 from backend.paths import NODE_BIN
 from backend.settings import Settings
@@ -114,9 +115,8 @@ def chain_head_check(settings: Settings) -> Check:
     """Has the chain head gone backwards? Compares the chain with the head the tegrid processes
     (oracle, keeper, earlier doctor runs) last saw (``TEGRID_CHAIN_HEAD_FILE``) and lists the
     rollbacks they noticed in the last hour."""
-    from web3 import Web3
-
-    from backend.chain.heads import HeadWatcher
+    # lazy: web3 (~0.5 s), not for `tegrid --help`
+    from web3 import Web3  # noqa: PLC0415
 
     hint = (
         "the chain lost blocks (Anvil restarted from an older --state file, or a reorg): the "

@@ -84,9 +84,10 @@ def _validator(
     line: float = 100.0,
     trafo: float = 100.0,
 ) -> GridValidator:
-    from grid.errors import GridError
-    from grid.validator import GridValidator
-    from grid.verdicts import Limits
+    # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
+    from grid.errors import GridError  # noqa: PLC0415
+    from grid.validator import GridValidator  # noqa: PLC0415
+    from grid.verdicts import Limits  # noqa: PLC0415
 
     try:
         limits = Limits(vm_min, vm_max, line, trafo)
@@ -176,7 +177,8 @@ def hosting_capacity(
     For each direction: the largest extra power (kW) the bus can inject or withdraw with every
     limit held, and the limit that binds just beyond it - the element, the value it reaches there
     (voltage in pu, loading in %) and that limit."""
-    from grid.errors import GridError
+    # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
+    from grid.errors import GridError  # noqa: PLC0415
 
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
     try:
@@ -304,8 +306,9 @@ def verify(
 
 
 def _load(path: Path) -> list[Trade]:
-    from grid.errors import GridError
-    from grid.tradeio import load_trades
+    # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
+    from grid.errors import GridError  # noqa: PLC0415
+    from grid.tradeio import load_trades  # noqa: PLC0415
 
     try:
         return load_trades(path)

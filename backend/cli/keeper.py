@@ -10,7 +10,9 @@ from types import FrameType
 
 import typer
 
+from backend.chain.errors import DeploymentNotFoundError
 from backend.cli.base import App
+from backend.cli.oracle import resolve_key
 from backend.cli.output import deployment_line, fail, startup
 from backend.errors import TegridError
 from backend.settings import Settings
@@ -44,11 +46,10 @@ def run(
 ) -> None:
     """Find intervals with recorded trades (market events) and call EnergyMarket.settle when due."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from backend.chain.client import ChainClient
-    from backend.chain.contracts import load_deployment
-    from backend.chain.errors import DeploymentNotFoundError
-    from backend.cli.oracle import resolve_key
-    from backend.keeper import SettlementKeeper
+    # lazy: the chain client and the keeper load web3 (~0.5 s), not for `tegrid --help`
+    from backend.chain.client import ChainClient  # noqa: PLC0415
+    from backend.chain.contracts import load_deployment  # noqa: PLC0415
+    from backend.keeper import SettlementKeeper  # noqa: PLC0415
 
     try:
         settings = Settings.from_env()

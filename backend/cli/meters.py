@@ -85,10 +85,18 @@ def simulate(
         settings = Settings.from_env()
     except TegridError as exc:
         fail(str(exc))
-    from backend.chain.contracts import load_deployment
-    from backend.iot.meters import Deviations, MeterSimulator, dev_meters, load_meter_file
-    from backend.iot.signing import ReadingDomain
-    from backend.iot.transport import MqttTransport
+    # lazy: web3, eth-keys and paho-mqtt (~1 s), not for `tegrid --help`
+    from web3 import Web3  # noqa: PLC0415
+
+    from backend.chain.contracts import load_deployment  # noqa: PLC0415
+    from backend.iot.meters import (  # noqa: PLC0415
+        Deviations,
+        MeterSimulator,
+        dev_meters,
+        load_meter_file,
+    )
+    from backend.iot.signing import ReadingDomain  # noqa: PLC0415
+    from backend.iot.transport import MqttTransport  # noqa: PLC0415
 
     try:
         uses_chain = start_interval is None or register
@@ -97,8 +105,6 @@ def simulate(
         domain = ReadingDomain(dep.chain_id, dep.address("MeterReadings"))
         interval_s = dep.interval_seconds
         if start_interval is None or register:
-            from web3 import Web3
-
             w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 10}))
             if start_interval is None:
                 now = int(w3.eth.get_block("pending")["timestamp"])
@@ -151,10 +157,11 @@ def simulate(
 
 
 def _register_missing(w3: object, settings: Settings, registry: str, specs: list[Any]) -> None:
-    from web3 import Web3
+    # lazy: web3 and the dev stack's participants (pandapower, ~3 s), not for `tegrid --help`
+    from web3 import Web3  # noqa: PLC0415
 
-    from backend.chain.contracts import contract_at
-    from backend.devtools.participants import register_participants
+    from backend.chain.contracts import contract_at  # noqa: PLC0415
+    from backend.devtools.participants import register_participants  # noqa: PLC0415
 
     assert isinstance(w3, Web3)
     reg = contract_at(w3, "ParticipantRegistry", registry)

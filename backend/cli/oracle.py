@@ -39,7 +39,8 @@ def resolve_key(key: str, password: str) -> str:
     if key.startswith("0x") and len(key) == 66:
         return key
     if candidate.is_file():
-        from eth_account import Account
+        # lazy: eth-account (~0.3 s), only for a keystore file, not for `tegrid --help`
+        from eth_account import Account  # noqa: PLC0415
 
         try:
             return "0x" + bytes(Account.decrypt(candidate.read_text(), password)).hex()
@@ -88,11 +89,12 @@ def run(
         fail(f"unknown log level {log_level!r}")
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings()
-    from backend.chain.contracts import load_deployment
-    from backend.iot.transport import MqttTransport
-    from backend.oracle.daemon import OracleConfig, OracleDaemon
-    from backend.oracle.store import OracleStore
-    from backend.oracle.web3_ledger import Web3Ledger
+    # lazy: web3, sqlalchemy and paho-mqtt (~1 s), not for `tegrid --help`
+    from backend.chain.contracts import load_deployment  # noqa: PLC0415
+    from backend.iot.transport import MqttTransport  # noqa: PLC0415
+    from backend.oracle.daemon import OracleConfig, OracleDaemon  # noqa: PLC0415
+    from backend.oracle.store import OracleStore  # noqa: PLC0415
+    from backend.oracle.web3_ledger import Web3Ledger  # noqa: PLC0415
 
     try:
         dep = load_deployment(deployment or settings.deployment_file)
@@ -155,7 +157,8 @@ def status(
     ),
 ) -> None:
     """Queue depth, submitted, rejected by reason, last block."""
-    from backend.oracle.store import OracleStore
+    # lazy: sqlalchemy and eth-keys (~0.5 s), not for `tegrid --help`
+    from backend.oracle.store import OracleStore  # noqa: PLC0415
 
     url = database_url or _settings().oracle_database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():

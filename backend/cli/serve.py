@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 import typer
 
+from backend.cli.output import console, deployment_line, fail, redact, startup
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -22,11 +24,10 @@ def _keeper_hook(settings: Settings) -> list[Any]:
     operator's chain client when the keys are the same, so their nonces never clash."""
 
     def run(market: Any) -> Any:
-        import threading
-
-        from backend.chain.client import ChainClient
-        from backend.keeper import SettlementKeeper
-        from backend.market.factory import load_key
+        # lazy: web3 and the market (pandapower, ~3 s), not for `tegrid --help`
+        from backend.chain.client import ChainClient  # noqa: PLC0415
+        from backend.keeper import SettlementKeeper  # noqa: PLC0415
+        from backend.market.factory import load_key  # noqa: PLC0415
 
         ledger = market.ledger
         key = load_key(settings.admin_key, settings.keystore_password)
@@ -72,25 +73,25 @@ def serve(
     ),
 ) -> None:
     """Serve the market API (OpenAPI at /docs)."""
-    import uvicorn
+    # lazy: uvicorn, the API and the market (web3, pandapower: seconds), not for `tegrid --help`
+    import uvicorn  # noqa: PLC0415
 
-    from backend.api.app import create_app
-    from backend.cli.output import console, deployment_line, fail, redact, startup
-    from backend.market.events import EventBus
-    from backend.market.factory import build_market
-    from backend.market.service import MarketConfig
+    from backend.api.app import create_app  # noqa: PLC0415
+    from backend.chain.contracts import load_deployment  # noqa: PLC0415
+    from backend.market.events import EventBus  # noqa: PLC0415
+    from backend.market.factory import build_market  # noqa: PLC0415
+    from backend.market.service import MarketConfig  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stack = None
     try:
         settings = Settings.from_env()
         if dev and dev_stack:
-            from backend.devtools.devstack import start_dev_stack
+            # lazy: only --dev starts the dev stack; a production `serve` never loads devtools
+            from backend.devtools.devstack import start_dev_stack  # noqa: PLC0415
 
             stack = start_dev_stack(settings, participants=participants)
             console.print(f"dev chain {settings.rpc_url}: contracts {stack.deployment.contracts}")
-        from backend.chain.contracts import load_deployment
-
         # Fail here with one line, not inside uvicorn's startup with a traceback.
         deployment = load_deployment(settings.deployment_file)
 

@@ -17,6 +17,7 @@ from eth_utils import keccak
 
 from backend.chain.protocol import TOKEN_UNIT
 from backend.iot.signing import address_of
+from grid import profiles
 
 PV = "pv"
 CONSUMER = "consumer"
@@ -120,8 +121,6 @@ def intent_for(
     member: Member, hour: float, interval_hours: float, rng: random.Random
 ) -> Intent | None:
     """The order ``member`` places for an interval starting at ``hour`` (None: sits it out)."""
-    from grid import profiles
-
     load_kwh = member.load_peak_kw * profiles.household(hour) * interval_hours
     pv_kwh = member.pv_peak_kw * profiles.pv(hour) * interval_hours
     if member.kind == PV:

@@ -19,6 +19,8 @@ from backend.demo.config import DEPOSIT, ROLE_KEYS, SETTLEMENT_DELAY_S, DemoConf
 from backend.demo.profile import Stages
 from backend.demo.stack import DemoStack
 from backend.devtools.clock import chain_now
+from backend.iot.meters import MeterSimulator, MeterSpec
+from backend.iot.signing import ReadingDomain
 from grid.validator import GridValidator
 
 
@@ -208,9 +210,6 @@ class DemoDay(DemoStack):
                 self.overrides[key] = (0, int(sold_wh * rng.uniform(0.3, 0.7)))
 
     def _publish_readings(self, interval_id: int) -> int:
-        from backend.iot.meters import MeterSimulator, MeterSpec
-        from backend.iot.signing import ReadingDomain
-
         rng = self._rng("missing", interval_id)
         specs = [
             MeterSpec(m.meter_key, m.bus, m.load_peak_kw, m.pv_peak_kw, False, m.wallet)

@@ -14,7 +14,11 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from web3 import Web3
 
+from backend.chain.client import ChainClient
+from backend.chain.contracts import contract_at
+from backend.chain.deploy import deploy_from_settings
 from backend.demo.clients import OrderClients, check_response, domain_args
 from backend.demo.config import (
     ORACLE_IDLE_S,
@@ -25,7 +29,16 @@ from backend.demo.config import (
     DemoError,
 )
 from backend.demo.profile import cpu_seconds
+from backend.devtools.anvil import AnvilProcess
+from backend.devtools.broker import MosquittoBroker, find_mosquitto
 from backend.devtools.clock import chain_now, set_time
+from backend.devtools.services import ServiceProcess
+from backend.iot.transport import InProcessBroker, InProcessTransport, MqttTransport
+from backend.market import typed
+from backend.net import free_port
+from backend.oracle.daemon import OracleDaemon
+from backend.oracle.store import OracleStore
+from backend.oracle.web3_ledger import Web3Ledger
 from backend.paths import REPO_ROOT
 from backend.settings import Settings
 
@@ -63,10 +76,6 @@ class DemoStack:
 
     # ------------------------------------------------------------------ set-up
     def _start_chain(self) -> None:
-        from web3 import Web3
-
-        from backend.devtools.anvil import AnvilProcess
-
         self.work.mkdir(parents=True, exist_ok=True)
         # No --state file: the demo never restarts its chain, and Anvil would serialize the whole
         # state to JSON every second (16 MB after 12 intervals of 150 members, growing).
@@ -95,8 +104,6 @@ class DemoStack:
         )
 
     def _deploy(self) -> None:
-        from backend.chain.deploy import deploy_from_settings
-
         self.deployment = deploy_from_settings(
             self.settings, settlement_delay_seconds=SETTLEMENT_DELAY_S
         )
@@ -104,8 +111,6 @@ class DemoStack:
     def _start_market(self) -> None:
         """``tegrid serve --dev --no-dev-stack`` in its own process (the dev API closes an interval
         on request; no scheduler, no keeper: the keeper is a process of its own)."""
-        from backend.net import free_port
-
         port = self.cfg.api_port or free_port()
         self._start_service(
             "api",
@@ -120,8 +125,6 @@ class DemoStack:
         self.stack.push(self.orders.close)
 
     def _api_ready(self) -> None:
-        from backend.market import typed
-
         self.services["api"].wait_until(
             lambda: self.http.get("/health").status_code == 200, timeout_s=180
         )
@@ -137,9 +140,6 @@ class DemoStack:
     def _start_iot(self) -> None:
         """The broker, then the oracle: its own process (``tegrid oracle``) over Mosquitto, or a
         thread beside the in-process transport when there is no broker to share."""
-        from backend.devtools.broker import MosquittoBroker, find_mosquitto
-        from backend.iot.transport import InProcessBroker, InProcessTransport, MqttTransport
-
         use_mqtt = self.cfg.broker == "mosquitto" or (
             self.cfg.broker == "auto" and find_mosquitto() is not None
         )
@@ -170,10 +170,6 @@ class DemoStack:
         self.stack.push(self.meter_transport.close)
 
     def _start_oracle_thread(self, transport: Any) -> None:
-        from backend.oracle.daemon import OracleDaemon
-        from backend.oracle.store import OracleStore
-        from backend.oracle.web3_ledger import Web3Ledger
-
         transport.connect()
         self.stack.push(transport.close)
         oracle = OracleDaemon(
@@ -185,8 +181,6 @@ class DemoStack:
         self.stack.push(oracle.stop)
 
     def _start_service(self, name: str, args: list[str], settings: Settings) -> None:
-        from backend.devtools.services import ServiceProcess
-
         service = ServiceProcess(name, args, settings, self.work).start()
         self._pids[name] = service.process.pid if service.process is not None else None
         self.stack.push(service.stop)
@@ -197,7 +191,6 @@ class DemoStack:
         service = self.services.get("oracle")
         if service is None:
             return
-        from backend.oracle.store import OracleStore
 
         def ready() -> bool:
             store = OracleStore(self.settings.oracle_database_url, create=False)
@@ -219,8 +212,6 @@ class DemoStack:
 
     # ------------------------------------------------------------------ chain helpers
     def _contract(self, name: str) -> Any:
-        from backend.chain.contracts import contract_at
-
         return contract_at(self.w3, name, self.deployment.address(name))
 
     def _set_time(self, timestamp: int) -> None:
@@ -229,8 +220,6 @@ class DemoStack:
 
     def _transact(self, key: str, fn: Any) -> Any:
         """Send ``fn`` from ``key`` through one client per key (it keeps the key's nonce)."""
-        from backend.chain.client import ChainClient
-
         if key not in self._clients:
             self._clients[key] = ChainClient(self.settings.rpc_url, key)
         return self._clients[key].transact(fn)

@@ -4,27 +4,31 @@ Settings.vm_min_pu / vm_max_pu), validator key."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from eth_account import Account
+
+from backend.chain.client import ChainClient
+from backend.chain.contracts import load_deployment
+from backend.errors import ConfigError
+from backend.market.chain_ledger import ChainLedger
 from backend.market.events import EventBus
+from backend.market.grid_port import GridPortAdapter
+from backend.market.grid_process import GridProcess
 from backend.market.ports import GridPort
 from backend.market.service import Market, MarketConfig
+from backend.market.store import Store
 from backend.settings import Settings
 
 
 def load_key(value: str, password: str = "") -> str:
     """A hex private key, or the path of an eth-account keystore file (decrypted with
     ``password``)."""
-    from backend.errors import ConfigError
-
     if value.startswith("0x") and len(value) == 66:
         return value
     path = Path(value)
     if path.is_file():
-        import json
-
-        from eth_account import Account
-
         try:
             return "0x" + bytes(Account.decrypt(json.loads(path.read_text()), password)).hex()
         except (ValueError, KeyError) as exc:
@@ -41,11 +45,6 @@ def build_market(
     with_grid: bool = True,
     config: MarketConfig | None = None,
 ) -> Market:
-    from backend.chain.client import ChainClient
-    from backend.chain.contracts import load_deployment
-    from backend.market.chain_ledger import ChainLedger
-    from backend.market.store import Store
-
     deployment = load_deployment(settings.deployment_file)
     pw = settings.keystore_password
     operator_key = load_key(settings.market_operator_key, pw)
@@ -58,12 +57,8 @@ def build_market(
     ledger = ChainLedger(deployment, operator, grid_operator)
     grid: GridPort | None = None
     if with_grid and settings.grid_process:
-        from backend.market.grid_process import GridProcess
-
         grid = GridProcess(settings.network, deployment.interval_seconds, settings.grid_limits)
     elif with_grid:
-        from backend.market.grid_port import GridPortAdapter
-
         grid = GridPortAdapter(
             settings.network, deployment.interval_seconds, limits=settings.grid_limits
         )

@@ -11,6 +11,8 @@ from typing import Any
 
 from backend.chain import protocol
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
+from grid.validator import GridValidator
+from grid.verdicts import Limits, Trade
 
 _TRADES: dict[tuple[str, str, int, int, int, int], Any] = {}
 _TRADES_MAX = 200_000
@@ -23,8 +25,6 @@ def _trade(c: Candidate, interval_seconds: int) -> Any:
     key = (c.sell.hash, c.buy.hash, c.energy_wh, c.sell.bus, c.buy.bus, interval_seconds)
     hit = _TRADES.get(key)
     if hit is None:
-        from grid.verdicts import Trade
-
         if len(_TRADES) >= _TRADES_MAX:
             _TRADES.clear()
         p_kw = c.energy_wh / (interval_seconds / 3600) / 1000
@@ -44,9 +44,6 @@ class GridPortAdapter:
     ) -> None:
         """``limits``: ``grid.verdicts.Limits`` fields for a validator built here (default
         limits otherwise)."""
-        from grid.validator import GridValidator
-        from grid.verdicts import Limits
-
         self.network = network
         self.interval_seconds = interval_seconds
         self.validator = (

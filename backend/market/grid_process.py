@@ -21,6 +21,9 @@ from typing import Any
 
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision
 from backend.market.errors import GridUnavailableError
+from backend.market.grid_port import GridPortAdapter
+from grid.validator import GridValidator
+from grid.verdicts import Limits
 
 _WORKER: Any = None  # the worker process's GridPortAdapter
 PARENT_POLL_S = 0.5
@@ -30,8 +33,6 @@ def _start(
     network: str, interval_seconds: int, limits: dict[str, float] | None, parent_pid: int
 ) -> None:
     global _WORKER
-    from backend.market.grid_port import GridPortAdapter
-
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
     _WORKER = GridPortAdapter(network, interval_seconds, limits=limits)
 
@@ -122,9 +123,6 @@ class GridProcess:
         """A validator in this process, built on first use, for what needs the network itself
         (the dashboard draws its topology)."""
         if self._local is None:
-            from grid.validator import GridValidator
-            from grid.verdicts import Limits
-
             self._local = GridValidator(self.network, limits=Limits(**(self.limits or {})))
         return self._local
 

@@ -19,6 +19,7 @@ Guarantees (ARCHITECTURE.md, "what must never happen"):
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -500,8 +501,6 @@ class OracleDaemon:
 
 def _best_effort_ids(payload: bytes) -> tuple[str | None, int | None]:
     """Meter and interval of a rejected message, for the rejection log only (never trusted)."""
-    import json
-
     try:
         body = json.loads(payload)
     except (ValueError, UnicodeDecodeError):

@@ -16,7 +16,9 @@ from fastapi.responses import FileResponse
 from backend.api.deps import MarketDep
 from backend.api.schemas import MAX_SAFE_INTEGER
 from backend.chain import batches
+from backend.chain.errors import ChainUnavailableError
 from backend.market.errors import ConflictError, NotFoundError
+from grid.networks import bus_geodata
 
 router = APIRouter(tags=["dashboard"])
 
@@ -52,8 +54,6 @@ def static_file(
 # ----------------------------------------------------------------------------- topology
 def _geo_layout(net: Any) -> dict[int, tuple[float, float]] | None:
     """Coordinates of every bus from the network's geodata, or None when any bus has none."""
-    from grid.networks import bus_geodata
-
     coords = bus_geodata(net)
     if not coords or any(int(b) not in coords for b in net.bus.index):
         return None
@@ -244,8 +244,6 @@ async def readings(
 ) -> list[dict[str, Any]]:
     """Meter readings accepted on chain (``MeterReadings.ReadingsSubmitted``) for one interval,
     with the wallet each meter belongs to (searches the last 50,000 blocks)."""
-    from backend.chain.errors import ChainUnavailableError
-
     try:
         return await asyncio.to_thread(_readings, market.ledger, interval)
     except Exception as exc:  # web3 raises transport errors of many kinds

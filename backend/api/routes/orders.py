@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
@@ -59,8 +59,6 @@ def typed_data_template(
 def openapi_schemas() -> dict[str, Any]:
     """``OrderIn`` and the models it uses, as OpenAPI components exactly as FastAPI writes them for
     a body parameter (POST /orders reads its body by hand, so FastAPI does not see the model)."""
-    from fastapi import FastAPI
-
     probe = FastAPI()
 
     @probe.post("/")

@@ -64,15 +64,22 @@ def _strategy(spec: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     if body is not None:
         props["body"] = body
         required.append("body")
-    schema = {"type": "object", "properties": props, "required": required,
-              "additionalProperties": False, "components": components}
+    schema = {
+        "type": "object",
+        "properties": props,
+        "required": required,
+        "additionalProperties": False,
+        "components": components,
+    }
     return from_schema(schema)
 
 
-@pytest.mark.parametrize(("method", "path", "spec"), OPERATIONS,
-                         ids=[f"{m.upper()} {p}" for m, p, _ in OPERATIONS])
-def test_openapi_operation_never_5xx(client: TestClient, method: str, path: str,
-                                     spec: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "spec"), OPERATIONS, ids=[f"{m.upper()} {p}" for m, p, _ in OPERATIONS]
+)
+def test_openapi_operation_never_5xx(
+    client: TestClient, method: str, path: str, spec: dict[str, Any]
+) -> None:
     @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
     @given(case=_strategy(spec))
     def run(case: dict[str, Any]) -> None:

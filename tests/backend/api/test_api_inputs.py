@@ -151,9 +151,7 @@ def test_post_78_digit_integer_reaches_validation(client: TestClient) -> None:
     status, code, _ = _problem(r)
     assert (status, code) == (422, "INVALID_REQUEST")
     errors = r.json()["detail"]["errors"]
-    assert {"loc": ["body", "message", "busId"], "msg": "must be at most 4294967295"} in (
-        errors
-    )
+    assert {"loc": ["body", "message", "busId"], "msg": "must be at most 4294967295"} in (errors)
 
 
 # ------------------------------------------------------------------------- NaN and Infinity
