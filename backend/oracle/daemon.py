@@ -15,6 +15,9 @@ Guarantees (ARCHITECTURE.md, "what must never happen"):
   ``submitted`` batch is checked against the chain (its transaction, else ``readingOf`` reading by
   reading) and the readings the chain lost are submitted again. The contract ignores an identical
   resubmission, so a reading that is on chain after all counts as done, never twice.
+
+One module (a little over 500 lines) on purpose: the guarantees above are one loop's ordering of
+persist, ack, send and reconcile, and splitting it would spread that ordering over files.
 """
 
 from __future__ import annotations

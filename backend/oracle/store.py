@@ -6,6 +6,10 @@ transaction that was or may have been sent; ``batch_id`` and ``tx_hash`` say whi
 chain refused it; reason kept). After a crash, ``inflight`` rows are reconciled against the chain
 (``readingOf``) before anything is resent. After a chain rollback, ``submitted`` rows whose
 transaction the chain lost go back to ``pending`` (:meth:`OracleStore.reopen_batch`).
+
+One module (a little over 500 lines) on purpose: it is the oracle's one persistence boundary,
+each method one transaction over the same tables, so every state change of a reading is in one
+place.
 """
 
 from __future__ import annotations
