@@ -24,6 +24,14 @@ from backend.demo.day import DemoDay
 from grid.verdicts import Trade
 
 
+def day_span(start: datetime, end: datetime) -> str:
+    """``2026-12-05 13:00-13:30 UTC``; with the end on another date (a whole day ends at the next
+    midnight) ``2026-12-05 00:00 - 2026-12-06 00:00 UTC``."""
+    if end.date() == start.date():
+        return f"{start:%Y-%m-%d %H:%M}-{end:%H:%M} UTC"
+    return f"{start:%Y-%m-%d %H:%M} - {end:%Y-%m-%d %H:%M} UTC"
+
+
 def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, Any]:
     """summary.json: per interval, per participant, the checks, the totals and the profile."""
     market = day._contract("EnergyMarket")
@@ -234,7 +242,7 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
             "date": f"{start:%Y-%m-%d}",
             "start": start.isoformat().replace("+00:00", "Z"),
             "end": end.isoformat().replace("+00:00", "Z"),
-            "span": f"{start:%Y-%m-%d %H:%M}-{end:%H:%M} UTC",
+            "span": day_span(start, end),
             "first_interval": first,
             "last_interval": last,
             "interval_seconds": s,

@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from backend.demo.checks import print_summary, summarize
+from backend.demo.checks import day_span, print_summary, summarize
 from backend.demo.config import SETTLEMENT_DELAY_S, DemoConfig, DemoError
 from backend.demo.day import DemoDay
 from backend.demo.report import write_report
@@ -79,9 +79,7 @@ class Demo(DemoDay):
             self._set_time((first - 1) * s + 1)
             day_start = datetime.fromtimestamp(first * s, UTC)
             day_end = datetime.fromtimestamp((last + 1) * s, UTC)
-            self.console.print(
-                f"simulated day {day_start:%Y-%m-%d %H:%M}-{day_end:%H:%M} UTC (chain time)"
-            )
+            self.console.print(f"simulated day {day_span(day_start, day_end)} (chain time)")
             with Progress(
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),
