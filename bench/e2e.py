@@ -227,6 +227,7 @@ def run_e2e(
         "orders": totals["orders posted"],
         "trades_approved": settled,
         "trades_vetoed": totals["trades vetoed"],
+        "trades_reclaimed_unsettled": totals["trades reclaimed unsettled"],
         "readings_on_chain": totals["readings on chain"],
         "wall_s": pipeline_s,
         "wall_covers": "from the first order signed and posted over HTTP to the poll that sees "

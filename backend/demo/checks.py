@@ -40,6 +40,8 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
     settled_events = _events(day, market, "TradeSettled")
     settled_count = Counter(e["args"]["tradeId"].hex() for e in settled_events)
     settled_by_id = {e["args"]["tradeId"].hex(): e for e in settled_events}
+    # escrow given back at reclaimAfter because no settlement came: says why a trade went unsettled
+    reclaimed = {e["args"]["tradeId"].hex() for e in _events(day, market, "EscrowReclaimed")}
     reading_events = _events(day, readings, "ReadingsSubmitted")
     accepted = list(batches.accepted_from_logs(reading_events))
     reading_count = Counter((reading.meter, iv) for iv, reading, _ in accepted)
@@ -209,6 +211,7 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         "orders posted": sum(i["orders"] for i in intervals),
         "trades approved": len(approved_ids),
         "trades vetoed": len(vetoed_ids),
+        "trades reclaimed unsettled": len(reclaimed),
         "energy traded (kWh)": round(sum(i["traded_wh"] for i in intervals) / 1000, 3),
         "energy delivered (kWh)": round(sum(p["delivered_wh"] for p in participants) / 2000, 3),
         "tokens paid to sellers": sum(p["received"] for p in participants) / TOKEN_UNIT,

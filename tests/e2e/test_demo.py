@@ -56,6 +56,7 @@ def test_demo_short_congested_day_summary(tmp_path: Path) -> None:
     vetoed = sum(i["vetoed"] for i in summary["intervals"])
     assert summary["totals"]["trades approved"] == approved > 0
     assert summary["totals"]["trades vetoed"] == vetoed >= 1
+    assert summary["totals"]["trades reclaimed unsettled"] == 0  # every trade was settled in time
     reasons = {r for i in summary["intervals"] for r in i["vetoes_by_reason"]}
     assert reasons & PHYSICAL, reasons
     # every member reports once per interval unless its reading went missing
