@@ -43,11 +43,16 @@ class Settings:
     rpc_url: str = "http://127.0.0.1:8545"
     chain_id: int = 31337
     # Role keys: hex private key, or path to an eth-account keystore (TEGRID_KEYSTORE_PASSWORD).
+    # Every process that sends transactions has an account of its own by default - the API (admin,
+    # market operator, validator, grid operator: account 0), the oracle (9), the keeper (7) - so
+    # no two processes ever race for one account's nonce.
     admin_key: str = ANVIL_KEYS[0]
     market_operator_key: str = ANVIL_KEYS[0]
     validator_key: str = ANVIL_KEYS[0]
     grid_operator_key: str = ANVIL_KEYS[0]
-    oracle_key: str = ANVIL_KEYS[0]
+    oracle_key: str = ANVIL_KEYS[9]
+    # settles intervals (EnergyMarket.settle takes no role: any account with gas)
+    keeper_key: str = ANVIL_KEYS[7]
     keystore_password: str = ""
     database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'tegrid.db'}"
     oracle_database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'oracle.db'}"
@@ -100,6 +105,17 @@ class Settings:
         if settings.receipt_timeout_seconds <= 0:
             raise ConfigError("TEGRID_RECEIPT_TIMEOUT_SECONDS must be positive")
         return settings
+
+    @property
+    def api_url(self) -> str:
+        """Where clients reach ``tegrid serve`` (``api_host``:``api_port``; a wildcard bind
+        address is reached on the loopback)."""
+        host = self.api_host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.api_port}"
 
     def to_env(self) -> dict[str, str]:
         """The ``TEGRID_*`` variables that make :meth:`from_env` in another process give these

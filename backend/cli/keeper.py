@@ -47,13 +47,13 @@ def run(
     from backend.chain.client import ChainClient
     from backend.chain.contracts import load_deployment
     from backend.chain.errors import DeploymentNotFoundError
-    from backend.cli.oracle import resolve_key
     from backend.keeper import SettlementKeeper
+    from backend.market.factory import load_key
 
     try:
         settings = Settings.from_env()
         dep = load_deployment(deployment or settings.deployment_file)
-        key = resolve_key(settings.admin_key, settings.keystore_password)
+        key = load_key(settings.keeper_key, settings.keystore_password)
         client = ChainClient(
             rpc_url or settings.rpc_url,
             key,

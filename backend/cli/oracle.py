@@ -33,21 +33,6 @@ def _settings() -> Settings:
         raise  # unreachable
 
 
-def resolve_key(key: str, password: str) -> str:
-    """A hex private key as is, or the key inside an eth-account keystore file."""
-    candidate = Path(key)
-    if key.startswith("0x") and len(key) == 66:
-        return key
-    if candidate.is_file():
-        from eth_account import Account
-
-        try:
-            return "0x" + bytes(Account.decrypt(candidate.read_text(), password)).hex()
-        except (ValueError, OSError) as exc:
-            raise TegridError(f"cannot open keystore {candidate}: {exc}") from None
-    raise TegridError("key must be a 0x-prefixed 32-byte hex key or a keystore file path")
-
-
 @app.callback()
 def run(
     ctx: typer.Context,
@@ -89,14 +74,16 @@ def run(
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = _settings()
     from backend.chain.contracts import load_deployment
+    from backend.chain.errors import ChainUnavailableError
     from backend.iot.transport import MqttTransport
+    from backend.market.factory import load_key
     from backend.oracle.daemon import OracleConfig, OracleDaemon
     from backend.oracle.store import OracleStore
     from backend.oracle.web3_ledger import Web3Ledger
 
     try:
         dep = load_deployment(deployment or settings.deployment_file)
-        key = resolve_key(settings.oracle_key, settings.keystore_password)
+        key = load_key(settings.oracle_key, settings.keystore_password)
         ledger = Web3Ledger(
             rpc_url or settings.rpc_url,
             key,
@@ -123,6 +110,17 @@ def run(
                 ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
             ],
         )
+        try:
+            if not ledger.holds_oracle_role():
+                fail(
+                    f"{ledger.account.address} (TEGRID_ORACLE_KEY) does not hold ORACLE_ROLE in "
+                    f"the ParticipantRegistry {dep.address('ParticipantRegistry')}: MeterReadings "
+                    "would refuse every batch; deploy with this TEGRID_ORACLE_KEY or have the "
+                    "admin grant it the role",
+                    1,
+                )
+        except ChainUnavailableError:
+            pass  # the chain is down: the daemon waits for it (and the contract checks the role)
         transport.connect()
     except (TegridError, ValueError, KeyError) as exc:
         fail(str(exc))

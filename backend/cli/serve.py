@@ -29,7 +29,7 @@ def _keeper_hook(settings: Settings) -> list[Any]:
         from backend.market.factory import load_key
 
         ledger = market.ledger
-        key = load_key(settings.admin_key, settings.keystore_password)
+        key = load_key(settings.keeper_key, settings.keystore_password)
         operator = getattr(ledger, "operator", None)
         if operator is not None and operator.account.key.hex().removeprefix("0x") == key[2:]:
             client = operator
