@@ -177,11 +177,13 @@ def order(
 
 @app.command()
 def close(
-    interval: int = typer.Argument(..., min=0, max=2**63 - 1, metavar="INTERVAL"),
+    interval: int = typer.Option(
+        ..., "--interval", min=0, max=2**63 - 1, metavar="INTERVAL", help="The interval."
+    ),
     api_url: str = typer.Option(None, metavar="URL", help=API_URL_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the interval as JSON."),
 ) -> None:
-    """Close INTERVAL now: clear it, validate it on the Neural Grid and record its batch on chain
+    """Close the interval now: clear it, validate it on the Neural Grid and record its batch on chain
     (a `tegrid serve --dev` API; otherwise only once its gate closure has passed)."""
     api = _Api(api_url, _settings())
     out = api.call("POST", f"/intervals/{interval}/close", f"cannot close interval {interval}")
@@ -202,7 +204,9 @@ def close(
 
 @app.command()
 def trades(
-    interval: int = typer.Argument(..., min=0, max=2**63 - 1, metavar="INTERVAL"),
+    interval: int = typer.Option(
+        ..., "--interval", min=0, max=2**63 - 1, metavar="INTERVAL", help="The interval."
+    ),
     wait: float = typer.Option(
         0,
         min=0,
@@ -213,7 +217,7 @@ def trades(
     api_url: str = typer.Option(None, metavar="URL", help=API_URL_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the trades as JSON."),
 ) -> None:
-    """INTERVAL's trades: parties, energy, price, verdict, and once settled the delivered energy,
+    """The interval's trades: parties, energy, price, verdict, and once settled the delivered energy,
     the payment to the seller and the refund to the buyer."""
     from backend.chain.protocol import escrow_of
 

@@ -110,6 +110,7 @@ def run(
                 ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
             ],
         )
+        transport.connect()
         try:
             if not ledger.holds_oracle_role():
                 fail(
@@ -118,10 +119,9 @@ def run(
                     "would refuse every batch; deploy with this TEGRID_ORACLE_KEY or have the "
                     "admin grant it the role",
                     1,
-                )
+                )  # the broker connection ends with the process
         except ChainUnavailableError:
             pass  # the chain is down: the daemon waits for it (and the contract checks the role)
-        transport.connect()
     except (TegridError, ValueError, KeyError) as exc:
         fail(str(exc))
 

@@ -75,7 +75,7 @@ def serve(
     import uvicorn
 
     from backend.api.app import create_app
-    from backend.cli.output import console, deployment_line, fail, redact, startup
+    from backend.cli.output import deployment_line, fail, redact, startup
     from backend.market.events import EventBus
     from backend.market.factory import build_market
     from backend.market.service import MarketConfig
@@ -88,7 +88,16 @@ def serve(
             from backend.devtools.devstack import start_dev_stack
 
             stack = start_dev_stack(settings, participants=participants)
-            console.print(f"dev chain {settings.rpc_url}: contracts {stack.deployment.contracts}")
+            startup(
+                "serve",
+                [
+                    (
+                        "dev stack",
+                        f"{len(stack.participants)} Anvil accounts registered as participants "
+                        f"on load buses of {settings.network}, deposits funded",
+                    )
+                ],
+            )
         from backend.chain.contracts import load_deployment
 
         # Fail here with one line, not inside uvicorn's startup with a traceback.

@@ -2,10 +2,12 @@
 simulate``).
 
 - **The registry decides who a meter is.** Before publishing, each meter is looked up in the
-  ``ParticipantRegistry``: its participant (wallet) and the bus of its connection point replace
-  whatever the simulator was started with, so announcements carry the registry's bus. A meter
-  that is not registered, whose participant is inactive, or whose stated bus (a meters file)
-  disagrees with the registry is reported in one line - when first seen and whenever it changes.
+  ``ParticipantRegistry``: its participant (wallet) replaces the one the simulator was started
+  with, and a development meter (no bus stated) takes the bus of its participant's connection
+  point, so its announcement carries the registry's bus. A meter that is not registered, whose
+  participant is inactive, or whose stated bus (a meters file) disagrees with the registry is
+  reported in one line - when first seen and whenever it changes; a stated bus is announced as
+  stated, so the oracle reports the disagreement as well.
 - **Meters follow the market.** For every interval it meters, the fleet reads that interval's
   trades from the market API (``GET /trades?interval=N``) and meters each approved trade that is
   on chain (status recorded or settled) on top of the household profile: the seller's export
@@ -119,7 +121,7 @@ class MeterFleet:
     """The simulator's meters kept in step with the registry (``owners``: meter addresses ->
     :class:`MeterOwner`) and, when ``trades`` is given (interval -> the API's trade list), with
     the market. ``say`` receives each report line; ``stated_buses``: the meters' buses were given
-    by the user (a meters file), so a different registry bus is reported, not just taken."""
+    by the user (a meters file): a different registry bus is reported, and the stated one kept."""
 
     def __init__(
         self,
@@ -157,7 +159,10 @@ class MeterFleet:
                 if problem is not None:
                     self.say(f"warning: {problem.message}")
             if owner.wallet is not None and owner.bus_id is not None:
-                spec = dataclasses.replace(spec, bus=owner.bus_id, wallet=owner.wallet)
+                # a bus the user stated is the meter's own claim: announced as it is (the oracle
+                # reports the disagreement too); otherwise the meter is where the registry says
+                bus = spec.bus if self.stated_buses else owner.bus_id
+                spec = dataclasses.replace(spec, bus=bus, wallet=owner.wallet)
             specs.append(spec)
         self.sim.meters = specs
         self.known = owners
