@@ -48,7 +48,8 @@ ORDER = ["order", "--key", KEY, "--energy-wh", "1000", "--price", "100000", "--i
         ([*ORDER, "--side", "sell"], 1,
          "error: the market refused the sell order: no market API answering at "
          "http://127.0.0.1:{port} (ConnectError): is `tegrid serve` running there?"),
-        (["close", "--interval", "7"], 1, "error: cannot close interval 7: no market API answering at "
+        (["close", "--interval", "7"], 1,
+         "error: cannot close interval 7: no market API answering at "
          "http://127.0.0.1:{port} (ConnectError): is `tegrid serve` running there?"),
         (["next-interval"], 1, "error: cannot find the next open interval: no market API "
          "answering at http://127.0.0.1:{port} (ConnectError): is `tegrid serve` running there?"),
