@@ -183,8 +183,8 @@ def close(
     api_url: str = typer.Option(None, metavar="URL", help=API_URL_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the interval as JSON."),
 ) -> None:
-    """Close the interval now: clear it, validate it on the Neural Grid and record its batch on chain
-    (a `tegrid serve --dev` API; otherwise only once its gate closure has passed)."""
+    """Close the interval now: clear it, validate it on the Neural Grid and record its batch on
+    chain (a `tegrid serve --dev` API; otherwise only once its gate closure has passed)."""
     api = _Api(api_url, _settings())
     out = api.call("POST", f"/intervals/{interval}/close", f"cannot close interval {interval}")
     if json_out:
@@ -217,8 +217,8 @@ def trades(
     api_url: str = typer.Option(None, metavar="URL", help=API_URL_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the trades as JSON."),
 ) -> None:
-    """The interval's trades: parties, energy, price, verdict, and once settled the delivered energy,
-    the payment to the seller and the refund to the buyer."""
+    """The interval's trades: parties, energy, price, verdict, and once settled the delivered
+    energy, the payment to the seller and the refund to the buyer."""
     from backend.chain.protocol import escrow_of
 
     api = _Api(api_url, _settings())
