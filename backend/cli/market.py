@@ -13,9 +13,8 @@ import json
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
 from rich.console import Console
 
@@ -23,6 +22,9 @@ from backend.cli.base import App
 from backend.cli.output import console, fail
 from backend.errors import TegridError
 from backend.settings import Settings
+
+if TYPE_CHECKING:  # httpx costs ~80 ms to import: by the commands, not at start-up (--help)
+    import httpx
 
 app = App(
     help="Trade through the market API: orders signed with a wallet key, interval closing, "
@@ -45,10 +47,14 @@ class _Api:
     """The market API over HTTP; any failure ends the command in one line (exit 1)."""
 
     def __init__(self, url: str | None, settings: Settings) -> None:
+        import httpx  # imported by the commands, not at start-up (--help)
+
         self.url = (url or settings.api_url).rstrip("/")
         self.client = httpx.Client(base_url=self.url, timeout=120.0)
 
     def call(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        import httpx
+
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -113,6 +113,7 @@ def simulate(
         settings = Settings.from_env()
     except TegridError as exc:
         fail(str(exc))
+    # web3, the chain layer and the meters are imported by the command, not at start-up (--help)
     from web3 import Web3
 
     from backend.chain.client import chain_time
@@ -197,9 +198,9 @@ def simulate(
         else:
             for interval_id in range(start_interval, start_interval + intervals):
                 publish(interval_id)
-    except (TegridError, OSError) as exc:
+    except (TegridError, OSError) as exc:  # the chain, the registry or the market API
         transport.close()
-        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, 1)
     finally:
         if market is not None:
             market.close()
@@ -269,7 +270,7 @@ def _register_missing(
 ) -> None:
     """Connect the meters the registry does not know, under their ``wallet``; dev meters go on
     the network's load buses as ``tegrid serve --dev`` places them (meter i on load bus i)."""
-    from backend.devtools.participants import register_participants
+    from backend.devtools.participants import register_participants  # web3: not at start-up
 
     owners = registry.owners([spec.address for spec in specs])
     buses: list[int] = []
