@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from backend.cli.base import App
 from backend.cli.output import deployment_line, fail, redact, startup
 from backend.errors import TegridError
 from backend.settings import Settings
+
+if TYPE_CHECKING:  # web3 and the meters: imported by the command, not at start-up
+    from backend.iot.fleet import MeterFleet
 
 app = App(
     help="Smart meters: simulate a fleet that signs and publishes readings.", no_args_is_help=True
@@ -99,9 +102,9 @@ def simulate(
 ) -> None:
     """Publish signed readings of N meters for ended intervals (tegrid/meters/<addr>/readings).
 
-    Each meter's participant and bus come from the registry (a meter that is not registered, or
-    whose stated bus disagrees, is reported); each owner's trades of the interval are metered on
-    top of its household profile, so settlement pays what was traded."""
+    Each meter's participant comes from the registry, and a --count meter's bus too (a meter that
+    is not registered, or whose stated bus disagrees, is reported); each owner's trades of the
+    interval are metered on top of its household profile, so settlement pays what was traded."""
     for name, value in (
         ("--under-delivery", under_delivery),
         ("--missing", missing),
@@ -152,7 +155,9 @@ def simulate(
         try:
             now = chain_time(w3)
         except OSError:
-            fail(f"no chain answering at {settings.rpc_url}: start one with `tegrid chain start`")
+            fail(
+                f"no chain answering at {settings.rpc_url}: start one with `tegrid chain start`", 1
+            )
         if start_interval is None:
             start_interval = now // interval_s - (0 if follow else intervals)
         if register:
@@ -223,6 +228,7 @@ def simulate(
             f"{totals['published']} readings published ({totals['missing']} missing, "
             f"{totals['late']} sent late) to {transport.url}",
             highlight=False,
+            soft_wrap=True,
         )
     if not flushed:
         raise typer.Exit(1)
@@ -230,7 +236,7 @@ def simulate(
 
 def _follow(
     clock: Callable[[], int],
-    fleet: Any,
+    fleet: MeterFleet,
     publish: Callable[[int], None],
     next_interval: int,
     interval_s: int,
