@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from backend.chain.contracts import Deployment
 from backend.chain.deploy import deploy_from_settings
-from backend.devtools.anvil import AnvilProcess
+from backend.devtools.anvil import AnvilProcess, is_up
 from backend.devtools.broker import MosquittoBroker, find_mosquitto
 from backend.net import free_port
 from backend.settings import ANVIL_KEYS, Settings
@@ -162,3 +163,31 @@ def test_oracle_without_the_oracle_role_refuses_to_start_in_one_line(
         f"{deployment.contracts['ParticipantRegistry']}: MeterReadings would refuse every "
         "batch; deploy with this TEGRID_ORACLE_KEY or have the admin grant it the role"
     ]
+
+
+def test_chain_start_stops_its_anvil_on_sigterm(tmp_path: Path) -> None:
+    """Anvil runs in a session of its own: ``kill <tegrid chain start>`` must not orphan it."""
+    url = f"http://127.0.0.1:{free_port()}"
+    env = dict(os.environ, TEGRID_RPC_URL=url, TEGRID_CHAIN_STATE_FILE=str(tmp_path / "state.json"))
+    proc = subprocess.Popen(
+        [str(TEGRID), "chain", "start"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    anvil: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while not is_up(url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert is_up(url)
+        (anvil,) = psutil.Process(proc.pid).children()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        anvil.wait(timeout=10)  # gone: psutil.TimeoutExpired otherwise
+        assert not is_up(url)
+        assert (tmp_path / "state.json").exists()  # dumped on the way out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if anvil is not None and anvil.is_running():
+            anvil.kill()
