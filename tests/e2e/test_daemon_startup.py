@@ -169,20 +169,24 @@ def test_chain_start_stops_its_anvil_on_sigterm(tmp_path: Path) -> None:
     """Anvil runs in a session of its own: ``kill <tegrid chain start>`` must not orphan it."""
     url = f"http://127.0.0.1:{free_port()}"
     env = dict(os.environ, TEGRID_RPC_URL=url, TEGRID_CHAIN_STATE_FILE=str(tmp_path / "state.json"))
-    proc = subprocess.Popen(
-        [str(TEGRID), "chain", "start"], env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    log = tmp_path / "chain.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(TEGRID), "chain", "start"], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
     anvil: psutil.Process | None = None
     try:
         deadline = time.monotonic() + 60
-        while not is_up(url) and time.monotonic() < deadline:
+        while anvil is None and proc.poll() is None and time.monotonic() < deadline:
+            children = psutil.Process(proc.pid).children()
+            if children and is_up(url):
+                (anvil,) = children
             time.sleep(0.2)
-        assert is_up(url)
-        (anvil,) = psutil.Process(proc.pid).children()
+        assert anvil is not None, log.read_text()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        anvil.wait(timeout=10)  # gone: psutil.TimeoutExpired otherwise
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        anvil.wait(timeout=20)  # gone (psutil.TimeoutExpired otherwise)
         assert not is_up(url)
         assert (tmp_path / "state.json").exists()  # dumped on the way out
     finally:
