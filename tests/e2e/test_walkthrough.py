@@ -217,8 +217,8 @@ def test_five_terminals_walkthrough_settles_and_pays_as_the_readme_shows(
     env, daemons, folder = terminals
     blocks = walkthrough()
     assert set(blocks) >= {
-        "chain", "serve", "oracle", "meters", "user", "settled", "metered", "meters-partial",
-        "settled-partial",
+        "chain", "serve", "oracle", "meters", "user", "settled", "metered", "announced",
+        "meters-partial", "settled-partial",
     }  # fmt: skip
 
     chain_term = Daemon("chain", command(blocks["chain"]), env, folder)
@@ -258,6 +258,8 @@ def test_five_terminals_walkthrough_settles_and_pays_as_the_readme_shows(
     # the oracle compared every announcement with the registry: all ten as registered
     announced = [ln for ln in oracle.log().splitlines() if "as registered)" in ln]
     assert len(announced) == 10, oracle.log()[-3000:]
+    shown = blocks["announced"].splitlines()[0].split(" INFO ", 1)[1]
+    assert any(ln.endswith(f" INFO {shown}") for ln in announced), shown
 
     # partial delivery: terminal 4 again, sellers withhold half of what they sold
     assert meters.stop() == 0
