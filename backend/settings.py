@@ -72,11 +72,16 @@ class Settings:
     public_rpc_url: str = ""
     chain_name: str = "tegrid"
     # Role keys: hex private key, or path to an eth-account keystore (TEGRID_KEYSTORE_PASSWORD).
+    # Every process that sends transactions has an account of its own by default - the API (admin,
+    # market operator, validator, grid operator: account 0), the oracle (9), the keeper (7) - so
+    # no two processes ever race for one account's nonce.
     admin_key: str = ANVIL_KEYS[0]
     market_operator_key: str = ANVIL_KEYS[0]
     validator_key: str = ANVIL_KEYS[0]
     grid_operator_key: str = ANVIL_KEYS[0]
-    oracle_key: str = ANVIL_KEYS[0]
+    oracle_key: str = ANVIL_KEYS[9]
+    # settles intervals (EnergyMarket.settle takes no role: any account with gas)
+    keeper_key: str = ANVIL_KEYS[7]
     keystore_password: str = ""
     database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'tegrid.db'}"
     oracle_database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'oracle.db'}"
@@ -142,6 +147,17 @@ class Settings:
     def grid_limits(self) -> dict[str, float]:
         """The ``grid.verdicts.Limits`` fields these settings set (the voltage band)."""
         return {"vm_min_pu": self.vm_min_pu, "vm_max_pu": self.vm_max_pu}
+
+    @property
+    def api_url(self) -> str:
+        """Where clients reach ``tegrid serve`` (``api_host``:``api_port``; a wildcard bind
+        address is reached on the loopback)."""
+        host = self.api_host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.api_port}"
 
     def to_env(self) -> dict[str, str]:
         """The ``TEGRID_*`` variables that make :meth:`from_env` in another process give these

@@ -42,6 +42,7 @@ __all__ = [
     "GasBounds",
     "batch_eth_call",
     "cache_chain_id",
+    "chain_time",
     "revert_data",
 ]
 
@@ -55,6 +56,15 @@ def cache_chain_id(w3: Any) -> None:
     provider = w3.provider
     provider.cacheable_requests = {RPCEndpoint("eth_chainId")}
     provider.cache_allowed_requests = True
+
+
+def chain_time(w3: Any) -> int:
+    """The time ``block.timestamp`` will at least have in the next block: max(latest, pending).
+    Anvil reloaded from a state file reports a pending timestamp from the wall clock, behind a
+    chain that was moved forward in time, so the latest block counts too."""
+    pending = w3.eth.get_block("pending")
+    latest = w3.eth.get_block("latest")
+    return max(int(pending["timestamp"]), int(latest["timestamp"]))
 
 
 class ChainClient:

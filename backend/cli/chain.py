@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from urllib.parse import urlparse
 
 import typer
@@ -45,6 +46,10 @@ def start(
         typer.echo(f"anvil pid {anvil.process.pid} (stop with: kill $(cat {pid_file}))")
         return
     typer.echo(f"state file {settings.chain_state_file}; Ctrl-C stops (state is dumped on exit)")
+    # Anvil runs in a session of its own: stop it on SIGTERM as on Ctrl-C (and on Ctrl-C even
+    # when a shell started this in the background with SIGINT ignored), never leave it orphaned.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         anvil.process.wait()
     except KeyboardInterrupt:

@@ -12,7 +12,6 @@ import typer
 
 from backend.chain.errors import DeploymentNotFoundError
 from backend.cli.base import App
-from backend.cli.oracle import resolve_key
 from backend.cli.output import deployment_line, fail, startup
 from backend.errors import TegridError
 from backend.settings import Settings
@@ -50,11 +49,12 @@ def run(
     from backend.chain.client import ChainClient  # noqa: PLC0415
     from backend.chain.contracts import load_deployment  # noqa: PLC0415
     from backend.keeper import SettlementKeeper  # noqa: PLC0415
+    from backend.market.factory import load_key  # noqa: PLC0415
 
     try:
         settings = Settings.from_env()
         dep = load_deployment(deployment or settings.deployment_file)
-        key = resolve_key(settings.admin_key, settings.keystore_password)
+        key = load_key(settings.keeper_key, settings.keystore_password)
         client = ChainClient(
             rpc_url or settings.rpc_url,
             key,

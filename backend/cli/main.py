@@ -8,6 +8,7 @@ from backend.cli import bench, chain, grid, serve
 from backend.cli import demo as demo_cli
 from backend.cli import doctor as doctor_mod
 from backend.cli import keeper as keeper_cli
+from backend.cli import market as market_cli
 from backend.cli import meters as meters_cli
 from backend.cli import oracle as oracle_cli
 from backend.cli.base import App
@@ -44,6 +45,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(meters_cli.app, name="meters")
 app.add_typer(oracle_cli.app, name="oracle")
 app.add_typer(keeper_cli.app, name="keeper")
+app.add_typer(market_cli.app, name="market")
 
 if __name__ == "__main__":
     app()

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from backend.chain.errors import ChainUnavailableError
 from backend.cli.base import App
 from backend.cli.output import deployment_line, fail, redact, startup
 from backend.errors import TegridError
@@ -31,22 +32,6 @@ def _settings() -> Settings:
     except TegridError as exc:
         fail(str(exc))
         raise  # unreachable
-
-
-def resolve_key(key: str, password: str) -> str:
-    """A hex private key as is, or the key inside an eth-account keystore file."""
-    candidate = Path(key)
-    if key.startswith("0x") and len(key) == 66:
-        return key
-    if candidate.is_file():
-        # lazy: eth-account (~0.3 s), only for a keystore file, not for `tegrid --help`
-        from eth_account import Account  # noqa: PLC0415
-
-        try:
-            return "0x" + bytes(Account.decrypt(candidate.read_text(), password)).hex()
-        except (ValueError, OSError) as exc:
-            raise TegridError(f"cannot open keystore {candidate}: {exc}") from None
-    raise TegridError("key must be a 0x-prefixed 32-byte hex key or a keystore file path")
 
 
 @app.callback()
@@ -92,13 +77,14 @@ def run(
     # lazy: web3, sqlalchemy and paho-mqtt (~1 s), not for `tegrid --help`
     from backend.chain.contracts import load_deployment  # noqa: PLC0415
     from backend.iot.transport import MqttTransport  # noqa: PLC0415
+    from backend.market.factory import load_key  # noqa: PLC0415
     from backend.oracle.daemon import OracleConfig, OracleDaemon  # noqa: PLC0415
     from backend.oracle.store import OracleStore  # noqa: PLC0415
     from backend.oracle.web3_ledger import Web3Ledger  # noqa: PLC0415
 
     try:
         dep = load_deployment(deployment or settings.deployment_file)
-        key = resolve_key(settings.oracle_key, settings.keystore_password)
+        key = load_key(settings.oracle_key, settings.keystore_password)
         ledger = Web3Ledger(
             rpc_url or settings.rpc_url,
             key,
@@ -126,6 +112,17 @@ def run(
             ],
         )
         transport.connect()
+        try:
+            if not ledger.holds_oracle_role():
+                fail(
+                    f"{ledger.account.address} (TEGRID_ORACLE_KEY) does not hold ORACLE_ROLE in "
+                    f"the ParticipantRegistry {dep.address('ParticipantRegistry')}: MeterReadings "
+                    "would refuse every batch; deploy with this TEGRID_ORACLE_KEY or have the "
+                    "admin grant it the role",
+                    1,
+                )  # the broker connection ends with the process
+        except ChainUnavailableError:
+            pass  # the chain is down: the daemon waits for it (and the contract checks the role)
     except (TegridError, ValueError, KeyError) as exc:
         fail(str(exc))
 
@@ -157,7 +154,7 @@ def status(
     ),
 ) -> None:
     """Queue depth, submitted, rejected by reason, last block."""
-    # lazy: sqlalchemy and eth-keys (~0.5 s), not for `tegrid --help`
+    # lazy: web3, sqlalchemy and paho-mqtt (~1 s), not for `tegrid --help`
     from backend.oracle.store import OracleStore  # noqa: PLC0415
 
     url = database_url or _settings().oracle_database_url

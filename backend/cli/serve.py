@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from backend.cli.output import console, deployment_line, fail, redact, startup
+from backend.cli.output import deployment_line, fail, redact, startup
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -24,13 +24,13 @@ def _keeper_hook(settings: Settings) -> list[Any]:
     operator's chain client when the keys are the same, so their nonces never clash."""
 
     def run(market: Any) -> Any:
-        # lazy: web3 and the market (pandapower, ~3 s), not for `tegrid --help`
+        # lazy: the chain client and the keeper load web3 (~0.5 s), not for `tegrid --help`
         from backend.chain.client import ChainClient  # noqa: PLC0415
         from backend.keeper import SettlementKeeper  # noqa: PLC0415
         from backend.market.factory import load_key  # noqa: PLC0415
 
         ledger = market.ledger
-        key = load_key(settings.admin_key, settings.keystore_password)
+        key = load_key(settings.keeper_key, settings.keystore_password)
         operator = getattr(ledger, "operator", None)
         if operator is not None and operator.account.key.hex().removeprefix("0x") == key[2:]:
             client = operator
@@ -73,11 +73,10 @@ def serve(
     ),
 ) -> None:
     """Serve the market API (OpenAPI at /docs)."""
-    # lazy: uvicorn, the API and the market (web3, pandapower: seconds), not for `tegrid --help`
+    # lazy: uvicorn, the API, the market and web3 (~1.5 s), not for `tegrid --help`
     import uvicorn  # noqa: PLC0415
 
     from backend.api.app import create_app  # noqa: PLC0415
-    from backend.chain.contracts import load_deployment  # noqa: PLC0415
     from backend.market.events import EventBus  # noqa: PLC0415
     from backend.market.factory import build_market  # noqa: PLC0415
     from backend.market.service import MarketConfig  # noqa: PLC0415
@@ -87,11 +86,23 @@ def serve(
     try:
         settings = Settings.from_env()
         if dev and dev_stack:
-            # lazy: only --dev starts the dev stack; a production `serve` never loads devtools
+            # lazy: the dev stack (Anvil, deployment, pandapower for buses), only for --dev
             from backend.devtools.devstack import start_dev_stack  # noqa: PLC0415
 
             stack = start_dev_stack(settings, participants=participants)
-            console.print(f"dev chain {settings.rpc_url}: contracts {stack.deployment.contracts}")
+            startup(
+                "serve",
+                [
+                    (
+                        "dev stack",
+                        f"{len(stack.participants)} Anvil accounts registered as participants "
+                        f"on load buses of {settings.network}, deposits funded",
+                    )
+                ],
+            )
+        # lazy: uvicorn, the API, the market and web3 (~1.5 s), not for `tegrid --help`
+        from backend.chain.contracts import load_deployment  # noqa: PLC0415
+
         # Fail here with one line, not inside uvicorn's startup with a traceback.
         deployment = load_deployment(settings.deployment_file)
 

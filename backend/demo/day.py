@@ -19,7 +19,7 @@ from backend.demo.config import DEPOSIT, ROLE_KEYS, SETTLEMENT_DELAY_S, DemoConf
 from backend.demo.profile import Stages
 from backend.demo.stack import DemoStack
 from backend.devtools.clock import chain_now
-from backend.iot.meters import MeterSimulator, MeterSpec
+from backend.iot.meters import MeterSimulator, MeterSpec, Position
 from backend.iot.signing import ReadingDomain
 from grid.validator import GridValidator
 
@@ -32,7 +32,7 @@ class DemoDay(DemoStack):
         self.grid_validator: GridValidator  # made by ``Demo.run`` once the services start
         self.records: list[dict[str, Any]] = []
         self.vetoes: list[dict[str, Any]] = []
-        self.positions: dict[tuple[str, int], int] = {}
+        self.positions: dict[tuple[str, int], Position] = {}
         self.overrides: dict[tuple[str, int], tuple[int, int]] = {}
         self.published: set[tuple[str, int]] = set()
         self.stage = Stages()
@@ -195,16 +195,16 @@ class DemoDay(DemoStack):
         for t in trades:
             if not t["approved"]:
                 continue
-            seller, buyer = self.by_wallet[t["seller"]], self.by_wallet[t["buyer"]]
-            self.positions[(seller.meter, interval_id)] = self.positions.get(
-                (seller.meter, interval_id), 0
-            ) + int(t["energyWh"])
-            self.positions[(buyer.meter, interval_id)] = self.positions.get(
-                (buyer.meter, interval_id), 0
-            ) - int(t["energyWh"])
+            energy_wh = int(t["energyWh"])
+            sell_key = (self.by_wallet[t["seller"]].meter, interval_id)
+            buy_key = (self.by_wallet[t["buyer"]].meter, interval_id)
+            sold, bought = self.positions.get(sell_key, Position())
+            self.positions[sell_key] = Position(sold + energy_wh, bought)
+            sold, bought = self.positions.get(buy_key, Position())
+            self.positions[buy_key] = Position(sold, bought + energy_wh)
         for m in self.members:
             key = (m.meter, interval_id)
-            sold_wh = self.positions.get(key, 0)
+            sold_wh = self.positions.get(key, Position()).sold_wh
             if sold_wh > 0 and rng.random() < self.cfg.under_delivery_share:
                 # a cloud: the meter exports only part of what was sold (partial delivery)
                 self.overrides[key] = (0, int(sold_wh * rng.uniform(0.3, 0.7)))

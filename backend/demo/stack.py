@@ -92,6 +92,7 @@ class DemoStack:
             validator_key=ROLE_KEYS["validator"],
             grid_operator_key=ROLE_KEYS["grid_operator"],
             oracle_key=ROLE_KEYS["oracle"],
+            keeper_key=ROLE_KEYS["keeper"],
             database_url=f"sqlite:///{self.work / 'market.db'}",
             oracle_database_url=f"sqlite:///{self.work / 'oracle.db'}",
             network=self.cfg.network,
@@ -207,7 +208,7 @@ class DemoStack:
         self._start_service(
             "keeper",
             ["keeper", "--poll-seconds", str(SERVICE_POLL_S)],
-            dataclasses.replace(self.settings, admin_key=ROLE_KEYS["keeper"]),
+            self.settings,
         )
 
     # ------------------------------------------------------------------ chain helpers

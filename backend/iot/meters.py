@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from eth_keys.exceptions import ValidationError as KeyValidationError
 from eth_utils import keccak
@@ -152,22 +152,39 @@ def physical_energy_wh(
     return load_kw * hours * 1000.0, spec.pv_peak_kw * pv(hour) * hours * 1000.0
 
 
+class Position(NamedTuple):
+    """What a meter's owner traded for one interval, in Wh: sold (to export) and bought (to
+    import)."""
+
+    sold_wh: int = 0
+    bought_wh: int = 0
+
+
 def metered_energy_wh(
     spec: MeterSpec,
     interval_id: int,
     interval_seconds: int,
-    position_wh: int = 0,
+    *,
+    sold_wh: int = 0,
+    bought_wh: int = 0,
     under_delivery: float = 0.0,
 ) -> tuple[int, int]:
-    """(import, export) in Wh. ``position_wh`` > 0: the owner sold that much (exports it on top of
-    its own balance); < 0: bought (imports it). ``under_delivery`` withholds that share of sold
-    export.
+    """(import, export) in Wh: the household's own balance (load minus PV: a deficit is imported,
+    a surplus exported) with the traded energy on top - what the owner sold is exported (less the
+    ``under_delivery`` share withheld), what it bought is imported. A seller whose own load
+    exceeds its PV still exports what it sold (its battery or flexible generation runs for the
+    trade), and a buyer with a PV surplus still imports what it bought, so the min-of-two
+    settlement sees the trade delivered.
     """
     load_wh, pv_wh = physical_energy_wh(spec, interval_id, interval_seconds)
-    extra_export = max(position_wh, 0) * (1.0 - under_delivery)
-    extra_import = max(-position_wh, 0)
-    net_wh = load_wh - pv_wh + extra_import - extra_export
-    return max(0, round(net_wh)), max(0, round(-net_wh))
+    own_wh = load_wh - pv_wh
+    export_wh = round(max(-own_wh, 0.0)) + delivered_wh(sold_wh, under_delivery)
+    return round(max(own_wh, 0.0)) + bought_wh, export_wh
+
+
+def delivered_wh(sold_wh: int, under_delivery: float) -> int:
+    """How much of ``sold_wh`` a seller exports when it withholds the ``under_delivery`` share."""
+    return round(sold_wh * (1.0 - under_delivery))
 
 
 @dataclass
@@ -181,9 +198,9 @@ class PublishStats:
 class MeterSimulator:
     """Publishes signed readings (and announcements) for a set of meters over a :class:`Transport`.
 
-    ``positions`` maps ``(meter address, interval) -> traded Wh`` (sold > 0, bought < 0);
-    ``overrides`` maps the same key to an exact ``(import_wh, export_wh)`` and wins over the profile
-    (tests, demo).
+    ``positions`` maps ``(meter address, interval)`` to the owner's :class:`Position` (sold and
+    bought Wh); ``overrides`` maps the same key to an exact ``(import_wh, export_wh)`` and wins
+    over the profile (tests, demo).
     """
 
     def __init__(
@@ -193,7 +210,7 @@ class MeterSimulator:
         transport: Transport,
         interval_seconds: int,
         deviations: Deviations | None = None,
-        positions: dict[tuple[str, int], int] | None = None,
+        positions: dict[tuple[str, int], Position] | None = None,
         overrides: dict[tuple[str, int], tuple[int, int]] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -226,12 +243,14 @@ class MeterSimulator:
         if key in self.overrides:
             import_wh, export_wh = self.overrides[key]
         else:
+            position = self.positions.get(key, Position())
             import_wh, export_wh = metered_energy_wh(
                 spec,
                 interval_id,
                 self.interval_seconds,
-                self.positions.get(key, 0),
-                self.deviations.under_delivery,
+                sold_wh=position.sold_wh,
+                bought_wh=position.bought_wh,
+                under_delivery=self.deviations.under_delivery,
             )
         return Reading(spec.address, interval_id, import_wh, export_wh)
 

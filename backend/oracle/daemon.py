@@ -30,12 +30,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from backend.chain.errors import ChainUnavailableError
+from backend.chain.errors import ChainUnavailableError, LedgerError
 from backend.chain.protocol import MAX_READING_WH
+from backend.chain.registry import MeterOwner
 from backend.iot.errors import MessageError
 from backend.iot.schema import (
     ANNOUNCE_WILDCARD,
     READINGS_WILDCARD,
+    Announcement,
     parse_announcement,
     parse_reading,
     topic_address,
@@ -83,6 +85,8 @@ class OracleCounters:
     batches: int = 0
     gas_used: int = 0
     announcements: int = 0
+    # announcements the registry does not back: unregistered, inactive, bus_mismatch
+    announce_problems: Counter[str] = field(default_factory=Counter)
     rollbacks: int = 0  # chain rollbacks noticed
     rechecked_batches: int = 0  # submitted batches checked against the chain again
     resubmitted: int = 0  # submitted readings the chain had lost, queued again
@@ -179,9 +183,10 @@ class OracleDaemon:
         items: list[Incoming] = []
         rejections: list[Rejection] = []
         self._prefetch_meters(messages)
+        announcements: list[Announcement] = []
         for msg in messages:
             if msg.topic.endswith("/announce"):
-                self._announce(msg, rejections)
+                self._announce(msg, rejections, announcements)
                 continue
             self.counters.received += 1
             try:
@@ -210,8 +215,12 @@ class OracleDaemon:
             )
         for msg in messages:
             msg.ack()
+        if announcements:
+            self._check_announcements(announcements)
 
-    def _announce(self, msg: Message, rejections: list[Rejection]) -> None:
+    def _announce(
+        self, msg: Message, rejections: list[Rejection], announcements: list[Announcement]
+    ) -> None:
         try:
             ann = parse_announcement(msg.payload, msg.topic)
         except MessageError as exc:
@@ -220,7 +229,36 @@ class OracleDaemon:
         self.counters.announcements += 1
         self.announced[ann.address] = ann.bus
         self._registry.pop(ann.address, None)  # look it up afresh: it may just have been connected
-        log.info("meter %s announced itself on bus %s", ann.address, ann.bus)
+        announcements.append(ann)
+
+    def _check_announcements(self, announcements: list[Announcement]) -> None:
+        """Compare each announced meter with the registry (one round trip per chunk): a meter
+        that is not registered, belongs to an inactive participant or announces another bus
+        than its participant's gets a warning, never silence."""
+        try:
+            owners = self.ledger.meter_owners([a.address for a in announcements])
+        except LedgerError as exc:
+            for ann in announcements:
+                log.warning(
+                    "meter %s announced itself on bus %s; not compared with the registry (%s)",
+                    ann.address,
+                    ann.bus,
+                    exc,
+                )
+            return
+        for ann in announcements:
+            owner = owners.get(ann.address) or MeterOwner(ann.address)
+            problem = owner.problem(ann.bus)
+            if problem is not None:
+                self.counters.announce_problems[problem.reason] += 1
+                log.warning("announcement: %s", problem.message)
+            else:
+                log.info(
+                    "meter %s announced itself on bus %s (participant %s, as registered)",
+                    ann.address,
+                    ann.bus,
+                    owner.wallet,
+                )
 
     def check(self, topic: str, payload: bytes) -> Incoming:
         """All off-chain checks of one reading message; raises a countable MessageError."""

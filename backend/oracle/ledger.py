@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from backend.chain.heads import Rollback
+from backend.chain.registry import MeterOwner
 from backend.iot.signing import Reading, ReadingDomain
 
 
@@ -47,6 +48,11 @@ class ReadingsLedger(Protocol):
 
     def meter_states(self, meters: Sequence[str]) -> dict[str, MeterState]:
         """Many at once (one round trip); meters missing from the answer are unknown."""
+        ...
+
+    def meter_owners(self, meters: Sequence[str]) -> dict[str, MeterOwner]:
+        """Participant, bus and active flag of each meter (announcements are checked against
+        them)."""
         ...
 
     def prepare_batch(

@@ -24,7 +24,13 @@ from web3.exceptions import (
 
 from backend.chain import batches, finality
 from backend.chain.address import checksum
-from backend.chain.client import AbiFunction, ErrorDecoder, batch_eth_call, revert_data
+from backend.chain.client import (
+    AbiFunction,
+    ErrorDecoder,
+    batch_eth_call,
+    chain_time,
+    revert_data,
+)
 from backend.chain.contracts import Deployment, contract_at, error_abis
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import (
@@ -35,6 +41,7 @@ from backend.chain.errors import (
 )
 from backend.chain.heads import HeadWatcher, Rollback
 from backend.chain.protocol import rejection_label
+from backend.chain.registry import MeterOwner, MeterRegistry
 from backend.iot.signing import Reading, ReadingDomain
 from backend.oracle.errors import BatchRefusedError
 from backend.oracle.ledger import BatchReceipt, MeterState
@@ -83,6 +90,7 @@ class Web3Ledger:
         )
         self.decoder = ErrorDecoder(error_abis())
         self._meter_record = AbiFunction(self.registry, "meterRecordOf")
+        self._owners = MeterRegistry(self.w3, self.registry.address)
         self._reading_of = AbiFunction(self.readings, "readingOf")
         self.confirmations = (
             finality.configured_confirmations() if confirmations is None else confirmations
@@ -108,11 +116,8 @@ class Web3Ledger:
         return int(self.deployment.interval_seconds)
 
     def chain_time(self) -> int:
-        """max(latest, pending) block timestamp: Anvil reloaded from a state file reports a pending
-        timestamp from the wall clock, behind a chain that was moved forward in time."""
-        pending = self._rpc(lambda: self.w3.eth.get_block("pending"))
-        latest = self._rpc(lambda: self.w3.eth.get_block("latest"))
-        return max(int(pending["timestamp"]), int(latest["timestamp"]))
+        """max(latest, pending) block timestamp (``backend.chain.client.chain_time``)."""
+        return self._rpc(lambda: chain_time(self.w3))
 
     def meter_states(self, meters: Sequence[str]) -> dict[str, MeterState]:
         """Registry records of many meters in one JSON-RPC batch of raw ``eth_call``s (web3's
@@ -129,6 +134,19 @@ class Web3Ledger:
             registered = int(wallet, 16) != 0
             out[meter] = MeterState(registered, registered and bool(active))
         return out
+
+    def holds_oracle_role(self) -> bool:
+        """Whether the sending account holds ORACLE_ROLE (MeterReadings refuses batches from any
+        other: ``MeterReadingsNotOracle``)."""
+        registry = self.registry.functions
+        return bool(
+            self._rpc(
+                lambda: registry.hasRole(registry.ORACLE_ROLE().call(), self.account.address).call()
+            )
+        )
+
+    def meter_owners(self, meters: Sequence[str]) -> dict[str, MeterOwner]:
+        return self._owners.owners(meters)
 
     def meter_state(self, meter: str) -> MeterState:
         wallet, _index, active = self._rpc(lambda: self._meter_record.call(self.w3, meter))

@@ -409,8 +409,9 @@ def test_interval_of_3000_trades_settles_in_pages_exactly_once(chain: dict[str, 
                 meter_key, dep.chain_id, readings.address, meter, iv, bought[wallet], sold[wallet]
             )
         )
+    oracle = ChainClient(settings.rpc_url, settings.oracle_key)  # holds ORACLE_ROLE
+    oracle.transact(readings.functions.submitReadings(iv, encoder.readings_arg(signed)))
     admin = ChainClient(settings.rpc_url, settings.admin_key)
-    admin.transact(readings.functions.submitReadings(iv, encoder.readings_arg(signed)))
 
     keeper = SettlementKeeper(admin, dep)
     # the whole interval fits one 30M block (100 parties' balances, 3,000 events); 40 % of the

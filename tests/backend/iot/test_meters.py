@@ -10,6 +10,7 @@ from backend.iot.meters import (
     Deviations,
     MeterSimulator,
     MeterSpec,
+    Position,
     dev_meters,
     load_meter_file,
     metered_energy_wh,
@@ -52,10 +53,40 @@ def test_metered_energy_follows_grid_profiles() -> None:
     imp, exp = metered_energy_wh(spec, NOON_900, 900)
     assert imp == 0 and exp == round(pv_wh - load_wh)
     # selling 500 Wh more adds 500 Wh of export; under-delivering 40 % withholds 200 of it
-    assert metered_energy_wh(spec, NOON_900, 900, 500)[1] == round(pv_wh - load_wh + 500)
-    assert metered_energy_wh(spec, NOON_900, 900, 500, 0.4)[1] == round(pv_wh - load_wh + 300)
-    night_imp, night_exp = metered_energy_wh(spec, 0, 900, -300)
-    assert night_exp == 0 and night_imp == round(physical_energy_wh(spec, 0, 900)[0] + 300)
+    assert metered_energy_wh(spec, NOON_900, 900, sold_wh=500) == (0, exp + 500)
+    assert metered_energy_wh(spec, NOON_900, 900, sold_wh=500, under_delivery=0.4) == (
+        0,
+        exp + 300,
+    )
+    night_imp, night_exp = metered_energy_wh(spec, 0, 900, bought_wh=300)
+    assert night_exp == 0 and night_imp == round(physical_energy_wh(spec, 0, 900)[0]) + 300
+
+
+def test_traded_energy_adds_to_the_own_balance_never_nets_against_it() -> None:
+    """A seller that imports for its own load still exports all it sold, a buyer with a PV
+    surplus still imports all it bought: the min-of-two settlement sees the trade delivered."""
+    no_pv = MeterSpec("0x" + "02" * 32, 1, load_peak_kw=4.0)
+    own_import = round(physical_energy_wh(no_pv, 0, 900)[0])
+    assert own_import > 0
+    assert metered_energy_wh(no_pv, 0, 900, sold_wh=1000) == (own_import, 1000)
+    assert metered_energy_wh(no_pv, 0, 900, sold_wh=1000, under_delivery=0.5) == (own_import, 500)
+    assert metered_energy_wh(no_pv, 0, 900, sold_wh=333, under_delivery=0.5) == (own_import, 166)
+    sunny = MeterSpec("0x" + "03" * 32, 1, load_peak_kw=1.0, pv_peak_kw=8.0)
+    own_export = metered_energy_wh(sunny, NOON_900, 900)[1]
+    assert own_export > 0
+    assert metered_energy_wh(sunny, NOON_900, 900, bought_wh=1000) == (1000, own_export)
+    both = metered_energy_wh(no_pv, 0, 900, sold_wh=700, bought_wh=200)
+    assert both == (own_import + 200, 700)
+
+
+def test_simulator_meters_each_position() -> None:
+    rec = Recorder()
+    buyer, seller = dev_meters(2)  # meter 1 has no PV
+    positions = {(buyer.address, 0): Position(0, 1000), (seller.address, 0): Position(400, 0)}
+    sim = MeterSimulator([seller, buyer], DOMAIN, rec, 900, positions=positions)
+    assert sim.reading_for(buyer, 0).import_wh == round(physical_energy_wh(buyer, 0, 900)[0]) + 1000
+    assert sim.reading_for(seller, 0).export_wh == 400
+    assert sim.reading_for(seller, 1).export_wh == 0  # no position in interval 1
 
 
 def test_simulator_signs_every_reading_with_the_meter_key() -> None:

@@ -8,9 +8,15 @@ from collections.abc import Sequence
 from backend.chain.errors import ChainUnavailableError
 from backend.chain.heads import Rollback
 from backend.chain.protocol import MAX_READING_WH
+from backend.chain.registry import MeterOwner
 from backend.iot.signing import Reading, ReadingDomain, recover_signer
 from backend.oracle.errors import BatchRefusedError
 from backend.oracle.ledger import BatchReceipt, MeterState
+
+
+def wallet_of(meter: str) -> str:
+    """The (made-up) participant a registered fake meter belongs to."""
+    return "0x" + meter[2:][::-1]
 
 
 class FakeLedger:
@@ -20,6 +26,7 @@ class FakeLedger:
         self.interval = interval_seconds
         self.now = now
         self.meters: dict[str, bool] = {}  # meter -> active
+        self.buses: dict[str, int] = {}  # meter -> its participant's bus (registered meters)
         self.stored: dict[tuple[str, int], tuple[int, int]] = {}
         self.accept_events: list[tuple[str, int]] = []
         self.sent: list[tuple[str, int]] = []  # every reading that reached the node, per send
@@ -51,6 +58,15 @@ class FakeLedger:
 
     def meter_states(self, meters: Sequence[str]) -> dict[str, MeterState]:
         return {m: self.meter_state(m) for m in meters}
+
+    def meter_owners(self, meters: Sequence[str]) -> dict[str, MeterOwner]:
+        self._check()
+        return {
+            m: MeterOwner(m, wallet_of(m), self.buses.get(m, 0), self.meters[m])
+            if m in self.meters
+            else MeterOwner(m)
+            for m in meters
+        }
 
     def prepare_batch(
         self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False

@@ -13,7 +13,7 @@ from backend.iot.signing import Reading, sign_reading
 from backend.iot.transport import InProcessBroker, InProcessTransport, Message
 from backend.oracle.daemon import OracleConfig, OracleDaemon
 from backend.oracle.store import OracleStore
-from tests.backend.oracle.fakes import FakeLedger
+from tests.backend.oracle.fakes import FakeLedger, wallet_of
 
 INTERVAL_S = 900
 
@@ -196,3 +196,35 @@ def test_announcement_is_counted_and_bad_ones_rejected(tmp_path: Path, ledger: F
     daemon.stop()
     assert daemon.announced == {m.address: m.bus for m in sim.meters}
     assert store.status().rejected_by_reason == {"announce_malformed": 1}
+
+
+def test_announcements_are_checked_against_the_registry(
+    tmp_path: Path, ledger: FakeLedger, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon, sim, _store = _setup(tmp_path, ledger, n=4)
+    ok, moved, inactive, unknown = sim.meters
+    ledger.buses.update({ok.address: int(ok.bus), moved.address: 17, inactive.address: 3})
+    ledger.meters[inactive.address] = False
+    del ledger.meters[unknown.address]
+    caplog.set_level("INFO", logger="tegrid.oracle")
+    daemon.start()
+    sim.announce_all()
+    assert _wait(lambda: sum(daemon.counters.announce_problems.values()) == 3)
+    daemon.stop()
+    assert daemon.counters.announce_problems == {
+        "bus_mismatch": 1, "inactive": 1, "unregistered": 1
+    }  # fmt: skip
+    warnings = sorted(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert warnings == sorted([
+        f"announcement: meter {moved.address} announces bus 2, but the registry connects its "
+        f"participant {wallet_of(moved.address)} at bus 17: the registry's bus counts",
+        f"announcement: meter {inactive.address} belongs to participant "
+        f"{wallet_of(inactive.address)}, which is inactive: MeterReadings refuses its readings",
+        f"announcement: meter {unknown.address} is not registered: no participant has this "
+        "meter key, so MeterReadings refuses its readings",
+    ])  # fmt: skip
+    infos = [r.getMessage() for r in caplog.records if "as registered" in r.getMessage()]
+    assert infos == [
+        f"meter {ok.address} announced itself on bus 1 (participant {wallet_of(ok.address)}, "
+        "as registered)"
+    ]

@@ -1,0 +1,111 @@
+"""Meters as the ``ParticipantRegistry`` knows them: the participant (wallet) a meter key belongs
+to, the grid bus of its connection point and whether it is active.
+
+The one place where a meter's announced bus is compared with the registry's: the oracle checks
+the announcements it relays, the meter simulator the meters it runs (``MeterOwner.problem``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import requests
+
+from backend.chain.abi import AbiFunction, batch_eth_call
+from backend.chain.address import checksum
+from backend.chain.contracts import contract_at
+from backend.chain.errors import ChainUnavailableError, LedgerError
+
+
+class RegistryProblem(NamedTuple):
+    """A meter the registry does not back as it stands: ``reason`` is a stable label
+    (unregistered, inactive, bus_mismatch), ``message`` one sentence for the log."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class MeterOwner:
+    """What the registry says about one meter key (``wallet`` None: no participant has it)."""
+
+    meter: str
+    wallet: str | None = None
+    bus_id: int | None = None
+    active: bool = False
+
+    @property
+    def registered(self) -> bool:
+        return self.wallet is not None
+
+    def problem(self, announced_bus: int | str | None = None) -> RegistryProblem | None:
+        """Why readings of this meter would be refused, or why the bus it announces
+        (``announced_bus``; None: none announced) is not the registry's; None when all is well."""
+        if self.wallet is None:
+            return RegistryProblem(
+                "unregistered",
+                f"meter {self.meter} is not registered: no participant has this meter key, so "
+                "MeterReadings refuses its readings",
+            )
+        if not self.active:
+            return RegistryProblem(
+                "inactive",
+                f"meter {self.meter} belongs to participant {self.wallet}, which is inactive: "
+                "MeterReadings refuses its readings",
+            )
+        if announced_bus is not None and str(announced_bus) != str(self.bus_id):
+            return RegistryProblem(
+                "bus_mismatch",
+                f"meter {self.meter} announces bus {announced_bus}, but the registry connects "
+                f"its participant {self.wallet} at bus {self.bus_id}: the registry's bus counts",
+            )
+        return None
+
+
+class MeterRegistry:
+    """Reads of one ``ParticipantRegistry``: many meters in two JSON-RPC round trips
+    (``meterRecordOf`` of every meter, then ``participantOf`` of their wallets)."""
+
+    def __init__(self, w3: Any, registry_address: str) -> None:
+        self.w3 = w3
+        registry = contract_at(w3, "ParticipantRegistry", registry_address)
+        self._meter_record = AbiFunction(registry, "meterRecordOf")
+        self._participant_of = AbiFunction(registry, "participantOf")
+
+    def owners(self, meters: Sequence[str]) -> dict[str, MeterOwner]:
+        """The registry's record of each meter, by checksummed meter address. Raises
+        ``ChainUnavailableError`` when the node does not answer, ``LedgerError`` when it
+        answers a read with an error (not a registry at that address)."""
+        keys = [checksum(m) for m in meters]
+        records = self._calls(self._meter_record, keys)
+        wallets: dict[str, str] = {}
+        for meter, (wallet, _index, _active) in zip(keys, records, strict=True):
+            if int(wallet, 16) != 0:
+                wallets[meter] = checksum(wallet)
+        unique = sorted(set(wallets.values()))
+        participants = dict(zip(unique, self._calls(self._participant_of, unique), strict=True))
+        out: dict[str, MeterOwner] = {}
+        for meter in keys:
+            wallet = wallets.get(meter)
+            if wallet is None:
+                out[meter] = MeterOwner(meter)
+                continue
+            p = participants[wallet]  # (meter, index, busId, active, maxExportW, maxImportW)
+            out[meter] = MeterOwner(meter, wallet, int(p[2]), bool(p[3]))
+        return out
+
+    def _calls(self, fn: AbiFunction, args: Sequence[str]) -> list[Any]:
+        if not args:
+            return []
+        try:
+            raw = batch_eth_call(self.w3, [(fn.address, fn.data(a)) for a in args])
+        except (requests.ConnectionError, requests.Timeout, ConnectionError, OSError) as exc:
+            raise ChainUnavailableError(f"chain unreachable reading the registry: {exc}") from None
+        out = []
+        for result in raw:
+            if result is None or result == "0x":
+                raise LedgerError(f"no ParticipantRegistry answers at {fn.address}")
+            out.append(fn.decode(result))
+        return out
