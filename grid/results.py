@@ -128,7 +128,8 @@ class HostingCapacity:
 
 @dataclass(frozen=True)
 class GridStatus:
-    """AC state for a dashboard: per-element values in pandapower index order."""
+    """AC state for a dashboard: per-element values in pandapower index order (three-winding
+    transformers apart from the two-winding ones)."""
 
     network: str
     interval: int | None
@@ -139,6 +140,8 @@ class GridStatus:
     line_loading_percent: list[float]
     trafos: list[int]
     trafo_loading_percent: list[float]
+    trafo3ws: list[int] = field(default_factory=list)
+    trafo3w_loading_percent: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -73,7 +73,7 @@ class Session:
         self.screened_in = 0
         self.screened_out = 0
         self.refines = 0
-        self.c_branch = np.maximum(model.c_from, model.c_to)  # percent of rating per pu current
+        self.c_branch = model.c_element  # percent of rating per pu current
         # Buses of the trades still to offer (seller, buyer, ...) and the current trade's place.
         self.ahead: list[int] = []
         self.cursor = 0
@@ -268,11 +268,10 @@ class Session:
         self, S: np.ndarray, V_start: np.ndarray | None = None
     ) -> tuple[Measures | None, Violation | None]:
         self.ac_solves += 1
-        V = self.model.solve(S, self.measures.V if V_start is None else V_start)
-        if V is None and V_start is not None:
-            V = self.model.solve(S, self.measures.V)
-        if V is None:
-            return None, NOT_CONVERGED
+        accepted = self.measures.V
+        V = self.model.solve_checked(S, accepted if V_start is None else V_start, accepted)
+        if isinstance(V, Violation):
+            return None, V
         me = self.model.measure(V)
         return me, self.limitset.check(me.vm_pu, me.loading_percent)
 

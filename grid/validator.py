@@ -52,11 +52,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandapower as pp
 
+from grid.acmodel import refuse_unmodeled
 from grid.basestate import BaseState, BaseStates, max_or_none
 from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
 from grid.hosting import HOSTING_MAX_KW, HOSTING_RESOLUTION_KW, hosting_limit
-from grid.limits import LimitSet
+from grid.limits import LimitSet, Violation
 from grid.networks import bus_geodata, load_network, network_fingerprint, quiet
 from grid.profiles import (
     DEFAULT_INTERVAL_SECONDS,
@@ -114,6 +115,7 @@ class GridValidator:
         else:
             net = load_network(network)
             self.network_name = str(network)
+        refuse_unmodeled(net, self.network_name)
         self.fingerprint = network_fingerprint(net)
         self.limits = limits if limits is not None else Limits()
         self.batch_size = max(1, int(batch_size))
@@ -343,13 +345,13 @@ class GridValidator:
                     raise TradeInputError(f"trade {trade.id!r}: bus {bus} is not in the network")
                 delta[bus] = delta.get(bus, 0.0) + sign * float(trade.p_kw)
         with np.errstate(all="ignore"):
-            V = model.solve(model.Sbus0 + model.injection(delta), model.V0)
-        if V is None:
+            V = model.solve_checked(model.Sbus0 + model.injection(delta), model.V0, model.V0)
+        if isinstance(V, Violation):
             return GridStatus(
                 self.network_name, interval, False, mon.buses.tolist(), [], [], [], [], []
             )
         me = model.measure(V)
-        n = len(mon.lines)
+        n, n2 = len(mon.lines), len(mon.lines) + len(mon.trafos)
         return GridStatus(
             self.network_name,
             interval,
@@ -359,7 +361,9 @@ class GridValidator:
             mon.lines.tolist(),
             [round(float(x), 4) for x in me.loading_percent[:n]],
             mon.trafos.tolist(),
-            [round(float(x), 4) for x in me.loading_percent[n:]],
+            [round(float(x), 4) for x in me.loading_percent[n:n2]],
+            mon.trafo3ws.tolist(),
+            [round(float(x), 4) for x in me.loading_percent[n2:]],
         )
 
 
