@@ -84,6 +84,15 @@ def serve(
     stack = None
     try:
         settings = Settings.from_env()
+        # The network first, before any chain is started: an unknown name or an element the
+        # validator does not model ends here in one line, not inside uvicorn's startup (or at
+        # the first clearing, in the grid worker process).
+        from grid import GridError, load_network, refuse_unmodeled
+
+        try:
+            refuse_unmodeled(load_network(settings.network), settings.network)
+        except GridError as exc:
+            fail(str(exc))
         if dev and dev_stack:
             from backend.devtools.devstack import start_dev_stack
 
