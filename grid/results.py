@@ -43,6 +43,7 @@ class ValidationStats:
     batch_fallbacks: int = 0
     linearizations: int = 0
     reused_trades: int = 0  # leading trades whose work was reused from an earlier validate
+    resolves: int = 0  # AC solves repeated from the accepted state or a flat start
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class Session:
         # Verdicts as an append-only log of (position, verdict): a snapshot is a length into it.
         self.log: list[tuple[int, Verdict]] = []
         self.ac_solves = 0
+        self.resolves = 0  # AC solves again from a fallback start (``ACModel.solve_checked``)
         self.fallbacks = 0
         self.linearizations = 0
         self.screened_in = 0
@@ -94,6 +95,7 @@ class Session:
             self.fallbacks,
             self.linearizations,
             reused,
+            self.resolves,
         )
 
     def snapshot(self) -> Session:
@@ -269,7 +271,9 @@ class Session:
     ) -> tuple[Measures | None, Violation | None]:
         self.ac_solves += 1
         accepted = self.measures.V
+        before = self.model.resolves
         V = self.model.solve_checked(S, accepted if V_start is None else V_start, accepted)
+        self.resolves += self.model.resolves - before
         if isinstance(V, Violation):
             return None, V
         me = self.model.measure(V)
