@@ -51,6 +51,7 @@ class PandapowerChecker:
         loading = np.r_[
             net.res_line.loading_percent.loc[mon.lines].to_numpy(dtype=float),
             net.res_trafo.loading_percent.loc[mon.trafos].to_numpy(dtype=float),
+            net.res_trafo3w.loading_percent.loc[mon.trafo3ws].to_numpy(dtype=float),
         ]
         return self.limitset.check(vm, loading, strict=strict)
 

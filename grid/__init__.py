@@ -5,9 +5,15 @@ A library of physics: it imports nothing from ``backend`` (the market asks it, n
 Public API::
 
     load_network(name_or_path: str) -> pandapowerNet
-        "cigre_lv" (default), "case33bw", "kerber_dorfnetz", "kerber_vorstadt", a SimBench code
-        ("1-LV-rural1--0-sw") or a pandapower JSON path. UnknownNetworkError / NetworkFileError
-        (both GridError and ValueError) list what is accepted.
+        "cigre_lv" (default), "case33bw", "kerber_dorfnetz", "kerber_vorstadt", "case_ieee30",
+        "example_multivoltage", a SimBench code ("1-LV-rural1--0-sw") or a pandapower JSON path.
+        UnknownNetworkError / NetworkFileError (both GridError and ValueError) list what is
+        accepted.
+
+    refuse_unmodeled(net: pandapowerNet, name: str) -> None
+        UnmodeledElementError (GridError, ValueError) naming each in-service element table the
+        validator's AC model does not reproduce (svc, ssc, tcsc, vsc, bus_dc, line_dc) and its
+        count; GridValidator calls it on every network it is given.
 
     GridValidator(network: str | pandapowerNet = "cigre_lv", limits: Limits | None = None,
                   add_pv: bool = True, batch_size: int = 32, reuse: bool = True)
@@ -40,26 +46,28 @@ Public API::
     interval_of(unix_time, interval_seconds=900) -> int     floor(unix_time / interval_seconds)
 
 Rule ("do no harm"): trades are taken in priority order; one is approved only if the base state
-plus every
-approved trade so far and this one converges under an AC power flow with every bus voltage, line and
-transformer loading inside its limit - or, where the base state is already outside, no worse than
-base.
+plus every approved trade so far and this one converges under an AC power flow to a plausible
+solution (every bus within 0.5-1.5 pu) with every bus voltage, line loading and transformer
+loading (two- and three-winding; a three-winding transformer's loading is its most loaded
+winding's, as pandapower's) inside its limit - or, where the base state is already outside, no
+worse than base. A converged but implausible solution is solved again from the last accepted
+state and from a flat start; if none is plausible, the trade gets NOT_CONVERGED naming the bus.
 A trade between two participants on the same bus moves no power through the network: it is
 approved without a power flow (``Verdict.source == "input"``) and changes nothing.
 The approved set always passes a full AC power flow. ``ValidationResult.evidence_hash`` (sha256,
-0x-hex)
-covers the network fingerprint, base state, limits, trades, verdicts and the rounded AC result;
-recompute
-it with ``tegrid grid verify``. Interval base states come from the daily shapes in
-``grid.profiles``.
+0x-hex) covers the network fingerprint, base state, limits, trades, verdicts and the rounded AC
+result; recompute it with ``tegrid grid verify``. Interval base states come from the daily shapes
+in ``grid.profiles``.
 """
 
+from grid.acmodel import refuse_unmodeled
 from grid.errors import (
     BaseStateError,
     GridError,
     NetworkFileError,
     TradeInputError,
     UnknownNetworkError,
+    UnmodeledElementError,
 )
 from grid.networks import DEFAULT_NETWORK, NETWORK_NAMES, load_network, network_fingerprint
 from grid.profiles import DEFAULT_INTERVAL_SECONDS, interval_of
@@ -96,6 +104,7 @@ __all__ = [
     "Trade",
     "TradeInputError",
     "UnknownNetworkError",
+    "UnmodeledElementError",
     "ValidationResult",
     "ValidationStats",
     "Verdict",
@@ -104,4 +113,5 @@ __all__ = [
     "load_trades",
     "network_fingerprint",
     "parse_trades",
+    "refuse_unmodeled",
 ]

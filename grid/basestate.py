@@ -98,9 +98,11 @@ class BaseStates:
         limitset = LimitSet(self.limits, mon, measures.vm_pu, measures.loading_percent)
         n_lines = len(mon.lines)
         vm = measures.vm_pu
-        losses_kw = float(net.res_line.pl_mw.sum() * 1000) if len(net.line) else 0.0
-        if len(net.trafo):
-            losses_kw += float(net.res_trafo.pl_mw.sum() * 1000)
+        losses_kw = sum(
+            float(net[f"res_{table}"].pl_mw.sum() * 1000)
+            for table in ("line", "trafo", "trafo3w", "impedance")
+            if len(net[table])
+        )
         summary = BaseStateSummary(
             network=self.network_name,
             interval=interval,

@@ -23,3 +23,7 @@ class TradeInputError(GridError, ValueError):
 
 class BaseStateError(GridError, RuntimeError):
     """The base state of an interval does not converge, so nothing can be validated against it."""
+
+
+class UnmodeledElementError(GridError, ValueError):
+    """A network holds in-service elements the validator's AC model does not reproduce."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from grid.acmodel import ACModel
-from grid.limits import NOT_CONVERGED, LimitSet, Violation
+from grid.limits import LimitSet, Violation
 from grid.results import HostingLimit
 
 HOSTING_RESOLUTION_KW = 0.01
@@ -22,9 +22,9 @@ def hosting_limit(model: ACModel, limitset: LimitSet, bus: int, sign: float) -> 
         S = model.Sbus0.copy()
         S[index] += sign * p_kw / 1000.0 / model.base_mva
         with np.errstate(all="ignore"):
-            V = model.solve(S, V_ok)
-        if V is None:
-            return NOT_CONVERGED, None
+            V = model.solve_checked(S, V_ok, V_ok)
+        if isinstance(V, Violation):
+            return V, None
         me = model.measure(V)
         return limitset.check(me.vm_pu, me.loading_percent), V
 

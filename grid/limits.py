@@ -3,13 +3,14 @@ violation.
 
 A quantity is within its limit, or - where the base state already breaks that limit - no worse than
 in the base state (within ``Limits.tolerance``). When several limits break at once the verdict
-names, in this order, a transformer overload, a line overload, an over-voltage, an under-voltage
-(thermal limits first: they damage equipment), and within one kind the element that exceeds its
-limit most (lowest index on ties)."""
+names, in this order, a transformer overload (two- or three-winding, both under the transformer
+limit), a line overload, an over-voltage, an under-voltage (thermal limits first: they damage
+equipment), and within one kind the element that exceeds its limit most (lowest index on
+ties)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -74,16 +75,29 @@ NOT_CONVERGED = Violation(Reason.NOT_CONVERGED, "", None, None)
 
 @dataclass(frozen=True)
 class Monitored:
-    """What is watched, in pandapower indices: buses, then branch rows (lines first, then
-    trafos)."""
+    """What is watched, in pandapower indices: buses, then branch elements (lines first, then
+    two-winding, then three-winding transformers)."""
 
     buses: np.ndarray
     lines: np.ndarray
     trafos: np.ndarray
+    trafo3ws: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def n_branches(self) -> int:
-        return len(self.lines) + len(self.trafos)
+        return len(self.lines) + len(self.trafos) + len(self.trafo3ws)
+
+    def branch_labels(self) -> list[str]:
+        """``line 3``, ``trafo 0``, ``trafo3w 0``: the element names of verdicts, in order."""
+        return [
+            f"{kind} {int(idx)}"
+            for kind, indices in (
+                ("line", self.lines),
+                ("trafo", self.trafos),
+                ("trafo3w", self.trafo3ws),
+            )
+            for idx in indices
+        ]
 
 
 class LimitSet:
@@ -103,7 +117,10 @@ class LimitSet:
         lmax = np.concatenate(
             [
                 np.full(n_lines, limits.max_line_loading_percent),
-                np.full(len(monitored.trafos), limits.max_trafo_loading_percent),
+                np.full(
+                    len(monitored.trafos) + len(monitored.trafo3ws),
+                    limits.max_trafo_loading_percent,
+                ),
             ]
         )
         low = base_vm_pu < limits.vm_min_pu
@@ -116,6 +133,8 @@ class LimitSet:
         self.vmax = np.where(high, base_vm_pu + tol_pu, limits.vm_max_pu)
         self.lmax = np.where(over, base_loading_percent + tol_pct, lmax)
         self.n_lines = n_lines
+        self.branch_labels = monitored.branch_labels()
+        self.bus_labels = [f"bus {int(b)}" for b in monitored.buses]
 
     def check(
         self, vm_pu: np.ndarray, loading_percent: np.ndarray, strict: bool = True
@@ -126,29 +145,27 @@ class LimitSet:
             return NOT_CONVERGED
         eps_pu = ACCEPT_MARGIN_PU if strict else 0.0
         eps_pct = ACCEPT_MARGIN_PERCENT if strict else 0.0
-        mon = self.monitored
         n = self.n_lines
         excess = loading_percent - self.lmax
-        for reason, lo, hi, names in (
-            (Reason.TRAFO_OVERLOAD, n, len(excess), mon.trafos),
-            (Reason.LINE_OVERLOAD, 0, n, mon.lines),
+        for reason, lo, hi in (
+            (Reason.TRAFO_OVERLOAD, n, len(excess)),
+            (Reason.LINE_OVERLOAD, 0, n),
         ):
             if hi > lo:
-                i = int(np.argmax(excess[lo:hi]))
-                if excess[lo + i] > -eps_pct:
-                    kind = "trafo" if reason is Reason.TRAFO_OVERLOAD else "line"
+                i = lo + int(np.argmax(excess[lo:hi]))
+                if excess[i] > -eps_pct:
                     return Violation(
                         reason,
-                        f"{kind} {int(names[i])}",
-                        float(loading_percent[lo + i]),
-                        float(self.lmax_report[lo + i]),
+                        self.branch_labels[i],
+                        float(loading_percent[i]),
+                        float(self.lmax_report[i]),
                     )
         high = vm_pu - self.vmax
         i = int(np.argmax(high))
         if high[i] > -eps_pu:
             return Violation(
                 Reason.VOLTAGE_HIGH,
-                f"bus {int(mon.buses[i])}",
+                self.bus_labels[i],
                 float(vm_pu[i]),
                 float(self.vmax_report[i]),
             )
@@ -157,7 +174,7 @@ class LimitSet:
         if low[i] > -eps_pu:
             return Violation(
                 Reason.VOLTAGE_LOW,
-                f"bus {int(mon.buses[i])}",
+                self.bus_labels[i],
                 float(vm_pu[i]),
                 float(self.vmin_report[i]),
             )
@@ -195,7 +212,6 @@ class LimitSet:
         near_low = low > floor_v
         if not (near_l.any() or near_high.any() or near_low.any()):
             return True  # the common case: nothing near a limit
-        mon = self.monitored
         n = self.n_lines
         kinds = (
             (
@@ -205,8 +221,7 @@ class LimitSet:
                 band_l[n:],
                 loading_percent[n:],
                 self.lmax_report[n:],
-                "trafo",
-                mon.trafos,
+                self.branch_labels[n:],
             ),
             (
                 Reason.LINE_OVERLOAD,
@@ -215,8 +230,7 @@ class LimitSet:
                 band_l[:n],
                 loading_percent[:n],
                 self.lmax_report[:n],
-                "line",
-                mon.lines,
+                self.branch_labels[:n],
             ),
             (
                 Reason.VOLTAGE_HIGH,
@@ -225,8 +239,7 @@ class LimitSet:
                 band_v,
                 vm_pu,
                 self.vmax_report,
-                "bus",
-                mon.buses,
+                self.bus_labels,
             ),
             (
                 Reason.VOLTAGE_LOW,
@@ -235,11 +248,10 @@ class LimitSet:
                 band_v,
                 vm_pu,
                 self.vmin_report,
-                "bus",
-                mon.buses,
+                self.bus_labels,
             ),
         )
-        for reason, excess, near, band, value, report, kind, names in kinds:
+        for reason, excess, near, band, value, report, labels in kinds:
             if len(excess) == 0 or not near.any():
                 continue
             i = int(np.argmax(excess))
@@ -248,7 +260,7 @@ class LimitSet:
             rivals = excess > excess[i] - band[i] - band
             if np.count_nonzero(rivals) > 1:
                 return False
-            return Violation(reason, f"{kind} {int(names[i])}", float(value[i]), float(report[i]))
+            return Violation(reason, labels[i], float(value[i]), float(report[i]))
         return True
 
     def margins(self, vm_pu: np.ndarray, loading_percent: np.ndarray) -> tuple[float, float]:

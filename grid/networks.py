@@ -28,6 +28,10 @@ _NAMED: dict[str, Callable[[], pp.pandapowerNet]] = {
     "case33bw": pn.case33bw,
     "kerber_dorfnetz": pn.create_kerber_dorfnetz,
     "kerber_vorstadt": pn.create_kerber_vorstadtnetz_kabel_1,
+    # generators (PV buses), transmission-level voltages
+    "case_ieee30": pn.case_ieee30,
+    # 380/110/20/0.4 kV with a three-winding transformer, an impedance and extended wards
+    "example_multivoltage": pn.example_multivoltage,
 }
 NETWORK_NAMES: tuple[str, ...] = tuple(_NAMED)
 

@@ -43,6 +43,7 @@ class ValidationStats:
     batch_fallbacks: int = 0
     linearizations: int = 0
     reused_trades: int = 0  # leading trades whose work was reused from an earlier validate
+    resolves: int = 0  # AC solves repeated from the accepted state or a flat start
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ class HostingCapacity:
 
 @dataclass(frozen=True)
 class GridStatus:
-    """AC state for a dashboard: per-element values in pandapower index order."""
+    """AC state for a dashboard: per-element values in pandapower index order (three-winding
+    transformers apart from the two-winding ones)."""
 
     network: str
     interval: int | None
@@ -139,6 +141,8 @@ class GridStatus:
     line_loading_percent: list[float]
     trafos: list[int]
     trafo_loading_percent: list[float]
+    trafo3ws: list[int] = field(default_factory=list)
+    trafo3w_loading_percent: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

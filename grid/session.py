@@ -68,12 +68,13 @@ class Session:
         # Verdicts as an append-only log of (position, verdict): a snapshot is a length into it.
         self.log: list[tuple[int, Verdict]] = []
         self.ac_solves = 0
+        self.resolves = 0  # AC solves again from a fallback start (``ACModel.solve_checked``)
         self.fallbacks = 0
         self.linearizations = 0
         self.screened_in = 0
         self.screened_out = 0
         self.refines = 0
-        self.c_branch = np.maximum(model.c_from, model.c_to)  # percent of rating per pu current
+        self.c_branch = model.c_element  # percent of rating per pu current
         # Buses of the trades still to offer (seller, buyer, ...) and the current trade's place.
         self.ahead: list[int] = []
         self.cursor = 0
@@ -94,6 +95,7 @@ class Session:
             self.fallbacks,
             self.linearizations,
             reused,
+            self.resolves,
         )
 
     def snapshot(self) -> Session:
@@ -268,11 +270,12 @@ class Session:
         self, S: np.ndarray, V_start: np.ndarray | None = None
     ) -> tuple[Measures | None, Violation | None]:
         self.ac_solves += 1
-        V = self.model.solve(S, self.measures.V if V_start is None else V_start)
-        if V is None and V_start is not None:
-            V = self.model.solve(S, self.measures.V)
-        if V is None:
-            return None, NOT_CONVERGED
+        accepted = self.measures.V
+        before = self.model.resolves
+        V = self.model.solve_checked(S, accepted if V_start is None else V_start, accepted)
+        self.resolves += self.model.resolves - before
+        if isinstance(V, Violation):
+            return None, V
         me = self.model.measure(V)
         return me, self.limitset.check(me.vm_pu, me.loading_percent)
 

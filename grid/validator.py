@@ -52,12 +52,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandapower as pp
 
-from grid.acmodel import ACModel
+from grid.acmodel import ACModel, refuse_unmodeled
 from grid.basestate import BaseState, BaseStates, max_or_none
 from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
 from grid.hosting import HOSTING_MAX_KW, HOSTING_RESOLUTION_KW, hosting_limit
-from grid.limits import LimitSet
+from grid.limits import LimitSet, Violation
 from grid.networks import (
     bus_geodata,
     load_network,
@@ -126,6 +126,7 @@ class GridValidator:
         else:
             net = load_network(network)
             self.network_name = str(network)
+        refuse_unmodeled(net, self.network_name)
         self.fingerprint = network_fingerprint(net)
         placeholders = placeholder_line_ratings(net)
         warning = placeholder_warning(self.network_name, net, placeholders)
@@ -363,7 +364,7 @@ class GridValidator:
                 self.network_name, interval, False, mon.buses.tolist(), [], [], [], [], []
             )
         me = model.measure(solved[1])
-        n = len(mon.lines)
+        n, n2 = len(mon.lines), len(mon.lines) + len(mon.trafos)
         return GridStatus(
             self.network_name,
             interval,
@@ -373,7 +374,9 @@ class GridValidator:
             mon.lines.tolist(),
             [round(float(x), 4) for x in me.loading_percent[:n]],
             mon.trafos.tolist(),
-            [round(float(x), 4) for x in me.loading_percent[n:]],
+            [round(float(x), 4) for x in me.loading_percent[n:n2]],
+            mon.trafo3ws.tolist(),
+            [round(float(x), 4) for x in me.loading_percent[n2:]],
         )
 
     # ----------------------------------------------------------------- energy balance
@@ -422,7 +425,7 @@ class GridValidator:
         self, model: ACModel, trades: Sequence[Trade]
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The base state's injections plus ``trades`` (all applied) and the AC voltages there,
-        or None when the flow does not converge."""
+        or None when the flow has no plausible solution (``ACModel.solve_checked``)."""
         delta: dict[int, float] = {}
         for trade in trades:
             for bus, sign in ((trade.seller_bus, 1.0), (trade.buyer_bus, -1.0)):
@@ -431,8 +434,8 @@ class GridValidator:
                 delta[bus] = delta.get(bus, 0.0) + sign * float(trade.p_kw)
         S = model.Sbus0 + model.injection(delta)
         with np.errstate(all="ignore"):
-            V = model.solve(S, model.V0)
-        return None if V is None else (S, V)
+            V = model.solve_checked(S, model.V0, model.V0)
+        return None if isinstance(V, Violation) else (S, V)
 
 
 def _same_trades(trades: list[Trade], prefix: tuple[Trade, ...]) -> bool:

@@ -89,7 +89,7 @@ def grid_bench(
     trades: int = typer.Option(2000, "--trades", min=10, help="random trades per network"),
     as_json: bool = typer.Option(False, "--json", help="print JSON only (progress goes to stderr)"),
 ) -> None:
-    """Neural Grid validator against a full pandapower runpp per trade, on three networks."""
+    """Neural Grid validator against a full pandapower runpp per trade, on five networks."""
     # lazy: bench.grid loads pandapower (~3 s), not for `tegrid --help`
     from bench.grid import CASES, run_benchmark  # noqa: PLC0415
 

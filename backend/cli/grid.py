@@ -43,8 +43,8 @@ NetworkOpt = Annotated[
         "--network",
         "-n",
         metavar="NETWORK",
-        help="cigre_lv, case33bw, kerber_dorfnetz, "
-        "kerber_vorstadt, a SimBench code or a pandapower JSON path",
+        help="cigre_lv, case33bw, kerber_dorfnetz, kerber_vorstadt, case_ieee30, "
+        "example_multivoltage, a SimBench code or a pandapower JSON path",
     ),
 ]
 IntervalOpt = Annotated[

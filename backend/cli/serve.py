@@ -85,6 +85,16 @@ def serve(
     stack = None
     try:
         settings = Settings.from_env()
+        # The network first, before any chain is started: an unknown name or an element the
+        # validator does not model ends here in one line, not inside uvicorn's startup (or at
+        # the first clearing, in the grid worker process).
+        # lazy: pandapower (~3 s), not for `tegrid --help`
+        from grid import GridError, load_network, refuse_unmodeled  # noqa: PLC0415
+
+        try:
+            refuse_unmodeled(load_network(settings.network), settings.network)
+        except GridError as exc:
+            fail(str(exc))
         if dev and dev_stack:
             # lazy: the dev stack (Anvil, deployment, pandapower for buses), only for --dev
             from backend.devtools.devstack import start_dev_stack  # noqa: PLC0415

@@ -48,3 +48,25 @@ def test_serve_refuses_a_port_out_of_range(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "65535" in result.stderr
+
+
+def test_serve_refuses_a_network_the_validator_does_not_model(tmp_path: Path) -> None:
+    import pandapower as pp
+    import pandapower.networks as pn
+
+    net = pn.case33bw()
+    pp.create_svc(net, 17, x_l_ohm=1.0, x_cvar_ohm=-10.0, set_vm_pu=1.0,
+                  thyristor_firing_angle_degree=130.0)  # fmt: skip
+    path = tmp_path / "svc.json"
+    pp.to_json(net, str(path))
+    env = dict(os.environ, COLUMNS="40", TEGRID_NETWORK=str(path))
+    result = subprocess.run(
+        [str(TEGRID), "serve"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"error: network {str(path)!r} has in-service elements the Neural Grid validator does "
+        "not model: 1 svc (static var compensator); take them out of service or use another "
+        "network"
+    ]
