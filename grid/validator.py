@@ -32,7 +32,15 @@ has at that point, so verdicts, evidence hash and AC figures are identical to a 
 skipped).
 
 AC solves on grids from ``acmodel.KEPT_GRID_MIN_BUSES`` buses go through a kept lightsim2grid grid
-model (``acmodel._KeptGrid``), whose answers depend on their inputs alone, as this needs.
+model (``acmodel._KeptGrid``), whose answers depend on their inputs alone, as this needs. Every AC
+solve starts with the slack and generator (PV) buses at their voltage setpoints, and an answer is
+believed only when it is plausible (``acmodel.ACModel.solve_checked``: every bus within
+``VM_PLAUSIBLE_PU``, and no jump beyond ``JUMP_PU`` from the accepted state when it started from a
+prediction); otherwise it is solved again from the accepted state and from a flat start, and a
+trade with no plausible answer is vetoed (``NOT_CONVERGED``, naming the bus). What is watched:
+every in-service bus, line, two- and three-winding transformer (``limits.Monitored``); a network
+with elements the AC model does not reproduce (``acmodel.UNMODELED_ELEMENTS``) is refused when the
+validator is built.
 
 The approved set therefore always passes a full AC power flow; verdicts equal those of a validator
 that runs a full power flow per trade, except where the linear screen errs by more than its band.

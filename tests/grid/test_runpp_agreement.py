@@ -159,9 +159,7 @@ def test_case_ieee30_edge_trade_vetoed_as_runpp_does(ieee30: GridValidator) -> N
     ]  # fmt: skip
     trades = [Trade(f"t{i:02d}", s, b, p) for i, (s, b, p) in enumerate(spec)]
     result = ieee30.validate(trades, IEEE30_INTERVAL)
-    checker = PandapowerChecker(
-        ieee30.base_net(IEEE30_INTERVAL), ieee30.limit_set(IEEE30_INTERVAL)
-    )
+    checker = PandapowerChecker(ieee30.base_net(IEEE30_INTERVAL), ieee30.limit_set(IEEE30_INTERVAL))
     violation = checker.check(injections_of(trades), strict=False)
     assert violation is not None and (violation.reason, violation.element) == (
         Reason.VOLTAGE_LOW, "bus 25"
@@ -187,9 +185,7 @@ def test_case_ieee30_verdicts_and_state_equal_runpp(ieee30: GridValidator) -> No
     ]  # fmt: skip
     trades = [Trade(f"t{i:02d}", s, b, p) for i, (s, b, p) in enumerate(spec)]
     result = ieee30.validate(trades, IEEE30_INTERVAL)
-    checker = PandapowerChecker(
-        ieee30.base_net(IEEE30_INTERVAL), ieee30.limit_set(IEEE30_INTERVAL)
-    )
+    checker = PandapowerChecker(ieee30.base_net(IEEE30_INTERVAL), ieee30.limit_set(IEEE30_INTERVAL))
     naive = naive_validate(checker, trades)
     assert [(v.approved, v.reason, v.element) for v in result.verdicts] == [
         (v.approved, v.reason, v.element) for v in naive
