@@ -653,7 +653,8 @@ class Linearization:
         vm = np.abs(V)
         va[pvpq] -= dx[: self._n_pvpq]
         vm[pq] -= dx[self._n_pvpq :]
-        return np.asarray(vm * np.exp(1j * va))
+        # PV magnitudes back at their setpoints: the linear prediction lengthened them.
+        return model.with_setpoints(np.asarray(vm * np.exp(1j * va)))
 
     @property
     def _chunk(self) -> int:

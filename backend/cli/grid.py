@@ -219,6 +219,7 @@ _UNITS = {
     "VOLTAGE_LOW": "pu",
     "LINE_OVERLOAD": "%",
     "TRAFO_OVERLOAD": "%",
+    "NOT_CONVERGED": "pu",  # with a value: the bus voltage of an implausible solution
 }
 
 
