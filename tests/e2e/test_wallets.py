@@ -248,9 +248,9 @@ def test_order_signed_for_another_chain_is_refused(stack: dict[str, Any], librar
 
 
 def test_readme_shows_the_signing_code_the_tests_run() -> None:
-    """Each script's ``// README: <name>`` ... ``// README: end`` block is in the README's wallet
-    section verbatim, inside a ``js`` fence."""
-    readme = (REPO_ROOT / "README.md").read_text()
+    """Each script's ``// README: <name>`` ... ``// README: end`` block is in the wallet page the
+    README links (docs/wallets.md) verbatim, inside a ``js`` fence."""
+    readme = (REPO_ROOT / "docs" / "wallets.md").read_text()
     fences = re.findall(r"```js\n(.*?)```", readme, re.DOTALL)
     for library in LIBRARIES:
         source = (SCRIPTS / f"sign_{library}.mjs").read_text()
