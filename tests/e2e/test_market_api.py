@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from devsettings import dev_settings  # tests/e2e is on sys.path (a folder without __init__)
 from eth_account import Account
 from web3 import Web3
 
@@ -23,20 +23,10 @@ from backend.devtools.clock import chain_now, set_time
 from backend.devtools.devstack import start_dev_stack
 from backend.devtools.server import ServerHandle, start_in_thread
 from backend.market.factory import build_market
-from backend.settings import ANVIL_KEYS, Settings
+from backend.settings import ANVIL_KEYS
 from grid import GridValidator, Trade
 
 ZERO = "0x" + "00" * 20
-
-
-def dev_settings(tmp: Path, rpc_url: str) -> Settings:
-    return dataclasses.replace(
-        Settings(),
-        rpc_url=rpc_url,
-        deployment_file=tmp / "deployment.json",
-        chain_state_file=tmp / "anvil-state.json",
-        database_url=f"sqlite:///{tmp / 'book.db'}",
-    )
 
 
 def sign_order(template: dict[str, Any], key: str, **fields: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from devsettings import dev_settings  # tests/e2e is on sys.path (a folder without __init__)
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
@@ -102,13 +103,7 @@ def chain_trades(w3: Any, market_address: str, from_block: int, ids: set[str]) -
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp: Path = tmp_path_factory.mktemp("batches")
     with AnvilProcess() as anvil:
-        settings = dataclasses.replace(
-            Settings(),
-            rpc_url=anvil.url,
-            deployment_file=tmp / "deployment.json",
-            chain_state_file=tmp / "anvil-state.json",
-            database_url=f"sqlite:///{tmp / 'book.db'}",
-        )
+        settings = dev_settings(tmp, anvil.url)
         dev = start_dev_stack(settings, participants=2)
         keys = trader_keys(TRADERS)
         provision_many(settings, dev.deployment, keys)

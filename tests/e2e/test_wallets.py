@@ -10,7 +10,6 @@ as numbers); the nonces are above 2^53 on purpose."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import re
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from devsettings import dev_settings  # tests/e2e is on sys.path (a folder without __init__)
 from eth_account import Account
 from web3 import Web3
 
@@ -35,7 +35,7 @@ from backend.devtools.devstack import start_dev_stack
 from backend.devtools.server import start_in_thread
 from backend.market.factory import build_market
 from backend.paths import REPO_ROOT
-from backend.settings import ANVIL_KEYS, Settings
+from backend.settings import ANVIL_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -70,13 +70,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with AnvilProcess() as anvil:
         w3 = Web3(Web3.HTTPProvider(anvil.url))
         set_time(w3, (chain_now(w3) // 86400 + 1) * 86400 + 12 * 3600)  # noon: no voltage veto
-        settings = dataclasses.replace(
-            Settings(),
-            rpc_url=anvil.url,
-            deployment_file=tmp / "deployment.json",
-            chain_state_file=tmp / "anvil-state.json",
-            database_url=f"sqlite:///{tmp / 'book.db'}",
-        )
+        settings = dev_settings(tmp, anvil.url)
         start_dev_stack(settings)
         market = build_market(settings)
         server = start_in_thread(create_app(market, dev=True, scheduler=False))
