@@ -239,6 +239,8 @@ class ACModel:
         # Rows from here on belong to three-winding transformers, each starting at its entry.
         self._n_two_end = trafo3w_first[0] if trafo3w_first else self.n_branch
         self._trafo3w_starts = np.array(trafo3w_first, np.int64) - self._n_two_end
+        # The watched element (order of ``Monitored``) of every branch row.
+        self.element_of_row = self._per_element_index()
         # Percent of each element's rating per pu current (the largest of its rows' ends).
         self.c_element = self._per_element(np.maximum(self.c_from, self.c_to))
         # Voltage setpoints of the slack and generator (PV) buses: every solve starts there.
@@ -409,6 +411,14 @@ class ACModel:
         if n == len(per_row):
             return per_row
         return np.r_[per_row[:n], np.maximum.reduceat(per_row[n:], self._trafo3w_starts)]
+
+    def _per_element_index(self) -> np.ndarray:
+        rows = np.arange(self.n_branch)
+        two = self._n_two_end
+        out = rows.copy()
+        if two < self.n_branch:
+            out[two:] = two + np.searchsorted(self._trafo3w_starts, rows[two:] - two, "right") - 1
+        return out
 
     def injection(self, bus_p_kw: dict[int, float]) -> np.ndarray:
         """Extra bus injections (pandapower bus -> kW, + injects) as a ppci Sbus vector in pu."""

@@ -55,7 +55,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandapower as pp
@@ -66,6 +66,7 @@ from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
 from grid.hosting import HOSTING_MAX_KW, HOSTING_RESOLUTION_KW, hosting_limit
 from grid.limits import LimitSet, Violation
+from grid.operating import OperatingPoint, operating_point
 from grid.networks import (
     bus_geodata,
     load_network,
@@ -331,6 +332,20 @@ class GridValidator:
     def clear_reuse_cache(self) -> None:
         """Forget the session snapshots ``validate`` keeps for prefixes it has seen."""
         self._prefixes.clear()
+
+    def operating_point(
+        self,
+        injections_kw: Mapping[int, float],
+        buses: Sequence[int],
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+    ) -> OperatingPoint | None:
+        """The interval's limits linearized at its AC state under extra ``injections_kw``
+        (``grid.operating``); None when that flow (or the base state) has no solution."""
+        base = self._base(interval, interval_seconds)
+        if base.model is None or base.measures is None or base.limitset is None:
+            return None
+        return operating_point(base.model, base.measures, base.limitset, injections_kw, buses)
 
     # ----------------------------------------------------------------- hosting capacity
     def hosting_capacity(

@@ -111,6 +111,8 @@ class Clearing:
     evidence_hash: str = "0x" + "00" * 32
     offered_wh: int = 0
     bid_wh: int = 0
+    # "greedy" (this module), "optimal" (``backend.market.optimal``) or "greedy (fallback: why)".
+    method: str = "greedy"
 
     @property
     def approved(self) -> list[Candidate]:

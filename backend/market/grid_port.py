@@ -5,14 +5,21 @@ state."""
 from __future__ import annotations
 
 import functools
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.chain import protocol
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
+from backend.market.optimal import OptimizationError, clear_optimal
+from grid.operating import OperatingPoint
 from grid.validator import GridValidator
 from grid.verdicts import Limits, Trade
+
+log = logging.getLogger("tegrid.market")
+
+CLEARING_METHODS = ("optimal", "greedy")
 
 _TRADES: dict[tuple[str, str, int, int, int, int], Any] = {}
 _TRADES_MAX = 200_000
@@ -41,9 +48,13 @@ class GridPortAdapter:
         interval_seconds: int,
         validator: Any | None = None,
         limits: dict[str, float] | None = None,
+        clearing: str = "optimal",
     ) -> None:
         """``limits``: ``grid.verdicts.Limits`` fields for a validator built here (default
-        limits otherwise)."""
+        limits otherwise); ``clearing``: "optimal" or "greedy" (``CLEARING_METHODS``)."""
+        if clearing not in CLEARING_METHODS:
+            raise ValueError(f"clearing must be one of {', '.join(CLEARING_METHODS)}, got {clearing!r}")
+        self.clearing = clearing
         self.network = network
         self.interval_seconds = interval_seconds
         self.validator = (
@@ -68,7 +79,31 @@ class GridPortAdapter:
         return decisions, str(result.evidence_hash)
 
     def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
-        return clear(book, functools.partial(self.validate, interval_id))
+        """The optimal clearing (``backend.market.optimal``), or the greedy merit order when so
+        configured or when a program fails (``Clearing.method`` says which and why)."""
+        validate = functools.partial(self.validate, interval_id)
+        if self.clearing == "greedy":
+            return clear(book, validate)
+        try:
+            return clear_optimal(
+                book,
+                validate,
+                functools.partial(self.operating_point, interval_id),
+                self.interval_seconds,
+            )
+        except OptimizationError as exc:
+            log.warning("interval %s: optimal clearing failed (%s); greedy clearing", interval_id, exc)
+            result = clear(book, validate)
+            result.method = f"greedy (fallback: {exc})"
+            return result
+
+    def operating_point(
+        self, interval_id: int, injections_kw: Mapping[int, float], buses: Sequence[int]
+    ) -> OperatingPoint | None:
+        with self._lock:
+            return self.validator.operating_point(
+                injections_kw, buses, interval=interval_id, interval_seconds=self.interval_seconds
+            )
 
     def prepare(self, interval_id: int) -> None:
         """The interval's base state (a power flow and its model, ~30 ms on kerber_vorstadt),

@@ -1,0 +1,584 @@
+"""Welfare-maximizing, network-constrained clearing of one interval (the market's default; the
+greedy merit order of ``backend.market.auction`` is its fallback and the benchmark's baseline).
+
+**What it chooses.** How much of each order to fill (partial fills allowed, up to the order's
+volume), so that the welfare ``sum over trades of (bid - ask) x kWh`` is largest while the grid
+stays within the Neural Grid's limits. Decision variables are the fills of the anonymous sells
+and buys and of the bilateral pairs; the grid sees their net injection per bus.
+
+**The grid as constraints.** ``grid.operating.OperatingPoint`` gives the validator's limits (voltage
+bands, line and transformer loadings, "do no harm" where the base state already breaks one)
+linearized at an AC solution: a row per voltage limit, tangent cuts for a branch current's
+magnitude. The linear program is solved, the AC state of its answer computed, the limits
+linearized again there and their rows added to those of the points before (successive linear
+programming with cutting planes; ``MAX_POINTS`` AC points at most). The best answer whose AC
+state is inside every limit by the margins is kept.
+
+**Pairs.** The chain records trades as (sell order, buy order). An anonymous sell and buy can pair
+when the bid covers the ask; fills can be split into such pairs exactly when, for every price
+level ``p``, the sells asking at least ``p`` are no more than the buys bidding at least ``p``
+(Hall's condition for these nested neighbourhoods): those are rows of the program (through
+running sums, so they stay sparse). Sells are then paired in descending ask - the most
+constrained first, which makes any compatible choice succeed - each with buyers on its own bus
+first (a trade that moves no power), then with the highest bids. No self-trades; a pair already
+in the batch is never formed again (its trade id is taken).
+
+**Price.** Uniform: the unconstrained auction's clearing price (``auction.uniform_price``), which
+every participant sees; a trade whose own limits do not contain it (a dearer seller the network
+needed) pays it clipped into ``[ask, bid]``, so nobody trades outside its limit. Locational prices
+would be the program's duals per bus; they were not chosen because they depend on the
+linearization (a participant could not check them), and on a feeder of a few hundred
+households a single price is what participants expect. Welfare is independent of the price.
+
+**Priority and order.** Bilateral pairs first: their own program over the base state, and the
+anonymous auction on top of what they take. The validator decides trades in batch order
+(approved iff the trades approved before it stay feasible), so a set feasible as a whole can
+still see a veto when a relieving trade comes after a stressing one: trades are ordered by how
+much of the tightest limits' headroom they use (relieving first). A trade still vetoed keeps its
+veto in the batch, and the volume it did not take is cleared again on top of the approved trades
+(``MAX_ROUNDS`` rounds; later rounds append, so earlier verdicts stand).
+
+**Deterministic.** The same book gives the same trades bit for bit: fixed variable order (order
+sequence), HiGHS's dual simplex single-threaded, integer Wh fills (rounded down), a fixed number of
+points and rounds (no wall-clock budget inside; ``tegrid bench clearing`` measures the time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linprog
+
+from backend.chain.protocol import BUY, SELL
+from backend.market.auction import BookOrder, Candidate, Clearing, Decision, Validate, uniform_price
+from grid.operating import OperatingPoint
+
+import os
+_DEBUG = bool(os.environ.get("TEGRID_OPT_DEBUG"))
+# AC operating points per program (the first is the point the program starts from).
+MAX_POINTS = 5
+# Clearing rounds after vetoes (each clears the volume left on top of the approved trades).
+MAX_ROUNDS = 3
+# The program keeps this far inside every limit, so the AC state of its answer - which the
+# linearization predicts to second order - lands inside; the validator itself needs 1e-7 pu.
+MARGIN_PU = 2e-4
+MARGIN_PERCENT = 0.05
+# Passes over the trades still waiting when they are put in an order the validator approves.
+ORDER_PASSES = 8
+# A limit binds at an answer when its slack there is at most this share of the room it moved
+# through (see ``_Stage._closeness``).
+BINDING_SHARE = 0.1
+# Stop relinearizing when a feasible answer's welfare gains less than this share.
+CONVERGED = 1e-4
+
+# An AC operating point of the interval: extra injections (bus -> kW), sensitivity columns.
+PointOf = Callable[[Mapping[int, float], Sequence[int]], OperatingPoint | None]
+
+
+class OptimizationError(RuntimeError):
+    """The program could not be solved (the caller falls back to the greedy clearing)."""
+
+
+@dataclass(frozen=True)
+class _Var:
+    """One decision variable: a fill in Wh of ``sell`` and/or ``buy`` (a bilateral pair has
+    both), worth ``value`` per Wh (bid for a buy, minus the ask for a sell)."""
+
+    sell: BookOrder | None
+    buy: BookOrder | None
+    upper: int
+    value: float
+
+
+def welfare(trades: Sequence[Candidate]) -> float:
+    """Sum of (bid - ask) x kWh over ``trades`` (token base units)."""
+    return sum(
+        (c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades
+    )
+
+
+def clear_optimal(
+    orders: Sequence[BookOrder],
+    validate: Validate,
+    point: PointOf,
+    interval_seconds: int,
+) -> Clearing:
+    """Clear ``orders`` (see the module doc); raises ``OptimizationError`` when a program fails."""
+    sells = sorted((o for o in orders if o.side == SELL and o.energy_wh > 0), key=_seq)
+    buys = sorted((o for o in orders if o.side == BUY and o.energy_wh > 0), key=_seq)
+    price = uniform_price(sells + buys)
+    result = Clearing(
+        clearing_price=price,
+        offered_wh=sum(o.energy_wh for o in sells),
+        bid_wh=sum(o.energy_wh for o in buys),
+        method="optimal",
+    )
+    kw_per_wh = 3600.0 / interval_seconds / 1000.0
+    batch: list[Candidate] = []
+    verdicts: list[Decision] = []
+    evidence = result.evidence_hash
+    for _ in range(MAX_ROUNDS):
+        left = {o.hash: o.energy_wh for o in (*sells, *buys)}
+        fixed: dict[int, float] = defaultdict(float)
+        for c, d in zip(batch, verdicts, strict=True):
+            if d.approved:
+                left[c.sell.hash] -= c.energy_wh
+                left[c.buy.hash] -= c.energy_wh
+                fixed[c.sell.bus] += c.energy_wh * kw_per_wh
+                fixed[c.buy.bus] -= c.energy_wh * kw_per_wh
+        taken = {(c.sell.hash, c.buy.hash) for c in batch}
+        stage = _Stage(point, kw_per_wh, fixed)
+        fresh, held = stage.bilateral(sells, buys, left, taken)
+        for c in fresh:
+            fixed[c.sell.bus] += c.energy_wh * kw_per_wh
+            fixed[c.buy.bus] -= c.energy_wh * kw_per_wh
+        stage = _Stage(point, kw_per_wh, fixed)
+        auction, held_auction = stage.auction(sells, buys, left, taken, price)
+        fresh += auction
+        if not fresh:
+            break
+        start = len(batch)
+        candidates = batch + fresh
+        got, digest = validate(candidates)
+        if len(got) != len(candidates):
+            raise OptimizationError("the validator returned a different number of verdicts")
+        if any(got[i].approved != verdicts[i].approved for i in range(start)):
+            raise OptimizationError("the validator changed a verdict of an unchanged prefix")
+        batch, verdicts, evidence = candidates, list(got), digest
+        if all(d.approved for d in got[start:]) and not (held or held_auction):
+            break
+    result.trades = list(zip(batch, verdicts, strict=True))
+    result.evidence_hash = evidence
+    return result
+
+
+def _seq(o: BookOrder) -> tuple[int, str]:
+    return (o.seq, o.hash)
+
+
+class _Stage:
+    """One program on top of ``fixed`` injections (kW per bus): the bilateral pairs, or the
+    anonymous auction."""
+
+    def __init__(self, point: PointOf, kw_per_wh: float, fixed: Mapping[int, float]) -> None:
+        self.point = point
+        self.kw_per_wh = kw_per_wh
+        self.fixed = dict(fixed)
+        # The AC operating point of the best answer (where ``_ordered`` linearizes the limits).
+        self.final: OperatingPoint | None = None
+
+    # ------------------------------------------------------------------ the two programs
+    def bilateral(
+        self,
+        sells: Sequence[BookOrder],
+        buys: Sequence[BookOrder],
+        left: dict[str, int],
+        taken: set[tuple[str, str]],
+    ) -> tuple[list[Candidate], bool]:
+        """The bilateral trades in validation order, and whether some were held back (see
+        ``_ordered``)."""
+        pairs = [
+            _Var(s, b, min(left[s.hash], left[b.hash]), b.price_per_kwh - s.price_per_kwh)
+            for s in sells
+            if s.bilateral and left[s.hash] > 0
+            for b in buys
+            if b.bilateral
+            and left[b.hash] > 0
+            and (s.hash, b.hash) not in taken
+            and s.counterparty.lower() == b.trader.lower()
+            and b.counterparty.lower() == s.trader.lower()
+            and b.price_per_kwh >= s.price_per_kwh
+        ]
+        if not pairs:
+            return [], False
+        # Each order's fills over its pairs within what is left of it.
+        caps: dict[str, list[int]] = defaultdict(list)
+        for j, v in enumerate(pairs):
+            assert v.sell is not None and v.buy is not None
+            caps[v.sell.hash].append(j)
+            caps[v.buy.hash].append(j)
+        rows = [(idx, left[h]) for h, idx in caps.items() if len(idx) > 1]
+        fills = self._solve(pairs, rows, hall=None)
+        out: list[Candidate] = []
+        spare = dict(left)
+        for v, q in zip(pairs, fills, strict=True):
+            assert v.sell is not None and v.buy is not None
+            q = min(q, spare[v.sell.hash], spare[v.buy.hash])
+            if q <= 0:
+                continue
+            spare[v.sell.hash] -= q
+            spare[v.buy.hash] -= q
+            mid = (v.sell.price_per_kwh + v.buy.price_per_kwh) // 2
+            out.append(Candidate(v.sell, v.buy, q, mid, "bilateral"))
+        return self._take(out, left)
+
+    def auction(
+        self,
+        sells: Sequence[BookOrder],
+        buys: Sequence[BookOrder],
+        left: dict[str, int],
+        taken: set[tuple[str, str]],
+        price: int | None,
+    ) -> tuple[list[Candidate], bool]:
+        """The auction's trades in validation order, and whether some were held back."""
+        asks = [o for o in sells if not o.bilateral and left[o.hash] > 0]
+        bids = [o for o in buys if not o.bilateral and left[o.hash] > 0]
+        if not asks or not bids:
+            return [], False
+        top_bid = max(o.price_per_kwh for o in bids)
+        low_ask = min(o.price_per_kwh for o in asks)
+        asks = [o for o in asks if o.price_per_kwh <= top_bid]
+        bids = [o for o in bids if o.price_per_kwh >= low_ask]
+        if not asks or not bids:
+            return [], False
+        variables = [_Var(o, None, left[o.hash], -float(o.price_per_kwh)) for o in asks]
+        variables += [_Var(None, o, left[o.hash], float(o.price_per_kwh)) for o in bids]
+        fills = self._solve(variables, [], hall=(len(asks), len(bids)))
+        sold = {v.sell.hash: q for v, q in zip(variables, fills, strict=True) if v.sell}
+        bought = {v.buy.hash: q for v, q in zip(variables, fills, strict=True) if v.buy}
+        trades = _pair(asks, bids, sold, bought, taken, price, self._closeness())
+        if _DEBUG:
+            print("  pairing: sold", sum(sold.values()), "bought", sum(bought.values()), "paired", sum(c.energy_wh for c in trades))
+        return self._take(trades, left)
+
+    def _take(
+        self, trades: list[Candidate], left: dict[str, int]
+    ) -> tuple[list[Candidate], bool]:
+        """``trades`` in validation order without those held back (their volume stays in
+        ``left`` for the next round), and whether any were held back."""
+        kept, held = self._ordered(trades)
+        for c in kept:
+            left[c.sell.hash] -= c.energy_wh
+            left[c.buy.hash] -= c.energy_wh
+        return kept, bool(held)
+
+    # ------------------------------------------------------------------ the program
+    def _solve(
+        self,
+        variables: Sequence[_Var],
+        caps: Sequence[tuple[list[int], int]],
+        hall: tuple[int, int] | None,
+    ) -> list[int]:
+        """Integer Wh fills of ``variables`` maximizing their value within the grid's limits,
+        ``caps`` (sum of the listed variables <= cap) and, for an auction of ``hall`` = (asks,
+        bids) - the asks first in ``variables`` - balance and Hall's condition."""
+        buses = sorted(
+            {o.bus for v in variables for o in (v.sell, v.buy) if o is not None} | set(self.fixed)
+        )
+        col = {b: k for k, b in enumerate(buses)}
+        n_var, n_bus = len(variables), len(buses)
+        # Injection incidence (kW per Wh of each variable at each bus).
+        inc_r: list[int] = []
+        inc_c: list[int] = []
+        inc_v: list[float] = []
+        for j, v in enumerate(variables):
+            if v.sell is not None:
+                inc_r.append(col[v.sell.bus])
+                inc_c.append(j)
+                inc_v.append(self.kw_per_wh)
+            if v.buy is not None:
+                inc_r.append(col[v.buy.bus])
+                inc_c.append(j)
+                inc_v.append(-self.kw_per_wh)
+        incidence = sparse.csr_matrix((inc_v, (inc_r, inc_c)), shape=(n_bus, n_var))
+        upper = np.array([v.upper for v in variables], dtype=float)
+        p_fixed = np.array([self.fixed.get(b, 0.0) for b in buses])
+        reach = np.abs(incidence) @ upper
+        low = p_fixed - reach
+        high = p_fixed + reach
+        scale = max((abs(v.value) for v in variables), default=1.0) or 1.0
+        # Time priority between equal limits: earlier orders first (a perturbation far below any
+        # real price difference; the solver's answer is deterministic either way).
+        cost = np.array(
+            [-(v.value / scale) + 1e-9 * j / max(n_var, 1) for j, v in enumerate(variables)]
+        )
+        extra_rows, extra_rhs, eq_rows, eq_rhs, n_aux = self._order_rows(variables, caps, hall)
+        cuts_A: list[np.ndarray] = []
+        cuts_b: list[np.ndarray] = []
+        op = self.point(self.fixed, buses)
+        if op is None:
+            raise OptimizationError("no power-flow solution at the program's starting point")
+        best: tuple[float, np.ndarray] | None = None
+        last_value = -math.inf
+        for _ in range(MAX_POINTS):
+            A, b, _labels = op.constraints(
+                np.maximum(np.abs(low - op.injections_kw), np.abs(high - op.injections_kw)),
+                MARGIN_PU,
+                MARGIN_PERCENT,
+            )
+            if len(b):
+                # Never cut off filling nothing: where the start is already inside the margin
+                # band (a limit the base state breaks, "do no harm"), the start bounds the row.
+                b = np.maximum(b, A @ p_fixed)
+            cuts_A, cuts_b = [A], [b]
+            w = self._linprog(cost, upper, incidence, p_fixed, cuts_A, cuts_b,
+                              extra_rows, extra_rhs, eq_rows, eq_rhs, n_aux)  # fmt: skip
+            p = p_fixed + incidence @ w
+            op_new = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
+            if op_new is None:
+                break
+            value = float(-cost[:n_var] @ w)
+            if _DEBUG:
+                print("  point", len(cuts_b), sum(len(x) for x in cuts_b), "welfare", round(value*scale/1000/1e6, 4), "binding", [lab for lab, sl in zip(_labels, (b - A @ p)) if sl < 1e-6][:6], "feasible", op_new.feasible, op_new.violation, _inside(op_new, MARGIN_PU / 2, MARGIN_PERCENT / 2), "vmax", float(op_new.vm_pu.max()), "lmax", float(np.abs(op_new.current).max()))
+            if op_new.feasible and _inside(op_new, MARGIN_PU / 2, MARGIN_PERCENT / 2):
+                if best is None or value > best[0]:
+                    best = (value, w)
+                    self.final = op_new
+                if abs(value - last_value) <= CONVERGED * max(abs(value), 1e-12):
+                    break
+                last_value = value
+            op = op_new
+        if best is None:
+            raise OptimizationError(
+                f"no answer inside every limit after {MAX_POINTS} operating points"
+            )
+        return [int(math.floor(q + 1e-6)) for q in best[1]]
+
+    def _order_rows(
+        self,
+        variables: Sequence[_Var],
+        caps: Sequence[tuple[list[int], int]],
+        hall: tuple[int, int] | None,
+    ) -> tuple[sparse.csr_matrix | None, np.ndarray, sparse.csr_matrix | None, np.ndarray, int]:
+        """Rows over [fills | running sums]: caps (<=), and for an auction the running sums of
+        Hall's condition (equalities) with their bounds carried by ``_linprog``."""
+        n_var = len(variables)
+        ub = None
+        ub_rhs = np.zeros(0)
+        if caps:
+            r, c = zip(*[(i, j) for i, (idx, _) in enumerate(caps) for j in idx], strict=True)
+            ub = sparse.csr_matrix(
+                (np.ones(len(r)), (r, c)), shape=(len(caps), n_var)
+            )
+            ub_rhs = np.array([cap for _, cap in caps], dtype=float)
+        if hall is None:
+            return ub, ub_rhs, None, np.zeros(0), 0
+        n_ask, _ = hall
+        asks = variables[:n_ask]
+        levels = sorted({-v.value for v in asks}, reverse=True)  # ask prices, highest first
+        level_of = {p: k for k, p in enumerate(levels)}
+        # Running sum C_k = sum over asks >= level k minus buys bidding >= level k, C_k <= 0, and
+        # the last one (every ask and every bid) = 0: balance.
+        n_lvl = len(levels)
+        r: list[int] = []
+        c: list[int] = []
+        val: list[float] = []
+        for j, v in enumerate(variables):
+            if v.sell is not None:
+                k = level_of[-v.value]
+                r.append(k)
+                c.append(j)
+                val.append(1.0)
+            else:
+                # A buy counts from the highest level its bid reaches (levels descend).
+                k = next(i for i, p in enumerate(levels) if v.value >= p)
+                r.append(k)
+                c.append(j)
+                val.append(-1.0)
+        for k in range(n_lvl):
+            r.append(k)
+            c.append(n_var + k)
+            val.append(-1.0)  # ... - C_k
+            if k > 0:
+                r.append(k)
+                c.append(n_var + k - 1)
+                val.append(1.0)  # + C_{k-1}
+        eq = sparse.csr_matrix((val, (r, c)), shape=(n_lvl, n_var + n_lvl))
+        return ub, ub_rhs, eq, np.zeros(n_lvl), n_lvl
+
+    def _linprog(
+        self,
+        cost: np.ndarray,
+        upper: np.ndarray,
+        incidence: sparse.csr_matrix,
+        p_fixed: np.ndarray,
+        cuts_A: list[np.ndarray],
+        cuts_b: list[np.ndarray],
+        cap_rows: sparse.csr_matrix | None,
+        cap_rhs: np.ndarray,
+        eq_rows: sparse.csr_matrix | None,
+        eq_rhs: np.ndarray,
+        n_aux: int,
+    ) -> np.ndarray:
+        n_var = len(cost)
+        n = n_var + n_aux
+        c = np.r_[cost, np.zeros(n_aux)]
+        ub_parts: list[sparse.spmatrix] = []
+        ub_rhs: list[np.ndarray] = []
+        if cuts_A:
+            A = np.vstack(cuts_A)
+            b = np.concatenate(cuts_b)
+            grid = sparse.csr_matrix(A) @ incidence  # rows x variables
+            ub_parts.append(sparse.hstack([grid, sparse.csr_matrix((len(b), n_aux))]))
+            ub_rhs.append(b - A @ p_fixed)
+        if cap_rows is not None:
+            ub_parts.append(sparse.hstack([cap_rows, sparse.csr_matrix((cap_rows.shape[0], n_aux))]))
+            ub_rhs.append(cap_rhs)
+        bounds = [(0.0, float(u)) for u in upper] + [(None, 0.0)] * n_aux
+        if n_aux:
+            bounds[-1] = (0.0, 0.0)  # the last running sum: sells = buys
+        res = linprog(
+            c,
+            A_ub=sparse.vstack(ub_parts).tocsc() if ub_parts else None,
+            b_ub=np.concatenate(ub_rhs) if ub_rhs else None,
+            A_eq=eq_rows.tocsc() if eq_rows is not None else None,
+            b_eq=eq_rhs if eq_rows is not None else None,
+            bounds=bounds,
+            method="highs-ds",
+        )
+        if res.status != 0 or res.x is None:
+            raise OptimizationError(f"the clearing program failed: {res.message}")
+        return np.clip(np.asarray(res.x[:n_var]), 0.0, upper)
+
+    # ------------------------------------------------------------------ order
+    def _rows(
+        self, trades: Sequence[Candidate] = ()
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]] | None:
+        """The limits linearized at the best answer's AC point (``A p <= b``, rows some
+        injection between the start and that answer could reach, and the start's ``A p``) with
+        the bus columns; None without such a point."""
+        op = self.final
+        if op is None:
+            return None
+        col = {b: k for k, b in enumerate(op.buses)}
+        p_start = np.array([self.fixed.get(b, 0.0) for b in op.buses])
+        reach = np.abs(p_start - op.injections_kw)
+        for c in trades:
+            reach[col[c.sell.bus]] += c.energy_wh * self.kw_per_wh
+            reach[col[c.buy.bus]] += c.energy_wh * self.kw_per_wh
+        A, b, _ = op.constraints(reach, MARGIN_PU / 2, MARGIN_PERCENT / 2)
+        used = A @ p_start
+        # "Do no harm": a row the start already breaks is bounded where the start is.
+        return A, np.maximum(b, used), used, col
+
+    def _closeness(self) -> Callable[[int, np.ndarray], np.ndarray] | None:
+        """Distance between a seller's bus and buyers' buses in what they do to the limits that
+        bind at the best answer (each row's sensitivity over the room it moved through): a trade
+        between close buses moves those limits little, so the trades can be put in an order the
+        validator approves one by one."""
+        rows = self._rows()
+        if rows is None:
+            return None
+        A, b, used, col = rows
+        assert self.final is not None
+        at_answer = A @ self.final.injections_kw
+        room = np.abs(at_answer - used) + (b - at_answer)
+        binding = np.flatnonzero((b - at_answer) <= BINDING_SHARE * np.maximum(room, 1e-12))
+        if not len(binding):
+            return None
+        signature = (A[binding] / np.maximum(room[binding], 1e-12)[:, None]).T  # buses x rows
+
+        def distance(seller_bus: int, buyer_buses: np.ndarray) -> np.ndarray:
+            cols = np.array([col.get(int(x), -1) for x in buyer_buses])
+            here = signature[col[seller_bus]] if seller_bus in col else np.zeros(len(binding))
+            there = np.where((cols >= 0)[:, None], signature[np.maximum(cols, 0)], 0.0)
+            return np.asarray(np.abs(there - here).sum(axis=1))
+
+        return distance
+
+    def _ordered(self, trades: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
+        """``trades`` in an order whose every prefix stays inside the limits linearized at the
+        best answer (relieving trades first, each placed when it fits), and those that fit
+        nowhere (held back: the next round clears their volume again, paired otherwise)."""
+        rows = self._rows(trades)
+        if rows is None or len(trades) < 2:
+            return trades, []
+        A, b, used0, col = rows
+        if not len(b):
+            return trades, []
+        headroom = np.maximum(b - used0, 0.0)
+        effect = np.array(
+            [
+                (A[:, col[c.sell.bus]] - A[:, col[c.buy.bus]]) * c.energy_wh * self.kw_per_wh
+                for c in trades
+            ]
+        )  # trades x rows
+        stress = (effect / np.maximum(headroom, 1e-9)).max(axis=1)
+        keyed = sorted(
+            range(len(trades)),
+            key=lambda i: (
+                float(stress[i]),
+                -(trades[i].buy.price_per_kwh - trades[i].sell.price_per_kwh),
+                trades[i].sell.hash,
+                trades[i].buy.hash,
+            ),
+        )
+        # Place them one by one as the linear model allows: a trade that would take some limit
+        # past its headroom now waits until later trades have relieved it.
+        used = np.zeros(len(b))  # relative to the start
+        placed: list[int] = []
+        waiting = keyed
+        for _ in range(ORDER_PASSES):
+            later: list[int] = []
+            for i in waiting:
+                if np.all(used + effect[i] <= headroom + 1e-9):
+                    used += effect[i]
+                    placed.append(i)
+                else:
+                    later.append(i)
+            done = len(later) == len(waiting) or not later
+            waiting = later
+            if done:
+                break
+        if _DEBUG:
+            print("  ordered: placed", len(placed), "waiting", len(waiting), "rows", len(b))
+        return [trades[i] for i in placed], [trades[i] for i in waiting]
+
+
+def _inside(op: OperatingPoint, margin_pu: float, margin_percent: float) -> bool:
+    """Whether the AC state is inside every limit by the margins."""
+    if np.any(op.vm_pu > op.vmax - margin_pu) or np.any(op.vm_pu < op.vmin + margin_pu):
+        return False
+    return not np.any(np.abs(op.current) > op.lmax - margin_percent)
+
+
+def _pair(
+    asks: Sequence[BookOrder],
+    bids: Sequence[BookOrder],
+    sold: Mapping[str, int],
+    bought: Mapping[str, int],
+    taken: set[tuple[str, str]],
+    price: int | None,
+    distance: Callable[[int, np.ndarray], np.ndarray] | None = None,
+) -> list[Candidate]:
+    """Split the fills into (sell, buy) trades whose bid covers the ask (see the module doc):
+    each seller, in descending ask, with the compatible buyers on its own bus first, then the
+    closest by ``distance`` (when given), then the highest bids."""
+    order = sorted((o for o in bids if bought.get(o.hash, 0) > 0),
+                   key=lambda o: (-o.price_per_kwh, o.seq, o.hash))  # fmt: skip
+    if not order:
+        return []
+    remaining = np.array([int(bought[o.hash]) for o in order], dtype=np.int64)
+    bid = np.array([o.price_per_kwh for o in order], dtype=object)
+    bus = np.array([o.bus for o in order], dtype=np.int64)
+    trader = np.array([o.trader.lower() for o in order])
+    rank = np.arange(len(order))
+    out: list[Candidate] = []
+    for s in sorted(asks, key=lambda o: (-o.price_per_kwh, o.seq, o.hash)):
+        need = int(sold.get(s.hash, 0))
+        if need <= 0:
+            continue
+        ok = (remaining > 0) & (bid >= s.price_per_kwh).astype(bool) & (trader != s.trader.lower())
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            continue
+        far = (bus[idx] != s.bus).astype(float)
+        near = distance(s.bus, bus[idx]) if distance is not None else np.zeros(len(idx))
+        for k in idx[np.lexsort((rank[idx], near, far))]:
+            if need <= 0:
+                break
+            b = order[int(k)]
+            if (s.hash, b.hash) in taken:
+                continue
+            q = int(min(need, remaining[k]))
+            remaining[k] -= q
+            need -= q
+            p = price if price is not None else (s.price_per_kwh + b.price_per_kwh) // 2
+            p = min(max(p, s.price_per_kwh), b.price_per_kwh)
+            out.append(Candidate(s, b, q, p, "auction"))
+    return out

@@ -1,0 +1,153 @@
+"""Operating points for network-constrained clearing: the AC state of an interval under extra bus
+injections, and its limits linearized there.
+
+A clearing that chooses volumes (``backend.market.optimal``) needs the grid as constraints:
+every watched quantity ``q`` (a bus voltage against its upper and its lower limit, a branch end's
+current against its element's loading limit) as ``value + sens @ (p - p_point) <= upper``, with
+``p`` the extra injection per bus in kW. ``OperatingPoint`` gives that at the AC solution for the
+injections asked (a full Newton solve on the validator's own model, ``ACModel.solve_checked``),
+with sensitivities from the power-flow Jacobian there (``Linearization``: voltage magnitudes and
+complex branch currents per injected kW; a current's magnitude is linearized along its phasor).
+The limits are the validator's (``LimitSet``: "do no harm" where the base state already breaks
+one), so a set of volumes inside every row at its own AC point is a set the validator approves
+as a whole. Its verdicts are still per trade, in priority order; the clearing orders its trades
+for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from grid.acmodel import ACModel, Linearization, Measures
+from grid.errors import TradeInputError
+from grid.limits import LimitSet, Violation
+
+
+# Directions (radians from the branch current's phasor at the operating point) of the tangent cuts
+# that stand for ``|current| <= limit`` around a point: the phasor's own direction, its reverse
+# (a flow that turns round) and the two across it. Tangents contain the circle, so a clearing that
+# keeps the cuts of every point it visited closes in on the circle from outside (Kelley's
+# cutting planes): each AC solve adds the cut at the phasor it finds.
+CUT_ANGLES = (0.0, np.pi / 2, np.pi, -np.pi / 2)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """An AC solution of the interval with extra injections ``injections_kw`` at ``buses``, and the
+    validator's limits linearized there.
+
+    Voltages: ``vm_pu`` (monitored buses, order of ``Monitored``), sensitivities ``dvm`` (pu per kW
+    injected at each of ``buses``) and the effective limits ``vmin``/``vmax``. Branch ends
+    (``[from | to]`` rows with a rating): complex currents ``current`` in percent of their
+    element's rating, ``dcurrent`` per kW, and the element's limit ``lmax``. ``violation``: the
+    validator's first violation at this point (None: feasible as a whole)."""
+
+    buses: tuple[int, ...]
+    injections_kw: np.ndarray
+    bus_labels: tuple[str, ...]
+    vm_pu: np.ndarray
+    dvm: np.ndarray
+    vmin: np.ndarray
+    vmax: np.ndarray
+    end_labels: tuple[str, ...]
+    current: np.ndarray
+    dcurrent: np.ndarray
+    lmax: np.ndarray
+    violation: Violation | None
+    loading_percent: np.ndarray
+    V: np.ndarray
+
+    @property
+    def feasible(self) -> bool:
+        return self.violation is None
+
+    def constraints(
+        self, reach_kw: np.ndarray, margin_pu: float, margin_percent: float
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """``A p <= b`` (``p``: extra injections in kW at ``buses``): the limits, tightened by the
+        margins, linearized here - only those some ``p`` within ``reach_kw[k]`` of this point's
+        injections could reach. Voltages give one row per limit; a branch end's current gives its ``CUT_ANGLES``
+        tangent cuts. Row labels name the element (``bus 16 high``, ``line 3``)."""
+        p0 = self.injections_kw
+        rows: list[np.ndarray] = []
+        rhs: list[np.ndarray] = []
+        labels: list[str] = []
+        spread_v = np.abs(self.dvm) @ reach_kw
+        for sign, value, limit, tag in (
+            (1.0, self.vm_pu, self.vmax - margin_pu, "high"),
+            (-1.0, -self.vm_pu, -(self.vmin + margin_pu), "low"),
+        ):
+            near = np.flatnonzero(value + spread_v >= limit)
+            if len(near):
+                a = sign * self.dvm[near]
+                rows.append(a)
+                rhs.append(limit[near] - value[near] + a @ p0)
+                labels.extend(f"{self.bus_labels[k]} {tag}" for k in near)
+        limit_l = self.lmax - margin_percent
+        spread_i = np.abs(self.dcurrent) @ reach_kw
+        near = np.flatnonzero(np.abs(self.current) + spread_i >= limit_l)
+        if len(near):
+            z = self.current[near]
+            phase = np.exp(1j * np.angle(z))
+            D = self.dcurrent[near]
+            for angle in CUT_ANGLES:
+                u = np.conj(phase * np.exp(1j * angle))  # project onto this direction
+                a = (u[:, None] * D).real
+                rows.append(a)
+                rhs.append(limit_l[near] - (u * z).real + a @ p0)
+                labels.extend(self.end_labels[k] for k in near)
+        if not rows:
+            return np.zeros((0, len(self.buses))), np.zeros(0), []
+        return np.vstack(rows), np.concatenate(rhs), labels
+
+
+def operating_point(
+    model: ACModel,
+    base: Measures,
+    limitset: LimitSet,
+    injections_kw: Mapping[int, float],
+    buses: Sequence[int],
+    start: np.ndarray | None = None,
+) -> OperatingPoint | None:
+    """The AC solution of the base state plus ``injections_kw`` (pandapower bus -> kW), linearized
+    with sensitivity columns for ``buses``; None when that flow has no plausible solution.
+    ``start``: voltages to start Newton from (default: the base state's)."""
+    for bus in (*injections_kw, *buses):
+        if int(bus) not in model.ppci_of_bus:
+            raise TradeInputError(f"bus {int(bus)} is not in the network")
+    S = model.Sbus0 + model.injection({int(b): float(p) for b, p in injections_kw.items()})
+    with np.errstate(all="ignore"):
+        V = model.solve_checked(S, base.V if start is None else start, base.V)
+    if isinstance(V, Violation):
+        return None
+    me = model.measure(V)
+    lin = Linearization(model, V)  # the Jacobian at V itself (a solver's last may be stale)
+    cols = [int(b) for b in buses]
+    lin.prepare(cols)
+    lay = model.layout
+    packed = np.empty((lay.size, len(cols)), dtype=complex)
+    for k, bus in enumerate(cols):
+        packed[:, k] = lin.column(bus).packed
+    c_i = model.c_i
+    ends = np.flatnonzero(c_i > 0)  # a three-winding transformer's star ends carry no limit
+    element = np.r_[model.element_of_row, model.element_of_row][ends]
+    branch_labels = limitset.branch_labels
+    return OperatingPoint(
+        buses=tuple(cols),
+        injections_kw=np.array([float(injections_kw.get(b, 0.0)) for b in cols]),
+        bus_labels=tuple(limitset.bus_labels),
+        vm_pu=me.vm_pu,
+        dvm=packed[lay.vm].real,
+        vmin=limitset.vmin,
+        vmax=limitset.vmax,
+        end_labels=tuple(branch_labels[e] for e in element),
+        current=c_i[ends] * me.i[ends],
+        dcurrent=c_i[ends, None] * packed[lay.i][ends],
+        lmax=limitset.lmax[element],
+        violation=limitset.check(me.vm_pu, me.loading_percent),
+        loading_percent=me.loading_percent,
+        V=V,
+    )
