@@ -25,7 +25,6 @@ from grid.acmodel import ACModel, Linearization, Measures
 from grid.errors import TradeInputError
 from grid.limits import LimitSet, Violation
 
-
 # Directions (radians from the branch current's phasor at the operating point) of the tangent cuts
 # that stand for ``|current| <= limit`` around a point: the phasor's own direction, its reverse
 # (a flow that turns round) and the two across it. Tangents contain the circle, so a clearing that
@@ -69,8 +68,9 @@ class OperatingPoint:
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """``A p <= b`` (``p``: extra injections in kW at ``buses``): the limits, tightened by the
         margins, linearized here - only those some ``p`` within ``reach_kw[k]`` of this point's
-        injections could reach. Voltages give one row per limit; a branch end's current gives its ``CUT_ANGLES``
-        tangent cuts. Row labels name the element (``bus 16 high``, ``line 3``)."""
+        injections could reach. Voltages give one row per limit; a branch end's current gives
+        its ``CUT_ANGLES`` tangent cuts. Row labels name the element (``bus 16 high``,
+        ``line 3``)."""
         p0 = self.injections_kw
         rows: list[np.ndarray] = []
         rhs: list[np.ndarray] = []

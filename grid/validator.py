@@ -66,7 +66,6 @@ from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
 from grid.hosting import HOSTING_MAX_KW, HOSTING_RESOLUTION_KW, hosting_limit
 from grid.limits import LimitSet, Violation
-from grid.operating import OperatingPoint, operating_point
 from grid.networks import (
     bus_geodata,
     load_network,
@@ -75,6 +74,7 @@ from grid.networks import (
     placeholder_warning,
     quiet,
 )
+from grid.operating import OperatingPoint, operating_point
 from grid.profiles import (
     DEFAULT_INTERVAL_SECONDS,
     add_pv_where_missing,

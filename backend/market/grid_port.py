@@ -53,7 +53,9 @@ class GridPortAdapter:
         """``limits``: ``grid.verdicts.Limits`` fields for a validator built here (default
         limits otherwise); ``clearing``: "optimal" or "greedy" (``CLEARING_METHODS``)."""
         if clearing not in CLEARING_METHODS:
-            raise ValueError(f"clearing must be one of {', '.join(CLEARING_METHODS)}, got {clearing!r}")
+            raise ValueError(
+                f"clearing must be one of {', '.join(CLEARING_METHODS)}, got {clearing!r}"
+            )
         self.clearing = clearing
         self.network = network
         self.interval_seconds = interval_seconds
@@ -92,7 +94,9 @@ class GridPortAdapter:
                 self.interval_seconds,
             )
         except OptimizationError as exc:
-            log.warning("interval %s: optimal clearing failed (%s); greedy clearing", interval_id, exc)
+            log.warning(
+                "interval %s: optimal clearing failed (%s); greedy clearing", interval_id, exc
+            )
             result = clear(book, validate)
             result.method = f"greedy (fallback: {exc})"
             return result

@@ -45,6 +45,7 @@ points and rounds (no wall-clock budget inside; ``tegrid bench clearing`` measur
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -58,8 +59,6 @@ from backend.chain.protocol import BUY, SELL
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, Validate, uniform_price
 from grid.operating import OperatingPoint
 
-import os
-_DEBUG = bool(os.environ.get("TEGRID_OPT_DEBUG"))
 # AC operating points per program (the first is the point the program starts from).
 MAX_POINTS = 5
 # Clearing rounds after vetoes (each clears the volume left on top of the approved trades).
@@ -68,11 +67,16 @@ MAX_ROUNDS = 3
 # linearization predicts to second order - lands inside; the validator itself needs 1e-7 pu.
 MARGIN_PU = 2e-4
 MARGIN_PERCENT = 0.05
+# Times a round's vetoed trades are moved behind the others and the list validated again.
+REORDERS = 2
 # Passes over the trades still waiting when they are put in an order the validator approves.
 ORDER_PASSES = 8
 # A limit binds at an answer when its slack there is at most this share of the room it moved
 # through (see ``_Stage._closeness``).
 BINDING_SHARE = 0.1
+# Row generation: rounds per operating point, and the most broken rows added per round.
+ROW_ROUNDS = 30
+ROWS_PER_ROUND = 16
 # Stop relinearizing when a feasible answer's welfare gains less than this share.
 CONVERGED = 1e-4
 
@@ -97,9 +101,7 @@ class _Var:
 
 def welfare(trades: Sequence[Candidate]) -> float:
     """Sum of (bid - ask) x kWh over ``trades`` (token base units)."""
-    return sum(
-        (c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades
-    )
+    return sum((c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades)
 
 
 def clear_optimal(
@@ -143,10 +145,17 @@ def clear_optimal(
         if not fresh:
             break
         start = len(batch)
-        candidates = batch + fresh
-        got, digest = validate(candidates)
-        if len(got) != len(candidates):
-            raise OptimizationError("the validator returned a different number of verdicts")
+        for _ in range(REORDERS + 1):
+            candidates = batch + fresh
+            got, digest = validate(candidates)
+            if len(got) != len(candidates):
+                raise OptimizationError("the validator returned a different number of verdicts")
+            # A vetoed trade is tried again after the others (a veto only means it does not fit
+            # where it stands; moving it leaves every other verdict as it was).
+            vetoed = [k for k in range(len(fresh)) if not got[start + k].approved]
+            if not vetoed or vetoed[0] == len(fresh) - len(vetoed):
+                break
+            fresh = [c for k, c in enumerate(fresh) if k not in vetoed] + [fresh[k] for k in vetoed]
         if any(got[i].approved != verdicts[i].approved for i in range(start)):
             raise OptimizationError("the validator changed a verdict of an unchanged prefix")
         batch, verdicts, evidence = candidates, list(got), digest
@@ -242,13 +251,9 @@ class _Stage:
         sold = {v.sell.hash: q for v, q in zip(variables, fills, strict=True) if v.sell}
         bought = {v.buy.hash: q for v, q in zip(variables, fills, strict=True) if v.buy}
         trades = _pair(asks, bids, sold, bought, taken, price, self._closeness())
-        if _DEBUG:
-            print("  pairing: sold", sum(sold.values()), "bought", sum(bought.values()), "paired", sum(c.energy_wh for c in trades))
         return self._take(trades, left)
 
-    def _take(
-        self, trades: list[Candidate], left: dict[str, int]
-    ) -> tuple[list[Candidate], bool]:
+    def _take(self, trades: list[Candidate], left: dict[str, int]) -> tuple[list[Candidate], bool]:
         """``trades`` in validation order without those held back (their volume stays in
         ``left`` for the next round), and whether any were held back."""
         kept, held = self._ordered(trades)
@@ -297,34 +302,29 @@ class _Stage:
         cost = np.array(
             [-(v.value / scale) + 1e-9 * j / max(n_var, 1) for j, v in enumerate(variables)]
         )
-        extra_rows, extra_rhs, eq_rows, eq_rhs, n_aux = self._order_rows(variables, caps, hall)
-        cuts_A: list[np.ndarray] = []
-        cuts_b: list[np.ndarray] = []
+        program = _Program(cost, upper, *self._order_rows(variables, caps, hall))
         op = self.point(self.fixed, buses)
         if op is None:
             raise OptimizationError("no power-flow solution at the program's starting point")
         best: tuple[float, np.ndarray] | None = None
         last_value = -math.inf
         for _ in range(MAX_POINTS):
-            A, b, _labels = op.constraints(
+            A, b, labels = op.constraints(
                 np.maximum(np.abs(low - op.injections_kw), np.abs(high - op.injections_kw)),
                 MARGIN_PU,
                 MARGIN_PERCENT,
             )
-            if len(b):
-                # Never cut off filling nothing: where the start is already inside the margin
-                # band (a limit the base state breaks, "do no harm"), the start bounds the row.
-                b = np.maximum(b, A @ p_fixed)
-            cuts_A, cuts_b = [A], [b]
-            w = self._linprog(cost, upper, incidence, p_fixed, cuts_A, cuts_b,
-                              extra_rows, extra_rhs, eq_rows, eq_rhs, n_aux)  # fmt: skip
+            # Never cut off filling nothing: where the start is already inside the margin band
+            # (a limit the base state breaks, "do no harm"), the start bounds the row.
+            start = A @ p_fixed
+            b = np.maximum(b, start)
+            # The limits over the variables: rows x variables.
+            w = program.solve(np.asarray((incidence.T @ A.T).T), b - start, labels)
             p = p_fixed + incidence @ w
             op_new = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
             if op_new is None:
                 break
-            value = float(-cost[:n_var] @ w)
-            if _DEBUG:
-                print("  point", len(cuts_b), sum(len(x) for x in cuts_b), "welfare", round(value*scale/1000/1e6, 4), "binding", [lab for lab, sl in zip(_labels, (b - A @ p)) if sl < 1e-6][:6], "feasible", op_new.feasible, op_new.violation, _inside(op_new, MARGIN_PU / 2, MARGIN_PERCENT / 2), "vmax", float(op_new.vm_pu.max()), "lmax", float(np.abs(op_new.current).max()))
+            value = float(-cost @ w)
             if op_new.feasible and _inside(op_new, MARGIN_PU / 2, MARGIN_PERCENT / 2):
                 if best is None or value > best[0]:
                     best = (value, w)
@@ -337,7 +337,7 @@ class _Stage:
             raise OptimizationError(
                 f"no answer inside every limit after {MAX_POINTS} operating points"
             )
-        return [int(math.floor(q + 1e-6)) for q in best[1]]
+        return [math.floor(q + 1e-6) for q in best[1]]
 
     def _order_rows(
         self,
@@ -351,9 +351,11 @@ class _Stage:
         ub = None
         ub_rhs = np.zeros(0)
         if caps:
-            r, c = zip(*[(i, j) for i, (idx, _) in enumerate(caps) for j in idx], strict=True)
+            cap_r, cap_c = zip(
+                *[(i, j) for i, (idx, _) in enumerate(caps) for j in idx], strict=True
+            )
             ub = sparse.csr_matrix(
-                (np.ones(len(r)), (r, c)), shape=(len(caps), n_var)
+                (np.ones(len(cap_r)), (cap_r, cap_c)), shape=(len(caps), n_var)
             )
             ub_rhs = np.array([cap for _, cap in caps], dtype=float)
         if hall is None:
@@ -361,7 +363,7 @@ class _Stage:
         n_ask, _ = hall
         asks = variables[:n_ask]
         levels = sorted({-v.value for v in asks}, reverse=True)  # ask prices, highest first
-        level_of = {p: k for k, p in enumerate(levels)}
+        rising = [-p for p in levels]  # the same, negated: ascending for bisect
         # Running sum C_k = sum over asks >= level k minus buys bidding >= level k, C_k <= 0, and
         # the last one (every ask and every bid) = 0: balance.
         n_lvl = len(levels)
@@ -369,17 +371,11 @@ class _Stage:
         c: list[int] = []
         val: list[float] = []
         for j, v in enumerate(variables):
-            if v.sell is not None:
-                k = level_of[-v.value]
-                r.append(k)
-                c.append(j)
-                val.append(1.0)
-            else:
-                # A buy counts from the highest level its bid reaches (levels descend).
-                k = next(i for i, p in enumerate(levels) if v.value >= p)
-                r.append(k)
-                c.append(j)
-                val.append(-1.0)
+            # An ask counts at its own level, a buy from the highest level its bid reaches.
+            k = bisect.bisect_left(rising, v.value if v.sell is not None else -v.value)
+            r.append(k)
+            c.append(j)
+            val.append(1.0 if v.sell is not None else -1.0)
         for k in range(n_lvl):
             r.append(k)
             c.append(n_var + k)
@@ -390,50 +386,6 @@ class _Stage:
                 val.append(1.0)  # + C_{k-1}
         eq = sparse.csr_matrix((val, (r, c)), shape=(n_lvl, n_var + n_lvl))
         return ub, ub_rhs, eq, np.zeros(n_lvl), n_lvl
-
-    def _linprog(
-        self,
-        cost: np.ndarray,
-        upper: np.ndarray,
-        incidence: sparse.csr_matrix,
-        p_fixed: np.ndarray,
-        cuts_A: list[np.ndarray],
-        cuts_b: list[np.ndarray],
-        cap_rows: sparse.csr_matrix | None,
-        cap_rhs: np.ndarray,
-        eq_rows: sparse.csr_matrix | None,
-        eq_rhs: np.ndarray,
-        n_aux: int,
-    ) -> np.ndarray:
-        n_var = len(cost)
-        n = n_var + n_aux
-        c = np.r_[cost, np.zeros(n_aux)]
-        ub_parts: list[sparse.spmatrix] = []
-        ub_rhs: list[np.ndarray] = []
-        if cuts_A:
-            A = np.vstack(cuts_A)
-            b = np.concatenate(cuts_b)
-            grid = sparse.csr_matrix(A) @ incidence  # rows x variables
-            ub_parts.append(sparse.hstack([grid, sparse.csr_matrix((len(b), n_aux))]))
-            ub_rhs.append(b - A @ p_fixed)
-        if cap_rows is not None:
-            ub_parts.append(sparse.hstack([cap_rows, sparse.csr_matrix((cap_rows.shape[0], n_aux))]))
-            ub_rhs.append(cap_rhs)
-        bounds = [(0.0, float(u)) for u in upper] + [(None, 0.0)] * n_aux
-        if n_aux:
-            bounds[-1] = (0.0, 0.0)  # the last running sum: sells = buys
-        res = linprog(
-            c,
-            A_ub=sparse.vstack(ub_parts).tocsc() if ub_parts else None,
-            b_ub=np.concatenate(ub_rhs) if ub_rhs else None,
-            A_eq=eq_rows.tocsc() if eq_rows is not None else None,
-            b_eq=eq_rhs if eq_rows is not None else None,
-            bounds=bounds,
-            method="highs-ds",
-        )
-        if res.status != 0 or res.x is None:
-            raise OptimizationError(f"the clearing program failed: {res.message}")
-        return np.clip(np.asarray(res.x[:n_var]), 0.0, upper)
 
     # ------------------------------------------------------------------ order
     def _rows(
@@ -482,23 +434,36 @@ class _Stage:
         return distance
 
     def _ordered(self, trades: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
-        """``trades`` in an order whose every prefix stays inside the limits linearized at the
-        best answer (relieving trades first, each placed when it fits), and those that fit
-        nowhere (held back: the next round clears their volume again, paired otherwise)."""
-        rows = self._rows(trades)
-        if rows is None or len(trades) < 2:
+        """``trades`` in an order whose every prefix stays inside the limits as the best
+        answer's AC point predicts them (voltages linear, branch currents as complex phasors,
+        their magnitudes exact), relieving trades first, each placed when it fits; and those
+        that fit nowhere (held back: the next round clears their volume again, paired
+        otherwise)."""
+        op = self.final
+        if op is None or len(trades) < 2:
             return trades, []
-        A, b, used0, col = rows
-        if not len(b):
-            return trades, []
-        headroom = np.maximum(b - used0, 0.0)
-        effect = np.array(
-            [
-                (A[:, col[c.sell.bus]] - A[:, col[c.buy.bus]]) * c.energy_wh * self.kw_per_wh
-                for c in trades
-            ]
-        )  # trades x rows
-        stress = (effect / np.maximum(headroom, 1e-9)).max(axis=1)
+        col = {b: k for k, b in enumerate(op.buses)}
+        p_start = np.array([self.fixed.get(b, 0.0) for b in op.buses])
+        seller = np.array([col[c.sell.bus] for c in trades])
+        buyer = np.array([col[c.buy.bus] for c in trades])
+        kw = np.array([c.energy_wh * self.kw_per_wh for c in trades])
+        # The start as the answer's point predicts it; "do no harm" keeps a limit the start
+        # breaks where the start is.
+        dp = p_start - op.injections_kw
+        vm = op.vm_pu + op.dvm @ dp
+        vhigh = np.maximum(op.vmax - MARGIN_PU / 2, vm)
+        vlow = np.minimum(op.vmin + MARGIN_PU / 2, vm)
+        z = op.current + op.dcurrent @ dp
+        zmax = np.maximum(op.lmax - MARGIN_PERCENT / 2, np.abs(z))
+        ev = (op.dvm[:, seller] - op.dvm[:, buyer]) * kw  # rows x trades
+        ez = (op.dcurrent[:, seller] - op.dcurrent[:, buyer]) * kw
+        # Stress: the largest share of a limit's room a trade uses at the start.
+        up = (vhigh - vm)[:, None]
+        down = (vm - vlow)[:, None]
+        use_v = np.maximum(ev / np.maximum(up, 1e-12), -ev / np.maximum(down, 1e-12))
+        grow = np.abs(z[:, None] + ez) - np.abs(z)[:, None]
+        use_z = grow / np.maximum((zmax - np.abs(z))[:, None], 1e-12)
+        stress = np.maximum(use_v.max(axis=0, initial=-np.inf), use_z.max(axis=0, initial=-np.inf))
         keyed = sorted(
             range(len(trades)),
             key=lambda i: (
@@ -508,16 +473,19 @@ class _Stage:
                 trades[i].buy.hash,
             ),
         )
-        # Place them one by one as the linear model allows: a trade that would take some limit
-        # past its headroom now waits until later trades have relieved it.
-        used = np.zeros(len(b))  # relative to the start
         placed: list[int] = []
         waiting = keyed
         for _ in range(ORDER_PASSES):
             later: list[int] = []
             for i in waiting:
-                if np.all(used + effect[i] <= headroom + 1e-9):
-                    used += effect[i]
+                v_next = vm + ev[:, i]
+                z_next = z + ez[:, i]
+                if (
+                    np.all(v_next <= vhigh)
+                    and np.all(v_next >= vlow)
+                    and np.all(np.abs(z_next) <= zmax)
+                ):
+                    vm, z = v_next, z_next
                     placed.append(i)
                 else:
                     later.append(i)
@@ -525,9 +493,81 @@ class _Stage:
             waiting = later
             if done:
                 break
-        if _DEBUG:
-            print("  ordered: placed", len(placed), "waiting", len(waiting), "rows", len(b))
         return [trades[i] for i in placed], [trades[i] for i in waiting]
+
+
+class _Program:
+    """The linear program of one stage: fills (and running sums) with their bounds and the
+    order rows fixed, the grid's rows given per operating point. Of those only the rows an
+    answer breaks are put in (row generation: a few of hundreds bind), and the labels that were
+    needed at one point are put in from the start at the next."""
+
+    def __init__(
+        self,
+        cost: np.ndarray,
+        upper: np.ndarray,
+        cap_rows: sparse.csr_matrix | None,
+        cap_rhs: np.ndarray,
+        eq_rows: sparse.csr_matrix | None,
+        eq_rhs: np.ndarray,
+        n_aux: int,
+    ) -> None:
+        self.n_var = len(cost)
+        self.n_aux = n_aux
+        self.c = np.r_[cost, np.zeros(n_aux)]
+        self.bounds = np.array([(0.0, float(u)) for u in upper] + [(-np.inf, 0.0)] * n_aux)
+        if n_aux:
+            self.bounds[-1] = (0.0, 0.0)  # the last running sum: sells = buys
+        self.caps = (
+            sparse.hstack([cap_rows, sparse.csr_matrix((cap_rows.shape[0], n_aux))]).tocsr()
+            if cap_rows is not None
+            else None
+        )
+        self.cap_rhs = cap_rhs
+        self.eq = eq_rows.tocsc() if eq_rows is not None else None
+        self.eq_rhs = eq_rhs
+        self.needed: set[str] = set()
+
+    def solve(self, grid: np.ndarray, rhs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """Fills maximizing the value with ``grid @ fills <= rhs`` (and the fixed rows)."""
+        active = np.array([k for k, label in enumerate(labels) if label in self.needed], int)
+        tol = 1e-9 + 1e-9 * np.abs(rhs)
+        for _ in range(ROW_ROUNDS):
+            w = self._linprog(grid[active], rhs[active])
+            excess = grid @ w - rhs
+            broken = np.flatnonzero(excess > tol)
+            if not len(broken):
+                break
+            worst = broken[np.argsort(-excess[broken], kind="stable")[:ROWS_PER_ROUND]]
+            active = np.union1d(active, worst)
+        else:
+            raise OptimizationError(f"row generation did not close in {ROW_ROUNDS} rounds")
+        self.needed.update(labels[k] for k in active)
+        return w
+
+    def _linprog(self, grid: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+        parts: list[sparse.spmatrix] = []
+        b: list[np.ndarray] = []
+        if len(rhs):
+            parts.append(
+                sparse.hstack([sparse.csr_matrix(grid), sparse.csr_matrix((len(rhs), self.n_aux))])
+            )
+            b.append(rhs)
+        if self.caps is not None:
+            parts.append(self.caps)
+            b.append(self.cap_rhs)
+        res = linprog(
+            self.c,
+            A_ub=sparse.vstack(parts).tocsc() if parts else None,
+            b_ub=np.concatenate(b) if b else None,
+            A_eq=self.eq,
+            b_eq=self.eq_rhs if self.eq is not None else None,
+            bounds=self.bounds,
+            method="highs-ds",
+        )
+        if res.status != 0 or res.x is None:
+            raise OptimizationError(f"the clearing program failed: {res.message}")
+        return np.clip(np.asarray(res.x[: self.n_var]), 0.0, self.bounds[: self.n_var, 1])
 
 
 def _inside(op: OperatingPoint, margin_pu: float, margin_percent: float) -> bool:
