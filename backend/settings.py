@@ -49,6 +49,8 @@ def _float_env(name: str, default: float) -> float:
 # and stay within what a distribution grid's power flow means: vm_min in [0.5, 1.0), vm_max in
 # (1.0, 1.5].
 VM_PU_BOUNDS = (0.5, 1.5)
+# Ways an interval can be cleared (``Settings.clearing``).
+CLEARING_METHODS = ("optimal", "greedy")
 
 
 def check_voltage_band(vm_min_pu: float, vm_max_pu: float, names: tuple[str, str]) -> None:
@@ -92,6 +94,9 @@ class Settings:
     vm_max_pu: float = 1.10
     # The Neural Grid (clearing rounds and validation) in a worker process of the API's own.
     grid_process: bool = False
+    # How an interval is cleared: "optimal" (welfare-maximizing within the grid's limits,
+    # backend.market.optimal) or "greedy" (merit order with whole-pair vetoes, its fallback).
+    clearing: str = "optimal"
     interval_seconds: int = 900
     deployment_file: Path = field(default=REPO_ROOT / ".tegrid" / "deployment.json")
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
@@ -138,6 +143,11 @@ class Settings:
             raise ConfigError("TEGRID_CONFIRMATIONS must be >= 0")
         if settings.receipt_timeout_seconds <= 0:
             raise ConfigError("TEGRID_RECEIPT_TIMEOUT_SECONDS must be positive")
+        if settings.clearing not in CLEARING_METHODS:
+            raise ConfigError(
+                f"TEGRID_CLEARING must be one of {', '.join(CLEARING_METHODS)}, "
+                f"got {settings.clearing!r}"
+            )
         check_voltage_band(
             settings.vm_min_pu, settings.vm_max_pu, ("TEGRID_VM_MIN_PU", "TEGRID_VM_MAX_PU")
         )

@@ -98,6 +98,8 @@ def interval_out(market: Market, row: IntervalRow) -> IntervalOut:
         vetoedWh=row.vetoed_wh or 0,
         approvedCount=row.approved_count or 0,
         vetoedCount=row.vetoed_count or 0,
+        clearingMethod=row.clearing_method,
+        welfare=None if row.welfare is None else int(row.welfare),
         batch=_batch_summary(batches),
         batches=[batch_out(b) for b in batches],
         error=market.interval_error(row.id),

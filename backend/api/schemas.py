@@ -244,6 +244,16 @@ class IntervalOut(BaseModel):
     vetoedWh: Number = Field(description=f"energy in vetoed trades, Wh; {OUT_NUM}")
     approvedCount: Number = Field(description=OUT_NUM)
     vetoedCount: Number = Field(description=OUT_NUM)
+    clearingMethod: str | None = Field(
+        None,
+        description='"optimal" (welfare-maximizing within the grid\'s limits), "greedy" (merit '
+        'order) or "greedy (fallback: why)"; null before clearing',
+    )
+    welfare: Price | None = Field(
+        None,
+        description="sum over approved trades of (bid - ask) x kWh, token base units; "
+        f"null before clearing; {OUT_STR}",
+    )
     batch: dict[str, Any] | None = Field(description="summary of the batches (all trade ids)")
     batches: list[BatchOut] = Field(default_factory=list)
     error: str | None = Field(None, description="why the interval could not be cleared yet")

@@ -126,6 +126,14 @@ class Clearing:
     def vetoed_wh(self) -> int:
         return sum(c.energy_wh for c, d in self.trades if not d.approved)
 
+    @property
+    def welfare(self) -> int:
+        """Sum over the approved trades of (bid - ask) x kWh, in token base units (rounded
+        down)."""
+        return sum(
+            (c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh for c in self.approved
+        ) // 1000
+
     def fills(self) -> dict[str, int]:
         """Approved energy per order hash."""
         out: dict[str, int] = {}

@@ -307,6 +307,8 @@ class Clearer:
             "vetoed_wh": result.vetoed_wh,
             "approved_count": len(result.approved),
             "vetoed_count": len(result.trades) - len(result.approved),
+            "clearing_method": result.method[:200],
+            "welfare": str(result.welfare),
         }
         self.store.save_clearing(
             interval_id, [t.row() for t in trades], batches, result.fills(), stats

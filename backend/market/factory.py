@@ -57,10 +57,15 @@ def build_market(
     ledger = ChainLedger(deployment, operator, grid_operator)
     grid: GridPort | None = None
     if with_grid and settings.grid_process:
-        grid = GridProcess(settings.network, deployment.interval_seconds, settings.grid_limits)
+        grid = GridProcess(
+            settings.network, deployment.interval_seconds, settings.grid_limits, settings.clearing
+        )
     elif with_grid:
         grid = GridPortAdapter(
-            settings.network, deployment.interval_seconds, limits=settings.grid_limits
+            settings.network,
+            deployment.interval_seconds,
+            limits=settings.grid_limits,
+            clearing=settings.clearing,
         )
     cfg = config or MarketConfig(
         interval_seconds=deployment.interval_seconds,

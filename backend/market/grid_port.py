@@ -13,13 +13,12 @@ from typing import Any
 from backend.chain import protocol
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.optimal import OptimizationError, clear_optimal
+from backend.settings import CLEARING_METHODS
 from grid.operating import OperatingPoint
 from grid.validator import GridValidator
 from grid.verdicts import Limits, Trade
 
 log = logging.getLogger("tegrid.market")
-
-CLEARING_METHODS = ("optimal", "greedy")
 
 _TRADES: dict[tuple[str, str, int, int, int, int], Any] = {}
 _TRADES_MAX = 200_000

@@ -30,11 +30,15 @@ PARENT_POLL_S = 0.5
 
 
 def _start(
-    network: str, interval_seconds: int, limits: dict[str, float] | None, parent_pid: int
+    network: str,
+    interval_seconds: int,
+    limits: dict[str, float] | None,
+    clearing: str,
+    parent_pid: int,
 ) -> None:
     global _WORKER
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True).start()
-    _WORKER = GridPortAdapter(network, interval_seconds, limits=limits)
+    _WORKER = GridPortAdapter(network, interval_seconds, limits=limits, clearing=clearing)
 
 
 def _exit_with(parent_pid: int) -> None:
@@ -54,11 +58,16 @@ class GridProcess:
     threads or locks with the API process); calls are served in the order they are made."""
 
     def __init__(
-        self, network: str, interval_seconds: int, limits: dict[str, float] | None = None
+        self,
+        network: str,
+        interval_seconds: int,
+        limits: dict[str, float] | None = None,
+        clearing: str = "optimal",
     ) -> None:
         self.network = network
         self.interval_seconds = interval_seconds
         self.limits = limits
+        self.clearing = clearing
         self._pool_lock = threading.Lock()
         self._pool = self._start_pool()
         self._load_buses: list[int] | None = None
@@ -69,7 +78,9 @@ class GridProcess:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(self.network, self.interval_seconds, self.limits, os.getpid()),
+            initargs=(
+                self.network, self.interval_seconds, self.limits, self.clearing, os.getpid()
+            ),
         )
 
     def _run(self, fn: Any, *args: Any) -> Any:
@@ -92,7 +103,7 @@ class GridProcess:
         raise AssertionError("unreachable")
 
     def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
-        """The whole clearing of ``book`` (``auction.clear``) with the worker's validator."""
+        """The whole clearing of ``book`` (``GridPortAdapter.clear``) in the worker."""
         result: Clearing = self._run(_call, "clear", interval_id, list(book))
         return result
 

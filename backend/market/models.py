@@ -86,6 +86,10 @@ class IntervalRow(Base):
     vetoed_wh: Mapped[int] = mapped_column(BigInteger, default=0)
     approved_count: Mapped[int] = mapped_column(Integer, default=0)
     vetoed_count: Mapped[int] = mapped_column(Integer, default=0)
+    # How it was cleared (``Clearing.method``) and the welfare of its approved trades: sum of
+    # (bid - ask) x kWh in token base units (a decimal string, like prices).
+    clearing_method: Mapped[str | None] = mapped_column(String(200))
+    welfare: Mapped[str | None] = mapped_column(String(60))
     updated_at: Mapped[float] = mapped_column(Float, nullable=False)
 
 

@@ -596,7 +596,12 @@ class Store:
 
 
 # Columns added to a table after its first release: (table, column, SQL type), nullable.
-ADDED_COLUMNS = (("trades", "veto_value", "FLOAT"), ("trades", "veto_limit", "FLOAT"))
+ADDED_COLUMNS = (
+    ("trades", "veto_value", "FLOAT"),
+    ("trades", "veto_limit", "FLOAT"),
+    ("intervals", "clearing_method", "VARCHAR(200)"),
+    ("intervals", "welfare", "VARCHAR(60)"),
+)
 
 
 def _migrate(engine: Engine) -> None:

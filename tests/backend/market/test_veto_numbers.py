@@ -40,7 +40,9 @@ def test_each_veto_keeps_the_validators_value_and_limit(store: Store) -> None:
     buses = {K[1]: 43, K[2]: 42, K[3]: 16, K[4]: 2, K[5]: 12}  # sellers far out, buyers near
     for key, bus in buses.items():
         ledger.add_participant(Account.from_key(key).address, bus, 100_000, 100_000, deposit=10**12)
-    port = ObservedPort("cigre_lv", 900, limits={"vm_max_pu": VM_MAX_PU})
+    # The greedy clearing: whole pairs in merit order, so pairs past the voltage limit are
+    # vetoed (the optimal clearing fills within the limit and leaves no such veto).
+    port = ObservedPort("cigre_lv", 900, limits={"vm_max_pu": VM_MAX_PU}, clearing="greedy")
     market = Market(store, ledger, port, VALIDATOR_KEY, MarketConfig(interval_seconds=900))
     signer = Signer(market)
     interval = market.current_interval() + 2
