@@ -303,9 +303,10 @@ class _Stage:
             [-(v.value / scale) + 1e-9 * j / max(n_var, 1) for j, v in enumerate(variables)]
         )
         program = _Program(cost, upper, *self._order_rows(variables, caps, hall))
-        op = self.point(self.fixed, buses)
-        if op is None:
+        start_op = self.point(self.fixed, buses)
+        if start_op is None:
             raise OptimizationError("no power-flow solution at the program's starting point")
+        op = start_op
         best: tuple[float, np.ndarray] | None = None
         last_value = -math.inf
         for _ in range(MAX_POINTS):
@@ -325,7 +326,7 @@ class _Stage:
             if op_new is None:
                 break
             value = float(-cost @ w)
-            if op_new.feasible and _inside(op_new, MARGIN_PU / 2, MARGIN_PERCENT / 2):
+            if _inside(op_new, start_op, MARGIN_PU / 2, MARGIN_PERCENT / 2):
                 if best is None or value > best[0]:
                     best = (value, w)
                     self.final = op_new
@@ -337,7 +338,7 @@ class _Stage:
             raise OptimizationError(
                 f"no answer inside every limit after {MAX_POINTS} operating points"
             )
-        return [math.floor(q + 1e-6) for q in best[1]]
+        return _whole_wh(best[1], variables)
 
     def _order_rows(
         self,
@@ -354,9 +355,7 @@ class _Stage:
             cap_r, cap_c = zip(
                 *[(i, j) for i, (idx, _) in enumerate(caps) for j in idx], strict=True
             )
-            ub = sparse.csr_matrix(
-                (np.ones(len(cap_r)), (cap_r, cap_c)), shape=(len(caps), n_var)
-            )
+            ub = sparse.csr_matrix((np.ones(len(cap_r)), (cap_r, cap_c)), shape=(len(caps), n_var))
             ub_rhs = np.array([cap for _, cap in caps], dtype=float)
         if hall is None:
             return ub, ub_rhs, None, np.zeros(0), 0
@@ -570,11 +569,28 @@ class _Program:
         return np.clip(np.asarray(res.x[: self.n_var]), 0.0, self.bounds[: self.n_var, 1])
 
 
-def _inside(op: OperatingPoint, margin_pu: float, margin_percent: float) -> bool:
-    """Whether the AC state is inside every limit by the margins."""
-    if np.any(op.vm_pu > op.vmax - margin_pu) or np.any(op.vm_pu < op.vmin + margin_pu):
+def _whole_wh(fills: np.ndarray, variables: Sequence[_Var]) -> list[int]:
+    """Whole Wh: each fill rounded down, then (largest remainders first) up again until each
+    side's total is its exact total rounded, so rounding loses no whole Wh of the balance."""
+    out = [math.floor(q + 1e-6) for q in fills]
+    for side in ("sell", "buy"):
+        idx = [j for j, v in enumerate(variables) if getattr(v, side) is not None]
+        short = round(float(sum(fills[j] for j in idx))) - sum(out[j] for j in idx)
+        ranked = sorted(idx, key=lambda j: (-(fills[j] - out[j]), j))
+        for j in ranked[: max(short, 0)]:
+            if out[j] < variables[j].upper:
+                out[j] += 1
+    return out
+
+
+def _inside(op: OperatingPoint, start: OperatingPoint, margin_pu: float, margin_pct: float) -> bool:
+    """Whether the AC state is inside every limit by the margins - or, where the start already
+    is not ("do no harm"), no worse than the start."""
+    vhigh = np.maximum(op.vmax - margin_pu, start.vm_pu)
+    vlow = np.minimum(op.vmin + margin_pu, start.vm_pu)
+    if np.any(op.vm_pu > vhigh) or np.any(op.vm_pu < vlow):
         return False
-    return not np.any(np.abs(op.current) > op.lmax - margin_percent)
+    return not np.any(np.abs(op.current) > np.maximum(op.lmax - margin_pct, np.abs(start.current)))
 
 
 def _pair(
