@@ -16,7 +16,7 @@ from rich.table import Table
 
 from backend.chain import batches
 from backend.chain.protocol import TOKEN_DECIMALS, TOKEN_UNIT
-from backend.demo import analysis
+from backend.demo import analysis, baseline
 from backend.demo.analysis import LOADINGS, shown
 from backend.demo.clients import check_response
 from backend.demo.config import DEPOSIT, TRADE_FIELDS
@@ -81,6 +81,7 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
     hours = s / 3600
     members = len(day.members)
     published_per_interval = Counter(i for _, i in day.published)
+    bus_of = {m.wallet: m.bus for m in day.members}
     intervals: list[dict[str, Any]] = []
     approved_ids: list[str] = []
     vetoed_ids: list[str] = []
@@ -116,6 +117,7 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         ok = within(grid_states["grid_approved"], grid_states["grid_base"], limits)
         limit_ok &= ok
         price = iv.get("clearingPrice")
+        greedy = baseline.greedy_clearing(day.http, day.grid_validator, t, s, bus_of)
         start = datetime.fromtimestamp(t * s, UTC)
         end = datetime.fromtimestamp((t + 1) * s, UTC)
         energy = analysis.energy_kwh(grid_states["energy"], hours)
@@ -128,6 +130,14 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
                 "span": f"{start:%H:%M}-{end:%H:%M}",
                 "orders": rec["posted"],
                 "clearing_price": int(price) / TOKEN_UNIT if price is not None else None,
+                "clearing_method": iv.get("clearingMethod"),
+                # sum of (bid - ask) x kWh of the approved trades, and of the greedy baseline's
+                "welfare": int(iv.get("welfare") or 0) / TOKEN_UNIT,
+                "greedy_welfare": greedy.welfare / TOKEN_UNIT,
+                "greedy_traded_wh": greedy.traded_wh,
+                "greedy_vetoes_by_reason": dict(
+                    Counter(d.reason for _, d in greedy.trades if not d.approved)
+                ),
                 "delivered_wh": delivered_wh,
                 "paid_tokens": paid / TOKEN_UNIT,
                 # what settlement paid per delivered kWh (the delivery-weighted trade price)
@@ -206,6 +216,8 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         "no approved interval state violates a grid limit": limit_ok,
         "no escrow left locked": all(p["locked"] == 0 for p in participants),
     }
+    welfare = sum(i["welfare"] for i in intervals)
+    greedy_welfare = sum(i["greedy_welfare"] for i in intervals)
     totals = {
         "intervals": len(intervals),
         "orders posted": sum(i["orders"] for i in intervals),
@@ -213,6 +225,11 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         "trades vetoed": len(vetoed_ids),
         "trades reclaimed unsettled": len(reclaimed),
         "energy traded (kWh)": round(sum(i["traded_wh"] for i in intervals) / 1000, 3),
+        "welfare (tokens)": round(welfare, 6),
+        "welfare of the greedy clearing (tokens)": round(greedy_welfare, 6),
+        "welfare gained over greedy (%)": (
+            round(100 * (welfare / greedy_welfare - 1), 2) if greedy_welfare else None
+        ),
         "energy delivered (kWh)": round(sum(p["delivered_wh"] for p in participants) / 2000, 3),
         "tokens paid to sellers": sum(p["received"] for p in participants) / TOKEN_UNIT,
         "sellers' deliveries under-metered": len(day.overrides),

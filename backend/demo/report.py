@@ -35,6 +35,7 @@ PLOTS = (
     ("delivery.png", "Contracted vs delivered energy per interval"),
     ("participants.png", "Contracted vs delivered energy and payments (tokens) per participant"),
     ("gas.png", "Gas per interval"),
+    ("welfare.png", "Welfare per interval: the optimal clearing against the greedy merit order"),
 )
 
 
@@ -78,6 +79,22 @@ def _plot_prices(intervals: list[dict[str, Any]], path: Path) -> list[dict[str, 
     ax2.set_ylim(bottom=0)
     ax1.set_xticks(list(x), _labels(intervals), rotation=45, ha="right", fontsize=7)
     ax1.set_title("Clearing price and traded volume")
+    return _save(fig, path)
+
+
+def _plot_welfare(intervals: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    fig, ax = plt.subplots(figsize=(9, 4))
+    x = list(range(len(intervals)))
+    width = 0.4
+    ax.bar([k - width / 2 for k in x], [i["welfare"] for i in intervals], width,
+           color="#238b45", label="as cleared (optimal)")  # fmt: skip
+    ax.bar([k + width / 2 for k in x], [i["greedy_welfare"] for i in intervals], width,
+           color="#bdbdbd", label="greedy merit order, same book")  # fmt: skip
+    ax.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("welfare: sum of (bid - ask) x kWh (tokens)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Welfare of the clearing")
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -211,6 +228,7 @@ def write_report(summary: dict[str, Any], folder: Path) -> list[Path]:
         _plot_delivery(intervals, folder / PLOTS[3][0]),
         _plot_participants(summary["participants"], folder / PLOTS[4][0]),
         _plot_gas(intervals, folder / PLOTS[5][0]),
+        _plot_welfare(intervals, folder / PLOTS[6][0]),
     )
     figures = {name: axes for (name, _title), axes in zip(PLOTS, drawn, strict=True)}
     (folder / "figures.json").write_text(json.dumps(figures, indent=2))
@@ -245,6 +263,8 @@ def _interval_rows(intervals: list[dict[str, Any]]) -> list[list[str]]:
             fmt(i["paid_tokens"], 6),
             fmt(i["average_price"], 4),
             fmt(i["clearing_price"], 4),
+            fmt(i["welfare"], 4),
+            fmt(i["greedy_welfare"], 4),
             str(i["under_delivering_sellers"]),
             str(i["missing_readings"]),
         ]
@@ -346,7 +366,7 @@ def _html(summary: dict[str, Any]) -> str:
     per_interval = _table(
         ["interval", "time (UTC)", "orders", "trades", "vetoes", "traded kWh", "delivered kWh",
          "paid tokens", "avg price tokens/kWh", "clearing price tokens/kWh",
-         "sellers under-metered", "readings missing"],
+         "welfare tokens", "greedy welfare tokens", "sellers under-metered", "readings missing"],
         _interval_rows(intervals),
     )  # fmt: skip
     binding = _table(

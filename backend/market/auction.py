@@ -130,9 +130,10 @@ class Clearing:
     def welfare(self) -> int:
         """Sum over the approved trades of (bid - ask) x kWh, in token base units (rounded
         down)."""
-        return sum(
-            (c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh for c in self.approved
-        ) // 1000
+        return (
+            sum((c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh for c in self.approved)
+            // 1000
+        )
 
     def fills(self) -> dict[str, int]:
         """Approved energy per order hash."""

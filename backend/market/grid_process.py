@@ -78,9 +78,7 @@ class GridProcess:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(
-                self.network, self.interval_seconds, self.limits, self.clearing, os.getpid()
-            ),
+            initargs=(self.network, self.interval_seconds, self.limits, self.clearing, os.getpid()),
         )
 
     def _run(self, fn: Any, *args: Any) -> Any:

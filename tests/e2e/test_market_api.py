@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -232,6 +233,43 @@ def test_post_order_refusals_are_exact(stack: dict[str, Any]) -> None:
     assert (r.status_code, r.json()["detail"]["code"]) == (409, "INTERVAL_CLOSED")
 
 
+@contextlib.contextmanager
+def greedy_clearing(market: Any) -> Iterator[None]:
+    """The market's grid port clears in merit order with whole-pair vetoes (TEGRID_CLEARING=greedy)
+    for the block."""
+    port = market.grid
+    port.clearing = "greedy"
+    try:
+        yield
+    finally:
+        port.clearing = "optimal"
+
+
+def test_optimal_clearing_fills_the_far_offer_in_part(stack: dict[str, Any]) -> None:
+    """The book of the veto test below, cleared optimally: the far offer is filled as far as the
+    voltage allows (no veto), the near one in full, and the interval says how it was cleared."""
+    c = stack["client"]
+    iv = _interval(stack)
+    far = _order(stack, K[9], 0, 25_000, 100_000, iv)
+    near = _order(stack, K[5], 0, 25_000, 150_000, iv)
+    buy = _order(stack, K[6], 1, 40_000, 300_000, iv)
+    for o in (far, near, buy):
+        assert c.post("/orders", json=o).status_code == 201
+    r = c.post(f"/intervals/{iv}/close").json()
+    assert r["status"] == "recorded" and r["vetoedCount"] == 0 and r["clearingMethod"] == "optimal"
+    trades = {t["seller"]: t for t in c.get("/trades", params={"interval": iv}).json()}
+    part = trades[Account.from_key(K[9]).address]
+    full = trades[Account.from_key(K[5]).address]
+    assert part["approved"] and full["approved"]
+    assert 0 < part["energyWh"] < 25_000 and 0 < full["energyWh"] <= 25_000
+    assert part["energyWh"] + full["energyWh"] <= 40_000
+    # welfare: (bid - ask) x kWh of both trades, in token base units
+    assert (
+        int(r["welfare"])
+        == ((300_000 - 100_000) * part["energyWh"] + (300_000 - 150_000) * full["energyWh"]) // 1000
+    )
+
+
 def test_vetoed_trade_is_recorded_with_reason_and_volume_moves_on(stack: dict[str, Any]) -> None:
     c, market = stack["client"], stack["market"]
     buses = {p["wallet"]: p["bus"] for p in stack["dev"].participants}
@@ -242,7 +280,9 @@ def test_vetoed_trade_is_recorded_with_reason_and_volume_moves_on(stack: dict[st
     buy = _order(stack, K[6], 1, 25_000, 300_000, iv)
     for o in (far, near, buy):
         assert c.post("/orders", json=o).status_code == 201
-    r = c.post(f"/intervals/{iv}/close").json()
+    with greedy_clearing(market):
+        r = c.post(f"/intervals/{iv}/close").json()
+    assert r["clearingMethod"] == "greedy"
     assert r["status"] == "recorded" and r["vetoedCount"] == 1 and r["approvedCount"] == 1
     trades = {t["seller"]: t for t in c.get("/trades", params={"interval": iv}).json()}
     vetoed = trades[Account.from_key(K[9]).address]
