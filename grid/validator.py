@@ -47,8 +47,9 @@ that runs a full power flow per trade, except where the linear screen errs by mo
 
 This module is the facade (input checks, the prefix cache, assembling results); the parts live in
 ``grid.results`` (what it answers), ``grid.basestate`` (interval base states), ``grid.session``
-(the screening session) and ``grid.hosting`` (hosting capacity). Their public names are
-re-exported here."""
+(the screening session), ``grid.hosting`` (hosting capacity) and ``grid.operating`` (operating
+points for the optimal clearing). Their public names are re-exported here. One module on purpose
+(~510 lines): every public entry point checks its inputs and reads the same cached base states."""
 
 from __future__ import annotations
 

@@ -151,6 +151,10 @@ class ClearedTrade:
             "intervalId": self.interval_id,
             "verdict": self.verdict,
             "reason": self.reason,
+            # a veto's binding element, the value it would reach and the limit (as the trade)
+            "element": self.element,
+            "vetoValue": self.veto_value,
+            "vetoLimit": self.veto_limit,
             "energyWh": self.energy_wh,
             "pricePerKWh": str(self.price_per_kwh),
             "seller": self.seller,

@@ -290,7 +290,8 @@ function describe(kind, d) {
   switch (kind) {
     case "order": return `${shortAddr(d.trader)} ${d.side === 0 ? "sells" : "buys"} ${kwh(d.energyWh)} kWh @ ${tokens(d.pricePerKWh, 6)} for ${d.intervalId}`;
     case "clearing": return `interval ${d.intervalId} cleared: ${kwh(d.traded_wh)} kWh traded, ${kwh(d.vetoed_wh)} kWh vetoed`;
-    case "verdict": return `${shortAddr(d.seller)} → ${shortAddr(d.buyer)} ${kwh(d.energyWh)} kWh: ${d.reason}`;
+    case "verdict": return `${shortAddr(d.seller)} → ${shortAddr(d.buyer)} ${kwh(d.energyWh)} kWh: ${d.reason}` +
+      (d.vetoValue != null ? ` (${d.element} ${d.vetoValue.toFixed(4)} > ${d.vetoLimit})` : "");
     case "recorded": return `interval ${d.intervalId} batch recorded` + (d.block ? ` in block ${d.block}` : "");
     case "settlement": return `interval ${d.intervalId} settled (${d.trades} trades)`;
     case "reading": return `meter ${shortAddr(d.meter)} interval ${d.intervalId}`;
