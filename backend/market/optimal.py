@@ -282,7 +282,7 @@ class _Stage:
         cost = np.array(
             [-(v.value / scale) + 1e-9 * j / max(n_var, 1) for j, v in enumerate(variables)]
         )
-        program = Program(cost, upper, *order_rows(variables, caps, hall))
+        program = Program(cost, upper, incidence, p_fixed, *order_rows(variables, caps, hall))
         start_op = self.point(self.fixed, buses)
         if start_op is None:
             raise OptimizationError("no power-flow solution at the program's starting point")
@@ -299,8 +299,7 @@ class _Stage:
             # (a limit the base state breaks, "do no harm"), the start bounds the row.
             start = A @ p_fixed
             b = np.maximum(b, start)
-            # The limits over the variables: rows x variables.
-            w = program.solve(np.asarray((incidence.T @ A.T).T), b - start, labels)
+            w = program.solve(A, b, labels)
             p = p_fixed + incidence @ w
             op_new = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
             if op_new is None:
@@ -341,10 +340,10 @@ class _Stage:
         # "Do no harm": a row the start already breaks is bounded where the start is.
         return A, np.maximum(b, used), used, col
 
-    def _closeness(self) -> Callable[[int, np.ndarray], np.ndarray] | None:
-        """Distance between a seller's bus and buyers' buses in what they do to the limits that
-        bind at the best answer (each row's sensitivity over the room it moved through): a trade
-        between close buses moves those limits little, so the trades can be put in an order the
+    def _closeness(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Where buses stand on the limits that bind at the best answer: per bus, each binding
+        row's sensitivity over the room that row moved through. Two buses with close signatures
+        trade without moving those limits much, so such trades can be put in an order the
         validator approves one by one."""
         rows = self._rows()
         if rows is None:
@@ -356,15 +355,16 @@ class _Stage:
         binding = np.flatnonzero((b - at_answer) <= BINDING_SHARE * np.maximum(room, 1e-12))
         if not len(binding):
             return None
-        signature = (A[binding] / np.maximum(room[binding], 1e-12)[:, None]).T  # buses x rows
+        # buses x rows, with a zero row for a bus the program did not see
+        table = np.vstack(
+            [(A[binding] / np.maximum(room[binding], 1e-12)[:, None]).T, np.zeros(len(binding))]
+        )
+        missing = len(table) - 1
 
-        def distance(seller_bus: int, buyer_buses: np.ndarray) -> np.ndarray:
-            cols = np.array([col.get(int(x), -1) for x in buyer_buses])
-            here = signature[col[seller_bus]] if seller_bus in col else np.zeros(len(binding))
-            there = np.where((cols >= 0)[:, None], signature[np.maximum(cols, 0)], 0.0)
-            return np.asarray(np.abs(there - here).sum(axis=1))
+        def signature(buses: np.ndarray) -> np.ndarray:
+            return np.asarray(table[[col.get(int(x), missing) for x in buses]])
 
-        return distance
+        return signature
 
     def _ordered(self, trades: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
         """``trades`` in an order whose every prefix stays inside the limits as the best
@@ -390,6 +390,13 @@ class _Stage:
         zmax = np.maximum(op.lmax - MARGIN_PERCENT / 2, np.abs(z))
         ev = (op.dvm[:, seller] - op.dvm[:, buyer]) * kw  # rows x trades
         ez = (op.dcurrent[:, seller] - op.dcurrent[:, buyer]) * kw
+        # Only limits some order of these trades could reach matter.
+        v_near = (np.maximum(ev, 0.0).sum(axis=1) > vhigh - vm) | (
+            np.maximum(-ev, 0.0).sum(axis=1) > vm - vlow
+        )
+        z_near = np.abs(z) + np.abs(ez).sum(axis=1) > zmax
+        vm, vhigh, vlow, ev = vm[v_near], vhigh[v_near], vlow[v_near], ev[v_near]
+        z, zmax, ez = z[z_near], zmax[z_near], ez[z_near]
         # Stress: the largest share of a limit's room a trade uses at the start.
         up = (vhigh - vm)[:, None]
         down = (vm - vlow)[:, None]
@@ -406,6 +413,15 @@ class _Stage:
                 trades[i].buy.hash,
             ),
         )
+        # The common case: every prefix of that order fits (one vectorized check).
+        path_v = vm[:, None] + np.cumsum(ev[:, keyed], axis=1)
+        path_z = np.abs(z[:, None] + np.cumsum(ez[:, keyed], axis=1))
+        if (
+            np.all(path_v <= vhigh[:, None])
+            and np.all(path_v >= vlow[:, None])
+            and np.all(path_z <= zmax[:, None])
+        ):
+            return [trades[i] for i in keyed], []
         placed: list[int] = []
         waiting = keyed
         for _ in range(ORDER_PASSES):
@@ -446,20 +462,22 @@ def _pair(
     bought: Mapping[str, int],
     taken: set[tuple[str, str]],
     price: int | None,
-    distance: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    signature: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[Candidate]:
     """Split the fills into (sell, buy) trades whose bid covers the ask (see the module doc):
     each seller, in descending ask, with the compatible buyers on its own bus first, then the
-    closest by ``distance`` (when given), then the highest bids."""
+    closest by ``signature`` (when given), then the highest bids."""
     order = sorted((o for o in bids if bought.get(o.hash, 0) > 0),
                    key=lambda o: (-o.price_per_kwh, o.seq, o.hash))  # fmt: skip
     if not order:
         return []
     remaining = np.array([int(bought[o.hash]) for o in order], dtype=np.int64)
-    bid = np.array([o.price_per_kwh for o in order], dtype=object)
+    prices = [o.price_per_kwh for o in order]
+    bid = np.array(prices, dtype=np.int64 if max(prices) < 2**62 else object)
     bus = np.array([o.bus for o in order], dtype=np.int64)
     trader = np.array([o.trader.lower() for o in order])
     rank = np.arange(len(order))
+    where = signature(bus) if signature is not None else None
     out: list[Candidate] = []
     for s in sorted(asks, key=lambda o: (-o.price_per_kwh, o.seq, o.hash)):
         need = int(sold.get(s.hash, 0))
@@ -470,7 +488,10 @@ def _pair(
         if not len(idx):
             continue
         far = (bus[idx] != s.bus).astype(float)
-        near = distance(s.bus, bus[idx]) if distance is not None else np.zeros(len(idx))
+        if where is not None and signature is not None:
+            near = np.abs(where[idx] - signature(np.array([s.bus]))[0]).sum(axis=1)
+        else:
+            near = np.zeros(len(idx))
         for k in idx[np.lexsort((rank[idx], near, far))]:
             if need <= 0:
                 break

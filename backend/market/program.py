@@ -1,24 +1,53 @@
 """The linear program of one clearing stage (``backend.market.optimal``): fills of orders or pairs
 with their bounds, order rows (caps of bilateral orders over their pairs; for an auction, balance
 and Hall's condition through running sums) and the grid's rows per operating point, solved with
-HiGHS's dual simplex (``scipy.optimize.linprog``) by row generation."""
+HiGHS's dual simplex (``highspy``) by row generation."""
 
 from __future__ import annotations
 
 import bisect
 import math
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import highspy
 import numpy as np
 from scipy import sparse
-from scipy.optimize import linprog
 
 from backend.market.auction import BookOrder
 
 # Row generation: rounds per operating point, and the most broken rows added per round.
 ROW_ROUNDS = 30
-ROWS_PER_ROUND = 16
+ROWS_PER_ROUND = 32
+
+
+def _without_banner() -> None:
+    """HiGHS writes its banner to the C stdout the first time a solver is made in a process,
+    before any option can silence it (it would break `--json` output): make that first one with
+    file descriptor 1 pointed at /dev/null."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+_without_banner()
+
+# One thread, dual simplex, fixed seed: the same program gives the same answer bit for bit.
+SOLVER_OPTIONS: dict[str, object] = {
+    "output_flag": False,
+    "threads": 1,
+    "solver": "simplex",
+    "simplex_strategy": 1,
+    "random_seed": 0,
+}
 
 
 class OptimizationError(RuntimeError):
@@ -81,77 +110,126 @@ def order_rows(
 
 
 class Program:
-    """The linear program of one stage: fills (and running sums) with their bounds and the
-    order rows fixed, the grid's rows given per operating point. Of those only the rows an
-    answer breaks are put in (row generation: a few of hundreds bind), and the labels that were
-    needed at one point are put in from the start at the next."""
+    """The linear program of one stage, kept in one HiGHS instance (``highspy``): columns are the
+    fills, the running sums of Hall's condition and the net injection per bus (kW, free, tied to
+    the fills by equality rows); the grid's rows are over the bus columns only, so they stay a
+    few hundred non-zeros whatever the book's size. Of the grid's rows only those an answer breaks
+    are put in (row generation: a few of hundreds bind), each round re-solved from the last basis
+    (dual simplex warm start); at a new operating point its rows replace the old ones and the
+    labels that were needed before are put in from the start."""
 
     def __init__(
         self,
         cost: np.ndarray,
         upper: np.ndarray,
+        incidence: sparse.csr_matrix,
+        p_fixed: np.ndarray,
         cap_rows: sparse.csr_matrix | None,
         cap_rhs: np.ndarray,
         eq_rows: sparse.csr_matrix | None,
         eq_rhs: np.ndarray,
         n_aux: int,
     ) -> None:
-        self.n_var = len(cost)
-        self.n_aux = n_aux
-        self.c = np.r_[cost, np.zeros(n_aux)]
-        self.bounds = np.array([(0.0, float(u)) for u in upper] + [(-np.inf, 0.0)] * n_aux)
+        n_var, n_bus = len(cost), incidence.shape[0]
+        self.n_var, self.n_aux, self.n_bus = n_var, n_aux, n_bus
+        self.incidence = incidence
+        self.p_fixed = p_fixed
+        self.bus0 = n_var + n_aux  # first bus column
+        inf = highspy.kHighsInf
+        lower = np.r_[np.zeros(n_var), np.full(n_aux, -inf), np.full(n_bus, -inf)]
+        upper_all = np.r_[upper, np.zeros(n_aux), np.full(n_bus, inf)]
         if n_aux:
-            self.bounds[-1] = (0.0, 0.0)  # the last running sum: sells = buys
-        self.caps = (
-            sparse.hstack([cap_rows, sparse.csr_matrix((cap_rows.shape[0], n_aux))]).tocsr()
-            if cap_rows is not None
-            else None
-        )
-        self.cap_rhs = cap_rhs
-        self.eq = eq_rows.tocsc() if eq_rows is not None else None
-        self.eq_rhs = eq_rhs
+            lower[n_var + n_aux - 1] = 0.0  # the last running sum: sells = buys
+        # bus injection = p_fixed + incidence @ fills: rows  P - incidence @ fills = p_fixed
+        n_cols = n_var + n_aux + n_bus
+        blocks = [sparse.hstack([-incidence, sparse.csr_matrix((n_bus, n_aux)),
+                                 sparse.identity(n_bus, format="csr")])]  # fmt: skip
+        row_lo = [p_fixed]
+        row_hi = [p_fixed]
+        if eq_rows is not None:
+            blocks.append(sparse.hstack([eq_rows, sparse.csr_matrix((eq_rows.shape[0], n_bus))]))
+            row_lo.append(eq_rhs)
+            row_hi.append(eq_rhs)
+        if cap_rows is not None:
+            blocks.append(
+                sparse.hstack([cap_rows, sparse.csr_matrix((cap_rows.shape[0], n_aux + n_bus))])
+            )
+            row_lo.append(np.full(cap_rows.shape[0], -inf))
+            row_hi.append(cap_rhs)
+        matrix = sparse.vstack(blocks).tocsc()
+        matrix.sort_indices()
+        lp = highspy.HighsLp()
+        lp.num_col_ = n_cols
+        lp.num_row_ = matrix.shape[0]
+        lp.col_cost_ = np.r_[cost, np.zeros(n_aux + n_bus)]
+        lp.col_lower_ = lower
+        lp.col_upper_ = upper_all
+        lp.row_lower_ = np.concatenate(row_lo)
+        lp.row_upper_ = np.concatenate(row_hi)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = matrix.indptr
+        lp.a_matrix_.index_ = matrix.indices
+        lp.a_matrix_.value_ = matrix.data
+        h = highspy.Highs()
+        h.silent()
+        for option, value in SOLVER_OPTIONS.items():
+            h.setOptionValue(option, value)
+        h.passModel(lp)
+        self.highs = h
+        self.base_rows = matrix.shape[0]
+        self.grid_rows = 0
         self.needed: set[str] = set()
 
-    def solve(self, grid: np.ndarray, rhs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-        """Fills maximizing the value with ``grid @ fills <= rhs`` (and the fixed rows)."""
+    def solve(self, A: np.ndarray, rhs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        """Fills maximizing the value with ``A @ p <= rhs`` for the bus injections ``p`` (and
+        the fixed rows); the rows of an earlier call are dropped."""
+        h = self.highs
+        if self.grid_rows:
+            h.deleteRows(self.grid_rows, np.arange(self.base_rows, self.base_rows + self.grid_rows))
+            self.grid_rows = 0
         active = np.array([k for k, label in enumerate(labels) if label in self.needed], int)
+        self._add(A[active], rhs[active])
         tol = 1e-9 + 1e-9 * np.abs(rhs)
         for _ in range(ROW_ROUNDS):
-            w = self._linprog(grid[active], rhs[active])
-            excess = grid @ w - rhs
+            w, p = self._run()
+            excess = A @ p - rhs
             broken = np.flatnonzero(excess > tol)
             if not len(broken):
                 break
             worst = broken[np.argsort(-excess[broken], kind="stable")[:ROWS_PER_ROUND]]
-            active = np.union1d(active, worst)
+            self._add(A[worst], rhs[worst])
+            active = np.r_[active, worst]
         else:
             raise OptimizationError(f"row generation did not close in {ROW_ROUNDS} rounds")
         self.needed.update(labels[k] for k in active)
         return w
 
-    def _linprog(self, grid: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-        parts: list[sparse.spmatrix] = []
-        b: list[np.ndarray] = []
-        if len(rhs):
-            parts.append(
-                sparse.hstack([sparse.csr_matrix(grid), sparse.csr_matrix((len(rhs), self.n_aux))])
-            )
-            b.append(rhs)
-        if self.caps is not None:
-            parts.append(self.caps)
-            b.append(self.cap_rhs)
-        res = linprog(
-            self.c,
-            A_ub=sparse.vstack(parts).tocsc() if parts else None,
-            b_ub=np.concatenate(b) if b else None,
-            A_eq=self.eq,
-            b_eq=self.eq_rhs if self.eq is not None else None,
-            bounds=self.bounds,
-            method="highs-ds",
+    def _add(self, A: np.ndarray, rhs: np.ndarray) -> None:
+        if not len(rhs):
+            return
+        rows = sparse.csr_matrix(A)
+        rows.eliminate_zeros()
+        self.highs.addRows(
+            len(rhs),
+            np.full(len(rhs), -highspy.kHighsInf),
+            rhs,
+            rows.nnz,
+            rows.indptr[:-1].astype(np.int32),
+            (rows.indices + self.bus0).astype(np.int32),
+            rows.data,
         )
-        if res.status != 0 or res.x is None:
-            raise OptimizationError(f"the clearing program failed: {res.message}")
-        return np.clip(np.asarray(res.x[: self.n_var]), 0.0, self.bounds[: self.n_var, 1])
+        self.grid_rows += len(rhs)
+
+    def _run(self) -> tuple[np.ndarray, np.ndarray]:
+        h = self.highs
+        h.run()
+        status = h.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:
+            raise OptimizationError(f"the clearing program failed: {h.modelStatusToString(status)}")
+        x = np.asarray(h.getSolution().col_value)
+        w = np.clip(x[: self.n_var], 0.0, None)
+        # The injections as the fills make them (not the solver's columns: same to 1e-9).
+        return w, self.p_fixed + self.incidence @ w
 
 
 def whole_wh(fills: np.ndarray, variables: Sequence[Var]) -> list[int]:
