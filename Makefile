@@ -22,10 +22,10 @@ CONTRACT_SOURCES := $(shell find contracts -name '*.sol' 2>/dev/null)
 
 
 .PHONY: brownie-network console-network help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean fuzz-api console \
-	bench bench-grid bench-chain bench-api bench-oracle bench-e2e
+	bench bench-grid bench-chain bench-api bench-oracle bench-e2e bench-clearing
 
 help:
-	@echo "make setup | test | demo | lint | test-ganache | test-stateful-long | fuzz-api | bench-<grid|chain|api|oracle|e2e> | lock | clean"
+	@echo "make setup | test | demo | lint | test-ganache | test-stateful-long | fuzz-api | bench-<grid|chain|api|oracle|e2e|clearing> | lock | clean"
 
 prereqs:
 	@command -v $(PYTHON) >/dev/null || { echo "missing: $(PYTHON) - install Python 3.11 (e.g. pyenv install 3.11, or apt-get install python3.11 python3.11-venv)"; exit 1; }
@@ -131,6 +131,8 @@ bench-oracle: setup
 	$(BIN)/tegrid bench oracle --json
 bench-e2e: setup
 	$(BIN)/tegrid bench e2e --json
+bench-clearing: setup
+	$(BIN)/tegrid bench clearing --json
 
 # Re-resolve the Python lock (constraints.txt) from pyproject.toml.
 lock: prereqs

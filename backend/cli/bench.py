@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from backend.cli.base import App
 from backend.cli.output import fail
@@ -97,6 +99,75 @@ def grid_bench(
         task = progress.add_task("naive runpp per trade", total=trades * len(CASES))
         result = run_benchmark(CASES, trades, on_trade=lambda: progress.advance(task))
     _emit(result)
+
+
+@app.command("clearing")
+def clearing_bench(
+    as_json: bool = typer.Option(False, "--json", help="print JSON only (progress goes to stderr)"),
+    intervals: int = typer.Option(
+        16, min=1, max=40, help="15-minute intervals per network, from 11:00"
+    ),
+    scale_orders: int = typer.Option(
+        2000, min=0, max=20_000, help="orders in the scale case (0: skip it)"
+    ),
+    networks: list[str] = typer.Option(
+        [], "--network", help="only this network of the bench (repeatable; default: all)"
+    ),
+) -> None:
+    """Optimal network-constrained clearing against the greedy merit order, the unconstrained
+    auction and an AC-verified reference optimum, on congested midday books."""
+    # lazy: bench.clearing loads pandapower and scipy (~3 s), not for `tegrid --help`
+    from bench.clearing import CASES, run_benchmark  # noqa: PLC0415
+
+    known = {case.network: case for case in CASES}
+    unknown = [n for n in networks if n not in known]
+    if unknown:
+        fail(f"unknown network {unknown[0]!r}; the bench's networks: {', '.join(known)}")
+    cases = [known[n] for n in networks] if networks else list(CASES)
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("clearing midday intervals", total=intervals * len(cases))
+        result = run_benchmark(
+            cases, intervals, scale_orders, on_interval=lambda: progress.advance(task)
+        )
+    if not as_json:
+        Console(width=150).print(_clearing_table(result))
+    _emit(result)
+
+
+def _clearing_table(result: dict[str, Any]) -> Table:
+    table = Table(title="clearing welfare (tokens), all intervals")
+    for column in (
+        "network",
+        "optimal",
+        "greedy",
+        "unconstrained",
+        "reference",
+        "opt/ref",
+        "greedy/ref",
+        "ms optimal: sum (max)",
+        "ms greedy: sum (max)",
+        "violations",
+    ):
+        table.add_column(column)  # fmt: skip
+    for n in result["networks"]:
+        t = n["total"]
+        w = t["welfare"]
+        table.add_row(
+            n["network"],
+            *(f"{w[k]:.3f}" for k in ("optimal", "greedy", "unconstrained", "reference")),
+            str(t["optimal_over_reference"]),
+            str(t["greedy_over_reference"]),
+            f"{t['ms_total']['optimal']} ({t['ms_max']['optimal']})",
+            f"{t['ms_total']['greedy']} ({t['ms_max']['greedy']})",
+            str(t["runpp_violations"]),
+        )
+    scale = result.get("scale")
+    if scale:
+        table.caption = (
+            f"{scale['orders']} orders ({scale['network']}): optimal {scale['ms']['optimal']} ms, "
+            f"greedy {scale['ms']['greedy']} ms"
+        )
+    return table
 
 
 @app.command("e2e")
