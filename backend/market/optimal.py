@@ -58,7 +58,9 @@ from backend.market.program import OptimizationError, Program, Var, order_rows, 
 from grid.operating import OperatingPoint
 
 # AC operating points per program (the first is the point the program starts from).
-MAX_POINTS = 5
+MAX_POINTS = 8
+# Answers outside the limits in a row before the trust region closes in (see ``_Stage._solve``).
+TRUST_AFTER = 2
 # Clearing rounds after vetoes (each clears the volume left on top of the approved trades).
 MAX_ROUNDS = 3
 # The program keeps this far inside every limit, so the AC state of its answer - which the
@@ -103,6 +105,7 @@ def clear_optimal(
     kw_per_wh = 3600.0 / interval_seconds / 1000.0
     batch: list[Candidate] = []
     verdicts: list[Decision] = []
+    held_pairs: set[tuple[str, str]] = set()
     evidence = result.evidence_hash
     for _ in range(MAX_ROUNDS):
         left = {o.hash: o.energy_wh for o in (*sells, *buys)}
@@ -113,7 +116,8 @@ def clear_optimal(
                 left[c.buy.hash] -= c.energy_wh
                 fixed[c.sell.bus] += c.energy_wh * kw_per_wh
                 fixed[c.buy.bus] -= c.energy_wh * kw_per_wh
-        taken = {(c.sell.hash, c.buy.hash) for c in batch}
+        # A pair once in the batch keeps its trade id; a pair held back is formed otherwise.
+        taken = {(c.sell.hash, c.buy.hash) for c in batch} | held_pairs
         stage = _Stage(point, kw_per_wh, fixed)
         fresh, held = stage.bilateral(sells, buys, left, taken)
         for c in fresh:
@@ -122,7 +126,10 @@ def clear_optimal(
         stage = _Stage(point, kw_per_wh, fixed)
         auction, held_auction = stage.auction(sells, buys, left, taken, price)
         fresh += auction
+        held_pairs.update((c.sell.hash, c.buy.hash) for c in (*held, *held_auction))
         if not fresh:
+            if held or held_auction:
+                continue  # nothing fitted as paired: pair the same fills otherwise
             break
         start = len(batch)
         for _ in range(REORDERS + 1):
@@ -168,9 +175,8 @@ class _Stage:
         buys: Sequence[BookOrder],
         left: dict[str, int],
         taken: set[tuple[str, str]],
-    ) -> tuple[list[Candidate], bool]:
-        """The bilateral trades in validation order, and whether some were held back (see
-        ``_ordered``)."""
+    ) -> tuple[list[Candidate], list[Candidate]]:
+        """The bilateral trades in validation order, and those held back (see ``_ordered``)."""
         pairs = [
             Var(s, b, min(left[s.hash], left[b.hash]), b.price_per_kwh - s.price_per_kwh)
             for s in sells
@@ -184,7 +190,7 @@ class _Stage:
             and b.price_per_kwh >= s.price_per_kwh
         ]
         if not pairs:
-            return [], False
+            return [], []
         # Each order's fills over its pairs within what is left of it.
         caps: dict[str, list[int]] = defaultdict(list)
         for j, v in enumerate(pairs):
@@ -213,18 +219,18 @@ class _Stage:
         left: dict[str, int],
         taken: set[tuple[str, str]],
         price: int | None,
-    ) -> tuple[list[Candidate], bool]:
-        """The auction's trades in validation order, and whether some were held back."""
+    ) -> tuple[list[Candidate], list[Candidate]]:
+        """The auction's trades in validation order, and those held back."""
         asks = [o for o in sells if not o.bilateral and left[o.hash] > 0]
         bids = [o for o in buys if not o.bilateral and left[o.hash] > 0]
         if not asks or not bids:
-            return [], False
+            return [], []
         top_bid = max(o.price_per_kwh for o in bids)
         low_ask = min(o.price_per_kwh for o in asks)
         asks = [o for o in asks if o.price_per_kwh <= top_bid]
         bids = [o for o in bids if o.price_per_kwh >= low_ask]
         if not asks or not bids:
-            return [], False
+            return [], []
         variables = [Var(o, None, left[o.hash], -float(o.price_per_kwh)) for o in asks]
         variables += [Var(None, o, left[o.hash], float(o.price_per_kwh)) for o in bids]
         fills = self._solve(variables, [], hall=(len(asks), len(bids)))
@@ -233,14 +239,16 @@ class _Stage:
         trades = _pair(asks, bids, sold, bought, taken, price, self._closeness())
         return self._take(trades, left)
 
-    def _take(self, trades: list[Candidate], left: dict[str, int]) -> tuple[list[Candidate], bool]:
+    def _take(
+        self, trades: list[Candidate], left: dict[str, int]
+    ) -> tuple[list[Candidate], list[Candidate]]:
         """``trades`` in validation order without those held back (their volume stays in
-        ``left`` for the next round), and whether any were held back."""
+        ``left`` for the next round), and the held-back ones."""
         kept, held = self._ordered(trades)
         for c in kept:
             left[c.sell.hash] -= c.energy_wh
             left[c.buy.hash] -= c.energy_wh
-        return kept, bool(held)
+        return kept, held
 
     # ------------------------------------------------------------------ the program
     def _solve(
@@ -289,6 +297,11 @@ class _Stage:
         op = start_op
         best: tuple[float, np.ndarray] | None = None
         last_value = -math.inf
+        # The limits are linearized again where each answer landed. Should answers keep landing
+        # outside them (``TRUST_AFTER`` in a row: the linearization swings), a trust region keeps
+        # the bus injections within ``radius`` kW of ``center`` (the last answer inside, at
+        # first the start), halved at every further miss.
+        center, radius, misses = p_fixed, math.inf, 0
         for _ in range(MAX_POINTS):
             A, b, labels = op.constraints(
                 np.maximum(np.abs(low - op.injections_kw), np.abs(high - op.injections_kw)),
@@ -299,20 +312,33 @@ class _Stage:
             # (a limit the base state breaks, "do no harm"), the start bounds the row.
             start = A @ p_fixed
             b = np.maximum(b, start)
-            w = program.solve(A, b, labels)
+            program.box(center, radius)
+            try:
+                w = program.solve(A, b, labels)
+            except OptimizationError:
+                if not math.isfinite(radius):
+                    raise
+                program.box(center, math.inf)  # the box left no answer: take the whole space
+                w = program.solve(A, b, labels)
             p = p_fixed + incidence @ w
             op_new = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
-            if op_new is None:
-                break
             value = float(-cost @ w)
-            if _inside(op_new, start_op, MARGIN_PU / 2, MARGIN_PERCENT / 2):
+            if op_new is not None and _inside(op_new, start_op, MARGIN_PU / 2, MARGIN_PERCENT / 2):
                 if best is None or value > best[0]:
                     best = (value, w)
                     self.final = op_new
-                if abs(value - last_value) <= CONVERGED * max(abs(value), 1e-12):
-                    break
+                converged = abs(value - last_value) <= CONVERGED * max(abs(value), 1e-12)
                 last_value = value
-            op = op_new
+                center, radius, misses = p, math.inf, 0
+                op = op_new
+                if converged:
+                    break
+                continue
+            misses += 1
+            if misses >= TRUST_AFTER:
+                radius = 0.5 * float(np.max(np.abs(p - center), initial=0.0))
+            if op_new is not None:
+                op = op_new
         if best is None:
             raise OptimizationError(
                 f"no answer inside every limit after {MAX_POINTS} operating points"

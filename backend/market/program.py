@@ -180,6 +180,14 @@ class Program:
         self.grid_rows = 0
         self.needed: set[str] = set()
 
+    def box(self, center: np.ndarray, radius: float) -> None:
+        """Bus injections within ``radius`` kW of ``center`` (``inf``: free)."""
+        inf = highspy.kHighsInf
+        lo = center - radius if math.isfinite(radius) else np.full(self.n_bus, -inf)
+        hi = center + radius if math.isfinite(radius) else np.full(self.n_bus, inf)
+        cols = np.arange(self.bus0, self.bus0 + self.n_bus, dtype=np.int32)
+        self.highs.changeColsBounds(self.n_bus, cols, lo, hi)
+
     def solve(self, A: np.ndarray, rhs: np.ndarray, labels: Sequence[str]) -> np.ndarray:
         """Fills maximizing the value with ``A @ p <= rhs`` for the bus injections ``p`` (and
         the fixed rows); the rows of an earlier call are dropped."""

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from backend.chain.protocol import TOKEN_UNIT
+from backend.demo.analysis import fmt
 from backend.devtools.broker import find_mosquitto
 from backend.net import free_port
 
@@ -216,12 +217,14 @@ def _check_html(folder: Path, summary: dict[str, Any]) -> None:
         assert f">{heading}" in page, heading
     first = summary["intervals"][0]
     assert f"<td>{first['interval']}</td><td>{first['span']}</td>" in page
-    veto = summary["vetoes"][0]
-    digits = 6 if veto["unit"] == "pu" else 3
-    assert (
-        f"<td>{veto['element']}</td><td>{veto['value']:.{digits}f} {veto['unit']}</td>"
-        f"<td>{veto['limit']:.{digits}f} {veto['unit']}</td>"
-    ) in page
+    # the welfare columns: as cleared, and the greedy merit order's on the same book
+    assert f"<td>{fmt(first['welfare'], 4)}</td><td>{fmt(first['greedy_welfare'], 4)}</td>" in page
+    for veto in summary["vetoes"][:1]:  # the optimal clearing may leave none
+        digits = 6 if veto["unit"] == "pu" else 3
+        assert (
+            f"<td>{veto['element']}</td><td>{veto['value']:.{digits}f} {veto['unit']}</td>"
+            f"<td>{veto['limit']:.{digits}f} {veto['unit']}</td>"
+        ) in page
 
 
 @pytest.mark.e2e
