@@ -41,7 +41,7 @@ def _without_banner() -> None:
 _without_banner()
 
 # One thread, dual simplex, fixed seed: the same program gives the same answer bit for bit.
-SOLVER_OPTIONS: dict[str, object] = {
+SOLVER_OPTIONS: dict[str, bool | int | str] = {
     "output_flag": False,
     "threads": 1,
     "solver": "simplex",
