@@ -187,8 +187,11 @@ def _auction_pairs(
     out: list[tuple[BookOrder, BookOrder, int]] = []
     asks = sorted((o for o in sells if not o.bilateral), key=_sell_key)
     bids = sorted((o for o in buys if not o.bilateral), key=_buy_key)
+    head = 0  # bids before it are used up (they go in order: the front empties first)
     for s in asks:
-        for b in bids:
+        while head < len(bids) and left[bids[head].hash] <= 0:
+            head += 1
+        for b in bids[head:]:
             if left[s.hash] <= 0:
                 break
             if b.price_per_kwh < s.price_per_kwh:
