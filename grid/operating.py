@@ -65,12 +65,13 @@ class OperatingPoint:
 
     def constraints(
         self, reach_kw: np.ndarray, margin_pu: float, margin_percent: float
-    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
         """``A p <= b`` (``p``: extra injections in kW at ``buses``): the limits, tightened by the
         margins, linearized here - only those some ``p`` within ``reach_kw[k]`` of this point's
         injections could reach. Voltages give one row per limit; a branch end's current gives
         its ``CUT_ANGLES`` tangent cuts. Row labels name the element (``bus 16 high``,
-        ``line 3``)."""
+        ``line 3``); the last array marks the cuts (True), which stay valid away from this point
+        (tangents of a circle contain it) while voltage rows are only good near it."""
         p0 = self.injections_kw
         rows: list[np.ndarray] = []
         rhs: list[np.ndarray] = []
@@ -100,8 +101,10 @@ class OperatingPoint:
                 rhs.append(limit_l[near] - (u * z).real + a @ p0)
                 labels.extend(self.end_labels[k] for k in near)
         if not rows:
-            return np.zeros((0, len(self.buses))), np.zeros(0), []
-        return np.vstack(rows), np.concatenate(rhs), labels
+            return np.zeros((0, len(self.buses))), np.zeros(0), [], np.zeros(0, bool)
+        n_cuts = len(CUT_ANGLES) * len(near) if len(near) else 0
+        is_cut = np.r_[np.zeros(len(labels) - n_cuts, bool), np.ones(n_cuts, bool)]
+        return np.vstack(rows), np.concatenate(rhs), labels, is_cut
 
 
 def operating_point(

@@ -302,12 +302,24 @@ class _Stage:
         # the bus injections within ``radius`` kW of ``center`` (the last answer inside, at
         # first the start), halved at every further miss.
         center, radius, misses = p_fixed, math.inf, 0
-        for _ in range(MAX_POINTS):
-            A, b, labels = op.constraints(
+        cuts: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
+        for point_no in range(MAX_POINTS):
+            A, b, labels, is_cut = op.constraints(
                 np.maximum(np.abs(low - op.injections_kw), np.abs(high - op.injections_kw)),
                 MARGIN_PU,
                 MARGIN_PERCENT,
             )
+            # A current's tangent cuts stay valid (Kelley's cutting planes close in on the circle
+            # from outside): those of the points before are kept; voltage rows are replaced.
+            here = (
+                A[is_cut],
+                b[is_cut],
+                [f"{labels[k]} @{point_no}" for k in np.flatnonzero(is_cut)],
+            )
+            A = np.vstack([A, *(c[0] for c in cuts)])
+            b = np.concatenate([b, *(c[1] for c in cuts)])
+            labels = [*labels, *(label for c in cuts for label in c[2])]
+            cuts.append(here)
             # Never cut off filling nothing: where the start is already inside the margin band
             # (a limit the base state breaks, "do no harm"), the start bounds the row.
             start = A @ p_fixed
@@ -361,7 +373,7 @@ class _Stage:
         for c in trades:
             reach[col[c.sell.bus]] += c.energy_wh * self.kw_per_wh
             reach[col[c.buy.bus]] += c.energy_wh * self.kw_per_wh
-        A, b, _ = op.constraints(reach, MARGIN_PU / 2, MARGIN_PERCENT / 2)
+        A, b, _, _ = op.constraints(reach, MARGIN_PU / 2, MARGIN_PERCENT / 2)
         used = A @ p_start
         # "Do no harm": a row the start already breaks is bounded where the start is.
         return A, np.maximum(b, used), used, col

@@ -27,8 +27,9 @@ def test_linearized_limits_predict_the_ac_state(cigre: GridValidator) -> None:
     assert np.abs(op.current + op.dcurrent @ dp - moved.current).max() < 0.5
     assert np.allclose(moved.injections_kw, dp)
     # The rows at the moved point hold its own values: A p - b = value - (limit - margin).
-    A, b, labels = moved.constraints(np.full(len(buses), 50.0), 1e-3, 0.5)
+    A, b, labels, is_cut = moved.constraints(np.full(len(buses), 50.0), 1e-3, 0.5)
     k = labels.index("bus 16 high")
+    assert not is_cut[k] and is_cut[labels.index("trafo 0")]
     i = moved.bus_labels.index("bus 16")
     assert abs(A[k] @ moved.injections_kw - b[k] - (moved.vm_pu[i] - moved.vmax[i] + 1e-3)) < 1e-12
 
