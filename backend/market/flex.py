@@ -26,6 +26,7 @@ from backend.market.errors import (
     NotDeviceOwnerError,
     NotFoundError,
     OutOfDeviceLimitsError,
+    TooManyOrdersError,
     TraderInactiveError,
     UnknownDeviceError,
     UnknownTraderError,
@@ -77,7 +78,7 @@ class FlexBook:
             raise InvalidOrderError("powerW must be positive", field="powerW")
         now = self.ledger.now()
         gate = self.intake.check_interval(interval_id, expiry, now, what="offer")
-        self.intake.check_open(interval_id, gate, now)
+        self.intake.check_open(interval_id, gate, now)  # again with the insert, under the lock
         participant = self.intake.participant(provider)
         if participant is None:
             raise UnknownTraderError(
@@ -106,23 +107,32 @@ class FlexBook:
                 f"[{record.min_w}, {record.max_w}] W",
                 field="powerW",
             )
-        row = self.store.insert_flex_offer(
-            {
-                "hash": "0x" + digest.hex(),
-                "provider": provider,
-                "device": device,
-                "interval_id": interval_id,
-                "direction": direction,
-                "power_w": power_w,
-                "baseline_w": baseline_w,
-                "price_per_kwh": str(msg["pricePerKWh"]),
-                "nonce": str(msg["nonce"]),
-                "expiry": str(expiry),
-                "signature": typed.canonical_signature(signature),
-                "status": FlexStatus.OPEN,
-                "created_at": time.time(),
-            }
-        )
+        values = {
+            "hash": "0x" + digest.hex(),
+            "provider": provider,
+            "device": device,
+            "interval_id": interval_id,
+            "direction": direction,
+            "power_w": power_w,
+            "baseline_w": baseline_w,
+            "price_per_kwh": str(msg["pricePerKWh"]),
+            "nonce": str(msg["nonce"]),
+            "expiry": str(expiry),
+            "signature": typed.canonical_signature(signature),
+            "status": FlexStatus.OPEN,
+            "created_at": time.time(),
+        }
+        # under the intake's lock, as an order is admitted: closing the interval for orders
+        # (the clearing) waits for this offer, or this offer sees the interval closed
+        with self.intake.lock:
+            self.intake.check_open(interval_id, gate, self.ledger.now())
+            cap = self.intake.config.max_orders_per_trader_interval
+            if self.store.count_open_flex(provider, interval_id) >= cap:
+                raise TooManyOrdersError(
+                    f"{provider} already has {cap} open offers for interval {interval_id}, the "
+                    "limit per provider and interval (TEGRID_MAX_ORDERS_PER_TRADER_INTERVAL)"
+                )
+            row = self.store.insert_flex_offer(values)
         self.events.publish(
             "flex",
             {"hash": row.hash, "provider": provider, "device": device, "intervalId": interval_id,

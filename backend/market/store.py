@@ -630,6 +630,15 @@ class Store:
             ) from None
         return row
 
+    def count_open_flex(self, provider: str, interval_id: int) -> int:
+        with self.session() as s:
+            q = select(func.count()).where(
+                FlexOfferRow.provider == provider,
+                FlexOfferRow.interval_id == interval_id,
+                FlexOfferRow.status == FlexStatus.OPEN,
+            )
+            return int(s.scalar(q) or 0)
+
     def get_flex_offer(self, offer_hash: str) -> FlexOfferRow | None:
         with self.session() as s:
             return s.scalars(select(FlexOfferRow).where(FlexOfferRow.hash == offer_hash)).first()

@@ -7,6 +7,8 @@ import brownie
 from conftest import err
 from eth_account import Account
 
+from backend.chain import protocol
+
 ZERO = "0x0000000000000000000000000000000000000000"
 BATTERY, EV, HEAT_PUMP, PV = 1, 2, 3, 4
 
@@ -112,3 +114,17 @@ def test_deactivate_device(ledger: Any, parts: Any) -> None:
     # the key stays taken: no second registration after deactivation
     with brownie.reverts(err("RegistryKeyInUse", dev)):
         ledger.registry.registerDevice(dev, parts.S1, bus, EV, -11_000, 0, 0, dso)
+
+
+def test_every_backend_kind_registers(ledger: Any, parts: Any) -> None:
+    """``protocol.DEVICE_KINDS`` is exactly what the registry takes, a capacity for the battery
+    (``protocol.DEVICE_BATTERY``) only."""
+    bus = _bus(ledger, parts.S1)
+    for kind in protocol.DEVICE_KINDS:
+        capacity = 5000 if kind == protocol.DEVICE_BATTERY else 0
+        dev = Account.create().address
+        ledger.registry.registerDevice(
+            dev, parts.S1, bus, kind, -1, 1, capacity, {"from": ledger.dso}
+        )
+        assert ledger.registry.deviceOf(dev)[2] == kind
+    assert (min(protocol.DEVICE_KINDS), max(protocol.DEVICE_KINDS)) == (1, 4)
