@@ -6,6 +6,7 @@ cancelled."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,30 @@ def test_flex_offer_signed_with_ethers(stack: dict[str, Any], battery: LocalAcco
     assert r.status_code == 201, r.text
     assert r.json()["hash"] == signed["hash"]
     assert r.json()["baselineW"] == -4000
+
+
+def test_device_and_flex_events_reach_the_stream(
+    stack: dict[str, Any], battery: LocalAccount
+) -> None:
+    c = stack["client"]
+    out = c.post("/flex", json=_offer(stack, K[5], battery.address, _interval(stack))).json()
+    seen: dict[str, list[dict[str, Any]]] = {"device": [], "flex": []}
+    with c.stream(
+        "GET", "/events", params={"kinds": "device,flex"}, headers={"Last-Event-ID": "0"},
+        timeout=10,
+    ) as s:  # fmt: skip
+        kind = ""
+        for line in s.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind in seen:
+                data = json.loads(line[6:])
+                seen[kind].append({k: v for k, v in data.items() if k not in ("id", "at")})
+                if any(e.get("hash") == out["hash"] for e in seen["flex"]):
+                    break
+    owner = Account.from_key(K[5]).address
+    assert {"device": battery.address, "owner": owner, "busId": _bus(stack, K[5]),
+            "kind": BATTERY, "status": "registered"} in seen["device"]  # fmt: skip
+    assert {"hash": out["hash"], "provider": out["provider"], "device": battery.address,
+            "intervalId": out["intervalId"], "direction": 0, "powerW": 3000,
+            "pricePerKWh": "250000", "status": "open"} in seen["flex"]  # fmt: skip
