@@ -57,7 +57,7 @@ class FlexBook:
         self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
     ) -> FlexOfferRow:
         """Verify and store one signed offer; a ``MarketError`` subclass says why not."""
-        self.intake.check_domain(domain)
+        self.intake.check_domain(domain, "offer", "/flex/eip712")
         msg = dict(message)
         for key in ("provider", "device"):
             typed.address_bytes(msg.get(key), key)

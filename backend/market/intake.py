@@ -200,7 +200,10 @@ class Intake:
         return sorted(i for i in ids if now >= self.gate_closure(i) and i not in self._closed)
 
     # ---------------------------------------------------------------- orders
-    def check_domain(self, domain: dict[str, Any] | None) -> None:
+    def check_domain(
+        self, domain: dict[str, Any] | None, what: str = "order", template: str = "/orders/eip712"
+    ) -> None:
+        """``WrongDomainError`` unless ``domain`` (when given) is the market's."""
         if domain is None:
             return
         ours = self._domain_dict
@@ -216,9 +219,9 @@ class Intake:
             same = False
         if not same:
             raise WrongDomainError(
-                f"the order is signed for another domain; sign for {ours['name']!r} "
+                f"the {what} is signed for another domain; sign for {ours['name']!r} "
                 f"v{ours['version']} "
-                f"on chain {ours['chainId']} at {ours['verifyingContract']} (GET /orders/eip712)"
+                f"on chain {ours['chainId']} at {ours['verifyingContract']} (GET {template})"
             )
 
     def check_interval(self, interval_id: int, expiry: int, now: int, what: str = "order") -> int:

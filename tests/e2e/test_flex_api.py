@@ -264,6 +264,9 @@ def test_flex_offer_refusals_are_exact(stack: dict[str, Any], battery: LocalAcco
     for body, expected in cases:
         r = c.post("/flex", json=body)
         assert _problem(r) == expected, (body["message"], r.text)
+    assert c.post("/flex", json=wrong_domain).json()["detail"]["message"].startswith(
+        "the offer is signed for another domain; sign for 'tegrid EnergyMarket' v1 on chain 31337"
+    )
     assert c.get("/flex", params={"interval": iv}).json() == []
     # the down direction within the limits, then its nonce again
     down = _offer(stack, K[5], dev, iv, direction=1, baselineW=1000, powerW=6000)
