@@ -29,6 +29,11 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     // One slot per meter (wallet, index, active) so a reading costs one registry SLOAD.
     mapping(address meter => MeterRecord) private _meters;
     uint32 private _count;
+    // Two slots per device (see Device): the offer and activation checks read slot 0 only.
+    mapping(address device => Device) private _devices;
+
+    uint8 private constant DEVICE_BATTERY = 1;
+    uint8 private constant DEVICE_KIND_MAX = 4;
 
     // MeterRecord as stored (one slot, Solidity's packing in declaration order): wallet (bits 0..159) |
     // index (160..191) | active (192..199). meterStatesOf reads the slot whole; test_meter_states_of_packed_keys pins it.
@@ -52,6 +57,8 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
         if (wallet == address(0) || meter == address(0)) revert RegistryZeroAddress();
         if (_participants[wallet].index != 0) revert RegistryAlreadyConnected(wallet);
         if (_meters[meter].wallet != address(0)) revert RegistryMeterInUse(meter);
+        if (_devices[wallet].owner != address(0)) revert RegistryKeyInUse(wallet);
+        if (_devices[meter].owner != address(0)) revert RegistryKeyInUse(meter);
         index = ++_count;
         _participants[wallet] = Participant(meter, index, busId, true, maxExportW, maxImportW);
         _meters[meter] = MeterRecord(wallet, index, true);
@@ -64,6 +71,7 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
         Participant storage p = _participants[wallet];
         if (p.index == 0) revert RegistryUnknownParticipant(wallet);
         if (_meters[newMeter].wallet != address(0)) revert RegistryMeterInUse(newMeter);
+        if (_devices[newMeter].owner != address(0)) revert RegistryKeyInUse(newMeter);
         address oldMeter = p.meter;
         delete _meters[oldMeter];
         p.meter = newMeter;
@@ -89,6 +97,45 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
         p.active = true;
         _meters[p.meter].active = true;
         emit ParticipantReactivated(wallet);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function registerDevice(
+        address device,
+        address owner,
+        uint32 busId,
+        uint8 kind,
+        int32 minW,
+        int32 maxW,
+        uint64 capacityWh
+    ) external onlyRole(GRID_OPERATOR_ROLE) {
+        if (device == address(0) || owner == address(0)) revert RegistryZeroAddress();
+        if (kind == 0 || kind > DEVICE_KIND_MAX) revert RegistryUnknownDeviceKind(kind);
+        if (minW > maxW) revert RegistryDeviceLimits(minW, maxW);
+        if ((kind == DEVICE_BATTERY) != (capacityWh != 0)) revert RegistryDeviceCapacity(kind, capacityWh);
+        Participant storage p = _participants[owner];
+        if (!p.active) revert RegistryOwnerNotActive(owner);
+        if (busId != p.busId) revert RegistryDeviceBus(busId, p.busId);
+        if (
+            _devices[device].owner != address(0) || _participants[device].index != 0
+                || _meters[device].wallet != address(0)
+        ) revert RegistryKeyInUse(device);
+        _devices[device] = Device(owner, busId, kind, true, minW, maxW, capacityWh);
+        emit DeviceRegistered(device, owner, busId, kind, minW, maxW, capacityWh);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function deactivateDevice(address device) external onlyRole(GRID_OPERATOR_ROLE) {
+        Device storage d = _devices[device];
+        if (d.owner == address(0)) revert RegistryUnknownDevice(device);
+        if (!d.active) revert RegistryDeviceInactive(device);
+        d.active = false;
+        emit DeviceDeactivated(device, d.owner);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function deviceOf(address device) external view returns (Device memory) {
+        return _devices[device];
     }
 
     /// @inheritdoc IParticipantRegistry

@@ -20,7 +20,17 @@ from starlette.routing import Match
 from backend.api.deps import ApiOptions
 from backend.api.errors import status_and_code
 from backend.api.limits import BodyLimits, Limits
-from backend.api.routes import events, grid, health, intervals, orders, participants, trades
+from backend.api.routes import (
+    devices,
+    events,
+    flex,
+    grid,
+    health,
+    intervals,
+    orders,
+    participants,
+    trades,
+)
 from backend.api.routes.dashboard import router as dashboard_router
 from backend.api.schemas import ErrorResponse
 from backend.errors import TegridError
@@ -204,7 +214,7 @@ def create_app(
             max_int_digits=configured.api_max_int_digits,
         ),
     )
-    for module in (health, orders, intervals, trades, participants, grid, events):
+    for module in (health, orders, intervals, trades, participants, devices, flex, grid, events):
         app.include_router(module.router)
     app.include_router(dashboard_router)
     _document_components(app, orders.openapi_schemas)

@@ -374,3 +374,97 @@ class DepositOut(BaseModel):
     amount: str = Field(description="the amount in tokens, as given")
     amountUnits: Amount = Field(description=f"the same amount in token base units; {OUT_STR}")
     transactions: list[WalletTransaction]
+
+
+Int32 = Annotated[int, JsonInt(-(2**31), 2**31 - 1)]
+Nonce256 = Annotated[int, JsonInt(0, 2**256 - 1, string=True)]  # a flex nonce is uint256
+
+
+class DeviceMessage(BaseModel):
+    """The EIP-712 ``DeviceRegistration`` message (domain "tegrid ParticipantRegistry" v1), signed
+    by the owner wallet and by the device key. Power is signed: positive W inject, negative W
+    consume."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: Address = Field(description="the participant's wallet")
+    device: Address = Field(description="the device's own key (signs as proof of possession)")
+    busId: Uint32 = Field(description=f"grid bus: the owner's connection point; {NUM}")
+    kind: Uint8 = Field(description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter; {NUM}")
+    minW: Int32 = Field(description=f"lowest power in W (negative: consumption); {NUM}")
+    maxW: Int32 = Field(description=f"highest power in W (positive: injection); {NUM}")
+    capacityWh: Annotated[int, JsonInt(0, MAX_SAFE_INTEGER)] = Field(
+        description=f"usable energy of a battery in Wh (> 0); 0 for the other kinds; {NUM}"
+    )
+    expiry: Number = Field(description=f"unix seconds after which the request is void; {NUM}")
+
+
+class DeviceIn(BaseModel):
+    message: DeviceMessage
+    signature: Signature = Field(description="the owner wallet's signature of the message")
+    deviceSignature: Signature = Field(description="the device key's signature of the message")
+
+
+class DeviceOut(BaseModel):
+    device: Address
+    owner: Address
+    busId: Number = Field(description=OUT_NUM)
+    kind: Uint8 = Field(
+        description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter; {OUT_NUM}"
+    )
+    kindName: str
+    active: bool = Field(description="the registry's flag, read from the chain")
+    minW: Int32 = Field(description=f"W (negative: consumption); {OUT_NUM}")
+    maxW: Int32 = Field(description=f"W (positive: injection); {OUT_NUM}")
+    capacityWh: Number = Field(description=f"Wh (batteries; else 0); {OUT_NUM}")
+    hostingExportW: Number | None = Field(
+        None, description=f"hosting capacity for export at the bus when registered, W; {OUT_NUM}"
+    )
+    hostingImportW: Number | None = Field(
+        None, description=f"hosting capacity for import at the bus when registered, W; {OUT_NUM}"
+    )
+    txHash: str | None = None
+
+
+class FlexMessage(BaseModel):
+    """The EIP-712 ``FlexOffer`` message (the market's domain). Price and nonce are decimal
+    strings, the others JSON numbers; either spelling is accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Address = Field(description="the participant offering (signs)")
+    device: Address = Field(description="its registered device that delivers")
+    intervalId: Number = Field(description=f"delivery interval; {NUM}")
+    direction: Uint8 = Field(
+        description=f"0 up (more injection / less consumption), 1 down (the opposite); {NUM}"
+    )
+    powerW: Uint32 = Field(description=f"power offered in W, > 0; {NUM}")
+    baselineW: Int32 = Field(
+        description=f"what the device would do without activation, W (signed); {NUM}"
+    )
+    pricePerKWh: Price = Field(
+        description=f"price of activated flexibility, token base units per kWh; {STR}"
+    )
+    nonce: Nonce256 = Field(description=f"the provider's flex nonce (uint256), used once; {STR}")
+    expiry: Number = Field(description=f"unix seconds after which the offer is void; {NUM}")
+
+
+class FlexIn(BaseModel):
+    message: FlexMessage
+    signature: Signature
+    domain: DomainIn | None = Field(None, description="optional; checked against ours when given")
+
+
+class FlexOut(BaseModel):
+    hash: Hash32 = Field(description="the EIP-712 digest of the offer")
+    status: str = Field(description="open | cancelled")
+    provider: Address
+    device: Address
+    intervalId: Number = Field(description=OUT_NUM)
+    direction: Uint8 = Field(description=f"0 up, 1 down; {OUT_NUM}")
+    powerW: Number = Field(description=f"W; {OUT_NUM}")
+    baselineW: Int32 = Field(description=f"W (signed); {OUT_NUM}")
+    pricePerKWh: Price = Field(description=f"token base units per kWh; {OUT_STR}")
+    nonce: Nonce256 = Field(description=f"the provider's flex nonce; {OUT_STR}")
+    expiry: Number = Field(description=f"unix seconds; {OUT_NUM}")
+    createdAt: float = Field(description="unix seconds (with fraction) the API accepted it")

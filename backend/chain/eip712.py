@@ -18,7 +18,8 @@ The fast path, one for every signer and verifier (market, meters, oracle, valida
 field a static 32-byte word) by hand, :func:`sign_digest` signs and :func:`recover` recovers with
 coincurve - the order accept path and the meters run thousands per second; eth-account's generic
 ``encode_typed_data`` (:func:`typed_data_hash`) is ~10x slower and the tests compare both.
-``Cancel`` and ``ConnectionRequest`` are the backend's own (checked off chain only).
+``Cancel``, ``ConnectionRequest``, ``DeviceRegistration`` and ``FlexOffer`` are the backend's own
+(checked off chain only, so far).
 
 One module (a little over 500 lines) on purpose: the one place where typed data is defined, hashed,
 signed and recovered, so the fast path and the reference path sit side by side.
@@ -90,12 +91,38 @@ CONNECTION_REQUEST_TYPE = [
     {"name": "nonce", "type": "uint64"},
     {"name": "expiry", "type": "uint64"},
 ]
+# Registration of a controllable device (registry domain): signed by the owner wallet and, as
+# proof of possession, by the device key - the same struct, so both bind every value registered.
+DEVICE_REGISTRATION_TYPE = [
+    {"name": "owner", "type": "address"},
+    {"name": "device", "type": "address"},
+    {"name": "busId", "type": "uint32"},
+    {"name": "kind", "type": "uint8"},
+    {"name": "minW", "type": "int32"},
+    {"name": "maxW", "type": "int32"},
+    {"name": "capacityWh", "type": "uint64"},
+    {"name": "expiry", "type": "uint64"},
+]
+# A flexibility offer (market domain): direction 0 up (more injection / less consumption), 1 down.
+FLEX_OFFER_TYPE = [
+    {"name": "provider", "type": "address"},
+    {"name": "device", "type": "address"},
+    {"name": "intervalId", "type": "uint64"},
+    {"name": "direction", "type": "uint8"},
+    {"name": "powerW", "type": "uint32"},
+    {"name": "baselineW", "type": "int32"},
+    {"name": "pricePerKWh", "type": "uint128"},
+    {"name": "nonce", "type": "uint256"},
+    {"name": "expiry", "type": "uint64"},
+]
 # The structs of static fields, hashed by :func:`struct_hash`.
 STRUCTS: dict[str, list[dict[str, str]]] = {
     "Order": ORDER_TYPE,
     "Reading": READING_TYPE,
     "Cancel": CANCEL_TYPE,
     "ConnectionRequest": CONNECTION_REQUEST_TYPE,
+    "DeviceRegistration": DEVICE_REGISTRATION_TYPE,
+    "FlexOffer": FLEX_OFFER_TYPE,
 }
 ORDER_TYPE_STRING = (
     "Order(address trader,uint8 side,uint64 intervalId,uint64 energyWh,uint128 pricePerKWh,"
@@ -343,6 +370,7 @@ def sign_digest(digest: bytes, private_key: str | bytes) -> str:
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HALF_N = SECP256K1_N // 2
 _UINT_BITS = {"uint8": 8, "uint32": 32, "uint64": 64, "uint128": 128, "uint256": 256}
+_INT_BITS = {"int32": 32}
 
 
 def _type_string(name: str, fields: list[dict[str, str]]) -> bytes:
@@ -410,9 +438,14 @@ def _word(kind: str, value: Any, name: str) -> bytes:
         return bytes(12) + address_bytes(value, name)
     if kind == "bytes32":
         return bytes32(value, name)
-    bits = _UINT_BITS[kind]
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypedDataError(f"{name} must be an integer")
+    if kind in _INT_BITS:  # two's complement, sign-extended to 256 bits (as abi.encode does)
+        half = 1 << (_INT_BITS[kind] - 1)
+        if not -half <= value < half:
+            raise TypedDataError(f"{name} must be between -2^{_INT_BITS[kind] - 1} and {half - 1}")
+        return (value % (1 << 256)).to_bytes(32, "big")
+    bits = _UINT_BITS[kind]
     if not 0 <= value < (1 << bits):
         raise TypedDataError(f"{name} must be between 0 and 2^{bits}-1")
     return value.to_bytes(32, "big")

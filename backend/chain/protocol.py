@@ -33,6 +33,14 @@ TOKEN_UNIT = 10**TOKEN_DECIMALS
 SELL = 0
 BUY = 1
 
+# IParticipantRegistry.Device kinds; only a battery has (and must have) an energy capacity.
+DEVICE_KINDS = {1: "battery", 2: "ev_charger", 3: "heat_pump", 4: "pv_inverter"}
+DEVICE_BATTERY = 1
+
+# A flexibility offer's direction: UP raises injection / lowers consumption, DOWN the opposite.
+FLEX_UP = 0
+FLEX_DOWN = 1
+
 # Verdict of a trade in the attestation: grid.verdicts.Reason (APPROVED = 0, vetoes 1..7).
 APPROVED = 0
 

@@ -37,11 +37,14 @@ from backend.market.errors import (
     AlreadyConnectedError,
     BatchRevertedError,
     BatchTooLargeError,
+    DeviceInUseError,
     InvalidOrderError,
     MarketError,
     MeterInUseError,
+    TraderInactiveError,
+    WrongBusError,
 )
-from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
+from backend.market.ports import ChainTrade, ClearingReads, Device, Participant, Receipt
 
 # JSON-RPC batch size for clearing reads (nodes cap batches: Geth at 1000 requests by default).
 READ_BATCH = 250
@@ -71,6 +74,22 @@ def _registry_refusal(error_name: str | None, wallet: str, meter: str) -> Market
         return AlreadyConnectedError(f"{wallet} is already connected")
     if error_name == "RegistryZeroAddress":
         return InvalidOrderError("the wallet and the meter must be non-zero addresses")
+    return None
+
+
+def _device_refusal(exc: TransactionRevertedError, device: str, owner: str) -> MarketError | None:
+    """The market error for a custom error ``ParticipantRegistry.registerDevice`` reverted with
+    (the request's fault), or None. The checks before the send catch these first; this answers a
+    race (another registration, a deactivation) in between."""
+    name = exc.error_name
+    if name == "RegistryKeyInUse":
+        return DeviceInUseError(f"the key {device} is already a device, a wallet or a meter key")
+    if name == "RegistryOwnerNotActive":
+        return TraderInactiveError(f"{owner} is not an active participant", field="owner")
+    if name == "RegistryDeviceBus":
+        return WrongBusError("the device must sit at its owner's bus")
+    if name in ("RegistryUnknownDeviceKind", "RegistryDeviceLimits", "RegistryDeviceCapacity"):
+        return InvalidOrderError(f"the registry refused the device: {name}")
     return None
 
 
@@ -355,6 +374,49 @@ class ChainLedger:
                 raise refusal from exc
 
         receipt = self._rpc("connecting a participant", send)
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        self._receipts[tx_hash] = Receipt(
+            tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1
+        )
+        return tx_hash
+
+    def device(self, device: str) -> Device | None:
+        key = checksum(device)
+        owner, bus_id, kind, active, min_w, max_w, capacity_wh = self._rpc(
+            "reading a device", lambda: self.registry.functions.deviceOf(key).call()
+        )
+        if int(owner, 16) == 0:
+            return None
+        return Device(
+            key, checksum(owner), int(bus_id), int(kind), bool(active),
+            int(min_w), int(max_w), int(capacity_wh),
+        )  # fmt: skip
+
+    def register_device(
+        self,
+        device: str,
+        owner: str,
+        bus_id: int,
+        kind: int,
+        min_w: int,
+        max_w: int,
+        capacity_wh: int,
+    ) -> str:
+        device, owner = checksum(device), checksum(owner)
+        fn = self.registry.functions.registerDevice(
+            device, owner, bus_id, kind, min_w, max_w, capacity_wh
+        )
+
+        def send() -> Any:
+            try:
+                return self.grid_operator.transact(fn)
+            except TransactionRevertedError as exc:
+                refusal = _device_refusal(exc, device, owner)
+                if refusal is None:
+                    raise
+                raise refusal from exc
+
+        receipt = self._rpc("registering a device", send)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         self._receipts[tx_hash] = Receipt(
             tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1

@@ -104,6 +104,42 @@ class ConnectionRequestRefusedError(OrderRejectedError):
     """A plug-and-play connection request is refused (hosting capacity, bus, limits)."""
 
 
+class UnknownDeviceError(OrderRejectedError):
+    """The device is not registered."""
+
+    field = "device"
+
+
+class DeviceInactiveError(OrderRejectedError):
+    """The device is registered but deactivated."""
+
+    field = "device"
+
+
+class NotDeviceOwnerError(OrderRejectedError):
+    """The device belongs to another participant than the offer's provider."""
+
+    field = "device"
+
+
+class OutOfDeviceLimitsError(OrderRejectedError):
+    """A flexibility offer's baseline, or baseline moved by its power, leaves the device's
+    [minW, maxW]."""
+
+
+class WrongBusError(OrderRejectedError):
+    """A device must sit at its owner's connection point (registry: ``RegistryDeviceBus``)."""
+
+    field = "busId"
+
+
+class DeviceInUseError(ConflictError):
+    """The device key is already a device, a wallet or a meter key (registry:
+    ``RegistryKeyInUse``)."""
+
+    field = "device"
+
+
 class GridUnavailableError(MarketError):
     """The Neural Grid's worker process died and could not be started again: the interval stays
     closed and uncleared (closing it again retries the clearing)."""

@@ -28,6 +28,8 @@ EVENT_KINDS = (
     "settlement",
     "participant",
     "interval",
+    "device",
+    "flex",
 )
 
 

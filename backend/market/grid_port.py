@@ -121,6 +121,13 @@ class GridPortAdapter:
             )
         return int(cap.max_export.p_kw * 1000)
 
+    def import_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int:
+        with self._lock:
+            cap = self.validator.hosting_capacity(
+                bus_id, interval=interval_id, interval_seconds=self.interval_seconds
+            )
+        return int(cap.max_import.p_kw * 1000)
+
     def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]:
         with self._lock:
             st = self.validator.grid_status(

@@ -118,6 +118,9 @@ class GridProcess:
     def hosting_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int:
         return int(self._run(_call, "hosting_capacity_w", bus_id, interval_id))
 
+    def import_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int:
+        return int(self._run(_call, "import_capacity_w", bus_id, interval_id))
+
     def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]:
         out: dict[str, Any] = self._run(_call, "status", interval_id, list(approved))
         return out

@@ -200,7 +200,10 @@ class Intake:
         return sorted(i for i in ids if now >= self.gate_closure(i) and i not in self._closed)
 
     # ---------------------------------------------------------------- orders
-    def _check_domain(self, domain: dict[str, Any] | None) -> None:
+    def check_domain(
+        self, domain: dict[str, Any] | None, what: str = "order", template: str = "/orders/eip712"
+    ) -> None:
+        """``WrongDomainError`` unless ``domain`` (when given) is the market's."""
         if domain is None:
             return
         ours = self._domain_dict
@@ -216,9 +219,37 @@ class Intake:
             same = False
         if not same:
             raise WrongDomainError(
-                f"the order is signed for another domain; sign for {ours['name']!r} "
+                f"the {what} is signed for another domain; sign for {ours['name']!r} "
                 f"v{ours['version']} "
-                f"on chain {ours['chainId']} at {ours['verifyingContract']} (GET /orders/eip712)"
+                f"on chain {ours['chainId']} at {ours['verifyingContract']} (GET {template})"
+            )
+
+    def check_interval(self, interval_id: int, expiry: int, now: int, what: str = "order") -> int:
+        """The interval and expiry checks of an order (and of a flexibility offer, the same
+        gate): not expired, not too far ahead, expiring after the interval's gate closure.
+        Returns the gate closure."""
+        if expiry <= now:
+            raise OrderExpiredError(f"the {what} expired at {expiry}; the chain time is {now}")
+        current = self.interval_of(now)
+        gate = self.gate_closure(interval_id)
+        if interval_id > current + self.config.max_intervals_ahead:
+            raise InvalidOrderError(
+                f"interval {interval_id} is more than {self.config.max_intervals_ahead} "
+                "intervals ahead "
+                f"(current interval {current})"
+            )
+        if expiry <= gate:
+            raise OrderExpiredError(
+                f"the {what} expires at {expiry}, before its interval's gate closure at {gate}"
+            )
+        return gate
+
+    def check_open(self, interval_id: int, gate: int, now: int) -> None:
+        """``IntervalClosedError`` once the interval is closed for orders (its gate closure has
+        passed, or the clearing closed it)."""
+        if interval_id in self._closed or now >= gate:
+            raise IntervalClosedError(
+                f"interval {interval_id} is closed for orders (gate closure at {gate}, now {now})"
             )
 
     def submit_order(
@@ -323,7 +354,7 @@ class Intake:
         self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None
     ) -> CheckedOrder:
         """Every check that needs no lock: domain, fields, signature, clock, registry."""
-        self._check_domain(domain)
+        self.check_domain(domain)
         msg = dict(message)
         for key in ("trader", "counterparty"):
             typed.address_bytes(msg.get(key), key)
@@ -346,20 +377,7 @@ class Intake:
         if msg["counterparty"] == trader:
             raise InvalidOrderError("an order cannot name its own trader as counterparty")
         now = self.ledger.now()
-        if expiry <= now:
-            raise OrderExpiredError(f"the order expired at {expiry}; the chain time is {now}")
-        current = self.interval_of(now)
-        gate = self.gate_closure(interval_id)
-        if interval_id > current + self.config.max_intervals_ahead:
-            raise InvalidOrderError(
-                f"interval {interval_id} is more than {self.config.max_intervals_ahead} "
-                "intervals ahead "
-                f"(current interval {current})"
-            )
-        if expiry <= gate:
-            raise OrderExpiredError(
-                f"the order expires at {expiry}, before its interval's gate closure at {gate}"
-            )
+        gate = self.check_interval(interval_id, expiry, now)
         participant = self.participant(trader)
         if participant is None:
             raise UnknownTraderError(
@@ -393,10 +411,7 @@ class Intake:
         row = order.row
         trader, interval_id, side = order.book_key
         energy_wh, gate, now = row["energy_wh"], order.gate, order.now
-        if interval_id in self._closed or now >= gate:
-            raise IntervalClosedError(
-                f"interval {interval_id} is closed for orders (gate closure at {gate}, now {now})"
-            )
+        self.check_open(interval_id, gate, now)
         if row["hash"] in self.inflight or order.nonce_key in self.inflight_nonces:
             raise NonceUsedError(
                 f"nonce {row['nonce']} of {trader} is already used by an accepted order"

@@ -16,9 +16,11 @@ from backend.market.errors import (
     AlreadyConnectedError,
     BatchRevertedError,
     BatchTooLargeError,
+    DeviceInUseError,
     MeterInUseError,
+    TraderInactiveError,
 )
-from backend.market.ports import ChainTrade, ClearingReads, Participant, Receipt
+from backend.market.ports import ChainTrade, ClearingReads, Device, Participant, Receipt
 
 
 class MemoryLedger:
@@ -53,6 +55,7 @@ class MemoryLedger:
         self.batch_txs: dict[tuple[int, int], Receipt] = {}
         self._tx = itertools.count(1)
         self.calls: list[str] = []
+        self.devices: dict[str, Device] = {}
 
     def now(self) -> int:
         return int(time.time()) + self.clock_offset
@@ -229,6 +232,29 @@ class MemoryLedger:
         self.participants[wallet] = Participant(
             wallet, meter, bus_id, max_export_w, max_import_w, True, len(self.participants) + 1
         )
+        return "0x" + f"{next(self._tx):064x}"
+
+    def device(self, device: str) -> Device | None:
+        return self.devices.get(to_checksum_address(device))
+
+    def register_device(
+        self,
+        device: str,
+        owner: str,
+        bus_id: int,
+        kind: int,
+        min_w: int,
+        max_w: int,
+        capacity_wh: int,
+    ) -> str:
+        """Refuses as the registry contract does: a key in use, an owner that is not active."""
+        device, owner = to_checksum_address(device), to_checksum_address(owner)
+        if device in self.devices or device in self.participants:
+            raise DeviceInUseError(f"the key {device} is already a device, a wallet or a meter key")
+        p = self.participants.get(owner)
+        if p is None or not p.active:
+            raise TraderInactiveError(f"{owner} is not an active participant", field="owner")
+        self.devices[device] = Device(device, owner, bus_id, kind, True, min_w, max_w, capacity_wh)
         return "0x" + f"{next(self._tx):064x}"
 
     def health(self) -> dict[str, Any]:

@@ -166,3 +166,56 @@ class ConnectionRow(Base):
     hosting_capacity_w: Mapped[int | None] = mapped_column(BigInteger)
     tx_hash: Mapped[str | None] = mapped_column(String(66))
     updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class DeviceRow(Base):
+    """A controllable device registered through the plug-and-play path (the registry holds the
+    record; this row lists a participant's devices and keeps the registration's transaction)."""
+
+    __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_owner", "owner"),)
+
+    device: Mapped[str] = mapped_column(String(42), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(42), nullable=False)
+    bus_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[int] = mapped_column(Integer, nullable=False)
+    min_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    max_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    capacity_wh: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    hosting_export_w: Mapped[int | None] = mapped_column(BigInteger)
+    hosting_import_w: Mapped[int | None] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66), nullable=False)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class FlexStatus:
+    OPEN = "open"  # offered for its interval
+    CANCELLED = "cancelled"
+    ALL = ("open", "cancelled")
+
+
+class FlexOfferRow(Base):
+    """A wallet-signed flexibility offer (EIP-712 ``FlexOffer``) as accepted. Its nonce is the
+    provider's flex nonce (uint256, a namespace of its own, apart from order nonces)."""
+
+    __tablename__ = "flex_offers"
+    __table_args__ = (
+        UniqueConstraint("provider", "nonce", name="uq_flex_provider_nonce"),
+        Index("ix_flex_interval_status", "interval_id", "status"),
+        Index("ix_flex_provider", "provider"),
+    )
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    hash: Mapped[str] = mapped_column(String(66), unique=True, nullable=False)
+    provider: Mapped[str] = mapped_column(String(42), nullable=False)
+    device: Mapped[str] = mapped_column(String(42), nullable=False)
+    interval_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    direction: Mapped[int] = mapped_column(Integer, nullable=False)
+    power_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    baseline_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    price_per_kwh: Mapped[str] = mapped_column(String(40), nullable=False)
+    nonce: Mapped[str] = mapped_column(String(78), nullable=False)
+    expiry: Mapped[str] = mapped_column(String(21), nullable=False)
+    signature: Mapped[str] = mapped_column(String(132), nullable=False)
+    status: Mapped[str] = mapped_column(String(10), nullable=False)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)

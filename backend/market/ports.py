@@ -23,6 +23,21 @@ class Participant:
 
 
 @dataclass(frozen=True)
+class Device:
+    """A registered controllable device (``ParticipantRegistry.deviceOf``). Power is signed:
+    positive W inject, negative W consume."""
+
+    device: str
+    owner: str
+    bus_id: int
+    kind: int  # protocol.DEVICE_KINDS
+    active: bool
+    min_w: int
+    max_w: int
+    capacity_wh: int
+
+
+@dataclass(frozen=True)
 class ChainTrade:
     """One trade of a batch as ``EnergyMarket.recordTrades`` takes it (orders with their
     signatures)."""
@@ -152,6 +167,24 @@ class MarketLedger(Protocol):
         """Register a participant with the grid operator key; returns the transaction hash."""
         ...
 
+    def device(self, device: str) -> Device | None:
+        """The registry's record of a device key, None when it is not registered."""
+        ...
+
+    def register_device(
+        self,
+        device: str,
+        owner: str,
+        bus_id: int,
+        kind: int,
+        min_w: int,
+        max_w: int,
+        capacity_wh: int,
+    ) -> str:
+        """Register a device with the grid operator key; returns the transaction hash. A key in
+        use raises ``DeviceInUseError``, the owner's bus mismatch ``WrongBusError``."""
+        ...
+
     def health(self) -> dict[str, Any]: ...
 
 
@@ -163,6 +196,10 @@ class GridPort(Protocol):
     ) -> tuple[list[Decision], str]: ...
 
     def hosting_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int: ...
+
+    def import_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int:
+        """The hosting capacity for import (consumption) at the bus, W."""
+        ...
 
     def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]: ...
 

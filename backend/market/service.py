@@ -10,7 +10,9 @@ HTTP.
   the batch plan by measured gas and the validator's attestation of each batch;
 - ``recorder.Recorder``: the recorder thread, retries with back-off, expiry at the chain's gate
   closure, crash recovery and reconciliation after rollbacks (crash safety is described there);
-- ``connections.Connections``: plug-and-play connection requests.
+- ``connections.Connections``: plug-and-play connection requests;
+- ``devices.Devices``: plug-and-play registration of controllable devices;
+- ``flex.FlexBook``: wallet-signed flexibility offers of those devices.
 
 What stays here ties them together: closing an interval (intake -> clearing -> recorder) and the
 scheduler step.
@@ -28,11 +30,21 @@ from backend.market.auction import Candidate
 from backend.market.clearing import Clearer
 from backend.market.config import MarketConfig
 from backend.market.connections import Connections
+from backend.market.devices import Devices
 from backend.market.errors import ConflictError, NotFoundError
 from backend.market.events import EventBus
+from backend.market.flex import FlexBook
 from backend.market.group_commit import GroupCommit
 from backend.market.intake import CheckedOrder, Intake
-from backend.market.models import BatchRow, IntervalRow, IntervalStatus, OrderRow, TradeRow
+from backend.market.models import (
+    BatchRow,
+    DeviceRow,
+    FlexOfferRow,
+    IntervalRow,
+    IntervalStatus,
+    OrderRow,
+    TradeRow,
+)
 from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant
 from backend.market.recorder import Recorder
 from backend.market.store import Store
@@ -73,6 +85,8 @@ class Market:
         self.connections = Connections(
             store, ledger, grid, self.events, self.registry_domain, self.intake
         )
+        self.devices = Devices(store, ledger, grid, self.events, self.registry_domain, self.intake)
+        self.flex = FlexBook(store, ledger, self.events, self.domain, self.intake)
 
     # ----------------------------------------------------------------- state
     def reload(self) -> None:
@@ -99,7 +113,7 @@ class Market:
 
     # ---------------------------------------------------------------- orders
     def template(self, primary_type: str = "Order") -> dict[str, Any]:
-        if primary_type == "ConnectionRequest":
+        if primary_type in ("ConnectionRequest", "DeviceRegistration"):
             return self.registry_domain.template(primary_type)
         return self.domain.template(primary_type)
 
@@ -276,6 +290,21 @@ class Market:
     def request_connection(self, message: dict[str, Any], signature: str) -> Any:
         """A plug-and-play connection request signed by the wallet (``Connections.request``)."""
         return self.connections.request(message, signature)
+
+    def register_device(
+        self, message: dict[str, Any], signature: str, device_signature: str
+    ) -> DeviceRow:
+        """A device registration signed by its owner and its own key (``Devices.register``)."""
+        return self.devices.register(message, signature, device_signature)
+
+    # ----------------------------------------------------------- flexibility
+    def submit_flex(
+        self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
+    ) -> FlexOfferRow:
+        return self.flex.submit(message, signature, domain)
+
+    def cancel_flex(self, offer_hash: str, signature: str) -> FlexOfferRow:
+        return self.flex.cancel(offer_hash, signature)
 
     # ------------------------------------------- the parts' state, for tests
     @property

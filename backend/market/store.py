@@ -41,6 +41,9 @@ from backend.market.models import (
     BatchRow,
     BatchState,
     ConnectionRow,
+    DeviceRow,
+    FlexOfferRow,
+    FlexStatus,
     IntervalRow,
     IntervalStatus,
     OrderRow,
@@ -593,6 +596,81 @@ class Store:
     def get_connection(self, wallet: str) -> ConnectionRow | None:
         with self.session() as s:
             return s.get(ConnectionRow, wallet)
+
+    # ---------------------------------------------------------------- devices
+    def save_device(self, values: dict[str, Any]) -> None:
+        with self.session() as s:
+            s.merge(DeviceRow(**values, created_at=time.time()))
+
+    def get_device(self, device: str) -> DeviceRow | None:
+        with self.session() as s:
+            return s.get(DeviceRow, device)
+
+    def list_devices(self, owner: str | None, limit: int, offset: int) -> list[DeviceRow]:
+        with self.session() as s:
+            q = select(DeviceRow)
+            if owner is not None:
+                q = q.where(DeviceRow.owner == owner)
+            q = q.order_by(DeviceRow.created_at, DeviceRow.device).limit(limit).offset(offset)
+            return list(s.scalars(q))
+
+    # ----------------------------------------------------------- flex offers
+    def insert_flex_offer(self, values: dict[str, Any]) -> FlexOfferRow:
+        """Insert an accepted offer; ``NonceUsedError`` when the provider's flex nonce (or the
+        offer itself) is taken."""
+        try:
+            with self.session() as s:
+                row = FlexOfferRow(**values)
+                s.add(row)
+                s.flush()
+        except IntegrityError:
+            raise NonceUsedError(
+                f"flex nonce {values['nonce']} of {values['provider']} is already used",
+                field="nonce",
+            ) from None
+        return row
+
+    def count_open_flex(self, provider: str, interval_id: int) -> int:
+        with self.session() as s:
+            q = select(func.count()).where(
+                FlexOfferRow.provider == provider,
+                FlexOfferRow.interval_id == interval_id,
+                FlexOfferRow.status == FlexStatus.OPEN,
+            )
+            return int(s.scalar(q) or 0)
+
+    def get_flex_offer(self, offer_hash: str) -> FlexOfferRow | None:
+        with self.session() as s:
+            return s.scalars(select(FlexOfferRow).where(FlexOfferRow.hash == offer_hash)).first()
+
+    def list_flex_offers(
+        self,
+        interval_id: int | None,
+        provider: str | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[FlexOfferRow]:
+        with self.session() as s:
+            q = select(FlexOfferRow)
+            if interval_id is not None:
+                q = q.where(FlexOfferRow.interval_id == interval_id)
+            if provider is not None:
+                q = q.where(FlexOfferRow.provider == provider)
+            if status is not None:
+                q = q.where(FlexOfferRow.status == status)
+            q = q.order_by(FlexOfferRow.seq).limit(limit).offset(offset)
+            return list(s.scalars(q))
+
+    def cancel_flex_offer(self, offer_hash: str) -> bool:
+        """Open -> cancelled; False when the offer is not open."""
+        with self.session() as s:
+            res = s.execute(
+                update(FlexOfferRow)
+                .where(FlexOfferRow.hash == offer_hash, FlexOfferRow.status == FlexStatus.OPEN)
+                .values(status=FlexStatus.CANCELLED)
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
 # Columns added to a table after its first release: (table, column, SQL type), nullable.

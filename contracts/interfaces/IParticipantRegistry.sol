@@ -25,6 +25,20 @@ interface IParticipantRegistry is IAccessControl {
         bool active; // the participant's active flag (kept in step with Participant.active)
     }
 
+    /// @notice A controllable device (battery, EV charger, heat pump, PV inverter) behind a participant's
+    /// connection. Its key signs what the device reports and acknowledges, like a meter key. Power is
+    /// signed: positive W inject into the grid, negative W consume. Two slots: owner, bus, kind, active
+    /// and minW share slot 0 (what an offer check reads); maxW and capacityWh slot 1.
+    struct Device {
+        address owner; // participant the device belongs to (zero: unknown device)
+        uint32 busId; // grid bus (the owner's connection point)
+        uint8 kind; // 1 battery, 2 EV charger, 3 heat pump, 4 PV inverter
+        bool active; // only active devices offer flexibility
+        int32 minW; // lowest power the device can run at (negative: consumption)
+        int32 maxW; // highest power (positive: injection)
+        uint64 capacityWh; // usable energy of a battery; 0 for the other kinds
+    }
+
     /// @notice A zero address was given for a wallet or a meter.
     error RegistryZeroAddress();
     /// @notice The wallet is already connected.
@@ -46,6 +60,34 @@ interface IParticipantRegistry is IAccessControl {
     /// @param length The length of `meters` in bytes.
     error RegistryMalformedMeters(uint256 length);
 
+    /// @notice A device kind outside 1 (battery) .. 4 (PV inverter).
+    /// @param kind The kind given.
+    error RegistryUnknownDeviceKind(uint8 kind);
+    /// @notice A device's lowest power is above its highest.
+    /// @param minW The lowest power given.
+    /// @param maxW The highest power given.
+    error RegistryDeviceLimits(int32 minW, int32 maxW);
+    /// @notice A battery without an energy capacity, or another kind with one.
+    /// @param kind The device kind.
+    /// @param capacityWh The capacity given.
+    error RegistryDeviceCapacity(uint8 kind, uint64 capacityWh);
+    /// @notice The owner of a device is not a registered, active participant.
+    /// @param owner The owner given.
+    error RegistryOwnerNotActive(address owner);
+    /// @notice A device must sit at its owner's connection point.
+    /// @param busId The bus given.
+    /// @param ownerBusId The owner's bus.
+    error RegistryDeviceBus(uint32 busId, uint32 ownerBusId);
+    /// @notice The key is already a device, a participant's wallet or a meter key: one key, one role.
+    /// @param key The key.
+    error RegistryKeyInUse(address key);
+    /// @notice The device is not registered.
+    /// @param device The device key.
+    error RegistryUnknownDevice(address device);
+    /// @notice The device is already inactive.
+    /// @param device The device key.
+    error RegistryDeviceInactive(address device);
+
     /// @notice The grid operator connected a participant.
     event ParticipantConnected(
         address indexed wallet, address indexed meter, uint32 index, uint32 busId, uint32 maxExportW, uint32 maxImportW
@@ -56,6 +98,19 @@ interface IParticipantRegistry is IAccessControl {
     event ParticipantDeactivated(address indexed wallet);
     /// @notice The grid operator reactivated a participant.
     event ParticipantReactivated(address indexed wallet);
+
+    /// @notice The grid operator registered a controllable device of a participant.
+    event DeviceRegistered(
+        address indexed device,
+        address indexed owner,
+        uint32 busId,
+        uint8 kind,
+        int32 minW,
+        int32 maxW,
+        uint64 capacityWh
+    );
+    /// @notice The grid operator deactivated a device (for good: its key cannot be registered again).
+    event DeviceDeactivated(address indexed device, address indexed owner);
 
     /// @notice Role of the distribution system operator: connects, rotates, (de)activates participants.
     function GRID_OPERATOR_ROLE() external view returns (bytes32);
@@ -89,6 +144,32 @@ interface IParticipantRegistry is IAccessControl {
     /// @notice Reactivate a deactivated participant.
     /// @param wallet The participant.
     function reactivate(address wallet) external;
+
+    /// @notice Register a controllable device of an active participant at the participant's bus.
+    /// @param device The device's own key (neither a wallet, a meter nor another device).
+    /// @param owner The participant that owns the device.
+    /// @param busId The grid bus; must be the owner's.
+    /// @param kind 1 battery, 2 EV charger, 3 heat pump, 4 PV inverter.
+    /// @param minW Lowest power in W (negative: consumption).
+    /// @param maxW Highest power in W (positive: injection); at least minW.
+    /// @param capacityWh Usable energy of a battery (required, > 0); 0 for the other kinds.
+    function registerDevice(
+        address device,
+        address owner,
+        uint32 busId,
+        uint8 kind,
+        int32 minW,
+        int32 maxW,
+        uint64 capacityWh
+    ) external;
+
+    /// @notice Deactivate a device: it offers no flexibility any more. Its key stays taken.
+    /// @param device The device key.
+    function deactivateDevice(address device) external;
+
+    /// @notice The record of a device key (all zero when unknown).
+    /// @param device The device key.
+    function deviceOf(address device) external view returns (Device memory);
 
     /// @notice The participant record of a wallet (all zero when unknown).
     /// @param wallet The participant.

@@ -1,0 +1,170 @@
+"""Flexibility offers: a participant offers to move one of its registered devices away from its
+baseline for one interval, for a price per kWh. The offer is EIP-712 typed data (``FlexOffer``) in
+the market's domain, signed by the provider's wallet, checked like an order (signature, domain,
+registry status, interval gate, expiry, nonce) plus what is particular to a device (registered,
+active, owned by the provider; the baseline and the baseline moved by the offered power within the
+device's [minW, maxW]).
+
+No funds are checked: an offer is paid when activated, it costs its provider nothing. Its nonce is
+the provider's flex nonce (uint256), a namespace of its own apart from order nonces; a cancelled
+offer keeps its nonce used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from backend.chain import protocol
+from backend.chain.address import checksum
+from backend.market import typed
+from backend.market.errors import (
+    BadSignatureError,
+    ConflictError,
+    DeviceInactiveError,
+    InvalidOrderError,
+    NotDeviceOwnerError,
+    NotFoundError,
+    OutOfDeviceLimitsError,
+    TooManyOrdersError,
+    TraderInactiveError,
+    UnknownDeviceError,
+    UnknownTraderError,
+)
+from backend.market.events import EventBus
+from backend.market.intake import Intake
+from backend.market.models import FlexOfferRow, FlexStatus
+from backend.market.ports import MarketLedger
+from backend.market.store import Store
+
+
+class FlexBook:
+    def __init__(
+        self,
+        store: Store,
+        ledger: MarketLedger,
+        events: EventBus,
+        domain: typed.Domain,
+        intake: Intake,
+    ) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.events = events
+        self.domain = domain
+        self.intake = intake
+
+    def submit(
+        self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
+    ) -> FlexOfferRow:
+        """Verify and store one signed offer; a ``MarketError`` subclass says why not."""
+        self.intake.check_domain(domain, "offer", "/flex/eip712")
+        msg = dict(message)
+        for key in ("provider", "device"):
+            typed.address_bytes(msg.get(key), key)
+            msg[key] = checksum(msg[key])
+        digest = self.domain.digest("FlexOffer", msg)
+        provider, device = msg["provider"], msg["device"]
+        signer = typed.recover(digest, signature)
+        if signer != provider:
+            raise BadSignatureError(
+                f"signature recovers to {signer}, not the provider {provider} "
+                "(tampered message, another chain id or another contract)"
+            )
+        direction, power_w, baseline_w = msg["direction"], msg["powerW"], msg["baselineW"]
+        interval_id, expiry = msg["intervalId"], msg["expiry"]
+        if direction not in (protocol.FLEX_UP, protocol.FLEX_DOWN):
+            raise InvalidOrderError("direction must be 0 (up) or 1 (down)", field="direction")
+        if power_w <= 0:
+            raise InvalidOrderError("powerW must be positive", field="powerW")
+        now = self.ledger.now()
+        gate = self.intake.check_interval(interval_id, expiry, now, what="offer")
+        self.intake.check_open(interval_id, gate, now)  # again with the insert, under the lock
+        participant = self.intake.participant(provider)
+        if participant is None:
+            raise UnknownTraderError(
+                f"{provider} is not a registered participant (POST /participants)"
+            )
+        if not participant.active:
+            raise TraderInactiveError(f"participant {provider} is inactive")
+        record = self.ledger.device(device)
+        if record is None:
+            raise UnknownDeviceError(f"{device} is not a registered device (POST /devices)")
+        if record.owner != provider:
+            raise NotDeviceOwnerError(f"the device {device} belongs to {record.owner}")
+        if not record.active:
+            raise DeviceInactiveError(f"the device {device} is deactivated")
+        target = baseline_w + power_w if direction == protocol.FLEX_UP else baseline_w - power_w
+        if not record.min_w <= baseline_w <= record.max_w:
+            raise OutOfDeviceLimitsError(
+                f"baselineW {baseline_w} W is outside the device's limits "
+                f"[{record.min_w}, {record.max_w}] W",
+                field="baselineW",
+            )
+        if not record.min_w <= target <= record.max_w:
+            raise OutOfDeviceLimitsError(
+                f"baselineW {baseline_w} W {'+' if direction == protocol.FLEX_UP else '-'} "
+                f"powerW {power_w} W = {target} W is outside the device's limits "
+                f"[{record.min_w}, {record.max_w}] W",
+                field="powerW",
+            )
+        values = {
+            "hash": "0x" + digest.hex(),
+            "provider": provider,
+            "device": device,
+            "interval_id": interval_id,
+            "direction": direction,
+            "power_w": power_w,
+            "baseline_w": baseline_w,
+            "price_per_kwh": str(msg["pricePerKWh"]),
+            "nonce": str(msg["nonce"]),
+            "expiry": str(expiry),
+            "signature": typed.canonical_signature(signature),
+            "status": FlexStatus.OPEN,
+            "created_at": time.time(),
+        }
+        # under the intake's lock, as an order is admitted: closing the interval for orders
+        # (the clearing) waits for this offer, or this offer sees the interval closed
+        with self.intake.lock:
+            self.intake.check_open(interval_id, gate, self.ledger.now())
+            cap = self.intake.config.max_orders_per_trader_interval
+            if self.store.count_open_flex(provider, interval_id) >= cap:
+                raise TooManyOrdersError(
+                    f"{provider} already has {cap} open offers for interval {interval_id}, the "
+                    "limit per provider and interval (TEGRID_MAX_ORDERS_PER_TRADER_INTERVAL)"
+                )
+            row = self.store.insert_flex_offer(values)
+        self.events.publish(
+            "flex",
+            {"hash": row.hash, "provider": provider, "device": device, "intervalId": interval_id,
+             "direction": direction, "powerW": power_w, "pricePerKWh": row.price_per_kwh,
+             "status": FlexStatus.OPEN},
+        )  # fmt: skip
+        return row
+
+    def get(self, offer_hash: str) -> FlexOfferRow:
+        row = self.store.get_flex_offer(offer_hash.lower())
+        if row is None:
+            raise NotFoundError(f"no flexibility offer {offer_hash}")
+        return row
+
+    def cancel(self, offer_hash: str, signature: str) -> FlexOfferRow:
+        """Cancel an open offer with the provider's signature over ``Cancel(trader, orderHash)``
+        (the orders' cancellation typed data: ``trader`` the provider, ``orderHash`` the offer's
+        hash)."""
+        row = self.get(offer_hash)
+        digest = self.domain.digest("Cancel", {"trader": row.provider, "orderHash": row.hash})
+        signer = typed.recover(digest, signature)
+        if signer != row.provider:
+            raise BadSignatureError(
+                f"the cancellation is signed by {signer}, not the provider {row.provider}"
+            )
+        if not self.store.cancel_flex_offer(row.hash):
+            raise ConflictError(
+                f"flexibility offer {row.hash} is {self.get(row.hash).status}, not open",
+                reason="NOT_CANCELLABLE",
+            )
+        row.status = FlexStatus.CANCELLED
+        self.events.publish(
+            "flex", {"hash": row.hash, "provider": row.provider, "status": FlexStatus.CANCELLED}
+        )
+        return row
