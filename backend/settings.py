@@ -61,6 +61,26 @@ def check_voltage_band(vm_min_pu: float, vm_max_pu: float, names: tuple[str, str
         raise ConfigError(f"{names[1]} must be in (1.0, {high}] pu, got {vm_max_pu}")
 
 
+def check_imbalance_prices(short_bps: int, long_bps: int) -> None:
+    """The market's bounds: short within 1x-10x the clearing price, long within 0-1x."""
+    # lazy: protocol loads eth_hash (~75 ms), which `tegrid --help` must not pay
+    from backend.chain import protocol  # noqa: PLC0415
+
+    low, high, long_high = (
+        protocol.MIN_SHORT_PRICE_BPS,
+        protocol.MAX_SHORT_PRICE_BPS,
+        protocol.MAX_LONG_PRICE_BPS,
+    )
+    if not low <= short_bps <= high:
+        raise ConfigError(
+            f"TEGRID_IMBALANCE_SHORT_PRICE_BPS must be in [{low}, {high}], got {short_bps}"
+        )
+    if not 0 <= long_bps <= long_high:
+        raise ConfigError(
+            f"TEGRID_IMBALANCE_LONG_PRICE_BPS must be in [0, {long_high}], got {long_bps}"
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a tegrid process is configured with. Build with :meth:`from_env`."""
@@ -93,6 +113,11 @@ class Settings:
     # The Neural Grid (clearing rounds and validation) in a worker process of the API's own.
     grid_process: bool = False
     interval_seconds: int = 900
+    # Imbalance prices the market is deployed with, basis points of an interval's clearing price:
+    # short (paid by a party the grid supplied) in [10,000, 100,000], long (paid to a party whose
+    # surplus the grid absorbed) in [0, 10,000]; the grid operator changes them on chain later.
+    imbalance_short_price_bps: int = 15_000
+    imbalance_long_price_bps: int = 5_000
     deployment_file: Path = field(default=REPO_ROOT / ".tegrid" / "deployment.json")
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
     # Bounded work per interval: live orders one trader may have for one interval.
@@ -138,6 +163,9 @@ class Settings:
             raise ConfigError("TEGRID_CONFIRMATIONS must be >= 0")
         if settings.receipt_timeout_seconds <= 0:
             raise ConfigError("TEGRID_RECEIPT_TIMEOUT_SECONDS must be positive")
+        check_imbalance_prices(
+            settings.imbalance_short_price_bps, settings.imbalance_long_price_bps
+        )
         check_voltage_band(
             settings.vm_min_pu, settings.vm_max_pu, ("TEGRID_VM_MIN_PU", "TEGRID_VM_MAX_PU")
         )
