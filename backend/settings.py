@@ -61,16 +61,18 @@ def check_voltage_band(vm_min_pu: float, vm_max_pu: float, names: tuple[str, str
         raise ConfigError(f"{names[1]} must be in (1.0, {high}] pu, got {vm_max_pu}")
 
 
+# EnergyMarket's bounds on the imbalance prices, basis points of an interval's clearing price
+# (MarketInvalidImbalancePrices outside them). Defined here, where the settings are checked, and
+# re-exported by backend.chain.protocol, whose test pins them against the contract.
+BPS = 10_000
+MIN_SHORT_PRICE_BPS = BPS
+MAX_SHORT_PRICE_BPS = 10 * BPS
+MAX_LONG_PRICE_BPS = BPS
+
+
 def check_imbalance_prices(short_bps: int, long_bps: int) -> None:
     """The market's bounds: short within 1x-10x the clearing price, long within 0-1x."""
-    # lazy: protocol loads eth_hash (~75 ms), which `tegrid --help` must not pay
-    from backend.chain import protocol  # noqa: PLC0415
-
-    low, high, long_high = (
-        protocol.MIN_SHORT_PRICE_BPS,
-        protocol.MAX_SHORT_PRICE_BPS,
-        protocol.MAX_LONG_PRICE_BPS,
-    )
+    low, high, long_high = MIN_SHORT_PRICE_BPS, MAX_SHORT_PRICE_BPS, MAX_LONG_PRICE_BPS
     if not low <= short_bps <= high:
         raise ConfigError(
             f"TEGRID_IMBALANCE_SHORT_PRICE_BPS must be in [{low}, {high}], got {short_bps}"

@@ -19,6 +19,11 @@ from enum import IntEnum
 
 from eth_hash.auto import keccak
 
+from backend.settings import BPS as BPS
+from backend.settings import MAX_LONG_PRICE_BPS as MAX_LONG_PRICE_BPS
+from backend.settings import MAX_SHORT_PRICE_BPS as MAX_SHORT_PRICE_BPS
+from backend.settings import MIN_SHORT_PRICE_BPS as MIN_SHORT_PRICE_BPS
+
 MARKET_DOMAIN_NAME = "tegrid EnergyMarket"
 READINGS_DOMAIN_NAME = "tegrid MeterReadings"
 REGISTRY_DOMAIN_NAME = "tegrid ParticipantRegistry"
@@ -32,11 +37,8 @@ TOKEN_UNIT = 10**TOKEN_DECIMALS
 
 # EnergyMarket's imbalance prices, basis points of an interval's clearing price: short within
 # [MIN_SHORT_PRICE_BPS, MAX_SHORT_PRICE_BPS], long within [0, MAX_LONG_PRICE_BPS]
-# (MarketInvalidImbalancePrices outside).
-BPS = 10_000
-MIN_SHORT_PRICE_BPS = BPS
-MAX_SHORT_PRICE_BPS = 10 * BPS
-MAX_LONG_PRICE_BPS = BPS
+# (MarketInvalidImbalancePrices outside); the settings check them, so they are defined there and
+# imported above.
 
 # IEnergyMarket.Side (the Order's uint8 side).
 SELL = 0

@@ -32,7 +32,15 @@ from backend.market.errors import ConflictError, NotFoundError
 from backend.market.events import EventBus
 from backend.market.group_commit import GroupCommit
 from backend.market.intake import CheckedOrder, Intake
-from backend.market.models import BatchRow, IntervalRow, IntervalStatus, OrderRow, TradeRow
+from backend.market.models import (
+    BatchRow,
+    ImbalanceRow,
+    IntervalImbalanceRow,
+    IntervalRow,
+    IntervalStatus,
+    OrderRow,
+    TradeRow,
+)
 from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant
 from backend.market.recorder import Recorder
 from backend.market.store import Store
@@ -264,6 +272,10 @@ class Market:
 
     def batches(self, interval_id: int) -> list[BatchRow]:
         return self.store.batches(interval_id)
+
+    def imbalance(self, interval_id: int) -> tuple[IntervalImbalanceRow, list[ImbalanceRow]] | None:
+        """The interval's imbalance settlement as followed from the chain, None before it."""
+        return self.store.imbalance(interval_id)
 
     def interval_error(self, interval_id: int) -> str | None:
         """Why the interval could not be cleared, while it is not."""

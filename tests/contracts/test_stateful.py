@@ -416,12 +416,7 @@ def _run(ledger: DeployedLedger, parts: Any, examples: int, steps: int) -> None:
 def test_stateful_ledger_short(ledger: DeployedLedger, parts: Any) -> None:
     LedgerMachine.stats = {}
     brownie.chain.snapshot()
-    _run(
-        ledger,
-        parts,
-        examples=int(os.environ.get("IMB_EX", 12)),
-        steps=int(os.environ.get("IMB_ST", 40)),
-    )
+    _run(ledger, parts, examples=12, steps=40)
     print("stateful stats", LedgerMachine.stats)
 
 
