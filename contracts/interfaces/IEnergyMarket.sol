@@ -51,7 +51,8 @@ pragma solidity 0.8.28;
 ///   available balance.
 /// - `settle` takes every batch of the interval (the totals of each party span all batches) and pays the
 ///   trades of batches [settled so far, pageEnd): a page costs about 2k gas per trade of the interval
-///   (calldata, commitment and totals) plus about 13k per trade paid. The constructor requires
+///   (calldata, commitment and totals) plus about 13k per trade paid; the last page also about 3-5k
+///   per party for its imbalance (docs/benchmarks.md). The constructor requires
 ///   2 x settlementDelay <= the readings window of {IMeterReadings}, so settlement always reads
 ///   readings that a later interval has not overwritten.
 /// - Internal balances assume a plain ERC-20: tokens that take a fee on transfer are not supported.
