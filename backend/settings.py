@@ -63,6 +63,28 @@ def check_voltage_band(vm_min_pu: float, vm_max_pu: float, names: tuple[str, str
         raise ConfigError(f"{names[1]} must be in (1.0, {high}] pu, got {vm_max_pu}")
 
 
+# EnergyMarket's bounds on the imbalance prices, basis points of an interval's clearing price
+# (MarketInvalidImbalancePrices outside them). Defined here, where the settings are checked, and
+# re-exported by backend.chain.protocol, whose test pins them against the contract.
+BPS = 10_000
+MIN_SHORT_PRICE_BPS = BPS
+MAX_SHORT_PRICE_BPS = 10 * BPS
+MAX_LONG_PRICE_BPS = BPS
+
+
+def check_imbalance_prices(short_bps: int, long_bps: int) -> None:
+    """The market's bounds: short within 1x-10x the clearing price, long within 0-1x."""
+    low, high, long_high = MIN_SHORT_PRICE_BPS, MAX_SHORT_PRICE_BPS, MAX_LONG_PRICE_BPS
+    if not low <= short_bps <= high:
+        raise ConfigError(
+            f"TEGRID_IMBALANCE_SHORT_PRICE_BPS must be in [{low}, {high}], got {short_bps}"
+        )
+    if not 0 <= long_bps <= long_high:
+        raise ConfigError(
+            f"TEGRID_IMBALANCE_LONG_PRICE_BPS must be in [0, {long_high}], got {long_bps}"
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a tegrid process is configured with. Build with :meth:`from_env`."""
@@ -98,6 +120,11 @@ class Settings:
     # backend.market.optimal) or "greedy" (merit order with whole-pair vetoes, its fallback).
     clearing: str = "optimal"
     interval_seconds: int = 900
+    # Imbalance prices the market is deployed with, basis points of an interval's clearing price:
+    # short (paid by a party the grid supplied) in [10,000, 100,000], long (paid to a party whose
+    # surplus the grid absorbed) in [0, 10,000]; the grid operator changes them on chain later.
+    imbalance_short_price_bps: int = 15_000
+    imbalance_long_price_bps: int = 5_000
     deployment_file: Path = field(default=REPO_ROOT / ".tegrid" / "deployment.json")
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
     # Bounded work per interval: live orders one trader may have for one interval.
@@ -148,6 +175,9 @@ class Settings:
                 f"TEGRID_CLEARING must be one of {', '.join(CLEARING_METHODS)}, "
                 f"got {settings.clearing!r}"
             )
+        check_imbalance_prices(
+            settings.imbalance_short_price_bps, settings.imbalance_long_price_bps
+        )
         check_voltage_band(
             settings.vm_min_pu, settings.vm_max_pu, ("TEGRID_VM_MIN_PU", "TEGRID_VM_MAX_PU")
         )

@@ -5,6 +5,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {CompactSignature} from "./libraries/CompactSignature.sol";
 import {Metered} from "./libraries/Metered.sol";
 import {ORDER_SIZE, PackedOrder, PackedOrderLibrary} from "./libraries/PackedOrder.sol";
@@ -42,6 +43,13 @@ contract EnergyMarket is EIP712, IEnergyMarket {
 
     bytes32 internal constant MARKET_OPERATOR_ROLE = keccak256("MARKET_OPERATOR_ROLE");
     bytes32 internal constant VALIDATOR_ROLE = keccak256("VALIDATOR_ROLE");
+    bytes32 internal constant GRID_OPERATOR_ROLE = keccak256("GRID_OPERATOR_ROLE");
+    // Imbalance prices: basis points of the clearing price. Short >= 1x and long <= 1x, so no deviation
+    // pays better than the trade it deviates from; the caps keep D * P * bps far below 2^256.
+    uint256 internal constant BPS = 10_000;
+    uint256 internal constant MAX_SHORT_PRICE_BPS = 100_000;
+    // Wh x (base units per kWh) x bps -> base units
+    uint256 internal constant IMBALANCE_DIVISOR = 1000 * BPS;
     uint8 internal constant SELL = 0;
     uint8 internal constant BUY = 1;
     // `field` of MarketMalformedCalldata
@@ -79,6 +87,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     uint64 public immutable settlementDelaySeconds;
     /// @inheritdoc IEnergyMarket
     uint64 public immutable gateLeadSeconds;
+    /// @inheritdoc IEnergyMarket
+    address public immutable balancingAccount;
 
     // available and locked escrow share one slot: recording a trade touches the buyer once.
     mapping(address account => Account) private _accounts;
@@ -88,6 +98,15 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     mapping(uint64 intervalId => IntervalState) private _intervals;
     // One commitment per recorded batch instead of storage per trade; settle re-supplies the trades.
     mapping(uint64 intervalId => mapping(uint256 batchIndex => bytes32)) private _commitments;
+    // Imbalance payments an account could not pay; while non-zero its orders are refused.
+    mapping(address account => uint256) private _debts;
+    // The imbalance prices the next interval takes: one slot, read once per interval (its first batch).
+    ImbalancePrices private _prices;
+
+    struct ImbalancePrices {
+        uint32 shortBps;
+        uint32 longBps;
+    }
 
     /// @dev A batch while it is recorded: hashes first (the attestation covers ids, amounts, prices and
     /// verdicts, one word each per trade as EIP-712 hashes arrays), then
@@ -105,7 +124,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     }
 
     /// @dev An interval while it is settled: per party its totals (see `_aggregate`), readings, and what its
-    /// balance gains (credit) and releases from escrow (unlock).
+    /// balance gains (credit) and releases from escrow (unlock); over all its trades the energy and the
+    /// value (sum of Wh x price per kWh) that give its clearing price.
     struct Settlement {
         uint256 pbase; // calldata position of the packed parties
         uint256 np; // number of parties
@@ -113,6 +133,19 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         uint256[] metered;
         uint256[] credit;
         uint256[] unlock;
+        uint256 tradedWh;
+        uint256 tradedValue;
+    }
+
+    /// @dev The imbalance of one interval while it is settled (see `_settleImbalance`).
+    struct Imbalance {
+        uint256 clearingPrice; // base units per kWh
+        uint256 shortBps;
+        uint256 longBps;
+        uint256 collected; // from short parties, to the balancing account
+        uint256 due; // owed to long parties in full
+        uint256 pool; // what the balancing account can pay: its available balance + collected
+        uint256 paidOut; // paid to long parties
     }
 
     /// @param token_ Any ERC-20 used for payment.
@@ -120,14 +153,23 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @param readings_ Meter readings; its interval length is the market's.
     /// @param settlementDelaySeconds_ Time after an interval's end until missing readings count as zero.
     /// @param gateLeadSeconds_ How long before an interval starts its gate closes (no batch after it).
+    /// @param balancingAccount_ The account every imbalance is settled against (the grid operator's).
+    /// @param shortPriceBps_ Imbalance short price, basis points of the clearing price (see setImbalancePrices).
+    /// @param longPriceBps_ Imbalance long price, basis points of the clearing price.
     constructor(
         IERC20 token_,
         IParticipantRegistry registry_,
         IMeterReadings readings_,
         uint64 settlementDelaySeconds_,
-        uint64 gateLeadSeconds_
+        uint64 gateLeadSeconds_,
+        address balancingAccount_,
+        uint32 shortPriceBps_,
+        uint32 longPriceBps_
     ) EIP712("tegrid EnergyMarket", "1") {
-        if (address(token_) == address(0) || address(registry_) == address(0) || address(readings_) == address(0)) {
+        if (
+            address(token_) == address(0) || address(registry_) == address(0) || address(readings_) == address(0)
+                || balancingAccount_ == address(0)
+        ) {
             revert MarketInvalidConfig();
         }
         token = token_;
@@ -140,6 +182,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
         settlementDelaySeconds = settlementDelaySeconds_;
         gateLeadSeconds = gateLeadSeconds_;
+        balancingAccount = balancingAccount_;
+        _setPrices(shortPriceBps_, longPriceBps_);
     }
 
     // ------------------------------------------------------------------ balances
@@ -148,14 +192,51 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     function deposit(uint256 amount) external {
         if (amount == 0) revert MarketZeroAmount();
         if (amount > type(uint128).max) revert MarketAmountTooLarge(amount);
-        _accounts[msg.sender].available += uint128(amount);
+        uint256 debt = _debts[msg.sender];
+        uint256 repaid = debt < amount ? debt : amount;
+        _accounts[msg.sender].available += uint128(amount - repaid);
         emit Deposited(msg.sender, amount);
+        if (repaid != 0) _repay(msg.sender, debt, repaid);
         token.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function repayDebt() external {
+        uint256 debt = _debts[msg.sender];
+        Account storage acc = _accounts[msg.sender];
+        uint256 available = acc.available;
+        uint256 repaid = debt < available ? debt : available;
+        if (repaid == 0) revert MarketNothingToRepay(msg.sender);
+        acc.available = uint128(available - repaid);
+        _repay(msg.sender, debt, repaid);
+    }
+
+    /// @dev `repaid` of `account`'s `debt` to the balancing account.
+    function _repay(address account, uint256 debt, uint256 repaid) private {
+        _debts[account] = debt - repaid;
+        _accounts[balancingAccount].available += uint128(repaid);
+        emit DebtRepaid(account, repaid, debt - repaid);
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function setImbalancePrices(uint32 shortPriceBps, uint32 longPriceBps) external {
+        if (!registry.hasRole(GRID_OPERATOR_ROLE, msg.sender)) revert MarketNotGridOperator(msg.sender);
+        _setPrices(shortPriceBps, longPriceBps);
+    }
+
+    function _setPrices(uint32 shortPriceBps, uint32 longPriceBps) private {
+        if (shortPriceBps < BPS || shortPriceBps > MAX_SHORT_PRICE_BPS || longPriceBps > BPS) {
+            revert MarketInvalidImbalancePrices(shortPriceBps, longPriceBps);
+        }
+        _prices = ImbalancePrices(shortPriceBps, longPriceBps);
+        emit ImbalancePricesChanged(shortPriceBps, longPriceBps);
     }
 
     /// @inheritdoc IEnergyMarket
     function withdraw(uint256 amount) external {
         if (amount == 0) revert MarketZeroAmount();
+        uint256 debt = _debts[msg.sender];
+        if (debt != 0) revert MarketAccountOwing(msg.sender, debt);
         Account storage acc = _accounts[msg.sender];
         if (acc.available < amount) revert MarketInsufficientBalance(msg.sender, acc.available, amount);
         acc.available -= uint128(amount);
@@ -217,6 +298,11 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         bytes32 evidenceHash
     ) private {
         uint32 batchIndex = st.batchCount;
+        if (batchIndex == 0) {
+            // the interval's imbalance prices, fixed before its gate closes (same slot as batchCount)
+            ImbalancePrices memory prices = _prices;
+            (st.shortPriceBps, st.longPriceBps) = (prices.shortBps, prices.longBps);
+        }
         _commitments[intervalId][batchIndex] = commitment;
         st.lastTradeId = lastTradeId;
         st.batchCount = batchIndex + 1;
@@ -499,6 +585,10 @@ contract EnergyMarket is EIP712, IEnergyMarket {
             }
             uint256 state = bt.states[o];
             if (!RegistryState.isActive(state)) revert MarketParticipantInactive(trader);
+            {
+                uint256 debt = _debts[trader];
+                if (debt != 0) revert MarketAccountOwing(trader, debt);
+            }
             (uint256 slot, uint256 shift) = _fillLane(nonce);
             uint256 filled = (_fills[trader][slot] >> shift) & FILL_LANE_MASK;
             if (filled == CANCELLED) revert MarketOrderCancelled(trader, nonce);
@@ -560,7 +650,10 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         uint256 count = _settlePage(z, batches, from, pageEnd, _cdPtr(positions));
         _pay(z);
         emit BatchesSettled(intervalId, uint32(from), pageEnd, uint32(count));
-        if (last) emit IntervalSettled(intervalId, st.approvedCount);
+        if (last) {
+            _settleImbalance(intervalId, st, z);
+            emit IntervalSettled(intervalId, st.approvedCount);
+        }
     }
 
     /// @inheritdoc IEnergyMarket
@@ -662,21 +755,14 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
     }
 
-    /// @dev Record `r`, its parties' positions at calldata position `pos`: the delivered energy, the
-    /// seller's payment and the buyer's refund, booked in z.credit and z.unlock.
+    /// @dev Record `r`, its parties' positions at calldata position `pos`: the seller's payment for the
+    /// trade's energy (firm) and the buyer's rounding remainder, booked in z.credit and z.unlock.
     function _settleOne(Settlement memory z, TradeRecord r, uint256 pos) private {
         unchecked {
             (uint256 s, uint256 y) = (positionAt(pos, 0), positionAt(pos, 1));
-            uint256 delivered;
-            uint256 escrow;
-            uint256 paid;
-            {
-                (uint256 num, uint256 den) = _ratio(z, s, y);
-                (uint256 energyWh, uint256 price) = (r.energyWh(), r.pricePerKWh());
-                delivered = (energyWh * num) / den;
-                escrow = _escrow(energyWh, price);
-                paid = (delivered * price) / 1000;
-            }
+            (uint256 delivered, uint256 price) = (r.energyWh(), r.pricePerKWh());
+            uint256 escrow = _escrow(delivered, price);
+            uint256 paid = (delivered * price) / 1000;
             (uint256[] memory credit, uint256[] memory unlock) = (z.credit, z.unlock);
             assembly ("memory-safe") {
                 let cs := add(credit, shl(5, add(s, 1)))
@@ -687,30 +773,6 @@ contract EnergyMarket is EIP712, IEnergyMarket {
                 mstore(uy, add(mload(uy), escrow))
             }
             emit TradeSettled(r.tradeId(), uint64(delivered), paid, escrow - paid);
-        }
-    }
-
-    /// @dev min(r_seller, r_buyer) as a fraction, r = min(1, metered / contracted) for each side.
-    function _ratio(Settlement memory z, uint256 s, uint256 y) private pure returns (uint256 num, uint256 den) {
-        unchecked {
-            (uint256[] memory totals, uint256[] memory metered) = (z.totals, z.metered);
-            uint256 sellerTotals;
-            uint256 buyerTotals;
-            uint256 sellerMetered;
-            uint256 buyerMetered;
-            assembly ("memory-safe") {
-                sellerTotals := mload(add(totals, shl(5, add(s, 1))))
-                buyerTotals := mload(add(totals, shl(5, add(y, 1))))
-                sellerMetered := mload(add(metered, shl(5, add(s, 1))))
-                buyerMetered := mload(add(metered, shl(5, add(y, 1))))
-            }
-            uint256 sold = sellerTotals & TOTALS_WH_MASK;
-            uint256 bought = (buyerTotals >> TOTALS_BOUGHT_SHIFT) & TOTALS_WH_MASK;
-            uint256 exported = Metered.exportWh(sellerMetered);
-            uint256 imported = Metered.importWh(buyerMetered);
-            (num, den) = (1, 1);
-            if (exported < sold) (num, den) = (exported, sold);
-            if (imported < bought && imported * den < num * bought) (num, den) = (imported, bought);
         }
     }
 
@@ -756,6 +818,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     function _addRecord(Settlement memory z, TradeRecord r, uint256 pos) private pure {
         unchecked {
             uint256 energyWh = r.energyWh();
+            z.tradedWh += energyWh;
+            z.tradedValue += energyWh * r.pricePerKWh(); // below 2^192 each, 2^224 for 2^32 trades
             uint256 s = _position(z, positionAt(pos, 0), r.seller());
             uint256 y = _position(z, positionAt(pos, 1), r.buyer());
             uint256 sellerFlags = USED | (uint256(r.sellerIndex()) << TOTALS_INDEX_SHIFT);
@@ -797,6 +861,82 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         }
     }
 
+    // ------------------------------------------------------------------ imbalance
+
+    /// @dev Every party's deviation from its contracted net position, settled with the balancing account
+    /// (rule in {IEnergyMarket}): short parties pay first (what they cannot pay becomes debt), then the
+    /// balancing account pays the long ones from its balance and what it collected.
+    function _settleImbalance(uint64 intervalId, IntervalState storage st, Settlement memory z) private {
+        Imbalance memory im;
+        im.shortBps = st.shortPriceBps;
+        im.longBps = st.longPriceBps;
+        if (z.tradedWh != 0) im.clearingPrice = z.tradedValue / z.tradedWh;
+        uint256[] memory longDue = new uint256[](z.np);
+        bool[] memory long_ = new bool[](z.np);
+        for (uint256 p = 0; p < z.np; ++p) {
+            address wallet = partyAt(z.pbase, p);
+            if (wallet == balancingAccount) continue; // it settles no imbalance with itself
+            (int256 contracted, int256 metered) = _positions(z.totals[p], z.metered[p]);
+            int256 d = metered - contracted;
+            if (d < 0) {
+                uint256 charge = (uint256(-d) * im.shortBps * im.clearingPrice + IMBALANCE_DIVISOR - 1)
+                    / IMBALANCE_DIVISOR;
+                (uint256 paid, uint256 owed) = _chargeShort(wallet, charge);
+                im.collected += paid;
+                emit ImbalanceSettled(intervalId, wallet, contracted, metered, -int256(paid), owed);
+            } else if (d > 0 && Metered.isPresent(z.metered[p])) {
+                long_[p] = true;
+                longDue[p] = (uint256(d) * im.longBps * im.clearingPrice) / IMBALANCE_DIVISOR;
+                im.due += longDue[p];
+            } else {
+                // balanced, or long without a reading (a missing reading never earns a payment)
+                emit ImbalanceSettled(intervalId, wallet, contracted, metered, 0, 0);
+            }
+        }
+        Account storage ba = _accounts[balancingAccount];
+        im.pool = uint256(ba.available) + im.collected;
+        for (uint256 p = 0; p < z.np; ++p) {
+            if (long_[p]) _payLong(intervalId, z, im, p, longDue[p]);
+        }
+        ba.available = uint128(im.pool - im.paidOut);
+        emit IntervalImbalanceSettled(
+            intervalId, im.clearingPrice, uint32(im.shortBps), uint32(im.longBps), im.collected, im.paidOut
+        );
+    }
+
+    /// @dev (contracted, metered) net positions in Wh of a party: sold - bought, exported - imported.
+    function _positions(uint256 totals, uint256 metered) private pure returns (int256, int256) {
+        uint256 sold = totals & TOTALS_WH_MASK;
+        uint256 bought = (totals >> TOTALS_BOUGHT_SHIFT) & TOTALS_WH_MASK;
+        // below 2^96 and 2^64: the casts cannot wrap
+        return (
+            int256(sold) - int256(bought),
+            int256(Metered.exportWh(metered)) - int256(Metered.importWh(metered))
+        );
+    }
+
+    /// @dev `charge` from `wallet`'s available balance; what it cannot pay is added to its debt.
+    function _chargeShort(address wallet, uint256 charge) private returns (uint256 paid, uint256 owed) {
+        Account storage acc = _accounts[wallet];
+        uint256 available = acc.available;
+        paid = charge < available ? charge : available;
+        owed = charge - paid;
+        acc.available = uint128(available - paid);
+        if (owed != 0) _debts[wallet] += owed;
+    }
+
+    /// @dev The long party `p`'s due, in full when the pool covers every long party, else its share.
+    function _payLong(uint64 intervalId, Settlement memory z, Imbalance memory im, uint256 p, uint256 due)
+        private
+    {
+        uint256 paid = im.due <= im.pool ? due : Math.mulDiv(due, im.pool, im.due);
+        address wallet = partyAt(z.pbase, p);
+        im.paidOut += paid;
+        _accounts[wallet].available += uint128(paid);
+        (int256 contracted, int256 metered) = _positions(z.totals[p], z.metered[p]);
+        emit ImbalanceSettled(intervalId, wallet, contracted, metered, int256(paid), due - paid);
+    }
+
     // ------------------------------------------------------------------ packed calldata access
 
     function _cdPtr(bytes calldata data) private pure returns (uint256 p) {
@@ -819,6 +959,17 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     function balanceOf(address account) external view returns (uint128 available, uint128 locked) {
         Account storage acc = _accounts[account];
         return (acc.available, acc.locked);
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function debtOf(address account) external view returns (uint256) {
+        return _debts[account];
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function imbalancePrices() external view returns (uint32 shortPriceBps, uint32 longPriceBps) {
+        ImbalancePrices memory prices = _prices;
+        return (prices.shortBps, prices.longBps);
     }
 
     /// @inheritdoc IEnergyMarket

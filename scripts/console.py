@@ -9,6 +9,9 @@
     >>> decode_trade_id("0x<tradeId>") # the two signed orders the id hashes, from recordTrades
     >>> trades_of(accounts[5])         # the wallet's sales and purchases (indexed seller / buyer)
     >>> interval(1996100)              # intervalOf with its field names and the timeline
+    >>> imbalance(1996100)             # every party's positions, deviation and imbalance payment
+    >>> debt(accounts[5])              # what an account owes the balancing account
+    >>> set_imbalance_prices(15_000, 5_000)  # the grid operator's short and long prices (bps)
 
 `brownie run scripts/console.py` prints where the contracts are. The addresses come from
 TEGRID_DEPLOYMENT_FILE (`tegrid chain deploy`, `tegrid serve --dev` or `tegrid demo` write it).
@@ -29,6 +32,7 @@ from brownie import (  # type: ignore[attr-defined]
 )
 
 from backend.chain import eip712, trades
+from backend.chain import imbalance as imbalances
 from backend.chain.contracts import load_deployment
 from backend.settings import Settings
 
@@ -48,7 +52,7 @@ market = EnergyMarket.at(deployment.address("EnergyMarket"))
 
 INTERVAL_FIELDS = (
     "lastTradeId", "batchCount", "approvedCount", "expectedBatches", "settledBatches", "settled",
-    "reclaimed",
+    "reclaimed", "shortPriceBps", "longPriceBps",
 )  # fmt: skip
 
 
@@ -146,6 +150,52 @@ def interval(interval_id: int) -> dict[str, Any]:
         chainTime=web3.eth.get_block("latest")["timestamp"],
     )
     return state
+
+
+def imbalance(interval_id: int) -> dict[str, Any]:
+    """The interval's imbalance settlement from its last settle page's events: clearing price
+    (energy-weighted, computed on chain), short and long prices, what the balancing account
+    collected and paid, and per party its contracted and metered net positions (Wh, sold or
+    exported positive), deviation, payment (negative: paid to the balancing account) and what it
+    could not pay (its new debt) or was not paid."""
+    contract = web3.eth.contract(address=market.address, abi=market.abi)
+    found = imbalances.find(web3, contract, interval_id, deployment.block)
+    if found is None:
+        return {
+            "intervalId": interval_id,
+            "status": "no imbalance settled (not settled yet, or reclaimed)",
+        }
+    return {
+        "intervalId": interval_id,
+        "clearingPricePerKWh": found.clearing_price_per_kwh,
+        "shortPriceBps": found.short_price_bps,
+        "longPriceBps": found.long_price_bps,
+        "collected": found.collected,
+        "paidOut": found.paid_out,
+        "settledIn": found.tx_hash,
+        "parties": {
+            p.account: {
+                "contractedWh": p.contracted_wh,
+                "meteredWh": p.metered_wh,
+                "deviationWh": p.deviation_wh,
+                "payment": p.payment,
+                "shortfall": p.shortfall,
+            }
+            for p in found.parties
+        },
+    }
+
+
+def debt(account: Any) -> int:
+    """What ``account`` owes the balancing account (its orders are refused until it is paid)."""
+    return int(market.debtOf(account))
+
+
+def set_imbalance_prices(short_bps: int, long_bps: int, grid_operator: Any = None) -> Any:
+    """Set the imbalance prices in basis points of the clearing price (GRID_OPERATOR_ROLE; the dev
+    deployment gives it to accounts[0]); intervals whose first batch comes later take them."""
+    sender = grid_operator or accounts[0]
+    return market.setImbalancePrices(short_bps, long_bps, {"from": sender})
 
 
 def main() -> None:

@@ -5,8 +5,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backend.api.schemas import BatchOut, IntervalOut, OrderOut, TradeOut
-from backend.market.models import BatchRow, BatchState, IntervalRow, OrderRow, TradeRow
+from backend.api.schemas import (
+    BatchOut,
+    ImbalanceOut,
+    IntervalOut,
+    OrderOut,
+    PartyImbalanceOut,
+    TradeOut,
+)
+from backend.market.models import (
+    BatchRow,
+    BatchState,
+    ImbalanceRow,
+    IntervalImbalanceRow,
+    IntervalRow,
+    OrderRow,
+    TradeRow,
+)
 from backend.market.service import Market
 
 # OrderOut field <- order row column (rows as OrderRow objects or the accept path's dicts)
@@ -103,6 +118,35 @@ def interval_out(market: Market, row: IntervalRow) -> IntervalOut:
         batch=_batch_summary(batches),
         batches=[batch_out(b) for b in batches],
         error=market.interval_error(row.id),
+        imbalance=imbalance_out(market.imbalance(row.id)),
+    )
+
+
+def imbalance_out(
+    found: tuple[IntervalImbalanceRow, list[ImbalanceRow]] | None,
+) -> ImbalanceOut | None:
+    if found is None:
+        return None
+    head, parties = found
+    return ImbalanceOut(
+        clearingPricePerKWh=int(head.clearing_price),
+        shortPriceBps=head.short_price_bps,
+        longPriceBps=head.long_price_bps,
+        collected=int(head.collected),
+        paidOut=int(head.paid_out),
+        settleTxHash=head.settle_tx_hash,
+        participants=[
+            PartyImbalanceOut(
+                account=p.account,
+                contractedWh=p.contracted_wh,
+                meteredWh=p.metered_wh,
+                deviationWh=p.metered_wh - p.contracted_wh,
+                paid=max(0, -int(p.payment)),
+                received=max(0, int(p.payment)),
+                owed=int(p.shortfall),
+            )
+            for p in parties
+        ],
     )
 
 

@@ -18,6 +18,7 @@ from backend.errors import CompileError, ConfigError, TegridError, ToolchainErro
 from backend.iot.errors import IotError, MessageError, TransportError
 from backend.keeper.errors import KeeperError
 from backend.market.errors import (
+    AccountOwingError,
     AlreadyConnectedError,
     BadSignatureError,
     BatchRevertedError,
@@ -84,6 +85,7 @@ HTTP_ERRORS: dict[type[BaseException], tuple[int, str]] = {
     NonceUsedError: (409, "NONCE_USED"),
     OverConnectionLimitError: (422, "OVER_CONNECTION_LIMIT"),
     InsufficientDepositError: (402, "INSUFFICIENT_DEPOSIT"),
+    AccountOwingError: (402, "ACCOUNT_OWING"),
     TooManyOrdersError: (422, "TOO_MANY_ORDERS"),
     InvalidOrderError: (422, "INVALID_ORDER"),
     ConnectionRequestRefusedError: (422, "CONNECTION_REFUSED"),

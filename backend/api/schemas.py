@@ -92,6 +92,7 @@ Uint32 = Annotated[int, JsonInt(0, 2**32 - 1)]
 Price = Annotated[int, JsonInt(0, 2**128 - 1, string=True)]  # uint128 on chain
 Nonce = Annotated[int, JsonInt(0, 2**64 - 1, string=True)]  # uint64 on chain
 Amount = Annotated[int, JsonInt(0, 2**256 - 1, string=True)]  # token base units
+SignedWh = Annotated[int, JsonInt(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)]  # a net position
 NUM = "JSON number; a decimal string is accepted in requests"
 STR = "decimal string; a JSON integer is accepted in requests"
 OUT_NUM = "JSON number"
@@ -228,6 +229,41 @@ class BatchOut(BaseModel):
     nextAttemptAt: float | None = Field(description="unix seconds of the next retry")
 
 
+class PartyImbalanceOut(BaseModel):
+    """One party's imbalance: net positions (sold or exported positive), deviation = metered -
+    contracted (negative: short, the grid supplied it; positive: long, the grid absorbed it)."""
+
+    account: Address
+    contractedWh: SignedWh = Field(
+        description=f"sold minus bought in approved trades, Wh; {OUT_NUM}"
+    )
+    meteredWh: SignedWh = Field(
+        description=f"exported minus imported, Wh (0 when the reading was missing); {OUT_NUM}"
+    )
+    deviationWh: SignedWh = Field(description=f"metered minus contracted, Wh; {OUT_NUM}")
+    paid: Amount = Field(description=f"paid to the balancing account (short); {OUT_STR}")
+    received: Amount = Field(description=f"paid by the balancing account (long); {OUT_STR}")
+    owed: Amount = Field(
+        description="what it could not pay: added to its debt (short), or left unpaid by an "
+        f"underfunded balancing account (long); {OUT_STR}"
+    )
+
+
+class ImbalanceOut(BaseModel):
+    """An interval's imbalance settlement, as the chain settled it with its last page."""
+
+    clearingPricePerKWh: Price = Field(
+        description="energy-weighted average price of the interval's approved trades, computed "
+        f"on chain; token base units per kWh; {OUT_STR}"
+    )
+    shortPriceBps: Number = Field(description=f"short price, basis points of it; {OUT_NUM}")
+    longPriceBps: Number = Field(description=f"long price, basis points of it; {OUT_NUM}")
+    collected: Amount = Field(description=f"paid to the balancing account; {OUT_STR}")
+    paidOut: Amount = Field(description=f"paid by the balancing account; {OUT_STR}")
+    settleTxHash: Hash32 | None
+    participants: list[PartyImbalanceOut]
+
+
 class IntervalOut(BaseModel):
     id: Number = Field(description=f"interval id; {OUT_NUM}")
     status: Literal["open", "closed", "cleared", "recorded", "settled"]
@@ -257,6 +293,10 @@ class IntervalOut(BaseModel):
     batch: dict[str, Any] | None = Field(description="summary of the batches (all trade ids)")
     batches: list[BatchOut] = Field(default_factory=list)
     error: str | None = Field(None, description="why the interval could not be cleared yet")
+    imbalance: ImbalanceOut | None = Field(
+        None,
+        description="every party's imbalance, once the interval is settled (none when reclaimed)",
+    )
 
 
 class TradeOut(BaseModel):

@@ -19,6 +19,9 @@ DEFAULT_SETTLEMENT_DELAY_SECONDS = 3600
 # market closes its order book earlier (``MarketConfig.gate_lead_seconds``) so that clearing and
 # recording fit before it.
 DEFAULT_GATE_LEAD_SECONDS = 0
+# Imbalance prices in basis points of an interval's clearing price (Settings.imbalance_*_price_bps).
+DEFAULT_SHORT_PRICE_BPS = 15_000
+DEFAULT_LONG_PRICE_BPS = 5_000
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,15 @@ def deploy_all(
     gate_lead_seconds: int = DEFAULT_GATE_LEAD_SECONDS,
     token_address: str | None = None,
     deployment_file: Path | None = None,
+    balancing_account: str | None = None,
+    short_price_bps: int = DEFAULT_SHORT_PRICE_BPS,
+    long_price_bps: int = DEFAULT_LONG_PRICE_BPS,
 ) -> Deployment:
     """Deploy token (unless ``token_address``), registry, readings and market; grant the roles.
 
-    The client's account becomes the registry admin and the token minter. When ``deployment_file``
-    is given the result is written there.
+    The client's account becomes the registry admin and the token minter. The market settles
+    imbalance against ``balancing_account`` (default: the grid operator's address) at the given
+    prices. When ``deployment_file`` is given the result is written there.
     """
     contracts: dict[str, str] = {}
     if token_address is None:
@@ -75,6 +82,9 @@ def deploy_all(
         readings_address,
         settlement_delay_seconds,
         gate_lead_seconds,
+        balancing_account or roles.grid_operator,
+        short_price_bps,
+        long_price_bps,
     )
     contracts["EnergyMarket"] = market_address
 
@@ -116,4 +126,6 @@ def deploy_from_settings(
         interval_seconds=settings.interval_seconds,
         settlement_delay_seconds=settlement_delay_seconds,
         deployment_file=settings.deployment_file if write else None,
+        short_price_bps=settings.imbalance_short_price_bps,
+        long_price_bps=settings.imbalance_long_price_bps,
     )

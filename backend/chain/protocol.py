@@ -9,7 +9,8 @@ ABI), so a change on either side fails a test instead of a transaction.
 - the largest energy a reading may carry (``MeterReadings`` packs 23-bit values);
 - byte sizes of the packed records (layouts in ``backend/chain/batches.py``);
 - the EIP-712 domain names; escrow and trade-id arithmetic;
-- the signatures (topic 0) of the market events read from logs, and ``TradeState`` of ``tradeOf``.
+- the signatures (topic 0) of the market events read from logs, and ``TradeState`` of ``tradeOf``;
+- the bounds of the imbalance prices (basis points of an interval's clearing price).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from __future__ import annotations
 from enum import IntEnum
 
 from eth_hash.auto import keccak
+
+from backend.settings import BPS as BPS
+from backend.settings import MAX_LONG_PRICE_BPS as MAX_LONG_PRICE_BPS
+from backend.settings import MAX_SHORT_PRICE_BPS as MAX_SHORT_PRICE_BPS
+from backend.settings import MIN_SHORT_PRICE_BPS as MIN_SHORT_PRICE_BPS
 
 MARKET_DOMAIN_NAME = "tegrid EnergyMarket"
 READINGS_DOMAIN_NAME = "tegrid MeterReadings"
@@ -28,6 +34,11 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 # units, TOKEN_UNIT of them to the token.
 TOKEN_DECIMALS = 6
 TOKEN_UNIT = 10**TOKEN_DECIMALS
+
+# EnergyMarket's imbalance prices, basis points of an interval's clearing price: short within
+# [MIN_SHORT_PRICE_BPS, MAX_SHORT_PRICE_BPS], long within [0, MAX_LONG_PRICE_BPS]
+# (MarketInvalidImbalancePrices outside); the settings check them, so they are defined there and
+# imported above.
 
 # IEnergyMarket.Side (the Order's uint8 side).
 SELL = 0
@@ -96,6 +107,12 @@ ESCROW_RECLAIMED_EVENT = "EscrowReclaimed(bytes32,address,uint256)"
 BATCH_RECORDED_EVENT = "BatchRecorded(uint64,uint32,bytes32,uint32,bytes32)"
 INTERVAL_SETTLED_EVENT = "IntervalSettled(uint64,uint32)"
 INTERVAL_RECLAIMED_EVENT = "IntervalReclaimed(uint64,uint32,uint32)"
+# Imbalance, with an interval's last settlement page: one per party (topics intervalId, account)
+# and one per interval (topic intervalId).
+IMBALANCE_SETTLED_EVENT = "ImbalanceSettled(uint64,address,int256,int256,int256,uint256)"
+INTERVAL_IMBALANCE_SETTLED_EVENT = (
+    "IntervalImbalanceSettled(uint64,uint256,uint32,uint32,uint256,uint256)"
+)
 
 
 def event_topic(signature: str) -> bytes:
@@ -110,6 +127,8 @@ ESCROW_RECLAIMED = event_topic(ESCROW_RECLAIMED_EVENT)
 BATCH_RECORDED = event_topic(BATCH_RECORDED_EVENT)
 INTERVAL_SETTLED = event_topic(INTERVAL_SETTLED_EVENT)
 INTERVAL_RECLAIMED = event_topic(INTERVAL_RECLAIMED_EVENT)
+IMBALANCE_SETTLED = event_topic(IMBALANCE_SETTLED_EVENT)
+INTERVAL_IMBALANCE_SETTLED = event_topic(INTERVAL_IMBALANCE_SETTLED_EVENT)
 
 
 class TradeState(IntEnum):

@@ -71,13 +71,22 @@ def chain_bench(
     naive_trades: int = typer.Option(
         10, min=1, max=200, help="Trades recorded+settled one per tx."
     ),
+    deviation: float = typer.Option(
+        0.05,
+        min=0.0,
+        max=1.0,
+        help="Share of each position the meters read off it (every party settles an imbalance; "
+        "0: none).",
+    ),
 ) -> None:
     """Ledger gas: per trade (record + settle) and per reading in batches on a fresh Anvil;
     baseline: one trade recorded and settled per transaction on the same contracts."""
     # lazy: bench.chain loads web3 (~1 s), not for `tegrid --help`
     from bench.chain import run as run_chain_bench  # noqa: PLC0415
 
-    result = run_chain_bench(batch=batch, intervals=intervals, naive_trades=naive_trades)
+    result = run_chain_bench(
+        batch=batch, intervals=intervals, naive_trades=naive_trades, deviation=deviation
+    )
     if not json_out:
         typer.echo(
             f"{result['gas_per_trade']} gas/trade in batches of {batch} "

@@ -63,17 +63,20 @@ ENERGY_DEFINITIONS: tuple[tuple[str, str], ...] = (
     (
         "peer to peer",
         "contracted: energy of the approved trades; delivered: what settlement paid for "
-        "(TradeSettled.deliveredWh); metered export / import: the members' readings on chain",
+        "(TradeSettled.deliveredWh: all of it, trades settle firm); metered export / import: the "
+        "members' readings on chain",
     ),
 )
 
 DELIVERY_EXPLANATION = (
-    "Delivered energy is below contracted energy because settlement pays metered delivery, not "
-    "the contract (min-of-two, pro rata; docs/architecture.md): for seller s with contracted "
-    "sales E_s and metered export X_s, r_s = min(1, X_s / E_s); for buyer b likewise with its "
-    "purchases and metered import, r_b. Each trade delivers q x min(r_s, r_b); the seller is paid "
-    "for what was delivered and the buyer gets the rest of its escrow back. A reading missing at "
-    "the settlement deadline counts as zero."
+    "Trades settle firm: the seller is paid for the contracted energy (docs/architecture.md). "
+    "What the meters show beside it is imbalance: per interval and party, the metered net "
+    "position (export - import) minus the contracted one (sold - bought). Short (the grid "
+    "supplied the difference) pays the balancing account 1.5 x the interval's clearing price "
+    "(energy-weighted average of its trades), long (the grid absorbed it) is paid 0.5 x; a "
+    "reading missing at the settlement deadline counts as zero and earns no long payment. The "
+    "households' own load and PV count too: a member that trades in an interval answers for its "
+    "whole metered position in it."
 )
 
 

@@ -1,7 +1,9 @@
 """The demo's results: the summary (per interval, per participant, totals, the process layout and
-the profile) and the six checks it must pass - tokens conserved, every approved trade settled
-exactly once, no vetoed trade settled, every published reading on chain exactly once, no approved
-interval state outside a grid limit, no escrow left locked; ``print_summary`` shows them."""
+the profile) and the seven checks it must pass - tokens conserved (the balancing account
+included), every approved trade settled exactly once, every settled interval's parties settled
+their imbalance exactly once, no vetoed trade settled, every published reading on chain exactly
+once, no approved interval state outside a grid limit, no escrow left locked; ``print_summary``
+shows them."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from backend.chain.protocol import TOKEN_DECIMALS, TOKEN_UNIT
 from backend.demo import analysis, baseline
 from backend.demo.analysis import LOADINGS, shown
 from backend.demo.clients import check_response
-from backend.demo.config import DEPOSIT, TRADE_FIELDS
+from backend.demo.config import BALANCING_DEPOSIT, DEPOSIT, TRADE_FIELDS
 from backend.demo.day import DemoDay
 from grid.verdicts import Trade
 
@@ -42,6 +44,42 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
     settled_by_id = {e["args"]["tradeId"].hex(): e for e in settled_events}
     # escrow given back at reclaimAfter because no settlement came: says why a trade went unsettled
     reclaimed = {e["args"]["tradeId"].hex() for e in _events(day, market, "EscrowReclaimed")}
+    # every party's imbalance, once per (interval, party), with each interval's last settle page
+    imbalance_events = _events(day, market, "ImbalanceSettled")
+    imbalance_count = Counter(
+        (int(e["args"]["intervalId"]), str(e["args"]["account"])) for e in imbalance_events
+    )
+    imbalance_by_interval: dict[int, dict[str, Any]] = {}
+    for e in _events(day, market, "IntervalImbalanceSettled"):
+        a = e["args"]
+        imbalance_by_interval[int(a["intervalId"])] = {
+            "clearing_price": int(a["clearingPricePerKWh"]) / TOKEN_UNIT,
+            "short_price_bps": int(a["shortPriceBps"]),
+            "long_price_bps": int(a["longPriceBps"]),
+            "collected_tokens": int(a["collected"]) / TOKEN_UNIT,
+            "paid_out_tokens": int(a["paidOut"]) / TOKEN_UNIT,
+            "short_wh": 0, "long_wh": 0, "parties": 0, "owed_tokens": 0.0,
+        }  # fmt: skip
+    imbalance_of_party: dict[str, dict[str, int]] = {}
+    for e in imbalance_events:
+        a = e["args"]
+        deviation = int(a["meteredWh"]) - int(a["contractedWh"])
+        row = imbalance_by_interval[int(a["intervalId"])]
+        row["short_wh"] += max(0, -deviation)
+        row["long_wh"] += max(0, deviation)
+        row["parties"] += 1
+        if int(a["payment"]) < 0:
+            row["owed_tokens"] += int(a["shortfall"]) / TOKEN_UNIT
+        mine = imbalance_of_party.setdefault(
+            str(a["account"]), {"deviation_wh": 0, "short_wh": 0, "long_wh": 0, "payment": 0}
+        )
+        mine["deviation_wh"] += deviation
+        mine["short_wh"] += max(0, -deviation)
+        mine["long_wh"] += max(0, deviation)
+        mine["payment"] += int(a["payment"])
+    settled_intervals = {
+        int(e["args"]["intervalId"]) for e in _events(day, market, "IntervalSettled")
+    }
     reading_events = _events(day, readings, "ReadingsSubmitted")
     accepted = list(batches.accepted_from_logs(reading_events))
     reading_count = Counter((reading.meter, iv) for iv, reading, _ in accepted)
@@ -159,6 +197,12 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
                 "grid_approved": grid_states["grid_approved"],
                 "grid_all": grid_states["grid_all"],
                 "approved_state_within_limits": ok,
+                # this interval's imbalance (None: not settled, or reclaimed): short / long Wh
+                # summed over its parties, the balancing account's collections and payments
+                "imbalance": imbalance_by_interval.get(t),
+                "parties": len(
+                    {tr[k] for tr in trades if tr["approved"] for k in ("seller", "buyer")}
+                ),
                 "gas": {
                     "record": record_gas,
                     "readings": int(reading_gas.get(t, 0)),
@@ -168,15 +212,24 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         )
 
     participants: list[dict[str, Any]] = []
-    total_internal = 0
+    balancing = market.functions.balancingAccount().call()
+    total_internal = sum(int(v) for v in market.functions.balanceOf(balancing).call())
     for m in day.members:
         available, locked = market.functions.balanceOf(m.wallet).call()
         total_internal += int(available) + int(locked)
+        mine = imbalance_of_party.get(m.wallet, {})
         participants.append(
             {
                 "name": m.name, "kind": m.kind, "wallet": m.wallet, "bus": m.bus,
                 "contracted_wh": 0, "delivered_wh": 0, "paid": 0, "received": 0,
                 "available": int(available), "locked": int(locked),
+                # metered minus contracted net position, summed over its settled intervals;
+                # imbalance_payment: + paid to it by the balancing account, - paid by it
+                "imbalance_wh": mine.get("deviation_wh", 0),
+                "short_wh": mine.get("short_wh", 0), "long_wh": mine.get("long_wh", 0),
+                "imbalance_payment": mine.get("payment", 0),
+                "imbalance_tokens": mine.get("payment", 0) / TOKEN_UNIT,
+                "debt": int(market.functions.debtOf(m.wallet).call()),
             }
         )  # fmt: skip
     by_wallet = {p["wallet"]: p for p in participants}
@@ -198,16 +251,24 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
     for p in participants:
         p["received_tokens"] = p["received"] / TOKEN_UNIT
         p["paid_tokens"] = p["paid"] / TOKEN_UNIT
-    deposited = DEPOSIT * len(day.members)
+    deposited = DEPOSIT * len(day.members) + BALANCING_DEPOSIT
     market_tokens = int(token.functions.balanceOf(market.address).call())
     checks = {
-        "tokens conserved (market token balance = deposits = internal balances)": (
-            market_tokens == deposited == total_internal
-        ),
+        "tokens conserved (market token balance = deposits = internal balances, the balancing "
+        "account's included)": market_tokens == deposited == total_internal,
         "every approved trade settled exactly once": all(
             settled_count.get(i, 0) == 1 for i in approved_ids
         )
         and len(settled_count) == len(approved_ids),
+        "every settled interval's parties settled their imbalance exactly once": all(
+            n == 1 for n in imbalance_count.values()
+        )
+        and {iv for iv, _ in imbalance_count} <= settled_intervals
+        and all(
+            i["imbalance"] is not None and i["imbalance"]["parties"] == i["parties"]
+            for i in intervals
+            if i["interval"] in settled_intervals
+        ),
         "no vetoed trade settled": not any(settled_count.get(i, 0) for i in vetoed_ids),
         "every published reading on chain exactly once": all(
             reading_count.get(k, 0) == 1 for k in day.published
@@ -232,6 +293,16 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         ),
         "energy delivered (kWh)": round(sum(p["delivered_wh"] for p in participants) / 2000, 3),
         "tokens paid to sellers": sum(p["received"] for p in participants) / TOKEN_UNIT,
+        "imbalance settlements (party x interval)": sum(imbalance_count.values()),
+        "imbalance short / long (kWh)": (
+            f"{sum(p['short_wh'] for p in participants) / 1000:.3f} / "
+            f"{sum(p['long_wh'] for p in participants) / 1000:.3f}"
+        ),
+        "imbalance tokens to / from the balancing account": (
+            f"{sum(i['imbalance']['collected_tokens'] for i in intervals if i['imbalance']):.6f}"
+            f" / {sum(i['imbalance']['paid_out_tokens'] for i in intervals if i['imbalance']):.6f}"
+        ),
+        "participants owing": sum(1 for p in participants if p["debt"]),
         "sellers' deliveries under-metered": len(day.overrides),
         "readings missing": members * len(intervals) - len(day.published),
         "readings on chain": sum(reading_count.values()),
@@ -287,6 +358,8 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         "delivery": {
             "contracted_kwh": contracted_kwh,
             "delivered_kwh": delivered_kwh,
+            "short_kwh": sum(p["short_wh"] for p in participants) / 1000,
+            "long_kwh": sum(p["long_wh"] for p in participants) / 1000,
             "under_delivering_sellers": len(day.overrides),
             "missing_readings": members * len(intervals) - len(day.published),
             "explanation": analysis.DELIVERY_EXPLANATION,

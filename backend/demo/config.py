@@ -22,6 +22,8 @@ ROLE_KEYS = {
     "keeper": ANVIL_KEYS[5],
 }
 DEPOSIT = 2_000 * TOKEN_UNIT
+# The grid operator's own funds in the balancing account, from which it pays long imbalances.
+BALANCING_DEPOSIT = 1_000 * TOKEN_UNIT
 TRADE_FIELDS = (
     "id", "intervalId", "seller", "buyer", "sellerBus", "buyerBus", "energyWh", "pricePerKWh",
     "approved", "reason", "element", "vetoValue", "vetoLimit",

@@ -15,7 +15,14 @@ from rich.console import Console
 from backend.chain import batches, protocol
 from backend.demo.clients import check_response, signed_body
 from backend.demo.community import build_community, intent_for
-from backend.demo.config import DEPOSIT, ROLE_KEYS, SETTLEMENT_DELAY_S, DemoConfig, DemoError
+from backend.demo.config import (
+    BALANCING_DEPOSIT,
+    DEPOSIT,
+    ROLE_KEYS,
+    SETTLEMENT_DELAY_S,
+    DemoConfig,
+    DemoError,
+)
 from backend.demo.profile import Stages
 from backend.demo.stack import DemoStack
 from backend.devtools.clock import chain_now
@@ -62,6 +69,12 @@ class DemoDay(DemoStack):
             self._transact(ROLE_KEYS["admin"], token.functions.mint(m.wallet, DEPOSIT))
             self._transact(m.wallet_key, token.functions.approve(market.address, DEPOSIT))
             self._transact(m.wallet_key, market.functions.deposit(DEPOSIT))
+        # the grid operator funds the balancing account it settles imbalances from
+        balancing = market.functions.balancingAccount().call()
+        self._transact(ROLE_KEYS["admin"], token.functions.mint(balancing, BALANCING_DEPOSIT))
+        operator = ROLE_KEYS["grid_operator"]
+        self._transact(operator, token.functions.approve(market.address, BALANCING_DEPOSIT))
+        self._transact(operator, market.functions.deposit(BALANCING_DEPOSIT))
         self._api_ready()
         reg_domain = self.registry_domain
         refused = 0

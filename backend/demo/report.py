@@ -2,9 +2,10 @@
 
 The input is the summary dict the demo builds (``backend.demo.checks.summarize``); the plots are
 what an operator would rather look at than read: prices and volumes, verdicts by reason, grid
-limits with and without the vetoed trades, contracted vs delivered energy per interval, delivery
-and payments per participant, gas. Amounts of money are in tokens (the token has
-``protocol.TOKEN_DECIMALS`` decimals), prices in tokens per kWh; energy and money axes start at 0.
+limits with and without the vetoed trades, contracted energy and imbalance per interval, trades
+and payments per participant, imbalance per interval and per participant, gas. Amounts of money
+are in tokens (the token has ``protocol.TOKEN_DECIMALS`` decimals), prices in tokens per kWh;
+energy and money axes start at 0.
 ``figures.json`` records, for every plot, each axis' label and limits as drawn, so what a figure
 shows can be checked without reading pixels.
 """
@@ -32,9 +33,18 @@ PLOTS = (
         "grid_limits.png",
         "Grid state per interval against the limits, with and without the vetoed trades",
     ),
-    ("delivery.png", "Contracted vs delivered energy per interval"),
+    (
+        "delivery.png",
+        "Contracted energy (settled firm) and imbalance per interval: short (the grid supplied "
+        "it) and long (the grid absorbed it), summed over the parties",
+    ),
     ("participants.png", "Contracted vs delivered energy and payments (tokens) per participant"),
     ("gas.png", "Gas per interval"),
+    (
+        "imbalance.png",
+        "Imbalance payments per interval (to and from the balancing account) and imbalance per "
+        "participant (kWh short and long, tokens paid and received)",
+    ),
     ("welfare.png", "Welfare per interval: the optimal clearing against the greedy merit order"),
 )
 
@@ -160,15 +170,59 @@ def _plot_delivery(intervals: list[dict[str, Any]], path: Path) -> list[dict[str
     fig, ax = plt.subplots(figsize=(9, 3.5))
     x = list(range(len(intervals)))
     w = 0.4
-    ax.bar([i - w / 2 for i in x], [i["traded_wh"] / 1000 for i in intervals], w,
-           color="#9ecae1", label="contracted")  # fmt: skip
-    ax.bar([i + w / 2 for i in x], [i["delivered_wh"] / 1000 for i in intervals], w,
-           color="#08519c", label="delivered (settled)")  # fmt: skip
+    w = 0.28
+    ax.bar([i - w for i in x], [i["traded_wh"] / 1000 for i in intervals], w,
+           color="#9ecae1", label="contracted (settled firm)")  # fmt: skip
+    ax.bar(x, [_imbalance(i, "short_wh") / 1000 for i in intervals], w,
+           color="#cb181d", label="short")  # fmt: skip
+    ax.bar([i + w for i in x], [_imbalance(i, "long_wh") / 1000 for i in intervals], w,
+           color="#41ab5d", label="long")  # fmt: skip
     ax.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("energy (kWh)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    ax.set_title("Contracted vs delivered energy")
+    ax.set_title("Contracted energy and imbalance")
+    return _save(fig, path)
+
+
+def _imbalance(interval: dict[str, Any], key: str) -> float:
+    """A figure of the interval's imbalance, 0 where none was settled (reclaimed or pending)."""
+    return float((interval.get("imbalance") or {}).get(key, 0))
+
+
+def _plot_imbalance(
+    intervals: list[dict[str, Any]], participants: list[dict[str, Any]], path: Path
+) -> list[dict[str, Any]]:
+    fig, (ax_i, ax_e, ax_t) = plt.subplots(3, 1, figsize=(9, 9))
+    w = 0.4
+    x = list(range(len(intervals)))
+    ax_i.bar([i - w / 2 for i in x], [_imbalance(i, "collected_tokens") for i in intervals], w,
+             color="#cb181d", label="paid by short parties")  # fmt: skip
+    ax_i.bar([i + w / 2 for i in x], [_imbalance(i, "paid_out_tokens") for i in intervals], w,
+             color="#41ab5d", label="paid to long parties")  # fmt: skip
+    ax_i.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
+    ax_i.set_ylabel("balancing account (tokens)")
+    ax_i.set_ylim(bottom=0)
+    ax_i.legend(fontsize=8)
+    ax_i.set_title("Imbalance per interval")
+    px = list(range(len(participants)))
+    ax_e.bar([i - w / 2 for i in px], [p["short_wh"] / 1000 for p in participants], w,
+             color="#cb181d", label="short")  # fmt: skip
+    ax_e.bar([i + w / 2 for i in px], [p["long_wh"] / 1000 for p in participants], w,
+             color="#41ab5d", label="long")  # fmt: skip
+    ax_e.set_ylabel("imbalance (kWh)")
+    ax_e.set_ylim(bottom=0)
+    ax_e.legend(fontsize=8)
+    ax_e.set_title("Imbalance per participant")
+    ax_t.bar([i - w / 2 for i in px], [max(0.0, -p["imbalance_tokens"]) for p in participants], w,
+             color="#cb181d", label="paid (net)")  # fmt: skip
+    ax_t.bar([i + w / 2 for i in px], [max(0.0, p["imbalance_tokens"]) for p in participants], w,
+             color="#41ab5d", label="received (net)")  # fmt: skip
+    ax_t.set_ylabel("imbalance payments (tokens)")
+    ax_t.set_ylim(bottom=0)
+    ax_t.legend(fontsize=8)
+    ax_t.set_xticks(px, [p["name"] for p in participants], rotation=60, ha="right", fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -228,7 +282,8 @@ def write_report(summary: dict[str, Any], folder: Path) -> list[Path]:
         _plot_delivery(intervals, folder / PLOTS[3][0]),
         _plot_participants(summary["participants"], folder / PLOTS[4][0]),
         _plot_gas(intervals, folder / PLOTS[5][0]),
-        _plot_welfare(intervals, folder / PLOTS[6][0]),
+        _plot_imbalance(intervals, summary["participants"], folder / PLOTS[6][0]),
+        _plot_welfare(intervals, folder / PLOTS[7][0]),
     )
     figures = {name: axes for (name, _title), axes in zip(PLOTS, drawn, strict=True)}
     (folder / "figures.json").write_text(json.dumps(figures, indent=2))
@@ -406,10 +461,11 @@ Money is in tokens ({TOKEN_DECIMALS} decimals), prices in tokens per kWh.</p>
 <p>Average price: tokens paid per kWh delivered. Sellers under-metered: sellers whose meter showed
 30-70 % of their sale; readings missing: members whose reading never came.</p>
 {per_interval}
-<h2>Delivered vs contracted</h2>
-<p>Contracted {delivery["contracted_kwh"]:.3f} kWh, delivered {delivery["delivered_kwh"]:.3f} kWh
+<h2>Delivered vs contracted: imbalance</h2>
+<p>Contracted {delivery["contracted_kwh"]:.3f} kWh, all settled
 ({delivery["under_delivering_sellers"]} seller position(s) under-metered,
-{delivery["missing_readings"]} readings missing).</p>
+{delivery["missing_readings"]} readings missing); imbalance short
+{delivery["short_kwh"]:.3f} kWh, long {delivery["long_kwh"]:.3f} kWh.</p>
 <p>{esc(delivery["explanation"])}</p>
 <h2>Binding grid limit per interval</h2>
 <p>With vetoes: the quantity of the most frequent veto reason in the approved state (max V for

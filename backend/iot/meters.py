@@ -173,8 +173,8 @@ def metered_energy_wh(
     a surplus exported) with the traded energy on top - what the owner sold is exported (less the
     ``under_delivery`` share withheld), what it bought is imported. A seller whose own load
     exceeds its PV still exports what it sold (its battery or flexible generation runs for the
-    trade), and a buyer with a PV surplus still imports what it bought, so the min-of-two
-    settlement sees the trade delivered.
+    trade), and a buyer with a PV surplus still imports what it bought; what the household's own
+    balance adds is its imbalance when it trades in the interval.
     """
     load_wh, pv_wh = physical_energy_wh(spec, interval_id, interval_seconds)
     own_wh = load_wh - pv_wh

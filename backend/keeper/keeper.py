@@ -7,7 +7,10 @@ Each rebuilt batch is checked against its on-chain commitment before it is used.
 settled (``EnergyMarket.settle``) after its gate closure, once every attested batch is on chain and
 all its traders' readings are present in ``MeterReadings`` or the chain time has reached
 ``settlementDeadline``; in pages of whole batches when the whole interval would not fit the gas
-budget (``eth_estimateGas`` against the block gas limit). From ``reclaimAfter`` on, what is still
+budget (``eth_estimateGas`` against the block gas limit). The last page also settles every
+party's imbalance (contracted vs metered net position) against the balancing account: no step of
+its own, so the keeper sends nothing more for it (a separate call would send and hash every batch
+again). From ``reclaimAfter`` on, what is still
 unsettled is reclaimed (escrow back to the buyers). ``IntervalSettled`` / ``IntervalReclaimed``
 events and ``intervalOf`` keep it from being settled twice.
 
@@ -270,8 +273,8 @@ class SettlementKeeper:
                 continue
             # IntervalSettled events mark settled intervals; ask the contract once more right
             # before sending (a settlement by another keeper not scanned yet).
-            _last, recorded, _n, expected, settled_batches, settled, _rc = self._interval_of.call(
-                self.w3, interval_id
+            _last, recorded, _n, expected, settled_batches, settled, *_rest = (
+                self._interval_of.call(self.w3, interval_id)
             )
             if settled:
                 book.settled = True

@@ -33,6 +33,8 @@ from backend.chain.contracts import Deployment, contract_at
 from backend.chain.eip712 import to_compact
 from backend.chain.errors import ChainUnavailableError, LedgerError, TransactionRevertedError
 from backend.chain.heads import HeadWatcher
+from backend.chain.imbalance import IntervalImbalance
+from backend.chain.imbalance import from_receipt as settled_imbalance
 from backend.market.errors import (
     AlreadyConnectedError,
     BatchRevertedError,
@@ -44,7 +46,14 @@ from backend.market.errors import (
     TraderInactiveError,
     WrongBusError,
 )
-from backend.market.ports import ChainTrade, ClearingReads, Device, Participant, Receipt
+from backend.market.ports import (
+    ChainTrade,
+    ClearingReads,
+    Device,
+    IntervalSettlement,
+    Participant,
+    Receipt,
+)
 
 # JSON-RPC batch size for clearing reads (nodes cap batches: Geth at 1000 requests by default).
 READ_BATCH = 250
@@ -118,6 +127,7 @@ class ChainLedger:
         self._participant_of = AbiFunction(self.registry, "participantOf")
         self._filled_of = AbiFunction(self.market, "filledOf")
         self._balance_of = AbiFunction(self.market, "balanceOf")
+        self._debt_of = AbiFunction(self.market, "debtOf")
         self._clock_ttl_s = clock_ttl_s
         self._clock_lock = threading.Lock()
         self._block_ts = 0
@@ -169,6 +179,10 @@ class ChainLedger:
         )
         return int(available)
 
+    def debt_of(self, wallet: str) -> int:
+        debt = self._rpc("reading a debt", lambda: self._debt_of.call(self.w3, checksum(wallet)))
+        return int(debt)
+
     def nonce_cancelled(self, trader: str, nonce: int) -> bool:
         _filled, cancelled = self._rpc(
             "reading a nonce", lambda: self.market.functions.filledOf(trader, nonce).call()
@@ -181,8 +195,9 @@ class ChainLedger:
         nonces: Sequence[tuple[str, int]],
         balance_wallets: Sequence[str],
     ) -> ClearingReads:
-        """The registry entries, nonce states and deposits one clearing needs, as JSON-RPC batches
-        of ``eth_call`` (one HTTP round trip per ``READ_BATCH`` calls instead of one per read)."""
+        """The registry entries, nonce states, deposits and debts one clearing needs, as JSON-RPC
+        batches of ``eth_call`` (one HTTP round trip per ``READ_BATCH`` calls instead of one per
+        read)."""
         wallets = [checksum(w) for w in wallets]
         nonces = [(checksum(t), int(n)) for t, n in nonces]
         balance_wallets = [checksum(w) for w in balance_wallets]
@@ -191,6 +206,7 @@ class ChainLedger:
         ]
         calls += [(self._filled_of, self._filled_of.data(t, n)) for t, n in nonces]
         calls += [(self._balance_of, self._balance_of.data(w)) for w in balance_wallets]
+        calls += [(self._debt_of, self._debt_of.data(w)) for w in wallets]
         results: list[Any] = []
         for i in range(0, len(calls), READ_BATCH):
             chunk = calls[i : i + READ_BATCH]
@@ -200,7 +216,8 @@ class ChainLedger:
         participants = {w: _participant(w, next(it)) for w in wallets}
         cancelled = frozenset(k for k in nonces if bool(next(it)[1]))
         balances = {w: int(next(it)[0]) for w in balance_wallets}
-        return ClearingReads(participants, cancelled, balances)
+        debts = {w: int(next(it)) for w in wallets}
+        return ClearingReads(participants, cancelled, balances, debts)
 
     def _calls(self, calls: Sequence[tuple[AbiFunction, str]]) -> list[str]:
         """``eth_call`` results (hex) of ``calls`` at the latest block, as one JSON-RPC batch."""
@@ -215,7 +232,7 @@ class ChainLedger:
             "reading an interval", lambda: self.market.functions.intervalOf(interval_id).call()
         )
         # lastTradeId, batchCount, approvedCount, expectedBatches, settledBatches, settled,
-        # reclaimed
+        # reclaimed, shortPriceBps, longPriceBps
         last, batches, approved, settled = state[0], state[1], state[2], state[5]
         return "0x" + bytes(last).hex(), int(batches), int(approved), bool(settled)
 
@@ -423,17 +440,17 @@ class ChainLedger:
         )
         return tx_hash
 
-    def interval_settlement(
-        self, interval_id: int
-    ) -> dict[str, tuple[int, int, str | None]] | None:
+    def interval_settlement(self, interval_id: int) -> IntervalSettlement | None:
         _last, _batches, _approved, settled = self.interval_state(interval_id)
         if not settled:
             return None
 
-        def fetch() -> dict[str, tuple[int, int, str | None]]:
+        def fetch() -> IntervalSettlement:
             # every settlement page (BatchesSettled), and a reclaim of what was left (nothing
-            # delivered, nothing paid: the escrow went back to the buyer)
+            # delivered, nothing paid: the escrow went back to the buyer); the last page's
+            # imbalance events
             out: dict[str, tuple[int, int, str | None]] = {}
+            imbalance: IntervalImbalance | None = None
             where = {
                 "argument_filters": {"intervalId": interval_id},
                 "from_block": self.deployment.block,
@@ -456,7 +473,8 @@ class ChainLedger:
                     receipt, errors=DISCARD
                 ):
                     out["0x" + bytes(ev["args"]["tradeId"]).hex()] = (0, 0, tx)
-            return out
+                imbalance = imbalance or settled_imbalance(self.market, receipt, interval_id)
+            return IntervalSettlement(out, imbalance)
 
         return self._rpc("reading settlements", fetch)
 

@@ -220,8 +220,9 @@ class Clearer:
     def _eligible(
         self, interval_id: int, rows: list[OrderRow]
     ) -> list[tuple[OrderRow, Participant]]:
-        """Orders that can still go on chain: trader active, not expiring, nonce not cancelled,
-        and buyer deposits that cover their worst case (later buy orders are dropped first)."""
+        """Orders that can still go on chain: trader active and owing nothing, not expiring,
+        nonce not cancelled, and buyer deposits that cover their worst case (later buy orders are
+        dropped first)."""
         deadline = self.ledger.now() + self.config.expiry_margin_s
         wallets = list(dict.fromkeys(o.trader for o in rows))
         buyers = list(dict.fromkeys(o.trader for o in rows if o.side == protocol.BUY))
@@ -231,7 +232,7 @@ class Clearer:
         reads = self.ledger.clearing_reads(
             wallets, [(o.trader, int(o.nonce)) for o in rows], buyers
         )
-        self.intake.remember(reads.participants, reads.balances)
+        self.intake.remember(reads.participants, reads.balances, reads.debts)
         balances = dict(reads.balances)
         for w, escrow in pending.items():
             if w in balances:
@@ -241,6 +242,8 @@ class Clearer:
         for o in rows:
             p = reads.participants.get(o.trader)
             if p is None or not p.active or int(o.expiry) <= deadline:
+                continue
+            if reads.debts.get(o.trader, 0):  # the contract refuses an owing trader's orders
                 continue
             if (o.trader, int(o.nonce)) in reads.cancelled:
                 continue

@@ -69,6 +69,15 @@ class InsufficientDepositError(OrderRejectedError):
     """The buyer's free deposit does not cover the order's escrow."""
 
 
+class AccountOwingError(OrderRejectedError):
+    """The trader owes imbalance payments to the balancing account (``EnergyMarket.debtOf``):
+    the contract refuses its orders until a deposit pays the debt."""
+
+    def __init__(self, message: str, debt: int) -> None:
+        super().__init__(message)
+        self.debt = debt
+
+
 class TooManyOrdersError(OrderRejectedError):
     """The trader already has as many live orders for the interval as one trader may (bounded
     work per interval: no participant can make an interval unrecordable)."""

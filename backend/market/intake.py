@@ -36,6 +36,7 @@ from backend.chain.address import checksum
 from backend.market import typed
 from backend.market.config import MarketConfig
 from backend.market.errors import (
+    AccountOwingError,
     BadSignatureError,
     ConflictError,
     InsufficientDepositError,
@@ -120,6 +121,7 @@ class Intake:
         self.lock = threading.RLock()
         self._participants = TTLCache(config.participant_ttl_s)
         self._balances = TTLCache(config.balance_ttl_s)
+        self._debts = TTLCache(config.balance_ttl_s)
         self._closed: set[int] = set()
         self.side_wh: dict[tuple[str, int, int], int] = defaultdict(int)
         self._reserved: dict[str, int] = defaultdict(int)
@@ -175,23 +177,39 @@ class Intake:
             self._balances.put(wallet, value)
         return int(value)
 
+    def debt(self, wallet: str, fresh: bool = False) -> int:
+        """What ``wallet`` owes the balancing account (cached as balances are)."""
+        value: Any
+        hit, value = (False, None) if fresh else self._debts.get(wallet)
+        if not hit:
+            value = self.ledger.debt_of(wallet)
+            self._debts.put(wallet, value)
+        return int(value)
+
     def reserved(self, wallet: str) -> int:
         return self._reserved.get(wallet, 0)
 
     def remember(
-        self, participants: Mapping[str, Participant | None], balances: Mapping[str, int]
+        self,
+        participants: Mapping[str, Participant | None],
+        balances: Mapping[str, int],
+        debts: Mapping[str, int] | None = None,
     ) -> None:
-        """Fresh registry and deposit reads made elsewhere (the clearing's) fill the caches."""
+        """Fresh registry, deposit and debt reads made elsewhere (the clearing's) fill the
+        caches."""
         for w, value in participants.items():
             self._participants.put(w, value)
         for w, bal in balances.items():
             self._balances.put(w, bal)
+        for w, debt in (debts or {}).items():
+            self._debts.put(w, debt)
 
     def forget_participant(self, wallet: str) -> None:
         self._participants.drop(wallet)
 
     def forget_balance(self, wallet: str) -> None:
         self._balances.drop(wallet)
+        self._debts.drop(wallet)
 
     def due_intervals(self) -> list[int]:
         """Intervals with open orders whose gate has closed (for the scheduler)."""
@@ -334,6 +352,8 @@ class Intake:
             await self._fetch(("participant", trader), self.participant, trader)
         if message.get("side") == protocol.BUY and not self._balances.get(trader)[0]:
             await self._fetch(("balance", trader), self.available_balance, trader)
+        if not self._debts.get(trader)[0]:
+            await self._fetch(("debt", trader), self.debt, trader)
 
     def _fetched(self, key: tuple[str, str], task: asyncio.Future[Any]) -> None:
         self._fetches.pop(key, None)
@@ -353,7 +373,7 @@ class Intake:
     def _verify_order(
         self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None
     ) -> CheckedOrder:
-        """Every check that needs no lock: domain, fields, signature, clock, registry."""
+        """Every check that needs no lock: domain, fields, signature, clock, registry, debt."""
         self.check_domain(domain)
         msg = dict(message)
         for key in ("trader", "counterparty"):
@@ -385,6 +405,13 @@ class Intake:
             )
         if not participant.active:
             raise TraderInactiveError(f"participant {trader} is inactive")
+        debt = self.debt(trader)
+        if debt:
+            raise AccountOwingError(
+                f"{trader} owes {debt} token base units of imbalance payments to the balancing "
+                "account; its orders are refused until a deposit into EnergyMarket pays the debt",
+                debt,
+            )
         limit_w = participant.max_export_w if side == protocol.SELL else participant.max_import_w
         reserve = protocol.escrow_of(energy_wh, price) if side == protocol.BUY else 0
         row = {

@@ -20,7 +20,14 @@ from backend.market.errors import (
     MeterInUseError,
     TraderInactiveError,
 )
-from backend.market.ports import ChainTrade, ClearingReads, Device, Participant, Receipt
+from backend.market.ports import (
+    ChainTrade,
+    ClearingReads,
+    Device,
+    IntervalSettlement,
+    Participant,
+    Receipt,
+)
 
 
 class MemoryLedger:
@@ -45,7 +52,8 @@ class MemoryLedger:
         self.cancelled: set[tuple[str, int]] = set()
         self.last_trade_id: dict[int, str] = {}
         self.batches: list[tuple[int, list[ChainTrade]]] = []
-        self.settled: dict[int, dict[str, tuple[int, int, str | None]]] = {}
+        self.settled: dict[int, IntervalSettlement] = {}
+        self.debts: dict[str, int] = {}  # what a wallet owes the balancing account
         self.fail_sends = 0  # fail the next N record_trades calls (tests)
         self.batch_counts: dict[int, int] = {}  # interval -> attested batch count
         self.fork_block: int | None = None  # a rollback for the next ``rollback`` call (tests)
@@ -100,6 +108,9 @@ class MemoryLedger:
     def available_balance(self, wallet: str) -> int:
         return self.available.get(wallet, 0)
 
+    def debt_of(self, wallet: str) -> int:
+        return self.debts.get(wallet, 0)
+
     def nonce_cancelled(self, trader: str, nonce: int) -> bool:
         return (trader, nonce) in self.cancelled
 
@@ -113,6 +124,7 @@ class MemoryLedger:
             {w: self.participant(w) for w in wallets},
             frozenset(k for k in nonces if self.nonce_cancelled(*k)),
             {w: self.available_balance(w) for w in balance_wallets},
+            {w: self.debt_of(w) for w in wallets},
         )
 
     def batch_recorded(self, interval_id: int, last_trade_id: str) -> bool:
@@ -145,6 +157,9 @@ class MemoryLedger:
                 if (order["trader"], int(order["nonce"])) in self.cancelled:
                     who, nonce = order["trader"], order["nonce"]
                     raise BatchRevertedError(f"MarketOrderCancelled({who}, {nonce})")
+                if t.verdict == 0 and self.debt_of(order["trader"]):
+                    who, debt = order["trader"], self.debt_of(order["trader"])
+                    raise BatchRevertedError(f"MarketAccountOwing({who}, {debt})")
         last = int(self.last_trade_id.get(interval_id, "0x0"), 16)
         for t in trades:
             if int(t.trade_id, 16) <= last:
@@ -216,9 +231,7 @@ class MemoryLedger:
                 return r
         return Receipt(tx_hash, int(tx_hash, 16), True)
 
-    def interval_settlement(
-        self, interval_id: int
-    ) -> dict[str, tuple[int, int, str | None]] | None:
+    def interval_settlement(self, interval_id: int) -> IntervalSettlement | None:
         return self.settled.get(interval_id)
 
     def connect(

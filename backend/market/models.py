@@ -151,6 +151,36 @@ class TradeRow(Base):
     settle_tx_hash: Mapped[str | None] = mapped_column(String(66))
 
 
+class IntervalImbalanceRow(Base):
+    """An interval's imbalance settlement as the chain reported it (``IntervalImbalanceSettled``):
+    token amounts as decimal strings."""
+
+    __tablename__ = "interval_imbalances"
+
+    interval_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    clearing_price: Mapped[str] = mapped_column(String(40), nullable=False)  # per kWh, on chain
+    short_price_bps: Mapped[int] = mapped_column(Integer, nullable=False)
+    long_price_bps: Mapped[int] = mapped_column(Integer, nullable=False)
+    collected: Mapped[str] = mapped_column(String(80), nullable=False)
+    paid_out: Mapped[str] = mapped_column(String(80), nullable=False)
+    settle_tx_hash: Mapped[str | None] = mapped_column(String(66))
+
+
+class ImbalanceRow(Base):
+    """One party's imbalance of a settled interval (``ImbalanceSettled``): net positions in Wh
+    (sold or exported positive), ``payment`` signed (positive: paid to the party by the balancing
+    account) and ``shortfall`` as decimal strings."""
+
+    __tablename__ = "imbalances"
+
+    interval_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    account: Mapped[str] = mapped_column(String(42), primary_key=True)
+    contracted_wh: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    metered_wh: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    payment: Mapped[str] = mapped_column(String(81), nullable=False)
+    shortfall: Mapped[str] = mapped_column(String(80), nullable=False)
+
+
 class ConnectionRow(Base):
     """A plug-and-play connection request and what became of it."""
 

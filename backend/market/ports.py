@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from backend.chain.imbalance import IntervalImbalance
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision
 
 
@@ -55,12 +56,22 @@ class ChainTrade:
 @dataclass(frozen=True)
 class ClearingReads:
     """What ``_eligible`` needs from the chain for one clearing, read in one go: participants by
-    wallet (None when not registered), the cancelled (trader, nonce) pairs among those asked, and
-    available deposits by wallet."""
+    wallet (None when not registered), the cancelled (trader, nonce) pairs among those asked,
+    available deposits by wallet and the debts of every wallet asked."""
 
     participants: dict[str, Participant | None]
     cancelled: frozenset[tuple[str, int]]
     balances: dict[str, int]
+    debts: dict[str, int]  # by wallet, every wallet asked (owing traders' orders cannot record)
+
+
+@dataclass(frozen=True)
+class IntervalSettlement:
+    """What settled an interval: trade id -> (delivered Wh, paid, settle or reclaim tx hash), and
+    its imbalance (None when it was reclaimed: no imbalance is settled then)."""
+
+    trades: dict[str, tuple[int, int, str | None]]
+    imbalance: IntervalImbalance | None = None
 
 
 @dataclass(frozen=True)
@@ -155,10 +166,12 @@ class MarketLedger(Protocol):
 
     def wait(self, tx_hash: str, timeout_s: float = 60.0) -> Receipt: ...
 
-    def interval_settlement(
-        self, interval_id: int
-    ) -> dict[str, tuple[int, int, str | None]] | None:
-        """None until settled; then trade id -> (delivered Wh, paid, settle tx hash)."""
+    def interval_settlement(self, interval_id: int) -> IntervalSettlement | None:
+        """None until settled; then its trades' settlement and its imbalance."""
+        ...
+
+    def debt_of(self, wallet: str) -> int:
+        """What ``wallet`` owes the balancing account (``EnergyMarket.debtOf``), base units."""
         ...
 
     def connect(

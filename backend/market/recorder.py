@@ -361,5 +361,12 @@ class Recorder:
                 log.exception("following the settlement of interval %s failed", row.id)
                 continue
             settled.append(row.id)
-            self.events.publish("settlement", {"intervalId": row.id, "trades": len(info)})
+            self.events.publish(
+                "settlement",
+                {
+                    "intervalId": row.id,
+                    "trades": len(info.trades),
+                    "imbalances": 0 if info.imbalance is None else len(info.imbalance.parties),
+                },
+            )
         return settled

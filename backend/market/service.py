@@ -40,6 +40,8 @@ from backend.market.models import (
     BatchRow,
     DeviceRow,
     FlexOfferRow,
+    ImbalanceRow,
+    IntervalImbalanceRow,
     IntervalRow,
     IntervalStatus,
     OrderRow,
@@ -278,6 +280,10 @@ class Market:
 
     def batches(self, interval_id: int) -> list[BatchRow]:
         return self.store.batches(interval_id)
+
+    def imbalance(self, interval_id: int) -> tuple[IntervalImbalanceRow, list[ImbalanceRow]] | None:
+        """The interval's imbalance settlement as followed from the chain, None before it."""
+        return self.store.imbalance(interval_id)
 
     def interval_error(self, interval_id: int) -> str | None:
         """Why the interval could not be cleared, while it is not."""

@@ -44,12 +44,15 @@ from backend.market.models import (
     DeviceRow,
     FlexOfferRow,
     FlexStatus,
+    ImbalanceRow,
+    IntervalImbalanceRow,
     IntervalRow,
     IntervalStatus,
     OrderRow,
     OrderStatus,
     TradeRow,
 )
+from backend.market.ports import IntervalSettlement
 
 
 class Store:
@@ -562,13 +565,12 @@ class Store:
         with self.session() as s:
             return list(s.scalars(q))
 
-    def mark_trades_settled(
-        self, interval_id: int, settlements: dict[str, tuple[int, int, str | None]]
-    ) -> None:
-        """Record per-trade settlement (delivered Wh, paid, tx) and mark the interval settled."""
+    def mark_trades_settled(self, interval_id: int, settlement: IntervalSettlement) -> None:
+        """Record per-trade settlement (delivered Wh, paid, tx) and the interval's imbalance, and
+        mark the interval settled (one transaction: all of it or none)."""
         now = time.time()
         with self.session() as s:
-            for trade_id, (delivered, paid, tx) in settlements.items():
+            for trade_id, (delivered, paid, tx) in settlement.trades.items():
                 s.execute(
                     update(TradeRow)
                     .where(TradeRow.id == trade_id)
@@ -576,11 +578,44 @@ class Store:
                         status="settled", delivered_wh=delivered, paid=str(paid), settle_tx_hash=tx
                     )
                 )
+            im = settlement.imbalance
+            if im is not None and s.get(IntervalImbalanceRow, interval_id) is None:
+                s.add(
+                    IntervalImbalanceRow(
+                        interval_id=interval_id,
+                        clearing_price=str(im.clearing_price_per_kwh),
+                        short_price_bps=im.short_price_bps,
+                        long_price_bps=im.long_price_bps,
+                        collected=str(im.collected),
+                        paid_out=str(im.paid_out),
+                        settle_tx_hash=tx,
+                    )
+                )
+                s.add_all(
+                    ImbalanceRow(
+                        interval_id=interval_id,
+                        account=p.account,
+                        contracted_wh=p.contracted_wh,
+                        metered_wh=p.metered_wh,
+                        payment=str(p.payment),
+                        shortfall=str(p.shortfall),
+                    )
+                    for p in im.parties
+                )
             s.execute(
                 update(IntervalRow)
                 .where(IntervalRow.id == interval_id)
                 .values(status=IntervalStatus.SETTLED, updated_at=now)
             )
+
+    def imbalance(self, interval_id: int) -> tuple[IntervalImbalanceRow, list[ImbalanceRow]] | None:
+        """An interval's imbalance settlement and its parties (by account), None before it."""
+        with self.session() as s:
+            head = s.get(IntervalImbalanceRow, interval_id)
+            if head is None:
+                return None
+            q = select(ImbalanceRow).where(ImbalanceRow.interval_id == interval_id)
+            return head, list(s.scalars(q.order_by(ImbalanceRow.account)))
 
     # ------------------------------------------------------------ connections
     def save_connection(self, values: dict[str, Any]) -> None:

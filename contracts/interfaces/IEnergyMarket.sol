@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.28;
 
-/// @title Peer-to-peer energy market: escrow, validator-attested trade batches, min-of-two settlement
+/// @title Peer-to-peer energy market: escrow, validator-attested trade batches, firm settlement with
+/// imbalance against a balancing account
 /// @notice EIP-712 domain: name "tegrid EnergyMarket", version "1", this chain id, this contract.
 ///
 /// Signed types:
@@ -30,13 +31,28 @@ pragma solidity 0.8.28;
 ///   the escrow of every trade not yet settled goes back to its buyer (also for an interval whose batches
 ///   never all arrived).
 /// - Escrow of a trade = ceil(energyWh * pricePerKWh / 1000) (rounded up so the seller can always be paid).
-/// - Settlement (min of two, pro rata): E_s = sum of the seller's approved sales in the interval, X_s its
-///   metered export, r_s = min(1, X_s / E_s); buyers likewise with purchases and metered import. A trade of q Wh
-///   delivers floor(q * min(r_s, r_b)) Wh, the seller is paid floor(delivered * price / 1000), the buyer gets
-///   escrow - paid back. Readings missing at the deadline count as zero.
+/// - Settlement of trades (firm): a trade of q Wh at price p pays the seller floor(q * p / 1000) from the
+///   buyer's escrow; the buyer gets the rounding remainder (escrow - paid) back. What the meters show
+///   does not change a trade's payment: deviations are settled as imbalance.
+/// - Imbalance (with the last page of `settle`): for every party of the interval, contracted net position
+///   C = sold Wh - bought Wh (its approved trades), metered net position M = exportWh - importWh (its
+///   reading; a reading missing at the deadline counts as zero), deviation D = M - C. The interval's
+///   clearing price P = floor(sum(q * p) / sum(q)) over its approved trades (computed from the committed
+///   records, nothing unsigned). D < 0 (short: the grid supplied |D|): the party pays
+///   ceil(|D| * P * shortPriceBps / 10^7) to the balancing account, from its available balance; what that
+///   cannot cover is recorded as its debt (`debtOf`), never a negative balance. D > 0 (long: the grid
+///   absorbed D): the balancing account pays floor(D * P * longPriceBps / 10^7), nothing for a missing
+///   reading; when its available balance plus this interval's short payments cannot pay every long party
+///   in full, each gets the same share (floor) of what it is due. The bps are fixed per interval at its
+///   first recorded batch (`intervalOf`), from the prices the grid operator set (`setImbalancePrices`).
+///   A reclaimed interval settles no imbalance. The balancing account itself settles none.
+/// - Debt: an account that owes can neither have an order recorded nor withdraw (`MarketAccountOwing`);
+///   a deposit pays the debt first (to the balancing account), and `repayDebt` pays it from the
+///   available balance.
 /// - `settle` takes every batch of the interval (the totals of each party span all batches) and pays the
 ///   trades of batches [settled so far, pageEnd): a page costs about 2k gas per trade of the interval
-///   (calldata, commitment and totals) plus about 13k per trade paid. The constructor requires
+///   (calldata, commitment and totals) plus about 13k per trade paid; the last page also about 3-5k
+///   per party for its imbalance (docs/benchmarks.md). The constructor requires
 ///   2 x settlementDelay <= the readings window of {IMeterReadings}, so settlement always reads
 ///   readings that a later interval has not overwritten.
 /// - Internal balances assume a plain ERC-20: tokens that take a fee on transfer are not supported.
@@ -84,7 +100,9 @@ interface IEnergyMarket {
     /// recorded; expectedBatches: the batchCount the validator attested (0 before the first batch);
     /// settledBatches: batches settled so far (batches [0, settledBatches) paid by `settle`; a reclaim
     /// leaves it as it was); settled: every batch is settled or reclaimed; reclaimed: the escrow of
-    /// batches [settledBatches, batchCount) went back to the buyers.
+    /// batches [settledBatches, batchCount) went back to the buyers; shortPriceBps, longPriceBps: the
+    /// imbalance prices of the interval (basis points of its clearing price), taken when its first batch
+    /// was recorded (in the same storage slot as the counters, so for no extra write).
     struct IntervalState {
         bytes32 lastTradeId;
         uint32 batchCount;
@@ -93,6 +111,8 @@ interface IEnergyMarket {
         uint32 settledBatches;
         bool settled;
         bool reclaimed;
+        uint32 shortPriceBps;
+        uint32 longPriceBps;
     }
 
     /// @notice Where an approved trade stands: its escrow locked and not yet settled (Unsettled), paid
@@ -129,9 +149,24 @@ interface IEnergyMarket {
         bytes32 evidenceHash;
     }
 
-    /// @notice Deployment with a zero token, registry or readings address, or a settlement delay longer
-    /// than half the readings window of {IMeterReadings}.
+    /// @notice Deployment with a zero token, registry, readings or balancing account address, or a
+    /// settlement delay longer than half the readings window of {IMeterReadings}.
     error MarketInvalidConfig();
+    /// @notice Imbalance prices outside their bounds: short within [10,000, 100,000] bps (1x to 10x the
+    /// clearing price), long within [0, 10,000] (up to 1x), so no deviation ever pays better than the trade.
+    /// @param shortPriceBps The short price given.
+    /// @param longPriceBps The long price given.
+    error MarketInvalidImbalancePrices(uint256 shortPriceBps, uint256 longPriceBps);
+    /// @notice setImbalancePrices by an account without GRID_OPERATOR_ROLE (in the registry).
+    /// @param caller The caller.
+    error MarketNotGridOperator(address caller);
+    /// @notice An order of an account that owes imbalance payments (recordTrades), or a withdrawal by it.
+    /// @param account The account.
+    /// @param debt What it owes, in token base units (deposit or `repayDebt` to clear it).
+    error MarketAccountOwing(address account, uint256 debt);
+    /// @notice repayDebt by an account that owes nothing, or whose available balance is zero.
+    /// @param account The caller.
+    error MarketNothingToRepay(address account);
     /// @notice deposit or withdraw of zero tokens.
     error MarketZeroAmount();
     /// @notice deposit of more than 2^128 - 1 base units (balances are uint128).
@@ -322,7 +357,8 @@ interface IEnergyMarket {
     event BatchRecorded(
         uint64 indexed intervalId, uint32 batchIndex, bytes32 commitment, uint32 approvedCount, bytes32 evidenceHash
     );
-    /// @notice A trade was settled: the seller got `paid`, the buyer `refunded` of the escrow.
+    /// @notice A trade was settled: the seller got `paid`, the buyer `refunded` of the escrow (the rounding
+    /// remainder). `deliveredWh` is the trade's energy: trades settle firm, deviations as imbalance.
     event TradeSettled(bytes32 indexed tradeId, uint64 deliveredWh, uint256 paid, uint256 refunded);
     /// @notice Batches [fromBatch, toBatch) of an interval were settled (`tradeCount` approved trades).
     event BatchesSettled(uint64 indexed intervalId, uint32 fromBatch, uint32 toBatch, uint32 tradeCount);
@@ -332,19 +368,62 @@ interface IEnergyMarket {
     event EscrowReclaimed(bytes32 indexed tradeId, address indexed buyer, uint256 refunded);
     /// @notice Batches from `fromBatch` on of an interval were reclaimed (`tradeCount` trades).
     event IntervalReclaimed(uint64 indexed intervalId, uint32 fromBatch, uint32 tradeCount);
+    /// @notice One party's imbalance of an interval was settled (once per party, with the interval's
+    /// last settlement page).
+    /// @param intervalId The interval.
+    /// @param account The party.
+    /// @param contractedWh Its contracted net position: sold minus bought Wh.
+    /// @param meteredWh Its metered net position: exported minus imported Wh (0 without a reading).
+    /// @param payment What moved, token base units: negative paid to the balancing account (short),
+    /// positive paid by it (long); deviation = meteredWh - contractedWh.
+    /// @param shortfall What could not be paid: a short party's new debt, or what an underfunded
+    /// balancing account did not pay a long one.
+    event ImbalanceSettled(
+        uint64 indexed intervalId,
+        address indexed account,
+        int256 contractedWh,
+        int256 meteredWh,
+        int256 payment,
+        uint256 shortfall
+    );
+    /// @notice An interval's imbalance was settled: its clearing price and imbalance prices, what the
+    /// balancing account collected from short parties and paid to long ones (token base units).
+    event IntervalImbalanceSettled(
+        uint64 indexed intervalId,
+        uint256 clearingPricePerKWh,
+        uint32 shortPriceBps,
+        uint32 longPriceBps,
+        uint256 collected,
+        uint256 paidOut
+    );
+    /// @notice The grid operator set the imbalance prices (also emitted at deployment); they apply to
+    /// intervals whose first batch is recorded from now on.
+    event ImbalancePricesChanged(uint32 shortPriceBps, uint32 longPriceBps);
+    /// @notice An owing account paid `amount` of its debt to the balancing account; `remaining` is left.
+    event DebtRepaid(address indexed account, uint256 amount, uint256 remaining);
 
     /// @notice EIP-712 type hash of Order.
     function ORDER_TYPEHASH() external view returns (bytes32);
     /// @notice EIP-712 type hash of GridAttestation.
     function ATTESTATION_TYPEHASH() external view returns (bytes32);
 
-    /// @notice Move `amount` tokens from the caller (ERC-20 allowance needed) into its available balance.
+    /// @notice Move `amount` tokens from the caller (ERC-20 allowance needed) into its available balance;
+    /// an owing caller's debt is paid from it first (to the balancing account).
     /// @param amount Token base units.
     function deposit(uint256 amount) external;
 
-    /// @notice Withdraw `amount` of the caller's available balance.
+    /// @notice Withdraw `amount` of the caller's available balance (not while it owes).
     /// @param amount Token base units.
     function withdraw(uint256 amount) external;
+
+    /// @notice Pay the caller's debt from its available balance (as much as it holds).
+    function repayDebt() external;
+
+    /// @notice Set the imbalance prices (GRID_OPERATOR_ROLE in the registry), in basis points of the
+    /// interval's clearing price; they apply to intervals whose first batch is recorded afterwards.
+    /// @param shortPriceBps Paid by a short party per Wh, within [10,000, 100,000].
+    /// @param longPriceBps Paid to a long party per Wh, within [0, 10,000].
+    function setImbalancePrices(uint32 shortPriceBps, uint32 longPriceBps) external;
 
     /// @notice Cancel every order of the caller signed with `nonce` (also partially filled ones).
     /// @param nonce The order nonce.
@@ -372,8 +451,8 @@ interface IEnergyMarket {
     ) external returns (bytes32 commitment);
 
     /// @notice Settle a page of an interval (anyone): every recorded batch again, in recording order, and the
-    /// sorted list of every trader of the interval; pays the trades of batches [settled so far, pageEnd).
-    /// Allowed after the gate closure with every attested batch recorded, once all traders' readings are in
+    /// sorted list of every trader of the interval; pays the trades of batches [settled so far, pageEnd);
+    /// the last page (pageEnd = the batch count) also settles every party's imbalance. Allowed after the gate closure with every attested batch recorded, once all traders' readings are in
     /// or the settlement deadline has passed, and before `reclaimAfter`.
     /// @param intervalId The interval.
     /// @param batches Each batch's approved trade records (104 bytes each), exactly as committed.
@@ -397,6 +476,12 @@ interface IEnergyMarket {
 
     /// @notice Internal balance of an account.
     function balanceOf(address account) external view returns (uint128 available, uint128 locked);
+    /// @notice What an account owes the balancing account (token base units; 0: nothing).
+    function debtOf(address account) external view returns (uint256);
+    /// @notice The account that settles every imbalance (set at deployment).
+    function balancingAccount() external view returns (address);
+    /// @notice The imbalance prices the next interval takes (basis points of its clearing price).
+    function imbalancePrices() external view returns (uint32 shortPriceBps, uint32 longPriceBps);
     /// @notice Filled energy of (trader, nonce) and whether it is cancelled.
     function filledOf(address trader, uint64 nonce) external view returns (uint64 filledWh, bool cancelled);
     /// @notice Bookkeeping of an interval.

@@ -29,6 +29,9 @@ PRICE = 123_457  # token base units (6 decimals) per kWh
 DEPOSIT = 10**12
 EVIDENCE = keccak(b"grid evidence")
 FAR = 2**40  # an expiry far in the future
+SHORT_BPS = 15_000  # imbalance prices the market is deployed with: 1.5x and 0.5x the clearing price
+LONG_BPS = 5_000
+BALANCING_DEPOSIT = 10**9  # the balancing account's own funds (1,000 tokens)
 
 
 def err(name: str, *args: Any) -> str:
@@ -292,6 +295,11 @@ class DeployedLedger:
     def balance(self, wallet: Any) -> tuple[int, int]:
         return tuple(self.market.balanceOf(wallet))  # type: ignore[return-value]
 
+    @property
+    def balancing(self) -> Any:
+        """The balancing account (the grid operator's)."""
+        return self.dso
+
 
 def _port_taken(port: int) -> bool:
     with socket.socket() as s:
@@ -339,7 +347,11 @@ def ledger(
     token = EnergyToken.deploy(admin, {"from": admin})
     registry = ParticipantRegistry.deploy(admin, {"from": admin})
     readings = MeterReadings.deploy(registry, INTERVAL_S, {"from": admin})
-    market = EnergyMarket.deploy(token, registry, readings, DELAY_S, GATE_LEAD_S, {"from": admin})
+    # the grid operator (accounts[1]) holds the balancing account
+    market = EnergyMarket.deploy(
+        token, registry, readings, DELAY_S, GATE_LEAD_S, accounts[1], SHORT_BPS, LONG_BPS,
+        {"from": admin},
+    )  # fmt: skip
     for c in (registry, readings, market, token):
         for item in c.abi:
             if item["type"] == "error":
@@ -354,8 +366,10 @@ def ledger(
         token.mint(accounts[i], DEPOSIT, {"from": admin})
         token.approve(market, 2**256 - 1, {"from": accounts[i]})
         market.deposit(DEPOSIT // 2, {"from": accounts[i]})
-    token.mint(accounts[9], DEPOSIT, {"from": admin})
-    token.approve(market, 2**256 - 1, {"from": accounts[9]})
+    for holder in (accounts[9], accounts[1]):  # the outsider, the balancing account
+        token.mint(holder, DEPOSIT, {"from": admin})
+        token.approve(market, 2**256 - 1, {"from": holder})
+    market.deposit(BALANCING_DEPOSIT, {"from": accounts[1]})
     return led
 
 
@@ -373,13 +387,16 @@ def parts(ledger: DeployedLedger) -> SimpleNamespace:
 
 
 __all__ = [
+    "BALANCING_DEPOSIT",
     "DELAY_S",
     "DEPOSIT",
     "EVIDENCE",
     "FAR",
     "GATE_LEAD_S",
     "INTERVAL_S",
+    "LONG_BPS",
     "PRICE",
+    "SHORT_BPS",
     "DeployedLedger",
     "eip712",
     "err",

@@ -5,6 +5,7 @@ from typing import Any
 import brownie
 import pytest
 from conftest import (
+    BALANCING_DEPOSIT,
     DELAY_S,
     DEPOSIT,
     EVIDENCE,
@@ -103,7 +104,7 @@ def test_record_trade_locks_escrow(ledger: DeployedLedger, parts: Any, iv: int) 
     assert tuple(ledger.market.filledOf(parts.S1, 1)) == (1000, False)
     assert tuple(ledger.market.filledOf(parts.B1, 1)) == (1000, False)
     # lastTradeId, batchCount, approvedCount, expectedBatches, settledBatches, settled, reclaimed
-    assert norm(ledger.market.intervalOf(iv)) == [tid, 1, 1, 1, 0, False, False]
+    assert norm(ledger.market.intervalOf(iv)) == [tid, 1, 1, 1, 0, False, False, 15_000, 5_000]
 
 
 def test_hash_views_match_python_builders(ledger: DeployedLedger, parts: Any, iv: int) -> None:
@@ -295,7 +296,7 @@ def test_attestation_binds_batch_position(ledger: DeployedLedger, parts: Any, iv
         )
     _refused(ledger, iv, [b], sig_a, index=1, count=2)  # a's signature does not cover b
     ledger.record(iv, [b])
-    assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, 2, 0, False, False]
+    assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, 2, 0, False, False, 15_000, 5_000]
 
 
 def test_order_field_errors(ledger: DeployedLedger, parts: Any, iv: int) -> None:
@@ -387,7 +388,7 @@ def test_partial_fills_across_batches(ledger: DeployedLedger, parts: Any, iv: in
     second.energy_wh = 400
     ledger.record(iv, [second])
     assert tuple(ledger.market.filledOf(parts.S1, 1)) == (1000, False)
-    assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, 2, 0, False, False]
+    assert norm(ledger.market.intervalOf(iv))[1:] == [2, 2, 2, 0, False, False, 15_000, 5_000]
 
 
 # ---------------------------------------------------------------------------- settlement
@@ -406,7 +407,9 @@ def _settled(tx: Any) -> dict[bytes, tuple[int, int, int]]:
 
 
 def _conserved(ledger: DeployedLedger, parts: Any) -> None:
-    wallets = [parts.S1, parts.S2, parts.B1, parts.B2, parts.X]
+    """Every token the market holds is some account's: the traders', the outsider's and the
+    balancing account's."""
+    wallets = [parts.S1, parts.S2, parts.B1, parts.B2, parts.X, ledger.balancing]
     internal = sum(sum(ledger.balance(w)) for w in wallets)
     assert internal == ledger.token.balanceOf(ledger.market)
 
@@ -424,42 +427,60 @@ def test_settle_full_delivery(ledger: DeployedLedger, parts: Any, iv: int) -> No
     _conserved(ledger, parts)
 
 
-def test_settle_pro_rata_min_of_two(ledger: DeployedLedger, parts: Any, iv: int) -> None:
-    # S1 sells 1000 Wh to B1 and 500 Wh to B2 (E = 1500) but exports 900: r_S1 = 0.6.
-    # B1 imports 1000 of 1000 (r = 1); B2 imports 200 of 500 (r = 0.4).
+def test_settle_firm_with_imbalance_both_directions(
+    ledger: DeployedLedger, parts: Any, iv: int
+) -> None:
+    # S1 sells 1000 Wh to B1 and 500 Wh to B2 (C = +1500) but exports 900: short 600 Wh.
+    # B1 imports 1000 of 1000 (balanced); B2 imports 200 of 500 (C = -500, M = -200): long 300 Wh.
     sell = ledger.order(parts.S1, SELL, iv, 1500, 100_000, 1)
     t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000)
     t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 500, 200_000, 1), 500)
     ledger.record(iv, [t1, t2])
     _read(ledger, iv, {parts.S1: (0, 900), parts.B1: (1000, 0), parts.B2: (200, 0)})
     tx = ledger.settle(iv)
-    # t1: 1000 x min(0.6, 1) = 600 Wh; paid floor(600 x 123457 / 1000) = 74074; escrow 123457.
-    # t2: 500 x min(0.6, 0.4) = 200 Wh; paid floor(200 x 123457 / 1000) = 24691;
-    #     escrow ceil(61728.5) = 61729.
+    # Trades settle firm. t1: paid floor(1000 x 123457 / 1000) = 123457 = its escrow.
+    # t2: paid floor(500 x 123457 / 1000) = 61728, escrow ceil(61728.5) = 61729: 1 back.
     assert _settled(tx) == {
-        ledger.tid(t1): (600, 74_074, 49_383),
-        ledger.tid(t2): (200, 24_691, 37_038),
+        ledger.tid(t1): (1000, 123_457, 0),
+        ledger.tid(t2): (500, 61_728, 1),
     }
-    assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 74_074 + 24_691, 0)
-    assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 74_074, 0)
-    assert ledger.balance(parts.B2) == (DEPOSIT // 2 - 24_691, 0)
+    # clearing price floor((1000 + 500) x 123457 / 1500) = 123457 per kWh;
+    # S1 pays ceil(600 x 123457 x 15000 / 10^7) = ceil(111111.3) = 111112;
+    # B2 gets floor(300 x 123457 x 5000 / 10^7) = floor(18518.55) = 18518.
+    assert ev(tx, "IntervalImbalanceSettled") == [iv, 123_457, 15_000, 5_000, 111_112, 18_518]
+    assert {e["account"]: norm(list(e.values())[2:]) for e in tx.events["ImbalanceSettled"]} == {
+        parts.S1.address: [1500, 900, -111_112, 0],
+        parts.B1.address: [-1000, -1000, 0, 0],
+        parts.B2.address: [-500, -200, 18_518, 0],
+    }
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 123_457 + 61_728 - 111_112, 0)
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 123_457, 0)
+    assert ledger.balance(parts.B2) == (DEPOSIT // 2 - 61_728 + 18_518, 0)
+    assert ledger.balance(ledger.balancing) == (BALANCING_DEPOSIT + 111_112 - 18_518, 0)
     _conserved(ledger, parts)
 
 
-def test_settle_rounds_delivery_down(ledger: DeployedLedger, parts: Any, iv: int) -> None:
-    # S2 sells 1000 to B1 and 500 to B2, exports 1000: r = 2/3 -> 666 and 333 Wh (floors).
+def test_settle_rounds_payment_down_and_imbalance_up(
+    ledger: DeployedLedger, parts: Any, iv: int
+) -> None:
+    # S2 sells 1000 to B1 and 500 to B2 at 150001 per kWh, exports 1000 (short 500 Wh);
+    # B1 imports 5000 (short 4000 Wh), B2 500 (balanced).
     sell = ledger.order(parts.S2, SELL, iv, 1500, 100_000, 1)
     t1 = ledger.trade(sell, ledger.order(parts.B1, BUY, iv, 1000, 200_000, 1), 1000, 150_001)
     t2 = ledger.trade(sell, ledger.order(parts.B2, BUY, iv, 500, 200_000, 1), 500, 150_001)
     ledger.record(iv, [t1, t2])
     _read(ledger, iv, {parts.S2: (0, 1000), parts.B1: (5000, 0), parts.B2: (500, 0)})
     tx = ledger.settle(iv)
-    # paid floor(666 x 150001 / 1000) = 99900; escrow ceil(1000 x 150001 / 1000) = 150001
-    # paid floor(333 x 150001 / 1000) = 49950; escrow ceil(500 x 150001 / 1000) = 75001
+    # paid floor(500 x 150001 / 1000) = 75000; escrow ceil(75000.5) = 75001: 1 back to B2
     assert _settled(tx) == {
-        ledger.tid(t1): (666, 99_900, 50_101),
-        ledger.tid(t2): (333, 49_950, 25_051),
+        ledger.tid(t1): (1000, 150_001, 0),
+        ledger.tid(t2): (500, 75_000, 1),
     }
+    # S2: ceil(500 x 150001 x 1.5 / 1000) = ceil(112500.75) = 112501;
+    # B1: 4000 x 150001 x 1.5 / 1000 = 900006 exactly
+    assert ev(tx, "IntervalImbalanceSettled") == [iv, 150_001, 15_000, 5_000, 1_012_507, 0]
+    assert ledger.balance(parts.S2) == (DEPOSIT // 2 + 150_001 + 75_000 - 112_501, 0)
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 150_001 - 900_006, 0)
     _conserved(ledger, parts)
 
 
@@ -474,9 +495,11 @@ def test_settle_missing_reading_waits_for_deadline(
         ledger.settle(iv)
     ledger.end_interval(iv, 3600)
     tx = ledger.settle(iv)
-    assert _settled(tx) == {ledger.tid(t): (0, 0, 123_457)}
-    assert ledger.balance(parts.B1) == (DEPOSIT // 2, 0)
-    assert ledger.balance(parts.S1) == (DEPOSIT // 2, 0)
+    # the trade is paid; S1's missing reading counts as zero: short its whole 1000 Wh,
+    # ceil(1000 x 123457 x 1.5 / 1000) = ceil(185185.5) = 185186
+    assert _settled(tx) == {ledger.tid(t): (1000, 123_457, 0)}
+    assert ledger.balance(parts.B1) == (DEPOSIT // 2 - 123_457, 0)
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 123_457 - 185_186, 0)
     _conserved(ledger, parts)
 
 
@@ -680,7 +703,7 @@ def _three_batches(ledger: DeployedLedger, parts: Any, iv: int) -> list[Candidat
 def test_settle_in_pages(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     """Pages of whole batches pay exactly what one settle would: the totals span every batch."""
     trades = _three_batches(ledger, parts, iv)
-    # S1 sold 600 and exported 300 (r = 0.5); the others delivered in full
+    # S1 sold 600 and exported 300 (short 300 Wh); the others metered their trades
     _read(
         ledger, iv, {parts.S1: (0, 300), parts.S2: (0, 300), parts.B1: (300, 0), parts.B2: (600, 0)}
     )
@@ -691,19 +714,19 @@ def test_settle_in_pages(ledger: DeployedLedger, parts: Any, iv: int) -> None:
     first = ledger.settle(iv, page_end=2)
     assert ev(first, "BatchesSettled") == [iv, 0, 2, 2]
     assert "IntervalSettled" not in first.events
-    assert norm(ledger.market.intervalOf(iv))[4:] == [2, False, False]
+    assert "ImbalanceSettled" not in first.events  # imbalance comes with the last page
+    assert norm(ledger.market.intervalOf(iv))[4:7] == [2, False, False]
     with brownie.reverts(err("MarketPageInvalid", iv, 2, 2)):
         ledger.settle(iv, page_end=2)
     second = ledger.settle(iv)
     assert ev(second, "BatchesSettled") == [iv, 2, 3, 1]
     assert ev(second, "IntervalSettled") == [iv, 3]
     paid = {**_settled(first), **_settled(second)}
-    expected = {}
-    for t in trades:
-        half = t.sell["trader"] == parts.S1.address
-        expected[ledger.tid(t)] = (150, 18_518, 18_520) if half else (300, 37_037, 1)
-    assert paid == expected
-    assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 2 * 18_518, 0)
+    assert paid == {ledger.tid(t): (300, 37_037, 1) for t in trades}
+    # S1 short 300 Wh for all pages at once: ceil(300 x 123457 x 1.5 / 1000) = ceil(55555.65)
+    assert ev(second, "IntervalImbalanceSettled") == [iv, 123_457, 15_000, 5_000, 55_556, 0]
+    assert len(second.events["ImbalanceSettled"]) == 4  # one per party
+    assert ledger.balance(parts.S1) == (DEPOSIT // 2 + 2 * 37_037 - 55_556, 0)
     assert ledger.balance(parts.S2) == (DEPOSIT // 2 + 37_037, 0)
     _conserved(ledger, parts)
     with brownie.reverts(err("MarketIntervalSettled", iv)):
@@ -732,7 +755,7 @@ def test_reclaim_after_deadline(ledger: DeployedLedger, parts: Any, iv: int) -> 
     assert ev(tx, "IntervalReclaimed") == [iv, 0, 1]
     for w in (parts.B1, parts.B2, parts.S1, parts.S2):
         assert ledger.balance(w) == (DEPOSIT // 2, 0)
-    assert norm(ledger.market.intervalOf(iv))[4:] == [0, True, True]  # no batch was paid
+    assert norm(ledger.market.intervalOf(iv))[4:7] == [0, True, True]  # no batch was paid
     with brownie.reverts(err("MarketIntervalSettled", iv)):
         ledger.market.reclaim(iv, [b"".join(r) for r in recs], {"from": parts.X})
     _conserved(ledger, parts)
@@ -761,4 +784,7 @@ def test_reclaim_rest_after_partial_settlement(ledger: DeployedLedger, parts: An
     assert (
         sum(sum(ledger.balance(w)[1:]) for w in (parts.B1, parts.B2)) == 0
     )  # nothing stays locked
+    # a reclaimed interval settles no imbalance (its last page never ran), though S1 was short
+    assert "ImbalanceSettled" not in tx.events
+    assert ledger.balance(ledger.balancing) == (BALANCING_DEPOSIT, 0)
     _conserved(ledger, parts)

@@ -3,7 +3,8 @@ event or the ABI of the deployed contracts."""
 
 from typing import Any
 
-from conftest import PRICE, norm
+import brownie
+from conftest import PRICE, err, norm
 
 from backend.chain import batches, eip712, protocol
 from backend.chain.protocol import ReadingRejection
@@ -109,6 +110,8 @@ def test_market_event_signatures_and_indexed_fields_match_the_abi(ledger: Any) -
         protocol.BATCH_RECORDED_EVENT: ["intervalId"],
         protocol.INTERVAL_SETTLED_EVENT: ["intervalId"],
         protocol.INTERVAL_RECLAIMED_EVENT: ["intervalId"],
+        protocol.IMBALANCE_SETTLED_EVENT: ["intervalId", "account"],
+        protocol.INTERVAL_IMBALANCE_SETTLED_EVENT: ["intervalId"],
     }
     assert {sig: events.get(sig) for sig in indexed} == indexed
 
@@ -127,3 +130,19 @@ def test_trade_state_is_the_enum_of_trade_of(ledger: Any) -> None:
 def test_token_decimals_match_the_token(ledger: Any) -> None:
     assert ledger.token.decimals() == protocol.TOKEN_DECIMALS == 6
     assert 10 ** ledger.token.decimals() == protocol.TOKEN_UNIT
+
+
+def test_imbalance_price_bounds_are_the_market_bounds(ledger: Any) -> None:
+    """The bounds protocol.py states are exactly where setImbalancePrices starts refusing."""
+    market, dso = ledger.market, ledger.dso
+    lo, hi, long_hi = (
+        protocol.MIN_SHORT_PRICE_BPS,
+        protocol.MAX_SHORT_PRICE_BPS,
+        protocol.MAX_LONG_PRICE_BPS,
+    )
+    for short, long_ in ((lo, 0), (hi, long_hi)):
+        market.setImbalancePrices(short, long_, {"from": dso})
+        assert tuple(market.imbalancePrices()) == (short, long_)
+    for short, long_ in ((lo - 1, 0), (hi + 1, 0), (lo, long_hi + 1)):
+        with brownie.reverts(err("MarketInvalidImbalancePrices", short, long_)):
+            market.setImbalancePrices(short, long_, {"from": dso})

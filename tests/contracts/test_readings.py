@@ -222,6 +222,7 @@ def test_readings_window(ledger: Any, parts: Any) -> None:
 def test_market_refuses_delay_beyond_half_window(ledger: Any, EnergyMarket: Any) -> None:
     half = ledger.readings.readingWindowIntervals() * INTERVAL_S // 2
     args = (ledger.token, ledger.registry, ledger.readings)
+    ba = (ledger.dso, 15_000, 5_000)
     with brownie.reverts(err("MarketInvalidConfig")):
-        EnergyMarket.deploy(*args, half + 1, 0, {"from": ledger.admin})
-    EnergyMarket.deploy(*args, half, 0, {"from": ledger.admin})
+        EnergyMarket.deploy(*args, half + 1, 0, *ba, {"from": ledger.admin})
+    EnergyMarket.deploy(*args, half, 0, *ba, {"from": ledger.admin})

@@ -1,9 +1,14 @@
-"""Stateful property test of the ledger: a Python model mirrors every balance exactly.
+"""Stateful property test of the ledger: a Python model mirrors every balance and debt exactly.
 
-Invariants at every step: deposits = internal balances (available + escrow) + withdrawals = the
-market's token balance; no trade settles twice; no reading is counted twice. Intervals are recorded
-in 1-3 attested batches, settled in pages, or - when a batch never came - reclaimed after the
-deadline. A short run is part of the suite; ``TEGRID_LONG_STATEFUL=1`` runs >= 100,000 steps.
+Invariants at every step: deposits = internal balances (available + escrow, the balancing
+account's included) + withdrawals = the market's token balance; no trade settles twice; no
+imbalance settles twice; no reading is counted twice. Intervals are recorded in 1-3 attested
+batches, settled in pages (trades firm, then every party's imbalance against the balancing
+account: short parties pay or owe, long ones are paid, pro rata when the balancing account runs
+short), or - when a batch never came - reclaimed after the deadline. The grid operator changes the
+imbalance prices and the balancing account withdraws between steps; owing traders' batches are
+refused until a deposit or ``repayDebt`` pays the debt. A short run is part of the suite;
+``TEGRID_LONG_STATEFUL=1`` runs >= 100,000 steps.
 """
 
 from __future__ import annotations
@@ -26,25 +31,64 @@ LONG = os.environ.get("TEGRID_LONG_STATEFUL") == "1"
 
 
 def model_settle(
-    trades: list[tuple[bytes, str, str, int, int]], readings: dict[str, tuple[int, int]]
+    trades: list[tuple[bytes, str, str, int, int]],
 ) -> dict[bytes, tuple[int, int, int]]:
-    """The min-of-two pro-rata rule in Python: tradeId -> (delivered, paid, refunded)."""
-    sold: dict[str, int] = {}
-    bought: dict[str, int] = {}
-    for _, s, b, q, _ in trades:
-        sold[s] = sold.get(s, 0) + q
-        bought[b] = bought.get(b, 0) + q
+    """Firm settlement in Python: tradeId -> (delivered, paid, refunded)."""
     out = {}
-    for tid, s, b, q, price in trades:
-        exp_s = readings.get(s, (0, 0))[1]
-        imp_b = readings.get(b, (0, 0))[0]
-        num, den = (1, 1) if exp_s >= sold[s] else (exp_s, sold[s])
-        if imp_b < bought[b] and imp_b * den < num * bought[b]:
-            num, den = imp_b, bought[b]
-        delivered = q * num // den
+    for tid, _s, _b, q, price in trades:
         escrow = -(-q * price // 1000)
-        paid = delivered * price // 1000
-        out[tid] = (delivered, paid, escrow - paid)
+        paid = q * price // 1000
+        out[tid] = (q, paid, escrow - paid)
+    return out
+
+
+def model_imbalance(
+    trades: list[tuple[bytes, str, str, int, int]],
+    readings: dict[str, tuple[int, int]],
+    prices: tuple[int, int],
+    avail: dict[str, int],
+    debts: dict[str, int],
+    balancing: str,
+) -> dict[str, list[int]]:
+    """The imbalance rule in Python, applied to ``avail`` and ``debts`` (the balancing account's
+    entry included); returns account -> [contractedWh, meteredWh, payment, shortfall]."""
+    short_bps, long_bps = prices
+    traded = sum(q for *_, q, _p in trades)
+    if traded == 0:  # every trade vetoed: no party, no imbalance
+        return {}
+    clearing = sum(q * p for *_, q, p in trades) // traded
+    net: dict[str, int] = {}
+    for _, s, b, q, _ in trades:
+        net[s] = net.get(s, 0) + q
+        net[b] = net.get(b, 0) - q
+    out: dict[str, list[int]] = {}
+    due: dict[str, int] = {}
+    collected = 0
+    for who, contracted in net.items():
+        imp, exp = readings.get(who, (0, 0))
+        metered = exp - imp
+        d = metered - contracted
+        if d < 0:
+            charge = -(d * short_bps * clearing // 10**7)  # ceil(|d| x ...)
+            paid = min(charge, avail[who])
+            avail[who] -= paid
+            debts[who] = debts.get(who, 0) + charge - paid
+            collected += paid
+            out[who] = [contracted, metered, -paid, charge - paid]
+        elif d > 0 and who in readings:
+            due[who] = d * long_bps * clearing // 10**7
+        else:
+            out[who] = [contracted, metered, 0, 0]
+    pool = avail[balancing] + collected
+    total = sum(due.values())
+    paid_out = 0
+    for who, amount in due.items():
+        paid = amount if total <= pool else amount * pool // total
+        avail[who] += paid
+        paid_out += paid
+        imp, exp = readings[who]
+        out[who] = [net[who], exp - imp, paid, amount - paid]
+    avail[balancing] = pool - paid_out
     return out
 
 
@@ -84,8 +128,13 @@ class LedgerMachine(RuleBasedStateMachine):
         brownie.chain.revert()
         led = self.ledger
         led.records = {}
-        self.avail = {w.address: led.balance(w)[0] for w in self.wallets}
-        self.locked = {w.address: led.balance(w)[1] for w in self.wallets}
+        self.ba = led.balancing.address
+        accounts = [*self.wallets, led.balancing]
+        self.avail = {w.address: led.balance(w)[0] for w in accounts}
+        self.locked = {w.address: led.balance(w)[1] for w in accounts}
+        self.debts = {w.address: 0 for w in self.wallets}
+        self.prices = tuple(led.market.imbalancePrices())  # what the next interval takes
+        self.iv_prices = self.prices  # what iv took at its first batch
         self.deposited = sum(self.avail.values()) + sum(self.locked.values())
         self.withdrawn = 0
         self.nonce = 1000
@@ -102,21 +151,56 @@ class LedgerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ rules
     @rule(who=st.integers(0, 3), amount=st.integers(1, 10**9))
     def deposit(self, who: int, amount: int) -> None:
+        """A deposit pays the depositor's debt first, to the balancing account."""
         w = self.wallets[who]
         self.ledger.market.deposit(amount, {"from": w})
-        self.avail[w.address] += amount
+        repaid = min(self.debts[w.address], amount)
+        self.debts[w.address] -= repaid
+        self.avail[self.ba] += repaid
+        self.avail[w.address] += amount - repaid
         self.deposited += amount
 
-    @rule(who=st.integers(0, 3), amount=st.integers(1, 2 * 10**11))
+    @rule(who=st.integers(0, 4), amount=st.one_of(st.just(0), st.integers(1, 2 * 10**11)))
     def withdraw(self, who: int, amount: int) -> None:
-        w = self.wallets[who]
-        if amount > self.avail[w.address]:
+        """A trader's withdrawal (refused while it owes), or the balancing account's (who = 4);
+        amount 0 stands for everything available (so short parties end up owing)."""
+        w = self.ledger.balancing if who == 4 else self.wallets[who]
+        amount = amount or self.avail[w.address]
+        if amount == 0:
+            with brownie.reverts():
+                self.ledger.market.withdraw(0, {"from": w})
+            return
+        if amount > self.avail[w.address] or self.debts.get(w.address, 0):
             with brownie.reverts():
                 self.ledger.market.withdraw(amount, {"from": w})
             return
         self.ledger.market.withdraw(amount, {"from": w})
         self.avail[w.address] -= amount
         self.withdrawn += amount
+
+    @rule(who=st.integers(0, 3))
+    def repay(self, who: int) -> None:
+        w = self.wallets[who]
+        repaid = min(self.debts[w.address], self.avail[w.address])
+        if repaid == 0:
+            with brownie.reverts():
+                self.ledger.market.repayDebt({"from": w})
+            return
+        self.ledger.market.repayDebt({"from": w})
+        self.debts[w.address] -= repaid
+        self.avail[w.address] -= repaid
+        self.avail[self.ba] += repaid
+
+    @rule(short=st.integers(9_000, 101_000), long_=st.integers(0, 11_000), operator=st.booleans())
+    def set_prices(self, short: int, long_: int, operator: bool) -> None:
+        led = self.ledger
+        sender = led.dso if operator else led.a[9]
+        if not operator or not (10_000 <= short <= 100_000 and long_ <= 10_000):
+            with brownie.reverts():
+                led.market.setImbalancePrices(short, long_, {"from": sender})
+            return
+        led.market.setImbalancePrices(short, long_, {"from": sender})
+        self.prices = (short, long_)
 
     @rule(
         pairs=st.lists(
@@ -152,16 +236,20 @@ class LedgerMachine(RuleBasedStateMachine):
                 buyer = t.buy["trader"]
                 need[buyer] = need.get(buyer, 0) + -(-t.energy_wh * t.price_per_kwh // 1000)
         first = int.from_bytes(led.tid(trades[0]), "big")
+        traders = {x for t in trades if t.verdict == 0 for x in (t.sell["trader"], t.buy["trader"])}
         if (
             self.gate_passed
             or index >= count
             or first <= self.last_id
             or any(need[b] > self.avail[b] for b in need)
+            or any(self.debts[w] for w in traders)  # an owing trader's orders are refused
         ):
             with brownie.reverts():
                 led.record(self.iv, trades, index=index, count=count)
             return
         tx = led.record(self.iv, trades, index=index, count=count)
+        if index == 0:
+            self.iv_prices = self.prices
         self.count = count
         self.last_id = int.from_bytes(led.tid(trades[-1]), "big")
         recorded = (
@@ -236,8 +324,9 @@ class LedgerMachine(RuleBasedStateMachine):
             with brownie.reverts():
                 led.settle(iv)
             return
-        expected = model_settle(self.open, values)
+        expected = model_settle(self.open)
         got = {}
+        imbalance: dict[str, list[int]] = {}
         ends = sorted({min(page, recorded), recorded})  # one page or two
         for end in ends:
             tx = led.settle(iv, page_end=end)
@@ -245,6 +334,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 tid = norm(e["tradeId"])
                 assert tid not in self.settled and tid not in got, "trade settled twice"
                 got[tid] = (int(e["deliveredWh"]), int(e["paid"]), int(e["refunded"]))
+            for e in _events(tx, "ImbalanceSettled"):
+                assert e["account"] not in imbalance, "imbalance settled twice"
+                imbalance[str(e["account"])] = norm(list(e.values())[2:])
             self.stats["pages"] = self.stats.get("pages", 0) + 1
         assert got == expected
         for tid, s, b, _q, _price in self.open:
@@ -253,6 +345,14 @@ class LedgerMachine(RuleBasedStateMachine):
             self.avail[b] += refunded
             self.locked[b] -= paid + refunded
             self.settled.add(tid)
+        want = model_imbalance(self.open, values, self.iv_prices, self.avail, self.debts, self.ba)
+        assert imbalance == want
+        with brownie.reverts():  # settled once: no second imbalance either
+            led.settle(iv)
+        self.stats["imbalances"] = self.stats.get("imbalances", 0) + len(want)
+        self.stats["owing"] = self.stats.get("owing", 0) + sum(
+            1 for v in want.values() if v[2] < 0 and v[3]
+        )
         self.stats["settled"] = self.stats.get("settled", 0) + len(self.open)
         self.open = []
         self._next_interval()
@@ -284,8 +384,10 @@ class LedgerMachine(RuleBasedStateMachine):
     def balances_match_model(self) -> None:
         assert_chain_is_ours(self.head)
         self.head = _head()
-        for w in self.wallets:
+        for w in [*self.wallets, self.ledger.balancing]:
             assert self.ledger.balance(w) == (self.avail[w.address], self.locked[w.address])
+        for w in self.wallets:
+            assert self.ledger.market.debtOf(w) == self.debts[w.address]
 
     @invariant()
     def tokens_conserved(self) -> None:

@@ -107,6 +107,11 @@ def test_brownie_console_attaches_and_the_helpers_act_on_the_chain(tmp_path: Pat
                 f'print("ORDERS", json.dumps(decode_trade_id("{tid}")))',
                 'print("MINE", json.dumps(trades_of(accounts[4])))',
                 'print("THEIRS", json.dumps(trades_of(accounts[5])))',
+                'print("PRICES", set_imbalance_prices(20_000, 4_000).status,'
+                " tuple(market.imbalancePrices()))",
+                'print("DEBT", debt(accounts[5]))',
+                'print("IMBALANCE", imbalance(2000000)["status"])',
+                'print("FIELDS", interval(2000000)["shortPriceBps"])',
             ]
         )
         out = subprocess.run(
@@ -128,6 +133,10 @@ def test_brownie_console_attaches_and_the_helpers_act_on_the_chain(tmp_path: Pat
         assert json.loads(lines["ORDERS"]) == orders
         assert json.loads(lines["MINE"]) == {"sold": [tid], "bought": []}
         assert json.loads(lines["THEIRS"]) == {"sold": [], "bought": [tid]}
+        assert lines["PRICES"] == "1 (20000, 4000)"  # accounts[0] is the dev grid operator
+        assert lines["DEBT"] == "0"
+        assert lines["IMBALANCE"] == "no imbalance settled (not settled yet, or reclaimed)"
+        assert lines["FIELDS"] == "0"  # an interval with no batch took no prices yet
         # the console's transactions are on the chain the services use
         w3 = Web3(Web3.HTTPProvider(anvil.url))
         market = contract_at(w3, "EnergyMarket", deployment.address("EnergyMarket"))

@@ -765,16 +765,24 @@ def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:
     page.locator("#readings li:not(.empty)").nth(1).wait_for(timeout=60_000)
     readings_text = page.locator("#readings").inner_text()
     assert "export 4 kWh" in readings_text and "import 3 kWh" in readings_text
-    # min-of-two: the buyer took 3 of 4 kWh, so 3 kWh at 0.1 token/kWh are paid
+    # trades settle firm: 4 kWh at 0.1 token/kWh are paid though the buyer took 3 (its 1 kWh
+    # long is imbalance, settled with the balancing account)
     rows = page.locator("#settlement-table tbody tr")
     page.wait_for_function(
-        "document.querySelector('#settlement-table').textContent.includes('+0.3')", timeout=60_000
+        "document.querySelector('#settlement-table').textContent.includes('+0.4')", timeout=60_000
     )
     texts = [rows.nth(i).inner_text() for i in range(rows.count())]
-    assert any("4 / 3" in t and "+0.3" in t for t in texts), texts
-    assert any("4 / 3" in t and "\N{MINUS SIGN}0.3" in t for t in texts), texts
+    assert any("4 / 4" in t and "+0.4" in t for t in texts), texts
+    assert any("4 / 4" in t and "\N{MINUS SIGN}0.4" in t for t in texts), texts
     trades = httpx.get(f"{server}/trades?interval={iv}").json()
-    assert [(t["deliveredWh"], t["paid"]) for t in trades] == [(3_000, "300000")]
+    assert [(t["deliveredWh"], t["paid"]) for t in trades] == [(4_000, "400000")]
+    # the buyer's 1 kWh long at 0.5 x 0.1 token/kWh: 0.05 token from the balancing account
+    imbalance = httpx.get(f"{server}/intervals/{iv}").json()["imbalance"]
+    parties = {p["account"]: p for p in imbalance["participants"]}
+    buyer_wallet = Account.from_key(ANVIL_KEYS[buyer]).address
+    assert (parties[buyer_wallet]["deviationWh"], parties[buyer_wallet]["received"]) == (
+        1_000, "50000",
+    )  # fmt: skip
     assert page.evaluate("window.__sameDocument") == 7
     page.screenshot(path=str(ARTIFACTS / "dashboard-settled.png"), full_page=True)
     assert tab.errors == []

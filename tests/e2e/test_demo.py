@@ -23,7 +23,10 @@ from backend.net import free_port
 TEGRID = Path(sys.executable).with_name("tegrid")
 PHYSICAL = {"VOLTAGE_HIGH", "VOLTAGE_LOW", "LINE_OVERLOAD", "TRAFO_OVERLOAD"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("prices_volumes", "verdicts", "grid_limits", "delivery", "participants", "gas", "welfare")
+PLOTS = (
+    "prices_volumes", "verdicts", "grid_limits", "delivery", "participants", "gas", "imbalance",
+    "welfare",
+)  # fmt: skip
 VM_MAX_PU = 1.08
 
 
@@ -132,7 +135,7 @@ def _check_intervals(summary: dict[str, Any]) -> None:
     assert [i["span"] for i in intervals] == ["13:00-13:15", "13:15-13:30"]
     assert [i["interval"] for i in intervals] == [day["first_interval"], day["last_interval"]]
     for i in intervals:
-        assert 0 < i["delivered_wh"] <= i["traded_wh"]
+        assert 0 < i["delivered_wh"] == i["traded_wh"]  # trades settle firm
         assert i["average_price"] == pytest.approx(i["paid_tokens"] / (i["delivered_wh"] / 1000))
         # the binding metric of a voltage-vetoed interval: the approved state's highest voltage
         reasons = i["vetoes_by_reason"]
@@ -154,9 +157,35 @@ def _check_intervals(summary: dict[str, Any]) -> None:
     delivery = summary["delivery"]
     assert delivery["delivered_kwh"] == sum(i["delivered_wh"] for i in intervals) / 1000
     assert delivery["contracted_kwh"] == sum(i["traded_wh"] for i in intervals) / 1000
-    assert "min(r_s, r_b)" in delivery["explanation"]
+    assert "Trades settle firm" in delivery["explanation"]
+    _check_imbalance(summary)
     assert delivery["under_delivering_sellers"] == sum(
         i["under_delivering_sellers"] for i in intervals
+    )
+
+
+def _check_imbalance(summary: dict[str, Any]) -> None:
+    """Every interval settled its parties' imbalance once (the check), at the deployment's 1.5x /
+    0.5x of its clearing price; the per-participant sums add up to the per-interval ones and to
+    what the balancing account collected and paid."""
+    intervals, participants = summary["intervals"], summary["participants"]
+    for i in intervals:
+        im = i["imbalance"]
+        assert im is not None and im["parties"] == i["parties"] > 0
+        assert (im["short_price_bps"], im["long_price_bps"]) == (15_000, 5_000)
+        assert im["clearing_price"] > 0
+    short_wh = sum(i["imbalance"]["short_wh"] for i in intervals)
+    long_wh = sum(i["imbalance"]["long_wh"] for i in intervals)
+    assert short_wh == sum(p["short_wh"] for p in participants) > 0  # households' own load
+    assert long_wh == sum(p["long_wh"] for p in participants)
+    net_to_balancing = sum(
+        i["imbalance"]["collected_tokens"] - i["imbalance"]["paid_out_tokens"] for i in intervals
+    )
+    assert net_to_balancing == pytest.approx(
+        -sum(p["imbalance_payment"] for p in participants) / TOKEN_UNIT, abs=1e-9
+    )
+    assert summary["totals"]["imbalance settlements (party x interval)"] == sum(
+        i["parties"] for i in intervals
     )
 
 
@@ -195,6 +224,9 @@ def _check_figures(folder: Path, summary: dict[str, Any]) -> None:
         ("grid_limits.png", "loading (%)"),
         ("verdicts.png", "trades"),
         ("gas.png", "gas"),
+        ("imbalance.png", "balancing account (tokens)"),
+        ("imbalance.png", "imbalance (kWh)"),
+        ("imbalance.png", "imbalance payments (tokens)"),
         ("welfare.png", "welfare: sum of (bid - ask) x kWh (tokens)"),
     ]:
         assert axes[key][0] == 0.0, key

@@ -118,7 +118,7 @@ def test_post_order_signed_from_template_is_recorded_on_chain(stack: dict[str, A
     # read back from the chain, not the database
     w3 = market.ledger.w3  # type: ignore[attr-defined]
     contract = contract_at(w3, "EnergyMarket", market.ledger.market_address)
-    last, batches, approved, expected, _paged, settled, _reclaimed = contract.functions.intervalOf(
+    last, batches, approved, expected, _paged, settled, *_rest = contract.functions.intervalOf(
         iv
     ).call()
     assert (batches, approved, expected, settled) == (1, 1, 1, False)
@@ -418,8 +418,8 @@ def test_register_meter_of_another_participant_gives_409_naming_meter(
 
 
 def test_clearing_reads_batch_equals_single_calls(stack: dict[str, Any]) -> None:
-    """The clearing's JSON-RPC batch (participants, nonces, deposits) reads what one call per key
-    reads, a nonce cancelled on chain included."""
+    """The clearing's JSON-RPC batch (participants, nonces, deposits, debts) reads what one call
+    per key reads, a nonce cancelled on chain included."""
     from backend.chain.client import ChainClient
 
     market = stack["market"]
@@ -435,3 +435,4 @@ def test_clearing_reads_batch_equals_single_calls(stack: dict[str, Any]) -> None
     assert reads.cancelled == frozenset(k for k in nonces if ledger.nonce_cancelled(*k))
     assert (Account.from_key(K[6]).address, nonce) in reads.cancelled
     assert reads.balances == {w: ledger.available_balance(w) for w in wallets[:4]}
+    assert reads.debts == {w: ledger.debt_of(w) for w in wallets} == {w: 0 for w in wallets}

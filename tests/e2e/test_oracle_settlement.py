@@ -1,15 +1,14 @@
 """Settlement after full, partial and missing delivery, through the real pieces: trades recorded
 with signed orders and a validator attestation, readings relayed by the oracle over Mosquitto,
-intervals settled by the keeper; balances compared with hand-computed integers (min-of-two, pro
-rata).
+intervals settled by the keeper; balances compared with hand-computed integers: trades paid firm,
+every party's deviation from its contracted net position settled with the balancing account at
+1.5x / 0.5x the interval's clearing price, tokens conserved with the balancing account included.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from fractions import Fraction
-from math import floor
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from backend.chain import batches
+from backend.chain import imbalance as imbalances
 from backend.chain.batches import CandidateTrade
 from backend.chain.client import ChainClient
 from backend.chain.contracts import contract_at
@@ -42,6 +42,7 @@ INTERVAL_S = 900
 DELAY_S = 1800  # reclaimAfter (end + 2 x delay) of the first interval stays ahead of the clock
 PRICE = 123_457  # token base units per kWh
 DEPOSIT = 10**9
+BALANCING_DEPOSIT = 10**8  # the grid operator's funds in its balancing account
 S1, S2, S3, B1, B2 = range(5)
 
 
@@ -74,23 +75,32 @@ def _escrow(q: int, price: int) -> int:
 
 def _expected(
     trades: list[tuple[int, int, int]], readings: dict[int, tuple[int, int]]
-) -> dict[int, int]:
-    """Net change of available balances: sellers +paid, buyers -paid (escrow - refund)."""
-    sold: dict[int, int] = {}
-    bought: dict[int, int] = {}
-    for s, b, q in trades:
-        sold[s] = sold.get(s, 0) + q
-        bought[b] = bought.get(b, 0) + q
+) -> tuple[dict[int, int], dict[int, tuple[int, int, int]]]:
+    """Net change of available balances - sellers +paid, buyers -paid (escrow - refund), every
+    party +/- its imbalance payment (all trades at PRICE, so the clearing price is PRICE) - and
+    per party (contracted Wh, metered Wh, payment). The balancing account is funded, so every
+    long party is paid in full; every deposit covers its short."""
     change: dict[int, int] = {}
+    net: dict[int, int] = {}
     for s, b, q in trades:
-        imp_b = readings.get(b, (0, 0))[0]
-        exp_s = readings.get(s, (0, 0))[1]
-        r = min(Fraction(min(exp_s, sold[s]), sold[s]), Fraction(min(imp_b, bought[b]), bought[b]))
-        delivered = floor(q * r)
-        paid = delivered * PRICE // 1000
+        paid = q * PRICE // 1000
         change[s] = change.get(s, 0) + paid
         change[b] = change.get(b, 0) - paid
-    return change
+        net[s] = net.get(s, 0) + q
+        net[b] = net.get(b, 0) - q
+    parties = {}
+    for who, contracted in net.items():
+        imp, exp = readings.get(who, (0, 0))
+        deviation = exp - imp - contracted
+        if deviation < 0:  # short: ceil(|D| x P x 1.5 / 1000)
+            payment = deviation * PRICE * 15_000 // 10**7  # floor of a negative
+        elif who in readings:  # long: floor(D x P x 0.5 / 1000); a missing reading earns nothing
+            payment = deviation * PRICE * 5_000 // 10**7
+        else:
+            payment = 0
+        change[who] += payment
+        parties[who] = (contracted, exp - imp, payment)
+    return change, parties
 
 
 def test_keeper_settles_full_partial_and_missing_delivery_to_the_base_unit(
@@ -118,6 +128,12 @@ def test_keeper_settles_full_partial_and_missing_delivery_to_the_base_unit(
         c = ChainClient(stack["anvil"].url, key)
         c.transact(token.functions.approve(market_addr, DEPOSIT))
         c.transact(market.functions.deposit(DEPOSIT))
+    balancing = market.functions.balancingAccount().call()
+    assert balancing == admin.address  # deploy_all's default: the grid operator's account
+    admin.reset_nonce()
+    admin.transact(token.functions.mint(balancing, BALANCING_DEPOSIT))
+    admin.transact(token.functions.approve(market_addr, BALANCING_DEPOSIT))
+    admin.transact(market.functions.deposit(BALANCING_DEPOSIT))
 
     first = current_interval(w3, INTERVAL_S) + 1
     full, partial, missing = first, first + 1, first + 2
@@ -183,20 +199,42 @@ def test_keeper_settles_full_partial_and_missing_delivery_to_the_base_unit(
     assert keeper.run_once() == [missing]
 
     total_change = {i: 0 for i in range(5)}
+    balancing_change = 0
     for interval_id, trades in plan.items():
-        for who, delta in _expected(trades, readings[interval_id]).items():
+        change, parties = _expected(trades, readings[interval_id])
+        for who, delta in change.items():
             total_change[who] += delta
+        # one imbalance settlement per party, read back from the chain
+        found = imbalances.find(w3, market, interval_id, dep.block)
+        assert found is not None
+        assert (found.clearing_price_per_kwh, found.short_price_bps, found.long_price_bps) == (
+            PRICE, 15_000, 5_000,
+        )  # fmt: skip
+        got = {wallets.index(p.account): (p.contracted_wh, p.metered_wh, p.payment)
+               for p in found.parties}  # fmt: skip
+        assert got == parties
+        assert all(p.shortfall == 0 for p in found.parties)
+        assert found.collected - found.paid_out == -sum(v[2] for v in parties.values())
+        balancing_change += found.collected - found.paid_out
     for i, w in enumerate(wallets):
         available, locked = market.functions.balanceOf(w).call()
         assert locked == 0
         assert available - balances_before[i] == total_change[i] + (
             sum(_escrow(q, PRICE) for trades in plan.values() for _s, b, q in trades if b == i)
         )
-    # hand-computed integers for the record: full 1000 Wh -> 123457; partial S1 600 Wh (r_s 0.6 <
-    # r_b 0.8), S2 400 Wh, S3 100 of 333 Wh (buyer B2 imported 100 of 333); missing: nothing paid.
-    assert total_change[S1] == 1000 * PRICE // 1000 + 600 * PRICE // 1000
-    assert total_change[S2] == 400 * PRICE // 1000
-    assert total_change[S3] == 100 * PRICE // 1000
-    assert total_change[B2] == -(100 * PRICE // 1000)
-    total_tokens = sum(sum(market.functions.balanceOf(w).call()) for w in wallets)
-    assert total_tokens == 5 * DEPOSIT  # conserved exactly
+    # hand-computed integers for the record. Trades are paid firm: 1000 Wh -> 123457, 500 ->
+    # 61728, 333 -> 41111, 800 -> 98765. Imbalance at 1.5x / 0.5x of 123457 per kWh: full: S1
+    # long 500 Wh +30864, B1 short 200 Wh -37038; partial: S1 short 400 Wh -74075, B1 long 300
+    # Wh +18518, B2 long 233 Wh +14382; missing: S3 (no reading) short 800 Wh -148149.
+    assert total_change[S1] == 123_457 + 30_864 + 123_457 - 74_075
+    assert total_change[S2] == 61_728
+    assert total_change[S3] == 41_111 + 98_765 - 148_149
+    assert total_change[B1] == -123_457 - 37_038 - 123_457 - 61_728 + 18_518
+    assert total_change[B2] == -41_111 + 14_382 - 98_765
+    assert balancing_change == 37_038 + 74_075 + 148_149 - 30_864 - 18_518 - 14_382
+    assert market.functions.balanceOf(balancing).call() == [
+        BALANCING_DEPOSIT + balancing_change, 0,
+    ]  # fmt: skip
+    total_tokens = sum(sum(market.functions.balanceOf(w).call()) for w in [*wallets, balancing])
+    assert total_tokens == 5 * DEPOSIT + BALANCING_DEPOSIT  # conserved exactly
+    assert total_tokens == token.functions.balanceOf(market_addr).call()

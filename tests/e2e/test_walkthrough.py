@@ -3,9 +3,10 @@
 daemons (chain, serve, oracle, meters) as processes of their own, the user's block as a script -
 on free ports (a Mosquitto of the test's own, every state file in a temporary folder). Then the
 outcome is checked on chain to the Wh and the base unit: the trade recorded, the readings with
-the traded energy, the seller paid escrow price x delivered energy, and with
-``--under-delivery 0.5`` the halved payment and the refund. What the README shows the user is
-compared with what the commands printed."""
+the traded energy, the seller paid the trade in full (trades settle firm), each party's imbalance
+(its metered net position, household included, against the trade) settled with the balancing
+account at 1.5x / 0.5x the clearing price, and with ``--under-delivery 0.5`` the seller's 500 Wh
+short on top. What the README shows the user is compared with what the commands printed."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
+from backend.chain import imbalance as imbalances
 from backend.chain.contracts import contract_at, load_deployment
 from backend.chain.protocol import escrow_of
 from backend.devtools.anvil import is_up
@@ -165,12 +167,13 @@ class Chain:
     def balances(self) -> dict[str, tuple[int, int]]:
         return {w: tuple(self.market.functions.balanceOf(w).call()) for w in (SELLER, BUYER)}
 
-    def check_interval(self, interval_id: int, delivered_wh: int) -> None:
-        """The trade of ``interval_id`` on chain: recorded, metered, settled and paid exactly."""
+    def check_interval(self, interval_id: int, delivered_wh: int) -> dict[str, int]:
+        """The trade of ``interval_id`` on chain: recorded, metered, settled and paid exactly, and
+        both parties' imbalance; returns what each party's available balance gained."""
         state = self.market.functions.intervalOf(interval_id).call()
         # lastTradeId; batchCount, approvedCount, expectedBatches, settledBatches, settled,
-        # reclaimed
-        assert tuple(state[1:]) == (1, 1, 1, 1, True, False)
+        # reclaimed, shortPriceBps, longPriceBps
+        assert tuple(state[1:]) == (1, 1, 1, 1, True, False, 15_000, 5_000)
         (trade,) = httpx.get(f"{self.api}/trades", params={"interval": interval_id}).json()
         trade_id = bytes.fromhex(trade["id"][2:])
         (recorded,) = self.market.events.TradeRecorded.get_logs(
@@ -191,14 +194,36 @@ class Chain:
             own_buyer[0] + SOLD_WH, own_buyer[1], True,
         )  # fmt: skip
 
-        paid = delivered_wh * PRICE // 1000  # r = min(r_seller, r_buyer = 1)
+        paid = SOLD_WH * PRICE // 1000  # trades settle firm
         refunded = escrow_of(SOLD_WH, PRICE) - paid
         (settled,) = self.market.events.TradeSettled.get_logs(
             from_block=self.dep.block, argument_filters={"tradeId": trade_id}
         )
         assert (settled.args.deliveredWh, settled.args.paid, settled.args.refunded) == (
-            delivered_wh, paid, refunded,
+            SOLD_WH, paid, refunded,
         )  # fmt: skip
+        # net positions (export - import) against the trade; the clearing price is the trade's
+        seller_metered = delivered_wh - own_seller[0]
+        buyer_metered = own_buyer[1] - own_buyer[0] - SOLD_WH
+        found = imbalances.find(self.w3, self.market, interval_id, self.dep.block)
+        assert found is not None and found.clearing_price_per_kwh == PRICE
+        assert {p.account: (p.contracted_wh, p.metered_wh, p.payment, p.shortfall)
+                for p in found.parties} == {
+            SELLER: (SOLD_WH, seller_metered, _imbalance(seller_metered - SOLD_WH), 0),
+            BUYER: (-SOLD_WH, buyer_metered, _imbalance(buyer_metered + SOLD_WH), 0),
+        }  # fmt: skip
+        return {
+            SELLER: paid + _imbalance(seller_metered - SOLD_WH),
+            BUYER: -paid + _imbalance(buyer_metered + SOLD_WH),
+        }
+
+
+def _imbalance(deviation_wh: int) -> int:
+    """The imbalance payment of a deviation at the trade's price: short pays ceil(|D| x 1.5 x P /
+    1000) (the floor of the negative), long gets floor(D x 0.5 x P / 1000); the dev balancing
+    account holds a deposit, so long parties are paid in full."""
+    bps = 15_000 if deviation_wh < 0 else 5_000
+    return deviation_wh * PRICE * bps // 10**7
 
 
 def _round(
@@ -248,11 +273,13 @@ def test_five_terminals_walkthrough_settles_and_pays_as_the_readme_shows(
     ) in meters.log()
 
     chain = Chain(env)
-    # full delivery: the seller is paid escrow price x 1000 Wh, the buyer's escrow all spent
+    # full delivery: the seller is paid escrow price x 1000 Wh, the buyer's escrow all spent;
+    # each household's own load and PV beside the trade is its imbalance
     n, before, after, _out = _round(chain, blocks, env, "settled")
-    chain.check_interval(n, delivered_wh=SOLD_WH)
-    assert after[SELLER][0] - before[SELLER][0] == SOLD_WH * PRICE // 1000 == 110_000
-    assert after[BUYER][0] - before[BUYER][0] == -110_000
+    gained = chain.check_interval(n, delivered_wh=SOLD_WH)
+    assert SOLD_WH * PRICE // 1000 == 110_000
+    for who in (SELLER, BUYER):
+        assert after[who][0] - before[who][0] == gained[who]
     assert after[BUYER][1] == before[BUYER][1] == 0  # nothing left locked
     assert _as_shown(blocks["metered"], n)[0] in meters.log().splitlines()
     # the oracle compared every announcement with the registry: all ten as registered
@@ -268,9 +295,9 @@ def test_five_terminals_walkthrough_settles_and_pays_as_the_readme_shows(
     _wait("meters", lambda: "following chain time" in partial.log(), 120, partial)
     n2, before, after, _out = _round(chain, blocks, env, "settled-partial")
     assert n2 > n
-    chain.check_interval(n2, delivered_wh=500)
-    assert after[SELLER][0] - before[SELLER][0] == 55_000
-    assert after[BUYER][0] - before[BUYER][0] == -55_000  # 110000 escrowed, 55000 refunded
+    gained = chain.check_interval(n2, delivered_wh=500)  # the seller 500 Wh short more
+    for who in (SELLER, BUYER):
+        assert after[who][0] - before[who][0] == gained[who]
     assert after[BUYER][1] == 0
 
     _check_registry_reports(chain, env, folder, oracle, n2)
