@@ -239,9 +239,10 @@ def _fresh_candidates(
     left = {o.hash: o.energy_wh for o in sells}
     left.update((o.hash, o.energy_wh) for o in buys)
     for c, d in zip(decided, verdicts, strict=True):
-        if d.approved:
-            left[c.sell.hash] -= c.energy_wh
-            left[c.buy.hash] -= c.energy_wh
+        if d.approved:  # (a batch continued from elsewhere may hold orders not in this book)
+            for h in (c.sell.hash, c.buy.hash):
+                if h in left:
+                    left[h] -= c.energy_wh
     taken = blocked | {_pair_key(c) for c in decided}
     fresh = _bilateral_pairs(sells, buys, left, taken)
     for s, b, q in _auction_pairs(sells, buys, left, taken):
@@ -251,8 +252,16 @@ def _fresh_candidates(
     return fresh
 
 
-def clear(orders: Sequence[BookOrder], validate: Validate | None = None) -> Clearing:
-    """Clear one interval's orders; ``validate`` None approves everything (no grid)."""
+def clear(
+    orders: Sequence[BookOrder],
+    validate: Validate | None = None,
+    decided: Sequence[tuple[Candidate, Decision]] = (),
+    max_rounds: int = MAX_ROUNDS,
+) -> Clearing:
+    """Clear one interval's orders; ``validate`` None approves everything (no grid).
+    ``decided``: a batch decided before (another clearing's trades with their verdicts), which
+    this one continues - the volume it left is paired in merit order after it; ``max_rounds``
+    bounds the pairing rounds."""
     sells = [o for o in orders if o.side == SELL and o.energy_wh > 0]
     buys = [o for o in orders if o.side == BUY and o.energy_wh > 0]
     price = uniform_price(sells + buys)
@@ -263,8 +272,8 @@ def clear(orders: Sequence[BookOrder], validate: Validate | None = None) -> Clea
     )
     blocked: set[tuple[str, str]] = set()
     # The decided part of the batch and the verdicts it was paired on.
-    batch: list[Candidate] = []
-    verdicts: list[Decision] = []
+    batch: list[Candidate] = [c for c, _ in decided]
+    verdicts: list[Decision] = [d for _, d in decided]
     evidence = result.evidence_hash
 
     def check(trades: list[Candidate]) -> tuple[list[Decision], str]:
@@ -277,7 +286,7 @@ def clear(orders: Sequence[BookOrder], validate: Validate | None = None) -> Clea
     rounds = 0
     while True:
         fresh: list[Candidate] = []
-        if rounds < MAX_ROUNDS:  # past the cap, only the decided batch is validated as it stands
+        if rounds < max_rounds:  # past the cap, only the decided batch is validated as it stands
             fresh = _fresh_candidates(sells, buys, price, batch, verdicts, blocked)
         rounds += 1
         candidates = batch + fresh
@@ -300,7 +309,7 @@ def clear(orders: Sequence[BookOrder], validate: Validate | None = None) -> Clea
             # Keep the batch up to that trade (its volume was paired on what precedes it) and
             # pair again from there; past the round cap without it, so the batch shrinks until
             # the validator repeats itself.
-            keep = changed + 1 if rounds < MAX_ROUNDS else changed
+            keep = changed + 1 if rounds < max_rounds else changed
             batch, verdicts = candidates[:keep], decisions[:keep]
             continue
         vetoes = [i for i in range(start, len(candidates)) if not decisions[i].approved]

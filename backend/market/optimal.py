@@ -53,7 +53,15 @@ import numpy as np
 from scipy import sparse
 
 from backend.chain.protocol import BUY, SELL
-from backend.market.auction import BookOrder, Candidate, Clearing, Decision, Validate, uniform_price
+from backend.market.auction import (
+    BookOrder,
+    Candidate,
+    Clearing,
+    Decision,
+    Validate,
+    clear,
+    uniform_price,
+)
 from backend.market.program import OptimizationError, Program, Var, order_rows, whole_wh
 from grid.operating import OperatingPoint
 
@@ -67,6 +75,8 @@ MAX_ROUNDS = 3
 # linearization predicts to second order - lands inside; the validator itself needs 1e-7 pu.
 MARGIN_PU = 2e-4
 MARGIN_PERCENT = 0.05
+# Merit-order rounds of the top-up after the optimal rounds (``_top_up``).
+TOP_UP_ROUNDS = 4
 # Times a round's vetoed trades are moved behind the others and the list validated again.
 REORDERS = 2
 # Passes over the trades still waiting when they are put in an order the validator approves.
@@ -148,9 +158,44 @@ def clear_optimal(
         batch, verdicts, evidence = candidates, list(got), digest
         if all(d.approved for d in got[start:]) and not (held or held_auction):
             break
-    result.trades = list(zip(batch, verdicts, strict=True))
-    result.evidence_hash = evidence
+    # The orders of trades the rounds held back or the grid vetoed: the program meant them to
+    # trade, the pairs it formed did not fit.
+    missed = {h for pair in held_pairs for h in pair}
+    missed |= {h for c, d in zip(batch, verdicts, strict=True) if not d.approved
+               for h in (c.sell.hash, c.buy.hash)}  # fmt: skip
+    result.trades, result.evidence_hash = _top_up(
+        [o for o in (*sells, *buys) if o.hash in missed],
+        validate,
+        list(zip(batch, verdicts, strict=True)),
+        evidence,
+    )
     return result
+
+
+def _top_up(
+    orders: Sequence[BookOrder],
+    validate: Validate,
+    decided: list[tuple[Candidate, Decision]],
+    evidence: str,
+) -> tuple[list[tuple[Candidate, Decision]], str]:
+    """What ``orders`` have left after the rounds offered once more in merit order after them
+    (``auction.clear`` continuing the batch); the pairs it tried and the grid refused are left
+    out again, so the batch records no more vetoes than the optimal rounds made. The final list
+    is validated as a whole (its answer is the attestation)."""
+    if not orders:
+        return decided, evidence
+    topped = clear(orders, validate, decided, TOP_UP_ROUNDS)
+    n = len(decided)
+    if len(topped.trades) == n:
+        return decided, evidence
+    final = [c for k, (c, d) in enumerate(topped.trades) if k < n or d.approved]
+    if len(final) == len(topped.trades):
+        return topped.trades, topped.evidence_hash
+    got, digest = validate(final)
+    want = [d.approved for k, (_, d) in enumerate(topped.trades) if k < n or d.approved]
+    if [d.approved for d in got] != want:
+        return topped.trades, topped.evidence_hash  # as validated, vetoes and all
+    return list(zip(final, got, strict=True)), digest
 
 
 def _seq(o: BookOrder) -> tuple[int, str]:
