@@ -75,6 +75,8 @@ MAX_ROUNDS = 3
 # linearization predicts to second order - lands inside; the validator itself needs 1e-7 pu.
 MARGIN_PU = 2e-4
 MARGIN_PERCENT = 0.05
+# Objective bonus per Wh filled (relative to the book's highest price): zero-spread pairs trade.
+VOLUME_BONUS = 1e-6
 # Merit-order rounds of the top-up after the optimal rounds (``_top_up``).
 TOP_UP_ROUNDS = 4
 # Times a round's vetoed trades are moved behind the others and the list validated again.
@@ -330,10 +332,14 @@ class _Stage:
         low = p_fixed - reach
         high = p_fixed + reach
         scale = max((abs(v.value) for v in variables), default=1.0) or 1.0
-        # Time priority between equal limits: earlier orders first (a perturbation far below any
-        # real price difference; the solver's answer is deterministic either way).
+        # Volume between equal welfare: a pair whose bid equals its ask still trades (as in the
+        # merit order) - a bonus per Wh far below any real price difference; below that, time
+        # priority: earlier orders first. The solver's answer is deterministic either way.
         cost = np.array(
-            [-(v.value / scale) + 1e-9 * j / max(n_var, 1) for j, v in enumerate(variables)]
+            [
+                -(v.value / scale) - VOLUME_BONUS + 1e-9 * j / max(n_var, 1)
+                for j, v in enumerate(variables)
+            ]
         )
         program = Program(cost, upper, incidence, p_fixed, *order_rows(variables, caps, hall))
         start_op = self.point(self.fixed, buses)

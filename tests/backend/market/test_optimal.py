@@ -216,3 +216,20 @@ def test_a_grid_without_a_solution_falls_back_to_greedy() -> None:
     result = adapter.clear(INTERVAL, book)
     assert result.method.startswith("greedy (fallback: ")
     assert [d.reason for _, d in result.trades] == ["NOT_CONVERGED"]
+
+
+def test_pairs_without_a_spread_still_trade() -> None:
+    """Bid = ask moves no welfare, yet the pair trades (as in the merit order): bilateral and
+    anonymous, in full where the grid allows."""
+    seller, buyer = f"0x{1:040x}", f"0x{2:040x}"
+    book = [
+        order(1, SELL, 2_000, 100, 24, counterparty=buyer),
+        order(2, BUY, 2_000, 100, 2, counterparty=seller),
+        order(3, SELL, 3_000, 80, 17),
+        order(4, BUY, 3_000, 80, 12),
+    ]
+    o = port().clear(INTERVAL, book)
+    assert o.method == "optimal" and o.welfare == 0
+    assert sorted((c.kind, c.energy_wh) for c in o.approved) == [
+        ("auction", 3_000), ("bilateral", 2_000)
+    ]  # fmt: skip
