@@ -13,11 +13,11 @@ from scipy import sparse
 
 from grid.acmodel import ACModel, Linearization, Measures
 from grid.limits import (
+    ANGLE_BAND_PU_PER_RAD2,
     BAND_PERCENT,
     BAND_PU,
     BAND_RELATIVE,
     GLOBAL_RELATIVE,
-    ANGLE_BAND_PU_PER_RAD2,
     NOT_CONVERGED,
     REFINE_BAND,
     SCREEN_MAX_MOVE_PU,
