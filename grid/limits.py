@@ -54,11 +54,11 @@ GLOBAL_RELATIVE = 0.1
 # (rad; batch + trade, from the accepted state). Where reactance dominates (transmission,
 # generators) a trade moves angles, and magnitudes move by the reactive losses that grow with the
 # angle move squared - a second-order change the linearization misses and the magnitude moves
-# above do not measure. Needed to cover every offer's voltage error on case_ieee30 (bench seed,
-# seeds 7 and 11; see below): at most 0.40 and 0.46 pu/rad^2; three times that. The feeders'
+# above do not measure. Needed to cover every offer's voltage error on case_ieee30 (the bench
+# seed and seed 7; see below): 0.40 and 0.46 pu/rad^2 at most; three times that. The feeders'
 # angle moves are small (median 0.005-0.015 rad, 99th percentile 0.015-0.046), so their bands
-# barely change. Without it seed 7 left two false accepts (trades 1946/1947, bus 29 at 0.89956
-# pu: the prediction 0.9046 +- 0.0092, the AC error 0.0138, angle move 0.124 rad).
+# barely change. Without it seed 7 left two false accepts (trades 1946 and 1947, bus 29 at
+# 0.89956 pu: the prediction's error 0.0138 pu against a band of 0.0092, angle move 0.124 rad).
 ANGLE_BAND_PU_PER_RAD2 = 1.5
 SCREEN_MAX_MOVE_PU = 0.08
 # Band after one chord Newton step (``Linearization.refine``): a share of the largest correction
@@ -85,9 +85,11 @@ REFINE_BAND = 0.5
 # (1.1 / 2.2), none on the other four. An offer outside its band is caught by the batch's AC
 # confirmation (``Session._as_predicted``) unless a later trade of the batch brings the error back
 # inside: case_ieee30's batch fallbacks went from 203 to 6 of its batches, AC solves from 1,440 to
-# 424. On generator networks the remaining excess comes with angle moves far larger than the
-# magnitude moves the bands scale with (offers beyond their band: largest angle move 0.03-0.19
-# rad against magnitude moves of 0.003-0.04 pu); see docs/benchmarks.md for the false accepts.
+# 424. On case_ieee30 the remaining excess came with angle moves far larger than the magnitude
+# moves the bands scale with (offers beyond their band: largest angle move 0.03-0.19 rad against
+# magnitude moves of 0.003-0.04 pu), and on seed 7 it still gave two false accepts: hence
+# ANGLE_BAND_PU_PER_RAD2 (with it 0 false accepts on seeds 20240611, 7 and 11 of case_ieee30 and
+# example_multivoltage, on the bench seed of the three feeders and on case33bw's seed 7).
 
 
 @dataclass(frozen=True)
