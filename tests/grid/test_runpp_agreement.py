@@ -240,18 +240,29 @@ def test_solver_jacobian_gives_the_sensitivities_of_jacobian_at_on_generator_bus
         assert float(np.max(np.abs(got - want))) <= 1e-6 * float(np.max(np.abs(want)))
 
 
-def test_case_ieee30_bench_list_has_no_false_accept_after_any_approved_trade(
-    ieee30: GridValidator,
+@pytest.mark.parametrize(
+    ("seed", "n_trades", "first_checked"),
+    [
+        # ``tegrid bench grid``'s list: the batch of trades 312-318 passed its AC confirmation,
+        # but with trades 313, 314 and 316 approved runpp puts bus 29 at 1.10004-1.10038 pu (the
+        # screen, on permuted sensitivities, predicted 1.0928-1.0963).
+        (20240611, 319, 300),
+        # Right sensitivities, but the voltage error of a prediction moving angles by 0.124 rad
+        # was 1.5 times its band: trades 1946 and 1947 left bus 29 at 0.89956 pu, brought back
+        # by later trades of the same batch (before ``limits.ANGLE_BAND_PU_PER_RAD2``).
+        (7, 1960, 1930),
+    ],
+)
+def test_case_ieee30_bench_lists_have_no_false_accept_after_any_approved_trade(
+    ieee30: GridValidator, seed: int, n_trades: int, first_checked: int
 ) -> None:
-    # ``tegrid bench grid``'s case_ieee30 list (seed 20240611, trades up to 15 MW at 13:00): the
-    # batch of trades 312-318 passed its AC confirmation, but with trades 313, 314 and 316
-    # approved runpp puts bus 29 at 1.10004-1.10038 pu (the screen, on permuted sensitivities,
-    # predicted 1.0928-1.0963). Every approved prefix from trade 300 on is checked.
-    trades = random_trades(ieee30.load_buses(), 319, 15000.0, seed=20240611)
+    # The bench's case_ieee30 lists (trades up to 15 MW at 13:00): every approved prefix from
+    # trade ``first_checked`` on passes runpp under the plain rule.
+    trades = random_trades(ieee30.load_buses(), n_trades, 15000.0, seed=seed)
     result = ieee30.validate(trades, IEEE30_INTERVAL)
     checker = PandapowerChecker(ieee30.base_net(IEEE30_INTERVAL), ieee30.limit_set(IEEE30_INTERVAL))
     approved = [t for t, v in zip(trades, result.verdicts, strict=True) if v.approved]
-    first = next(k for k, t in enumerate(approved) if int(t.id[1:]) >= 300)
+    first = next(k for k, t in enumerate(approved) if int(t.id[1:]) >= first_checked)
     failing = [
         (t.id, violation.element, round(violation.value or 0.0, 6))
         for k, t in enumerate(approved[first:], start=first)
@@ -259,7 +270,7 @@ def test_case_ieee30_bench_list_has_no_false_accept_after_any_approved_trade(
         is not None
     ]
     assert failing == []
-    assert (trades[313].seller_bus, trades[313].buyer_bus, trades[313].p_kw) == (17, 25, 910.283)
+    assert len(approved) - first >= 10  # the window holds approved trades to check
 
 
 # ---------------------------------------------------------------- implausible AC solutions
