@@ -263,12 +263,11 @@ def test_case_ieee30_bench_lists_have_no_false_accept_after_any_approved_trade(
     checker = PandapowerChecker(ieee30.base_net(IEEE30_INTERVAL), ieee30.limit_set(IEEE30_INTERVAL))
     approved = [t for t, v in zip(trades, result.verdicts, strict=True) if v.approved]
     first = next(k for k, t in enumerate(approved) if int(t.id[1:]) >= first_checked)
-    failing = [
-        (t.id, violation.element, round(violation.value or 0.0, 6))
-        for k, t in enumerate(approved[first:], start=first)
-        if (violation := checker.check(injections_of(approved[: k + 1]), strict=False))
-        is not None
-    ]
+    failing = []
+    for k in range(first, len(approved)):
+        violation = checker.check(injections_of(approved[: k + 1]), strict=False)
+        if violation is not None:
+            failing.append((approved[k].id, violation.element, round(violation.value or 0.0, 6)))
     assert failing == []
     assert len(approved) - first >= 10  # the window holds approved trades to check
 
