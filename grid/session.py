@@ -13,6 +13,7 @@ from scipy import sparse
 
 from grid.acmodel import ACModel, Linearization, Measures
 from grid.limits import (
+    ANGLE_BAND_PU_PER_RAD2,
     BAND_PERCENT,
     BAND_PU,
     BAND_RELATIVE,
@@ -65,6 +66,7 @@ class Session:
         self.batch_size = batch_size
         self.S = model.Sbus0.copy()
         self.measures = measures
+        self.inv_V = 1.0 / measures.V  # angle moves of predictions (``_angle_band``)
         # Verdicts as an append-only log of (position, verdict): a snapshot is a length into it.
         self.log: list[tuple[int, Verdict]] = []
         self.ac_solves = 0
@@ -155,6 +157,14 @@ class Session:
         self.b_movedv = np.zeros_like(me.vm_pu)
         self.b_movedl = np.zeros_like(me.loading_percent)
         self.b_loading = me.loading_percent
+        self.b_angle = 0.0  # the batch's angle term, in units of moved_v (``_angle_band``)
+
+    def _angle_band(self, dV: np.ndarray) -> float:
+        """The voltage band's angle term for a predicted change ``dV`` (complex, every bus)
+        from the accepted state, in units of ``moved_v``: ``ANGLE_BAND_PU_PER_RAD2`` times the
+        square of the largest angle move (small-angle: ``Im(dV / V)``)."""
+        angle = float(np.abs((dV * self.inv_V).imag).max(initial=0.0))
+        return ANGLE_BAND_PU_PER_RAD2 / BAND_RELATIVE * angle * angle
 
     def _with_trade(self, S: np.ndarray, trade: Trade) -> np.ndarray:
         """A copy of injections ``S`` with ``trade`` added."""
@@ -197,7 +207,8 @@ class Session:
         spread = GLOBAL_RELATIVE / BAND_RELATIVE
         moved_v = self.b_movedv + own_v + spread * float(own_v.max(initial=0.0))
         moved_l = self.b_movedl + own_l + spread * di_max * self.c_branch
-        judged = self.limitset.screen(vm, moved_v, loading, moved_l)
+        angle_v = self._angle_band(pack[lay.V])
+        judged = self.limitset.screen(vm, moved_v + angle_v, loading, moved_l)
         if isinstance(judged, Violation):
             self.screened_out += 1
             self.log.append((pos, veto(trade, judged, "screen")))
@@ -208,6 +219,7 @@ class Session:
             self.b_dS = self._with_trade(self.b_dS, trade)
             self.b_pack = pack
             self.b_movedv, self.b_movedl, self.b_loading = moved_v, moved_l, loading
+            self.b_angle = angle_v
             if len(self.batch) >= self.batch_size:
                 self.flush()
             return
@@ -262,6 +274,7 @@ class Session:
         self.b_movedv = step_v * (REFINE_BAND / BAND_RELATIVE)
         self.b_movedl = step_l * (REFINE_BAND / BAND_RELATIVE)
         self.b_loading = m2.loading_percent
+        self.b_angle = 0.0  # the refined state has no linearization error left to widen
         if len(self.batch) >= self.batch_size:
             self.flush()
         return None
@@ -283,6 +296,7 @@ class Session:
         """Accept an AC state; ``final``: the list's last one (no linearization needed)."""
         self.S = S
         self.measures = me
+        self.inv_V = 1.0 / me.V
         if not final and float(np.max(np.abs(me.V - self.lin_V))) > RELINEARIZE_PU:
             self.pending = _Pending(self.model.last_jacobian(), me.V)
 
@@ -305,7 +319,7 @@ class Session:
         err_v = np.abs(me.vm_pu - (self.measures.vm_pu + self.b_pack[self.model.layout.vm].real))
         err_l = np.abs(me.loading_percent - self.b_loading)
         return bool(
-            np.all(err_v <= BAND_PU + BAND_RELATIVE * self.b_movedv)
+            np.all(err_v <= BAND_PU + BAND_RELATIVE * (self.b_movedv + self.b_angle))
             and np.all(err_l <= BAND_PERCENT + BAND_RELATIVE * self.b_movedl)
         )
 

@@ -110,11 +110,24 @@ def check(
     interval_seconds: SecondsOpt = 900,
     as_json: JsonOpt = False,
 ) -> None:
-    """Base-state power flow: voltage extremes, losses, maximum loadings."""
+    """Base-state power flow: voltage extremes, losses, maximum loadings.
+
+    A network whose line ratings are placeholders (e.g. case33bw's ``max_i_ka`` 99999) gets a
+    ``warning:`` line on stderr - their loading limits cannot bind - and, with ``--json``, the
+    same sentences under ``warnings`` and those lines under ``placeholder_lines``."""
     validator = _validator(network)
     summary = validator.base_state(interval, interval_seconds).to_dict()
+    facts = validator.facts
+    for warning in facts.warnings:
+        Console(stderr=True).print(f"warning: {warning}", highlight=False, soft_wrap=True)
     if as_json:
-        _echo_json(summary)
+        _echo_json(
+            {
+                **summary,
+                "placeholder_lines": facts.placeholder_lines,
+                "warnings": facts.warnings,
+            }
+        )
         return
     table = Table(title=f"base state of {network}")
     table.add_column("quantity")

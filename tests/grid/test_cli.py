@@ -25,13 +25,35 @@ def _trades(tmp_path: Path, content: object) -> str:
     return str(path)
 
 
+CASE33BW_PLACEHOLDERS = (
+    "case33bw: 32 of 32 lines have placeholder thermal ratings (max_i_ka 99999 kA, at or above "
+    "10 kA on a distribution network): their loading can never bind, so no line overload can be "
+    "found there"
+)
+
+
 def test_check_case33bw_json() -> None:
-    code, out, _ = _run("check", "--network", "case33bw", "--json")
+    code, out, err = _run("check", "--network", "case33bw", "--json")
     data = json.loads(out)
     assert code == 0
     assert (data["network"], data["buses"], data["vm_min_bus"]) == ("case33bw", 33, 17)
     assert round(data["vm_min_pu"], 4) == 0.9131
     assert round(data["losses_kw"], 1) == 202.7
+    assert data["placeholder_lines"] == list(range(32))
+    assert data["warnings"] == [CASE33BW_PLACEHOLDERS]
+    assert err.splitlines() == [f"warning: {CASE33BW_PLACEHOLDERS}"]
+
+
+def test_check_warns_in_one_line_that_placeholder_ratings_cannot_bind() -> None:
+    code, out, err = _run("check", "--network", "case33bw")
+    assert code == 0 and "base state of case33bw" in out
+    assert err.splitlines() == [f"warning: {CASE33BW_PLACEHOLDERS}"]
+
+
+def test_check_real_ratings_no_warning() -> None:
+    code, out, err = _run("check", "--network", "cigre_lv", "--json")
+    data = json.loads(out)
+    assert (code, err, data["placeholder_lines"], data["warnings"]) == (0, "", [], [])
 
 
 def test_validate_json_and_verify_roundtrip(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from backend.cli.grid import app
+from bench.grid import random_trades
 from bench.naive import PandapowerChecker, injections_of, naive_validate
 from grid import (
     GridError,
@@ -30,6 +31,7 @@ from grid import (
     load_network,
     refuse_unmodeled,
 )
+from grid.acmodel import Linearization
 from grid.evidence import evidence_hash
 from grid.hosting import HOSTING_RESOLUTION_KW
 
@@ -214,6 +216,60 @@ def test_solve_starts_pv_buses_at_their_setpoints(ieee30: GridValidator) -> None
     assert V is not None
     assert abs(V[bus4]) == pytest.approx(1.01, abs=1e-12)
     assert float(np.max(np.abs(V - model.V0))) < 1e-8
+
+
+def test_solver_jacobian_gives_the_sensitivities_of_jacobian_at_on_generator_buses(
+    ieee30: GridValidator,
+) -> None:
+    # lightsim2grid orders its Jacobian's angle unknowns by bus (PV and PQ buses mixed); the
+    # linearization read it as PV buses first, so every relinearization from the solver's
+    # Jacobian on a network with generators permuted the sensitivities (first-order errors of
+    # the screen: the bench's three false accepts). Without PV buses both orders are the same.
+    model = ieee30._base(IEEE30_INTERVAL, 900).model
+    assert model is not None and len(model.pv) == 5
+    S = model.Sbus0 + model.injection({6: 5000.0, 16: -5000.0})
+    V = model.solve(S, model.V0)
+    assert V is not None
+    from_solver = Linearization(model, V, model.last_jacobian())
+    built = Linearization(model, V)
+    for bus in (6, 16, 29):
+        want = built.column(bus).packed
+        got = from_solver.column(bus).packed
+        # equal up to the solver's Jacobian being one Newton step old (1e-9 of the column here;
+        # read in the wrong order the difference was the size of the column itself)
+        assert float(np.max(np.abs(got - want))) <= 1e-6 * float(np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize(
+    ("seed", "n_trades", "first_checked"),
+    [
+        # ``tegrid bench grid``'s list: the batch of trades 312-318 passed its AC confirmation,
+        # but with trades 313, 314 and 316 approved runpp puts bus 29 at 1.10004-1.10038 pu (the
+        # screen, on permuted sensitivities, predicted 1.0928-1.0963).
+        (20240611, 319, 300),
+        # Right sensitivities, but the voltage error of a prediction moving angles by 0.124 rad
+        # was 1.5 times its band: trades 1946 and 1947 left bus 29 at 0.89956 pu, brought back
+        # by later trades of the same batch (before ``limits.ANGLE_BAND_PU_PER_RAD2``).
+        (7, 1960, 1930),
+    ],
+)
+def test_case_ieee30_bench_lists_have_no_false_accept_after_any_approved_trade(
+    ieee30: GridValidator, seed: int, n_trades: int, first_checked: int
+) -> None:
+    # The bench's case_ieee30 lists (trades up to 15 MW at 13:00): every approved prefix from
+    # trade ``first_checked`` on passes runpp under the plain rule.
+    trades = random_trades(ieee30.load_buses(), n_trades, 15000.0, seed=seed)
+    result = ieee30.validate(trades, IEEE30_INTERVAL)
+    checker = PandapowerChecker(ieee30.base_net(IEEE30_INTERVAL), ieee30.limit_set(IEEE30_INTERVAL))
+    approved = [t for t, v in zip(trades, result.verdicts, strict=True) if v.approved]
+    first = next(k for k, t in enumerate(approved) if int(t.id[1:]) >= first_checked)
+    failing = []
+    for k in range(first, len(approved)):
+        violation = checker.check(injections_of(approved[: k + 1]), strict=False)
+        if violation is not None:
+            failing.append((approved[k].id, violation.element, round(violation.value or 0.0, 6)))
+    assert failing == []
+    assert len(approved) - first >= 10  # the window holds approved trades to check
 
 
 # ---------------------------------------------------------------- implausible AC solutions
