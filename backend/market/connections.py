@@ -23,7 +23,11 @@ from backend.market.ports import GridPort, MarketLedger
 from backend.market.store import Store
 
 
-class Connections:
+class RegistryDesk:
+    """What a request that ends in a ``ParticipantRegistry`` transaction needs: the store, the
+    chain, the Neural Grid (hosting capacity), the event bus, the registry's EIP-712 domain and
+    the order intake. Connections and devices are its two desks."""
+
     def __init__(
         self,
         store: Store,
@@ -40,6 +44,8 @@ class Connections:
         self.registry_domain = registry_domain
         self.intake = intake
 
+
+class Connections(RegistryDesk):
     def request(self, message: dict[str, Any], signature: str) -> Any:
         """A connection request signed by the wallet: hosting capacity at the bus is checked by
         the Neural Grid, then the grid operator key registers it on chain."""

@@ -15,6 +15,7 @@ from typing import Any
 from backend.chain import protocol
 from backend.chain.address import checksum
 from backend.market import typed
+from backend.market.connections import RegistryDesk
 from backend.market.errors import (
     BadSignatureError,
     ConflictError,
@@ -28,30 +29,11 @@ from backend.market.errors import (
     UnknownTraderError,
     WrongBusError,
 )
-from backend.market.events import EventBus
-from backend.market.intake import Intake
 from backend.market.models import DeviceRow
-from backend.market.ports import Device, GridPort, MarketLedger
-from backend.market.store import Store
+from backend.market.ports import Device
 
 
-class Devices:
-    def __init__(
-        self,
-        store: Store,
-        ledger: MarketLedger,
-        grid: GridPort | None,
-        events: EventBus,
-        registry_domain: typed.Domain,
-        intake: Intake,
-    ) -> None:
-        self.store = store
-        self.ledger = ledger
-        self.grid = grid
-        self.events = events
-        self.registry_domain = registry_domain
-        self.intake = intake
-
+class Devices(RegistryDesk):
     def register(
         self, message: dict[str, Any], owner_signature: str, device_signature: str
     ) -> DeviceRow:
