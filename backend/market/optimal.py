@@ -9,10 +9,13 @@ and buys and of the bilateral pairs; the grid sees their net injection per bus.
 **The grid as constraints.** ``grid.operating.OperatingPoint`` gives the validator's limits (voltage
 bands, line and transformer loadings, "do no harm" where the base state already breaks one)
 linearized at an AC solution: a row per voltage limit, tangent cuts for a branch current's
-magnitude. The linear program is solved, the AC state of its answer computed, the limits
-linearized again there and their rows added to those of the points before (successive linear
-programming with cutting planes; ``MAX_POINTS`` AC points at most). The best answer whose AC
-state is inside every limit by the margins is kept.
+magnitude. The linear program (``backend.market.program``, HiGHS) is solved, the AC state of its
+answer computed and the limits linearized again there: voltage rows are replaced, current cuts
+are kept from every point (successive linear programming with Kelley's cutting planes;
+``MAX_POINTS`` AC points at most, a trust region once answers keep missing). Only the rows an
+answer breaks enter the program (row generation). The best answer whose AC state is inside every
+limit by the margins is kept. A small bonus per Wh lets zero-spread pairs trade; time priority
+breaks what ties remain.
 
 **Pairs.** The chain records trades as (sell order, buy order). An anonymous sell and buy can pair
 when the bid covers the ask; fills can be split into such pairs exactly when, for every price
@@ -33,14 +36,19 @@ households a single price is what participants expect. Welfare is independent of
 **Priority and order.** Bilateral pairs first: their own program over the base state, and the
 anonymous auction on top of what they take. The validator decides trades in batch order
 (approved iff the trades approved before it stay feasible), so a set feasible as a whole can
-still see a veto when a relieving trade comes after a stressing one: trades are ordered by how
-much of the tightest limits' headroom they use (relieving first). A trade still vetoed keeps its
-veto in the batch, and the volume it did not take is cleared again on top of the approved trades
-(``MAX_ROUNDS`` rounds; later rounds append, so earlier verdicts stand).
+still see a veto when a relieving trade comes after a stressing one: trades are paired by
+electrical closeness (same effect on the binding limits) and ordered so that every prefix stays
+inside the limits as the answer's point predicts them (relieving first); a trade that fits
+nowhere is held back and its volume cleared again in the next round (``MAX_ROUNDS``; held pairs
+are formed otherwise), a vetoed one is tried again behind the others (``REORDERS``). Last, the
+orders whose trades were held back or vetoed get a merit-order top-up (``auction.clear``
+continuing the batch, ``TOP_UP_ROUNDS``) whose refused pairs are left out of the final list.
+Later rounds append, so earlier verdicts stand; the final list's validation is the attestation.
 
 **Deterministic.** The same book gives the same trades bit for bit: fixed variable order (order
-sequence), HiGHS's dual simplex single-threaded, integer Wh fills (rounded down), a fixed number of
-points and rounds (no wall-clock budget inside; ``tegrid bench clearing`` measures the time).
+sequence), HiGHS's dual simplex single-threaded with a fixed seed, whole-Wh fills (rounded so the
+balance loses none), a fixed number of points and rounds (no wall-clock budget inside;
+``tegrid bench clearing`` measures the time).
 """
 
 from __future__ import annotations
