@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eth_typing import HexStr
@@ -381,16 +381,31 @@ class ChainLedger:
             max_import_w,
         )
 
+        return self._registry_transact(
+            "connecting a participant",
+            fn,
+            lambda exc: _registry_refusal(exc.error_name, checksum(wallet), checksum(meter)),
+        )
+
+    def _registry_transact(
+        self,
+        what: str,
+        fn: Any,
+        refusal_of: Callable[[TransactionRevertedError], MarketError | None],
+    ) -> str:
+        """Send ``fn`` with the grid operator key; a revert the registry explains becomes that
+        refusal (``refusal_of``), anything else is raised as it is. Returns the tx hash."""
+
         def send() -> Any:
             try:
                 return self.grid_operator.transact(fn)
             except TransactionRevertedError as exc:
-                refusal = _registry_refusal(exc.error_name, checksum(wallet), checksum(meter))
+                refusal = refusal_of(exc)
                 if refusal is None:
                     raise
                 raise refusal from exc
 
-        receipt = self._rpc("connecting a participant", send)
+        receipt = self._rpc(what, send)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         self._receipts[tx_hash] = Receipt(
             tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1
@@ -424,21 +439,9 @@ class ChainLedger:
             device, owner, bus_id, kind, min_w, max_w, capacity_wh
         )
 
-        def send() -> Any:
-            try:
-                return self.grid_operator.transact(fn)
-            except TransactionRevertedError as exc:
-                refusal = _device_refusal(exc, device, owner)
-                if refusal is None:
-                    raise
-                raise refusal from exc
-
-        receipt = self._rpc("registering a device", send)
-        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
-        self._receipts[tx_hash] = Receipt(
-            tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1
+        return self._registry_transact(
+            "registering a device", fn, lambda exc: _device_refusal(exc, device, owner)
         )
-        return tx_hash
 
     def interval_settlement(self, interval_id: int) -> IntervalSettlement | None:
         _last, _batches, _approved, settled = self.interval_state(interval_id)
