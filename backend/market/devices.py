@@ -17,7 +17,6 @@ from backend.chain.address import checksum
 from backend.market import typed
 from backend.market.connections import RegistryDesk
 from backend.market.errors import (
-    BadSignatureError,
     ConflictError,
     ConnectionRequestRefusedError,
     DeviceInUseError,
@@ -45,20 +44,11 @@ class Devices(RegistryDesk):
             msg[key] = checksum(msg[key])
         owner, device = msg["owner"], msg["device"]
         digest = self.registry_domain.digest("DeviceRegistration", msg)
-        for key, signature, who in (
-            ("signature", owner_signature, owner),
-            ("deviceSignature", device_signature, device),
+        for key, signature, who, role in (
+            ("signature", owner_signature, owner, "owner"),
+            ("deviceSignature", device_signature, device, "device"),
         ):
-            try:
-                signer = typed.recover(digest, signature)
-            except BadSignatureError as exc:
-                raise BadSignatureError(str(exc), field=key) from None
-            if signer != who:
-                raise BadSignatureError(
-                    f"{key} recovers to {signer}, not the {'owner' if who == owner else 'device'}"
-                    f" {who} (tampered message, another chain id or another contract)",
-                    field=key,
-                )
+            typed.require_signer(digest, signature, who, role, subject=key, field=key)
         now = self.ledger.now()
         if msg["expiry"] <= now:
             raise OrderExpiredError(

@@ -64,12 +64,7 @@ class FlexBook:
             msg[key] = checksum(msg[key])
         digest = self.domain.digest("FlexOffer", msg)
         provider, device = msg["provider"], msg["device"]
-        signer = typed.recover(digest, signature)
-        if signer != provider:
-            raise BadSignatureError(
-                f"signature recovers to {signer}, not the provider {provider} "
-                "(tampered message, another chain id or another contract)"
-            )
+        typed.require_signer(digest, signature, provider, "provider")
         direction, power_w, baseline_w = msg["direction"], msg["powerW"], msg["baselineW"]
         interval_id, expiry = msg["intervalId"], msg["expiry"]
         if direction not in (protocol.FLEX_UP, protocol.FLEX_DOWN):

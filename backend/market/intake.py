@@ -382,12 +382,7 @@ class Intake:
         digest = self.domain.digest("Order", msg)
         order_hash = "0x" + digest.hex()
         trader: str = msg["trader"]
-        signer = typed.recover(digest, signature)
-        if signer != trader:
-            raise BadSignatureError(
-                f"signature recovers to {signer}, not the trader {trader} "
-                "(tampered message, another chain id or another contract)"
-            )
+        typed.require_signer(digest, signature, trader, "trader")
         side, interval_id, energy_wh = msg["side"], msg["intervalId"], msg["energyWh"]
         price, nonce, expiry = msg["pricePerKWh"], msg["nonce"], msg["expiry"]
         if side not in (protocol.SELL, protocol.BUY):

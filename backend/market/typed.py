@@ -60,3 +60,29 @@ bytes32 = _market_errors(eip712.bytes32)
 split_signature = _market_errors(eip712.split_signature)
 canonical_signature = _market_errors(eip712.canonical_signature)
 recover = _market_errors(eip712.recover)
+
+
+def require_signer(
+    digest: bytes,
+    signature: str,
+    expected: str,
+    role: str,
+    subject: str = "signature",
+    field: str | None = None,
+) -> None:
+    """``signature`` over ``digest`` must recover to ``expected`` (the ``role``: trader,
+    provider, owner, device); else ``BadSignatureError`` naming both addresses (and ``field``,
+    where the body has several signatures)."""
+    try:
+        signer = recover(digest, signature)
+    except BadSignatureError as exc:
+        if field is None:
+            raise
+        raise BadSignatureError(str(exc), field=field) from None
+    if signer != expected:
+        raise BadSignatureError(
+            f"{subject} recovers to {signer}, not the {role} {expected} "
+            "(tampered message, another chain id or another contract)",
+            field=field,
+        )
+
