@@ -24,8 +24,6 @@ from backend.market.errors import (
     NotFoundError,
     OrderExpiredError,
     OverConnectionLimitError,
-    TraderInactiveError,
-    UnknownTraderError,
     WrongBusError,
 )
 from backend.market.models import DeviceRow
@@ -56,13 +54,7 @@ class Devices(RegistryDesk):
             )
         kind, min_w, max_w, capacity_wh = msg["kind"], msg["minW"], msg["maxW"], msg["capacityWh"]
         _check_device_values(device, kind, min_w, max_w, capacity_wh)
-        participant = self.intake.participant(owner, fresh=True)
-        if participant is None:
-            raise UnknownTraderError(
-                f"{owner} is not a registered participant (POST /participants)", field="owner"
-            )
-        if not participant.active:
-            raise TraderInactiveError(f"participant {owner} is inactive", field="owner")
+        participant = self.intake.active_participant(owner, fresh=True, field="owner")
         if msg["busId"] != participant.bus_id:
             raise WrongBusError(
                 f"the device must sit at its owner's connection point, bus {participant.bus_id},"

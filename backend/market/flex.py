@@ -27,9 +27,7 @@ from backend.market.errors import (
     NotFoundError,
     OutOfDeviceLimitsError,
     TooManyOrdersError,
-    TraderInactiveError,
     UnknownDeviceError,
-    UnknownTraderError,
 )
 from backend.market.events import EventBus
 from backend.market.intake import Intake
@@ -74,13 +72,7 @@ class FlexBook:
         now = self.ledger.now()
         gate = self.intake.check_interval(interval_id, expiry, now, what="offer")
         self.intake.check_open(interval_id, gate, now)  # again with the insert, under the lock
-        participant = self.intake.participant(provider)
-        if participant is None:
-            raise UnknownTraderError(
-                f"{provider} is not a registered participant (POST /participants)"
-            )
-        if not participant.active:
-            raise TraderInactiveError(f"participant {provider} is inactive")
+        self.intake.active_participant(provider)
         record = self.ledger.device(device)
         if record is None:
             raise UnknownDeviceError(f"{device} is not a registered device (POST /devices)")

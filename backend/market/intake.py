@@ -169,6 +169,20 @@ class Intake:
             self._participants.put(wallet, value)
         return value
 
+    def active_participant(
+        self, wallet: str, fresh: bool = False, field: str | None = None
+    ) -> Participant:
+        """The registered, active participant ``wallet`` (``UnknownTraderError`` /
+        ``TraderInactiveError`` otherwise, naming ``field`` when given)."""
+        participant = self.participant(wallet, fresh)
+        if participant is None:
+            raise UnknownTraderError(
+                f"{wallet} is not a registered participant (POST /participants)", field=field
+            )
+        if not participant.active:
+            raise TraderInactiveError(f"participant {wallet} is inactive", field=field)
+        return participant
+
     def available_balance(self, wallet: str, fresh: bool = False) -> int:
         value: Any
         hit, value = (False, None) if fresh else self._balances.get(wallet)
@@ -393,13 +407,7 @@ class Intake:
             raise InvalidOrderError("an order cannot name its own trader as counterparty")
         now = self.ledger.now()
         gate = self.check_interval(interval_id, expiry, now)
-        participant = self.participant(trader)
-        if participant is None:
-            raise UnknownTraderError(
-                f"{trader} is not a registered participant (POST /participants)"
-            )
-        if not participant.active:
-            raise TraderInactiveError(f"participant {trader} is inactive")
+        participant = self.active_participant(trader)
         debt = self.debt(trader)
         if debt:
             raise AccountOwingError(
