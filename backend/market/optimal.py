@@ -102,8 +102,11 @@ PointOf = Callable[[Mapping[int, float], Sequence[int]], OperatingPoint | None]
 
 
 def welfare(trades: Sequence[Candidate]) -> float:
-    """Sum of (bid - ask) x kWh over ``trades`` (token base units)."""
-    return sum((c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades)
+    """Sum of (bid - ask) x kWh over ``trades`` in token base units, exact (``Clearing.welfare``
+    is the stored figure: whole base units, rounded down)."""
+    return sum(
+        (c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades
+    )
 
 
 def clear_optimal(
@@ -417,37 +420,23 @@ class _Stage:
         return whole_wh(best[1], variables)
 
     # ------------------------------------------------------------------ order
-    def _rows(
-        self, trades: Sequence[Candidate] = ()
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, int]] | None:
-        """The limits linearized at the best answer's AC point (``A p <= b``, rows some
-        injection between the start and that answer could reach, and the start's ``A p``) with
-        the bus columns; None without such a point."""
-        op = self.final
-        if op is None:
-            return None
-        col = {b: k for k, b in enumerate(op.buses)}
-        p_start = np.array([self.fixed.get(b, 0.0) for b in op.buses])
-        reach = np.abs(p_start - op.injections_kw)
-        for c in trades:
-            reach[col[c.sell.bus]] += c.energy_wh * self.kw_per_wh
-            reach[col[c.buy.bus]] += c.energy_wh * self.kw_per_wh
-        A, b, _, _ = op.constraints(reach, MARGIN_PU / 2, MARGIN_PERCENT / 2)
-        used = A @ p_start
-        # "Do no harm": a row the start already breaks is bounded where the start is.
-        return A, np.maximum(b, used), used, col
-
     def _closeness(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """Where buses stand on the limits that bind at the best answer: per bus, each binding
         row's sensitivity over the room that row moved through. Two buses with close signatures
         trade without moving those limits much, so such trades can be put in an order the
         validator approves one by one."""
-        rows = self._rows()
-        if rows is None:
+        op = self.final
+        if op is None:
             return None
-        A, b, used, col = rows
-        assert self.final is not None
-        at_answer = A @ self.final.injections_kw
+        col = {b: k for k, b in enumerate(op.buses)}
+        p_start = np.array([self.fixed.get(b, 0.0) for b in op.buses])
+        A, b, _, _ = op.constraints(
+            np.abs(p_start - op.injections_kw), MARGIN_PU / 2, MARGIN_PERCENT / 2
+        )
+        used = A @ p_start
+        # "Do no harm": a row the start already breaks is bounded where the start is.
+        b = np.maximum(b, used)
+        at_answer = A @ op.injections_kw
         room = np.abs(at_answer - used) + (b - at_answer)
         binding = np.flatnonzero((b - at_answer) <= BINDING_SHARE * np.maximum(room, 1e-12))
         if not len(binding):

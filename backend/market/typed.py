@@ -85,4 +85,3 @@ def require_signer(
             "(tampered message, another chain id or another contract)",
             field=field,
         )
-
