@@ -108,7 +108,24 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         keys = trader_keys(TRADERS)
         provision_many(settings, dev.deployment, keys)
         w3 = Web3(Web3.HTTPProvider(anvil.url))
-        yield {"settings": settings, "deployment": dev.deployment, "keys": keys, "w3": w3}
+        now = int(w3.eth.get_block("latest")["timestamp"]) // 900
+        # the settlement test (the module's last: it moves the chain's clock past its interval) gets
+        # the lowest interval, so that nothing else is due when the keeper runs; 4 ahead keeps its
+        # gate closure >= 44 minutes away; every other test takes a later one (open_interval)
+        yield {
+            "settings": settings, "deployment": dev.deployment, "keys": keys, "w3": w3,
+            "settle_interval": now + 4, "next": now + 5,
+        }  # fmt: skip
+
+
+def open_interval(chain: dict[str, Any], market: Market, ahead: int = 2, span: int = 1) -> int:
+    """An interval ``ahead`` of now that no earlier test of the module used (their store is shared:
+    on a slow machine the clock passes interval boundaries during the module, and ``current + 2``
+    of a later test could be ``current + 3`` of an earlier one, already closed); ``span`` reserves
+    the intervals after it the test uses too."""
+    iv = max(market.current_interval() + ahead, chain["next"])
+    chain["next"] = iv + span
+    return iv
 
 
 def new_market(settings: Settings, **config: Any) -> Market:
@@ -140,7 +157,7 @@ def test_interval_of_3000_trades_records_every_trade_once_in_measured_batches(
     chain: dict[str, Any],
 ) -> None:
     market = new_market(chain["settings"])
-    iv = market.current_interval() + 3
+    iv = open_interval(chain, market, 3)
     bodies = bilateral_pairs(market.domain, chain["keys"], iv, 3000)
     t0 = time.monotonic()
     submit(market, bodies)
@@ -189,7 +206,7 @@ def test_reverting_batch_is_reported_backed_off_and_blocks_nothing(chain: dict[s
     # machine (with 1 s the first retry was already due at the first tick)
     market = new_market(chain["settings"], retry_base_s=5.0, max_reclears=0)
     keys = chain["keys"]
-    iv = market.current_interval() + 5
+    iv = open_interval(chain, market, 5, span=2)
     bodies = bilateral_pairs(market.domain, keys, iv, 10, first_nonce=900_001)
     submit(market, bodies)
     # the seller of the first pair cancels its nonce on chain between the clearing and the send
@@ -265,7 +282,7 @@ def test_nonce_cancelled_after_clearing_is_cleared_again_without_it(
     eligibility reads leave that order out; new signed batch) and the other nine trades land."""
     market = new_market(chain["settings"])
     keys = chain["keys"]
-    iv = market.current_interval() + 11
+    iv = open_interval(chain, market, 11)
     submit(market, bilateral_pairs(market.domain, keys, iv, 10, first_nonce=950_001))
     with market._record_lock:
         assert market.close_interval(iv, force=True, wait=False).approved_count == 10
@@ -287,7 +304,7 @@ def test_nonce_cancelled_after_clearing_is_cleared_again_without_it(
 
 def test_orders_per_trader_and_interval_are_capped(chain: dict[str, Any]) -> None:
     market = new_market(chain["settings"], max_orders_per_trader_interval=4)
-    iv = market.current_interval() + 7
+    iv = open_interval(chain, market, 7, span=2)
     key = chain["keys"][3]
     trader = Account.from_key(key).address
     domain = market.domain
@@ -340,7 +357,7 @@ def test_orders_per_trader_and_interval_are_capped(chain: dict[str, Any]) -> Non
 
 def test_batch_found_on_chain_by_recover_carries_its_transaction(chain: dict[str, Any]) -> None:
     market = new_market(chain["settings"])
-    iv = market.current_interval() + 9
+    iv = open_interval(chain, market, 9)
     submit(market, bilateral_pairs(market.domain, chain["keys"], iv, 8, first_nonce=930_001))
     with market._record_lock:  # the recorder thread waits: the batch is sent from outside
         assert market.close_interval(iv, force=True, wait=False).status == "cleared"
@@ -379,7 +396,7 @@ def test_interval_of_3000_trades_settles_in_pages_exactly_once(chain: dict[str, 
 
     settings, w3 = chain["settings"], chain["w3"]
     market = new_market(settings)
-    iv = market.current_interval() + 2
+    iv = chain["settle_interval"]
     submit(market, bilateral_pairs(market.domain, chain["keys"], iv, 3000, first_nonce=500_001))
     assert market.close_interval(iv, force=True).status == "recorded"
     recorded = market.batches(iv)
