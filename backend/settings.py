@@ -109,6 +109,10 @@ class Settings:
     keystore_password: str = ""
     database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'tegrid.db'}"
     oracle_database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'oracle.db'}"
+    # The dispatcher's control actions and acks (tegrid dispatcher writes, the API reads).
+    control_database_url: str = f"sqlite:///{REPO_ROOT / '.tegrid' / 'control.db'}"
+    # The dispatcher publishes an unacknowledged control action again after this many seconds.
+    control_retry_seconds: float = 5.0
     broker_url: str = "mqtt://127.0.0.1:1883"
     network: str = "cigre_lv"
     # The Neural Grid's voltage band (pu); loadings keep the validator's 100 % limits.

@@ -18,8 +18,8 @@ The fast path, one for every signer and verifier (market, meters, oracle, valida
 field a static 32-byte word) by hand, :func:`sign_digest` signs and :func:`recover` recovers with
 coincurve - the order accept path and the meters run thousands per second; eth-account's generic
 ``encode_typed_data`` (:func:`typed_data_hash`) is ~10x slower and the tests compare both.
-``Cancel``, ``ConnectionRequest``, ``DeviceRegistration`` and ``FlexOffer`` are the backend's own
-(checked off chain only, so far).
+``Cancel``, ``ConnectionRequest``, ``DeviceRegistration``, ``FlexOffer``, ``ControlAction`` and
+``ControlAck`` are the backend's own (checked off chain only, so far).
 
 One module (a little over 500 lines) on purpose: the one place where typed data is defined, hashed,
 signed and recovered, so the fast path and the reference path sit side by side.
@@ -115,6 +115,24 @@ FLEX_OFFER_TYPE = [
     {"name": "nonce", "type": "uint256"},
     {"name": "expiry", "type": "uint64"},
 ]
+# A control action to a device (registry domain), signed by a grid operator key: the absolute
+# power target setpointW (signed W: positive inject) of one activation for one interval.
+CONTROL_ACTION_TYPE = [
+    {"name": "activationId", "type": "bytes32"},
+    {"name": "device", "type": "address"},
+    {"name": "intervalId", "type": "uint64"},
+    {"name": "setpointW", "type": "int64"},
+    {"name": "expiry", "type": "uint64"},
+]
+# The device's answer to a control action (registry domain), signed by the device key: status 0
+# applied, else the refusal reason (backend.iot.control.AckStatus); appliedW the power it runs at.
+CONTROL_ACK_TYPE = [
+    {"name": "activationId", "type": "bytes32"},
+    {"name": "device", "type": "address"},
+    {"name": "status", "type": "uint8"},
+    {"name": "appliedW", "type": "int64"},
+    {"name": "at", "type": "uint64"},
+]
 # The structs of static fields, hashed by :func:`struct_hash`.
 STRUCTS: dict[str, list[dict[str, str]]] = {
     "Order": ORDER_TYPE,
@@ -123,6 +141,8 @@ STRUCTS: dict[str, list[dict[str, str]]] = {
     "ConnectionRequest": CONNECTION_REQUEST_TYPE,
     "DeviceRegistration": DEVICE_REGISTRATION_TYPE,
     "FlexOffer": FLEX_OFFER_TYPE,
+    "ControlAction": CONTROL_ACTION_TYPE,
+    "ControlAck": CONTROL_ACK_TYPE,
 }
 ORDER_TYPE_STRING = (
     "Order(address trader,uint8 side,uint64 intervalId,uint64 energyWh,uint128 pricePerKWh,"
@@ -370,7 +390,7 @@ def sign_digest(digest: bytes, private_key: str | bytes) -> str:
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HALF_N = SECP256K1_N // 2
 _UINT_BITS = {"uint8": 8, "uint32": 32, "uint64": 64, "uint128": 128, "uint256": 256}
-_INT_BITS = {"int32": 32}
+_INT_BITS = {"int32": 32, "int64": 64}
 
 
 def _type_string(name: str, fields: list[dict[str, str]]) -> bytes:

@@ -1,5 +1,6 @@
-"""Meters as the ``ParticipantRegistry`` knows them: the participant (wallet) a meter key belongs
-to, the grid bus of its connection point and whether it is active.
+"""Meters and devices as the ``ParticipantRegistry`` knows them: the participant (wallet) a meter
+key belongs to, the grid bus of its connection point and whether it is active; a device's record;
+whether a key holds the grid operator role (who may sign control actions).
 
 The one place where a meter's announced bus is compared with the registry's: the oracle checks
 the announcements it relays, the meter simulator the meters it runs (``MeterOwner.problem``).
@@ -12,11 +13,29 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import requests
+from eth_utils import keccak
 
 from backend.chain.abi import AbiFunction, batch_eth_call
 from backend.chain.address import checksum
 from backend.chain.contracts import contract_at
 from backend.chain.errors import ChainUnavailableError, LedgerError
+
+GRID_OPERATOR_ROLE = keccak(text="GRID_OPERATOR_ROLE")
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """``ParticipantRegistry.deviceOf``: ``owner`` None for an unknown key. Power is signed W
+    (positive inject); ``capacity_wh`` only for a battery."""
+
+    device: str
+    owner: str | None
+    bus_id: int
+    kind: int
+    active: bool
+    min_w: int
+    max_w: int
+    capacity_wh: int
 
 
 class RegistryProblem(NamedTuple):
@@ -96,11 +115,14 @@ class MeterRegistry:
             out[meter] = MeterOwner(meter, wallet, int(p[2]), bool(p[3]))
         return out
 
-    def _calls(self, fn: AbiFunction, args: Sequence[str]) -> list[Any]:
+    def _calls(self, fn: AbiFunction, args: Sequence[Any]) -> list[Any]:
         if not args:
             return []
         try:
-            raw = batch_eth_call(self.w3, [(fn.address, fn.data(a)) for a in args])
+            raw = batch_eth_call(
+                self.w3,
+                [(fn.address, fn.data(*a) if isinstance(a, tuple) else fn.data(a)) for a in args],
+            )
         except (requests.ConnectionError, requests.Timeout, ConnectionError, OSError) as exc:
             raise ChainUnavailableError(f"chain unreachable reading the registry: {exc}") from None
         out = []
@@ -109,3 +131,29 @@ class MeterRegistry:
                 raise LedgerError(f"no ParticipantRegistry answers at {fn.address}")
             out.append(fn.decode(result))
         return out
+
+
+class DeviceRegistry(MeterRegistry):
+    """Device records and grid operator role checks, batched like the meters' reads."""
+
+    def __init__(self, w3: Any, registry_address: str) -> None:
+        super().__init__(w3, registry_address)
+        registry = contract_at(w3, "ParticipantRegistry", registry_address)
+        self._device_of = AbiFunction(registry, "deviceOf")
+        self._has_role = AbiFunction(registry, "hasRole")
+
+    def devices(self, devices: Sequence[str]) -> dict[str, DeviceRecord]:
+        """The registry's record of each device key, by checksummed address (one round trip)."""
+        keys = [checksum(d) for d in devices]
+        out: dict[str, DeviceRecord] = {}
+        for key, rec in zip(keys, self._calls(self._device_of, keys), strict=True):
+            owner, bus_id, kind, active, min_w, max_w, capacity_wh = rec
+            out[key] = DeviceRecord(
+                key, checksum(owner) if int(owner, 16) else None, int(bus_id), int(kind),
+                bool(active), int(min_w), int(max_w), int(capacity_wh),
+            )  # fmt: skip
+        return out
+
+    def is_grid_operator(self, account: str) -> bool:
+        """Whether ``account`` holds ``GRID_OPERATOR_ROLE`` now."""
+        return bool(self._calls(self._has_role, [(GRID_OPERATOR_ROLE, checksum(account))])[0])

@@ -6,6 +6,8 @@ import typer
 
 from backend.cli import bench, chain, grid, serve
 from backend.cli import demo as demo_cli
+from backend.cli import devices as devices_cli
+from backend.cli import dispatcher as dispatcher_cli
 from backend.cli import doctor as doctor_mod
 from backend.cli import keeper as keeper_cli
 from backend.cli import market as market_cli
@@ -44,6 +46,8 @@ app.add_typer(chain.app, name="chain")
 app.add_typer(bench.app, name="bench")
 app.add_typer(meters_cli.app, name="meters")
 app.add_typer(oracle_cli.app, name="oracle")
+app.add_typer(devices_cli.app, name="devices")
+app.add_typer(dispatcher_cli.app, name="dispatcher")
 app.add_typer(keeper_cli.app, name="keeper")
 app.add_typer(market_cli.app, name="market")
 

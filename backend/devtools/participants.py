@@ -114,3 +114,21 @@ def provision(
             {"index": i, "wallet": wallet, "meter": meter, "meterKey": dev_meter_key(i), "bus": bus}
         )
     return out
+
+
+def register_devices(
+    w3: Web3,
+    registry_address: str,
+    grid_operator_key: str,
+    devices: Sequence[tuple[str, str, int, int, int, int, int]],
+) -> None:
+    """``registry.registerDevice(device, owner, bus, kind, minW, maxW, capacityWh)`` for each
+    tuple in that order (the owners must be active participants at that bus)."""
+    registry = contract_at(w3, "ParticipantRegistry", registry_address)
+    calls = []
+    for device, owner, bus, kind, min_w, max_w, capacity_wh in devices:
+        fn = registry.functions.registerDevice(
+            device, owner, int(bus), kind, min_w, max_w, capacity_wh
+        )
+        calls.append((registry.address, bytes.fromhex(fn._encode_transaction_data()[2:])))
+    send_pipelined(w3, grid_operator_key, calls)

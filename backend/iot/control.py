@@ -1,0 +1,283 @@
+"""Control actions to devices and their acknowledgements: EIP-712 typed data, wire format, topics.
+
+The M2M half of the active Neural Grid. For each activation the grid operator's key signs a
+``ControlAction(bytes32 activationId, address device, uint64 intervalId, int64 setpointW, uint64
+expiry)`` in the registry's domain (``setpointW``: the absolute power target of the interval,
+signed W, positive = injection) and publishes it on ``tegrid/devices/<device>/control`` (QoS 1);
+the device answers with ``ControlAck(bytes32 activationId, address device, uint8 status, int64
+appliedW, uint64 at)`` signed by its own key on ``tegrid/devices/<device>/ack``.
+
+``tegrid/devices/<address>/control``::
+
+    {"v": 1, "activationId": "0x<32 bytes>", "device": "0x..", "intervalId": 1234,
+     "setpointW": -3000, "expiry": 1700000900, "signature": "0x<65 bytes>", "sentAt": 1.7e9}
+
+``tegrid/devices/<address>/ack``::
+
+    {"v": 1, "activationId": "0x..", "device": "0x..", "status": 0, "appliedW": -3000,
+     "at": 1700000123, "signature": "0x<65 bytes>", "sentAt": 1.7e9}
+
+Every field is checked on receipt as the meters' messages are (``backend.iot.schema``: size,
+JSON object, known fields only, version, types; the integer ranges of the typed data); ``sentAt``
+is informational (latency only), never trusted and not signed. Hashing, signing and recovery
+are :mod:`backend.chain.eip712`'s fast path, the same as every other signature of the project.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from backend.chain import eip712
+from backend.chain.address import checksum
+from backend.chain.eip712 import Domain
+from backend.chain.errors import SignatureError, TypedDataError
+from backend.chain.protocol import DOMAIN_VERSION, REGISTRY_DOMAIN_NAME
+from backend.iot.errors import MessageError
+from backend.iot.schema import (
+    _SIGNATURE,
+    SCHEMA_VERSION,
+    _address_field,
+    _int_field,
+    _load_object,
+    _sent_at,
+)
+
+TOPIC_PREFIX = "tegrid/devices"
+CONTROL_WILDCARD = f"{TOPIC_PREFIX}/+/control"
+ACK_WILDCARD = f"{TOPIC_PREFIX}/+/ack"
+_ACTION_KEYS = {"v", "activationId", "device", "intervalId", "setpointW", "expiry", "signature",
+                "sentAt"}  # fmt: skip
+_ACK_KEYS = {"v", "activationId", "device", "status", "appliedW", "at", "signature", "sentAt"}
+
+
+class AckStatus(IntEnum):
+    """What a device answers to a control action: 0 applied, every other value a refusal."""
+
+    APPLIED = 0
+    UNAUTHORIZED = 1  # the signature does not recover to a key with GRID_OPERATOR_ROLE
+    WRONG_DEVICE = 2  # addressed to another device (or published on another device's topic)
+    EXPIRED = 3  # expiry is not after the device's clock
+    INTERVAL_OVER = 4  # the interval has ended
+    OUT_OF_LIMITS = 5  # setpointW outside the device's [minW, maxW]
+    STATE_OF_CHARGE = 6  # a battery cannot give or take that energy
+    REPLAYED = 7  # another action with an activationId this device already applied
+    DEVICE_INACTIVE = 8  # the registry does not list the device as active
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+def registry_domain(chain_id: int, registry_address: str) -> Domain:
+    """The domain control actions and acks are signed in: ``ParticipantRegistry``'s."""
+    return Domain(REGISTRY_DOMAIN_NAME, DOMAIN_VERSION, chain_id, checksum(registry_address))
+
+
+def control_topic(device: str) -> str:
+    return f"{TOPIC_PREFIX}/{device.lower()}/control"
+
+
+def ack_topic(device: str) -> str:
+    return f"{TOPIC_PREFIX}/{device.lower()}/ack"
+
+
+def topic_device(topic: str) -> str:
+    """The device address inside ``tegrid/devices/<address>/<kind>``."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_PREFIX:
+        raise MessageError("topic", f"unexpected topic {topic!r}")
+    try:
+        return checksum(parts[2])
+    except ValueError:
+        raise MessageError("topic", f"unexpected topic {topic!r}") from None
+
+
+def _recover(domain: Domain, primary: str, message: dict[str, Any], signature: bytes) -> str:
+    try:
+        return eip712.recover(domain.digest(primary, message), signature)
+    except (SignatureError, TypedDataError) as exc:
+        raise MessageError("bad_signature", str(exc)) from None
+
+
+def _check_ranges(primary: str, message: dict[str, Any]) -> None:
+    try:
+        eip712.struct_hash(primary, message)
+    except TypedDataError as exc:
+        raise MessageError("schema", str(exc)) from None
+
+
+def _signature_field(body: dict[str, Any]) -> bytes:
+    signature = body.get("signature")
+    if not isinstance(signature, str) or not _SIGNATURE.match(signature):
+        raise MessageError("schema", "signature must be 0x-prefixed 65-byte hex")
+    return bytes.fromhex(signature[2:])
+
+
+def _bytes32_field(body: dict[str, Any], name: str) -> bytes:
+    try:
+        return eip712.bytes32(body.get(name), name)
+    except TypedDataError as exc:
+        raise MessageError("schema", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ControlAction:
+    """One activation's power target for one device and interval."""
+
+    activation_id: bytes
+    device: str
+    interval_id: int
+    setpoint_w: int
+    expiry: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", checksum(self.device))
+        _check_ranges("ControlAction", self.message())
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "activationId": self.activation_id,
+            "device": self.device,
+            "intervalId": self.interval_id,
+            "setpointW": self.setpoint_w,
+            "expiry": self.expiry,
+        }
+
+    def digest(self, domain: Domain) -> bytes:
+        return domain.digest("ControlAction", self.message())
+
+    def sign(self, private_key: str | bytes, domain: Domain) -> SignedAction:
+        signature = eip712.sign_digest(self.digest(domain), private_key)
+        return SignedAction(self, bytes.fromhex(signature[2:]))
+
+
+@dataclass(frozen=True)
+class SignedAction:
+    action: ControlAction
+    signature: bytes
+    sent_at: float | None = None
+
+    def signer(self, domain: Domain) -> str:
+        """The checksummed address that signed the action (``MessageError`` if none)."""
+        return _recover(domain, "ControlAction", self.action.message(), self.signature)
+
+    def to_json(self) -> bytes:
+        a = self.action
+        body: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "activationId": "0x" + a.activation_id.hex(),
+            "device": a.device,
+            "intervalId": a.interval_id,
+            "setpointW": a.setpoint_w,
+            "expiry": a.expiry,
+            "signature": "0x" + self.signature.hex(),
+        }
+        if self.sent_at is not None:
+            body["sentAt"] = self.sent_at
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class ControlAck:
+    """A device's answer to one control action."""
+
+    activation_id: bytes
+    device: str
+    status: int
+    applied_w: int
+    at: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", checksum(self.device))
+        _check_ranges("ControlAck", self.message())
+
+    @property
+    def applied(self) -> bool:
+        return self.status == AckStatus.APPLIED
+
+    @property
+    def reason(self) -> str:
+        """The status as a label (``applied``, ``expired``, ...; ``status_<n>`` if unknown)."""
+        try:
+            return AckStatus(self.status).label
+        except ValueError:
+            return f"status_{self.status}"
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "activationId": self.activation_id,
+            "device": self.device,
+            "status": self.status,
+            "appliedW": self.applied_w,
+            "at": self.at,
+        }
+
+    def sign(self, private_key: str | bytes, domain: Domain) -> SignedAck:
+        digest = domain.digest("ControlAck", self.message())
+        return SignedAck(self, bytes.fromhex(eip712.sign_digest(digest, private_key)[2:]))
+
+
+@dataclass(frozen=True)
+class SignedAck:
+    ack: ControlAck
+    signature: bytes
+    sent_at: float | None = None
+
+    def signer(self, domain: Domain) -> str:
+        return _recover(domain, "ControlAck", self.ack.message(), self.signature)
+
+    def to_json(self) -> bytes:
+        a = self.ack
+        body: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "activationId": "0x" + a.activation_id.hex(),
+            "device": a.device,
+            "status": a.status,
+            "appliedW": a.applied_w,
+            "at": a.at,
+            "signature": "0x" + self.signature.hex(),
+        }
+        if self.sent_at is not None:
+            body["sentAt"] = self.sent_at
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _topic_matches(topic: str | None, device: str) -> None:
+    if topic is not None and topic_device(topic) != device:
+        raise MessageError("topic", f"message for {device} published on {topic!r}")
+
+
+def parse_action(payload: bytes, topic: str | None = None) -> SignedAction:
+    """Parse and type-check a control action (the signer is checked by the device, which knows
+    the domain and the registry)."""
+    body = _load_object(payload, _ACTION_KEYS)
+    device = _address_field(body, "device")
+    action = ControlAction(
+        _bytes32_field(body, "activationId"),
+        device,
+        _int_field(body, "intervalId"),
+        _int_field(body, "setpointW"),
+        _int_field(body, "expiry"),
+    )
+    signature = _signature_field(body)
+    _topic_matches(topic, device)
+    return SignedAction(action, signature, _sent_at(body))
+
+
+def parse_ack(payload: bytes, topic: str | None = None) -> SignedAck:
+    """Parse and type-check an acknowledgement (its signer is checked by the dispatcher)."""
+    body = _load_object(payload, _ACK_KEYS)
+    device = _address_field(body, "device")
+    ack = ControlAck(
+        _bytes32_field(body, "activationId"),
+        device,
+        _int_field(body, "status"),
+        _int_field(body, "appliedW"),
+        _int_field(body, "at"),
+    )
+    signature = _signature_field(body)
+    _topic_matches(topic, device)
+    return SignedAck(ack, signature, _sent_at(body))

@@ -1,0 +1,370 @@
+"""Durable store of the dispatcher: one row per control action (``control_actions``) and an
+append-only change log (``control_events``) that the API tails for its event stream.
+
+Lifecycle of an action: ``pending`` (an activation to dispatch) -> ``sent`` (signed; the
+signature is stored *before* the first publish, and every resend publishes that same signed
+action) -> ``acknowledged`` (the device applied it) or ``refused`` (the device's reason kept) or
+``expired`` (no ack before the action's expiry, chain time). The device's signed ack is kept.
+An ack that arrives after ``expired`` still records what the device says it did.
+
+Same engine factory as the other stores (``backend.db``): SQLite with WAL (a committed row
+survives kill -9) or PostgreSQL through the same URL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from backend import db
+from backend.chain.address import checksum
+from backend.iot.control import ControlAction, SignedAck, SignedAction
+from backend.iot.errors import IotError
+
+PENDING, SENT, ACKNOWLEDGED, REFUSED, EXPIRED = (
+    "pending", "sent", "acknowledged", "refused", "expired",
+)  # fmt: skip
+STATES = (PENDING, SENT, ACKNOWLEDGED, REFUSED, EXPIRED)
+FINAL = frozenset({ACKNOWLEDGED, REFUSED})
+
+
+class ControlStoreError(IotError):
+    """The store cannot be read or written."""
+
+
+class ControlConflictError(ControlStoreError, ValueError):
+    """An activation id already stands for another action (device, interval, setpoint, expiry)."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ControlActionRow(Base):
+    __tablename__ = "control_actions"
+    __table_args__ = (
+        Index("ix_control_state", "state"),
+        Index("ix_control_interval", "interval_id"),
+    )
+
+    activation_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    device: Mapped[str] = mapped_column(String(42))
+    interval_id: Mapped[int] = mapped_column(BigInteger)
+    setpoint_w: Mapped[int] = mapped_column(BigInteger)
+    expiry: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(12), default=PENDING)
+    reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    signer: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary(65), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    first_sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    acked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ack_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    applied_w: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ack_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the device's clock
+    ack_signature: Mapped[bytes | None] = mapped_column(LargeBinary(65), nullable=True)
+
+    def action(self) -> ControlAction:
+        return ControlAction(
+            bytes.fromhex(self.activation_id[2:]), self.device, self.interval_id,
+            self.setpoint_w, self.expiry,
+        )  # fmt: skip
+
+    def signed(self, sent_at: float | None = None) -> SignedAction:
+        if self.signature is None:
+            raise ControlStoreError(f"action {self.activation_id} is not signed yet")
+        return SignedAction(self.action(), self.signature, sent_at)
+
+    def as_dict(self) -> dict[str, Any]:
+        ack = None
+        if self.ack_status is not None:
+            ack = {
+                "status": self.ack_status,
+                "appliedW": self.applied_w,
+                "at": self.ack_at,
+                "signature": "0x" + (self.ack_signature or b"").hex(),
+                "receivedAt": self.acked_at,
+            }
+        return {
+            "activationId": self.activation_id,
+            "device": self.device,
+            "intervalId": self.interval_id,
+            "setpointW": self.setpoint_w,
+            "expiry": self.expiry,
+            "state": self.state,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "signer": self.signer,
+            "signature": None if self.signature is None else "0x" + self.signature.hex(),
+            "createdAt": self.created_at,
+            "firstSentAt": self.first_sent_at,
+            "lastSentAt": self.last_sent_at,
+            "ack": ack,
+        }
+
+
+class ControlEventRow(Base):
+    """One state change of one action, in commit order (the API's ``control`` events)."""
+
+    __tablename__ = "control_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    activation_id: Mapped[str] = mapped_column(String(66))
+    state: Mapped[str] = mapped_column(String(12))
+    at: Mapped[float] = mapped_column(Float)
+
+
+class ControlMetaRow(Base):
+    """Facts about the dispatcher process (``started_at``: when it last started listening)."""
+
+    __tablename__ = "control_meta"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+@dataclass(frozen=True)
+class ControlTarget:
+    """One activation to dispatch: the device's absolute power target for the interval."""
+
+    activation_id: bytes
+    device: str
+    interval_id: int
+    setpoint_w: int
+    expiry: int
+
+    def action(self) -> ControlAction:
+        return ControlAction(
+            self.activation_id, self.device, self.interval_id, self.setpoint_w, self.expiry
+        )
+
+
+def _hex(activation_id: bytes) -> str:
+    return "0x" + activation_id.hex()
+
+
+class ControlStore:
+    def __init__(self, url: str, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or db.make_engine(url)
+        try:
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise ControlStoreError(f"cannot open the control store {url}: {exc}") from None
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @staticmethod
+    def _event(s: Session, row: ControlActionRow, now: float) -> None:
+        s.add(ControlEventRow(activation_id=row.activation_id, state=row.state, at=now))
+
+    # ------------------------------------------------------------------ writes
+    def add(self, targets: Iterable[ControlTarget], now: float | None = None) -> int:
+        """Store new activations as ``pending``; one already stored with the same values is left
+        as it is. Returns how many were new; ``ControlConflictError`` (nothing stored) when an
+        activation id is stored with other values."""
+        now = time.time() if now is None else now
+        items = {_hex(t.activation_id): t for t in targets}
+        if not items:
+            return 0
+        with self._session.begin() as s:
+            known = {
+                r.activation_id: r
+                for r in s.scalars(
+                    select(ControlActionRow).where(ControlActionRow.activation_id.in_(items))
+                )
+            }
+            added = 0
+            for key, t in items.items():
+                row = known.get(key)
+                if row is not None:
+                    same = (row.device, row.interval_id, row.setpoint_w, row.expiry) == (
+                        checksum(t.device), t.interval_id, t.setpoint_w, t.expiry,
+                    )  # fmt: skip
+                    if not same:
+                        raise ControlConflictError(
+                            f"activation {key} is already stored for another action"
+                        )
+                    continue
+                t.action()  # range checks of the typed data before anything is stored
+                row = ControlActionRow(
+                    activation_id=key, device=checksum(t.device), interval_id=t.interval_id,
+                    setpoint_w=t.setpoint_w, expiry=t.expiry, state=PENDING, attempts=0,
+                    created_at=now,
+                )  # fmt: skip
+                s.add(row)
+                self._event(s, row, now)
+                added += 1
+        return added
+
+    def sign_pending(
+        self,
+        sign: Callable[[ControlAction], SignedAction],
+        signer: str,
+        now: float,
+        limit: int = 5000,
+    ) -> list[SignedAction]:
+        """Sign up to ``limit`` pending actions (``sign``, by the key of ``signer``), store each
+        signature and move them to ``sent`` in one transaction; returns what to publish. Stored
+        first: a crash between this commit and the publish leaves them ``sent``, resent later."""
+        with self._session.begin() as s:
+            rows = list(
+                s.scalars(
+                    select(ControlActionRow)
+                    .where(ControlActionRow.state == PENDING)
+                    .order_by(ControlActionRow.created_at, ControlActionRow.activation_id)
+                    .limit(limit)
+                )
+            )
+            out = []
+            for row in rows:
+                signed = sign(row.action())
+                row.signature, row.signer = signed.signature, signer
+                row.state, row.attempts = SENT, 1
+                row.first_sent_at = row.last_sent_at = now
+                self._event(s, row, now)
+                out.append(SignedAction(signed.action, signed.signature, now))
+        return out
+
+    def due_resends(self, now: float, retry_s: float, chain_now: int) -> list[SignedAction]:
+        """``sent`` actions unanswered for ``retry_s`` and not expired: counted as attempted
+        again now, returned (the stored signed action) to publish again."""
+        with self._session.begin() as s:
+            rows = list(
+                s.scalars(
+                    select(ControlActionRow).where(
+                        ControlActionRow.state == SENT,
+                        ControlActionRow.last_sent_at <= now - retry_s,
+                        ControlActionRow.expiry > chain_now,
+                    )
+                )
+            )
+            for row in rows:
+                row.attempts += 1
+                row.last_sent_at = now
+            return [row.signed(now) for row in rows]
+
+    def expire(self, chain_now: int, now: float | None = None) -> int:
+        """Unanswered actions whose expiry has passed (chain time) become ``expired``."""
+        now = time.time() if now is None else now
+        with self._session.begin() as s:
+            rows = list(
+                s.scalars(
+                    select(ControlActionRow).where(
+                        ControlActionRow.state.in_((PENDING, SENT)),
+                        ControlActionRow.expiry <= chain_now,
+                    )
+                )
+            )
+            for row in rows:
+                row.state = EXPIRED
+                self._event(s, row, now)
+        return len(rows)
+
+    def record_acks(self, acks: Sequence[SignedAck], now: float | None = None) -> list[str]:
+        """Record the devices' (verified) acks in one transaction; per ack the state it left
+        the action in, or ``unknown`` (no such action for that device) / ``duplicate``."""
+        now = time.time() if now is None else now
+        out: list[str] = []
+        with self._session.begin() as s:
+            for signed in acks:
+                ack = signed.ack
+                row = s.get(ControlActionRow, _hex(ack.activation_id))
+                if row is None or row.device != ack.device or row.state == PENDING:
+                    out.append("unknown")
+                    continue
+                if row.state in FINAL:
+                    out.append("duplicate")
+                    continue
+                row.state = ACKNOWLEDGED if ack.applied else REFUSED
+                row.reason = None if ack.applied else ack.reason
+                row.ack_status, row.applied_w, row.ack_at = ack.status, ack.applied_w, ack.at
+                row.ack_signature, row.acked_at = signed.signature, now
+                self._event(s, row, now)
+                out.append(row.state)
+        return out
+
+    # ------------------------------------------------------------------ reads
+    def actions(
+        self, interval_id: int | None = None, limit: int = 10_000
+    ) -> list[ControlActionRow]:
+        with self._session() as s:
+            q = select(ControlActionRow)
+            if interval_id is not None:
+                q = q.where(ControlActionRow.interval_id == interval_id)
+            q = q.order_by(ControlActionRow.created_at, ControlActionRow.activation_id)
+            return list(s.scalars(q.limit(limit)))
+
+    def get(self, activation_id: bytes) -> ControlActionRow | None:
+        with self._session() as s:
+            return s.get(ControlActionRow, _hex(activation_id))
+
+    def pending_targets(self, until_interval: int) -> list[ControlTarget]:
+        with self._session() as s:
+            rows = s.scalars(
+                select(ControlActionRow).where(
+                    ControlActionRow.state == PENDING,
+                    ControlActionRow.interval_id <= until_interval,
+                )
+            )
+            return [
+                ControlTarget(bytes.fromhex(r.activation_id[2:]), r.device, r.interval_id,
+                              r.setpoint_w, r.expiry)
+                for r in rows
+            ]  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        with self._session() as s:
+            rows = s.execute(
+                select(ControlActionRow.state, func.count()).group_by(ControlActionRow.state)
+            ).all()
+        found = {state: int(n) for state, n in rows}
+        return {state: found.get(state, 0) for state in STATES}
+
+    def events_after(self, cursor: int, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
+        """State changes after event id ``cursor``: ``(id, action as_dict with the event's
+        state)``, oldest first."""
+        with self._session() as s:
+            events = list(
+                s.scalars(
+                    select(ControlEventRow)
+                    .where(ControlEventRow.id > cursor)
+                    .order_by(ControlEventRow.id)
+                    .limit(limit)
+                )
+            )
+            rows = {
+                r.activation_id: r
+                for r in s.scalars(
+                    select(ControlActionRow).where(
+                        ControlActionRow.activation_id.in_({e.activation_id for e in events})
+                    )
+                )
+            }
+        return [(e.id, {**rows[e.activation_id].as_dict(), "state": e.state}) for e in events]
+
+    def set_meta(self, key: str, value: str | None = None) -> None:
+        with self._session.begin() as s:
+            s.merge(
+                ControlMetaRow(key=key, value=value if value is not None else repr(time.time()))
+            )
+
+    def meta(self, key: str) -> str | None:
+        with self._session() as s:
+            row = s.get(ControlMetaRow, key)
+            return None if row is None else row.value
+
+    def last_event_id(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.max(ControlEventRow.id))) or 0)
