@@ -178,8 +178,8 @@ def simulate(
         )  # fmt: skip
         active = fleet.sync_registry()
         say(f"registry: {active} of {len(specs)} devices are active devices")
+        fleet.start()  # handlers before the connection, which subscribes them
         transport.connect()
-        fleet.start()
     except (TegridError, ValueError, KeyError, OSError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, 1)
 

@@ -127,8 +127,8 @@ def run(
                 "actions",
                 1,
             )
+        dispatcher.start()  # handlers first: acks queued in the session arrive right on connect
         transport.connect()
-        dispatcher.start()
     except (TegridError, ValueError, KeyError, OSError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, 1)
 

@@ -128,8 +128,8 @@ def env() -> Iterator[Env]:
             registry.is_grid_operator, registry.devices, lambda: chain_time(w3),
         )  # fmt: skip
         assert fleet.sync_registry() == len(SPECS)
-        device_transport.connect()
         fleet.start()
+        device_transport.connect()
         acks: queue.Queue[SignedAck] = queue.Queue()
         readings: queue.Queue[Message] = queue.Queue()
         test_client = MqttTransport(broker.url)
