@@ -21,6 +21,7 @@ from backend.api.deps import ApiOptions
 from backend.api.errors import status_and_code
 from backend.api.limits import BodyLimits, Limits
 from backend.api.routes import (
+    control,
     devices,
     events,
     flex,
@@ -32,8 +33,9 @@ from backend.api.routes import (
     trades,
 )
 from backend.api.routes.dashboard import router as dashboard_router
-from backend.api.schemas import ErrorResponse
+from backend.api.schemas import ControlActionOut, ErrorResponse
 from backend.errors import TegridError
+from backend.iot.control_store import ControlStore
 from backend.market.events import EventBus
 from backend.market.factory import build_market
 from backend.market.service import Market
@@ -127,6 +129,25 @@ async def _scheduler(app: FastAPI, tick_seconds: float) -> None:
             log.warning("scheduler tick failed: %s", exc)
 
 
+async def _control_events(app: FastAPI, poll_seconds: float) -> None:
+    """Relays the dispatcher's state changes (its store's change log, written by another
+    process) to the event stream as ``control`` events, from the ones after start-up on."""
+    store: ControlStore | None = app.state.control
+    if store is None:
+        return
+    cursor = await asyncio.to_thread(store.last_event_id)
+    while True:
+        await asyncio.sleep(poll_seconds)
+        try:
+            events = await asyncio.to_thread(store.events_after, cursor)
+        except Exception as exc:  # keep the loop alive; the next poll retries
+            log.warning("reading control events failed: %s", exc)
+            continue
+        for cursor, data in events:  # noqa: B007 - the cursor moves with the events
+            out = ControlActionOut.model_validate(data).model_dump(mode="json")
+            app.state.events.publish("control", out)
+
+
 def create_app(
     market: Market | None = None,
     *,
@@ -137,11 +158,14 @@ def create_app(
     recover: bool = True,
     market_factory: Callable[[Settings, EventBus], Market] | None = None,
     background: list[Callable[[Market], Any]] | None = None,
+    control_store: ControlStore | None = None,
+    control_poll_seconds: float = 0.5,
 ) -> FastAPI:
     """Build the API. Without ``market`` one is built at startup from ``settings`` (or the
     environment) with ``market_factory`` (default ``backend.market.factory.build_market``).
     ``background`` callables are started with the market (each gets it; e.g. the settlement
-    keeper)."""
+    keeper). ``control_store``: the dispatcher's store (default: opened from the settings'
+    ``control_database_url`` at startup)."""
     events_bus = market.events if market is not None else EventBus()
     configured = settings or Settings()
     options = ApiOptions(
@@ -160,6 +184,12 @@ def create_app(
                 factory = build_market
             app.state.market = await asyncio.to_thread(factory, cfg, events_bus)
         m: Market = app.state.market
+        if app.state.control is None:
+            url = (settings or Settings.from_env()).control_database_url
+            try:
+                app.state.control = await asyncio.to_thread(ControlStore, url)
+            except TegridError as exc:  # /control answers 503 until a restart can open it
+                log.warning("%s", exc)
         if recover:
             try:  # recover never raises; this keeps the server starting if that ever breaks
                 done = await asyncio.to_thread(m.recover)
@@ -173,7 +203,7 @@ def create_app(
         # event loop for tens of milliseconds (the API's p99).
         gc.collect()
         gc.freeze()
-        tasks = []
+        tasks = [asyncio.create_task(_control_events(app, control_poll_seconds))]
         if scheduler:
             tasks.append(asyncio.create_task(_scheduler(app, tick_seconds)))
         stoppers = [fn(m) for fn in (background or [])]
@@ -203,6 +233,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.market = market
+    app.state.control = control_store
     app.state.events = events_bus
     app.state.options = options
     install_error_handlers(app)
@@ -214,7 +245,9 @@ def create_app(
             max_int_digits=configured.api_max_int_digits,
         ),
     )
-    for module in (health, orders, intervals, trades, participants, devices, flex, grid, events):
+    for module in (
+        health, orders, intervals, trades, participants, devices, flex, control, grid, events,
+    ):  # fmt: skip
         app.include_router(module.router)
     app.include_router(dashboard_router)
     _document_components(app, orders.openapi_schemas)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from backend.chain.errors import ChainUnavailableError
+from backend.iot.control_store import ControlStore, ControlStoreError
 from backend.market.events import EventBus
 from backend.market.service import Market
 
@@ -35,6 +36,13 @@ async def get_events(request: Request) -> EventBus:
     return bus
 
 
+async def get_control(request: Request) -> ControlStore:
+    store: ControlStore | None = getattr(request.app.state, "control", None)
+    if store is None:
+        raise ControlStoreError("the control store is not open yet")
+    return store
+
+
 async def get_options(request: Request) -> ApiOptions:
     opts: ApiOptions = request.app.state.options
     return opts
@@ -42,4 +50,5 @@ async def get_options(request: Request) -> ApiOptions:
 
 MarketDep = Annotated[Market, Depends(get_market)]
 EventsDep = Annotated[EventBus, Depends(get_events)]
+ControlDep = Annotated[ControlStore, Depends(get_control)]
 OptionsDep = Annotated[ApiOptions, Depends(get_options)]

@@ -15,6 +15,7 @@ from backend.chain.errors import (
     LedgerError,
 )
 from backend.errors import CompileError, ConfigError, TegridError, ToolchainError
+from backend.iot.control_store import ControlStoreError
 from backend.iot.errors import IotError, MessageError, TransportError
 from backend.keeper.errors import KeeperError
 from backend.market.errors import (
@@ -118,6 +119,7 @@ HTTP_ERRORS: dict[type[BaseException], tuple[int, str]] = {
     OracleError: (400, "ORACLE"),
     BatchRefusedError: (400, "BATCHREFUSED"),
     IotError: (400, "IOT"),
+    ControlStoreError: (503, "CONTROL_STORE_ERROR"),
     MessageError: (400, "MESSAGE"),
     TransportError: (400, "TRANSPORT"),
     KeeperError: (400, "KEEPER"),

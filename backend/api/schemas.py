@@ -508,3 +508,36 @@ class FlexOut(BaseModel):
     nonce: Nonce256 = Field(description=f"the provider's flex nonce; {OUT_STR}")
     expiry: Number = Field(description=f"unix seconds; {OUT_NUM}")
     createdAt: float = Field(description="unix seconds (with fraction) the API accepted it")
+
+
+Int64 = Annotated[int, JsonInt(-(2**63), 2**63 - 1, string=True)]  # int64 on chain
+Uint64 = Annotated[int, JsonInt(0, 2**64 - 1, string=True)]
+
+
+class ControlAckOut(BaseModel):
+    """A device's signed answer to a control action."""
+
+    status: Uint8 = Field(description=f"0 applied; else the refusal reason (`reason`); {OUT_NUM}")
+    appliedW: Int64 = Field(description=f"the device's power for the interval, W; {OUT_STR}")
+    at: Uint64 = Field(description=f"the device's clock when it answered (s); {OUT_STR}")
+    signature: str = Field(description="65-byte signature by the device key (ControlAck)")
+    receivedAt: float = Field(description="when the dispatcher stored it (unix time)")
+
+
+class ControlActionOut(BaseModel):
+    """A control action of one activation and where it stands."""
+
+    activationId: Hash32
+    device: Address
+    intervalId: Number = Field(description=f"delivery interval; {OUT_NUM}")
+    setpointW: Int64 = Field(description=f"absolute power target, W (+ injects); {OUT_STR}")
+    expiry: Number = Field(description=f"chain time (s) after which it is void; {OUT_NUM}")
+    state: Literal["pending", "sent", "acknowledged", "refused", "expired"]
+    reason: str | None = Field(description="the device's refusal reason (state refused)")
+    attempts: Number = Field(description=f"how often it was published; {OUT_NUM}")
+    signer: Address | None = Field(description="the grid operator key that signed it")
+    signature: str | None
+    createdAt: float
+    firstSentAt: float | None
+    lastSentAt: float | None
+    ack: ControlAckOut | None

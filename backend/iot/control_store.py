@@ -31,6 +31,7 @@ from backend.iot.errors import IotError
 PENDING, SENT, ACKNOWLEDGED, REFUSED, EXPIRED = (
     "pending", "sent", "acknowledged", "refused", "expired",
 )  # fmt: skip
+MAX_JSON_INT = 2**53 - 1  # what the API answers as JSON numbers (interval, expiry)
 STATES = (PENDING, SENT, ACKNOWLEDGED, REFUSED, EXPIRED)
 FINAL = frozenset({ACKNOWLEDGED, REFUSED})
 
@@ -198,6 +199,10 @@ class ControlStore:
                         )
                     continue
                 t.action()  # range checks of the typed data before anything is stored
+                if max(t.interval_id, t.expiry) > MAX_JSON_INT:
+                    raise ControlConflictError(
+                        f"activation {key}: interval and expiry must be at most 2^53-1"
+                    )
                 row = ControlActionRow(
                     activation_id=key, device=checksum(t.device), interval_id=t.interval_id,
                     setpoint_w=t.setpoint_w, expiry=t.expiry, state=PENDING, attempts=0,
@@ -299,12 +304,17 @@ class ControlStore:
     def actions(
         self, interval_id: int | None = None, limit: int = 10_000
     ) -> list[ControlActionRow]:
-        with self._session() as s:
-            q = select(ControlActionRow)
-            if interval_id is not None:
-                q = q.where(ControlActionRow.interval_id == interval_id)
-            q = q.order_by(ControlActionRow.created_at, ControlActionRow.activation_id)
-            return list(s.scalars(q.limit(limit)))
+        q = select(ControlActionRow)
+        if interval_id is not None:
+            q = q.where(ControlActionRow.interval_id == interval_id)
+        q = q.order_by(ControlActionRow.created_at, ControlActionRow.activation_id)
+        try:
+            with self._session() as s:
+                return list(s.scalars(q.limit(limit)))
+        except SQLAlchemyError as exc:
+            raise ControlStoreError(
+                f"cannot read the control store: {exc.__class__.__name__}"
+            ) from None
 
     def get(self, activation_id: bytes) -> ControlActionRow | None:
         with self._session() as s:

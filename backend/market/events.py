@@ -30,6 +30,7 @@ EVENT_KINDS = (
     "interval",
     "device",
     "flex",
+    "control",
 )
 
 
