@@ -18,7 +18,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, func, select
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -170,6 +181,14 @@ class ControlStore:
     def _event(s: Session, row: ControlActionRow, now: float) -> None:
         s.add(ControlEventRow(activation_id=row.activation_id, state=row.state, at=now))
 
+    @staticmethod
+    def _events(s: Session, changes: list[tuple[str, str]], now: float) -> None:
+        if changes:
+            s.execute(
+                insert(ControlEventRow),
+                [{"activation_id": key, "state": state, "at": now} for key, state in changes],
+            )
+
     # ------------------------------------------------------------------ writes
     def add(self, targets: Iterable[ControlTarget], now: float | None = None) -> int:
         """Store new activations as ``pending``; one already stored with the same values is left
@@ -232,15 +251,20 @@ class ControlStore:
                     .limit(limit)
                 )
             )
-            out = []
-            for row in rows:
-                signed = sign(row.action())
-                row.signature, row.signer = signed.signature, signer
-                row.state, row.attempts = SENT, 1
-                row.first_sent_at = row.last_sent_at = now
-                self._event(s, row, now)
-                out.append(SignedAction(signed.action, signed.signature, now))
-        return out
+            out = [sign(row.action()) for row in rows]
+            # bulk UPDATE by primary key and one multi-row INSERT: per-object ORM flushes took
+            # ~0.4 ms a row, most of a 1,000-action dispatch
+            s.execute(
+                update(ControlActionRow),
+                [
+                    {"activation_id": row.activation_id, "signature": signed.signature,
+                     "signer": signer, "state": SENT, "attempts": 1, "first_sent_at": now,
+                     "last_sent_at": now}
+                    for row, signed in zip(rows, out, strict=True)
+                ],
+            )  # fmt: skip
+            self._events(s, [(row.activation_id, SENT) for row in rows], now)
+        return [SignedAction(signed.action, signed.signature, now) for signed in out]
 
     def due_resends(self, now: float, retry_s: float, chain_now: int) -> list[SignedAction]:
         """``sent`` actions unanswered for ``retry_s`` and not expired: counted as attempted
@@ -282,22 +306,40 @@ class ControlStore:
         the action in, or ``unknown`` (no such action for that device) / ``duplicate``."""
         now = time.time() if now is None else now
         out: list[str] = []
+        keys = {_hex(signed.ack.activation_id) for signed in acks}
         with self._session.begin() as s:
+            rows = {
+                r.activation_id: (r.device, r.state)
+                for r in s.execute(
+                    select(
+                        ControlActionRow.activation_id, ControlActionRow.device,
+                        ControlActionRow.state,
+                    ).where(ControlActionRow.activation_id.in_(keys))
+                )
+            }  # fmt: skip
+            changes: list[dict[str, Any]] = []
             for signed in acks:
                 ack = signed.ack
-                row = s.get(ControlActionRow, _hex(ack.activation_id))
-                if row is None or row.device != ack.device or row.state == PENDING:
+                key = _hex(ack.activation_id)
+                device, state = rows.get(key, (None, None))
+                if device != ack.device or state in (None, PENDING):
                     out.append("unknown")
                     continue
-                if row.state in FINAL:
+                if state in FINAL:
                     out.append("duplicate")
                     continue
-                row.state = ACKNOWLEDGED if ack.applied else REFUSED
-                row.reason = None if ack.applied else ack.reason
-                row.ack_status, row.applied_w, row.ack_at = ack.status, ack.applied_w, ack.at
-                row.ack_signature, row.acked_at = signed.signature, now
-                self._event(s, row, now)
-                out.append(row.state)
+                state = ACKNOWLEDGED if ack.applied else REFUSED
+                rows[key] = (device, state)
+                changes.append(
+                    {"activation_id": key, "state": state,
+                     "reason": None if ack.applied else ack.reason, "ack_status": ack.status,
+                     "applied_w": ack.applied_w, "ack_at": ack.at,
+                     "ack_signature": signed.signature, "acked_at": now}
+                )  # fmt: skip
+                out.append(state)
+            if changes:
+                s.execute(update(ControlActionRow), changes)
+                self._events(s, [(c["activation_id"], c["state"]) for c in changes], now)
         return out
 
     # ------------------------------------------------------------------ reads

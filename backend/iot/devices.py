@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 
 from eth_utils import keccak
 
+from backend.chain import eip712
+from backend.chain.address import checksum
 from backend.chain.eip712 import Domain, address_of
+from backend.chain.errors import SignatureError
 from backend.chain.protocol import DEVICE_KINDS
 from backend.chain.registry import DeviceRecord
 from backend.iot.control import (
@@ -139,6 +142,11 @@ class DeviceFleet:
         say: Callable[[str], None] = lambda _line: None,
     ) -> None:
         self.devices = {spec.address: SimulatedDevice(spec) for spec in specs}
+        # topic -> device without hashing a checksum per message; the addresses' checksums
+        # cached as the messages spell them (EIP-55 costs a keccak on a cache miss)
+        self._by_topic = {control_topic(a): d for a, d in self.devices.items()}
+        for address in self.devices:
+            checksum(address)
         self.domain = domain
         self.reading_separator = reading_domain.separator()
         self.transport = transport
@@ -182,8 +190,9 @@ class DeviceFleet:
     def handle(self, message: Message) -> None:
         """One control message: check, apply or refuse, answer with a signed ack."""
         try:
-            device = self.devices.get(topic_device(message.topic))
+            device = self._by_topic.get(message.topic)
             if device is None:
+                topic_device(message.topic)  # a malformed topic says so
                 raise MessageError("topic", f"no simulated device on {message.topic}")
             signed = parse_action(message.payload)
         except MessageError as exc:
@@ -205,8 +214,9 @@ class DeviceFleet:
     def decide(self, device: SimulatedDevice, signed: SignedAction) -> SignedAck | None:
         """Check ``signed`` for ``device``, apply it when valid; the signed ack to send."""
         action = signed.action
+        digest = action.digest(self.domain)
         with self._lock:
-            status = self._check(device, signed)
+            status = self._check(device, signed, digest)
             if status is None:  # the identical action again: the same answer, nothing applied
                 self.counts["duplicate"] += 1
                 return device.applied[action.activation_id][1]
@@ -223,7 +233,7 @@ class DeviceFleet:
                 int(self.clock()),
             ).sign(device.spec.key, self.domain)  # fmt: skip
             if status == AckStatus.APPLIED:
-                device.applied[action.activation_id] = (action.digest(self.domain), ack)
+                device.applied[action.activation_id] = (digest, ack)
             self.counts[status.label] += 1
         if status != AckStatus.APPLIED:
             self.say(
@@ -232,7 +242,9 @@ class DeviceFleet:
             )
         return ack
 
-    def _check(self, device: SimulatedDevice, signed: SignedAction) -> AckStatus | None:
+    def _check(
+        self, device: SimulatedDevice, signed: SignedAction, digest: bytes
+    ) -> AckStatus | None:
         action = signed.action
         record = device.record
         if record is None or record.owner is None or not record.active:
@@ -240,14 +252,14 @@ class DeviceFleet:
         if action.device != device.address:
             return AckStatus.WRONG_DEVICE
         try:
-            signer = signed.signer(self.domain)
-        except MessageError:
+            signer = eip712.recover(digest, signed.signature)
+        except SignatureError:
             return AckStatus.UNAUTHORIZED
         if not self.grid_operator(signer):
             return AckStatus.UNAUTHORIZED
         seen = device.applied.get(action.activation_id)
         if seen is not None:
-            return None if seen[0] == action.digest(self.domain) else AckStatus.REPLAYED
+            return None if seen[0] == digest else AckStatus.REPLAYED
         now = self.clock()
         if action.expiry <= now:
             return AckStatus.EXPIRED

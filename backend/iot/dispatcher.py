@@ -84,7 +84,9 @@ class Dispatcher:
         retry_s: float = 5.0,
         ahead: int = 2,
         say: Callable[[str], None] = lambda _line: None,
+        chunk: int = 100,
     ) -> None:
+        self.chunk = chunk
         self.store = store
         self.source = source
         self.transport = transport
@@ -113,9 +115,13 @@ class Dispatcher:
         report.added = self.store.add(self.source.pending_activations(upto))
         report.expired = self.store.expire(chain_now)
         now = time.time()
-        for signed in self.store.sign_pending(self.sign, self.signer, now):
-            self._publish(signed)
-            report.sent += 1
+        while True:  # in chunks: the first actions are on the wire while the next are signed
+            chunk = self.store.sign_pending(self.sign, self.signer, time.time(), self.chunk)
+            for signed in chunk:
+                self._publish(signed)
+            report.sent += len(chunk)
+            if len(chunk) < self.chunk:
+                break
         for signed in self.store.due_resends(now, self.retry_s, chain_now):
             self._publish(signed)
             report.resent += 1
