@@ -181,7 +181,7 @@ def simulate(
         fleet.start()  # handlers before the connection, which subscribes them
         transport.connect()
     except (TegridError, ValueError, KeyError, OSError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, 1)
+        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
 
     stop = threading.Event()
 

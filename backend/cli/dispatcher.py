@@ -130,7 +130,7 @@ def run(
         dispatcher.start()  # handlers first: acks queued in the session arrive right on connect
         transport.connect()
     except (TegridError, ValueError, KeyError, OSError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, 1)
+        fail(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
 
     stop = threading.Event()
 

@@ -33,6 +33,10 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
         (["serve"], "deployment.json not found: run `tegrid chain deploy`"),
         (["oracle"], "deployment.json not found: run `tegrid chain deploy`"),
         (["keeper"], "deployment.json not found: run `tegrid chain deploy`"),
+        (["dispatcher"], "deployment.json not found: run `tegrid chain deploy`"),
+        (["devices", "simulate"], "deployment.json not found: run `tegrid chain deploy`"),
+        (["devices", "simulate", "--count", "2", "--ignore", "3"],
+         "--ignore 3 is more than --count 2"),
     ],
 )  # fmt: skip
 def test_service_commands_fail_in_one_line(args: list[str], message: str, tmp_path: Path) -> None:
@@ -41,6 +45,15 @@ def test_service_commands_fail_in_one_line(args: list[str], message: str, tmp_pa
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_dispatcher_status_without_a_store_says_so(tmp_path: Path) -> None:
+    result = _run(
+        ["dispatcher", "status", "--database-url", f"sqlite:///{tmp_path}/x.db"], tmp_path
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: no control store at sqlite:///{tmp_path}/x.db")
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_serve_refuses_a_port_out_of_range(tmp_path: Path) -> None:
