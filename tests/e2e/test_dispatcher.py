@@ -25,11 +25,13 @@ from backend.chain.deploy import RoleHolders, deploy_all
 from backend.chain.registry import DeviceRegistry
 from backend.devtools.anvil import AnvilProcess
 from backend.devtools.broker import MosquittoBroker, find_mosquitto
+from backend.devtools.clock import end_interval
 from backend.devtools.participants import register_devices, register_participants
 from backend.iot.control import CONTROL_WILDCARD, parse_action, registry_domain
 from backend.iot.control_store import ControlStore, ControlTarget
 from backend.iot.devices import DeviceFleet, DeviceSpec, dev_device_key
 from backend.iot.meters import dev_meters
+from backend.iot.schema import SignedReading, parse_reading
 from backend.iot.signing import ReadingDomain
 from backend.iot.transport import Message, MqttTransport
 from backend.paths import REPO_ROOT
@@ -208,4 +210,72 @@ def test_dispatcher_survives_kill_9_with_nothing_lost_or_signed_twice(
         else:
             assert row.state == "expired" and row.attempts >= 2, key
     assert len(publications) >= len(rows)
+    store.close()
+
+
+def test_devices_simulate_and_dispatcher_commands_close_the_loop(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """``tegrid devices simulate`` and ``tegrid dispatcher`` as subprocesses: two actions
+    dispatched, one applied, one refused out of limits; the applied one metered in the
+    device's reading of that interval once chain time passes its end."""
+    w3, dep = chain.w3, chain.dep
+    db_url = f"sqlite:///{tmp_path / 'control.db'}"
+    store = ControlStore(db_url)
+    env = {
+        **os.environ, "TEGRID_RPC_URL": chain.url, "TEGRID_CONTROL_DATABASE_URL": db_url,
+        "TEGRID_DEPLOYMENT_FILE": str(chain.dep_file), "TEGRID_GRID_OPERATOR_KEY": ANVIL_KEYS[0],
+    }  # fmt: skip
+    with MosquittoBroker() as broker:
+        env["TEGRID_BROKER_URL"] = broker.url
+        readings: list[SignedReading] = []
+        listener = MqttTransport(broker.url)
+        listener.subscribe(
+            "tegrid/meters/+/readings", lambda m: readings.append(parse_reading(m.payload))
+        )
+        listener.connect()
+        devices_log = tmp_path / "devices.log"
+        with devices_log.open("wb") as log:
+            devices = subprocess.Popen(
+                [*TEGRID, "devices", "simulate", "--count", "2", "--poll", "0.1", "--json"],
+                env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log,
+            )  # fmt: skip
+        with (tmp_path / "dispatcher.log").open("wb") as log:
+            dispatcher = subprocess.Popen(
+                [*TEGRID, "dispatcher", "--tick", "0.1"],
+                env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+        try:
+            wait_for(lambda: b"listening" in devices_log.read_bytes(), 60, "the devices")
+            wait_for(lambda: store.meta("started_at") is not None, 60, "the dispatcher")
+            now = chain_time(w3)
+            interval = now // INTERVAL_S
+            store.add([
+                ControlTarget(b"\x01" * 32, chain.specs[0].address, interval, 3600, now + 300),
+                ControlTarget(b"\x02" * 32, chain.specs[1].address, interval, 9000, now + 300),
+            ])  # fmt: skip
+            wait_for(lambda: store.counts()["refused"] == 1, 30, "the acks")
+            wait_for(lambda: store.counts()["acknowledged"] == 1, 30, "the acks")
+            end_interval(w3, interval, INTERVAL_S)
+            wait_for(lambda: len(readings) >= 2, 30, "the devices' readings")
+        finally:
+            for proc in (dispatcher, devices):
+                proc.send_signal(signal.SIGTERM)
+            out, _ = devices.communicate(timeout=30)
+            dispatcher.wait(30)
+            listener.close()
+    refused = store.get(b"\x02" * 32)
+    assert refused is not None and (refused.state, refused.reason) == ("refused", "out_of_limits")
+    applied = store.get(b"\x01" * 32)
+    assert applied is not None and (applied.state, applied.applied_w) == ("acknowledged", 3600)
+    by_meter = {r.reading.meter: r.reading for r in readings if r.reading.interval_id == interval}
+    # 3.6 kW discharged for 900 s: 900 Wh exported; the other battery stayed idle
+    assert (by_meter[chain.specs[0].address].import_wh,
+            by_meter[chain.specs[0].address].export_wh) == (0, 900)  # fmt: skip
+    assert (by_meter[chain.specs[1].address].import_wh,
+            by_meter[chain.specs[1].address].export_wh) == (0, 0)  # fmt: skip
+    summary = json.loads(out)
+    assert summary["counts"] == {"applied": 1, "out_of_limits": 1}
+    assert summary["devices"] == 2 and interval in summary["intervals"]
+    assert dep.interval_seconds == INTERVAL_S
     store.close()
