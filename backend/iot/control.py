@@ -26,7 +26,7 @@ are :mod:`backend.chain.eip712`'s fast path, the same as every other signature o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -95,16 +95,17 @@ def topic_device(topic: str) -> str:
         raise MessageError("topic", f"unexpected topic {topic!r}") from None
 
 
-def _recover(domain: Domain, primary: str, message: dict[str, Any], signature: bytes) -> str:
+def _recover(digest: bytes, signature: bytes) -> str:
     try:
-        return eip712.recover(domain.digest(primary, message), signature)
-    except (SignatureError, TypedDataError) as exc:
+        return eip712.recover(digest, signature)
+    except SignatureError as exc:
         raise MessageError("bad_signature", str(exc)) from None
 
 
-def _check_ranges(primary: str, message: dict[str, Any]) -> None:
+def _struct_hash(primary: str, message: dict[str, Any]) -> bytes:
+    """``hashStruct`` of the message, which also checks every field's range."""
     try:
-        eip712.struct_hash(primary, message)
+        return eip712.struct_hash(primary, message)
     except TypedDataError as exc:
         raise MessageError("schema", str(exc)) from None
 
@@ -132,10 +133,11 @@ class ControlAction:
     interval_id: int
     setpoint_w: int
     expiry: int
+    _struct: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", checksum(self.device))
-        _check_ranges("ControlAction", self.message())
+        object.__setattr__(self, "_struct", _struct_hash("ControlAction", self.message()))
 
     def message(self) -> dict[str, Any]:
         return {
@@ -147,7 +149,7 @@ class ControlAction:
         }
 
     def digest(self, domain: Domain) -> bytes:
-        return domain.digest("ControlAction", self.message())
+        return eip712.digest(domain.separator, self._struct)
 
     def sign(self, private_key: str | bytes, domain: Domain) -> SignedAction:
         signature = eip712.sign_digest(self.digest(domain), private_key)
@@ -162,7 +164,7 @@ class SignedAction:
 
     def signer(self, domain: Domain) -> str:
         """The checksummed address that signed the action (``MessageError`` if none)."""
-        return _recover(domain, "ControlAction", self.action.message(), self.signature)
+        return _recover(self.action.digest(domain), self.signature)
 
     def to_json(self) -> bytes:
         a = self.action
@@ -189,10 +191,11 @@ class ControlAck:
     status: int
     applied_w: int
     at: int
+    _struct: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", checksum(self.device))
-        _check_ranges("ControlAck", self.message())
+        object.__setattr__(self, "_struct", _struct_hash("ControlAck", self.message()))
 
     @property
     def applied(self) -> bool:
@@ -215,8 +218,11 @@ class ControlAck:
             "at": self.at,
         }
 
+    def digest(self, domain: Domain) -> bytes:
+        return eip712.digest(domain.separator, self._struct)
+
     def sign(self, private_key: str | bytes, domain: Domain) -> SignedAck:
-        digest = domain.digest("ControlAck", self.message())
+        digest = self.digest(domain)
         return SignedAck(self, bytes.fromhex(eip712.sign_digest(digest, private_key)[2:]))
 
 
@@ -227,7 +233,7 @@ class SignedAck:
     sent_at: float | None = None
 
     def signer(self, domain: Domain) -> str:
-        return _recover(domain, "ControlAck", self.ack.message(), self.signature)
+        return _recover(self.ack.digest(domain), self.signature)
 
     def to_json(self) -> bytes:
         a = self.ack
