@@ -189,6 +189,7 @@ def _dispatch(
     on_phase(f"dispatching {len(specs)} signed actions")
     start = time.time()
     report = dispatcher.step()
+    step_s = time.time() - start
     _wait(lambda: store.counts()["acknowledged"] + store.counts()["refused"] == len(specs), 120,
           "the acks")  # fmt: skip
     rows = store.actions(interval)
@@ -203,6 +204,8 @@ def _dispatch(
         "acknowledged": len(rows) - len(refused),
         "refused": len(refused),
         "published_in_step": report.sent,
+        "step_ms": round(step_s * 1000, 1),
+        "first_ack_ms": round((min(r.acked_at or 0.0 for r in rows) - start) * 1000, 1),
         "actions_per_s": round(len(rows) / elapsed),
         "p50_ms": p50,
         "p99_ms": p99,

@@ -159,6 +159,28 @@ class ControlTarget:
             self.activation_id, self.device, self.interval_id, self.setpoint_w, self.expiry
         )
 
+    @classmethod
+    def for_activation(
+        cls,
+        activation_id: bytes,
+        device: str,
+        interval_id: int,
+        direction: int,
+        baseline_w: int,
+        activated_w: int,
+        interval_seconds: int,
+    ) -> ControlTarget:
+        """The target of an activation of a flex offer: up (direction 0) moves the device from
+        its baseline to baseline + activatedW, down (1) to baseline - activatedW; the action
+        expires when the interval ends (applying it later could deliver nothing)."""
+        if direction not in (0, 1):
+            raise ValueError(f"direction must be 0 (up) or 1 (down), got {direction}")
+        if activated_w <= 0:
+            raise ValueError(f"activatedW must be positive, got {activated_w}")
+        setpoint_w = baseline_w + activated_w if direction == 0 else baseline_w - activated_w
+        expiry = (interval_id + 1) * interval_seconds
+        return cls(activation_id, device, interval_id, setpoint_w, expiry)
+
 
 def _hex(activation_id: bytes) -> str:
     return "0x" + activation_id.hex()

@@ -21,6 +21,7 @@ from backend.iot.control import (
     registry_domain,
     topic_device,
 )
+from backend.iot.control_store import ControlTarget
 from backend.iot.errors import MessageError
 
 KEY = "0x" + "11" * 32
@@ -118,3 +119,13 @@ def test_parse_ack_refuses_status_out_of_uint8() -> None:
     with pytest.raises(MessageError) as err:
         parse_ack(json.dumps(body).encode())
     assert err.value.reason == "schema" and "status must be between 0 and 2^8-1" in str(err.value)
+
+
+def test_control_target_of_an_activation_moves_from_the_baseline() -> None:
+    up = ControlTarget.for_activation(AID, DEVICE, 10, 0, -1500, 1000, 900)
+    down = ControlTarget.for_activation(AID, DEVICE, 10, 1, -1500, 1000, 900)
+    assert (up.setpoint_w, down.setpoint_w, up.expiry) == (-500, -2500, 9900)
+    with pytest.raises(ValueError, match="direction must be 0"):
+        ControlTarget.for_activation(AID, DEVICE, 10, 2, 0, 1000, 900)
+    with pytest.raises(ValueError, match="activatedW must be positive"):
+        ControlTarget.for_activation(AID, DEVICE, 10, 0, 0, 0, 900)

@@ -1,0 +1,70 @@
+"""The dispatcher's store (real SQLite): idempotent adds, conflicts refused whole, expiry, resends
+of the stored signed action, acks of unknown actions or other devices ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from backend.iot.control import ControlAck, registry_domain
+from backend.iot.control_store import ControlConflictError, ControlStore, ControlTarget
+from backend.settings import ANVIL_KEYS
+
+DOMAIN = registry_domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
+DEVICE_KEY = "0x" + "44" * 32
+DEVICE = Account.from_key(DEVICE_KEY).address
+OTHER_KEY = "0x" + "55" * 32
+OPERATOR = Account.from_key(ANVIL_KEYS[0]).address
+
+
+def _t(n: int, setpoint_w: int = 1000, expiry: int = 5000) -> ControlTarget:
+    return ControlTarget(n.to_bytes(32, "big"), DEVICE, 3, setpoint_w, expiry)
+
+
+def _sign(store: ControlStore, now: float) -> list[bytes]:
+    signed = store.sign_pending(lambda a: a.sign(ANVIL_KEYS[0], DOMAIN), OPERATOR, now)
+    return [s.signature for s in signed]
+
+
+def test_add_is_idempotent_and_refuses_a_conflict_whole(tmp_path: Path) -> None:
+    store = ControlStore(f"sqlite:///{tmp_path / 'c.db'}")
+    assert store.add([_t(1), _t(2)]) == 2
+    assert store.add([_t(1), _t(2)]) == 0
+    with pytest.raises(ControlConflictError, match="already stored for another action"):
+        store.add([_t(3), _t(1, setpoint_w=999)])
+    assert [r.activation_id[-2:] for r in store.actions()] == ["01", "02"]  # 3 not stored
+    with pytest.raises(ControlConflictError, match="at most 2"):
+        store.add([_t(4, expiry=2**53)])
+
+
+def test_resends_publish_the_stored_signature_until_expiry(tmp_path: Path) -> None:
+    store = ControlStore(f"sqlite:///{tmp_path / 'c.db'}")
+    store.add([_t(1, expiry=5000), _t(2, expiry=6000)])
+    first = _sign(store, now=100.0)
+    assert _sign(store, now=101.0) == []  # nothing pending any more
+    assert store.due_resends(now=103.0, retry_s=5.0, chain_now=4000) == []  # not due yet
+    again = store.due_resends(now=106.0, retry_s=5.0, chain_now=4000)
+    assert [s.signature for s in again] == first
+    assert store.expire(chain_now=5000) == 1
+    assert [s.action.activation_id[-1] for s in store.due_resends(200.0, 5.0, 5000)] == [2]
+    rows = {r.activation_id[-1:]: r for r in store.actions()}
+    assert (rows["1"].state, rows["1"].attempts) == ("expired", 2)
+    assert (rows["2"].state, rows["2"].attempts, rows["2"].last_sent_at) == ("sent", 3, 200.0)
+
+
+def test_acks_of_unknown_or_other_devices_change_nothing(tmp_path: Path) -> None:
+    store = ControlStore(f"sqlite:///{tmp_path / 'c.db'}")
+    store.add([_t(1), _t(2)])
+    _sign(store, now=1.0)
+    other = Account.from_key(OTHER_KEY).address
+    acks = [
+        ControlAck((9).to_bytes(32, "big"), DEVICE, 0, 1000, 7).sign(DEVICE_KEY, DOMAIN),
+        ControlAck((1).to_bytes(32, "big"), other, 0, 1000, 7).sign(OTHER_KEY, DOMAIN),
+        ControlAck((2).to_bytes(32, "big"), DEVICE, 5, 0, 7).sign(DEVICE_KEY, DOMAIN),
+    ]
+    assert store.record_acks(acks) == ["unknown", "unknown", "refused"]
+    assert store.counts() == {"pending": 0, "sent": 1, "acknowledged": 0, "refused": 1,
+                              "expired": 0}  # fmt: skip
+    assert store.get((2).to_bytes(32, "big")).reason == "out_of_limits"  # type: ignore[union-attr]
