@@ -201,6 +201,8 @@ def simulate(
                 break
             try:
                 now = clock()
+                if (next_interval + 1) * interval_s <= now:
+                    fleet.sync_registry()  # a device deactivated since refuses from now on
                 while (next_interval + 1) * interval_s <= now:
                     if readings:
                         published += fleet.publish_readings(next_interval, time.time())

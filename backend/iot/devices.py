@@ -172,7 +172,8 @@ class DeviceFleet:
             elif device.record != record:
                 self.say(f"warning: device {address} is not an active device in the registry: "
                          "it refuses every action")  # fmt: skip
-            device.record = record
+            with self._lock:
+                device.record = record
         return active
 
     def grid_operator(self, signer: str) -> bool:
@@ -224,7 +225,7 @@ class DeviceFleet:
             if status == AckStatus.APPLIED:
                 before = device.power_w(interval_id)
                 device.setpoints[interval_id] = action.setpoint_w
-                if device.spec.kind == BATTERY:
+                if device.record is not None and device.record.kind == BATTERY:
                     device.soc_wh -= interval_energy_wh(
                         action.setpoint_w, self.interval_seconds
                     ) - interval_energy_wh(before, self.interval_seconds)

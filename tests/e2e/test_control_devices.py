@@ -16,6 +16,7 @@ from eth_account import Account
 from web3 import Web3
 
 from backend.chain.client import ChainClient, chain_time
+from backend.chain.contracts import contract_at
 from backend.chain.deploy import RoleHolders, deploy_all
 from backend.chain.eip712 import Domain
 from backend.chain.registry import DeviceRegistry
@@ -67,6 +68,7 @@ class Env:
     client: MqttTransport
     acks: queue.Queue[SignedAck]
     readings: queue.Queue[Message]
+    registry_address: str
 
     def now(self) -> int:
         return chain_time(self.w3)
@@ -138,7 +140,8 @@ def env() -> Iterator[Env]:
         test_client.subscribe("tegrid/meters/+/readings", readings.put)
         time.sleep(0.3)  # subscriptions on the wire
         try:
-            yield Env(w3, fleet, domain, reading_domain, test_client, acks, readings)
+            yield Env(w3, fleet, domain, reading_domain, test_client, acks, readings,
+                      registry_address)  # fmt: skip
         finally:
             test_client.close()
             device_transport.close()
@@ -247,3 +250,15 @@ def test_ignoring_device_neither_applies_nor_acks_and_meters_its_baseline(env: E
     assert env.state(2) == ({}, 5000)
     reading = env.fleet.devices[SPECS[2].address].reading(signed.action.interval_id, INTERVAL_S)
     assert (reading.import_wh, reading.export_wh) == (0, 0)
+
+
+def test_device_deactivated_in_the_registry_refuses_after_its_next_look(env: Env) -> None:
+    """Last in the module: it deactivates device 3 for good."""
+    registry = contract_at(env.w3, "ParticipantRegistry", env.registry_address)
+    tx = registry.functions.deactivateDevice(SPECS[3].address).transact(
+        {"from": Account.from_key(OPERATOR).address}
+    )
+    assert env.w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
+    assert env.fleet.sync_registry() == len(SPECS) - 1
+    signed = env.action(3, setpoint_w=-1000).sign(OPERATOR, env.domain)
+    _refused(env, signed, AckStatus.DEVICE_INACTIVE, device=3)
