@@ -53,6 +53,44 @@ _ACTION_KEYS = {"v", "activationId", "device", "intervalId", "setpointW", "expir
 _ACK_KEYS = {"v", "activationId", "device", "status", "appliedW", "at", "signature", "sentAt"}
 
 
+def _json_schema(title: str, fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": title,
+        "type": "object",
+        "properties": {
+            "v": {"const": SCHEMA_VERSION},
+            **fields,
+            "signature": {
+                "type": "string",
+                "pattern": "^0x[0-9a-fA-F]{130}$",
+                "minLength": 132,
+                "maxLength": 132,
+            },
+            "sentAt": {"type": "number", "description": "publisher's clock, informational"},
+        },
+        "required": ["v", *fields, "signature"],
+        "additionalProperties": False,
+    }
+
+
+# the lengths as well: Python's "$" (hypothesis, jsonschema's re) also matches before a final "\n"
+_ID = {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$", "minLength": 66, "maxLength": 66}
+_ADDR = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$", "minLength": 42, "maxLength": 42}
+_UINT64 = {"type": "integer", "minimum": 0, "maximum": 2**64 - 1}
+_INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+# The wire format as JSON Schema documents, for devices written elsewhere; what the parsers below
+# accept (the tests generate payloads from these and parse them).
+ACTION_JSON_SCHEMA = _json_schema("tegrid ControlAction message", {
+    "activationId": _ID, "device": _ADDR, "intervalId": _UINT64, "setpointW": _INT64,
+    "expiry": _UINT64,
+})  # fmt: skip
+ACK_JSON_SCHEMA = _json_schema("tegrid ControlAck message", {
+    "activationId": _ID, "device": _ADDR, "status": {"type": "integer", "minimum": 0,
+    "maximum": 255}, "appliedW": _INT64, "at": _UINT64,
+})  # fmt: skip
+
+
 class AckStatus(IntEnum):
     """What a device answers to a control action: 0 applied, every other value a refusal."""
 

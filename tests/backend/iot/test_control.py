@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
 
 from backend.iot.control import (
+    ACK_JSON_SCHEMA,
+    ACTION_JSON_SCHEMA,
     AckStatus,
     ControlAck,
     ControlAction,
@@ -129,3 +133,32 @@ def test_control_target_of_an_activation_moves_from_the_baseline() -> None:
         ControlTarget.for_activation(AID, DEVICE, 10, 2, 0, 1000, 900)
     with pytest.raises(ValueError, match="activatedW must be positive"):
         ControlTarget.for_activation(AID, DEVICE, 10, 0, 0, 0, 900)
+
+
+@settings(max_examples=40, deadline=None)
+@given(body=from_schema(ACTION_JSON_SCHEMA))
+def test_every_payload_the_action_schema_allows_parses(body: dict[str, object]) -> None:
+    jsonschema.validate(body, ACTION_JSON_SCHEMA)
+    signed = parse_action(json.dumps(body).encode())
+    assert "0x" + signed.action.activation_id.hex() == str(body["activationId"]).lower()
+    assert signed.action.setpoint_w == body["setpointW"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(body=from_schema(ACK_JSON_SCHEMA))
+def test_every_payload_the_ack_schema_allows_parses(body: dict[str, object]) -> None:
+    signed = parse_ack(json.dumps(body).encode())
+    assert signed.ack.status == body["status"] and signed.ack.at == body["at"]
+
+
+@pytest.mark.parametrize(
+    "over",
+    [{"setpointW": 2**63}, {"intervalId": -1}, {"expiry": "99"}, {"extra": 1}, {"v": 2},
+     {"device": "0xabc"}, {"signature": None}],
+)  # fmt: skip
+def test_the_action_schema_refuses_what_the_parser_refuses(over: dict[str, object]) -> None:
+    body = json.loads(_action_body(**over))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, ACTION_JSON_SCHEMA)
+    with pytest.raises(MessageError):
+        parse_action(json.dumps(body).encode())
