@@ -36,6 +36,7 @@ from backend.chain.eip712 import Domain, address_of
 from backend.chain.errors import SignatureError
 from backend.chain.protocol import DEVICE_KINDS
 from backend.chain.registry import DeviceRecord
+from backend.errors import TegridError
 from backend.iot.control import (
     AckStatus,
     ControlAck,
@@ -207,12 +208,17 @@ class DeviceFleet:
                 self.counts["ignored"] += 1
             message.ack()
             return
-        ack = self.decide(device, signed)
-        if ack is not None:
-            self.transport.publish(ack_topic(device.address), ack.to_json(), qos=1)
+        try:
+            ack = self.decide(device, signed)
+        except TegridError as exc:
+            # the registry did not answer about a new signer: no answer now; the dispatcher
+            # publishes unacknowledged actions again
+            self.say(f"warning: {exc}; the action waits for the dispatcher's resend")
+            return
+        self.transport.publish(ack_topic(device.address), ack.to_json(), qos=1)
         message.ack()
 
-    def decide(self, device: SimulatedDevice, signed: SignedAction) -> SignedAck | None:
+    def decide(self, device: SimulatedDevice, signed: SignedAction) -> SignedAck:
         """Check ``signed`` for ``device``, apply it when valid; the signed ack to send."""
         action = signed.action
         digest = action.digest(self.domain)
