@@ -1,15 +1,18 @@
-"""The dispatcher's store (real SQLite): idempotent adds, conflicts refused whole, expiry, resends
-of the stored signed action, acks of unknown actions or other devices ignored."""
+"""The dispatcher's store (real SQLite, and PostgreSQL with TEGRID_TEST_DATABASE_URL): idempotent
+adds, conflicts refused whole, expiry, resends of the stored signature, acks of unknown actions or
+other devices ignored."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from eth_account import Account
 
 from backend.iot.control import ControlAck, registry_domain
-from backend.iot.control_store import ControlConflictError, ControlStore, ControlTarget
+from backend.iot.control_store import Base, ControlConflictError, ControlStore, ControlTarget
 from backend.settings import ANVIL_KEYS
 
 DOMAIN = registry_domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
@@ -17,6 +20,18 @@ DEVICE_KEY = "0x" + "44" * 32
 DEVICE = Account.from_key(DEVICE_KEY).address
 OTHER_KEY = "0x" + "55" * 32
 OPERATOR = Account.from_key(ANVIL_KEYS[0]).address
+PG_URL = os.environ.get("TEGRID_TEST_DATABASE_URL")
+
+
+@pytest.fixture(params=["sqlite"] + (["postgresql"] if PG_URL else []))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ControlStore]:
+    url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else str(PG_URL)
+    s = ControlStore(url)
+    if request.param == "postgresql":  # a clean slate in the shared test database
+        Base.metadata.drop_all(s.engine)
+        Base.metadata.create_all(s.engine)
+    yield s
+    s.close()
 
 
 def _t(n: int, setpoint_w: int = 1000, expiry: int = 5000) -> ControlTarget:
@@ -28,8 +43,7 @@ def _sign(store: ControlStore, now: float) -> list[bytes]:
     return [s.signature for s in signed]
 
 
-def test_add_is_idempotent_and_refuses_a_conflict_whole(tmp_path: Path) -> None:
-    store = ControlStore(f"sqlite:///{tmp_path / 'c.db'}")
+def test_add_is_idempotent_and_refuses_a_conflict_whole(store: ControlStore) -> None:
     assert store.add([_t(1), _t(2)]) == 2
     assert store.add([_t(1), _t(2)]) == 0
     with pytest.raises(ControlConflictError, match="already stored for another action"):
@@ -39,8 +53,7 @@ def test_add_is_idempotent_and_refuses_a_conflict_whole(tmp_path: Path) -> None:
         store.add([_t(4, expiry=2**53)])
 
 
-def test_resends_publish_the_stored_signature_until_expiry(tmp_path: Path) -> None:
-    store = ControlStore(f"sqlite:///{tmp_path / 'c.db'}")
+def test_resends_publish_the_stored_signature_until_expiry(store: ControlStore) -> None:
     store.add([_t(1, expiry=5000), _t(2, expiry=6000)])
     first = _sign(store, now=100.0)
     assert _sign(store, now=101.0) == []  # nothing pending any more
@@ -54,8 +67,7 @@ def test_resends_publish_the_stored_signature_until_expiry(tmp_path: Path) -> No
     assert (rows["2"].state, rows["2"].attempts, rows["2"].last_sent_at) == ("sent", 3, 200.0)
 
 
-def test_acks_of_unknown_or_other_devices_change_nothing(tmp_path: Path) -> None:
-    store = ControlStore(f"sqlite:///{tmp_path / 'c.db'}")
+def test_acks_of_unknown_or_other_devices_change_nothing(store: ControlStore) -> None:
     store.add([_t(1), _t(2)])
     _sign(store, now=1.0)
     other = Account.from_key(OTHER_KEY).address
