@@ -147,6 +147,43 @@ class Activation:
         )
 
 
+def unpack(packed: bytes) -> list[Activation]:
+    """The activations of a packed batch (the inverse of :func:`pack_batch`, in batch order)."""
+    data = bytes(packed)
+    if len(data) % ACTIVATION_SIZE:
+        raise ValueError(f"{len(data)} bytes are not whole {ACTIVATION_SIZE}-byte activations")
+    out = []
+    for at in range(0, len(data), ACTIVATION_SIZE):
+        b = data[at : at + ACTIVATION_SIZE]
+
+        def uint(lo: int, hi: int, b: bytes = b) -> int:
+            return int.from_bytes(b[lo:hi], "big")
+
+        def addr(lo: int, b: bytes = b) -> str:
+            return to_checksum_address(b[lo : lo + 20])
+
+        baseline = uint(53, 57)
+        offer = {
+            "provider": addr(0),
+            "device": addr(20),
+            "intervalId": uint(40, 48),
+            "direction": b[48],
+            "powerW": uint(49, 53),
+            "baselineW": baseline - (1 << 32) if baseline >> 31 else baseline,
+            "pricePerKWh": uint(57, 73),
+            "nonce": uint(73, 105),
+            "expiry": uint(105, 113),
+        }
+        vs = uint(145, 177)
+        sig = b[113:145] + (vs & ((1 << 255) - 1)).to_bytes(32, "big") + bytes([27 + (vs >> 255)])
+        act = Activation(
+            offer, sig, uint(177, 181), addr(221), uint(241, 257), b[181:213],
+            uint(213, 221), addr(257), uint(277, 293),
+        )  # fmt: skip
+        out.append(act)
+    return out
+
+
 def sort_key(dom: eip712.Domain, activation: Activation) -> tuple[bytes, bytes]:
     """The contract's recording order: ascending (offerHash, tradeId)."""
     return activation.offer_hash(dom), bytes(activation.trade_id)
