@@ -262,7 +262,7 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         view
         returns (int256 meteredW, uint256 deliveredW)
     {
-        (uint64 importWh, uint64 exportWh, bool present) = readings.readingOf(a.device(), intervalId);
+        (uint64 importWh, uint64 exportWh, bool present) = readings.deviceReadingOf(a.device(), intervalId);
         if (!present) {
             if (!pastDeadline) revert FlexSettlementNotReady(intervalId, market.settlementDeadline(intervalId));
             return (0, 0);

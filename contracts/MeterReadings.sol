@@ -352,8 +352,16 @@ contract MeterReadings is EIP712, IMeterReadings {
     {
         uint32 index = registry.meterRecordOf(meter).index;
         if (index != 0) return _lane(intervalId, index);
-        // a device key (or an unknown one: nothing stored)
-        uint256 word = _deviceRing[meter][uint256(intervalId) % readingWindowIntervals];
+        return deviceReadingOf(meter, intervalId); // a device key (or an unknown one: nothing stored)
+    }
+
+    /// @inheritdoc IMeterReadings
+    function deviceReadingOf(address device, uint64 intervalId)
+        public
+        view
+        returns (uint64 importWh, uint64 exportWh, bool present)
+    {
+        uint256 word = _deviceRing[device][uint256(intervalId) % readingWindowIntervals];
         if (word >> SLOT_INTERVAL_SHIFT != intervalId || word & PRESENT == 0) return (0, 0, false);
         return (uint64((word >> LANE_IMPORT_WH_SHIFT) & MAX_WH), uint64(word & MAX_WH), true);
     }

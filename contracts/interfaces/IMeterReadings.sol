@@ -98,6 +98,13 @@ interface IMeterReadings {
         view
         returns (uint64 importWh, uint64 exportWh, bool present);
 
+    /// @notice A device's own reading (`submitDeviceReadings`) for an interval, without the meter
+    /// lookup `readingOf` does first (what FlexibilityMarket's settlement reads).
+    function deviceReadingOf(address device, uint64 intervalId)
+        external
+        view
+        returns (uint64 importWh, uint64 exportWh, bool present);
+
     /// @notice Readings of several participants (by registry index) for one interval, as used by settlement.
     /// @param intervalId The interval.
     /// @param indices Participant indices.

@@ -331,7 +331,13 @@ def test_record_dso_payers_and_budget(fx: Flex, iv: int, parts: Any) -> None:
     # the budget is per interval: two batches together
     fx.fm.setDsoBudget(60_000, {"from": fx.ledger.dso})
     fx.record(iv, [act])
-    second = fx.dso(fx.offer(iv, nonce=2), 1_000)
+    # another offer whose hash sorts after the first (batches ascend by offer hash)
+    nonce = next(
+        n
+        for n in range(2, 100)
+        if flex.offer_hash(fx.dom, fx.offer(iv, nonce=n)) > act.offer_hash(fx.dom)
+    )
+    second = fx.dso(fx.offer(iv, nonce=nonce), 1_000)
     packed = fx.packed([second])
     with brownie.reverts(err("FlexDsoBudgetExceeded", iv, 100_000, 60_000)):
         fx.fm.recordActivations(
