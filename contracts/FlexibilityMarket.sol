@@ -53,6 +53,8 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         uint256 buf;
         bytes32 domain;
         bool tradesChecked;
+        address lockPayer; // the payer of the run of shares not yet locked
+        uint256 lockAmount; // what that run locks (one EnergyMarket call per run of one payer)
     }
 
     /// @param market_ The EnergyMarket holding every balance (it must attach this contract).
@@ -115,7 +117,9 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
             dsoBudget: _dsoBudget,
             buf: 0,
             domain: _domainSeparatorV4(),
-            tradesChecked: false
+            tradesChecked: false,
+            lockPayer: address(0),
+            lockAmount: 0
         });
         c.buf = _scratch();
         uint256 base = _cdPtr(activations);
@@ -123,6 +127,7 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         for (uint256 i = 0; i < n; ++i) {
             _record(intervalId, PackedActivationLibrary.at(base, i), c);
         }
+        _flushLock(c);
         (book.lastOfferHash, book.lastTradeId) = (c.lastOffer, c.lastTrade);
         (book.lastOfferUsedW, book.dsoSpent, book.batchCount) = (uint64(c.usedW), uint128(c.dsoSpent), batchIndex + 1);
         _commitments[intervalId][batchIndex] = commitment;
@@ -186,9 +191,26 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
             }
             _checkShares(id, a, cost);
         }
-        if (a.share0() != 0) market.flexLock(payer0, a.share0());
-        if (a.share1() != 0) market.flexLock(payer1, a.share1());
+        _lock(c, payer0, a.share0());
+        _lock(c, payer1, a.share1());
         emit ActivationRecorded(id, a.provider(), a.device(), intervalId, tradeId, uint32(activatedW), cost);
+    }
+
+    /// @dev Adds `amount` to the run of locks of `payer`, locking the previous run (another payer) first.
+    function _lock(Cursor memory c, address payer, uint256 amount) private {
+        if (amount == 0) return;
+        if (payer != c.lockPayer) {
+            _flushLock(c);
+            c.lockPayer = payer;
+        }
+        c.lockAmount += amount;
+    }
+
+    /// @dev Locks the current run in EnergyMarket (it refuses an owing payer or one short of funds).
+    function _flushLock(Cursor memory c) private {
+        if (c.lockAmount == 0) return;
+        market.flexLock(c.lockPayer, c.lockAmount);
+        c.lockAmount = 0;
     }
 
     /// @dev The offer's own checks (once per offer): interval, direction, signature, provider, device and limits.

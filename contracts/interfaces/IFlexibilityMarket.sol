@@ -35,7 +35,8 @@ pragma solidity 0.8.28;
 ///   active and the provider's, baseline and the offer's target within the device's limits). A batch
 ///   with a trade rescue needs every attested trade batch of the interval on EnergyMarket. Each share
 ///   is locked in EnergyMarket (refused for an owing payer or one without the available funds:
-///   EnergyMarket's `MarketAccountOwing` / `MarketInsufficientBalance(payer, available, needed)`).
+///   EnergyMarket's `MarketAccountOwing` / `MarketInsufficientBalance(payer, available, needed)`;
+///   consecutive shares of one payer are locked in one call, so `needed` is their sum).
 /// - Settlement (anyone, per batch, once): from the interval's end, with each device's reading in
 ///   MeterReadings or at EnergyMarket's settlement deadline, before its `reclaimAfter`. Metered device
 ///   power W = (exportWh - importWh) x 3600 / intervalSeconds (truncated); delivered W: up =

@@ -374,6 +374,24 @@ def test_record_insufficient_funds_names_payer(fx: Flex, iv: int) -> None:
         )
 
 
+def test_record_locks_a_run_of_one_payer_at_once(fx: Flex, iv: int) -> None:
+    """Two DSO activations the balancing account can pay one by one but not together: the batch
+    is refused naming their sum (consecutive shares of one payer are locked in one call)."""
+    bal = fx.ledger.balancing
+    available = fx.ledger.market.balanceOf(bal)[0]
+    fx.fm.setDsoBudget(2**127, {"from": fx.ledger.dso})
+    price = available * 1000 // 1_000 * 2 // 3  # 1 kWh (4,000 W) costs 2/3 of what it holds
+    acts = [fx.dso(fx.offer(iv, pricePerKWh=price, nonce=n), 4_000) for n in (1, 2)]
+    assert acts[0].share0 <= available < 2 * acts[0].share0
+    packed = fx.packed(acts)
+    with brownie.reverts(
+        err("MarketInsufficientBalance", bal.address, available, 2 * acts[0].share0)
+    ):
+        fx.fm.recordActivations(
+            iv, 0, packed, EVIDENCE, fx.attest(iv, packed), {"from": fx.ledger.operator}
+        )
+
+
 def test_rescue_needs_trades_caps_and_exact_split(fx: Flex, iv: int, parts: Any) -> None:
     offer = fx.offer(iv)
     fake_trade = keccak(b"no trade yet")
