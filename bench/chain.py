@@ -13,6 +13,13 @@ two intervals apart, so the first ceil(window / 2) rounds); the figures are the 
 ``intervals - 1`` rounds after that (steady state), the first interval and the first ring cycle
 are reported beside them. The naive baseline records and settles one trade per transaction on
 the same contracts in the same run.
+
+The flexibility case (``flex_*``, same run, same contracts): every participant has a registered
+battery; each round records ``batch`` DSO-service activations (one signed FlexOffer each, paid by
+the balancing account) in one ``recordActivations``, submits each battery's signed reading in one
+``submitDeviceReadings`` (half the batteries deliver in full, a quarter half, a quarter nothing) and
+settles them in one ``settleActivations``; the first round (first-ever writes of the interval book
+and the provider balances) is reported apart from the steady rounds.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
-from backend.chain import batches
+from backend.chain import batches, flex
 from backend.chain.batches import CandidateTrade
 from backend.chain.client import ChainClient
 from backend.chain.contracts import contract_at
@@ -76,6 +83,65 @@ class _Bench:
         half = n_parties // 2
         self.sellers, self.buyers = self.parties[:half], self.parties[half:]
         self.nonce = 0
+        self.flex = contract_at(
+            self.w3, "FlexibilityMarket", deployment.address("FlexibilityMarket")
+        )
+        self.flex_domain = flex.domain(self.cid, self.flex.address)
+        self.device_keys = [_key(f"bench battery {i}") for i in range(n_parties)]
+
+    def setup_flex(self) -> None:
+        """A battery per participant (-5..5 kW), and a DSO budget no round reaches."""
+        for i, (p, key) in enumerate(zip(self.parties, self.device_keys, strict=True)):
+            device = Account.from_key(key).address
+            fn = self.registry.functions.registerDevice(
+                device, p.address, i + 1, 1, -5_000, 5_000, 10_000
+            )
+            self.c.transact(fn)
+        self.c.transact(self.flex.functions.setDsoBudget(2**127))
+
+    def flex_round(self, n: int) -> dict[str, int]:
+        """``n`` DSO activations recorded, metered and settled, one transaction each step."""
+        iv = self.now() // INTERVAL_S + 2
+        self.nonce += 1
+        balancing = self.c.address
+        acts = []
+        for i in range(n):
+            p = self.parties[i % len(self.parties)]
+            device = Account.from_key(self.device_keys[i % len(self.parties)]).address
+            offer = {
+                "provider": p.address, "device": device, "intervalId": iv, "direction": 0,
+                "powerW": 4_000, "baselineW": 0, "pricePerKWh": PRICE, "nonce": self.nonce,
+                "expiry": EXPIRY,
+            }  # fmt: skip
+            cost = flex.cost(2_000, PRICE, INTERVAL_S)
+            acts.append(
+                flex.Activation(
+                    offer, flex.sign_offer(p.key, self.flex_domain, offer), 2_000, balancing, cost
+                )
+            )
+        packed = flex.pack_batch(self.flex_domain, acts)
+        sig = flex.attest(ANVIL_KEYS[0], self.flex_domain, iv, 0, packed, EVIDENCE)
+        record = self.c.transact(
+            self.flex.functions.recordActivations(iv, 0, packed, EVIDENCE, sig)
+        )
+        self.end_interval(iv)
+        readings = []
+        for i, act in enumerate(acts):
+            key = self.device_keys[i % len(self.parties)]
+            exp = (500, 500, 250, 0)[i % 4]  # 2,000 W, 2,000 W, 1,000 W, nothing
+            readings.append(
+                batches.signed_reading(
+                    key, self.cid, self.readings.address, act.offer["device"], iv, 0, exp
+                )
+            )
+        fn = self.readings.functions.submitDeviceReadings(iv, batches.readings_arg(readings))
+        device_readings = self.c.transact(fn)
+        settle = self.c.transact(self.flex.functions.settleActivations(iv, 0, packed))
+        return {
+            "record": int(record["gasUsed"]),
+            "settle": int(settle["gasUsed"]),
+            "readings": int(device_readings["gasUsed"]),
+        }
 
     def setup(self) -> None:
         deposit = 10**15
@@ -232,6 +298,13 @@ def run(
         first = rounds[0]
         naive = [bench.interval(1) for _ in range(naive_trades)]
         naive_per_trade = [r["record"] + r["settle"] for r in naive]
+        bench.setup_flex()
+        flex_rounds = [bench.flex_round(batch) for _ in range(max(2, intervals))]
+        flex_first, flex_steady = flex_rounds[0], flex_rounds[1:]
+
+        def flex_mean(what: str) -> int:
+            return round(sum(r[what] for r in flex_steady) / len(flex_steady) / batch)
+
         return {
             "batch": batch,
             "meter_deviation": deviation,
@@ -255,6 +328,16 @@ def run(
             "intervals_measured": len(steady),
             "naive_trades": naive_trades,
             "batched_wall_s": round(batched_s, 2),
+            "flex_gas_per_activation": flex_mean("record") + flex_mean("settle"),
+            "flex_record_gas_per_activation": flex_mean("record"),
+            "flex_settle_gas_per_activation": flex_mean("settle"),
+            "flex_gas_per_device_reading": flex_mean("readings"),
+            "flex_first_round_gas_per_activation": round(
+                (flex_first["record"] + flex_first["settle"]) / batch
+            ),
+            "flex_batch_record_gas": flex_steady[-1]["record"],
+            "flex_batch_settle_gas": flex_steady[-1]["settle"],
+            "flex_rounds_measured": len(flex_steady),
             "chain": "anvil --hardfork shanghai",
         }
     finally:

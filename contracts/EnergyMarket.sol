@@ -98,6 +98,8 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     mapping(uint64 intervalId => IntervalState) private _intervals;
     // One commitment per recorded batch instead of storage per trade; settle re-supplies the trades.
     mapping(uint64 intervalId => mapping(uint256 batchIndex => bytes32)) private _commitments;
+    // The FlexibilityMarket that may lock and release balances (attached once by the registry's admin).
+    address public flexibility;
     // Imbalance payments an account could not pay; while non-zero its orders are refused.
     mapping(address account => uint256) private _debts;
     // The imbalance prices the next interval takes: one slot, read once per interval (its first batch).
@@ -242,6 +244,33 @@ contract EnergyMarket is EIP712, IEnergyMarket {
         acc.available -= uint128(amount);
         emit Withdrawn(msg.sender, amount);
         token.safeTransfer(msg.sender, amount);
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function attachFlexibility(address flexibility_) external {
+        if (!registry.hasRole(0x00, msg.sender)) revert MarketNotAdmin(msg.sender);
+        if (flexibility != address(0)) revert MarketFlexibilityAttached(flexibility);
+        flexibility = flexibility_;
+        emit FlexibilityAttached(flexibility_);
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function flexLock(address payer, uint256 amount) external {
+        if (msg.sender != flexibility) revert MarketNotFlexibility(msg.sender);
+        uint256 debt = _debts[payer];
+        if (debt != 0) revert MarketAccountOwing(payer, debt);
+        Account storage acc = _accounts[payer];
+        uint256 available = acc.available;
+        if (available < amount) revert MarketInsufficientBalance(payer, available, amount);
+        (acc.available, acc.locked) = (uint128(available - amount), acc.locked + uint128(amount));
+    }
+
+    /// @inheritdoc IEnergyMarket
+    function flexRelease(address payer, uint256 amount, address payee, uint256 paid) external {
+        if (msg.sender != flexibility) revert MarketNotFlexibility(msg.sender);
+        Account storage acc = _accounts[payer];
+        (acc.locked, acc.available) = (acc.locked - uint128(amount), acc.available + uint128(amount - paid));
+        _accounts[payee].available += uint128(paid);
     }
 
     /// @inheritdoc IEnergyMarket

@@ -12,6 +12,7 @@
     >>> imbalance(1996100)             # every party's positions, deviation and imbalance payment
     >>> debt(accounts[5])              # what an account owes the balancing account
     >>> set_imbalance_prices(15_000, 5_000)  # the grid operator's short and long prices (bps)
+    >>> flexibility.setRemedyCap(20_000, {"from": accounts[5]})  # pays <= 20,000/kWh per rescue
 
 `brownie run scripts/console.py` prints where the contracts are. The addresses come from
 TEGRID_DEPLOYMENT_FILE (`tegrid chain deploy`, `tegrid serve --dev` or `tegrid demo` write it).
@@ -24,6 +25,7 @@ from typing import Any
 from brownie import (  # type: ignore[attr-defined]
     EnergyMarket,
     EnergyToken,
+    FlexibilityMarket,
     MeterReadings,
     ParticipantRegistry,
     accounts,
@@ -49,6 +51,8 @@ token = EnergyToken.at(deployment.address("EnergyToken"))
 registry = ParticipantRegistry.at(deployment.address("ParticipantRegistry"))
 readings = MeterReadings.at(deployment.address("MeterReadings"))
 market = EnergyMarket.at(deployment.address("EnergyMarket"))
+# activations of flexibility offers (remedyCapOf, setRemedyCap, intervalBookOf, batchOf)
+flexibility = FlexibilityMarket.at(deployment.address("FlexibilityMarket"))
 
 INTERVAL_FIELDS = (
     "lastTradeId", "batchCount", "approvedCount", "expectedBatches", "settledBatches", "settled",
@@ -200,6 +204,6 @@ def set_imbalance_prices(short_bps: int, long_bps: int, grid_operator: Any = Non
 
 def main() -> None:
     """``brownie run scripts/console.py``: where the contracts are."""
-    for name in ("token", "registry", "readings", "market"):
-        print(f"{name:9} {globals()[name].address}")
+    for name in ("token", "registry", "readings", "market", "flexibility"):
+        print(f"{name:11} {globals()[name].address}")
     print(f"chain {deployment.chain_id}, interval {deployment.interval_seconds} s")

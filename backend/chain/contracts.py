@@ -5,7 +5,7 @@ Deployment file (JSON, ``Settings.deployment_file``)::
 
     {"chain_id": 31337, "block": 12, "interval_seconds": 900, "settlement_delay_seconds": 3600,
      "contracts": {"EnergyToken": "0x..", "ParticipantRegistry": "0x..", "MeterReadings": "0x..",
-                   "EnergyMarket": "0x.."}}
+                   "EnergyMarket": "0x..", "FlexibilityMarket": "0x.."}}
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ CONTRACT_NAMES: tuple[str, ...] = (
     "ParticipantRegistry",
     "MeterReadings",
     "EnergyMarket",
+    "FlexibilityMarket",
 )
 
 

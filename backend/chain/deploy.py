@@ -59,7 +59,8 @@ def deploy_all(
     short_price_bps: int = DEFAULT_SHORT_PRICE_BPS,
     long_price_bps: int = DEFAULT_LONG_PRICE_BPS,
 ) -> Deployment:
-    """Deploy token (unless ``token_address``), registry, readings and market; grant the roles.
+    """Deploy token (unless ``token_address``), registry, readings, market and flexibility market
+    (attached to the market, the only caller of its bank hook); grant the roles.
 
     The client's account becomes the registry admin and the token minter. The market settles
     imbalance against ``balancing_account`` (default: the grid operator's address) at the given
@@ -87,6 +88,12 @@ def deploy_all(
         long_price_bps,
     )
     contracts["EnergyMarket"] = market_address
+    flex_address, _ = client.deploy(
+        load_artifact("FlexibilityMarket"), market_address, registry_address, readings_address
+    )
+    contracts["FlexibilityMarket"] = flex_address
+    market = contract_at(client.w3, "EnergyMarket", market_address)
+    receipt = client.transact(market.functions.attachFlexibility(flex_address))
 
     registry = contract_at(client.w3, "ParticipantRegistry", registry_address)
     grants = [

@@ -155,6 +155,12 @@ ATTESTATION_TYPE_STRING = (
     "uint64[] energyWh,uint128[] pricePerKWh,uint8[] verdicts,bytes32 evidenceHash)"
 )
 _ATTESTATION_TYPEHASH = keccak(text=ATTESTATION_TYPE_STRING)
+# FlexibilityMarket's batch attestation: `activations` is the batch's packed calldata (EIP-712
+# hashes a `bytes` member as keccak256 of its content), covering every value of every activation.
+FLEX_ATTESTATION_TYPE_STRING = (
+    "FlexAttestation(uint64 intervalId,uint32 batchIndex,bytes activations,bytes32 evidenceHash)"
+)
+_FLEX_ATTESTATION_TYPEHASH = keccak(text=FLEX_ATTESTATION_TYPE_STRING)
 _DOMAIN_TYPEHASH = keccak(
     text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
@@ -342,6 +348,20 @@ def attestation_hash(
     separator = domain_separator(MARKET_DOMAIN_NAME, chain_id, market_address)
     struct = attestation_struct_hash(interval_id, batch_index, batch_count, trades, evidence_hash)
     return keccak(b"\x19\x01" + separator + struct)
+
+
+def flex_attestation_hash(
+    dom: Domain, interval_id: int, batch_index: int, activations: bytes, evidence_hash: bytes
+) -> bytes:
+    """EIP-712 digest of a FlexAttestation in FlexibilityMarket's domain ``dom``."""
+    struct = _keccak(
+        _FLEX_ATTESTATION_TYPEHASH
+        + interval_id.to_bytes(32, "big")
+        + batch_index.to_bytes(32, "big")
+        + _keccak(bytes(activations))
+        + bytes32(evidence_hash, "evidenceHash")
+    )
+    return digest(dom.separator, struct)
 
 
 def sign_typed_data(private_key: str | bytes, full_message: Mapping[str, Any]) -> bytes:

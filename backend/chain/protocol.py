@@ -27,6 +27,7 @@ from backend.settings import MIN_SHORT_PRICE_BPS as MIN_SHORT_PRICE_BPS
 MARKET_DOMAIN_NAME = "tegrid EnergyMarket"
 READINGS_DOMAIN_NAME = "tegrid MeterReadings"
 REGISTRY_DOMAIN_NAME = "tegrid ParticipantRegistry"
+FLEX_DOMAIN_NAME = "tegrid FlexibilityMarket"
 DOMAIN_VERSION = "1"
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 

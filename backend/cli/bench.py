@@ -108,7 +108,8 @@ def chain_bench(
     ),
 ) -> None:
     """Ledger gas: per trade (record + settle) and per reading in batches on a fresh Anvil;
-    baseline: one trade recorded and settled per transaction on the same contracts."""
+    baseline: one trade recorded and settled per transaction on the same contracts; per
+    flexibility activation (record + settle) in batches of the same size."""
     # lazy: bench.chain loads web3 (~1 s), not for `tegrid --help`
     from bench.chain import run as run_chain_bench  # noqa: PLC0415
 
@@ -118,7 +119,8 @@ def chain_bench(
     if not json_out:
         typer.echo(
             f"{result['gas_per_trade']} gas/trade in batches of {batch} "
-            f"(naive {result['naive_gas_per_trade']}), {result['gas_per_reading']} gas/reading"
+            f"(naive {result['naive_gas_per_trade']}), {result['gas_per_reading']} gas/reading, "
+            f"{result['flex_gas_per_activation']} gas/flexibility activation (recorded + settled)"
         )
     _emit(result)
 

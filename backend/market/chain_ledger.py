@@ -124,6 +124,9 @@ class ChainLedger:
         self.market = contract_at(self.w3, "EnergyMarket", self.market_address)
         self.registry = contract_at(self.w3, "ParticipantRegistry", self.registry_address)
         self.readings = contract_at(self.w3, "MeterReadings", deployment.address("MeterReadings"))
+        self.flex_address = deployment.address("FlexibilityMarket")
+        self.flexibility = contract_at(self.w3, "FlexibilityMarket", self.flex_address)
+        self._remedy_cap_of = AbiFunction(self.flexibility, "remedyCapOf")
         self._participant_of = AbiFunction(self.registry, "participantOf")
         self._filled_of = AbiFunction(self.market, "filledOf")
         self._balance_of = AbiFunction(self.market, "balanceOf")
@@ -409,6 +412,57 @@ class ChainLedger:
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
         self._receipts[tx_hash] = Receipt(
             tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1
+        )
+        return tx_hash
+
+    # ------------------------------------------------------------------ flexibility
+    def remedy_cap(self, wallet: str) -> int:
+        cap = self._rpc(
+            "reading a remedy cap", lambda: self._remedy_cap_of.call(self.w3, checksum(wallet))
+        )
+        return int(cap)
+
+    def record_activations(
+        self,
+        interval_id: int,
+        batch_index: int,
+        activations: bytes,
+        evidence_hash: str,
+        signature: str,
+    ) -> str:
+        fn = self.flexibility.functions.recordActivations(
+            interval_id,
+            batch_index,
+            bytes(activations),
+            bytes.fromhex(evidence_hash[2:]),
+            bytes.fromhex(signature[2:]),
+        )
+        return self._flex_transact("recordActivations", fn)
+
+    def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
+        fn = self.flexibility.functions.settleActivations(
+            interval_id, batch_index, bytes(activations)
+        )
+        return self._flex_transact("settleActivations", fn)
+
+    def reclaim_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
+        fn = self.flexibility.functions.reclaimActivations(
+            interval_id, batch_index, bytes(activations)
+        )
+        return self._flex_transact("reclaimActivations", fn)
+
+    def _flex_transact(self, what: str, fn: Any) -> str:
+        """Send a FlexibilityMarket call with the operator key; a revert raises
+        ``BatchRevertedError`` with the decoded reason. Returns the tx hash."""
+        try:
+            receipt = self._rpc(what, lambda: self.operator.transact(fn, bounded=True))
+        except ChainUnavailableError as exc:
+            if isinstance(exc.__cause__, TransactionRevertedError):
+                raise BatchRevertedError(f"{what} reverted: {exc.__cause__}") from exc.__cause__
+            raise
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+        self._receipts[tx_hash] = Receipt(
+            tx_hash, int(receipt["blockNumber"]), receipt["status"] == 1, int(receipt["gasUsed"])
         )
         return tx_hash
 

@@ -1,6 +1,7 @@
 """Flexibility offers: a participant offers to move one of its registered devices away from its
 baseline for one interval, for a price per kWh. The offer is EIP-712 typed data (``FlexOffer``) in
-the market's domain, signed by the provider's wallet, checked like an order (signature, domain,
+FlexibilityMarket's domain (the contract verifies it again when an activation of it is recorded),
+signed by the provider's wallet, checked like an order (signature, domain,
 registry status, interval gate, expiry, nonce) plus what is particular to a device (registered,
 active, owned by the provider; the baseline and the baseline moved by the offered power within the
 device's [minW, maxW]).
@@ -55,7 +56,7 @@ class FlexBook:
         self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
     ) -> FlexOfferRow:
         """Verify and store one signed offer; a ``MarketError`` subclass says why not."""
-        self.intake.check_domain(domain, "offer", "/flex/eip712")
+        self.intake.check_domain(domain, "offer", "/flex/eip712", self.domain)
         msg = dict(message)
         for key in ("provider", "device"):
             typed.address_bytes(msg.get(key), key)

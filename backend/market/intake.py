@@ -233,12 +233,17 @@ class Intake:
 
     # ---------------------------------------------------------------- orders
     def check_domain(
-        self, domain: dict[str, Any] | None, what: str = "order", template: str = "/orders/eip712"
+        self,
+        domain: dict[str, Any] | None,
+        what: str = "order",
+        template: str = "/orders/eip712",
+        expected: typed.Domain | None = None,
     ) -> None:
-        """``WrongDomainError`` unless ``domain`` (when given) is the market's."""
+        """``WrongDomainError`` unless ``domain`` (when given) is ``expected`` (default: the
+        market's)."""
         if domain is None:
             return
-        ours = self._domain_dict
+        ours = self._domain_dict if expected is None else expected.as_dict()
         try:
             same = (
                 domain.get("name") == ours["name"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
+from backend.chain import flex
 from backend.chain.errors import ChainUnavailableError
 from backend.market.errors import (
     AlreadyConnectedError,
@@ -36,6 +37,7 @@ class MemoryLedger:
         chain_id: int = 31337,
         market_address: str = "0x" + "11" * 20,
         registry_address: str = "0x" + "22" * 20,
+        flex_address: str = "0x" + "33" * 20,
         start_time: int | None = None,
         interval_seconds: int = 900,
         gate_lead_seconds: int = 0,
@@ -45,6 +47,7 @@ class MemoryLedger:
         self.gate_lead_seconds = gate_lead_seconds
         self.market_address = to_checksum_address(market_address)
         self.registry_address = to_checksum_address(registry_address)
+        self.flex_address = to_checksum_address(flex_address)
         self.clock_offset = 0 if start_time is None else start_time - int(time.time())
         self.participants: dict[str, Participant] = {}
         self.available: dict[str, int] = {}
@@ -64,6 +67,10 @@ class MemoryLedger:
         self._tx = itertools.count(1)
         self.calls: list[str] = []
         self.devices: dict[str, Device] = {}
+        self.remedy_caps: dict[str, int] = {}
+        # (interval, batch index) -> (packed activations, state: recorded / settled / reclaimed)
+        self.activation_batches: dict[tuple[int, int], tuple[bytes, str]] = {}
+        self.device_metered_w: dict[tuple[str, int], int] = {}  # (device, interval) -> W (tests)
 
     def now(self) -> int:
         return int(time.time()) + self.clock_offset
@@ -270,6 +277,77 @@ class MemoryLedger:
         self.devices[device] = Device(device, owner, bus_id, kind, True, min_w, max_w, capacity_wh)
         return "0x" + f"{next(self._tx):064x}"
 
+    def remedy_cap(self, wallet: str) -> int:
+        return self.remedy_caps.get(to_checksum_address(wallet), 0)
+
+    def record_activations(
+        self,
+        interval_id: int,
+        batch_index: int,
+        activations: bytes,
+        evidence_hash: str,
+        signature: str,
+    ) -> str:
+        """Locks each share as FlexibilityMarket does (no signature or grid checks here)."""
+        expected = sum(1 for iv, _b in self.activation_batches if iv == interval_id)
+        if batch_index != expected:
+            raise BatchRevertedError(
+                f"FlexBatchOutOfSequence({interval_id}, {expected}, {batch_index})"
+            )
+        acts = flex.unpack(activations)
+        needed: dict[str, int] = {}
+        for a in acts:
+            for payer, share in ((a.payer0, a.share0), (a.payer1, a.share1)):
+                if share:
+                    needed[payer] = needed.get(payer, 0) + share
+        for payer, amount in needed.items():
+            if self.available.get(payer, 0) < amount:
+                raise BatchRevertedError(
+                    f"MarketInsufficientBalance({payer}, {self.available.get(payer, 0)}, {amount})"
+                )
+        for payer, amount in needed.items():
+            self.available[payer] -= amount
+            self.locked[payer] = self.locked.get(payer, 0) + amount
+        self.activation_batches[(interval_id, batch_index)] = (bytes(activations), "recorded")
+        return "0x" + f"{next(self._tx):064x}"
+
+    def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
+        """Pays on ``device_metered_w`` (a missing entry: no reading, nothing delivered)."""
+        acts = self._open_activations(interval_id, batch_index, activations)
+        for a in acts:
+            metered = self.device_metered_w.get((a.offer["device"], interval_id))
+            delivered = flex.delivered_w(
+                a.offer["direction"], a.offer["baselineW"], a.activated_w, metered
+            )
+            paid = flex.payments(a.share0, a.share1, a.activated_w, delivered)
+            self._release(a, paid)
+        self.activation_batches[(interval_id, batch_index)] = (bytes(activations), "settled")
+        return "0x" + f"{next(self._tx):064x}"
+
+    def reclaim_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
+        for a in self._open_activations(interval_id, batch_index, activations):
+            self._release(a, (0, 0))
+        self.activation_batches[(interval_id, batch_index)] = (bytes(activations), "reclaimed")
+        return "0x" + f"{next(self._tx):064x}"
+
+    def _open_activations(
+        self, interval_id: int, batch_index: int, activations: bytes
+    ) -> list[flex.Activation]:
+        packed, state = self.activation_batches.get((interval_id, batch_index), (b"", "none"))
+        if state != "recorded":
+            raise BatchRevertedError(f"FlexBatchNotOpen({interval_id}, {batch_index}, {state})")
+        if packed != bytes(activations):
+            raise BatchRevertedError(f"FlexBatchCommitmentMismatch({interval_id}, {batch_index})")
+        return flex.unpack(packed)
+
+    def _release(self, a: flex.Activation, paid: tuple[int, int]) -> None:
+        provider = a.offer["provider"]
+        for payer, share, part in ((a.payer0, a.share0, paid[0]), (a.payer1, a.share1, paid[1])):
+            if share:
+                self.locked[payer] -= share
+                self.available[payer] += share - part
+                self.available[provider] = self.available.get(provider, 0) + part
+
     def health(self) -> dict[str, Any]:
         return {
             "reachable": True,
@@ -278,5 +356,6 @@ class MemoryLedger:
             "contracts": {
                 "EnergyMarket": self.market_address,
                 "ParticipantRegistry": self.registry_address,
+                "FlexibilityMarket": self.flex_address,
             },
         }

@@ -104,9 +104,7 @@ PointOf = Callable[[Mapping[int, float], Sequence[int]], OperatingPoint | None]
 def welfare(trades: Sequence[Candidate]) -> float:
     """Sum of (bid - ask) x kWh over ``trades`` in token base units, exact (``Clearing.welfare``
     is the stored figure: whole base units, rounded down)."""
-    return sum(
-        (c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades
-    )
+    return sum((c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades)
 
 
 def clear_optimal(

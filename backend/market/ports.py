@@ -88,6 +88,7 @@ class MarketLedger(Protocol):
     chain_id: int
     market_address: str
     registry_address: str
+    flex_address: str  # FlexibilityMarket: the FlexOffer's and FlexAttestation's EIP-712 domain
 
     def now(self) -> int:
         """The chain's clock (unix seconds), estimated without a round trip when possible."""
@@ -196,6 +197,32 @@ class MarketLedger(Protocol):
     ) -> str:
         """Register a device with the grid operator key; returns the transaction hash. A key in
         use raises ``DeviceInUseError``, the owner's bus mismatch ``WrongBusError``."""
+        ...
+
+    def remedy_cap(self, wallet: str) -> int:
+        """``FlexibilityMarket.remedyCapOf``: base units per kWh of a rescued trade the wallet
+        pays at most (0: its trades are never rescued)."""
+        ...
+
+    def record_activations(
+        self,
+        interval_id: int,
+        batch_index: int,
+        activations: bytes,
+        evidence_hash: str,
+        signature: str,
+    ) -> str:
+        """Send ``recordActivations`` of a packed batch (``backend.chain.flex.pack_batch``) with
+        the validator's FlexAttestation ``signature``; returns the transaction hash. A revert
+        raises ``BatchRevertedError`` with the decoded reason."""
+        ...
+
+    def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
+        """Send ``settleActivations`` of a recorded batch (the same packed bytes)."""
+        ...
+
+    def reclaim_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
+        """Send ``reclaimActivations`` of a recorded, unsettled batch after ``reclaimAfter``."""
         ...
 
     def health(self) -> dict[str, Any]: ...

@@ -76,6 +76,7 @@ class Market:
         self.events = events or EventBus()
         self.domain = typed.market_domain(ledger.chain_id, ledger.market_address)
         self.registry_domain = typed.registry_domain(ledger.chain_id, ledger.registry_address)
+        self.flex_domain = typed.flex_domain(ledger.chain_id, ledger.flex_address)
         self.intake = Intake(store, ledger, self.config, self.events, self.domain)
         self.clearing = Clearer(
             store, ledger, grid, self.config, self.events, self.domain, validator_key, self.intake
@@ -88,7 +89,7 @@ class Market:
             store, ledger, grid, self.events, self.registry_domain, self.intake
         )
         self.devices = Devices(store, ledger, grid, self.events, self.registry_domain, self.intake)
-        self.flex = FlexBook(store, ledger, self.events, self.domain, self.intake)
+        self.flex = FlexBook(store, ledger, self.events, self.flex_domain, self.intake)
 
     # ----------------------------------------------------------------- state
     def reload(self) -> None:
@@ -117,7 +118,13 @@ class Market:
     def template(self, primary_type: str = "Order") -> dict[str, Any]:
         if primary_type in ("ConnectionRequest", "DeviceRegistration"):
             return self.registry_domain.template(primary_type)
+        if primary_type == "FlexOffer":
+            return self.flex_domain.template(primary_type)
         return self.domain.template(primary_type)
+
+    def flex_template(self, primary_type: str = "FlexOffer") -> dict[str, Any]:
+        """A flexibility offer or its cancellation, in FlexibilityMarket's domain."""
+        return self.flex_domain.template(primary_type)
 
     def submit_order(
         self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None

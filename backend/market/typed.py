@@ -19,7 +19,12 @@ from typing import Any, ParamSpec, TypeVar
 
 from backend.chain import eip712
 from backend.chain.errors import SignatureError, TypedDataError
-from backend.chain.protocol import DOMAIN_VERSION, MARKET_DOMAIN_NAME, REGISTRY_DOMAIN_NAME
+from backend.chain.protocol import (
+    DOMAIN_VERSION,
+    FLEX_DOMAIN_NAME,
+    MARKET_DOMAIN_NAME,
+    REGISTRY_DOMAIN_NAME,
+)
 from backend.market.errors import BadSignatureError, InvalidOrderError
 
 P = ParamSpec("P")
@@ -53,6 +58,11 @@ def market_domain(chain_id: int, market_address: str) -> Domain:
 
 def registry_domain(chain_id: int, registry_address: str) -> Domain:
     return Domain(REGISTRY_DOMAIN_NAME, DOMAIN_VERSION, chain_id, registry_address)
+
+
+def flex_domain(chain_id: int, flex_address: str) -> Domain:
+    """FlexibilityMarket's domain: flexibility offers and their cancellations are signed in it."""
+    return Domain(FLEX_DOMAIN_NAME, DOMAIN_VERSION, chain_id, flex_address)
 
 
 address_bytes = _market_errors(eip712.address_bytes)

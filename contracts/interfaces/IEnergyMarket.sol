@@ -324,6 +324,15 @@ interface IEnergyMarket {
     /// @param batchIndex The batch given.
     error MarketTradeNotInBatch(bytes32 tradeId, uint64 intervalId, uint256 batchIndex);
 
+    /// @notice attachFlexibility by an account without the registry's DEFAULT_ADMIN_ROLE.
+    error MarketNotAdmin(address caller);
+    /// @notice attachFlexibility when a FlexibilityMarket is already attached (once only).
+    error MarketFlexibilityAttached(address flexibility);
+    /// @notice flexLock or flexRelease by another caller than the attached FlexibilityMarket.
+    error MarketNotFlexibility(address caller);
+
+    /// @notice The FlexibilityMarket that may lock and release balances was attached.
+    event FlexibilityAttached(address flexibility);
     /// @notice Tokens were deposited into `account`'s internal balance.
     event Deposited(address indexed account, uint256 amount);
     /// @notice Tokens were withdrawn from `account`'s available balance.
@@ -473,6 +482,18 @@ interface IEnergyMarket {
     /// @param intervalId The interval.
     /// @param batches The approved trade records of batches [settled so far, recorded), exactly as committed.
     function reclaim(uint64 intervalId, bytes[] calldata batches) external;
+
+    /// @notice Attach the FlexibilityMarket (the registry's DEFAULT_ADMIN_ROLE, once): the only caller of
+    /// `flexLock` and `flexRelease`. Balances stay here (one bank); it moves them as its rules say.
+    function attachFlexibility(address flexibility_) external;
+    /// @notice Lock `amount` of `payer`'s available balance (FlexibilityMarket only); reverts
+    /// `MarketAccountOwing` for an owing payer, `MarketInsufficientBalance(payer, available, amount)`.
+    function flexLock(address payer, uint256 amount) external;
+    /// @notice Release `amount` of `payer`'s locked balance (FlexibilityMarket only): `paid` of it to
+    /// `payee`'s available balance, the rest back to the payer's.
+    function flexRelease(address payer, uint256 amount, address payee, uint256 paid) external;
+    /// @notice The attached FlexibilityMarket (zero: none).
+    function flexibility() external view returns (address);
 
     /// @notice Internal balance of an account.
     function balanceOf(address account) external view returns (uint128 available, uint128 locked);

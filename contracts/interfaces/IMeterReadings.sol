@@ -60,6 +60,9 @@ interface IMeterReadings {
     /// @notice Readings of a batch were accepted (stored); `accepted` packs them, 28 bytes each:
     /// meter (20) | importWh (4) | exportWh (4). Identical resubmissions are not in it.
     event ReadingsSubmitted(uint64 indexed intervalId, bytes accepted);
+    /// @notice A device's reading was accepted (`submitDeviceReadings`): the device's own power, the
+    /// delivery of its flexibility activations.
+    event DeviceReadingSubmitted(address indexed device, uint64 indexed intervalId, uint64 importWh, uint64 exportWh);
     /// @notice A reading of a batch was skipped; `reason` is one of the codes above.
     event ReadingRejected(address indexed meter, uint64 indexed intervalId, uint8 reason);
 
@@ -79,10 +82,25 @@ interface IMeterReadings {
     /// @return accepted Number of readings stored by this call.
     function submitReadings(uint64 intervalId, bytes calldata readings) external returns (uint256 accepted);
 
-    /// @notice The reading of a meter's participant for an interval.
-    /// @param meter A meter key (its current participant is looked up).
+    /// @notice Submit device-signed readings of one ended interval (ORACLE_ROLE): the meters' 100-byte format
+    /// and `Reading` typed data with the device key in `meter`, signed by a registered device whose device
+    /// and owner are active (`deviceOf` in the registry). Same window, value limit, rejection codes
+    /// (UNKNOWN_METER: not a registered device) and one reading per device per interval; each accepted
+    /// reading emits `DeviceReadingSubmitted`. Apart from `submitReadings`, whose gas it leaves as it was.
+    /// @return accepted Number of readings stored by this call.
+    function submitDeviceReadings(uint64 intervalId, bytes calldata readings) external returns (uint256 accepted);
+
+    /// @notice The reading of a meter's participant, or of a device, for an interval.
+    /// @param meter A meter key (its current participant is looked up) or a device key.
     /// @param intervalId The interval.
     function readingOf(address meter, uint64 intervalId)
+        external
+        view
+        returns (uint64 importWh, uint64 exportWh, bool present);
+
+    /// @notice A device's own reading (`submitDeviceReadings`) for an interval, without the meter
+    /// lookup `readingOf` does first (what FlexibilityMarket's settlement reads).
+    function deviceReadingOf(address device, uint64 intervalId)
         external
         view
         returns (uint64 importWh, uint64 exportWh, bool present);

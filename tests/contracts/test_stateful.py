@@ -7,7 +7,10 @@ batches, settled in pages (trades firm, then every party's imbalance against the
 account: short parties pay or owe, long ones are paid, pro rata when the balancing account runs
 short), or - when a batch never came - reclaimed after the deadline. The grid operator changes the
 imbalance prices and the balancing account withdraws between steps; owing traders' batches are
-refused until a deposit or ``repayDebt`` pays the debt. A short run is part of the suite;
+refused until a deposit or ``repayDebt`` pays the debt. FlexibilityMarket's DSO activations (S2's
+battery, paid by the balancing account) lock their cost in EnergyMarket and are settled on the
+battery's reading when their interval closes: the same conservation covers them. A short run is
+part of the suite;
 ``TEGRID_LONG_STATEFUL=1`` runs >= 100,000 steps.
 """
 
@@ -19,13 +22,18 @@ from typing import Any, ClassVar
 
 import brownie
 import pytest
-from conftest import DELAY_S, DEPOSIT, DeployedLedger, norm
+from conftest import DELAY_S, DEPOSIT, FAR, DeployedLedger, norm
+from eth_account import Account
+from eth_utils import keccak
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from backend.chain import batches
+from backend.chain import batches, flex
 from backend.chain.protocol import BUY, SELL
+
+INTERVAL_S = 900
+BATTERY_KEY = "0x" + keccak(text="tegrid stateful battery").hex()
 
 LONG = os.environ.get("TEGRID_LONG_STATEFUL") == "1"
 
@@ -122,6 +130,7 @@ class LedgerMachine(RuleBasedStateMachine):
     ledger: DeployedLedger
     wallets: list[Any]
     stats: ClassVar[dict[str, int]] = {}
+    fm: Any = None  # the FlexibilityMarket (None: no flexibility rule)
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,6 +155,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open: list[tuple[bytes, str, str, int, int]] = []  # approved, unsettled trades of iv
         self.settled: set[bytes] = set()
         self.counted: set[tuple[str, int]] = set()
+        self.flex_pending: tuple[int, bytes, flex.Activation] | None = None  # recorded, unsettled
         self.head = _head()
 
     # ------------------------------------------------------------------ rules
@@ -275,14 +285,21 @@ class LedgerMachine(RuleBasedStateMachine):
         late=st.booleans(),
         twice=st.booleans(),
         page=st.integers(1, 3),
+        battery_wh=st.integers(0, 1_200),
     )
     def close_interval(
-        self, reports: list[tuple[int, int, int]], late: bool, twice: bool, page: int
+        self,
+        reports: list[tuple[int, int, int]],
+        late: bool,
+        twice: bool,
+        page: int,
+        battery_wh: int = 0,
     ) -> None:
         led = self.ledger
         iv = self.iv
         led.end_interval(iv, 3600 if late else 0)
         self.gate_passed = True
+        self._close_flex(iv, battery_wh)
         values = self.values  # readings already on chain for iv stay; the first one counts
         batch = []
         fresh = 0
@@ -357,6 +374,64 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open = []
         self._next_interval()
 
+    @rule(
+        activated_w=st.integers(1, 4_000), direction=st.integers(0, 1), price=st.integers(0, 10**6)
+    )
+    def activate(self, activated_w: int, direction: int, price: int) -> None:
+        """A DSO-service activation of S2's battery for iv: its cost locked from the balancing
+        account (refused once iv's gate passed, or when the balancing account lacks the funds)."""
+        if self.fm is None or self.flex_pending is not None:
+            return
+        led = self.ledger
+        dom = flex.domain(led.chain_id, self.fm.address)
+        provider = self.wallets[1]
+        self.nonce += 1
+        offer = {
+            "provider": provider.address, "device": Account.from_key(BATTERY_KEY).address,
+            "intervalId": self.iv, "direction": direction, "powerW": 4_000, "baselineW": 0,
+            "pricePerKWh": price, "nonce": self.nonce, "expiry": FAR,
+        }  # fmt: skip
+        cost = flex.cost(activated_w, price, INTERVAL_S)
+        sig = flex.sign_offer(led.trader_keys[provider.address], dom, offer)
+        act = flex.Activation(offer, sig, activated_w, self.ba, cost)
+        packed = act.pack()
+        attestation = flex.attest(led.validator_key, dom, self.iv, 0, packed, b"\x00" * 32)
+        args = (self.iv, 0, packed, b"\x00" * 32, attestation, {"from": led.operator})
+        if self.gate_passed or cost > self.avail[self.ba]:
+            with brownie.reverts():
+                self.fm.recordActivations(*args)
+            return
+        self.fm.recordActivations(*args)
+        self.avail[self.ba] -= cost
+        self.locked[self.ba] += cost
+        self.flex_pending = (self.iv, packed, act)
+        self.stats["activations"] = self.stats.get("activations", 0) + 1
+
+    def _close_flex(self, iv: int, exported_wh: int) -> None:
+        """iv has ended: the battery's reading goes in, the activation is settled on it once."""
+        if self.flex_pending is None or self.flex_pending[0] != iv:
+            return
+        led = self.ledger
+        _iv, packed, act = self.flex_pending
+        reading = batches.signed_reading(
+            BATTERY_KEY, led.chain_id, led.readings.address, act.offer["device"], iv, 0, exported_wh
+        )
+        led.readings.submitDeviceReadings(iv, reading, {"from": led.oracle})
+        tx = self.fm.settleActivations(iv, 0, packed, {"from": led.a[0]})
+        metered = flex.metered_w(0, exported_wh, INTERVAL_S)
+        delivered = flex.delivered_w(act.offer["direction"], 0, act.activated_w, metered)
+        paid = sum(flex.payments(act.share0, 0, act.activated_w, delivered))
+        assert norm(list(_events(tx, "ActivationSettled")[0].values()))[1:] == [
+            metered, delivered, paid, act.share0 - paid
+        ]  # fmt: skip
+        self.avail[self.ba] += act.share0 - paid
+        self.locked[self.ba] -= act.share0
+        self.avail[act.offer["provider"]] += paid
+        with brownie.reverts():  # settled once
+            self.fm.settleActivations(iv, 0, packed, {"from": led.a[0]})
+        self.flex_pending = None
+        self.stats["activations_settled"] = self.stats.get("activations_settled", 0) + 1
+
     def _reclaim(self, iv: int) -> None:
         """From reclaimAfter on: every open trade's escrow back to its buyer, nobody paid."""
         led = self.ledger
@@ -397,6 +472,22 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.ledger.token.balanceOf(self.ledger.market) == internal
 
 
+@pytest.fixture(scope="module")
+def flexibility(ledger: DeployedLedger, FlexibilityMarket: Any) -> Any:
+    """FlexibilityMarket attached to the market, S2 (accounts[6]) with a battery, a DSO budget."""
+    fm = FlexibilityMarket.deploy(
+        ledger.market, ledger.registry, ledger.readings, {"from": ledger.admin}
+    )
+    ledger.market.attachFlexibility(fm, {"from": ledger.admin})
+    s2 = ledger.a[6]
+    bus = int(ledger.registry.participantOf(s2)[2])
+    battery = Account.from_key(BATTERY_KEY).address
+    dso = {"from": ledger.dso}
+    ledger.registry.registerDevice(battery, s2, bus, 1, -5_000, 5_000, 10_000, dso)
+    fm.setDsoBudget(2**127, dso)
+    return fm
+
+
 def _run(ledger: DeployedLedger, parts: Any, examples: int, steps: int) -> None:
     """Every machine starts from the snapshot the calling test took once (brownie.chain.revert)."""
     LedgerMachine.ledger = ledger
@@ -413,8 +504,9 @@ def _run(ledger: DeployedLedger, parts: Any, examples: int, steps: int) -> None:
     )
 
 
-def test_stateful_ledger_short(ledger: DeployedLedger, parts: Any) -> None:
+def test_stateful_ledger_short(ledger: DeployedLedger, parts: Any, flexibility: Any) -> None:
     LedgerMachine.stats = {}
+    LedgerMachine.fm = flexibility
     brownie.chain.snapshot()
     _run(ledger, parts, examples=12, steps=40)
     print("stateful stats", LedgerMachine.stats)
@@ -423,9 +515,10 @@ def test_stateful_ledger_short(ledger: DeployedLedger, parts: Any) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not LONG, reason="set TEGRID_LONG_STATEFUL=1 for the >= 100,000-step run")
 def test_stateful_ledger_long(
-    ledger: DeployedLedger, parts: Any, capsys: pytest.CaptureFixture[str]
+    ledger: DeployedLedger, parts: Any, flexibility: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     LedgerMachine.stats = {}
+    LedgerMachine.fm = flexibility
     brownie.chain.snapshot()
     started = time.monotonic()
     while LedgerMachine.stats.get("steps", 0) < 100_000:
@@ -446,6 +539,7 @@ def test_foreign_revert_replay(ledger: DeployedLedger, parts: Any) -> None:
     LedgerMachine.ledger = ledger
     LedgerMachine.wallets = [parts.S1, parts.S2, parts.B1, parts.B2]
     LedgerMachine.stats = {}
+    LedgerMachine.fm = None
     brownie.chain.snapshot()
     m = LedgerMachine()
     half = DEPOSIT // 2

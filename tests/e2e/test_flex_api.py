@@ -219,8 +219,18 @@ def test_flex_offer_is_stored_and_listed(stack: dict[str, Any], battery: LocalAc
     assert out["status"] == "open"
     # the hash is the EIP-712 digest of the offer, as eth-account computes it
     template = c.get("/flex/eip712").json()
+    ledger = stack["market"].ledger
+    assert template["domain"] == {
+        "name": "tegrid FlexibilityMarket", "version": "1", "chainId": 31337,
+        "verifyingContract": ledger.flex_address,
+    }  # fmt: skip
     signable = Account.sign_typed_data(K[5], full_message={**template, "message": m})
     assert out["hash"] == "0x" + bytes(signable.message_hash).hex()
+    # the contract that will verify it at recording computes the same offer hash
+    fields = [f["name"] for f in template["types"]["FlexOffer"]]
+    args = [m[k] if k in ("provider", "device") else int(m[k]) for k in fields]
+    on_chain = ledger.flexibility.functions.offerHash(*args).call()
+    assert "0x" + bytes(on_chain).hex() == out["hash"]
     assert c.get("/flex", params={"interval": iv}).json() == [out]
     assert out in c.get("/flex", params={"provider": m["provider"]}).json()
     assert c.get(f"/flex/{out['hash']}").json() == out
@@ -264,8 +274,13 @@ def test_flex_offer_refusals_are_exact(stack: dict[str, Any], battery: LocalAcco
     for body, expected in cases:
         r = c.post("/flex", json=body)
         assert _problem(r) == expected, (body["message"], r.text)
-    assert c.post("/flex", json=wrong_domain).json()["detail"]["message"].startswith(
-        "the offer is signed for another domain; sign for 'tegrid EnergyMarket' v1 on chain 31337"
+    assert (
+        c.post("/flex", json=wrong_domain)
+        .json()["detail"]["message"]
+        .startswith(
+            "the offer is signed for another domain; sign for 'tegrid FlexibilityMarket' v1 "
+            "on chain 31337"
+        )
     )
     assert c.get("/flex", params={"interval": iv}).json() == []
     # the down direction within the limits, then its nonce again

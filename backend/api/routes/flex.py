@@ -40,10 +40,10 @@ def flex_template(
         ),
     ] = "eth_signTypedData_v4",
 ) -> dict[str, Any]:
-    """The typed-data template of a ``FlexOffer`` in the market's domain (as
-    ``/orders/eip712``); ``primaryType=Cancel`` the cancellation (``trader`` = the provider,
-    ``orderHash`` = the offer's hash)."""
-    template = market.template(primary_type)
+    """The typed-data template of a ``FlexOffer`` in FlexibilityMarket's domain (the contract
+    that verifies it when an activation is recorded); ``primaryType=Cancel`` the cancellation in
+    the same domain (``trader`` = the provider, ``orderHash`` = the offer's hash)."""
+    template = market.flex_template(primary_type)
     if wallet != "eth_signTypedData_v4":
         types = {k: v for k, v in template["types"].items() if k != "EIP712Domain"}
         template = {**template, "types": types}

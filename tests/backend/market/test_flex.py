@@ -77,7 +77,10 @@ def test_offer_nonce_cap_cancel_and_closed_interval(flex_market: Market) -> None
     with pytest.raises(TooManyOrdersError, match="2 open offers for interval"):
         m.submit_flex(**_offer(m, K[2], device, iv, 3))
     cancel = {"trader": first.provider, "orderHash": first.hash}
-    assert m.cancel_flex(first.hash, _sign(m, "Cancel", K[2], cancel)).status == "cancelled"
+    doc = {**m.flex_template("Cancel"), "message": cancel}
+    assert doc["domain"]["name"] == "tegrid FlexibilityMarket"
+    signed = Account.sign_typed_data(K[2], full_message=doc).signature.hex().removeprefix("0x")
+    assert m.cancel_flex(first.hash, "0x" + signed).status == "cancelled"
     m.submit_flex(**_offer(m, K[2], device, iv, 3))  # a cancelled offer frees its place ...
     with pytest.raises(NonceUsedError):  # ... not its nonce
         m.submit_flex(**_offer(m, K[2], device, iv + 1, 1))

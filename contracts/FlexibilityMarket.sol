@@ -1,0 +1,430 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {CompactSignature} from "./libraries/CompactSignature.sol";
+import {ACTIVATION_SIZE, PackedActivation, PackedActivationLibrary} from "./libraries/PackedActivation.sol";
+import {IEnergyMarket} from "./interfaces/IEnergyMarket.sol";
+import {IFlexibilityMarket} from "./interfaces/IFlexibilityMarket.sol";
+import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
+import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
+
+/// @title FlexibilityMarket
+/// @notice Activations of signed flexibility offers, attested by the grid validator, paid on metered
+/// delivery from funds locked in EnergyMarket (the one bank). See {IFlexibilityMarket}.
+contract FlexibilityMarket is EIP712, IFlexibilityMarket {
+    /// @inheritdoc IFlexibilityMarket
+    bytes32 public constant FLEX_OFFER_TYPEHASH = keccak256(
+        "FlexOffer(address provider,address device,uint64 intervalId,uint8 direction,uint32 powerW,int32 baselineW,uint128 pricePerKWh,uint256 nonce,uint64 expiry)"
+    );
+    /// @inheritdoc IFlexibilityMarket
+    bytes32 public constant FLEX_ATTESTATION_TYPEHASH =
+        keccak256("FlexAttestation(uint64 intervalId,uint32 batchIndex,bytes activations,bytes32 evidenceHash)");
+
+    bytes32 internal constant MARKET_OPERATOR_ROLE = keccak256("MARKET_OPERATOR_ROLE");
+    bytes32 internal constant VALIDATOR_ROLE = keccak256("VALIDATOR_ROLE");
+    bytes32 internal constant GRID_OPERATOR_ROLE = keccak256("GRID_OPERATOR_ROLE");
+    uint8 internal constant UP = 0;
+    uint8 internal constant DOWN = 1;
+    uint256 internal constant SECONDS_PER_HOUR = 3600;
+
+    IEnergyMarket public immutable market;
+    IParticipantRegistry public immutable registry;
+    IMeterReadings public immutable readings;
+    uint64 public immutable intervalSeconds;
+    address public immutable balancingAccount;
+
+    mapping(address account => uint128) private _remedyCaps;
+    uint128 private _dsoBudget;
+    mapping(uint64 intervalId => IntervalBook) private _books;
+    // One commitment per batch (no storage per activation); the state beside it in its own slot.
+    mapping(uint64 intervalId => mapping(uint256 batchIndex => bytes32)) private _commitments;
+    mapping(uint64 intervalId => mapping(uint256 batchIndex => BatchState)) private _states;
+
+    /// @dev A batch while it is recorded: the interval's cursor (copied from storage, written back once),
+    /// scratch memory for the offer hashes, and whether the interval's trades were checked.
+    struct Cursor {
+        bytes32 lastOffer;
+        bytes32 lastTrade;
+        uint256 usedW;
+        uint256 dsoSpent;
+        uint256 dsoBudget;
+        uint256 buf;
+        bytes32 domain;
+        bool tradesChecked;
+        address lockPayer; // the payer of the run of shares not yet locked
+        uint256 lockAmount; // what that run locks (one EnergyMarket call per run of one payer)
+    }
+
+    /// @param market_ The EnergyMarket holding every balance (it must attach this contract).
+    /// @param registry_ The market's registry.
+    /// @param readings_ The market's readings.
+    constructor(IEnergyMarket market_, IParticipantRegistry registry_, IMeterReadings readings_)
+        EIP712("tegrid FlexibilityMarket", "1")
+    {
+        if (address(market_) == address(0) || address(registry_) == address(0) || address(readings_) == address(0)) {
+            revert FlexInvalidConfig();
+        }
+        market = market_;
+        registry = registry_;
+        readings = readings_;
+        intervalSeconds = market_.intervalSeconds();
+        balancingAccount = market_.balancingAccount();
+    }
+
+    // ------------------------------------------------------------------ settings
+
+    /// @inheritdoc IFlexibilityMarket
+    function setRemedyCap(uint128 maxPerKWh) external {
+        _remedyCaps[msg.sender] = maxPerKWh;
+        emit RemedyCapSet(msg.sender, maxPerKWh);
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function setDsoBudget(uint128 budgetPerInterval) external {
+        if (!registry.hasRole(GRID_OPERATOR_ROLE, msg.sender)) revert FlexNotGridOperator(msg.sender);
+        _dsoBudget = budgetPerInterval;
+        emit DsoBudgetSet(budgetPerInterval);
+    }
+
+    // ------------------------------------------------------------------ recording
+
+    /// @inheritdoc IFlexibilityMarket
+    function recordActivations(
+        uint64 intervalId,
+        uint32 batchIndex,
+        bytes calldata activations,
+        bytes32 evidenceHash,
+        bytes calldata validatorSignature
+    ) external returns (bytes32 commitment) {
+        if (!registry.hasRole(MARKET_OPERATOR_ROLE, msg.sender)) revert FlexNotOperator(msg.sender);
+        if (activations.length == 0 || activations.length % ACTIVATION_SIZE != 0) {
+            revert FlexMalformedCalldata(activations.length);
+        }
+        uint256 closure = market.gateClosure(intervalId);
+        if (block.timestamp > closure) revert FlexGateClosed(intervalId, closure);
+        IntervalBook storage book = _books[intervalId];
+        if (batchIndex != book.batchCount) revert FlexBatchOutOfSequence(intervalId, book.batchCount, batchIndex);
+        commitment = keccak256(activations);
+        _checkAttestation(intervalId, batchIndex, commitment, evidenceHash, validatorSignature);
+
+        Cursor memory c = Cursor({
+            lastOffer: book.lastOfferHash,
+            lastTrade: book.lastTradeId,
+            usedW: book.lastOfferUsedW,
+            dsoSpent: book.dsoSpent,
+            dsoBudget: _dsoBudget,
+            buf: 0,
+            domain: _domainSeparatorV4(),
+            tradesChecked: false,
+            lockPayer: address(0),
+            lockAmount: 0
+        });
+        c.buf = _scratch();
+        uint256 base = _cdPtr(activations);
+        uint256 n = activations.length / ACTIVATION_SIZE;
+        for (uint256 i = 0; i < n; ++i) {
+            _record(intervalId, PackedActivationLibrary.at(base, i), c);
+        }
+        _flushLock(c);
+        (book.lastOfferHash, book.lastTradeId) = (c.lastOffer, c.lastTrade);
+        (book.lastOfferUsedW, book.dsoSpent, book.batchCount) = (uint64(c.usedW), uint128(c.dsoSpent), batchIndex + 1);
+        _commitments[intervalId][batchIndex] = commitment;
+        _states[intervalId][batchIndex] = BatchState.Recorded;
+        emit ActivationBatchRecorded(intervalId, batchIndex, commitment, uint32(n), evidenceHash);
+    }
+
+    function _checkAttestation(
+        uint64 intervalId,
+        uint32 batchIndex,
+        bytes32 activationsHash,
+        bytes32 evidenceHash,
+        bytes calldata signature
+    ) private view {
+        bytes32 digest = _hashTypedDataV4(
+            keccak256(abi.encode(FLEX_ATTESTATION_TYPEHASH, intervalId, batchIndex, activationsHash, evidenceHash))
+        );
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, signature);
+        if (err != ECDSA.RecoverError.NoError) signer = address(0);
+        if (signer == address(0) || !registry.hasRole(VALIDATOR_ROLE, signer)) {
+            revert FlexInvalidValidatorSignature(signer);
+        }
+    }
+
+    /// @dev One activation: its offer (checked once per offer), its place, its payers; locks the shares.
+    function _record(uint64 intervalId, PackedActivation a, Cursor memory c) private {
+        bytes32 offer = _offerDigest(a, c.buf, c.domain);
+        bytes32 tradeId = a.tradeId();
+        bytes32 id = keccak256(abi.encode(offer, tradeId));
+        if (offer == c.lastOffer) {
+            if (tradeId <= c.lastTrade) revert FlexActivationOutOfOrder(id);
+        } else {
+            if (offer < c.lastOffer) revert FlexActivationOutOfOrder(id);
+            _checkOffer(intervalId, a, offer);
+            c.lastOffer = offer;
+            c.usedW = 0;
+        }
+        c.lastTrade = tradeId;
+        if (block.timestamp > a.expiry()) revert FlexOfferExpired(offer, a.expiry());
+        uint256 activatedW = a.activatedW();
+        if (activatedW == 0) revert FlexZeroActivation(id);
+        c.usedW += activatedW;
+        if (c.usedW > a.powerW()) revert FlexOfferOverActivated(offer, c.usedW, a.powerW());
+        uint256 cost = _cost(activatedW, a.pricePerKWh());
+        (address payer0, address payer1) = (a.payer0(), a.payer1());
+        if (tradeId == bytes32(0)) {
+            if (payer0 != balancingAccount || payer1 != address(0)) revert FlexWrongPayers(id, payer0, payer1);
+            if (a.share0() != cost || a.share1() != 0) revert FlexSharesMismatch(id, cost, 0);
+            c.dsoSpent += cost;
+            if (c.dsoSpent > c.dsoBudget) revert FlexDsoBudgetExceeded(intervalId, c.dsoSpent, c.dsoBudget);
+        } else {
+            if (payer0 == address(0) || payer1 == address(0) || payer0 == payer1) {
+                revert FlexWrongPayers(id, payer0, payer1);
+            }
+            if (!c.tradesChecked) {
+                IEnergyMarket.IntervalState memory trades = market.intervalOf(intervalId);
+                if (trades.expectedBatches == 0 || trades.batchCount != trades.expectedBatches) {
+                    revert FlexTradesNotRecorded(intervalId);
+                }
+                c.tradesChecked = true;
+            }
+            _checkShares(id, a, cost);
+        }
+        _lock(c, payer0, a.share0());
+        _lock(c, payer1, a.share1());
+        emit ActivationRecorded(id, a.provider(), a.device(), intervalId, tradeId, uint32(activatedW), cost);
+    }
+
+    /// @dev Adds `amount` to the run of locks of `payer`, locking the previous run (another payer) first.
+    function _lock(Cursor memory c, address payer, uint256 amount) private {
+        if (amount == 0) return;
+        if (payer != c.lockPayer) {
+            _flushLock(c);
+            c.lockPayer = payer;
+        }
+        c.lockAmount += amount;
+    }
+
+    /// @dev Locks the current run in EnergyMarket (it refuses an owing payer or one short of funds).
+    function _flushLock(Cursor memory c) private {
+        if (c.lockAmount == 0) return;
+        market.flexLock(c.lockPayer, c.lockAmount);
+        c.lockAmount = 0;
+    }
+
+    /// @dev The offer's own checks (once per offer): interval, direction, signature, provider, device and limits.
+    function _checkOffer(uint64 intervalId, PackedActivation a, bytes32 offer) private view {
+        if (a.intervalId() != intervalId) revert FlexOfferIntervalMismatch(offer, a.intervalId());
+        if (a.direction() > DOWN) revert FlexInvalidDirection(offer, a.direction());
+        address provider = a.provider();
+        if (CompactSignature.recover(offer, a.r(), a.vs()) != provider) {
+            revert FlexInvalidOfferSignature(offer, provider);
+        }
+        if (!registry.isActive(provider)) revert FlexProviderInactive(provider);
+        IParticipantRegistry.Device memory d = registry.deviceOf(a.device());
+        if (d.owner != provider) revert FlexDeviceNotOwned(a.device(), d.owner);
+        if (!d.active) revert FlexDeviceInactive(a.device());
+        int256 baseline = a.baselineW();
+        int256 target = a.direction() == UP ? baseline + int256(uint256(a.powerW())) : baseline - int256(uint256(a.powerW()));
+        if (baseline < d.minW || baseline > d.maxW) revert FlexOutsideDeviceLimits(a.device(), baseline);
+        if (target < d.minW || target > d.maxW) revert FlexOutsideDeviceLimits(a.device(), target);
+    }
+
+    /// @dev A trade rescue's shares: the seller (payer0) half the cost (floor), the buyer the rest, each
+    /// within its remedy cap for the trade, the other taking over what a binding cap leaves.
+    function _checkShares(bytes32 id, PackedActivation a, uint256 cost) private view {
+        uint256 energyWh = a.tradeEnergyWh();
+        uint256 cap0 = uint256(_remedyCaps[a.payer0()]) * energyWh / 1000;
+        uint256 cap1 = uint256(_remedyCaps[a.payer1()]) * energyWh / 1000;
+        if (cap0 + cap1 < cost) revert FlexRemedyCapExceeded(id, cost, cap0 + cap1);
+        uint256 s0 = cost / 2;
+        if (s0 > cap0) s0 = cap0;
+        if (cost - s0 > cap1) s0 = cost - cap1;
+        if (a.share0() != s0 || a.share1() != cost - s0) revert FlexSharesMismatch(id, s0, cost - s0);
+    }
+
+    // ------------------------------------------------------------------ settlement
+
+    /// @inheritdoc IFlexibilityMarket
+    function settleActivations(uint64 intervalId, uint32 batchIndex, bytes calldata activations) external {
+        _openBatch(intervalId, batchIndex, activations);
+        uint256 endsAt = (uint256(intervalId) + 1) * intervalSeconds;
+        if (block.timestamp < endsAt) revert FlexSettlementNotReady(intervalId, endsAt);
+        uint256 reclaimAfter = market.reclaimAfter(intervalId);
+        if (block.timestamp >= reclaimAfter) revert FlexSettlementExpired(intervalId, reclaimAfter);
+        bool pastDeadline = block.timestamp >= market.settlementDeadline(intervalId);
+        _states[intervalId][batchIndex] = BatchState.Settled;
+        uint256 base = _cdPtr(activations);
+        uint256 n = activations.length / ACTIVATION_SIZE;
+        uint256 buf = _scratch();
+        bytes32 domain = _domainSeparatorV4();
+        for (uint256 i = 0; i < n; ++i) {
+            _settle(intervalId, PackedActivationLibrary.at(base, i), pastDeadline, buf, domain);
+        }
+        emit ActivationBatchClosed(intervalId, batchIndex, false);
+    }
+
+    /// @dev Pays one activation on its device's metered delivery (rule in {IFlexibilityMarket}).
+    function _settle(uint64 intervalId, PackedActivation a, bool pastDeadline, uint256 buf, bytes32 domain)
+        private
+    {
+        (int256 meteredW, uint256 deliveredW) = _delivered(intervalId, a, pastDeadline);
+        uint256 cost = uint256(a.share0()) + a.share1();
+        uint256 paid = cost * deliveredW / a.activatedW();
+        uint256 paid0 = cost == 0 ? 0 : uint256(a.share0()) * paid / cost;
+        if (a.share0() != 0) market.flexRelease(a.payer0(), a.share0(), a.provider(), paid0);
+        if (a.share1() != 0) market.flexRelease(a.payer1(), a.share1(), a.provider(), paid - paid0);
+        emit ActivationSettled(_activationId(a, buf, domain), meteredW, deliveredW, paid, cost - paid);
+    }
+
+    /// @dev The device's metered power (0 without a reading) and the power it delivered of the activation.
+    function _delivered(uint64 intervalId, PackedActivation a, bool pastDeadline)
+        private
+        view
+        returns (int256 meteredW, uint256 deliveredW)
+    {
+        (uint64 importWh, uint64 exportWh, bool present) = readings.deviceReadingOf(a.device(), intervalId);
+        if (!present) {
+            if (!pastDeadline) revert FlexSettlementNotReady(intervalId, market.settlementDeadline(intervalId));
+            return (0, 0);
+        }
+        meteredW = (int256(uint256(exportWh)) - int256(uint256(importWh))) * int256(SECONDS_PER_HOUR)
+            / int256(uint256(intervalSeconds));
+        int256 moved = a.direction() == UP ? meteredW - a.baselineW() : int256(a.baselineW()) - meteredW;
+        uint256 activatedW = a.activatedW();
+        if (moved > 0) deliveredW = uint256(moved) < activatedW ? uint256(moved) : activatedW;
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function reclaimActivations(uint64 intervalId, uint32 batchIndex, bytes calldata activations) external {
+        _openBatch(intervalId, batchIndex, activations);
+        uint256 reclaimAfter = market.reclaimAfter(intervalId);
+        if (block.timestamp < reclaimAfter) revert FlexReclaimNotReady(intervalId, reclaimAfter);
+        _states[intervalId][batchIndex] = BatchState.Reclaimed;
+        uint256 base = _cdPtr(activations);
+        uint256 n = activations.length / ACTIVATION_SIZE;
+        uint256 buf = _scratch();
+        bytes32 domain = _domainSeparatorV4();
+        for (uint256 i = 0; i < n; ++i) {
+            PackedActivation a = PackedActivationLibrary.at(base, i);
+            if (a.share0() != 0) market.flexRelease(a.payer0(), a.share0(), a.payer0(), 0);
+            if (a.share1() != 0) market.flexRelease(a.payer1(), a.share1(), a.payer1(), 0);
+            emit ActivationReclaimed(_activationId(a, buf, domain), uint256(a.share0()) + a.share1());
+        }
+        emit ActivationBatchClosed(intervalId, batchIndex, true);
+    }
+
+    /// @dev A recorded, not yet closed batch whose commitment `activations` matches.
+    function _openBatch(uint64 intervalId, uint32 batchIndex, bytes calldata activations) private view {
+        BatchState state = _states[intervalId][batchIndex];
+        if (state != BatchState.Recorded) revert FlexBatchNotOpen(intervalId, batchIndex, state);
+        if (keccak256(activations) != _commitments[intervalId][batchIndex]) {
+            revert FlexBatchCommitmentMismatch(intervalId, batchIndex);
+        }
+    }
+
+    // ------------------------------------------------------------------ views and hashing
+
+    /// @inheritdoc IFlexibilityMarket
+    function remedyCapOf(address account) external view returns (uint128) {
+        return _remedyCaps[account];
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function dsoBudget() external view returns (uint128) {
+        return _dsoBudget;
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function intervalBookOf(uint64 intervalId) external view returns (IntervalBook memory) {
+        return _books[intervalId];
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function batchOf(uint64 intervalId, uint32 batchIndex) external view returns (bytes32, BatchState) {
+        return (_commitments[intervalId][batchIndex], _states[intervalId][batchIndex]);
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function offerHash(
+        address provider,
+        address device,
+        uint64 intervalId,
+        uint8 direction,
+        uint32 powerW,
+        int32 baselineW,
+        uint128 pricePerKWh,
+        uint256 nonce,
+        uint64 expiry
+    ) external view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(
+                abi.encode(
+                    FLEX_OFFER_TYPEHASH,
+                    provider,
+                    device,
+                    intervalId,
+                    direction,
+                    powerW,
+                    baselineW,
+                    pricePerKWh,
+                    nonce,
+                    expiry
+                )
+            )
+        );
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function attestationDigest(uint64 intervalId, uint32 batchIndex, bytes calldata activations, bytes32 evidenceHash)
+        external
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(
+            keccak256(
+                abi.encode(FLEX_ATTESTATION_TYPEHASH, intervalId, batchIndex, keccak256(activations), evidenceHash)
+            )
+        );
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function costOf(uint32 activatedW, uint128 pricePerKWh) external view returns (uint256) {
+        return _cost(activatedW, pricePerKWh);
+    }
+
+    function _cost(uint256 activatedW, uint256 pricePerKWh) private view returns (uint256) {
+        // 32-bit W x 64-bit seconds x 128-bit price stays far below 2^256
+        return activatedW * intervalSeconds / SECONDS_PER_HOUR * pricePerKWh / 1000;
+    }
+
+    /// @dev The offer's EIP-712 digest, hashed in scratch memory at `buf` (0x140 + 0x42 bytes).
+    function _offerDigest(PackedActivation a, uint256 buf, bytes32 domain) private pure returns (bytes32 digest) {
+        bytes32 structHash = a.structHash(FLEX_OFFER_TYPEHASH, buf);
+        assembly ("memory-safe") {
+            mstore(add(buf, 0x140), hex"1901")
+            mstore(add(buf, 0x142), domain)
+            mstore(add(buf, 0x162), structHash)
+            digest := keccak256(add(buf, 0x140), 0x42)
+        }
+    }
+
+    function _activationId(PackedActivation a, uint256 buf, bytes32 domain) private pure returns (bytes32) {
+        return keccak256(abi.encode(_offerDigest(a, buf, domain), a.tradeId()));
+    }
+
+    /// @dev 0x1a0 bytes of memory allocated for the offer hashing.
+    function _scratch() private pure returns (uint256 buf) {
+        assembly ("memory-safe") {
+            buf := mload(0x40)
+            mstore(0x40, add(buf, 0x1a0))
+        }
+    }
+
+    function _cdPtr(bytes calldata data) private pure returns (uint256 p) {
+        assembly ("memory-safe") {
+            p := data.offset
+        }
+    }
+}
