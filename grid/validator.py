@@ -61,7 +61,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandapower as pp
 
-from grid.acmodel import ACModel, refuse_unmodeled
+from grid.acmodel import ACModel, Measures, refuse_unmodeled
 from grid.basestate import BaseState, BaseStates, max_or_none
 from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
@@ -93,7 +93,7 @@ from grid.results import (
     ValidationStats,
 )
 from grid.session import RELINEARIZE_PU, Session
-from grid.verdicts import Limits, Reason, Trade, Verdict
+from grid.verdicts import Activation, Limits, Reason, Trade, Verdict
 
 __all__ = [
     "BATCH_SIZE",
@@ -158,9 +158,9 @@ class GridValidator:
         self._nominal = nominal_values(net)
         self._bases = BaseStates(net, self._nominal, self.limits, self.network_name)
         self.reuse = bool(reuse)
-        self._prefixes: OrderedDict[int, tuple[BaseState, tuple[Trade, ...], Session]] = (
-            OrderedDict()
-        )
+        self._prefixes: OrderedDict[
+            int, tuple[BaseState, tuple[Activation, ...], tuple[Trade, ...], Session]
+        ] = OrderedDict()
         self._prefix_seq = 0
 
     # ----------------------------------------------------------------- network facts
@@ -208,11 +208,20 @@ class GridValidator:
         trades: Sequence[Trade],
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        activations: Sequence[Activation] = (),
     ) -> ValidationResult:
         """Verdicts for ``trades`` in priority order (first = highest) under the "do no harm"
-        rule."""
+        rule.
+
+        ``activations`` (flexibility bought for the interval) are decided first, as one set:
+        each malformed one (zero or non-finite power, unknown bus, repeated id) is refused by
+        itself; the others are approved together iff the base state plus all of them passes the
+        rule, and then the trades are validated on that state, "do no harm" measured against it
+        (its limit set: never looser than the base state's, since it passed that). Refused, they
+        all carry the set's violation and the trades are validated on the base state alone."""
         base = self._base(interval, interval_seconds)
         trades = list(trades)
+        activations = list(activations)
         verdicts: list[Verdict | None] = [None] * len(trades)
         seen: set[str] = set()
         valid: list[tuple[int, Trade]] = []
@@ -227,6 +236,7 @@ class GridValidator:
                 verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED, source="input")
             else:
                 valid.append((pos, trade))
+        act_verdicts, start_state = self._apply_activations(base, activations, known)
         if base.model is None or base.measures is None or base.limitset is None:
             for pos, trade in valid:
                 verdicts[pos] = Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
@@ -239,6 +249,8 @@ class GridValidator:
                 verdicts=final,
                 vm_pu=np.zeros(0),
                 loading_percent=np.zeros(0),
+                activations=activations,
+                activation_verdicts=act_verdicts,
             )
             return ValidationResult(
                 self.network_name,
@@ -251,10 +263,16 @@ class GridValidator:
                 None,
                 None,
                 None,
+                activation_verdicts=act_verdicts,
             )
-        start, resumed = self._resume(base, trades)
+        applied = tuple(activations) if start_state is not None else ()
+        start, resumed = self._resume(base, applied, trades)
         if resumed is None:
-            session = Session(base.model, base.measures, base.limitset, self.batch_size)
+            if start_state is None:
+                session = Session(base.model, base.measures, base.limitset, self.batch_size)
+            else:
+                S_act, me_act, limits_act = start_state
+                session = Session(base.model, me_act, limits_act, self.batch_size, S_act)
         else:
             session = resumed.resume()
         todo = valid if start == 0 else [(pos, trade) for pos, trade in valid if pos >= start]
@@ -270,7 +288,7 @@ class GridValidator:
                     points.append((pos, snap))  # the next round may drop this vetoed trade
             if self.reuse:
                 points.append((len(trades), session.snapshot()))
-                self._remember(base, trades, points)
+                self._remember(base, applied, trades, points)
             session.flush(final=True)
         for pos, verdict in session.log:  # each position is logged once
             verdicts[pos] = verdict
@@ -285,6 +303,8 @@ class GridValidator:
             verdicts=final,
             vm_pu=state.vm_pu,
             loading_percent=state.loading_percent,
+            activations=activations,
+            activation_verdicts=act_verdicts,
         )
         return ValidationResult(
             network=self.network_name,
@@ -298,18 +318,73 @@ class GridValidator:
             max_line_loading_percent=max_or_none(state.loading_percent[:n_lines]),
             max_trafo_loading_percent=max_or_none(state.loading_percent[n_lines:]),
             stats=session.stats(len(trades), start),
+            activation_verdicts=act_verdicts,
         )
 
-    def _resume(self, base: BaseState, trades: list[Trade]) -> tuple[int, Session | None]:
-        """The longest prefix of ``trades`` an earlier ``validate`` on this base state left a
-        session snapshot after: (its length, the snapshot), or (0, None)."""
+    def _apply_activations(
+        self, base: BaseState, activations: list[Activation], known: object
+    ) -> tuple[list[Verdict], tuple[np.ndarray, Measures, LimitSet] | None]:
+        """The activations' verdicts and, when they are applied, the state trades start from:
+        (injections, AC measures, limit set). See ``validate``."""
+        if not activations:
+            return [], None
+        verdicts: list[Verdict | None] = [None] * len(activations)
+        seen: set[str] = set()
+        good: list[int] = []
+        for k, act in enumerate(activations):
+            bad = _activation_input_verdict(act, known, seen)
+            if bad is None:
+                good.append(k)
+            else:
+                verdicts[k] = bad
+        model, measures, limitset = base.model, base.measures, base.limitset
+        start: tuple[np.ndarray, Measures, LimitSet] | None = None
+        refusal: Violation | None = None
+        if model is None or measures is None or limitset is None:
+            refusal = Violation(Reason.NOT_CONVERGED, "base state", None, None)
+        elif good:
+            delta: dict[int, float] = {}
+            for k in good:
+                bus = int(activations[k].bus)
+                delta[bus] = delta.get(bus, 0.0) + float(activations[k].p_kw)
+            S = model.Sbus0 + model.injection(delta)
+            with np.errstate(all="ignore"):
+                V = model.solve_checked(S, measures.V, measures.V)
+            if isinstance(V, Violation):
+                refusal = V
+            else:
+                me = model.measure(V)
+                refusal = limitset.check(me.vm_pu, me.loading_percent)
+                if refusal is None:
+                    start = (
+                        S,
+                        me,
+                        LimitSet(self.limits, model.monitored, me.vm_pu, me.loading_percent),
+                    )
+        for k in good:
+            act = activations[k]
+            verdicts[k] = (
+                Verdict(act.id, True, Reason.APPROVED)
+                if refusal is None
+                else Verdict(
+                    act.id, False, refusal.reason, refusal.element, refusal.value, refusal.limit
+                )
+            )
+        return [v for v in verdicts if v is not None], start
+
+    def _resume(
+        self, base: BaseState, applied: tuple[Activation, ...], trades: list[Trade]
+    ) -> tuple[int, Session | None]:
+        """The longest prefix of ``trades`` an earlier ``validate`` on this base state (with the
+        same applied activations) left a session snapshot after: (its length, the snapshot), or
+        (0, None)."""
         if not self.reuse:
             return 0, None
         n_trades = len(trades)
         candidates = [
             (len(prefix), key, prefix, snap)
-            for key, (owner, prefix, snap) in self._prefixes.items()
-            if owner is base and len(prefix) <= n_trades
+            for key, (owner, acts, prefix, snap) in self._prefixes.items()
+            if owner is base and acts == applied and len(prefix) <= n_trades
         ]
         # Longest first (the oldest of equal length first, as stored): the first match wins.
         candidates.sort(key=lambda c: -c[0])
@@ -320,13 +395,17 @@ class GridValidator:
         return 0, None
 
     def _remember(
-        self, base: BaseState, trades: list[Trade], points: list[tuple[int, Session]]
+        self,
+        base: BaseState,
+        applied: tuple[Activation, ...],
+        trades: list[Trade],
+        points: list[tuple[int, Session]],
     ) -> None:
         for n, snap in points:
             if n == 0:
                 continue
             self._prefix_seq += 1
-            self._prefixes[self._prefix_seq] = (base, tuple(trades[:n]), snap)
+            self._prefixes[self._prefix_seq] = (base, applied, tuple(trades[:n]), snap)
         while len(self._prefixes) > PREFIX_CACHE:
             self._prefixes.popitem(last=False)
 
@@ -375,14 +454,16 @@ class GridValidator:
         trades: Sequence[Trade] = (),
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        activations: Sequence[Activation] = (),
     ) -> GridStatus:
-        """AC state of the base state plus ``trades`` (normally the approved ones), all applied."""
+        """AC state of the base state plus ``trades`` (normally the approved ones) and
+        ``activations``, all applied."""
         base = self._base(interval, interval_seconds)
         model = base.model
         if model is None:
             return GridStatus(self.network_name, interval, False, self.buses(), [], [], [], [], [])
         mon = model.monitored
-        solved = self._solve_trades(model, trades)
+        solved = self._solve_trades(model, trades, activations)
         if solved is None:
             return GridStatus(
                 self.network_name, interval, False, mon.buses.tolist(), [], [], [], [], []
@@ -409,6 +490,7 @@ class GridValidator:
         trades: Sequence[Trade] = (),
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        activations: Sequence[Activation] = (),
     ) -> EnergyBalance:
         """Power balance of the base state plus ``trades``, all applied, from the same AC power
         flow as ``grid_status``: the external grid's share (the slack buses' injection beyond
@@ -418,10 +500,12 @@ class GridValidator:
         base = self._base(interval, interval_seconds)
         trades = list(trades)
         traded_kw = sum(float(t.p_kw) for t in trades)
-        generation_kw = base.summary.pv_kw + traded_kw
-        consumption_kw = base.summary.load_kw + traded_kw
+        up_kw = sum(max(float(a.p_kw), 0.0) for a in activations)
+        down_kw = sum(max(-float(a.p_kw), 0.0) for a in activations)
+        generation_kw = base.summary.pv_kw + traded_kw + up_kw
+        consumption_kw = base.summary.load_kw + traded_kw + down_kw
         model = base.model
-        solved = None if model is None else self._solve_trades(model, trades)
+        solved = None if model is None else self._solve_trades(model, trades, activations)
         if model is None or solved is None:
             nan = float("nan")
             return EnergyBalance(
@@ -446,11 +530,16 @@ class GridValidator:
         )
 
     def _solve_trades(
-        self, model: ACModel, trades: Sequence[Trade]
+        self, model: ACModel, trades: Sequence[Trade], activations: Sequence[Activation] = ()
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The base state's injections plus ``trades`` (all applied) and the AC voltages there,
-        or None when the flow has no plausible solution (``ACModel.solve_checked``)."""
+        """The base state's injections plus ``trades`` and ``activations`` (all applied) and the
+        AC voltages there, or None when the flow has no plausible solution
+        (``ACModel.solve_checked``)."""
         delta: dict[int, float] = {}
+        for act in activations:
+            if act.bus not in model.ppci_of_bus:
+                raise TradeInputError(f"activation {act.id!r}: bus {act.bus} is not in the network")
+            delta[act.bus] = delta.get(act.bus, 0.0) + float(act.p_kw)
         for trade in trades:
             for bus, sign in ((trade.seller_bus, 1.0), (trade.buyer_bus, -1.0)):
                 if bus not in model.ppci_of_bus:
@@ -500,6 +589,24 @@ def _input_verdict(trade: Trade, known: object, seen: set[str]) -> Verdict | Non
     for bus in (seller, buyer):
         if int(bus) not in known:  # type: ignore[operator]
             return Verdict(tid, False, Reason.UNKNOWN_BUS, f"bus {int(bus)}", source="input")
+    return None
+
+
+def _activation_input_verdict(act: Activation, known: object, seen: set[str]) -> Verdict | None:
+    """INVALID_TRADE (repeated id, zero or non-finite power, a bus that is no integer) or
+    UNKNOWN_BUS for an activation, as ``_input_verdict`` for trades."""
+    aid = str(act.id)
+    if aid in seen:
+        return Verdict(aid, False, Reason.INVALID_TRADE, "id", source="input")
+    seen.add(aid)
+    p = act.p_kw
+    if isinstance(p, bool) or not isinstance(p, int | float) or not math.isfinite(p) or p == 0:
+        return Verdict(aid, False, Reason.INVALID_TRADE, "p_kw", source="input")
+    bus = act.bus
+    if isinstance(bus, bool) or not isinstance(bus, int | np.integer):
+        return Verdict(aid, False, Reason.INVALID_TRADE, "bus", source="input")
+    if int(bus) not in known:  # type: ignore[operator]
+        return Verdict(aid, False, Reason.UNKNOWN_BUS, f"bus {int(bus)}", source="input")
     return None
 
 

@@ -39,6 +39,18 @@ class Trade:
 
 
 @dataclass(frozen=True)
+class Activation:
+    """A flexibility activation as the grid sees it: ``p_kw`` extra injection at ``bus`` for the
+    interval (positive injects, negative consumes: an up activation of a device is ``+p_kw``, a
+    down one ``-p_kw``). ``id`` is the market's activation id (0x hex); the network's slack
+    balances it, as it balances a trade's losses."""
+
+    id: str
+    bus: int
+    p_kw: float
+
+
+@dataclass(frozen=True)
 class Limits:
     """Operating limits. Where the base state is already outside a limit, "no worse than base"
     applies
