@@ -11,8 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.chain import protocol
+from backend.market.activations import FlexInput
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.optimal import OptimizationError, clear_optimal
+from backend.market.remedy import remedy
 from backend.settings import CLEARING_METHODS
 from grid.operating import OperatingPoint
 from grid.validator import GridValidator
@@ -105,26 +107,46 @@ class GridPortAdapter:
             str(result.evidence_hash),
         )
 
-    def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
+    def clear(
+        self, interval_id: int, book: Sequence[BookOrder], flex: FlexInput | None = None
+    ) -> Clearing:
         """The optimal clearing (``backend.market.optimal``), or the greedy merit order when so
-        configured or when a program fails (``Clearing.method`` says which and why)."""
+        configured or when a program fails (``Clearing.method`` says which and why); then, with
+        ``flex`` offers, the remedies (``backend.market.remedy``: DSO service, rescued trades,
+        ``Clearing.activations``)."""
         validate = functools.partial(self.validate, interval_id)
         if self.clearing == "greedy":
-            return clear(book, validate)
+            result = clear(book, validate)
+        else:
+            try:
+                result = clear_optimal(
+                    book,
+                    validate,
+                    functools.partial(self.operating_point, interval_id),
+                    self.interval_seconds,
+                )
+            except OptimizationError as exc:
+                log.warning(
+                    "interval %s: optimal clearing failed (%s); greedy clearing", interval_id, exc
+                )
+                result = clear(book, validate)
+                result.method = f"greedy (fallback: {exc})"
+        if flex is None or not flex.offers:
+            return result
         try:
-            return clear_optimal(
-                book,
-                validate,
+            remedied, stats = remedy(
+                result,
+                flex,
                 functools.partial(self.operating_point, interval_id),
+                functools.partial(self.validate_activations, interval_id),
                 self.interval_seconds,
+                self.validator.limits,
             )
         except OptimizationError as exc:
-            log.warning(
-                "interval %s: optimal clearing failed (%s); greedy clearing", interval_id, exc
-            )
-            result = clear(book, validate)
-            result.method = f"greedy (fallback: {exc})"
+            log.warning("interval %s: remedy search failed (%s); no activations", interval_id, exc)
             return result
+        log.info("interval %s: remedies %s", interval_id, stats)
+        return remedied
 
     def operating_point(
         self, interval_id: int, injections_kw: Mapping[int, float], buses: Sequence[int]

@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from backend.market.activations import FlexInput
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision
 from backend.market.errors import GridUnavailableError
 from backend.market.grid_port import GridPortAdapter
@@ -100,9 +101,12 @@ class GridProcess:
                     ) from None
         raise AssertionError("unreachable")
 
-    def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
-        """The whole clearing of ``book`` (``GridPortAdapter.clear``) in the worker."""
-        result: Clearing = self._run(_call, "clear", interval_id, list(book))
+    def clear(
+        self, interval_id: int, book: Sequence[BookOrder], flex: FlexInput | None = None
+    ) -> Clearing:
+        """The whole clearing of ``book`` (``GridPortAdapter.clear``, remedies included) in
+        the worker."""
+        result: Clearing = self._run(_call, "clear", interval_id, list(book), flex)
         return result
 
     def validate(
