@@ -64,6 +64,8 @@ class MemoryLedger:
         self._tx = itertools.count(1)
         self.calls: list[str] = []
         self.devices: dict[str, Device] = {}
+        self.remedy_caps: dict[str, int] = {}  # wallet -> base units per kWh (setRemedyCap)
+        self.balancing = ""  # the balancing account (EnergyMarket.balancingAccount)
 
     def now(self) -> int:
         return int(time.time()) + self.clock_offset
@@ -110,6 +112,12 @@ class MemoryLedger:
 
     def debt_of(self, wallet: str) -> int:
         return self.debts.get(wallet, 0)
+
+    def remedy_cap(self, wallet: str) -> int:
+        return self.remedy_caps.get(wallet, 0)
+
+    def balancing_account(self) -> str:
+        return self.balancing
 
     def nonce_cancelled(self, trader: str, nonce: int) -> bool:
         return (trader, nonce) in self.cancelled

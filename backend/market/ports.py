@@ -199,6 +199,17 @@ class MarketLedger(Protocol):
         use raises ``DeviceInUseError``, the owner's bus mismatch ``WrongBusError``."""
         ...
 
+    def remedy_cap(self, wallet: str) -> int:
+        """The most ``wallet`` pays for remedies per kWh of a rescued trade of its (base units;
+        ``FlexibilityMarket.setRemedyCap``, set by the participant itself). 0 - the default -
+        never pays, so its trades are never rescued."""
+        ...
+
+    def balancing_account(self) -> str:
+        """The account that pays the DSO service's activations
+        (``EnergyMarket.balancingAccount``)."""
+        ...
+
     def health(self) -> dict[str, Any]: ...
 
 
