@@ -13,6 +13,8 @@ weight: the sensitivities say which buses relieve.
 
 The trade is approved with its activations only when
 
+* what is left of both its orders after the approved (and rescued) trades still holds it (the
+  clearing pairs an order again after a veto: such a candidate is no lost trade),
 * its gain exceeds the remedy's cost (each activation ``floor(floor(W x s / 3600) x price /
   1000)`` base units: the trades' escrow formula),
 * the payers can pay: the two parties split the cost equally (seller ``floor(cost / 2)``, buyer the
@@ -29,7 +31,9 @@ it inside the nominal limits, within ``dso_budget`` base units and the balancing
 available balance, trade id bytes32(0), before any rescue.
 
 The final list is the approved trades (in their order), the rescued ones (in rescue order), then
-the remaining vetoed ones; its validation with every activation is the evidence. Deterministic:
+the remaining vetoed ones - less any that the activations would let through without paying for
+them (left out of the list, ``RemedyStats.left_out``); its validation with every activation is
+the evidence. Deterministic:
 fixed column order (offer sequence), single-threaded HiGHS, whole W (rounded up, within the
 offer), a fixed number of points: the same book and offers give the same activations bit for bit.
 """
@@ -61,7 +65,7 @@ from grid.operating import OperatingPoint
 from grid.verdicts import Activation, Limits
 
 # AC operating points per remedy program (the first is the set's own state).
-MAX_POINTS = 6
+MAX_POINTS = 4
 # A column below this (W) is no activation.
 MIN_W = 0.5
 
@@ -85,6 +89,7 @@ class RemedyStats:
     refused_funds: int = 0  # a payer's balance is short
     refused_grid: int = 0  # no program answer, or the validator did not confirm it
     dso_activations: int = 0
+    left_out: int = 0  # vetoed candidates the activations would let through unpaid: dropped
 
 
 def gain_exceeds(c: Candidate, cost: int) -> bool:
@@ -119,6 +124,8 @@ class _Search:
         for c in self.approved:
             self.spent[c.buy.trader.lower()] += protocol.escrow_of(c.energy_wh, c.price_per_kwh)
         self.stats = RemedyStats()
+        self.room: dict[str, int] = {}
+        self._reference: tuple[tuple[int, int], OperatingPoint | None] | None = None
         self.evidence = clearing.evidence_hash
         self.decisions: list[Decision] | None = None
 
@@ -301,11 +308,23 @@ class _Search:
 
     # ------------------------------------------------------------------ rescues
     def rescue_all(self) -> None:
+        # What is left of each order after the approved trades: a vetoed candidate whose orders
+        # another trade has filled since (the clearing pairs an order again after a veto) is
+        # no lost trade.
+        for c in self.approved:
+            for o in (c.sell, c.buy):
+                self.room[o.hash] = self.room.get(o.hash, o.energy_wh) - c.energy_wh
         for c in self.vetoed:
-            if c.buy.price_per_kwh <= c.sell.price_per_kwh:
+            if c.buy.price_per_kwh <= c.sell.price_per_kwh or not self._fits(c):
                 continue
             self.stats.candidates += 1
             self._rescue(c)
+            if self.rescued and self.rescued[-1] is c:
+                for o in (c.sell, c.buy):
+                    self.room[o.hash] = self.room.get(o.hash, o.energy_wh) - c.energy_wh
+
+    def _fits(self, c: Candidate) -> bool:
+        return all(self.room.get(o.hash, o.energy_wh) >= c.energy_wh for o in (c.sell, c.buy))
 
     def _rescue(self, c: Candidate) -> None:
         flex = self.flex
@@ -317,9 +336,13 @@ class _Search:
             return
         before = [*self.approved, *self.rescued]
         base_fixed = self._fixed()
-        buses = sorted(set(base_fixed) | {c.sell.bus, c.buy.bus} | {o.bus for o in flex.offers})
-        reference = self.point(base_fixed, buses)
-        self.stats.points += 1
+        # The state without this trade: the same for every candidate until one is rescued.
+        key = (len(self.rescued), len(self.activations))
+        if self._reference is None or self._reference[0] != key:
+            buses = sorted(set(base_fixed) | {o.bus for o in flex.offers})
+            self._reference = (key, self.point(base_fixed, buses))
+            self.stats.points += 1
+        reference = self._reference[1]
         if reference is None:
             self.stats.refused_grid += 1
             return
@@ -369,15 +392,24 @@ class _Search:
             return clearing
         rescued = {id(c) for c in self.rescued}
         rest = [c for c in self.vetoed if id(c) not in rescued]
-        final = [*self.approved, *self.rescued, *rest]
-        got, act_got, digest = self.validate(final, [a.grid() for a in self.activations])
-        if any(not d.approved for d in got[: len(self.approved) + len(self.rescued)]) or any(
-            not d.approved for d in act_got
-        ):
-            # The last confirmation covered this list's prefix with the same activations; the
-            # vetoed ones behind it cannot change it. Never reached unless the validator is not
-            # deterministic - keep the clearing's own answer then.
-            return clearing
+        grid = [a.grid() for a in self.activations]
+        n = len(self.approved) + len(self.rescued)
+        while True:
+            final = [*self.approved, *self.rescued, *rest]
+            got, act_got, digest = self.validate(final, grid)
+            if any(not d.approved for d in got[:n]) or any(not d.approved for d in act_got):
+                # The last confirmation covered this prefix with the same activations and the
+                # vetoed ones behind it cannot change it: never reached unless the validator is
+                # not deterministic - the clearing's own answer stands then.
+                return clearing
+            # A vetoed candidate the activations bought for others would now let through is
+            # left out: it would ride on remedies it does not pay for (and its orders may have
+            # been filled since). Dropping one at the list's end changes no verdict before it.
+            freed = {id(c) for c, d in zip(rest, got[n:], strict=True) if d.approved}
+            if not freed:
+                break
+            self.stats.left_out += len(freed)
+            rest = [c for c in rest if id(c) not in freed]
         out = dataclasses.replace(clearing)
         out.trades = list(zip(final, got, strict=True))
         out.evidence_hash = digest
