@@ -13,6 +13,8 @@ weight: the sensitivities say which buses relieve.
 
 The trade is approved with its activations only when
 
+* it needs at least one activation of its own (a candidate that would pass on the remedies
+  bought for others is left as it is: remedies never approve a trade that pays for none),
 * what is left of both its orders after the approved (and rescued) trades still holds it (the
   clearing pairs an order again after a veto: such a candidate is no lost trade),
 * its gain exceeds the remedy's cost (each activation ``floor(floor(W x s / 3600) x price /
@@ -89,7 +91,8 @@ class RemedyStats:
     refused_funds: int = 0  # a payer's balance is short
     refused_grid: int = 0  # no program answer, or the validator did not confirm it
     dso_activations: int = 0
-    left_out: int = 0  # vetoed candidates the activations would let through unpaid: dropped
+    # Vetoed candidates that would pass on activations bought for others, paying none: left out
+    left_out: int = 0
 
 
 def gain_exceeds(c: Candidate, cost: int) -> bool:
@@ -349,6 +352,11 @@ class _Search:
         fills = self._program(self._fixed([c]), reference, False, base_fixed)
         if fills is None:
             self.stats.refused_grid += 1
+            return
+        if not fills:
+            # It fits without an activation of its own: on the remedies bought for others (or
+            # on the clearing's order). Remedies never approve a trade that pays for none.
+            self.stats.left_out += 1
             return
         tid = protocol.trade_id_hex(c.sell.hash, c.buy.hash)
         plan = self._plan(fills, tid)
