@@ -129,8 +129,6 @@ class _Search:
         self.stats = RemedyStats()
         self.room: dict[str, int] = {}
         self._reference: tuple[tuple[int, int], OperatingPoint | None] | None = None
-        self.evidence = clearing.evidence_hash
-        self.decisions: list[Decision] | None = None
 
     # ------------------------------------------------------------------ injections
     def _trade_injections(self, trades: Sequence[Candidate]) -> dict[int, float]:
@@ -232,9 +230,7 @@ class _Search:
         return inside_limits(op, reference, MARGIN_PU / 2, MARGIN_PERCENT / 2)
 
     # ------------------------------------------------------------------ plans
-    def _plan(
-        self, fills: Mapping[str, int], trade_id: str
-    ) -> list[tuple[FlexOption, int, int, int]]:
+    def _plan(self, fills: Mapping[str, int]) -> list[tuple[FlexOption, int, int, int]]:
         """(offer, W, energy Wh, cost) of each activation of ``fills``, in offer order."""
         out = []
         for o in self.flex.offers:
@@ -295,7 +291,7 @@ class _Search:
         fills = self._program(fixed, None, nominal=True)
         if not fills:
             return
-        plan = self._plan(fills, protocol.ZERO_BYTES32)
+        plan = self._plan(fills)
         cost = sum(p[3] for p in plan)
         account = flex.balancing_account
         funds = flex.payers.get(account.lower(), PayerFunds(0, 0))
@@ -359,7 +355,7 @@ class _Search:
             self.stats.left_out += 1
             return
         tid = protocol.trade_id_hex(c.sell.hash, c.buy.hash)
-        plan = self._plan(fills, tid)
+        plan = self._plan(fills)
         cost = sum(p[3] for p in plan)
         if not gain_exceeds(c, cost):
             self.stats.refused_cost += 1
