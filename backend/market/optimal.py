@@ -104,7 +104,9 @@ PointOf = Callable[[Mapping[int, float], Sequence[int]], OperatingPoint | None]
 def welfare(trades: Sequence[Candidate]) -> float:
     """Sum of (bid - ask) x kWh over ``trades`` in token base units, exact (``Clearing.welfare``
     is the stored figure: whole base units, rounded down)."""
-    return sum((c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades)
+    return sum(
+        (c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh / 1000.0 for c in trades
+    )
 
 
 def clear_optimal(
@@ -395,9 +397,7 @@ class _Stage:
             p = p_fixed + incidence @ w
             op_new = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
             value = float(-cost @ w)
-            if op_new is not None and inside_limits(
-                op_new, start_op, MARGIN_PU / 2, MARGIN_PERCENT / 2
-            ):
+            if op_new is not None and _inside(op_new, start_op, MARGIN_PU / 2, MARGIN_PERCENT / 2):
                 if best is None or value > best[0]:
                     best = (value, w)
                     self.final = op_new
@@ -531,9 +531,7 @@ class _Stage:
         return [trades[i] for i in placed], [trades[i] for i in waiting]
 
 
-def inside_limits(
-    op: OperatingPoint, start: OperatingPoint, margin_pu: float, margin_pct: float
-) -> bool:
+def _inside(op: OperatingPoint, start: OperatingPoint, margin_pu: float, margin_pct: float) -> bool:
     """Whether the AC state is inside every limit by the margins - or, where the start already
     is not ("do no harm"), no worse than the start."""
     vhigh = np.maximum(op.vmax - margin_pu, start.vm_pu)

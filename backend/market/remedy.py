@@ -61,7 +61,7 @@ from backend.market.activations import (
     split_cost,
 )
 from backend.market.auction import Candidate, Clearing, Decision
-from backend.market.optimal import MARGIN_PERCENT, MARGIN_PU, PointOf, inside_limits
+from backend.market.optimal import MARGIN_PERCENT, MARGIN_PU, PointOf
 from backend.market.program import OptimizationError, Program
 from grid.operating import OperatingPoint
 from grid.verdicts import Activation, Limits
@@ -70,6 +70,10 @@ from grid.verdicts import Activation, Limits
 MAX_POINTS = 4
 # A column below this (W) is no activation.
 MIN_W = 0.5
+# A vetoed candidate is searched only when the offers left could move its binding element by at
+# least this share of its excess (``_Search._reachable``; linear, at the state without it).
+SCREEN_SHARE = 0.5
+SCREENED = ("VOLTAGE_HIGH", "VOLTAGE_LOW", "LINE_OVERLOAD", "TRAFO_OVERLOAD")
 
 # Validate a list of candidates with activations: (trade decisions, activation decisions,
 # evidence hash) - ``GridPortAdapter.validate_activations`` for one interval.
@@ -90,6 +94,7 @@ class RemedyStats:
     refused_cap: int = 0  # the caps cannot cover the cost
     refused_funds: int = 0  # a payer's balance is short
     refused_grid: int = 0  # no program answer, or the validator did not confirm it
+    screened_out: int = 0  # of those: no offer reaches the binding element (``_reachable``)
     dso_activations: int = 0
     # Vetoed candidates that would pass on activations bought for others, paying none: left out
     left_out: int = 0
@@ -118,6 +123,7 @@ class _Search:
         self.kw_per_wh = 3600.0 / interval_seconds / 1000.0
         self.approved = [c for c, d in clearing.trades if d.approved]
         self.vetoed = [c for c, d in clearing.trades if not d.approved]
+        self.veto_of = {id(c): d for c, d in clearing.trades if not d.approved}
         self.rescued: list[Candidate] = []
         self.activations: list[PlannedActivation] = []
         self.left = {o.hash: o.power_w for o in flex.offers}
@@ -149,13 +155,13 @@ class _Search:
     def _program(
         self,
         fixed: Mapping[int, float],
-        reference: OperatingPoint | None,
         nominal: bool,
         reference_fixed: Mapping[int, float] | None = None,
     ) -> dict[str, int] | None:
         """Whole W per offer hash of the cheapest activations that bring the state with ``fixed``
-        injections inside the limits (``nominal``: the nominal limits, else the validator's, no
-        worse than ``reference``); None when there is none."""
+        injections inside the limits (``nominal``: the nominal limits, else the validator's;
+        rows the state with ``reference_fixed`` injections - the set without the trade - already
+        presses stay bounded where that state has them); None when there is none."""
         offers = [o for o in self.flex.offers if self.left[o.hash] > 0]
         if not offers:
             return None
@@ -214,7 +220,7 @@ class _Search:
             self.stats.points += 1
             if op_new is None:
                 break
-            if self._inside(op_new, reference, nominal):
+            if self._inside(op_new, nominal):
                 value = float(cost @ w)
                 if best is None or value < best[0] - 1e-12:
                     best = (value, w)
@@ -223,11 +229,47 @@ class _Search:
             op = op_new
         return _whole(offers, best[1], self.left) if best is not None else None
 
-    def _inside(self, op: OperatingPoint, reference: OperatingPoint | None, nominal: bool) -> bool:
+    def _reachable(self, op: OperatingPoint, veto: Decision) -> bool:
+        """Whether the offers left, all at full power, could move the veto's binding element by
+        ``SCREEN_SHARE`` of its excess, by the sensitivities at ``op`` (the state without the
+        candidate; columns for every offer bus). A necessary condition only: a candidate that
+        fails it is refused without a program; one that passes is decided by the program and
+        the validator. True when the veto names no element with numbers."""
+        if veto.value is None or veto.limit is None or veto.reason not in SCREENED:
+            return True
+        excess = abs(veto.value - veto.limit)
+        offers = [o for o in self.flex.offers if self.left[o.hash] > 0]
+        cols = [op.buses.index(o.bus) for o in offers]
+        kw = np.array(
+            [
+                (1.0 if o.direction == protocol.FLEX_UP else -1.0) * self.left[o.hash] / 1000.0
+                for o in offers
+            ]
+        )
+        if veto.reason in ("VOLTAGE_HIGH", "VOLTAGE_LOW"):
+            if veto.element not in op.bus_labels:
+                return True
+            k = op.bus_labels.index(veto.element)
+            moves = op.dvm[k, cols] * kw * (-1.0 if veto.reason == "VOLTAGE_HIGH" else 1.0)
+            return float(np.clip(moves, 0.0, None).sum()) >= SCREEN_SHARE * excess
+        ends = [e for e, label in enumerate(op.end_labels) if label == veto.element]
+        if not ends:
+            return True
+        best = 0.0
+        for e in ends:
+            z = op.current[e]
+            u = np.conj(z / abs(z)) if abs(z) > 0 else 1.0
+            moves = -(u * op.dcurrent[e, cols]).real * kw  # loading percent relieved
+            best = max(best, float(np.clip(moves, 0.0, None).sum()))
+        return best >= SCREEN_SHARE * excess
+
+    def _inside(self, op: OperatingPoint, nominal: bool) -> bool:
         if nominal:
             return _inside_nominal(op, self.limits)
-        assert reference is not None
-        return inside_limits(op, reference, MARGIN_PU / 2, MARGIN_PERCENT / 2)
+        # The validator's own test (its limit set, strict accept margins): an answer the
+        # program put at a limit the set without the trade already presses (its rows are
+        # bounded there) passes when AC keeps it inside, as the validator will decide.
+        return op.violation is None
 
     # ------------------------------------------------------------------ plans
     def _plan(self, fills: Mapping[str, int]) -> list[tuple[FlexOption, int, int, int]]:
@@ -288,7 +330,7 @@ class _Search:
         self.stats.points += 1
         if op is None or _inside_nominal(op, self.limits, 0.0, 0.0):
             return
-        fills = self._program(fixed, None, nominal=True)
+        fills = self._program(fixed, nominal=True)
         if not fills:
             return
         plan = self._plan(fills)
@@ -345,7 +387,11 @@ class _Search:
         if reference is None:
             self.stats.refused_grid += 1
             return
-        fills = self._program(self._fixed([c]), reference, False, base_fixed)
+        if not self._reachable(reference, self.veto_of[id(c)]):
+            self.stats.screened_out += 1
+            self.stats.refused_grid += 1
+            return
+        fills = self._program(self._fixed([c]), False, base_fixed)
         if fills is None:
             self.stats.refused_grid += 1
             return

@@ -25,7 +25,8 @@ def test_one_interval_recovers_gains_without_a_false_accept() -> None:
     assert row["false_accept"] is False
     assert row["vetoed_with_gain"] > 0 and row["rescued"] > 0
     assert 0 < row["recovered_gain"] <= row["vetoed_gain"]
-    # Every activation relieves: the cheaper offers at the buyers' buses never help.
-    assert row["relieving_activations"] == row["activations"] > 0
+    # Most activations are at the weak buses' offers (charging where the PV crowds), though the
+    # cheaper ones beside the buyers are offered too.
+    assert row["relieving_activations"] > row["activations"] - row["relieving_activations"]
     assert row["remedy_cost"] < row["recovered_gain"]
     assert result["total"]["false_accepts"] == 0
