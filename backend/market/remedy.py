@@ -7,9 +7,10 @@ plus this trade feasible: a linear program in the clearing's machinery (``progra
 HiGHS): one column per offer with what is left of its power (W, bounds ``[0, remaining powerW]``),
 cost ``price x energy``, the trade's fill fixed at its candidate's energy, and the grid's rows at
 the AC operating point of the set so far (``OperatingPoint.constraints``), relinearized where the
-answer lands (``MAX_POINTS``) until its AC state is inside every limit - "do no harm" measured
-against the approved set without this trade. Only offers whose bus the binding rows see carry
-weight: the sensitivities say which buses relieve.
+answer lands (``MAX_POINTS``) until its AC state passes the validator's limit set (rows the
+approved set without this trade already presses stay bounded at its level). Only offers whose
+bus the binding rows see carry weight: the sensitivities say which buses relieve. A linear screen
+(``_Search._reachable``) skips a candidate whose binding element no offer can reach.
 
 The trade is approved with its activations only when
 

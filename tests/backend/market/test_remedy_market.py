@@ -118,7 +118,11 @@ def test_undo_clearing_gives_the_offer_back(remedy_market: Market) -> None:
              "powerW": 60_000, "baselineW": 0, "pricePerKWh": 50, "nonce": 1,
              "expiry": iv * 900 + 3600}  # fmt: skip
     row = m.submit_flex(offer, _sign(m, "FlexOffer", K[3], offer))
-    assert m.close_interval(iv, force=True, wait=False).status == IntervalStatus.CLEARED
+    # Closed and cleared, nothing sent yet (no recorder: the clearing can be taken back).
+    with m.clearing.lock:
+        assert m.intake.close_for_orders(iv)
+        m.clearing.clear(iv)
+    assert m.interval(iv).status == IntervalStatus.CLEARED
     assert len(m.store.activations(iv)) == 1
     assert m.store.undo_clearing(iv)
     assert m.store.activations(iv) == []
