@@ -227,6 +227,8 @@ def run_network(
                     "cap": stats.refused_cap,
                     "funds": stats.refused_funds,
                     "grid": stats.refused_grid,
+                    "grid_screened_out": stats.screened_out,
+                    "grid_unconfirmed": stats.unconfirmed,
                 },
                 "false_accept": violation is not None,
             }

@@ -96,6 +96,7 @@ class RemedyStats:
     refused_funds: int = 0  # a payer's balance is short
     refused_grid: int = 0  # no program answer, or the validator did not confirm it
     screened_out: int = 0  # of those: no offer reaches the binding element (``_reachable``)
+    unconfirmed: int = 0  # of those: the program's answer, not confirmed by the validator
     dso_activations: int = 0
     # Vetoed candidates that would pass on activations bought for others, paying none: left out
     left_out: int = 0
@@ -431,6 +432,7 @@ class _Search:
         acts = self._activations(plan, tid, lambda _cost: next(shares))
         if not self._confirm([*before, c], [*self.activations, *acts]):
             self.stats.refused_grid += 1
+            self.stats.unconfirmed += 1
             return
         self._take(acts)
         self.spent[buyer] += escrow
