@@ -14,9 +14,11 @@ the same amounts, cheaper (0.005-0.03 tokens/kWh), so a search that does not loo
 sensitivities would take them first. Every trader has a remedy cap of ``CAP`` tokens/kWh and
 funds for it.
 
-**Figures, per network.** ``vetoed_gain`` (sum over the greedy clearing's vetoed candidates with
-bid > ask of (bid - ask) x kWh, tokens), ``recovered_gain`` (the rescued ones' gains) and their
-share (target ``TARGET_RECOVERED`` >= 50 %), the remedies' cost; the remedy search's time per
+**Figures, per network.** ``vetoed_gain``: what the vetoes lost - the rescued trades' gains
+``(bid - ask) x kWh`` (``recovered_gain``) plus those of the candidates still vetoed after the
+remedies whose orders still have the volume (``lost_trades``: each taking its volume in priority
+order, so an order's volume counts once), in tokens; the recovered share (target
+``TARGET_RECOVERED`` >= 50 %), the remedies' cost; the remedy search's time per
 vetoed candidate (``remedy.remedy``: programs, AC points, the validator's confirmations) and a
 naive search's in the same run (``naive_search``: offers cheapest first added one by one at full
 power, each set checked by a pandapower ``runpp`` of base + approved trades + candidate + the set,
@@ -199,12 +201,15 @@ def run_network(
             naive_runpp += calls
             naive_found += found
         violation = checker.check(final_injections(result), strict=False)
+        # What the vetoes lost: the rescued trades' gains and those of the candidates still
+        # vetoed after the remedies whose orders have the volume (each counted once).
+        still_lost = lost_trades(result)
         rows.append(
             {
                 "interval": interval,
                 "orders": len(book),
                 "approved": len(clearing.approved),
-                "vetoed_with_gain": len(vetoed),
+                "vetoed_with_gain": len(rescued) + len(still_lost),
                 "rescued": len(rescued),
                 "activations": len(result.activations),
                 "activated_kw": round(sum(a.activated_w for a in result.activations) / 1000, 3),
@@ -212,7 +217,7 @@ def run_network(
                     1 for a in result.activations if a.direction == protocol.FLEX_DOWN
                 ),
                 "trades_with_activations": len(rescued_ids),
-                "vetoed_gain": _tokens(sum(gain(c) for c in vetoed)),
+                "vetoed_gain": _tokens(sum(gain(c) for c in (*rescued, *still_lost))),
                 "recovered_gain": _tokens(sum(gain(c) for c in rescued)),
                 "remedy_cost": _tokens(sum(a.cost for a in result.activations)),
                 "remedy_us_per_candidate": _per(remedy_s, stats.candidates),

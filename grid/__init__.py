@@ -20,7 +20,7 @@ Public API::
         .base_state(interval: int | None = None, interval_seconds: int = 900) -> BaseStateSummary
         .validate(trades: Sequence[Trade], interval=None, interval_seconds=900,
                   activations: Sequence[Activation] = ()) -> ValidationResult
-            activations are applied first, as one set (``result.activation_verdicts``)
+            activations before their trade, or first as one set (``result.activation_verdicts``)
             resumes from the longest prefix of ``trades`` it has seen (reuse=True): the answer is
             identical to a from-scratch run; ``result.stats.reused_trades`` counts the skipped
         .clear_reuse_cache()
@@ -38,8 +38,9 @@ Public API::
     Trade(id: str, seller_bus: int, buyer_bus: int, p_kw: float)
         the seller bus injects +p_kw extra, the buyer bus withdraws +p_kw extra (unity power
         factor).
-    Activation(id: str, bus: int, p_kw: float)
-        a flexibility activation: +p_kw extra injection at the bus (negative: consumption).
+    Activation(id: str, bus: int, p_kw: float, before: str = "")
+        a flexibility activation: +p_kw extra injection at the bus (negative: consumption),
+        applied right before trade ``before`` (judged like a trade), or first with the others.
     Limits(vm_min_pu=0.90, vm_max_pu=1.10, max_line_loading_percent=100.0,
            max_trafo_loading_percent=100.0, tolerance=1e-6)
     Verdict(id, approved, reason: Reason, element: str, value: float | None, limit: float | None,
@@ -60,10 +61,11 @@ worse than base. A converged but implausible solution is solved again from the l
 state and from a flat start; if none is plausible, the trade gets NOT_CONVERGED naming the bus.
 A trade between two participants on the same bus moves no power through the network: it is
 approved without a power flow (``Verdict.source == "input"``) and changes nothing.
-Activations (flexibility bought for the interval) are applied before any trade, as one set:
-approved together iff the base state plus all of them passes the same rule, and then the trades'
-"do no harm" is measured against that state; refused, they are left out and the trades are
-validated on the base state alone.
+Activations (flexibility bought for the interval) bought for a trade are applied right before it
+and judged like a trade; the others are applied before any trade, as one set: approved together
+iff the base state plus all of them passes the same rule, and then the trades' "do no harm" is
+measured against that state; refused, they are left out and the trades are validated on the base
+state alone.
 The approved set always passes a full AC power flow. ``ValidationResult.evidence_hash`` (sha256,
 0x-hex) covers the network fingerprint, base state, limits, trades, verdicts and the rounded AC
 result; recompute it with ``tegrid grid verify``. Interval base states come from the daily shapes

@@ -11,9 +11,9 @@ Canonical JSON (sorted keys, no spaces) of::
 Verdict values and voltages are rounded to 5 decimals, loadings to 3 (well above solver noise).
 
 With flexibility activations the document is schema ``tegrid-grid-evidence-v2``: the same keys
-plus ``"activations": [[id, bus, p_kw], ...]`` and ``"activation_verdicts"`` (the verdict rows of
-the activations, in their order). Without activations it is the v1 document exactly, so every
-hash made before activations existed still verifies.
+plus ``"activations": [[id, bus, p_kw, before], ...]`` and ``"activation_verdicts"`` (the verdict
+rows of the activations, in their order). Without activations it is the v1 document exactly, so
+every hash made before activations existed still verifies.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def evidence_hash(
     }
     if activations:
         document["schema"] = SCHEMA_ACTIVATIONS
-        document["activations"] = [[a.id, int(a.bus), repr(float(a.p_kw))] for a in activations]
+        document["activations"] = [
+            [a.id, int(a.bus), repr(float(a.p_kw)), a.before] for a in activations
+        ]
         document["activation_verdicts"] = _verdict_rows(activation_verdicts)
     blob = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return "0x" + hashlib.sha256(blob.encode()).hexdigest()

@@ -1,6 +1,6 @@
 """Reading trade lists: JSON ``[{"id": str, "seller_bus": int, "buyer_bus": int, "p_kw": float},
-...]``, and activation lists: ``[{"id": str, "bus": int, "p_kw": float}, ...]`` (``p_kw`` signed:
-positive injects)."""
+...]``, and activation lists: ``[{"id": str, "bus": int, "p_kw": float, "before": str}, ...]``
+(``p_kw`` signed: positive injects; ``before`` optional, the trade it is applied with)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,10 @@ def parse_activations(data: object) -> list[Activation]:
             raise TradeInputError(f"{where}: bus must be an integer bus index, got {bus!r}")
         if isinstance(p_kw, bool) or not isinstance(p_kw, int | float) or not math.isfinite(p_kw):
             raise TradeInputError(f"{where}: p_kw must be a number, got {p_kw!r}")
-        out.append(Activation(aid, bus, float(p_kw)))
+        before = item.get("before", "")
+        if not isinstance(before, str):
+            raise TradeInputError(f"{where}: before must be a trade id (string), got {before!r}")
+        out.append(Activation(aid, bus, float(p_kw), before))
     return out
 
 

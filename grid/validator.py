@@ -213,15 +213,19 @@ class GridValidator:
         """Verdicts for ``trades`` in priority order (first = highest) under the "do no harm"
         rule.
 
-        ``activations`` (flexibility bought for the interval) are decided first, as one set:
-        each malformed one (zero or non-finite power, unknown bus, repeated id) is refused by
-        itself; the others are approved together iff the base state plus all of them passes the
+        ``activations`` (flexibility bought for the interval): one with ``before`` is applied
+        right before that trade and judged like a trade (``_place``). The others are decided
+        first, as one set: approved together iff the base state plus all of them passes the
         rule, and then the trades are validated on that state, "do no harm" measured against it
         (its limit set: never looser than the base state's, since it passed that). Refused, they
-        all carry the set's violation and the trades are validated on the base state alone."""
+        all carry the set's violation and the trades are validated on the base state alone. A
+        malformed one (zero or non-finite power, unknown bus, repeated id, ``before`` naming no
+        trade of the list) is refused by itself."""
         base = self._base(interval, interval_seconds)
-        trades = list(trades)
-        activations = list(activations)
+        real_trades = list(trades)
+        all_acts = list(activations)
+        trades, placed, placed_verdicts = self._place(base, real_trades, all_acts)
+        activations = [a for a in all_acts if not a.before]
         verdicts: list[Verdict | None] = [None] * len(trades)
         seen: set[str] = set()
         valid: list[tuple[int, Trade]] = []
@@ -240,16 +244,18 @@ class GridValidator:
         if base.model is None or base.measures is None or base.limitset is None:
             for pos, trade in valid:
                 verdicts[pos] = Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
-            final: list[Verdict] = [v for v in verdicts if v is not None]
+            final, act_verdicts = _split(
+                verdicts, placed, placed_verdicts, all_acts, act_verdicts, len(trades)
+            )
             digest = evidence_hash(
                 network=self.fingerprint,
                 base_state=base.doc,
                 limits=self.limits,
-                trades=trades,
+                trades=real_trades,
                 verdicts=final,
                 vm_pu=np.zeros(0),
                 loading_percent=np.zeros(0),
-                activations=activations,
+                activations=all_acts,
                 activation_verdicts=act_verdicts,
             )
             return ValidationResult(
@@ -292,18 +298,20 @@ class GridValidator:
             session.flush(final=True)
         for pos, verdict in session.log:  # each position is logged once
             verdicts[pos] = verdict
-        final = [v for v in verdicts if v is not None]
+        final, act_verdicts = _split(
+            verdicts, placed, placed_verdicts, all_acts, act_verdicts, len(trades)
+        )
         state = session.measures
         n_lines = len(base.model.monitored.lines)
         digest = evidence_hash(
             network=self.fingerprint,
             base_state=base.doc,
             limits=self.limits,
-            trades=trades,
+            trades=real_trades,
             verdicts=final,
             vm_pu=state.vm_pu,
             loading_percent=state.loading_percent,
-            activations=activations,
+            activations=all_acts,
             activation_verdicts=act_verdicts,
         )
         return ValidationResult(
@@ -320,6 +328,51 @@ class GridValidator:
             stats=session.stats(len(trades), start),
             activation_verdicts=act_verdicts,
         )
+
+    def _place(
+        self, base: BaseState, trades: list[Trade], activations: list[Activation]
+    ) -> tuple[list[Trade], dict[int, int], dict[int, Verdict]]:
+        """``trades`` with each placed activation (``before`` set) right before its trade, as a
+        pseudo-trade between its bus and the slack bus (the slack's injection is its output:
+        only the activation's bus moves); (that list, its pseudo-trades' positions -> the
+        activation's index, verdicts of placed activations refused before any power flow)."""
+        if not any(a.before for a in activations):
+            return trades, {}, {}
+        known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
+        slack = self._slack_bus()
+        seen = {str(a.id) for a in activations if not a.before}
+        by_trade: dict[str, list[int]] = {}
+        refused: dict[int, Verdict] = {}
+        trade_ids = {t.id for t in trades}
+        for k, act in enumerate(activations):
+            if not act.before:
+                continue
+            bad = _activation_input_verdict(act, known, seen)
+            if bad is None and act.before not in trade_ids:
+                bad = Verdict(act.id, False, Reason.INVALID_TRADE, "before", source="input")
+            if bad is not None:
+                refused[k] = bad
+            else:
+                by_trade.setdefault(act.before, []).append(k)
+        out: list[Trade] = []
+        placed: dict[int, int] = {}
+        for trade in trades:
+            for k in by_trade.pop(trade.id, []):
+                act = activations[k]
+                p = float(act.p_kw)
+                placed[len(out)] = k
+                out.append(
+                    Trade(act.id, int(act.bus), slack, p)
+                    if p > 0
+                    else Trade(act.id, slack, int(act.bus), -p)
+                )
+            out.append(trade)
+        return out, placed, refused
+
+    def _slack_bus(self) -> int:
+        """The pandapower bus of the (first) in-service external grid."""
+        grids = self.net.ext_grid[self.net.ext_grid.in_service]
+        return int(grids.bus.iloc[0]) if len(grids) else int(self.net.bus.index[0])
 
     def _apply_activations(
         self, base: BaseState, activations: list[Activation], known: object
@@ -549,6 +602,27 @@ class GridValidator:
         with np.errstate(all="ignore"):
             V = model.solve_checked(S, model.V0, model.V0)
         return None if isinstance(V, Violation) else (S, V)
+
+
+def _split(
+    verdicts: list[Verdict | None],
+    placed: dict[int, int],
+    placed_verdicts: dict[int, Verdict],
+    activations: list[Activation],
+    first_verdicts: list[Verdict],
+    n: int,
+) -> tuple[list[Verdict], list[Verdict]]:
+    """The trades' verdicts (the placed activations' pseudo-trades taken out) and every
+    activation's verdict in input order (the first set's, then each placed one's)."""
+    by_index = dict(placed_verdicts)
+    for pos, k in placed.items():
+        v = verdicts[pos]
+        assert v is not None
+        by_index[k] = v
+    first = iter(first_verdicts)
+    acts = [next(first) if not a.before else by_index[k] for k, a in enumerate(activations)]
+    trades = [v for pos, v in enumerate(verdicts[:n]) if pos not in placed and v is not None]
+    return trades, acts
 
 
 def _same_trades(trades: list[Trade], prefix: tuple[Trade, ...]) -> bool:

@@ -48,6 +48,10 @@ class Activation:
     id: str
     bus: int
     p_kw: float
+    # The id of the trade it is bought for: applied right before that trade, judged like a trade
+    # on the state so far (its verdict: approved iff that state stays feasible). "" - the DSO
+    # service's: applied first, with the other such activations, as one set.
+    before: str = ""
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,9 @@ TradesOpt = Annotated[
 # The activations file, as `grid.tradeio.load_activations` reads it.
 ACTIVATIONS_FORMAT = (
     "JSON list of flexibility activations, each "
-    '{"id": "0xab..", "bus": 24, "p_kw": -3.0}: p_kw signed (positive injects, negative '
-    "consumes); applied before the trades, as one set"
+    '{"id": "0xab..", "bus": 24, "p_kw": -3.0, "before": "t1"}: p_kw signed (positive '
+    "injects, negative consumes); applied right before the trade named in before (optional), "
+    "else before every trade, as one set"
 )
 ActivationsOpt = Annotated[
     Path | None,

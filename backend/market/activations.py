@@ -74,9 +74,15 @@ class PlannedActivation:
         return self.baseline_w + sign * self.activated_w
 
     def grid(self) -> Activation:
-        """The grid's view: an injection of ``activated_w`` in the direction's sign."""
+        """The grid's view: an injection of ``activated_w`` in the direction's sign, placed
+        before its trade."""
         sign = 1.0 if self.direction == protocol.FLEX_UP else -1.0
-        return Activation(self.activation_id, int(self.bus), sign * self.activated_w / 1000.0)
+        # A rescue's activations are applied right before the rescued trade (the trades before
+        # it are judged as the clearing judged them); the DSO service's first, as one set.
+        before = "" if self.trade_id == protocol.ZERO_BYTES32 else self.trade_id
+        return Activation(
+            self.activation_id, int(self.bus), sign * self.activated_w / 1000.0, before
+        )
 
 
 def activation_cost(activated_w: int, price_per_kwh: int, interval_seconds: int) -> tuple[int, int]:

@@ -142,3 +142,39 @@ def test_cli_validate_and_verify_with_activations(tmp_path: Path) -> None:
     err = runner.invoke(app, ["validate", "-t", str(trades), "-a", str(broken)])
     assert err.exit_code == 2
     assert err.stderr.strip().endswith("activation #0: missing p_kw")
+
+
+def test_activation_placed_before_its_trade(cigre: GridValidator) -> None:
+    small = Trade("small", 24, 35, 1.0)
+    placed = Activation("0xa1", 16, 25.0, before="big")
+    result = cigre.validate([small, BIG], activations=[placed])
+    assert [(v.id, v.approved) for v in result.verdicts] == [("small", True), ("big", True)]
+    assert [(v.id, v.approved) for v in result.activation_verdicts] == [("0xa1", True)]
+    # The same numbers as applied first (one trade before it changes nothing here), but the
+    # placement is an input the evidence covers.
+    first = cigre.validate([small, BIG], activations=[Activation("0xa1", 16, 25.0)])
+    assert result.max_trafo_loading_percent == pytest.approx(first.max_trafo_loading_percent)
+    assert result.evidence_hash != first.evidence_hash
+    # A placed activation naming no trade of the list is refused by itself.
+    lost = cigre.validate([small], activations=[Activation("0xa9", 16, 5.0, before="nope")])
+    [verdict] = lost.activation_verdicts
+    assert (verdict.approved, verdict.reason, verdict.element) == (
+        False,
+        Reason.INVALID_TRADE,
+        "before",
+    )
+
+
+def test_placed_activation_that_breaks_a_limit_is_vetoed_and_its_trade_judged_without_it(
+    cigre: GridValidator,
+) -> None:
+    # 60 kW more consumption at R15 pulls its voltage below the band: vetoed like a trade.
+    result = cigre.validate([BIG], activations=[Activation("0xa4", 16, -60.0, before="big")])
+    [act] = result.activation_verdicts
+    assert (act.approved, act.reason) == (False, Reason.VOLTAGE_LOW)
+    [verdict] = result.verdicts
+    assert (verdict.approved, verdict.reason, verdict.element) == (
+        False,
+        Reason.TRAFO_OVERLOAD,
+        "trafo 0",
+    )

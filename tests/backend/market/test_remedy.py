@@ -97,7 +97,8 @@ def test_vetoed_trade_rescued_by_relieving_offer(port: GridPortAdapter) -> None:
     # a fresh validator (no shared caches), as `tegrid grid verify --activations` does.
     fresh = GridValidator("cigre_lv", reuse=False)
     trade = port._trades([c])
-    again = fresh.validate(trade, INTERVAL, 900, [Activation(act.activation_id, 16, 35.214)])
+    placed = [Activation(act.activation_id, 16, 35.214, TRADE_ID)]  # applied right before it
+    again = fresh.validate(trade, INTERVAL, 900, placed)
     assert again.evidence_hash == result.evidence_hash
     assert [v.approved for v in again.verdicts] == [True]
     # pandapower's own runpp of the base state + trade + activation: every limit held.
