@@ -6,13 +6,13 @@ cases for ``cigre_lv`` and ``kerber_vorstadt``), cleared with the greedy merit o
 market's fallback, whose vetoes are many: the optimal clearing fills orders partially instead of
 vetoing them, and only its top-up's vetoes reach the remedy search).
 
-**Offers** (seeded, ``SEED``): at *relieving* buses - the weakest ``OFFER_BUSES`` load buses,
-where the cheap PV sellers crowd and their feeders' voltages and cables bind - batteries offer to
-charge (direction down: more consumption) 10-40 kW at 0.01-0.05 tokens/kWh; at *non-relieving*
-buses - the strongest ``OFFER_BUSES``, beside the buyers - they offer to discharge (direction up)
-the same amounts, cheaper (0.005-0.03 tokens/kWh), so a search that does not look at the grid's
-sensitivities would take them first. Every trader has a remedy cap of ``CAP`` tokens/kWh and
-funds for it.
+**Offers** (seeded, ``SEED``): at the weakest ``OFFER_BUSES`` load buses, where the cheap PV
+sellers crowd, batteries offer to charge (direction down: more consumption) 10-40 kW at 0.01-0.05
+tokens/kWh; at the strongest ``OFFER_BUSES``, beside the buyers, they offer to discharge (direction
+up) the same amounts, cheaper (0.005-0.03 tokens/kWh). Which group relieves depends on where a
+veto binds (the PV feeders' cables and voltages, or the buyers' side); a bus whose offer relieves
+nothing is never activated (the program follows the sensitivities, not the price). Every trader
+has a remedy cap of ``CAP`` tokens/kWh and funds for it.
 
 **Figures, per network.** ``vetoed_gain``: what the vetoes lost - the rescued trades' gains
 ``(bid - ask) x kWh`` (``recovered_gain``) plus those of the candidates still vetoed after the
@@ -69,8 +69,8 @@ TARGET_SPEEDUP = 50.0
 
 
 def offers_for(ranked: Sequence[int], interval: int, seed: int = SEED) -> list[FlexOption]:
-    """Relieving offers at the weakest buses (charge: down), non-relieving ones at the strongest
-    (discharge: up, cheaper); deterministic per interval."""
+    """Offers to charge (down) at the weakest buses and to discharge (up, cheaper) at the
+    strongest; deterministic per interval."""
     rng = random.Random(seed * 7_919 + interval)
     out: list[FlexOption] = []
     groups = (
@@ -213,7 +213,7 @@ def run_network(
                 "rescued": len(rescued),
                 "activations": len(result.activations),
                 "activated_kw": round(sum(a.activated_w for a in result.activations) / 1000, 3),
-                "relieving_activations": sum(
+                "activations_at_weak_buses": sum(
                     1 for a in result.activations if a.direction == protocol.FLEX_DOWN
                 ),
                 "trades_with_activations": len(rescued_ids),
