@@ -21,6 +21,7 @@ from backend.market.activations import (
 )
 from backend.market.auction import BookOrder, Clearing
 from backend.market.grid_port import GridPortAdapter
+from backend.market.grid_process import GridProcess
 from backend.market.remedy import RemedyStats, _pro_rata, remedy
 from grid import Activation, GridValidator
 from grid.networks import quiet
@@ -221,3 +222,16 @@ def test_pro_rata_shares_are_whole_units_within_each_cost() -> None:
     assert _pro_rata([3, 0, 2], 5) == [3, 0, 2]
     assert _pro_rata([0, 0], 0) == [0, 0]
     assert _pro_rata([7, 7, 7], 10) == [4, 3, 3]
+
+
+def test_the_worker_process_clears_with_the_same_remedies() -> None:
+    worker = GridProcess("cigre_lv", 900, clearing="greedy")
+    try:
+        flex = FlexInput((RELIEVING, ELSEWHERE), FUNDS)
+        remote = worker.clear(INTERVAL, BOOK, flex)
+    finally:
+        worker.close()
+    local = GridPortAdapter("cigre_lv", 900, clearing="greedy").clear(INTERVAL, BOOK, flex)
+    assert [a.activated_w for a in remote.activations] == [35_214]
+    assert remote.activations == local.activations
+    assert remote.evidence_hash == local.evidence_hash
