@@ -22,7 +22,7 @@ CONTRACT_SOURCES := $(shell find contracts -name '*.sol' 2>/dev/null)
 
 
 .PHONY: brownie-network console-network help setup prereqs test test-contracts test-python test-ganache test-stateful-long demo lint lock clean fuzz-api console \
-	bench bench-grid bench-chain bench-api bench-oracle bench-e2e bench-clearing
+	bench bench-grid bench-chain bench-api bench-oracle bench-e2e bench-clearing bench-flex
 
 help:
 	@echo "make setup | test | demo | lint | test-ganache | test-stateful-long | fuzz-api | bench-<grid|chain|api|oracle|e2e|clearing> | lock | clean"
@@ -133,6 +133,8 @@ bench-e2e: setup
 	$(BIN)/tegrid bench e2e --json
 bench-clearing: setup
 	$(BIN)/tegrid bench clearing --json
+bench-flex: setup
+	$(BIN)/tegrid bench flex --json
 
 # Re-resolve the Python lock (constraints.txt) from pyproject.toml.
 lock: prereqs

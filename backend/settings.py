@@ -133,6 +133,9 @@ class Settings:
     chain_state_file: Path = field(default=REPO_ROOT / ".tegrid" / "anvil-state.json")
     # Bounded work per interval: live orders one trader may have for one interval.
     max_orders_per_trader_interval: int = 64
+    # The DSO service's budget per interval in tokens (decimal, e.g. "2.5"): flexibility the
+    # grid operator's balancing account buys when the base state breaks a limit; 0 = off.
+    dso_flex_budget: str = "0"
     # Finality: blocks on top of a receipt's block before it counts as final (0: mined is final,
     # fine on Anvil); receipts not seen within receipt_timeout_seconds resync the sender's nonce.
     confirmations: int = 0

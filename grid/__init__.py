@@ -18,7 +18,9 @@ Public API::
     GridValidator(network: str | pandapowerNet = "cigre_lv", limits: Limits | None = None,
                   add_pv: bool = True, batch_size: int = 32, reuse: bool = True)
         .base_state(interval: int | None = None, interval_seconds: int = 900) -> BaseStateSummary
-        .validate(trades: Sequence[Trade], interval=None, interval_seconds=900) -> ValidationResult
+        .validate(trades: Sequence[Trade], interval=None, interval_seconds=900,
+                  activations: Sequence[Activation] = ()) -> ValidationResult
+            activations before their trade, or first as one set (``result.activation_verdicts``)
             resumes from the longest prefix of ``trades`` it has seen (reuse=True): the answer is
             identical to a from-scratch run; ``result.stats.reused_trades`` counts the skipped
         .clear_reuse_cache()
@@ -36,6 +38,9 @@ Public API::
     Trade(id: str, seller_bus: int, buyer_bus: int, p_kw: float)
         the seller bus injects +p_kw extra, the buyer bus withdraws +p_kw extra (unity power
         factor).
+    Activation(id: str, bus: int, p_kw: float, before: str = "")
+        a flexibility activation: +p_kw extra injection at the bus (negative: consumption),
+        applied right before trade ``before`` (judged like a trade), or first with the others.
     Limits(vm_min_pu=0.90, vm_max_pu=1.10, max_line_loading_percent=100.0,
            max_trafo_loading_percent=100.0, tolerance=1e-6)
     Verdict(id, approved, reason: Reason, element: str, value: float | None, limit: float | None,
@@ -43,6 +48,8 @@ Public API::
     Reason(IntEnum): APPROVED=0, VOLTAGE_HIGH=1, VOLTAGE_LOW=2, LINE_OVERLOAD=3, TRAFO_OVERLOAD=4,
                      NOT_CONVERGED=5, UNKNOWN_BUS=6, INVALID_TRADE=7   (stable: written on chain)
     parse_trades(data) / load_trades(path) -> list[Trade]   (TradeInputError on malformed input)
+    parse_activations(data) / load_activations(path) -> list[Activation]   (the same for
+        activations: ``[{"id", "bus", "p_kw"}, ...]``)
     interval_of(unix_time, interval_seconds=900) -> int     floor(unix_time / interval_seconds)
 
 Rule ("do no harm"): trades are taken in priority order; one is approved only if the base state
@@ -54,6 +61,11 @@ worse than base. A converged but implausible solution is solved again from the l
 state and from a flat start; if none is plausible, the trade gets NOT_CONVERGED naming the bus.
 A trade between two participants on the same bus moves no power through the network: it is
 approved without a power flow (``Verdict.source == "input"``) and changes nothing.
+Activations (flexibility bought for the interval) bought for a trade are applied right before it
+and judged like a trade; the others are applied before any trade, as one set: approved together
+iff the base state plus all of them passes the same rule, and then the trades' "do no harm" is
+measured against that state; refused, they are left out and the trades are validated on the base
+state alone.
 The approved set always passes a full AC power flow. ``ValidationResult.evidence_hash`` (sha256,
 0x-hex) covers the network fingerprint, base state, limits, trades, verdicts and the rounded AC
 result; recompute it with ``tegrid grid verify``. Interval base states come from the daily shapes
@@ -71,7 +83,7 @@ from grid.errors import (
 )
 from grid.networks import DEFAULT_NETWORK, NETWORK_NAMES, load_network, network_fingerprint
 from grid.profiles import DEFAULT_INTERVAL_SECONDS, interval_of
-from grid.tradeio import load_trades, parse_trades
+from grid.tradeio import load_activations, load_trades, parse_activations, parse_trades
 from grid.validator import (
     BaseStateSummary,
     EnergyBalance,
@@ -83,12 +95,13 @@ from grid.validator import (
     ValidationResult,
     ValidationStats,
 )
-from grid.verdicts import Limits, Reason, Trade, Verdict
+from grid.verdicts import Activation, Limits, Reason, Trade, Verdict
 
 __all__ = [
     "DEFAULT_INTERVAL_SECONDS",
     "DEFAULT_NETWORK",
     "NETWORK_NAMES",
+    "Activation",
     "BaseStateError",
     "BaseStateSummary",
     "EnergyBalance",
@@ -109,9 +122,11 @@ __all__ = [
     "ValidationStats",
     "Verdict",
     "interval_of",
+    "load_activations",
     "load_network",
     "load_trades",
     "network_fingerprint",
+    "parse_activations",
     "parse_trades",
     "refuse_unmodeled",
 ]

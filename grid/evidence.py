@@ -9,6 +9,11 @@ Canonical JSON (sorted keys, no spaces) of::
      "ac_result": {"vm_pu": [...], "loading_percent": [...]}}
 
 Verdict values and voltages are rounded to 5 decimals, loadings to 3 (well above solver noise).
+
+With flexibility activations the document is schema ``tegrid-grid-evidence-v2``: the same keys
+plus ``"activations": [[id, bus, p_kw, before], ...]`` and ``"activation_verdicts"`` (the verdict
+rows of the activations, in their order). Without activations it is the v1 document exactly, so
+every hash made before activations existed still verifies.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from grid.verdicts import Limits, Trade, Verdict
+from grid.verdicts import Activation, Limits, Trade, Verdict
 
 SCHEMA = "tegrid-grid-evidence-v1"
+SCHEMA_ACTIVATIONS = "tegrid-grid-evidence-v2"
 
 
 def _r(value: float | None, digits: int) -> float | None:
@@ -51,8 +57,10 @@ def evidence_hash(
     verdicts: Sequence[Verdict],
     vm_pu: np.ndarray,
     loading_percent: np.ndarray,
+    activations: Sequence[Activation] = (),
+    activation_verdicts: Sequence[Verdict] = (),
 ) -> str:
-    document = {
+    document: dict[str, object] = {
         "schema": SCHEMA,
         "network": network,
         "base_state": base_state,
@@ -60,14 +68,24 @@ def evidence_hash(
         "trades": [
             [t.id, int(t.seller_bus), int(t.buyer_bus), repr(float(t.p_kw))] for t in trades
         ],
-        "verdicts": [
-            [v.id, v.approved, int(v.reason), v.element, _r(v.value, 5), _r(v.limit, 5)]
-            for v in verdicts
-        ],
+        "verdicts": _verdict_rows(verdicts),
         "ac_result": {
             "vm_pu": _rounded(vm_pu, 5),
             "loading_percent": _rounded(loading_percent, 3),
         },
     }
+    if activations:
+        document["schema"] = SCHEMA_ACTIVATIONS
+        document["activations"] = [
+            [a.id, int(a.bus), repr(float(a.p_kw)), a.before] for a in activations
+        ]
+        document["activation_verdicts"] = _verdict_rows(activation_verdicts)
     blob = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return "0x" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _verdict_rows(verdicts: Sequence[Verdict]) -> list[list[object]]:
+    return [
+        [v.id, v.approved, int(v.reason), v.element, _r(v.value, 5), _r(v.limit, 5)]
+        for v in verdicts
+    ]

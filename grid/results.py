@@ -61,6 +61,13 @@ class ValidationResult:
     max_line_loading_percent: float | None
     max_trafo_loading_percent: float | None
     stats: ValidationStats = field(default_factory=ValidationStats)
+    # The activations' verdicts, in their order: all approved (applied before the trades) or
+    # all refused with the violation of their set (left out).
+    activation_verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def activations_applied(self) -> bool:
+        return bool(self.activation_verdicts) and all(v.approved for v in self.activation_verdicts)
 
     @property
     def approved_ids(self) -> list[str]:
@@ -79,6 +86,11 @@ class ValidationResult:
             "max_line_loading_percent": self.max_line_loading_percent,
             "max_trafo_loading_percent": self.max_trafo_loading_percent,
             "evidence_hash": self.evidence_hash,
+            **(
+                {"activation_verdicts": [v.to_dict() for v in self.activation_verdicts]}
+                if self.activation_verdicts
+                else {}
+            ),
         }
 
 

@@ -59,12 +59,19 @@ class Session:
     log_len = 0
 
     def __init__(
-        self, model: ACModel, measures: Measures, limitset: LimitSet, batch_size: int
+        self,
+        model: ACModel,
+        measures: Measures,
+        limitset: LimitSet,
+        batch_size: int,
+        S: np.ndarray | None = None,
     ) -> None:
+        """``S``/``measures``: the injections and AC state trades start from (default the base
+        state's; applied activations shift both)."""
         self.model = model
         self.limitset = limitset
         self.batch_size = batch_size
-        self.S = model.Sbus0.copy()
+        self.S = model.Sbus0.copy() if S is None else S.copy()
         self.measures = measures
         self.inv_V = 1.0 / measures.V  # angle moves of predictions (``_angle_band``)
         # Verdicts as an append-only log of (position, verdict): a snapshot is a length into it.

@@ -61,7 +61,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandapower as pp
 
-from grid.acmodel import ACModel, refuse_unmodeled
+from grid.acmodel import ACModel, Measures, refuse_unmodeled
 from grid.basestate import BaseState, BaseStates, max_or_none
 from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
@@ -93,7 +93,7 @@ from grid.results import (
     ValidationStats,
 )
 from grid.session import RELINEARIZE_PU, Session
-from grid.verdicts import Limits, Reason, Trade, Verdict
+from grid.verdicts import Activation, Limits, Reason, Trade, Verdict
 
 __all__ = [
     "BATCH_SIZE",
@@ -158,9 +158,9 @@ class GridValidator:
         self._nominal = nominal_values(net)
         self._bases = BaseStates(net, self._nominal, self.limits, self.network_name)
         self.reuse = bool(reuse)
-        self._prefixes: OrderedDict[int, tuple[BaseState, tuple[Trade, ...], Session]] = (
-            OrderedDict()
-        )
+        self._prefixes: OrderedDict[
+            int, tuple[BaseState, tuple[Activation, ...], tuple[Trade, ...], Session]
+        ] = OrderedDict()
         self._prefix_seq = 0
 
     # ----------------------------------------------------------------- network facts
@@ -208,11 +208,24 @@ class GridValidator:
         trades: Sequence[Trade],
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        activations: Sequence[Activation] = (),
     ) -> ValidationResult:
         """Verdicts for ``trades`` in priority order (first = highest) under the "do no harm"
-        rule."""
+        rule.
+
+        ``activations`` (flexibility bought for the interval): one with ``before`` is applied
+        right before that trade and judged like a trade (``_place``). The others are decided
+        first, as one set: approved together iff the base state plus all of them passes the
+        rule, and then the trades are validated on that state, "do no harm" measured against it
+        (its limit set: never looser than the base state's, since it passed that). Refused, they
+        all carry the set's violation and the trades are validated on the base state alone. A
+        malformed one (zero or non-finite power, unknown bus, repeated id, ``before`` naming no
+        trade of the list) is refused by itself."""
         base = self._base(interval, interval_seconds)
-        trades = list(trades)
+        real_trades = list(trades)
+        all_acts = list(activations)
+        trades, placed, placed_verdicts = self._place(base, real_trades, all_acts)
+        activations = [a for a in all_acts if not a.before]
         verdicts: list[Verdict | None] = [None] * len(trades)
         seen: set[str] = set()
         valid: list[tuple[int, Trade]] = []
@@ -227,18 +240,23 @@ class GridValidator:
                 verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED, source="input")
             else:
                 valid.append((pos, trade))
+        act_verdicts, start_state = self._apply_activations(base, activations, known)
         if base.model is None or base.measures is None or base.limitset is None:
             for pos, trade in valid:
                 verdicts[pos] = Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
-            final: list[Verdict] = [v for v in verdicts if v is not None]
+            final, act_verdicts = _split(
+                verdicts, placed, placed_verdicts, all_acts, act_verdicts, len(trades)
+            )
             digest = evidence_hash(
                 network=self.fingerprint,
                 base_state=base.doc,
                 limits=self.limits,
-                trades=trades,
+                trades=real_trades,
                 verdicts=final,
                 vm_pu=np.zeros(0),
                 loading_percent=np.zeros(0),
+                activations=all_acts,
+                activation_verdicts=act_verdicts,
             )
             return ValidationResult(
                 self.network_name,
@@ -251,10 +269,16 @@ class GridValidator:
                 None,
                 None,
                 None,
+                activation_verdicts=act_verdicts,
             )
-        start, resumed = self._resume(base, trades)
+        applied = tuple(activations) if start_state is not None else ()
+        start, resumed = self._resume(base, applied, trades)
         if resumed is None:
-            session = Session(base.model, base.measures, base.limitset, self.batch_size)
+            if start_state is None:
+                session = Session(base.model, base.measures, base.limitset, self.batch_size)
+            else:
+                S_act, me_act, limits_act = start_state
+                session = Session(base.model, me_act, limits_act, self.batch_size, S_act)
         else:
             session = resumed.resume()
         todo = valid if start == 0 else [(pos, trade) for pos, trade in valid if pos >= start]
@@ -270,21 +294,25 @@ class GridValidator:
                     points.append((pos, snap))  # the next round may drop this vetoed trade
             if self.reuse:
                 points.append((len(trades), session.snapshot()))
-                self._remember(base, trades, points)
+                self._remember(base, applied, trades, points)
             session.flush(final=True)
         for pos, verdict in session.log:  # each position is logged once
             verdicts[pos] = verdict
-        final = [v for v in verdicts if v is not None]
+        final, act_verdicts = _split(
+            verdicts, placed, placed_verdicts, all_acts, act_verdicts, len(trades)
+        )
         state = session.measures
         n_lines = len(base.model.monitored.lines)
         digest = evidence_hash(
             network=self.fingerprint,
             base_state=base.doc,
             limits=self.limits,
-            trades=trades,
+            trades=real_trades,
             verdicts=final,
             vm_pu=state.vm_pu,
             loading_percent=state.loading_percent,
+            activations=all_acts,
+            activation_verdicts=act_verdicts,
         )
         return ValidationResult(
             network=self.network_name,
@@ -298,18 +326,118 @@ class GridValidator:
             max_line_loading_percent=max_or_none(state.loading_percent[:n_lines]),
             max_trafo_loading_percent=max_or_none(state.loading_percent[n_lines:]),
             stats=session.stats(len(trades), start),
+            activation_verdicts=act_verdicts,
         )
 
-    def _resume(self, base: BaseState, trades: list[Trade]) -> tuple[int, Session | None]:
-        """The longest prefix of ``trades`` an earlier ``validate`` on this base state left a
-        session snapshot after: (its length, the snapshot), or (0, None)."""
+    def _place(
+        self, base: BaseState, trades: list[Trade], activations: list[Activation]
+    ) -> tuple[list[Trade], dict[int, int], dict[int, Verdict]]:
+        """``trades`` with each placed activation (``before`` set) right before its trade, as a
+        pseudo-trade between its bus and the slack bus (the slack's injection is its output:
+        only the activation's bus moves); (that list, its pseudo-trades' positions -> the
+        activation's index, verdicts of placed activations refused before any power flow)."""
+        if not any(a.before for a in activations):
+            return trades, {}, {}
+        known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
+        slack = self._slack_bus()
+        seen = {str(a.id) for a in activations if not a.before}
+        by_trade: dict[str, list[int]] = {}
+        refused: dict[int, Verdict] = {}
+        trade_ids = {t.id for t in trades}
+        for k, act in enumerate(activations):
+            if not act.before:
+                continue
+            bad = _activation_input_verdict(act, known, seen)
+            if bad is None and act.before not in trade_ids:
+                bad = Verdict(act.id, False, Reason.INVALID_TRADE, "before", source="input")
+            if bad is not None:
+                refused[k] = bad
+            else:
+                by_trade.setdefault(act.before, []).append(k)
+        out: list[Trade] = []
+        placed: dict[int, int] = {}
+        for trade in trades:
+            for k in by_trade.pop(trade.id, []):
+                act = activations[k]
+                p = float(act.p_kw)
+                placed[len(out)] = k
+                out.append(
+                    Trade(act.id, int(act.bus), slack, p)
+                    if p > 0
+                    else Trade(act.id, slack, int(act.bus), -p)
+                )
+            out.append(trade)
+        return out, placed, refused
+
+    def _slack_bus(self) -> int:
+        """The pandapower bus of the (first) in-service external grid."""
+        grids = self.net.ext_grid[self.net.ext_grid.in_service]
+        return int(grids.bus.iloc[0]) if len(grids) else int(self.net.bus.index[0])
+
+    def _apply_activations(
+        self, base: BaseState, activations: list[Activation], known: object
+    ) -> tuple[list[Verdict], tuple[np.ndarray, Measures, LimitSet] | None]:
+        """The activations' verdicts and, when they are applied, the state trades start from:
+        (injections, AC measures, limit set). See ``validate``."""
+        if not activations:
+            return [], None
+        verdicts: list[Verdict | None] = [None] * len(activations)
+        seen: set[str] = set()
+        good: list[int] = []
+        for k, act in enumerate(activations):
+            bad = _activation_input_verdict(act, known, seen)
+            if bad is None:
+                good.append(k)
+            else:
+                verdicts[k] = bad
+        model, measures, limitset = base.model, base.measures, base.limitset
+        start: tuple[np.ndarray, Measures, LimitSet] | None = None
+        refusal: Violation | None = None
+        if model is None or measures is None or limitset is None:
+            refusal = Violation(Reason.NOT_CONVERGED, "base state", None, None)
+        elif good:
+            delta: dict[int, float] = {}
+            for k in good:
+                bus = int(activations[k].bus)
+                delta[bus] = delta.get(bus, 0.0) + float(activations[k].p_kw)
+            S = model.Sbus0 + model.injection(delta)
+            with np.errstate(all="ignore"):
+                V = model.solve_checked(S, measures.V, measures.V)
+            if isinstance(V, Violation):
+                refusal = V
+            else:
+                me = model.measure(V)
+                refusal = limitset.check(me.vm_pu, me.loading_percent)
+                if refusal is None:
+                    start = (
+                        S,
+                        me,
+                        LimitSet(self.limits, model.monitored, me.vm_pu, me.loading_percent),
+                    )
+        for k in good:
+            act = activations[k]
+            verdicts[k] = (
+                Verdict(act.id, True, Reason.APPROVED)
+                if refusal is None
+                else Verdict(
+                    act.id, False, refusal.reason, refusal.element, refusal.value, refusal.limit
+                )
+            )
+        return [v for v in verdicts if v is not None], start
+
+    def _resume(
+        self, base: BaseState, applied: tuple[Activation, ...], trades: list[Trade]
+    ) -> tuple[int, Session | None]:
+        """The longest prefix of ``trades`` an earlier ``validate`` on this base state (with the
+        same applied activations) left a session snapshot after: (its length, the snapshot), or
+        (0, None)."""
         if not self.reuse:
             return 0, None
         n_trades = len(trades)
         candidates = [
             (len(prefix), key, prefix, snap)
-            for key, (owner, prefix, snap) in self._prefixes.items()
-            if owner is base and len(prefix) <= n_trades
+            for key, (owner, acts, prefix, snap) in self._prefixes.items()
+            if owner is base and acts == applied and len(prefix) <= n_trades
         ]
         # Longest first (the oldest of equal length first, as stored): the first match wins.
         candidates.sort(key=lambda c: -c[0])
@@ -320,13 +448,17 @@ class GridValidator:
         return 0, None
 
     def _remember(
-        self, base: BaseState, trades: list[Trade], points: list[tuple[int, Session]]
+        self,
+        base: BaseState,
+        applied: tuple[Activation, ...],
+        trades: list[Trade],
+        points: list[tuple[int, Session]],
     ) -> None:
         for n, snap in points:
             if n == 0:
                 continue
             self._prefix_seq += 1
-            self._prefixes[self._prefix_seq] = (base, tuple(trades[:n]), snap)
+            self._prefixes[self._prefix_seq] = (base, applied, tuple(trades[:n]), snap)
         while len(self._prefixes) > PREFIX_CACHE:
             self._prefixes.popitem(last=False)
 
@@ -375,14 +507,16 @@ class GridValidator:
         trades: Sequence[Trade] = (),
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        activations: Sequence[Activation] = (),
     ) -> GridStatus:
-        """AC state of the base state plus ``trades`` (normally the approved ones), all applied."""
+        """AC state of the base state plus ``trades`` (normally the approved ones) and
+        ``activations``, all applied."""
         base = self._base(interval, interval_seconds)
         model = base.model
         if model is None:
             return GridStatus(self.network_name, interval, False, self.buses(), [], [], [], [], [])
         mon = model.monitored
-        solved = self._solve_trades(model, trades)
+        solved = self._solve_trades(model, trades, activations)
         if solved is None:
             return GridStatus(
                 self.network_name, interval, False, mon.buses.tolist(), [], [], [], [], []
@@ -409,6 +543,7 @@ class GridValidator:
         trades: Sequence[Trade] = (),
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        activations: Sequence[Activation] = (),
     ) -> EnergyBalance:
         """Power balance of the base state plus ``trades``, all applied, from the same AC power
         flow as ``grid_status``: the external grid's share (the slack buses' injection beyond
@@ -418,10 +553,12 @@ class GridValidator:
         base = self._base(interval, interval_seconds)
         trades = list(trades)
         traded_kw = sum(float(t.p_kw) for t in trades)
-        generation_kw = base.summary.pv_kw + traded_kw
-        consumption_kw = base.summary.load_kw + traded_kw
+        up_kw = sum(max(float(a.p_kw), 0.0) for a in activations)
+        down_kw = sum(max(-float(a.p_kw), 0.0) for a in activations)
+        generation_kw = base.summary.pv_kw + traded_kw + up_kw
+        consumption_kw = base.summary.load_kw + traded_kw + down_kw
         model = base.model
-        solved = None if model is None else self._solve_trades(model, trades)
+        solved = None if model is None else self._solve_trades(model, trades, activations)
         if model is None or solved is None:
             nan = float("nan")
             return EnergyBalance(
@@ -446,11 +583,16 @@ class GridValidator:
         )
 
     def _solve_trades(
-        self, model: ACModel, trades: Sequence[Trade]
+        self, model: ACModel, trades: Sequence[Trade], activations: Sequence[Activation] = ()
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The base state's injections plus ``trades`` (all applied) and the AC voltages there,
-        or None when the flow has no plausible solution (``ACModel.solve_checked``)."""
+        """The base state's injections plus ``trades`` and ``activations`` (all applied) and the
+        AC voltages there, or None when the flow has no plausible solution
+        (``ACModel.solve_checked``)."""
         delta: dict[int, float] = {}
+        for act in activations:
+            if act.bus not in model.ppci_of_bus:
+                raise TradeInputError(f"activation {act.id!r}: bus {act.bus} is not in the network")
+            delta[act.bus] = delta.get(act.bus, 0.0) + float(act.p_kw)
         for trade in trades:
             for bus, sign in ((trade.seller_bus, 1.0), (trade.buyer_bus, -1.0)):
                 if bus not in model.ppci_of_bus:
@@ -460,6 +602,27 @@ class GridValidator:
         with np.errstate(all="ignore"):
             V = model.solve_checked(S, model.V0, model.V0)
         return None if isinstance(V, Violation) else (S, V)
+
+
+def _split(
+    verdicts: list[Verdict | None],
+    placed: dict[int, int],
+    placed_verdicts: dict[int, Verdict],
+    activations: list[Activation],
+    first_verdicts: list[Verdict],
+    n: int,
+) -> tuple[list[Verdict], list[Verdict]]:
+    """The trades' verdicts (the placed activations' pseudo-trades taken out) and every
+    activation's verdict in input order (the first set's, then each placed one's)."""
+    by_index = dict(placed_verdicts)
+    for pos, k in placed.items():
+        v = verdicts[pos]
+        assert v is not None
+        by_index[k] = v
+    first = iter(first_verdicts)
+    acts = [next(first) if not a.before else by_index[k] for k, a in enumerate(activations)]
+    trades = [v for pos, v in enumerate(verdicts[:n]) if pos not in placed and v is not None]
+    return trades, acts
 
 
 def _same_trades(trades: list[Trade], prefix: tuple[Trade, ...]) -> bool:
@@ -500,6 +663,24 @@ def _input_verdict(trade: Trade, known: object, seen: set[str]) -> Verdict | Non
     for bus in (seller, buyer):
         if int(bus) not in known:  # type: ignore[operator]
             return Verdict(tid, False, Reason.UNKNOWN_BUS, f"bus {int(bus)}", source="input")
+    return None
+
+
+def _activation_input_verdict(act: Activation, known: object, seen: set[str]) -> Verdict | None:
+    """INVALID_TRADE (repeated id, zero or non-finite power, a bus that is no integer) or
+    UNKNOWN_BUS for an activation, as ``_input_verdict`` for trades."""
+    aid = str(act.id)
+    if aid in seen:
+        return Verdict(aid, False, Reason.INVALID_TRADE, "id", source="input")
+    seen.add(aid)
+    p = act.p_kw
+    if isinstance(p, bool) or not isinstance(p, int | float) or not math.isfinite(p) or p == 0:
+        return Verdict(aid, False, Reason.INVALID_TRADE, "p_kw", source="input")
+    bus = act.bus
+    if isinstance(bus, bool) or not isinstance(bus, int | np.integer):
+        return Verdict(aid, False, Reason.INVALID_TRADE, "bus", source="input")
+    if int(bus) not in known:  # type: ignore[operator]
+        return Verdict(aid, False, Reason.UNKNOWN_BUS, f"bus {int(bus)}", source="input")
     return None
 
 

@@ -39,6 +39,22 @@ class Trade:
 
 
 @dataclass(frozen=True)
+class Activation:
+    """A flexibility activation as the grid sees it: ``p_kw`` extra injection at ``bus`` for the
+    interval (positive injects, negative consumes: an up activation of a device is ``+p_kw``, a
+    down one ``-p_kw``). ``id`` is the market's activation id (0x hex); the network's slack
+    balances it, as it balances a trade's losses."""
+
+    id: str
+    bus: int
+    p_kw: float
+    # The id of the trade it is bought for: applied right before that trade, judged like a trade
+    # on the state so far (its verdict: approved iff that state stays feasible). "" - the DSO
+    # service's: applied first, with the other such activations, as one set.
+    before: str = ""
+
+
+@dataclass(frozen=True)
 class Limits:
     """Operating limits. Where the base state is already outside a limit, "no worse than base"
     applies

@@ -6,14 +6,17 @@ import json
 from typing import Any
 
 from backend.api.schemas import (
+    ActivationOut,
     BatchOut,
     ImbalanceOut,
     IntervalOut,
     OrderOut,
     PartyImbalanceOut,
+    PayerShareOut,
     TradeOut,
 )
 from backend.market.models import (
+    ActivationRow,
     BatchRow,
     BatchState,
     ImbalanceRow,
@@ -119,6 +122,28 @@ def interval_out(market: Market, row: IntervalRow) -> IntervalOut:
         batches=[batch_out(b) for b in batches],
         error=market.interval_error(row.id),
         imbalance=imbalance_out(market.imbalance(row.id)),
+        activations=[activation_out(a) for a in market.store.activations(row.id)],
+    )
+
+
+def activation_out(row: ActivationRow) -> ActivationOut:
+    return ActivationOut(
+        id=row.id,
+        intervalId=row.interval_id,
+        position=row.position,
+        offerHash=row.offer_hash,
+        provider=row.provider,
+        device=row.device,
+        busId=row.bus_id,
+        direction=row.direction,
+        activatedW=row.activated_w,
+        baselineW=row.baseline_w,
+        setpointW=row.setpoint_w,
+        pricePerKWh=int(row.price_per_kwh),
+        tradeId=row.trade_id,
+        energyWh=row.energy_wh,
+        cost=int(row.cost),
+        payers=[PayerShareOut(account=w, share=int(v)) for w, v in json.loads(row.payers)],
     )
 
 

@@ -297,6 +297,9 @@ class IntervalOut(BaseModel):
         None,
         description="every party's imbalance, once the interval is settled (none when reclaimed)",
     )
+    activations: list[ActivationOut] = Field(
+        default_factory=list, description="flexibility activations bought with the clearing"
+    )
 
 
 class TradeOut(BaseModel):
@@ -497,7 +500,7 @@ class FlexIn(BaseModel):
 
 class FlexOut(BaseModel):
     hash: Hash32 = Field(description="the EIP-712 digest of the offer")
-    status: str = Field(description="open | cancelled")
+    status: str = Field(description="open | cancelled | activated")
     provider: Address
     device: Address
     intervalId: Number = Field(description=OUT_NUM)
@@ -508,6 +511,38 @@ class FlexOut(BaseModel):
     nonce: Nonce256 = Field(description=f"the provider's flex nonce; {OUT_STR}")
     expiry: Number = Field(description=f"unix seconds; {OUT_NUM}")
     createdAt: float = Field(description="unix seconds (with fraction) the API accepted it")
+    remainingW: Number | None = Field(
+        None, description=f"W not activated by the clearing; null before it; {OUT_NUM}"
+    )
+
+
+class PayerShareOut(BaseModel):
+    account: Address
+    share: Amount = Field(description=f"token base units; {OUT_STR}")
+
+
+class ActivationOut(BaseModel):
+    """One flexibility activation the clearing bought: for a rescued trade (``tradeId``) or for
+    the DSO service (``tradeId`` 0x00..00, paid by the balancing account)."""
+
+    id: Hash32 = Field(description="activationId = keccak256(abi.encode(offerHash, tradeId))")
+    intervalId: Number = Field(description=OUT_NUM)
+    position: Number = Field(description=f"place in the evidence's activation list; {OUT_NUM}")
+    offerHash: Hash32
+    provider: Address
+    device: Address
+    busId: Number = Field(description=OUT_NUM)
+    direction: Uint8 = Field(description=f"0 up, 1 down; {OUT_NUM}")
+    activatedW: Number = Field(description=f"W; {OUT_NUM}")
+    baselineW: Int32 = Field(description=f"W (signed); {OUT_NUM}")
+    setpointW: Int32 = Field(
+        description=f"baselineW +/- activatedW, the device's target; {OUT_NUM}"
+    )
+    pricePerKWh: Price = Field(description=f"token base units per kWh; {OUT_STR}")
+    tradeId: Hash32 = Field(description="the rescued trade, or 0x00..00 for the DSO service")
+    energyWh: Number = Field(description=f"floor(activatedW x interval seconds / 3600); {OUT_NUM}")
+    cost: Amount = Field(description=f"floor(energyWh x pricePerKWh / 1000); {OUT_STR}")
+    payers: list[PayerShareOut]
 
 
 Int64 = Annotated[int, JsonInt(-(2**63), 2**63 - 1, string=True)]  # int64 on chain

@@ -158,6 +158,19 @@ def trade_id(sell_order_hash: bytes, buy_order_hash: bytes) -> bytes:
     return keccak(bytes(sell_order_hash) + bytes(buy_order_hash))
 
 
+def activation_id_hex(offer_hash: str, trade_id: str) -> str:
+    """activationId = keccak256(abi.encode(offerHash, tradeId)) of two ``0x`` hex bytes32 (the
+    FlexOffer's EIP-712 digest; the rescued trade's id, or bytes32(0) for a DSO-service
+    activation), as ``0x`` hex."""
+    offer, trade = bytes.fromhex(offer_hash[2:]), bytes.fromhex(trade_id[2:])
+    if len(offer) != 32 or len(trade) != 32:
+        raise ValueError("offer hash and trade id must be 32 bytes")
+    return "0x" + keccak(offer + trade).hex()
+
+
+ZERO_BYTES32 = "0x" + "00" * 32
+
+
 def trade_id_hex(sell_order_hash: str, buy_order_hash: str) -> str:
     """:func:`trade_id` of two ``0x`` hex order hashes, as ``0x`` hex."""
     return (

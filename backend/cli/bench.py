@@ -173,6 +173,49 @@ def clearing_bench(
     _emit(result)
 
 
+FLEX_NETWORKS = ("kerber_vorstadt", "cigre_lv")  # bench.flex.NETWORKS (not imported: --help)
+
+
+@app.command("flex")
+def flex_bench(
+    as_json: bool = typer.Option(False, "--json", help="print JSON only (progress goes to stderr)"),
+    intervals: int = typer.Option(
+        4, min=1, max=16, help="15-minute intervals per network, from 12:00"
+    ),
+    networks: list[str] = typer.Option(
+        [], "--network", help="only this network of the bench (repeatable; default: all)"
+    ),
+) -> None:
+    """Remedies in the clearing: share of the vetoed trades' gains recovered through flexibility
+    offers at relieving and non-relieving buses, remedy search time per vetoed candidate beside a
+    naive runpp search, false accepts under pandapower's runpp."""
+    unknown = [n for n in networks if n not in FLEX_NETWORKS]
+    if unknown:
+        fail(f"unknown network {unknown[0]!r}; the bench's networks: {', '.join(FLEX_NETWORKS)}")
+    # lazy: bench.flex loads pandapower and highspy (~3 s), not for `tegrid --help`
+    from bench.flex import run_benchmark  # noqa: PLC0415
+
+    chosen = list(networks) if networks else list(FLEX_NETWORKS)
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("remedies in midday intervals", total=intervals * len(chosen))
+        result = run_benchmark(chosen, intervals, on_interval=lambda: progress.advance(task))
+    if not as_json:
+        table = Table(title="remedies (tokens)")
+        for column in ("network", "lost gain", "recovered", "share", "cost", "us/cand",
+                       "naive us/cand", "speedup", "false accepts"):  # fmt: skip
+            table.add_column(column, justify="left" if column == "network" else "right")
+        for n in result["networks"]:
+            t = n["total"]
+            table.add_row(
+                n["network"],
+                *(str(t[k]) for k in ("vetoed_gain", "recovered_gain", "recovered_share",
+                                      "remedy_cost", "remedy_us_per_candidate",
+                                      "naive_us_per_candidate", "speedup", "false_accepts")),
+            )  # fmt: skip
+        Console(width=150).print(table)
+    _emit(result)
+
+
 def _clearing_table(result: dict[str, Any]) -> Table:
     table = Table(title="clearing welfare (tokens), all intervals")
     for column in (

@@ -23,7 +23,7 @@ from backend.cli.output import fail
 
 if TYPE_CHECKING:
     from grid.validator import GridValidator
-    from grid.verdicts import Trade
+    from grid.verdicts import Activation, Trade
 
 app = App(
     help="Neural Grid: power flow checks, trade validation, hosting capacity.", no_args_is_help=True
@@ -74,6 +74,17 @@ TrafoOpt = Annotated[
 ]
 TradesOpt = Annotated[
     Path, typer.Option("--trades", "-t", metavar="FILE", help=TRADES_FORMAT, show_default=False)
+]
+# The activations file, as `grid.tradeio.load_activations` reads it.
+ACTIVATIONS_FORMAT = (
+    "JSON list of flexibility activations, each "
+    '{"id": "0xab..", "bus": 24, "p_kw": -3.0, "before": "t1"}: p_kw signed (positive '
+    "injects, negative consumes); applied right before the trade named in before (optional), "
+    "else before every trade, as one set"
+)
+ActivationsOpt = Annotated[
+    Path | None,
+    typer.Option("--activations", "-a", metavar="FILE", help=ACTIVATIONS_FORMAT),
 ]
 
 
@@ -147,12 +158,14 @@ def validate(
     vm_max: VmMaxOpt = 1.10,
     max_line_loading: LineOpt = 100.0,
     max_trafo_loading: TrafoOpt = 100.0,
+    activations: ActivationsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verdicts for a trade list in priority order, with the evidence hash."""
     trade_list = _load(trades)
+    activation_list = _load_activations(activations)
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
-    result = validator.validate(trade_list, interval, interval_seconds)
+    result = validator.validate(trade_list, interval, interval_seconds, activation_list)
     payload = result.to_dict()
     if as_json:
         _echo_json(payload)
@@ -160,7 +173,7 @@ def validate(
     table = Table(title=f"verdicts on {network}")
     for column in ("id", "approved", "reason", "element", "value", "limit"):
         table.add_column(column)
-    for verdict in result.verdicts:
+    for verdict in [*result.activation_verdicts, *result.verdicts]:
         row = verdict.to_dict()
         table.add_row(
             *(
@@ -266,6 +279,7 @@ def verify(
             help="claimed result: the JSON printed by `tegrid grid validate --json`",
         ),
     ] = None,
+    activations: ActivationsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute verdicts and evidence from the same inputs; exit 0 on match, 1 on mismatch."""
@@ -282,23 +296,29 @@ def verify(
                 f"claimed verdicts {str(claimed)!r}: "
                 "expected the JSON of `tegrid grid validate --json`"
             )
-        claimed_verdicts = document["verdicts"]
+        claimed_verdicts = [*(document.get("activation_verdicts") or []), *document["verdicts"]]
         if evidence is None and isinstance(document.get("evidence_hash"), str):
             evidence = document["evidence_hash"]
     trade_list = _load(trades)
+    activation_list = _load_activations(activations)
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
-    result = validator.validate(trade_list, interval, interval_seconds)
+    result = validator.validate(trade_list, interval, interval_seconds, activation_list)
     problems: list[str] = []
     if evidence is not None and evidence.lower() != result.evidence_hash:
         problems.append(f"evidence hash {evidence} != recomputed {result.evidence_hash}")
     if claimed_verdicts is not None:
-        ours = [(v.id, v.approved, v.reason.name) for v in result.verdicts]
+        ours = [
+            (v.id, v.approved, v.reason.name)
+            for v in [*result.activation_verdicts, *result.verdicts]
+        ]
         theirs = [
             (c.get("id"), c.get("approved"), c.get("reason")) if isinstance(c, dict) else c
             for c in claimed_verdicts
         ]
         if len(theirs) != len(ours):
-            problems.append(f"{len(theirs)} claimed verdicts for {len(ours)} trades")
+            problems.append(
+                f"{len(theirs)} claimed verdicts for {len(ours)} trades and activations"
+            )
         for mine, other in zip(ours, theirs, strict=False):
             if mine != other:
                 problems.append(f"verdict {mine[0]!r}: claimed {other}, recomputed {mine[1:]}")
@@ -326,5 +346,18 @@ def _load(path: Path) -> list[Trade]:
 
     try:
         return load_trades(path)
+    except GridError as exc:
+        fail(str(exc))
+
+
+def _load_activations(path: Path | None) -> list[Activation]:
+    if path is None:
+        return []
+    # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
+    from grid.errors import GridError  # noqa: PLC0415
+    from grid.tradeio import load_activations  # noqa: PLC0415
+
+    try:
+        return load_activations(path)
     except GridError as exc:
         fail(str(exc))

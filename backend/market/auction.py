@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from backend.chain.protocol import BUY, SELL, ZERO_ADDRESS
+from backend.market.activations import PlannedActivation
 
 MAX_ROUNDS = 64
 
@@ -113,6 +114,9 @@ class Clearing:
     bid_wh: int = 0
     # "greedy" (this module), "optimal" (``backend.market.optimal``) or "greedy (fallback: why)".
     method: str = "greedy"
+    # Flexibility activations bought with the clearing (``backend.market.remedy``): rescues of
+    # vetoed trades and the DSO service; the evidence hash covers them.
+    activations: list[PlannedActivation] = field(default_factory=list)
 
     @property
     def approved(self) -> list[Candidate]:

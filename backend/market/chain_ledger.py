@@ -131,6 +131,7 @@ class ChainLedger:
         self._filled_of = AbiFunction(self.market, "filledOf")
         self._balance_of = AbiFunction(self.market, "balanceOf")
         self._debt_of = AbiFunction(self.market, "debtOf")
+        self._balancing: str | None = None  # immutable on chain: read once
         self._clock_ttl_s = clock_ttl_s
         self._clock_lock = threading.Lock()
         self._block_ts = 0
@@ -181,6 +182,15 @@ class ChainLedger:
             lambda: self._balance_of.call(self.w3, checksum(wallet)),
         )
         return int(available)
+
+    def balancing_account(self) -> str:
+        if self._balancing is None:
+            account = self._rpc(
+                "reading the balancing account",
+                lambda: self.market.functions.balancingAccount().call(),
+            )
+            self._balancing = checksum(account)
+        return self._balancing
 
     def debt_of(self, wallet: str) -> int:
         debt = self._rpc("reading a debt", lambda: self._debt_of.call(self.w3, checksum(wallet)))

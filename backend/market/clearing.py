@@ -26,13 +26,14 @@ from eth_hash.auto import keccak
 from backend.chain import eip712, protocol
 from backend.chain.errors import ChainUnavailableError
 from backend.market import typed
+from backend.market.activations import FlexInput, FlexOption, PayerFunds, PlannedActivation
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.batching import GasModel, TradeSpec, order_count, split
 from backend.market.config import MarketConfig
 from backend.market.errors import BatchTooLargeError, MarketError, NotFoundError
 from backend.market.events import EventBus
 from backend.market.intake import Intake
-from backend.market.models import BatchRow, BatchState, OrderRow
+from backend.market.models import BatchRow, BatchState, FlexStatus, OrderRow
 from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant
 from backend.market.store import Store, trade_ids_json
 
@@ -160,6 +161,43 @@ class ClearedTrade:
             "seller": self.seller,
             "buyer": self.buyer,
         }
+
+
+def activation_row(position: int, a: PlannedActivation) -> dict[str, Any]:
+    """The ``ActivationRow`` values of a planned activation (without interval and time)."""
+    return {
+        "id": a.activation_id,
+        "position": position,
+        "offer_hash": a.offer_hash,
+        "provider": a.provider,
+        "device": a.device,
+        "bus_id": a.bus,
+        "direction": a.direction,
+        "activated_w": a.activated_w,
+        "baseline_w": a.baseline_w,
+        "setpoint_w": a.setpoint_w,
+        "price_per_kwh": str(a.price_per_kwh),
+        "trade_id": a.trade_id,
+        "energy_wh": a.energy_wh,
+        "cost": str(a.cost),
+        "payers": json.dumps([[w, str(v)] for w, v in a.payers]),
+    }
+
+
+def activation_event(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``activation`` event of a stored activation row."""
+    return {
+        "activationId": row["id"],
+        "offerHash": row["offer_hash"],
+        "provider": row["provider"],
+        "device": row["device"],
+        "busId": row["bus_id"],
+        "direction": row["direction"],
+        "activatedW": row["activated_w"],
+        "setpointW": row["setpoint_w"],
+        "tradeId": row["trade_id"],
+        "cost": row["cost"],
+    }
 
 
 def _log_failure(future: Future[None]) -> None:
@@ -292,8 +330,14 @@ class Clearer:
             for o, p in eligible
         ]
         # The grid runs the clearing's rounds where it validates (a worker process: the whole
-        # book goes over once); no grid approves everything.
-        result = clear(book) if self.grid is None else self.grid.clear(interval_id, book)
+        # book goes over once), the remedies included; no grid approves everything.
+        flex = None if self.grid is None else self._flex(interval_id, book)
+        if self.grid is None:
+            result = clear(book)
+        elif flex is None:
+            result = self.grid.clear(interval_id, book)
+        else:
+            result = self.grid.clear(interval_id, book, flex)
         # The contract wants each interval's trades in ascending tradeId order.
         decided = sorted(
             ((protocol.trade_id_hex(c.sell.hash, c.buy.hash), c, d) for c, d in result.trades),
@@ -317,17 +361,66 @@ class Clearer:
             "clearing_method": result.method[:200],
             "welfare": str(result.welfare),
         }
+        activations = [activation_row(pos, a) for pos, a in enumerate(result.activations)]
         self.store.save_clearing(
-            interval_id, [t.row() for t in trades], batches, result.fills(), stats
+            interval_id, [t.row() for t in trades], batches, result.fills(), stats, activations
         )
         self._errors.pop(interval_id, None)
         self.intake.reload()
         self.events.publish(
-            "clearing", {"intervalId": interval_id, "batches": len(batches), **stats}
+            "clearing",
+            {
+                "intervalId": interval_id,
+                "batches": len(batches),
+                "activations": len(activations),
+                **stats,
+            },
         )
         for t in trades:
             self.events.publish("verdict", t.verdict_event())
+        for a in activations:
+            self.events.publish("activation", activation_event(a))
         return result
+
+    def _flex(self, interval_id: int, book: Sequence[BookOrder]) -> FlexInput | None:
+        """What the remedy search needs: the interval's open offers whose device the registry
+        still lists as active and owned by the provider (at its registered bus), the traders'
+        remedy caps and - for those with a cap - available balances less other intervals'
+        unrecorded escrow, and the DSO service's budget and account. None without offers."""
+        rows = self.store.list_flex_offers(interval_id, None, FlexStatus.OPEN, 10**6, 0)
+        offers: list[FlexOption] = []
+        for r in rows:
+            device = self.ledger.device(r.device)
+            if device is None or not device.active or device.owner != r.provider:
+                continue
+            offers.append(
+                FlexOption(
+                    r.hash,
+                    r.provider,
+                    r.device,
+                    device.bus_id,
+                    r.direction,
+                    r.power_w,
+                    r.baseline_w,
+                    int(r.price_per_kwh),
+                    r.seq,
+                )
+            )
+        if not offers:
+            return None
+        pending = self._unrecorded_escrow(interval_id)
+        payers: dict[str, PayerFunds] = {}
+        for wallet in dict.fromkeys(o.trader for o in book):
+            cap = self.ledger.remedy_cap(wallet)
+            if cap > 0:
+                available = self.ledger.available_balance(wallet) - pending.get(wallet, 0)
+                payers[wallet.lower()] = PayerFunds(cap, max(0, available))
+        account = ""
+        if self.config.dso_flex_budget > 0:
+            account = self.ledger.balancing_account()
+            available = self.ledger.available_balance(account) - pending.get(account, 0)
+            payers[account.lower()] = PayerFunds(0, max(0, available))
+        return FlexInput(tuple(offers), payers, account, self.config.dso_flex_budget)
 
     def approved_candidates(self, interval_id: int) -> list[Candidate]:
         """The interval's approved trades as the grid's candidates (for its status view)."""

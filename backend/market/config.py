@@ -28,3 +28,5 @@ class MarketConfig:
     # An interval whose batch would revert (a participant acted after the clearing) is cleared
     # again at most this often while nothing of it is on chain.
     max_reclears: int = 2
+    # The DSO service's budget per interval, token base units (0: off; backend.market.remedy).
+    dso_flex_budget: int = 0

@@ -9,8 +9,11 @@ from pathlib import Path
 
 from eth_account import Account
 
+from backend.chain import protocol
 from backend.chain.client import ChainClient
 from backend.chain.contracts import load_deployment
+from backend.chain.errors import AmountError
+from backend.chain.funds import token_units
 from backend.errors import ConfigError
 from backend.market.chain_ledger import ChainLedger
 from backend.market.events import EventBus
@@ -36,6 +39,16 @@ def load_key(value: str, password: str = "") -> str:
     if len(value) == 64:
         return "0x" + value
     raise ConfigError("a key must be 0x + 64 hex digits or the path of a keystore file")
+
+
+def dso_budget_units(tokens: str) -> int:
+    """``TEGRID_DSO_FLEX_BUDGET`` (tokens, decimal) in base units; "0" is off."""
+    if tokens.strip() in ("0", ""):
+        return 0
+    try:
+        return token_units(tokens.strip(), protocol.TOKEN_DECIMALS)
+    except AmountError as exc:
+        raise ConfigError(f"TEGRID_DSO_FLEX_BUDGET: {exc}") from None
 
 
 def build_market(
@@ -70,6 +83,7 @@ def build_market(
     cfg = config or MarketConfig(
         interval_seconds=deployment.interval_seconds,
         max_orders_per_trader_interval=settings.max_orders_per_trader_interval,
+        dso_flex_budget=dso_budget_units(settings.dso_flex_budget),
     )
     return Market(
         Store(settings.database_url),

@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.chain import protocol
+from backend.market.activations import FlexInput
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.optimal import OptimizationError, clear_optimal
+from backend.market.remedy import remedy
 from backend.settings import CLEARING_METHODS
 from grid.operating import OperatingPoint
 from grid.validator import GridValidator
-from grid.verdicts import Limits, Trade
+from grid.verdicts import Activation, Limits, Trade, Verdict
 
 log = logging.getLogger("tegrid.market")
 
@@ -38,6 +40,10 @@ def _trade(c: Candidate, interval_seconds: int) -> Any:
             protocol.trade_id_hex(c.sell.hash, c.buy.hash), int(c.sell.bus), int(c.buy.bus), p_kw
         )
     return hit
+
+
+def _decision(v: Verdict) -> Decision:
+    return Decision(int(v.reason), v.reason.name, v.element, v.value, v.limit)
 
 
 class GridPortAdapter:
@@ -68,37 +74,79 @@ class GridPortAdapter:
     def _trades(self, batch: Sequence[Candidate]) -> list[Any]:
         return [_trade(c, self.interval_seconds) for c in batch]
 
-    def validate(self, interval_id: int, batch: Sequence[Candidate]) -> tuple[list[Decision], str]:
+    def validate(
+        self,
+        interval_id: int,
+        batch: Sequence[Candidate],
+        activations: Sequence[Activation] = (),
+    ) -> tuple[list[Decision], str]:
+        """One decision per candidate and the evidence hash; ``activations`` (grid view of the
+        interval's flexibility activations) are applied first (``GridValidator.validate``) -
+        use ``validate_activations`` to see their own verdicts."""
+        decisions, _, evidence = self.validate_activations(interval_id, batch, activations)
+        return decisions, evidence
+
+    def validate_activations(
+        self,
+        interval_id: int,
+        batch: Sequence[Candidate],
+        activations: Sequence[Activation],
+    ) -> tuple[list[Decision], list[Decision], str]:
+        """Decisions for the candidates, decisions for the activations (in their order), and
+        the evidence hash covering both."""
         with self._lock:
             result = self.validator.validate(
-                self._trades(batch), interval=interval_id, interval_seconds=self.interval_seconds
+                self._trades(batch),
+                interval=interval_id,
+                interval_seconds=self.interval_seconds,
+                activations=activations,
             )
-        decisions = [
-            Decision(int(v.reason), v.reason.name, v.element, v.value, v.limit)
-            for v in result.verdicts
-        ]
-        return decisions, str(result.evidence_hash)
+        return (
+            [_decision(v) for v in result.verdicts],
+            [_decision(v) for v in result.activation_verdicts],
+            str(result.evidence_hash),
+        )
 
-    def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
+    def clear(
+        self, interval_id: int, book: Sequence[BookOrder], flex: FlexInput | None = None
+    ) -> Clearing:
         """The optimal clearing (``backend.market.optimal``), or the greedy merit order when so
-        configured or when a program fails (``Clearing.method`` says which and why)."""
+        configured or when a program fails (``Clearing.method`` says which and why); then, with
+        ``flex`` offers, the remedies (``backend.market.remedy``: DSO service, rescued trades,
+        ``Clearing.activations``)."""
         validate = functools.partial(self.validate, interval_id)
         if self.clearing == "greedy":
-            return clear(book, validate)
+            result = clear(book, validate)
+        else:
+            try:
+                result = clear_optimal(
+                    book,
+                    validate,
+                    functools.partial(self.operating_point, interval_id),
+                    self.interval_seconds,
+                )
+            except OptimizationError as exc:
+                log.warning(
+                    "interval %s: optimal clearing failed (%s); greedy clearing", interval_id, exc
+                )
+                result = clear(book, validate)
+                result.method = f"greedy (fallback: {exc})"
+        if flex is None or not flex.offers:
+            return result
         try:
-            return clear_optimal(
-                book,
-                validate,
+            remedied, stats = remedy(
+                result,
+                flex,
                 functools.partial(self.operating_point, interval_id),
+                functools.partial(self.validate_activations, interval_id),
                 self.interval_seconds,
+                self.validator.limits,
             )
         except OptimizationError as exc:
-            log.warning(
-                "interval %s: optimal clearing failed (%s); greedy clearing", interval_id, exc
-            )
-            result = clear(book, validate)
-            result.method = f"greedy (fallback: {exc})"
+            log.warning("interval %s: remedy search failed (%s); no activations", interval_id, exc)
             return result
+        log.info("interval %s: remedies %s", interval_id, stats)
+        return remedied
 
     def operating_point(
         self, interval_id: int, injections_kw: Mapping[int, float], buses: Sequence[int]
@@ -128,10 +176,18 @@ class GridPortAdapter:
             )
         return int(cap.max_import.p_kw * 1000)
 
-    def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]:
+    def status(
+        self,
+        interval_id: int,
+        approved: Sequence[Candidate],
+        activations: Sequence[Activation] = (),
+    ) -> dict[str, Any]:
         with self._lock:
             st = self.validator.grid_status(
-                self._trades(approved), interval=interval_id, interval_seconds=self.interval_seconds
+                self._trades(approved),
+                interval=interval_id,
+                interval_seconds=self.interval_seconds,
+                activations=activations,
             )
         out: dict[str, Any] = st.to_dict()
         return out

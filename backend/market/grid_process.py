@@ -19,11 +19,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from backend.market.activations import FlexInput
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision
 from backend.market.errors import GridUnavailableError
 from backend.market.grid_port import GridPortAdapter
 from grid.validator import GridValidator
-from grid.verdicts import Limits
+from grid.verdicts import Activation, Limits
 
 _WORKER: Any = None  # the worker process's GridPortAdapter
 PARENT_POLL_S = 0.5
@@ -100,13 +101,34 @@ class GridProcess:
                     ) from None
         raise AssertionError("unreachable")
 
-    def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
-        """The whole clearing of ``book`` (``GridPortAdapter.clear``) in the worker."""
-        result: Clearing = self._run(_call, "clear", interval_id, list(book))
+    def clear(
+        self, interval_id: int, book: Sequence[BookOrder], flex: FlexInput | None = None
+    ) -> Clearing:
+        """The whole clearing of ``book`` (``GridPortAdapter.clear``, remedies included) in
+        the worker."""
+        result: Clearing = self._run(_call, "clear", interval_id, list(book), flex)
         return result
 
-    def validate(self, interval_id: int, batch: Sequence[Candidate]) -> tuple[list[Decision], str]:
-        out: tuple[list[Decision], str] = self._run(_call, "validate", interval_id, list(batch))
+    def validate(
+        self,
+        interval_id: int,
+        batch: Sequence[Candidate],
+        activations: Sequence[Activation] = (),
+    ) -> tuple[list[Decision], str]:
+        out: tuple[list[Decision], str] = self._run(
+            _call, "validate", interval_id, list(batch), list(activations)
+        )
+        return out
+
+    def validate_activations(
+        self,
+        interval_id: int,
+        batch: Sequence[Candidate],
+        activations: Sequence[Activation],
+    ) -> tuple[list[Decision], list[Decision], str]:
+        out: tuple[list[Decision], list[Decision], str] = self._run(
+            _call, "validate_activations", interval_id, list(batch), list(activations)
+        )
         return out
 
     def prepare(self, interval_id: int) -> None:
@@ -121,8 +143,15 @@ class GridProcess:
     def import_capacity_w(self, bus_id: int, interval_id: int | None = None) -> int:
         return int(self._run(_call, "import_capacity_w", bus_id, interval_id))
 
-    def status(self, interval_id: int, approved: Sequence[Candidate]) -> dict[str, Any]:
-        out: dict[str, Any] = self._run(_call, "status", interval_id, list(approved))
+    def status(
+        self,
+        interval_id: int,
+        approved: Sequence[Candidate],
+        activations: Sequence[Activation] = (),
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = self._run(
+            _call, "status", interval_id, list(approved), list(activations)
+        )
         return out
 
     def load_buses(self) -> list[int]:

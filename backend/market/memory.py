@@ -67,7 +67,8 @@ class MemoryLedger:
         self._tx = itertools.count(1)
         self.calls: list[str] = []
         self.devices: dict[str, Device] = {}
-        self.remedy_caps: dict[str, int] = {}
+        self.remedy_caps: dict[str, int] = {}  # wallet -> base units per kWh (setRemedyCap)
+        self.balancing = ""  # the balancing account (EnergyMarket.balancingAccount)
         # (interval, batch index) -> (packed activations, state: recorded / settled / reclaimed)
         self.activation_batches: dict[tuple[int, int], tuple[bytes, str]] = {}
         self.device_metered_w: dict[tuple[str, int], int] = {}  # (device, interval) -> W (tests)
@@ -117,6 +118,9 @@ class MemoryLedger:
 
     def debt_of(self, wallet: str) -> int:
         return self.debts.get(wallet, 0)
+
+    def balancing_account(self) -> str:
+        return self.balancing
 
     def nonce_cancelled(self, trader: str, nonce: int) -> bool:
         return (trader, nonce) in self.cancelled

@@ -221,7 +221,8 @@ class DeviceRow(Base):
 class FlexStatus:
     OPEN = "open"  # offered for its interval
     CANCELLED = "cancelled"
-    ALL = ("open", "cancelled")
+    ACTIVATED = "activated"  # the clearing activated (part of) it: ``remaining_w`` is left
+    ALL = ("open", "cancelled", "activated")
 
 
 class FlexOfferRow(Base):
@@ -248,4 +249,37 @@ class FlexOfferRow(Base):
     expiry: Mapped[str] = mapped_column(String(21), nullable=False)
     signature: Mapped[str] = mapped_column(String(132), nullable=False)
     status: Mapped[str] = mapped_column(String(10), nullable=False)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    # Power not activated by the clearing (W); None until the interval is cleared.
+    remaining_w: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class ActivationRow(Base):
+    """One flexibility activation the clearing bought (``backend.market.remedy``): an offer
+    activated for a rescued trade (``trade_id``) or for the DSO service (``trade_id`` bytes32(0)),
+    with who pays what. ``id`` is the activationId, keccak256(abi.encode(offerHash, tradeId)).
+    Token amounts as decimal strings; ``payers`` a JSON list of [wallet, share]."""
+
+    __tablename__ = "activations"
+    __table_args__ = (
+        Index("ix_activations_interval", "interval_id", "position"),
+        Index("ix_activations_trade", "trade_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    interval_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)  # the evidence's order
+    offer_hash: Mapped[str] = mapped_column(String(66), nullable=False)
+    provider: Mapped[str] = mapped_column(String(42), nullable=False)
+    device: Mapped[str] = mapped_column(String(42), nullable=False)
+    bus_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    direction: Mapped[int] = mapped_column(Integer, nullable=False)
+    activated_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    baseline_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    setpoint_w: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    price_per_kwh: Mapped[str] = mapped_column(String(40), nullable=False)
+    trade_id: Mapped[str] = mapped_column(String(66), nullable=False)
+    energy_wh: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cost: Mapped[str] = mapped_column(String(50), nullable=False)
+    payers: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[float] = mapped_column(Float, nullable=False)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from backend.chain.imbalance import IntervalImbalance
+from backend.market.activations import FlexInput
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision
 
 
@@ -225,6 +226,11 @@ class MarketLedger(Protocol):
         """Send ``reclaimActivations`` of a recorded, unsettled batch after ``reclaimAfter``."""
         ...
 
+    def balancing_account(self) -> str:
+        """The account that pays the DSO service's activations
+        (``EnergyMarket.balancingAccount``)."""
+        ...
+
     def health(self) -> dict[str, Any]: ...
 
 
@@ -245,8 +251,11 @@ class GridPort(Protocol):
 
     def load_buses(self) -> list[int]: ...
 
-    def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
-        """The whole clearing of ``book`` (``auction.clear``) against this grid's validator."""
+    def clear(
+        self, interval_id: int, book: Sequence[BookOrder], flex: FlexInput | None = None
+    ) -> Clearing:
+        """The whole clearing of ``book`` (``auction.clear``) against this grid's validator,
+        with remedies from ``flex``'s offers (``backend.market.remedy``)."""
         ...
 
     def prepare(self, interval_id: int) -> None:

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.db import make_engine
 from backend.market.errors import NonceUsedError, StoreError
 from backend.market.models import (
+    ActivationRow,
     Base,
     BatchRow,
     BatchState,
@@ -267,15 +268,35 @@ class Store:
         batches: Sequence[dict[str, Any]],
         fills: dict[str, int],
         stats: dict[str, Any],
+        activations: Sequence[dict[str, Any]] = (),
     ) -> None:
         """One transaction: trades, the batches to send (every one signed, before any is sent),
-        order fills and the interval outcome. Orders with a fill become ``matched``; the other
+        order fills, the flexibility activations (their offers become ``activated`` with the
+        power left) and the interval outcome. Orders with a fill become ``matched``; the other
         open orders become ``unfilled``."""
         now = time.time()
         with self.session() as s:
             row = s.get(IntervalRow, interval_id, with_for_update=True)
             if row is None or row.status != IntervalStatus.CLOSED:
                 raise StoreError(f"interval {interval_id} is not closed, cannot save its clearing")
+            if activations:
+                s.execute(
+                    insert(_table(ActivationRow)),
+                    [{**a, "interval_id": interval_id, "created_at": now} for a in activations],
+                )
+                used: dict[str, int] = {}
+                for a in activations:
+                    used[a["offer_hash"]] = used.get(a["offer_hash"], 0) + int(a["activated_w"])
+                offers = _table(FlexOfferRow)
+                s.execute(
+                    update(offers)
+                    .where(offers.c.hash == bindparam("offer_hash"))
+                    .values(
+                        status=FlexStatus.ACTIVATED,
+                        remaining_w=offers.c.power_w - bindparam("used"),
+                    ),
+                    [{"offer_hash": h, "used": w} for h, w in used.items()],
+                )
             # Two statements with many parameter sets (executemany) instead of an ORM object per
             # trade and an UPDATE per filled order.
             if trades:
@@ -336,6 +357,15 @@ class Store:
                 return False
             s.execute(delete(BatchRow).where(BatchRow.interval_id == interval_id))
             s.execute(delete(TradeRow).where(TradeRow.interval_id == interval_id))
+            s.execute(delete(ActivationRow).where(ActivationRow.interval_id == interval_id))
+            s.execute(
+                update(FlexOfferRow)
+                .where(
+                    FlexOfferRow.interval_id == interval_id,
+                    FlexOfferRow.status == FlexStatus.ACTIVATED,
+                )
+                .values(status=FlexStatus.OPEN, remaining_w=None)
+            )
             s.execute(
                 update(OrderRow)
                 .where(
@@ -697,6 +727,12 @@ class Store:
             q = q.order_by(FlexOfferRow.seq).limit(limit).offset(offset)
             return list(s.scalars(q))
 
+    def activations(self, interval_id: int) -> list[ActivationRow]:
+        """The interval's activations in the evidence's order."""
+        with self.session() as s:
+            q = select(ActivationRow).where(ActivationRow.interval_id == interval_id)
+            return list(s.scalars(q.order_by(ActivationRow.position)))
+
     def cancel_flex_offer(self, offer_hash: str) -> bool:
         """Open -> cancelled; False when the offer is not open."""
         with self.session() as s:
@@ -710,6 +746,7 @@ class Store:
 
 # Columns added to a table after its first release: (table, column, SQL type), nullable.
 ADDED_COLUMNS = (
+    ("flex_offers", "remaining_w", "BIGINT"),
     ("trades", "veto_value", "FLOAT"),
     ("trades", "veto_limit", "FLOAT"),
     ("intervals", "clearing_method", "VARCHAR(200)"),

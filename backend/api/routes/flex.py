@@ -6,9 +6,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
+from backend.api.convert import activation_out
 from backend.api.deps import MarketDep
 from backend.api.schemas import (
     MAX_SAFE_INTEGER,
+    ActivationOut,
     Address,
     CancelIn,
     ErrorResponse,
@@ -64,6 +66,7 @@ def flex_out(row: FlexOfferRow) -> FlexOut:
         nonce=int(row.nonce),
         expiry=int(row.expiry),
         createdAt=row.created_at,
+        remainingW=row.remaining_w,
     )
 
 
@@ -86,7 +89,7 @@ def list_flex(
     market: MarketDep,
     interval: Annotated[int | None, Query(ge=0, le=MAX_SAFE_INTEGER)] = None,
     provider: Address | None = None,
-    status: Literal["open", "cancelled"] | None = None,
+    status: Literal["open", "cancelled", "activated"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, lt=2**31)] = 0,
 ) -> list[FlexOut]:
@@ -94,6 +97,16 @@ def list_flex(
         interval, checksum(provider) if provider else None, status, limit, offset
     )
     return [flex_out(r) for r in rows]
+
+
+@router.get("/activations", response_model=list[ActivationOut], responses=ERRORS)
+def list_activations(
+    market: MarketDep,
+    interval: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER)],
+) -> list[ActivationOut]:
+    """The interval's flexibility activations (rescued trades' and the DSO service's), in the
+    evidence's order; an empty list before its clearing. ``interval`` is required."""
+    return [activation_out(a) for a in market.store.activations(interval)]
 
 
 @router.get("/{offer_hash}", response_model=FlexOut, responses=ERRORS)

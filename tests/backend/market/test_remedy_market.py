@@ -1,0 +1,130 @@
+"""The remedy search inside the market (in-memory ledger, the store on SQLite and - with
+TEGRID_TEST_DATABASE_URL - PostgreSQL, the real Neural Grid on cigre_lv): a signed flexibility
+offer rescues a vetoed trade at gate closure; the activation is stored with the clearing, the
+offer marked activated, the events published, ``GET /flex/activations`` and the interval view
+list it; an undone clearing gives the offer back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from eth_account import Account
+from fastapi.testclient import TestClient
+
+from backend.api.app import create_app
+from backend.chain import protocol
+from backend.market.grid_port import GridPortAdapter
+from backend.market.memory import MemoryLedger
+from backend.market.models import FlexStatus, IntervalStatus
+from backend.market.service import Market, MarketConfig
+from backend.market.store import Store
+from backend.settings import ANVIL_KEYS
+
+from .conftest import VALIDATOR_KEY
+
+K = ANVIL_KEYS
+SELLER, BUYER, PROVIDER = (Account.from_key(k).address for k in K[1:4])
+DEVICE = Account.from_key("0x" + "5a" * 32).address
+
+
+@pytest.fixture(scope="module")
+def grid() -> GridPortAdapter:
+    return GridPortAdapter("cigre_lv", 900, clearing="greedy")
+
+
+@pytest.fixture
+def remedy_market(store: Store, grid: GridPortAdapter) -> Market:
+    ledger = MemoryLedger()
+    for wallet, bus in ((SELLER, 24), (BUYER, 2), (PROVIDER, 16)):
+        ledger.add_participant(wallet, bus, 200_000, 200_000, deposit=100_000)
+    ledger.register_device(DEVICE, PROVIDER, 16, 1, -60_000, 60_000, 120_000)
+    ledger.remedy_caps = {SELLER: 20, BUYER: 20}
+    return Market(store, ledger, grid, VALIDATOR_KEY, MarketConfig(interval_seconds=900))
+
+
+def _sign(market: Market, primary: str, key: str, msg: dict[str, Any]) -> str:
+    doc = {**market.template(primary), "message": msg}
+    return "0x" + Account.sign_typed_data(key, full_message=doc).signature.hex().removeprefix("0x")
+
+
+def _evening(market: Market) -> int:
+    """The first open interval at 20:00 (the profiles' residential evening peak)."""
+    iv = market.current_interval() + 2
+    return iv + (80 - iv) % 96
+
+
+def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Market) -> None:
+    m = remedy_market
+    iv = _evening(m)
+    hashes = []
+    for n, (key, side, price) in enumerate(((K[1], protocol.SELL, 100), (K[2], protocol.BUY, 300))):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 1,
+               "expiry": iv * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        hashes.append(m.submit_order(msg, _sign(m, "Order", key, msg)).hash)
+    offer = {"provider": PROVIDER, "device": DEVICE, "intervalId": iv, "direction": 0,
+             "powerW": 60_000, "baselineW": 0, "pricePerKWh": 50, "nonce": 1,
+             "expiry": iv * 900 + 3600}  # fmt: skip
+    offer_row = m.submit_flex(offer, _sign(m, "FlexOffer", K[3], offer))
+    after = m.events.recent()[-1].id
+    assert m.close_interval(iv, force=True).status == IntervalStatus.RECORDED
+    trade_id = protocol.trade_id_hex(*hashes)
+    [trade] = m.store.trades(iv)
+    assert (trade.id, trade.verdict, trade.energy_wh) == (trade_id, 0, 40_000)
+    [act] = m.store.activations(iv)
+    activation_id = protocol.activation_id_hex(offer_row.hash, trade_id)
+    assert (act.id, act.offer_hash, act.bus_id, act.activated_w, act.setpoint_w) == (
+        activation_id, offer_row.hash, 16, 35_214, 35_214
+    )  # fmt: skip
+    assert (act.trade_id, act.energy_wh, act.cost) == (trade_id, 8_803, "440")
+    assert act.payers == f'[["{SELLER}", "220"], ["{BUYER}", "220"]]'
+    stored = m.store.get_flex_offer(offer_row.hash)
+    assert stored is not None and (stored.status, stored.remaining_w) == (
+        FlexStatus.ACTIVATED, 60_000 - 35_214
+    )  # fmt: skip
+    events = [(e.kind, e.data) for e in m.events.recent(after)]
+    assert ("activation", {"activationId": activation_id, "offerHash": offer_row.hash,
+            "provider": PROVIDER, "device": DEVICE, "busId": 16, "direction": 0,
+            "activatedW": 35_214, "setpointW": 35_214, "tradeId": trade_id,
+            "cost": "440"}) in events  # fmt: skip
+    # The API: GET /flex/activations?interval= and the interval view.
+    with TestClient(create_app(m, scheduler=False)) as client:
+        listed = client.get("/flex/activations", params={"interval": iv})
+        assert listed.status_code == 200
+        assert [(a["id"], a["activatedW"], a["cost"], a["payers"]) for a in listed.json()] == [
+            (activation_id, 35_214, "440",
+             [{"account": SELLER, "share": "220"}, {"account": BUYER, "share": "220"}])
+        ]  # fmt: skip
+        view = client.get(f"/intervals/{iv}").json()
+        assert [a["id"] for a in view["activations"]] == [activation_id]
+        assert client.get("/flex/activations", params={"interval": iv + 1}).json() == []
+        for bad in ({}, {"interval": -1}, {"interval": "x"}, {"interval": 2**53}):
+            r = client.get("/flex/activations", params=bad)
+            assert (r.status_code, r.json()["detail"]["code"]) == (422, "INVALID_REQUEST"), bad
+            assert r.json()["detail"]["message"].startswith("interval: "), bad
+        assert client.get(f"/flex/{offer_row.hash}").json()["remainingW"] == 60_000 - 35_214
+
+
+def test_undo_clearing_gives_the_offer_back(remedy_market: Market) -> None:
+    m = remedy_market
+    iv = _evening(m)
+    for n, (key, side, price) in enumerate(((K[1], protocol.SELL, 100), (K[2], protocol.BUY, 300))):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 1,
+               "expiry": iv * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        m.submit_order(msg, _sign(m, "Order", key, msg))
+    offer = {"provider": PROVIDER, "device": DEVICE, "intervalId": iv, "direction": 0,
+             "powerW": 60_000, "baselineW": 0, "pricePerKWh": 50, "nonce": 1,
+             "expiry": iv * 900 + 3600}  # fmt: skip
+    row = m.submit_flex(offer, _sign(m, "FlexOffer", K[3], offer))
+    # Closed and cleared, nothing sent yet (no recorder: the clearing can be taken back).
+    with m.clearing.lock:
+        assert m.intake.close_for_orders(iv)
+        m.clearing.clear(iv)
+    assert m.interval(iv).status == IntervalStatus.CLEARED
+    assert len(m.store.activations(iv)) == 1
+    assert m.store.undo_clearing(iv)
+    assert m.store.activations(iv) == []
+    back = m.store.get_flex_offer(row.hash)
+    assert back is not None and (back.status, back.remaining_w) == (FlexStatus.OPEN, None)
