@@ -536,7 +536,10 @@ class ActivationOut(BaseModel):
     activatedW: Number = Field(description=f"W; {OUT_NUM}")
     baselineW: Int32 = Field(description=f"W (signed); {OUT_NUM}")
     setpointW: Int32 = Field(
-        description=f"baselineW +/- activatedW, the device's target; {OUT_NUM}"
+        description=(
+            "the device's target for the interval: baselineW moved by all its activations "
+            f"in the interval (one offer per device and interval); {OUT_NUM}"
+        )
     )
     pricePerKWh: Price = Field(description=f"token base units per kWh; {OUT_STR}")
     tradeId: Hash32 = Field(description="the rescued trade, or 0x00..00 for the DSO service")

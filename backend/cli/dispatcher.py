@@ -43,6 +43,12 @@ def run(
     database_url: str = typer.Option(
         None, metavar="URL", help="Control store (default TEGRID_CONTROL_DATABASE_URL)."
     ),
+    market_database_url: str = typer.Option(
+        None,
+        metavar="URL",
+        help="The market's store, where the clearing records activations (default "
+        "TEGRID_DATABASE_URL).",
+    ),
     deployment: Path = typer.Option(
         None, metavar="FILE", help="Deployment file (default TEGRID_DEPLOYMENT_FILE)."
     ),
@@ -79,11 +85,13 @@ def run(
     from backend.chain.client import chain_time  # noqa: PLC0415
     from backend.chain.contracts import load_deployment  # noqa: PLC0415
     from backend.chain.registry import DeviceRegistry  # noqa: PLC0415
+    from backend.cli.activations import MarketActivations  # noqa: PLC0415
     from backend.iot.control import registry_domain  # noqa: PLC0415
     from backend.iot.control_store import ControlStore  # noqa: PLC0415
-    from backend.iot.dispatcher import Dispatcher, StoreActivations  # noqa: PLC0415
+    from backend.iot.dispatcher import Dispatcher  # noqa: PLC0415
     from backend.iot.transport import MqttTransport  # noqa: PLC0415
     from backend.market.factory import load_key  # noqa: PLC0415
+    from backend.market.store import Store as MarketStore  # noqa: PLC0415
 
     err = Console(stderr=True)
 
@@ -99,8 +107,10 @@ def run(
         transport = MqttTransport(
             broker_url or settings.broker_url, client_id, clean_session=False, manual_ack=True
         )
+        market_store = MarketStore(market_database_url or settings.database_url)
+        source = MarketActivations(market_store, dep.interval_seconds)
         dispatcher = Dispatcher(
-            store, StoreActivations(store), transport,
+            store, source, transport,
             registry_domain(dep.chain_id, registry_address), key, dep.interval_seconds,
             lambda: chain_time(w3), retry if retry is not None else settings.control_retry_seconds,
             ahead, say,
@@ -111,6 +121,7 @@ def run(
                 ("chain", f"{settings.rpc_url}, signing as {dispatcher.signer}"),
                 ("broker", f"{redact(transport.url)} as client {client_id!r}"),
                 ("database", redact(store.url)),
+                ("activations from", redact(market_store.url)),
                 ("deployment", deployment_line(deployment or settings.deployment_file, dep)),
             ],
         )

@@ -5,7 +5,7 @@ in the clearing")."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from backend.chain import protocol
@@ -68,10 +68,15 @@ class PlannedActivation:
     payers: tuple[tuple[str, int], ...]  # (wallet, share in base units), seller first
 
     @property
+    def moved_w(self) -> int:
+        """The signed power this activation moves its device by (+ more injection)."""
+        return self.activated_w if self.direction == protocol.FLEX_UP else -self.activated_w
+
+    @property
     def setpoint_w(self) -> int:
-        """The device's absolute target: baseline +/- activated power."""
-        sign = 1 if self.direction == protocol.FLEX_UP else -1
-        return self.baseline_w + sign * self.activated_w
+        """Baseline +/- activated power: the device's target when it is its only activation in
+        the interval (``device_setpoints`` gives the target of several)."""
+        return self.baseline_w + self.moved_w
 
     def grid(self) -> Activation:
         """The grid's view: an injection of ``activated_w`` in the direction's sign, placed
@@ -83,6 +88,21 @@ class PlannedActivation:
         return Activation(
             self.activation_id, int(self.bus), sign * self.activated_w / 1000.0, before
         )
+
+
+def device_setpoints(activations: Sequence[PlannedActivation]) -> dict[str, int]:
+    """Every device's absolute power target for the interval: its baseline moved by the sum of
+    all its activations. A control action carries an absolute setpoint that replaces the
+    device's earlier one, so each activation of a device has to carry the device's whole target
+    (baseline +/- one activation would undo the others; found by the control loop's author).
+    ``FlexBook`` takes one offer per device and interval, so a device has one baseline and its
+    activations stay within that offer's powerW (within the device's limits)."""
+    baselines: dict[str, int] = {}
+    moved: dict[str, int] = {}
+    for a in activations:
+        baselines.setdefault(a.device, a.baseline_w)
+        moved[a.device] = moved.get(a.device, 0) + a.moved_w
+    return {device: baselines[device] + moved[device] for device in baselines}
 
 
 def activation_cost(activated_w: int, price_per_kwh: int, interval_seconds: int) -> tuple[int, int]:

@@ -26,7 +26,13 @@ from eth_hash.auto import keccak
 from backend.chain import eip712, protocol
 from backend.chain.errors import ChainUnavailableError
 from backend.market import typed
-from backend.market.activations import FlexInput, FlexOption, PayerFunds, PlannedActivation
+from backend.market.activations import (
+    FlexInput,
+    FlexOption,
+    PayerFunds,
+    PlannedActivation,
+    device_setpoints,
+)
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.batching import GasModel, TradeSpec, order_count, split
 from backend.market.config import MarketConfig
@@ -163,8 +169,10 @@ class ClearedTrade:
         }
 
 
-def activation_row(position: int, a: PlannedActivation) -> dict[str, Any]:
-    """The ``ActivationRow`` values of a planned activation (without interval and time)."""
+def activation_row(position: int, a: PlannedActivation, setpoint_w: int) -> dict[str, Any]:
+    """The ``ActivationRow`` values of a planned activation (without interval and time);
+    ``setpoint_w`` its device's target with every activation of the interval
+    (``device_setpoints``)."""
     return {
         "id": a.activation_id,
         "position": position,
@@ -175,7 +183,7 @@ def activation_row(position: int, a: PlannedActivation) -> dict[str, Any]:
         "direction": a.direction,
         "activated_w": a.activated_w,
         "baseline_w": a.baseline_w,
-        "setpoint_w": a.setpoint_w,
+        "setpoint_w": setpoint_w,
         "price_per_kwh": str(a.price_per_kwh),
         "trade_id": a.trade_id,
         "energy_wh": a.energy_wh,
@@ -361,7 +369,10 @@ class Clearer:
             "clearing_method": result.method[:200],
             "welfare": str(result.welfare),
         }
-        activations = [activation_row(pos, a) for pos, a in enumerate(result.activations)]
+        targets = device_setpoints(result.activations)
+        activations = [
+            activation_row(pos, a, targets[a.device]) for pos, a in enumerate(result.activations)
+        ]
         self.store.save_clearing(
             interval_id, [t.row() for t in trades], batches, result.fills(), stats, activations
         )

@@ -24,6 +24,7 @@ from backend.market.errors import (
     ConflictError,
     DeviceInactiveError,
     InvalidOrderError,
+    NonceUsedError,
     NotDeviceOwnerError,
     NotFoundError,
     OutOfDeviceLimitsError,
@@ -114,6 +115,21 @@ class FlexBook:
         # (the clearing) waits for this offer, or this offer sees the interval closed
         with self.intake.lock:
             self.intake.check_open(interval_id, gate, self.ledger.now())
+            taken = self.store.device_flex_offer(device, interval_id)
+            if taken == values["hash"]:  # this very offer again: its nonce is what is used
+                raise NonceUsedError(
+                    f"flex nonce {values['nonce']} of {provider} is already used", field="nonce"
+                )
+            if taken is not None:
+                # one offer per device and interval: a device has one baseline, and the
+                # activations of one offer stay within its powerW, so within the device's limits
+                # (two offers could each fit and together not); cancel it to offer again
+                raise ConflictError(
+                    f"the device {device} already has the offer {taken} for interval "
+                    f"{interval_id} (one offer per device and interval: cancel it first)",
+                    reason="DEVICE_ALREADY_OFFERED",
+                    field="device",
+                )
             cap = self.intake.config.max_orders_per_trader_interval
             if self.store.count_open_flex(provider, interval_id) >= cap:
                 raise TooManyOrdersError(

@@ -704,6 +704,16 @@ class Store:
             )
             return int(s.scalar(q) or 0)
 
+    def device_flex_offer(self, device: str, interval_id: int) -> str | None:
+        """The hash of the device's open or activated offer for the interval, if any."""
+        with self.session() as s:
+            q = select(FlexOfferRow.hash).where(
+                FlexOfferRow.device == device,
+                FlexOfferRow.interval_id == interval_id,
+                FlexOfferRow.status.in_((FlexStatus.OPEN, FlexStatus.ACTIVATED)),
+            )
+            return s.scalars(q.limit(1)).first()
+
     def get_flex_offer(self, offer_hash: str) -> FlexOfferRow | None:
         with self.session() as s:
             return s.scalars(select(FlexOfferRow).where(FlexOfferRow.hash == offer_hash)).first()
@@ -732,6 +742,24 @@ class Store:
         with self.session() as s:
             q = select(ActivationRow).where(ActivationRow.interval_id == interval_id)
             return list(s.scalars(q.order_by(ActivationRow.position)))
+
+    def dispatchable_activations(self, first: int, last: int) -> list[ActivationRow]:
+        """The activations of intervals ``first..last`` whose batch is on chain (status recorded
+        or settled: a clearing that can still be undone and redone is not dispatched), in
+        interval and evidence order."""
+        done = (IntervalStatus.RECORDED, IntervalStatus.SETTLED)
+        with self.session() as s:
+            q = (
+                select(ActivationRow)
+                .join(IntervalRow, IntervalRow.id == ActivationRow.interval_id)
+                .where(
+                    ActivationRow.interval_id >= first,
+                    ActivationRow.interval_id <= last,
+                    IntervalRow.status.in_(done),
+                )
+                .order_by(ActivationRow.interval_id, ActivationRow.position)
+            )
+            return list(s.scalars(q))
 
     def cancel_flex_offer(self, offer_hash: str) -> bool:
         """Open -> cancelled; False when the offer is not open."""

@@ -283,14 +283,22 @@ def test_flex_offer_refusals_are_exact(stack: dict[str, Any], battery: LocalAcco
         )
     )
     assert c.get("/flex", params={"interval": iv}).json() == []
-    # the down direction within the limits, then its nonce again
+    # one offer per device and interval; the down direction within the limits in the next
+    # interval; then the first offer's nonce again
     down = _offer(stack, K[5], dev, iv, direction=1, baselineW=1000, powerW=6000)
-    assert c.post("/flex", json=good).status_code == 201
+    first = c.post("/flex", json=good)
+    assert first.status_code == 201
+    r = c.post("/flex", json=down)
+    assert _problem(r) == (409, "DEVICE_ALREADY_OFFERED", "device")
+    assert first.json()["hash"] in r.json()["detail"]["message"]
+    nxt = _interval(stack)
+    down = _offer(stack, K[5], dev, nxt, direction=1, baselineW=1000, powerW=6000)
     assert c.post("/flex", json=down).status_code == 201
-    again = _offer(stack, K[5], dev, iv, nonce=good["message"]["nonce"], powerW=1000)
+    again = _offer(stack, K[5], dev, _interval(stack), nonce=good["message"]["nonce"], powerW=1000)
     assert _problem(c.post("/flex", json=again)) == (409, "NONCE_USED", "nonce")
     assert _problem(c.post("/flex", json=good)) == (409, "NONCE_USED", "nonce")
-    assert len(c.get("/flex", params={"interval": iv}).json()) == 2
+    assert len(c.get("/flex", params={"interval": iv}).json()) == 1
+    assert len(c.get("/flex", params={"interval": nxt}).json()) == 1
 
 
 def test_flex_cancel(stack: dict[str, Any], battery: LocalAccount) -> None:

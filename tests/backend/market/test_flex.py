@@ -10,6 +10,7 @@ import pytest
 from eth_account import Account
 
 from backend.market.errors import (
+    ConflictError,
     IntervalClosedError,
     NonceUsedError,
     TooManyOrdersError,
@@ -70,18 +71,18 @@ def test_device_registration_is_stored_and_read_from_the_registry(flex_market: M
 
 def test_offer_nonce_cap_cancel_and_closed_interval(flex_market: Market) -> None:
     m = flex_market
-    device = _register(m, K[2], 12)
+    device, second, third = (_register(m, K[2], 12) for _ in range(3))
     iv = m.current_interval() + 2
     first = m.submit_flex(**_offer(m, K[2], device, iv, 1))
-    m.submit_flex(**_offer(m, K[2], device, iv, 2))
+    m.submit_flex(**_offer(m, K[2], second, iv, 2))
     with pytest.raises(TooManyOrdersError, match="2 open offers for interval"):
-        m.submit_flex(**_offer(m, K[2], device, iv, 3))
+        m.submit_flex(**_offer(m, K[2], third, iv, 3))
     cancel = {"trader": first.provider, "orderHash": first.hash}
     doc = {**m.flex_template("Cancel"), "message": cancel}
     assert doc["domain"]["name"] == "tegrid FlexibilityMarket"
     signed = Account.sign_typed_data(K[2], full_message=doc).signature.hex().removeprefix("0x")
     assert m.cancel_flex(first.hash, "0x" + signed).status == "cancelled"
-    m.submit_flex(**_offer(m, K[2], device, iv, 3))  # a cancelled offer frees its place ...
+    m.submit_flex(**_offer(m, K[2], third, iv, 3))  # a cancelled offer frees its place ...
     with pytest.raises(NonceUsedError):  # ... not its nonce
         m.submit_flex(**_offer(m, K[2], device, iv + 1, 1))
     assert m.store.count_open_flex(first.provider, iv) == 2
@@ -92,3 +93,25 @@ def test_offer_nonce_cap_cancel_and_closed_interval(flex_market: Market) -> None
     assert [o.nonce for o in m.store.list_flex_offers(None, first.provider, None, 10, 0)] == [
         "1", "2", "3"
     ]  # fmt: skip
+
+
+def test_one_offer_per_device_and_interval(flex_market: Market) -> None:
+    """A device has one baseline per interval and its activations must stay within its limits
+    together: a second offer of the same device for the same interval is refused (409) until
+    the first is cancelled; another interval is free."""
+    m = flex_market
+    device = _register(m, K[3], 13)
+    iv = m.current_interval() + 2
+    first = m.submit_flex(**_offer(m, K[3], device, iv, 1))
+    with pytest.raises(
+        ConflictError, match=f"already has the offer {first.hash} for interval"
+    ) as e:
+        m.submit_flex(**_offer(m, K[3], device, iv, 2))
+    assert (e.value.reason, e.value.field) == ("DEVICE_ALREADY_OFFERED", "device")
+    assert m.store.count_open_flex(first.provider, iv) == 1
+    m.submit_flex(**_offer(m, K[3], device, iv + 1, 3))
+    cancel = {"trader": first.provider, "orderHash": first.hash}
+    doc = {**m.flex_template("Cancel"), "message": cancel}
+    signed = Account.sign_typed_data(K[3], full_message=doc).signature.hex().removeprefix("0x")
+    m.cancel_flex(first.hash, "0x" + signed)
+    assert m.submit_flex(**_offer(m, K[3], device, iv, 4)).status == "open"

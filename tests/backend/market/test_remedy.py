@@ -16,7 +16,9 @@ from backend.market.activations import (
     FlexInput,
     FlexOption,
     PayerFunds,
+    PlannedActivation,
     activation_cost,
+    device_setpoints,
     split_cost,
 )
 from backend.market.auction import BookOrder, Clearing
@@ -235,3 +237,20 @@ def test_the_worker_process_clears_with_the_same_remedies() -> None:
     assert [a.activated_w for a in remote.activations] == [35_214]
     assert remote.activations == local.activations
     assert remote.evidence_hash == local.evidence_hash
+
+
+def test_device_setpoints_add_every_activation_of_a_device() -> None:
+    """A control action's setpoint replaces the device's earlier one: each activation of a device
+    carries the device's whole target (baseline moved by all its activations of the interval)."""
+
+    def planned(aid: str, device: str, direction: int, w: int, baseline: int) -> PlannedActivation:
+        return PlannedActivation(aid, "0x" + "11" * 32, "0x" + "cc" * 20, device, 16, direction, w,
+                                 baseline, 50, "0x" + "22" * 32, 0, 0, ())  # fmt: skip
+
+    a, b = "0x" + "aa" * 20, "0x" + "bb" * 20
+    acts = [planned("1", a, protocol.FLEX_UP, 3_000, -1_000),
+            planned("2", b, protocol.FLEX_DOWN, 2_500, 4_000),
+            planned("3", a, protocol.FLEX_UP, 1_500, -1_000)]  # fmt: skip
+    assert device_setpoints(acts) == {a: -1_000 + 3_000 + 1_500, b: 4_000 - 2_500}
+    assert [x.setpoint_w for x in acts] == [2_000, 1_500, 500]  # one activation alone
+    assert device_setpoints([]) == {}

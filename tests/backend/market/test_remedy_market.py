@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
 from backend.chain import protocol
+from backend.cli.activations import MarketActivations
+from backend.iot.control_store import ControlTarget
 from backend.market.grid_port import GridPortAdapter
 from backend.market.memory import MemoryLedger
 from backend.market.models import FlexStatus, IntervalStatus
@@ -104,6 +106,14 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
             assert (r.status_code, r.json()["detail"]["code"]) == (422, "INVALID_REQUEST"), bad
             assert r.json()["detail"]["message"].startswith("interval: "), bad
         assert client.get(f"/flex/{offer_row.hash}").json()["remainingW"] == 60_000 - 35_214
+    # the dispatcher's source: the recorded interval's activation as a control target, expiring
+    # at the interval's end
+    source = MarketActivations(m.store, 900)
+    assert source.pending_activations(iv) == [
+        ControlTarget(bytes.fromhex(activation_id[2:]), DEVICE, iv, 35_214, (iv + 1) * 900)
+    ]
+    assert source.pending_activations(iv - 1) == []
+    assert MarketActivations(m.store, 900, lookback=0).pending_activations(iv + 9) == []
 
 
 def test_undo_clearing_gives_the_offer_back(remedy_market: Market) -> None:
@@ -124,6 +134,8 @@ def test_undo_clearing_gives_the_offer_back(remedy_market: Market) -> None:
         m.clearing.clear(iv)
     assert m.interval(iv).status == IntervalStatus.CLEARED
     assert len(m.store.activations(iv)) == 1
+    # a clearing that can still be taken back is not dispatched to devices
+    assert MarketActivations(m.store, 900).pending_activations(iv) == []
     assert m.store.undo_clearing(iv)
     assert m.store.activations(iv) == []
     back = m.store.get_flex_offer(row.hash)
