@@ -66,6 +66,7 @@ from grid.basestate import BaseState, BaseStates, max_or_none
 from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
 from grid.hosting import HOSTING_MAX_KW, HOSTING_RESOLUTION_KW, hosting_limit
+from grid.island import Island, IslandError, IslandState, islanded_net, named_island
 from grid.limits import LimitSet, Violation
 from grid.networks import (
     bus_geodata,
@@ -92,7 +93,7 @@ from grid.results import (
     ValidationResult,
     ValidationStats,
 )
-from grid.session import RELINEARIZE_PU, Session
+from grid.session import RELINEARIZE_PU, Session, veto
 from grid.verdicts import Limits, Reason, Trade, Verdict
 
 __all__ = [
@@ -129,7 +130,10 @@ class GridValidator:
         add_pv: bool = True,
         batch_size: int = BATCH_SIZE,
         reuse: bool = True,
+        island: Island | None = None,
     ) -> None:
+        """``island``: the grid-forming units for islanded validation (``islanded=True``);
+        default: the named network's own (``grid.island.named_island``), if it has any."""
         if isinstance(network, pp.pandapowerNet):
             net = copy.deepcopy(network)
             self.network_name = str(net.name) if getattr(net, "name", "") else "custom"
@@ -157,6 +161,8 @@ class GridValidator:
         self.net = net
         self._nominal = nominal_values(net)
         self._bases = BaseStates(net, self._nominal, self.limits, self.network_name)
+        self.island = island if island is not None else named_island(self.network_name)
+        self._island_bases: BaseStates | None = None
         self.reuse = bool(reuse)
         self._prefixes: OrderedDict[int, tuple[BaseState, tuple[Trade, ...], Session]] = (
             OrderedDict()
@@ -177,19 +183,58 @@ class GridValidator:
 
     # ----------------------------------------------------------------- base state
     def base_state(
-        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+        self,
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> BaseStateSummary:
-        return self._base(interval, interval_seconds).summary
+        return self._base(interval, interval_seconds, islanded).summary
 
     def base_net(
-        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+        self,
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> pp.pandapowerNet:
-        """A solved copy of the network in the interval's base state (for independent checks)."""
+        """A solved copy of the network in the interval's base state (for independent checks);
+        ``islanded``: disconnected, the master unit as the slack (an ``ext_grid`` at its bus),
+        the other units at the interval's dispatch (static generators)."""
+        if islanded:
+            bases = self._islanded()
+            net = copy.deepcopy(bases.net)
+            soc = bases.soc_at(interval, interval_seconds)
+            _, converged = bases.dispatch(net, interval, interval_seconds, soc)
+            if not converged:
+                raise BaseStateError(
+                    f"the islanded base state of interval {interval} does not converge"
+                )
+            return net
         net = copy.deepcopy(self.net)
         apply_interval(net, self._nominal, interval, interval_seconds)
         with quiet():
             pp.runpp(net)
         return net
+
+    def island_state(
+        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+    ) -> IslandState:
+        """The islanded base state's operation: state of charge, the master's power and limits,
+        the other units' dispatch (see ``grid.island``)."""
+        state = self._base(interval, interval_seconds, True).island
+        assert state is not None
+        return state
+
+    def _islanded(self) -> BaseStates:
+        if self.island is None:
+            raise IslandError(
+                f"network {self.network_name!r} has no grid-forming units: it cannot run islanded"
+            )
+        if self._island_bases is None:
+            net = islanded_net(self.net, self.island)
+            self._island_bases = BaseStates(
+                net, nominal_values(net), self.limits, self.network_name, self.island
+            )
+        return self._island_bases
 
     def limit_set(
         self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
@@ -199,8 +244,11 @@ class GridValidator:
             raise BaseStateError(f"the base state of interval {interval} does not converge")
         return base.limitset
 
-    def _base(self, interval: int | None, interval_seconds: int) -> BaseState:
-        return self._bases.get(interval, interval_seconds)
+    def _base(
+        self, interval: int | None, interval_seconds: int, islanded: bool = False
+    ) -> BaseState:
+        bases = self._islanded() if islanded else self._bases
+        return bases.get(interval, interval_seconds)
 
     # ----------------------------------------------------------------- validation
     def validate(
@@ -208,16 +256,20 @@ class GridValidator:
         trades: Sequence[Trade],
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> ValidationResult:
         """Verdicts for ``trades`` in priority order (first = highest) under the "do no harm"
-        rule."""
-        base = self._base(interval, interval_seconds)
+        rule; ``islanded``: with no external grid, the island's units balancing it
+        (``grid.island``). An islanded base state its units cannot balance vetoes every trade
+        ``ISLAND_BALANCE`` (naming the master unit, the power it would need and its limit)."""
+        base = self._base(interval, interval_seconds, islanded)
         trades = list(trades)
         verdicts: list[Verdict | None] = [None] * len(trades)
         seen: set[str] = set()
         valid: list[tuple[int, Trade]] = []
         known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
-        converged = base.model is not None
+        short = base.island.violation if base.island is not None else None
+        converged = base.model is not None and short is None
         for pos, trade in enumerate(trades):
             bad = _input_verdict(trade, known, seen)
             if bad is not None:
@@ -227,9 +279,13 @@ class GridValidator:
                 verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED, source="input")
             else:
                 valid.append((pos, trade))
-        if base.model is None or base.measures is None or base.limitset is None:
+        if not converged or base.model is None or base.measures is None or base.limitset is None:
             for pos, trade in valid:
-                verdicts[pos] = Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
+                verdicts[pos] = (
+                    Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
+                    if short is None
+                    else veto(trade, short)
+                )
             final: list[Verdict] = [v for v in verdicts if v is not None]
             digest = evidence_hash(
                 network=self.fingerprint,
