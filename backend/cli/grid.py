@@ -22,6 +22,7 @@ from backend.cli.base import App
 from backend.cli.output import fail
 
 if TYPE_CHECKING:
+    from grid.results import ValidationResult
     from grid.validator import GridValidator
     from grid.verdicts import Trade
 
@@ -44,7 +45,7 @@ NetworkOpt = Annotated[
         "-n",
         metavar="NETWORK",
         help="cigre_lv, case33bw, kerber_dorfnetz, kerber_vorstadt, case_ieee30, "
-        "example_multivoltage, a SimBench code or a pandapower JSON path",
+        "example_multivoltage, village_island, a SimBench code or a pandapower JSON path",
     ),
 ]
 IntervalOpt = Annotated[
@@ -72,6 +73,14 @@ TrafoOpt = Annotated[
     float,
     typer.Option("--max-trafo-loading", metavar="PERCENT", help="transformer loading limit"),
 ]
+IslandedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--islanded",
+        help="validate with no external grid: the network's grid-forming units balance it "
+        "(village_island has them); vetoes the island cannot balance as ISLAND_BALANCE",
+    ),
+]
 TradesOpt = Annotated[
     Path, typer.Option("--trades", "-t", metavar="FILE", help=TRADES_FORMAT, show_default=False)
 ]
@@ -96,6 +105,22 @@ def _validator(
     try:
         return GridValidator(network, limits=limits)
     except GridError as exc:
+        fail(str(exc))
+
+
+def _validate(
+    validator: GridValidator,
+    trades: list[Trade],
+    interval: int | None,
+    interval_seconds: int,
+    islanded: bool,
+) -> ValidationResult:
+    # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
+    from grid.errors import GridError  # noqa: PLC0415
+
+    try:
+        return validator.validate(trades, interval, interval_seconds, islanded=islanded)
+    except GridError as exc:  # e.g. --islanded on a network without grid-forming units
         fail(str(exc))
 
 
@@ -147,12 +172,13 @@ def validate(
     vm_max: VmMaxOpt = 1.10,
     max_line_loading: LineOpt = 100.0,
     max_trafo_loading: TrafoOpt = 100.0,
+    islanded: IslandedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verdicts for a trade list in priority order, with the evidence hash."""
     trade_list = _load(trades)
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
-    result = validator.validate(trade_list, interval, interval_seconds)
+    result = _validate(validator, trade_list, interval, interval_seconds, islanded)
     payload = result.to_dict()
     if as_json:
         _echo_json(payload)
@@ -233,6 +259,7 @@ _UNITS = {
     "LINE_OVERLOAD": "%",
     "TRAFO_OVERLOAD": "%",
     "NOT_CONVERGED": "pu",  # with a value: the bus voltage of an implausible solution
+    "ISLAND_BALANCE": "kW",  # the grid-forming unit's power and its limit
 }
 
 
@@ -258,6 +285,7 @@ def verify(
         str | None,
         typer.Option("--evidence", metavar="0xHASH", help="claimed evidence hash (0x hex)"),
     ] = None,
+    islanded: IslandedOpt = False,
     claimed: Annotated[
         Path | None,
         typer.Option(
@@ -287,7 +315,7 @@ def verify(
             evidence = document["evidence_hash"]
     trade_list = _load(trades)
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
-    result = validator.validate(trade_list, interval, interval_seconds)
+    result = _validate(validator, trade_list, interval, interval_seconds, islanded)
     problems: list[str] = []
     if evidence is not None and evidence.lower() != result.evidence_hash:
         problems.append(f"evidence hash {evidence} != recomputed {result.evidence_hash}")

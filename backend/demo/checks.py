@@ -443,7 +443,7 @@ def within(approved: dict[str, Any], base: dict[str, Any], limits: Any) -> bool:
 # Short names of the veto reasons for the console table (the report spells them out).
 SHORT_REASONS = {
     "VOLTAGE_HIGH": "V-high", "VOLTAGE_LOW": "V-low", "LINE_OVERLOAD": "line",
-    "TRAFO_OVERLOAD": "trafo", "NOT_CONVERGED": "no-flow",
+    "TRAFO_OVERLOAD": "trafo", "NOT_CONVERGED": "no-flow", "ISLAND_BALANCE": "island",
 }  # fmt: skip
 WIDE_CONSOLE = 100  # from this width the table also shows the line and transformer loadings
 
