@@ -22,6 +22,7 @@ log = logging.getLogger("tegrid.market")
 
 _TRADES: dict[tuple[str, str, int, int, int, int], Any] = {}
 _TRADES_MAX = 200_000
+ISLANDED_KEPT = 1024  # intervals remembered as islanded (the oldest forgotten first)
 
 
 def _trade(c: Candidate, interval_seconds: int) -> Any:
@@ -64,6 +65,19 @@ class GridPortAdapter:
             else GridValidator(network, limits=Limits(**(limits or {})))
         )
         self._lock = threading.Lock()
+        # Intervals to validate islanded (``set_mode``; the clearing reads the chain's mode at
+        # gate closure). Hosting capacity, status and the optimal clearing's operating points
+        # stay grid-connected (docs/architecture.md, "Modes").
+        self._islanded: set[int] = set()
+
+    def set_mode(self, interval_id: int, islanded: bool) -> None:
+        with self._lock:
+            if islanded:
+                self._islanded.add(interval_id)
+                if len(self._islanded) > ISLANDED_KEPT:
+                    self._islanded.discard(min(self._islanded))
+            else:
+                self._islanded.discard(interval_id)
 
     def _trades(self, batch: Sequence[Candidate]) -> list[Any]:
         return [_trade(c, self.interval_seconds) for c in batch]
@@ -71,7 +85,10 @@ class GridPortAdapter:
     def validate(self, interval_id: int, batch: Sequence[Candidate]) -> tuple[list[Decision], str]:
         with self._lock:
             result = self.validator.validate(
-                self._trades(batch), interval=interval_id, interval_seconds=self.interval_seconds
+                self._trades(batch),
+                interval=interval_id,
+                interval_seconds=self.interval_seconds,
+                islanded=interval_id in self._islanded,
             )
         decisions = [
             Decision(int(v.reason), v.reason.name, v.element, v.value, v.limit)

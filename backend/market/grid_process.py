@@ -109,6 +109,9 @@ class GridProcess:
         out: tuple[list[Decision], str] = self._run(_call, "validate", interval_id, list(batch))
         return out
 
+    def set_mode(self, interval_id: int, islanded: bool) -> None:
+        self._run(_call, "set_mode", interval_id, islanded)
+
     def prepare(self, interval_id: int) -> None:
         """Queued behind whatever the worker is doing; returns at once."""
         # A dead worker: the next call that needs an answer starts it again.

@@ -106,6 +106,10 @@ class MarketLedger(Protocol):
         """The chain's gate closure of an interval (unix seconds): no batch lands after it."""
         ...
 
+    def grid_mode(self) -> int:
+        """The registry's grid mode now: 0 grid-connected, 1 islanded (``setGridMode``)."""
+        ...
+
     def participant(self, wallet: str) -> Participant | None: ...
 
     def available_balance(self, wallet: str) -> int: ...
@@ -220,6 +224,10 @@ class GridPort(Protocol):
 
     def clear(self, interval_id: int, book: Sequence[BookOrder]) -> Clearing:
         """The whole clearing of ``book`` (``auction.clear``) against this grid's validator."""
+        ...
+
+    def set_mode(self, interval_id: int, islanded: bool) -> None:
+        """Validate ``interval_id`` islanded (or grid-connected, the default) from now on."""
         ...
 
     def prepare(self, interval_id: int) -> None:
