@@ -237,9 +237,12 @@ class GridValidator:
         return self._island_bases
 
     def limit_set(
-        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+        self,
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> LimitSet:
-        base = self._base(interval, interval_seconds)
+        base = self._base(interval, interval_seconds, islanded)
         if base.limitset is None:
             raise BaseStateError(f"the base state of interval {interval} does not converge")
         return base.limitset
