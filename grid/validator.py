@@ -434,9 +434,10 @@ class GridValidator:
         trades: Sequence[Trade] = (),
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> GridStatus:
         """AC state of the base state plus ``trades`` (normally the approved ones), all applied."""
-        base = self._base(interval, interval_seconds)
+        base = self._base(interval, interval_seconds, islanded)
         model = base.model
         if model is None:
             return GridStatus(self.network_name, interval, False, self.buses(), [], [], [], [], [])
@@ -468,13 +469,15 @@ class GridValidator:
         trades: Sequence[Trade] = (),
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> EnergyBalance:
         """Power balance of the base state plus ``trades``, all applied, from the same AC power
         flow as ``grid_status``: the external grid's share (the slack buses' injection beyond
         what is connected there), local generation (PV, the sellers' side of the trades) and
         consumption (loads, the buyers' side), and the losses, the active power the network
-        itself takes (``sum Re(V conj(Ybus V))`` over every bus: lines and transformers)."""
-        base = self._base(interval, interval_seconds)
+        itself takes (``sum Re(V conj(Ybus V))`` over every bus: lines and transformers).
+        ``islanded``: the external grid's share is the master unit's (``grid.island``)."""
+        base = self._base(interval, interval_seconds, islanded)
         trades = list(trades)
         traded_kw = sum(float(t.p_kw) for t in trades)
         generation_kw = base.summary.pv_kw + traded_kw
