@@ -31,6 +31,8 @@ from grid.verdicts import Limits
 
 # Base states kept per validator (the oldest is dropped first).
 BASE_CACHE = 32
+# States of charge kept from the day walks (``BaseStates.soc_at``): a few weeks of 15-min intervals.
+SOC_CACHE = 4096
 # Islanded, a PV surplus the master cannot absorb is curtailed (the inverters' over-frequency
 # power reduction) until the master sits this far above its charging limit.
 CURTAIL_HEADROOM_KW = 1.0
@@ -98,6 +100,8 @@ class BaseStates:
             state, _ = self.dispatch(self._work, k, interval_seconds, soc)
             soc = min(max(soc - state.forming_kw * h, 0.0), float(unit.capacity_kwh))
             k += 1
+            if len(self._soc) >= SOC_CACHE:
+                self._soc.clear()  # a walk restarts from its day's start at worst
             self._soc[(k, interval_seconds)] = soc
         return soc
 
