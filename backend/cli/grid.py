@@ -133,15 +133,27 @@ def check(
     network: NetworkOpt = "cigre_lv",
     interval: IntervalOpt = None,
     interval_seconds: SecondsOpt = 900,
+    islanded: IslandedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Base-state power flow: voltage extremes, losses, maximum loadings.
+    """Base-state power flow: voltage extremes, losses, maximum loadings; ``--islanded`` adds
+    the island's operation (``island_*``: state of charge, master unit's power and limits,
+    dispatch, PV curtailed, balanced).
 
     A network whose line ratings are placeholders (e.g. case33bw's ``max_i_ka`` 99999) gets a
     ``warning:`` line on stderr - their loading limits cannot bind - and, with ``--json``, the
     same sentences under ``warnings`` and those lines under ``placeholder_lines``."""
+    # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
+    from grid.errors import GridError  # noqa: PLC0415
+
     validator = _validator(network)
-    summary = validator.base_state(interval, interval_seconds).to_dict()
+    try:
+        summary = validator.base_state(interval, interval_seconds, islanded=islanded).to_dict()
+        if islanded:
+            island = validator.island_state(interval, interval_seconds).to_dict()
+            summary.update({f"island_{k}": v for k, v in island.items()})
+    except GridError as exc:  # --islanded on a network without grid-forming units
+        fail(str(exc))
     facts = validator.facts
     for warning in facts.warnings:
         Console(stderr=True).print(f"warning: {warning}", highlight=False, soft_wrap=True)

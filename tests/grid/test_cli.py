@@ -208,3 +208,15 @@ def test_validate_islanded_without_units_exit_2(tmp_path: Path) -> None:
     assert err.strip() == (
         "error: network 'cigre_lv' has no grid-forming units: it cannot run islanded"
     )
+
+
+def test_check_islanded_village_reports_the_island() -> None:
+    code, out, _ = _run(
+        "check", "--network", "village_island", "--interval", str(ISLAND_SHORT_INTERVAL),
+        "--islanded", "--json",
+    )  # fmt: skip
+    data = json.loads(out)
+    assert code == 0
+    assert (data["island_soc_kwh"], data["island_dispatch_kw"]) == (0.0, [160.0])
+    assert (data["island_high_kw"], data["island_balanced"]) == (0.0, False)
+    assert round(data["island_forming_kw"], 2) == 26.93
