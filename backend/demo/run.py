@@ -134,7 +134,9 @@ class Demo(DemoDay):
                             )
                         if c - 1 >= first:
                             relaying.append(c - 1)
-                        if clearing is not None and cleared["trades"]:
+                        # an interval whose trades were all vetoed (an island that cannot
+                        # balance itself) has nothing to settle: the keeper never settles it
+                        if clearing is not None and any(tr["approved"] for tr in cleared["trades"]):
                             settling.append(c + 1)
                         # interval c ends; first make sure the clock does not come near the
                         # settlement deadline of an interval whose readings are still relayed
