@@ -337,7 +337,8 @@ def _plot_island(
     vetoes = bottom.twinx()
     vetoes.plot(
         x,
-        [i["vetoes_by_reason"].get("ISLAND_BALANCE", 0) for i in intervals],
+        # intervals without such a veto are left out (no row of markers on the axis)
+        [i["vetoes_by_reason"].get("ISLAND_BALANCE") or float("nan") for i in intervals],
         color="#cb181d",
         marker="x",
         ls="none",
