@@ -46,6 +46,12 @@ class PandapowerChecker:
                 pp.runpp(net)
         except Exception:
             return NOT_CONVERGED
+        balance = self.limitset.balance
+        if balance is not None:  # islanded: the master unit is the net's only live ext_grid
+            live = net.ext_grid.index[net.ext_grid.in_service]
+            short = balance.check(float(net.res_ext_grid.p_mw.loc[live].sum() * 1000))
+            if short is not None:
+                return short
         mon = self.limitset.monitored
         vm = net.res_bus.vm_pu.loc[mon.buses].to_numpy(dtype=float)
         loading = np.r_[

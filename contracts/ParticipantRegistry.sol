@@ -32,7 +32,12 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     // Two slots per device (see Device): the offer and activation checks read slot 0 only.
     mapping(address device => Device) private _devices;
 
+    // The operating mode and when it came into force: one slot (uint8 + uint64), read together by gridMode.
+    uint8 private _gridMode;
+    uint64 private _gridModeSince;
+
     uint8 private constant DEVICE_BATTERY = 1;
+    uint8 private constant GRID_MODE_MAX = 1; // 0 grid-connected, 1 islanded
     uint8 private constant DEVICE_KIND_MAX = 4;
 
     // MeterRecord as stored (one slot, Solidity's packing in declaration order): wallet (bits 0..159) |
@@ -131,6 +136,21 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
         if (!d.active) revert RegistryDeviceInactive(device);
         d.active = false;
         emit DeviceDeactivated(device, d.owner);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function setGridMode(uint8 mode) external onlyRole(GRID_OPERATOR_ROLE) {
+        if (mode > GRID_MODE_MAX) revert RegistryUnknownGridMode(mode);
+        uint8 previous = _gridMode;
+        if (mode == previous) revert RegistryGridModeUnchanged(mode);
+        uint64 since = uint64(block.timestamp);
+        (_gridMode, _gridModeSince) = (mode, since);
+        emit GridModeChanged(mode, previous, since);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function gridMode() external view returns (uint8 mode, uint64 since) {
+        return (_gridMode, _gridModeSince);
     }
 
     /// @inheritdoc IParticipantRegistry

@@ -6,7 +6,8 @@ Public API::
 
     load_network(name_or_path: str) -> pandapowerNet
         "cigre_lv" (default), "case33bw", "kerber_dorfnetz", "kerber_vorstadt", "case_ieee30",
-        "example_multivoltage", a SimBench code ("1-LV-rural1--0-sw") or a pandapower JSON path.
+        "example_multivoltage", "village_island", a SimBench code ("1-LV-rural1--0-sw") or a
+        pandapower JSON path.
         UnknownNetworkError / NetworkFileError (both GridError and ValueError) list what is
         accepted.
 
@@ -16,13 +17,18 @@ Public API::
         count; GridValidator calls it on every network it is given.
 
     GridValidator(network: str | pandapowerNet = "cigre_lv", limits: Limits | None = None,
-                  add_pv: bool = True, batch_size: int = 32, reuse: bool = True)
+                  add_pv: bool = True, batch_size: int = 32, reuse: bool = True,
+                  island: grid.island.Island | None = None)
         .base_state(interval: int | None = None, interval_seconds: int = 900) -> BaseStateSummary
         .validate(trades: Sequence[Trade], interval=None, interval_seconds=900,
-                  activations: Sequence[Activation] = ()) -> ValidationResult
+                  activations: Sequence[Activation] = (), islanded=False) -> ValidationResult
             activations before their trade, or first as one set (``result.activation_verdicts``)
             resumes from the longest prefix of ``trades`` it has seen (reuse=True): the answer is
             identical to a from-scratch run; ``result.stats.reused_trades`` counts the skipped
+            islanded: no external grid, the network's grid-forming units balance it
+            (``grid.island``; IslandError where it has none)
+        .island_state(interval=None, interval_seconds=900) -> IslandState
+            state of charge, the master unit's power and limits, dispatch, PV curtailed
         .clear_reuse_cache()
         .hosting_capacity(bus: int, interval=None, interval_seconds=900) -> HostingCapacity
         .grid_status(trades: Sequence[Trade] = (), interval=None, interval_seconds=900) ->
@@ -46,7 +52,8 @@ Public API::
     Verdict(id, approved, reason: Reason, element: str, value: float | None, limit: float | None,
     source)
     Reason(IntEnum): APPROVED=0, VOLTAGE_HIGH=1, VOLTAGE_LOW=2, LINE_OVERLOAD=3, TRAFO_OVERLOAD=4,
-                     NOT_CONVERGED=5, UNKNOWN_BUS=6, INVALID_TRADE=7   (stable: written on chain)
+                     NOT_CONVERGED=5, UNKNOWN_BUS=6, INVALID_TRADE=7, ISLAND_BALANCE=8
+                     (stable: written on chain)
     parse_trades(data) / load_trades(path) -> list[Trade]   (TradeInputError on malformed input)
     parse_activations(data) / load_activations(path) -> list[Activation]   (the same for
         activations: ``[{"id", "bus", "p_kw"}, ...]``)

@@ -11,10 +11,14 @@ ties)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from grid.verdicts import Limits, Reason
+
+if TYPE_CHECKING:  # grid.island imports Violation from here
+    from grid.island import IslandBalance
 
 # Acceptance margins of the validators (not of the final check): an approved set sits at least this
 # far
@@ -142,6 +146,9 @@ class LimitSet:
     ) -> None:
         self.limits = limits
         self.monitored = monitored
+        # Islanded mode: the master unit's power limits, checked by every AC solve before the
+        # voltages and loadings (``grid.session.Session._solve``); None when grid-connected.
+        self.balance: IslandBalance | None = None
         tol_pu, tol_pct = limits.tolerance, limits.tolerance * 100.0
         n_lines = len(monitored.lines)
         lmax = np.concatenate(

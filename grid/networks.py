@@ -32,6 +32,9 @@ _NAMED: dict[str, Callable[[], pp.pandapowerNet]] = {
     "case_ieee30": pn.case_ieee30,
     # 380/110/20/0.4 kV with a three-winding transformer, an impedance and extended wards
     "example_multivoltage": pn.example_multivoltage,
+    # a remote village: Kerber's "Dorfnetz" with a powerhouse (battery, genset) at its LV busbar;
+    # islanded, it runs disconnected at its transformer (grid.island.NAMED_ISLANDS)
+    "village_island": pn.create_kerber_dorfnetz,
 }
 NETWORK_NAMES: tuple[str, ...] = tuple(_NAMED)
 

@@ -297,6 +297,12 @@ class Session:
         if isinstance(V, Violation):
             return None, V
         me = self.model.measure(V)
+        balance = self.limitset.balance
+        if balance is not None:  # islanded: the island's balance before voltages and loadings
+            model = self.model
+            short = balance.check(balance.power_kw(model.Ybus, S, V, model.base_mva))
+            if short is not None:
+                return me, short
         return me, self.limitset.check(me.vm_pu, me.loading_percent)
 
     def _commit(self, S: np.ndarray, me: Measures, final: bool = False) -> None:

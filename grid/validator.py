@@ -66,6 +66,7 @@ from grid.basestate import BaseState, BaseStates, max_or_none
 from grid.errors import BaseStateError, TradeInputError
 from grid.evidence import evidence_hash
 from grid.hosting import HOSTING_MAX_KW, HOSTING_RESOLUTION_KW, hosting_limit
+from grid.island import Island, IslandError, IslandState, islanded_net, named_island
 from grid.limits import LimitSet, Violation
 from grid.networks import (
     bus_geodata,
@@ -92,7 +93,7 @@ from grid.results import (
     ValidationResult,
     ValidationStats,
 )
-from grid.session import RELINEARIZE_PU, Session
+from grid.session import RELINEARIZE_PU, Session, veto
 from grid.verdicts import Activation, Limits, Reason, Trade, Verdict
 
 __all__ = [
@@ -129,7 +130,10 @@ class GridValidator:
         add_pv: bool = True,
         batch_size: int = BATCH_SIZE,
         reuse: bool = True,
+        island: Island | None = None,
     ) -> None:
+        """``island``: the grid-forming units for islanded validation (``islanded=True``);
+        default: the named network's own (``grid.island.named_island``), if it has any."""
         if isinstance(network, pp.pandapowerNet):
             net = copy.deepcopy(network)
             self.network_name = str(net.name) if getattr(net, "name", "") else "custom"
@@ -157,6 +161,8 @@ class GridValidator:
         self.net = net
         self._nominal = nominal_values(net)
         self._bases = BaseStates(net, self._nominal, self.limits, self.network_name)
+        self.island = island if island is not None else named_island(self.network_name)
+        self._island_bases: BaseStates | None = None
         self.reuse = bool(reuse)
         self._prefixes: OrderedDict[
             int, tuple[BaseState, tuple[Activation, ...], tuple[Trade, ...], Session]
@@ -177,30 +183,75 @@ class GridValidator:
 
     # ----------------------------------------------------------------- base state
     def base_state(
-        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+        self,
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> BaseStateSummary:
-        return self._base(interval, interval_seconds).summary
+        return self._base(interval, interval_seconds, islanded).summary
 
     def base_net(
-        self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+        self,
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> pp.pandapowerNet:
-        """A solved copy of the network in the interval's base state (for independent checks)."""
+        """A solved copy of the network in the interval's base state (for independent checks);
+        ``islanded``: disconnected, the master unit as the slack (an ``ext_grid`` at its bus),
+        the other units at the interval's dispatch (static generators)."""
+        if islanded:
+            bases = self._islanded()
+            net = copy.deepcopy(bases.net)
+            soc = bases.soc_at(interval, interval_seconds)
+            _, converged = bases.dispatch(net, interval, interval_seconds, soc)
+            if not converged:
+                raise BaseStateError(
+                    f"the islanded base state of interval {interval} does not converge"
+                )
+            return net
         net = copy.deepcopy(self.net)
         apply_interval(net, self._nominal, interval, interval_seconds)
         with quiet():
             pp.runpp(net)
         return net
 
-    def limit_set(
+    def island_state(
         self, interval: int | None = None, interval_seconds: int = DEFAULT_INTERVAL_SECONDS
+    ) -> IslandState:
+        """The islanded base state's operation: state of charge, the master's power and limits,
+        the other units' dispatch (see ``grid.island``)."""
+        state = self._base(interval, interval_seconds, True).island
+        assert state is not None
+        return state
+
+    def _islanded(self) -> BaseStates:
+        if self.island is None:
+            raise IslandError(
+                f"network {self.network_name!r} has no grid-forming units: it cannot run islanded"
+            )
+        if self._island_bases is None:
+            net = islanded_net(self.net, self.island)
+            self._island_bases = BaseStates(
+                net, nominal_values(net), self.limits, self.network_name, self.island
+            )
+        return self._island_bases
+
+    def limit_set(
+        self,
+        interval: int | None = None,
+        interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> LimitSet:
-        base = self._base(interval, interval_seconds)
+        base = self._base(interval, interval_seconds, islanded)
         if base.limitset is None:
             raise BaseStateError(f"the base state of interval {interval} does not converge")
         return base.limitset
 
-    def _base(self, interval: int | None, interval_seconds: int) -> BaseState:
-        return self._bases.get(interval, interval_seconds)
+    def _base(
+        self, interval: int | None, interval_seconds: int, islanded: bool = False
+    ) -> BaseState:
+        bases = self._islanded() if islanded else self._bases
+        return bases.get(interval, interval_seconds)
 
     # ----------------------------------------------------------------- validation
     def validate(
@@ -209,6 +260,7 @@ class GridValidator:
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
         activations: Sequence[Activation] = (),
+        islanded: bool = False,
     ) -> ValidationResult:
         """Verdicts for ``trades`` in priority order (first = highest) under the "do no harm"
         rule.
@@ -220,17 +272,22 @@ class GridValidator:
         (its limit set: never looser than the base state's, since it passed that). Refused, they
         all carry the set's violation and the trades are validated on the base state alone. A
         malformed one (zero or non-finite power, unknown bus, repeated id, ``before`` naming no
-        trade of the list) is refused by itself."""
-        base = self._base(interval, interval_seconds)
+        trade of the list) is refused by itself.
+
+        ``islanded``: with no external grid, the island's units balancing it (``grid.island``).
+        An islanded base state its units cannot balance vetoes every trade ``ISLAND_BALANCE``
+        (naming the master unit, the power it would need and its limit)."""
+        base = self._base(interval, interval_seconds, islanded)
         real_trades = list(trades)
         all_acts = list(activations)
-        trades, placed, placed_verdicts = self._place(base, real_trades, all_acts)
+        trades, placed, placed_verdicts = self._place(base, real_trades, all_acts, islanded)
         activations = [a for a in all_acts if not a.before]
         verdicts: list[Verdict | None] = [None] * len(trades)
         seen: set[str] = set()
         valid: list[tuple[int, Trade]] = []
         known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
-        converged = base.model is not None
+        short = base.island.violation if base.island is not None else None
+        converged = base.model is not None and short is None
         for pos, trade in enumerate(trades):
             bad = _input_verdict(trade, known, seen)
             if bad is not None:
@@ -241,9 +298,13 @@ class GridValidator:
             else:
                 valid.append((pos, trade))
         act_verdicts, start_state = self._apply_activations(base, activations, known)
-        if base.model is None or base.measures is None or base.limitset is None:
+        if not converged or base.model is None or base.measures is None or base.limitset is None:
             for pos, trade in valid:
-                verdicts[pos] = Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
+                verdicts[pos] = (
+                    Verdict(trade.id, False, Reason.NOT_CONVERGED, "base state")
+                    if short is None
+                    else veto(trade, short)
+                )
             final, act_verdicts = _split(
                 verdicts, placed, placed_verdicts, all_acts, act_verdicts, len(trades)
             )
@@ -330,7 +391,11 @@ class GridValidator:
         )
 
     def _place(
-        self, base: BaseState, trades: list[Trade], activations: list[Activation]
+        self,
+        base: BaseState,
+        trades: list[Trade],
+        activations: list[Activation],
+        islanded: bool = False,
     ) -> tuple[list[Trade], dict[int, int], dict[int, Verdict]]:
         """``trades`` with each placed activation (``before`` set) right before its trade, as a
         pseudo-trade between its bus and the slack bus (the slack's injection is its output:
@@ -339,7 +404,7 @@ class GridValidator:
         if not any(a.before for a in activations):
             return trades, {}, {}
         known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
-        slack = self._slack_bus()
+        slack = self._slack_bus(self._islanded().net if islanded else self.net)
         seen = {str(a.id) for a in activations if not a.before}
         by_trade: dict[str, list[int]] = {}
         refused: dict[int, Verdict] = {}
@@ -369,10 +434,12 @@ class GridValidator:
             out.append(trade)
         return out, placed, refused
 
-    def _slack_bus(self) -> int:
-        """The pandapower bus of the (first) in-service external grid."""
-        grids = self.net.ext_grid[self.net.ext_grid.in_service]
-        return int(grids.bus.iloc[0]) if len(grids) else int(self.net.bus.index[0])
+    @staticmethod
+    def _slack_bus(net: pp.pandapowerNet) -> int:
+        """The pandapower bus of the (first) in-service external grid of ``net`` (islanded: the
+        master unit's bus, ``grid.island.islanded_net``)."""
+        grids = net.ext_grid[net.ext_grid.in_service]
+        return int(grids.bus.iloc[0]) if len(grids) else int(net.bus.index[0])
 
     def _apply_activations(
         self, base: BaseState, activations: list[Activation], known: object
@@ -508,10 +575,11 @@ class GridValidator:
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
         activations: Sequence[Activation] = (),
+        islanded: bool = False,
     ) -> GridStatus:
         """AC state of the base state plus ``trades`` (normally the approved ones) and
         ``activations``, all applied."""
-        base = self._base(interval, interval_seconds)
+        base = self._base(interval, interval_seconds, islanded)
         model = base.model
         if model is None:
             return GridStatus(self.network_name, interval, False, self.buses(), [], [], [], [], [])
@@ -544,13 +612,15 @@ class GridValidator:
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
         activations: Sequence[Activation] = (),
+        islanded: bool = False,
     ) -> EnergyBalance:
         """Power balance of the base state plus ``trades``, all applied, from the same AC power
         flow as ``grid_status``: the external grid's share (the slack buses' injection beyond
         what is connected there), local generation (PV, the sellers' side of the trades) and
         consumption (loads, the buyers' side), and the losses, the active power the network
-        itself takes (``sum Re(V conj(Ybus V))`` over every bus: lines and transformers)."""
-        base = self._base(interval, interval_seconds)
+        itself takes (``sum Re(V conj(Ybus V))`` over every bus: lines and transformers).
+        ``islanded``: the external grid's share is the master unit's (``grid.island``)."""
+        base = self._base(interval, interval_seconds, islanded)
         trades = list(trades)
         traded_kw = sum(float(t.p_kw) for t in trades)
         up_kw = sum(max(float(a.p_kw), 0.0) for a in activations)

@@ -22,6 +22,9 @@ class Reason(IntEnum):
     NOT_CONVERGED = 5
     UNKNOWN_BUS = 6
     INVALID_TRADE = 7
+    # islanded mode: the grid-forming unit would have to give more (or take more) than its power
+    # and state of charge allow; ``element`` names the unit, ``value``/``limit`` are kW
+    ISLAND_BALANCE = 8
 
 
 @dataclass(frozen=True)

@@ -320,7 +320,8 @@ class TradeOut(BaseModel):
     element: str
     vetoValue: float | None = Field(
         description="a veto's binding element: the value it would reach (pu for voltages, "
-        "percent for loadings); null when approved or without a number"
+        "percent for loadings, kW of the grid-forming unit for ISLAND_BALANCE); null when "
+        "approved or without a number"
     )
     vetoLimit: float | None = Field(description="... and the limit it would break (same unit)")
     approved: bool

@@ -114,6 +114,11 @@ def demo(
         "1.10", metavar="PU", envvar=PU_ENV["vm_max"],
         help="the Neural Grid's upper voltage limit, in (1.0, 1.5]",
     ),
+    islanded: bool = typer.Option(
+        False, "--islanded",
+        help="the grid operator switches the grid to islanded (setGridMode) before the second "
+        "interval; needs grid-forming units: --network village_island",
+    ),
 ) -> None:  # fmt: skip
     """Bring up chain, API, broker, oracle, meters and keeper; trade, validate, meter and settle a
     day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, figures.json,
@@ -129,7 +134,7 @@ def demo(
     config = DemoConfig(
         network=network, prosumers=prosumers, hours=hours, interval_minutes=interval_minutes,
         seed=seed, start_hour=start_hour, broker=broker, reports_dir=reports.resolve(),
-        vm_min_pu=vm_min_pu, vm_max_pu=vm_max_pu, **ports,
+        vm_min_pu=vm_min_pu, vm_max_pu=vm_max_pu, islanded=islanded, **ports,
     )  # fmt: skip
     try:
         summary, folder = Demo(config, console).run()

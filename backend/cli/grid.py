@@ -22,6 +22,9 @@ from backend.cli.base import App
 from backend.cli.output import fail
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from grid.results import ValidationResult
     from grid.validator import GridValidator
     from grid.verdicts import Activation, Trade
 
@@ -44,7 +47,7 @@ NetworkOpt = Annotated[
         "-n",
         metavar="NETWORK",
         help="cigre_lv, case33bw, kerber_dorfnetz, kerber_vorstadt, case_ieee30, "
-        "example_multivoltage, a SimBench code or a pandapower JSON path",
+        "example_multivoltage, village_island, a SimBench code or a pandapower JSON path",
     ),
 ]
 IntervalOpt = Annotated[
@@ -71,6 +74,14 @@ LineOpt = Annotated[
 TrafoOpt = Annotated[
     float,
     typer.Option("--max-trafo-loading", metavar="PERCENT", help="transformer loading limit"),
+]
+IslandedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--islanded",
+        help="validate with no external grid: the network's grid-forming units balance it "
+        "(village_island has them); vetoes the island cannot balance as ISLAND_BALANCE",
+    ),
 ]
 TradesOpt = Annotated[
     Path, typer.Option("--trades", "-t", metavar="FILE", help=TRADES_FORMAT, show_default=False)
@@ -110,6 +121,25 @@ def _validator(
         fail(str(exc))
 
 
+def _validate(
+    validator: GridValidator,
+    trades: list[Trade],
+    interval: int | None,
+    interval_seconds: int,
+    islanded: bool,
+    activations: Sequence[Activation] = (),
+) -> ValidationResult:
+    # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
+    from grid.errors import GridError  # noqa: PLC0415
+
+    try:
+        return validator.validate(
+            trades, interval, interval_seconds, activations, islanded=islanded
+        )
+    except GridError as exc:  # e.g. --islanded on a network without grid-forming units
+        fail(str(exc))
+
+
 def _echo_json(payload: object) -> None:
     typer.echo(json.dumps(payload, indent=2))
 
@@ -119,15 +149,27 @@ def check(
     network: NetworkOpt = "cigre_lv",
     interval: IntervalOpt = None,
     interval_seconds: SecondsOpt = 900,
+    islanded: IslandedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Base-state power flow: voltage extremes, losses, maximum loadings.
+    """Base-state power flow: voltage extremes, losses, maximum loadings; ``--islanded`` adds
+    the island's operation (``island_*``: state of charge, master unit's power and limits,
+    dispatch, PV curtailed, balanced).
 
     A network whose line ratings are placeholders (e.g. case33bw's ``max_i_ka`` 99999) gets a
     ``warning:`` line on stderr - their loading limits cannot bind - and, with ``--json``, the
     same sentences under ``warnings`` and those lines under ``placeholder_lines``."""
+    # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
+    from grid.errors import GridError  # noqa: PLC0415
+
     validator = _validator(network)
-    summary = validator.base_state(interval, interval_seconds).to_dict()
+    try:
+        summary = validator.base_state(interval, interval_seconds, islanded=islanded).to_dict()
+        if islanded:
+            island = validator.island_state(interval, interval_seconds).to_dict()
+            summary.update({f"island_{k}": v for k, v in island.items()})
+    except GridError as exc:  # --islanded on a network without grid-forming units
+        fail(str(exc))
     facts = validator.facts
     for warning in facts.warnings:
         Console(stderr=True).print(f"warning: {warning}", highlight=False, soft_wrap=True)
@@ -159,13 +201,14 @@ def validate(
     max_line_loading: LineOpt = 100.0,
     max_trafo_loading: TrafoOpt = 100.0,
     activations: ActivationsOpt = None,
+    islanded: IslandedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verdicts for a trade list in priority order, with the evidence hash."""
     trade_list = _load(trades)
     activation_list = _load_activations(activations)
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
-    result = validator.validate(trade_list, interval, interval_seconds, activation_list)
+    result = _validate(validator, trade_list, interval, interval_seconds, islanded, activation_list)
     payload = result.to_dict()
     if as_json:
         _echo_json(payload)
@@ -246,6 +289,7 @@ _UNITS = {
     "LINE_OVERLOAD": "%",
     "TRAFO_OVERLOAD": "%",
     "NOT_CONVERGED": "pu",  # with a value: the bus voltage of an implausible solution
+    "ISLAND_BALANCE": "kW",  # the grid-forming unit's power and its limit
 }
 
 
@@ -271,6 +315,7 @@ def verify(
         str | None,
         typer.Option("--evidence", metavar="0xHASH", help="claimed evidence hash (0x hex)"),
     ] = None,
+    islanded: IslandedOpt = False,
     claimed: Annotated[
         Path | None,
         typer.Option(
@@ -302,7 +347,7 @@ def verify(
     trade_list = _load(trades)
     activation_list = _load_activations(activations)
     validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
-    result = validator.validate(trade_list, interval, interval_seconds, activation_list)
+    result = _validate(validator, trade_list, interval, interval_seconds, islanded, activation_list)
     problems: list[str] = []
     if evidence is not None and evidence.lower() != result.evidence_hash:
         problems.append(f"evidence hash {evidence} != recomputed {result.evidence_hash}")

@@ -51,9 +51,12 @@ def greedy_clearing(
     interval_id: int,
     interval_seconds: int,
     bus_of: dict[str, int],
+    islanded: bool = False,
 ) -> Clearing:
-    """The interval's book cleared by the greedy merit order against ``validator``."""
+    """The interval's book cleared by the greedy merit order against ``validator`` (in the
+    interval's grid mode)."""
     port = GridPortAdapter(
         validator.network_name, interval_seconds, validator=validator, clearing="greedy"
     )
+    port.set_mode(interval_id, islanded)
     return port.clear(interval_id, interval_book(http, interval_id, bus_of))

@@ -155,7 +155,10 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         ok = within(grid_states["grid_approved"], grid_states["grid_base"], limits)
         limit_ok &= ok
         price = iv.get("clearingPrice")
-        greedy = baseline.greedy_clearing(day.http, day.grid_validator, t, s, bus_of)
+        islanded = is_islanded(day, t)
+        greedy = baseline.greedy_clearing(
+            day.http, day.grid_validator, t, s, bus_of, islanded=islanded
+        )
         start = datetime.fromtimestamp(t * s, UTC)
         end = datetime.fromtimestamp((t + 1) * s, UTC)
         energy = analysis.energy_kwh(grid_states["energy"], hours)
@@ -210,6 +213,9 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
                 },
             }
         )
+        if day.island_from is not None:  # --islanded: the mode and the island's operation
+            intervals[-1]["grid_mode"] = "islanded" if islanded else "grid-connected"
+            intervals[-1]["island"] = day.grid_validator.island_state(t, s).to_dict()
 
     participants: list[dict[str, Any]] = []
     balancing = market.functions.balancingAccount().call()
@@ -277,6 +283,18 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         "no approved interval state violates a grid limit": limit_ok,
         "no escrow left locked": all(p["locked"] == 0 for p in participants),
     }
+    if day.island_from is not None:
+        checks[
+            "islanded: no trade approved where the island cannot balance its base state, every "
+            "trade there vetoed ISLAND_BALANCE"
+        ] = all(
+            i["approved"] == 0 and set(i["vetoes_by_reason"]) <= {"ISLAND_BALANCE"}
+            for i in intervals
+            if i.get("grid_mode") == "islanded" and not i["island"]["balanced"]
+        )
+        checks["islanded: the chain's mode switch landed before its interval"] = (
+            day.mode_switch is not None and day.mode_switch["since"] <= day.island_from * s
+        )
     welfare = sum(i["welfare"] for i in intervals)
     greedy_welfare = sum(i["greedy_welfare"] for i in intervals)
     totals = {
@@ -324,7 +342,19 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
     )
     start = datetime.fromtimestamp(first * s, UTC)
     end = datetime.fromtimestamp((last + 1) * s, UTC)
+    island: dict[str, Any] = {}
+    if day.island_from is not None:
+        units = day.grid_validator.island
+        island = {
+            "mode_switch": day.mode_switch,
+            "island_units": [
+                {"name": u.name, "kind": u.kind, "bus": u.bus, "min_kw": u.min_kw,
+                 "max_kw": u.max_kw, "capacity_kwh": u.capacity_kwh}
+                for u in (units.units if units is not None else ())
+            ],
+        }  # fmt: skip
     return {
+        **island,
         "network": day.cfg.network,
         "prosumers": day.cfg.prosumers,
         "interval_minutes": day.cfg.interval_minutes,
@@ -391,6 +421,7 @@ def interval_grid_states(
     balance of base + approved trades."""
     hours = day.cfg.interval_seconds / 3600
     validator = day.grid_validator
+    islanded = is_islanded(day, interval_id)
 
     def as_trades(selected: list[dict[str, Any]]) -> list[Trade]:
         return [
@@ -400,7 +431,10 @@ def interval_grid_states(
 
     def state(selected: list[dict[str, Any]]) -> dict[str, Any]:
         st = validator.grid_status(
-            as_trades(selected), interval=interval_id, interval_seconds=day.cfg.interval_seconds
+            as_trades(selected),
+            interval=interval_id,
+            interval_seconds=day.cfg.interval_seconds,
+            islanded=islanded,
         )
         return {
             "converged": bool(st.converged),
@@ -416,9 +450,17 @@ def interval_grid_states(
         "grid_approved": state(approved),
         "grid_all": state(trades),
         "energy": validator.energy_balance(
-            as_trades(approved), interval=interval_id, interval_seconds=day.cfg.interval_seconds
+            as_trades(approved),
+            interval=interval_id,
+            interval_seconds=day.cfg.interval_seconds,
+            islanded=islanded,
         ).to_dict(),
     }
+
+
+def is_islanded(day: DemoDay, interval_id: int) -> bool:
+    """Whether the demo switched to islanded before this interval (``--islanded``)."""
+    return day.island_from is not None and interval_id >= day.island_from
 
 
 def within(approved: dict[str, Any], base: dict[str, Any], limits: Any) -> bool:
@@ -443,7 +485,7 @@ def within(approved: dict[str, Any], base: dict[str, Any], limits: Any) -> bool:
 # Short names of the veto reasons for the console table (the report spells them out).
 SHORT_REASONS = {
     "VOLTAGE_HIGH": "V-high", "VOLTAGE_LOW": "V-low", "LINE_OVERLOAD": "line",
-    "TRAFO_OVERLOAD": "trafo", "NOT_CONVERGED": "no-flow",
+    "TRAFO_OVERLOAD": "trafo", "NOT_CONVERGED": "no-flow", "ISLAND_BALANCE": "island",
 }  # fmt: skip
 WIDE_CONSOLE = 100  # from this width the table also shows the line and transformer loadings
 

@@ -70,6 +70,9 @@ class DemoConfig:
     # The Neural Grid's voltage band (pu), for the API's validator and the report's checks.
     vm_min_pu: float = 0.90
     vm_max_pu: float = 1.10
+    # Switch the registry to islanded before the second interval (the first runs grid-connected):
+    # the network needs grid-forming units (village_island).
+    islanded: bool = False
 
     def validate(self) -> None:
         if self.prosumers < 2 or self.prosumers > 500:

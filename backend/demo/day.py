@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from backend.chain import batches, protocol
+from backend.chain.client import ChainClient
 from backend.demo.clients import check_response, signed_body
 from backend.demo.community import build_community, intent_for
 from backend.demo.config import (
@@ -38,6 +39,8 @@ class DemoDay(DemoStack):
         super().__init__(config, console)
         self.grid_validator: GridValidator  # made by ``Demo.run`` once the services start
         self.records: list[dict[str, Any]] = []
+        self.island_from: int | None = None  # the first islanded interval (--islanded)
+        self.mode_switch: dict[str, Any] | None = None
         self.vetoes: list[dict[str, Any]] = []
         self.positions: dict[tuple[str, int], Position] = {}
         self.overrides: dict[tuple[str, int], tuple[int, int]] = {}
@@ -114,6 +117,28 @@ class DemoDay(DemoStack):
         self.by_meter = {m.meter: m for m in self.members}
 
     # ------------------------------------------------------------------ one interval
+    def _switch_to_island(self, interval_id: int, label: str) -> None:
+        """The grid operator switches the registry to islanded before ``interval_id``'s gate
+        closure: the market validates it, and every later interval, islanded. The devices'
+        control action on the switch belongs to the control loop (#17's dispatcher, on
+        ``tegrid/devices/<device>/control``): nothing is published to devices here."""
+        registry = self._contract("ParticipantRegistry")
+        # a client of its own: the API process sends from this key too (the members' connections),
+        # so a kept client's nonce would be stale
+        operator = ChainClient(self.settings.rpc_url, ROLE_KEYS["grid_operator"])
+        receipt = operator.transact(registry.functions.setGridMode(1))
+        mode, since = registry.functions.gridMode().call()
+        if int(mode) != 1:
+            raise DemoError(f"setGridMode(1) left the registry in mode {mode}")
+        self.mode_switch = {
+            "interval": interval_id,
+            "label": label,
+            "mode": "islanded",
+            "since": int(since),
+            "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
+        }
+        self.console.print(f"grid operator: islanded from interval {label} (GridModeChanged)")
+
     def _post_orders(self, interval_id: int) -> int:
         hour = (interval_id * self.cfg.interval_seconds % 86400) / 3600
         hours = self.cfg.interval_seconds / 3600

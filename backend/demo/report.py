@@ -47,6 +47,17 @@ PLOTS = (
     ),
     ("welfare.png", "Welfare per interval: the optimal clearing against the greedy merit order"),
 )
+# Only in an islanded run (``tegrid demo --islanded``).
+ISLAND_PLOT = (
+    "island.png",
+    "Islanded operation: the battery's state of charge, the genset's dispatch, the master "
+    "unit's power within its limits, PV curtailed, ISLAND_BALANCE vetoes and the mode switch",
+)
+
+
+def plots_of(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The report's plots: the island's too when the run went islanded."""
+    return (*PLOTS, ISLAND_PLOT) if "mode_switch" in summary else PLOTS
 
 
 def _labels(intervals: list[dict[str, Any]]) -> list[str]:
@@ -275,7 +286,7 @@ def write_report(summary: dict[str, Any], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     intervals = summary["intervals"]
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    drawn = (
+    drawn: list[list[dict[str, Any]]] = [
         _plot_prices(intervals, folder / PLOTS[0][0]),
         _plot_verdicts(intervals, folder / PLOTS[1][0]),
         _plot_grid(intervals, summary["limits"], summary["network_facts"], folder / PLOTS[2][0]),
@@ -284,16 +295,68 @@ def write_report(summary: dict[str, Any], folder: Path) -> list[Path]:
         _plot_gas(intervals, folder / PLOTS[5][0]),
         _plot_imbalance(intervals, summary["participants"], folder / PLOTS[6][0]),
         _plot_welfare(intervals, folder / PLOTS[7][0]),
-    )
-    figures = {name: axes for (name, _title), axes in zip(PLOTS, drawn, strict=True)}
+    ]
+    if "mode_switch" in summary:
+        drawn.append(_plot_island(intervals, summary["mode_switch"], folder / ISLAND_PLOT[0]))
+    plots = plots_of(summary)
+    figures = {name: axes for (name, _title), axes in zip(plots, drawn, strict=True)}
     (folder / "figures.json").write_text(json.dumps(figures, indent=2))
     (folder / "report.html").write_text(_html(summary))
     return [
         folder / "summary.json",
         folder / "figures.json",
         folder / "report.html",
-        *(folder / name for name, _ in PLOTS),
+        *(folder / name for name, _ in plots),
     ]
+
+
+def _plot_island(
+    intervals: list[dict[str, Any]], switch: dict[str, Any] | None, path: Path
+) -> list[dict[str, Any]]:
+    """State of charge (kWh) above; below, the master's power and its limits, the genset's
+    dispatch and the PV curtailed (kW), ISLAND_BALANCE vetoes on a second axis; a dashed line
+    where the mode switched."""
+    x = list(range(len(intervals)))
+    island = [i["island"] for i in intervals]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    top.plot(x, [s["soc_kwh"] for s in island], color="#2171b5", marker="o", ms=3)
+    top.set_ylabel("state of charge (kWh)")
+    top.set_ylim(bottom=0)
+    top.set_title("Battery (grid-forming master)")
+    bottom.plot(x, [s["forming_kw"] for s in island], color="#2171b5", label="battery kW")
+    bottom.plot(x, [s["high_kw"] for s in island], color="#2171b5", ls=":", label="its limits")
+    bottom.plot(x, [s["low_kw"] for s in island], color="#2171b5", ls=":")
+    bottom.bar(
+        x, [sum(s["dispatch_kw"]) for s in island], color="#8c6d31", alpha=0.6, label="genset kW"
+    )
+    bottom.bar(
+        x, [-s["curtailed_kw"] for s in island], color="#fd8d3c", alpha=0.6, label="PV curtailed"
+    )
+    bottom.set_ylabel("power (kW, + injects)")
+    bottom.set_title("Dispatch per interval")
+    vetoes = bottom.twinx()
+    vetoes.plot(
+        x,
+        # intervals without such a veto are left out (no row of markers on the axis)
+        [i["vetoes_by_reason"].get("ISLAND_BALANCE") or float("nan") for i in intervals],
+        color="#cb181d",
+        marker="x",
+        ls="none",
+        label="ISLAND_BALANCE vetoes",
+    )
+    vetoes.set_ylabel("vetoes (trades)")
+    vetoes.set_ylim(bottom=0)
+    if switch is not None:
+        at = next((k for k, i in enumerate(intervals) if i["interval"] == switch["interval"]), None)
+        if at is not None:
+            for ax in (top, bottom):
+                ax.axvline(at - 0.5, color="#737373", ls="--")
+            top.annotate("islanded", (at - 0.4, 0), fontsize=8, color="#737373")
+    bottom.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
+    handles = bottom.get_legend_handles_labels()
+    more = vetoes.get_legend_handles_labels()
+    bottom.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper left")
+    return _save(fig, path)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -412,7 +475,7 @@ def _html(summary: dict[str, Any]) -> str:
     figures = "".join(
         f"<figure><img src='{name}' alt='{esc(title)}'>"
         f"<figcaption>{esc(title)}</figcaption></figure>"
-        for name, title in PLOTS
+        for name, title in plots_of(summary)
     )
     definitions = "".join(
         f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in summary["energy_definitions"].items()

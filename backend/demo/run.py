@@ -33,6 +33,7 @@ from backend.demo.config import SETTLEMENT_DELAY_S, DemoConfig, DemoError
 from backend.demo.day import DemoDay
 from backend.demo.report import write_report
 from backend.devtools.clock import chain_now
+from grid.island import named_island
 from grid.validator import GridValidator
 from grid.verdicts import Limits
 
@@ -49,6 +50,11 @@ class Demo(DemoDay):
     def run(self) -> tuple[dict[str, Any], Path]:
         cfg = self.cfg
         started = time.perf_counter()
+        if cfg.islanded and named_island(cfg.network) is None:
+            raise DemoError(
+                f"--islanded needs a network with grid-forming units (village_island); "
+                f"{cfg.network!r} has none"
+            )
         try:
             self.console.print(
                 f"[bold]tegrid demo[/]: {cfg.prosumers} prosumers on {cfg.network}, "
@@ -76,6 +82,8 @@ class Demo(DemoDay):
             day = (now // 86400 + 1) * 86400
             first = (day + int(cfg.start_hour * 3600)) // s
             last = first + cfg.intervals - 1
+            # islanded from the second interval (the first, when there is one only)
+            self.island_from = min(first + 1, last) if cfg.islanded else None
             self._set_time((first - 1) * s + 1)
             day_start = datetime.fromtimestamp(first * s, UTC)
             day_end = datetime.fromtimestamp((last + 1) * s, UTC)
@@ -106,6 +114,8 @@ class Demo(DemoDay):
                     for c in range(first - 1, last + 1):
                         label = datetime.fromtimestamp((c + 1) * s, UTC).strftime("%H:%M")
                         clearing = None
+                        if c + 1 == self.island_from:
+                            self._switch_to_island(c + 1, label)
                         if c + 1 <= last:
                             progress.update(task, description=f"interval {label}: clearing")
                             clearing = closer.submit(self._timed_clear, c + 1)
@@ -124,7 +134,9 @@ class Demo(DemoDay):
                             )
                         if c - 1 >= first:
                             relaying.append(c - 1)
-                        if clearing is not None and cleared["trades"]:
+                        # an interval whose trades were all vetoed (an island that cannot
+                        # balance itself) has nothing to settle: the keeper never settles it
+                        if clearing is not None and any(tr["approved"] for tr in cleared["trades"]):
                             settling.append(c + 1)
                         # interval c ends; first make sure the clock does not come near the
                         # settlement deadline of an interval whose readings are still relayed

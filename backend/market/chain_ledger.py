@@ -151,6 +151,10 @@ class ChainLedger:
         except Exception as exc:  # web3 raises a zoo of transport/value errors
             raise ChainUnavailableError(f"{what} failed: {exc}") from exc
 
+    def grid_mode(self) -> int:
+        mode = self._rpc("reading the grid mode", lambda: self.registry.functions.gridMode().call())
+        return int(mode[0])
+
     # ------------------------------------------------------------------ clock
     def now(self) -> int:
         wall = time.time()

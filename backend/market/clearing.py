@@ -45,6 +45,9 @@ from backend.market.store import Store, trade_ids_json
 
 log = logging.getLogger("tegrid.market")
 
+GRID_CONNECTED = 0  # ParticipantRegistry.gridMode(): 0 grid-connected, 1 islanded
+MODES_KEPT = 1024  # intervals whose grid mode is remembered (the oldest forgotten first)
+
 
 def attestation_digest(
     domain: typed.Domain,
@@ -241,6 +244,9 @@ class Clearer:
         self._preparer: ThreadPoolExecutor | None = None
         # Why an interval could not be cleared (shown with the interval until it is).
         self._errors: dict[int, str] = {}
+        # The chain's grid mode of each interval, read at its first clearing (gate closure) and
+        # kept, so every round of that interval and its attestation use one mode.
+        self._modes: dict[int, int] = {}
         self.gas = GasModel()
         with contextlib.suppress(Exception):  # a store that cannot say just starts unmeasured
             for trades, orders, gas in reversed(store.recorded_batch_gas()):
@@ -337,6 +343,9 @@ class Clearer:
             )
             for o, p in eligible
         ]
+        mode = self.mode_of(interval_id)
+        if mode != GRID_CONNECTED and self.grid is not None:
+            self.grid.set_mode(interval_id, True)
         # The grid runs the clearing's rounds where it validates (a worker process: the whole
         # book goes over once), the remedies included; no grid approves everything.
         flex = None if self.grid is None else self._flex(interval_id, book)
@@ -384,6 +393,7 @@ class Clearer:
                 "intervalId": interval_id,
                 "batches": len(batches),
                 "activations": len(activations),
+                "gridMode": mode,
                 **stats,
             },
         )
@@ -432,6 +442,15 @@ class Clearer:
             available = self.ledger.available_balance(account) - pending.get(account, 0)
             payers[account.lower()] = PayerFunds(0, max(0, available))
         return FlexInput(tuple(offers), payers, account, self.config.dso_flex_budget)
+
+    def mode_of(self, interval_id: int) -> int:
+        """The grid mode the interval is validated in: the chain's at its first clearing."""
+        mode = self._modes.get(interval_id)
+        if mode is None:
+            mode = self._modes[interval_id] = int(self.ledger.grid_mode())
+            if len(self._modes) > MODES_KEPT:
+                self._modes.pop(min(self._modes))
+        return mode
 
     def approved_candidates(self, interval_id: int) -> list[Candidate]:
         """The interval's approved trades as the grid's candidates (for its status view)."""

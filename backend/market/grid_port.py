@@ -24,6 +24,7 @@ log = logging.getLogger("tegrid.market")
 
 _TRADES: dict[tuple[str, str, int, int, int, int], Any] = {}
 _TRADES_MAX = 200_000
+ISLANDED_KEPT = 1024  # intervals remembered as islanded (the oldest forgotten first)
 
 
 def _trade(c: Candidate, interval_seconds: int) -> Any:
@@ -70,6 +71,19 @@ class GridPortAdapter:
             else GridValidator(network, limits=Limits(**(limits or {})))
         )
         self._lock = threading.Lock()
+        # Intervals to validate islanded (``set_mode``; the clearing reads the chain's mode at
+        # gate closure). Hosting capacity, status and the optimal clearing's operating points
+        # stay grid-connected (docs/architecture.md, "Modes").
+        self._islanded: set[int] = set()
+
+    def set_mode(self, interval_id: int, islanded: bool) -> None:
+        with self._lock:
+            if islanded:
+                self._islanded.add(interval_id)
+                if len(self._islanded) > ISLANDED_KEPT:
+                    self._islanded.discard(min(self._islanded))
+            else:
+                self._islanded.discard(interval_id)
 
     def _trades(self, batch: Sequence[Candidate]) -> list[Any]:
         return [_trade(c, self.interval_seconds) for c in batch]
@@ -100,6 +114,7 @@ class GridPortAdapter:
                 interval=interval_id,
                 interval_seconds=self.interval_seconds,
                 activations=activations,
+                islanded=interval_id in self._islanded,
             )
         return (
             [_decision(v) for v in result.verdicts],
@@ -188,6 +203,7 @@ class GridPortAdapter:
                 interval=interval_id,
                 interval_seconds=self.interval_seconds,
                 activations=activations,
+                islanded=interval_id in self._islanded,
             )
         out: dict[str, Any] = st.to_dict()
         return out

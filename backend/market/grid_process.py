@@ -131,6 +131,9 @@ class GridProcess:
         )
         return out
 
+    def set_mode(self, interval_id: int, islanded: bool) -> None:
+        self._run(_call, "set_mode", interval_id, islanded)
+
     def prepare(self, interval_id: int) -> None:
         """Queued behind whatever the worker is doing; returns at once."""
         # A dead worker: the next call that needs an answer starts it again.

@@ -72,6 +72,7 @@ class MemoryLedger:
         # (interval, batch index) -> (packed activations, state: recorded / settled / reclaimed)
         self.activation_batches: dict[tuple[int, int], tuple[bytes, str]] = {}
         self.device_metered_w: dict[tuple[str, int], int] = {}  # (device, interval) -> W (tests)
+        self.grid_mode_now = 0  # the registry's setGridMode: 0 grid-connected, 1 islanded
 
     def now(self) -> int:
         return int(time.time()) + self.clock_offset
@@ -82,6 +83,9 @@ class MemoryLedger:
     def rollback(self) -> int | None:
         fork, self.fork_block = self.fork_block, None
         return fork
+
+    def grid_mode(self) -> int:
+        return self.grid_mode_now
 
     def gate_closure(self, interval_id: int) -> int:
         return max(0, interval_id * self.interval_seconds - self.gate_lead_seconds)

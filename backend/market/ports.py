@@ -108,6 +108,10 @@ class MarketLedger(Protocol):
         """The chain's gate closure of an interval (unix seconds): no batch lands after it."""
         ...
 
+    def grid_mode(self) -> int:
+        """The registry's grid mode now: 0 grid-connected, 1 islanded (``setGridMode``)."""
+        ...
+
     def participant(self, wallet: str) -> Participant | None: ...
 
     def available_balance(self, wallet: str) -> int: ...
@@ -256,6 +260,10 @@ class GridPort(Protocol):
     ) -> Clearing:
         """The whole clearing of ``book`` (``auction.clear``) against this grid's validator,
         with remedies from ``flex``'s offers (``backend.market.remedy``)."""
+        ...
+
+    def set_mode(self, interval_id: int, islanded: bool) -> None:
+        """Validate ``interval_id`` islanded (or grid-connected, the default) from now on."""
         ...
 
     def prepare(self, interval_id: int) -> None:

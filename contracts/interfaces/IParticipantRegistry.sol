@@ -88,6 +88,13 @@ interface IParticipantRegistry is IAccessControl {
     /// @param device The device key.
     error RegistryDeviceInactive(address device);
 
+    /// @notice A grid mode other than 0 (grid-connected) or 1 (islanded).
+    /// @param mode The mode given.
+    error RegistryUnknownGridMode(uint8 mode);
+    /// @notice The grid is already in this mode (a switch must change something).
+    /// @param mode The mode given.
+    error RegistryGridModeUnchanged(uint8 mode);
+
     /// @notice The grid operator connected a participant.
     event ParticipantConnected(
         address indexed wallet, address indexed meter, uint32 index, uint32 busId, uint32 maxExportW, uint32 maxImportW
@@ -111,6 +118,12 @@ interface IParticipantRegistry is IAccessControl {
     );
     /// @notice The grid operator deactivated a device (for good: its key cannot be registered again).
     event DeviceDeactivated(address indexed device, address indexed owner);
+
+    /// @notice The grid operator switched the grid's operating mode.
+    /// @param mode The new mode: 0 grid-connected, 1 islanded (no external grid; grid-forming units balance it).
+    /// @param previous The mode before.
+    /// @param since Block timestamp from which the new mode is in force.
+    event GridModeChanged(uint8 indexed mode, uint8 previous, uint64 since);
 
     /// @notice Role of the distribution system operator: connects, rotates, (de)activates participants.
     function GRID_OPERATOR_ROLE() external view returns (bytes32);
@@ -166,6 +179,16 @@ interface IParticipantRegistry is IAccessControl {
     /// @notice Deactivate a device: it offers no flexibility any more. Its key stays taken.
     /// @param device The device key.
     function deactivateDevice(address device) external;
+
+    /// @notice Switch the grid's operating mode (grid operator only). The Neural Grid validates each
+    /// interval in the mode in force at its gate closure.
+    /// @param mode 0 grid-connected, 1 islanded; anything else reverts `RegistryUnknownGridMode`, the mode
+    /// already in force `RegistryGridModeUnchanged`.
+    function setGridMode(uint8 mode) external;
+
+    /// @notice The grid's operating mode and the block timestamp it has been in force since (0: never
+    /// switched, grid-connected since deployment).
+    function gridMode() external view returns (uint8 mode, uint64 since);
 
     /// @notice The record of a device key (all zero when unknown).
     /// @param device The device key.

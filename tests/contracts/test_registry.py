@@ -119,3 +119,43 @@ def test_meter_states_of_packed_keys(ledger: Any, parts: Any) -> None:
     assert list(ledger.registry.meterStatesOf(b"")) == []
     with brownie.reverts(err("RegistryMalformedMeters", 41)):
         ledger.registry.meterStatesOf(packed[:41])
+
+
+def test_grid_mode_starts_grid_connected(ledger: Any) -> None:
+    assert tuple(ledger.registry.gridMode()) == (0, 0)
+
+
+def test_set_grid_mode_islanded_and_back_emits_events(ledger: Any) -> None:
+    tx = ledger.registry.setGridMode(1, {"from": ledger.dso})
+    at = tx.timestamp
+    assert dict(tx.events["GridModeChanged"]) == {"mode": 1, "previous": 0, "since": at}
+    assert tuple(ledger.registry.gridMode()) == (1, at)
+    back = ledger.registry.setGridMode(0, {"from": ledger.dso})
+    assert dict(back.events["GridModeChanged"]) == {
+        "mode": 0,
+        "previous": 1,
+        "since": back.timestamp,
+    }
+    assert tuple(ledger.registry.gridMode()) == (0, back.timestamp)
+
+
+def test_set_grid_mode_not_grid_operator_reverts(ledger: Any, accounts: Any, parts: Any) -> None:
+    role = ledger.registry.GRID_OPERATOR_ROLE()
+    for sender in (parts.S1, ledger.admin, ledger.validator):
+        with brownie.reverts(err("AccessControlUnauthorizedAccount", sender.address, role)):
+            ledger.registry.setGridMode(1, {"from": sender})
+    assert tuple(ledger.registry.gridMode()) == (0, 0)
+
+
+def test_set_grid_mode_unknown_mode_reverts(ledger: Any) -> None:
+    with brownie.reverts(err("RegistryUnknownGridMode", 2)):
+        ledger.registry.setGridMode(2, {"from": ledger.dso})
+    assert tuple(ledger.registry.gridMode()) == (0, 0)
+
+
+def test_set_grid_mode_unchanged_reverts(ledger: Any) -> None:
+    with brownie.reverts(err("RegistryGridModeUnchanged", 0)):
+        ledger.registry.setGridMode(0, {"from": ledger.dso})
+    ledger.registry.setGridMode(1, {"from": ledger.dso})
+    with brownie.reverts(err("RegistryGridModeUnchanged", 1)):
+        ledger.registry.setGridMode(1, {"from": ledger.dso})

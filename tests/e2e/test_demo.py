@@ -298,3 +298,37 @@ def test_demo_case33bw_has_no_transformer_and_warns_of_placeholder_ratings(
     page = (folder / "report.html").read_text()
     assert re.search(r"<td>13:00-13:15</td>(<td>[^<]*</td>){6}<td>N/A</td><td>N/A</td></tr>", page)
     assert "(32 lines, 0 transformers)" in page
+
+
+@pytest.mark.e2e
+def test_demo_islanded_village_dawn(tmp_path: Path) -> None:
+    """`--islanded` on the village at dawn: 06:00 grid-connected, the grid operator switches the
+    registry before 06:15, the battery runs empty and from 06:45 the island cannot balance its
+    base state (the genset at its 160 kW): every trade there vetoed ISLAND_BALANCE; the checks of
+    both modes pass, and the report gains the island plot."""
+    result, folder = _run_demo(
+        ["--network", "village_island", "--islanded", "--start-hour", "6", "--hours", "1.5"],
+        tmp_path,
+    )
+    summary = json.loads((folder / "summary.json").read_text())
+    assert all(summary["checks"].values()), summary["checks"]
+    assert len(summary["checks"]) == 9
+    intervals = summary["intervals"]
+    assert [i["grid_mode"] for i in intervals] == ["grid-connected"] + ["islanded"] * 5
+    switch = summary["mode_switch"]
+    assert (switch["label"], switch["mode"]) == ("06:15", "islanded")
+    assert switch["since"] <= intervals[1]["interval"] * 900
+    assert [i["island"]["balanced"] for i in intervals] == [True] * 3 + [False] * 3
+    assert [i["island"]["dispatch_kw"] for i in intervals] == [[160.0]] * 6
+    soc = [i["island"]["soc_kwh"] for i in intervals]
+    assert soc == sorted(soc, reverse=True) and soc[-1] == 0.0
+    for i in intervals[3:]:
+        assert i["approved"] == 0 and set(i["vetoes_by_reason"]) == {"ISLAND_BALANCE"}
+    vetoes = [v for v in summary["vetoes"] if v["reason"] == "ISLAND_BALANCE"]
+    assert vetoes and {v["element"] for v in vetoes} == {"battery village-battery (bus 1)"}
+    assert {v["limit"] for v in vetoes if v["interval"] >= intervals[4]["interval"]} == {0.0}
+    assert summary["totals"]["trades approved"] == sum(i["approved"] for i in intervals) > 0
+    assert (folder / "island.png").read_bytes()[:8] == PNG_MAGIC
+    figures = json.loads((folder / "figures.json").read_text())
+    assert set(figures) == {f"{p}.png" for p in (*PLOTS, "island")}
+    assert "islanded from interval 06:15" in result.stdout

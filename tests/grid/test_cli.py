@@ -177,3 +177,46 @@ def test_hosting_capacity_table_names_units() -> None:
         "import", "13.87 kW", "VOLTAGE_LOW", "bus 40", "0.899994 pu", "0.900000 pu"
     ]  # fmt: skip
     assert "value just beyond" in result.stdout
+
+
+ISLAND_SHORT_INTERVAL = 20_000 * 96 + 28  # 07:00 UTC: the village's battery is empty
+
+
+def test_validate_islanded_village_vetoes_and_verify_reproduces(tmp_path: Path) -> None:
+    trades = _trades(tmp_path, [{"id": "t1", "seller_bus": 40, "buyer_bus": 60, "p_kw": 2.0}])
+    args = ["--network", "village_island", "--interval", str(ISLAND_SHORT_INTERVAL), "--trades"]
+    code, out, _ = _run("validate", *args, trades, "--islanded", "--json")
+    assert code == 0
+    claimed = json.loads(out)
+    verdict = claimed["verdicts"][0]
+    assert (verdict["reason"], verdict["reason_code"]) == ("ISLAND_BALANCE", 8)
+    assert verdict["element"] == "battery village-battery (bus 1)"
+    assert (round(verdict["value"], 2), verdict["limit"]) == (26.93, 0.0)
+    path = tmp_path / "claimed.json"
+    path.write_text(out)
+    code, out, _ = _run("verify", *args, trades, "--islanded", "--verdicts", str(path), "--json")
+    assert (code, json.loads(out)["match"]) == (0, True)
+    # the same trades grid-connected: another verdict and another evidence hash
+    code, out, _ = _run("verify", *args, trades, "--verdicts", str(path), "--json")
+    assert code == 1
+    assert json.loads(out)["mismatches"][0].startswith("evidence hash")
+
+
+def test_validate_islanded_without_units_exit_2(tmp_path: Path) -> None:
+    code, _, err = _run("validate", "--trades", _trades(tmp_path, []), "--islanded")
+    assert code == 2
+    assert err.strip() == (
+        "error: network 'cigre_lv' has no grid-forming units: it cannot run islanded"
+    )
+
+
+def test_check_islanded_village_reports_the_island() -> None:
+    code, out, _ = _run(
+        "check", "--network", "village_island", "--interval", str(ISLAND_SHORT_INTERVAL),
+        "--islanded", "--json",
+    )  # fmt: skip
+    data = json.loads(out)
+    assert code == 0
+    assert (data["island_soc_kwh"], data["island_dispatch_kw"]) == (0.0, [160.0])
+    assert (data["island_high_kw"], data["island_balanced"]) == (0.0, False)
+    assert round(data["island_forming_kw"], 2) == 26.93

@@ -32,6 +32,7 @@ def test_reason_codes_are_stable() -> None:
         ("NOT_CONVERGED", 5),
         ("UNKNOWN_BUS", 6),
         ("INVALID_TRADE", 7),
+        ("ISLAND_BALANCE", 8),
     ]
 
 

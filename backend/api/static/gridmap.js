@@ -184,7 +184,8 @@ export class GridMap {
   }
 
   markElement(element, reason) {
-    const m = /^(bus|line|trafo) (\d+)$/.exec(element);
+    // ISLAND_BALANCE names a grid-forming unit: "battery village-battery (bus 1)" marks its bus
+    const m = /^(bus|line|trafo) (\d+)$/.exec(element) ?? /^.* \((bus) (\d+)\)$/.exec(element);
     if (!m) return;
     const id = Number(m[2]);
     let p = null;

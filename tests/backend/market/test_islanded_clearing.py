@@ -1,0 +1,55 @@
+"""The market validates an interval in the grid mode the chain had at its gate closure: islanded,
+the village's battery empty at 07:00, every trade is vetoed ``ISLAND_BALANCE`` with the numbers of
+the Neural Grid's own islanded validation; grid-connected, the same orders trade."""
+
+from __future__ import annotations
+
+from eth_account import Account
+
+from backend.market.grid_port import GridPortAdapter
+from backend.market.memory import MemoryLedger
+from backend.market.service import Market, MarketConfig
+from backend.market.store import Store
+from backend.settings import ANVIL_KEYS
+from tests.backend.market.conftest import VALIDATOR_KEY, Signer
+
+K = ANVIL_KEYS
+DAY = 86400 * 20_000
+SHORT_AT = DAY + 7 * 3600  # 07:00 UTC: interval 28 of the day, the island is short
+
+
+def _market(store: Store, port: GridPortAdapter) -> tuple[Market, MemoryLedger, int]:
+    ledger = MemoryLedger(start_time=SHORT_AT - 1800)  # the interval two ahead starts at 07:00
+    for key, bus in ((K[1], 40), (K[2], 60)):
+        ledger.add_participant(Account.from_key(key).address, bus, 100_000, 100_000, deposit=10**12)
+    market = Market(store, ledger, port, VALIDATOR_KEY, MarketConfig(interval_seconds=900))
+    interval = market.current_interval() + 2
+    assert interval * 900 == SHORT_AT
+    signer = Signer(market)
+    for key, side, price in ((K[1], 0, 50), (K[2], 1, 90)):
+        o = signer.order(key, side, 500, price, interval=interval)
+        market.submit_order(o["message"], o["signature"])
+    return market, ledger, interval
+
+
+def test_islanded_interval_vetoed_island_balance(store: Store) -> None:
+    port = GridPortAdapter("village_island", 900, clearing="greedy")
+    market, ledger, interval = _market(store, port)
+    ledger.grid_mode_now = 1  # the grid operator switched to islanded before gate closure
+    market.close_interval(interval, force=True)
+    ledger.grid_mode_now = 0  # a later switch does not change the interval's mode
+    [trade] = market.trades(interval)
+    assert (trade.verdict, trade.reason) == (8, "ISLAND_BALANCE")
+    assert trade.element == "battery village-battery (bus 1)"
+    assert trade.veto_value is not None and round(trade.veto_value, 2) == 26.93
+    assert trade.veto_limit == 0.0
+    assert market.clearing.mode_of(interval) == 1
+
+
+def test_grid_connected_interval_same_orders_trade(store: Store) -> None:
+    port = GridPortAdapter("village_island", 900, clearing="greedy")
+    market, _, interval = _market(store, port)
+    market.close_interval(interval, force=True)
+    [trade] = market.trades(interval)
+    assert (trade.verdict, trade.reason, trade.energy_wh) == (0, "APPROVED", 500)
+    assert market.clearing.mode_of(interval) == 0

@@ -1,0 +1,199 @@
+"""Islanded mode: verdicts against an independent pandapower ``runpp`` of the same island (the
+master unit as the only slack, the other units at their dispatch), and ``ISLAND_BALANCE``."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandapower as pp
+import pytest
+
+from grid import GridValidator, Reason, Trade
+from grid.island import GridFormingUnit, Island, IslandError
+from grid.networks import quiet
+
+DAY = 20_000 * 96  # an interval at 00:00 UTC
+INTERVAL_H = 0.25
+
+
+@pytest.fixture(scope="module")
+def village() -> GridValidator:
+    return GridValidator("village_island")
+
+
+def independent_island(validator: GridValidator, interval: int) -> pp.pandapowerNet:
+    """The island rebuilt from the grid-connected base state by hand: transformer and external
+    grid out, an ext_grid at the master's bus, the dispatched units and the PV curtailment of the
+    validator's island state."""
+    island = validator.island
+    assert island is not None
+    state = validator.island_state(interval)
+    net = validator.base_net(interval)  # grid-connected, solved
+    net.ext_grid["in_service"] = False
+    net.trafo["in_service"] = False
+    live = net.bus.index[net.bus.vn_kv < 1.0]
+    net.bus.loc[~net.bus.index.isin(live), "in_service"] = False
+    if state.curtailed_kw:
+        pv_kw = float(net.sgen.p_mw.sum() * 1000)
+        net.sgen["p_mw"] *= 1.0 - state.curtailed_kw / pv_kw
+    pp.create_ext_grid(net, island.forming.bus, vm_pu=1.0)
+    for unit, p_kw in zip(island.dispatched, state.dispatch_kw, strict=True):
+        pp.create_sgen(net, unit.bus, p_mw=p_kw / 1000.0)
+    return net
+
+
+def runpp_verdicts(
+    net: pp.pandapowerNet, trades: list[Trade], low_kw: float, high_kw: float
+) -> list[tuple[bool, float]]:
+    """Greedy "do no harm" with one ``runpp`` per trade: approved when the master's power stays
+    within [low_kw, high_kw] and every voltage within 0.9-1.1 pu and loading within 100 %
+    (the base state is inside all of them here). Returns (approved, master kW) per trade."""
+    work = copy.deepcopy(net)
+    out = []
+    for trade in trades:
+        trial = copy.deepcopy(work)
+        pp.create_sgen(trial, trade.seller_bus, p_mw=trade.p_kw / 1000.0)
+        pp.create_load(trial, trade.buyer_bus, p_mw=trade.p_kw / 1000.0)
+        with quiet():
+            pp.runpp(trial)
+        master_kw = float(trial.res_ext_grid.p_mw[trial.ext_grid.in_service].sum() * 1000)
+        vm = trial.res_bus.vm_pu[trial.bus.in_service].dropna()
+        ok = (
+            low_kw - 1e-6 <= master_kw <= high_kw + 1e-6
+            and float(vm.min()) >= 0.9
+            and float(vm.max()) <= 1.1
+            and float(trial.res_line.loading_percent.fillna(0).max()) <= 100.0
+        )
+        out.append((ok, master_kw))
+        if ok:
+            work = trial
+    return out
+
+
+def test_island_base_state_matches_independent_runpp(village: GridValidator) -> None:
+    for k in (0, 20, 52, 76):  # night, genset at dawn, PV curtailed at midday, genset evening
+        interval = DAY + k
+        net = independent_island(village, interval)
+        with quiet():
+            pp.runpp(net)
+        state = village.island_state(interval)
+        master_kw = float(net.res_ext_grid.p_mw[net.ext_grid.in_service].sum() * 1000)
+        assert state.forming_kw == pytest.approx(master_kw, abs=1e-6)
+        ours = village.base_net(interval, islanded=True)
+        vm = net.res_bus.vm_pu[net.bus.in_service]
+        assert np.allclose(ours.res_bus.vm_pu[vm.index], vm, atol=1e-9)
+
+
+def test_village_day_dispatch_and_state_of_charge(village: GridValidator) -> None:
+    """The named village's day: the battery drains overnight, the genset runs from 03:45, the
+    island is short at dawn (06:45-07:15); PV is curtailed once the battery is full; the genset
+    again at the evening peak and late at night."""
+    states = [village.island_state(DAY + k) for k in range(96)]
+    assert states[0].soc_kwh == 400.0 and states[0].dispatch_kw == (0.0,)
+    assert [k for k, s in enumerate(states) if s.dispatch_kw[0]][:3] == [15, 17, 19]
+    assert states[15].dispatch_kw == (160.0,)  # cycle charging: full power
+    assert [k for k, s in enumerate(states) if s.violation is not None] == [27, 28, 29]
+    assert states[28].soc_kwh == 0.0
+    assert states[52].curtailed_kw == pytest.approx(342.0, abs=0.1)  # 13:00, full
+    assert states[52].soc_kwh == pytest.approx(799.8, abs=0.05)
+    assert states[76].dispatch_kw == (160.0,)  # 19:00, the evening peak beyond 250 kW
+
+
+def test_island_short_base_state_vetoes_every_trade(village: GridValidator) -> None:
+    interval = DAY + 28  # 07:00: battery empty, genset at 160 kW, the village needs more
+    net = independent_island(village, interval)
+    with quiet():
+        pp.runpp(net)
+    master_kw = float(net.res_ext_grid.p_mw[net.ext_grid.in_service].sum() * 1000)
+    trades = [Trade("a", 40, 60, 2.0), Trade("b", 60, 60, 1.0)]
+    result = village.validate(trades, interval, islanded=True)
+    assert [v.reason for v in result.verdicts] == [Reason.ISLAND_BALANCE] * 2
+    first = result.verdicts[0]
+    assert first.element == "battery village-battery (bus 1)"
+    assert first.limit == 0.0  # an empty battery gives nothing
+    assert first.value == pytest.approx(master_kw, abs=1e-6)
+    assert round(first.value, 2) == 26.93
+    assert first.to_dict()["reason_code"] == 8
+
+
+def test_island_verdicts_match_runpp_with_the_same_slack(village: GridValidator) -> None:
+    interval = DAY + 18  # 04:30: the battery nearly empty, 1.4 kW below what its charge allows
+    state = village.island_state(interval)
+    rng = np.random.default_rng(18)
+    buses = village.load_buses()
+    trades = [
+        Trade(f"t{i}", int(s), int(b), float(p))
+        for i, (s, b, p) in enumerate(
+            zip(rng.choice(buses, 24), rng.choice(buses, 24), rng.uniform(1, 30, 24), strict=True)
+        )
+    ]
+    result = village.validate(trades, interval, islanded=True)
+    net = independent_island(village, interval)
+    expected = runpp_verdicts(net, trades, state.low_kw, state.high_kw)
+    assert [v.approved for v in result.verdicts] == [ok for ok, _ in expected]
+    vetoed = [v for v in result.verdicts if not v.approved]
+    assert {v.reason for v in vetoed} == {Reason.ISLAND_BALANCE}
+    for verdict, (ok, master_kw) in zip(result.verdicts, expected, strict=True):
+        if not ok and verdict.reason is Reason.ISLAND_BALANCE:
+            assert verdict.value == pytest.approx(master_kw, abs=1e-4)
+            assert verdict.limit == pytest.approx(state.high_kw, abs=1e-9)
+
+
+def test_island_trade_past_master_limit_vetoed_with_exact_numbers() -> None:
+    """cigre_lv's residential feeder as an island: a battery whose limit is 0.5 kW above the
+    base state's need; a long transfer adds more losses than that and is vetoed."""
+    wide = GridValidator(
+        "cigre_lv",
+        island=Island((GridFormingUnit("b", "battery", 2, -500.0, 500.0, 1e6, 5e5),)),
+    )
+    interval = DAY + 76  # 19:00, no PV: the battery supplies the feeder
+    need_kw = wide.island_state(interval).forming_kw
+    tight = GridValidator(
+        "cigre_lv",
+        island=Island((GridFormingUnit("b", "battery", 2, -500.0, need_kw + 0.5, 1e6, 5e5),)),
+    )
+    trades = [Trade("near", 3, 4, 1.0), Trade("far", 3, 18, 20.0)]
+    result = tight.validate(trades, interval, islanded=True)
+    net = tight.base_net(interval, islanded=True)
+    expected = runpp_verdicts(net, trades, -500.0, need_kw + 0.5)
+    assert [v.approved for v in result.verdicts] == [True, False]
+    assert [ok for ok, _ in expected] == [True, False]
+    far = result.verdicts[1]
+    assert (far.reason, far.element) == (Reason.ISLAND_BALANCE, "battery b (bus 2)")
+    assert far.value == pytest.approx(expected[1][1], abs=1e-4)
+    assert far.limit == pytest.approx(need_kw + 0.5, abs=1e-12)
+
+
+def test_island_evidence_covers_the_mode_and_reproduces(village: GridValidator) -> None:
+    trades = [Trade("a", 40, 60, 2.0)]
+    interval = DAY + 40
+    islanded = village.validate(trades, interval, islanded=True)
+    again = GridValidator("village_island", reuse=False).validate(trades, interval, islanded=True)
+    connected = village.validate(trades, interval)
+    assert islanded.evidence_hash == again.evidence_hash
+    assert islanded.evidence_hash != connected.evidence_hash
+
+
+def test_network_without_units_cannot_run_islanded(cigre: GridValidator) -> None:
+    with pytest.raises(IslandError, match="'cigre_lv' has no grid-forming units"):
+        cigre.validate([], DAY, islanded=True)
+
+
+@pytest.mark.parametrize(
+    ("unit", "message"),
+    [
+        (dict(kind="fuel cell"), "kind must be one of"),
+        (dict(min_kw=10.0, max_kw=5.0), "min_kw 10.0 > max_kw 5.0"),
+        (dict(capacity_kwh=0.0), "capacity_kwh > 0"),
+        (dict(soc_kwh=200.0), "0 <= soc_kwh <= capacity_kwh"),
+        (dict(max_kw=float("nan")), "finite"),
+    ],
+)
+def test_unit_bad_values_refused(unit: dict[str, object], message: str) -> None:
+    fields: dict[str, object] = dict(
+        name="u", kind="battery", bus=1, min_kw=-10.0, max_kw=10.0, capacity_kwh=100.0, soc_kwh=50.0
+    )
+    fields.update(unit)
+    with pytest.raises(IslandError, match=message):
+        GridFormingUnit(**fields)  # type: ignore[arg-type]
