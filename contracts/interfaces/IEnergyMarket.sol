@@ -12,7 +12,7 @@ pragma solidity 0.8.28;
 ///   signed by a VALIDATOR_ROLE key: batch `batchIndex` of the `batchCount` batches the validator cleared
 ///   for the interval; the arrays list every trade of the batch in batch order with the energy and price
 ///   the contract records and its verdict (0 approved; 1 VOLTAGE_HIGH, 2 VOLTAGE_LOW, 3 LINE_OVERLOAD,
-///   4 TRAFO_OVERLOAD, 5 NOT_CONVERGED, 6 UNKNOWN_BUS, 7 INVALID_TRADE, other non-zero codes are vetoes
+///   4 TRAFO_OVERLOAD, 5 NOT_CONVERGED, 6 UNKNOWN_BUS, 7 INVALID_TRADE, 8 ISLAND_BALANCE; other non-zero codes are vetoes
 ///   too). The parties are bound through the trade ids (each covers both signed orders, traders included),
 ///   the chain and contract through the domain. Standard EIP-712 array encoding.
 ///
