@@ -47,7 +47,7 @@ import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
@@ -100,6 +100,9 @@ class RemedyStats:
     dso_activations: int = 0
     # Vetoed candidates that would pass on activations bought for others, paying none: left out
     left_out: int = 0
+    # (sell hash, buy hash) of the screened-out candidates: no offer of the interval sits where
+    # it could relieve their veto (the bench's "where offers exist at relieving buses")
+    unreachable: set[tuple[str, str]] = field(default_factory=set)
 
 
 def gain_exceeds(c: Candidate, cost: int) -> bool:
@@ -391,6 +394,7 @@ class _Search:
             return
         if not self._reachable(reference, self.veto_of[id(c)]):
             self.stats.screened_out += 1
+            self.stats.unreachable.add((c.sell.hash, c.buy.hash))
             self.stats.refused_grid += 1
             return
         fills = self._program(self._fixed([c]), False, base_fixed)
