@@ -4,8 +4,10 @@ against the validator's own AC solves."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from grid import GridValidator
+from grid.acmodel import jacobian_at, jacobian_by_slicing
 
 SECONDS = 900
 INTERVAL = (86400 * 1000 + 13 * 3600) // SECONDS
@@ -36,3 +38,23 @@ def test_linearized_limits_predict_the_ac_state(cigre: GridValidator) -> None:
 
 def test_no_solution_is_none(cigre: GridValidator) -> None:
     assert cigre.operating_point({16: 50_000.0}, [16], INTERVAL, SECONDS) is None
+
+
+@pytest.mark.parametrize(
+    "network", ["cigre_lv", "kerber_vorstadt", "case_ieee30", "example_multivoltage"]
+)
+def test_jacobian_from_its_pattern_is_pandapowers(network: str) -> None:
+    """``jacobian_at`` (Ybus entries mapped once into CSC order) gives pandapower's sliced
+    ``dSbus_dV`` products: the same sparsity pattern and values to the last bits (the order of
+    floating-point operations differs), at the base state and at a perturbed point; on a network
+    with PV buses (case_ieee30) and three voltage levels (example_multivoltage) too."""
+    model = GridValidator(network)._base(None, SECONDS).model
+    assert model is not None
+    rng = np.random.default_rng(7)
+    for V in (model.V0, model.V0 * (1 + 0.02 * rng.standard_normal(len(model.V0)))):
+        fast, ref = jacobian_at(model, V), jacobian_by_slicing(model, V)
+        ref.sort_indices()
+        assert np.array_equal(fast.indptr, ref.indptr)
+        assert np.array_equal(fast.indices, ref.indices)
+        scale = np.abs(ref.data).max()
+        assert np.abs(fast.data - ref.data).max() <= 1e-13 * scale
