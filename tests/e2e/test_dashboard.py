@@ -786,6 +786,24 @@ def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:
     assert (parties[buyer_wallet]["deviationWh"], parties[buyer_wallet]["received"]) == (
         1_000, "50000",
     )  # fmt: skip
+    # the imbalance table: contracted vs metered, the buyer's 1 kWh long paid at the long price
+    page.locator(f'#imbalance-table tr[data-account="{buyer_wallet}"]').wait_for()
+    seller_wallet = Account.from_key(ANVIL_KEYS[seller]).address
+    cells = {
+        w: page.locator(f'#imbalance-table tr[data-account="{w}"] td').all_inner_texts()
+        for w in (seller_wallet, buyer_wallet)
+    }
+    assert cells == {
+        seller_wallet: [f"{seller_wallet[:6]}…{seller_wallet[-4:]}", "+4", "+4", "0", "—", "—"],
+        buyer_wallet: [f"{buyer_wallet[:6]}…{buyer_wallet[-4:]}", "\N{MINUS SIGN}4",
+                       "\N{MINUS SIGN}3", "+1 (long)", "receives 0.05", "—"],
+    }  # fmt: skip
+    assert page.locator("#imbalance-meta").inner_text() == (
+        "· P 0.1 token/kWh · short 1.5 \N{MULTIPLICATION SIGN} P = 0.15 · long 0.5 "
+        "\N{MULTIPLICATION SIGN} P = 0.05 token/kWh"
+        " · collected 0 · paid out 0.05"
+    )
+    assert page.locator("#iv-mode").inner_text() == "grid-connected"
     assert page.evaluate("window.__sameDocument") == 7
     page.screenshot(path=str(ARTIFACTS / "dashboard-settled.png"), full_page=True)
     assert tab.errors == []

@@ -117,9 +117,12 @@ export function renderImbalance(root, imbalance, status) {
       : "imbalance is settled with the interval's last settlement page, once the meters have reported"));
     return;
   }
-  const bps = (v) => `${(Number(v) / 100).toLocaleString("en-US", { maximumFractionDigits: 2 })} %`;
-  meta.textContent = `· price ${tokens(imbalance.clearingPricePerKWh, 6)} token/kWh · short ${bps(imbalance.shortPriceBps)}` +
-    ` · long ${bps(imbalance.longPriceBps)} · collected ${tokens(imbalance.collected, 6)} · paid out ${tokens(imbalance.paidOut, 6)}`;
+  // the short and long prices are basis points of P, the interval's energy-weighted price
+  const P = BigInt(imbalance.clearingPricePerKWh);
+  const price = (bps) => `${Number(bps) / 10000} × P = ${tokens((P * BigInt(bps) / 10000n).toString(), 6)}`;
+  meta.textContent = `· P ${tokens(imbalance.clearingPricePerKWh, 6)} token/kWh · short ${price(imbalance.shortPriceBps)}` +
+    ` · long ${price(imbalance.longPriceBps)} token/kWh · collected ${tokens(imbalance.collected, 6)}` +
+    ` · paid out ${tokens(imbalance.paidOut, 6)}`;
   if (!imbalance.participants.length) body.append(empty(6, "every party metered what it contracted"));
   for (const p of imbalance.participants) {
     const money = p.paid !== "0" ? `pays ${tokens(p.paid, 6)}` : p.received !== "0" ? `receives ${tokens(p.received, 6)}` : "—";
