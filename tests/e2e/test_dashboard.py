@@ -6,6 +6,7 @@ The tests share one server and run in file order: the last one moves chain time 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -841,15 +842,36 @@ REMEDY_DEVICE_KEY = "0x" + "5a" * 32
 OPERATOR_KEY = ANVIL_KEYS[0]
 
 
-@pytest.fixture
-def remedy_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def _memory_stack(tmp: Path, network: str, ledger: Any) -> Iterator[dict[str, Any]]:
+    """The real market on ``ledger`` (in memory) and ``network``'s Neural Grid, served by the
+    real app in a uvicorn thread with a real control store."""
     from backend.api.app import create_app
     from backend.devtools.server import start_in_thread
     from backend.iot.control_store import ControlStore
     from backend.market.grid_port import GridPortAdapter
-    from backend.market.memory import MemoryLedger
     from backend.market.service import Market, MarketConfig
     from backend.market.store import Store
+
+    grid = GridPortAdapter(network, 900, clearing="greedy")
+    market = Market(
+        Store(f"sqlite:///{tmp / 'book.db'}"), ledger, grid, ANVIL_KEYS[9],
+        MarketConfig(interval_seconds=900),
+    )  # fmt: skip
+    control = ControlStore(f"sqlite:///{tmp / 'control.db'}")
+    app = create_app(market, scheduler=False, control_store=control, control_poll_seconds=0.05)
+    handle = start_in_thread(app)
+    try:
+        yield {"url": handle.url, "market": market, "control": control}
+    finally:
+        handle.stop()
+        control.close()
+        market.store.close()
+
+
+@pytest.fixture
+def remedy_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    from backend.market.memory import MemoryLedger
 
     seller, buyer, provider = (Account.from_key(k).address for k in REMEDY_KEYS)
     ledger = MemoryLedger()
@@ -858,20 +880,8 @@ def remedy_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     device = Account.from_key(REMEDY_DEVICE_KEY).address
     ledger.register_device(device, provider, 16, 1, -60_000, 60_000, 120_000)
     ledger.remedy_caps = {seller: 20, buyer: 20}
-    grid = GridPortAdapter(NETWORK, 900, clearing="greedy")
-    market = Market(
-        Store(f"sqlite:///{tmp_path / 'book.db'}"), ledger, grid, ANVIL_KEYS[9],
-        MarketConfig(interval_seconds=900),
-    )  # fmt: skip
-    control = ControlStore(f"sqlite:///{tmp_path / 'control.db'}")
-    app = create_app(market, scheduler=False, control_store=control, control_poll_seconds=0.05)
-    handle = start_in_thread(app)
-    try:
-        yield {"url": handle.url, "market": market, "control": control, "device": device}
-    finally:
-        handle.stop()
-        control.close()
-        market.store.close()
+    with _memory_stack(tmp_path, NETWORK, ledger) as stack:
+        yield {**stack, "device": device}
 
 
 def _market_sign(market: Any, primary: str, key: str, msg: dict[str, Any]) -> str:
@@ -908,7 +918,7 @@ def test_activation_shown_on_map_panel_and_trade_live(
         "once the meters have reported",
     }
     assert {sel: page.locator(sel).inner_text().strip() for sel in empty} == empty
-    assert page.locator("#iv-mode").inner_text() == "mode: not heard"
+    assert page.locator("#iv-mode").inner_text() == "mode: set at clearing"
 
     hashes = []
     for n, (key, side, price) in enumerate(
@@ -943,6 +953,7 @@ def test_activation_shown_on_map_panel_and_trade_live(
     )
     assert mark.get_attribute("aria-label") == expected + " · control: not sent yet"
     assert page.locator("#iv-mode").inner_text() == "grid-connected"
+    assert httpx.get(f"{url}/intervals/{iv}").json()["gridMode"] == 0
     # the rescued trade: approved, its arc and its row link to the activation
     arc = page.locator(f'#grid-map path.trade[data-trade="{trade_id}"]')
     assert arc.get_attribute("data-activations") == activation_id
@@ -1000,3 +1011,49 @@ def test_activation_shown_on_map_panel_and_trade_live(
     assert page.evaluate("window.__sameDocument") == 17
     page.screenshot(path=str(ARTIFACTS / "dashboard-activation.png"), full_page=True)
     assert tab.errors == []
+
+
+def _memory_order(market: Any, key: str, side: int, interval: int, nonce: int) -> str:
+    from backend.chain import protocol
+
+    msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": interval,
+           "energyWh": 1_000, "pricePerKWh": 100, "nonce": nonce,
+           "expiry": interval * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+    return str(market.submit_order(msg, _market_sign(market, "Order", key, msg)).hash)
+
+
+def test_islanded_interval_shows_its_mode_live_and_after_reload(tmp_path: Path, tab: Page) -> None:
+    """The registry islanded (#18): village_island's grid-forming units balance the interval; the
+    header says so when the clearing event arrives and, after a reload, from the interval view."""
+    from backend.market.memory import MemoryLedger
+
+    seller, buyer = (Account.from_key(k).address for k in ANVIL_KEYS[1:3])
+    ledger = MemoryLedger()
+    ledger.add_participant(seller, 3, 200_000, 200_000, deposit=100_000)
+    ledger.add_participant(buyer, 5, 200_000, 200_000, deposit=100_000)
+    ledger.grid_mode_now = 1
+    with _memory_stack(tmp_path, "village_island", ledger) as stack:
+        url, m = stack["url"], stack["market"]
+        iv = m.current_interval() + 2
+        page = tab.page
+        page.goto(f"{url}/#interval={iv}")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.locator("#iv-mode").inner_text() == "mode: set at clearing"
+        _memory_order(m, ANVIL_KEYS[1], 0, iv, 1)
+        _memory_order(m, ANVIL_KEYS[2], 1, iv, 2)
+        m.close_interval(iv, force=True)
+        page.wait_for_function("document.querySelector('#iv-mode').textContent === 'islanded'")
+        assert page.locator("#iv-mode").get_attribute("class") == "mode islanded"
+        assert httpx.get(f"{url}/intervals/{iv}").json()["gridMode"] == 1
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_function("document.querySelector('#iv-mode').textContent === 'islanded'")
+        # an interval this market never cleared: no mode to show
+        page.keyboard.press("Tab")  # the header's first control: the previous-interval button
+        assert page.evaluate("document.activeElement.id") == "iv-prev"
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            f"document.querySelector('#iv-label b').textContent === 'interval {iv - 1}'"
+        )
+        assert page.locator("#iv-mode").inner_text() == "mode: set at clearing"
+        assert tab.errors == []

@@ -106,6 +106,7 @@ async function loadInterval() {
     ]);
     if (iv !== state.interval) return;
     state.intervalRow = row;
+    if (row.gridMode !== null && row.gridMode !== undefined) state.modes.set(iv, row.gridMode);
     state.trades = trades;
     state.orders = orders;
     renderInterval();
@@ -188,13 +189,19 @@ function renderIntervalLabel() {
   }
 }
 
-/** The interval's grid mode, as its clearing event said (the API keeps no per-interval mode). */
+/** The interval's grid mode: from GET /intervals/{id} (gridMode) or its clearing event. */
 function modeChip(iv) {
   const mode = state.modes.get(iv);
-  const text = mode === undefined ? "mode: not heard" : MODES[mode] ?? `mode ${mode}`;
-  const title = mode === undefined
-    ? "the grid mode comes with the interval's clearing event; this page did not hear it"
-    : `cleared ${MODES[mode] ?? mode}`;
+  const status = state.intervalRow && state.intervalRow.id === iv ? state.intervalRow.status : null;
+  let text = MODES[mode] ?? `mode ${mode}`;
+  let title = `cleared ${text}: ParticipantRegistry.gridMode() at its first clearing`;
+  if (mode === undefined && (status === "open" || status === "closed" || status === null)) {
+    text = "mode: set at clearing";
+    title = "the grid mode in force on chain when the interval clears";
+  } else if (mode === undefined) {
+    text = "mode: not known";
+    title = "the market that cleared this interval has restarted since; the mode is not stored";
+  }
   return h("span", { class: `mode ${mode === 1 ? "islanded" : ""}`, id: "iv-mode", title }, text);
 }
 
