@@ -1010,6 +1010,39 @@ def test_activation_shown_on_map_panel_and_trade_live(
     assert page.evaluate("document.activeElement.dataset.activation") == activation_id
     assert page.evaluate("window.__sameDocument") == 17
     page.screenshot(path=str(ARTIFACTS / "dashboard-activation.png"), full_page=True)
+
+    # a refusal: the same rescue one interval later; the device answers state_of_charge
+    iv2 = iv + 1
+    for n, (key, side, price) in enumerate(
+        ((REMEDY_KEYS[0], protocol.SELL, 100), (REMEDY_KEYS[1], protocol.BUY, 300))
+    ):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv2,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 3,
+               "expiry": iv2 * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        m.submit_order(msg, _market_sign(m, "Order", key, msg))
+    offer = {**offer, "intervalId": iv2, "nonce": 2, "expiry": iv2 * 900 + 3600}
+    m.submit_flex(offer, _market_sign(m, "FlexOffer", REMEDY_KEYS[2], offer))
+    m.close_interval(iv2, force=True)
+    [act2] = m.store.activations(iv2)
+    page.focus("#iv-next")
+    page.keyboard.press("Enter")
+    mark2 = page.locator(f'#grid-map path.act-mark[data-activation="{act2.id}"]')
+    mark2.wait_for()
+    assert page.locator(f'#grid-map path.act-mark[data-activation="{activation_id}"]').count() == 0
+    control.add(MarketActivations(m.store, 900).pending_activations(iv2))
+    control.sign_pending(
+        lambda a: a.sign(OPERATOR_KEY, domain), Account.from_key(OPERATOR_KEY).address, time.time()
+    )
+    refusal = ControlAck(bytes.fromhex(act2.id[2:]), remedy_stack["device"], 6, 0, 2)
+    assert control.record_acks([refusal.sign(REMEDY_DEVICE_KEY, domain)]) == ["refused"]
+    page.wait_for_function(
+        f"document.querySelector('#control-table tr[data-action=\"{act2.id}\"]')"
+        "?.dataset.state === 'refused'"
+    )
+    cells2 = page.locator(f'#control-table tr[data-action="{act2.id}"] td').all_inner_texts()
+    assert cells2[2] == "refused: state_of_charge"
+    assert mark2.get_attribute("aria-label").endswith(" · control refused: state_of_charge")
+    assert tab.errors == []
     assert tab.errors == []
 
 
