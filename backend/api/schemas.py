@@ -300,6 +300,12 @@ class IntervalOut(BaseModel):
     activations: list[ActivationOut] = Field(
         default_factory=list, description="flexibility activations bought with the clearing"
     )
+    gridMode: Number | None = Field(
+        None,
+        description="the grid mode the interval was cleared in: 0 grid-connected, 1 islanded "
+        "(the registry's at its first clearing); null before clearing or when the market that "
+        f"cleared it has restarted since (the mode is not stored); {OUT_NUM}",
+    )
 
 
 class TradeOut(BaseModel):

@@ -443,6 +443,10 @@ class Clearer:
             payers[account.lower()] = PayerFunds(0, max(0, available))
         return FlexInput(tuple(offers), payers, account, self.config.dso_flex_budget)
 
+    def known_mode(self, interval_id: int) -> int | None:
+        """The mode the interval was cleared in, if this process cleared it (not stored)."""
+        return self._modes.get(interval_id)
+
     def mode_of(self, interval_id: int) -> int:
         """The grid mode the interval is validated in: the chain's at its first clearing."""
         mode = self._modes.get(interval_id)

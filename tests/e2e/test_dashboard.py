@@ -6,6 +6,7 @@ The tests share one server and run in file order: the last one moves chain time 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -786,6 +787,24 @@ def test_readings_and_settlement_arrive_live(server: str, tab: Page) -> None:
     assert (parties[buyer_wallet]["deviationWh"], parties[buyer_wallet]["received"]) == (
         1_000, "50000",
     )  # fmt: skip
+    # the imbalance table: contracted vs metered, the buyer's 1 kWh long paid at the long price
+    page.locator(f'#imbalance-table tr[data-account="{buyer_wallet}"]').wait_for()
+    seller_wallet = Account.from_key(ANVIL_KEYS[seller]).address
+    cells = {
+        w: page.locator(f'#imbalance-table tr[data-account="{w}"] td').all_inner_texts()
+        for w in (seller_wallet, buyer_wallet)
+    }
+    assert cells == {
+        seller_wallet: [f"{seller_wallet[:6]}…{seller_wallet[-4:]}", "+4", "+4", "0", "—", "—"],
+        buyer_wallet: [f"{buyer_wallet[:6]}…{buyer_wallet[-4:]}", "\N{MINUS SIGN}4",
+                       "\N{MINUS SIGN}3", "+1 (long)", "receives 0.05", "—"],
+    }  # fmt: skip
+    assert page.locator("#imbalance-meta").inner_text() == (
+        "· P 0.1 token/kWh · short 1.5 \N{MULTIPLICATION SIGN} P = 0.15 · long 0.5 "
+        "\N{MULTIPLICATION SIGN} P = 0.05 token/kWh"
+        " · collected 0 · paid out 0.05"
+    )
+    assert page.locator("#iv-mode").inner_text() == "grid-connected"
     assert page.evaluate("window.__sameDocument") == 7
     page.screenshot(path=str(ARTIFACTS / "dashboard-settled.png"), full_page=True)
     assert tab.errors == []
@@ -811,3 +830,263 @@ def test_api_docs_render_without_internet(server: str, tab: Page) -> None:
     paths = page.locator(".opblock-summary-path").all_inner_texts()
     assert "/orders" in paths and "/intervals/next-open" in paths
     assert foreign == []
+
+
+# ---------------------------------------------------------------- the active Neural Grid (#17)
+# A rescue needs a vetoed trade that an offer relieves and parties with remedy caps: built as
+# tests/backend/market/test_remedy_market.py builds it (in-memory ledger, the real Neural Grid on
+# cigre_lv, the real market's clearing), served by the real app in a uvicorn thread with a real
+# control store, and watched by the real browser while it happens.
+REMEDY_KEYS = ANVIL_KEYS[1:4]
+REMEDY_DEVICE_KEY = "0x" + "5a" * 32
+OPERATOR_KEY = ANVIL_KEYS[0]
+
+
+@contextlib.contextmanager
+def _memory_stack(tmp: Path, network: str, ledger: Any) -> Iterator[dict[str, Any]]:
+    """The real market on ``ledger`` (in memory) and ``network``'s Neural Grid, served by the
+    real app in a uvicorn thread with a real control store."""
+    from backend.api.app import create_app
+    from backend.devtools.server import start_in_thread
+    from backend.iot.control_store import ControlStore
+    from backend.market.grid_port import GridPortAdapter
+    from backend.market.service import Market, MarketConfig
+    from backend.market.store import Store
+
+    grid = GridPortAdapter(network, 900, clearing="greedy")
+    market = Market(
+        Store(f"sqlite:///{tmp / 'book.db'}"), ledger, grid, ANVIL_KEYS[9],
+        MarketConfig(interval_seconds=900),
+    )  # fmt: skip
+    control = ControlStore(f"sqlite:///{tmp / 'control.db'}")
+    app = create_app(market, scheduler=False, control_store=control, control_poll_seconds=0.05)
+    handle = start_in_thread(app)
+    try:
+        yield {"url": handle.url, "market": market, "control": control}
+    finally:
+        handle.stop()
+        control.close()
+        market.store.close()
+
+
+@pytest.fixture
+def remedy_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    from backend.market.memory import MemoryLedger
+
+    seller, buyer, provider = (Account.from_key(k).address for k in REMEDY_KEYS)
+    ledger = MemoryLedger()
+    for wallet, bus in ((seller, 24), (buyer, 2), (provider, 16)):
+        ledger.add_participant(wallet, bus, 200_000, 200_000, deposit=100_000)
+    device = Account.from_key(REMEDY_DEVICE_KEY).address
+    ledger.register_device(device, provider, 16, 1, -60_000, 60_000, 120_000)
+    ledger.remedy_caps = {seller: 20, buyer: 20}
+    with _memory_stack(tmp_path, NETWORK, ledger) as stack:
+        yield {**stack, "device": device}
+
+
+def _market_sign(market: Any, primary: str, key: str, msg: dict[str, Any]) -> str:
+    doc = {**market.template(primary), "message": msg}
+    return "0x" + Account.sign_typed_data(key, full_message=doc).signature.hex().removeprefix("0x")
+
+
+def test_activation_shown_on_map_panel_and_trade_live(
+    remedy_stack: dict[str, Any], tab: Page
+) -> None:
+    from backend.chain import protocol
+    from backend.cli.activations import MarketActivations
+    from backend.iot.control import ControlAck, registry_domain
+
+    url, m, control = remedy_stack["url"], remedy_stack["market"], remedy_stack["control"]
+    iv = m.current_interval() + 2
+    iv += (80 - iv) % 96  # 20:00, the residential evening peak: the pair is vetoed
+    page = tab.page
+    page.goto(f"{url}/#interval={iv}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.evaluate("window.__sameDocument = 17")
+    # before anything is offered: the empty states say what would fill them
+    page.locator("#offers-table tr.empty").wait_for()
+    empty = {
+        "#offers-table tbody": "no flexibility offers for this interval: a registered device's "
+        "owner signs one (POST /flex)",
+        "#activations-table tbody": "no activations: they appear when the clearing rescues a "
+        "vetoed trade with the offers above (or buys a DSO repair)",
+        "#activation-list": "no activations in this interval: the clearing buys flexibility only "
+        "to rescue a vetoed trade or to repair a limit the base state breaks",
+        "#control-table tbody": "no control actions: the dispatcher (tegrid dispatcher) signs one "
+        "per activation once the batch is on chain",
+        "#imbalance-table tbody": "imbalance is settled with the interval's last settlement page, "
+        "once the meters have reported",
+    }
+    assert {sel: page.locator(sel).inner_text().strip() for sel in empty} == empty
+    assert page.locator("#iv-mode").inner_text() == "mode: set at clearing"
+
+    hashes = []
+    for n, (key, side, price) in enumerate(
+        ((REMEDY_KEYS[0], protocol.SELL, 100), (REMEDY_KEYS[1], protocol.BUY, 300))
+    ):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 1,
+               "expiry": iv * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        hashes.append(m.submit_order(msg, _market_sign(m, "Order", key, msg)).hash)
+    offer = {"provider": Account.from_key(REMEDY_KEYS[2]).address,
+             "device": remedy_stack["device"], "intervalId": iv, "direction": 0,
+             "powerW": 60_000, "baselineW": 0, "pricePerKWh": 50, "nonce": 1,
+             "expiry": iv * 900 + 3600}  # fmt: skip
+    offer_row = m.submit_flex(offer, _market_sign(m, "FlexOffer", REMEDY_KEYS[2], offer))
+    page.locator(f'#offers-table tr[data-offer="{offer_row.hash}"]').wait_for()
+    offer_cells = page.locator(f'#offers-table tr[data-offer="{offer_row.hash}"] td')
+    assert offer_cells.all_inner_texts() == [
+        remedy_stack["device"][:6] + "…" + remedy_stack["device"][-4:],
+        "▲ up", "60,000 W", "0 W", "0.00005", "open",
+    ]  # fmt: skip
+
+    m.close_interval(iv, force=True)
+    trade_id = protocol.trade_id_hex(*hashes)
+    activation_id = protocol.activation_id_hex(offer_row.hash, trade_id)
+    # live, without reload: the activation at bus 16, up (a triangle pointing up), focusable
+    mark = page.locator(f'#grid-map path.act-mark[data-activation="{activation_id}"]')
+    mark.wait_for()
+    assert (mark.get_attribute("data-bus"), mark.get_attribute("class")) == ("16", "act-mark up")
+    expected = (
+        f"▲ up 35,214 W at bus 16 · setpoint 35,214 W · device {remedy_stack['device'][:6]}…"
+        f"{remedy_stack['device'][-4:]} · rescues trade {trade_id[:6]}…{trade_id[-4:]}"
+    )
+    assert mark.get_attribute("aria-label") == expected + " · control: not sent yet"
+    assert page.locator("#iv-mode").inner_text() == "grid-connected"
+    assert httpx.get(f"{url}/intervals/{iv}").json()["gridMode"] == 0
+    # the rescued trade: approved, its arc and its row link to the activation
+    arc = page.locator(f'#grid-map path.trade[data-trade="{trade_id}"]')
+    assert arc.get_attribute("data-activations") == activation_id
+    link = page.locator(f'#trades-table tr[data-trade="{trade_id}"] a.rescue-link')
+    assert link.inner_text() == "rescued by 1 activation(s)"
+    assert link.get_attribute("href") == f"#act-{activation_id}"
+    # the panel: the offer activated with what is left, the activation's cost and payers
+    page.wait_for_function(
+        f"document.querySelector('#offers-table tr[data-offer=\"{offer_row.hash}\"] td:last-child')"
+        ".textContent === 'activated · 24,786 W left'"
+    )
+    seller, buyer = (Account.from_key(k).address for k in REMEDY_KEYS[:2])
+    short = lambda a: f"{a[:6]}…{a[-4:]}"  # noqa: E731
+    act_cells = page.locator(f'#activations-table tr[data-activation="{activation_id}"] td')
+    assert act_cells.all_inner_texts() == [
+        "▲ up bus 16", "35,214 W", "35,214 W", "0.00044",
+        f"{short(seller)} 0.00022, {short(buyer)} 0.00022", f"rescues trade {short(trade_id)}",
+    ]  # fmt: skip
+
+    # the control loop's states arrive on the event stream: pending, sent, acknowledged
+    control.add(MarketActivations(m.store, 900).pending_activations(iv))
+    row = page.locator(f'#control-table tr[data-action="{activation_id}"]')
+    row.wait_for()
+    domain = registry_domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
+    control.sign_pending(
+        lambda a: a.sign(OPERATOR_KEY, domain), Account.from_key(OPERATOR_KEY).address, time.time()
+    )
+    page.wait_for_function(
+        f"document.querySelector('#control-table tr[data-action=\"{activation_id}\"]')"
+        ".dataset.state === 'sent'"
+    )
+    assert row.locator("td").all_inner_texts() == [
+        short(remedy_stack["device"]), "35,214 W", "sent (1 attempt)",
+    ]  # fmt: skip
+    ack = ControlAck(bytes.fromhex(activation_id[2:]), remedy_stack["device"], 0, 35_214, 1)
+    assert control.record_acks([ack.sign(REMEDY_DEVICE_KEY, domain)]) == ["acknowledged"]
+    page.wait_for_function(
+        f"document.querySelector('#control-table tr[data-action=\"{activation_id}\"]')"
+        ".dataset.state === 'acknowledged'"
+    )
+    assert row.locator("td").nth(2).inner_text() == "acknowledged (applied 35,214 W)"
+    assert page.locator("#flex-meta").inner_text() == (
+        "· 1 offer(s), 1 activation(s), 1 control action(s) (1 acknowledged)"
+    )
+    acked = expected + " · control acknowledged (applied 35,214 W)"
+    assert page.locator(f"#activation-list li#act-{activation_id}").inner_text() == acked
+
+    # keyboard: Tab reaches the mark on the map; its tooltip shows the numbers while focused
+    mark.focus()
+    tip = page.locator("#tooltip")
+    assert tip.is_visible() and tip.inner_text() == acked
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.dataset.activation") == activation_id
+    assert page.evaluate("window.__sameDocument") == 17
+    page.screenshot(path=str(ARTIFACTS / "dashboard-activation.png"), full_page=True)
+
+    # a refusal: the same rescue one interval later; the device answers state_of_charge
+    iv2 = iv + 1
+    for n, (key, side, price) in enumerate(
+        ((REMEDY_KEYS[0], protocol.SELL, 100), (REMEDY_KEYS[1], protocol.BUY, 300))
+    ):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv2,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 3,
+               "expiry": iv2 * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        m.submit_order(msg, _market_sign(m, "Order", key, msg))
+    offer = {**offer, "intervalId": iv2, "nonce": 2, "expiry": iv2 * 900 + 3600}
+    m.submit_flex(offer, _market_sign(m, "FlexOffer", REMEDY_KEYS[2], offer))
+    m.close_interval(iv2, force=True)
+    [act2] = m.store.activations(iv2)
+    page.focus("#iv-next")
+    page.keyboard.press("Enter")
+    mark2 = page.locator(f'#grid-map path.act-mark[data-activation="{act2.id}"]')
+    mark2.wait_for()
+    assert page.locator(f'#grid-map path.act-mark[data-activation="{activation_id}"]').count() == 0
+    control.add(MarketActivations(m.store, 900).pending_activations(iv2))
+    control.sign_pending(
+        lambda a: a.sign(OPERATOR_KEY, domain), Account.from_key(OPERATOR_KEY).address, time.time()
+    )
+    refusal = ControlAck(bytes.fromhex(act2.id[2:]), remedy_stack["device"], 6, 0, 2)
+    assert control.record_acks([refusal.sign(REMEDY_DEVICE_KEY, domain)]) == ["refused"]
+    page.wait_for_function(
+        f"document.querySelector('#control-table tr[data-action=\"{act2.id}\"]')"
+        "?.dataset.state === 'refused'"
+    )
+    cells2 = page.locator(f'#control-table tr[data-action="{act2.id}"] td').all_inner_texts()
+    assert cells2[2] == "refused: state_of_charge"
+    assert mark2.get_attribute("aria-label").endswith(" · control refused: state_of_charge")
+    assert tab.errors == []
+    assert tab.errors == []
+
+
+def _memory_order(market: Any, key: str, side: int, interval: int, nonce: int) -> str:
+    from backend.chain import protocol
+
+    msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": interval,
+           "energyWh": 1_000, "pricePerKWh": 100, "nonce": nonce,
+           "expiry": interval * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+    return str(market.submit_order(msg, _market_sign(market, "Order", key, msg)).hash)
+
+
+def test_islanded_interval_shows_its_mode_live_and_after_reload(tmp_path: Path, tab: Page) -> None:
+    """The registry islanded (#18): village_island's grid-forming units balance the interval; the
+    header says so when the clearing event arrives and, after a reload, from the interval view."""
+    from backend.market.memory import MemoryLedger
+
+    seller, buyer = (Account.from_key(k).address for k in ANVIL_KEYS[1:3])
+    ledger = MemoryLedger()
+    ledger.add_participant(seller, 3, 200_000, 200_000, deposit=100_000)
+    ledger.add_participant(buyer, 5, 200_000, 200_000, deposit=100_000)
+    ledger.grid_mode_now = 1
+    with _memory_stack(tmp_path, "village_island", ledger) as stack:
+        url, m = stack["url"], stack["market"]
+        iv = m.current_interval() + 2
+        page = tab.page
+        page.goto(f"{url}/#interval={iv}")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.locator("#iv-mode").inner_text() == "mode: set at clearing"
+        _memory_order(m, ANVIL_KEYS[1], 0, iv, 1)
+        _memory_order(m, ANVIL_KEYS[2], 1, iv, 2)
+        m.close_interval(iv, force=True)
+        page.wait_for_function("document.querySelector('#iv-mode').textContent === 'islanded'")
+        assert page.locator("#iv-mode").get_attribute("class") == "mode islanded"
+        assert httpx.get(f"{url}/intervals/{iv}").json()["gridMode"] == 1
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        page.wait_for_function("document.querySelector('#iv-mode').textContent === 'islanded'")
+        # an interval this market never cleared: no mode to show
+        page.keyboard.press("Tab")  # the header's first control: the previous-interval button
+        assert page.evaluate("document.activeElement.id") == "iv-prev"
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            f"document.querySelector('#iv-label b').textContent === 'interval {iv - 1}'"
+        )
+        assert page.locator("#iv-mode").inner_text() == "mode: set at clearing"
+        assert tab.errors == []

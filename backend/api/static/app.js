@@ -2,9 +2,14 @@
 import { api, h, kwh, tokens, formatUnits, shortAddr, clock, timeOf, pu, pct, TOKEN_DECIMALS } from "./util.js";
 import { GridMap } from "./gridmap.js";
 import { drawBook } from "./book.js";
+import { renderActivationList, renderFlexPanel, renderImbalance } from "./flex.js";
 import { provider, connect, ensureChain, deposit, requestConnection, signAndSubmit } from "./wallet.js";
 
-const EVENT_KINDS = ["order", "cancel", "clearing", "verdict", "recorded", "reading", "settlement", "participant", "interval"];
+const EVENT_KINDS = [
+  "order", "cancel", "clearing", "verdict", "recorded", "reading", "settlement", "participant", "interval",
+  "flex", "activation", "control",
+];
+const MODES = ["grid-connected", "islanded"]; // ParticipantRegistry.gridMode()
 const $ = (sel) => document.querySelector(sel);
 
 const state = {
@@ -21,6 +26,9 @@ const state = {
   funds: null, // GET /participants/{wallet}/funds
   openInterval: null,
   intervalSeconds: 900,
+  offers: [], // GET /flex?interval=
+  actions: [], // GET /control/actions?interval=
+  modes: new Map(), // interval -> gridMode, from the clearing events this page heard
 };
 
 // ------------------------------------------------------------------ tooltip
@@ -98,14 +106,44 @@ async function loadInterval() {
     ]);
     if (iv !== state.interval) return;
     state.intervalRow = row;
+    if (row.gridMode !== null && row.gridMode !== undefined) state.modes.set(iv, row.gridMode);
     state.trades = trades;
     state.orders = orders;
     renderInterval();
+    await loadFlex();
     await loadParticipants([...trades.flatMap((t) => [t.seller, t.buyer]), ...orders.map((o) => o.trader)]);
     renderSettlement();
   } catch (err) {
     report("interval", err);
   }
+}
+
+/** The interval's offers and control actions (the activations come with GET /intervals/{id}). */
+async function loadFlex() {
+  const iv = state.interval;
+  try {
+    const [offers, actions] = await Promise.all([
+      api(`/flex?interval=${iv}&limit=1000`),
+      api(`/control/actions?interval=${iv}`),
+    ]);
+    if (iv !== state.interval) return;
+    state.offers = offers;
+    state.actions = actions;
+  } catch (err) {
+    report("flexibility", err);
+  }
+  renderFlex();
+}
+
+function renderFlex() {
+  const activations = state.intervalRow ? state.intervalRow.activations || [] : [];
+  const actionsById = new Map(state.actions.map((a) => [a.activationId, a]));
+  renderFlexPanel(document, { offers: state.offers, activations, actions: state.actions });
+  renderActivationList($("#activation-list"), activations, actionsById);
+  map.setActivations(activations, actionsById);
+  const acked = state.actions.filter((a) => a.state === "acknowledged").length;
+  $("#flex-meta").textContent = `· ${state.offers.length} offer(s), ${activations.length} activation(s), ` +
+    `${state.actions.length} control action(s) (${acked} acknowledged)`;
 }
 
 async function loadParticipants(wallets, refresh = false) {
@@ -141,13 +179,30 @@ function renderIntervalLabel() {
   $("#iv-label").append(
     h("b", {}, `interval ${iv}`), " ",
     h("span", { class: "muted" }, clock(starts)), " ",
-    h("span", { class: `status ${row ? row.status : ""}`, id: "iv-status" }, row ? row.status : "…"),
+    h("span", { class: `status ${row ? row.status : ""}`, id: "iv-status" }, row ? row.status : "…"), " ",
+    modeChip(iv),
   );
   const form = $("#order-form");
   if (!form.intervalId.value || form.dataset.auto === "1") {
     form.intervalId.value = row && row.status === "open" ? iv : nextOpenInterval();
     form.dataset.auto = "1";
   }
+}
+
+/** The interval's grid mode: from GET /intervals/{id} (gridMode) or its clearing event. */
+function modeChip(iv) {
+  const mode = state.modes.get(iv);
+  const status = state.intervalRow && state.intervalRow.id === iv ? state.intervalRow.status : null;
+  let text = MODES[mode] ?? `mode ${mode}`;
+  let title = `cleared ${text}: ParticipantRegistry.gridMode() at its first clearing`;
+  if (mode === undefined && (status === "open" || status === "closed" || status === null)) {
+    text = "mode: set at clearing";
+    title = "the grid mode in force on chain when the interval clears";
+  } else if (mode === undefined) {
+    text = "mode: not known";
+    title = "the market that cleared this interval has restarted since; the mode is not stored";
+  }
+  return h("span", { class: `mode ${mode === 1 ? "islanded" : ""}`, id: "iv-mode", title }, text);
 }
 
 function nextOpenInterval() {
@@ -193,6 +248,8 @@ function renderInterval() {
   for (const [k, v] of items) stats.append(h("dt", {}, k), h("dd", { dataset: { stat: k } }, v));
   renderTrades();
   map.setTrades(state.trades);
+  renderFlex();
+  renderImbalance(document, row.imbalance, row.status);
 }
 
 function renderTrades() {
@@ -212,12 +269,17 @@ function renderTrades() {
       : h("span", { class: "verdict vetoed", title: `the trade would have broken ${t.element}` },
         `vetoed: ${t.reason}`, t.element ? h("span", { class: "element" }, ` at ${t.element}`) : null);
     const settled = t.deliveredWh !== null ? ` · delivered ${kwh(t.deliveredWh)} kWh, paid ${tokens(t.paid)}` : "";
+    const rescue = (state.intervalRow?.activations || []).filter((a) => a.tradeId === t.id);
+    const link = rescue.length
+      ? h("a", { href: `#act-${rescue[0].id}`, class: "rescue-link", dataset: { activations: rescue.map((a) => a.id).join(" ") } },
+        `rescued by ${rescue.length} activation(s)`)
+      : null;
     body.append(h("tr", { class: t.approved ? "approved" : "vetoed", dataset: { trade: t.id } },
       h("td", { class: "mono parties" }, shortAddr(t.seller), " →", h("br"), shortAddr(t.buyer)),
       h("td", {}, `${t.sellerBus} → ${t.buyerBus}`),
       h("td", { class: "num" }, kwh(t.energyWh)),
       h("td", { class: "num" }, tokens(t.pricePerKWh, 6)),
-      h("td", {}, verdict, h("div", { class: "sub" }, `${t.kind} · ${t.status}${settled}`)),
+      h("td", {}, verdict, h("div", { class: "sub" }, `${t.kind} · ${t.status}${settled}`), link),
     ));
   }
 }
@@ -296,6 +358,9 @@ function describe(kind, d) {
     case "settlement": return `interval ${d.intervalId} settled (${d.trades} trades)`;
     case "reading": return `meter ${shortAddr(d.meter)} interval ${d.intervalId}`;
     case "interval": return `interval ${d.intervalId} ${d.status}`;
+    case "activation": return `${d.direction === 0 ? "▲ up" : "▼ down"} ${d.activatedW} W at bus ${d.busId} (setpoint ${d.setpointW} W)`;
+    case "control": return `device ${shortAddr(d.device)} interval ${d.intervalId}: ${d.state}${d.reason ? " (" + d.reason + ")" : ""}`;
+    case "flex": return `flex offer ${shortAddr(d.hash)} ${d.status}`;
     default: return JSON.stringify(d).slice(0, 120);
   }
 }
@@ -314,6 +379,7 @@ function schedule(...what) {
     if (todo.has("interval")) jobs.push(loadInterval());
     if (todo.has("grid")) jobs.push(loadGridStatus());
     if (todo.has("readings")) jobs.push(loadReadings());
+    if (todo.has("flex") && !todo.has("interval")) jobs.push(loadFlex());
     if (todo.has("health")) jobs.push(loadHealth(), loadOpenInterval());
     if (todo.has("balances")) {
       jobs.push(loadParticipants([...state.participants.keys()], true).then(renderSettlement), loadFunds());
@@ -344,6 +410,10 @@ function worthFollowing(kind, data) {
 
 function onEvent(kind, data) {
   logLine(kind, describe(kind, data));
+  if (kind === "clearing" && data.gridMode !== undefined) {
+    state.modes.set(data.intervalId, data.gridMode);
+    if (data.intervalId === state.interval) renderIntervalLabel();
+  }
   const iv = data.intervalId;
   if (state.follow && iv !== undefined && iv !== state.interval && worthFollowing(kind, data)) select(iv);
   if (iv !== undefined && iv !== state.interval) return;
@@ -353,6 +423,8 @@ function onEvent(kind, data) {
   if (kind === "settlement") schedule("interval", "readings", "balances");
   if (kind === "reading") schedule("readings");
   if (kind === "participant") schedule("balances");
+  if (kind === "activation") schedule("interval"); // the interval view carries the activations
+  if (kind === "flex" || kind === "control") schedule("flex");
 }
 
 function openStream() {

@@ -1,5 +1,6 @@
 // The network drawing: buses coloured by voltage, lines and transformers by loading, trades as arcs.
 import { svg, voltageColor, loadingColor, pu, pct, kwh, shortAddr } from "./util.js";
+import { activationText } from "./flex.js";
 
 const W = 900;
 const H = 620;
@@ -91,12 +92,23 @@ export class GridMap {
       this.busEls.set(b.id, el);
     }
     this.gLabels = svg("g", { class: "labels" });
-    this.root.append(gLines, gTrafos, this.gTrades, gBuses, this.gMarks, this.gLabels);
+    this.gActs = svg("g", { class: "activations" });
+    this.root.append(gLines, gTrafos, this.gTrades, gBuses, this.gMarks, this.gActs, this.gLabels);
   }
 
   hover(el, html) {
     el.addEventListener("mousemove", (ev) => this.tip(html(), ev));
     el.addEventListener("mouseleave", () => this.tip(null));
+  }
+
+  /** Hover and keyboard focus both show the tooltip (at the element for focus). */
+  hoverOrFocus(el, html) {
+    this.hover(el, html);
+    el.addEventListener("focus", () => {
+      const r = el.getBoundingClientRect();
+      this.tip(html(), { clientX: r.right, clientY: r.bottom });
+    });
+    el.addEventListener("blur", () => this.tip(null));
   }
 
   busTip(b) {
@@ -154,6 +166,50 @@ export class GridMap {
     for (const [id, el] of this.busEls) el.classList.toggle("participant", this.participants.has(id));
   }
 
+  /** The interval's activations at their device buses: ▲ up / ▼ down (a shape, not a colour
+   * alone), focusable, their setpoint and activated W on hover and focus; `actions` maps an
+   * activation id to its control action. */
+  setActivations(activations, actions) {
+    if (!this.topology) return;
+    this.activations = activations;
+    this.gActs.replaceChildren();
+    const byBus = new Map();
+    for (const a of activations) {
+      if (!byBus.has(a.busId)) byBus.set(a.busId, []);
+      byBus.get(a.busId).push(a);
+    }
+    for (const [bus, list] of byBus) {
+      const p = this.pos.get(bus);
+      if (!p) continue;
+      list.forEach((a, i) => {
+        const up = a.direction === 0;
+        const [x, y] = [p[0] + 12 + i * 14, p[1] - 12];
+        const d = up ? `M${x},${y - 7} L${x + 7},${y + 5} L${x - 7},${y + 5} z` : `M${x},${y + 7} L${x + 7},${y - 5} L${x - 7},${y - 5} z`;
+        const text = () => activationText(a, actions.get(a.id));
+        const mark = svg("path", {
+          d, tabindex: 0, role: "img", class: `act-mark ${up ? "up" : "down"}`,
+          "data-activation": a.id, "data-bus": bus, "aria-label": activationText(a, actions.get(a.id)),
+        });
+        this.hoverOrFocus(mark, text);
+        this.gActs.append(mark);
+      });
+      const ring = svg("circle", { cx: p[0], cy: p[1], r: 11, class: "act-ring", "data-act-bus": bus });
+      this.gActs.prepend(ring);
+    }
+    this.linkTrades();
+  }
+
+  /** A rescued trade's arc names its activations (data-activations, tooltip). */
+  linkTrades() {
+    const acts = this.activations || [];
+    for (const path of this.gTrades.querySelectorAll("path.trade")) {
+      const ids = acts.filter((a) => a.tradeId === path.dataset.trade).map((a) => a.id);
+      if (ids.length) path.setAttribute("data-activations", ids.join(" "));
+      else path.removeAttribute("data-activations");
+      path.classList.toggle("rescued", ids.length > 0);
+    }
+  }
+
   /** Trades of the interval as arcs seller -> buyer; a veto marks its binding element. */
   setTrades(trades) {
     if (!this.topology) return;
@@ -176,10 +232,12 @@ export class GridMap {
       this.hover(path, () =>
         `<b>${t.approved ? "approved" : "vetoed: " + t.reason}</b>${t.element ? " at " + t.element : ""}` +
         `<br>${kwh(t.energyWh)} kWh · bus ${t.sellerBus} → bus ${t.buyerBus}` +
-        `<br>${shortAddr(t.seller)} → ${shortAddr(t.buyer)}`);
+        `<br>${shortAddr(t.seller)} → ${shortAddr(t.buyer)}` +
+        (path.dataset.activations ? `<br>rescued by ${path.dataset.activations.split(" ").length} activation(s)` : ""));
       this.gTrades.append(path);
       if (!t.approved && t.element) this.markElement(t.element, t.reason);
     }
+    this.linkTrades();
     this.ensureMarkers();
   }
 
