@@ -123,7 +123,7 @@ def interval_out(market: Market, row: IntervalRow) -> IntervalOut:
         error=market.interval_error(row.id),
         imbalance=imbalance_out(market.imbalance(row.id)),
         activations=[activation_out(a) for a in market.store.activations(row.id)],
-        gridMode=market.clearing.known_mode(row.id),
+        gridMode=row.grid_mode,
     )
 
 

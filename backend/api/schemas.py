@@ -303,8 +303,7 @@ class IntervalOut(BaseModel):
     gridMode: Number | None = Field(
         None,
         description="the grid mode the interval was cleared in: 0 grid-connected, 1 islanded "
-        "(the registry's at its first clearing); null before clearing or when the market that "
-        f"cleared it has restarted since (the mode is not stored); {OUT_NUM}",
+        f"(the registry's at its first clearing, stored with it); null before clearing; {OUT_NUM}",
     )
 
 

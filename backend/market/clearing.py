@@ -377,6 +377,7 @@ class Clearer:
             "vetoed_count": len(result.trades) - len(result.approved),
             "clearing_method": result.method[:200],
             "welfare": str(result.welfare),
+            "grid_mode": mode,
         }
         targets = device_setpoints(result.activations)
         activations = [
@@ -443,15 +444,15 @@ class Clearer:
             payers[account.lower()] = PayerFunds(0, max(0, available))
         return FlexInput(tuple(offers), payers, account, self.config.dso_flex_budget)
 
-    def known_mode(self, interval_id: int) -> int | None:
-        """The mode the interval was cleared in, if this process cleared it (not stored)."""
-        return self._modes.get(interval_id)
-
     def mode_of(self, interval_id: int) -> int:
-        """The grid mode the interval is validated in: the chain's at its first clearing."""
+        """The grid mode the interval is validated in: the chain's at its first clearing (kept
+        in memory and stored with the clearing, so a clearing again after a restart uses it)."""
         mode = self._modes.get(interval_id)
         if mode is None:
-            mode = self._modes[interval_id] = int(self.ledger.grid_mode())
+            row = self.store.get_interval(interval_id)
+            stored = None if row is None else row.grid_mode
+            mode = int(self.ledger.grid_mode()) if stored is None else int(stored)
+            self._modes[interval_id] = mode
             if len(self._modes) > MODES_KEPT:
                 self._modes.pop(min(self._modes))
         return mode

@@ -90,6 +90,9 @@ class IntervalRow(Base):
     # (bid - ask) x kWh in token base units (a decimal string, like prices).
     clearing_method: Mapped[str | None] = mapped_column(String(200))
     welfare: Mapped[str | None] = mapped_column(String(60))
+    # The grid mode it was cleared in (the registry's at its first clearing): 0 grid-connected,
+    # 1 islanded; None before clearing (and for rows of a store older than the column).
+    grid_mode: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[float] = mapped_column(Float, nullable=False)
 
 

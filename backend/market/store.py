@@ -778,6 +778,7 @@ ADDED_COLUMNS = (
     ("trades", "veto_value", "FLOAT"),
     ("trades", "veto_limit", "FLOAT"),
     ("intervals", "clearing_method", "VARCHAR(200)"),
+    ("intervals", "grid_mode", "INTEGER"),
     ("intervals", "welfare", "VARCHAR(60)"),
 )
 

@@ -200,7 +200,7 @@ function modeChip(iv) {
     title = "the grid mode in force on chain when the interval clears";
   } else if (mode === undefined) {
     text = "mode: not known";
-    title = "the market that cleared this interval has restarted since; the mode is not stored";
+    title = "cleared by a market version that did not store the grid mode";
   }
   return h("span", { class: `mode ${mode === 1 ? "islanded" : ""}`, id: "iv-mode", title }, text);
 }

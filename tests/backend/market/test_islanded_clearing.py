@@ -44,6 +44,13 @@ def test_islanded_interval_vetoed_island_balance(store: Store) -> None:
     assert trade.veto_value is not None and round(trade.veto_value, 2) == 26.93
     assert trade.veto_limit == 0.0
     assert market.clearing.mode_of(interval) == 1
+    # stored with the clearing: a market started again on the same store (its memory empty)
+    # clears the interval again in the mode it was first cleared in, not the chain's current one
+    row = market.interval(interval)
+    assert row.grid_mode == 1
+    again = Market(store, ledger, port, VALIDATOR_KEY, MarketConfig(interval_seconds=900))
+    assert again.clearing.mode_of(interval) == 1
+    assert again.clearing.mode_of(interval + 1) == 0  # not cleared yet: the chain's mode
 
 
 def test_grid_connected_interval_same_orders_trade(store: Store) -> None:
