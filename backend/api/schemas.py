@@ -229,6 +229,24 @@ class BatchOut(BaseModel):
     nextAttemptAt: float | None = Field(description="unix seconds of the next retry")
 
 
+class ActivationBatchOut(BaseModel):
+    """One ``recordActivations`` batch of an interval (FlexibilityMarket) and how its recording
+    and settlement go."""
+
+    index: Number = Field(description=f"position of the batch in the interval; {OUT_NUM}")
+    count: Number = Field(description=f"activation batches of the interval; {OUT_NUM}")
+    state: Literal["pending", "sent", "recorded", "failed", "expired", "settled", "reclaimed"]
+    activationIds: list[Hash32] = Field(description="the batch's activations, in chain order")
+    evidenceHash: Hash32 = Field(description="the clearing's evidence (as the trades' batches)")
+    reason: str | None = Field(description="why the last attempt failed (decoded revert, ...)")
+    txHash: str | None
+    blockNumber: Number | None = Field(description=OUT_NUM)
+    gasUsed: Number | None = Field(description=OUT_NUM)
+    attempts: Number = Field(description=OUT_NUM)
+    nextAttemptAt: float | None = Field(description="unix seconds of the next retry")
+    settleTxHash: str | None = Field(description="the settling (or reclaiming) transaction")
+
+
 class PartyImbalanceOut(BaseModel):
     """One party's imbalance: net positions (sold or exported positive), deviation = metered -
     contracted (negative: short, the grid supplied it; positive: long, the grid absorbed it)."""
@@ -299,6 +317,10 @@ class IntervalOut(BaseModel):
     )
     activations: list[ActivationOut] = Field(
         default_factory=list, description="flexibility activations bought with the clearing"
+    )
+    activationBatches: list[ActivationBatchOut] = Field(
+        default_factory=list,
+        description="the activations' recordActivations batches on FlexibilityMarket",
     )
 
 

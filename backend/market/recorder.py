@@ -25,7 +25,7 @@ from backend.market.config import MarketConfig
 from backend.market.errors import BatchRevertedError, BatchTooLargeError, MarketError
 from backend.market.events import EventBus
 from backend.market.intake import Intake
-from backend.market.models import BatchRow, BatchState, IntervalStatus
+from backend.market.models import ActivationBatchRow, BatchRow, BatchState, IntervalStatus
 from backend.market.ports import MarketLedger
 from backend.market.store import Store
 
@@ -69,7 +69,7 @@ class Recorder:
             for _replan in range(3):
                 batches = self.store.batches(interval_id)
                 if not batches:
-                    return False
+                    return self.record_activation_batches(interval_id, due_only)
                 outcome = "recorded"
                 for b in batches:
                     if b.state == BatchState.RECORDED:
@@ -80,10 +80,130 @@ class Recorder:
                     if outcome != "recorded":
                         break
                 if outcome == "recorded":
-                    return True
+                    return self.record_activation_batches(interval_id, due_only)
                 if outcome != "replanned":
                     return False
             return False
+
+    def record_activation_batches(self, interval_id: int, due_only: bool = False) -> bool:
+        """Record the interval's activation batches on FlexibilityMarket, in order, once every
+        trade batch of it is on EnergyMarket (the caller made sure); True when all are (or there
+        are none). Same rules as trade batches: estimate first (a revert is reported with the
+        contract's decoded error, nothing mined), ``sent`` stored before sending, a batch found
+        on chain (``batchOf``) after a crash is taken as recorded, a failure waits for its next
+        attempt, the chain's gate closure makes the rest ``expired``."""
+        with self.lock:
+            for b in self.store.activation_batches(interval_id):
+                if b.state not in BatchState.UNFINISHED:
+                    if b.state == BatchState.EXPIRED:
+                        return False
+                    continue
+                if due_only and b.next_attempt_at and time.time() < b.next_attempt_at:
+                    return False
+                if not self._record_activation_batch(interval_id, b):
+                    return False
+            return True
+
+    def _record_activation_batch(self, interval_id: int, b: ActivationBatchRow) -> bool:
+        packed = bytes.fromhex(b.packed[2:])
+        count = len(json.loads(b.activation_ids))
+        sent = False
+        tx: str | None = None
+        try:
+            if self.ledger.activation_batch_state(interval_id, b.batch_index) != 0:
+                self._activation_batch_recorded(interval_id, b, b.tx_hash, b.block_number, None)
+                return True
+            closure = self.ledger.gate_closure(interval_id)
+            if self.ledger.now() > closure + GATE_MARGIN_S:
+                reason = (
+                    f"the chain's gate closure of interval {interval_id} ({closure}) passed "
+                    "before this activation batch landed: it can no longer be recorded"
+                )
+                self.store.update_activation_batch(
+                    interval_id, b.batch_index, state=BatchState.EXPIRED, last_error=reason,
+                    next_attempt_at=None,
+                )  # fmt: skip
+                self._activation_event(interval_id, b, BatchState.EXPIRED, reason=reason)
+                log.warning(
+                    "interval %s activation batch %d: %s", interval_id, b.batch_index, reason
+                )
+                return False
+            gas = self.ledger.estimate_record_activations_gas(
+                interval_id, b.batch_index, packed, b.evidence_hash, b.attestation_signature
+            )
+            self.store.update_activation_batch(
+                interval_id, b.batch_index, count_attempt=True, state=BatchState.SENT,
+                next_attempt_at=None,
+            )  # fmt: skip
+            sent = True
+            self._activation_event(interval_id, b, BatchState.SENT, activations=count, gas=gas)
+            tx = self.ledger.record_activations(
+                interval_id, b.batch_index, packed, b.evidence_hash, b.attestation_signature
+            )
+            receipt = self.ledger.wait(tx)
+            if not receipt.ok:
+                raise BatchRevertedError(f"transaction {tx} reverted")
+        except Exception as exc:  # a revert, the chain away, or anything else: report, retry
+            known = isinstance(exc, MarketError | ChainUnavailableError)
+            why = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                if self.ledger.activation_batch_state(interval_id, b.batch_index) != 0:
+                    self._activation_batch_recorded(interval_id, b, tx, None, None)
+                    return True
+            attempts = b.attempts + 1
+            delay = backoff_s(attempts, self.config.retry_base_s, self.config.retry_max_s)
+            next_at = time.time() + delay
+            with contextlib.suppress(Exception):
+                self.store.update_activation_batch(
+                    interval_id, b.batch_index, count_attempt=not sent, state=BatchState.FAILED,
+                    last_error=why, next_attempt_at=next_at, tx_hash=tx,
+                )  # fmt: skip
+            log.warning(
+                "interval %s activation batch %d/%d not recorded (attempt %d, next in %.0f s): %s",
+                interval_id, b.batch_index + 1, b.batch_count, attempts, delay, why,
+            )  # fmt: skip
+            self._activation_event(
+                interval_id, b, BatchState.FAILED, reason=why, attempts=attempts,
+                nextAttemptAt=next_at, txHash=tx,
+            )  # fmt: skip
+            return False
+        self._activation_batch_recorded(
+            interval_id, b, receipt.tx_hash, receipt.block_number, receipt.gas_used
+        )
+        return True
+
+    def _activation_batch_recorded(
+        self,
+        interval_id: int,
+        b: ActivationBatchRow,
+        tx_hash: str | None,
+        block: int | None,
+        gas_used: int | None,
+    ) -> None:
+        self.store.update_activation_batch(
+            interval_id, b.batch_index, state=BatchState.RECORDED, tx_hash=tx_hash or b.tx_hash,
+            block_number=block if block is not None else b.block_number,
+            gas_used=gas_used if gas_used is not None else b.gas_used, last_error=None,
+            next_attempt_at=None,
+        )  # fmt: skip
+        self._activation_event(
+            interval_id, b, BatchState.RECORDED, txHash=tx_hash, block=block, gasUsed=gas_used
+        )
+
+    def _activation_event(
+        self, interval_id: int, b: ActivationBatchRow, state: str, **extra: Any
+    ) -> None:
+        self.events.publish(
+            "activation_batch",
+            {
+                "intervalId": interval_id,
+                "index": b.batch_index,
+                "count": b.batch_count,
+                "state": state,
+                "activations": len(json.loads(b.activation_ids)),
+                **extra,
+            },
+        )
 
     def record_later(self, interval_id: int) -> None:
         """Record the batches in the recorder thread (intervals go out in the order they are

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.db import make_engine
 from backend.market.errors import NonceUsedError, StoreError
 from backend.market.models import (
+    ActivationBatchRow,
     ActivationRow,
     Base,
     BatchRow,
@@ -269,11 +270,12 @@ class Store:
         fills: dict[str, int],
         stats: dict[str, Any],
         activations: Sequence[dict[str, Any]] = (),
+        activation_batches: Sequence[dict[str, Any]] = (),
     ) -> None:
         """One transaction: trades, the batches to send (every one signed, before any is sent),
         order fills, the flexibility activations (their offers become ``activated`` with the
-        power left) and the interval outcome. Orders with a fill become ``matched``; the other
-        open orders become ``unfilled``."""
+        power left) and their signed ``recordActivations`` batches, and the interval outcome.
+        Orders with a fill become ``matched``; the other open orders become ``unfilled``."""
         now = time.time()
         with self.session() as s:
             row = s.get(IntervalRow, interval_id, with_for_update=True)
@@ -316,6 +318,8 @@ class Store:
             )
             for b in batches:
                 s.add(BatchRow(interval_id=interval_id, updated_at=now, **b))
+            for b in activation_batches:
+                s.add(ActivationBatchRow(interval_id=interval_id, updated_at=now, **b))
             for key, value in stats.items():
                 setattr(row, key, value)
             row.status = IntervalStatus.CLEARED if batches else IntervalStatus.RECORDED
@@ -334,9 +338,45 @@ class Store:
             return list(s.scalars(q.order_by(BatchRow.interval_id, BatchRow.batch_index)))
 
     def unfinished_intervals(self) -> list[int]:
+        """Intervals with a trade or an activation batch not on chain yet."""
         with self.session() as s:
             q = select(BatchRow.interval_id).where(BatchRow.state.in_(BatchState.UNFINISHED))
-            return sorted(set(s.scalars(q)))
+            fq = select(ActivationBatchRow.interval_id).where(
+                ActivationBatchRow.state.in_(BatchState.UNFINISHED)
+            )
+            return sorted(set(s.scalars(q)) | set(s.scalars(fq)))
+
+    # ------------------------------------------------------- activation batches
+    def activation_batches(self, interval_id: int) -> list[ActivationBatchRow]:
+        """The interval's ``recordActivations`` batches in recording order."""
+        with self.session() as s:
+            q = select(ActivationBatchRow).where(ActivationBatchRow.interval_id == interval_id)
+            return list(s.scalars(q.order_by(ActivationBatchRow.batch_index)))
+
+    def activation_batches_in(self, states: Sequence[str]) -> list[ActivationBatchRow]:
+        """Activation batches in one of ``states``, by interval and index."""
+        with self.session() as s:
+            q = select(ActivationBatchRow).where(ActivationBatchRow.state.in_(tuple(states)))
+            order = (ActivationBatchRow.interval_id, ActivationBatchRow.batch_index)
+            return list(s.scalars(q.order_by(*order)))
+
+    def update_activation_batch(
+        self, interval_id: int, batch_index: int, *, count_attempt: bool = False, **values: Any
+    ) -> None:
+        """Set an activation batch's columns (``count_attempt``: one more attempt)."""
+        if count_attempt:
+            values["attempts"] = ActivationBatchRow.attempts + 1
+        if "last_error" in values and values["last_error"] is not None:
+            values["last_error"] = values["last_error"][:2000]
+        with self.session() as s:
+            s.execute(
+                update(ActivationBatchRow)
+                .where(
+                    ActivationBatchRow.interval_id == interval_id,
+                    ActivationBatchRow.batch_index == batch_index,
+                )
+                .values(updated_at=time.time(), **values)
+            )
 
     def undo_clearing(self, interval_id: int) -> bool:
         """Take back an interval's clearing while nothing of it is on chain or in flight (every
@@ -358,6 +398,9 @@ class Store:
             s.execute(delete(BatchRow).where(BatchRow.interval_id == interval_id))
             s.execute(delete(TradeRow).where(TradeRow.interval_id == interval_id))
             s.execute(delete(ActivationRow).where(ActivationRow.interval_id == interval_id))
+            s.execute(
+                delete(ActivationBatchRow).where(ActivationBatchRow.interval_id == interval_id)
+            )
             s.execute(
                 update(FlexOfferRow)
                 .where(

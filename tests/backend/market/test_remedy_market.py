@@ -13,7 +13,7 @@ from eth_account import Account
 from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
-from backend.chain import protocol
+from backend.chain import flex, protocol
 from backend.cli.activations import MarketActivations
 from backend.iot.control_store import ControlTarget
 from backend.market.grid_port import GridPortAdapter
@@ -81,6 +81,22 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
     )  # fmt: skip
     assert (act.trade_id, act.energy_wh, act.cost) == (trade_id, 8_803, "440")
     assert act.payers == f'[["{SELLER}", "220"], ["{BUYER}", "220"]]'
+    # recorded on FlexibilityMarket after the trade batch: one batch, attested with the
+    # clearing's evidence hash, the payers' shares locked
+    [fb] = m.store.activation_batches(iv)
+    [tb] = m.store.batches(iv)
+    assert (fb.batch_index, fb.batch_count, fb.state, fb.evidence_hash, fb.attempts) == (
+        0, 1, "recorded", tb.evidence_hash, 1
+    )  # fmt: skip
+    assert fb.activation_ids == f'["{activation_id}"]'
+    packed, state = m.ledger.activation_batches[(iv, 0)]  # type: ignore[attr-defined]
+    assert (packed.hex(), state) == (fb.packed[2:], "recorded")
+    [chain_act] = flex.unpack(packed)
+    assert (chain_act.activated_w, chain_act.payer0, chain_act.share0, chain_act.payer1,
+            chain_act.share1, chain_act.trade_energy_wh) == (
+        35_214, SELLER, 220, BUYER, 220, 40_000)  # fmt: skip
+    assert "0x" + chain_act.trade_id.hex() == trade_id
+    assert m.ledger.locked[SELLER] == 220  # type: ignore[attr-defined]
     stored = m.store.get_flex_offer(offer_row.hash)
     assert stored is not None and (stored.status, stored.remaining_w) == (
         FlexStatus.ACTIVATED, 60_000 - 35_214
@@ -100,6 +116,10 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
         ]  # fmt: skip
         view = client.get(f"/intervals/{iv}").json()
         assert [a["id"] for a in view["activations"]] == [activation_id]
+        [vb] = view["activationBatches"]
+        assert (vb["state"], vb["activationIds"], vb["evidenceHash"], vb["reason"]) == (
+            "recorded", [activation_id], tb.evidence_hash, None
+        )  # fmt: skip
         assert client.get("/flex/activations", params={"interval": iv + 1}).json() == []
         for bad in ({}, {"interval": -1}, {"interval": "x"}, {"interval": 2**53}):
             r = client.get("/flex/activations", params=bad)
