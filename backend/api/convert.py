@@ -166,6 +166,10 @@ def activation_out(row: ActivationRow) -> ActivationOut:
         energyWh=row.energy_wh,
         cost=int(row.cost),
         payers=[PayerShareOut(account=w, share=int(v)) for w, v in json.loads(row.payers)],
+        meteredW=row.metered_w,
+        deliveredW=row.delivered_w,
+        paid=None if row.paid is None else int(row.paid),
+        refunded=None if row.refunded is None else int(row.refunded),
     )
 
 

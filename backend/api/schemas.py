@@ -568,6 +568,20 @@ class ActivationOut(BaseModel):
     energyWh: Number = Field(description=f"floor(activatedW x interval seconds / 3600); {OUT_NUM}")
     cost: Amount = Field(description=f"floor(energyWh x pricePerKWh / 1000); {OUT_STR}")
     payers: list[PayerShareOut]
+    meteredW: SignedWh | None = Field(
+        None,
+        description="the device's own metered W in the interval, as settled on chain (0 when "
+        f"its reading was missing; reclaimed: 0); null until settled; {OUT_NUM}",
+    )
+    deliveredW: Number | None = Field(
+        None, description=f"W delivered of activatedW, as settled; null until then; {OUT_NUM}"
+    )
+    paid: Amount | None = Field(
+        None, description=f"paid to the provider on settlement; null until then; {OUT_STR}"
+    )
+    refunded: Amount | None = Field(
+        None, description=f"returned to the payers on settlement; null until then; {OUT_STR}"
+    )
 
 
 Int64 = Annotated[int, JsonInt(-(2**63), 2**63 - 1, string=True)]  # int64 on chain

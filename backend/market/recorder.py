@@ -25,7 +25,13 @@ from backend.market.config import MarketConfig
 from backend.market.errors import BatchRevertedError, BatchTooLargeError, MarketError
 from backend.market.events import EventBus
 from backend.market.intake import Intake
-from backend.market.models import ActivationBatchRow, BatchRow, BatchState, IntervalStatus
+from backend.market.models import (
+    ActivationBatchRow,
+    BatchRow,
+    BatchState,
+    FlexBatchState,
+    IntervalStatus,
+)
 from backend.market.ports import MarketLedger
 from backend.market.store import Store
 
@@ -468,8 +474,35 @@ class Recorder:
                 log.exception("recovery: recording interval %s failed", interval_id)
         return done
 
+    def follow_activation_settlements(self) -> list[tuple[int, int]]:
+        """Mark recorded activation batches settled (or reclaimed) once the keeper closed them on
+        chain, with each activation's payment and refund from the chain's events."""
+        closed: list[tuple[int, int]] = []
+        for b in self.store.activation_batches_in((BatchState.RECORDED,)):
+            try:
+                if self.ledger.activation_batch_state(b.interval_id, b.batch_index) < 2:
+                    continue
+                found = self.ledger.activation_outcomes(b.interval_id, b.batch_index)
+                if not found:  # the event is not visible yet
+                    continue
+                state = FlexBatchState.RECLAIMED if found["reclaimed"] else FlexBatchState.SETTLED
+                self.store.mark_activation_batch_closed(
+                    b.interval_id, b.batch_index, state, found["tx_hash"], found["activations"]
+                )
+            except Exception:
+                log.exception(
+                    "following activation batch %s/%s failed", b.interval_id, b.batch_index
+                )
+                continue
+            closed.append((b.interval_id, b.batch_index))
+            self._activation_event(b.interval_id, b, state, txHash=found["tx_hash"])
+        return closed
+
     def follow_settlements(self) -> list[int]:
-        """Mark recorded intervals settled once the keeper has settled them on chain."""
+        """Mark recorded intervals settled once the keeper has settled them on chain (and their
+        activation batches, ``follow_activation_settlements``)."""
+        with contextlib.suppress(Exception):  # it logs what fails itself
+            self.follow_activation_settlements()
         settled: list[int] = []
         for row in self.store.intervals_in((IntervalStatus.RECORDED,)):
             try:

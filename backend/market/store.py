@@ -378,6 +378,35 @@ class Store:
                 .values(updated_at=time.time(), **values)
             )
 
+    def mark_activation_batch_closed(
+        self,
+        interval_id: int,
+        batch_index: int,
+        state: str,
+        tx_hash: str | None,
+        outcomes: dict[str, tuple[int, int, int, int]],
+    ) -> None:
+        """The chain settled (or reclaimed) the batch: its state and transaction, and per
+        activation (metered W, delivered W, paid, refunded), one transaction."""
+        with self.session() as s:
+            s.execute(
+                update(ActivationBatchRow)
+                .where(
+                    ActivationBatchRow.interval_id == interval_id,
+                    ActivationBatchRow.batch_index == batch_index,
+                )
+                .values(state=state, settle_tx_hash=tx_hash, updated_at=time.time())
+            )
+            for activation_id, (metered, delivered, paid, refunded) in outcomes.items():
+                s.execute(
+                    update(ActivationRow)
+                    .where(ActivationRow.id == activation_id)
+                    .values(
+                        metered_w=metered, delivered_w=delivered, paid=str(paid),
+                        refunded=str(refunded),
+                    )
+                )  # fmt: skip
+
     def undo_clearing(self, interval_id: int) -> bool:
         """Take back an interval's clearing while nothing of it is on chain or in flight (every
         batch pending or failed without a mined transaction): its trades and batches go, its
@@ -822,6 +851,10 @@ ADDED_COLUMNS = (
     ("trades", "veto_limit", "FLOAT"),
     ("intervals", "clearing_method", "VARCHAR(200)"),
     ("intervals", "welfare", "VARCHAR(60)"),
+    ("activations", "metered_w", "BIGINT"),
+    ("activations", "delivered_w", "BIGINT"),
+    ("activations", "paid", "VARCHAR(50)"),
+    ("activations", "refunded", "VARCHAR(50)"),
 )
 
 

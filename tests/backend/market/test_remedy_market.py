@@ -126,6 +126,22 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
             assert (r.status_code, r.json()["detail"]["code"]) == (422, "INVALID_REQUEST"), bad
             assert r.json()["detail"]["message"].startswith("interval: "), bad
         assert client.get(f"/flex/{offer_row.hash}").json()["remainingW"] == 60_000 - 35_214
+    # the keeper settles it on the device's reading (20 kW of 35.214 delivered): the market
+    # marks the batch settled with the provider's payment and the payers' refund
+    m.ledger.device_metered_w[(DEVICE, iv)] = 20_000  # type: ignore[attr-defined]
+    m.ledger.settle_activations(iv, 0, packed)
+    m.follow_settlements()
+    [fb] = m.store.activation_batches(iv)
+    assert (fb.state, fb.settle_tx_hash) == (
+        "settled", m.ledger.activation_closed[(iv, 0)]["tx_hash"]  # type: ignore[attr-defined]
+    )  # fmt: skip
+    with TestClient(create_app(m, scheduler=False)) as client:
+        [settled] = client.get("/flex/activations", params={"interval": iv}).json()
+        # paid floor(440 x 20000 / 35214) = 249, the rest of the 440 back to the payers
+        assert (settled["meteredW"], settled["deliveredW"], settled["paid"],
+                settled["refunded"]) == (20_000, 20_000, "249", "191")  # fmt: skip
+        assert client.get(f"/intervals/{iv}").json()["activationBatches"][0]["state"] == "settled"
+    assert m.ledger.locked[SELLER] == 0  # type: ignore[attr-defined]
     # the dispatcher's source: the recorded interval's activation as a control target, expiring
     # at the interval's end
     source = MarketActivations(m.store, 900)

@@ -69,7 +69,11 @@ class FakeLedger:
         }
 
     def prepare_batch(
-        self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
+        self,
+        interval_id: int,
+        items: Sequence[tuple[Reading, bytes]],
+        check: bool = False,
+        device: bool = False,
     ) -> tuple[str, bytes]:
         self._check()
         if self.now < (interval_id + 1) * self.interval:
