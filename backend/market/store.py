@@ -44,6 +44,7 @@ from backend.market.models import (
     BatchState,
     ConnectionRow,
     DeviceRow,
+    FlexBatchState,
     FlexOfferRow,
     FlexStatus,
     ImbalanceRow,
@@ -816,9 +817,11 @@ class Store:
             return list(s.scalars(q.order_by(ActivationRow.position)))
 
     def dispatchable_activations(self, first: int, last: int) -> list[ActivationRow]:
-        """The activations of intervals ``first..last`` whose batch is on chain (status recorded
-        or settled: a clearing that can still be undone and redone is not dispatched), in
-        interval and evidence order."""
+        """The activations of intervals ``first..last`` that are on chain: the interval's trade
+        batches recorded (status recorded or settled: a clearing that can still be undone and
+        redone is not dispatched) and the activation's own batch recorded on FlexibilityMarket
+        (a device is not moved for an activation nobody would pay), in interval and evidence
+        order. Rows of a store from before activation batches (none for the interval) count."""
         done = (IntervalStatus.RECORDED, IntervalStatus.SETTLED)
         with self.session() as s:
             q = (
@@ -831,7 +834,18 @@ class Store:
                 )
                 .order_by(ActivationRow.interval_id, ActivationRow.position)
             )
-            return list(s.scalars(q))
+            rows = list(s.scalars(q))
+            planned: set[int] = set()
+            on_chain: set[str] = set()
+            bq = select(ActivationBatchRow).where(
+                ActivationBatchRow.interval_id >= first, ActivationBatchRow.interval_id <= last
+            )
+            closed = (BatchState.RECORDED, FlexBatchState.SETTLED, FlexBatchState.RECLAIMED)
+            for b in s.scalars(bq):
+                planned.add(b.interval_id)
+                if b.state in closed:
+                    on_chain.update(json.loads(b.activation_ids))
+            return [r for r in rows if r.interval_id not in planned or r.id in on_chain]
 
     def cancel_flex_offer(self, offer_hash: str) -> bool:
         """Open -> cancelled; False when the offer is not open."""

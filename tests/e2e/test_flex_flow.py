@@ -183,6 +183,8 @@ def test_refused_activation_batch_is_reported_with_the_decoded_reason(
         assert fb.next_attempt_at is not None
         assert chain["flex"].functions.batchOf(iv, 0).call()[1] == 0
         assert energy.functions.balanceOf(SELLER).call()[1] == seller_locked
+        # not sent to the device while nobody would pay it
+        assert MarketActivations(m.store, 900).pending_activations(iv) == []
         with m.clearing.lock:
             assert m.interval(iv).status == IntervalStatus.RECORDED
     finally:
@@ -190,6 +192,7 @@ def test_refused_activation_batch_is_reported_with_the_decoded_reason(
     # with the cap back the next attempt records it
     assert m.recorder.record_activation_batches(iv)
     assert m.store.activation_batches(iv)[0].state == BatchState.RECORDED
+    assert len(MarketActivations(m.store, 900).pending_activations(iv)) == 1
 
 
 def _wait(pred: Any, timeout_s: float = 60.0) -> None:

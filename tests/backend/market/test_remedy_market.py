@@ -176,3 +176,29 @@ def test_undo_clearing_gives_the_offer_back(remedy_market: Market) -> None:
     assert m.store.activations(iv) == []
     back = m.store.get_flex_offer(row.hash)
     assert back is not None and (back.status, back.remaining_w) == (FlexStatus.OPEN, None)
+
+
+def test_activation_batch_sent_before_a_crash_is_found_on_chain(remedy_market: Market) -> None:
+    """A crash after ``sent`` was stored and the transaction landed, before its receipt was:
+    recovery asks the chain (``batchOf``) and marks it recorded without sending it again."""
+    m = remedy_market
+    iv = _evening(m)
+    for n, (key, side, price) in enumerate(((K[1], protocol.SELL, 100), (K[2], protocol.BUY, 300))):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 1,
+               "expiry": iv * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        m.submit_order(msg, _sign(m, "Order", key, msg))
+    offer = {"provider": PROVIDER, "device": DEVICE, "intervalId": iv, "direction": 0,
+             "powerW": 60_000, "baselineW": 0, "pricePerKWh": 50, "nonce": 1,
+             "expiry": iv * 900 + 3600}  # fmt: skip
+    m.submit_flex(offer, _sign(m, "FlexOffer", K[3], offer))
+    assert m.close_interval(iv, force=True).status == IntervalStatus.RECORDED
+    # what the crashed process left: ``sent`` stored, the transaction on chain, no receipt
+    m.store.update_activation_batch(iv, 0, state="sent", tx_hash=None, block_number=None)
+    on_chain = dict(m.ledger.activation_batches)  # type: ignore[attr-defined]
+    assert iv in m.recorder.recover()
+    [fb] = m.store.activation_batches(iv)
+    assert (fb.state, fb.attempts, fb.last_error) == ("recorded", 1, None)
+    # not sent again (a second send would be FlexBatchOutOfSequence on chain)
+    assert m.ledger.activation_batches == on_chain  # type: ignore[attr-defined]
+    assert m.ledger.locked[SELLER] == 220  # type: ignore[attr-defined]
