@@ -412,11 +412,13 @@ class Recorder:
         """A receipt is not final: batches recorded in blocks the chain no longer has (the head
         went back below them, or a rollback the ledger noticed forked at or below them) and not
         on chain any more are made pending again and recorded again, with the same signature, by
-        the recorder. ``since_block``: check every batch recorded from that block on. Returns the
-        (interval, batch) pairs found lost."""
+        the recorder; activation batches alike (``batchOf`` says none). ``since_block``: check
+        every batch recorded from that block on. Returns the (interval, trade batch) pairs found
+        lost."""
         fork = self.ledger.rollback() if since_block is None else since_block
         head = self.ledger.head()
-        candidates = self.store.recorded_batches_from(fork if fork is not None else head + 1)
+        start = fork if fork is not None else head + 1
+        candidates = self.store.recorded_batches_from(start)
         lost: list[tuple[int, int]] = []
         for b in candidates:
             last_id = json.loads(b.trade_ids)[-1]
@@ -434,6 +436,22 @@ class Recorder:
                  "state": BatchState.PENDING, "reason": reason},
             )  # fmt: skip
             lost.append((b.interval_id, b.batch_index))
+        for fb in self.store.activation_batches_in((BatchState.RECORDED,)):
+            if fb.block_number is None or fb.block_number < start:
+                continue
+            if self.ledger.activation_batch_state(fb.interval_id, fb.batch_index) != 0:
+                continue
+            reason = (
+                f"activation batch recorded in block {fb.block_number} (tx {fb.tx_hash}), no "
+                f"longer on chain (head {head}): recorded again"
+            )
+            self.store.update_activation_batch(
+                fb.interval_id, fb.batch_index, state=BatchState.PENDING, last_error=reason,
+                tx_hash=None, block_number=None, next_attempt_at=None,
+            )  # fmt: skip
+            log.warning("interval %s activation batch %d: %s", fb.interval_id, fb.batch_index,
+                        reason)  # fmt: skip
+            self._activation_event(fb.interval_id, fb, BatchState.PENDING, reason=reason)
         if lost:
             self.intake.reload()
         return lost

@@ -202,3 +202,37 @@ def test_activation_batch_sent_before_a_crash_is_found_on_chain(remedy_market: M
     # not sent again (a second send would be FlexBatchOutOfSequence on chain)
     assert m.ledger.activation_batches == on_chain  # type: ignore[attr-defined]
     assert m.ledger.locked[SELLER] == 220  # type: ignore[attr-defined]
+
+
+def test_activation_batch_lost_in_a_rollback_is_recorded_again(remedy_market: Market) -> None:
+    """A rollback below the block that recorded the activation batch, which the chain then no
+    longer has: pending again, recorded again with the same signature."""
+    m = remedy_market
+    ledger: Any = m.ledger
+    iv = _evening(m)
+    for n, (key, side, price) in enumerate(((K[1], protocol.SELL, 100), (K[2], protocol.BUY, 300))):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 1,
+               "expiry": iv * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        m.submit_order(msg, _sign(m, "Order", key, msg))
+    offer = {"provider": PROVIDER, "device": DEVICE, "intervalId": iv, "direction": 0,
+             "powerW": 60_000, "baselineW": 0, "pricePerKWh": 50, "nonce": 1,
+             "expiry": iv * 900 + 3600}  # fmt: skip
+    m.submit_flex(offer, _sign(m, "FlexOffer", K[3], offer))
+    assert m.close_interval(iv, force=True).status == IntervalStatus.RECORDED
+    [fb] = m.store.activation_batches(iv)
+    assert fb.block_number is not None
+    # the chain forgets the batch (and the shares it locked)
+    del ledger.activation_batches[(iv, 0)]
+    for wallet in (SELLER, BUYER):
+        ledger.locked[wallet] -= 220
+        ledger.available[wallet] += 220
+    assert m.recorder.reconcile(since_block=fb.block_number) == []  # the trades stayed
+    [lost] = m.store.activation_batches(iv)
+    assert lost.state == "pending" and lost.last_error is not None
+    assert lost.last_error.endswith("no longer on chain (head 1): recorded again")
+    assert m.recorder.record_batch(iv)
+    [again] = m.store.activation_batches(iv)
+    assert (again.state, again.attestation_signature) == ("recorded", fb.attestation_signature)
+    assert ledger.activation_batches[(iv, 0)] == (bytes.fromhex(fb.packed[2:]), "recorded")
+    assert ledger.locked[SELLER] == 220
