@@ -62,6 +62,11 @@ class ActivationKeeper:
                 self._take(entry)
             self._next_block = to_block + 1
 
+    def rewind(self, block: int) -> None:
+        """A rollback changed the blocks from ``block`` on: scan them again (a batch recorded
+        again after it is taken up anew; one the chain lost is dropped by ``batchOf``)."""
+        self._next_block = min(self._next_block, block)
+
     def _take(self, entry: Any) -> None:
         args = entry["args"]
         key = (int(args["intervalId"]), int(args["batchIndex"]))

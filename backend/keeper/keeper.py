@@ -149,6 +149,7 @@ class SettlementKeeper:
         self.books = {i: b for i, b in self.books.items() if b.batches or b.settled}
         self._indices.clear()  # a registration may have been rolled back too
         self._next_block = min(self._next_block, start)
+        self.activations.rewind(start)
         self.rescans.append(start)
         log.warning(
             "chain rolled back (head %d -> %d): rescanning market events from block %d",
