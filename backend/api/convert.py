@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from backend.api.schemas import (
+    ActivationBatchOut,
     ActivationOut,
     BatchOut,
     ImbalanceOut,
@@ -16,6 +17,7 @@ from backend.api.schemas import (
     TradeOut,
 )
 from backend.market.models import (
+    ActivationBatchRow,
     ActivationRow,
     BatchRow,
     BatchState,
@@ -124,6 +126,26 @@ def interval_out(market: Market, row: IntervalRow) -> IntervalOut:
         imbalance=imbalance_out(market.imbalance(row.id)),
         activations=[activation_out(a) for a in market.store.activations(row.id)],
         gridMode=row.grid_mode,
+        activationBatches=[
+            activation_batch_out(b) for b in market.store.activation_batches(row.id)
+        ],
+    )
+
+
+def activation_batch_out(b: ActivationBatchRow) -> ActivationBatchOut:
+    return ActivationBatchOut(
+        index=b.batch_index,
+        count=b.batch_count,
+        state=b.state,  # type: ignore[arg-type]
+        activationIds=json.loads(b.activation_ids),
+        evidenceHash=b.evidence_hash,
+        reason=b.last_error,
+        txHash=b.tx_hash,
+        blockNumber=b.block_number,
+        gasUsed=b.gas_used,
+        attempts=b.attempts or 0,
+        nextAttemptAt=b.next_attempt_at,
+        settleTxHash=b.settle_tx_hash,
     )
 
 
@@ -145,6 +167,10 @@ def activation_out(row: ActivationRow) -> ActivationOut:
         energyWh=row.energy_wh,
         cost=int(row.cost),
         payers=[PayerShareOut(account=w, share=int(v)) for w, v in json.loads(row.payers)],
+        meteredW=row.metered_w,
+        deliveredW=row.delivered_w,
+        paid=None if row.paid is None else int(row.paid),
+        refunded=None if row.refunded is None else int(row.refunded),
     )
 
 

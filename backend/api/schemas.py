@@ -229,6 +229,24 @@ class BatchOut(BaseModel):
     nextAttemptAt: float | None = Field(description="unix seconds of the next retry")
 
 
+class ActivationBatchOut(BaseModel):
+    """One ``recordActivations`` batch of an interval (FlexibilityMarket) and how its recording
+    and settlement go."""
+
+    index: Number = Field(description=f"position of the batch in the interval; {OUT_NUM}")
+    count: Number = Field(description=f"activation batches of the interval; {OUT_NUM}")
+    state: Literal["pending", "sent", "recorded", "failed", "expired", "settled", "reclaimed"]
+    activationIds: list[Hash32] = Field(description="the batch's activations, in chain order")
+    evidenceHash: Hash32 = Field(description="the clearing's evidence (as the trades' batches)")
+    reason: str | None = Field(description="why the last attempt failed (decoded revert, ...)")
+    txHash: str | None
+    blockNumber: Number | None = Field(description=OUT_NUM)
+    gasUsed: Number | None = Field(description=OUT_NUM)
+    attempts: Number = Field(description=OUT_NUM)
+    nextAttemptAt: float | None = Field(description="unix seconds of the next retry")
+    settleTxHash: str | None = Field(description="the settling (or reclaiming) transaction")
+
+
 class PartyImbalanceOut(BaseModel):
     """One party's imbalance: net positions (sold or exported positive), deviation = metered -
     contracted (negative: short, the grid supplied it; positive: long, the grid absorbed it)."""
@@ -304,6 +322,10 @@ class IntervalOut(BaseModel):
         None,
         description="the grid mode the interval was cleared in: 0 grid-connected, 1 islanded "
         f"(the registry's at its first clearing, stored with it); null before clearing; {OUT_NUM}",
+    )
+    activationBatches: list[ActivationBatchOut] = Field(
+        default_factory=list,
+        description="the activations' recordActivations batches on FlexibilityMarket",
     )
 
 
@@ -552,6 +574,20 @@ class ActivationOut(BaseModel):
     energyWh: Number = Field(description=f"floor(activatedW x interval seconds / 3600); {OUT_NUM}")
     cost: Amount = Field(description=f"floor(energyWh x pricePerKWh / 1000); {OUT_STR}")
     payers: list[PayerShareOut]
+    meteredW: SignedWh | None = Field(
+        None,
+        description="the device's own metered W in the interval, as settled on chain (0 when "
+        f"its reading was missing; reclaimed: 0); null until settled; {OUT_NUM}",
+    )
+    deliveredW: Number | None = Field(
+        None, description=f"W delivered of activatedW, as settled; null until then; {OUT_NUM}"
+    )
+    paid: Amount | None = Field(
+        None, description=f"paid to the provider on settlement; null until then; {OUT_STR}"
+    )
+    refunded: Amount | None = Field(
+        None, description=f"returned to the payers on settlement; null until then; {OUT_STR}"
+    )
 
 
 Int64 = Annotated[int, JsonInt(-(2**63), 2**63 - 1, string=True)]  # int64 on chain

@@ -45,6 +45,7 @@ RECORD_TRADES_ARGS = ["uint64", "uint32", "uint32", "bytes", "bytes", "bytes32",
 SETTLE_SIGNATURE = "settle(uint64,bytes[],bytes,bytes,uint32)"
 RECLAIM_SIGNATURE = "reclaim(uint64,bytes[])"
 SUBMIT_READINGS_SIGNATURE = "submitReadings(uint64,bytes)"
+SUBMIT_DEVICE_READINGS_SIGNATURE = "submitDeviceReadings(uint64,bytes)"
 
 
 @cache
@@ -452,8 +453,12 @@ def readings_arg(readings: Iterable[bytes]) -> bytes:
     return b"".join(readings)
 
 
-def submit_readings_calldata(interval_id: int, readings: Iterable[bytes]) -> bytes:
-    """Transaction data of ``submitReadings``."""
-    return _selector(SUBMIT_READINGS_SIGNATURE) + abi_encode(
+def submit_readings_calldata(
+    interval_id: int, readings: Iterable[bytes], device: bool = False
+) -> bytes:
+    """Transaction data of ``submitReadings`` (``device``: ``submitDeviceReadings``, the same
+    arguments for readings signed by registered device keys)."""
+    signature = SUBMIT_DEVICE_READINGS_SIGNATURE if device else SUBMIT_READINGS_SIGNATURE
+    return _selector(signature) + abi_encode(
         ["uint64", "bytes"], [interval_id, readings_arg(readings)]
     )

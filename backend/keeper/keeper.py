@@ -43,6 +43,7 @@ from backend.chain.protocol import (
     TRADE_RECORDED,
 )
 from backend.chain.trades import BatchAssembler
+from backend.keeper.activations import ActivationKeeper
 from backend.keeper.errors import KeeperError
 
 log = logging.getLogger("tegrid.keeper")
@@ -115,6 +116,8 @@ class SettlementKeeper:
         self.settled: list[int] = []
         self.heads = HeadWatcher(self.w3, state_file=head_file)
         self.rescans: list[int] = []  # block each rescan after a rollback started from
+        # FlexibilityMarket's activation batches, settled in the same rounds
+        self.activations = ActivationKeeper(client, deployment, from_block)
 
     # events
 
@@ -146,6 +149,7 @@ class SettlementKeeper:
         self.books = {i: b for i, b in self.books.items() if b.batches or b.settled}
         self._indices.clear()  # a registration may have been rolled back too
         self._next_block = min(self._next_block, start)
+        self.activations.rewind(start)
         self.rescans.append(start)
         log.warning(
             "chain rolled back (head %d -> %d): rescanning market events from block %d",
@@ -300,6 +304,10 @@ class SettlementKeeper:
                 continue
             log.info("interval %d settled: %s", interval_id, why)
             done.append(interval_id)
+        try:
+            self.activations.run_once()
+        except (LedgerError, KeeperError, Web3RPCError) as exc:
+            log.warning("settling activation batches failed: %s", exc)
         return done
 
     def run(self) -> None:

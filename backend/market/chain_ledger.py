@@ -453,6 +453,72 @@ class ChainLedger:
         )
         return self._flex_transact("recordActivations", fn)
 
+    def estimate_record_activations_gas(
+        self,
+        interval_id: int,
+        batch_index: int,
+        activations: bytes,
+        evidence_hash: str,
+        signature: str,
+    ) -> int:
+        fn = self.flexibility.functions.recordActivations(
+            interval_id,
+            batch_index,
+            bytes(activations),
+            bytes.fromhex(evidence_hash[2:]),
+            bytes.fromhex(signature[2:]),
+        )
+        try:
+            return int(fn.estimate_gas({"from": self.operator.address}))
+        except ContractLogicError as exc:
+            data = revert_data(exc)
+            why = self.operator.decoder.describe(data) if data else str(exc.message or exc)
+            raise BatchRevertedError(f"recordActivations would revert: {why}") from None
+        except Exception as exc:
+            raise ChainUnavailableError(f"estimating recordActivations failed: {exc}") from exc
+
+    def activation_batch_state(self, interval_id: int, batch_index: int) -> int:
+        _commitment, state = self._rpc(
+            "reading an activation batch",
+            lambda: self.flexibility.functions.batchOf(interval_id, batch_index).call(),
+        )
+        return int(state)
+
+    def activation_outcomes(self, interval_id: int, batch_index: int) -> dict[str, Any]:
+        """What closed the batch: per activation id its (metered W, delivered W, paid,
+        refunded) from ``ActivationSettled`` or ``ActivationReclaimed``, and the closing
+        transaction (``ActivationBatchClosed``)."""
+
+        def read() -> dict[str, Any]:
+            ev = self.flexibility.events
+            closed = [
+                e
+                for e in ev.ActivationBatchClosed.get_logs(
+                    from_block=self.deployment.block,
+                    argument_filters={"intervalId": interval_id},
+                )
+                if int(e["args"]["batchIndex"]) == batch_index
+            ]
+            if not closed:
+                return {}
+            tx = closed[-1]["transactionHash"]
+            receipt = self.w3.eth.get_transaction_receipt(tx)
+            out: dict[str, Any] = {"tx_hash": "0x" + bytes(tx).hex().removeprefix("0x")}
+            acts: dict[str, tuple[int, int, int, int]] = {}
+            for e in ev.ActivationSettled().process_receipt(receipt, errors=DISCARD):
+                a = e["args"]
+                acts["0x" + bytes(a["activationId"]).hex()] = (
+                    int(a["meteredW"]), int(a["deliveredW"]), int(a["paid"]), int(a["refunded"])
+                )
+            for e in ev.ActivationReclaimed().process_receipt(receipt, errors=DISCARD):
+                a = e["args"]
+                acts["0x" + bytes(a["activationId"]).hex()] = (0, 0, 0, int(a["refunded"]))
+            out["activations"] = acts
+            out["reclaimed"] = bool(closed[-1]["args"]["reclaimed"])
+            return out
+
+        return self._rpc("reading an activation batch's settlement", read)
+
     def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
         fn = self.flexibility.functions.settleActivations(
             interval_id, batch_index, bytes(activations)

@@ -23,7 +23,7 @@ from typing import Any
 
 from eth_hash.auto import keccak
 
-from backend.chain import eip712, protocol
+from backend.chain import eip712, flex, protocol
 from backend.chain.errors import ChainUnavailableError
 from backend.market import typed
 from backend.market.activations import (
@@ -47,6 +47,9 @@ log = logging.getLogger("tegrid.market")
 
 GRID_CONNECTED = 0  # ParticipantRegistry.gridMode(): 0 grid-connected, 1 islanded
 MODES_KEPT = 1024  # intervals whose grid mode is remembered (the oldest forgotten first)
+# Activations per ``recordActivations`` batch (~42k gas each recorded and settled: a batch of 100
+# is ~4.2M gas, well inside a block).
+ACTIVATIONS_PER_BATCH = 100
 
 
 def attestation_digest(
@@ -383,8 +386,18 @@ class Clearer:
         activations = [
             activation_row(pos, a, targets[a.device]) for pos, a in enumerate(result.activations)
         ]
+        energy = {t.trade_id: t.energy_wh for t in trades}
+        flex_batches = self.plan_activations(
+            interval_id, result.activations, energy, result.evidence_hash
+        )
         self.store.save_clearing(
-            interval_id, [t.row() for t in trades], batches, result.fills(), stats, activations
+            interval_id,
+            [t.row() for t in trades],
+            batches,
+            result.fills(),
+            stats,
+            activations,
+            flex_batches,
         )
         self._errors.pop(interval_id, None)
         self.intake.reload()
@@ -403,6 +416,73 @@ class Clearer:
         for a in activations:
             self.events.publish("activation", activation_event(a))
         return result
+
+    def plan_activations(
+        self,
+        interval_id: int,
+        planned: Sequence[PlannedActivation],
+        trade_energy_wh: dict[str, int],
+        evidence_hash: str,
+    ) -> list[dict[str, Any]]:
+        """The interval's activations as signed ``recordActivations`` batches: each one packed
+        with its provider's signed offer (``backend.chain.flex``), in the contract's ascending
+        (offerHash, tradeId) order across batches of at most ``ACTIVATIONS_PER_BATCH``, and
+        attested by the validator (``FlexAttestation``) with the clearing's evidence hash - the
+        one the trades' attestations carry."""
+        if not planned:
+            return []
+        dom = flex.domain(self.ledger.chain_id, self.ledger.flex_address)
+        acts = []
+        for a in planned:
+            offer = self.store.get_flex_offer(a.offer_hash)
+            if offer is None:  # the clearing took it from the store a moment ago
+                raise MarketError(f"flexibility offer {a.offer_hash} of {a.activation_id} is gone")
+            message = {
+                "provider": offer.provider, "device": offer.device,
+                "intervalId": offer.interval_id, "direction": offer.direction,
+                "powerW": offer.power_w, "baselineW": offer.baseline_w,
+                "pricePerKWh": int(offer.price_per_kwh), "nonce": int(offer.nonce),
+                "expiry": int(offer.expiry),
+            }  # fmt: skip
+            (payer0, share0), *rest = a.payers
+            payer1, share1 = rest[0] if rest else (protocol.ZERO_ADDRESS, 0)
+            acts.append(
+                flex.Activation(
+                    message,
+                    bytes.fromhex(offer.signature[2:]),
+                    a.activated_w,
+                    payer0,
+                    int(share0),
+                    bytes.fromhex(a.trade_id[2:]),
+                    trade_energy_wh.get(a.trade_id, 0),
+                    payer1,
+                    int(share1),
+                )
+            )
+        ordered = sorted(acts, key=lambda x: flex.sort_key(dom, x))
+        chunks = [
+            ordered[i : i + ACTIVATIONS_PER_BATCH]
+            for i in range(0, len(ordered), ACTIVATIONS_PER_BATCH)
+        ]
+        evidence = bytes.fromhex(evidence_hash[2:])
+        out = []
+        for index, chunk in enumerate(chunks):
+            packed = b"".join(x.pack() for x in chunk)
+            sig = flex.attest(self._validator_key, dom, interval_id, index, packed, evidence)
+            out.append(
+                {
+                    "batch_index": index,
+                    "batch_count": len(chunks),
+                    "state": BatchState.PENDING,
+                    "evidence_hash": evidence_hash,
+                    "attestation_signature": "0x" + sig.hex(),
+                    "activation_ids": json.dumps(
+                        ["0x" + x.activation_id(dom).hex() for x in chunk]
+                    ),
+                    "packed": "0x" + packed.hex(),
+                }
+            )
+        return out
 
     def _flex(self, interval_id: int, book: Sequence[BookOrder]) -> FlexInput | None:
         """What the remedy search needs: the interval's open offers whose device the registry

@@ -24,6 +24,7 @@ EVENT_KINDS = (
     "verdict",
     "recorded",
     "batch",
+    "activation_batch",
     "reading",
     "settlement",
     "participant",

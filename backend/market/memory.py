@@ -71,6 +71,8 @@ class MemoryLedger:
         self.balancing = ""  # the balancing account (EnergyMarket.balancingAccount)
         # (interval, batch index) -> (packed activations, state: recorded / settled / reclaimed)
         self.activation_batches: dict[tuple[int, int], tuple[bytes, str]] = {}
+        # what closed each batch, as ``activation_outcomes`` reports it
+        self.activation_closed: dict[tuple[int, int], dict[str, Any]] = {}
         self.device_metered_w: dict[tuple[str, int], int] = {}  # (device, interval) -> W (tests)
         self.grid_mode_now = 0  # the registry's setGridMode: 0 grid-connected, 1 islanded
 
@@ -319,9 +321,33 @@ class MemoryLedger:
         self.activation_batches[(interval_id, batch_index)] = (bytes(activations), "recorded")
         return "0x" + f"{next(self._tx):064x}"
 
+    def estimate_record_activations_gas(
+        self,
+        interval_id: int,
+        batch_index: int,
+        activations: bytes,
+        evidence_hash: str,
+        signature: str,
+    ) -> int:
+        expected = sum(1 for iv, _b in self.activation_batches if iv == interval_id)
+        if batch_index != expected:
+            raise BatchRevertedError(
+                f"recordActivations would revert: "
+                f"FlexBatchOutOfSequence({interval_id}, {expected}, {batch_index})"
+            )
+        return 42_418 * (len(activations) // flex.ACTIVATION_SIZE) + 60_000
+
+    def activation_batch_state(self, interval_id: int, batch_index: int) -> int:
+        _packed, state = self.activation_batches.get((interval_id, batch_index), (b"", "none"))
+        return ("none", "recorded", "settled", "reclaimed").index(state)
+
+    def activation_outcomes(self, interval_id: int, batch_index: int) -> dict[str, Any]:
+        return dict(self.activation_closed.get((interval_id, batch_index), {}))
+
     def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
         """Pays on ``device_metered_w`` (a missing entry: no reading, nothing delivered)."""
         acts = self._open_activations(interval_id, batch_index, activations)
+        outcomes: dict[str, tuple[int, int, int, int]] = {}
         for a in acts:
             metered = self.device_metered_w.get((a.offer["device"], interval_id))
             delivered = flex.delivered_w(
@@ -329,14 +355,31 @@ class MemoryLedger:
             )
             paid = flex.payments(a.share0, a.share1, a.activated_w, delivered)
             self._release(a, paid)
+            outcomes[self._activation_key(a)] = (
+                0 if metered is None else metered, delivered, sum(paid),
+                a.share0 + a.share1 - sum(paid),
+            )  # fmt: skip
         self.activation_batches[(interval_id, batch_index)] = (bytes(activations), "settled")
-        return "0x" + f"{next(self._tx):064x}"
+        tx = "0x" + f"{next(self._tx):064x}"
+        self.activation_closed[(interval_id, batch_index)] = {
+            "tx_hash": tx, "reclaimed": False, "activations": outcomes
+        }  # fmt: skip
+        return tx
 
     def reclaim_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
+        outcomes: dict[str, tuple[int, int, int, int]] = {}
         for a in self._open_activations(interval_id, batch_index, activations):
             self._release(a, (0, 0))
+            outcomes[self._activation_key(a)] = (0, 0, 0, a.share0 + a.share1)
         self.activation_batches[(interval_id, batch_index)] = (bytes(activations), "reclaimed")
-        return "0x" + f"{next(self._tx):064x}"
+        tx = "0x" + f"{next(self._tx):064x}"
+        self.activation_closed[(interval_id, batch_index)] = {
+            "tx_hash": tx, "reclaimed": True, "activations": outcomes
+        }  # fmt: skip
+        return tx
+
+    def _activation_key(self, a: flex.Activation) -> str:
+        return "0x" + a.activation_id(flex.domain(self.chain_id, self.flex_address)).hex()
 
     def _open_activations(
         self, interval_id: int, batch_index: int, activations: bytes

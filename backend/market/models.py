@@ -286,3 +286,44 @@ class ActivationRow(Base):
     cost: Mapped[str] = mapped_column(String(50), nullable=False)
     payers: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    # The chain's settlement (``ActivationSettled`` / ``ActivationReclaimed``), None until then:
+    # the device's metered and delivered W, paid to the provider, refunded to the payers.
+    metered_w: Mapped[int | None] = mapped_column(BigInteger)
+    delivered_w: Mapped[int | None] = mapped_column(BigInteger)
+    paid: Mapped[str | None] = mapped_column(String(50))
+    refunded: Mapped[str | None] = mapped_column(String(50))
+
+
+class ActivationBatchRow(Base):
+    """One ``recordActivations`` batch of an interval: a slice of its activations in the
+    contract's order (ascending (offerHash, tradeId) across the interval's batches), packed
+    (``backend.chain.flex``) and attested by the validator (``FlexAttestation``) with the same
+    evidence hash as the trades' batches. Planned, signed and stored with the clearing, sent once
+    every trade batch of the interval is on EnergyMarket; states as ``BatchState`` plus
+    ``settled`` / ``reclaimed`` (``FlexBatchState``) once the keeper closed it on chain."""
+
+    __tablename__ = "activation_batches"
+
+    interval_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    batch_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    batch_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    state: Mapped[str] = mapped_column(String(10), nullable=False)
+    evidence_hash: Mapped[str] = mapped_column(String(66), nullable=False)
+    attestation_signature: Mapped[str] = mapped_column(String(132), nullable=False)
+    activation_ids: Mapped[str] = mapped_column(Text, nullable=False)  # JSON list, batch order
+    packed: Mapped[str] = mapped_column(Text, nullable=False)  # 0x-hex, the calldata bytes
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    gas_used: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[float | None] = mapped_column(Float)
+    settle_tx_hash: Mapped[str | None] = mapped_column(String(66))
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class FlexBatchState:
+    """An activation batch's states past ``BatchState.RECORDED`` (the chain closed it)."""
+
+    SETTLED = "settled"
+    RECLAIMED = "reclaimed"

@@ -222,6 +222,27 @@ class MarketLedger(Protocol):
         raises ``BatchRevertedError`` with the decoded reason."""
         ...
 
+    def estimate_record_activations_gas(
+        self,
+        interval_id: int,
+        batch_index: int,
+        activations: bytes,
+        evidence_hash: str,
+        signature: str,
+    ) -> int:
+        """Gas ``recordActivations`` of this batch needs now; raises ``BatchRevertedError`` with
+        the decoded reason when it would revert (nothing is mined)."""
+        ...
+
+    def activation_batch_state(self, interval_id: int, batch_index: int) -> int:
+        """``FlexibilityMarket.batchOf``'s state: 0 none, 1 recorded, 2 settled, 3 reclaimed."""
+        ...
+
+    def activation_outcomes(self, interval_id: int, batch_index: int) -> dict[str, Any]:
+        """{} while the batch is open; then ``tx_hash``, ``reclaimed`` and ``activations``:
+        activation id -> (metered W, delivered W, paid, refunded) as the chain's events say."""
+        ...
+
     def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
         """Send ``settleActivations`` of a recorded batch (the same packed bytes)."""
         ...

@@ -25,7 +25,13 @@ from backend.market.config import MarketConfig
 from backend.market.errors import BatchRevertedError, BatchTooLargeError, MarketError
 from backend.market.events import EventBus
 from backend.market.intake import Intake
-from backend.market.models import BatchRow, BatchState, IntervalStatus
+from backend.market.models import (
+    ActivationBatchRow,
+    BatchRow,
+    BatchState,
+    FlexBatchState,
+    IntervalStatus,
+)
 from backend.market.ports import MarketLedger
 from backend.market.store import Store
 
@@ -69,7 +75,7 @@ class Recorder:
             for _replan in range(3):
                 batches = self.store.batches(interval_id)
                 if not batches:
-                    return False
+                    return self.record_activation_batches(interval_id, due_only)
                 outcome = "recorded"
                 for b in batches:
                     if b.state == BatchState.RECORDED:
@@ -80,10 +86,130 @@ class Recorder:
                     if outcome != "recorded":
                         break
                 if outcome == "recorded":
-                    return True
+                    return self.record_activation_batches(interval_id, due_only)
                 if outcome != "replanned":
                     return False
             return False
+
+    def record_activation_batches(self, interval_id: int, due_only: bool = False) -> bool:
+        """Record the interval's activation batches on FlexibilityMarket, in order, once every
+        trade batch of it is on EnergyMarket (the caller made sure); True when all are (or there
+        are none). Same rules as trade batches: estimate first (a revert is reported with the
+        contract's decoded error, nothing mined), ``sent`` stored before sending, a batch found
+        on chain (``batchOf``) after a crash is taken as recorded, a failure waits for its next
+        attempt, the chain's gate closure makes the rest ``expired``."""
+        with self.lock:
+            for b in self.store.activation_batches(interval_id):
+                if b.state not in BatchState.UNFINISHED:
+                    if b.state == BatchState.EXPIRED:
+                        return False
+                    continue
+                if due_only and b.next_attempt_at and time.time() < b.next_attempt_at:
+                    return False
+                if not self._record_activation_batch(interval_id, b):
+                    return False
+            return True
+
+    def _record_activation_batch(self, interval_id: int, b: ActivationBatchRow) -> bool:
+        packed = bytes.fromhex(b.packed[2:])
+        count = len(json.loads(b.activation_ids))
+        sent = False
+        tx: str | None = None
+        try:
+            if self.ledger.activation_batch_state(interval_id, b.batch_index) != 0:
+                self._activation_batch_recorded(interval_id, b, b.tx_hash, b.block_number, None)
+                return True
+            closure = self.ledger.gate_closure(interval_id)
+            if self.ledger.now() > closure + GATE_MARGIN_S:
+                reason = (
+                    f"the chain's gate closure of interval {interval_id} ({closure}) passed "
+                    "before this activation batch landed: it can no longer be recorded"
+                )
+                self.store.update_activation_batch(
+                    interval_id, b.batch_index, state=BatchState.EXPIRED, last_error=reason,
+                    next_attempt_at=None,
+                )  # fmt: skip
+                self._activation_event(interval_id, b, BatchState.EXPIRED, reason=reason)
+                log.warning(
+                    "interval %s activation batch %d: %s", interval_id, b.batch_index, reason
+                )
+                return False
+            gas = self.ledger.estimate_record_activations_gas(
+                interval_id, b.batch_index, packed, b.evidence_hash, b.attestation_signature
+            )
+            self.store.update_activation_batch(
+                interval_id, b.batch_index, count_attempt=True, state=BatchState.SENT,
+                next_attempt_at=None,
+            )  # fmt: skip
+            sent = True
+            self._activation_event(interval_id, b, BatchState.SENT, activations=count, gas=gas)
+            tx = self.ledger.record_activations(
+                interval_id, b.batch_index, packed, b.evidence_hash, b.attestation_signature
+            )
+            receipt = self.ledger.wait(tx)
+            if not receipt.ok:
+                raise BatchRevertedError(f"transaction {tx} reverted")
+        except Exception as exc:  # a revert, the chain away, or anything else: report, retry
+            known = isinstance(exc, MarketError | ChainUnavailableError)
+            why = str(exc) if known else f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                if self.ledger.activation_batch_state(interval_id, b.batch_index) != 0:
+                    self._activation_batch_recorded(interval_id, b, tx, None, None)
+                    return True
+            attempts = b.attempts + 1
+            delay = backoff_s(attempts, self.config.retry_base_s, self.config.retry_max_s)
+            next_at = time.time() + delay
+            with contextlib.suppress(Exception):
+                self.store.update_activation_batch(
+                    interval_id, b.batch_index, count_attempt=not sent, state=BatchState.FAILED,
+                    last_error=why, next_attempt_at=next_at, tx_hash=tx,
+                )  # fmt: skip
+            log.warning(
+                "interval %s activation batch %d/%d not recorded (attempt %d, next in %.0f s): %s",
+                interval_id, b.batch_index + 1, b.batch_count, attempts, delay, why,
+            )  # fmt: skip
+            self._activation_event(
+                interval_id, b, BatchState.FAILED, reason=why, attempts=attempts,
+                nextAttemptAt=next_at, txHash=tx,
+            )  # fmt: skip
+            return False
+        self._activation_batch_recorded(
+            interval_id, b, receipt.tx_hash, receipt.block_number, receipt.gas_used
+        )
+        return True
+
+    def _activation_batch_recorded(
+        self,
+        interval_id: int,
+        b: ActivationBatchRow,
+        tx_hash: str | None,
+        block: int | None,
+        gas_used: int | None,
+    ) -> None:
+        self.store.update_activation_batch(
+            interval_id, b.batch_index, state=BatchState.RECORDED, tx_hash=tx_hash or b.tx_hash,
+            block_number=block if block is not None else b.block_number,
+            gas_used=gas_used if gas_used is not None else b.gas_used, last_error=None,
+            next_attempt_at=None,
+        )  # fmt: skip
+        self._activation_event(
+            interval_id, b, BatchState.RECORDED, txHash=tx_hash, block=block, gasUsed=gas_used
+        )
+
+    def _activation_event(
+        self, interval_id: int, b: ActivationBatchRow, state: str, **extra: Any
+    ) -> None:
+        self.events.publish(
+            "activation_batch",
+            {
+                "intervalId": interval_id,
+                "index": b.batch_index,
+                "count": b.batch_count,
+                "state": state,
+                "activations": len(json.loads(b.activation_ids)),
+                **extra,
+            },
+        )
 
     def record_later(self, interval_id: int) -> None:
         """Record the batches in the recorder thread (intervals go out in the order they are
@@ -286,11 +412,13 @@ class Recorder:
         """A receipt is not final: batches recorded in blocks the chain no longer has (the head
         went back below them, or a rollback the ledger noticed forked at or below them) and not
         on chain any more are made pending again and recorded again, with the same signature, by
-        the recorder. ``since_block``: check every batch recorded from that block on. Returns the
-        (interval, batch) pairs found lost."""
+        the recorder; activation batches alike (``batchOf`` says none). ``since_block``: check
+        every batch recorded from that block on. Returns the (interval, trade batch) pairs found
+        lost."""
         fork = self.ledger.rollback() if since_block is None else since_block
         head = self.ledger.head()
-        candidates = self.store.recorded_batches_from(fork if fork is not None else head + 1)
+        start = fork if fork is not None else head + 1
+        candidates = self.store.recorded_batches_from(start)
         lost: list[tuple[int, int]] = []
         for b in candidates:
             last_id = json.loads(b.trade_ids)[-1]
@@ -308,6 +436,22 @@ class Recorder:
                  "state": BatchState.PENDING, "reason": reason},
             )  # fmt: skip
             lost.append((b.interval_id, b.batch_index))
+        for fb in self.store.activation_batches_in((BatchState.RECORDED,)):
+            if fb.block_number is None or fb.block_number < start:
+                continue
+            if self.ledger.activation_batch_state(fb.interval_id, fb.batch_index) != 0:
+                continue
+            reason = (
+                f"activation batch recorded in block {fb.block_number} (tx {fb.tx_hash}), no "
+                f"longer on chain (head {head}): recorded again"
+            )
+            self.store.update_activation_batch(
+                fb.interval_id, fb.batch_index, state=BatchState.PENDING, last_error=reason,
+                tx_hash=None, block_number=None, next_attempt_at=None,
+            )  # fmt: skip
+            log.warning("interval %s activation batch %d: %s", fb.interval_id, fb.batch_index,
+                        reason)  # fmt: skip
+            self._activation_event(fb.interval_id, fb, BatchState.PENDING, reason=reason)
         if lost:
             self.intake.reload()
         return lost
@@ -348,8 +492,35 @@ class Recorder:
                 log.exception("recovery: recording interval %s failed", interval_id)
         return done
 
+    def follow_activation_settlements(self) -> list[tuple[int, int]]:
+        """Mark recorded activation batches settled (or reclaimed) once the keeper closed them on
+        chain, with each activation's payment and refund from the chain's events."""
+        closed: list[tuple[int, int]] = []
+        for b in self.store.activation_batches_in((BatchState.RECORDED,)):
+            try:
+                if self.ledger.activation_batch_state(b.interval_id, b.batch_index) < 2:
+                    continue
+                found = self.ledger.activation_outcomes(b.interval_id, b.batch_index)
+                if not found:  # the event is not visible yet
+                    continue
+                state = FlexBatchState.RECLAIMED if found["reclaimed"] else FlexBatchState.SETTLED
+                self.store.mark_activation_batch_closed(
+                    b.interval_id, b.batch_index, state, found["tx_hash"], found["activations"]
+                )
+            except Exception:
+                log.exception(
+                    "following activation batch %s/%s failed", b.interval_id, b.batch_index
+                )
+                continue
+            closed.append((b.interval_id, b.batch_index))
+            self._activation_event(b.interval_id, b, state, txHash=found["tx_hash"])
+        return closed
+
     def follow_settlements(self) -> list[int]:
-        """Mark recorded intervals settled once the keeper has settled them on chain."""
+        """Mark recorded intervals settled once the keeper has settled them on chain (and their
+        activation batches, ``follow_activation_settlements``)."""
+        with contextlib.suppress(Exception):  # it logs what fails itself
+            self.follow_activation_settlements()
         settled: list[int] = []
         for row in self.store.intervals_in((IntervalStatus.RECORDED,)):
             try:

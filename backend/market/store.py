@@ -37,12 +37,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.db import make_engine
 from backend.market.errors import NonceUsedError, StoreError
 from backend.market.models import (
+    ActivationBatchRow,
     ActivationRow,
     Base,
     BatchRow,
     BatchState,
     ConnectionRow,
     DeviceRow,
+    FlexBatchState,
     FlexOfferRow,
     FlexStatus,
     ImbalanceRow,
@@ -269,11 +271,12 @@ class Store:
         fills: dict[str, int],
         stats: dict[str, Any],
         activations: Sequence[dict[str, Any]] = (),
+        activation_batches: Sequence[dict[str, Any]] = (),
     ) -> None:
         """One transaction: trades, the batches to send (every one signed, before any is sent),
         order fills, the flexibility activations (their offers become ``activated`` with the
-        power left) and the interval outcome. Orders with a fill become ``matched``; the other
-        open orders become ``unfilled``."""
+        power left) and their signed ``recordActivations`` batches, and the interval outcome.
+        Orders with a fill become ``matched``; the other open orders become ``unfilled``."""
         now = time.time()
         with self.session() as s:
             row = s.get(IntervalRow, interval_id, with_for_update=True)
@@ -316,6 +319,8 @@ class Store:
             )
             for b in batches:
                 s.add(BatchRow(interval_id=interval_id, updated_at=now, **b))
+            for b in activation_batches:
+                s.add(ActivationBatchRow(interval_id=interval_id, updated_at=now, **b))
             for key, value in stats.items():
                 setattr(row, key, value)
             row.status = IntervalStatus.CLEARED if batches else IntervalStatus.RECORDED
@@ -334,9 +339,74 @@ class Store:
             return list(s.scalars(q.order_by(BatchRow.interval_id, BatchRow.batch_index)))
 
     def unfinished_intervals(self) -> list[int]:
+        """Intervals with a trade or an activation batch not on chain yet."""
         with self.session() as s:
             q = select(BatchRow.interval_id).where(BatchRow.state.in_(BatchState.UNFINISHED))
-            return sorted(set(s.scalars(q)))
+            fq = select(ActivationBatchRow.interval_id).where(
+                ActivationBatchRow.state.in_(BatchState.UNFINISHED)
+            )
+            return sorted(set(s.scalars(q)) | set(s.scalars(fq)))
+
+    # ------------------------------------------------------- activation batches
+    def activation_batches(self, interval_id: int) -> list[ActivationBatchRow]:
+        """The interval's ``recordActivations`` batches in recording order."""
+        with self.session() as s:
+            q = select(ActivationBatchRow).where(ActivationBatchRow.interval_id == interval_id)
+            return list(s.scalars(q.order_by(ActivationBatchRow.batch_index)))
+
+    def activation_batches_in(self, states: Sequence[str]) -> list[ActivationBatchRow]:
+        """Activation batches in one of ``states``, by interval and index."""
+        with self.session() as s:
+            q = select(ActivationBatchRow).where(ActivationBatchRow.state.in_(tuple(states)))
+            order = (ActivationBatchRow.interval_id, ActivationBatchRow.batch_index)
+            return list(s.scalars(q.order_by(*order)))
+
+    def update_activation_batch(
+        self, interval_id: int, batch_index: int, *, count_attempt: bool = False, **values: Any
+    ) -> None:
+        """Set an activation batch's columns (``count_attempt``: one more attempt)."""
+        if count_attempt:
+            values["attempts"] = ActivationBatchRow.attempts + 1
+        if "last_error" in values and values["last_error"] is not None:
+            values["last_error"] = values["last_error"][:2000]
+        with self.session() as s:
+            s.execute(
+                update(ActivationBatchRow)
+                .where(
+                    ActivationBatchRow.interval_id == interval_id,
+                    ActivationBatchRow.batch_index == batch_index,
+                )
+                .values(updated_at=time.time(), **values)
+            )
+
+    def mark_activation_batch_closed(
+        self,
+        interval_id: int,
+        batch_index: int,
+        state: str,
+        tx_hash: str | None,
+        outcomes: dict[str, tuple[int, int, int, int]],
+    ) -> None:
+        """The chain settled (or reclaimed) the batch: its state and transaction, and per
+        activation (metered W, delivered W, paid, refunded), one transaction."""
+        with self.session() as s:
+            s.execute(
+                update(ActivationBatchRow)
+                .where(
+                    ActivationBatchRow.interval_id == interval_id,
+                    ActivationBatchRow.batch_index == batch_index,
+                )
+                .values(state=state, settle_tx_hash=tx_hash, updated_at=time.time())
+            )
+            for activation_id, (metered, delivered, paid, refunded) in outcomes.items():
+                s.execute(
+                    update(ActivationRow)
+                    .where(ActivationRow.id == activation_id)
+                    .values(
+                        metered_w=metered, delivered_w=delivered, paid=str(paid),
+                        refunded=str(refunded),
+                    )
+                )  # fmt: skip
 
     def undo_clearing(self, interval_id: int) -> bool:
         """Take back an interval's clearing while nothing of it is on chain or in flight (every
@@ -358,6 +428,9 @@ class Store:
             s.execute(delete(BatchRow).where(BatchRow.interval_id == interval_id))
             s.execute(delete(TradeRow).where(TradeRow.interval_id == interval_id))
             s.execute(delete(ActivationRow).where(ActivationRow.interval_id == interval_id))
+            s.execute(
+                delete(ActivationBatchRow).where(ActivationBatchRow.interval_id == interval_id)
+            )
             s.execute(
                 update(FlexOfferRow)
                 .where(
@@ -744,9 +817,11 @@ class Store:
             return list(s.scalars(q.order_by(ActivationRow.position)))
 
     def dispatchable_activations(self, first: int, last: int) -> list[ActivationRow]:
-        """The activations of intervals ``first..last`` whose batch is on chain (status recorded
-        or settled: a clearing that can still be undone and redone is not dispatched), in
-        interval and evidence order."""
+        """The activations of intervals ``first..last`` that are on chain: the interval's trade
+        batches recorded (status recorded or settled: a clearing that can still be undone and
+        redone is not dispatched) and the activation's own batch recorded on FlexibilityMarket
+        (a device is not moved for an activation nobody would pay), in interval and evidence
+        order. Rows of a store from before activation batches (none for the interval) count."""
         done = (IntervalStatus.RECORDED, IntervalStatus.SETTLED)
         with self.session() as s:
             q = (
@@ -759,7 +834,18 @@ class Store:
                 )
                 .order_by(ActivationRow.interval_id, ActivationRow.position)
             )
-            return list(s.scalars(q))
+            rows = list(s.scalars(q))
+            planned: set[int] = set()
+            on_chain: set[str] = set()
+            bq = select(ActivationBatchRow).where(
+                ActivationBatchRow.interval_id >= first, ActivationBatchRow.interval_id <= last
+            )
+            closed = (BatchState.RECORDED, FlexBatchState.SETTLED, FlexBatchState.RECLAIMED)
+            for b in s.scalars(bq):
+                planned.add(b.interval_id)
+                if b.state in closed:
+                    on_chain.update(json.loads(b.activation_ids))
+            return [r for r in rows if r.interval_id not in planned or r.id in on_chain]
 
     def cancel_flex_offer(self, offer_hash: str) -> bool:
         """Open -> cancelled; False when the offer is not open."""
@@ -780,6 +866,10 @@ ADDED_COLUMNS = (
     ("intervals", "clearing_method", "VARCHAR(200)"),
     ("intervals", "grid_mode", "INTEGER"),
     ("intervals", "welfare", "VARCHAR(60)"),
+    ("activations", "metered_w", "BIGINT"),
+    ("activations", "delivered_w", "BIGINT"),
+    ("activations", "paid", "VARCHAR(50)"),
+    ("activations", "refunded", "VARCHAR(50)"),
 )
 
 

@@ -279,7 +279,10 @@ class OracleDaemon:
             raise MessageError("unregistered", f"{reading.meter} is not a registered meter")
         if state is not None and not state.active:
             raise MessageError("inactive", f"the participant of {reading.meter} is not active")
-        return Incoming(reading, signed.signature, signed.sent_at)
+        # a device key's own reading goes to submitDeviceReadings; with the registry out of
+        # reach it counts as a meter's (the contract rejects it as UNKNOWN_METER, reported)
+        device = state is not None and state.device
+        return Incoming(reading, signed.signature, signed.sent_at, device)
 
     def _chain_now(self, needed: int) -> int:
         """Chain time, refreshed when the cached value would reject; estimated from the wall clock
@@ -390,6 +393,7 @@ class OracleDaemon:
                 interval_id,
                 [(q.reading, q.signature) for q in items],
                 check=interval_id in self._suspect_intervals,
+                device=items[0].device,
             )
         except BatchRefusedError as exc:
             self.store.requeue_batch(batch_id)

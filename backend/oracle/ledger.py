@@ -18,6 +18,7 @@ from backend.iot.signing import Reading, ReadingDomain
 class MeterState:
     registered: bool
     active: bool
+    device: bool = False  # a registered device key (its readings go to submitDeviceReadings)
 
 
 @dataclass
@@ -56,9 +57,14 @@ class ReadingsLedger(Protocol):
         ...
 
     def prepare_batch(
-        self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
+        self,
+        interval_id: int,
+        items: Sequence[tuple[Reading, bytes]],
+        check: bool = False,
+        device: bool = False,
     ) -> tuple[str, bytes]:
-        """Sign the transaction; returns (tx hash, raw tx). BatchRefusedError if it would revert."""
+        """Sign the transaction (``device``: ``submitDeviceReadings`` of device-signed readings);
+        returns (tx hash, raw tx). BatchRefusedError if it would revert."""
         ...
 
     def send_raw(self, raw_tx: bytes) -> None: ...

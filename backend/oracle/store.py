@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -28,9 +29,12 @@ from sqlalchemy import (
     LargeBinary,
     String,
     UniqueConstraint,
+    false,
     func,
     insert,
+    inspect,
     select,
+    text,
     tuple_,
     update,
 )
@@ -71,6 +75,8 @@ class ReadingRow(Base):
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     submitted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     block_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # signed by a registered device key, not a meter: submitted with submitDeviceReadings
+    device: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     def reading(self) -> Reading:
         return Reading(self.meter, self.interval_id, self.import_wh, self.export_wh)
@@ -115,6 +121,7 @@ class Incoming:
     reading: Reading
     signature: bytes
     sent_at: float | None = None
+    device: bool = False  # signed by a registered device key (submitDeviceReadings)
 
 
 @dataclass
@@ -138,6 +145,7 @@ class QueuedReading:
     reading: Reading
     signature: bytes
     sent_at: float | None
+    device: bool = False
 
 
 @dataclass
@@ -187,6 +195,7 @@ class OracleStore:
         if create:
             try:
                 Base.metadata.create_all(self.engine)
+                _add_device_column(self.engine)
             except SQLAlchemyError as exc:
                 raise OracleError(f"cannot open oracle database {url}: {exc}") from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
@@ -244,6 +253,7 @@ class OracleStore:
                         "status": PENDING,
                         "received_at": now,
                         "sent_at": item.sent_at,
+                        "device": item.device,
                     }
                 )
             if new_rows:  # Core executemany: ~10x faster than ORM objects for thousands of rows
@@ -279,9 +289,17 @@ class OracleStore:
 
     def claim_batch(self, interval_id: int, limit: int) -> tuple[int, list[QueuedReading]]:
         """Move up to ``limit`` pending readings of one interval to ``inflight`` under a new batch
-        id.
+        id; one kind per batch (meters' or devices' readings, as the oldest pending one).
         """
         with self._session.begin() as session:
+            kind = session.scalars(
+                select(ReadingRow.device)
+                .where(ReadingRow.status == PENDING, ReadingRow.interval_id == interval_id)
+                .order_by(ReadingRow.id)
+                .limit(1)
+            ).first()
+            if kind is None:
+                return 0, []
             rows = session.execute(
                 select(
                     ReadingRow.id,
@@ -291,7 +309,11 @@ class OracleStore:
                     ReadingRow.signature,
                     ReadingRow.sent_at,
                 )
-                .where(ReadingRow.status == PENDING, ReadingRow.interval_id == interval_id)
+                .where(
+                    ReadingRow.status == PENDING,
+                    ReadingRow.interval_id == interval_id,
+                    ReadingRow.device == bool(kind),
+                )
                 .order_by(ReadingRow.id)
                 .limit(limit)
             ).all()
@@ -314,6 +336,7 @@ class OracleStore:
                     Reading(r.meter, interval_id, r.import_wh, r.export_wh),
                     r.signature,
                     r.sent_at,
+                    bool(kind),
                 )
                 for r in rows
             ]
@@ -407,7 +430,7 @@ class OracleStore:
                 .where(ReadingRow.batch_id == batch_id, ReadingRow.status == SUBMITTED)
                 .order_by(ReadingRow.id)
             ).all()
-            return [QueuedReading(r.id, r.reading(), r.signature, r.sent_at) for r in rows]
+            return [_queued(r) for r in rows]
 
     def move_batch(self, batch_id: int, block_number: int) -> None:
         """The batch's transaction is on chain, in another block than recorded (re-mined)."""
@@ -471,7 +494,7 @@ class OracleStore:
                     (
                         b.id,
                         b.tx_hash,
-                        [QueuedReading(r.id, r.reading(), r.signature, r.sent_at) for r in rows],
+                        [_queued(r) for r in rows],
                     )
                 )
             return out
@@ -552,3 +575,17 @@ class OracleStore:
             for sent, done in rows
             if done is not None and sent is not None
         ]
+
+
+def _queued(r: ReadingRow) -> QueuedReading:
+    return QueuedReading(r.id, r.reading(), r.signature, r.sent_at, bool(r.device))
+
+
+def _add_device_column(engine: Engine) -> None:
+    """A queue written before device readings gets the ``device`` column (every row a meter's)."""
+    if "device" in {c["name"] for c in inspect(engine).get_columns("oracle_readings")}:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            text("ALTER TABLE oracle_readings ADD COLUMN device BOOLEAN NOT NULL DEFAULT false")
+        )

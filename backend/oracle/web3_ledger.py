@@ -50,17 +50,21 @@ T = TypeVar("T")
 
 READINGS_SUBMITTED_TOPIC = keccak(text=batches.READINGS_SUBMITTED_SIGNATURE)
 READING_REJECTED_TOPIC = keccak(text="ReadingRejected(address,uint64,uint8)")
+DEVICE_READING_SUBMITTED_TOPIC = keccak(text="DeviceReadingSubmitted(address,uint64,uint64,uint64)")
 # Errors that mean "not yet", not "never": the batch is requeued and retried later.
 RETRYABLE_ERRORS = {"MeterReadingsIntervalNotEnded"}
 
 
-def encode_submit(interval_id: int, items: Sequence[tuple[Reading, bytes]]) -> bytes:
-    """Calldata of ``submitReadings`` (packed readings, compact EIP-2098 signatures)."""
+def encode_submit(
+    interval_id: int, items: Sequence[tuple[Reading, bytes]], device: bool = False
+) -> bytes:
+    """Calldata of ``submitReadings`` (packed readings, compact EIP-2098 signatures);
+    ``device``: ``submitDeviceReadings`` (the same format, device keys in ``meter``)."""
     packed = (
         batches.pack_reading(reading.meter, reading.import_wh, reading.export_wh, *to_compact(sig))
         for reading, sig in items
     )
-    return batches.submit_readings_calldata(interval_id, packed)
+    return batches.submit_readings_calldata(interval_id, packed, device)
 
 
 class Web3Ledger:
@@ -90,6 +94,7 @@ class Web3Ledger:
         )
         self.decoder = ErrorDecoder(error_abis())
         self._meter_record = AbiFunction(self.registry, "meterRecordOf")
+        self._device_of = AbiFunction(self.registry, "deviceOf")
         self._owners = MeterRegistry(self.w3, self.registry.address)
         self._reading_of = AbiFunction(self.readings, "readingOf")
         self.confirmations = (
@@ -132,8 +137,19 @@ class Web3Ledger:
                 continue  # unknown: the contract checks it again on submission
             wallet, _index, active = fn.decode(result)
             registered = int(wallet, 16) != 0
-            out[meter] = MeterState(registered, registered and bool(active))
+            out[meter] = (
+                MeterState(registered, registered and bool(active))
+                if registered
+                else self._device_state(meter)
+            )
         return out
+
+    def _device_state(self, key: str) -> MeterState:
+        """A key that is no meter may be a registered device: its readings are the device's
+        own (``submitDeviceReadings``); the contract checks its owner again."""
+        owner, _bus, _kind, active, *_limits = self._rpc(lambda: self._device_of.call(self.w3, key))
+        registered = int(owner, 16) != 0
+        return MeterState(registered, registered and bool(active), device=registered)
 
     def holds_oracle_role(self) -> bool:
         """Whether the sending account holds ORACLE_ROLE (MeterReadings refuses batches from any
@@ -151,6 +167,8 @@ class Web3Ledger:
     def meter_state(self, meter: str) -> MeterState:
         wallet, _index, active = self._rpc(lambda: self._meter_record.call(self.w3, meter))
         registered = int(wallet, 16) != 0
+        if not registered:
+            return self._device_state(meter)
         return MeterState(registered, registered and bool(active))
 
     def reading_of(self, meter: str, interval_id: int) -> tuple[int, int, bool]:
@@ -199,13 +217,17 @@ class Web3Ledger:
         self._gas_price = None
 
     def prepare_batch(
-        self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
+        self,
+        interval_id: int,
+        items: Sequence[tuple[Reading, bytes]],
+        check: bool = False,
+        device: bool = False,
     ) -> tuple[str, bytes]:
         """Without ``check`` the gas limit is a bound (``gas_per_reading`` per item) and nothing is
         simulated: Anvil's estimateGas runs the batch ~10 times. With ``check`` (after a failure)
         the batch is estimated first, so a revert is decoded and the gas limit is exact.
         """
-        data = encode_submit(interval_id, items)
+        data = encode_submit(interval_id, items, device)
         tx: dict[str, Any] = {
             "from": self.account.address,
             "to": self.readings_address,
@@ -306,6 +328,8 @@ class Web3Ledger:
             if topic0 == READINGS_SUBMITTED_TOPIC:
                 (accepted,) = abi_decode(["bytes"], bytes(entry["data"]))
                 receipt.accepted.update(r.meter for r in batches.unpack_accepted(accepted))
+            elif topic0 == DEVICE_READING_SUBMITTED_TOPIC:
+                receipt.accepted.add(checksum(bytes(entry["topics"][1])[-20:]))
             elif topic0 == READING_REJECTED_TOPIC:
                 meter = checksum(bytes(entry["topics"][1])[-20:])
                 code = int.from_bytes(bytes(entry["data"])[-32:], "big")

@@ -13,7 +13,7 @@ from eth_account import Account
 from fastapi.testclient import TestClient
 
 from backend.api.app import create_app
-from backend.chain import protocol
+from backend.chain import flex, protocol
 from backend.cli.activations import MarketActivations
 from backend.iot.control_store import ControlTarget
 from backend.market.grid_port import GridPortAdapter
@@ -81,6 +81,22 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
     )  # fmt: skip
     assert (act.trade_id, act.energy_wh, act.cost) == (trade_id, 8_803, "440")
     assert act.payers == f'[["{SELLER}", "220"], ["{BUYER}", "220"]]'
+    # recorded on FlexibilityMarket after the trade batch: one batch, attested with the
+    # clearing's evidence hash, the payers' shares locked
+    [fb] = m.store.activation_batches(iv)
+    [tb] = m.store.batches(iv)
+    assert (fb.batch_index, fb.batch_count, fb.state, fb.evidence_hash, fb.attempts) == (
+        0, 1, "recorded", tb.evidence_hash, 1
+    )  # fmt: skip
+    assert fb.activation_ids == f'["{activation_id}"]'
+    packed, state = m.ledger.activation_batches[(iv, 0)]  # type: ignore[attr-defined]
+    assert (packed.hex(), state) == (fb.packed[2:], "recorded")
+    [chain_act] = flex.unpack(packed)
+    assert (chain_act.activated_w, chain_act.payer0, chain_act.share0, chain_act.payer1,
+            chain_act.share1, chain_act.trade_energy_wh) == (
+        35_214, SELLER, 220, BUYER, 220, 40_000)  # fmt: skip
+    assert "0x" + chain_act.trade_id.hex() == trade_id
+    assert m.ledger.locked[SELLER] == 220  # type: ignore[attr-defined]
     stored = m.store.get_flex_offer(offer_row.hash)
     assert stored is not None and (stored.status, stored.remaining_w) == (
         FlexStatus.ACTIVATED, 60_000 - 35_214
@@ -100,12 +116,32 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
         ]  # fmt: skip
         view = client.get(f"/intervals/{iv}").json()
         assert [a["id"] for a in view["activations"]] == [activation_id]
+        [vb] = view["activationBatches"]
+        assert (vb["state"], vb["activationIds"], vb["evidenceHash"], vb["reason"]) == (
+            "recorded", [activation_id], tb.evidence_hash, None
+        )  # fmt: skip
         assert client.get("/flex/activations", params={"interval": iv + 1}).json() == []
         for bad in ({}, {"interval": -1}, {"interval": "x"}, {"interval": 2**53}):
             r = client.get("/flex/activations", params=bad)
             assert (r.status_code, r.json()["detail"]["code"]) == (422, "INVALID_REQUEST"), bad
             assert r.json()["detail"]["message"].startswith("interval: "), bad
         assert client.get(f"/flex/{offer_row.hash}").json()["remainingW"] == 60_000 - 35_214
+    # the keeper settles it on the device's reading (20 kW of 35.214 delivered): the market
+    # marks the batch settled with the provider's payment and the payers' refund
+    m.ledger.device_metered_w[(DEVICE, iv)] = 20_000  # type: ignore[attr-defined]
+    m.ledger.settle_activations(iv, 0, packed)
+    m.follow_settlements()
+    [fb] = m.store.activation_batches(iv)
+    assert (fb.state, fb.settle_tx_hash) == (
+        "settled", m.ledger.activation_closed[(iv, 0)]["tx_hash"]  # type: ignore[attr-defined]
+    )  # fmt: skip
+    with TestClient(create_app(m, scheduler=False)) as client:
+        [settled] = client.get("/flex/activations", params={"interval": iv}).json()
+        # paid floor(440 x 20000 / 35214) = 249, the rest of the 440 back to the payers
+        assert (settled["meteredW"], settled["deliveredW"], settled["paid"],
+                settled["refunded"]) == (20_000, 20_000, "249", "191")  # fmt: skip
+        assert client.get(f"/intervals/{iv}").json()["activationBatches"][0]["state"] == "settled"
+    assert m.ledger.locked[SELLER] == 0  # type: ignore[attr-defined]
     # the dispatcher's source: the recorded interval's activation as a control target, expiring
     # at the interval's end
     source = MarketActivations(m.store, 900)
@@ -140,3 +176,63 @@ def test_undo_clearing_gives_the_offer_back(remedy_market: Market) -> None:
     assert m.store.activations(iv) == []
     back = m.store.get_flex_offer(row.hash)
     assert back is not None and (back.status, back.remaining_w) == (FlexStatus.OPEN, None)
+
+
+def test_activation_batch_sent_before_a_crash_is_found_on_chain(remedy_market: Market) -> None:
+    """A crash after ``sent`` was stored and the transaction landed, before its receipt was:
+    recovery asks the chain (``batchOf``) and marks it recorded without sending it again."""
+    m = remedy_market
+    iv = _evening(m)
+    for n, (key, side, price) in enumerate(((K[1], protocol.SELL, 100), (K[2], protocol.BUY, 300))):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 1,
+               "expiry": iv * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        m.submit_order(msg, _sign(m, "Order", key, msg))
+    offer = {"provider": PROVIDER, "device": DEVICE, "intervalId": iv, "direction": 0,
+             "powerW": 60_000, "baselineW": 0, "pricePerKWh": 50, "nonce": 1,
+             "expiry": iv * 900 + 3600}  # fmt: skip
+    m.submit_flex(offer, _sign(m, "FlexOffer", K[3], offer))
+    assert m.close_interval(iv, force=True).status == IntervalStatus.RECORDED
+    # what the crashed process left: ``sent`` stored, the transaction on chain, no receipt
+    m.store.update_activation_batch(iv, 0, state="sent", tx_hash=None, block_number=None)
+    on_chain = dict(m.ledger.activation_batches)  # type: ignore[attr-defined]
+    assert iv in m.recorder.recover()
+    [fb] = m.store.activation_batches(iv)
+    assert (fb.state, fb.attempts, fb.last_error) == ("recorded", 1, None)
+    # not sent again (a second send would be FlexBatchOutOfSequence on chain)
+    assert m.ledger.activation_batches == on_chain  # type: ignore[attr-defined]
+    assert m.ledger.locked[SELLER] == 220  # type: ignore[attr-defined]
+
+
+def test_activation_batch_lost_in_a_rollback_is_recorded_again(remedy_market: Market) -> None:
+    """A rollback below the block that recorded the activation batch, which the chain then no
+    longer has: pending again, recorded again with the same signature."""
+    m = remedy_market
+    ledger: Any = m.ledger
+    iv = _evening(m)
+    for n, (key, side, price) in enumerate(((K[1], protocol.SELL, 100), (K[2], protocol.BUY, 300))):
+        msg = {"trader": Account.from_key(key).address, "side": side, "intervalId": iv,
+               "energyWh": 40_000, "pricePerKWh": price, "nonce": n + 1,
+               "expiry": iv * 900 + 3600, "counterparty": protocol.ZERO_ADDRESS}  # fmt: skip
+        m.submit_order(msg, _sign(m, "Order", key, msg))
+    offer = {"provider": PROVIDER, "device": DEVICE, "intervalId": iv, "direction": 0,
+             "powerW": 60_000, "baselineW": 0, "pricePerKWh": 50, "nonce": 1,
+             "expiry": iv * 900 + 3600}  # fmt: skip
+    m.submit_flex(offer, _sign(m, "FlexOffer", K[3], offer))
+    assert m.close_interval(iv, force=True).status == IntervalStatus.RECORDED
+    [fb] = m.store.activation_batches(iv)
+    assert fb.block_number is not None
+    # the chain forgets the batch (and the shares it locked)
+    del ledger.activation_batches[(iv, 0)]
+    for wallet in (SELLER, BUYER):
+        ledger.locked[wallet] -= 220
+        ledger.available[wallet] += 220
+    assert m.recorder.reconcile(since_block=fb.block_number) == []  # the trades stayed
+    [lost] = m.store.activation_batches(iv)
+    assert lost.state == "pending" and lost.last_error is not None
+    assert lost.last_error.endswith("no longer on chain (head 1): recorded again")
+    assert m.recorder.record_batch(iv)
+    [again] = m.store.activation_batches(iv)
+    assert (again.state, again.attestation_signature) == ("recorded", fb.attestation_signature)
+    assert ledger.activation_batches[(iv, 0)] == (bytes.fromhex(fb.packed[2:]), "recorded")
+    assert ledger.locked[SELLER] == 220

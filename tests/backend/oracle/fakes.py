@@ -26,6 +26,8 @@ class FakeLedger:
         self.interval = interval_seconds
         self.now = now
         self.meters: dict[str, bool] = {}  # meter -> active
+        self.devices: dict[str, bool] = {}  # registered device key -> active
+        self.kinds: list[tuple[bool, list[str]]] = []  # per prepared batch: device?, its keys
         self.buses: dict[str, int] = {}  # meter -> its participant's bus (registered meters)
         self.stored: dict[tuple[str, int], tuple[int, int]] = {}
         self.accept_events: list[tuple[str, int]] = []
@@ -54,6 +56,8 @@ class FakeLedger:
 
     def meter_state(self, meter: str) -> MeterState:
         self._check()
+        if meter in self.devices:
+            return MeterState(True, self.devices[meter], device=True)
         return MeterState(meter in self.meters, self.meters.get(meter, False))
 
     def meter_states(self, meters: Sequence[str]) -> dict[str, MeterState]:
@@ -69,13 +73,18 @@ class FakeLedger:
         }
 
     def prepare_batch(
-        self, interval_id: int, items: Sequence[tuple[Reading, bytes]], check: bool = False
+        self,
+        interval_id: int,
+        items: Sequence[tuple[Reading, bytes]],
+        check: bool = False,
+        device: bool = False,
     ) -> tuple[str, bytes]:
         self._check()
         if self.now < (interval_id + 1) * self.interval:
             raise BatchRefusedError("MeterReadingsIntervalNotEnded", retryable=True)
         tx = f"0x{next(self._n):064x}"
         self.mempool[tx] = (interval_id, list(items))
+        self.kinds.append((device, [r.meter for r, _sig in items]))
         return tx, tx.encode()
 
     def send_raw(self, raw_tx: bytes) -> None:
@@ -92,9 +101,9 @@ class FakeLedger:
             key = (reading.meter, interval_id)
             if recover_signer(self.sep, reading, sig) != reading.meter:
                 receipt.rejected[reading.meter] = "bad_signature"
-            elif reading.meter not in self.meters:
+            elif reading.meter not in self.meters and reading.meter not in self.devices:
                 receipt.rejected[reading.meter] = "unregistered"
-            elif not self.meters[reading.meter]:
+            elif not {**self.meters, **self.devices}[reading.meter]:
                 receipt.rejected[reading.meter] = "inactive"
             elif max(reading.import_wh, reading.export_wh) > MAX_READING_WH:
                 receipt.rejected[reading.meter] = "value_too_large"

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from eth_account import Account
 
 from backend.iot.meters import MeterSimulator, dev_meters
 from backend.iot.schema import SignedReading, readings_topic
@@ -63,6 +64,29 @@ def test_every_reading_submitted_exactly_once(tmp_path: Path, ledger: FakeLedger
     daemon.stop()
     assert len(ledger.accept_events) == 80 == len(set(ledger.accept_events))
     assert store.status().queue_depth == 0
+
+
+def test_device_readings_go_out_in_batches_of_their_own(
+    tmp_path: Path, ledger: FakeLedger
+) -> None:
+    """A reading signed by a registered device key (the registry says so) is submitted with
+    ``submitDeviceReadings``, never in a meters' batch."""
+    daemon, sim, store = _setup(tmp_path, ledger, n=3)
+    device_key = "0x" + "5d" * 32
+    device = Account.from_key(device_key).address
+    ledger.devices[device] = True
+    daemon.start()
+    sim.publish_interval(98)
+    reading = Reading(device, 98, 0, 8_803)
+    signed = SignedReading(reading, sign_reading(device_key, ledger.domain().separator(), reading))
+    daemon.deliver(Message(readings_topic(device), signed.to_json()))
+    assert _wait(lambda: store.status().submitted == 4)
+    daemon.stop()
+    meters = sorted(m.address for m in sim.meters)
+    assert sorted((d, sorted(keys)) for d, keys in ledger.kinds) == [
+        (False, meters), (True, [device])
+    ]  # fmt: skip
+    assert ledger.stored[(device, 98)] == (0, 8_803)
 
 
 def test_bad_messages_are_rejected_and_counted(tmp_path: Path, ledger: FakeLedger) -> None:

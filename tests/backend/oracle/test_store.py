@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from backend.iot.signing import Reading
@@ -61,3 +62,38 @@ def test_store_survives_reopen(tmp_path: Path) -> None:
     again = _store(tmp_path)
     assert again.status().inflight == 1
     assert again.status().as_dict()["queue_depth"] == 1
+
+
+def test_device_readings_are_batched_apart_from_meters(tmp_path: Path) -> None:
+    """A batch holds one kind (submitReadings or submitDeviceReadings), the oldest's first; the
+    kind survives a requeue and the in-flight view."""
+    store = _store(tmp_path)
+    device = "0x" + "0D" * 20
+    store.ingest(
+        [_inc(METER_A, 1), Incoming(Reading(device, 1, 0, 8803), b"\x02" * 65, device=True),
+         _inc(METER_B, 1)]
+    )  # fmt: skip
+    meters_id, meters = store.claim_batch(1, 10)
+    assert [(q.reading.meter, q.device) for q in meters] == [(METER_A, False), (METER_B, False)]
+    devices_id, devices = store.claim_batch(1, 10)
+    assert [(q.reading.meter, q.device) for q in devices] == [(device, True)]
+    assert [[q.device for q in items] for _b, _tx, items in store.inflight_batches()] == [
+        [False, False], [True]
+    ]  # fmt: skip
+    store.requeue_batch(devices_id)
+    assert [(q.reading.meter, q.device) for q in store.claim_batch(1, 10)[1]] == [(device, True)]
+    assert store.claim_batch(1, 10) == (0, [])
+    assert meters_id != devices_id
+
+
+def test_queue_from_before_device_readings_gets_the_column(tmp_path: Path) -> None:
+    """An oracle queue written before device readings opens with every row a meter's."""
+    path = tmp_path / "q.db"
+    store = _store(tmp_path)
+    store.ingest([_inc(METER_A, 1)])
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE oracle_readings DROP COLUMN device")
+    store = _store(tmp_path)
+    [q] = store.claim_batch(1, 10)[1]
+    assert (q.reading.meter, q.device) == (METER_A, False)
