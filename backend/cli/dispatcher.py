@@ -15,23 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.cli.base import App
-from backend.cli.output import deployment_line, fail, redact, startup
+from backend.cli.output import deployment_line, fail, redact, settings_or_fail, startup
 from backend.errors import TegridError
-from backend.settings import Settings
 
 app = App(
     help="Dispatcher: signed control actions to devices over MQTT, their acks in a durable store.",
     invoke_without_command=True,
 )
 console = Console()
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except TegridError as exc:
-        fail(str(exc))
-        raise  # unreachable
 
 
 @app.callback()
@@ -78,7 +69,7 @@ def run(
     if not isinstance(level, int):
         fail(f"unknown log level {log_level!r}")
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = _settings()
+    settings = settings_or_fail()
     # lazy: web3, sqlalchemy and paho-mqtt (~1 s), not for `tegrid --help`
     from web3 import Web3  # noqa: PLC0415
 
@@ -181,7 +172,7 @@ def status(
     # lazy: sqlalchemy (~0.3 s), not for `tegrid --help`
     from backend.iot.control_store import ControlStore  # noqa: PLC0415
 
-    url = database_url or _settings().control_database_url
+    url = database_url or settings_or_fail().control_database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         fail(f"no control store at {url}: has `tegrid dispatcher` run here?", code=1)
     try:

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from backend.cli.base import App
-from backend.cli.output import console, fail
+from backend.cli.output import console, fail, settings_or_fail
 from backend.errors import TegridError
 from backend.settings import Settings
 
@@ -34,13 +34,6 @@ app = App(
 
 SIDES = {"sell": 0, "buy": 1}
 API_URL_HELP = "Market API (default http://TEGRID_API_HOST:TEGRID_API_PORT)."
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except TegridError as exc:
-        fail(str(exc))
 
 
 class _Api:
@@ -91,7 +84,7 @@ def _next_open(api: _Api) -> int:
 @app.command("next-interval")
 def next_interval(api_url: str = typer.Option(None, metavar="URL", help=API_URL_HELP)) -> None:
     """Print the first interval that still takes orders (its gate closure is ahead)."""
-    typer.echo(_next_open(_Api(api_url, _settings())))
+    typer.echo(_next_open(_Api(api_url, settings_or_fail())))
 
 
 @app.command()
@@ -134,7 +127,7 @@ def order(
     """Sign an EIP-712 order with KEY and submit it; it is valid until its interval ends."""
     if side not in SIDES:
         fail(f"--side must be sell or buy, got {side!r}")
-    settings = _settings()
+    settings = settings_or_fail()
     # lazy: eth-utils, eth-account and web3 (~0.5 s), not for `tegrid --help`
     from eth_utils import is_address, to_checksum_address  # noqa: PLC0415
 
@@ -193,7 +186,7 @@ def close(
 ) -> None:
     """Close the interval now: clear it, validate it on the Neural Grid and record its batch on
     chain (a `tegrid serve --dev` API; otherwise only once its gate closure has passed)."""
-    api = _Api(api_url, _settings())
+    api = _Api(api_url, settings_or_fail())
     out = api.call("POST", f"/intervals/{interval}/close", f"cannot close interval {interval}")
     if json_out:
         typer.echo(json.dumps(out, indent=2))
@@ -230,7 +223,7 @@ def trades(
     # lazy: the chain layer loads eth-utils (~0.2 s), not for `tegrid --help`
     from backend.chain.protocol import escrow_of  # noqa: PLC0415
 
-    api = _Api(api_url, _settings())
+    api = _Api(api_url, settings_or_fail())
     what = f"cannot list the trades of interval {interval}"
     rows = api.call("GET", "/trades", what, params={"interval": interval})
     if wait > 0:

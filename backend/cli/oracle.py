@@ -15,23 +15,14 @@ from rich.table import Table
 
 from backend.chain.errors import ChainUnavailableError
 from backend.cli.base import App
-from backend.cli.output import deployment_line, fail, redact, startup
+from backend.cli.output import deployment_line, fail, redact, settings_or_fail, startup
 from backend.errors import TegridError
-from backend.settings import Settings
 
 app = App(
     help="Oracle daemon: relays device-signed meter readings from MQTT to MeterReadings.",
     invoke_without_command=True,
 )
 console = Console()
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except TegridError as exc:
-        fail(str(exc))
-        raise  # unreachable
 
 
 @app.callback()
@@ -73,7 +64,7 @@ def run(
     if not isinstance(level, int):
         fail(f"unknown log level {log_level!r}")
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = _settings()
+    settings = settings_or_fail()
     # lazy: web3, sqlalchemy and paho-mqtt (~1 s), not for `tegrid --help`
     from backend.chain.contracts import load_deployment  # noqa: PLC0415
     from backend.iot.transport import MqttTransport  # noqa: PLC0415
@@ -157,7 +148,7 @@ def status(
     # lazy: web3, sqlalchemy and paho-mqtt (~1 s), not for `tegrid --help`
     from backend.oracle.store import OracleStore  # noqa: PLC0415
 
-    url = database_url or _settings().oracle_database_url
+    url = database_url or settings_or_fail().oracle_database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         fail(f"no oracle queue at {url}: has `tegrid oracle` run here?", code=1)
     try:

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 from rich.console import Console
 
+from backend.errors import TegridError
+from backend.settings import Settings
+
 if TYPE_CHECKING:  # backend.chain imports web3: not at start-up
     from backend.chain.contracts import Deployment
 
@@ -20,6 +23,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: <message>`` as one line on stderr (never wrapped) and exit with ``code``."""
     Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def settings_or_fail() -> Settings:
+    """The settings from the environment, or one ``error:`` line and exit 2 naming the bad one."""
+    try:
+        return Settings.from_env()
+    except TegridError as exc:
+        fail(str(exc))
 
 
 def redact(url: str) -> str:
