@@ -436,6 +436,23 @@ class ChainLedger:
         )
         return int(cap)
 
+    def _record_activations_call(
+        self,
+        interval_id: int,
+        batch_index: int,
+        activations: bytes,
+        evidence_hash: str,
+        signature: str,
+    ) -> Any:
+        """The ``recordActivations`` call both the send and the estimate make."""
+        return self.flexibility.functions.recordActivations(
+            interval_id,
+            batch_index,
+            bytes(activations),
+            bytes.fromhex(evidence_hash[2:]),
+            bytes.fromhex(signature[2:]),
+        )
+
     def record_activations(
         self,
         interval_id: int,
@@ -444,12 +461,8 @@ class ChainLedger:
         evidence_hash: str,
         signature: str,
     ) -> str:
-        fn = self.flexibility.functions.recordActivations(
-            interval_id,
-            batch_index,
-            bytes(activations),
-            bytes.fromhex(evidence_hash[2:]),
-            bytes.fromhex(signature[2:]),
+        fn = self._record_activations_call(
+            interval_id, batch_index, activations, evidence_hash, signature
         )
         return self._flex_transact("recordActivations", fn)
 
@@ -461,12 +474,8 @@ class ChainLedger:
         evidence_hash: str,
         signature: str,
     ) -> int:
-        fn = self.flexibility.functions.recordActivations(
-            interval_id,
-            batch_index,
-            bytes(activations),
-            bytes.fromhex(evidence_hash[2:]),
-            bytes.fromhex(signature[2:]),
+        fn = self._record_activations_call(
+            interval_id, batch_index, activations, evidence_hash, signature
         )
         try:
             return int(fn.estimate_gas({"from": self.operator.address}))
@@ -508,7 +517,10 @@ class ChainLedger:
             for e in ev.ActivationSettled().process_receipt(receipt, errors=DISCARD):
                 a = e["args"]
                 acts["0x" + bytes(a["activationId"]).hex()] = (
-                    int(a["meteredW"]), int(a["deliveredW"]), int(a["paid"]), int(a["refunded"])
+                    int(a["meteredW"]),
+                    int(a["deliveredW"]),
+                    int(a["paid"]),
+                    int(a["refunded"]),
                 )
             for e in ev.ActivationReclaimed().process_receipt(receipt, errors=DISCARD):
                 a = e["args"]
