@@ -257,11 +257,21 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     /// @inheritdoc IEnergyMarket
     function flexLock(address payer, uint256 amount) external {
         if (msg.sender != flexibility) revert MarketNotFlexibility(msg.sender);
-        uint256 debt = _debts[payer];
-        if (debt != 0) revert MarketAccountOwing(payer, debt);
         Account storage acc = _accounts[payer];
         uint256 available = acc.available;
-        if (available < amount) revert MarketInsufficientBalance(payer, available, amount);
+        if (available < amount) {
+            if (payer == balancingAccount) revert MarketInsufficientBalance(payer, available, amount);
+            // The payer consented to this share before the interval was cleared (its cap is fixed for
+            // the interval) and its trade is recorded: a balance withdrawn since is advanced by the
+            // balancing account and owed back, so backing out cannot leave the trade without its remedy.
+            uint256 advanced = amount - available;
+            Account storage ba = _accounts[balancingAccount];
+            if (ba.available < advanced) revert MarketInsufficientBalance(balancingAccount, ba.available, advanced);
+            ba.available -= uint128(advanced);
+            _debts[payer] += advanced;
+            emit FlexShareAdvanced(payer, advanced);
+            available = amount;
+        }
         (acc.available, acc.locked) = (uint128(available - amount), acc.locked + uint128(amount));
     }
 

@@ -35,7 +35,15 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     uint64 public immutable intervalSeconds;
     address public immutable balancingAccount;
 
-    mapping(address account => uint128) private _remedyCaps;
+    /// @dev A remedy cap as it changes: `current` from interval `fromInterval` on, `previous` before it
+    /// (one slot: what `_checkShares` reads costs one SLOAD as before).
+    struct RemedyCap {
+        uint96 previous;
+        uint96 current;
+        uint64 fromInterval;
+    }
+
+    mapping(address account => RemedyCap) private _remedyCaps;
     uint128 private _dsoBudget;
     mapping(uint64 intervalId => IntervalBook) private _books;
     // One commitment per batch (no storage per activation); the state beside it in its own slot.
@@ -77,8 +85,18 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
 
     /// @inheritdoc IFlexibilityMarket
     function setRemedyCap(uint128 maxPerKWh) external {
-        _remedyCaps[msg.sender] = maxPerKWh;
-        emit RemedyCapSet(msg.sender, maxPerKWh);
+        if (maxPerKWh > type(uint96).max) revert FlexRemedyCapTooLarge(maxPerKWh);
+        // From the first interval whose gate closes more than one interval from now: an interval that
+        // may already be cleared (its book closed, its rescues planned on this cap) keeps the cap it
+        // was cleared with, so consent cannot be withdrawn between the clearing and the recording.
+        uint64 from = uint64((block.timestamp + intervalSeconds) / intervalSeconds + 1);
+        while (market.gateClosure(from) <= block.timestamp + intervalSeconds) ++from;
+        RemedyCap storage cap = _remedyCaps[msg.sender];
+        // the cap of every interval before `from` stays what it is now (intervals before the earlier
+        // change's `from` are past their gate closure: no activation of theirs is recorded any more)
+        uint96 before = from - 1 >= cap.fromInterval ? cap.current : cap.previous;
+        (cap.previous, cap.current, cap.fromInterval) = (before, uint96(maxPerKWh), from);
+        emit RemedyCapSet(msg.sender, maxPerKWh, from);
     }
 
     /// @inheritdoc IFlexibilityMarket
@@ -189,7 +207,7 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
                 }
                 c.tradesChecked = true;
             }
-            _checkShares(id, a, cost);
+            _checkShares(intervalId, id, a, cost);
         }
         _lock(c, payer0, a.share0());
         _lock(c, payer1, a.share1());
@@ -233,10 +251,10 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
 
     /// @dev A trade rescue's shares: the seller (payer0) half the cost (floor), the buyer the rest, each
     /// within its remedy cap for the trade, the other taking over what a binding cap leaves.
-    function _checkShares(bytes32 id, PackedActivation a, uint256 cost) private view {
+    function _checkShares(uint64 intervalId, bytes32 id, PackedActivation a, uint256 cost) private view {
         uint256 energyWh = a.tradeEnergyWh();
-        uint256 cap0 = uint256(_remedyCaps[a.payer0()]) * energyWh / 1000;
-        uint256 cap1 = uint256(_remedyCaps[a.payer1()]) * energyWh / 1000;
+        uint256 cap0 = _capAt(a.payer0(), intervalId) * energyWh / 1000;
+        uint256 cap1 = _capAt(a.payer1(), intervalId) * energyWh / 1000;
         if (cap0 + cap1 < cost) revert FlexRemedyCapExceeded(id, cost, cap0 + cap1);
         uint256 s0 = cost / 2;
         if (s0 > cap0) s0 = cap0;
@@ -328,7 +346,17 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
 
     /// @inheritdoc IFlexibilityMarket
     function remedyCapOf(address account) external view returns (uint128) {
-        return _remedyCaps[account];
+        return _remedyCaps[account].current;
+    }
+
+    /// @inheritdoc IFlexibilityMarket
+    function remedyCapAt(address account, uint64 intervalId) external view returns (uint128) {
+        return uint128(_capAt(account, intervalId));
+    }
+
+    function _capAt(address account, uint64 intervalId) private view returns (uint256) {
+        RemedyCap storage cap = _remedyCaps[account];
+        return intervalId >= cap.fromInterval ? cap.current : cap.previous;
     }
 
     /// @inheritdoc IFlexibilityMarket

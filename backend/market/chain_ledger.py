@@ -126,7 +126,7 @@ class ChainLedger:
         self.readings = contract_at(self.w3, "MeterReadings", deployment.address("MeterReadings"))
         self.flex_address = deployment.address("FlexibilityMarket")
         self.flexibility = contract_at(self.w3, "FlexibilityMarket", self.flex_address)
-        self._remedy_cap_of = AbiFunction(self.flexibility, "remedyCapOf")
+        self._remedy_cap_at = AbiFunction(self.flexibility, "remedyCapAt")
         self._participant_of = AbiFunction(self.registry, "participantOf")
         self._filled_of = AbiFunction(self.market, "filledOf")
         self._balance_of = AbiFunction(self.market, "balanceOf")
@@ -430,9 +430,10 @@ class ChainLedger:
         return tx_hash
 
     # ------------------------------------------------------------------ flexibility
-    def remedy_cap(self, wallet: str) -> int:
+    def remedy_cap(self, wallet: str, interval_id: int) -> int:
         cap = self._rpc(
-            "reading a remedy cap", lambda: self._remedy_cap_of.call(self.w3, checksum(wallet))
+            "reading a remedy cap",
+            lambda: self._remedy_cap_at.call(self.w3, checksum(wallet), interval_id),
         )
         return int(cap)
 

@@ -513,7 +513,7 @@ class Clearer:
         pending = self._unrecorded_escrow(interval_id)
         payers: dict[str, PayerFunds] = {}
         for wallet in dict.fromkeys(o.trader for o in book):
-            cap = self.ledger.remedy_cap(wallet)
+            cap = self.ledger.remedy_cap(wallet, interval_id)
             if cap > 0:
                 available = self.ledger.available_balance(wallet) - pending.get(wallet, 0)
                 payers[wallet.lower()] = PayerFunds(cap, max(0, available))

@@ -287,7 +287,9 @@ class MemoryLedger:
         self.devices[device] = Device(device, owner, bus_id, kind, True, min_w, max_w, capacity_wh)
         return "0x" + f"{next(self._tx):064x}"
 
-    def remedy_cap(self, wallet: str) -> int:
+    def remedy_cap(self, wallet: str, interval_id: int) -> int:
+        # one cap for every interval: this ledger has no clock to stage a change by
+        del interval_id
         return self.remedy_caps.get(to_checksum_address(wallet), 0)
 
     def record_activations(

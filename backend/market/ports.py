@@ -204,9 +204,11 @@ class MarketLedger(Protocol):
         use raises ``DeviceInUseError``, the owner's bus mismatch ``WrongBusError``."""
         ...
 
-    def remedy_cap(self, wallet: str) -> int:
-        """``FlexibilityMarket.remedyCapOf``: base units per kWh of a rescued trade the wallet
-        pays at most (0: its trades are never rescued)."""
+    def remedy_cap(self, wallet: str, interval_id: int) -> int:
+        """``FlexibilityMarket.remedyCapAt``: base units per kWh of a rescued trade of the
+        interval the wallet pays at most (0: its trades are never rescued). A cap change applies
+        from an interval whose gate is more than one interval away, so what the clearing reads
+        here is what recording checks."""
         ...
 
     def record_activations(

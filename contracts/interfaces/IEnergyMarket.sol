@@ -410,6 +410,8 @@ interface IEnergyMarket {
     event ImbalancePricesChanged(uint32 shortPriceBps, uint32 longPriceBps);
     /// @notice An owing account paid `amount` of its debt to the balancing account; `remaining` is left.
     event DebtRepaid(address indexed account, uint256 amount, uint256 remaining);
+    /// @notice The balancing account advanced `amount` of a remedy share `payer` no longer had; owed back.
+    event FlexShareAdvanced(address indexed payer, uint256 amount);
 
     /// @notice EIP-712 type hash of Order.
     function ORDER_TYPEHASH() external view returns (bytes32);
@@ -486,8 +488,10 @@ interface IEnergyMarket {
     /// @notice Attach the FlexibilityMarket (the registry's DEFAULT_ADMIN_ROLE, once): the only caller of
     /// `flexLock` and `flexRelease`. Balances stay here (one bank); it moves them as its rules say.
     function attachFlexibility(address flexibility_) external;
-    /// @notice Lock `amount` of `payer`'s available balance (FlexibilityMarket only); reverts
-    /// `MarketAccountOwing` for an owing payer, `MarketInsufficientBalance(payer, available, amount)`.
+    /// @notice Lock `amount` of `payer`'s available balance (FlexibilityMarket only); what the payer no
+    /// longer has (withdrawn since the clearing) the balancing account advances and the payer owes
+    /// (`FlexShareAdvanced`, `debtOf`); `MarketInsufficientBalance(balancingAccount, ...)` if it cannot
+    /// (and for the balancing account's own DSO shares).
     function flexLock(address payer, uint256 amount) external;
     /// @notice Release `amount` of `payer`'s locked balance (FlexibilityMarket only): `paid` of it to
     /// `payee`'s available balance, the rest back to the payer's.

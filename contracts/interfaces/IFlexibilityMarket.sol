@@ -129,11 +129,13 @@ interface IFlexibilityMarket {
     error FlexSettlementNotReady(uint64 intervalId, uint256 notBefore);
     /// @notice Settlement at or after EnergyMarket's `reclaimAfter`: only reclaim is left.
     error FlexSettlementExpired(uint64 intervalId, uint256 reclaimAfter);
+    /// @notice A remedy cap above 2^96 - 1 base units per kWh.
+    error FlexRemedyCapTooLarge(uint256 maxPerKWh);
     /// @notice reclaimActivations before `reclaimAfter`.
     error FlexReclaimNotReady(uint64 intervalId, uint256 reclaimAfter);
 
     /// @notice A participant set its remedy cap (base units per kWh of a rescued trade of its own).
-    event RemedyCapSet(address indexed account, uint128 maxPerKWh);
+    event RemedyCapSet(address indexed account, uint128 maxPerKWh, uint64 fromInterval);
     /// @notice The grid operator set the DSO budget (base units per interval).
     event DsoBudgetSet(uint128 budgetPerInterval);
     /// @notice A batch of activations was recorded.
@@ -173,10 +175,14 @@ interface IFlexibilityMarket {
     function FLEX_ATTESTATION_TYPEHASH() external view returns (bytes32);
 
     /// @notice Set the caller's remedy cap: at most `maxPerKWh` x tradeEnergyWh / 1000 base units per
-    /// rescued trade of its own (0, the default: its trades are never rescued).
+    /// rescued trade of its own (0, the default: its trades are never rescued), for the intervals from
+    /// the first whose gate closes more than one interval from now (`RemedyCapSet.fromInterval`); the
+    /// intervals before keep the cap they are cleared with. At most 2^96 - 1 (`FlexRemedyCapTooLarge`).
     function setRemedyCap(uint128 maxPerKWh) external;
-    /// @notice The remedy cap of `account` (base units per kWh).
+    /// @notice The remedy cap `account` set last (base units per kWh; in force from its fromInterval).
     function remedyCapOf(address account) external view returns (uint128);
+    /// @notice The remedy cap of `account` for interval `intervalId` (what recording checks).
+    function remedyCapAt(address account, uint64 intervalId) external view returns (uint128);
     /// @notice Set the DSO budget (GRID_OPERATOR_ROLE): at most `budgetPerInterval` base units of
     /// DSO-service activations per interval, from the balancing account.
     function setDsoBudget(uint128 budgetPerInterval) external;

@@ -68,7 +68,10 @@ class Flex:
         self, offer: dict[str, Any], activated_w: int, trade_id: bytes, seller: Any, buyer: Any
     ) -> flex.Activation:
         cost = flex.cost(activated_w, offer["pricePerKWh"], INTERVAL_S)
-        caps = [flex.remedy_cap(self.fm.remedyCapOf(w), TRADE_WH) for w in (seller, buyer)]
+        caps = [
+            flex.remedy_cap(self.fm.remedyCapAt(w, offer["intervalId"]), TRADE_WH)
+            for w in (seller, buyer)
+        ]
         split = flex.remedy_split(cost, caps[0], caps[1]) or (cost // 2, cost - cost // 2)
         sig = flex.sign_offer(self.provider_key, self.dom, offer)
         return flex.Activation(
@@ -146,7 +149,8 @@ def fx(ledger: DeployedLedger, FlexibilityMarket: Any) -> Flex:
 @pytest.fixture
 def iv(fx: Flex, parts: Any) -> int:
     fx.recorded = {}
-    return fx.ledger.current_interval() + 2
+    # + 3: a remedy cap set in the test applies from current + 2 or + 3 (`setRemedyCap`)
+    return fx.ledger.current_interval() + 3
 
 
 def _trade(ledger: DeployedLedger, parts: Any, interval: int, nonce: int = 1) -> bytes:
@@ -177,11 +181,47 @@ def test_bank_hook_only_attached_flexibility(fx: Flex, parts: Any) -> None:
 # ------------------------------------------------------------------ settings
 
 
+def _cap_from(fx: Flex, tx: Any) -> int:
+    """The first interval a cap set by ``tx`` applies to: the first whose gate closes more than
+    one interval after the transaction's block."""
+    at = brownie.chain[tx.block_number].timestamp
+    first = (at + INTERVAL_S) // INTERVAL_S + 1
+    while fx.ledger.market.gateClosure(first) <= at + INTERVAL_S:
+        first += 1
+    return first
+
+
 def test_set_remedy_cap_by_participant_emits(fx: Flex, parts: Any) -> None:
     assert fx.fm.remedyCapOf(parts.S1) == 0
     tx = fx.fm.setRemedyCap(50_000, {"from": parts.S1})
-    assert ev(tx, "RemedyCapSet") == [parts.S1.address, 50_000]
+    start = _cap_from(fx, tx)
+    assert ev(tx, "RemedyCapSet") == [parts.S1.address, 50_000, start]
     assert fx.fm.remedyCapOf(parts.S1) == 50_000
+    assert [fx.fm.remedyCapAt(parts.S1, i) for i in (start - 2, start - 1, start, start + 9)] == [
+        0, 0, 50_000, 50_000,
+    ]  # fmt: skip
+
+
+def test_remedy_cap_change_spares_intervals_that_may_be_cleared(fx: Flex, parts: Any) -> None:
+    """Consent cannot be withdrawn (nor the split changed) for an interval whose book may already
+    be closed: a change applies from the first interval whose gate closes more than one interval
+    away; the intervals before keep the cap they had."""
+    first = fx.fm.setRemedyCap(50_000, {"from": parts.S1})
+    start = _cap_from(fx, first)
+    brownie.chain.sleep(INTERVAL_S * 2)  # `start` is now the next interval, maybe being cleared
+    second = fx.fm.setRemedyCap(0, {"from": parts.S1})
+    later = _cap_from(fx, second)
+    assert later >= start + 2 and ev(second, "RemedyCapSet") == [parts.S1.address, 0, later]
+    # every interval whose gate is still open and before `later` keeps 50,000 (earlier ones are
+    # past their gate: nothing of theirs is recorded any more)
+    still_open = fx.ledger.current_interval() + 1
+    assert still_open < later and start <= still_open
+    caps = [fx.fm.remedyCapAt(parts.S1, i) for i in range(still_open, later + 2)]
+    assert caps == [50_000] * (later - still_open) + [0, 0]
+    assert fx.fm.remedyCapOf(parts.S1) == 0
+    with brownie.reverts(err("FlexRemedyCapTooLarge", 2**96)):
+        fx.fm.setRemedyCap(2**96, {"from": parts.S1})
+    fx.fm.setRemedyCap(2**96 - 1, {"from": parts.S1})
 
 
 def test_set_dso_budget_only_grid_operator(fx: Flex, parts: Any) -> None:
@@ -429,8 +469,10 @@ def test_rescue_needs_trades_caps_and_exact_split(fx: Flex, iv: int, parts: Any)
     assert (b_after[0], b_after[1]) == (b_before[0] - 60_000, b_before[1] + 60_000)
 
 
-def test_rescue_refuses_owing_payer(fx: Flex, iv: int, parts: Any) -> None:
-    """A payer with imbalance debt is refused by EnergyMarket's lock (its MarketAccountOwing)."""
+def test_rescue_share_of_a_payer_without_funds_is_advanced(fx: Flex, iv: int, parts: Any) -> None:
+    """A payer whose balance went (withdrawn, or owed on imbalance) after its trade was cleared
+    cannot leave the rescued trade without its remedy: the balancing account advances the share,
+    the payer owes it (its later orders are refused until it pays)."""
     led, m = fx.ledger, fx.ledger.market
     later = iv + 8  # its trade recorded now, its activations after S1 came to owe
     tid = _trade(led, parts, later, nonce=2)
@@ -445,11 +487,16 @@ def test_rescue_refuses_owing_payer(fx: Flex, iv: int, parts: Any) -> None:
     fx.fm.setRemedyCap(10**6, {"from": parts.S1})
     fx.fm.setRemedyCap(10**6, {"from": parts.B1})
     act = fx.rescue(fx.offer(later), 2_000, tid, parts.S1, parts.B1)
-    packed = fx.packed([act])
-    with brownie.reverts(err("MarketAccountOwing", parts.S1.address, debt)):
-        fx.fm.recordActivations(
-            later, 0, packed, EVIDENCE, fx.attest(later, packed), {"from": led.operator}
-        )
+    assert (act.share0, act.share1) == (50_000, 50_000)
+    total = fx.total_in_market()
+    bal0, s0 = m.balanceOf(led.balancing), m.balanceOf(parts.S1)
+    assert s0[0] == 0
+    tx = fx.record(later, [act])
+    assert ev(tx, "FlexShareAdvanced") == [parts.S1.address, 50_000]
+    assert m.debtOf(parts.S1) == debt + 50_000
+    assert tuple(m.balanceOf(parts.S1)) == (0, s0[1] + 50_000)
+    assert m.balanceOf(led.balancing)[0] == bal0[0] - 50_000
+    assert fx.total_in_market() == total == led.token.balanceOf(m)
 
 
 # ------------------------------------------------------------------ settlement

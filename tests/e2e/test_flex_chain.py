@@ -75,10 +75,13 @@ def test_deploy_attaches_flexibility_market(chain: dict[str, Any]) -> None:
     ledger = chain["ledger"]
     assert chain["market"].functions.flexibility().call() == ledger.flex_address
     assert chain["dep"].address("FlexibilityMarket") == ledger.flex_address
-    assert ledger.remedy_cap(PROVIDER.address) == 0
+    now = chain_now(chain["w3"]) // INTERVAL_S
+    assert ledger.remedy_cap(PROVIDER.address, now + 3) == 0
     provider = ChainClient(chain["url"], K[5])
     provider.transact(ledger.flexibility.functions.setRemedyCap(12_345))
-    assert ledger.remedy_cap(PROVIDER.address) == 12_345
+    # from an interval whose gate closes more than one interval away: never the one being cleared
+    assert ledger.remedy_cap(PROVIDER.address, now + 1) == 0
+    assert ledger.remedy_cap(PROVIDER.address, now + 3) == 12_345
 
 
 def test_record_settle_through_the_ledger(chain: dict[str, Any]) -> None:

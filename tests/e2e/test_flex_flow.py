@@ -95,8 +95,9 @@ def _sign(market: Market, primary: str, key: str, msg: dict[str, Any]) -> str:
 
 
 def _evening(market: Market) -> int:
-    """The first interval at 20:00 at least two ahead (the residential evening peak)."""
-    iv = market.current_interval() + 2
+    """The first interval at 20:00 at least three ahead (the residential evening peak; the
+    remedy caps set at the module's start apply from two or three ahead)."""
+    iv = market.current_interval() + 3
     return iv + (80 - iv) % 96
 
 
@@ -151,48 +152,86 @@ def test_rescue_is_recorded_on_both_contracts(chain: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
-def test_refused_activation_batch_is_reported_with_the_decoded_reason(
+def test_payer_backing_out_after_the_clearing_cannot_unremedy_the_trade(
     chain: dict[str, Any],
 ) -> None:
-    """The buyer lowers its cap to 0 after the clearing: the chain refuses the batch
-    (FlexSharesMismatch: the split it requires changed), the trade stays recorded, the
-    activation batch is failed with the contract's error and retried later; nothing of it is
-    locked."""
+    """After the clearing the buyer lowers its cap to 0 and withdraws its whole balance: the
+    interval keeps the cap it was cleared with (a change applies only from an interval whose gate
+    is more than one interval away), and the buyer's share is advanced by the balancing account
+    and owed. While the balancing account cannot advance it either, the activation batch is
+    failed with the contract's decoded error and retried; nothing of it is locked or dispatched,
+    and the next attempt records it."""
     m: Market = chain["market"]
-    energy = chain["energy"]
+    energy, flexibility, token = chain["energy"], chain["flex"], chain["token"]
+    settings = chain["settings"]
     iv = _evening(m) + 96
+    # ten minutes before the interval, as the market clears it (its book closed near the gate)
+    set_time(chain["w3"], iv * 900 - 600)
     _rescue(m, iv, 2)
-    buyer = ChainClient(chain["url"], BUYER_KEY)
     with m.clearing.lock:
         assert m.intake.close_for_orders(iv)
         m.clearing.clear(iv)
-    buyer.transact(chain["flex"].functions.setRemedyCap(0))
+    buyer = ChainClient(chain["url"], BUYER_KEY)
+    operator = ChainClient(chain["url"], settings.grid_operator_key)
+    balancing = energy.functions.balancingAccount().call()
+    assert balancing == operator.address
+    freed: dict[str, int] = {}
+    record_activations = m.recorder.record_activation_batches
+
+    def backing_out(interval_id: int, due_only: bool = False) -> bool:
+        """The payer's transactions, mined between the trade batch and the activation batch."""
+        buyer.transact(flexibility.functions.setRemedyCap(0))
+        freed["buyer"] = energy.functions.balanceOf(BUYER).call()[0]
+        buyer.transact(energy.functions.withdraw(freed["buyer"]))
+        freed["operator"] = energy.functions.balanceOf(balancing).call()[0]
+        if freed["operator"]:
+            operator.transact(energy.functions.withdraw(freed["operator"]))
+        return record_activations(interval_id, due_only)
+
     seller_locked = energy.functions.balanceOf(SELLER).call()[1]
+    m.recorder.record_activation_batches = backing_out  # type: ignore[method-assign]
     try:
         assert not m.recorder.record_batch(iv)
+        assert flexibility.functions.remedyCapAt(BUYER, iv).call() == CAP_PER_KWH
+        assert flexibility.functions.remedyCapOf(BUYER).call() == 0
         [tb] = m.store.batches(iv)
         [fb] = m.store.activation_batches(iv)
         assert tb.state == BatchState.RECORDED
         assert (fb.state, fb.attempts, fb.tx_hash) == (BatchState.FAILED, 1, None)
-        # the seller's cap (20 x 40 kWh = 800) now covers the whole 440: the chain wants that
-        # split, not the clearing's 220/220
-        [act] = m.store.activations(iv)
         assert fb.last_error == (
-            f"recordActivations would revert: FlexSharesMismatch({act.id}, 440, 0)"
+            "recordActivations would revert: "
+            f"MarketInsufficientBalance({balancing.lower()}, 0, 220)"
         )
         assert fb.next_attempt_at is not None
-        assert chain["flex"].functions.batchOf(iv, 0).call()[1] == 0
+        assert flexibility.functions.batchOf(iv, 0).call()[1] == 0
         assert energy.functions.balanceOf(SELLER).call()[1] == seller_locked
         # not sent to the device while nobody would pay it
         assert MarketActivations(m.store, 900).pending_activations(iv) == []
         with m.clearing.lock:
             assert m.interval(iv).status == IntervalStatus.RECORDED
     finally:
-        buyer.transact(chain["flex"].functions.setRemedyCap(CAP_PER_KWH))
-    # with the cap back the next attempt records it
+        del m.recorder.record_activation_batches
+        refill = freed.get("operator") or 1_000
+        if not freed.get("operator"):
+            admin = ChainClient(chain["url"], settings.admin_key)
+            admin.transact(token.functions.mint(balancing, refill))
+        operator.transact(token.functions.approve(energy.address, refill))
+        operator.transact(energy.functions.deposit(refill))
+        buyer.transact(flexibility.functions.setRemedyCap(CAP_PER_KWH))
+    # the balancing account can advance again: recorded with the clearing's 220 / 220 split
     assert m.recorder.record_activation_batches(iv)
-    assert m.store.activation_batches(iv)[0].state == BatchState.RECORDED
+    [fb] = m.store.activation_batches(iv)
+    assert fb.state == BatchState.RECORDED
+    [log] = energy.events.FlexShareAdvanced.get_logs(from_block=fb.block_number)
+    assert (log["args"]["payer"], log["args"]["amount"]) == (BUYER, 220)
+    assert energy.functions.debtOf(BUYER).call() == 220
+    assert energy.functions.balanceOf(SELLER).call()[1] == seller_locked + 220
     assert len(MarketActivations(m.store, 900).pending_activations(iv)) == 1
+    # the buyer's deposit pays its debt first (its later orders are refused until then)
+    buyer.transact(token.functions.approve(energy.address, freed["buyer"]))
+    buyer.transact(energy.functions.deposit(freed["buyer"]))
+    assert energy.functions.debtOf(BUYER).call() == 0
+    assert energy.functions.balanceOf(BUYER).call()[0] == freed["buyer"] - 220
 
 
 def _wait(pred: Any, timeout_s: float = 60.0) -> None:
