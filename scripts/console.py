@@ -12,7 +12,8 @@
     >>> imbalance(1996100)             # every party's positions, deviation and imbalance payment
     >>> debt(accounts[5])              # what an account owes the balancing account
     >>> set_imbalance_prices(15_000, 5_000)  # the grid operator's short and long prices (bps)
-    >>> flexibility.setRemedyCap(20_000, {"from": accounts[5]})  # <= 20,000/kWh per rescue, from the interval after next
+    >>> flexibility.setRemedyCap(20_000, {"from": accounts[5]})  # <= 20,000/kWh per rescue
+    >>> flexibility.remedyCapAt(accounts[5], 1996100)  # in force for an interval (set: 2 ahead)
 
 `brownie run scripts/console.py` prints where the contracts are. The addresses come from
 TEGRID_DEPLOYMENT_FILE (`tegrid chain deploy`, `tegrid serve --dev` or `tegrid demo` write it).
@@ -51,7 +52,7 @@ token = EnergyToken.at(deployment.address("EnergyToken"))
 registry = ParticipantRegistry.at(deployment.address("ParticipantRegistry"))
 readings = MeterReadings.at(deployment.address("MeterReadings"))
 market = EnergyMarket.at(deployment.address("EnergyMarket"))
-# activations of flexibility offers (remedyCapOf, remedyCapAt, setRemedyCap, intervalBookOf, batchOf)
+# activations of flexibility offers (remedyCapOf/At, setRemedyCap, intervalBookOf, batchOf)
 flexibility = FlexibilityMarket.at(deployment.address("FlexibilityMarket"))
 
 INTERVAL_FIELDS = (
