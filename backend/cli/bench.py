@@ -69,6 +69,9 @@ def control_bench(
     devices: int = typer.Option(
         1000, min=1, max=20_000, help="Simulated devices, one control action each."
     ),
+    rounds: int = typer.Option(
+        1, min=1, max=20, help="Dispatch rounds against the same devices; the median is reported."
+    ),
 ) -> None:
     """Control loop: signed actions published -> checked by the devices -> signed acks stored,
     actions/s and p50/p99; baseline: unsigned QoS-1 round trips through the same broker."""
@@ -78,7 +81,7 @@ def control_bench(
     err = Console(stderr=True)
     try:
         with err.status("control bench") as status:
-            result = run_control_bench(devices, on_phase=lambda s: status.update(s))
+            result = run_control_bench(devices, lambda s: status.update(s), rounds)
     except TegridError as exc:
         fail(str(exc), 1)
     if not json_out:

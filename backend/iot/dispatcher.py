@@ -38,6 +38,8 @@ from backend.iot.transport import Message, Transport
 
 log = logging.getLogger(__name__)
 
+ACK_LINGER_S = 0.01  # how long the ack writer waits for more acks to commit with the first one
+
 
 class ActivationSource(Protocol):
     """Where the dispatcher learns which activations to dispatch (the market's activation
@@ -164,11 +166,21 @@ class Dispatcher:
             except queue.Empty:
                 continue
             batch = [first]
+            # group commit with a short linger: acks of a burst arrive ~1 ms apart, and a commit
+            # per handful of them cost more CPU than verifying them (profiled: 172 commits of ~6
+            # acks for 1,000 actions); waiting up to ACK_LINGER_S for more makes them a few
+            linger_until = time.monotonic() + ACK_LINGER_S
             while len(batch) < 1000:
                 try:
                     batch.append(self._acks.get_nowait())
                 except queue.Empty:
-                    break
+                    left = linger_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(self._acks.get(timeout=left))
+                    except queue.Empty:
+                        break
             try:
                 states = self.store.record_acks([signed for signed, _m in batch])
             except Exception as exc:  # the store is down: not acked, the broker delivers again

@@ -25,7 +25,7 @@ from backend.chain.deploy import RoleHolders, deploy_all
 from backend.chain.registry import DeviceRegistry
 from backend.devtools.anvil import AnvilProcess
 from backend.devtools.broker import MosquittoBroker, find_mosquitto
-from backend.devtools.clock import end_interval
+from backend.devtools.clock import end_interval, set_time
 from backend.devtools.participants import register_devices, register_participants
 from backend.iot.control import CONTROL_WILDCARD, parse_action, registry_domain
 from backend.iot.control_store import ControlStore, ControlTarget
@@ -160,7 +160,7 @@ def test_dispatcher_survives_kill_9_with_nothing_lost_or_signed_twice(
                     specs[i].address,
                     interval,
                     2000,
-                    now + (20 if specs[i].ignore else 300),
+                    now + (120 if specs[i].ignore else 300),
                 )
                 for i in range(n)
             ]
@@ -183,6 +183,16 @@ def test_dispatcher_survives_kill_9_with_nothing_lost_or_signed_twice(
             proc = start()
             done = 2 * (N_DEVICES - IGNORING)
             wait_for(lambda: store.counts()["acknowledged"] == done, 60, "every ack recorded")
+            ignored = [i.to_bytes(32, "big") for i, s in enumerate(specs) if s.ignore]
+
+            def resent() -> bool:
+                rows = [store.get(a) for a in ignored]
+                return all(row is not None and row.attempts >= 2 for row in rows)
+
+            # unanswered ones are published again (retry 1 s) until their expiry (chain time: moved
+            # past it here, so a slow machine cannot expire them before the first resend)
+            wait_for(resent, 60, "the ignored actions resent")
+            set_time(w3, now + 121)
             wait_for(lambda: store.counts()["expired"] == IGNORING, 60, "ignored ones expired")
         finally:
             if proc.poll() is None:
