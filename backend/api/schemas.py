@@ -461,7 +461,9 @@ class DeviceMessage(BaseModel):
     owner: Address = Field(description="the participant's wallet")
     device: Address = Field(description="the device's own key (signs as proof of possession)")
     busId: Uint32 = Field(description=f"grid bus: the owner's connection point; {NUM}")
-    kind: Uint8 = Field(description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter; {NUM}")
+    kind: Uint8 = Field(
+        description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter, 5 genset; {NUM}"
+    )
     minW: Int32 = Field(description=f"lowest power in W (negative: consumption); {NUM}")
     maxW: Int32 = Field(description=f"highest power in W (positive: injection); {NUM}")
     capacityWh: Annotated[int, JsonInt(0, MAX_SAFE_INTEGER)] = Field(
@@ -481,7 +483,7 @@ class DeviceOut(BaseModel):
     owner: Address
     busId: Number = Field(description=OUT_NUM)
     kind: Uint8 = Field(
-        description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter; {OUT_NUM}"
+        description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter, 5 genset; {OUT_NUM}"
     )
     kindName: str
     active: bool = Field(description="the registry's flag, read from the chain")

@@ -2,14 +2,15 @@
 devices' acks into the durable :class:`~backend.iot.control_store.ControlStore`.
 
 Each step: take the activations to dispatch from the :class:`ActivationSource` port (intervals up
-to the current one + ``ahead``) into the store (idempotent), expire unanswered actions whose
-expiry has passed (chain time), sign every pending action with the grid operator key and store
-the signatures (one transaction) *before* publishing them, and publish again - the stored signed
-action, byte for byte - every action unanswered for ``retry_s``. Acks arrive on
-``tegrid/devices/+/ack`` through a persistent MQTT session (fixed client id, manual ack): each is
-checked (wire format, the device's own signature, the device the action went to), written in a
-group commit, and only then acknowledged to the broker, so an ack received just before a kill -9
-is delivered again. A restart therefore loses nothing and never signs a second, different action
+to the current one + ``ahead``) and the grid mode switches from the ``ModeSource``
+(``backend.iot.modes``: one ``ModeAction`` per grid-forming device) into the store (idempotent),
+expire unanswered actions whose expiry has passed (chain time), sign every pending action with the
+grid operator key and store the signatures (one transaction) *before* publishing them, and publish
+again - the stored signed action, byte for byte - every action unanswered for ``retry_s``. Acks
+arrive on ``tegrid/devices/+/ack`` through a persistent MQTT session (fixed client id, manual ack):
+each is checked (wire format, the device's own signature, the device the action went to), written
+in a group commit, and only then acknowledged to the broker, so an ack received just before a kill
+-9 is delivered again. A restart therefore loses nothing and never signs a second, different action
 for an activation: a ``sent`` row is republished from its stored signature.
 """
 
@@ -27,6 +28,7 @@ from backend.chain.eip712 import Domain, address_of
 from backend.iot.control import (
     ACK_WILDCARD,
     ControlAction,
+    ModeAction,
     SignedAck,
     SignedAction,
     control_topic,
@@ -34,6 +36,7 @@ from backend.iot.control import (
 )
 from backend.iot.control_store import ControlStore, ControlTarget
 from backend.iot.errors import MessageError
+from backend.iot.modes import ModeSource
 from backend.iot.transport import Message, Transport
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,10 @@ class Dispatcher:
         ahead: int = 2,
         say: Callable[[str], None] = lambda _line: None,
         chunk: int = 100,
+        modes: ModeSource | None = None,
     ) -> None:
         self.chunk = chunk
+        self.modes = modes
         self.store = store
         self.source = source
         self.transport = transport
@@ -105,7 +110,7 @@ class Dispatcher:
         self._writer: threading.Thread | None = None
 
     # ------------------------------------------------------------------ actions
-    def sign(self, action: ControlAction) -> SignedAction:
+    def sign(self, action: ControlAction | ModeAction) -> SignedAction:
         return action.sign(self.key, self.domain)
 
     def step(self) -> StepReport:
@@ -113,6 +118,8 @@ class Dispatcher:
         chain_now = int(self.clock())
         upto = chain_now // self.interval_seconds + self.ahead
         report.added = self.store.add(self.source.pending_activations(upto))
+        if self.modes is not None:
+            report.added += self.store.add(self.modes.pending_modes(chain_now))
         report.expired = self.store.expire(chain_now)
         now = time.time()
         while True:  # in chunks: the first actions are on the wire while the next are signed
