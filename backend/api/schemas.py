@@ -497,6 +497,14 @@ class DeviceOut(BaseModel):
         None, description=f"hosting capacity for import at the bus when registered, W; {OUT_NUM}"
     )
     txHash: str | None = None
+    stateOfChargeWh: Number | None = Field(
+        None,
+        description="a battery's latest state of charge as the device reported it (signed by its "
+        f"key; GET /devices/{{address}} only; null: no report); {OUT_NUM}",
+    )
+    stateOfChargeAt: Number | None = Field(
+        None, description=f"when the device measured it (its clock, unix seconds); {OUT_NUM}"
+    )
 
 
 class FlexMessage(BaseModel):

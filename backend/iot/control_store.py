@@ -43,7 +43,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from backend import db
 from backend.chain.address import checksum
-from backend.iot.control import GRID_MODES, ControlAction, ModeAction, SignedAck, SignedAction
+from backend.iot.control import (
+    GRID_MODES,
+    ControlAction,
+    ModeAction,
+    SignedAck,
+    SignedAction,
+    SignedSoc,
+)
 from backend.iot.errors import IotError
 
 PENDING, SENT, ACKNOWLEDGED, REFUSED, EXPIRED = (
@@ -149,6 +156,29 @@ class ControlEventRow(Base):
     activation_id: Mapped[str] = mapped_column(String(66))
     state: Mapped[str] = mapped_column(String(12))
     at: Mapped[float] = mapped_column(Float)
+
+
+class DeviceSocRow(Base):
+    """A battery's latest state of charge as the device reported it, signed (``StateOfCharge``)."""
+
+    __tablename__ = "device_soc"
+
+    device: Mapped[str] = mapped_column(String(42), primary_key=True)
+    soc_wh: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[int] = mapped_column(BigInteger)  # the device's clock (unix seconds)
+    signature: Mapped[bytes] = mapped_column(LargeBinary(65))
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class SocReport:
+    """What ``ControlStore.soc`` answers: the latest report of one device."""
+
+    device: str
+    soc_wh: int
+    at: int
+    signature: bytes
+    received_at: float
 
 
 class ControlMetaRow(Base):
@@ -456,6 +486,40 @@ class ControlStore:
                 )
             }
         return [(e.id, {**rows[e.activation_id].as_dict(), "state": e.state}) for e in events]
+
+    def record_socs(self, reports: Sequence[SignedSoc], now: float | None = None) -> int:
+        """Keep each device's latest (verified) state of charge report, by its ``at``: an older
+        or equally old report than the one stored changes nothing. Returns how many were kept."""
+        now = time.time() if now is None else now
+        kept = 0
+        with self._session.begin() as s:
+            for signed in reports:
+                r = signed.report
+                row = s.get(DeviceSocRow, r.device)
+                if row is None:
+                    s.add(DeviceSocRow(device=r.device, soc_wh=r.soc_wh, at=r.at,
+                                       signature=signed.signature, received_at=now))  # fmt: skip
+                elif r.at > row.at:
+                    row.soc_wh, row.at, row.signature, row.received_at = (
+                        r.soc_wh, r.at, signed.signature, now,
+                    )  # fmt: skip
+                else:
+                    continue
+                kept += 1
+        return kept
+
+    def soc(self, device: str) -> SocReport | None:
+        """The latest state of charge report of ``device`` (None: it never reported)."""
+        try:
+            with self._session() as s:
+                row = s.get(DeviceSocRow, checksum(device))
+        except SQLAlchemyError as exc:
+            raise ControlStoreError(
+                f"cannot read the control store: {exc.__class__.__name__}"
+            ) from None
+        if row is None:
+            return None
+        return SocReport(row.device, row.soc_wh, row.at, row.signature, row.received_at)
 
     def set_meta(self, key: str, value: str | None = None) -> None:
         with self._session.begin() as s:

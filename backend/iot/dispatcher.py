@@ -27,12 +27,14 @@ from typing import Protocol
 from backend.chain.eip712 import Domain, address_of
 from backend.iot.control import (
     ACK_WILDCARD,
+    SOC_WILDCARD,
     ControlAction,
     ModeAction,
     SignedAck,
     SignedAction,
     control_topic,
     parse_ack,
+    parse_soc,
 )
 from backend.iot.control_store import ControlStore, ControlTarget
 from backend.iot.errors import MessageError
@@ -105,6 +107,8 @@ class Dispatcher:
         self.say = say
         self.acks_recorded = 0
         self.acks_dropped = 0
+        self.socs_recorded = 0
+        self.socs_dropped = 0
         self._acks: queue.Queue[tuple[SignedAck, Message]] = queue.Queue()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -145,6 +149,7 @@ class Dispatcher:
         self._writer = threading.Thread(target=self._write_acks, name="ack-writer", daemon=True)
         self._writer.start()
         self.transport.subscribe(ACK_WILDCARD, self.on_ack, qos=1)
+        self.transport.subscribe(SOC_WILDCARD, self.on_soc, qos=1)
 
     def stop(self) -> None:
         self._stop.set()
@@ -163,6 +168,27 @@ class Dispatcher:
             message.ack()
             return
         self._acks.put((signed, message))
+
+    def on_soc(self, message: Message) -> None:
+        """A battery's signed state of charge: checked (wire format, the device's own signature)
+        and kept as its latest (by the device's ``at``), then acknowledged to the broker."""
+        try:
+            signed = parse_soc(message.payload, message.topic)
+            signer = signed.signer(self.domain)
+            if signer != signed.report.device:
+                raise MessageError("bad_signature", f"signed by {signer}, not the device")
+        except MessageError as exc:
+            self.socs_dropped += 1
+            self.say(f"warning: state of charge on {message.topic} dropped: {exc}")
+            message.ack()
+            return
+        try:
+            self.store.record_socs([signed])
+        except Exception as exc:  # the store is down: not acked, the broker delivers it again
+            log.warning("cannot record a state of charge: %s", exc)
+            return
+        self.socs_recorded += 1
+        message.ack()
 
     def _write_acks(self) -> None:
         while not self._stop.is_set() or not self._acks.empty():

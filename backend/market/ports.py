@@ -83,6 +83,22 @@ class Receipt:
     gas_used: int = 0
 
 
+class SocReport(Protocol):
+    """A battery's latest state of charge as its device reported it (signed by the device key)."""
+
+    @property
+    def soc_wh(self) -> int: ...
+    @property
+    def at(self) -> int: ...  # the device's clock, unix seconds
+
+
+class SocSource(Protocol):
+    """Where the market reads the devices' reported states of charge (the dispatcher's control
+    store, which keeps each battery's latest signed report)."""
+
+    def soc(self, device: str) -> SocReport | None: ...
+
+
 class MarketLedger(Protocol):
     """The chain as the market sees it."""
 
