@@ -615,12 +615,24 @@ class ControlAckOut(BaseModel):
 
 
 class ControlActionOut(BaseModel):
-    """A control action of one activation and where it stands."""
+    """A control action of one activation, or a grid mode switch told to a grid-forming device
+    (``kind`` mode), and where it stands."""
 
+    kind: Literal["control", "mode"] = Field(
+        description="control: an activation's ControlAction; mode: a ModeAction after the "
+        "registry's GridModeChanged (activationId is then the action id)"
+    )
     activationId: Hash32
     device: Address
-    intervalId: Number = Field(description=f"delivery interval; {OUT_NUM}")
-    setpointW: Int64 = Field(description=f"absolute power target, W (+ injects); {OUT_STR}")
+    intervalId: Number = Field(
+        description=f"delivery interval; a mode switch's effective interval; {OUT_NUM}"
+    )
+    setpointW: Int64 | None = Field(
+        description=f"absolute power target, W (+ injects); null for a mode switch; {OUT_STR}"
+    )
+    mode: Literal["grid_connected", "islanded"] | None = Field(
+        None, description="the mode a mode switch tells the device to run in"
+    )
     expiry: Number = Field(description=f"chain time (s) after which it is void; {OUT_NUM}")
     state: Literal["pending", "sent", "acknowledged", "refused", "expired"]
     reason: str | None = Field(description="the device's refusal reason (state refused)")
