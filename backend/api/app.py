@@ -191,7 +191,7 @@ def create_app(
             except TegridError as exc:  # /control answers 503 until a restart can open it
                 log.warning("%s", exc)
         if app.state.control is not None:  # the batteries' reported states of charge
-            m.flex.socs = app.state.control
+            m.use_socs(app.state.control)
         if recover:
             try:  # recover never raises; this keeps the server starting if that ever breaks
                 done = await asyncio.to_thread(m.recover)

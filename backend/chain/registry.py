@@ -200,10 +200,13 @@ class GridModeLog(DeviceRegistry):
         ]  # fmt: skip
         return sorted(out, key=lambda c: (c.block, c.log_index))
 
-    def grid_forming(self, to_block: int | str = "latest") -> list[DeviceRecord]:
-        """The active grid-forming devices registered up to ``to_block``, in registration order."""
+    def grid_forming(
+        self, from_block: int = 0, to_block: int | str = "latest"
+    ) -> list[DeviceRecord]:
+        """The active grid-forming devices registered in ``[from_block, to_block]`` (from the
+        deployment's block: all of them), in registration order."""
         keys: list[str] = []
-        for e in self._logs("DeviceRegistered", 0, to_block):
+        for e in self._logs("DeviceRegistered", from_block, to_block):
             if int(e["args"]["kind"]) in GRID_FORMING_KINDS:
                 keys.append(checksum(e["args"]["device"]))
         records = self.devices(keys)

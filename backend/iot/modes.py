@@ -57,7 +57,7 @@ class RegistryModes:
         self._next_block = head + 1
         if not changes:
             return []
-        units = self.log.grid_forming(head)
+        units = self.log.grid_forming(self._start, head)
         return [
             ControlTarget.for_mode(
                 mode_action_id(c.tx_hash, c.log_index, unit.device), unit.device, c.mode,

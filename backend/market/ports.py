@@ -128,6 +128,11 @@ class MarketLedger(Protocol):
         """The registry's grid mode now: 0 grid-connected, 1 islanded (``setGridMode``)."""
         ...
 
+    def grid_forming_devices(self) -> list[Device]:
+        """The registry's active grid-forming devices (batteries and gensets), in registration
+        order."""
+        ...
+
     def participant(self, wallet: str) -> Participant | None: ...
 
     def available_balance(self, wallet: str) -> int: ...
@@ -299,8 +304,12 @@ class GridPort(Protocol):
         with remedies from ``flex``'s offers (``backend.market.remedy``)."""
         ...
 
-    def set_mode(self, interval_id: int, islanded: bool) -> None:
-        """Validate ``interval_id`` islanded (or grid-connected, the default) from now on."""
+    def set_mode(
+        self, interval_id: int, islanded: bool, units: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        """Validate ``interval_id`` islanded (or grid-connected, the default) from now on;
+        ``units``: its grid-forming units (``grid.island.GridFormingUnit`` fields, e.g. the
+        registry's devices; None: the network's own)."""
         ...
 
     def prepare(self, interval_id: int) -> None:
