@@ -75,6 +75,22 @@ def test_actions_of_an_interval_with_their_acks(
     assert client.get("/control/actions", params={"interval": 9}).json() == []
 
 
+def test_a_mode_switch_row_names_its_mode_and_has_no_setpoint(
+    env: tuple[TestClient, ControlStore, Market],
+) -> None:
+    client, store, _m = env
+    mode_id = (77).to_bytes(32, "big")
+    store.add([ControlTarget.for_mode(mode_id, DEVICE, 1, 7, 10_000)], now=100.0)
+    store.sign_pending(lambda a: a.sign(ANVIL_KEYS[0], DOMAIN), OPERATOR, now=101.0)
+    ack = ControlAck(mode_id, DEVICE, 0, 48_000, 500).sign(DEVICE_KEY, DOMAIN)
+    assert store.record_acks([ack], now=102.0) == ["acknowledged"]
+    [row] = client.get("/control/actions", params={"interval": 7}).json()
+    assert (row["kind"], row["mode"], row["setpointW"], row["intervalId"], row["state"]) == (
+        "mode", "islanded", None, 7, "acknowledged"
+    )  # fmt: skip
+    assert row["ack"]["appliedW"] == "48000"
+
+
 @pytest.mark.parametrize(
     "params",
     [{}, {"interval": -1}, {"interval": "x"}, {"interval": 2**53}, {"interval": 1, "state": "ok"}],
