@@ -1,4 +1,4 @@
-"""Controllable devices (battery, EV charger, heat pump, PV inverter) join through the
+"""Controllable devices (battery, EV charger, heat pump, PV inverter, genset) join through the
 plug-and-play path, as connections do: the owner's wallet signs a ``DeviceRegistration`` and the
 device key signs the same typed data (proof of possession), the Neural Grid checks the hosting
 capacity at the bus for the device's export and import, and the grid operator key registers it in
