@@ -11,8 +11,8 @@ from eth_account import Account
 
 from backend.market.errors import (
     ConflictError,
-    InvalidOrderError,
     IntervalClosedError,
+    InvalidOrderError,
     NonceUsedError,
     TooManyOrdersError,
     WrongBusError,
