@@ -80,7 +80,7 @@ def run(
     from backend.iot.control import registry_domain  # noqa: PLC0415
     from backend.iot.control_store import ControlStore  # noqa: PLC0415
     from backend.iot.dispatcher import Dispatcher  # noqa: PLC0415
-    from backend.iot.modes import RegistryModes  # noqa: PLC0415
+    from backend.iot.modes import RegistryModes, battery_reports  # noqa: PLC0415
     from backend.iot.transport import MqttTransport  # noqa: PLC0415
     from backend.market.factory import load_key  # noqa: PLC0415
     from backend.market.store import Store as MarketStore  # noqa: PLC0415
@@ -109,6 +109,7 @@ def run(
             modes=RegistryModes(
                 GridModeLog(w3, registry_address), dep.interval_seconds, from_block=dep.block
             ),
+            soc_check=battery_reports(DeviceRegistry(w3, registry_address)),
         )  # fmt: skip
         startup(
             "dispatcher",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from backend.chain.eip712 import Domain, address_of
+from backend.errors import TegridError
 from backend.iot.control import (
     ACK_WILDCARD,
     SOC_WILDCARD,
@@ -32,6 +33,7 @@ from backend.iot.control import (
     ModeAction,
     SignedAck,
     SignedAction,
+    StateOfCharge,
     control_topic,
     parse_ack,
     parse_soc,
@@ -91,9 +93,12 @@ class Dispatcher:
         say: Callable[[str], None] = lambda _line: None,
         chunk: int = 100,
         modes: ModeSource | None = None,
+        soc_check: Callable[[StateOfCharge], str | None] | None = None,
     ) -> None:
         self.chunk = chunk
         self.modes = modes
+        # what the registry says of a report's device (None: keep it; else why not)
+        self.soc_check = soc_check
         self.store = store
         self.source = source
         self.transport = transport
@@ -170,17 +175,25 @@ class Dispatcher:
         self._acks.put((signed, message))
 
     def on_soc(self, message: Message) -> None:
-        """A battery's signed state of charge: checked (wire format, the device's own signature)
-        and kept as its latest (by the device's ``at``), then acknowledged to the broker."""
+        """A battery's signed state of charge: checked (wire format, the device's own signature,
+        ``soc_check``: an active battery in the registry, within its capacity) and kept as its
+        latest (by the device's ``at``), then acknowledged to the broker. With the registry out
+        of reach it is left unacknowledged (the next report supersedes it anyway)."""
         try:
             signed = parse_soc(message.payload, message.topic)
             signer = signed.signer(self.domain)
             if signer != signed.report.device:
                 raise MessageError("bad_signature", f"signed by {signer}, not the device")
+            refusal = self.soc_check(signed.report) if self.soc_check is not None else None
+            if refusal is not None:
+                raise MessageError("not_a_battery", refusal)
         except MessageError as exc:
             self.socs_dropped += 1
             self.say(f"warning: state of charge on {message.topic} dropped: {exc}")
             message.ack()
+            return
+        except (TegridError, OSError) as exc:
+            log.warning("cannot check a state of charge against the registry: %s", exc)
             return
         try:
             self.store.record_socs([signed])

@@ -12,10 +12,12 @@ from the deployment block stores nothing twice; a switch whose actions would alr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from backend.chain.registry import GridModeLog
-from backend.iot.control import mode_action_id
+from backend.chain.protocol import DEVICE_BATTERY
+from backend.chain.registry import DeviceRegistry, GridModeLog
+from backend.iot.control import StateOfCharge, mode_action_id
 from backend.iot.control_store import ControlTarget
 
 MODE_ACTION_TTL_S = 3600  # a device that was offline longer hears of the switch from the market
@@ -66,3 +68,20 @@ class RegistryModes:
             for c in changes
             for unit in units
         ]  # fmt: skip
+
+
+def battery_reports(registry: DeviceRegistry) -> Callable[[StateOfCharge], str | None]:
+    """The dispatcher's check of a state of charge report against the registry: its device an
+    active battery, the value within its capacity (None: keep it; else why not). Each answer is
+    the registry's at the time of the report (one ``deviceOf`` call; reports come once an interval
+    per battery)."""
+
+    def check(report: StateOfCharge) -> str | None:
+        record = registry.devices([report.device])[report.device]
+        if record.owner is None or not record.active or record.kind != DEVICE_BATTERY:
+            return f"{report.device} is not an active battery in the registry"
+        if report.soc_wh > record.capacity_wh:
+            return f"{report.soc_wh} Wh is above the battery's capacity of {record.capacity_wh} Wh"
+        return None
+
+    return check

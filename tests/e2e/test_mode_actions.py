@@ -44,7 +44,7 @@ from backend.iot.control_store import ACKNOWLEDGED, MODE, SENT, ControlStore
 from backend.iot.devices import DeviceFleet, DeviceSpec, dev_device_key
 from backend.iot.dispatcher import Dispatcher, StoreActivations
 from backend.iot.meters import dev_meters
-from backend.iot.modes import MODE_ACTION_TTL_S, RegistryModes
+from backend.iot.modes import MODE_ACTION_TTL_S, RegistryModes, battery_reports
 from backend.iot.signing import ReadingDomain
 from backend.iot.transport import MqttTransport
 from backend.settings import ANVIL_KEYS
@@ -322,3 +322,14 @@ def test_battery_state_of_charge_is_reported_signed_and_kept(env: Env) -> None:
     assert env.dispatcher.socs_dropped == dropped + 1
     latest = env.store.soc(BATTERY)
     assert latest is not None and (latest.soc_wh, latest.at) == (4321, report.at + 20)
+    # with the registry's check (as `tegrid dispatcher` runs it): a genset's report and one above
+    # the battery's 10 kWh capacity are dropped, a battery's within it kept
+    env.dispatcher.soc_check = battery_reports(GridModeLog(env.w3, env.registry_address))
+    dropped = env.dispatcher.socs_dropped
+    for key, device, soc_wh in ((SPECS[1].key, GENSET, 1), (SPECS[0].key, BATTERY, 10_001),
+                                (SPECS[0].key, BATTERY, 9_999)):  # fmt: skip
+        signed = StateOfCharge(device, soc_wh, report.at + 30).sign(key, env.domain)
+        env.client.publish(soc_topic(device), signed.to_json(), qos=1)
+    wait_for(lambda: env.store.soc(BATTERY).soc_wh == 9_999, 10, "the report within capacity")  # type: ignore[union-attr]
+    assert env.dispatcher.socs_dropped == dropped + 2
+    assert env.store.soc(GENSET) is None
