@@ -37,8 +37,9 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     uint64 private _gridModeSince;
 
     uint8 private constant DEVICE_BATTERY = 1;
+    uint8 private constant DEVICE_GENSET = 5;
     uint8 private constant GRID_MODE_MAX = 1; // 0 grid-connected, 1 islanded
-    uint8 private constant DEVICE_KIND_MAX = 4;
+    uint8 private constant DEVICE_KIND_MAX = 5;
 
     // MeterRecord as stored (one slot, Solidity's packing in declaration order): wallet (bits 0..159) |
     // index (160..191) | active (192..199). meterStatesOf reads the slot whole; test_meter_states_of_packed_keys pins it.
@@ -116,7 +117,7 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     ) external onlyRole(GRID_OPERATOR_ROLE) {
         if (device == address(0) || owner == address(0)) revert RegistryZeroAddress();
         if (kind == 0 || kind > DEVICE_KIND_MAX) revert RegistryUnknownDeviceKind(kind);
-        if (minW > maxW) revert RegistryDeviceLimits(minW, maxW);
+        if (minW > maxW || (kind == DEVICE_GENSET && minW < 0)) revert RegistryDeviceLimits(minW, maxW);
         if ((kind == DEVICE_BATTERY) != (capacityWh != 0)) revert RegistryDeviceCapacity(kind, capacityWh);
         Participant storage p = _participants[owner];
         if (!p.active) revert RegistryOwnerNotActive(owner);

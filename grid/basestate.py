@@ -77,9 +77,9 @@ class BaseStates:
 
     def soc_at(self, interval: int | None, interval_seconds: int) -> float:
         """The master battery's state of charge (kWh) at the start of ``interval``: the unit's
-        ``soc_kwh`` at the start of the UTC day, then each earlier interval of the day's base
-        state takes ``forming_kw x h`` out (kept within 0..capacity: beyond, the island sheds
-        load). Not a battery: 0."""
+        ``soc_kwh`` at the start of the UTC day (of ``soc_interval``, a device's report), then
+        each earlier interval of the day's base state takes ``forming_kw x h`` out (kept within
+        0..capacity: beyond, the island sheds load). Not a battery: 0."""
         assert self.island is not None
         unit = self.island.forming
         if unit.kind != "battery":
@@ -87,6 +87,8 @@ class BaseStates:
         if interval is None:
             return float(unit.soc_kwh)
         first = interval * interval_seconds // 86400 * 86400 // interval_seconds
+        if unit.soc_interval is not None:  # a device's report: the walk starts there
+            first = min(int(unit.soc_interval), interval)
         k, soc = first, float(unit.soc_kwh)
         for j in range(interval, first, -1):  # the latest interval of the day already walked
             hit = self._soc.get((j, interval_seconds))

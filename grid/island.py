@@ -67,6 +67,10 @@ class GridFormingUnit:
     max_kw: float
     capacity_kwh: float = 0.0
     soc_kwh: float = 0.0
+    # A registered device (ParticipantRegistry): its key, and for a battery with a reported state
+    # of charge the interval at whose start ``soc_kwh`` holds (else ``soc_kwh`` is the day's start)
+    device: str = ""
+    soc_interval: int | None = None
 
     def __post_init__(self) -> None:
         numbers = (self.min_kw, self.max_kw, self.capacity_kwh, self.soc_kwh)
@@ -91,7 +95,7 @@ class GridFormingUnit:
         return f"{self.kind} {self.name} (bus {self.bus})"
 
     def doc(self) -> list[object]:
-        return [
+        out: list[object] = [
             self.name,
             self.kind,
             int(self.bus),
@@ -100,6 +104,18 @@ class GridFormingUnit:
             repr(float(self.capacity_kwh)),
             repr(float(self.soc_kwh)),
         ]
+        if self.device or self.soc_interval is not None:  # a registered device's unit
+            out += [self.device, self.soc_interval]
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        """The unit as ``units_from_docs`` reads it back (``tegrid grid ... --units FILE``)."""
+        return {
+            "name": self.name, "kind": self.kind, "bus": int(self.bus),
+            "min_kw": float(self.min_kw), "max_kw": float(self.max_kw),
+            "capacity_kwh": float(self.capacity_kwh), "soc_kwh": float(self.soc_kwh),
+            "device": self.device, "soc_interval": self.soc_interval,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)

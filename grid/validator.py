@@ -118,6 +118,7 @@ BATCH_SIZE = 32
 PREFIX_CACHE = 64
 SNAPSHOT_EVERY_TRADE_MAX = 512  # longer lists are snapshotted every SNAPSHOT_STRIDE trades
 SNAPSHOT_STRIDE = 64
+ISLANDS_KEPT = 64  # intervals' own grid-forming units (and islanded base states) remembered
 
 
 class GridValidator:
@@ -162,7 +163,9 @@ class GridValidator:
         self._nominal = nominal_values(net)
         self._bases = BaseStates(net, self._nominal, self.limits, self.network_name)
         self.island = island if island is not None else named_island(self.network_name)
-        self._island_bases: BaseStates | None = None
+        self._island_bases: dict[Island, BaseStates] = {}
+        # per interval: the grid-forming units it runs with (``set_island``; else ``island``)
+        self._interval_islands: OrderedDict[int, Island] = OrderedDict()
         self.reuse = bool(reuse)
         self._prefixes: OrderedDict[
             int, tuple[BaseState, tuple[Activation, ...], tuple[Trade, ...], Session]
@@ -200,7 +203,7 @@ class GridValidator:
         ``islanded``: disconnected, the master unit as the slack (an ``ext_grid`` at its bus),
         the other units at the interval's dispatch (static generators)."""
         if islanded:
-            bases = self._islanded()
+            bases = self._islanded(interval)
             net = copy.deepcopy(bases.net)
             soc = bases.soc_at(interval, interval_seconds)
             _, converged = bases.dispatch(net, interval, interval_seconds, soc)
@@ -224,17 +227,36 @@ class GridValidator:
         assert state is not None
         return state
 
-    def _islanded(self) -> BaseStates:
-        if self.island is None:
+    def set_island(self, interval: int, island: Island | None) -> None:
+        """The grid-forming units ``interval`` runs islanded with (e.g. the registry's active
+        batteries and gensets with their reported state of charge); None: the network's own
+        (``island``). They are part of the islanded base state's evidence."""
+        self._interval_islands.pop(int(interval), None)
+        if island is not None:
+            self._interval_islands[int(interval)] = island
+            if len(self._interval_islands) > ISLANDS_KEPT:
+                self._interval_islands.popitem(last=False)
+
+    def island_of(self, interval: int | None) -> Island | None:
+        """The grid-forming units ``interval`` is validated islanded with."""
+        if interval is not None and int(interval) in self._interval_islands:
+            return self._interval_islands[int(interval)]
+        return self.island
+
+    def _islanded(self, interval: int | None = None) -> BaseStates:
+        island = self.island_of(interval)
+        if island is None:
             raise IslandError(
                 f"network {self.network_name!r} has no grid-forming units: it cannot run islanded"
             )
-        if self._island_bases is None:
-            net = islanded_net(self.net, self.island)
-            self._island_bases = BaseStates(
-                net, nominal_values(net), self.limits, self.network_name, self.island
-            )
-        return self._island_bases
+        bases = self._island_bases.get(island)
+        if bases is None:
+            net = islanded_net(self.net, island)
+            bases = BaseStates(net, nominal_values(net), self.limits, self.network_name, island)
+            if len(self._island_bases) >= ISLANDS_KEPT:
+                self._island_bases.pop(next(iter(self._island_bases)))
+            self._island_bases[island] = bases
+        return bases
 
     def limit_set(
         self,
@@ -250,7 +272,7 @@ class GridValidator:
     def _base(
         self, interval: int | None, interval_seconds: int, islanded: bool = False
     ) -> BaseState:
-        bases = self._islanded() if islanded else self._bases
+        bases = self._islanded(interval) if islanded else self._bases
         return bases.get(interval, interval_seconds)
 
     # ----------------------------------------------------------------- validation
@@ -404,7 +426,7 @@ class GridValidator:
         if not any(a.before for a in activations):
             return trades, {}, {}
         known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
-        slack = self._slack_bus(self._islanded().net if islanded else self.net)
+        slack = self._slack_bus(self._islanded(base.summary.interval).net if islanded else self.net)
         seen = {str(a.id) for a in activations if not a.before}
         by_trade: dict[str, list[int]] = {}
         refused: dict[int, Verdict] = {}

@@ -190,6 +190,8 @@ def create_app(
                 app.state.control = await asyncio.to_thread(ControlStore, url)
             except TegridError as exc:  # /control answers 503 until a restart can open it
                 log.warning("%s", exc)
+        if app.state.control is not None:  # the batteries' reported states of charge
+            m.use_socs(app.state.control)
         if recover:
             try:  # recover never raises; this keeps the server starting if that ever breaks
                 done = await asyncio.to_thread(m.recover)

@@ -461,7 +461,9 @@ class DeviceMessage(BaseModel):
     owner: Address = Field(description="the participant's wallet")
     device: Address = Field(description="the device's own key (signs as proof of possession)")
     busId: Uint32 = Field(description=f"grid bus: the owner's connection point; {NUM}")
-    kind: Uint8 = Field(description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter; {NUM}")
+    kind: Uint8 = Field(
+        description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter, 5 genset; {NUM}"
+    )
     minW: Int32 = Field(description=f"lowest power in W (negative: consumption); {NUM}")
     maxW: Int32 = Field(description=f"highest power in W (positive: injection); {NUM}")
     capacityWh: Annotated[int, JsonInt(0, MAX_SAFE_INTEGER)] = Field(
@@ -481,7 +483,7 @@ class DeviceOut(BaseModel):
     owner: Address
     busId: Number = Field(description=OUT_NUM)
     kind: Uint8 = Field(
-        description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter; {OUT_NUM}"
+        description=f"1 battery, 2 EV charger, 3 heat pump, 4 PV inverter, 5 genset; {OUT_NUM}"
     )
     kindName: str
     active: bool = Field(description="the registry's flag, read from the chain")
@@ -495,6 +497,14 @@ class DeviceOut(BaseModel):
         None, description=f"hosting capacity for import at the bus when registered, W; {OUT_NUM}"
     )
     txHash: str | None = None
+    stateOfChargeWh: Number | None = Field(
+        None,
+        description="a battery's latest state of charge as the device reported it (signed by its "
+        f"key; GET /devices/{{address}} only; null: no report); {OUT_NUM}",
+    )
+    stateOfChargeAt: Number | None = Field(
+        None, description=f"when the device measured it (its clock, unix seconds); {OUT_NUM}"
+    )
 
 
 class FlexMessage(BaseModel):
@@ -605,12 +615,24 @@ class ControlAckOut(BaseModel):
 
 
 class ControlActionOut(BaseModel):
-    """A control action of one activation and where it stands."""
+    """A control action of one activation, or a grid mode switch told to a grid-forming device
+    (``kind`` mode), and where it stands."""
 
+    kind: Literal["control", "mode"] = Field(
+        description="control: an activation's ControlAction; mode: a ModeAction after the "
+        "registry's GridModeChanged (activationId is then the action id)"
+    )
     activationId: Hash32
     device: Address
-    intervalId: Number = Field(description=f"delivery interval; {OUT_NUM}")
-    setpointW: Int64 = Field(description=f"absolute power target, W (+ injects); {OUT_STR}")
+    intervalId: Number = Field(
+        description=f"delivery interval; a mode switch's effective interval; {OUT_NUM}"
+    )
+    setpointW: Int64 | None = Field(
+        description=f"absolute power target, W (+ injects); null for a mode switch; {OUT_STR}"
+    )
+    mode: Literal["grid_connected", "islanded"] | None = Field(
+        None, description="the mode a mode switch tells the device to run in"
+    )
     expiry: Number = Field(description=f"chain time (s) after which it is void; {OUT_NUM}")
     state: Literal["pending", "sent", "acknowledged", "refused", "expired"]
     reason: str | None = Field(description="the device's refusal reason (state refused)")

@@ -18,8 +18,9 @@ The fast path, one for every signer and verifier (market, meters, oracle, valida
 field a static 32-byte word) by hand, :func:`sign_digest` signs and :func:`recover` recovers with
 coincurve - the order accept path and the meters run thousands per second; eth-account's generic
 ``encode_typed_data`` (:func:`typed_data_hash`) is ~10x slower and the tests compare both.
-``Cancel``, ``ConnectionRequest``, ``DeviceRegistration``, ``FlexOffer``, ``ControlAction`` and
-``ControlAck`` are the backend's own (checked off chain only, so far).
+``Cancel``, ``ConnectionRequest``, ``DeviceRegistration``, ``FlexOffer``, ``ControlAction``,
+``ControlAck``, ``ModeAction`` and ``StateOfCharge`` are the backend's own (checked off chain only,
+so far).
 
 One module (a little over 500 lines) on purpose: the one place where typed data is defined, hashed,
 signed and recovered, so the fast path and the reference path sit side by side.
@@ -134,6 +135,23 @@ CONTROL_ACK_TYPE = [
     {"name": "appliedW", "type": "int64"},
     {"name": "at", "type": "uint64"},
 ]
+# A grid mode switch told to a grid-forming device (registry domain), signed by a grid operator
+# key: mode 0 grid-connected, 1 islanded (form the grid), from effectiveInterval (the first interval
+# the market validates in that mode); actionId names the GridModeChanged event and the device.
+MODE_ACTION_TYPE = [
+    {"name": "actionId", "type": "bytes32"},
+    {"name": "device", "type": "address"},
+    {"name": "mode", "type": "uint8"},
+    {"name": "effectiveInterval", "type": "uint64"},
+    {"name": "expiry", "type": "uint64"},
+]
+# A battery's state of charge as the device measured it at ``at`` (its clock, unix seconds),
+# signed by the device key (registry domain); the latest ``at`` per device wins.
+STATE_OF_CHARGE_TYPE = [
+    {"name": "device", "type": "address"},
+    {"name": "socWh", "type": "uint64"},
+    {"name": "at", "type": "uint64"},
+]
 # The structs of static fields, hashed by :func:`struct_hash`.
 STRUCTS: dict[str, list[dict[str, str]]] = {
     "Order": ORDER_TYPE,
@@ -144,6 +162,8 @@ STRUCTS: dict[str, list[dict[str, str]]] = {
     "FlexOffer": FLEX_OFFER_TYPE,
     "ControlAction": CONTROL_ACTION_TYPE,
     "ControlAck": CONTROL_ACK_TYPE,
+    "ModeAction": MODE_ACTION_TYPE,
+    "StateOfCharge": STATE_OF_CHARGE_TYPE,
 }
 ORDER_TYPE_STRING = (
     "Order(address trader,uint8 side,uint64 intervalId,uint64 energyWh,uint128 pricePerKWh,"

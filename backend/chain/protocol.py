@@ -45,9 +45,13 @@ TOKEN_UNIT = 10**TOKEN_DECIMALS
 SELL = 0
 BUY = 1
 
-# IParticipantRegistry.Device kinds; only a battery has (and must have) an energy capacity.
-DEVICE_KINDS = {1: "battery", 2: "ev_charger", 3: "heat_pump", 4: "pv_inverter"}
+# IParticipantRegistry.Device kinds; only a battery has (and must have) an energy capacity, and a
+# genset's minW is >= 0 (it cannot consume). Batteries and gensets are the grid-forming kinds: in
+# islanded mode the active ones on the island's buses balance it (no flag: the kind says it).
+DEVICE_KINDS = {1: "battery", 2: "ev_charger", 3: "heat_pump", 4: "pv_inverter", 5: "genset"}
 DEVICE_BATTERY = 1
+DEVICE_GENSET = 5
+GRID_FORMING_KINDS = frozenset({DEVICE_BATTERY, DEVICE_GENSET})
 
 # A flexibility offer's direction: UP raises injection / lowers consumption, DOWN the opposite.
 FLEX_UP = 0

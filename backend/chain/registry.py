@@ -1,6 +1,7 @@
 """Meters and devices as the ``ParticipantRegistry`` knows them: the participant (wallet) a meter
 key belongs to, the grid bus of its connection point and whether it is active; a device's record;
-whether a key holds the grid operator role (who may sign control actions).
+whether a key holds the grid operator role (who may sign control actions); the grid mode switches
+and the grid-forming devices (``GridModeLog``).
 
 The one place where a meter's announced bus is compared with the registry's: the oracle checks
 the announcements it relays, the meter simulator the meters it runs (``MeterOwner.problem``).
@@ -19,6 +20,7 @@ from backend.chain.abi import AbiFunction, batch_eth_call
 from backend.chain.address import checksum
 from backend.chain.contracts import contract_at
 from backend.chain.errors import ChainUnavailableError, LedgerError
+from backend.chain.protocol import GRID_FORMING_KINDS
 
 GRID_OPERATOR_ROLE = keccak(text="GRID_OPERATOR_ROLE")
 
@@ -157,3 +159,67 @@ class DeviceRegistry(MeterRegistry):
     def is_grid_operator(self, account: str) -> bool:
         """Whether ``account`` holds ``GRID_OPERATOR_ROLE`` now."""
         return bool(self._calls(self._has_role, [(GRID_OPERATOR_ROLE, checksum(account))])[0])
+
+
+@dataclass(frozen=True)
+class ModeChange:
+    """One ``GridModeChanged`` event: the new mode, the one before, when it came into force (block
+    time) and where the event is (transaction hash, log index, block)."""
+
+    mode: int
+    previous: int
+    since: int
+    tx_hash: bytes
+    log_index: int
+    block: int
+
+
+class GridModeLog(DeviceRegistry):
+    """The registry's mode switches and its grid-forming devices (kinds 1 battery and 5 genset),
+    read from its events: ``GridModeChanged`` and ``DeviceRegistered`` (the registry keeps no list
+    of devices; a deactivated one is filtered by ``deviceOf``)."""
+
+    def __init__(self, w3: Any, registry_address: str) -> None:
+        super().__init__(w3, registry_address)
+        self.registry = contract_at(w3, "ParticipantRegistry", registry_address)
+
+    def head(self) -> int:
+        try:
+            return int(self.w3.eth.block_number)
+        except (requests.ConnectionError, requests.Timeout, ConnectionError, OSError) as exc:
+            raise ChainUnavailableError(f"chain unreachable: {exc}") from None
+
+    def changes(self, from_block: int, to_block: int) -> list[ModeChange]:
+        """The mode switches in ``[from_block, to_block]``, oldest first."""
+        out = [
+            ModeChange(
+                int(e["args"]["mode"]), int(e["args"]["previous"]), int(e["args"]["since"]),
+                bytes(e["transactionHash"]), int(e["logIndex"]), int(e["blockNumber"]),
+            )
+            for e in self._logs("GridModeChanged", from_block, to_block)
+        ]  # fmt: skip
+        return sorted(out, key=lambda c: (c.block, c.log_index))
+
+    def grid_forming(
+        self, from_block: int = 0, to_block: int | str = "latest"
+    ) -> list[DeviceRecord]:
+        """The active grid-forming devices registered in ``[from_block, to_block]`` (from the
+        deployment's block: all of them), in registration order."""
+        keys: list[str] = []
+        for e in self._logs("DeviceRegistered", from_block, to_block):
+            if int(e["args"]["kind"]) in GRID_FORMING_KINDS:
+                keys.append(checksum(e["args"]["device"]))
+        records = self.devices(keys)
+        return [r for key in keys if (r := records[key]).active and r.owner is not None]
+
+    def _logs(self, event: str, from_block: int, to_block: int | str) -> list[Any]:
+        try:
+            return list(
+                getattr(self.registry.events, event).get_logs(
+                    from_block=from_block, to_block=to_block
+                )
+            )
+        except (requests.ConnectionError, requests.Timeout, ConnectionError, OSError) as exc:
+            raise ChainUnavailableError(
+                f"chain unreachable reading registry events: {exc}"
+            ) from None

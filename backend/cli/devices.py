@@ -29,8 +29,8 @@ console = Console()
 
 DEVICES_FORMAT = (
     'a JSON list of {"key": "0x<32-byte device key>"}, optionally with "kind" (1 battery, '
-    '2 EV charger, 3 heat pump, 4 PV inverter; default 1), "minW" (-5000), "maxW" (5000), '
-    '"capacityWh" (10000), "socWh" (5000), "baselineW" (0) and "ignore" (false).'
+    '2 EV charger, 3 heat pump, 4 PV inverter, 5 genset; default 1), "minW" (-5000), '
+    '"maxW" (5000), "capacityWh" (10000), "socWh" (5000), "baselineW" (0) and "ignore" (false).'
 )
 
 

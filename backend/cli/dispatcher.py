@@ -75,11 +75,12 @@ def run(
 
     from backend.chain.client import chain_time  # noqa: PLC0415
     from backend.chain.contracts import load_deployment  # noqa: PLC0415
-    from backend.chain.registry import DeviceRegistry  # noqa: PLC0415
+    from backend.chain.registry import DeviceRegistry, GridModeLog  # noqa: PLC0415
     from backend.cli.activations import MarketActivations  # noqa: PLC0415
     from backend.iot.control import registry_domain  # noqa: PLC0415
     from backend.iot.control_store import ControlStore  # noqa: PLC0415
     from backend.iot.dispatcher import Dispatcher  # noqa: PLC0415
+    from backend.iot.modes import RegistryModes, battery_reports  # noqa: PLC0415
     from backend.iot.transport import MqttTransport  # noqa: PLC0415
     from backend.market.factory import load_key  # noqa: PLC0415
     from backend.market.store import Store as MarketStore  # noqa: PLC0415
@@ -105,6 +106,10 @@ def run(
             registry_domain(dep.chain_id, registry_address), key, dep.interval_seconds,
             lambda: chain_time(w3), retry if retry is not None else settings.control_retry_seconds,
             ahead, say,
+            modes=RegistryModes(
+                GridModeLog(w3, registry_address), dep.interval_seconds, from_block=dep.block
+            ),
+            soc_check=battery_reports(DeviceRegistry(w3, registry_address)),
         )  # fmt: skip
         startup(
             "dispatcher",

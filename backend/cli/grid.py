@@ -83,6 +83,17 @@ IslandedOpt = Annotated[
         "(village_island has them); vetoes the island cannot balance as ISLAND_BALANCE",
     ),
 ]
+UnitsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--units",
+        metavar="FILE",
+        help="with --islanded: the grid-forming units instead of the network's own, a JSON list "
+        'of {"name", "kind": "battery"|"genset", "bus", "min_kw", "max_kw", "capacity_kwh", '
+        '"soc_kwh", "device", "soc_interval"} (the market\'s registered devices with their '
+        "reported state of charge, as its islanded evidence holds them)",
+    ),
+]
 TradesOpt = Annotated[
     Path, typer.Option("--trades", "-t", metavar="FILE", help=TRADES_FORMAT, show_default=False)
 ]
@@ -105,9 +116,11 @@ def _validator(
     vm_max: float = 1.10,
     line: float = 100.0,
     trafo: float = 100.0,
+    units: Path | None = None,
 ) -> GridValidator:
     # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
     from grid.errors import GridError  # noqa: PLC0415
+    from grid.island import units_from_docs  # noqa: PLC0415
     from grid.validator import GridValidator  # noqa: PLC0415
     from grid.verdicts import Limits  # noqa: PLC0415
 
@@ -115,8 +128,20 @@ def _validator(
         limits = Limits(vm_min, vm_max, line, trafo)
     except ValueError as exc:
         fail(f"bad limits: {exc}")
+    island = None
+    if units is not None:
+        try:
+            docs = json.loads(units.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read units {str(units)!r}: {exc.__class__.__name__}")
+        if not isinstance(docs, list) or not all(isinstance(u, dict) for u in docs):
+            fail(f"units {str(units)!r}: expected a JSON list of objects")
+        try:
+            island = units_from_docs(docs)
+        except GridError as exc:
+            fail(f"units {str(units)!r}: {exc}")
     try:
-        return GridValidator(network, limits=limits)
+        return GridValidator(network, limits=limits, island=island)
     except GridError as exc:
         fail(str(exc))
 
@@ -150,6 +175,7 @@ def check(
     interval: IntervalOpt = None,
     interval_seconds: SecondsOpt = 900,
     islanded: IslandedOpt = False,
+    units: UnitsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Base-state power flow: voltage extremes, losses, maximum loadings; ``--islanded`` adds
@@ -162,7 +188,7 @@ def check(
     # lazy: the grid package loads pandapower (~3 s), not for `tegrid --help` (module docstring)
     from grid.errors import GridError  # noqa: PLC0415
 
-    validator = _validator(network)
+    validator = _validator(network, units=units)
     try:
         summary = validator.base_state(interval, interval_seconds, islanded=islanded).to_dict()
         if islanded:
@@ -202,12 +228,13 @@ def validate(
     max_trafo_loading: TrafoOpt = 100.0,
     activations: ActivationsOpt = None,
     islanded: IslandedOpt = False,
+    units: UnitsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verdicts for a trade list in priority order, with the evidence hash."""
     trade_list = _load(trades)
     activation_list = _load_activations(activations)
-    validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
+    validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading, units)
     result = _validate(validator, trade_list, interval, interval_seconds, islanded, activation_list)
     payload = result.to_dict()
     if as_json:
@@ -316,6 +343,7 @@ def verify(
         typer.Option("--evidence", metavar="0xHASH", help="claimed evidence hash (0x hex)"),
     ] = None,
     islanded: IslandedOpt = False,
+    units: UnitsOpt = None,
     claimed: Annotated[
         Path | None,
         typer.Option(
@@ -346,7 +374,7 @@ def verify(
             evidence = document["evidence_hash"]
     trade_list = _load(trades)
     activation_list = _load_activations(activations)
-    validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading)
+    validator = _validator(network, vm_min, vm_max, max_line_loading, max_trafo_loading, units)
     result = _validate(validator, trade_list, interval, interval_seconds, islanded, activation_list)
     problems: list[str] = []
     if evidence is not None and evidence.lower() != result.evidence_hash:

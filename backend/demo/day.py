@@ -24,11 +24,13 @@ from backend.demo.config import (
     DemoConfig,
     DemoError,
 )
+from backend.demo.powerhouse import start_powerhouse
 from backend.demo.profile import Stages
 from backend.demo.stack import DemoStack
 from backend.devtools.clock import chain_now
 from backend.iot.meters import MeterSimulator, MeterSpec, Position
 from backend.iot.signing import ReadingDomain
+from grid.island import named_island
 from grid.validator import GridValidator
 
 
@@ -119,9 +121,19 @@ class DemoDay(DemoStack):
     # ------------------------------------------------------------------ one interval
     def _switch_to_island(self, interval_id: int, label: str) -> None:
         """The grid operator switches the registry to islanded before ``interval_id``'s gate
-        closure: the market validates it, and every later interval, islanded. The devices'
-        control action on the switch belongs to the control loop (#17's dispatcher, on
-        ``tegrid/devices/<device>/control``): nothing is published to devices here."""
+        closure: the market validates it, and every later interval, islanded. The network's
+        grid-forming units are registered as devices first (``backend.demo.powerhouse``): the
+        dispatcher sends each the signed mode action, their acks go into the report, and the
+        market validates the island with these registered units."""
+        island = named_island(self.cfg.network)
+        powerhouse = None
+        if island is not None:
+            powerhouse = start_powerhouse(
+                self.settings.rpc_url, self.deployment, ROLE_KEYS["grid_operator"], island,
+                self.meter_transport, f"sqlite:///{self.work / 'control.db'}",
+                self.cfg.interval_seconds, self.stack.push,
+                lambda line: self.console.print(line, highlight=False),
+            )  # fmt: skip
         registry = self._contract("ParticipantRegistry")
         # a client of its own: the API process sends from this key too (the members' connections),
         # so a kept client's nonce would be stale
@@ -138,6 +150,15 @@ class DemoDay(DemoStack):
             "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
         }
         self.console.print(f"grid operator: islanded from interval {label} (GridModeChanged)")
+        if powerhouse is not None:
+            acks = powerhouse.switch_acks()
+            self.mode_switch["devices"] = acks
+            for a in acks:
+                self.console.print(
+                    f"mode action to {a['kind']} {a['device']}: {a['state']}"
+                    + (f", running {a['appliedW']} W" if a["acked"] else ""),
+                    highlight=False,
+                )
 
     def _post_orders(self, interval_id: int) -> int:
         hour = (interval_id * self.cfg.interval_seconds % 86400) / 3600

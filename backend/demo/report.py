@@ -351,7 +351,10 @@ def _plot_island(
         if at is not None:
             for ax in (top, bottom):
                 ax.axvline(at - 0.5, color="#737373", ls="--")
-            top.annotate("islanded", (at - 0.4, 0), fontsize=8, color="#737373")
+            devices = switch.get("devices") or []
+            acked = sum(1 for d in devices if d.get("acked"))
+            note = f"islanded ({acked}/{len(devices)} units acked)" if devices else "islanded"
+            top.annotate(note, (at - 0.4, 0), fontsize=8, color="#737373")
     bottom.set_xticks(x, _labels(intervals), rotation=45, ha="right", fontsize=7)
     handles = bottom.get_legend_handles_labels()
     more = vetoes.get_legend_handles_labels()

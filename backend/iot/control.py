@@ -17,6 +17,18 @@ appliedW, uint64 at)`` signed by its own key on ``tegrid/devices/<device>/ack``.
     {"v": 1, "activationId": "0x..", "device": "0x..", "status": 0, "appliedW": -3000,
      "at": 1700000123, "signature": "0x<65 bytes>", "sentAt": 1.7e9}
 
+On a ``GridModeChanged`` of the registry the dispatcher sends every active grid-forming device
+(battery, genset) a ``ModeAction(bytes32 actionId, address device, uint8 mode, uint64
+effectiveInterval, uint64 expiry)`` on the same control topic, answered by the same ``ControlAck``
+(its ``activationId`` the action id, ``appliedW`` the unit's power right after the switch)::
+
+    {"v": 1, "actionId": "0x..", "device": "0x..", "mode": 1, "effectiveInterval": 1235,
+     "expiry": 1700003600, "signature": "0x..", "sentAt": 1.7e9}
+
+A battery reports its state of charge, signed by its key, on ``tegrid/devices/<device>/soc``::
+
+    {"v": 1, "device": "0x..", "socWh": 400000, "at": 1700000123, "signature": "0x.."}
+
 Every field is checked on receipt as the meters' messages are (``backend.iot.schema``: size,
 JSON object, known fields only, version, types; the integer ranges of the typed data); ``sentAt``
 is informational (latency only), never trusted and not signed. Hashing, signing and recovery
@@ -29,6 +41,8 @@ import json
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
+
+from eth_utils import keccak
 
 from backend.chain import eip712
 from backend.chain.address import checksum
@@ -48,6 +62,12 @@ from backend.iot.schema import (
 TOPIC_PREFIX = "tegrid/devices"
 CONTROL_WILDCARD = f"{TOPIC_PREFIX}/+/control"
 ACK_WILDCARD = f"{TOPIC_PREFIX}/+/ack"
+SOC_WILDCARD = f"{TOPIC_PREFIX}/+/soc"
+MODE_GRID_CONNECTED, MODE_ISLANDED = 0, 1
+GRID_MODES = {MODE_GRID_CONNECTED: "grid_connected", MODE_ISLANDED: "islanded"}
+_MODE_KEYS = {"v", "actionId", "device", "mode", "effectiveInterval", "expiry", "signature",
+              "sentAt"}  # fmt: skip
+_SOC_KEYS = {"v", "device", "socWh", "at", "signature", "sentAt"}
 _ACTION_KEYS = {"v", "activationId", "device", "intervalId", "setpointW", "expiry", "signature",
                 "sentAt"}  # fmt: skip
 _ACK_KEYS = {"v", "activationId", "device", "status", "appliedW", "at", "signature", "sentAt"}
@@ -89,6 +109,13 @@ ACK_JSON_SCHEMA = _json_schema("tegrid ControlAck message", {
     "activationId": _ID, "device": _ADDR, "status": {"type": "integer", "minimum": 0,
     "maximum": 255}, "appliedW": _INT64, "at": _UINT64,
 })  # fmt: skip
+MODE_JSON_SCHEMA = _json_schema("tegrid ModeAction message", {
+    "actionId": _ID, "device": _ADDR, "mode": {"type": "integer", "minimum": 0, "maximum": 255},
+    "effectiveInterval": _UINT64, "expiry": _UINT64,
+})  # fmt: skip
+SOC_JSON_SCHEMA = _json_schema("tegrid StateOfCharge message", {
+    "device": _ADDR, "socWh": _UINT64, "at": _UINT64,
+})  # fmt: skip
 
 
 class AckStatus(IntEnum):
@@ -103,6 +130,8 @@ class AckStatus(IntEnum):
     STATE_OF_CHARGE = 6  # a battery cannot give or take that energy
     REPLAYED = 7  # another action with an activationId this device already applied
     DEVICE_INACTIVE = 8  # the registry does not list the device as active
+    NOT_GRID_FORMING = 9  # a mode action to a device that cannot form the grid (not 1 or 5)
+    UNKNOWN_MODE = 10  # a mode action with a mode other than 0 or 1
 
     @property
     def label(self) -> str:
@@ -120,6 +149,10 @@ def control_topic(device: str) -> str:
 
 def ack_topic(device: str) -> str:
     return f"{TOPIC_PREFIX}/{device.lower()}/ack"
+
+
+def soc_topic(device: str) -> str:
+    return f"{TOPIC_PREFIX}/{device.lower()}/soc"
 
 
 def topic_device(topic: str) -> str:
@@ -186,6 +219,11 @@ class ControlAction:
             "expiry": self.expiry,
         }
 
+    @property
+    def key(self) -> bytes:
+        """The id its ack answers (``ControlAck.activationId``)."""
+        return self.activation_id
+
     def digest(self, domain: Domain) -> bytes:
         return eip712.digest(domain.separator, self._struct)
 
@@ -193,10 +231,67 @@ class ControlAction:
         signature = eip712.sign_digest(self.digest(domain), private_key)
         return SignedAction(self, bytes.fromhex(signature[2:]))
 
+    def wire(self) -> dict[str, Any]:
+        return {"activationId": "0x" + self.activation_id.hex(), "device": self.device,
+                "intervalId": self.interval_id, "setpointW": self.setpoint_w,
+                "expiry": self.expiry}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModeAction:
+    """A grid mode switch for one grid-forming device: ``mode`` (0 grid-connected, 1 islanded:
+    form the grid) from ``effective_interval`` on. ``action_id`` names the registry's
+    ``GridModeChanged`` event and the device (``mode_action_id``)."""
+
+    action_id: bytes
+    device: str
+    mode: int
+    effective_interval: int
+    expiry: int
+    _struct: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", checksum(self.device))
+        object.__setattr__(self, "_struct", _struct_hash("ModeAction", self.message()))
+
+    @property
+    def key(self) -> bytes:
+        return self.action_id
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "actionId": self.action_id,
+            "device": self.device,
+            "mode": self.mode,
+            "effectiveInterval": self.effective_interval,
+            "expiry": self.expiry,
+        }
+
+    def digest(self, domain: Domain) -> bytes:
+        return eip712.digest(domain.separator, self._struct)
+
+    def sign(self, private_key: str | bytes, domain: Domain) -> SignedAction:
+        signature = eip712.sign_digest(self.digest(domain), private_key)
+        return SignedAction(self, bytes.fromhex(signature[2:]))
+
+    def wire(self) -> dict[str, Any]:
+        return {"actionId": "0x" + self.action_id.hex(), "device": self.device,
+                "mode": self.mode, "effectiveInterval": self.effective_interval,
+                "expiry": self.expiry}  # fmt: skip
+
+
+def mode_action_id(tx_hash: bytes, log_index: int, device: str) -> bytes:
+    """``keccak256(abi.encode(txHash, logIndex, device))``: one id per mode switch and device, the
+    same whoever computes it (a dispatcher restarted re-derives it and stores nothing twice)."""
+    return keccak(
+        tx_hash.rjust(32, b"\0") + int(log_index).to_bytes(32, "big")
+        + bytes.fromhex(checksum(device)[2:]).rjust(32, b"\0")
+    )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class SignedAction:
-    action: ControlAction
+    action: ControlAction | ModeAction
     signature: bytes
     sent_at: float | None = None
 
@@ -205,14 +300,9 @@ class SignedAction:
         return _recover(self.action.digest(domain), self.signature)
 
     def to_json(self) -> bytes:
-        a = self.action
         body: dict[str, Any] = {
             "v": SCHEMA_VERSION,
-            "activationId": "0x" + a.activation_id.hex(),
-            "device": a.device,
-            "intervalId": a.interval_id,
-            "setpointW": a.setpoint_w,
-            "expiry": a.expiry,
+            **self.action.wire(),
             "signature": "0x" + self.signature.hex(),
         }
         if self.sent_at is not None:
@@ -295,9 +385,15 @@ def _topic_matches(topic: str | None, device: str) -> None:
 
 
 def parse_action(payload: bytes, topic: str | None = None) -> SignedAction:
-    """Parse and type-check a control action (the signer is checked by the device, which knows
-    the domain and the registry)."""
-    body = _load_object(payload, _ACTION_KEYS)
+    """Parse and type-check a control action or a mode action (told apart by the ``mode``
+    field; the signer is checked by the device, which knows the domain and the registry)."""
+    body = _load_object(payload, _ACTION_KEYS | _MODE_KEYS)
+    mode = "mode" in body
+    unknown = set(body) - (_MODE_KEYS if mode else _ACTION_KEYS)
+    if unknown:
+        raise MessageError("schema", f"unknown fields {sorted(unknown)}")
+    if mode:
+        return _parse_mode(body, topic)
     device = _address_field(body, "device")
     action = ControlAction(
         _bytes32_field(body, "activationId"),
@@ -325,3 +421,71 @@ def parse_ack(payload: bytes, topic: str | None = None) -> SignedAck:
     signature = _signature_field(body)
     _topic_matches(topic, device)
     return SignedAck(ack, signature, _sent_at(body))
+
+
+def _parse_mode(body: dict[str, Any], topic: str | None) -> SignedAction:
+    device = _address_field(body, "device")
+    action = ModeAction(
+        _bytes32_field(body, "actionId"),
+        device,
+        _int_field(body, "mode"),
+        _int_field(body, "effectiveInterval"),
+        _int_field(body, "expiry"),
+    )
+    signature = _signature_field(body)
+    _topic_matches(topic, device)
+    return SignedAction(action, signature, _sent_at(body))
+
+
+@dataclass(frozen=True)
+class StateOfCharge:
+    """A battery's state of charge (Wh) at ``at`` (the device's clock, unix seconds)."""
+
+    device: str
+    soc_wh: int
+    at: int
+    _struct: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", checksum(self.device))
+        object.__setattr__(self, "_struct", _struct_hash("StateOfCharge", self.message()))
+
+    def message(self) -> dict[str, Any]:
+        return {"device": self.device, "socWh": self.soc_wh, "at": self.at}
+
+    def digest(self, domain: Domain) -> bytes:
+        return eip712.digest(domain.separator, self._struct)
+
+    def sign(self, private_key: str | bytes, domain: Domain) -> SignedSoc:
+        digest = self.digest(domain)
+        return SignedSoc(self, bytes.fromhex(eip712.sign_digest(digest, private_key)[2:]))
+
+
+@dataclass(frozen=True)
+class SignedSoc:
+    report: StateOfCharge
+    signature: bytes
+    sent_at: float | None = None
+
+    def signer(self, domain: Domain) -> str:
+        return _recover(self.report.digest(domain), self.signature)
+
+    def to_json(self) -> bytes:
+        r = self.report
+        body: dict[str, Any] = {
+            "v": SCHEMA_VERSION, "device": r.device, "socWh": r.soc_wh, "at": r.at,
+            "signature": "0x" + self.signature.hex(),
+        }  # fmt: skip
+        if self.sent_at is not None:
+            body["sentAt"] = self.sent_at
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def parse_soc(payload: bytes, topic: str | None = None) -> SignedSoc:
+    """Parse and type-check a state of charge report (its signer is checked by the receiver)."""
+    body = _load_object(payload, _SOC_KEYS)
+    device = _address_field(body, "device")
+    report = StateOfCharge(device, _int_field(body, "socWh"), _int_field(body, "at"))
+    signature = _signature_field(body)
+    _topic_matches(topic, device)
+    return SignedSoc(report, signature, _sent_at(body))

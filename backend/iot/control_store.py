@@ -7,6 +7,11 @@ action) -> ``acknowledged`` (the device applied it) or ``refused`` (the device's
 ``expired`` (no ack before the action's expiry, chain time). The device's signed ack is kept.
 An ack that arrives after ``expired`` still records what the device says it did.
 
+Two kinds of rows share the table and the lifecycle: ``control`` (a flexibility activation's
+``ControlAction``) and ``mode`` (a ``ModeAction`` after a grid mode switch; its mode is kept in
+``setpoint_w`` and its effective interval in ``interval_id``, so one index and one resend loop
+serve both, and ``GET /control/actions?interval=`` lists a switch with the interval it acts on).
+
 Same engine factory as the other stores (``backend.db``): SQLite with WAL (a committed row
 survives kill -9) or PostgreSQL through the same URL.
 """
@@ -27,7 +32,9 @@ from sqlalchemy import (
     String,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -36,7 +43,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from backend import db
 from backend.chain.address import checksum
-from backend.iot.control import ControlAction, SignedAck, SignedAction
+from backend.iot.control import (
+    GRID_MODES,
+    ControlAction,
+    ModeAction,
+    SignedAck,
+    SignedAction,
+    SignedSoc,
+)
 from backend.iot.errors import IotError
 
 PENDING, SENT, ACKNOWLEDGED, REFUSED, EXPIRED = (
@@ -44,6 +58,7 @@ PENDING, SENT, ACKNOWLEDGED, REFUSED, EXPIRED = (
 )  # fmt: skip
 MAX_JSON_INT = 2**53 - 1  # what the API answers as JSON numbers (interval, expiry)
 STATES = (PENDING, SENT, ACKNOWLEDGED, REFUSED, EXPIRED)
+CONTROL, MODE = "control", "mode"  # what a row holds: a ControlAction or a ModeAction
 FINAL = frozenset({ACKNOWLEDGED, REFUSED})
 
 
@@ -84,12 +99,13 @@ class ControlActionRow(Base):
     applied_w: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     ack_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the device's clock
     ack_signature: Mapped[bytes | None] = mapped_column(LargeBinary(65), nullable=True)
+    kind: Mapped[str] = mapped_column(String(8), default=CONTROL, server_default=CONTROL)
 
-    def action(self) -> ControlAction:
-        return ControlAction(
-            bytes.fromhex(self.activation_id[2:]), self.device, self.interval_id,
-            self.setpoint_w, self.expiry,
-        )  # fmt: skip
+    def action(self) -> ControlAction | ModeAction:
+        key = bytes.fromhex(self.activation_id[2:])
+        if self.kind == MODE:
+            return ModeAction(key, self.device, self.setpoint_w, self.interval_id, self.expiry)
+        return ControlAction(key, self.device, self.interval_id, self.setpoint_w, self.expiry)
 
     def signed(self, sent_at: float | None = None) -> SignedAction:
         if self.signature is None:
@@ -106,11 +122,18 @@ class ControlActionRow(Base):
                 "signature": "0x" + (self.ack_signature or b"").hex(),
                 "receivedAt": self.acked_at,
             }
-        return {
+        values: dict[str, Any] = {
+            "kind": self.kind,
             "activationId": self.activation_id,
             "device": self.device,
             "intervalId": self.interval_id,
             "setpointW": self.setpoint_w,
+        }
+        if self.kind == MODE:  # the switch: no setpoint; the mode from intervalId on
+            values["setpointW"] = None
+            values["mode"] = GRID_MODES.get(self.setpoint_w, f"mode_{self.setpoint_w}")
+        return {
+            **values,
             "expiry": self.expiry,
             "state": self.state,
             "reason": self.reason,
@@ -135,6 +158,29 @@ class ControlEventRow(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
+class DeviceSocRow(Base):
+    """A battery's latest state of charge as the device reported it, signed (``StateOfCharge``)."""
+
+    __tablename__ = "device_soc"
+
+    device: Mapped[str] = mapped_column(String(42), primary_key=True)
+    soc_wh: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[int] = mapped_column(BigInteger)  # the device's clock (unix seconds)
+    signature: Mapped[bytes] = mapped_column(LargeBinary(65))
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class SocReport:
+    """What ``ControlStore.soc`` answers: the latest report of one device."""
+
+    device: str
+    soc_wh: int
+    at: int
+    signature: bytes
+    received_at: float
+
+
 class ControlMetaRow(Base):
     """Facts about the dispatcher process (``started_at``: when it last started listening)."""
 
@@ -153,11 +199,23 @@ class ControlTarget:
     interval_id: int
     setpoint_w: int
     expiry: int
+    kind: str = CONTROL  # MODE: a mode action (mode in setpoint_w, effective interval_id)
 
-    def action(self) -> ControlAction:
+    def action(self) -> ControlAction | ModeAction:
+        if self.kind == MODE:
+            return ModeAction(
+                self.activation_id, self.device, self.setpoint_w, self.interval_id, self.expiry
+            )
         return ControlAction(
             self.activation_id, self.device, self.interval_id, self.setpoint_w, self.expiry
         )
+
+    @classmethod
+    def for_mode(
+        cls, action_id: bytes, device: str, mode: int, effective_interval: int, expiry: int
+    ) -> ControlTarget:
+        """A grid mode switch for one grid-forming device (``ModeAction``)."""
+        return cls(action_id, device, effective_interval, mode, expiry, MODE)
 
     @classmethod
     def for_activation(
@@ -192,6 +250,7 @@ class ControlStore:
         self.engine = engine or db.make_engine(url)
         try:
             Base.metadata.create_all(self.engine)
+            _add_kind_column(self.engine)
         except SQLAlchemyError as exc:
             raise ControlStoreError(f"cannot open the control store {url}: {exc}") from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
@@ -231,8 +290,8 @@ class ControlStore:
             for key, t in items.items():
                 row = known.get(key)
                 if row is not None:
-                    same = (row.device, row.interval_id, row.setpoint_w, row.expiry) == (
-                        checksum(t.device), t.interval_id, t.setpoint_w, t.expiry,
+                    same = (row.device, row.interval_id, row.setpoint_w, row.expiry, row.kind) == (
+                        checksum(t.device), t.interval_id, t.setpoint_w, t.expiry, t.kind,
                     )  # fmt: skip
                     if not same:
                         raise ControlConflictError(
@@ -247,7 +306,7 @@ class ControlStore:
                 row = ControlActionRow(
                     activation_id=key, device=checksum(t.device), interval_id=t.interval_id,
                     setpoint_w=t.setpoint_w, expiry=t.expiry, state=PENDING, attempts=0,
-                    created_at=now,
+                    created_at=now, kind=t.kind,
                 )  # fmt: skip
                 s.add(row)
                 self._event(s, row, now)
@@ -256,7 +315,7 @@ class ControlStore:
 
     def sign_pending(
         self,
-        sign: Callable[[ControlAction], SignedAction],
+        sign: Callable[[ControlAction | ModeAction], SignedAction],
         signer: str,
         now: float,
         limit: int = 5000,
@@ -399,7 +458,7 @@ class ControlStore:
             )
             return [
                 ControlTarget(bytes.fromhex(r.activation_id[2:]), r.device, r.interval_id,
-                              r.setpoint_w, r.expiry)
+                              r.setpoint_w, r.expiry, r.kind)
                 for r in rows
             ]  # fmt: skip
 
@@ -433,6 +492,40 @@ class ControlStore:
             }
         return [(e.id, {**rows[e.activation_id].as_dict(), "state": e.state}) for e in events]
 
+    def record_socs(self, reports: Sequence[SignedSoc], now: float | None = None) -> int:
+        """Keep each device's latest (verified) state of charge report, by its ``at``: an older
+        or equally old report than the one stored changes nothing. Returns how many were kept."""
+        now = time.time() if now is None else now
+        kept = 0
+        with self._session.begin() as s:
+            for signed in reports:
+                r = signed.report
+                row = s.get(DeviceSocRow, r.device)
+                if row is None:
+                    s.add(DeviceSocRow(device=r.device, soc_wh=r.soc_wh, at=r.at,
+                                       signature=signed.signature, received_at=now))  # fmt: skip
+                elif r.at > row.at:
+                    row.soc_wh, row.at, row.signature, row.received_at = (
+                        r.soc_wh, r.at, signed.signature, now,
+                    )  # fmt: skip
+                else:
+                    continue
+                kept += 1
+        return kept
+
+    def soc(self, device: str) -> SocReport | None:
+        """The latest state of charge report of ``device`` (None: it never reported)."""
+        try:
+            with self._session() as s:
+                row = s.get(DeviceSocRow, checksum(device))
+        except SQLAlchemyError as exc:
+            raise ControlStoreError(
+                f"cannot read the control store: {exc.__class__.__name__}"
+            ) from None
+        if row is None:
+            return None
+        return SocReport(row.device, row.soc_wh, row.at, row.signature, row.received_at)
+
     def set_meta(self, key: str, value: str | None = None) -> None:
         with self._session.begin() as s:
             s.merge(
@@ -447,3 +540,15 @@ class ControlStore:
     def last_event_id(self) -> int:
         with self._session() as s:
             return int(s.scalar(select(func.max(ControlEventRow.id))) or 0)
+
+
+def _add_kind_column(engine: Engine) -> None:
+    """A store written before mode actions gets the ``kind`` column (every row a control action)."""
+    if "kind" in {c["name"] for c in inspect(engine).get_columns("control_actions")}:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE control_actions ADD COLUMN kind VARCHAR(8) NOT NULL DEFAULT 'control'"
+            )
+        )

@@ -14,6 +14,16 @@ a battery's state of charge can give or take the interval's energy at that setpo
 (``state_of_charge``). An applied setpoint is the device's power for the whole interval (a later
 action for the same interval replaces it); a battery's state of charge moves by the difference.
 
+Mode actions (``ModeAction``, after the registry's ``GridModeChanged``) are checked the same way
+up to the expiry - active, addressed to it, signed by a grid operator, not replayed (another action
+under an applied id, or a switch older than the one applied: ``replayed``), not expired - then the
+device must be grid-forming (battery or genset, ``not_grid_forming``) and the mode 0 or 1
+(``unknown_mode``). Applied, the unit forms the grid from the action's effective interval: a genset
+starts (runs at its minimum stable load ``minW`` unless a setpoint says more), a battery follows
+the island's residual load (``forming_w``, when the fleet is given one) within its limits and state
+of charge; mode 0 returns both to their setpoints and baseline. The ack's ``appliedW`` is the
+unit's power in the effective interval.
+
 Readings: the device's own interval reading (import/export Wh of its own power, the meters'
 ``Reading`` signed by the device key in the ``MeterReadings`` domain) goes to
 ``tegrid/meters/<device>/readings``, where the oracle takes meter readings; a device that ignored
@@ -34,17 +44,23 @@ from backend.chain import eip712
 from backend.chain.address import checksum
 from backend.chain.eip712 import Domain, address_of
 from backend.chain.errors import SignatureError
-from backend.chain.protocol import DEVICE_KINDS
+from backend.chain.protocol import DEVICE_GENSET, DEVICE_KINDS, GRID_FORMING_KINDS
 from backend.chain.registry import DeviceRecord
 from backend.errors import TegridError
 from backend.iot.control import (
+    GRID_MODES,
+    MODE_ISLANDED,
     AckStatus,
     ControlAck,
+    ControlAction,
+    ModeAction,
     SignedAck,
     SignedAction,
+    StateOfCharge,
     ack_topic,
     control_topic,
     parse_action,
+    soc_topic,
     topic_device,
 )
 from backend.iot.errors import IotError, MessageError
@@ -114,9 +130,21 @@ class SimulatedDevice:
         self.soc_wh = spec.soc_wh
         self.setpoints: dict[int, int] = {}
         self.applied: dict[bytes, tuple[bytes, SignedAck]] = {}
+        self.mode = 0  # 1: forming the island from mode_from on
+        self.mode_from = 0
+        self.forming: dict[int, int] = {}  # islanded: the battery's power per interval
+
+    def islanded(self, interval_id: int) -> bool:
+        return self.mode == MODE_ISLANDED and interval_id >= self.mode_from
 
     def power_w(self, interval_id: int) -> int:
-        return self.setpoints.get(interval_id, self.spec.baseline_w)
+        setpoint = self.setpoints.get(interval_id)
+        if setpoint is None and self.islanded(interval_id):
+            kind = self.record.kind if self.record is not None else self.spec.kind
+            if kind == DEVICE_GENSET:
+                return self.record.min_w if self.record is not None else self.spec.min_w
+            setpoint = self.forming.get(interval_id)
+        return self.spec.baseline_w if setpoint is None else setpoint
 
     def reading(self, interval_id: int, interval_seconds: int) -> Reading:
         """What the device metered over the interval: its power there, as import or export."""
@@ -141,7 +169,9 @@ class DeviceFleet:
         records: Callable[[Sequence[str]], Mapping[str, DeviceRecord]],
         clock: Callable[[], float],
         say: Callable[[str], None] = lambda _line: None,
+        forming_w: Callable[[str, int], int | None] | None = None,
     ) -> None:
+        self.forming_w = forming_w  # (battery, interval) -> the island's residual load, W
         self.devices = {spec.address: SimulatedDevice(spec) for spec in specs}
         # topic -> device without hashing a checksum per message; the addresses' checksums
         # cached as the messages spell them (EIP-55 costs a keccak on a cache miss)
@@ -220,7 +250,10 @@ class DeviceFleet:
 
     def decide(self, device: SimulatedDevice, signed: SignedAction) -> SignedAck:
         """Check ``signed`` for ``device``, apply it when valid; the signed ack to send."""
+        if isinstance(signed.action, ModeAction):
+            return self._decide_mode(device, signed, signed.action)
         action = signed.action
+        assert isinstance(action, ControlAction)
         digest = action.digest(self.domain)
         with self._lock:
             status = self._check(device, signed, digest)
@@ -249,14 +282,61 @@ class DeviceFleet:
             )
         return ack
 
-    def _check(
-        self, device: SimulatedDevice, signed: SignedAction, digest: bytes
+    def _decide_mode(
+        self, device: SimulatedDevice, signed: SignedAction, action: ModeAction
+    ) -> SignedAck:
+        digest = action.digest(self.domain)
+        with self._lock:
+            status = self._check_mode(device, signed, action, digest)
+            if status is None:
+                self.counts["duplicate"] += 1
+                return device.applied[action.action_id][1]
+            if status == AckStatus.APPLIED:
+                device.mode, device.mode_from = action.mode, action.effective_interval
+            ack = ControlAck(
+                action.action_id, device.address, int(status),
+                device.power_w(action.effective_interval), int(self.clock()),
+            ).sign(device.spec.key, self.domain)  # fmt: skip
+            if status == AckStatus.APPLIED:
+                device.applied[action.action_id] = (digest, ack)
+            self.counts[f"mode_{status.label}"] += 1
+        mode = GRID_MODES.get(action.mode, f"mode {action.mode}")
+        if status != AckStatus.APPLIED:
+            self.say(f"device {device.address} refused the switch to {mode} "
+                     f"(0x{action.action_id.hex()}): {status.label}")  # fmt: skip
+        else:
+            self.say(f"device {device.address} switched to {mode} from interval "
+                     f"{action.effective_interval}")  # fmt: skip
+        return ack
+
+    def _check_mode(
+        self, device: SimulatedDevice, signed: SignedAction, action: ModeAction, digest: bytes
     ) -> AckStatus | None:
-        action = signed.action
+        status = self._check_common(device, signed, digest, action.action_id, action.device)
+        if status is not None:
+            return status
+        if action.action_id in device.applied:
+            return None  # the identical action again
+        if action.expiry <= self.clock():
+            return AckStatus.EXPIRED
+        if device.mode_from and action.effective_interval < device.mode_from:
+            return AckStatus.REPLAYED  # an older switch than the one applied
+        assert device.record is not None
+        if device.record.kind not in GRID_FORMING_KINDS:
+            return AckStatus.NOT_GRID_FORMING
+        if action.mode not in GRID_MODES:
+            return AckStatus.UNKNOWN_MODE
+        return AckStatus.APPLIED
+
+    def _check_common(
+        self, device: SimulatedDevice, signed: SignedAction, digest: bytes, key: bytes, to: str
+    ) -> AckStatus | None:
+        """The checks every action shares: active, addressed here, a grid operator's signature,
+        its id not applied under another action (``replayed``). None: go on."""
         record = device.record
         if record is None or record.owner is None or not record.active:
             return AckStatus.DEVICE_INACTIVE
-        if action.device != device.address:
+        if to != device.address:
             return AckStatus.WRONG_DEVICE
         try:
             signer = eip712.recover(digest, signed.signature)
@@ -264,9 +344,23 @@ class DeviceFleet:
             return AckStatus.UNAUTHORIZED
         if not self.grid_operator(signer):
             return AckStatus.UNAUTHORIZED
-        seen = device.applied.get(action.activation_id)
-        if seen is not None:
-            return None if seen[0] == digest else AckStatus.REPLAYED
+        seen = device.applied.get(key)
+        if seen is not None and seen[0] != digest:
+            return AckStatus.REPLAYED
+        return None
+
+    def _check(
+        self, device: SimulatedDevice, signed: SignedAction, digest: bytes
+    ) -> AckStatus | None:
+        action = signed.action
+        assert isinstance(action, ControlAction)
+        status = self._check_common(device, signed, digest, action.activation_id, action.device)
+        if status is not None:
+            return status
+        if action.activation_id in device.applied:
+            return None  # the identical action again
+        record = device.record
+        assert record is not None
         now = self.clock()
         if action.expiry <= now:
             return AckStatus.EXPIRED
@@ -282,16 +376,54 @@ class DeviceFleet:
         return AckStatus.APPLIED
 
     # ------------------------------------------------------------------ readings
+    def form(self, interval_id: int) -> None:
+        """The islanded batteries' power of ``interval_id``: the island's residual load
+        (``forming_w``) within the record's limits and what the state of charge can give or take
+        over the interval; the state of charge moves by it."""
+        if self.forming_w is None:
+            return
+        with self._lock:
+            batteries = [
+                d for d in self.devices.values()
+                if d.record is not None and d.record.kind == BATTERY and d.islanded(interval_id)
+                and interval_id not in d.setpoints and interval_id not in d.forming
+            ]  # fmt: skip
+        for d in batteries:
+            want = self.forming_w(d.address, interval_id)
+            if want is None:
+                continue
+            assert d.record is not None
+            h = self.interval_seconds / 3600
+            high = min(d.record.max_w, int(d.soc_wh / h))
+            low = max(d.record.min_w, -int((d.record.capacity_wh - d.soc_wh) / h))
+            with self._lock:
+                d.forming[interval_id] = power = min(max(int(want), low), high)
+                d.soc_wh -= interval_energy_wh(power, self.interval_seconds) - interval_energy_wh(
+                    d.spec.baseline_w, self.interval_seconds
+                )
+
     def publish_readings(self, interval_id: int, sent_at: float | None = None) -> int:
-        """Each device's signed reading of ``interval_id`` (ended) on its meter readings topic."""
+        """Each device's signed reading of ``interval_id`` (ended) on its meter readings topic,
+        and each battery's state of charge after it, signed, on its ``soc`` topic."""
+        self.form(interval_id)
+        at = int(self.clock())
         with self._lock:
             readings = [
                 (d.spec.key, d.reading(interval_id, self.interval_seconds))
                 for d in self.devices.values()
+            ]
+            socs = [
+                (d.spec.key, StateOfCharge(d.address, max(d.soc_wh, 0), at))
+                for d in self.devices.values()
+                if d.record is not None and d.record.kind == BATTERY
             ]
         for key, reading in readings:
             signed = SignedReading(
                 reading, sign_reading(key, self.reading_separator, reading), sent_at
             )
             self.transport.publish(readings_topic(reading.meter), signed.to_json(), qos=1)
+        for key, report in socs:
+            self.transport.publish(
+                soc_topic(report.device), report.sign(key, self.domain).to_json(), qos=1
+            )
         return len(readings)

@@ -2,14 +2,15 @@
 devices' acks into the durable :class:`~backend.iot.control_store.ControlStore`.
 
 Each step: take the activations to dispatch from the :class:`ActivationSource` port (intervals up
-to the current one + ``ahead``) into the store (idempotent), expire unanswered actions whose
-expiry has passed (chain time), sign every pending action with the grid operator key and store
-the signatures (one transaction) *before* publishing them, and publish again - the stored signed
-action, byte for byte - every action unanswered for ``retry_s``. Acks arrive on
-``tegrid/devices/+/ack`` through a persistent MQTT session (fixed client id, manual ack): each is
-checked (wire format, the device's own signature, the device the action went to), written in a
-group commit, and only then acknowledged to the broker, so an ack received just before a kill -9
-is delivered again. A restart therefore loses nothing and never signs a second, different action
+to the current one + ``ahead``) and the grid mode switches from the ``ModeSource``
+(``backend.iot.modes``: one ``ModeAction`` per grid-forming device) into the store (idempotent),
+expire unanswered actions whose expiry has passed (chain time), sign every pending action with the
+grid operator key and store the signatures (one transaction) *before* publishing them, and publish
+again - the stored signed action, byte for byte - every action unanswered for ``retry_s``. Acks
+arrive on ``tegrid/devices/+/ack`` through a persistent MQTT session (fixed client id, manual ack):
+each is checked (wire format, the device's own signature, the device the action went to), written
+in a group commit, and only then acknowledged to the broker, so an ack received just before a kill
+-9 is delivered again. A restart therefore loses nothing and never signs a second, different action
 for an activation: a ``sent`` row is republished from its stored signature.
 """
 
@@ -24,16 +25,22 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from backend.chain.eip712 import Domain, address_of
+from backend.errors import TegridError
 from backend.iot.control import (
     ACK_WILDCARD,
+    SOC_WILDCARD,
     ControlAction,
+    ModeAction,
     SignedAck,
     SignedAction,
+    StateOfCharge,
     control_topic,
     parse_ack,
+    parse_soc,
 )
 from backend.iot.control_store import ControlStore, ControlTarget
 from backend.iot.errors import MessageError
+from backend.iot.modes import ModeSource
 from backend.iot.transport import Message, Transport
 
 log = logging.getLogger(__name__)
@@ -87,8 +94,13 @@ class Dispatcher:
         ahead: int = 2,
         say: Callable[[str], None] = lambda _line: None,
         chunk: int = 100,
+        modes: ModeSource | None = None,
+        soc_check: Callable[[StateOfCharge], str | None] | None = None,
     ) -> None:
         self.chunk = chunk
+        self.modes = modes
+        # what the registry says of a report's device (None: keep it; else why not)
+        self.soc_check = soc_check
         self.store = store
         self.source = source
         self.transport = transport
@@ -102,12 +114,14 @@ class Dispatcher:
         self.say = say
         self.acks_recorded = 0
         self.acks_dropped = 0
+        self.socs_recorded = 0
+        self.socs_dropped = 0
         self._acks: queue.Queue[tuple[SignedAck, Message]] = queue.Queue()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
 
     # ------------------------------------------------------------------ actions
-    def sign(self, action: ControlAction) -> SignedAction:
+    def sign(self, action: ControlAction | ModeAction) -> SignedAction:
         return action.sign(self.key, self.domain)
 
     def step(self) -> StepReport:
@@ -115,6 +129,8 @@ class Dispatcher:
         chain_now = int(self.clock())
         upto = chain_now // self.interval_seconds + self.ahead
         report.added = self.store.add(self.source.pending_activations(upto))
+        if self.modes is not None:
+            report.added += self.store.add(self.modes.pending_modes(chain_now))
         report.expired = self.store.expire(chain_now)
         now = time.time()
         while True:  # in chunks: the first actions are on the wire while the next are signed
@@ -140,6 +156,7 @@ class Dispatcher:
         self._writer = threading.Thread(target=self._write_acks, name="ack-writer", daemon=True)
         self._writer.start()
         self.transport.subscribe(ACK_WILDCARD, self.on_ack, qos=1)
+        self.transport.subscribe(SOC_WILDCARD, self.on_soc, qos=1)
 
     def stop(self) -> None:
         self._stop.set()
@@ -158,6 +175,35 @@ class Dispatcher:
             message.ack()
             return
         self._acks.put((signed, message))
+
+    def on_soc(self, message: Message) -> None:
+        """A battery's signed state of charge: checked (wire format, the device's own signature,
+        ``soc_check``: an active battery in the registry, within its capacity) and kept as its
+        latest (by the device's ``at``), then acknowledged to the broker. With the registry out
+        of reach it is left unacknowledged (the next report supersedes it anyway)."""
+        try:
+            signed = parse_soc(message.payload, message.topic)
+            signer = signed.signer(self.domain)
+            if signer != signed.report.device:
+                raise MessageError("bad_signature", f"signed by {signer}, not the device")
+            refusal = self.soc_check(signed.report) if self.soc_check is not None else None
+            if refusal is not None:
+                raise MessageError("not_a_battery", refusal)
+        except MessageError as exc:
+            self.socs_dropped += 1
+            self.say(f"warning: state of charge on {message.topic} dropped: {exc}")
+            message.ack()
+            return
+        except (TegridError, OSError) as exc:
+            log.warning("cannot check a state of charge against the registry: %s", exc)
+            return
+        try:
+            self.store.record_socs([signed])
+        except Exception as exc:  # the store is down: not acked, the broker delivers it again
+            log.warning("cannot record a state of charge: %s", exc)
+            return
+        self.socs_recorded += 1
+        message.ack()
 
     def _write_acks(self) -> None:
         while not self._stop.is_set() or not self._acks.empty():

@@ -252,6 +252,11 @@ class InProcessTransport:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def broker(self) -> InProcessBroker:
+        """The broker this transport talks to (another client of it: ``InProcessTransport``)."""
+        return self._broker
+
     def connect(self) -> None:
         self._session = self._broker.session(self._client_id, self._clean)
         self._stop.clear()

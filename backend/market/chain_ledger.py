@@ -35,6 +35,7 @@ from backend.chain.errors import ChainUnavailableError, LedgerError, Transaction
 from backend.chain.heads import HeadWatcher
 from backend.chain.imbalance import IntervalImbalance
 from backend.chain.imbalance import from_receipt as settled_imbalance
+from backend.chain.registry import GridModeLog
 from backend.market.errors import (
     AlreadyConnectedError,
     BatchRevertedError,
@@ -154,6 +155,17 @@ class ChainLedger:
     def grid_mode(self) -> int:
         mode = self._rpc("reading the grid mode", lambda: self.registry.functions.gridMode().call())
         return int(mode[0])
+
+    def grid_forming_devices(self) -> list[Device]:
+        log = GridModeLog(self.w3, self.registry_address)
+        records = self._rpc(
+            "reading the grid-forming devices", lambda: log.grid_forming(self.deployment.block)
+        )
+        return [
+            Device(r.device, r.owner, r.bus_id, r.kind, r.active, r.min_w, r.max_w, r.capacity_wh)
+            for r in records
+            if r.owner is not None
+        ]
 
     # ------------------------------------------------------------------ clock
     def now(self) -> int:

@@ -40,7 +40,7 @@ from backend.market.errors import BatchTooLargeError, MarketError, NotFoundError
 from backend.market.events import EventBus
 from backend.market.intake import Intake
 from backend.market.models import BatchRow, BatchState, FlexStatus, OrderRow
-from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant
+from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant, SocSource
 from backend.market.store import Store, trade_ids_json
 
 log = logging.getLogger("tegrid.market")
@@ -250,6 +250,8 @@ class Clearer:
         # The chain's grid mode of each interval, read at its first clearing (gate closure) and
         # kept, so every round of that interval and its attestation use one mode.
         self._modes: dict[int, int] = {}
+        self._units: dict[int, list[dict[str, Any]]] = {}  # islanded interval -> its units
+        self.socs: SocSource | None = None  # the batteries' reported states of charge
         self.gas = GasModel()
         with contextlib.suppress(Exception):  # a store that cannot say just starts unmeasured
             for trades, orders, gas in reversed(store.recorded_batch_gas()):
@@ -348,7 +350,7 @@ class Clearer:
         ]
         mode = self.mode_of(interval_id)
         if mode != GRID_CONNECTED and self.grid is not None:
-            self.grid.set_mode(interval_id, True)
+            self.grid.set_mode(interval_id, True, self.island_units(interval_id))
         # The grid runs the clearing's rounds where it validates (a worker process: the whole
         # book goes over once), the remedies included; no grid approves everything.
         flex = None if self.grid is None else self._flex(interval_id, book)
@@ -408,6 +410,8 @@ class Clearer:
                 "batches": len(batches),
                 "activations": len(activations),
                 "gridMode": mode,
+                # the units an islanded interval ran with (`tegrid grid verify --units`)
+                "islandUnits": self._units.get(interval_id) if mode != GRID_CONNECTED else None,
                 **stats,
             },
         )
@@ -523,6 +527,47 @@ class Clearer:
             available = self.ledger.available_balance(account) - pending.get(account, 0)
             payers[account.lower()] = PayerFunds(0, max(0, available))
         return FlexInput(tuple(offers), payers, account, self.config.dso_flex_budget)
+
+    def island_units(self, interval_id: int) -> list[dict[str, Any]] | None:
+        """The grid-forming units an islanded interval runs with, from the registry (read at its
+        first clearing, kept like its mode): every active genset, and the first registered
+        active battery as the master (one battery at most, ``grid.island``; others are left out,
+        logged) with its limits, its capacity and its latest reported state of charge (at the
+        start of the first interval after the report; with no report, half full at the start of
+        the day, the walk from there). None: no registered units, the network's own."""
+        kept = self._units.get(interval_id)
+        if kept is not None:
+            return kept or None
+        units: list[dict[str, Any]] = []
+        battery = False
+        seconds = self.config.interval_seconds
+        for d in self.ledger.grid_forming_devices():
+            unit: dict[str, Any] = {
+                "name": d.device, "bus": d.bus_id, "min_kw": d.min_w / 1000,
+                "max_kw": d.max_w / 1000, "device": d.device,
+            }  # fmt: skip
+            if d.kind == protocol.DEVICE_BATTERY:
+                if battery:
+                    log.warning("interval %d: battery %s left out (one forms the island)",
+                                interval_id, d.device)  # fmt: skip
+                    continue
+                battery = True
+                report = self.socs.soc(d.device) if self.socs is not None else None
+                soc_wh = d.capacity_wh // 2 if report is None else report.soc_wh
+                unit.update(
+                    kind="battery",
+                    capacity_kwh=d.capacity_wh / 1000,
+                    soc_kwh=min(max(soc_wh, 0), d.capacity_wh) / 1000,
+                    soc_interval=None if report is None else -(-report.at // seconds),
+                )
+            else:
+                unit["kind"] = "genset"
+            units.append(unit)
+        units.sort(key=lambda u: u["kind"] != "battery")  # the master first
+        self._units[interval_id] = units
+        if len(self._units) > MODES_KEPT:
+            self._units.pop(min(self._units))
+        return units or None
 
     def mode_of(self, interval_id: int) -> int:
         """The grid mode the interval is validated in: the chain's at its first clearing (kept

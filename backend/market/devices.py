@@ -1,4 +1,4 @@
-"""Controllable devices (battery, EV charger, heat pump, PV inverter) join through the
+"""Controllable devices (battery, EV charger, heat pump, PV inverter, genset) join through the
 plug-and-play path, as connections do: the owner's wallet signs a ``DeviceRegistration`` and the
 device key signs the same typed data (proof of possession), the Neural Grid checks the hosting
 capacity at the bus for the device's export and import, and the grid operator key registers it in
@@ -154,11 +154,16 @@ def _check_device_values(device: str, kind: int, min_w: int, max_w: int, capacit
         raise InvalidOrderError("the device key must be a non-zero address", field="device")
     if kind not in protocol.DEVICE_KINDS:
         raise InvalidOrderError(
-            "kind must be 1 (battery), 2 (EV charger), 3 (heat pump) or 4 (PV inverter)",
+            "kind must be 1 (battery), 2 (EV charger), 3 (heat pump), 4 (PV inverter) "
+            "or 5 (genset)",
             field="kind",
         )
     if min_w > max_w:
         raise InvalidOrderError(f"minW {min_w} W is above maxW {max_w} W", field="minW")
+    if kind == protocol.DEVICE_GENSET and min_w < 0:
+        raise InvalidOrderError(
+            f"a genset cannot consume: minW {min_w} W must be >= 0", field="minW"
+        )
     if kind == protocol.DEVICE_BATTERY and capacity_wh == 0:
         raise InvalidOrderError("a battery needs its capacityWh (> 0)", field="capacityWh")
     if kind != protocol.DEVICE_BATTERY and capacity_wh != 0:

@@ -136,6 +136,11 @@ class OutOfDeviceLimitsError(OrderRejectedError):
     [minW, maxW]."""
 
 
+class StateOfChargeError(OrderRejectedError):
+    """A battery's flexibility offer asks for more energy than its reported state of charge holds
+    (up) or has room for (down)."""
+
+
 class WrongBusError(OrderRejectedError):
     """A device must sit at its owner's connection point (registry: ``RegistryDeviceBus``)."""
 

@@ -4,7 +4,8 @@ FlexibilityMarket's domain (the contract verifies it again when an activation of
 signed by the provider's wallet, checked like an order (signature, domain,
 registry status, interval gate, expiry, nonce) plus what is particular to a device (registered,
 active, owned by the provider; the baseline and the baseline moved by the offered power within the
-device's [minW, maxW]).
+device's [minW, maxW]; a battery's target power held over the interval within what its latest
+reported state of charge can give or take, when it has reported one).
 
 No funds are checked: an offer is paid when activated, it costs its provider nothing. Its nonce is
 the provider's flex nonce (uint256), a namespace of its own apart from order nonces; a cancelled
@@ -28,13 +29,14 @@ from backend.market.errors import (
     NotDeviceOwnerError,
     NotFoundError,
     OutOfDeviceLimitsError,
+    StateOfChargeError,
     TooManyOrdersError,
     UnknownDeviceError,
 )
 from backend.market.events import EventBus
 from backend.market.intake import Intake
 from backend.market.models import FlexOfferRow, FlexStatus
-from backend.market.ports import MarketLedger
+from backend.market.ports import MarketLedger, SocSource
 from backend.market.store import Store
 
 
@@ -52,6 +54,7 @@ class FlexBook:
         self.events = events
         self.domain = domain
         self.intake = intake
+        self.socs: SocSource | None = None  # the devices' reported states of charge (API wires it)
 
     def submit(
         self, message: dict[str, Any], signature: str, domain: dict[str, Any] | None = None
@@ -96,6 +99,7 @@ class FlexBook:
                 f"[{record.min_w}, {record.max_w}] W",
                 field="powerW",
             )
+        self._check_soc(device, record.kind, record.capacity_wh, target)
         values = {
             "hash": "0x" + digest.hex(),
             "provider": provider,
@@ -144,6 +148,29 @@ class FlexBook:
              "status": FlexStatus.OPEN},
         )  # fmt: skip
         return row
+
+    def _check_soc(self, device: str, kind: int, capacity_wh: int, target_w: int) -> None:
+        """A battery's target held for the whole interval: floor(|W| x seconds / 3600) Wh out of
+        (W > 0) or into (W < 0) its latest reported state of charge must fit in [0, capacity]."""
+        if kind != protocol.DEVICE_BATTERY or self.socs is None or target_w == 0:
+            return
+        report = self.socs.soc(device)
+        if report is None:
+            return
+        energy_wh = abs(target_w) * self.intake.config.interval_seconds // 3600
+        if target_w > 0 and energy_wh > report.soc_wh:
+            raise StateOfChargeError(
+                f"the battery {device} reported {report.soc_wh} Wh at {report.at}: it cannot give "
+                f"{energy_wh} Wh ({target_w} W for the interval)",
+                field="powerW",
+            )
+        room_wh = capacity_wh - report.soc_wh
+        if target_w < 0 and energy_wh > room_wh:
+            raise StateOfChargeError(
+                f"the battery {device} reported {report.soc_wh} of {capacity_wh} Wh at "
+                f"{report.at}: it cannot take {energy_wh} Wh ({target_w} W for the interval)",
+                field="powerW",
+            )
 
     def get(self, offer_hash: str) -> FlexOfferRow:
         row = self.store.get_flex_offer(offer_hash.lower())

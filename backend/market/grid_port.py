@@ -16,6 +16,7 @@ from backend.market.auction import BookOrder, Candidate, Clearing, Decision, cle
 from backend.market.optimal import OptimizationError, clear_optimal
 from backend.market.remedy import remedy
 from backend.settings import CLEARING_METHODS
+from grid.island import IslandError, islanded_net, units_from_docs
 from grid.operating import OperatingPoint
 from grid.validator import GridValidator
 from grid.verdicts import Activation, Limits, Trade, Verdict
@@ -76,12 +77,29 @@ class GridPortAdapter:
         # stay grid-connected (docs/architecture.md, "Modes").
         self._islanded: set[int] = set()
 
-    def set_mode(self, interval_id: int, islanded: bool) -> None:
+    def set_mode(
+        self, interval_id: int, islanded: bool, units: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        """``units``: the interval's grid-forming units (the registry's devices); units the
+        network cannot run islanded with (a bus outside the island, limits the model refuses)
+        are logged and the network's own units used instead."""
+        island = None
+        if islanded and units:
+            try:
+                island = units_from_docs(units)
+                islanded_net(self.validator.net, island)  # every unit's bus in the island
+            except IslandError as exc:
+                log.warning(
+                    "interval %d: the registered grid-forming units cannot run the island (%s); "
+                    "validating with the network's own", interval_id, exc,
+                )  # fmt: skip
+                island = None
         with self._lock:
             if islanded:
                 self._islanded.add(interval_id)
                 if len(self._islanded) > ISLANDED_KEPT:
                     self._islanded.discard(min(self._islanded))
+                self.validator.set_island(interval_id, island)
             else:
                 self._islanded.discard(interval_id)
 

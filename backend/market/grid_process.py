@@ -131,8 +131,10 @@ class GridProcess:
         )
         return out
 
-    def set_mode(self, interval_id: int, islanded: bool) -> None:
-        self._run(_call, "set_mode", interval_id, islanded)
+    def set_mode(
+        self, interval_id: int, islanded: bool, units: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        self._run(_call, "set_mode", interval_id, islanded, None if units is None else list(units))
 
     def prepare(self, interval_id: int) -> None:
         """Queued behind whatever the worker is doing; returns at once."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from backend.chain import flex
+from backend.chain import flex, protocol
 from backend.chain.errors import ChainUnavailableError
 from backend.market.errors import (
     AlreadyConnectedError,
@@ -88,6 +88,12 @@ class MemoryLedger:
 
     def grid_mode(self) -> int:
         return self.grid_mode_now
+
+    def grid_forming_devices(self) -> list[Device]:
+        return [
+            d for d in self.devices.values()
+            if d.active and d.kind in protocol.GRID_FORMING_KINDS
+        ]  # fmt: skip
 
     def gate_closure(self, interval_id: int) -> int:
         return max(0, interval_id * self.interval_seconds - self.gate_lead_seconds)

@@ -83,6 +83,22 @@ class Receipt:
     gas_used: int = 0
 
 
+class SocReport(Protocol):
+    """A battery's latest state of charge as its device reported it (signed by the device key)."""
+
+    @property
+    def soc_wh(self) -> int: ...
+    @property
+    def at(self) -> int: ...  # the device's clock, unix seconds
+
+
+class SocSource(Protocol):
+    """Where the market reads the devices' reported states of charge (the dispatcher's control
+    store, which keeps each battery's latest signed report)."""
+
+    def soc(self, device: str) -> SocReport | None: ...
+
+
 class MarketLedger(Protocol):
     """The chain as the market sees it."""
 
@@ -110,6 +126,11 @@ class MarketLedger(Protocol):
 
     def grid_mode(self) -> int:
         """The registry's grid mode now: 0 grid-connected, 1 islanded (``setGridMode``)."""
+        ...
+
+    def grid_forming_devices(self) -> list[Device]:
+        """The registry's active grid-forming devices (batteries and gensets), in registration
+        order."""
         ...
 
     def participant(self, wallet: str) -> Participant | None: ...
@@ -285,8 +306,12 @@ class GridPort(Protocol):
         with remedies from ``flex``'s offers (``backend.market.remedy``)."""
         ...
 
-    def set_mode(self, interval_id: int, islanded: bool) -> None:
-        """Validate ``interval_id`` islanded (or grid-connected, the default) from now on."""
+    def set_mode(
+        self, interval_id: int, islanded: bool, units: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        """Validate ``interval_id`` islanded (or grid-connected, the default) from now on;
+        ``units``: its grid-forming units (``grid.island.GridFormingUnit`` fields, e.g. the
+        registry's devices; None: the network's own)."""
         ...
 
     def prepare(self, interval_id: int) -> None:

@@ -47,7 +47,7 @@ from backend.market.models import (
     OrderRow,
     TradeRow,
 )
-from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant
+from backend.market.ports import ChainTrade, GridPort, MarketLedger, Participant, SocSource
 from backend.market.recorder import Recorder
 from backend.market.store import Store
 
@@ -90,6 +90,12 @@ class Market:
         )
         self.devices = Devices(store, ledger, grid, self.events, self.registry_domain, self.intake)
         self.flex = FlexBook(store, ledger, self.events, self.flex_domain, self.intake)
+
+    def use_socs(self, socs: SocSource | None) -> None:
+        """Where the batteries' reported states of charge are read (the dispatcher's store): the
+        offers' energy check and the islanded clearing's master unit use them."""
+        self.flex.socs = socs
+        self.clearing.socs = socs
 
     # ----------------------------------------------------------------- state
     def reload(self) -> None:

@@ -280,9 +280,10 @@ class OracleDaemon:
         if state is not None and not state.active:
             raise MessageError("inactive", f"the participant of {reading.meter} is not active")
         # a device key's own reading goes to submitDeviceReadings; with the registry out of
-        # reach it counts as a meter's (the contract rejects it as UNKNOWN_METER, reported)
-        device = state is not None and state.device
-        return Incoming(reading, signed.signature, signed.sent_at, device)
+        # reach it is kept undecided and the submit loop asks again before anything is sent
+        if state is None:
+            return Incoming(reading, signed.signature, signed.sent_at, undecided=True)
+        return Incoming(reading, signed.signature, signed.sent_at, state.device)
 
     def _chain_now(self, needed: int) -> int:
         """Chain time, refreshed when the cached value would reject; estimated from the wall clock
@@ -373,6 +374,7 @@ class OracleDaemon:
         now = self.ledger.chain_time()
         self._chain_time = (now, time.monotonic())
         current_interval = now // self._interval_seconds
+        self.decide_undecided()
         submitted = 0
         for interval_id in self.store.pending_intervals(ended_before_interval=current_interval):
             while not self._stop.is_set():
@@ -384,6 +386,32 @@ class OracleDaemon:
                     break  # not accepted yet: try this interval again on a later round
                 submitted += done
         return submitted
+
+    def decide_undecided(self) -> int:
+        """Readings queued while the registry was out of reach: ask it now (one batched round
+        trip; ``ChainUnavailableError`` leaves them waiting) whether each key is a meter or a
+        device; an unregistered or inactive key's readings are rejected as at ingest."""
+        keys = self.store.undecided_keys()
+        if not keys:
+            return 0
+        states = self.ledger.meter_states(keys)
+        kinds: dict[str, bool] = {}
+        refusals: dict[str, Rejection] = {}
+        for key in keys:
+            state = states.get(key)
+            if state is None or not state.registered:
+                refusals[key] = Rejection("unregistered", f"{key} is not a registered meter")
+            elif not state.active:
+                refusals[key] = Rejection("inactive", f"the participant of {key} is not active")
+            else:
+                kinds[key] = state.device
+        for why in refusals.values():
+            self.counters.rejected[why.reason] += 1
+            log.warning("rejected %s: %s (decided after the registry answered)", why.reason,
+                        why.detail)  # fmt: skip
+        decided = self.store.decide(kinds, refusals)
+        log.info("decided %d readings queued while the registry was out of reach", decided)
+        return decided
 
     def _submit_batch(
         self, batch_id: int, interval_id: int, items: list[QueuedReading]

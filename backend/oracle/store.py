@@ -48,6 +48,9 @@ from backend.oracle.errors import OracleError
 
 PENDING, INFLIGHT, SUBMITTED, REJECTED = "pending", "inflight", "submitted", "rejected"
 ROLLED_BACK = "rolled_back"  # a batch whose transaction a chain rollback removed
+# checked and kept, but whether its key is a meter or a device is not known yet (the registry was
+# out of reach at ingest): ``decide`` makes it pending (as a meter's or a device's) or rejects it
+UNDECIDED = "undecided"
 DETAIL_MAX = 300
 
 
@@ -122,6 +125,7 @@ class Incoming:
     signature: bytes
     sent_at: float | None = None
     device: bool = False  # signed by a registered device key (submitDeviceReadings)
+    undecided: bool = False  # the registry did not answer: meter or device is decided later
 
 
 @dataclass
@@ -250,7 +254,7 @@ class OracleStore:
                         "import_wh": r.import_wh,
                         "export_wh": r.export_wh,
                         "signature": item.signature,
-                        "status": PENDING,
+                        "status": UNDECIDED if item.undecided else PENDING,
                         "received_at": now,
                         "sent_at": item.sent_at,
                         "device": item.device,
@@ -276,6 +280,56 @@ class OracleStore:
         self.ingest([], rejections)
 
     # --- submission
+
+    def undecided_keys(self) -> list[str]:
+        """The keys of the readings queued while the registry was out of reach, oldest first."""
+        with self._session() as session:
+            rows = session.execute(
+                select(ReadingRow.meter, func.min(ReadingRow.id))
+                .where(ReadingRow.status == UNDECIDED)
+                .group_by(ReadingRow.meter)
+            ).all()
+        return [meter for meter, _first in sorted(rows, key=lambda r: r[1])]
+
+    def decide(self, kinds: dict[str, bool], refusals: dict[str, Rejection]) -> int:
+        """Settle what undecided readings are, in one transaction: a key in ``kinds`` is a
+        registered, active meter (False) or device (True) and its readings become pending as
+        such; a key in ``refusals`` has its readings rejected with that reason (recorded per
+        reading). Returns how many readings were decided."""
+        now = time.time()
+        decided = 0
+        with self._session.begin() as session:
+            for key, device in kinds.items():
+                ids = session.scalars(
+                    select(ReadingRow.id).where(
+                        ReadingRow.meter == key, ReadingRow.status == UNDECIDED
+                    )
+                ).all()
+                session.execute(
+                    update(ReadingRow)
+                    .where(ReadingRow.id.in_(ids))
+                    .values(status=PENDING, device=device)
+                )
+                decided += len(ids)
+            for key, why in refusals.items():
+                rows = session.scalars(
+                    select(ReadingRow).where(
+                        ReadingRow.meter == key, ReadingRow.status == UNDECIDED
+                    )
+                ).all()
+                for row in rows:
+                    row.status, row.reason = REJECTED, why.reason
+                    session.add(
+                        RejectionRow(
+                            reason=why.reason,
+                            detail=why.detail[:DETAIL_MAX],
+                            meter=row.meter,
+                            interval_id=row.interval_id,
+                            at=now,
+                        )
+                    )
+                decided += len(rows)
+        return decided
 
     def pending_intervals(self, ended_before_interval: int | None = None) -> list[int]:
         """Intervals with pending readings (only those < ``ended_before_interval`` when given),
@@ -538,14 +592,14 @@ class OracleStore:
             intervals = sorted(
                 session.scalars(
                     select(ReadingRow.interval_id)
-                    .where(ReadingRow.status.in_((PENDING, INFLIGHT)))
+                    .where(ReadingRow.status.in_((PENDING, UNDECIDED, INFLIGHT)))
                     .distinct()
                 ).all()
             )
             last_block = session.get(MetaRow, "last_block")
             last_submit = session.get(MetaRow, "last_submit_at")
         return Status(
-            pending=counts.get(PENDING, 0),
+            pending=counts.get(PENDING, 0) + counts.get(UNDECIDED, 0),  # undecided wait too
             inflight=counts.get(INFLIGHT, 0),
             submitted=counts.get(SUBMITTED, 0),
             rejected_by_reason=by_reason,

@@ -25,14 +25,14 @@ interface IParticipantRegistry is IAccessControl {
         bool active; // the participant's active flag (kept in step with Participant.active)
     }
 
-    /// @notice A controllable device (battery, EV charger, heat pump, PV inverter) behind a participant's
+    /// @notice A controllable device (battery, EV charger, heat pump, PV inverter, genset) behind a participant's
     /// connection. Its key signs what the device reports and acknowledges, like a meter key. Power is
     /// signed: positive W inject into the grid, negative W consume. Two slots: owner, bus, kind, active
     /// and minW share slot 0 (what an offer check reads); maxW and capacityWh slot 1.
     struct Device {
         address owner; // participant the device belongs to (zero: unknown device)
         uint32 busId; // grid bus (the owner's connection point)
-        uint8 kind; // 1 battery, 2 EV charger, 3 heat pump, 4 PV inverter
+        uint8 kind; // 1 battery, 2 EV charger, 3 heat pump, 4 PV inverter, 5 genset (1 and 5 can form an island)
         bool active; // only active devices offer flexibility
         int32 minW; // lowest power the device can run at (negative: consumption)
         int32 maxW; // highest power (positive: injection)
@@ -60,10 +60,10 @@ interface IParticipantRegistry is IAccessControl {
     /// @param length The length of `meters` in bytes.
     error RegistryMalformedMeters(uint256 length);
 
-    /// @notice A device kind outside 1 (battery) .. 4 (PV inverter).
+    /// @notice A device kind outside 1 (battery) .. 5 (genset).
     /// @param kind The kind given.
     error RegistryUnknownDeviceKind(uint8 kind);
-    /// @notice A device's lowest power is above its highest.
+    /// @notice A device's lowest power is above its highest, or a genset's is negative (it cannot consume).
     /// @param minW The lowest power given.
     /// @param maxW The highest power given.
     error RegistryDeviceLimits(int32 minW, int32 maxW);
@@ -162,7 +162,8 @@ interface IParticipantRegistry is IAccessControl {
     /// @param device The device's own key (neither a wallet, a meter nor another device).
     /// @param owner The participant that owns the device.
     /// @param busId The grid bus; must be the owner's.
-    /// @param kind 1 battery, 2 EV charger, 3 heat pump, 4 PV inverter.
+    /// @param kind 1 battery, 2 EV charger, 3 heat pump, 4 PV inverter, 5 diesel genset. Batteries and gensets
+    /// are the grid-forming kinds: islanded, the active ones on the island's buses balance it.
     /// @param minW Lowest power in W (negative: consumption).
     /// @param maxW Highest power in W (positive: injection); at least minW.
     /// @param capacityWh Usable energy of a battery (required, > 0); 0 for the other kinds.

@@ -10,7 +10,7 @@ from eth_account import Account
 from backend.chain import protocol
 
 ZERO = "0x0000000000000000000000000000000000000000"
-BATTERY, EV, HEAT_PUMP, PV = 1, 2, 3, 4
+BATTERY, EV, HEAT_PUMP, PV, GENSET = 1, 2, 3, 4, 5
 
 
 def _bus(ledger: Any, wallet: Any) -> int:
@@ -58,7 +58,9 @@ def test_register_device_refusals_are_exact(ledger: Any, parts: Any) -> None:
         ((ZERO, s1, bus, PV, 0, 1, 0), err("RegistryZeroAddress")),
         ((dev, ZERO, bus, PV, 0, 1, 0), err("RegistryZeroAddress")),
         ((dev, s1, bus, 0, 0, 1, 0), err("RegistryUnknownDeviceKind", 0)),
-        ((dev, s1, bus, 5, 0, 1, 0), err("RegistryUnknownDeviceKind", 5)),
+        ((dev, s1, bus, 6, 0, 1, 0), err("RegistryUnknownDeviceKind", 6)),
+        ((dev, s1, bus, GENSET, -1, 160_000, 0), err("RegistryDeviceLimits", -1, 160_000)),
+        ((dev, s1, bus, GENSET, 0, 1, 5_000), err("RegistryDeviceCapacity", GENSET, 5_000)),
         ((dev, s1, bus, HEAT_PUMP, -100, -200, 0), err("RegistryDeviceLimits", -100, -200)),
         ((dev, s1, bus, BATTERY, -1, 1, 0), err("RegistryDeviceCapacity", BATTERY, 0)),
         ((dev, s1, bus, EV, -1, 0, 40_000), err("RegistryDeviceCapacity", EV, 40_000)),
@@ -122,9 +124,26 @@ def test_every_backend_kind_registers(ledger: Any, parts: Any) -> None:
     bus = _bus(ledger, parts.S1)
     for kind in protocol.DEVICE_KINDS:
         capacity = 5000 if kind == protocol.DEVICE_BATTERY else 0
+        min_w = 0 if kind == protocol.DEVICE_GENSET else -1
         dev = Account.create().address
         ledger.registry.registerDevice(
-            dev, parts.S1, bus, kind, -1, 1, capacity, {"from": ledger.dso}
+            dev, parts.S1, bus, kind, min_w, 1, capacity, {"from": ledger.dso}
         )
         assert ledger.registry.deviceOf(dev)[2] == kind
-    assert (min(protocol.DEVICE_KINDS), max(protocol.DEVICE_KINDS)) == (1, 4)
+    assert (min(protocol.DEVICE_KINDS), max(protocol.DEVICE_KINDS)) == (1, 5)
+    assert {protocol.DEVICE_BATTERY, protocol.DEVICE_GENSET} == protocol.GRID_FORMING_KINDS
+
+
+def test_register_genset_stores_record(ledger: Any, parts: Any) -> None:
+    """A genset (kind 5): minimum stable load >= 0, no capacity; registration gas as a battery's."""
+    genset = Account.create().address
+    bus = _bus(ledger, parts.S1)
+    tx = ledger.registry.registerDevice(
+        genset, parts.S1, bus, GENSET, 48_000, 160_000, 0, {"from": ledger.dso}
+    )
+    ev = tx.events["DeviceRegistered"]
+    assert (ev["kind"], ev["minW"], ev["maxW"], ev["capacityWh"]) == (GENSET, 48_000, 160_000, 0)
+    assert tuple(ledger.registry.deviceOf(genset)) == (
+        parts.S1, bus, GENSET, True, 48_000, 160_000, 0
+    )  # fmt: skip
+    assert tx.gas_used <= 85_000

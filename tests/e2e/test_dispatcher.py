@@ -20,7 +20,7 @@ from eth_account import Account
 from web3 import Web3
 
 from backend.chain.client import ChainClient, chain_time
-from backend.chain.contracts import Deployment, save_deployment
+from backend.chain.contracts import Deployment, contract_at, save_deployment
 from backend.chain.deploy import RoleHolders, deploy_all
 from backend.chain.registry import DeviceRegistry
 from backend.devtools.anvil import AnvilProcess
@@ -288,4 +288,95 @@ def test_devices_simulate_and_dispatcher_commands_close_the_loop(
     assert summary["counts"] == {"applied": 1, "out_of_limits": 1}
     assert summary["devices"] == 2 and interval in summary["intervals"]
     assert dep.interval_seconds == INTERVAL_S
+    store.close()
+
+
+def test_mode_switch_survives_kill_9_acked_once_signed_once(chain: Chain, tmp_path: Path) -> None:
+    """``setGridMode(1)`` with ``tegrid dispatcher`` running: one signed ModeAction per battery,
+    stored before it is published; killed with SIGKILL after sending, restarted after the
+    devices (away meanwhile) acked into its persistent session: every ack recorded, the scan of
+    the chain after the restart stores nothing new, each action was signed exactly once and the
+    ignoring devices' actions were published again."""
+    w3, dep, registry, specs = chain.w3, chain.dep, chain.registry, chain.specs
+    db_url = f"sqlite:///{tmp_path / 'control.db'}"
+    store = ControlStore(db_url)
+    env = {
+        **os.environ,
+        "TEGRID_RPC_URL": chain.url,
+        "TEGRID_CONTROL_DATABASE_URL": db_url,
+        "TEGRID_DEPLOYMENT_FILE": str(chain.dep_file),
+        "TEGRID_GRID_OPERATOR_KEY": ANVIL_KEYS[0],
+    }
+    domain = registry_domain(dep.chain_id, dep.address("ParticipantRegistry"))
+    with MosquittoBroker() as broker:
+        env["TEGRID_BROKER_URL"] = broker.url
+
+        def start() -> subprocess.Popen[bytes]:
+            before = store.meta("started_at")
+            log = (tmp_path / f"dispatcher-{time.monotonic_ns()}.log").open("wb")
+            proc = subprocess.Popen(
+                [*TEGRID, "dispatcher", "--retry", "1", "--tick", "0.1"],
+                env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+            wait_for(lambda: store.meta("started_at") not in (None, before), 60, "start")
+            time.sleep(0.3)
+            return proc
+
+        seen: dict[bytes, set[bytes]] = defaultdict(set)
+
+        def sniff(message: Message) -> None:
+            signed = parse_action(message.payload, message.topic)
+            seen[signed.action.key].add(signed.signature)
+
+        sniffer = MqttTransport(broker.url)
+        sniffer.connect()
+        sniffer.subscribe(CONTROL_WILDCARD, sniff)
+
+        def device_transport() -> MqttTransport:
+            return MqttTransport(broker.url, "test-mode-devices", clean_session=False)
+
+        transport = device_transport()
+        fleet = DeviceFleet(
+            specs, domain, ReadingDomain(dep.chain_id, dep.address("MeterReadings")), transport,
+            INTERVAL_S, registry.is_grid_operator, registry.devices, lambda: chain_time(w3),
+        )  # fmt: skip
+        assert fleet.sync_registry() == N_DEVICES
+        fleet.start()
+        transport.connect()
+        time.sleep(0.3)
+        transport.close()  # away: the broker keeps their actions
+        contract = contract_at(w3, "ParticipantRegistry", dep.address("ParticipantRegistry"))
+        ChainClient(chain.url, ANVIL_KEYS[0]).transact(contract.functions.setGridMode(1))
+        proc = start()
+        try:
+            wait_for(lambda: store.counts()["sent"] == N_DEVICES, 30, "every mode action sent")
+            signed_before = {r.activation_id: r.signature for r in store.actions()}
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            transport = device_transport()
+            fleet.transport = transport
+            fleet.start()
+            transport.connect()
+            applied = N_DEVICES - IGNORING
+            wait_for(lambda: fleet.counts["mode_applied"] == applied, 30, "devices switch")
+            proc = start()
+            wait_for(lambda: store.counts()["acknowledged"] == applied, 60, "every ack recorded")
+            wait_for(
+                lambda: all(r.attempts >= 2 for r in store.actions() if r.state == "sent"),
+                30, "the ignoring devices' actions published again",
+            )  # fmt: skip
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
+            transport.close()
+            sniffer.close()
+    rows = store.actions()
+    assert len(rows) == N_DEVICES and all(r.kind == "mode" for r in rows)
+    assert {r.activation_id: r.signature for r in rows} == signed_before  # never signed again
+    assert store.counts() == {"pending": 0, "sent": IGNORING, "acknowledged": N_DEVICES - IGNORING,
+                              "refused": 0, "expired": 0}  # fmt: skip
+    assert all(len(v) == 1 for v in seen.values()) and len(seen) == N_DEVICES
+    for s in specs:
+        assert fleet.devices[s.address].mode == (0 if s.ignore else 1)
     store.close()

@@ -220,3 +220,38 @@ def test_check_islanded_village_reports_the_island() -> None:
     assert (data["island_soc_kwh"], data["island_dispatch_kw"]) == (0.0, [160.0])
     assert (data["island_high_kw"], data["island_balanced"]) == (0.0, False)
     assert round(data["island_forming_kw"], 2) == 26.93
+
+
+def test_validate_islanded_with_registered_units_and_verify_reproduces(tmp_path: Path) -> None:
+    """``--units``: the market's registered units (a battery reported at 600 kWh from 06:45 and
+    a genset) instead of the village's own: the 07:00 trade the empty village battery vetoes is
+    approved, and verify with the same units file reproduces it; without them it does not."""
+    trades = _trades(tmp_path, [{"id": "t1", "seller_bus": 40, "buyer_bus": 60, "p_kw": 2.0}])
+    units = tmp_path / "units.json"
+    units.write_text(json.dumps([
+        {"name": "0xB", "kind": "battery", "bus": 1, "min_kw": -300.0, "max_kw": 250.0,
+         "capacity_kwh": 800.0, "soc_kwh": 600.0, "device": "0xB",
+         "soc_interval": ISLAND_SHORT_INTERVAL - 1},
+        {"name": "0xG", "kind": "genset", "bus": 1, "min_kw": 48.0, "max_kw": 160.0,
+         "device": "0xG"},
+    ]))  # fmt: skip
+    args = ["--network", "village_island", "--interval", str(ISLAND_SHORT_INTERVAL), "--trades"]
+    code, out, _ = _run("validate", *args, trades, "--islanded", "--units", str(units), "--json")
+    assert code == 0
+    assert json.loads(out)["verdicts"][0]["reason"] == "APPROVED"
+    path = tmp_path / "claimed.json"
+    path.write_text(out)
+    code, out, _ = _run(
+        "verify", *args, trades, "--islanded", "--units", str(units), "--verdicts", str(path),
+        "--json",
+    )  # fmt: skip
+    assert (code, json.loads(out)["match"]) == (0, True)
+    code, out, _ = _run("verify", *args, trades, "--islanded", "--verdicts", str(path), "--json")
+    assert code == 1  # the village's own units: another verdict and evidence
+    units.write_text(json.dumps([{"name": "x", "kind": "diesel", "bus": 1, "min_kw": 0,
+                                  "max_kw": 1}]))  # fmt: skip
+    code, _, err = _run("validate", *args, trades, "--islanded", "--units", str(units))
+    assert code == 2
+    assert err.strip() == (
+        f"error: units {str(units)!r}: unit 'x': kind must be one of ('battery', 'genset')"
+    )

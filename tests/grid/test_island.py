@@ -10,7 +10,7 @@ import pandapower as pp
 import pytest
 
 from grid import GridValidator, Reason, Trade
-from grid.island import GridFormingUnit, Island, IslandError
+from grid.island import GridFormingUnit, Island, IslandError, units_from_docs
 from grid.networks import quiet
 
 DAY = 20_000 * 96  # an interval at 00:00 UTC
@@ -197,3 +197,38 @@ def test_unit_bad_values_refused(unit: dict[str, object], message: str) -> None:
     fields.update(unit)
     with pytest.raises(IslandError, match=message):
         GridFormingUnit(**fields)  # type: ignore[arg-type]
+
+
+def test_registered_units_of_an_interval_replace_the_networks_and_reproduce() -> None:
+    """``set_island``: an interval validated with registered devices (the registry's limits, a
+    battery's reported state of charge at an interval's start) instead of the network's own units;
+    the units are in the evidence, so a fresh validator given the same units reproduces the hash,
+    and the reported state of charge is where the day's walk starts."""
+    interval = DAY + 40  # 10:00
+    registered = Island((
+        GridFormingUnit("0xB", "battery", 1, -200.0, 200.0, 600.0, 150.0, device="0xB",
+                        soc_interval=DAY + 38),
+        GridFormingUnit("0xG", "genset", 1, 30.0, 120.0, device="0xG"),
+    ))  # fmt: skip
+    trades = [Trade("a", 40, 60, 2.0)]
+    first = GridValidator("village_island")
+    own = first.validate(trades, interval, islanded=True)
+    first.set_island(interval, registered)
+    assert first.island_of(interval) == registered and first.island_of(interval + 1) == first.island
+    mine = first.validate(trades, interval, islanded=True)
+    assert mine.evidence_hash != own.evidence_hash
+    # the walk starts at the report: 150 kWh at 09:30, two intervals of the base state's dispatch
+    bases = first._islanded(interval)
+    walked = bases.soc_at(DAY + 38, 900)
+    assert walked == 150.0
+    state = first.island_state(interval)
+    after_one = bases.soc_at(DAY + 39, 900)
+    assert state.soc_kwh == pytest.approx(bases.soc_at(interval, 900), abs=1e-12)
+    assert after_one != 150.0 and state.low_kw >= -200.0 and state.high_kw <= 200.0
+    fresh = GridValidator("village_island", reuse=False)
+    fresh.set_island(interval, registered)
+    assert fresh.validate(trades, interval, islanded=True).evidence_hash == mine.evidence_hash
+    # the units as JSON (tegrid grid ... --units FILE) give the same island
+    assert units_from_docs([u.to_dict() for u in registered.units]) == registered
+    first.set_island(interval, None)
+    assert first.validate(trades, interval, islanded=True).evidence_hash == own.evidence_hash

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from backend.api.deps import MarketDep
 from backend.api.schemas import (
@@ -18,8 +18,9 @@ from backend.api.schemas import (
 )
 from backend.chain import protocol
 from backend.chain.address import checksum
+from backend.iot.control_store import ControlStore
 from backend.market.models import DeviceRow
-from backend.market.ports import Device
+from backend.market.ports import Device, SocReport
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -34,7 +35,7 @@ def device_template(market: MarketDep) -> dict[str, Any]:
     return market.template("DeviceRegistration")
 
 
-def device_out(record: Device, row: DeviceRow | None) -> DeviceOut:
+def device_out(record: Device, row: DeviceRow | None, soc: SocReport | None = None) -> DeviceOut:
     return DeviceOut(
         device=record.device,
         owner=record.owner,
@@ -48,6 +49,8 @@ def device_out(record: Device, row: DeviceRow | None) -> DeviceOut:
         hostingExportW=row.hosting_export_w if row else None,
         hostingImportW=row.hosting_import_w if row else None,
         txHash=row.tx_hash if row else None,
+        stateOfChargeWh=soc.soc_wh if soc else None,
+        stateOfChargeAt=soc.at if soc else None,
     )
 
 
@@ -90,6 +93,14 @@ async def list_devices(
 
 
 @router.get("/{address}", response_model=DeviceOut, responses=ERRORS)
-async def get_device(address: Address, market: MarketDep) -> DeviceOut:
-    """The registry's record of a device key (404 NOT_FOUND when it is not registered)."""
-    return await asyncio.to_thread(lambda: device_out(*market.devices.get(address)))
+async def get_device(address: Address, market: MarketDep, request: Request) -> DeviceOut:
+    """The registry's record of a device key (404 NOT_FOUND when it is not registered) and, for
+    a battery, its latest reported state of charge (``stateOfChargeWh``, ``stateOfChargeAt``;
+    null without a report or without the dispatcher's store)."""
+    control: ControlStore | None = getattr(request.app.state, "control", None)
+
+    def view() -> DeviceOut:
+        record, row = market.devices.get(address)
+        return device_out(record, row, control.soc(record.device) if control else None)
+
+    return await asyncio.to_thread(view)

@@ -99,7 +99,8 @@ export function renderFlexPanel(root, { offers, activations, actions }) {
   for (const c of actions) {
     ctlBody.append(h("tr", { dataset: { action: c.activationId, state: c.state } },
       h("td", { class: "mono" }, shortAddr(c.device)),
-      h("td", { class: "num" }, watts(c.setpointW)),
+      // a grid mode switch told to a grid-forming device has a mode, not a setpoint
+      h("td", { class: "num" }, c.kind === "mode" ? `switch: ${c.mode.replace("_", " ")}` : watts(c.setpointW)),
       h("td", { class: `state ${c.state}` }, actionState(c)),
     ));
   }

@@ -7,7 +7,9 @@ import json
 
 import jsonschema
 import pytest
+from eth_abi import encode
 from eth_account import Account
+from eth_utils import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
@@ -15,14 +17,21 @@ from hypothesis_jsonschema import from_schema
 from backend.iot.control import (
     ACK_JSON_SCHEMA,
     ACTION_JSON_SCHEMA,
+    MODE_JSON_SCHEMA,
+    SOC_JSON_SCHEMA,
     AckStatus,
     ControlAck,
     ControlAction,
+    ModeAction,
+    StateOfCharge,
     ack_topic,
     control_topic,
+    mode_action_id,
     parse_ack,
     parse_action,
+    parse_soc,
     registry_domain,
+    soc_topic,
     topic_device,
 )
 from backend.iot.control_store import ControlTarget
@@ -162,3 +171,69 @@ def test_the_action_schema_refuses_what_the_parser_refuses(over: dict[str, objec
         jsonschema.validate(body, ACTION_JSON_SCHEMA)
     with pytest.raises(MessageError):
         parse_action(json.dumps(body).encode())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    mode=st.integers(0, 255),
+    effective=st.integers(0, 2**64 - 1),
+    expiry=st.integers(0, 2**64 - 1),
+)
+def test_mode_action_signature_matches_eth_account(mode: int, effective: int, expiry: int) -> None:
+    action = ModeAction(AID, DEVICE, mode, effective, expiry)
+    signed = action.sign(KEY, DOMAIN)
+    theirs = Account.sign_typed_data(KEY, full_message=_full("ModeAction", action.message()))
+    assert signed.signature == bytes(theirs.signature)
+    assert signed.signer(DOMAIN) == Account.from_key(KEY).address
+    assert parse_action(signed.to_json(), control_topic(DEVICE)) == signed
+
+
+def test_state_of_charge_signature_matches_eth_account_and_round_trips() -> None:
+    report = StateOfCharge(DEVICE, 400_000, 1_700_000_123)
+    signed = report.sign(DEVICE_KEY, DOMAIN)
+    theirs = Account.sign_typed_data(
+        DEVICE_KEY, full_message=_full("StateOfCharge", report.message())
+    )
+    assert signed.signature == bytes(theirs.signature)
+    assert parse_soc(signed.to_json(), soc_topic(DEVICE)) == signed
+    assert signed.signer(DOMAIN) == DEVICE
+    assert soc_topic(DEVICE) == f"tegrid/devices/{DEVICE.lower()}/soc"
+
+
+def test_mode_action_id_is_the_abi_encoded_event_and_device() -> None:
+    tx = bytes(range(1, 33))
+    expected = keccak(encode(["bytes32", "uint256", "address"], [tx, 7, DEVICE]))
+    assert mode_action_id(tx, 7, DEVICE) == expected
+    assert mode_action_id(tx, 8, DEVICE) != expected
+
+
+def test_parse_mode_action_refuses_mixed_and_out_of_range_fields() -> None:
+    signed = ModeAction(AID, DEVICE, 1, 10, 99).sign(KEY, DOMAIN)
+    body = json.loads(signed.to_json())
+    cases = [
+        ({"setpointW": 5}, "unknown fields"),
+        ({"mode": 256}, r"mode must be between 0 and 2\^8-1"),
+        ({"effectiveInterval": -1}, "effectiveInterval must be between 0"),
+    ]
+    for over, reason in cases:
+        with pytest.raises(MessageError, match=reason):
+            parse_action(json.dumps({**body, **over}).encode())
+    with pytest.raises(MessageError, match="published on"):
+        parse_action(signed.to_json(), control_topic(Account.from_key(KEY).address))
+
+
+@settings(max_examples=40, deadline=None)
+@given(body=from_schema(MODE_JSON_SCHEMA))
+def test_every_payload_the_mode_schema_allows_parses(body: dict[str, object]) -> None:
+    signed = parse_action(json.dumps(body).encode())
+    assert isinstance(signed.action, ModeAction)
+    assert (signed.action.mode, signed.action.effective_interval) == (
+        body["mode"], body["effectiveInterval"]
+    )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(body=from_schema(SOC_JSON_SCHEMA))
+def test_every_payload_the_soc_schema_allows_parses(body: dict[str, object]) -> None:
+    signed = parse_soc(json.dumps(body).encode())
+    assert (signed.report.soc_wh, signed.report.at) == (body["socWh"], body["at"])

@@ -80,3 +80,32 @@ def test_acks_of_unknown_or_other_devices_change_nothing(store: ControlStore) ->
     assert store.counts() == {"pending": 0, "sent": 1, "acknowledged": 0, "refused": 1,
                               "expired": 0}  # fmt: skip
     assert store.get((2).to_bytes(32, "big")).reason == "out_of_limits"  # type: ignore[union-attr]
+
+
+def test_a_store_written_before_mode_actions_gets_the_kind_column(tmp_path: Path) -> None:
+    """A ``control_actions`` table without ``kind`` (an older store) is given the column on open,
+    every existing row a control action; a mode target stored next to it keeps its kind, and the
+    same id with another kind is a conflict."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = ControlStore(url)
+    old.add([_t(1)], now=1.0)
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE control_actions DROP COLUMN kind")
+    old.close()
+    store = ControlStore(url)
+    [row] = store.actions()
+    assert (row.kind, row.as_dict()["kind"], "mode" in row.as_dict()) == (
+        "control",
+        "control",
+        False,
+    )
+    mode = ControlTarget.for_mode((9).to_bytes(32, "big"), DEVICE, 1, 7, 9000)
+    assert store.add([mode], now=2.0) == 1
+    stored = store.get((9).to_bytes(32, "big"))
+    assert stored is not None and (stored.kind, stored.setpoint_w, stored.interval_id) == (
+        "mode", 1, 7
+    )  # fmt: skip
+    assert stored.as_dict()["mode"] == "islanded" and stored.as_dict()["setpointW"] is None
+    with pytest.raises(ControlConflictError):
+        store.add([ControlTarget((9).to_bytes(32, "big"), DEVICE, 7, 1, 9000)])
+    store.close()

@@ -12,6 +12,7 @@ from eth_account import Account
 from backend.market.errors import (
     ConflictError,
     IntervalClosedError,
+    InvalidOrderError,
     NonceUsedError,
     TooManyOrdersError,
     WrongBusError,
@@ -115,3 +116,30 @@ def test_one_offer_per_device_and_interval(flex_market: Market) -> None:
     signed = Account.sign_typed_data(K[3], full_message=doc).signature.hex().removeprefix("0x")
     m.cancel_flex(first.hash, "0x" + signed)
     assert m.submit_flex(**_offer(m, K[3], device, iv, 4)).status == "open"
+
+
+def test_genset_registers_with_a_minimum_load_and_never_consumes(flex_market: Market) -> None:
+    """Kind 5 (genset): ``minW`` is its minimum stable load (>= 0) and it has no capacity; a
+    negative ``minW`` is refused before any transaction, naming the field."""
+    owner_key = K[3]
+    owner = Account.from_key(owner_key).address
+
+    def register(min_w: int) -> str:
+        device = Account.create()
+        msg = {"owner": owner, "device": device.address, "busId": 13, "kind": 5, "minW": min_w,
+               "maxW": 16_000, "capacityWh": 0,
+               "expiry": flex_market.ledger.now() + 600}  # fmt: skip
+        flex_market.register_device(
+            msg,
+            _sign(flex_market, "DeviceRegistration", owner_key, msg),
+            _sign(flex_market, "DeviceRegistration", device.key, msg),
+        )
+        return str(device.address)
+
+    with pytest.raises(InvalidOrderError, match="a genset cannot consume: minW -1 W") as err:
+        register(-1)
+    assert err.value.field == "minW"
+    genset = register(4_800)
+    record, _row = flex_market.devices.get(genset)
+    assert (record.kind, record.min_w, record.max_w, record.capacity_wh) == (5, 4_800, 16_000, 0)
+    assert [d.device for d in flex_market.ledger.grid_forming_devices()] == [genset]

@@ -66,9 +66,7 @@ def test_every_reading_submitted_exactly_once(tmp_path: Path, ledger: FakeLedger
     assert store.status().queue_depth == 0
 
 
-def test_device_readings_go_out_in_batches_of_their_own(
-    tmp_path: Path, ledger: FakeLedger
-) -> None:
+def test_device_readings_go_out_in_batches_of_their_own(tmp_path: Path, ledger: FakeLedger) -> None:
     """A reading signed by a registered device key (the registry says so) is submitted with
     ``submitDeviceReadings``, never in a meters' batch."""
     daemon, sim, store = _setup(tmp_path, ledger, n=3)
@@ -87,6 +85,39 @@ def test_device_readings_go_out_in_batches_of_their_own(
         (False, meters), (True, [device])
     ]  # fmt: skip
     assert ledger.stored[(device, 98)] == (0, 8_803)
+
+
+def test_reading_taken_while_registry_down_is_decided_when_it_answers(
+    tmp_path: Path, ledger: FakeLedger
+) -> None:
+    """With the registry out of reach at ingest a reading's key is neither a meter nor a device
+    yet: it is kept (undecided, nothing sent) and, once the registry answers, a device's goes
+    out through ``submitDeviceReadings`` and an unregistered key's is rejected ``unregistered``
+    (before this fix the device's was queued as a meter's and refused ``unknown_meter``)."""
+    cfg = OracleConfig(batch_size=7, backoff_initial_s=0.05, backoff_max_s=0.1)
+    daemon, _sim, store = _setup(tmp_path, ledger, n=1, cfg=cfg)
+    sep = ledger.domain().separator()
+    device_key, stranger_key = "0x" + "5d" * 32, "0x" + "77" * 32
+    device, stranger = Account.from_key(device_key).address, Account.from_key(stranger_key).address
+    ledger.devices[device] = True
+    ledger.down = True
+    daemon.start()
+    for key, reading in ((device_key, Reading(device, 98, 0, 8_803)),
+                         (stranger_key, Reading(stranger, 98, 5, 0))):  # fmt: skip
+        signed = SignedReading(reading, sign_reading(key, sep, reading))
+        daemon.deliver(Message(readings_topic(reading.meter), signed.to_json()))
+    assert _wait(lambda: store.status().pending == 2)
+    assert store.undecided_keys() == [device, stranger]
+    time.sleep(0.3)  # the submit loop retries against the chain that is down: nothing goes out
+    assert ledger.kinds == [] and store.status().submitted == 0
+    ledger.down = False
+    assert _wait(lambda: store.status().submitted == 1)
+    daemon.stop()
+    assert ledger.kinds == [(True, [device])]
+    assert ledger.stored[(device, 98)] == (0, 8_803)
+    status = store.status()
+    assert (status.pending, status.rejected_by_reason) == (0, {"unregistered": 1})
+    assert store.undecided_keys() == []
 
 
 def test_bad_messages_are_rejected_and_counted(tmp_path: Path, ledger: FakeLedger) -> None:
