@@ -23,6 +23,7 @@ from backend.demo.analysis import LOADINGS, shown
 from backend.demo.clients import check_response
 from backend.demo.config import BALANCING_DEPOSIT, DEPOSIT, TRADE_FIELDS
 from backend.demo.day import DemoDay
+from backend.demo.flexibility import summarize_flex
 from grid.verdicts import Trade
 
 
@@ -295,6 +296,10 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         checks["islanded: the chain's mode switch landed before its interval"] = (
             day.mode_switch is not None and day.mode_switch["since"] <= day.island_from * s
         )
+    flex: dict[str, Any] | None = None
+    if day.flex_enabled:
+        flex = summarize_flex(day, day.records, within)
+        checks.update(flex["checks"])
     welfare = sum(i["welfare"] for i in intervals)
     greedy_welfare = sum(i["greedy_welfare"] for i in intervals)
     totals = {
@@ -395,6 +400,9 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
             "explanation": analysis.DELIVERY_EXPLANATION,
         },
         "intervals": intervals,
+        # #17: offers, activations, control actions, delivered vs activated, payments (None:
+        # no control loop, the in-process transport)
+        "flexibility": flex,
         "participants": participants,
         "vetoes": day.vetoes,
         "trades": [{k: tr[k] for k in TRADE_FIELDS} for rec in day.records for tr in rec["trades"]],
@@ -523,6 +531,14 @@ def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -
     for k, v in summary["totals"].items():
         totals.add_row(k, str(v))
     console.print(totals)
+    flex = summary.get("flexibility")
+    if flex:
+        table = Table(title="flexibility")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for k, v in flex["totals"].items():
+            table.add_row(k, str(v))
+        console.print(table)
     for name, ok in summary["checks"].items():
         console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'}  {name}")
     console.print(f"report: {report_dir / 'report.html'}")
