@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.chain import batches
-from backend.chain.protocol import TOKEN_DECIMALS, TOKEN_UNIT
+from backend.chain.protocol import FLEX_UP, TOKEN_DECIMALS, TOKEN_UNIT
 from backend.demo import analysis, baseline
 from backend.demo.analysis import LOADINGS, shown
-from backend.demo.clients import check_response
+from backend.demo.clients import check_list, check_response
 from backend.demo.config import BALANCING_DEPOSIT, DEPOSIT, TRADE_FIELDS
 from backend.demo.day import DemoDay
 from backend.demo.flexibility import summarize_flex
-from grid.verdicts import Trade
+from grid.verdicts import Activation, Trade
 
 
 def day_span(start: datetime, end: datetime) -> str:
@@ -424,9 +424,9 @@ def _events(day: DemoDay, contract: Any, name: str) -> list[Any]:
 def interval_grid_states(
     day: DemoDay, interval_id: int, trades: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The AC state of an interval: base, base + approved trades, base + every trade (a loading
-    is None where the network has no such element or the flow did not converge), and the power
-    balance of base + approved trades."""
+    """The AC state of an interval: base, base + approved trades with the interval's flexibility
+    activations, base + every trade (a loading is None where the network has no such element or
+    the flow did not converge), and the power balance of base + approved trades."""
     hours = day.cfg.interval_seconds / 3600
     validator = day.grid_validator
     islanded = is_islanded(day, interval_id)
@@ -437,11 +437,24 @@ def interval_grid_states(
             for t in selected
         ]
 
-    def state(selected: list[dict[str, Any]]) -> dict[str, Any]:
+    # the flexibility bought with the clearing runs with the approved trades (a rescued trade
+    # is approved with its activations): up injects more, down consumes more
+    activations = [
+        Activation(a["id"], int(a["busId"]),
+                   (1 if int(a["direction"]) == FLEX_UP else -1) * int(a["activatedW"]) / 1000)
+        for a in (
+            check_list(day.http.get("/flex/activations", params={"interval": interval_id}),
+                       "GET /flex/activations")
+            if day.flex_enabled else []
+        )
+    ]  # fmt: skip
+
+    def state(selected: list[dict[str, Any]], acts: list[Activation]) -> dict[str, Any]:
         st = validator.grid_status(
             as_trades(selected),
             interval=interval_id,
             interval_seconds=day.cfg.interval_seconds,
+            activations=acts,
             islanded=islanded,
         )
         return {
@@ -454,9 +467,9 @@ def interval_grid_states(
 
     approved = [t for t in trades if t["approved"]]
     return {
-        "grid_base": state([]),
-        "grid_approved": state(approved),
-        "grid_all": state(trades),
+        "grid_base": state([], []),
+        "grid_approved": state(approved, activations),
+        "grid_all": state(trades, []),
         "energy": validator.energy_balance(
             as_trades(approved),
             interval=interval_id,

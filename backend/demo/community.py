@@ -182,18 +182,20 @@ class Offer:
 def offer_for(member: Member, hour: float, rng: random.Random) -> Offer | None:
     """The offer ``member``'s device makes for an interval starting at ``hour``: a battery offers
     to charge (down) from 10 to 15 h, when the PV feeders export, and to discharge (up) at the
-    evening peak; a flexible load offers to give up its consumption (up) all day. Prices from 0.01
-    to 0.08 tokens per kWh: below most trades' gains, above some."""
+    evening peak; a flexible load offers to give up its consumption (up) all day. Prices: a
+    battery 0.005-0.03 tokens per kWh, a flexible load 0.01-0.05 - below the gains of most trades
+    they could rescue, above those of some."""
     if not member.device_kind:
         return None
-    price = int(TOKEN_UNIT * rng.uniform(0.01, 0.08))
     power_w = int(1000 * member.device_kw)
     if member.device_kind == DEVICE_BATTERY:
+        price = int(TOKEN_UNIT * rng.uniform(0.005, 0.03))
         if 10.0 <= hour < 15.0:
             return Offer(FLEX_DOWN, power_w, 0, price)
         if hour >= 17.0:
             return Offer(FLEX_UP, power_w, 0, price)
         return None
+    price = int(TOKEN_UNIT * rng.uniform(0.01, 0.05))
     return Offer(FLEX_UP, -member.device_baseline_w, member.device_baseline_w, price)
 
 

@@ -387,13 +387,26 @@ class DemoDay(DemoStack):
         return {"interval": interval, "trades": items}
 
     def _wait_recorded(self, interval_id: int, timeout_s: float = 120.0) -> None:
-        """Wait until the server has the interval's batch on chain (status recorded)."""
+        """Wait until the server has the interval's batch on chain (status recorded), and its
+        activation batches (FlexibilityMarket refuses them after the gate closure too); an
+        activation batch the chain keeps refusing (a payer lowered its cap) is reported and
+        left: its trade stands, nobody pays it and no device is told to run it."""
         deadline = time.monotonic() + timeout_s
         while True:
             row = check_response(
                 self.http.get(f"/intervals/{interval_id}"), f"GET /intervals/{interval_id}"
             )
-            if row.get("status") in ("recorded", "settled"):
+            flex_batches = row.get("activationBatches") or []
+            if row.get("status") in ("recorded", "settled") and all(
+                b["state"] in ("recorded", "settled") for b in flex_batches
+            ):
+                return
+            failed = [b for b in flex_batches if b["state"] == "failed" and b["attempts"] >= 3]
+            if row.get("status") in ("recorded", "settled") and failed:
+                self.console.print(
+                    f"[yellow]warning:[/] interval {interval_id}: activation batch not recorded: "
+                    f"{failed[0]['reason']}"
+                )
                 return
             if time.monotonic() > deadline:
                 raise DemoError(

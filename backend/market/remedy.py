@@ -1,16 +1,18 @@
 """Remedies: flexibility activations that let a vetoed trade through, and the DSO service.
 
-After the clearing has decided (``optimal`` or ``auction``), each vetoed candidate with a positive
-gain ``(bid - ask) x kWh`` is looked at in priority order (the batch order). Its remedy is the
-cheapest set of activations of the interval's open flexibility offers that makes the approved set
-plus this trade feasible: a linear program in the clearing's machinery (``program.Program``,
-HiGHS): one column per offer with what is left of its power (W, bounds ``[0, remaining powerW]``),
-cost ``price x energy``, the trade's fill fixed at its candidate's energy, and the grid's rows at
-the AC operating point of the set so far (``OperatingPoint.constraints``), relinearized where the
-answer lands (``MAX_POINTS``) until its AC state passes the validator's limit set (rows the
-approved set without this trade already presses stay bounded at its level). Only offers whose
-bus the binding rows see carry weight: the sensitivities say which buses relieve. A linear screen
-(``_Search._reachable``) skips a candidate whose binding element no offer can reach.
+After the clearing has decided (``optimal`` or ``auction``), each vetoed candidate - and each pair
+the optimal clearing's top-up was refused (``Clearing.refused``: not in its list, and left out
+again unless rescued) - with a positive gain ``(bid - ask) x kWh`` is looked at in priority order
+(the batch order, the refused pairs after it). Its remedy is the cheapest set of activations of the
+interval's open flexibility offers that makes the approved set plus this trade feasible: a linear
+program in the clearing's machinery (``program.Program``, HiGHS): one column per offer with what is
+left of its power (W, bounds ``[0, remaining powerW]``), cost ``price x energy``, the trade's fill
+fixed at its candidate's energy, and the grid's rows at the AC operating point of the set so far
+(``OperatingPoint.constraints``), relinearized where the answer lands (``MAX_POINTS``) until its AC
+state passes the validator's limit set (rows the approved set without this trade already presses
+stay bounded at its level). Only offers whose bus the binding rows see carry weight: the
+sensitivities say which buses relieve. A linear screen (``_Search._reachable``) skips a candidate
+whose binding element no offer can reach.
 
 The trade is approved with its activations only when
 
@@ -127,8 +129,13 @@ class _Search:
         self.limits = limits
         self.kw_per_wh = 3600.0 / interval_seconds / 1000.0
         self.approved = [c for c, d in clearing.trades if d.approved]
+        # the vetoed trades, then the pairs the optimal clearing's top-up was refused (not in
+        # the list: one that is not rescued stays out of it)
         self.vetoed = [c for c, d in clearing.trades if not d.approved]
+        self.vetoed += [c for c, _ in clearing.refused]
         self.veto_of = {id(c): d for c, d in clearing.trades if not d.approved}
+        self.veto_of.update((id(c), d) for c, d in clearing.refused)
+        self.outside = {id(c) for c, _ in clearing.refused}
         self.rescued: list[Candidate] = []
         self.activations: list[PlannedActivation] = []
         self.left = {o.hash: o.power_w for o in flex.offers}
@@ -448,7 +455,7 @@ class _Search:
         if not self.activations and not self.rescued:
             return clearing
         rescued = {id(c) for c in self.rescued}
-        rest = [c for c in self.vetoed if id(c) not in rescued]
+        rest = [c for c in self.vetoed if id(c) not in rescued and id(c) not in self.outside]
         grid = [a.grid() for a in self.activations]
         n = len(self.approved) + len(self.rescued)
         while True:
