@@ -140,7 +140,7 @@ def build_community(buses: list[int], prosumers: int, seed: int) -> list[Member]
 # Members with a controllable device: batteries at PV households (the weak buses, where charging
 # at midday relieves the feeder), EV chargers and heat pumps at households without PV (the loaded
 # buses).
-BATTERY_SHARE = 0.25
+BATTERY_SHARE = 0.5
 FLEX_LOAD_SHARE = 0.125
 EV_CHARGER, HEAT_PUMP = 2, 3
 

@@ -22,6 +22,7 @@ from backend.chain.protocol import TOKEN_UNIT
 from backend.demo.clients import check_list
 from backend.demo.config import REMEDY_CAP_PER_KWH
 from backend.demo.day import DemoDay
+from grid.networks import quiet
 
 ZERO_TRADE = "0x" + "00" * 32
 FLEX_SGEN = "tegrid demo check"
@@ -180,9 +181,10 @@ def summarize_flex(
         "flexibility cost (tokens)": round(sum(a["cost"] for a in activations_out) / TOKEN_UNIT, 6),
         "paid to providers (tokens)": paid_total / TOKEN_UNIT,
         "refunded to payers (tokens)": sum(a["refunded"] for a in activations_out) / TOKEN_UNIT,
-        "control actions sent / acknowledged / refused": (
+        "control actions sent / acknowledged / refused / unanswered": (
             f"{sum(r['actions_sent'] for r in intervals)} / "
-            f"{action_states.get('acknowledged', 0)} / {action_states.get('refused', 0)}"
+            f"{action_states.get('acknowledged', 0)} / {action_states.get('refused', 0)} / "
+            f"{sum(r['actions_unanswered'] for r in intervals)}"
         ),
     }
     checks = {
@@ -268,7 +270,8 @@ def ac_check(
     for bus, p_kw in injections.items():
         pp.create_sgen(net, bus, p_mw=p_kw / 1000, name=FLEX_SGEN)
     try:
-        pp.runpp(net)
+        with quiet():
+            pp.runpp(net)
     except pp.LoadflowNotConverged:
         return False
     return bool(limits_within(_state(net, monitored), base, validator.limits))
