@@ -119,6 +119,10 @@ def demo(
         help="the grid operator switches the grid to islanded (setGridMode) before the second "
         "interval; needs grid-forming units: --network village_island",
     ),
+    flexibility: bool = typer.Option(
+        True, "--flexibility/--no-flexibility",
+        help="members' devices offer flexibility that rescues refused trades (needs Mosquitto)",
+    ),
     remedy_consent: float = typer.Option(
         0.75, min=0.0, max=1.0, metavar="SHARE",
         help="share of the members who set a remedy cap (pay for flexibility that rescues "
@@ -140,7 +144,7 @@ def demo(
         network=network, prosumers=prosumers, hours=hours, interval_minutes=interval_minutes,
         seed=seed, start_hour=start_hour, broker=broker, reports_dir=reports.resolve(),
         vm_min_pu=vm_min_pu, vm_max_pu=vm_max_pu, islanded=islanded,
-        remedy_consent_share=remedy_consent, **ports,
+        remedy_consent_share=remedy_consent, flexibility=flexibility, **ports,
     )  # fmt: skip
     try:
         summary, folder = Demo(config, console).run()

@@ -83,6 +83,9 @@ class DemoConfig:
     # Share of the members who set a remedy cap (consent to pay for flexibility that rescues
     # their vetoed trades); the others' trades are never rescued.
     remedy_consent_share: float = 0.75
+    # #17's flexibility: the members' devices, offers, remedies and the control loop (needs
+    # Mosquitto: the dispatcher and the devices are processes of their own).
+    flexibility: bool = True
 
     def validate(self) -> None:
         if self.prosumers < 2 or self.prosumers > 500:

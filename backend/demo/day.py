@@ -128,6 +128,11 @@ class DemoDay(DemoStack):
         if self.flex_enabled:
             self._register_devices()
             self._set_remedy_caps()
+        elif self.cfg.flexibility:
+            self.console.print(
+                "flexibility: off - the dispatcher and the devices need Mosquitto "
+                "(apt-get install mosquitto)"
+            )
 
     # ------------------------------------------------------------------ flexibility (#17)
     @property

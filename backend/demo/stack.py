@@ -163,12 +163,6 @@ class DemoStack:
                 "--idle-sleep", str(ORACLE_IDLE_S),
             ]  # fmt: skip
             self._start_service("oracle", oracle_args, self.settings)
-            # the control loop (#17): signed control actions for the recorded activations
-            dispatcher_args = [
-                "dispatcher", "--client-id", "tegrid-demo-dispatcher", "--log-level", "WARNING",
-                "--tick", "0.1",
-            ]  # fmt: skip
-            self._start_service("dispatcher", dispatcher_args, self.settings)
         else:
             shared = InProcessBroker()
             self.transport_note = (
@@ -176,6 +170,13 @@ class DemoStack:
             )
             self._start_oracle_thread(InProcessTransport(shared, client_id="tegrid-demo-oracle"))
             self.meter_transport = InProcessTransport(shared, client_id="tegrid-demo-meters")
+        if "oracle" in self.services and self.cfg.flexibility:
+            # the control loop (#17): signed control actions for the recorded activations
+            dispatcher_args = [
+                "dispatcher", "--client-id", "tegrid-demo-dispatcher", "--log-level", "WARNING",
+                "--tick", "0.1",
+            ]  # fmt: skip
+            self._start_service("dispatcher", dispatcher_args, self.settings)
         self.console.print(f"meter transport: {self.transport_note}")
         self.meter_transport.connect()
         self.stack.push(self.meter_transport.close)
