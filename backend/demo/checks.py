@@ -1,9 +1,10 @@
 """The demo's results: the summary (per interval, per participant, totals, the process layout and
-the profile) and the seven checks it must pass - tokens conserved (the balancing account
-included), every approved trade settled exactly once, every settled interval's parties settled
-their imbalance exactly once, no vetoed trade settled, every published reading on chain exactly
-once, no approved interval state outside a grid limit, no escrow left locked; ``print_summary``
-shows them."""
+the profile) and the seven checks it must pass - tokens conserved (the balancing account and
+FlexibilityMarket's locks included), every approved trade settled exactly once, every settled
+interval's parties settled their imbalance exactly once, no vetoed trade settled, every published
+reading on chain exactly once, no approved interval state outside a grid limit (with the interval's
+activations), no escrow left locked - and, with flexibility, ``flexibility``'s three;
+``print_summary`` shows them."""
 
 from __future__ import annotations
 
@@ -261,8 +262,10 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
     deposited = DEPOSIT * len(day.members) + BALANCING_DEPOSIT
     market_tokens = int(token.functions.balanceOf(market.address).call())
     checks = {
-        "tokens conserved (market token balance = deposits = internal balances, the balancing "
-        "account's included)": market_tokens == deposited == total_internal,
+        "tokens conserved (market token balance = deposits = internal balances with their locks - "
+        "escrow and FlexibilityMarket's remedy shares - the balancing account's included)": (
+            market_tokens == deposited == total_internal
+        ),
         "every approved trade settled exactly once": all(
             settled_count.get(i, 0) == 1 for i in approved_ids
         )
