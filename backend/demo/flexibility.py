@@ -178,6 +178,9 @@ def summarize_flex(
         "welfare recovered (tokens)": round(
             sum(r["welfare_recovered_tokens"] for r in intervals), 6
         ),
+        "members paying for remedies": len(
+            {p["name"] for a in activations_out for p in a["payers"] if p["share"] > 0}
+        ),
         "flexibility cost (tokens)": round(sum(a["cost"] for a in activations_out) / TOKEN_UNIT, 6),
         "paid to providers (tokens)": paid_total / TOKEN_UNIT,
         "refunded to payers (tokens)": sum(a["refunded"] for a in activations_out) / TOKEN_UNIT,

@@ -162,6 +162,9 @@ def _check_flexibility(summary: dict[str, Any], stdout: str) -> None:
             assert a["paid"] == a["bound"] > 0
     totals = flex["totals"]
     assert totals["activations"] == len(acts)
+    payers = {p["name"] for a in acts for p in a["payers"] if p["share"] > 0}
+    assert totals["members paying for remedies"] == len(payers) > 0
+    assert payers <= set(flex["consenting"])
     assert totals["paid to providers (tokens)"] == sum(a["paid"] for a in acts) / TOKEN_UNIT
     assert totals["refunded to payers (tokens)"] == sum(a["refunded"] for a in acts) / TOKEN_UNIT
     assert totals["control actions sent / acknowledged / refused / unanswered"] == "11 / 8 / 0 / 3"
