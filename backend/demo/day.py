@@ -230,6 +230,9 @@ class DemoDay(DemoStack):
                 "nonce": interval_id, "expiry": expiry,
             }  # fmt: skip
             bodies.append((m.name, signed_body(self.flex_domain, "FlexOffer", msg, m.wallet_key)))
+
+        # one after the other, in member order: the remedy search's columns follow the offers'
+        # sequence, so the same day gives the same activations
         for name, body in bodies:
             status, text = self.orders.post("/flex", body)
             if status >= 400:

@@ -103,6 +103,7 @@ class Demo(DemoDay):
                 settling: list[int] = []  # intervals with trades, not yet seen settled
                 with self.stage("orders over HTTP (sign + POST /orders)"):
                     posted[first] = self._post_orders(first)
+                with self.stage("flexibility offers over HTTP (sign + POST /flex)"):
                     self._post_offers(first)
                 # At chain time just inside interval c: the server clears c+1 (Neural Grid,
                 # recordTrades) while the meters publish c-1's readings and the members post their
@@ -127,6 +128,7 @@ class Demo(DemoDay):
                             if c + 2 <= last:
                                 with self.stage("orders over HTTP (sign + POST /orders)"):
                                     posted[c + 2] = self._post_orders(c + 2)
+                                with self.stage("flexibility offers over HTTP (sign + POST /flex)"):
                                     self._post_offers(c + 2)
                             with self.stage("waiting for the clearing (after the orders)"):
                                 cleared = clearing.result()
