@@ -126,8 +126,9 @@ class DemoDay(DemoStack):
         self.by_wallet = {m.wallet: m for m in self.members}
         self.by_meter = {m.meter: m for m in self.members}
         if self.flex_enabled:
-            self._register_devices()
-            self._set_remedy_caps()
+            with self.stage("devices register (POST /devices) and remedy caps (set-up)"):
+                self._register_devices()
+                self._set_remedy_caps()
         elif self.cfg.flexibility:
             self.console.print(
                 "flexibility: off - the dispatcher and the devices need Mosquitto "
