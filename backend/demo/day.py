@@ -164,9 +164,18 @@ class DemoDay(DemoStack):
                 room_kw = min(room_kw, cap.max_export.p_kw)
             if m.device_kw > 0.9 * room_kw:
                 resized += 1
-                self.members[i] = dataclasses.replace(m, device_kw=round(0.9 * room_kw, 1))
+                kw = round(0.9 * room_kw, 1)
+                # below 1 kW no device is worth registering at that bus
+                self.members[i] = dataclasses.replace(
+                    m,
+                    device_kw=kw if kw >= 1.0 else 0.0,
+                    device_kind=m.device_kind if kw >= 1.0 else 0,
+                )
         self.by_wallet = {m.wallet: m for m in self.members}
         with_device = [m for m in self.members if m.device_kind]
+        if not with_device:
+            self.console.print("no member's bus can host a device: no flexibility in this run")
+            return
         for n, m in enumerate(with_device):
             min_w, max_w, capacity_wh = m.device_limits
             msg = {
