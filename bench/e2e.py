@@ -164,7 +164,7 @@ def naive_pipeline(
 # The processes a deployment runs (the API with its Neural Grid worker, the oracle, the keeper)
 # versus what stands in for the outside world here (the members' wallets and meters in the driver,
 # the chain, the broker), which in a real deployment run on other machines.
-TEGRID_SERVICES = ("api", "oracle", "keeper")
+TEGRID_SERVICES = ("api", "oracle", "keeper", "dispatcher")
 TEGRID_CPU_TARGET_MS = 2.0
 
 
@@ -202,6 +202,8 @@ def run_e2e(
         interval_minutes=15,
         start_hour=0.0,
         seed=seed,
+        # the pipeline's figures as before #17's demo: no devices, offers or remedies
+        flexibility=False,
     )
     if reports_dir is not None:
         cfg = dataclasses.replace(cfg, reports_dir=reports_dir)

@@ -119,10 +119,19 @@ def demo(
         help="the grid operator switches the grid to islanded (setGridMode) before the second "
         "interval; needs grid-forming units: --network village_island",
     ),
+    flexibility: bool = typer.Option(
+        True, "--flexibility/--no-flexibility",
+        help="members' devices offer flexibility that rescues refused trades (needs Mosquitto)",
+    ),
+    remedy_consent: float = typer.Option(
+        0.75, min=0.0, max=1.0, metavar="SHARE",
+        help="share of the members who set a remedy cap (pay for flexibility that rescues "
+        "their vetoed trades)",
+    ),
 ) -> None:  # fmt: skip
-    """Bring up chain, API, broker, oracle, meters and keeper; trade, validate, meter and settle a
-    day; print the checks and write reports/<timestamp>/ (report.html, PNG plots, figures.json,
-    summary.json)."""
+    """Bring up chain, API, broker, oracle, meters, keeper, dispatcher and devices; trade,
+    validate, rescue vetoed trades with flexibility, meter and settle a day; print the checks and
+    write reports/<timestamp>/ (report.html, PNG plots, figures.json, summary.json)."""
     # lazy: the demo and the grid package load pandapower (~3 s), not for `tegrid --help`
     from backend.demo.run import Demo, DemoConfig, print_summary  # noqa: PLC0415
     from grid.errors import GridError  # noqa: PLC0415
@@ -134,7 +143,8 @@ def demo(
     config = DemoConfig(
         network=network, prosumers=prosumers, hours=hours, interval_minutes=interval_minutes,
         seed=seed, start_hour=start_hour, broker=broker, reports_dir=reports.resolve(),
-        vm_min_pu=vm_min_pu, vm_max_pu=vm_max_pu, islanded=islanded, **ports,
+        vm_min_pu=vm_min_pu, vm_max_pu=vm_max_pu, islanded=islanded,
+        remedy_consent_share=remedy_consent, flexibility=flexibility, **ports,
     )  # fmt: skip
     try:
         summary, folder = Demo(config, console).run()

@@ -40,7 +40,7 @@ def run(
         None, metavar="FILE", help="Deployment file (default TEGRID_DEPLOYMENT_FILE)."
     ),
     json_out: bool = typer.Option(
-        False, "--json", help="With --once: print settled intervals as JSON."
+        False, "--json", help="With --once: print settled intervals and activation batches as JSON."
     ),
 ) -> None:
     """Find intervals with recorded trades (market events) and call EnergyMarket.settle when due."""
@@ -78,11 +78,22 @@ def run(
             ],
         )
         if once:
+            acts = keeper.activations
+            settled_before, reclaimed_before = len(acts.settled), len(acts.reclaimed)
             settled = keeper.run_once()
+            # the activation batches (interval, batch index) this round closed
+            batches = {
+                "settled": [list(b) for b in acts.settled[settled_before:]],
+                "reclaimed": [list(b) for b in acts.reclaimed[reclaimed_before:]],
+            }
             if json_out:
-                typer.echo(json.dumps({"settled": settled}))
+                typer.echo(json.dumps({"settled": settled, "activationBatches": batches}))
             else:
                 typer.echo(f"settled intervals: {settled or 'none'}")
+                typer.echo(
+                    f"activation batches settled: {batches['settled'] or 'none'}, "
+                    f"reclaimed: {batches['reclaimed'] or 'none'}"
+                )
             return
     except (TegridError, ValueError, KeyError, OSError) as exc:
         fail(

@@ -1,9 +1,10 @@
 """The demo's results: the summary (per interval, per participant, totals, the process layout and
-the profile) and the seven checks it must pass - tokens conserved (the balancing account
-included), every approved trade settled exactly once, every settled interval's parties settled
-their imbalance exactly once, no vetoed trade settled, every published reading on chain exactly
-once, no approved interval state outside a grid limit, no escrow left locked; ``print_summary``
-shows them."""
+the profile) and the seven checks it must pass - tokens conserved (the balancing account and
+FlexibilityMarket's locks included), every approved trade settled exactly once, every settled
+interval's parties settled their imbalance exactly once, no vetoed trade settled, every published
+reading on chain exactly once, no approved interval state outside a grid limit (with the interval's
+activations), no escrow left locked - and, with flexibility, ``flexibility``'s three;
+``print_summary`` shows them."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.chain import batches
-from backend.chain.protocol import TOKEN_DECIMALS, TOKEN_UNIT
+from backend.chain.protocol import FLEX_UP, TOKEN_DECIMALS, TOKEN_UNIT
 from backend.demo import analysis, baseline
 from backend.demo.analysis import LOADINGS, shown
-from backend.demo.clients import check_response
+from backend.demo.clients import check_list, check_response
 from backend.demo.config import BALANCING_DEPOSIT, DEPOSIT, TRADE_FIELDS
 from backend.demo.day import DemoDay
-from grid.verdicts import Trade
+from backend.demo.flexibility import summarize_flex
+from grid.verdicts import Activation, Trade
 
 
 def day_span(start: datetime, end: datetime) -> str:
@@ -260,8 +262,10 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
     deposited = DEPOSIT * len(day.members) + BALANCING_DEPOSIT
     market_tokens = int(token.functions.balanceOf(market.address).call())
     checks = {
-        "tokens conserved (market token balance = deposits = internal balances, the balancing "
-        "account's included)": market_tokens == deposited == total_internal,
+        "tokens conserved (market token balance = deposits = internal balances with their locks - "
+        "escrow and FlexibilityMarket's remedy shares - the balancing account's included)": (
+            market_tokens == deposited == total_internal
+        ),
         "every approved trade settled exactly once": all(
             settled_count.get(i, 0) == 1 for i in approved_ids
         )
@@ -295,6 +299,10 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
         checks["islanded: the chain's mode switch landed before its interval"] = (
             day.mode_switch is not None and day.mode_switch["since"] <= day.island_from * s
         )
+    flex: dict[str, Any] | None = None
+    if day.flex_enabled:
+        flex = summarize_flex(day, day.records, within)
+        checks.update(flex["checks"])
     welfare = sum(i["welfare"] for i in intervals)
     greedy_welfare = sum(i["greedy_welfare"] for i in intervals)
     totals = {
@@ -395,6 +403,9 @@ def summarize(day: DemoDay, first: int, last: int, wall_s: float) -> dict[str, A
             "explanation": analysis.DELIVERY_EXPLANATION,
         },
         "intervals": intervals,
+        # #17: offers, activations, control actions, delivered vs activated, payments (None:
+        # no control loop, the in-process transport)
+        "flexibility": flex,
         "participants": participants,
         "vetoes": day.vetoes,
         "trades": [{k: tr[k] for k in TRADE_FIELDS} for rec in day.records for tr in rec["trades"]],
@@ -416,9 +427,9 @@ def _events(day: DemoDay, contract: Any, name: str) -> list[Any]:
 def interval_grid_states(
     day: DemoDay, interval_id: int, trades: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The AC state of an interval: base, base + approved trades, base + every trade (a loading
-    is None where the network has no such element or the flow did not converge), and the power
-    balance of base + approved trades."""
+    """The AC state of an interval: base, base + approved trades with the interval's flexibility
+    activations, base + every trade (a loading is None where the network has no such element or
+    the flow did not converge), and the power balance of base + approved trades."""
     hours = day.cfg.interval_seconds / 3600
     validator = day.grid_validator
     islanded = is_islanded(day, interval_id)
@@ -429,11 +440,24 @@ def interval_grid_states(
             for t in selected
         ]
 
-    def state(selected: list[dict[str, Any]]) -> dict[str, Any]:
+    # the flexibility bought with the clearing runs with the approved trades (a rescued trade
+    # is approved with its activations): up injects more, down consumes more
+    activations = [
+        Activation(a["id"], int(a["busId"]),
+                   (1 if int(a["direction"]) == FLEX_UP else -1) * int(a["activatedW"]) / 1000)
+        for a in (
+            check_list(day.http.get("/flex/activations", params={"interval": interval_id}),
+                       "GET /flex/activations")
+            if day.flex_enabled else []
+        )
+    ]  # fmt: skip
+
+    def state(selected: list[dict[str, Any]], acts: list[Activation]) -> dict[str, Any]:
         st = validator.grid_status(
             as_trades(selected),
             interval=interval_id,
             interval_seconds=day.cfg.interval_seconds,
+            activations=acts,
             islanded=islanded,
         )
         return {
@@ -446,9 +470,9 @@ def interval_grid_states(
 
     approved = [t for t in trades if t["approved"]]
     return {
-        "grid_base": state([]),
-        "grid_approved": state(approved),
-        "grid_all": state(trades),
+        "grid_base": state([], []),
+        "grid_approved": state(approved, activations),
+        "grid_all": state(trades, []),
         "energy": validator.energy_balance(
             as_trades(approved),
             interval=interval_id,
@@ -523,6 +547,14 @@ def print_summary(summary: dict[str, Any], report_dir: Path, console: Console) -
     for k, v in summary["totals"].items():
         totals.add_row(k, str(v))
     console.print(totals)
+    flex = summary.get("flexibility")
+    if flex:
+        table = Table(title="flexibility")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for k, v in flex["totals"].items():
+            table.add_row(k, str(v))
+        console.print(table)
     for name, ok in summary["checks"].items():
         console.print(f"  {'[green]PASS[/]' if ok else '[red]FAIL[/]'}  {name}")
     console.print(f"report: {report_dir / 'report.html'}")

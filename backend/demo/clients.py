@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel
 
-from backend.api.schemas import ConnectionMessage, OrderMessage
+from backend.api.schemas import ConnectionMessage, DeviceMessage, FlexMessage, OrderMessage
 from backend.chain import eip712
 from backend.demo.config import DemoError
 
@@ -27,6 +27,8 @@ def sign_typed(domain: Any, primary: str, message: dict[str, Any], key: str) -> 
 MESSAGES: dict[str, type[BaseModel]] = {
     "Order": OrderMessage,
     "ConnectionRequest": ConnectionMessage,
+    "DeviceRegistration": DeviceMessage,
+    "FlexOffer": FlexMessage,
 }
 
 
@@ -51,6 +53,14 @@ def check_response(response: httpx.Response, what: str) -> dict[str, Any]:
     if response.status_code >= 400:
         raise DemoError(f"{what}: HTTP {response.status_code} {response.text[:300]}")
     body: dict[str, Any] = response.json()
+    return body
+
+
+def check_list(response: httpx.Response, what: str) -> list[dict[str, Any]]:
+    """A checked JSON answer that is a list of objects (``GET /flex``, ``/control/actions``)."""
+    if response.status_code >= 400:
+        raise DemoError(f"{what}: HTTP {response.status_code} {response.text[:300]}")
+    body: list[dict[str, Any]] = response.json()
     return body
 
 

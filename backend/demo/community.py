@@ -1,4 +1,5 @@
-"""The demo's energy community: households with PV, households without, a few with batteries.
+"""The demo's energy community: households with PV, households without, a few with batteries,
+some with a controllable device (a battery, an EV charger or a heat pump) offering flexibility.
 
 Every member has its own wallet key and meter key (derived from the seed, so a run is repeatable),
 sits on a load bus of the network, and decides each interval what to offer or bid from the same
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import functools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eth_utils import keccak
 
-from backend.chain.protocol import TOKEN_UNIT
+from backend.chain.protocol import DEVICE_BATTERY, FLEX_DOWN, FLEX_UP, TOKEN_UNIT
 from backend.iot.signing import address_of
 from grid import profiles
 
@@ -38,6 +39,12 @@ class Member:
     pv_peak_kw: float
     battery_kw: float
     ev_kw: float = 0.0  # EV / heat-pump charging power on top of the household load
+    # A controllable device of its own (#17): 0 none, 1 battery, 2 EV charger, 3 heat pump; a
+    # separate metering point with its own key (like a separately metered §14a EnWG device), so
+    # the household meter never includes its power.
+    device_kind: int = 0
+    device_kw: float = 0.0
+    device_key: str = ""
 
     @property
     def wallet(self) -> str:
@@ -48,12 +55,34 @@ class Member:
         return _address_of(self.meter_key)
 
     @property
+    def device(self) -> str:
+        return _address_of(self.device_key)
+
+    @property
     def max_export_w(self) -> int:
-        return int(1000 * max(self.pv_peak_kw, self.battery_kw, 1.0) * 1.2)
+        return int(1000 * max(self.pv_peak_kw, self.battery_kw, self.device_kw, 1.0) * 1.2)
 
     @property
     def max_import_w(self) -> int:
-        return int(1000 * (self.load_peak_kw + self.ev_kw + self.battery_kw) * 1.2)
+        return int(1000 * (self.load_peak_kw + self.ev_kw + self.battery_kw + self.device_kw) * 1.2)
+
+    @property
+    def device_limits(self) -> tuple[int, int, int]:
+        """The device's registry record: (minW, maxW, capacityWh). A battery charges and
+        discharges at ``device_kw`` and holds three hours of it; a flexible load (EV charger,
+        heat pump) only consumes."""
+        power_w = int(1000 * self.device_kw)
+        if self.device_kind == DEVICE_BATTERY:
+            return -power_w, power_w, 3 * power_w
+        return -power_w, 0, 0
+
+    @property
+    def device_baseline_w(self) -> int:
+        """What the device runs at without activations: a battery idles, a flexible load draws
+        three quarters of its power (what it can give up when activated)."""
+        if self.device_kind == DEVICE_BATTERY:
+            return 0
+        return -int(750 * self.device_kw)
 
 
 # The account address of a key (a secp256k1 multiplication and a keccak): memoized, the pipeline
@@ -105,7 +134,69 @@ def build_community(buses: list[int], prosumers: int, seed: int) -> list[Member]
                 ev_kw=rng.choice((22.0, 44.0, 88.0)) if kind == CONSUMER else 0.0,
             )
         )
-    return members
+    return with_devices(members, seed)
+
+
+# Members with a controllable device: batteries at PV households (the weak buses, where charging
+# at midday relieves the feeder), EV chargers and heat pumps at households without PV (the loaded
+# buses).
+BATTERY_SHARE = 0.5
+FLEX_LOAD_SHARE = 0.125
+EV_CHARGER, HEAT_PUMP = 2, 3
+
+
+def with_devices(members: list[Member], seed: int) -> list[Member]:
+    """``members`` with devices: the first ``BATTERY_SHARE`` of all members among the PV
+    households (weakest buses first) get a battery of 20-40 kW, the first ``FLEX_LOAD_SHARE``
+    among the households without PV an EV charger or a heat pump of 11-22 kW (a random stream of
+    its own: the members themselves stay as they were)."""
+    rng = random.Random(f"tegrid demo devices {seed}")
+    n_battery = max(1, round(BATTERY_SHARE * len(members)))
+    n_load = max(1, round(FLEX_LOAD_SHARE * len(members)))
+    out = []
+    for i, m in enumerate(members):
+        kind, kw = 0, 0.0
+        if m.kind == PV and n_battery > 0:
+            kind, kw = DEVICE_BATTERY, round(rng.uniform(20.0, 40.0), 1)
+            n_battery -= 1
+        elif m.kind == CONSUMER and n_load > 0:
+            kind = EV_CHARGER if n_load % 2 else HEAT_PUMP
+            kw = round(rng.uniform(11.0, 22.0), 1)
+            n_load -= 1
+        if kind:
+            m = replace(m, device_kind=kind, device_kw=kw, device_key=_key(seed, f"device {i}"))
+        out.append(m)
+    return out
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A device's flexibility offer for one interval (FlexOffer's fields less the names)."""
+
+    direction: int
+    power_w: int
+    baseline_w: int
+    price_per_kwh: int
+
+
+def offer_for(member: Member, hour: float, rng: random.Random) -> Offer | None:
+    """The offer ``member``'s device makes for an interval starting at ``hour``: a battery offers
+    to charge (down) from 10 to 15 h, when the PV feeders export, and to discharge (up) at the
+    evening peak; a flexible load offers to give up its consumption (up) all day. Prices: a
+    battery 0.005-0.03 tokens per kWh, a flexible load 0.01-0.05 - below the gains of most trades
+    they could rescue, above those of some."""
+    if not member.device_kind:
+        return None
+    power_w = int(1000 * member.device_kw)
+    if member.device_kind == DEVICE_BATTERY:
+        price = int(TOKEN_UNIT * rng.uniform(0.005, 0.03))
+        if 10.0 <= hour < 15.0:
+            return Offer(FLEX_DOWN, power_w, 0, price)
+        if hour >= 17.0:
+            return Offer(FLEX_UP, power_w, 0, price)
+        return None
+    price = int(TOKEN_UNIT * rng.uniform(0.01, 0.05))
+    return Offer(FLEX_UP, -member.device_baseline_w, member.device_baseline_w, price)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,13 @@ TRADE_FIELDS = (
     "approved", "reason", "element", "vetoValue", "vetoLimit",
 )  # fmt: skip
 SETTLEMENT_DELAY_S = 1800
+# What a consenting member lets remedies charge it, per kWh of its trade (setRemedyCap): 0.05
+# tokens, a share of the gains (bid - ask) a rescued trade keeps.
+REMEDY_CAP_PER_KWH = TOKEN_UNIT // 20
+# Which of the members' devices (in member order) ignores every control action: the demo shows a
+# device that does not deliver, and is not paid. The 9th: with the default seed, pv-13's battery
+# at bus 40, at the end of the feeder whose voltage binds at midday (activated at 13:00).
+IGNORING_DEVICE = 8
 MIN_PORT = 1024  # below: privileged ports, which Anvil, Mosquitto and uvicorn cannot bind as users
 # How often the keeper polls the chain when nothing is due: it is not on the critical path, and
 # every poll costs it and Anvil CPU the clearing needs (at 0.02 / 0.2 s the oracle and the keeper
@@ -73,6 +80,12 @@ class DemoConfig:
     # Switch the registry to islanded before the second interval (the first runs grid-connected):
     # the network needs grid-forming units (village_island).
     islanded: bool = False
+    # Share of the members who set a remedy cap (consent to pay for flexibility that rescues
+    # their vetoed trades); the others' trades are never rescued.
+    remedy_consent_share: float = 0.75
+    # #17's flexibility: the members' devices, offers, remedies and the control loop (needs
+    # Mosquitto: the dispatcher and the devices are processes of their own).
+    flexibility: bool = True
 
     def validate(self) -> None:
         if self.prosumers < 2 or self.prosumers > 500:
@@ -81,6 +94,8 @@ class DemoConfig:
             raise DemoError("--hours must be in (0, 24]")
         if self.interval_minutes < 1 or 1440 % self.interval_minutes:
             raise DemoError("--interval-minutes must divide a day (1, 5, 15, 30, 60 ...)")
+        if not 0 <= self.remedy_consent_share <= 1:
+            raise DemoError("--remedy-consent must be between 0 and 1")
         if self.broker not in ("auto", "mosquitto", "inprocess"):
             raise DemoError("--broker must be auto, mosquitto or inprocess")
         try:

@@ -8,17 +8,21 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
 
 from backend.chain import batches, protocol
 from backend.chain.client import ChainClient
-from backend.demo.clients import check_response, signed_body
-from backend.demo.community import build_community, intent_for
+from backend.chain.protocol import DEVICE_BATTERY, DEVICE_KINDS, TOKEN_UNIT
+from backend.demo.clients import check_list, check_response, domain_args, sign_typed, signed_body
+from backend.demo.community import build_community, intent_for, offer_for
 from backend.demo.config import (
     BALANCING_DEPOSIT,
     DEPOSIT,
+    IGNORING_DEVICE,
+    REMEDY_CAP_PER_KWH,
     ROLE_KEYS,
     SETTLEMENT_DELAY_S,
     DemoConfig,
@@ -30,6 +34,7 @@ from backend.demo.stack import DemoStack
 from backend.devtools.clock import chain_now
 from backend.iot.meters import MeterSimulator, MeterSpec, Position
 from backend.iot.signing import ReadingDomain
+from backend.market import typed
 from grid.island import named_island
 from grid.validator import GridValidator
 
@@ -50,6 +55,11 @@ class DemoDay(DemoStack):
         self.stage = Stages()
         self.cpu_s: dict[str, float] = {}
         self.pipeline_s = 0.0
+        self.offers_posted: dict[int, int] = {}
+        self.activated: dict[int, int] = {}  # interval -> activations the clearing bought
+        self.consenting: list[str] = []
+        self.ignoring_device: str | None = None
+        self.order_prices: dict[tuple[str, int], int] = {}  # (wallet, interval) -> limit price
 
     # ------------------------------------------------------------------ community
     def _connect_members(self) -> None:
@@ -117,6 +127,215 @@ class DemoDay(DemoStack):
         )
         self.by_wallet = {m.wallet: m for m in self.members}
         self.by_meter = {m.meter: m for m in self.members}
+        if self.flex_enabled:
+            with self.stage("devices register (POST /devices) and remedy caps (set-up)"):
+                self._register_devices()
+                self._set_remedy_caps()
+        elif self.cfg.flexibility:
+            self.console.print(
+                "flexibility: off - the dispatcher and the devices need Mosquitto "
+                "(apt-get install mosquitto)"
+            )
+
+    # ------------------------------------------------------------------ flexibility (#17)
+    @property
+    def flex_enabled(self) -> bool:
+        """Flexibility runs where the control loop does: over Mosquitto (the dispatcher and the
+        devices are processes of their own that need a broker to share)."""
+        return "dispatcher" in self.services
+
+    def _register_devices(self) -> None:
+        """Each member's device through ``POST /devices`` (the owner wallet and the device key
+        sign the same ``DeviceRegistration``), then ``tegrid devices simulate`` runs them; the
+        ``IGNORING_DEVICE``-th one ignores every action (no ack, nothing applied)."""
+        template = check_response(self.http.get("/devices/eip712"), "GET /devices/eip712")
+        domain = typed.Domain(**domain_args(template["domain"]))
+        expiry = chain_now(self.w3) + 3600
+        specs = []
+        resized = 0
+        # a device within the hosting capacity at its bus (the API refuses it beyond): at the
+        # far end of a feeder a battery may take less than it could
+        for i, m in enumerate(self.members):
+            if not m.device_kind:
+                continue
+            cap = self.grid_validator.hosting_capacity(
+                m.bus, interval=None, interval_seconds=self.cfg.interval_seconds
+            )
+            room_kw = cap.max_import.p_kw
+            if m.device_kind == DEVICE_BATTERY:
+                room_kw = min(room_kw, cap.max_export.p_kw)
+            if m.device_kw > 0.9 * room_kw:
+                resized += 1
+                kw = round(0.9 * room_kw, 1)
+                # below 1 kW no device is worth registering at that bus
+                self.members[i] = dataclasses.replace(
+                    m,
+                    device_kw=kw if kw >= 1.0 else 0.0,
+                    device_kind=m.device_kind if kw >= 1.0 else 0,
+                )
+        self.by_wallet = {m.wallet: m for m in self.members}
+        with_device = [m for m in self.members if m.device_kind]
+        if not with_device:
+            self.console.print("no member's bus can host a device: no flexibility in this run")
+            return
+        for n, m in enumerate(with_device):
+            min_w, max_w, capacity_wh = m.device_limits
+            msg = {
+                "owner": m.wallet, "device": m.device, "busId": m.bus, "kind": m.device_kind,
+                "minW": min_w, "maxW": max_w, "capacityWh": capacity_wh, "expiry": expiry,
+            }  # fmt: skip
+            body = signed_body(domain, "DeviceRegistration", msg, m.wallet_key)
+            body["deviceSignature"] = sign_typed(domain, "DeviceRegistration", msg, m.device_key)
+            check_response(self.http.post("/devices", json=body), f"registering {m.name}'s device")
+            ignore = n == IGNORING_DEVICE % len(with_device)
+            if ignore:
+                self.ignoring_device = m.device
+            specs.append(
+                {
+                    "key": m.device_key, "kind": m.device_kind, "minW": min_w, "maxW": max_w,
+                    "capacityWh": capacity_wh, "socWh": capacity_wh // 5,
+                    "baselineW": m.device_baseline_w, "ignore": ignore,
+                }
+            )  # fmt: skip
+        template = check_response(self.http.get("/flex/eip712"), "GET /flex/eip712")
+        self.flex_domain = typed.Domain(**domain_args(template["domain"]))
+        self._start_devices(specs)
+        kinds = Counter(DEVICE_KINDS[m.device_kind] for m in with_device)
+        self.console.print(
+            f"{len(with_device)} devices registered through POST /devices "
+            f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}; {resized} resized "
+            "to the hosting capacity at their bus); "
+            f"`tegrid devices simulate` runs them, one ignoring its actions"
+        )
+
+    def _set_remedy_caps(self) -> None:
+        """The consenting members (``remedy_consent_share``, drawn from the seed) set their remedy
+        cap on FlexibilityMarket, each with its own transaction."""
+        flexibility = self._contract("FlexibilityMarket")
+        rng = self._rng("consent", 0)
+        n = round(self.cfg.remedy_consent_share * len(self.members))
+        self.consenting = sorted(m.wallet for m in rng.sample(self.members, n))
+        for wallet in self.consenting:
+            key = self.by_wallet[wallet].wallet_key
+            self._transact(key, flexibility.functions.setRemedyCap(REMEDY_CAP_PER_KWH))
+        self.console.print(
+            f"{n} of {len(self.members)} members set a remedy cap of "
+            f"{REMEDY_CAP_PER_KWH / TOKEN_UNIT:g} tokens per kWh (setRemedyCap)"
+        )
+
+    def _post_offers(self, interval_id: int) -> int:
+        """The devices' signed ``FlexOffer`` for ``interval_id`` (before its gate closure)."""
+        if not self.flex_enabled:
+            return 0
+        hour = (interval_id * self.cfg.interval_seconds % 86400) / 3600
+        rng = self._rng("offers", interval_id)
+        expiry = (interval_id + 4) * self.cfg.interval_seconds
+        bodies = []
+        for m in self.members:
+            offer = offer_for(m, hour, rng)
+            if offer is None:
+                continue
+            msg = {
+                "provider": m.wallet, "device": m.device, "intervalId": interval_id,
+                "direction": offer.direction, "powerW": offer.power_w,
+                "baselineW": offer.baseline_w, "pricePerKWh": offer.price_per_kwh,
+                "nonce": interval_id, "expiry": expiry,
+            }  # fmt: skip
+            bodies.append((m.name, signed_body(self.flex_domain, "FlexOffer", msg, m.wallet_key)))
+
+        # one after the other, in member order: the remedy search's columns follow the offers'
+        # sequence, so the same day gives the same activations
+        for name, body in bodies:
+            status, text = self.orders.post("/flex", body)
+            if status >= 400:
+                raise DemoError(f"flexibility offer of {name}: HTTP {status} {text[:300]}")
+        self.offers_posted[interval_id] = len(bodies)
+        return len(bodies)
+
+    def _wait_actions(self, interval_id: int, timeout_s: float = 30.0) -> None:
+        """Before the clock leaves ``interval_id``: its recorded activations' control actions have
+        reached their devices (acknowledged or refused; the ignoring device's sent)."""
+        if not self.flex_enabled or not self.activated.get(interval_id):
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            iv = check_response(
+                self.http.get(f"/intervals/{interval_id}"), f"GET /intervals/{interval_id}"
+            )
+            batches_ = iv.get("activationBatches") or []
+            recorded = {
+                a for b in batches_ if b["state"] in ("recorded", "settled")
+                for a in b["activationIds"]
+            }  # fmt: skip
+            done = all(b["state"] not in ("pending", "sent") for b in batches_)
+            if done:
+                actions = check_list(
+                    self.http.get("/control/actions", params={"interval": interval_id}),
+                    "GET /control/actions",
+                )
+                by_id = {a["activationId"]: a for a in actions}
+                answered = all(
+                    a in by_id and (
+                        by_id[a]["state"] in ("acknowledged", "refused", "expired")
+                        or (by_id[a]["device"] == self.ignoring_device
+                            and by_id[a]["state"] == "sent")
+                    )
+                    for a in recorded
+                )  # fmt: skip
+                if answered:
+                    return
+            if time.monotonic() > deadline:
+                self.console.print(
+                    f"[yellow]warning:[/] interval {interval_id}: control actions not all "
+                    f"answered after {timeout_s:.0f} s (dispatcher log: "
+                    f"{self._service_log('dispatcher')})"
+                )
+                return
+            time.sleep(0.05)
+
+    def _wait_device_readings(self, interval_id: int, timeout_s: float = 120.0) -> None:
+        """Wait until every device's own reading of ``interval_id`` is on chain
+        (``DeviceReadingSubmitted``), where the interval had activations (the keeper settles
+        them on these readings)."""
+        if not self.flex_enabled or not self.activated.get(interval_id):
+            return
+        readings = self._contract("MeterReadings")
+        want = {m.device for m in self.members if m.device_kind}
+        deadline = time.monotonic() + timeout_s
+        while want:
+            logs = readings.events.DeviceReadingSubmitted.get_logs(
+                from_block=self.deployment.block, argument_filters={"intervalId": interval_id}
+            )
+            want -= {str(e["args"]["device"]) for e in logs}
+            if not want:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"interval {interval_id}: {len(want)} device readings not on chain after "
+                    f"{timeout_s:.0f} s (devices log: {self._service_log('devices')})"
+                )
+            time.sleep(0.05)
+
+    def _wait_activations_closed(self, timeout_s: float = 180.0) -> None:
+        """Wait until the keeper has settled (or reclaimed) every recorded activation batch."""
+        flexibility = self._contract("FlexibilityMarket")
+        want = [
+            (int(e["args"]["intervalId"]), int(e["args"]["batchIndex"]))
+            for e in flexibility.events.ActivationBatchRecorded.get_logs(
+                from_block=self.deployment.block
+            )
+        ]
+        deadline = time.monotonic() + timeout_s
+        while want:
+            want = [(t, b) for t, b in want if flexibility.functions.batchOf(t, b).call()[1] < 2]
+            if not want:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"activation batches {want[:5]} not closed after {timeout_s:.0f} s "
+                    f"(keeper log: {self._service_log('keeper')})"
+                )
+            time.sleep(0.1)
 
     # ------------------------------------------------------------------ one interval
     def _switch_to_island(self, interval_id: int, label: str) -> None:
@@ -179,6 +398,7 @@ class DemoDay(DemoStack):
                 "counterparty": protocol.ZERO_ADDRESS,
             }  # fmt: skip
             bodies.append((m.name, signed_body(domain, "Order", msg, m.wallet_key)))
+            self.order_prices[(m.wallet, interval_id)] = intent.price_per_kwh
 
         def post(item: tuple[str, dict[str, Any]]) -> None:
             status, text = self.orders.post("/orders", item[1])
@@ -202,16 +422,31 @@ class DemoDay(DemoStack):
         items: list[dict[str, Any]] = (
             trades if isinstance(trades, list) else trades.get("trades", [])
         )
+        self.activated[interval_id] = len(interval.get("activations") or [])
         return {"interval": interval, "trades": items}
 
     def _wait_recorded(self, interval_id: int, timeout_s: float = 120.0) -> None:
-        """Wait until the server has the interval's batch on chain (status recorded)."""
+        """Wait until the server has the interval's batch on chain (status recorded), and its
+        activation batches (FlexibilityMarket refuses them after the gate closure too); an
+        activation batch the chain refused (a payer lowered its cap) is reported and left: its
+        trade stands, nobody pays it and no device is told to run it."""
         deadline = time.monotonic() + timeout_s
         while True:
             row = check_response(
                 self.http.get(f"/intervals/{interval_id}"), f"GET /intervals/{interval_id}"
             )
-            if row.get("status") in ("recorded", "settled"):
+            flex_batches = row.get("activationBatches") or []
+            if row.get("status") in ("recorded", "settled") and all(
+                b["state"] in ("recorded", "settled") for b in flex_batches
+            ):
+                return
+            # no scheduler in the demo's API: a failed batch is not tried again
+            failed = [b for b in flex_batches if b["state"] == "failed"]
+            if row.get("status") in ("recorded", "settled") and failed:
+                self.console.print(
+                    f"[yellow]warning:[/] interval {interval_id}: activation batch not recorded: "
+                    f"{failed[0]['reason']}"
+                )
                 return
             if time.monotonic() > deadline:
                 raise DemoError(

@@ -55,9 +55,47 @@ ISLAND_PLOT = (
 )
 
 
+# Only where the control loop ran (over Mosquitto: ``summary["flexibility"]``).
+FLEX_PLOT = (
+    "flexibility.png",
+    "Flexibility per interval: activated vs delivered energy (kWh, the devices' own readings) and "
+    "the activations' cost vs what the providers were paid (tokens)",
+)
+
+
 def plots_of(summary: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The report's plots: the island's too when the run went islanded."""
-    return (*PLOTS, ISLAND_PLOT) if "mode_switch" in summary else PLOTS
+    """The report's plots: the flexibility's where the control loop ran, the island's when the
+    run went islanded."""
+    out: tuple[tuple[str, str], ...] = PLOTS
+    if summary.get("flexibility"):
+        out = (*out, FLEX_PLOT)
+    if "mode_switch" in summary:
+        out = (*out, ISLAND_PLOT)
+    return out
+
+
+def _plot_flex(flex: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    rows = flex["intervals"]
+    fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(11, 3.5))
+    x = list(range(len(rows)))
+    w = 0.4
+    ax_e.bar([i - w / 2 for i in x], [r["activated_kwh"] for r in rows], w,
+             color="#6baed6", label="activated")  # fmt: skip
+    ax_e.bar([i + w / 2 for i in x], [r["delivered_kwh"] for r in rows], w,
+             color="#31a354", label="delivered (metered)")  # fmt: skip
+    ax_e.set_ylabel("energy (kWh)")
+    ax_e.set_title("Activated vs delivered flexibility")
+    ax_t.bar([i - w / 2 for i in x], [r["cost_tokens"] for r in rows], w,
+             color="#fdae6b", label="cost (locked from the payers)")  # fmt: skip
+    ax_t.bar([i + w / 2 for i in x], [r["paid_tokens"] for r in rows], w,
+             color="#e6550d", label="paid to the providers")  # fmt: skip
+    ax_t.set_ylabel("tokens")
+    ax_t.set_title("Cost vs payment (the rest refunded)")
+    for ax in (ax_e, ax_t):
+        ax.set_xticks(x, _labels(rows), rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 def _labels(intervals: list[dict[str, Any]]) -> list[str]:
@@ -296,6 +334,8 @@ def write_report(summary: dict[str, Any], folder: Path) -> list[Path]:
         _plot_imbalance(intervals, summary["participants"], folder / PLOTS[6][0]),
         _plot_welfare(intervals, folder / PLOTS[7][0]),
     ]
+    if summary.get("flexibility"):
+        drawn.append(_plot_flex(summary["flexibility"], folder / FLEX_PLOT[0]))
     if "mode_switch" in summary:
         drawn.append(_plot_island(intervals, summary["mode_switch"], folder / ISLAND_PLOT[0]))
     plots = plots_of(summary)
@@ -464,6 +504,47 @@ def _veto_rows(vetoes: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def _flex_html(flex: dict[str, Any] | None) -> str:
+    """The flexibility section: totals, per interval, and every activation."""
+    if not flex:
+        return ""
+    totals = _table(["figure", "value"], [[str(k), str(v)] for k, v in flex["totals"].items()])
+    per_interval = _table(
+        ["time (UTC)", "offers", "activations", "activated kWh", "delivered kWh", "cost tokens",
+         "paid tokens", "refunded tokens", "trades rescued", "welfare recovered tokens",
+         "actions sent", "acknowledged", "refused", "unanswered"],
+        [[r["label"], str(r["offers"]), str(r["activations"]), f"{r['activated_kwh']:.3f}",
+          f"{r['delivered_kwh']:.3f}", fmt(r["cost_tokens"], 6), fmt(r["paid_tokens"], 6),
+          fmt(r["refunded_tokens"], 6), str(r["rescued_trades"]),
+          fmt(r["welfare_recovered_tokens"], 6), str(r["actions_sent"]),
+          str(r["actions_acknowledged"]), str(r["actions_refused"]),
+          str(r["actions_unanswered"])] for r in flex["intervals"]],
+    )  # fmt: skip
+    activations = _table(
+        ["time (UTC)", "provider", "bus", "direction", "activated W", "delivered W", "cost",
+         "paid (<= bound)", "refunded", "payers (shares)", "control action"],
+        [[a["label"], a["provider"] + (" (ignores actions)" if a["ignoring_device"] else ""),
+          str(a["bus"]), a["direction"], str(a["activated_w"]), str(a["delivered_w"]),
+          str(a["cost"]), f"{a['paid']} (<= {a['bound']})", str(a["refunded"]),
+          ", ".join(f"{p['name']} {p['share']}" for p in a["payers"]),
+          (a["action"] or "-") + (f": {a['refusal']}" if a["refusal"] else "")]
+         for a in flex["activations"]],
+    )  # fmt: skip
+    return f"""<h2>Flexibility</h2>
+<p>Members' devices (batteries at the PV households, EV chargers and heat pumps at the others, each
+metered on its own) offer flexibility each interval; a trade the grid refuses is rescued when an
+activation makes it fit and its gain exceeds the cost, which its parties pay within their remedy
+caps ({len(flex["consenting"])} members set one, {flex["remedy_cap_per_kwh_tokens"]:g} tokens
+per kWh). The dispatcher sends each activation's signed control action, the device acknowledges
+(or refuses) it and meters what it ran; the keeper pays the provider for the delivered part
+(at most floor(cost x delivered / activated), in base units) and refunds the rest.</p>
+{totals}
+{per_interval}
+<h3>Activations ({len(flex["activations"])}; money in token base units)</h3>
+{activations}
+"""
+
+
 def _html(summary: dict[str, Any]) -> str:
     esc = html.escape
     day, intervals, delivery = summary["day"], summary["intervals"], summary["delivery"]
@@ -544,6 +625,7 @@ only placeholder ratings for it (see the warning above).</p>
 <dl>{definitions}</dl>
 <h3>Per interval</h3>
 {energy_per_interval}
+{_flex_html(summary.get("flexibility"))}
 {figures}
 <h2>Vetoed trades ({len(vetoes)})</h2>
 <p>The binding constraint of each veto as the Neural Grid computed it: what the element would

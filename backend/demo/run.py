@@ -103,6 +103,8 @@ class Demo(DemoDay):
                 settling: list[int] = []  # intervals with trades, not yet seen settled
                 with self.stage("orders over HTTP (sign + POST /orders)"):
                     posted[first] = self._post_orders(first)
+                with self.stage("flexibility offers over HTTP (sign + POST /flex)"):
+                    self._post_offers(first)
                 # At chain time just inside interval c: the server clears c+1 (Neural Grid,
                 # recordTrades) while the meters publish c-1's readings and the members post their
                 # orders for c+2, and the oracle relays c-1; the keeper (its own process) settles
@@ -126,6 +128,8 @@ class Demo(DemoDay):
                             if c + 2 <= last:
                                 with self.stage("orders over HTTP (sign + POST /orders)"):
                                     posted[c + 2] = self._post_orders(c + 2)
+                                with self.stage("flexibility offers over HTTP (sign + POST /flex)"):
+                                    self._post_offers(c + 2)
                             with self.stage("waiting for the clearing (after the orders)"):
                                 cleared = clearing.result()
                             self._plan_delivery(c + 1, cleared["trades"])
@@ -148,12 +152,16 @@ class Demo(DemoDay):
                                 self._wait_recorded(c + 1)
                         with self.stage("oracle relays readings (broker -> receipt)"):
                             while relaying and self._deadline(relaying[0]) <= clock + s // 2:
+                                self._wait_device_readings(relaying[0])
                                 self._wait_readings(relaying.pop(0))
                         # ... nor past an interval's reclaimAfter (deadline + delay) before the
                         # keeper settled it: the chain would only let its escrow be reclaimed
                         with self.stage("keeper settles before reclaimAfter"):
                             while settling and self._reclaim_after(settling[0]) <= clock + s // 2:
                                 self._wait_interval_settled(settling.pop(0))
+                        # the devices must have c's control actions before c ends
+                        with self.stage("control actions reach the devices"):
+                            self._wait_actions(c)
                         self._set_time(clock)
                         progress.advance(task)
                 with self.stage("meters publish (sign + MQTT)"):
@@ -161,6 +169,7 @@ class Demo(DemoDay):
                     self.meter_transport.flush()
                 with self.stage("oracle relays readings (broker -> receipt)"):
                     for t in [*relaying, last]:
+                        self._wait_device_readings(t)
                         self._wait_readings(t)
                 with self.stage("keeper settles (waiting for the last intervals)"):
                     self._wait_settled(missing_deadline=False)
@@ -168,6 +177,7 @@ class Demo(DemoDay):
                 self._set_time((last + 1) * s + SETTLEMENT_DELAY_S + 2)
                 with self.stage("keeper settles (waiting for the last intervals)"):
                     self._wait_settled(missing_deadline=True)
+                    self._wait_activations_closed()
                 self.pipeline_s = time.perf_counter() - pipeline_started
                 self.cpu_s = {
                     k: round(v - cpu_started.get(k, 0.0), 2) for k, v in self._cpu_seconds().items()

@@ -1,12 +1,15 @@
 """The demo's embedded stack: Anvil, the contracts, the market API (``tegrid serve`` in its own
 process), the MQTT broker with the oracle (its own process over Mosquitto, else a thread beside the
-in-process transport), the keeper process, and the chain helpers the day needs. ``DemoStack``
+in-process transport), the keeper process, the flexibility control loop over Mosquitto (``tegrid
+dispatcher`` and ``tegrid devices simulate``, each its own process), and the chain helpers the day
+needs. ``DemoStack``
 starts the parts; everything started is stopped in reverse order (``Stops``)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from datetime import UTC, datetime
@@ -95,6 +98,7 @@ class DemoStack:
             keeper_key=ROLE_KEYS["keeper"],
             database_url=f"sqlite:///{self.work / 'market.db'}",
             oracle_database_url=f"sqlite:///{self.work / 'oracle.db'}",
+            control_database_url=f"sqlite:///{self.work / 'control.db'}",
             network=self.cfg.network,
             vm_min_pu=self.cfg.vm_min_pu,
             vm_max_pu=self.cfg.vm_max_pu,
@@ -166,6 +170,13 @@ class DemoStack:
             )
             self._start_oracle_thread(InProcessTransport(shared, client_id="tegrid-demo-oracle"))
             self.meter_transport = InProcessTransport(shared, client_id="tegrid-demo-meters")
+        if "oracle" in self.services and self.cfg.flexibility:
+            # the control loop (#17): signed control actions for the recorded activations
+            dispatcher_args = [
+                "dispatcher", "--client-id", "tegrid-demo-dispatcher", "--log-level", "WARNING",
+                "--tick", "0.1",
+            ]  # fmt: skip
+            self._start_service("dispatcher", dispatcher_args, self.settings)
         self.console.print(f"meter transport: {self.transport_note}")
         self.meter_transport.connect()
         self.stack.push(self.meter_transport.close)
@@ -202,6 +213,18 @@ class DemoStack:
 
         service.wait_until(ready)
         time.sleep(0.2)  # the SUBSCRIBE went out just before; let the broker take it
+
+    def _start_devices(self, devices: list[dict[str, Any]]) -> None:
+        """``tegrid devices simulate`` with the members' devices (a devices file in the run
+        folder): they take the dispatcher's control actions and publish their own signed
+        readings of every interval that ends."""
+        path = self.work / "devices.json"
+        path.write_text(json.dumps(devices, indent=2))
+        self._start_service(
+            "devices",
+            ["devices", "simulate", "--devices-file", str(path), "--poll", "0.1"],
+            self.settings,
+        )
 
     def _start_keeper(self) -> None:
         """``tegrid keeper`` in its own process, sending from the keeper's key."""

@@ -117,6 +117,10 @@ class Clearing:
     # Flexibility activations bought with the clearing (``backend.market.remedy``): rescues of
     # vetoed trades and the DSO service; the evidence hash covers them.
     activations: list[PlannedActivation] = field(default_factory=list)
+    # Pairs the optimal clearing's merit-order top-up tried and the grid refused, left out of
+    # ``trades`` (the batch records no more vetoes than the optimal rounds made): the remedy
+    # search's candidates besides the vetoed trades; one it rescues joins the list.
+    refused: list[tuple[Candidate, Decision]] = field(default_factory=list)
 
     @property
     def approved(self) -> list[Candidate]:

@@ -157,6 +157,7 @@ class GridPortAdapter:
                     validate,
                     functools.partial(self.operating_point, interval_id),
                     self.interval_seconds,
+                    leftover=flex is not None and bool(flex.offers),
                 )
             except OptimizationError as exc:
                 log.warning(

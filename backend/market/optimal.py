@@ -112,8 +112,13 @@ def clear_optimal(
     validate: Validate,
     point: PointOf,
     interval_seconds: int,
+    leftover: bool = False,
 ) -> Clearing:
-    """Clear ``orders`` (see the module doc); raises ``OptimizationError`` when a program fails."""
+    """Clear ``orders`` (see the module doc); raises ``OptimizationError`` when a program fails.
+
+    ``leftover`` (the interval has flexibility offers): the top-up also offers the volume the
+    program left where a limit binds (every order with volume left after the approved trades),
+    so that the pairs the grid refuses there reach the remedy search (``Clearing.refused``)."""
     sells = sorted((o for o in orders if o.side == SELL and o.energy_wh > 0), key=_seq)
     buys = sorted((o for o in orders if o.side == BUY and o.energy_wh > 0), key=_seq)
     price = uniform_price(sells + buys)
@@ -174,7 +179,14 @@ def clear_optimal(
     missed = {h for pair in held_pairs for h in pair}
     missed |= {h for c, d in zip(batch, verdicts, strict=True) if not d.approved
                for h in (c.sell.hash, c.buy.hash)}  # fmt: skip
-    result.trades, result.evidence_hash = _top_up(
+    if leftover:
+        rest = {o.hash: o.energy_wh for o in (*sells, *buys)}
+        for c, d in zip(batch, verdicts, strict=True):
+            if d.approved:
+                rest[c.sell.hash] -= c.energy_wh
+                rest[c.buy.hash] -= c.energy_wh
+        missed |= {h for h, wh in rest.items() if wh > 0}
+    result.trades, result.evidence_hash, result.refused = _top_up(
         [o for o in (*sells, *buys) if o.hash in missed],
         validate,
         list(zip(batch, verdicts, strict=True)),
@@ -188,25 +200,27 @@ def _top_up(
     validate: Validate,
     decided: list[tuple[Candidate, Decision]],
     evidence: str,
-) -> tuple[list[tuple[Candidate, Decision]], str]:
+) -> tuple[list[tuple[Candidate, Decision]], str, list[tuple[Candidate, Decision]]]:
     """What ``orders`` have left after the rounds offered once more in merit order after them
     (``auction.clear`` continuing the batch); the pairs it tried and the grid refused are left
-    out again, so the batch records no more vetoes than the optimal rounds made. The final list
-    is validated as a whole (its answer is the attestation)."""
+    out again, so the batch records no more vetoes than the optimal rounds made (they are
+    returned apart, with their decisions: the remedy search's candidates). The final list is
+    validated as a whole (its answer is the attestation)."""
     if not orders:
-        return decided, evidence
+        return decided, evidence, []
     topped = clear(orders, validate, decided, TOP_UP_ROUNDS)
     n = len(decided)
     if len(topped.trades) == n:
-        return decided, evidence
+        return decided, evidence, []
     final = [c for k, (c, d) in enumerate(topped.trades) if k < n or d.approved]
     if len(final) == len(topped.trades):
-        return topped.trades, topped.evidence_hash
+        return topped.trades, topped.evidence_hash, []
     got, digest = validate(final)
     want = [d.approved for k, (_, d) in enumerate(topped.trades) if k < n or d.approved]
     if [d.approved for d in got] != want:
-        return topped.trades, topped.evidence_hash  # as validated, vetoes and all
-    return list(zip(final, got, strict=True)), digest
+        return topped.trades, topped.evidence_hash, []  # as validated, vetoes and all
+    refused = [(c, d) for k, (c, d) in enumerate(topped.trades) if k >= n and not d.approved]
+    return list(zip(final, got, strict=True)), digest, refused
 
 
 def _seq(o: BookOrder) -> tuple[int, str]:

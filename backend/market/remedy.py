@@ -1,16 +1,18 @@
 """Remedies: flexibility activations that let a vetoed trade through, and the DSO service.
 
-After the clearing has decided (``optimal`` or ``auction``), each vetoed candidate with a positive
-gain ``(bid - ask) x kWh`` is looked at in priority order (the batch order). Its remedy is the
-cheapest set of activations of the interval's open flexibility offers that makes the approved set
-plus this trade feasible: a linear program in the clearing's machinery (``program.Program``,
-HiGHS): one column per offer with what is left of its power (W, bounds ``[0, remaining powerW]``),
-cost ``price x energy``, the trade's fill fixed at its candidate's energy, and the grid's rows at
-the AC operating point of the set so far (``OperatingPoint.constraints``), relinearized where the
-answer lands (``MAX_POINTS``) until its AC state passes the validator's limit set (rows the
-approved set without this trade already presses stay bounded at its level). Only offers whose
-bus the binding rows see carry weight: the sensitivities say which buses relieve. A linear screen
-(``_Search._reachable``) skips a candidate whose binding element no offer can reach.
+After the clearing has decided (``optimal`` or ``auction``), each vetoed candidate - and each pair
+the optimal clearing's top-up was refused (``Clearing.refused``: not in its list, and left out
+again unless rescued) - with a positive gain ``(bid - ask) x kWh`` is looked at in priority order
+(the batch order, the refused pairs after it). Its remedy is the cheapest set of activations of the
+interval's open flexibility offers that makes the approved set plus this trade feasible: a linear
+program in the clearing's machinery (``program.Program``, HiGHS): one column per offer with what is
+left of its power (W, bounds ``[0, remaining powerW]``), cost ``price x energy``, the trade's fill
+fixed at its candidate's energy, and the grid's rows at the AC operating point of the set so far
+(``OperatingPoint.constraints``), relinearized where the answer lands (``MAX_POINTS``) until its AC
+state passes the validator's limit set (rows the approved set without this trade already presses
+stay bounded at its level). Only offers whose bus the binding rows see carry weight: the
+sensitivities say which buses relieve. A linear screen (``_Search._reachable``) skips a candidate
+whose binding element no offer can reach.
 
 The trade is approved with its activations only when
 
@@ -69,6 +71,8 @@ from grid.verdicts import Activation, Limits
 
 # AC operating points per remedy program (the first is the set's own state).
 MAX_POINTS = 4
+# A payer's balance where only its cap counts (the per-activation split of ``_rescue``).
+UNLIMITED = 1 << 255
 # A column below this (W) is no activation.
 MIN_W = 0.5
 # A vetoed candidate is searched only when the offers left could move its binding element by at
@@ -127,8 +131,13 @@ class _Search:
         self.limits = limits
         self.kw_per_wh = 3600.0 / interval_seconds / 1000.0
         self.approved = [c for c, d in clearing.trades if d.approved]
+        # the vetoed trades, then the pairs the optimal clearing's top-up was refused (not in
+        # the list: one that is not rescued stays out of it)
         self.vetoed = [c for c, d in clearing.trades if not d.approved]
+        self.vetoed += [c for c, _ in clearing.refused]
         self.veto_of = {id(c): d for c, d in clearing.trades if not d.approved}
+        self.veto_of.update((id(c), d) for c, d in clearing.refused)
+        self.outside = {id(c) for c, _ in clearing.refused}
         self.rescued: list[Candidate] = []
         self.activations: list[PlannedActivation] = []
         self.left = {o.hash: o.power_w for o in flex.offers}
@@ -413,25 +422,31 @@ class _Search:
             self.stats.refused_cost += 1
             return
         escrow = protocol.escrow_of(c.energy_wh, c.price_per_kwh)
-        # Shares activation by activation (the payers' split of each cost), summing to the split
-        # of the whole cost: seller floor(cost_i / 2) within what is left of its capped total.
-        split = split_cost(
-            cost,
-            c.energy_wh,
-            s_funds,
-            b_funds,
-            self.spent[seller],
-            self.spent[buyer] + escrow,
-        )
-        if isinstance(split, str):
-            if split == "cap":
-                self.stats.refused_cap += 1
-            else:
-                self.stats.refused_funds += 1
+        # Shares activation by activation, each by FlexibilityMarket's rule for its own cost
+        # (``_checkShares``: seller floor(cost_i / 2), a share over its party's cap moved to the
+        # other), so that the chain records them; their sums within both caps and balances.
+        parts = [
+            split_cost(p[3], c.energy_wh, PayerFunds(s_funds.cap_per_kwh, UNLIMITED),
+                       PayerFunds(b_funds.cap_per_kwh, UNLIMITED))
+            for p in plan
+        ]  # fmt: skip
+        s_total = sum(x[0] for x in parts if not isinstance(x, str))
+        b_total = sum(x[1] for x in parts if not isinstance(x, str))
+        if (
+            any(isinstance(x, str) for x in parts)
+            or s_total > s_funds.cap_per_kwh * c.energy_wh // 1000
+            or b_total > b_funds.cap_per_kwh * c.energy_wh // 1000
+        ):
+            self.stats.refused_cap += 1
+            return
+        if (
+            s_total > s_funds.available - self.spent[seller]
+            or b_total > b_funds.available - self.spent[buyer] - escrow
+        ):
+            self.stats.refused_funds += 1
             return
         shares = iter(
-            ((c.sell.trader, s_k), (c.buy.trader, p[3] - s_k))
-            for p, s_k in zip(plan, _pro_rata([p[3] for p in plan], split[0]), strict=True)
+            ((c.sell.trader, x[0]), (c.buy.trader, x[1])) for x in parts if not isinstance(x, str)
         )
         acts = self._activations(plan, tid, lambda _cost: next(shares))
         if not self._confirm([*before, c], [*self.activations, *acts]):
@@ -448,7 +463,7 @@ class _Search:
         if not self.activations and not self.rescued:
             return clearing
         rescued = {id(c) for c in self.rescued}
-        rest = [c for c in self.vetoed if id(c) not in rescued]
+        rest = [c for c in self.vetoed if id(c) not in rescued and id(c) not in self.outside]
         grid = [a.grid() for a in self.activations]
         n = len(self.approved) + len(self.rescued)
         while True:
@@ -490,23 +505,6 @@ def remedy(
     search.dso()
     search.rescue_all()
     return search.finish(clearing), search.stats
-
-
-def _pro_rata(costs: Sequence[int], total: int) -> list[int]:
-    """``total`` (at most ``sum(costs)``) spread over ``costs`` in proportion, rounded down, the
-    remainder one unit each to the first that have room: whole units, each within its cost."""
-    whole = sum(costs)
-    if whole == 0:
-        return [0] * len(costs)
-    out = [c * total // whole for c in costs]
-    rest = total - sum(out)
-    for k, c in enumerate(costs):
-        if rest == 0:
-            break
-        if out[k] < c:
-            out[k] += 1
-            rest -= 1
-    return out
 
 
 def _whole(offers: Sequence[FlexOption], w: np.ndarray, left: Mapping[str, int]) -> dict[str, int]:

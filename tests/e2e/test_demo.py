@@ -94,6 +94,8 @@ def test_demo_short_congested_day_summary(tmp_path: Path) -> None:
         assert "backend.cli.main oracle" in layout["oracle"]
 
     _check_vetoes(summary)
+    if find_mosquitto() is not None:
+        _check_flexibility(summary, result.stdout)
     _check_intervals(summary)
     _check_energy_balance(summary)
     _check_figures(folder, summary)
@@ -106,6 +108,73 @@ def test_demo_short_congested_day_summary(tmp_path: Path) -> None:
         if b["metric"] == "max V":
             assert f"max V {b['value']:.4f}/{VM_MAX_PU} pu" in result.stdout
     assert "simulated day " + summary["day"]["span"] + " (chain time)" in result.stdout
+
+
+FLEX_CHECKS = (
+    "flexibility: no activation paid beyond its delivery (paid <= floor(cost x delivered / "
+    "activated), the ignoring device paid 0)",
+    "flexibility: every recorded activation closed exactly once, its locked cost paid or "
+    "refunded whole, nothing left in FlexibilityMarket",
+    "flexibility: no approved interval state violates a grid limit with the activations "
+    "applied (independent pandapower runpp)",
+)
+
+
+def _check_flexibility(summary: dict[str, Any], stdout: str) -> None:
+    """#17 in the demo: the midday's refused pairs rescued by the members' batteries, recorded on
+    FlexibilityMarket, dispatched, applied (or ignored) and metered by `tegrid devices simulate`,
+    settled by the keeper: each provider paid for what its device's own reading shows, the device
+    that ignores its actions paid nothing and its payers refunded whole."""
+    flex = summary["flexibility"]
+    assert [summary["checks"][name] for name in FLEX_CHECKS] == [True] * 3
+    assert len(summary["checks"]) == 10
+    devices = flex["devices"]
+    assert [d["kind"] for d in devices].count(1) == 8  # a battery at every PV household
+    assert {d["kind"] for d in devices} == {1, 2, 3}
+    assert len(flex["consenting"]) == 12  # 75 % of 16
+    acts = flex["activations"]
+    # 13:00 and 13:15 at --vm-max 1.08: 11 activations rescue 6 refused pairs
+    assert (len(acts), flex["totals"]["trades rescued"]) == (11, 6)
+    assert flex["totals"]["offers"] == 20  # 8 batteries charging, 2 flexible loads, twice
+    approved = {t["id"] for t in summary["trades"] if t["approved"]}
+    consenting = {p["wallet"] for p in summary["participants"] if p["name"] in flex["consenting"]}
+    names = {p["wallet"]: p["name"] for p in summary["participants"]}
+    ignoring = [a for a in acts if a["ignoring_device"]]
+    assert len(ignoring) == 3 and {a["device"] for a in ignoring} == {flex["ignoring_device"]}
+    for a in acts:
+        assert a["trade"] in approved  # every rescued trade is in the batch, approved
+        assert a["direction"] == "down"  # batteries charging at the exporting feeder's end
+        assert (a["recorded"], a["closed"]) == (True, "settled")
+        assert a["cost"] == sum(p["share"] for p in a["payers"]) > 0
+        # only members who set a remedy cap pay
+        assert all(p["share"] == 0 or p["name"] in {names[w] for w in consenting}
+                   for p in a["payers"])  # fmt: skip
+        assert a["bound"] == a["cost"] * a["delivered_w"] // a["activated_w"]
+        assert a["paid"] <= a["bound"] and a["paid"] + a["refunded"] == a["cost"]
+        if a["ignoring_device"]:
+            # no ack, nothing applied: its reading shows its baseline, nothing delivered
+            assert a["action"] in ("sent", "expired")
+            assert (a["delivered_w"], a["paid"], a["refunded"]) == (0, 0, a["cost"])
+        else:
+            assert a["action"] == "acknowledged"
+            # the device ran the setpoint; its reading is whole Wh (floor): at most 4 W short
+            assert a["activated_w"] - 4 <= a["delivered_w"] <= a["activated_w"]
+            assert a["paid"] == a["bound"] > 0
+    totals = flex["totals"]
+    assert totals["activations"] == len(acts)
+    payers = {p["name"] for a in acts for p in a["payers"] if p["share"] > 0}
+    assert totals["members paying for remedies"] == len(payers) > 0
+    assert payers <= set(flex["consenting"])
+    assert totals["paid to providers (tokens)"] == sum(a["paid"] for a in acts) / TOKEN_UNIT
+    assert totals["refunded to payers (tokens)"] == sum(a["refunded"] for a in acts) / TOKEN_UNIT
+    assert totals["control actions sent / acknowledged / refused / unanswered"] == "11 / 8 / 0 / 3"
+    assert totals["welfare recovered (tokens)"] > 0
+    assert totals["welfare recovered (tokens)"] > totals["flexibility cost (tokens)"]
+    rows = flex["intervals"]
+    assert [r["activations"] for r in rows] == [6, 5]
+    assert sum(r["delivered_kwh"] for r in rows) < sum(r["activated_kwh"] for r in rows)
+    assert all(r["ac_with_activations_within_limits"] for r in rows)
+    assert "flexibility" in stdout and "`tegrid devices simulate` runs them" in stdout
 
 
 def _check_vetoes(summary: dict[str, Any]) -> None:
@@ -213,7 +282,8 @@ def _check_figures(folder: Path, summary: dict[str, Any]) -> None:
     """Energy and money axes start at 0 (as drawn, from figures.json); prices in tokens/kWh and
     payments in tokens."""
     figures = json.loads((folder / "figures.json").read_text())
-    assert set(figures) == {f"{p}.png" for p in PLOTS}
+    plots = (*PLOTS, "flexibility") if summary["flexibility"] else PLOTS
+    assert set(figures) == {f"{p}.png" for p in plots}
     axes = {(name, ax["ylabel"]): ax["ylim"] for name, doc in figures.items() for ax in doc}
     for key in [
         ("prices_volumes.png", "approved volume (kWh)"),
@@ -228,6 +298,11 @@ def _check_figures(folder: Path, summary: dict[str, Any]) -> None:
         ("imbalance.png", "imbalance (kWh)"),
         ("imbalance.png", "imbalance payments (tokens)"),
         ("welfare.png", "welfare: sum of (bid - ask) x kWh (tokens)"),
+        *(
+            (("flexibility.png", "energy (kWh)"), ("flexibility.png", "tokens"))
+            if summary["flexibility"]
+            else ()
+        ),
     ]:
         assert axes[key][0] == 0.0, key
     # the axes reach the largest value drawn: prices and payments in tokens, not base units
@@ -235,14 +310,16 @@ def _check_figures(folder: Path, summary: dict[str, Any]) -> None:
     assert top_price < axes[("prices_volumes.png", "clearing price (tokens / kWh)")][1] < 1.0
     top_paid = max(max(p["paid_tokens"], p["received_tokens"]) for p in summary["participants"])
     assert top_paid < axes[("participants.png", "payments (tokens)")][1] < 2 * top_paid
-    for png in PLOTS:
+    for png in plots:
         data = (folder / f"{png}.png").read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000, png
 
 
 def _check_html(folder: Path, summary: dict[str, Any]) -> None:
     page = (folder / "report.html").read_text()
-    assert page.count("<img") == len(PLOTS)
+    assert page.count("<img") == len(PLOTS) + (1 if summary["flexibility"] else 0)
+    if summary["flexibility"]:
+        assert ">Flexibility</h2>" in page and "(ignores actions)" in page
     assert summary["day"]["span"] in page
     for heading in ("Per interval", "Delivered vs contracted", "Binding grid limit per interval",
                     "Energy balance", "Vetoed trades"):  # fmt: skip
@@ -312,7 +389,7 @@ def test_demo_islanded_village_dawn(tmp_path: Path) -> None:
     )
     summary = json.loads((folder / "summary.json").read_text())
     assert all(summary["checks"].values()), summary["checks"]
-    assert len(summary["checks"]) == 9
+    assert len(summary["checks"]) == 9 + (3 if summary["flexibility"] else 0)
     intervals = summary["intervals"]
     assert [i["grid_mode"] for i in intervals] == ["grid-connected"] + ["islanded"] * 5
     switch = summary["mode_switch"]
@@ -330,5 +407,6 @@ def test_demo_islanded_village_dawn(tmp_path: Path) -> None:
     assert summary["totals"]["trades approved"] == sum(i["approved"] for i in intervals) > 0
     assert (folder / "island.png").read_bytes()[:8] == PNG_MAGIC
     figures = json.loads((folder / "figures.json").read_text())
-    assert set(figures) == {f"{p}.png" for p in (*PLOTS, "island")}
+    flex = ("flexibility",) if summary["flexibility"] else ()
+    assert set(figures) == {f"{p}.png" for p in (*PLOTS, *flex, "island")}
     assert "islanded from interval 06:15" in result.stdout

@@ -11,6 +11,10 @@ payers refunded), tokens conserved with the balancing account."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +62,7 @@ SELLER, BUYER, PROVIDER = (
 DEVICE_KEY = "0x" + keccak(text="flexflow battery").hex()
 DEVICE = Account.from_key(DEVICE_KEY).address
 CAP_PER_KWH = 20
+TEGRID = Path(sys.executable).with_name("tegrid")
 
 
 @pytest.fixture(scope="module")
@@ -260,13 +265,20 @@ def test_dispatched_metered_relayed_and_settled(chain: dict[str, Any]) -> None:
     keeper = SettlementKeeper(ChainClient(url, settings.keeper_key), dep)
     # the earlier tests' intervals, closed first so that this test's figures are its own: the
     # second at its settlement deadline (no reading: nothing delivered), the first - a day
-    # older, past its reclaimAfter by then - reclaimed
+    # older, past its reclaimAfter by then - reclaimed; by `tegrid keeper --once --json`, which
+    # lists the activation batches it closed
     first = _evening(m)
     set_time(w3, int(energy.functions.settlementDeadline(first + 96).call()))
-    keeper.run_once()
-    assert (keeper.activations.reclaimed, keeper.activations.settled) == (
-        [(first, 0)], [(first + 96, 0)]
+    out = subprocess.run(
+        [str(TEGRID), "keeper", "--once", "--json"], capture_output=True, text=True,
+        env={**os.environ, **settings.to_env()}, timeout=120, check=False,
     )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["activationBatches"] == {
+        "settled": [[first + 96, 0]], "reclaimed": [[first, 0]]
+    }  # fmt: skip
+    keeper.run_once()  # nothing of them left to close
+    assert (keeper.activations.reclaimed, keeper.activations.settled) == ([], [])
     m.follow_settlements()
     assert [b.state for b in m.store.activation_batches(first)] == ["reclaimed"]
     assert [(a.paid, a.refunded) for a in m.store.activations(first)] == [("0", "440")]

@@ -24,7 +24,7 @@ from backend.market.activations import (
 from backend.market.auction import BookOrder, Clearing
 from backend.market.grid_port import GridPortAdapter
 from backend.market.grid_process import GridProcess
-from backend.market.remedy import RemedyStats, _pro_rata, remedy
+from backend.market.remedy import RemedyStats, remedy
 from grid import Activation, GridValidator
 from grid.networks import quiet
 
@@ -216,14 +216,6 @@ def test_split_cost_rules() -> None:
     assert split_cost(441, 40_000, rich, PayerFunds(10, 320), 0, 100) == "funds"  # 221 > 220
     assert split_cost(441, 40_000, rich, PayerFunds(10, 321), 0, 100) == (220, 221)
     assert split_cost(0, 40_000, PayerFunds(0, 0), PayerFunds(0, 0)) == (0, 0)
-
-
-def test_pro_rata_shares_are_whole_units_within_each_cost() -> None:
-    # The seller's total share of a remedy spread over its activations' costs.
-    assert _pro_rata([100, 50, 1], 75) == [50, 25, 0]
-    assert _pro_rata([3, 0, 2], 5) == [3, 0, 2]
-    assert _pro_rata([0, 0], 0) == [0, 0]
-    assert _pro_rata([7, 7, 7], 10) == [4, 3, 3]
 
 
 def test_the_worker_process_clears_with_the_same_remedies() -> None:
