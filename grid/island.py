@@ -91,8 +91,13 @@ class GridFormingUnit:
 
     @property
     def label(self) -> str:
-        """How verdicts name the unit: ``battery village-battery (bus 1)``."""
-        return f"{self.kind} {self.name} (bus {self.bus})"
+        """How verdicts name the unit: ``battery village-battery (bus 1)``; a registered device
+        (named by its address) as ``battery 0x322b4D..7EB0 (bus 1)``, so the label fits the
+        verdict's element (40 characters)."""
+        name = self.name
+        if len(name) == 42 and name.startswith("0x"):
+            name = f"{name[:8]}..{name[-4:]}"
+        return f"{self.kind} {name} (bus {self.bus})"
 
     def doc(self) -> list[object]:
         out: list[object] = [

@@ -530,9 +530,10 @@ class Clearer:
 
     def island_units(self, interval_id: int) -> list[dict[str, Any]] | None:
         """The grid-forming units an islanded interval runs with, from the registry (read at its
-        first clearing, kept like its mode): every active genset, and the first registered
-        active battery as the master (one battery at most, ``grid.island``; others are left out,
-        logged) with its limits, its capacity and its latest reported state of charge (at the
+        first clearing, kept like its mode): every active genset, and the active battery with
+        the most energy (capacity, then power, then address) as the master - one battery at
+        most (``grid.island``): the members' home batteries registered for flexibility are no
+        match for the powerhouse's and are left out, logged - with its limits, its capacity and its latest reported state of charge (at the
         start of the first interval after the report; with no report, half full at the start of
         the day, the walk from there). None: no registered units, the network's own."""
         kept = self._units.get(interval_id)
@@ -541,7 +542,12 @@ class Clearer:
         units: list[dict[str, Any]] = []
         battery = False
         seconds = self.config.interval_seconds
-        for d in self.ledger.grid_forming_devices():
+        devices = sorted(
+            self.ledger.grid_forming_devices(),
+            key=lambda d: (d.kind != protocol.DEVICE_BATTERY, -d.capacity_wh, -d.max_w,
+                           d.device.lower()),
+        )  # fmt: skip
+        for d in devices:
             unit: dict[str, Any] = {
                 "name": d.device, "bus": d.bus_id, "min_kw": d.min_w / 1000,
                 "max_kw": d.max_w / 1000, "device": d.device,

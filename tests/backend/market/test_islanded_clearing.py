@@ -83,9 +83,10 @@ def test_islanded_interval_runs_with_the_registered_units_and_reported_soc(
     battery_key = "0x" + "4a" * 32
     battery = Account.from_key(battery_key).address
     ledger.add_participant(house, 1, 400_000, 400_000)
+    # a home battery registered first (for flexibility): not the master, the largest one is
+    ledger.register_device(second, house, 1, 1, -10_000, 10_000, 20_000)  # left out
     ledger.register_device(battery, house, 1, 1, -300_000, 250_000, 800_000)
     ledger.register_device(genset, house, 1, 5, 48_000, 160_000, 0)
-    ledger.register_device(second, house, 1, 1, -10_000, 10_000, 20_000)  # left out
     controls = ControlStore(f"sqlite:///{tmp_path / 'control.db'}")
     domain = registry_domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
     at = SHORT_AT - 1200  # 06:40
@@ -97,8 +98,8 @@ def test_islanded_interval_runs_with_the_registered_units_and_reported_soc(
     assert (trade.verdict, trade.reason, trade.energy_wh) == (0, "APPROVED", 500)
     units = market.clearing.island_units(interval)
     assert units is not None
-    # the first registered battery is the master (its report: 600 kWh from 06:45, interval 27
-    # of the day); the second one is left out; the genset is dispatched
+    # the battery with the most energy is the master (its report: 600 kWh from 06:45, interval
+    # 27 of the day); the home battery is left out; the genset is dispatched
     assert [(u["device"], u["kind"]) for u in units] == [(battery, "battery"), (genset, "genset")]
     assert (units[0]["soc_kwh"], units[0]["soc_interval"], units[0]["max_kw"]) == (
         600.0, (SHORT_AT - 900) // 900, 250.0
