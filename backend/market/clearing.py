@@ -533,9 +533,10 @@ class Clearer:
         first clearing, kept like its mode): every active genset, and the active battery with
         the most energy (capacity, then power, then address) as the master - one battery at
         most (``grid.island``): the members' home batteries registered for flexibility are no
-        match for the powerhouse's and are left out, logged - with its limits, its capacity and its latest reported state of charge (at the
-        start of the first interval after the report; with no report, half full at the start of
-        the day, the walk from there). None: no registered units, the network's own."""
+        match for the powerhouse's and are left out, logged - with its limits, its capacity and
+        its latest reported state of charge (at the start of the first interval after the
+        report; with no report, half full at the start of the day, the walk from there). None:
+        no registered units, the network's own."""
         kept = self._units.get(interval_id)
         if kept is not None:
             return kept or None
