@@ -57,6 +57,18 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         uint256 lockAmount; // what that run locks (one EnergyMarket call per run of one payer)
     }
 
+    /// @dev What a settlement or a reclaim gives back and pays, sent to EnergyMarket in one `flexRelease`:
+    /// its moves (account, unlocked, credited: one word each) in memory reserved for the batch at `start`
+    /// (a length word, then at most three moves per activation), `end` past the last one; the run of
+    /// shares of one payer not yet written (`payer`, what it unlocks and gets back) is merged into one move.
+    struct Release {
+        uint256 start;
+        uint256 end;
+        address payer;
+        uint256 unlocked;
+        uint256 refunded;
+    }
+
     /// @param market_ The EnergyMarket holding every balance (it must attach this contract).
     /// @param registry_ The market's registry.
     /// @param readings_ The market's readings.
@@ -259,22 +271,31 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         uint256 n = activations.length / ACTIVATION_SIZE;
         uint256 buf = _scratch();
         bytes32 domain = _domainSeparatorV4();
+        Release memory r = _newRelease(n);
         for (uint256 i = 0; i < n; ++i) {
-            _settle(intervalId, PackedActivationLibrary.at(base, i), pastDeadline, buf, domain);
+            _settle(intervalId, PackedActivationLibrary.at(base, i), pastDeadline, buf, domain, r);
         }
+        _sendRelease(r);
         emit ActivationBatchClosed(intervalId, batchIndex, false);
     }
 
     /// @dev Pays one activation on its device's metered delivery (rule in {IFlexibilityMarket}).
-    function _settle(uint64 intervalId, PackedActivation a, bool pastDeadline, uint256 buf, bytes32 domain)
-        private
-    {
+    function _settle(
+        uint64 intervalId,
+        PackedActivation a,
+        bool pastDeadline,
+        uint256 buf,
+        bytes32 domain,
+        Release memory r
+    ) private {
         (int256 meteredW, uint256 deliveredW) = _delivered(intervalId, a, pastDeadline);
-        uint256 cost = uint256(a.share0()) + a.share1();
+        (uint256 share0, uint256 share1) = (a.share0(), a.share1());
+        uint256 cost = share0 + share1;
         uint256 paid = cost * deliveredW / a.activatedW();
-        uint256 paid0 = cost == 0 ? 0 : uint256(a.share0()) * paid / cost;
-        if (a.share0() != 0) market.flexRelease(a.payer0(), a.share0(), a.provider(), paid0);
-        if (a.share1() != 0) market.flexRelease(a.payer1(), a.share1(), a.provider(), paid - paid0);
+        uint256 paid0 = cost == 0 ? 0 : share0 * paid / cost;
+        _unlock(r, a.payer0(), share0, share0 - paid0);
+        _unlock(r, a.payer1(), share1, share1 - (paid - paid0));
+        if (paid != 0) _move(r, a.provider(), 0, paid);
         emit ActivationSettled(_activationId(a, buf, domain), meteredW, deliveredW, paid, cost - paid);
     }
 
@@ -306,13 +327,66 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         uint256 n = activations.length / ACTIVATION_SIZE;
         uint256 buf = _scratch();
         bytes32 domain = _domainSeparatorV4();
+        Release memory r = _newRelease(n);
         for (uint256 i = 0; i < n; ++i) {
             PackedActivation a = PackedActivationLibrary.at(base, i);
-            if (a.share0() != 0) market.flexRelease(a.payer0(), a.share0(), a.payer0(), 0);
-            if (a.share1() != 0) market.flexRelease(a.payer1(), a.share1(), a.payer1(), 0);
-            emit ActivationReclaimed(_activationId(a, buf, domain), uint256(a.share0()) + a.share1());
+            (uint256 share0, uint256 share1) = (a.share0(), a.share1());
+            _unlock(r, a.payer0(), share0, share0);
+            _unlock(r, a.payer1(), share1, share1);
+            emit ActivationReclaimed(_activationId(a, buf, domain), share0 + share1);
         }
+        _sendRelease(r);
         emit ActivationBatchClosed(intervalId, batchIndex, true);
+    }
+
+    /// @dev A release for `n` activations: its moves' memory reserved (a length word + 3 x 96 bytes each)
+    /// and never touched by anything else before `_sendRelease`.
+    function _newRelease(uint256 n) private pure returns (Release memory r) {
+        uint256 start;
+        assembly ("memory-safe") {
+            start := mload(0x40)
+            mstore(0x40, add(start, add(0x20, mul(n, 0x120))))
+        }
+        (r.start, r.end) = (start, start + 0x20);
+    }
+
+    /// @dev Adds a share to the run of `payer` (`refunded` of it back to the payer), writing the previous
+    /// run (another payer) first.
+    function _unlock(Release memory r, address payer, uint256 share, uint256 refunded) private pure {
+        if (share == 0) return;
+        if (payer != r.payer) {
+            _flushRun(r);
+            r.payer = payer;
+        }
+        (r.unlocked, r.refunded) = (r.unlocked + share, r.refunded + refunded);
+    }
+
+    function _flushRun(Release memory r) private pure {
+        if (r.unlocked == 0) return;
+        _move(r, r.payer, r.unlocked, r.refunded);
+        (r.unlocked, r.refunded) = (0, 0);
+    }
+
+    function _move(Release memory r, address account, uint256 unlocked, uint256 credited) private pure {
+        uint256 at = r.end;
+        assembly ("memory-safe") {
+            mstore(at, account)
+            mstore(add(at, 0x20), unlocked)
+            mstore(add(at, 0x40), credited)
+        }
+        r.end = at + 0x60;
+    }
+
+    /// @dev The release's moves to EnergyMarket in one call (it checks they conserve funds).
+    function _sendRelease(Release memory r) private {
+        _flushRun(r);
+        bytes memory moves;
+        (uint256 start, uint256 end) = (r.start, r.end);
+        assembly ("memory-safe") {
+            moves := start
+            mstore(moves, sub(end, add(start, 0x20)))
+        }
+        market.flexRelease(moves);
     }
 
     /// @dev A recorded, not yet closed batch whose commitment `activations` matches.

@@ -167,7 +167,7 @@ def test_bank_hook_only_attached_flexibility(fx: Flex, parts: Any) -> None:
     with brownie.reverts(err("MarketNotFlexibility", parts.S1.address)):
         m.flexLock(parts.S1, 1, {"from": parts.S1})
     with brownie.reverts(err("MarketNotFlexibility", parts.S1.address)):
-        m.flexRelease(parts.S1, 1, parts.S1, 1, {"from": parts.S1})
+        m.flexRelease(bytes(96), {"from": parts.S1})
     with brownie.reverts(err("MarketFlexibilityAttached", fx.fm.address)):
         m.attachFlexibility(parts.S1, {"from": fx.ledger.admin})
     with brownie.reverts(err("MarketNotAdmin", parts.S1.address)):
