@@ -233,14 +233,14 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         if (CompactSignature.recover(offer, a.r(), a.vs()) != provider) {
             revert FlexInvalidOfferSignature(offer, provider);
         }
-        if (!registry.isActive(provider)) revert FlexProviderInactive(provider);
-        IParticipantRegistry.Device memory d = registry.deviceOf(a.device());
-        if (d.owner != provider) revert FlexDeviceNotOwned(a.device(), d.owner);
-        if (!d.active) revert FlexDeviceInactive(a.device());
+        (address owner, bool ownerActive, bool active, int256 minW, int256 maxW) = registry.deviceStateOf(a.device());
+        if (owner != provider) revert FlexDeviceNotOwned(a.device(), owner);
+        if (!ownerActive) revert FlexProviderInactive(provider);
+        if (!active) revert FlexDeviceInactive(a.device());
         int256 baseline = a.baselineW();
         int256 target = a.direction() == UP ? baseline + int256(uint256(a.powerW())) : baseline - int256(uint256(a.powerW()));
-        if (baseline < d.minW || baseline > d.maxW) revert FlexOutsideDeviceLimits(a.device(), baseline);
-        if (target < d.minW || target > d.maxW) revert FlexOutsideDeviceLimits(a.device(), target);
+        if (baseline < minW || baseline > maxW) revert FlexOutsideDeviceLimits(a.device(), baseline);
+        if (target < minW || target > maxW) revert FlexOutsideDeviceLimits(a.device(), target);
     }
 
     /// @dev A trade rescue's shares: the seller (payer0) half the cost (floor), the buyer the rest, each

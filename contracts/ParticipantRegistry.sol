@@ -29,8 +29,19 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     // One slot per meter (wallet, index, active) so a reading costs one registry SLOAD.
     mapping(address meter => MeterRecord) private _meters;
     uint32 private _count;
-    // Two slots per device (see Device): the offer and activation checks read slot 0 only.
-    mapping(address device => Device) private _devices;
+    // A device as stored: what offers and readings check (owner, kind, active, limits) in slot 0, the
+    // bus and capacity in slot 1 (Device, the view's struct, keeps its field order for callers).
+    struct DeviceRecord {
+        address owner;
+        uint8 kind;
+        bool active;
+        int32 minW;
+        int32 maxW;
+        uint32 busId;
+        uint64 capacityWh;
+    }
+
+    mapping(address device => DeviceRecord) private _devices;
 
     // The operating mode and when it came into force: one slot (uint8 + uint64), read together by gridMode.
     uint8 private _gridMode;
@@ -125,13 +136,13 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
             _devices[device].owner != address(0) || _participants[device].index != 0
                 || _meters[device].wallet != address(0)
         ) revert RegistryKeyInUse(device);
-        _devices[device] = Device(owner, busId, kind, true, minW, maxW, capacityWh);
+        _devices[device] = DeviceRecord(owner, kind, true, minW, maxW, busId, capacityWh);
         emit DeviceRegistered(device, owner, busId, kind, minW, maxW, capacityWh);
     }
 
     /// @inheritdoc IParticipantRegistry
     function deactivateDevice(address device) external onlyRole(GRID_OPERATOR_ROLE) {
-        Device storage d = _devices[device];
+        DeviceRecord storage d = _devices[device];
         if (d.owner == address(0)) revert RegistryUnknownDevice(device);
         if (!d.active) revert RegistryDeviceInactive(device);
         d.active = false;
@@ -155,7 +166,19 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
 
     /// @inheritdoc IParticipantRegistry
     function deviceOf(address device) external view returns (Device memory) {
-        return _devices[device];
+        DeviceRecord storage d = _devices[device];
+        return Device(d.owner, d.busId, d.kind, d.active, d.minW, d.maxW, d.capacityWh);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function deviceStateOf(address device)
+        external
+        view
+        returns (address owner, bool ownerActive, bool active, int32 minW, int32 maxW)
+    {
+        DeviceRecord storage d = _devices[device];
+        (owner, active, minW, maxW) = (d.owner, d.active, d.minW, d.maxW);
+        ownerActive = _participants[owner].active;
     }
 
     /// @inheritdoc IParticipantRegistry

@@ -194,6 +194,15 @@ interface IParticipantRegistry is IAccessControl {
     /// @param device The device key.
     function deviceOf(address device) external view returns (Device memory);
 
+    /// @notice What an offer or a device's reading checks of a device, in one call: its owner (zero:
+    /// unknown device), whether that owner is an active participant, whether the device is active, and
+    /// its power limits (two storage slots: the device's first and the owner's).
+    /// @param device The device key.
+    function deviceStateOf(address device)
+        external
+        view
+        returns (address owner, bool ownerActive, bool active, int32 minW, int32 maxW);
+
     /// @notice The participant record of a wallet (all zero when unknown).
     /// @param wallet The participant.
     function participantOf(address wallet) external view returns (Participant memory);
