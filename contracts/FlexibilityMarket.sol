@@ -5,6 +5,12 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {CompactSignature} from "./libraries/CompactSignature.sol";
 import {ACTIVATION_SIZE, PackedActivation, PackedActivationLibrary} from "./libraries/PackedActivation.sol";
+import {
+    ACTIVATION_RECORD_SIZE,
+    ActivationRecord,
+    ActivationRecordLibrary,
+    REC_STORE_SLACK
+} from "./libraries/ActivationRecord.sol";
 import {IEnergyMarket} from "./interfaces/IEnergyMarket.sol";
 import {IFlexibilityMarket} from "./interfaces/IFlexibilityMarket.sol";
 import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
@@ -28,6 +34,11 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     uint8 internal constant UP = 0;
     uint8 internal constant DOWN = 1;
     uint256 internal constant SECONDS_PER_HOUR = 3600;
+    // A settled activation in ActivationBatchClosed's `deliveries`: meteredW (int64) | deliveredW (uint32).
+    uint256 internal constant DELIVERY_SIZE = 12;
+    uint256 internal constant OFFER_SCRATCH_SIZE = 0x1a0;
+    uint256 internal constant DELIVERY_METERED_W_SHIFT = 256 - 64;
+    uint256 internal constant DELIVERY_DELIVERED_W_SHIFT = 256 - 96;
 
     IEnergyMarket public immutable market;
     IParticipantRegistry public immutable registry;
@@ -38,7 +49,8 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     mapping(address account => uint128) private _remedyCaps;
     uint128 private _dsoBudget;
     mapping(uint64 intervalId => IntervalBook) private _books;
-    // One commitment per batch (no storage per activation); the state beside it in its own slot.
+    // One commitment per batch (keccak256 of its activation records; no storage per activation); the
+    // state beside it in its own slot.
     mapping(uint64 intervalId => mapping(uint256 batchIndex => bytes32)) private _commitments;
     mapping(uint64 intervalId => mapping(uint256 batchIndex => BatchState)) private _states;
 
@@ -118,8 +130,7 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         if (block.timestamp > closure) revert FlexGateClosed(intervalId, closure);
         IntervalBook storage book = _books[intervalId];
         if (batchIndex != book.batchCount) revert FlexBatchOutOfSequence(intervalId, book.batchCount, batchIndex);
-        commitment = keccak256(activations);
-        _checkAttestation(intervalId, batchIndex, commitment, evidenceHash, validatorSignature);
+        _checkAttestation(intervalId, batchIndex, keccak256(activations), evidenceHash, validatorSignature);
 
         Cursor memory c = Cursor({
             lastOffer: book.lastOfferHash,
@@ -133,18 +144,32 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
             lockPayer: address(0),
             lockAmount: 0
         });
-        c.buf = _scratch();
-        uint256 base = _cdPtr(activations);
+        c.buf = _reserve(OFFER_SCRATCH_SIZE);
+        commitment = _recordAll(intervalId, activations, c);
         uint256 n = activations.length / ACTIVATION_SIZE;
-        for (uint256 i = 0; i < n; ++i) {
-            _record(intervalId, PackedActivationLibrary.at(base, i), c);
-        }
-        _flushLock(c);
         (book.lastOfferHash, book.lastTradeId) = (c.lastOffer, c.lastTrade);
         (book.lastOfferUsedW, book.dsoSpent, book.batchCount) = (uint64(c.usedW), uint128(c.dsoSpent), batchIndex + 1);
         _commitments[intervalId][batchIndex] = commitment;
         _states[intervalId][batchIndex] = BatchState.Recorded;
         emit ActivationBatchRecorded(intervalId, batchIndex, commitment, uint32(n), evidenceHash);
+    }
+
+    /// @dev Records every activation of the batch, locks their shares and returns the hash of their
+    /// records (written to memory as they are checked).
+    function _recordAll(uint64 intervalId, bytes calldata activations, Cursor memory c)
+        private
+        returns (bytes32 commitment)
+    {
+        uint256 base = _cdPtr(activations);
+        uint256 n = activations.length / ACTIVATION_SIZE;
+        uint256 out = _reserve(n * ACTIVATION_RECORD_SIZE + REC_STORE_SLACK);
+        for (uint256 i = 0; i < n; ++i) {
+            PackedActivation a = PackedActivationLibrary.at(base, i);
+            _record(intervalId, a, c);
+            ActivationRecordLibrary.store(out + i * ACTIVATION_RECORD_SIZE, a);
+        }
+        _flushLock(c);
+        commitment = _hashMemory(out, n * ACTIVATION_RECORD_SIZE);
     }
 
     function _checkAttestation(
@@ -165,14 +190,14 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     }
 
     /// @dev One activation: its offer (checked once per offer), its place, its payers; locks the shares.
+    /// The activation id is computed only for an error.
     function _record(uint64 intervalId, PackedActivation a, Cursor memory c) private {
         bytes32 offer = _offerDigest(a, c.buf, c.domain);
         bytes32 tradeId = a.tradeId();
-        bytes32 id = keccak256(abi.encode(offer, tradeId));
         if (offer == c.lastOffer) {
-            if (tradeId <= c.lastTrade) revert FlexActivationOutOfOrder(id);
+            if (tradeId <= c.lastTrade) revert FlexActivationOutOfOrder(_activationId(offer, tradeId));
         } else {
-            if (offer < c.lastOffer) revert FlexActivationOutOfOrder(id);
+            if (offer < c.lastOffer) revert FlexActivationOutOfOrder(_activationId(offer, tradeId));
             _checkOffer(intervalId, a, offer);
             c.lastOffer = offer;
             c.usedW = 0;
@@ -180,19 +205,21 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         c.lastTrade = tradeId;
         if (block.timestamp > a.expiry()) revert FlexOfferExpired(offer, a.expiry());
         uint256 activatedW = a.activatedW();
-        if (activatedW == 0) revert FlexZeroActivation(id);
+        if (activatedW == 0) revert FlexZeroActivation(_activationId(offer, tradeId));
         c.usedW += activatedW;
         if (c.usedW > a.powerW()) revert FlexOfferOverActivated(offer, c.usedW, a.powerW());
         uint256 cost = _cost(activatedW, a.pricePerKWh());
         (address payer0, address payer1) = (a.payer0(), a.payer1());
         if (tradeId == bytes32(0)) {
-            if (payer0 != balancingAccount || payer1 != address(0)) revert FlexWrongPayers(id, payer0, payer1);
-            if (a.share0() != cost || a.share1() != 0) revert FlexSharesMismatch(id, cost, 0);
+            if (payer0 != balancingAccount || payer1 != address(0)) {
+                revert FlexWrongPayers(_activationId(offer, tradeId), payer0, payer1);
+            }
+            if (a.share0() != cost || a.share1() != 0) revert FlexSharesMismatch(_activationId(offer, tradeId), cost, 0);
             c.dsoSpent += cost;
             if (c.dsoSpent > c.dsoBudget) revert FlexDsoBudgetExceeded(intervalId, c.dsoSpent, c.dsoBudget);
         } else {
             if (payer0 == address(0) || payer1 == address(0) || payer0 == payer1) {
-                revert FlexWrongPayers(id, payer0, payer1);
+                revert FlexWrongPayers(_activationId(offer, tradeId), payer0, payer1);
             }
             if (!c.tradesChecked) {
                 IEnergyMarket.IntervalState memory trades = market.intervalOf(intervalId);
@@ -201,11 +228,10 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
                 }
                 c.tradesChecked = true;
             }
-            _checkShares(id, a, cost);
+            _checkShares(offer, tradeId, a, cost);
         }
         _lock(c, payer0, a.share0());
         _lock(c, payer1, a.share1());
-        emit ActivationRecorded(id, a.provider(), a.device(), intervalId, tradeId, uint32(activatedW), cost);
     }
 
     /// @dev Adds `amount` to the run of locks of `payer`, locking the previous run (another payer) first.
@@ -245,49 +271,51 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
 
     /// @dev A trade rescue's shares: the seller (payer0) half the cost (floor), the buyer the rest, each
     /// within its remedy cap for the trade, the other taking over what a binding cap leaves.
-    function _checkShares(bytes32 id, PackedActivation a, uint256 cost) private view {
+    function _checkShares(bytes32 offer, bytes32 tradeId, PackedActivation a, uint256 cost) private view {
         uint256 energyWh = a.tradeEnergyWh();
         uint256 cap0 = uint256(_remedyCaps[a.payer0()]) * energyWh / 1000;
         uint256 cap1 = uint256(_remedyCaps[a.payer1()]) * energyWh / 1000;
-        if (cap0 + cap1 < cost) revert FlexRemedyCapExceeded(id, cost, cap0 + cap1);
+        if (cap0 + cap1 < cost) revert FlexRemedyCapExceeded(_activationId(offer, tradeId), cost, cap0 + cap1);
         uint256 s0 = cost / 2;
         if (s0 > cap0) s0 = cap0;
         if (cost - s0 > cap1) s0 = cost - cap1;
-        if (a.share0() != s0 || a.share1() != cost - s0) revert FlexSharesMismatch(id, s0, cost - s0);
+        if (a.share0() != s0 || a.share1() != cost - s0) {
+            revert FlexSharesMismatch(_activationId(offer, tradeId), s0, cost - s0);
+        }
     }
 
     // ------------------------------------------------------------------ settlement
 
     /// @inheritdoc IFlexibilityMarket
-    function settleActivations(uint64 intervalId, uint32 batchIndex, bytes calldata activations) external {
-        _openBatch(intervalId, batchIndex, activations);
+    function settleActivations(uint64 intervalId, uint32 batchIndex, bytes calldata records) external {
+        _openBatch(intervalId, batchIndex, records);
         uint256 endsAt = (uint256(intervalId) + 1) * intervalSeconds;
         if (block.timestamp < endsAt) revert FlexSettlementNotReady(intervalId, endsAt);
         uint256 reclaimAfter = market.reclaimAfter(intervalId);
         if (block.timestamp >= reclaimAfter) revert FlexSettlementExpired(intervalId, reclaimAfter);
         bool pastDeadline = block.timestamp >= market.settlementDeadline(intervalId);
         _states[intervalId][batchIndex] = BatchState.Settled;
-        uint256 base = _cdPtr(activations);
-        uint256 n = activations.length / ACTIVATION_SIZE;
-        uint256 buf = _scratch();
-        bytes32 domain = _domainSeparatorV4();
+        uint256 base = _cdPtr(records);
+        uint256 n = records.length / ACTIVATION_RECORD_SIZE;
         Release memory r = _newRelease(n);
+        bytes memory deliveries = _newBytes(n * DELIVERY_SIZE);
+        uint256 out;
+        assembly ("memory-safe") {
+            out := add(deliveries, 0x20)
+        }
         for (uint256 i = 0; i < n; ++i) {
-            _settle(intervalId, PackedActivationLibrary.at(base, i), pastDeadline, buf, domain, r);
+            _settle(intervalId, ActivationRecordLibrary.at(base, i), pastDeadline, r, out + i * DELIVERY_SIZE);
         }
         _sendRelease(r);
-        emit ActivationBatchClosed(intervalId, batchIndex, false);
+        emit ActivationBatchClosed(intervalId, batchIndex, false, deliveries);
     }
 
-    /// @dev Pays one activation on its device's metered delivery (rule in {IFlexibilityMarket}).
-    function _settle(
-        uint64 intervalId,
-        PackedActivation a,
-        bool pastDeadline,
-        uint256 buf,
-        bytes32 domain,
-        Release memory r
-    ) private {
+    /// @dev Pays one activation on its device's metered delivery (rule in {IFlexibilityMarket}) and writes
+    /// its delivery (meteredW, deliveredW) at memory position `out`.
+    function _settle(uint64 intervalId, ActivationRecord a, bool pastDeadline, Release memory r, uint256 out)
+        private
+        view
+    {
         (int256 meteredW, uint256 deliveredW) = _delivered(intervalId, a, pastDeadline);
         (uint256 share0, uint256 share1) = (a.share0(), a.share1());
         uint256 cost = share0 + share1;
@@ -296,11 +324,19 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         _unlock(r, a.payer0(), share0, share0 - paid0);
         _unlock(r, a.payer1(), share1, share1 - (paid - paid0));
         if (paid != 0) _move(r, a.provider(), 0, paid);
-        emit ActivationSettled(_activationId(a, buf, domain), meteredW, deliveredW, paid, cost - paid);
+        assembly ("memory-safe") {
+            mstore(
+                out,
+                or(
+                    shl(DELIVERY_METERED_W_SHIFT, and(meteredW, 0xffffffffffffffff)),
+                    shl(DELIVERY_DELIVERED_W_SHIFT, deliveredW)
+                )
+            )
+        }
     }
 
     /// @dev The device's metered power (0 without a reading) and the power it delivered of the activation.
-    function _delivered(uint64 intervalId, PackedActivation a, bool pastDeadline)
+    function _delivered(uint64 intervalId, ActivationRecord a, bool pastDeadline)
         private
         view
         returns (int256 meteredW, uint256 deliveredW)
@@ -318,35 +354,28 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     }
 
     /// @inheritdoc IFlexibilityMarket
-    function reclaimActivations(uint64 intervalId, uint32 batchIndex, bytes calldata activations) external {
-        _openBatch(intervalId, batchIndex, activations);
+    function reclaimActivations(uint64 intervalId, uint32 batchIndex, bytes calldata records) external {
+        _openBatch(intervalId, batchIndex, records);
         uint256 reclaimAfter = market.reclaimAfter(intervalId);
         if (block.timestamp < reclaimAfter) revert FlexReclaimNotReady(intervalId, reclaimAfter);
         _states[intervalId][batchIndex] = BatchState.Reclaimed;
-        uint256 base = _cdPtr(activations);
-        uint256 n = activations.length / ACTIVATION_SIZE;
-        uint256 buf = _scratch();
-        bytes32 domain = _domainSeparatorV4();
+        uint256 base = _cdPtr(records);
+        uint256 n = records.length / ACTIVATION_RECORD_SIZE;
         Release memory r = _newRelease(n);
         for (uint256 i = 0; i < n; ++i) {
-            PackedActivation a = PackedActivationLibrary.at(base, i);
+            ActivationRecord a = ActivationRecordLibrary.at(base, i);
             (uint256 share0, uint256 share1) = (a.share0(), a.share1());
             _unlock(r, a.payer0(), share0, share0);
             _unlock(r, a.payer1(), share1, share1);
-            emit ActivationReclaimed(_activationId(a, buf, domain), share0 + share1);
         }
         _sendRelease(r);
-        emit ActivationBatchClosed(intervalId, batchIndex, true);
+        emit ActivationBatchClosed(intervalId, batchIndex, true, "");
     }
 
     /// @dev A release for `n` activations: its moves' memory reserved (a length word + 3 x 96 bytes each)
     /// and never touched by anything else before `_sendRelease`.
     function _newRelease(uint256 n) private pure returns (Release memory r) {
-        uint256 start;
-        assembly ("memory-safe") {
-            start := mload(0x40)
-            mstore(0x40, add(start, add(0x20, mul(n, 0x120))))
-        }
+        uint256 start = _reserve(0x20 + n * 0x120);
         (r.start, r.end) = (start, start + 0x20);
     }
 
@@ -389,11 +418,11 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         market.flexRelease(moves);
     }
 
-    /// @dev A recorded, not yet closed batch whose commitment `activations` matches.
-    function _openBatch(uint64 intervalId, uint32 batchIndex, bytes calldata activations) private view {
+    /// @dev A recorded, not yet closed batch whose commitment `records` match.
+    function _openBatch(uint64 intervalId, uint32 batchIndex, bytes calldata records) private view {
         BatchState state = _states[intervalId][batchIndex];
         if (state != BatchState.Recorded) revert FlexBatchNotOpen(intervalId, batchIndex, state);
-        if (keccak256(activations) != _commitments[intervalId][batchIndex]) {
+        if (keccak256(records) != _commitments[intervalId][batchIndex]) {
             revert FlexBatchCommitmentMismatch(intervalId, batchIndex);
         }
     }
@@ -464,6 +493,21 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     }
 
     /// @inheritdoc IFlexibilityMarket
+    function recordsOf(bytes calldata activations) external pure returns (bytes memory records) {
+        if (activations.length % ACTIVATION_SIZE != 0) revert FlexMalformedCalldata(activations.length);
+        uint256 n = activations.length / ACTIVATION_SIZE;
+        records = _newBytes(n * ACTIVATION_RECORD_SIZE);
+        uint256 base = _cdPtr(activations);
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 out;
+            assembly ("memory-safe") {
+                out := add(add(records, 0x20), mul(i, ACTIVATION_RECORD_SIZE))
+            }
+            ActivationRecordLibrary.store(out, PackedActivationLibrary.at(base, i));
+        }
+    }
+
+    /// @inheritdoc IFlexibilityMarket
     function costOf(uint32 activatedW, uint128 pricePerKWh) external view returns (uint256) {
         return _cost(activatedW, pricePerKWh);
     }
@@ -473,7 +517,7 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         return activatedW * intervalSeconds / SECONDS_PER_HOUR * pricePerKWh / 1000;
     }
 
-    /// @dev The offer's EIP-712 digest, hashed in scratch memory at `buf` (0x140 + 0x42 bytes).
+    /// @dev The offer's EIP-712 digest, hashed in scratch memory at `buf` (0x140 + 0x42 bytes: OFFER_SCRATCH_SIZE).
     function _offerDigest(PackedActivation a, uint256 buf, bytes32 domain) private pure returns (bytes32 digest) {
         bytes32 structHash = a.structHash(FLEX_OFFER_TYPEHASH, buf);
         assembly ("memory-safe") {
@@ -484,15 +528,30 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         }
     }
 
-    function _activationId(PackedActivation a, uint256 buf, bytes32 domain) private pure returns (bytes32) {
-        return keccak256(abi.encode(_offerDigest(a, buf, domain), a.tradeId()));
+    function _activationId(bytes32 offer, bytes32 tradeId) private pure returns (bytes32) {
+        return keccak256(abi.encode(offer, tradeId));
     }
 
-    /// @dev 0x1a0 bytes of memory allocated for the offer hashing.
-    function _scratch() private pure returns (uint256 buf) {
+    /// @dev `size` bytes of memory allocated (not cleared: the caller writes before it reads).
+    function _reserve(uint256 size) private pure returns (uint256 p) {
         assembly ("memory-safe") {
-            buf := mload(0x40)
-            mstore(0x40, add(buf, 0x1a0))
+            p := mload(0x40)
+            mstore(0x40, add(p, and(add(size, 0x1f), not(0x1f))))
+        }
+    }
+
+    /// @dev A `bytes` of `length` allocated with room for 32 bytes written at its last position.
+    function _newBytes(uint256 length) private pure returns (bytes memory b) {
+        uint256 p = _reserve(0x40 + length);
+        assembly ("memory-safe") {
+            b := p
+            mstore(b, length)
+        }
+    }
+
+    function _hashMemory(uint256 p, uint256 length) private pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            h := keccak256(p, length)
         }
     }
 

@@ -341,7 +341,9 @@ class MemoryLedger:
         _packed, state = self.activation_batches.get((interval_id, batch_index), (b"", "none"))
         return ("none", "recorded", "settled", "reclaimed").index(state)
 
-    def activation_outcomes(self, interval_id: int, batch_index: int) -> dict[str, Any]:
+    def activation_outcomes(
+        self, interval_id: int, batch_index: int, activations: bytes
+    ) -> dict[str, Any]:
         return dict(self.activation_closed.get((interval_id, batch_index), {}))
 
     def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
