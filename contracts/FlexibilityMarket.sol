@@ -11,6 +11,8 @@ import {
     ActivationRecordLibrary,
     REC_STORE_SLACK
 } from "./libraries/ActivationRecord.sol";
+import {DEVICE_KEY_SIZE, DeviceState} from "./libraries/DeviceState.sol";
+import {ADDRESS_SHIFT} from "./libraries/PackedField.sol";
 import {IEnergyMarket} from "./interfaces/IEnergyMarket.sol";
 import {IFlexibilityMarket} from "./interfaces/IFlexibilityMarket.sol";
 import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
@@ -162,10 +164,11 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     {
         uint256 base = _cdPtr(activations);
         uint256 n = activations.length / ACTIVATION_SIZE;
+        uint256[] memory devices = registry.deviceStatesOf(_devicesOf(base, n));
         uint256 out = _reserve(n * ACTIVATION_RECORD_SIZE + REC_STORE_SLACK);
         for (uint256 i = 0; i < n; ++i) {
             PackedActivation a = PackedActivationLibrary.at(base, i);
-            _record(intervalId, a, c);
+            _record(intervalId, a, c, devices[i]);
             ActivationRecordLibrary.store(out + i * ACTIVATION_RECORD_SIZE, a);
         }
         _flushLock(c);
@@ -191,14 +194,14 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
 
     /// @dev One activation: its offer (checked once per offer), its place, its payers; locks the shares.
     /// The activation id is computed only for an error.
-    function _record(uint64 intervalId, PackedActivation a, Cursor memory c) private {
+    function _record(uint64 intervalId, PackedActivation a, Cursor memory c, uint256 device) private {
         bytes32 offer = _offerDigest(a, c.buf, c.domain);
         bytes32 tradeId = a.tradeId();
         if (offer == c.lastOffer) {
             if (tradeId <= c.lastTrade) revert FlexActivationOutOfOrder(_activationId(offer, tradeId));
         } else {
             if (offer < c.lastOffer) revert FlexActivationOutOfOrder(_activationId(offer, tradeId));
-            _checkOffer(intervalId, a, offer);
+            _checkOffer(intervalId, a, offer, device);
             c.lastOffer = offer;
             c.usedW = 0;
         }
@@ -251,18 +254,20 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         c.lockAmount = 0;
     }
 
-    /// @dev The offer's own checks (once per offer): interval, direction, signature, provider, device and limits.
-    function _checkOffer(uint64 intervalId, PackedActivation a, bytes32 offer) private view {
+    /// @dev The offer's own checks (once per offer): interval, direction, signature, provider, device and
+    /// limits (`device`: its registry state word, DeviceState).
+    function _checkOffer(uint64 intervalId, PackedActivation a, bytes32 offer, uint256 device) private view {
         if (a.intervalId() != intervalId) revert FlexOfferIntervalMismatch(offer, a.intervalId());
         if (a.direction() > DOWN) revert FlexInvalidDirection(offer, a.direction());
         address provider = a.provider();
         if (CompactSignature.recover(offer, a.r(), a.vs()) != provider) {
             revert FlexInvalidOfferSignature(offer, provider);
         }
-        (address owner, bool ownerActive, bool active, int256 minW, int256 maxW) = registry.deviceStateOf(a.device());
+        address owner = DeviceState.owner(device);
         if (owner != provider) revert FlexDeviceNotOwned(a.device(), owner);
-        if (!ownerActive) revert FlexProviderInactive(provider);
-        if (!active) revert FlexDeviceInactive(a.device());
+        if (!DeviceState.ownerActive(device)) revert FlexProviderInactive(provider);
+        if (!DeviceState.active(device)) revert FlexDeviceInactive(a.device());
+        (int256 minW, int256 maxW) = (DeviceState.minW(device), DeviceState.maxW(device));
         int256 baseline = a.baselineW();
         int256 target = a.direction() == UP ? baseline + int256(uint256(a.powerW())) : baseline - int256(uint256(a.powerW()));
         if (baseline < minW || baseline > maxW) revert FlexOutsideDeviceLimits(a.device(), baseline);
@@ -530,6 +535,18 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
 
     function _activationId(bytes32 offer, bytes32 tradeId) private pure returns (bytes32) {
         return keccak256(abi.encode(offer, tradeId));
+    }
+
+    /// @dev The devices of `n` packed activations at calldata position `base`, packed (20 bytes each) for
+    /// the registry's `deviceStatesOf`.
+    function _devicesOf(uint256 base, uint256 n) private pure returns (bytes memory devices) {
+        devices = _newBytes(n * DEVICE_KEY_SIZE);
+        for (uint256 i = 0; i < n; ++i) {
+            address device = PackedActivationLibrary.at(base, i).device();
+            assembly ("memory-safe") {
+                mstore(add(add(devices, 0x20), mul(i, DEVICE_KEY_SIZE)), shl(ADDRESS_SHIFT, device))
+            }
+        }
     }
 
     /// @dev `size` bytes of memory allocated (not cleared: the caller writes before it reads).

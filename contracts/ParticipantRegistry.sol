@@ -3,6 +3,7 @@ pragma solidity 0.8.28;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
+import {DEVICE_KEY_SIZE, DEVICE_OWNER_ACTIVE} from "./libraries/DeviceState.sol";
 import {ADDRESS_SHIFT} from "./libraries/PackedField.sol";
 import {
     METER_KEY_SIZE,
@@ -31,6 +32,7 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     uint32 private _count;
     // A device as stored: what offers and readings check (owner, kind, active, limits) in slot 0, the
     // bus and capacity in slot 1 (Device, the view's struct, keeps its field order for callers).
+    // deviceStatesOf returns slot 0 whole (contracts/libraries/DeviceState.sol reads it); test_device_states_of_layout pins it.
     struct DeviceRecord {
         address owner;
         uint8 kind;
@@ -171,14 +173,22 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     }
 
     /// @inheritdoc IParticipantRegistry
-    function deviceStateOf(address device)
-        external
-        view
-        returns (address owner, bool ownerActive, bool active, int32 minW, int32 maxW)
-    {
-        DeviceRecord storage d = _devices[device];
-        (owner, active, minW, maxW) = (d.owner, d.active, d.minW, d.maxW);
-        ownerActive = _participants[owner].active;
+    function deviceStatesOf(bytes calldata devices) external view returns (uint256[] memory states) {
+        if (devices.length % DEVICE_KEY_SIZE != 0) revert RegistryMalformedDevices(devices.length);
+        states = new uint256[](devices.length / DEVICE_KEY_SIZE);
+        for (uint256 i = 0; i < states.length; ++i) {
+            address device;
+            assembly ("memory-safe") {
+                device := shr(ADDRESS_SHIFT, calldataload(add(devices.offset, mul(i, DEVICE_KEY_SIZE))))
+            }
+            DeviceRecord storage d = _devices[device];
+            uint256 word;
+            assembly ("memory-safe") {
+                word := sload(d.slot) // slot 0 whole: the layout DeviceState reads
+            }
+            address owner = address(uint160(word));
+            states[i] = _participants[owner].active ? word | DEVICE_OWNER_ACTIVE : word;
+        }
     }
 
     /// @inheritdoc IParticipantRegistry
