@@ -4,11 +4,17 @@ pragma solidity 0.8.28;
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {CompactSignature} from "./libraries/CompactSignature.sol";
-import {ACTIVATION_SIZE, PackedActivation, PackedActivationLibrary} from "./libraries/PackedActivation.sol";
+import {
+    ACT_DEVICE_OFFSET,
+    ACTIVATION_SIZE,
+    PackedActivation,
+    PackedActivationLibrary
+} from "./libraries/PackedActivation.sol";
 import {
     ACTIVATION_RECORD_SIZE,
     ActivationRecord,
     ActivationRecordLibrary,
+    REC_DEVICE_OFFSET,
     REC_STORE_SLACK
 } from "./libraries/ActivationRecord.sol";
 import {DEVICE_KEY_SIZE, DeviceState} from "./libraries/DeviceState.sol";
@@ -164,7 +170,7 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     {
         uint256 base = _cdPtr(activations);
         uint256 n = activations.length / ACTIVATION_SIZE;
-        uint256[] memory devices = registry.deviceStatesOf(_devicesOf(base, n));
+        uint256[] memory devices = registry.deviceStatesOf(_keysOf(base + ACT_DEVICE_OFFSET, n, ACTIVATION_SIZE));
         uint256 out = _reserve(n * ACTIVATION_RECORD_SIZE + REC_STORE_SLACK);
         for (uint256 i = 0; i < n; ++i) {
             PackedActivation a = PackedActivationLibrary.at(base, i);
@@ -304,12 +310,16 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         uint256 n = records.length / ACTIVATION_RECORD_SIZE;
         Release memory r = _newRelease(n);
         bytes memory deliveries = _newBytes(n * DELIVERY_SIZE);
+        uint256[] memory got = readings.deviceReadingsOf(
+            _keysOf(base + REC_DEVICE_OFFSET, n, ACTIVATION_RECORD_SIZE), intervalId
+        );
         uint256 out;
         assembly ("memory-safe") {
             out := add(deliveries, 0x20)
         }
         for (uint256 i = 0; i < n; ++i) {
-            _settle(intervalId, ActivationRecordLibrary.at(base, i), pastDeadline, r, out + i * DELIVERY_SIZE);
+            ActivationRecord a = ActivationRecordLibrary.at(base, i);
+            _settle(intervalId, a, got[i], pastDeadline, r, out + i * DELIVERY_SIZE);
         }
         _sendRelease(r);
         emit ActivationBatchClosed(intervalId, batchIndex, false, deliveries);
@@ -317,11 +327,15 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
 
     /// @dev Pays one activation on its device's metered delivery (rule in {IFlexibilityMarket}) and writes
     /// its delivery (meteredW, deliveredW) at memory position `out`.
-    function _settle(uint64 intervalId, ActivationRecord a, bool pastDeadline, Release memory r, uint256 out)
-        private
-        view
-    {
-        (int256 meteredW, uint256 deliveredW) = _delivered(intervalId, a, pastDeadline);
+    function _settle(
+        uint64 intervalId,
+        ActivationRecord a,
+        uint256 reading,
+        bool pastDeadline,
+        Release memory r,
+        uint256 out
+    ) private view {
+        (int256 meteredW, uint256 deliveredW) = _delivered(intervalId, a, reading, pastDeadline);
         (uint256 share0, uint256 share1) = (a.share0(), a.share1());
         uint256 cost = share0 + share1;
         uint256 paid = cost * deliveredW / a.activatedW();
@@ -340,13 +354,15 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         }
     }
 
-    /// @dev The device's metered power (0 without a reading) and the power it delivered of the activation.
-    function _delivered(uint64 intervalId, ActivationRecord a, bool pastDeadline)
+    /// @dev The device's metered power (0 without a reading) and the power it delivered of the activation;
+    /// `reading` is the device's `deviceReadingsOf` word.
+    function _delivered(uint64 intervalId, ActivationRecord a, uint256 reading, bool pastDeadline)
         private
         view
         returns (int256 meteredW, uint256 deliveredW)
     {
-        (uint64 importWh, uint64 exportWh, bool present) = readings.deviceReadingOf(a.device(), intervalId);
+        (uint64 importWh, uint64 exportWh, bool present) =
+            (uint64(reading >> 64), uint64(reading), reading >> 128 != 0);
         if (!present) {
             if (!pastDeadline) revert FlexSettlementNotReady(intervalId, market.settlementDeadline(intervalId));
             return (0, 0);
@@ -537,14 +553,15 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         return keccak256(abi.encode(offer, tradeId));
     }
 
-    /// @dev The devices of `n` packed activations at calldata position `base`, packed (20 bytes each) for
-    /// the registry's `deviceStatesOf`.
-    function _devicesOf(uint256 base, uint256 n) private pure returns (bytes memory devices) {
-        devices = _newBytes(n * DEVICE_KEY_SIZE);
-        for (uint256 i = 0; i < n; ++i) {
-            address device = PackedActivationLibrary.at(base, i).device();
-            assembly ("memory-safe") {
-                mstore(add(add(devices, 0x20), mul(i, DEVICE_KEY_SIZE)), shl(ADDRESS_SHIFT, device))
+    /// @dev `n` addresses in calldata from position `first`, `stride` bytes apart (a batch's devices),
+    /// packed 20 bytes each for the registry's `deviceStatesOf` and the readings' `deviceReadingsOf`.
+    function _keysOf(uint256 first, uint256 n, uint256 stride) private pure returns (bytes memory keys) {
+        keys = _newBytes(n * DEVICE_KEY_SIZE);
+        assembly ("memory-safe") {
+            let out := add(keys, 0x20)
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                let key := shr(ADDRESS_SHIFT, calldataload(add(first, mul(i, stride))))
+                mstore(add(out, mul(i, DEVICE_KEY_SIZE)), shl(ADDRESS_SHIFT, key))
             }
         }
     }

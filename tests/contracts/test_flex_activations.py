@@ -713,6 +713,11 @@ def test_device_reading_stored_and_read(fx: Flex, iv: int) -> None:
     assert ev(tx, "DeviceReadingSubmitted") == [fx.battery, iv, 12, 345]
     assert tuple(fx.ledger.readings.readingOf(fx.battery, iv)) == (12, 345, True)
     assert tuple(fx.ledger.readings.readingOf(fx.battery, iv - 1)) == (0, 0, False)
+    # several devices in one call (settlement's): present (bit 128) | importWh << 64 | exportWh
+    keys = bytes.fromhex(fx.battery[2:]) + bytes.fromhex(fx.heat_pump[2:])
+    assert list(fx.ledger.readings.deviceReadingsOf(keys, iv)) == [1 << 128 | 12 << 64 | 345, 0]
+    with brownie.reverts(err("MeterReadingsMalformedCalldata", 39)):
+        fx.ledger.readings.deviceReadingsOf(keys[:-1], iv)
     # identical again: silent; different: conflicting (4)
     tx = fx.submit_device(iv, [fx.device_reading(fx.battery_key, iv, 12, 345)])
     assert "ReadingRejected" not in tx.events and tx.return_value == 0
