@@ -335,7 +335,7 @@ class MemoryLedger:
                 f"recordActivations would revert: "
                 f"FlexBatchOutOfSequence({interval_id}, {expected}, {batch_index})"
             )
-        return 42_418 * (len(activations) // flex.ACTIVATION_SIZE) + 60_000
+        return 28_609 * (len(activations) // flex.ACTIVATION_SIZE) + 60_000
 
     def activation_batch_state(self, interval_id: int, batch_index: int) -> int:
         _packed, state = self.activation_batches.get((interval_id, batch_index), (b"", "none"))
