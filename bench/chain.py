@@ -136,7 +136,7 @@ class _Bench:
             )
         fn = self.readings.functions.submitDeviceReadings(iv, batches.readings_arg(readings))
         device_readings = self.c.transact(fn)
-        settle = self.c.transact(self.flex.functions.settleActivations(iv, 0, packed))
+        settle = self.c.transact(self.flex.functions.settleActivations(iv, 0, flex.records(packed)))
         return {
             "record": int(record["gasUsed"]),
             "settle": int(settle["gasUsed"]),

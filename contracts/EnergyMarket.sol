@@ -276,11 +276,27 @@ contract EnergyMarket is EIP712, IEnergyMarket {
     }
 
     /// @inheritdoc IEnergyMarket
-    function flexRelease(address payer, uint256 amount, address payee, uint256 paid) external {
+    /// @dev Locked falls in 256 bits before the cast (an unlock beyond it reverts); the credits, equal in
+    /// sum to what was locked, fit 128 bits.
+    function flexRelease(bytes calldata moves) external {
         if (msg.sender != flexibility) revert MarketNotFlexibility(msg.sender);
-        Account storage acc = _accounts[payer];
-        (acc.locked, acc.available) = (acc.locked - uint128(amount), acc.available + uint128(amount - paid));
-        _accounts[payee].available += uint128(paid);
+        (uint256 unlockedSum, uint256 creditedSum) = (0, 0);
+        for (uint256 p = 0; p < moves.length; p += 0x60) {
+            uint256 account;
+            uint256 unlocked;
+            uint256 credited;
+            assembly ("memory-safe") {
+                let at := add(moves.offset, p)
+                account := calldataload(at)
+                unlocked := calldataload(add(at, 0x20))
+                credited := calldataload(add(at, 0x40))
+            }
+            Account storage acc = _accounts[address(uint160(account))];
+            (acc.locked, acc.available) =
+                (uint128(uint256(acc.locked) - unlocked), uint128(uint256(acc.available) + credited));
+            (unlockedSum, creditedSum) = (unlockedSum + unlocked, creditedSum + credited);
+        }
+        if (unlockedSum != creditedSum) revert MarketFlexUnbalanced(unlockedSum, creditedSum);
     }
 
     /// @inheritdoc IEnergyMarket

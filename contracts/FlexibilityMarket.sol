@@ -4,7 +4,21 @@ pragma solidity 0.8.28;
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {CompactSignature} from "./libraries/CompactSignature.sol";
-import {ACTIVATION_SIZE, PackedActivation, PackedActivationLibrary} from "./libraries/PackedActivation.sol";
+import {
+    ACT_DEVICE_OFFSET,
+    ACTIVATION_SIZE,
+    PackedActivation,
+    PackedActivationLibrary
+} from "./libraries/PackedActivation.sol";
+import {
+    ACTIVATION_RECORD_SIZE,
+    ActivationRecord,
+    ActivationRecordLibrary,
+    REC_DEVICE_OFFSET,
+    REC_STORE_SLACK
+} from "./libraries/ActivationRecord.sol";
+import {DEVICE_KEY_SIZE, DeviceState} from "./libraries/DeviceState.sol";
+import {ADDRESS_SHIFT} from "./libraries/PackedField.sol";
 import {IEnergyMarket} from "./interfaces/IEnergyMarket.sol";
 import {IFlexibilityMarket} from "./interfaces/IFlexibilityMarket.sol";
 import {IMeterReadings} from "./interfaces/IMeterReadings.sol";
@@ -28,6 +42,11 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     uint8 internal constant UP = 0;
     uint8 internal constant DOWN = 1;
     uint256 internal constant SECONDS_PER_HOUR = 3600;
+    // A settled activation in ActivationBatchClosed's `deliveries`: meteredW (int64) | deliveredW (uint32).
+    uint256 internal constant DELIVERY_SIZE = 12;
+    uint256 internal constant OFFER_SCRATCH_SIZE = 0x1a0;
+    uint256 internal constant DELIVERY_METERED_W_SHIFT = 256 - 64;
+    uint256 internal constant DELIVERY_DELIVERED_W_SHIFT = 256 - 96;
 
     IEnergyMarket public immutable market;
     IParticipantRegistry public immutable registry;
@@ -46,7 +65,8 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     mapping(address account => RemedyCap) private _remedyCaps;
     uint128 private _dsoBudget;
     mapping(uint64 intervalId => IntervalBook) private _books;
-    // One commitment per batch (no storage per activation); the state beside it in its own slot.
+    // One commitment per batch (keccak256 of its activation records; no storage per activation); the
+    // state beside it in its own slot.
     mapping(uint64 intervalId => mapping(uint256 batchIndex => bytes32)) private _commitments;
     mapping(uint64 intervalId => mapping(uint256 batchIndex => BatchState)) private _states;
 
@@ -63,6 +83,18 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         bool tradesChecked;
         address lockPayer; // the payer of the run of shares not yet locked
         uint256 lockAmount; // what that run locks (one EnergyMarket call per run of one payer)
+    }
+
+    /// @dev What a settlement or a reclaim gives back and pays, sent to EnergyMarket in one `flexRelease`:
+    /// its moves (account, unlocked, credited: one word each) in memory reserved for the batch at `start`
+    /// (a length word, then at most three moves per activation), `end` past the last one; the run of
+    /// shares of one payer not yet written (`payer`, what it unlocks and gets back) is merged into one move.
+    struct Release {
+        uint256 start;
+        uint256 end;
+        address payer;
+        uint256 unlocked;
+        uint256 refunded;
     }
 
     /// @param market_ The EnergyMarket holding every balance (it must attach this contract).
@@ -124,8 +156,7 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         if (block.timestamp > closure) revert FlexGateClosed(intervalId, closure);
         IntervalBook storage book = _books[intervalId];
         if (batchIndex != book.batchCount) revert FlexBatchOutOfSequence(intervalId, book.batchCount, batchIndex);
-        commitment = keccak256(activations);
-        _checkAttestation(intervalId, batchIndex, commitment, evidenceHash, validatorSignature);
+        _checkAttestation(intervalId, batchIndex, keccak256(activations), evidenceHash, validatorSignature);
 
         Cursor memory c = Cursor({
             lastOffer: book.lastOfferHash,
@@ -139,18 +170,33 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
             lockPayer: address(0),
             lockAmount: 0
         });
-        c.buf = _scratch();
-        uint256 base = _cdPtr(activations);
+        c.buf = _reserve(OFFER_SCRATCH_SIZE);
+        commitment = _recordAll(intervalId, activations, c);
         uint256 n = activations.length / ACTIVATION_SIZE;
-        for (uint256 i = 0; i < n; ++i) {
-            _record(intervalId, PackedActivationLibrary.at(base, i), c);
-        }
-        _flushLock(c);
         (book.lastOfferHash, book.lastTradeId) = (c.lastOffer, c.lastTrade);
         (book.lastOfferUsedW, book.dsoSpent, book.batchCount) = (uint64(c.usedW), uint128(c.dsoSpent), batchIndex + 1);
         _commitments[intervalId][batchIndex] = commitment;
         _states[intervalId][batchIndex] = BatchState.Recorded;
         emit ActivationBatchRecorded(intervalId, batchIndex, commitment, uint32(n), evidenceHash);
+    }
+
+    /// @dev Records every activation of the batch, locks their shares and returns the hash of their
+    /// records (written to memory as they are checked).
+    function _recordAll(uint64 intervalId, bytes calldata activations, Cursor memory c)
+        private
+        returns (bytes32 commitment)
+    {
+        uint256 base = _cdPtr(activations);
+        uint256 n = activations.length / ACTIVATION_SIZE;
+        uint256[] memory devices = registry.deviceStatesOf(_keysOf(base + ACT_DEVICE_OFFSET, n, ACTIVATION_SIZE));
+        uint256 out = _reserve(n * ACTIVATION_RECORD_SIZE + REC_STORE_SLACK);
+        for (uint256 i = 0; i < n; ++i) {
+            PackedActivation a = PackedActivationLibrary.at(base, i);
+            _record(intervalId, a, c, devices[i]);
+            ActivationRecordLibrary.store(out + i * ACTIVATION_RECORD_SIZE, a);
+        }
+        _flushLock(c);
+        commitment = _hashMemory(out, n * ACTIVATION_RECORD_SIZE);
     }
 
     function _checkAttestation(
@@ -171,34 +217,36 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     }
 
     /// @dev One activation: its offer (checked once per offer), its place, its payers; locks the shares.
-    function _record(uint64 intervalId, PackedActivation a, Cursor memory c) private {
+    /// The activation id is computed only for an error.
+    function _record(uint64 intervalId, PackedActivation a, Cursor memory c, uint256 device) private {
         bytes32 offer = _offerDigest(a, c.buf, c.domain);
         bytes32 tradeId = a.tradeId();
-        bytes32 id = keccak256(abi.encode(offer, tradeId));
         if (offer == c.lastOffer) {
-            if (tradeId <= c.lastTrade) revert FlexActivationOutOfOrder(id);
+            if (tradeId <= c.lastTrade) revert FlexActivationOutOfOrder(_activationId(offer, tradeId));
         } else {
-            if (offer < c.lastOffer) revert FlexActivationOutOfOrder(id);
-            _checkOffer(intervalId, a, offer);
+            if (offer < c.lastOffer) revert FlexActivationOutOfOrder(_activationId(offer, tradeId));
+            _checkOffer(intervalId, a, offer, device);
             c.lastOffer = offer;
             c.usedW = 0;
         }
         c.lastTrade = tradeId;
         if (block.timestamp > a.expiry()) revert FlexOfferExpired(offer, a.expiry());
         uint256 activatedW = a.activatedW();
-        if (activatedW == 0) revert FlexZeroActivation(id);
+        if (activatedW == 0) revert FlexZeroActivation(_activationId(offer, tradeId));
         c.usedW += activatedW;
         if (c.usedW > a.powerW()) revert FlexOfferOverActivated(offer, c.usedW, a.powerW());
         uint256 cost = _cost(activatedW, a.pricePerKWh());
         (address payer0, address payer1) = (a.payer0(), a.payer1());
         if (tradeId == bytes32(0)) {
-            if (payer0 != balancingAccount || payer1 != address(0)) revert FlexWrongPayers(id, payer0, payer1);
-            if (a.share0() != cost || a.share1() != 0) revert FlexSharesMismatch(id, cost, 0);
+            if (payer0 != balancingAccount || payer1 != address(0)) {
+                revert FlexWrongPayers(_activationId(offer, tradeId), payer0, payer1);
+            }
+            if (a.share0() != cost || a.share1() != 0) revert FlexSharesMismatch(_activationId(offer, tradeId), cost, 0);
             c.dsoSpent += cost;
             if (c.dsoSpent > c.dsoBudget) revert FlexDsoBudgetExceeded(intervalId, c.dsoSpent, c.dsoBudget);
         } else {
             if (payer0 == address(0) || payer1 == address(0) || payer0 == payer1) {
-                revert FlexWrongPayers(id, payer0, payer1);
+                revert FlexWrongPayers(_activationId(offer, tradeId), payer0, payer1);
             }
             if (!c.tradesChecked) {
                 IEnergyMarket.IntervalState memory trades = market.intervalOf(intervalId);
@@ -207,11 +255,10 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
                 }
                 c.tradesChecked = true;
             }
-            _checkShares(intervalId, id, a, cost);
+            _checkShares(intervalId, offer, tradeId, a, cost);
         }
         _lock(c, payer0, a.share0());
         _lock(c, payer1, a.share1());
-        emit ActivationRecorded(id, a.provider(), a.device(), intervalId, tradeId, uint32(activatedW), cost);
     }
 
     /// @dev Adds `amount` to the run of locks of `payer`, locking the previous run (another payer) first.
@@ -231,78 +278,112 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         c.lockAmount = 0;
     }
 
-    /// @dev The offer's own checks (once per offer): interval, direction, signature, provider, device and limits.
-    function _checkOffer(uint64 intervalId, PackedActivation a, bytes32 offer) private view {
+    /// @dev The offer's own checks (once per offer): interval, direction, signature, provider, device and
+    /// limits (`device`: its registry state word, DeviceState).
+    function _checkOffer(uint64 intervalId, PackedActivation a, bytes32 offer, uint256 device) private view {
         if (a.intervalId() != intervalId) revert FlexOfferIntervalMismatch(offer, a.intervalId());
         if (a.direction() > DOWN) revert FlexInvalidDirection(offer, a.direction());
         address provider = a.provider();
         if (CompactSignature.recover(offer, a.r(), a.vs()) != provider) {
             revert FlexInvalidOfferSignature(offer, provider);
         }
-        if (!registry.isActive(provider)) revert FlexProviderInactive(provider);
-        IParticipantRegistry.Device memory d = registry.deviceOf(a.device());
-        if (d.owner != provider) revert FlexDeviceNotOwned(a.device(), d.owner);
-        if (!d.active) revert FlexDeviceInactive(a.device());
+        address owner = DeviceState.owner(device);
+        if (owner != provider) revert FlexDeviceNotOwned(a.device(), owner);
+        if (!DeviceState.ownerActive(device)) revert FlexProviderInactive(provider);
+        if (!DeviceState.active(device)) revert FlexDeviceInactive(a.device());
+        (int256 minW, int256 maxW) = (DeviceState.minW(device), DeviceState.maxW(device));
         int256 baseline = a.baselineW();
         int256 target = a.direction() == UP ? baseline + int256(uint256(a.powerW())) : baseline - int256(uint256(a.powerW()));
-        if (baseline < d.minW || baseline > d.maxW) revert FlexOutsideDeviceLimits(a.device(), baseline);
-        if (target < d.minW || target > d.maxW) revert FlexOutsideDeviceLimits(a.device(), target);
+        if (baseline < minW || baseline > maxW) revert FlexOutsideDeviceLimits(a.device(), baseline);
+        if (target < minW || target > maxW) revert FlexOutsideDeviceLimits(a.device(), target);
     }
 
     /// @dev A trade rescue's shares: the seller (payer0) half the cost (floor), the buyer the rest, each
     /// within its remedy cap for the trade, the other taking over what a binding cap leaves.
-    function _checkShares(uint64 intervalId, bytes32 id, PackedActivation a, uint256 cost) private view {
+    function _checkShares(uint64 intervalId, bytes32 offer, bytes32 tradeId, PackedActivation a, uint256 cost)
+        private
+        view
+    {
         uint256 energyWh = a.tradeEnergyWh();
         uint256 cap0 = _capAt(a.payer0(), intervalId) * energyWh / 1000;
         uint256 cap1 = _capAt(a.payer1(), intervalId) * energyWh / 1000;
-        if (cap0 + cap1 < cost) revert FlexRemedyCapExceeded(id, cost, cap0 + cap1);
+        if (cap0 + cap1 < cost) revert FlexRemedyCapExceeded(_activationId(offer, tradeId), cost, cap0 + cap1);
         uint256 s0 = cost / 2;
         if (s0 > cap0) s0 = cap0;
         if (cost - s0 > cap1) s0 = cost - cap1;
-        if (a.share0() != s0 || a.share1() != cost - s0) revert FlexSharesMismatch(id, s0, cost - s0);
+        if (a.share0() != s0 || a.share1() != cost - s0) {
+            revert FlexSharesMismatch(_activationId(offer, tradeId), s0, cost - s0);
+        }
     }
 
     // ------------------------------------------------------------------ settlement
 
     /// @inheritdoc IFlexibilityMarket
-    function settleActivations(uint64 intervalId, uint32 batchIndex, bytes calldata activations) external {
-        _openBatch(intervalId, batchIndex, activations);
+    function settleActivations(uint64 intervalId, uint32 batchIndex, bytes calldata records) external {
+        _openBatch(intervalId, batchIndex, records);
         uint256 endsAt = (uint256(intervalId) + 1) * intervalSeconds;
         if (block.timestamp < endsAt) revert FlexSettlementNotReady(intervalId, endsAt);
         uint256 reclaimAfter = market.reclaimAfter(intervalId);
         if (block.timestamp >= reclaimAfter) revert FlexSettlementExpired(intervalId, reclaimAfter);
         bool pastDeadline = block.timestamp >= market.settlementDeadline(intervalId);
         _states[intervalId][batchIndex] = BatchState.Settled;
-        uint256 base = _cdPtr(activations);
-        uint256 n = activations.length / ACTIVATION_SIZE;
-        uint256 buf = _scratch();
-        bytes32 domain = _domainSeparatorV4();
-        for (uint256 i = 0; i < n; ++i) {
-            _settle(intervalId, PackedActivationLibrary.at(base, i), pastDeadline, buf, domain);
+        uint256 base = _cdPtr(records);
+        uint256 n = records.length / ACTIVATION_RECORD_SIZE;
+        Release memory r = _newRelease(n);
+        bytes memory deliveries = _newBytes(n * DELIVERY_SIZE);
+        uint256[] memory got = readings.deviceReadingsOf(
+            _keysOf(base + REC_DEVICE_OFFSET, n, ACTIVATION_RECORD_SIZE), intervalId
+        );
+        uint256 out;
+        assembly ("memory-safe") {
+            out := add(deliveries, 0x20)
         }
-        emit ActivationBatchClosed(intervalId, batchIndex, false);
+        for (uint256 i = 0; i < n; ++i) {
+            ActivationRecord a = ActivationRecordLibrary.at(base, i);
+            _settle(intervalId, a, got[i], pastDeadline, r, out + i * DELIVERY_SIZE);
+        }
+        _sendRelease(r);
+        emit ActivationBatchClosed(intervalId, batchIndex, false, deliveries);
     }
 
-    /// @dev Pays one activation on its device's metered delivery (rule in {IFlexibilityMarket}).
-    function _settle(uint64 intervalId, PackedActivation a, bool pastDeadline, uint256 buf, bytes32 domain)
-        private
-    {
-        (int256 meteredW, uint256 deliveredW) = _delivered(intervalId, a, pastDeadline);
-        uint256 cost = uint256(a.share0()) + a.share1();
+    /// @dev Pays one activation on its device's metered delivery (rule in {IFlexibilityMarket}) and writes
+    /// its delivery (meteredW, deliveredW) at memory position `out`.
+    function _settle(
+        uint64 intervalId,
+        ActivationRecord a,
+        uint256 reading,
+        bool pastDeadline,
+        Release memory r,
+        uint256 out
+    ) private view {
+        (int256 meteredW, uint256 deliveredW) = _delivered(intervalId, a, reading, pastDeadline);
+        (uint256 share0, uint256 share1) = (a.share0(), a.share1());
+        uint256 cost = share0 + share1;
         uint256 paid = cost * deliveredW / a.activatedW();
-        uint256 paid0 = cost == 0 ? 0 : uint256(a.share0()) * paid / cost;
-        if (a.share0() != 0) market.flexRelease(a.payer0(), a.share0(), a.provider(), paid0);
-        if (a.share1() != 0) market.flexRelease(a.payer1(), a.share1(), a.provider(), paid - paid0);
-        emit ActivationSettled(_activationId(a, buf, domain), meteredW, deliveredW, paid, cost - paid);
+        uint256 paid0 = cost == 0 ? 0 : share0 * paid / cost;
+        _unlock(r, a.payer0(), share0, share0 - paid0);
+        _unlock(r, a.payer1(), share1, share1 - (paid - paid0));
+        if (paid != 0) _move(r, a.provider(), 0, paid);
+        assembly ("memory-safe") {
+            mstore(
+                out,
+                or(
+                    shl(DELIVERY_METERED_W_SHIFT, and(meteredW, 0xffffffffffffffff)),
+                    shl(DELIVERY_DELIVERED_W_SHIFT, deliveredW)
+                )
+            )
+        }
     }
 
-    /// @dev The device's metered power (0 without a reading) and the power it delivered of the activation.
-    function _delivered(uint64 intervalId, PackedActivation a, bool pastDeadline)
+    /// @dev The device's metered power (0 without a reading) and the power it delivered of the activation;
+    /// `reading` is the device's `deviceReadingsOf` word.
+    function _delivered(uint64 intervalId, ActivationRecord a, uint256 reading, bool pastDeadline)
         private
         view
         returns (int256 meteredW, uint256 deliveredW)
     {
-        (uint64 importWh, uint64 exportWh, bool present) = readings.deviceReadingOf(a.device(), intervalId);
+        (uint64 importWh, uint64 exportWh, bool present) =
+            (uint64(reading >> 64), uint64(reading), reading >> 128 != 0);
         if (!present) {
             if (!pastDeadline) revert FlexSettlementNotReady(intervalId, market.settlementDeadline(intervalId));
             return (0, 0);
@@ -315,29 +396,75 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     }
 
     /// @inheritdoc IFlexibilityMarket
-    function reclaimActivations(uint64 intervalId, uint32 batchIndex, bytes calldata activations) external {
-        _openBatch(intervalId, batchIndex, activations);
+    function reclaimActivations(uint64 intervalId, uint32 batchIndex, bytes calldata records) external {
+        _openBatch(intervalId, batchIndex, records);
         uint256 reclaimAfter = market.reclaimAfter(intervalId);
         if (block.timestamp < reclaimAfter) revert FlexReclaimNotReady(intervalId, reclaimAfter);
         _states[intervalId][batchIndex] = BatchState.Reclaimed;
-        uint256 base = _cdPtr(activations);
-        uint256 n = activations.length / ACTIVATION_SIZE;
-        uint256 buf = _scratch();
-        bytes32 domain = _domainSeparatorV4();
+        uint256 base = _cdPtr(records);
+        uint256 n = records.length / ACTIVATION_RECORD_SIZE;
+        Release memory r = _newRelease(n);
         for (uint256 i = 0; i < n; ++i) {
-            PackedActivation a = PackedActivationLibrary.at(base, i);
-            if (a.share0() != 0) market.flexRelease(a.payer0(), a.share0(), a.payer0(), 0);
-            if (a.share1() != 0) market.flexRelease(a.payer1(), a.share1(), a.payer1(), 0);
-            emit ActivationReclaimed(_activationId(a, buf, domain), uint256(a.share0()) + a.share1());
+            ActivationRecord a = ActivationRecordLibrary.at(base, i);
+            (uint256 share0, uint256 share1) = (a.share0(), a.share1());
+            _unlock(r, a.payer0(), share0, share0);
+            _unlock(r, a.payer1(), share1, share1);
         }
-        emit ActivationBatchClosed(intervalId, batchIndex, true);
+        _sendRelease(r);
+        emit ActivationBatchClosed(intervalId, batchIndex, true, "");
     }
 
-    /// @dev A recorded, not yet closed batch whose commitment `activations` matches.
-    function _openBatch(uint64 intervalId, uint32 batchIndex, bytes calldata activations) private view {
+    /// @dev A release for `n` activations: its moves' memory reserved (a length word + 3 x 96 bytes each)
+    /// and never touched by anything else before `_sendRelease`.
+    function _newRelease(uint256 n) private pure returns (Release memory r) {
+        uint256 start = _reserve(0x20 + n * 0x120);
+        (r.start, r.end) = (start, start + 0x20);
+    }
+
+    /// @dev Adds a share to the run of `payer` (`refunded` of it back to the payer), writing the previous
+    /// run (another payer) first.
+    function _unlock(Release memory r, address payer, uint256 share, uint256 refunded) private pure {
+        if (share == 0) return;
+        if (payer != r.payer) {
+            _flushRun(r);
+            r.payer = payer;
+        }
+        (r.unlocked, r.refunded) = (r.unlocked + share, r.refunded + refunded);
+    }
+
+    function _flushRun(Release memory r) private pure {
+        if (r.unlocked == 0) return;
+        _move(r, r.payer, r.unlocked, r.refunded);
+        (r.unlocked, r.refunded) = (0, 0);
+    }
+
+    function _move(Release memory r, address account, uint256 unlocked, uint256 credited) private pure {
+        uint256 at = r.end;
+        assembly ("memory-safe") {
+            mstore(at, account)
+            mstore(add(at, 0x20), unlocked)
+            mstore(add(at, 0x40), credited)
+        }
+        r.end = at + 0x60;
+    }
+
+    /// @dev The release's moves to EnergyMarket in one call (it checks they conserve funds).
+    function _sendRelease(Release memory r) private {
+        _flushRun(r);
+        bytes memory moves;
+        (uint256 start, uint256 end) = (r.start, r.end);
+        assembly ("memory-safe") {
+            moves := start
+            mstore(moves, sub(end, add(start, 0x20)))
+        }
+        market.flexRelease(moves);
+    }
+
+    /// @dev A recorded, not yet closed batch whose commitment `records` match.
+    function _openBatch(uint64 intervalId, uint32 batchIndex, bytes calldata records) private view {
         BatchState state = _states[intervalId][batchIndex];
         if (state != BatchState.Recorded) revert FlexBatchNotOpen(intervalId, batchIndex, state);
-        if (keccak256(activations) != _commitments[intervalId][batchIndex]) {
+        if (keccak256(records) != _commitments[intervalId][batchIndex]) {
             revert FlexBatchCommitmentMismatch(intervalId, batchIndex);
         }
     }
@@ -418,6 +545,21 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
     }
 
     /// @inheritdoc IFlexibilityMarket
+    function recordsOf(bytes calldata activations) external pure returns (bytes memory records) {
+        if (activations.length % ACTIVATION_SIZE != 0) revert FlexMalformedCalldata(activations.length);
+        uint256 n = activations.length / ACTIVATION_SIZE;
+        records = _newBytes(n * ACTIVATION_RECORD_SIZE);
+        uint256 base = _cdPtr(activations);
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 out;
+            assembly ("memory-safe") {
+                out := add(add(records, 0x20), mul(i, ACTIVATION_RECORD_SIZE))
+            }
+            ActivationRecordLibrary.store(out, PackedActivationLibrary.at(base, i));
+        }
+    }
+
+    /// @inheritdoc IFlexibilityMarket
     function costOf(uint32 activatedW, uint128 pricePerKWh) external view returns (uint256) {
         return _cost(activatedW, pricePerKWh);
     }
@@ -427,7 +569,7 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         return activatedW * intervalSeconds / SECONDS_PER_HOUR * pricePerKWh / 1000;
     }
 
-    /// @dev The offer's EIP-712 digest, hashed in scratch memory at `buf` (0x140 + 0x42 bytes).
+    /// @dev The offer's EIP-712 digest, hashed in scratch memory at `buf` (0x140 + 0x42 bytes: OFFER_SCRATCH_SIZE).
     function _offerDigest(PackedActivation a, uint256 buf, bytes32 domain) private pure returns (bytes32 digest) {
         bytes32 structHash = a.structHash(FLEX_OFFER_TYPEHASH, buf);
         assembly ("memory-safe") {
@@ -438,15 +580,43 @@ contract FlexibilityMarket is EIP712, IFlexibilityMarket {
         }
     }
 
-    function _activationId(PackedActivation a, uint256 buf, bytes32 domain) private pure returns (bytes32) {
-        return keccak256(abi.encode(_offerDigest(a, buf, domain), a.tradeId()));
+    function _activationId(bytes32 offer, bytes32 tradeId) private pure returns (bytes32) {
+        return keccak256(abi.encode(offer, tradeId));
     }
 
-    /// @dev 0x1a0 bytes of memory allocated for the offer hashing.
-    function _scratch() private pure returns (uint256 buf) {
+    /// @dev `n` addresses in calldata from position `first`, `stride` bytes apart (a batch's devices),
+    /// packed 20 bytes each for the registry's `deviceStatesOf` and the readings' `deviceReadingsOf`.
+    function _keysOf(uint256 first, uint256 n, uint256 stride) private pure returns (bytes memory keys) {
+        keys = _newBytes(n * DEVICE_KEY_SIZE);
         assembly ("memory-safe") {
-            buf := mload(0x40)
-            mstore(0x40, add(buf, 0x1a0))
+            let out := add(keys, 0x20)
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                let key := shr(ADDRESS_SHIFT, calldataload(add(first, mul(i, stride))))
+                mstore(add(out, mul(i, DEVICE_KEY_SIZE)), shl(ADDRESS_SHIFT, key))
+            }
+        }
+    }
+
+    /// @dev `size` bytes of memory allocated (not cleared: the caller writes before it reads).
+    function _reserve(uint256 size) private pure returns (uint256 p) {
+        assembly ("memory-safe") {
+            p := mload(0x40)
+            mstore(0x40, add(p, and(add(size, 0x1f), not(0x1f))))
+        }
+    }
+
+    /// @dev A `bytes` of `length` allocated with room for 32 bytes written at its last position.
+    function _newBytes(uint256 length) private pure returns (bytes memory b) {
+        uint256 p = _reserve(0x40 + length);
+        assembly ("memory-safe") {
+            b := p
+            mstore(b, length)
+        }
+    }
+
+    function _hashMemory(uint256 p, uint256 length) private pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            h := keccak256(p, length)
         }
     }
 

@@ -367,6 +367,24 @@ contract MeterReadings is EIP712, IMeterReadings {
     }
 
     /// @inheritdoc IMeterReadings
+    function deviceReadingsOf(bytes calldata devices, uint64 intervalId)
+        external
+        view
+        returns (uint256[] memory got)
+    {
+        if (devices.length % 20 != 0) revert MeterReadingsMalformedCalldata(devices.length);
+        got = new uint256[](devices.length / 20);
+        for (uint256 i = 0; i < got.length; ++i) {
+            address device;
+            assembly ("memory-safe") {
+                device := shr(96, calldataload(add(devices.offset, mul(i, 20))))
+            }
+            (uint64 importWh, uint64 exportWh, bool present) = deviceReadingOf(device, intervalId);
+            got[i] = (present ? 1 << 128 : 0) | uint256(importWh) << 64 | exportWh;
+        }
+    }
+
+    /// @inheritdoc IMeterReadings
     function deviceReadingOf(address device, uint64 intervalId)
         public
         view

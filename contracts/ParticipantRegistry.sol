@@ -3,6 +3,7 @@ pragma solidity 0.8.28;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IParticipantRegistry} from "./interfaces/IParticipantRegistry.sol";
+import {DEVICE_KEY_SIZE, DEVICE_OWNER_ACTIVE} from "./libraries/DeviceState.sol";
 import {ADDRESS_SHIFT} from "./libraries/PackedField.sol";
 import {
     METER_KEY_SIZE,
@@ -29,8 +30,20 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
     // One slot per meter (wallet, index, active) so a reading costs one registry SLOAD.
     mapping(address meter => MeterRecord) private _meters;
     uint32 private _count;
-    // Two slots per device (see Device): the offer and activation checks read slot 0 only.
-    mapping(address device => Device) private _devices;
+    // A device as stored: what offers and readings check (owner, kind, active, limits) in slot 0, the
+    // bus and capacity in slot 1 (Device, the view's struct, keeps its field order for callers).
+    // deviceStatesOf returns slot 0 whole (contracts/libraries/DeviceState.sol reads it); test_device_states_of_layout pins it.
+    struct DeviceRecord {
+        address owner;
+        uint8 kind;
+        bool active;
+        int32 minW;
+        int32 maxW;
+        uint32 busId;
+        uint64 capacityWh;
+    }
+
+    mapping(address device => DeviceRecord) private _devices;
 
     // The operating mode and when it came into force: one slot (uint8 + uint64), read together by gridMode.
     uint8 private _gridMode;
@@ -126,13 +139,13 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
             _devices[device].owner != address(0) || _participants[device].index != 0
                 || _meters[device].wallet != address(0)
         ) revert RegistryKeyInUse(device);
-        _devices[device] = Device(owner, busId, kind, true, minW, maxW, capacityWh);
+        _devices[device] = DeviceRecord(owner, kind, true, minW, maxW, busId, capacityWh);
         emit DeviceRegistered(device, owner, busId, kind, minW, maxW, capacityWh);
     }
 
     /// @inheritdoc IParticipantRegistry
     function deactivateDevice(address device) external onlyRole(GRID_OPERATOR_ROLE) {
-        Device storage d = _devices[device];
+        DeviceRecord storage d = _devices[device];
         if (d.owner == address(0)) revert RegistryUnknownDevice(device);
         if (!d.active) revert RegistryDeviceInactive(device);
         d.active = false;
@@ -156,7 +169,27 @@ contract ParticipantRegistry is AccessControl, IParticipantRegistry {
 
     /// @inheritdoc IParticipantRegistry
     function deviceOf(address device) external view returns (Device memory) {
-        return _devices[device];
+        DeviceRecord storage d = _devices[device];
+        return Device(d.owner, d.busId, d.kind, d.active, d.minW, d.maxW, d.capacityWh);
+    }
+
+    /// @inheritdoc IParticipantRegistry
+    function deviceStatesOf(bytes calldata devices) external view returns (uint256[] memory states) {
+        if (devices.length % DEVICE_KEY_SIZE != 0) revert RegistryMalformedDevices(devices.length);
+        states = new uint256[](devices.length / DEVICE_KEY_SIZE);
+        for (uint256 i = 0; i < states.length; ++i) {
+            address device;
+            assembly ("memory-safe") {
+                device := shr(ADDRESS_SHIFT, calldataload(add(devices.offset, mul(i, DEVICE_KEY_SIZE))))
+            }
+            DeviceRecord storage d = _devices[device];
+            uint256 word;
+            assembly ("memory-safe") {
+                word := sload(d.slot) // slot 0 whole: the layout DeviceState reads
+            }
+            address owner = address(uint160(word));
+            states[i] = _participants[owner].active ? word | DEVICE_OWNER_ACTIVE : word;
+        }
     }
 
     /// @inheritdoc IParticipantRegistry

@@ -6,8 +6,13 @@ lists them): provider (20) | device (20) | intervalId (8) | direction (1) | powe
 baselineW (4, two's complement) | pricePerKWh (16) | nonce (32) | expiry (8) | r (32) | vs (32) |
 activatedW (4) | tradeId (32) | tradeEnergyWh (8) | payer0 (20) | share0 (16) | payer1 (20) |
 share1 (16). A batch is the activations concatenated, in ascending (offerHash, tradeId) order;
-its commitment is keccak256 of those bytes, and the validator's ``FlexAttestation`` signs them
+the validator's ``FlexAttestation`` signs those bytes
 (:func:`backend.chain.eip712.flex_attestation_hash`).
+What the batch commits to is each activation's 121-byte record (:meth:`Activation.record`,
+``contracts/libraries/ActivationRecord.sol``): device (20) | direction (1) | baselineW (4) |
+activatedW (4) | provider (20) | payer0 (20) | share0 (16) | payer1 (20) | share1 (16) - what
+settling and reclaiming take again (:func:`records`; the commitment: :func:`commitment`).
+Settling reports per activation (meteredW, deliveredW) (:func:`deliveries`).
 
 The rules (who pays, what is delivered, what is paid) are the contract's, in integers; the
 market and the tests compute them here, nowhere else.
@@ -26,6 +31,8 @@ from backend.chain import eip712
 from backend.chain.protocol import DOMAIN_VERSION, FLEX_DOMAIN_NAME, FLEX_UP, ZERO_ADDRESS
 
 ACTIVATION_SIZE = 293
+RECORD_SIZE = 121
+DELIVERY_SIZE = 12
 ZERO_TRADE_ID = bytes(32)
 SECONDS_PER_HOUR = 3600
 
@@ -119,6 +126,23 @@ class Activation:
     def activation_id(self, dom: eip712.Domain) -> bytes:
         return activation_id(self.offer_hash(dom), self.trade_id)
 
+    def record(self) -> bytes:
+        """The 121-byte activation record a batch commits to (what settlement takes)."""
+        o = self.offer
+        return b"".join(
+            (
+                _address(o["device"]),
+                _uint(o["direction"], 1),
+                (int(o["baselineW"]) % (1 << 32)).to_bytes(4, "big"),
+                _uint(self.activated_w, 4),
+                _address(o["provider"]),
+                _address(self.payer0),
+                _uint(self.share0, 16),
+                _address(self.payer1),
+                _uint(self.share1, 16),
+            )
+        )
+
     def pack(self) -> bytes:
         """The 293-byte packed activation."""
         o = self.offer
@@ -184,13 +208,37 @@ def unpack(packed: bytes) -> list[Activation]:
     return out
 
 
+def records(packed: bytes) -> bytes:
+    """The activation records of a packed batch (``settleActivations`` / ``reclaimActivations``
+    take them; ``FlexibilityMarket.recordsOf`` computes the same)."""
+    return b"".join(a.record() for a in unpack(packed))
+
+
+def commitment(packed: bytes) -> bytes:
+    """What recording a packed batch commits to: keccak256 of its activation records."""
+    return keccak(records(packed))
+
+
+def deliveries(data: bytes, count: int) -> list[tuple[int, int]]:
+    """(meteredW, deliveredW) per activation, in batch order, from ``ActivationBatchClosed``'s
+    ``deliveries`` of a settled batch of ``count`` activations (12 bytes each: int64 | uint32)."""
+    data = bytes(data)
+    if len(data) != count * DELIVERY_SIZE:
+        raise ValueError(f"{len(data)} bytes are not {count} deliveries of {DELIVERY_SIZE} bytes")
+    out = []
+    for at in range(0, len(data), DELIVERY_SIZE):
+        metered = int.from_bytes(data[at : at + 8], "big", signed=True)
+        out.append((metered, int.from_bytes(data[at + 8 : at + 12], "big")))
+    return out
+
+
 def sort_key(dom: eip712.Domain, activation: Activation) -> tuple[bytes, bytes]:
     """The contract's recording order: ascending (offerHash, tradeId)."""
     return activation.offer_hash(dom), bytes(activation.trade_id)
 
 
 def pack_batch(dom: eip712.Domain, activations: Sequence[Activation]) -> bytes:
-    """A batch's packed activations in the contract's order (its commitment is keccak256 of it)."""
+    """A batch's packed activations in the contract's order (what the validator attests)."""
     return b"".join(a.pack() for a in sorted(activations, key=lambda a: sort_key(dom, a)))
 
 

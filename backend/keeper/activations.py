@@ -1,10 +1,11 @@
 """Settling FlexibilityMarket's activation batches (docs/architecture.md, "Flexibility activations
 on chain").
 
-The keeper needs the packed bytes a batch was recorded with (``settleActivations`` checks them
-against the batch's commitment): it finds each ``ActivationBatchRecorded`` event, reads the
-``recordActivations`` transaction's calldata and keeps the ``activations`` argument once its
-keccak256 equals the event's commitment. A recorded batch is settled from its interval's end once
+The keeper needs the packed bytes a batch was recorded with (``settleActivations`` takes their
+activation records, checked against the batch's commitment): it finds each
+``ActivationBatchRecorded`` event, reads the ``recordActivations`` transaction's calldata and keeps
+the ``activations`` argument once the keccak256 of its records (``flex.commitment``) equals the
+event's commitment. A recorded batch is settled from its interval's end once
 every device of it has its own reading in ``MeterReadings`` (``readingOf``), or at EnergyMarket's
 ``settlementDeadline`` without them (a missing reading delivers nothing); from ``reclaimAfter`` on
 it is reclaimed (every share back to its payers). ``batchOf`` is asked right before sending, so a
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from eth_utils import keccak
 from web3.exceptions import Web3RPCError
 
 from backend.chain import finality, flex
@@ -43,9 +43,7 @@ class ActivationKeeper:
             self.w3, "FlexibilityMarket", deployment.address("FlexibilityMarket")
         )
         self.market = contract_at(self.w3, "EnergyMarket", deployment.address("EnergyMarket"))
-        self.readings = contract_at(
-            self.w3, "MeterReadings", deployment.address("MeterReadings")
-        )
+        self.readings = contract_at(self.w3, "MeterReadings", deployment.address("MeterReadings"))
         self.interval_seconds = int(deployment.interval_seconds)
         self._next_block = deployment.block if from_block is None else from_block
         self.open: dict[tuple[int, int], bytes] = {}  # recorded, not closed: packed activations
@@ -73,7 +71,7 @@ class ActivationKeeper:
         tx = self.w3.eth.get_transaction(entry["transactionHash"])
         _fn, params = self.flexibility.decode_function_input(tx["input"])
         packed = bytes(params["activations"])
-        if keccak(packed) != bytes(args["commitment"]):
+        if flex.commitment(packed) != bytes(args["commitment"]):
             log.error("activation batch %s: calldata does not match its commitment", key)
             return
         self.open[key] = packed
@@ -89,7 +87,9 @@ class ActivationKeeper:
                     del self.open[(interval_id, index)]
                     continue
                 if now >= int(self.market.functions.reclaimAfter(interval_id).call()):
-                    fn = self.flexibility.functions.reclaimActivations(interval_id, index, packed)
+                    fn = self.flexibility.functions.reclaimActivations(
+                        interval_id, index, flex.records(packed)
+                    )
                     receipt = self.client.transact(fn)
                     self.reclaimed.append((interval_id, index))
                     log.warning(
@@ -97,7 +97,9 @@ class ActivationKeeper:
                         "(%d gas)", interval_id, index, receipt["gasUsed"],
                     )  # fmt: skip
                 elif self._due(interval_id, packed, now):
-                    fn = self.flexibility.functions.settleActivations(interval_id, index, packed)
+                    fn = self.flexibility.functions.settleActivations(
+                        interval_id, index, flex.records(packed)
+                    )
                     receipt = self.client.transact(fn)
                     self.settled.append((interval_id, index))
                     log.info(

@@ -19,7 +19,7 @@ from eth_typing import HexStr
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
-from backend.chain import batches
+from backend.chain import batches, flex
 from backend.chain.address import checksum
 from backend.chain.batches import CandidateTrade
 from backend.chain.client import (
@@ -506,10 +506,15 @@ class ChainLedger:
         )
         return int(state)
 
-    def activation_outcomes(self, interval_id: int, batch_index: int) -> dict[str, Any]:
-        """What closed the batch: per activation id its (metered W, delivered W, paid,
-        refunded) from ``ActivationSettled`` or ``ActivationReclaimed``, and the closing
-        transaction (``ActivationBatchClosed``)."""
+    def activation_outcomes(
+        self, interval_id: int, batch_index: int, activations: bytes
+    ) -> dict[str, Any]:
+        """What closed the batch (``ActivationBatchClosed``): its transaction and per activation
+        id its (metered W, delivered W, paid, refunded) - the event's deliveries in batch order,
+        the payments by the contract's rule (``flex.payments``) from the recorded
+        ``activations``."""
+        acts_in = flex.unpack(activations)
+        dom = flex.domain(self.chain_id, self.flex_address)
 
         def read() -> dict[str, Any]:
             ev = self.flexibility.events
@@ -523,36 +528,34 @@ class ChainLedger:
             ]
             if not closed:
                 return {}
+            args = closed[-1]["args"]
             tx = closed[-1]["transactionHash"]
-            receipt = self.w3.eth.get_transaction_receipt(tx)
             out: dict[str, Any] = {"tx_hash": "0x" + bytes(tx).hex().removeprefix("0x")}
+            reclaimed = bool(args["reclaimed"])
+            if reclaimed:
+                delivered = [(0, 0)] * len(acts_in)
+            else:
+                delivered = flex.deliveries(bytes(args["deliveries"]), len(acts_in))
             acts: dict[str, tuple[int, int, int, int]] = {}
-            for e in ev.ActivationSettled().process_receipt(receipt, errors=DISCARD):
-                a = e["args"]
-                acts["0x" + bytes(a["activationId"]).hex()] = (
-                    int(a["meteredW"]),
-                    int(a["deliveredW"]),
-                    int(a["paid"]),
-                    int(a["refunded"]),
-                )
-            for e in ev.ActivationReclaimed().process_receipt(receipt, errors=DISCARD):
-                a = e["args"]
-                acts["0x" + bytes(a["activationId"]).hex()] = (0, 0, 0, int(a["refunded"]))
+            for a, (metered, delivered_w) in zip(acts_in, delivered, strict=True):
+                paid = sum(flex.payments(a.share0, a.share1, a.activated_w, delivered_w))
+                cost = a.share0 + a.share1
+                acts["0x" + a.activation_id(dom).hex()] = (metered, delivered_w, paid, cost - paid)
             out["activations"] = acts
-            out["reclaimed"] = bool(closed[-1]["args"]["reclaimed"])
+            out["reclaimed"] = reclaimed
             return out
 
         return self._rpc("reading an activation batch's settlement", read)
 
     def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
         fn = self.flexibility.functions.settleActivations(
-            interval_id, batch_index, bytes(activations)
+            interval_id, batch_index, flex.records(activations)
         )
         return self._flex_transact("settleActivations", fn)
 
     def reclaim_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
         fn = self.flexibility.functions.reclaimActivations(
-            interval_id, batch_index, bytes(activations)
+            interval_id, batch_index, flex.records(activations)
         )
         return self._flex_transact("reclaimActivations", fn)
 

@@ -343,13 +343,15 @@ class MemoryLedger:
                 f"recordActivations would revert: "
                 f"FlexBatchOutOfSequence({interval_id}, {expected}, {batch_index})"
             )
-        return 42_418 * (len(activations) // flex.ACTIVATION_SIZE) + 60_000
+        return 28_609 * (len(activations) // flex.ACTIVATION_SIZE) + 60_000
 
     def activation_batch_state(self, interval_id: int, batch_index: int) -> int:
         _packed, state = self.activation_batches.get((interval_id, batch_index), (b"", "none"))
         return ("none", "recorded", "settled", "reclaimed").index(state)
 
-    def activation_outcomes(self, interval_id: int, batch_index: int) -> dict[str, Any]:
+    def activation_outcomes(
+        self, interval_id: int, batch_index: int, activations: bytes
+    ) -> dict[str, Any]:
         return dict(self.activation_closed.get((interval_id, batch_index), {}))
 
     def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:

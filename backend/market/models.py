@@ -286,7 +286,7 @@ class ActivationRow(Base):
     cost: Mapped[str] = mapped_column(String(50), nullable=False)
     payers: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[float] = mapped_column(Float, nullable=False)
-    # The chain's settlement (``ActivationSettled`` / ``ActivationReclaimed``), None until then:
+    # The chain's settlement (``ActivationBatchClosed``), None until then:
     # the device's metered and delivered W, paid to the provider, refunded to the payers.
     metered_w: Mapped[int | None] = mapped_column(BigInteger)
     delivered_w: Mapped[int | None] = mapped_column(BigInteger)

@@ -261,13 +261,17 @@ class MarketLedger(Protocol):
         """``FlexibilityMarket.batchOf``'s state: 0 none, 1 recorded, 2 settled, 3 reclaimed."""
         ...
 
-    def activation_outcomes(self, interval_id: int, batch_index: int) -> dict[str, Any]:
+    def activation_outcomes(
+        self, interval_id: int, batch_index: int, activations: bytes
+    ) -> dict[str, Any]:
         """{} while the batch is open; then ``tx_hash``, ``reclaimed`` and ``activations``:
-        activation id -> (metered W, delivered W, paid, refunded) as the chain's events say."""
+        activation id -> (metered W, delivered W, paid, refunded) as the chain's closing event
+        says of the batch's packed ``activations``."""
         ...
 
     def settle_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:
-        """Send ``settleActivations`` of a recorded batch (the same packed bytes)."""
+        """Send ``settleActivations`` of a recorded batch (its packed activations: the records the
+        batch committed to are sent, ``flex.records``)."""
         ...
 
     def reclaim_activations(self, interval_id: int, batch_index: int, activations: bytes) -> str:

@@ -500,7 +500,9 @@ class Recorder:
             try:
                 if self.ledger.activation_batch_state(b.interval_id, b.batch_index) < 2:
                     continue
-                found = self.ledger.activation_outcomes(b.interval_id, b.batch_index)
+                found = self.ledger.activation_outcomes(
+                    b.interval_id, b.batch_index, bytes.fromhex(b.packed[2:])
+                )
                 if not found:  # the event is not visible yet
                     continue
                 state = FlexBatchState.RECLAIMED if found["reclaimed"] else FlexBatchState.SETTLED

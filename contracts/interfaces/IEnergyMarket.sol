@@ -330,6 +330,8 @@ interface IEnergyMarket {
     error MarketFlexibilityAttached(address flexibility);
     /// @notice flexLock or flexRelease by another caller than the attached FlexibilityMarket.
     error MarketNotFlexibility(address caller);
+    /// @notice flexRelease moves whose credits do not sum to what they unlock.
+    error MarketFlexUnbalanced(uint256 unlocked, uint256 credited);
 
     /// @notice The FlexibilityMarket that may lock and release balances was attached.
     event FlexibilityAttached(address flexibility);
@@ -493,9 +495,11 @@ interface IEnergyMarket {
     /// (`FlexShareAdvanced`, `debtOf`); `MarketInsufficientBalance(balancingAccount, ...)` if it cannot
     /// (and for the balancing account's own DSO shares).
     function flexLock(address payer, uint256 amount) external;
-    /// @notice Release `amount` of `payer`'s locked balance (FlexibilityMarket only): `paid` of it to
-    /// `payee`'s available balance, the rest back to the payer's.
-    function flexRelease(address payer, uint256 amount, address payee, uint256 paid) external;
+    /// @notice Release locked balances (FlexibilityMarket only), a whole batch in one call: `moves` is
+    /// 96-byte entries of three words (account, unlocked, credited): each account's locked balance falls
+    /// by `unlocked`, its available balance rises by `credited`. The sums of both must be equal
+    /// (`MarketFlexUnbalanced`): a release moves funds, never makes or loses any.
+    function flexRelease(bytes calldata moves) external;
     /// @notice The attached FlexibilityMarket (zero: none).
     function flexibility() external view returns (address);
 

@@ -44,16 +44,23 @@ pragma solidity 0.8.28;
 ///   missing reading delivers nothing. The provider gets paid = floor(cost x delivered / activatedW):
 ///   payer0 floor(share0 x paid / cost) of it, payer1 the rest; what is left of each share goes back
 ///   to its payer. From `reclaimAfter` an unsettled batch's shares go back in full (`reclaimActivations`).
-/// - No storage per activation: one commitment per batch (keccak256 of its packed activations, the
-///   bytes the attestation signs) and one `ActivationRecorded` event per activation; settlement takes
-///   the same bytes again.
+/// - No storage per activation: one commitment per batch, keccak256 of its activation records (below:
+///   what paying on delivery needs of each activation, derived on chain from the attested activations
+///   while they are recorded), and one event per batch; settlement and reclaim take the records again
+///   (121 bytes each instead of 293: the offer's signature, price and nonce were checked at recording).
+///   `ActivationBatchClosed` says per activation, in batch order, what it delivered; the payments
+///   follow from the rule above (backend/chain/flex.py computes them, and the activation ids, off chain).
 ///
-/// Packed calldata: 293 bytes per activation, big-endian, no padding (contracts/libraries/
-/// PackedActivation.sol names the offsets; backend/chain/flex.py is the Python encoder):
-/// provider (20) | device (20) | intervalId (8) | direction (1) | powerW (4) | baselineW (4, two's
-/// complement) | pricePerKWh (16) | nonce (32) | expiry (8) | r (32) | vs (32) - the offer signature in
-/// EIP-2098 compact form - | activatedW (4) | tradeId (32) | tradeEnergyWh (8) | payer0 (20) |
+/// Packed calldata of `recordActivations`: 293 bytes per activation, big-endian, no padding
+/// (contracts/libraries/PackedActivation.sol names the offsets; backend/chain/flex.py is the Python
+/// encoder): provider (20) | device (20) | intervalId (8) | direction (1) | powerW (4) | baselineW (4,
+/// two's complement) | pricePerKWh (16) | nonce (32) | expiry (8) | r (32) | vs (32) - the offer
+/// signature in EIP-2098 compact form - | activatedW (4) | tradeId (32) | tradeEnergyWh (8) | payer0 (20) |
 /// share0 (16) | payer1 (20) | share1 (16).
+///
+/// Activation record (`settleActivations`, `reclaimActivations`; contracts/libraries/ActivationRecord.sol):
+/// 121 bytes, the same fields of the same activation: device (20) | direction (1) | baselineW (4) |
+/// activatedW (4) | provider (20) | payer0 (20) | share0 (16) | payer1 (20) | share1 (16).
 interface IFlexibilityMarket {
     /// @notice A recorded batch of activations: its commitment and where it stands.
     enum BatchState {
@@ -138,36 +145,16 @@ interface IFlexibilityMarket {
     event RemedyCapSet(address indexed account, uint128 maxPerKWh, uint64 fromInterval);
     /// @notice The grid operator set the DSO budget (base units per interval).
     event DsoBudgetSet(uint128 budgetPerInterval);
-    /// @notice A batch of activations was recorded.
+    /// @notice A batch of activations was recorded and their shares locked; `commitment` is keccak256 of
+    /// its activation records (the activations themselves are the transaction's attested calldata).
     event ActivationBatchRecorded(
         uint64 indexed intervalId, uint32 batchIndex, bytes32 commitment, uint32 count, bytes32 evidenceHash
     );
-    /// @notice An activation was recorded and its cost locked from its payers.
-    /// @param activationId keccak256(abi.encode(offerHash, tradeId)).
-    /// @param provider The offer's provider (paid on delivery).
-    /// @param device The device to move.
-    /// @param intervalId The interval.
-    /// @param tradeId The rescued trade, zero for a DSO service.
-    /// @param activatedW Power activated in W (the direction is the offer's).
-    /// @param cost Base units locked from the payers.
-    event ActivationRecorded(
-        bytes32 indexed activationId,
-        address indexed provider,
-        address indexed device,
-        uint64 intervalId,
-        bytes32 tradeId,
-        uint32 activatedW,
-        uint256 cost
-    );
-    /// @notice An activation was settled: `deliveredW` of `activatedW` delivered (metered device power
-    /// `meteredW`, zero without a reading), `paid` to the provider, `refunded` back to the payers.
-    event ActivationSettled(
-        bytes32 indexed activationId, int256 meteredW, uint256 deliveredW, uint256 paid, uint256 refunded
-    );
-    /// @notice An unsettled activation's locked shares went back to its payers.
-    event ActivationReclaimed(bytes32 indexed activationId, uint256 refunded);
-    /// @notice A batch was settled (`reclaimed` false) or reclaimed.
-    event ActivationBatchClosed(uint64 indexed intervalId, uint32 batchIndex, bool reclaimed);
+    /// @notice A batch was settled (`reclaimed` false) or reclaimed (every share back to its payers).
+    /// @param deliveries Settled: per activation in batch order 12 bytes, meteredW (int64: the device's
+    /// metered power, zero without a reading) | deliveredW (uint32); each provider was paid
+    /// floor(cost x deliveredW / activatedW), the rest of each share went back. Reclaimed: empty.
+    event ActivationBatchClosed(uint64 indexed intervalId, uint32 batchIndex, bool reclaimed, bytes deliveries);
 
     /// @notice EIP-712 type hash of FlexOffer.
     function FLEX_OFFER_TYPEHASH() external view returns (bytes32);
@@ -195,7 +182,7 @@ interface IFlexibilityMarket {
     /// @param activations Packed activations (293 bytes each, see above).
     /// @param evidenceHash The validator's grid evidence hash of the interval.
     /// @param validatorSignature 65-byte signature of the FlexAttestation by a VALIDATOR_ROLE key.
-    /// @return commitment keccak256(activations).
+    /// @return commitment keccak256 of the batch's activation records.
     function recordActivations(
         uint64 intervalId,
         uint32 batchIndex,
@@ -204,12 +191,18 @@ interface IFlexibilityMarket {
         bytes calldata validatorSignature
     ) external returns (bytes32 commitment);
 
-    /// @notice Settle a recorded batch on metered delivery (anyone, once; timing above).
-    /// @param activations The batch's packed activations, exactly as recorded.
-    function settleActivations(uint64 intervalId, uint32 batchIndex, bytes calldata activations) external;
+    /// @notice Settle a recorded batch on metered delivery (anyone, once; timing above): the providers'
+    /// payments and the payers' refunds in one EnergyMarket call.
+    /// @param records The batch's activation records (121 bytes each, `recordsOf` its activations),
+    /// exactly as committed.
+    function settleActivations(uint64 intervalId, uint32 batchIndex, bytes calldata records) external;
 
     /// @notice From EnergyMarket's `reclaimAfter` (anyone): an unsettled batch's shares back to its payers.
-    function reclaimActivations(uint64 intervalId, uint32 batchIndex, bytes calldata activations) external;
+    /// @param records The batch's activation records, exactly as committed.
+    function reclaimActivations(uint64 intervalId, uint32 batchIndex, bytes calldata records) external;
+
+    /// @notice The activation records of packed activations (what a batch of them commits to).
+    function recordsOf(bytes calldata activations) external pure returns (bytes memory);
 
     /// @notice Bookkeeping of an interval.
     function intervalBookOf(uint64 intervalId) external view returns (IntervalBook memory);

@@ -98,8 +98,17 @@ interface IMeterReadings {
         view
         returns (uint64 importWh, uint64 exportWh, bool present);
 
+    /// @notice Devices' own readings for an interval in one call (FlexibilityMarket's settlement of a
+    /// batch): per device one word, present (bit 128) | importWh (bits 64..127) | exportWh (bits 0..63)
+    /// (`deviceReadingOf`'s answer).
+    /// @param devices Device keys packed, 20 bytes each (`MeterReadingsMalformedCalldata` otherwise).
+    function deviceReadingsOf(bytes calldata devices, uint64 intervalId)
+        external
+        view
+        returns (uint256[] memory readings);
+
     /// @notice A device's own reading (`submitDeviceReadings`) for an interval, without the meter
-    /// lookup `readingOf` does first (what FlexibilityMarket's settlement reads).
+    /// lookup `readingOf` does first.
     function deviceReadingOf(address device, uint64 intervalId)
         external
         view

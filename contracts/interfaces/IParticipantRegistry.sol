@@ -56,6 +56,8 @@ interface IParticipantRegistry is IAccessControl {
     /// @notice The participant is already active.
     /// @param wallet The participant.
     error RegistryParticipantActive(address wallet);
+    /// @notice Packed device keys (`deviceStatesOf`) whose length is not a multiple of 20 bytes.
+    error RegistryMalformedDevices(uint256 length);
     /// @notice Packed meter keys (`meterStatesOf`) whose length is not a multiple of 20 bytes.
     /// @param length The length of `meters` in bytes.
     error RegistryMalformedMeters(uint256 length);
@@ -194,6 +196,14 @@ interface IParticipantRegistry is IAccessControl {
     /// @notice The record of a device key (all zero when unknown).
     /// @param device The device key.
     function deviceOf(address device) external view returns (Device memory);
+
+    /// @notice What an offer checks of its device, for many devices in one call (FlexibilityMarket: a
+    /// batch's): per device one word (contracts/libraries/DeviceState.sol): owner (bits 0..159; zero:
+    /// unknown device) | kind (160..167) | active (168..175) | minW (int32, 176..207) | maxW (int32,
+    /// 208..239) | bit 248: the owner is an active participant - two storage slots each, the device's
+    /// first and its owner's.
+    /// @param devices Device keys packed, 20 bytes each (`RegistryMalformedDevices` otherwise).
+    function deviceStatesOf(bytes calldata devices) external view returns (uint256[] memory states);
 
     /// @notice The participant record of a wallet (all zero when unknown).
     /// @param wallet The participant.

@@ -4,9 +4,10 @@ encoder, the packed layout and its inverse, and the contract's integer rules at 
 
 from __future__ import annotations
 
+import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 from backend.chain import eip712, flex
 from backend.chain.protocol import FLEX_DOWN, FLEX_UP
@@ -44,6 +45,31 @@ def test_pack_is_293_bytes_and_unpacks_to_the_same_activation() -> None:
     assert packed[53:57] == (-1_500 % 2**32).to_bytes(4, "big")  # int32, two's complement
     assert flex.unpack(packed) == [act]
     assert flex.activation_id(act.offer_hash(DOM), b"\x07" * 32) == act.activation_id(DOM)
+
+
+def test_record_is_121_bytes_of_the_same_fields() -> None:
+    sig = flex.sign_offer(KEY, DOM, OFFER)
+    payer0, payer1 = (to_checksum_address("0x" + b * 20) for b in ("01", "02"))
+    act = flex.Activation(OFFER, sig, 2_500, payer0, 10, b"\x07" * 32, 4_000, payer1, 11)
+    record = act.record()
+    assert len(record) == flex.RECORD_SIZE == 121
+    assert record == (
+        bytes.fromhex("cd" * 20) + bytes([FLEX_DOWN]) + (-1_500 % 2**32).to_bytes(4, "big")
+        + (2_500).to_bytes(4, "big") + bytes.fromhex(OFFER["provider"][2:])
+        + bytes.fromhex("01" * 20) + (10).to_bytes(16, "big")
+        + bytes.fromhex("02" * 20) + (11).to_bytes(16, "big")
+    )  # fmt: skip
+    packed = act.pack() + act.pack()
+    assert flex.records(packed) == record + record
+    assert flex.commitment(packed) == keccak(record + record)
+
+
+def test_deliveries_decode_signed_metered_power() -> None:
+    data = (-2_000 % 2**64).to_bytes(8, "big") + (0).to_bytes(4, "big")
+    data += (1_500).to_bytes(8, "big") + (1_500).to_bytes(4, "big")
+    assert flex.deliveries(data, 2) == [(-2_000, 0), (1_500, 1_500)]
+    with pytest.raises(ValueError, match="not 3 deliveries"):
+        flex.deliveries(data, 3)
 
 
 def test_cost_and_remedy_split_edges() -> None:

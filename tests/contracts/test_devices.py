@@ -41,6 +41,38 @@ def test_device_of_unknown_is_zero(ledger: Any) -> None:
     assert tuple(ledger.registry.deviceOf(Account.create().address)) == (ZERO, 0, 0, False, 0, 0, 0)
 
 
+def test_device_states_of_layout(ledger: Any, parts: Any) -> None:
+    """deviceStatesOf's word per packed key: the device's first slot as stored (owner | kind |
+    active | minW | maxW, DeviceState.sol) and bit 248 for an active owner; zero when unknown."""
+    reg, dso = ledger.registry, {"from": ledger.dso}
+    battery, ev, unknown = (Account.create().address for _ in range(3))
+    bus = _bus(ledger, parts.S1)
+    reg.registerDevice(battery, parts.S1, bus, BATTERY, -5_000, 4_000, 13_500, dso)
+    reg.registerDevice(ev, parts.S1, bus, EV, -11_000, 0, 0, dso)
+    reg.deactivateDevice(ev, dso)
+
+    def word(
+        owner: str, kind: int, active: bool, min_w: int, max_w: int, owner_active: bool
+    ) -> int:
+        return (
+            int(owner, 16) | kind << 160 | int(active) << 168 | (min_w % 2**32) << 176
+            | (max_w % 2**32) << 208 | int(owner_active) << 248
+        )  # fmt: skip
+
+    keys = b"".join(bytes.fromhex(k[2:]) for k in (battery, ev, unknown))
+    assert list(reg.deviceStatesOf(keys)) == [
+        word(parts.S1.address, BATTERY, True, -5_000, 4_000, True),
+        word(parts.S1.address, EV, False, -11_000, 0, True),
+        0,
+    ]
+    reg.deactivate(parts.S1, dso)
+    assert reg.deviceStatesOf(keys[:20])[0] == word(
+        parts.S1.address, BATTERY, True, -5_000, 4_000, False
+    )
+    with brownie.reverts(err("RegistryMalformedDevices", 21)):
+        reg.deviceStatesOf(keys[:21])
+
+
 def test_register_device_not_grid_operator_reverts(ledger: Any, parts: Any) -> None:
     role = ledger.registry.GRID_OPERATOR_ROLE()
     with brownie.reverts(err("AccessControlUnauthorizedAccount", parts.S1.address, role)):

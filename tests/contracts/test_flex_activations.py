@@ -10,7 +10,22 @@ from typing import Any
 
 import brownie
 import pytest
-from conftest import ERRORS, EVIDENCE, FAR, INTERVAL_S, PRICE, DeployedLedger, err, ev, norm
+from conftest import (
+    DELAY_S,
+    ERRORS,
+    EVIDENCE,
+    FAR,
+    GATE_LEAD_S,
+    INTERVAL_S,
+    LONG_BPS,
+    PRICE,
+    SHORT_BPS,
+    DeployedLedger,
+    err,
+    ev,
+    norm,
+)
+from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_utils import keccak
 
@@ -114,9 +129,13 @@ class Flex:
             interval, b"".join(readings), {"from": self.ledger.oracle}
         )
 
+    def records(self, interval: int, index: int = 0) -> bytes:
+        """The activation records of a recorded batch (what settle and reclaim take)."""
+        return flex.records(self.recorded[interval][index])
+
     def settle(self, interval: int, index: int = 0) -> Any:
         return self.fm.settleActivations(
-            interval, index, self.recorded[interval][index], {"from": self.ledger.a[0]}
+            interval, index, self.records(interval, index), {"from": self.ledger.a[0]}
         )
 
     def total_in_market(self) -> int:
@@ -171,7 +190,7 @@ def test_bank_hook_only_attached_flexibility(fx: Flex, parts: Any) -> None:
     with brownie.reverts(err("MarketNotFlexibility", parts.S1.address)):
         m.flexLock(parts.S1, 1, {"from": parts.S1})
     with brownie.reverts(err("MarketNotFlexibility", parts.S1.address)):
-        m.flexRelease(parts.S1, 1, parts.S1, 1, {"from": parts.S1})
+        m.flexRelease(bytes(96), {"from": parts.S1})
     with brownie.reverts(err("MarketFlexibilityAttached", fx.fm.address)):
         m.attachFlexibility(parts.S1, {"from": fx.ledger.admin})
     with brownie.reverts(err("MarketNotAdmin", parts.S1.address)):
@@ -243,19 +262,19 @@ def test_record_dso_activation_locks_cost_exactly(fx: Flex, iv: int) -> None:
     tx = fx.record(iv, [act])
     after = fx.ledger.market.balanceOf(bal)
     assert (after[0], after[1]) == (before[0] - 100_000, before[1] + 100_000)
-    aid = act.activation_id(fx.dom)
-    assert ev(tx, "ActivationRecorded") == [
-        aid,
-        fx.provider.address,
-        fx.battery,
-        iv,
-        bytes(32),
-        2_000,
-        100_000,
-    ]
     packed = fx.recorded[iv][0]
-    assert ev(tx, "ActivationBatchRecorded") == [iv, 0, keccak(packed), 1, EVIDENCE]
-    assert norm(fx.fm.batchOf(iv, 0)) == [keccak(packed), 1]
+    # the commitment: keccak256 of the activation record (121 bytes), the contract's and Python's
+    record = (
+        bytes.fromhex(fx.battery[2:]) + bytes([FLEX_UP]) + (0).to_bytes(4, "big")
+        + (2_000).to_bytes(4, "big") + bytes.fromhex(fx.provider.address[2:])
+        + bytes.fromhex(bal.address[2:]) + (100_000).to_bytes(16, "big") + bytes(20 + 16)
+    )  # fmt: skip
+    assert act.record() == record and len(record) == flex.RECORD_SIZE
+    assert norm(fx.fm.recordsOf(packed)) == record == flex.records(packed)
+    assert ev(tx, "ActivationBatchRecorded") == [iv, 0, keccak(record), 1, EVIDENCE]
+    assert flex.commitment(packed) == keccak(record)
+    assert norm(fx.fm.batchOf(iv, 0)) == [keccak(record), 1]
+    assert list(tx.events.keys()) == ["ActivationBatchRecorded"]  # one event per batch
     book = fx.fm.intervalBookOf(iv)
     assert (bytes(book[0]), bytes(book[1]), book[2], book[3], book[4]) == (
         act.offer_hash(fx.dom), bytes(32), 2_000, 100_000, 1
@@ -463,7 +482,7 @@ def test_rescue_needs_trades_caps_and_exact_split(fx: Flex, iv: int, parts: Any)
     assert (act.share0, act.share1) == (40_000, 60_000)
     s_before, b_before = fx.ledger.market.balanceOf(parts.S1), fx.ledger.market.balanceOf(parts.B1)
     tx = fx.record(iv, [act])
-    assert ev(tx, "ActivationRecorded")[0] == aid
+    assert ev(tx, "ActivationBatchRecorded")[2] == keccak(act.record())
     s_after, b_after = fx.ledger.market.balanceOf(parts.S1), fx.ledger.market.balanceOf(parts.B1)
     assert (s_after[0], s_after[1]) == (s_before[0] - 40_000, s_before[1] + 40_000)
     assert (b_after[0], b_after[1]) == (b_before[0] - 60_000, b_before[1] + 60_000)
@@ -545,13 +564,11 @@ def test_settle_pays_metered_delivery(
         flex.delivered_w(direction, baseline, 2_000, None if reading is None else metered)
         == delivered
     )
-    assert ev(tx, "ActivationSettled") == [
-        act.activation_id(fx.dom),
-        metered,
-        delivered,
-        paid,
-        100_000 - paid,
-    ]
+    # per activation meteredW (int64) | deliveredW (uint32)
+    deliveries = (metered % 2**64).to_bytes(8, "big") + delivered.to_bytes(4, "big")
+    assert ev(tx, "ActivationBatchClosed") == [iv, 0, False, deliveries]
+    assert flex.deliveries(deliveries, 1) == [(metered, delivered)]
+    assert flex.payments(100_000, 0, 2_000, delivered) == (paid, 0)
     b1, p1 = m.balanceOf(bal), m.balanceOf(prov)
     assert (b1[0], b1[1]) == (b0[0] - paid, b0[1])
     assert (p1[0], p1[1]) == (p0[0] + paid, p0[1])
@@ -573,7 +590,7 @@ def test_settle_rescue_pays_pro_rata_from_both(fx: Flex, iv: int, parts: Any) ->
     paid = 100_000 * 664 // 2_000  # 33,200
     from_seller = 40_000 * paid // 100_000  # 13,280
     assert flex.payments(40_000, 60_000, 2_000, 664) == (from_seller, paid - from_seller)
-    assert ev(tx, "ActivationSettled")[2:] == [664, paid, 100_000 - paid]
+    assert flex.deliveries(ev(tx, "ActivationBatchClosed")[3], 1) == [(664, 664)]
     s1, b1, p1 = m.balanceOf(parts.S1), m.balanceOf(parts.B1), m.balanceOf(fx.provider)
     assert (s1[0] - s0[0], s1[1] - s0[1]) == (-from_seller, 0)
     assert (b1[0] - b0[0], b1[1] - b0[1]) == (-(paid - from_seller), 0)
@@ -583,7 +600,7 @@ def test_settle_rescue_pays_pro_rata_from_both(fx: Flex, iv: int, parts: Any) ->
 def test_settle_timing_and_replay(fx: Flex, iv: int) -> None:
     act = fx.dso(fx.offer(iv), 2_000)
     fx.record(iv, [act])
-    packed = fx.recorded[iv][0]
+    records = fx.records(iv)
     end = (iv + 1) * INTERVAL_S
     with brownie.reverts(err("FlexSettlementNotReady", iv, end)):
         fx.settle(iv)
@@ -592,13 +609,15 @@ def test_settle_timing_and_replay(fx: Flex, iv: int) -> None:
     with brownie.reverts(err("FlexSettlementNotReady", iv, deadline)):
         fx.settle(iv)  # no device reading yet, deadline not passed
     with brownie.reverts(err("FlexBatchCommitmentMismatch", iv, 0)):
-        fx.fm.settleActivations(iv, 0, packed[:-1] + b"\x01", {"from": fx.ledger.a[0]})
+        fx.fm.settleActivations(iv, 0, records[:-1] + b"\x01", {"from": fx.ledger.a[0]})
+    with brownie.reverts(err("FlexBatchCommitmentMismatch", iv, 0)):  # the packed activations
+        fx.fm.settleActivations(iv, 0, fx.recorded[iv][0], {"from": fx.ledger.a[0]})
     fx.submit_device(iv, [fx.device_reading(fx.battery_key, iv, 0, 500)])
     fx.settle(iv)
     with brownie.reverts(err("FlexBatchNotOpen", iv, 0, 2)):
         fx.settle(iv)
     with brownie.reverts(err("FlexBatchNotOpen", iv, 1, 0)):
-        fx.fm.settleActivations(iv, 1, packed, {"from": fx.ledger.a[0]})
+        fx.fm.settleActivations(iv, 1, records, {"from": fx.ledger.a[0]})
 
 
 def test_reclaim_returns_locked_shares(fx: Flex, iv: int) -> None:
@@ -609,16 +628,17 @@ def test_reclaim_returns_locked_shares(fx: Flex, iv: int) -> None:
     fx.record(iv, [act])
     reclaim_after = m.reclaimAfter(iv)
     with brownie.reverts(err("FlexReclaimNotReady", iv, reclaim_after)):
-        fx.fm.reclaimActivations(iv, 0, fx.recorded[iv][0], {"from": fx.ledger.a[0]})
+        fx.fm.reclaimActivations(iv, 0, fx.records(iv), {"from": fx.ledger.a[0]})
     fx.ledger.end_interval(iv, reclaim_after - (iv + 1) * INTERVAL_S)
     with brownie.reverts(err("FlexSettlementExpired", iv, reclaim_after)):
         fx.settle(iv)
-    tx = fx.fm.reclaimActivations(iv, 0, fx.recorded[iv][0], {"from": fx.ledger.a[0]})
-    assert ev(tx, "ActivationReclaimed") == [act.activation_id(fx.dom), 100_000]
-    assert ev(tx, "ActivationBatchClosed") == [iv, 0, True]
+    tx = fx.fm.reclaimActivations(iv, 0, fx.records(iv), {"from": fx.ledger.a[0]})
+    assert ev(tx, "ActivationBatchClosed")[:3] == [iv, 0, True]
+    # no deliveries (brownie shows empty bytes as 0x00: the log's own data says empty)
+    assert abi_decode(["uint32", "bool", "bytes"], bytes(tx.logs[-1]["data"])) == (0, True, b"")
     assert tuple(m.balanceOf(bal)) == tuple(before)
     with brownie.reverts(err("FlexBatchNotOpen", iv, 0, 3)):
-        fx.fm.reclaimActivations(iv, 0, fx.recorded[iv][0], {"from": fx.ledger.a[0]})
+        fx.fm.reclaimActivations(iv, 0, fx.records(iv), {"from": fx.ledger.a[0]})
 
 
 def test_one_offer_serves_several_activations(fx: Flex, iv: int, parts: Any) -> None:
@@ -629,10 +649,106 @@ def test_one_offer_serves_several_activations(fx: Flex, iv: int, parts: Any) -> 
     offer = fx.offer(iv)
     acts = [fx.dso(offer, 1_500), fx.rescue(offer, 2_500, tid, parts.S1, parts.B1)]
     tx = fx.record(iv, acts)
-    assert [norm(e["activationId"]) for e in tx.events["ActivationRecorded"]] == [
-        a.activation_id(fx.dom) for a in sorted(acts, key=lambda a: flex.sort_key(fx.dom, a))
+    ordered = sorted(acts, key=lambda a: flex.sort_key(fx.dom, a))
+    assert ev(tx, "ActivationBatchRecorded")[2:4] == [
+        keccak(b"".join(a.record() for a in ordered)),
+        2,
     ]
     assert fx.fm.intervalBookOf(iv)[2] == 4_000
+
+
+def test_settle_batch_pays_each_account_once(fx: Flex, iv: int, parts: Any) -> None:
+    """Three activations of one provider in one batch (two offers of its battery, one of its heat
+    pump; two paid by the balancing account, one a rescue paid by S1 and B1): every payer and the
+    provider get their exact sums from the batch's one release, and no token is made or lost."""
+    tid = _trade(fx.ledger, parts, iv)
+    fx.fm.setRemedyCap(10**6, {"from": parts.S1})
+    fx.fm.setRemedyCap(10**6, {"from": parts.B1})
+    m, bal, prov = fx.ledger.market, fx.ledger.balancing, fx.provider
+    acts = [
+        fx.dso(fx.offer(iv), 2_000),  # 500 Wh: 100,000
+        fx.rescue(fx.offer(iv, nonce=2), 1_000, tid, parts.S1, parts.B1),  # 50,000: 25,000 each
+        fx.dso(fx.offer(iv, device=fx.heat_pump, baselineW=-3_000, powerW=1_000), 1_000),  # 50,000
+    ]
+    assert [(a.share0, a.share1) for a in acts] == [(100_000, 0), (25_000, 25_000), (50_000, 0)]
+    who = (bal, parts.S1, parts.B1, prov)
+    before = [tuple(m.balanceOf(w)) for w in who]
+    total = fx.total_in_market()
+    fx.record(iv, acts)
+    locked = [tuple(m.balanceOf(w)) for w in who]
+    assert [(a[0] - b[0], a[1] - b[1]) for a, b in zip(locked, before, strict=True)] == [
+        (-150_000, 150_000), (-25_000, 25_000), (-25_000, 25_000), (0, 0)
+    ]  # fmt: skip
+    fx.ledger.end_interval(iv)
+    # the battery exports 250 Wh (1,000 W): half of the first offer, all of the second; the heat
+    # pump imports 500 Wh (-2,000 W, 1,000 W up from its -3,000 W baseline): all of it
+    fx.submit_device(
+        iv,
+        [
+            fx.device_reading(fx.battery_key, iv, 0, 250),
+            fx.device_reading(fx.heat_pump_key, iv, 500, 0),
+        ],
+    )
+    tx = fx.settle(iv)
+    after = [tuple(m.balanceOf(w)) for w in who]
+    # balancing: pays 50,000 + 50,000, gets 50,000 back; S1 and B1 pay 25,000 each; the provider
+    # gets 150,000; nothing stays locked
+    assert [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)] == [
+        (-100_000, 0), (-25_000, 0), (-25_000, 0), (150_000, 0)
+    ]  # fmt: skip
+    assert fx.total_in_market() == total == fx.ledger.token.balanceOf(m)
+    ordered = flex.unpack(fx.recorded[iv][0])
+    delivered = {fx.battery: 1_000, fx.heat_pump: -2_000}
+    assert flex.deliveries(ev(tx, "ActivationBatchClosed")[3], 3) == [
+        (delivered[a.offer["device"]], min(a.activated_w, 1_000)) for a in ordered
+    ]
+    assert list(tx.events.keys()) == ["ActivationBatchClosed"]
+
+
+def test_flex_release_moves_only_balanced_sums(
+    ledger: DeployedLedger, parts: Any, EnergyMarket: Any
+) -> None:
+    """EnergyMarket's own check of a release (a FlexibilityMarket bug cannot make tokens): a bank
+    attached to a plain account, which locks and then releases through it directly."""
+    led, hook = ledger, parts.S2
+    m = EnergyMarket.deploy(
+        led.token, led.registry, led.readings, DELAY_S, GATE_LEAD_S, led.a[1], SHORT_BPS, LONG_BPS,
+        {"from": led.admin},
+    )  # fmt: skip
+    m.attachFlexibility(hook, {"from": led.admin})
+    led.token.approve(m, 2**256 - 1, {"from": parts.S1})
+    m.deposit(1_000, {"from": parts.S1})
+    m.flexLock(parts.S1, 600, {"from": hook})
+    assert tuple(m.balanceOf(parts.S1)) == (400, 600)
+
+    def moves(*entries: tuple[Any, int, int]) -> bytes:
+        return b"".join(
+            bytes(12) + bytes.fromhex(str(a)[2:]) + u.to_bytes(32, "big") + c.to_bytes(32, "big")
+            for a, u, c in entries
+        )
+
+    with brownie.reverts(err("MarketFlexUnbalanced", 600, 601)):
+        m.flexRelease(moves((parts.S1, 600, 100), (parts.B1, 0, 501)), {"from": hook})
+    with brownie.reverts("Integer overflow"):  # unlocking more than is locked: panic 0x11
+        m.flexRelease(moves((parts.S1, 601, 1), (parts.B1, 0, 600)), {"from": hook})
+    m.flexRelease(
+        moves((parts.S1, 450, 50), (parts.B1, 0, 300), (parts.B1, 0, 100)), {"from": hook}
+    )
+    assert tuple(m.balanceOf(parts.S1)) == (450, 150)
+    assert tuple(m.balanceOf(parts.B1)) == (400, 0)
+    assert led.token.balanceOf(m) == 1_000
+
+
+def test_records_of_matches_python(fx: Flex, iv: int, parts: Any) -> None:
+    acts = [
+        fx.dso(fx.offer(iv, direction=FLEX_DOWN, baselineW=-1_000), 1_500),
+        replace(fx.dso(fx.offer(iv, nonce=3), 2_000), payer1=parts.B1.address, share1=7),
+    ]
+    packed = fx.packed(acts)
+    assert norm(fx.fm.recordsOf(packed)) == flex.records(packed)
+    assert len(flex.records(packed)) == 2 * flex.RECORD_SIZE
+    with brownie.reverts(err("FlexMalformedCalldata", len(packed) - 1)):
+        fx.fm.recordsOf(packed[:-1])
 
 
 # ------------------------------------------------------------------ device readings
@@ -644,6 +760,11 @@ def test_device_reading_stored_and_read(fx: Flex, iv: int) -> None:
     assert ev(tx, "DeviceReadingSubmitted") == [fx.battery, iv, 12, 345]
     assert tuple(fx.ledger.readings.readingOf(fx.battery, iv)) == (12, 345, True)
     assert tuple(fx.ledger.readings.readingOf(fx.battery, iv - 1)) == (0, 0, False)
+    # several devices in one call (settlement's): present (bit 128) | importWh << 64 | exportWh
+    keys = bytes.fromhex(fx.battery[2:]) + bytes.fromhex(fx.heat_pump[2:])
+    assert list(fx.ledger.readings.deviceReadingsOf(keys, iv)) == [1 << 128 | 12 << 64 | 345, 0]
+    with brownie.reverts(err("MeterReadingsMalformedCalldata", 39)):
+        fx.ledger.readings.deviceReadingsOf(keys[:-1], iv)
     # identical again: silent; different: conflicting (4)
     tx = fx.submit_device(iv, [fx.device_reading(fx.battery_key, iv, 12, 345)])
     assert "ReadingRejected" not in tx.events and tx.return_value == 0

@@ -417,18 +417,18 @@ class LedgerMachine(RuleBasedStateMachine):
             BATTERY_KEY, led.chain_id, led.readings.address, act.offer["device"], iv, 0, exported_wh
         )
         led.readings.submitDeviceReadings(iv, reading, {"from": led.oracle})
-        tx = self.fm.settleActivations(iv, 0, packed, {"from": led.a[0]})
+        records = flex.records(packed)
+        tx = self.fm.settleActivations(iv, 0, records, {"from": led.a[0]})
         metered = flex.metered_w(0, exported_wh, INTERVAL_S)
         delivered = flex.delivered_w(act.offer["direction"], 0, act.activated_w, metered)
         paid = sum(flex.payments(act.share0, 0, act.activated_w, delivered))
-        assert norm(list(_events(tx, "ActivationSettled")[0].values()))[1:] == [
-            metered, delivered, paid, act.share0 - paid
-        ]  # fmt: skip
+        closed = norm(list(_events(tx, "ActivationBatchClosed")[0].values()))
+        assert flex.deliveries(closed[3], 1) == [(metered, delivered)]
         self.avail[self.ba] += act.share0 - paid
         self.locked[self.ba] -= act.share0
         self.avail[act.offer["provider"]] += paid
         with brownie.reverts():  # settled once
-            self.fm.settleActivations(iv, 0, packed, {"from": led.a[0]})
+            self.fm.settleActivations(iv, 0, records, {"from": led.a[0]})
         self.flex_pending = None
         self.stats["activations_settled"] = self.stats.get("activations_settled", 0) + 1
 

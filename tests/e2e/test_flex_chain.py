@@ -109,6 +109,11 @@ def test_record_settle_through_the_ledger(chain: dict[str, Any]) -> None:
     assert flex.delivered_w(0, -1_000, 2_000, flex.metered_w(0, 125, INTERVAL_S)) == 1_500
     assert market.functions.balanceOf(GRID_OP.address).call() == [before[0] - paid, before[1]]
     assert market.functions.balanceOf(PROVIDER.address).call()[0] == paid
+    # the closing event's deliveries, mapped back to the activation and its payment
+    out = ledger.activation_outcomes(iv, 0, packed)
+    assert out["reclaimed"] is False
+    dom = flex.domain(ledger.chain_id, ledger.flex_address)
+    assert out["activations"] == {"0x" + act.activation_id(dom).hex(): (500, 1_500, paid, 25_000)}
     with pytest.raises(BatchRevertedError, match="FlexBatchNotOpen"):
         ledger.settle_activations(iv, 0, packed)
 

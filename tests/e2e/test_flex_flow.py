@@ -139,10 +139,14 @@ def test_rescue_is_recorded_on_both_contracts(chain: dict[str, Any]) -> None:
     assert (tb.state, fb.state, fb.evidence_hash, fb.last_error) == (
         BatchState.RECORDED, BatchState.RECORDED, tb.evidence_hash, None
     )  # fmt: skip
+    packed = bytes.fromhex(fb.packed[2:])
     commitment, state = flexibility.functions.batchOf(iv, 0).call()
-    assert (state, "0x" + bytes(commitment).hex()) == (1, "0x" + keccak(hexstr=fb.packed).hex())
-    [log] = flexibility.events.ActivationRecorded.get_logs(from_block=fb.block_number)
-    assert ("0x" + bytes(log["args"]["activationId"]).hex(), log["args"]["activatedW"]) == (
+    assert (state, bytes(commitment)) == (1, flex.commitment(packed))
+    [log] = flexibility.events.ActivationBatchRecorded.get_logs(from_block=fb.block_number)
+    assert (bytes(log["args"]["commitment"]), log["args"]["count"]) == (flex.commitment(packed), 1)
+    [recorded] = flex.unpack(packed)
+    dom = flex.domain(int(flexibility.w3.eth.chain_id), flexibility.address)
+    assert ("0x" + recorded.activation_id(dom).hex(), recorded.activated_w) == (
         activation_id, 35_214
     )  # fmt: skip
     # the trade's escrow (buyer) and each party's share of the rescue (220 each) are locked
