@@ -195,6 +195,10 @@ class _Search:
         self.stats.points += 1
         if op is None:
             return None
+        # AC points by their injections: an answer that lands on a point already solved (no
+        # activation, or the same answer again) reuses it - the same injections give the same
+        # point.
+        seen: dict[bytes, OperatingPoint | None] = {p_fixed.tobytes(): op}
         best: tuple[float, np.ndarray] | None = None
         cuts: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
         self.stats.programs += 1
@@ -221,8 +225,12 @@ class _Search:
             except OptimizationError:
                 return _whole(offers, best[1], self.left) if best is not None else None
             p = p_fixed + incidence @ w
-            op_new = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
-            self.stats.points += 1
+            key = p.tobytes()
+            again = key in seen
+            if not again:
+                seen[key] = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
+                self.stats.points += 1
+            op_new = seen[key]
             if op_new is None:
                 break
             if self._inside(op_new, nominal):
@@ -231,6 +239,10 @@ class _Search:
                     best = (value, w)
                 else:
                     break  # no cheaper answer at the new point
+            if again and op_new is op:
+                # The answer is the point the program stands at: the next round would solve the
+                # same rows there (and the same cuts) to the same value.
+                break
             op = op_new
         return _whole(offers, best[1], self.left) if best is not None else None
 
