@@ -116,7 +116,8 @@ def operating_point(
     start: np.ndarray | None = None,
 ) -> OperatingPoint | None:
     """The AC solution of the base state plus ``injections_kw`` (pandapower bus -> kW), linearized
-    with sensitivity columns for ``buses``; None when that flow has no plausible solution.
+    with sensitivity columns for ``buses`` (none: no Jacobian is built); None when that flow has
+    no plausible solution.
     ``start``: voltages to start Newton from (default: the base state's)."""
     for bus in (*injections_kw, *buses):
         if int(bus) not in model.ppci_of_bus:
@@ -127,13 +128,14 @@ def operating_point(
     if isinstance(V, Violation):
         return None
     me = model.measure(V)
-    lin = Linearization(model, V)  # the Jacobian at V itself (a solver's last may be stale)
     cols = [int(b) for b in buses]
-    lin.prepare(cols)
     lay = model.layout
     packed = np.empty((lay.size, len(cols)), dtype=complex)
-    for k, bus in enumerate(cols):
-        packed[:, k] = lin.column(bus).packed
+    if cols:  # no buses: the state alone, no Jacobian
+        lin = Linearization(model, V)  # the Jacobian at V itself (a solver's last may be stale)
+        lin.prepare(cols)
+        for k, bus in enumerate(cols):
+            packed[:, k] = lin.column(bus).packed
     c_i = model.c_i
     ends = np.flatnonzero(c_i > 0)  # a three-winding transformer's star ends carry no limit
     element = np.r_[model.element_of_row, model.element_of_row][ends]

@@ -224,21 +224,24 @@ class _Search:
                 w = program.solve(A, b, labels)
             except OptimizationError:
                 return _whole(offers, best[1], self.left) if best is not None else None
+            value = float(cost @ w)
+            if best is not None and value >= best[0] - 1e-12:
+                break  # no cheaper answer than the one AC has confirmed: no point to solve
             p = p_fixed + incidence @ w
             key = p.tobytes()
             again = key in seen
             if not again:
-                seen[key] = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
+                # The last point is only checked: no sensitivities there.
+                last = point_no == MAX_POINTS - 1
+                seen[key] = self.point(
+                    dict(zip(buses, p.tolist(), strict=True)), [] if last else buses
+                )
                 self.stats.points += 1
             op_new = seen[key]
             if op_new is None:
                 break
             if self._inside(op_new, nominal):
-                value = float(cost @ w)
-                if best is None or value < best[0] - 1e-12:
-                    best = (value, w)
-                else:
-                    break  # no cheaper answer at the new point
+                best = (value, w)
             if again and op_new is op:
                 # The answer is the point the program stands at: the next round would solve the
                 # same rows there (and the same cuts) to the same value.
