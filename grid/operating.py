@@ -58,10 +58,41 @@ class OperatingPoint:
     violation: Violation | None
     loading_percent: np.ndarray
     V: np.ndarray
+    predicted: bool = False  # a first-order guess (``predict``), not an AC solution
 
     @property
     def feasible(self) -> bool:
         return self.violation is None
+
+    def predict(self, delta_kw: Mapping[int, float], buses: Sequence[int]) -> OperatingPoint:
+        """A first-order guess of the point with ``delta_kw`` more at some of this point's
+        ``buses`` (a trade on top of a set): voltages and currents moved along this point's
+        sensitivities, which it keeps, for ``buses`` (all among this point's). No AC solve:
+        ``violation`` None, ``loading_percent`` and ``V`` this point's, ``predicted`` True - a
+        start for a linear search, never an answer."""
+        col = {b: k for k, b in enumerate(self.buses)}
+        moved = [col[int(b)] for b in delta_kw]
+        d = np.array([float(v) for v in delta_kw.values()])
+        keep = [col[int(b)] for b in buses]
+        injections = self.injections_kw.copy()
+        injections[moved] += d
+        return OperatingPoint(
+            buses=tuple(int(b) for b in buses),
+            injections_kw=injections[keep],
+            bus_labels=self.bus_labels,
+            vm_pu=self.vm_pu + self.dvm[:, moved] @ d,
+            dvm=self.dvm[:, keep],
+            vmin=self.vmin,
+            vmax=self.vmax,
+            end_labels=self.end_labels,
+            current=self.current + self.dcurrent[:, moved] @ d,
+            dcurrent=self.dcurrent[:, keep],
+            lmax=self.lmax,
+            violation=None,
+            loading_percent=self.loading_percent,
+            V=self.V,
+            predicted=True,
+        )
 
     def constraints(
         self, reach_kw: np.ndarray, margin_pu: float, margin_percent: float

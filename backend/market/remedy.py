@@ -161,16 +161,23 @@ class _Search:
         self,
         fixed: Mapping[int, float],
         nominal: bool,
-        reference_fixed: Mapping[int, float] | None = None,
+        reference: tuple[Mapping[int, float], OperatingPoint] | None = None,
+        trade: Mapping[int, float] | None = None,
     ) -> dict[str, int] | None:
         """Whole W per offer hash of the cheapest activations that bring the state with ``fixed``
-        injections inside the limits (``nominal``: the nominal limits, else the validator's;
-        rows the state with ``reference_fixed`` injections - the set without the trade - already
-        presses stay bounded where that state has them); None when there is none."""
+        injections inside the limits (``nominal``: the nominal limits, else the validator's);
+        None when there is none.
+
+        ``reference``: the set without the trade (its injections and AC point, with columns for
+        the offer buses and the trade's): rows that state already presses stay bounded where it
+        has them, and the first point is predicted from it with ``trade``'s injections
+        (``OperatingPoint.predict``: no AC solve; a trade the offers cannot help is refused on
+        that guess alone). Only the offer buses and the trade's are columns: every other bus
+        keeps its injection, so its terms cancel out of every row."""
         offers = [o for o in self.flex.offers if self.left[o.hash] > 0]
         if not offers:
             return None
-        buses = sorted({o.bus for o in offers} | set(fixed))
+        buses = sorted({o.bus for o in offers} | set(trade or ()))
         col = {b: k for k, b in enumerate(buses)}
         n_var = len(offers)
         signs = [1.0 if o.direction == protocol.FLEX_UP else -1.0 for o in offers]
@@ -191,14 +198,22 @@ class _Search:
         )
         program = Program(cost, upper, incidence, p_fixed, None, np.zeros(0), None, np.zeros(0), 0)
         reach = np.abs(incidence) @ upper
-        op = self.point(dict(zip(buses, p_fixed.tolist(), strict=True)), buses)
-        self.stats.points += 1
+
+        def solved(p: np.ndarray, columns: Sequence[int]) -> OperatingPoint | None:
+            self.stats.points += 1
+            return self.point({**fixed, **dict(zip(buses, p.tolist(), strict=True))}, columns)
+
+        # AC points by their injections: an answer that lands on a point already solved (the
+        # same answer again) reuses it - the same injections give the same point.
+        seen: dict[bytes, OperatingPoint | None] = {}
+        if reference is not None and trade is not None:
+            op: OperatingPoint | None = reference[1].predict(trade, buses)
+            bound_at = np.array([float(reference[0].get(x, 0.0)) for x in buses])
+        else:
+            op = seen[p_fixed.tobytes()] = solved(p_fixed, buses)
+            bound_at = None
         if op is None:
             return None
-        # AC points by their injections: an answer that lands on a point already solved (no
-        # activation, or the same answer again) reuses it - the same injections give the same
-        # point.
-        seen: dict[bytes, OperatingPoint | None] = {p_fixed.tobytes(): op}
         best: tuple[float, np.ndarray] | None = None
         cuts: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
         self.stats.programs += 1
@@ -215,11 +230,12 @@ class _Search:
             A = np.vstack([A, *(c[0] for c in cuts)])
             b = np.concatenate([b, *(c[1] for c in cuts)])
             labels = [*labels, *(label for c in cuts for label in c[2])]
-            cuts.append(here)
-            if reference_fixed is not None:
+            if not op.predicted:  # a guess's tangents are no cuts of the AC circle
+                cuts.append(here)
+            if bound_at is not None:
                 # "Do no harm" against the set without this trade: a row it already presses
                 # stays bounded where it is.
-                b = np.maximum(b, A @ np.array([reference_fixed.get(x, 0.0) for x in buses]))
+                b = np.maximum(b, A @ bound_at)
             try:
                 w = program.solve(A, b, labels)
             except OptimizationError:
@@ -232,11 +248,7 @@ class _Search:
             again = key in seen
             if not again:
                 # The last point is only checked: no sensitivities there.
-                last = point_no == MAX_POINTS - 1
-                seen[key] = self.point(
-                    dict(zip(buses, p.tolist(), strict=True)), [] if last else buses
-                )
-                self.stats.points += 1
+                seen[key] = solved(p, [] if point_no == MAX_POINTS - 1 else buses)
             op_new = seen[key]
             if op_new is None:
                 break
@@ -400,7 +412,12 @@ class _Search:
         # The state without this trade: the same for every candidate until one is rescued.
         key = (len(self.rescued), len(self.activations))
         if self._reference is None or self._reference[0] != key:
-            buses = sorted(set(base_fixed) | {o.bus for o in flex.offers})
+            # Columns for the offer buses and every candidate's: one linearization serves the
+            # screen and each candidate's first point until the state changes.
+            buses = sorted(
+                {o.bus for o in flex.offers}
+                | {b for v in self.vetoed for b in (v.sell.bus, v.buy.bus)}
+            )
             self._reference = (key, self.point(base_fixed, buses))
             self.stats.points += 1
         reference = self._reference[1]
@@ -412,7 +429,9 @@ class _Search:
             self.stats.unreachable.add((c.sell.hash, c.buy.hash))
             self.stats.refused_grid += 1
             return
-        fills = self._program(self._fixed([c]), False, base_fixed)
+        kw = c.energy_wh * self.kw_per_wh
+        trade = {c.sell.bus: kw, c.buy.bus: -kw} if c.sell.bus != c.buy.bus else {c.sell.bus: 0.0}
+        fills = self._program(self._fixed([c]), False, (base_fixed, reference), trade)
         if fills is None:
             self.stats.refused_grid += 1
             return
