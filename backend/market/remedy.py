@@ -399,6 +399,25 @@ class _Search:
     def _fits(self, c: Candidate) -> bool:
         return all(self.room.get(o.hash, o.energy_wh) >= c.energy_wh for o in (c.sell, c.buy))
 
+    def _state_point(self, fixed: Mapping[int, float]) -> OperatingPoint | None:
+        """The AC point of the trades and activations so far (``fixed``, their injections), with
+        columns for the offer buses and every candidate's: one linearization serves the screen,
+        each candidate's first point and ``finish``'s guesses until the state changes."""
+        key = (len(self.rescued), len(self.activations))
+        if self._reference is None or self._reference[0] != key:
+            buses = sorted(
+                {o.bus for o in self.flex.offers}
+                | {b for v in self.vetoed for b in (v.sell.bus, v.buy.bus)}
+            )
+            self._reference = (key, self.point(fixed, buses))
+            self.stats.points += 1
+        return self._reference[1]
+
+    def _trade_kw(self, c: Candidate) -> dict[int, float]:
+        """The candidate's injections (kW per bus)."""
+        kw = c.energy_wh * self.kw_per_wh
+        return {c.sell.bus: kw, c.buy.bus: -kw} if c.sell.bus != c.buy.bus else {c.sell.bus: 0.0}
+
     def _rescue(self, c: Candidate) -> None:
         flex = self.flex
         seller, buyer = c.sell.trader.lower(), c.buy.trader.lower()
@@ -409,18 +428,7 @@ class _Search:
             return
         before = [*self.approved, *self.rescued]
         base_fixed = self._fixed()
-        # The state without this trade: the same for every candidate until one is rescued.
-        key = (len(self.rescued), len(self.activations))
-        if self._reference is None or self._reference[0] != key:
-            # Columns for the offer buses and every candidate's: one linearization serves the
-            # screen and each candidate's first point until the state changes.
-            buses = sorted(
-                {o.bus for o in flex.offers}
-                | {b for v in self.vetoed for b in (v.sell.bus, v.buy.bus)}
-            )
-            self._reference = (key, self.point(base_fixed, buses))
-            self.stats.points += 1
-        reference = self._reference[1]
+        reference = self._state_point(base_fixed)
         if reference is None:
             self.stats.refused_grid += 1
             return
@@ -429,9 +437,7 @@ class _Search:
             self.stats.unreachable.add((c.sell.hash, c.buy.hash))
             self.stats.refused_grid += 1
             return
-        kw = c.energy_wh * self.kw_per_wh
-        trade = {c.sell.bus: kw, c.buy.bus: -kw} if c.sell.bus != c.buy.bus else {c.sell.bus: 0.0}
-        fills = self._program(self._fixed([c]), False, (base_fixed, reference), trade)
+        fills = self._program(self._fixed([c]), False, (base_fixed, reference), self._trade_kw(c))
         if fills is None:
             self.stats.refused_grid += 1
             return
@@ -482,7 +488,21 @@ class _Search:
         if not self.activations and not self.rescued:
             return clearing
         rescued = {id(c) for c in self.rescued}
-        rest = [c for c in self.vetoed if id(c) not in rescued]
+        priority = [c for c in self.vetoed if id(c) not in rescued]
+        # Those the state's linearization says would now fit go last: each one the validator
+        # approves is left out and the list validated again from before it (its prefix is
+        # cached), so the ones likely to be left out cost the least at the list's end. Once
+        # none is approved the rest is put back in priority order (each vetoed one judged at
+        # the same state: the same verdicts, validated once more).
+        point = self._state_point(self._fixed())
+        likely = (
+            set()
+            if point is None
+            else {id(c) for c in priority if _inside_linear(point.predict(self._trade_kw(c), ()))}
+        )
+        rest = [c for c in priority if id(c) not in likely] + [
+            c for c in priority if id(c) in likely
+        ]
         grid = [a.grid() for a in self.activations]
         n = len(self.approved) + len(self.rescued)
         while True:
@@ -497,10 +517,15 @@ class _Search:
             # left out: it would ride on remedies it does not pay for (and its orders may have
             # been filled since). Dropping one at the list's end changes no verdict before it.
             freed = {id(c) for c, d in zip(rest, got[n:], strict=True) if d.approved}
-            if not freed:
+            if freed:
+                self.stats.left_out += len(freed)
+                rest = [c for c in rest if id(c) not in freed]
+                continue
+            kept = {id(c) for c in rest}
+            ordered = [c for c in priority if id(c) in kept]
+            if [id(c) for c in ordered] == [id(c) for c in rest]:
                 break
-            self.stats.left_out += len(freed)
-            rest = [c for c in rest if id(c) not in freed]
+            rest = ordered
         out = dataclasses.replace(clearing)
         out.trades = list(zip(final, got, strict=True))
         out.evidence_hash = digest
@@ -551,6 +576,13 @@ def _whole(offers: Sequence[FlexOption], w: np.ndarray, left: Mapping[str, int])
         if x >= MIN_W:
             out[o.hash] = min(math.ceil(x - 1e-6), left[o.hash])
     return out
+
+
+def _inside_linear(op: OperatingPoint) -> bool:
+    """Whether a (predicted) point is inside its limits: voltages and branch-end currents."""
+    if np.any(op.vm_pu > op.vmax) or np.any(op.vm_pu < op.vmin):
+        return False
+    return not np.any(np.abs(op.current) > op.lmax)
 
 
 def _nominal_arrays(
