@@ -163,6 +163,7 @@ class GridValidator:
         self._bases = BaseStates(net, self._nominal, self.limits, self.network_name)
         self.island = island if island is not None else named_island(self.network_name)
         self._island_bases: BaseStates | None = None
+        self._slacks: dict[bool, int] = {}
         self.reuse = bool(reuse)
         self._prefixes: OrderedDict[
             int, tuple[BaseState, tuple[Activation, ...], tuple[Trade, ...], Session]
@@ -404,7 +405,11 @@ class GridValidator:
         if not any(a.before for a in activations):
             return trades, {}, {}
         known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
-        slack = self._slack_bus(self._islanded().net if islanded else self.net)
+        slack = self._slacks.get(islanded)
+        if slack is None:  # a pandas look-up: once per mode, not per validation
+            slack = self._slacks[islanded] = self._slack_bus(
+                self._islanded().net if islanded else self.net
+            )
         seen = {str(a.id) for a in activations if not a.before}
         by_trade: dict[str, list[int]] = {}
         refused: dict[int, Verdict] = {}
