@@ -180,6 +180,12 @@ class Program:
         self.grid_rows = 0
         self.needed: set[str] = set()
 
+    def fix(self, p_fixed: np.ndarray) -> None:
+        """Move the fixed injections (``p_fixed``, one per bus column) the fills add to."""
+        self.p_fixed = p_fixed
+        rows = np.arange(self.n_bus, dtype=np.int32)
+        self.highs.changeRowsBounds(self.n_bus, rows, p_fixed, p_fixed)
+
     def box(self, center: np.ndarray, radius: float) -> None:
         """Bus injections within ``radius`` kW of ``center`` (``inf``: free)."""
         inf = highspy.kHighsInf

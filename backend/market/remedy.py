@@ -148,6 +148,10 @@ class _Search:
         self.stats = RemedyStats()
         self.room: dict[str, int] = {}
         self._reference: tuple[tuple[int, int], OperatingPoint | None] | None = None
+        self._kept: (
+            tuple[tuple[tuple[str, int], ...], tuple[Program, sparse.csr_matrix, np.ndarray, float]]
+            | None
+        ) = None
 
     # ------------------------------------------------------------------ injections
     def _trade_injections(self, trades: Sequence[Candidate]) -> dict[int, float]:
@@ -189,27 +193,15 @@ class _Search:
         offers = [o for o in self.flex.offers if self.left[o.hash] > 0]
         if not offers:
             return None
-        buses = sorted({o.bus for o in offers} | set(trade or ()))
-        col = {b: k for k, b in enumerate(buses)}
-        n_var = len(offers)
-        signs = [1.0 if o.direction == protocol.FLEX_UP else -1.0 for o in offers]
-        incidence = sparse.csr_matrix(
-            ([s / 1000.0 for s in signs], ([col[o.bus] for o in offers], list(range(n_var)))),
-            shape=(len(buses), n_var),
-        )
-        upper = np.array([float(self.left[o.hash]) for o in offers])
+        # Columns: the offer buses (the program's), then the trade's other buses (fixed: folded
+        # into the rows' right-hand sides).
+        offer_buses = sorted({o.bus for o in offers})
+        buses = offer_buses + sorted(set(trade or ()) - set(offer_buses))
+        n_off = len(offer_buses)
         p_fixed = np.array([float(fixed.get(b, 0.0)) for b in buses])
-        hours = self.interval_seconds / 3600.0
-        scale = max(o.price_per_kwh for o in offers) or 1
-        # Cost per W (scaled), time priority (offer sequence) breaking exact ties.
-        cost = np.array(
-            [
-                o.price_per_kwh * hours / 1000.0 / scale + 1e-9 * (j + 1) / n_var
-                for j, o in enumerate(offers)
-            ]
-        )
-        program = Program(cost, upper, incidence, p_fixed, None, np.zeros(0), None, np.zeros(0), 0)
-        reach = np.abs(incidence) @ upper
+        program, incidence, cost, scale = self._program_for(offers, offer_buses, p_fixed[:n_off])
+        upper = np.array([float(self.left[o.hash]) for o in offers])
+        reach = np.r_[np.abs(incidence) @ upper, np.zeros(len(buses) - n_off)]
 
         def solved(p: np.ndarray, columns: Sequence[int]) -> OperatingPoint | None:
             self.stats.points += 1
@@ -249,7 +241,7 @@ class _Search:
                 # stays bounded where it is.
                 b = np.maximum(b, A @ bound_at)
             try:
-                w = program.solve(A, b, labels)
+                w = program.solve(A[:, :n_off], b - A[:, n_off:] @ p_fixed[n_off:], labels)
             except OptimizationError:
                 return _whole(offers, best[1], self.left) if best is not None else None
             value = float(cost @ w)
@@ -257,7 +249,7 @@ class _Search:
                 raise _OverBudget
             if best is not None and value >= best[0] - 1e-12:
                 break  # no cheaper answer than the one AC has confirmed: no point to solve
-            p = p_fixed + incidence @ w
+            p = np.r_[p_fixed[:n_off] + incidence @ w, p_fixed[n_off:]]
             key = p.tobytes()
             again = key in seen
             if not again:
@@ -274,6 +266,39 @@ class _Search:
                 break
             op = op_new
         return _whole(offers, best[1], self.left) if best is not None else None
+
+    def _program_for(
+        self, offers: Sequence[FlexOption], buses: Sequence[int], p_fixed: np.ndarray
+    ) -> tuple[Program, sparse.csr_matrix, np.ndarray, float]:
+        """The remedy program over ``offers`` (what is left of each) with bus columns ``buses``
+        fixed at ``p_fixed``, its incidence, cost per W (scaled) and scale: kept while the
+        offers left stay the same - the next candidate only moves the fixed injections and
+        starts from the last basis (HiGHS warm start)."""
+        key = tuple((o.hash, self.left[o.hash]) for o in offers)
+        if self._kept is not None and self._kept[0] == key:
+            program, incidence, cost, scale = self._kept[1]
+            program.fix(p_fixed)
+            return program, incidence, cost, scale
+        col = {b: k for k, b in enumerate(buses)}
+        n_var = len(offers)
+        signs = [1.0 if o.direction == protocol.FLEX_UP else -1.0 for o in offers]
+        incidence = sparse.csr_matrix(
+            ([s / 1000.0 for s in signs], ([col[o.bus] for o in offers], list(range(n_var)))),
+            shape=(len(buses), n_var),
+        )
+        upper = np.array([float(self.left[o.hash]) for o in offers])
+        hours = self.interval_seconds / 3600.0
+        scale = float(max(o.price_per_kwh for o in offers) or 1)
+        # Cost per W (scaled), time priority (offer sequence) breaking exact ties.
+        cost = np.array(
+            [
+                o.price_per_kwh * hours / 1000.0 / scale + 1e-9 * (j + 1) / n_var
+                for j, o in enumerate(offers)
+            ]
+        )
+        program = Program(cost, upper, incidence, p_fixed, None, np.zeros(0), None, np.zeros(0), 0)
+        self._kept = (key, (program, incidence, cost, scale))
+        return program, incidence, cost, scale
 
     def _reachable(self, op: OperatingPoint, veto: Decision) -> bool:
         """Whether the offers left, all at full power, could move the veto's binding element by
