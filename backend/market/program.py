@@ -221,16 +221,17 @@ class Program:
     def _add(self, A: np.ndarray, rhs: np.ndarray) -> None:
         if not len(rhs):
             return
-        rows = sparse.csr_matrix(A)
-        rows.eliminate_zeros()
+        # Row-wise non-zeros of the dense rows (CSR without scipy's checks: called per round).
+        r, c = np.nonzero(A)
+        starts = np.searchsorted(r, np.arange(len(rhs))).astype(np.int32)
         self.highs.addRows(
             len(rhs),
             np.full(len(rhs), -highspy.kHighsInf),
             rhs,
-            rows.nnz,
-            rows.indptr[:-1].astype(np.int32),
-            (rows.indices + self.bus0).astype(np.int32),
-            rows.data,
+            len(r),
+            starts,
+            (c + self.bus0).astype(np.int32),
+            np.ascontiguousarray(A[r, c], dtype=float),
         )
         self.grid_rows += len(rhs)
 

@@ -149,7 +149,10 @@ class _Search:
         self.room: dict[str, int] = {}
         self._reference: tuple[tuple[int, int], OperatingPoint | None] | None = None
         self._kept: (
-            tuple[tuple[tuple[str, int], ...], tuple[Program, sparse.csr_matrix, np.ndarray, float]]
+            tuple[
+                tuple[tuple[str, int], ...],
+                tuple[Program, sparse.csr_matrix, np.ndarray, float, np.ndarray],
+            ]
             | None
         ) = None
 
@@ -199,9 +202,10 @@ class _Search:
         buses = offer_buses + sorted(set(trade or ()) - set(offer_buses))
         n_off = len(offer_buses)
         p_fixed = np.array([float(fixed.get(b, 0.0)) for b in buses])
-        program, incidence, cost, scale = self._program_for(offers, offer_buses, p_fixed[:n_off])
-        upper = np.array([float(self.left[o.hash]) for o in offers])
-        reach = np.r_[np.abs(incidence) @ upper, np.zeros(len(buses) - n_off)]
+        program, incidence, cost, scale, reach_kw = self._program_for(
+            offers, offer_buses, p_fixed[:n_off]
+        )
+        reach = np.r_[reach_kw, np.zeros(len(buses) - n_off)]
 
         def solved(p: np.ndarray, columns: Sequence[int]) -> OperatingPoint | None:
             self.stats.points += 1
@@ -269,16 +273,16 @@ class _Search:
 
     def _program_for(
         self, offers: Sequence[FlexOption], buses: Sequence[int], p_fixed: np.ndarray
-    ) -> tuple[Program, sparse.csr_matrix, np.ndarray, float]:
+    ) -> tuple[Program, sparse.csr_matrix, np.ndarray, float, np.ndarray]:
         """The remedy program over ``offers`` (what is left of each) with bus columns ``buses``
-        fixed at ``p_fixed``, its incidence, cost per W (scaled) and scale: kept while the
-        offers left stay the same - the next candidate only moves the fixed injections and
-        starts from the last basis (HiGHS warm start)."""
+        fixed at ``p_fixed``; its incidence, cost per W (scaled), scale and the kW the offers
+        could move per bus: kept while the offers left stay the same - the next candidate only
+        moves the fixed injections and starts from the last basis (HiGHS warm start)."""
         key = tuple((o.hash, self.left[o.hash]) for o in offers)
         if self._kept is not None and self._kept[0] == key:
-            program, incidence, cost, scale = self._kept[1]
+            program = self._kept[1][0]
             program.fix(p_fixed)
-            return program, incidence, cost, scale
+            return self._kept[1]
         col = {b: k for k, b in enumerate(buses)}
         n_var = len(offers)
         signs = [1.0 if o.direction == protocol.FLEX_UP else -1.0 for o in offers]
@@ -297,8 +301,8 @@ class _Search:
             ]
         )
         program = Program(cost, upper, incidence, p_fixed, None, np.zeros(0), None, np.zeros(0), 0)
-        self._kept = (key, (program, incidence, cost, scale))
-        return program, incidence, cost, scale
+        self._kept = (key, (program, incidence, cost, scale, np.abs(incidence) @ upper))
+        return self._kept[1]
 
     def _reachable(self, op: OperatingPoint, veto: Decision) -> bool:
         """Whether the offers left, all at full power, could move the veto's binding element by
