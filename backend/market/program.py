@@ -186,6 +186,11 @@ class Program:
         rows = np.arange(self.n_bus, dtype=np.int32)
         self.highs.changeRowsBounds(self.n_bus, rows, p_fixed, p_fixed)
 
+    def bound(self, upper: np.ndarray) -> None:
+        """New upper bounds of the fills (lower 0)."""
+        cols = np.arange(self.n_var, dtype=np.int32)
+        self.highs.changeColsBounds(self.n_var, cols, np.zeros(self.n_var), upper)
+
     def box(self, center: np.ndarray, radius: float) -> None:
         """Bus injections within ``radius`` kW of ``center`` (``inf``: free)."""
         inf = highspy.kHighsInf

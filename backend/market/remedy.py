@@ -148,13 +148,7 @@ class _Search:
         self.stats = RemedyStats()
         self.room: dict[str, int] = {}
         self._reference: tuple[tuple[int, int], OperatingPoint | None] | None = None
-        self._kept: (
-            tuple[
-                tuple[tuple[str, int], ...],
-                tuple[Program, sparse.csr_matrix, np.ndarray, float, np.ndarray],
-            ]
-            | None
-        ) = None
+        self._kept: tuple[Program, sparse.csr_matrix, np.ndarray, float] | None = None
 
     # ------------------------------------------------------------------ injections
     def _trade_injections(self, trades: Sequence[Candidate]) -> dict[int, float]:
@@ -193,8 +187,8 @@ class _Search:
 
         ``gain`` (base units): before any answer is confirmed, one whose cost passes
         ``GIVE_UP_COST`` times it ends the search (``_OverBudget``)."""
-        offers = [o for o in self.flex.offers if self.left[o.hash] > 0]
-        if not offers:
+        offers = self.flex.offers
+        if not any(self.left[o.hash] > 0 for o in offers):
             return None
         # Columns: the offer buses (the program's), then the trade's other buses (fixed: folded
         # into the rows' right-hand sides).
@@ -274,15 +268,16 @@ class _Search:
     def _program_for(
         self, offers: Sequence[FlexOption], buses: Sequence[int], p_fixed: np.ndarray
     ) -> tuple[Program, sparse.csr_matrix, np.ndarray, float, np.ndarray]:
-        """The remedy program over ``offers`` (what is left of each) with bus columns ``buses``
-        fixed at ``p_fixed``; its incidence, cost per W (scaled), scale and the kW the offers
-        could move per bus: kept while the offers left stay the same - the next candidate only
-        moves the fixed injections and starts from the last basis (HiGHS warm start)."""
-        key = tuple((o.hash, self.left[o.hash]) for o in offers)
-        if self._kept is not None and self._kept[0] == key:
-            program = self._kept[1][0]
+        """The remedy program over every offer (bounded by what is left of it) with bus columns
+        ``buses`` fixed at ``p_fixed``; its incidence, cost per W (scaled), scale and the kW the
+        offers left could move per bus. One program for the whole search: the next call only
+        moves the fixed injections and the bounds, and HiGHS starts from the last basis."""
+        upper = np.array([float(self.left[o.hash]) for o in offers])
+        if self._kept is not None:
+            program, incidence = self._kept[0], self._kept[1]
             program.fix(p_fixed)
-            return self._kept[1]
+            program.bound(upper)
+            return (*self._kept[:4], np.abs(incidence) @ upper)
         col = {b: k for k, b in enumerate(buses)}
         n_var = len(offers)
         signs = [1.0 if o.direction == protocol.FLEX_UP else -1.0 for o in offers]
@@ -290,7 +285,6 @@ class _Search:
             ([s / 1000.0 for s in signs], ([col[o.bus] for o in offers], list(range(n_var)))),
             shape=(len(buses), n_var),
         )
-        upper = np.array([float(self.left[o.hash]) for o in offers])
         hours = self.interval_seconds / 3600.0
         scale = float(max(o.price_per_kwh for o in offers) or 1)
         # Cost per W (scaled), time priority (offer sequence) breaking exact ties.
@@ -301,8 +295,8 @@ class _Search:
             ]
         )
         program = Program(cost, upper, incidence, p_fixed, None, np.zeros(0), None, np.zeros(0), 0)
-        self._kept = (key, (program, incidence, cost, scale, np.abs(incidence) @ upper))
-        return self._kept[1]
+        self._kept = (program, incidence, cost, scale)
+        return (program, incidence, cost, scale, np.abs(incidence) @ upper)
 
     def _reachable(self, op: OperatingPoint, veto: Decision) -> bool:
         """Whether the offers left, all at full power, could move the veto's binding element by
