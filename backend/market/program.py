@@ -184,7 +184,8 @@ class Program:
         """Move the fixed injections (``p_fixed``, one per bus column) the fills add to."""
         self.p_fixed = p_fixed
         rows = np.arange(self.n_bus, dtype=np.int32)
-        self.highs.changeRowsBounds(self.n_bus, rows, p_fixed, p_fixed)
+        # (in highspy 1.16 but missing from its type stubs)
+        self.highs.changeRowsBounds(self.n_bus, rows, p_fixed, p_fixed)  # type: ignore[attr-defined]
 
     def bound(self, upper: np.ndarray) -> None:
         """New upper bounds of the fills (lower 0)."""
