@@ -64,7 +64,7 @@ from backend.market.activations import (
 from backend.market.auction import Candidate, Clearing, Decision
 from backend.market.optimal import MARGIN_PERCENT, MARGIN_PU, PointOf
 from backend.market.program import OptimizationError, Program
-from grid.operating import OperatingPoint
+from grid.operating import BALANCE_MARGIN_KW, OperatingPoint
 from grid.verdicts import Activation, Limits
 
 # AC operating points per remedy program (the first is the set's own state).
@@ -79,10 +79,15 @@ SCREENED = ("VOLTAGE_HIGH", "VOLTAGE_LOW", "LINE_OVERLOAD", "TRAFO_OVERLOAD")
 # this many times the trade's gain is refused for cost without further points: relinearizing
 # lowered a program's cheapest cost by at most 22 % in the bench's books (cigre_lv).
 GIVE_UP_COST = 1.5
+# Islanded, the DSO service brings the master unit this far inside its power limits (kW): room
+# for the losses the interval's trades add (as the base state's PV curtailment leaves
+# ``grid.basestate.CURTAIL_HEADROOM_KW`` above the charging limit).
+ISLAND_HEADROOM_KW = 1.0
 
 
 class _OverBudget(Exception):
     """A remedy program's cheapest answer costs more than the trade could pay (``GIVE_UP_COST``)."""
+
 
 # Validate a list of candidates with activations: (trade decisions, activation decisions,
 # evidence hash) - ``GridPortAdapter.validate_activations`` for one interval.
@@ -222,7 +227,10 @@ class _Search:
         for point_no in range(MAX_POINTS):
             lim = _nominal(op, self.limits) if nominal else op
             A, b, labels, is_cut = lim.constraints(
-                reach + np.abs(p_fixed - op.injections_kw), MARGIN_PU, MARGIN_PERCENT
+                reach + np.abs(p_fixed - op.injections_kw),
+                MARGIN_PU,
+                MARGIN_PERCENT,
+                ISLAND_HEADROOM_KW if nominal else BALANCE_MARGIN_KW,
             )
             here = (
                 A[is_cut],
@@ -584,15 +592,40 @@ def remedy(
     validate: ValidateWith,
     interval_seconds: int,
     limits: Limits,
+    bought: Sequence[PlannedActivation] = (),
 ) -> tuple[Clearing, RemedyStats]:
     """``clearing`` with the DSO service's activations and the rescued trades (see the module
-    doc), and what the search did."""
+    doc), and what the search did. ``bought``: the DSO service's activations bought before the
+    clearing (``island_service``; the clearing judged its trades with them): kept, and no DSO
+    service after the clearing."""
     search = _Search(clearing, flex, point, validate, interval_seconds, limits)
     if not flex.offers:
         return clearing, search.stats
-    search.dso()
+    if bought:
+        search._take(bought)
+    else:
+        search.dso()
     search.rescue_all()
     return search.finish(clearing), search.stats
+
+
+def island_service(
+    flex: FlexInput,
+    point: PointOf,
+    validate: ValidateWith,
+    interval_seconds: int,
+    limits: Limits,
+) -> tuple[list[PlannedActivation], RemedyStats]:
+    """The DSO service of an islanded interval, before its clearing: when the island's base state
+    breaks a limit - above all the master unit's power (``ISLAND_BALANCE``: short, every trade
+    of the interval would be vetoed) - the cheapest activations that bring it back within the
+    limits, within the budget and the balancing account's funds, confirmed by the validator
+    (``point`` and ``validate`` islanded). An activation is a real injection in the island: what
+    it adds (or the consumption it sheds), the master gives less. The clearing then judges the
+    trades with them applied first (``remedy(..., bought=...)`` keeps them)."""
+    search = _Search(Clearing(None), flex, point, validate, interval_seconds, limits)
+    search.dso()
+    return search.activations, search.stats
 
 
 def _pro_rata(costs: Sequence[int], total: int) -> list[int]:
@@ -656,6 +689,11 @@ def _inside_nominal(
     margin_pu: float = MARGIN_PU / 2,
     margin_pct: float = MARGIN_PERCENT / 2,
 ) -> bool:
+    if op.forming_kw is not None:  # islanded: the master's power within its limits first
+        low, high = op.forming_limits_kw
+        room = ISLAND_HEADROOM_KW / 2 if margin_pu > 0 else 0.0
+        if not low + room <= op.forming_kw <= high - room:
+            return False
     vmin, vmax, lmax = _nominal_arrays(op, limits)
     if np.any(op.vm_pu > vmax - margin_pu) or np.any(op.vm_pu < vmin + margin_pu):
         return False
