@@ -31,7 +31,19 @@ The trade is approved with its activations only when
 **DSO service:** when the state of the approved trades breaks a limit the base state already
 breaks ("do no harm" let it stand), the grid operator buys the cheapest activations that bring
 it inside the nominal limits, within ``dso_budget`` base units and the balancing account's
-available balance, trade id bytes32(0), before any rescue.
+available balance, trade id bytes32(0), before any rescue. Islanded (``island_service``), it runs
+before the clearing: an island short of its grid-forming master's power would veto every trade,
+so the activations that bring the master ``ISLAND_HEADROOM_KW`` inside its limits (the points'
+``forming_kw`` rows) are bought first and the clearing judges the trades with them
+(``remedy(..., bought=...)`` keeps them).
+
+**Speed:** the state without the candidate is linearized once per rescue state (columns for the
+offer buses and every candidate's); a candidate's first point is predicted from it
+(``OperatingPoint.predict``), so a candidate no offer can help costs one LP and no AC solve. One
+``Program`` serves the whole search (warm started; a candidate moves its fixed injections and
+the offers' bounds). An answer no cheaper than the confirmed one ends the search without an AC
+point; the last point is only checked; a rescue asking for more than ``GIVE_UP_COST`` times its
+gain before any confirmed answer is refused for cost.
 
 The final list is the approved trades (in their order), the rescued ones (in rescue order), then
 the remaining vetoed ones - less any that the activations would let through without paying for
