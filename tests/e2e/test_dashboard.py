@@ -963,7 +963,7 @@ def test_activation_shown_on_map_panel_and_trade_live(
     # the panel: the offer activated with what is left, the activation's cost and payers
     page.wait_for_function(
         f"document.querySelector('#offers-table tr[data-offer=\"{offer_row.hash}\"] td:last-child')"
-        ".textContent === 'activated · 24,786 W left'"
+        ".textContent === 'activated · 24,788 W left'"
     )
     seller, buyer = (Account.from_key(k).address for k in REMEDY_KEYS[:2])
     short = lambda a: f"{a[:6]}…{a[-4:]}"  # noqa: E731
