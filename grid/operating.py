@@ -31,6 +31,9 @@ from grid.limits import LimitSet, Violation
 # keeps the cuts of every point it visited closes in on the circle from outside (Kelley's
 # cutting planes): each AC solve adds the cut at the phasor it finds.
 CUT_ANGLES = (0.0, np.pi / 2, np.pi, -np.pi / 2)
+# Islanded: the master's power rows are tightened by this by default (kW; its AC check has
+# none).
+BALANCE_MARGIN_KW = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,58 @@ class OperatingPoint:
     violation: Violation | None
     loading_percent: np.ndarray
     V: np.ndarray
+    predicted: bool = False  # a first-order guess (``predict``), not an AC solution
+    # Islanded: the master unit's power (kW, + injects), its sensitivities (kW per kW injected
+    # at each of ``buses``: about -1, the losses aside) and its limits; None when grid-connected.
+    forming_kw: float | None = None
+    dforming: np.ndarray | None = None
+    forming_limits_kw: tuple[float, float] = (-np.inf, np.inf)
 
     @property
     def feasible(self) -> bool:
         return self.violation is None
 
+    def predict(self, delta_kw: Mapping[int, float], buses: Sequence[int]) -> OperatingPoint:
+        """A first-order guess of the point with ``delta_kw`` more at some of this point's
+        ``buses`` (a trade on top of a set): voltages and currents moved along this point's
+        sensitivities, which it keeps, for ``buses`` (all among this point's). No AC solve:
+        ``violation`` None, ``loading_percent`` and ``V`` this point's, ``predicted`` True - a
+        start for a linear search, never an answer."""
+        col = {b: k for k, b in enumerate(self.buses)}
+        moved = [col[int(b)] for b in delta_kw]
+        d = np.array([float(v) for v in delta_kw.values()])
+        keep = [col[int(b)] for b in buses]
+        injections = self.injections_kw.copy()
+        injections[moved] += d
+        return OperatingPoint(
+            buses=tuple(int(b) for b in buses),
+            injections_kw=injections[keep],
+            bus_labels=self.bus_labels,
+            vm_pu=self.vm_pu + self.dvm[:, moved] @ d,
+            dvm=self.dvm[:, keep],
+            vmin=self.vmin,
+            vmax=self.vmax,
+            end_labels=self.end_labels,
+            current=self.current + self.dcurrent[:, moved] @ d,
+            dcurrent=self.dcurrent[:, keep],
+            lmax=self.lmax,
+            violation=None,
+            loading_percent=self.loading_percent,
+            V=self.V,
+            predicted=True,
+            forming_kw=None
+            if self.forming_kw is None or self.dforming is None
+            else self.forming_kw + float(self.dforming[moved] @ d),
+            dforming=None if self.dforming is None else self.dforming[keep],
+            forming_limits_kw=self.forming_limits_kw,
+        )
+
     def constraints(
-        self, reach_kw: np.ndarray, margin_pu: float, margin_percent: float
+        self,
+        reach_kw: np.ndarray,
+        margin_pu: float,
+        margin_percent: float,
+        margin_kw: float = BALANCE_MARGIN_KW,
     ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
         """``A p <= b`` (``p``: extra injections in kW at ``buses``): the limits, tightened by the
         margins, linearized here - only those some ``p`` within ``reach_kw[k]`` of this point's
@@ -100,10 +148,21 @@ class OperatingPoint:
                 rows.append(a)
                 rhs.append(limit_l[near] - (u * z).real + a @ p0)
                 labels.extend(self.end_labels[k] for k in near)
-        if not rows:
+        if not rows and self.forming_kw is None:
             return np.zeros((0, len(self.buses))), np.zeros(0), [], np.zeros(0, bool)
         n_cuts = len(CUT_ANGLES) * len(near) if len(near) else 0
         is_cut = np.r_[np.zeros(len(labels) - n_cuts, bool), np.ones(n_cuts, bool)]
+        if self.forming_kw is not None and self.dforming is not None:
+            # Islanded: the master's power within its limits, both ways (not cuts).
+            low, high = self.forming_limits_kw
+            a = self.dforming[None, :]
+            rows += [a, -a]
+            rhs += [
+                np.array([high - margin_kw - self.forming_kw + float(a[0] @ p0)]),
+                np.array([-(low + margin_kw) + self.forming_kw - float(a[0] @ p0)]),
+            ]
+            labels += ["island high", "island low"]
+            is_cut = np.r_[is_cut, False, False]
         return np.vstack(rows), np.concatenate(rhs), labels, is_cut
 
 
@@ -116,7 +175,8 @@ def operating_point(
     start: np.ndarray | None = None,
 ) -> OperatingPoint | None:
     """The AC solution of the base state plus ``injections_kw`` (pandapower bus -> kW), linearized
-    with sensitivity columns for ``buses``; None when that flow has no plausible solution.
+    with sensitivity columns for ``buses`` (none: no Jacobian is built); None when that flow has
+    no plausible solution.
     ``start``: voltages to start Newton from (default: the base state's)."""
     for bus in (*injections_kw, *buses):
         if int(bus) not in model.ppci_of_bus:
@@ -127,13 +187,27 @@ def operating_point(
     if isinstance(V, Violation):
         return None
     me = model.measure(V)
-    lin = Linearization(model, V)  # the Jacobian at V itself (a solver's last may be stale)
     cols = [int(b) for b in buses]
-    lin.prepare(cols)
     lay = model.layout
     packed = np.empty((lay.size, len(cols)), dtype=complex)
-    for k, bus in enumerate(cols):
-        packed[:, k] = lin.column(bus).packed
+    if cols:  # no buses: the state alone, no Jacobian
+        lin = Linearization(model, V)  # the Jacobian at V itself (a solver's last may be stale)
+        lin.prepare(cols)
+        for k, bus in enumerate(cols):
+            packed[:, k] = lin.column(bus).packed
+    balance = limitset.balance
+    forming_kw: float | None = None
+    dforming: np.ndarray | None = None
+    short: Violation | None = None  # the master's limits, checked before the voltages
+    if balance is not None:
+        # The master's power and, from the voltage columns, its change per kW injected:
+        # Re(V_ref conj(Y_ref dV)) with the slack's own voltage fixed, less the kW injected at
+        # its own bus (the master gives that much less).
+        forming_kw = balance.power_kw(model.Ybus, S, V, model.base_mva)
+        flows = np.asarray(model.Ybus[balance.ref] @ packed[lay.V]).ravel()
+        own = np.array([float(model.ppci_of_bus[b] == balance.ref) for b in cols])
+        dforming = (V[balance.ref] * np.conj(flows)).real * model.base_mva * 1000.0 - own
+        short = balance.check(forming_kw)
     c_i = model.c_i
     ends = np.flatnonzero(c_i > 0)  # a three-winding transformer's star ends carry no limit
     element = np.r_[model.element_of_row, model.element_of_row][ends]
@@ -150,7 +224,12 @@ def operating_point(
         current=c_i[ends] * me.i[ends],
         dcurrent=c_i[ends, None] * packed[lay.i][ends],
         lmax=limitset.lmax[element],
-        violation=limitset.check(me.vm_pu, me.loading_percent),
+        violation=short or limitset.check(me.vm_pu, me.loading_percent),
         loading_percent=me.loading_percent,
         V=V,
+        forming_kw=forming_kw,
+        dforming=dforming,
+        forming_limits_kw=(
+            (balance.low_kw, balance.high_kw) if balance is not None else (-np.inf, np.inf)
+        ),
     )

@@ -166,6 +166,8 @@ class GridValidator:
         self._island_bases: dict[Island, BaseStates] = {}
         # per interval: the grid-forming units it runs with (``set_island``; else ``island``)
         self._interval_islands: OrderedDict[int, Island] = OrderedDict()
+        # the slack bus per island (None: grid-connected): a pandas look-up, once each
+        self._slacks: dict[Island | None, int] = {}
         self.reuse = bool(reuse)
         self._prefixes: OrderedDict[
             int, tuple[BaseState, tuple[Activation, ...], tuple[Trade, ...], Session]
@@ -298,7 +300,10 @@ class GridValidator:
 
         ``islanded``: with no external grid, the island's units balancing it (``grid.island``).
         An islanded base state its units cannot balance vetoes every trade ``ISLAND_BALANCE``
-        (naming the master unit, the power it would need and its limit)."""
+        (naming the master unit, the power it would need and its limit) - unless the unplaced
+        activations, as a set, bring the master back within its limits (they are real injections
+        in the island: what they add, the master gives less): then the trades are judged on that
+        state, the master's limits still checked."""
         base = self._base(interval, interval_seconds, islanded)
         real_trades = list(trades)
         all_acts = list(activations)
@@ -308,7 +313,10 @@ class GridValidator:
         seen: set[str] = set()
         valid: list[tuple[int, Trade]] = []
         known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
+        act_verdicts, start_state = self._apply_activations(base, activations, known)
         short = base.island.violation if base.island is not None else None
+        if start_state is not None:
+            short = None  # the activations' set balanced the island (``_apply_activations``)
         converged = base.model is not None and short is None
         for pos, trade in enumerate(trades):
             bad = _input_verdict(trade, known, seen)
@@ -319,7 +327,6 @@ class GridValidator:
                 verdicts[pos] = Verdict(trade.id, True, Reason.APPROVED, source="input")
             else:
                 valid.append((pos, trade))
-        act_verdicts, start_state = self._apply_activations(base, activations, known)
         if not converged or base.model is None or base.measures is None or base.limitset is None:
             for pos, trade in valid:
                 verdicts[pos] = (
@@ -426,7 +433,12 @@ class GridValidator:
         if not any(a.before for a in activations):
             return trades, {}, {}
         known = base.model.ppci_of_bus if base.model is not None else set(self.buses())
-        slack = self._slack_bus(self._islanded(base.summary.interval).net if islanded else self.net)
+        island = self.island_of(base.summary.interval) if islanded else None
+        slack = self._slacks.get(island)
+        if slack is None:  # a pandas look-up: once per island, not per validation
+            slack = self._slacks[island] = self._slack_bus(
+                self._islanded(base.summary.interval).net if islanded else self.net
+            )
         seen = {str(a.id) for a in activations if not a.before}
         by_trade: dict[str, list[int]] = {}
         refused: dict[int, Verdict] = {}
@@ -496,13 +508,19 @@ class GridValidator:
                 refusal = V
             else:
                 me = model.measure(V)
-                refusal = limitset.check(me.vm_pu, me.loading_percent)
+                balance = limitset.balance
+                # Islanded: the set moves the master's power by what it injects (and the
+                # losses); an island short in its base state is balanced again by a set that
+                # takes the master back within its limits.
+                refusal = (
+                    balance.check(balance.power_kw(model.Ybus, S, V, model.base_mva))
+                    if balance is not None
+                    else None
+                ) or limitset.check(me.vm_pu, me.loading_percent)
                 if refusal is None:
-                    start = (
-                        S,
-                        me,
-                        LimitSet(self.limits, model.monitored, me.vm_pu, me.loading_percent),
-                    )
+                    repaired = LimitSet(self.limits, model.monitored, me.vm_pu, me.loading_percent)
+                    repaired.balance = balance
+                    start = (S, me, repaired)
         for k in good:
             act = activations[k]
             verdicts[k] = (
@@ -561,10 +579,12 @@ class GridValidator:
         buses: Sequence[int],
         interval: int | None = None,
         interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+        islanded: bool = False,
     ) -> OperatingPoint | None:
         """The interval's limits linearized at its AC state under extra ``injections_kw``
-        (``grid.operating``); None when that flow (or the base state) has no solution."""
-        base = self._base(interval, interval_seconds)
+        (``grid.operating``; ``islanded``: the island's, with the master's power); None when
+        that flow (or the base state) has no solution."""
+        base = self._base(interval, interval_seconds, islanded)
         if base.model is None or base.measures is None or base.limitset is None:
             return None
         return operating_point(base.model, base.measures, base.limitset, injections_kw, buses)

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.chain import protocol
-from backend.market.activations import FlexInput
+from backend.market.activations import FlexInput, PlannedActivation
 from backend.market.auction import BookOrder, Candidate, Clearing, Decision, clear
 from backend.market.optimal import OptimizationError, clear_optimal
-from backend.market.remedy import remedy
+from backend.market.remedy import island_service, remedy
 from backend.settings import CLEARING_METHODS
 from grid.island import IslandError, islanded_net, units_from_docs
 from grid.operating import OperatingPoint
@@ -147,7 +147,25 @@ class GridPortAdapter:
         configured or when a program fails (``Clearing.method`` says which and why); then, with
         ``flex`` offers, the remedies (``backend.market.remedy``: DSO service, rescued trades,
         ``Clearing.activations``)."""
-        validate = functools.partial(self.validate, interval_id)
+        # Islanded, the DSO service runs first: an island short of its own base state would
+        # veto every trade, so its activations are bought before the trades are judged.
+        bought: list[PlannedActivation] = []
+        if flex is not None and flex.offers and interval_id in self._islanded:
+            try:
+                bought, stats = island_service(
+                    flex,
+                    functools.partial(self.remedy_point, interval_id),
+                    functools.partial(self.validate_activations, interval_id),
+                    self.interval_seconds,
+                    self.validator.limits,
+                )
+            except OptimizationError as exc:
+                log.warning("interval %s: island service failed (%s)", interval_id, exc)
+            else:
+                log.info("interval %s: island service %s", interval_id, stats)
+        validate = functools.partial(
+            self.validate, interval_id, activations=[a.grid() for a in bought]
+        )
         if self.clearing == "greedy":
             result = clear(book, validate)
         else:
@@ -165,16 +183,18 @@ class GridPortAdapter:
                 )
                 result = clear(book, validate)
                 result.method = f"greedy (fallback: {exc})"
+        result.activations = list(bought)
         if flex is None or not flex.offers:
             return result
         try:
             remedied, stats = remedy(
                 result,
                 flex,
-                functools.partial(self.operating_point, interval_id),
+                functools.partial(self.remedy_point, interval_id),
                 functools.partial(self.validate_activations, interval_id),
                 self.interval_seconds,
                 self.validator.limits,
+                bought,
             )
         except OptimizationError as exc:
             log.warning("interval %s: remedy search failed (%s); no activations", interval_id, exc)
@@ -188,6 +208,20 @@ class GridPortAdapter:
         with self._lock:
             return self.validator.operating_point(
                 injections_kw, buses, interval=interval_id, interval_seconds=self.interval_seconds
+            )
+
+    def remedy_point(
+        self, interval_id: int, injections_kw: Mapping[int, float], buses: Sequence[int]
+    ) -> OperatingPoint | None:
+        """``operating_point`` in the interval's mode: islanded, the island's state with the
+        master's power (the remedy search's; the optimal clearing's stay grid-connected)."""
+        with self._lock:
+            return self.validator.operating_point(
+                injections_kw,
+                buses,
+                interval=interval_id,
+                interval_seconds=self.interval_seconds,
+                islanded=interval_id in self._islanded,
             )
 
     def prepare(self, interval_id: int) -> None:

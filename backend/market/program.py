@@ -180,6 +180,18 @@ class Program:
         self.grid_rows = 0
         self.needed: set[str] = set()
 
+    def fix(self, p_fixed: np.ndarray) -> None:
+        """Move the fixed injections (``p_fixed``, one per bus column) the fills add to."""
+        self.p_fixed = p_fixed
+        rows = np.arange(self.n_bus, dtype=np.int32)
+        # (in highspy 1.16 but missing from its type stubs)
+        self.highs.changeRowsBounds(self.n_bus, rows, p_fixed, p_fixed)  # type: ignore[attr-defined]
+
+    def bound(self, upper: np.ndarray) -> None:
+        """New upper bounds of the fills (lower 0)."""
+        cols = np.arange(self.n_var, dtype=np.int32)
+        self.highs.changeColsBounds(self.n_var, cols, np.zeros(self.n_var), upper)
+
     def box(self, center: np.ndarray, radius: float) -> None:
         """Bus injections within ``radius`` kW of ``center`` (``inf``: free)."""
         inf = highspy.kHighsInf
@@ -215,16 +227,17 @@ class Program:
     def _add(self, A: np.ndarray, rhs: np.ndarray) -> None:
         if not len(rhs):
             return
-        rows = sparse.csr_matrix(A)
-        rows.eliminate_zeros()
+        # Row-wise non-zeros of the dense rows (CSR without scipy's checks: called per round).
+        r, c = np.nonzero(A)
+        starts = np.searchsorted(r, np.arange(len(rhs))).astype(np.int32)
         self.highs.addRows(
             len(rhs),
             np.full(len(rhs), -highspy.kHighsInf),
             rhs,
-            rows.nnz,
-            rows.indptr[:-1].astype(np.int32),
-            (rows.indices + self.bus0).astype(np.int32),
-            rows.data,
+            len(r),
+            starts,
+            (c + self.bus0).astype(np.int32),
+            np.ascontiguousarray(A[r, c], dtype=float),
         )
         self.grid_rows += len(rhs)
 

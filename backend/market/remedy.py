@@ -33,7 +33,19 @@ The trade is approved with its activations only when
 **DSO service:** when the state of the approved trades breaks a limit the base state already
 breaks ("do no harm" let it stand), the grid operator buys the cheapest activations that bring
 it inside the nominal limits, within ``dso_budget`` base units and the balancing account's
-available balance, trade id bytes32(0), before any rescue.
+available balance, trade id bytes32(0), before any rescue. Islanded (``island_service``), it runs
+before the clearing: an island short of its grid-forming master's power would veto every trade,
+so the activations that bring the master ``ISLAND_HEADROOM_KW`` inside its limits (the points'
+``forming_kw`` rows) are bought first and the clearing judges the trades with them
+(``remedy(..., bought=...)`` keeps them).
+
+**Speed:** the state without the candidate is linearized once per rescue state (columns for the
+offer buses and every candidate's); a candidate's first point is predicted from it
+(``OperatingPoint.predict``), so a candidate no offer can help costs one LP and no AC solve. One
+``Program`` serves the whole search (warm started; a candidate moves its fixed injections and
+the offers' bounds). An answer no cheaper than the confirmed one ends the search without an AC
+point; the last point is only checked; a rescue asking for more than ``GIVE_UP_COST`` times its
+gain before any confirmed answer is refused for cost.
 
 The final list is the approved trades (in their order), the rescued ones (in rescue order), then
 the remaining vetoed ones - less any that the activations would let through without paying for
@@ -66,7 +78,7 @@ from backend.market.activations import (
 from backend.market.auction import Candidate, Clearing, Decision
 from backend.market.optimal import MARGIN_PERCENT, MARGIN_PU, PointOf
 from backend.market.program import OptimizationError, Program
-from grid.operating import OperatingPoint
+from grid.operating import BALANCE_MARGIN_KW, OperatingPoint
 from grid.verdicts import Activation, Limits
 
 # AC operating points per remedy program (the first is the set's own state).
@@ -79,6 +91,19 @@ MIN_W = 0.5
 # least this share of its excess (``_Search._reachable``; linear, at the state without it).
 SCREEN_SHARE = 0.5
 SCREENED = ("VOLTAGE_HIGH", "VOLTAGE_LOW", "LINE_OVERLOAD", "TRAFO_OVERLOAD")
+# A rescue whose program, before any answer AC confirms, asks for activations costing more than
+# this many times the trade's gain is refused for cost without further points: relinearizing
+# lowered a program's cheapest cost by at most 22 % in the bench's books (cigre_lv).
+GIVE_UP_COST = 1.5
+# Islanded, the DSO service brings the master unit this far inside its power limits (kW): room
+# for the losses the interval's trades add (as the base state's PV curtailment leaves
+# ``grid.basestate.CURTAIL_HEADROOM_KW`` above the charging limit).
+ISLAND_HEADROOM_KW = 1.0
+
+
+class _OverBudget(Exception):
+    """A remedy program's cheapest answer costs more than the trade could pay (``GIVE_UP_COST``)."""
+
 
 # Validate a list of candidates with activations: (trade decisions, activation decisions,
 # evidence hash) - ``GridPortAdapter.validate_activations`` for one interval.
@@ -149,6 +174,7 @@ class _Search:
         self.stats = RemedyStats()
         self.room: dict[str, int] = {}
         self._reference: tuple[tuple[int, int], OperatingPoint | None] | None = None
+        self._kept: tuple[Program, sparse.csr_matrix, np.ndarray, float] | None = None
 
     # ------------------------------------------------------------------ injections
     def _trade_injections(self, trades: Sequence[Candidate]) -> dict[int, float]:
@@ -170,38 +196,50 @@ class _Search:
         self,
         fixed: Mapping[int, float],
         nominal: bool,
-        reference_fixed: Mapping[int, float] | None = None,
+        reference: tuple[Mapping[int, float], OperatingPoint] | None = None,
+        trade: Mapping[int, float] | None = None,
+        gain: int | None = None,
     ) -> dict[str, int] | None:
         """Whole W per offer hash of the cheapest activations that bring the state with ``fixed``
-        injections inside the limits (``nominal``: the nominal limits, else the validator's;
-        rows the state with ``reference_fixed`` injections - the set without the trade - already
-        presses stay bounded where that state has them); None when there is none."""
-        offers = [o for o in self.flex.offers if self.left[o.hash] > 0]
-        if not offers:
+        injections inside the limits (``nominal``: the nominal limits, else the validator's);
+        None when there is none.
+
+        ``reference``: the set without the trade (its injections and AC point, with columns for
+        the offer buses and the trade's): rows that state already presses stay bounded where it
+        has them, and the first point is predicted from it with ``trade``'s injections
+        (``OperatingPoint.predict``: no AC solve; a trade the offers cannot help is refused on
+        that guess alone). Only the offer buses and the trade's are columns: every other bus
+        keeps its injection, so its terms cancel out of every row.
+
+        ``gain`` (base units): before any answer is confirmed, one whose cost passes
+        ``GIVE_UP_COST`` times it ends the search (``_OverBudget``)."""
+        offers = self.flex.offers
+        if not any(self.left[o.hash] > 0 for o in offers):
             return None
-        buses = sorted({o.bus for o in offers} | set(fixed))
-        col = {b: k for k, b in enumerate(buses)}
-        n_var = len(offers)
-        signs = [1.0 if o.direction == protocol.FLEX_UP else -1.0 for o in offers]
-        incidence = sparse.csr_matrix(
-            ([s / 1000.0 for s in signs], ([col[o.bus] for o in offers], list(range(n_var)))),
-            shape=(len(buses), n_var),
-        )
-        upper = np.array([float(self.left[o.hash]) for o in offers])
+        # Columns: the offer buses (the program's), then the trade's other buses (fixed: folded
+        # into the rows' right-hand sides).
+        offer_buses = sorted({o.bus for o in offers})
+        buses = offer_buses + sorted(set(trade or ()) - set(offer_buses))
+        n_off = len(offer_buses)
         p_fixed = np.array([float(fixed.get(b, 0.0)) for b in buses])
-        hours = self.interval_seconds / 3600.0
-        scale = max(o.price_per_kwh for o in offers) or 1
-        # Cost per W (scaled), time priority (offer sequence) breaking exact ties.
-        cost = np.array(
-            [
-                o.price_per_kwh * hours / 1000.0 / scale + 1e-9 * (j + 1) / n_var
-                for j, o in enumerate(offers)
-            ]
+        program, incidence, cost, scale, reach_kw = self._program_for(
+            offers, offer_buses, p_fixed[:n_off]
         )
-        program = Program(cost, upper, incidence, p_fixed, None, np.zeros(0), None, np.zeros(0), 0)
-        reach = np.abs(incidence) @ upper
-        op = self.point(dict(zip(buses, p_fixed.tolist(), strict=True)), buses)
-        self.stats.points += 1
+        reach = np.r_[reach_kw, np.zeros(len(buses) - n_off)]
+
+        def solved(p: np.ndarray, columns: Sequence[int]) -> OperatingPoint | None:
+            self.stats.points += 1
+            return self.point({**fixed, **dict(zip(buses, p.tolist(), strict=True))}, columns)
+
+        # AC points by their injections: an answer that lands on a point already solved (the
+        # same answer again) reuses it - the same injections give the same point.
+        seen: dict[bytes, OperatingPoint | None] = {}
+        if reference is not None and trade is not None:
+            op: OperatingPoint | None = reference[1].predict(trade, buses)
+            bound_at = np.array([float(reference[0].get(x, 0.0)) for x in buses])
+        else:
+            op = seen[p_fixed.tobytes()] = solved(p_fixed, buses)
+            bound_at = None
         if op is None:
             return None
         best: tuple[float, np.ndarray] | None = None
@@ -210,7 +248,10 @@ class _Search:
         for point_no in range(MAX_POINTS):
             lim = _nominal(op, self.limits) if nominal else op
             A, b, labels, is_cut = lim.constraints(
-                reach + np.abs(p_fixed - op.injections_kw), MARGIN_PU, MARGIN_PERCENT
+                reach + np.abs(p_fixed - op.injections_kw),
+                MARGIN_PU,
+                MARGIN_PERCENT,
+                ISLAND_HEADROOM_KW if nominal else BALANCE_MARGIN_KW,
             )
             here = (
                 A[is_cut],
@@ -220,28 +261,71 @@ class _Search:
             A = np.vstack([A, *(c[0] for c in cuts)])
             b = np.concatenate([b, *(c[1] for c in cuts)])
             labels = [*labels, *(label for c in cuts for label in c[2])]
-            cuts.append(here)
-            if reference_fixed is not None:
+            if not op.predicted:  # a guess's tangents are no cuts of the AC circle
+                cuts.append(here)
+            if bound_at is not None:
                 # "Do no harm" against the set without this trade: a row it already presses
                 # stays bounded where it is.
-                b = np.maximum(b, A @ np.array([reference_fixed.get(x, 0.0) for x in buses]))
+                b = np.maximum(b, A @ bound_at)
             try:
-                w = program.solve(A, b, labels)
+                w = program.solve(A[:, :n_off], b - A[:, n_off:] @ p_fixed[n_off:], labels)
             except OptimizationError:
                 return _whole(offers, best[1], self.left) if best is not None else None
-            p = p_fixed + incidence @ w
-            op_new = self.point(dict(zip(buses, p.tolist(), strict=True)), buses)
-            self.stats.points += 1
+            value = float(cost @ w)
+            if best is None and gain is not None and value * scale > GIVE_UP_COST * gain:
+                raise _OverBudget
+            if best is not None and value >= best[0] - 1e-12:
+                break  # no cheaper answer than the one AC has confirmed: no point to solve
+            p = np.r_[p_fixed[:n_off] + incidence @ w, p_fixed[n_off:]]
+            key = p.tobytes()
+            again = key in seen
+            if not again:
+                # The last point is only checked: no sensitivities there.
+                seen[key] = solved(p, [] if point_no == MAX_POINTS - 1 else buses)
+            op_new = seen[key]
             if op_new is None:
                 break
             if self._inside(op_new, nominal):
-                value = float(cost @ w)
-                if best is None or value < best[0] - 1e-12:
-                    best = (value, w)
-                else:
-                    break  # no cheaper answer at the new point
+                best = (value, w)
+            if again and op_new is op:
+                # The answer is the point the program stands at: the next round would solve the
+                # same rows there (and the same cuts) to the same value.
+                break
             op = op_new
         return _whole(offers, best[1], self.left) if best is not None else None
+
+    def _program_for(
+        self, offers: Sequence[FlexOption], buses: Sequence[int], p_fixed: np.ndarray
+    ) -> tuple[Program, sparse.csr_matrix, np.ndarray, float, np.ndarray]:
+        """The remedy program over every offer (bounded by what is left of it) with bus columns
+        ``buses`` fixed at ``p_fixed``; its incidence, cost per W (scaled), scale and the kW the
+        offers left could move per bus. One program for the whole search: the next call only
+        moves the fixed injections and the bounds, and HiGHS starts from the last basis."""
+        upper = np.array([float(self.left[o.hash]) for o in offers])
+        if self._kept is not None:
+            program, incidence = self._kept[0], self._kept[1]
+            program.fix(p_fixed)
+            program.bound(upper)
+            return (*self._kept[:4], np.abs(incidence) @ upper)
+        col = {b: k for k, b in enumerate(buses)}
+        n_var = len(offers)
+        signs = [1.0 if o.direction == protocol.FLEX_UP else -1.0 for o in offers]
+        incidence = sparse.csr_matrix(
+            ([s / 1000.0 for s in signs], ([col[o.bus] for o in offers], list(range(n_var)))),
+            shape=(len(buses), n_var),
+        )
+        hours = self.interval_seconds / 3600.0
+        scale = float(max(o.price_per_kwh for o in offers) or 1)
+        # Cost per W (scaled), time priority (offer sequence) breaking exact ties.
+        cost = np.array(
+            [
+                o.price_per_kwh * hours / 1000.0 / scale + 1e-9 * (j + 1) / n_var
+                for j, o in enumerate(offers)
+            ]
+        )
+        program = Program(cost, upper, incidence, p_fixed, None, np.zeros(0), None, np.zeros(0), 0)
+        self._kept = (program, incidence, cost, scale)
+        return (program, incidence, cost, scale, np.abs(incidence) @ upper)
 
     def _reachable(self, op: OperatingPoint, veto: Decision) -> bool:
         """Whether the offers left, all at full power, could move the veto's binding element by
@@ -381,6 +465,25 @@ class _Search:
     def _fits(self, c: Candidate) -> bool:
         return all(self.room.get(o.hash, o.energy_wh) >= c.energy_wh for o in (c.sell, c.buy))
 
+    def _state_point(self, fixed: Mapping[int, float]) -> OperatingPoint | None:
+        """The AC point of the trades and activations so far (``fixed``, their injections), with
+        columns for the offer buses and every candidate's: one linearization serves the screen,
+        each candidate's first point and ``finish``'s guesses until the state changes."""
+        key = (len(self.rescued), len(self.activations))
+        if self._reference is None or self._reference[0] != key:
+            buses = sorted(
+                {o.bus for o in self.flex.offers}
+                | {b for v in self.vetoed for b in (v.sell.bus, v.buy.bus)}
+            )
+            self._reference = (key, self.point(fixed, buses))
+            self.stats.points += 1
+        return self._reference[1]
+
+    def _trade_kw(self, c: Candidate) -> dict[int, float]:
+        """The candidate's injections (kW per bus)."""
+        kw = c.energy_wh * self.kw_per_wh
+        return {c.sell.bus: kw, c.buy.bus: -kw} if c.sell.bus != c.buy.bus else {c.sell.bus: 0.0}
+
     def _rescue(self, c: Candidate) -> None:
         flex = self.flex
         seller, buyer = c.sell.trader.lower(), c.buy.trader.lower()
@@ -391,13 +494,7 @@ class _Search:
             return
         before = [*self.approved, *self.rescued]
         base_fixed = self._fixed()
-        # The state without this trade: the same for every candidate until one is rescued.
-        key = (len(self.rescued), len(self.activations))
-        if self._reference is None or self._reference[0] != key:
-            buses = sorted(set(base_fixed) | {o.bus for o in flex.offers})
-            self._reference = (key, self.point(base_fixed, buses))
-            self.stats.points += 1
-        reference = self._reference[1]
+        reference = self._state_point(base_fixed)
         if reference is None:
             self.stats.refused_grid += 1
             return
@@ -406,7 +503,14 @@ class _Search:
             self.stats.unreachable.add((c.sell.hash, c.buy.hash))
             self.stats.refused_grid += 1
             return
-        fills = self._program(self._fixed([c]), False, base_fixed)
+        gain = (c.buy.price_per_kwh - c.sell.price_per_kwh) * c.energy_wh // 1000
+        try:
+            fills = self._program(
+                self._fixed([c]), False, (base_fixed, reference), self._trade_kw(c), gain
+            )
+        except _OverBudget:
+            self.stats.refused_cost += 1
+            return
         if fills is None:
             self.stats.refused_grid += 1
             return
@@ -463,7 +567,21 @@ class _Search:
         if not self.activations and not self.rescued:
             return clearing
         rescued = {id(c) for c in self.rescued}
-        rest = [c for c in self.vetoed if id(c) not in rescued and id(c) not in self.outside]
+        priority = [c for c in self.vetoed if id(c) not in rescued and id(c) not in self.outside]
+        # Those the state's linearization says would now fit go last: each one the validator
+        # approves is left out and the list validated again from before it (its prefix is
+        # cached), so the ones likely to be left out cost the least at the list's end. Once
+        # none is approved the rest is put back in priority order (each vetoed one judged at
+        # the same state: the same verdicts, validated once more).
+        point = self._state_point(self._fixed())
+        likely = (
+            set()
+            if point is None
+            else {id(c) for c in priority if _inside_linear(point.predict(self._trade_kw(c), ()))}
+        )
+        rest = [c for c in priority if id(c) not in likely] + [
+            c for c in priority if id(c) in likely
+        ]
         grid = [a.grid() for a in self.activations]
         n = len(self.approved) + len(self.rescued)
         while True:
@@ -478,10 +596,15 @@ class _Search:
             # left out: it would ride on remedies it does not pay for (and its orders may have
             # been filled since). Dropping one at the list's end changes no verdict before it.
             freed = {id(c) for c, d in zip(rest, got[n:], strict=True) if d.approved}
-            if not freed:
+            if freed:
+                self.stats.left_out += len(freed)
+                rest = [c for c in rest if id(c) not in freed]
+                continue
+            kept = {id(c) for c in rest}
+            ordered = [c for c in priority if id(c) in kept]
+            if [id(c) for c in ordered] == [id(c) for c in rest]:
                 break
-            self.stats.left_out += len(freed)
-            rest = [c for c in rest if id(c) not in freed]
+            rest = ordered
         out = dataclasses.replace(clearing)
         out.trades = list(zip(final, got, strict=True))
         out.evidence_hash = digest
@@ -496,15 +619,40 @@ def remedy(
     validate: ValidateWith,
     interval_seconds: int,
     limits: Limits,
+    bought: Sequence[PlannedActivation] = (),
 ) -> tuple[Clearing, RemedyStats]:
     """``clearing`` with the DSO service's activations and the rescued trades (see the module
-    doc), and what the search did."""
+    doc), and what the search did. ``bought``: the DSO service's activations bought before the
+    clearing (``island_service``; the clearing judged its trades with them): kept, and no DSO
+    service after the clearing."""
     search = _Search(clearing, flex, point, validate, interval_seconds, limits)
     if not flex.offers:
         return clearing, search.stats
-    search.dso()
+    if bought:
+        search._take(bought)
+    else:
+        search.dso()
     search.rescue_all()
     return search.finish(clearing), search.stats
+
+
+def island_service(
+    flex: FlexInput,
+    point: PointOf,
+    validate: ValidateWith,
+    interval_seconds: int,
+    limits: Limits,
+) -> tuple[list[PlannedActivation], RemedyStats]:
+    """The DSO service of an islanded interval, before its clearing: when the island's base state
+    breaks a limit - above all the master unit's power (``ISLAND_BALANCE``: short, every trade
+    of the interval would be vetoed) - the cheapest activations that bring it back within the
+    limits, within the budget and the balancing account's funds, confirmed by the validator
+    (``point`` and ``validate`` islanded). An activation is a real injection in the island: what
+    it adds (or the consumption it sheds), the master gives less. The clearing then judges the
+    trades with them applied first (``remedy(..., bought=...)`` keeps them)."""
+    search = _Search(Clearing(None), flex, point, validate, interval_seconds, limits)
+    search.dso()
+    return search.activations, search.stats
 
 
 def _whole(offers: Sequence[FlexOption], w: np.ndarray, left: Mapping[str, int]) -> dict[str, int]:
@@ -515,6 +663,13 @@ def _whole(offers: Sequence[FlexOption], w: np.ndarray, left: Mapping[str, int])
         if x >= MIN_W:
             out[o.hash] = min(math.ceil(x - 1e-6), left[o.hash])
     return out
+
+
+def _inside_linear(op: OperatingPoint) -> bool:
+    """Whether a (predicted) point is inside its limits: voltages and branch-end currents."""
+    if np.any(op.vm_pu > op.vmax) or np.any(op.vm_pu < op.vmin):
+        return False
+    return not np.any(np.abs(op.current) > op.lmax)
 
 
 def _nominal_arrays(
@@ -544,6 +699,11 @@ def _inside_nominal(
     margin_pu: float = MARGIN_PU / 2,
     margin_pct: float = MARGIN_PERCENT / 2,
 ) -> bool:
+    if op.forming_kw is not None:  # islanded: the master's power within its limits first
+        low, high = op.forming_limits_kw
+        room = ISLAND_HEADROOM_KW / 2 if margin_pu > 0 else 0.0
+        if not low + room <= op.forming_kw <= high - room:
+            return False
     vmin, vmax, lmax = _nominal_arrays(op, limits)
     if np.any(op.vm_pu > vmax - margin_pu) or np.any(op.vm_pu < vmin + margin_pu):
         return False

@@ -948,7 +948,7 @@ def test_activation_shown_on_map_panel_and_trade_live(
     mark.wait_for()
     assert (mark.get_attribute("data-bus"), mark.get_attribute("class")) == ("16", "act-mark up")
     expected = (
-        f"▲ up 35,214 W at bus 16 · setpoint 35,214 W · device {remedy_stack['device'][:6]}…"
+        f"▲ up 35,212 W at bus 16 · setpoint 35,212 W · device {remedy_stack['device'][:6]}…"
         f"{remedy_stack['device'][-4:]} · rescues trade {trade_id[:6]}…{trade_id[-4:]}"
     )
     assert mark.get_attribute("aria-label") == expected + " · control: not sent yet"
@@ -963,13 +963,13 @@ def test_activation_shown_on_map_panel_and_trade_live(
     # the panel: the offer activated with what is left, the activation's cost and payers
     page.wait_for_function(
         f"document.querySelector('#offers-table tr[data-offer=\"{offer_row.hash}\"] td:last-child')"
-        ".textContent === 'activated · 24,786 W left'"
+        ".textContent === 'activated · 24,788 W left'"
     )
     seller, buyer = (Account.from_key(k).address for k in REMEDY_KEYS[:2])
     short = lambda a: f"{a[:6]}…{a[-4:]}"  # noqa: E731
     act_cells = page.locator(f'#activations-table tr[data-activation="{activation_id}"] td')
     assert act_cells.all_inner_texts() == [
-        "▲ up bus 16", "35,214 W", "35,214 W", "0.00044",
+        "▲ up bus 16", "35,212 W", "35,212 W", "0.00044",
         f"{short(seller)} 0.00022, {short(buyer)} 0.00022", f"rescues trade {short(trade_id)}",
     ]  # fmt: skip
 
@@ -986,19 +986,19 @@ def test_activation_shown_on_map_panel_and_trade_live(
         ".dataset.state === 'sent'"
     )
     assert row.locator("td").all_inner_texts() == [
-        short(remedy_stack["device"]), "35,214 W", "sent (1 attempt)",
+        short(remedy_stack["device"]), "35,212 W", "sent (1 attempt)",
     ]  # fmt: skip
-    ack = ControlAck(bytes.fromhex(activation_id[2:]), remedy_stack["device"], 0, 35_214, 1)
+    ack = ControlAck(bytes.fromhex(activation_id[2:]), remedy_stack["device"], 0, 35_212, 1)
     assert control.record_acks([ack.sign(REMEDY_DEVICE_KEY, domain)]) == ["acknowledged"]
     page.wait_for_function(
         f"document.querySelector('#control-table tr[data-action=\"{activation_id}\"]')"
         ".dataset.state === 'acknowledged'"
     )
-    assert row.locator("td").nth(2).inner_text() == "acknowledged (applied 35,214 W)"
+    assert row.locator("td").nth(2).inner_text() == "acknowledged (applied 35,212 W)"
     assert page.locator("#flex-meta").inner_text() == (
         "· 1 offer(s), 1 activation(s), 1 control action(s) (1 acknowledged)"
     )
-    acked = expected + " · control acknowledged (applied 35,214 W)"
+    acked = expected + " · control acknowledged (applied 35,212 W)"
     assert page.locator(f"#activation-list li#act-{activation_id}").inner_text() == acked
 
     # keyboard: Tab reaches the mark on the map; its tooltip shows the numbers while focused

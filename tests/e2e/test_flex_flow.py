@@ -133,7 +133,7 @@ def test_rescue_is_recorded_on_both_contracts(chain: dict[str, Any]) -> None:
     assert (trade.id, trade.verdict) == (trade_id, 0)
     [act] = m.store.activations(iv)
     activation_id = protocol.activation_id_hex(offer_hash, trade_id)
-    assert (act.id, act.activated_w, act.cost) == (activation_id, 35_214, "440")
+    assert (act.id, act.activated_w, act.cost) == (activation_id, 35_212, "440")
     [tb] = m.store.batches(iv)
     [fb] = m.store.activation_batches(iv)
     assert (tb.state, fb.state, fb.evidence_hash, fb.last_error) == (
@@ -147,7 +147,7 @@ def test_rescue_is_recorded_on_both_contracts(chain: dict[str, Any]) -> None:
     [recorded] = flex.unpack(packed)
     dom = flex.domain(int(flexibility.w3.eth.chain_id), flexibility.address)
     assert ("0x" + recorded.activation_id(dom).hex(), recorded.activated_w) == (
-        activation_id, 35_214
+        activation_id, 35_212
     )  # fmt: skip
     # the trade's escrow (buyer) and each party's share of the rescue (220 each) are locked
     escrow = protocol.escrow_of(40_000, int(trade.price_per_kwh))
@@ -345,12 +345,12 @@ def test_dispatched_metered_relayed_and_settled(chain: dict[str, Any]) -> None:
                 if not ignore:
                     _wait(lambda iv=iv: control.actions(iv)[0].state == "acknowledged")
                     row = control.actions(iv)[0]
-                    assert (row.ack_status, row.applied_w) == (0, 35_214)
+                    assert (row.ack_status, row.applied_w) == (0, 35_212)
                 else:
                     time.sleep(1.0)
                     assert control.actions(iv)[0].state == "sent"
                 end_interval(w3, iv, 900)
-                # the battery meters what it ran: 35,214 W x 900 s = 8,803 Wh out (floor);
+                # the battery meters what it ran: 35,212 W x 900 s = 8,803 Wh out (floor);
                 # ignoring, its baseline 0 W
                 assert fleet.publish_readings(iv) == 1
                 exported = 0 if ignore else 8_803
@@ -373,8 +373,8 @@ def test_dispatched_metered_relayed_and_settled(chain: dict[str, Any]) -> None:
                 fleet_transport.close()
 
                 metered_w = flex.metered_w(0, exported, 900)
-                paid = flex.payments(220, 220, 35_214, flex.delivered_w(0, 0, 35_214, metered_w))
-                assert (metered_w, paid) == ((35_212, (219, 220)) if not ignore else (0, (0, 0)))
+                paid = flex.payments(220, 220, 35_212, flex.delivered_w(0, 0, 35_212, metered_w))
+                assert (metered_w, paid) == ((35_212, (220, 220)) if not ignore else (0, (0, 0)))
                 [act] = m.store.activations(iv)
                 assert (act.metered_w, act.delivered_w, act.paid, act.refunded) == (
                     metered_w, metered_w, str(sum(paid)), str(440 - sum(paid))

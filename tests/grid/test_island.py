@@ -4,12 +4,16 @@ master unit as the only slack, the other units at their dispatch), and ``ISLAND_
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pandapower as pp
 import pytest
+from typer.testing import CliRunner
 
-from grid import GridValidator, Reason, Trade
+from backend.cli.grid import app
+from grid import Activation, GridValidator, Reason, Trade
 from grid.island import GridFormingUnit, Island, IslandError, units_from_docs
 from grid.networks import quiet
 
@@ -232,3 +236,92 @@ def test_registered_units_of_an_interval_replace_the_networks_and_reproduce() ->
     assert units_from_docs([u.to_dict() for u in registered.units]) == registered
     first.set_island(interval, None)
     assert first.validate(trades, interval, islanded=True).evidence_hash == own.evidence_hash
+
+
+# ---------------------------------------------------------------- island balance remedies (#18)
+SHORT = DAY + 28  # 07:00: the battery is empty, the genset at 160 kW, the island 26.93 kW short
+
+
+def master_kw_with(net: pp.pandapowerNet, injections_kw: dict[int, float]) -> float:
+    """The master's power (kW) of the independent island with extra injections (sgens)."""
+    work = copy.deepcopy(net)
+    for bus, p_kw in injections_kw.items():
+        pp.create_sgen(work, bus, p_mw=p_kw / 1000.0)
+    with quiet():
+        pp.runpp(work)
+    return float(work.res_ext_grid.p_mw[work.ext_grid.in_service].sum() * 1000)
+
+
+def test_activation_set_balances_a_short_island_exactly_at_runpp_threshold(
+    village: GridValidator,
+) -> None:
+    """An island short by X kW: an activation set (a real injection in the island) at bus 40
+    balances it from exactly the injection pandapower's own runpp needs (the master at its 0 kW
+    limit: X less the losses the local injection saves); a hair below, the set is refused and
+    every trade stays vetoed."""
+    state = village.island_state(SHORT)
+    short_kw = state.forming_kw
+    assert (round(short_kw, 2), state.high_kw) == (26.93, 0.0)
+    net = independent_island(village, SHORT)
+    # The injection at bus 40 that brings runpp's master to exactly 0 kW (bisection).
+    lo, hi = 20.0, 30.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if master_kw_with(net, {40: mid}) > 0 else (lo, mid)
+    need_kw = hi
+    assert round(need_kw, 2) == 26.78  # X less the losses the injection at bus 40 saves
+    trades = [Trade("a", 40, 60, 2.0), Trade("b", 60, 60, 1.0)]
+    below = village.validate(
+        trades, SHORT, activations=[Activation("0xa1", 40, need_kw - 0.005)], islanded=True
+    )
+    [refused] = below.activation_verdicts
+    assert (refused.approved, refused.reason, refused.element) == (
+        False, Reason.ISLAND_BALANCE, "battery village-battery (bus 1)"
+    )  # fmt: skip
+    assert refused.value == pytest.approx(master_kw_with(net, {40: need_kw - 0.005}), abs=1e-6)
+    assert refused.limit == 0.0
+    assert [v.reason for v in below.verdicts] == [Reason.ISLAND_BALANCE] * 2
+    assert below.verdicts[0].value == pytest.approx(short_kw, abs=1e-9)  # the base state's
+    enough = [Activation("0xa1", 40, need_kw + 0.005)]
+    above = village.validate(trades, SHORT, activations=enough, islanded=True)
+    assert [v.approved for v in above.activation_verdicts] == [True]
+    # Trade a's losses (a few W) take the master past its limit again; b (one bus) adds none.
+    with_set = copy.deepcopy(net)
+    pp.create_sgen(with_set, 40, p_mw=(need_kw + 0.005) / 1000.0)
+    expected = runpp_verdicts(with_set, trades, state.low_kw, state.high_kw)
+    assert [v.approved for v in above.verdicts] == [ok for ok, _ in expected] == [False, True]
+    assert above.verdicts[0].reason is Reason.ISLAND_BALANCE
+    assert above.verdicts[0].value == pytest.approx(expected[0][1], abs=1e-4)
+    # With 1 kW of room (worth X = 26.93 kW here) the trade passes too, as runpp says.
+    roomy = [Activation("0xa1", 40, need_kw + 1.0)]
+    result = village.validate(trades, SHORT, activations=roomy, islanded=True)
+    with_room = copy.deepcopy(net)
+    pp.create_sgen(with_room, 40, p_mw=(need_kw + 1.0) / 1000.0)
+    assert need_kw + 1.0 >= short_kw
+    expected = runpp_verdicts(with_room, trades, state.low_kw, state.high_kw)
+    assert [v.approved for v in result.verdicts] == [ok for ok, _ in expected] == [True, True]
+    assert [v.approved for v in result.activation_verdicts] == [True]
+
+
+def test_island_activations_evidence_reproduces_on_the_command_line(tmp_path: Path) -> None:
+    """`tegrid grid verify --islanded --activations` reproduces a balanced island's verdicts."""
+    trades = tmp_path / "trades.json"
+    trades.write_text(json.dumps([{"id": "a", "seller_bus": 40, "buyer_bus": 60, "p_kw": 2.0}]))
+    acts = tmp_path / "acts.json"
+    acts.write_text(json.dumps([{"id": "0xa1", "bus": 40, "p_kw": 28.0}]))
+    args = ["--network", "village_island", "--interval", str(SHORT), "-t", str(trades)]
+    runner = CliRunner()
+    out = runner.invoke(app, ["validate", *args, "-a", str(acts), "--islanded", "--json"])
+    assert out.exit_code == 0
+    data = json.loads(out.stdout)
+    assert [v["approved"] for v in data["verdicts"]] == [True]
+    assert [v["approved"] for v in data["activation_verdicts"]] == [True]
+    claimed = tmp_path / "claimed.json"
+    claimed.write_text(out.stdout)
+    verify = ["verify", *args, "--verdicts", str(claimed), "--json"]
+    ok = runner.invoke(app, [*verify, "-a", str(acts), "--islanded"])
+    assert (ok.exit_code, json.loads(ok.stdout)["match"]) == (0, True)
+    # Without the activations the island is short again: other verdicts, another hash.
+    bad = runner.invoke(app, [*verify, "--islanded"])
+    assert bad.exit_code == 1
+    assert json.loads(bad.stdout)["mismatches"][0].startswith("evidence hash")

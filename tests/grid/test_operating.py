@@ -58,3 +58,44 @@ def test_jacobian_from_its_pattern_is_pandapowers(network: str) -> None:
         assert np.array_equal(fast.indices, ref.indices)
         scale = np.abs(ref.data).max()
         assert np.abs(fast.data - ref.data).max() <= 1e-13 * scale
+
+
+def test_prediction_from_a_point_is_its_first_order_move(cigre: GridValidator) -> None:
+    """``predict`` (the remedy search's first point for a candidate): values moved along the
+    point's sensitivities, the columns asked for kept, no AC solve."""
+    buses = cigre.load_buses()
+    op = cigre.operating_point({}, buses, INTERVAL, SECONDS)
+    assert op is not None
+    guess = op.predict({16: 30.0, 2: -30.0}, [2, 16, 18])
+    dp = np.array([{16: 30.0, 2: -30.0}.get(b, 0.0) for b in buses])
+    assert guess.predicted and guess.violation is None and guess.buses == (2, 16, 18)
+    assert np.array_equal(guess.vm_pu, op.vm_pu + op.dvm @ dp)
+    assert np.allclose(guess.current, op.current + op.dcurrent @ dp, rtol=0, atol=1e-12)
+    assert np.array_equal(guess.dvm, op.dvm[:, [buses.index(b) for b in (2, 16, 18)]])
+    assert guess.injections_kw.tolist() == [-30.0, 30.0, 0.0]
+
+
+def test_islanded_point_carries_the_masters_power_and_its_sensitivities() -> None:
+    """village_island at 07:00 (26.93 kW short): the master's power is the validator's, and its
+    sensitivity per kW injected at each bus matches a 1 kW AC step to 1e-3 (-1 at its own bus;
+    elsewhere below -1 by the losses the injection saves). ``constraints`` bounds it both ways."""
+    village = GridValidator("village_island")
+    interval = 20_000 * 96 + 28
+    buses = [1, 40, 60, 3]
+    op = village.operating_point({}, buses, interval, SECONDS, islanded=True)
+    assert op is not None and op.forming_kw is not None and op.dforming is not None
+    assert op.forming_kw == pytest.approx(village.island_state(interval).forming_kw, abs=1e-9)
+    assert op.forming_limits_kw == (-300.0, 0.0)
+    assert op.violation is not None and op.violation.reason.name == "ISLAND_BALANCE"
+    for k, bus in enumerate(buses):
+        step = village.operating_point({bus: 1.0}, buses, interval, SECONDS, islanded=True)
+        assert step is not None and step.forming_kw is not None
+        assert step.forming_kw - op.forming_kw == pytest.approx(op.dforming[k], abs=1e-3)
+    assert op.dforming[0] == -1.0 and all(d < -1.0 for d in op.dforming[1:])
+    A, b, labels, _ = op.constraints(np.full(4, 50.0), 1e-3, 0.5)
+    assert labels[-2:] == ["island high", "island low"]
+    assert np.array_equal(A[-1], -A[-2]) and np.array_equal(A[-2], op.dforming)
+    assert b[-2] == pytest.approx(0.0 - 0.1 - op.forming_kw)  # its limit less the 0.1 kW margin
+    # Grid-connected, no master: no such rows.
+    connected = village.operating_point({}, buses, interval, SECONDS)
+    assert connected is not None and connected.forming_kw is None

@@ -88,19 +88,19 @@ def test_vetoed_trade_rescued_by_relieving_offer(port: GridPortAdapter) -> None:
         RELIEVING.hash,
         16,
         0,
-        35_214,
+        35_212,  # the program's first point predicted from the state without the trade
     )
-    assert (act.energy_wh, act.cost) == (8_803, 440)  # floor(35,214 x 900 / 3600), x 50 / 1000
+    assert (act.energy_wh, act.cost) == (8_803, 440)  # floor(35,212 x 900 / 3600), x 50 / 1000
     assert act.trade_id == TRADE_ID
     assert act.activation_id == protocol.activation_id_hex(RELIEVING.hash, TRADE_ID)
     assert act.payers == ((SELLER, 220), (BUYER, 220))
-    assert act.setpoint_w == 35_214
+    assert act.setpoint_w == 35_212
     assert (stats.rescued, stats.candidates, stats.refused_grid) == (1, 1, 0)
     # The evidence is the validator's over the final list with the activation, reproducible by
     # a fresh validator (no shared caches), as `tegrid grid verify --activations` does.
     fresh = GridValidator("cigre_lv", reuse=False)
     trade = port._trades([c])
-    placed = [Activation(act.activation_id, 16, 35.214, TRADE_ID)]  # applied right before it
+    placed = [Activation(act.activation_id, 16, 35.212, TRADE_ID)]  # applied right before it
     again = fresh.validate(trade, INTERVAL, 900, placed)
     assert again.evidence_hash == result.evidence_hash
     assert [v.approved for v in again.verdicts] == [True]
@@ -109,7 +109,7 @@ def test_vetoed_trade_rescued_by_relieving_offer(port: GridPortAdapter) -> None:
     net = copy.deepcopy(net)
     pp.create_sgen(net, 24, p_mw=0.160)
     pp.create_load(net, 2, p_mw=0.160)
-    pp.create_sgen(net, 16, p_mw=0.035214)
+    pp.create_sgen(net, 16, p_mw=0.035212)
     with quiet():
         pp.runpp(net)
     assert float(net.res_trafo.loading_percent[0]) < 100.0
@@ -173,7 +173,7 @@ def test_same_book_same_activations_bit_for_bit(port: GridPortAdapter) -> None:
 def test_the_port_clears_with_remedies(port: GridPortAdapter) -> None:
     result = port.clear(INTERVAL, BOOK, FlexInput((RELIEVING,), FUNDS))
     assert [d.approved for _, d in result.trades] == [True]
-    assert [a.activated_w for a in result.activations] == [35_214]
+    assert [a.activated_w for a in result.activations] == [35_212]
 
 
 # ---------------------------------------------------------------------- DSO service
@@ -226,7 +226,7 @@ def test_the_worker_process_clears_with_the_same_remedies() -> None:
     finally:
         worker.close()
     local = GridPortAdapter("cigre_lv", 900, clearing="greedy").clear(INTERVAL, BOOK, flex)
-    assert [a.activated_w for a in remote.activations] == [35_214]
+    assert [a.activated_w for a in remote.activations] == [35_212]
     assert remote.activations == local.activations
     assert remote.evidence_hash == local.evidence_hash
 

@@ -77,7 +77,7 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
     [act] = m.store.activations(iv)
     activation_id = protocol.activation_id_hex(offer_row.hash, trade_id)
     assert (act.id, act.offer_hash, act.bus_id, act.activated_w, act.setpoint_w) == (
-        activation_id, offer_row.hash, 16, 35_214, 35_214
+        activation_id, offer_row.hash, 16, 35_212, 35_212
     )  # fmt: skip
     assert (act.trade_id, act.energy_wh, act.cost) == (trade_id, 8_803, "440")
     assert act.payers == f'[["{SELLER}", "220"], ["{BUYER}", "220"]]'
@@ -94,24 +94,24 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
     [chain_act] = flex.unpack(packed)
     assert (chain_act.activated_w, chain_act.payer0, chain_act.share0, chain_act.payer1,
             chain_act.share1, chain_act.trade_energy_wh) == (
-        35_214, SELLER, 220, BUYER, 220, 40_000)  # fmt: skip
+        35_212, SELLER, 220, BUYER, 220, 40_000)  # fmt: skip
     assert "0x" + chain_act.trade_id.hex() == trade_id
     assert m.ledger.locked[SELLER] == 220  # type: ignore[attr-defined]
     stored = m.store.get_flex_offer(offer_row.hash)
     assert stored is not None and (stored.status, stored.remaining_w) == (
-        FlexStatus.ACTIVATED, 60_000 - 35_214
+        FlexStatus.ACTIVATED, 60_000 - 35_212
     )  # fmt: skip
     events = [(e.kind, e.data) for e in m.events.recent(after)]
     assert ("activation", {"activationId": activation_id, "offerHash": offer_row.hash,
             "provider": PROVIDER, "device": DEVICE, "busId": 16, "direction": 0,
-            "activatedW": 35_214, "setpointW": 35_214, "tradeId": trade_id,
+            "activatedW": 35_212, "setpointW": 35_212, "tradeId": trade_id,
             "cost": "440"}) in events  # fmt: skip
     # The API: GET /flex/activations?interval= and the interval view.
     with TestClient(create_app(m, scheduler=False)) as client:
         listed = client.get("/flex/activations", params={"interval": iv})
         assert listed.status_code == 200
         assert [(a["id"], a["activatedW"], a["cost"], a["payers"]) for a in listed.json()] == [
-            (activation_id, 35_214, "440",
+            (activation_id, 35_212, "440",
              [{"account": SELLER, "share": "220"}, {"account": BUYER, "share": "220"}])
         ]  # fmt: skip
         view = client.get(f"/intervals/{iv}").json()
@@ -125,7 +125,7 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
             r = client.get("/flex/activations", params=bad)
             assert (r.status_code, r.json()["detail"]["code"]) == (422, "INVALID_REQUEST"), bad
             assert r.json()["detail"]["message"].startswith("interval: "), bad
-        assert client.get(f"/flex/{offer_row.hash}").json()["remainingW"] == 60_000 - 35_214
+        assert client.get(f"/flex/{offer_row.hash}").json()["remainingW"] == 60_000 - 35_212
     # the keeper settles it on the device's reading (20 kW of 35.214 delivered): the market
     # marks the batch settled with the provider's payment and the payers' refund
     m.ledger.device_metered_w[(DEVICE, iv)] = 20_000  # type: ignore[attr-defined]
@@ -137,7 +137,7 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
     )  # fmt: skip
     with TestClient(create_app(m, scheduler=False)) as client:
         [settled] = client.get("/flex/activations", params={"interval": iv}).json()
-        # paid floor(440 x 20000 / 35214) = 249, the rest of the 440 back to the payers
+        # paid floor(440 x 20000 / 35212) = 249, the rest of the 440 back to the payers
         assert (settled["meteredW"], settled["deliveredW"], settled["paid"],
                 settled["refunded"]) == (20_000, 20_000, "249", "191")  # fmt: skip
         assert client.get(f"/intervals/{iv}").json()["activationBatches"][0]["state"] == "settled"
@@ -146,7 +146,7 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
     # at the interval's end
     source = MarketActivations(m.store, 900)
     assert source.pending_activations(iv) == [
-        ControlTarget(bytes.fromhex(activation_id[2:]), DEVICE, iv, 35_214, (iv + 1) * 900)
+        ControlTarget(bytes.fromhex(activation_id[2:]), DEVICE, iv, 35_212, (iv + 1) * 900)
     ]
     assert source.pending_activations(iv - 1) == []
     assert MarketActivations(m.store, 900, lookback=0).pending_activations(iv + 9) == []
