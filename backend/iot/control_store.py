@@ -328,14 +328,18 @@ class ControlStore:
             # the columns as tuples, not ORM objects (half the store's CPU per action went into
             # building and tracking rows that are only read once)
             rows = s.execute(
-                select(t.activation_id, t.device, t.interval_id, t.setpoint_w, t.expiry)
+                select(t.activation_id, t.device, t.interval_id, t.setpoint_w, t.expiry, t.kind)
                 .where(t.state == PENDING)
                 .order_by(t.created_at, t.activation_id)
                 .limit(limit)
             ).all()
             out = [
-                sign(ControlAction(bytes.fromhex(key[2:]), device, interval, setpoint, expiry))
-                for key, device, interval, setpoint, expiry in rows
+                sign(
+                    ControlTarget(
+                        bytes.fromhex(key[2:]), device, iv, setpoint, expiry, kind
+                    ).action()
+                )
+                for key, device, iv, setpoint, expiry, kind in rows
             ]
             # bulk UPDATE by primary key and one multi-row INSERT: per-object ORM flushes took
             # ~0.4 ms a row, most of a 1,000-action dispatch
