@@ -9,6 +9,7 @@ from backend.api.schemas import (
     ActivationBatchOut,
     ActivationOut,
     BatchOut,
+    ControlActionOut,
     ImbalanceOut,
     IntervalOut,
     OrderOut,
@@ -149,7 +150,8 @@ def activation_batch_out(b: ActivationBatchRow) -> ActivationBatchOut:
     )
 
 
-def activation_out(row: ActivationRow) -> ActivationOut:
+def activation_out(row: ActivationRow, control: dict[str, Any] | None = None) -> ActivationOut:
+    """``control``: the dispatcher's row of its control action (``as_dict``), if any."""
     return ActivationOut(
         id=row.id,
         intervalId=row.interval_id,
@@ -171,6 +173,7 @@ def activation_out(row: ActivationRow) -> ActivationOut:
         deliveredW=row.delivered_w,
         paid=None if row.paid is None else int(row.paid),
         refunded=None if row.refunded is None else int(row.refunded),
+        control=None if control is None else ControlActionOut.model_validate(control),
     )
 
 

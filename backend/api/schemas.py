@@ -598,6 +598,12 @@ class ActivationOut(BaseModel):
     refunded: Amount | None = Field(
         None, description=f"returned to the payers on settlement; null until then; {OUT_STR}"
     )
+    control: ControlActionOut | None = Field(
+        None,
+        description="the control action sent to the device for it and the device's signed ack "
+        "(the dispatcher's store, as `GET /control/actions`); null before it is dispatched or "
+        "while the control store is not open",
+    )
 
 
 Int64 = Annotated[int, JsonInt(-(2**63), 2**63 - 1, string=True)]  # int64 on chain
@@ -643,3 +649,6 @@ class ControlActionOut(BaseModel):
     firstSentAt: float | None
     lastSentAt: float | None
     ack: ControlAckOut | None
+
+
+ActivationOut.model_rebuild()  # its `control` is a ControlActionOut, defined after it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from backend.api.convert import activation_out
 from backend.api.deps import MarketDep
@@ -19,6 +19,7 @@ from backend.api.schemas import (
     TypedDataTemplate,
 )
 from backend.chain.address import checksum
+from backend.iot.control_store import ControlStore
 from backend.market.models import FlexOfferRow
 
 router = APIRouter(prefix="/flex", tags=["flex"])
@@ -102,11 +103,15 @@ def list_flex(
 @router.get("/activations", response_model=list[ActivationOut], responses=ERRORS)
 def list_activations(
     market: MarketDep,
+    request: Request,
     interval: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER)],
 ) -> list[ActivationOut]:
     """The interval's flexibility activations (rescued trades' and the DSO service's), in the
-    evidence's order; an empty list before its clearing. ``interval`` is required."""
-    return [activation_out(a) for a in market.store.activations(interval)]
+    evidence's order, each with its control action and the device's ack once dispatched; an
+    empty list before its clearing. ``interval`` is required."""
+    controls: ControlStore | None = getattr(request.app.state, "control", None)
+    actions = {r.activation_id: r.as_dict() for r in controls.actions(interval)} if controls else {}
+    return [activation_out(a, actions.get(a.id)) for a in market.store.activations(interval)]
 
 
 @router.get("/{offer_hash}", response_model=FlexOut, responses=ERRORS)

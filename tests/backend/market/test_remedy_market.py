@@ -6,6 +6,7 @@ list it; an undone clearing gives the offer back."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from fastapi.testclient import TestClient
 from backend.api.app import create_app
 from backend.chain import flex, protocol
 from backend.cli.activations import MarketActivations
-from backend.iot.control_store import ControlTarget
+from backend.iot.control import ControlAck, registry_domain
+from backend.iot.control_store import ControlStore, ControlTarget
 from backend.market.grid_port import GridPortAdapter
 from backend.market.memory import MemoryLedger
 from backend.market.models import FlexStatus, IntervalStatus
@@ -27,7 +29,9 @@ from .conftest import VALIDATOR_KEY
 
 K = ANVIL_KEYS
 SELLER, BUYER, PROVIDER = (Account.from_key(k).address for k in K[1:4])
-DEVICE = Account.from_key("0x" + "5a" * 32).address
+DEVICE_KEY = "0x" + "5a" * 32
+DEVICE = Account.from_key(DEVICE_KEY).address
+OPERATOR = Account.from_key(K[0]).address
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,9 @@ def _evening(market: Market) -> int:
     return iv + (80 - iv) % 96
 
 
-def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Market) -> None:
+def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(
+    remedy_market: Market, tmp_path: Path
+) -> None:
     m = remedy_market
     iv = _evening(m)
     hashes = []
@@ -150,6 +156,23 @@ def test_clearing_rescues_a_vetoed_trade_with_a_signed_offer(remedy_market: Mark
     ]
     assert source.pending_activations(iv - 1) == []
     assert MarketActivations(m.store, 900, lookback=0).pending_activations(iv + 9) == []
+    # dispatched and acknowledged: GET /flex/activations shows the action and the device's ack
+    controls = ControlStore(f"sqlite:///{tmp_path / 'control.db'}")
+    controls.add(source.pending_activations(iv))
+    domain = registry_domain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
+    [sent] = controls.sign_pending(lambda a: a.sign(K[0], domain), OPERATOR, 1_000.0)
+    ack = ControlAck(sent.action.activation_id, DEVICE, 0, 35_212, iv * 900 + 5)
+    assert controls.record_acks([ack.sign(DEVICE_KEY, domain)], now=1_001.0) == ["acknowledged"]
+    with TestClient(create_app(m, scheduler=False, control_store=controls)) as client:
+        [listed] = client.get("/flex/activations", params={"interval": iv}).json()
+    control = listed["control"]
+    assert (control["kind"], control["activationId"], control["state"], control["setpointW"],
+            control["signer"], control["attempts"]) == (
+        "control", activation_id, "acknowledged", "35212", OPERATOR, 1)  # fmt: skip
+    assert (control["ack"]["status"], control["ack"]["appliedW"], control["ack"]["receivedAt"]) == (
+        0, "35212", 1_001.0
+    )  # fmt: skip
+    controls.close()
 
 
 def test_undo_clearing_gives_the_offer_back(remedy_market: Market) -> None:
