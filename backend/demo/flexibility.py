@@ -4,8 +4,10 @@ no activation paid beyond its delivery, every recorded activation closed exactly
 cost paid or refunded whole, and no approved interval state outside a limit with the activations
 applied (an independent pandapower ``runpp`` of the final approved trades plus the activations).
 
-Sources: the chain's events (``ActivationRecorded``, ``ActivationSettled``,
-``ActivationReclaimed``) for what was locked, paid and refunded; the market API
+Sources: the chain for what was locked, paid and refunded - each ``ActivationBatchRecorded``'s
+recording calldata (checked against the batch's commitment) for the activations and their shares,
+each ``ActivationBatchClosed`` for the metered and delivered W per activation (reclaimed: all back),
+the payments by the contract's rule from them; the market API
 (``GET /flex/activations``, ``GET /control/actions``, ``GET /flex``) for the offers, the trades
 each activation rescued and the dispatcher's actions and the devices' acks."""
 
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandapower as pp
 
+from backend.chain import flex
 from backend.chain.protocol import TOKEN_UNIT
 from backend.demo.clients import check_list
 from backend.demo.config import REMEDY_CAP_PER_KWH
@@ -36,6 +39,50 @@ def _events(day: DemoDay, contract: Any, name: str) -> list[Any]:
     return list(getattr(contract.events, name).get_logs(from_block=day.deployment.block))
 
 
+def _chain_activations(day: DemoDay, flexibility: Any) -> tuple[
+    dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, dict[str, int]], Counter[str]
+]:
+    """Per activation id, from the chain alone: recorded (cost, activatedW), settled (meteredW,
+    deliveredW, paid, refunded), reclaimed (refunded), and how often its batch closed."""
+    dom = flex.domain(day.settings.chain_id, flexibility.address)
+    batches: dict[tuple[int, int], list[flex.Activation]] = {}
+    recorded: dict[str, dict[str, int]] = {}
+    for e in _events(day, flexibility, "ActivationBatchRecorded"):
+        tx = day.w3.eth.get_transaction(e["transactionHash"])
+        _fn, params = flexibility.decode_function_input(tx["input"])
+        packed = bytes(params["activations"])
+        if flex.commitment(packed) != bytes(e["args"]["commitment"]):
+            continue  # not the batch the event committed to: its activations count as unrecorded
+        acts = flex.unpack(packed)
+        batches[(int(e["args"]["intervalId"]), int(e["args"]["batchIndex"]))] = acts
+        for a in acts:
+            recorded[_hex(a.activation_id(dom))] = {
+                "cost": a.share0 + a.share1, "activatedW": a.activated_w
+            }
+    settled: dict[str, dict[str, int]] = {}
+    reclaimed: dict[str, dict[str, int]] = {}
+    closed: Counter[str] = Counter()
+    for e in _events(day, flexibility, "ActivationBatchClosed"):
+        acts = batches.get((int(e["args"]["intervalId"]), int(e["args"]["batchIndex"])), [])
+        if e["args"]["reclaimed"]:
+            for a in acts:
+                key = _hex(a.activation_id(dom))
+                reclaimed[key] = {"refunded": a.share0 + a.share1}
+                closed[key] += 1
+            continue
+        for a, (metered, delivered) in zip(
+            acts, flex.deliveries(bytes(e["args"]["deliveries"]), len(acts)), strict=True
+        ):
+            key = _hex(a.activation_id(dom))
+            paid = sum(flex.payments(a.share0, a.share1, a.activated_w, delivered))
+            settled[key] = {
+                "meteredW": metered, "deliveredW": delivered, "paid": paid,
+                "refunded": a.share0 + a.share1 - paid,
+            }  # fmt: skip
+            closed[key] += 1
+    return recorded, settled, reclaimed, closed
+
+
 def payment_bound(cost: int, delivered_w: int, activated_w: int) -> int:
     """What an activation may be paid at most: ``floor(cost x delivered / activated)``."""
     return cost * delivered_w // activated_w if activated_w else 0
@@ -50,18 +97,7 @@ def summarize_flex(
     s = day.cfg.interval_seconds
     flexibility = day._contract("FlexibilityMarket")
     token = day._contract("EnergyToken")
-    recorded = {
-        _hex(e["args"]["activationId"]): e["args"]
-        for e in _events(day, flexibility, "ActivationRecorded")
-    }
-    settled_events = _events(day, flexibility, "ActivationSettled")
-    settled_count = Counter(_hex(e["args"]["activationId"]) for e in settled_events)
-    settled = {_hex(e["args"]["activationId"]): e["args"] for e in settled_events}
-    reclaimed_events = _events(day, flexibility, "ActivationReclaimed")
-    reclaimed = {_hex(e["args"]["activationId"]): e["args"] for e in reclaimed_events}
-    closed_count = settled_count + Counter(
-        _hex(e["args"]["activationId"]) for e in reclaimed_events
-    )
+    recorded, settled, reclaimed, closed_count = _chain_activations(day, flexibility)
 
     intervals: list[dict[str, Any]] = []
     activations_out: list[dict[str, Any]] = []
@@ -131,6 +167,7 @@ def summarize_flex(
                     "metered_w": int(closed["meteredW"]) if closed else None,
                     "price_per_kwh": int(a["pricePerKWh"]), "cost": cost, "paid": paid,
                     "refunded": refunded, "bound": payment_bound(cost, delivered_w, activated_w),
+                    "paid_by_market": None if a["paid"] is None else int(a["paid"]),
                     "payers": [
                         {"name": by_wallet[p["account"]].name, "share": int(p["share"])}
                         for p in a["payers"]
@@ -197,14 +234,13 @@ def summarize_flex(
         )
         and all(a["paid"] == 0 for a in activations_out if a["ignoring_device"])
         and all(
-            int(e["args"]["paid"])
-            <= payment_bound(
-                int(recorded[_hex(e["args"]["activationId"])]["cost"]),
-                int(e["args"]["deliveredW"]),
-                int(recorded[_hex(e["args"]["activationId"])]["activatedW"]),
-            )
-            for e in settled_events
-        ),
+            args["paid"]
+            <= payment_bound(recorded[i]["cost"], args["deliveredW"], recorded[i]["activatedW"])
+            for i, args in settled.items()
+        )
+        # the market's view of each payment (GET /flex/activations), where it has one, is the
+        # chain's
+        and all(a["paid_by_market"] in (None, a["paid"]) for a in activations_out),
         "flexibility: every recorded activation closed exactly once, its locked cost paid or "
         "refunded whole, nothing left in FlexibilityMarket": (
             set(closed_count) == recorded_ids
