@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from eth_utils import keccak
 
@@ -195,8 +195,46 @@ def _bytes32_field(body: dict[str, Any], name: str) -> bytes:
         raise MessageError("schema", str(exc)) from None
 
 
+class _TypedMessage:
+    """What the control topics' typed messages share: ``PRIMARY`` (their EIP-712 type), the
+    checksummed ``device``, the struct hash computed once at construction (which also checks every
+    field's range), the digest in a domain, the signature, and the wire form of ``message()``
+    (bytes as 0x hex, in the type's field order)."""
+
+    PRIMARY: ClassVar[str]
+    device: str
+    _struct: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", checksum(self.device))
+        object.__setattr__(self, "_struct", _struct_hash(self.PRIMARY, self.message()))
+
+    def message(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def digest(self, domain: Domain) -> bytes:
+        return eip712.digest(domain.separator, self._struct)
+
+    def _signature(self, private_key: str | bytes, domain: Domain) -> bytes:
+        return bytes.fromhex(eip712.sign_digest(self.digest(domain), private_key)[2:])
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            k: "0x" + v.hex() if isinstance(v, bytes) else v for k, v in self.message().items()
+        }
+
+
+def _to_json(message: _TypedMessage, signature: bytes, sent_at: float | None) -> bytes:
+    body: dict[str, Any] = {
+        "v": SCHEMA_VERSION, **message.wire(), "signature": "0x" + signature.hex(),
+    }  # fmt: skip
+    if sent_at is not None:
+        body["sentAt"] = sent_at
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True)
-class ControlAction:
+class ControlAction(_TypedMessage):
     """One activation's power target for one device and interval."""
 
     activation_id: bytes
@@ -205,10 +243,7 @@ class ControlAction:
     setpoint_w: int
     expiry: int
     _struct: bytes = field(init=False, repr=False, compare=False, default=b"")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "device", checksum(self.device))
-        object.__setattr__(self, "_struct", _struct_hash("ControlAction", self.message()))
+    PRIMARY: ClassVar[str] = "ControlAction"
 
     def message(self) -> dict[str, Any]:
         return {
@@ -224,21 +259,12 @@ class ControlAction:
         """The id its ack answers (``ControlAck.activationId``)."""
         return self.activation_id
 
-    def digest(self, domain: Domain) -> bytes:
-        return eip712.digest(domain.separator, self._struct)
-
     def sign(self, private_key: str | bytes, domain: Domain) -> SignedAction:
-        signature = eip712.sign_digest(self.digest(domain), private_key)
-        return SignedAction(self, bytes.fromhex(signature[2:]))
-
-    def wire(self) -> dict[str, Any]:
-        return {"activationId": "0x" + self.activation_id.hex(), "device": self.device,
-                "intervalId": self.interval_id, "setpointW": self.setpoint_w,
-                "expiry": self.expiry}  # fmt: skip
+        return SignedAction(self, self._signature(private_key, domain))
 
 
 @dataclass(frozen=True)
-class ModeAction:
+class ModeAction(_TypedMessage):
     """A grid mode switch for one grid-forming device: ``mode`` (0 grid-connected, 1 islanded:
     form the grid) from ``effective_interval`` on. ``action_id`` names the registry's
     ``GridModeChanged`` event and the device (``mode_action_id``)."""
@@ -249,10 +275,7 @@ class ModeAction:
     effective_interval: int
     expiry: int
     _struct: bytes = field(init=False, repr=False, compare=False, default=b"")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "device", checksum(self.device))
-        object.__setattr__(self, "_struct", _struct_hash("ModeAction", self.message()))
+    PRIMARY: ClassVar[str] = "ModeAction"
 
     @property
     def key(self) -> bytes:
@@ -267,17 +290,8 @@ class ModeAction:
             "expiry": self.expiry,
         }
 
-    def digest(self, domain: Domain) -> bytes:
-        return eip712.digest(domain.separator, self._struct)
-
     def sign(self, private_key: str | bytes, domain: Domain) -> SignedAction:
-        signature = eip712.sign_digest(self.digest(domain), private_key)
-        return SignedAction(self, bytes.fromhex(signature[2:]))
-
-    def wire(self) -> dict[str, Any]:
-        return {"actionId": "0x" + self.action_id.hex(), "device": self.device,
-                "mode": self.mode, "effectiveInterval": self.effective_interval,
-                "expiry": self.expiry}  # fmt: skip
+        return SignedAction(self, self._signature(private_key, domain))
 
 
 def mode_action_id(tx_hash: bytes, log_index: int, device: str) -> bytes:
@@ -300,18 +314,11 @@ class SignedAction:
         return _recover(self.action.digest(domain), self.signature)
 
     def to_json(self) -> bytes:
-        body: dict[str, Any] = {
-            "v": SCHEMA_VERSION,
-            **self.action.wire(),
-            "signature": "0x" + self.signature.hex(),
-        }
-        if self.sent_at is not None:
-            body["sentAt"] = self.sent_at
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _to_json(self.action, self.signature, self.sent_at)
 
 
 @dataclass(frozen=True)
-class ControlAck:
+class ControlAck(_TypedMessage):
     """A device's answer to one control action."""
 
     activation_id: bytes
@@ -320,10 +327,7 @@ class ControlAck:
     applied_w: int
     at: int
     _struct: bytes = field(init=False, repr=False, compare=False, default=b"")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "device", checksum(self.device))
-        object.__setattr__(self, "_struct", _struct_hash("ControlAck", self.message()))
+    PRIMARY: ClassVar[str] = "ControlAck"
 
     @property
     def applied(self) -> bool:
@@ -346,12 +350,8 @@ class ControlAck:
             "at": self.at,
         }
 
-    def digest(self, domain: Domain) -> bytes:
-        return eip712.digest(domain.separator, self._struct)
-
     def sign(self, private_key: str | bytes, domain: Domain) -> SignedAck:
-        digest = self.digest(domain)
-        return SignedAck(self, bytes.fromhex(eip712.sign_digest(digest, private_key)[2:]))
+        return SignedAck(self, self._signature(private_key, domain))
 
 
 @dataclass(frozen=True)
@@ -364,19 +364,7 @@ class SignedAck:
         return _recover(self.ack.digest(domain), self.signature)
 
     def to_json(self) -> bytes:
-        a = self.ack
-        body: dict[str, Any] = {
-            "v": SCHEMA_VERSION,
-            "activationId": "0x" + a.activation_id.hex(),
-            "device": a.device,
-            "status": a.status,
-            "appliedW": a.applied_w,
-            "at": a.at,
-            "signature": "0x" + self.signature.hex(),
-        }
-        if self.sent_at is not None:
-            body["sentAt"] = self.sent_at
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _to_json(self.ack, self.signature, self.sent_at)
 
 
 def _topic_matches(topic: str | None, device: str) -> None:
@@ -438,27 +426,20 @@ def _parse_mode(body: dict[str, Any], topic: str | None) -> SignedAction:
 
 
 @dataclass(frozen=True)
-class StateOfCharge:
+class StateOfCharge(_TypedMessage):
     """A battery's state of charge (Wh) at ``at`` (the device's clock, unix seconds)."""
 
     device: str
     soc_wh: int
     at: int
     _struct: bytes = field(init=False, repr=False, compare=False, default=b"")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "device", checksum(self.device))
-        object.__setattr__(self, "_struct", _struct_hash("StateOfCharge", self.message()))
+    PRIMARY: ClassVar[str] = "StateOfCharge"
 
     def message(self) -> dict[str, Any]:
         return {"device": self.device, "socWh": self.soc_wh, "at": self.at}
 
-    def digest(self, domain: Domain) -> bytes:
-        return eip712.digest(domain.separator, self._struct)
-
     def sign(self, private_key: str | bytes, domain: Domain) -> SignedSoc:
-        digest = self.digest(domain)
-        return SignedSoc(self, bytes.fromhex(eip712.sign_digest(digest, private_key)[2:]))
+        return SignedSoc(self, self._signature(private_key, domain))
 
 
 @dataclass(frozen=True)
@@ -471,14 +452,7 @@ class SignedSoc:
         return _recover(self.report.digest(domain), self.signature)
 
     def to_json(self) -> bytes:
-        r = self.report
-        body: dict[str, Any] = {
-            "v": SCHEMA_VERSION, "device": r.device, "socWh": r.soc_wh, "at": r.at,
-            "signature": "0x" + self.signature.hex(),
-        }  # fmt: skip
-        if self.sent_at is not None:
-            body["sentAt"] = self.sent_at
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _to_json(self.report, self.signature, self.sent_at)
 
 
 def parse_soc(payload: bytes, topic: str | None = None) -> SignedSoc:
