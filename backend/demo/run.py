@@ -173,7 +173,14 @@ class Demo(DemoDay):
                         self._wait_readings(t)
                 with self.stage("keeper settles (waiting for the last intervals)"):
                     self._wait_settled(missing_deadline=False)
-                # readings that never came count as zero once the settlement deadline passes
+                # readings that never came count as zero once an interval's settlement deadline
+                # passes: the clock goes from one open interval's deadline to the next, each
+                # settled before the next step (one jump to the last deadline passed the
+                # reclaimAfter of the interval two before it, whose escrow was then reclaimed)
+                for t in settling:
+                    self._set_time(self._deadline(t) + 2)
+                    with self.stage("keeper settles (waiting for the last intervals)"):
+                        self._wait_interval_settled(t)
                 self._set_time((last + 1) * s + SETTLEMENT_DELAY_S + 2)
                 with self.stage("keeper settles (waiting for the last intervals)"):
                     self._wait_settled(missing_deadline=True)
