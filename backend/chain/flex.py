@@ -232,6 +232,27 @@ def deliveries(data: bytes, count: int) -> list[tuple[int, int]]:
     return out
 
 
+def outcomes(
+    dom: eip712.Domain, activations: Sequence[Activation], closed: bytes | None
+) -> dict[str, tuple[int, int, int, int]]:
+    """Per activation id (0x hex) of a closed batch: (metered W, delivered W, paid, refunded), the
+    payments by the contract's rule - ``closed``: ``ActivationBatchClosed``'s deliveries of a
+    settled batch, None for a reclaimed one (nothing delivered, every share back)."""
+    delivered = (
+        [(0, 0)] * len(activations) if closed is None else deliveries(closed, len(activations))
+    )
+    out = {}
+    for a, (metered, delivered_w) in zip(activations, delivered, strict=True):
+        paid = sum(payments(a.share0, a.share1, a.activated_w, delivered_w))
+        out["0x" + a.activation_id(dom).hex()] = (
+            metered,
+            delivered_w,
+            paid,
+            a.share0 + a.share1 - paid,
+        )
+    return out
+
+
 def sort_key(dom: eip712.Domain, activation: Activation) -> tuple[bytes, bytes]:
     """The contract's recording order: ascending (offerHash, tradeId)."""
     return activation.offer_hash(dom), bytes(activation.trade_id)

@@ -39,7 +39,9 @@ def _events(day: DemoDay, contract: Any, name: str) -> list[Any]:
     return list(getattr(contract.events, name).get_logs(from_block=day.deployment.block))
 
 
-def _chain_activations(day: DemoDay, flexibility: Any) -> tuple[
+def _chain_activations(
+    day: DemoDay, flexibility: Any
+) -> tuple[
     dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, dict[str, int]], Counter[str]
 ]:
     """Per activation id, from the chain alone: recorded (cost, activatedW), settled (meteredW,
@@ -57,29 +59,25 @@ def _chain_activations(day: DemoDay, flexibility: Any) -> tuple[
         batches[(int(e["args"]["intervalId"]), int(e["args"]["batchIndex"]))] = acts
         for a in acts:
             recorded[_hex(a.activation_id(dom))] = {
-                "cost": a.share0 + a.share1, "activatedW": a.activated_w
+                "cost": a.share0 + a.share1,
+                "activatedW": a.activated_w,
             }
     settled: dict[str, dict[str, int]] = {}
     reclaimed: dict[str, dict[str, int]] = {}
     closed: Counter[str] = Counter()
     for e in _events(day, flexibility, "ActivationBatchClosed"):
         acts = batches.get((int(e["args"]["intervalId"]), int(e["args"]["batchIndex"])), [])
-        if e["args"]["reclaimed"]:
-            for a in acts:
-                key = _hex(a.activation_id(dom))
-                reclaimed[key] = {"refunded": a.share0 + a.share1}
-                closed[key] += 1
-            continue
-        for a, (metered, delivered) in zip(
-            acts, flex.deliveries(bytes(e["args"]["deliveries"]), len(acts)), strict=True
-        ):
-            key = _hex(a.activation_id(dom))
-            paid = sum(flex.payments(a.share0, a.share1, a.activated_w, delivered))
-            settled[key] = {
-                "meteredW": metered, "deliveredW": delivered, "paid": paid,
-                "refunded": a.share0 + a.share1 - paid,
-            }  # fmt: skip
+        was_reclaimed = bool(e["args"]["reclaimed"])
+        closing = None if was_reclaimed else bytes(e["args"]["deliveries"])
+        for key, (metered, delivered, paid, refunded) in flex.outcomes(dom, acts, closing).items():
             closed[key] += 1
+            if was_reclaimed:
+                reclaimed[key] = {"refunded": refunded}
+            else:
+                settled[key] = {
+                    "meteredW": metered, "deliveredW": delivered, "paid": paid,
+                    "refunded": refunded,
+                }  # fmt: skip
     return recorded, settled, reclaimed, closed
 
 

@@ -532,16 +532,9 @@ class ChainLedger:
             tx = closed[-1]["transactionHash"]
             out: dict[str, Any] = {"tx_hash": "0x" + bytes(tx).hex().removeprefix("0x")}
             reclaimed = bool(args["reclaimed"])
-            if reclaimed:
-                delivered = [(0, 0)] * len(acts_in)
-            else:
-                delivered = flex.deliveries(bytes(args["deliveries"]), len(acts_in))
-            acts: dict[str, tuple[int, int, int, int]] = {}
-            for a, (metered, delivered_w) in zip(acts_in, delivered, strict=True):
-                paid = sum(flex.payments(a.share0, a.share1, a.activated_w, delivered_w))
-                cost = a.share0 + a.share1
-                acts["0x" + a.activation_id(dom).hex()] = (metered, delivered_w, paid, cost - paid)
-            out["activations"] = acts
+            out["activations"] = flex.outcomes(
+                dom, acts_in, None if reclaimed else bytes(args["deliveries"])
+            )
             out["reclaimed"] = reclaimed
             return out
 
