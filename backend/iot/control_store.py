@@ -38,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from backend import db
@@ -279,6 +279,14 @@ class ControlStore:
         items = {_hex(t.activation_id): t for t in targets}
         if not items:
             return 0
+        try:
+            return self._add(items, now)
+        except IntegrityError:
+            # another writer (a second dispatcher step, the same targets) stored some of them
+            # between our read and our insert: read again; those are now known and compared
+            return self._add(items, now)
+
+    def _add(self, items: dict[str, ControlTarget], now: float) -> int:
         with self._session.begin() as s:
             known = {
                 r.activation_id: r
